@@ -1,0 +1,19 @@
+# The two commands of the README. Both set everything up first (scripts/setup.sh).
+VENV ?= .venv
+OUT ?= runs/fashion-mnist-shirts
+
+.PHONY: setup demo demo-fast test bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+
+demo: setup  ## train, certify and report on Fashion-MNIST T-shirt vs shirt (authors' recipe)
+	$(VENV)/bin/asymcert run fashion-mnist-shirts --out $(OUT)
+
+demo-fast: setup  ## the same with the 'fast' preset (a quick look, < 3 minutes)
+	$(VENV)/bin/asymcert run fashion-mnist-shirts --preset fast --out $(OUT)-fast
+
+test: setup  ## the whole test suite
+	$(VENV)/bin/python -m pytest

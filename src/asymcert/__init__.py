@@ -1,0 +1,19 @@
+"""asymcert: deterministic, closed-form certified robustness for the sensitive class.
+
+Example:
+    >>> import torch, asymcert
+    >>> from asymcert.models import build_model
+    >>> model = build_model({"kind": "feature-convex", "input_shape": [3],
+    ...     "feature_map": [{"kind": "shift"}], "convex": {"kind": "icnn", "widths": [8]}})
+    >>> cert = asymcert.certify(model, torch.rand(4, 3))
+    >>> cert.sensitive.shape, cert.radii[2.0].shape
+    (torch.Size([4]), torch.Size([4]))
+"""
+
+from asymcert.certify import Certificate, certify
+from asymcert.checkpoint import load, save
+from asymcert.errors import AsymcertError, CheckpointError, ConvexityError, DataError, InputError, UnknownNameError
+
+__all__ = ["Certificate", "certify", "load", "save", "AsymcertError", "CheckpointError", "ConvexityError",
+           "DataError", "InputError", "UnknownNameError"]
+__version__ = "0.1.0"

@@ -1,0 +1,186 @@
+"""The ``asymcert`` command line: thin commands over the Python API."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from asymcert.errors import AsymcertError
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _settings(pairs: tuple[str, ...], what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=what)
+        key, value = pair.split("=", 1)
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def _norms(text: str) -> tuple[float, ...]:
+    from asymcert.certify.result import normalize_norm
+    try:
+        return tuple(normalize_norm(p) for p in text.split(",") if p.strip())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--norms") from exc
+
+
+class _Group(click.Group):
+    """Turns asymcert's own errors into one clear line and exit code 2 (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AsymcertError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        except (ValueError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="asymcert")
+def main() -> None:
+    """Certified robustness for the one class an attacker wants to escape."""
+
+
+def _task_spec(task: str | None, data: str | None, csv: str | None, images: str | None, label_column: str | None,
+               sensitive_class: str | None, other_class: str | None) -> dict[str, Any]:
+    sources = [s for s in (task, data, csv, images) if s]
+    if len(sources) != 1:
+        raise click.UsageError("name exactly one of: a TASK, --data FILE.npz, --csv FILE, --images DIR")
+    if task:
+        return {"name": task}
+    if sensitive_class is None:
+        raise click.UsageError("--sensitive-class is required with your own data")
+    spec: dict[str, Any] = {"sensitive_class": _parse_value(sensitive_class),
+                            "other_class": None if other_class is None else _parse_value(other_class)}
+    if data:
+        spec["npz"] = str(Path(data).resolve())
+    elif csv:
+        if not label_column:
+            raise click.UsageError("--label-column is required with --csv")
+        spec.update(csv=str(Path(csv).resolve()), label_column=label_column)
+    else:
+        spec["images"] = str(Path(images).resolve())
+    return spec
+
+
+def _task_options(fn):
+    opts = [
+        click.argument("task", required=False),
+        click.option("--data", type=click.Path(exists=True, dir_okay=False), help="Your own .npz with x (N, ...) and y (N,)."),
+        click.option("--csv", type=click.Path(exists=True, dir_okay=False), help="Your own CSV of numeric features."),
+        click.option("--images", type=click.Path(exists=True, file_okay=False), help="Your own folder of per-class image folders."),
+        click.option("--label-column", help="CSV column holding the labels."),
+        click.option("--sensitive-class", help="The label of the sensitive class (your own data)."),
+        click.option("--other-class", help="The label of the other class (default: every other label)."),
+        click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder to write."),
+        click.option("--preset", help="A named preset of the task, e.g. 'fast'."),
+        click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the task's data files."),
+        click.option("--model", "model_kind", help="Model family, e.g. 'linf-dist' (default: the task's)."),
+        click.option("--epochs", type=int, help="Override the number of epochs."),
+        click.option("--device", default=None, help="auto, cpu or cuda[:i]."),
+        click.option("--set", "sets", multiple=True, help="Training setting KEY=VALUE (JSON value), repeatable."),
+        click.option("--model-set", "model_sets", multiple=True, help="Model config KEY=VALUE (JSON value), repeatable."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _overrides(epochs, device, sets, model_sets, model_kind):
+    train = _settings(sets, "--set")
+    if epochs is not None:
+        train["epochs"] = epochs
+    if device is not None:
+        train["device"] = device
+    model = _settings(model_sets, "--model-set")
+    if model_kind:
+        from asymcert.models.registry import default_model_config
+        model = {**default_model_config(model_kind), **model}
+    return train, model
+
+
+@main.command()
+@_task_options
+@click.option("--limit", type=int, help="Certify only the first N test inputs.")
+def run(task, data, csv, images, label_column, sensitive_class, other_class, out, preset, data_dir, model_kind,
+        epochs, device, sets, model_sets, quiet, limit) -> None:
+    """Train, certify and report: TASK (see `asymcert tasks`) or your own data."""
+    from asymcert.workflow import run_task
+    spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class)
+    train, model = _overrides(epochs, device, sets, model_sets, model_kind)
+    results = run_task(spec, out, preset=preset, data_dir=data_dir, limit=limit, progress=not quiet,
+                       train_overrides=train, model_overrides=model, log=click.echo)
+    _echo_summary(results, out)
+
+
+@main.command()
+@_task_options
+def train(task, data, csv, images, label_column, sensitive_class, other_class, out, preset, data_dir, model_kind,
+          epochs, device, sets, model_sets, quiet) -> None:
+    """Train a model into a run folder (resumes an interrupted run in the same folder)."""
+    from asymcert.workflow import train_run
+    spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class)
+    train_o, model_o = _overrides(epochs, device, sets, model_sets, model_kind)
+    result = train_run(spec, out, preset, train_o, model_o, data_dir, progress=not quiet, log=click.echo)
+    click.echo(f"trained in {result['training']['seconds']:.1f}s; best validation epoch "
+               f"{result['training']['best']['epoch']}; model in {out}")
+
+
+@main.command(name="certify")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--norms", default="1,2,inf", show_default=True, help="Comma-separated ℓp norms.")
+@click.option("--limit", type=int, help="Only the first N test inputs.")
+@click.option("--batch-size", type=int, default=1000, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--quiet", is_flag=True)
+def certify_cmd(run_dir, norms, limit, batch_size, device, data_dir, quiet) -> None:
+    """Certify a run's test inputs; writes certificates.safetensors."""
+    from asymcert.workflow import certify_run
+    cert = certify_run(run_dir, _norms(norms), limit, batch_size, device, data_dir, progress=not quiet)
+    click.echo(f"certified {len(cert)} inputs in {cert.seconds:.3f}s "
+               f"({1000 * cert.seconds / max(1, len(cert)):.3f} ms per input)")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def report(run_dir) -> None:
+    """Write results.json, report.md and plots from a certified run folder."""
+    from asymcert.report.writer import write_report
+    _echo_summary(write_report(run_dir), run_dir)
+
+
+@main.command()
+def tasks() -> None:
+    """List the built-in tasks."""
+    from asymcert.data import get_task, task_names
+    for name in task_names():
+        click.echo(f"{name:24s} {get_task(name).description}")
+
+
+def _echo_summary(results: dict[str, Any], out: str) -> None:
+    click.echo(f"clean accuracy {100 * results['clean_accuracy']:.2f}%, "
+               f"{1000 * results['certify_seconds_per_input']:.3f} ms per certificate")
+    for name, table in results["certified_accuracy"].items():
+        click.echo(f"  {name}: " + ", ".join(f"r={r}: {100 * a:.1f}%" for r, a in table.items()))
+    click.echo(f"report: {Path(out) / 'report.md'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Reader for CIFAR-10's "python version": pickled batches, from the archive or its extracted folder.
+
+Accepted layouts, in each searched folder (``--data-dir``, the cache ``<cache>/cifar10``):
+``cifar-10-batches-py/data_batch_1..5`` + ``test_batch``; the same batch files directly in the folder;
+or the archive ``cifar-10-python.tar.gz`` (read in place, never extracted). Failing all, the archive
+is downloaded into the cache and checked against its published SHA-256.
+
+The batches are pickles. They are read by a restricted unpickler that can only build dicts, lists,
+strings, bytes, ints and NumPy arrays: a tampered file cannot run code.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import pickle
+import tarfile
+import zlib
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from asymcert.data.download import CIFAR10_REMOTE, Opener, find_or_download
+from asymcert.data.sources import candidate_dirs
+from asymcert.errors import DataError
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+BATCH_FOLDER = "cifar-10-batches-py"
+ARCHIVE = "cifar-10-python.tar.gz"
+
+CifarArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""(x_train (50000, 3, 32, 32) uint8, y_train (50000,) int64, x_test (10000, 3, 32, 32) uint8, y_test)."""
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """How Python 3 protocol-2 pickles store bytes; only the latin-1 codec is allowed."""
+    try:
+        allowed = codecs.lookup(encoding).name == "iso8859-1"
+    except LookupError:
+        allowed = False
+    if not allowed:
+        raise pickle.UnpicklingError(f"refusing codec {encoding!r} in a CIFAR batch")
+    return text.encode("latin1")
+
+
+_EXAMPLE = np.zeros(1, dtype=np.uint8)
+_ALLOWED: dict[tuple[str, str], Any] = {
+    **{(mod, name): obj for mod in ("builtins", "__builtin__")
+       for name, obj in {"dict": dict, "list": list, "str": str, "bytes": bytes, "int": int}.items()},
+    ("numpy.core.multiarray", "_reconstruct"): _EXAMPLE.__reduce_ex__(2)[0],
+    ("numpy._core.multiarray", "_reconstruct"): _EXAMPLE.__reduce_ex__(2)[0],
+    ("numpy.core.numeric", "_frombuffer"): _EXAMPLE.__reduce_ex__(5)[0],
+    ("numpy._core.numeric", "_frombuffer"): _EXAMPLE.__reduce_ex__(5)[0],
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Builds only the objects a CIFAR batch is made of; any other global is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch") from None
+
+
+def read_cifar_batch(stream: BinaryIO, source: str = "CIFAR batch") -> tuple[np.ndarray, np.ndarray]:
+    """Read one pickled batch (a dict with ``data`` (N, 3072) uint8 and ``labels``, bytes or str keys).
+
+    Args:
+        stream: binary file object positioned at the pickle.
+        source: the file's name for error messages.
+    Returns:
+        x (N, 3, 32, 32) uint8 (channel-first, as stored), y (N,) int64 in 0..9.
+    Raises:
+        DataError: not a pickle, a refused object, a missing key, or wrong shapes/labels.
+    """
+    try:
+        batch = _SafeUnpickler(stream, encoding="bytes").load()
+    except Exception as exc:  # a damaged pickle can fail in many ways; none may escape as a crash
+        raise DataError(f"{source}: not a readable CIFAR-10 batch ({exc})") from exc
+    if not isinstance(batch, dict):
+        raise DataError(f"{source}: expected a dict, found {type(batch).__name__}")
+    data, labels = _key(batch, "data", source), _key(batch, "labels", source)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        shape = getattr(data, "shape", None)
+        raise DataError(f"{source}: 'data' must be a (N, 3072) uint8 array, found {type(data).__name__} {shape}")
+    try:
+        y = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{source}: 'labels' is not a list of ints ({exc})") from exc
+    if y.shape != (data.shape[0],) or (y.size and (y.min() < 0 or y.max() > 9)):
+        raise DataError(f"{source}: expected {data.shape[0]} labels in 0..9, found shape {y.shape}")
+    return data.reshape(-1, 3, 32, 32), y
+
+
+def _key(batch: dict, name: str, source: str) -> Any:
+    for key in (name.encode(), name):
+        if key in batch:
+            return batch[key]
+    raise DataError(f"{source}: batch has no {name!r} entry (keys: {sorted(map(str, batch))})")
+
+
+def write_cifar_batch(path: str | Path, x: np.ndarray, y: np.ndarray) -> None:
+    """Write a batch in the official layout (protocol-2 pickle, bytes keys). Used by tests and tools.
+
+    Args:
+        x: (N, 3, 32, 32) uint8.
+        y: (N,) ints in 0..9.
+    """
+    x = np.ascontiguousarray(x, dtype=np.uint8)
+    batch = {b"batch_label": b"asymcert test batch", b"labels": [int(v) for v in y],
+             b"data": x.reshape(len(x), 3072), b"filenames": [f"{i}.png".encode() for i in range(len(x))]}
+    Path(path).write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _read_folder(folder: Path) -> CifarArrays:
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        with (folder / name).open("rb") as f:
+            return read_cifar_batch(f, str(folder / name))
+
+    train = _concat([read(name) for name in TRAIN_BATCHES])
+    return (*train, *read(TEST_BATCH))
+
+
+def _read_archive(path: Path) -> CifarArrays:
+    """Read the batches straight out of ``cifar-10-python.tar.gz`` (members matched by file name)."""
+    wanted = set(TRAIN_BATCHES) | {TEST_BATCH}
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                name = member.name.rsplit("/", 1)[-1]
+                if member.isfile() and name in wanted and name not in found:
+                    found[name] = read_cifar_batch(io.BytesIO(tar.extractfile(member).read()), f"{path}:{member.name}")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: corrupted or truncated archive ({exc}); delete it and fetch it again") from exc
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise DataError(f"{path}: archive lacks {', '.join(missing)}; is it cifar-10-python.tar.gz?")
+    train = _concat([found[name] for name in TRAIN_BATCHES])
+    return (*train, *found[TEST_BATCH])
+
+
+def _layout(folder: Path) -> Path | None:
+    """The batch folder or archive inside ``folder``, if any."""
+    for sub in (folder / BATCH_FOLDER, folder):
+        if all((sub / name).is_file() for name in (*TRAIN_BATCHES, TEST_BATCH)):
+            return sub
+    for name in (ARCHIVE, ARCHIVE.removesuffix(".gz")):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_cifar10_arrays(data_dir: Path | None, opener: Opener | None = None) -> CifarArrays:
+    """All of CIFAR-10 as uint8 arrays, from the first folder holding it (else downloaded into the cache).
+
+    Returns:
+        x_train (50000, 3, 32, 32) uint8, y_train (50000,) int64, x_test (10000, 3, 32, 32), y_test.
+    Raises:
+        DataError: not found and not downloadable, or corrupted.
+    """
+    for folder in candidate_dirs("cifar10", data_dir):
+        found = _layout(folder)
+        if found is not None:
+            return _read_folder(found) if found.is_dir() else _read_archive(found)
+    hint = (f"Either {ARCHIVE} or its extracted folder {BATCH_FOLDER}/ (data_batch_1..5, test_batch) "
+            f"will do; put it in one of these folders.")
+    archive = find_or_download("cifar10", CIFAR10_REMOTE, data_dir, opener=opener, hint=hint)[ARCHIVE]
+    return _read_archive(archive)

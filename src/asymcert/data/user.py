@@ -1,0 +1,315 @@
+"""The user's own data as tasks: an ``.npz`` file, a CSV table, or a folder of class image folders.
+
+Each function reads and validates the data at once (errors surface before any training), makes
+seeded stratified splits (20% of each class to test, 20% of the rest to validation) and returns a
+:class:`Task` with defaults chosen from the input rank: feature vectors (N, d) get a standardising
+feature map and an ICNN MLP; images get a mean shift and an ICNN MLP. Inputs stay in the user's
+raw units (image folders: pixels in [0, 1]); certified radii are in those units.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import zipfile
+from pathlib import Path
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+from asymcert.data.images import image_mode, list_image_folder, read_images
+from asymcert.data.tasks import Task, TaskData, task_data_from_arrays
+from asymcert.errors import DataError
+
+INF = math.inf
+
+TABULAR_MODEL = {"kind": "feature-convex", "feature_map": [{"kind": "standardize"}],
+                 "convex": {"kind": "icnn", "widths": [64, 32]}}
+TABULAR_TRAIN = {"epochs": 100, "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "jacobian_reg": 0.0}
+IMAGE_MODEL = {"kind": "feature-convex", "feature_map": [{"kind": "shift"}],
+               "convex": {"kind": "icnn", "widths": [200, 50]}}
+IMAGE_TRAIN = {"epochs": 60, "batch_size": 64, "lr": 1e-3, "optimizer": "sgd", "momentum": 0.9,
+               "lr_decay": 0.99, "jacobian_reg": 0.01}
+_MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}
+
+
+def _labels_found(y: np.ndarray) -> str:
+    values = np.unique(y)
+    shown = ", ".join(repr(v.item() if hasattr(v, "item") else v) for v in values[:20])
+    return shown + (f", ... ({len(values)} labels)" if len(values) > 20 else "")
+
+
+def label_mask(y: np.ndarray, wanted: Hashable) -> np.ndarray:
+    """Where ``y`` equals ``wanted``; ``"3"`` matches the integer label 3 and vice versa.
+
+    Args:
+        y: (N,) labels, integers or strings.
+        wanted: a label value or its text.
+    Returns:
+        (N,) bool.
+    """
+    if y.dtype.kind in "iub":
+        try:
+            return y == int(str(wanted).strip())
+        except ValueError:
+            return np.zeros(len(y), dtype=bool)
+    if y.dtype.kind == "f":
+        try:
+            return y == float(wanted)
+        except (TypeError, ValueError):
+            return np.zeros(len(y), dtype=bool)
+    text = np.char.strip(y.astype(str))
+    mask = text == str(wanted).strip()
+    if not mask.any():  # "3.0" in the file vs 3 asked, or the reverse
+        mask = np.array([_same_number(t, wanted) for t in text], dtype=bool)
+    return mask
+
+
+def _same_number(text: str, wanted: Hashable) -> bool:
+    try:
+        return float(text) == float(str(wanted))
+    except ValueError:
+        return False
+
+
+def binary_labels(y: np.ndarray, sensitive_class: Hashable, other_class: Hashable | None,
+                  source: str) -> tuple[np.ndarray, tuple[str, str]]:
+    """Which examples to keep and their 1 (sensitive) / 0 (other) labels.
+
+    Returns:
+        (keep (N,) bool, class names (other, sensitive)); labels are ``sensitive[keep]``.
+    Raises:
+        DataError: no labels, or a requested class absent (the message lists the labels found).
+    """
+    if len(y) == 0:
+        raise DataError(f"{source}: no examples")
+    sensitive = label_mask(y, sensitive_class)
+    if not sensitive.any():
+        raise DataError(f"{source}: sensitive class {sensitive_class!r} not among the labels found: {_labels_found(y)}")
+    if other_class is None:
+        other = ~sensitive
+        other_name = f"not {sensitive_class}"
+    else:
+        other = label_mask(y, other_class)
+        other_name = str(other_class)
+        if str(other_class).strip() == str(sensitive_class).strip():
+            raise DataError(f"{source}: sensitive and other class are both {sensitive_class!r}")
+    if not other.any():
+        wanted = repr(other_class) if other_class is not None else "any label but the sensitive one"
+        raise DataError(f"{source}: other class ({wanted}) has no example; labels found: {_labels_found(y)}")
+    return sensitive | other, (other_name, str(sensitive_class))
+
+
+def check_finite(x: np.ndarray, source: str, row_names: Sequence[str] | None = None) -> None:
+    """Reject NaN/Inf inputs, naming the first offending rows.
+
+    Raises:
+        DataError: some entry is NaN or infinite.
+    """
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if bad.size:
+        names = [row_names[i] if row_names else f"example {i}" for i in bad[:5]]
+        more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+        raise DataError(f"{source}: NaN or infinite values in {', '.join(names)}{more}; fix or remove these rows")
+
+
+def _as_images(x: np.ndarray, source: str) -> np.ndarray:
+    """(N, H, W) → (N, 1, H, W); (N, H, W, C) with C in {1, 3, 4} and H > 4 → (N, C, H, W)."""
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim == 4:
+        if x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+            return x.transpose(0, 3, 1, 2)
+        return x
+    raise DataError(f"{source}: inputs of shape {x.shape} are not supported; use (N, d), (N, H, W) or (N, C, H, W)")
+
+
+def tabular_radii(median_std: float, dim: int) -> dict[float, tuple[float, ...]]:
+    """Report radii for feature vectors in raw units: ℓ∞ ≈ 1, 2, 5, 10% of the median feature std,
+    ℓ2 = ℓ∞·√d and ℓ1 = ℓ∞·d (the same per-feature budget), rounded to two significant digits."""
+    def nice(v: float) -> float:
+        return float(f"{v:.2g}")
+
+    base = [median_std * f for f in (0.01, 0.02, 0.05, 0.1)]
+    return {1: tuple(nice(b * dim) for b in base), 2: tuple(nice(b * math.sqrt(dim)) for b in base),
+            INF: tuple(nice(b) for b in base)}
+
+
+def image_radii(pixel_range: float) -> dict[float, tuple[float, ...]]:
+    """The image report radii of the built-in tasks, scaled to a pixel range (1 for [0, 1] pixels)."""
+    base = {1: (1.0, 2.0, 4.0, 8.0), 2: (0.25, 0.5, 1.0, 2.0), INF: (0.01, 0.02, 0.04, 0.08)}
+    return {p: tuple(float(f"{r * pixel_range:.3g}") for r in radii) for p, radii in base.items()}
+
+
+def task_from_arrays(x: np.ndarray, y: np.ndarray, sensitive_class: Hashable, other_class: Hashable | None = None,
+                     name: str = "user", *, source: str = "data", row_names: Sequence[str] | None = None,
+                     seed: int = 42, test_fraction: float = 0.2, val_fraction: float = 0.2,
+                     meta: dict[str, Any] | None = None) -> Task:
+    """A binary task from in-memory arrays (shared by the file loaders).
+
+    Args:
+        x: (N, d) features or (N, H, W) / (N, C, H, W) / (N, H, W, C) images, raw units.
+        y: (N,) labels (ints or strings).
+        sensitive_class: label of the class to certify (becomes 1).
+        other_class: label of the other class (becomes 0); None: every other label.
+        name: task name. source: file name for messages. row_names: per-row names for messages.
+        seed, test_fraction, val_fraction: split settings (see :func:`stratified_split`).
+        meta: extra entries for ``TaskData.meta`` (e.g. ``feature_names``).
+    Returns:
+        A Task whose ``load`` returns the already split data (sensitive = 1, other = 0).
+    Raises:
+        DataError: shapes, labels, NaN/Inf, or too few examples of a class for three splits.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim < 2:
+        raise DataError(f"{source}: inputs must have shape (N, ...) with one row per example, found {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{source}: labels must have shape ({len(x)},), found {y.shape}")
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{source}: inputs must be numbers, found dtype {x.dtype}")
+    check_finite(x, source, row_names)
+    keep, class_names = binary_labels(y, sensitive_class, other_class, source)
+    labels = label_mask(y[keep], sensitive_class).astype(np.int64)
+    inputs = x[keep] if x.ndim == 2 else _as_images(x[keep], source)
+    try:
+        data = task_data_from_arrays(inputs, labels, class_names, test_fraction=test_fraction,
+                                     val_fraction=val_fraction, seed=seed)
+    except DataError as exc:
+        raise DataError(f"{source}: {exc}") from None
+    data.meta.update(meta or {})
+    return _task(name, f"{source}: {class_names[1]} (sensitive) vs {class_names[0]}", data)
+
+
+def _task(name: str, description: str, data: TaskData) -> Task:
+    train_x = data.train.x
+    if train_x.ndim == 2:
+        median_std = float(data.meta["feature_scale"].median())
+        model, train, radii = TABULAR_MODEL, TABULAR_TRAIN, tabular_radii(median_std, train_x.shape[1])
+    else:
+        pixel_range = float(train_x.max() - train_x.min()) or 1.0
+        model, train, radii = IMAGE_MODEL, IMAGE_TRAIN, image_radii(pixel_range)
+    return Task(name=name, description=description, load=lambda data_dir: data, model=copy.deepcopy(model),
+                train=dict(train), presets={"fast": {"train": {"epochs": 2}}}, report_radii=radii)
+
+
+def task_from_npz(path: str | Path, sensitive_class: Hashable, other_class: Hashable | None = None,
+                  name: str | None = None, *, seed: int = 42) -> Task:
+    """A task from an ``.npz`` file with ``x`` (N, ...) inputs in raw units and ``y`` (N,) labels.
+
+    Images (N, H, W) get a channel axis; (N, H, W, C) with C in {1, 3, 4} is moved to channel-first.
+
+    Raises:
+        DataError: unreadable file, missing ``x``/``y``, object arrays, or invalid data (see
+            :func:`task_from_arrays`).
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in ("x", "y") if k not in archive.files]
+            if missing:
+                raise DataError(f"{path}: no array named {' or '.join(missing)} (arrays found: {archive.files}); "
+                                f"save with np.savez(path, x=inputs, y=labels)")
+            x, y = archive["x"], archive["y"]
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
+    return task_from_arrays(x, y, sensitive_class, other_class, name or path.stem, source=str(path), seed=seed)
+
+
+def read_csv_table(path: str | Path, label_column: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Read a CSV with a header row: numeric feature columns and one label column.
+
+    Returns:
+        x (N, d) float64, y (N,) label strings, feature column names, row names ("row i (line L)").
+    Raises:
+        DataError: no header, unknown label column, ragged rows, missing or non-numeric values (naming
+            the row, line and column).
+    """
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return _parse_csv(csv.reader(f), path, label_column)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: not a readable CSV file ({exc})") from exc
+
+
+def _parse_csv(reader: Any, path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    header = [h.strip() for h in next(reader, [])]
+    if not header:
+        raise DataError(f"{path}: empty file; expected a header row naming the columns")
+    if label_column not in header:
+        raise DataError(f"{path}: no column {label_column!r}; columns are: {', '.join(header)}")
+    label_at = header.index(label_column)
+    features = [h for i, h in enumerate(header) if i != label_at]
+    rows, labels, names = [], [], []
+    for number, row in enumerate(reader, start=1):
+        if not any(cell.strip() for cell in row):
+            continue  # blank line
+        where = f"row {number} (line {reader.line_num})"
+        if len(row) != len(header):
+            raise DataError(f"{path}: {where} has {len(row)} fields, the header has {len(header)}")
+        labels.append(row[label_at].strip())
+        rows.append([_number(cell, path, where, header[i]) for i, cell in enumerate(row) if i != label_at])
+        names.append(where)
+        if not labels[-1]:
+            raise DataError(f"{path}: {where} has no label in column {label_column!r}")
+    if not rows:
+        raise DataError(f"{path}: no data rows after the header")
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(features)), np.array(labels), features, names
+
+
+def _number(cell: str, path: Path, where: str, column: str) -> float:
+    text = cell.strip()
+    if text.lower() in _MISSING:
+        raise DataError(f"{path}: {where} is missing a value in column {column!r}; fill it in or drop the row")
+    try:
+        return float(text)
+    except ValueError:
+        raise DataError(f"{path}: {where}, column {column!r}: {text!r} is not a number") from None
+
+
+def task_from_csv(path: str | Path, label_column: str, sensitive_class: Hashable,
+                  other_class: Hashable | None = None, name: str | None = None, *, seed: int = 42) -> Task:
+    """A task from a CSV table (header row; numeric features; labels in ``label_column``, any text).
+
+    Raises:
+        DataError: see :func:`read_csv_table` and :func:`task_from_arrays`.
+    """
+    path = Path(path)
+    x, y, features, rows = read_csv_table(path, label_column)
+    return task_from_arrays(x, y, sensitive_class, other_class, name or path.stem, source=str(path),
+                            row_names=rows, seed=seed, meta={"feature_names": features})
+
+
+def task_from_image_folder(path: str | Path, sensitive_class: str, other_class: str | None = None,
+                           size: int | None = None, name: str | None = None, *, seed: int = 42) -> Task:
+    """A task from a folder of class folders (``path/<class>/<image>``), pixels scaled to [0, 1].
+
+    Args:
+        path: the folder holding one subfolder per class.
+        sensitive_class: the sensitive class's folder name.
+        other_class: the other class's folder name; None: all other folders.
+        size: centre crop/pad every image to ``size`` × ``size``; None: all images must share a size.
+        name: task name (default: the folder's name).
+    Returns:
+        A Task with x (N, C, H, W) float32; C = 1 when every image is grayscale, else 3 (RGB).
+    Raises:
+        DataError: missing folders (the message lists those found), unreadable images, mixed sizes.
+    """
+    path = Path(path)
+    classes = list_image_folder(path)
+    names = np.array([c for c, files in classes.items() for _ in files])
+    keep, class_names = binary_labels(names, sensitive_class, other_class, f"{path} (class folders)")
+    files = [f for c in classes for f in classes[c]]
+    kept = [f for f, k in zip(files, keep) if k]
+    x = read_images(kept, image_mode(kept), size)
+    y = label_mask(names[keep], sensitive_class).astype(np.int64)
+    try:
+        data = task_data_from_arrays(x.astype(np.float32) / 255.0, y, class_names, seed=seed)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    return _task(name or path.name, f"{path}: {class_names[1]} (sensitive) vs {class_names[0]}", data)

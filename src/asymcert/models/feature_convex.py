@@ -1,0 +1,94 @@
+"""Feature-convex classifiers: s(x) = g(φ(x)) + b, flagged sensitive when s(x) > 0."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from asymcert.errors import ConvexityError
+from asymcert.models.registry import register_model
+from asymcert.nn.convex import build_convex_net, convexity_violations, project_
+from asymcert.nn.feature_maps import FeatureMap, build_feature_map
+
+
+@register_model("feature-convex")
+class FeatureConvexClassifier(nn.Module):
+    """A Lipschitz feature map φ followed by an input-convex network g and a balance shift b.
+
+    ``forward(x)`` takes (N, *input_shape) inputs in raw units and returns the (N,)
+    sensitive-class scores s(x) = g(φ(x)) + b; s > 0 means "flagged sensitive".
+
+    Args:
+        feature_map: φ, with ``lipschitz(p)``.
+        convex: g, an input-convex network returning (N,) scores.
+        input_shape: shape of one input.
+        input_range: (low, high) of valid raw inputs (e.g. (0, 1) for pixels), or None.
+
+    Example:
+        >>> from asymcert.models import build_model
+        >>> m = build_model({"kind": "feature-convex", "input_shape": [1, 28, 28],
+        ...     "feature_map": [{"kind": "shift"}], "convex": {"kind": "icnn", "widths": [16]}})
+        >>> m(torch.rand(5, 1, 28, 28)).shape
+        torch.Size([5])
+    """
+
+    certifier = "feature-convex"
+    binary = True
+
+    def __init__(self, feature_map: FeatureMap, convex: nn.Module, input_shape: tuple[int, ...],
+                 input_range: tuple[float, float] | None = None) -> None:
+        super().__init__()
+        self.feature_map = feature_map
+        self.convex = convex
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.input_range = None if input_range is None else (float(input_range[0]), float(input_range[1]))
+        self.register_buffer("balance", torch.zeros(()))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "FeatureConvexClassifier":
+        """Build from ``{"kind": "feature-convex", "input_shape", "feature_map", "convex", "input_range"}``."""
+        shape = tuple(config["input_shape"])
+        phi = build_feature_map(config.get("feature_map", [{"kind": "identity"}]), shape)
+        g = build_convex_net(config["convex"], phi.out_shape(shape))
+        return cls(phi, g, shape, config.get("input_range"))
+
+    def config(self) -> dict[str, Any]:
+        """The JSON config that rebuilds this model's architecture."""
+        return {"kind": "feature-convex", "input_shape": list(self.input_shape),
+                "input_range": None if self.input_range is None else list(self.input_range),
+                "feature_map": self.feature_map.config(), "convex": self.convex.config()}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """φ(x): (N, *input_shape) → (N, *feature_shape)."""
+        return self.feature_map(x)
+
+    def score_from_features(self, f: torch.Tensor) -> torch.Tensor:
+        """g(f) + b for features f: (N, *feature_shape) → (N,)."""
+        return self.convex(f) + self.balance
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score_from_features(self.features(x))
+
+    def lipschitz(self, p: float) -> float:
+        """Lipschitz constant of φ in ℓp."""
+        return self.feature_map.lipschitz(p)
+
+    def project(self) -> None:
+        """Clamp every convexity-constrained weight to its bound (call after each optimizer step)."""
+        project_(self)
+
+    def validate(self) -> None:
+        """Raise :class:`ConvexityError` when a constrained weight is out of bounds or a weight is NaN/Inf."""
+        problems = convexity_violations(self)
+        problems += [f"{n}: contains NaN or Inf" for n, t in self.state_dict().items()
+                     if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if problems:
+            raise ConvexityError("model is not input-convex, its certificates would be unsound:\n  "
+                                 + "\n  ".join(problems))
+
+    def set_balance(self, b: float) -> None:
+        """Set the class-balance shift b (added to g)."""
+        self.balance.fill_(float(b))

@@ -1,0 +1,19 @@
+"""Plain ``torch.nn.Module`` layers: input-convex layers, Lipschitz feature maps, ℓ∞-dist layers."""
+
+from asymcert.nn.convex import (ICNN, ConvexConvNet, NonnegConv2d, NonnegLinear, PositiveBatchNorm,
+                                convexity_violations, project_)
+from asymcert.nn.feature_maps import (ConcatAbs, Compose, FeatureMap, Identity, Shift, Standardize,
+                                      build_feature_map)
+
+__all__ = ["ICNN", "ConvexConvNet", "NonnegConv2d", "NonnegLinear", "PositiveBatchNorm", "convexity_violations",
+           "project_", "ConcatAbs", "Compose", "FeatureMap", "Identity", "Shift", "Standardize", "build_feature_map"]
+
+
+def __getattr__(name: str):  # ℓ∞-dist layers load on first use
+    if name in ("LinfDist", "LinfDistConv2d"):
+        from asymcert.nn import linf_dist
+        return getattr(linf_dist, name)
+    if name == "MeanShift":
+        from asymcert.nn.mean_shift import MeanShift
+        return MeanShift
+    raise AttributeError(name)

@@ -1,0 +1,188 @@
+"""Input-convex layers and networks g: R^q → R.
+
+Convexity in the input holds because every constrained weight is nonnegative and every
+activation (ReLU) is convex and nondecreasing. Constrained modules expose ``constraints()``,
+``{parameter name: lower bound}``; :func:`project_` enforces them after an optimizer step and
+:func:`convexity_violations` reports any that do not hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asymcert.errors import UnknownNameError
+
+
+class NonnegLinear(nn.Linear):
+    """A linear layer whose weight is constrained ≥ 0 (the bias is free).
+
+    Initialised U(0, ``init_scale``) as the authors did (0.003–0.005).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init_scale: float = 0.005) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        with torch.no_grad():
+            self.weight.uniform_(0.0, init_scale)
+
+    def constraints(self) -> dict[str, float]:
+        return {"weight": 0.0}
+
+
+class NonnegConv2d(nn.Conv2d):
+    """A convolution whose kernel is constrained ≥ 0 (the bias is free). Init U(0, ``init_scale``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 bias: bool = True, init_scale: float = 0.005) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=bias)
+        with torch.no_grad():
+            self.weight.uniform_(0.0, init_scale)
+
+    def constraints(self) -> dict[str, float]:
+        return {"weight": 0.0}
+
+
+class PositiveBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm with its scale clamped ≥ ``min_scale`` (> 0), so it is an increasing affine map in eval.
+
+    Works on (N, C) and (N, C, H, W). In eval mode it is x ↦ γ(x − μ)/√(σ² + ε) + β with γ > 0,
+    which keeps convex functions convex.
+    """
+
+    def __init__(self, num_features: int, min_scale: float = 1e-3, **kwargs: Any) -> None:
+        super().__init__(num_features, **kwargs)
+        self.min_scale = float(min_scale)
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 4):
+            raise ValueError(f"expected a 2D or 4D input, got {x.dim()}D")
+
+    def constraints(self) -> dict[str, float]:
+        return {"weight": self.min_scale}
+
+    def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) per channel of the eval-mode map x ↦ scale·x + shift."""
+        scale = self.weight / torch.sqrt(self.running_var + self.eps)
+        return scale, self.bias - scale * self.running_mean
+
+
+def constrained_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, float]]:
+    """Every (qualified name, parameter, lower bound) that convexity depends on."""
+    for mod_name, module in model.named_modules():
+        if hasattr(module, "constraints"):
+            for name, lower in module.constraints().items():
+                yield (f"{mod_name}.{name}" if mod_name else name), getattr(module, name), lower
+
+
+@torch.no_grad()
+def project_(model: nn.Module) -> None:
+    """Clamp every constrained parameter of ``model`` to its lower bound, in place."""
+    for _, param, lower in constrained_parameters(model):
+        param.clamp_(min=lower)
+
+
+def convexity_violations(model: nn.Module) -> list[str]:
+    """Human-readable list of constrained parameters that break their bound (empty when convex)."""
+    problems = []
+    for name, param, lower in constrained_parameters(model):
+        bad = param.detach() < lower
+        if bool(bad.any()):
+            problems.append(f"{name}: {int(bad.sum())} of {param.numel()} entries below {lower:g} "
+                            f"(min {float(param.detach().min()):.3g})")
+    return problems
+
+
+class ICNN(nn.Module):
+    """Fully connected input-convex network with input pass-throughs (Amos et al.; the papers' MLP).
+
+    z₁ = relu(U₀ x + c₀); z_{k+1} = relu(W_k BN(z_k) + U_k x + c_k); g(x) = W_L BN(z_L) + U_L x + c_L,
+    with every W_k ≥ 0 and BN scales > 0. U_k are free. Input (N, *in_shape) is flattened.
+
+    Args:
+        in_shape: shape of one feature vector φ(x).
+        widths: hidden widths, e.g. (200, 50).
+        batch_norm: a positive-scale batch norm after each hidden ReLU.
+    Returns from ``forward``: (N,) convex scores g(x).
+    """
+
+    kind = "icnn"
+
+    def __init__(self, in_shape: tuple[int, ...], widths: tuple[int, ...] = (200, 50), batch_norm: bool = True) -> None:
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.widths = tuple(int(w) for w in widths)
+        self.batch_norm = bool(batch_norm)
+        d = int(torch.Size(self.in_shape).numel())
+        self.passthrough = nn.ModuleList([nn.Linear(d, w) for w in self.widths + (1,)])
+        self.hidden = nn.ModuleList(
+            [NonnegLinear(a, b, bias=False) for a, b in zip(self.widths, self.widths[1:] + (1,))]
+        )
+        self.norms = nn.ModuleList(
+            [PositiveBatchNorm(w) if self.batch_norm else nn.Identity() for w in self.widths])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        z = F.relu(self.passthrough[0](x))
+        for k, (lin, norm) in enumerate(zip(self.hidden, self.norms)):
+            out = lin(norm(z)) + self.passthrough[k + 1](x)
+            z = out if k == len(self.hidden) - 1 else F.relu(out)
+        return z.squeeze(1)
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "widths": list(self.widths), "batch_norm": self.batch_norm}
+
+
+class ConvexConvNet(nn.Module):
+    """The papers' convex convolutional network.
+
+    stem: conv k×k (free weights, C channels, same padding) → ReLU; then ``blocks`` residual blocks
+    z ← relu(z + conv3×3₊(BN₊(z))); then BN₊ → nonnegative linear readout to a scalar.
+    Convex in the input: the stem is affine, every later weight and BN scale is nonnegative, and
+    ReLU is convex and nondecreasing.
+
+    Args:
+        in_shape: (C_in, H, W) of one feature tensor φ(x).
+        channels: hidden channels C (4 for Fashion-MNIST, 16 for CIFAR-10).
+        stem_kernel: stem kernel size (5 for Fashion-MNIST, 11 for CIFAR-10).
+        blocks: number of residual blocks.
+    """
+
+    kind = "convex-conv"
+
+    def __init__(self, in_shape: tuple[int, ...], channels: int = 4, stem_kernel: int = 5, blocks: int = 2) -> None:
+        super().__init__()
+        if len(in_shape) != 3:
+            raise ValueError(f"convex-conv needs image features (C, H, W), got shape {tuple(in_shape)}")
+        self.in_shape = tuple(in_shape)
+        self.channels, self.stem_kernel, self.n_blocks = int(channels), int(stem_kernel), int(blocks)
+        c_in, h, w = self.in_shape
+        self.stem = nn.Conv2d(c_in, channels, stem_kernel, padding=stem_kernel // 2)
+        self.block_norms = nn.ModuleList([PositiveBatchNorm(channels) for _ in range(blocks)])
+        self.block_convs = nn.ModuleList([NonnegConv2d(channels, channels, 3, padding=1) for _ in range(blocks)])
+        self.out_norm = PositiveBatchNorm(channels)
+        out_hw = h + 2 * (stem_kernel // 2) - stem_kernel + 1, w + 2 * (stem_kernel // 2) - stem_kernel + 1
+        self.readout = NonnegLinear(channels * out_hw[0] * out_hw[1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = F.relu(self.stem(x))
+        for norm, conv in zip(self.block_norms, self.block_convs):
+            z = F.relu(z + conv(norm(z)))
+        return self.readout(self.out_norm(z).flatten(1)).squeeze(1)
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "channels": self.channels, "stem_kernel": self.stem_kernel, "blocks": self.n_blocks}
+
+
+CONVEX_NETS: dict[str, type[nn.Module]] = {ICNN.kind: ICNN, ConvexConvNet.kind: ConvexConvNet}
+
+
+def build_convex_net(config: dict[str, Any], in_shape: tuple[int, ...]) -> nn.Module:
+    """Build an input-convex network g from its config ``{"kind": "icnn" | "convex-conv", ...}``."""
+    config = dict(config)
+    kind = config.pop("kind", None)
+    if kind not in CONVEX_NETS:
+        raise UnknownNameError(f"unknown convex network {kind!r}; known: {', '.join(sorted(CONVEX_NETS))}")
+    return CONVEX_NETS[kind](tuple(in_shape), **config)

@@ -1,0 +1,99 @@
+"""The run report: ``results.json`` (machine-readable), ``report.md`` and one PNG per norm."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asymcert.certify.result import norm_label, normalize_norm
+from asymcert.checkpoint import atomic_write
+from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
+
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+
+
+def summarize(cert, labels: torch.Tensor, report_radii: dict[str, list[float]]) -> dict[str, Any]:
+    """Clean accuracy, certified accuracy at the report radii per norm, timing: a JSON-ready dict."""
+    n = len(cert)
+    out: dict[str, Any] = {
+        "method": cert.method, "deterministic": cert.deterministic, "alpha": cert.alpha, "n_inputs": n,
+        "clean_accuracy": clean_accuracy(cert, labels),
+        "certify_seconds_total": cert.seconds, "certify_seconds_per_input": cert.seconds / max(1, n),
+        "certified_accuracy": {},
+    }
+    if cert.binary:
+        out["n_sensitive"] = int((labels == 1).sum())
+        out["sensitive_flagged_correctly"] = float(((cert.predicted == 1) & (labels == 1)).sum()) / max(1, out["n_sensitive"])
+    for p in cert.radii:
+        name = norm_label(p)
+        radii = report_radii.get(name, [])
+        acc = certified_accuracy(cert, labels, p, torch.tensor(radii, dtype=torch.float64)) if radii else torch.zeros(0)
+        rad = cert.radius(p)
+        pool = (labels == 1) & (cert.predicted == 1) if cert.binary else (cert.predicted == labels)
+        out["certified_accuracy"][name] = {f"{r:g}": float(a) for r, a in zip(radii, acc)}
+        out.setdefault("median_radius", {})[name] = float(rad[pool].median()) if bool(pool.any()) else 0.0
+    return out
+
+
+def write_report(run_dir: str | Path) -> dict[str, Any]:
+    """Read a certified run folder, write ``results.json``, ``report.md`` and ``certified_<norm>.png``."""
+    from asymcert.report.plots import plot_certified_curves
+    from asymcert.workflow import CERT_FILE, load_certificates, read_run
+
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    cert_path = run_dir / CERT_FILE
+    if not cert_path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {CERT_FILE}; run `asymcert certify {run_dir}` first")
+    cert, labels = load_certificates(cert_path)
+    results = summarize(cert, labels, run.get("report_radii", {}))
+    results["task"] = run["task"]
+    results["training_seconds"] = run.get("training", {}).get("seconds")
+    results["best_epoch"] = run.get("training", {}).get("best", {}).get("epoch")
+    plots = {}
+    for p in cert.radii:
+        name = norm_label(p)
+        grid = curve_grid(cert, labels, p)
+        curve = certified_accuracy(cert, labels, p, grid)
+        label = f"{cert.method} (clean {100 * results['clean_accuracy']:.1f}%)"
+        plots[name] = plot_certified_curves([(label, grid, curve)], _pretty(p), run_dir / f"certified_{name}.png",
+                                            title=f"{run.get('task_description', '')}: {_pretty(p)}").name
+    results["plots"] = plots
+    atomic_write(run_dir / RESULTS_FILE, lambda tmp: tmp.write_text(json.dumps(results, indent=1)))
+    atomic_write(run_dir / REPORT_FILE, lambda tmp: tmp.write_text(render_markdown(run, results)))
+    return results
+
+
+def _pretty(p: float) -> str:
+    return "ℓ∞" if p == float("inf") else f"ℓ{p:g}"
+
+
+def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
+    """The human-readable report."""
+    lines = [f"# {run.get('task_description') or run['task']}", ""]
+    guarantee = "deterministic" if results["deterministic"] else f"holds with probability 1 − {results['alpha']}"
+    lines += [f"- model: `{json.dumps(run['model'])}`",
+              f"- certificate: {results['method']} ({guarantee})",
+              f"- test inputs: {results['n_inputs']}" + (f" ({results['n_sensitive']} of the sensitive class)" if "n_sensitive" in results else ""),
+              f"- clean accuracy: **{100 * results['clean_accuracy']:.2f}%**",
+              f"- certification: {1000 * results['certify_seconds_per_input']:.3f} ms per input "
+              f"({results['certify_seconds_total']:.2f} s in all)"]
+    if results.get("training_seconds") is not None:
+        lines.append(f"- training: {results['training_seconds'] / 60:.1f} min, best validation epoch {results.get('best_epoch')}")
+    lines += ["", "Certified accuracy: share of sensitive-class test inputs flagged sensitive with a certified "
+              "radius ≥ r (radii in raw input units)." if "n_sensitive" in results else
+              "Certified accuracy: share of test inputs classified correctly with a certified radius ≥ r.", ""]
+    for name, table in results["certified_accuracy"].items():
+        if not table:
+            continue
+        pretty = _pretty(normalize_norm(name))
+        lines += [f"| {pretty} radius | " + " | ".join(table) + " |",
+                  "|---|" + "---|" * len(table),
+                  "| certified accuracy | " + " | ".join(f"{100 * v:.1f}%" for v in table.values()) + " |", ""]
+    for name, png in results.get("plots", {}).items():
+        lines.append(f"![{name}]({png})")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,8 @@
+"""Training: the loop, recipes per model family, losses, regularisers and the balance shift."""
+
+from asymcert.train.balance import fit_balance
+from asymcert.train.config import TrainConfig
+from asymcert.train.loop import fit
+from asymcert.train.recipes import FeatureConvexRecipe, Recipe, recipe_for
+
+__all__ = ["FeatureConvexRecipe", "Recipe", "TrainConfig", "fit", "fit_balance", "recipe_for"]

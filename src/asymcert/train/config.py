@@ -1,0 +1,54 @@
+"""Training settings."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from asymcert.errors import UnknownNameError
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (defaults: the feature-convex paper's recipe).
+
+    Attributes:
+        epochs: passes over the training split.
+        batch_size: global batch size (split over processes under torch.distributed).
+        lr: learning rate. optimizer: "sgd" or "adam". momentum: SGD momentum.
+        lr_decay: multiplicative learning-rate decay per epoch (exponential schedule); "cosine"
+            schedules are chosen with ``schedule="cosine"`` (per iteration).
+        weight_decay: L2 weight decay.
+        jacobian_reg: λ of the Jacobian regulariser λ·‖∂g/∂φ‖_F (feature-convex models).
+        seed: seeds weights, shuffling and augmentation.
+        device: "auto" (CUDA when present), "cpu" or "cuda[:i]".
+        augment: apply the task's training augmentation.
+        eval_batch_size: batch size for validation passes.
+    """
+
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    lr_decay: float = 0.99
+    schedule: str = "exponential"
+    weight_decay: float = 0.0
+    jacobian_reg: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    augment: bool = True
+    eval_batch_size: int = 1000
+    extra: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict, rejecting unknown keys with a clear error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UnknownNameError(f"unknown training setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,158 @@
+"""The training loop: seeded shuffling and augmentation, recipe hooks, best-validation checkpoint,
+resumable state written atomically after every epoch."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from asymcert.checkpoint import MODEL_FILE, atomic_write, save
+from asymcert.data.tasks import Augment, TaskData
+from asymcert.train.config import TrainConfig
+from asymcert.train.recipes import Recipe, recipe_for
+
+STATE_FILE = "train_state.pt"
+HISTORY_FILE = "history.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" → CUDA when available else CPU; otherwise ``torch.device(name)``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available here; use --device cpu or auto")
+    return device
+
+
+def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A CPU generator determined by (seed, epoch, stream): resuming at an epoch replays it exactly."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 7 + stream)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (with momentum) or Adam as the config says."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        extra = config.extra or {}
+        return torch.optim.Adam(params, lr=config.lr, betas=tuple(extra.get("betas", (0.9, 0.999))),
+                                eps=float(extra.get("adam_eps", 1e-8)), weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    """Exponential decay per epoch, or cosine per iteration; returns (scheduler, steps per epoch it is stepped)."""
+    if config.schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay), False
+    if config.schedule == "cosine":
+        total = max(1, config.epochs * steps_per_epoch)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), True
+    raise ValueError(f"unknown schedule {config.schedule!r}; use 'exponential' or 'cosine'")
+
+
+def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Path | None = None,
+        augment: Augment | None = None, recipe: Recipe | None = None, progress: bool = True,
+        log: Callable[[str], None] | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``model`` on ``data.train``, select on ``data.val``, checkpoint into ``out_dir``.
+
+    When ``out_dir`` holds a ``train_state.pt`` from an interrupted run with the same settings,
+    training resumes after its last finished epoch (and gives the weights an uninterrupted run
+    would have given). The best-validation model is kept in ``out_dir/model.safetensors``.
+
+    Returns:
+        ``{"history": [per-epoch dicts], "best": {...}, "seconds": training seconds}``; the model is
+        left holding the best-validation weights.
+    """
+    device = resolve_device(config.device)
+    model.to(device)
+    recipe = recipe or recipe_for(model, config)
+    out = Path(out_dir) if out_dir is not None else None
+    log = log or (lambda msg: tqdm.write(msg))
+    optimizer = make_optimizer(model, config)
+    n = len(data.train)
+    steps = math.ceil(n / config.batch_size)
+    scheduler, per_step = make_scheduler(optimizer, config, steps)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"metric": -math.inf, "epoch": -1}
+    best_state = None
+    start_epoch = 0
+    state_file = out / STATE_FILE if out else None
+    fingerprint = json.dumps({"train": config.to_dict(), "model": model.config()}, sort_keys=True, default=str)
+    if state_file is not None and state_file.is_file():
+        state = torch.load(state_file, map_location=device, weights_only=True)
+        if state.get("fingerprint") != fingerprint:
+            raise ValueError(f"{out} holds an interrupted run with other settings; use a new --out folder "
+                             f"or delete {state_file} to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history, best = state["epoch"] + 1, json.loads(state["history"]), json.loads(state["best"])
+        best_state = state["best_model"]
+        log(f"resuming after epoch {start_epoch} of {config.epochs} from {state_file}")
+    else:
+        recipe.prepare(model, data.train)
+    seconds = sum(h.get("seconds", 0.0) for h in history)
+    x_all, y_all = data.train.x, data.train.y
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        prog0 = epoch / max(1, config.epochs)
+        recipe.on_epoch_start(model, epoch, prog0)
+        model.train()
+        perm = torch.randperm(n, generator=epoch_generator(config.seed, epoch, 0))
+        aug_gen = epoch_generator(config.seed, epoch, 1)
+        totals: dict[str, float] = {}
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        for step in bar:
+            idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
+            x, y = x_all[idx], y_all[idx]
+            if augment is not None and config.augment:
+                x = augment(x, aug_gen)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss, stats = recipe.loss(model, x, y, prog0 + step / (steps * max(1, config.epochs)))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            recipe.after_step(model)
+            if per_step:
+                scheduler.step()
+            stats["loss"] = loss.item()
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{stats['loss']:.4f}")
+        if not per_step:
+            scheduler.step()
+        val = recipe.evaluate(model, data.val, config.eval_batch_size)
+        seconds += time.perf_counter() - t0
+        record = {"epoch": epoch + 1, **{k: v / steps for k, v in totals.items()},
+                  **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - t0,
+                  "lr": optimizer.param_groups[0]["lr"]}
+        history.append(record)
+        if val["metric"] > best["metric"]:
+            best = {"metric": val["metric"], "epoch": epoch + 1, **{f"val_{k}": v for k, v in val.items()}}
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if out is not None:
+                save(model, out, meta={"task_meta": meta or {}, "best_epoch": epoch + 1})
+        if out is not None:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch, "history": json.dumps(history),
+                     "best": json.dumps(best), "best_model": best_state, "fingerprint": fingerprint}
+            atomic_write(state_file, lambda tmp: torch.save(state, tmp))
+            atomic_write(out / HISTORY_FILE, lambda tmp: tmp.write_text(json.dumps(history, indent=1)))
+        log(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val metric {val['metric']:.4f}"
+            + (" (best)" if best["epoch"] == epoch + 1 else "") + f", {record['seconds']:.1f}s")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if out is not None and not (out / MODEL_FILE).is_file():
+        save(model, out, meta={"task_meta": meta or {}})
+    model.eval()
+    return {"history": history, "best": best, "seconds": seconds}

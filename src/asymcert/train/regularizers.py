@@ -1,0 +1,23 @@
+"""Regularisers."""
+
+from __future__ import annotations
+
+import torch
+
+
+def jacobian_penalty(score: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """‖∂g/∂φ‖_F over a batch, differentiable, without a batch × batch × features Jacobian.
+
+    With one scalar score per input, the gradient of ``score.sum()`` w.r.t. ``features`` (N, ...)
+    holds every input's own gradient row, from one backward pass with ``create_graph=True``.
+    (In training mode batch norm couples the inputs of a batch; the summed gradient then also
+    carries those cross terms, which only regularise more.)
+
+    Args:
+        score: (N,) scores computed from ``features`` (which must require grad).
+        features: (N, *feature_shape).
+    Returns:
+        Scalar sqrt(Σ_i ‖∇_f s_i‖²).
+    """
+    (grad,) = torch.autograd.grad(score.sum(), features, create_graph=True)
+    return grad.pow(2).sum().clamp_min(1e-12).sqrt()

@@ -1,0 +1,70 @@
+"""Shared fixtures: small models and small data in the real on-disk formats."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asymcert.data.idx import write_idx
+
+
+def make_fashion_idx(folder, n_train: int = 240, n_test: int = 80, seed: int = 0):
+    """Write Fashion-MNIST-format IDX files (gzipped) with learnable classes 0 and 6 plus others."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.choice([0, 6, 3], size=n).astype(np.uint8)
+        images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+        images[labels == 0, 4:24, 4:24] += 150  # T-shirts: a bright square
+        images[labels == 6, 10:18, :] += 120   # shirts: a bright band
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(tmp_path_factory):
+    """A folder of small Fashion-MNIST-format IDX files."""
+    return make_fashion_idx(tmp_path_factory.mktemp("fashion"))
+
+
+def small_feature_convex(kind: str = "icnn", input_shape=(1, 6, 6), feature_map=None, seed: int = 0):
+    """A small randomly initialised feature-convex classifier with BN statistics and weights spread out."""
+    from asymcert.models import build_model
+    torch.manual_seed(seed)
+    convex = {"kind": "icnn", "widths": [16, 8]} if kind == "icnn" else \
+        {"kind": "convex-conv", "channels": 3, "stem_kernel": 3, "blocks": 2}
+    model = build_model({"kind": "feature-convex", "input_shape": list(input_shape),
+                         "feature_map": feature_map or [{"kind": "shift"}], "convex": convex})
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "weight" in name and p.dim() > 1:
+                p.mul_(40.0 if "hidden" in name or "block_convs" in name or "readout" in name else 1.0)
+        model.train()
+        x = torch.rand(64, *input_shape)
+        model.feature_map.fit(x)
+        for _ in range(3):
+            model(x)  # batch-norm running statistics
+    model.eval()
+    with torch.no_grad():
+        model.set_balance(-float(model(x).median()))
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _no_dataset_downloads(monkeypatch):
+    """No test may reach the network: dataset lookups that miss raise DataError instead of downloading.
+
+    (tests/test_data_download.py lifts this for its own tests, which use file:// URLs and fake openers.)
+    """
+    monkeypatch.setenv("ASYMCERT_OFFLINE", "1")
+
+
+@pytest.fixture
+def data_cache(tmp_path, monkeypatch):
+    """An empty, private data cache (``ASYMCERT_DATA``) for the duration of one test."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("ASYMCERT_DATA", str(cache))
+    return cache

@@ -1,0 +1,52 @@
+import json
+
+import torch
+from click.testing import CliRunner
+
+import asymcert
+from asymcert.cli import main
+
+SMALL = ["--model-set", 'convex={"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}',
+         "--set", "batch_size=32", "--quiet"]
+
+
+def test_run_writes_the_run_folder_contract(fashion_dir, tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--epochs", "2",
+                                    "--out", str(out), *SMALL])
+    assert res.exit_code == 0, res.output
+    for name in ("model.safetensors", "results.json", "report.md", "run.json", "certificates.safetensors",
+                 "certified_l1.png", "certified_l2.png", "certified_linf.png"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert 0.5 <= results["clean_accuracy"] <= 1.0
+    assert set(results["certified_accuracy"]) == {"l1", "l2", "linf"}
+    assert results["certify_seconds_per_input"] > 0
+    model = asymcert.load(out)
+    x = torch.rand(4, 1, 28, 28)
+    assert model(x).shape == (4,)
+    cert = asymcert.certify(model, x)
+    assert cert.sensitive.shape == (4,) and cert.radii[float("inf")].shape == (4,)
+
+
+def test_separate_steps_and_resume(fashion_dir, tmp_path):
+    out = tmp_path / "steps"
+    runner = CliRunner()
+    args = ["train", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--out", str(out), *SMALL]
+    res = runner.invoke(main, args + ["--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["certify", str(out), "--norms", "2,inf", "--quiet", "--data-dir", str(fashion_dir)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "l2" in res.output and "l1:" not in res.output
+
+
+def test_clear_errors_without_tracebacks(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["run", "no-such-task", "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "unknown task 'no-such-task'" in res.output and "Traceback" not in res.output
+    res = runner.invoke(main, ["certify", str(tmp_path)])
+    assert res.exit_code != 0 and "not a run folder" in res.output
+    res = runner.invoke(main, ["run", "fashion-mnist-shirts", "--out", str(tmp_path / "y"), "--set", "nonsense=1"])
+    assert res.exit_code != 0 and "unknown training setting" in res.output

@@ -1,0 +1,219 @@
+"""The user's own data: .npz, CSV and image folders → validated, split, relabelled tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asymcert.data import task_from_csv, task_from_image_folder, task_from_npz
+from asymcert.errors import DataError
+
+
+def _tabular(n_per_class=(20, 15, 10), dim=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.concatenate([np.full(n, c) for c, n in enumerate(n_per_class)])
+    x = rng.normal(size=(len(y), dim)) * np.array([1.0, 10.0, 100.0, 0.1])[:dim] + y[:, None]
+    return x, y
+
+
+def _splits(task):
+    data = task.load(None)
+    return data, (data.train, data.val, data.test)
+
+
+def test_npz_tabular_all_other_labels(tmp_path):
+    x, y = _tabular()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    task = task_from_npz(tmp_path / "d.npz", sensitive_class=2)
+    data, splits = _splits(task)
+    assert task.name == "d" and task.binary
+    assert data.class_names == ("not 2", "2") and data.input_shape == (4,)
+    assert sum(len(s) for s in splits) == 45
+    assert sum(int(s.y.sum()) for s in splits) == 10  # class 2 → 1
+    for split in splits:
+        assert split.x.dtype == torch.float32 and set(split.y.tolist()) == {0, 1}
+    # per class: test 20% and val 20% of the rest (class 2: 2 test, 2 val, 6 train)
+    assert [int(s.y.sum()) for s in splits] == [6, 2, 2]
+    # raw units kept: the x rows are exactly rows of the file
+    rows = {tuple(np.float32(r)) for r in x}
+    assert all(tuple(r) in rows for r in data.test.x.numpy())
+    assert task.model["feature_map"] == [{"kind": "standardize"}]
+    assert set(data.meta) == {"feature_mean", "feature_scale"}
+    torch.testing.assert_close(data.meta["feature_scale"], data.train.x.std(0, unbiased=False))
+    assert set(task.report_radii) == {1, 2, float("inf")}
+
+
+def test_npz_other_class_and_string_label(tmp_path):
+    x, y = _tabular()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    data, splits = _splits(task_from_npz(tmp_path / "d.npz", sensitive_class="1", other_class=0, name="mine"))
+    assert data.class_names == ("0", "1")
+    assert sum(len(s) for s in splits) == 35 and sum(int(s.y.sum()) for s in splits) == 15
+
+
+def test_splits_are_seeded(tmp_path):
+    x, y = _tabular()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    a, _ = _splits(task_from_npz(tmp_path / "d.npz", 2))
+    b, _ = _splits(task_from_npz(tmp_path / "d.npz", 2))
+    c, _ = _splits(task_from_npz(tmp_path / "d.npz", 2, seed=1))
+    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
+    assert not torch.equal(a.train.x, c.train.x)
+
+
+@pytest.mark.parametrize("shape, expected", [((30, 8, 8), (1, 8, 8)), ((30, 8, 8, 3), (3, 8, 8)),
+                                             ((30, 3, 8, 8), (3, 8, 8))])
+def test_npz_images_get_channel_first(tmp_path, shape, expected):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "img.npz", x=rng.integers(0, 256, shape).astype(np.uint8), y=np.arange(30) % 2)
+    task = task_from_npz(tmp_path / "img.npz", 1)
+    assert task.load(None).input_shape == expected
+    assert task.model["feature_map"] == [{"kind": "shift"}] and task.model["convex"]["kind"] == "icnn"
+    assert task.report_radii[float("inf")][0] > 1.0  # radii scaled to the 0..255 pixel range
+
+
+def test_npz_string_labels(tmp_path):
+    x, y = _tabular((8, 8))
+    names = np.array(["cat", "dog"])[y]
+    np.savez(tmp_path / "s.npz", x=x, y=names)
+    data, _ = _splits(task_from_npz(tmp_path / "s.npz", "dog"))
+    assert data.class_names == ("not dog", "dog")
+
+
+def test_unknown_sensitive_class_lists_labels(tmp_path):
+    x, y = _tabular()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(DataError, match=r"sensitive class 7 not among the labels found: 0, 1, 2"):
+        task_from_npz(tmp_path / "d.npz", 7)
+    with pytest.raises(DataError, match="other class .9. has no example"):
+        task_from_npz(tmp_path / "d.npz", 1, other_class=9)
+
+
+def test_nan_and_inf_rows_are_named(tmp_path):
+    x, y = _tabular()
+    x[5, 1], x[17, 0] = np.nan, np.inf
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(DataError, match="example 5, example 17"):
+        task_from_npz(tmp_path / "d.npz", 1)
+
+
+def test_too_few_examples_of_a_class(tmp_path):
+    x, y = _tabular((10, 2))
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(DataError, match="only 2 example"):
+        task_from_npz(tmp_path / "d.npz", 1)
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"inputs": np.zeros((4, 2)), "y": np.zeros(4)}, r"no array named x .*'inputs'"),
+    ({"x": np.zeros((4, 2)), "y": np.zeros(3)}, r"labels must have shape \(4,\)"),
+    ({"x": np.zeros(4), "y": np.zeros(4)}, r"shape \(N, \.\.\.\)"),
+    ({"x": np.array([[{"a": 1}]] * 4, dtype=object), "y": np.zeros(4)}, "not a readable .npz"),
+])
+def test_bad_npz_contents(tmp_path, content, message):
+    np.savez(tmp_path / "bad.npz", **content)
+    with pytest.raises(DataError, match=message):
+        task_from_npz(tmp_path / "bad.npz", 0)
+
+
+def test_not_an_npz(tmp_path):
+    (tmp_path / "x.npz").write_bytes(b"plain text")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        task_from_npz(tmp_path / "x.npz", 0)
+
+
+# ------------------------------------------------------------------ CSV
+
+def _write_csv(path, x, labels, header=("a", "b", "label", "c")):
+    lines = [",".join(header)]
+    for row, label in zip(x, labels):
+        lines.append(f"{row[0]},{row[1]},{label},{row[2]}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_csv_label_column_by_name(tmp_path):
+    x, y = _tabular((12, 12), dim=3)
+    _write_csv(tmp_path / "t.csv", x, np.array(["benign", "malignant"])[y])
+    task = task_from_csv(tmp_path / "t.csv", "label", "malignant")
+    data, splits = _splits(task)
+    assert data.class_names == ("not malignant", "malignant") and data.input_shape == (3,)
+    assert data.meta["feature_names"] == ["a", "b", "c"]
+    assert sum(int(s.y.sum()) for s in splits) == 12
+    rows = {tuple(np.float32(r)) for r in x}
+    assert all(tuple(r) in rows for r in data.train.x.numpy())
+
+
+def test_csv_numeric_labels_match_ints(tmp_path):
+    x, y = _tabular((10, 10), dim=3)
+    _write_csv(tmp_path / "t.csv", x, [f"{v:.1f}" for v in y])  # "1.0" in the file, 1 asked for
+    data, splits = _splits(task_from_csv(tmp_path / "t.csv", "label", 1))
+    assert sum(int(s.y.sum()) for s in splits) == 10
+
+
+def test_csv_missing_value_names_the_row(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,label\n1,2,x\n3,,y\n")
+    with pytest.raises(DataError, match=r"row 2 \(line 3\) is missing a value in column 'b'"):
+        task_from_csv(tmp_path / "t.csv", "label", "x")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a,b,label\n1,2,x\n3,abc,y\n", r"row 2 \(line 3\), column 'b': 'abc' is not a number"),
+    ("a,b,label\n1,2,x\n3,4\n", r"row 2 \(line 3\) has 2 fields"),
+    ("a,b,label\n1,2,x\n1,inf,y\n", r"NaN or infinite values in row 2 \(line 3\)"),
+    ("a,b,label\n1,2,\n", r"row 1 \(line 2\) has no label"),
+    ("a,b,label\n", "no data rows"),
+    ("", "empty file"),
+    ("a,b,target\n1,2,x\n", r"no column 'label'; columns are: a, b, target"),
+])
+def test_csv_errors(tmp_path, text, message):
+    (tmp_path / "t.csv").write_text(text)
+    with pytest.raises(DataError, match=message):
+        task_from_csv(tmp_path / "t.csv", "label", "x")
+
+
+# ------------------------------------------------------------------ image folders
+
+Image = pytest.importorskip("PIL.Image")
+
+
+def _image_folder(root, classes, size=(10, 10), mode="L"):
+    rng = np.random.default_rng(0)
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True)
+        for k in range(count):
+            shape = size if mode == "L" else (*size, 3)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(root / name / f"{k}.png")
+    return root
+
+
+def test_image_folder_task(tmp_path):
+    root = _image_folder(tmp_path / "pics", {"cats": 10, "dogs": 10, "birds": 5})
+    task = task_from_image_folder(root, "cats", other_class="dogs")
+    data, splits = _splits(task)
+    assert task.name == "pics" and data.class_names == ("dogs", "cats") and data.input_shape == (1, 10, 10)
+    assert sum(len(s) for s in splits) == 20 and sum(int(s.y.sum()) for s in splits) == 10
+    assert 0.0 <= float(data.train.x.min()) and float(data.train.x.max()) <= 1.0
+    everyone = task_from_image_folder(root, "cats").load(None)
+    assert len(everyone.train) + len(everyone.val) + len(everyone.test) == 25
+
+
+def test_image_folder_rgb(tmp_path):
+    root = _image_folder(tmp_path / "pics", {"a": 6, "b": 6}, mode="RGB")
+    assert task_from_image_folder(root, "a").load(None).input_shape == (3, 10, 10)
+
+
+def test_image_folder_mixed_sizes_need_size(tmp_path):
+    root = _image_folder(tmp_path / "pics", {"a": 5})
+    _image_folder(tmp_path / "pics", {"b": 5}, size=(12, 8))
+    with pytest.raises(DataError, match="pass size="):
+        task_from_image_folder(root, "a")
+    assert task_from_image_folder(root, "a", size=9).load(None).input_shape == (1, 9, 9)
+
+
+def test_image_folder_unknown_class_lists_folders(tmp_path):
+    root = _image_folder(tmp_path / "pics", {"a": 5, "b": 5})
+    with pytest.raises(DataError, match="sensitive class 'c' not among the labels found: 'a', 'b'"):
+        task_from_image_folder(root, "c")
+    with pytest.raises(DataError, match="no class folders"):
+        task_from_image_folder(tmp_path / "pics" / "a", "a")

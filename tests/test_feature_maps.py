@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from asymcert.errors import UnknownNameError
+from asymcert.nn.feature_maps import build_feature_map
+
+NORMS = [1.0, 1.5, 2.0, 3.0, math.inf]
+CONFIGS = [[{"kind": "identity"}], [{"kind": "shift"}], [{"kind": "concat-abs"}],
+           [{"kind": "shift"}, {"kind": "concat-abs"}], [{"kind": "standardize"}]]
+
+
+def _norm(v, p):
+    return torch.linalg.vector_norm(v.flatten(1), ord=p, dim=1)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("p", NORMS)
+def test_declared_lipschitz_bounds_empirical_ratio(config, p):
+    torch.manual_seed(0)
+    phi = build_feature_map(config, (2, 5)).double()
+    phi.fit(torch.randn(50, 2, 5).double() * 3 + 1)
+    x, y = torch.randn(400, 2, 5).double(), torch.randn(400, 2, 5).double()
+    y[::2] = -x[::2]  # sign flips: where |x| - |y| is tightest for concat-abs
+    ratio = _norm(phi(x) - phi(y), p) / _norm(x - y, p)
+    assert float(ratio.max()) <= phi.lipschitz(p) * (1 + 1e-12)
+    # the constant is tight (within a few percent) on these pairs or their worst direction
+    assert float(ratio.max()) >= 0.5 * phi.lipschitz(p)
+
+
+def test_concat_abs_constants():
+    phi = build_feature_map([{"kind": "concat-abs"}], (3, 4, 4))
+    assert phi.lipschitz(1) >= 2.0 and phi.lipschitz(2) >= math.sqrt(2) and phi.lipschitz(math.inf) == 1.0
+    assert phi.out_shape((3, 4, 4)) == (6, 4, 4)
+    assert not phi.affine()
+
+
+def test_standardize_lipschitz_is_largest_inverse_scale():
+    phi = build_feature_map([{"kind": "standardize"}], (3,))
+    phi.fit(torch.tensor([[0.0, 0.0, 0.0], [2.0, 20.0, 0.2]]))
+    std = torch.tensor([2.0, 20.0, 0.2]).div(math.sqrt(2))
+    assert phi.lipschitz(2) == pytest.approx(float(1 / std.min()), rel=1e-6)
+    assert phi.lipschitz(2) >= float(1 / std.double().min())
+
+
+def test_unknown_feature_map_names_the_known_ones():
+    with pytest.raises(UnknownNameError, match="shift"):
+        build_feature_map([{"kind": "nope"}], (3,))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(1.0, 50.0), st.integers(1, 4))
+def test_compose_lipschitz_is_product(p, n):
+    phi = build_feature_map([{"kind": "concat-abs"}] * n, (1, 2))
+    single = build_feature_map([{"kind": "concat-abs"}], (1, 2)).lipschitz(p)
+    assert phi.lipschitz(p) >= single ** n * (1 - 1e-12)
+    assert phi.lipschitz(p) <= single ** n * (1 + 1e-9)

@@ -1,0 +1,71 @@
+import torch
+
+from asymcert.data import get_task
+from asymcert.models import build_model
+from asymcert.train import TrainConfig, fit, fit_balance
+from asymcert.train.balance import balanced_accuracy
+from asymcert.train.loop import STATE_FILE
+
+
+def _setup(fashion_dir, epochs):
+    task = get_task("fashion-mnist-shirts")
+    data = task.load(fashion_dir)
+    cfg = {**task.model, "input_shape": list(data.input_shape), "input_range": [0, 1],
+           "convex": {"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}}
+    torch.manual_seed(0)
+    return task, data, build_model(cfg), TrainConfig.from_dict({**task.train, "epochs": epochs, "batch_size": 32})
+
+
+def test_training_learns_projects_and_fits_balance_on_validation(fashion_dir, tmp_path):
+    task, data, model, config = _setup(fashion_dir, 3)
+    result = fit(model, data, config, tmp_path, augment=task.augment, progress=False)
+    assert result["best"]["metric"] > 0.8
+    model.validate()  # convex after training
+    # b equalises validation class accuracies
+    with torch.no_grad():
+        s = model(data.val.x)
+    tpr = float((s[data.val.y == 1] > 0).float().mean())
+    tnr = float((s[data.val.y == 0] <= 0).float().mean())
+    assert abs(tpr - tnr) < 0.15
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / STATE_FILE).is_file()
+
+
+def test_resume_after_interruption_gives_identical_weights(fashion_dir, tmp_path):
+    task, data, model, config = _setup(fashion_dir, 3)
+    fit(model, data, config, tmp_path / "full", augment=task.augment, progress=False)
+    full = {k: v.clone() for k, v in model.state_dict().items()}
+    # "interrupted" run: 2 epochs, then continue to 3 in the same folder with a fresh model
+    _, _, model2, _ = _setup(fashion_dir, 3)
+    try:
+        fit_partial(model2, data, config, tmp_path / "resumed", task, stop_after=2)
+    except KeyboardInterrupt:
+        pass
+    _, _, model3, _ = _setup(fashion_dir, 3)
+    messages = []
+    fit(model3, data, config, tmp_path / "resumed", augment=task.augment, progress=False, log=messages.append)
+    assert messages[0].startswith("resuming after epoch 2")
+    assert len(messages) == 2  # the resume notice and epoch 3 only
+    for k, v in full.items():
+        assert torch.allclose(v.float(), model3.state_dict()[k].float(), atol=1e-6), k
+
+
+def fit_partial(model, data, config, out, task, stop_after):
+    """Run `fit` and interrupt it (KeyboardInterrupt) once `stop_after` epochs are checkpointed."""
+    seen = []
+
+    def log(msg):
+        seen.append(msg)
+        if len(seen) >= stop_after:
+            raise KeyboardInterrupt
+
+    fit(model, data, config, out, augment=task.augment, progress=False, log=log)
+
+
+def test_fit_balance_equalises_rates():
+    scores = torch.cat([torch.randn(500) + 1.0, torch.randn(300) - 0.5])
+    labels = torch.cat([torch.ones(500), torch.zeros(300)]).long()
+    b = fit_balance(scores, labels)
+    tpr = float((scores[:500] + b > 0).float().mean())
+    tnr = float((scores[500:] + b <= 0).float().mean())
+    assert abs(tpr - tnr) < 0.01
+    assert balanced_accuracy(scores + b, labels) > 0.7
