@@ -53,7 +53,14 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 @click.version_option(package_name="asymcert")
 def main() -> None:
-    """Certified robustness for the one class an attacker wants to escape."""
+    """Certified robustness for the one class an attacker wants to escape.
+
+    Under `torchrun --nproc_per_node N -m asymcert ...` the processes join one process group
+    (gloo on CPU, NCCL on CUDA): training runs with DistributedDataParallel and certification
+    shards the test inputs.
+    """
+    from asymcert import distributed
+    distributed.init_from_env()
 
 
 def _task_spec(task: str | None, data: str | None, csv: str | None, images: str | None, label_column: str | None,
@@ -175,6 +182,8 @@ def tasks() -> None:
 
 
 def _echo_summary(results: dict[str, Any], out: str) -> None:
+    if not results:  # not the writing process under torchrun
+        return
     click.echo(f"clean accuracy {100 * results['clean_accuracy']:.2f}%, "
                f"{1000 * results['certify_seconds_per_input']:.3f} ms per certificate")
     for name, table in results["certified_accuracy"].items():

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from asymcert import distributed
 from asymcert.certify import certify
 from asymcert.certify.result import Certificate, norm_label, normalize_norm
 from asymcert.checkpoint import atomic_write, load
@@ -92,10 +93,14 @@ def train_run(task_spec: dict[str, Any], out_dir: str | Path, preset: str | None
            "class_names": list(data.class_names), "binary": task.binary,
            "report_radii": {norm_label(p): list(r) for p, r in task.report_radii.items()},
            "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}}
-    atomic_write(out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(run, indent=1)))
+    if distributed.is_main():
+        atomic_write(out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(run, indent=1)))
     result = fit(model, data, train_cfg, out, augment=task.augment, progress=progress, log=log)
-    run["training"] = {"seconds": result["seconds"], "best": result["best"], "epochs": len(result["history"])}
-    atomic_write(out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(run, indent=1)))
+    run["training"] = {"seconds": result["seconds"], "best": result["best"], "epochs": len(result["history"]),
+                       "processes": distributed.world_size()}
+    if distributed.is_main():
+        atomic_write(out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(run, indent=1)))
+    distributed.barrier()
     return run
 
 
@@ -151,11 +156,24 @@ def certify_run(run_dir: str | Path, norms=DEFAULT_NORMS, limit: int | None = No
     x, y = data.test.x, data.test.y
     if limit is not None:
         x, y = x[:limit], y[:limit]
+    # Under torchrun every process certifies one contiguous shard; nothing is padded or repeated.
+    shard = x.tensor_split(distributed.world_size())[distributed.rank()]
     parts = []
-    for start in tqdm(range(0, len(x), batch_size), desc="certify", disable=not progress, leave=False):
-        parts.append(certify(model, x[start:start + batch_size], norms=norms))
+    for start in tqdm(range(0, len(shard), batch_size), desc="certify",
+                      disable=not (progress and distributed.is_main()), leave=False):
+        parts.append(certify(model, shard[start:start + batch_size], norms=norms))
     cert = Certificate.cat(parts)
-    save_certificates(run_dir / CERT_FILE, cert, y)
+    if distributed.is_distributed():
+        cert = Certificate(distributed.gather_rows(cert.predicted),
+                           {p: distributed.gather_rows(r) for p, r in cert.radii.items()}, cert.method,
+                           cert.deterministic, cert.alpha,
+                           None if cert.abstained is None else distributed.gather_rows(cert.abstained),
+                           cert.seconds, cert.binary, {k: distributed.gather_rows(v) for k, v in cert.extra.items()})
+        # wall clock of rank 0's shard (the shards run at the same time)
+        cert.seconds = distributed.broadcast_float(cert.seconds)
+    if distributed.is_main():
+        save_certificates(run_dir / CERT_FILE, cert, y)
+    distributed.barrier()
     return cert
 
 
@@ -170,4 +188,6 @@ def run_task(task_spec: dict[str, Any], out_dir: str | Path, preset: str | None 
     data = task.load(Path(data_dir) if data_dir else None)
     train_run(task_spec, out_dir, preset, train_overrides, model_overrides, data_dir, progress, log, data=data)
     certify_run(out_dir, limit=limit, data=data, progress=progress)
-    return write_report(out_dir)
+    results = write_report(out_dir) if distributed.is_main() else {}
+    distributed.barrier()
+    return results

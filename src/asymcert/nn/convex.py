@@ -63,6 +63,30 @@ class PositiveBatchNorm(nn.modules.batchnorm._BatchNorm):
     def constraints(self) -> dict[str, float]:
         return {"weight": self.min_scale}
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from asymcert import distributed
+        if not (self.training and distributed.is_distributed()):
+            return super().forward(x)
+        return self._synced_forward(x)
+
+    def _synced_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training-mode batch norm with statistics over the global batch of every process
+        (what SyncBatchNorm does on GPUs; it also runs on CPU/gloo here). Gradients are exact."""
+        from asymcert.distributed import differentiable_sum
+        dims = [0] + list(range(2, x.dim()))
+        count = differentiable_sum(torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device))
+        total = differentiable_sum(torch.stack([x.sum(dims), (x * x).sum(dims)]))
+        mean = total[0] / count
+        var = (total[1] / count - mean * mean).clamp_min(0.0)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(m * mean.detach())
+            self.running_var.mul_(1 - m).add_(m * var.detach() * count / (count - 1).clamp_min(1))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape)
+
     def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift) per channel of the eval-mode map x ↦ scale·x + shift."""
         scale = self.weight / torch.sqrt(self.running_var + self.eps)

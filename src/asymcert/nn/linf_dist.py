@@ -80,6 +80,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     for t in ("f32", "f64"):
         getattr(lib, f"asymcert_pack_{t}").argtypes = [P, I, I, P, N]
         getattr(lib, f"asymcert_linf_fwd_{t}").argtypes = [P, P, P, I, I, I, P, P, P, N]
+        getattr(lib, f"asymcert_linf_bwd_{t}").argtypes = [P, P, P, I, I, I, P, P, N]
         getattr(lib, f"asymcert_lp_fwd_{t}").argtypes = [P, P, I, I, I, D, P, N]
         getattr(lib, f"asymcert_lp_bwd_{t}").argtypes = [P, P, P, P, I, I, I, D, P, P, N]
     for name in ("asymcert_panel", "asymcert_bwd_kchunk"):
@@ -177,6 +178,11 @@ def kernel_error() -> Optional[str]:
     return _state["error"]
 
 
+def _threads(work: int) -> int:
+    """OpenMP threads for ``work`` = batch·out·in: one for small problems (no fork/join cost)."""
+    return 1 if work < (1 << 18) else torch.get_num_threads()
+
+
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
@@ -189,7 +195,7 @@ def _pack(lib: ctypes.CDLL, w: torch.Tensor) -> torch.Tensor:
     O, K = w.shape
     pw = lib.asymcert_panel(0 if w.dtype == torch.float32 else 1)
     wp = torch.empty((O + pw - 1) // pw, K, pw, dtype=w.dtype)
-    getattr(lib, f"asymcert_pack_{_sfx(w.dtype)}")(w.data_ptr(), O, K, wp.data_ptr(), torch.get_num_threads())
+    getattr(lib, f"asymcert_pack_{_sfx(w.dtype)}")(w.data_ptr(), O, K, wp.data_ptr(), _threads(O * K * 64))
     return wp
 
 
@@ -203,9 +209,19 @@ def _cpp_linf_fwd(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, need_idx: 
         return y, idx, sgn
     wp = _pack(lib, w)
     getattr(lib, f"asymcert_linf_fwd_{_sfx(x.dtype)}")(
-        x.data_ptr(), w.data_ptr(), wp.data_ptr(), B, K, O, y.data_ptr(), _ptr(idx), _ptr(sgn),
-        torch.get_num_threads())
+        x.data_ptr(), w.data_ptr(), wp.data_ptr(), B, K, O, y.data_ptr(), _ptr(idx), _ptr(sgn), _threads(B * K * O))
     return y, idx, sgn
+
+
+def _cpp_linf_bwd(lib: ctypes.CDLL, idx: torch.Tensor, sgn: torch.Tensor, g: torch.Tensor, K: int,
+                  need_x: bool, need_w: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    B, O = idx.shape
+    g = g.to(sgn.dtype).contiguous()
+    gx = torch.empty(B, K, dtype=sgn.dtype) if need_x else None
+    gw = torch.empty(O, K, dtype=sgn.dtype) if need_w else None
+    getattr(lib, f"asymcert_linf_bwd_{_sfx(sgn.dtype)}")(
+        idx.data_ptr(), sgn.data_ptr(), g.data_ptr(), B, K, O, _ptr(gx), _ptr(gw), _threads(B * O * 64))
+    return gx, gw
 
 
 def _cpp_lp_fwd(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, p: float) -> torch.Tensor:
@@ -215,7 +231,7 @@ def _cpp_lp_fwd(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, p: float) ->
     if B == 0 or O == 0:
         return y
     wp = _pack(lib, w)
-    nt = torch.get_num_threads()
+    nt = _threads(B * K * O)
     sfx = _sfx(x.dtype)
     getattr(lib, f"asymcert_linf_fwd_{sfx}")(x.data_ptr(), w.data_ptr(), wp.data_ptr(), B, K, O, y.data_ptr(),
                                             None, None, nt)
@@ -248,7 +264,7 @@ def _cpp_lp_bwd(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, y: torch.Ten
     gw = torch.empty(Op, Kp, dtype=x.dtype)
     getattr(lib, f"asymcert_lp_bwd_{_sfx(x.dtype)}")(
         xp.data_ptr(), wp.data_ptr(), invp.data_ptr(), gp.data_ptr(), Bp, Kp, Op, float(p), gx.data_ptr(),
-        gw.data_ptr(), torch.get_num_threads())
+        gw.data_ptr(), _threads(B * K * O))
     return gx[:B, :K], gw[:O, :K]
 
 
@@ -443,7 +459,8 @@ def _resolve(backend: str, x: torch.Tensor, w: torch.Tensor) -> str:
 
 
 def _finite(x: torch.Tensor, w: torch.Tensor) -> bool:
-    return bool(torch.isfinite(x).all()) and bool(torch.isfinite(w).all())
+    # a sum is finite iff every term is (or it overflowed: then the PyTorch path, still correct)
+    return math.isfinite(float(x.sum()) + float(w.sum()))
 
 
 def _linf_forward(x, w, backend, need_idx):
@@ -491,6 +508,7 @@ class _LinfDistFn(torch.autograd.Function):
     def forward(ctx, x, w, backend):  # type: ignore[override]
         y, idx, sgn = _linf_forward(x, w, backend, True)
         ctx.save_for_backward(idx, sgn)
+        ctx.cpp = _resolve(backend, x, w) == "cpp"
         ctx.shapes = (x.shape, w.shape)
         return y
 
@@ -499,6 +517,9 @@ class _LinfDistFn(torch.autograd.Function):
     def backward(ctx, g):  # type: ignore[override]
         idx, sgn = ctx.saved_tensors
         xs, ws = ctx.shapes
+        if ctx.cpp and idx.is_contiguous() and sgn.is_contiguous() and idx.numel():
+            return (*_cpp_linf_bwd(kernels(), idx, sgn, g, xs[1], ctx.needs_input_grad[0],
+                                   ctx.needs_input_grad[1]), None)
         gs = g * sgn
         gx = gw = None
         if ctx.needs_input_grad[0]:

@@ -24,6 +24,7 @@ class TrainConfig:
         device: "auto" (CUDA when present), "cpu" or "cuda[:i]".
         augment: apply the task's training augmentation.
         eval_batch_size: batch size for validation passes.
+        amp: bfloat16 autocast for training on CUDA (ignored on CPU; certification never uses it).
     """
 
     epochs: int = 60
@@ -39,6 +40,7 @@ class TrainConfig:
     device: str = "auto"
     augment: bool = True
     eval_batch_size: int = 1000
+    amp: bool = False
     extra: dict[str, Any] | None = None
 
     @classmethod

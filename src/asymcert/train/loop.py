@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from asymcert import distributed
 from asymcert.checkpoint import MODEL_FILE, atomic_write, save
 from asymcert.data.tasks import Augment, TaskData
 from asymcert.train.config import TrainConfig
@@ -35,6 +36,18 @@ def resolve_device(name: str) -> torch.device:
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     """A CPU generator determined by (seed, epoch, stream): resuming at an epoch replays it exactly."""
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 7 + stream)
+
+
+class _LossModule(nn.Module):
+    """Wraps model + recipe so the training loss is one forward call (what DDP needs to sync gradients)."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe) -> None:
+        super().__init__()
+        self.model = model
+        self.recipe = recipe
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, progress: float):
+        return self.recipe.loss(self.model, x, y, progress)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -72,11 +85,17 @@ def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Pa
         ``{"history": [per-epoch dicts], "best": {...}, "seconds": training seconds}``; the model is
         left holding the best-validation weights.
     """
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
     model.to(device)
+    rank, world = distributed.rank(), distributed.world_size()
+    if config.batch_size % world:
+        raise ValueError(f"batch size {config.batch_size} does not split over {world} processes")
     recipe = recipe or recipe_for(model, config)
     out = Path(out_dir) if out_dir is not None else None
+    writer = distributed.is_main()
     log = log or (lambda msg: tqdm.write(msg))
+    if not writer:
+        log, progress = (lambda msg: None), False
     optimizer = make_optimizer(model, config)
     n = len(data.train)
     steps = math.ceil(n / config.batch_size)
@@ -100,6 +119,11 @@ def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Pa
         log(f"resuming after epoch {start_epoch} of {config.epochs} from {state_file}")
     else:
         recipe.prepare(model, data.train)
+    engine: nn.Module = _LossModule(model, recipe)
+    if distributed.is_distributed():
+        engine = torch.nn.parallel.DistributedDataParallel(
+            engine, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
     seconds = sum(h.get("seconds", 0.0) for h in history)
     x_all, y_all = data.train.x, data.train.y
     for epoch in range(start_epoch, config.epochs):
@@ -115,9 +139,14 @@ def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Pa
             idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
             x, y = x_all[idx], y_all[idx]
             if augment is not None and config.augment:
-                x = augment(x, aug_gen)
+                x = augment(x, aug_gen)  # the whole global batch: same draws on every process
+            if world > 1:  # this process's shard of the global batch
+                x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
+            if device.type == "cuda":
+                x, y = x.pin_memory(), y.pin_memory()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, stats = recipe.loss(model, x, y, prog0 + step / (steps * max(1, config.epochs)))
+            with autocast:
+                loss, stats = engine(x, y, prog0 + step / (steps * max(1, config.epochs)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -131,7 +160,7 @@ def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Pa
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
         if not per_step:
             scheduler.step()
-        val = recipe.evaluate(model, data.val, config.eval_batch_size)
+        val = recipe.evaluate(model, data.val, config.eval_batch_size)  # identical on every process
         seconds += time.perf_counter() - t0
         record = {"epoch": epoch + 1, **{k: v / steps for k, v in totals.items()},
                   **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - t0,
@@ -140,19 +169,20 @@ def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Pa
         if val["metric"] > best["metric"]:
             best = {"metric": val["metric"], "epoch": epoch + 1, **{f"val_{k}": v for k, v in val.items()}}
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if out is not None:
+            if out is not None and writer:
                 save(model, out, meta={"task_meta": meta or {}, "best_epoch": epoch + 1})
-        if out is not None:
+        if out is not None and writer:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch, "history": json.dumps(history),
                      "best": json.dumps(best), "best_model": best_state, "fingerprint": fingerprint}
             atomic_write(state_file, lambda tmp: torch.save(state, tmp))
             atomic_write(out / HISTORY_FILE, lambda tmp: tmp.write_text(json.dumps(history, indent=1)))
+        distributed.barrier()
         log(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val metric {val['metric']:.4f}"
             + (" (best)" if best["epoch"] == epoch + 1 else "") + f", {record['seconds']:.1f}s")
     if best_state is not None:
         model.load_state_dict(best_state)
-    if out is not None and not (out / MODEL_FILE).is_file():
+    if out is not None and writer and not (out / MODEL_FILE).is_file():
         save(model, out, meta={"task_meta": meta or {}})
     model.eval()
     return {"history": history, "best": best, "seconds": seconds}

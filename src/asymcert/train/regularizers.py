@@ -17,7 +17,11 @@ def jacobian_penalty(score: torch.Tensor, features: torch.Tensor) -> torch.Tenso
         score: (N,) scores computed from ``features`` (which must require grad).
         features: (N, *feature_shape).
     Returns:
-        Scalar sqrt(Σ_i ‖∇_f s_i‖²).
+        Scalar sqrt(Σ_i ‖∇_f s_i‖²), the sum running over the global batch under torch.distributed.
     """
+    from asymcert.distributed import differentiable_sum
+
     (grad,) = torch.autograd.grad(score.sum(), features, create_graph=True)
-    return grad.pow(2).sum().clamp_min(1e-12).sqrt()
+    # Under DDP the norm is over the global batch: every process gets the same value, and the
+    # all-reduce's backward plus DDP's gradient averaging give exactly the one-process gradient.
+    return differentiable_sum(grad.pow(2).sum()).clamp_min(1e-12).sqrt()

@@ -24,6 +24,7 @@ namespace {
 constexpr int VBYTES = 64;  // one AVX-512 register; the compiler splits it on narrower ISAs
 // Tile shapes (registers: AVX-512 has 32 vector registers).
 constexpr int F_RB = 4, F_NV = 4;     // p = ∞ forward, 4 rows × 4 vectors (64 float outputs)
+constexpr int A_RB = 2;               // p = ∞ forward with argmax: fewer rows, no register spills
 constexpr int P_RB = 4, P_NV = 2;     // finite p forward
 constexpr int B_RB = 2, B_RO = 4, B_KV = 2;  // finite p backward
 
@@ -135,7 +136,7 @@ template <typename T, int E> inline typename VT<T>::V vpow(typename VT<T>::V r, 
 }
 
 // ---- p = ∞ forward: y = max_k |x − w|, optionally first argmax and sign of (x − w) there.
-constexpr int KB = 64;  // argmax bookkeeping block along k
+constexpr int KB = 16;  // argmax bookkeeping block along k
 
 // First k in [k0, k1) with |x[k] − w[k]| == y (bitwise the same arithmetic as the forward);
 // writes the sign of x − w there. Returns k0 when there is none (NaN inputs only).
@@ -353,6 +354,41 @@ void lp_bwd(const T* x, const T* w, const T* inv, const T* g, int64_t B, int64_t
   }
 }
 
+// ---- p = ∞ backward: gx[b, idx[b,o]] += s[b,o]·g[b,o]; gw[o, idx[b,o]] −= s[b,o]·g[b,o].
+// gx (B, K) and gw (O, K) are overwritten; either may be null. Rows are owned by one thread each.
+template <typename T>
+void linf_bwd(const int64_t* idx, const T* sgn, const T* g, int64_t B, int64_t K, int64_t O, T* gx, T* gw,
+              int nthreads) {
+  constexpr int OB = 64;
+#pragma omp parallel num_threads(nthreads)
+  {
+    if (gx) {
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < B; ++b) {
+        T* row = gx + b * K;
+        std::memset(row, 0, sizeof(T) * K);
+        const int64_t* ib = idx + b * O;
+        const T* sb = sgn + b * O;
+        const T* gb = g + b * O;
+        for (int64_t o = 0; o < O; ++o) row[ib[o]] += sb[o] * gb[o];
+      }
+    }
+    if (gw) {
+#pragma omp for schedule(static)
+      for (int64_t o0 = 0; o0 < O; o0 += OB) {
+        const int64_t o1 = std::min<int64_t>(O, o0 + OB);
+        std::memset(gw + o0 * K, 0, sizeof(T) * K * (o1 - o0));
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t* ib = idx + b * O;
+          const T* sb = sgn + b * O;
+          const T* gb = g + b * O;
+          for (int64_t o = o0; o < o1; ++o) gw[o * K + ib[o]] -= sb[o] * gb[o];
+        }
+      }
+    }
+  }
+}
+
 // Pack w (O, K) into panels wP (ceil(O / PW), K, PW), zero-padded; 64 × 64 blocks stay in L1.
 template <typename T>
 void pack_panels(const T* w, int64_t O, int64_t K, T* wP, int nthreads) {
@@ -430,15 +466,25 @@ int asymcert_pack_f64(const double* w, int64_t O, int64_t K, double* wP, int nt)
   pack_panels<double>(w, O, K, wP, nt);
   return 0;
 }
+int asymcert_linf_bwd_f32(const int64_t* idx, const float* sgn, const float* g, int64_t B, int64_t K, int64_t O,
+                          float* gx, float* gw, int nt) {
+  linf_bwd<float>(idx, sgn, g, B, K, O, gx, gw, nt);
+  return 0;
+}
+int asymcert_linf_bwd_f64(const int64_t* idx, const double* sgn, const double* g, int64_t B, int64_t K, int64_t O,
+                          double* gx, double* gw, int nt) {
+  linf_bwd<double>(idx, sgn, g, B, K, O, gx, gw, nt);
+  return 0;
+}
 int asymcert_linf_fwd_f32(const float* x, const float* w, const float* wP, int64_t B, int64_t K, int64_t O,
                           float* y, int64_t* idx, float* sgn, int nt) {
-  if (idx) linf_fwd<float, F_RB, F_NV, true>(x, w, wP, B, K, O, y, idx, sgn, nt);
+  if (idx) linf_fwd<float, A_RB, F_NV, true>(x, w, wP, B, K, O, y, idx, sgn, nt);
   else linf_fwd<float, F_RB, F_NV, false>(x, w, wP, B, K, O, y, idx, sgn, nt);
   return 0;
 }
 int asymcert_linf_fwd_f64(const double* x, const double* w, const double* wP, int64_t B, int64_t K, int64_t O,
                           double* y, int64_t* idx, double* sgn, int nt) {
-  if (idx) linf_fwd<double, F_RB, F_NV, true>(x, w, wP, B, K, O, y, idx, sgn, nt);
+  if (idx) linf_fwd<double, A_RB, F_NV, true>(x, w, wP, B, K, O, y, idx, sgn, nt);
   else linf_fwd<double, F_RB, F_NV, false>(x, w, wP, B, K, O, y, idx, sgn, nt);
   return 0;
 }

@@ -1,0 +1,93 @@
+"""Certification throughput: asymcert's batched certificate vs the authors' per-input method.
+
+The authors' code certifies one input at a time: a batch of one, `torch.autograd.functional.jacobian`
+of g at φ(x), then the dual norm. asymcert does the whole batch in one forward and one backward
+pass. Both run here on the same model, inputs and machine, in one process; the ratio is the result.
+
+    python benchmarks/bench_certify.py [--run runs/fashion-mnist-shirts] [--n 2000] [--n-ref 200]
+
+Without --run, randomly initialised models of the paper architectures are used (throughput does
+not depend on the weights). Writes benchmarks/results/certify.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import asymcert
+from asymcert.certify.functional import dual_norm
+from asymcert.models import build_model
+
+ARCHS = {
+    "convex-conv (Fashion-MNIST, authors')": {"kind": "feature-convex", "input_shape": [1, 28, 28],
+        "feature_map": [{"kind": "shift"}], "convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2}},
+    "icnn-mlp 200-50 (MNIST, authors')": {"kind": "feature-convex", "input_shape": [1, 28, 28],
+        "feature_map": [{"kind": "shift"}], "convex": {"kind": "icnn", "widths": [200, 50]}},
+}
+NORMS = (1.0, 2.0, math.inf)
+
+
+def per_input_reference(model, x: torch.Tensor) -> torch.Tensor:
+    """The authors' way: one input at a time, autograd.functional.jacobian, in the model's dtype."""
+    model.eval()
+    out = []
+    for i in range(x.shape[0]):
+        f = model.features(x[i:i + 1])
+        jac = torch.autograd.functional.jacobian(lambda z: model.score_from_features(z), f)
+        s = model.score_from_features(f).detach()
+        out.append(torch.stack([s[0] / (model.lipschitz(p) * dual_norm(jac.reshape(1, -1), p)[0]) for p in NORMS]))
+    return torch.stack(out)
+
+
+def timed(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def machine() -> dict:
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", help="run folder whose model replaces the random conv net")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--n-ref", type=int, default=200, help="inputs for the slow per-input reference")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    results = {"machine": machine(), "n": args.n, "n_ref": args.n_ref, "models": {}}
+    for name, cfg in ARCHS.items():
+        model = asymcert.load(args.run) if (args.run and "conv" in name) else build_model(cfg).eval()
+        x = torch.rand(args.n, *model.input_shape)
+        row = {}
+        ref_t = timed(lambda: per_input_reference(model, x[:args.n_ref]), repeats=1) / args.n_ref
+        row["per_input_reference_s"] = ref_t
+        for precision in ("float64", "model"):
+            t = timed(lambda: asymcert.certify(model, x, norms=NORMS, precision=precision)) / args.n
+            row[f"batched_{precision}_s"] = t
+            row[f"speedup_{precision}"] = ref_t / t
+        results["models"][name] = row
+        print(f"{name}: per-input {1e3 * ref_t:.3f} ms; batched float64 {1e3 * row['batched_float64_s']:.4f} ms "
+              f"({row['speedup_float64']:.1f}x); batched model dtype {1e3 * row['batched_model_s']:.4f} ms "
+              f"({row['speedup_model']:.1f}x)")
+    out = Path(__file__).parent / "results" / "certify.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

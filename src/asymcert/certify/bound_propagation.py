@@ -1,0 +1,458 @@
+"""Bound propagation through standard ReLU networks: IBP, CROWN-IBP and CROWN, batched.
+
+Supported networks: an ``nn.Sequential`` (or a model with such a ``.net``) of ``nn.Linear``,
+``nn.Conv2d``, ``nn.ReLU``, ``nn.Flatten``, ``nn.Identity`` and
+:class:`~asymcert.nn.feature_maps.Shift` (x − μ), nested Sequentials allowed.
+
+The perturbation set is the ℓp ball {x' : ‖x' − x‖_p ≤ ε} around every input (any p ≥ 1, ε per
+input), over all of R^d (the input range is not intersected, like every other certificate here).
+
+* IBP (Gowal et al. 2018): interval arithmetic; the first affine layer is bounded exactly over
+  the ball (centre ± ε‖row‖_{p*}).
+* CROWN (Zhang et al. 2018): backward linear relaxation. Each unstable ReLU (l < 0 < u) is
+  bounded above by the chord u(z − l)/(u − l) and below by αz with α = 1 if u ≥ −l else 0
+  ("adaptive"; ``lower_slope`` can fix α to 0 or 1). The linear bound is concretised over the
+  ball with the dual norm: min_{‖δ‖_p ≤ ε} aᵀ(x + δ) = aᵀx − ε‖a‖_{p*}.
+* CROWN-IBP (Zhang et al. 2020): IBP bounds for the pre-activation of every ReLU, CROWN for
+  the output. Full CROWN computes every ReLU's pre-activation bounds with CROWN too
+  (intersected with the IBP ones, which keeps them sound and never looser).
+
+Every function is differentiable (used for certified training) and works in the dtype of the
+network and input; the certifiers run it in float64.
+
+Certifiers ``"ibp"``, ``"crown-ibp"``, ``"crown"`` (binary score models, (N,) or (N, 1) outputs)
+report per input the largest ε at which the score's lower bound was *verified* positive, found
+by doubling then bisection; ``"crown-ibp"`` and ``"crown"`` use the better of their bound and
+the IBP bound at each ε (both are sound, so the maximum is too).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asymcert.certify.api import register_certifier
+from asymcert.certify.functional import dual_exponent
+from asymcert.certify.result import Certificate
+from asymcert.errors import AsymcertError
+from asymcert.nn.feature_maps import Shift
+
+SUPPORTED = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.Identity, Shift)
+METHODS = ("ibp", "crown-ibp", "crown")
+LOWER_SLOPES = ("adaptive", "zero", "one")
+# Maximal number of elements of one backward-pass coefficient tensor (N·M·d) in full CROWN.
+_CHUNK_ELEMENTS = 1 << 23
+
+Box = tuple[torch.Tensor, torch.Tensor]
+
+
+class UnsupportedNetworkError(AsymcertError, ValueError):
+    """A network with a layer bound propagation does not handle."""
+
+
+def sequential_layers(model: nn.Module) -> list[nn.Module]:
+    """The flat list of layers of ``model`` (an ``nn.Sequential`` or a model with one as ``.net``).
+
+    Raises:
+        UnsupportedNetworkError: a layer outside :data:`SUPPORTED`.
+    """
+    net = model.net if isinstance(getattr(model, "net", None), nn.Sequential) else model
+    if not isinstance(net, nn.Sequential):
+        raise UnsupportedNetworkError(f"bound propagation needs an nn.Sequential (or a model with one as .net), "
+                                      f"got {type(model).__name__}")
+    out: list[nn.Module] = []
+    for layer in net:
+        if isinstance(layer, nn.Sequential):
+            out += sequential_layers(layer)
+        elif isinstance(layer, SUPPORTED):
+            out.append(layer)
+        else:
+            raise UnsupportedNetworkError(f"bound propagation does not support {type(layer).__name__}; supported: "
+                                          + ", ".join(t.__name__ for t in SUPPORTED))
+    return out
+
+
+def _eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    e = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+    return e.expand(x.shape[0]).clone() if e.dim() == 0 else e.reshape(x.shape[0])
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N,) → (N, 1, …, 1) broadcasting against ``like``."""
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def dual_norm_rows(a: torch.Tensor, q: float) -> torch.Tensor:
+    """ℓq norm over the last dimension, differentiable, in ``a``'s dtype: (..., d) → (...)."""
+    if math.isinf(q):
+        return a.abs().amax(dim=-1)
+    if q == 1:
+        return a.abs().sum(dim=-1)
+    return torch.linalg.vector_norm(a, ord=q, dim=-1)
+
+
+def _weight_row_dual_norm(layer: nn.Module, q: float) -> torch.Tensor:
+    """‖row‖_q of every output unit of a Linear (out,) or Conv2d (out channels,) layer."""
+    return dual_norm_rows(layer.weight.reshape(layer.weight.shape[0], -1), q)
+
+
+def layer_shapes(layers: list[nn.Module], x: torch.Tensor) -> list[tuple[int, ...]]:
+    """Shape (without batch) of the input of every layer, plus the output shape at the end."""
+    shapes = [tuple(x.shape[1:])]
+    with torch.no_grad():
+        h = x[:1]
+        for layer in layers:
+            h = layer(h)
+            shapes.append(tuple(h.shape[1:]))
+    return shapes
+
+
+def ibp_boxes(layers: list[nn.Module], x: torch.Tensor, eps: float | torch.Tensor, p: float) -> list[Box]:
+    """Interval bounds of every layer's output (and of the input first): a list of len(layers) + 1 boxes.
+
+    Args:
+        layers: from :func:`sequential_layers`.
+        x: (N, *input_shape) ball centres.
+        eps: radius per input (N,) or a scalar, in ℓp.
+        p: the norm of the ball.
+    Returns:
+        ``boxes[k] = (lower, upper)`` of the input of layer k (``boxes[0]``: the ball's bounding
+        box x ± ε; ``boxes[-1]``: the network output), each (N, *shape).
+    """
+    e = _eps(eps, x)
+    q = dual_exponent(p)
+    centre, radius = x, _bcast(e, x).expand_as(x)
+    boxes: list[Box] = [(x - radius, x + radius)]
+    ball = True  # (centre, ε) still describes an ℓp ball (only shifts and reshapes so far)
+    lo, hi = boxes[0]
+    for layer in layers:
+        if isinstance(layer, (Shift, nn.Flatten, nn.Identity)):
+            if ball:
+                centre = layer(centre)
+            lo, hi = layer(lo), layer(hi)
+        elif isinstance(layer, nn.Linear):
+            if ball:
+                c = layer(centre)
+                r = _bcast(e, c) * _weight_row_dual_norm(layer, q)
+            else:
+                mid, rad = (hi + lo) / 2, (hi - lo) / 2
+                c = layer(mid)
+                r = F.linear(rad, layer.weight.abs())
+            lo, hi, ball = c - r, c + r, False
+        elif isinstance(layer, nn.Conv2d):
+            if ball:
+                c = layer(centre)
+                r = _bcast(e, c) * _weight_row_dual_norm(layer, q).view(1, -1, 1, 1)
+            else:
+                mid, rad = (hi + lo) / 2, (hi - lo) / 2
+                c = layer(mid)
+                r = F.conv2d(rad, layer.weight.abs(), None, layer.stride, layer.padding, layer.dilation, layer.groups)
+            lo, hi, ball = c - r, c + r, False
+        elif isinstance(layer, nn.ReLU):
+            lo, hi, ball = F.relu(lo), F.relu(hi), False
+        else:  # pragma: no cover - sequential_layers rejects these
+            raise UnsupportedNetworkError(type(layer).__name__)
+        boxes.append((lo, hi))
+    return boxes
+
+
+def _relu_relaxation(lo: torch.Tensor, hi: torch.Tensor, lower_slope: str) -> tuple[torch.Tensor, ...]:
+    """Slopes and intercept of the linear bounds of relu on [lo, hi]: (lower slope, upper slope, upper intercept)."""
+    active = lo >= 0
+    unstable = (lo < 0) & (hi > 0)
+    denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
+    up_slope = torch.where(unstable, hi / denom, active.to(hi.dtype))
+    up_icpt = torch.where(unstable, -lo * hi / denom, torch.zeros_like(hi))
+    if lower_slope == "adaptive":
+        alpha = (hi >= -lo).to(hi.dtype)
+    elif lower_slope == "zero":
+        alpha = torch.zeros_like(hi)
+    elif lower_slope == "one":
+        alpha = torch.ones_like(hi)
+    else:
+        raise ValueError(f"lower_slope must be one of {LOWER_SLOPES}, got {lower_slope!r}")
+    low_slope = torch.where(unstable, alpha, active.to(hi.dtype))
+    return low_slope, up_slope, up_icpt
+
+
+def backward_lower_bound(layers: list[nn.Module], end: int, coeff: torch.Tensor, x: torch.Tensor,
+                         eps: torch.Tensor, p: float, boxes: list[Box], shapes: list[tuple[int, ...]],
+                         lower_slope: str = "adaptive") -> torch.Tensor:
+    """CROWN: lower bounds of ``coeff · h_end`` over the ball, h_end the output of layer ``end - 1``.
+
+    Args:
+        coeff: (N, M, *shape of h_end) linear specifications (M per input).
+        boxes: pre-activation bounds, ``boxes[j]`` the input box of layer j (used at ReLUs).
+        shapes: from :func:`layer_shapes`.
+    Returns:
+        (N, M) lower bounds.
+    """
+    n, m = coeff.shape[:2]
+    a = coeff
+    bias = torch.zeros(n, m, dtype=x.dtype, device=x.device)
+    for j in range(end - 1, -1, -1):
+        layer = layers[j]
+        if isinstance(layer, nn.Linear):
+            if layer.bias is not None:
+                bias = bias + a @ layer.bias
+            a = a @ layer.weight
+        elif isinstance(layer, nn.Conv2d):
+            out_shape, in_shape = shapes[j + 1], shapes[j]
+            if layer.bias is not None:
+                bias = bias + torch.einsum("nmchw,c->nm", a, layer.bias)
+            flat = a.reshape(n * m, *out_shape)
+            pad = [in_shape[k + 1] - ((out_shape[k + 1] - 1) * layer.stride[k] - 2 * layer.padding[k]
+                                      + layer.dilation[k] * (layer.kernel_size[k] - 1) + 1) for k in range(2)]
+            a = F.conv_transpose2d(flat, layer.weight, None, layer.stride, layer.padding, tuple(pad),
+                                   layer.groups, layer.dilation).reshape(n, m, *in_shape)
+        elif isinstance(layer, nn.Flatten):
+            a = a.reshape(n, m, *shapes[j])
+        elif isinstance(layer, Shift):
+            bias = bias - (a * layer.mean).flatten(2).sum(-1)
+        elif isinstance(layer, nn.Identity):
+            pass
+        elif isinstance(layer, nn.ReLU):
+            lo, hi = boxes[j]
+            low_slope, up_slope, up_icpt = (t.unsqueeze(1) for t in _relu_relaxation(lo, hi, lower_slope))
+            pos, neg = a.clamp(min=0), a.clamp(max=0)
+            bias = bias + (neg * up_icpt).flatten(2).sum(-1)
+            a = pos * low_slope + neg * up_slope
+        else:  # pragma: no cover
+            raise UnsupportedNetworkError(type(layer).__name__)
+    a = a.flatten(2)
+    q = dual_exponent(p)
+    return (a * x.flatten(1).unsqueeze(1)).sum(-1) + bias - eps.unsqueeze(1) * dual_norm_rows(a, q)
+
+
+def _identity_spec(n: int, shape: tuple[int, ...], start: int, stop: int, like: torch.Tensor) -> torch.Tensor:
+    """Rows start..stop of [I; −I] over a tensor of ``shape``: (n, stop − start, *shape)."""
+    d = math.prod(shape)
+    rows = torch.arange(start, stop, device=like.device)
+    spec = torch.zeros(stop - start, d, dtype=like.dtype, device=like.device)
+    spec[torch.arange(stop - start), rows % d] = torch.where(rows < d, 1.0, -1.0).to(like.dtype)
+    return spec.reshape(stop - start, *shape).unsqueeze(0).expand(n, -1, *shape)
+
+
+def _crown_box(layers, end, x, e, p, boxes, shapes, lower_slope) -> Box:
+    """CROWN bounds (lower, upper) of the output of layer ``end - 1``, computed in chunks of the spec."""
+    n, shape = x.shape[0], shapes[end]
+    d = math.prod(shape)
+    per_row = max(1, n * max(math.prod(s) for s in shapes[:end + 1]))
+    step = max(1, _CHUNK_ELEMENTS // per_row)
+    parts = [backward_lower_bound(layers, end, _identity_spec(n, shape, s, min(2 * d, s + step), x), x, e, p,
+                                  boxes, shapes, lower_slope) for s in range(0, 2 * d, step)]
+    both = torch.cat(parts, dim=1)
+    return both[:, :d].reshape(n, *shape), (-both[:, d:]).reshape(n, *shape)
+
+
+def crown_boxes(layers: list[nn.Module], x: torch.Tensor, eps: float | torch.Tensor, p: float,
+                lower_slope: str = "adaptive") -> list[Box]:
+    """Like :func:`ibp_boxes`, with every ReLU's input bounds tightened by CROWN (intersected with IBP)."""
+    e = _eps(eps, x)
+    shapes = layer_shapes(layers, x)
+    boxes = ibp_boxes(layers, x, e, p)
+    for j, layer in enumerate(layers):
+        if isinstance(layer, nn.ReLU) and j > 0:
+            lo, hi = _crown_box(layers, j, x, e, p, boxes, shapes, lower_slope)
+            boxes[j] = (torch.maximum(boxes[j][0], lo), torch.minimum(boxes[j][1], hi))
+    return boxes
+
+
+def interval_bounds(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, p: float = math.inf) -> Box:
+    """IBP bounds of the network output over the ℓp ball of radius ``eps`` around each input.
+
+    Args:
+        model: an ``nn.Sequential`` of supported layers (or a model with one as ``.net``).
+        x: (N, *input_shape) ball centres (raw units).
+        eps: (N,) or scalar radius; p: the ℓp norm (p ≥ 1, ``math.inf`` for ℓ∞).
+    Returns:
+        (lower, upper), each (N, *output_shape).
+    """
+    return ibp_boxes(sequential_layers(model), x, eps, p)[-1]
+
+
+def crown_bounds(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, p: float = math.inf,
+                 intermediate: str = "ibp", lower_slope: str = "adaptive") -> Box:
+    """CROWN bounds of the network output over the ℓp ball around each input.
+
+    Args:
+        intermediate: ``"ibp"`` (CROWN-IBP: IBP bounds for the ReLU inputs) or ``"crown"``.
+        lower_slope: ``"adaptive"``, ``"zero"`` or ``"one"`` (see the module docstring).
+    Returns:
+        (lower, upper), each (N, *output_shape). Not intersected with IBP at the output.
+    """
+    layers = sequential_layers(model)
+    e = _eps(eps, x)
+    shapes = layer_shapes(layers, x)
+    if intermediate == "ibp":
+        boxes = ibp_boxes(layers, x, e, p)
+    elif intermediate == "crown":
+        boxes = crown_boxes(layers, x, e, p, lower_slope)
+    else:
+        raise ValueError(f"intermediate must be 'ibp' or 'crown', got {intermediate!r}")
+    return _crown_box(layers, len(layers), x, e, p, boxes, shapes, lower_slope)
+
+
+def score_lower_bound(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, p: float = math.inf,
+                      method: str = "crown-ibp", lower_slope: str = "adaptive") -> torch.Tensor:
+    """Lower bound of a single-output network's score over the ℓp ball: (N,).
+
+    ``"ibp"``: IBP. ``"crown-ibp"``: max(IBP, CROWN-IBP). ``"crown"``: max(IBP, CROWN). One
+    backward pass with a single specification per input (cheap, used for training too).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown bound method {method!r}; known: {METHODS}")
+    layers = sequential_layers(model)
+    e = _eps(eps, x)
+    if method == "crown":
+        boxes = crown_boxes(layers, x, e, p, lower_slope)
+    else:
+        boxes = ibp_boxes(layers, x, e, p)
+    lower = boxes[-1][0].reshape(x.shape[0], -1)
+    if lower.shape[1] != 1:
+        raise UnsupportedNetworkError(f"score_lower_bound needs a single output, the network has {lower.shape[1]}")
+    lower = lower[:, 0]
+    if method == "ibp":
+        return lower
+    shapes = layer_shapes(layers, x)
+    spec = torch.ones(x.shape[0], 1, *shapes[-1], dtype=x.dtype, device=x.device)
+    crown = backward_lower_bound(layers, len(layers), spec, x, e, p, boxes, shapes, lower_slope)[:, 0]
+    return torch.maximum(lower, crown)
+
+
+# ---------------------------------------------------------------- certified radii by bisection
+
+def verified_radius(verify: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n: int, start: float,
+                    max_radius: float, steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Largest radius per input at which ``verify`` succeeded, by doubling then bisection.
+
+    Args:
+        verify: ``verify(index (k,), eps (k,)) -> (k,) bool``: does the certificate hold at radius
+            ``eps`` for inputs ``index``? Must be monotone in eps for a tight answer; the answer is
+            sound regardless (only radii where ``verify`` returned True are ever reported).
+        n: number of inputs; start: first radius tried; max_radius: the largest radius tried.
+        steps: bisection steps after bracketing (relative resolution 2^-steps).
+    Returns:
+        (n,) float64 radii, each one at which ``verify`` returned True (or 0).
+    """
+    lo = torch.zeros(n, dtype=torch.float64, device=device)
+    hi = torch.full((n,), float(start), dtype=torch.float64, device=device)
+    open_ = torch.ones(n, dtype=torch.bool, device=device)  # still expanding
+    while bool(open_.any()):
+        idx = torch.nonzero(open_).flatten()
+        ok = verify(idx, hi[idx])
+        good = idx[ok]
+        lo[good] = hi[good]
+        at_cap = good[hi[good] >= max_radius]
+        open_[idx[~ok]] = False
+        open_[at_cap] = False
+        grow = good[hi[good] < max_radius]
+        hi[grow] = torch.clamp(hi[grow] * 2, max=max_radius)
+    todo = lo < hi  # capped inputs have lo == hi
+    for _ in range(steps):
+        idx = torch.nonzero(todo).flatten()
+        if idx.numel() == 0:
+            break
+        mid = (lo[idx] + hi[idx]) / 2
+        ok = verify(idx, mid)
+        lo[idx[ok]] = mid[ok]
+        hi[idx[~ok]] = mid[~ok]
+    return lo
+
+
+def _certify_bounds(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], method: str, steps: int = 12,
+                    max_radius: dict | float | None = None, start: dict | float | None = None,
+                    precision: str = "float64", lower_slope: str = "adaptive", tolerance: float | None = None
+                    ) -> Certificate:
+    if precision not in ("float64", "model"):
+        raise ValueError(f"precision must be 'float64' or 'model', got {precision!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            score = model(x).reshape(x.shape[0], -1)
+    finally:
+        model.train(was_training)
+    if score.shape[1] != 1:
+        raise UnsupportedNetworkError(f"{method} certifies single-score (binary) models; this one has "
+                                      f"{score.shape[1]} outputs")
+    score = score[:, 0]
+    net = copy.deepcopy(model).double().eval() if precision == "float64" else model
+    xx = x.double() if precision == "float64" else x
+    tol = (1e-9 if precision == "float64" else 5e-6) if tolerance is None else float(tolerance)
+    d = math.prod(x.shape[1:])
+    lo_r, hi_r = getattr(model, "input_range", None) or (0.0, 1.0)
+    width = float(hi_r - lo_r) if math.isfinite(hi_r - lo_r) and hi_r > lo_r else 1.0
+    with torch.no_grad():
+        ref = net(xx).reshape(-1)
+        flagged = (score > 0) & (ref > 0)
+        radii = {}
+        for p in norms:
+            cap = _per_norm(max_radius, p, width * (d if p == 1 else d ** (1.0 / p) if not math.isinf(p) else 1.0))
+            first = _per_norm(start, p, cap / 1024)
+            idx_all = torch.nonzero(flagged).flatten()
+
+            def verify(idx: torch.Tensor, eps: torch.Tensor, p=p, idx_all=idx_all) -> torch.Tensor:
+                rows = idx_all[idx]
+                lb = score_lower_bound(net, xx[rows], eps.to(xx.dtype), p, method, lower_slope)
+                return (lb > tol * (1 + ref[rows].abs())).cpu()
+
+            r = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+            if idx_all.numel():
+                r[idx_all] = verified_radius(verify, idx_all.numel(), first, cap, steps).to(x.device)
+            radii[p] = r
+    return Certificate(predicted=(score > 0).long(), radii=radii, method=method, deterministic=True, binary=True,
+                       extra={"score": score.detach().float()})
+
+
+def _per_norm(value: dict | float | None, p: float, default: float) -> float:
+    if value is None:
+        return float(default)
+    if isinstance(value, dict):
+        from asymcert.certify.result import normalize_norm
+        table = {normalize_norm(k): v for k, v in value.items()}
+        return float(table.get(p, default))
+    return float(value)
+
+
+_DOC = """Certify a single-score ReLU network with {name} bounds (ℓp balls, any p).
+
+    Args:
+        model: a network of supported layers (see :func:`sequential_layers`) with (N,) or (N, 1) output.
+        x: (N, *input_shape) inputs in raw units.
+        norms: ℓp norms to certify.
+        steps: bisection steps (relative resolution 2^-steps of the bracket).
+        max_radius: largest radius tried, scalar or {{p: r}} (default: the input range's width times
+            d^(1/p): the ℓp diameter of the input box); inputs verified there get exactly it.
+        start: first radius tried before doubling (default max_radius / 1024).
+        precision: "float64" (default; bounds on a float64 copy) or "model".
+        lower_slope: the CROWN lower relaxation ("adaptive", "zero", "one").
+        tolerance: a bound counts as positive when > tolerance·(1 + |s(x)|) (default 1e-9 in float64).
+    Returns:
+        Certificate with predicted = (s(x) > 0), radii 0 where not flagged, extra["score"].
+    """
+
+
+@register_certifier("ibp")
+def certify_ibp(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options) -> Certificate:
+    return _certify_bounds(model, x, norms, "ibp", **options)
+
+
+@register_certifier("crown-ibp")
+def certify_crown_ibp(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options) -> Certificate:
+    return _certify_bounds(model, x, norms, "crown-ibp", **options)
+
+
+@register_certifier("crown")
+def certify_crown(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options) -> Certificate:
+    return _certify_bounds(model, x, norms, "crown", **options)
+
+
+certify_ibp.__doc__ = _DOC.format(name="IBP")
+certify_crown_ibp.__doc__ = _DOC.format(name="CROWN-IBP (max with IBP)")
+certify_crown.__doc__ = _DOC.format(name="full CROWN (max with IBP)")

@@ -1,0 +1,5 @@
+"""Imports the model families beyond feature-convex so that they register themselves.
+
+Each family adds ONE import line here (keep them sorted).
+"""
+import asymcert.train.baseline_recipes  # noqa: F401

@@ -1,0 +1,120 @@
+"""torch.distributed with the gloo backend on CPU (loopback only): DDP training and sharded certification."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from asymcert.data import get_task
+from asymcert.models import build_model
+from asymcert.train import TrainConfig, fit
+from asymcert.train.loop import STATE_FILE
+
+SMALL_CONVEX = {"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(fashion_dir, out, epochs=1):
+    task = get_task("fashion-mnist-shirts")
+    data = task.load(fashion_dir)
+    # whole batches only, so every process holds an equal shard of every step
+    n = (len(data.train) // 32) * 32
+    data.train = data.train.subset(slice(0, n))
+    torch.manual_seed(0)
+    model = build_model({**task.model, "convex": SMALL_CONVEX, "input_shape": [1, 28, 28], "input_range": [0, 1]})
+    config = TrainConfig.from_dict({**task.train, "epochs": epochs, "batch_size": 32, "lr": 0.05})
+    fit(model, data, config, out, augment=task.augment, progress=False, log=lambda m: None)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _worker(rank, world, port, fashion_dir, out, result_file):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        state = _train(fashion_dir, out)
+        if rank == 0:
+            torch.save(state, result_file)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture
+def ddp_run():
+    """Run ``fn(rank, world, port, *args)`` in 2 gloo processes on this machine."""
+    def run(fn, *args):
+        mp.spawn(fn, args=(2, _free_port(), *args), nprocs=2, join=True)
+    return run
+
+
+def test_two_process_ddp_matches_one_process(fashion_dir, tmp_path, ddp_run):
+    single = _train(fashion_dir, tmp_path / "single")
+    ddp_run(_worker, fashion_dir, tmp_path / "ddp", tmp_path / "ddp_state.pt")
+    double = torch.load(tmp_path / "ddp_state.pt", weights_only=True)
+    for k, v in single.items():
+        assert torch.allclose(v.double(), double[k].double(), rtol=1e-3, atol=1e-4), (k, float((v - double[k]).abs().max()))
+    # the balance shift was fitted and checkpointed once
+    assert (tmp_path / "ddp" / "model.safetensors").is_file()
+
+
+def _cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "asymcert", *args], env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, **kw)
+
+
+def test_sigkill_mid_training_resumes_to_identical_weights(fashion_dir, tmp_path):
+    args = ["train", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--epochs", "4", "--quiet",
+            "--model-set", 'convex={"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}',
+            "--set", "batch_size=16"]
+    full = _cli(*args, "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "asymcert", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "history.json").is_file():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    import json
+    done = len(json.loads((out / "history.json").read_text()))
+    assert done < 4, "the run finished before it could be killed; make it longer"
+    again = _cli(*args, "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert "resuming after epoch" in again.stdout
+    a = torch.load(tmp_path / "full" / STATE_FILE, weights_only=True)["model"]
+    b = torch.load(out / STATE_FILE, weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_torchrun_two_processes_leave_the_same_run_folder(fashion_dir, tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "tr"
+    res = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                          "--master_port", str(_free_port()), "-m", "asymcert", "run", "fashion-mnist-shirts",
+                          "--preset", "fast", "--data-dir", str(fashion_dir), "--out", str(out), "--quiet",
+                          "--model-set", f'convex={{"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}}',
+                          "--set", "batch_size=32", "--epochs", "1"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name in ("model.safetensors", "results.json", "report.md", "run.json", "certificates.safetensors"):
+        assert (out / name).is_file(), name
+    from asymcert.workflow import load_certificates
+    cert, labels = load_certificates(out / "certificates.safetensors")
+    data = get_task("fashion-mnist-shirts").load(fashion_dir)
+    assert len(cert) == len(data.test)  # no padding duplicates
+    assert torch.equal(labels, data.test.y)
