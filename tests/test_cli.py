@@ -50,3 +50,31 @@ def test_clear_errors_without_tracebacks(tmp_path):
     assert res.exit_code != 0 and "not a run folder" in res.output
     res = runner.invoke(main, ["run", "fashion-mnist-shirts", "--out", str(tmp_path / "y"), "--set", "nonsense=1"])
     assert res.exit_code != 0 and "unknown training setting" in res.output
+
+
+def test_breast_cancer_runs_offline_end_to_end(tmp_path):
+    out = tmp_path / "bc"
+    res = CliRunner().invoke(main, ["run", "breast-cancer", "--preset", "fast", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_inputs"] > 100
+    assert set(results["certified_accuracy"]) == {"l1", "l2", "linf"}
+    model = asymcert.load(out)
+    assert model.input_range is None  # tabular features: any real value, raw units
+    assert model.feature_map.lipschitz(2) > 1  # the per-feature scaling is folded into the constant
+
+
+def test_own_npz_data(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (300,), generator=gen)
+    x = torch.randn(300, 5, generator=gen) + y[:, None].float()
+    import numpy as np
+    np.savez(tmp_path / "mine.npz", x=x.numpy(), y=y.numpy())
+    out = tmp_path / "npz"
+    res = CliRunner().invoke(main, ["run", "--data", str(tmp_path / "mine.npz"), "--sensitive-class", "2",
+                                    "--out", str(out), "--epochs", "30", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "results.json").read_text())["clean_accuracy"] > 0.6
+    res = CliRunner().invoke(main, ["run", "--data", str(tmp_path / "mine.npz"), "--sensitive-class", "7",
+                                    "--out", str(tmp_path / "bad"), "--quiet"])
+    assert res.exit_code != 0 and "7" in res.output and "Traceback" not in res.output

@@ -45,7 +45,7 @@ def test_build_failure_is_reported(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("p", [INF, 1.0, 2.0, 2.5, 8.0, 1000.0])
+@pytest.mark.parametrize("p", [INF, 1.0, 2.0, 2.5, 8.0, 88.7, 1000.0])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 7), (33, 130, 65), (6, 70, 131)])
 def test_fast_matches_reference(backend, dtype, p, shape):
     B, K, O = shape
@@ -290,6 +290,8 @@ def test_bad_arguments():
         linf_dist(torch.zeros(2, 3), torch.zeros(4, 5))
     with pytest.raises(ValueError):
         linf_dist(torch.zeros(2, 3), torch.zeros(4, 3), backend="cuda-magic")
+    with pytest.raises(ValueError):
+        linf_dist(torch.zeros(2, 0), torch.zeros(4, 0))
     with pytest.raises(ValueError):
         LinfDistConv2d(3, 4, 3, groups=2)
 

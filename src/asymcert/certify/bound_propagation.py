@@ -328,8 +328,9 @@ def score_lower_bound(model: nn.Module, x: torch.Tensor, eps: float | torch.Tens
 # ---------------------------------------------------------------- certified radii by bisection
 
 def verified_radius(verify: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n: int, start: float,
-                    max_radius: float, steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Largest radius per input at which ``verify`` succeeded, by doubling then bisection.
+                    max_radius: float, steps: int, device: torch.device | str = "cpu",
+                    shrink: int = 24) -> torch.Tensor:
+    """Largest radius per input at which ``verify`` succeeded: bracketing by factors of 2, then bisection.
 
     Args:
         verify: ``verify(index (k,), eps (k,)) -> (k,) bool``: does the certificate hold at radius
@@ -337,12 +338,28 @@ def verified_radius(verify: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
             sound regardless (only radii where ``verify`` returned True are ever reported).
         n: number of inputs; start: first radius tried; max_radius: the largest radius tried.
         steps: bisection steps after bracketing (relative resolution 2^-steps).
+        shrink: when ``start`` fails, halve it at most this many times looking for a verified radius
+            (below start·2^-shrink the answer is 0).
     Returns:
         (n,) float64 radii, each one at which ``verify`` returned True (or 0).
     """
     lo = torch.zeros(n, dtype=torch.float64, device=device)
     hi = torch.full((n,), float(start), dtype=torch.float64, device=device)
-    open_ = torch.ones(n, dtype=torch.bool, device=device)  # still expanding
+    first = verify(torch.arange(n, device=device), hi.clone())
+    failed = torch.nonzero(~first).flatten()
+    for _ in range(shrink):  # downwards: halve until verified
+        if failed.numel() == 0:
+            break
+        ok = verify(failed, hi[failed] / 2)
+        lo[failed[ok]] = hi[failed[ok]] / 2
+        hi[failed] = torch.where(ok, hi[failed], hi[failed] / 2)
+        failed = failed[~ok]
+    lo[failed] = 0.0
+    open_ = first.clone()  # upwards: double while verified
+    lo[first] = hi[first]
+    done = open_ & (hi >= max_radius)
+    open_ &= ~done
+    hi[open_] = torch.clamp(hi[open_] * 2, max=max_radius)
     while bool(open_.any()):
         idx = torch.nonzero(open_).flatten()
         ok = verify(idx, hi[idx])

@@ -242,7 +242,7 @@ def _certify_sampled(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...]
     radii = {p: convert_radius(r, base, p, d).to(x.device) for p in norms}
     return Certificate(predicted=chosen.long(), radii=radii, method=f"smoothing-{noise}", deterministic=False,
                        alpha=alpha, abstained=abstained.to(x.device), binary=binary,
-                       extra={"p_lower": p_lower.float().to(x.device),
+                       extra={"p_lower": p_lower.to(x.device),
                               "count": n_a.float(), "selection_count": c0.gather(1, chosen[:, None])[:, 0].float()})
 
 

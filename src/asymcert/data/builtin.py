@@ -208,7 +208,7 @@ register_task(Task(
     description="Wisconsin breast cancer (scikit-learn), malignant (sensitive) vs benign; raw feature units",
     load=_breast_cancer,
     model={"kind": "feature-convex", "feature_map": [{"kind": "standardize"}],
-           "convex": {"kind": "icnn", "widths": [64, 32]}},
+           "convex": {"kind": "icnn", "widths": [64, 32], "batch_norm": False}},
     train={"epochs": 100, "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "jacobian_reg": 0.0},
     presets=_fast(),
     report_radii=BREAST_CANCER_RADII,

@@ -564,6 +564,8 @@ def linf_dist(x: torch.Tensor, weight: torch.Tensor, p: float = INF, backend: st
     _check_p(p)
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"expected x (N, in) and weight (out, in), got {tuple(x.shape)} and {tuple(weight.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError("in_features must be at least 1")
     p = float(p)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     if p == INF:

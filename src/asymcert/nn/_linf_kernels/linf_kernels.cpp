@@ -27,6 +27,23 @@ constexpr int F_RB = 4, F_NV = 4;     // p = ∞ forward, 4 rows × 4 vectors (6
 constexpr int A_RB = 2;               // p = ∞ forward with argmax: fewer rows, no register spills
 constexpr int P_RB = 4, P_NV = 2;     // finite p forward
 constexpr int B_RB = 2, B_RO = 4, B_KV = 2;  // finite p backward
+// Smaller tiles for the general (exp/log) power, whose temporaries would otherwise spill;
+// they must divide the ones above (the caller pads to those).
+#ifndef G_FWD_RB
+#define G_FWD_RB 2
+#endif
+#ifndef G_FWD_NV
+#define G_FWD_NV 1
+#endif
+#ifndef G_BWD_RB
+#define G_BWD_RB 1
+#endif
+#ifndef G_BWD_RO
+#define G_BWD_RO 2
+#endif
+#ifndef G_BWD_KV
+#define G_BWD_KV 1
+#endif
 
 template <typename T> struct VT;
 template <> struct VT<float> {
@@ -130,9 +147,31 @@ template <> struct GPow<double> {  // double: exact libm pow lane by lane (tests
   }
 };
 
+// E >= 0: compile-time integer exponent; E < 0: any real e (exp/log polynomials).
 template <typename T, int E> inline typename VT<T>::V vpow(typename VT<T>::V r, T e) {
   if constexpr (E >= 0) { (void)e; return IPow<T, E>::f(r); }
   else { return GPow<T>::f(r, e); }
+}
+
+// Terms r^e with r below skip_below(e) are < 2^-40 (float) / 2^-60 (double) and are skipped in
+// whole vectors by the general-power kernels (they would not change a float sum whose largest
+// term is 1). Only where a cheap "any lane" test exists (AVX-512); elsewhere nothing is skipped.
+template <typename T> inline T skip_below(T e) {
+  return e > 0 ? std::exp2((std::is_same<T, float>::value ? T(-40) : T(-60)) / e) : T(0);
+}
+template <typename T> inline bool any_above(typename VT<T>::V r, T thr) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value) {
+    __m512 v; std::memcpy(&v, &r, sizeof(v));
+    return _mm512_cmp_ps_mask(v, _mm512_set1_ps(thr), _CMP_GT_OQ) != 0;
+  } else {
+    __m512d v; std::memcpy(&v, &r, sizeof(v));
+    return _mm512_cmp_pd_mask(v, _mm512_set1_pd(thr), _CMP_GT_OQ) != 0;
+  }
+#else
+  (void)r; (void)thr;
+  return true;
+#endif
 }
 
 // ---- p = ∞ forward: y = max_k |x − w|, optionally first argmax and sign of (x − w) there.
@@ -245,6 +284,7 @@ void lp_fwd(const T* x, const T* wP, int64_t B, int64_t K, int64_t O, T p, T* y,
   typedef typename VT<T>::V V;
   constexpr int L = VT<T>::L, OT = NV * L;
   const int64_t nbt = (B + RB - 1) / RB, nots = (O + OT - 1) / OT;
+  const T thr = skip_below<T>(p);
 #pragma omp parallel for collapse(2) schedule(dynamic, 4) num_threads(nthreads)
   for (int64_t ot = 0; ot < nots; ++ot) {
     for (int64_t bt = 0; bt < nbt; ++bt) {
@@ -271,7 +311,14 @@ void lp_fwd(const T* x, const T* wP, int64_t B, int64_t K, int64_t O, T p, T* y,
         for (int j = 0; j < NV; ++j) wv[j] = vload<V>(wk + j * L);
         for (int i = 0; i < RB; ++i) {
           const T xs = xr[i][k];
-          for (int j = 0; j < NV; ++j) acc[i][j] += vpow<T, E>(vabs<T>(xs - wv[j]) * inv[i][j], p);
+          for (int j = 0; j < NV; ++j) {
+            const V r = vabs<T>(xs - wv[j]) * inv[i][j];
+            if constexpr (E < 0) {
+              if (any_above<T>(r, thr)) acc[i][j] += vpow<T, E>(r, p);
+            } else {
+              acc[i][j] += vpow<T, E>(r, p);
+            }
+          }
         }
       }
       const T ip = T(1) / p;
@@ -300,6 +347,7 @@ void lp_bwd(const T* x, const T* w, const T* inv, const T* g, int64_t B, int64_t
   typedef typename VT<T>::V V; typedef typename VT<T>::I I;
   constexpr int L = VT<T>::L, KC = KV * L;
   const int64_t nkc = K / KC;
+  const T thr = skip_below<T>(pm1);
 #pragma omp parallel num_threads(nthreads)
   {
     // Per-thread contiguous copies of one k-chunk of x, w and their gradients: rows of the
@@ -335,7 +383,11 @@ void lp_bwd(const T* x, const T* w, const T* inv, const T* g, int64_t B, int64_t
               const T gg = g[(b0 + i) * O + o0 + j];
               for (int v = 0; v < KV; ++v) {
                 const V t = xv[i][v] - wv[j][v];
-                const V q = vpow<T, E>(vabs<T>(t) * iv, pm1) * gg;
+                const V r = vabs<T>(t) * iv;
+                if constexpr (E < 0) {
+                  if (!any_above<T>(r, thr)) continue;
+                }
+                const V q = vpow<T, E>(r, pm1) * gg;
                 const V c = (V)(((I)q) ^ ((I)t & VT<T>::SIGN));
                 gxa[i][v] += c;
                 gwa[j][v] -= c;
@@ -415,12 +467,14 @@ void pack_panels(const T* w, int64_t O, int64_t K, T* wP, int nthreads) {
 
 template <typename T, int E>
 void lp_fwd_e(const T* x, const T* wP, int64_t B, int64_t K, int64_t O, T p, T* y, int nt) {
-  lp_fwd<T, P_RB, P_NV, E, F_NV * VT<T>::L>(x, wP, B, K, O, p, y, nt);
+  if constexpr (E < 0) lp_fwd<T, G_FWD_RB, G_FWD_NV, E, F_NV * VT<T>::L>(x, wP, B, K, O, p, y, nt);
+  else lp_fwd<T, P_RB, P_NV, E, F_NV * VT<T>::L>(x, wP, B, K, O, p, y, nt);
 }
 template <typename T, int E>
 void lp_bwd_e(const T* x, const T* w, const T* inv, const T* g, int64_t B, int64_t K, int64_t O, T pm1,
               T* gx, T* gw, int nt) {
-  lp_bwd<T, B_RB, B_RO, B_KV, E>(x, w, inv, g, B, K, O, pm1, gx, gw, nt);
+  if constexpr (E < 0) lp_bwd<T, G_BWD_RB, G_BWD_RO, G_BWD_KV, E>(x, w, inv, g, B, K, O, pm1, gx, gw, nt);
+  else lp_bwd<T, B_RB, B_RO, B_KV, E>(x, w, inv, g, B, K, O, pm1, gx, gw, nt);
 }
 
 // Integer exponents with a specialised kernel; anything else uses the general pow.

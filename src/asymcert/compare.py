@@ -1,0 +1,346 @@
+"""Compare certification methods on one task: train (or load) each, certify the same test inputs,
+and write one report with every method's certified-accuracy curves.
+
+``compare(task_spec, out_dir)`` writes::
+
+    out_dir/<method>/          a run folder per method (run.json, model, certificates, report)
+    out_dir/compare.json       per method: settings, clean accuracy, certified accuracy at the
+                               task's report radii, median radius, timings (or why it was skipped)
+    out_dir/compare.md         the same as tables, with the scale notes
+    out_dir/compare_<norm>.png certified accuracy against radius, one curve per method
+    out_dir/compare_runtime.png certification seconds per input (log axis)
+
+Methods (names for ``methods=``):
+
+============== ==================== ==================================================================
+name           model kind           certificate
+============== ==================== ==================================================================
+convex         the task's default   feature-convex (closed form, deterministic)
+linf-dist      linf-dist            ℓ∞-distance net margin/2 (skipped when the family is absent)
+smoothing      relu-smoothing       Gaussian randomized smoothing (probabilistic, α = 0.001)
+smoothing-laplace / smoothing-uniform / smoothing-splitting: the other noises (splitting: exact ℓ1)
+orthogonal     orthogonal           ℓ2 Lipschitz margin (deterministic)
+ibp            relu-ibp             IBP-trained small CNN, certified by CROWN-IBP (max with IBP)
+crown-ibp      relu-ibp             CROWN-IBP-trained small CNN, certified by CROWN-IBP
+============== ==================== ==================================================================
+
+Default sizes are for a 2-core CPU (the whole default comparison on fashion-mnist-shirts, first
+1000 test inputs, in well under an hour): 20 training epochs everywhere, a small CNN (16, 32
+channels, fc 100) instead of the paper's ResNet-18 as smoothing base model, n = 10,000 smoothing
+samples instead of 100,000, ℓ∞-distance nets of 4 × 512 instead of 5 × 5120, and an orthogonal
+MLP of 3 × 256. ``paper_scale=True`` restores the paper's epochs, n = 100,000 and the ℓ∞-dist
+widths (the base network stays a CNN: no ResNet here).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from asymcert.certify import certify
+from asymcert.certify.result import Certificate, norm_label
+from asymcert.checkpoint import MODEL_FILE, atomic_write, load
+from asymcert.data.tasks import TaskData
+from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
+from asymcert.report.writer import summarize
+from asymcert.workflow import (CERT_FILE, DEFAULT_NORMS, RUN_FILE, _merge, read_run, resolve_task, save_certificates,
+                               train_run)
+
+DEFAULT_METHODS = ("convex", "linf-dist", "smoothing", "orthogonal", "ibp")
+COMPARE_JSON, COMPARE_MD = "compare.json", "compare.md"
+CPU_EPOCHS = 20
+PAPER_LIMIT = 1000
+
+SMALL_CNN = {"arch": "cnn", "channels": [16, 32], "fc": [100]}
+_ADAM = {"optimizer": "adam", "lr": 1e-3, "lr_decay": 0.95, "schedule": "exponential", "batch_size": 128,
+         "jacobian_reg": 0.0, "weight_decay": 0.0}
+
+
+def _linf_train() -> dict[str, Any]:
+    try:
+        from asymcert.data.builtin import LINF_DIST_TRAIN
+        return dict(LINF_DIST_TRAIN)
+    except ImportError:  # pragma: no cover
+        return {"optimizer": "adam", "lr": 0.03, "batch_size": 512, "epochs": 100}
+
+
+def method_specs(paper_scale: bool = False, n_smoothing: int = 10000) -> dict[str, dict[str, Any]]:
+    """Every known method: ``{"family", "model" (overrides), "train" (overrides), "certify" (method, options), "label"}``.
+
+    ``"model": None`` means the task's own default model (feature-convex for the paper's tasks).
+    """
+    epochs = None if paper_scale else CPU_EPOCHS
+    n = 100_000 if paper_scale else int(n_smoothing)
+
+    def train(base: dict[str, Any], paper_epochs: int) -> dict[str, Any]:
+        return {**base, "epochs": paper_epochs if epochs is None else epochs}
+
+    specs: dict[str, dict[str, Any]] = {
+        "convex": {"family": "feature-convex", "model": None, "train": {} if paper_scale else {"epochs": CPU_EPOCHS},
+                   "certify": {"method": "feature-convex"}, "label": "feature-convex"},
+        "linf-dist": {"family": "linf-dist",
+                      "model": {"kind": "linf-dist", "widths": [5120] * 5 if paper_scale else [512] * 4},
+                      "train": train(_linf_train(), _linf_train().get("epochs", 100)),
+                      "certify": {}, "label": "ℓ∞-dist net"},
+        "orthogonal": {"family": "orthogonal", "model": {"kind": "orthogonal", "arch": "mlp", "widths": [256] * 3},
+                       "train": train({**_ADAM, "extra": {"margin": 0.5, "temperature": 8.0}}, 60),
+                       "certify": {"method": "orthogonal"}, "label": "orthogonal (Cayley)"},
+    }
+    for noise in ("gaussian", "laplace", "uniform", "splitting"):
+        name = "smoothing" if noise == "gaussian" else f"smoothing-{noise}"
+        opts = {} if noise == "splitting" else {"n0": 100, "n": n, "alpha": 0.001, "seed": 0}
+        specs[name] = {"family": "relu-smoothing",
+                       "model": {"kind": "relu-smoothing", **SMALL_CNN,
+                                 "smoothing": {"noise": noise, "sigma": 0.75, "n0": 100, "n": n, "alpha": 0.001,
+                                               "seed": 0}},
+                       "train": train(dict(_ADAM), 60), "certify": {"method": f"smoothing-{noise}", **opts},
+                       "label": f"smoothing ({noise}, σ=0.75)"}
+    for bound in ("ibp", "crown-ibp"):
+        specs[bound] = {"family": "relu-ibp", "model": {"kind": "relu-ibp", **SMALL_CNN, "certifier": "crown-ibp"},
+                        "train": train({**_ADAM, "lr": 5e-4,
+                                        "extra": {"eps": 0.1, "norm": "inf", "bound": bound, "warmup": 0.1,
+                                                  "ramp_end": 0.6, "kappa_end": 0.5}}, 60),
+                        "certify": {"method": "crown-ibp"}, "label": f"{bound.upper()}-trained CNN"}
+    return specs
+
+
+def _families() -> set[str]:
+    from asymcert.models import model_kinds
+    return set(model_kinds())
+
+
+def _pretty(p: float) -> str:
+    return "ℓ∞" if math.isinf(p) else f"ℓ{p:g}"
+
+
+def _run_complete(run_dir: Path) -> bool:
+    if not (run_dir / MODEL_FILE).is_file() or not (run_dir / RUN_FILE).is_file():
+        return False
+    return "training" in read_run(run_dir)
+
+
+def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Sequence[str] = DEFAULT_METHODS,
+            preset: str | None = None, n_smoothing: int = 10000, limit: int | None = None,
+            paper_scale: bool = False, data_dir: str | Path | None = None,
+            overrides: dict[str, dict[str, Any]] | None = None, norms: Iterable[float] = DEFAULT_NORMS,
+            certify_batch: int = 250, progress: bool = False, log: Callable[[str], None] | None = None,
+            data: TaskData | None = None, fail_fast: bool = False) -> dict[str, Any]:
+    """Train (or load) every method into ``out_dir/<method>/``, certify the same test inputs, report.
+
+    Args:
+        task_spec: a run spec (``{"name": "fashion-mnist-shirts"}`` or user data) or a task name.
+        out_dir: folder of the comparison; a sub-run folder holding a finished run is loaded, an
+            interrupted one resumes.
+        methods: names from :func:`method_specs`; unknown names (or a family not installed, e.g.
+            ``"linf-dist"`` before it is registered) are skipped with a note in the report.
+        preset: a task preset (e.g. ``"fast"``) whose training settings are applied on top of
+            every method's own (its model settings only to the task's default model).
+        n_smoothing: estimation samples n of randomized smoothing (n0 = 100, α = 0.001).
+        limit: certify the first ``limit`` test inputs (default: the paper's first 1000).
+        paper_scale: the paper's epochs, n = 100,000 and ℓ∞-dist widths (hours on a CPU).
+        overrides: per method ``{"model": {...}, "train": {...}, "certify": {...}}`` merged on top.
+        norms: ℓp norms certified for every method.
+        certify_batch: inputs per certifier call.
+        progress, log: training progress bars; a callback receiving progress messages.
+        data: the task's data when already loaded.
+        fail_fast: re-raise a method's error instead of recording it as ``"failed"`` in the report.
+    Returns:
+        The content of ``compare.json``.
+    """
+    log = log or (lambda msg: None)
+    if isinstance(task_spec, str):
+        task_spec = {"name": task_spec}
+    task = resolve_task(task_spec)
+    if preset is not None and preset not in task.presets:
+        raise ValueError(f"task {task.name!r} has no preset {preset!r}; presets: {sorted(task.presets) or 'none'}")
+    pre = task.presets.get(preset, {}) if preset else {}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = data or task.load(Path(data_dir) if data_dir else None)
+    n_eval = PAPER_LIMIT if limit is None else int(limit)
+    x, y = data.test.x[:n_eval], data.test.y[:n_eval]
+    norms_t = tuple(dict.fromkeys(float(p) for p in norms))
+    report_radii = {norm_label(p): list(r) for p, r in task.report_radii.items()}
+    specs = method_specs(paper_scale, n_smoothing)
+    families = _families()
+    entries: dict[str, dict[str, Any]] = {}
+    certs: dict[str, Certificate] = {}
+    for name in dict.fromkeys(methods):
+        spec = specs.get(name)
+        if spec is None:
+            entries[name] = {"status": "skipped", "reason": f"unknown method {name!r}; known: {', '.join(sorted(specs))}"}
+            log(f"{name}: skipped (unknown method)")
+            continue
+        family = spec["family"] if spec["model"] is not None else task.model.get("kind", "feature-convex")
+        if family not in families:
+            entries[name] = {"status": "skipped",
+                             "reason": f"model family {family!r} is not available in this installation "
+                                       f"(known: {', '.join(sorted(families))})"}
+            log(f"{name}: skipped (family {family!r} not registered)")
+            continue
+        extra = (overrides or {}).get(name, {})
+        model_over = _merge(spec["model"] or {}, pre.get("model") if spec["model"] is None else None,
+                            extra.get("model"))
+        train_over = _merge(spec["train"], pre.get("train"), extra.get("train"))
+        cert_opts = _merge(spec["certify"], extra.get("certify"))
+        try:
+            entries[name], certs[name] = _run_method(
+                name, spec, task_spec, out / name, train_over, model_over, cert_opts, data, data_dir, x, y,
+                norms_t, report_radii, certify_batch, progress, log)
+        except Exception as exc:  # one failing method does not sink an hour-long comparison
+            if fail_fast:
+                raise
+            entries[name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+            log(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+    result = {"task": task_spec, "task_description": task.description, "preset": preset, "paper_scale": paper_scale,
+              "n_inputs": len(x), "n_sensitive": int((y == 1).sum()) if task.binary else None,
+              "n_smoothing": 100_000 if paper_scale else int(n_smoothing), "norms": [norm_label(p) for p in norms_t],
+              "report_radii": report_radii, "methods": entries, "plots": {}}
+    result["plots"] = _plots(out, certs, entries, y, norms_t, task.description)
+    atomic_write(out / COMPARE_JSON, lambda tmp: tmp.write_text(json.dumps(result, indent=1, default=str)))
+    atomic_write(out / COMPARE_MD, lambda tmp: tmp.write_text(render_markdown(result)))
+    return result
+
+
+def _run_method(name: str, spec: dict[str, Any], task_spec: dict[str, Any], run_dir: Path,
+                train_over: dict[str, Any], model_over: dict[str, Any], cert_opts: dict[str, Any], data: TaskData,
+                data_dir: str | Path | None, x: torch.Tensor, y: torch.Tensor, norms: tuple[float, ...],
+                report_radii: dict[str, list[float]], certify_batch: int, progress: bool,
+                log: Callable[[str], None]) -> tuple[dict[str, Any], Certificate]:
+    """Train (or load) one method's run folder and certify ``x``: (compare.json entry, certificate)."""
+    t0 = time.perf_counter()
+    if _run_complete(run_dir):
+        run, trained = read_run(run_dir), False
+        log(f"{name}: loading the finished run in {run_dir}")
+    else:
+        log(f"{name}: training into {run_dir}")
+        run = train_run(task_spec, run_dir, None, train_over, model_over, data_dir, progress=progress, log=log,
+                        data=data)
+        trained = True
+    train_wall = time.perf_counter() - t0
+    model = load(run_dir)
+    opts = dict(cert_opts)
+    method = opts.pop("method", None)
+    log(f"{name}: certifying {len(x)} test inputs")
+    cert = certify(model, x, norms=norms, method=method, batch_size=certify_batch, **opts)
+    save_certificates(run_dir / CERT_FILE, cert, y)
+    _write_run_report(run_dir, log)
+    log(f"{name}: {cert.seconds:.1f} s to certify, {1000 * cert.seconds / max(1, len(cert)):.2f} ms per input")
+    entry = {"status": "ok", "label": spec["label"], "run_dir": str(run_dir), "trained_now": trained,
+             "train_wall_seconds": train_wall, "model": run["model"], "train": run["train"],
+             "training_seconds": run.get("training", {}).get("seconds"),
+             "certify_options": {"method": cert.method, **opts}, **summarize(cert, y, report_radii)}
+    return entry, cert
+
+
+def _write_run_report(run_dir: Path, log: Callable[[str], None]) -> None:
+    try:
+        from asymcert.report.writer import write_report
+        write_report(run_dir)
+    except Exception as exc:  # the comparison report does not depend on the per-run one
+        log(f"{run_dir}: per-run report failed: {exc}")
+
+
+def _plots(out: Path, certs: dict[str, Certificate], entries: dict[str, dict[str, Any]], y: torch.Tensor,
+           norms: tuple[float, ...], description: str) -> dict[str, str]:
+    from asymcert.report.plots import plot_certified_curves, plot_runtimes
+
+    plots: dict[str, str] = {}
+    if not certs:
+        return plots
+    for p in norms:
+        have = {name: c for name, c in certs.items() if p in c.radii}
+        if not have:
+            continue
+        top = max(float(curve_grid(c, y, p)[-1]) for c in have.values())
+        grid = torch.linspace(0.0, top, 200, dtype=torch.float64)
+        curves = []
+        for name, c in have.items():
+            label = f"{entries[name]['label']} (clean {100 * clean_accuracy(c, y):.1f}%)"
+            curves.append((label, grid, certified_accuracy(c, y, p, grid)))
+        path = out / f"compare_{norm_label(p)}.png"
+        plot_certified_curves(curves, _pretty(p), path, title=f"{description}: {_pretty(p)}")
+        plots[norm_label(p)] = path.name
+    times = [(entries[name]["label"], c.seconds / max(1, len(c))) for name, c in certs.items()]
+    path = out / "compare_runtime.png"
+    plot_runtimes(times, path)
+    plots["runtime"] = path.name
+    return plots
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The comparison report as Markdown."""
+    lines = [f"# Comparison: {result['task_description']}", ""]
+    n_sens = result.get("n_sensitive")
+    lines += [f"- test inputs: the first {result['n_inputs']}" + (f" ({n_sens} of the sensitive class)" if n_sens is not None else ""),
+              "- certified accuracy at r: share of sensitive-class test inputs flagged sensitive with a certified "
+              "radius ≥ r (raw input units); abstentions count as failures",
+              f"- scale: {'paper settings' if result['paper_scale'] else 'CPU-sized defaults (smaller than the paper)'}"
+              + (f", preset `{result['preset']}`" if result.get("preset") else "")]
+    if not result["paper_scale"]:
+        lines += ["  - 20 training epochs per method (paper: 60–150)",
+                  f"  - randomized smoothing: small CNN base model (paper: ResNet-18), n = {result['n_smoothing']:,} "
+                  "estimation samples (paper: 100,000), n0 = 100, α = 0.001, σ = 0.75",
+                  "  - ℓ∞-distance net: 4 × 512 (paper: 5 × 5120); orthogonal net: MLP 3 × 256; IBP: small CNN (16, 32, fc 100)"]
+    lines.append("")
+    ok = {k: v for k, v in result["methods"].items() if v["status"] == "ok"}
+    lines += ["| method | certificate | clean accuracy | sensitive flagged | certify ms / input | training min |",
+              "|---|---|---|---|---|---|"]
+    for name, e in ok.items():
+        guarantee = "deterministic" if e["deterministic"] else f"probability 1 − {e['alpha']}"
+        train_min = (e.get("training_seconds") or 0.0) / 60
+        lines.append(f"| {e['label']} (`{name}`) | {e['method']} ({guarantee}) | {100 * e['clean_accuracy']:.1f}% | "
+                     f"{100 * e.get('sensitive_flagged_correctly', 0.0):.1f}% | "
+                     f"{1000 * e['certify_seconds_per_input']:.2f} | {train_min:.1f} |")
+    lines.append("")
+    for norm in result["norms"]:
+        radii = result["report_radii"].get(norm, [])
+        if not radii:
+            continue
+        pretty = "ℓ∞" if norm == "linf" else "ℓ" + norm[1:]
+        lines += [f"### Certified accuracy, {pretty}", "",
+                  "| method | " + " | ".join(f"r = {r:g}" for r in radii) + " | median radius |",
+                  "|---|" + "---|" * (len(radii) + 1)]
+        for name, e in ok.items():
+            table = e["certified_accuracy"].get(norm, {})
+            cells = [f"{100 * table.get(f'{r:g}', 0.0):.1f}%" for r in radii]
+            lines.append(f"| {e['label']} | " + " | ".join(cells) + f" | {e['median_radius'].get(norm, 0.0):.4g} |")
+        lines.append("")
+    skipped = {k: v for k, v in result["methods"].items() if v["status"] != "ok"}  # skipped or failed
+    if skipped:
+        lines += ["### Not compared", ""] + [f"- `{k}` ({v['status']}): {v['reason']}" for k, v in skipped.items()] + [""]
+    lines += ["Notes: smoothing radii hold with probability 1 − α each; ℓ1/ℓ∞ radii of ℓ2 methods (and vice versa) "
+              "come from norm inequalities on R^d, so they are valid but loose. Bound-propagation radii are the "
+              "largest ε verified by bisection (a lower bound on the method's exact certified radius).", ""]
+    for key, png in result.get("plots", {}).items():
+        lines.append(f"![{key}]({png})")
+    return "\n".join(lines) + "\n"
+
+
+def compare_cli_main(task: str, out: str | Path, methods: str | Sequence[str] = DEFAULT_METHODS,
+                     preset: str | None = None, n_smoothing: int = 10000, limit: int | None = None,
+                     paper_scale: bool = False, data_dir: str | Path | None = None, progress: bool = True,
+                     echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """What ``asymcert compare`` does: run :func:`compare` and print a short summary.
+
+    Args:
+        task: a registered task name.
+        methods: names, or one comma-separated string (``"convex,smoothing,ibp"``).
+        echo: where progress and the summary go (``click.echo`` in the CLI).
+    """
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    result = compare({"name": task}, out, methods=tuple(methods), preset=preset, n_smoothing=n_smoothing,
+                     limit=limit, paper_scale=paper_scale, data_dir=data_dir, progress=progress, log=echo)
+    for name, e in result["methods"].items():
+        if e["status"] == "ok":
+            echo(f"{name}: clean {100 * e['clean_accuracy']:.1f}%, {1000 * e['certify_seconds_per_input']:.2f} ms/input")
+        else:
+            echo(f"{name}: {e['status']} — {e['reason']}")
+    echo(f"report: {Path(out) / COMPARE_MD}")
+    return result
