@@ -246,3 +246,32 @@ def test_relu_ibp_model_round_trips_and_certifies_by_default(tmp_path):
     assert torch.equal(a.predicted, b.predicted)
     for p in a.radii:
         assert torch.equal(a.radii[p], b.radii[p])
+
+
+def _blobs(n: int, seed: int, d: int = 4, gap: float = 1.0):
+    from asymcert.data.tasks import Dataset
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=gen)
+    x = 0.5 + (y.float()[:, None] - 0.5) * gap * torch.ones(d) / math.sqrt(d) + 0.15 * torch.randn(n, d, generator=gen)
+    return Dataset(x, y)
+
+
+def test_ibp_recipe_ramps_eps_and_trains_a_certifiable_net():
+    from asymcert.data.tasks import TaskData
+    from asymcert.models import build_model
+    from asymcert.train import TrainConfig, fit
+    from asymcert.train.baseline_recipes import BoundPropagationRecipe
+
+    cfg = TrainConfig(epochs=12, batch_size=64, optimizer="adam", lr=5e-3, device="cpu", augment=False,
+                      extra={"eps": 0.1, "norm": "inf", "bound": "crown-ibp", "warmup": 0.2, "ramp_end": 0.5})
+    recipe = BoundPropagationRecipe(cfg)
+    assert recipe.ramp(0.1) == 0.0 and recipe.ramp(0.35) == pytest.approx(0.5) and recipe.ramp(0.9) == 1.0
+    data = TaskData(_blobs(512, 0), _blobs(256, 1), _blobs(256, 2), class_names=("other", "sensitive"))
+    torch.manual_seed(0)
+    model = build_model({"kind": "relu-ibp", "input_shape": [4], "widths": [32, 32]})
+    result = fit(model, data, cfg, progress=False, log=lambda m: None)
+    assert result["history"][0]["eps"] < 0.1 and result["history"][-1]["eps"] == pytest.approx(0.1)
+    assert result["best"]["val_verified_sensitive"] > 0.8
+    cert = asymcert.certify(model, data.test.x, norms=("inf",))
+    sens = data.test.y == 1
+    assert float((cert.radii[math.inf][sens] >= 0.1).double().mean()) > 0.8

@@ -33,7 +33,7 @@ def reference_radii(model, x, p):
 def test_radii_match_float64_per_input_reference(kind, fmap, p):
     model = small_feature_convex(kind, feature_map=fmap)
     x = torch.rand(24, 1, 6, 6)
-    cert = asymcert.certify(model, x, norms=(p,))
+    cert = asymcert.certify(model, x, norms=(p,), guard=False)  # the exact function's certificate
     ref = reference_radii(model, x, p)
     flagged = cert.sensitive
     assert 0 < int(flagged.sum()) < len(x)
@@ -97,3 +97,16 @@ def test_safe_radius_never_rounds_up(m, d):
 def test_safe_radius_zero_for_nonpositive_margin_and_inf_for_zero_gradient():
     r = safe_radius(torch.tensor([-1.0, 0.0, 2.0]), torch.tensor([1.0, 1.0, 0.0]))
     assert r.tolist() == [0.0, 0.0, math.inf]
+
+
+def test_float_guard_only_shrinks_and_stays_small():
+    model = small_feature_convex("conv")
+    x = torch.rand(50, 1, 6, 6)
+    exact = asymcert.certify(model, x, guard=False)
+    guarded = asymcert.certify(model, x)
+    for p in exact.radii:
+        assert bool((guarded.radii[p] <= exact.radii[p]).all())
+        big = exact.radii[p] > 0.05 * float(exact.radii[p].max())
+        assert torch.allclose(guarded.radii[p][big], exact.radii[p][big], rtol=1e-4)
+    assert asymcert.certify(model.double(), x.double()).radii[2.0].equal(
+        asymcert.certify(model.double(), x.double(), guard=False).radii[2.0])

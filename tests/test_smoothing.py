@@ -194,3 +194,25 @@ def test_model_defaults_and_multiclass_base_models(tmp_path):
     assert not cert.binary and set(cert.predicted.tolist()) <= {0, 1, 2}
     with pytest.raises(TypeError, match="unknown smoothing option"):
         asymcert.certify(multi, x, method="smoothing-gaussian", sigmaa=0.2)
+
+
+def test_noise_recipe_trains_on_noisy_inputs():
+    from asymcert.data.tasks import Dataset, TaskData
+    from asymcert.train import TrainConfig, fit
+
+    def blobs(n, seed):
+        gen = torch.Generator().manual_seed(seed)
+        y = torch.randint(0, 2, (n,), generator=gen)
+        return Dataset(0.5 + (y.float()[:, None] - 0.5) * 2.0 * torch.ones(4) / 2 + 0.1 * torch.randn(n, 4, generator=gen), y)
+
+    torch.manual_seed(0)
+    model = build_model({"kind": "relu-smoothing", "input_shape": [4], "widths": [16],
+                         "smoothing": {"noise": "gaussian", "sigma": 0.25, "n0": 50, "n": 500}})
+    cfg = TrainConfig(epochs=6, batch_size=64, optimizer="adam", lr=1e-2, device="cpu", augment=False, seed=3)
+    result = fit(model, TaskData(blobs(512, 0), blobs(256, 1), blobs(256, 2), ("other", "sensitive")), cfg,
+                 progress=False, log=lambda m: None)
+    assert result["best"]["val_noisy_accuracy"] > 0.9
+    test = blobs(64, 2)
+    cert = asymcert.certify(model, test.x, norms=(2,))
+    sens = test.y == 1
+    assert float((cert.radii[2.0][sens] > 0.1).double().mean()) > 0.8

@@ -403,8 +403,11 @@ def _certify_bounds(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...],
     xx = x.double() if precision == "float64" else x
     tol = (1e-9 if precision == "float64" else 5e-6) if tolerance is None else float(tolerance)
     d = math.prod(x.shape[1:])
-    lo_r, hi_r = getattr(model, "input_range", None) or (0.0, 1.0)
-    width = float(hi_r - lo_r) if math.isfinite(hi_r - lo_r) and hi_r > lo_r else 1.0
+    value_range = getattr(model, "input_range", None)
+    if value_range is not None and math.isfinite(value_range[1] - value_range[0]) and value_range[1] > value_range[0]:
+        width = float(value_range[1] - value_range[0])
+    else:  # no declared range (tabular data in raw units): the inputs' own scale
+        width = max(1.0, 2.0 * float(x.abs().max())) if x.numel() else 1.0
     with torch.no_grad():
         ref = net(xx).reshape(-1)
         flagged = (score > 0) & (ref > 0)
@@ -445,7 +448,8 @@ _DOC = """Certify a single-score ReLU network with {name} bounds (ℓp balls, an
         norms: ℓp norms to certify.
         steps: bisection steps (relative resolution 2^-steps of the bracket).
         max_radius: largest radius tried, scalar or {{p: r}} (default: the input range's width times
-            d^(1/p): the ℓp diameter of the input box); inputs verified there get exactly it.
+            d^(1/p), the ℓp diameter of the input box; without an input range, 2·max|x| instead of
+            the width); inputs verified there get exactly it.
         start: first radius tried before doubling (default max_radius / 1024).
         precision: "float64" (default; bounds on a float64 copy) or "model".
         lower_slope: the CROWN lower relaxation ("adaptive", "zero", "one").

@@ -3,3 +3,4 @@
 Each family adds ONE import line here (keep them sorted).
 """
 from asymcert.certify import bound_propagation, orthogonal, smoothing  # noqa: F401  (baselines)
+import asymcert.certify.linf_dist  # noqa: F401

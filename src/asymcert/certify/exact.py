@@ -1,21 +1,22 @@
-"""Exact minimal adversarial distances of feature-convex classifiers (linear and conic programs).
+"""Exact minimal adversarial distances of feature-convex classifiers (linear and quadratic programs).
 
-For s(x) = g(φ(x)) + b with φ affine (φ(x) = a ⊙ x + c) and g an :class:`~asymcert.nn.ICNN` or a
-:class:`~asymcert.nn.ConvexConvNet`, the non-sensitive region {x : s(x) ≤ 0} is convex and, because
-every weight that multiplies a hidden state is nonnegative (and every batch-norm scale positive),
-it is exactly the projection onto x of the polyhedron
+For s(x) = g(φ(x)) + b with φ affine (φ(x) = a ⊙ x + c) and g an :class:`~asymcert.nn.convex.ICNN` or
+a :class:`~asymcert.nn.convex.ConvexConvNet`, the non-sensitive region {x : s(x) ≤ 0} is convex and,
+because every weight that multiplies a hidden state is nonnegative (and every batch-norm scale
+positive), it is exactly the projection onto x of the polyhedron
 
 * ICNN: z₁ ≥ U₀f + c₀, z_{k+1} ≥ W_k BN_k(z_k) + U_k f + c_k, z ≥ 0, W_L BN_L(z_L) + U_L f + c_L + b ≤ 0;
 * ConvexConvNet: z₁ ≥ stem(f), z_{k+1} ≥ z_k + conv₊(BN_k(z_k)), z ≥ 0, readout(BN(z_last)) + b ≤ 0;
 
-with f = φ(x) (every relu is relaxed to its epigraph; monotonicity makes the relaxation exact).
-The smallest ‖δ‖_p that puts x + δ in that set is therefore a linear program for ℓ1 and ℓ∞
-(solved with HiGHS, warm-started from one input to the next: only the right-hand side changes)
-and a convex quadratic program for ℓ2 (solved with Clarabel).
+with f = φ(x): every ReLU is relaxed to its epigraph, and monotonicity makes the relaxation exact
+(batch norms are folded as positive affine maps; convolutions become sparse matrices). The
+smallest ‖δ‖_p that puts x + δ in that set is a linear program for ℓ1 and ℓ∞ (HiGHS) and a
+convex quadratic program for ℓ2 (Clarabel); see :class:`ExactRadiusSolver` for how the LPs are
+made fast (one matrix per model, Newton on the radius, crash bases, warm starts).
 
 The distance is computed over all of R^d, like the certificates it is compared with: the model's
 ``input_range`` is ignored unless ``respect_input_range=True``. Every reported radius comes with a
-perturbation that is checked on the model itself (float64) before it is reported.
+perturbation that is checked on the float64 model itself before it is reported.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import contextlib
 import copy
 import math
 import os
+import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,11 +39,12 @@ from asymcert.certify.inputs import check_inputs
 from asymcert.certify.result import normalize_norm
 from asymcert.errors import AsymcertError
 
-__all__ = ["ExactRadiusSolver", "UnsupportedModelError", "exact_radius"]
+__all__ = ["ExactRadiusSolver", "ExactResult", "UnsupportedModelError", "conv_matrix", "exact_radius"]
 
-# A reported perturbation δ must satisfy s(x + (1 + CHECK_SCALE)·δ) ≤ CHECK_TOL·max(1, |s(x)|).
+# A reported perturbation δ must satisfy s(x + (1 + CHECK_SCALE)·δ) ≤ CHECK_TOL·max(1, |s(x)|) on the
+# float64 model: pushed 1e-6 beyond the boundary, it must land in (or within rounding of) {s ≤ 0}.
 CHECK_SCALE = 1e-6
-CHECK_TOL = 1e-5
+CHECK_TOL = 1e-9
 
 
 class UnsupportedModelError(AsymcertError, ValueError):
@@ -214,15 +217,15 @@ def _chain_of(model: nn.Module) -> _Chain:
 
 
 # ---------------------------------------------------------------------------------------------
-# The optimisation problem: G v ≤ h(x), v = [δ-part, z_1, …, z_L, (t)]
+# Solvers
 # ---------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _quiet_stdout():
+def _quiet_stdout() -> Iterator[None]:
     """Silence C-level stdout (HiGHS prints a banner when its first instance is created)."""
     try:
-        fd = os.dup(1)
-    except OSError:  # pragma: no cover
+        saved = os.dup(1)
+    except OSError:  # pragma: no cover - no stdout at all
         yield
         return
     try:
@@ -231,16 +234,40 @@ def _quiet_stdout():
             try:
                 yield
             finally:
-                os.dup2(fd, 1)
+                os.dup2(saved, 1)
     finally:
-        os.close(fd)
+        os.close(saved)
+
+
+@dataclass
+class ExactResult:
+    """Exact radii of a batch (see :meth:`ExactRadiusSolver.solve`).
+
+    Attributes:
+        radii: (N,) float64 exact ℓp distance to {s ≤ 0} in raw input units (0: not flagged;
+            inf: no input is non-sensitive; NaN: solver failure or failed check).
+        delta: (N, *input_shape) float64 minimal perturbations (0 where the radius is 0, inf or NaN).
+        status: one string per input: "optimal", "not flagged", "unreachable", "time limit",
+            "check failed" or a solver status.
+        seconds: (N,) wall-clock seconds spent per input.
+    """
+
+    radii: torch.Tensor
+    delta: torch.Tensor
+    status: list[str]
+    seconds: np.ndarray
 
 
 class ExactRadiusSolver:
     """Exact ℓp distance from inputs to the non-sensitive region of one model, for one norm.
 
-    The constraint matrix is built once; each input only changes the right-hand side, and the LP
-    solver (HiGHS dual simplex) restarts from the previous input's optimal basis.
+    ℓ1 and ℓ∞ use v(t) = min {s(x + δ) : ‖δ‖_p ≤ t}, a linear program in (δ, z) whose constraint
+    matrix is built once. v is convex, decreasing and piecewise linear in t, so Newton's method
+    from the certified lower bound t₀ = s(x)/‖∇s(x)‖_{p*} (where v ≥ 0) climbs monotonically to
+    the root t* = exact radius, with dv/dt read off the LP duals; it ends after a few steps. Each
+    input's first LP starts from a crash basis (the ReLU pattern at the linearised minimiser,
+    primal feasible and nonsingular by construction); later steps warm-start HiGHS's dual simplex.
+    ℓ2 solves min ½‖δ‖² over the same polyhedron with Clarabel.
 
     Args:
         model: a :class:`~asymcert.models.FeatureConvexClassifier` with an affine feature map and an
@@ -252,236 +279,349 @@ class ExactRadiusSolver:
         UnsupportedModelError: the model is not of that form (or its norm is not 1, 2, ∞).
     """
 
+    max_newton_steps = 100
+
     def __init__(self, model: nn.Module, norm: float | str, respect_input_range: bool = False) -> None:
         self.norm = normalize_norm(norm)
         if self.norm not in (1.0, 2.0, math.inf):
             raise UnsupportedModelError(f"exact radii exist for ℓ1, ℓ2 and ℓ∞ only, not ℓ{self.norm:g}")
+        if respect_input_range and getattr(model, "input_range", None) is None:
+            raise UnsupportedModelError("respect_input_range=True but the model declares no input_range")
         self.model64 = copy.deepcopy(model).double().eval()
         self.chain = _chain_of(self.model64)
         self.input_shape = tuple(model.input_shape)
         self.input_range = model.input_range if respect_input_range else None
-        if respect_input_range and model.input_range is None:
-            raise UnsupportedModelError("respect_input_range=True but the model declares no input_range")
+        self._highs: Any = None
         self._build()
-        self._lp = None
-        self._qp = None
 
     # -- assembly ---------------------------------------------------------------------------
     def _build(self) -> None:
+        """Constraint rows (one per hidden unit, plus the ℓ1 budget row) and the objective s."""
         ch, d = self.chain, self.chain.dim
         widths = [layer.c.shape[0] for layer in ch.layers]
+        n_z = int(sum(widths))
         A = sp.diags(ch.a)
-        n_delta = 2 * d if self.norm == 1 else d
-        n_t = 1 if math.isinf(self.norm) else 0
-        self.n_delta, self.z_off = n_delta, np.concatenate([[n_delta], n_delta + np.cumsum(widths)])
-        n_var = int(self.z_off[-1]) + n_t
+        lp = self.norm != 2
+        nd = 2 * d if self.norm == 1 else d
+        self.nd, self.n_z = nd, n_z
 
         def delta_block(P: sp.csr_matrix | None, rows: int) -> sp.spmatrix:
             if P is None:
-                return sp.csr_matrix((rows, n_delta))
+                return sp.csr_matrix((rows, nd))
             PA = P @ A
             return sp.hstack([PA, -PA]) if self.norm == 1 else PA
 
-        blocks: list[list[Any]] = []
         L = len(ch.layers)
+        blocks: list[list[Any]] = []
         for k, layer in enumerate(ch.layers):
             row: list[Any] = [delta_block(layer.P, widths[k])] + [None] * L
             row[1 + k] = -sp.identity(widths[k])
             if layer.M is not None:
                 row[k] = layer.M
             blocks.append(row)
-        out = [delta_block(ch.out_p, 1)] + [None] * L
-        out[L] = ch.out_m
-        blocks.append(out)
-        G = sp.bmat(blocks, format="csr")  # rows: hidden layers then the output row
-        if n_t:
-            G = sp.hstack([G, sp.csr_matrix((G.shape[0], 1))], format="csr")
-            eye = sp.identity(d)
-            ones = sp.csr_matrix(np.ones((d, 1)))
-            zeros_z = sp.csr_matrix((d, int(self.z_off[-1]) - d))
-            norm_rows = sp.vstack([sp.hstack([eye, zeros_z, -ones]), sp.hstack([-eye, zeros_z, -ones])])
-            G = sp.vstack([G, norm_rows], format="csr")
-        self.G = G
-        self.n_var, self.n_chain_rows = n_var, int(sum(widths)) + 1
-        # rhs(x) = h_const - Pstack f(x) on the chain rows; 0 on the ℓ∞ rows.
-        h_const = np.concatenate([-layer.c for layer in ch.layers] + [np.array([-ch.out_c])])
-        p_blocks = [layer.P if layer.P is not None else sp.csr_matrix((layer.c.shape[0], d)) for layer in ch.layers]
-        p_blocks.append(ch.out_p if ch.out_p is not None else sp.csr_matrix((1, d)))
-        self.Pstack = sp.vstack(p_blocks, format="csr")
-        self.h_const = h_const
-        self.depends = np.flatnonzero(np.diff(self.Pstack.indptr) > 0)  # rows whose rhs moves with x
-        if self.depends.size == 0:
-            self.depends = np.arange(self.n_chain_rows)
-        self.lower = np.zeros(n_var)
-        self.lower[:n_delta] = 0.0 if self.norm == 1 else -np.inf
-        self.upper = np.full(n_var, np.inf)
-        self.cost = np.zeros(n_var)
+        # rows: −z_k + M_k z_{k−1} + P_k A δ ≤ −c_k − P_k f(x);   objective s = cost·(δ, z) + const(x).
+        self.G = sp.bmat(blocks, format="csr")
+        self.cost = np.zeros(nd + n_z)
+        self.cost[nd + n_z - widths[-1]:] = ch.out_m.toarray()[0]
+        if ch.out_p is not None:
+            self.cost[:nd] = delta_block(ch.out_p, 1).toarray()[0]
+        self.h_const = np.concatenate([-layer.c for layer in ch.layers])
+        self.Pstack = sp.vstack([layer.P if layer.P is not None else sp.csr_matrix((layer.c.shape[0], d))
+                                 for layer in ch.layers], format="csr")
+        self.depends = np.flatnonzero(np.diff(self.Pstack.indptr) > 0).astype(np.int32)
+        self.n_var = nd + n_z
+        self.n_row = n_z + (1 if self.norm == 1 else 0)
+        self.z_layer_start = np.concatenate([[0], np.cumsum(widths)])
+        if not lp:
+            return
         if self.norm == 1:
-            self.cost[:n_delta] = 1.0
-        elif math.isinf(self.norm):
-            self.cost[-1] = 1.0
+            budget = sp.hstack([sp.csr_matrix(np.ones((1, nd))), sp.csr_matrix((1, n_z))])
+            self.G = sp.vstack([self.G, budget], format="csr")
 
-    def rhs(self, x_flat: np.ndarray) -> np.ndarray:
-        """Right-hand sides h(x) (N, rows) of G v ≤ h for flattened float64 inputs (N, d)."""
-        f = self.chain.features(x_flat)
+    def _features_const(self, x_flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Right-hand sides (N, n_z) of the hidden-unit rows and objective constants (N,)."""
+        ch = self.chain
+        f = ch.features(x_flat)
         h = self.h_const[None, :] - (self.Pstack @ f.T).T
-        if self.G.shape[0] > self.n_chain_rows:
-            h = np.hstack([h, np.zeros((x_flat.shape[0], self.G.shape[0] - self.n_chain_rows))])
-        return h
+        const = np.full(x_flat.shape[0], ch.out_c)
+        if ch.out_p is not None:
+            const = const + (ch.out_p @ f.T).T[:, 0]
+        return h, const
 
-    def _delta_bounds(self, x_flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lower, upper = self.lower.copy(), self.upper.copy()
-        if self.input_range is not None:
-            lo, hi = self.input_range
-            d = self.chain.dim
-            if self.norm == 1:
-                upper[:d], upper[d:2 * d] = hi - x_flat, x_flat - lo
-            else:
-                lower[:d], upper[:d] = lo - x_flat, hi - x_flat
-        return lower, upper
+    def _pattern(self, x_flat: np.ndarray) -> np.ndarray:
+        """(n_z,) bool: which hidden units are active (pre-activation > 0) at one input."""
+        f = self.chain.features(x_flat[None])[0]
+        z, active = None, []
+        for layer in self.chain.layers:
+            pre = layer.c.copy()
+            if layer.M is not None:
+                pre += layer.M @ z
+            if layer.P is not None:
+                pre += layer.P @ f
+            active.append(pre > 0)
+            z = np.maximum(pre, 0.0)
+        return np.concatenate(active)
 
-    # -- solvers ----------------------------------------------------------------------------
-    def _solve_lp(self, h: np.ndarray, x_flat: np.ndarray, time_limit: float | None) -> tuple[str, np.ndarray | None]:
+    # -- ℓ1 / ℓ∞: Newton on v(t) ---------------------------------------------------------------
+    def _highs_instance(self) -> Any:
         import highspy
 
-        if self._lp is None:
+        if self._highs is None:
             with _quiet_stdout():
-                lp_solver = highspy.Highs()
-            lp_solver.setOptionValue("output_flag", False)
+                h = highspy.Highs()
+            h.setOptionValue("output_flag", False)
+            h.setOptionValue("presolve", "off")
+            h.setOptionValue("simplex_strategy", 1)  # dual simplex: bounds/rhs change between solves
+            h.setOptionValue("threads", 1)
             Gc = self.G.tocsc()
             lp = highspy.HighsLp()
-            lp.num_col_, lp.num_row_ = self.n_var, Gc.shape[0]
+            lp.num_col_, lp.num_row_ = self.n_var, self.n_row
             lp.col_cost_ = self.cost
-            lower, upper = self._delta_bounds(x_flat)
+            lower, upper = np.zeros(self.n_var), np.full(self.n_var, highspy.kHighsInf)
             lp.col_lower_, lp.col_upper_ = lower, upper
-            lp.row_lower_ = np.full(Gc.shape[0], -highspy.kHighsInf)
-            lp.row_upper_ = h
+            lp.row_lower_ = np.full(self.n_row, -highspy.kHighsInf)
+            lp.row_upper_ = np.concatenate([self.h_const, [0.0] * (self.n_row - self.n_z)])
             lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
             lp.a_matrix_.start_ = Gc.indptr.astype(np.int32)
             lp.a_matrix_.index_ = Gc.indices.astype(np.int32)
             lp.a_matrix_.value_ = Gc.data
-            lp_solver.passModel(lp)
-            self._lp = lp_solver
-        else:
-            rows = self.depends
-            self._lp.changeRowsBounds(rows.size, rows.astype(np.int32), np.full(rows.size, -highspy.kHighsInf),
-                                      h[rows])
+            h.passModel(lp)
+            self._highs = h
+        return self._highs
+
+    def _delta_bounds(self, t: float, xf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Column bounds of the δ block at radius t (ℓ∞: [−t, t]; ℓ1: δ± ≥ 0), box-limited if asked."""
+        d = self.chain.dim
+        if self.norm == 1:
+            lower, upper = np.zeros(2 * d), np.full(2 * d, np.inf)
             if self.input_range is not None:
-                lower, upper = self._delta_bounds(x_flat)
-                cols = np.arange(self.n_delta, dtype=np.int32)
-                self._lp.changeColsBounds(cols.size, cols, lower[:self.n_delta], upper[:self.n_delta])
-        self._lp.setOptionValue("time_limit", float(time_limit) if time_limit else highspy.kHighsInf)
-        self._lp.run()
-        status = self._lp.getModelStatus()
-        if status == highspy.HighsModelStatus.kOptimal:
-            return "optimal", np.asarray(self._lp.getSolution().col_value)
-        if status == highspy.HighsModelStatus.kInfeasible:
-            return "infeasible", None
-        # Anything else (time limit, numerical trouble): drop the basis so the next input starts clean.
-        self._lp = None
-        return self._lp_status_name(status), None
+                lo, hi = self.input_range
+                upper[:d], upper[d:] = np.maximum(hi - xf, 0.0), np.maximum(xf - lo, 0.0)
+            return lower, upper
+        lower, upper = np.full(d, -t), np.full(d, t)
+        if self.input_range is not None:
+            lo, hi = self.input_range
+            lower, upper = np.maximum(lower, np.minimum(lo - xf, 0.0)), np.minimum(upper, np.maximum(hi - xf, 0.0))
+        return lower, upper
 
-    @staticmethod
-    def _lp_status_name(status: Any) -> str:
-        return str(status).split(".")[-1].removeprefix("k").lower()
+    def _set_radius(self, h: Any, t: float, xf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lower, upper = self._delta_bounds(t, xf)
+        if self.norm == 1:
+            h.changeRowBounds(self.n_row - 1, -np.inf, t)
+        else:
+            cols = np.arange(self.nd, dtype=np.int32)
+            h.changeColsBounds(self.nd, cols, lower, upper)
+        return lower, upper
 
-    def _solve_qp(self, h: np.ndarray, x_flat: np.ndarray, time_limit: float | None) -> tuple[str, np.ndarray | None]:
+    def _crash_basis(self, t: float, xf: np.ndarray, grad: np.ndarray, lower: np.ndarray,
+                     upper: np.ndarray) -> Any:
+        """A primal-feasible, nonsingular basis: δ at the linearised minimiser, hidden units by their ReLU state.
+
+        Rows are ordered by layer and each unit's row is covered either by its own z (active: row
+        tight) or its own slack (inactive: z = 0), so the basis matrix is block lower triangular
+        with a ±1 diagonal.
+        """
+        import highspy
+
+        B = highspy.HighsBasisStatus
+        d = self.chain.dim
+        LOWER, BASIC, UPPER = 0, 1, 2
+        col = np.full(self.n_var, LOWER, dtype=np.int64)
+        delta = np.zeros(d)
+        extra_row_basic = False
+        if self.norm == 1:
+            # all of the budget on the coordinate with the steepest descent (that still has room)
+            room = np.where(grad > 0, upper[d:], upper[:d])
+            score = np.where(room > 0, np.abs(grad), -1.0)
+            j = int(np.argmax(score))
+            step = min(t, float(room[j]))
+            sign = -1.0 if grad[j] > 0 else 1.0
+            delta[j] = sign * step
+            idx = j if sign > 0 else d + j
+            if step < t:  # the coordinate hits its box bound first: budget row stays slack
+                col[idx] = UPPER
+                extra_row_basic = True
+            else:
+                col[idx] = BASIC
+        else:
+            at_upper = grad < 0  # move against the gradient
+            delta = np.where(at_upper, upper, lower)
+            col[:d] = np.where(at_upper, UPPER, LOWER)
+        active = self._pattern(xf + delta)
+        col[self.nd:][active] = BASIC
+        row = np.where(active, UPPER, BASIC)
+        if self.norm == 1:
+            row = np.append(row, BASIC if extra_row_basic else UPPER)
+        basis = highspy.HighsBasis()
+        lookup = (B.kLower, B.kBasic, B.kUpper)
+        basis.col_status = [lookup[v] for v in col.tolist()]
+        basis.row_status = [lookup[v] for v in row.tolist()]
+        basis.valid = True
+        return basis
+
+    def _slope(self, sol: Any, t: float, lower: np.ndarray, upper: np.ndarray) -> float:
+        """|dv/dt| ≥ 0 from the duals: the budget row's dual (ℓ1) or the δ reduced costs at ±t (ℓ∞)."""
+        if self.norm == 1:
+            return abs(float(sol.row_dual[self.n_row - 1]))
+        rc = np.asarray(sol.col_dual)[: self.nd]
+        at_t = np.where(rc < 0, upper >= t, lower <= -t)  # the active bound is the radius, not the box
+        return float(np.abs(rc[at_t]).sum())
+
+    def _solve_lp(self, xf: np.ndarray, h_rows: np.ndarray, const: float, s0: float, grad: np.ndarray,
+                  t0: float, time_limit: float | None) -> tuple[str, np.ndarray | None]:
+        import highspy
+
+        h = self._highs_instance()
+        h.changeRowsBounds(self.depends.size, self.depends, np.full(self.depends.size, -highspy.kHighsInf),
+                           h_rows[self.depends])
+        if self.norm == 1 and self.input_range is not None:
+            lower, upper = self._delta_bounds(t0, xf)
+            h.changeColsBounds(self.nd, np.arange(self.nd, dtype=np.int32), lower, upper)
+        tol_v = 1e-9 * max(1.0, abs(s0))
+        start = time.perf_counter()
+        t, sol = t0, None
+        for step in range(self.max_newton_steps):
+            lower, upper = self._set_radius(h, t, xf)
+            if step == 0:
+                h.setBasis(self._crash_basis(t, xf, grad, lower, upper))
+            if time_limit is not None:
+                left = time_limit - (time.perf_counter() - start)
+                if left <= 0:
+                    return "time limit", None
+                h.setOptionValue("time_limit", float(left))
+            h.run()
+            status = h.getModelStatus()
+            if status != highspy.HighsModelStatus.kOptimal:
+                self._highs = None  # start the next input from a fresh instance
+                name = "time limit" if status == highspy.HighsModelStatus.kTimeLimit else \
+                    str(status).split(".")[-1].removeprefix("k").lower()
+                return name, None
+            sol = h.getSolution()
+            v = float(h.getInfo().objective_function_value) + const
+            if abs(v) <= tol_v:
+                return "optimal", np.asarray(sol.col_value)
+            slope = self._slope(sol, t, lower, upper)
+            if v > 0 and slope <= 1e-300:
+                return "unreachable", None  # v(t') ≥ v(t) > 0 for every t' ≥ t: s never drops to 0
+            t_next = t + v / slope
+            if not math.isfinite(t_next) or t_next == t:
+                return ("optimal" if v <= 1e3 * tol_v else "stalled"), np.asarray(sol.col_value)
+            t = t_next
+        return "no convergence", None
+
+    # -- ℓ2: quadratic program -------------------------------------------------------------------
+    def _solve_qp(self, xf: np.ndarray, h_rows: np.ndarray, const: float, time_limit: float | None
+                  ) -> tuple[str, np.ndarray | None]:
         try:
             import clarabel
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise UnsupportedModelError("exact ℓ2 radii need the `clarabel` package (pip install clarabel)") from exc
-        d = self.chain.dim
-        # Constraints: G v ≤ h, z ≥ 0 (−z ≤ 0), and the optional box on δ.
-        n_z = self.n_var - self.n_delta
-        rows = [self.G, sp.hstack([sp.csr_matrix((n_z, self.n_delta)), -sp.identity(n_z)])]
-        b = [h, np.zeros(n_z)]
+        d, n_z = self.chain.dim, self.n_z
+        # G v ≤ h, objective row out·v + const ≤ 0, z ≥ 0, and the optional box on δ.
+        rows = [self.G, sp.csr_matrix(self.cost[None, :]),
+                sp.hstack([sp.csr_matrix((n_z, d)), -sp.identity(n_z)])]
+        b = [h_rows, np.array([-const]), np.zeros(n_z)]
         if self.input_range is not None:
             lo, hi = self.input_range
             eye = sp.hstack([sp.identity(d), sp.csr_matrix((d, n_z))])
             rows += [eye, -eye]
-            b += [hi - x_flat, x_flat - lo]
+            b += [hi - xf, xf - lo]
         A = sp.vstack(rows, format="csc")
-        b_all = np.concatenate(b)
         P = sp.diags(np.concatenate([np.ones(d), np.zeros(n_z)]), format="csc")
         settings = clarabel.DefaultSettings()
         settings.verbose = False
         settings.tol_gap_abs = settings.tol_gap_rel = 1e-10
         settings.tol_feas = 1e-10
-        if time_limit:
+        if self.n_var > 3000:  # conv nets: supernodal, multithreaded factorisation (4× faster than QDLDL here)
+            settings.direct_solve_method = "faer"
+        if time_limit is not None:
             settings.time_limit = float(time_limit)
-        solver = clarabel.DefaultSolver(P, np.zeros(self.n_var), A, b_all, [clarabel.NonnegativeConeT(A.shape[0])],
-                                        settings)
+        solver = clarabel.DefaultSolver(P, np.zeros(self.n_var), A, np.concatenate(b),
+                                        [clarabel.NonnegativeConeT(A.shape[0])], settings)
         sol = solver.solve()
         status = str(sol.status)
         if status in ("Solved", "AlmostSolved"):
             return "optimal", np.asarray(sol.x)
-        if "Infeasible" in status and "Dual" not in status:
-            return "infeasible", None
-        return status.lower(), None
+        if status in ("PrimalInfeasible", "AlmostPrimalInfeasible"):
+            return "unreachable", None
+        return ("time limit" if "Time" in status else status.lower()), None
 
-    # -- public -----------------------------------------------------------------------------
-    def solve(self, x: torch.Tensor, time_limit: float | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    # -- public -----------------------------------------------------------------------------------
+    def solve(self, x: torch.Tensor, time_limit: float | None = None) -> ExactResult:
         """Exact radii of a batch.
 
         Args:
             x: (N, *input_shape) inputs in raw units.
             time_limit: seconds allowed per input (None: no limit); an input that runs out gets NaN.
         Returns:
-            radii (N,) float64 in raw input units (0 where s(x) ≤ 0, inf where no input at all is
-            non-sensitive, NaN where the solver failed or its answer did not pass the check),
-            perturbations δ (N, *input_shape) float64 (zero where the radius is 0, inf or NaN), and
-            a status string per input.
+            An :class:`ExactResult`. Every finite positive radius comes with a perturbation δ for
+            which the float64 model gives s(x + (1 + 1e-6)·δ) ≤ 1e-6·max(1, |s(x)|).
         """
         check_inputs(x, self.input_shape, None)
         n, d = x.shape[0], self.chain.dim
         x_flat = x.detach().cpu().double().reshape(n, d).numpy()
-        with torch.no_grad():
-            score = self.model64(torch.from_numpy(x_flat).reshape((n,) + self.input_shape)).numpy()
+        x64 = torch.from_numpy(x_flat).reshape((n,) + self.input_shape).requires_grad_(True)
+        with torch.enable_grad():
+            score_t = self.model64(x64)
+            (grad_t,) = torch.autograd.grad(score_t.sum(), x64) if n else (torch.zeros_like(x64),)
+        score, grad = score_t.detach().numpy(), grad_t.reshape(n, d).numpy()
+        h_rows, const = self._features_const(x_flat)
         chain_score = self.chain.score(x_flat)
         if n and not np.allclose(chain_score, score, rtol=1e-7, atol=1e-7 * (1 + np.abs(score).max())):
             raise UnsupportedModelError("internal error: the layer chain does not reproduce the model's scores "
                                         f"(max gap {np.abs(chain_score - score).max():.3g})")
-        radii = np.zeros(n)
-        deltas = np.zeros((n, d))
+        dual = 1.0 if self.norm == math.inf else (math.inf if self.norm == 1 else 2.0)
+        gnorm = np.linalg.norm(grad, ord=dual, axis=1) if n else np.zeros(0)
+        radii, deltas = np.zeros(n), np.zeros((n, d))
         status = ["not flagged"] * n
-        h_all = self.rhs(x_flat)
+        seconds = np.zeros(n)
         for i in np.flatnonzero(score > 0):  # one optimisation problem per flagged input
-            solve = self._solve_qp if self.norm == 2 else self._solve_lp
-            st, v = solve(h_all[i], x_flat[i], time_limit)
-            status[i] = st
-            if st == "infeasible":
+            t_start = time.perf_counter()
+            if gnorm[i] == 0:  # s is convex and flat here: x minimises s, which stays > 0 everywhere
+                status[i], v = "unreachable", None
+            elif self.norm == 2:
+                status[i], v = self._solve_qp(x_flat[i], h_rows[i], float(const[i]), time_limit)
+            else:
+                t0 = float(score[i] / gnorm[i])
+                status[i], v = self._solve_lp(x_flat[i], h_rows[i], float(const[i]), float(score[i]), grad[i],
+                                              t0, time_limit)
+            seconds[i] = time.perf_counter() - t_start
+            if status[i] == "unreachable":
                 radii[i] = math.inf
-                continue
-            if v is None:
+            elif v is None:
                 radii[i] = math.nan
-                continue
-            delta = v[:d] - v[d:2 * d] if self.norm == 1 else v[:d]
-            deltas[i] = delta
-            radii[i] = float(np.abs(delta).sum() if self.norm == 1 else
-                             np.abs(delta).max() if math.isinf(self.norm) else np.sqrt(delta @ delta))
-        # Check every reported perturbation on the model itself, in float64.
-        solved = np.array([s == "optimal" for s in status], dtype=bool)
-        if solved.any():
-            x_adv = x_flat[solved] + (1.0 + CHECK_SCALE) * deltas[solved]
-            with torch.no_grad():
-                s_adv = self.model64(torch.from_numpy(x_adv).reshape((-1,) + self.input_shape)).numpy()
-            tol = CHECK_TOL * np.maximum(1.0, np.abs(score[solved]))
-            bad = np.flatnonzero(solved)[s_adv > tol]
-            for i in bad:
-                status[i] = "check failed"
-            if bad.size:
-                warnings.warn(f"exact ℓ{self.norm:g} radius: the solver's perturbation did not reach the "
-                              f"non-sensitive region for {bad.size} input(s) (rows {bad[:5].tolist()}); "
-                              "their radius is NaN", RuntimeWarning, stacklevel=3)
-                radii[bad] = math.nan
-                deltas[bad] = 0.0
-        failed = [i for i, s in enumerate(status) if s not in ("optimal", "not flagged", "infeasible", "check failed")]
+            else:
+                delta = v[:d] - v[d:2 * d] if self.norm == 1 else v[:d]
+                deltas[i] = delta
+                radii[i] = float(np.linalg.norm(delta, ord=self.norm))
+        self._check(x_flat, score, deltas, radii, status)
+        failed = [i for i, s in enumerate(status) if s not in ("optimal", "not flagged", "unreachable", "check failed")]
         if failed:
             warnings.warn(f"exact ℓ{self.norm:g} radius: the solver stopped early ({status[failed[0]]}) for "
-                          f"{len(failed)} input(s); their radius is NaN", RuntimeWarning, stacklevel=3)
-        out_dev = x.device
-        return (torch.from_numpy(radii).to(out_dev),
-                torch.from_numpy(deltas).reshape((n,) + self.input_shape).to(out_dev), status)
+                          f"{len(failed)} input(s) (rows {failed[:5]}); their radius is NaN", RuntimeWarning,
+                          stacklevel=2)
+        dev = x.device
+        return ExactResult(torch.from_numpy(radii).to(dev),
+                           torch.from_numpy(deltas).reshape((n,) + self.input_shape).to(dev), status, seconds)
+
+    def _check(self, x_flat: np.ndarray, score: np.ndarray, deltas: np.ndarray, radii: np.ndarray,
+               status: list[str]) -> None:
+        """Mark NaN every radius whose perturbation does not reach {s ≤ 0} on the float64 model."""
+        solved = np.array([s == "optimal" for s in status], dtype=bool)
+        if not solved.any():
+            return
+        x_adv = x_flat[solved] + (1.0 + CHECK_SCALE) * deltas[solved]
+        with torch.no_grad():
+            s_adv = self.model64(torch.from_numpy(x_adv).reshape((-1,) + self.input_shape)).numpy()
+        bad = np.flatnonzero(solved)[s_adv > CHECK_TOL * np.maximum(1.0, np.abs(score[solved]))]
+        for i in bad:
+            status[i] = "check failed"
+        if bad.size:
+            warnings.warn(f"exact ℓ{self.norm:g} radius: the solver's perturbation did not reach the "
+                          f"non-sensitive region for {bad.size} input(s) (rows {bad[:5].tolist()}); "
+                          "their radius is NaN", RuntimeWarning, stacklevel=3)
+            radii[bad] = math.nan
+            deltas[bad] = 0.0
 
 
 def exact_radius(model: nn.Module, x: torch.Tensor, norm: float | str, return_perturbation: bool = False,
@@ -498,14 +638,14 @@ def exact_radius(model: nn.Module, x: torch.Tensor, norm: float | str, return_pe
             (identity / shift / standardize) and whose g is an ICNN or a ConvexConvNet; its
             eval-mode function is used.
         x: (N, *input_shape) inputs in raw units.
-        norm: 1, 2 or ``math.inf`` (ℓ2 needs the ``clarabel`` package).
+        norm: 1, 2 or ``math.inf`` (ℓ2 needs the ``clarabel`` package, ℓ1/ℓ∞ ``highspy``).
         return_perturbation: also return the minimal perturbations δ (N, *input_shape).
         time_limit: seconds allowed per input; an input that runs out gets NaN (with a warning).
         respect_input_range: also require x + δ ∈ ``model.input_range``.
     Returns:
         (N,) float64 radii in raw input units on ``x``'s device: 0 for inputs not flagged
-        sensitive, ``inf`` when no input at all is non-sensitive, NaN (with a warning) where the
-        solver failed or its perturbation did not reach {s ≤ 0} on the float64 model.
+        sensitive (float64 score ≤ 0), ``inf`` when s stays > 0 everywhere, NaN (with a warning)
+        where the solver failed or its perturbation did not reach {s ≤ 0} on the float64 model.
         With ``return_perturbation``: ``(radii, delta)``.
     Raises:
         UnsupportedModelError: the model is not of the form above (e.g. a ConcatAbs feature map).
@@ -518,6 +658,5 @@ def exact_radius(model: nn.Module, x: torch.Tensor, norm: float | str, return_pe
         >>> exact_radius(m, torch.rand(4, 3), "inf").shape
         torch.Size([4])
     """
-    solver = ExactRadiusSolver(model, norm, respect_input_range=respect_input_range)
-    radii, delta, _ = solver.solve(x, time_limit=time_limit)
-    return (radii, delta) if return_perturbation else radii
+    result = ExactRadiusSolver(model, norm, respect_input_range=respect_input_range).solve(x, time_limit)
+    return (result.radii, result.delta) if return_perturbation else result.radii

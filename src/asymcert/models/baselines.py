@@ -242,7 +242,7 @@ class OrthogonalNet(_SequentialScoreModel):
         shape = tuple(int(d) for d in config["input_shape"])
         arch = _arch_config(config, [256, 256, 256])
         if arch["arch"] == "cnn":
-            arch["channels"] = _int_list(config.get("channels", [8, 16]))
+            arch["channels"] = _int_list(config.get("channels", [8, 32]))
             arch["fc"] = _int_list(config.get("fc", [256]))
             arch["kernel"] = int(config.get("kernel", 3))
         net = orthogonal_sequential(shape, arch["arch"], arch.get("widths"), arch.get("channels"), arch.get("fc"),

@@ -10,7 +10,9 @@ class MeanShift(nn.Module):
     """Subtract a per-channel mean; no scaling, so it is 1-Lipschitz in every norm.
 
     Training: y = x − mean of x over the batch and spatial dims (the gradient flows through
-    the mean), and running_mean ← (1 − momentum)·running_mean + momentum·batch mean.
+    the mean), and running_mean ← (1 − momentum)·running_mean + momentum·batch mean. Under
+    torch.distributed the mean is over the GLOBAL batch of every process (summed with
+    :func:`asymcert.distributed.differentiable_sum`, exact gradients), as one process would see it.
     Eval: y = x − running_mean (a translation).
 
     Args:
@@ -44,13 +46,23 @@ class MeanShift(nn.Module):
         shape = self._shape(x)
         if self.training:
             dims = [0] + list(range(2, x.dim()))
-            mean = x.mean(dims)
+            mean = self._global_mean(x, dims)
             with torch.no_grad():
                 self.running_mean.mul_(1.0 - self.momentum).add_(
                     mean.detach().to(self.running_mean.dtype), alpha=self.momentum)
                 self.num_batches_tracked.add_(1)
             return x - mean.view(shape)
         return x - self.running_mean.to(x.dtype).view(shape)
+
+    @staticmethod
+    def _global_mean(x: torch.Tensor, dims: list[int]) -> torch.Tensor:
+        """Per-channel mean over ``dims`` of this process's x, or of every process's x under torch.distributed."""
+        from asymcert import distributed
+        if not distributed.is_distributed():
+            return x.mean(dims)
+        count = distributed.differentiable_sum(
+            torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device))
+        return distributed.differentiable_sum(x.sum(dims)) / count
 
     def interval_bounds(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact bounds of the eval-mode output over the box lower ≤ x ≤ upper (same shapes)."""

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asymcert.certify.bound_propagation import backward_lower_bound, ibp_boxes, sequential_layers, layer_shapes
+from asymcert.certify.bound_propagation import (backward_lower_bound, ibp_boxes, layer_shapes, score_lower_bound,
+                                                sequential_layers)
 from asymcert.certify.result import normalize_norm
 from asymcert.certify.smoothing import sample_noise, split_quantize
 from asymcert.data.tasks import Dataset
@@ -157,7 +158,7 @@ class BoundPropagationRecipe(_Base):
         for i in range(0, len(val), batch_size):
             xb = val.x[i:i + batch_size].to(device)
             scores.append(model(xb).float().cpu())
-            lowers.append(self.bounds(model, xb, self.eps, 1.0 if self.bound == "crown-ibp" else 0.0)[0].float().cpu())
+            lowers.append(score_lower_bound(model, xb, self.eps, self.norm, self.bound).float().cpu())
         model.train(was)
         s, lb = torch.cat(scores), torch.cat(lowers)
         tpr, tnr = _rates(s, val.y)

@@ -1,0 +1,379 @@
+"""Soundness audit of a model's certificates: attacks, exact radii and a float64 recomputation.
+
+For each certifier it checks three things, and counts every failure as a *violation*:
+
+1. **Attacks.** Every certified input (binary models: the flagged ones) is attacked with PGD in
+   each norm inside (1 − 1e-6)·radius, with several restarts. Any decision flip is a violation
+   (a sound certificate admits none). Probabilistic certificates (randomized smoothing) certify
+   a smoothed classifier that the attack cannot query; they are reported, not attacked.
+2. **Exact radii.** Where the exact distance to the decision boundary is computable
+   (:func:`asymcert.certify.exact.exact_radius`: feature-convex models with an affine feature
+   map), every certified radius must be ≤ the exact one (relative tolerance 1e-6, the accuracy
+   the exact solver guarantees); the tightness certified/exact is reported (median, quartiles).
+3. **Float precision.** The certificate is recomputed on a float64 copy of the model; the
+   radius of the model as run (in its own precision, when the certifier offers that) must not
+   exceed the float64 one.
+
+:func:`audit_run` does this for a run folder and writes ``audit.json`` and ``audit.md`` into it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from asymcert.certify import certify
+from asymcert.certify.attacks import decision_flips, decisions, pgd_attack
+from asymcert.certify.result import Certificate, norm_label, normalize_norm
+from asymcert.errors import AsymcertError, InputError
+
+__all__ = ["audit", "audit_cli_main", "audit_run", "write_report"]
+
+ATTACK_SHRINK = 1e-6   # attacks run inside (1 − ATTACK_SHRINK)·radius
+EXACT_RTOL = 1e-6      # certified ≤ exact·(1 + EXACT_RTOL)
+EXACT_L2_MAX_VARIABLES = 3000  # ℓ2 exact radii (an interior-point QP per input) only for models this small
+TEST_INPUTS_FILE = "test_inputs.safetensors"
+
+
+def _quartiles(values: torch.Tensor) -> dict[str, float] | None:
+    v = values.double().cpu().numpy()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    q = np.quantile(v, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return {"n": int(v.size), "min": float(q[0]), "q25": float(q[1]), "median": float(q[2]), "q75": float(q[3]),
+            "max": float(q[4]), "mean": float(v.mean())}
+
+
+def _certify(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], method: str | None,
+             own_precision: bool = False) -> Certificate:
+    """``asymcert.certify``; with ``own_precision`` ask the certifier for the model's own dtype when it can."""
+    if own_precision:
+        try:
+            return certify(model, x, norms, method=method, precision="model")
+        except TypeError as exc:  # this certifier has no precision option
+            if "precision" not in str(exc):
+                raise
+    return certify(model, x, norms, method=method)
+
+
+def _exact_support(model: nn.Module) -> str | None:
+    """None when exact radii exist for ``model``, else the reason why not."""
+    from asymcert.certify.exact import UnsupportedModelError, _chain_of
+
+    try:
+        _chain_of(copy.deepcopy(model).double().eval())
+    except UnsupportedModelError as exc:
+        return str(exc)
+    return None
+
+
+def _attack_norm(model: nn.Module, x: torch.Tensor, cert: Certificate, p: float, restarts: int, steps: int,
+                 generator: torch.Generator, model64: nn.Module | None) -> dict[str, Any]:
+    radius = cert.radius(p)
+    target = cert.sensitive if cert.binary else torch.ones_like(cert.predicted, dtype=torch.bool)
+    finite = torch.isfinite(radius)
+    rows = torch.nonzero(target.cpu() & (radius.cpu() > 0) & finite.cpu()).flatten()
+    out: dict[str, Any] = {"attacked": int(rows.numel()), "unbounded": int((target.cpu() & ~finite.cpu()).sum()),
+                           "restarts": restarts, "steps": steps, "flips": 0, "flips_float64": 0, "flipped_rows": []}
+    if rows.numel() == 0:
+        return out
+    xs = x[rows]
+    eps = radius[rows].double().cpu() * (1.0 - ATTACK_SHRINK)
+    t0 = time.perf_counter()
+    x_adv = pgd_attack(model, xs, eps.to(xs.device), p, steps=steps, restarts=restarts,
+                       targeted_decision=cert.predicted[rows].to(xs.device),
+                       input_range=getattr(model, "input_range", None), generator=generator)
+    flips = decision_flips(model, xs, x_adv)
+    # also flips against the decision the certificate was about (should be the same)
+    flips = flips | (decisions(model, x_adv).cpu() != cert.predicted[rows].cpu()).to(flips.device)
+    out["seconds"] = time.perf_counter() - t0
+    out["flips"] = int(flips.sum())
+    out["flipped_rows"] = rows[flips.cpu()].tolist()[:20]
+    if model64 is not None and out["flips"]:
+        out["flips_float64"] = int(decision_flips(model64, xs[flips].double(), x_adv[flips].double()).sum())
+    norms = (x_adv.double() - xs.double()).reshape(len(rows), -1).norm(p=p, dim=1).cpu()
+    out["max_norm_over_radius"] = float((norms / radius[rows].double().cpu()).max())
+    return out
+
+
+def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
+          norms: Iterable[float | str] = (1, 2, math.inf), restarts: int = 3, steps: int = 100, exact: bool = True,
+          methods: Iterable[str] | None = None, exact_norms: Iterable[float | str] | None = None,
+          seed: int = 0, exact_time_limit: float | None = 60.0) -> dict[str, Any]:
+    """Audit a model's certificates on inputs ``x`` (see the module docstring).
+
+    Args:
+        model: any asymcert model (it must declare ``certifier``, or pass ``methods``).
+        x: (N, *input_shape) inputs in raw units.
+        y: (N,) labels (optional; only used to report accuracy).
+        norms: ℓp norms to audit.
+        restarts, steps: PGD restarts and steps per norm.
+        exact: compare with exact radii where they exist.
+        methods: certifier names to audit (default: the model's own ``certifier``).
+        exact_norms: norms for which exact radii are computed (default: ℓ1 and ℓ∞, plus ℓ2 when
+            the model is small enough for the per-input quadratic program to be quick).
+        seed: seed of the attacks' random starts.
+        exact_time_limit: seconds allowed per input and norm for the exact radius.
+    Returns:
+        A JSON-serialisable dict: ``{"violations": int, "n_inputs", "methods": {name: {"norms":
+        {label: {"attack", "exact", "precision", "violations"}}, ...}}, ...}``; radii in raw
+        input units.
+    """
+    t_start = time.perf_counter()
+    norms_t = tuple(dict.fromkeys(normalize_norm(p) for p in norms))
+    methods_t = tuple(methods) if methods is not None else (getattr(model, "certifier", None),)
+    if methods_t == (None,):
+        raise InputError(f"{type(model).__name__} declares no certifier; pass methods=[...]")
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(int(seed))
+    model64 = copy.deepcopy(model).double().eval()
+    x64 = x.double()
+    report: dict[str, Any] = {"n_inputs": int(x.shape[0]), "model": type(model).__name__,
+                              "norms": [norm_label(p) for p in norms_t], "settings": {
+                                  "restarts": restarts, "steps": steps, "seed": seed, "attack_shrink": ATTACK_SHRINK,
+                                  "exact_rtol": EXACT_RTOL}, "methods": {}}
+    if hasattr(model, "config"):
+        report["config"] = model.config()
+
+    # exact radii are a property of the model: compute them once, for every method
+    exact_radii: dict[float, torch.Tensor] = {}
+    exact_info: dict[float, dict[str, Any]] = {}
+    if exact:
+        reason = _exact_support(model)
+        if reason is not None:
+            for p in norms_t:
+                exact_info[p] = {"available": False, "reason": reason}
+        else:
+            from asymcert.certify.exact import ExactRadiusSolver
+
+            wanted = None if exact_norms is None else {normalize_norm(p) for p in exact_norms}
+            for p in norms_t:
+                if p not in (1.0, 2.0, math.inf) or (wanted is not None and p not in wanted):
+                    exact_info[p] = {"available": False, "reason": "not requested" if p in (1.0, 2.0, math.inf)
+                                     else f"no exact solver for ℓ{p:g}"}
+                    continue
+                solver = ExactRadiusSolver(model, p)
+                if wanted is None and p == 2.0 and solver.n_var > EXACT_L2_MAX_VARIABLES:
+                    exact_info[p] = {"available": False, "reason": (
+                        f"skipped: the ℓ2 program has {solver.n_var} variables (pass exact_norms to force it)")}
+                    continue
+                t0 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    res = solver.solve(x, time_limit=exact_time_limit)
+                exact_radii[p] = res.radii.cpu()
+                statuses: dict[str, int] = {}
+                for s in res.status:
+                    statuses[s] = statuses.get(s, 0) + 1
+                exact_info[p] = {"available": True, "seconds": time.perf_counter() - t0, "status": statuses,
+                                 "failed": int(torch.isnan(res.radii).sum())}
+    else:
+        for p in norms_t:
+            exact_info[p] = {"available": False, "reason": "exact=False"}
+
+    total = 0
+    try:
+        for method in methods_t:
+            cert = _certify(model, x, norms_t, method)
+            if cert.deterministic:  # (a probabilistic certificate is random: nothing to compare exactly)
+                cert_own = _certify(model, x, norms_t, method, own_precision=True)
+                cert64 = _certify(model64, x64, norms_t, method)
+            entry: dict[str, Any] = {"deterministic": bool(cert.deterministic), "binary": bool(cert.binary),
+                                     "certify_seconds": cert.seconds}
+            if cert.binary:
+                entry["flagged"] = int(cert.sensitive.sum())
+            if y is not None:
+                entry["accuracy"] = float((cert.predicted.cpu() == y.cpu().long()).double().mean()) if len(y) else None
+            per_norm: dict[str, Any] = {}
+            method_violations = 0
+            for p in norms_t:
+                r = cert.radius(p).double().cpu()
+                item: dict[str, Any] = {"certified": _quartiles(r[r > 0]), "violations": 0}
+                # (1) attacks
+                if cert.deterministic:
+                    item["attack"] = _attack_norm(model, x, cert, p, restarts, steps, generator, model64)
+                    item["violations"] += item["attack"]["flips"]
+                else:
+                    item["attack"] = {"skipped": "probabilistic certificate of a smoothed classifier"}
+                # (2) exact radii
+                info = dict(exact_info[p])
+                if info.get("available"):
+                    ex = exact_radii[p]
+                    ok = torch.isfinite(ex) | torch.isinf(ex)  # NaN: the solver failed on that input
+                    bad = ok & (r > ex * (1.0 + EXACT_RTOL)) & (r > 0)
+                    info["violations"] = int(bad.sum())
+                    info["violating_rows"] = torch.nonzero(bad).flatten().tolist()[:20]
+                    if bad.any():
+                        info["max_certified_over_exact"] = float((r[bad] / ex[bad]).max())
+                    both = (r > 0) & (ex > 0) & torch.isfinite(ex)
+                    info["tightness"] = _quartiles(r[both] / ex[both])
+                    info["exact"] = _quartiles(ex[(ex > 0) & torch.isfinite(ex)])
+                    item["violations"] += info["violations"]
+                item["exact"] = info
+                # (3) the model's own precision against float64
+                if cert.deterministic:
+                    r_own, r64 = cert_own.radius(p).double().cpu(), cert64.radius(p).double().cpu()
+                    worse = (r_own > r64) & (r_own > 0)
+                    pos = (r_own > 0) & (r64 > 0)
+                    dtype = next((q.dtype for q in model.parameters()), torch.float32)
+                    item["precision"] = {
+                        "max_ratio_own_over_float64": float((r_own[pos] / r64[pos]).max()) if pos.any() else None,
+                        "violations": int(worse.sum()),
+                        "violating_rows": torch.nonzero(worse).flatten().tolist()[:20],
+                        "dtype": str(dtype).removeprefix("torch.")}
+                    item["violations"] += item["precision"]["violations"]
+                else:
+                    item["precision"] = {"skipped": "probabilistic certificate", "max_ratio_own_over_float64": None,
+                                         "violations": 0}
+                method_violations += item["violations"]
+                per_norm[norm_label(p)] = item
+            entry["norms"] = per_norm
+            entry["violations"] = method_violations
+            report["methods"][method] = entry
+            total += method_violations
+    finally:
+        model.train(was_training)
+    report["violations"] = total
+    report["seconds"] = time.perf_counter() - t_start
+    return report
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, (np.floating, np.integer)):
+        return _jsonable(obj.item())
+    return obj
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    verdict = "no violations" if report["violations"] == 0 else f"**{report['violations']} violation(s)**"
+    lines = [f"# Certificate audit: {verdict}", "",
+             f"{report['n_inputs']} inputs, model `{report['model']}`, attacks: PGD, "
+             f"{report['settings']['restarts']} restarts × {report['settings']['steps']} steps inside "
+             f"(1 − {report['settings']['attack_shrink']:g})·radius. Radii in raw input units.", ""]
+    for method, entry in report["methods"].items():
+        kind = "deterministic" if entry["deterministic"] else "probabilistic"
+        lines += [f"## `{method}` ({kind}): {entry['violations']} violation(s)", ""]
+        if "flagged" in entry:
+            lines.append(f"Flagged sensitive: {entry['flagged']} of {report['n_inputs']}.")
+        if entry.get("accuracy") is not None:
+            lines.append(f"Accuracy: {entry['accuracy']:.4f}.")
+        lines += ["", "| norm | certified median | attacked | flips | exact | certified > exact | "
+                      "tightness q25 / median / q75 | own/float64 max | precision violations |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for label, item in entry["norms"].items():
+            att, ex, pr = item["attack"], item["exact"], item["precision"]
+            cert_med = item["certified"]["median"] if item["certified"] else None
+            if "skipped" in att:
+                attacked, flips = "skipped", "–"
+            else:
+                attacked, flips = str(att["attacked"]), str(att["flips"])
+            if ex.get("available"):
+                t = ex.get("tightness") or {}
+                ex_s = f"{ex['seconds']:.1f} s" + (f", {ex['failed']} failed" if ex["failed"] else "")
+                tight = f"{_fmt(t.get('q25'))} / {_fmt(t.get('median'))} / {_fmt(t.get('q75'))}" if t else "–"
+                ex_v = str(ex["violations"])
+            else:
+                ex_s, tight, ex_v = f"n/a ({ex.get('reason', '')})", "–", "–"
+            lines.append(f"| {label} | {_fmt(cert_med)} | {attacked} | {flips} | {ex_s} | {ex_v} | {tight} | "
+                         f"{_fmt(pr['max_ratio_own_over_float64'], 10)} | {pr['violations']} |")
+        lines.append("")
+    lines.append(f"Audit time: {report['seconds']:.1f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
+    """Write ``audit.json`` and ``audit.md`` into ``folder``; returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    js, md = folder / "audit.json", folder / "audit.md"
+    js.write_text(json.dumps(_jsonable(report), indent=2) + "\n")
+    md.write_text(_markdown(report))
+    return js, md
+
+
+def load_test_inputs(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x, y) from ``run_dir/test_inputs.safetensors`` (keys "x" and optionally "y")."""
+    from safetensors.torch import load_file
+
+    file = Path(run_dir) / TEST_INPUTS_FILE
+    if not file.is_file():
+        raise InputError(f"no test inputs in {run_dir}: expected {TEST_INPUTS_FILE} (keys 'x', 'y'), "
+                         "or pass x= and y=")
+    tensors = load_file(str(file))
+    if "x" not in tensors:
+        raise InputError(f"{file} has no tensor 'x' (found {sorted(tensors)})")
+    return tensors["x"], tensors.get("y")
+
+
+def audit_run(run_dir: str | Path, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
+              **options: Any) -> dict[str, Any]:
+    """Audit the model of a run folder on its test inputs and write ``audit.json``/``audit.md`` there.
+
+    Args:
+        run_dir: a run folder (``model.safetensors`` loaded with :func:`asymcert.load`).
+        x, y: inputs (N, *input_shape) and labels to use when the folder has no
+            ``test_inputs.safetensors``.
+        **options: passed to :func:`audit` (norms, restarts, steps, exact, ...).
+    Returns:
+        The audit dict (with ``"violations"``), plus ``"files"``: the two paths written.
+    """
+    from asymcert.checkpoint import load
+
+    run_dir = Path(run_dir)
+    model = load(run_dir)
+    if (run_dir / TEST_INPUTS_FILE).is_file():
+        x, y = load_test_inputs(run_dir)
+    elif x is None:
+        load_test_inputs(run_dir)  # raises the explanatory error
+    assert x is not None
+    report = audit(model, x, y, **options)
+    report["run_dir"] = str(run_dir)
+    js, md = write_report(report, run_dir)
+    report["files"] = [str(js), str(md)]
+    return report
+
+
+def audit_cli_main(run_dir: str | Path) -> int:
+    """``asymcert audit DIR``: audit, write the reports, print a summary. Exit code 0 = no violations,
+    1 = violations found, 2 = the audit could not run."""
+    try:
+        report = audit_run(run_dir)
+    except AsymcertError as exc:
+        print(f"asymcert audit: {exc}", file=sys.stderr)
+        return 2
+    for method, entry in report["methods"].items():
+        parts = []
+        for label, item in entry["norms"].items():
+            att = item["attack"]
+            flips = "–" if "skipped" in att else f"{att['flips']}/{att['attacked']} flips"
+            tight = (item["exact"].get("tightness") or {}).get("median")
+            parts.append(f"{label}: {flips}" + (f", tightness {tight:.3f}" if tight is not None else ""))
+        print(f"{method}: {entry['violations']} violation(s) ({'; '.join(parts)})")
+    print(f"{report['violations']} violation(s); wrote {', '.join(report['files'])}")
+    return 0 if report["violations"] == 0 else 1

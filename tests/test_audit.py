@@ -1,0 +1,114 @@
+"""The audit: clean on sound certificates, loud on inflated ones, and the run-folder workflow."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import asymcert
+from asymcert.audit import audit, audit_cli_main, audit_run
+from asymcert.certify import api as certify_api
+from tests.conftest import small_feature_convex
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def icnn_and_inputs():
+    model = small_feature_convex("icnn", seed=1)
+    torch.manual_seed(2)
+    return model, torch.rand(40, 1, 6, 6)
+
+
+def test_sound_certificates_pass_every_check(icnn_and_inputs):
+    model, x = icnn_and_inputs
+    y = (model(x) > 0).long().detach()
+    report = audit(model, x, y, steps=40, restarts=2)
+    assert report["violations"] == 0
+    entry = report["methods"]["feature-convex"]
+    assert entry["deterministic"] and entry["accuracy"] == 1.0
+    flagged = entry["flagged"]
+    assert 5 <= flagged <= 35
+    for label in ("l1", "l2", "linf"):
+        item = entry["norms"][label]
+        assert item["violations"] == 0
+        assert item["attack"]["attacked"] == flagged and item["attack"]["flips"] == 0
+        assert item["attack"]["max_norm_over_radius"] <= 1.0
+        ex = item["exact"]
+        assert ex["available"] and ex["violations"] == 0 and ex["failed"] == 0
+        t = ex["tightness"]
+        assert 0 < t["min"] <= t["q25"] <= t["median"] <= t["q75"] <= t["max"] <= 1.0
+        assert item["precision"]["violations"] == 0
+        assert item["precision"]["max_ratio_own_over_float64"] <= 1.0
+
+
+def test_inflated_certificates_are_caught(icnn_and_inputs, monkeypatch):
+    model, x = icnn_and_inputs
+
+    def inflated(model, x, norms, **options):
+        cert = certify_api._CERTIFIERS["feature-convex"](model, x, norms, **options)
+        cert.radii = {p: r * 3.0 for p, r in cert.radii.items()}
+        cert.method = "test-inflated"
+        return cert
+
+    asymcert.certify(model, x[:1])  # registers the built-in certifiers first
+    monkeypatch.setitem(certify_api._CERTIFIERS, "test-inflated", inflated)
+    report = audit(model, x, norms=(2, math.inf), methods=["test-inflated"], steps=40, restarts=1)
+    entry = report["methods"]["test-inflated"]
+    assert report["violations"] == entry["violations"] > 0
+    for label in ("l2", "linf"):
+        item = entry["norms"][label]
+        assert item["attack"]["flips"] > 0.8 * item["attack"]["attacked"]
+        assert item["exact"]["violations"] == item["attack"]["attacked"]
+        assert item["exact"]["max_certified_over_exact"] > 2.0
+
+
+def test_models_without_exact_radii_are_reported_not_failed():
+    model = small_feature_convex("conv", feature_map=[{"kind": "shift"}, {"kind": "concat-abs"}], seed=4)
+    x = torch.rand(12, 1, 6, 6)
+    report = audit(model, x, norms=(math.inf,), steps=10, restarts=1)
+    item = report["methods"]["feature-convex"]["norms"]["linf"]
+    assert report["violations"] == 0
+    assert item["exact"]["available"] is False and "affine" in item["exact"]["reason"]
+
+
+def test_multiclass_model_is_attacked_on_every_certified_input():
+    from asymcert.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"kind": "linf-dist", "input_shape": [1, 6, 6], "widths": [16, 16], "num_classes": 3}).eval()
+    x = torch.rand(10, 1, 6, 6)
+    report = audit(model, x, norms=(math.inf,), steps=20, restarts=1)
+    entry = report["methods"]["linf-dist"]
+    assert not entry["binary"] and report["violations"] == 0
+    item = entry["norms"]["linf"]
+    assert item["attack"]["attacked"] >= 5 and item["exact"]["available"] is False
+
+
+def test_audit_run_writes_reports_and_cli_exit_codes(tmp_path, icnn_and_inputs, capsys):
+    model, x = icnn_and_inputs
+    run = tmp_path / "run"
+    run.mkdir()
+    asymcert.save(model, run)
+    # no inputs yet: the CLI explains and exits 2
+    assert audit_cli_main(run) == 2
+    assert "test_inputs.safetensors" in capsys.readouterr().err
+    save_file({"x": x[:20].contiguous(), "y": torch.ones(20, dtype=torch.long)}, str(run / "test_inputs.safetensors"))
+    report = audit_run(run, norms=(1, math.inf), steps=20, restarts=1)
+    assert report["violations"] == 0 and report["n_inputs"] == 20
+    data = json.loads((run / "audit.json").read_text())
+    assert data["violations"] == 0 and set(data["methods"]["feature-convex"]["norms"]) == {"l1", "linf"}
+    md = (run / "audit.md").read_text()
+    assert "no violations" in md and "| linf |" in md
+    assert audit_cli_main(run) == 0
+    assert "0 violation(s)" in capsys.readouterr().out

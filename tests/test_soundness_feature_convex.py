@@ -1,0 +1,58 @@
+"""A certificate is a promise: PGD inside the certified radius never flips a flagged input."""
+
+import math
+
+import pytest
+import torch
+
+import asymcert
+from asymcert.certify.attacks import decision_flips, pgd_attack
+from tests.conftest import small_feature_convex
+
+FMAPS = [[{"kind": "shift"}], [{"kind": "shift"}, {"kind": "concat-abs"}]]
+
+
+@pytest.mark.parametrize("kind", ["icnn", "conv"])
+@pytest.mark.parametrize("fmap", FMAPS)
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_pgd_inside_the_radius_never_flips(kind, fmap, p):
+    model = small_feature_convex(kind, feature_map=fmap, seed=3)
+    x = torch.rand(64, 1, 6, 6)
+    cert = asymcert.certify(model, x, norms=(p,))
+    flagged = cert.sensitive
+    assert int(flagged.sum()) > 5
+    eps = (cert.radii[p][flagged] * (1 - 1e-6)).float()
+    x_adv = pgd_attack(model, x[flagged], eps, p, steps=100, restarts=2,
+                       generator=torch.Generator().manual_seed(0))
+    delta = (x_adv - x[flagged]).flatten(1)
+    assert bool((torch.linalg.vector_norm(delta.double(), ord=p, dim=1) <= eps.double() * (1 + 1e-5)).all())
+    assert not bool(decision_flips(model, x[flagged], x_adv).any())
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_the_same_attack_flips_beyond_a_loose_multiple_of_the_radius(p):
+    """The attack is strong enough to matter: well outside the certificate it does find flips."""
+    model = small_feature_convex("icnn", seed=3)
+    x = torch.rand(64, 1, 6, 6)
+    cert = asymcert.certify(model, x, norms=(p,))
+    flagged = cert.sensitive
+    eps = (cert.radii[p][flagged] * 20).float()
+    x_adv = pgd_attack(model, x[flagged], eps, p, steps=100, restarts=2, generator=torch.Generator().manual_seed(0))
+    assert float(decision_flips(model, x[flagged], x_adv).float().mean()) > 0.5
+
+
+@pytest.mark.parametrize("kind", ["icnn", "conv"])
+def test_float_guard_covers_float32_rounding_with_room_to_spare(kind):
+    """|s_float32 − s_float64| stays well under the guard the certifier reserves for it."""
+    import copy
+
+    from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, float_guard, score_and_feature_gradient
+    for seed in range(3):
+        model = small_feature_convex(kind, feature_map=FMAPS[seed % 2], seed=seed)
+        x = torch.rand(1000, 1, 6, 6)
+        with torch.no_grad():
+            s32 = model(x).double()
+        m64 = copy.deepcopy(model).double()
+        s64, grad = score_and_feature_gradient(m64, x.double())
+        guard = float_guard(model, m64.features(x.double()), grad, s64)
+        assert bool(((s32 - s64).abs() <= guard / (FLOAT_GUARD_FACTOR / 4)).all())
