@@ -301,7 +301,6 @@ class ExactRadiusSolver:
         widths = [layer.c.shape[0] for layer in ch.layers]
         n_z = int(sum(widths))
         A = sp.diags(ch.a)
-        lp = self.norm != 2
         nd = 2 * d if self.norm == 1 else d
         self.nd, self.n_z = nd, n_z
 
@@ -331,9 +330,6 @@ class ExactRadiusSolver:
         self.depends = np.flatnonzero(np.diff(self.Pstack.indptr) > 0).astype(np.int32)
         self.n_var = nd + n_z
         self.n_row = n_z + (1 if self.norm == 1 else 0)
-        self.z_layer_start = np.concatenate([[0], np.cumsum(widths)])
-        if not lp:
-            return
         if self.norm == 1:
             budget = sp.hstack([sp.csr_matrix(np.ones((1, nd))), sp.csr_matrix((1, n_z))])
             self.G = sp.vstack([self.G, budget], format="csr")
