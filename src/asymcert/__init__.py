@@ -14,6 +14,13 @@ from asymcert.certify import Certificate, certify
 from asymcert.checkpoint import load, save
 from asymcert.errors import AsymcertError, CheckpointError, ConvexityError, DataError, InputError, UnknownNameError
 
-__all__ = ["Certificate", "certify", "load", "save", "AsymcertError", "CheckpointError", "ConvexityError",
+__all__ = ["Certificate", "certify", "exact_radius", "load", "save", "AsymcertError", "CheckpointError", "ConvexityError",
            "DataError", "InputError", "UnknownNameError"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "exact_radius":  # imports SciPy's solvers only when used
+        from asymcert.certify.exact import exact_radius
+        return exact_radius
+    raise AttributeError(f"module 'asymcert' has no attribute {name!r}")

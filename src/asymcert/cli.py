@@ -174,6 +174,43 @@ def report(run_dir) -> None:
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--limit", type=int, default=1000, show_default=True, help="Audit the first N test inputs.")
+@click.option("--restarts", type=int, default=3, show_default=True, help="PGD restarts per norm.")
+@click.option("--steps", type=int, default=100, show_default=True, help="PGD steps per restart.")
+@click.option("--no-exact", is_flag=True, help="Skip the exact radii (linear / conic programs).")
+@click.option("--data-dir", type=click.Path(file_okay=False))
+def audit(run_dir, limit, restarts, steps, no_exact, data_dir) -> None:
+    """Attack every certificate inside its radius, compare with exact radii; exit 1 on any violation."""
+    from asymcert.audit import audit_run
+    from asymcert.workflow import run_data
+    data = run_data(run_dir, data_dir)
+    report = audit_run(run_dir, data.test.x[:limit], data.test.y[:limit], restarts=restarts, steps=steps,
+                       exact=not no_exact)
+    click.echo(f"audit of {min(limit, len(data.test))} test inputs: {report['violations']} violation(s); "
+               f"details in {Path(run_dir) / 'audit.md'}")
+    if report["violations"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("task")
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--methods", default="convex,linf-dist,smoothing,orthogonal,ibp", show_default=True)
+@click.option("--preset", help="A preset of the task applied to every method, e.g. 'fast'.")
+@click.option("--n-smoothing", type=int, default=10000, show_default=True, help="Smoothing samples per input.")
+@click.option("--limit", type=int, help="Certify only the first N test inputs.")
+@click.option("--paper-scale", is_flag=True, help="The papers' network sizes, epochs and sample counts.")
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--quiet", is_flag=True)
+def compare(task, out, methods, preset, n_smoothing, limit, paper_scale, data_dir, quiet) -> None:
+    """Train (or reuse) each method on TASK, certify the same inputs, write one comparison report."""
+    from asymcert.compare import compare_cli_main
+    compare_cli_main(task, out, methods, preset=preset, n_smoothing=n_smoothing, limit=limit,
+                     paper_scale=paper_scale, data_dir=data_dir, progress=not quiet, echo=click.echo)
+
+
+@main.command()
 def tasks() -> None:
     """List the built-in tasks."""
     from asymcert.data import get_task, task_names

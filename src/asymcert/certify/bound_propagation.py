@@ -229,25 +229,34 @@ def backward_lower_bound(layers: list[nn.Module], end: int, coeff: torch.Tensor,
     return (a * x.flatten(1).unsqueeze(1)).sum(-1) + bias - eps.unsqueeze(1) * dual_norm_rows(a, q)
 
 
-def _identity_spec(n: int, shape: tuple[int, ...], start: int, stop: int, like: torch.Tensor) -> torch.Tensor:
-    """Rows start..stop of [I; −I] over a tensor of ``shape``: (n, stop − start, *shape)."""
-    d = math.prod(shape)
-    rows = torch.arange(start, stop, device=like.device)
-    spec = torch.zeros(stop - start, d, dtype=like.dtype, device=like.device)
-    spec[torch.arange(stop - start), rows % d] = torch.where(rows < d, 1.0, -1.0).to(like.dtype)
-    return spec.reshape(stop - start, *shape).unsqueeze(0).expand(n, -1, *shape)
+def _unit_spec(n: int, shape: tuple[int, ...], units: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Rows [e_u; −e_u] for the flat unit indices ``units`` (k,) of a tensor of ``shape``: (n, 2k, *shape)."""
+    d, k = math.prod(shape), units.numel()
+    spec = torch.zeros(2 * k, d, dtype=like.dtype, device=like.device)
+    rows = torch.arange(k, device=like.device)
+    spec[rows, units] = 1.0
+    spec[rows + k, units] = -1.0
+    return spec.reshape(2 * k, *shape).unsqueeze(0).expand(n, -1, *shape)
 
 
-def _crown_box(layers, end, x, e, p, boxes, shapes, lower_slope) -> Box:
-    """CROWN bounds (lower, upper) of the output of layer ``end - 1``, computed in chunks of the spec."""
+def _crown_box(layers, end, x, e, p, boxes, shapes, lower_slope, units: torch.Tensor | None = None) -> Box:
+    """CROWN bounds (lower, upper) of the output of layer ``end - 1``, computed in chunks of units.
+
+    ``units``: flat indices of the units to bound (default all); the others get (−inf, inf).
+    """
     n, shape = x.shape[0], shapes[end]
     d = math.prod(shape)
-    per_row = max(1, n * max(math.prod(s) for s in shapes[:end + 1]))
-    step = max(1, _CHUNK_ELEMENTS // per_row)
-    parts = [backward_lower_bound(layers, end, _identity_spec(n, shape, s, min(2 * d, s + step), x), x, e, p,
-                                  boxes, shapes, lower_slope) for s in range(0, 2 * d, step)]
-    both = torch.cat(parts, dim=1)
-    return both[:, :d].reshape(n, *shape), (-both[:, d:]).reshape(n, *shape)
+    units = torch.arange(d, device=x.device) if units is None else units.to(x.device)
+    per_unit = 2 * max(1, n * max(math.prod(s) for s in shapes[:end + 1]))
+    step = max(1, _CHUNK_ELEMENTS // per_unit)
+    lo = torch.full((n, d), -math.inf, dtype=x.dtype, device=x.device)
+    hi = torch.full((n, d), math.inf, dtype=x.dtype, device=x.device)
+    for s in range(0, units.numel(), step):
+        chunk = units[s:s + step]
+        both = backward_lower_bound(layers, end, _unit_spec(n, shape, chunk, x), x, e, p, boxes, shapes,
+                                    lower_slope)
+        lo[:, chunk], hi[:, chunk] = both[:, :chunk.numel()], -both[:, chunk.numel():]
+    return lo.reshape(n, *shape), hi.reshape(n, *shape)
 
 
 def crown_boxes(layers: list[nn.Module], x: torch.Tensor, eps: float | torch.Tensor, p: float,
@@ -258,7 +267,14 @@ def crown_boxes(layers: list[nn.Module], x: torch.Tensor, eps: float | torch.Ten
     boxes = ibp_boxes(layers, x, e, p)
     for j, layer in enumerate(layers):
         if isinstance(layer, nn.ReLU) and j > 0:
-            lo, hi = _crown_box(layers, j, x, e, p, boxes, shapes, lower_slope)
+            # only units unstable under IBP (for some input of the batch) can gain from CROWN: a stable
+            # unit's relaxation is exact whatever its bounds
+            ilo, ihi = boxes[j]
+            unstable = ((ilo < 0) & (ihi > 0)).reshape(x.shape[0], -1).any(dim=0)
+            units = torch.nonzero(unstable).flatten()
+            if units.numel() == 0:
+                continue
+            lo, hi = _crown_box(layers, j, x, e, p, boxes, shapes, lower_slope, units)
             boxes[j] = (torch.maximum(boxes[j][0], lo), torch.minimum(boxes[j][1], hi))
     return boxes
 

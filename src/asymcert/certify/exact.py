@@ -239,6 +239,14 @@ def _quiet_stdout() -> Iterator[None]:
         os.close(saved)
 
 
+def _import_highspy() -> Any:
+    try:
+        import highspy
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("exact ℓ1/ℓ∞ radii need the `highspy` package (pip install highspy)") from exc
+    return highspy
+
+
 @dataclass
 class ExactResult:
     """Exact radii of a batch (see :meth:`ExactRadiusSolver.solve`).
@@ -360,7 +368,7 @@ class ExactRadiusSolver:
 
     # -- ℓ1 / ℓ∞: Newton on v(t) ---------------------------------------------------------------
     def _highs_instance(self) -> Any:
-        import highspy
+        highspy = _import_highspy()
 
         if self._highs is None:
             with _quiet_stdout():
@@ -417,8 +425,7 @@ class ExactRadiusSolver:
         tight) or its own slack (inactive: z = 0), so the basis matrix is block lower triangular
         with a ±1 diagonal.
         """
-        import highspy
-
+        highspy = _import_highspy()
         B = highspy.HighsBasisStatus
         d = self.chain.dim
         LOWER, BASIC, UPPER = 0, 1, 2
@@ -465,7 +472,7 @@ class ExactRadiusSolver:
 
     def _solve_lp(self, xf: np.ndarray, h_rows: np.ndarray, const: float, s0: float, grad: np.ndarray,
                   t0: float, time_limit: float | None) -> tuple[str, np.ndarray | None]:
-        import highspy
+        highspy = _import_highspy()
 
         h = self._highs_instance()
         h.changeRowsBounds(self.depends.size, self.depends, np.full(self.depends.size, -highspy.kHighsInf),
@@ -511,7 +518,7 @@ class ExactRadiusSolver:
         try:
             import clarabel
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise UnsupportedModelError("exact ℓ2 radii need the `clarabel` package (pip install clarabel)") from exc
+            raise ImportError("exact ℓ2 radii need the `clarabel` package (pip install clarabel)") from exc
         d, n_z = self.chain.dim, self.n_z
         # G v ≤ h, objective row out·v + const ≤ 0, z ≥ 0, and the optional box on δ.
         rows = [self.G, sp.csr_matrix(self.cost[None, :]),
