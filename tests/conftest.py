@@ -23,6 +23,15 @@ def make_fashion_idx(folder, n_train: int = 240, n_test: int = 80, seed: int = 0
     return folder
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tests use small tensors, for which one thread is faster than two fighting over two cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def fashion_dir(tmp_path_factory):
     """A folder of small Fashion-MNIST-format IDX files."""

@@ -356,8 +356,8 @@ def audit_run(run_dir: str | Path, x: torch.Tensor | None = None, y: torch.Tenso
 
     Args:
         run_dir: a run folder (``model.safetensors`` loaded with :func:`asymcert.load`).
-        x, y: inputs (N, *input_shape) and labels to use when the folder has no
-            ``test_inputs.safetensors``.
+        x, y: inputs (N, *input_shape) and labels; when ``x`` is None they are read from the
+            folder's ``test_inputs.safetensors`` (keys "x" and optionally "y").
         **options: passed to :func:`audit` (norms, restarts, steps, exact, ...).
     Returns:
         The audit dict (with ``"violations"``), plus ``"files"``: the two paths written.
@@ -366,11 +366,8 @@ def audit_run(run_dir: str | Path, x: torch.Tensor | None = None, y: torch.Tenso
 
     run_dir = Path(run_dir)
     model = load(run_dir)
-    if (run_dir / TEST_INPUTS_FILE).is_file():
-        x, y = load_test_inputs(run_dir)
-    elif x is None:
-        load_test_inputs(run_dir)  # raises the explanatory error
-    assert x is not None
+    if x is None:
+        x, y = load_test_inputs(run_dir)  # raises an explanatory InputError when the file is missing
     report = audit(model, x, y, **options)
     report["run_dir"] = str(run_dir)
     js, md = write_report(report, run_dir)
@@ -378,11 +375,16 @@ def audit_run(run_dir: str | Path, x: torch.Tensor | None = None, y: torch.Tenso
     return report
 
 
-def audit_cli_main(run_dir: str | Path) -> int:
-    """``asymcert audit DIR``: audit, write the reports, print a summary. Exit code 0 = no violations,
-    1 = violations found, 2 = the audit could not run."""
+def audit_cli_main(run_dir: str | Path, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
+                   **options: Any) -> int:
+    """``asymcert audit DIR``: audit, write the reports, print a summary.
+
+    Args: as :func:`audit_run`.
+    Returns:
+        The exit code: 0 = no violations, 1 = violations found, 2 = the audit could not run.
+    """
     try:
-        report = audit_run(run_dir)
+        report = audit_run(run_dir, x, y, **options)
     except AsymcertError as exc:
         print(f"asymcert audit: {exc}", file=sys.stderr)
         return 2
