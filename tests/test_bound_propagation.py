@@ -15,15 +15,6 @@ from asymcert.certify.bound_propagation import (UnsupportedNetworkError, crown_b
 from asymcert.nn.feature_maps import Shift
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tests run many small ops, which threads only slow down on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _project(delta: torch.Tensor, eps: torch.Tensor, p: float) -> torch.Tensor:
     flat = delta.flatten(1)
     if math.isinf(p):
@@ -275,3 +266,24 @@ def test_ibp_recipe_ramps_eps_and_trains_a_certifiable_net():
     cert = asymcert.certify(model, data.test.x, norms=("inf",))
     sens = data.test.y == 1
     assert float((cert.radii[math.inf][sens] >= 0.1).double().mean()) > 0.8
+
+
+def test_shared_attack_never_flips_inside_bound_propagation_radii():
+    attacks = pytest.importorskip("asymcert.certify.attacks")
+    from asymcert.models import build_model
+    torch.manual_seed(5)
+    model = build_model({"kind": "relu-ibp", "input_shape": [1, 8, 8], "arch": "cnn", "channels": [4, 8],
+                         "fc": [16], "input_range": [0, 1]})
+    model.fit_input(torch.rand(32, 1, 8, 8))
+    with torch.no_grad():
+        model.net[-1].bias.fill_(0.5)
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    for method in ("ibp", "crown-ibp"):
+        cert = asymcert.certify(model, x, norms=(1, 2, "inf"), method=method)
+        for p, r in cert.radii.items():
+            pos = r > 0
+            assert int(pos.sum()) >= 3
+            # a little below the radius: the float64 certificate vs the float32 model's rounding
+            x_adv = attacks.pgd_attack(model, x[pos], r[pos] * (1 - 1e-4), p, steps=40, restarts=2,
+                                       generator=torch.Generator().manual_seed(0))
+            assert not bool(attacks.decision_flips(model, x[pos], x_adv).any()), (method, p)

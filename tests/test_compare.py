@@ -4,20 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
-
 from asymcert.compare import COMPARE_JSON, COMPARE_MD, compare, compare_cli_main, method_specs
 from asymcert.models import model_kinds
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tests run many small ops, which threads only slow down on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 TINY = {

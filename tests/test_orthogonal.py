@@ -14,15 +14,6 @@ from asymcert.nn.orthogonal import CayleyConv2d, CayleyLinear, GroupSort, MaxMin
 from tests.test_bound_propagation import pgd_min_score
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tests run many small ops, which threads only slow down on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("shape", [(10, 10), (40, 12), (12, 40), (1, 30), (30, 1)])
 def test_cayley_linear_weights_are_orthogonal(shape):
     torch.manual_seed(0)
@@ -175,3 +166,16 @@ def test_orthogonal_recipe_learns_margins():
     sens = blobs(256, 2).y == 1
     # the classes are 1.5 apart in ℓ2: a 1-Lipschitz score certifies a good share of that
     assert float((cert.radii[2.0][sens] >= 0.3).double().mean()) > 0.8
+
+
+def test_shared_attack_never_flips_inside_orthogonal_radii():
+    attacks = pytest.importorskip("asymcert.certify.attacks")
+    model = _orthogonal_model(7)
+    x = torch.rand(30, 1, 8, 8, generator=torch.Generator().manual_seed(8))
+    cert = asymcert.certify(model, x)
+    for p, r in cert.radii.items():
+        pos = r > 0
+        assert int(pos.sum()) >= 3
+        x_adv = attacks.pgd_attack(model, x[pos], r[pos] * (1 - 1e-4), p, steps=40, restarts=2,
+                                   generator=torch.Generator().manual_seed(0))
+        assert not bool(attacks.decision_flips(model, x[pos], x_adv).any()), p

@@ -16,15 +16,6 @@ from asymcert.certify.smoothing import (clopper_pearson_lower, radius_from_proba
 from asymcert.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tests run many small ops, which threads only slow down on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class LinearScore(nn.Module):
     """s(x) = w·x + c on flattened inputs: (N, *shape) → (N,)."""
 
