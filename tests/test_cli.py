@@ -78,3 +78,18 @@ def test_own_npz_data(tmp_path):
     res = CliRunner().invoke(main, ["run", "--data", str(tmp_path / "mine.npz"), "--sensitive-class", "7",
                                     "--out", str(tmp_path / "bad"), "--quiet"])
     assert res.exit_code != 0 and "7" in res.output and "Traceback" not in res.output
+
+
+def test_linf_dist_family_on_a_binary_task_keeps_the_binary_contract(fashion_dir, tmp_path):
+    out = tmp_path / "linf"
+    res = CliRunner().invoke(main, ["run", "fashion-mnist-shirts", "--model", "linf-dist", "--data-dir",
+                                    str(fashion_dir), "--out", str(out), "--epochs", "1", "--quiet",
+                                    "--model-set", "widths=[32, 32]", "--set", "batch_size=64"])
+    assert res.exit_code == 0, res.output
+    model = asymcert.load(out)
+    x = torch.rand(3, 1, 28, 28)
+    assert model(x).shape == (3,)
+    cert = asymcert.certify(model, x, norms=("inf",))
+    assert cert.binary and cert.sensitive.shape == (3,)
+    run = json.loads((out / "run.json").read_text())
+    assert run["train"]["optimizer"] == "adam" and run["model"]["binary"] is True

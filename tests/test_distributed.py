@@ -65,6 +65,9 @@ def test_two_process_ddp_matches_one_process(fashion_dir, tmp_path, ddp_run):
     ddp_run(_worker, fashion_dir, tmp_path / "ddp", tmp_path / "ddp_state.pt")
     double = torch.load(tmp_path / "ddp_state.pt", weights_only=True)
     for k, v in single.items():
+        if k == "balance":  # fitted between two neighbouring validation scores: a tiny weight change moves it
+            assert abs(float(v) - float(double[k])) < 0.05
+            continue
         assert torch.allclose(v.double(), double[k].double(), rtol=1e-3, atol=1e-4), (k, float((v - double[k]).abs().max()))
     # the balance shift was fitted and checkpointed once
     assert (tmp_path / "ddp" / "model.safetensors").is_file()

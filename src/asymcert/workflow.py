@@ -82,10 +82,18 @@ def train_run(task_spec: dict[str, Any], out_dir: str | Path, preset: str | None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = data or task.load(Path(data_dir) if data_dir else None)
-    model_cfg = _merge(task.model, pre.get("model"), model_overrides)
+    kind = (model_overrides or {}).get("kind", task.model.get("kind"))
+    if kind == task.model.get("kind"):
+        model_cfg = _merge(task.model, pre.get("model"), model_overrides)
+        train_base = _merge(task.train, pre.get("train"))
+    else:  # another family than the task's default: that family's own model and training defaults
+        model_cfg = dict(model_overrides or {})
+        train_base = _merge(family_train_defaults(kind, task), {k: v for k, v in pre.get("train", {}).items()
+                                                               if k == "epochs"})
+    model_cfg.update(family_model_settings(kind, task, data))
     model_cfg["input_shape"] = list(data.input_shape)
     model_cfg.setdefault("input_range", task_input_range(data))
-    train_cfg = TrainConfig.from_dict(_merge(task.train, pre.get("train"), train_overrides))
+    train_cfg = TrainConfig.from_dict(_merge(train_base, train_overrides))
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg)
     run = {"task": task_spec, "task_description": task.description, "preset": preset,
@@ -102,6 +110,26 @@ def train_run(task_spec: dict[str, Any], out_dir: str | Path, preset: str | None
         atomic_write(out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(run, indent=1)))
     distributed.barrier()
     return run
+
+
+def family_model_settings(kind: str, task: Task, data: TaskData) -> dict[str, Any]:
+    """Model keys a family needs from the task (e.g. the number of classes of an ℓ∞-dist net)."""
+    if kind == "linf-dist":
+        from asymcert.models.linf_dist_net import task_model_settings
+        return task_model_settings(task.binary, data.num_classes)
+    return {}
+
+
+def family_train_defaults(kind: str, task: Task) -> dict[str, Any]:
+    """Training defaults of a model family used on a task whose default model is of another family."""
+    if kind == "linf-dist":
+        from asymcert.train.linf_recipe import LINF_TRAIN_DEFAULTS
+        out = _merge(LINF_TRAIN_DEFAULTS)
+        linf_radii = task.report_radii.get(math.inf)
+        if task.binary and linf_radii:  # certify at the task's largest ℓ∞ report radius
+            out["extra"] = {**out.get("extra", {}), "eps_eval": max(linf_radii), "eps_train": 2.5 * max(linf_radii)}
+        return out
+    return dict(task.train)
 
 
 def task_input_range(data: TaskData) -> list[float] | None:

@@ -57,8 +57,9 @@ BREAST_CANCER_RADII = {1: (0.022, 0.044, 0.11, 0.22), 2: (0.004, 0.008, 0.02, 0.
 
 FEATURE_CONVEX_TRAIN = {"epochs": 60, "batch_size": 64, "lr": 1e-3, "optimizer": "sgd", "momentum": 0.9,
                         "lr_decay": 0.99, "jacobian_reg": 0.01}
-LINF_DIST_MODEL = {"kind": "linf-dist", "widths": [1024] * 5}
-LINF_DIST_TRAIN = {"epochs": 100, "batch_size": 512, "optimizer": "adam", "lr": 0.03}
+LINF_DIST_MODEL = {"kind": "linf-dist", "widths": [1024] * 4}  # 4 hidden + the output layer: 5 layers
+LINF_DIST_TRAIN = {"epochs": 100, "batch_size": 512, "optimizer": "adam", "lr": 0.03, "schedule": "cosine",
+                   "extra": {"betas": [0.9, 0.99], "adam_eps": 1e-10}}
 
 
 def _fast() -> dict:
