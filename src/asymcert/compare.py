@@ -48,7 +48,7 @@ from asymcert.checkpoint import MODEL_FILE, atomic_write, load
 from asymcert.data.tasks import TaskData
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.writer import summarize
-from asymcert.workflow import (CERT_FILE, DEFAULT_NORMS, RUN_FILE, _merge, read_run, resolve_task, save_certificates,
+from asymcert.workflow import (CERT_FILE, DEFAULT_NORMS, RUN_FILE, _merge, preset_overrides, read_run, resolve_task, save_certificates,
                                train_run)
 
 DEFAULT_METHODS = ("convex", "linf-dist", "smoothing", "orthogonal", "ibp")
@@ -175,9 +175,7 @@ def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Seque
     if isinstance(task_spec, str):
         task_spec = {"name": task_spec}
     task = resolve_task(task_spec)
-    if preset is not None and preset not in task.presets:
-        raise ValueError(f"task {task.name!r} has no preset {preset!r}; presets: {sorted(task.presets) or 'none'}")
-    pre = task.presets.get(preset, {}) if preset else {}
+    pre = preset_overrides(task, preset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = data or task.load(Path(data_dir) if data_dir else None)

@@ -47,6 +47,13 @@ def resolve_task(spec: dict[str, Any]) -> Task:
     raise ValueError(f"run spec names no task: {spec}")
 
 
+def preset_overrides(task: Task, preset: str | None) -> dict[str, Any]:
+    """The ``{"model": ..., "train": ...}`` overrides of a named preset of ``task`` ({} for None)."""
+    if preset is not None and preset not in task.presets:
+        raise ValueError(f"task {task.name!r} has no preset {preset!r}; presets: {sorted(task.presets) or 'none'}")
+    return task.presets.get(preset, {}) if preset else {}
+
+
 def _merge(base: dict[str, Any], *overrides: dict[str, Any] | None) -> dict[str, Any]:
     out = dict(base)
     for o in overrides:
@@ -76,9 +83,7 @@ def train_run(task_spec: dict[str, Any], out_dir: str | Path, preset: str | None
               log: Callable[[str], None] | None = None, data: TaskData | None = None) -> dict[str, Any]:
     """Train the task's model into ``out_dir`` (resuming an interrupted run there). Returns run.json's content."""
     task = resolve_task(task_spec)
-    if preset is not None and preset not in task.presets:
-        raise ValueError(f"task {task.name!r} has no preset {preset!r}; presets: {sorted(task.presets) or 'none'}")
-    pre = task.presets.get(preset, {}) if preset else {}
+    pre = preset_overrides(task, preset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = data or task.load(Path(data_dir) if data_dir else None)
