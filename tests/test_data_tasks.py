@@ -63,8 +63,9 @@ def test_paper_defaults():
     for name, radii in (("mnist", (0.1, 0.2, 0.3)), ("fashion-mnist", (0.1, 0.2, 0.3)),
                         ("cifar10", (2 / 255, 8 / 255, 16 / 255))):
         task = get_task(name)
-        assert task.model == {"kind": "linf-dist", "widths": [1024] * 5}
-        assert task.train == {"epochs": 100, "batch_size": 512, "optimizer": "adam", "lr": 0.03}
+        assert task.model == {"kind": "linf-dist", "widths": [1024] * 4}  # 4 hidden + output = the paper's 5 layers
+        assert task.train == {"epochs": 100, "batch_size": 512, "optimizer": "adam", "lr": 0.03,
+                              "schedule": "cosine", "extra": {"betas": [0.9, 0.99], "adam_eps": 1e-10}}
         assert task.report_radii == {INF: pytest.approx(radii)}
     bc = get_task("breast-cancer")
     assert bc.model["feature_map"] == [{"kind": "standardize"}] and bc.train["optimizer"] == "adam"
