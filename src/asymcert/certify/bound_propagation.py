@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asymcert.certify.api import register_certifier
+from asymcert.certify.modes import check_precision, eval_mode
 from asymcert.certify.functional import dual_exponent
 from asymcert.certify.result import Certificate
 from asymcert.errors import AsymcertError
@@ -402,15 +403,9 @@ def _certify_bounds(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...],
                     max_radius: dict | float | None = None, start: dict | float | None = None,
                     precision: str = "float64", lower_slope: str = "adaptive", tolerance: float | None = None
                     ) -> Certificate:
-    if precision not in ("float64", "model"):
-        raise ValueError(f"precision must be 'float64' or 'model', got {precision!r}")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            score = model(x).reshape(x.shape[0], -1)
-    finally:
-        model.train(was_training)
+    check_precision(precision)
+    with eval_mode(model), torch.no_grad():
+        score = model(x).reshape(x.shape[0], -1)
     if score.shape[1] != 1:
         raise UnsupportedNetworkError(f"{method} certifies single-score (binary) models; this one has "
                                       f"{score.shape[1]} outputs")

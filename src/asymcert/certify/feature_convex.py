@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from asymcert.certify.api import register_certifier
+from asymcert.certify.modes import check_precision, eval_mode
 from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
 from asymcert.certify.result import Certificate
 
@@ -23,15 +24,10 @@ def score_and_feature_gradient(model: nn.Module, x: torch.Tensor) -> tuple[torch
 
     The model is evaluated in eval mode (batch norm uses running statistics) and restored after.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            f = model.features(x).detach().requires_grad_(True)
-            s = model.score_from_features(f)
-            (grad,) = torch.autograd.grad(s.sum(), f)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.enable_grad():
+        f = model.features(x).detach().requires_grad_(True)
+        s = model.score_from_features(f)
+        (grad,) = torch.autograd.grad(s.sum(), f)
     return s.detach(), grad
 
 
@@ -87,15 +83,9 @@ def certify_feature_convex(model: nn.Module, x: torch.Tensor, norms: tuple[float
     """
     if validate:
         model.validate()
-    if precision not in ("float64", "model"):
-        raise ValueError(f"precision must be 'float64' or 'model', got {precision!r}")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            score = model(x)
-    finally:
-        model.train(was_training)
+    check_precision(precision)
+    with eval_mode(model), torch.no_grad():
+        score = model(x)
     if precision == "float64":
         ref_score, grad = score_and_feature_gradient(_float64_copy(model), x.double())
         slack = 1e-9 if slack is None else slack

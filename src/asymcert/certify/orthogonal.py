@@ -16,6 +16,7 @@ from torch import nn
 
 from asymcert.certify.api import register_certifier
 from asymcert.certify.functional import lipschitz_margin_radius
+from asymcert.certify.modes import check_precision, eval_mode
 from asymcert.certify.result import Certificate
 
 
@@ -35,22 +36,16 @@ def certify_orthogonal(model: nn.Module, x: torch.Tensor, norms: tuple[float, ..
         Certificate: predicted = (s(x) > 0) from the model itself, radii 0 where not flagged or
         where the float64 score disagrees, extra["score"].
     """
-    if precision not in ("float64", "model"):
-        raise ValueError(f"precision must be 'float64' or 'model', got {precision!r}")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            score = model(x).reshape(-1)
-            if precision == "float64":
-                ref = copy.deepcopy(model).double().eval()
-                ref_score = ref(x.double()).reshape(-1)
-                slack = 1e-9 if slack is None else slack
-            else:
-                ref, ref_score = model, score
-                slack = 5e-6 if slack is None else slack
-    finally:
-        model.train(was_training)
+    check_precision(precision)
+    with eval_mode(model), torch.no_grad():
+        score = model(x).reshape(-1)
+        if precision == "float64":
+            ref = copy.deepcopy(model).double().eval()
+            ref_score = ref(x.double()).reshape(-1)
+            slack = 1e-9 if slack is None else slack
+        else:
+            ref, ref_score = model, score
+            slack = 5e-6 if slack is None else slack
     margin = torch.where((score > 0) & (ref_score > 0), ref_score.double(), torch.zeros_like(ref_score, dtype=torch.float64))
     radii = {p: lipschitz_margin_radius(margin, ref.lipschitz(p), slack) for p in norms}
     return Certificate(predicted=(score > 0).long(), radii=radii, method="orthogonal", deterministic=True,
