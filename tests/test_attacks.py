@@ -16,15 +16,6 @@ from asymcert.certify.attacks import (decision_flips, decisions, pgd_attack, pro
 from asymcert.errors import InputError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: torch's thread pool only adds contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------
 # Projections
 # ---------------------------------------------------------------------------------------------

@@ -15,14 +15,6 @@ from asymcert.certify import api as certify_api
 from tests.conftest import small_feature_convex
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def icnn_and_inputs():
     model = small_feature_convex("icnn", seed=1)

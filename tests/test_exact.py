@@ -19,14 +19,6 @@ from tests.conftest import small_feature_convex
 NORMS = [1.0, 2.0, math.inf]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(123)
