@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from asymcert.certify.api import register_certifier
-from asymcert.certify.modes import check_precision, eval_mode
+from asymcert.certify.bounded_convex import bounded_pass, supports_bounded
+from asymcert.certify.modes import eval_mode
 from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
 from asymcert.certify.result import Certificate
 
@@ -60,9 +61,24 @@ def float_guard(model: nn.Module, features: torch.Tensor, grad: torch.Tensor, sc
     return FLOAT_GUARD_FACTOR * torch.finfo(dtype).eps * magnitude
 
 
+PRECISIONS = ("auto", "bounded", "float64", "model")
+
+
+def _resolve_precision(model: nn.Module, x: torch.Tensor, precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    supported = supports_bounded(model, x.device)
+    if precision == "bounded" and not supported:
+        raise ValueError("precision='bounded' needs a float32 convex conv net (odd stem kernel) on CPU; "
+                         "use 'float64'")
+    if precision == "auto":
+        return "bounded" if supported else "float64"
+    return precision
+
+
 @register_certifier("feature-convex")
 def certify_feature_convex(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...],
-                           precision: str = "float64", slack: float | None = None,
+                           precision: str = "auto", slack: float | None = None,
                            guard: bool = True, validate: bool = True) -> Certificate:
     """Certificates of a :class:`~asymcert.models.FeatureConvexClassifier` for a batch.
 
@@ -70,20 +86,28 @@ def certify_feature_convex(model: nn.Module, x: torch.Tensor, norms: tuple[float
         model: the classifier; its convexity is checked first unless ``validate=False``.
         x: (N, *input_shape) inputs in raw units.
         norms: ℓp norms (p ≥ 1) to certify.
-        precision: ``"float64"`` (default) recomputes score and gradient in float64, so float32
-            rounding cannot enlarge a radius; ``"model"`` uses the model's own dtype (faster on
-            GPUs, guarded only by the relative ``slack``).
-        slack: relative amount taken off every radius (default 1e-9 in float64, 5e-6 otherwise).
+        precision: how float rounding is kept from enlarging a radius:
+            ``"bounded"``: one float32 pass (a compiled kernel) with rigorous bounds on its rounding
+            error (:mod:`asymcert.certify.bounded_convex`; convex conv nets on CPU);
+            ``"float64"``: score and gradient recomputed in float64;
+            ``"auto"`` (default): ``"bounded"`` where it applies, else ``"float64"``;
+            ``"model"``: the model's own dtype, guarded only by the relative ``slack``.
+        slack: relative amount taken off every radius (default 1e-9 for "bounded" and "float64",
+            5e-6 for "model").
         guard: reserve :func:`float_guard` of the score for the rounding of the model's own
             (float32) evaluation, so that its decision, not only the exact function's, is certified.
             ``guard=False`` certifies the exact real-valued function s.
     Returns:
         Certificate with ``predicted`` 1 where the model's own s(x) > 0, radii in raw input units
-        (0 where not flagged, or where the float64 score disagrees), ``extra["score"]`` s(x).
+        (0 where not flagged, or where the reference score disagrees), ``extra["score"]`` s(x).
+        With "bounded", the decision is read from the bounded pass where its error bound and the
+        guard settle the sign, and from the model's own forward pass for the rest.
     """
     if validate:
         model.validate()
-    check_precision(precision)
+    precision = _resolve_precision(model, x, precision)
+    if precision == "bounded":
+        return _certify_bounded(model, x, norms, 1e-9 if slack is None else slack, guard)
     with eval_mode(model), torch.no_grad():
         score = model(x)
     if precision == "float64":
@@ -100,3 +124,29 @@ def certify_feature_convex(model: nn.Module, x: torch.Tensor, norms: tuple[float
     radii = {p: safe_radius(margin, model.lipschitz(p) * dual_norm(grad, p), slack) for p in norms}
     return Certificate(predicted=(score > 0).long(), radii=radii, method="feature-convex",
                        deterministic=True, binary=True, extra={"score": score.detach().float()})
+
+
+def _certify_bounded(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], slack: float,
+                     guard: bool) -> Certificate:
+    """The "bounded" precision: margin ŝ − E_s (− guard), denominator Lip·(‖ĝ‖ + ‖E_g‖)."""
+    bp = bounded_pass(model, x)
+    guard_s = float_guard(model, bp.features, bp.grad, bp.score) if guard else torch.zeros_like(bp.score)
+    # decided: the exact score is above the guard (flagged), or below minus the guard with the exact
+    # ReLU pattern (not flagged); the model's own forward decides the rest
+    low, high = bp.score - bp.score_error, bp.score + bp.score_error
+    flagged = low > guard_s
+    undecided = ~flagged & ((high >= -guard_s) | bp.uncertain)
+    score = bp.score.float()
+    if bool(undecided.any()):
+        with eval_mode(model), torch.no_grad():
+            own = model(x[undecided])
+        score[undecided] = own.float()
+        flagged = flagged.clone()
+        flagged[undecided] = own > 0
+    margin = torch.where(flagged, low - guard_s, torch.zeros_like(low))
+    radii = {}
+    for p in norms:
+        denominator = model.lipschitz(p) * (dual_norm(bp.grad, p) + dual_norm(bp.grad_error, p))
+        radii[p] = safe_radius(margin, denominator, slack)
+    return Certificate(predicted=flagged.long(), radii=radii, method="feature-convex",
+                       deterministic=True, binary=True, extra={"score": score})

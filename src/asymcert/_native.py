@@ -1,0 +1,99 @@
+"""Build and load the package's own C++ kernels: compiled with the system compiler on first use,
+cached on disk per source, compiler, flags and CPU, loaded with ctypes. No torch headers, no build
+step for users; when no compiler works, callers fall back to PyTorch code."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+# No -ffast-math: the certificates' rounding bounds need IEEE sums in program order
+# (contraction into FMA is allowed; it only makes each step more accurate).
+COMMON_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
+FLAG_SETS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
+
+
+def kernel_dir() -> Path:
+    """Where compiled kernels are cached: ``$ASYMCERT_KERNEL_DIR`` or ``~/.cache/asymcert/kernels``."""
+    d = os.environ.get("ASYMCERT_KERNEL_DIR")
+    if d:
+        return Path(d)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "asymcert" / "kernels"
+
+
+def cpu_signature() -> str:
+    """The CPU's feature flags (part of the cache key, since -march=native depends on them)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() + platform.machine()
+
+
+def kernels_disabled() -> bool:
+    """True when ``ASYMCERT_NO_KERNELS`` asks for the PyTorch paths only."""
+    return os.environ.get("ASYMCERT_NO_KERNELS", "") not in ("", "0")
+
+
+def build_and_load(source: Path, abi_symbol: str, abi_version: int, declare: Callable[[ctypes.CDLL], None],
+                   common_flags: list[str] | None = None) -> ctypes.CDLL:
+    """Compile ``source`` (trying richer flag sets first) and load it.
+
+    Args:
+        source: the C++ file.
+        abi_symbol: an exported ``int f(void)`` that must return ``abi_version``.
+        declare: sets ``argtypes`` of the library's functions.
+        common_flags: compiler flags used with every flag set (default :data:`COMMON_FLAGS`).
+    Raises:
+        RuntimeError: no compiler, or no flag set that compiles and loads (the reasons joined).
+    """
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if not cxx:
+        raise RuntimeError("no C++ compiler found (set CXX)")
+    src = source.read_bytes()
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"C++ compiler {cxx} does not run: {e}") from e
+    out_dir = kernel_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for extra in FLAG_SETS:
+        flags = (COMMON_FLAGS if common_flags is None else common_flags) + extra
+        key = hashlib.sha256(b"\0".join([src, version.encode(), " ".join(flags).encode(),
+                                         cpu_signature().encode(), cxx.encode()])).hexdigest()[:20]
+        so = out_dir / f"{source.stem}_{key}.so"
+        if not so.exists():
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+            os.close(fd)
+            try:
+                r = subprocess.run([cxx, *flags, str(source), "-o", tmp], capture_output=True, text=True, timeout=300)
+            except (OSError, subprocess.SubprocessError) as e:
+                os.unlink(tmp)
+                errors.append(f"{' '.join(extra) or 'plain'}: {e}")
+                continue
+            if r.returncode != 0:
+                os.unlink(tmp)
+                errors.append(f"{' '.join(extra) or 'plain'}: {r.stderr[-500:]}")
+                continue
+            os.replace(tmp, so)  # atomic: concurrent builders never see a half-written file
+        try:
+            lib = ctypes.CDLL(str(so))
+            if getattr(lib, abi_symbol)() != abi_version:
+                raise RuntimeError("kernel ABI mismatch")
+            declare(lib)
+            return lib
+        except (OSError, AttributeError, RuntimeError) as e:
+            errors.append(f"load {so.name}: {e}")
+    raise RuntimeError(f"could not build {source.name}: " + " | ".join(errors))

@@ -1,0 +1,230 @@
+// CPU kernel for the fast feature-convex certificate of the convex conv net (asymcert.nn.ConvexConvNet).
+//
+// For every image it computes, in float32 or float64 (with float64 readout sums), the score and the
+// feature gradient of h_P (the net with its ReLU pattern P fixed as the pass chooses it) together with
+// elementwise upper bounds on their rounding error; see asymcert/certify/bounded_convex.py for the
+// argument and the PyTorch reference implementation of the same bounds. The bound constants
+// (γ factors) are computed in Python and passed in `prm`, so the math lives in one place.
+//
+// Arithmetic: every convolution output is one sequential sum (bias first, then the products in a
+// fixed order), so the standard bound |fl(Σ) − Σ| ≤ γ_n Σ|terms| holds; build without
+// -ffast-math / -fassociative-math (contraction into FMA only tightens the bound).
+//
+// Layout: images (N, C, H, W) contiguous; padded planes use a row stride Wp = W + 2p and carry a
+// few slack elements so that "padded-width" loops can read past the last row.
+#include <cstdint>
+#include <cstring>
+#include <cmath>
+#include <vector>
+#include <algorithm>
+
+namespace {
+
+// out[co] (H rows of stride Wp) = bias[co] + Σ_{ci,ky,kx} w[co,ci,ky,kx] · in[ci] shifted by (ky, kx).
+// Columns x ≥ W of `out` are junk. `in` planes have stride `ps` (≥ Hp·Wp + K).
+template <typename T>
+void conv_fwd(const T* in, int Cin, size_t ps, const T* w, const T* bias, int Cout, int K, int H, int Wp, T* out) {
+  const int L = H * Wp;
+  for (int co = 0; co < Cout; ++co) {
+    T* o = out + (size_t)co * L;
+    const T b = bias ? bias[co] : T(0);
+    for (int i = 0; i < L; ++i) o[i] = b;
+    for (int ci = 0; ci < Cin; ++ci)
+      for (int ky = 0; ky < K; ++ky)
+        for (int kx = 0; kx < K; ++kx) {
+          const T wv = w[(((size_t)co * Cin + ci) * K + ky) * K + kx];
+          const T* src = in + (size_t)ci * ps + (size_t)ky * Wp + kx;
+          for (int i = 0; i < L; ++i) o[i] += wv * src[i];
+        }
+  }
+}
+
+// Transposed convolution by scatter: outpad[ci] (padded planes, stride ps, zeroed here) +=
+// Σ_{co,ky,kx} w[co,ci,ky,kx] · g[co] shifted by (ky, kx). `g` planes have H rows of stride Wp
+// with ZERO junk columns.
+template <typename T>
+void conv_bwd(const T* g, int Cout, const T* w, int Cin, int K, int H, int Wp, size_t ps, T* outpad) {
+  const int L = H * Wp;
+  for (int ci = 0; ci < Cin; ++ci) {
+    T* op = outpad + (size_t)ci * ps;
+    std::memset(op, 0, ps * sizeof(T));
+    for (int co = 0; co < Cout; ++co)
+      for (int ky = 0; ky < K; ++ky)
+        for (int kx = 0; kx < K; ++kx) {
+          const T wv = w[(((size_t)co * Cin + ci) * K + ky) * K + kx];
+          const T* gs = g + (size_t)co * L;
+          T* dst = op + (size_t)ky * Wp + kx;
+          for (int i = 0; i < L; ++i) dst[i] += wv * gs[i];
+        }
+  }
+}
+
+// f (N, Cin, H, W); w0 (C, Cin, K0, K0), b0 (C); wb (B, C, C, 3, 3), bb (B, C); ab, cb (B, C) the eval
+// batch-norm scale (> 0) and shift before each block conv; wa (C, H, W) float64 readout folded with
+// the output batch norm, wa32 its rounding to T; cst the score's constant (float64).
+// prm = [u, stem_factor, grad_factor, (alpha, beta, gamma_n) per block].
+// Outputs: score, score_err (N) float64; grad, grad_err (N, Cin, H, W); uncertain (N): 1 when some
+// pre-activation is within its error bound of 0 (the pattern may differ from the exact one).
+template <typename T>
+void certify(const T* f, int64_t N, int Cin, int H, int W, int C, int K0, int B, const T* w0, const T* b0,
+             const T* wb, const T* bb, const T* ab, const T* cb, const double* wa, const T* wa32, double cst,
+             const double* prm, double* score, double* score_err, T* grad, T* grad_err, uint8_t* uncertain,
+             int threads) {
+  const int p0 = K0 / 2, Wp0 = W + 2 * p0, Hp0 = H + 2 * p0;
+  const int Wp = W + 2, Hp = H + 2;
+  const int HW = H * W;
+  const size_t ps0 = (size_t)Hp0 * Wp0 + K0 + 1;
+  const size_t ps1 = (size_t)Hp * Wp + 4;
+  const T u = (T)prm[0];
+  const T stem_factor = (T)prm[1], grad_factor = (T)prm[2];
+  std::vector<T> w0abs((size_t)C * Cin * K0 * K0), b0abs(C);
+  for (size_t i = 0; i < w0abs.size(); ++i) w0abs[i] = std::fabs(w0[i]);
+  for (int c = 0; c < C; ++c) b0abs[c] = std::fabs(b0[c]);
+  std::vector<T> bbabs((size_t)B * C);  // γ_n·|bias| per block
+  for (int k = 0; k < B; ++k)
+    for (int c = 0; c < C; ++c) bbabs[(size_t)k * C + c] = (T)prm[3 + 3 * k + 2] * std::fabs(bb[(size_t)k * C + c]);
+
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> fpad((size_t)Cin * ps0), fabsp((size_t)Cin * ps0);
+    std::vector<T> out0((size_t)C * H * Wp0), mag0((size_t)C * H * Wp0);
+    std::vector<T> z((size_t)C * HW), e((size_t)C * HW), masks((size_t)(B + 1) * C * HW);
+    std::vector<T> ypad((size_t)C * ps1), vpad((size_t)C * ps1);
+    std::vector<T> out1((size_t)C * H * Wp), mag1((size_t)C * H * Wp);
+    std::vector<T> g((size_t)C * H * Wp), gpad((size_t)C * ps1), gs((size_t)C * H * Wp0);
+    std::vector<T> gf((size_t)Cin * ps0), gfe((size_t)Cin * ps0);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      bool unsure = false;
+      // ---- stem: value and magnitude (|W0|·|f| + |b0|) convolutions
+      std::fill(fpad.begin(), fpad.end(), T(0));
+      std::fill(fabsp.begin(), fabsp.end(), T(0));
+      for (int ci = 0; ci < Cin; ++ci)
+        for (int y = 0; y < H; ++y)
+          for (int x = 0; x < W; ++x) {
+            const T v = f[(((size_t)n * Cin + ci) * H + y) * W + x];
+            fpad[ci * ps0 + (size_t)(y + p0) * Wp0 + x + p0] = v;
+            fabsp[ci * ps0 + (size_t)(y + p0) * Wp0 + x + p0] = std::fabs(v);
+          }
+      conv_fwd(fpad.data(), Cin, ps0, w0, b0, C, K0, H, Wp0, out0.data());
+      conv_fwd(fabsp.data(), Cin, ps0, w0abs.data(), b0abs.data(), C, K0, H, Wp0, mag0.data());
+      for (int c = 0; c < C; ++c)
+        for (int y = 0; y < H; ++y)
+          for (int x = 0; x < W; ++x) {
+            const T t = out0[((size_t)c * H + y) * Wp0 + x];
+            const T err = stem_factor * mag0[((size_t)c * H + y) * Wp0 + x];
+            const size_t j = (size_t)c * HW + y * W + x;
+            const bool on = t > T(0);
+            unsure |= std::fabs(t) <= err;
+            masks[j] = on ? T(1) : T(0);
+            z[j] = on ? t : T(0);
+            e[j] = on ? err : T(0);
+          }
+      // ---- residual blocks: r = z + W(a z + c) + bias; error conv on a(α z + β e) + α|c|
+      for (int k = 0; k < B; ++k) {
+        const T alpha = (T)prm[3 + 3 * k], beta = (T)prm[3 + 3 * k + 1];
+        const T* a = ab + (size_t)k * C;
+        const T* cc = cb + (size_t)k * C;
+        std::fill(ypad.begin(), ypad.end(), T(0));
+        std::fill(vpad.begin(), vpad.end(), T(0));
+        for (int c = 0; c < C; ++c) {
+          const T ac = a[c], cv = cc[c], ca = std::fabs(cv) * alpha, aa = ac * alpha, ratio = beta / alpha;
+          for (int y = 0; y < H; ++y)
+            for (int x = 0; x < W; ++x) {
+              const size_t j = (size_t)c * HW + y * W + x;
+              const size_t q = c * ps1 + (size_t)(y + 1) * Wp + x + 1;
+              ypad[q] = ac * z[j] + cv;
+              vpad[q] = aa * (z[j] + ratio * e[j]) + ca;
+            }
+        }
+        const T* wk = wb + (size_t)k * C * C * 9;
+        conv_fwd(ypad.data(), C, ps1, wk, bb + (size_t)k * C, C, 3, H, Wp, out1.data());
+        conv_fwd(vpad.data(), C, ps1, wk, bbabs.data() + (size_t)k * C, C, 3, H, Wp, mag1.data());
+        T* mk = masks.data() + (size_t)(k + 1) * C * HW;
+        for (int c = 0; c < C; ++c)
+          for (int y = 0; y < H; ++y)
+            for (int x = 0; x < W; ++x) {
+              const size_t j = (size_t)c * HW + y * W + x;
+              const size_t q = ((size_t)c * H + y) * Wp + x;
+              const T r = out1[q] + z[j];
+              const T err = e[j] + mag1[q] + u * std::fabs(r);
+              const bool on = r > T(0);
+              unsure |= std::fabs(r) <= err;
+              mk[j] = on ? T(1) : T(0);
+              z[j] = on ? r : T(0);
+              e[j] = on ? err : T(0);
+            }
+      }
+      // ---- readout in float64
+      double s = cst, se = 0.0, sm = std::fabs(cst);
+      for (int j = 0; j < C * HW; ++j) {
+        s += wa[j] * (double)z[j];
+        se += std::fabs(wa[j]) * (double)e[j];
+        sm += std::fabs(wa[j] * (double)z[j]);
+      }
+      score[n] = s;
+      score_err[n] = se + 1e-12 * sm;
+      uncertain[n] = unsure ? 1 : 0;
+      // ---- backward with the pattern fixed: g = ∂h_P/∂z, nonnegative until the stem
+      std::fill(g.begin(), g.end(), T(0));
+      {
+        const T* mk = masks.data() + (size_t)B * C * HW;
+        for (int c = 0; c < C; ++c)
+          for (int y = 0; y < H; ++y)
+            for (int x = 0; x < W; ++x) {
+              const size_t j = (size_t)c * HW + y * W + x;
+              g[((size_t)c * H + y) * Wp + x] = wa32[j] * mk[j];
+            }
+      }
+      for (int k = B - 1; k >= 0; --k) {
+        const T* wk = wb + (size_t)k * C * C * 9;
+        conv_bwd(g.data(), C, wk, C, 3, H, Wp, ps1, gpad.data());
+        const T* a = ab + (size_t)k * C;
+        const T* mk = masks.data() + (size_t)k * C * HW;
+        for (int c = 0; c < C; ++c)
+          for (int y = 0; y < H; ++y)
+            for (int x = 0; x < W; ++x) {
+              const size_t q = ((size_t)c * H + y) * Wp + x;
+              const T back = gpad[c * ps1 + (size_t)(y + 1) * Wp + x + 1];
+              g[q] = (g[q] + a[c] * back) * mk[(size_t)c * HW + y * W + x];
+            }
+      }
+      // stem: re-lay g with the stem's row stride, scatter with W0 and |W0|
+      std::fill(gs.begin(), gs.end(), T(0));
+      for (int c = 0; c < C; ++c)
+        for (int y = 0; y < H; ++y)
+          for (int x = 0; x < W; ++x) gs[((size_t)c * H + y) * Wp0 + x] = g[((size_t)c * H + y) * Wp + x];
+      conv_bwd(gs.data(), C, w0, Cin, K0, H, Wp0, ps0, gf.data());
+      conv_bwd(gs.data(), C, w0abs.data(), Cin, K0, H, Wp0, ps0, gfe.data());
+      for (int ci = 0; ci < Cin; ++ci)
+        for (int y = 0; y < H; ++y)
+          for (int x = 0; x < W; ++x) {
+            const size_t q = ci * ps0 + (size_t)(y + p0) * Wp0 + x + p0;
+            const size_t o = (((size_t)n * Cin + ci) * H + y) * W + x;
+            grad[o] = gf[q];
+            grad_err[o] = grad_factor * gfe[q];
+          }
+    }
+  }
+}
+
+
+}  // namespace
+
+extern "C" {
+
+int asymcert_convex_conv_abi_version() { return 2; }
+
+#define ASYMCERT_CERTIFY(SFX, T)                                                                          \
+  void asymcert_convex_conv_certify_##SFX(const T* f, int64_t N, int Cin, int H, int W, int C, int K0,    \
+                                         int B, const T* w0, const T* b0, const T* wb, const T* bb,       \
+                                         const T* ab, const T* cb, const double* wa, const T* wa32,       \
+                                         double cst, const double* prm, double* score, double* score_err, \
+                                         T* grad, T* grad_err, uint8_t* uncertain, int threads) {         \
+    certify<T>(f, N, Cin, H, W, C, K0, B, w0, b0, wb, bb, ab, cb, wa, wa32, cst, prm, score, score_err,   \
+               grad, grad_err, uncertain, threads);                                                       \
+  }
+ASYMCERT_CERTIFY(f32, float)
+ASYMCERT_CERTIFY(f64, double)
+
+}  // extern "C"
