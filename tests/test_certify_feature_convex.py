@@ -110,3 +110,14 @@ def test_float_guard_only_shrinks_and_stays_small():
         assert torch.allclose(guarded.radii[p][big], exact.radii[p][big], rtol=1e-4)
     assert asymcert.certify(model.double(), x.double()).radii[2.0].equal(
         asymcert.certify(model.double(), x.double(), guard=False).radii[2.0])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(-300, 300), st.sampled_from([1.0, 1.5, 2.0, 3.0, math.inf]))
+def test_lp_norm_is_accurate_at_every_scale(exponent, p):
+    """No overflow or underflow from 1e-300 to 1e300: the norm scales exactly with its input."""
+    from asymcert.certify.functional import lp_norm
+    v = torch.tensor([[3.0, -4.0, 1.0, 0.5]], dtype=torch.float64)
+    base = float(lp_norm(v, p))
+    scaled = float(lp_norm(v * 10.0 ** exponent, p))
+    assert scaled == pytest.approx(base * 10.0 ** exponent, rel=1e-12)

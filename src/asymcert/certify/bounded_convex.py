@@ -131,7 +131,7 @@ def _readout(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     w_out = net.readout.weight.double().view(ch, -1)
     wa = (w_out * a64.view(-1, 1)).view(ch, *model.features(torch.zeros(1, *model.input_shape)).shape[2:])
     const = (w_out * c64.view(-1, 1)).sum() + net.readout.bias.double().sum() + model.balance.double()
-    return wa, const
+    return wa.detach(), const.detach()
 
 
 @torch.no_grad()

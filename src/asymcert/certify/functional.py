@@ -29,11 +29,20 @@ def dual_exponent(p: float) -> float:
 
 def lp_norm(v: torch.Tensor, p: float) -> torch.Tensor:
     """ℓp norm of each row of ``v`` (N, ...) → (N,), computed in float64 without overflow."""
-    v = v.reshape(v.shape[0], -1).double().abs()
-    if math.isinf(p):
-        return v.amax(dim=1)
-    if p == 1:
-        return v.sum(dim=1)
+    v = v.reshape(v.shape[0], -1).double()
+    if math.isinf(p) or p == 1:
+        return torch.linalg.vector_norm(v, ord=p, dim=1)
+    if p == 2:  # one pass; rescale only when the squares may have overflowed or underflowed
+        out = torch.linalg.vector_norm(v, ord=2, dim=1)
+        risky = ~torch.isfinite(out) | (out < 1e-140)
+        if not bool(risky.any()):
+            return out
+        return torch.where(risky, _scaled_norm(v.abs(), 2.0), out)
+    return _scaled_norm(v.abs(), p)
+
+
+def _scaled_norm(v: torch.Tensor, p: float) -> torch.Tensor:
+    """ℓp norm of nonnegative rows, scaled by the row max so that v^p neither overflows nor underflows."""
     scale = v.amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
     return scale.squeeze(1) * (v / scale).pow(p).sum(dim=1).pow(1.0 / p)
 

@@ -20,43 +20,71 @@
 
 namespace {
 
-// out[co] (H rows of stride Wp) = bias[co] + Σ_{ci,ky,kx} w[co,ci,ky,kx] · in[ci] shifted by (ky, kx).
-// Columns x ≥ W of `out` are junk. `in` planes have stride `ps` (≥ Hp·Wp + K).
+// out[co] (H rows of stride Wp) = bias[co] + Σ_{ci,ky,kx} w[co,ci,ky,kx] · in[ci] shifted by (ky, kx),
+// summed in exactly that order (one sequential sum per output). Columns x ≥ W of `out` are junk.
+// `in` planes are zero-padded with row stride Wp and plane stride `ps` (≥ Hp·Wp + K).
+template <typename T, int K>
+void conv_k(const T* in, int Cin, size_t ps, const T* w, const T* bias, int Cout, int H, int Wp, T* out) {
+  const int L = H * Wp;
+  for (int co = 0; co < Cout; ++co) {
+    T* o = out + (size_t)co * L;
+    const T b = bias ? bias[co] : T(0);
+    for (int i = 0; i < L; ++i) o[i] = b;
+    for (int ci = 0; ci < Cin; ++ci) {
+      T wr[K * K];
+      for (int t = 0; t < K * K; ++t) wr[t] = w[((size_t)co * Cin + ci) * K * K + t];
+      const T* src = in + (size_t)ci * ps;
+      for (int i = 0; i < L; ++i) {
+        T acc = o[i];
+        for (int ky = 0; ky < K; ++ky)
+          for (int kx = 0; kx < K; ++kx) acc += wr[ky * K + kx] * src[i + ky * Wp + kx];
+        o[i] = acc;
+      }
+    }
+  }
+}
+
 template <typename T>
-void conv_fwd(const T* in, int Cin, size_t ps, const T* w, const T* bias, int Cout, int K, int H, int Wp, T* out) {
+void conv_any(const T* in, int Cin, size_t ps, const T* w, const T* bias, int Cout, int K, int H, int Wp, T* out) {
   const int L = H * Wp;
   for (int co = 0; co < Cout; ++co) {
     T* o = out + (size_t)co * L;
     const T b = bias ? bias[co] : T(0);
     for (int i = 0; i < L; ++i) o[i] = b;
     for (int ci = 0; ci < Cin; ++ci)
-      for (int ky = 0; ky < K; ++ky)
-        for (int kx = 0; kx < K; ++kx) {
-          const T wv = w[(((size_t)co * Cin + ci) * K + ky) * K + kx];
-          const T* src = in + (size_t)ci * ps + (size_t)ky * Wp + kx;
-          for (int i = 0; i < L; ++i) o[i] += wv * src[i];
-        }
+      for (int i = 0; i < L; ++i) {
+        T acc = o[i];
+        for (int ky = 0; ky < K; ++ky)
+          for (int kx = 0; kx < K; ++kx)
+            acc += w[(((size_t)co * Cin + ci) * K + ky) * K + kx] * in[(size_t)ci * ps + i + ky * Wp + kx];
+        o[i] = acc;
+      }
   }
 }
 
-// Transposed convolution by scatter: outpad[ci] (padded planes, stride ps, zeroed here) +=
-// Σ_{co,ky,kx} w[co,ci,ky,kx] · g[co] shifted by (ky, kx). `g` planes have H rows of stride Wp
-// with ZERO junk columns.
 template <typename T>
-void conv_bwd(const T* g, int Cout, const T* w, int Cin, int K, int H, int Wp, size_t ps, T* outpad) {
-  const int L = H * Wp;
-  for (int ci = 0; ci < Cin; ++ci) {
-    T* op = outpad + (size_t)ci * ps;
-    std::memset(op, 0, ps * sizeof(T));
-    for (int co = 0; co < Cout; ++co)
+void conv(const T* in, int Cin, size_t ps, const T* w, const T* bias, int Cout, int K, int H, int Wp, T* out) {
+  switch (K) {
+    case 1: conv_k<T, 1>(in, Cin, ps, w, bias, Cout, H, Wp, out); break;
+    case 3: conv_k<T, 3>(in, Cin, ps, w, bias, Cout, H, Wp, out); break;
+    case 5: conv_k<T, 5>(in, Cin, ps, w, bias, Cout, H, Wp, out); break;
+    case 7: conv_k<T, 7>(in, Cin, ps, w, bias, Cout, H, Wp, out); break;
+    default: conv_any<T>(in, Cin, ps, w, bias, Cout, K, H, Wp, out);
+  }
+}
+
+// The transposed convolution as a convolution: wt[ci, co, ky, kx] = w[co, ci, K−1−ky, K−1−kx].
+template <typename T>
+std::vector<T> flip_transpose(const T* w, int Cout, int Cin, int K, bool absolute) {
+  std::vector<T> wt((size_t)Cout * Cin * K * K);
+  for (int co = 0; co < Cout; ++co)
+    for (int ci = 0; ci < Cin; ++ci)
       for (int ky = 0; ky < K; ++ky)
         for (int kx = 0; kx < K; ++kx) {
-          const T wv = w[(((size_t)co * Cin + ci) * K + ky) * K + kx];
-          const T* gs = g + (size_t)co * L;
-          T* dst = op + (size_t)ky * Wp + kx;
-          for (int i = 0; i < L; ++i) dst[i] += wv * gs[i];
+          const T v = w[(((size_t)co * Cin + ci) * K + ky) * K + kx];
+          wt[(((size_t)ci * Cout + co) * K + (K - 1 - ky)) * K + (K - 1 - kx)] = absolute ? std::fabs(v) : v;
         }
-  }
+  return wt;
 }
 
 // f (N, Cin, H, W); w0 (C, Cin, K0, K0), b0 (C); wb (B, C, C, 3, 3), bb (B, C); ab, cb (B, C) the eval
@@ -83,6 +111,14 @@ void certify(const T* f, int64_t N, int Cin, int H, int W, int C, int K0, int B,
   std::vector<T> bbabs((size_t)B * C);  // γ_n·|bias| per block
   for (int k = 0; k < B; ++k)
     for (int c = 0; c < C; ++c) bbabs[(size_t)k * C + c] = (T)prm[3 + 3 * k + 2] * std::fabs(bb[(size_t)k * C + c]);
+  // the backward passes are convolutions with flipped, transposed kernels
+  std::vector<T> wflip((size_t)B * C * C * 9);
+  for (int k = 0; k < B; ++k) {
+    const std::vector<T> t = flip_transpose(wb + (size_t)k * C * C * 9, C, C, 3, false);
+    std::copy(t.begin(), t.end(), wflip.begin() + (size_t)k * C * C * 9);
+  }
+  const std::vector<T> w0flip = flip_transpose(w0, C, Cin, K0, false);
+  const std::vector<T> w0flipabs = flip_transpose(w0, C, Cin, K0, true);
 
 #pragma omp parallel num_threads(threads)
   {
@@ -91,8 +127,8 @@ void certify(const T* f, int64_t N, int Cin, int H, int W, int C, int K0, int B,
     std::vector<T> z((size_t)C * HW), e((size_t)C * HW), masks((size_t)(B + 1) * C * HW);
     std::vector<T> ypad((size_t)C * ps1), vpad((size_t)C * ps1);
     std::vector<T> out1((size_t)C * H * Wp), mag1((size_t)C * H * Wp);
-    std::vector<T> g((size_t)C * H * Wp), gpad((size_t)C * ps1), gs((size_t)C * H * Wp0);
-    std::vector<T> gf((size_t)Cin * ps0), gfe((size_t)Cin * ps0);
+    std::vector<T> g((size_t)C * HW), gpad((size_t)C * ps1), gpad0((size_t)C * ps0);
+    std::vector<T> gf((size_t)Cin * H * Wp0), gfe((size_t)Cin * H * Wp0);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       bool unsure = false;
@@ -106,8 +142,8 @@ void certify(const T* f, int64_t N, int Cin, int H, int W, int C, int K0, int B,
             fpad[ci * ps0 + (size_t)(y + p0) * Wp0 + x + p0] = v;
             fabsp[ci * ps0 + (size_t)(y + p0) * Wp0 + x + p0] = std::fabs(v);
           }
-      conv_fwd(fpad.data(), Cin, ps0, w0, b0, C, K0, H, Wp0, out0.data());
-      conv_fwd(fabsp.data(), Cin, ps0, w0abs.data(), b0abs.data(), C, K0, H, Wp0, mag0.data());
+      conv(fpad.data(), Cin, ps0, w0, b0, C, K0, H, Wp0, out0.data());
+      conv(fabsp.data(), Cin, ps0, w0abs.data(), b0abs.data(), C, K0, H, Wp0, mag0.data());
       for (int c = 0; c < C; ++c)
         for (int y = 0; y < H; ++y)
           for (int x = 0; x < W; ++x) {
@@ -138,8 +174,8 @@ void certify(const T* f, int64_t N, int Cin, int H, int W, int C, int K0, int B,
             }
         }
         const T* wk = wb + (size_t)k * C * C * 9;
-        conv_fwd(ypad.data(), C, ps1, wk, bb + (size_t)k * C, C, 3, H, Wp, out1.data());
-        conv_fwd(vpad.data(), C, ps1, wk, bbabs.data() + (size_t)k * C, C, 3, H, Wp, mag1.data());
+        conv(ypad.data(), C, ps1, wk, bb + (size_t)k * C, C, 3, H, Wp, out1.data());
+        conv(vpad.data(), C, ps1, wk, bbabs.data() + (size_t)k * C, C, 3, H, Wp, mag1.data());
         T* mk = masks.data() + (size_t)(k + 1) * C * HW;
         for (int c = 0; c < C; ++c)
           for (int y = 0; y < H; ++y)
@@ -165,41 +201,37 @@ void certify(const T* f, int64_t N, int Cin, int H, int W, int C, int K0, int B,
       score[n] = s;
       score_err[n] = se + 1e-12 * sm;
       uncertain[n] = unsure ? 1 : 0;
-      // ---- backward with the pattern fixed: g = ∂h_P/∂z, nonnegative until the stem
-      std::fill(g.begin(), g.end(), T(0));
+      // ---- backward with the pattern fixed: g = ∂h_P/∂z (compact C×H×W), nonnegative until the stem
       {
         const T* mk = masks.data() + (size_t)B * C * HW;
-        for (int c = 0; c < C; ++c)
-          for (int y = 0; y < H; ++y)
-            for (int x = 0; x < W; ++x) {
-              const size_t j = (size_t)c * HW + y * W + x;
-              g[((size_t)c * H + y) * Wp + x] = wa32[j] * mk[j];
-            }
+        for (int j = 0; j < C * HW; ++j) g[j] = wa32[j] * mk[j];
       }
       for (int k = B - 1; k >= 0; --k) {
-        const T* wk = wb + (size_t)k * C * C * 9;
-        conv_bwd(g.data(), C, wk, C, 3, H, Wp, ps1, gpad.data());
+        std::fill(gpad.begin(), gpad.end(), T(0));
+        for (int c = 0; c < C; ++c)
+          for (int y = 0; y < H; ++y)
+            for (int x = 0; x < W; ++x) gpad[c * ps1 + (size_t)(y + 1) * Wp + x + 1] = g[(size_t)c * HW + y * W + x];
+        conv(gpad.data(), C, ps1, wflip.data() + (size_t)k * C * C * 9, (const T*)nullptr, C, 3, H, Wp, out1.data());
         const T* a = ab + (size_t)k * C;
         const T* mk = masks.data() + (size_t)k * C * HW;
         for (int c = 0; c < C; ++c)
           for (int y = 0; y < H; ++y)
             for (int x = 0; x < W; ++x) {
-              const size_t q = ((size_t)c * H + y) * Wp + x;
-              const T back = gpad[c * ps1 + (size_t)(y + 1) * Wp + x + 1];
-              g[q] = (g[q] + a[c] * back) * mk[(size_t)c * HW + y * W + x];
+              const size_t j = (size_t)c * HW + y * W + x;
+              g[j] = (g[j] + a[c] * out1[((size_t)c * H + y) * Wp + x]) * mk[j];
             }
       }
-      // stem: re-lay g with the stem's row stride, scatter with W0 and |W0|
-      std::fill(gs.begin(), gs.end(), T(0));
+      // stem: the gradient and its error bound, with W0 and |W0|
+      std::fill(gpad0.begin(), gpad0.end(), T(0));
       for (int c = 0; c < C; ++c)
         for (int y = 0; y < H; ++y)
-          for (int x = 0; x < W; ++x) gs[((size_t)c * H + y) * Wp0 + x] = g[((size_t)c * H + y) * Wp + x];
-      conv_bwd(gs.data(), C, w0, Cin, K0, H, Wp0, ps0, gf.data());
-      conv_bwd(gs.data(), C, w0abs.data(), Cin, K0, H, Wp0, ps0, gfe.data());
+          for (int x = 0; x < W; ++x) gpad0[c * ps0 + (size_t)(y + p0) * Wp0 + x + p0] = g[(size_t)c * HW + y * W + x];
+      conv(gpad0.data(), C, ps0, w0flip.data(), (const T*)nullptr, Cin, K0, H, Wp0, gf.data());
+      conv(gpad0.data(), C, ps0, w0flipabs.data(), (const T*)nullptr, Cin, K0, H, Wp0, gfe.data());
       for (int ci = 0; ci < Cin; ++ci)
         for (int y = 0; y < H; ++y)
           for (int x = 0; x < W; ++x) {
-            const size_t q = ci * ps0 + (size_t)(y + p0) * Wp0 + x + p0;
+            const size_t q = ((size_t)ci * H + y) * Wp0 + x;
             const size_t o = (((size_t)n * Cin + ci) * H + y) * W + x;
             grad[o] = gf[q];
             grad_err[o] = grad_factor * gfe[q];
