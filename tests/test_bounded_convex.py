@@ -144,9 +144,15 @@ def test_certifier_radii_match_the_float64_path_and_never_exceed_it():
         torch.testing.assert_close(fast.radii[p], ref.radii[p], rtol=1e-7, atol=0)
 
 
-def test_decisions_are_the_models_own_even_on_the_boundary():
-    """Inputs bisected onto the decision boundary: the certifier reports the model's own decision."""
-    model = conv_model(4)
+@pytest.mark.parametrize("kind", ["conv", "icnn"])
+def test_decisions_are_the_models_own_even_on_the_boundary(kind):
+    """Inputs bisected onto the decision boundary: the certifier reports the model's own decision
+    (conv nets through the bounded pass, ICNNs through the float64 path)."""
+    if kind == "conv":
+        model = conv_model(4)
+    else:
+        from tests.conftest import small_feature_convex
+        model = small_feature_convex("icnn", input_shape=(1, 7, 6), seed=4)
     x = torch.rand(400, 1, 7, 6)
     with torch.no_grad():
         s = model(x)

@@ -100,52 +100,60 @@ def certify_feature_convex(model: nn.Module, x: torch.Tensor, norms: tuple[float
     Returns:
         Certificate with ``predicted`` 1 where the model's own s(x) > 0, radii in raw input units
         (0 where not flagged, or where the reference score disagrees), ``extra["score"]`` s(x).
-        With "bounded", the decision is read from the bounded pass where its error bound and the
-        guard settle the sign, and from the model's own forward pass for the rest.
+        With "bounded" and "float64", the decision is read from the reference score where it is
+        farther from 0 than the model's rounding (:func:`float_guard`), and from the model's own
+        forward pass for the rest; ``extra["score"]`` is the reference score there.
     """
     if validate:
         model.validate()
     precision = _resolve_precision(model, x, precision)
-    if precision == "bounded":
-        return _certify_bounded(model, x, norms, 1e-9 if slack is None else slack, guard)
-    with eval_mode(model), torch.no_grad():
-        score = model(x)
-    if precision == "float64":
-        ref_score, grad = score_and_feature_gradient(_float64_copy(model), x.double())
-        slack = 1e-9 if slack is None else slack
-    else:
+    if precision == "model":
+        with eval_mode(model), torch.no_grad():
+            score = model(x)
         ref_score, grad = score_and_feature_gradient(model, x)
+        margin = ref_score.double()
+        if guard:
+            margin = margin - float_guard(model, model.features(x).detach(), grad, ref_score)
+        margin = torch.where(score > 0, margin, torch.zeros_like(margin))
         slack = DEFAULT_SLACK if slack is None else slack
-    margin = ref_score.double()
-    if guard:
-        feats = model.features(x.double() if precision == "float64" else x).detach()
-        margin = margin - float_guard(model, feats, grad, ref_score)
-    margin = torch.where(score > 0, margin, torch.zeros_like(margin))
-    radii = {p: safe_radius(margin, model.lipschitz(p) * dual_norm(grad, p), slack) for p in norms}
-    return Certificate(predicted=(score > 0).long(), radii=radii, method="feature-convex",
-                       deterministic=True, binary=True, extra={"score": score.detach().float()})
+        radii = {p: safe_radius(margin, model.lipschitz(p) * dual_norm(grad, p), slack) for p in norms}
+        return Certificate(predicted=(score > 0).long(), radii=radii, method="feature-convex",
+                           deterministic=True, binary=True, extra={"score": score.detach().float()})
+    if precision == "bounded":
+        bp = bounded_pass(model, x)
+        score, err, features, uncertain = bp.score, bp.score_error, bp.features, bp.uncertain
+        # |∇h_P| ≤ |ĝ| + E_g componentwise, so its dual norm bounds ‖∇h_P‖ (norms are monotone)
+        grad, grad_bound = bp.grad, bp.grad.double().abs().add_(bp.grad_error.double())
+    else:
+        score, grad = score_and_feature_gradient(_float64_copy(model), x.double())
+        err, features, uncertain = torch.zeros_like(score), model.features(x.double()).detach(), None
+        grad_bound = grad
+    band = float_guard(model, features, grad, score)
+    flagged, own_score = _decide(model, x, score - err, score + err, band, uncertain)
+    margin = score - err - (band if guard else 0.0)
+    margin = torch.where(flagged, margin, torch.zeros_like(margin))
+    slack = 1e-9 if slack is None else slack
+    radii = {p: safe_radius(margin, model.lipschitz(p) * dual_norm(grad_bound, p), slack) for p in norms}
+    return Certificate(predicted=flagged.long(), radii=radii, method="feature-convex",
+                       deterministic=True, binary=True, extra={"score": own_score})
 
 
-def _certify_bounded(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], slack: float,
-                     guard: bool) -> Certificate:
-    """The "bounded" precision: margin ŝ − E_s (− guard), denominator Lip·(‖ĝ‖ + ‖E_g‖)."""
-    bp = bounded_pass(model, x)
-    guard_s = float_guard(model, bp.features, bp.grad, bp.score) if guard else torch.zeros_like(bp.score)
-    # decided: the exact score is above the guard (flagged), or below minus the guard with the exact
-    # ReLU pattern (not flagged); the model's own forward decides the rest
-    low, high = bp.score - bp.score_error, bp.score + bp.score_error
-    flagged = low > guard_s
-    undecided = ~flagged & ((high >= -guard_s) | bp.uncertain)
-    score = bp.score.float()
+def _decide(model: nn.Module, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, band: torch.Tensor,
+            uncertain: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's own decisions (N,) bool and scores (N,) float32, from bounds on the exact score.
+
+    The model's float evaluation is within ``band`` (:func:`float_guard`) of the exact score, so it is
+    positive where ``low > band`` and not positive where ``high < −band`` (with the exact ReLU pattern,
+    i.e. not ``uncertain``); only the remaining inputs are run through the model itself.
+    """
+    flagged = low > band
+    undecided = ~flagged & (high >= -band)
+    if uncertain is not None:
+        undecided |= ~flagged & uncertain
+    score = ((low + high) / 2).float()
     if bool(undecided.any()):
         with eval_mode(model), torch.no_grad():
             own = model(x[undecided])
         score[undecided] = own.float()
-        flagged = flagged.clone()
         flagged[undecided] = own > 0
-    margin = torch.where(flagged, low - guard_s, torch.zeros_like(low))
-    # |∇h_P| ≤ |ĝ| + E_g componentwise, so its dual norm bounds ‖∇h_P‖ (norms are monotone)
-    grad_bound = bp.grad.double().abs().add_(bp.grad_error.double())
-    radii = {p: safe_radius(margin, model.lipschitz(p) * dual_norm(grad_bound, p), slack) for p in norms}
-    return Certificate(predicted=flagged.long(), radii=radii, method="feature-convex",
-                       deterministic=True, binary=True, extra={"score": score})
+    return flagged, score
