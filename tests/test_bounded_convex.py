@@ -45,8 +45,8 @@ def reference(model, x):
     return score_and_feature_gradient(copy.deepcopy(model).double(), x.double())
 
 
-def check_bounds(model, x, backend, dtype):
-    bp = bounded_pass(model, x, backend=backend, dtype=dtype)
+def check_bounds(model, x, backend, dtype, uniform=None):
+    bp = bounded_pass(model, x, backend=backend, dtype=dtype, uniform=uniform)
     s64, g64 = reference(model, x)
     # h_P ≤ g everywhere, so the lower end always holds; with the exact pattern both ends hold
     assert bool((bp.score - bp.score_error <= s64).all())
@@ -57,15 +57,16 @@ def check_bounds(model, x, backend, dtype):
     return bp, s64, g64
 
 
-@pytest.mark.parametrize("backend", ["cpp", "torch"])
+@pytest.mark.parametrize("backend,uniform", [("cpp", False), ("cpp", True), ("torch", None)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_rounding_bounds_contain_the_float64_reference(backend, dtype):
+def test_rounding_bounds_contain_the_float64_reference(backend, uniform, dtype):
     model = conv_model(0)
     x = torch.rand(200, 1, 7, 6)
-    bp, s64, _ = check_bounds(model, x, backend, dtype)
+    bp, s64, _ = check_bounds(model, x, backend, dtype, uniform)
     assert int((~bp.uncertain).sum()) > 100  # the two-sided checks were not vacuous
-    rel = (bp.score_error / s64.abs()).median()
-    assert float(rel) < (1e-2 if dtype == torch.float32 else 1e-9)  # bounds are useful, not vacuous
+    rel = float((bp.score_error / s64.abs()).median())
+    # bounds are useful, not vacuous: float32 elementwise ~1e-3, uniform looser; float64 far below 1e-5
+    assert rel < ((1e-2 if not uniform else 0.2) if dtype == torch.float32 else 1e-8)
 
 
 @settings(max_examples=15, deadline=None)
@@ -76,8 +77,8 @@ def test_bounds_hold_for_random_architectures(seed, c_in, channels, stem_kernel,
     fmap = [{"kind": "shift"}] + ([{"kind": "concat-abs"}] if concat_abs else [])
     model = conv_model(seed, (c_in, h, w), channels, stem_kernel, blocks, fmap)
     x = torch.rand(40, c_in, h, w)
-    for backend in ("cpp", "torch"):
-        check_bounds(model, x, backend, torch.float32)
+    for backend, uniform in (("cpp", False), ("cpp", True), ("torch", None)):
+        check_bounds(model, x, backend, torch.float32, uniform)
 
 
 def test_kernel_and_pytorch_paths_agree_within_their_bounds():
