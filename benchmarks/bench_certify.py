@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 import asymcert
 from asymcert.certify.functional import dual_norm
 from asymcert.models import build_model
+from machine import machine  # benchmarks/machine.py
 
 ARCHS = {
     "convex-conv (Fashion-MNIST, authors')": {"kind": "feature-convex", "input_shape": [1, 28, 28],
@@ -59,11 +59,6 @@ def timed(fn, repeats: int = 3) -> float:
     return best
 
 
-def machine() -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", help="run folder whose model replaces the random conv net")
@@ -74,8 +69,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    results = {"machine": machine(), "load_average_before": os.getloadavg(), "n": args.n, "n_ref": args.n_ref,
-               "models": {}}
+    results = {"machine": machine(), "n": args.n, "n_ref": args.n_ref, "models": {}}
     for name, cfg in ARCHS.items():
         model = asymcert.load(args.run) if (args.run and "conv" in name) else build_model(cfg).eval()
         x = torch.rand(args.n, *model.input_shape)

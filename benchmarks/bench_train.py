@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from machine import machine  # benchmarks/machine.py
+
 import asymcert
 from asymcert.models import build_model
 from asymcert.train.regularizers import jacobian_penalty
@@ -65,15 +67,6 @@ def rate(step, model, x, y, steps, lam=0.01):
     for _ in range(steps):
         step(model, opt, x, y, lam)
     return steps * x.shape[0] / (time.perf_counter() - t0)
-
-
-def machine() -> dict:
-    import platform
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    load = open("/proc/loadavg").read().split()[:3]
-    return {"cpu": cpu, "cores": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_average": load,
-            "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
 def main() -> None:
