@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from asymcert.certify.modes import eval_mode
 from asymcert.certify.result import normalize_norm
 from asymcert.errors import InputError
 
@@ -48,13 +49,8 @@ def decisions(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     The model is run in eval mode (and its mode restored).
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return _decide(_forward(model, x))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        return _decide(_forward(model, x))
 
 
 def decision_flips(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
@@ -245,9 +241,7 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, eps: torch.Tensor | float, nor
     alpha0 = float(step_size) if step_size is not None else max(0.25, 2.0 / max(steps, 1))
     k_sparse = max(1, math.ceil(l1_sparsity * d))
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             clean_out = _forward(model, x.detach())
         y = _decide(clean_out) if targeted_decision is None else targeted_decision.to(x.device).long().reshape(n)
@@ -299,7 +293,5 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, eps: torch.Tensor | float, nor
                 step = direction * (alpha * er)[:, None]
                 step = torch.where(done[:, None], torch.zeros_like(step), step)
                 delta = _project(delta + step, xr, er, p, box)
-    finally:
-        model.train(was_training)
     x_adv = _enforce_radius(best, x_flat, eps_t, p, box)
     return x_adv.reshape(x.shape).detach()

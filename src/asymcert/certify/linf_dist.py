@@ -35,6 +35,7 @@ from torch import nn
 
 from asymcert.certify.api import register_certifier
 from asymcert.certify.functional import DEFAULT_SLACK, safe_radius
+from asymcert.certify.modes import eval_mode
 from asymcert.certify.result import Certificate
 
 INF = math.inf
@@ -207,9 +208,7 @@ def normalized_radii(model: nn.Module, x: torch.Tensor, cls: torch.Tensor, preci
         (N,) float64 radii ≥ 0 (0 where c is not verified even at radius 0), not yet rounded down.
     """
     ref = _float64_copy(model) if precision == "float64" else model
-    was = ref.training
-    ref.eval()
-    try:
+    with eval_mode(ref):
         xr = x.to(model_dtype(ref))
         logits, _, y_last, ops = _trace(ref, xr)
         u = unit_roundoff(model_dtype(model))
@@ -224,8 +223,6 @@ def normalized_radii(model: nn.Module, x: torch.Tensor, cls: torch.Tensor, preci
         return bisect_radius(lambda r: head_verified(ref, y_last, r * (1 + 1e-9) + 1e-12, cls, check, u),
                              x.shape[0], torch.float64 if precision == "float64" else xr.dtype, xr.device,
                              steps=steps).double()
-    finally:
-        ref.train(was)
 
 
 @register_certifier("linf-dist")
@@ -254,13 +251,8 @@ def certify_linf_dist(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...
         model.validate()
     if precision not in ("float64", "model"):
         raise ValueError(f"precision must be 'float64' or 'model', got {precision!r}")
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = model.logits(x)
-    finally:
-        model.train(was)
+    with eval_mode(model), torch.no_grad():
+        logits = model.logits(x)
     if model.binary:
         score = logits[:, 1] - logits[:, 0]
         cls = (score > 0).long()

@@ -52,6 +52,7 @@ from scipy.stats import norm as _norm
 from torch import nn
 
 from asymcert.certify.api import register_certifier
+from asymcert.certify.modes import eval_mode
 from asymcert.certify.result import Certificate
 
 NOISES = ("gaussian", "laplace", "uniform", "splitting")
@@ -222,16 +223,11 @@ def _certify_sampled(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...]
     if n0 < 1 or n < 1 or not 0 < alpha < 1:
         raise ValueError(f"need n0 ≥ 1, n ≥ 1 and 0 < alpha < 1; got n0={n0}, n={n}, alpha={alpha}")
     gen = _make_generator(opt["generator"] if "generator" in opt else None, opt.get("seed"))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            k, binary = _num_classes(model, x)
-            c0 = sample_counts(model, x, n0, noise, sigma, gen, k, int(opt["batch"]))
-            chosen = c0.argmax(dim=1)
-            c = sample_counts(model, x, n, noise, sigma, gen, k, int(opt["batch"]))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        k, binary = _num_classes(model, x)
+        c0 = sample_counts(model, x, n0, noise, sigma, gen, k, int(opt["batch"]))
+        chosen = c0.argmax(dim=1)
+        c = sample_counts(model, x, n, noise, sigma, gen, k, int(opt["batch"]))
     n_a = c.gather(1, chosen[:, None])[:, 0]
     p_lower = clopper_pearson_lower(n_a, n, alpha)
     abstained = p_lower <= 0.5
@@ -323,14 +319,9 @@ def certify_splitting(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...
         sigma = float(sm.get("sigma", DEFAULTS["sigma"])) if sm.get("noise", "splitting") == "splitting" \
             else float(DEFAULTS["sigma"])
     lam = float(sigma) * math.sqrt(3.0)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            k, binary = _num_classes(model, x)
-            probs = splitting_probabilities(model, x, lam, k, batch)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        k, binary = _num_classes(model, x)
+        probs = splitting_probabilities(model, x, lam, k, batch)
     top = probs.argmax(dim=1)
     p = probs.gather(1, top[:, None])[:, 0] - 1e-9
     base, r = radius_from_probability(p, "splitting", float(sigma))
