@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from asymcert import distributed
 from asymcert.checkpoint import MODEL_FILE, atomic_write, save
 from asymcert.data.tasks import Augment, TaskData
+from asymcert.train.batches import EpochBatches, epoch_batches, resolve_workers
 from asymcert.train.config import TrainConfig
 from asymcert.train.recipes import Recipe, recipe_for
 
@@ -31,11 +32,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available here; use --device cpu or auto")
     return device
-
-
-def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    """A CPU generator determined by (seed, epoch, stream): resuming at an epoch replays it exactly."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 7 + stream)
 
 
 class _LossModule(nn.Module):
@@ -105,7 +101,9 @@ def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Pa
     best_state = None
     start_epoch = 0
     state_file = out / STATE_FILE if out else None
-    fingerprint = json.dumps({"train": config.to_dict(), "model": model.config()}, sort_keys=True, default=str)
+    # the worker count does not change the batches, so a run may resume with another one
+    settings = {k: v for k, v in config.to_dict().items() if k != "workers"}
+    fingerprint = json.dumps({"train": settings, "model": model.config()}, sort_keys=True, default=str)
     if state_file is not None and state_file.is_file():
         state = torch.load(state_file, map_location=device, weights_only=True)
         if state.get("fingerprint") != fingerprint:
@@ -125,25 +123,21 @@ def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Pa
             engine, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
     seconds = sum(h.get("seconds", 0.0) for h in history)
-    x_all, y_all = data.train.x, data.train.y
+    workers = resolve_workers(config.workers, device)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         prog0 = epoch / max(1, config.epochs)
         recipe.on_epoch_start(model, epoch, prog0)
         model.train()
-        perm = torch.randperm(n, generator=epoch_generator(config.seed, epoch, 0))
-        aug_gen = epoch_generator(config.seed, epoch, 1)
+        # every process draws the whole global batch (same shuffle and augmentation) and keeps its shard
+        batches = EpochBatches(data.train.x, data.train.y, config.batch_size, config.seed, epoch,
+                               augment if config.augment else None)
         totals: dict[str, float] = {}
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        for step in bar:
-            idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
-            x, y = x_all[idx], y_all[idx]
-            if augment is not None and config.augment:
-                x = augment(x, aug_gen)  # the whole global batch: same draws on every process
+        bar = tqdm(epoch_batches(batches, workers, device.type == "cuda"), total=steps,
+                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        for step, (x, y) in enumerate(bar):
             if world > 1:  # this process's shard of the global batch
                 x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
-            if device.type == "cuda":
-                x, y = x.pin_memory(), y.pin_memory()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast:
                 loss, stats = engine(x, y, prog0 + step / (steps * max(1, config.epochs)))
