@@ -78,6 +78,32 @@ def _exact_support(model: nn.Module) -> str | None:
     return None
 
 
+class _ClassScore(nn.Module):
+    """Score of one class of a multi-score model, s_k(x) (N,): its "flagged as k" decision is s_k > 0."""
+
+    def __init__(self, model: nn.Module, k: int) -> None:
+        super().__init__()
+        self.model, self.k = model, int(k)
+        self.input_range = getattr(model, "input_range", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, self.k]
+
+
+def _attack_groups(model: nn.Module, cert: Certificate, rows: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """(model to attack, rows, decision the certificate promises) groups.
+
+    One-vs-rest certificates (``extra["predicted_flagged"]``) promise that the predicted class stays
+    *flagged*, so each predicted class is attacked through its own score; every other certificate
+    promises that the model's decision stays ``cert.predicted``.
+    """
+    if "predicted_flagged" not in cert.extra:
+        return [(model, rows, cert.predicted[rows].cpu())]
+    pred = cert.predicted.cpu()[rows]
+    return [(_ClassScore(model, int(k)), rows[pred == k], torch.ones(int((pred == k).sum()), dtype=torch.long))
+            for k in pred.unique()]
+
+
 def _attack_norm(model: nn.Module, x: torch.Tensor, cert: Certificate, p: float, restarts: int, steps: int,
                  generator: torch.Generator, model64: nn.Module | None) -> dict[str, Any]:
     radius = cert.radius(p)
@@ -88,22 +114,26 @@ def _attack_norm(model: nn.Module, x: torch.Tensor, cert: Certificate, p: float,
                            "restarts": restarts, "steps": steps, "flips": 0, "flips_float64": 0, "flipped_rows": []}
     if rows.numel() == 0:
         return out
-    xs = x[rows]
-    eps = radius[rows].double().cpu() * (1.0 - ATTACK_SHRINK)
     t0 = time.perf_counter()
-    x_adv = pgd_attack(model, xs, eps.to(xs.device), p, steps=steps, restarts=restarts,
-                       targeted_decision=cert.predicted[rows].to(xs.device),
-                       input_range=getattr(model, "input_range", None), generator=generator)
-    flips = decision_flips(model, xs, x_adv)
-    # also flips against the decision the certificate was about (should be the same)
-    flips = flips | (decisions(model, x_adv).cpu() != cert.predicted[rows].cpu()).to(flips.device)
+    max_ratio = 0.0
+    for attacked, grows, promised in _attack_groups(model, cert, rows):
+        xs = x[grows]
+        eps = radius[grows].double().cpu() * (1.0 - ATTACK_SHRINK)
+        x_adv = pgd_attack(attacked, xs, eps.to(xs.device), p, steps=steps, restarts=restarts,
+                           targeted_decision=promised.to(xs.device),
+                           input_range=getattr(model, "input_range", None), generator=generator)
+        flips = decision_flips(attacked, xs, x_adv)
+        # also flips against the decision the certificate was about (should be the same)
+        flips = flips | (decisions(attacked, x_adv).cpu() != promised).to(flips.device)
+        out["flips"] += int(flips.sum())
+        out["flipped_rows"] = (out["flipped_rows"] + grows[flips.cpu()].tolist())[:20]
+        if model64 is not None and bool(flips.any()):
+            attacked64 = model64 if attacked is model else _ClassScore(model64, attacked.k)
+            out["flips_float64"] += int(decision_flips(attacked64, xs[flips].double(), x_adv[flips].double()).sum())
+        norms = (x_adv.double() - xs.double()).reshape(len(grows), -1).norm(p=p, dim=1).cpu()
+        max_ratio = max(max_ratio, float((norms / radius[grows].double().cpu()).max()))
     out["seconds"] = time.perf_counter() - t0
-    out["flips"] = int(flips.sum())
-    out["flipped_rows"] = rows[flips.cpu()].tolist()[:20]
-    if model64 is not None and out["flips"]:
-        out["flips_float64"] = int(decision_flips(model64, xs[flips].double(), x_adv[flips].double()).sum())
-    norms = (x_adv.double() - xs.double()).reshape(len(rows), -1).norm(p=p, dim=1).cpu()
-    out["max_norm_over_radius"] = float((norms / radius[rows].double().cpu()).max())
+    out["max_norm_over_radius"] = max_ratio
     return out
 
 

@@ -122,6 +122,9 @@ def family_model_settings(kind: str, task: Task, data: TaskData) -> dict[str, An
     if kind == "linf-dist":
         from asymcert.models.linf_dist_net import task_model_settings
         return task_model_settings(task.binary, data.num_classes)
+    if kind == "one-vs-rest-convex":
+        from asymcert.models.one_vs_rest import task_model_settings as ovr_settings
+        return ovr_settings(data.num_classes)
     return {}
 
 
@@ -134,6 +137,9 @@ def family_train_defaults(kind: str, task: Task) -> dict[str, Any]:
         if task.binary and linf_radii:  # certify at the task's largest ℓ∞ report radius
             out["extra"] = {**out.get("extra", {}), "eps_eval": max(linf_radii), "eps_train": 2.5 * max(linf_radii)}
         return out
+    if kind == "one-vs-rest-convex":
+        from asymcert.train.one_vs_rest import ONE_VS_REST_TRAIN_DEFAULTS
+        return dict(ONE_VS_REST_TRAIN_DEFAULTS)
     return dict(task.train)
 
 

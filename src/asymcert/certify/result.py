@@ -17,7 +17,9 @@ class Certificate:
             sensitive, 0 = other. Multiclass models: the predicted class id.
         radii: ℓp norm (``1.0``, ``2.0``, ``math.inf``, any p ≥ 1) → (N,) float64 certified radius
             in raw input units. Within an open ball of that radius around the input the decision
-            cannot change. 0 where no certificate is given (binary: every input not flagged).
+            cannot change (one-vs-rest models, marked by ``extra["predicted_flagged"]``: the
+            predicted class stays flagged, the argmax may change). 0 where no certificate is given
+            (binary: every input not flagged).
         method: name of the certifier that produced it.
         deterministic: True for closed-form guarantees; False for ones holding with
             probability ``1 - alpha`` (randomized smoothing).

@@ -4,3 +4,4 @@ Each family adds ONE import line here (keep them sorted).
 """
 import asymcert.models.baselines  # noqa: F401
 import asymcert.models.linf_dist_net  # noqa: F401
+import asymcert.models.one_vs_rest  # noqa: F401

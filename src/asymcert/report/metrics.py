@@ -17,12 +17,16 @@ def certified_accuracy(cert: Certificate, labels: torch.Tensor, p: float, radii:
 
     Binary sensitive-class models (the asymmetric setting): the share of *sensitive-class* inputs
     flagged sensitive with a certified radius ≥ r. Multiclass models: the share of all inputs
-    classified correctly with radius ≥ r. Abstentions count as failures.
+    classified correctly with radius ≥ r; for one-vs-rest certificates (``extra["predicted_flagged"]``)
+    the correct class must also be flagged, its radius being how far it provably stays flagged.
+    Abstentions count as failures.
     """
     labels = labels.cpu()
     correct = cert.predicted.cpu() == labels
     if cert.abstained is not None:
         correct &= ~cert.abstained.cpu()
+    if "predicted_flagged" in cert.extra:  # one-vs-rest: the (true = predicted) class must also be flagged
+        correct &= cert.extra["predicted_flagged"].cpu().bool()
     rad = cert.radius(p).cpu()
     pool = labels == 1 if cert.binary else torch.ones_like(labels, dtype=torch.bool)
     n = max(1, int(pool.sum()))

@@ -12,6 +12,10 @@ from asymcert.certify.result import norm_label, normalize_norm
 from asymcert.checkpoint import atomic_write
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 
+ONE_VS_REST_NOTE = ("Certified accuracy: share of test inputs predicted correctly (argmax of the K one-vs-rest "
+                    "scores) whose true class is flagged (s_k > 0) and provably stays flagged within radius r "
+                    "(raw input units). This certifies the class-k flag, NOT that the argmax stays k: other "
+                    "classes may also become flagged inside the radius.")
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 
@@ -28,6 +32,12 @@ def summarize(cert, labels: torch.Tensor, report_radii: dict[str, list[float]]) 
     if cert.binary:
         out["n_sensitive"] = int((labels == 1).sum())
         out["sensitive_flagged_correctly"] = float(((cert.predicted == 1) & (labels == 1)).sum()) / max(1, out["n_sensitive"])
+    if "flags" in cert.extra:  # one-vs-rest: how many classes flag each input, and is the true one among them
+        flags = cert.extra["flags"].bool()
+        count = flags.sum(dim=1)
+        out["flags"] = {"none": float((count == 0).double().mean()), "one": float((count == 1).double().mean()),
+                        "several": float((count > 1).double().mean()),
+                        "true_class": float(flags.gather(1, labels.long()[:, None]).double().mean())}
     for p in cert.radii:
         name = norm_label(p)
         radii = report_radii.get(name, [])
@@ -86,6 +96,7 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
         lines.append(f"- training: {results['training_seconds'] / 60:.1f} min, best validation epoch {results.get('best_epoch')}")
     lines += ["", "Certified accuracy: share of sensitive-class test inputs flagged sensitive with a certified "
               "radius ≥ r (radii in raw input units)." if "n_sensitive" in results else
+              ONE_VS_REST_NOTE if results["method"] == "one-vs-rest-convex" else
               "Certified accuracy: share of test inputs classified correctly with a certified radius ≥ r.", ""]
     for name, table in results["certified_accuracy"].items():
         if not table:
