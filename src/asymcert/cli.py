@@ -211,6 +211,37 @@ def compare(task, out, methods, preset, n_smoothing, limit, paper_scale, data_di
 
 
 @main.command()
+@click.argument("task")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for capacity.json/.md/.png.")
+@click.option("--recipes", default=None,
+              help="Comma-separated recipe names, 'all' or 'none' (bound only); default icnn-paper,icnn-wide.")
+@click.option("--limit", type=int, help="Separability for a random subset of N sensitive inputs (seeded).")
+@click.option("--epochs", type=int, help="Override every recipe's epochs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Subset and training seed.")
+@click.option("--reverse", is_flag=True, help="Test the other class against the sensitive class's hull.")
+@click.option("--fw-iterations", type=int, default=100, show_default=True,
+              help="Frank–Wolfe steps before LPs (0: every input not settled by the two cheap hyperplanes gets an LP).")
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True)
+def capacity(task, out, recipes, limit, epochs, seed, reverse, fw_iterations, data_dir, device, quiet) -> None:
+    """Separability bound on TASK's training accuracy and how close trained convex recipes get."""
+    from asymcert.research.capacity import capacity_report
+    rep = capacity_report(task, out, recipes=recipes, limit=limit, seed=seed, epochs=epochs, reverse=reverse,
+                          frank_wolfe_iterations=fw_iterations, data_dir=data_dir, device=device, progress=False,
+                          log=None if quiet else click.echo,
+                          command=" ".join(["asymcert capacity", task, "--out", str(out)] + [
+                              f"--{k.replace('_', '-')} {v}" for k, v in (("recipes", recipes), ("limit", limit),
+                              ("epochs", epochs), ("data_dir", data_dir)) if v is not None]
+                              + (["--reverse"] if reverse else []) + ([f"--seed {seed}"] if seed else [])
+                              + ([f"--fw-iterations {fw_iterations}"] if fw_iterations != 100 else [])))
+    sep = rep["separability"]
+    click.echo(f"separability bound {100 * sep['bound']:.2f}% ({sep['outside']}/{sep['checked']} outside)"
+               + "".join(f"; {r['recipe']} {100 * r['train_accuracy']:.2f}%" for r in rep["recipes"])
+               + f"; report: {Path(out) / 'capacity.md'}")
+
+
+@main.command()
 def tasks() -> None:
     """List the built-in tasks."""
     from asymcert.data import get_task, task_names
