@@ -51,3 +51,11 @@ def test_validate_refuses_negative_weights():
 def test_icnn_shapes(widths, d):
     net = ICNN((d,), tuple(widths)).eval()
     assert net(torch.randn(7, d)).shape == (7,)
+
+
+def test_unknown_convex_net_settings_are_named():
+    import pytest
+    from asymcert.errors import UnknownNameError
+    from asymcert.nn.convex import build_convex_net
+    with pytest.raises(UnknownNameError, match="channels"):
+        build_convex_net({"kind": "icnn", "widths": [4], "channels": 4}, (1, 6, 6))

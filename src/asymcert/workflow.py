@@ -55,10 +55,13 @@ def preset_overrides(task: Task, preset: str | None) -> dict[str, Any]:
 
 
 def _merge(base: dict[str, Any], *overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Deep-merge config dicts; a dict naming another ``kind`` replaces the old one instead of merging."""
     out = dict(base)
     for o in overrides:
         for k, v in (o or {}).items():
-            out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+            nested = isinstance(v, dict) and isinstance(out.get(k), dict)
+            same_kind = nested and v.get("kind", out[k].get("kind")) == out[k].get("kind")
+            out[k] = _merge(out[k], v) if nested and same_kind else v
     return out
 
 

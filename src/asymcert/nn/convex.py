@@ -8,6 +8,7 @@ activation (ReLU) is convex and nondecreasing. Constrained modules expose ``cons
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Iterator
 
 import torch
@@ -209,4 +210,9 @@ def build_convex_net(config: dict[str, Any], in_shape: tuple[int, ...]) -> nn.Mo
     kind = config.pop("kind", None)
     if kind not in CONVEX_NETS:
         raise UnknownNameError(f"unknown convex network {kind!r}; known: {', '.join(sorted(CONVEX_NETS))}")
-    return CONVEX_NETS[kind](tuple(in_shape), **config)
+    cls = CONVEX_NETS[kind]
+    accepted = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "in_shape")]
+    unknown = sorted(set(config) - set(accepted))
+    if unknown:
+        raise UnknownNameError(f"unknown setting(s) {unknown} for convex network {kind!r}; accepted: {accepted}")
+    return cls(tuple(in_shape), **config)
