@@ -93,3 +93,12 @@ def test_linf_dist_family_on_a_binary_task_keeps_the_binary_contract(fashion_dir
     assert cert.binary and cert.sensitive.shape == (3,)
     run = json.loads((out / "run.json").read_text())
     assert run["train"]["optimizer"] == "adam" and run["model"]["binary"] is True
+
+
+def test_model_set_with_another_convex_kind_replaces_the_config(fashion_dir, tmp_path):
+    """--model-set convex={...another kind...} replaces the task's convex config instead of merging it."""
+    from asymcert.workflow import _merge
+    base = {"convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2}, "input_shape": [1]}
+    merged = _merge(base, {"convex": {"kind": "icnn", "widths": [8]}})
+    assert merged["convex"] == {"kind": "icnn", "widths": [8]}
+    assert _merge(base, {"convex": {"channels": 8}})["convex"]["stem_kernel"] == 5  # same kind: merged
