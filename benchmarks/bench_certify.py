@@ -15,18 +15,14 @@ not depend on the weights). Writes benchmarks/results/certify.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import time
-from pathlib import Path
 
 import torch
 
 import asymcert
 from asymcert.certify.functional import dual_norm
 from asymcert.models import build_model
-from machine import machine  # benchmarks/machine.py
+from common import best_of, machine, write_results  # benchmarks/common.py
 
 ARCHS = {
     "convex-conv (Fashion-MNIST, authors')": {"kind": "feature-convex", "input_shape": [1, 28, 28],
@@ -49,16 +45,6 @@ def per_input_reference(model, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-def timed(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", help="run folder whose model replaces the random conv net")
@@ -74,21 +60,17 @@ def main() -> None:
         model = asymcert.load(args.run) if (args.run and "conv" in name) else build_model(cfg).eval()
         x = torch.rand(args.n, *model.input_shape)
         row = {}
-        ref_t = timed(lambda: per_input_reference(model, x[:args.n_ref]), repeats=1) / args.n_ref
+        ref_t = best_of(lambda: per_input_reference(model, x[:args.n_ref]), repeats=1) / args.n_ref
         row["per_input_reference_s"] = ref_t
         for precision in ("auto", "float64", "model"):
-            t = timed(lambda: asymcert.certify(model, x, norms=NORMS, precision=precision)) / args.n
+            t = best_of(lambda: asymcert.certify(model, x, norms=NORMS, precision=precision)) / args.n
             row[f"batched_{precision}_s"] = t
             row[f"speedup_{precision}"] = ref_t / t
         results["models"][name] = row
         print(f"{name}: per-input {1e3 * ref_t:.3f} ms; " + "; ".join(
             f"{prec} {1e3 * row[f'batched_{prec}_s']:.4f} ms ({row[f'speedup_{prec}']:.1f}x)"
             for prec in ("auto", "float64", "model")))
-    results["load_average_after"] = os.getloadavg()
-    out = Path(__file__).parent / "results" / "certify.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {out}")
+    write_results("certify", results)
 
 
 if __name__ == "__main__":

@@ -14,33 +14,19 @@ Writes benchmarks/results/smoothing_ratio.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import time
-from pathlib import Path
 
 import torch
 
 import asymcert
 from asymcert.compare import SMALL_CNN, SMOOTHING_MLP
 from asymcert.models import build_model
-from machine import machine  # benchmarks/machine.py
+from common import best_of, machine, write_results  # benchmarks/common.py
 
 CONVEX = {"kind": "feature-convex", "input_shape": [1, 28, 28], "input_range": [0.0, 1.0],
           "feature_map": [{"kind": "shift"}], "convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5,
                                                          "blocks": 2}}
 NORMS = (1.0, 2.0, math.inf)
-
-
-def best_of(fn, repeats: int) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up call."""
-    fn()
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:
@@ -68,10 +54,7 @@ def main() -> None:
                     1) / args.n_smooth
         out["smoothing"][name] = {"s_per_input": t, "ratio": t / t_convex}
         print(f"smoothing, {name}: {1e3 * t:.1f} ms per input = {t / t_convex:.0f}x the feature-convex time")
-    out["machine_after"] = machine()["load_average"]
-    path = Path(__file__).parent / "results" / "smoothing_ratio.json"
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    write_results("smoothing_ratio", out)
 
 
 if __name__ == "__main__":

@@ -17,15 +17,11 @@ Writes benchmarks/results/train.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from machine import machine  # benchmarks/machine.py
 
 import asymcert
 from asymcert.compare import method_specs
@@ -36,6 +32,7 @@ from asymcert.train import TrainConfig
 from asymcert.train.loop import make_optimizer
 from asymcert.train.recipes import recipe_for
 from asymcert.train.regularizers import jacobian_penalty
+from common import machine, write_results  # benchmarks/common.py
 
 FASHION_CONV = {"kind": "feature-convex", "input_shape": [1, 28, 28], "feature_map": [{"kind": "shift"}],
                 "convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2}}
@@ -151,10 +148,7 @@ def main() -> None:
         out["families"][label] = row
         print(f"{label}: train {row['train_samples_per_s']:.0f} samples/s, "
               f"certify {row['certify_inputs_per_s']:.1f} inputs/s ({row['certifier']})")
-    out["machine_after"] = machine()["load_average"]
-    path = Path(__file__).parent / "results" / "train.json"
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    write_results("train", out)
 
 
 if __name__ == "__main__":
