@@ -9,7 +9,8 @@ float64), "float64" (PyTorch recomputation in float64), "model" (the model's dty
     python benchmarks/bench_certify.py [--run runs/fashion-mnist-shirts] [--n 2000] [--n-ref 200] [--threads T]
 
 Without --run, randomly initialised models of the paper architectures are used (throughput does
-not depend on the weights). Writes benchmarks/results/certify.json.
+not depend on the weights). Writes benchmarks/results/certify.json (certify_<T>thread.json with
+--threads T).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main() -> None:
         print(f"{name}: per-input {1e3 * ref_t:.3f} ms; " + "; ".join(
             f"{prec} {1e3 * row[f'batched_{prec}_s']:.4f} ms ({row[f'speedup_{prec}']:.1f}x)"
             for prec in ("auto", "float64", "model")))
-    write_results("certify", results)
+    write_results("certify" if not args.threads else f"certify_{args.threads}thread", results)
 
 
 if __name__ == "__main__":
