@@ -210,6 +210,40 @@ def compare(task, out, methods, preset, n_smoothing, limit, paper_scale, data_di
                      paper_scale=paper_scale, data_dir=data_dir, progress=not quiet, echo=click.echo)
 
 
+@main.group()
+def sweep() -> None:
+    """Sweeps over many models: every class pair of a task, or regulariser strength × feature map."""
+
+
+@sweep.command(name="pairs")
+@click.argument("task")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Sweep folder (re-runs skip finished pairs).")
+@click.option("--classes", help="Comma-separated class ids to pair, e.g. 0,3,6 (default: all 10).")
+@click.option("--epochs", type=int, help="Training epochs per pair (default 5).")
+@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes, one torch thread each.")
+@click.option("--limit", type=int, help="Certify only the first N test inputs of each pair.")
+@click.option("--data-dir", type=click.Path(file_okay=False))
+def sweep_pairs_cmd(task, out, classes, epochs, workers, limit, data_dir) -> None:
+    """Train and certify a model for every ordered class pair of TASK; heatmaps and asymmetry report."""
+    from asymcert.research.sweep_pairs import pairs_cli_main
+    pairs_cli_main(task, out, classes, epochs, workers, limit, data_dir, echo=click.echo)
+
+
+@sweep.command(name="reg")
+@click.argument("task")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Sweep folder (re-runs skip finished runs).")
+@click.option("--lambdas", default="0,1e-3,1e-2,1e-1", show_default=True, help="Jacobian-regulariser strengths λ.")
+@click.option("--feature-maps", default="shift,concat-abs", show_default=True, help="Feature maps φ to compare.")
+@click.option("--epochs", type=int, help="Training epochs per grid point (default 6).")
+@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes, one torch thread each.")
+@click.option("--limit", type=int, help="Certify only the first N test inputs (default 1000).")
+@click.option("--data-dir", type=click.Path(file_okay=False))
+def sweep_reg_cmd(task, out, lambdas, feature_maps, epochs, workers, limit, data_dir) -> None:
+    """Grid over Jacobian-regulariser λ × feature map on TASK; Pareto plot of clean vs certified accuracy."""
+    from asymcert.research.sweep_reg import reg_cli_main
+    reg_cli_main(task, out, lambdas, feature_maps, epochs, workers, limit, data_dir, echo=click.echo)
+
+
 @main.command()
 @click.argument("task")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for capacity.json/.md/.png.")

@@ -1,0 +1,364 @@
+"""Class-pair sweep: a feature-convex classifier for every ordered pair (sensitive a, other b) of a
+10-class task, certified on the pair's test inputs, with heatmaps of clean accuracy, of the median
+certified radius per norm and of the asymmetry radius(a, b) − radius(b, a).
+
+``sweep_pairs("fashion-mnist", out)`` writes::
+
+    out/pairs/<a>-<b>/          per pair: model.safetensors (``asymcert.load``), history.json,
+                                certificates.safetensors and sweep_result.json (written last;
+                                a re-run skips every pair that has it)
+    out/results.json            settings, per-pair results, the k×k matrices, the asymmetry ranking
+    out/sweep.md                the report (settings, timing, tables, plots)
+    out/heatmap_*.png           clean accuracy, median radius per norm, asymmetry per norm
+
+Data: the 10-class task is loaded ONCE (its own train / validation / test splits); each pair keeps
+its two classes of every split with :func:`asymcert.data.tasks.binary_subset` (sensitive = 1), so
+the balance shift b is fitted on the pair's validation inputs and never on test inputs.
+
+Default (sized for a 2-core CPU shared with other jobs: 90 pairs within an hour with 2 workers): the authors' MNIST
+architecture, an ICNN MLP 200-50 with input pass-throughs on φ(x) = x − μ, and the authors'
+recipe (SGD lr 1e-3, momentum 0.9, decay 0.99 per epoch, batch 64, Jacobian regulariser
+λ = 0.01, best-validation checkpoint) for 5 epochs instead of 60.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from asymcert.certify import certify
+from asymcert.certify.result import norm_label
+from asymcert.data.tasks import Dataset, TaskData, binary_subset, get_task
+from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, machine_note, workers_text, plot_heatmap, pretty_norm,
+                                      run_jobs, split_finished, shared, write_json)
+
+PAIR_MODEL = {"kind": "feature-convex", "feature_map": [{"kind": "shift"}],
+              "convex": {"kind": "icnn", "widths": [200, 50]}}
+PAIR_TRAIN = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "optimizer": "sgd", "momentum": 0.9, "lr_decay": 0.99,
+              "jacobian_reg": 0.01, "seed": 0, "device": "cpu"}
+NORMS = (1.0, 2.0, math.inf)
+RESULTS_JSON, REPORT_MD = "results.json", "sweep.md"
+
+
+def pair_report_radii(task_name: str) -> dict[str, list[float]]:
+    """Radii at which each pair's certified accuracy is tabulated: those of the task's binary counterpart.
+
+    MNIST / Fashion-MNIST pairs use the radii of ``mnist-38`` / ``fashion-mnist-shirts``, CIFAR-10
+    pairs those of ``cifar10-catsdogs``; any other task its own report radii.
+    """
+    counterpart = {"mnist": "mnist-38", "fashion-mnist": "fashion-mnist-shirts", "cifar10": "cifar10-catsdogs"}
+    task = get_task(counterpart.get(task_name, task_name))
+    return {norm_label(p): list(r) for p, r in task.report_radii.items()}
+
+
+def pair_data(data: TaskData, sensitive: int, other: int) -> TaskData:
+    """The binary task (sensitive 1 / other 0) of two classes of a multiclass task, every split kept.
+
+    Args:
+        data: the multiclass task data (labels are class ids).
+        sensitive, other: class ids.
+    Returns:
+        TaskData with ``class_names = (other name, sensitive name)``.
+    """
+    names = (data.class_names[other], data.class_names[sensitive])
+    return TaskData(binary_subset(data.train, sensitive, other), binary_subset(data.val, sensitive, other),
+                    binary_subset(data.test, sensitive, other), class_names=names)
+
+
+def _keep_classes(data: TaskData, classes: Sequence[int]) -> TaskData:
+    """Only the inputs of ``classes`` (labels unchanged): less to hand to every worker."""
+    def keep(d: Dataset) -> Dataset:
+        mask = torch.zeros_like(d.y, dtype=torch.bool)
+        for c in classes:
+            mask |= d.y == c
+        return d.subset(mask)
+    return TaskData(keep(data.train), keep(data.val), keep(data.test), data.class_names, dict(data.meta))
+
+
+def pair_dir(out: Path, sensitive: int, other: int) -> Path:
+    """The folder of one ordered pair."""
+    return out / "pairs" / f"{sensitive}-{other}"
+
+
+def _pair_job(job: tuple[int, int]) -> dict[str, Any]:
+    """Train, certify and summarise one ordered pair (runs in a worker; data from :func:`shared`)."""
+    from asymcert.models import build_model
+    from asymcert.report.writer import summarize
+    from asymcert.train import TrainConfig, fit
+    from asymcert.train.loop import STATE_FILE
+    from asymcert.workflow import CERT_FILE, save_certificates, task_input_range
+
+    a, b = job
+    s = shared()
+    settings = s["settings"]
+    job_dir = pair_dir(Path(s["out"]), a, b)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    data = pair_data(s["data"], a, b)
+    clock = Clock()
+    config = TrainConfig.from_dict(settings["train"])
+    torch.manual_seed(config.seed)
+    model = build_model({**settings["model"], "input_shape": list(data.input_shape),
+                         "input_range": task_input_range(data)})
+    fitted = fit(model, data, config, job_dir, augment=get_task(settings["task"]).augment, progress=False,
+                 log=lambda msg: None, meta={"sweep": "pairs", "sensitive": a, "other": b})
+    limit = settings["limit"]
+    x, y = data.test.x[:limit], data.test.y[:limit]
+    cert = certify(model, x, norms=NORMS)
+    save_certificates(job_dir / CERT_FILE, cert, y)
+    result = {"settings": settings, "sensitive": a, "other": b, "sensitive_name": data.class_names[1],
+              "other_name": data.class_names[0],
+              "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+              "training_seconds": fitted["seconds"], "best_epoch": fitted["best"]["epoch"],
+              "val_balanced_accuracy": fitted["best"]["metric"], "balance": float(model.balance),
+              "job_seconds": clock.seconds(), **summarize(cert, y, settings["report_radii"])}
+    write_json(job_dir / RESULT_FILE, result)
+    (job_dir / STATE_FILE).unlink(missing_ok=True)  # finished: the resumable state is no longer needed
+    return result
+
+
+def check_task(task_name: str) -> None:
+    """Raise :class:`SweepError` unless ``task_name`` is a registered 10-class task."""
+    task = get_task(task_name)  # UnknownNameError lists the known tasks
+    if task.binary:
+        raise SweepError(f"sweep pairs needs a 10-class task (e.g. fashion-mnist, mnist, cifar10); "
+                         f"{task_name!r} is a binary task")
+
+
+def sweep_pairs(task_name: str, out_dir: str | Path, classes: Sequence[int] | None = None, epochs: int | None = None,
+                workers: int = 2, limit: int | None = None, data_dir: str | Path | None = None,
+                train_overrides: dict[str, Any] | None = None, model: dict[str, Any] | None = None,
+                log: Callable[[str], None] | None = None, data: TaskData | None = None) -> dict[str, Any]:
+    """Train and certify a feature-convex classifier for every ordered pair of ``classes``; write the report.
+
+    Args:
+        task_name: a registered 10-class task (``fashion-mnist``, ``mnist``, ``cifar10``).
+        out_dir: the sweep folder; pairs finished there before (same settings) are skipped.
+        classes: class ids to pair (default: all 10 → 90 ordered pairs).
+        epochs: training epochs per pair (default 5).
+        workers: worker processes (spawn pool, one torch thread each); ≤ 1 runs in this process.
+        limit: certify only the first ``limit`` test inputs of each pair (default: all).
+        data_dir: folder holding the task's data files.
+        train_overrides: training settings merged over the default (keys of ``TrainConfig``).
+        model: a feature-convex model config replacing the default ICNN 200-50 (without input shape).
+        log: receives one line per finished pair.
+        data: the task's data when already loaded.
+    Returns:
+        The content of ``results.json``.
+    Raises:
+        SweepError: the task is not a 10-class task, or a class is unknown / has no inputs in a split.
+    """
+    log = log or (lambda msg: None)
+    check_task(task_name)
+    task = get_task(task_name)
+    data = data or task.load(Path(data_dir) if data_dir else None)
+    if data.num_classes != 10:
+        raise SweepError(f"sweep pairs needs a 10-class task; {task_name!r} has {data.num_classes} classes")
+    classes = list(range(data.num_classes)) if classes is None else [int(c) for c in classes]
+    if len(classes) < 2:
+        raise SweepError("sweep pairs needs at least two classes")
+    for c in classes:
+        if not 0 <= c < data.num_classes:
+            raise SweepError(f"class {c} does not exist; {task_name} has classes 0–{data.num_classes - 1}")
+        for split in ("train", "val", "test"):
+            if not bool((getattr(data, split).y == c).any()):
+                raise SweepError(f"class {c} ({data.class_names[c]}) has no {split} inputs in this data")
+    if epochs is not None and epochs < 1:
+        raise SweepError(f"--epochs must be ≥ 1, got {epochs}")
+    train = {**PAIR_TRAIN, **(train_overrides or {}), **({"epochs": int(epochs)} if epochs is not None else {})}
+    settings = {"task": task_name, "model": dict(model or PAIR_MODEL), "train": train, "limit": limit,
+                "norms": [norm_label(p) for p in NORMS], "report_radii": pair_report_radii(task_name)}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = Clock()
+    machine_start = machine_note()
+    jobs = list(itertools.permutations(classes, 2))
+    results, todo = split_finished(jobs, lambda job: pair_dir(out, *job), settings)
+    log(f"{len(jobs)} ordered pairs: {len(results)} finished before, {len(todo)} to train "
+        f"({train['epochs']} epochs each, {max(1, workers)} worker(s))")
+    count = [len(results)]
+
+    def on_done(job: tuple[int, int], result: dict[str, Any] | None, error: str | None) -> None:
+        count[0] += 1
+        head = f"[{count[0]}/{len(jobs)}] {job[0]} vs {job[1]}"
+        if error:
+            log(f"{head}: FAILED: {error}")
+        else:
+            log(f"{head}: clean {100 * result['clean_accuracy']:.1f}%, median radius "
+                + ", ".join(f"{pretty_norm(n)} {result['median_radius'][n]:.3g}" for n in settings["norms"])
+                + f" ({result['job_seconds']:.0f} s)")
+
+    shared_data = {"data": _keep_classes(data, classes), "settings": settings, "out": str(out)}
+    new, errors = run_jobs(todo, _pair_job, shared_data, workers=workers, on_done=on_done)
+    results.update(new)
+    summary = aggregate(results, classes, data.class_names, settings)
+    summary.update(wall_seconds=clock.seconds(), trained_now=len(new), reused=len(jobs) - len(todo),
+                   workers=max(1, workers), machine_start=machine_start, machine_end=machine_note(),
+                   failed={f"{a}-{b}": e for (a, b), e in errors.items()}, task_description=task.description)
+    summary["plots"] = write_plots(out, summary)
+    write_json(out / RESULTS_JSON, summary)
+    (out / REPORT_MD).write_text(render_markdown(summary))
+    if errors:
+        raise SweepError(f"{len(errors)} of {len(jobs)} pairs failed (report written without them): "
+                         + "; ".join(f"{a}-{b}: {e}" for (a, b), e in list(errors.items())[:3]))
+    return summary
+
+
+def aggregate(results: dict[tuple[int, int], dict[str, Any]], classes: Sequence[int], class_names: Sequence[str],
+              settings: dict[str, Any], top: int = 10) -> dict[str, Any]:
+    """The k×k matrices (row: sensitive a, column: other b; None on the diagonal and for missing pairs)
+    and the unordered pairs ranked by |median radius(a, b) − median radius(b, a)| per norm.
+
+    Args:
+        results: per ordered pair (a, b), its ``sweep_result.json`` content.
+        classes: the class ids, in matrix order.
+        class_names: names of every class id of the task.
+        settings: the sweep settings (norms, report radii...).
+        top: how many of the most asymmetric pairs to keep per norm.
+    """
+    norms = settings["norms"]
+
+    def matrix(get: Callable[[dict[str, Any]], float]) -> list[list[float | None]]:
+        return [[None if a == b or (a, b) not in results else float(get(results[(a, b)])) for b in classes]
+                for a in classes]
+
+    clean = matrix(lambda r: r["clean_accuracy"])
+    flagged = matrix(lambda r: r["sensitive_flagged_correctly"])
+    median = {n: matrix(lambda r, n=n: r["median_radius"][n]) for n in norms}
+    asym: dict[str, list[list[float | None]]] = {}
+    ranking: dict[str, list[dict[str, Any]]] = {}
+    for n in norms:
+        m = median[n]
+        asym[n] = [[None if m[i][j] is None or m[j][i] is None else m[i][j] - m[j][i] for j in range(len(classes))]
+                   for i in range(len(classes))]
+        rows = []
+        for i, j in itertools.combinations(range(len(classes)), 2):
+            if asym[n][i][j] is None:
+                continue
+            hi_i, lo_i = (i, j) if m[i][j] >= m[j][i] else (j, i)  # report the larger direction first
+            a, b = classes[hi_i], classes[lo_i]
+            r_ab, r_ba = m[hi_i][lo_i], m[lo_i][hi_i]
+            rows.append({"a": a, "b": b, "a_name": class_names[a], "b_name": class_names[b],
+                         "radius_ab": r_ab, "radius_ba": r_ba, "difference": r_ab - r_ba,
+                         "ratio": (r_ab / r_ba) if r_ba > 0 else None,
+                         "clean_ab": clean[hi_i][lo_i], "clean_ba": clean[lo_i][hi_i]})
+        rows.sort(key=lambda row: -row["difference"])
+        ranking[n] = rows[:top]
+    return {"task": settings["task"], "settings": settings, "classes": list(classes),
+            "class_names": [class_names[c] for c in classes],
+            "pairs": {f"{a}-{b}": {k: v for k, v in r.items() if k != "settings"} for (a, b), r in sorted(results.items())},
+            "matrices": {"clean_accuracy": clean, "sensitive_flagged_correctly": flagged, "median_radius": median,
+                         "asymmetry": asym},
+            "most_asymmetric": ranking}
+
+
+def write_plots(out: Path, summary: dict[str, Any]) -> dict[str, str]:
+    """The heatmap PNGs of a pair sweep; returns {what: file name}."""
+    names = summary["class_names"]
+    mats = summary["matrices"]
+    plots = {"clean_accuracy": plot_heatmap(
+        [[None if v is None else 100 * v for v in row] for row in mats["clean_accuracy"]], names,
+        out / "heatmap_clean_accuracy.png", "Clean accuracy (%) of the pair's test inputs", "{:.1f}",
+        colorbar_label="%").name}
+    for n, m in mats["median_radius"].items():
+        plots[f"median_radius_{n}"] = plot_heatmap(
+            m, names, out / f"heatmap_median_radius_{n}.png",
+            f"Median certified {pretty_norm(n)} radius, correctly flagged sensitive inputs", "{:.3g}",
+            colorbar_label=f"{pretty_norm(n)} radius (raw pixel units)").name
+    for n, m in mats["asymmetry"].items():
+        plots[f"asymmetry_{n}"] = plot_heatmap(
+            m, names, out / f"heatmap_asymmetry_{n}.png",
+            f"Asymmetry: median {pretty_norm(n)} radius(a, b) − radius(b, a)", "{:+.2g}", cmap="RdBu_r",
+            center_zero=True, colorbar_label=f"{pretty_norm(n)} radius difference").name
+    return plots
+
+
+def _table(matrix: list[list[float | None]], names: Sequence[str], fmt: Callable[[float], str]) -> list[str]:
+    lines = ["| sensitive a \\ other b | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for name, row in zip(names, matrix):
+        lines.append(f"| **{name}** | " + " | ".join("—" if v is None else fmt(v) for v in row) + " |")
+    return lines
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """The pair sweep report as Markdown."""
+    s = summary["settings"]
+    t = s["train"]
+    names = summary["class_names"]
+    n_pairs = len(summary["pairs"])
+    convex = s["model"]["convex"]
+    arch = (f"ICNN MLP {'-'.join(str(w) for w in convex['widths'])} (input pass-through at every layer)"
+            if convex.get("kind") == "icnn" else f"`{convex}`")
+    load0, load1 = summary["machine_start"]["load_average"], summary["machine_end"]["load_average"]
+    lines = [f"# Class-pair sweep: {summary['task_description']}", "",
+             f"Every ordered pair (sensitive a, other b) of {len(names)} classes: {n_pairs} feature-convex "
+             "classifiers, each certified on its own test inputs.", "",
+             "## Settings", "",
+             f"- model: φ = {' then '.join(f['kind'] for f in s['model']['feature_map'])}, g = {arch}",
+             f"- training: {t['epochs']} epoch{'s' if t['epochs'] != 1 else ''}, {t['optimizer'].upper()} lr {t['lr']:g}"
+             + (f", momentum {t['momentum']:g}" if t['optimizer'] == 'sgd' else "")
+             + f", decay {t['lr_decay']:g}/epoch, batch {t['batch_size']}, Jacobian regulariser λ = {t['jacobian_reg']:g}, "
+               "best-validation checkpoint, the task's training augmentation, seed "
+             + f"{t['seed']}",
+             "- data: the task's own train / validation / test splits, two classes kept per pair; the balance shift b "
+             "is fitted on the pair's validation inputs (never on test inputs)",
+             "- evaluation: " + ("every test input of the pair" if s["limit"] is None else f"the first {s['limit']} test inputs of the pair")
+             + "; median radius = median certified radius among the sensitive-class test inputs flagged sensitive "
+               "(raw pixel units)",
+             f"- run: {workers_text(summary['workers'])}; wall time of this "
+             f"invocation {summary['wall_seconds'] / 60:.1f} min, {summary['trained_now']} pair(s) trained now, "
+             f"{summary['reused']} reused from an earlier invocation",
+             f"- machine: {summary['machine_start']['cpu_count']} CPUs, load average (1, 5, 15 min) {load0} at the start "
+             f"and {load1} at the end", ""]
+    if summary["failed"]:
+        lines += ["**Failed pairs** (not in the tables): " + "; ".join(f"{k}: {v}" for k, v in summary["failed"].items()), ""]
+    mats = summary["matrices"]
+    lines += ["## Clean accuracy (%)", ""] + _table(
+        [[None if v is None else 100 * v for v in row] for row in mats["clean_accuracy"]], names,
+        lambda v: f"{v:.1f}") + ["", f"![clean accuracy]({summary['plots']['clean_accuracy']})", ""]
+    for n in s["norms"]:
+        lines += [f"## Median certified {pretty_norm(n)} radius", ""] + _table(mats["median_radius"][n], names,
+                                                                                 lambda v: f"{v:.3g}")
+        lines += ["", f"![median {n}]({summary['plots'][f'median_radius_{n}']})", ""]
+    lines += ["## Most asymmetric pairs", "",
+              "radius(a, b): median certified radius of the model that flags a against b (on flagged a inputs); "
+              "radius(b, a) the same with the roles swapped. Ranked by the difference.", ""]
+    for n in s["norms"]:
+        lines += [f"### {pretty_norm(n)}", "",
+                  "| a | b | radius(a, b) | radius(b, a) | difference | ratio | clean (a, b) | clean (b, a) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in summary["most_asymmetric"][n]:
+            ratio = "∞" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+            lines.append(f"| {r['a_name']} ({r['a']}) | {r['b_name']} ({r['b']}) | {r['radius_ab']:.3g} | "
+                         f"{r['radius_ba']:.3g} | {r['difference']:.3g} | {ratio} | {100 * r['clean_ab']:.1f}% | "
+                         f"{100 * r['clean_ba']:.1f}% |")
+        lines += ["", f"![asymmetry {n}]({summary['plots'][f'asymmetry_{n}']})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def pairs_cli_main(task: str, out: str | Path, classes: str | None = None, epochs: int | None = None,
+                   workers: int = 2, limit: int | None = None, data_dir: str | Path | None = None,
+                   echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """What ``asymcert sweep pairs`` does: parse the options, run :func:`sweep_pairs`, print a summary.
+
+    Args:
+        classes: comma-separated class ids (``"0,3,6"``) or None for all.
+        echo: where progress lines go (``click.echo`` in the CLI).
+    """
+    from asymcert.research.sweeps import parse_int_list
+    if workers < 1:
+        raise SweepError(f"--workers must be ≥ 1, got {workers}")
+    check_task(task)  # before loading any data
+    chosen = None if classes is None else parse_int_list(classes, "--classes")
+    summary = sweep_pairs(task, out, chosen, epochs, workers, limit, data_dir, log=echo)
+    for n in summary["settings"]["norms"]:
+        best = summary["most_asymmetric"][n][:1]
+        if best:
+            r = best[0]
+            echo(f"most asymmetric ({pretty_norm(n)}): {r['a_name']} vs {r['b_name']}: "
+                 f"{r['radius_ab']:.3g} vs {r['radius_ba']:.3g}")
+    echo(f"{len(summary['pairs'])} pairs in {summary['wall_seconds'] / 60:.1f} min; report: {Path(out) / REPORT_MD}")
+    return summary

@@ -1,0 +1,336 @@
+"""What the sweeps share: a resumable job runner over a standard-library process pool, the Pareto
+front, small JSON helpers and the heatmap / Pareto plots.
+
+A sweep is a list of independent jobs (one model each). Every job writes its own result file into
+its own folder when it is done; a re-run skips jobs whose result file exists (with the same
+settings) and an interrupted job resumes from its training state. Jobs run in a
+``concurrent.futures.ProcessPoolExecutor`` with the ``spawn`` start method; each worker gets the
+sweep's data ONCE (pool initializer) and runs torch with one thread, so ``--workers N`` uses N cores.
+
+The sweeps themselves: :mod:`asymcert.research.sweep_pairs` (every ordered class pair) and
+:mod:`asymcert.research.sweep_reg` (Jacobian-regulariser strength × feature map).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from asymcert.checkpoint import atomic_write
+from asymcert.errors import AsymcertError
+
+RESULT_FILE = "sweep_result.json"
+"""The per-job result file, written last: its presence marks a finished job."""
+
+_SHARED: dict[str, Any] = {}
+"""What the pool initializer hands every worker once (the sweep's data and settings)."""
+
+
+class SweepError(AsymcertError, ValueError):
+    """A sweep asked for something impossible (bad task, classes, λ list) or holding other settings."""
+
+
+# ---------------------------------------------------------------- small helpers
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically (a crash never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1, default=_json_default)))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_result(job_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished result of the job in ``job_dir``, or None when it has not finished.
+
+    Raises:
+        SweepError: the folder holds a result computed with other settings.
+    """
+    path = job_dir / RESULT_FILE
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    if result.get("settings") != json.loads(json.dumps(settings, default=_json_default)):
+        raise SweepError(f"{job_dir} holds a result computed with other settings; use a new --out folder "
+                         f"or delete {path} to recompute it")
+    return result
+
+
+def split_finished(jobs: list, job_dir: Callable[[Any], Path], settings: dict[str, Any]) -> tuple[dict, list]:
+    """The jobs whose folder holds a finished result with these ``settings`` (job → result), and the rest."""
+    results: dict = {}
+    todo: list = []
+    for job in jobs:
+        done = read_result(job_dir(job), settings)
+        if done is None:
+            todo.append(job)
+        else:
+            results[job] = done
+    return results, todo
+
+
+def machine_note() -> dict[str, Any]:
+    """CPU count and load averages (1, 5, 15 min) now, for the report."""
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on every platform
+        load = None
+    return {"cpu_count": os.cpu_count(), "load_average": load}
+
+
+def parse_float_list(text: str, what: str) -> list[float]:
+    """``"0,1e-3,0.01"`` → ``[0.0, 0.001, 0.01]``: finite, nonnegative, no duplicates.
+
+    Raises:
+        SweepError: empty, not numbers, negative, infinite or repeated values (one-line message).
+    """
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise SweepError(f"{what}: give at least one value, e.g. 0,1e-3,1e-2")
+    out: list[float] = []
+    for t in items:
+        try:
+            v = float(t)
+        except ValueError:
+            raise SweepError(f"{what}: {t!r} is not a number (expected a comma-separated list like 0,1e-3,1e-2)") from None
+        if not math.isfinite(v) or v < 0:
+            raise SweepError(f"{what}: {t!r} must be a finite number ≥ 0")
+        if v in out:
+            raise SweepError(f"{what}: {t!r} is repeated")
+        out.append(v)
+    return out
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """``"0,1,6"`` → ``[0, 1, 6]`` (distinct integers).
+
+    Raises:
+        SweepError: not integers, or repeated.
+    """
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        out = [int(t) for t in items]
+    except ValueError:
+        raise SweepError(f"{what}: {text!r} is not a comma-separated list of integers") from None
+    if len(set(out)) != len(out):
+        raise SweepError(f"{what}: {text!r} repeats a value")
+    return out
+
+
+# ---------------------------------------------------------------- the job runner
+
+def _init_worker(shared: dict[str, Any]) -> None:
+    """Pool initializer: one torch thread, and the sweep's shared data kept for every job of this worker."""
+    torch.set_num_threads(1)
+    _SHARED.clear()
+    _SHARED.update(shared)
+
+
+def shared() -> dict[str, Any]:
+    """What :func:`run_jobs` gave this process (the sweep's data and settings)."""
+    return _SHARED
+
+
+def run_jobs(jobs: Sequence[Any], job_fn: Callable[[Any], dict[str, Any]], shared_data: dict[str, Any],
+             workers: int = 2, on_done: Callable[[Any, dict[str, Any] | None, str | None], None] | None = None
+             ) -> tuple[dict[Any, dict[str, Any]], dict[Any, str]]:
+    """Run ``job_fn(job)`` for every job, in-process (``workers <= 1``) or on a spawn process pool.
+
+    Args:
+        jobs: hashable, picklable job descriptions.
+        job_fn: a module-level function (picklable by name) returning the job's result dict; it
+            reads the shared data with :func:`shared`.
+        shared_data: handed to every worker once (pool initializer), not once per job.
+        workers: processes; each runs torch with one thread.
+        on_done: called in this process as each job ends: ``on_done(job, result or None, error or None)``.
+    Returns:
+        (results by job, error messages by job). A failing job does not stop the others.
+    """
+    results: dict[Any, dict[str, Any]] = {}
+    errors: dict[Any, str] = {}
+
+    def finish(job: Any, result: dict[str, Any] | None, error: str | None) -> None:
+        if error is None:
+            results[job] = result  # type: ignore[assignment]
+        else:
+            errors[job] = error
+        if on_done is not None:
+            on_done(job, result, error)
+
+    if not jobs:
+        return results, errors
+    if workers <= 1:
+        saved = dict(_SHARED)
+        _SHARED.clear()
+        _SHARED.update(shared_data)
+        try:
+            for job in jobs:
+                try:
+                    result = job_fn(job)
+                except Exception as exc:  # noqa: BLE001 - one failing job does not sink the sweep
+                    finish(job, None, f"{type(exc).__name__}: {exc}")
+                else:
+                    finish(job, result, None)
+        finally:
+            _SHARED.clear()
+            _SHARED.update(saved)
+        return results, errors
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
+                             initargs=(shared_data,)) as pool:
+        pending = {pool.submit(job_fn, job): job for job in jobs}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = pending.pop(future)
+                try:
+                    result = future.result()
+                except Exception as exc:  # noqa: BLE001
+                    finish(job, None, f"{type(exc).__name__}: {exc}")
+                else:
+                    finish(job, result, None)
+    return results, errors
+
+
+class Clock:
+    """Wall-clock seconds since creation."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Seconds elapsed."""
+        return time.perf_counter() - self.start
+
+
+# ---------------------------------------------------------------- Pareto front
+
+def pareto_front(points: Sequence[Sequence[float]]) -> list[bool]:
+    """Which points are Pareto-optimal when every coordinate is to be maximised.
+
+    A point is dominated when another point is ≥ in every coordinate and > in at least one; the
+    front is every point no other point dominates (equal points are all on it).
+
+    Args:
+        points: (N, D) coordinates.
+    Returns:
+        N booleans, True for the points on the front.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(len(points), -1) if len(points) else np.zeros((0, 1))
+    if not np.isfinite(pts).all():
+        raise ValueError("pareto_front needs finite coordinates")
+    ge = (pts[None, :, :] >= pts[:, None, :]).all(axis=2)  # ge[i, j]: j ≥ i everywhere
+    gt = (pts[None, :, :] > pts[:, None, :]).any(axis=2)  # gt[i, j]: j > i somewhere
+    dominated = (ge & gt).any(axis=1)
+    return [not bool(d) for d in dominated]
+
+
+# ---------------------------------------------------------------- plots
+
+def _pyplot():
+    from asymcert.report.plots import _pyplot as get
+    return get()
+
+
+def workers_text(workers: int) -> str:
+    """How the jobs ran, for the reports."""
+    if workers <= 1:
+        return "1 process (in the calling process, torch's own thread count)"
+    return f"{workers} worker processes (spawn pool, one torch thread each)"
+
+
+def pretty_norm(label: str) -> str:
+    """``"l2"`` → ``"ℓ2"``, ``"linf"`` → ``"ℓ∞"``."""
+    return "ℓ∞" if label == "linf" else "ℓ" + label[1:]
+
+
+def plot_heatmap(matrix: Sequence[Sequence[float | None]], labels: Sequence[str], path: Path, title: str,
+                 value_format: str = "{:.2f}", cmap: str = "viridis", center_zero: bool = False,
+                 colorbar_label: str = "") -> Path:
+    """A k×k heatmap PNG (rows: sensitive class, columns: other class), values written in the cells.
+
+    Args:
+        matrix: k×k values; None (e.g. the diagonal) is drawn blank.
+        labels: the k class names.
+        center_zero: a diverging colour scale symmetric around 0 (for signed differences).
+    """
+    plt = _pyplot()
+    m = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix], dtype=np.float64)
+    k = len(labels)
+    size = 2.2 + 0.62 * k
+    fig, ax = plt.subplots(figsize=(size + 1.2, size), dpi=110)
+    finite = m[np.isfinite(m)]
+    kwargs: dict[str, Any] = {}
+    if center_zero and finite.size:
+        top = float(np.abs(finite).max()) or 1.0
+        kwargs = {"vmin": -top, "vmax": top}
+    image = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, **kwargs)
+    cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if colorbar_label:
+        cbar.set_label(colorbar_label)
+    ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), labels, fontsize=8)
+    ax.set_xlabel("other class b")
+    ax.set_ylabel("sensitive class a")
+    if finite.size:
+        lo, hi = (kwargs["vmin"], kwargs["vmax"]) if kwargs else (float(finite.min()), float(finite.max()))
+        for i in range(k):
+            for j in range(k):
+                if np.isfinite(m[i, j]):
+                    frac = 0.5 if hi == lo else (m[i, j] - lo) / (hi - lo)
+                    dark = abs(frac - 0.5) > 0.35 if center_zero else frac < 0.5  # dark cell → white text
+                    ax.text(j, i, value_format.format(m[i, j]), ha="center", va="center", fontsize=6.5,
+                            color="white" if dark else "black")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(panels: Sequence[tuple[str, Sequence[tuple[str, float, float]]]], path: Path, title: str) -> Path:
+    """One PNG with a panel per entry: clean accuracy (x) vs certified accuracy (y), front highlighted.
+
+    Args:
+        panels: (panel title, [(point label, clean accuracy, certified accuracy) ...]) per panel;
+            accuracies in [0, 1].
+    """
+    plt = _pyplot()
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.2), dpi=110, squeeze=False)
+    for ax, (panel_title, pts) in zip(axes[0], panels):
+        xy = [(c, r) for _, c, r in pts]
+        front = pareto_front(xy) if xy else []
+        for (label, c, r), on in zip(pts, front):
+            ax.scatter(100 * c, 100 * r, s=46 if on else 26, color="tab:red" if on else "tab:gray",
+                       zorder=3, edgecolor="black" if on else "none")
+            ax.annotate(label, (100 * c, 100 * r), textcoords="offset points", xytext=(4, 3), fontsize=6.5)
+        line = sorted((100 * c, 100 * r) for (_, c, r), on in zip(pts, front) if on)
+        if line:
+            ax.plot([p[0] for p in line], [p[1] for p in line], color="tab:red", linewidth=1.2, zorder=2,
+                    label="Pareto front")
+            ax.legend(fontsize=7, loc="best")
+        ax.set_xlabel("clean accuracy (%)")
+        ax.set_ylabel("certified accuracy (%)")
+        ax.set_title(panel_title, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
