@@ -1,7 +1,12 @@
 """Benchmark of the ℓ∞-dist layer: naive broadcast vs reference path vs fast path, in one run.
 
 Usage:
-    python benchmarks/bench_linf_dist.py [--batch 512] [--inp 1024] [--out 1024] [--reps 5]
+    python benchmarks/bench_linf_dist.py [--batch 512] [--inp 1024] [--out 1024] [--reps 5] [--no-before]
+
+Finite p: forward + backward at p = 8, 8.5, 13.7, 27.3, 100 next to p = ∞ (ratios in the same run).
+"Before" rows time the pre-fix general-power kernel (Cephes log/exp, the same source compiled
+with -DASYMCERT_CEPHES_POW; reachable only from here) on the same autograd path, for the
+non-integer p.
 
 Prints a table and writes benchmarks/results/linf_dist.json (machine, versions, times, ratios).
 Times are wall-clock seconds, best of ``reps`` after one warm-up (the reference path, which is
@@ -17,6 +22,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -69,6 +75,8 @@ def main() -> None:
     ap.add_argument("--out", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--slow-reps", type=int, default=1, help="repetitions for the naive and reference paths")
+    ap.add_argument("--ps", default="8,8.5,13.7,27.3,100", help="finite p for the fwd+bwd rows")
+    ap.add_argument("--no-before", action="store_true", help="skip the pre-fix kernel rows")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "linf_dist.json")
     args = ap.parse_args()
 
@@ -107,8 +115,26 @@ def main() -> None:
     rows["fast, p=inf fwd+bwd"] = timeit(fwd_bwd(fast, INF), args.reps)
     rows["reference, p=8 fwd+bwd"] = timeit(fwd_bwd(ref, 8.0), args.slow_reps, warm=False)
     rows["fast, p=8 fwd+bwd"] = timeit(fwd_bwd(fast, 8.0), args.reps)
-    rows["fast, p=8.5 fwd+bwd (general p)"] = timeit(fwd_bwd(fast, 8.5), max(1, args.reps // 2))
-    rows["fast, p=88.7 fwd+bwd (general p)"] = timeit(fwd_bwd(fast, 88.7), max(1, args.reps // 2))
+    ps = [float(v) for v in args.ps.split(",")]
+    before = None
+    if lib is not None and not args.no_before:
+        before = L._build_and_load(("ASYMCERT_CEPHES_POW",))
+
+    def with_lib(other, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            saved = L._state["lib"]
+            L._state["lib"] = other
+            try:
+                fn()
+            finally:
+                L._state["lib"] = saved
+        return run
+
+    for p in ps:
+        rows[f"fast, p={p:g} fwd+bwd"] = timeit(fwd_bwd(fast, p), max(2, args.reps // 2))
+        if before is not None and p != int(p):
+            rows[f"before fix, p={p:g} fwd+bwd"] = timeit(with_lib(before, fwd_bwd(fast, p)), 2)
+    rows["fast, p=inf fwd+bwd (again, after the finite-p rows)"] = timeit(fwd_bwd(fast, INF), args.reps)
     load_after = os.getloadavg()
 
     for r in rows.values():
@@ -120,30 +146,37 @@ def main() -> None:
         "reference / fast, p=inf fwd+bwd": b["reference, p=inf fwd+bwd"] / b["fast, p=inf fwd+bwd"],
         "reference / fast, p=8 fwd+bwd": b["reference, p=8 fwd+bwd"] / b["fast, p=8 fwd+bwd"],
         "fast p=8 fwd+bwd / fast p=inf fwd+bwd": b["fast, p=8 fwd+bwd"] / b["fast, p=inf fwd+bwd"],
-        "fast p=8.5 fwd+bwd / fast p=inf fwd+bwd": b["fast, p=8.5 fwd+bwd (general p)"] / b["fast, p=inf fwd+bwd"],
-        "fast p=88.7 fwd+bwd / fast p=inf fwd+bwd": b["fast, p=88.7 fwd+bwd (general p)"] / b["fast, p=inf fwd+bwd"],
         "naive / fast 1 thread, p=inf fwd": b["naive broadcast, p=inf fwd"] / b["fast, p=inf fwd, 1 thread"],
     }
+    t_inf = min(b["fast, p=inf fwd+bwd"], b["fast, p=inf fwd+bwd (again, after the finite-p rows)"])
+    for p in ps:
+        ratios[f"fast p={p:g} fwd+bwd / fast p=inf fwd+bwd"] = b[f"fast, p={p:g} fwd+bwd"] / t_inf
+        if f"before fix, p={p:g} fwd+bwd" in b:
+            ratios[f"before fix p={p:g} fwd+bwd / fast p=inf fwd+bwd"] = b[f"before fix, p={p:g} fwd+bwd"] / t_inf
+            ratios[f"speed-up of the fix at p={p:g}"] = b[f"before fix, p={p:g} fwd+bwd"] / b[f"fast, p={p:g} fwd+bwd"]
     targets = {
         "p=inf fwd >= 50x naive": ratios["naive / fast, p=inf fwd"] >= 50,
         "p=inf fwd >= 10 G/s": max(rows["fast, p=inf fwd"]["G_sub_abs_max_per_s"],
                                    rows["fast, p=inf fwd, 1 thread"]["G_sub_abs_max_per_s"]) >= 10,
         "p=8 fwd+bwd <= 10x p=inf fwd+bwd": ratios["fast p=8 fwd+bwd / fast p=inf fwd+bwd"] <= 10,
+        "every finite p fwd+bwd <= 10x p=inf fwd+bwd": all(
+            ratios[f"fast p={p:g} fwd+bwd / fast p=inf fwd+bwd"] <= 10 for p in ps),
     }
 
     print(f"ℓ∞-dist benchmark: batch {B}, {K} → {O}, float32, {torch.get_num_threads()} threads, "
           f"fast backend {fast_backend!r}, load average {load_before[0]:.2f} → {load_after[0]:.2f}")
-    print(f"{'case':42s} {'best s':>10s} {'median s':>10s} {'cpu s':>10s} {'G/s':>8s}")
+    print(f"{'case':52s} {'best s':>10s} {'median s':>10s} {'cpu s':>10s} {'G/s':>8s}")
     for k, r in rows.items():
-        print(f"{k:42s} {r['best_s']:10.4f} {r['median_s']:10.4f} {r['cpu_s_best']:10.4f} "
+        print(f"{k:52s} {r['best_s']:10.4f} {r['median_s']:10.4f} {r['cpu_s_best']:10.4f} "
               f"{r['G_sub_abs_max_per_s']:8.2f}")
     for k, v in ratios.items():
-        print(f"{k:45s} {v:8.2f}")
+        print(f"{k:52s} {v:8.2f}")
     for k, v in targets.items():
-        print(f"target {k:40s} {'met' if v else 'NOT met'}")
+        print(f"target {k:45s} {'met' if v else 'NOT met'}")
 
     result = {
         "problem": {"batch": B, "in": K, "out": O, "dtype": "float32", "sub_abs_max_ops": ops},
+        "command": "python " + " ".join(["benchmarks/bench_linf_dist.py"] + sys.argv[1:]),
         "machine": {
             "cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),

@@ -92,7 +92,7 @@ def test_inf_ties_first_max_wins(backend):
 
 
 @pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("p", [1.5, 2.0, 2.5, 8.0])
+@pytest.mark.parametrize("p", [1.5, 2.0, 2.5, 8.0, 8.5, 13.7, 27.3])
 def test_gradcheck_finite_p(backend, p):
     x, w = _leaf(4, 9, seed=7), _leaf(6, 9, seed=8)
     assert torch.autograd.gradcheck(lambda a, b: linf_dist(a, b, p, backend), (x, w), eps=1e-6, atol=1e-6)
@@ -115,6 +115,116 @@ def test_p1000_no_overflow(backend, dtype):
         assert torch.isfinite(t).all()
     yinf = linf_dist(x.detach(), w.detach(), INF, backend)
     assert (y >= yinf * (1 - 1e-5)).all() and (y <= yinf * 300 ** (1 / 1000) * (1 + 1e-5)).all()
+
+
+# ---- general (non-integer) p: the vectorised exp2/log2 kernel against the reference
+P_GRID = [1.0, 2.0, 8.0, 8.5, 13.7, 27.3, 100.0, 1000.0, INF]
+
+
+def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """Largest error relative to the largest reference magnitude (the scale of the output)."""
+    a, ref = a.detach().double(), ref.detach().double()
+    return float((a - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("p", P_GRID)
+@pytest.mark.parametrize("shape", [(37, 300, 70), (8, 1100, 33)])
+def test_float32_as_exact_as_the_reference(p, shape):
+    """float32 fast path vs the float64 reference of the same inputs: its error must be of the
+    order of float32 rounding, forward and backward.
+
+    The backward's terms (|t|/y)^(p−1) amplify the rounding of |t|/y about (p − 1)-fold (in the
+    reference too, except at the exact maximum, where its |t|/m is exactly 1), hence the
+    (p − 1)·2^−24 allowance for the gradients."""
+    B, K, O = shape
+    x, w = _leaf(B, K, dtype=torch.float32, seed=21), _leaf(O, K, dtype=torch.float32, seed=22)
+    g = torch.randn(B, O, generator=torch.Generator().manual_seed(23))
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    exact = _grads(lambda a, b: linf_dist_reference(a, b, p), xd, wd, g.double())
+    fast = _grads(lambda a, b: linf_dist(a, b, p), x, w, g)
+    ref32 = _grads(lambda a, b: linf_dist_reference(a, b, p), x, w, g)
+    amp = 0.0 if p == INF else 3 * (p - 1) * 2.0**-24
+    for name, f, r, e in zip(("y", "gx", "gw"), fast, ref32, exact):
+        ef, er = _rel_err(f.detach(), e.detach()), _rel_err(r.detach(), e.detach())
+        assert ef <= 3 * er + 4e-7 + (amp if name != "y" else 0.0), (name, ef, er)
+    assert float(((fast[0].detach().double() - exact[0].detach()) / exact[0].detach()).abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("p", P_GRID)
+def test_float64_matches_reference_tightly(p):
+    x, w = _leaf(13, 150, seed=24), _leaf(40, 150, seed=25)
+    g = torch.randn(13, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(26))
+    y, gx, gw = _grads(lambda a, b: linf_dist(a, b, p), x, w, g)
+    yr, gxr, gwr = _grads(lambda a, b: linf_dist_reference(a, b, p), x, w, g)
+    torch.testing.assert_close(y, yr, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx, gxr, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gw, gwr, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+@pytest.mark.parametrize("p", [8.5, 27.3, 1000.0])
+def test_general_p_extreme_scales(dtype, scale, p):
+    """No overflow / underflow / NaN at huge or tiny inputs (everything is scaled by the row max)."""
+    x = _leaf(9, 200, dtype=dtype, scale=scale, seed=27)
+    w = _leaf(30, 200, dtype=dtype, scale=scale, seed=28)
+    y = linf_dist(x, w, p)
+    y.sum().backward()
+    for t in (y, x.grad, w.grad):
+        assert torch.isfinite(t).all()
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    yr = linf_dist_reference(xd, wd, p)
+    yr.sum().backward()
+    assert _rel_err(y, yr.detach()) < 1e-5
+    assert _rel_err(x.grad, xd.grad) < 1e-3 and _rel_err(w.grad, wd.grad) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [8.5, 13.7, 100.0])
+def test_general_p_zero_differences(dtype, p):
+    """t = 0 entries give exactly zero terms; a zero distance (y = 0) gives y = 0 and finite
+    gradients (the reference's are NaN there: d(S^{1/p}) at S = 0)."""
+    x = torch.randn(3, 90, dtype=dtype, generator=torch.Generator().manual_seed(29))
+    w = torch.randn(4, 90, dtype=dtype, generator=torch.Generator().manual_seed(30))
+    w[1, :50] = x[1, :50]
+    w[2, 60:] = x[2, 60:]
+    x, w = x.requires_grad_(), w.requires_grad_()
+    g = torch.randn(3, 4, dtype=dtype, generator=torch.Generator().manual_seed(31))
+    y, gx, gw = _grads(lambda a, b: linf_dist(a, b, p), x, w, g)
+    yr, gxr, gwr = _grads(lambda a, b: linf_dist_reference(a, b, p), x, w, g)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for a, b in ((y, yr), (gx, gxr), (gw, gwr)):
+        torch.testing.assert_close(a, b, **tol)
+    # a whole zero row
+    w0 = w.detach().clone()
+    w0[0] = x.detach()[0]
+    w0.requires_grad_()
+    y0, gx0, gw0 = _grads(lambda a, b: linf_dist(a, b, p), x, w0, g)
+    assert y0[0, 0] == 0 and torch.isfinite(gx0).all() and torch.isfinite(gw0).all()
+    torch.testing.assert_close(y0[:, 1:], y[:, 1:], rtol=0, atol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 9), K=st.integers(1, 140), O=st.integers(1, 70),
+       p=st.floats(1.0, 64.0, allow_nan=False), seed=st.integers(0, 2**16))
+def test_property_general_p(B, K, O, p, seed):
+    """Random real p and shapes (tile edges, K across the summation blocks): float64 fast path
+    equals the reference to 1e−9, float32 stays within float rounding of it."""
+    x, w = _leaf(B, K, seed=seed), _leaf(O, K, seed=seed + 1)
+    g = torch.randn(B, O, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 2))
+    y, gx, gw = _grads(lambda a, b: linf_dist(a, b, p), x, w, g)
+    yr, gxr, gwr = _grads(lambda a, b: linf_dist_reference(a, b, p), x, w, g)
+    torch.testing.assert_close(y, yr, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gx, gxr, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(gw, gwr, rtol=1e-8, atol=1e-8)
+    # float32: against the float64 reference of the float32-rounded inputs
+    x32, w32 = x.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    y32, gx32, gw32 = _grads(lambda a, b: linf_dist(a, b, p), x32, w32, g.float())
+    xe, we = x32.detach().double().requires_grad_(), w32.detach().double().requires_grad_()
+    ye, gxe, gwe = _grads(lambda a, b: linf_dist_reference(a, b, p), xe, we, g.float().double())
+    assert float(((y32.detach().double() - ye.detach()) / ye.detach().clamp_min(1e-30)).abs().max()) < 2e-6
+    tol = 1e-6 * max(p, 4.0)  # the backward's rounding is amplified ~(p − 1)-fold
+    assert _rel_err(gx32.detach(), gxe.detach()) < tol and _rel_err(gw32.detach(), gwe.detach()) < tol
 
 
 @settings(max_examples=25, deadline=None)

@@ -47,7 +47,7 @@ def kernels_disabled() -> bool:
 
 
 def build_and_load(source: Path, abi_symbol: str, abi_version: int, declare: Callable[[ctypes.CDLL], None],
-                   common_flags: list[str] | None = None) -> ctypes.CDLL:
+                   common_flags: list[str] | None = None, defines: tuple[str, ...] = ()) -> ctypes.CDLL:
     """Compile ``source`` (trying richer flag sets first) and load it.
 
     Args:
@@ -55,6 +55,7 @@ def build_and_load(source: Path, abi_symbol: str, abi_version: int, declare: Cal
         abi_symbol: an exported ``int f(void)`` that must return ``abi_version``.
         declare: sets ``argtypes`` of the library's functions.
         common_flags: compiler flags used with every flag set (default :data:`COMMON_FLAGS`).
+        defines: extra preprocessor definitions (``-D`` flags), part of the cache key.
     Raises:
         RuntimeError: no compiler, or no flag set that compiles and loads (the reasons joined).
     """
@@ -70,7 +71,7 @@ def build_and_load(source: Path, abi_symbol: str, abi_version: int, declare: Cal
     out_dir.mkdir(parents=True, exist_ok=True)
     errors = []
     for extra in FLAG_SETS:
-        flags = (COMMON_FLAGS if common_flags is None else common_flags) + extra
+        flags = (COMMON_FLAGS if common_flags is None else common_flags) + extra + [f"-D{d}" for d in defines]
         key = hashlib.sha256(b"\0".join([src, version.encode(), " ".join(flags).encode(),
                                          cpu_signature().encode(), cxx.encode()])).hexdigest()[:20]
         so = out_dir / f"{source.stem}_{key}.so"

@@ -27,6 +27,13 @@ constexpr int F_RB = 4, F_NV = 4;     // p = ∞ forward, 4 rows × 4 vectors (6
 constexpr int A_RB = 2;               // p = ∞ forward with argmax: fewer rows, no register spills
 constexpr int P_RB = 4, P_NV = 2;     // finite p forward
 constexpr int B_RB = 2, B_RO = 4, B_KV = 2;  // finite p backward
+// Exponent codes of the finite-p kernels: E >= 0 a compile-time integer power; GEN any real power;
+// SKIP any real power, skipping whole vectors of negligible terms (pays off at large exponents
+// only, where most |t|/m are far below 1; the branch would cost more than it saves at p < ~40).
+constexpr int GEN = -1, SKIP = -2;
+#ifndef SKIP_ABOVE
+#define SKIP_ABOVE 50
+#endif
 // Smaller tiles for the general (exp/log) power, whose temporaries would otherwise spill;
 // they must divide the ones above (the caller pads to those).
 #ifndef G_FWD_RB
@@ -132,26 +139,119 @@ inline VT<float>::V vexpf_neg(VT<float>::V x) {  // x <= ~0; returns 0 below -87
   return under ? V{} : y;
 }
 
-template <typename T> struct GPow;
-template <> struct GPow<float> {
-  static inline VT<float>::V f(VT<float>::V r, float e) {
+// General power r^e for r in [0, 1 + ulp], e > 0, as one object per call (the per-call constants
+// are built once and live in registers): Pow<T, E>(e).f(r).
+//
+// float with AVX-512 (the training path): r^e = 2^X, X = e·log2 r, all in float, 22 vector ops
+// per 16 terms (the Cephes path below took ~45, plus spills):
+//   log2 r = k + log2 m (getexp / getmant, m in [1, 2)); the top 4 mantissa bits select a table
+//   entry c_j ≈ 1/m (vpermps), x = m·c_j − 1 in [−1/32, 1/16], log2 m = −log2 c_j + x·P4(x).
+//   The c_j are chosen (Gal's accurate tables) so that −log2 c_j is a float to ~1e−11; c_0 = 1
+//   and c_15 = 1/2 make X exactly 0 at r = 1 and tiny near it (the terms that dominate the sums).
+//   X = e·(k + l_j + x·P4(x)): k + l_j is exact (or rounded relative to itself), so X carries
+//   only relative rounding errors; folding e into l_j instead would add an absolute error of
+//   e·2^−24 (≈ 3e−7 relative at p = 8.5 for the terms near 1).
+//   2^X: X = n + f, n = floor(X), f in [0, 1) (vreduceps), 2^f by a degree-6 polynomial, then
+//   scalef (which applies 2^floor(X) itself, exactly). getexp/getmant ignore the sign, so the
+//   caller passes t/m and saves the |·|.
+//   Terms with X ≤ −64 (and r = 0, where X = −inf) are returned as exactly 0: they are invisible
+//   next to the largest term of every sum (1 in the forward, ≥ 1/K in the backward), and letting
+//   them through would create subnormal floats, which cost ~100× on x86 (p ≈ 20–40).
+//   Relative error of a term ≲ 1e−7·(1 + |X|) (the float rounding of X; measured: ≤ 1e−7 for the
+//   terms near 1, ≤ 3.7e−6 at X = −40), i.e. of the order of rounding r to float before an exact
+//   pow (which amplifies by e); the forward's 1/e-th root divides it by e again.
+// float without AVX-512 (or with -DASYMCERT_CEPHES_POW: the pre-fix path, which the benchmark
+//   builds for its before/after rows): Cephes-style log/exp in portable GCC vector code, ~3× slower.
+// double: libm pow lane by lane (exact; float64 is for tests and gradchecks, not speed).
+template <typename T, int E> struct Pow {  // E >= 0: compile-time integer exponent
+  static constexpr bool kSignFree = false;  // f(−r) == f(r): the caller may skip |·|
+  explicit Pow(T) {}
+  inline typename VT<T>::V f(typename VT<T>::V r) const { return IPow<T, E>::f(r); }
+};
+
+#if defined(__AVX512F__) && !defined(ASYMCERT_CEPHES_POW)  // the macro: old path, for benchmarks
+// log2(1 + x)/x on [−1/31.5, 1/15.9], relative error 2.4e−9; 2^f on [0, 1], 1.9e−9.
+constexpr float LOG2_P[5] = {1.442695022e+00f, -7.213475704e-01f, 4.809192717e-01f, -3.607814610e-01f,
+                             2.711552978e-01f};
+constexpr float EXP2_P[7] = {1.000000000e+00f, 6.931470037e-01f, 2.402298301e-01f, 5.548334122e-02f,
+                             9.678839706e-03f, 1.243969542e-03f, 2.170223161e-04f};
+// c_j ≈ 1/(1 + (j + 1/2)/16) and l_j = −log2 c_j (exact to ~1e−11), j = 0..15.
+alignas(64) constexpr float LOG2_RC[16] = {
+    1.000000000e+00f, 9.141801000e-01f, 8.646962047e-01f, 8.205010295e-01f, 7.804515362e-01f, 7.441802621e-01f,
+    7.112435699e-01f, 6.807578206e-01f, 6.530516148e-01f, 6.274859309e-01f, 6.039491892e-01f, 5.819737911e-01f,
+    5.612552166e-01f, 5.425108671e-01f, 5.245746970e-01f, 5.000000000e-01f};
+alignas(64) constexpr float LOG2_L[16] = {
+    0.000000000e+00f, 1.294496804e-01f, 2.097347379e-01f, 2.854229510e-01f, 3.576190472e-01f, 4.262759686e-01f,
+    4.915843904e-01f, 5.547864437e-01f, 6.147310734e-01f, 6.723449826e-01f, 7.275009155e-01f, 7.809739113e-01f,
+    8.332711458e-01f, 8.822760582e-01f, 9.307798743e-01f, 1.000000000e+00f};
+
+template <> struct Pow<float, GEN> {
+  static constexpr bool kSignFree = true;
+  __m512 rc, lt, ev, lp[5], cut;
+  explicit Pow(float e) {
+    rc = _mm512_load_ps(LOG2_RC);
+    lt = _mm512_load_ps(LOG2_L);
+    ev = _mm512_set1_ps(e);
+    for (int i = 0; i < 5; ++i) lp[i] = _mm512_set1_ps(LOG2_P[i]);
+    cut = _mm512_set1_ps(-64.0f);
+  }
+  inline VT<float>::V f(VT<float>::V rv) const {
+    __m512 r;
+    std::memcpy(&r, &rv, sizeof(r));
+    const __m512 k = _mm512_getexp_ps(r);                                   // floor(log2 r), −inf at 0
+    const __m512 m = _mm512_getmant_ps(r, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);  // [1, 2)
+    const __m512i j = _mm512_srli_epi32(_mm512_castps_si512(m), 19);        // low 4 bits: table index
+    const __m512 x = _mm512_fmsub_ps(m, _mm512_permutexvar_ps(j, rc), _mm512_set1_ps(1.0f));
+    __m512 q = _mm512_fmadd_ps(lp[4], x, lp[3]);
+    q = _mm512_fmadd_ps(q, x, lp[2]);
+    q = _mm512_fmadd_ps(q, x, lp[1]);
+    q = _mm512_fmadd_ps(q, x, lp[0]);
+    const __m512 kl = _mm512_add_ps(k, _mm512_permutexvar_ps(j, lt));       // k + l_j
+    const __m512 X = _mm512_mul_ps(_mm512_fmadd_ps(x, q, kl), ev);          // e·log2 r
+    const __mmask16 keep = _mm512_cmp_ps_mask(X, cut, _CMP_GT_OQ);          // false at −inf / NaN
+#if defined(__AVX512DQ__)
+    const __m512 fr = _mm512_reduce_ps(X, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);  // X − floor(X)
+#else
+    const __m512 fr = _mm512_sub_ps(X, _mm512_roundscale_ps(X, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+#endif
+    __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(EXP2_P[6]), fr, _mm512_set1_ps(EXP2_P[5]));
+    y = _mm512_fmadd_ps(y, fr, _mm512_set1_ps(EXP2_P[4]));
+    y = _mm512_fmadd_ps(y, fr, _mm512_set1_ps(EXP2_P[3]));
+    y = _mm512_fmadd_ps(y, fr, _mm512_set1_ps(EXP2_P[2]));
+    y = _mm512_fmadd_ps(y, fr, _mm512_set1_ps(EXP2_P[1]));
+    y = _mm512_fmadd_ps(y, fr, _mm512_set1_ps(EXP2_P[0]));
+    y = _mm512_maskz_scalef_ps(keep, y, X);  // y·2^floor(X)
+    VT<float>::V out;
+    std::memcpy(&out, &y, sizeof(out));
+    return out;
+  }
+};
+#else
+template <> struct Pow<float, GEN> {
+  static constexpr bool kSignFree = false;
+  float e;
+  explicit Pow(float e_) : e(e_) {}
+  inline VT<float>::V f(VT<float>::V r) const {
     VT<float>::V v = vexpf_neg(vlogf(r) * e);
     return (r > 0.0f) ? v : VT<float>::V{};
   }
 };
-template <> struct GPow<double> {  // double: exact libm pow lane by lane (tests, not speed)
-  static inline VT<double>::V f(VT<double>::V r, double e) {
+#endif
+
+template <> struct Pow<double, GEN> {
+  static constexpr bool kSignFree = false;
+  double e;
+  explicit Pow(double e_) : e(e_) {}
+  inline VT<double>::V f(VT<double>::V r) const {
     VT<double>::V out;
     for (int l = 0; l < VT<double>::L; ++l) out[l] = r[l] > 0 ? std::pow(r[l], e) : 0.0;
     return out;
   }
 };
-
-// E >= 0: compile-time integer exponent; E < 0: any real e (exp/log polynomials).
-template <typename T, int E> inline typename VT<T>::V vpow(typename VT<T>::V r, T e) {
-  if constexpr (E >= 0) { (void)e; return IPow<T, E>::f(r); }
-  else { return GPow<T>::f(r, e); }
-}
+template <typename T> struct Pow<T, SKIP> : Pow<T, GEN> {
+  static constexpr bool kSignFree = false;  // any_above needs |t|/m
+  using Pow<T, GEN>::Pow;
+};
 
 // Terms r^e with r below skip_below(e) are < 2^-40 (float) / 2^-60 (double) and are skipped in
 // whole vectors by the general-power kernels (they would not change a float sum whose largest
@@ -176,6 +276,7 @@ template <typename T> inline bool any_above(typename VT<T>::V r, T thr) {
 
 // ---- p = ∞ forward: y = max_k |x − w|, optionally first argmax and sign of (x − w) there.
 constexpr int KB = 16;  // argmax bookkeeping block along k
+constexpr int SB = 64;  // finite-p forward: partial sums over blocks of SB terms
 
 // First k in [k0, k1) with |x[k] − w[k]| == y (bitwise the same arithmetic as the forward);
 // writes the sign of x − w there. Returns k0 when there is none (NaN inputs only).
@@ -285,6 +386,7 @@ void lp_fwd(const T* x, const T* wP, int64_t B, int64_t K, int64_t O, T p, T* y,
   constexpr int L = VT<T>::L, OT = NV * L;
   const int64_t nbt = (B + RB - 1) / RB, nots = (O + OT - 1) / OT;
   const T thr = skip_below<T>(p);
+  const Pow<T, E> pw(p);
 #pragma omp parallel for collapse(2) schedule(dynamic, 4) num_threads(nthreads)
   for (int64_t ot = 0; ot < nots; ++ot) {
     for (int64_t bt = 0; bt < nbt; ++bt) {
@@ -305,21 +407,36 @@ void lp_fwd(const T* x, const T* wP, int64_t B, int64_t K, int64_t O, T p, T* y,
           acc[i][j] = V{};
         }
       }
-      for (int64_t k = 0; k < K; ++k) {
+      // two-level sum (blocks of SB terms): rounding error ~(SB + K/SB)·eps instead of K·eps
+      for (int64_t kb = 0; kb < K; kb += SB) {
+      V part[RB][NV];
+      for (int i = 0; i < RB; ++i)
+        for (int j = 0; j < NV; ++j) part[i][j] = V{};
+      const int64_t ke = std::min<int64_t>(K, kb + SB);
+      for (int64_t k = kb; k < ke; ++k) {
         const T* wk = wP + (o0 / PW) * K * PW + k * PW + (o0 % PW);
         V wv[NV];
+#pragma GCC unroll 8
         for (int j = 0; j < NV; ++j) wv[j] = vload<V>(wk + j * L);
+        // fully unrolled: the RB·NV power evaluations are independent chains the core overlaps
+#pragma GCC unroll 8
         for (int i = 0; i < RB; ++i) {
           const T xs = xr[i][k];
+#pragma GCC unroll 8
           for (int j = 0; j < NV; ++j) {
-            const V r = vabs<T>(xs - wv[j]) * inv[i][j];
-            if constexpr (E < 0) {
-              if (any_above<T>(r, thr)) acc[i][j] += vpow<T, E>(r, p);
+            V r;
+            if constexpr (Pow<T, E>::kSignFree) r = (xs - wv[j]) * inv[i][j];
+            else r = vabs<T>(xs - wv[j]) * inv[i][j];
+            if constexpr (E == SKIP) {
+              if (any_above<T>(r, thr)) part[i][j] += pw.f(r);
             } else {
-              acc[i][j] += vpow<T, E>(r, p);
+              part[i][j] += pw.f(r);
             }
           }
         }
+      }
+      for (int i = 0; i < RB; ++i)
+        for (int j = 0; j < NV; ++j) acc[i][j] += part[i][j];
       }
       const T ip = T(1) / p;
       for (int i = 0; i < RB; ++i) {
@@ -348,6 +465,7 @@ void lp_bwd(const T* x, const T* w, const T* inv, const T* g, int64_t B, int64_t
   constexpr int L = VT<T>::L, KC = KV * L;
   const int64_t nkc = K / KC;
   const T thr = skip_below<T>(pm1);
+  const Pow<T, E> pw(pm1);
 #pragma omp parallel num_threads(nthreads)
   {
     // Per-thread contiguous copies of one k-chunk of x, w and their gradients: rows of the
@@ -377,17 +495,22 @@ void lp_bwd(const T* x, const T* w, const T* inv, const T* g, int64_t B, int64_t
               wv[j][v] = vload<V>(wc + (o0 + j) * KC + v * L);
               gwa[j][v] = vload<V>(gwc + (o0 + j) * KC + v * L);
             }
+#pragma GCC unroll 8
           for (int i = 0; i < RB; ++i) {
+#pragma GCC unroll 8
             for (int j = 0; j < RO; ++j) {
               const T iv = inv[(b0 + i) * O + o0 + j];
               const T gg = g[(b0 + i) * O + o0 + j];
+#pragma GCC unroll 8
               for (int v = 0; v < KV; ++v) {
                 const V t = xv[i][v] - wv[j][v];
-                const V r = vabs<T>(t) * iv;
-                if constexpr (E < 0) {
+                V r;
+                if constexpr (Pow<T, E>::kSignFree) r = t * iv;
+                else r = vabs<T>(t) * iv;
+                if constexpr (E == SKIP) {
                   if (!any_above<T>(r, thr)) continue;
                 }
-                const V q = vpow<T, E>(r, pm1) * gg;
+                const V q = pw.f(r) * gg;
                 const V c = (V)(((I)q) ^ ((I)t & VT<T>::SIGN));
                 gxa[i][v] += c;
                 gwa[j][v] -= c;
@@ -485,7 +608,8 @@ int lp_fwd_dispatch(const T* x, const T* wP, int64_t B, int64_t K, int64_t O, T 
   else if (p == 4) lp_fwd_e<T, 4>(x, wP, B, K, O, p, y, nt);
   else if (p == 8) lp_fwd_e<T, 8>(x, wP, B, K, O, p, y, nt);
   else if (p == 16) lp_fwd_e<T, 16>(x, wP, B, K, O, p, y, nt);
-  else lp_fwd_e<T, -1>(x, wP, B, K, O, p, y, nt);
+  else if (p > SKIP_ABOVE) lp_fwd_e<T, SKIP>(x, wP, B, K, O, p, y, nt);
+  else lp_fwd_e<T, GEN>(x, wP, B, K, O, p, y, nt);
   return 0;
 }
 template <typename T>
@@ -497,7 +621,8 @@ int lp_bwd_dispatch(const T* x, const T* w, const T* inv, const T* g, int64_t B,
   else if (p == 4) lp_bwd_e<T, 3>(x, w, inv, g, B, K, O, pm1, gx, gw, nt);
   else if (p == 8) lp_bwd_e<T, 7>(x, w, inv, g, B, K, O, pm1, gx, gw, nt);
   else if (p == 16) lp_bwd_e<T, 15>(x, w, inv, g, B, K, O, pm1, gx, gw, nt);
-  else lp_bwd_e<T, -1>(x, w, inv, g, B, K, O, pm1, gx, gw, nt);
+  else if (pm1 > SKIP_ABOVE) lp_bwd_e<T, SKIP>(x, w, inv, g, B, K, O, pm1, gx, gw, nt);
+  else lp_bwd_e<T, GEN>(x, w, inv, g, B, K, O, pm1, gx, gw, nt);
   return 0;
 }
 
