@@ -11,6 +11,8 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -98,3 +100,42 @@ def build_and_load(source: Path, abi_symbol: str, abi_version: int, declare: Cal
         except (OSError, AttributeError, RuntimeError) as e:
             errors.append(f"load {so.name}: {e}")
     raise RuntimeError(f"could not build {source.name}: " + " | ".join(errors))
+
+
+class LazyKernel:
+    """A compiled library built on first use, once per process (thread-safe), or None with the reason.
+
+    Args:
+        name: what the warning calls it, e.g. "ℓ∞-dist C++ kernels".
+        build: compiles (or loads from the cache), self-tests and returns the library; any exception
+            means "unavailable" and the callers use their PyTorch paths.
+    ``state`` holds ``lib``, ``tried`` and ``error`` (tests and benchmarks may swap ``lib``).
+    """
+
+    def __init__(self, name: str, build: Callable[[], ctypes.CDLL]) -> None:
+        self.name, self.build = name, build
+        self.state: dict = {"lib": None, "tried": False, "error": None}
+        self._lock = threading.Lock()
+
+    def get(self) -> ctypes.CDLL | None:
+        """The library, building it on the first call; None when unavailable (see :attr:`error`)."""
+        if self.state["tried"]:
+            return self.state["lib"]
+        with self._lock:
+            if not self.state["tried"]:
+                if kernels_disabled():
+                    self.state["error"] = "disabled by ASYMCERT_NO_KERNELS"
+                else:
+                    try:
+                        self.state["lib"] = self.build()
+                    except Exception as e:  # any failure means: use the PyTorch path
+                        self.state["error"] = str(e)
+                        warnings.warn(f"asymcert: {self.name} unavailable, using PyTorch ({e})", RuntimeWarning,
+                                      stacklevel=3)
+                self.state["tried"] = True
+        return self.state["lib"]
+
+    @property
+    def error(self) -> str | None:
+        """Why :meth:`get` returned None (after it was called), else None."""
+        return self.state["error"]

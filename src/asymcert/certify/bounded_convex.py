@@ -25,8 +25,6 @@ which is what PyTorch's CPU convolutions use; on other devices the float64 path 
 from __future__ import annotations
 
 import ctypes
-import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,7 +159,7 @@ def bounded_pass(model: nn.Module, x: torch.Tensor, backend: str = "auto",
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     lib = kernels() if backend in ("auto", "cpp") else None
     if backend == "cpp" and lib is None:
-        raise RuntimeError(f"the convex-conv kernel is unavailable: {_state['error']}")
+        raise RuntimeError(f"the convex-conv kernel is unavailable: {kernel_error()}")
     f64 = model.features(x.double())
     if lib is not None:
         return _kernel_pass(lib, model, f64, dtype, dtype == torch.float64 if uniform is None else uniform)
@@ -227,8 +225,6 @@ def _torch_pass(model: nn.Module, f64: torch.Tensor, dtype: torch.dtype) -> Boun
 # the compiled kernel
 
 _KERNEL_SRC = Path(__file__).resolve().parent.parent / "nn" / "_convex_kernels" / "convex_conv.cpp"
-_lock = threading.Lock()
-_state: dict = {"lib": None, "tried": False, "error": None}
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -239,30 +235,20 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.restype = None
 
 
+_KERNEL = _native.LazyKernel(
+    "convex-conv C++ kernel",
+    lambda: _native.build_and_load(_KERNEL_SRC, "asymcert_convex_conv_abi_version", 3, _declare))
+
+
 def kernels() -> ctypes.CDLL | None:
     """The compiled convex-conv kernel, built on first call; None when unavailable (the reason is in
     :func:`kernel_error`; ``ASYMCERT_NO_KERNELS=1`` disables it)."""
-    if _state["tried"]:
-        return _state["lib"]
-    with _lock:
-        if not _state["tried"]:
-            if _native.kernels_disabled():
-                _state["error"] = "disabled by ASYMCERT_NO_KERNELS"
-            else:
-                try:
-                    _state["lib"] = _native.build_and_load(_KERNEL_SRC, "asymcert_convex_conv_abi_version", 3,
-                                                           _declare)
-                except Exception as e:  # any failure means: use the PyTorch path
-                    _state["error"] = str(e)
-                    warnings.warn(f"asymcert: convex-conv C++ kernel unavailable, using PyTorch ({e})",
-                                  RuntimeWarning, stacklevel=2)
-            _state["tried"] = True
-    return _state["lib"]
+    return _KERNEL.get()
 
 
 def kernel_error() -> str | None:
     """Why :func:`kernels` returned None (after it was called), else None."""
-    return _state["error"]
+    return _KERNEL.error
 
 
 def _kernel_pass(lib: ctypes.CDLL, model: nn.Module, f64: torch.Tensor, dtype: torch.dtype,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import threading
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -49,8 +48,6 @@ _CHUNK_ELEMS = 1 << 22  # elements of one materialised batch × out × in chunk 
 _KERNEL_SRC = Path(__file__).with_name("_linf_kernels") / "linf_kernels.cpp"
 _COMMON = ["-O3", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno", "-ffinite-math-only",
            "-fno-signed-zeros", "-fno-trapping-math"]
-_lock = threading.Lock()
-_state: dict = {"lib": None, "tried": False, "error": None}
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -91,6 +88,16 @@ def _self_test(lib: ctypes.CDLL) -> None:
             raise RuntimeError("kernel self-test failed at p = 8")
 
 
+def _build_checked() -> ctypes.CDLL:
+    lib = _build_and_load()
+    _self_test(lib)
+    return lib
+
+
+_KERNEL = _native.LazyKernel("ℓ∞-dist C++ kernels", _build_checked)
+_state = _KERNEL.state  # ``lib``, ``tried``, ``error``
+
+
 def kernels() -> Optional[ctypes.CDLL]:
     """The compiled CPU kernels, building them on first call; None when unavailable.
 
@@ -98,28 +105,12 @@ def kernels() -> Optional[ctypes.CDLL]:
         The loaded library, or None (no compiler, build failure, ``ASYMCERT_NO_KERNELS=1``);
         the reason is in :func:`kernel_error`.
     """
-    if _state["tried"]:
-        return _state["lib"]
-    with _lock:
-        if not _state["tried"]:
-            if _native.kernels_disabled():
-                _state["error"] = "disabled by ASYMCERT_NO_KERNELS"
-            else:
-                try:
-                    lib = _build_and_load()
-                    _self_test(lib)
-                    _state["lib"] = lib
-                except Exception as e:  # any failure means: use the PyTorch path
-                    _state["error"] = str(e)
-                    warnings.warn(f"asymcert: ℓ∞-dist C++ kernels unavailable, using PyTorch ({e})",
-                                  RuntimeWarning, stacklevel=2)
-            _state["tried"] = True
-    return _state["lib"]
+    return _KERNEL.get()
 
 
 def kernel_error() -> Optional[str]:
     """Why :func:`kernels` returned None (after it was called), else None."""
-    return _state["error"]
+    return _KERNEL.error
 
 
 def _threads(work: int) -> int:
