@@ -6,27 +6,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+from asymcert.report.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
-    """CPU model, logical cores, torch threads, versions, device and the current load average."""
-    cpu = "?"
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                    if line.startswith("model name")), "?")
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_average": [round(v, 2) for v in os.getloadavg()],
-            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    """The machine description of :func:`asymcert.report.machine.describe_machine`."""
+    return describe_machine()
 
 
 def best_of(fn: Callable[[], Any], repeats: int = 3) -> float:

@@ -35,6 +35,7 @@ from torch import nn
 from asymcert.data.tasks import Dataset, TaskData
 from asymcert.errors import InputError, UnknownNameError
 from asymcert.nn.convex import ICNN, ConvexConvNet
+from asymcert.report.machine import describe_machine
 from asymcert.train.config import TrainConfig
 from asymcert.train.loop import fit
 from asymcert.train.recipes import FeatureConvexRecipe, predict_scores
@@ -421,22 +422,6 @@ def capacity_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU, core count, versions and the current load average (timings depend on all of them)."""
-    import os
-    import platform
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-        with open("/proc/loadavg") as f:
-            load = [float(v) for v in f.read().split()[:3]]
-    except OSError:  # not Linux
-        load = []
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_average": load}
-
-
 def capacity_report(task: str, out_dir: str | Path, *, recipes: str | list[str] | None = None,
                     limit: int | None = None, seed: int = 0, epochs: int | None = None, reverse: bool = False,
                     frank_wolfe_iterations: int = 100, data_dir: str | Path | None = None, device: str = "cpu",
@@ -474,7 +459,7 @@ def capacity_report(task: str, out_dir: str | Path, *, recipes: str | list[str] 
     n_pos = int(train.y.sum())
     report: dict[str, Any] = {"task": task, "n_train": len(train), "n_sensitive": n_pos, "n_other": len(train) - n_pos,
                               "feature_map": "shift (x − μ)", "command": command, "constructed": None,
-                              "machine_at_start": machine_info()}
+                              "machine_at_start": describe_machine()}
     sep = separability_bound(train.x, train.y, reverse=reverse, limit=limit, seed=seed,
                              frank_wolfe_iterations=frank_wolfe_iterations, keep_normals=limit is None, log=say)
     report["separability"] = sep.summary()
@@ -496,7 +481,7 @@ def capacity_report(task: str, out_dir: str | Path, *, recipes: str | list[str] 
 
     def partial(results: list[CapacityResult]) -> None:  # partial results survive an interruption
         report["recipes"], report["runs"] = results_table(results), [asdict(r) for r in results]
-        report["machine_at_end"] = machine_info()
+        report["machine_at_end"] = describe_machine()
         _write(out, report, results, sep.bound)
 
     results = run_capacity(train, names, epochs=epochs, seed=seed, device=device, progress=progress, log=log,

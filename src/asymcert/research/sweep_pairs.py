@@ -33,8 +33,9 @@ import torch
 from asymcert.certify import certify
 from asymcert.certify.result import norm_label
 from asymcert.data.tasks import Dataset, TaskData, binary_subset, get_task
-from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, machine_note, workers_text, plot_heatmap, pretty_norm,
+from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, workers_text, plot_heatmap, pretty_norm,
                                       run_jobs, split_finished, shared, write_json)
+from asymcert.report.machine import describe_machine
 
 PAIR_MODEL = {"kind": "feature-convex", "feature_map": [{"kind": "shift"}],
               "convex": {"kind": "icnn", "widths": [200, 50]}}
@@ -174,7 +175,7 @@ def sweep_pairs(task_name: str, out_dir: str | Path, classes: Sequence[int] | No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clock = Clock()
-    machine_start = machine_note()
+    machine_start = describe_machine()
     jobs = list(itertools.permutations(classes, 2))
     results, todo = split_finished(jobs, lambda job: pair_dir(out, *job), settings)
     log(f"{len(jobs)} ordered pairs: {len(results)} finished before, {len(todo)} to train "
@@ -196,7 +197,7 @@ def sweep_pairs(task_name: str, out_dir: str | Path, classes: Sequence[int] | No
     results.update(new)
     summary = aggregate(results, classes, data.class_names, settings)
     summary.update(wall_seconds=clock.seconds(), trained_now=len(new), reused=len(jobs) - len(todo),
-                   workers=max(1, workers), machine_start=machine_start, machine_end=machine_note(),
+                   workers=max(1, workers), machine_start=machine_start, machine_end=describe_machine(),
                    failed={f"{a}-{b}": e for (a, b), e in errors.items()}, task_description=task.description)
     summary["plots"] = write_plots(out, summary)
     write_json(out / RESULTS_JSON, summary)
@@ -311,7 +312,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
              f"- run: {workers_text(summary['workers'])}; wall time of this "
              f"invocation {summary['wall_seconds'] / 60:.1f} min, {summary['trained_now']} pair(s) trained now, "
              f"{summary['reused']} reused from an earlier invocation",
-             f"- machine: {summary['machine_start']['cpu_count']} CPUs, load average (1, 5, 15 min) {load0} at the start "
+             f"- machine: {summary['machine_start']['cores']} CPUs, load average (1, 5, 15 min) {load0} at the start "
              f"and {load1} at the end", ""]
     if summary["failed"]:
         lines += ["**Failed pairs** (not in the tables): " + "; ".join(f"{k}: {v}" for k, v in summary["failed"].items()), ""]

@@ -25,8 +25,9 @@ from typing import Any, Callable, Sequence
 
 from asymcert.certify.result import normalize_norm
 from asymcert.data.tasks import TaskData, get_task
-from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, machine_note, pareto_front, workers_text, parse_float_list,
+from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, pareto_front, workers_text, parse_float_list,
                                       plot_pareto, pretty_norm, run_jobs, shared, split_finished, write_json)
+from asymcert.report.machine import describe_machine
 
 FEATURE_MAPS: dict[str, list[dict[str, Any]]] = {
     "shift": [{"kind": "shift"}],
@@ -136,7 +137,7 @@ def sweep_reg(task_name: str, out_dir: str | Path, lambdas: Sequence[float] = DE
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clock = Clock()
-    machine_start = machine_note()
+    machine_start = describe_machine()
     jobs = list(itertools.product(feature_maps, lambdas))
     results, todo = split_finished(jobs, lambda job: out / "runs" / point_name(*job), settings)
     log(f"{len(jobs)} grid points: {len(results)} finished before, {len(todo)} to train "
@@ -163,7 +164,7 @@ def sweep_reg(task_name: str, out_dir: str | Path, lambdas: Sequence[float] = DE
                "lambdas": lambdas, "feature_maps": feature_maps, "report_radii": radii, "entries": entries,
                "pareto": fronts, "wall_seconds": clock.seconds(), "trained_now": len(new),
                "reused": len(jobs) - len(todo), "workers": max(1, workers), "machine_start": machine_start,
-               "machine_end": machine_note(), "failed": {point_name(*j): e for j, e in errors.items()}}
+               "machine_end": describe_machine(), "failed": {point_name(*j): e for j, e in errors.items()}}
     panels = [(f"{pretty_norm(n)}, r = {f['radius']:g}",
                [(f"{e['feature_map']} λ={e['lambda']:g}", e["clean_accuracy"],
                  e["certified_accuracy"][n][f"{f['radius']:g}"]) for e in entries])
@@ -199,7 +200,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
              f"- run: {workers_text(summary['workers'])}; wall time of this "
              f"invocation {summary['wall_seconds'] / 60:.1f} min, {summary['trained_now']} grid point(s) trained now, "
              f"{summary['reused']} reused",
-             f"- machine: {summary['machine_start']['cpu_count']} CPUs, load average (1, 5, 15 min) {load0} at the start "
+             f"- machine: {summary['machine_start']['cores']} CPUs, load average (1, 5, 15 min) {load0} at the start "
              f"and {load1} at the end", ""]
     if summary["failed"]:
         lines += ["**Failed grid points**: " + "; ".join(f"{k}: {v}" for k, v in summary["failed"].items()), ""]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
-import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -82,15 +81,6 @@ def split_finished(jobs: list, job_dir: Callable[[Any], Path], settings: dict[st
         else:
             results[job] = done
     return results, todo
-
-
-def machine_note() -> dict[str, Any]:
-    """CPU count and load averages (1, 5, 15 min) now, for the report."""
-    try:
-        load = [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover - not on every platform
-        load = None
-    return {"cpu_count": os.cpu_count(), "load_average": load}
 
 
 def parse_float_list(text: str, what: str) -> list[float]:
