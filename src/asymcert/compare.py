@@ -46,6 +46,7 @@ from asymcert.certify import certify
 from asymcert.certify.result import Certificate, norm_label
 from asymcert.checkpoint import MODEL_FILE, atomic_write, load
 from asymcert.data.tasks import TaskData
+from asymcert.report.machine import describe_machine
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.writer import summarize
 from asymcert.workflow import (CERT_FILE, DEFAULT_NORMS, RUN_FILE, _merge, preset_overrides, read_run, resolve_task, save_certificates,
@@ -54,6 +55,7 @@ from asymcert.workflow import (CERT_FILE, DEFAULT_NORMS, RUN_FILE, _merge, prese
 DEFAULT_METHODS = ("convex", "linf-dist", "smoothing", "orthogonal", "ibp")
 COMPARE_JSON, COMPARE_MD = "compare.json", "compare.md"
 CPU_EPOCHS = 20
+WARMUP_INPUTS = 16  # certified once, untimed, before the timed pass
 PAPER_LIMIT = 1000
 
 SMALL_CNN = {"arch": "cnn", "channels": [16, 32], "fc": [100]}
@@ -147,7 +149,7 @@ def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Seque
             preset: str | None = None, n_smoothing: int = 10000, limit: int | None = None,
             paper_scale: bool = False, data_dir: str | Path | None = None,
             overrides: dict[str, dict[str, Any]] | None = None, norms: Iterable[float] = DEFAULT_NORMS,
-            certify_batch: int = 250, progress: bool = False, log: Callable[[str], None] | None = None,
+            certify_batch: int = 1000, progress: bool = False, log: Callable[[str], None] | None = None,
             data: TaskData | None = None, fail_fast: bool = False) -> dict[str, Any]:
     """Train (or load) every method into ``out_dir/<method>/``, certify the same test inputs, report.
 
@@ -220,7 +222,7 @@ def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Seque
     result = {"task": task_spec, "task_description": task.description, "preset": preset, "paper_scale": paper_scale,
               "n_inputs": len(x), "n_sensitive": int((y == 1).sum()) if task.binary else None,
               "n_smoothing": 100_000 if paper_scale else int(n_smoothing), "norms": [norm_label(p) for p in norms_t],
-              "report_radii": report_radii, "methods": entries, "plots": {}}
+              "report_radii": report_radii, "methods": entries, "plots": {}, "machine": describe_machine()}
     result["plots"] = _plots(out, certs, entries, y, norms_t, task.description)
     atomic_write(out / COMPARE_JSON, lambda tmp: tmp.write_text(json.dumps(result, indent=1, default=str)))
     atomic_write(out / COMPARE_MD, lambda tmp: tmp.write_text(render_markdown(result)))
@@ -247,6 +249,9 @@ def _run_method(name: str, spec: dict[str, Any], task_spec: dict[str, Any], run_
     opts = dict(cert_opts)
     method = opts.pop("method", None)
     log(f"{name}: certifying {len(x)} test inputs")
+    # a warm-up call first, so that one-time costs (building or loading a compiled kernel, first-call
+    # allocations) do not count as per-input certification time
+    certify(model, x[:WARMUP_INPUTS], norms=norms, method=method, **opts)
     cert = certify(model, x, norms=norms, method=method, batch_size=certify_batch, **opts)
     save_certificates(run_dir / CERT_FILE, cert, y)
     _write_run_report(run_dir, log)
@@ -307,6 +312,12 @@ def render_markdown(result: dict[str, Any]) -> str:
                   f"  - randomized smoothing: MLP 256-256 base model (paper: ResNet-18), n = {result['n_smoothing']:,} "
                   "estimation samples (paper: 100,000), n0 = 100, α = 0.001, σ = 0.75",
                   "  - ℓ∞-distance net: 4 × 512 (paper: 5 × 5120); orthogonal net: MLP 3 × 256; IBP: small CNN (16, 32, fc 100)"]
+    lines.append(f"- certify ms / input: one timed pass over all the inputs, after an untimed warm-up call on "
+                 f"{WARMUP_INPUTS} of them (kernel loading, first-call allocations)")
+    machine = result.get("machine")
+    if machine:
+        lines.append(f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch "
+                     f"threads, load average {machine['load_average']} when the report was written")
     lines.append("")
     ok = {k: v for k, v in result["methods"].items() if v["status"] == "ok"}
     lines += ["| method | certificate | clean accuracy | sensitive flagged | certify ms / input | training min |",
