@@ -30,19 +30,10 @@ from typing import Callable
 import torch
 
 from asymcert.nn import linf_dist as L
+from common import machine  # benchmarks/common.py
 
 INF = float("inf")
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def compiler_version() -> str:
@@ -178,7 +169,7 @@ def main() -> None:
         "problem": {"batch": B, "in": K, "out": O, "dtype": "float32", "sub_abs_max_ops": ops},
         "command": "python " + " ".join(["benchmarks/bench_linf_dist.py"] + sys.argv[1:]),
         "machine": {
-            "cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_model": machine()["cpu"], "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "compiler": compiler_version(), "loadavg_before": load_before, "loadavg_after": load_after,
         },

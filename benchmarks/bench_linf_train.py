@@ -35,19 +35,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common import machine  # benchmarks/common.py
+
 PAPER = {"clean": 87.91, "pgd": 79.64, "certified": 77.48,
          "source": "Zhang et al. 2021, ℓ∞-dist Net, Fashion-MNIST ε = 0.1 (5 layers × 5120, 400 epochs)"}
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def pgd_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
@@ -168,7 +160,7 @@ def main() -> None:
                             "random_start": True},
                     "command": "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "?") + " python "
                                + " ".join(["benchmarks/bench_linf_train.py"] + sys.argv[1:])},
-        "machine": {"cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu_model": machine()["cpu"], "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
                     "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg())},
         "training": {"seconds": run["training"]["seconds"], "best_epoch": run["training"]["best"]["epoch"],

@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -39,22 +38,12 @@ from asymcert.certify.attacks import pgd_attack
 from asymcert.certify.one_vs_rest import class_radii_key
 from asymcert.report.metrics import certified_accuracy, clean_accuracy
 from asymcert.workflow import CERT_FILE, load_certificates, read_run, run_data
+from common import machine  # benchmarks/common.py
 
 INF = math.inf
 RADII = {INF: (0.01, 0.02, 0.04, 0.08, 0.1), 2.0: (0.25, 0.5, 1.0, 2.0), 1.0: (1.0, 2.0, 4.0, 8.0)}
 LABEL = {INF: "linf", 2.0: "l2", 1.0: "l1"}
 
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (else the platform's machine name)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def table(run_dir: Path) -> dict:
@@ -143,7 +132,7 @@ def main() -> None:
     if args.linf_run:
         result["linf_dist"] = {"run_dir": str(args.linf_run), **table(args.linf_run)}
     result["soundness"] = soundness(args.run, args.pgd_limit, args.pgd_steps, args.eps)
-    result["machine"] = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(),
+    result["machine"] = {"cpu": machine()["cpu"], "logical_cpus": os.cpu_count(),
                          "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                          "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
     result["note"] = ("one_vs_rest certified: correct argmax AND true class flagged with radius ≥ r (the flag of the "
