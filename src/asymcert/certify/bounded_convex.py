@@ -121,14 +121,14 @@ def _channel(v: torch.Tensor) -> torch.Tensor:
     return v.view(1, -1, 1, 1)
 
 
-def _readout(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(wa, const): the readout folded with the output batch norm, s = Σ wa ⊙ z + const, float64."""
+def _readout(model: nn.Module, spatial: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(wa, const): the readout folded with the output batch norm, s = Σ wa ⊙ z + const, float64;
+    ``wa`` is (C, *spatial), the shape of the last block's output."""
     net = model.convex
     a64, c64 = _affine(net.out_norm)
-    ch = net.channels
-    w_out = net.readout.weight.double().view(ch, -1)
-    wa = (w_out * a64.view(-1, 1)).view(ch, *model.features(torch.zeros(1, *model.input_shape)).shape[2:])
-    const = (w_out * c64.view(-1, 1)).sum() + net.readout.bias.double().sum() + model.balance.double()
+    w_out = net.readout.weight.double().view(net.channels, *spatial)
+    wa = w_out * a64.view(-1, 1, 1)
+    const = (w_out * c64.view(-1, 1, 1)).sum() + net.readout.bias.double().sum() + model.balance.double()
     return wa.detach(), const.detach()
 
 
@@ -186,10 +186,13 @@ def _torch_pass(model: nn.Module, f64: torch.Tensor, dtype: torch.dtype) -> Boun
     z = t.clamp_min_(0.0)
     err.mul_(masks[0])
 
+    scales, weights = [], []  # per block, reused by the backward
     for norm, conv, (alpha, beta, g_n) in zip(net.block_norms, net.block_convs, consts.blocks):
         a64, c64 = _affine(norm)
         a, c = _channel(a64.to(dtype)), _channel(c64.to(dtype))
         w = conv.weight.to(dtype).contiguous(memory_format=cl)
+        scales.append(a)
+        weights.append(w)
         bias = conv.bias.to(dtype)
         y = torch.addcmul(c, z, a)
         v = torch.addcmul(c.abs() * alpha, torch.add(z, err, alpha=beta / alpha), a * alpha)
@@ -201,7 +204,7 @@ def _torch_pass(model: nn.Module, f64: torch.Tensor, dtype: torch.dtype) -> Boun
         z = r.clamp_min_(0.0)
         err.mul_(mask)
 
-    wa, const = _readout(model)
+    wa, const = _readout(model, z.shape[2:])
     wa_hwc = wa.permute(1, 2, 0).reshape(-1)  # channels-last order, matches z's memory layout
     z_flat = z.permute(0, 2, 3, 1).reshape(n_batch, -1).double()
     score = z_flat @ wa_hwc + const
@@ -211,10 +214,8 @@ def _torch_pass(model: nn.Module, f64: torch.Tensor, dtype: torch.dtype) -> Boun
     # backward with the pattern fixed; every factor before the stem is nonnegative
     g = wa.to(dtype).unsqueeze(0) * masks[-1]
     for k in range(len(net.block_convs) - 1, -1, -1):
-        conv = net.block_convs[k]
-        a = _channel(_affine(net.block_norms[k])[0].to(dtype))
-        back = F.conv_transpose2d(g, conv.weight.to(dtype).contiguous(memory_format=cl), padding=conv.padding)
-        g = torch.addcmul(g, back, a).mul_(masks[k])
+        back = F.conv_transpose2d(g, weights[k], padding=net.block_convs[k].padding)
+        g = torch.addcmul(g, back, scales[k]).mul_(masks[k])
     grad = F.conv_transpose2d(g, w0, padding=stem_pad)
     grad_err = F.conv_transpose2d(g, w0_abs, padding=stem_pad).mul_(consts.grad)
     return BoundedPass(score=score, score_error=score_err * BOUND_SAFETY, grad=grad.contiguous(),
@@ -261,20 +262,20 @@ def _kernel_pass(lib: ctypes.CDLL, model: nn.Module, f64: torch.Tensor, dtype: t
     affines = [_affine(norm) for norm in net.block_norms]
     n_blocks = len(affines)
 
-    def f32(t: torch.Tensor) -> torch.Tensor:
+    def cast(t: torch.Tensor) -> torch.Tensor:
         return t.detach().to(dtype).contiguous()
 
-    a_blocks = f32(torch.stack([a for a, _ in affines])) if n_blocks else torch.zeros(0)
-    c_blocks = f32(torch.stack([s for _, s in affines])) if n_blocks else torch.zeros(0)
-    w_blocks = f32(torch.stack([cv.weight for cv in net.block_convs])) if n_blocks else torch.zeros(0)
-    b_blocks = f32(torch.stack([cv.bias for cv in net.block_convs])) if n_blocks else torch.zeros(0)
-    wa, const = _readout(model)
+    a_blocks = cast(torch.stack([a for a, _ in affines])) if n_blocks else torch.zeros(0)
+    c_blocks = cast(torch.stack([s for _, s in affines])) if n_blocks else torch.zeros(0)
+    w_blocks = cast(torch.stack([cv.weight for cv in net.block_convs])) if n_blocks else torch.zeros(0)
+    b_blocks = cast(torch.stack([cv.bias for cv in net.block_convs])) if n_blocks else torch.zeros(0)
+    wa, const = _readout(model, (h, w))
     wa = wa.contiguous()
     wa32 = wa.to(dtype).contiguous()
     prm = torch.tensor([UNIT_ROUNDOFF[dtype], consts.stem, consts.grad] + [v for blk in consts.blocks for v in blk]
                        + [1.0 if uniform else 0.0],
                        dtype=torch.float64)
-    w0, b0 = f32(net.stem.weight), f32(net.stem.bias)
+    w0, b0 = cast(net.stem.weight), cast(net.stem.bias)
     score = torch.empty(n, dtype=torch.float64)
     score_err = torch.empty(n, dtype=torch.float64)
     grad = torch.empty(n, c_in, h, w, dtype=dtype)

@@ -100,39 +100,32 @@ def certify_feature_convex(model: nn.Module, x: torch.Tensor, norms: tuple[float
     Returns:
         Certificate with ``predicted`` 1 where the model's own s(x) > 0, radii in raw input units
         (0 where not flagged, or where the reference score disagrees), ``extra["score"]`` s(x).
-        With "bounded" and "float64", the decision is read from the reference score where it is
+        The decision is read from the reference score (the model's own with "model") where it is
         farther from 0 than the model's rounding (:func:`float_guard`), and from the model's own
         forward pass for the rest; ``extra["score"]`` is the reference score there.
     """
     if validate:
         model.validate()
     precision = _resolve_precision(model, x, precision)
-    if precision == "model":
-        with eval_mode(model), torch.no_grad():
-            score = model(x)
-        ref_score, grad = score_and_feature_gradient(model, x)
-        margin = ref_score.double()
-        if guard:
-            margin = margin - float_guard(model, model.features(x).detach(), grad, ref_score)
-        margin = torch.where(score > 0, margin, torch.zeros_like(margin))
-        slack = DEFAULT_SLACK if slack is None else slack
-        radii = {p: safe_radius(margin, model.lipschitz(p) * dual_norm(grad, p), slack) for p in norms}
-        return Certificate(predicted=(score > 0).long(), radii=radii, method="feature-convex",
-                           deterministic=True, binary=True, extra={"score": score.detach().float()})
+    err, uncertain = None, None
     if precision == "bounded":
         bp = bounded_pass(model, x)
         score, err, features, uncertain = bp.score, bp.score_error, bp.features, bp.uncertain
         # |∇h_P| ≤ |ĝ| + E_g componentwise, so its dual norm bounds ‖∇h_P‖ (norms are monotone)
         grad, grad_bound = bp.grad, bp.grad.double().abs().add_(bp.grad_error.double())
     else:
-        score, grad = score_and_feature_gradient(_float64_copy(model), x.double())
-        err, features, uncertain = torch.zeros_like(score), model.features(x.double()).detach(), None
-        grad_bound = grad
+        ref = _float64_copy(model) if precision == "float64" else model
+        xr = x.double() if precision == "float64" else x
+        score, grad = score_and_feature_gradient(ref, xr)
+        features, grad_bound = model.features(xr).detach(), grad
+    score = score.double()
+    err = torch.zeros_like(score) if err is None else err
     band = float_guard(model, features, grad, score)
     flagged, own_score = _decide(model, x, score - err, score + err, band, uncertain)
     margin = score - err - (band if guard else 0.0)
     margin = torch.where(flagged, margin, torch.zeros_like(margin))
-    slack = 1e-9 if slack is None else slack
+    if slack is None:
+        slack = DEFAULT_SLACK if precision == "model" else 1e-9
     radii = {p: safe_radius(margin, model.lipschitz(p) * dual_norm(grad_bound, p), slack) for p in norms}
     return Certificate(predicted=flagged.long(), radii=radii, method="feature-convex",
                        deterministic=True, binary=True, extra={"score": own_score})
