@@ -34,7 +34,7 @@ from asymcert.certify import certify
 from asymcert.certify.result import norm_label
 from asymcert.data.tasks import Dataset, TaskData, binary_subset, get_task
 from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, workers_text, plot_heatmap, pretty_norm,
-                                      run_jobs, split_finished, shared, write_json)
+                                      progress_log, run_jobs, split_finished, shared, write_json)
 from asymcert.report.machine import describe_machine
 
 PAIR_MODEL = {"kind": "feature-convex", "feature_map": [{"kind": "shift"}],
@@ -180,17 +180,11 @@ def sweep_pairs(task_name: str, out_dir: str | Path, classes: Sequence[int] | No
     results, todo = split_finished(jobs, lambda job: pair_dir(out, *job), settings)
     log(f"{len(jobs)} ordered pairs: {len(results)} finished before, {len(todo)} to train "
         f"({train['epochs']} epochs each, {max(1, workers)} worker(s))")
-    count = [len(results)]
-
-    def on_done(job: tuple[int, int], result: dict[str, Any] | None, error: str | None) -> None:
-        count[0] += 1
-        head = f"[{count[0]}/{len(jobs)}] {job[0]} vs {job[1]}"
-        if error:
-            log(f"{head}: FAILED: {error}")
-        else:
-            log(f"{head}: clean {100 * result['clean_accuracy']:.1f}%, median radius "
-                + ", ".join(f"{pretty_norm(n)} {result['median_radius'][n]:.3g}" for n in settings["norms"])
-                + f" ({result['job_seconds']:.0f} s)")
+    on_done = progress_log(
+        log, len(jobs), len(results), lambda job: f"{job[0]} vs {job[1]}",
+        lambda result: f"clean {100 * result['clean_accuracy']:.1f}%, median radius "
+        + ", ".join(f"{pretty_norm(n)} {result['median_radius'][n]:.3g}" for n in settings["norms"])
+        + f" ({result['job_seconds']:.0f} s)")
 
     shared_data = {"data": _keep_classes(data, classes), "settings": settings, "out": str(out)}
     new, errors = run_jobs(todo, _pair_job, shared_data, workers=workers, on_done=on_done)

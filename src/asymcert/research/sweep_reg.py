@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 from asymcert.certify.result import normalize_norm
 from asymcert.data.tasks import TaskData, get_task
 from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, pareto_front, workers_text, parse_float_list,
-                                      plot_pareto, pretty_norm, run_jobs, shared, split_finished, write_json)
+                                      plot_pareto, pretty_norm, progress_log, run_jobs, shared, split_finished, write_json)
 from asymcert.report.machine import describe_machine
 
 FEATURE_MAPS: dict[str, list[dict[str, Any]]] = {
@@ -142,13 +142,8 @@ def sweep_reg(task_name: str, out_dir: str | Path, lambdas: Sequence[float] = DE
     results, todo = split_finished(jobs, lambda job: out / "runs" / point_name(*job), settings)
     log(f"{len(jobs)} grid points: {len(results)} finished before, {len(todo)} to train "
         f"({settings['epochs']} epochs each, {max(1, workers)} worker(s))")
-    count = [len(results)]
-
-    def on_done(job: tuple[str, float], result: dict[str, Any] | None, error: str | None) -> None:
-        count[0] += 1
-        head = f"[{count[0]}/{len(jobs)}] {point_name(*job)}"
-        log(f"{head}: FAILED: {error}" if error else
-            f"{head}: clean {100 * result['clean_accuracy']:.1f}% ({result['job_seconds']:.0f} s)")
+    on_done = progress_log(log, len(jobs), len(results), lambda job: point_name(*job),
+                           lambda result: f"clean {100 * result['clean_accuracy']:.1f}% ({result['job_seconds']:.0f} s)")
 
     shared_data = {"data": data, "settings": settings, "out": str(out),
                    "data_dir": str(data_dir) if data_dir else None}

@@ -197,6 +197,19 @@ def run_jobs(jobs: Sequence[Any], job_fn: Callable[[Any], dict[str, Any]], share
     return results, errors
 
 
+def progress_log(log: Callable[[str], None], total: int, done_before: int, name: Callable[[Any], str],
+                 describe: Callable[[dict[str, Any]], str]) -> Callable[[Any, dict[str, Any] | None, str | None], None]:
+    """An ``on_done`` for :func:`run_jobs` that logs ``[i/total] name: description`` or the failure."""
+    count = [done_before]
+
+    def on_done(job: Any, result: dict[str, Any] | None, error: str | None) -> None:
+        count[0] += 1
+        head = f"[{count[0]}/{total}] {name(job)}"
+        log(f"{head}: FAILED: {error}" if error else f"{head}: {describe(result)}")  # type: ignore[arg-type]
+
+    return on_done
+
+
 class Clock:
     """Wall-clock seconds since creation."""
 
