@@ -20,6 +20,12 @@ class TrainConfig:
             schedules are chosen with ``schedule="cosine"`` (per iteration).
         weight_decay: L2 weight decay.
         jacobian_reg: λ of the Jacobian regulariser λ·‖∂g/∂φ‖_F (feature-convex models).
+        margin_radius: certified-margin loss of feature-convex models (0 = off): for *sensitive*
+            training inputs the cross-entropy is taken on s(x) − r·Lip_p(φ)·‖∇_φ g‖_{p*}, the
+            certified lower bound of the score over the ℓp ball of radius r (raw input units);
+            other inputs keep the plain loss, since nothing is certified for them.
+        margin_norm: the p of that ball (1, 2, inf, ...).
+        margin_warmup: fraction of training over which r grows linearly from 0 (0 = from the start).
         seed: seeds weights, shuffling and augmentation.
         device: "auto" (CUDA when present), "cpu" or "cuda[:i]".
         augment: apply the task's training augmentation.
@@ -38,6 +44,9 @@ class TrainConfig:
     schedule: str = "exponential"
     weight_decay: float = 0.0
     jacobian_reg: float = 0.0
+    margin_radius: float = 0.0
+    margin_norm: float = 2.0
+    margin_warmup: float = 0.0
     seed: int = 0
     device: str = "auto"
     augment: bool = True

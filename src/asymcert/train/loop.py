@@ -103,6 +103,9 @@ def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Pa
     state_file = out / STATE_FILE if out else None
     # the worker count does not change the batches, so a run may resume with another one
     settings = {k: v for k, v in config.to_dict().items() if k != "workers"}
+    if not config.margin_radius:  # runs without the margin loss keep the fingerprint they had before it
+        for key in ("margin_radius", "margin_norm", "margin_warmup"):
+            settings.pop(key)
     fingerprint = json.dumps({"train": settings, "model": model.config()}, sort_keys=True, default=str)
     if state_file is not None and state_file.is_file():
         state = torch.load(state_file, map_location=device, weights_only=True)

@@ -11,7 +11,7 @@ from torch import nn
 from asymcert.data.tasks import Dataset
 from asymcert.train.balance import balanced_accuracy, fit_balance
 from asymcert.train.config import TrainConfig
-from asymcert.train.regularizers import jacobian_penalty
+from asymcert.train.regularizers import certified_lower_bound, jacobian_penalty_from_grad
 
 
 class Recipe(Protocol):
@@ -47,10 +47,23 @@ def predict_scores(model: nn.Module, x: torch.Tensor, batch_size: int, device: t
 class FeatureConvexRecipe:
     """The feature-convex paper's recipe: BCE on the logit s(x), optional Jacobian regulariser,
     projection onto nonnegative weights after every step, and the balance shift b fitted on
-    the validation split (selection metric: balanced validation accuracy)."""
+    the validation split (selection metric: balanced validation accuracy).
+
+    With ``margin_radius`` r > 0 the sensitive inputs' BCE is taken on the certified lower bound
+    s(x) − r·Lip_p(φ)·‖∇_φ g(φ(x))‖_{p*} of the score over the ℓp ball of radius r around x (convexity
+    of g gives s(x + δ) ≥ s(x) + ∇sᵀδ), so training pushes up the quantity the certificate uses,
+    only where a certificate is wanted. The gradient comes from the same single backward pass with
+    ``create_graph=True`` as the Jacobian regulariser.
+    """
 
     def __init__(self, config: TrainConfig) -> None:
         self.jacobian_reg = float(config.jacobian_reg)
+        self.margin_radius = float(config.margin_radius)
+        self.margin_norm = float(config.margin_norm)
+        self.margin_warmup = float(config.margin_warmup)
+        if self.margin_radius < 0 or self.margin_norm < 1 or not 0 <= self.margin_warmup <= 1:
+            raise ValueError(f"margin loss needs margin_radius ≥ 0, margin_norm ≥ 1 and 0 ≤ margin_warmup ≤ 1; "
+                             f"got {self.margin_radius}, {self.margin_norm}, {self.margin_warmup}")
 
     def prepare(self, model: nn.Module, train: Dataset) -> None:
         model.feature_map.fit(train.x)
@@ -60,18 +73,38 @@ class FeatureConvexRecipe:
     def on_epoch_start(self, model: nn.Module, epoch: int, progress: float) -> None:
         pass
 
+    def margin_at(self, progress: float) -> float:
+        """The margin loss's radius r at ``progress`` (0 → 1) of training, raw input units."""
+        if self.margin_warmup <= 0:
+            return self.margin_radius
+        return self.margin_radius * min(1.0, progress / self.margin_warmup)
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict]:
         features = model.features(x)
-        if self.jacobian_reg > 0:
+        needs_grad = self.jacobian_reg > 0 or self.margin_radius > 0
+        if needs_grad:
             features = features.detach().requires_grad_(True)
         score = model.score_from_features(features)
-        bce = F.binary_cross_entropy_with_logits(score, y.float())
-        stats = {"bce": bce.item()}
-        if self.jacobian_reg > 0:
-            reg = jacobian_penalty(score, features)
-            stats["jac"] = reg.item()
-            return bce + self.jacobian_reg * reg, stats
-        return bce, stats
+        stats: dict[str, float] = {}
+        penalty = torch.zeros((), device=score.device)
+        logit = score
+        if needs_grad:
+            # one backward pass: with one scalar score per input, the gradient of the sum holds
+            # every input's own gradient row
+            (grad,) = torch.autograd.grad(score.sum(), features, create_graph=True)
+            if self.jacobian_reg > 0:
+                reg = jacobian_penalty_from_grad(grad)
+                stats["jac"] = reg.item()
+                penalty = self.jacobian_reg * reg
+            r = self.margin_at(progress)
+            if r > 0:
+                bound = certified_lower_bound(score, grad, r, self.margin_norm,
+                                              model.feature_map.lipschitz(self.margin_norm))
+                logit = torch.where(y.bool(), bound, score)
+                stats["margin_r"] = r
+        bce = F.binary_cross_entropy_with_logits(logit, y.to(logit.dtype))
+        stats["bce"] = bce.item()
+        return bce + penalty, stats
 
     def after_step(self, model: nn.Module) -> None:
         model.project()
