@@ -103,11 +103,13 @@ def main() -> None:
              "seed": args.seed, "device": "cpu", "extra": extra}
     model_cfg = {"kind": "linf-dist", "widths": widths, "num_classes": 10, "binary": False,
                  "mlp_head": args.mlp_head, "identity_init": True}
-    loads: list[list[float]] = []
+    loads: dict[int, list[float]] = {}  # epoch → load average when it ended (epochs of this process only)
 
     def log(msg: str) -> None:
-        loads.append(list(os.getloadavg()))
-        print(time.strftime("%H:%M:%S"), msg, "| load", " ".join(f"{v:.1f}" for v in loads[-1]), flush=True)
+        load = list(os.getloadavg())
+        if msg.startswith("epoch "):
+            loads[int(msg.split()[1].split("/")[0])] = load
+        print(time.strftime("%H:%M:%S"), msg, "| load", " ".join(f"{v:.1f}" for v in load), flush=True)
 
     out = Path(args.out)
     run = train_run({"name": "fashion-mnist"}, out, train_overrides=train, model_overrides=model_cfg, data=data,
@@ -121,7 +123,7 @@ def main() -> None:
         epochs.append({"epoch": e, "seconds": round(h["seconds"], 1), "p_start": p0 if math.isfinite(p0) else "inf",
                        "p_end": p1 if math.isfinite(p1) else "inf", "loss": h.get("loss"),
                        "val_accuracy": h.get("val_accuracy"), "val_certified": h.get("val_certified"),
-                       "load_after": loads[e - 1] if e - 1 < len(loads) else None})
+                       "load_after": loads.get(e)})
         print(epochs[-1], flush=True)
 
     t0 = time.perf_counter()
@@ -163,7 +165,9 @@ def main() -> None:
         "machine": {"cpu_model": machine()["cpu"], "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
                     "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg())},
-        "training": {"seconds": run["training"]["seconds"], "best_epoch": run["training"]["best"]["epoch"],
+        "training": {"seconds": sum(h["seconds"] for h in history),  # all epochs, resumed runs included
+                     "seconds_this_process": run["training"]["seconds"],
+                     "best_epoch": run["training"]["best"]["epoch"],
                      "per_epoch_seconds": per_epoch, "epochs": epochs},
         "results_percent": {"clean": round(100 * clean, 2),
                             "pgd": round(100 * float(robust_t.double().mean()), 2) if n_pgd else None,

@@ -33,7 +33,7 @@ import torch
 from asymcert.certify import certify
 from asymcert.certify.result import norm_label
 from asymcert.data.tasks import Dataset, TaskData, binary_subset, get_task
-from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, workers_text, plot_heatmap, pretty_norm,
+from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, plot_heatmap, pretty_norm, run_lines,
                                       progress_log, run_jobs, split_finished, shared, write_json)
 from asymcert.report.machine import describe_machine
 
@@ -287,7 +287,6 @@ def render_markdown(summary: dict[str, Any]) -> str:
     convex = s["model"]["convex"]
     arch = (f"ICNN MLP {'-'.join(str(w) for w in convex['widths'])} (input pass-through at every layer)"
             if convex.get("kind") == "icnn" else f"`{convex}`")
-    load0, load1 = summary["machine_start"]["load_average"], summary["machine_end"]["load_average"]
     lines = [f"# Class-pair sweep: {summary['task_description']}", "",
              f"Every ordered pair (sensitive a, other b) of {len(names)} classes: {n_pairs} feature-convex "
              "classifiers, each certified on its own test inputs.", "",
@@ -302,12 +301,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
              "is fitted on the pair's validation inputs (never on test inputs)",
              "- evaluation: " + ("every test input of the pair" if s["limit"] is None else f"the first {s['limit']} test inputs of the pair")
              + "; median radius = median certified radius among the sensitive-class test inputs flagged sensitive "
-               "(raw pixel units)",
-             f"- run: {workers_text(summary['workers'])}; wall time of this "
-             f"invocation {summary['wall_seconds'] / 60:.1f} min, {summary['trained_now']} pair(s) trained now, "
-             f"{summary['reused']} reused from an earlier invocation",
-             f"- machine: {summary['machine_start']['cores']} CPUs, load average (1, 5, 15 min) {load0} at the start "
-             f"and {load1} at the end", ""]
+               "(raw pixel units)"] + run_lines(summary, "pair") + [""]
     if summary["failed"]:
         lines += ["**Failed pairs** (not in the tables): " + "; ".join(f"{k}: {v}" for k, v in summary["failed"].items()), ""]
     mats = summary["matrices"]

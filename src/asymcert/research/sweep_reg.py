@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 from asymcert.certify.result import normalize_norm
 from asymcert.data.tasks import TaskData, get_task
-from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, pareto_front, workers_text, parse_float_list,
+from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, pareto_front, parse_float_list, run_lines,
                                       plot_pareto, pretty_norm, progress_log, run_jobs, shared, split_finished, write_json)
 from asymcert.report.machine import describe_machine
 
@@ -182,7 +182,6 @@ def _label(p: float) -> str:
 def render_markdown(summary: dict[str, Any]) -> str:
     """The regularisation sweep report as Markdown."""
     s = summary["settings"]
-    load0, load1 = summary["machine_start"]["load_average"], summary["machine_end"]["load_average"]
     base = s["base_train"]
     lines = [f"# Regularisation sweep: {summary['task_description']}", "",
              f"- grid: Jacobian regulariser λ ∈ {{{', '.join(f'{v:g}' for v in summary['lambdas'])}}} × feature map φ ∈ "
@@ -191,12 +190,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
              f"({base.get('optimizer', 'sgd').upper()} lr {base.get('lr')}, batch {base.get('batch_size')}) for "
              f"{s['epochs']} epochs (paper: {base.get('epochs')}), best-validation checkpoint, b fitted on validation",
              "- evaluation: " + ("every test input" if s["limit"] is None else f"the first {s['limit']} test inputs")
-             + "; certified accuracy at r = share of sensitive-class test inputs flagged sensitive with radius ≥ r",
-             f"- run: {workers_text(summary['workers'])}; wall time of this "
-             f"invocation {summary['wall_seconds'] / 60:.1f} min, {summary['trained_now']} grid point(s) trained now, "
-             f"{summary['reused']} reused",
-             f"- machine: {summary['machine_start']['cores']} CPUs, load average (1, 5, 15 min) {load0} at the start "
-             f"and {load1} at the end", ""]
+             + "; certified accuracy at r = share of sensitive-class test inputs flagged sensitive with radius ≥ r"]
+    lines += run_lines(summary, "grid point") + [""]
     if summary["failed"]:
         lines += ["**Failed grid points**: " + "; ".join(f"{k}: {v}" for k, v in summary["failed"].items()), ""]
     lines += ["| φ | λ | clean | sensitive flagged | training min | Pareto-optimal at |", "|---|---|---|---|---|---|"]

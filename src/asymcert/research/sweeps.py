@@ -257,6 +257,16 @@ def workers_text(workers: int) -> str:
     return f"{workers} worker processes (spawn pool, one torch thread each)"
 
 
+def run_lines(summary: dict[str, Any], unit: str) -> list[str]:
+    """The report's "run" and "machine" bullet lines of a sweep ``summary`` whose jobs are ``unit``s."""
+    load0, load1 = summary["machine_start"]["load_average"], summary["machine_end"]["load_average"]
+    return [f"- run: {workers_text(summary['workers'])}; wall time of this invocation "
+            f"{summary['wall_seconds'] / 60:.1f} min, {summary['trained_now']} {unit}(s) trained now, "
+            f"{summary['reused']} reused from an earlier invocation",
+            f"- machine: {summary['machine_start']['cores']} CPUs, load average (1, 5, 15 min) {load0} at the start "
+            f"and {load1} at the end"]
+
+
 def pretty_norm(label: str) -> str:
     """``"l2"`` → ``"ℓ2"``, ``"linf"`` → ``"ℓ∞"``."""
     return "ℓ∞" if label == "linf" else "ℓ" + label[1:]
