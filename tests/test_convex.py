@@ -59,3 +59,33 @@ def test_unknown_convex_net_settings_are_named():
     from asymcert.nn.convex import build_convex_net
     with pytest.raises(UnknownNameError, match="channels"):
         build_convex_net({"kind": "icnn", "widths": [4], "channels": 4}, (1, 6, 6))
+
+
+def _train_mode_icnn(seed: int = 0, widths=(16,)):
+    torch.manual_seed(seed)
+    net = ICNN((1, 6, 6), widths=widths).train()
+    with torch.no_grad():
+        for p in net.hidden.parameters():
+            p.mul_(40.0)
+    return net
+
+
+def test_frozen_batch_statistics_keep_values_and_running_statistics():
+    from asymcert.nn.convex import frozen_batch_statistics
+    net = _train_mode_icnn(widths=(16, 8))
+    x = torch.rand(32, 1, 6, 6)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    with frozen_batch_statistics(net):
+        frozen = net(x)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k]), f"{k} changed under frozen statistics"
+    assert torch.allclose(frozen, net(x), atol=1e-6)  # the ordinary training-mode pass gives the same values
+    assert not any(getattr(m, "frozen_statistics", False) for m in net.modules())  # restored on exit
+
+
+def test_frozen_batch_statistics_refuse_plain_batch_norm():
+    from asymcert.nn.convex import frozen_batch_statistics
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).train()
+    with pytest.raises(ValueError, match="PositiveBatchNorm"):
+        with frozen_batch_statistics(net):
+            pass

@@ -81,3 +81,23 @@ def test_margin_radius_warms_up_linearly():
 def test_bad_margin_settings_are_named(bad):
     with pytest.raises(ValueError, match="margin"):
         FeatureConvexRecipe(TrainConfig(**bad))
+
+
+def test_training_mode_losses_use_each_inputs_own_gradient():
+    """With batch norm in training mode the regulariser and the margin see ∂s_i/∂φ_i (this batch's
+    statistics held constant), not the batch-coupled sum of gradients."""
+    from asymcert.models import build_model
+    from tests.test_regularizers import _reference_gradients
+    torch.manual_seed(0)
+    model = build_model({"kind": "feature-convex", "input_shape": [1, 6, 6], "feature_map": [{"kind": "shift"}],
+                         "convex": {"kind": "icnn", "widths": [16]}}).double().train()
+    x, y = _batch()
+    x = x.double()
+    recipe = FeatureConvexRecipe(TrainConfig(jacobian_reg=0.1, margin_radius=0.2, margin_norm=2.0))
+    loss, _ = recipe.loss(model, x, y, progress=1.0)
+    features = model.features(x).detach()
+    own = _reference_gradients(model.convex, features)
+    score = model.score_from_features(features)
+    logit = torch.where(y.bool(), score - 0.2 * own.flatten(1).norm(dim=1), score)
+    expected = F.binary_cross_entropy_with_logits(logit, y.double()) + 0.1 * own.pow(2).sum().sqrt()
+    assert torch.allclose(loss, expected, rtol=1e-9)

@@ -9,6 +9,7 @@ activation (ReLU) is convex and nondecreasing. Constrained modules expose ``cons
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
@@ -56,6 +57,7 @@ class PositiveBatchNorm(nn.modules.batchnorm._BatchNorm):
     def __init__(self, num_features: int, min_scale: float = 1e-3, **kwargs: Any) -> None:
         super().__init__(num_features, **kwargs)
         self.min_scale = float(min_scale)
+        self.frozen_statistics = False  # set by `frozen_batch_statistics`; not part of the state dict
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() not in (2, 4):
@@ -66,9 +68,30 @@ class PositiveBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from asymcert import distributed
+        if self.training and self.frozen_statistics:
+            return self._frozen_forward(x)
         if not (self.training and distributed.is_distributed()):
             return super().forward(x)
         return self._synced_forward(x)
+
+    def _frozen_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise with this batch's statistics (global under torch.distributed) held constant, and
+        leave the running statistics alone: the same values as the training-mode pass, but inputs no
+        longer interact, so the gradient of a summed output holds each input's own gradient."""
+        from asymcert import distributed
+        dims = [0] + list(range(2, x.dim()))
+        with torch.no_grad():
+            if distributed.is_distributed():
+                count = distributed.differentiable_sum(
+                    torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device))
+                total = distributed.differentiable_sum(torch.stack([x.sum(dims), (x * x).sum(dims)]))
+                mean = total[0] / count
+                var = (total[1] / count - mean * mean).clamp_min(0.0)
+            else:
+                var, mean = torch.var_mean(x, dim=dims, correction=0)
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape)
 
     def _synced_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training-mode batch norm with statistics over the global batch of every process
@@ -92,6 +115,40 @@ class PositiveBatchNorm(nn.modules.batchnorm._BatchNorm):
         """(scale, shift) per channel of the eval-mode map x ↦ scale·x + shift."""
         scale = self.weight / torch.sqrt(self.running_var + self.eps)
         return scale, self.bias - scale * self.running_mean
+
+
+@contextmanager
+def frozen_batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, training-mode batch norms of ``model`` use their batch's statistics as
+    constants and do not update running statistics.
+
+    In training mode batch norm couples the inputs of a batch, so the gradient of ``score.sum()``
+    with respect to the inputs is Σ_j ∂s_j/∂x_i, not input i's own gradient ∂s_i/∂x_i; the cross
+    terms can cancel it (for a one-hidden-layer ICNN with batch norm, everything but the input
+    pass-through cancels exactly). Under this context the two are equal, which is what gradient
+    regularisers and certified-margin losses need. Eval-mode models are unaffected.
+
+    Raises:
+        ValueError: a training-mode batch norm that is not a :class:`PositiveBatchNorm`.
+    """
+    plain = [name for name, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, PositiveBatchNorm) and m.training]
+    if plain:
+        raise ValueError(f"cannot freeze the statistics of batch norm layer(s) {plain}: use PositiveBatchNorm")
+    norms = [m for m in model.modules() if isinstance(m, PositiveBatchNorm)]
+    before = [m.frozen_statistics for m in norms]
+    for m in norms:
+        m.frozen_statistics = True
+    try:
+        yield model
+    finally:
+        for m, b in zip(norms, before):
+            m.frozen_statistics = b
+
+
+def couples_batch(model: nn.Module) -> bool:
+    """Whether ``model``'s outputs depend on other inputs of the batch (a batch norm in training mode)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
 
 
 def constrained_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, float]]:

@@ -11,7 +11,8 @@ from torch import nn
 from asymcert.data.tasks import Dataset
 from asymcert.train.balance import balanced_accuracy, fit_balance
 from asymcert.train.config import TrainConfig
-from asymcert.train.regularizers import certified_lower_bound, jacobian_penalty_from_grad
+from asymcert.nn.convex import couples_batch
+from asymcert.train.regularizers import certified_lower_bound, jacobian_penalty_from_grad, per_input_gradients
 
 
 class Recipe(Protocol):
@@ -52,8 +53,9 @@ class FeatureConvexRecipe:
     With ``margin_radius`` r > 0 the sensitive inputs' BCE is taken on the certified lower bound
     s(x) − r·Lip_p(φ)·‖∇_φ g(φ(x))‖_{p*} of the score over the ℓp ball of radius r around x (convexity
     of g gives s(x + δ) ≥ s(x) + ∇sᵀδ), so training pushes up the quantity the certificate uses,
-    only where a certificate is wanted. The gradient comes from the same single backward pass with
-    ``create_graph=True`` as the Jacobian regulariser.
+    only where a certificate is wanted. Both terms use every input's own gradient from one backward
+    pass with ``create_graph=True`` (:func:`~asymcert.train.regularizers.per_input_gradients`), with
+    training-mode batch norm's statistics held constant in that pass.
     """
 
     def __init__(self, config: TrainConfig) -> None:
@@ -80,18 +82,21 @@ class FeatureConvexRecipe:
         return self.margin_radius * min(1.0, progress / self.margin_warmup)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict]:
-        features = model.features(x)
+        features = model.features(x).detach()
         needs_grad = self.jacobian_reg > 0 or self.margin_radius > 0
-        if needs_grad:
-            features = features.detach().requires_grad_(True)
-        score = model.score_from_features(features)
         stats: dict[str, float] = {}
-        penalty = torch.zeros((), device=score.device)
+        penalty = torch.zeros((), device=features.device)
+        if needs_grad and couples_batch(model):
+            # the BCE pass trains batch norm as usual; the gradient pass holds this batch's
+            # statistics constant so that each input gets its own gradient (see per_input_gradients)
+            score = model.score_from_features(features)
+            _, grad = per_input_gradients(model.score_from_features, features, model)
+        elif needs_grad:
+            score, grad = per_input_gradients(model.score_from_features, features, model)
+        else:
+            score = model.score_from_features(features)
         logit = score
         if needs_grad:
-            # one backward pass: with one scalar score per input, the gradient of the sum holds
-            # every input's own gradient row
-            (grad,) = torch.autograd.grad(score.sum(), features, create_graph=True)
             if self.jacobian_reg > 0:
                 reg = jacobian_penalty_from_grad(grad)
                 stats["jac"] = reg.item()

@@ -2,16 +2,45 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+from torch import nn
+
+from asymcert.nn.convex import frozen_batch_statistics
+
+
+def per_input_gradients(score_fn: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor,
+                        model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every input's own gradient ∂s_i/∂φ_i, differentiable in the weights, from ONE backward pass.
+
+    With one scalar score per input, the gradient of ``score.sum()`` holds every input's gradient row,
+    provided inputs do not interact; training-mode batch norm makes them interact (the summed
+    gradient is then Σ_j ∂s_j/∂φ_i, whose cross terms can cancel the very gradient to regularise), so
+    the pass runs under :func:`~asymcert.nn.convex.frozen_batch_statistics`: the same score values,
+    with this batch's statistics held constant. No batch × batch × features Jacobian is built.
+
+    Args:
+        score_fn: features (N, ...) → scores (N,) (e.g. ``model.score_from_features``).
+        features: (N, *feature_shape) feature tensor φ(x) (detached here).
+        model: the module holding the batch norms that ``score_fn`` runs.
+    Returns:
+        (score (N,), grad (N, *feature_shape)); ``grad`` was built with ``create_graph=True``.
+    """
+    f = features.detach().requires_grad_(True)
+    with frozen_batch_statistics(model):
+        score = score_fn(f)
+    (grad,) = torch.autograd.grad(score.sum(), f, create_graph=True)
+    return score, grad
 
 
 def jacobian_penalty(score: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """‖∂g/∂φ‖_F over a batch, differentiable, without a batch × batch × features Jacobian.
 
     With one scalar score per input, the gradient of ``score.sum()`` w.r.t. ``features`` (N, ...)
-    holds every input's own gradient row, from one backward pass with ``create_graph=True``.
-    (In training mode batch norm couples the inputs of a batch; the summed gradient then also
-    carries those cross terms, which only regularise more.)
+    holds every input's own gradient row, from one backward pass with ``create_graph=True`` — only
+    if the inputs do not interact: compute ``score`` in eval mode, without batch norm, or under
+    :func:`~asymcert.nn.convex.frozen_batch_statistics` (see :func:`per_input_gradients`).
 
     Args:
         score: (N,) scores computed from ``features`` (which must require grad).
