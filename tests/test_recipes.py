@@ -101,3 +101,20 @@ def test_training_mode_losses_use_each_inputs_own_gradient():
     logit = torch.where(y.bool(), score - 0.2 * own.flatten(1).norm(dim=1), score)
     expected = F.binary_cross_entropy_with_logits(logit, y.double()) + 0.1 * own.pow(2).sum().sqrt()
     assert torch.allclose(loss, expected, rtol=1e-9)
+
+
+def test_epochs_before_the_margin_warm_up_ends_are_not_selected(fashion_dir):
+    from asymcert.data import get_task
+    from asymcert.models import build_model
+    from asymcert.train import fit
+    task = get_task("fashion-mnist-shirts")
+    data = task.load(fashion_dir)
+    torch.manual_seed(0)
+    model = build_model({**task.model, "input_shape": list(data.input_shape), "input_range": [0, 1],
+                         "convex": {"kind": "icnn", "widths": [8]}})
+    config = TrainConfig.from_dict({**task.train, "epochs": 4, "batch_size": 32, "margin_radius": 0.5,
+                                    "margin_warmup": 0.5})
+    result = fit(model, data, config, None, augment=task.augment, progress=False)
+    eligible = [h["val_eligible"] for h in result["history"]]
+    assert eligible == [0.0, 0.0, 1.0, 1.0]
+    assert result["best"]["epoch"] in (3, 4)

@@ -163,7 +163,8 @@ def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Pa
                   **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - t0,
                   "lr": optimizer.param_groups[0]["lr"]}
         history.append(record)
-        if val["metric"] > best["metric"]:
+        # a recipe may rule an epoch out of the selection (e.g. one trained before its loss was complete)
+        if val.get("eligible", 1.0) and val["metric"] > best["metric"]:
             best = {"metric": val["metric"], "epoch": epoch + 1, **{f"val_{k}": v for k, v in val.items()}}
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if out is not None and writer:

@@ -57,7 +57,8 @@ class OneVsRestRecipe:
             self.member.prepare(m, train)
 
     def on_epoch_start(self, model: nn.Module, epoch: int, progress: float) -> None:
-        """Nothing to schedule (the feature-convex recipe has no per-epoch state)."""
+        """The member recipe's own per-epoch state (its margin warm-up)."""
+        self.member.on_epoch_start(model, epoch, progress)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict]:
         """Σ_k (member k's feature-convex loss on labels y == k); logs the members' mean BCE (and Jacobian term).
@@ -88,11 +89,13 @@ class OneVsRestRecipe:
             members' mean balanced accuracy; ``no_flag`` / ``multi_flag``: shares of validation inputs
             flagged by no member / by more than one.
         """
-        balanced = []
+        balanced, eligible = [], 1.0
         for k, m in enumerate(model.members):
             labels = member_labels(val.y, k)
             if 0 < int(labels.sum()) < len(labels):
-                balanced.append(self.member.evaluate(m, Dataset(val.x, labels), batch_size)["metric"])
+                member = self.member.evaluate(m, Dataset(val.x, labels), batch_size)
+                balanced.append(member["metric"])
+                eligible = member.get("eligible", eligible)
             else:  # class k absent from validation (or the only class): b_k cannot be fitted; keep b_k = 0
                 m.set_balance(0.0)
         device = next(model.parameters()).device
@@ -100,7 +103,8 @@ class OneVsRestRecipe:
         acc = float((scores.argmax(dim=1) == val.y).float().mean())
         flags = (scores > 0).sum(dim=1)
         return {"metric": acc, "accuracy": acc, "member_balanced": sum(balanced) / max(1, len(balanced)),
-                "no_flag": float((flags == 0).float().mean()), "multi_flag": float((flags > 1).float().mean())}
+                "no_flag": float((flags == 0).float().mean()), "multi_flag": float((flags > 1).float().mean()),
+                "eligible": eligible}
 
 
 RECIPES["one-vs-rest-convex"] = OneVsRestRecipe

@@ -31,8 +31,9 @@ class Recipe(Protocol):
         """After every optimizer step (e.g. the convexity projection)."""
 
     def evaluate(self, model: nn.Module, val: Dataset, batch_size: int) -> dict[str, float]:
-        """Validation metrics; ``"metric"`` (higher is better) selects the best checkpoint.
-        May set state that belongs with the checkpoint (e.g. the balance shift b)."""
+        """Validation metrics; ``"metric"`` (higher is better) selects the best checkpoint, among the
+        epochs whose ``"eligible"`` (default 1.0) is nonzero. May set state that belongs with the
+        checkpoint (e.g. the balance shift b)."""
 
 
 @torch.no_grad()
@@ -55,10 +56,12 @@ class FeatureConvexRecipe:
     of g gives s(x + δ) ≥ s(x) + ∇sᵀδ), so training pushes up the quantity the certificate uses,
     only where a certificate is wanted. Both terms use every input's own gradient from one backward
     pass with ``create_graph=True`` (:func:`~asymcert.train.regularizers.per_input_gradients`), with
-    training-mode batch norm's statistics held constant in that pass.
+    training-mode batch norm's statistics held constant in that pass. With a warm-up, only epochs
+    that started at the full radius compete for the best-validation checkpoint.
     """
 
     def __init__(self, config: TrainConfig) -> None:
+        self._epoch_progress = 0.0
         self.jacobian_reg = float(config.jacobian_reg)
         self.margin_radius = float(config.margin_radius)
         self.margin_norm = float(config.margin_norm)
@@ -73,7 +76,7 @@ class FeatureConvexRecipe:
         model.project()
 
     def on_epoch_start(self, model: nn.Module, epoch: int, progress: float) -> None:
-        pass
+        self._epoch_progress = progress
 
     def margin_at(self, progress: float) -> float:
         """The margin loss's radius r at ``progress`` (0 → 1) of training, raw input units."""
@@ -121,7 +124,10 @@ class FeatureConvexRecipe:
         b = fit_balance(scores, val.y)
         model.set_balance(b)
         acc = float(((scores + b > 0).long() == val.y).float().mean())
-        return {"metric": balanced_accuracy(scores + b, val.y), "accuracy": acc, "balance": b}
+        out = {"metric": balanced_accuracy(scores + b, val.y), "accuracy": acc, "balance": b}
+        if self.margin_radius > 0:  # only epochs trained at the full margin radius may be selected
+            out["eligible"] = float(self._epoch_progress >= self.margin_warmup)
+        return out
 
 
 RECIPES: dict[str, type] = {"feature-convex": FeatureConvexRecipe}
