@@ -43,7 +43,7 @@ def test_margin_loss_is_bce_on_the_certified_lower_bound(p):
     loss, stats = recipe.loss(model.double(), x.double(), y, progress=0.5)
     expected = F.binary_cross_entropy_with_logits(_reference_margin_logits(model, x, y, r, p), y.double())
     assert torch.allclose(loss.detach(), expected, rtol=1e-9)
-    assert stats["margin_r"] == r
+    assert stats["margin_scale"] == 1.0
 
 
 def test_margin_loss_trains_through_the_gradient_norm():
@@ -65,19 +65,30 @@ def test_margin_loss_off_keeps_the_paper_loss():
     score = model.score_from_features(features)
     expected = F.binary_cross_entropy_with_logits(score, y.float()) + 0.01 * jacobian_penalty(score, features)
     assert torch.allclose(loss, expected)
-    assert "margin_r" not in stats
+    assert "margin_scale" not in stats
 
 
 def test_margin_radius_warms_up_linearly():
     recipe = FeatureConvexRecipe(TrainConfig(margin_radius=2.0, margin_warmup=0.25))
-    assert recipe.margin_at(0.0) == 0.0
-    assert recipe.margin_at(0.125) == pytest.approx(1.0)
-    assert recipe.margin_at(0.25) == recipe.margin_at(0.9) == 2.0
-    assert FeatureConvexRecipe(TrainConfig(margin_radius=2.0)).margin_at(0.0) == 2.0
+    assert recipe.margin_scale(0.0) == 0.0
+    assert recipe.margin_scale(0.125) == pytest.approx(0.5)
+    assert recipe.margin_scale(0.25) == recipe.margin_scale(0.9) == 1.0
+    assert FeatureConvexRecipe(TrainConfig(margin_radius=2.0)).margin_scale(0.0) == 1.0
+
+
+def test_margin_over_a_union_of_balls_takes_the_lowest_bound():
+    model = small_feature_convex("icnn").double()
+    x, y = _batch()
+    x = x.double()
+    radii, norms = [0.3, 0.1, 0.01], [1.0, 2.0, math.inf]
+    loss, _ = FeatureConvexRecipe(TrainConfig(margin_radius=radii, margin_norm=norms)).loss(model, x, y, progress=1.0)
+    logits = torch.stack([_reference_margin_logits(model, x, y, r, p) for r, p in zip(radii, norms)]).amin(0)
+    assert torch.allclose(loss.detach(), F.binary_cross_entropy_with_logits(logits, y.double()), rtol=1e-9)
 
 
 @pytest.mark.parametrize("bad", [{"margin_radius": -1.0}, {"margin_radius": 1.0, "margin_norm": 0.5},
-                                 {"margin_radius": 1.0, "margin_warmup": 1.5}])
+                                 {"margin_radius": 1.0, "margin_warmup": 1.5},
+                                 {"margin_radius": [1.0, 2.0], "margin_norm": [1.0]}])
 def test_bad_margin_settings_are_named(bad):
     with pytest.raises(ValueError, match="margin"):
         FeatureConvexRecipe(TrainConfig(**bad))

@@ -24,7 +24,8 @@ class TrainConfig:
             training inputs the cross-entropy is taken on s(x) − r·Lip_p(φ)·‖∇_φ g‖_{p*}, the
             certified lower bound of the score over the ℓp ball of radius r (raw input units);
             other inputs keep the plain loss, since nothing is certified for them.
-        margin_norm: the p of that ball (1, 2, inf, ...).
+        margin_norm: the p of that ball (1, 2, inf, ...). Lists of radii and norms of equal length
+            use the union of the balls (the lowest of the bounds).
         margin_warmup: fraction of training over which r grows linearly from 0 (0 = from the start).
         seed: seeds weights, shuffling and augmentation.
         device: "auto" (CUDA when present), "cpu" or "cuda[:i]".
@@ -44,8 +45,8 @@ class TrainConfig:
     schedule: str = "exponential"
     weight_decay: float = 0.0
     jacobian_reg: float = 0.0
-    margin_radius: float = 0.0
-    margin_norm: float = 2.0
+    margin_radius: float | list[float] = 0.0
+    margin_norm: float | list[float] = 2.0
     margin_warmup: float = 0.0
     seed: int = 0
     device: str = "auto"

@@ -54,7 +54,8 @@ class FeatureConvexRecipe:
     With ``margin_radius`` r > 0 the sensitive inputs' BCE is taken on the certified lower bound
     s(x) − r·Lip_p(φ)·‖∇_φ g(φ(x))‖_{p*} of the score over the ℓp ball of radius r around x (convexity
     of g gives s(x + δ) ≥ s(x) + ∇sᵀδ), so training pushes up the quantity the certificate uses,
-    only where a certificate is wanted. Both terms use every input's own gradient from one backward
+    only where a certificate is wanted. Lists of radii and norms (``margin_radius=[4, 1, 0.04]``,
+    ``margin_norm=[1, 2, inf]``) take the lowest bound over the union of the balls. Both terms use every input's own gradient from one backward
     pass with ``create_graph=True`` (:func:`~asymcert.train.regularizers.per_input_gradients`), with
     training-mode batch norm's statistics held constant in that pass. With a warm-up, only epochs
     that started at the full radius compete for the best-validation checkpoint.
@@ -63,12 +64,16 @@ class FeatureConvexRecipe:
     def __init__(self, config: TrainConfig) -> None:
         self._epoch_progress = 0.0
         self.jacobian_reg = float(config.jacobian_reg)
-        self.margin_radius = float(config.margin_radius)
-        self.margin_norm = float(config.margin_norm)
+        radii = config.margin_radius if isinstance(config.margin_radius, (list, tuple)) else [config.margin_radius]
+        norms = config.margin_norm if isinstance(config.margin_norm, (list, tuple)) else [config.margin_norm] * len(radii)
+        self.margins = [(float(p), float(r)) for p, r in zip(norms, radii)]
+        self.margin_radius = max((r for _, r in self.margins), default=0.0)
         self.margin_warmup = float(config.margin_warmup)
-        if self.margin_radius < 0 or self.margin_norm < 1 or not 0 <= self.margin_warmup <= 1:
-            raise ValueError(f"margin loss needs margin_radius ≥ 0, margin_norm ≥ 1 and 0 ≤ margin_warmup ≤ 1; "
-                             f"got {self.margin_radius}, {self.margin_norm}, {self.margin_warmup}")
+        if (len(norms) != len(radii) or any(r < 0 or p < 1 for p, r in self.margins)
+                or not 0 <= self.margin_warmup <= 1):
+            raise ValueError(f"margin loss needs margin_radius ≥ 0 and margin_norm ≥ 1 (one norm per radius) and "
+                             f"0 ≤ margin_warmup ≤ 1; got {config.margin_radius}, {config.margin_norm}, "
+                             f"{config.margin_warmup}")
 
     def prepare(self, model: nn.Module, train: Dataset) -> None:
         model.feature_map.fit(train.x)
@@ -78,11 +83,11 @@ class FeatureConvexRecipe:
     def on_epoch_start(self, model: nn.Module, epoch: int, progress: float) -> None:
         self._epoch_progress = progress
 
-    def margin_at(self, progress: float) -> float:
-        """The margin loss's radius r at ``progress`` (0 → 1) of training, raw input units."""
+    def margin_scale(self, progress: float) -> float:
+        """The warm-up factor (0 → 1) of the margin radii at ``progress`` (0 → 1) of training."""
         if self.margin_warmup <= 0:
-            return self.margin_radius
-        return self.margin_radius * min(1.0, progress / self.margin_warmup)
+            return 1.0
+        return min(1.0, progress / self.margin_warmup)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict]:
         features = model.features(x).detach()
@@ -104,12 +109,13 @@ class FeatureConvexRecipe:
                 reg = jacobian_penalty_from_grad(grad)
                 stats["jac"] = reg.item()
                 penalty = self.jacobian_reg * reg
-            r = self.margin_at(progress)
-            if r > 0:
-                bound = certified_lower_bound(score, grad, r, self.margin_norm,
-                                              model.feature_map.lipschitz(self.margin_norm))
+            scale = self.margin_scale(progress)
+            if self.margin_radius > 0 and scale > 0:
+                # the lowest score over the union of the balls: the smallest of the per-norm bounds
+                bound = torch.stack([certified_lower_bound(score, grad, scale * r, p, model.feature_map.lipschitz(p))
+                                     for p, r in self.margins if r > 0]).amin(dim=0)
                 logit = torch.where(y.bool(), bound, score)
-                stats["margin_r"] = r
+                stats["margin_scale"] = scale
         bce = F.binary_cross_entropy_with_logits(logit, y.to(logit.dtype))
         stats["bce"] = bce.item()
         return bce + penalty, stats
