@@ -30,8 +30,7 @@ from asymcert.models import build_model
 from asymcert.models.linf_dist_net import task_model_settings
 from asymcert.train import TrainConfig
 from asymcert.train.loop import make_optimizer
-from asymcert.train.recipes import recipe_for
-from asymcert.train.regularizers import jacobian_penalty
+from asymcert.train.recipes import FeatureConvexRecipe, recipe_for
 from common import machine, write_results  # benchmarks/common.py
 
 FASHION_CONV = {"kind": "feature-convex", "input_shape": [1, 28, 28], "feature_map": [{"kind": "shift"}],
@@ -104,9 +103,8 @@ def authors_step(model, opt, x, y, lam):
 
 
 def our_step(model, opt, x, y, lam):
-    features = model.features(x).detach().requires_grad_(True)
-    score = model.score_from_features(features)
-    loss = F.binary_cross_entropy_with_logits(score, y.float()) + lam * jacobian_penalty(score, features)
+    # exactly the training recipe's loss: BCE pass + a per-input gradient pass (batch statistics held constant)
+    loss, _ = FeatureConvexRecipe(TrainConfig(jacobian_reg=lam)).loss(model, x, y, 0.0)
     opt.zero_grad()
     loss.backward()
     opt.step()
