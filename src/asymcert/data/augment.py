@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
+
+from asymcert.errors import UnknownNameError
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, mode: str = "replicate") -> torch.Tensor:
@@ -44,3 +48,16 @@ def crop_augment(padding: int, flip: bool = False):
 
     augment.__name__ = f"crop{padding}{'_flip' if flip else ''}"
     return augment
+
+
+def augmentation_from_name(name: str):
+    """The augmentation named ``"crop<padding>"`` or ``"crop<padding>_flip"`` (e.g. ``"crop2_flip"``).
+
+    Raises:
+        UnknownNameError: any other name.
+    """
+    match = re.fullmatch(r"crop(\d+)(_flip)?", name)
+    if not match:
+        raise UnknownNameError(f"unknown augmentation {name!r}; use 'crop<padding>' or 'crop<padding>_flip', "
+                               f"e.g. 'crop1' or 'crop2_flip'")
+    return crop_augment(int(match.group(1)), flip=bool(match.group(2)))

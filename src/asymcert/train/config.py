@@ -29,7 +29,8 @@ class TrainConfig:
         margin_warmup: fraction of training over which r grows linearly from 0 (0 = from the start).
         seed: seeds weights, shuffling and augmentation.
         device: "auto" (CUDA when present), "cpu" or "cuda[:i]".
-        augment: apply the task's training augmentation.
+        augment: apply the task's training augmentation (True), none (False), or the named one
+            (``"crop<padding>"`` or ``"crop<padding>_flip"``, e.g. ``"crop2_flip"``).
         eval_batch_size: batch size for validation passes.
         amp: bfloat16 autocast for training on CUDA (ignored on CPU; certification never uses it).
         workers: data-loading worker processes (shuffling and augmentation); None → 0 on CPU, 2 on
@@ -50,7 +51,7 @@ class TrainConfig:
     margin_warmup: float = 0.0
     seed: int = 0
     device: str = "auto"
-    augment: bool = True
+    augment: bool | str = True
     eval_batch_size: int = 1000
     amp: bool = False
     workers: int | None = None

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from asymcert import distributed
 from asymcert.checkpoint import MODEL_FILE, atomic_write, save
+from asymcert.data.augment import augmentation_from_name
 from asymcert.data.tasks import Augment, TaskData
 from asymcert.train.batches import EpochBatches, epoch_batches, resolve_workers
 from asymcert.train.config import TrainConfig
@@ -77,6 +78,10 @@ def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Pa
     training resumes after its last finished epoch (and gives the weights an uninterrupted run
     would have given). The best-validation model is kept in ``out_dir/model.safetensors``.
 
+    ``augment`` is the task's augmentation, used when ``config.augment`` is true; a name in
+    ``config.augment`` (``"crop2_flip"``, see :func:`~asymcert.data.augment.augmentation_from_name`)
+    replaces it.
+
     Returns:
         ``{"history": [per-epoch dicts], "best": {...}, "seconds": training seconds}``; the model is
         left holding the best-validation weights.
@@ -87,6 +92,8 @@ def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Pa
     if config.batch_size % world:
         raise ValueError(f"batch size {config.batch_size} does not split over {world} processes")
     recipe = recipe or recipe_for(model, config)
+    if isinstance(config.augment, str):  # a named augmentation instead of the task's
+        augment = augmentation_from_name(config.augment)
     out = Path(out_dir) if out_dir is not None else None
     writer = distributed.is_main()
     log = log or (lambda msg: tqdm.write(msg))
