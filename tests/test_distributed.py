@@ -35,9 +35,13 @@ def _train(fashion_dir, out, epochs=1):
     data.train = data.train.subset(slice(0, n))
     torch.manual_seed(0)
     model = build_model({**task.model, "convex": SMALL_CONVEX, "input_shape": [1, 28, 28], "input_range": [0, 1]})
-    # a small learning rate: a float-sized gradient difference that decides whether a weight crosses the
-    # clamp at 0 would be amplified by the projection, which is not what this compares
-    config = TrainConfig.from_dict({**task.train, "epochs": epochs, "batch_size": 32, "lr": 0.003})
+    # SGD with a small learning rate: a float-sized gradient difference that decides whether a weight
+    # crosses the clamp at 0 would be amplified by the projection, and Adam turns float noise in a near-zero
+    # gradient into full-size steps; neither is what this compares. The margin loss and the Jacobian
+    # regulariser are on, so their per-input gradient pass (global batch statistics) runs under DDP too.
+    config = TrainConfig.from_dict({**task.train, "epochs": epochs, "batch_size": 32, "lr": 0.003, "optimizer": "sgd",
+                                    "schedule": "exponential", "jacobian_reg": 0.01, "margin_radius": 0.5,
+                                    "margin_warmup": 0.0})
     fit(model, data, config, out, augment=task.augment, progress=False, log=lambda m: None)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -83,3 +83,12 @@ def test_certified_lower_bound_uses_the_dual_norm():
                     (math.inf, torch.tensor([7.0, 2.0]))]:
         out = certified_lower_bound(s, g, radius=0.1, p=p, lipschitz=2.0)
         assert torch.allclose(out, s - 0.2 * dual.double())
+
+
+def test_certified_lower_bound_has_finite_gradients_at_a_zero_gradient():
+    for p in (1.0, 2.0, 3.0, math.inf):
+        g = torch.zeros(3, 5, requires_grad=True)
+        s = torch.ones(3, requires_grad=True)
+        out = certified_lower_bound(s, g, radius=0.5, p=p, lipschitz=1.0)
+        ds, dg = torch.autograd.grad(out.sum(), (s, g))
+        assert torch.equal(out.detach(), torch.ones(3)) and torch.isfinite(dg).all() and torch.isfinite(ds).all()

@@ -82,6 +82,9 @@ def certified_lower_bound(score: torch.Tensor, grad: torch.Tensor, radius: float
         >>> certified_lower_bound(s, g, radius=0.1, p=2.0, lipschitz=1.0)
         tensor([0.5000])
     """
-    from asymcert.certify.functional import dual_norm
+    from asymcert.certify.functional import dual_exponent
 
-    return score - radius * lipschitz * dual_norm(grad.flatten(1), p).to(score.dtype)
+    # a training loss, in the gradient's dtype: vector_norm's backward is finite at a zero gradient
+    # (certification's float64 lp_norm rescales rows, whose backward is not)
+    slope = torch.linalg.vector_norm(grad.flatten(1), ord=dual_exponent(p), dim=1)
+    return score - radius * lipschitz * slope.to(score.dtype)
