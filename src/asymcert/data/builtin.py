@@ -69,8 +69,8 @@ LINF_DIST_TRAIN = {"epochs": 100, "batch_size": 512, "optimizer": "adam", "lr": 
 FASHION_SHIRTS_MODEL = {"kind": "feature-convex", "feature_map": [{"kind": "shift"}],
                         "convex": {"kind": "icnn", "widths": [2048]}}
 FASHION_SHIRTS_TRAIN = {"epochs": 30, "batch_size": 64, "lr": 1e-3, "optimizer": "adam", "schedule": "cosine",
-                        "jacobian_reg": 0.0, "margin_radius": 1.2, "margin_norm": 2.0, "margin_warmup": 0.3,
-                        "augment": "crop1_flip"}
+                        "jacobian_reg": 0.0, "margin_radius": [8.0, 0.9], "margin_norm": [1.0, 2.0],
+                        "margin_warmup": 0.3, "augment": "crop1_flip"}
 PAPER_FASHION_CONV = {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2}
 
 
