@@ -9,7 +9,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 
-demo: setup  ## train, certify and report on Fashion-MNIST T-shirt vs shirt (authors' recipe)
+demo: setup  ## train, certify and report on Fashion-MNIST T-shirt vs shirt (asymcert's default recipe)
 	$(VENV)/bin/asymcert run fashion-mnist-shirts --out $(OUT)
 
 demo-fast: setup  ## the same with the 'fast' preset (a quick look, < 3 minutes)
