@@ -51,6 +51,17 @@ def test_unknown_task_lists_known_names():
     assert "mnist-39" in message and all(name in message for name in BINARY + TEN_CLASS)
 
 
+def test_fashion_shirts_default_and_paper_preset():
+    from asymcert.workflow import _merge
+    task = get_task("fashion-mnist-shirts")
+    assert task.model["convex"] == {"kind": "icnn", "widths": [2048]}
+    assert task.train["optimizer"] == "adam" and task.train["margin_radius"] == [8.0, 0.9]
+    paper = _merge({"model": task.model, "train": task.train}, task.presets["paper"])
+    assert paper["model"]["convex"] == {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2}
+    assert {k: paper["train"][k] for k in ("epochs", "optimizer", "lr", "jacobian_reg", "margin_radius", "augment")} == \
+        {"epochs": 60, "optimizer": "sgd", "lr": 1e-3, "jacobian_reg": 0.01, "margin_radius": 0.0, "augment": True}
+
+
 def test_paper_defaults():
     mnist = get_task("mnist-38")
     assert mnist.model == {"kind": "feature-convex", "feature_map": [{"kind": "shift"}],

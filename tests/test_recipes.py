@@ -124,8 +124,13 @@ def test_epochs_before_the_margin_warm_up_ends_are_not_selected(fashion_dir):
     model = build_model({**task.model, "input_shape": list(data.input_shape), "input_range": [0, 1],
                          "convex": {"kind": "icnn", "widths": [8]}})
     config = TrainConfig.from_dict({**task.train, "epochs": 4, "batch_size": 32, "margin_radius": 0.5,
-                                    "margin_warmup": 0.5})
+                                    "margin_norm": 2.0, "margin_warmup": 0.5})
     result = fit(model, data, config, None, augment=task.augment, progress=False)
     eligible = [h["val_eligible"] for h in result["history"]]
     assert eligible == [0.0, 0.0, 1.0, 1.0]
     assert result["best"]["epoch"] in (3, 4)
+
+
+def test_margin_off_ignores_its_norms():
+    recipe = FeatureConvexRecipe(TrainConfig(margin_radius=0.0, margin_norm=[1.0, 2.0]))
+    assert recipe.margin_radius == 0 and recipe.margins == []

@@ -78,7 +78,7 @@ def _paper_fashion_shirts() -> dict:
     """The ``paper`` preset: the authors' convex conv net and recipe (SGD, 60 epochs, λ = 0.01)."""
     return {"paper": {"model": {"convex": dict(PAPER_FASHION_CONV)},
                       "train": {**FEATURE_CONVEX_TRAIN, "schedule": "exponential", "margin_radius": 0.0,
-                                "margin_warmup": 0.0, "augment": True}}}
+                                "margin_norm": 2.0, "margin_warmup": 0.0, "augment": True}}}
 
 
 def _fast() -> dict:
