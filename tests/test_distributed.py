@@ -40,7 +40,7 @@ def _train(fashion_dir, out, epochs=1):
     # gradient into full-size steps; neither is what this compares. The margin loss and the Jacobian
     # regulariser are on, so their per-input gradient pass (global batch statistics) runs under DDP too.
     config = TrainConfig.from_dict({**task.train, "epochs": epochs, "batch_size": 32, "lr": 0.003, "optimizer": "sgd",
-                                    "schedule": "exponential", "jacobian_reg": 0.01, "margin_radius": 0.5,
+                                    "schedule": "exponential", "jacobian_reg": 0.01, "margin_radius": 0.5, "margin_norm": 2.0,
                                     "margin_warmup": 0.0})
     fit(model, data, config, out, augment=task.augment, progress=False, log=lambda m: None)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

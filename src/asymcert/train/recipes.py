@@ -71,8 +71,11 @@ class FeatureConvexRecipe:
         self.margins = [(float(p), float(r)) for p, r in zip(norms, radii)]
         self.margin_radius = max((r for _, r in self.margins), default=0.0)
         self.margin_warmup = float(config.margin_warmup)
-        if (len(norms) != len(radii) or any(r < 0 or p < 1 for p, r in self.margins)
-                or not 0 <= self.margin_warmup <= 1):
+        if len(norms) != len(radii):
+            raise ValueError(f"margin_radius {config.margin_radius} and margin_norm {config.margin_norm} must pair up: "
+                             f"one norm per radius (e.g. --set margin_radius=1 --set margin_norm=2, or lists of "
+                             f"equal length)")
+        if any(r < 0 or p < 1 for p, r in self.margins) or not 0 <= self.margin_warmup <= 1:
             raise ValueError(f"margin loss needs margin_radius ≥ 0 and margin_norm ≥ 1 (one norm per radius) and "
                              f"0 ≤ margin_warmup ≤ 1; got {config.margin_radius}, {config.margin_norm}, "
                              f"{config.margin_warmup}")
