@@ -38,6 +38,18 @@ def fashion_dir(tmp_path_factory):
     return make_fashion_idx(tmp_path_factory.mktemp("fashion"))
 
 
+def small_fashion_task(fashion_dir, widths=(8,), seed: int = 0):
+    """(task, data, model): the Fashion T-shirt-vs-shirt task on the small IDX files, with a tiny ICNN."""
+    from asymcert.data import get_task
+    from asymcert.models import build_model
+    task = get_task("fashion-mnist-shirts")
+    data = task.load(fashion_dir)
+    torch.manual_seed(seed)
+    model = build_model({**task.model, "input_shape": list(data.input_shape), "input_range": [0, 1],
+                         "convex": {"kind": "icnn", "widths": list(widths)}})
+    return task, data, model
+
+
 def small_feature_convex(kind: str = "icnn", input_shape=(1, 6, 6), feature_map=None, seed: int = 0):
     """A small randomly initialised feature-convex classifier with BN statistics and weights spread out."""
     from asymcert.models import build_model

@@ -30,14 +30,9 @@ def test_unknown_augmentation_is_named(name):
 
 
 def test_training_with_a_named_augmentation(fashion_dir):
-    from asymcert.data import get_task
-    from asymcert.models import build_model
     from asymcert.train import TrainConfig, fit
-    task = get_task("fashion-mnist-shirts")
-    data = task.load(fashion_dir)
-    torch.manual_seed(0)
-    model = build_model({**task.model, "input_shape": list(data.input_shape), "input_range": [0, 1],
-                         "convex": {"kind": "icnn", "widths": [8]}})
+    from tests.conftest import small_fashion_task
+    task, data, model = small_fashion_task(fashion_dir)
     config = TrainConfig.from_dict({**task.train, "epochs": 1, "batch_size": 32, "augment": "crop2_flip"})
     assert fit(model, data, config, None, augment=task.augment, progress=False)["history"]
     with pytest.raises(UnknownNameError, match="nope"):

@@ -115,14 +115,9 @@ def test_training_mode_losses_use_each_inputs_own_gradient():
 
 
 def test_epochs_before_the_margin_warm_up_ends_are_not_selected(fashion_dir):
-    from asymcert.data import get_task
-    from asymcert.models import build_model
     from asymcert.train import fit
-    task = get_task("fashion-mnist-shirts")
-    data = task.load(fashion_dir)
-    torch.manual_seed(0)
-    model = build_model({**task.model, "input_shape": list(data.input_shape), "input_range": [0, 1],
-                         "convex": {"kind": "icnn", "widths": [8]}})
+    from tests.conftest import small_fashion_task
+    task, data, model = small_fashion_task(fashion_dir)
     config = TrainConfig.from_dict({**task.train, "epochs": 4, "batch_size": 32, "margin_radius": 0.5,
                                     "margin_norm": 2.0, "margin_warmup": 0.5})
     result = fit(model, data, config, None, augment=task.augment, progress=False)
