@@ -154,7 +154,7 @@ def test_crown_within_ibp_on_one_hidden_layer(seed):
         assert bool((lc >= li - 1e-12).all()) and bool((uc <= ui + 1e-12).all())
         # the adaptive slope (default) is tighter on average
         la, ua = crown_bounds(net, x, eps, p)
-        assert float((ua - la).mean()) <= float((ui - li).mean())
+        assert float((ua - la).mean().detach()) <= float((ui - li).mean().detach())
 
 
 def test_verified_radius_reports_only_verified_values():
