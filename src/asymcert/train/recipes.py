@@ -55,10 +55,11 @@ class FeatureConvexRecipe:
     s(x) − r·Lip_p(φ)·‖∇_φ g(φ(x))‖_{p*} of the score over the ℓp ball of radius r around x (convexity
     of g gives s(x + δ) ≥ s(x) + ∇sᵀδ), so training pushes up the quantity the certificate uses,
     only where a certificate is wanted. Lists of radii and norms (``margin_radius=[4, 1, 0.04]``,
-    ``margin_norm=[1, 2, inf]``) take the lowest bound over the union of the balls. Both terms use every input's own gradient from one backward
-    pass with ``create_graph=True`` (:func:`~asymcert.train.regularizers.per_input_gradients`), with
-    training-mode batch norm's statistics held constant in that pass. With a warm-up, only epochs
-    that started at the full radius compete for the best-validation checkpoint.
+    ``margin_norm=[1, 2, inf]``) take the lowest bound over the union of the balls. Both terms use
+    every input's own gradient from one backward pass with ``create_graph=True``
+    (:func:`~asymcert.train.regularizers.per_input_gradients`), with training-mode batch norm's
+    statistics held constant in that pass. With a warm-up, only epochs that started at the full
+    radius compete for the best-validation checkpoint.
     """
 
     def __init__(self, config: TrainConfig) -> None:
