@@ -14,7 +14,6 @@ Where the data comes from: ``--data-dir``, then the cache (``$ASYMCERT_DATA/<dat
 from __future__ import annotations
 
 import copy
-
 import math
 from pathlib import Path
 from typing import Sequence

@@ -79,34 +79,35 @@ class PositiveBatchNorm(nn.modules.batchnorm._BatchNorm):
         leave the running statistics alone: the same values as the training-mode pass, but inputs no
         longer interact, so the gradient of a summed output holds each input's own gradient."""
         from asymcert import distributed
-        dims = [0] + list(range(2, x.dim()))
         with torch.no_grad():
             if distributed.is_distributed():
-                count = distributed.differentiable_sum(
-                    torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device))
-                total = distributed.differentiable_sum(torch.stack([x.sum(dims), (x * x).sum(dims)]))
-                mean = total[0] / count
-                var = (total[1] / count - mean * mean).clamp_min(0.0)
+                mean, var, _ = self._global_moments(x)
             else:
-                var, mean = torch.var_mean(x, dim=dims, correction=0)
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
-        return y * self.weight.view(shape) + self.bias.view(shape)
+                var, mean = torch.var_mean(x, dim=[0] + list(range(2, x.dim())), correction=0)
+        return self._normalize(x, mean, var)
 
     def _synced_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training-mode batch norm with statistics over the global batch of every process
         (what SyncBatchNorm does on GPUs; it also runs on CPU/gloo here). Gradients are exact."""
-        from asymcert.distributed import differentiable_sum
-        dims = [0] + list(range(2, x.dim()))
-        count = differentiable_sum(torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device))
-        total = differentiable_sum(torch.stack([x.sum(dims), (x * x).sum(dims)]))
-        mean = total[0] / count
-        var = (total[1] / count - mean * mean).clamp_min(0.0)
+        mean, var, count = self._global_moments(x)
         with torch.no_grad():
             self.num_batches_tracked += 1
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(m * mean.detach())
             self.running_var.mul_(1 - m).add_(m * var.detach() * count / (count - 1).clamp_min(1))
+        return self._normalize(x, mean, var)
+
+    def _global_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, biased variance) per channel over the batches of every process, and the element count."""
+        from asymcert.distributed import differentiable_sum
+        dims = [0] + list(range(2, x.dim()))
+        count = differentiable_sum(torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device))
+        total = differentiable_sum(torch.stack([x.sum(dims), (x * x).sum(dims)]))
+        mean = total[0] / count
+        return mean, (total[1] / count - mean * mean).clamp_min(0.0), count
+
+    def _normalize(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """γ(x − mean)/√(var + ε) + β with per-channel statistics."""
         shape = [1, -1] + [1] * (x.dim() - 2)
         y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
         return y * self.weight.view(shape) + self.bias.view(shape)

@@ -67,7 +67,7 @@ class FeatureConvexRecipe:
         self.jacobian_reg = float(config.jacobian_reg)
         radii = config.margin_radius if isinstance(config.margin_radius, (list, tuple)) else [config.margin_radius]
         norms = config.margin_norm if isinstance(config.margin_norm, (list, tuple)) else [config.margin_norm] * len(radii)
-        if radii == [0] or radii == [0.0]:  # the margin loss is off; its norms do not matter
+        if radii == [0]:  # the margin loss is off (also for 0.0); its norms do not matter
             radii, norms = [], []
         self.margins = [(float(p), float(r)) for p, r in zip(norms, radii)]
         self.margin_radius = max((r for _, r in self.margins), default=0.0)
