@@ -1,9 +1,11 @@
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
 from asymcert.errors import ConvexityError
-from asymcert.nn.convex import ICNN, ConvexConvNet, convexity_violations, project_
+from asymcert.nn.convex import ICNN, ConvexConvNet, PositiveBatchNorm, convexity_violations, project_
 from tests.conftest import small_feature_convex
 
 
@@ -70,22 +72,26 @@ def _train_mode_icnn(seed: int = 0, widths=(16,)):
     return net
 
 
-def test_frozen_batch_statistics_keep_values_and_running_statistics():
-    from asymcert.nn.convex import frozen_batch_statistics
+def test_shared_batch_statistics_keep_values_and_update_running_statistics_once():
+    from asymcert.nn.convex import shared_batch_statistics
     net = _train_mode_icnn(widths=(16, 8))
+    reference = copy.deepcopy(net)
     x = torch.rand(32, 1, 6, 6)
-    state = {k: v.clone() for k, v in net.state_dict().items()}
-    with frozen_batch_statistics(net):
-        frozen = net(x)
-    for k, v in net.state_dict().items():
-        assert torch.equal(v, state[k]), f"{k} changed under frozen statistics"
-    assert torch.allclose(frozen, net(x), atol=1e-6)  # the ordinary training-mode pass gives the same values
-    assert not any(getattr(m, "frozen_statistics", False) for m in net.modules())  # restored on exit
+    expected = reference(x)  # one ordinary training-mode pass
+    with shared_batch_statistics(net):
+        first = net(x)
+        second = net(x[:5])  # a later pass normalises with the first pass's statistics
+    assert torch.allclose(first, expected, atol=1e-5)
+    assert torch.allclose(second, expected[:5], atol=1e-5)
+    for (k, v), ref in zip(net.state_dict().items(), reference.state_dict().values()):
+        assert torch.allclose(v.double(), ref.double(), rtol=1e-5, atol=1e-6), f"{k} differs from one ordinary pass"
+    norms = [m for m in net.modules() if isinstance(m, PositiveBatchNorm)]
+    assert all(not m.share_statistics and m.shared is None for m in norms)  # restored on exit
 
 
-def test_frozen_batch_statistics_refuse_plain_batch_norm():
-    from asymcert.nn.convex import frozen_batch_statistics
+def test_shared_batch_statistics_refuse_plain_batch_norm():
+    from asymcert.nn.convex import shared_batch_statistics
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).train()
     with pytest.raises(ValueError, match="PositiveBatchNorm"):
-        with frozen_batch_statistics(net):
+        with shared_batch_statistics(net):
             pass

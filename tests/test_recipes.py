@@ -129,3 +129,22 @@ def test_epochs_before_the_margin_warm_up_ends_are_not_selected(fashion_dir):
 def test_margin_off_ignores_its_norms():
     recipe = FeatureConvexRecipe(TrainConfig(margin_radius=0.0, margin_norm=[1.0, 2.0]))
     assert recipe.margin_radius == 0 and recipe.margins == []
+
+
+def test_training_objective_does_not_see_the_validation_balance():
+    """evaluate() fits b on validation and leaves it on the model (the checkpoint keeps it); the next
+    epoch trains on g(φ(x)) with b = 0 again, so the loss does not depend on the last fit."""
+    from asymcert.data.tasks import Dataset
+    model = small_feature_convex("icnn").double()
+    x, y = _batch(n=40)
+    recipe = FeatureConvexRecipe(TrainConfig())
+    recipe.prepare(model, Dataset(x.double(), y))
+    before, _ = recipe.loss(model, x.double(), y, progress=0.0)
+    val_x, _ = _batch(seed=2, n=40)
+    val_y = (val_x.mean(dim=(1, 2, 3)) > 0.5).long()  # labels the untrained model gets wrong at b = 0
+    out = recipe.evaluate(model, Dataset(val_x.double(), val_y), batch_size=16)
+    assert float(model.balance) == pytest.approx(out["balance"]) and out["balance"] != 0.0
+    recipe.on_epoch_start(model, epoch=1, progress=0.1)
+    assert float(model.balance) == 0.0
+    after, _ = recipe.loss(model, x.double(), y, progress=0.1)
+    assert torch.equal(before, after)

@@ -57,7 +57,9 @@ class PositiveBatchNorm(nn.modules.batchnorm._BatchNorm):
     def __init__(self, num_features: int, min_scale: float = 1e-3, **kwargs: Any) -> None:
         super().__init__(num_features, **kwargs)
         self.min_scale = float(min_scale)
-        self.frozen_statistics = False  # set by `frozen_batch_statistics`; not part of the state dict
+        # set by `shared_batch_statistics`; none of it is part of the state dict
+        self.share_statistics = False
+        self.shared: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() not in (2, 4):
@@ -68,36 +70,27 @@ class PositiveBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from asymcert import distributed
-        if self.training and self.frozen_statistics:
-            return self._frozen_forward(x)
-        if not (self.training and distributed.is_distributed()):
+        if self.training and self.share_statistics and self.shared is not None:
+            return self._normalize(x, *self.shared)
+        if not (self.training and (self.share_statistics or distributed.is_distributed())):
             return super().forward(x)
-        return self._synced_forward(x)
+        return self._explicit_forward(x)
 
-    def _frozen_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise with this batch's statistics (global under torch.distributed) held constant, and
-        leave the running statistics alone: the same values as the training-mode pass, but inputs no
-        longer interact, so the gradient of a summed output holds each input's own gradient."""
-        from asymcert import distributed
-        with torch.no_grad():
-            if distributed.is_distributed():
-                mean, var, _ = self._global_moments(x)
-            else:
-                var, mean = torch.var_mean(x, dim=[0] + list(range(2, x.dim())), correction=0)
-        return self._normalize(x, mean, var)
-
-    def _synced_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Training-mode batch norm with statistics over the global batch of every process
-        (what SyncBatchNorm does on GPUs; it also runs on CPU/gloo here). Gradients are exact."""
-        mean, var, count = self._global_moments(x)
+    def _explicit_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training-mode batch norm with the statistics computed here, over the global batch of every
+        process under torch.distributed (what SyncBatchNorm does on GPUs; it also runs on CPU/gloo).
+        Gradients are exact. Under `shared_batch_statistics` the statistics are kept for later passes."""
+        mean, var, count = self._moments(x)
         with torch.no_grad():
             self.num_batches_tracked += 1
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(m * mean.detach())
             self.running_var.mul_(1 - m).add_(m * var.detach() * count / (count - 1).clamp_min(1))
+        if self.share_statistics:
+            self.shared = (mean, var)
         return self._normalize(x, mean, var)
 
-    def _global_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean, biased variance) per channel over the batches of every process, and the element count."""
         from asymcert.distributed import differentiable_sum
         dims = [0] + list(range(2, x.dim()))
@@ -119,15 +112,19 @@ class PositiveBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 @contextmanager
-def frozen_batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, training-mode batch norms of ``model`` use their batch's statistics as
-    constants and do not update running statistics.
+def shared_batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, the first training-mode pass of every batch norm of ``model`` records its
+    batch's statistics, and later passes normalise with those same statistics.
 
     In training mode batch norm couples the inputs of a batch, so the gradient of ``score.sum()``
     with respect to the inputs is Σ_j ∂s_j/∂x_i, not input i's own gradient ∂s_i/∂x_i; the cross
     terms can cancel it (for a one-hidden-layer ICNN with batch norm, everything but the input
-    pass-through cancels exactly). Under this context the two are equal, which is what gradient
-    regularisers and certified-margin losses need. Eval-mode models are unaffected.
+    pass-through cancels exactly). Run the first pass on *detached* inputs: its statistics then
+    depend on the weights only, so a second pass on inputs that require grad gives every input its
+    own gradient with ``score.sum()``, while the weights' gradients still flow through the
+    statistics (what gradient regularisers and certified-margin losses need: holding the statistics
+    constant in the weights too biases the training direction). Running statistics are updated
+    once, by the first pass. Eval-mode models are unaffected.
 
     Raises:
         ValueError: a training-mode batch norm that is not a :class:`PositiveBatchNorm`.
@@ -135,16 +132,16 @@ def frozen_batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
     plain = [name for name, m in model.named_modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, PositiveBatchNorm) and m.training]
     if plain:
-        raise ValueError(f"cannot freeze the statistics of batch norm layer(s) {plain}: use PositiveBatchNorm")
+        raise ValueError(f"cannot share the statistics of batch norm layer(s) {plain}: use PositiveBatchNorm")
     norms = [m for m in model.modules() if isinstance(m, PositiveBatchNorm)]
-    before = [m.frozen_statistics for m in norms]
+    before = [(m.share_statistics, m.shared) for m in norms]
     for m in norms:
-        m.frozen_statistics = True
+        m.share_statistics, m.shared = True, None
     try:
         yield model
     finally:
-        for m, b in zip(norms, before):
-            m.frozen_statistics = b
+        for m, (flag, shared) in zip(norms, before):
+            m.share_statistics, m.shared = flag, shared
 
 
 def couples_batch(model: nn.Module) -> bool:

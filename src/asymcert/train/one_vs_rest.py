@@ -57,8 +57,9 @@ class OneVsRestRecipe:
             self.member.prepare(m, train)
 
     def on_epoch_start(self, model: nn.Module, epoch: int, progress: float) -> None:
-        """The member recipe's own per-epoch state (its margin warm-up)."""
-        self.member.on_epoch_start(model, epoch, progress)
+        """Every member's per-epoch state (its margin warm-up, b_k = 0 while training)."""
+        for m in model.members:
+            self.member.on_epoch_start(m, epoch, progress)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict]:
         """Σ_k (member k's feature-convex loss on labels y == k); logs the members' mean BCE (and Jacobian term).

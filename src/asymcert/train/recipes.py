@@ -11,7 +11,6 @@ from torch import nn
 from asymcert.data.tasks import Dataset
 from asymcert.train.balance import balanced_accuracy, fit_balance
 from asymcert.train.config import TrainConfig
-from asymcert.nn.convex import couples_batch
 from asymcert.train.regularizers import certified_lower_bound, jacobian_penalty_from_grad, per_input_gradients
 
 
@@ -58,7 +57,7 @@ class FeatureConvexRecipe:
     ``margin_norm=[1, 2, inf]``) take the lowest bound over the union of the balls. Both terms use
     every input's own gradient from one backward pass with ``create_graph=True``
     (:func:`~asymcert.train.regularizers.per_input_gradients`), with training-mode batch norm's
-    statistics held constant in that pass. With a warm-up, only epochs that started at the full
+    statistics held constant in the inputs (but not in the weights) in that pass. With a warm-up, only epochs that started at the full
     radius compete for the best-validation checkpoint.
     """
 
@@ -87,7 +86,12 @@ class FeatureConvexRecipe:
         model.project()
 
     def on_epoch_start(self, model: nn.Module, epoch: int, progress: float) -> None:
+        """Train on g(φ(x)) with b = 0: the shift that the last validation pass fitted (and the
+        checkpoint keeps) is not part of the training objective. Left in place, it would move the
+        logits by a different amount every epoch, which g must chase (and cannot once the learning
+        rate is small: the training loss then rises at the end of a cosine schedule)."""
         self._epoch_progress = progress
+        model.set_balance(0.0)
 
     def margin_scale(self, progress: float) -> float:
         """The warm-up factor (0 → 1) of the margin radii at ``progress`` (0 → 1) of training."""
@@ -100,12 +104,7 @@ class FeatureConvexRecipe:
         needs_grad = self.jacobian_reg > 0 or self.margin_radius > 0
         stats: dict[str, float] = {}
         penalty = torch.zeros((), device=features.device)
-        if needs_grad and couples_batch(model):
-            # the BCE pass trains batch norm as usual; the gradient pass holds this batch's
-            # statistics constant so that each input gets its own gradient (see per_input_gradients)
-            score = model.score_from_features(features)
-            _, grad = per_input_gradients(model.score_from_features, features, model)
-        elif needs_grad:
+        if needs_grad:  # every input's own gradient (see per_input_gradients for batch norm)
             score, grad = per_input_gradients(model.score_from_features, features, model)
         else:
             score = model.score_from_features(features)

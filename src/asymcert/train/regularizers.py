@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from asymcert.nn.convex import frozen_batch_statistics
+from asymcert.nn.convex import couples_batch, shared_batch_statistics
 
 
 def per_input_gradients(score_fn: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor,
@@ -15,22 +15,31 @@ def per_input_gradients(score_fn: Callable[[torch.Tensor], torch.Tensor], featur
     """Every input's own gradient ∂s_i/∂φ_i, differentiable in the weights, from ONE backward pass.
 
     With one scalar score per input, the gradient of ``score.sum()`` holds every input's gradient row,
-    provided inputs do not interact; training-mode batch norm makes them interact (the summed
+    provided inputs do not interact. Training-mode batch norm makes them interact (the summed
     gradient is then Σ_j ∂s_j/∂φ_i, whose cross terms can cancel the very gradient to regularise), so
-    the pass runs under :func:`~asymcert.nn.convex.frozen_batch_statistics`: the same score values,
-    with this batch's statistics held constant. No batch × batch × features Jacobian is built.
+    for such models the scores come from an ordinary training-mode pass on the detached features,
+    and the gradients from a second pass that reuses that pass's batch statistics
+    (:func:`~asymcert.nn.convex.shared_batch_statistics`): constant in the inputs, but functions of
+    the weights, so that losses built on the gradients train the weights along their true gradient.
+    No batch × batch × features Jacobian is built.
 
     Args:
         score_fn: features (N, ...) → scores (N,) (e.g. ``model.score_from_features``).
         features: (N, *feature_shape) feature tensor φ(x) (detached here).
         model: the module holding the batch norms that ``score_fn`` runs.
     Returns:
-        (score (N,), grad (N, *feature_shape)); ``grad`` was built with ``create_graph=True``.
+        (score (N,), grad (N, *feature_shape)); both differentiable in the weights, ``grad`` built
+        with ``create_graph=True``.
     """
     f = features.detach().requires_grad_(True)
-    with frozen_batch_statistics(model):
+    if not couples_batch(model):
         score = score_fn(f)
-    (grad,) = torch.autograd.grad(score.sum(), f, create_graph=True)
+        (grad,) = torch.autograd.grad(score.sum(), f, create_graph=True)
+        return score, grad
+    with shared_batch_statistics(model):
+        score = score_fn(features.detach())  # records each batch norm's statistics (weights only)
+        own = score_fn(f)  # the same values, each input on its own
+    (grad,) = torch.autograd.grad(own.sum(), f, create_graph=True)
     return score, grad
 
 
@@ -39,8 +48,8 @@ def jacobian_penalty(score: torch.Tensor, features: torch.Tensor) -> torch.Tenso
 
     With one scalar score per input, the gradient of ``score.sum()`` w.r.t. ``features`` (N, ...)
     holds every input's own gradient row, from one backward pass with ``create_graph=True`` — only
-    if the inputs do not interact: compute ``score`` in eval mode, without batch norm, or under
-    :func:`~asymcert.nn.convex.frozen_batch_statistics` (see :func:`per_input_gradients`).
+    if the inputs do not interact: compute ``score`` in eval mode or without batch norm; with
+    training-mode batch norm use :func:`per_input_gradients`.
 
     Args:
         score: (N,) scores computed from ``features`` (which must require grad).
