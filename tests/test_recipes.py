@@ -148,3 +148,32 @@ def test_training_objective_does_not_see_the_validation_balance():
     assert float(model.balance) == 0.0
     after, _ = recipe.loss(model, x.double(), y, progress=0.1)
     assert torch.equal(before, after)
+
+
+def test_train_at_balance_keeps_the_fitted_shift_in_the_training_logit():
+    from asymcert.data.tasks import Dataset
+    model = small_feature_convex("icnn").double()
+    x, y = _batch(n=40)
+    recipe = FeatureConvexRecipe(TrainConfig(train_at_balance=True))
+    recipe.prepare(model, Dataset(x.double(), y))
+    val_x, _ = _batch(seed=2, n=40)
+    b = recipe.evaluate(model, Dataset(val_x.double(), (val_x.mean(dim=(1, 2, 3)) > 0.5).long()), 16)["balance"]
+    recipe.on_epoch_start(model, epoch=1, progress=0.1)
+    assert float(model.balance) == pytest.approx(b) and b != 0.0
+    loss, _ = recipe.loss(model, x.double(), y, progress=0.1)
+    with torch.no_grad():
+        expected = F.binary_cross_entropy_with_logits(model(x.double()), y.double())
+    assert torch.allclose(loss.detach(), expected, rtol=1e-12)
+
+
+def test_sensitive_weight_scales_the_sensitive_terms():
+    model = small_feature_convex("icnn").double()
+    x, y = _batch(n=20)
+    loss, _ = FeatureConvexRecipe(TrainConfig(sensitive_weight=3.0)).loss(model, x.double(), y, progress=0.0)
+    with torch.no_grad():
+        s = model(x.double())
+    terms = F.binary_cross_entropy_with_logits(s, y.double(), reduction="none")
+    expected = torch.where(y.bool(), 3.0 * terms, terms).mean()
+    assert torch.allclose(loss.detach(), expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="sensitive_weight"):
+        FeatureConvexRecipe(TrainConfig(sensitive_weight=0.0))

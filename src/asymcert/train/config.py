@@ -27,6 +27,10 @@ class TrainConfig:
         margin_norm: the p of that ball (1, 2, inf, ...). Lists of radii and norms of equal length
             use the union of the balls (the lowest of the bounds).
         margin_warmup: fraction of training over which r grows linearly from 0 (0 = from the start).
+        sensitive_weight: weight of the sensitive class's cross-entropy terms (``pos_weight``; 1 = the
+            plain loss).
+        train_at_balance: keep the class-balance shift b that each epoch's validation pass fits in the
+            logit of the next epoch (False: train on g(φ(x)) with b = 0). See the feature-convex recipe.
         seed: seeds weights, shuffling and augmentation.
         device: "auto" (CUDA when present), "cpu" or "cuda[:i]".
         augment: apply the task's training augmentation (True), none (False), or the named one
@@ -49,6 +53,8 @@ class TrainConfig:
     margin_radius: float | list[float] = 0.0
     margin_norm: float | list[float] = 2.0
     margin_warmup: float = 0.0
+    sensitive_weight: float = 1.0
+    train_at_balance: bool = False
     seed: int = 0
     device: str = "auto"
     augment: bool | str = True

@@ -113,6 +113,9 @@ def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Pa
     if not config.margin_radius:  # runs without the margin loss keep the fingerprint they had before it
         for key in ("margin_radius", "margin_norm", "margin_warmup"):
             settings.pop(key)
+    for key, plain in (("sensitive_weight", 1.0), ("train_at_balance", False)):
+        if settings[key] == plain:  # likewise runs that do not use these later settings
+            settings.pop(key)
     fingerprint = json.dumps({"train": settings, "model": model.config()}, sort_keys=True, default=str)
     if state_file is not None and state_file.is_file():
         state = torch.load(state_file, map_location=device, weights_only=True)

@@ -57,8 +57,8 @@ class FeatureConvexRecipe:
     ``margin_norm=[1, 2, inf]``) take the lowest bound over the union of the balls. Both terms use
     every input's own gradient from one backward pass with ``create_graph=True``
     (:func:`~asymcert.train.regularizers.per_input_gradients`), with training-mode batch norm's
-    statistics held constant in the inputs (but not in the weights) in that pass. With a warm-up, only epochs that started at the full
-    radius compete for the best-validation checkpoint.
+    statistics held constant in the inputs (not in the weights) in that pass. With a warm-up, only
+    epochs that started at the full radius compete for the best-validation checkpoint.
     """
 
     def __init__(self, config: TrainConfig) -> None:
@@ -71,6 +71,10 @@ class FeatureConvexRecipe:
         self.margins = [(float(p), float(r)) for p, r in zip(norms, radii)]
         self.margin_radius = max((r for _, r in self.margins), default=0.0)
         self.margin_warmup = float(config.margin_warmup)
+        self.sensitive_weight = float(config.sensitive_weight)
+        self.train_at_balance = bool(config.train_at_balance)
+        if not self.sensitive_weight > 0:
+            raise ValueError(f"sensitive_weight must be > 0, got {config.sensitive_weight}")
         if len(norms) != len(radii):
             raise ValueError(f"margin_radius {config.margin_radius} and margin_norm {config.margin_norm} must pair up: "
                              f"one norm per radius (e.g. --set margin_radius=1 --set margin_norm=2, or lists of "
@@ -86,12 +90,13 @@ class FeatureConvexRecipe:
         model.project()
 
     def on_epoch_start(self, model: nn.Module, epoch: int, progress: float) -> None:
-        """Train on g(φ(x)) with b = 0: the shift that the last validation pass fitted (and the
-        checkpoint keeps) is not part of the training objective. Left in place, it would move the
-        logits by a different amount every epoch, which g must chase (and cannot once the learning
-        rate is small: the training loss then rises at the end of a cosine schedule)."""
+        """Train on g(φ(x)) with b = 0, or with ``train_at_balance`` on g(φ(x)) + b, b as the last
+        validation pass fitted it (the cross-entropy is then taken at the threshold the decision
+        uses; g's own bias cannot absorb b, which is refitted every epoch, so this keeps pushing g
+        up, an implicit regulariser measured in benchmarks/README.md)."""
         self._epoch_progress = progress
-        model.set_balance(0.0)
+        if not self.train_at_balance:
+            model.set_balance(0.0)
 
     def margin_scale(self, progress: float) -> float:
         """The warm-up factor (0 → 1) of the margin radii at ``progress`` (0 → 1) of training."""
@@ -121,7 +126,8 @@ class FeatureConvexRecipe:
                                      for p, r in self.margins if r > 0]).amin(dim=0)
                 logit = torch.where(y.bool(), bound, score)
                 stats["margin_scale"] = scale
-        bce = F.binary_cross_entropy_with_logits(logit, y.to(logit.dtype))
+        weight = None if self.sensitive_weight == 1.0 else logit.new_tensor(self.sensitive_weight)
+        bce = F.binary_cross_entropy_with_logits(logit, y.to(logit.dtype), pos_weight=weight)
         stats["bce"] = bce.item()
         return bce + penalty, stats
 
