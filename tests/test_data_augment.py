@@ -21,9 +21,10 @@ def test_flip_only_mirrors_images():
     same = (out == x).flatten(1).all(1)
     mirrored = (out == x.flip(-1)).flatten(1).all(1)
     assert bool((same | mirrored).all()) and 0 < int(mirrored.sum()) < 64
+    assert torch.equal(augmentation_from_name("flip")(x, torch.Generator().manual_seed(0)), out)
 
 
-@pytest.mark.parametrize("name", ["rotate", "crop", "crop-1", "crop2flip"])
+@pytest.mark.parametrize("name", ["rotate", "crop", "crop-1", "crop2flip", "flips"])
 def test_unknown_augmentation_is_named(name):
     with pytest.raises(UnknownNameError, match=name):
         augmentation_from_name(name)

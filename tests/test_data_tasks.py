@@ -54,12 +54,14 @@ def test_unknown_task_lists_known_names():
 def test_fashion_shirts_default_and_paper_preset():
     from asymcert.workflow import _merge
     task = get_task("fashion-mnist-shirts")
-    assert task.model["convex"] == {"kind": "icnn", "widths": [2048]}
+    assert task.model["convex"] == {"kind": "icnn", "widths": [4096], "batch_norm": False}
     assert task.train["optimizer"] == "adam" and task.train["margin_radius"] == [8.0, 0.9]
+    assert task.train["train_at_balance"] is True
     paper = _merge({"model": task.model, "train": task.train}, task.presets["paper"])
     assert paper["model"]["convex"] == {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2}
-    assert {k: paper["train"][k] for k in ("epochs", "optimizer", "lr", "jacobian_reg", "margin_radius", "augment")} == \
-        {"epochs": 60, "optimizer": "sgd", "lr": 1e-3, "jacobian_reg": 0.01, "margin_radius": 0.0, "augment": True}
+    keys = ("epochs", "optimizer", "lr", "jacobian_reg", "margin_radius", "augment", "train_at_balance")
+    assert {k: paper["train"][k] for k in keys} == {"epochs": 60, "optimizer": "sgd", "lr": 1e-3, "jacobian_reg": 0.01,
+                                                   "margin_radius": 0.0, "augment": True, "train_at_balance": False}
 
 
 def test_paper_defaults():

@@ -51,13 +51,14 @@ def crop_augment(padding: int, flip: bool = False):
 
 
 def augmentation_from_name(name: str):
-    """The augmentation named ``"crop<padding>"`` or ``"crop<padding>_flip"`` (e.g. ``"crop2_flip"``).
+    """The augmentation named ``"crop<padding>"``, ``"crop<padding>_flip"`` (e.g. ``"crop2_flip"``) or
+    ``"flip"`` (left-right flips only, the same as ``"crop0_flip"``).
 
     Raises:
         UnknownNameError: any other name.
     """
-    match = re.fullmatch(r"crop(\d+)(_flip)?", name)
+    match = re.fullmatch(r"crop(\d+)(_flip)?", "crop0_flip" if name == "flip" else name)
     if not match:
-        raise UnknownNameError(f"unknown augmentation {name!r}; use 'crop<padding>' or 'crop<padding>_flip', "
-                               f"e.g. 'crop1' or 'crop2_flip'")
+        raise UnknownNameError(f"unknown augmentation {name!r}; use 'crop<padding>', 'crop<padding>_flip' or "
+                               f"'flip', e.g. 'crop1' or 'crop2_flip'")
     return crop_augment(int(match.group(1)), flip=bool(match.group(2)))

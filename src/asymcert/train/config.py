@@ -34,7 +34,7 @@ class TrainConfig:
         seed: seeds weights, shuffling and augmentation.
         device: "auto" (CUDA when present), "cpu" or "cuda[:i]".
         augment: apply the task's training augmentation (True), none (False), or the named one
-            (``"crop<padding>"`` or ``"crop<padding>_flip"``, e.g. ``"crop2_flip"``).
+            (``"crop<padding>"``, ``"crop<padding>_flip"`` or ``"flip"``, e.g. ``"crop2_flip"``).
         eval_batch_size: batch size for validation passes.
         amp: bfloat16 autocast for training on CUDA (ignored on CPU; certification never uses it).
         workers: data-loading worker processes (shuffling and augmentation); None → 0 on CPU, 2 on
