@@ -131,19 +131,26 @@ def test_margin_off_ignores_its_norms():
     assert recipe.margin_radius == 0 and recipe.margins == []
 
 
-def test_training_objective_does_not_see_the_validation_balance():
-    """evaluate() fits b on validation and leaves it on the model (the checkpoint keeps it); the next
-    epoch trains on g(φ(x)) with b = 0 again, so the loss does not depend on the last fit."""
+def _recipe_after_a_validation_fit(config: TrainConfig):
+    """(recipe, model, x, y, before, b): a prepared recipe and small model, its training loss on (x, y)
+    before any validation pass, and the nonzero shift b that one validation pass then fitted."""
     from asymcert.data.tasks import Dataset
     model = small_feature_convex("icnn").double()
     x, y = _batch(n=40)
-    recipe = FeatureConvexRecipe(TrainConfig())
+    recipe = FeatureConvexRecipe(config)
     recipe.prepare(model, Dataset(x.double(), y))
     before, _ = recipe.loss(model, x.double(), y, progress=0.0)
     val_x, _ = _batch(seed=2, n=40)
     val_y = (val_x.mean(dim=(1, 2, 3)) > 0.5).long()  # labels the untrained model gets wrong at b = 0
-    out = recipe.evaluate(model, Dataset(val_x.double(), val_y), batch_size=16)
-    assert float(model.balance) == pytest.approx(out["balance"]) and out["balance"] != 0.0
+    b = recipe.evaluate(model, Dataset(val_x.double(), val_y), batch_size=16)["balance"]
+    assert float(model.balance) == pytest.approx(b) and b != 0.0
+    return recipe, model, x, y, before, b
+
+
+def test_training_objective_does_not_see_the_validation_balance():
+    """evaluate() fits b on validation and leaves it on the model (the checkpoint keeps it); the next
+    epoch trains on g(φ(x)) with b = 0 again, so the loss does not depend on the last fit."""
+    recipe, model, x, y, before, _ = _recipe_after_a_validation_fit(TrainConfig())
     recipe.on_epoch_start(model, epoch=1, progress=0.1)
     assert float(model.balance) == 0.0
     after, _ = recipe.loss(model, x.double(), y, progress=0.1)
@@ -151,15 +158,9 @@ def test_training_objective_does_not_see_the_validation_balance():
 
 
 def test_train_at_balance_keeps_the_fitted_shift_in_the_training_logit():
-    from asymcert.data.tasks import Dataset
-    model = small_feature_convex("icnn").double()
-    x, y = _batch(n=40)
-    recipe = FeatureConvexRecipe(TrainConfig(train_at_balance=True))
-    recipe.prepare(model, Dataset(x.double(), y))
-    val_x, _ = _batch(seed=2, n=40)
-    b = recipe.evaluate(model, Dataset(val_x.double(), (val_x.mean(dim=(1, 2, 3)) > 0.5).long()), 16)["balance"]
+    recipe, model, x, y, _, b = _recipe_after_a_validation_fit(TrainConfig(train_at_balance=True))
     recipe.on_epoch_start(model, epoch=1, progress=0.1)
-    assert float(model.balance) == pytest.approx(b) and b != 0.0
+    assert float(model.balance) == pytest.approx(b)
     loss, _ = recipe.loss(model, x.double(), y, progress=0.1)
     with torch.no_grad():
         expected = F.binary_cross_entropy_with_logits(model(x.double()), y.double())

@@ -190,7 +190,7 @@ register_task(Task(
     load=_fashion_shirts,
     augment=crop_augment(1),
     model=copy.deepcopy(FASHION_SHIRTS_MODEL),
-    train=dict(FASHION_SHIRTS_TRAIN),
+    train=copy.deepcopy(FASHION_SHIRTS_TRAIN),
     presets={**_fast(), **_paper_fashion_shirts()},
     report_radii=IMAGE_RADII,
 ))
