@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from asymcert.data.idx import write_idx
+
+# Hypothesis profiles. "ci" (the default): derandomized, no example database, so every run of the
+# suite tries the same examples and passes or fails for a reason, not by luck. "explore"
+# (``HYPOTHESIS_PROFILE=explore pytest ...``): random, 20× the examples (see :func:`examples`), with
+# the local example database so that whatever it finds is replayed next time, until pinned with
+# ``@example``.
+EXPLORE_FACTOR = 20
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, max_examples=100 * EXPLORE_FACTOR, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def examples(n: int) -> int:
+    """``max_examples`` for a property test: ``n`` under the "ci" profile, ``EXPLORE_FACTOR``·n under "explore"."""
+    return n * EXPLORE_FACTOR if settings.default.max_examples >= 100 * EXPLORE_FACTOR else n
 
 
 def make_fashion_idx(folder, n_train: int = 240, n_test: int = 80, seed: int = 0):

@@ -108,8 +108,11 @@ def test_float_guard_only_shrinks_and_stays_small():
         assert bool((guarded.radii[p] <= exact.radii[p]).all())
         big = exact.radii[p] > 0.05 * float(exact.radii[p].max())
         assert torch.allclose(guarded.radii[p][big], exact.radii[p][big], rtol=1e-4)
-    assert asymcert.certify(model.double(), x.double()).radii[2.0].equal(
-        asymcert.certify(model.double(), x.double(), guard=False).radii[2.0])
+    # a float64 model's own rounding is ~1e-16 relative: its guard is nonzero but invisible in the radii
+    guarded64 = asymcert.certify(model.double(), x.double()).radii[2.0]
+    exact64 = asymcert.certify(model.double(), x.double(), guard=False).radii[2.0]
+    assert bool((guarded64 <= exact64).all())
+    assert torch.allclose(guarded64[exact64 > 1e-3], exact64[exact64 > 1e-3], rtol=1e-12)
 
 
 @settings(max_examples=100, deadline=None)

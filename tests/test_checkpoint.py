@@ -67,3 +67,40 @@ def test_unknown_model_kind(tmp_path):
     save_file({"a": torch.zeros(1)}, str(path), metadata={CONFIG_KEY: json.dumps({"kind": "mystery"})})
     with pytest.raises(asymcert.UnknownNameError, match="feature-convex"):
         asymcert.load(path)
+
+
+def _rewrite(path, tensors=None, config=None, meta="{}"):
+    """Rewrite a checkpoint with other tensors and/or another stored config (JSON text or object)."""
+    tensors = load_file(str(path)) if tensors is None else tensors
+    text = config if isinstance(config, str) else json.dumps(config)
+    save_file(tensors, str(path), metadata={CONFIG_KEY: text, "asymcert_meta": meta})
+
+
+def test_tensors_of_another_kind_of_dtype_are_refused_before_loading(tmp_path):
+    model = small_feature_convex("icnn")
+    path = asymcert.save(model, tmp_path / "m.safetensors")
+    tensors = load_file(str(path))
+    tensors["convex.hidden.0.weight"] = tensors["convex.hidden.0.weight"].to(torch.int64)
+    _rewrite(path, tensors, model.config())
+    with pytest.raises(asymcert.CheckpointError, match=r"convex\.hidden\.0\.weight of dtype I64 \(config says torch.float32\)"):
+        asymcert.load(path)
+    tensors = load_file(str(asymcert.save(model, path)))  # float64 weights of the same values still load
+    _rewrite(path, {k: v.double() if v.is_floating_point() else v for k, v in tensors.items()}, model.config())
+    x = torch.rand(3, 1, 6, 6)
+    assert torch.equal(asymcert.load(path)(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("config, meta, match", [
+    ("[1, 2]", "{}", "stored model config is a JSON list"),
+    ("null", "{}", "stored model config is a JSON NoneType"),
+    (None, "[]", "stored metadata is a JSON list"),
+    ({"kind": "feature-convex", "input_shape": [1, 6, 6]}, "{}", "config is invalid: .*missing key 'convex'"),
+    ({"kind": "feature-convex", "input_shape": [1, 6, 6], "feature_map": [{"kind": "shift"}],
+      "convex": {"kind": "icnn", "widths": [-3]}}, "{}", "config is invalid: .*widths"),
+])
+def test_a_stored_config_that_is_not_a_model_config_is_one_checkpoint_error(tmp_path, config, meta, match):
+    model = small_feature_convex("icnn")
+    path = asymcert.save(model, tmp_path / "m.safetensors")
+    _rewrite(path, config=model.config() if config is None else config, meta=meta)
+    with pytest.raises(asymcert.CheckpointError, match=match):
+        asymcert.load(path)

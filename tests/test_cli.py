@@ -1,10 +1,16 @@
+import errno
 import json
+import shutil
+from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
+from filelock import FileLock
 
 import asymcert
-from asymcert.cli import main
+from asymcert.cli import (EXIT_BUSY, EXIT_CHECK_FAILED, EXIT_CODES, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_REFUSED,
+                          main)
 
 SMALL = ["--model-set", 'convex={"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}',
          "--set", "batch_size=32", "--quiet"]
@@ -102,3 +108,146 @@ def test_model_set_with_another_convex_kind_replaces_the_config(fashion_dir, tmp
     merged = _merge(base, {"convex": {"kind": "icnn", "widths": [8]}})
     assert merged["convex"] == {"kind": "icnn", "widths": [8]}
     assert _merge(base, {"convex": {"channels": 8}})["convex"]["stem_kernel"] == 5  # same kind: merged
+
+
+# ------------------------------------------------------------------ one clear line, the right exit code
+TINY = ["--model-set", 'convex={"kind": "icnn", "widths": [8]}', "--preset", "fast", "--epochs", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(fashion_dir, tmp_path_factory):
+    """A trained and certified tiny run folder (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    for args in (["train", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--out", str(out), *TINY],
+                 ["certify", str(out), "--limit", "10", "--quiet"]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+    return out
+
+
+def _copy(run, tmp_path):
+    return Path(shutil.copytree(run, tmp_path / "copy"))
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _refused(res, code=2) -> str:
+    """The one stderr line of a refused command (asserting its exit code and that nothing else was printed)."""
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.exit_code == code and len(lines) == 1 and lines[0].startswith("Error: "), (res.exit_code, res.output)
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "lr=fast"], "lr must be a finite number > 0, got 'fast' (text)"),
+    (["--set", "lr={bad"], "lr='{bad': the value is not valid JSON"),
+    (["--set", "widths=[1,"], "not valid JSON"),
+    (["--set", "epochs=0", "--set", "lr=0", "--set", "optimizer=rmsprop"],
+     "3 problems: epochs must be an integer ≥ 1, got 0; lr must be a finite number > 0, got 0; optimizer must be"),
+    (["--set", "device=tpu9"], "device must be a device name"),
+    (["--device", "tpu9"], "unknown device 'tpu9'; valid devices: auto, cpu, cuda, cuda:<index> or mps"),
+    (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:999"], "is not available here"),
+    (["--epochs", "-3"], "Invalid value for '--epochs': -3 is not in the range x>=1"),
+    (["--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range x>=1"),
+    (["--model-set", "bogus=1"], "'bogus'"),  # refused by the model builder or as a setting without effect
+    (["--model-set", 'convex={"kind": "icnn", "widths": [8], "bogus": 1}'], "bogus"),
+    (["--model-set", "arch=mlp"], "'arch'"),
+    (["--model-set", "input_shape=[3]"], "input_shape is taken from the data"),
+    (["--model-set", "nokey"], "'nokey' is not KEY=VALUE"),
+])
+def test_train_refuses_bad_settings_in_one_line(fashion_dir, tmp_path, args, message):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["train", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--out", str(out),
+                                    "--quiet", *args])
+    assert message in _refused(res)
+    assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--limit", "0"], "Invalid value for '--limit': 0 is not in the range x>=1"),
+    (["--limit", "-5"], "-5 is not in the range x>=1"),
+    (["--batch-size", "0"], "Invalid value for '--batch-size': 0 is not in the range x>=1"),
+    (["--norms", ","], "name at least one norm"),
+    (["--norms", "0.5"], "ℓp norms need p ≥ 1"),
+    (["--device", "tpu9"], "unknown device 'tpu9'"),
+])
+def test_certify_refuses_bad_options(tiny_run, tmp_path, args, message):
+    folder = _copy(tiny_run, tmp_path)
+    before = _files(folder)
+    assert message in _refused(CliRunner().invoke(main, ["certify", str(folder), "--quiet", *args]))
+    assert _files(folder) == before
+
+
+@pytest.mark.parametrize("damage, message", [
+    (("certificates.safetensors", b"garbage" * 10), "is not a readable certificates file"),
+    (("run.json", b"[1, 2]"), "must hold a JSON object, found list"),
+    (("run.json", b"{}"), "lacks the key 'task'"),
+])
+def test_report_on_a_damaged_folder_is_one_line(tiny_run, tmp_path, damage, message):
+    folder = _copy(tiny_run, tmp_path)
+    (folder / damage[0]).write_bytes(damage[1])
+    before = _files(folder)
+    assert message in _refused(CliRunner().invoke(main, ["report", str(folder)]))
+    assert _files(folder) == before
+
+
+def test_help_documents_the_exit_codes():
+    text = CliRunner().invoke(main, ["--help"]).output
+    for code in EXIT_CODES:
+        assert f"\n  {code} " in text.replace("\n    ", "\n  "), code
+
+
+def test_exit_codes_are_distinct(tiny_run, tmp_path, monkeypatch):
+    """0 success, 1 violations found, 2 refused input, 3 busy folder, 4 file-system failure, 130 interrupted."""
+    import asymcert.audit
+    import asymcert.report.writer
+    runner = CliRunner()
+    monkeypatch.setattr(asymcert.audit, "audit_run", lambda *a, **k: {"violations": 3})
+    res = runner.invoke(main, ["audit", str(tiny_run), "--limit", "2"])
+    assert res.exit_code == EXIT_CHECK_FAILED == 1 and "3 violation(s)" in res.output
+    monkeypatch.setattr(asymcert.audit, "audit_run", lambda *a, **k: {"violations": 0})
+    assert runner.invoke(main, ["audit", str(tiny_run), "--limit", "2"]).exit_code == EXIT_OK == 0
+    assert "not a run folder" in _refused(runner.invoke(main, ["audit", str(tmp_path)]), EXIT_REFUSED)
+    folder = _copy(tiny_run, tmp_path)
+    lock = FileLock(str(folder / ".asymcert.lock"))
+    with lock:  # another process would hold it like this
+        assert "RunFolderBusyError" in _refused(runner.invoke(main, ["certify", str(folder), "--quiet"]), EXIT_BUSY)
+    for exc, code, message in ((OSError(errno.ENOSPC, "No space left on device", str(folder / "results.json")),
+                                EXIT_IO, "OSError: " + str(folder / "results.json") + ": No space left on device"),
+                               (PermissionError(errno.EACCES, "Permission denied"), EXIT_IO, "Permission denied"),
+                               (KeyboardInterrupt(), EXIT_INTERRUPTED, "interrupted")):
+        monkeypatch.setattr(asymcert.report.writer, "write_report", _raiser(exc))
+        assert message in _refused(runner.invoke(main, ["report", str(folder)]), code)
+
+
+def test_a_full_disk_while_writing_is_one_line_and_keeps_the_old_file(tiny_run, tmp_path, monkeypatch):
+    folder = _copy(tiny_run, tmp_path)
+    before = (folder / "certificates.safetensors").read_bytes()
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    line = _refused(CliRunner().invoke(main, ["certify", str(folder), "--quiet", "--limit", "3"]), EXIT_IO)
+    assert "WriteError" in line and "No space left on device" in line
+    monkeypatch.undo()
+    assert (folder / "certificates.safetensors").read_bytes() == before
+    assert not [p for p in folder.iterdir() if p.name.startswith(".certificates")]  # no temporary file left
+
+
+@pytest.mark.parametrize("exc", [ZeroDivisionError("a bug"), ValueError("a bug raising a plain ValueError")])
+def test_bugs_keep_their_traceback(tiny_run, monkeypatch, exc):
+    """Only refusals become one line: any other exception is a bug and is not disguised as one."""
+    import asymcert.report.writer
+    monkeypatch.setattr(asymcert.report.writer, "write_report", _raiser(exc))
+    res = CliRunner().invoke(main, ["report", str(tiny_run)])
+    assert res.exception is exc
+
+
+def _raiser(exc):
+    def fn(*args, **kwargs):
+        raise exc
+    return fn

@@ -95,3 +95,19 @@ def test_shared_batch_statistics_refuse_plain_batch_norm():
     with pytest.raises(ValueError, match="PositiveBatchNorm"):
         with shared_batch_statistics(net):
             pass
+
+
+def test_allowlist_names_each_slot_and_accepts_the_built_in_nets():
+    from torch import nn
+
+    from asymcert.nn.convex import NonnegConv2d, NonnegLinear, convex_net_problems
+    net = ConvexConvNet((1, 8, 8), channels=2, stem_kernel=3, blocks=1)
+    assert convex_net_problems(net) == [] and convex_net_problems(ICNN((5,), (4, 3), batch_norm=False)) == []
+    net.stem = NonnegConv2d(1, 2, 3, padding=1)  # the stem acts on g's input: free or constrained are both fine
+    assert convex_net_problems(net) == []
+    net.block_convs[0] = nn.Conv2d(2, 2, 3, padding=1)  # free weights after a ReLU
+    net.readout = nn.Sequential(nn.Flatten(), NonnegLinear(128, 1))  # a container the forward does not expect
+    assert convex_net_problems(net, "g") == [
+        "g.block_convs.0: Conv2d is not allowed here (allowed: NonnegConv2d); it may break convexity",
+        "g.readout: Sequential is not allowed here (allowed: NonnegLinear); it may break convexity",
+        "g.readout.0: Flatten is not allowed here (allowed: NonnegLinear); it may break convexity"]

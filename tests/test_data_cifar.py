@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import pickle
@@ -14,6 +15,7 @@ import pytest
 from asymcert.data.cifar import (
     ARCHIVE,
     BATCH_FOLDER,
+    MAX_BATCH_BYTES,
     TEST_BATCH,
     TRAIN_BATCHES,
     load_cifar10_arrays,
@@ -173,6 +175,31 @@ def test_truncated_archive(tmp_path, batches):
     _write_archive(archive, batches)
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     with pytest.raises(DataError, match="corrupted or truncated|not a readable"):
+        load_cifar10_arrays(tmp_path)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_oversized_archive_member_is_refused_before_reading(tmp_path, data_cache, monkeypatch, compressed):
+    """A tiny archive whose header claims a 2 GiB batch: refused from the header, nothing is read."""
+    info = tarfile.TarInfo(f"{BATCH_FOLDER}/data_batch_1")
+    info.size = 2 * 1024**3
+    raw = info.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 4096  # the 2 GiB of data are not there
+    name = ARCHIVE if compressed else ARCHIVE.removesuffix(".gz")
+    (tmp_path / name).write_bytes(gzip.compress(raw) if compressed else raw)
+    reads = []
+    real = tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, m: reads.append(m) or real(self, m))
+    with pytest.raises(DataError, match=r"2147483648 bytes, more than a CIFAR-10 batch"):
+        load_cifar10_arrays(tmp_path)
+    assert reads == []
+
+
+def test_oversized_batch_file_is_refused_before_reading(tmp_path, data_cache, batches):
+    _write_folder(tmp_path / BATCH_FOLDER, batches)
+    big = tmp_path / BATCH_FOLDER / "data_batch_2"
+    with big.open("r+b") as fh:  # sparse: no disk space or time spent
+        fh.truncate(MAX_BATCH_BYTES + 1)
+    with pytest.raises(DataError, match="data_batch_2.*more than a CIFAR-10 batch"):
         load_cifar10_arrays(tmp_path)
 
 

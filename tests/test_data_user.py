@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -109,7 +111,13 @@ def test_too_few_examples_of_a_class(tmp_path):
     ({"inputs": np.zeros((4, 2)), "y": np.zeros(4)}, r"no array named x .*'inputs'"),
     ({"x": np.zeros((4, 2)), "y": np.zeros(3)}, r"labels must have shape \(4,\)"),
     ({"x": np.zeros(4), "y": np.zeros(4)}, r"shape \(N, \.\.\.\)"),
-    ({"x": np.array([[{"a": 1}]] * 4, dtype=object), "y": np.zeros(4)}, "not a readable .npz"),
+    ({"x": np.array([[{"a": 1}]] * 4, dtype=object), "y": np.zeros(4)}, "'x' cannot be read without unpickling"),
+    ({"x": np.zeros((4, 2)), "y": np.array([None] * 4, dtype=object)}, "'y' cannot be read without unpickling"),
+    ({}, r"no array named x or y \(arrays found: \[\]\)"),
+    ({"x": np.zeros((0, 3)), "y": np.zeros(0)}, "no examples"),
+    ({"x": np.zeros((4, 0)), "y": np.zeros(4)}, r"shape \(4, 0\) have no features"),
+    ({"x": np.zeros((4, 2)), "y": np.array([0.0, 1.0, np.nan, 1.0])}, r"labels contain NaN or Inf \(examples \[2\]\)"),
+    ({"x": np.zeros((4, 2), dtype=complex), "y": np.zeros(4)}, "inputs must be numbers"),
 ])
 def test_bad_npz_contents(tmp_path, content, message):
     np.savez(tmp_path / "bad.npz", **content)
@@ -121,6 +129,37 @@ def test_not_an_npz(tmp_path):
     (tmp_path / "x.npz").write_bytes(b"plain text")
     with pytest.raises(DataError, match="not a readable .npz"):
         task_from_npz(tmp_path / "x.npz", 0)
+    np.save(tmp_path / "one.npy", np.zeros((4, 2)))  # np.load gives an array, not an archive
+    with pytest.raises(DataError, match=r"a single array \(.npy\), not an .npz archive"):
+        task_from_npz(tmp_path / "one.npy", 0)
+    (tmp_path / "p.npz").write_bytes(pickle.dumps({"x": np.zeros(3)}))  # a pickle is never unpickled
+    with pytest.raises(DataError, match="not a readable .npz"):
+        task_from_npz(tmp_path / "p.npz", 0)
+
+
+def test_values_beyond_float32_are_named(tmp_path):
+    """1e39 fits float64 but becomes inf in the float32 models train in: refused, naming where it is."""
+    x, y = _tabular()
+    x[7, 2] = -5e38
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(DataError, match=r"example 7, feature 2: -5e\+38 is beyond the float32 range"):
+        task_from_npz(tmp_path / "d.npz", 1)
+    x, y = _tabular()
+    x[3, 0] = np.finfo(np.float32).max  # the largest float32 is fine
+    np.savez(tmp_path / "ok.npz", x=x, y=y)
+    assert torch.isfinite(task_from_npz(tmp_path / "ok.npz", 1).load(None).train.x).all()
+    images = np.random.default_rng(0).random((30, 4, 4))
+    images[3, 1, 2] = 1e39
+    np.savez(tmp_path / "img.npz", x=images, y=np.arange(30) % 2)
+    with pytest.raises(DataError, match=r"example 3, index \(1, 2\): 1e\+39"):
+        task_from_npz(tmp_path / "img.npz", 1)
+
+
+def test_one_class_data_is_refused(tmp_path):
+    x, _ = _tabular()
+    np.savez(tmp_path / "d.npz", x=x, y=np.ones(len(x)))
+    with pytest.raises(DataError, match="other class .* has no example; labels found: 1.0"):
+        task_from_npz(tmp_path / "d.npz", 1)
 
 
 # ------------------------------------------------------------------ CSV
@@ -165,6 +204,8 @@ def test_csv_missing_value_names_the_row(tmp_path):
     ("a,b,label\n", "no data rows"),
     ("", "empty file"),
     ("a,b,target\n1,2,x\n", r"no column 'label'; columns are: a, b, target"),
+    ("label\nx\ny\nx\n", "the only column is the label column 'label'; add numeric feature columns"),
+    ("a,b,label\n1,2,x\n1,1e39,y\n", r"row 2 \(line 3\), column 'b': 1e\+39 is beyond the float32 range"),
 ])
 def test_csv_errors(tmp_path, text, message):
     (tmp_path / "t.csv").write_text(text)

@@ -57,3 +57,18 @@ def test_compose_lipschitz_is_product(p, n):
     single = build_feature_map([{"kind": "concat-abs"}], (1, 2)).lipschitz(p)
     assert phi.lipschitz(p) >= single ** n * (1 - 1e-12)
     assert phi.lipschitz(p) <= single ** n * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_built_in_map_is_accepted_and_checks_its_statistics(config):
+    from asymcert.nn.feature_maps import feature_map_problems
+    phi = build_feature_map(config, (2, 5))
+    phi.fit(torch.randn(20, 2, 5))
+    assert feature_map_problems(phi) == []
+    phi.validate()
+    stats = [m for m in phi.maps if "mean" in dict(m.named_buffers())]
+    for m in stats:
+        with torch.no_grad():
+            m.mean[0, 1] = math.nan
+    problems = feature_map_problems(phi)
+    assert len(problems) == len(stats) and all("mean: contains NaN or Inf" in p for p in problems)

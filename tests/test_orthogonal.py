@@ -115,7 +115,8 @@ def test_certificate_is_the_score_and_norm_conversions():
     r2 = cert.radii[2.0]
     assert bool((r2[~flagged] == 0).all())
     assert bool((r2[flagged] <= s[flagged]).all())
-    assert torch.allclose(r2[flagged], s[flagged], rtol=1e-6)
+    # the absolute rounding allowance (float32 model, d = 64, ‖x − μ‖ ≈ 2) costs at most 5e-4 of ℓ2 radius
+    assert bool((s[flagged] - r2[flagged] <= 5e-4 + 1e-6 * s[flagged]).all())
     assert torch.equal(cert.radii[1.0], r2)  # ‖δ‖2 ≤ ‖δ‖1: r1 = r2 is sound
     assert bool((cert.radii[math.inf] <= r2 / 8).all())  # r∞ = r2/√d, d = 64
     assert torch.allclose(cert.radii[math.inf], r2 / 8, rtol=1e-6)

@@ -7,6 +7,7 @@ import torch
 
 import asymcert
 from asymcert.certify.attacks import decision_flips, pgd_attack
+from asymcert.certify.feature_convex import float_guard, score_and_feature_gradient
 from tests.conftest import small_feature_convex
 
 FMAPS = [[{"kind": "shift"}], [{"kind": "shift"}, {"kind": "concat-abs"}]]
@@ -56,3 +57,28 @@ def test_float_guard_covers_float32_rounding_with_room_to_spare(kind):
         s64, grad = score_and_feature_gradient(m64, x.double())
         guard = float_guard(model, m64.features(x.double()), grad, s64)
         assert bool(((s32 - s64).abs() <= guard / (FLOAT_GUARD_FACTOR / 4)).all())
+
+
+def test_the_guard_follows_the_arithmetic_the_model_runs_in():
+    """The guard is absolute and scales with the model's own arithmetic: float64 models get a float64-sized
+    guard (not none), and float32 products that PyTorch may run in reduced precision (TF32/bfloat16:
+    ``torch.set_float32_matmul_precision("high")``, TF32 flags on CUDA) get a TF32-sized one."""
+    model = small_feature_convex("icnn", seed=0)
+    x = torch.rand(20, 1, 6, 6)
+    s, g = score_and_feature_gradient(model, x)
+    f = model.features(x)
+    base = float_guard(model, f, g, s)
+    assert bool((base > 0).all())
+    m64 = model.double()
+    guard64 = float_guard(m64, f.double(), g.double(), s.double())
+    torch.testing.assert_close(guard64, base * 2.0 ** -29, rtol=1e-12, atol=0)  # eps64 / eps32
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        tf32 = float_guard(model.float(), f, g, s)
+        radius_tf32 = asymcert.certify(model, x, norms=(2.0,), precision="model").radii[2.0]
+    finally:
+        torch.set_float32_matmul_precision(before)
+    torch.testing.assert_close(tf32, base * 2.0 ** 14, rtol=1e-12, atol=0)  # 2·2⁻¹⁰ / 2⁻²³
+    radius = asymcert.certify(model, x, norms=(2.0,), precision="model").radii[2.0]
+    assert bool((radius_tf32 <= radius).all()) and bool((radius_tf32 < radius).any())

@@ -1,10 +1,15 @@
+import json
+
+import pytest
 import torch
 
+from asymcert.checkpoint import load, save
 from asymcert.data import get_task
+from asymcert.errors import ConfigError, RunFolderConflictError
 from asymcert.models import build_model
 from asymcert.train import TrainConfig, fit, fit_balance
 from asymcert.train.balance import balanced_accuracy
-from asymcert.train.loop import STATE_FILE
+from asymcert.train.loop import STATE_FILE, check_config, prepare_fit
 
 
 def _setup(fashion_dir, epochs):
@@ -70,3 +75,45 @@ def test_fit_balance_equalises_rates():
     tnr = float((scores[500:] + b <= 0).float().mean())
     assert abs(tpr - tnr) < 0.01
     assert balanced_accuracy(scores + b, labels) > 0.7
+
+
+def _files(folder):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()}
+
+
+def test_resume_with_other_settings_is_refused_before_any_write(fashion_dir, tmp_path):
+    task, data, model, config = _setup(fashion_dir, 1)
+    fit(model, data, config, tmp_path, augment=task.augment, progress=False, log=lambda m: None)
+    before = _files(tmp_path)
+    _, _, model2, config2 = _setup(fashion_dir, 2)
+    with pytest.raises(RunFolderConflictError, match="other settings"):
+        fit(model2, data, config2, tmp_path, augment=task.augment, progress=False, log=lambda m: None)
+    assert _files(tmp_path) == before
+
+
+def test_prepare_fit_checks_and_reads_but_writes_nothing(fashion_dir, tmp_path):
+    task, data, model, config = _setup(fashion_dir, 1)
+    session = prepare_fit(model, data, config, tmp_path / "new", augment=task.augment, progress=False)
+    assert not (tmp_path / "new").exists() and session.start_epoch == 0
+    bad = TrainConfig.from_dict(config.to_dict())
+    bad.device = "tpu9"  # from_dict refuses it too; prepare_fit checks again whatever the config went through
+    with pytest.raises(ConfigError, match="tpu9"):
+        prepare_fit(model, data, bad, tmp_path / "new")
+    with pytest.raises(ConfigError, match="schedule"):
+        check_config(model, TrainConfig.from_dict({**config.to_dict(), "schedule": "linear"}))
+
+
+def test_no_eligible_epoch_replaces_an_older_model_file(fashion_dir, tmp_path):
+    """With no selectable epoch the final weights are saved, never a model file left from another run."""
+    task, data, model, config = _setup(fashion_dir, 1)
+    stale = {k: v.clone() for k, v in model.state_dict().items()}
+    save(model, tmp_path)  # a model.safetensors of some earlier run in this folder
+    ineligible = TrainConfig.from_dict({**config.to_dict(), "margin_radius": 0.1, "margin_norm": 2.0,
+                                        "margin_warmup": 0.9})
+    result = fit(model, data, ineligible, tmp_path, augment=task.augment, progress=False, log=lambda m: None)
+    assert result["best"]["epoch"] == -1
+    saved = load(tmp_path, validate=False).state_dict()
+    assert any(not torch.equal(saved[k], stale[k]) for k in stale)
+    assert all(torch.equal(saved[k], model.state_dict()[k]) for k in stale)
+    history = json.loads((tmp_path / "history.json").read_text(), parse_constant=lambda c: 1 / 0)
+    assert len(history) == 1

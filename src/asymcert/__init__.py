@@ -12,10 +12,13 @@ Example:
 
 from asymcert.certify import Certificate, certify
 from asymcert.checkpoint import load, save
-from asymcert.errors import AsymcertError, CheckpointError, ConvexityError, DataError, InputError, UnknownNameError
+from asymcert.errors import (AsymcertError, CheckpointError, ConfigError, ConvexityError, DataError, InputError,
+                             ModelError, RunFolderBusyError, RunFolderConflictError, SettingsError, UnknownNameError,
+                             UnsoundOptionError, WriteError)
 
-__all__ = ["Certificate", "certify", "exact_radius", "load", "save", "AsymcertError", "CheckpointError", "ConvexityError",
-           "DataError", "InputError", "UnknownNameError"]
+__all__ = ["Certificate", "certify", "exact_radius", "load", "save", "AsymcertError", "CheckpointError", "ConfigError",
+           "ConvexityError", "DataError", "InputError", "ModelError", "RunFolderBusyError", "RunFolderConflictError",
+           "SettingsError", "UnknownNameError", "UnsoundOptionError", "WriteError"]
 __version__ = "0.1.0"
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from asymcert.errors import CheckpointError
+from asymcert.errors import AsymcertError, CheckpointError, UnknownNameError, WriteError
 
 MODEL_FILE = "model.safetensors"
 CONFIG_KEY = "asymcert_config"
@@ -28,16 +28,51 @@ def resolve(path: str | Path) -> Path:
     return path / MODEL_FILE if path.is_dir() else path
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _reason(exc: Exception) -> str:
+    """One line saying why an I/O call failed (``strerror``, else the first line of the message)."""
+    lines = str(exc).strip().splitlines()
+    return getattr(exc, "strerror", None) or (lines[0] if lines else type(exc).__name__)
+
+
 def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves a half-written file.
+
+    The temporary file is ``.<name>.<8 random characters>`` next to ``path`` (a process killed
+    before the rename leaves it; :func:`asymcert.runfolder.remove_stale_temp_files` cleans up).
+    It is flushed to disk before the rename, and gets the permissions of a file the user creates
+    (``0o666 & ~umask``; ``mkstemp`` alone gives 0600).
+
+    Raises:
+        WriteError: writing failed (disk full, no permission, ...): one line naming ``path``; the
+            previous ``path``, if any, is left as it was.
+    """
+    path = Path(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
         write(Path(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # a full disk may only show here, not in write()
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except AsymcertError:
+        raise
+    except (OSError, SafetensorError) as exc:  # safetensors reports its own I/O failures as SafetensorError
+        raise WriteError(f"could not write {path}: {_reason(exc)}; any previous version is left intact") from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -63,7 +98,6 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise CheckpointError(f"no checkpoint at {path} (expected a .safetensors file or a run folder "
                               f"holding {MODEL_FILE})")
     try:
-        from safetensors import safe_open
         with safe_open(str(file), framework="pt") as fh:
             metadata = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
@@ -71,9 +105,13 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if CONFIG_KEY not in metadata:
         raise CheckpointError(f"{file} holds no asymcert model config (was it saved with asymcert.save?)")
     try:
-        return json.loads(metadata[CONFIG_KEY]), json.loads(metadata.get("asymcert_meta", "{}"))
+        config, meta = json.loads(metadata[CONFIG_KEY]), json.loads(metadata.get("asymcert_meta", "{}"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{file}: corrupted model config: {exc}") from exc
+    for what, value in (("model config", config), ("metadata", meta)):
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{file}: the stored {what} is a JSON {type(value).__name__}, not an object")
+    return config, meta
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", validate: bool = True) -> nn.Module:
@@ -84,14 +122,18 @@ def load(path: str | Path, device: str | torch.device = "cpu", validate: bool = 
         device: where to put the weights.
         validate: run the model's ``validate()`` (e.g. convexity) and fail on a violation.
     Raises:
-        CheckpointError: missing, unreadable or corrupted file, or weights that do not fit the config.
-        ConvexityError: the model's convexity-constrained weights are negative.
+        CheckpointError: missing, unreadable or corrupted file, a stored config that is not a valid
+            model config, or tensors whose names, shapes or kinds of dtype do not fit the config (checked
+            against the file's header on a shape-only model before anything is allocated).
+        UnknownNameError: the stored config names an unknown model kind.
+        ModelError: (``validate``) a model asymcert cannot vouch for, e.g. :class:`ConvexityError`.
     """
     from asymcert.models import build_model
 
     config, _ = read_config(path)
     file = resolve(path)
-    model = build_model(config)
+    _check_shapes(file, _build_checked(build_model, config, file, torch.device("meta")))
+    model = _build_checked(build_model, config, file, torch.device("cpu"))
     try:
         state = load_file(str(file), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -104,3 +146,56 @@ def load(path: str | Path, device: str | torch.device = "cpu", validate: bool = 
     if validate and hasattr(model, "validate"):
         model.validate()
     return model
+
+
+def _build_checked(build: Any, config: Any, file: Path, device: torch.device) -> nn.Module:
+    """``build(config)`` on ``device`` ("meta": shapes only, nothing allocated).
+
+    Raises:
+        UnknownNameError: an unknown model kind (the message lists the known ones).
+        CheckpointError: any other bad config (a list, a missing key, a negative width, ...).
+    """
+    try:
+        with device:
+            return build(config)
+    except UnknownNameError:
+        raise
+    except AsymcertError as exc:
+        raise CheckpointError(f"{file}: the stored model config is invalid: {exc}") from exc
+
+
+def _check_shapes(file: Path, skeleton: nn.Module) -> None:
+    """Compare the tensor names and shapes of ``skeleton`` (built on the meta device) with the file's header.
+
+    Runs before the real model is built, so a config asking for more memory than its file holds
+    weights for (e.g. widths [10⁹] in a 1 KB file) is refused without allocating anything.
+    """
+    state = skeleton.state_dict()
+    expected = {k: tuple(v.shape) for k, v in state.items()}
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+            dtypes = {k: str(fh.get_slice(k).get_dtype()) for k in fh.keys() if k in state}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is corrupted: {exc}") from exc
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    wrong = [f"{k} {found[k]} (config says {expected[k]})" for k in sorted(set(expected) & set(found))
+             if found[k] != expected[k]]
+    wrong += [f"{k} of dtype {dtypes[k]} (config says {state[k].dtype})" for k in sorted(dtypes)
+              if _dtype_kind(dtypes[k]) != _dtype_kind(state[k].dtype)]
+    if missing or extra or wrong:
+        parts = ([f"missing {missing[:5]}"] if missing else []) + ([f"unexpected {extra[:5]}"] if extra else []) \
+            + ([f"mismatched {', '.join(wrong[:5])}"] if wrong else [])
+        raise CheckpointError(f"{file}: weights do not match the stored config: {'; '.join(parts)}")
+
+
+def _dtype_kind(dtype: str | torch.dtype) -> str:
+    """The kind, "float", "int" or "bool", of a safetensors dtype name ("F32", "I64", ...) or a torch dtype.
+
+    A floating tensor of another width loads (it is converted, as ``load_state_dict`` does); an
+    integer or boolean where the model holds floats (or the reverse) is refused.
+    """
+    name = str(dtype).upper().replace("TORCH.", "")
+    if name == "BOOL":
+        return "bool"
+    return "float" if name.startswith(("F", "BF", "HALF", "DOUBLE")) else "int"

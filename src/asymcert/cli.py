@@ -1,53 +1,132 @@
-"""The ``asymcert`` command line: thin commands over the Python API."""
+"""The ``asymcert`` command line: thin commands over the Python API.
+
+Every refusal is one line on stderr (``Error: <ErrorClass>: <what is wrong>``) and a documented
+exit code (see :data:`EXIT_CODES` and ``asymcert --help``); a traceback means a bug.
+"""
 
 from __future__ import annotations
 
 import json
-import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from asymcert.errors import AsymcertError
+from asymcert.errors import AsymcertError, RunFolderBusyError, WriteError
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_REFUSED, EXIT_BUSY, EXIT_IO, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_CHECK_FAILED: "a check failed: `asymcert audit` found violations",
+    EXIT_REFUSED: "refused: a bad option or value, bad input data, a missing, corrupt or foreign run folder or "
+                  "model, settings a model cannot use (nothing was written)",
+    EXIT_BUSY: "the run folder is busy: another asymcert process is writing it (try again later)",
+    EXIT_IO: "the file system refused: disk full, no permission, a folder where a file belongs",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+_JSONISH = re.compile(r"""^\s*[-\[{"0-9]|[\[\]{}",]""")
 
 
 def _parse_value(text: str) -> Any:
+    """A class label: JSON when it parses (``3`` → 3), else the text itself."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
 
 
+def _parse_setting(key: str, text: str, what: str) -> Any:
+    """A ``--set``/``--model-set`` value: JSON, or a plain word taken as text (``optimizer=adam``).
+
+    Text that looks like JSON but is not (``lr={bad``, ``widths=[1,``) is refused rather than
+    passed on as a string.
+    """
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        if _JSONISH.search(text):
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            raise click.BadParameter(f"{key}={text!r:.80}: the value is not valid JSON ({reason}); write text "
+                                     f"as a plain word (optimizer=adam) or in JSON quotes", param_hint=what) from None
+        return text
+
+
 def _settings(pairs: tuple[str, ...], what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
-        if "=" not in pair:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=what)
-        key, value = pair.split("=", 1)
-        out[key.strip()] = _parse_value(value)
+        out[key.strip()] = _parse_setting(key.strip(), value, what)
     return out
 
 
 def _norms(text: str) -> tuple[float, ...]:
     from asymcert.certify.result import normalize_norm
     try:
-        return tuple(normalize_norm(p) for p in text.split(",") if p.strip())
+        norms = tuple(normalize_norm(p) for p in text.split(",") if p.strip())
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--norms") from exc
+        raise click.BadParameter(str(exc), param_hint="--norms") from None
+    if not norms:
+        raise click.BadParameter("name at least one norm, e.g. 1,2,inf", param_hint="--norms")
+    return norms
+
+
+def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Check a ``--device`` before any work: a valid name of a device present here."""
+    from asymcert.train.loop import resolve_device
+    if value is not None:
+        try:
+            resolve_device(value)
+        except AsymcertError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _Refusal(click.ClickException):
+    """A one-line error with its exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(_one_line(message))
+        self.exit_code = exit_code
+
+
+def _os_message(exc: OSError) -> str:
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+    return f"{type(exc).__name__}: {where + ': ' if where else ''}{exc.strerror or exc}"
 
 
 class _Group(click.Group):
-    """Turns asymcert's own errors into one clear line and exit code 2 (no traceback)."""
+    """Turns every refusal into one line on stderr and its exit code (:data:`EXIT_CODES`).
+
+    Caught: asymcert's own errors, click's usage errors, operating-system errors (disk full, no
+    permission) and Ctrl-C. Anything else is a bug and keeps its traceback.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            raise _Refusal(exc.format_message() + hint, EXIT_REFUSED) from None
+        except RunFolderBusyError as exc:
+            raise _Refusal(f"{type(exc).__name__}: {exc}", EXIT_BUSY) from None
+        except WriteError as exc:
+            raise _Refusal(f"{type(exc).__name__}: {exc}", EXIT_IO) from None
         except AsymcertError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
-        except (ValueError, FileNotFoundError) as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise _Refusal(f"{type(exc).__name__}: {exc}", EXIT_REFUSED) from None
+        except OSError as exc:
+            raise _Refusal(_os_message(exc), EXIT_IO) from None
+        except KeyboardInterrupt:
+            raise _Refusal("interrupted", EXIT_INTERRUPTED) from None
 
 
 @click.group(cls=_Group)
@@ -58,9 +137,23 @@ def main() -> None:
     Under `torchrun --nproc_per_node N -m asymcert ...` the processes join one process group
     (gloo on CPU, NCCL on CUDA): training runs with DistributedDataParallel and certification
     shards the test inputs.
+
+    \b
+    Exit codes:
+      0    success
+      1    a check failed: `asymcert audit` found violations
+      2    refused: a bad option or value, bad input data, a missing, corrupt or
+           foreign run folder or model, settings a model cannot use
+      3    the run folder is busy: another asymcert process is writing it
+      4    the file system refused: disk full, no permission
+      130  interrupted (Ctrl-C)
+    Every refusal is one line on stderr, and a refused command changes nothing on disk.
     """
     from asymcert import distributed
     distributed.init_from_env()
+
+
+_POSITIVE = click.IntRange(min=1)
 
 
 def _task_spec(task: str | None, data: str | None, csv: str | None, images: str | None, label_column: str | None,
@@ -98,8 +191,8 @@ def _task_options(fn):
         click.option("--preset", help="A named preset of the task, e.g. 'fast'."),
         click.option("--data-dir", type=click.Path(file_okay=False), help="Folder holding the task's data files."),
         click.option("--model", "model_kind", help="Model family, e.g. 'linf-dist' (default: the task's)."),
-        click.option("--epochs", type=int, help="Override the number of epochs."),
-        click.option("--device", default=None, help="auto, cpu or cuda[:i]."),
+        click.option("--epochs", type=_POSITIVE, help="Override the number of epochs (≥ 1)."),
+        click.option("--device", default=None, callback=_device, help="auto, cpu, cuda[:i] or mps."),
         click.option("--set", "sets", multiple=True, help="Training setting KEY=VALUE (JSON value), repeatable."),
         click.option("--model-set", "model_sets", multiple=True, help="Model config KEY=VALUE (JSON value), repeatable."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
@@ -116,6 +209,8 @@ def _overrides(epochs, device, sets, model_sets, model_kind):
     if device is not None:
         train["device"] = device
     model = _settings(model_sets, "--model-set")
+    if "input_shape" in model:
+        raise click.BadParameter("input_shape is taken from the data; it cannot be set", param_hint="--model-set")
     if model_kind:
         from asymcert.models.registry import default_model_config
         model = {**default_model_config(model_kind), **model}
@@ -124,7 +219,7 @@ def _overrides(epochs, device, sets, model_sets, model_kind):
 
 @main.command()
 @_task_options
-@click.option("--limit", type=int, help="Certify only the first N test inputs.")
+@click.option("--limit", type=_POSITIVE, help="Certify only the first N test inputs.")
 def run(task, data, csv, images, label_column, sensitive_class, other_class, out, preset, data_dir, model_kind,
         epochs, device, sets, model_sets, quiet, limit) -> None:
     """Train, certify and report: TASK (see `asymcert tasks`) or your own data."""
@@ -152,9 +247,9 @@ def train(task, data, csv, images, label_column, sensitive_class, other_class, o
 @main.command(name="certify")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--norms", default="1,2,inf", show_default=True, help="Comma-separated ℓp norms.")
-@click.option("--limit", type=int, help="Only the first N test inputs.")
-@click.option("--batch-size", type=int, default=1000, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--limit", type=_POSITIVE, help="Only the first N test inputs.")
+@click.option("--batch-size", type=_POSITIVE, default=1000, show_default=True, help="Inputs certified at once.")
+@click.option("--device", default="cpu", show_default=True, callback=_device, help="cpu, cuda[:i] or mps.")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--quiet", is_flag=True)
 def certify_cmd(run_dir, norms, limit, batch_size, device, data_dir, quiet) -> None:
@@ -175,13 +270,13 @@ def report(run_dir) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--limit", type=int, default=1000, show_default=True, help="Audit the first N test inputs.")
-@click.option("--restarts", type=int, default=3, show_default=True, help="PGD restarts per norm.")
-@click.option("--steps", type=int, default=100, show_default=True, help="PGD steps per restart.")
+@click.option("--limit", type=_POSITIVE, default=1000, show_default=True, help="Audit the first N test inputs.")
+@click.option("--restarts", type=_POSITIVE, default=3, show_default=True, help="PGD restarts per norm.")
+@click.option("--steps", type=_POSITIVE, default=100, show_default=True, help="PGD steps per restart.")
 @click.option("--no-exact", is_flag=True, help="Skip the exact radii (linear / conic programs).")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 def audit(run_dir, limit, restarts, steps, no_exact, data_dir) -> None:
-    """Attack every certificate inside its radius, compare with exact radii; exit 1 on any violation."""
+    """Attack every certificate inside its radius, compare with exact radii; exit 1 on any violation (0: none)."""
     from asymcert.audit import audit_run
     from asymcert.workflow import run_data
     data = run_data(run_dir, data_dir)
@@ -190,7 +285,7 @@ def audit(run_dir, limit, restarts, steps, no_exact, data_dir) -> None:
     click.echo(f"audit of {min(limit, len(data.test))} test inputs: {report['violations']} violation(s); "
                f"details in {Path(run_dir) / 'audit.md'}")
     if report["violations"]:
-        sys.exit(1)
+        sys.exit(EXIT_CHECK_FAILED)
 
 
 @main.command()
@@ -198,8 +293,8 @@ def audit(run_dir, limit, restarts, steps, no_exact, data_dir) -> None:
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--methods", default="convex,linf-dist,smoothing,orthogonal,ibp", show_default=True)
 @click.option("--preset", help="A preset of the task applied to every method, e.g. 'fast'.")
-@click.option("--n-smoothing", type=int, default=10000, show_default=True, help="Smoothing samples per input.")
-@click.option("--limit", type=int, help="Certify only the first N test inputs.")
+@click.option("--n-smoothing", type=_POSITIVE, default=10000, show_default=True, help="Smoothing samples per input.")
+@click.option("--limit", type=_POSITIVE, help="Certify only the first N test inputs.")
 @click.option("--paper-scale", is_flag=True, help="The papers' network sizes, epochs and sample counts.")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--quiet", is_flag=True)
@@ -219,9 +314,9 @@ def sweep() -> None:
 @click.argument("task")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Sweep folder (re-runs skip finished pairs).")
 @click.option("--classes", help="Comma-separated class ids to pair, e.g. 0,3,6 (default: all 10).")
-@click.option("--epochs", type=int, help="Training epochs per pair (default 5).")
-@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes, one torch thread each.")
-@click.option("--limit", type=int, help="Certify only the first N test inputs of each pair.")
+@click.option("--epochs", type=_POSITIVE, help="Training epochs per pair (default 5).")
+@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes (≥ 1), one torch thread each.")
+@click.option("--limit", type=_POSITIVE, help="Certify only the first N test inputs of each pair.")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 def sweep_pairs_cmd(task, out, classes, epochs, workers, limit, data_dir) -> None:
     """Train and certify a model for every ordered class pair of TASK; heatmaps and asymmetry report."""
@@ -234,9 +329,9 @@ def sweep_pairs_cmd(task, out, classes, epochs, workers, limit, data_dir) -> Non
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Sweep folder (re-runs skip finished runs).")
 @click.option("--lambdas", default="0,1e-3,1e-2,1e-1", show_default=True, help="Jacobian-regulariser strengths λ.")
 @click.option("--feature-maps", default="shift,concat-abs", show_default=True, help="Feature maps φ to compare.")
-@click.option("--epochs", type=int, help="Training epochs per grid point (default 6).")
-@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes, one torch thread each.")
-@click.option("--limit", type=int, help="Certify only the first N test inputs (default 1000).")
+@click.option("--epochs", type=_POSITIVE, help="Training epochs per grid point (default 6).")
+@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes (≥ 1), one torch thread each.")
+@click.option("--limit", type=_POSITIVE, help="Certify only the first N test inputs (default 1000).")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 def sweep_reg_cmd(task, out, lambdas, feature_maps, epochs, workers, limit, data_dir) -> None:
     """Grid over Jacobian-regulariser λ × feature map on TASK; Pareto plot of clean vs certified accuracy."""
@@ -249,14 +344,14 @@ def sweep_reg_cmd(task, out, lambdas, feature_maps, epochs, workers, limit, data
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for capacity.json/.md/.png.")
 @click.option("--recipes", default=None,
               help="Comma-separated recipe names, 'all' or 'none' (bound only); default icnn-paper,icnn-wide.")
-@click.option("--limit", type=int, help="Separability for a random subset of N sensitive inputs (seeded).")
-@click.option("--epochs", type=int, help="Override every recipe's epochs.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Subset and training seed.")
+@click.option("--limit", type=_POSITIVE, help="Separability for a random subset of N sensitive inputs (seeded).")
+@click.option("--epochs", type=_POSITIVE, help="Override every recipe's epochs.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Subset and training seed.")
 @click.option("--reverse", is_flag=True, help="Test the other class against the sensitive class's hull.")
-@click.option("--fw-iterations", type=int, default=100, show_default=True,
+@click.option("--fw-iterations", type=click.IntRange(min=0), default=100, show_default=True,
               help="Frank–Wolfe steps before LPs (0: every input not settled by the two cheap hyperplanes gets an LP).")
 @click.option("--data-dir", type=click.Path(file_okay=False))
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, callback=_device)
 @click.option("--quiet", is_flag=True)
 def capacity(task, out, recipes, limit, epochs, seed, reverse, fw_iterations, data_dir, device, quiet) -> None:
     """Separability bound on TASK's training accuracy and how close trained convex recipes get."""

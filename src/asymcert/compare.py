@@ -34,7 +34,6 @@ widths, with a small CNN (16, 32 channels, fc 100) as smoothing base model (no R
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -49,6 +48,7 @@ from asymcert.data.tasks import TaskData
 from asymcert.report.machine import describe_machine
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.writer import summarize
+from asymcert.runfolder import dumps_strict
 from asymcert.workflow import (CERT_FILE, DEFAULT_NORMS, RUN_FILE, _merge, preset_overrides, read_run, resolve_task, save_certificates,
                                train_run)
 
@@ -224,7 +224,7 @@ def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Seque
               "n_smoothing": 100_000 if paper_scale else int(n_smoothing), "norms": [norm_label(p) for p in norms_t],
               "report_radii": report_radii, "methods": entries, "plots": {}, "machine": describe_machine()}
     result["plots"] = _plots(out, certs, entries, y, norms_t, task.description)
-    atomic_write(out / COMPARE_JSON, lambda tmp: tmp.write_text(json.dumps(result, indent=1, default=str)))
+    atomic_write(out / COMPARE_JSON, lambda tmp: tmp.write_text(dumps_strict(result, indent=1, default=str)))
     atomic_write(out / COMPARE_MD, lambda tmp: tmp.write_text(render_markdown(result)))
     return result
 

@@ -6,51 +6,71 @@ Run folder layout (a stable contract):
     train_state.pt, history.json   resumable training state (tensors only) and per-epoch log
     certificates.safetensors   per test input: label, decision, score, radius per norm
     results.json, report.md, certified_<norm>.png   the report
+    .asymcert.lock             the writer lock (see :mod:`asymcert.runfolder`)
+
+Every command checks all it can (task, settings, device, model config, the folder's existing run)
+before its first write, so a refused command changes nothing on disk; a folder has one writer at a
+time; every JSON file is strict JSON.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from asymcert import distributed
 from asymcert.certify import certify
-from asymcert.certify.result import Certificate, norm_label, normalize_norm
-from asymcert.checkpoint import atomic_write, load
+from asymcert.certify.result import Certificate, norm_label
+from asymcert.checkpoint import load
 from asymcert.data.tasks import Task, TaskData, get_task
-from asymcert.errors import CheckpointError
+from asymcert.errors import AsymcertError, CheckpointError, ConfigError, RunFolderConflictError, UnknownNameError
 from asymcert.models import build_model
-from asymcert.train import TrainConfig, fit
+from asymcert.report.certfile import CERT_FILE, load_certificates, save_certificates
+from asymcert.report.plots import PLOT_HINT, plotting_available
+from asymcert.report.writer import write_report
+from asymcert.runfolder import (RUN_FILE, RunRecord, exclusive, read_run_record, remove_stale_temp_files,
+                                strict_jsonable, write_json)
+from asymcert.train import TrainConfig
+from asymcert.train.config import check_model_overrides
+from asymcert.train.loop import check_config, prepare_fit, resolve_device, train_fingerprint
 
-RUN_FILE = "run.json"
-CERT_FILE = "certificates.safetensors"
+__all__ = ["CERT_FILE", "DEFAULT_NORMS", "RUN_FILE", "certify_run", "load_certificates", "read_run", "run_data",
+           "run_task", "save_certificates", "train_run"]
+
 DEFAULT_NORMS = (1.0, 2.0, math.inf)
+_USER_DATA_KEYS = ("npz", "csv", "images")
 
 
 def resolve_task(spec: dict[str, Any]) -> Task:
     """The task a run spec names: ``{"name": ...}`` (registry) or user data ``{"npz"|"csv"|"images": path, ...}``."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"a task spec is an object, not {type(spec).__name__}")
     if "name" in spec:
         return get_task(spec["name"])
-    from asymcert.data import user  # user-data loaders
+    from asymcert.data import user  # user-data loaders (their optional dependencies load on use)
+    if any(k in spec for k in _USER_DATA_KEYS) and "sensitive_class" not in spec:
+        raise ConfigError("a task of your own data needs its sensitive class (--sensitive-class)")
     if "npz" in spec:
         return user.task_from_npz(spec["npz"], spec["sensitive_class"], spec.get("other_class"))
     if "csv" in spec:
+        if "label_column" not in spec:
+            raise ConfigError("a CSV task needs its label column (--label-column)")
         return user.task_from_csv(spec["csv"], spec["label_column"], spec["sensitive_class"], spec.get("other_class"))
     if "images" in spec:
         return user.task_from_image_folder(spec["images"], spec["sensitive_class"], spec.get("other_class"))
-    raise ValueError(f"run spec names no task: {spec}")
+    raise ConfigError(f"run spec names no task (no 'name', 'npz', 'csv' or 'images'): {spec}")
 
 
 def preset_overrides(task: Task, preset: str | None) -> dict[str, Any]:
     """The ``{"model": ..., "train": ...}`` overrides of a named preset of ``task`` ({} for None)."""
     if preset is not None and preset not in task.presets:
-        raise ValueError(f"task {task.name!r} has no preset {preset!r}; presets: {sorted(task.presets) or 'none'}")
+        raise UnknownNameError(f"task {task.name!r} has no preset {preset!r}; presets: {sorted(task.presets) or 'none'}")
     return task.presets.get(preset, {}) if preset else {}
 
 
@@ -66,30 +86,43 @@ def _merge(base: dict[str, Any], *overrides: dict[str, Any] | None) -> dict[str,
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """The ``run.json`` of a run folder."""
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a run folder (no {RUN_FILE}); train one with `asymcert train`")
-    return json.loads(path.read_text())
+    """The ``run.json`` of a run folder, checked by :class:`~asymcert.runfolder.RunRecord`.
+
+    Raises:
+        CheckpointError: no run folder, or a run.json that is not JSON or lacks/mistypes a key.
+    """
+    return read_run_record(run_dir).to_dict()
 
 
 def run_data(run_dir: str | Path, data_dir: str | Path | None = None) -> TaskData:
     """Reload the data of a run folder's task (same splits)."""
-    run = read_run(run_dir)
-    task = resolve_task(run["task"])
-    return task.load(Path(data_dir) if data_dir else (Path(run["data_dir"]) if run.get("data_dir") else None))
+    run = read_run_record(run_dir)
+    task = resolve_task(run.task)
+    return task.load(Path(data_dir) if data_dir else (Path(run.data_dir) if run.data_dir else None))
 
 
-def train_run(task_spec: dict[str, Any], out_dir: str | Path, preset: str | None = None,
-              train_overrides: dict[str, Any] | None = None, model_overrides: dict[str, Any] | None = None,
-              data_dir: str | Path | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = None, data: TaskData | None = None) -> dict[str, Any]:
-    """Train the task's model into ``out_dir`` (resuming an interrupted run there). Returns run.json's content."""
-    task = resolve_task(task_spec)
+@dataclass
+class TrainingPlan:
+    """A checked training run, not started: the task, its data, the built model and the settings.
+
+    Built by :func:`plan_training` without touching the run folder.
+    """
+
+    task_spec: dict[str, Any]
+    task: Task
+    data: TaskData
+    model: torch.nn.Module
+    config: TrainConfig
+    record: RunRecord
+
+
+def _model_and_train_configs(task: Task, data: TaskData, preset: str | None, train_overrides: dict[str, Any] | None,
+                             model_overrides: dict[str, Any] | None) -> tuple[dict[str, Any], TrainConfig]:
+    """The model config and training settings: task defaults, then the preset, then the overrides."""
     pre = preset_overrides(task, preset)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data = data or task.load(Path(data_dir) if data_dir else None)
+    for what, value in (("training settings", train_overrides), ("model settings", model_overrides)):
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{what} must be a KEY=VALUE mapping, not {type(value).__name__}")
     kind = (model_overrides or {}).get("kind", task.model.get("kind"))
     if kind == task.model.get("kind"):
         model_cfg = _merge(task.model, pre.get("model"), model_overrides)
@@ -101,23 +134,102 @@ def train_run(task_spec: dict[str, Any], out_dir: str | Path, preset: str | None
     model_cfg.update(family_model_settings(kind, task, data))
     model_cfg["input_shape"] = list(data.input_shape)
     model_cfg.setdefault("input_range", task_input_range(data))
-    train_cfg = TrainConfig.from_dict(_merge(train_base, train_overrides))
-    torch.manual_seed(train_cfg.seed)
-    model = build_model(model_cfg)
-    run = {"task": task_spec, "task_description": task.description, "preset": preset,
-           "data_dir": str(data_dir) if data_dir else None, "model": model.config(), "train": train_cfg.to_dict(),
-           "class_names": list(data.class_names), "binary": task.binary,
-           "report_radii": {norm_label(p): list(r) for p, r in task.report_radii.items()},
-           "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}}
-    if distributed.is_main():
-        atomic_write(out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(run, indent=1)))
-    result = fit(model, data, train_cfg, out, augment=task.augment, progress=progress, log=log)
-    run["training"] = {"seconds": result["seconds"], "best": result["best"], "epochs": len(result["history"]),
-                       "processes": distributed.world_size()}
-    if distributed.is_main():
-        atomic_write(out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(run, indent=1)))
-    distributed.barrier()
-    return run
+    return model_cfg, TrainConfig.from_dict(_merge(train_base, train_overrides))
+
+
+def plan_training(task_spec: dict[str, Any], preset: str | None = None,
+                  train_overrides: dict[str, Any] | None = None, model_overrides: dict[str, Any] | None = None,
+                  data_dir: str | Path | None = None, data: TaskData | None = None) -> TrainingPlan:
+    """Check everything a training run needs (task, preset, data, settings, device, model) and build the model.
+
+    Writes nothing. Raises the :class:`~asymcert.errors.AsymcertError` of the first problem found.
+    """
+    task = resolve_task(task_spec)
+    preset_overrides(task, preset)  # an unknown preset fails before the data is loaded
+    data = data or task.load(Path(data_dir) if data_dir else None)
+    model_cfg, train_cfg = _model_and_train_configs(task, data, preset, train_overrides, model_overrides)
+    try:
+        torch.manual_seed(train_cfg.seed)
+        model = build_model(model_cfg)
+    except AsymcertError:
+        raise
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise ConfigError(f"model config {model_cfg.get('kind', '?')!r} cannot be built: {exc}") from None
+    check_model_overrides(model_overrides, model.config())  # a setting the model ignored is refused
+    check_config(model, train_cfg)
+    record = RunRecord(task=task_spec, model=model.config(), train=train_cfg.to_dict(),
+                       task_description=task.description, preset=preset,
+                       data_dir=str(data_dir) if data_dir else None, class_names=list(data.class_names),
+                       binary=task.binary,
+                       report_radii={norm_label(p): list(r) for p, r in task.report_radii.items()},
+                       splits={"train": len(data.train), "val": len(data.val), "test": len(data.test)})
+    return TrainingPlan(task_spec, task, data, model, train_cfg, record)
+
+
+def check_run_folder(out: Path, plan: TrainingPlan) -> RunRecord | None:
+    """Refuse a run folder that holds a run of another task, model or settings (reads only).
+
+    Returns:
+        The folder's existing run record (None in a new folder).
+
+    Raises:
+        RunFolderConflictError: ``out/run.json`` describes another run.
+        CheckpointError: ``out/run.json`` exists but is not a readable run record.
+    """
+    if not (out / RUN_FILE).is_file():
+        return None
+    try:
+        old = read_run_record(out)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; train into a new --out folder") from None
+    new = RunRecord.from_dict(strict_jsonable(plan.record.to_dict()))  # as run.json will hold it
+    differs = [name for name, same in (
+        ("task", strict_jsonable(old.task) == new.task),
+        ("model", train_fingerprint({}, strict_jsonable(old.model)) == train_fingerprint({}, new.model)),
+        ("training settings", train_fingerprint(strict_jsonable(old.train), {}) == train_fingerprint(new.train, {})),
+    ) if not same]
+    if differs:
+        raise RunFolderConflictError(f"{out} holds a run with another {', '.join(differs)}; use a new --out folder "
+                                     f"(or delete {out} to start over)")
+    return old
+
+
+def execute_training(plan: TrainingPlan, out_dir: str | Path, progress: bool = True,
+                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run a checked plan into ``out_dir`` under the folder's writer lock (resuming an interrupted run there).
+
+    Everything that can refuse (lock, the folder's existing run, the resume state) is checked before
+    the first write. Returns run.json's content.
+    """
+    with exclusive(out_dir, create=True) as out:
+        old = check_run_folder(out, plan)
+        session = prepare_fit(plan.model, plan.data, plan.config, out, augment=plan.task.augment,
+                              progress=progress, log=log)
+        record = plan.record
+        record.extra = {**(old.extra if old else {}), **record.extra}  # keys of newer versions are kept
+        if distributed.is_main():
+            remove_stale_temp_files(out)
+            write_json(out / RUN_FILE, record.to_dict())
+        result = session.run()
+        record.training = {"seconds": result["seconds"], "best": result["best"], "epochs": len(result["history"]),
+                           "processes": distributed.world_size()}
+        if distributed.is_main():
+            write_json(out / RUN_FILE, record.to_dict())
+        distributed.barrier()
+    return strict_jsonable(record.to_dict())
+
+
+def train_run(task_spec: dict[str, Any], out_dir: str | Path, preset: str | None = None,
+              train_overrides: dict[str, Any] | None = None, model_overrides: dict[str, Any] | None = None,
+              data_dir: str | Path | None = None, progress: bool = True,
+              log: Callable[[str], None] | None = None, data: TaskData | None = None) -> dict[str, Any]:
+    """Train the task's model into ``out_dir`` (resuming an interrupted run there). Returns run.json's content.
+
+    A refused run (bad task, preset, settings, device or model config; a folder holding another run
+    or being written by another process; a corrupt or tampered ``train_state.pt``) changes nothing on disk.
+    """
+    plan = plan_training(task_spec, preset, train_overrides, model_overrides, data_dir, data)
+    return execute_training(plan, out_dir, progress, log)
 
 
 def family_model_settings(kind: str, task: Task, data: TaskData) -> dict[str, Any]:
@@ -154,57 +266,27 @@ def task_input_range(data: TaskData) -> list[float] | None:
     return None
 
 
-def save_certificates(path: Path, cert: Certificate, labels: torch.Tensor) -> None:
-    """Per-input certificates as safetensors (tensors only; method and timing in the metadata)."""
-    tensors = {"label": labels.cpu().contiguous(), "predicted": cert.predicted.cpu().contiguous()}
-    for p, r in cert.radii.items():
-        tensors[f"radius_{norm_label(p)}"] = r.cpu().contiguous()
-    for k, v in cert.extra.items():
-        tensors[k] = v.detach().cpu().contiguous()
-    if cert.abstained is not None:
-        tensors["abstained"] = cert.abstained.cpu().contiguous()
-    meta = {"method": cert.method, "deterministic": json.dumps(cert.deterministic),
-            "alpha": json.dumps(cert.alpha), "seconds": repr(cert.seconds), "binary": json.dumps(cert.binary),
-            "norms": json.dumps([norm_label(p) for p in cert.radii])}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+def check_certify_args(limit: int | None, batch_size: int) -> None:
+    """``limit`` (None or ≥ 1 inputs) and ``batch_size`` (≥ 1 inputs) of :func:`certify_run`.
+
+    Raises:
+        ConfigError: a value out of range (``limit`` 0 or negative would certify nothing or all but the last).
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive number of test inputs, got {limit!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive number of inputs, got {batch_size!r}")
 
 
-def load_certificates(path: Path) -> tuple[Certificate, torch.Tensor]:
-    """Inverse of :func:`save_certificates`: (certificate, labels)."""
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata()
-    t = load_file(str(path))
-    radii = {normalize_norm(n): t[f"radius_{n}"] for n in json.loads(meta["norms"])}
-    extra = {k: v for k, v in t.items() if k not in ("label", "predicted", "abstained") and not k.startswith("radius_")}
-    cert = Certificate(t["predicted"], radii, meta["method"], json.loads(meta["deterministic"]),
-                       json.loads(meta["alpha"]), t.get("abstained"), float(meta["seconds"]),
-                       json.loads(meta["binary"]), extra)
-    return cert, t["label"]
-
-
-def certify_run(run_dir: str | Path, norms=DEFAULT_NORMS, limit: int | None = None, batch_size: int = 1000,
-                device: str = "cpu", data_dir: str | Path | None = None, data: TaskData | None = None,
-                progress: bool = True) -> Certificate:
-    """Certify the run's test split (the first ``limit`` inputs) and write ``certificates.safetensors``."""
-    from tqdm.auto import tqdm
-
-    from asymcert.train.loop import resolve_device
-
-    run_dir = Path(run_dir)
-    read_run(run_dir)  # a clear error when this is no run folder
-    model = load(run_dir, device=resolve_device(device))
-    data = data or run_data(run_dir, data_dir)
-    x, y = data.test.x, data.test.y
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
+def _certify_shard(model: torch.nn.Module, x: torch.Tensor, norms, batch_size: int, progress: bool) -> Certificate:
+    """Certify this process's contiguous shard of ``x`` (N, ...) in chunks of ``batch_size``; gather under torchrun."""
     # Under torchrun every process certifies one contiguous shard; nothing is padded or repeated.
     shard = x.tensor_split(distributed.world_size())[distributed.rank()]
-    parts = []
-    for start in tqdm(range(0, len(shard), batch_size), desc="certify",
-                      disable=not (progress and distributed.is_main()), leave=False):
-        parts.append(certify(model, shard[start:start + batch_size], norms=norms))
-    cert = Certificate.cat(parts)
+    parts = [certify(model, shard[start:start + batch_size], norms=norms)
+             for start in tqdm(range(0, len(shard), batch_size), desc="certify",
+                               disable=not (progress and distributed.is_main()), leave=False)]
+    # a process whose shard is empty (fewer inputs than processes) still contributes its (0,) columns
+    cert = Certificate.cat(parts) if parts else certify(model, shard, norms=norms)
     if distributed.is_distributed():
         cert = Certificate(distributed.gather_rows(cert.predicted),
                            {p: distributed.gather_rows(r) for p, r in cert.radii.items()}, cert.method,
@@ -213,9 +295,38 @@ def certify_run(run_dir: str | Path, norms=DEFAULT_NORMS, limit: int | None = No
                            cert.seconds, cert.binary, {k: distributed.gather_rows(v) for k, v in cert.extra.items()})
         # wall clock of rank 0's shard (the shards run at the same time)
         cert.seconds = distributed.broadcast_float(cert.seconds)
-    if distributed.is_main():
-        save_certificates(run_dir / CERT_FILE, cert, y)
-    distributed.barrier()
+    return cert
+
+
+def certify_run(run_dir: str | Path, norms=DEFAULT_NORMS, limit: int | None = None, batch_size: int = 1000,
+                device: str = "cpu", data_dir: str | Path | None = None, data: TaskData | None = None,
+                progress: bool = True) -> Certificate:
+    """Certify the run's test split (the first ``limit`` inputs) and write ``certificates.safetensors``.
+
+    Memory: at most ``batch_size`` inputs are certified at once (plus the (N,) results).
+
+    Raises:
+        ConfigError: ``limit`` or ``batch_size`` below 1, an unknown device.
+        CheckpointError: no run folder, a malformed run.json, a missing or corrupted model.
+        RunFolderBusyError: another process is writing the folder.
+    """
+    check_certify_args(limit, batch_size)
+    target = resolve_device(device)
+    run_dir = Path(run_dir)
+    read_run_record(run_dir)  # a clear error when this is no run folder
+    with exclusive(run_dir):
+        model = load(run_dir, device=target)
+        data = data or run_data(run_dir, data_dir)
+        x, y = data.test.x, data.test.y
+        if limit is not None:
+            x, y = x[:limit], y[:limit]
+        if len(x) == 0:
+            raise ConfigError(f"{run_dir}: the task's test split is empty; nothing to certify")
+        cert = _certify_shard(model, x, norms, batch_size, progress)
+        if distributed.is_main():
+            remove_stale_temp_files(run_dir)
+            save_certificates(run_dir / CERT_FILE, cert, y)
+        distributed.barrier()
     return cert
 
 
@@ -223,13 +334,19 @@ def run_task(task_spec: dict[str, Any], out_dir: str | Path, preset: str | None 
              data_dir: str | Path | None = None, limit: int | None = None, progress: bool = True,
              train_overrides: dict[str, Any] | None = None, model_overrides: dict[str, Any] | None = None,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train, certify and report in one go. Returns the report's results dict."""
-    from asymcert.report.writer import write_report
+    """Train, certify and report in one go, holding the folder's lock throughout. Returns the report's results.
 
-    task = resolve_task(task_spec)
-    data = task.load(Path(data_dir) if data_dir else None)
-    train_run(task_spec, out_dir, preset, train_overrides, model_overrides, data_dir, progress, log, data=data)
-    certify_run(out_dir, limit=limit, data=data, progress=progress)
-    results = write_report(out_dir) if distributed.is_main() else {}
-    distributed.barrier()
+    Everything is checked before training starts: the task and settings, the certification
+    arguments, and whether plots can be drawn (without matplotlib the report has no PNGs; one line
+    says so, here and in report.md).
+    """
+    check_certify_args(limit, 1000)
+    if distributed.is_main() and not plotting_available():
+        (log or logging.getLogger("asymcert").warning)(f"the report will have no plots: {PLOT_HINT}")
+    plan = plan_training(task_spec, preset, train_overrides, model_overrides, data_dir)
+    with exclusive(out_dir, create=True):
+        execute_training(plan, out_dir, progress, log)
+        certify_run(out_dir, limit=limit, data=plan.data, progress=progress)
+        results = write_report(out_dir, log=lambda msg: None) if distributed.is_main() else {}
+        distributed.barrier()
     return results

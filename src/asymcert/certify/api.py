@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from typing import Callable, Iterable, Protocol
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from asymcert.certify.inputs import check_inputs
 from asymcert.certify.result import Certificate, normalize_norm
-from asymcert.errors import UnknownNameError
+from asymcert.errors import InputError, UnknownNameError
 
 
 class Certifier(Protocol):
@@ -48,22 +49,80 @@ def _load_builtin() -> None:
             raise
 
 
+DEFAULT_CHUNK = 4096
+"""Inputs certified at once when ``certify`` is given no ``batch_size``."""
+
+
+def _certifier(model: nn.Module, method: str | None) -> Certifier:
+    """The certifier ``method`` names, else the one ``model.certifier`` names."""
+    _load_builtin()
+    name = method or getattr(model, "certifier", None)
+    if name is None:
+        raise UnknownNameError(f"{type(model).__name__} declares no certifier; pass method=, one of "
+                               f"{', '.join(sorted(_CERTIFIERS))}")
+    if name not in _CERTIFIERS:
+        raise UnknownNameError(f"unknown certifier {name!r}; known: {', '.join(sorted(_CERTIFIERS))}")
+    return _CERTIFIERS[name]
+
+
+def _chunk_size(batch_size: int | None) -> int:
+    """The number of inputs certified at once: ``batch_size``, or :data:`DEFAULT_CHUNK`."""
+    if batch_size is None:
+        return DEFAULT_CHUNK
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive number of inputs (or None for {DEFAULT_CHUNK}), "
+                         f"got {batch_size!r}")
+    return int(batch_size)
+
+
+def _model_device(model: nn.Module, x: torch.Tensor) -> torch.device:
+    """The device of the model's weights (``x``'s for a model without any); refuses weights without values."""
+    params = list(model.parameters())
+    if any(p.is_meta for p in params):
+        raise InputError("the model's weights are on the meta device, they hold no values; build or load it "
+                         "on cpu or cuda")
+    return params[0].device if params else x.device
+
+
+def _empty(cert: Certificate) -> Certificate:
+    """``cert`` with every per-input tensor cut to 0 rows (the shapes and types of an empty batch)."""
+    cut = lambda t: None if t is None else t[:0]  # noqa: E731
+    return Certificate(cut(cert.predicted), {p: cut(r) for p, r in cert.radii.items()}, cert.method,
+                       cert.deterministic, cert.alpha, cut(cert.abstained), 0.0, cert.binary,
+                       {k: cut(v) for k, v in cert.extra.items()})
+
+
+def _placeholder(x: torch.Tensor, value_range: tuple[float, float] | None) -> torch.Tensor:
+    """One valid input of ``x``'s shape (zeros, or the low end of ``value_range``) to learn an empty result's layout."""
+    low = 0.0 if value_range is None or value_range[0] <= 0 <= value_range[1] else float(value_range[0])
+    return torch.full((1, *x.shape[1:]), low, dtype=x.dtype, device=x.device)
+
+
 def certify(model: nn.Module, x: torch.Tensor, norms: Iterable[float | str] = (1, 2, math.inf),
             method: str | None = None, batch_size: int | None = None, check_range: bool = True,
             **options) -> Certificate:
-    """Certify a batch of inputs.
+    """Certify a batch of inputs, :data:`DEFAULT_CHUNK` (or ``batch_size``) inputs at a time.
+
+    Memory: the certifier sees one chunk at a time, so the working memory is that of certifying
+    ``batch_size`` inputs (O(chunk × the model's activations per input)) plus the (N,) results,
+    whatever N; inputs are moved to the model's device one chunk at a time.
 
     Args:
         model: a model of asymcert (or any module with an attribute ``certifier`` naming a
             registered certifier and an ``input_shape``).
-        x: (N, *input_shape) inputs in raw units, on the model's device or CPU.
+        x: (N, *input_shape) inputs in raw units, on the model's device or CPU. N = 0 gives an
+            empty Certificate (0 rows, the norms, method and extra fields of a non-empty one).
         norms: ℓp norms to certify (p ≥ 1; ``math.inf`` or ``"inf"`` for ℓ∞).
         method: certifier name; default ``model.certifier``.
-        batch_size: split the work into chunks of this many inputs (default: all at once).
+        batch_size: inputs per chunk (≥ 1); None: :data:`DEFAULT_CHUNK` (4096).
         check_range: reject inputs outside ``model.input_range`` when the model declares one.
         **options: passed to the certifier.
     Returns:
         A :class:`Certificate` with one entry per input, tensors on the model's device.
+    Raises:
+        InputError: inputs of the wrong type, shape or range, NaN/Inf, on the meta device; a model
+            whose weights are on the meta device; ``batch_size`` < 1.
+        UnknownNameError: an unknown certifier.
 
     Example:
         >>> import torch, asymcert
@@ -74,22 +133,16 @@ def certify(model: nn.Module, x: torch.Tensor, norms: Iterable[float | str] = (1
         >>> sorted(cert.radii) == [2.0, float("inf")]
         True
     """
-    _load_builtin()
-    name = method or getattr(model, "certifier", None)
-    if name is None:
-        raise UnknownNameError(f"{type(model).__name__} declares no certifier; pass method=, one of "
-                               f"{', '.join(sorted(_CERTIFIERS))}")
-    if name not in _CERTIFIERS:
-        raise UnknownNameError(f"unknown certifier {name!r}; known: {', '.join(sorted(_CERTIFIERS))}")
+    fn = _certifier(model, method)
+    step = _chunk_size(batch_size)
     norms_t = tuple(dict.fromkeys(normalize_norm(p) for p in norms))
+    if not norms_t:
+        raise InputError("no norms to certify; pass at least one, e.g. norms=(2,)")
     value_range = getattr(model, "input_range", None) if check_range else None
     check_inputs(x, getattr(model, "input_shape", None), value_range)
-    device = next((p.device for p in model.parameters()), x.device)
-    fn = _CERTIFIERS[name]
-    n = x.shape[0]
-    step = n if not batch_size else max(1, int(batch_size))
+    device = _model_device(model, x)
     parts = []
-    for start in range(0, max(n, 1), step):
+    for start in range(0, x.shape[0], step):
         chunk = x[start:start + step].to(device)
         t0 = time.perf_counter()
         cert = fn(model, chunk, norms_t, **options)
@@ -97,4 +150,6 @@ def certify(model: nn.Module, x: torch.Tensor, norms: Iterable[float | str] = (1
             torch.cuda.synchronize(device)
         cert.seconds = time.perf_counter() - t0
         parts.append(cert)
+    if not parts:  # an empty batch: the layout of one placeholder input's result, with no rows
+        return _empty(fn(model, _placeholder(x, value_range).to(device), norms_t, **options))
     return parts[0] if len(parts) == 1 else Certificate.cat(parts)

@@ -24,6 +24,20 @@ Certifiers ``"ibp"``, ``"crown-ibp"``, ``"crown"`` (binary score models, (N,) or
 report per input the largest ε at which the score's lower bound was *verified* positive, found
 by doubling then bisection; ``"crown-ibp"`` and ``"crown"`` use the better of their bound and
 the IBP bound at each ε (both are sound, so the maximum is too).
+
+Float safety. The certificate covers the model's OWN decisions, computed in its dtype. A bound
+counts as verified when lower bound − A(ε) > tolerance·(1 + |s(x)|), where A(ε) (see
+:func:`rounding_allowance`) is an ABSOLUTE bound on (a) the model's own rounding error anywhere
+in the ball and (b) the rounding of the bound computation itself, from the standard dot-product
+bound γ_n applied layer by layer to the interval magnitudes ((a) carried to the score by an interval
+Jacobian, (b) by |W| products). A relative tolerance alone is not
+enough: near the decision boundary the score is tiny and a float32 model's rounding (≈ n·u·Σ|terms|)
+dwarfs any multiple of it. ``precision="float64"`` (default) computes the bounds on a float64
+copy (term (b) is then negligible); ``precision="model"`` computes them in the model's dtype and
+pays for (b) with a C-fold larger allowance (:func:`bound_rounding_factor`). ε is rounded up
+into the dtype of the bound computation. Assumed: PyTorch's float kernels compute dot products
+and direct convolutions (any order, FMA or not); reduced-precision float32 matmuls (TF32,
+bfloat16) are detected from PyTorch's settings (:func:`~asymcert.certify.modes.matmul_unit_roundoff`).
 """
 
 from __future__ import annotations
@@ -37,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asymcert.certify.api import register_certifier
-from asymcert.certify.modes import check_precision, eval_mode
+from asymcert.certify.modes import UnsoundOptionError, check_precision, eval_mode, gamma, matmul_unit_roundoff
 from asymcert.certify.functional import dual_exponent
 from asymcert.certify.result import Certificate
 from asymcert.errors import AsymcertError
@@ -162,6 +176,14 @@ def ibp_boxes(layers: list[nn.Module], x: torch.Tensor, eps: float | torch.Tenso
     return boxes
 
 
+def _conv_backward(layer: nn.Conv2d, a: torch.Tensor, weight: torch.Tensor, in_shape: tuple[int, ...]) -> torch.Tensor:
+    """aᵀ·(the convolution with ``weight``): (B, C_out, H', W') → (B, *in_shape), by a transposed convolution."""
+    out_shape = a.shape[1:]
+    pad = [in_shape[k + 1] - ((out_shape[k + 1] - 1) * layer.stride[k] - 2 * layer.padding[k]
+                              + layer.dilation[k] * (layer.kernel_size[k] - 1) + 1) for k in range(2)]
+    return F.conv_transpose2d(a, weight, None, layer.stride, layer.padding, tuple(pad), layer.groups, layer.dilation)
+
+
 def _relu_relaxation(lo: torch.Tensor, hi: torch.Tensor, lower_slope: str) -> tuple[torch.Tensor, ...]:
     """Slopes and intercept of the linear bounds of relu on [lo, hi]: (lower slope, upper slope, upper intercept)."""
     active = lo >= 0
@@ -206,11 +228,7 @@ def backward_lower_bound(layers: list[nn.Module], end: int, coeff: torch.Tensor,
             out_shape, in_shape = shapes[j + 1], shapes[j]
             if layer.bias is not None:
                 bias = bias + torch.einsum("nmchw,c->nm", a, layer.bias)
-            flat = a.reshape(n * m, *out_shape)
-            pad = [in_shape[k + 1] - ((out_shape[k + 1] - 1) * layer.stride[k] - 2 * layer.padding[k]
-                                      + layer.dilation[k] * (layer.kernel_size[k] - 1) + 1) for k in range(2)]
-            a = F.conv_transpose2d(flat, layer.weight, None, layer.stride, layer.padding, tuple(pad),
-                                   layer.groups, layer.dilation).reshape(n, m, *in_shape)
+            a = _conv_backward(layer, a.reshape(n * m, *out_shape), layer.weight, in_shape).reshape(n, m, *in_shape)
         elif isinstance(layer, nn.Flatten):
             a = a.reshape(n, m, *shapes[j])
         elif isinstance(layer, Shift):
@@ -322,9 +340,14 @@ def score_lower_bound(model: nn.Module, x: torch.Tensor, eps: float | torch.Tens
     ``"ibp"``: IBP. ``"crown-ibp"``: max(IBP, CROWN-IBP). ``"crown"``: max(IBP, CROWN). One
     backward pass with a single specification per input (cheap, used for training too).
     """
+    return lower_bound_and_boxes(sequential_layers(model), x, eps, p, method, lower_slope)[0]
+
+
+def lower_bound_and_boxes(layers: list[nn.Module], x: torch.Tensor, eps: float | torch.Tensor, p: float,
+                          method: str, lower_slope: str = "adaptive") -> tuple[torch.Tensor, list[Box]]:
+    """:func:`score_lower_bound` on ``layers``, also returning the boxes it used: ((N,), boxes)."""
     if method not in METHODS:
         raise ValueError(f"unknown bound method {method!r}; known: {METHODS}")
-    layers = sequential_layers(model)
     e = _eps(eps, x)
     if method == "crown":
         boxes = crown_boxes(layers, x, e, p, lower_slope)
@@ -335,11 +358,131 @@ def score_lower_bound(model: nn.Module, x: torch.Tensor, eps: float | torch.Tens
         raise UnsupportedNetworkError(f"score_lower_bound needs a single output, the network has {lower.shape[1]}")
     lower = lower[:, 0]
     if method == "ibp":
-        return lower
+        return lower, boxes
     shapes = layer_shapes(layers, x)
     spec = torch.ones(x.shape[0], 1, *shapes[-1], dtype=x.dtype, device=x.device)
     crown = backward_lower_bound(layers, len(layers), spec, x, e, p, boxes, shapes, lower_slope)[:, 0]
-    return torch.maximum(lower, crown)
+    return torch.maximum(lower, crown), boxes
+
+
+# ---------------------------------------------------------------- rounding-error allowance
+
+def bound_rounding_factor(layers: list[nn.Module]) -> int:
+    """C of :func:`rounding_allowance`: how many forward passes' worth of roundings a bound computation makes.
+
+    IBP rounds each affine layer's centre and radius (2 passes); CROWN's backward pass multiplies
+    the coefficients once per affine layer, and an error made at layer j is carried by every
+    later product, so its share grows with the depth: C = 2·(number of affine layers) + 4.
+    """
+    return 2 * sum(isinstance(layer, (nn.Linear, nn.Conv2d)) for layer in layers) + 4
+
+
+def _affine_abs(layer: nn.Module, v: torch.Tensor) -> torch.Tensor:
+    """|W| v for a Linear or Conv2d layer, in float64 (no bias)."""
+    w = layer.weight.detach().double().abs()
+    if isinstance(layer, nn.Linear):
+        return F.linear(v, w)
+    return F.conv2d(v, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+def _forward_rounding(layers: list[nn.Module], boxes: list[Box], u_model: float,
+                      u_ref: float) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Forward half of :func:`rounding_allowance`.
+
+    Returns:
+        (local, spread, ref_err): per layer, the model's own rounding δ_k of that layer's output
+        (N, *shape; zeros for exact layers) and the bound e_k (N, *shape of its INPUT) on how far
+        any computed value (model or bound) is from the exact one; and the (N, *out) bound of the
+        bound computation's own rounding at the output, all in float64.
+    """
+    u_all = u_model + bound_rounding_factor(layers) * u_ref
+    u_ref_c = bound_rounding_factor(layers) * u_ref
+    lo, hi = boxes[0]
+    mag = torch.maximum(lo.abs(), hi.abs()).double()
+    e_all = e_ref = u_ref * mag  # the ball's box x ± ε, rounded
+    local, spread = [], []
+    for layer, (lo, hi) in zip(layers, boxes[1:]):
+        spread.append(e_all)
+        if isinstance(layer, Shift):  # one rounding of x − μ
+            term = mag + layer.mean.detach().double().abs()
+            local.append(u_model * term)
+            e_all, e_ref = e_all + u_all * term, e_ref + u_ref_c * term
+        elif isinstance(layer, (nn.Linear, nn.Conv2d)):  # a dot product (fan-in terms) plus the bias
+            fan_in = math.prod(layer.weight.shape[1:])
+            term = _affine_abs(layer, mag)
+            if layer.bias is not None:
+                b = layer.bias.detach().double().abs()
+                term = term + (b if isinstance(layer, nn.Linear) else b.view(1, -1, 1, 1))
+            local.append(gamma(fan_in + 2, u_model) * term)
+            e_all = _affine_abs(layer, e_all) + gamma(fan_in + 2, u_all) * term
+            e_ref = _affine_abs(layer, e_ref) + gamma(fan_in + 2, u_ref_c) * term
+        else:  # ReLU (1-Lipschitz), Flatten, Identity: exact
+            if isinstance(layer, nn.Flatten):
+                e_all, e_ref = layer(e_all), layer(e_ref)
+            local.append(torch.zeros_like(e_all))
+        mag = torch.maximum(lo.abs(), hi.abs()).double() + e_all
+    return local, spread, e_ref
+
+
+def _jacobian_backward(layer: nn.Module, jl: torch.Tensor, jh: torch.Tensor, box: Box,
+                       spread: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interval [jl, jh] of ∂s/∂(layer output) → the interval of ∂s/∂(layer input), (N, *shape), float64."""
+    if isinstance(layer, (nn.Linear, nn.Conv2d)):
+        w = layer.weight.detach().double()
+        c, r = (jl + jh) / 2, (jh - jl) / 2
+        if isinstance(layer, nn.Linear):
+            c, r = c @ w, r @ w.abs()
+        else:
+            c, r = _conv_backward(layer, c, w, box[0].shape[1:]), _conv_backward(layer, r, w.abs(), box[0].shape[1:])
+        return c - r, c + r
+    if isinstance(layer, nn.ReLU):  # slope 1 where surely on, 0 where surely off, [0, 1] otherwise
+        lo, hi = box[0].double() - spread, box[1].double() + spread
+        on, off = lo >= 0, hi <= 0
+        zero = torch.zeros_like(jl)
+        unstable = ~on & ~off
+        return (torch.where(on, jl, torch.where(unstable, jl.clamp(max=0.0), zero)),
+                torch.where(on, jh, torch.where(unstable, jh.clamp(min=0.0), zero)))
+    if isinstance(layer, nn.Flatten):
+        return jl.reshape(box[0].shape), jh.reshape(box[0].shape)
+    return jl, jh  # Shift, Identity
+
+
+def rounding_allowance(layers: list[nn.Module], boxes: list[Box], u_model: float, u_ref: float) -> torch.Tensor:
+    """Absolute bound on the rounding of the model's score and of the computed lower bound, over the ball.
+
+    With boxes ``[lo_k, hi_k]`` holding layer k's input on the ball, every layer's own rounding is
+    bounded componentwise (all in float64, any summation order):
+
+        Shift (x − μ):    δ ≤ u·(M + |μ|)                (one rounding of the result)
+        Linear / Conv2d:  δ ≤ γ_{n+2}(u)·(|W| M + |b|)   (n = fan-in: a dot product plus the bias)
+        ReLU, Flatten:    δ = 0                          (exact)
+
+    with M = max(|lo|, |hi|) + e a bound on the magnitude of the computed input, e from the
+    recurrence e ← |W| e + δ. The model's score (unit roundoff u_model) then differs from the
+    exact one by at most Σ_k |J_k|·δ_k, J_k the interval Jacobian of the score with respect to
+    layer k's output over the widened boxes (a backward pass: ReLU slopes 1 where surely on, 0
+    where surely off, [0, 1] otherwise): a mean-value argument on each layer's injected error,
+    much tighter than |W|-products because signed weights cancel. The bound computation's own
+    rounding (IBP/CROWN at u_ref) adds e at the output with u = C·u_ref
+    (:func:`bound_rounding_factor`: every term of the bound is a product of the same |W| factors
+    and magnitudes).
+
+    Args:
+        layers: from :func:`sequential_layers`. boxes: (lo, hi) per layer input and the output,
+            e.g. from :func:`ibp_boxes` (any dtype).
+        u_model: unit roundoff of the model's own arithmetic (:func:`matmul_unit_roundoff`).
+        u_ref: unit roundoff of the arithmetic the bound was computed in.
+    Returns:
+        (N,) float64 allowance ≥ 0 on the score (raised by a relative 1e-6 for its own rounding).
+    """
+    local, spread, ref_err = _forward_rounding(layers, boxes, u_model, u_ref)
+    n = boxes[0][0].shape[0]
+    jl = jh = torch.ones(boxes[-1][0].shape, dtype=torch.float64, device=boxes[0][0].device)
+    total = torch.zeros(n, dtype=torch.float64, device=jl.device)
+    for k in range(len(layers) - 1, -1, -1):
+        total = total + (torch.maximum(jl.abs(), jh.abs()) * local[k]).reshape(n, -1).sum(1)
+        jl, jh = _jacobian_backward(layers[k], jl, jh, boxes[k], spread[k])
+    return (total + ref_err.reshape(n, -1)[:, 0]) * (1.0 + 1e-6)
 
 
 # ---------------------------------------------------------------- certified radii by bisection
@@ -399,18 +542,49 @@ def verified_radius(verify: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     return lo
 
 
+def _round_up(eps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``eps`` (float64) in ``dtype``, rounded up: a bound verified at the result holds at ``eps``."""
+    e = eps.to(dtype)
+    return torch.where(e.double() < eps, torch.nextafter(e, torch.full_like(e, math.inf)), e)
+
+
+def _verifier(layers: list[nn.Module], xx: torch.Tensor, ref: torch.Tensor, rows_all: torch.Tensor, p: float,
+              method: str, lower_slope: str, tol: float, u_model: float) -> Callable:
+    """verify(index (k,), eps (k,) float64) → (k,) bool: lower bound − rounding allowance > tol·(1 + |s|).
+
+    ``xx``/``layers``: the inputs and network the bound is computed on (float64 copy or the model);
+    ``ref`` (N,) their scores; ``rows_all`` the rows ``index`` refers to; ``u_model`` the unit
+    roundoff of the model's own arithmetic (see :func:`rounding_allowance`).
+    """
+    u_ref = matmul_unit_roundoff(xx.dtype, xx.device)
+
+    def verify(idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        rows = rows_all[idx]
+        e = _round_up(eps.to(xx.device), xx.dtype)
+        lb, boxes = lower_bound_and_boxes(layers, xx[rows], e, p, method, lower_slope)
+        allow = rounding_allowance(layers, boxes, u_model, u_ref)
+        return (lb.double() - allow > tol * (1 + ref[rows].abs().double())).cpu()
+
+    return verify
+
+
 def _certify_bounds(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], method: str, steps: int = 12,
                     max_radius: dict | float | None = None, start: dict | float | None = None,
                     precision: str = "float64", lower_slope: str = "adaptive", tolerance: float | None = None
                     ) -> Certificate:
     check_precision(precision)
+    if tolerance is not None and not 0.0 <= float(tolerance) < math.inf:
+        raise UnsoundOptionError(f"tolerance must be finite and ≥ 0 (a negative one enlarges radii), got {tolerance!r}")
+    sequential_layers(model)  # refuse unsupported networks before any work
     with eval_mode(model), torch.no_grad():
         score = model(x).reshape(x.shape[0], -1)
     if score.shape[1] != 1:
         raise UnsupportedNetworkError(f"{method} certifies single-score (binary) models; this one has "
                                       f"{score.shape[1]} outputs")
     score = score[:, 0]
+    u_model = matmul_unit_roundoff(score.dtype, score.device)
     net = copy.deepcopy(model).double().eval() if precision == "float64" else model
+    layers = sequential_layers(net)
     xx = x.double() if precision == "float64" else x
     tol = (1e-9 if precision == "float64" else 5e-6) if tolerance is None else float(tolerance)
     d = math.prod(x.shape[1:])
@@ -419,20 +593,15 @@ def _certify_bounds(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...],
         width = float(value_range[1] - value_range[0])
     else:  # no declared range (tabular data in raw units): the inputs' own scale
         width = max(1.0, 2.0 * float(x.abs().max())) if x.numel() else 1.0
-    with torch.no_grad():
+    with eval_mode(net), torch.no_grad():
         ref = net(xx).reshape(-1)
         flagged = (score > 0) & (ref > 0)
+        idx_all = torch.nonzero(flagged).flatten()
         radii = {}
         for p in norms:
             cap = _per_norm(max_radius, p, width * (d if p == 1 else d ** (1.0 / p) if not math.isinf(p) else 1.0))
             first = _per_norm(start, p, cap / 1024)
-            idx_all = torch.nonzero(flagged).flatten()
-
-            def verify(idx: torch.Tensor, eps: torch.Tensor, p=p, idx_all=idx_all) -> torch.Tensor:
-                rows = idx_all[idx]
-                lb = score_lower_bound(net, xx[rows], eps.to(xx.dtype), p, method, lower_slope)
-                return (lb > tol * (1 + ref[rows].abs())).cpu()
-
+            verify = _verifier(layers, xx, ref, idx_all, p, method, lower_slope, tol, u_model)
             r = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
             if idx_all.numel():
                 r[idx_all] = verified_radius(verify, idx_all.numel(), first, cap, steps).to(x.device)
@@ -462,9 +631,11 @@ _DOC = """Certify a single-score ReLU network with {name} bounds (ℓp balls, an
             d^(1/p), the ℓp diameter of the input box; without an input range, 2·max|x| instead of
             the width); inputs verified there get exactly it.
         start: first radius tried before doubling (default max_radius / 1024).
-        precision: "float64" (default; bounds on a float64 copy) or "model".
+        precision: "float64" (default; bounds on a float64 copy) or "model" (bounds in the model's dtype,
+            a larger rounding allowance); both sound near the boundary (see the module docstring).
         lower_slope: the CROWN lower relaxation ("adaptive", "zero", "one").
-        tolerance: a bound counts as positive when > tolerance·(1 + |s(x)|) (default 1e-9 in float64).
+        tolerance: a bound counts as positive when, after the absolute rounding allowance, it is
+            > tolerance·(1 + |s(x)|) (default 1e-9 in float64, 5e-6 in "model"; ≥ 0).
     Returns:
         Certificate with predicted = (s(x) > 0), radii 0 where not flagged, extra["score"].
     """

@@ -17,15 +17,24 @@ per layer. The final certificate uses
     margin = ŝ − E_s,   denominator = Lip_p(φ) · (‖ĝ‖_{p*} + ‖E_g‖_{p*}),
 
 a lower bound on h_P(f) + b and an upper bound on ‖∇h_P‖_{p*}. The long readout sum is done in
-float64. The bounds assume direct (non-Winograd, non-FFT, non-TF32) convolution arithmetic,
+float64, and its bound is γ_{n+1} times the magnitudes of its terms, never of its result: the
+score is often a difference of large terms (the constant Σ w·shift + bias + b folded from the
+output batch norm cancels against the balance b), and a bound relative to |ŝ| would then be far
+too small. Batch norm is folded into (scale, shift) correctly rounded from the exact real values
+(exact rational arithmetic around a rigorously bracketed square root), so every folded parameter
+is within one rounding of its exact value, as the γ factors assume.
+The bounds assume direct (non-Winograd, non-FFT, non-TF32) convolution arithmetic,
 which is what PyTorch's CPU convolutions use; on other devices the float64 path is chosen.
-``tests/test_bounded_convex.py`` checks every bound against float64 on random and trained nets.
+``tests/test_bounded_convex.py`` checks every bound against exact rational arithmetic on tiny nets
+(including scores that cancel to ~0) and against float64 on random architectures.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -33,9 +42,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from asymcert import _native
+from asymcert.errors import ConvexityError
 from asymcert.nn.convex import ConvexConvNet
 
 UNIT_ROUNDOFF = {torch.float32: 2.0 ** -24, torch.float64: 2.0 ** -53}
+U64 = UNIT_ROUNDOFF[torch.float64]
 # Relative allowance for the rounding of the (nonnegative) bound computations themselves.
 BOUND_SAFETY = 1.0 + 1e-3
 BACKENDS = ("auto", "cpp", "torch")
@@ -46,6 +57,14 @@ def gamma(n: int, u: float) -> float:
     if n * u >= 1:
         raise ValueError(f"γ_{n} is undefined for u = {u}")
     return n * u / (1.0 - n * u)
+
+
+def compound(*rel: float) -> float:
+    """∏(1 + r) − 1 for relative errors r ≥ 0, without forming 1 + r (which rounds 1 + 2⁻⁵³ to 1)."""
+    out = 0.0
+    for r in rel:
+        out = out + r + out * r
+    return out
 
 
 @dataclass
@@ -79,11 +98,14 @@ class BoundConstants:
         blocks: per residual block (α, β, γ_n): the error conv runs on a(α z + β e) + α|c| with bias
             γ_n·|bias|.
         grad: error of the feature gradient per unit of |W0|ᵀ(g masked).
+        readout: error of the float64 readout sum ŝ = Σ wa·z + const per unit of Σ|wa·z| + |const|
+            (γ_{n+1} for the sum, and the rounding of wa = w·a itself).
     """
 
     stem: float
     blocks: tuple[tuple[float, float, float], ...]
     grad: float
+    readout: float
 
 
 def bound_constants(net: ConvexConvNet, dtype: torch.dtype = torch.float64) -> BoundConstants:
@@ -91,17 +113,21 @@ def bound_constants(net: ConvexConvNet, dtype: torch.dtype = torch.float64) -> B
     u = UNIT_ROUNDOFF[dtype]
     stem = gamma(net.stem.weight[0].numel() + 1, u) + 2 * u  # the sum, and φ's own rounding (and cast)
     blocks = []
-    rho = u  # componentwise relative error of the backward, starting with the readout's cast
+    # componentwise relative error of the backward, starting with wa32: wa = fl64(w·a) with a correctly
+    # rounded (two float64 roundings), then cast to ``dtype`` (one more)
+    rho = compound(u, U64, U64)
     for conv in net.block_convs:
         g_n = gamma(conv.weight[0].numel() + 1, u)
         # |y| ≤ (1 + 2u)(a z + |c|) and |y − exact| ≤ a·e + 4u(a z + |c|)
         blocks.append((g_n * (1 + 2 * u) + 4 * u * (1 + g_n), 1 + g_n, g_n))
         n_back = conv.weight.shape[0] * conv.weight.shape[2] * conv.weight.shape[3]
-        rho = (1 + rho) * (1 + gamma(n_back, u)) * (1 + u) ** 3 - 1  # the sum, a's rounding, the product, the add
+        # the sum, a's rounding (float64, then the cast), the product, the add
+        rho = compound(rho, gamma(n_back, u), U64, u, u, u)
     w0 = net.stem.weight
     g_stem = gamma(w0.shape[0] * w0.shape[2] * w0.shape[3], u)
     grad = (g_stem + (1 + g_stem) * rho / (1 - rho)) * BOUND_SAFETY
-    return BoundConstants(stem=stem, blocks=tuple(blocks), grad=grad)
+    readout = gamma(net.readout.weight.shape[1] + 1, U64) + 3 * U64
+    return BoundConstants(stem=stem, blocks=tuple(blocks), grad=grad, readout=readout)
 
 
 def supports_bounded(model: nn.Module, device: torch.device) -> bool:
@@ -111,25 +137,73 @@ def supports_bounded(model: nn.Module, device: torch.device) -> bool:
     return isinstance(convex, ConvexConvNet) and device.type == "cpu" and convex.stem_kernel % 2 == 1
 
 
+def _sqrt_bracket(q: Fraction, bits: int) -> tuple[Fraction, Fraction]:
+    """(lo, hi) with lo ≤ √q ≤ hi and hi − lo = 1/(denominator(q)·2^bits), for a rational q ≥ 0."""
+    n, d = q.numerator, q.denominator
+    root = math.isqrt((n * d) << (2 * bits))  # root ≤ √(n·d·4^bits) < root + 1
+    return Fraction(root, d << bits), Fraction(root + 1, d << bits)
+
+
+def _rounded(lo: Fraction, hi: Fraction) -> float | None:
+    """The float64 nearest to every number in [lo, hi], or None when the bracket straddles a rounding boundary."""
+    a, b = float(lo), float(hi)  # float(Fraction) rounds correctly, and rounding is monotone
+    return a if a == b else None
+
+
+def _exact_affine(weight: float, bias: float, mean: float, var: float, eps: float) -> tuple[float, float]:
+    """Correctly rounded (scale, shift) of x ↦ weight·(x − mean)/√(var + eps) + bias, all inputs exact."""
+    w, b, m = Fraction(weight), Fraction(bias), Fraction(mean)
+    q = Fraction(var) + Fraction(eps)
+    if q <= 0:
+        raise ConvexityError(f"batch norm with variance + eps = {float(q)!r} is not a positive-scale map")
+    for bits in (128, 512, 2048):
+        lo, hi = _sqrt_bracket(q, bits)
+        scales = sorted((w / hi, w / lo))
+        shifts = sorted((b - scales[0] * m, b - scales[1] * m))
+        scale, shift = _rounded(*scales), _rounded(*shifts)
+        if scale is not None and shift is not None:
+            return scale, shift
+    # the exact value lies within 2^-2000 (relative) of a rounding boundary: either side is one rounding
+    return float(scales[0]), float(shifts[0])
+
+
 def _affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval batch norm as float64 (scale, shift) per channel."""
-    scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
-    return scale, norm.bias.double() - scale * norm.running_mean.double()
+    """Eval batch norm as float64 (scale, shift) per channel, each correctly rounded from its exact value.
+
+    A plain float64 evaluation of shift = β − scale·μ can lose every digit when β ≈ scale·μ; the
+    error model of :func:`bound_constants` needs each to be within one rounding of the exact value.
+    """
+    rows = zip(norm.weight.detach().double().tolist(), norm.bias.detach().double().tolist(),
+               norm.running_mean.detach().double().tolist(), norm.running_var.detach().double().tolist())
+    pairs = [_exact_affine(w, b, m, v, float(norm.eps)) for w, b, m, v in rows]
+    dev = norm.weight.device
+    return (torch.tensor([a for a, _ in pairs], dtype=torch.float64, device=dev),
+            torch.tensor([c for _, c in pairs], dtype=torch.float64, device=dev))
 
 
 def _channel(v: torch.Tensor) -> torch.Tensor:
     return v.view(1, -1, 1, 1)
 
 
-def _readout(model: nn.Module, spatial: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(wa, const): the readout folded with the output batch norm, s = Σ wa ⊙ z + const, float64;
-    ``wa`` is (C, *spatial), the shape of the last block's output."""
+def _readout(model: nn.Module, spatial: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(wa, const, const_error): the readout folded with the output batch norm, s = Σ wa ⊙ z + const.
+
+    ``wa`` (C, *spatial) float64, the shape of the last block's output; ``const`` () float64 =
+    Σ w·shift + readout bias + balance, and ``const_error`` a bound on |const − its exact value|:
+    the terms often cancel (that is what the balance is for), so the bound is γ_{n+2} times the sum of
+    their magnitudes, plus the rounding of each shift, never a multiple of |const|.
+    """
     net = model.convex
     a64, c64 = _affine(net.out_norm)
-    w_out = net.readout.weight.double().view(net.channels, *spatial)
+    w_out = net.readout.weight.detach().double().view(net.channels, *spatial)
     wa = w_out * a64.view(-1, 1, 1)
-    const = (w_out * c64.view(-1, 1, 1)).sum() + net.readout.bias.double().sum() + model.balance.double()
-    return wa.detach(), const.detach()
+    terms = w_out * c64.view(-1, 1, 1)
+    bias, balance = net.readout.bias.detach().double().sum(), model.balance.detach().double()
+    const = terms.sum() + bias + balance
+    terms_mag = float(terms.abs().sum())
+    magnitude = terms_mag + float(bias.abs()) + float(balance.abs())
+    const_error = gamma(terms.numel() + 2, U64) * magnitude + U64 * terms_mag
+    return wa, const, const_error
 
 
 @torch.no_grad()
@@ -204,12 +278,13 @@ def _torch_pass(model: nn.Module, f64: torch.Tensor, dtype: torch.dtype) -> Boun
         z = r.clamp_min_(0.0)
         err.mul_(mask)
 
-    wa, const = _readout(model, z.shape[2:])
+    wa, const, const_err = _readout(model, z.shape[2:])
     wa_hwc = wa.permute(1, 2, 0).reshape(-1)  # channels-last order, matches z's memory layout
     z_flat = z.permute(0, 2, 3, 1).reshape(n_batch, -1).double()
     score = z_flat @ wa_hwc + const
     err_flat = err.permute(0, 2, 3, 1).reshape(n_batch, -1).double()
-    score_err = err_flat @ wa_hwc.abs() + 1e-12 * (z_flat.abs() @ wa_hwc.abs() + const.abs())
+    magnitude = z_flat.abs() @ wa_hwc.abs() + const.abs()
+    score_err = err_flat @ wa_hwc.abs() + consts.readout * magnitude + const_err
 
     # backward with the pattern fixed; every factor before the stem is nonnegative
     g = wa.to(dtype).unsqueeze(0) * masks[-1]
@@ -238,7 +313,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 _KERNEL = _native.LazyKernel(
     "convex-conv C++ kernel",
-    lambda: _native.build_and_load(_KERNEL_SRC, "asymcert_convex_conv_abi_version", 3, _declare))
+    lambda: _native.build_and_load(_KERNEL_SRC, "asymcert_convex_conv_abi_version", 4, _declare))
 
 
 def kernels() -> ctypes.CDLL | None:
@@ -269,11 +344,11 @@ def _kernel_pass(lib: ctypes.CDLL, model: nn.Module, f64: torch.Tensor, dtype: t
     c_blocks = cast(torch.stack([s for _, s in affines])) if n_blocks else torch.zeros(0)
     w_blocks = cast(torch.stack([cv.weight for cv in net.block_convs])) if n_blocks else torch.zeros(0)
     b_blocks = cast(torch.stack([cv.bias for cv in net.block_convs])) if n_blocks else torch.zeros(0)
-    wa, const = _readout(model, (h, w))
+    wa, const, const_err = _readout(model, (h, w))
     wa = wa.contiguous()
     wa32 = wa.to(dtype).contiguous()
     prm = torch.tensor([UNIT_ROUNDOFF[dtype], consts.stem, consts.grad] + [v for blk in consts.blocks for v in blk]
-                       + [1.0 if uniform else 0.0],
+                       + [1.0 if uniform else 0.0, consts.readout],
                        dtype=torch.float64)
     w0, b0 = cast(net.stem.weight), cast(net.stem.bias)
     score = torch.empty(n, dtype=torch.float64)
@@ -287,5 +362,5 @@ def _kernel_pass(lib: ctypes.CDLL, model: nn.Module, f64: torch.Tensor, dtype: t
         w_blocks.data_ptr(), b_blocks.data_ptr(), a_blocks.data_ptr(), c_blocks.data_ptr(), wa.data_ptr(),
         wa32.data_ptr(), float(const), prm.data_ptr(), score.data_ptr(), score_err.data_ptr(), grad.data_ptr(),
         grad_err.data_ptr(), uncertain.data_ptr(), threads)
-    return BoundedPass(score=score, score_error=score_err * BOUND_SAFETY, grad=grad, grad_error=grad_err,
-                       uncertain=uncertain.bool(), features=f64)
+    return BoundedPass(score=score, score_error=(score_err + const_err) * BOUND_SAFETY, grad=grad,
+                       grad_error=grad_err, uncertain=uncertain.bool(), features=f64)

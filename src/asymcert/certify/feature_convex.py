@@ -4,6 +4,22 @@ For s(x) = g(φ(x)) + b with g convex, g(y) ≥ g(φ(x)) + ∇g(φ(x))ᵀ(y − 
 for ‖δ‖_p < r_p(x) = s(x) / (Lip_p(φ)·‖∇g(φ(x))‖_{p*}) the score stays positive: a flagged input
 stays flagged. One forward and one backward pass for the whole batch (the score of input i
 depends only on input i in eval mode, so the gradient of the summed score is every input's own).
+
+Float safety. s and ∇g are computed by a *reference* in floating point, so the certificate uses
+
+    margin = ŝ − E_ref − [guard] · band,    denominator = Lip_p(φ) · ‖G‖_{p*},    r = margin / denominator,
+
+rounded down, where E_ref is an ABSOLUTE bound on |ŝ − s| (a relative slack cannot be sound near
+the decision boundary, where |s| is as small as its own rounding error), G bounds |∇g| (or carries
+a relative slack for the gradient norm, whose relative error does not grow near the boundary), and
+band (:func:`float_guard`) covers the rounding of the deployed model's own forward pass at the
+attacked point. Per precision:
+
+* ``"bounded"``: E_ref and G from the rigorous bounds of :mod:`asymcert.certify.bounded_convex`.
+* ``"float64"``: E_ref = :func:`rounding_bound` at float64's eps (FLOAT64_REFERENCE_FACTOR).
+* ``"model"``: E_ref = :func:`float_guard` (the model's own arithmetic, TF32 where PyTorch allows it),
+  and a relative slack of :data:`~asymcert.certify.functional.DEFAULT_SLACK` × (eps / eps32) for
+  the gradient norm.
 """
 
 from __future__ import annotations
@@ -15,9 +31,16 @@ from torch import nn
 
 from asymcert.certify.api import register_certifier
 from asymcert.certify.bounded_convex import bounded_pass, supports_bounded
-from asymcert.certify.modes import eval_mode
 from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
+from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_roundoff
 from asymcert.certify.result import Certificate
+from asymcert.nn.convex import ICNN, ConvexConvNet
+
+EPS32 = torch.finfo(torch.float32).eps
+EPS64 = torch.finfo(torch.float64).eps
+# Relative slack of "bounded" and "float64": the float64 dual norm, Lipschitz product and division
+# carry a relative error below γ_n(2⁻⁵³) ≈ 1e-10 for n < 10⁶ entries.
+FLOAT64_SLACK = 1e-9
 
 
 def score_and_feature_gradient(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,26 +62,104 @@ def _float64_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).double()
 
 
-# Multiple of (machine epsilon × magnitude) reserved for the rounding of the deployed model's own
-# evaluation. Measured |s_float32 − s_float64| / (eps32 · M) stayed below 1.8 on 26,000 inputs of
-# random and trained models (tests/test_soundness_feature_convex.py): 8 leaves
-# a factor of 4 or more.
+# Multiple of (machine epsilon × magnitude M, see `rounding_bound`) reserved for the rounding of
+# the deployed model's own float evaluation of the score. MEASURED, not proven (M does not see
+# every internal cancellation): |s_float32 − s_float64| / (eps32 · M) stayed below 1.8 on 26,000
+# inputs of random and trained models (tests/test_soundness_feature_convex.py), and
+# |s_float32 − s_exact| / (eps32 · M) below 1.1 against exact rational arithmetic on 300 tiny random
+# conv nets, half of them with a balance that cancels the score to a few ulps
+# (tests/test_bounded_convex.py; before M included the constant terms, a dead net whose constant
+# cancelled to −1.4e-8 reached 46). Within a certified ball M grows at most from M to M + 2s ≤ 3M
+# (same ReLU pattern: |s| and Σ|∇g ⊙ φ| move by at most Lip·‖∇g‖·r ≤ s), and only where s ≈ M, far
+# from the boundary; 8 covers the attacked point.
 FLOAT_GUARD_FACTOR = 8.0
+# The same for the float64 reference of precision="float64": measured |s_float64 − s_exact| /
+# (eps64 · M) ≤ 1.5 on the tiny nets above; 64 costs nothing (radii move by ~1e-14 relative).
+FLOAT64_REFERENCE_FACTOR = 64.0
+
+
+def evaluation_eps(model: nn.Module) -> float:
+    """Machine epsilon (2u) of the model's own forward pass: its dtype's, or TF32's/bfloat16's where
+    PyTorch's settings let float32 products on the model's device run in reduced precision."""
+    p = next(model.parameters())
+    return 2.0 * matmul_unit_roundoff(p.dtype, p.device)
+
+
+def rounding_bound(features: torch.Tensor, grad: torch.Tensor, score: torch.Tensor, constants: float,
+                   eps: float, factor: float = FLOAT_GUARD_FACTOR) -> torch.Tensor:
+    """Absolute bound (N,) float64 on the rounding error of one evaluation of s at machine epsilon ``eps``.
+
+    For piecewise-linear g, s(x) = ∇gᵀφ(x) + c + b locally, and the float error of evaluating it grows
+    with M = Σ|∇g ⊙ φ(x)| + |s| + C, C the magnitude of the constant terms c + b
+    (:func:`constant_magnitude`); the bound is ``factor`` · eps · M (see FLOAT_GUARD_FACTOR). It is
+    absolute, so it stays valid where s is a cancellation near 0 (a relative bound would not).
+
+    Args:
+        features: (N, *feature_shape) φ(x); grad: same shape, ∇g(φ(x)); score: (N,) s(x);
+        constants: C ≥ |b|; eps: machine epsilon of the arithmetic (2⁻²³ float32, 2⁻⁵² float64);
+        factor: the measured multiple (FLOAT_GUARD_FACTOR or FLOAT64_REFERENCE_FACTOR).
+    """
+    magnitude = (grad.double().abs() * features.double().abs()).flatten(1).sum(1) + score.double().abs() + constants
+    return factor * eps * magnitude
+
+
+def _bn_constant(norm: nn.Module) -> torch.Tensor:
+    """(C,) float64 |β| + |γ·μ/√(σ² + ε)|: the magnitudes of an eval batch norm's constant terms (0 for Identity)."""
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return torch.zeros(())
+    scale = norm.weight.detach().double() / torch.sqrt(norm.running_var.detach().double() + norm.eps)
+    return norm.bias.detach().double().abs() + (scale * norm.running_mean.detach().double()).abs()
+
+
+def constant_magnitude(model: nn.Module) -> float:
+    """Σ of the magnitudes of the constant terms summed at g's output layer, plus |b|.
+
+    In a region where g is constant (every ReLU off) the score is just these terms, which may cancel
+    to almost nothing while their rounding does not; Σ|∇g ⊙ φ| + |s| does not see them. Convex conv
+    net: Σ w_readout·(|β| + |γμ/σ|) of the output batch norm + |readout bias|; ICNN: the same for the
+    last hidden layer and its batch norm, + |bias of the last pass-through|. Other g: |b| only.
+    """
+    g, total = model.convex, float(model.balance.detach().abs())
+    if isinstance(g, ConvexConvNet):
+        w = g.readout.weight.detach().double().abs().view(g.channels, -1).sum(1)
+        return total + float((w * _bn_constant(g.out_norm)).sum() + g.readout.bias.detach().double().abs().sum())
+    if isinstance(g, ICNN):
+        last = g.passthrough[-1].bias
+        total += 0.0 if last is None else float(last.detach().double().abs().sum())
+        if g.hidden:
+            w = g.hidden[-1].weight.detach().double().abs().sum(0)
+            total += float((w * _bn_constant(g.norms[-1])).sum())
+    return total
 
 
 def float_guard(model: nn.Module, features: torch.Tensor, grad: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-    """Absolute score margin (N,) that covers the rounding of a low-precision evaluation of the model.
+    """Absolute score margin (N,) float64 that covers the rounding of the deployed model's own evaluation.
 
-    For piecewise-linear g, s(x) = ∇gᵀφ(x) + c + b locally, and the float error of evaluating it grows
-    with M = Σ|∇g ⊙ φ(x)| + |s| + |b|; the guard is FLOAT_GUARD_FACTOR · eps(model dtype) · M.
-    Zero for float64 models.
+    :func:`rounding_bound` at :func:`evaluation_eps` of the model (float32: 8·2⁻²³·M; float64
+    models: 8·2⁻⁵²·M; float32 on CUDA with TF32 allowed: 8·2⁻⁹·M), with |b| replaced by
+    :func:`constant_magnitude` (which includes it).
     """
-    dtype = next(model.parameters()).dtype
-    if dtype == torch.float64:
-        return torch.zeros_like(score, dtype=torch.float64)
-    magnitude = (grad.double().abs() * features.double().abs()).flatten(1).sum(1) + score.double().abs() \
-        + float(model.balance.detach().abs())
-    return FLOAT_GUARD_FACTOR * torch.finfo(dtype).eps * magnitude
+    return rounding_bound(features, grad, score, constant_magnitude(model), evaluation_eps(model))
+
+
+def reference_error(model: nn.Module, features: torch.Tensor, grad: torch.Tensor, score: torch.Tensor,
+                    precision: str) -> torch.Tensor:
+    """Bound (N,) on |ŝ − s| for the score ŝ of the ``"float64"`` or ``"model"`` reference."""
+    if precision == "float64":
+        return rounding_bound(features, grad, score, constant_magnitude(model), EPS64, FLOAT64_REFERENCE_FACTOR)
+    return float_guard(model, features, grad, score)
+
+
+def required_slack(model: nn.Module, precision: str) -> float:
+    """Smallest relative slack that keeps ``precision``'s radii sound (the gradient norm's rounding).
+
+    ``"model"``: DEFAULT_SLACK (5e-6) per float32 eps of the model's arithmetic (measured relative
+    error of the float32 dual norm ≤ 2.7·eps32 on the test models; 42·eps32 reserved); otherwise
+    :data:`FLOAT64_SLACK`.
+    """
+    if precision != "model":
+        return FLOAT64_SLACK
+    return max(FLOAT64_SLACK, DEFAULT_SLACK * evaluation_eps(model) / EPS32)
 
 
 PRECISIONS = ("auto", "bounded", "float64", "model")
@@ -66,14 +167,50 @@ PRECISIONS = ("auto", "bounded", "float64", "model")
 
 def _resolve_precision(model: nn.Module, x: torch.Tensor, precision: str) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise UnsoundOptionError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     supported = supports_bounded(model, x.device)
     if precision == "bounded" and not supported:
-        raise ValueError("precision='bounded' needs a float32 convex conv net (odd stem kernel) on CPU; "
-                         "use 'float64'")
+        raise UnsoundOptionError("precision='bounded' needs a convex conv net (odd stem kernel) on CPU; "
+                                 "use 'auto' or 'float64'")
     if precision == "auto":
         return "bounded" if supported else "float64"
     return precision
+
+
+def checked_slack(model: nn.Module, precision: str, slack: float | None) -> float:
+    """``slack`` or, when None, the precision's own allowance (:func:`required_slack`).
+
+    Raises:
+        UnsoundOptionError: a slack below that allowance (it would not cover the gradient norm's
+            rounding) or not below 1.
+    """
+    need = required_slack(model, precision)
+    if slack is None:
+        return need
+    if not need <= float(slack) < 1.0:
+        raise UnsoundOptionError(f"slack={slack!r} with precision={precision!r} must be in [{need:.3g}, 1): "
+                                 "less would not cover the rounding of the gradient norm")
+    return float(slack)
+
+
+def _reference(model: nn.Module, x: torch.Tensor, precision: str) -> tuple[torch.Tensor, ...]:
+    """(ŝ, E_ref, ĝ, G, φ(x), uncertain) for a resolved precision.
+
+    ŝ, E_ref: (N,) float64 score and bound on its error; ĝ, G: (N, *feature_shape) gradient and the
+    gradient whose dual norm is used (|ĝ| + E_g for "bounded", else ĝ); uncertain: (N,) bool where
+    the bounded pass's ReLU pattern may differ from the exact one, else None.
+    """
+    if precision == "bounded":
+        bp = bounded_pass(model, x)
+        # |∇h_P| ≤ |ĝ| + E_g componentwise, so its dual norm bounds ‖∇h_P‖ (norms are monotone)
+        grad_bound = bp.grad.double().abs().add_(bp.grad_error.double())
+        return bp.score, bp.score_error, bp.grad, grad_bound, bp.features, bp.uncertain
+    ref = _float64_copy(model) if precision == "float64" else model
+    xr = x.double() if precision == "float64" else x
+    score, grad = score_and_feature_gradient(ref, xr)
+    features = model.features(xr).detach()
+    score = score.double()
+    return score, reference_error(model, features, grad, score, precision), grad, grad, features, None
 
 
 @register_certifier("feature-convex")
@@ -82,50 +219,49 @@ def certify_feature_convex(model: nn.Module, x: torch.Tensor, norms: tuple[float
                            guard: bool = True, validate: bool = True) -> Certificate:
     """Certificates of a :class:`~asymcert.models.FeatureConvexClassifier` for a batch.
 
+    Every precision × guard combination is sound: with ``guard=False`` no radius exceeds the exact
+    certificate s/(Lip·‖∇g‖) of the real-valued function (up to the rigorous or measured bounds
+    below), with ``guard=True`` the deployed model's own float decision does not flip inside it.
+    Each subtracts an ABSOLUTE bound on its score's rounding (see the module docstring):
+
     Args:
         model: the classifier; its convexity is checked first unless ``validate=False``.
         x: (N, *input_shape) inputs in raw units.
         norms: ℓp norms (p ≥ 1) to certify.
-        precision: how float rounding is kept from enlarging a radius:
-            ``"bounded"``: one float32 pass (a compiled kernel) with rigorous bounds on its rounding
-            error (:mod:`asymcert.certify.bounded_convex`; convex conv nets on CPU);
-            ``"float64"``: score and gradient recomputed in float64;
-            ``"auto"`` (default): ``"bounded"`` where it applies, else ``"float64"``;
-            ``"model"``: the model's own dtype, guarded only by the relative ``slack``.
-        slack: relative amount taken off every radius (default 1e-9 for "bounded" and "float64",
-            5e-6 for "model").
-        guard: reserve :func:`float_guard` of the score for the rounding of the model's own
-            (float32) evaluation, so that its decision, not only the exact function's, is certified.
-            ``guard=False`` certifies the exact real-valued function s.
+        precision: where the score and gradient come from:
+            ``"bounded"``: one float64 pass (a compiled kernel) with rigorous bounds on its rounding
+            error (:mod:`asymcert.certify.bounded_convex`; convex conv nets on CPU). Rigorous.
+            ``"float64"``: score and gradient recomputed in float64 with autograd, minus
+            :func:`rounding_bound` at float64's eps (measured constant, ~1e-15 relative).
+            ``"auto"`` (default): ``"bounded"`` where it applies, else ``"float64"``.
+            ``"model"``: the model's own dtype and device (fast on GPUs), minus :func:`float_guard`
+            for its score (measured constant, ~1e-6 relative in float32, larger with TF32) and a
+            relative slack of 5e-6 × (its eps / float32's eps) for its gradient norm.
+        slack: relative amount taken off every radius; default (and minimum) 1e-9, or the gradient
+            allowance of "model" (:func:`required_slack`); a smaller value is refused.
+        guard: also reserve :func:`float_guard` for the rounding of the deployed model's own
+            evaluation at the attacked point, so that its decision, not only the exact function's, is
+            certified. ``guard=False`` certifies the exact real-valued function s.
     Returns:
-        Certificate with ``predicted`` 1 where the model's own s(x) > 0, radii in raw input units
-        (0 where not flagged, or where the reference score disagrees), ``extra["score"]`` s(x).
-        The decision is read from the reference score (the model's own with "model") where it is
-        farther from 0 than the model's rounding (:func:`float_guard`), and from the model's own
-        forward pass for the rest; ``extra["score"]`` is the reference score there.
+        Certificate with ``predicted`` 1 where the model's own s(x) > 0, radii (N,) float64 in raw
+        input units (0 where not flagged, or where the margin is not positive), ``extra["score"]``.
+        The decision is read from the reference score where it is farther from 0 than its error plus
+        the model's rounding, and from the model's own forward pass for the rest; ``extra["score"]``
+        (N,) float32 is the reference score there (the model's own elsewhere).
+
+    Raises:
+        UnsoundOptionError: an unknown precision, "bounded" where it does not apply, or a slack
+            below the precision's allowance.
     """
     if validate:
         model.validate()
     precision = _resolve_precision(model, x, precision)
-    err, uncertain = None, None
-    if precision == "bounded":
-        bp = bounded_pass(model, x)
-        score, err, features, uncertain = bp.score, bp.score_error, bp.features, bp.uncertain
-        # |∇h_P| ≤ |ĝ| + E_g componentwise, so its dual norm bounds ‖∇h_P‖ (norms are monotone)
-        grad, grad_bound = bp.grad, bp.grad.double().abs().add_(bp.grad_error.double())
-    else:
-        ref = _float64_copy(model) if precision == "float64" else model
-        xr = x.double() if precision == "float64" else x
-        score, grad = score_and_feature_gradient(ref, xr)
-        features, grad_bound = model.features(xr).detach(), grad
-    score = score.double()
-    err = torch.zeros_like(score) if err is None else err
+    slack = checked_slack(model, precision, slack)
+    score, err, grad, grad_bound, features, uncertain = _reference(model, x, precision)
     band = float_guard(model, features, grad, score)
     flagged, own_score = _decide(model, x, score - err, score + err, band, uncertain)
     margin = score - err - (band if guard else 0.0)
     margin = torch.where(flagged, margin, torch.zeros_like(margin))
-    if slack is None:
-        slack = DEFAULT_SLACK if precision == "model" else 1e-9
     radii = {p: safe_radius(margin, model.lipschitz(p) * dual_norm(grad_bound, p), slack) for p in norms}
     return Certificate(predicted=flagged.long(), radii=radii, method="feature-convex",
                        deterministic=True, binary=True, extra={"score": own_score})

@@ -1,7 +1,10 @@
 """The functional core of every certificate: dual norms, Lipschitz constants and safe radii.
 
 All functions are pure and batched. Radii come out in float64 and are rounded *down*: a radius
-is never larger than the exact real-number value computed from the same inputs.
+is never larger than the exact real-number quotient of the margin and denominator it is given.
+Soundness against the model's rounding is the caller's part: the margin handed to
+:func:`safe_radius` must already be a lower bound on the exact margin (an absolute error bound
+subtracted), and the denominator an upper bound up to ``slack`` (see :data:`DEFAULT_SLACK`).
 """
 
 from __future__ import annotations
@@ -10,10 +13,14 @@ import math
 
 import torch
 
-# Relative slack that absorbs float32 error in the score and gradient a certificate is built from.
-# A float32 forward/backward pass through a small network carries a relative error of a few
-# float32 ulps (eps32 ≈ 6e-8) per layer; 5e-6 covers that for the depths used here while keeping
-# radii within 1e-5 of the exact float64 value. The audit (`asymcert audit`) recomputes every
+# Relative slack for the rounding of a float32 GRADIENT NORM (and of the Lipschitz bound a radius
+# is divided by): a relative error there changes a radius by the same relative amount wherever
+# the input is. It must never stand in for the rounding of the SCORE: near the decision boundary
+# |s| is as small as its own rounding error, whose relative size is unbounded, so certifiers
+# subtract an absolute bound on the score's error from the margin (e.g.
+# `feature_convex.float_guard`, the bounded pass's E_s) and use this slack only for the
+# denominator. The measured relative error of a float32 dual norm of ∇g is ≤ 2.7·eps32 on the
+# test models (eps32 ≈ 1.2e-7); 5e-6 ≈ 42·eps32. The audit (`asymcert audit`) recomputes every
 # certificate in float64 and reports any float32 radius above its float64 value.
 DEFAULT_SLACK = 5e-6
 
@@ -63,7 +70,8 @@ def safe_radius(margin: torch.Tensor, denominator: torch.Tensor, slack: float = 
     Args:
         margin: (N,) how far the decision value is from its threshold (e.g. s(x) > 0).
         denominator: (N,) the Lipschitz bound on how fast it can move per unit of input norm.
-        slack: relative amount taken off to absorb the float error in ``margin`` and ``denominator``.
+        slack: relative amount taken off to absorb the relative float error in ``denominator`` (and
+            the division); the margin's error must already be subtracted (absolute, not relative).
     Returns:
         (N,) float64 radii ≥ 0 in the same units as ``margin / denominator``; ``inf`` where the
         denominator is 0 and the margin positive (a constant decision).

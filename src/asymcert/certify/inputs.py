@@ -6,26 +6,43 @@ import torch
 
 from asymcert.errors import InputError
 
+CHECK_CHUNK = 4096
+"""Rows whose finiteness is checked at once: the check allocates O(CHECK_CHUNK × input size) bools, whatever N."""
+
 
 def check_inputs(x: torch.Tensor, input_shape: tuple[int, ...] | None,
                  value_range: tuple[float, float] | None = None) -> torch.Tensor:
-    """Check a batch ``x`` of shape (N, *input_shape): a floating tensor, finite, optionally in range.
+    """Check a batch ``x`` of shape (N, *input_shape): a floating tensor with values, finite, optionally in range.
 
-    Returns ``x`` unchanged. Raises :class:`InputError` naming the problem otherwise.
+    N = 0 is allowed (an empty batch). Returns ``x`` unchanged.
+
+    Raises:
+        InputError: not a tensor, a tensor on the meta device (no values), not floating point, the
+            wrong shape, NaN/Inf entries (naming the first bad rows), or values outside ``value_range``.
     """
     if not isinstance(x, torch.Tensor):
         raise InputError(f"inputs must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_meta:
+        raise InputError("inputs are on the meta device, they hold no values; create them on cpu or cuda")
     if not x.is_floating_point():
         raise InputError(f"inputs must be floating point in raw units, got dtype {x.dtype} "
                          "(convert images with x.float() / 255)")
+    if x.dim() == 0:
+        raise InputError("inputs must have shape (N, ...), one row per input; got a scalar")
     if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
         expected = "(N, " + ", ".join(str(d) for d in input_shape) + ")"
         raise InputError(f"inputs have shape {tuple(x.shape)}, expected {expected}")
-    if x.shape[0] == 0:
+    if x.shape[0] == 0 or x[0].numel() == 0:
         return x
-    finite = torch.isfinite(x).reshape(x.shape[0], -1).all(dim=1)
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten()[:5].tolist()
+    bad: list[int] = []
+    for start in range(0, x.shape[0], CHECK_CHUNK):
+        chunk = x[start:start + CHECK_CHUNK]
+        finite = torch.isfinite(chunk).reshape(chunk.shape[0], -1).all(dim=1)
+        if not bool(finite.all()):
+            bad += (torch.nonzero(~finite).flatten() + start)[:5 - len(bad)].tolist()
+            if len(bad) >= 5:
+                break
+    if bad:
         raise InputError(f"inputs contain NaN or Inf (first bad rows: {bad})")
     if value_range is not None:
         lo, hi = value_range

@@ -12,17 +12,25 @@ r, so a batched bisection finds the largest verified r; only verified values are
 Other norms: ‖δ‖∞ ≤ ‖δ‖_p for every p ≥ 1, so the ℓ∞ radius is also a valid ℓp radius; it is
 reported for every norm asked for (a lower bound, not the best ℓp certificate).
 
-Float safety (``precision="float64"``, default): the margins and bounds are recomputed in float64
-from a float64 copy of the model, radii are rounded down (:func:`safe_radius`, relative slack
-1e-9), and — so that the certificate covers the model's OWN decisions, computed in its dtype —
-the margin is reduced by a rigorous bound 2E on the difference between the model's logits and
-the exact ones anywhere in the ball. For the distance layers E follows from the IEEE model
-(each subtraction rounds with relative error ≤ u, max/abs/negation are exact):
-E ≤ Σ_ops 1.01·u·(max magnitude of the op's result + r), a few 1e-5 normalised units for float32
-nets (negligible next to ε). For the +MLP head, the standard dot-product bound γ_n = n·u/(1 − n·u)
-is used per Linear (valid for any summation order, FMA or not), with tanh accurate to 8 ulp.
-Float64 models get the same treatment with u = 2⁻⁵³. ``precision="model"`` skips the float64
-copy (faster, guarded only by the relative ``slack`` 5e-6 and the same error allowance).
+Float safety. A certificate covers the model's OWN decisions, computed in its dtype, so every
+margin is lowered by ABSOLUTE rounding bounds (a relative slack cannot help near the decision
+boundary, where the margin is within rounding of 0). With m̂ the margin computed by the reference
+trace (``precision="float64"``, default: a float64 copy; ``"model"``: the model itself, in its
+dtype), E_ref its own error at x and E_model(r) a rigorous bound on the difference between the
+model's logits and the exact ones anywhere in the ball, the plain net certifies
+
+    r = (m̂ − u_ref·|m̂| − 2·E_ref − 2·E_model(m̂/2)) / 2     (normalised units).
+
+For the distance layers E follows from the IEEE model (each subtraction rounds with relative
+error ≤ u, max/abs/negation are exact): E ≤ Σ_ops 1.01·u·(max magnitude of the op's result + r),
+a few 1e-5 normalised units for float32 nets (negligible next to ε). For the +MLP head, interval
+bound propagation runs in float64 for either precision, on the box widened by E_ref, lowered by
+the standard dot-product bound γ_n = n·u/(1 − n·u) per Linear (valid for any summation order,
+FMA or not; tanh accurate to 8 ulp) at u = u_model + 4·2⁻⁵³ (the float64 IBP's own rounding).
+Float64 models get the same treatment with u = 2⁻⁵³. Radii are then rounded down
+(:func:`safe_radius`, relative slack 1e-9 in float64, 5e-6 for ``"model"``). ``float_check=False``
+(the exact function's radius, unsound for the model's float decisions near the boundary) is
+refused with :class:`~asymcert.certify.modes.UnsoundOptionError`.
 """
 
 from __future__ import annotations
@@ -35,15 +43,13 @@ from torch import nn
 
 from asymcert.certify.api import register_certifier
 from asymcert.certify.functional import DEFAULT_SLACK, safe_radius
-from asymcert.certify.modes import eval_mode
+from asymcert.certify.modes import UnsoundOptionError, check_precision, check_slack, eval_mode, unit_roundoff
 from asymcert.certify.result import Certificate
 
 INF = math.inf
 
 
-def unit_roundoff(dtype: torch.dtype) -> float:
-    """u of a floating dtype: 2⁻²⁴ for float32, 2⁻⁵³ for float64 (bfloat16/half: their eps/2)."""
-    return torch.finfo(dtype).eps / 2
+U64 = unit_roundoff(torch.float64)
 
 
 def top2_margin(logits: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
@@ -131,21 +137,30 @@ def _head_ibp_lower(model: nn.Module, lo: torch.Tensor, hi: torch.Tensor, cls: t
 
 
 def head_verified(model: nn.Module, y_last: torch.Tensor, r: torch.Tensor, cls: torch.Tensor,
-                  ops: list | None, u: float) -> torch.Tensor:
+                  ops: list | None, u: float, u_ref: float | None = None) -> torch.Tensor:
     """Whether IBP through the head verifies class c on the normalised ℓ∞ ball of radius r.
 
+    The IBP runs in float64 whatever the model's dtype; with ``ops`` its result is lowered by the
+    model's own rounding (unit roundoff ``u``) and by the float64 IBP's rounding (4·2⁻⁵³ per term).
+
     Args:
-        y_last: (N, w) last hidden distance output (≥ 0) before its MeanShift.
-        r: (N,) normalised radii. cls: (N,) classes. ops: the float-error trace (None: none).
+        y_last: (N, w) last hidden distance output (≥ 0) before its MeanShift, as computed by the
+            reference trace. r: (N,) normalised radii. cls: (N,) classes. ops: the float-error
+            trace (None: no allowance). u: the model's unit roundoff.
+        u_ref: unit roundoff of the trace that computed ``y_last``: the box is widened by that
+            trace's own error at x (None: not widened).
     Returns:
         (N,) bool.
     """
-    m = model.shifts[-1].running_mean.to(y_last.dtype)
-    r2 = r[:, None].to(y_last.dtype)
-    lo = (y_last - r2).clamp_min(0.0) - m
-    hi = y_last + r2 - m
-    err = distance_error_bound(ops, r, u) if ops is not None else None
-    return (_head_ibp_lower(model, lo, hi, cls, err, u) > 0).all(dim=1)
+    y = y_last.double()
+    m = model.shifts[-1].running_mean.double()
+    r2 = r.double()[:, None]
+    if ops is not None and u_ref is not None:  # the trace's own error at x, and the float64 box arithmetic
+        r2 = r2 + distance_error_bound(ops, 0.0, u_ref)[:, None] + 4 * U64 * (y.abs() + r2 + m.abs())
+    lo = (y - r2).clamp_min(0.0) - m
+    hi = y + r2 - m
+    err = distance_error_bound(ops, r.double(), u) if ops is not None else None
+    return (_head_ibp_lower(model, lo, hi, cls, err, u + 4 * U64) > 0).all(dim=1)
 
 
 def bisect_radius(verified, n: int, dtype: torch.dtype, device: torch.device, start: float = 1.0 / 64,
@@ -198,11 +213,17 @@ def normalized_radii(model: nn.Module, x: torch.Tensor, cls: torch.Tensor, preci
                      float_check: bool = True, steps: int = 40) -> torch.Tensor:
     """Certified ℓ∞ radius of class ``cls`` per input, in NORMALISED units (multiply by σ for raw).
 
+    With ``float_check`` the certificate covers the model's own decisions: for plain nets the
+    reference margin m̂ (computed in float64 or the model's dtype) is lowered by 2·E_ref (its own
+    error at x, plus one rounding of the subtraction) and 2·E_model(r) (the model's error anywhere
+    in the ball); the +MLP head is verified in float64 with both allowances (:func:`head_verified`).
+
     Args:
         model: a :class:`~asymcert.models.linf_dist_net.LinfDistNet` at p = ∞.
         x: (N, *input_shape) raw inputs. cls: (N,) the decision to certify.
         precision: "float64" (recompute in a float64 copy) or "model".
-        float_check: subtract the bound on the model's own rounding error (see module doc).
+        float_check: subtract the bounds on the rounding errors (False: the exact function's
+            radius, NOT valid for the model's float decisions near the boundary; tests only).
         steps: bisection steps (+MLP only).
     Returns:
         (N,) float64 radii ≥ 0 (0 where c is not verified even at radius 0), not yet rounded down.
@@ -212,17 +233,18 @@ def normalized_radii(model: nn.Module, x: torch.Tensor, cls: torch.Tensor, preci
         xr = x.to(model_dtype(ref))
         logits, _, y_last, ops = _trace(ref, xr)
         u = unit_roundoff(model_dtype(model))
+        u_ref = unit_roundoff(model_dtype(ref))
         if ref.out is not None:
             margin = top2_margin(logits, cls).double()
             if float_check:
-                # E(x') ≤ E computed with radius r = margin/2 (the largest radius that can matter)
-                margin = margin - 2 * distance_error_bound(ops, margin.clamp_min(0) / 2, u)
+                # E_model(x') ≤ E at radius r = margin/2 (the largest radius that can matter)
+                margin = margin - u_ref * margin.abs() - 2 * distance_error_bound(ops, 0.0, u_ref) \
+                    - 2 * distance_error_bound(ops, margin.clamp_min(0) / 2, u)
             return (margin / 2).clamp_min(0.0)
         check = ops if float_check else None
-        # inflate the box slightly so the float64 IBP's own rounding cannot matter
-        return bisect_radius(lambda r: head_verified(ref, y_last, r * (1 + 1e-9) + 1e-12, cls, check, u),
-                             x.shape[0], torch.float64 if precision == "float64" else xr.dtype, xr.device,
-                             steps=steps).double()
+        # inflate the box slightly so the float64 bisection's own rounding of r cannot matter
+        return bisect_radius(lambda r: head_verified(ref, y_last, r * (1 + 1e-9), cls, check, u, u_ref),
+                             x.shape[0], torch.float64, xr.device, steps=steps)
 
 
 @register_certifier("linf-dist")
@@ -236,9 +258,10 @@ def certify_linf_dist(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...
         x: (N, *input_shape) raw inputs.
         norms: ℓp norms (p ≥ 1); each gets the ℓ∞ radius (valid since ‖·‖∞ ≤ ‖·‖_p).
         precision: "float64" (default) or "model" (see the module docstring).
-        slack: relative amount taken off every radius (default 1e-9 in float64, 5e-6 otherwise).
-        float_check: reduce margins by the bound on the model's own rounding error, so the
-            certificate holds for the decisions the model computes in its dtype.
+        slack: relative amount taken off every radius, in [0, 1) (default 1e-9 in float64, 5e-6 otherwise).
+        float_check: must be True (the default): margins are reduced by the rounding bounds so the
+            certificate holds for the decisions the model computes in its dtype. False raises
+            :class:`~asymcert.certify.modes.UnsoundOptionError`.
         steps: bisection steps of the +MLP certificate (relative precision ≈ 2^-steps of the bracket).
     Returns:
         Multiclass models: ``predicted`` the class ids (argmax of the model's own logits), radii in
@@ -249,8 +272,12 @@ def certify_linf_dist(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...
     """
     if validate:
         model.validate()
-    if precision not in ("float64", "model"):
-        raise ValueError(f"precision must be 'float64' or 'model', got {precision!r}")
+    check_precision(precision)
+    check_slack(slack)
+    if not float_check:
+        raise UnsoundOptionError("float_check=False certifies the exact function, not the model's own float "
+                                 "decisions, and is unsound near the decision boundary; use float_check=True "
+                                 "(the default)")
     with eval_mode(model), torch.no_grad():
         logits = model.logits(x)
     if model.binary:

@@ -25,8 +25,13 @@ accuracy at r for this method is the share of inputs whose prediction is correct
 
 All K certificates come from one forward and one backward pass for the whole batch (the summed
 scores' gradient w.r.t. the stacked per-member features holds every member's own gradient), with
-the float safety of :mod:`asymcert.certify.feature_convex`: float64 recomputation, the float32
-evaluation guard, radii rounded down (:func:`~asymcert.certify.functional.safe_radius`).
+the float safety of :mod:`asymcert.certify.feature_convex`, member by member: the margin is the
+reference score minus an ABSOLUTE bound on its rounding (:func:`~asymcert.certify.feature_convex.
+reference_error`: float64's for ``precision="float64"``, the model's own arithmetic's for
+``"model"``), minus the deployed model's rounding (:func:`~asymcert.certify.feature_convex.float_guard`)
+with ``guard=True``; radii rounded down (:func:`~asymcert.certify.functional.safe_radius`). Column k
+equals member k's own :func:`~asymcert.certify.feature_convex.certify_feature_convex` certificate at
+the same precision.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ import torch
 from torch import nn
 
 from asymcert.certify.api import register_certifier
-from asymcert.certify.feature_convex import _float64_copy, float_guard, score_and_feature_gradient
-from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
+from asymcert.certify.feature_convex import (_float64_copy, checked_slack, float_guard, reference_error,
+                                             score_and_feature_gradient)
+from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.modes import check_precision, eval_mode
 from asymcert.certify.result import Certificate, norm_label
 
@@ -56,9 +62,10 @@ def certify_one_vs_rest(model: nn.Module, x: torch.Tensor, norms: tuple[float, .
             checked first unless ``validate=False``.
         x: (N, *input_shape) inputs in raw units.
         norms: ℓp norms (p ≥ 1).
-        precision, slack, guard: as for :func:`~asymcert.certify.feature_convex.certify_feature_convex`
-            (float64 recomputation by default; ``guard`` covers the rounding of the model's own float32
-            scores).
+        precision: ``"float64"`` (default: recomputed in float64) or ``"model"`` (the model's own
+            dtype and device); both sound, as for
+            :func:`~asymcert.certify.feature_convex.certify_feature_convex`.
+        slack, guard: as there (``guard`` covers the rounding of the model's own float32 scores).
     Returns:
         Certificate with ``binary=False``; ``predicted`` (N,) = argmax_k s_k(x); ``radii[p]`` (N,)
         float64, raw input units: the radius within which the predicted class stays flagged (0 where
@@ -70,24 +77,19 @@ def certify_one_vs_rest(model: nn.Module, x: torch.Tensor, norms: tuple[float, .
     if validate:
         model.validate()
     check_precision(precision)
+    slack = checked_slack(model, precision, slack)
     with eval_mode(model), torch.no_grad():
         score = model(x)  # (N, K), the model's own decision values
-    if precision == "float64":
-        xs = x.double()
-        ref_score, grad = score_and_feature_gradient(_float64_copy(model), xs)
-        slack = 1e-9 if slack is None else slack
-    else:
-        xs = x
-        ref_score, grad = score_and_feature_gradient(model, x)
-        slack = DEFAULT_SLACK if slack is None else slack
+    xs = x.double() if precision == "float64" else x
+    ref_score, grad = score_and_feature_gradient(_float64_copy(model) if precision == "float64" else model, xs)
     flags = score > 0
     per_class: dict[float, list[torch.Tensor]] = {p: [] for p in norms}
     with eval_mode(model), torch.no_grad():
         for k, member in enumerate(model.members):
-            margin = ref_score[:, k].double()
-            if guard:
-                feats = member.features(xs).detach()
-                margin = margin - float_guard(member, feats, grad[:, k], ref_score[:, k])
+            s_k, feats = ref_score[:, k].double(), member.features(xs).detach()
+            err = reference_error(member, feats, grad[:, k], s_k, precision)
+            band = float_guard(member, feats, grad[:, k], s_k)
+            margin = s_k - err - (band if guard else 0.0)
             margin = torch.where(flags[:, k], margin, torch.zeros_like(margin))
             for p in norms:
                 per_class[p].append(safe_radius(margin, member.lipschitz(p) * dual_norm(grad[:, k], p), slack))

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from asymcert.errors import InputError
+
 
 @dataclass
 class Certificate:
@@ -65,7 +67,9 @@ class Certificate:
 
     @staticmethod
     def cat(parts: list["Certificate"]) -> "Certificate":
-        """Concatenate certificates of consecutive batches (same method and norms)."""
+        """Concatenate certificates of consecutive batches (same method and norms; at least one part)."""
+        if not parts:
+            raise InputError("Certificate.cat needs at least one certificate (the empty result has no norms)")
         first = parts[0]
         abst = None if first.abstained is None else torch.cat([p.abstained for p in parts])
         return Certificate(
@@ -78,13 +82,21 @@ class Certificate:
 
 
 def normalize_norm(p: float | int | str) -> float:
-    """ℓp norm key as a float: 1 → 1.0, "inf"/"linf"/math.inf → math.inf. Requires p ≥ 1."""
-    if isinstance(p, str):
-        s = p.strip().lower().removeprefix("l")
-        p = math.inf if s in ("inf", "infinity", "∞") else float(s)
-    p = float(p)
+    """ℓp norm key as a float: 1 → 1.0, "inf"/"linf"/math.inf → math.inf. Requires p ≥ 1.
+
+    Raises:
+        InputError (a ValueError): not a number or a norm name, NaN, or p < 1.
+    """
+    given = p
+    try:
+        if isinstance(p, str):
+            s = p.strip().lower().removeprefix("l")
+            p = math.inf if s in ("inf", "infinity", "∞") else float(s)
+        p = float(p)
+    except (TypeError, ValueError):
+        raise InputError(f"{given!r} is not an ℓp norm; use a number p ≥ 1 or 'inf'") from None
     if math.isnan(p) or p < 1:
-        raise ValueError(f"ℓp norms need p ≥ 1, got {p}")
+        raise InputError(f"ℓp norms need p ≥ 1, got {p}")
     return p
 
 

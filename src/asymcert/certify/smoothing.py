@@ -24,19 +24,24 @@ is > 0): ``predicted`` is the selected class; only inputs predicted sensitive an
 get radii; ``abstained`` marks p_lower ≤ ½ whatever the class. Base models returning (N, K)
 logits are smoothed over their argmax (``binary=False``; radii for the predicted class).
 
-Deterministic splitting noise (Levine & Feizi, ICML 2021, "Improved, deterministic smoothing for
-L1 certified robustness"). With one random offset s ~ U[0, 2λ) shared by every coordinate, each
-coordinate is replaced by the centre of its cell of the grid s + 2λℤ:
-    q(x, s)_i = s + 2λ(⌊(x_i − s)/2λ⌋ + ½),
-and p(x) = P_s(base(q(x, s)) = c). Each q(x, s)_i − x_i is marginally U[−λ, λ). Changing x_i by
-δ_i changes its cell with probability ≤ |δ_i|/2λ over s, so by a union bound (no independence
-needed) P_s(q(x, s) ≠ q(x', s)) ≤ ‖x − x'‖₁/2λ, and p is 1/(2λ)-Lipschitz in ℓ1. As s sweeps
-[0, 2λ), q(x, s) changes only where s crosses a value x_i mod 2λ: p(x) is a finite average over
-the cells between those breakpoints, weighted by their lengths, which this module evaluates
-exactly (one base-model call per distinct value of x_i mod 2λ, ≤ 257 for 8-bit images with
-2λ > 1). No sampling, no α: ``deterministic=True``. Assumption made explicit: the base model is
-evaluated in floating point at the cell midpoints; p is lowered by 1e-9 to absorb the rounding
-of breakpoints closer than float64 resolution.
+Deterministic splitting noise (after Levine & Feizi, ICML 2021, "Improved, deterministic smoothing
+for L1 certified robustness"). One random offset s ~ U[0, 2λ) shared by every coordinate splits
+the line into the cells s + [2λk, 2λ(k + 1)); the base model sees a representation of the cell
+that holds each coordinate which depends on the cell index k_i = ⌊(x_i − s)/2λ⌋ ONLY:
+    q(x, s)_i = 2λ(k_i + 1),
+i.e. x_i rounded to the grid 2λℤ, up with probability (x_i mod 2λ)/2λ (unbiased; the coordinates
+share the threshold s). Changing x_i by δ_i changes its cell index with probability ≤ |δ_i|/2λ
+over s, so by a union bound (no independence needed) P_s(q(x, s) ≠ q(x', s)) ≤ ‖x − x'‖₁/2λ,
+and p(x) = P_s(base(q(x, s)) = c) is 1/(2λ)-Lipschitz in ℓ1. Because q depends on s only through
+the indices, q(x, ·) is constant between the breakpoints x_i mod 2λ: p(x) is a finite average over
+those cells weighted by their lengths, which this module evaluates exactly (one base-model call
+per distinct value of x_i mod 2λ, ≤ 257 for 8-bit images with 2λ > 1). (The cell CENTRE
+s + 2λ(k_i + ½), as in the paper's randomized version, moves with s inside a cell, so the base
+decision can change anywhere along s and one call per cell does not give p: a previous version
+did that and over-reported p, hence radii, for some inputs.) No sampling, no α:
+``deterministic=True``. Assumption made explicit: the base model is evaluated in floating point
+at the cell midpoints; p is lowered by 1e-9 to absorb the rounding of breakpoints closer than
+float64 resolution.
 
 Noise is drawn in batches (``batch`` noisy inputs per forward pass, across inputs and samples)
 from a seeded ``torch.Generator``: the same seed gives the same certificate.
@@ -141,14 +146,18 @@ def sample_noise(noise: str, shape: tuple[int, ...], sigma: float, generator: to
 
 
 def split_quantize(x: torch.Tensor, offset: torch.Tensor, lam: float) -> torch.Tensor:
-    """q(x, s): every coordinate replaced by the centre of its cell of the grid s + 2λℤ.
+    """q(x, s) = 2λ(⌊(x − s)/2λ⌋ + 1): each coordinate's cell of the split s + 2λℤ, as a point of 2λℤ.
+
+    A function of the cell indices only (constant in s between breakpoints; see the module doc).
 
     Args:
         x: (B, *shape) inputs; offset: (B,) offsets s in [0, 2λ); lam: λ.
+    Returns:
+        (B, *shape) in x's dtype: x rounded down or up to the grid 2λℤ.
     """
     s = offset.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
     width = 2.0 * lam
-    return s + width * (torch.floor((x - s) / width) + 0.5)
+    return width * (torch.floor((x - s) / width) + 1.0)
 
 
 def _decisions(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:

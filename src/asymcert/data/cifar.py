@@ -30,6 +30,9 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 BATCH_FOLDER = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
+MAX_BATCH_BYTES = 10000 * 3072 + 2**20
+"""Largest batch file accepted (bytes): 10,000 images of 3072 bytes plus 1 MiB for labels, names and
+pickle framing (the official batches are 31,035,704 bytes at most). Checked before anything is read."""
 
 CifarArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 """(x_train (50000, 3, 32, 32) uint8, y_train (50000,) int64, x_test (10000, 3, 32, 32) uint8, y_test)."""
@@ -124,8 +127,16 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def _check_size(size: int, source: str) -> None:
+    """Refuse a batch larger than :data:`MAX_BATCH_BYTES` before reading it (memory stays bounded)."""
+    if size > MAX_BATCH_BYTES:
+        raise DataError(f"{source}: {size} bytes, more than a CIFAR-10 batch can hold ({MAX_BATCH_BYTES}); "
+                        f"is it a CIFAR-10 python batch?")
+
+
 def _read_folder(folder: Path) -> CifarArrays:
     def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        _check_size((folder / name).stat().st_size, str(folder / name))
         with (folder / name).open("rb") as f:
             return read_cifar_batch(f, str(folder / name))
 
@@ -142,7 +153,9 @@ def _read_archive(path: Path) -> CifarArrays:
             for member in tar:
                 name = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and name in wanted and name not in found:
-                    found[name] = read_cifar_batch(io.BytesIO(tar.extractfile(member).read()), f"{path}:{member.name}")
+                    _check_size(member.size, f"{path}:{member.name}")  # from the header, before reading
+                    blob = tar.extractfile(member).read(MAX_BATCH_BYTES + 1)
+                    found[name] = read_cifar_batch(io.BytesIO(blob), f"{path}:{member.name}")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         if isinstance(exc, DataError):
             raise

@@ -114,6 +114,46 @@ def check_finite(x: np.ndarray, source: str, row_names: Sequence[str] | None = N
         raise DataError(f"{source}: NaN or infinite values in {', '.join(names)}{more}; fix or remove these rows")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_range(x: np.ndarray, source: str, row_names: Sequence[str] | None = None,
+                        column_names: Sequence[str] | None = None) -> None:
+    """Reject values that overflow float32 (|x| > 3.4028235e38), the dtype models train in.
+
+    Args:
+        x: (N, ...) finite inputs. row_names: per-row names. column_names: names of the d features of (N, d) inputs.
+    Raises:
+        DataError: names the first too-large entry (row and column or index) and how many there are.
+    """
+    if x.dtype.kind != "f" or x.dtype.itemsize <= 4:
+        return
+    big = np.abs(x) > FLOAT32_MAX
+    if not big.any():
+        return
+    first = tuple(int(i) for i in np.argwhere(big)[0])
+    row = row_names[first[0]] if row_names else f"example {first[0]}"
+    if x.ndim == 2:
+        where = f"column {column_names[first[1]]!r}" if column_names else f"feature {first[1]}"
+    else:
+        where = f"index {first[1:]}"
+    count = int(big.sum())
+    raise DataError(f"{source}: {row}, {where}: {float(x[first]):g} is beyond the float32 range (|x| ≤ "
+                    f"{FLOAT32_MAX:.4g}) that models train in" + (f" ({count} such values)" if count > 1 else "")
+                    + "; rescale the data")
+
+
+def _check_labels(y: np.ndarray, n: int, source: str) -> None:
+    """Labels: (n,) integers, strings or finite numbers."""
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"{source}: labels must have shape ({n},), found {y.shape}")
+    if y.dtype.kind not in "biufUS":
+        raise DataError(f"{source}: labels must be integers or text, found dtype {y.dtype}")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        bad = np.flatnonzero(~np.isfinite(y))
+        raise DataError(f"{source}: labels contain NaN or Inf (examples {bad[:5].tolist()})")
+
+
 def _as_images(x: np.ndarray, source: str) -> np.ndarray:
     """(N, H, W) → (N, 1, H, W); (N, H, W, C) with C in {1, 3, 4} and H > 4 → (N, C, H, W)."""
     if x.ndim == 3:
@@ -164,11 +204,15 @@ def task_from_arrays(x: np.ndarray, y: np.ndarray, sensitive_class: Hashable, ot
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim < 2:
         raise DataError(f"{source}: inputs must have shape (N, ...) with one row per example, found {x.shape}")
-    if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"{source}: labels must have shape ({len(x)},), found {y.shape}")
+    _check_labels(y, len(x), source)
     if x.dtype.kind not in "biuf":
         raise DataError(f"{source}: inputs must be numbers, found dtype {x.dtype}")
+    if len(x) == 0:
+        raise DataError(f"{source}: no examples (inputs of shape {x.shape})")
+    if 0 in x.shape[1:]:
+        raise DataError(f"{source}: inputs of shape {x.shape} have no features")
     check_finite(x, source, row_names)
+    check_float32_range(x, source, row_names, (meta or {}).get("feature_names"))
     keep, class_names = binary_labels(y, sensitive_class, other_class, source)
     labels = label_mask(y[keep], sensitive_class).astype(np.int64)
     inputs = x[keep] if x.ndim == 2 else _as_images(x[keep], source)
@@ -193,6 +237,41 @@ def _task(name: str, description: str, data: TaskData) -> Task:
                 train=dict(train), presets={"fast": {"train": {"epochs": 2}}}, report_radii=radii)
 
 
+def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The ``x`` and ``y`` arrays of an ``.npz`` file, read without unpickling anything.
+
+    Raises:
+        DataError: not an .npz archive (a .npy file, a pickle, a damaged zip), no ``x`` or ``y``, or
+            arrays of Python objects (``allow_pickle=False``: they are never loaded).
+    """
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single array (.npy), not an .npz archive; save with np.savez(path, x=inputs, "
+                        f"y=labels)")
+    with loaded as archive:
+        missing = [k for k in ("x", "y") if k not in archive.files]
+        if missing:
+            raise DataError(f"{path}: no array named {' or '.join(missing)} (arrays found: {archive.files}); "
+                            f"save with np.savez(path, x=inputs, y=labels)")
+        out = []
+        for key in ("x", "y"):
+            try:
+                out.append(archive[key])
+            except ValueError as exc:  # object arrays: refused unread
+                raise DataError(f"{path}: array {key!r} cannot be read without unpickling Python objects "
+                                f"({_one_line(exc)}); save numbers or text") from None
+            except (OSError, zipfile.BadZipFile, EOFError) as exc:
+                raise DataError(f"{path}: array {key!r} is damaged ({_one_line(exc)})") from None
+    return out[0], out[1]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
 def task_from_npz(path: str | Path, sensitive_class: Hashable, other_class: Hashable | None = None,
                   name: str | None = None, *, seed: int = 42) -> Task:
     """A task from an ``.npz`` file with ``x`` (N, ...) inputs in raw units and ``y`` (N,) labels.
@@ -204,17 +283,7 @@ def task_from_npz(path: str | Path, sensitive_class: Hashable, other_class: Hash
             :func:`task_from_arrays`).
     """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in ("x", "y") if k not in archive.files]
-            if missing:
-                raise DataError(f"{path}: no array named {' or '.join(missing)} (arrays found: {archive.files}); "
-                                f"save with np.savez(path, x=inputs, y=labels)")
-            x, y = archive["x"], archive["y"]
-    except DataError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
+    x, y = read_npz(path)
     return task_from_arrays(x, y, sensitive_class, other_class, name or path.stem, source=str(path), seed=seed)
 
 
@@ -245,6 +314,8 @@ def _parse_csv(reader: Any, path: Path, label_column: str) -> tuple[np.ndarray, 
         raise DataError(f"{path}: no column {label_column!r}; columns are: {', '.join(header)}")
     label_at = header.index(label_column)
     features = [h for i, h in enumerate(header) if i != label_at]
+    if not features:
+        raise DataError(f"{path}: the only column is the label column {label_column!r}; add numeric feature columns")
     rows, labels, names = [], [], []
     for number, row in enumerate(reader, start=1):
         if not any(cell.strip() for cell in row):

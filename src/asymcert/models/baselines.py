@@ -25,11 +25,14 @@ orthogonal nets: circular Cayley convolutions of kernel ``"kernel"`` each follow
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any
 
 import torch
 from torch import nn
 
+from asymcert.errors import ConfigError, ModelError
+from asymcert.models.checks import check_batch, config_input_range, config_int, config_int_list
 from asymcert.models.registry import register_default_config, register_model
 from asymcert.nn.feature_maps import Shift
 from asymcert.nn.orthogonal import CayleyConv2d, CayleyLinear, MaxMin, PixelUnshuffle, lipschitz_l2
@@ -40,8 +43,34 @@ NOISES = ("gaussian", "laplace", "uniform", "splitting")
 BOUND_CERTIFIERS = ("ibp", "crown-ibp", "crown")
 
 
-def _int_list(v: Any) -> list[int]:
-    return [int(a) for a in v]
+def _int_list(v: Any, name: str = "widths", kind: str = "baseline") -> list[int]:
+    """``v`` when it is a (possibly empty) list of integers ≥ 1; else :class:`ConfigError` naming ``name``."""
+    return config_int_list(v, name, kind, allow_empty=True)
+
+
+def _smoothing_config(value: Any) -> dict[str, Any]:
+    """The smoothing settings of a ``"relu-smoothing"`` config, checked (defaults for missing keys).
+
+    Raises:
+        ConfigError: not a JSON object, an unknown key, sigma not a finite number > 0, n0 or n not an
+            integer ≥ 1, alpha not in (0, 1), seed not an integer.
+    """
+    who = "relu-smoothing"
+    if value is not None and not isinstance(value, dict):
+        raise ConfigError(f"{who} model config: smoothing = {value!r} must be a JSON object")
+    unknown = sorted(set(value or {}) - set(SMOOTHING_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{who} model config: unknown smoothing setting(s) {unknown}; known: {sorted(SMOOTHING_DEFAULTS)}")
+    out = {**SMOOTHING_DEFAULTS, **(value or {})}
+    real = {k: isinstance(out[k], (int, float)) and not isinstance(out[k], bool) for k in ("sigma", "alpha")}
+    if not (real["sigma"] and math.isfinite(out["sigma"]) and out["sigma"] > 0):
+        raise ConfigError(f"{who} model config: smoothing sigma = {out['sigma']!r} must be a finite number > 0")
+    if not (real["alpha"] and 0 < out["alpha"] < 1):
+        raise ConfigError(f"{who} model config: smoothing alpha = {out['alpha']!r} must be in (0, 1)")
+    for key in ("n0", "n"):
+        config_int(out[key], f"smoothing {key}", who)
+    config_int(out["seed"], "smoothing seed", who, lowest=-(2 ** 63))
+    return out
 
 
 def relu_sequential(input_shape: tuple[int, ...], arch: str, widths: list[int] | None = None,
@@ -130,7 +159,9 @@ class _SequentialScoreModel(nn.Module):
         self.arch = dict(arch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, *input_shape) → (N,) scores; > 0 flags the sensitive class."""
+        """(N, *input_shape) floating raw inputs → (N,) scores; > 0 flags the sensitive class.
+        Other dtypes and shapes are refused (:class:`~asymcert.errors.InputError`)."""
+        check_batch(x, self.input_shape, f"this {self.kind or 'baseline'} model")
         return self.net(x).squeeze(-1)
 
     def fit_input(self, x: torch.Tensor) -> None:
@@ -142,20 +173,22 @@ class _SequentialScoreModel(nn.Module):
                 "input_range": None if self.input_range is None else list(self.input_range), **self.arch}
 
     def validate(self) -> None:
-        """Raise ``ValueError`` when a weight is NaN or Inf."""
+        """Raise :class:`~asymcert.errors.ModelError` when a weight is NaN or Inf."""
         bad = [n for n, t in self.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         if bad:
-            raise ValueError(f"model weights contain NaN or Inf: {bad}")
+            raise ModelError(f"model weights contain NaN or Inf: {bad}")
 
 
 def _arch_config(config: dict[str, Any], default_widths: list[int]) -> dict[str, Any]:
-    arch = str(config.get("arch", "mlp"))
+    arch = config.get("arch", "mlp")
+    if arch not in ("mlp", "cnn"):
+        raise ConfigError(f"{config.get('kind')} model config: unknown arch {arch!r}; use 'mlp' or 'cnn'")
     out: dict[str, Any] = {"arch": arch}
     if arch == "mlp":
-        out["widths"] = _int_list(config.get("widths", default_widths))
+        out["widths"] = _int_list(config.get("widths", default_widths), "widths", config.get("kind"))
     else:
-        out["channels"] = _int_list(config.get("channels", [16, 32]))
-        out["fc"] = _int_list(config.get("fc", [100]))
+        out["channels"] = _int_list(config.get("channels", [16, 32]), "channels", config.get("kind"))
+        out["fc"] = _int_list(config.get("fc", [100]), "fc", config.get("kind"))
     return out
 
 
@@ -166,8 +199,9 @@ class ReLUNet(_SequentialScoreModel):
     def _build(cls, config: dict[str, Any]) -> tuple[nn.Sequential, tuple[int, ...], Any, dict[str, Any]]:
         shape = tuple(int(d) for d in config["input_shape"])
         arch = _arch_config(config, [256, 256])
+        rng = config_input_range(config.get("input_range"), config.get("kind"))
         net = relu_sequential(shape, arch["arch"], arch.get("widths"), arch.get("channels"), arch.get("fc"))
-        return net, shape, config.get("input_range"), arch
+        return net, shape, rng, arch
 
 
 @register_model("relu-smoothing")
@@ -194,8 +228,9 @@ class SmoothingBaseNet(ReLUNet):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "SmoothingBaseNet":
         """Build from ``{"kind": "relu-smoothing", "input_shape", "arch", ..., "smoothing": {...}}``."""
+        smoothing = _smoothing_config(config.get("smoothing"))
         net, shape, rng, arch = cls._build(config)
-        return cls(net, shape, rng, arch, config.get("smoothing"))
+        return cls(net, shape, rng, arch, smoothing)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "smoothing": dict(self.smoothing)}
@@ -242,24 +277,33 @@ class OrthogonalNet(_SequentialScoreModel):
         shape = tuple(int(d) for d in config["input_shape"])
         arch = _arch_config(config, [256, 256, 256])
         if arch["arch"] == "cnn":
-            arch["channels"] = _int_list(config.get("channels", [8, 32]))
-            arch["fc"] = _int_list(config.get("fc", [256]))
-            arch["kernel"] = int(config.get("kernel", 3))
+            arch["channels"] = _int_list(config.get("channels", [8, 32]), "channels", "orthogonal")
+            arch["fc"] = _int_list(config.get("fc", [256]), "fc", "orthogonal")
+            arch["kernel"] = config_int(config.get("kernel", 3), "kernel", "orthogonal")
+        rng = config_input_range(config.get("input_range"), "orthogonal")
         net = orthogonal_sequential(shape, arch["arch"], arch.get("widths"), arch.get("channels"), arch.get("fc"),
                                     arch.get("kernel", 3))
-        return cls(net, shape, config.get("input_range"), arch)
+        return cls(net, shape, rng, arch)
 
     def lipschitz(self, p: float) -> float:
         """Lipschitz constant of the score w.r.t. ℓp on the input: L₂ for p ≤ 2, L₂·d^{1/2 − 1/p} above.
 
-        (‖δ‖₂ ≤ ‖δ‖_p for p ≤ 2 and ‖δ‖₂ ≤ d^{1/2−1/p}‖δ‖_p for p ≥ 2.)
+        (‖δ‖₂ ≤ ‖δ‖_p for p ≤ 2 and ‖δ‖₂ ≤ d^{1/2−1/p}‖δ‖_p for p ≥ 2.) Rounded up: the exponent is
+        rounded up exactly (d ≥ 1, so a larger exponent only enlarges the factor), the power and the
+        square root (each within one ulp) and the product are each moved up by an ulp.
         """
         l2 = lipschitz_l2(self.net)
         p = float(p)
         if p <= 2:
             return l2
         d = math.prod(self.input_shape)
-        factor = math.sqrt(d) if math.isinf(p) else d ** (0.5 - 1.0 / p)
+        if math.isinf(p):
+            factor = math.nextafter(math.sqrt(d), math.inf)
+        else:
+            exact = Fraction(1, 2) - 1 / Fraction(p)
+            exponent = float(exact)
+            exponent = exponent if Fraction(exponent) >= exact else math.nextafter(exponent, math.inf)
+            factor = math.nextafter(math.nextafter(d ** exponent, math.inf), math.inf)
         return math.nextafter(l2 * factor, math.inf)
 
 

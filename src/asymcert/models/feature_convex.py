@@ -8,10 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from asymcert.errors import ConvexityError
+from asymcert.errors import ConfigError, ConvexityError
+from asymcert.models.checks import check_batch, config_input_range
 from asymcert.models.registry import register_model
-from asymcert.nn.convex import build_convex_net, convexity_violations, project_
-from asymcert.nn.feature_maps import FeatureMap, build_feature_map
+from asymcert.nn.convex import (build_convex_net, convex_net_problems, convexity_violations, defining_class,
+                                override_problems, project_)
+from asymcert.nn.feature_maps import FeatureMap, build_feature_map, feature_map_problems
 
 
 @register_model("feature-convex")
@@ -51,9 +53,13 @@ class FeatureConvexClassifier(nn.Module):
     def from_config(cls, config: dict[str, Any]) -> "FeatureConvexClassifier":
         """Build from ``{"kind": "feature-convex", "input_shape", "feature_map", "convex", "input_range"}``."""
         shape = tuple(config["input_shape"])
+        rng = config_input_range(config.get("input_range"), "feature-convex")
         phi = build_feature_map(config.get("feature_map", [{"kind": "identity"}]), shape)
+        if not isinstance(config["convex"], dict):
+            raise ConfigError(f"feature-convex model config: convex = {config['convex']!r} must be a JSON object "
+                              "like {\"kind\": \"icnn\", \"widths\": [200, 50]}")
         g = build_convex_net(config["convex"], phi.out_shape(shape))
-        return cls(phi, g, shape, config.get("input_range"))
+        return cls(phi, g, shape, rng)
 
     def config(self) -> dict[str, Any]:
         """The JSON config that rebuilds this model's architecture."""
@@ -70,6 +76,8 @@ class FeatureConvexClassifier(nn.Module):
         return self.convex(f) + self.balance
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, *input_shape) floating inputs in raw units → (N,) scores; refuses other dtypes and shapes."""
+        check_batch(x, self.input_shape, "this feature-convex model")
         return self.score_from_features(self.features(x))
 
     def lipschitz(self, p: float) -> float:
@@ -80,15 +88,37 @@ class FeatureConvexClassifier(nn.Module):
         """Clamp every convexity-constrained weight to its bound (call after each optimizer step)."""
         project_(self)
 
-    def validate(self) -> None:
-        """Raise :class:`ConvexityError` when a constrained weight is out of bounds or a weight is NaN/Inf."""
-        problems = convexity_violations(self)
+    def problems(self) -> list[str]:
+        """Every reason this model's certificates could be unsound (empty when it can be vouched for).
+
+        φ must be an accepted feature map with valid parameters (:func:`feature_map_problems`), g an
+        allowlisted input-convex network or one declaring its own contract (:func:`convex_net_problems`),
+        every constrained weight within its bound, every weight, statistic and b finite, no module
+        with hooks or a replaced forward (:func:`override_problems`), and no method the certificate
+        relies on (:data:`CERTIFIED_METHODS`) overridden by a subclass.
+        """
+        problems = [f"{type(self).__name__} overrides {name}(); the certificate assumes s(x) = g(φ(x)) + b"
+                    for name in CERTIFIED_METHODS if defining_class(type(self), name) is not FeatureConvexClassifier]
+        phi_problems = feature_map_problems(self.feature_map, "feature_map")
+        problems += phi_problems + convex_net_problems(self.convex, "convex") + convexity_violations(self)
+        problems += override_problems(self, "")
         problems += [f"{n}: contains NaN or Inf" for n, t in self.state_dict().items()
-                     if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+                     if t.is_floating_point() and not bool(torch.isfinite(t).all())
+                     and not (phi_problems and n.startswith("feature_map."))]  # φ reported its own
+        return list(dict.fromkeys(problems))
+
+    def validate(self) -> None:
+        """Raise :class:`ConvexityError` listing every problem of :meth:`problems` (one line)."""
+        problems = self.problems()
         if problems:
-            raise ConvexityError("model is not input-convex, its certificates would be unsound:\n  "
-                                 + "\n  ".join(problems))
+            raise ConvexityError("model cannot be vouched for, its certificates would be unsound: "
+                                 + "; ".join(problems))
 
     def set_balance(self, b: float) -> None:
         """Set the class-balance shift b (added to g)."""
         self.balance.fill_(float(b))
+
+
+CERTIFIED_METHODS = ("forward", "features", "score_from_features", "lipschitz")
+"""The methods of :class:`FeatureConvexClassifier` the certificate relies on; a subclass overriding one
+is refused by :meth:`FeatureConvexClassifier.problems`."""

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from asymcert.errors import ConfigError, ModelError
+from asymcert.models.checks import check_batch, config_input_range, config_int, config_int_list
 from asymcert.models.registry import register_default_config, register_model
 from asymcert.nn.linf_dist import LinfDist
 from asymcert.nn.mean_shift import MeanShift
@@ -134,12 +136,19 @@ class LinfDistNet(nn.Module):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "LinfDistNet":
         """Build from ``{"kind": "linf-dist", "input_shape", "widths", "num_classes", ...}`` (see the module doc)."""
+        who = "linf-dist"
         if "input_shape" not in config:
-            raise ValueError("a linf-dist config needs 'input_shape'")
-        widths = config.get("widths", DEFAULT_CONFIG["widths"])
-        return cls(tuple(config["input_shape"]), list(widths), int(config.get("num_classes", 10)),
-                   config.get("input_range"), config.get("mlp_head"), bool(config.get("identity_init", True)),
-                   bool(config.get("binary", False)))
+            raise ConfigError("a linf-dist config needs 'input_shape'")
+        widths = config_int_list(config.get("widths", DEFAULT_CONFIG["widths"]), "widths", who)
+        num_classes = config_int(config.get("num_classes", 10), "num_classes", who, lowest=2)
+        head = config.get("mlp_head")
+        head = None if head is None else config_int(head, "mlp_head", who)
+        flags = {key: config.get(key, default) for key, default in (("identity_init", True), ("binary", False))}
+        for key, value in flags.items():
+            if not isinstance(value, bool):
+                raise ConfigError(f"{who} model config: {key} = {value!r} must be true or false")
+        return cls(tuple(config["input_shape"]), widths, num_classes, config_input_range(config.get("input_range"), who),
+                   head, flags["identity_init"], flags["binary"])
 
     def config(self) -> dict[str, Any]:
         """The JSON config that rebuilds this model's architecture."""
@@ -213,7 +222,9 @@ class LinfDistNet(nn.Module):
         return self.logits_from_features(self.features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, K); binary models: the sensitive-class score g₁ − g₀, shape (N,)."""
+        """(N, *input_shape) floating raw inputs → logits (N, K); binary models: the sensitive-class score
+        g₁ − g₀, shape (N,). Other dtypes and shapes are refused (:class:`~asymcert.errors.InputError`)."""
+        check_batch(x, self.input_shape, "this linf-dist model")
         g = self.logits(x)
         return g[:, 1] - g[:, 0] if self.binary else g
 
@@ -224,27 +235,32 @@ class LinfDistNet(nn.Module):
     # ------------------------------------------------------------------ certification support
 
     def lipschitz(self, p: float = INF) -> float:
-        """ℓ∞→ℓ∞ Lipschitz constant of every logit of the plain net in RAW units: 1/σ (p = ∞ layers).
+        """ℓ∞→ℓ∞ Lipschitz constant of every logit of the plain net in RAW units: 1/σ (p = ∞ layers),
+        rounded up (never underestimated).
 
         Only ℓ∞ is meaningful here (radii for other norms follow from r_∞; see the certifier).
         """
         if self.out is None:
             raise ValueError("the +MLP variant has no closed-form Lipschitz constant; it is certified by IBP")
-        return 1.0 / self.std
+        return math.nextafter(1.0 / float(self.input_std.double()), math.inf)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` unless every distance layer is at p = ∞ and every weight is finite."""
+        """Raise :class:`~asymcert.errors.ModelError` unless every distance layer is at p = ∞, every
+        weight is finite, the input scale σ is > 0 and every MeanShift is sound (:meth:`MeanShift.problems`)."""
         finite_p = [f"dist layer {i}: p = {layer.p:g}" for i, layer in enumerate(self.distance_layers())
                     if layer.p != INF]
         if finite_p:
-            raise ValueError("an ℓ∞-dist net certifies only with p = ∞ in every distance layer (training left "
+            raise ModelError("an ℓ∞-dist net certifies only with p = ∞ in every distance layer (training left "
                              "them at finite p; call model.set_p(math.inf) or train through the p = ∞ phase): "
                              + ", ".join(finite_p))
         bad = [n for n, t in self.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         if bad:
-            raise ValueError(f"model weights contain NaN or Inf: {bad}")
+            raise ModelError(f"model weights contain NaN or Inf: {bad}")
         if not self.std > 0:
-            raise ValueError(f"input scale σ must be positive, got {self.std}")
+            raise ModelError(f"input scale σ (input_std) must be positive, got {self.std}")
+        shifts = [f"shifts.{i}: {p}" for i, shift in enumerate(self.shifts) for p in shift.problems()]
+        if shifts:
+            raise ModelError("ℓ∞-dist net cannot be vouched for: " + "; ".join(shifts))
 
     def extra_repr(self) -> str:
         return (f"input_shape={self.input_shape}, widths={self.widths}, num_classes={self.num_classes}, "

@@ -29,9 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from asymcert.errors import ConvexityError
-from asymcert.models.feature_convex import FeatureConvexClassifier
+from asymcert.errors import ConfigError, ConvexityError
+from asymcert.models.checks import check_batch, config_input_range, config_int
+from asymcert.models.feature_convex import CERTIFIED_METHODS, FeatureConvexClassifier
 from asymcert.models.registry import register_default_config, register_model
+from asymcert.nn.convex import defining_class, override_problems
 
 DEFAULT_CONFIG: dict[str, Any] = {"kind": "one-vs-rest-convex", "feature_map": [{"kind": "shift"}],
                                   "convex": {"kind": "icnn", "widths": [200, 50]}}
@@ -86,12 +88,12 @@ class OneVsRestConvex(nn.Module):
         Keys of other model families (left over from a task's default model) are ignored.
         """
         if "input_shape" not in config:
-            raise ValueError("a one-vs-rest-convex config needs 'input_shape'")
-        k = int(config.get("num_classes", 10))
-        member = {"kind": "feature-convex", "input_shape": list(config["input_shape"]),
-                  "input_range": config.get("input_range"),
+            raise ConfigError("a one-vs-rest-convex config needs 'input_shape'")
+        k = config_int(config.get("num_classes", 10), "num_classes", "one-vs-rest-convex", lowest=2)
+        rng = config_input_range(config.get("input_range"), "one-vs-rest-convex")
+        member = {"kind": "feature-convex", "input_shape": list(config["input_shape"]), "input_range": rng,
                   **{key: config.get(key, DEFAULT_CONFIG[key]) for key in _MEMBER_KEYS}}
-        return cls([FeatureConvexClassifier.from_config(member) for _ in range(max(k, 0))], config.get("input_range"))
+        return cls([FeatureConvexClassifier.from_config(member) for _ in range(k)], rng)
 
     def config(self) -> dict[str, Any]:
         """The JSON config that rebuilds this model's architecture."""
@@ -128,6 +130,7 @@ class OneVsRestConvex(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, *input_shape) raw inputs → (N, K) scores s_k(x); s_k > 0 ⇔ flagged as class k."""
+        check_batch(x, self.input_shape, "this one-vs-rest model")
         return self.score_from_features(self.features(x))
 
     def _shared_feature_map(self) -> bool:
@@ -155,18 +158,26 @@ class OneVsRestConvex(nn.Module):
         for m in self.members:
             m.project()
 
-    def validate(self) -> None:
-        """Raise :class:`ConvexityError` naming every member whose constraints fail (or weights are NaN/Inf)."""
-        problems = []
+    def problems(self) -> list[str]:
+        """Every member's :meth:`FeatureConvexClassifier.problems`, prefixed ``member k``; a member that is
+        not a FeatureConvexClassifier, hooks on the model or its member list, or an overridden method
+        the certificate relies on."""
+        problems = [f"{type(self).__name__} overrides {name}(); the certificate assumes s_k(x) = g_k(φ_k(x)) + b_k"
+                    for name in CERTIFIED_METHODS if defining_class(type(self), name) is not OneVsRestConvex]
+        problems += override_problems(self, "", recurse=False) + override_problems(self.members, "members", False)
         for k, m in enumerate(self.members):
-            try:
-                m.validate()
-            except ConvexityError as exc:
-                detail = str(exc).split("\n", 1)[-1]
-                problems.append(f"member {k} (class {k}):\n  {detail.strip()}")
+            if not isinstance(m, FeatureConvexClassifier):
+                problems.append(f"member {k} (class {k}): {type(m).__name__} is not a FeatureConvexClassifier")
+            else:
+                problems += [f"member {k} (class {k}): {p}" for p in m.problems()]
+        return problems
+
+    def validate(self) -> None:
+        """Raise :class:`ConvexityError` listing every problem of every member (one line)."""
+        problems = self.problems()
         if problems:
-            raise ConvexityError("one-vs-rest model is not input-convex, its certificates would be unsound:\n  "
-                                 + "\n  ".join(problems))
+            raise ConvexityError("one-vs-rest model cannot be vouched for, its certificates would be unsound: "
+                                 + "; ".join(problems))
 
     def set_balance(self, b: torch.Tensor | list[float]) -> None:
         """Set every member's class-balance shift: ``b`` holds K floats."""

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from asymcert.errors import UnknownNameError
+from asymcert.errors import AsymcertError, ConfigError, UnknownNameError
 
 _MODELS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
 
@@ -32,12 +32,33 @@ def build_model(config: dict[str, Any]) -> nn.Module:
 
     Raises:
         UnknownNameError: unknown ``kind``; the message lists the known ones.
+        ConfigError: the config is not a JSON object, its ``input_shape`` is not a list of positive
+            integers, a key the family needs is missing or of the wrong type, a value is out of
+            range (a width ≤ 0 or not an integer, ...), or the model does not fit in memory.
     """
     _load_builtin()
+    if not isinstance(config, dict):
+        raise ConfigError(f"a model config must be a JSON object with a 'kind', got {type(config).__name__}")
     kind = config.get("kind")
-    if kind not in _MODELS:
+    if not isinstance(kind, str) or kind not in _MODELS:
         raise UnknownNameError(f"unknown model kind {kind!r}; known: {', '.join(sorted(_MODELS))}")
-    return _MODELS[kind](dict(config))
+    shape = config.get("input_shape")
+    if not (isinstance(shape, (list, tuple)) and shape and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
+        raise ConfigError(f"model config: input_shape = {shape!r} must be a non-empty list of positive integers")
+    try:
+        return _MODELS[kind](dict(config))
+    except AsymcertError:
+        raise
+    except KeyError as exc:
+        raise ConfigError(f"{kind} model config: missing key {exc}") from exc
+    except (TypeError, AttributeError) as exc:  # a value of the wrong JSON type (a list where a dict belongs, ...)
+        raise ConfigError(f"{kind} model config: a value has the wrong type ({exc})") from exc
+    except (ValueError, OverflowError, IndexError) as exc:  # a family's own check, or a value out of range
+        raise ConfigError(f"{kind} model config: {exc}") from exc
+    except (RuntimeError, MemoryError) as exc:  # e.g. widths asking for more memory than there is
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{kind} model config cannot be built: {first}") from exc
 
 
 def _load_builtin() -> None:

@@ -4,6 +4,11 @@ Convexity in the input holds because every constrained weight is nonnegative and
 activation (ReLU) is convex and nondecreasing. Constrained modules expose ``constraints()``,
 ``{parameter name: lower bound}``; :func:`project_` enforces them after an optimizer step and
 :func:`convexity_violations` reports any that do not hold.
+
+What asymcert vouches for is an allowlist (:func:`convex_net_problems`): g must be an exact
+:class:`ICNN` or :class:`ConvexConvNet` whose every submodule has an allowed type in its slot
+(:data:`ALLOWED_SLOTS`: free affine layers only where they act on g's input), or a user class that
+declares its own contract (:data:`CONTRACT_METHOD`). Anything else is refused by name.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asymcert.errors import UnknownNameError
+from asymcert.errors import ConfigError, UnknownNameError
 
 
 class NonnegLinear(nn.Linear):
@@ -154,7 +159,9 @@ def constrained_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor
     for mod_name, module in model.named_modules():
         if hasattr(module, "constraints"):
             for name, lower in module.constraints().items():
-                yield (f"{mod_name}.{name}" if mod_name else name), getattr(module, name), lower
+                param = getattr(module, name, None)
+                if isinstance(param, torch.Tensor):
+                    yield (f"{mod_name}.{name}" if mod_name else name), param, lower
 
 
 @torch.no_grad()
@@ -258,6 +265,113 @@ class ConvexConvNet(nn.Module):
 
 CONVEX_NETS: dict[str, type[nn.Module]] = {ICNN.kind: ICNN, ConvexConvNet.kind: ConvexConvNet}
 
+# The allowlist: for each built-in input-convex network, the exact module types each of its slots may
+# hold. Exact types, not isinstance: a subclass may override ``forward`` and lose convexity. Free
+# (unconstrained) layers are allowed only where they act on the network's input (an affine map of
+# the input keeps convexity); every later layer must carry its nonnegativity constraint.
+ALLOWED_SLOTS: dict[type[nn.Module], dict[str, tuple[type[nn.Module], ...]]] = {
+    ICNN: {"passthrough": (nn.Linear, NonnegLinear), "hidden": (NonnegLinear,), "norms": (PositiveBatchNorm, nn.Identity)},
+    ConvexConvNet: {"stem": (nn.Conv2d, NonnegConv2d), "block_norms": (PositiveBatchNorm,), "block_convs": (NonnegConv2d,),
+                    "out_norm": (PositiveBatchNorm,), "readout": (NonnegLinear,)},
+}
+CONTRACT_METHOD = "convexity_contract"
+"""The contract of a user's own input-convex network g. A class that defines
+
+    def convexity_contract(self) -> list[str]:
+        # [] when forward is convex in its input; else one line per problem found
+
+vouches that its ``forward`` (N, *feature_shape) → (N,) is convex in its input for every parameter
+value that yields no problem, and returns every problem it finds in its current parameters (e.g. a
+constrained weight below 0; :func:`convexity_violations` and :func:`convex_net_problems` help).
+asymcert checks nothing else inside such a class. The contract must be declared by the class that
+defines ``forward`` or by a subclass of it: a subclass that overrides ``forward`` without declaring
+it again is refused, as is an instance whose ``forward`` or hooks were replaced."""
+
+
+def defining_class(cls: type, name: str) -> type | None:
+    """The class of ``cls``'s MRO whose own namespace defines attribute ``name`` (None if none does)."""
+    return next((c for c in cls.__mro__ if name in vars(c)), None)
+
+
+def declared_with_forward(module: nn.Module, method: str) -> bool:
+    """Whether ``method`` is defined by the class that defines ``module``'s ``forward`` or by a subclass
+    of it, i.e. whether the declaration can speak for the ``forward`` that actually runs."""
+    forward, declared = defining_class(type(module), "forward"), defining_class(type(module), method)
+    return forward is not None and declared is not None and issubclass(declared, forward)
+
+
+def override_problems(root: nn.Module, path: str, recurse: bool = True) -> list[str]:
+    """Ways the modules of ``root`` may compute something else than their class's ``forward`` says.
+
+    Reported: forward (pre-)hooks, which may replace outputs; backward hooks, which may replace the
+    input gradient the certificates use; an instance attribute shadowing ``forward``; a class that
+    overrides ``__call__``. Each message starts with the module's path under ``path`` ("" for the root's
+    own names, e.g. ``convex.hidden.0``). ``recurse=False``: ``root`` itself only.
+    """
+    problems = []
+    for name, m in (root.named_modules() if recurse else [("", root)]):
+        where = ".".join(part for part in (path, name) if part) or type(root).__name__
+        hooks = [kind for kind, d in (("forward", m._forward_hooks), ("forward pre", m._forward_pre_hooks),
+                                      ("backward", m._backward_hooks),
+                                      ("backward pre", getattr(m, "_backward_pre_hooks", {}))) if d]
+        if hooks:
+            problems.append(f"{where}: has {' and '.join(hooks)} hook(s), which may change what it computes")
+        if "forward" in vars(m) or type(m).__call__ is not nn.Module.__call__:
+            problems.append(f"{where}: its forward or __call__ was replaced, so its class's guarantee does not apply")
+    return problems
+
+
+def convex_net_problems(net: nn.Module, path: str = "convex") -> list[str]:
+    """Why ``net`` cannot be vouched for as an input-convex network g (empty when it can).
+
+    Accepted: an exact :data:`CONVEX_NETS` type whose every submodule is of an allowed type in an
+    allowed slot (:data:`ALLOWED_SLOTS`), with well-formed batch norms; or a module whose class
+    declares :data:`CONTRACT_METHOD` together with its ``forward`` (its own problems are reported).
+    Constraint bounds are checked by :func:`convexity_violations`; hooks and replaced methods by
+    :func:`override_problems`. Module paths in the messages start with ``path``.
+    """
+    if callable(getattr(type(net), CONTRACT_METHOD, None)):
+        if not declared_with_forward(net, CONTRACT_METHOD):
+            return [f"{path}: {type(net).__name__} overrides forward without declaring {CONTRACT_METHOD}() "
+                    "itself, so the inherited contract does not cover it"]
+        found = net.convexity_contract()
+        if not isinstance(found, (list, tuple)) or not all(isinstance(p, str) for p in found):
+            return [f"{path}: {CONTRACT_METHOD}() must return a list of problem strings, got {found!r}"]
+        return [f"{path}: {problem}" for problem in found]
+    slots = ALLOWED_SLOTS.get(type(net))
+    if slots is None:
+        known = ", ".join(c.__name__ for c in ALLOWED_SLOTS)
+        return [f"{path}: {type(net).__name__} is not a known input-convex network ({known}) "
+                f"and declares no {CONTRACT_METHOD}() method"]
+    problems = []
+    for name, module in net.named_modules():
+        if not name or isinstance(module, nn.ModuleList):
+            continue
+        allowed = slots.get(name.split(".")[0], ())
+        if type(module) not in allowed:
+            need = " or ".join(c.__name__ for c in allowed) or "nothing"
+            problems.append(f"{path}.{name}: {type(module).__name__} is not allowed here (allowed: {need}); "
+                            "it may break convexity")
+        elif isinstance(module, PositiveBatchNorm):
+            problems += [f"{path}.{name}: {p}" for p in batch_norm_problems(module)]
+    return problems
+
+
+def batch_norm_problems(norm: PositiveBatchNorm) -> list[str]:
+    """Why the eval-mode map of ``norm`` may not be an increasing affine map (empty when it is)."""
+    problems = []
+    if not norm.affine:
+        problems.append("has no scale and shift (affine=False); PositiveBatchNorm needs them")
+    if not norm.min_scale > 0:
+        problems.append(f"min_scale {norm.min_scale!r} must be > 0")
+    if not norm.eps > 0:
+        problems.append(f"eps {norm.eps!r} must be > 0")
+    if not norm.track_running_stats or norm.running_var is None:
+        problems.append("has no running statistics (eval mode would couple the inputs of a batch)")
+    elif bool((norm.running_var < 0).any()):
+        problems.append("running_var has negative entries")
+    return problems
+
 
 def build_convex_net(config: dict[str, Any], in_shape: tuple[int, ...]) -> nn.Module:
     """Build an input-convex network g from its config ``{"kind": "icnn" | "convex-conv", ...}``."""
@@ -270,4 +384,16 @@ def build_convex_net(config: dict[str, Any], in_shape: tuple[int, ...]) -> nn.Mo
     unknown = sorted(set(config) - set(accepted))
     if unknown:
         raise UnknownNameError(f"unknown setting(s) {unknown} for convex network {kind!r}; accepted: {accepted}")
+    for name, value in config.items():
+        values = value if name == "widths" else [value]
+        lowest = 0 if name == "blocks" else 1
+        if name == "batch_norm":
+            ok = isinstance(value, bool)
+        else:
+            ok = isinstance(values, (list, tuple)) and len(values) > 0 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= lowest for v in values)
+        if not ok:
+            need = "true or false" if name == "batch_norm" else (
+                f"a non-empty list of integers ≥ {lowest}" if name == "widths" else f"an integer ≥ {lowest}")
+            raise ConfigError(f"convex network {kind!r}: {name} = {value!r} must be {need}")
     return cls(tuple(in_shape), **config)

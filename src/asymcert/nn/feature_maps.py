@@ -7,13 +7,18 @@ so they travel with the weights; ``fit(x)`` sets them from training inputs.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from asymcert.errors import UnknownNameError
+from asymcert.errors import ConfigError, ModelError, UnknownNameError
+from asymcert.nn.convex import declared_with_forward, defining_class
+
+CHECKED_NORMS = (1.0, 2.0, math.inf)
+"""Norms at which :func:`feature_map_problems` evaluates every map's declared Lipschitz constant."""
 
 
 class FeatureMap(nn.Module):
@@ -40,6 +45,22 @@ class FeatureMap(nn.Module):
     def config(self) -> dict[str, Any]:
         """JSON-serialisable description that :func:`build_feature_map` turns back into this map."""
         return {"kind": self.kind}
+
+    def problems(self) -> list[str]:
+        """Why this map's parameters break the formula of its Lipschitz constant (empty when they do not).
+
+        Default: every floating buffer and parameter must be finite. Maps whose formula needs a sign
+        or a nonzero value add that.
+        """
+        return [f"{name}: contains NaN or Inf" for name, t in self.state_dict().items()
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+    def validate(self) -> None:
+        """Raise :class:`~asymcert.errors.ModelError` listing every problem of :func:`feature_map_problems`."""
+        problems = feature_map_problems(self, type(self).__name__)
+        if problems:
+            raise ModelError("feature map cannot be vouched for, its Lipschitz constant would be wrong: "
+                             + "; ".join(problems))
 
 
 class Identity(FeatureMap):
@@ -85,16 +106,23 @@ class Shift(FeatureMap):
 
 
 class Standardize(FeatureMap):
-    """φ(x) = (x − μ) / σ per feature (tabular data). Lipschitz max_i 1/σ_i in every ℓp norm.
+    """φ(x) = (x − μ) / σ per feature (tabular data). Lipschitz max_i 1/|σ_i| in every ℓp norm.
 
     The scaling is part of the model, so certified radii stay in the user's raw feature units.
-    σ_i below ``min_scale`` (constant features) is raised to it.
+    σ_i below ``min_scale`` (constant features) is raised to it; every σ_i must be finite and > 0
+    (:meth:`problems`), μ finite.
+
+    Raises:
+        ConfigError: ``min_scale`` not a finite number > 0.
     """
 
     kind = "standardize"
 
     def __init__(self, in_shape: tuple[int, ...], min_scale: float = 1e-6) -> None:
         super().__init__()
+        if isinstance(min_scale, bool) or not isinstance(min_scale, (int, float)) \
+                or not math.isfinite(min_scale) or min_scale <= 0:
+            raise ConfigError(f"standardize: min_scale = {min_scale!r} must be a finite number > 0")
         self.min_scale = float(min_scale)
         self.register_buffer("mean", torch.zeros(in_shape))
         self.register_buffer("scale", torch.ones(in_shape))
@@ -108,8 +136,21 @@ class Standardize(FeatureMap):
         return self
 
     def lipschitz(self, p: float) -> float:
-        # ‖D d‖_p ≤ max|D_ii| ‖d‖_p; round up so the constant is never underestimated.
-        return math.nextafter(float((1.0 / self.scale.double()).max()), math.inf)
+        # ‖D d‖_p ≤ max|D_ii| ‖d‖_p (magnitudes: a sign must never shrink it); rounded up so the
+        # constant is never underestimated. validate() refuses σ ≤ 0 anyway.
+        return math.nextafter(float((1.0 / self.scale.double()).abs().max()), math.inf)
+
+    def problems(self) -> list[str]:
+        """NaN/Inf in μ or σ, σ_i ≤ 0 (the formula divides by σ, a std), or a min_scale that is not > 0."""
+        out = super().problems()
+        if not (math.isfinite(self.min_scale) and self.min_scale > 0):
+            out.append(f"min_scale {self.min_scale!r} must be a finite number > 0")
+        bad = ~(self.scale > 0)
+        if bool(bad.any()):
+            first = torch.nonzero(bad.flatten()).flatten()[:5].tolist()
+            out.append(f"scale: {int(bad.sum())} of {self.scale.numel()} entries are not > 0 (first at flat "
+                       f"index {first}); (x − μ)/σ needs σ > 0")
+        return out
 
     def affine(self) -> bool:
         return True
@@ -180,13 +221,56 @@ class Compose(FeatureMap):
 FEATURE_MAPS: dict[str, type[FeatureMap]] = {c.kind: c for c in (Identity, Shift, Standardize, ConcatAbs)}
 
 
+def feature_map_problems(phi: nn.Module, path: str = "feature_map") -> list[str]:
+    """Why ``phi`` cannot be vouched for as a Lipschitz feature map (empty when it can).
+
+    Accepted: a :class:`Compose` of accepted maps, or a :class:`FeatureMap` whose class declares
+    ``lipschitz(p)`` together with its ``forward`` (the built-in maps of :data:`FEATURE_MAPS`, or a
+    user's subclass defining both), whose parameters pass its :meth:`FeatureMap.problems` and whose
+    constants at :data:`CHECKED_NORMS` are finite numbers > 0. Refused: a plain ``nn.Module``, a
+    FeatureMap that declares no constants, a subclass overriding ``forward`` but inheriting
+    ``lipschitz``. Paths in the messages start with ``path`` (e.g. ``feature_map.maps.0``).
+    """
+    name = type(phi).__name__
+    if not isinstance(phi, FeatureMap):
+        return [f"{path}: {name} is not a FeatureMap; a feature map must declare its Lipschitz constant "
+                "per norm (subclass asymcert.nn.FeatureMap and define lipschitz(p))"]
+    if defining_class(type(phi), "lipschitz") is FeatureMap:
+        return [f"{path}: {name} does not declare its Lipschitz constants (define lipschitz(p))"]
+    if not declared_with_forward(phi, "lipschitz"):
+        return [f"{path}: {name} overrides forward without declaring lipschitz(p) itself, so the inherited "
+                "constant does not cover it"]
+    if isinstance(phi, Compose):
+        return [p for i, m in enumerate(phi.maps) for p in feature_map_problems(m, f"{path}.maps.{i}")]
+    found = phi.problems()
+    return [f"{path}: {p}" for p in (found or lipschitz_problems(phi))]
+
+
+def lipschitz_problems(phi: FeatureMap, norms: tuple[float, ...] = CHECKED_NORMS) -> list[str]:
+    """Norms at which ``phi.lipschitz(p)`` fails or is not a finite number > 0 (one line each)."""
+    problems = []
+    for p in norms:
+        try:
+            value = phi.lipschitz(p)
+        except Exception as exc:  # noqa: BLE001 (a user's map: any failure is a reason to refuse it)
+            problems.append(f"lipschitz({p:g}) raised {type(exc).__name__}: {exc}")
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value <= 0:
+            problems.append(f"lipschitz({p:g}) = {value!r} is not a finite number > 0")
+    return problems
+
+
 def build_feature_map(config: list[dict[str, Any]] | dict[str, Any], in_shape: tuple[int, ...]) -> Compose:
     """Build φ from its config: a list of ``{"kind": ...}`` steps applied in order.
 
     Raises:
         UnknownNameError: a step's kind is unknown.
+        ConfigError: the config is not a step or a list of steps (JSON objects), or a setting is bad.
     """
-    steps = [config] if isinstance(config, dict) else list(config)
+    steps = [config] if isinstance(config, dict) else config
+    if not isinstance(steps, (list, tuple)) or not all(isinstance(step, dict) for step in steps):
+        raise ConfigError(f"feature_map = {config!r} must be a list of steps like {{\"kind\": \"shift\"}}")
     maps: list[FeatureMap] = []
     shape = tuple(in_shape)
     for step in steps:
@@ -195,6 +279,11 @@ def build_feature_map(config: list[dict[str, Any]] | dict[str, Any], in_shape: t
         if kind not in FEATURE_MAPS:
             raise UnknownNameError(f"unknown feature map {kind!r}; known: {', '.join(sorted(FEATURE_MAPS))}")
         cls = FEATURE_MAPS[kind]
+        accepted = [n for n, prm in inspect.signature(cls.__init__).parameters.items()
+                    if n not in ("self", "in_shape") and prm.kind is prm.POSITIONAL_OR_KEYWORD]
+        unknown = sorted(set(step) - set(accepted))
+        if unknown:
+            raise UnknownNameError(f"unknown setting(s) {unknown} for feature map {kind!r}; accepted: {accepted}")
         m = cls(shape, **step) if kind in ("shift", "standardize") else cls(**step)
         maps.append(m)
         shape = m.out_shape(shape)

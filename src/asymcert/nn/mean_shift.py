@@ -75,6 +75,19 @@ class MeanShift(nn.Module):
         """ℓp→ℓp Lipschitz constant of the eval-mode map: 1.0 for every p (a translation)."""
         return 1.0
 
+    def problems(self) -> list[str]:
+        """Why the eval-mode map may not be the translation its Lipschitz constant 1 assumes (empty if it is).
+
+        MeanShift has no scale; its only parameter, ``running_mean`` (C,), must be finite (a NaN or Inf
+        mean makes every output NaN), and ``momentum`` in [0, 1].
+        """
+        problems = []
+        if not bool(torch.isfinite(self.running_mean).all()):
+            problems.append("running_mean contains NaN or Inf")
+        if not 0.0 <= self.momentum <= 1.0:
+            problems.append(f"momentum {self.momentum!r} is not in [0, 1]")
+        return problems
+
     def extra_repr(self) -> str:
         return f"{self.num_features}, momentum={self.momentum}"
 

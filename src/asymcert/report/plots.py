@@ -8,13 +8,26 @@ from typing import Sequence
 import torch
 
 
+PLOT_HINT = "plots need matplotlib, which is not installed: pip install 'asymcert[plot]' gives the plots"
+
+
+def plotting_available() -> bool:
+    """True when matplotlib can be imported (it is the optional extra ``asymcert[plot]``)."""
+    try:
+        _pyplot()
+    except ImportError:
+        return False
+    return True
+
+
 def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend; ImportError naming the extra when it is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError("plots need matplotlib: pip install 'asymcert[plot]'") from exc
+    except ImportError as exc:
+        raise ImportError(PLOT_HINT) from exc
     return plt
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from asymcert.certify.result import norm_label, normalize_norm
+from asymcert import distributed
+from asymcert.certify.result import Certificate, norm_label, normalize_norm
 from asymcert.checkpoint import atomic_write
+from asymcert.errors import CheckpointError
+from asymcert.report.certfile import CERT_FILE, load_certificates
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
+from asymcert.report.plots import PLOT_HINT, plot_certified_curves, plotting_available
+from asymcert.runfolder import dumps_strict, exclusive, read_run_record, remove_stale_temp_files, write_json
 
 ONE_VS_REST_NOTE = ("Certified accuracy: share of test inputs predicted correctly (argmax of the K one-vs-rest "
                     "scores) whose true class is flagged (s_k > 0) and provably stays flagged within radius r "
@@ -49,21 +54,46 @@ def summarize(cert, labels: torch.Tensor, report_radii: dict[str, list[float]]) 
     return out
 
 
-def write_report(run_dir: str | Path) -> dict[str, Any]:
-    """Read a certified run folder, write ``results.json``, ``report.md`` and ``certified_<norm>.png``."""
-    from asymcert.report.plots import plot_certified_curves
-    from asymcert.workflow import CERT_FILE, load_certificates, read_run
+def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Read a certified run folder, write ``results.json``, ``report.md`` and ``certified_<norm>.png``.
 
+    Without matplotlib (the ``plot`` extra) the tables, JSON and Markdown are still written, without
+    PNGs; ``log`` (default: the ``asymcert`` logger) and report.md say how to get the plots. Under
+    torchrun only rank 0 writes (the others return {}).
+
+    Raises:
+        CheckpointError: no run folder, no or corrupted certificates, a malformed run.json.
+        RunFolderBusyError: another process is writing the folder.
+    """
+    if not distributed.is_main():
+        return {}
     run_dir = Path(run_dir)
-    run = read_run(run_dir)
+    run = read_run_record(run_dir)
     cert_path = run_dir / CERT_FILE
     if not cert_path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no {CERT_FILE}; run `asymcert certify {run_dir}` first")
-    cert, labels = load_certificates(cert_path)
-    results = summarize(cert, labels, run.get("report_radii", {}))
-    results["task"] = run["task"]
-    results["training_seconds"] = run.get("training", {}).get("seconds")
-    results["best_epoch"] = run.get("training", {}).get("best", {}).get("epoch")
+        raise CheckpointError(f"{run_dir} has no {CERT_FILE}; run `asymcert certify {run_dir}` first")
+    plots_ok = plotting_available()
+    if not plots_ok:
+        (log or logging.getLogger("asymcert").warning)(f"report without plots: {PLOT_HINT}")
+    with exclusive(run_dir, collective=False):
+        cert, labels = load_certificates(cert_path)
+        results = summarize(cert, labels, run.report_radii)
+        results["task"] = run.task
+        results["training_seconds"] = (run.training or {}).get("seconds")
+        results["best_epoch"] = (run.training or {}).get("best", {}).get("epoch")
+        results["plots"] = _plot_curves(run_dir, cert, labels, results, run.task_description) if plots_ok else {}
+        if not plots_ok:
+            results["plots_missing"] = PLOT_HINT
+        remove_stale_temp_files(run_dir)
+        write_json(run_dir / RESULTS_FILE, results)
+        markdown = render_markdown(run.to_dict(), results)
+        atomic_write(run_dir / REPORT_FILE, lambda tmp: tmp.write_text(markdown))
+    return results
+
+
+def _plot_curves(run_dir: Path, cert: Certificate, labels: torch.Tensor, results: dict[str, Any],
+                 description: str) -> dict[str, str]:
+    """One PNG per norm of certified accuracy against radius; returns norm label → file name."""
     plots = {}
     for p in cert.radii:
         name = norm_label(p)
@@ -71,11 +101,8 @@ def write_report(run_dir: str | Path) -> dict[str, Any]:
         curve = certified_accuracy(cert, labels, p, grid)
         label = f"{cert.method} (clean {100 * results['clean_accuracy']:.1f}%)"
         plots[name] = plot_certified_curves([(label, grid, curve)], _pretty(p), run_dir / f"certified_{name}.png",
-                                            title=f"{run.get('task_description', '')}: {_pretty(p)}").name
-    results["plots"] = plots
-    atomic_write(run_dir / RESULTS_FILE, lambda tmp: tmp.write_text(json.dumps(results, indent=1)))
-    atomic_write(run_dir / REPORT_FILE, lambda tmp: tmp.write_text(render_markdown(run, results)))
-    return results
+                                            title=f"{description}: {_pretty(p)}").name
+    return plots
 
 
 def _pretty(p: float) -> str:
@@ -86,7 +113,7 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
     """The human-readable report."""
     lines = [f"# {run.get('task_description') or run['task']}", ""]
     guarantee = "deterministic" if results["deterministic"] else f"holds with probability 1 − {results['alpha']}"
-    lines += [f"- model: `{json.dumps(run['model'])}`",
+    lines += [f"- model: `{dumps_strict(run['model'])}`",
               f"- certificate: {results['method']} ({guarantee})",
               f"- test inputs: {results['n_inputs']}" + (f" ({results['n_sensitive']} of the sensitive class)" if "n_sensitive" in results else ""),
               f"- clean accuracy: **{100 * results['clean_accuracy']:.2f}%**",
@@ -107,4 +134,6 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
                   "| certified accuracy | " + " | ".join(f"{100 * v:.1f}%" for v in table.values()) + " |", ""]
     for name, png in results.get("plots", {}).items():
         lines.append(f"![{name}]({png})")
+    if results.get("plots_missing"):
+        lines.append(f"No plots: {results['plots_missing']}.")
     return "\n".join(lines) + "\n"

@@ -22,7 +22,6 @@ Initialisations of the constrained (nonnegative) weights:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from asymcert.data.tasks import Dataset, TaskData
 from asymcert.errors import InputError, UnknownNameError
 from asymcert.nn.convex import ICNN, ConvexConvNet
 from asymcert.report.machine import describe_machine
+from asymcert.runfolder import dumps_strict
 from asymcert.train.config import TrainConfig
 from asymcert.train.loop import fit
 from asymcert.train.recipes import FeatureConvexRecipe, predict_scores
@@ -492,7 +492,7 @@ def capacity_report(task: str, out_dir: str | Path, *, recipes: str | list[str] 
 
 def _write(out: Path, report: dict[str, Any], results: list[CapacityResult], bound: float) -> None:
     from asymcert.checkpoint import atomic_write
-    text = json.dumps(report, indent=1, default=str)
+    text = dumps_strict(report, indent=1, default=str)
     atomic_write(out / CAPACITY_FILE, lambda tmp: tmp.write_text(text))
     md = capacity_markdown(report)
     atomic_write(out / REPORT_FILE, lambda tmp: tmp.write_text(md))

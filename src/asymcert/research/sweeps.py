@@ -26,6 +26,7 @@ import torch
 
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import AsymcertError
+from asymcert.runfolder import dumps_strict
 
 RESULT_FILE = "sweep_result.json"
 """The per-job result file, written last: its presence marks a finished job."""
@@ -43,7 +44,7 @@ class SweepError(AsymcertError, ValueError):
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically (a crash never leaves half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1, default=_json_default)))
+    atomic_write(path, lambda tmp: tmp.write_text(dumps_strict(obj, indent=1, default=_json_default)))
 
 
 def _json_default(obj: Any) -> Any:
@@ -64,7 +65,7 @@ def read_result(job_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | Non
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
-    if result.get("settings") != json.loads(json.dumps(settings, default=_json_default)):
+    if result.get("settings") != json.loads(dumps_strict(settings, default=_json_default)):
         raise SweepError(f"{job_dir} holds a result computed with other settings; use a new --out folder "
                          f"or delete {path} to recompute it")
     return result

@@ -1,11 +1,17 @@
 """The training loop: seeded shuffling and augmentation, recipe hooks, best-validation checkpoint,
-resumable state written atomically after every epoch."""
+resumable state written atomically after every epoch.
+
+Training is two steps: :func:`prepare_fit` checks every setting and reads the resume state of the
+run folder (it writes nothing, so a refused run changes nothing on disk); :meth:`TrainingSession.run`
+trains and writes. :func:`fit` does both.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,24 +20,38 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from asymcert import distributed
-from asymcert.checkpoint import MODEL_FILE, atomic_write, save
+from asymcert.checkpoint import atomic_write, save
 from asymcert.data.augment import augmentation_from_name
 from asymcert.data.tasks import Augment, TaskData
+from asymcert.errors import AsymcertError, CheckpointError, ConfigError, RunFolderConflictError
+from asymcert.runfolder import dumps_strict, write_json
 from asymcert.train.batches import EpochBatches, epoch_batches, resolve_workers
-from asymcert.train.config import TrainConfig
+from asymcert.train.config import DEVICE_HELP, TrainConfig, parse_device
 from asymcert.train.recipes import Recipe, recipe_for
 
 STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "history", "best", "best_model", "fingerprint")
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" → CUDA when available else CPU; otherwise ``torch.device(name)``."""
-    if name == "auto":
+    """"auto" → CUDA when available else CPU; otherwise ``torch.device(name)`` (cpu, cuda[:i], mps).
+
+    Raises:
+        ConfigError: an unknown device name (the message lists the valid ones and those present),
+            or CUDA / MPS asked for where there is none.
+    """
+    device = parse_device(name)
+    if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available here; use --device cpu or auto")
+    here = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] + \
+        (["mps"] if torch.backends.mps.is_available() else [])
+    cuda_missing = device.type == "cuda" and (not torch.cuda.is_available() or
+                                              (device.index or 0) >= torch.cuda.device_count())
+    if cuda_missing or (device.type == "mps" and not torch.backends.mps.is_available()):
+        raise ConfigError(f"device {name!r} is not available here; devices here: {', '.join(here)} "
+                          f"(valid names: {DEVICE_HELP})")
     return device
 
 
@@ -56,7 +76,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
         extra = config.extra or {}
         return torch.optim.Adam(params, lr=config.lr, betas=tuple(extra.get("betas", (0.9, 0.999))),
                                 eps=float(extra.get("adam_eps", 1e-8)), weight_decay=config.weight_decay)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
+    raise ConfigError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
@@ -66,7 +86,247 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
     if config.schedule == "cosine":
         total = max(1, config.epochs * steps_per_epoch)
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), True
-    raise ValueError(f"unknown schedule {config.schedule!r}; use 'exponential' or 'cosine'")
+    raise ConfigError(f"unknown schedule {config.schedule!r}; use 'exponential' or 'cosine'")
+
+
+def check_config(model: nn.Module, config: TrainConfig, recipe: Recipe | None = None) -> tuple[torch.device, Recipe]:
+    """Check every training setting that can be checked without touching the disk.
+
+    Builds (and drops) the optimizer and scheduler on ``model``'s parameters, so settings of the
+    wrong type or range fail here rather than after the run folder was written.
+
+    Returns:
+        (the training device of this process, the recipe).
+    Raises:
+        ConfigError: an unknown device, optimizer or schedule, or settings torch refuses.
+    """
+    device = distributed.local_device(resolve_device(config.device))
+    world = distributed.world_size()
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"training setting {name} must be a positive integer, got {value!r}")
+    try:
+        if config.batch_size % world:
+            raise ConfigError(f"batch size {config.batch_size} does not split over {world} processes")
+        recipe = recipe or recipe_for(model, config)
+        scheduler, _ = make_scheduler(make_optimizer(model, config), config, 1)
+        del scheduler
+        resolve_workers(config.workers, device)
+        if isinstance(config.augment, str):
+            augmentation_from_name(config.augment)
+    except AsymcertError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"training settings: {exc}") from None
+    return device, recipe
+
+
+def train_fingerprint(train: dict[str, Any], model_config: dict[str, Any]) -> str:
+    """What must match for a run to resume: the training settings (not the worker count) and the model config.
+
+    Settings added later than a run folder are left out while they hold their plain value, so older
+    run folders keep resuming.
+    """
+    settings = {k: v for k, v in train.items() if k != "workers"}
+    if not settings.get("margin_radius"):  # runs without the margin loss keep the fingerprint they had before it
+        for key in ("margin_radius", "margin_norm", "margin_warmup"):
+            settings.pop(key, None)
+    for key, plain in (("sensitive_weight", 1.0), ("train_at_balance", False)):
+        if key in settings and settings[key] == plain:  # likewise runs that do not use these later settings
+            settings.pop(key)
+    return json.dumps({"train": settings, "model": model_config}, sort_keys=True, default=str)
+
+
+def read_train_state(state_file: Path, device: torch.device, fingerprint: str) -> dict[str, Any]:
+    """The resume state in ``state_file`` (tensors only: nothing is unpickled), checked against ``fingerprint``.
+
+    Raises:
+        CheckpointError: unreadable, tampered (anything but tensors and plain values) or incomplete.
+        RunFolderConflictError: the state is of a run with other settings or another model.
+    """
+    try:
+        with warnings.catch_warnings():  # torch warns about hostile pickles before refusing them
+            warnings.simplefilter("ignore")
+            state = torch.load(state_file, map_location=device, weights_only=True)
+    except Exception as exc:  # a damaged or hostile file fails in many ways; none may escape as a crash
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{state_file} is not a readable training state ({type(exc).__name__}: {first}); "
+                              f"delete it to start the run over") from None
+    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
+        raise CheckpointError(f"{state_file} is not a training state written by asymcert (keys missing); "
+                              f"delete it to start the run over")
+    if state["fingerprint"] != fingerprint:
+        raise RunFolderConflictError(f"{state_file.parent} holds an interrupted run with other settings; use a new "
+                                     f"--out folder or delete {state_file} to start over")
+    return state
+
+
+def _save_state(state: dict[str, Any], path: Path) -> None:
+    """torch.save through a Python file object, so a full disk raises OSError (not a RuntimeError)."""
+    with open(path, "wb") as fh:
+        torch.save(state, fh)
+
+
+class TrainingSession:
+    """A training run whose settings and resume state are checked: nothing is written until :meth:`run`.
+
+    Built by :func:`prepare_fit`; holds the model, optimizer, scheduler and (when resuming) the
+    history and best-validation state of the interrupted run.
+    """
+
+    def __init__(self, model: nn.Module, data: TaskData, config: TrainConfig, out: Path | None,
+                 augment: Augment | None, recipe: Recipe, device: torch.device, progress: bool,
+                 log: Callable[[str], None], meta: dict[str, Any] | None) -> None:
+        self.model, self.data, self.config, self.out = model, data, config, out
+        self.recipe, self.device, self.meta = recipe, device, meta
+        # a named augmentation replaces the task's
+        self.augment = augmentation_from_name(config.augment) if isinstance(config.augment, str) else augment
+        self.writer = distributed.is_main()
+        self.progress = progress and self.writer
+        self.log = log if self.writer else (lambda msg: None)
+        self.steps = math.ceil(len(data.train) / config.batch_size)
+        self.optimizer = make_optimizer(model, config)
+        self.scheduler, self.per_step = make_scheduler(self.optimizer, config, self.steps)
+        self.fingerprint = train_fingerprint(config.to_dict(), model.config())
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"metric": -math.inf, "epoch": -1}
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.start_epoch = 0
+        self.resumed = False
+
+    @property
+    def state_file(self) -> Path | None:
+        """``out/train_state.pt`` (None when training writes no folder)."""
+        return self.out / STATE_FILE if self.out is not None else None
+
+    def resume(self) -> bool:
+        """Load the interrupted run's state from the run folder, if there is one (reads only)."""
+        if self.state_file is None or not self.state_file.is_file():
+            return False
+        state = read_train_state(self.state_file, self.device, self.fingerprint)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.start_epoch = int(state["epoch"]) + 1
+            self.history, self.best = json.loads(state["history"]), json.loads(state["best"])
+            if self.best.get("metric") is None:  # strict JSON wrote the initial -inf as null
+                self.best["metric"] = -math.inf
+            self.best_state = state["best_model"]
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise CheckpointError(f"{self.state_file} does not fit this model and optimizer ({type(exc).__name__}: "
+                                  f"{(str(exc).splitlines() or [''])[0][:200]}); delete it to start over") from None
+        self.resumed = True
+        return True
+
+    def run(self) -> dict[str, Any]:
+        """Train the remaining epochs, writing the checkpoint, state and history after each (rank 0).
+
+        Returns:
+            ``{"history": [per-epoch dicts], "best": {...}, "seconds": training seconds}``; the model
+            is left holding the best-validation weights.
+        """
+        config, model = self.config, self.model
+        if self.resumed:
+            self.log(f"resuming after epoch {self.start_epoch} of {config.epochs} from {self.state_file}")
+        else:
+            self.recipe.prepare(model, self.data.train)
+        engine: nn.Module = _LossModule(model, self.recipe)
+        if distributed.is_distributed():
+            engine = torch.nn.parallel.DistributedDataParallel(
+                engine, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        seconds = sum(h.get("seconds", 0.0) for h in self.history)
+        for epoch in range(self.start_epoch, config.epochs):
+            t0 = time.perf_counter()
+            totals = self._train_epoch(engine, epoch)
+            val = self.recipe.evaluate(model, self.data.val, config.eval_batch_size)  # identical on every process
+            seconds += time.perf_counter() - t0
+            self._end_epoch(epoch, totals, val, time.perf_counter() - t0)
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        elif self.out is not None and self.writer:  # no epoch was eligible: the final weights, not an older file
+            save(model, self.out, meta={"task_meta": self.meta or {}})
+        model.eval()
+        return {"history": self.history, "best": self.best, "seconds": seconds}
+
+    def _train_epoch(self, engine: nn.Module, epoch: int) -> dict[str, float]:
+        """One pass over the training split; returns the summed per-step statistics."""
+        config, model, device = self.config, self.model, self.device
+        rank, world = distributed.rank(), distributed.world_size()
+        prog0 = epoch / max(1, config.epochs)
+        self.recipe.on_epoch_start(model, epoch, prog0)
+        model.train()
+        # every process draws the whole global batch (same shuffle and augmentation) and keeps its shard
+        batches = EpochBatches(self.data.train.x, self.data.train.y, config.batch_size, config.seed, epoch,
+                               self.augment if config.augment else None)
+        autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16,
+                                  enabled=config.amp and device.type == "cuda")
+        totals: dict[str, float] = {}
+        bar = tqdm(epoch_batches(batches, resolve_workers(config.workers, device), device.type == "cuda"),
+                   total=self.steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not self.progress, leave=False)
+        for step, (x, y) in enumerate(bar):
+            if world > 1:  # this process's shard of the global batch
+                x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast:
+                loss, stats = engine(x, y, prog0 + step / (self.steps * max(1, config.epochs)))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.recipe.after_step(model)
+            if self.per_step:
+                self.scheduler.step()
+            stats["loss"] = loss.item()
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{stats['loss']:.4f}")
+        if not self.per_step:
+            self.scheduler.step()
+        return totals
+
+    def _end_epoch(self, epoch: int, totals: dict[str, float], val: dict[str, float], seconds: float) -> None:
+        """Record the epoch, keep the best eligible weights, write checkpoint, state and history (rank 0)."""
+        config, model, out = self.config, self.model, self.out
+        record = {"epoch": epoch + 1, **{k: v / self.steps for k, v in totals.items()},
+                  **{f"val_{k}": v for k, v in val.items()}, "seconds": seconds,
+                  "lr": self.optimizer.param_groups[0]["lr"]}
+        self.history.append(record)
+        # a recipe may rule an epoch out of the selection (e.g. one trained before its loss was complete)
+        if val.get("eligible", 1.0) and val["metric"] > self.best["metric"]:
+            self.best = {"metric": val["metric"], "epoch": epoch + 1, **{f"val_{k}": v for k, v in val.items()}}
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if out is not None and self.writer:
+                save(model, out, meta={"task_meta": self.meta or {}, "best_epoch": epoch + 1})
+        if out is not None and self.writer:
+            state = {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "epoch": epoch,
+                     "history": dumps_strict(self.history), "best": dumps_strict(self.best),
+                     "best_model": self.best_state, "fingerprint": self.fingerprint}
+            atomic_write(out / STATE_FILE, lambda tmp: _save_state(state, tmp))
+            write_json(out / HISTORY_FILE, self.history)
+        distributed.barrier()
+        self.log(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val metric {val['metric']:.4f}"
+                 + (" (best)" if self.best["epoch"] == epoch + 1 else "") + f", {seconds:.1f}s")
+
+
+def prepare_fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Path | None = None,
+                augment: Augment | None = None, recipe: Recipe | None = None, progress: bool = True,
+                log: Callable[[str], None] | None = None, meta: dict[str, Any] | None = None) -> TrainingSession:
+    """Check the settings and read the resume state of ``out_dir``; writes nothing.
+
+    Raises:
+        ConfigError: settings that cannot work (see :func:`check_config`).
+        CheckpointError: an unreadable or tampered ``train_state.pt``.
+        RunFolderConflictError: ``out_dir`` holds an interrupted run with other settings.
+    """
+    device, recipe = check_config(model, config, recipe)
+    model.to(device)
+    session = TrainingSession(model, data, config, Path(out_dir) if out_dir is not None else None, augment,
+                              recipe, device, progress, log or (lambda msg: tqdm.write(msg)), meta)
+    session.resume()
+    return session
 
 
 def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Path | None = None,
@@ -86,111 +346,4 @@ def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Pa
         ``{"history": [per-epoch dicts], "best": {...}, "seconds": training seconds}``; the model is
         left holding the best-validation weights.
     """
-    device = distributed.local_device(resolve_device(config.device))
-    model.to(device)
-    rank, world = distributed.rank(), distributed.world_size()
-    if config.batch_size % world:
-        raise ValueError(f"batch size {config.batch_size} does not split over {world} processes")
-    recipe = recipe or recipe_for(model, config)
-    if isinstance(config.augment, str):  # a named augmentation instead of the task's
-        augment = augmentation_from_name(config.augment)
-    out = Path(out_dir) if out_dir is not None else None
-    writer = distributed.is_main()
-    log = log or (lambda msg: tqdm.write(msg))
-    if not writer:
-        log, progress = (lambda msg: None), False
-    optimizer = make_optimizer(model, config)
-    n = len(data.train)
-    steps = math.ceil(n / config.batch_size)
-    scheduler, per_step = make_scheduler(optimizer, config, steps)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"metric": -math.inf, "epoch": -1}
-    best_state = None
-    start_epoch = 0
-    state_file = out / STATE_FILE if out else None
-    # the worker count does not change the batches, so a run may resume with another one
-    settings = {k: v for k, v in config.to_dict().items() if k != "workers"}
-    if not config.margin_radius:  # runs without the margin loss keep the fingerprint they had before it
-        for key in ("margin_radius", "margin_norm", "margin_warmup"):
-            settings.pop(key)
-    for key, plain in (("sensitive_weight", 1.0), ("train_at_balance", False)):
-        if settings[key] == plain:  # likewise runs that do not use these later settings
-            settings.pop(key)
-    fingerprint = json.dumps({"train": settings, "model": model.config()}, sort_keys=True, default=str)
-    if state_file is not None and state_file.is_file():
-        state = torch.load(state_file, map_location=device, weights_only=True)
-        if state.get("fingerprint") != fingerprint:
-            raise ValueError(f"{out} holds an interrupted run with other settings; use a new --out folder "
-                             f"or delete {state_file} to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history, best = state["epoch"] + 1, json.loads(state["history"]), json.loads(state["best"])
-        best_state = state["best_model"]
-        log(f"resuming after epoch {start_epoch} of {config.epochs} from {state_file}")
-    else:
-        recipe.prepare(model, data.train)
-    engine: nn.Module = _LossModule(model, recipe)
-    if distributed.is_distributed():
-        engine = torch.nn.parallel.DistributedDataParallel(
-            engine, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
-    seconds = sum(h.get("seconds", 0.0) for h in history)
-    workers = resolve_workers(config.workers, device)
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        prog0 = epoch / max(1, config.epochs)
-        recipe.on_epoch_start(model, epoch, prog0)
-        model.train()
-        # every process draws the whole global batch (same shuffle and augmentation) and keeps its shard
-        batches = EpochBatches(data.train.x, data.train.y, config.batch_size, config.seed, epoch,
-                               augment if config.augment else None)
-        totals: dict[str, float] = {}
-        bar = tqdm(epoch_batches(batches, workers, device.type == "cuda"), total=steps,
-                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        for step, (x, y) in enumerate(bar):
-            if world > 1:  # this process's shard of the global batch
-                x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast:
-                loss, stats = engine(x, y, prog0 + step / (steps * max(1, config.epochs)))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            recipe.after_step(model)
-            if per_step:
-                scheduler.step()
-            stats["loss"] = loss.item()
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + v
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{stats['loss']:.4f}")
-        if not per_step:
-            scheduler.step()
-        val = recipe.evaluate(model, data.val, config.eval_batch_size)  # identical on every process
-        seconds += time.perf_counter() - t0
-        record = {"epoch": epoch + 1, **{k: v / steps for k, v in totals.items()},
-                  **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - t0,
-                  "lr": optimizer.param_groups[0]["lr"]}
-        history.append(record)
-        # a recipe may rule an epoch out of the selection (e.g. one trained before its loss was complete)
-        if val.get("eligible", 1.0) and val["metric"] > best["metric"]:
-            best = {"metric": val["metric"], "epoch": epoch + 1, **{f"val_{k}": v for k, v in val.items()}}
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if out is not None and writer:
-                save(model, out, meta={"task_meta": meta or {}, "best_epoch": epoch + 1})
-        if out is not None and writer:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch, "history": json.dumps(history),
-                     "best": json.dumps(best), "best_model": best_state, "fingerprint": fingerprint}
-            atomic_write(state_file, lambda tmp: torch.save(state, tmp))
-            atomic_write(out / HISTORY_FILE, lambda tmp: tmp.write_text(json.dumps(history, indent=1)))
-        distributed.barrier()
-        log(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val metric {val['metric']:.4f}"
-            + (" (best)" if best["epoch"] == epoch + 1 else "") + f", {record['seconds']:.1f}s")
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    if out is not None and writer and not (out / MODEL_FILE).is_file():
-        save(model, out, meta={"task_meta": meta or {}})
-    model.eval()
-    return {"history": history, "best": best, "seconds": seconds}
+    return prepare_fit(model, data, config, out_dir, augment, recipe, progress, log, meta).run()

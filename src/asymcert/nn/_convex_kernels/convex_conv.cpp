@@ -90,9 +90,11 @@ std::vector<T> flip_transpose(const T* w, int Cout, int Cin, int K, bool absolut
 // f (N, Cin, H, W); w0 (C, Cin, K0, K0), b0 (C); wb (B, C, C, 3, 3), bb (B, C); ab, cb (B, C) the eval
 // batch-norm scale (> 0) and shift before each block conv; wa (C, H, W) float64 readout folded with
 // the output batch norm, wa32 its rounding to T; cst the score's constant (float64).
-// prm = [u, stem_factor, grad_factor, (alpha, beta, gamma_n) per block, uniform]. With uniform ≠ 0 the
-// error maps are bounded by per-image constants (max row sums times max values) instead of the
-// error convolutions: about a third less work, looser bounds (fine in float64).
+// prm = [u, stem_factor, grad_factor, (alpha, beta, gamma_n) per block, uniform, readout_factor]. With
+// uniform ≠ 0 the error maps are bounded by per-image constants (max row sums times max values)
+// instead of the error convolutions: about a third less work, looser bounds (fine in float64).
+// readout_factor bounds the float64 readout sum's rounding per unit of Σ|wa·z| + |cst| (magnitudes,
+// never |score|: the score is often a cancellation); the error of cst itself is added by the caller.
 // Outputs: score, score_err (N) float64; grad, grad_err (N, Cin, H, W); uncertain (N): 1 when some
 // pre-activation is within its error bound of 0 (the pattern may differ from the exact one).
 template <typename T>
@@ -108,6 +110,7 @@ void certify(const T* f, int64_t N, int Cin, int H, int W, int C, int K0, int B,
   const T u = (T)prm[0];
   const T stem_factor = (T)prm[1], grad_factor = (T)prm[2];
   const bool uniform = prm[3 + 3 * B] != 0.0;
+  const double readout_factor = prm[4 + 3 * B];
   std::vector<T> w0abs((size_t)C * Cin * K0 * K0), b0abs(C);
   for (size_t i = 0; i < w0abs.size(); ++i) w0abs[i] = std::fabs(w0[i]);
   for (int c = 0; c < C; ++c) b0abs[c] = std::fabs(b0[c]);
@@ -236,7 +239,7 @@ void certify(const T* f, int64_t N, int Cin, int H, int W, int C, int K0, int B,
         sm += std::fabs(wa[j] * (double)z[j]);
       }
       score[n] = s;
-      score_err[n] = se + 1e-12 * sm;
+      score_err[n] = se + readout_factor * sm;
       uncertain[n] = unsure ? 1 : 0;
       // ---- backward with the pattern fixed: g = ∂h_P/∂z (compact C×H×W), nonnegative until the stem
       {
@@ -288,7 +291,7 @@ void certify(const T* f, int64_t N, int Cin, int H, int W, int C, int K0, int B,
 
 extern "C" {
 
-int asymcert_convex_conv_abi_version() { return 3; }
+int asymcert_convex_conv_abi_version() { return 4; }
 
 #define ASYMCERT_CERTIFY(SFX, T)                                                                          \
   void asymcert_convex_conv_certify_##SFX(const T* f, int64_t N, int Cin, int H, int W, int C, int K0,    \

@@ -1,0 +1,73 @@
+"""Cheap checks: a model's own ``forward`` on every batch (O(1): dtype and shape only, no scan), and
+the values of a model config at build time (one :class:`~asymcert.errors.ConfigError` naming the key).
+
+A full scan for NaN/Inf and the input range belongs to :func:`asymcert.certify.inputs.check_inputs`,
+which ``asymcert.certify`` runs; ``forward`` is on the training hot path and checks only what a
+caller can get wrong without noticing (uint8 pixels, a missing batch dimension, a transposed image).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from asymcert.errors import ConfigError, InputError
+
+
+def check_batch(x: torch.Tensor, input_shape: tuple[int, ...], who: str) -> None:
+    """Refuse ``x`` unless it is a floating (N, *input_shape) tensor.
+
+    Raises:
+        InputError: naming ``who`` (the model), the dtype or shape received and the one expected.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{who} takes a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(f"{who} takes floating-point inputs in raw units, got dtype {x.dtype} "
+                         "(convert images with x.float() / 255)")
+    if tuple(x.shape[1:]) != tuple(input_shape) or x.dim() != len(input_shape) + 1:
+        expected = "(N, " + ", ".join(str(d) for d in input_shape) + ")"
+        raise InputError(f"{who} takes inputs of shape {expected}, got {tuple(x.shape)}")
+
+
+def config_int(value: Any, name: str, who: str, lowest: int = 1) -> int:
+    """``value`` when it is an integer ≥ ``lowest`` (not a bool, not 2.5, not "3").
+
+    Raises:
+        ConfigError: naming ``who`` (the model family) and the setting ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        raise ConfigError(f"{who} model config: {name} = {value!r} must be an integer ≥ {lowest}")
+    return value
+
+
+def config_int_list(value: Any, name: str, who: str, allow_empty: bool = False) -> list[int]:
+    """``value`` as a list when it is a list of integers ≥ 1 (non-empty unless ``allow_empty``).
+
+    Raises:
+        ConfigError: naming ``who`` and ``name``.
+    """
+    ok = isinstance(value, (list, tuple)) and (allow_empty or len(value) > 0) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    if not ok:
+        need = "a list of integers ≥ 1" if allow_empty else "a non-empty list of integers ≥ 1"
+        raise ConfigError(f"{who} model config: {name} = {value!r} must be {need}")
+    return list(value)
+
+
+def config_input_range(value: Any, who: str) -> tuple[float, float] | None:
+    """``value`` as (low, high) when it is None or two finite numbers with low < high (raw input units).
+
+    Raises:
+        ConfigError: naming ``who``.
+    """
+    if value is None:
+        return None
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not ok or not value[0] < value[1]:
+        raise ConfigError(f"{who} model config: input_range = {value!r} must be null or [low, high], "
+                          "two finite numbers with low < high")
+    return float(value[0]), float(value[1])

@@ -1,0 +1,252 @@
+"""Run-folder hygiene: one writer per folder, no stale temporary files, strict JSON, a typed ``run.json``.
+
+- **One writer.** ``train``, ``certify``, ``report`` and ``run`` hold an exclusive OS lock on
+  ``DIR/.asymcert.lock`` (``filelock``: ``flock`` on POSIX, ``LockFileEx`` on Windows) while they
+  work. A second writer is refused at once with :class:`~asymcert.errors.RunFolderBusyError`. The
+  operating system drops the lock when its process dies, so a crashed run never leaves it held.
+  Under ``torchrun`` only rank 0 (the one process that writes) takes it and tells the others
+  whether it got it (one broadcast), so every rank fails or proceeds together.
+- **No stale temporary files.** :func:`~asymcert.checkpoint.atomic_write` writes
+  ``.<name>.<8 random characters>`` next to its target and renames it; a process killed in between
+  leaves that file behind. The next command that holds the lock removes them
+  (:func:`remove_stale_temp_files`).
+- **Strict JSON.** Every JSON file the package writes goes through :func:`dumps_strict`:
+  non-finite floats become ``null`` (``NaN``/``Infinity`` are not JSON and many readers refuse them).
+- **A typed run.json.** :class:`RunRecord` reads it and names the missing or ill-typed key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from filelock import FileLock, Timeout
+
+from asymcert import distributed
+from asymcert.checkpoint import atomic_write
+from asymcert.errors import AsymcertError, CheckpointError, RunFolderBusyError, WriteError
+
+LOCK_FILE = ".asymcert.lock"
+RUN_FILE = "run.json"
+TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<suffix>[a-z0-9_]{8})$")
+"""Names of :func:`~asymcert.checkpoint.atomic_write`'s temporary files (``tempfile.mkstemp`` suffix)."""
+
+_LOCKS: dict[str, FileLock] = {}  # one lock object per folder: re-entrant within a process
+
+
+# --------------------------------------------------------------------------------------------- locks
+def _acquire(folder: Path) -> FileLock:
+    """Take ``folder``'s lock without waiting (re-entrant within this process and thread)."""
+    key = str(folder.resolve())
+    lock = _LOCKS.setdefault(key, FileLock(str(folder / LOCK_FILE), timeout=0))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunFolderBusyError(f"{folder} is being written by another asymcert process (it holds "
+                                 f"{folder / LOCK_FILE}); wait for it to finish or use another --out folder") from None
+    except OSError as exc:
+        raise WriteError(f"cannot lock {folder} ({folder / LOCK_FILE}: {exc.strerror or exc})") from exc
+    return lock
+
+
+@contextmanager
+def exclusive(folder: str | Path, create: bool = False, collective: bool = True) -> Iterator[Path]:
+    """Hold ``folder``'s writer lock for the ``with`` block; yields the folder as a Path.
+
+    Args:
+        folder: the run folder.
+        create: make the folder (and parents) when missing; else a missing folder is refused.
+        collective: under ``torchrun``, every rank must enter together: rank 0 locks and
+            broadcasts the outcome. False: only this process locks (callers that run on rank 0 only).
+    Raises:
+        RunFolderBusyError: another process holds the lock (every rank raises it).
+        CheckpointError: the folder does not exist and ``create`` is False.
+        WriteError: the folder or its lock file cannot be created.
+    """
+    folder = Path(folder)
+    if not create and not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a run folder (no such folder)")
+    shared = collective and distributed.is_distributed()
+    lock, error = None, None
+    if distributed.is_main() or not shared:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = _acquire(folder)
+        except AsymcertError as exc:
+            error = exc
+        except OSError as exc:
+            error = WriteError(f"cannot create the run folder {folder}: {exc.strerror or exc}")
+    if shared and distributed.broadcast_float(0.0 if error else 1.0) < 0.5 and error is None:
+        error = RunFolderBusyError(f"{folder}: rank 0 could not take the run folder's lock; see its error")
+    if error is not None:
+        raise error
+    try:
+        yield folder
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def stale_temp_files(folder: str | Path) -> list[Path]:
+    """Temporary files of interrupted atomic writes in ``folder`` (call while holding its lock)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if TEMP_NAME.match(p.name) and p.is_file() and not p.is_symlink())
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete :func:`stale_temp_files` (only safe while holding the folder's lock); returns them."""
+    removed = []
+    for path in stale_temp_files(folder):
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+# --------------------------------------------------------------------------------------- strict JSON
+def strict_jsonable(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) replaced by None, tuples as lists (recursively)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_jsonable(v) for v in obj]
+    return obj
+
+
+def dumps_strict(obj: Any, default: Callable[[Any], Any] | None = None, **kwargs: Any) -> str:
+    """``json.dumps`` that writes standard JSON only: non-finite floats become ``null``.
+
+    ``default`` (for objects JSON does not know) has its results made strict too.
+    """
+    wrapped = None if default is None else (lambda o: strict_jsonable(default(o)))
+    return json.dumps(strict_jsonable(obj), allow_nan=False, default=wrapped, **kwargs)
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 1, **kwargs: Any) -> None:
+    """Write ``obj`` as strict JSON to ``path`` atomically (see :func:`~asymcert.checkpoint.atomic_write`)."""
+    text = dumps_strict(obj, indent=indent, **kwargs) + "\n"
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+
+# ------------------------------------------------------------------------------------- typed run.json
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check(ok: bool, source: str, key: str, want: str, value: Any) -> None:
+    if not ok:
+        raise CheckpointError(f"{source}: key {key!r} must be {want}, found {type(value).__name__} {value!r:.80}")
+
+
+_TASK_KEYS = ("name", "npz", "csv", "images")
+
+
+@dataclass
+class RunRecord:
+    """The content of ``run.json``: what was trained on which data, and how training went.
+
+    Attributes:
+        task: the task spec, ``{"name": ...}`` or user data ``{"npz"|"csv"|"images": path, ...}``.
+        model: the model config (``model.config()``).
+        train: the training settings (``TrainConfig.to_dict()``).
+        task_description, preset, data_dir, class_names, binary: as given to ``train``.
+        report_radii: norm label ("l1", "l2", "linf") → radii (raw input units) of the report tables.
+        splits: split name → number of inputs.
+        training: ``{"seconds", "best", "epochs", "processes"}`` once training finished, else None.
+        extra: keys this version does not know, kept as they are.
+    """
+
+    task: dict[str, Any]
+    model: dict[str, Any]
+    train: dict[str, Any]
+    task_description: str = ""
+    preset: str | None = None
+    data_dir: str | None = None
+    class_names: list[str] = field(default_factory=list)
+    binary: bool = True
+    report_radii: dict[str, list[float]] = field(default_factory=dict)
+    splits: dict[str, int] = field(default_factory=dict)
+    training: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = RUN_FILE) -> "RunRecord":
+        """Parse ``run.json``'s text; CheckpointError (one line) when it is not JSON or not a run record."""
+        try:
+            raw = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise CheckpointError(f"{source} is not valid JSON ({exc})") from None
+        return cls.from_dict(raw, source)
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = RUN_FILE) -> "RunRecord":
+        """Check every key's type (naming the first bad or missing one) and build the record."""
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{source} must hold a JSON object, found {type(raw).__name__}")
+        for key in ("task", "model", "train"):
+            if key not in raw:
+                raise CheckpointError(f"{source} lacks the key {key!r}; is this a run folder written by `asymcert train`?")
+            _check(isinstance(raw[key], dict), source, key, "an object", raw[key])
+        task = raw["task"]
+        _check(any(isinstance(task.get(k), str) for k in _TASK_KEYS), source, "task",
+               f"an object naming one of {list(_TASK_KEYS)}", task)
+        _check_optional(raw, source)
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in raw.items() if k in known},
+                   extra={k: v for k, v in raw.items() if k not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``run.json`` (``training`` only once there is one)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        if out["training"] is None:
+            del out["training"]
+        return {**out, **self.extra}
+
+
+def _check_optional(raw: dict[str, Any], source: str) -> None:
+    """Type checks of run.json's optional keys."""
+    checks: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "task_description": (lambda v: isinstance(v, str), "a string"),
+        "preset": (lambda v: v is None or isinstance(v, str), "a string or null"),
+        "data_dir": (lambda v: v is None or isinstance(v, str), "a string or null"),
+        "class_names": (lambda v: isinstance(v, list), "a list"),
+        "binary": (lambda v: isinstance(v, bool), "true or false"),
+        "report_radii": (lambda v: isinstance(v, dict) and all(
+            isinstance(r, list) and all(_is_number(x) for x in r) for r in v.values()),
+            "an object of number lists"),
+        "splits": (lambda v: isinstance(v, dict) and all(isinstance(n, int) for n in v.values()),
+                   "an object of integers"),
+        "training": (lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("best", {}), dict)
+                                             and (v.get("seconds") is None or _is_number(v.get("seconds")))),
+                     "an object with 'seconds' (number) and 'best' (object)"),
+    }
+    for key, (ok, want) in checks.items():
+        if key in raw:
+            _check(ok(raw[key]), source, key, want, raw[key])
+
+
+def read_run_record(run_dir: str | Path) -> RunRecord:
+    """The :class:`RunRecord` of a run folder.
+
+    Raises:
+        CheckpointError: no ``run.json``, or one that is unreadable, not JSON, or lacks/mistypes a key.
+    """
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run folder (no {RUN_FILE}); train one with `asymcert train`")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc})") from None
+    return RunRecord.from_json(text, str(path))

@@ -1,0 +1,134 @@
+"""``asymcert.certify``: bounded memory for any N, empty batches, and clear refusals of unusable arguments."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import asymcert
+from asymcert.certify import api
+from asymcert.certify.result import Certificate, normalize_norm
+from asymcert.errors import AsymcertError, InputError
+from asymcert.models import build_model
+
+
+def _model(input_shape=(6,), kind="feature-convex", seed=0):
+    torch.manual_seed(seed)
+    config = {"kind": kind, "input_shape": list(input_shape), "feature_map": [{"kind": "shift"}],
+              "convex": {"kind": "icnn", "widths": [8]}}
+    if kind == "one-vs-rest-convex":
+        config["num_classes"] = 3
+    return build_model(config).eval()
+
+
+@pytest.fixture
+def recorded_chunks(monkeypatch):
+    """The batch sizes the feature-convex certifier is called with."""
+    sizes: list[int] = []
+    api._load_builtin()
+    real = api._CERTIFIERS["feature-convex"]
+
+    def recording(model, x, norms, **options):
+        sizes.append(x.shape[0])
+        return real(model, x, norms, **options)
+
+    monkeypatch.setitem(api._CERTIFIERS, "feature-convex", recording)
+    return sizes
+
+
+def test_certify_chunks_by_default(recorded_chunks, monkeypatch):
+    """Without batch_size the certifier never sees more than DEFAULT_CHUNK inputs at once, whatever N."""
+    assert api.DEFAULT_CHUNK == 4096
+    monkeypatch.setattr(api, "DEFAULT_CHUNK", 7)  # the same code path, at a size a test can afford
+    model, x = _model(), torch.randn(23, 6)
+    cert = asymcert.certify(model, x)
+    assert recorded_chunks == [7, 7, 7, 2] and len(cert) == 23
+    whole = asymcert.certify(model, x, batch_size=100)
+    assert recorded_chunks[-1] == 23
+    torch.testing.assert_close(cert.predicted, whole.predicted, rtol=0, atol=0)
+    for p in whole.radii:
+        torch.testing.assert_close(cert.radii[p], whole.radii[p], rtol=1e-12, atol=0)
+    assert cert.seconds > 0
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "10"])
+def test_bad_batch_sizes_are_refused(batch_size):
+    with pytest.raises(InputError, match="batch_size must be a positive number of inputs"):
+        asymcert.certify(_model(), torch.randn(3, 6), batch_size=batch_size)
+
+
+@pytest.mark.parametrize("kind", ["feature-convex", "one-vs-rest-convex"])
+def test_an_empty_batch_gives_an_empty_certificate(kind):
+    model = _model(kind=kind)
+    full = asymcert.certify(model, torch.randn(2, 6), norms=(2, "inf"))
+    empty = asymcert.certify(model, torch.randn(0, 6), norms=(2, "inf"))
+    assert len(empty) == 0 and empty.method == full.method and empty.binary == full.binary
+    assert sorted(empty.radii) == sorted(full.radii) == [2.0, math.inf]
+    assert empty.predicted.dtype == full.predicted.dtype == torch.int64
+    for p, r in empty.radii.items():
+        assert r.shape == (0,) and r.dtype == full.radii[p].dtype
+    assert {k: (v.shape[1:], v.dtype) for k, v in empty.extra.items()} == \
+        {k: (v.shape[1:], v.dtype) for k, v in full.extra.items()}
+    assert empty.seconds == 0.0
+
+
+def test_meta_tensors_are_refused():
+    with pytest.raises(InputError, match="inputs are on the meta device, they hold no values"):
+        asymcert.certify(_model(), torch.empty(3, 6, device="meta"))
+    with pytest.raises(InputError, match="the model's weights are on the meta device"):
+        asymcert.certify(_model().to("meta"), torch.randn(3, 6))
+
+
+@pytest.mark.parametrize("norms, message", [((), "no norms to certify"), (("abc",), "'abc' is not an ℓp norm"),
+                                            ((0.5,), "need p ≥ 1"), ((math.nan,), "need p ≥ 1"),
+                                            ((None,), "None is not an ℓp norm")])
+def test_bad_norms_are_asymcert_errors(norms, message):
+    with pytest.raises(InputError, match=message):
+        asymcert.certify(_model(), torch.randn(3, 6), norms=norms)
+
+
+def test_normalize_norm_refusals_are_value_errors_for_old_callers():
+    with pytest.raises(ValueError):
+        normalize_norm("two")
+    assert normalize_norm("Linf") == math.inf and normalize_norm(2) == 2.0
+
+
+def test_certificate_cat_of_one_part_and_of_none():
+    cert = asymcert.certify(_model(), torch.randn(4, 6))
+    one = Certificate.cat([cert])
+    assert torch.equal(one.predicted, cert.predicted) and torch.equal(one.radii[2.0], cert.radii[2.0])
+    with pytest.raises(InputError, match="at least one certificate"):
+        Certificate.cat([])
+
+
+@pytest.mark.parametrize("x, message", [
+    (torch.tensor(1.0), "got a scalar"),
+    (torch.zeros(3, 6, dtype=torch.uint8), "must be floating point"),
+    (torch.randn(3, 5), r"shape \(3, 5\), expected \(N, 6\)"),
+    (torch.tensor([[0.0] * 6, [math.nan] * 6, [0.0] * 6]), r"NaN or Inf \(first bad rows: \[1\]\)"),
+    ([[0.0] * 6], "must be a torch.Tensor"),
+])
+def test_bad_inputs_are_named(x, message):
+    with pytest.raises(InputError, match=message):
+        asymcert.certify(_model(), x)
+
+
+def test_non_finite_rows_are_found_in_every_chunk(monkeypatch):
+    """The finiteness check runs in chunks (bounded memory) and still names rows of later chunks."""
+    from asymcert.certify import inputs
+    monkeypatch.setattr(inputs, "CHECK_CHUNK", 4)
+    x = torch.randn(13, 6)
+    x[9, 2] = math.inf
+    x[12, 0] = math.nan
+    with pytest.raises(InputError, match=r"first bad rows: \[9, 12\]"):
+        asymcert.certify(_model(), x)
+
+
+def test_every_refusal_is_an_asymcert_error():
+    for call in (lambda: asymcert.certify(_model(), torch.randn(3, 6), batch_size=0),
+                 lambda: asymcert.certify(_model(), torch.empty(1, 6, device="meta")),
+                 lambda: asymcert.certify(_model(), torch.randn(3, 6), norms=("x",))):
+        with pytest.raises(AsymcertError):
+            call()

@@ -1,0 +1,197 @@
+"""The run-folder lock, atomic writes (permissions, disk full), stale temp files, strict JSON, RunRecord."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asymcert.checkpoint import atomic_write
+from asymcert.errors import CheckpointError, RunFolderBusyError, WriteError
+from asymcert.runfolder import (LOCK_FILE, RunRecord, dumps_strict, exclusive, remove_stale_temp_files,
+                                stale_temp_files, write_json)
+from tests.conftest import examples
+
+HOLD = """
+import sys, time
+from asymcert.runfolder import exclusive
+with exclusive(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def _holder(folder: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_lock_is_exclusive_between_processes_and_dies_with_its_holder(tmp_path):
+    proc = _holder(tmp_path)
+    try:
+        with pytest.raises(RunFolderBusyError, match=LOCK_FILE):
+            with exclusive(tmp_path):
+                pass
+    finally:
+        proc.send_signal(signal.SIGKILL)  # a crash: no cleanup code runs
+        proc.wait()
+    with exclusive(tmp_path):  # the OS released the dead process's lock
+        assert (tmp_path / LOCK_FILE).exists()
+
+
+def test_lock_is_reentrant_in_one_process_and_released_at_the_end(tmp_path):
+    with exclusive(tmp_path):
+        with exclusive(tmp_path):  # `run` holds it while its train/certify/report steps take it again
+            pass
+        probe = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(tmp_path)],
+                               capture_output=True, text=True, timeout=120)
+        assert probe.returncode != 0 and "RunFolderBusyError" in probe.stderr
+    proc = _holder(tmp_path)  # free again once the outer block ends
+    proc.kill()
+    proc.wait()
+
+
+def test_missing_folder_is_not_created_unless_asked(tmp_path):
+    with pytest.raises(CheckpointError, match="not a run folder"):
+        with exclusive(tmp_path / "nope"):
+            pass
+    assert not (tmp_path / "nope").exists()
+    with exclusive(tmp_path / "new", create=True):
+        pass
+    assert (tmp_path / "new").is_dir()
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_write_respects_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "a.json", lambda tmp: tmp.write_text("{}"))
+        write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    for name in ("a.json", "b.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_disk_full_is_one_line_naming_the_file_and_keeps_the_old_file(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text("old")
+
+    def full(tmp):
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(WriteError, match="No space left on device") as info:
+        atomic_write(target, full)
+    assert str(target) in str(info.value) and "\n" not in str(info.value)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temp file left
+
+
+def test_safetensors_write_failure_is_a_write_error(tmp_path):
+    from safetensors import SafetensorError
+
+    def fail(tmp):
+        raise SafetensorError("Error while serializing: IoError(No space left on device)\nmore detail")
+
+    with pytest.raises(WriteError, match="model.safetensors: Error while serializing") as info:
+        atomic_write(tmp_path / "model.safetensors", fail)
+    assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []
+
+
+def test_errors_of_our_own_pass_through_atomic_write(tmp_path):
+    def refuse(tmp):
+        raise CheckpointError("a reason of our own")
+
+    with pytest.raises(CheckpointError, match="a reason of our own"):
+        atomic_write(tmp_path / "x", refuse)
+
+
+def test_stale_temp_files_match_atomic_writes_only(tmp_path):
+    for name in (".train_state.pt.k3x_9a0q", ".run.json.abcdefgh", ".certified_l2.png.0123_abc"):
+        (tmp_path / name).write_text("half")
+    for name in (LOCK_FILE, ".hidden", ".notes.txt", "run.json", ".x.ABCDEFGH", ".x.abc"):
+        (tmp_path / name).write_text("keep")
+    (tmp_path / ".dir.abcdefgh").mkdir()
+    assert [p.name for p in stale_temp_files(tmp_path)] == [
+        ".certified_l2.png.0123_abc", ".run.json.abcdefgh", ".train_state.pt.k3x_9a0q"]
+    remove_stale_temp_files(tmp_path)
+    assert stale_temp_files(tmp_path) == [] and (tmp_path / LOCK_FILE).exists() and (tmp_path / ".dir.abcdefgh").is_dir()
+
+
+def test_a_killed_atomic_write_leaves_a_temp_file_that_matches_the_pattern(tmp_path):
+    """The pattern is the one atomic_write really uses: kill a write half-way and look."""
+    code = ("import os, sys\nfrom pathlib import Path\nfrom asymcert.checkpoint import atomic_write\n"
+            "atomic_write(Path(sys.argv[1]) / 'train_state.pt', lambda tmp: os.kill(os.getpid(), 9))\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], timeout=120)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".train_state.pt.")
+    assert [p.name for p in stale_temp_files(tmp_path)] == left
+
+
+finite_or_not = st.floats(allow_nan=True, allow_infinity=True)
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | finite_or_not | st.text(max_size=5),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                     max_size=4),
+                           max_leaves=20)
+
+
+def _refuse(const):
+    raise ValueError(f"non-standard JSON constant {const}")
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(json_values)
+def test_strict_json_is_standard_json_and_keeps_every_finite_value(value):
+    text = dumps_strict(value)
+    back = json.loads(text, parse_constant=_refuse)
+
+    def same(a, b):
+        if isinstance(a, float) and not math.isfinite(a):
+            return b is None
+        if isinstance(a, dict):
+            return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, (list, tuple)):
+            return isinstance(b, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return a == b
+
+    assert same(value, back)
+
+
+def test_strict_json_through_a_default_hook():
+    class Odd:
+        pass
+    assert json.loads(dumps_strict({"a": Odd()}, default=lambda o: [math.inf, 1.5])) == {"a": [None, 1.5]}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[1, 2]", "must hold a JSON object, found list"),
+    ("{}", "lacks the key 'task'"),
+    ("nope", "not valid JSON"),
+    ('{"task": {"name": "t"}, "model": {}, "train": []}', "'train' must be an object"),
+    ('{"task": {"name": "t"}, "model": {}, "train": {}, "binary": "yes"}', "'binary' must be true or false"),
+    ('{"task": {"name": "t"}, "model": {}, "train": {}, "training": {"best": 3}}', "'training' must be"),
+    ('{"task": {"name": "t"}, "model": {}, "train": {}, "splits": {"test": 1.5}}', "'splits' must be"),
+])
+def test_run_record_names_the_bad_key(text, message):
+    with pytest.raises(CheckpointError, match=message) as info:
+        RunRecord.from_json(text, "run.json")
+    assert "\n" not in str(info.value)
+
+
+def test_run_record_round_trips_and_keeps_unknown_keys():
+    raw = {"task": {"name": "t"}, "model": {"kind": "k"}, "train": {"lr": 0.1}, "binary": False,
+           "report_radii": {"l2": [0.5, 1]}, "training": {"seconds": 1.0, "best": {"epoch": 2}}, "newer": {"a": 1}}
+    rec = RunRecord.from_json(json.dumps(raw))
+    assert rec.binary is False and rec.training["best"]["epoch"] == 2 and rec.extra == {"newer": {"a": 1}}
+    assert rec.to_dict() == {**RunRecord(task={"name": "t"}, model={}, train={}).to_dict(), **raw}

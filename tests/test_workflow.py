@@ -1,0 +1,350 @@
+"""Run folders lose nothing: refused commands change nothing, one writer at a time, strict JSON, robust reads,
+and a report without matplotlib."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from asymcert.errors import (AsymcertError, CheckpointError, ConfigError, RunFolderBusyError, RunFolderConflictError,
+                             WriteError)
+from asymcert.report.writer import REPORT_FILE, RESULTS_FILE, write_report
+from asymcert.runfolder import LOCK_FILE
+from asymcert.train.loop import STATE_FILE
+from asymcert.workflow import CERT_FILE, RUN_FILE, certify_run, read_run, run_data, run_task, train_run
+
+TASK = {"name": "fashion-mnist-shirts"}
+SMALL_MODEL = {"convex": {"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}}
+SMALL_TRAIN = {"batch_size": 32, "epochs": 1}
+LIMIT = 24
+
+
+def _train(out, fashion_dir, train=None, model=None, **kw):
+    return train_run(TASK, out, None, {**SMALL_TRAIN, **(train or {})}, {**SMALL_MODEL, **(model or {})},
+                     data_dir=fashion_dir, progress=False, log=lambda m: None, **kw)
+
+
+@pytest.fixture(scope="module")
+def certified(fashion_dir, tmp_path_factory):
+    """A trained, certified and reported run folder (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("wf") / "run"
+    _train(out, fashion_dir)
+    certify_run(out, limit=LIMIT, data_dir=fashion_dir, progress=False)
+    write_report(out)
+    return out
+
+
+@pytest.fixture
+def run_dir(certified, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(certified, dst)
+    return dst
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int, int]]:
+    """Every file's bytes, modification time and mode (the writer lock excepted)."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_mode)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
+
+
+def strict_load(path: Path):
+    """json.loads that refuses NaN/Infinity (what strict JSON readers do)."""
+    def refuse(const):
+        raise ValueError(f"{path.name}: non-standard JSON constant {const}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+# ---------------------------------------------------------------- 1. a refused command changes nothing
+REFUSALS = {
+    "other training settings": (dict(train={"epochs": 2}), RunFolderConflictError),
+    "other model": (dict(model={"convex": {**SMALL_MODEL["convex"], "channels": 3}}), RunFolderConflictError),
+    "bad device": (dict(train={"device": "tpu9"}), ConfigError),
+    "cuda where there is none": (dict(train={"device": "cuda:7"}), ConfigError),
+    "bad learning rate": (dict(train={"lr": "fast"}), ConfigError),
+    "unknown optimizer": (dict(train={"optimizer": "rmsprop"}), ConfigError),
+    "unknown setting": (dict(train={"nonsense": 1}), AsymcertError),
+    "zero epochs": (dict(train={"epochs": 0}), ConfigError),
+    "negative epochs": (dict(train={"epochs": -3}), ConfigError),
+    "zero batch size": (dict(train={"batch_size": 0}), ConfigError),
+    "bad augmentation name": (dict(train={"augment": "crop2_spin"}), AsymcertError),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refused_train_changes_nothing_on_disk(run_dir, fashion_dir, case):
+    kwargs, error = REFUSALS[case]
+    if case == "cuda where there is none" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    before = snapshot(run_dir)
+    with pytest.raises(error) as info:
+        _train(run_dir, fashion_dir, **kwargs)
+    assert "\n" not in str(info.value)
+    assert snapshot(run_dir) == before
+
+
+def test_another_task_into_a_run_folder_is_refused_before_writing(run_dir, tmp_path):
+    """The reported defect: a shirts run folder then scored a 10-class model. Another task is refused."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "own.npz"
+    np.savez(npz, x=rng.random((90, 1, 28, 28)).astype(np.float32), y=rng.integers(0, 2, 90))
+    before = snapshot(run_dir)
+    spec = {"npz": str(npz), "sensitive_class": 1, "other_class": None}
+    with pytest.raises(RunFolderConflictError, match="another task"):
+        train_run(spec, run_dir, None, SMALL_TRAIN, SMALL_MODEL, progress=False, log=lambda m: None)
+    assert snapshot(run_dir) == before
+    assert read_run(run_dir)["task"] == TASK
+
+
+def test_refused_train_into_a_new_folder_creates_nothing(fashion_dir, tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError):
+        _train(out, fashion_dir, train={"device": "tpu9"})
+    assert not out.exists()
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path("PWNED"),))
+
+
+@pytest.mark.parametrize("kind", ["malicious", "garbage", "not a state"])
+def test_tampered_train_state_is_refused_before_any_write(run_dir, fashion_dir, kind, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    state = run_dir / STATE_FILE
+    if kind == "malicious":
+        torch.save({"model": _Payload()}, state)
+    elif kind == "garbage":
+        state.write_bytes(b"\x80\x02garbage" * 50)
+    else:
+        torch.save({"weights": torch.zeros(3)}, state)
+    before = snapshot(run_dir)
+    with pytest.raises(CheckpointError) as info:
+        _train(run_dir, fashion_dir)
+    assert "\n" not in str(info.value) and str(state) in str(info.value)
+    assert snapshot(run_dir) == before
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_same_settings_resume_a_finished_run_without_change_of_results(run_dir, fashion_dir):
+    before = read_run(run_dir)
+    after = _train(run_dir, fashion_dir)
+    assert after["train"] == before["train"] and after["model"] == before["model"]
+    assert after["training"]["epochs"] == 1
+
+
+# ---------------------------------------------------------------- 2. one writer per run folder
+HOLD = """
+import sys, time
+from asymcert.runfolder import exclusive
+with exclusive(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def held(run_dir):
+    """Another process holding the run folder's lock."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    yield run_dir
+    proc.kill()
+    proc.wait()
+
+
+def test_second_writer_is_refused_at_once_and_changes_nothing(held, fashion_dir):
+    before = snapshot(held)
+    with pytest.raises(RunFolderBusyError, match="another asymcert process"):
+        _train(held, fashion_dir)
+    with pytest.raises(RunFolderBusyError):
+        certify_run(held, limit=4, data_dir=fashion_dir, progress=False)
+    with pytest.raises(RunFolderBusyError):
+        write_report(held)
+    assert snapshot(held) == before
+
+
+def test_run_holds_the_lock_across_train_certify_and_report(fashion_dir, tmp_path, monkeypatch):
+    """`run` takes the lock once and its own steps re-enter it; a concurrent process is kept out throughout."""
+    import asymcert.workflow as wf
+    seen = []
+    real = wf.certify_run
+
+    def spy(*args, **kw):
+        probe = subprocess.run([sys.executable, "-c",
+                                "import sys\nfrom asymcert.runfolder import exclusive\n"
+                                "from asymcert.errors import RunFolderBusyError\n"
+                                "try:\n    exclusive(sys.argv[1]).__enter__()\nexcept RunFolderBusyError:\n"
+                                "    sys.exit(3)\n", str(args[0])])
+        seen.append(probe.returncode)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(wf, "certify_run", spy)
+    results = run_task(TASK, tmp_path / "r", data_dir=fashion_dir, limit=8, progress=False,
+                       train_overrides=SMALL_TRAIN, model_overrides=SMALL_MODEL, log=lambda m: None)
+    assert seen == [3] and results["n_inputs"] == 8
+
+
+# ---------------------------------------------------------------- 3. stale temporary files
+def test_stale_temp_files_of_a_killed_write_are_removed_by_the_next_command(run_dir, fashion_dir):
+    stale = [run_dir / ".train_state.pt.k3x_9a0q", run_dir / ".run.json.abcdefgh"]
+    for p in stale:
+        p.write_bytes(b"half a file")
+    keep = run_dir / ".my.notes"
+    keep.write_text("mine")
+    certify_run(run_dir, limit=4, data_dir=fashion_dir, progress=False)
+    assert not any(p.exists() for p in stale) and keep.read_text() == "mine"
+
+
+def test_a_refused_command_leaves_stale_temp_files_alone(run_dir, fashion_dir):
+    stale = run_dir / ".train_state.pt.k3x_9a0q"
+    stale.write_bytes(b"half")
+    with pytest.raises(ConfigError):
+        _train(run_dir, fashion_dir, train={"device": "tpu9"})
+    assert stale.exists()
+
+
+# ---------------------------------------------------------------- 4. strict JSON
+def test_no_eligible_epoch_still_writes_strict_json(fashion_dir, tmp_path):
+    out = tmp_path / "ineligible"
+    # the margin loss makes epochs before the end of its warm-up ineligible: no epoch is selected, best = -inf
+    run = _train(out, fashion_dir, train={"margin_radius": 0.1, "margin_norm": 2.0, "margin_warmup": 0.9})
+    assert run["training"]["best"]["epoch"] == -1
+    certify_run(out, limit=8, data_dir=fashion_dir, progress=False)
+    write_report(out)
+    files = sorted(out.glob("*.json"))
+    assert {p.name for p in files} >= {RUN_FILE, "history.json", RESULTS_FILE}
+    for path in files:
+        strict_load(path)
+    assert strict_load(out / RUN_FILE)["training"]["best"]["metric"] is None
+    assert (out / "model.safetensors").is_file()  # the final weights, since no epoch was selected
+
+
+# ---------------------------------------------------------------- 6. reading run folders robustly
+BAD_RUN_JSON = {
+    "a list": ("[1, 2]", "must hold a JSON object"),
+    "empty object": ("{}", "lacks the key 'task'"),
+    "not JSON": ("{oops", "not valid JSON"),
+    "missing model": (json.dumps({"task": TASK, "train": {}}), "lacks the key 'model'"),
+    "ill-typed model": (json.dumps({"task": TASK, "model": 3, "train": {}}), "'model' must be an object"),
+    "ill-typed radii": (None, "'report_radii' must be"),
+    "task naming nothing": (json.dumps({"task": {"x": 1}, "model": {}, "train": {}}), "'task' must be"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RUN_JSON))
+def test_malformed_run_json_is_one_clear_line_everywhere(run_dir, fashion_dir, case):
+    text, message = BAD_RUN_JSON[case]
+    if text is None:
+        raw = json.loads((run_dir / RUN_FILE).read_text())
+        raw["report_radii"] = {"l2": "wide"}
+        text = json.dumps(raw)
+    (run_dir / RUN_FILE).write_text(text)
+    before = snapshot(run_dir)
+    for call in (lambda: certify_run(run_dir, limit=4, data_dir=fashion_dir, progress=False),
+                 lambda: write_report(run_dir), lambda: run_data(run_dir), lambda: read_run(run_dir)):
+        with pytest.raises(CheckpointError, match=message) as info:
+            call()
+        assert "\n" not in str(info.value)
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "no metadata", "short radii"])
+def test_corrupt_certificates_give_one_line_at_report(run_dir, damage):
+    path = run_dir / CERT_FILE
+    from safetensors.torch import load_file, save_file
+    if damage == "garbage":
+        path.write_bytes(b"\x00" * 100)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "no metadata":
+        save_file(load_file(str(path)), str(path))
+    else:
+        t = load_file(str(path))
+        t["radius_l2"] = t["radius_l2"][:3].clone()
+        save_file(t, str(path), metadata={"method": "convex", "deterministic": "true", "alpha": "null",
+                                          "seconds": "0.1", "binary": "true", "norms": '["l2"]'})
+    before = snapshot(run_dir)
+    with pytest.raises(CheckpointError) as info:
+        write_report(run_dir)
+    assert "\n" not in str(info.value) and CERT_FILE in str(info.value)
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("limit,batch", [(0, 10), (-5, 10), (None, 0), (3, -1)])
+def test_certify_limits_out_of_range_are_refused(run_dir, fashion_dir, limit, batch):
+    before = snapshot(run_dir)
+    with pytest.raises(ConfigError):
+        certify_run(run_dir, limit=limit, batch_size=batch, data_dir=fashion_dir, progress=False)
+    assert snapshot(run_dir) == before
+
+
+# ---------------------------------------------------------------- 7. the report without matplotlib; disk full
+@pytest.fixture
+def no_matplotlib(monkeypatch):
+    """Imports of matplotlib fail, as in a plain `pip install asymcert`."""
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+
+
+def test_report_without_matplotlib_writes_tables_and_says_how_to_get_plots(run_dir, no_matplotlib):
+    for png in run_dir.glob("*.png"):
+        png.unlink()
+    messages = []
+    results = write_report(run_dir, log=messages.append)
+    assert results["plots"] == {} and not list(run_dir.glob("*.png"))
+    assert "pip install 'asymcert[plot]'" in (run_dir / REPORT_FILE).read_text()
+    assert strict_load(run_dir / RESULTS_FILE)["certified_accuracy"]
+    assert len(messages) == 1 and "asymcert[plot]" in messages[0]
+
+
+def test_run_without_matplotlib_completes_and_warns_before_training(fashion_dir, tmp_path, no_matplotlib):
+    messages = []
+    results = run_task(TASK, tmp_path / "plain", data_dir=fashion_dir, limit=8, progress=False,
+                       train_overrides=SMALL_TRAIN, model_overrides=SMALL_MODEL, log=messages.append)
+    assert "asymcert[plot]" in messages[0]  # said first, before the first epoch
+    assert any(m.startswith("epoch 1/1") for m in messages[1:])
+    assert results["n_inputs"] == 8 and (tmp_path / "plain" / REPORT_FILE).is_file()
+
+
+def test_disk_full_while_reporting_is_one_line_and_keeps_the_old_report(run_dir, monkeypatch):
+    old = (run_dir / REPORT_FILE).read_bytes()
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(WriteError, match="No space left on device") as info:
+        write_report(run_dir)
+    assert "\n" not in str(info.value) and RESULTS_FILE in str(info.value)
+    monkeypatch.undo()
+    assert (run_dir / REPORT_FILE).read_bytes() == old
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".results.json.")]
+
+
+def test_disk_full_while_training_is_one_line(fashion_dir, tmp_path, monkeypatch):
+    import asymcert.train.loop as loop
+
+    def full(state, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(loop, "_save_state", full)
+    with pytest.raises(WriteError, match=STATE_FILE):
+        _train(tmp_path / "full", fashion_dir)
+
+
+def test_run_json_keys_of_newer_versions_are_kept(run_dir, fashion_dir):
+    """A run.json key this version does not know survives a resume that rewrites run.json."""
+    raw = json.loads((run_dir / RUN_FILE).read_text())
+    (run_dir / RUN_FILE).write_text(json.dumps({**raw, "later_key": [1, 2]}))
+    assert read_run(run_dir)["later_key"] == [1, 2]
+    _train(run_dir, fashion_dir)
+    assert strict_load(run_dir / RUN_FILE)["later_key"] == [1, 2]
