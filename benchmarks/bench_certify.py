@@ -4,7 +4,7 @@ The authors' code certifies one input at a time: a batch of one, `torch.autograd
 of g at φ(x), then the dual norm. asymcert does the whole batch at once. Both run here on the same
 model, inputs and machine, in one process; the ratio is the result. asymcert's precisions:
 "auto" (the default: the compiled float64 pass with rigorous rounding bounds for conv nets, else
-float64), "float64" (PyTorch recomputation in float64), "model" (the model's dtype, slack only).
+float64), "float64" (PyTorch recomputation in float64), "model" (the model's dtype, with an absolute bound on its own rounding).
 
     python benchmarks/bench_certify.py [--run runs/fashion-mnist-shirts] [--n 2000] [--n-ref 200] [--threads T]
 
