@@ -70,25 +70,30 @@ class UnsupportedNetworkError(AsymcertError, ValueError):
     """A network with a layer bound propagation does not handle."""
 
 
-def sequential_layers(model: nn.Module) -> list[nn.Module]:
+def sequential_layers(model: nn.Module, supported: tuple[type[nn.Module], ...] | None = None,
+                      who: str = "bound propagation") -> list[nn.Module]:
     """The flat list of layers of ``model`` (an ``nn.Sequential`` or a model with one as ``.net``).
 
+    Args:
+        supported: the layer types the caller can handle (default :data:`SUPPORTED`).
+        who: the caller's name, for the error message.
     Raises:
-        UnsupportedNetworkError: a layer outside :data:`SUPPORTED`.
+        UnsupportedNetworkError: not an ``nn.Sequential``, or a layer outside ``supported``.
     """
+    supported = SUPPORTED if supported is None else supported
     net = model.net if isinstance(getattr(model, "net", None), nn.Sequential) else model
     if not isinstance(net, nn.Sequential):
-        raise UnsupportedNetworkError(f"bound propagation needs an nn.Sequential (or a model with one as .net), "
+        raise UnsupportedNetworkError(f"{who} needs an nn.Sequential (or a model with one as .net), "
                                       f"got {type(model).__name__}")
     out: list[nn.Module] = []
     for layer in net:
         if isinstance(layer, nn.Sequential):
-            out += sequential_layers(layer)
-        elif isinstance(layer, SUPPORTED):
+            out += sequential_layers(layer, supported, who)
+        elif isinstance(layer, supported):
             out.append(layer)
         else:
-            raise UnsupportedNetworkError(f"bound propagation does not support {type(layer).__name__}; supported: "
-                                          + ", ".join(t.__name__ for t in SUPPORTED))
+            raise UnsupportedNetworkError(f"{who} does not support {type(layer).__name__}; supported: "
+                                          + ", ".join(t.__name__ for t in supported))
     return out
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from asymcert.certify.api import register_certifier
-from asymcert.certify.bound_propagation import UnsupportedNetworkError
+from asymcert.certify.bound_propagation import sequential_layers
 from asymcert.certify.functional import safe_radius
 from asymcert.certify.modes import check_precision, check_slack, eval_mode, gamma, matmul_unit_roundoff
 from asymcert.certify.result import Certificate
@@ -50,21 +50,8 @@ def orthogonal_layers(model: nn.Module) -> list[nn.Module]:
     Raises:
         UnsupportedNetworkError: not an ``nn.Sequential``, or a layer whose rounding is not analysed.
     """
-    net = model.net if isinstance(getattr(model, "net", None), nn.Sequential) else model
-    if not isinstance(net, nn.Sequential):
-        raise UnsupportedNetworkError(f"the orthogonal certifier needs an nn.Sequential (or a model with one "
-                                      f"as .net) to bound its rounding, got {type(model).__name__}")
-    out: list[nn.Module] = []
-    for layer in net:
-        if isinstance(layer, nn.Sequential):
-            out += orthogonal_layers(layer)
-        elif isinstance(layer, (Shift, CayleyLinear, CayleyConv2d) + EXACT_LAYERS):
-            out.append(layer)
-        else:
-            raise UnsupportedNetworkError(f"the orthogonal certifier cannot bound the rounding of "
-                                          f"{type(layer).__name__}; supported: Shift, CayleyLinear, "
-                                          "CayleyConv2d, GroupSort/MaxMin, PixelUnshuffle, Flatten, Identity")
-    return out
+    return sequential_layers(model, (Shift, CayleyLinear, CayleyConv2d) + EXACT_LAYERS,
+                             "the orthogonal certifier's rounding analysis")
 
 
 def _conv_relative_error(layer: CayleyConv2d, lip: float, u: float) -> float:
