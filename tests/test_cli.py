@@ -215,6 +215,7 @@ def test_exit_codes_are_distinct(tiny_run, tmp_path, monkeypatch):
     lock = FileLock(str(folder / ".asymcert.lock"))
     with lock:  # another process would hold it like this
         assert "RunFolderBusyError" in _refused(runner.invoke(main, ["certify", str(folder), "--quiet"]), EXIT_BUSY)
+        assert "RunFolderBusyError" in _refused(runner.invoke(main, ["audit", str(folder), "--limit", "2"]), EXIT_BUSY)
     for exc, code, message in ((OSError(errno.ENOSPC, "No space left on device", str(folder / "results.json")),
                                 EXIT_IO, "OSError: " + str(folder / "results.json") + ": No space left on device"),
                                (PermissionError(errno.EACCES, "Permission denied"), EXIT_IO, "Permission denied"),

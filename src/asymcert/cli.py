@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from asymcert.errors import AsymcertError, RunFolderBusyError, WriteError
+from asymcert.runfolder import exclusive
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_REFUSED, EXIT_BUSY, EXIT_IO, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_CODES = {
@@ -280,8 +281,9 @@ def audit(run_dir, limit, restarts, steps, no_exact, data_dir) -> None:
     from asymcert.audit import audit_run
     from asymcert.workflow import run_data
     data = run_data(run_dir, data_dir)
-    report = audit_run(run_dir, data.test.x[:limit], data.test.y[:limit], restarts=restarts, steps=steps,
-                       exact=not no_exact)
+    with exclusive(run_dir):  # audit.md and audit.json are written into the folder: one writer
+        report = audit_run(run_dir, data.test.x[:limit], data.test.y[:limit], restarts=restarts, steps=steps,
+                           exact=not no_exact)
     click.echo(f"audit of {min(limit, len(data.test))} test inputs: {report['violations']} violation(s); "
                f"details in {Path(run_dir) / 'audit.md'}")
     if report["violations"]:
