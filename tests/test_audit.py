@@ -7,11 +7,12 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from click.testing import CliRunner
 
 import asymcert
-from asymcert.audit import audit, audit_cli_main, audit_run
+from asymcert.audit import audit, audit_run
 from asymcert.certify import api as certify_api
+from asymcert.cli import EXIT_CHECK_FAILED, EXIT_OK, main
 from tests.conftest import small_feature_convex
 
 
@@ -87,20 +88,40 @@ def test_multiclass_model_is_attacked_on_every_certified_input():
     assert item["attack"]["attacked"] >= 5 and item["exact"]["available"] is False
 
 
-def test_audit_run_writes_reports_and_cli_exit_codes(tmp_path, icnn_and_inputs, capsys):
+def test_audit_run_writes_reports(tmp_path, icnn_and_inputs):
     model, x = icnn_and_inputs
     run = tmp_path / "run"
     run.mkdir()
     asymcert.save(model, run)
-    # no inputs yet: the CLI explains and exits 2
-    assert audit_cli_main(run) == 2
-    assert "test_inputs.safetensors" in capsys.readouterr().err
-    save_file({"x": x[:20].contiguous(), "y": torch.ones(20, dtype=torch.long)}, str(run / "test_inputs.safetensors"))
-    report = audit_run(run, norms=(1, math.inf), steps=20, restarts=1)
+    report = audit_run(run, x[:20], torch.ones(20, dtype=torch.long), norms=(1, math.inf), steps=20, restarts=1)
     assert report["violations"] == 0 and report["n_inputs"] == 20
     data = json.loads((run / "audit.json").read_text())
     assert data["violations"] == 0 and set(data["methods"]["feature-convex"]["norms"]) == {"l1", "linf"}
+    assert data["methods"]["feature-convex"]["guarantee"] == "flag"
     md = (run / "audit.md").read_text()
-    assert "no violations" in md and "| linf |" in md
-    assert audit_cli_main(run) == 0
-    assert "0 violation(s)" in capsys.readouterr().out
+    assert "no violations" in md and "| linf |" in md and "(flag guarantee)" in md
+
+
+def test_cli_audit_exit_codes_on_a_real_run(fashion_dir, tmp_path, monkeypatch):
+    """`asymcert audit DIR` (the real CLI, the run's own test inputs): 0 on sound certificates, 1 on inflated ones."""
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--out", str(out),
+                                    "--model-set", 'convex={"kind": "icnn", "widths": [8]}', "--preset", "fast",
+                                    "--epochs", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    args = ["audit", str(out), "--limit", "20", "--restarts", "1", "--steps", "20", "--no-exact",
+            "--data-dir", str(fashion_dir)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == EXIT_OK, res.output
+    assert "0 violation(s)" in res.output and json.loads((out / "audit.json").read_text())["n_inputs"] == 20
+    sound = certify_api._CERTIFIERS["feature-convex"]
+
+    def inflated(model, x, norms, **options):
+        cert = sound(model, x, norms, **options)
+        cert.radii = {p: r * 1e3 for p, r in cert.radii.items()}
+        return cert
+
+    monkeypatch.setitem(certify_api._CERTIFIERS, "feature-convex", inflated)
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == EXIT_CHECK_FAILED, res.output
+    assert json.loads((out / "audit.json").read_text())["violations"] > 0

@@ -93,7 +93,11 @@ def test_run_capacity_returns_one_row_per_recipe_and_calls_back():
     seen = []
     out = run_capacity(train, "icnn-paper", epochs=1, on_result=lambda rs: seen.append(len(rs)))
     assert [r.name for r in out] == ["icnn-paper"] and seen == [1]
-    assert 0.0 <= out[0].train_accuracy <= 1.0 and len(out[0].accuracy_per_epoch) == 1
+    res = out[0]
+    assert len(res.accuracy_per_epoch) == 1 and res.best_epoch == 1 and res.train_accuracy == res.accuracy_per_epoch[0]
+    share = float(train.y.double().mean())
+    assert res.train_accuracy >= max(share, 1 - share) - 1e-6  # the fitted shift b can flag all inputs or none
+    assert res.train_accuracy * len(train.y) == pytest.approx(round(res.train_accuracy * len(train.y)), abs=1e-3)
 
 
 def test_cli_capacity_writes_json_markdown_and_plot(fashion_dir, tmp_path):

@@ -15,8 +15,13 @@ def test_roundtrip_file_and_folder(tmp_path):
     (tmp_path / "run").mkdir()
     asymcert.save(model, tmp_path / "run")
     x = torch.rand(5, 1, 6, 6)
+    saved = model.state_dict()
     for loaded in (asymcert.load(path), asymcert.load(tmp_path / "run")):
         assert not loaded.training
+        state = loaded.state_dict()
+        assert set(state) == set(saved)
+        for name, tensor in saved.items():  # bit for bit: same dtype, shape and values (NaN-free weights)
+            assert state[name].dtype == tensor.dtype and torch.equal(state[name], tensor), name
         assert torch.equal(loaded(x), model(x))
         assert loaded.config() == model.config()
 
@@ -48,7 +53,16 @@ def test_negative_convex_weights_in_checkpoint_refused(tmp_path):
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(asymcert.ConvexityError, match="convex.hidden.1.weight"):
         asymcert.load(path)
-    assert asymcert.load(path, validate=False) is not None
+    # validate=False loads exactly the stored (tampered) tensors and computes with them
+    unchecked = asymcert.load(path, validate=False)
+    state = unchecked.state_dict()
+    assert set(state) == set(tensors)
+    for name, stored in tensors.items():
+        assert state[name].dtype == stored.dtype and torch.equal(state[name], stored), name
+    with torch.no_grad():
+        model.get_submodule("convex.hidden.1").weight[0, 0] = -0.25
+    x = torch.rand(5, 1, 6, 6)
+    assert torch.equal(unchecked(x), model.eval()(x))
 
 
 def test_weights_not_matching_config(tmp_path):

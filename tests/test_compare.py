@@ -4,8 +4,32 @@ from __future__ import annotations
 
 import json
 
-from asymcert.compare import COMPARE_JSON, COMPARE_MD, compare, compare_cli_main, method_specs
+import numpy as np
+from safetensors.numpy import load_file
+
+from asymcert.compare import COMPARE_JSON, COMPARE_MD, CPU_EPOCHS, compare, compare_cli_main, method_specs
 from asymcert.models import model_kinds
+
+# Randomized smoothing as Cohen et al. (2019, section 4) certify: n0 = 100 selection samples, n = 100,000
+# estimation samples, failure probability α = 0.001 (the "paper" column of compare.md's scale notes).
+COHEN = {"n0": 100, "n": 100_000, "alpha": 0.001}
+
+
+def _recompute(cert_file, report_radii):
+    """(clean accuracy, {norm: {radius: certified accuracy}}) straight from a certificates file.
+
+    Read with plain safetensors/numpy, not asymcert: clean = share of inputs whose decision is the
+    label; certified at r (a binary task) = share of sensitive inputs (label 1) flagged, not
+    abstained, with radius ≥ r.
+    """
+    t = load_file(str(cert_file))
+    label, correct = t["label"], t["predicted"] == t["label"]
+    if "abstained" in t:
+        correct &= ~t["abstained"].astype(bool)
+    sensitive = label == 1
+    certified = {norm: {f"{r:g}": float(np.sum(correct & sensitive & (t[f"radius_{norm}"] >= r))) / int(sensitive.sum())
+                        for r in radii} for norm, radii in report_radii.items()}
+    return float(np.mean(t["predicted"] == label)), certified
 
 
 TINY = {
@@ -30,8 +54,10 @@ def test_compare_trains_certifies_reports_and_reloads(fashion_dir, tmp_path):
         assert e["trained_now"] and e["n_inputs"] == 30
         assert (out / name / "certificates.safetensors").is_file() and (out / name / "report.md").is_file()
         assert set(e["certified_accuracy"]) == {"l1", "l2", "linf"}
-        assert 0.0 <= e["clean_accuracy"] <= 1.0 and e["certify_seconds_per_input"] > 0
-    assert methods["smoothing"]["deterministic"] is False and methods["smoothing"]["alpha"] == 0.001
+        assert e["certify_seconds_per_input"] > 0
+        clean, certified = _recompute(out / name / "certificates.safetensors", result["report_radii"])
+        assert e["clean_accuracy"] == clean and e["certified_accuracy"] == certified, name
+    assert methods["smoothing"]["deterministic"] is False and methods["smoothing"]["alpha"] == COHEN["alpha"]
     assert methods["ibp"]["method"] == "crown-ibp" and methods["orthogonal"]["method"] == "orthogonal"
     assert methods["no-such-method"]["status"] == "skipped" and "unknown method" in methods["no-such-method"]["reason"]
     if "linf-dist" in model_kinds():
@@ -57,9 +83,16 @@ def test_compare_trains_certifies_reports_and_reloads(fashion_dir, tmp_path):
 
 
 def test_method_specs_scale():
-    small, paper = method_specs(), method_specs(paper_scale=True)
-    assert small["smoothing"]["certify"]["n"] == 10000 and paper["smoothing"]["certify"]["n"] == 100_000
-    assert small["ibp"]["train"]["epochs"] == 20 and paper["ibp"]["train"]["epochs"] == 60
+    small, paper = method_specs(n_smoothing=1234), method_specs(paper_scale=True, n_smoothing=1234)
+    for name in ("smoothing", "smoothing-laplace", "smoothing-uniform"):
+        for specs, n in ((small, 1234), (paper, COHEN["n"])):  # the CPU size is the caller's; the paper's is fixed
+            opts, model = specs[name]["certify"], specs[name]["model"]["smoothing"]
+            assert {k: opts[k] for k in COHEN} == {**COHEN, "n": n}, name
+            assert {k: model[k] for k in COHEN} == {k: opts[k] for k in COHEN}  # the model and certifier agree
+    assert paper["linf-dist"]["model"]["widths"] == [5120] * 5  # Zhang et al. 2021's ℓ∞-dist net
+    trained = [m for m in small if small[m]["train"].get("epochs") is not None]
+    assert {small[m]["train"]["epochs"] for m in trained} == {CPU_EPOCHS}  # one CPU budget for every method
+    assert all(paper[m]["train"]["epochs"] > CPU_EPOCHS for m in trained if m != "convex")
     assert paper["convex"]["train"] == {}  # the task's own (paper) settings
     assert {"convex", "linf-dist", "smoothing", "orthogonal", "ibp", "crown-ibp", "smoothing-splitting"} <= set(small)
 

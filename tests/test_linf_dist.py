@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -15,6 +16,12 @@ from asymcert.nn.linf_dist import LinfDist, LinfDistConv2d, interval_bounds, lin
 
 INF = float("inf")
 FAST = ["cpp", "torch"]  # "cpp" falls back to "torch" when no compiler; both are fast-path code
+
+
+def _numpy_distances(x: torch.Tensor, w: torch.Tensor, p: float) -> np.ndarray:
+    """Independent float64 ℓp distances (N, O) of rows x (N, K) to rows w (O, K), by numpy's vector norm."""
+    t = x.detach().double().numpy()[:, None, :] - w.detach().double().numpy()[None, :, :]
+    return np.linalg.norm(t, ord=p, axis=-1)
 
 
 def _grads(fn, x, w, g):
@@ -31,6 +38,9 @@ def test_kernels_build_when_compiler_present():
     if os.environ.get("ASYMCERT_NO_KERNELS") or not (shutil.which("g++") or shutil.which("c++")):
         pytest.skip("no compiler / kernels disabled")
     assert L.kernels() is not None, L.kernel_error()
+    x, w = _leaf(7, 33, seed=3).detach(), _leaf(19, 33, seed=4).detach()
+    for p in (INF, 1.0, 8.0, 8.5):  # the compiled kernel's distances, against numpy in float64
+        np.testing.assert_allclose(linf_dist(x, w, p, backend="cpp").numpy(), _numpy_distances(x, w, p), rtol=1e-12)
 
 
 def test_build_failure_is_reported(tmp_path, monkeypatch):
@@ -238,8 +248,8 @@ def test_property_general_p(B, K, O, p, seed):
 @given(B=st.integers(1, 12), K=st.integers(1, 70), O=st.integers(1, 80),
        p=st.sampled_from([INF, 1.0, 3.0, 7.5, 16.0]), seed=st.integers(0, 2**16))
 def test_property_random_shapes(B, K, O, p, seed):
-    *_, y = _float64_matches_reference(B, K, O, p, seed)
-    assert (y >= 0).all()
+    x, w, _, y = _float64_matches_reference(B, K, O, p, seed)
+    np.testing.assert_allclose(y.detach().numpy(), _numpy_distances(x, w, p), rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=20, deadline=None)
@@ -411,10 +421,18 @@ def test_no_grad_and_empty_batch():
     layer = LinfDist(5, 3)
     with torch.no_grad():
         assert layer(torch.zeros(0, 5)).shape == (0, 3)
-    y = layer(torch.randn(2, 5))
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    y = layer(x)
     assert y.requires_grad
     y.sum().backward()
-    assert layer.weight.grad is not None
+    # p = ∞: ∂y[b, o]/∂w[o, k] = −sign(x[b, k] − w[o, k]) at the argmax k of |x[b] − w[o]| (float32, as the
+    # layer computes it), else 0; summed over the batch
+    t = x.numpy()[:, None, :] - layer.weight.detach().numpy()[None, :, :]
+    k = np.abs(t).argmax(axis=-1)
+    expected = np.zeros(layer.weight.shape)
+    for b, o in np.ndindex(*k.shape):
+        expected[o, k[b, o]] -= np.sign(t[b, o, k[b, o]])
+    np.testing.assert_array_equal(layer.weight.grad.double().numpy(), expected)
 
 
 @pytest.mark.skipif(not os.environ.get("ASYMCERT_TEST_COMPILE"), reason="torch.compile takes minutes on 2 cores")

@@ -312,12 +312,23 @@ def test_save_load_roundtrip(plain_net, mlp_net, tmp_path):
 
 
 def test_recipe_evaluate_restores_p_and_checks_labels(plain_net):
-    r = LinfDistRecipe(TrainConfig.from_dict({"extra": {"eps_eval": 0.05}}))
+    val = _toy_data(100, 29)
+    plain_net.set_p(INF)
+    cert = asymcert.certify(plain_net, val.x)  # the library's certificates of the same inputs
+    correct = cert.predicted == val.y
+    radius = cert.radii[INF].double()
+    ranked = radius[correct].unique()  # sorted; a threshold halfway between two middle radii splits them
+    eps = float(ranked[len(ranked) // 2 - 1: len(ranked) // 2 + 1].mean())
+    certified = correct & (radius >= eps)
+    assert 0 < int(certified.sum()) < int(correct.sum())
+    r = LinfDistRecipe(TrainConfig.from_dict({"extra": {"eps_eval": eps}}))
     plain_net.set_p(20.0)
-    out = r.evaluate(plain_net, _toy_data(100, 29), 64)
+    out = r.evaluate(plain_net, val, 64)
     assert plain_net.p == 20.0
     plain_net.set_p(INF)
-    assert 0.0 <= out["metric"] <= out["accuracy"] <= 1.0
+    # accuracy = share predicted correctly; metric = share correct with an ℓ∞ radius ≥ eps_eval
+    assert out["accuracy"] == pytest.approx(float(correct.double().mean()), abs=1e-6)
+    assert out["metric"] == pytest.approx(float(certified.double().mean()), abs=1e-6)
     small = build_model({"kind": "linf-dist", "input_shape": list(SHAPE), "widths": [8], "num_classes": 3})
     with pytest.raises(ValueError, match="num_classes"):
         r.prepare(small, _toy_data(50, 1))

@@ -13,7 +13,7 @@ import asymcert
 from asymcert.certify.attacks import pgd_attack
 from asymcert.certify.feature_convex import certify_feature_convex
 from asymcert.certify.one_vs_rest import class_radii_key
-from asymcert.certify.result import Certificate
+from asymcert.certify.result import Certificate, Guarantee
 from asymcert.data.tasks import Dataset, TaskData
 from asymcert.errors import ConvexityError
 from asymcert.models import build_model
@@ -194,8 +194,9 @@ def test_certified_accuracy_needs_the_true_class_flagged():
     labels = torch.tensor([0, 1, 2, 0])
     radius = torch.tensor([0.5, 0.0, 0.3, 0.9], dtype=torch.float64)
     flagged = torch.tensor([True, False, True, True])
-    cert = Certificate(pred, {2.0: radius}, "one-vs-rest-convex", binary=False,
-                       extra={"predicted_flagged": flagged})
+    flags = torch.nn.functional.one_hot(pred, 3).bool() & flagged[:, None]
+    cert = Certificate(pred, {2.0: radius}, "one-vs-rest-convex", Guarantee.FLAG, binary=False,
+                       extra={"flags": flags, "predicted_flagged": flagged})
     acc = certified_accuracy(cert, labels, 2.0, torch.tensor([0.0, 0.4]))
     # input 1 is correct but not flagged: never certified, not even at r = 0; input 3 is wrong
     assert acc.tolist() == [0.5, 0.25]

@@ -14,7 +14,9 @@ For each certifier it checks three things, and counts every failure as a *violat
    radius of the model as run (in its own precision, when the certifier offers that) must not
    exceed the float64 one.
 
-:func:`audit_run` does this for a run folder and writes ``audit.json`` and ``audit.md`` into it.
+:func:`audit_run` does this for a run folder and writes ``audit.json`` and ``audit.md`` into it
+(``asymcert audit DIR`` runs it on the run's test inputs). What a certificate promises is read from
+its :class:`~asymcert.certify.result.Guarantee` only.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,15 +35,16 @@ from torch import nn
 
 from asymcert.certify import certify
 from asymcert.certify.attacks import decision_flips, decisions, pgd_attack
-from asymcert.certify.result import Certificate, norm_label, normalize_norm
-from asymcert.errors import AsymcertError, InputError
+from asymcert.certify.api import certifier_options
+from asymcert.certify.result import Certificate, Guarantee, norm_label, normalize_norm
+from asymcert.checkpoint import load
+from asymcert.errors import InputError
 
-__all__ = ["audit", "audit_cli_main", "audit_run", "write_report"]
+__all__ = ["audit", "audit_run", "write_report"]
 
 ATTACK_SHRINK = 1e-6   # attacks run inside (1 − ATTACK_SHRINK)·radius
 EXACT_RTOL = 1e-6      # certified ≤ exact·(1 + EXACT_RTOL)
 EXACT_L2_MAX_VARIABLES = 3000  # ℓ2 exact radii (an interior-point QP per input) only for models this small
-TEST_INPUTS_FILE = "test_inputs.safetensors"
 
 
 def _quartiles(values: torch.Tensor) -> dict[str, float] | None:
@@ -57,13 +59,9 @@ def _quartiles(values: torch.Tensor) -> dict[str, float] | None:
 
 def _certify(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], method: str | None,
              own_precision: bool = False) -> Certificate:
-    """``asymcert.certify``; with ``own_precision`` ask the certifier for the model's own dtype when it can."""
-    if own_precision:
-        try:
-            return certify(model, x, norms, method=method, precision="model")
-        except TypeError as exc:  # this certifier has no precision option
-            if "precision" not in str(exc):
-                raise
+    """``asymcert.certify``; with ``own_precision`` ask for the model's own dtype when the certifier has that option."""
+    if own_precision and "precision" in certifier_options(model, method):
+        return certify(model, x, norms, method=method, precision="model")
     return certify(model, x, norms, method=method)
 
 
@@ -93,11 +91,11 @@ class _ClassScore(nn.Module):
 def _attack_groups(model: nn.Module, cert: Certificate, rows: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
     """(model to attack, rows, decision the certificate promises) groups.
 
-    One-vs-rest certificates (``extra["predicted_flagged"]``) promise that the predicted class stays
+    Multiclass ``Guarantee.FLAG`` certificates (one-vs-rest) promise that the predicted class stays
     *flagged*, so each predicted class is attacked through its own score; every other certificate
-    promises that the model's decision stays ``cert.predicted``.
+    promises that the model's decision stays ``cert.predicted`` (binary: the flag is the decision).
     """
-    if "predicted_flagged" not in cert.extra:
+    if cert.guarantee is not Guarantee.FLAG or cert.binary:
         return [(model, rows, cert.predicted[rows].cpu())]
     pred = cert.predicted.cpu()[rows]
     return [(_ClassScore(model, int(k)), rows[pred == k], torch.ones(int((pred == k).sum()), dtype=torch.long))
@@ -236,10 +234,12 @@ def _audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, norms: Ite
     try:
         for method in methods_t:
             cert = _certify(model, x, norms_t, method)
-            if cert.deterministic:  # (a probabilistic certificate is random: nothing to compare exactly)
+            probabilistic = cert.guarantee is Guarantee.PROBABILISTIC
+            if not probabilistic:  # (a probabilistic certificate is random: nothing to compare exactly)
                 cert_own = _certify(model, x, norms_t, method, own_precision=True)
                 cert64 = _certify(model64, x64, norms_t, method)
-            entry: dict[str, Any] = {"deterministic": bool(cert.deterministic), "binary": bool(cert.binary),
+            entry: dict[str, Any] = {"guarantee": cert.guarantee.value, "deterministic": not probabilistic,
+                                     "binary": bool(cert.binary),
                                      "certify_seconds": cert.seconds}
             if cert.binary:
                 entry["flagged"] = int(cert.sensitive.sum())
@@ -251,7 +251,7 @@ def _audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, norms: Ite
                 r = cert.radius(p).double().cpu()
                 item: dict[str, Any] = {"certified": _quartiles(r[r > 0]), "violations": 0}
                 # (1) attacks
-                if cert.deterministic:
+                if not probabilistic:
                     item["attack"] = _attack_norm(model, x, cert, p, restarts, steps, generator, model64)
                     item["violations"] += item["attack"]["flips"]
                 else:
@@ -272,7 +272,7 @@ def _audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, norms: Ite
                     item["violations"] += info["violations"]
                 item["exact"] = info
                 # (3) the model's own precision against float64
-                if cert.deterministic:
+                if not probabilistic:
                     r_own, r64 = cert_own.radius(p).double().cpu(), cert64.radius(p).double().cpu()
                     worse = (r_own > r64) & (r_own > 0)
                     pos = (r_own > 0) & (r64 > 0)
@@ -326,7 +326,7 @@ def _markdown(report: dict[str, Any]) -> str:
              f"{report['settings']['restarts']} restarts × {report['settings']['steps']} steps inside "
              f"(1 − {report['settings']['attack_shrink']:g})·radius. Radii in raw input units.", ""]
     for method, entry in report["methods"].items():
-        kind = "deterministic" if entry["deterministic"] else "probabilistic"
+        kind = f"{entry['guarantee']} guarantee"
         lines += [f"## `{method}` ({kind}): {entry['violations']} violation(s)", ""]
         if "flagged" in entry:
             lines.append(f"Flagged sensitive: {entry['flagged']} of {report['n_inputs']}.")
@@ -366,65 +366,23 @@ def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path
     return js, md
 
 
-def load_test_inputs(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(x, y) from ``run_dir/test_inputs.safetensors`` (keys "x" and optionally "y")."""
-    from safetensors.torch import load_file
-
-    file = Path(run_dir) / TEST_INPUTS_FILE
-    if not file.is_file():
-        raise InputError(f"no test inputs in {run_dir}: expected {TEST_INPUTS_FILE} (keys 'x', 'y'), "
-                         "or pass x= and y=")
-    tensors = load_file(str(file))
-    if "x" not in tensors:
-        raise InputError(f"{file} has no tensor 'x' (found {sorted(tensors)})")
-    return tensors["x"], tensors.get("y")
-
-
-def audit_run(run_dir: str | Path, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
+def audit_run(run_dir: str | Path, x: torch.Tensor, y: torch.Tensor | None = None,
               **options: Any) -> dict[str, Any]:
-    """Audit the model of a run folder on its test inputs and write ``audit.json``/``audit.md`` there.
+    """Audit the model of a run folder on inputs ``x`` and write ``audit.json``/``audit.md`` there.
+
+    ``asymcert audit DIR`` calls this with the run's test inputs (:func:`asymcert.workflow.run_data`).
 
     Args:
         run_dir: a run folder (``model.safetensors`` loaded with :func:`asymcert.load`).
-        x, y: inputs (N, *input_shape) and labels; when ``x`` is None they are read from the
-            folder's ``test_inputs.safetensors`` (keys "x" and optionally "y").
+        x, y: inputs (N, *input_shape) in raw units and (N,) labels (optional).
         **options: passed to :func:`audit` (norms, restarts, steps, exact, ...).
     Returns:
         The audit dict (with ``"violations"``), plus ``"files"``: the two paths written.
     """
-    from asymcert.checkpoint import load
-
     run_dir = Path(run_dir)
     model = load(run_dir)
-    if x is None:
-        x, y = load_test_inputs(run_dir)  # raises an explanatory InputError when the file is missing
     report = audit(model, x, y, **options)
     report["run_dir"] = str(run_dir)
     js, md = write_report(report, run_dir)
     report["files"] = [str(js), str(md)]
     return report
-
-
-def audit_cli_main(run_dir: str | Path, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
-                   **options: Any) -> int:
-    """``asymcert audit DIR``: audit, write the reports, print a summary.
-
-    Args: as :func:`audit_run`.
-    Returns:
-        The exit code: 0 = no violations, 1 = violations found, 2 = the audit could not run.
-    """
-    try:
-        report = audit_run(run_dir, x, y, **options)
-    except AsymcertError as exc:
-        print(f"asymcert audit: {exc}", file=sys.stderr)
-        return 2
-    for method, entry in report["methods"].items():
-        parts = []
-        for label, item in entry["norms"].items():
-            att = item["attack"]
-            flips = "–" if "skipped" in att else f"{att['flips']}/{att['attacked']} flips"
-            tight = (item["exact"].get("tightness") or {}).get("median")
-            parts.append(f"{label}: {flips}" + (f", tightness {tight:.3f}" if tight is not None else ""))
-        print(f"{method}: {entry['violations']} violation(s) ({'; '.join(parts)})")
-    print(f"{report['violations']} violation(s); wrote {', '.join(report['files'])}")
-    return 0 if report["violations"] == 0 else 1

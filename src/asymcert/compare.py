@@ -42,14 +42,15 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from asymcert.certify import certify
-from asymcert.certify.result import Certificate, norm_label
+from asymcert.certify.certfile import save_certificates
+from asymcert.certify.result import Certificate, Guarantee, norm_label
 from asymcert.checkpoint import MODEL_FILE, atomic_write, load
 from asymcert.data.tasks import TaskData
 from asymcert.report.machine import describe_machine
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.writer import summarize
 from asymcert.runfolder import dumps_strict
-from asymcert.workflow import (CERT_FILE, DEFAULT_NORMS, RUN_FILE, _merge, preset_overrides, read_run, resolve_task, save_certificates,
+from asymcert.workflow import (CERT_FILE, DEFAULT_NORMS, RUN_FILE, _merge, preset_overrides, read_run, resolve_task,
                                train_run)
 
 DEFAULT_METHODS = ("convex", "linf-dist", "smoothing", "orthogonal", "ibp")
@@ -323,7 +324,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines += ["| method | certificate | clean accuracy | sensitive flagged | certify ms / input | training min |",
               "|---|---|---|---|---|---|"]
     for name, e in ok.items():
-        guarantee = "deterministic" if e["deterministic"] else f"probability 1 − {e['alpha']}"
+        guarantee = (f"probability 1 − {e['alpha']}" if e["guarantee"] == Guarantee.PROBABILISTIC.value
+                     else "deterministic")
         train_min = (e.get("training_seconds") or 0.0) / 60
         lines.append(f"| {e['label']} (`{name}`) | {e['method']} ({guarantee}) | {100 * e['clean_accuracy']:.1f}% | "
                      f"{100 * e.get('sensitive_flagged_correctly', 0.0):.1f}% | "

@@ -31,7 +31,7 @@ from asymcert.checkpoint import load
 from asymcert.data.tasks import Task, TaskData, get_task
 from asymcert.errors import AsymcertError, CheckpointError, ConfigError, RunFolderConflictError, UnknownNameError
 from asymcert.models import build_model
-from asymcert.report.certfile import CERT_FILE, load_certificates, save_certificates
+from asymcert.certify.certfile import CERT_FILE, load_certificates, save_certificates
 from asymcert.report.plots import PLOT_HINT, plotting_available
 from asymcert.report.writer import write_report
 from asymcert.runfolder import (RUN_FILE, RunRecord, exclusive, read_run_record, remove_stale_temp_files,
@@ -290,7 +290,7 @@ def _certify_shard(model: torch.nn.Module, x: torch.Tensor, norms, batch_size: i
     if distributed.is_distributed():
         cert = Certificate(distributed.gather_rows(cert.predicted),
                            {p: distributed.gather_rows(r) for p, r in cert.radii.items()}, cert.method,
-                           cert.deterministic, cert.alpha,
+                           cert.guarantee, cert.alpha,
                            None if cert.abstained is None else distributed.gather_rows(cert.abstained),
                            cert.seconds, cert.binary, {k: distributed.gather_rows(v) for k, v in cert.extra.items()})
         # wall clock of rank 0's shard (the shards run at the same time)

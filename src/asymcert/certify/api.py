@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import time
@@ -65,6 +66,19 @@ def _certifier(model: nn.Module, method: str | None) -> Certifier:
     return _CERTIFIERS[name]
 
 
+def certifier_options(model: nn.Module, method: str | None = None) -> frozenset[str]:
+    """Names of the options the certifier for ``model`` (or ``method``) declares in its signature.
+
+    Options a certifier only forwards through ``**options`` are not listed.
+
+    Raises:
+        UnknownNameError: as :func:`certify`.
+    """
+    params = inspect.signature(_certifier(model, method)).parameters.values()
+    return frozenset(q.name for q in list(params)[3:]
+                     if q.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+
+
 def _chunk_size(batch_size: int | None) -> int:
     """The number of inputs certified at once: ``batch_size``, or :data:`DEFAULT_CHUNK`."""
     if batch_size is None:
@@ -88,7 +102,7 @@ def _empty(cert: Certificate) -> Certificate:
     """``cert`` with every per-input tensor cut to 0 rows (the shapes and types of an empty batch)."""
     cut = lambda t: None if t is None else t[:0]  # noqa: E731
     return Certificate(cut(cert.predicted), {p: cut(r) for p, r in cert.radii.items()}, cert.method,
-                       cert.deterministic, cert.alpha, cut(cert.abstained), 0.0, cert.binary,
+                       cert.guarantee, cert.alpha, cut(cert.abstained), 0.0, cert.binary,
                        {k: cut(v) for k, v in cert.extra.items()})
 
 

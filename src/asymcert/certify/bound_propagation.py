@@ -53,7 +53,7 @@ from torch import nn
 from asymcert.certify.api import register_certifier
 from asymcert.certify.modes import UnsoundOptionError, check_precision, eval_mode, gamma, matmul_unit_roundoff
 from asymcert.certify.functional import dual_exponent
-from asymcert.certify.result import Certificate
+from asymcert.certify.result import Certificate, Guarantee
 from asymcert.errors import AsymcertError
 from asymcert.nn.feature_maps import Shift
 
@@ -611,7 +611,7 @@ def _certify_bounds(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...],
             if idx_all.numel():
                 r[idx_all] = verified_radius(verify, idx_all.numel(), first, cap, steps).to(x.device)
             radii[p] = r
-    return Certificate(predicted=(score > 0).long(), radii=radii, method=method, deterministic=True, binary=True,
+    return Certificate(predicted=(score > 0).long(), radii=radii, method=method, guarantee=Guarantee.FLAG, binary=True,
                        extra={"score": score.detach().float()})
 
 
@@ -647,18 +647,21 @@ _DOC = """Certify a single-score ReLU network with {name} bounds (ℓp balls, an
 
 
 @register_certifier("ibp")
-def certify_ibp(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options) -> Certificate:
-    return _certify_bounds(model, x, norms, "ibp", **options)
+def certify_ibp(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
+                **options) -> Certificate:
+    return _certify_bounds(model, x, norms, "ibp", precision=precision, **options)
 
 
 @register_certifier("crown-ibp")
-def certify_crown_ibp(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options) -> Certificate:
-    return _certify_bounds(model, x, norms, "crown-ibp", **options)
+def certify_crown_ibp(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
+                      **options) -> Certificate:
+    return _certify_bounds(model, x, norms, "crown-ibp", precision=precision, **options)
 
 
 @register_certifier("crown")
-def certify_crown(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options) -> Certificate:
-    return _certify_bounds(model, x, norms, "crown", **options)
+def certify_crown(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
+                  **options) -> Certificate:
+    return _certify_bounds(model, x, norms, "crown", precision=precision, **options)
 
 
 certify_ibp.__doc__ = _DOC.format(name="IBP")

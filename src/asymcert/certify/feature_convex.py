@@ -33,7 +33,7 @@ from asymcert.certify.api import register_certifier
 from asymcert.certify.bounded_convex import bounded_pass, supports_bounded
 from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
 from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_roundoff
-from asymcert.certify.result import Certificate
+from asymcert.certify.result import Certificate, Guarantee
 from asymcert.nn.convex import ICNN, ConvexConvNet
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -264,7 +264,7 @@ def certify_feature_convex(model: nn.Module, x: torch.Tensor, norms: tuple[float
     margin = torch.where(flagged, margin, torch.zeros_like(margin))
     radii = {p: safe_radius(margin, model.lipschitz(p) * dual_norm(grad_bound, p), slack) for p in norms}
     return Certificate(predicted=flagged.long(), radii=radii, method="feature-convex",
-                       deterministic=True, binary=True, extra={"score": own_score})
+                       guarantee=Guarantee.FLAG, binary=True, extra={"score": own_score})
 
 
 def _decide(model: nn.Module, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, band: torch.Tensor,

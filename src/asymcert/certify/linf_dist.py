@@ -44,7 +44,7 @@ from torch import nn
 from asymcert.certify.api import register_certifier
 from asymcert.certify.functional import DEFAULT_SLACK, safe_radius
 from asymcert.certify.modes import UnsoundOptionError, check_precision, check_slack, eval_mode, unit_roundoff
-from asymcert.certify.result import Certificate
+from asymcert.certify.result import Certificate, Guarantee
 
 INF = math.inf
 
@@ -297,7 +297,8 @@ def certify_linf_dist(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...
         r_inf = r_sym
         extra = {"margin": top2_margin(logits, cls).detach().float()}
     radii = {p: r_inf.clone() for p in norms}
-    return Certificate(predicted=cls, radii=radii, method="linf-dist", deterministic=True, binary=model.binary,
+    return Certificate(predicted=cls, radii=radii, method="linf-dist",
+                       guarantee=Guarantee.FLAG if model.binary else Guarantee.DECISION, binary=model.binary,
                        extra=extra)
 
 

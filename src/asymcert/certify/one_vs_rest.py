@@ -44,7 +44,7 @@ from asymcert.certify.feature_convex import (_float64_copy, checked_slack, float
                                              score_and_feature_gradient)
 from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.modes import check_precision, eval_mode
-from asymcert.certify.result import Certificate, norm_label
+from asymcert.certify.result import Certificate, Guarantee, norm_label
 
 
 def class_radii_key(p: float) -> str:
@@ -99,7 +99,7 @@ def certify_one_vs_rest(model: nn.Module, x: torch.Tensor, norms: tuple[float, .
     extra = {"scores": score.detach().float(), "flags": flags,
              "predicted_flagged": flags.gather(1, predicted[:, None]).squeeze(1),
              **{class_radii_key(p): r for p, r in class_radii.items()}}
-    return Certificate(predicted=predicted, radii=radii, method="one-vs-rest-convex", deterministic=True,
+    return Certificate(predicted=predicted, radii=radii, method="one-vs-rest-convex", guarantee=Guarantee.FLAG,
                        binary=False, extra=extra)
 
 

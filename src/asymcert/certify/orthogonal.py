@@ -34,7 +34,7 @@ from asymcert.certify.api import register_certifier
 from asymcert.certify.bound_propagation import sequential_layers
 from asymcert.certify.functional import safe_radius
 from asymcert.certify.modes import check_precision, check_slack, eval_mode, gamma, matmul_unit_roundoff
-from asymcert.certify.result import Certificate
+from asymcert.certify.result import Certificate, Guarantee
 from asymcert.nn.feature_maps import Shift
 from asymcert.nn.orthogonal import CayleyConv2d, CayleyLinear, GroupSort
 
@@ -166,5 +166,5 @@ def certify_orthogonal(model: nn.Module, x: torch.Tensor, norms: tuple[float, ..
     margin = torch.where(ok, ref_score.double() - a_ref - a, torch.zeros_like(a))
     d = math.prod(x.shape[1:])
     radii = {p: safe_radius(margin, float(model.lipschitz(p)) + b * _l2_per_lp(p, d), slack) for p in norms}
-    return Certificate(predicted=(score > 0).long(), radii=radii, method="orthogonal", deterministic=True,
+    return Certificate(predicted=(score > 0).long(), radii=radii, method="orthogonal", guarantee=Guarantee.FLAG,
                        binary=True, extra={"score": score.detach().float()})

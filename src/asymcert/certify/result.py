@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
 
 import torch
 
 from asymcert.errors import InputError
+
+
+class Guarantee(str, enum.Enum):
+    """What a certified radius r > 0 promises for one input (the one place a certificate's meaning is read).
+
+    DECISION: no perturbation of norm < r changes the decision ``predicted`` (the argmax).
+    FLAG: the flagged class stays flagged: binary sensitive-class models, the sensitive flag
+        (``predicted == 1``; unflagged inputs get radius 0); one-vs-rest models, the predicted class's
+        own flag s_k > 0 (``extra["predicted_flagged"]``), NOT the argmax (other classes may become
+        flagged inside the radius).
+    PROBABILISTIC: the decision of the smoothed classifier stays, with probability ≥ 1 − ``alpha``
+        over the certifier's sampling (randomized smoothing).
+    """
+
+    DECISION = "decision"
+    FLAG = "flag"
+    PROBABILISTIC = "probabilistic"
 
 
 @dataclass
@@ -18,14 +36,14 @@ class Certificate:
         predicted: (N,) int64 decision per input. Binary sensitive-class models: 1 = flagged
             sensitive, 0 = other. Multiclass models: the predicted class id.
         radii: ℓp norm (``1.0``, ``2.0``, ``math.inf``, any p ≥ 1) → (N,) float64 certified radius
-            in raw input units. Within an open ball of that radius around the input the decision
-            cannot change (one-vs-rest models, marked by ``extra["predicted_flagged"]``: the
-            predicted class stays flagged, the argmax may change). 0 where no certificate is given
-            (binary: every input not flagged).
+            in raw input units. Within an open ball of that radius around the input what
+            ``guarantee`` names holds (the decision, or the flag, stays). 0 where no certificate is
+            given (FLAG: every input not flagged).
         method: name of the certifier that produced it.
-        deterministic: True for closed-form guarantees; False for ones holding with
-            probability ``1 - alpha`` (randomized smoothing).
-        alpha: failure probability of a probabilistic certificate (None when deterministic).
+        guarantee: what a radius promises (:class:`Guarantee`; a str value such as ``"flag"`` is
+            converted). Every certifier sets it; reports, metrics and the audit read only this.
+        alpha: failure probability of a probabilistic certificate, in (0, 1); required for
+            ``Guarantee.PROBABILISTIC`` and None for every other guarantee.
         abstained: (N,) bool, inputs on which the certifier abstained (probabilistic methods).
         seconds: wall-clock seconds spent certifying the batch.
         binary: True when ``predicted`` is a sensitive-class flag.
@@ -34,12 +52,51 @@ class Certificate:
     predicted: torch.Tensor
     radii: dict[float, torch.Tensor]
     method: str
-    deterministic: bool = True
+    guarantee: Guarantee
     alpha: float | None = None
     abstained: torch.Tensor | None = None
     seconds: float = 0.0
     binary: bool = True
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse a guarantee that is not one, ``alpha`` given or missing against it, a flag without its flags.
+
+        Raises:
+            InputError: an unknown guarantee; alpha ∉ (0, 1) for a probabilistic certificate, or an
+                alpha for another one; a multiclass FLAG certificate without ``extra["flags"]`` (N, K)
+                and ``extra["predicted_flagged"]`` (N,).
+        """
+        try:
+            self.guarantee = Guarantee(self.guarantee)
+        except (ValueError, TypeError):
+            raise InputError(f"unknown certificate guarantee {self.guarantee!r}; use one of "
+                             f"{[g.value for g in Guarantee]}") from None
+        if self.guarantee is Guarantee.PROBABILISTIC:
+            ok = isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool) and 0 < self.alpha < 1
+            if not ok:
+                raise InputError(f"a probabilistic certificate needs alpha in (0, 1), got {self.alpha!r}")
+        elif self.alpha is not None:
+            raise InputError(f"alpha={self.alpha!r} given for a {self.guarantee.value} certificate; "
+                             "alpha belongs to probabilistic certificates only")
+        missing = sorted({"flags", "predicted_flagged"} - set(self.extra))
+        if self.guarantee is Guarantee.FLAG and not self.binary and missing:
+            raise InputError(f"a multiclass flag certificate needs extra {missing}: the (N, K) class flags and "
+                             "whether the predicted class is flagged (N,)")
+
+    @property
+    def deterministic(self) -> bool:
+        """True for closed-form guarantees; False for ones holding with probability ``1 - alpha``."""
+        return self.guarantee is not Guarantee.PROBABILISTIC
+
+    def predicted_flagged(self) -> torch.Tensor:
+        """(N,) bool: the input's own certified class is flagged (FLAG certificates; else all True).
+
+        Binary models: flagged sensitive (``predicted == 1``); one-vs-rest: ``extra["predicted_flagged"]``.
+        """
+        if self.guarantee is not Guarantee.FLAG:
+            return torch.ones_like(self.predicted, dtype=torch.bool)
+        return self.predicted.bool() if self.binary else self.extra["predicted_flagged"].bool()
 
     @property
     def sensitive(self) -> torch.Tensor:
@@ -62,7 +119,7 @@ class Certificate:
         """A copy with every tensor moved to ``device``."""
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Certificate(mv(self.predicted), {k: mv(v) for k, v in self.radii.items()}, self.method,
-                           self.deterministic, self.alpha, mv(self.abstained), self.seconds, self.binary,
+                           self.guarantee, self.alpha, mv(self.abstained), self.seconds, self.binary,
                            {k: mv(v) for k, v in self.extra.items()})
 
     @staticmethod
@@ -71,11 +128,14 @@ class Certificate:
         if not parts:
             raise InputError("Certificate.cat needs at least one certificate (the empty result has no norms)")
         first = parts[0]
+        mixed = {(p.method, p.guarantee, p.alpha, p.binary) for p in parts}
+        if len(mixed) > 1:
+            raise InputError(f"Certificate.cat joins certificates of one method and guarantee, got {sorted(map(str, mixed))}")
         abst = None if first.abstained is None else torch.cat([p.abstained for p in parts])
         return Certificate(
             torch.cat([p.predicted for p in parts]),
             {k: torch.cat([p.radii[k] for p in parts]) for k in first.radii},
-            first.method, first.deterministic, first.alpha, abst,
+            first.method, first.guarantee, first.alpha, abst,
             sum(p.seconds for p in parts), first.binary,
             {k: torch.cat([p.extra[k] for p in parts]) for k in first.extra},
         )

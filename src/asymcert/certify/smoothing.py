@@ -58,7 +58,7 @@ from torch import nn
 
 from asymcert.certify.api import register_certifier
 from asymcert.certify.modes import eval_mode
-from asymcert.certify.result import Certificate
+from asymcert.certify.result import Certificate, Guarantee
 
 NOISES = ("gaussian", "laplace", "uniform", "splitting")
 DEFAULTS = {"sigma": 0.75, "n0": 100, "n": 10000, "alpha": 0.001, "seed": 0, "batch": 4096}
@@ -245,7 +245,8 @@ def _certify_sampled(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...]
     r = torch.where(gets, r, torch.zeros_like(r))
     d = math.prod(x.shape[1:])
     radii = {p: convert_radius(r, base, p, d).to(x.device) for p in norms}
-    return Certificate(predicted=chosen.long(), radii=radii, method=f"smoothing-{noise}", deterministic=False,
+    return Certificate(predicted=chosen.long(), radii=radii, method=f"smoothing-{noise}",
+                       guarantee=Guarantee.PROBABILISTIC,
                        alpha=alpha, abstained=abstained.to(x.device), binary=binary,
                        extra={"p_lower": p_lower.to(x.device),
                               "count": n_a.float(), "selection_count": c0.gather(1, chosen[:, None])[:, 0].float()})
@@ -338,6 +339,7 @@ def certify_splitting(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...
     r = torch.where(gets, r, torch.zeros_like(r))
     d = math.prod(x.shape[1:])
     radii = {q: convert_radius(r, base, q, d).to(x.device) for q in norms}
-    return Certificate(predicted=top.to(x.device), radii=radii, method="smoothing-splitting", deterministic=True,
+    return Certificate(predicted=top.to(x.device), radii=radii, method="smoothing-splitting",
+                       guarantee=Guarantee.FLAG if binary else Guarantee.DECISION,
                        alpha=None, abstained=(p <= 0.5).to(x.device), binary=binary,
                        extra={"probability": p.float().to(x.device)})

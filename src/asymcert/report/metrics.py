@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from asymcert.certify.result import Certificate
+from asymcert.certify.result import Certificate, Guarantee
 
 
 def clean_accuracy(cert: Certificate, labels: torch.Tensor) -> float:
@@ -17,16 +17,16 @@ def certified_accuracy(cert: Certificate, labels: torch.Tensor, p: float, radii:
 
     Binary sensitive-class models (the asymmetric setting): the share of *sensitive-class* inputs
     flagged sensitive with a certified radius ≥ r. Multiclass models: the share of all inputs
-    classified correctly with radius ≥ r; for one-vs-rest certificates (``extra["predicted_flagged"]``)
-    the correct class must also be flagged, its radius being how far it provably stays flagged.
-    Abstentions count as failures.
+    classified correctly with radius ≥ r. A ``Guarantee.FLAG`` certificate certifies the flag, so the
+    correct class must also be flagged (one-vs-rest: s_k > 0), its radius being how far it provably
+    stays flagged. Abstentions count as failures.
     """
     labels = labels.cpu()
     correct = cert.predicted.cpu() == labels
     if cert.abstained is not None:
         correct &= ~cert.abstained.cpu()
-    if "predicted_flagged" in cert.extra:  # one-vs-rest: the (true = predicted) class must also be flagged
-        correct &= cert.extra["predicted_flagged"].cpu().bool()
+    if cert.guarantee is Guarantee.FLAG:  # the (true = predicted) class must also be flagged
+        correct &= cert.predicted_flagged().cpu()
     rad = cert.radius(p).cpu()
     pool = labels == 1 if cert.binary else torch.ones_like(labels, dtype=torch.bool)
     n = max(1, int(pool.sum()))

@@ -9,10 +9,10 @@ from typing import Any, Callable
 import torch
 
 from asymcert import distributed
-from asymcert.certify.result import Certificate, norm_label, normalize_norm
+from asymcert.certify.result import Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import CheckpointError
-from asymcert.report.certfile import CERT_FILE, load_certificates
+from asymcert.certify.certfile import CERT_FILE, load_certificates
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.plots import PLOT_HINT, plot_certified_curves, plotting_available
 from asymcert.runfolder import dumps_strict, exclusive, read_run_record, remove_stale_temp_files, write_json
@@ -21,15 +21,26 @@ ONE_VS_REST_NOTE = ("Certified accuracy: share of test inputs predicted correctl
                     "scores) whose true class is flagged (s_k > 0) and provably stays flagged within radius r "
                     "(raw input units). This certifies the class-k flag, NOT that the argmax stays k: other "
                     "classes may also become flagged inside the radius.")
+GUARANTEE_TEXT = {Guarantee.DECISION: "deterministic: the decision stays",
+                  Guarantee.FLAG: "deterministic: the flagged class stays flagged",
+                  Guarantee.PROBABILISTIC: "holds with probability 1 − {alpha}"}
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 
 
-def summarize(cert, labels: torch.Tensor, report_radii: dict[str, list[float]]) -> dict[str, Any]:
-    """Clean accuracy, certified accuracy at the report radii per norm, timing: a JSON-ready dict."""
+def summarize(cert: Certificate, labels: torch.Tensor, report_radii: dict[str, list[float]]) -> dict[str, Any]:
+    """Clean accuracy, certified accuracy at the report radii per norm, timing: a JSON-ready dict.
+
+    Args:
+        cert: N certificates. labels: (N,) true labels. report_radii: norm label → radii (raw input units).
+    Returns:
+        ``results.json``'s numbers; ``"guarantee"`` is ``cert.guarantee``'s value (``"deterministic"``
+        is kept for older readers).
+    """
     n = len(cert)
     out: dict[str, Any] = {
-        "method": cert.method, "deterministic": cert.deterministic, "alpha": cert.alpha, "n_inputs": n,
+        "method": cert.method, "guarantee": cert.guarantee.value, "deterministic": cert.deterministic,
+        "alpha": cert.alpha, "n_inputs": n,
         "clean_accuracy": clean_accuracy(cert, labels),
         "certify_seconds_total": cert.seconds, "certify_seconds_per_input": cert.seconds / max(1, n),
         "certified_accuracy": {},
@@ -37,8 +48,8 @@ def summarize(cert, labels: torch.Tensor, report_radii: dict[str, list[float]]) 
     if cert.binary:
         out["n_sensitive"] = int((labels == 1).sum())
         out["sensitive_flagged_correctly"] = float(((cert.predicted == 1) & (labels == 1)).sum()) / max(1, out["n_sensitive"])
-    if "flags" in cert.extra:  # one-vs-rest: how many classes flag each input, and is the true one among them
-        flags = cert.extra["flags"].bool()
+    if cert.guarantee is Guarantee.FLAG and not cert.binary:  # one-vs-rest: how many classes flag each input,
+        flags = cert.extra["flags"].bool()  # and is the true one among them
         count = flags.sum(dim=1)
         out["flags"] = {"none": float((count == 0).double().mean()), "one": float((count == 1).double().mean()),
                         "several": float((count > 1).double().mean()),
@@ -112,7 +123,7 @@ def _pretty(p: float) -> str:
 def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
     """The human-readable report."""
     lines = [f"# {run.get('task_description') or run['task']}", ""]
-    guarantee = "deterministic" if results["deterministic"] else f"holds with probability 1 − {results['alpha']}"
+    guarantee = GUARANTEE_TEXT[Guarantee(results["guarantee"])].format(alpha=results["alpha"])
     lines += [f"- model: `{dumps_strict(run['model'])}`",
               f"- certificate: {results['method']} ({guarantee})",
               f"- test inputs: {results['n_inputs']}" + (f" ({results['n_sensitive']} of the sensitive class)" if "n_sensitive" in results else ""),
@@ -123,7 +134,7 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
         lines.append(f"- training: {results['training_seconds'] / 60:.1f} min, best validation epoch {results.get('best_epoch')}")
     lines += ["", "Certified accuracy: share of sensitive-class test inputs flagged sensitive with a certified "
               "radius ≥ r (radii in raw input units)." if "n_sensitive" in results else
-              ONE_VS_REST_NOTE if results["method"] == "one-vs-rest-convex" else
+              ONE_VS_REST_NOTE if results["guarantee"] == Guarantee.FLAG.value else
               "Certified accuracy: share of test inputs classified correctly with a certified radius ≥ r.", ""]
     for name, table in results["certified_accuracy"].items():
         if not table:

@@ -1,0 +1,166 @@
+"""The typed guarantee of a Certificate: set by every certifier, validated, saved, loaded, and what reports read."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import asymcert
+from asymcert.certify import certifier_names
+from asymcert.certify.certfile import legacy_guarantee, load_certificates, save_certificates
+from asymcert.certify.result import Certificate, Guarantee
+from asymcert.errors import CheckpointError, InputError
+from asymcert.models import build_model
+from asymcert.report.metrics import certified_accuracy
+from asymcert.report.writer import ONE_VS_REST_NOTE, render_markdown, summarize
+from tests.conftest import small_feature_convex
+
+SMOOTH = {"sigma": 0.3, "n0": 20, "n": 200, "alpha": 0.01}
+
+
+def _smoothing(noise: str):
+    return build_model({"kind": "relu-smoothing", "input_shape": [1, 4, 4], "widths": [8],
+                        "smoothing": {"noise": noise, **SMOOTH}})
+
+
+def _bounds():
+    return build_model({"kind": "relu-ibp", "input_shape": [1, 4, 4], "widths": [8]})
+
+
+# certifier → (tiny model builder, x shape, the guarantee its certificates must carry)
+CASES = {
+    "feature-convex": (lambda: small_feature_convex("icnn", input_shape=(1, 4, 4)), Guarantee.FLAG),
+    "one-vs-rest-convex": (lambda: build_model({
+        "kind": "one-vs-rest-convex", "input_shape": [1, 4, 4], "num_classes": 3,
+        "feature_map": [{"kind": "shift"}], "convex": {"kind": "icnn", "widths": [8]}}), Guarantee.FLAG),
+    "linf-dist": (lambda: build_model({"kind": "linf-dist", "input_shape": [1, 4, 4], "widths": [16, 16],
+                                       "num_classes": 3}), Guarantee.DECISION),
+    "orthogonal": (lambda: build_model({"kind": "orthogonal", "input_shape": [1, 4, 4], "arch": "mlp",
+                                        "widths": [16, 16]}), Guarantee.FLAG),
+    "ibp": (_bounds, Guarantee.FLAG),
+    "crown": (_bounds, Guarantee.FLAG),
+    "crown-ibp": (_bounds, Guarantee.FLAG),
+    "smoothing-gaussian": (lambda: _smoothing("gaussian"), Guarantee.PROBABILISTIC),
+    "smoothing-laplace": (lambda: _smoothing("laplace"), Guarantee.PROBABILISTIC),
+    "smoothing-uniform": (lambda: _smoothing("uniform"), Guarantee.PROBABILISTIC),
+    "smoothing-splitting": (lambda: _smoothing("splitting"), Guarantee.FLAG),  # binary base model
+}
+EXTRA_CASES = {  # the same certifier, another decision shape
+    "linf-dist/binary": ("linf-dist", lambda: build_model({"kind": "linf-dist", "input_shape": [1, 4, 4],
+                                                           "widths": [16, 16], "num_classes": 2, "binary": True}),
+                         Guarantee.FLAG),
+}
+
+
+def test_every_registered_certifier_has_a_case():
+    assert set(CASES) == set(certifier_names())
+
+
+def _certificate(case: str) -> tuple[Certificate, Guarantee]:
+    method, build, expected = (case, *CASES[case]) if case in CASES else EXTRA_CASES[case]
+    torch.manual_seed(0)
+    model = build().eval()
+    return asymcert.certify(model, torch.rand(12, 1, 4, 4), norms=(1, 2, math.inf), method=method), expected
+
+
+@pytest.mark.parametrize("case", [*CASES, *EXTRA_CASES])
+def test_every_certifier_sets_its_guarantee_and_files_keep_it(case, tmp_path):
+    cert, expected = _certificate(case)
+    assert cert.guarantee is expected
+    assert cert.deterministic == (expected is not Guarantee.PROBABILISTIC)
+    assert (cert.alpha == SMOOTH["alpha"]) if expected is Guarantee.PROBABILISTIC else cert.alpha is None
+    if expected is Guarantee.FLAG:  # a flag certificate promises nothing for unflagged inputs
+        for r in cert.radii.values():
+            assert not bool((r.cpu()[~cert.predicted_flagged().cpu()] > 0).any())
+    # an older file (no "guarantee" key) reads back as the same guarantee
+    assert legacy_guarantee(cert.deterministic, cert.binary, cert.extra) is expected
+    path = tmp_path / "certificates.safetensors"
+    labels = torch.zeros(len(cert), dtype=torch.long)
+    save_certificates(path, cert, labels)
+    back, _ = load_certificates(path)
+    assert back.guarantee is expected and back.alpha == cert.alpha and back.method == cert.method
+    assert Certificate.cat([back, back]).guarantee is expected and back.to("cpu").guarantee is expected
+
+
+def _multiclass(guarantee: Guarantee | str, **kw) -> Certificate:
+    pred = torch.tensor([0, 1, 2, 2])
+    flagged = torch.tensor([True, False, True, True])
+    flags = torch.nn.functional.one_hot(pred, 3).bool() & flagged[:, None]
+    return Certificate(pred, {2.0: torch.tensor([0.5, 0.2, 0.3, 0.9], dtype=torch.float64)}, "custom", guarantee,
+                       binary=False, extra={"flags": flags, "predicted_flagged": flagged}, **kw)
+
+
+@pytest.mark.parametrize("guarantee,alpha", [
+    (Guarantee.PROBABILISTIC, None), (Guarantee.PROBABILISTIC, 0.0), (Guarantee.PROBABILISTIC, 1.0),
+    (Guarantee.PROBABILISTIC, math.nan), (Guarantee.PROBABILISTIC, True), (Guarantee.PROBABILISTIC, "0.1"),
+    (Guarantee.DECISION, 0.001), (Guarantee.FLAG, 0.001), ("sure", None), (True, None)])
+def test_alpha_is_required_exactly_for_probabilistic_certificates(guarantee, alpha):
+    with pytest.raises(InputError) as info:
+        _multiclass(guarantee, alpha=alpha)
+    assert "\n" not in str(info.value)
+
+
+def test_valid_guarantees_and_str_values():
+    assert _multiclass("flag").guarantee is Guarantee.FLAG
+    cert = _multiclass(Guarantee.PROBABILISTIC, alpha=0.05)
+    assert not cert.deterministic and cert.alpha == 0.05
+    with pytest.raises(InputError, match="flags"):  # a multiclass flag certificate without its flags
+        Certificate(torch.tensor([0, 1]), {2.0: torch.zeros(2)}, "custom", Guarantee.FLAG, binary=False)
+    with pytest.raises(InputError, match="guarantee"):
+        Certificate.cat([_multiclass(Guarantee.FLAG), _multiclass(Guarantee.DECISION)])
+
+
+def test_metrics_and_report_read_the_guarantee_not_extra_keys_or_method_names():
+    labels = torch.tensor([0, 1, 2, 0])
+    flag, decision = _multiclass(Guarantee.FLAG), _multiclass(Guarantee.DECISION)
+    r = torch.tensor([0.0, 0.4])
+    # same tensors and extra keys: only the flag guarantee needs the true class flagged
+    assert certified_accuracy(flag, labels, 2.0, r).tolist() == [0.5, 0.25]
+    assert certified_accuracy(decision, labels, 2.0, r).tolist() == [0.75, 0.25]
+    flag_res, dec_res = (summarize(c, labels, {"l2": [0.4]}) for c in (flag, decision))
+    assert flag_res["guarantee"] == "flag" and dec_res["guarantee"] == "decision"
+    assert flag_res["flags"]["true_class"] == 0.5 and "flags" not in dec_res
+    run = {"task": "t", "model": {}}
+    assert ONE_VS_REST_NOTE in render_markdown(run, flag_res)  # method "custom": the guarantee decides
+    assert ONE_VS_REST_NOTE not in render_markdown(run, dec_res)
+    prob = summarize(_multiclass(Guarantee.PROBABILISTIC, alpha=0.01), labels, {})
+    assert "probability 1 − 0.01" in render_markdown(run, prob) and not prob["deterministic"]
+
+
+def _strip_guarantee(path, **meta_change: str) -> None:
+    """Rewrite ``path`` as the code before the typed guarantee wrote it (no "guarantee" metadata)."""
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata() or {})
+    meta.pop("guarantee")
+    save_file(load_file(str(path)), str(path), metadata={**meta, **meta_change})
+
+
+@pytest.mark.parametrize("guarantee,alpha", [(Guarantee.FLAG, None), (Guarantee.DECISION, None),
+                                             (Guarantee.PROBABILISTIC, 0.01)])
+def test_old_files_without_a_guarantee_still_load(tmp_path, guarantee, alpha):
+    path = tmp_path / "certificates.safetensors"
+    cert = _multiclass(guarantee, alpha=alpha)
+    if guarantee is not Guarantee.FLAG:  # older multiclass argmax certificates carried no flags
+        cert.extra = {}
+    save_certificates(path, cert, torch.tensor([0, 1, 2, 0]))
+    _strip_guarantee(path)
+    back, labels = load_certificates(path)
+    assert back.guarantee is guarantee and back.alpha == alpha and labels.tolist() == [0, 1, 2, 0]
+
+
+def test_a_damaged_guarantee_is_one_checkpoint_error(tmp_path):
+    path = tmp_path / "certificates.safetensors"
+    save_certificates(path, _multiclass(Guarantee.DECISION), torch.zeros(4, dtype=torch.long))
+    for meta in ({"guarantee": json.dumps("certain")}, {"guarantee": json.dumps([1])},
+                 {"guarantee": json.dumps("probabilistic")}):  # probabilistic without alpha
+        with safe_open(str(path), framework="pt") as fh:
+            old = dict(fh.metadata())
+        save_file(load_file(str(path)), str(path), metadata={**old, **meta})
+        with pytest.raises(CheckpointError) as info:
+            load_certificates(path)
+        assert "\n" not in str(info.value) and str(path) in str(info.value)
