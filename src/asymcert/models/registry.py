@@ -7,6 +7,7 @@ from typing import Any, Callable
 from torch import nn
 
 from asymcert.errors import AsymcertError, ConfigError, UnknownNameError
+from asymcert.models.checks import config_int_list
 
 _MODELS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
 
@@ -42,10 +43,7 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     kind = config.get("kind")
     if not isinstance(kind, str) or kind not in _MODELS:
         raise UnknownNameError(f"unknown model kind {kind!r}; known: {', '.join(sorted(_MODELS))}")
-    shape = config.get("input_shape")
-    if not (isinstance(shape, (list, tuple)) and shape and all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
-        raise ConfigError(f"model config: input_shape = {shape!r} must be a non-empty list of positive integers")
+    config_int_list(config.get("input_shape"), "input_shape", kind)
     try:
         return _MODELS[kind](dict(config))
     except AsymcertError:
