@@ -11,10 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from asymcert.certify.attacks import (decision_flips, decisions, pgd_attack, project_l1_ball,
-                                      project_lp_ball)
+from asymcert.certify.attacks import decision_flips, decisions, pgd_attack, project_l1_ball, project_lp_ball
 from asymcert.errors import InputError
-
 
 # ---------------------------------------------------------------------------------------------
 # Projections
@@ -195,7 +193,7 @@ def test_targeted_decision_pushes_unflagged_inputs_up(linear_binary):
 
 
 def test_random_restarts_are_reproducible_with_a_generator(linear_binary):
-    lin, x, s = linear_binary
+    lin, x, _ = linear_binary
     eps = torch.full((x.shape[0],), 0.01)
     a = pgd_attack(lin, x, eps, 2, steps=5, restarts=3, generator=torch.Generator().manual_seed(7))
     b = pgd_attack(lin, x, eps, 2, steps=5, restarts=3, generator=torch.Generator().manual_seed(7))

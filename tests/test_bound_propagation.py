@@ -10,8 +10,13 @@ import torch
 from torch import nn
 
 import asymcert
-from asymcert.certify.bound_propagation import (UnsupportedNetworkError, crown_bounds, interval_bounds,
-                                                score_lower_bound, verified_radius)
+from asymcert.certify.bound_propagation import (
+    UnsupportedNetworkError,
+    crown_bounds,
+    interval_bounds,
+    score_lower_bound,
+    verified_radius,
+)
 from asymcert.nn.feature_maps import Shift
 
 

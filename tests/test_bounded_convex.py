@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 import asymcert
 from asymcert.certify import bounded_convex
 from asymcert.certify.bounded_convex import bound_constants, bounded_pass, gamma, supports_bounded
-from asymcert.certify.feature_convex import (FLOAT_GUARD_FACTOR, float_guard, reference_error,
-                                             score_and_feature_gradient)
+from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, float_guard, reference_error, score_and_feature_gradient
 from asymcert.models import build_model
 from tests.conftest import examples
 
@@ -34,7 +33,7 @@ def conv_model(seed: int, input_shape=(1, 7, 6), channels: int = 3, stem_kernel:
                                     "blocks": blocks}})
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "block_convs" in name and name.endswith("weight") or "readout.weight" in name:
+            if ("block_convs" in name and name.endswith("weight")) or "readout.weight" in name:
                 p.mul_(scale)
         model.train()
         x = torch.rand(64, *input_shape)

@@ -1,5 +1,6 @@
 """Convex capacity: the accuracy-maximising shift, the scaled initialisation, recipes and the CLI report."""
 
+import itertools
 import json
 
 import pytest
@@ -12,8 +13,14 @@ from asymcert.cli import main
 from asymcert.data.tasks import Dataset
 from asymcert.errors import UnknownNameError
 from asymcert.models import build_model
-from asymcert.research.capacity import (RECIPES, max_accuracy_shift, resolve_recipes, run_capacity, run_recipe,
-                                        scaled_init_)
+from asymcert.research.capacity import (
+    RECIPES,
+    max_accuracy_shift,
+    resolve_recipes,
+    run_capacity,
+    run_recipe,
+    scaled_init_,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -26,7 +33,7 @@ def test_max_accuracy_shift_matches_brute_force(scores, data):
     assert realised == pytest.approx(acc)
     # brute force over every threshold between / around the distinct scores
     cuts = sorted(set(scores))
-    thresholds = [cuts[0] - 1] + [(a + c) / 2 for a, c in zip(cuts, cuts[1:])] + [cuts[-1] + 1]
+    thresholds = [cuts[0] - 1] + [(a + c) / 2 for a, c in itertools.pairwise(cuts)] + [cuts[-1] + 1]
     best = max(float(((s > t).long() == y).float().mean()) for t in thresholds)
     assert acc == pytest.approx(best)
 
@@ -61,7 +68,7 @@ def test_resolve_recipes():
     assert resolve_recipes("none") == [] and resolve_recipes("") == []
     assert resolve_recipes("all") == list(RECIPES)
     assert resolve_recipes("icnn-wide, paper-conv") == ["icnn-wide", "paper-conv"]
-    with pytest.raises(UnknownNameError, match="unknown capacity recipe.*known: paper-conv"):
+    with pytest.raises(UnknownNameError, match=r"unknown capacity recipe.*known: paper-conv"):
         resolve_recipes("icnn-wide,nope")
 
 

@@ -27,7 +27,8 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.optimize import brentq
 from scipy.stats import binom
 from scipy.stats import norm as normal
@@ -410,7 +411,7 @@ def _phi_inverse_reference(p: float) -> float:
 @given(n=st.integers(1, 20_000), frac=st.floats(0.0, 1.0), alpha=st.sampled_from([1e-1, 1e-3, 1e-6]),
        sigma=st.floats(0.01, 4.0))
 def test_smoothing_radius_matches_an_independent_scipy_computation(n, frac, alpha, sigma):
-    k = int(round(frac * n))
+    k = round(frac * n)
     p_lower = float(clopper_pearson_lower(torch.tensor([k]), n, alpha)[0])
     p_ref = _clopper_pearson_reference(k, n, alpha)
     assert p_lower <= p_ref * (1 + 1e-9) + 1e-12 and p_lower >= p_ref * (1 - 1e-7)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -27,14 +28,13 @@ def _model(input_shape=(6,), kind="feature-convex", seed=0):
 def recorded_chunks(monkeypatch):
     """The batch sizes the feature-convex certifier is called with."""
     sizes: list[int] = []
-    api._load_builtin()
     real = api._CERTIFIERS["feature-convex"]
 
     def recording(model, x, norms, **options):
         sizes.append(x.shape[0])
-        return real(model, x, norms, **options)
+        return real.run(model, x, norms, **options)
 
-    monkeypatch.setitem(api._CERTIFIERS, "feature-convex", recording)
+    monkeypatch.setitem(api._CERTIFIERS, "feature-convex", dataclasses.replace(real, run=recording))
     return sizes
 
 

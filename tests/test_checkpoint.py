@@ -51,7 +51,7 @@ def test_negative_convex_weights_in_checkpoint_refused(tmp_path):
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
     save_file(tensors, str(path), metadata=meta)
-    with pytest.raises(asymcert.ConvexityError, match="convex.hidden.1.weight"):
+    with pytest.raises(asymcert.ConvexityError, match=r"convex.hidden.1.weight"):
         asymcert.load(path)
     # validate=False loads exactly the stored (tampered) tensors and computes with them
     unchecked = asymcert.load(path, validate=False)

@@ -10,8 +10,16 @@ from filelock import FileLock
 from safetensors.torch import load_file
 
 import asymcert
-from asymcert.cli import (EXIT_BUSY, EXIT_CHECK_FAILED, EXIT_CODES, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_REFUSED,
-                          main)
+from asymcert.cli import (
+    EXIT_BUSY,
+    EXIT_CHECK_FAILED,
+    EXIT_CODES,
+    EXIT_INTERRUPTED,
+    EXIT_IO,
+    EXIT_OK,
+    EXIT_REFUSED,
+    main,
+)
 
 SMALL = ["--model-set", 'convex={"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}',
          "--set", "batch_size=32", "--quiet"]

@@ -2,7 +2,8 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asymcert.errors import ConvexityError
 from asymcert.nn.convex import ICNN, ConvexConvNet, PositiveBatchNorm, convexity_violations, project_
@@ -44,7 +45,7 @@ def test_validate_refuses_negative_weights():
     model = small_feature_convex("conv")
     with torch.no_grad():
         model.convex.readout.weight[0, 0] = -0.5
-    with pytest.raises(ConvexityError, match="readout.weight"):
+    with pytest.raises(ConvexityError, match=r"readout.weight"):
         model.validate()
 
 
@@ -57,6 +58,7 @@ def test_icnn_shapes(widths, d):
 
 def test_unknown_convex_net_settings_are_named():
     import pytest
+
     from asymcert.errors import UnknownNameError
     from asymcert.nn.convex import build_convex_net
     with pytest.raises(UnknownNameError, match="channels"):
@@ -92,9 +94,8 @@ def test_shared_batch_statistics_keep_values_and_update_running_statistics_once(
 def test_shared_batch_statistics_refuse_plain_batch_norm():
     from asymcert.nn.convex import shared_batch_statistics
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).train()
-    with pytest.raises(ValueError, match="PositiveBatchNorm"):
-        with shared_batch_statistics(net):
-            pass
+    with pytest.raises(ValueError, match="PositiveBatchNorm"), shared_batch_statistics(net):
+        pass
 
 
 def test_allowlist_names_each_slot_and_accepts_the_built_in_nets():

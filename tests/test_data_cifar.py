@@ -8,6 +8,7 @@ import os
 import pickle
 import struct
 import tarfile
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -95,7 +96,7 @@ class _Py2Pickler(pickle._Pickler):
     """Writes bytes as Python 2 ``str`` (SHORT_BINSTRING/BINSTRING opcodes), as cPickle did for the
     official batches; the pure-Python pickler is used because the C one cannot be taught this."""
 
-    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
 
     def _save_py2_str(self, obj: bytes) -> None:
         if len(obj) < 256:
@@ -137,7 +138,7 @@ class _Exploit:
 def test_malicious_pickle_is_refused_without_running_code(tmp_path):
     marker = tmp_path / "pwned"
     evil = pickle.dumps({b"data": _Exploit(marker), b"labels": [1]}, protocol=2)
-    with pytest.raises(DataError, match="refusing to load .*system"):
+    with pytest.raises(DataError, match=r"refusing to load .*system"):
         read_cifar_batch(io.BytesIO(evil), "evil")
     assert not marker.exists()
 
@@ -174,7 +175,7 @@ def test_truncated_archive(tmp_path, batches):
     archive = tmp_path / ARCHIVE
     _write_archive(archive, batches)
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
-    with pytest.raises(DataError, match="corrupted or truncated|not a readable"):
+    with pytest.raises(DataError, match=r"corrupted or truncated|not a readable"):
         load_cifar10_arrays(tmp_path)
 
 
@@ -199,7 +200,7 @@ def test_oversized_batch_file_is_refused_before_reading(tmp_path, data_cache, ba
     big = tmp_path / BATCH_FOLDER / "data_batch_2"
     with big.open("r+b") as fh:  # sparse: no disk space or time spent
         fh.truncate(MAX_BATCH_BYTES + 1)
-    with pytest.raises(DataError, match="data_batch_2.*more than a CIFAR-10 batch"):
+    with pytest.raises(DataError, match=r"data_batch_2.*more than a CIFAR-10 batch"):
         load_cifar10_arrays(tmp_path)
 
 
@@ -221,7 +222,7 @@ def test_catsdogs_task(tmp_path, data_cache, batches):
     _write_archive(tmp_path / ARCHIVE, batches)
     task = get_task("cifar10-catsdogs")
     data = task.load(tmp_path)
-    x_train, y_train, x_test, y_test = _expected(batches)
+    _, y_train, x_test, y_test = _expected(batches)
     n_train = int(np.isin(y_train, [3, 5]).sum())
     assert len(data.train) + len(data.val) == n_train and len(data.val) == round(0.2 * n_train)
     assert len(data.test) == int(np.isin(y_test, [3, 5]).sum())

@@ -86,7 +86,7 @@ def test_present_file_with_right_checksum_is_not_downloaded_again(tmp_path):
 def test_present_file_with_wrong_checksum_raises_and_is_kept(tmp_path, source):
     dest = tmp_path / "file.bin"
     dest.write_bytes(b"something else")
-    with pytest.raises(DataError, match="SHA-256.*Delete it"):
+    with pytest.raises(DataError, match=r"SHA-256.*Delete it"):
         download(source.as_uri(), dest, PAYLOAD_SHA)
     assert dest.read_bytes() == b"something else"
 
@@ -189,7 +189,7 @@ def test_corrupted_cached_file_is_reported_not_replaced(tmp_path, data_cache):
     remotes = _remote_files(tmp_path, ["a.gz", "b.gz"])
     (data_cache / "toy").mkdir()
     (data_cache / "toy" / "b.gz").write_bytes(b"half a file")
-    with pytest.raises(DataError, match="b.gz exists but its SHA-256"):
+    with pytest.raises(DataError, match=r"b.gz exists but its SHA-256"):
         find_or_download("toy", remotes, None)
     assert (data_cache / "toy" / "b.gz").read_bytes() == b"half a file"
 

@@ -86,7 +86,7 @@ def test_only_allaple_is_an_error(tmp_path, data_cache):
 def test_corrupted_image_names_the_file(malimg_dir, data_cache):
     bad = malimg_dir / "Allaple.A" / "001.png"
     bad.write_bytes(bad.read_bytes()[:30])
-    with pytest.raises(DataError, match="001.png"):
+    with pytest.raises(DataError, match=r"001.png"):
         load_malimg(malimg_dir, size=16)
 
 

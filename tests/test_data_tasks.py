@@ -199,7 +199,7 @@ def test_debian_fashion_mnist_shirts(data_cache):
     data = get_task("fashion-mnist-shirts").load(None)
     assert (len(data.train), len(data.val), len(data.test)) == (9600, 2400, 2000)
     assert data.input_shape == (1, 28, 28)
-    assert int(data.test.y.sum()) == 1000 and int((data.train.y.sum() + data.val.y.sum())) == 6000
+    assert int(data.test.y.sum()) == 1000 and int(data.train.y.sum() + data.val.y.sum()) == 6000
     # identical to filtering the full dataset, then splitting (the original implementation)
     train, test = load_fashion_mnist(None)
     ref_train, ref_val = split_train_val(binary_subset(train, sensitive=0, other=6), 0.2, seed=42)

@@ -88,7 +88,7 @@ def test_unknown_sensitive_class_lists_labels(tmp_path):
     np.savez(tmp_path / "d.npz", x=x, y=y)
     with pytest.raises(DataError, match=r"sensitive class 7 not among the labels found: 0, 1, 2"):
         task_from_npz(tmp_path / "d.npz", 7)
-    with pytest.raises(DataError, match="other class .9. has no example"):
+    with pytest.raises(DataError, match=r"other class .9. has no example"):
         task_from_npz(tmp_path / "d.npz", 1, other_class=9)
 
 
@@ -127,13 +127,13 @@ def test_bad_npz_contents(tmp_path, content, message):
 
 def test_not_an_npz(tmp_path):
     (tmp_path / "x.npz").write_bytes(b"plain text")
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match=r"not a readable .npz"):
         task_from_npz(tmp_path / "x.npz", 0)
     np.save(tmp_path / "one.npy", np.zeros((4, 2)))  # np.load gives an array, not an archive
     with pytest.raises(DataError, match=r"a single array \(.npy\), not an .npz archive"):
         task_from_npz(tmp_path / "one.npy", 0)
     (tmp_path / "p.npz").write_bytes(pickle.dumps({"x": np.zeros(3)}))  # a pickle is never unpickled
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match=r"not a readable .npz"):
         task_from_npz(tmp_path / "p.npz", 0)
 
 
@@ -158,7 +158,7 @@ def test_values_beyond_float32_are_named(tmp_path):
 def test_one_class_data_is_refused(tmp_path):
     x, _ = _tabular()
     np.savez(tmp_path / "d.npz", x=x, y=np.ones(len(x)))
-    with pytest.raises(DataError, match="other class .* has no example; labels found: 1.0"):
+    with pytest.raises(DataError, match=r"other class .* has no example; labels found: 1.0"):
         task_from_npz(tmp_path / "d.npz", 1)
 
 
@@ -186,7 +186,7 @@ def test_csv_label_column_by_name(tmp_path):
 def test_csv_numeric_labels_match_ints(tmp_path):
     x, y = _tabular((10, 10), dim=3)
     _write_csv(tmp_path / "t.csv", x, [f"{v:.1f}" for v in y])  # "1.0" in the file, 1 asked for
-    data, splits = _splits(task_from_csv(tmp_path / "t.csv", "label", 1))
+    _, splits = _splits(task_from_csv(tmp_path / "t.csv", "label", 1))
     assert sum(int(s.y.sum()) for s in splits) == 10
 
 
@@ -234,7 +234,7 @@ def test_image_folder_task(tmp_path):
     data, splits = _splits(task)
     assert task.name == "pics" and data.class_names == ("dogs", "cats") and data.input_shape == (1, 10, 10)
     assert sum(len(s) for s in splits) == 20 and sum(int(s.y.sum()) for s in splits) == 10
-    assert 0.0 <= float(data.train.x.min()) and float(data.train.x.max()) <= 1.0
+    assert float(data.train.x.min()) >= 0.0 and float(data.train.x.max()) <= 1.0
     everyone = task_from_image_folder(root, "cats").load(None)
     assert len(everyone.train) + len(everyone.val) + len(everyone.test) == 25
 

@@ -119,7 +119,7 @@ def test_torchrun_two_processes_leave_the_same_run_folder(fashion_dir, tmp_path)
     res = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                           "--master_port", str(_free_port()), "-m", "asymcert", "run", "fashion-mnist-shirts",
                           "--preset", "fast", "--data-dir", str(fashion_dir), "--out", str(out), "--quiet",
-                          "--model-set", f'convex={{"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}}',
+                          "--model-set", 'convex={"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}',
                           "--set", "batch_size=32", "--epochs", "1"],
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

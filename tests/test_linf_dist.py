@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asymcert.nn import linf_dist as L
 from asymcert.nn.linf_dist import LinfDist, LinfDistConv2d, interval_bounds, linf_dist, linf_dist_reference
@@ -342,7 +343,7 @@ def test_interval_bounds_contain_and_attain(bias):
 
 
 def _conv_loop(x, w, stride, padding, groups, p):
-    n, c, h, wd = x.shape
+    n, _, h, wd = x.shape
     o, cg, kh, kw = w.shape
     xp = torch.nn.functional.pad(x, (padding[1], padding[1], padding[0], padding[0]))
     ho = (h + 2 * padding[0] - kh) // stride[0] + 1

@@ -18,11 +18,10 @@ from click.testing import CliRunner
 import asymcert
 from asymcert.certify.linf_dist import bisect_radius, head_verified, normalized_radii, top2_margin
 from asymcert.data.tasks import Dataset, TaskData
+from asymcert.families import get_family
 from asymcert.models import build_model
-from asymcert.models.registry import default_model_config
 from asymcert.train import TrainConfig, fit
-from asymcert.train.linf_recipe import (LINF_TRAIN_DEFAULTS, LinfDistRecipe, growth_ratio, mixture_loss,
-                                        p_schedule)
+from asymcert.train.linf_recipe import LINF_TRAIN_DEFAULTS, LinfDistRecipe, growth_ratio, mixture_loss, p_schedule
 
 INF = math.inf
 SHAPE = (1, 8, 8)
@@ -156,7 +155,7 @@ def test_model_shapes_normalisation_and_config():
     expected_std = x.transpose(0, 1).reshape(3, -1).var(1, unbiased=False).mean().sqrt()
     assert m.std == pytest.approx(float(expected_std), rel=1e-5)
     assert m(x).shape == (50, 5) and m.logits(x).shape == (50, 5)
-    assert default_model_config("linf-dist")["kind"] == "linf-dist"
+    assert get_family("linf-dist").default_model_config()["kind"] == "linf-dist"
     with pytest.raises(ValueError, match="binary"):
         build_model({"kind": "linf-dist", "input_shape": [4], "widths": [4], "num_classes": 3, "binary": True})
     with pytest.raises(ValueError, match="widths"):

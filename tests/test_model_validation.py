@@ -21,12 +21,12 @@ from asymcert.certify.attacks import pgd_attack
 from asymcert.checkpoint import CONFIG_KEY, save
 from asymcert.data import get_task, task_names
 from asymcert.errors import CheckpointError, ConfigError, ConvexityError, InputError, ModelError, UnknownNameError
+from asymcert.families import families, get_family
 from asymcert.models import build_model
 from asymcert.models.feature_convex import FeatureConvexClassifier
-from asymcert.models.registry import _DEFAULT_CONFIGS, default_model_config, model_kinds
 from asymcert.nn.convex import ICNN, NonnegLinear
 from asymcert.nn.feature_maps import Compose, FeatureMap, Shift, Standardize
-from asymcert.workflow import _merge, family_model_settings
+from asymcert.workflow import _merge, task_facts
 
 TABULAR = {"kind": "feature-convex", "input_shape": [6], "feature_map": [{"kind": "standardize"}],
            "convex": {"kind": "icnn", "widths": [16, 8]}}
@@ -181,8 +181,9 @@ def test_standardize_lipschitz_uses_magnitudes():
 
 def test_every_default_model_config_builds_validates_and_loads_on_the_meta_device(tmp_path):
     shapes = {"feature-convex": [1, 8, 8], "one-vs-rest-convex": [1, 8, 8], "linf-dist": [1, 8, 8]}
-    for kind, config in _DEFAULT_CONFIGS.items():
-        cfg = {**config, "input_shape": shapes.get(kind, [1, 8, 8])}
+    for family in families():
+        kind = family.kind
+        cfg = {**family.default_model_config(), "input_shape": shapes.get(kind, [1, 8, 8])}
         if kind in ("linf-dist", "one-vs-rest-convex"):
             cfg.setdefault("num_classes", 3)
         model = build_model(cfg)
@@ -260,9 +261,9 @@ def test_every_task_preset_and_family_model_is_accepted():
         task = get_task(name)
         data = SimpleNamespace(num_classes=2 if task.binary else 10)
         configs = [_merge(task.model, task.presets.get(p, {}).get("model")) for p in [None, *task.presets]]
-        configs += [default_model_config(kind) for kind in model_kinds() if kind != task.model["kind"]]
+        configs += [f.default_model_config() for f in families() if f.kind != task.model["kind"]]
         for cfg in configs:
-            cfg = {**cfg, **family_model_settings(cfg["kind"], task, data), "input_shape": _task_input_shape(task)}
+            cfg = {**cfg, **get_family(cfg["kind"]).model_settings(task_facts(task, data)), "input_shape": _task_input_shape(task)}
             key = json.dumps(cfg, sort_keys=True)
             if key in built:
                 continue
@@ -394,7 +395,7 @@ def test_standardize_settings_and_unknown_feature_map_settings_are_refused():
         build_model({**TABULAR, "feature_map": "shift"})
     phi = Standardize((3,))
     phi.min_scale = -1.0
-    with pytest.raises(ModelError, match="min_scale -1.0 must be a finite number > 0"):
+    with pytest.raises(ModelError, match=r"min_scale -1.0 must be a finite number > 0"):
         phi.validate()
 
 
@@ -460,7 +461,7 @@ def test_linf_dist_lipschitz_is_rounded_up():
 def test_every_family_forward_refuses_integer_dtypes_and_wrong_shapes(config):
     model = build_model(config).eval()
     assert model(torch.rand(4, 6)).shape[0] == 4
-    with pytest.raises(InputError, match="dtype torch.uint8"):
+    with pytest.raises(InputError, match=r"dtype torch.uint8"):
         model(torch.randint(0, 255, (4, 6), dtype=torch.uint8))
     with pytest.raises(InputError, match=r"got \(4, 5\)"):
         model(torch.rand(4, 5))

@@ -205,11 +205,11 @@ def test_model_precision_without_guard_is_not_above_the_exact_radius_on_the_boun
 def test_options_that_cannot_be_sound_are_refused():
     icnn = small_feature_convex("icnn", SHAPE)
     x = torch.rand(3, *SHAPE)
-    with pytest.raises(AsymcertError, match="precision='bounded'.*'float64'"):
+    with pytest.raises(AsymcertError, match=r"precision='bounded'.*'float64'"):
         asymcert.certify(icnn, x, precision="bounded")
     with pytest.raises(AsymcertError, match="precision must be one of"):
         asymcert.certify(icnn, x, precision="float16")
-    with pytest.raises(AsymcertError, match="slack=0.*'model'"):
+    with pytest.raises(AsymcertError, match=r"slack=0.*'model'"):
         asymcert.certify(icnn, x, precision="model", slack=0.0)
     with pytest.raises(AsymcertError, match="slack=-1"):
         asymcert.certify(icnn, x, slack=-1.0)

@@ -6,8 +6,12 @@ import math
 import torch
 
 from asymcert.nn.convex import ICNN, PositiveBatchNorm
-from asymcert.train.regularizers import (certified_lower_bound, jacobian_penalty, jacobian_penalty_from_grad,
-                                         per_input_gradients)
+from asymcert.train.regularizers import (
+    certified_lower_bound,
+    jacobian_penalty,
+    jacobian_penalty_from_grad,
+    per_input_gradients,
+)
 
 
 def _train_mode_icnn(widths=(16,), seed: int = 0) -> ICNN:
@@ -29,7 +33,7 @@ def _reference_gradients(net: ICNN, x: torch.Tensor) -> torch.Tensor:
     for h in hooks:
         h.remove()
     ref = copy.deepcopy(net).eval()
-    for (orig, z), m in zip(batch_stats.items(), [m for m in ref.modules() if isinstance(m, PositiveBatchNorm)]):
+    for z, m in zip(batch_stats.values(), [m for m in ref.modules() if isinstance(m, PositiveBatchNorm)]):
         var, mean = torch.var_mean(z, dim=0, correction=0)
         m.running_mean.copy_(mean)
         m.running_var.copy_(var)

@@ -17,8 +17,15 @@ from hypothesis import strategies as st
 
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import CheckpointError, RunFolderBusyError, WriteError
-from asymcert.runfolder import (LOCK_FILE, RunRecord, dumps_strict, exclusive, remove_stale_temp_files,
-                                stale_temp_files, write_json)
+from asymcert.runfolder import (
+    LOCK_FILE,
+    RunRecord,
+    dumps_strict,
+    exclusive,
+    remove_stale_temp_files,
+    stale_temp_files,
+    write_json,
+)
 from tests.conftest import examples
 
 HOLD = """
@@ -39,9 +46,8 @@ def _holder(folder: Path) -> subprocess.Popen:
 def test_lock_is_exclusive_between_processes_and_dies_with_its_holder(tmp_path):
     proc = _holder(tmp_path)
     try:
-        with pytest.raises(RunFolderBusyError, match=LOCK_FILE):
-            with exclusive(tmp_path):
-                pass
+        with pytest.raises(RunFolderBusyError, match=LOCK_FILE), exclusive(tmp_path):
+            pass
     finally:
         proc.send_signal(signal.SIGKILL)  # a crash: no cleanup code runs
         proc.wait()
@@ -62,9 +68,8 @@ def test_lock_is_reentrant_in_one_process_and_released_at_the_end(tmp_path):
 
 
 def test_missing_folder_is_not_created_unless_asked(tmp_path):
-    with pytest.raises(CheckpointError, match="not a run folder"):
-        with exclusive(tmp_path / "nope"):
-            pass
+    with pytest.raises(CheckpointError, match="not a run folder"), exclusive(tmp_path / "nope"):
+        pass
     assert not (tmp_path / "nope").exists()
     with exclusive(tmp_path / "new", create=True):
         pass
@@ -104,7 +109,7 @@ def test_safetensors_write_failure_is_a_write_error(tmp_path):
     def fail(tmp):
         raise SafetensorError("Error while serializing: IoError(No space left on device)\nmore detail")
 
-    with pytest.raises(WriteError, match="model.safetensors: Error while serializing") as info:
+    with pytest.raises(WriteError, match=r"model.safetensors: Error while serializing") as info:
         atomic_write(tmp_path / "model.safetensors", fail)
     assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []
 

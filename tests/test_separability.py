@@ -8,8 +8,13 @@ from hypothesis import strategies as st
 from scipy.spatial import ConvexHull, Delaunay
 
 from asymcert.errors import InputError
-from asymcert.research.separability import (METHODS, HullDistanceLP, hull_classifier, hull_separability,
-                                            separability_bound)
+from asymcert.research.separability import (
+    METHODS,
+    HullDistanceLP,
+    hull_classifier,
+    hull_separability,
+    separability_bound,
+)
 
 
 def _reference_outside(x: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -47,7 +52,7 @@ def test_lp_stage_agrees_with_delaunay_and_its_distance_is_the_l1_distance():
     lp = HullDistanceLP(others)
     hull = Delaunay(others)
     for x in rng.uniform(-0.5, 1.5, size=(30, 2)):
-        status, dist, y = lp.solve(x)
+        status, dist, _ = lp.solve(x)
         assert status == "optimal"
         if hull.find_simplex(x[None])[0] >= 0:
             assert dist <= 1e-9

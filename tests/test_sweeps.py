@@ -52,7 +52,7 @@ def pair_sweep(fashion_dir, tmp_path_factory):
 
 
 def test_pair_sweep_writes_files_and_matrices_match_the_pairs(pair_sweep):
-    out, summary, lines = pair_sweep
+    out, _, _ = pair_sweep
     for name in ("results.json", "sweep.md", "heatmap_clean_accuracy.png", "heatmap_median_radius_l1.png",
                  "heatmap_median_radius_l2.png", "heatmap_median_radius_linf.png", "heatmap_asymmetry_l2.png"):
         assert (out / name).is_file(), name

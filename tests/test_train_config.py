@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 
 from asymcert.data import get_task, task_names
 from asymcert.errors import AsymcertError, ConfigError, SettingsError, UnknownNameError
+from asymcert.families import TaskFacts, families
 from asymcert.train import TrainConfig
 from asymcert.train.config import check_model_overrides, parse_device, unapplied_keys
 from asymcert.train.loop import resolve_device
-from asymcert.workflow import _merge, family_train_defaults
+from asymcert.workflow import _merge
 from tests.conftest import examples
 
 BAD = {
@@ -98,8 +99,10 @@ def test_every_shipped_default_and_preset_is_valid():
         TrainConfig.from_dict(task.train)
         for preset in task.presets.values():
             TrainConfig.from_dict(_merge(task.train, preset.get("train")))
-        for kind in ("feature-convex", "linf-dist", "one-vs-rest-convex"):
-            TrainConfig.from_dict(family_train_defaults(kind, task))
+        facts = TaskFacts(binary=task.binary, num_classes=2 if task.binary else 10,
+                          report_radii=task.report_radii, train=task.train)
+        for family in families():
+            TrainConfig.from_dict(family.train_defaults(facts))
 
 
 def test_replace_is_checked_too():

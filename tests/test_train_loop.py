@@ -1,3 +1,4 @@
+import contextlib
 import json
 
 import pytest
@@ -42,10 +43,8 @@ def test_resume_after_interruption_gives_identical_weights(fashion_dir, tmp_path
     full = {k: v.clone() for k, v in model.state_dict().items()}
     # "interrupted" run: 2 epochs, then continue to 3 in the same folder with a fresh model
     _, _, model2, _ = _setup(fashion_dir, 3)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         fit_partial(model2, data, config, tmp_path / "resumed", task, stop_after=2)
-    except KeyboardInterrupt:
-        pass
     _, _, model3, _ = _setup(fashion_dir, 3)
     messages = []
     fit(model3, data, config, tmp_path / "resumed", augment=task.augment, progress=False, log=messages.append)

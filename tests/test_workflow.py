@@ -13,8 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from asymcert.errors import (AsymcertError, CheckpointError, ConfigError, RunFolderBusyError, RunFolderConflictError,
-                             WriteError)
+from asymcert.errors import (
+    AsymcertError,
+    CheckpointError,
+    ConfigError,
+    RunFolderBusyError,
+    RunFolderConflictError,
+    WriteError,
+)
 from asymcert.report.writer import REPORT_FILE, RESULTS_FILE, write_report
 from asymcert.runfolder import LOCK_FILE
 from asymcert.train.loop import STATE_FILE

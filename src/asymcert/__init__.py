@@ -10,6 +10,7 @@ Example:
     (torch.Size([4]), torch.Size([4]))
 """
 
+from asymcert import families  # registers the model families
 from asymcert.certify import Certificate, certify
 from asymcert.checkpoint import load, save
 from asymcert.errors import (AsymcertError, CheckpointError, ConfigError, ConvexityError, DataError, InputError,

@@ -13,8 +13,8 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # No -ffast-math: the certificates' rounding bounds need IEEE sums in program order
 # (contraction into FMA is allowed; it only makes each step more accurate).

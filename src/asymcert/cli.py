@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from asymcert.families import get_family
 from asymcert.errors import AsymcertError, RunFolderBusyError, WriteError
 from asymcert.runfolder import exclusive
 
@@ -213,8 +214,7 @@ def _overrides(epochs, device, sets, model_sets, model_kind):
     if "input_shape" in model:
         raise click.BadParameter("input_shape is taken from the data; it cannot be set", param_hint="--model-set")
     if model_kind:
-        from asymcert.models.registry import default_model_config
-        model = {**default_model_config(model_kind), **model}
+        model = {**get_family(model_kind).default_model_config(), **model}
     return train, model
 
 

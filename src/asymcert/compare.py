@@ -50,90 +50,23 @@ from asymcert.report.machine import describe_machine
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.writer import summarize
 from asymcert.runfolder import dumps_strict
+from asymcert.families import CompareScale, MethodSpec, families, get_family
+from asymcert.families.contract import CPU_EPOCHS
 from asymcert.workflow import (CERT_FILE, DEFAULT_NORMS, RUN_FILE, _merge, preset_overrides, read_run, resolve_task,
-                               train_run)
+                               task_facts, train_run)
 
 DEFAULT_METHODS = ("convex", "linf-dist", "smoothing", "orthogonal", "ibp")
 COMPARE_JSON, COMPARE_MD = "compare.json", "compare.md"
-CPU_EPOCHS = 20
 WARMUP_INPUTS = 16  # certified once, untimed, before the timed pass
 PAPER_LIMIT = 1000
 
-SMALL_CNN = {"arch": "cnn", "channels": [16, 32], "fc": [100]}
-# The smoothing base model is evaluated N·(n0 + n) times (10.1 M for 1000 inputs): on a CPU an MLP
-# (≈ 30 µs per noisy input, one thread) instead of the CNN (≈ 200 µs).
-SMOOTHING_MLP = {"arch": "mlp", "widths": [256, 256]}
-_ADAM = {"optimizer": "adam", "lr": 1e-3, "lr_decay": 0.95, "schedule": "exponential", "batch_size": 128,
-         "jacobian_reg": 0.0, "weight_decay": 0.0}
-
-
-def _linf_train(paper_scale: bool) -> dict[str, Any]:
-    """Training settings of the ℓ∞-dist family (its own recipe defaults when installed)."""
-    try:
-        from asymcert.train.linf_recipe import LINF_TRAIN_DEFAULTS
-        base = {**LINF_TRAIN_DEFAULTS, "extra": dict(LINF_TRAIN_DEFAULTS.get("extra") or {})}
-    except ImportError:  # pragma: no cover - family absent: the method is skipped anyway
-        base = {"optimizer": "adam", "lr": 0.03, "batch_size": 512, "epochs": 100, "extra": {}}
-    if paper_scale:
-        return {**base, "epochs": 450}  # the MNIST/Fashion schedule of the paper
-    # short runs need a larger CE weight λ (see asymcert.train.linf_recipe): λ 0.5 → 0.005, ε_train 0.15
-    return {**base, "epochs": CPU_EPOCHS, "extra": {**base["extra"], "lambda": [0.5, 0.005], "eps_train": 0.15}}
-
-
-def _task_model_settings(family: str, binary: bool, num_classes: int) -> dict[str, Any]:
-    """Model keys a family needs from the task (ℓ∞-dist nets: ``num_classes`` and ``binary``)."""
-    if family == "linf-dist":
-        try:
-            from asymcert.models.linf_dist_net import task_model_settings
-            return task_model_settings(binary, num_classes)
-        except ImportError:  # pragma: no cover
-            return {"num_classes": 2 if binary else num_classes, "binary": binary}
-    return {}
-
-
-def method_specs(paper_scale: bool = False, n_smoothing: int = 10000) -> dict[str, dict[str, Any]]:
-    """Every known method: ``{"family", "model" (overrides), "train" (overrides), "certify" (method, options), "label"}``.
-
-    ``"model": None`` means the task's own default model (feature-convex for the paper's tasks).
-    """
-    epochs = None if paper_scale else CPU_EPOCHS
-    n = 100_000 if paper_scale else int(n_smoothing)
-
-    def train(base: dict[str, Any], paper_epochs: int) -> dict[str, Any]:
-        return {**base, "epochs": paper_epochs if epochs is None else epochs}
-
-    specs: dict[str, dict[str, Any]] = {
-        "convex": {"family": "feature-convex", "model": None, "train": {} if paper_scale else {"epochs": CPU_EPOCHS},
-                   "certify": {"method": "feature-convex"}, "label": "feature-convex"},
-        "linf-dist": {"family": "linf-dist",
-                      "model": {"kind": "linf-dist", "widths": [5120] * 5 if paper_scale else [512] * 4},
-                      "train": _linf_train(paper_scale),
-                      "certify": {}, "label": "ℓ∞-dist net"},
-        "orthogonal": {"family": "orthogonal", "model": {"kind": "orthogonal", "arch": "mlp", "widths": [256] * 3},
-                       "train": train({**_ADAM, "extra": {"margin": 0.5, "temperature": 8.0}}, 60),
-                       "certify": {"method": "orthogonal"}, "label": "orthogonal (Cayley)"},
-    }
-    for noise in ("gaussian", "laplace", "uniform", "splitting"):
-        name = "smoothing" if noise == "gaussian" else f"smoothing-{noise}"
-        opts = {} if noise == "splitting" else {"n0": 100, "n": n, "alpha": 0.001, "seed": 0}
-        specs[name] = {"family": "relu-smoothing",
-                       "model": {"kind": "relu-smoothing", **(SMALL_CNN if paper_scale else SMOOTHING_MLP),
-                                 "smoothing": {"noise": noise, "sigma": 0.75, "n0": 100, "n": n, "alpha": 0.001,
-                                               "seed": 0}},
-                       "train": train(dict(_ADAM), 60), "certify": {"method": f"smoothing-{noise}", **opts},
-                       "label": f"smoothing ({noise}, σ=0.75)"}
-    for bound in ("ibp", "crown-ibp"):
-        specs[bound] = {"family": "relu-ibp", "model": {"kind": "relu-ibp", **SMALL_CNN, "certifier": "crown-ibp"},
-                        "train": train({**_ADAM, "lr": 5e-4,
-                                        "extra": {"eps": 0.1, "norm": "inf", "bound": bound, "warmup": 0.1,
-                                                  "ramp_end": 0.6, "kappa_end": 0.5}}, 60),
-                        "certify": {"method": "crown-ibp"}, "label": f"{bound.upper()}-trained CNN"}
+def method_specs(paper_scale: bool = False, n_smoothing: int = 10000) -> dict[str, MethodSpec]:
+    """Every known method, from every registered family (:attr:`~asymcert.families.Family.compare_methods`)."""
+    scale = CompareScale(paper_scale=paper_scale, n_smoothing=int(n_smoothing))
+    specs: dict[str, MethodSpec] = {}
+    for family in families():
+        specs.update(family.compare_methods(scale))
     return specs
-
-
-def _families() -> set[str]:
-    from asymcert.models import model_kinds
-    return set(model_kinds())
 
 
 def _pretty(p: float) -> str:
@@ -187,7 +120,7 @@ def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Seque
     norms_t = tuple(dict.fromkeys(float(p) for p in norms))
     report_radii = {norm_label(p): list(r) for p, r in task.report_radii.items()}
     specs = method_specs(paper_scale, n_smoothing)
-    families = _families()
+    facts = task_facts(task, data)
     entries: dict[str, dict[str, Any]] = {}
     certs: dict[str, Certificate] = {}
     for name in dict.fromkeys(methods):
@@ -196,21 +129,15 @@ def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Seque
             entries[name] = {"status": "skipped", "reason": f"unknown method {name!r}; known: {', '.join(sorted(specs))}"}
             log(f"{name}: skipped (unknown method)")
             continue
-        if spec["model"] is None and task.model.get("kind") != spec["family"]:  # e.g. "convex" on a 10-class task
-            from asymcert.models.registry import default_model_config
-            spec = {**spec, "model": default_model_config(spec["family"])}
-        family = spec["family"] if spec["model"] is not None else task.model.get("kind", "feature-convex")
-        if family not in families:
-            entries[name] = {"status": "skipped",
-                             "reason": f"model family {family!r} is not available in this installation "
-                                       f"(known: {', '.join(sorted(families))})"}
-            log(f"{name}: skipped (family {family!r} not registered)")
-            continue
+        family = get_family(spec.family)
+        model_spec = spec.model
+        if model_spec is None and task.model.get("kind") != spec.family:  # e.g. "convex" on a 10-class task
+            model_spec = family.default_model_config()
         extra = (overrides or {}).get(name, {})
-        model_over = _merge(spec["model"] or {}, pre.get("model") if spec["model"] is None else None,
-                            _task_model_settings(family, task.binary, data.num_classes), extra.get("model"))
-        train_over = _merge(spec["train"], pre.get("train"), extra.get("train"))
-        cert_opts = _merge(spec["certify"], extra.get("certify"))
+        model_over = _merge(dict(model_spec or {}), pre.get("model") if model_spec is None else None,
+                            family.model_settings(facts), extra.get("model"))
+        train_over = _merge(dict(spec.train), pre.get("train"), extra.get("train"))
+        cert_opts = _merge(dict(spec.certify), extra.get("certify"))
         try:
             entries[name], certs[name] = _run_method(
                 name, spec, task_spec, out / name, train_over, model_over, cert_opts, data, data_dir, x, y,
@@ -230,7 +157,7 @@ def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Seque
     return result
 
 
-def _run_method(name: str, spec: dict[str, Any], task_spec: dict[str, Any], run_dir: Path,
+def _run_method(name: str, spec: MethodSpec, task_spec: dict[str, Any], run_dir: Path,
                 train_over: dict[str, Any], model_over: dict[str, Any], cert_opts: dict[str, Any], data: TaskData,
                 data_dir: str | Path | None, x: torch.Tensor, y: torch.Tensor, norms: tuple[float, ...],
                 report_radii: dict[str, list[float]], certify_batch: int, progress: bool,
@@ -257,7 +184,7 @@ def _run_method(name: str, spec: dict[str, Any], task_spec: dict[str, Any], run_
     save_certificates(run_dir / CERT_FILE, cert, y)
     _write_run_report(run_dir, log)
     log(f"{name}: {cert.seconds:.1f} s to certify, {1000 * cert.seconds / max(1, len(cert)):.2f} ms per input")
-    entry = {"status": "ok", "label": spec["label"], "run_dir": str(run_dir), "trained_now": trained,
+    entry = {"status": "ok", "label": spec.label, "run_dir": str(run_dir), "trained_now": trained,
              "train_wall_seconds": train_wall, "model": run["model"], "train": run["train"],
              "training_seconds": run.get("training", {}).get("seconds"),
              "certify_options": {"method": cert.method, **opts}, **summarize(cert, y, report_radii)}

@@ -20,10 +20,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -181,7 +182,7 @@ class RunRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, text: str, source: str = RUN_FILE) -> "RunRecord":
+    def from_json(cls, text: str, source: str = RUN_FILE) -> RunRecord:
         """Parse ``run.json``'s text; CheckpointError (one line) when it is not JSON or not a run record."""
         try:
             raw = json.loads(text)
@@ -190,7 +191,7 @@ class RunRecord:
         return cls.from_dict(raw, source)
 
     @classmethod
-    def from_dict(cls, raw: Any, source: str = RUN_FILE) -> "RunRecord":
+    def from_dict(cls, raw: Any, source: str = RUN_FILE) -> RunRecord:
         """Check every key's type (naming the first bad or missing one) and build the record."""
         if not isinstance(raw, dict):
             raise CheckpointError(f"{source} must hold a JSON object, found {type(raw).__name__}")

@@ -29,6 +29,7 @@ from asymcert.certify import certify
 from asymcert.certify.result import Certificate, norm_label
 from asymcert.checkpoint import load
 from asymcert.data.tasks import Task, TaskData, get_task
+from asymcert.families import TaskFacts, get_family
 from asymcert.errors import AsymcertError, CheckpointError, ConfigError, RunFolderConflictError, UnknownNameError
 from asymcert.models import build_model
 from asymcert.certify.certfile import CERT_FILE, load_certificates, save_certificates
@@ -124,14 +125,15 @@ def _model_and_train_configs(task: Task, data: TaskData, preset: str | None, tra
         if value is not None and not isinstance(value, dict):
             raise ConfigError(f"{what} must be a KEY=VALUE mapping, not {type(value).__name__}")
     kind = (model_overrides or {}).get("kind", task.model.get("kind"))
+    family, facts = get_family(str(kind)), task_facts(task, data)
     if kind == task.model.get("kind"):
         model_cfg = _merge(task.model, pre.get("model"), model_overrides)
         train_base = _merge(task.train, pre.get("train"))
     else:  # another family than the task's default: that family's own model and training defaults
         model_cfg = dict(model_overrides or {})
-        train_base = _merge(family_train_defaults(kind, task), {k: v for k, v in pre.get("train", {}).items()
-                                                               if k == "epochs"})
-    model_cfg.update(family_model_settings(kind, task, data))
+        train_base = _merge(family.train_defaults(facts), {k: v for k, v in pre.get("train", {}).items()
+                                                          if k == "epochs"})
+    model_cfg.update(family.model_settings(facts))
     model_cfg["input_shape"] = list(data.input_shape)
     model_cfg.setdefault("input_range", task_input_range(data))
     return model_cfg, TrainConfig.from_dict(_merge(train_base, train_overrides))
@@ -232,30 +234,10 @@ def train_run(task_spec: dict[str, Any], out_dir: str | Path, preset: str | None
     return execute_training(plan, out_dir, progress, log)
 
 
-def family_model_settings(kind: str, task: Task, data: TaskData) -> dict[str, Any]:
-    """Model keys a family needs from the task (e.g. the number of classes of an ℓ∞-dist net)."""
-    if kind == "linf-dist":
-        from asymcert.models.linf_dist_net import task_model_settings
-        return task_model_settings(task.binary, data.num_classes)
-    if kind == "one-vs-rest-convex":
-        from asymcert.models.one_vs_rest import task_model_settings as ovr_settings
-        return ovr_settings(data.num_classes)
-    return {}
-
-
-def family_train_defaults(kind: str, task: Task) -> dict[str, Any]:
-    """Training defaults of a model family used on a task whose default model is of another family."""
-    if kind == "linf-dist":
-        from asymcert.train.linf_recipe import LINF_TRAIN_DEFAULTS
-        out = _merge(LINF_TRAIN_DEFAULTS)
-        linf_radii = task.report_radii.get(math.inf)
-        if task.binary and linf_radii:  # certify at the task's largest ℓ∞ report radius
-            out["extra"] = {**out.get("extra", {}), "eps_eval": max(linf_radii), "eps_train": 2.5 * max(linf_radii)}
-        return out
-    if kind == "one-vs-rest-convex":
-        from asymcert.train.one_vs_rest import ONE_VS_REST_TRAIN_DEFAULTS
-        return dict(ONE_VS_REST_TRAIN_DEFAULTS)
-    return dict(task.train)
+def task_facts(task: Task, data: TaskData) -> TaskFacts:
+    """What a model family may derive its settings from (see :class:`~asymcert.families.TaskFacts`)."""
+    return TaskFacts(binary=task.binary, num_classes=data.num_classes, report_radii=dict(task.report_radii),
+                     train=dict(task.train))
 
 
 def task_input_range(data: TaskData) -> list[float] | None:

@@ -1,6 +1,7 @@
 """Certification: the functional core, the result type, and one certifier per method."""
 
-from asymcert.certify.api import certifier_names, certify, register_certifier
+from asymcert.certify.api import CertifierSpec, certifier_names, certifier_options, certify
 from asymcert.certify.result import Certificate, Guarantee, norm_label, normalize_norm
 
-__all__ = ["Certificate", "Guarantee", "certifier_names", "certify", "norm_label", "normalize_norm", "register_certifier"]
+__all__ = ["Certificate", "CertifierSpec", "Guarantee", "certifier_names", "certifier_options", "certify", "norm_label",
+           "normalize_norm"]

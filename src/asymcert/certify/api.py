@@ -2,61 +2,77 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 import time
-from typing import Callable, Iterable, Protocol
+from dataclasses import dataclass, fields, is_dataclass, replace
+from typing import Any, Iterable, Protocol
 
 import torch
 from torch import nn
 
 from asymcert.certify.inputs import check_inputs
-from asymcert.certify.result import Certificate, normalize_norm
+from asymcert.certify.result import Certificate, Guarantee, normalize_norm
 from asymcert.errors import InputError, UnknownNameError
 
 
 class Certifier(Protocol):
     """A certifier: ``fn(model, x, norms, **options) -> Certificate`` for one batch (already validated)."""
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options) -> Certificate: ...
+    def __call__(self, model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options: Any) -> Certificate: ...
 
 
-_CERTIFIERS: dict[str, Certifier] = {}
+@dataclass(frozen=True)
+class CertifierSpec:
+    """A certifier as a family declares it (:class:`asymcert.families.Family`).
+
+    Attributes:
+        name: the name ``certify(..., method=name)`` and ``model.certifier`` use.
+        run: the certifier of one validated batch.
+        options: a frozen dataclass whose fields are the certifier's keyword options with their
+            defaults; ``certify(**options)`` is checked against it (an unknown option is refused).
+        guarantees: the kinds of :class:`~asymcert.certify.result.Guarantee` its certificates give
+            (more than one when it depends on the model, e.g. binary vs multi-class).
+        precision: the precision policy in one line (where scores come from, what is subtracted).
+    """
+
+    name: str
+    run: Certifier
+    options: type
+    guarantees: frozenset[Guarantee]
+    precision: str
 
 
-def register_certifier(name: str) -> Callable[[Certifier], Certifier]:
-    """Decorator registering a certifier under ``name`` (e.g. ``"feature-convex"``)."""
+_CERTIFIERS: dict[str, CertifierSpec] = {}
 
-    def deco(fn: Certifier) -> Certifier:
-        _CERTIFIERS[name] = fn
-        return fn
 
-    return deco
+def register_certifier(spec: CertifierSpec) -> None:
+    """Make ``certify(..., method=spec.name)`` use ``spec`` (called by the family registry)."""
+    if not is_dataclass(spec.options):
+        raise TypeError(f"certifier {spec.name!r}: options must be a dataclass type, got {spec.options!r}")
+    _CERTIFIERS[spec.name] = spec
+
+
+def unregister_certifier(name: str) -> None:
+    """Forget the certifier ``name`` (nothing happens when none is registered)."""
+    _CERTIFIERS.pop(name, None)
 
 
 def certifier_names() -> list[str]:
     """Names of every registered certifier."""
-    _load_builtin()
     return sorted(_CERTIFIERS)
-
-
-def _load_builtin() -> None:
-    import asymcert.certify.feature_convex  # noqa: F401  (registers "feature-convex")
-    try:  # optional families register themselves when present
-        import asymcert.certify.builtin  # noqa: F401
-    except ModuleNotFoundError as exc:  # pragma: no cover - only while a family is absent
-        if exc.name != "asymcert.certify.builtin":
-            raise
 
 
 DEFAULT_CHUNK = 4096
 """Inputs certified at once when ``certify`` is given no ``batch_size``."""
 
 
-def _certifier(model: nn.Module, method: str | None) -> Certifier:
-    """The certifier ``method`` names, else the one ``model.certifier`` names."""
-    _load_builtin()
+def certifier_spec(model: nn.Module | None, method: str | None = None) -> CertifierSpec:
+    """The certifier ``method`` names, else the one ``model.certifier`` names.
+
+    Raises:
+        UnknownNameError: no such certifier, or a model that declares none (the message lists the known ones).
+    """
     name = method or getattr(model, "certifier", None)
     if name is None:
         raise UnknownNameError(f"{type(model).__name__} declares no certifier; pass method=, one of "
@@ -66,17 +82,37 @@ def _certifier(model: nn.Module, method: str | None) -> Certifier:
     return _CERTIFIERS[name]
 
 
-def certifier_options(model: nn.Module, method: str | None = None) -> frozenset[str]:
-    """Names of the options the certifier for ``model`` (or ``method``) declares in its signature.
-
-    Options a certifier only forwards through ``**options`` are not listed.
+def certifier_options(model: nn.Module | None, method: str | None = None) -> frozenset[str]:
+    """Names of the options the certifier for ``model`` (or ``method``) takes (its options dataclass's fields).
 
     Raises:
         UnknownNameError: as :func:`certify`.
     """
-    params = inspect.signature(_certifier(model, method)).parameters.values()
-    return frozenset(q.name for q in list(params)[3:]
-                     if q.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+    return frozenset(f.name for f in fields(certifier_spec(model, method).options))
+
+
+def make_options(spec: CertifierSpec, options: object | None, overrides: dict[str, Any]) -> object:
+    """The certifier's typed options: ``options`` (an instance of ``spec.options``, or None for the
+    defaults) with the keyword ``overrides`` applied.
+
+    Raises:
+        InputError: ``options`` of another type, or an option the certifier does not take.
+    """
+    if options is not None and not isinstance(options, spec.options):
+        raise InputError(f"certifier {spec.name!r} takes options of type {spec.options.__name__}, "
+                         f"got {type(options).__name__}")
+    known = [f.name for f in fields(spec.options)]
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise InputError(f"certifier {spec.name!r} has no option {', '.join(map(repr, unknown))}; "
+                         f"its options: {', '.join(known) or 'none'}")
+    base = options if options is not None else spec.options()
+    return replace(base, **overrides) if overrides else base
+
+
+def option_values(options: object) -> dict[str, Any]:
+    """The fields of an options dataclass as keyword arguments (values as they are, not copied)."""
+    return {f.name: getattr(options, f.name) for f in fields(options)}
 
 
 def _chunk_size(batch_size: int | None) -> int:
@@ -114,7 +150,7 @@ def _placeholder(x: torch.Tensor, value_range: tuple[float, float] | None) -> to
 
 def certify(model: nn.Module, x: torch.Tensor, norms: Iterable[float | str] = (1, 2, math.inf),
             method: str | None = None, batch_size: int | None = None, check_range: bool = True,
-            **options) -> Certificate:
+            options: object | None = None, **overrides: Any) -> Certificate:
     """Certify a batch of inputs, :data:`DEFAULT_CHUNK` (or ``batch_size``) inputs at a time.
 
     Memory: the certifier sees one chunk at a time, so the working memory is that of certifying
@@ -130,13 +166,16 @@ def certify(model: nn.Module, x: torch.Tensor, norms: Iterable[float | str] = (1
         method: certifier name; default ``model.certifier``.
         batch_size: inputs per chunk (≥ 1); None: :data:`DEFAULT_CHUNK` (4096).
         check_range: reject inputs outside ``model.input_range`` when the model declares one.
-        **options: passed to the certifier.
+        options: the certifier's typed options (e.g. :class:`~asymcert.certify.feature_convex.FeatureConvexOptions`);
+            None: its defaults.
+        **overrides: single options by name on top (``precision="float64"``, ``guard=False``, ...).
     Returns:
         A :class:`Certificate` with one entry per input, tensors on the model's device.
     Raises:
         InputError: inputs of the wrong type, shape or range, NaN/Inf, on the meta device; a model
             whose weights are on the meta device; ``batch_size`` < 1.
         UnknownNameError: an unknown certifier.
+        InputError: also an option the certifier does not take, or options of another certifier.
 
     Example:
         >>> import torch, asymcert
@@ -147,7 +186,8 @@ def certify(model: nn.Module, x: torch.Tensor, norms: Iterable[float | str] = (1
         >>> sorted(cert.radii) == [2.0, float("inf")]
         True
     """
-    fn = _certifier(model, method)
+    spec = certifier_spec(model, method)
+    kwargs = option_values(make_options(spec, options, overrides))
     step = _chunk_size(batch_size)
     norms_t = tuple(dict.fromkeys(normalize_norm(p) for p in norms))
     if not norms_t:
@@ -159,11 +199,11 @@ def certify(model: nn.Module, x: torch.Tensor, norms: Iterable[float | str] = (1
     for start in range(0, x.shape[0], step):
         chunk = x[start:start + step].to(device)
         t0 = time.perf_counter()
-        cert = fn(model, chunk, norms_t, **options)
+        cert = spec.run(model, chunk, norms_t, **kwargs)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         cert.seconds = time.perf_counter() - t0
         parts.append(cert)
     if not parts:  # an empty batch: the layout of one placeholder input's result, with no rows
-        return _empty(fn(model, _placeholder(x, value_range).to(device), norms_t, **options))
+        return _empty(spec.run(model, _placeholder(x, value_range).to(device), norms_t, **kwargs))
     return parts[0] if len(parts) == 1 else Certificate.cat(parts)

@@ -44,15 +44,15 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asymcert.certify.api import register_certifier
-from asymcert.certify.modes import UnsoundOptionError, check_precision, eval_mode, gamma, matmul_unit_roundoff
 from asymcert.certify.functional import dual_exponent
+from asymcert.certify.modes import UnsoundOptionError, check_precision, eval_mode, gamma, matmul_unit_roundoff
 from asymcert.certify.result import Certificate, Guarantee
 from asymcert.errors import AsymcertError
 from asymcert.nn.feature_maps import Shift
@@ -354,10 +354,7 @@ def lower_bound_and_boxes(layers: list[nn.Module], x: torch.Tensor, eps: float |
     if method not in METHODS:
         raise ValueError(f"unknown bound method {method!r}; known: {METHODS}")
     e = _eps(eps, x)
-    if method == "crown":
-        boxes = crown_boxes(layers, x, e, p, lower_slope)
-    else:
-        boxes = ibp_boxes(layers, x, e, p)
+    boxes = crown_boxes(layers, x, e, p, lower_slope) if method == "crown" else ibp_boxes(layers, x, e, p)
     lower = boxes[-1][0].reshape(x.shape[0], -1)
     if lower.shape[1] != 1:
         raise UnsupportedNetworkError(f"score_lower_bound needs a single output, the network has {lower.shape[1]}")
@@ -646,19 +643,28 @@ _DOC = """Certify a single-score ReLU network with {name} bounds (ℓp balls, an
     """
 
 
-@register_certifier("ibp")
+@dataclass(frozen=True)
+class BoundPropagationOptions:
+    """Options of the ``ibp``, ``crown-ibp`` and ``crown`` certifiers (see :func:`_certify_bounds`)."""
+
+    steps: int = 12
+    max_radius: dict[float, float] | float | None = None
+    start: dict[float, float] | float | None = None
+    precision: str = "float64"
+    lower_slope: str = "adaptive"
+    tolerance: float | None = None
+
+
 def certify_ibp(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
                 **options) -> Certificate:
     return _certify_bounds(model, x, norms, "ibp", precision=precision, **options)
 
 
-@register_certifier("crown-ibp")
 def certify_crown_ibp(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
                       **options) -> Certificate:
     return _certify_bounds(model, x, norms, "crown-ibp", precision=precision, **options)
 
 
-@register_certifier("crown")
 def certify_crown(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
                   **options) -> Certificate:
     return _certify_bounds(model, x, norms, "crown", precision=precision, **options)

@@ -7,8 +7,9 @@ metadata. Files written before the guarantee was stored get it from :func:`legac
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open

@@ -25,11 +25,11 @@ attacked point. Per precision:
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from asymcert.certify.api import register_certifier
 from asymcert.certify.bounded_convex import bounded_pass, supports_bounded
 from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
 from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_roundoff
@@ -213,7 +213,16 @@ def _reference(model: nn.Module, x: torch.Tensor, precision: str) -> tuple[torch
     return score, reference_error(model, features, grad, score, precision), grad, grad, features, None
 
 
-@register_certifier("feature-convex")
+@dataclass(frozen=True)
+class FeatureConvexOptions:
+    """Options of :func:`certify_feature_convex` (see its arguments)."""
+
+    precision: str = "auto"
+    slack: float | None = None
+    guard: bool = True
+    validate: bool = True
+
+
 def certify_feature_convex(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...],
                            precision: str = "auto", slack: float | None = None,
                            guard: bool = True, validate: bool = True) -> Certificate:

@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from asymcert.certify.api import register_certifier
 from asymcert.certify.functional import DEFAULT_SLACK, safe_radius
 from asymcert.certify.modes import UnsoundOptionError, check_precision, check_slack, eval_mode, unit_roundoff
 from asymcert.certify.result import Certificate, Guarantee
@@ -247,7 +247,17 @@ def normalized_radii(model: nn.Module, x: torch.Tensor, cls: torch.Tensor, preci
                              x.shape[0], torch.float64, xr.device, steps=steps)
 
 
-@register_certifier("linf-dist")
+@dataclass(frozen=True)
+class LinfDistOptions:
+    """Options of :func:`certify_linf_dist` (see its arguments)."""
+
+    precision: str = "float64"
+    slack: float | None = None
+    validate: bool = True
+    float_check: bool = True
+    steps: int = 40
+
+
 def certify_linf_dist(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
                       slack: float | None = None, validate: bool = True, float_check: bool = True,
                       steps: int = 40) -> Certificate:
@@ -302,5 +312,12 @@ def certify_linf_dist(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...
                        extra=extra)
 
 
-__all__ = ["certify_linf_dist", "normalized_radii", "top2_margin", "distance_error_bound", "head_verified",
-           "bisect_radius", "unit_roundoff"]
+__all__ = [
+    "bisect_radius",
+    "certify_linf_dist",
+    "distance_error_bound",
+    "head_verified",
+    "normalized_radii",
+    "top2_margin",
+    "unit_roundoff",
+]

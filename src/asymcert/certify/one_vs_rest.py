@@ -36,12 +36,18 @@ the same precision.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from asymcert.certify.api import register_certifier
-from asymcert.certify.feature_convex import (_float64_copy, checked_slack, float_guard, reference_error,
-                                             score_and_feature_gradient)
+from asymcert.certify.feature_convex import (
+    _float64_copy,
+    checked_slack,
+    float_guard,
+    reference_error,
+    score_and_feature_gradient,
+)
 from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.modes import check_precision, eval_mode
 from asymcert.certify.result import Certificate, Guarantee, norm_label
@@ -52,7 +58,16 @@ def class_radii_key(p: float) -> str:
     return f"class_radii_{norm_label(p)}"
 
 
-@register_certifier("one-vs-rest-convex")
+@dataclass(frozen=True)
+class OneVsRestOptions:
+    """Options of :func:`certify_one_vs_rest` (see its arguments)."""
+
+    precision: str = "float64"
+    slack: float | None = None
+    guard: bool = True
+    validate: bool = True
+
+
 def certify_one_vs_rest(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
                         slack: float | None = None, guard: bool = True, validate: bool = True) -> Certificate:
     """Per-class sensitive-class certificates of a one-vs-rest feature-convex model (see the module doc).

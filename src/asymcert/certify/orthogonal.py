@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from asymcert.certify.api import register_certifier
 from asymcert.certify.bound_propagation import sequential_layers
 from asymcert.certify.functional import safe_radius
 from asymcert.certify.modes import check_precision, check_slack, eval_mode, gamma, matmul_unit_roundoff
@@ -127,7 +127,14 @@ def _l2_per_lp(p: float, d: int) -> float:
     return math.sqrt(d) if math.isinf(p) else d ** (0.5 - 1.0 / p)
 
 
-@register_certifier("orthogonal")
+@dataclass(frozen=True)
+class OrthogonalOptions:
+    """Options of :func:`certify_orthogonal` (see its arguments)."""
+
+    precision: str = "float64"
+    slack: float | None = None
+
+
 def certify_orthogonal(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
                        slack: float | None = None) -> Certificate:
     """Certificates of a model with an ℓp Lipschitz constant ``model.lipschitz(p)`` and (N,) scores.

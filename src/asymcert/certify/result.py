@@ -115,7 +115,7 @@ class Certificate:
             raise KeyError(f"no ℓ{p} radii in this certificate; it has {sorted(self.radii)}")
         return self.radii[key]
 
-    def to(self, device: str | torch.device) -> "Certificate":
+    def to(self, device: str | torch.device) -> Certificate:
         """A copy with every tensor moved to ``device``."""
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Certificate(mv(self.predicted), {k: mv(v) for k, v in self.radii.items()}, self.method,
@@ -123,7 +123,7 @@ class Certificate:
                            {k: mv(v) for k, v in self.extra.items()})
 
     @staticmethod
-    def cat(parts: list["Certificate"]) -> "Certificate":
+    def cat(parts: list[Certificate]) -> Certificate:
         """Concatenate certificates of consecutive batches (same method and norms; at least one part)."""
         if not parts:
             raise InputError("Certificate.cat needs at least one certificate (the empty result has no norms)")

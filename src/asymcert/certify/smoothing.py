@@ -50,13 +50,13 @@ from a seeded ``torch.Generator``: the same seed gives the same certificate.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from scipy.stats import beta as _beta
 from scipy.stats import norm as _norm
 from torch import nn
 
-from asymcert.certify.api import register_certifier
 from asymcert.certify.modes import eval_mode
 from asymcert.certify.result import Certificate, Guarantee
 
@@ -219,7 +219,8 @@ def _options(model: nn.Module, noise: str, options: dict) -> dict:
     if model_defaults.get("noise", noise) != noise:
         # a base model trained for another noise: keep only the sampling settings
         model_defaults.pop("sigma", None)
-    merged = {**DEFAULTS, **{k: v for k, v in model_defaults.items() if k in known}, **options}
+    given = {k: v for k, v in options.items() if v is not None}  # None: the model's setting, else DEFAULTS
+    merged = {**DEFAULTS, **{k: v for k, v in model_defaults.items() if k in known}, **given}
     if float(merged["sigma"]) <= 0:
         raise ValueError(f"sigma must be > 0, got {merged['sigma']}")
     return merged
@@ -231,7 +232,7 @@ def _certify_sampled(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...]
     sigma, n0, n, alpha = float(opt["sigma"]), int(opt["n0"]), int(opt["n"]), float(opt["alpha"])
     if n0 < 1 or n < 1 or not 0 < alpha < 1:
         raise ValueError(f"need n0 ≥ 1, n ≥ 1 and 0 < alpha < 1; got n0={n0}, n={n}, alpha={alpha}")
-    gen = _make_generator(opt["generator"] if "generator" in opt else None, opt.get("seed"))
+    gen = _make_generator(opt.get("generator"), opt.get("seed"))
     with eval_mode(model), torch.no_grad():
         k, binary = _num_classes(model, x)
         c0 = sample_counts(model, x, n0, noise, sigma, gen, k, int(opt["batch"]))
@@ -252,19 +253,30 @@ def _certify_sampled(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...]
                               "count": n_a.float(), "selection_count": c0.gather(1, chosen[:, None])[:, 0].float()})
 
 
-@register_certifier("smoothing-gaussian")
+@dataclass(frozen=True)
+class SmoothingOptions:
+    """Options of the sampled smoothing certifiers (``smoothing-gaussian|laplace|uniform``); None: the
+    model's own ``smoothing`` setting, else the module's :data:`DEFAULTS`."""
+
+    sigma: float | None = None
+    n0: int | None = None
+    n: int | None = None
+    alpha: float | None = None
+    seed: int | None = None
+    generator: torch.Generator | None = None
+    batch: int | None = None
+
+
 def certify_gaussian(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options) -> Certificate:
     """Gaussian smoothing (ℓ2 = σΦ⁻¹(p_lower)). Options: sigma, n0, n, alpha, generator | seed, batch."""
     return _certify_sampled(model, x, norms, "gaussian", **options)
 
 
-@register_certifier("smoothing-laplace")
 def certify_laplace(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options) -> Certificate:
     """Laplace smoothing (ℓ1 = −λ log(2(1 − p_lower)), λ = σ/√2). Options as Gaussian."""
     return _certify_sampled(model, x, norms, "laplace", **options)
 
 
-@register_certifier("smoothing-uniform")
 def certify_uniform(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options) -> Certificate:
     """Uniform smoothing (ℓ1 = 2λ(p_lower − ½), λ = σ√3). Options as Gaussian."""
     return _certify_sampled(model, x, norms, "uniform", **options)
@@ -307,21 +319,34 @@ def splitting_probabilities(model: nn.Module, x: torch.Tensor, lam: float, num_c
     return probs.reshape(x.shape[0], num_classes)
 
 
-@register_certifier("smoothing-splitting")
+@dataclass(frozen=True)
+class SplittingOptions:
+    """Options of :func:`certify_splitting` (see its arguments); the sampling options of
+    :class:`SmoothingOptions` are accepted and ignored, so one call can switch between noises."""
+
+    sigma: float | None = None
+    batch: int = 4096
+    n0: int | None = None
+    n: int | None = None
+    alpha: float | None = None
+    seed: int | None = None
+    generator: torch.Generator | None = None
+
+
 def certify_splitting(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], sigma: float | None = None,
-                      batch: int = 4096, **ignored) -> Certificate:
+                      batch: int = 4096, **sampling: object) -> Certificate:
     """Deterministic ℓ1 certificate of splitting-noise smoothing (Levine & Feizi 2021), exact p.
 
     Args:
         sigma: standard deviation of the marginal uniform noise (λ = σ√3); default the model's
             ``smoothing["sigma"]`` or 0.75.
         batch: base-model inputs per forward pass.
-        ignored: sampling options (n0, n, alpha, seed, generator) accepted and ignored, so one call
+        sampling: sampling options (n0, n, alpha, seed, generator) accepted and ignored, so one call
             can be switched between noises.
     Returns:
         Certificate (deterministic, alpha None), extra["probability"] = exact p of the decision.
     """
-    unknown = set(ignored) - {"n0", "n", "alpha", "seed", "generator"}
+    unknown = set(sampling) - {"n0", "n", "alpha", "seed", "generator"}
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)} for smoothing-splitting")
     if sigma is None:

@@ -33,7 +33,6 @@ from torch import nn
 
 from asymcert.errors import ConfigError, ModelError
 from asymcert.models.checks import check_batch, config_input_range, config_int, config_int_list
-from asymcert.models.registry import register_default_config, register_model
 from asymcert.nn.feature_maps import Shift
 from asymcert.nn.orthogonal import CayleyConv2d, CayleyLinear, MaxMin, PixelUnshuffle, lipschitz_l2
 
@@ -204,7 +203,6 @@ class ReLUNet(_SequentialScoreModel):
         return net, shape, rng, arch
 
 
-@register_model("relu-smoothing")
 class SmoothingBaseNet(ReLUNet):
     """Base classifier of randomized smoothing (certified by ``"smoothing-<noise>"``).
 
@@ -226,7 +224,7 @@ class SmoothingBaseNet(ReLUNet):
         return f"smoothing-{self.smoothing['noise']}"
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "SmoothingBaseNet":
+    def from_config(cls, config: dict[str, Any]) -> SmoothingBaseNet:
         """Build from ``{"kind": "relu-smoothing", "input_shape", "arch", ..., "smoothing": {...}}``."""
         smoothing = _smoothing_config(config.get("smoothing"))
         net, shape, rng, arch = cls._build(config)
@@ -236,7 +234,6 @@ class SmoothingBaseNet(ReLUNet):
         return {**super().config(), "smoothing": dict(self.smoothing)}
 
 
-@register_model("relu-ibp")
 class BoundPropagationNet(ReLUNet):
     """A ReLU net for IBP / CROWN-IBP training, certified by bound propagation."""
 
@@ -250,7 +247,7 @@ class BoundPropagationNet(ReLUNet):
         self.certifier = certifier
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "BoundPropagationNet":
+    def from_config(cls, config: dict[str, Any]) -> BoundPropagationNet:
         """Build from ``{"kind": "relu-ibp", "input_shape", "arch", ..., "certifier"}``."""
         net, shape, rng, arch = cls._build(config)
         return cls(net, shape, rng, arch, str(config.get("certifier", "crown-ibp")))
@@ -259,7 +256,6 @@ class BoundPropagationNet(ReLUNet):
         return {**super().config(), "certifier": self.certifier}
 
 
-@register_model("orthogonal")
 class OrthogonalNet(_SequentialScoreModel):
     """A 1-Lipschitz (ℓ2) binary classifier: orthogonal layers, MaxMin, one score output.
 
@@ -272,7 +268,7 @@ class OrthogonalNet(_SequentialScoreModel):
     certifier = "orthogonal"
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "OrthogonalNet":
+    def from_config(cls, config: dict[str, Any]) -> OrthogonalNet:
         """Build from ``{"kind": "orthogonal", "input_shape", "arch": "mlp"|"cnn", "widths" | "channels", "fc", "kernel"}``."""
         shape = tuple(int(d) for d in config["input_shape"])
         arch = _arch_config(config, [256, 256, 256])
@@ -307,8 +303,3 @@ class OrthogonalNet(_SequentialScoreModel):
         return math.nextafter(l2 * factor, math.inf)
 
 
-register_default_config("relu-smoothing", {"kind": "relu-smoothing", "arch": "mlp", "widths": [256, 256],
-                                           "smoothing": dict(SMOOTHING_DEFAULTS)})
-register_default_config("relu-ibp", {"kind": "relu-ibp", "arch": "mlp", "widths": [256, 256],
-                                     "certifier": "crown-ibp"})
-register_default_config("orthogonal", {"kind": "orthogonal", "arch": "mlp", "widths": [256, 256, 256]})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -10,13 +9,17 @@ from torch import nn
 
 from asymcert.errors import ConfigError, ConvexityError
 from asymcert.models.checks import check_batch, config_input_range
-from asymcert.models.registry import register_model
-from asymcert.nn.convex import (build_convex_net, convex_net_problems, convexity_violations, defining_class,
-                                override_problems, project_)
+from asymcert.nn.convex import (
+    build_convex_net,
+    convex_net_problems,
+    convexity_violations,
+    defining_class,
+    override_problems,
+    project_,
+)
 from asymcert.nn.feature_maps import FeatureMap, build_feature_map, feature_map_problems
 
 
-@register_model("feature-convex")
 class FeatureConvexClassifier(nn.Module):
     """A Lipschitz feature map φ followed by an input-convex network g and a balance shift b.
 
@@ -50,7 +53,7 @@ class FeatureConvexClassifier(nn.Module):
         self.register_buffer("balance", torch.zeros(()))
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "FeatureConvexClassifier":
+    def from_config(cls, config: dict[str, Any]) -> FeatureConvexClassifier:
         """Build from ``{"kind": "feature-convex", "input_shape", "feature_map", "convex", "input_range"}``."""
         shape = tuple(config["input_shape"])
         rng = config_input_range(config.get("input_range"), "feature-convex")

@@ -26,6 +26,7 @@ returns (N, K).
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -34,7 +35,6 @@ from torch import nn
 
 from asymcert.errors import ConfigError, ModelError
 from asymcert.models.checks import check_batch, config_input_range, config_int, config_int_list
-from asymcert.models.registry import register_default_config, register_model
 from asymcert.nn.linf_dist import LinfDist
 from asymcert.nn.mean_shift import MeanShift
 
@@ -63,7 +63,6 @@ def task_model_settings(binary_task: bool, num_classes: int) -> dict[str, Any]:
     return {"num_classes": 2 if binary_task else int(num_classes), "binary": bool(binary_task)}
 
 
-@register_model("linf-dist")
 class LinfDistNet(nn.Module):
     """An ℓ∞-distance net (optionally "+MLP") on raw inputs; see the module docstring.
 
@@ -107,7 +106,7 @@ class LinfDistNet(nn.Module):
         self.register_buffer("input_std", torch.ones(()))
         n_in = math.prod(self.input_shape)
         dims = [n_in] + self.widths
-        self.dist = nn.ModuleList([LinfDist(a, b, identity_init=False) for a, b in zip(dims[:-1], dims[1:])])
+        self.dist = nn.ModuleList([LinfDist(a, b, identity_init=False) for a, b in itertools.pairwise(dims)])
         self.shifts = nn.ModuleList([MeanShift(w) for w in self.widths])
         if self.mlp_head is None:
             self.out = LinfDist(self.widths[-1], self.num_classes, bias=True)
@@ -134,7 +133,7 @@ class LinfDistNet(nn.Module):
             self.temperature.fill_(1.0 / TEMPERATURE_RATIO)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "LinfDistNet":
+    def from_config(cls, config: dict[str, Any]) -> LinfDistNet:
         """Build from ``{"kind": "linf-dist", "input_shape", "widths", "num_classes", ...}`` (see the module doc)."""
         who = "linf-dist"
         if "input_shape" not in config:
@@ -267,6 +266,5 @@ class LinfDistNet(nn.Module):
                 f"mlp_head={self.mlp_head}, binary={self.binary}")
 
 
-register_default_config("linf-dist", DEFAULT_CONFIG)
 
-__all__ = ["LinfDistNet", "DEFAULT_CONFIG", "task_model_settings", "TEMPERATURE_RATIO"]
+__all__ = ["DEFAULT_CONFIG", "TEMPERATURE_RATIO", "LinfDistNet", "task_model_settings"]

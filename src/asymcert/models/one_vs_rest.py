@@ -32,7 +32,6 @@ from torch import nn
 from asymcert.errors import ConfigError, ConvexityError
 from asymcert.models.checks import check_batch, config_input_range, config_int
 from asymcert.models.feature_convex import CERTIFIED_METHODS, FeatureConvexClassifier
-from asymcert.models.registry import register_default_config, register_model
 from asymcert.nn.convex import defining_class, override_problems
 
 DEFAULT_CONFIG: dict[str, Any] = {"kind": "one-vs-rest-convex", "feature_map": [{"kind": "shift"}],
@@ -48,7 +47,6 @@ def task_model_settings(num_classes: int) -> dict[str, Any]:
     return {"num_classes": int(num_classes)}
 
 
-@register_model("one-vs-rest-convex")
 class OneVsRestConvex(nn.Module):
     """K feature-convex members, one per class; ``forward`` returns (N, K) scores s_k(x).
 
@@ -82,7 +80,7 @@ class OneVsRestConvex(nn.Module):
         self.input_range = None if rng is None else (float(rng[0]), float(rng[1]))
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "OneVsRestConvex":
+    def from_config(cls, config: dict[str, Any]) -> OneVsRestConvex:
         """Build from ``{"kind": "one-vs-rest-convex", "input_shape", "num_classes", "feature_map", "convex", ...}``.
 
         Keys of other model families (left over from a task's default model) are ignored.
@@ -191,6 +189,5 @@ class OneVsRestConvex(nn.Module):
         return f"num_classes={self.num_classes}, input_shape={self.input_shape}"
 
 
-register_default_config("one-vs-rest-convex", DEFAULT_CONFIG)
 
-__all__ = ["OneVsRestConvex", "DEFAULT_CONFIG", "task_model_settings"]
+__all__ = ["DEFAULT_CONFIG", "OneVsRestConvex", "task_model_settings"]

@@ -1,4 +1,9 @@
-"""Models are rebuilt from JSON configs: ``{"kind": <registered name>, "input_shape": [...], ...}``."""
+"""Models are rebuilt from JSON configs: ``{"kind": <family name>, "input_shape": [...], ...}``.
+
+The builders are registered by the model families (:func:`asymcert.families.register_family`);
+this module only holds them, so that a model can be rebuilt (e.g. by :func:`asymcert.load`)
+without knowing which family it belongs to.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,25 @@ from torch import nn
 from asymcert.errors import AsymcertError, ConfigError, UnknownNameError
 from asymcert.models.checks import config_int_list
 
-_MODELS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
+ModelBuilder = Callable[[dict[str, Any]], nn.Module]
+"""``builder(config) -> nn.Module``: an untrained model (data statistics unset) from its JSON config."""
+
+_BUILDERS: dict[str, ModelBuilder] = {}
 
 
-def register_model(kind: str) -> Callable:
-    """Decorator registering ``builder(config) -> nn.Module`` (or a class with ``from_config``) as ``kind``."""
+def register_builder(kind: str, builder: ModelBuilder) -> None:
+    """Make ``build_model({"kind": kind, ...})`` call ``builder`` (called by the family registry)."""
+    _BUILDERS[kind] = builder
 
-    def deco(obj):
-        _MODELS[kind] = getattr(obj, "from_config", obj)
-        return obj
 
-    return deco
+def unregister_builder(kind: str) -> None:
+    """Forget the builder of ``kind`` (nothing happens when none is registered)."""
+    _BUILDERS.pop(kind, None)
 
 
 def model_kinds() -> list[str]:
     """Every registered model kind."""
-    _load_builtin()
-    return sorted(_MODELS)
+    return sorted(_BUILDERS)
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
@@ -37,15 +44,14 @@ def build_model(config: dict[str, Any]) -> nn.Module:
             integers, a key the family needs is missing or of the wrong type, a value is out of
             range (a width ≤ 0 or not an integer, ...), or the model does not fit in memory.
     """
-    _load_builtin()
     if not isinstance(config, dict):
         raise ConfigError(f"a model config must be a JSON object with a 'kind', got {type(config).__name__}")
     kind = config.get("kind")
-    if not isinstance(kind, str) or kind not in _MODELS:
-        raise UnknownNameError(f"unknown model kind {kind!r}; known: {', '.join(sorted(_MODELS))}")
+    if not isinstance(kind, str) or kind not in _BUILDERS:
+        raise UnknownNameError(f"unknown model kind {kind!r}; known: {', '.join(sorted(_BUILDERS))}")
     config_int_list(config.get("input_shape"), "input_shape", kind)
     try:
-        return _MODELS[kind](dict(config))
+        return _BUILDERS[kind](dict(config))
     except AsymcertError:
         raise
     except KeyError as exc:
@@ -57,31 +63,3 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     except (RuntimeError, MemoryError) as exc:  # e.g. widths asking for more memory than there is
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"{kind} model config cannot be built: {first}") from exc
-
-
-def _load_builtin() -> None:
-    import asymcert.models.feature_convex  # noqa: F401
-    try:
-        import asymcert.models.builtin  # noqa: F401  (other families register here)
-    except ModuleNotFoundError as exc:  # pragma: no cover
-        if exc.name != "asymcert.models.builtin":
-            raise
-
-
-_DEFAULT_CONFIGS: dict[str, dict[str, Any]] = {
-    "feature-convex": {"kind": "feature-convex", "feature_map": [{"kind": "shift"}],
-                       "convex": {"kind": "icnn", "widths": [200, 50]}},
-}
-
-
-def register_default_config(kind: str, config: dict[str, Any]) -> None:
-    """The config ``--model KIND`` selects when a task's default model is of another family."""
-    _DEFAULT_CONFIGS[kind] = dict(config)
-
-
-def default_model_config(kind: str) -> dict[str, Any]:
-    """The default config of model family ``kind`` (input shape added by the run)."""
-    _load_builtin()
-    if kind not in _DEFAULT_CONFIGS:
-        raise UnknownNameError(f"unknown model family {kind!r}; known: {', '.join(sorted(_DEFAULT_CONFIGS))}")
-    return dict(_DEFAULT_CONFIGS[kind])

@@ -1,4 +1,4 @@
-"""Training recipes of the baselines (registered in ``RECIPES`` under each model kind).
+"""Training recipes of the baselines (their families are in :mod:`asymcert.families`).
 
 Settings come from ``TrainConfig.extra`` (every key optional; defaults sized for CPU):
 
@@ -26,19 +26,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asymcert.certify.bound_propagation import (backward_lower_bound, ibp_boxes, layer_shapes, score_lower_bound,
-                                                sequential_layers)
+from asymcert.certify.bound_propagation import (
+    backward_lower_bound,
+    ibp_boxes,
+    layer_shapes,
+    score_lower_bound,
+    sequential_layers,
+)
 from asymcert.certify.result import normalize_norm
 from asymcert.certify.smoothing import sample_noise, split_quantize
 from asymcert.data.tasks import Dataset
 from asymcert.train.balance import balanced_accuracy
 from asymcert.train.config import TrainConfig
-from asymcert.train.recipes import RECIPES, predict_scores
+from asymcert.train.recipes import predict_scores
 
 
 def _step_generator(seed: int, progress: float) -> torch.Generator:
     """A CPU generator fixed by (seed, training progress): resumed runs redraw the same noise."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(round(progress * 2 ** 31))) % (2 ** 62))
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + round(progress * 2 ** 31)) % (2 ** 62))
 
 
 def _rates(scores: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -192,4 +197,3 @@ class OrthogonalRecipe(_Base):
                 "sensitive_score_above_margin": robust}
 
 
-RECIPES.update({"relu-smoothing": NoiseRecipe, "relu-ibp": BoundPropagationRecipe, "orthogonal": OrthogonalRecipe})

@@ -4,7 +4,7 @@ in worker processes when asked (so augmentation keeps a GPU busy), the same batc
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset

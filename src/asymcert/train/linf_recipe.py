@@ -1,4 +1,4 @@
-"""Training recipe of ℓ∞-distance nets (Zhang et al. 2022, "v2"), registered as ``RECIPES["linf-dist"]``.
+"""Training recipe of ℓ∞-distance nets (Zhang et al. 2022, "v2") (family ``linf-dist``).
 
 Per iteration, with progress t ∈ [0, 1] of the whole run and ``p_phases`` = (a, b):
 
@@ -44,7 +44,6 @@ from torch import nn
 from asymcert.certify.linf_dist import head_verified, top2_margin
 from asymcert.data.tasks import Dataset
 from asymcert.train.config import TrainConfig
-from asymcert.train.recipes import RECIPES
 
 INF = math.inf
 
@@ -230,7 +229,13 @@ class LinfDistRecipe:
         return out
 
 
-RECIPES["linf-dist"] = LinfDistRecipe
 
-__all__ = ["LinfDistRecipe", "LINF_TRAIN_DEFAULTS", "LINF_EXTRA_DEFAULTS", "p_schedule", "growth_ratio",
-           "mixture_loss", "head_upper_gaps"]
+__all__ = [
+    "LINF_EXTRA_DEFAULTS",
+    "LINF_TRAIN_DEFAULTS",
+    "LinfDistRecipe",
+    "growth_ratio",
+    "head_upper_gaps",
+    "mixture_loss",
+    "p_schedule",
+]

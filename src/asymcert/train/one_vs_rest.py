@@ -1,4 +1,4 @@
-"""Training recipe of one-vs-rest feature-convex models, registered as ``RECIPES["one-vs-rest-convex"]``.
+"""Training recipe of one-vs-rest feature-convex models (family ``one-vs-rest-convex``, :mod:`asymcert.families.one_vs_rest`).
 
 Member k is trained as the binary task "class k (label 1) vs every other class (label 0)" with the
 feature-convex recipe (:class:`~asymcert.train.recipes.FeatureConvexRecipe`: BCE on the logit
@@ -23,7 +23,7 @@ from torch import nn
 
 from asymcert.data.tasks import Dataset
 from asymcert.train.config import TrainConfig
-from asymcert.train.recipes import RECIPES, FeatureConvexRecipe, predict_scores
+from asymcert.train.recipes import FeatureConvexRecipe, predict_scores
 
 ONE_VS_REST_TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 8, "batch_size": 64, "lr": 1e-3, "optimizer": "sgd", "momentum": 0.9, "lr_decay": 0.99,
@@ -108,6 +108,5 @@ class OneVsRestRecipe:
                 "eligible": eligible}
 
 
-RECIPES["one-vs-rest-convex"] = OneVsRestRecipe
 
-__all__ = ["OneVsRestRecipe", "ONE_VS_REST_TRAIN_DEFAULTS", "member_labels"]
+__all__ = ["ONE_VS_REST_TRAIN_DEFAULTS", "OneVsRestRecipe", "member_labels"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from asymcert.data.tasks import Dataset
+from asymcert.errors import UnknownNameError
 from asymcert.train.balance import balanced_accuracy, fit_balance
 from asymcert.train.config import TrainConfig
 from asymcert.train.regularizers import certified_lower_bound, jacobian_penalty_from_grad, per_input_gradients
@@ -147,18 +148,29 @@ class FeatureConvexRecipe:
         return out
 
 
-RECIPES: dict[str, type] = {"feature-convex": FeatureConvexRecipe}
+RecipeFactory = Callable[[TrainConfig], Recipe]
+"""``factory(config) -> Recipe``: a family's training recipe for one run's settings."""
+
+_RECIPES: dict[str, RecipeFactory] = {}
+
+
+def register_recipe(kind: str, factory: RecipeFactory) -> None:
+    """Make :func:`recipe_for` use ``factory`` for models of ``kind`` (called by the family registry)."""
+    _RECIPES[kind] = factory
+
+
+def unregister_recipe(kind: str) -> None:
+    """Forget the recipe of ``kind`` (nothing happens when none is registered)."""
+    _RECIPES.pop(kind, None)
 
 
 def recipe_for(model: nn.Module, config: TrainConfig) -> Recipe:
-    """The recipe registered for ``model``'s kind (``model.config()["kind"]``)."""
+    """The recipe of ``model``'s family (``model.config()["kind"]``) for ``config``.
+
+    Raises:
+        UnknownNameError: no family of that kind is registered.
+    """
     kind = model.config()["kind"]
-    if kind not in RECIPES:
-        try:
-            import asymcert.train.builtin  # noqa: F401  (other families register recipes here)
-        except ModuleNotFoundError as exc:  # pragma: no cover
-            if exc.name != "asymcert.train.builtin":
-                raise
-    if kind not in RECIPES:
-        raise ValueError(f"no training recipe for model kind {kind!r}; known: {sorted(RECIPES)}")
-    return RECIPES[kind](config)
+    if kind not in _RECIPES:
+        raise UnknownNameError(f"no training recipe for model kind {kind!r}; known: {', '.join(sorted(_RECIPES))}")
+    return _RECIPES[kind](config)
