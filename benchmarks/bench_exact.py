@@ -59,7 +59,7 @@ def load_inputs(run_dir: Path, n: int) -> torch.Tensor:
         from safetensors.torch import load_file
 
         return load_file(str(file))["x"][:n]
-    from asymcert.workflow import run_data
+    from asymcert.pipeline import run_data
 
     return run_data(run_dir).test.x[:n]
 

@@ -86,7 +86,7 @@ def main() -> None:
     from asymcert.report.writer import write_report
     from asymcert.train.linf_recipe import LINF_TRAIN_DEFAULTS, LinfDistRecipe
     from asymcert.train.config import TrainConfig
-    from asymcert.workflow import certify_run, train_run
+    from asymcert.pipeline import certify_run, train_run
 
     t_start = time.time()
     load_before = os.getloadavg()

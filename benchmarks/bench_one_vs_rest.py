@@ -37,7 +37,7 @@ import asymcert
 from asymcert.certify.attacks import pgd_attack
 from asymcert.certify.one_vs_rest import class_radii_key
 from asymcert.report.metrics import certified_accuracy, clean_accuracy
-from asymcert.workflow import CERT_FILE, load_certificates, read_run, run_data
+from asymcert.pipeline import CERT_FILE, load_certificates, read_run, run_data
 from common import machine  # benchmarks/common.py
 
 INF = math.inf

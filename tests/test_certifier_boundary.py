@@ -307,7 +307,8 @@ def _linf_head_radius64(model: nn.Module, x: torch.Tensor, cls: torch.Tensor) ->
     w2, b2 = model.head_out.weight.double(), model.head_out.bias.double()
 
     def ok(r):
-        lo, hi = (y - r[:, None]).clamp_min(0) - shift.running_mean.double(), y + r[:, None] - shift.running_mean.double()
+        mu = shift.running_mean.double()
+        lo, hi = (y - r[:, None]).clamp_min(0) - mu, y + r[:, None] - mu
         pre_lo = lo @ w1.clamp_min(0).T + hi @ w1.clamp_max(0).T + b1
         pre_hi = hi @ w1.clamp_min(0).T + lo @ w1.clamp_max(0).T + b1
         t_lo, t_hi = torch.tanh(pre_lo), torch.tanh(pre_hi)

@@ -96,7 +96,8 @@ def test_tensors_of_another_kind_of_dtype_are_refused_before_loading(tmp_path):
     tensors = load_file(str(path))
     tensors["convex.hidden.0.weight"] = tensors["convex.hidden.0.weight"].to(torch.int64)
     _rewrite(path, tensors, model.config())
-    with pytest.raises(asymcert.CheckpointError, match=r"convex\.hidden\.0\.weight of dtype I64 \(config says torch.float32\)"):
+    with pytest.raises(asymcert.CheckpointError,
+                       match=r"convex\.hidden\.0\.weight of dtype I64 \(config says torch.float32\)"):
         asymcert.load(path)
     tensors = load_file(str(asymcert.save(model, path)))  # float64 weights of the same values still load
     _rewrite(path, {k: v.double() if v.is_floating_point() else v for k, v in tensors.items()}, model.config())

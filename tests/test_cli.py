@@ -114,7 +114,7 @@ def test_linf_dist_family_on_a_binary_task_keeps_the_binary_contract(fashion_dir
 
 def test_model_set_with_another_convex_kind_replaces_the_config(fashion_dir, tmp_path):
     """--model-set convex={...another kind...} replaces the task's convex config instead of merging it."""
-    from asymcert.workflow import _merge
+    from asymcert.pipeline import _merge
     base = {"convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2}, "input_shape": [1]}
     merged = _merge(base, {"convex": {"kind": "icnn", "widths": [8]}})
     assert merged["convex"] == {"kind": "icnn", "widths": [8]}

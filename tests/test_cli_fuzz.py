@@ -227,7 +227,8 @@ def _tamper(folder: Path, data: st.DataObject) -> str:
         new = _mutated(config, where, data.draw(JSON, label="value"), False)
         _rewrite_safetensors(path, {"asymcert_config": json.dumps(new)})
     elif target == "certificates.safetensors":
-        key = data.draw(st.sampled_from(["binary", "guarantee", "deterministic", "method", "alpha", "norms", "seconds"]))
+        keys = ["binary", "guarantee", "deterministic", "method", "alpha", "norms", "seconds"]
+        key = data.draw(st.sampled_from(keys))
         _rewrite_safetensors(path, {key: json.dumps(data.draw(JSON, label="value"))})
     else:  # a training state holding a pickled call: torch.load(weights_only=True) must refuse it
         torch.save({"model": _Harmless()}, path)

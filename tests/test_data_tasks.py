@@ -52,7 +52,7 @@ def test_unknown_task_lists_known_names():
 
 
 def test_fashion_shirts_default_and_paper_preset():
-    from asymcert.workflow import _merge
+    from asymcert.pipeline import _merge
     task = get_task("fashion-mnist-shirts")
     assert task.model["convex"] == {"kind": "icnn", "widths": [4096], "batch_norm": False}
     assert task.train["optimizer"] == "adam" and task.train["margin_radius"] == [8.0, 0.9]

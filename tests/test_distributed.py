@@ -40,8 +40,8 @@ def _train(fashion_dir, out, epochs=1):
     # gradient into full-size steps; neither is what this compares. The margin loss and the Jacobian
     # regulariser are on, so their per-input gradient pass (global batch statistics) runs under DDP too.
     config = TrainConfig.from_dict({**task.train, "epochs": epochs, "batch_size": 32, "lr": 0.003, "optimizer": "sgd",
-                                    "schedule": "exponential", "jacobian_reg": 0.01, "margin_radius": 0.5, "margin_norm": 2.0,
-                                    "margin_warmup": 0.0})
+                                    "schedule": "exponential", "jacobian_reg": 0.01, "margin_radius": 0.5,
+                                    "margin_norm": 2.0, "margin_warmup": 0.0})
     fit(model, data, config, out, augment=task.augment, progress=False, log=lambda m: None)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -57,7 +57,8 @@ def _worker(rank, world, port, fashion_dir, out, result_file):
     finally:
         dist.destroy_process_group()
     # Skip the interpreter's teardown: gloo's background threads can abort it (SIGABRT, "terminate
-    # called without an active exception"; it failed 2 of about 10 full-suite runs in one session). Reached only on success.
+    # called without an active exception"; it failed 2 of about 10 full-suite runs in one session).
+    # Reached only on success.
     os._exit(0)
 
 
@@ -77,7 +78,8 @@ def test_two_process_ddp_matches_one_process(fashion_dir, tmp_path, ddp_run):
         if k == "balance":  # fitted between two neighbouring validation scores: a tiny weight change moves it
             assert abs(float(v) - float(double[k])) < 0.05
             continue
-        assert torch.allclose(v.double(), double[k].double(), rtol=1e-3, atol=1e-4), (k, float((v - double[k]).abs().max()))
+        assert torch.allclose(v.double(), double[k].double(), rtol=1e-3, atol=1e-4), \
+            (k, float((v - double[k]).abs().max()))
     # the balance shift was fitted and checkpointed once
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
 
@@ -125,7 +127,7 @@ def test_torchrun_two_processes_leave_the_same_run_folder(fashion_dir, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     for name in ("model.safetensors", "results.json", "report.md", "run.json", "certificates.safetensors"):
         assert (out / name).is_file(), name
-    from asymcert.workflow import load_certificates
+    from asymcert.pipeline import load_certificates
     cert, labels = load_certificates(out / "certificates.safetensors")
     data = get_task("fashion-mnist-shirts").load(fashion_dir)
     assert len(cert) == len(data.test)  # no padding duplicates

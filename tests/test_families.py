@@ -21,7 +21,7 @@ from asymcert.models import build_model, model_kinds
 from asymcert.report.writer import write_report
 from asymcert.train import TrainConfig
 from asymcert.train.recipes import recipe_for
-from asymcert.workflow import certify_run, read_run, train_run
+from asymcert.pipeline import certify_run, read_run, train_run
 
 # ---------------------------------------------------------------- a toy family, all in this test module
 

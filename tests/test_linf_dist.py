@@ -355,7 +355,8 @@ def _conv_loop(x, w, stride, padding, groups, p):
             g = oc // og
             for i in range(ho):
                 for j in range(wo):
-                    patch = xp[b, g * cg:(g + 1) * cg, i * stride[0]:i * stride[0] + kh, j * stride[1]:j * stride[1] + kw]
+                    r0, c0 = i * stride[0], j * stride[1]
+                    patch = xp[b, g * cg:(g + 1) * cg, r0:r0 + kh, c0:c0 + kw]
                     d = (patch - w[oc]).abs().flatten()
                     out[b, oc, i, j] = d.max() if p == INF else d.pow(p).sum().pow(1 / p)
     return out

@@ -177,7 +177,8 @@ def test_validate_needs_p_inf_and_finite_weights():
 
 def test_lipschitz_in_normalised_and_raw_units():
     torch.manual_seed(3)
-    m = build_model({"kind": "linf-dist", "input_shape": list(SHAPE), "widths": [40, 30, 20], "num_classes": 6}).double()
+    cfg = {"kind": "linf-dist", "input_shape": list(SHAPE), "widths": [40, 30, 20], "num_classes": 6}
+    m = build_model(cfg).double()
     m.train()
     x = torch.rand(256, *SHAPE, dtype=torch.float64)
     m.fit_input(x * 0.5)
@@ -396,7 +397,8 @@ def _meanshift_worker(rank, world, port, x, g, result_file):
     finally:
         dist.destroy_process_group()
     # Skip the interpreter's teardown: gloo's background threads can abort it (SIGABRT, "terminate
-    # called without an active exception"; it failed 2 of about 10 full-suite runs in one session). Reached only on success.
+    # called without an active exception"; it failed 2 of about 10 full-suite runs in one session).
+    # Reached only on success.
     os._exit(0)
 
 

@@ -26,7 +26,7 @@ from asymcert.models import build_model
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.nn.convex import ICNN, NonnegLinear
 from asymcert.nn.feature_maps import Compose, FeatureMap, Shift, Standardize
-from asymcert.workflow import _merge, task_facts
+from asymcert.pipeline import _merge, task_facts
 
 TABULAR = {"kind": "feature-convex", "input_shape": [6], "feature_map": [{"kind": "standardize"}],
            "convex": {"kind": "icnn", "widths": [16, 8]}}
@@ -70,7 +70,8 @@ def test_plain_layers_with_negative_weights_are_refused_and_would_be_unsound():
 def test_a_swapped_layer_inside_an_icnn_is_named_by_its_path():
     model = _tabular_model()
     model.convex.hidden[1] = nn.Linear(8, 1, bias=False)  # an unconstrained layer after a ReLU
-    with pytest.raises(ConvexityError, match=r"convex\.hidden\.1: Linear is not allowed here \(allowed: NonnegLinear\)"):
+    with pytest.raises(ConvexityError,
+                       match=r"convex\.hidden\.1: Linear is not allowed here \(allowed: NonnegLinear\)"):
         model.validate()
 
 
@@ -263,7 +264,8 @@ def test_every_task_preset_and_family_model_is_accepted():
         configs = [_merge(task.model, task.presets.get(p, {}).get("model")) for p in [None, *task.presets]]
         configs += [f.default_model_config() for f in families() if f.kind != task.model["kind"]]
         for cfg in configs:
-            cfg = {**cfg, **get_family(cfg["kind"]).model_settings(task_facts(task, data)), "input_shape": _task_input_shape(task)}
+            settings = get_family(cfg["kind"]).model_settings(task_facts(task, data))
+            cfg = {**cfg, **settings, "input_shape": _task_input_shape(task)}
             key = json.dumps(cfg, sort_keys=True)
             if key in built:
                 continue
@@ -302,7 +304,8 @@ def test_a_subclass_cannot_inherit_a_contract_or_a_lipschitz_constant_for_anothe
 
     with pytest.raises(ConvexityError, match=r"convex: Negated overrides forward without declaring convexity_contract"):
         FeatureConvexClassifier(Compose([Shift((6,))]), Negated(6), (6,)).validate()
-    with pytest.raises(ConvexityError, match=r"feature_map\.maps\.0: Amplified overrides forward without declaring lipschitz"):
+    with pytest.raises(ConvexityError,
+                       match=r"feature_map\.maps\.0: Amplified overrides forward without declaring lipschitz"):
         FeatureConvexClassifier(Compose([Amplified((6,))]), ICNN((6,), (8,)), (6,)).validate()
 
 
@@ -328,7 +331,8 @@ def test_a_declared_lipschitz_constant_must_be_a_finite_positive_number(value, p
         def lipschitz(self, q):
             return value if q == p else 1.0
 
-    with pytest.raises(ConvexityError, match=rf"feature_map\.maps\.0: lipschitz\({p:g}\) = .* is not a finite number > 0"):
+    with pytest.raises(ConvexityError,
+                       match=rf"feature_map\.maps\.0: lipschitz\({p:g}\) = .* is not a finite number > 0"):
         FeatureConvexClassifier(Compose([Declared()]), ICNN((6,), (8,)), (6,)).validate()
     with pytest.raises(ModelError, match="lipschitz"):
         Declared().validate()

@@ -154,7 +154,8 @@ def test_orthogonal_recipe_learns_margins():
     def blobs(n, seed):
         gen = torch.Generator().manual_seed(seed)
         y = torch.randint(0, 2, (n,), generator=gen)
-        return Dataset(0.5 + (y.float()[:, None] - 0.5) * 1.5 * torch.ones(4) / 2 + 0.1 * torch.randn(n, 4, generator=gen), y)
+        x = 0.5 + (y.float()[:, None] - 0.5) * 1.5 * torch.ones(4) / 2 + 0.1 * torch.randn(n, 4, generator=gen)
+        return Dataset(x, y)
 
     torch.manual_seed(0)
     model = build_model({"kind": "orthogonal", "input_shape": [4], "widths": [16, 16]})

@@ -131,7 +131,8 @@ def test_stale_temp_files_match_atomic_writes_only(tmp_path):
     assert [p.name for p in stale_temp_files(tmp_path)] == [
         ".certified_l2.png.0123_abc", ".run.json.abcdefgh", ".train_state.pt.k3x_9a0q"]
     remove_stale_temp_files(tmp_path)
-    assert stale_temp_files(tmp_path) == [] and (tmp_path / LOCK_FILE).exists() and (tmp_path / ".dir.abcdefgh").is_dir()
+    assert stale_temp_files(tmp_path) == [] and (tmp_path / LOCK_FILE).exists()
+    assert (tmp_path / ".dir.abcdefgh").is_dir()
 
 
 def test_a_killed_atomic_write_leaves_a_temp_file_that_matches_the_pattern(tmp_path):

@@ -203,7 +203,8 @@ def test_noise_recipe_trains_on_noisy_inputs():
     def blobs(n, seed):
         gen = torch.Generator().manual_seed(seed)
         y = torch.randint(0, 2, (n,), generator=gen)
-        return Dataset(0.5 + (y.float()[:, None] - 0.5) * 2.0 * torch.ones(4) / 2 + 0.1 * torch.randn(n, 4, generator=gen), y)
+        x = 0.5 + (y.float()[:, None] - 0.5) * 2.0 * torch.ones(4) / 2 + 0.1 * torch.randn(n, 4, generator=gen)
+        return Dataset(x, y)
 
     torch.manual_seed(0)
     model = build_model({"kind": "relu-smoothing", "input_shape": [4], "widths": [16],

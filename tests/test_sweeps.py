@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from hypothesis import strategies as st
 
 import asymcert
 from asymcert.cli import main
+from asymcert.pipeline import read_run
 from asymcert.research.sweep_pairs import pair_data, sweep_pairs
 from asymcert.research.sweep_reg import sweep_reg
 from asymcert.research.sweeps import RESULT_FILE, SweepError, pareto_front, parse_float_list
@@ -76,6 +78,27 @@ def test_pair_sweep_writes_files_and_matrices_match_the_pairs(pair_sweep):
     md = (out / "sweep.md").read_text()
     assert "ICNN MLP 200-50" in md and "1 epoch," in md and "heatmap_clean_accuracy.png" in md
     assert asymcert.load(out / "pairs" / "0-6")(torch.rand(3, 1, 28, 28)).shape == (3,)
+
+
+def test_pair_folders_are_run_folders(pair_sweep, fashion_dir, tmp_path):
+    """`asymcert report`, `certify` and `audit` open a pair's folder; the report matches the sweep's numbers."""
+    out, _, _ = pair_sweep
+    run_dir = tmp_path / "6-0"
+    shutil.copytree(out / "pairs" / "6-0", run_dir)
+    assert read_run(run_dir)["task"] == {"name": "fashion-mnist", "pair": [6, 0]}
+    pair = json.loads((run_dir / RESULT_FILE).read_text())
+    res = CliRunner().invoke(main, ["report", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((run_dir / "results.json").read_text())
+    assert report["clean_accuracy"] == pair["clean_accuracy"] and report["n_inputs"] == pair["n_inputs"]
+    (run_dir / "certificates.safetensors").unlink()
+    res = CliRunner().invoke(main, ["certify", str(run_dir), "--data-dir", str(fashion_dir)])
+    assert res.exit_code == 0, res.output
+    assert CliRunner().invoke(main, ["report", str(run_dir)]).exit_code == 0  # from the new certificates
+    assert json.loads((run_dir / "results.json").read_text())["clean_accuracy"] == pair["clean_accuracy"]
+    res = CliRunner().invoke(main, ["audit", str(run_dir), "--limit", "8", "--steps", "5", "--restarts", "1",
+                                    "--no-exact", "--data-dir", str(fashion_dir)])
+    assert res.exit_code == 0, res.output
 
 
 def test_pair_data_relabels_and_keeps_splits(fashion_dir):
@@ -162,8 +185,8 @@ def test_cli_sweep_errors_are_one_line(args, message, tmp_path):
 
 
 def test_cli_pairs_class_without_data(fashion_dir, tmp_path):
-    res = CliRunner().invoke(main, ["sweep", "pairs", "fashion-mnist", "--classes", "0,1", "--data-dir", str(fashion_dir),
-                                    "--out", str(tmp_path / "x")])
+    res = CliRunner().invoke(main, ["sweep", "pairs", "fashion-mnist", "--classes", "0,1",
+                                    "--data-dir", str(fashion_dir), "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "class 1 (Trouser) has no train inputs" in res.output
 
 

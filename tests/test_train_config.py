@@ -17,7 +17,7 @@ from asymcert.families import TaskFacts, families
 from asymcert.train import TrainConfig
 from asymcert.train.config import check_model_overrides, parse_device, unapplied_keys
 from asymcert.train.loop import resolve_device
-from asymcert.workflow import _merge
+from asymcert.pipeline import _merge
 from tests.conftest import examples
 
 BAD = {
@@ -155,7 +155,7 @@ def test_unapplied_model_keys_are_found_at_any_depth():
 
 def test_train_run_refuses_an_ignored_model_setting(fashion_dir, tmp_path):
     """The Python API refuses ``model_overrides`` the model drops, before writing anything."""
-    from asymcert.workflow import train_run
+    from asymcert.pipeline import train_run
     with pytest.raises(SettingsError, match="'bogus'"):
         train_run({"name": "fashion-mnist-shirts"}, tmp_path / "out", "fast", {"epochs": 1}, {"bogus": 1},
                   data_dir=fashion_dir, progress=False)

@@ -20,7 +20,8 @@ def _setup(fashion_dir, epochs):
            "convex": {"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}}
     torch.manual_seed(0)
     paper = task.presets["paper"]["train"]  # the authors' SGD recipe: what these loop tests were tuned on
-    return task, data, build_model(cfg), TrainConfig.from_dict({**task.train, **paper, "epochs": epochs, "batch_size": 32})
+    model = build_model(cfg)
+    return task, data, model, TrainConfig.from_dict({**task.train, **paper, "epochs": epochs, "batch_size": 32})
 
 
 def test_training_learns_projects_and_fits_balance_on_validation(fashion_dir, tmp_path):

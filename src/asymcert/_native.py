@@ -19,7 +19,7 @@ from pathlib import Path
 # No -ffast-math: the certificates' rounding bounds need IEEE sums in program order
 # (contraction into FMA is allowed; it only makes each step more accurate).
 COMMON_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
-FLAG_SETS = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
+FLAG_SETS: tuple[list[str], ...] = (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], [])
 
 
 def kernel_dir() -> Path:

@@ -370,7 +370,7 @@ def audit_run(run_dir: str | Path, x: torch.Tensor, y: torch.Tensor | None = Non
               **options: Any) -> dict[str, Any]:
     """Audit the model of a run folder on inputs ``x`` and write ``audit.json``/``audit.md`` there.
 
-    ``asymcert audit DIR`` calls this with the run's test inputs (:func:`asymcert.workflow.run_data`).
+    ``asymcert audit DIR`` calls this with the run's test inputs (:func:`asymcert.pipeline.run_data`).
 
     Args:
         run_dir: a run folder (``model.safetensors`` loaded with :func:`asymcert.load`).

@@ -14,7 +14,9 @@ from typing import Any
 
 import click
 
+from asymcert import distributed
 from asymcert.families import get_family
+from asymcert.report.plots import PLOT_HINT, plotting_available
 from asymcert.errors import AsymcertError, RunFolderBusyError, WriteError
 from asymcert.runfolder import exclusive
 
@@ -224,11 +226,15 @@ def _overrides(epochs, device, sets, model_sets, model_kind):
 def run(task, data, csv, images, label_column, sensitive_class, other_class, out, preset, data_dir, model_kind,
         epochs, device, sets, model_sets, quiet, limit) -> None:
     """Train, certify and report: TASK (see `asymcert tasks`) or your own data."""
-    from asymcert.workflow import run_task
+    from asymcert.pipeline import run_task
+    from asymcert.report.writer import write_report
     spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class)
     train, model = _overrides(epochs, device, sets, model_sets, model_kind)
+    if distributed.is_main() and not plotting_available():  # said before an hour of training, not after
+        click.echo(f"the report will have no plots: {PLOT_HINT}", err=True)
     results = run_task(spec, out, preset=preset, data_dir=data_dir, limit=limit, progress=not quiet,
-                       train_overrides=train, model_overrides=model, log=click.echo)
+                       train_overrides=train, model_overrides=model, log=click.echo,
+                       report=lambda folder: write_report(folder, log=lambda msg: None))
     _echo_summary(results, out)
 
 
@@ -237,7 +243,7 @@ def run(task, data, csv, images, label_column, sensitive_class, other_class, out
 def train(task, data, csv, images, label_column, sensitive_class, other_class, out, preset, data_dir, model_kind,
           epochs, device, sets, model_sets, quiet) -> None:
     """Train a model into a run folder (resumes an interrupted run in the same folder)."""
-    from asymcert.workflow import train_run
+    from asymcert.pipeline import train_run
     spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class)
     train_o, model_o = _overrides(epochs, device, sets, model_sets, model_kind)
     result = train_run(spec, out, preset, train_o, model_o, data_dir, progress=not quiet, log=click.echo)
@@ -255,7 +261,7 @@ def train(task, data, csv, images, label_column, sensitive_class, other_class, o
 @click.option("--quiet", is_flag=True)
 def certify_cmd(run_dir, norms, limit, batch_size, device, data_dir, quiet) -> None:
     """Certify a run's test inputs; writes certificates.safetensors."""
-    from asymcert.workflow import certify_run
+    from asymcert.pipeline import certify_run
     cert = certify_run(run_dir, _norms(norms), limit, batch_size, device, data_dir, progress=not quiet)
     click.echo(f"certified {len(cert)} inputs in {cert.seconds:.3f}s "
                f"({1000 * cert.seconds / max(1, len(cert)):.3f} ms per input)")
@@ -279,7 +285,7 @@ def report(run_dir) -> None:
 def audit(run_dir, limit, restarts, steps, no_exact, data_dir) -> None:
     """Attack every certificate inside its radius, compare with exact radii; exit 1 on any violation (0: none)."""
     from asymcert.audit import audit_run
-    from asymcert.workflow import run_data
+    from asymcert.pipeline import run_data
     data = run_data(run_dir, data_dir)
     with exclusive(run_dir):  # audit.md and audit.json are written into the folder: one writer
         report = audit_run(run_dir, data.test.x[:limit], data.test.y[:limit], restarts=restarts, steps=steps,

@@ -16,7 +16,7 @@ Methods (names for ``methods=``):
 name           model kind           certificate
 ============== ==================== ==================================================================
 convex         the task's default   feature-convex (closed form, deterministic)
-linf-dist      linf-dist            ℓ∞-distance net margin/2 (skipped when the family is absent)
+linf-dist      linf-dist            ℓ∞-distance net margin/2
 smoothing      relu-smoothing       Gaussian randomized smoothing (probabilistic, α = 0.001)
 smoothing-laplace / smoothing-uniform / smoothing-splitting: the other noises (splitting: exact ℓ1)
 orthogonal     orthogonal           ℓ2 Lipschitz margin (deterministic)
@@ -35,25 +35,27 @@ widths, with a small CNN (16, 32 channels, fc 100) as smoothing base model (no R
 from __future__ import annotations
 
 import math
-import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from asymcert.certify import certify
-from asymcert.certify.certfile import save_certificates
 from asymcert.certify.result import Certificate, Guarantee, norm_label
-from asymcert.checkpoint import MODEL_FILE, atomic_write, load
-from asymcert.data.tasks import TaskData
+from asymcert.checkpoint import atomic_write
+from asymcert.data.tasks import Task, TaskData
+from asymcert.families import CompareScale, MethodSpec, TaskFacts, families, get_family
+from asymcert.families.contract import CPU_EPOCHS
+from asymcert.pipeline import (DEFAULT_NORMS, CertifySettings, Reporter, _merge, plan_training, preset_overrides,
+                               resolve_task, run_finished, run_pipeline, task_facts)
 from asymcert.report.machine import describe_machine
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
-from asymcert.report.writer import summarize
+from asymcert.report.plots import plot_certified_curves, plot_runtimes
+from asymcert.report.writer import summarize, write_report
 from asymcert.runfolder import dumps_strict
-from asymcert.families import CompareScale, MethodSpec, families, get_family
-from asymcert.families.contract import CPU_EPOCHS
-from asymcert.workflow import (CERT_FILE, DEFAULT_NORMS, RUN_FILE, _merge, preset_overrides, read_run, resolve_task,
-                               task_facts, train_run)
+
+__all__ = ["COMPARE_JSON", "COMPARE_MD", "CPU_EPOCHS", "DEFAULT_METHODS", "compare", "compare_cli_main",
+           "method_specs", "render_markdown"]
 
 DEFAULT_METHODS = ("convex", "linf-dist", "smoothing", "orthogonal", "ibp")
 COMPARE_JSON, COMPARE_MD = "compare.json", "compare.md"
@@ -73,10 +75,20 @@ def _pretty(p: float) -> str:
     return "ℓ∞" if math.isinf(p) else f"ℓ{p:g}"
 
 
-def _run_complete(run_dir: Path) -> bool:
-    if not (run_dir / MODEL_FILE).is_file() or not (run_dir / RUN_FILE).is_file():
-        return False
-    return "training" in read_run(run_dir)
+@dataclass(frozen=True)
+class _Context:
+    """What every method of one comparison shares."""
+
+    task_spec: dict[str, Any]
+    task: Task
+    preset_overrides: dict[str, Any]
+    data: TaskData
+    data_dir: str | Path | None
+    facts: TaskFacts
+    certify: CertifySettings
+    report_radii: dict[str, list[float]]
+    progress: bool
+    log: Callable[[str], None]
 
 
 def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Sequence[str] = DEFAULT_METHODS,
@@ -87,12 +99,14 @@ def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Seque
             data: TaskData | None = None, fail_fast: bool = False) -> dict[str, Any]:
     """Train (or load) every method into ``out_dir/<method>/``, certify the same test inputs, report.
 
+    Every method goes through :func:`asymcert.pipeline.run_pipeline`, so ``out_dir/<method>/`` is a
+    run folder that ``asymcert report``, ``audit`` and ``certify`` open.
+
     Args:
         task_spec: a run spec (``{"name": "fashion-mnist-shirts"}`` or user data) or a task name.
         out_dir: folder of the comparison; a sub-run folder holding a finished run is loaded, an
             interrupted one resumes.
-        methods: names from :func:`method_specs`; unknown names (or a family not installed, e.g.
-            ``"linf-dist"`` before it is registered) are skipped with a note in the report.
+        methods: names from :func:`method_specs`; unknown names are skipped with a note in the report.
         preset: a task preset (e.g. ``"fast"``) whose training settings are applied on top of
             every method's own (its model settings only to the task's default model).
         n_smoothing: estimation samples n of randomized smoothing (n0 = 100, α = 0.001).
@@ -107,102 +121,88 @@ def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Seque
     Returns:
         The content of ``compare.json``.
     """
-    log = log or (lambda msg: None)
-    if isinstance(task_spec, str):
-        task_spec = {"name": task_spec}
+    task_spec = {"name": task_spec} if isinstance(task_spec, str) else task_spec
     task = resolve_task(task_spec)
-    pre = preset_overrides(task, preset)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    pre = preset_overrides(task, preset)
     data = data or task.load(Path(data_dir) if data_dir else None)
-    n_eval = PAPER_LIMIT if limit is None else int(limit)
-    x, y = data.test.x[:n_eval], data.test.y[:n_eval]
     norms_t = tuple(dict.fromkeys(float(p) for p in norms))
-    report_radii = {norm_label(p): list(r) for p, r in task.report_radii.items()}
+    ctx = _Context(task_spec, task, pre, data, data_dir, task_facts(task, data),
+                   CertifySettings(norms=norms_t, limit=PAPER_LIMIT if limit is None else int(limit),
+                                   batch_size=certify_batch, warmup=WARMUP_INPUTS),
+                   {norm_label(p): list(r) for p, r in task.report_radii.items()}, progress,
+                   log or (lambda msg: None))
+    ctx.certify.check()
+    out.mkdir(parents=True, exist_ok=True)
     specs = method_specs(paper_scale, n_smoothing)
-    facts = task_facts(task, data)
     entries: dict[str, dict[str, Any]] = {}
     certs: dict[str, Certificate] = {}
     for name in dict.fromkeys(methods):
-        spec = specs.get(name)
-        if spec is None:
-            entries[name] = {"status": "skipped", "reason": f"unknown method {name!r}; known: {', '.join(sorted(specs))}"}
-            log(f"{name}: skipped (unknown method)")
-            continue
-        family = get_family(spec.family)
-        model_spec = spec.model
-        if model_spec is None and task.model.get("kind") != spec.family:  # e.g. "convex" on a 10-class task
-            model_spec = family.default_model_config()
-        extra = (overrides or {}).get(name, {})
-        model_over = _merge(dict(model_spec or {}), pre.get("model") if model_spec is None else None,
-                            family.model_settings(facts), extra.get("model"))
-        train_over = _merge(dict(spec.train), pre.get("train"), extra.get("train"))
-        cert_opts = _merge(dict(spec.certify), extra.get("certify"))
         try:
-            entries[name], certs[name] = _run_method(
-                name, spec, task_spec, out / name, train_over, model_over, cert_opts, data, data_dir, x, y,
-                norms_t, report_radii, certify_batch, progress, log)
+            entries[name], cert = _compare_method(name, specs, (overrides or {}).get(name, {}), out / name, ctx)
         except Exception as exc:  # one failing method does not sink an hour-long comparison
             if fail_fast:
                 raise
             entries[name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-            log(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+            ctx.log(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+            continue
+        if cert is not None:
+            certs[name] = cert
+    y = data.test.y[:ctx.certify.limit]
     result = {"task": task_spec, "task_description": task.description, "preset": preset, "paper_scale": paper_scale,
-              "n_inputs": len(x), "n_sensitive": int((y == 1).sum()) if task.binary else None,
+              "n_inputs": len(y), "n_sensitive": int((y == 1).sum()) if task.binary else None,
               "n_smoothing": 100_000 if paper_scale else int(n_smoothing), "norms": [norm_label(p) for p in norms_t],
-              "report_radii": report_radii, "methods": entries, "plots": {}, "machine": describe_machine()}
+              "report_radii": ctx.report_radii, "methods": entries, "plots": {}, "machine": describe_machine()}
     result["plots"] = _plots(out, certs, entries, y, norms_t, task.description)
     atomic_write(out / COMPARE_JSON, lambda tmp: tmp.write_text(dumps_strict(result, indent=1, default=str)))
     atomic_write(out / COMPARE_MD, lambda tmp: tmp.write_text(render_markdown(result)))
     return result
 
 
-def _run_method(name: str, spec: MethodSpec, task_spec: dict[str, Any], run_dir: Path,
-                train_over: dict[str, Any], model_over: dict[str, Any], cert_opts: dict[str, Any], data: TaskData,
-                data_dir: str | Path | None, x: torch.Tensor, y: torch.Tensor, norms: tuple[float, ...],
-                report_radii: dict[str, list[float]], certify_batch: int, progress: bool,
-                log: Callable[[str], None]) -> tuple[dict[str, Any], Certificate]:
-    """Train (or load) one method's run folder and certify ``x``: (compare.json entry, certificate)."""
-    t0 = time.perf_counter()
-    if _run_complete(run_dir):
-        run, trained = read_run(run_dir), False
-        log(f"{name}: loading the finished run in {run_dir}")
-    else:
-        log(f"{name}: training into {run_dir}")
-        run = train_run(task_spec, run_dir, None, train_over, model_over, data_dir, progress=progress, log=log,
-                        data=data)
-        trained = True
-    train_wall = time.perf_counter() - t0
-    model = load(run_dir)
-    opts = dict(cert_opts)
+def _compare_method(name: str, specs: dict[str, MethodSpec], extra: dict[str, Any], run_dir: Path,
+                    ctx: _Context) -> tuple[dict[str, Any], Certificate | None]:
+    """One method: (its compare.json entry, its certificate), or a "skipped" entry and None."""
+    spec = specs.get(name)
+    if spec is None:
+        ctx.log(f"{name}: skipped (unknown method)")
+        return {"status": "skipped", "reason": f"unknown method {name!r}; known: {', '.join(sorted(specs))}"}, None
+    family = get_family(spec.family)
+    model_spec = spec.model
+    if model_spec is None and ctx.task.model.get("kind") != spec.family:  # e.g. "convex" on a 10-class task
+        model_spec = family.default_model_config()
+    model_over = _merge(dict(model_spec or {}), ctx.preset_overrides.get("model") if model_spec is None else None,
+                        family.model_settings(ctx.facts), extra.get("model"))
+    train_over = _merge(dict(spec.train), ctx.preset_overrides.get("train"), extra.get("train"))
+    opts = _merge(dict(spec.certify), extra.get("certify"))
     method = opts.pop("method", None)
-    log(f"{name}: certifying {len(x)} test inputs")
-    # a warm-up call first, so that one-time costs (building or loading a compiled kernel, first-call
-    # allocations) do not count as per-input certification time
-    certify(model, x[:WARMUP_INPUTS], norms=norms, method=method, **opts)
-    cert = certify(model, x, norms=norms, method=method, batch_size=certify_batch, **opts)
-    save_certificates(run_dir / CERT_FILE, cert, y)
-    _write_run_report(run_dir, log)
-    log(f"{name}: {cert.seconds:.1f} s to certify, {1000 * cert.seconds / max(1, len(cert)):.2f} ms per input")
-    entry = {"status": "ok", "label": spec.label, "run_dir": str(run_dir), "trained_now": trained,
-             "train_wall_seconds": train_wall, "model": run["model"], "train": run["train"],
-             "training_seconds": run.get("training", {}).get("seconds"),
-             "certify_options": {"method": cert.method, **opts}, **summarize(cert, y, report_radii)}
+    ctx.log(f"{name}: loading the finished run in {run_dir}" if run_finished(run_dir)
+            else f"{name}: training into {run_dir}")
+    plan = plan_training(ctx.task_spec, None, train_over, model_over, ctx.data_dir, ctx.data)
+    settings = replace(ctx.certify, method=method, options=opts)
+    done = run_pipeline(plan, run_dir, settings, progress=ctx.progress, log=ctx.log, reuse_finished=True,
+                        report=_run_reporter(ctx.log))
+    cert, run = done.certificate, done.record
+    ctx.log(f"{name}: {cert.seconds:.1f} s to certify, {1000 * cert.seconds / max(1, len(cert)):.2f} ms per input")
+    entry = {"status": "ok", "label": spec.label, "run_dir": str(run_dir), "trained_now": done.trained_now,
+             "train_wall_seconds": done.train_wall_seconds, "model": run["model"], "train": run["train"],
+             "training_seconds": (run.get("training") or {}).get("seconds"),
+             "certify_options": {"method": cert.method, **opts}, **summarize(cert, done.labels, ctx.report_radii)}
     return entry, cert
 
 
-def _write_run_report(run_dir: Path, log: Callable[[str], None]) -> None:
-    try:
-        from asymcert.report.writer import write_report
-        write_report(run_dir)
-    except Exception as exc:  # the comparison report does not depend on the per-run one
-        log(f"{run_dir}: per-run report failed: {exc}")
+def _run_reporter(log: Callable[[str], None]) -> Reporter:
+    """The per-run report writer of a comparison: a failure is logged (compare.json does not depend on it)."""
+    def report(run_dir: Path) -> dict[str, Any]:
+        try:
+            return write_report(run_dir)
+        except Exception as exc:
+            log(f"{run_dir}: per-run report failed: {exc}")
+            return {}
+    return report
 
 
 def _plots(out: Path, certs: dict[str, Certificate], entries: dict[str, dict[str, Any]], y: torch.Tensor,
            norms: tuple[float, ...], description: str) -> dict[str, str]:
-    from asymcert.report.plots import plot_certified_curves, plot_runtimes
-
     plots: dict[str, str] = {}
     if not certs:
         return plots

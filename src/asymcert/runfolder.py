@@ -197,7 +197,8 @@ class RunRecord:
             raise CheckpointError(f"{source} must hold a JSON object, found {type(raw).__name__}")
         for key in ("task", "model", "train"):
             if key not in raw:
-                raise CheckpointError(f"{source} lacks the key {key!r}; is this a run folder written by `asymcert train`?")
+                raise CheckpointError(f"{source} lacks the key {key!r}; "
+                                      "is this a run folder written by `asymcert train`?")
             _check(isinstance(raw[key], dict), source, key, "an object", raw[key])
         task = raw["task"]
         _check(any(isinstance(task.get(k), str) for k in _TASK_KEYS), source, "task",

@@ -116,7 +116,7 @@ def dual_norm_rows(a: torch.Tensor, q: float) -> torch.Tensor:
     return torch.linalg.vector_norm(a, ord=q, dim=-1)
 
 
-def _weight_row_dual_norm(layer: nn.Module, q: float) -> torch.Tensor:
+def _weight_row_dual_norm(layer: nn.Linear | nn.Conv2d, q: float) -> torch.Tensor:
     """‖row‖_q of every output unit of a Linear (out,) or Conv2d (out channels,) layer."""
     return dual_norm_rows(layer.weight.reshape(layer.weight.shape[0], -1), q)
 
@@ -184,9 +184,18 @@ def ibp_boxes(layers: list[nn.Module], x: torch.Tensor, eps: float | torch.Tenso
 def _conv_backward(layer: nn.Conv2d, a: torch.Tensor, weight: torch.Tensor, in_shape: tuple[int, ...]) -> torch.Tensor:
     """aᵀ·(the convolution with ``weight``): (B, C_out, H', W') → (B, *in_shape), by a transposed convolution."""
     out_shape = a.shape[1:]
-    pad = [in_shape[k + 1] - ((out_shape[k + 1] - 1) * layer.stride[k] - 2 * layer.padding[k]
+    padding = conv_padding(layer)
+    pad = [in_shape[k + 1] - ((out_shape[k + 1] - 1) * layer.stride[k] - 2 * padding[k]
                               + layer.dilation[k] * (layer.kernel_size[k] - 1) + 1) for k in range(2)]
-    return F.conv_transpose2d(a, weight, None, layer.stride, layer.padding, tuple(pad), layer.groups, layer.dilation)
+    return F.conv_transpose2d(a, weight, None, layer.stride, padding, tuple(pad), layer.groups, layer.dilation)
+
+
+def conv_padding(layer: nn.Conv2d) -> tuple[int, ...]:
+    """``layer.padding`` as ints; string paddings ("same", "valid") are not supported by the bounds."""
+    if isinstance(layer.padding, str):
+        raise UnsupportedNetworkError(f"{type(layer).__name__} with padding={layer.padding!r} is not supported; "
+                                      "give the padding as integers")
+    return layer.padding
 
 
 def _relu_relaxation(lo: torch.Tensor, hi: torch.Tensor, lower_slope: str) -> tuple[torch.Tensor, ...]:
@@ -379,7 +388,7 @@ def bound_rounding_factor(layers: list[nn.Module]) -> int:
     return 2 * sum(isinstance(layer, (nn.Linear, nn.Conv2d)) for layer in layers) + 4
 
 
-def _affine_abs(layer: nn.Module, v: torch.Tensor) -> torch.Tensor:
+def _affine_abs(layer: nn.Linear | nn.Conv2d, v: torch.Tensor) -> torch.Tensor:
     """|W| v for a Linear or Conv2d layer, in float64 (no bias)."""
     w = layer.weight.detach().double().abs()
     if isinstance(layer, nn.Linear):

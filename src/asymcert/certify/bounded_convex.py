@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,10 @@ from torch import nn
 
 from asymcert import _native
 from asymcert.errors import ConvexityError
-from asymcert.nn.convex import ConvexConvNet
+from asymcert.nn.convex import ConvexConvNet, NonnegConv2d, PositiveBatchNorm
+
+if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
+    from asymcert.models.feature_convex import FeatureConvexClassifier
 
 UNIT_ROUNDOFF = {torch.float32: 2.0 ** -24, torch.float64: 2.0 ** -53}
 U64 = UNIT_ROUNDOFF[torch.float64]
@@ -108,6 +112,38 @@ class BoundConstants:
     readout: float
 
 
+def block_convs(net: ConvexConvNet) -> list[NonnegConv2d]:
+    """The block convolutions of ``net`` as a typed list (the ModuleList ``block_convs``)."""
+    return cast("list[NonnegConv2d]", list(net.block_convs))
+
+
+def block_norms(net: ConvexConvNet) -> list[PositiveBatchNorm]:
+    """The block batch norms of ``net`` as a typed list (the ModuleList ``block_norms``)."""
+    return cast("list[PositiveBatchNorm]", list(net.block_norms))
+
+
+def conv_bias(conv: nn.Conv2d) -> torch.Tensor:
+    """(C_out,) bias of ``conv``; the convex conv net builds every convolution with one."""
+    if conv.bias is None:
+        raise ConvexityError(f"{type(conv).__name__} has no bias; the bounded pass needs one")
+    return conv.bias
+
+
+def conv_padding(conv: nn.Conv2d) -> tuple[int, ...]:
+    """``conv.padding`` as ints (the convex conv net builds its convolutions with integer padding)."""
+    if isinstance(conv.padding, str):
+        raise ConvexityError(f"{type(conv).__name__} has padding {conv.padding!r}; the bounded pass needs ints")
+    return conv.padding
+
+
+def batch_norm_terms(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, ...]:
+    """(γ, β, μ, σ²) of an affine batch norm with running statistics, each (C,) and detached."""
+    w, b, m, v = norm.weight, norm.bias, norm.running_mean, norm.running_var
+    if w is None or b is None or m is None or v is None:
+        raise ConvexityError(f"{type(norm).__name__} needs affine weights and running statistics")
+    return w.detach(), b.detach(), m.detach(), v.detach()
+
+
 def bound_constants(net: ConvexConvNet, dtype: torch.dtype = torch.float64) -> BoundConstants:
     """The rounding-error factors of ``net``'s certificate pass in ``dtype`` (see the module docstring)."""
     u = UNIT_ROUNDOFF[dtype]
@@ -116,7 +152,7 @@ def bound_constants(net: ConvexConvNet, dtype: torch.dtype = torch.float64) -> B
     # componentwise relative error of the backward, starting with wa32: wa = fl64(w·a) with a correctly
     # rounded (two float64 roundings), then cast to ``dtype`` (one more)
     rho = compound(u, U64, U64)
-    for conv in net.block_convs:
+    for conv in block_convs(net):
         g_n = gamma(conv.weight[0].numel() + 1, u)
         # |y| ≤ (1 + 2u)(a z + |c|) and |y − exact| ≤ a·e + 4u(a z + |c|)
         blocks.append((g_n * (1 + 2 * u) + 4 * u * (1 + g_n), 1 + g_n, g_n))
@@ -167,16 +203,16 @@ def _exact_affine(weight: float, bias: float, mean: float, var: float, eps: floa
     return float(scales[0]), float(shifts[0])
 
 
-def _affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _affine(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval batch norm as float64 (scale, shift) per channel, each correctly rounded from its exact value.
 
     A plain float64 evaluation of shift = β − scale·μ can lose every digit when β ≈ scale·μ; the
     error model of :func:`bound_constants` needs each to be within one rounding of the exact value.
     """
-    rows = zip(norm.weight.detach().double().tolist(), norm.bias.detach().double().tolist(),
-               norm.running_mean.detach().double().tolist(), norm.running_var.detach().double().tolist())
+    weight, bias, mean, var = batch_norm_terms(norm)
+    rows = zip(weight.double().tolist(), bias.double().tolist(), mean.double().tolist(), var.double().tolist())
     pairs = [_exact_affine(w, b, m, v, float(norm.eps)) for w, b, m, v in rows]
-    dev = norm.weight.device
+    dev = weight.device
     return (torch.tensor([a for a, _ in pairs], dtype=torch.float64, device=dev),
             torch.tensor([c for _, c in pairs], dtype=torch.float64, device=dev))
 
@@ -185,7 +221,7 @@ def _channel(v: torch.Tensor) -> torch.Tensor:
     return v.view(1, -1, 1, 1)
 
 
-def _readout(model: nn.Module, spatial: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _readout(model: FeatureConvexClassifier, spatial: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(wa, const, const_error): the readout folded with the output batch norm, s = Σ wa ⊙ z + const.
 
     ``wa`` (C, *spatial) float64, the shape of the last block's output; ``const`` () float64 =
@@ -193,7 +229,7 @@ def _readout(model: nn.Module, spatial: tuple[int, int]) -> tuple[torch.Tensor, 
     the terms often cancel (that is what the balance is for), so the bound is γ_{n+2} times the sum of
     their magnitudes, plus the rounding of each shift, never a multiple of |const|.
     """
-    net = model.convex
+    net = cast(ConvexConvNet, model.convex)  # callers check supports_bounded
     a64, c64 = _affine(net.out_norm)
     w_out = net.readout.weight.detach().double().view(net.channels, *spatial)
     wa = w_out * a64.view(-1, 1, 1)
@@ -207,7 +243,7 @@ def _readout(model: nn.Module, spatial: tuple[int, int]) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def bounded_pass(model: nn.Module, x: torch.Tensor, backend: str = "auto",
+def bounded_pass(model: FeatureConvexClassifier, x: torch.Tensor, backend: str = "auto",
                  dtype: torch.dtype = torch.float64, uniform: bool | None = None) -> BoundedPass:
     """Score, feature gradient and their rounding bounds of a feature-convex conv classifier.
 
@@ -240,9 +276,9 @@ def bounded_pass(model: nn.Module, x: torch.Tensor, backend: str = "auto",
     return _torch_pass(model, f64, dtype)
 
 
-def _torch_pass(model: nn.Module, f64: torch.Tensor, dtype: torch.dtype) -> BoundedPass:
+def _torch_pass(model: FeatureConvexClassifier, f64: torch.Tensor, dtype: torch.dtype) -> BoundedPass:
     """The bounded pass with PyTorch ops (channels-last convolutions): the reference of the kernel."""
-    net: ConvexConvNet = model.convex
+    net = cast(ConvexConvNet, model.convex)  # callers check supports_bounded
     consts = bound_constants(net, dtype)
     u = UNIT_ROUNDOFF[dtype]
     cl = torch.channels_last
@@ -251,8 +287,8 @@ def _torch_pass(model: nn.Module, f64: torch.Tensor, dtype: torch.dtype) -> Boun
 
     w0 = net.stem.weight.to(dtype).contiguous(memory_format=cl)
     w0_abs = w0.abs()
-    b0 = net.stem.bias.to(dtype)
-    stem_pad = net.stem.padding
+    b0 = conv_bias(net.stem).to(dtype)
+    stem_pad = conv_padding(net.stem)
     t = F.conv2d(f, w0, b0, padding=stem_pad)
     err = F.conv2d(f.abs(), w0_abs, b0.abs(), padding=stem_pad).mul_(consts.stem)
     uncertain = (t.abs() <= err).flatten(1).any(1)
@@ -261,17 +297,17 @@ def _torch_pass(model: nn.Module, f64: torch.Tensor, dtype: torch.dtype) -> Boun
     err.mul_(masks[0])
 
     scales, weights = [], []  # per block, reused by the backward
-    for norm, conv, (alpha, beta, g_n) in zip(net.block_norms, net.block_convs, consts.blocks):
+    for norm, conv, (alpha, beta, g_n) in zip(block_norms(net), block_convs(net), consts.blocks):
         a64, c64 = _affine(norm)
         a, c = _channel(a64.to(dtype)), _channel(c64.to(dtype))
         w = conv.weight.to(dtype).contiguous(memory_format=cl)
         scales.append(a)
         weights.append(w)
-        bias = conv.bias.to(dtype)
+        bias = conv_bias(conv).to(dtype)
         y = torch.addcmul(c, z, a)
         v = torch.addcmul(c.abs() * alpha, torch.add(z, err, alpha=beta / alpha), a * alpha)
-        r = F.conv2d(y, w, bias, padding=conv.padding).add_(z)
-        err = err.add_(F.conv2d(v, w, bias.abs() * g_n, padding=conv.padding)).add_(r.abs(), alpha=u)
+        r = F.conv2d(y, w, bias, padding=conv_padding(conv)).add_(z)
+        err = err.add_(F.conv2d(v, w, bias.abs() * g_n, padding=conv_padding(conv))).add_(r.abs(), alpha=u)
         uncertain |= (r.abs() <= err).flatten(1).any(1)
         mask = r > 0
         masks.append(mask)
@@ -289,7 +325,7 @@ def _torch_pass(model: nn.Module, f64: torch.Tensor, dtype: torch.dtype) -> Boun
     # backward with the pattern fixed; every factor before the stem is nonnegative
     g = wa.to(dtype).unsqueeze(0) * masks[-1]
     for k in range(len(net.block_convs) - 1, -1, -1):
-        back = F.conv_transpose2d(g, weights[k], padding=net.block_convs[k].padding)
+        back = F.conv_transpose2d(g, weights[k], padding=conv_padding(block_convs(net)[k]))
         g = torch.addcmul(g, back, scales[k]).mul_(masks[k])
     grad = F.conv_transpose2d(g, w0, padding=stem_pad)
     grad_err = F.conv_transpose2d(g, w0_abs, padding=stem_pad).mul_(consts.grad)
@@ -327,30 +363,30 @@ def kernel_error() -> str | None:
     return _KERNEL.error
 
 
-def _kernel_pass(lib: ctypes.CDLL, model: nn.Module, f64: torch.Tensor, dtype: torch.dtype,
+def _kernel_pass(lib: ctypes.CDLL, model: FeatureConvexClassifier, f64: torch.Tensor, dtype: torch.dtype,
                  uniform: bool) -> BoundedPass:
-    net: ConvexConvNet = model.convex
+    net = cast(ConvexConvNet, model.convex)  # callers check supports_bounded
     consts = bound_constants(net, dtype)
     f = f64.to(dtype).contiguous()
     n, c_in, h, w = f.shape
     c = net.channels
-    affines = [_affine(norm) for norm in net.block_norms]
+    affines = [_affine(norm) for norm in block_norms(net)]
     n_blocks = len(affines)
 
-    def cast(t: torch.Tensor) -> torch.Tensor:
+    def to_dtype(t: torch.Tensor) -> torch.Tensor:
         return t.detach().to(dtype).contiguous()
 
-    a_blocks = cast(torch.stack([a for a, _ in affines])) if n_blocks else torch.zeros(0)
-    c_blocks = cast(torch.stack([s for _, s in affines])) if n_blocks else torch.zeros(0)
-    w_blocks = cast(torch.stack([cv.weight for cv in net.block_convs])) if n_blocks else torch.zeros(0)
-    b_blocks = cast(torch.stack([cv.bias for cv in net.block_convs])) if n_blocks else torch.zeros(0)
+    a_blocks = to_dtype(torch.stack([a for a, _ in affines])) if n_blocks else torch.zeros(0)
+    c_blocks = to_dtype(torch.stack([s for _, s in affines])) if n_blocks else torch.zeros(0)
+    w_blocks = to_dtype(torch.stack([cv.weight for cv in block_convs(net)])) if n_blocks else torch.zeros(0)
+    b_blocks = to_dtype(torch.stack([conv_bias(cv) for cv in block_convs(net)])) if n_blocks else torch.zeros(0)
     wa, const, const_err = _readout(model, (h, w))
     wa = wa.contiguous()
     wa32 = wa.to(dtype).contiguous()
     prm = torch.tensor([UNIT_ROUNDOFF[dtype], consts.stem, consts.grad] + [v for blk in consts.blocks for v in blk]
                        + [1.0 if uniform else 0.0, consts.readout],
                        dtype=torch.float64)
-    w0, b0 = cast(net.stem.weight), cast(net.stem.bias)
+    w0, b0 = to_dtype(net.stem.weight), to_dtype(conv_bias(net.stem))
     score = torch.empty(n, dtype=torch.float64)
     score_err = torch.empty(n, dtype=torch.float64)
     grad = torch.empty(n, c_in, h, w, dtype=dtype)

@@ -42,7 +42,8 @@ def save_certificates(path: Path, cert: Certificate, labels: torch.Tensor) -> No
         tensors["abstained"] = cert.abstained.cpu().contiguous()
     # "deterministic" stays for readers older than "guarantee"
     meta = {"method": cert.method, "guarantee": dumps_strict(cert.guarantee.value),
-            "deterministic": dumps_strict(cert.deterministic), "alpha": dumps_strict(cert.alpha), "seconds": repr(cert.seconds), "binary": dumps_strict(cert.binary),
+            "deterministic": dumps_strict(cert.deterministic), "alpha": dumps_strict(cert.alpha),
+            "seconds": repr(cert.seconds), "binary": dumps_strict(cert.binary),
             "norms": dumps_strict([norm_label(p) for p in cert.radii])}
     # serialised in memory and written by Python, so a full disk raises OSError (→ WriteError)
     blob = safetensors_bytes(tensors, metadata=meta)

@@ -26,15 +26,25 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias, TypeVar, cast
 
 import torch
 from torch import nn
 
-from asymcert.certify.bounded_convex import bounded_pass, supports_bounded
+from asymcert.certify.bounded_convex import batch_norm_terms, bounded_pass, supports_bounded
 from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
 from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_roundoff
 from asymcert.certify.result import Certificate, Guarantee
 from asymcert.nn.convex import ICNN, ConvexConvNet
+
+if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
+    from asymcert.models.feature_convex import FeatureConvexClassifier
+    from asymcert.models.one_vs_rest import OneVsRestConvex
+
+    # models with features(x), score_from_features(f) and lipschitz(p): binary, or K members at once
+    ConvexModel: TypeAlias = FeatureConvexClassifier | OneVsRestConvex
+
+M = TypeVar("M", bound=nn.Module)
 
 EPS32 = torch.finfo(torch.float32).eps
 EPS64 = torch.finfo(torch.float64).eps
@@ -43,7 +53,7 @@ EPS64 = torch.finfo(torch.float64).eps
 FLOAT64_SLACK = 1e-9
 
 
-def score_and_feature_gradient(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def score_and_feature_gradient(model: ConvexModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores s(x) (N,) and ∇g at φ(x) (N, *feature_shape) in one forward and one backward pass.
 
     The model is evaluated in eval mode (batch norm uses running statistics) and restored after.
@@ -55,7 +65,7 @@ def score_and_feature_gradient(model: nn.Module, x: torch.Tensor) -> tuple[torch
     return s.detach(), grad
 
 
-def _float64_copy(model: nn.Module) -> nn.Module:
+def _float64_copy(model: M) -> M:
     """A float64 copy of ``model`` (small: the convex nets here have at most a few 100k weights)."""
     if all(p.dtype == torch.float64 for p in model.parameters()):
         return model
@@ -78,7 +88,7 @@ FLOAT_GUARD_FACTOR = 8.0
 FLOAT64_REFERENCE_FACTOR = 64.0
 
 
-def evaluation_eps(model: nn.Module) -> float:
+def evaluation_eps(model: ConvexModel) -> float:
     """Machine epsilon (2u) of the model's own forward pass: its dtype's, or TF32's/bfloat16's where
     PyTorch's settings let float32 products on the model's device run in reduced precision."""
     p = next(model.parameters())
@@ -107,11 +117,12 @@ def _bn_constant(norm: nn.Module) -> torch.Tensor:
     """(C,) float64 |β| + |γ·μ/√(σ² + ε)|: the magnitudes of an eval batch norm's constant terms (0 for Identity)."""
     if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
         return torch.zeros(())
-    scale = norm.weight.detach().double() / torch.sqrt(norm.running_var.detach().double() + norm.eps)
-    return norm.bias.detach().double().abs() + (scale * norm.running_mean.detach().double()).abs()
+    weight, bias, mean, var = batch_norm_terms(norm)
+    scale = weight.double() / torch.sqrt(var.double() + norm.eps)
+    return bias.double().abs() + (scale * mean.double()).abs()
 
 
-def constant_magnitude(model: nn.Module) -> float:
+def constant_magnitude(model: FeatureConvexClassifier) -> float:
     """Σ of the magnitudes of the constant terms summed at g's output layer, plus |b|.
 
     In a region where g is constant (every ReLU off) the score is just these terms, which may cancel
@@ -124,15 +135,16 @@ def constant_magnitude(model: nn.Module) -> float:
         w = g.readout.weight.detach().double().abs().view(g.channels, -1).sum(1)
         return total + float((w * _bn_constant(g.out_norm)).sum() + g.readout.bias.detach().double().abs().sum())
     if isinstance(g, ICNN):
-        last = g.passthrough[-1].bias
+        last = cast(nn.Linear, g.passthrough[-1]).bias  # ICNN.passthrough holds nn.Linear
         total += 0.0 if last is None else float(last.detach().double().abs().sum())
         if g.hidden:
-            w = g.hidden[-1].weight.detach().double().abs().sum(0)
+            w = cast(nn.Linear, g.hidden[-1]).weight.detach().double().abs().sum(0)
             total += float((w * _bn_constant(g.norms[-1])).sum())
     return total
 
 
-def float_guard(model: nn.Module, features: torch.Tensor, grad: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+def float_guard(model: FeatureConvexClassifier, features: torch.Tensor, grad: torch.Tensor,
+                score: torch.Tensor) -> torch.Tensor:
     """Absolute score margin (N,) float64 that covers the rounding of the deployed model's own evaluation.
 
     :func:`rounding_bound` at :func:`evaluation_eps` of the model (float32: 8·2⁻²³·M; float64
@@ -142,7 +154,7 @@ def float_guard(model: nn.Module, features: torch.Tensor, grad: torch.Tensor, sc
     return rounding_bound(features, grad, score, constant_magnitude(model), evaluation_eps(model))
 
 
-def reference_error(model: nn.Module, features: torch.Tensor, grad: torch.Tensor, score: torch.Tensor,
+def reference_error(model: FeatureConvexClassifier, features: torch.Tensor, grad: torch.Tensor, score: torch.Tensor,
                     precision: str) -> torch.Tensor:
     """Bound (N,) on |ŝ − s| for the score ŝ of the ``"float64"`` or ``"model"`` reference."""
     if precision == "float64":
@@ -150,7 +162,7 @@ def reference_error(model: nn.Module, features: torch.Tensor, grad: torch.Tensor
     return float_guard(model, features, grad, score)
 
 
-def required_slack(model: nn.Module, precision: str) -> float:
+def required_slack(model: ConvexModel, precision: str) -> float:
     """Smallest relative slack that keeps ``precision``'s radii sound (the gradient norm's rounding).
 
     ``"model"``: DEFAULT_SLACK (5e-6) per float32 eps of the model's arithmetic (measured relative
@@ -165,7 +177,7 @@ def required_slack(model: nn.Module, precision: str) -> float:
 PRECISIONS = ("auto", "bounded", "float64", "model")
 
 
-def _resolve_precision(model: nn.Module, x: torch.Tensor, precision: str) -> str:
+def _resolve_precision(model: ConvexModel, x: torch.Tensor, precision: str) -> str:
     if precision not in PRECISIONS:
         raise UnsoundOptionError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     supported = supports_bounded(model, x.device)
@@ -177,7 +189,7 @@ def _resolve_precision(model: nn.Module, x: torch.Tensor, precision: str) -> str
     return precision
 
 
-def checked_slack(model: nn.Module, precision: str, slack: float | None) -> float:
+def checked_slack(model: ConvexModel, precision: str, slack: float | None) -> float:
     """``slack`` or, when None, the precision's own allowance (:func:`required_slack`).
 
     Raises:
@@ -193,7 +205,8 @@ def checked_slack(model: nn.Module, precision: str, slack: float | None) -> floa
     return float(slack)
 
 
-def _reference(model: nn.Module, x: torch.Tensor, precision: str) -> tuple[torch.Tensor, ...]:
+def _reference(model: FeatureConvexClassifier, x: torch.Tensor, precision: str) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(ŝ, E_ref, ĝ, G, φ(x), uncertain) for a resolved precision.
 
     ŝ, E_ref: (N,) float64 score and bound on its error; ĝ, G: (N, *feature_shape) gradient and the
@@ -223,7 +236,7 @@ class FeatureConvexOptions:
     validate: bool = True
 
 
-def certify_feature_convex(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...],
+def certify_feature_convex(model: FeatureConvexClassifier, x: torch.Tensor, norms: tuple[float, ...],
                            precision: str = "auto", slack: float | None = None,
                            guard: bool = True, validate: bool = True) -> Certificate:
     """Certificates of a :class:`~asymcert.models.FeatureConvexClassifier` for a batch.
@@ -276,7 +289,7 @@ def certify_feature_convex(model: nn.Module, x: torch.Tensor, norms: tuple[float
                        guarantee=Guarantee.FLAG, binary=True, extra={"score": own_score})
 
 
-def _decide(model: nn.Module, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, band: torch.Tensor,
+def _decide(model: FeatureConvexClassifier, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, band: torch.Tensor,
             uncertain: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's own decisions (N,) bool and scores (N,) float32, from bounds on the exact score.
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -45,6 +46,10 @@ from torch import nn
 from asymcert.certify.functional import DEFAULT_SLACK, safe_radius
 from asymcert.certify.modes import UnsoundOptionError, check_precision, check_slack, eval_mode, unit_roundoff
 from asymcert.certify.result import Certificate, Guarantee
+from asymcert.nn.mean_shift import MeanShift
+
+if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
+    from asymcert.models.linf_dist_net import LinfDistNet
 
 INF = math.inf
 
@@ -59,7 +64,7 @@ def top2_margin(logits: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
     return gc - others.amax(dim=1)
 
 
-def _trace(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
+def _trace(model: LinfDistNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
     """Eval-mode forward that also records what the error bound and the head's IBP need.
 
     Returns:
@@ -103,7 +108,7 @@ def distance_error_bound(ops: list, r: torch.Tensor | float, u: float) -> torch.
     return e
 
 
-def _head_ibp_lower(model: nn.Module, lo: torch.Tensor, hi: torch.Tensor, cls: torch.Tensor,
+def _head_ibp_lower(model: LinfDistNet, lo: torch.Tensor, hi: torch.Tensor, cls: torch.Tensor,
                     feat_err: torch.Tensor | None, u: float) -> torch.Tensor:
     """Lower bounds of g_c − g_j − (E_c + E_j) over the feature box, for the +MLP head.
 
@@ -113,6 +118,8 @@ def _head_ibp_lower(model: nn.Module, lo: torch.Tensor, hi: torch.Tensor, cls: t
     Returns:
         (N, K) lower bounds; column c is +inf. All > 0 ⇔ the decision c is verified.
     """
+    if model.head_hidden is None or model.head_out is None:
+        raise ValueError("the head IBP needs the +MLP variant (a plain net has no head_hidden/head_out)")
     w1, b1 = model.head_hidden.weight.to(lo.dtype), model.head_hidden.bias.to(lo.dtype)
     w2, b2 = model.head_out.weight.to(lo.dtype), model.head_out.bias.to(lo.dtype)
     c, rad = (hi + lo) / 2, (hi - lo) / 2
@@ -136,7 +143,7 @@ def _head_ibp_lower(model: nn.Module, lo: torch.Tensor, hi: torch.Tensor, cls: t
     return low.scatter(1, cls[:, None], INF)
 
 
-def head_verified(model: nn.Module, y_last: torch.Tensor, r: torch.Tensor, cls: torch.Tensor,
+def head_verified(model: LinfDistNet, y_last: torch.Tensor, r: torch.Tensor, cls: torch.Tensor,
                   ops: list | None, u: float, u_ref: float | None = None) -> torch.Tensor:
     """Whether IBP through the head verifies class c on the normalised ℓ∞ ball of radius r.
 
@@ -153,7 +160,7 @@ def head_verified(model: nn.Module, y_last: torch.Tensor, r: torch.Tensor, cls: 
         (N,) bool.
     """
     y = y_last.double()
-    m = model.shifts[-1].running_mean.double()
+    m = cast(MeanShift, model.shifts[-1]).running_mean.double()
     r2 = r.double()[:, None]
     if ops is not None and u_ref is not None:  # the trace's own error at x, and the float64 box arithmetic
         r2 = r2 + distance_error_bound(ops, 0.0, u_ref)[:, None] + 4 * U64 * (y.abs() + r2 + m.abs())
@@ -198,7 +205,7 @@ def bisect_radius(verified, n: int, dtype: torch.dtype, device: torch.device, st
     return torch.where(ok0, lo, zero)
 
 
-def _float64_copy(model: nn.Module) -> nn.Module:
+def _float64_copy(model: LinfDistNet) -> LinfDistNet:
     if all(t.dtype == torch.float64 for t in model.state_dict().values() if t.is_floating_point()):
         return model
     return copy.deepcopy(model).double()
@@ -209,7 +216,7 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 
 @torch.no_grad()
-def normalized_radii(model: nn.Module, x: torch.Tensor, cls: torch.Tensor, precision: str = "float64",
+def normalized_radii(model: LinfDistNet, x: torch.Tensor, cls: torch.Tensor, precision: str = "float64",
                      float_check: bool = True, steps: int = 40) -> torch.Tensor:
     """Certified ℓ∞ radius of class ``cls`` per input, in NORMALISED units (multiply by σ for raw).
 
@@ -258,7 +265,7 @@ class LinfDistOptions:
     steps: int = 40
 
 
-def certify_linf_dist(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
+def certify_linf_dist(model: LinfDistNet, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
                       slack: float | None = None, validate: bool = True, float_check: bool = True,
                       steps: int = 40) -> Certificate:
     """Certificates of a :class:`~asymcert.models.linf_dist_net.LinfDistNet` for a batch.

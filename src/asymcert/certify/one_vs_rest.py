@@ -37,9 +37,9 @@ the same precision.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from asymcert.certify.feature_convex import (
     _float64_copy,
@@ -51,6 +51,9 @@ from asymcert.certify.feature_convex import (
 from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.modes import check_precision, eval_mode
 from asymcert.certify.result import Certificate, Guarantee, norm_label
+
+if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
+    from asymcert.models.one_vs_rest import OneVsRestConvex
 
 
 def class_radii_key(p: float) -> str:
@@ -68,7 +71,7 @@ class OneVsRestOptions:
     validate: bool = True
 
 
-def certify_one_vs_rest(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
+def certify_one_vs_rest(model: OneVsRestConvex, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
                         slack: float | None = None, guard: bool = True, validate: bool = True) -> Certificate:
     """Per-class sensitive-class certificates of a one-vs-rest feature-convex model (see the module doc).
 
@@ -100,7 +103,7 @@ def certify_one_vs_rest(model: nn.Module, x: torch.Tensor, norms: tuple[float, .
     flags = score > 0
     per_class: dict[float, list[torch.Tensor]] = {p: [] for p in norms}
     with eval_mode(model), torch.no_grad():
-        for k, member in enumerate(model.members):
+        for k, member in enumerate(model.member_models):
             s_k, feats = ref_score[:, k].double(), member.features(xs).detach()
             err = reference_error(member, feats, grad[:, k], s_k, precision)
             band = float_guard(member, feats, grad[:, k], s_k)

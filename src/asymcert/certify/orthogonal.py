@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -79,10 +81,12 @@ def _layer_step(layer: nn.Module, ideal: nn.Module, u: float, n: tuple, e: tuple
         out = (n[0] + mu, n[1])
         d = (u * out[0], u * out[1])
         return (out[0] + d[0], out[1] + d[1]), (e[0] + d[0], e[1] + d[1])
+    # orthogonal_layers admits only these besides the exact layers and Shift; ``ideal`` is the same layer
+    layer, ideal = cast("CayleyLinear | CayleyConv2d", layer), cast("CayleyLinear | CayleyConv2d", ideal)
     lip = float(ideal.lipschitz(2))
     bias = 0.0 if layer.bias is None else float(layer.bias.detach().double().norm())
     if isinstance(layer, CayleyLinear):
-        q, q_ideal = layer.weight.detach().double(), ideal.weight.detach().double()
+        q, q_ideal = layer.weight.detach().double(), cast(CayleyLinear, ideal).weight.detach().double()
         g = gamma(layer.in_features + 1, u)
         # ‖ |Q| |h| ‖₂ ≤ ‖ |Q| ‖₂ ‖h‖₂ (SVD in float64, raised for its own error)
         qabs = float(torch.linalg.matrix_norm(q.abs(), 2)) * (1 + 1e-10)
@@ -172,6 +176,7 @@ def certify_orthogonal(model: nn.Module, x: torch.Tensor, norms: tuple[float, ..
     ok = (score > 0) & (ref_score > 0)
     margin = torch.where(ok, ref_score.double() - a_ref - a, torch.zeros_like(a))
     d = math.prod(x.shape[1:])
-    radii = {p: safe_radius(margin, float(model.lipschitz(p)) + b * _l2_per_lp(p, d), slack) for p in norms}
+    lipschitz = cast("Callable[[float], float]", model.lipschitz)  # the documented contract of the model
+    radii = {p: safe_radius(margin, float(lipschitz(p)) + b * _l2_per_lp(p, d), slack) for p in norms}
     return Certificate(predicted=(score > 0).long(), radii=radii, method="orthogonal", guarantee=Guarantee.FLAG,
                        binary=True, extra={"score": score.detach().float()})

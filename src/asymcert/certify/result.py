@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -117,9 +118,12 @@ class Certificate:
 
     def to(self, device: str | torch.device) -> Certificate:
         """A copy with every tensor moved to ``device``."""
-        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        def mv(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device)
+
+        abstained = None if self.abstained is None else mv(self.abstained)
         return Certificate(mv(self.predicted), {k: mv(v) for k, v in self.radii.items()}, self.method,
-                           self.guarantee, self.alpha, mv(self.abstained), self.seconds, self.binary,
+                           self.guarantee, self.alpha, abstained, self.seconds, self.binary,
                            {k: mv(v) for k, v in self.extra.items()})
 
     @staticmethod
@@ -130,8 +134,10 @@ class Certificate:
         first = parts[0]
         mixed = {(p.method, p.guarantee, p.alpha, p.binary) for p in parts}
         if len(mixed) > 1:
-            raise InputError(f"Certificate.cat joins certificates of one method and guarantee, got {sorted(map(str, mixed))}")
-        abst = None if first.abstained is None else torch.cat([p.abstained for p in parts])
+            raise InputError("Certificate.cat joins certificates of one method and guarantee, "
+                             f"got {sorted(map(str, mixed))}")
+        # one method and guarantee: every part has ``abstained`` or none has
+        abst = None if first.abstained is None else torch.cat(cast("list[torch.Tensor]", [p.abstained for p in parts]))
         return Certificate(
             torch.cat([p.predicted for p in parts]),
             {k: torch.cat([p.radii[k] for p in parts]) for k in first.radii},

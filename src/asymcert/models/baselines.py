@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -59,7 +59,8 @@ def _smoothing_config(value: Any) -> dict[str, Any]:
         raise ConfigError(f"{who} model config: smoothing = {value!r} must be a JSON object")
     unknown = sorted(set(value or {}) - set(SMOOTHING_DEFAULTS))
     if unknown:
-        raise ConfigError(f"{who} model config: unknown smoothing setting(s) {unknown}; known: {sorted(SMOOTHING_DEFAULTS)}")
+        raise ConfigError(f"{who} model config: unknown smoothing setting(s) {unknown}; "
+                          f"known: {sorted(SMOOTHING_DEFAULTS)}")
     out = {**SMOOTHING_DEFAULTS, **(value or {})}
     real = {k: isinstance(out[k], (int, float)) and not isinstance(out[k], bool) for k in ("sigma", "alpha")}
     if not (real["sigma"] and math.isfinite(out["sigma"]) and out["sigma"] > 0):
@@ -165,7 +166,7 @@ class _SequentialScoreModel(nn.Module):
 
     def fit_input(self, x: torch.Tensor) -> None:
         """Set the input shift μ to the mean of ``x`` (N, *input_shape)."""
-        self.net[0].fit(x)
+        cast(Shift, self.net[0]).fit(x)  # relu_sequential puts the Shift first
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "input_shape": list(self.input_shape),
@@ -182,12 +183,13 @@ def _arch_config(config: dict[str, Any], default_widths: list[int]) -> dict[str,
     arch = config.get("arch", "mlp")
     if arch not in ("mlp", "cnn"):
         raise ConfigError(f"{config.get('kind')} model config: unknown arch {arch!r}; use 'mlp' or 'cnn'")
+    who = str(config.get("kind"))
     out: dict[str, Any] = {"arch": arch}
     if arch == "mlp":
-        out["widths"] = _int_list(config.get("widths", default_widths), "widths", config.get("kind"))
+        out["widths"] = _int_list(config.get("widths", default_widths), "widths", who)
     else:
-        out["channels"] = _int_list(config.get("channels", [16, 32]), "channels", config.get("kind"))
-        out["fc"] = _int_list(config.get("fc", [100]), "fc", config.get("kind"))
+        out["channels"] = _int_list(config.get("channels", [16, 32]), "channels", who)
+        out["fc"] = _int_list(config.get("fc", [100]), "fc", who)
     return out
 
 
@@ -198,7 +200,7 @@ class ReLUNet(_SequentialScoreModel):
     def _build(cls, config: dict[str, Any]) -> tuple[nn.Sequential, tuple[int, ...], Any, dict[str, Any]]:
         shape = tuple(int(d) for d in config["input_shape"])
         arch = _arch_config(config, [256, 256])
-        rng = config_input_range(config.get("input_range"), config.get("kind"))
+        rng = config_input_range(config.get("input_range"), str(config.get("kind")))
         net = relu_sequential(shape, arch["arch"], arch.get("widths"), arch.get("channels"), arch.get("fc"))
         return net, shape, rng, arch
 
@@ -269,7 +271,8 @@ class OrthogonalNet(_SequentialScoreModel):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> OrthogonalNet:
-        """Build from ``{"kind": "orthogonal", "input_shape", "arch": "mlp"|"cnn", "widths" | "channels", "fc", "kernel"}``."""
+        """Build from ``{"kind": "orthogonal", "input_shape", "arch": "mlp"|"cnn", "widths" | "channels", "fc",
+        "kernel"}``."""
         shape = tuple(int(d) for d in config["input_shape"])
         arch = _arch_config(config, [256, 256, 256])
         if arch["arch"] == "cnn":

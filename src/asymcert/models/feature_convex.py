@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -18,6 +18,12 @@ from asymcert.nn.convex import (
     project_,
 )
 from asymcert.nn.feature_maps import FeatureMap, build_feature_map, feature_map_problems
+
+
+class _Configurable(Protocol):
+    """A network that reports the JSON config rebuilding it (every convex net of ``build_convex_net``)."""
+
+    def config(self) -> dict[str, Any]: ...
 
 
 class FeatureConvexClassifier(nn.Module):
@@ -42,6 +48,7 @@ class FeatureConvexClassifier(nn.Module):
 
     certifier = "feature-convex"
     binary = True
+    balance: torch.Tensor
 
     def __init__(self, feature_map: FeatureMap, convex: nn.Module, input_shape: tuple[int, ...],
                  input_range: tuple[float, float] | None = None) -> None:
@@ -68,7 +75,7 @@ class FeatureConvexClassifier(nn.Module):
         """The JSON config that rebuilds this model's architecture."""
         return {"kind": "feature-convex", "input_shape": list(self.input_shape),
                 "input_range": None if self.input_range is None else list(self.input_range),
-                "feature_map": self.feature_map.config(), "convex": self.convex.config()}
+                "feature_map": self.feature_map.config(), "convex": cast(_Configurable, self.convex).config()}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """φ(x): (N, *input_shape) → (N, *feature_shape)."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -81,6 +81,11 @@ class LinfDistNet(nn.Module):
     """
 
     certifier = "linf-dist"
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+    out: LinfDist | None
+    head_hidden: nn.Linear | None
+    head_out: nn.Linear | None
 
     def __init__(self, input_shape: tuple[int, ...], widths: list[int], num_classes: int = 10,
                  input_range: tuple[float, float] | None = None, mlp_head: int | None = None,
@@ -126,7 +131,7 @@ class LinfDistNet(nn.Module):
             for layer in self.distance_layers():
                 layer.identity_init = self.identity_init
                 layer.reset_parameters()
-            if self.head_hidden is not None:
+            if self.head_hidden is not None and self.head_out is not None:  # set together
                 for lin in (self.head_hidden, self.head_out):
                     lin.weight.normal_(0.0, 1.0 / math.sqrt(lin.in_features))
                     lin.bias.zero_()
@@ -146,8 +151,8 @@ class LinfDistNet(nn.Module):
         for key, value in flags.items():
             if not isinstance(value, bool):
                 raise ConfigError(f"{who} model config: {key} = {value!r} must be true or false")
-        return cls(tuple(config["input_shape"]), widths, num_classes, config_input_range(config.get("input_range"), who),
-                   head, flags["identity_init"], flags["binary"])
+        return cls(tuple(config["input_shape"]), widths, num_classes,
+                   config_input_range(config.get("input_range"), who), head, flags["identity_init"], flags["binary"])
 
     def config(self) -> dict[str, Any]:
         """The JSON config that rebuilds this model's architecture."""
@@ -158,7 +163,8 @@ class LinfDistNet(nn.Module):
 
     def distance_layers(self) -> list[LinfDist]:
         """Every :class:`LinfDist` layer (hidden ones, then the output layer of a plain net)."""
-        return list(self.dist) + ([self.out] if self.out is not None else [])
+        hidden = cast("list[LinfDist]", list(self.dist))  # ModuleList of LinfDist, built in __init__
+        return hidden + ([self.out] if self.out is not None else [])
 
     def set_p(self, p: float) -> None:
         """Set the norm order of every distance layer (the training schedule; ∞ to certify)."""
@@ -214,6 +220,7 @@ class LinfDistNet(nn.Module):
         """Logits from the last hidden layer's output: (N, widths[-1]) → (N, K)."""
         if self.out is not None:
             return -self.out(z)
+        assert self.head_hidden is not None and self.head_out is not None  # __init__ sets out or the head
         return self.head_out(torch.tanh(self.head_hidden(z)))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -257,7 +264,8 @@ class LinfDistNet(nn.Module):
             raise ModelError(f"model weights contain NaN or Inf: {bad}")
         if not self.std > 0:
             raise ModelError(f"input scale σ (input_std) must be positive, got {self.std}")
-        shifts = [f"shifts.{i}: {p}" for i, shift in enumerate(self.shifts) for p in shift.problems()]
+        shifts = [f"shifts.{i}: {p}" for i, shift in enumerate(cast("list[MeanShift]", list(self.shifts)))
+                  for p in shift.problems()]
         if shifts:
             raise ModelError("ℓ∞-dist net cannot be vouched for: " + "; ".join(shifts))
 

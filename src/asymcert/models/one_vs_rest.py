@@ -24,7 +24,7 @@ members' weights under ``members.<k>.…`` (safetensors, through :func:`asymcert
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -79,6 +79,11 @@ class OneVsRestConvex(nn.Module):
         rng = input_range if input_range is not None else members[0].input_range
         self.input_range = None if rng is None else (float(rng[0]), float(rng[1]))
 
+    @property
+    def member_models(self) -> list[FeatureConvexClassifier]:
+        """The members as a typed list (``members`` is the ModuleList of them that ``__init__`` built)."""
+        return cast("list[FeatureConvexClassifier]", list(self.members))
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> OneVsRestConvex:
         """Build from ``{"kind": "one-vs-rest-convex", "input_shape", "num_classes", "feature_map", "convex", ...}``.
@@ -95,7 +100,7 @@ class OneVsRestConvex(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """The JSON config that rebuilds this model's architecture."""
-        first = self.members[0].config()
+        first = self.member_models[0].config()
         return {"kind": "one-vs-rest-convex", "input_shape": list(self.input_shape),
                 "input_range": None if self.input_range is None else list(self.input_range),
                 "num_classes": self.num_classes, "feature_map": first["feature_map"], "convex": first["convex"]}
@@ -114,9 +119,9 @@ class OneVsRestConvex(nn.Module):
         split) φ(x) is computed once and broadcast.
         """
         if self._shared_feature_map():
-            f = self.members[0].features(x)
+            f = self.member_models[0].features(x)
             return f.unsqueeze(1).expand(f.shape[0], self.num_classes, *f.shape[1:])
-        return torch.stack([m.features(x) for m in self.members], dim=1)
+        return torch.stack([m.features(x) for m in self.member_models], dim=1)
 
     def score_from_features(self, f: torch.Tensor) -> torch.Tensor:
         """Scores from stacked features: (N, K, *feature_shape) → (N, K), s_k = g_k(f[:, k]) + b_k.
@@ -124,7 +129,7 @@ class OneVsRestConvex(nn.Module):
         s_k depends only on f[:, k], so the gradient of the summed scores w.r.t. ``f`` holds every
         member's own feature gradient (one backward pass for all K certificates).
         """
-        return torch.stack([m.score_from_features(f[:, k]) for k, m in enumerate(self.members)], dim=1)
+        return torch.stack([m.score_from_features(f[:, k]) for k, m in enumerate(self.member_models)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, *input_shape) raw inputs → (N, K) scores s_k(x); s_k > 0 ⇔ flagged as class k."""
@@ -133,10 +138,10 @@ class OneVsRestConvex(nn.Module):
 
     def _shared_feature_map(self) -> bool:
         """True when every member's φ has the same config and bit-identical statistics."""
-        first = self.members[0].feature_map
+        first = self.member_models[0].feature_map
         cfg = first.config()
         state = first.state_dict()
-        for m in self.members[1:]:
+        for m in self.member_models[1:]:
             if m.feature_map.config() != cfg:
                 return False
             other = m.feature_map.state_dict()
@@ -149,11 +154,11 @@ class OneVsRestConvex(nn.Module):
 
     def lipschitz(self, p: float) -> list[float]:
         """Per member, the ℓp Lipschitz constant of its feature map φ_k (K floats)."""
-        return [m.lipschitz(p) for m in self.members]
+        return [m.lipschitz(p) for m in self.member_models]
 
     def project(self) -> None:
         """Clamp every member's convexity-constrained weights (call after each optimizer step)."""
-        for m in self.members:
+        for m in self.member_models:
             m.project()
 
     def problems(self) -> list[str]:
@@ -182,7 +187,7 @@ class OneVsRestConvex(nn.Module):
         values = [float(v) for v in (b.tolist() if isinstance(b, torch.Tensor) else b)]
         if len(values) != self.num_classes:
             raise ValueError(f"need {self.num_classes} balance shifts, got {len(values)}")
-        for m, v in zip(self.members, values):
+        for m, v in zip(self.member_models, values):
             m.set_balance(v)
 
     def extra_repr(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -86,6 +86,7 @@ class Shift(FeatureMap):
     """
 
     kind = "shift"
+    mean: torch.Tensor  # buffer (*in_shape)
 
     def __init__(self, in_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -117,6 +118,8 @@ class Standardize(FeatureMap):
     """
 
     kind = "standardize"
+    mean: torch.Tensor  # buffer (*in_shape)
+    scale: torch.Tensor  # buffer (*in_shape)
 
     def __init__(self, in_shape: tuple[int, ...], min_scale: float = 1e-6) -> None:
         super().__init__()
@@ -186,6 +189,11 @@ class Compose(FeatureMap):
         super().__init__()
         self.maps = nn.ModuleList(maps)
 
+    @property
+    def feature_maps(self) -> list[FeatureMap]:
+        """The composed maps as a typed list (``maps`` is the ModuleList of them)."""
+        return cast("list[FeatureMap]", list(self.maps))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for m in self.maps:
             x = m(x)
@@ -193,29 +201,29 @@ class Compose(FeatureMap):
 
     def fit(self, x: torch.Tensor) -> "Compose":
         with torch.no_grad():
-            for m in self.maps:
+            for m in self.feature_maps:
                 m.fit(x)
                 x = m(x)
         return self
 
     def lipschitz(self, p: float) -> float:
         lip = 1.0
-        for m in self.maps:
+        for m in self.feature_maps:
             step = m.lipschitz(p)
             if step != 1.0:  # exact products need no rounding
                 lip = math.nextafter(lip * step, math.inf)
         return lip
 
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
-        for m in self.maps:
+        for m in self.feature_maps:
             in_shape = m.out_shape(in_shape)
         return in_shape
 
     def affine(self) -> bool:
-        return all(m.affine() for m in self.maps)
+        return all(m.affine() for m in self.feature_maps)
 
     def config(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return [m.config() for m in self.maps]
+        return [m.config() for m in self.feature_maps]
 
 
 FEATURE_MAPS: dict[str, type[FeatureMap]] = {c.kind: c for c in (Identity, Shift, Standardize, ConcatAbs)}

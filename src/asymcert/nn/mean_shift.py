@@ -22,6 +22,9 @@ class MeanShift(nn.Module):
     Shapes: input (N, C) or (N, C, *spatial), output the same, in the units of the input.
     """
 
+    running_mean: torch.Tensor  # buffer (C,)
+    num_batches_tracked: torch.Tensor  # buffer (), long
+
     def __init__(self, num_features: int, momentum: float = 0.1) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:

@@ -4,9 +4,10 @@ certified radius per norm and of the asymmetry radius(a, b) − radius(b, a).
 
 ``sweep_pairs("fashion-mnist", out)`` writes::
 
-    out/pairs/<a>-<b>/          per pair: model.safetensors (``asymcert.load``), history.json,
-                                certificates.safetensors and sweep_result.json (written last;
-                                a re-run skips every pair that has it)
+    out/pairs/<a>-<b>/          per pair, a run folder (``asymcert report|audit|certify`` open it):
+                                run.json (task ``{"name": TASK, "pair": [a, b]}``), model.safetensors,
+                                history.json, certificates.safetensors and sweep_result.json (written
+                                last; a re-run skips every pair that has it)
     out/results.json            settings, per-pair results, the k×k matrices, the asymmetry ranking
     out/sweep.md                the report (settings, timing, tables, plots)
     out/heatmap_*.png           clean accuracy, median radius per norm, asymmetry per norm
@@ -30,44 +31,25 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from asymcert.certify import certify
 from asymcert.certify.result import norm_label
-from asymcert.data.tasks import Dataset, TaskData, binary_subset, get_task
-from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, plot_heatmap, pretty_norm, run_lines,
+from asymcert.data.pairs import PAIR_MODEL, PAIR_TRAIN, pair_data
+from asymcert.data.pairs import pair_report_radii as task_pair_radii
+from asymcert.data.tasks import Dataset, TaskData, get_task
+from asymcert.pipeline import CertifySettings, plan_training, run_pipeline
+from asymcert.report.writer import summarize
+from asymcert.train.loop import STATE_FILE
+from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, parse_int_list, plot_heatmap, pretty_norm, run_lines,
                                       progress_log, run_jobs, split_finished, shared, write_json)
 from asymcert.report.machine import describe_machine
 
-PAIR_MODEL = {"kind": "feature-convex", "feature_map": [{"kind": "shift"}],
-              "convex": {"kind": "icnn", "widths": [200, 50]}}
-PAIR_TRAIN = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "optimizer": "sgd", "momentum": 0.9, "lr_decay": 0.99,
-              "jacobian_reg": 0.01, "seed": 0, "device": "cpu"}
 NORMS = (1.0, 2.0, math.inf)
 RESULTS_JSON, REPORT_MD = "results.json", "sweep.md"
 
 
 def pair_report_radii(task_name: str) -> dict[str, list[float]]:
-    """Radii at which each pair's certified accuracy is tabulated: those of the task's binary counterpart.
-
-    MNIST / Fashion-MNIST pairs use the radii of ``mnist-38`` / ``fashion-mnist-shirts``, CIFAR-10
-    pairs those of ``cifar10-catsdogs``; any other task its own report radii.
-    """
-    counterpart = {"mnist": "mnist-38", "fashion-mnist": "fashion-mnist-shirts", "cifar10": "cifar10-catsdogs"}
-    task = get_task(counterpart.get(task_name, task_name))
-    return {norm_label(p): list(r) for p, r in task.report_radii.items()}
-
-
-def pair_data(data: TaskData, sensitive: int, other: int) -> TaskData:
-    """The binary task (sensitive 1 / other 0) of two classes of a multiclass task, every split kept.
-
-    Args:
-        data: the multiclass task data (labels are class ids).
-        sensitive, other: class ids.
-    Returns:
-        TaskData with ``class_names = (other name, sensitive name)``.
-    """
-    names = (data.class_names[other], data.class_names[sensitive])
-    return TaskData(binary_subset(data.train, sensitive, other), binary_subset(data.val, sensitive, other),
-                    binary_subset(data.test, sensitive, other), class_names=names)
+    """Radii at which each pair's certified accuracy is tabulated, by norm label (see
+    :func:`asymcert.data.pairs.pair_report_radii`)."""
+    return {norm_label(p): list(r) for p, r in task_pair_radii(task_name).items()}
 
 
 def _keep_classes(data: TaskData, classes: Sequence[int]) -> TaskData:
@@ -86,36 +68,25 @@ def pair_dir(out: Path, sensitive: int, other: int) -> Path:
 
 
 def _pair_job(job: tuple[int, int]) -> dict[str, Any]:
-    """Train, certify and summarise one ordered pair (runs in a worker; data from :func:`shared`)."""
-    from asymcert.models import build_model
-    from asymcert.report.writer import summarize
-    from asymcert.train import TrainConfig, fit
-    from asymcert.train.loop import STATE_FILE
-    from asymcert.workflow import CERT_FILE, save_certificates, task_input_range
-
+    """Train, certify and summarise one ordered pair through the pipeline (runs in a worker; data from
+    :func:`shared`). The pair's folder is a run folder (``{"name": TASK, "pair": [a, b]}``)."""
     a, b = job
     s = shared()
     settings = s["settings"]
     job_dir = pair_dir(Path(s["out"]), a, b)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    data = pair_data(s["data"], a, b)
     clock = Clock()
-    config = TrainConfig.from_dict(settings["train"])
-    torch.manual_seed(config.seed)
-    model = build_model({**settings["model"], "input_shape": list(data.input_shape),
-                         "input_range": task_input_range(data)})
-    fitted = fit(model, data, config, job_dir, augment=get_task(settings["task"]).augment, progress=False,
-                 log=lambda msg: None, meta={"sweep": "pairs", "sensitive": a, "other": b})
-    limit = settings["limit"]
-    x, y = data.test.x[:limit], data.test.y[:limit]
-    cert = certify(model, x, norms=NORMS)
-    save_certificates(job_dir / CERT_FILE, cert, y)
+    plan = plan_training({"name": settings["task"], "pair": [a, b]}, None, settings["train"], settings["model"],
+                         data=pair_data(s["data"], a, b))
+    plan.record.extra["sweep"] = {"kind": "pairs", "sensitive": a, "other": b}
+    done = run_pipeline(plan, job_dir, CertifySettings(norms=NORMS, limit=settings["limit"]), progress=False,
+                        log=lambda msg: None)
+    data, training = plan.data, done.record["training"]
     result = {"settings": settings, "sensitive": a, "other": b, "sensitive_name": data.class_names[1],
               "other_name": data.class_names[0],
               "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-              "training_seconds": fitted["seconds"], "best_epoch": fitted["best"]["epoch"],
-              "val_balanced_accuracy": fitted["best"]["metric"], "balance": float(model.balance),
-              "job_seconds": clock.seconds(), **summarize(cert, y, settings["report_radii"])}
+              "training_seconds": training["seconds"], "best_epoch": training["best"]["epoch"],
+              "val_balanced_accuracy": training["best"]["metric"], "balance": float(plan.model.balance),
+              "job_seconds": clock.seconds(), **summarize(done.certificate, done.labels, settings["report_radii"])}
     write_json(job_dir / RESULT_FILE, result)
     (job_dir / STATE_FILE).unlink(missing_ok=True)  # finished: the resumable state is no longer needed
     return result
@@ -337,7 +308,6 @@ def pairs_cli_main(task: str, out: str | Path, classes: str | None = None, epoch
         classes: comma-separated class ids (``"0,3,6"``) or None for all.
         echo: where progress lines go (``click.echo`` in the CLI).
     """
-    from asymcert.research.sweeps import parse_int_list
     if workers < 1:
         raise SweepError(f"--workers must be ≥ 1, got {workers}")
     check_task(task)  # before loading any data

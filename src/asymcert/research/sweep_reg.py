@@ -23,11 +23,13 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from asymcert.certify.result import normalize_norm
+from asymcert.certify.result import norm_label, normalize_norm
 from asymcert.data.tasks import TaskData, get_task
 from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, pareto_front, parse_float_list, run_lines,
                                       plot_pareto, pretty_norm, progress_log, run_jobs, shared, split_finished, write_json)
+from asymcert.pipeline import CertifySettings, plan_training, run_pipeline
 from asymcert.report.machine import describe_machine
+from asymcert.report.writer import write_report
 
 FEATURE_MAPS: dict[str, list[dict[str, Any]]] = {
     "shift": [{"kind": "shift"}],
@@ -48,21 +50,18 @@ def point_name(feature_map: str, lam: float) -> str:
 
 
 def _reg_job(job: tuple[str, float]) -> dict[str, Any]:
-    """Train, certify and report one grid point (runs in a worker; data from :func:`shared`)."""
-    from asymcert.report.writer import write_report
-    from asymcert.workflow import certify_run, train_run
-
+    """Train, certify and report one grid point through the pipeline (runs in a worker; data from :func:`shared`)."""
     fm, lam = job
     s = shared()
     settings = s["settings"]
     run_dir = Path(s["out"]) / "runs" / point_name(fm, lam)
     clock = Clock()
-    run = train_run({"name": settings["task"]}, run_dir, None,
-                    {"jacobian_reg": lam, "epochs": settings["epochs"], "device": "cpu"},
-                    {"feature_map": FEATURE_MAPS[fm]}, s["data_dir"], progress=False, log=lambda msg: None,
-                    data=s["data"])
-    certify_run(run_dir, limit=settings["limit"], data=s["data"], progress=False)
-    report = write_report(run_dir)
+    plan = plan_training({"name": settings["task"]}, None,
+                         {"jacobian_reg": lam, "epochs": settings["epochs"], "device": "cpu"},
+                         {"feature_map": FEATURE_MAPS[fm]}, s["data_dir"], s["data"])
+    done = run_pipeline(plan, run_dir, CertifySettings(limit=settings["limit"]), progress=False,
+                        log=lambda msg: None, report=write_report)
+    run, report = done.record, done.report
     result = {"settings": settings, "feature_map": fm, "lambda": lam, "name": point_name(fm, lam),
               "run_dir": str(run_dir), "model": run["model"], "training_seconds": run["training"]["seconds"],
               "best_epoch": run["training"]["best"]["epoch"], "job_seconds": clock.seconds(),
@@ -175,7 +174,7 @@ def sweep_reg(task_name: str, out_dir: str | Path, lambdas: Sequence[float] = DE
 
 
 def _label(p: float) -> str:
-    from asymcert.certify.result import norm_label
+    """The norm label (``"l2"``, ``"linf"``) of ``p``."""
     return norm_label(normalize_norm(p))
 
 

@@ -21,6 +21,7 @@ Settings come from ``TrainConfig.extra`` (every key optional; defaults sized for
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,10 @@ def _rates(scores: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
             float((scores[neg] <= 0).float().mean()) if bool(neg.any()) else 0.0)
 
 
+class _FitsInput(Protocol):
+    def fit_input(self, x: torch.Tensor) -> None: ...
+
+
 class _Base:
     """Shared hooks: fit the input shift before training; nothing per epoch or after steps."""
 
@@ -61,13 +66,18 @@ class _Base:
         self.seed = int(config.seed)
 
     def prepare(self, model: nn.Module, train: Dataset) -> None:
-        model.fit_input(train.x)
+        cast(_FitsInput, model).fit_input(train.x)  # every baseline model has fit_input
 
     def on_epoch_start(self, model: nn.Module, epoch: int, progress: float) -> None:
         pass
 
     def after_step(self, model: nn.Module) -> None:
         pass
+
+
+def _smoothing(model: nn.Module) -> dict[str, Any]:
+    """The ``smoothing`` settings ({"noise", "sigma", ...}) of a "relu-smoothing" base classifier."""
+    return cast("dict[str, Any]", model.smoothing)
 
 
 def add_noise(x: torch.Tensor, noise: str, sigma: float, generator: torch.Generator) -> torch.Tensor:
@@ -83,7 +93,7 @@ class NoiseRecipe(_Base):
     """Gaussian (or the model's other) noise augmentation for a smoothing base classifier."""
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict]:
-        sm = model.smoothing
+        sm = _smoothing(model)
         noisy = add_noise(x, sm["noise"], float(sm["sigma"]), _step_generator(self.seed, progress))
         bce = F.binary_cross_entropy_with_logits(model(noisy), y.float())
         return bce, {"bce": bce.item()}
@@ -91,7 +101,7 @@ class NoiseRecipe(_Base):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, val: Dataset, batch_size: int) -> dict[str, float]:
         device = next(model.parameters()).device
-        sm = model.smoothing
+        sm = _smoothing(model)
         noisy = add_noise(val.x, sm["noise"], float(sm["sigma"]), torch.Generator().manual_seed(self.seed + 12345))
         noisy_scores = predict_scores(model, noisy, batch_size, device)
         clean = predict_scores(model, val.x, batch_size, device)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,9 @@ from torch import nn
 from asymcert.certify.linf_dist import head_verified, top2_margin
 from asymcert.data.tasks import Dataset
 from asymcert.train.config import TrainConfig
+
+if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
+    from asymcert.models.linf_dist_net import LinfDistNet
 
 INF = math.inf
 
@@ -105,7 +108,7 @@ def mixture_loss(logits: torch.Tensor, y: torch.Tensor, theta: float, lam: float
     return hinge + lam * ce, hinge, ce
 
 
-def head_upper_gaps(model: nn.Module, z: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+def head_upper_gaps(model: LinfDistNet, z: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """IBP upper bounds of g_j − g_y over the feature box z ± eps, through the +MLP head (differentiable).
 
     Args:
@@ -113,6 +116,8 @@ def head_upper_gaps(model: nn.Module, z: torch.Tensor, y: torch.Tensor, eps: flo
     Returns:
         (N, K), column y equal to 0.
     """
+    if model.head_hidden is None or model.head_out is None:
+        raise ValueError("head_upper_gaps needs the +MLP variant (a plain net has no head_hidden/head_out)")
     w1, b1 = model.head_hidden.weight, model.head_hidden.bias
     w2, b2 = model.head_out.weight, model.head_out.bias
     pc = z @ w1.t() + b1
@@ -158,74 +163,78 @@ class LinfDistRecipe:
     # -------------------------------------------------------------- hooks
 
     def prepare(self, model: nn.Module, train: Dataset) -> None:
-        model.fit_input(train.x)
-        model.set_p(self.p_at(0.0))
+        net = cast("LinfDistNet", model)  # this recipe trains LinfDistNet models
+        net.fit_input(train.x)
+        net.set_p(self.p_at(0.0))
         top = int(train.y.max()) if len(train) else 0
-        if top >= model.num_classes:
-            raise ValueError(f"training labels go up to {top} but the model has {model.num_classes} classes; "
+        if top >= net.num_classes:
+            raise ValueError(f"training labels go up to {top} but the model has {net.num_classes} classes; "
                              f"set the model's num_classes (--model-set num_classes=K)")
-        if not model.binary and top <= 1 and model.num_classes > 2:
+        if not net.binary and top <= 1 and net.num_classes > 2:
             warnings.warn("the training labels are only 0/1 but the ℓ∞-dist model is a "
-                          f"{model.num_classes}-class model; for a binary sensitive-class task build it with "
+                          f"{net.num_classes}-class model; for a binary sensitive-class task build it with "
                           "num_classes=2, binary=true (--model-set num_classes=2 --model-set binary=true)",
                           RuntimeWarning, stacklevel=2)
 
     def on_epoch_start(self, model: nn.Module, epoch: int, progress: float) -> None:
-        model.set_p(self.p_at(progress))
+        net = cast("LinfDistNet", model)  # this recipe trains LinfDistNet models
+        net.set_p(self.p_at(progress))
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict]:
+        net = cast("LinfDistNet", model)  # this recipe trains LinfDistNet models
         p = self.p_at(progress)
-        model.set_p(p)
+        net.set_p(p)
         lam = self.lambda_at(progress)
-        eps = self.eps_train / model.std
-        z = model.features(x)
-        logits = model.logits_from_features(z)
-        gaps = head_upper_gaps(model, z, y, eps) if model.out is None else None
+        eps = self.eps_train / net.std
+        z = net.features(x)
+        logits = net.logits_from_features(z)
+        gaps = head_upper_gaps(net, z, y, eps) if net.out is None else None
         weights = None
-        if model.binary and self.robust_classes == "sensitive":
+        if net.binary and self.robust_classes == "sensitive":
             weights = (y == 1).to(logits.dtype)
-        loss, hinge, ce = mixture_loss(logits, y, 2 * eps, lam, model.logit_scale(), gaps, weights)
+        loss, hinge, ce = mixture_loss(logits, y, 2 * eps, lam, net.logit_scale(), gaps, weights)
         return loss, {"hinge": hinge.item(), "ce": ce.item(), "p": min(p, 1e4), "lambda": lam,
-                      "scale": model.logit_scale().item()}
+                      "scale": net.logit_scale().item()}
 
     def after_step(self, model: nn.Module) -> None:
         pass
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, val: Dataset, batch_size: int) -> dict[str, float]:
-        device = next(model.parameters()).device
-        p_before = model.p
-        was = model.training
-        model.set_p(INF)
-        model.eval()
+        net = cast("LinfDistNet", model)  # this recipe trains LinfDistNet models
+        device = next(net.parameters()).device
+        p_before = net.p
+        was = net.training
+        net.set_p(INF)
+        net.eval()
         try:
-            eps = self.eps_eval / model.std
+            eps = self.eps_eval / net.std
             preds, certs = [], []
             for i in range(0, len(val), batch_size):
                 xb = val.x[i:i + batch_size].to(device)
-                z, y_last = model.features(xb, return_last_distance=True)
-                logits = model.logits_from_features(z)
-                cls = (logits[:, 1] > logits[:, 0]).long() if model.binary else logits.argmax(dim=1)
-                if model.out is None:
-                    ok = head_verified(model, y_last, torch.full((len(xb),), eps, device=device), cls, None, 0.0)
+                z, y_last = net.features(xb, return_last_distance=True)
+                logits = net.logits_from_features(z)
+                cls = (logits[:, 1] > logits[:, 0]).long() if net.binary else logits.argmax(dim=1)
+                if net.out is None:
+                    ok = head_verified(net, y_last, torch.full((len(xb),), eps, device=device), cls, None, 0.0)
                 else:
                     ok = top2_margin(logits, cls) / 2 >= eps * (1 + 1e-5)
                 preds.append(cls.cpu())
                 certs.append(ok.cpu())
             pred, cert = torch.cat(preds), torch.cat(certs)
         finally:
-            model.set_p(p_before)
-            model.train(was)
+            net.set_p(p_before)
+            net.train(was)
         correct = pred == val.y
         out = {"accuracy": float(correct.float().mean())}
-        if model.binary:
+        if net.binary:
             pos, neg = val.y == 1, val.y == 0
             tpr_cert = float((correct & cert)[pos].float().mean()) if bool(pos.any()) else 0.0
             tnr = float(correct[neg].float().mean()) if bool(neg.any()) else 0.0
             out.update(metric=0.5 * (tnr + tpr_cert), certified_tpr=tpr_cert, tnr=tnr)
         else:
             out.update(metric=float((correct & cert).float().mean()))
-        out["certified"] = out["metric"] if not model.binary else out["certified_tpr"]
+        out["certified"] = out["metric"] if not net.binary else out["certified_tpr"]
         return out
 
 

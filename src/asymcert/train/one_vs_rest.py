@@ -1,4 +1,5 @@
-"""Training recipe of one-vs-rest feature-convex models (family ``one-vs-rest-convex``, :mod:`asymcert.families.one_vs_rest`).
+"""Training recipe of one-vs-rest feature-convex models
+(family ``one-vs-rest-convex``, :mod:`asymcert.families.one_vs_rest`).
 
 Member k is trained as the binary task "class k (label 1) vs every other class (label 0)" with the
 feature-convex recipe (:class:`~asymcert.train.recipes.FeatureConvexRecipe`: BCE on the logit
@@ -16,7 +17,7 @@ selection metric is then the validation accuracy of the decision argmax_k s_k(x)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -24,6 +25,9 @@ from torch import nn
 from asymcert.data.tasks import Dataset
 from asymcert.train.config import TrainConfig
 from asymcert.train.recipes import FeatureConvexRecipe, predict_scores
+
+if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
+    from asymcert.models.one_vs_rest import OneVsRestConvex
 
 ONE_VS_REST_TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 8, "batch_size": 64, "lr": 1e-3, "optimizer": "sgd", "momentum": 0.9, "lr_decay": 0.99,
@@ -49,16 +53,18 @@ class OneVsRestRecipe:
 
     def prepare(self, model: nn.Module, train: Dataset) -> None:
         """Fit every member's feature map on the training inputs, zero its b_k, project its weights."""
+        ovr = cast("OneVsRestConvex", model)  # this recipe trains OneVsRestConvex models
         labels = train.y.unique()
-        if int(labels.min()) < 0 or int(labels.max()) >= model.num_classes:
+        if int(labels.min()) < 0 or int(labels.max()) >= ovr.num_classes:
             raise ValueError(f"training labels range over {int(labels.min())}..{int(labels.max())}, but the "
-                             f"one-vs-rest model has {model.num_classes} members (classes 0..{model.num_classes - 1})")
-        for m in model.members:
+                             f"one-vs-rest model has {ovr.num_classes} members (classes 0..{ovr.num_classes - 1})")
+        for m in ovr.member_models:
             self.member.prepare(m, train)
 
     def on_epoch_start(self, model: nn.Module, epoch: int, progress: float) -> None:
         """Every member's per-epoch state (its margin warm-up, b_k = 0 while training)."""
-        for m in model.members:
+        ovr = cast("OneVsRestConvex", model)  # this recipe trains OneVsRestConvex models
+        for m in ovr.member_models:
             self.member.on_epoch_start(m, epoch, progress)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict]:
@@ -67,18 +73,20 @@ class OneVsRestRecipe:
         Args:
             x: (B, *input_shape) raw inputs. y: (B,) class ids.
         """
+        ovr = cast("OneVsRestConvex", model)  # this recipe trains OneVsRestConvex models
         total = x.new_zeros(())
         sums: dict[str, float] = {}
-        for k, m in enumerate(model.members):
+        for k, m in enumerate(ovr.member_models):
             loss_k, stats_k = self.member.loss(m, x, member_labels(y, k), progress)
             total = total + loss_k
             for name, v in stats_k.items():
                 sums[name] = sums.get(name, 0.0) + v
-        return total, {name: v / model.num_classes for name, v in sums.items()}
+        return total, {name: v / ovr.num_classes for name, v in sums.items()}
 
     def after_step(self, model: nn.Module) -> None:
         """Clamp every member's constrained weights back to their bounds."""
-        model.project()
+        ovr = cast("OneVsRestConvex", model)  # this recipe trains OneVsRestConvex models
+        ovr.project()
 
     def evaluate(self, model: nn.Module, val: Dataset, batch_size: int) -> dict[str, float]:
         """Fit each b_k on ``val`` (class k vs rest), then score the argmax decision.
@@ -90,8 +98,9 @@ class OneVsRestRecipe:
             members' mean balanced accuracy; ``no_flag`` / ``multi_flag``: shares of validation inputs
             flagged by no member / by more than one.
         """
+        ovr = cast("OneVsRestConvex", model)  # this recipe trains OneVsRestConvex models
         balanced, eligible = [], 1.0
-        for k, m in enumerate(model.members):
+        for k, m in enumerate(ovr.member_models):
             labels = member_labels(val.y, k)
             if 0 < int(labels.sum()) < len(labels):
                 member = self.member.evaluate(m, Dataset(val.x, labels), batch_size)
@@ -99,7 +108,7 @@ class OneVsRestRecipe:
                 eligible = member.get("eligible", eligible)
             else:  # class k absent from validation (or the only class): b_k cannot be fitted; keep b_k = 0
                 m.set_balance(0.0)
-        device = next(model.parameters()).device
+        device = next(ovr.parameters()).device
         scores = predict_scores(model, val.x, batch_size, device)
         acc = float((scores.argmax(dim=1) == val.y).float().mean())
         flags = (scores > 0).sum(dim=1)

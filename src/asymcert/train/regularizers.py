@@ -70,7 +70,8 @@ def jacobian_penalty_from_grad(grad: torch.Tensor) -> torch.Tensor:
     return differentiable_sum(grad.pow(2).sum()).clamp_min(1e-12).sqrt()
 
 
-def certified_lower_bound(score: torch.Tensor, grad: torch.Tensor, radius: float, p: float, lipschitz: float) -> torch.Tensor:
+def certified_lower_bound(score: torch.Tensor, grad: torch.Tensor, radius: float, p: float,
+                          lipschitz: float) -> torch.Tensor:
     """s(x) − r·Lip_p(φ)·‖∇_φ g‖_{p*}: a lower bound of the score over the ℓp ball of radius r around x.
 
     For a feature-convex model the tangent plane lies below g, so s(x + δ) ≥ s(x) − ‖δ‖_p·Lip_p(φ)·

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from click.testing import CliRunner
+
+from asymcert.cli import main
 from asymcert.errors import (
     AsymcertError,
     CheckpointError,
@@ -24,7 +27,7 @@ from asymcert.errors import (
 from asymcert.report.writer import REPORT_FILE, RESULTS_FILE, write_report
 from asymcert.runfolder import LOCK_FILE
 from asymcert.train.loop import STATE_FILE
-from asymcert.workflow import CERT_FILE, RUN_FILE, certify_run, read_run, run_data, run_task, train_run
+from asymcert.pipeline import CERT_FILE, RUN_FILE, certify_run, read_run, run_data, run_task, train_run
 
 TASK = {"name": "fashion-mnist-shirts"}
 SMALL_MODEL = {"convex": {"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}}
@@ -179,7 +182,7 @@ def test_second_writer_is_refused_at_once_and_changes_nothing(held, fashion_dir)
 
 def test_run_holds_the_lock_across_train_certify_and_report(fashion_dir, tmp_path, monkeypatch):
     """`run` takes the lock once and its own steps re-enter it; a concurrent process is kept out throughout."""
-    import asymcert.workflow as wf
+    import asymcert.pipeline as wf
     seen = []
     real = wf.certify_run
 
@@ -194,7 +197,8 @@ def test_run_holds_the_lock_across_train_certify_and_report(fashion_dir, tmp_pat
 
     monkeypatch.setattr(wf, "certify_run", spy)
     results = run_task(TASK, tmp_path / "r", data_dir=fashion_dir, limit=8, progress=False,
-                       train_overrides=SMALL_TRAIN, model_overrides=SMALL_MODEL, log=lambda m: None)
+                       train_overrides=SMALL_TRAIN, model_overrides=SMALL_MODEL, log=lambda m: None,
+                       report=write_report)
     assert seen == [3] and results["n_inputs"] == 8
 
 
@@ -313,12 +317,17 @@ def test_report_without_matplotlib_writes_tables_and_says_how_to_get_plots(run_d
 
 
 def test_run_without_matplotlib_completes_and_warns_before_training(fashion_dir, tmp_path, no_matplotlib):
-    messages = []
-    results = run_task(TASK, tmp_path / "plain", data_dir=fashion_dir, limit=8, progress=False,
-                       train_overrides=SMALL_TRAIN, model_overrides=SMALL_MODEL, log=messages.append)
-    assert "asymcert[plot]" in messages[0]  # said first, before the first epoch
-    assert any(m.startswith("epoch 1/1") for m in messages[1:])
-    assert results["n_inputs"] == 8 and (tmp_path / "plain" / REPORT_FILE).is_file()
+    out = tmp_path / "plain"
+    args = ["run", "fashion-mnist-shirts", "--out", str(out), "--data-dir", str(fashion_dir), "--limit", "8",
+            "--epochs", "1", "--set", "batch_size=32",
+            "--model-set", 'convex={"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}']
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert "asymcert[plot]" in lines[0]  # said first, before the first epoch
+    assert any(m.startswith("epoch 1/1") for m in lines[1:])
+    assert strict_load(out / RESULTS_FILE)["n_inputs"] == 8 and (out / REPORT_FILE).is_file()
+    assert not list(out.glob("*.png"))
 
 
 def test_disk_full_while_reporting_is_one_line_and_keeps_the_old_report(run_dir, monkeypatch):

@@ -1,4 +1,9 @@
-"""One-command runs: train → certify → report, each step reading and writing a run folder.
+"""The pipeline: task → model → train → certify → save (→ report), each step reading and writing a run folder.
+
+``run``, ``compare`` and both sweeps go through :func:`run_pipeline` (``capacity`` trains in memory
+with :func:`asymcert.train.fit` and writes no run folder). The report is a callback
+(:data:`Reporter`, e.g. :func:`asymcert.report.writer.write_report`): reports read run folders,
+the pipeline never imports them.
 
 Run folder layout (a stable contract):
     run.json                   task spec, model config, training settings, training summary
@@ -15,9 +20,10 @@ time; every JSON file is strict JSON.
 
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,33 +34,39 @@ from asymcert import distributed
 from asymcert.certify import certify
 from asymcert.certify.result import Certificate, norm_label
 from asymcert.checkpoint import load
+from asymcert.data import user
+from asymcert.data.pairs import pair_task
 from asymcert.data.tasks import Task, TaskData, get_task
 from asymcert.families import TaskFacts, get_family
 from asymcert.errors import AsymcertError, CheckpointError, ConfigError, RunFolderConflictError, UnknownNameError
 from asymcert.models import build_model
 from asymcert.certify.certfile import CERT_FILE, load_certificates, save_certificates
-from asymcert.report.plots import PLOT_HINT, plotting_available
-from asymcert.report.writer import write_report
 from asymcert.runfolder import (RUN_FILE, RunRecord, exclusive, read_run_record, remove_stale_temp_files,
                                 strict_jsonable, write_json)
 from asymcert.train import TrainConfig
 from asymcert.train.config import check_model_overrides
 from asymcert.train.loop import check_config, prepare_fit, resolve_device, train_fingerprint
 
-__all__ = ["CERT_FILE", "DEFAULT_NORMS", "RUN_FILE", "certify_run", "load_certificates", "read_run", "run_data",
-           "run_task", "save_certificates", "train_run"]
+__all__ = ["CERT_FILE", "DEFAULT_NORMS", "RUN_FILE", "CertifySettings", "PipelineResult", "Reporter", "certify_run",
+           "load_certificates", "read_run", "run_data", "run_pipeline", "run_task", "save_certificates", "train_run"]
 
 DEFAULT_NORMS = (1.0, 2.0, math.inf)
 _USER_DATA_KEYS = ("npz", "csv", "images")
 
 
 def resolve_task(spec: dict[str, Any]) -> Task:
-    """The task a run spec names: ``{"name": ...}`` (registry) or user data ``{"npz"|"csv"|"images": path, ...}``."""
+    """The task a run spec names: ``{"name": ...}`` (registry), ``{"name": ..., "pair": [a, b]}`` (class a vs
+    class b of a multi-class task, :func:`~asymcert.data.pairs.pair_task`) or user data
+    ``{"npz"|"csv"|"images": path, ...}``."""
     if not isinstance(spec, dict):
         raise ConfigError(f"a task spec is an object, not {type(spec).__name__}")
+    if "name" in spec and "pair" in spec:
+        pair = spec["pair"]
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ConfigError(f"a class pair is [sensitive, other], got {pair!r}")
+        return pair_task(get_task(spec["name"]), pair[0], pair[1])
     if "name" in spec:
         return get_task(spec["name"])
-    from asymcert.data import user  # user-data loaders (their optional dependencies load on use)
     if any(k in spec for k in _USER_DATA_KEYS) and "sensitive_class" not in spec:
         raise ConfigError("a task of your own data needs its sensitive class (--sensitive-class)")
     if "npz" in spec:
@@ -248,27 +260,60 @@ def task_input_range(data: TaskData) -> list[float] | None:
     return None
 
 
+@dataclass(frozen=True)
+class CertifySettings:
+    """How the pipeline certifies a run's test split.
+
+    Attributes:
+        norms: ℓp norms (p ≥ 1, ``math.inf`` for ℓ∞).
+        limit: certify the first ``limit`` test inputs (None: all).
+        batch_size: inputs per certifier call (memory: that many inputs at once, plus the (N,) results).
+        method: certifier name (None: the model's own, ``model.certifier``).
+        options: certifier options by name (checked against the certifier's options dataclass).
+        warmup: inputs certified once, untimed, before the timed pass (kernel loading, first-call allocations).
+    """
+
+    norms: tuple[float, ...] = DEFAULT_NORMS
+    limit: int | None = None
+    batch_size: int = 1000
+    method: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    warmup: int = 0
+
+    def check(self) -> None:
+        """Raise :class:`~asymcert.errors.ConfigError` for a ``limit``, ``batch_size`` or ``warmup`` out of range
+        (``limit`` 0 or negative would certify nothing or all but the last)."""
+        limit, batch = self.limit, self.batch_size
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"limit must be a positive number of test inputs, got {limit!r}")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ConfigError(f"batch size must be a positive number of inputs, got {batch!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ConfigError(f"warmup must be a number of inputs ≥ 0, got {self.warmup!r}")
+
+
 def check_certify_args(limit: int | None, batch_size: int) -> None:
     """``limit`` (None or ≥ 1 inputs) and ``batch_size`` (≥ 1 inputs) of :func:`certify_run`.
 
     Raises:
-        ConfigError: a value out of range (``limit`` 0 or negative would certify nothing or all but the last).
+        ConfigError: a value out of range.
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit must be a positive number of test inputs, got {limit!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size must be a positive number of inputs, got {batch_size!r}")
+    CertifySettings(limit=limit, batch_size=batch_size).check()
 
 
-def _certify_shard(model: torch.nn.Module, x: torch.Tensor, norms, batch_size: int, progress: bool) -> Certificate:
-    """Certify this process's contiguous shard of ``x`` (N, ...) in chunks of ``batch_size``; gather under torchrun."""
+def _certify_shard(model: torch.nn.Module, x: torch.Tensor, settings: CertifySettings, progress: bool) -> Certificate:
+    """Certify this process's contiguous shard of ``x`` (N, ...) in chunks of ``settings.batch_size``; gather
+    under torchrun."""
     # Under torchrun every process certifies one contiguous shard; nothing is padded or repeated.
     shard = x.tensor_split(distributed.world_size())[distributed.rank()]
-    parts = [certify(model, shard[start:start + batch_size], norms=norms)
-             for start in tqdm(range(0, len(shard), batch_size), desc="certify",
+    norms, step, opts = settings.norms, settings.batch_size, dict(settings.options)
+    if settings.warmup:  # untimed, so that one-time costs do not count as certification time
+        certify(model, shard[:settings.warmup], norms=norms, method=settings.method, **opts)
+    parts = [certify(model, shard[start:start + step], norms=norms, method=settings.method, **opts)
+             for start in tqdm(range(0, len(shard), step), desc="certify",
                                disable=not (progress and distributed.is_main()), leave=False)]
     # a process whose shard is empty (fewer inputs than processes) still contributes its (0,) columns
-    cert = Certificate.cat(parts) if parts else certify(model, shard, norms=norms)
+    cert = Certificate.cat(parts) if parts else certify(model, shard, norms=norms, method=settings.method, **opts)
     if distributed.is_distributed():
         cert = Certificate(distributed.gather_rows(cert.predicted),
                            {p: distributed.gather_rows(r) for p, r in cert.radii.items()}, cert.method,
@@ -282,9 +327,10 @@ def _certify_shard(model: torch.nn.Module, x: torch.Tensor, norms, batch_size: i
 
 def certify_run(run_dir: str | Path, norms=DEFAULT_NORMS, limit: int | None = None, batch_size: int = 1000,
                 device: str = "cpu", data_dir: str | Path | None = None, data: TaskData | None = None,
-                progress: bool = True) -> Certificate:
+                progress: bool = True, settings: CertifySettings | None = None) -> Certificate:
     """Certify the run's test split (the first ``limit`` inputs) and write ``certificates.safetensors``.
 
+    ``settings`` (method, options, warm-up) replaces ``norms``, ``limit`` and ``batch_size`` when given.
     Memory: at most ``batch_size`` inputs are certified at once (plus the (N,) results).
 
     Raises:
@@ -292,19 +338,18 @@ def certify_run(run_dir: str | Path, norms=DEFAULT_NORMS, limit: int | None = No
         CheckpointError: no run folder, a malformed run.json, a missing or corrupted model.
         RunFolderBusyError: another process is writing the folder.
     """
-    check_certify_args(limit, batch_size)
+    settings = settings or CertifySettings(norms=tuple(norms), limit=limit, batch_size=batch_size)
+    settings.check()
     target = resolve_device(device)
     run_dir = Path(run_dir)
     read_run_record(run_dir)  # a clear error when this is no run folder
     with exclusive(run_dir):
         model = load(run_dir, device=target)
         data = data or run_data(run_dir, data_dir)
-        x, y = data.test.x, data.test.y
-        if limit is not None:
-            x, y = x[:limit], y[:limit]
+        x, y = data.test.x[:settings.limit], data.test.y[:settings.limit]
         if len(x) == 0:
             raise ConfigError(f"{run_dir}: the task's test split is empty; nothing to certify")
-        cert = _certify_shard(model, x, norms, batch_size, progress)
+        cert = _certify_shard(model, x, settings, progress)
         if distributed.is_main():
             remove_stale_temp_files(run_dir)
             save_certificates(run_dir / CERT_FILE, cert, y)
@@ -312,23 +357,76 @@ def certify_run(run_dir: str | Path, norms=DEFAULT_NORMS, limit: int | None = No
     return cert
 
 
+Reporter = Callable[[Path], dict[str, Any]]
+"""``report(run_dir) -> results``: writes a run folder's report (e.g. :func:`asymcert.report.writer.write_report`)."""
+
+
+@dataclass
+class PipelineResult:
+    """What :func:`run_pipeline` did in one run folder.
+
+    Attributes:
+        run_dir: the run folder.
+        record: run.json's content.
+        certificate: the certificates of the first ``limit`` test inputs, one row each.
+        labels: (N,) their labels.
+        trained_now: False when a finished run in the folder was reused.
+        train_wall_seconds: wall clock of the training step (reading the finished run when reused).
+        report: what the reporter returned ({} without one).
+    """
+
+    run_dir: Path
+    record: dict[str, Any]
+    certificate: Certificate
+    labels: torch.Tensor
+    trained_now: bool
+    train_wall_seconds: float
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def run_finished(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a finished training run (a model and a run.json with its training summary)."""
+    if not (run_dir / "model.safetensors").is_file() or not (run_dir / RUN_FILE).is_file():
+        return False
+    return read_run_record(run_dir).training is not None
+
+
+def run_pipeline(plan: TrainingPlan, out_dir: str | Path, certify_settings: CertifySettings | None = None, *,
+                 progress: bool = True, log: Callable[[str], None] | None = None, reuse_finished: bool = False,
+                 report: Reporter | None = None) -> PipelineResult:
+    """Train a checked plan, certify its test split, save, and report, in ``out_dir`` under its writer lock.
+
+    Args:
+        plan: from :func:`plan_training` (nothing was written yet).
+        out_dir: the run folder (an interrupted run there resumes).
+        certify_settings: how to certify (default :class:`CertifySettings`).
+        progress, log: progress bars; a callback for progress messages.
+        reuse_finished: load a finished run found in ``out_dir`` instead of training it again.
+        report: writes the report from the folder (None: no report).
+    """
+    settings = certify_settings or CertifySettings()
+    settings.check()
+    with exclusive(out_dir, create=True) as out:
+        t0 = time.perf_counter()
+        trained = not (reuse_finished and run_finished(out))
+        record = execute_training(plan, out, progress, log) if trained else read_run(out)
+        wall = time.perf_counter() - t0
+        cert = certify_run(out, data=plan.data, progress=progress, settings=settings)
+        results = report(out) if report is not None and distributed.is_main() else {}
+        distributed.barrier()
+    return PipelineResult(out, record, cert, plan.data.test.y[:settings.limit], trained, wall, results)
+
+
 def run_task(task_spec: dict[str, Any], out_dir: str | Path, preset: str | None = None,
              data_dir: str | Path | None = None, limit: int | None = None, progress: bool = True,
              train_overrides: dict[str, Any] | None = None, model_overrides: dict[str, Any] | None = None,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train, certify and report in one go, holding the folder's lock throughout. Returns the report's results.
+             log: Callable[[str], None] | None = None, report: Reporter | None = None) -> dict[str, Any]:
+    """Train, certify and report in one go, holding the folder's lock throughout. Returns the report's results
+    ({} without a ``report``).
 
-    Everything is checked before training starts: the task and settings, the certification
-    arguments, and whether plots can be drawn (without matplotlib the report has no PNGs; one line
-    says so, here and in report.md).
+    Everything (the task and settings, the certification arguments) is checked before training starts.
     """
-    check_certify_args(limit, 1000)
-    if distributed.is_main() and not plotting_available():
-        (log or logging.getLogger("asymcert").warning)(f"the report will have no plots: {PLOT_HINT}")
+    settings = CertifySettings(limit=limit)
+    settings.check()
     plan = plan_training(task_spec, preset, train_overrides, model_overrides, data_dir)
-    with exclusive(out_dir, create=True):
-        execute_training(plan, out_dir, progress, log)
-        certify_run(out_dir, limit=limit, data=plan.data, progress=progress)
-        results = write_report(out_dir, log=lambda msg: None) if distributed.is_main() else {}
-        distributed.barrier()
-    return results
+    return run_pipeline(plan, out_dir, settings, progress=progress, log=log, report=report).report
