@@ -42,7 +42,7 @@ def per_input_reference(model, x: torch.Tensor) -> torch.Tensor:
         f = model.features(x[i:i + 1])
         jac = torch.autograd.functional.jacobian(lambda z: model.score_from_features(z), f)
         s = model.score_from_features(f).detach()
-        out.append(torch.stack([s[0] / (model.lipschitz(p) * dual_norm(jac.reshape(1, -1), p)[0]) for p in NORMS]))
+        out.append(torch.stack([s[0] / (model.feature_lipschitz(p) * dual_norm(jac.reshape(1, -1), p)[0]) for p in NORMS]))
     return torch.stack(out)
 
 

@@ -24,7 +24,7 @@ def reference_radii(model, x, p):
         s = float(m(xi[None]))
         q = dual_exponent(p)
         dn = float(torch.linalg.vector_norm(jac.flatten(), ord=q))
-        out.append(max(0.0, s) / (m.lipschitz(p) * dn) if s > 0 else 0.0)
+        out.append(max(0.0, s) / (m.feature_lipschitz(p) * dn) if s > 0 else 0.0)
     return torch.tensor(out, dtype=torch.float64)
 
 

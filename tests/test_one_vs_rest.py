@@ -54,7 +54,7 @@ def test_shapes_config_and_shared_features():
     assert model(x).shape == (7, 4)
     assert model.features(x).shape == (7, 4, *SHAPE)
     assert model._shared_feature_map()
-    assert model.num_classes == 4 and model.lipschitz(2) == [1.0] * 4
+    assert model.num_classes == 4 and model.member_feature_lipschitz(2) == [1.0] * 4
     for k, m in enumerate(model.members):  # column k is member k's own score
         torch.testing.assert_close(model(x)[:, k], m(x), rtol=0, atol=0)
     rebuilt = build_model(json.loads(json.dumps(model.config())))

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would
     from asymcert.models.feature_convex import FeatureConvexClassifier
     from asymcert.models.one_vs_rest import OneVsRestConvex
 
-    # models with features(x), score_from_features(f) and lipschitz(p): binary, or K members at once
+    # models with features(x), score_from_features(f) and feature_lipschitz(p): binary, or K members at once
     ConvexModel: TypeAlias = FeatureConvexClassifier | OneVsRestConvex
 
 M = TypeVar("M", bound=nn.Module)
@@ -284,7 +284,7 @@ def certify_feature_convex(model: FeatureConvexClassifier, x: torch.Tensor, norm
     flagged, own_score = _decide(model, x, score - err, score + err, band, uncertain)
     margin = score - err - (band if guard else 0.0)
     margin = torch.where(flagged, margin, torch.zeros_like(margin))
-    radii = {p: safe_radius(margin, model.lipschitz(p) * dual_norm(grad_bound, p), slack) for p in norms}
+    radii = {p: safe_radius(margin, model.feature_lipschitz(p) * dual_norm(grad_bound, p), slack) for p in norms}
     return Certificate(predicted=flagged.long(), radii=radii, method="feature-convex",
                        guarantee=Guarantee.FLAG, binary=True, extra={"score": own_score})
 

@@ -110,7 +110,7 @@ def certify_one_vs_rest(model: OneVsRestConvex, x: torch.Tensor, norms: tuple[fl
             margin = s_k - err - (band if guard else 0.0)
             margin = torch.where(flags[:, k], margin, torch.zeros_like(margin))
             for p in norms:
-                per_class[p].append(safe_radius(margin, member.lipschitz(p) * dual_norm(grad[:, k], p), slack))
+                per_class[p].append(safe_radius(margin, member.feature_lipschitz(p) * dual_norm(grad[:, k], p), slack))
     predicted = score.argmax(dim=1)
     class_radii = {p: torch.stack(r, dim=1) for p, r in per_class.items()}
     radii = {p: r.gather(1, predicted[:, None]).squeeze(1) for p, r in class_radii.items()}

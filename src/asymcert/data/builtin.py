@@ -48,12 +48,12 @@ DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 ImageArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 """(x_train (N, C, H, W) uint8, y_train (N,) int64, x_test (M, C, H, W) uint8, y_test (M,) int64)."""
 
-IMAGE_RADII = {1: (1.0, 2.0, 4.0, 8.0), 2: (0.25, 0.5, 1.0, 2.0), INF: (0.01, 0.02, 0.04, 0.08)}
-CIFAR_BINARY_RADII = {1: (0.5, 1.0, 2.0, 4.0), 2: (0.1, 0.25, 0.5, 1.0),
+IMAGE_RADII: dict[float, tuple[float, ...]] = {1: (1.0, 2.0, 4.0, 8.0), 2: (0.25, 0.5, 1.0, 2.0), INF: (0.01, 0.02, 0.04, 0.08)}
+CIFAR_BINARY_RADII: dict[float, tuple[float, ...]] = {1: (0.5, 1.0, 2.0, 4.0), 2: (0.1, 0.25, 0.5, 1.0),
                       INF: (1 / 255, 2 / 255, 4 / 255, 8 / 255)}
 # Feature units of breast-cancer: ℓ∞ ≈ 1, 2, 5, 10% of the median feature std (0.0727), ℓ2 = ℓ∞·√30,
 # ℓ1 = ℓ∞·30 (asymcert.data.user.tabular_radii(0.0727, 30)).
-BREAST_CANCER_RADII = {1: (0.022, 0.044, 0.11, 0.22), 2: (0.004, 0.008, 0.02, 0.04),
+BREAST_CANCER_RADII: dict[float, tuple[float, ...]] = {1: (0.022, 0.044, 0.11, 0.22), 2: (0.004, 0.008, 0.02, 0.04),
                        INF: (0.00073, 0.0015, 0.0036, 0.0073)}
 
 FEATURE_CONVEX_TRAIN = {"epochs": 60, "batch_size": 64, "lr": 1e-3, "optimizer": "sgd", "momentum": 0.9,

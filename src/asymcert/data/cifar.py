@@ -154,7 +154,8 @@ def _read_archive(path: Path) -> CifarArrays:
                 name = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and name in wanted and name not in found:
                     _check_size(member.size, f"{path}:{member.name}")  # from the header, before reading
-                    blob = tar.extractfile(member).read(MAX_BATCH_BYTES + 1)
+                    handle = tar.extractfile(member)  # a regular file (isfile above): never None
+                    blob = handle.read(MAX_BATCH_BYTES + 1) if handle is not None else b""
                     found[name] = read_cifar_batch(io.BytesIO(blob), f"{path}:{member.name}")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         if isinstance(exc, DataError):

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from asymcert.errors import DataError
 
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_DTYPES: dict[int, type[np.generic] | str] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -40,13 +40,13 @@ def read_idx(path: str | Path) -> np.ndarray:
         ) from exc
 
 
-def _open_maybe_gzip(path: Path) -> BinaryIO:
+def _open_maybe_gzip(path: Path) -> io.BufferedIOBase:
     with path.open("rb") as probe:
         magic = probe.read(2)
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else path.open("rb")
 
 
-def _read_idx_stream(stream: BinaryIO, path: Path) -> np.ndarray:
+def _read_idx_stream(stream: io.BufferedIOBase, path: Path) -> np.ndarray:
     magic = stream.read(4)
     if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number {magic.hex() or 'empty file'})")
@@ -58,7 +58,7 @@ def _read_idx_stream(stream: BinaryIO, path: Path) -> np.ndarray:
     dtype = np.dtype(_DTYPES[magic[2]])
     out = np.empty(shape, dtype=dtype)
     expected = out.nbytes
-    got = _read_into(stream, memoryview(out.reshape(-1).view(np.uint8)))
+    got = _read_into(stream, out.reshape(-1).view(np.uint8).data)
     extra = len(stream.read(1))
     if got != expected or extra:
         held = f"{got} bytes" if not extra else "more bytes"
@@ -69,7 +69,7 @@ def _read_idx_stream(stream: BinaryIO, path: Path) -> np.ndarray:
     return out if dtype.isnative else out.byteswap(inplace=True).view(dtype.newbyteorder("="))
 
 
-def _read_into(stream: BinaryIO, buffer: memoryview) -> int:
+def _read_into(stream: io.BufferedIOBase, buffer: memoryview) -> int:
     """Fill ``buffer`` from ``stream``; returns the number of bytes read (short at end of file)."""
     total = 0
     while total < len(buffer):

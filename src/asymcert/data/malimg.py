@@ -31,7 +31,7 @@ DEFAULT_SIZE = 512
 SIZE_ENV = "ASYMCERT_MALIMG_SIZE"
 ARCHIVE_FOLDER = "malimg_paper_dataset_imgs"
 CLASS_NAMES = ("Allaple.A", "other families")
-MALIMG_RADII = {1: (1.0, 2.0, 4.0, 8.0), 2: (0.25, 0.5, 1.0, 2.0), float("inf"): (0.01, 0.02, 0.04, 0.08)}
+MALIMG_RADII: dict[float, tuple[float, ...]] = {1: (1.0, 2.0, 4.0, 8.0), 2: (0.25, 0.5, 1.0, 2.0), float("inf"): (0.01, 0.02, 0.04, 0.08)}
 
 
 def find_malimg_root(data_dir: Path | None) -> Path:
@@ -86,8 +86,8 @@ def load_malimg(data_dir: Path | None, size: int = DEFAULT_SIZE, seed: int = 42)
     y = np.concatenate([np.full(len(files), int(name != OTHER_FAMILY)) for name, files in families.items()])
     keep = balance_classes(y, seed)
     splits = stratified_split(y[keep], 0.2, 0.2, seed)
-    datasets = [_decode(paths, keep[index], y, size) for index in splits]
-    return TaskData(*datasets, class_names=CLASS_NAMES, meta={"families": sorted(families), "size": size})
+    train, val, test = (_decode(paths, keep[index], y, size) for index in splits)
+    return TaskData(train, val, test, class_names=CLASS_NAMES, meta={"families": sorted(families), "size": size})
 
 
 def _decode(paths: list[Path], index: np.ndarray, y: np.ndarray, size: int) -> Dataset:

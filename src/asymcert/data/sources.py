@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from asymcert.errors import DataError
@@ -17,13 +18,13 @@ def cache_dir() -> Path:
     return Path(base) / "asymcert"
 
 
-def candidate_dirs(dataset: str, data_dir: Path | None, system_dirs: list[Path] = ()) -> list[Path]:
+def candidate_dirs(dataset: str, data_dir: Path | None, system_dirs: Sequence[Path] = ()) -> list[Path]:
     """The folders searched for ``dataset``, in order: ``data_dir``, ``cache_dir()/dataset``, ``system_dirs``."""
     user = [Path(data_dir).expanduser()] if data_dir else []
     return user + [cache_dir() / dataset] + [Path(d) for d in system_dirs]
 
 
-def find_files(dataset: str, names: list[str], data_dir: Path | None, system_dirs: list[Path] = ()) -> dict[str, Path]:
+def find_files(dataset: str, names: list[str], data_dir: Path | None, system_dirs: Sequence[Path] = ()) -> dict[str, Path]:
     """Find every file of ``names`` in one folder, searched in order: ``data_dir``, the cache, system folders.
 
     Each name may also be found without its ``.gz`` suffix (an unpacked copy).

@@ -224,4 +224,5 @@ def task_data_from_arrays(x: np.ndarray, y: np.ndarray, class_names: tuple[str, 
     ys = torch.from_numpy(np.asarray(y, dtype=np.int64))
     splits = [Dataset(xs[torch.from_numpy(i)], ys[torch.from_numpy(i)]) for i in (train_i, val_i, test_i)]
     meta = feature_stats(splits[0].x) if xs.ndim == 2 else {}
-    return TaskData(*splits, class_names=tuple(class_names), meta=meta)
+    train, val, test = splits
+    return TaskData(train, val, test, class_names=tuple(class_names), meta=meta)

@@ -56,7 +56,8 @@ def label_mask(y: np.ndarray, wanted: Hashable) -> np.ndarray:
             return np.zeros(len(y), dtype=bool)
     if y.dtype.kind == "f":
         try:
-            return y == float(wanted)
+            # any hashable label value; float() raising TypeError is the "no match" case below
+            return np.asarray(y == float(wanted))  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return np.zeros(len(y), dtype=bool)
     text = np.char.strip(y.astype(str))

@@ -90,7 +90,7 @@ class FeatureConvexClassifier(nn.Module):
         check_batch(x, self.input_shape, "this feature-convex model")
         return self.score_from_features(self.features(x))
 
-    def lipschitz(self, p: float) -> float:
+    def feature_lipschitz(self, p: float) -> float:
         """Lipschitz constant of φ in ℓp."""
         return self.feature_map.lipschitz(p)
 
@@ -129,6 +129,6 @@ class FeatureConvexClassifier(nn.Module):
         self.balance.fill_(float(b))
 
 
-CERTIFIED_METHODS = ("forward", "features", "score_from_features", "lipschitz")
+CERTIFIED_METHODS = ("forward", "features", "score_from_features", "feature_lipschitz")
 """The methods of :class:`FeatureConvexClassifier` the certificate relies on; a subclass overriding one
 is refused by :meth:`FeatureConvexClassifier.problems`."""

@@ -31,8 +31,11 @@ from torch import nn
 
 from asymcert.errors import ConfigError, ConvexityError
 from asymcert.models.checks import check_batch, config_input_range, config_int
-from asymcert.models.feature_convex import CERTIFIED_METHODS, FeatureConvexClassifier
+from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.nn.convex import defining_class, override_problems
+
+MEMBER_METHODS = ("forward", "features", "score_from_features", "member_feature_lipschitz")
+"""Methods the certificate relies on; a subclass that overrides one is refused."""
 
 DEFAULT_CONFIG: dict[str, Any] = {"kind": "one-vs-rest-convex", "feature_map": [{"kind": "shift"}],
                                   "convex": {"kind": "icnn", "widths": [200, 50]}}
@@ -152,9 +155,9 @@ class OneVsRestConvex(nn.Module):
 
     # ------------------------------------------------------------------ constraints
 
-    def lipschitz(self, p: float) -> list[float]:
+    def member_feature_lipschitz(self, p: float) -> list[float]:
         """Per member, the ℓp Lipschitz constant of its feature map φ_k (K floats)."""
-        return [m.lipschitz(p) for m in self.member_models]
+        return [m.feature_lipschitz(p) for m in self.member_models]
 
     def project(self) -> None:
         """Clamp every member's convexity-constrained weights (call after each optimizer step)."""
@@ -166,7 +169,7 @@ class OneVsRestConvex(nn.Module):
         not a FeatureConvexClassifier, hooks on the model or its member list, or an overridden method
         the certificate relies on."""
         problems = [f"{type(self).__name__} overrides {name}(); the certificate assumes s_k(x) = g_k(φ_k(x)) + b_k"
-                    for name in CERTIFIED_METHODS if defining_class(type(self), name) is not OneVsRestConvex]
+                    for name in MEMBER_METHODS if defining_class(type(self), name) is not OneVsRestConvex]
         problems += override_problems(self, "", recurse=False) + override_problems(self.members, "members", False)
         for k, m in enumerate(self.members):
             if not isinstance(m, FeatureConvexClassifier):

@@ -59,6 +59,11 @@ class PositiveBatchNorm(nn.modules.batchnorm._BatchNorm):
     which keeps convex functions convex.
     """
 
+    # buffers, always present (running statistics are tracked): (C,), (C,), ()
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+
     def __init__(self, num_features: int, min_scale: float = 1e-3, **kwargs: Any) -> None:
         super().__init__(num_features, **kwargs)
         self.min_scale = float(min_scale)
@@ -89,6 +94,9 @@ class PositiveBatchNorm(nn.modules.batchnorm._BatchNorm):
         with torch.no_grad():
             self.num_batches_tracked += 1
             m = self.momentum
+            if m is None:  # PyTorch's cumulative average; not implemented for explicit statistics
+                raise ValueError("PositiveBatchNorm with explicit (shared or distributed) statistics needs a "
+                                 "numeric momentum, got None")
             self.running_mean.mul_(1 - m).add_(m * mean.detach())
             self.running_var.mul_(1 - m).add_(m * var.detach() * count / (count - 1).clamp_min(1))
         if self.share_statistics:
@@ -334,7 +342,7 @@ def convex_net_problems(net: nn.Module, path: str = "convex") -> list[str]:
         if not declared_with_forward(net, CONTRACT_METHOD):
             return [f"{path}: {type(net).__name__} overrides forward without declaring {CONTRACT_METHOD}() "
                     "itself, so the inherited contract does not cover it"]
-        found = net.convexity_contract()
+        found = getattr(net, CONTRACT_METHOD)()
         if not isinstance(found, (list, tuple)) or not all(isinstance(p, str) for p in found):
             return [f"{path}: {CONTRACT_METHOD}() must return a list of problem strings, got {found!r}"]
         return [f"{path}: {problem}" for problem in found]

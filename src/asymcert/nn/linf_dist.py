@@ -227,13 +227,13 @@ def _torch_linf_fwd(x: torch.Tensor, w: torch.Tensor, need_idx: bool):
     idx = torch.empty(B, O, dtype=torch.int64, device=x.device) if need_idx else None
     for bs, os_ in _chunks(B, O, K):
         d = (x[bs, None, :] - w[None, os_, :]).abs_()
-        if need_idx:
+        if idx is not None:  # need_idx
             v, i = d.max(-1)
             y[bs, os_], idx[bs, os_] = v, i
         else:
             y[bs, os_] = d.amax(-1)
     sgn = None
-    if need_idx:
+    if idx is not None:  # need_idx
         sgn = torch.sign(torch.gather(x, 1, idx) - torch.gather(w.t(), 0, idx))
     return y, idx, sgn
 
@@ -393,6 +393,14 @@ def _resolve(backend: str, x: torch.Tensor, w: torch.Tensor) -> str:
     return backend
 
 
+def _loaded_kernels() -> ctypes.CDLL:
+    """:func:`kernels` where :func:`_resolve` chose "cpp" (which it does only when they are loaded)."""
+    lib = kernels()
+    if lib is None:
+        raise RuntimeError(f"the linf-dist kernels are unavailable: {kernel_error()}")
+    return lib
+
+
 def _finite(x: torch.Tensor, w: torch.Tensor) -> bool:
     # a sum is finite iff every term is (or it overflowed: then the PyTorch path, still correct)
     return math.isfinite(float(x.sum()) + float(w.sum()))
@@ -401,7 +409,7 @@ def _finite(x: torch.Tensor, w: torch.Tensor) -> bool:
 def _linf_forward(x, w, backend, need_idx):
     be = _resolve(backend, x, w)
     if be == "cpp" and _finite(x, w):
-        return _cpp_linf_fwd(kernels(), x.contiguous(), w.contiguous(), need_idx)
+        return _cpp_linf_fwd(_loaded_kernels(), x.contiguous(), w.contiguous(), need_idx)
     if be == "compile":
         r = _compile_call("linf_fwd", _c_linf_fwd, x, w)
         if r is not None:
@@ -414,7 +422,7 @@ def _linf_forward(x, w, backend, need_idx):
 def _lp_forward(x, w, p, backend):
     be = _resolve(backend, x, w)
     if be == "cpp" and _finite(x, w):
-        return _cpp_lp_fwd(kernels(), x.contiguous(), w.contiguous(), p)
+        return _cpp_lp_fwd(_loaded_kernels(), x.contiguous(), w.contiguous(), p)
     if be == "compile":
         r = _compile_call("lp_fwd", _c_lp_fwd, x, w, torch.tensor(float(p), dtype=x.dtype, device=x.device))
         if r is not None:
@@ -425,7 +433,7 @@ def _lp_forward(x, w, p, backend):
 def _lp_backward(x, w, y, g, p, backend):
     be = _resolve(backend, x, w)
     if be == "cpp" and _finite(x, w):
-        return _cpp_lp_bwd(kernels(), x.contiguous(), w.contiguous(), y.contiguous(), g.contiguous(), p)
+        return _cpp_lp_bwd(_loaded_kernels(), x.contiguous(), w.contiguous(), y.contiguous(), g.contiguous(), p)
     if be == "compile" and p != 1.0:
         inv = torch.where(y > 0, 1.0 / y, torch.zeros_like(y))
         pm1 = torch.tensor(float(p) - 1.0, dtype=x.dtype, device=x.device)
@@ -440,7 +448,7 @@ class _LinfDistFn(torch.autograd.Function):
     """p = ∞: forward keeps only the first argmax index and sign per (b, o); backward scatters."""
 
     @staticmethod
-    def forward(ctx, x, w, backend):  # type: ignore[override]
+    def forward(ctx, x, w, backend):
         y, idx, sgn = _linf_forward(x, w, backend, True)
         ctx.save_for_backward(idx, sgn)
         ctx.cpp = _resolve(backend, x, w) == "cpp"
@@ -449,11 +457,11 @@ class _LinfDistFn(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx, g):
         idx, sgn = ctx.saved_tensors
         xs, ws = ctx.shapes
         if ctx.cpp and idx.is_contiguous() and sgn.is_contiguous() and idx.numel():
-            return (*_cpp_linf_bwd(kernels(), idx, sgn, g, xs[1], ctx.needs_input_grad[0],
+            return (*_cpp_linf_bwd(_loaded_kernels(), idx, sgn, g, xs[1], ctx.needs_input_grad[0],
                                    ctx.needs_input_grad[1]), None)
         gs = g * sgn
         gx = gw = None
@@ -468,7 +476,7 @@ class _LpDistFn(torch.autograd.Function):
     """1 ≤ p < ∞: saves x, w, y (no batch × out × in buffer); backward recomputes in tiles."""
 
     @staticmethod
-    def forward(ctx, x, w, p, backend):  # type: ignore[override]
+    def forward(ctx, x, w, p, backend):
         y = _lp_forward(x, w, p, backend)
         ctx.save_for_backward(x, w, y)
         ctx.p, ctx.backend = p, backend
@@ -476,7 +484,7 @@ class _LpDistFn(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx, g):
         x, w, y = ctx.saved_tensors
         gx, gw = _lp_backward(x, w, y, g, ctx.p, ctx.backend)
         return (gx if ctx.needs_input_grad[0] else None), (gw if ctx.needs_input_grad[1] else None), None, None
@@ -737,9 +745,10 @@ def interval_bounds(layer: nn.Module, lower: torch.Tensor, upper: torch.Tensor) 
     Returns:
         (lower, upper) bounds of the layer's outputs, in the units of its outputs.
     """
-    if not hasattr(layer, "interval_bounds"):
+    bounds = getattr(layer, "interval_bounds", None)
+    if bounds is None:
         raise TypeError(f"no interval bounds for {type(layer).__name__}")
-    return layer.interval_bounds(lower, upper)
+    return bounds(lower, upper)
 
 
 __all__ = ["LinfDist", "LinfDistConv2d", "linf_dist", "linf_dist_reference", "interval_bounds", "kernels",

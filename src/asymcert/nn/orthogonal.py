@@ -207,8 +207,9 @@ def lipschitz_l2(module: nn.Module) -> float:
 
     total = 1.0
     for child in module.children():
-        if hasattr(child, "lipschitz"):
-            total = math.nextafter(total * float(child.lipschitz(2)), math.inf)
+        lipschitz = getattr(child, "lipschitz", None)
+        if lipschitz is not None:
+            total = math.nextafter(total * float(lipschitz(2)), math.inf)
         elif not isinstance(child, (nn.Flatten, nn.Identity, Shift)):
             raise TypeError(f"no ℓ2 Lipschitz constant known for {type(child).__name__}")
     return total
