@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -232,6 +232,13 @@ register_task(Task(
     report_radii=BREAST_CANCER_RADII,
 ))
 
+
+def _multiclass_loader(load: Callable[[Path | None], ImageArrays],
+                       classes: tuple[str, ...]) -> Callable[[Path | None], TaskData]:
+    """A task loader: ``load``'s arrays as a :func:`multiclass_image_task` with ``classes`` as names."""
+    return lambda data_dir: multiclass_image_task(load(data_dir), classes)
+
+
 for _name, _title, _load, _classes, _augment, _radii in (
     ("mnist", "MNIST", load_mnist_arrays, MNIST_CLASSES, crop_augment(1), {INF: (0.1, 0.2, 0.3)}),
     ("fashion-mnist", "Fashion-MNIST", load_fashion_mnist_arrays, FASHION_CLASSES, crop_augment(1),
@@ -242,11 +249,11 @@ for _name, _title, _load, _classes, _augment, _radii in (
     register_task(Task(
         name=_name,
         description=f"{_title}, all 10 classes (5000 training images held out for validation)",
-        load=lambda data_dir, _load=_load, _classes=_classes: multiclass_image_task(_load(data_dir), _classes),
+        load=_multiclass_loader(_load, _classes),
         binary=False,
         augment=_augment,
         model=dict(LINF_DIST_MODEL, widths=list(LINF_DIST_MODEL["widths"])),
         train=dict(LINF_DIST_TRAIN),
         presets=_fast(),
-        report_radii=_radii,
+        report_radii={p: tuple(r) for p, r in _radii.items()},
     ))
