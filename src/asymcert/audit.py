@@ -126,7 +126,7 @@ def _attack_norm(model: nn.Module, x: torch.Tensor, cert: Certificate, p: float,
         out["flips"] += int(flips.sum())
         out["flipped_rows"] = (out["flipped_rows"] + grows[flips.cpu()].tolist())[:20]
         if model64 is not None and bool(flips.any()):
-            attacked64 = model64 if attacked is model else _ClassScore(model64, attacked.k)
+            attacked64 = _ClassScore(model64, attacked.k) if isinstance(attacked, _ClassScore) else model64
             out["flips_float64"] += int(decision_flips(attacked64, xs[flips].double(), x_adv[flips].double()).sum())
         norms = (x_adv.double() - xs.double()).reshape(len(grows), -1).norm(p=p, dim=1).cpu()
         max_ratio = max(max_ratio, float((norms / radius[grows].double().cpu()).max()))
@@ -187,8 +187,9 @@ def _audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, norms: Ite
                               "norms": [norm_label(p) for p in norms_t], "settings": {
                                   "restarts": restarts, "steps": steps, "seed": seed, "attack_shrink": ATTACK_SHRINK,
                                   "exact_rtol": EXACT_RTOL}, "methods": {}}
-    if hasattr(model, "config"):
-        report["config"] = model.config()
+    config = getattr(model, "config", None)
+    if config is not None:
+        report["config"] = config()
 
     # exact radii are a property of the model: compute them once, for every method
     exact_radii: dict[float, torch.Tensor] = {}

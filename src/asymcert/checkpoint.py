@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -76,6 +76,15 @@ def atomic_write(path: Path, write: Any) -> None:
             os.unlink(tmp)
 
 
+class _Configurable(Protocol):
+    def config(self) -> dict[str, Any]: ...
+
+
+def model_config(model: nn.Module) -> dict[str, Any]:
+    """``model.config()``: the JSON config that rebuilds the model's architecture (every asymcert model has it)."""
+    return cast(_Configurable, model).config()
+
+
 def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Save ``model`` (which must have ``config()``) as a safetensors file; a folder gets ``model.safetensors``.
 
@@ -84,7 +93,7 @@ def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None)
     """
     path = Path(path)
     target = path / MODEL_FILE if (path.is_dir() or path.suffix == "") else path
-    config = model.config()
+    config = model_config(model)
     metadata = {CONFIG_KEY: json.dumps(config), "asymcert_meta": json.dumps(meta or {})}
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write(target, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
@@ -143,8 +152,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", validate: bool = 
     except RuntimeError as exc:
         raise CheckpointError(f"{file}: weights do not match the stored config: {exc}") from exc
     model.to(device).eval()
-    if validate and hasattr(model, "validate"):
-        model.validate()
+    check = getattr(model, "validate", None) if validate else None
+    if check is not None:
+        check()
     return model
 
 

@@ -98,7 +98,8 @@ class _Refusal(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(_one_line(message))
-        self.exit_code = exit_code
+        # click's stubs declare exit_code a ClassVar, but click reads it per instance (as here)
+        self.exit_code = exit_code  # type: ignore[misc]
 
 
 def _os_message(exc: OSError) -> str:
@@ -177,7 +178,7 @@ def _task_spec(task: str | None, data: str | None, csv: str | None, images: str 
         if not label_column:
             raise click.UsageError("--label-column is required with --csv")
         spec.update(csv=str(Path(csv).resolve()), label_column=label_column)
-    else:
+    elif images:
         spec["images"] = str(Path(images).resolve())
     return spec
 

@@ -91,6 +91,18 @@ class _Context:
     log: Callable[[str], None]
 
 
+def _context(task_spec: dict[str, Any], preset: str | None, data: TaskData | None, data_dir: str | Path | None,
+             settings: CertifySettings, progress: bool, log: Callable[[str], None] | None) -> _Context:
+    """Resolve the task, its preset and data, and check the certification settings (before any write)."""
+    task = resolve_task(task_spec)
+    pre = preset_overrides(task, preset)
+    settings.check()
+    data = data or task.load(Path(data_dir) if data_dir else None)
+    return _Context(task_spec, task, pre, data, data_dir, task_facts(task, data), settings,
+                    {norm_label(p): list(r) for p, r in task.report_radii.items()}, progress,
+                    log or (lambda msg: None))
+
+
 def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Sequence[str] = DEFAULT_METHODS,
             preset: str | None = None, n_smoothing: int = 10000, limit: int | None = None,
             paper_scale: bool = False, data_dir: str | Path | None = None,
@@ -122,17 +134,11 @@ def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Seque
         The content of ``compare.json``.
     """
     task_spec = {"name": task_spec} if isinstance(task_spec, str) else task_spec
-    task = resolve_task(task_spec)
-    out = Path(out_dir)
-    pre = preset_overrides(task, preset)
-    data = data or task.load(Path(data_dir) if data_dir else None)
     norms_t = tuple(dict.fromkeys(float(p) for p in norms))
-    ctx = _Context(task_spec, task, pre, data, data_dir, task_facts(task, data),
-                   CertifySettings(norms=norms_t, limit=PAPER_LIMIT if limit is None else int(limit),
-                                   batch_size=certify_batch, warmup=WARMUP_INPUTS),
-                   {norm_label(p): list(r) for p, r in task.report_radii.items()}, progress,
-                   log or (lambda msg: None))
-    ctx.certify.check()
+    settings = CertifySettings(norms=norms_t, limit=PAPER_LIMIT if limit is None else int(limit),
+                               batch_size=certify_batch, warmup=WARMUP_INPUTS)
+    ctx = _context(task_spec, preset, data, data_dir, settings, progress, log)
+    task, data, out = ctx.task, ctx.data, Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specs = method_specs(paper_scale, n_smoothing)
     entries: dict[str, dict[str, Any]] = {}
@@ -143,17 +149,16 @@ def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Seque
         except Exception as exc:  # one failing method does not sink an hour-long comparison
             if fail_fast:
                 raise
-            entries[name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+            entries[name], cert = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}, None
             ctx.log(f"{name}: FAILED: {type(exc).__name__}: {exc}")
-            continue
         if cert is not None:
             certs[name] = cert
     y = data.test.y[:ctx.certify.limit]
     result = {"task": task_spec, "task_description": task.description, "preset": preset, "paper_scale": paper_scale,
               "n_inputs": len(y), "n_sensitive": int((y == 1).sum()) if task.binary else None,
               "n_smoothing": 100_000 if paper_scale else int(n_smoothing), "norms": [norm_label(p) for p in norms_t],
-              "report_radii": ctx.report_radii, "methods": entries, "plots": {}, "machine": describe_machine()}
-    result["plots"] = _plots(out, certs, entries, y, norms_t, task.description)
+              "report_radii": ctx.report_radii, "methods": entries, "machine": describe_machine(),
+              "plots": _plots(out, certs, entries, y, norms_t, task.description)}
     atomic_write(out / COMPARE_JSON, lambda tmp: tmp.write_text(dumps_strict(result, indent=1, default=str)))
     atomic_write(out / COMPARE_MD, lambda tmp: tmp.write_text(render_markdown(result)))
     return result

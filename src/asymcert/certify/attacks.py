@@ -265,7 +265,7 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, eps: torch.Tensor | float, nor
             if restart == 0:
                 delta = torch.zeros_like(xr)
             else:
-                delta = _random_start(tuple(xr.shape), er, p, generator, x.dtype, x.device)
+                delta = _random_start((xr.shape[0], xr.shape[1]), er, p, generator, x.dtype, x.device)
                 delta = _project(delta, xr, er, p, box)
             done = torch.zeros(rows.numel(), dtype=torch.bool, device=x.device)
             for t in range(steps + 1):
@@ -286,6 +286,7 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, eps: torch.Tensor | float, nor
                     break
                 frac = t / max(steps - 1, 1)
                 alpha = alpha0 * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+                assert grad is not None  # computed for every t < steps, and t == steps ended the loop above
                 blocked = None
                 if box is not None:  # coordinates at a box face whose ascent direction points outward
                     blocked = ((xa.detach() <= box[0]) & (grad < 0)) | ((xa.detach() >= box[1]) & (grad > 0))

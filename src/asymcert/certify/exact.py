@@ -27,17 +27,23 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
+from asymcert.certify.bound_propagation import conv_padding
+from asymcert.certify.bounded_convex import block_convs, block_norms
 from asymcert.certify.inputs import check_inputs
 from asymcert.certify.result import normalize_norm
 from asymcert.errors import AsymcertError
+
+if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
+    from asymcert.models.feature_convex import FeatureConvexClassifier
 
 __all__ = ["ExactRadiusSolver", "ExactResult", "UnsupportedModelError", "conv_matrix", "exact_radius"]
 
@@ -86,14 +92,16 @@ class _Chain:
     def score(self, x: np.ndarray) -> np.ndarray:
         """s(x) (N,) of flattened inputs (N, d), float64, by the chain (for self-checks)."""
         f = self.features(x)
-        z = None
+        z: np.ndarray | None = None
         for layer in self.layers:
             pre = np.broadcast_to(layer.c, (x.shape[0], layer.c.shape[0])).copy()
             if layer.M is not None:
+                assert z is not None  # only the first layer has no M
                 pre += (layer.M @ z.T).T
             if layer.P is not None:
                 pre += (layer.P @ f.T).T
             z = np.maximum(pre, 0.0)
+        assert z is not None  # a chain has at least one layer
         out = (self.out_m @ z.T).T[:, 0] + self.out_c
         if self.out_p is not None:
             out = out + (self.out_p @ f.T).T[:, 0]
@@ -108,9 +116,10 @@ def _bn_affine(module: nn.Module, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(scale, shift) per channel of a PositiveBatchNorm in eval mode (or of an Identity)."""
     if isinstance(module, nn.Identity):
         return np.ones(width), np.zeros(width)
-    if not hasattr(module, "eval_affine") or getattr(module, "running_mean", None) is None:
+    eval_affine = getattr(module, "eval_affine", None)
+    if eval_affine is None or getattr(module, "running_mean", None) is None:
         raise UnsupportedModelError(f"exact radii need batch norms with running statistics, got {module!r}")
-    scale, shift = (_np(t) for t in module.eval_affine())
+    scale, shift = (_np(t) for t in eval_affine())
     if not np.all(scale > 0) or not np.all(np.isfinite(shift)):
         raise UnsupportedModelError("a batch-norm scale is not positive: the model is not input-convex")
     return scale, shift
@@ -139,7 +148,8 @@ def conv_matrix(weight: np.ndarray, height: int, width: int, padding: int) -> sp
                          shape=(c_out * h_out * w_out, c_in * height * width))
 
 
-def _affine_feature_map(model: nn.Module, d: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _affine_feature_map(model: FeatureConvexClassifier, d: int,
+                        shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(a, c) with φ(x) = a ⊙ x + c (flattened), verified on random inputs."""
     phi = model.feature_map
     if not (hasattr(phi, "affine") and phi.affine()):
@@ -175,13 +185,13 @@ def _chain_of(model: nn.Module) -> _Chain:
     balance = float(model.balance.double())
     layers: list[_Layer] = []
     if isinstance(g, ICNN):
-        U = [(sp.csr_matrix(_np(lin.weight)), _np(lin.bias)) for lin in g.passthrough]
+        U = [(sp.csr_matrix(_np(lin.weight)), _np(lin.bias)) for lin in cast("list[nn.Linear]", list(g.passthrough))]
         layers.append(_Layer(None, U[0][0], U[0][1]))
         n_hidden = len(g.hidden)
         out_m = sp.csr_matrix(np.ones((1, 1)))
         out_p, out_c = None, balance
         for k in range(n_hidden):
-            W = _np(g.hidden[k].weight)
+            W = _np(cast(nn.Linear, g.hidden[k]).weight)
             scale, shift = _bn_affine(g.norms[k], W.shape[1])
             M = sp.csr_matrix(W * scale[None, :])
             c = W @ shift + U[k + 1][1]
@@ -190,26 +200,28 @@ def _chain_of(model: nn.Module) -> _Chain:
             else:
                 out_m, out_p, out_c = M, U[k + 1][0], float(c[0]) + balance
     elif isinstance(g, ConvexConvNet):
-        c_in, h, w = g.in_shape
+        _, h, w = g.in_shape
         stem = g.stem
         if stem.stride != (1, 1) or stem.dilation != (1, 1) or stem.groups != 1:
             raise UnsupportedModelError("exact radii support stride-1, ungrouped convolutions only")
-        K0 = conv_matrix(_np(stem.weight), h, w, stem.padding[0])
-        ho, wo = h + 2 * stem.padding[0] - stem.kernel_size[0] + 1, w + 2 * stem.padding[1] - stem.kernel_size[1] + 1
+        pad = conv_padding(stem)
+        K0 = conv_matrix(_np(stem.weight), h, w, pad[0])
+        ho, wo = h + 2 * pad[0] - stem.kernel_size[0] + 1, w + 2 * pad[1] - stem.kernel_size[1] + 1
         hw = ho * wo
         bias0 = np.zeros(g.channels) if stem.bias is None else _np(stem.bias)
         layers.append(_Layer(None, K0, np.repeat(bias0, hw)))
         eye = sp.identity(g.channels * hw, format="csr")
-        for norm, conv in zip(g.block_norms, g.block_convs):
+        for norm, conv in zip(block_norms(g), block_convs(g)):
             scale, shift = _bn_affine(norm, g.channels)
-            K = conv_matrix(_np(conv.weight), ho, wo, conv.padding[0])
+            K = conv_matrix(_np(conv.weight), ho, wo, conv_padding(conv)[0])
             s_full, t_full = np.repeat(scale, hw), np.repeat(shift, hw)
             bias = np.zeros(g.channels) if conv.bias is None else _np(conv.bias)
             layers.append(_Layer((eye + K @ sp.diags(s_full)).tocsr(), None, K @ t_full + np.repeat(bias, hw)))
         scale, shift = _bn_affine(g.out_norm, g.channels)
         wr = _np(g.readout.weight)[0]
         out_m = sp.csr_matrix((wr * np.repeat(scale, hw))[None, :])
-        out_c = float(wr @ np.repeat(shift, hw) + (_np(g.readout.bias)[0] if g.readout.bias is not None else 0.0)) + balance
+        readout_bias = _np(g.readout.bias)[0] if g.readout.bias is not None else 0.0
+        out_c = float(wr @ np.repeat(shift, hw) + readout_bias) + balance
         out_p = None
     else:
         raise UnsupportedModelError(f"exact radii support ICNN and ConvexConvNet, got {type(g).__name__}")
@@ -297,8 +309,9 @@ class ExactRadiusSolver:
             raise UnsupportedModelError("respect_input_range=True but the model declares no input_range")
         self.model64 = copy.deepcopy(model).double().eval()
         self.chain = _chain_of(self.model64)
-        self.input_shape = tuple(model.input_shape)
-        self.input_range = model.input_range if respect_input_range else None
+        fc = cast("FeatureConvexClassifier", model)  # _chain_of refused every other model
+        self.input_shape = tuple(fc.input_shape)
+        self.input_range = fc.input_range if respect_input_range else None
         self._highs: Any = None
         self._build()
 

@@ -40,12 +40,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import numpy as np
 import torch
 
 from asymcert.errors import InputError
+
+if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
+    from asymcert.models.feature_convex import FeatureConvexClassifier
+    from asymcert.nn.convex import ICNN
 
 METHODS = ("mean", "nearest", "frank-wolfe", "lp")
 """How an input was settled, in the order tried (index = the code in ``SeparabilityResult.method``)."""
@@ -382,7 +386,7 @@ def hull_separability(x_sensitive: torch.Tensor | np.ndarray, x_other: torch.Ten
     unverified = 0
     if len(rest):
         lp = HullDistanceLP(xo)
-        for count, i in enumerate(rest):
+        for count, i in enumerate(rest.tolist()):
             status, dist, y = lp.solve(x[i], lp_time_limit)
             if status != "optimal":
                 raise RuntimeError(f"hull LP for input {int(checked[i])} ended with status {status!r}")
@@ -391,13 +395,14 @@ def hull_separability(x_sensitive: torch.Tensor | np.ndarray, x_other: torch.Ten
             if dist > tol:
                 outside[i] = True
                 ok = False
+                assert y is not None  # an optimal LP has a solution
                 for sign in (1.0, -1.0):
-                    w = sign * y[None, :]
-                    ok_s, m = _check_hyperplanes(w, x[i:i + 1], others, chunk)
+                    normal = sign * y[None, :]
+                    ok_s, m = _check_hyperplanes(normal, x[i:i + 1], others, chunk)
                     if bool(ok_s[0]):
                         ok, margin[i] = True, float(m[0])
                         if normals is not None:
-                            normals[i] = w[0] / np.linalg.norm(w[0])
+                            normals[i] = normal[0] / np.linalg.norm(normal[0])
                         break
                 unverified += 0 if ok else 1
             if (count + 1) % 50 == 0:
@@ -468,16 +473,17 @@ def hull_classifier(result: SeparabilityResult, x_tested: torch.Tensor | np.ndar
     hull_max = _max_dot(w, torch.from_numpy(xo), 1024)
     c = 0.5 * (top + hull_max)
     k = len(w)
-    model = build_model({"kind": "feature-convex", "input_shape": list(input_shape),
-                         "feature_map": [{"kind": "identity"}],
-                         "convex": {"kind": "icnn", "widths": [k], "batch_norm": False}}).double()
-    g = model.convex
+    model = cast("FeatureConvexClassifier", build_model({
+        "kind": "feature-convex", "input_shape": list(input_shape), "feature_map": [{"kind": "identity"}],
+        "convex": {"kind": "icnn", "widths": [k], "batch_norm": False}}).double())
+    g = cast("ICNN", model.convex)  # the config above builds an ICNN: passthrough (k then 1 units), hidden
+    first, last = cast("list[torch.nn.Linear]", list(g.passthrough))
     with torch.no_grad():
-        g.passthrough[0].weight.copy_(torch.from_numpy(w))
-        g.passthrough[0].bias.copy_(torch.from_numpy(-c))
-        g.hidden[0].weight.fill_(1.0)
-        g.passthrough[1].weight.zero_()
-        g.passthrough[1].bias.zero_()
+        first.weight.copy_(torch.from_numpy(w))
+        first.bias.copy_(torch.from_numpy(-c))
+        cast(torch.nn.Linear, g.hidden[0]).weight.fill_(1.0)
+        last.weight.zero_()
+        last.bias.zero_()
         model.set_balance(-0.5 * float((top - c).min()))
     model.validate()
     return model.eval()

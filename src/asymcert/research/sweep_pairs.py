@@ -100,6 +100,30 @@ def check_task(task_name: str) -> None:
                          f"{task_name!r} is a binary task")
 
 
+def _check_classes(data: TaskData, classes: Sequence[int] | None, task_name: str) -> list[int]:
+    """The class ids to pair (default: all), each present in every split.
+
+    Raises:
+        SweepError: fewer than two classes, an unknown class, or a class without inputs in a split.
+    """
+    chosen = list(range(data.num_classes)) if classes is None else [int(c) for c in classes]
+    if len(chosen) < 2:
+        raise SweepError("sweep pairs needs at least two classes")
+    for c in chosen:
+        if not 0 <= c < data.num_classes:
+            raise SweepError(f"class {c} does not exist; {task_name} has classes 0–{data.num_classes - 1}")
+        for split in ("train", "val", "test"):
+            if not bool((getattr(data, split).y == c).any()):
+                raise SweepError(f"class {c} ({data.class_names[c]}) has no {split} inputs in this data")
+    return chosen
+
+
+def _pair_line(result: dict[str, Any]) -> str:
+    """One progress line for a finished pair: clean accuracy, median radius per norm, seconds."""
+    radii = ", ".join(f"{pretty_norm(n)} {result['median_radius'][n]:.3g}" for n in result["settings"]["norms"])
+    return f"clean {100 * result['clean_accuracy']:.1f}%, median radius {radii} ({result['job_seconds']:.0f} s)"
+
+
 def sweep_pairs(task_name: str, out_dir: str | Path, classes: Sequence[int] | None = None, epochs: int | None = None,
                 workers: int = 2, limit: int | None = None, data_dir: str | Path | None = None,
                 train_overrides: dict[str, Any] | None = None, model: dict[str, Any] | None = None,
@@ -129,15 +153,7 @@ def sweep_pairs(task_name: str, out_dir: str | Path, classes: Sequence[int] | No
     data = data or task.load(Path(data_dir) if data_dir else None)
     if data.num_classes != 10:
         raise SweepError(f"sweep pairs needs a 10-class task; {task_name!r} has {data.num_classes} classes")
-    classes = list(range(data.num_classes)) if classes is None else [int(c) for c in classes]
-    if len(classes) < 2:
-        raise SweepError("sweep pairs needs at least two classes")
-    for c in classes:
-        if not 0 <= c < data.num_classes:
-            raise SweepError(f"class {c} does not exist; {task_name} has classes 0–{data.num_classes - 1}")
-        for split in ("train", "val", "test"):
-            if not bool((getattr(data, split).y == c).any()):
-                raise SweepError(f"class {c} ({data.class_names[c]}) has no {split} inputs in this data")
+    classes = _check_classes(data, classes, task_name)
     if epochs is not None and epochs < 1:
         raise SweepError(f"--epochs must be ≥ 1, got {epochs}")
     train = {**PAIR_TRAIN, **(train_overrides or {}), **({"epochs": int(epochs)} if epochs is not None else {})}
@@ -151,12 +167,7 @@ def sweep_pairs(task_name: str, out_dir: str | Path, classes: Sequence[int] | No
     results, todo = split_finished(jobs, lambda job: pair_dir(out, *job), settings)
     log(f"{len(jobs)} ordered pairs: {len(results)} finished before, {len(todo)} to train "
         f"({train['epochs']} epochs each, {max(1, workers)} worker(s))")
-    on_done = progress_log(
-        log, len(jobs), len(results), lambda job: f"{job[0]} vs {job[1]}",
-        lambda result: f"clean {100 * result['clean_accuracy']:.1f}%, median radius "
-        + ", ".join(f"{pretty_norm(n)} {result['median_radius'][n]:.3g}" for n in settings["norms"])
-        + f" ({result['job_seconds']:.0f} s)")
-
+    on_done = progress_log(log, len(jobs), len(results), lambda job: f"{job[0]} vs {job[1]}", _pair_line)
     shared_data = {"data": _keep_classes(data, classes), "settings": settings, "out": str(out)}
     new, errors = run_jobs(todo, _pair_job, shared_data, workers=workers, on_done=on_done)
     results.update(new)

@@ -96,6 +96,40 @@ def parse_feature_maps(text: str | Sequence[str]) -> list[str]:
     return names
 
 
+def _check_grid(lambdas: Sequence[float], feature_maps: Sequence[str],
+                epochs: int | None) -> tuple[list[float], list[str]]:
+    """The grid's λ values (distinct, finite, ≥ 0) and feature-map names, checked; ``epochs`` None or ≥ 1.
+
+    Raises:
+        SweepError: a value out of range or an unknown feature map.
+    """
+    values = [float(v) for v in lambdas]
+    if not values or any(not math.isfinite(v) or v < 0 for v in values) or len(set(values)) != len(values):
+        raise SweepError(f"λ values must be distinct finite numbers ≥ 0, got {values}")
+    if epochs is not None and epochs < 1:
+        raise SweepError(f"--epochs must be ≥ 1, got {epochs}")
+    return values, parse_feature_maps(list(feature_maps))
+
+
+def _fronts(entries: list[dict[str, Any]], chosen: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Per norm label, the radius and the names of the grid points on the clean/certified Pareto front."""
+    fronts = {}
+    for n, r in chosen.items():
+        pts = [(e["clean_accuracy"], e["certified_accuracy"][n][f"{r:g}"]) for e in entries]
+        fronts[n] = {"radius": r, "front": [e["name"] for e, on in zip(entries, pareto_front(pts)) if on]}
+    return fronts
+
+
+def _plot_fronts(entries: list[dict[str, Any]], fronts: dict[str, dict[str, Any]], out: Path,
+                 description: str) -> str:
+    """Draw the Pareto panels (one per norm) into ``out``; returns the PNG's file name."""
+    panels = [(f"{pretty_norm(n)}, r = {f['radius']:g}",
+               [(f"{e['feature_map']} λ={e['lambda']:g}", e["clean_accuracy"],
+                 e["certified_accuracy"][n][f"{f['radius']:g}"]) for e in entries])
+              for n, f in fronts.items()]
+    return plot_pareto(panels, out / PARETO_PNG, f"{description}: clean vs certified accuracy").name
+
+
 def sweep_reg(task_name: str, out_dir: str | Path, lambdas: Sequence[float] = DEFAULT_LAMBDAS,
               feature_maps: Sequence[str] = DEFAULT_FEATURE_MAPS, epochs: int | None = None, workers: int = 2,
               limit: int | None = REG_LIMIT, data_dir: str | Path | None = None,
@@ -122,13 +156,8 @@ def sweep_reg(task_name: str, out_dir: str | Path, lambdas: Sequence[float] = DE
     log = log or (lambda msg: None)
     check_task(task_name)
     task = get_task(task_name)
-    lambdas = [float(v) for v in lambdas]
-    if not lambdas or any(not math.isfinite(v) or v < 0 for v in lambdas) or len(set(lambdas)) != len(lambdas):
-        raise SweepError(f"λ values must be distinct finite numbers ≥ 0, got {lambdas}")
-    feature_maps = parse_feature_maps(list(feature_maps))
-    if epochs is not None and epochs < 1:
-        raise SweepError(f"--epochs must be ≥ 1, got {epochs}")
-    radii = {pretty: list(r) for pretty, r in ((_label(p), r) for p, r in task.report_radii.items())}
+    lambdas, feature_maps = _check_grid(lambdas, feature_maps, epochs)
+    radii = {_label(p): list(r) for p, r in task.report_radii.items()}
     chosen = {n: (pareto_radii or {}).get(n, r[1] if len(r) > 1 else r[0]) for n, r in radii.items() if r}
     settings = {"task": task_name, "epochs": int(epochs or REG_EPOCHS), "limit": limit,
                 "base_model": task.model, "base_train": task.train}
@@ -143,28 +172,18 @@ def sweep_reg(task_name: str, out_dir: str | Path, lambdas: Sequence[float] = DE
         f"({settings['epochs']} epochs each, {max(1, workers)} worker(s))")
     on_done = progress_log(log, len(jobs), len(results), lambda job: point_name(*job),
                            lambda result: f"clean {100 * result['clean_accuracy']:.1f}% ({result['job_seconds']:.0f} s)")
-
-    shared_data = {"data": data, "settings": settings, "out": str(out),
-                   "data_dir": str(data_dir) if data_dir else None}
-    new, errors = run_jobs(todo, _reg_job, shared_data, workers=workers, on_done=on_done)
+    new, errors = run_jobs(todo, _reg_job, {"data": data, "settings": settings, "out": str(out),
+                                            "data_dir": str(data_dir) if data_dir else None},
+                           workers=workers, on_done=on_done)
     results.update(new)
     entries = [{k: v for k, v in results[j].items() if k != "settings"} for j in jobs if j in results]
-    fronts = {}
-    for n, r in chosen.items():
-        key = f"{r:g}"
-        pts = [(e["clean_accuracy"], e["certified_accuracy"][n][key]) for e in entries]
-        fronts[n] = {"radius": r, "front": [e["name"] for e, on in zip(entries, pareto_front(pts)) if on]}
+    fronts = _fronts(entries, chosen)
     summary = {"task": task_name, "task_description": task.description, "settings": settings,
                "lambdas": lambdas, "feature_maps": feature_maps, "report_radii": radii, "entries": entries,
                "pareto": fronts, "wall_seconds": clock.seconds(), "trained_now": len(new),
                "reused": len(jobs) - len(todo), "workers": max(1, workers), "machine_start": machine_start,
                "machine_end": describe_machine(), "failed": {point_name(*j): e for j, e in errors.items()}}
-    panels = [(f"{pretty_norm(n)}, r = {f['radius']:g}",
-               [(f"{e['feature_map']} λ={e['lambda']:g}", e["clean_accuracy"],
-                 e["certified_accuracy"][n][f"{f['radius']:g}"]) for e in entries])
-              for n, f in fronts.items()]
-    summary["plots"] = {"pareto": plot_pareto(panels, out / PARETO_PNG,
-                                              f"{task.description}: clean vs certified accuracy").name}
+    summary["plots"] = {"pareto": _plot_fronts(entries, fronts, out, task.description)}
     write_json(out / RESULTS_JSON, summary)
     (out / REPORT_MD).write_text(render_markdown(summary))
     if errors:

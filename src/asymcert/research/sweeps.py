@@ -240,7 +240,7 @@ def pareto_front(points: Sequence[Sequence[float]]) -> list[bool]:
         raise ValueError("pareto_front needs finite coordinates")
     ge = (pts[None, :, :] >= pts[:, None, :]).all(axis=2)  # ge[i, j]: j ≥ i everywhere
     gt = (pts[None, :, :] > pts[:, None, :]).any(axis=2)  # gt[i, j]: j > i somewhere
-    dominated = (ge & gt).any(axis=1)
+    dominated = np.any(ge & gt, axis=1)
     return [not bool(d) for d in dominated]
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from asymcert import distributed
-from asymcert.checkpoint import atomic_write, save
+from asymcert.checkpoint import atomic_write, model_config, save
 from asymcert.data.augment import augmentation_from_name
 from asymcert.data.tasks import Augment, TaskData
 from asymcert.errors import AsymcertError, CheckpointError, ConfigError, RunFolderConflictError
@@ -188,7 +188,7 @@ class TrainingSession:
         self.steps = math.ceil(len(data.train) / config.batch_size)
         self.optimizer = make_optimizer(model, config)
         self.scheduler, self.per_step = make_scheduler(self.optimizer, config, self.steps)
-        self.fingerprint = train_fingerprint(config.to_dict(), model.config())
+        self.fingerprint = train_fingerprint(config.to_dict(), model_config(model))
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"metric": -math.inf, "epoch": -1}
         self.best_state: dict[str, torch.Tensor] | None = None
