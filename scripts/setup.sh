@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything asymcert needs on a fresh machine: a venv with the CPU build of PyTorch,
-# the package with its test extras, and Debian's Fashion-MNIST (the default task's data).
+# the package with its dev extras (pytest, hypothesis, ruff, mypy), and Debian's Fashion-MNIST
+# (the default task's data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"

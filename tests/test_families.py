@@ -18,10 +18,10 @@ from asymcert.certify.result import Certificate, Guarantee
 from asymcert.errors import ConfigError, InputError, UnknownNameError
 from asymcert.families import Family, TaskFacts, families, family_names, get_family, register_family, unregister_family
 from asymcert.models import build_model, model_kinds
+from asymcert.pipeline import certify_run, read_run, train_run
 from asymcert.report.writer import write_report
 from asymcert.train import TrainConfig
 from asymcert.train.recipes import recipe_for
-from asymcert.pipeline import certify_run, read_run, train_run
 
 # ---------------------------------------------------------------- a toy family, all in this test module
 

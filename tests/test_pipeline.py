@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from click.testing import CliRunner
 
 from asymcert.cli import main
@@ -24,10 +23,10 @@ from asymcert.errors import (
     RunFolderConflictError,
     WriteError,
 )
+from asymcert.pipeline import CERT_FILE, RUN_FILE, certify_run, read_run, run_data, run_task, train_run
 from asymcert.report.writer import REPORT_FILE, RESULTS_FILE, write_report
 from asymcert.runfolder import LOCK_FILE
 from asymcert.train.loop import STATE_FILE
-from asymcert.pipeline import CERT_FILE, RUN_FILE, certify_run, read_run, run_data, run_task, train_run
 
 TASK = {"name": "fashion-mnist-shirts"}
 SMALL_MODEL = {"convex": {"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}}

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from asymcert.data import get_task, task_names
 from asymcert.errors import AsymcertError, ConfigError, SettingsError, UnknownNameError
 from asymcert.families import TaskFacts, families
+from asymcert.pipeline import _merge
 from asymcert.train import TrainConfig
 from asymcert.train.config import check_model_overrides, parse_device, unapplied_keys
 from asymcert.train.loop import resolve_device
-from asymcert.pipeline import _merge
 from tests.conftest import examples
 
 BAD = {

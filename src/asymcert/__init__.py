@@ -13,13 +13,42 @@ Example:
 from asymcert import families  # registers the model families
 from asymcert.certify import Certificate, certify
 from asymcert.checkpoint import load, save
-from asymcert.errors import (AsymcertError, CheckpointError, ConfigError, ConvexityError, DataError, InputError,
-                             ModelError, RunFolderBusyError, RunFolderConflictError, SettingsError, UnknownNameError,
-                             UnsoundOptionError, WriteError)
+from asymcert.errors import (
+    AsymcertError,
+    CheckpointError,
+    ConfigError,
+    ConvexityError,
+    DataError,
+    InputError,
+    ModelError,
+    RunFolderBusyError,
+    RunFolderConflictError,
+    SettingsError,
+    UnknownNameError,
+    UnsoundOptionError,
+    WriteError,
+)
 
-__all__ = ["Certificate", "certify", "exact_radius", "load", "save", "AsymcertError", "CheckpointError", "ConfigError",
-           "ConvexityError", "DataError", "InputError", "ModelError", "RunFolderBusyError", "RunFolderConflictError",
-           "SettingsError", "UnknownNameError", "UnsoundOptionError", "WriteError"]
+__all__ = [
+    "AsymcertError",
+    "Certificate",
+    "CheckpointError",
+    "ConfigError",
+    "ConvexityError",
+    "DataError",
+    "InputError",
+    "ModelError",
+    "RunFolderBusyError",
+    "RunFolderConflictError",
+    "SettingsError",
+    "UnknownNameError",
+    "UnsoundOptionError",
+    "WriteError",
+    "certify",
+    "exact_radius",
+    "load",
+    "save",
+]
 __version__ = "0.1.0"
 
 

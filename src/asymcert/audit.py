@@ -26,16 +26,17 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from asymcert.certify import certify
-from asymcert.certify.attacks import decision_flips, decisions, pgd_attack
 from asymcert.certify.api import certifier_options
+from asymcert.certify.attacks import decision_flips, decisions, pgd_attack
 from asymcert.certify.result import Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.checkpoint import load
 from asymcert.errors import InputError
@@ -88,7 +89,8 @@ class _ClassScore(nn.Module):
         return self.model(x)[:, self.k]
 
 
-def _attack_groups(model: nn.Module, cert: Certificate, rows: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+def _attack_groups(model: nn.Module, cert: Certificate,
+                   rows: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
     """(model to attack, rows, decision the certificate promises) groups.
 
     Multiclass ``Guarantee.FLAG`` certificates (one-vs-rest) promise that the predicted class stays

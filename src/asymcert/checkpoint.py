@@ -184,8 +184,9 @@ def _check_shapes(file: Path, skeleton: nn.Module) -> None:
     expected = {k: tuple(v.shape) for k, v in state.items()}
     try:
         with safe_open(str(file), framework="pt") as fh:
-            found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-            dtypes = {k: str(fh.get_slice(k).get_dtype()) for k in fh.keys() if k in state}
+            # fh is a safetensors handle, not a dict: keys() is its API
+            found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
+            dtypes = {k: str(fh.get_slice(k).get_dtype()) for k in fh.keys() if k in state}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{file} is corrupted: {exc}") from exc
     missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))

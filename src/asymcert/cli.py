@@ -15,9 +15,9 @@ from typing import Any
 import click
 
 from asymcert import distributed
+from asymcert.errors import AsymcertError, RunFolderBusyError, WriteError
 from asymcert.families import get_family
 from asymcert.report.plots import PLOT_HINT, plotting_available
-from asymcert.errors import AsymcertError, RunFolderBusyError, WriteError
 from asymcert.runfolder import exclusive
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_REFUSED, EXIT_BUSY, EXIT_IO, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -186,9 +186,11 @@ def _task_spec(task: str | None, data: str | None, csv: str | None, images: str 
 def _task_options(fn):
     opts = [
         click.argument("task", required=False),
-        click.option("--data", type=click.Path(exists=True, dir_okay=False), help="Your own .npz with x (N, ...) and y (N,)."),
+        click.option("--data", type=click.Path(exists=True, dir_okay=False),
+                     help="Your own .npz with x (N, ...) and y (N,)."),
         click.option("--csv", type=click.Path(exists=True, dir_okay=False), help="Your own CSV of numeric features."),
-        click.option("--images", type=click.Path(exists=True, file_okay=False), help="Your own folder of per-class image folders."),
+        click.option("--images", type=click.Path(exists=True, file_okay=False),
+                     help="Your own folder of per-class image folders."),
         click.option("--label-column", help="CSV column holding the labels."),
         click.option("--sensitive-class", help="The label of the sensitive class (your own data)."),
         click.option("--other-class", help="The label of the other class (default: every other label)."),
@@ -199,7 +201,8 @@ def _task_options(fn):
         click.option("--epochs", type=_POSITIVE, help="Override the number of epochs (≥ 1)."),
         click.option("--device", default=None, callback=_device, help="auto, cpu, cuda[:i] or mps."),
         click.option("--set", "sets", multiple=True, help="Training setting KEY=VALUE (JSON value), repeatable."),
-        click.option("--model-set", "model_sets", multiple=True, help="Model config KEY=VALUE (JSON value), repeatable."),
+        click.option("--model-set", "model_sets", multiple=True,
+                     help="Model config KEY=VALUE (JSON value), repeatable."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for opt in reversed(opts):
@@ -321,10 +324,12 @@ def sweep() -> None:
 
 @sweep.command(name="pairs")
 @click.argument("task")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Sweep folder (re-runs skip finished pairs).")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Sweep folder (re-runs skip finished pairs).")
 @click.option("--classes", help="Comma-separated class ids to pair, e.g. 0,3,6 (default: all 10).")
 @click.option("--epochs", type=_POSITIVE, help="Training epochs per pair (default 5).")
-@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes (≥ 1), one torch thread each.")
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="Worker processes (≥ 1), one torch thread each.")
 @click.option("--limit", type=_POSITIVE, help="Certify only the first N test inputs of each pair.")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 def sweep_pairs_cmd(task, out, classes, epochs, workers, limit, data_dir) -> None:
@@ -335,11 +340,13 @@ def sweep_pairs_cmd(task, out, classes, epochs, workers, limit, data_dir) -> Non
 
 @sweep.command(name="reg")
 @click.argument("task")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Sweep folder (re-runs skip finished runs).")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Sweep folder (re-runs skip finished runs).")
 @click.option("--lambdas", default="0,1e-3,1e-2,1e-1", show_default=True, help="Jacobian-regulariser strengths λ.")
 @click.option("--feature-maps", default="shift,concat-abs", show_default=True, help="Feature maps φ to compare.")
 @click.option("--epochs", type=_POSITIVE, help="Training epochs per grid point (default 6).")
-@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes (≥ 1), one torch thread each.")
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="Worker processes (≥ 1), one torch thread each.")
 @click.option("--limit", type=_POSITIVE, help="Certify only the first N test inputs (default 1000).")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 def sweep_reg_cmd(task, out, lambdas, feature_maps, epochs, workers, limit, data_dir) -> None:

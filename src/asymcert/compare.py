@@ -35,9 +35,10 @@ widths, with a small CNN (16, 32 channels, fc 100) as smoothing base model (no R
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -46,8 +47,18 @@ from asymcert.checkpoint import atomic_write
 from asymcert.data.tasks import Task, TaskData
 from asymcert.families import CompareScale, MethodSpec, TaskFacts, families, get_family
 from asymcert.families.contract import CPU_EPOCHS
-from asymcert.pipeline import (DEFAULT_NORMS, CertifySettings, Reporter, _merge, plan_training, preset_overrides,
-                               resolve_task, run_finished, run_pipeline, task_facts)
+from asymcert.pipeline import (
+    DEFAULT_NORMS,
+    CertifySettings,
+    Reporter,
+    _merge,
+    plan_training,
+    preset_overrides,
+    resolve_task,
+    run_finished,
+    run_pipeline,
+    task_facts,
+)
 from asymcert.report.machine import describe_machine
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.plots import plot_certified_curves, plot_runtimes

@@ -22,27 +22,34 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from asymcert import distributed
 from asymcert.certify import certify
+from asymcert.certify.certfile import CERT_FILE, load_certificates, save_certificates
 from asymcert.certify.result import Certificate, norm_label
-from asymcert.checkpoint import load
+from asymcert.checkpoint import load, model_config
 from asymcert.data import user
 from asymcert.data.pairs import pair_task
 from asymcert.data.tasks import Task, TaskData, get_task
-from asymcert.families import TaskFacts, get_family
 from asymcert.errors import AsymcertError, CheckpointError, ConfigError, RunFolderConflictError, UnknownNameError
+from asymcert.families import TaskFacts, get_family
 from asymcert.models import build_model
-from asymcert.certify.certfile import CERT_FILE, load_certificates, save_certificates
-from asymcert.runfolder import (RUN_FILE, RunRecord, exclusive, read_run_record, remove_stale_temp_files,
-                                strict_jsonable, write_json)
+from asymcert.runfolder import (
+    RUN_FILE,
+    RunRecord,
+    exclusive,
+    read_run_record,
+    remove_stale_temp_files,
+    strict_jsonable,
+    write_json,
+)
 from asymcert.train import TrainConfig
 from asymcert.train.config import check_model_overrides
 from asymcert.train.loop import check_config, prepare_fit, resolve_device, train_fingerprint
@@ -169,9 +176,9 @@ def plan_training(task_spec: dict[str, Any], preset: str | None = None,
         raise
     except (TypeError, ValueError, KeyError, RuntimeError) as exc:
         raise ConfigError(f"model config {model_cfg.get('kind', '?')!r} cannot be built: {exc}") from None
-    check_model_overrides(model_overrides, model.config())  # a setting the model ignored is refused
+    check_model_overrides(model_overrides, model_config(model))  # a setting the model ignored is refused
     check_config(model, train_cfg)
-    record = RunRecord(task=task_spec, model=model.config(), train=train_cfg.to_dict(),
+    record = RunRecord(task=task_spec, model=model_config(model), train=train_cfg.to_dict(),
                        task_description=task.description, preset=preset,
                        data_dir=str(data_dir) if data_dir else None, class_names=list(data.class_names),
                        binary=task.binary,

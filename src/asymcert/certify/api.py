@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import numbers
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, is_dataclass, replace
-from typing import Any, Iterable, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,11 +16,13 @@ from asymcert.certify.inputs import check_inputs
 from asymcert.certify.result import Certificate, Guarantee, normalize_norm
 from asymcert.errors import InputError, UnknownNameError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
-class Certifier(Protocol):
-    """A certifier: ``fn(model, x, norms, **options) -> Certificate`` for one batch (already validated)."""
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options: Any) -> Certificate: ...
+Certifier = Callable[..., Certificate]
+"""A certifier: ``run(model, x, norms, **options) -> Certificate`` for one batch (already validated): the
+model of its family, (N, *input_shape) inputs in raw units, a tuple of norms p ≥ 1, and keyword options
+(the fields of its options dataclass)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class CertifierSpec:
 
     name: str
     run: Certifier
-    options: type
+    options: type[DataclassInstance]
     guarantees: frozenset[Guarantee]
     precision: str
 
@@ -91,7 +94,8 @@ def certifier_options(model: nn.Module | None, method: str | None = None) -> fro
     return frozenset(f.name for f in fields(certifier_spec(model, method).options))
 
 
-def make_options(spec: CertifierSpec, options: object | None, overrides: dict[str, Any]) -> object:
+def make_options(spec: CertifierSpec, options: DataclassInstance | None,
+                 overrides: dict[str, Any]) -> DataclassInstance:
     """The certifier's typed options: ``options`` (an instance of ``spec.options``, or None for the
     defaults) with the keyword ``overrides`` applied.
 
@@ -110,7 +114,7 @@ def make_options(spec: CertifierSpec, options: object | None, overrides: dict[st
     return replace(base, **overrides) if overrides else base
 
 
-def option_values(options: object) -> dict[str, Any]:
+def option_values(options: DataclassInstance) -> dict[str, Any]:
     """The fields of an options dataclass as keyword arguments (values as they are, not copied)."""
     return {f.name: getattr(options, f.name) for f in fields(options)}
 
@@ -136,10 +140,9 @@ def _model_device(model: nn.Module, x: torch.Tensor) -> torch.device:
 
 def _empty(cert: Certificate) -> Certificate:
     """``cert`` with every per-input tensor cut to 0 rows (the shapes and types of an empty batch)."""
-    cut = lambda t: None if t is None else t[:0]  # noqa: E731
-    return Certificate(cut(cert.predicted), {p: cut(r) for p, r in cert.radii.items()}, cert.method,
-                       cert.guarantee, cert.alpha, cut(cert.abstained), 0.0, cert.binary,
-                       {k: cut(v) for k, v in cert.extra.items()})
+    return Certificate(cert.predicted[:0], {p: r[:0] for p, r in cert.radii.items()}, cert.method,
+                       cert.guarantee, cert.alpha, None if cert.abstained is None else cert.abstained[:0], 0.0,
+                       cert.binary, {k: v[:0] for k, v in cert.extra.items()})
 
 
 def _placeholder(x: torch.Tensor, value_range: tuple[float, float] | None) -> torch.Tensor:
@@ -150,7 +153,7 @@ def _placeholder(x: torch.Tensor, value_range: tuple[float, float] | None) -> to
 
 def certify(model: nn.Module, x: torch.Tensor, norms: Iterable[float | str] = (1, 2, math.inf),
             method: str | None = None, batch_size: int | None = None, check_range: bool = True,
-            options: object | None = None, **overrides: Any) -> Certificate:
+            options: DataclassInstance | None = None, **overrides: Any) -> Certificate:
     """Certify a batch of inputs, :data:`DEFAULT_CHUNK` (or ``batch_size``) inputs at a time.
 
     Memory: the certifier sees one chunk at a time, so the working memory is that of certifying

@@ -136,7 +136,7 @@ def _ascent_direction(g: torch.Tensor, p: float, blocked: torch.Tensor | None, k
 def _random_start(shape: tuple[int, int], eps: torch.Tensor, p: float, generator: torch.Generator | None,
                   dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A random point of each row's ℓp ball (N, d)."""
-    n, d = shape
+    n, _ = shape
     if math.isinf(p):
         u = torch.rand(shape, generator=generator, dtype=dtype, device=device) * 2 - 1
         return u * eps[:, None]

@@ -11,5 +11,16 @@ from asymcert.data.malimg import make_malimg_task
 from asymcert.data.tasks import Dataset, Task, TaskData, get_task, register_task, task_names
 from asymcert.data.user import task_from_arrays, task_from_csv, task_from_image_folder, task_from_npz
 
-__all__ = ["Dataset", "Task", "TaskData", "get_task", "register_task", "task_names", "make_malimg_task",
-           "task_from_arrays", "task_from_csv", "task_from_image_folder", "task_from_npz"]
+__all__ = [
+           "Dataset",
+           "Task",
+           "TaskData",
+           "get_task",
+           "make_malimg_task",
+           "register_task",
+           "task_from_arrays",
+           "task_from_csv",
+           "task_from_image_folder",
+           "task_from_npz",
+           "task_names",
+]

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -48,7 +48,8 @@ DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 ImageArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 """(x_train (N, C, H, W) uint8, y_train (N,) int64, x_test (M, C, H, W) uint8, y_test (M,) int64)."""
 
-IMAGE_RADII: dict[float, tuple[float, ...]] = {1: (1.0, 2.0, 4.0, 8.0), 2: (0.25, 0.5, 1.0, 2.0), INF: (0.01, 0.02, 0.04, 0.08)}
+IMAGE_RADII: dict[float, tuple[float, ...]] = {1: (1.0, 2.0, 4.0, 8.0), 2: (0.25, 0.5, 1.0, 2.0),
+                                               INF: (0.01, 0.02, 0.04, 0.08)}
 CIFAR_BINARY_RADII: dict[float, tuple[float, ...]] = {1: (0.5, 1.0, 2.0, 4.0), 2: (0.1, 0.25, 0.5, 1.0),
                       INF: (1 / 255, 2 / 255, 4 / 255, 8 / 255)}
 # Feature units of breast-cancer: ℓ∞ ≈ 1, 2, 5, 10% of the median feature std (0.0727), ℓ2 = ℓ∞·√30,

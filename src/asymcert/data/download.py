@@ -16,17 +16,18 @@ import logging
 import os
 import tempfile
 import urllib.request
-from contextlib import suppress
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, ContextManager, Sequence
+from typing import BinaryIO
 
 from asymcert.data.sources import cache_dir, find_files
 from asymcert.errors import DataError
 
 log = logging.getLogger(__name__)
 
-Opener = Callable[[str], ContextManager[BinaryIO]]
+Opener = Callable[[str], AbstractContextManager[BinaryIO]]
 """``opener(url)`` returns a context manager whose value has ``read(n) -> bytes`` (like ``urlopen``)."""
 
 OFFLINE_ENV = "ASYMCERT_OFFLINE"
@@ -88,9 +89,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _urlopen(url: str) -> ContextManager[BinaryIO]:
+def _urlopen(url: str) -> AbstractContextManager[BinaryIO]:
     request = urllib.request.Request(url, headers={"User-Agent": "asymcert"})
-    return urllib.request.urlopen(request, timeout=60)  # noqa: S310 (https/http/file URLs only)
+    return urllib.request.urlopen(request, timeout=60)
 
 
 def download(url: str | Sequence[str], dest: str | Path, sha256: str, opener: Opener | None = None) -> Path:

@@ -5,8 +5,8 @@ Pillow is imported lazily: only these loaders need it (``pip install asymcert[im
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

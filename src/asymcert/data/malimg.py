@@ -31,7 +31,8 @@ DEFAULT_SIZE = 512
 SIZE_ENV = "ASYMCERT_MALIMG_SIZE"
 ARCHIVE_FOLDER = "malimg_paper_dataset_imgs"
 CLASS_NAMES = ("Allaple.A", "other families")
-MALIMG_RADII: dict[float, tuple[float, ...]] = {1: (1.0, 2.0, 4.0, 8.0), 2: (0.25, 0.5, 1.0, 2.0), float("inf"): (0.01, 0.02, 0.04, 0.08)}
+MALIMG_RADII: dict[float, tuple[float, ...]] = {1: (1.0, 2.0, 4.0, 8.0), 2: (0.25, 0.5, 1.0, 2.0),
+                                                float("inf"): (0.01, 0.02, 0.04, 0.08)}
 
 
 def find_malimg_root(data_dir: Path | None) -> Path:

@@ -8,9 +8,10 @@ the other class 0; multiclass tasks keep their class ids.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def subset(self, index: torch.Tensor | slice) -> "Dataset":
+    def subset(self, index: torch.Tensor | slice) -> Dataset:
         """The inputs at ``index`` (a slice, a bool mask or integer indices)."""
         return Dataset(self.x[index], self.y[index])
 
@@ -126,7 +127,7 @@ def split_train_val(data: Dataset, val_fraction: float = 0.2, seed: int = 42) ->
     """Hold out ``val_fraction`` of ``data`` as validation with a seeded permutation."""
     generator = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(data), generator=generator)
-    n_val = int(round(len(data) * val_fraction))
+    n_val = round(len(data) * val_fraction)
     return data.subset(perm[n_val:]), data.subset(perm[:n_val])
 
 
@@ -158,7 +159,7 @@ def balance_classes(y: np.ndarray, seed: int = 42) -> np.ndarray:
 
 
 def _round_half_up(value: float) -> int:
-    return int(math.floor(value + 0.5))
+    return math.floor(value + 0.5)
 
 
 def stratified_split(y: np.ndarray, test_fraction: float = 0.2, val_fraction: float = 0.2,

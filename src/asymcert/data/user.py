@@ -13,8 +13,9 @@ import copy
 import csv
 import math
 import zipfile
+from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from asymcert.certify.api import CertifierSpec
-from asymcert.certify.bound_propagation import (BoundPropagationOptions, certify_crown, certify_crown_ibp,
-                                                certify_ibp)
+from asymcert.certify.bound_propagation import BoundPropagationOptions, certify_crown, certify_crown_ibp, certify_ibp
 from asymcert.certify.result import Guarantee
 from asymcert.families.contract import CPU_ADAM, SMALL_CNN, CompareScale, Family, MethodSpec
 from asymcert.models.baselines import BoundPropagationNet

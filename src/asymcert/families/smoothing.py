@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from asymcert.certify.api import CertifierSpec
 from asymcert.certify.result import Guarantee
-from asymcert.certify.smoothing import (SmoothingOptions, SplittingOptions, certify_gaussian, certify_laplace,
-                                        certify_splitting, certify_uniform)
+from asymcert.certify.smoothing import (
+    SmoothingOptions,
+    SplittingOptions,
+    certify_gaussian,
+    certify_laplace,
+    certify_splitting,
+    certify_uniform,
+)
 from asymcert.families.contract import CPU_ADAM, SMALL_CNN, CompareScale, Family, MethodSpec
 from asymcert.models.baselines import SMOOTHING_DEFAULTS, SmoothingBaseNet
 from asymcert.train.baseline_recipes import NoiseRecipe

@@ -7,7 +7,8 @@ without knowing which family it belongs to.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 

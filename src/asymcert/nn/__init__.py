@@ -1,12 +1,32 @@
 """Plain ``torch.nn.Module`` layers: input-convex layers, Lipschitz feature maps, ℓ∞-dist layers."""
 
-from asymcert.nn.convex import (ICNN, ConvexConvNet, NonnegConv2d, NonnegLinear, PositiveBatchNorm,
-                                convexity_violations, project_)
-from asymcert.nn.feature_maps import (ConcatAbs, Compose, FeatureMap, Identity, Shift, Standardize,
-                                      build_feature_map)
+from asymcert.nn.convex import (
+    ICNN,
+    ConvexConvNet,
+    NonnegConv2d,
+    NonnegLinear,
+    PositiveBatchNorm,
+    convexity_violations,
+    project_,
+)
+from asymcert.nn.feature_maps import Compose, ConcatAbs, FeatureMap, Identity, Shift, Standardize, build_feature_map
 
-__all__ = ["ICNN", "ConvexConvNet", "NonnegConv2d", "NonnegLinear", "PositiveBatchNorm", "convexity_violations",
-           "project_", "ConcatAbs", "Compose", "FeatureMap", "Identity", "Shift", "Standardize", "build_feature_map"]
+__all__ = [
+    "ICNN",
+    "Compose",
+    "ConcatAbs",
+    "ConvexConvNet",
+    "FeatureMap",
+    "Identity",
+    "NonnegConv2d",
+    "NonnegLinear",
+    "PositiveBatchNorm",
+    "Shift",
+    "Standardize",
+    "build_feature_map",
+    "convexity_violations",
+    "project_",
+]
 
 
 def __getattr__(name: str):  # ℓ∞-dist layers load on first use

@@ -14,8 +14,9 @@ declares its own contract (:data:`CONTRACT_METHOD`). Anything else is refused by
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -278,9 +279,10 @@ CONVEX_NETS: dict[str, type[nn.Module]] = {ICNN.kind: ICNN, ConvexConvNet.kind: 
 # (unconstrained) layers are allowed only where they act on the network's input (an affine map of
 # the input keeps convexity); every later layer must carry its nonnegativity constraint.
 ALLOWED_SLOTS: dict[type[nn.Module], dict[str, tuple[type[nn.Module], ...]]] = {
-    ICNN: {"passthrough": (nn.Linear, NonnegLinear), "hidden": (NonnegLinear,), "norms": (PositiveBatchNorm, nn.Identity)},
-    ConvexConvNet: {"stem": (nn.Conv2d, NonnegConv2d), "block_norms": (PositiveBatchNorm,), "block_convs": (NonnegConv2d,),
-                    "out_norm": (PositiveBatchNorm,), "readout": (NonnegLinear,)},
+    ICNN: {"passthrough": (nn.Linear, NonnegLinear), "hidden": (NonnegLinear,),
+           "norms": (PositiveBatchNorm, nn.Identity)},
+    ConvexConvNet: {"stem": (nn.Conv2d, NonnegConv2d), "block_norms": (PositiveBatchNorm,),
+                    "block_convs": (NonnegConv2d,), "out_norm": (PositiveBatchNorm,), "readout": (NonnegLinear,)},
 }
 CONTRACT_METHOD = "convexity_contract"
 """The contract of a user's own input-convex network g. A class that defines

@@ -28,8 +28,8 @@ from __future__ import annotations
 import ctypes
 import math
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +98,7 @@ _KERNEL = _native.LazyKernel("ℓ∞-dist C++ kernels", _build_checked)
 _state = _KERNEL.state  # ``lib``, ``tried``, ``error``
 
 
-def kernels() -> Optional[ctypes.CDLL]:
+def kernels() -> ctypes.CDLL | None:
     """The compiled CPU kernels, building them on first call; None when unavailable.
 
     Returns:
@@ -108,7 +108,7 @@ def kernels() -> Optional[ctypes.CDLL]:
     return _KERNEL.get()
 
 
-def kernel_error() -> Optional[str]:
+def kernel_error() -> str | None:
     """Why :func:`kernels` returned None (after it was called), else None."""
     return _KERNEL.error
 
@@ -118,7 +118,7 @@ def _threads(work: int) -> int:
     return 1 if work < (1 << 18) else torch.get_num_threads()
 
 
-def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
@@ -149,7 +149,7 @@ def _cpp_linf_fwd(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, need_idx: 
 
 
 def _cpp_linf_bwd(lib: ctypes.CDLL, idx: torch.Tensor, sgn: torch.Tensor, g: torch.Tensor, K: int,
-                  need_x: bool, need_w: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+                  need_x: bool, need_w: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     B, O = idx.shape
     g = g.to(sgn.dtype).contiguous()
     gx = torch.empty(B, K, dtype=sgn.dtype) if need_x else None
@@ -209,11 +209,11 @@ def _cpp_lp_bwd(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, y: torch.Ten
 def _chunks(B: int, O: int, K: int, budget: int = _CHUNK_ELEMS) -> Iterator[tuple[slice, slice]]:
     """(batch slice, out slice) pairs with at most ``budget`` elements of batch × out × in each."""
     K = max(K, 1)
-    if B * K <= budget:
+    if budget >= B * K:
         oc = max(1, budget // (B * K))
         bc = B
     else:
-        oc = 1 if O * K > budget else O
+        oc = 1 if budget < O * K else O
         bc = max(1, budget // (oc * K))
     for b0 in range(0, B, bc):
         for o0 in range(0, O, oc):
@@ -296,7 +296,7 @@ def linf_dist_reference(x: torch.Tensor, weight: torch.Tensor, p: float = INF) -
             rows.append((bs, os_, (m * (d / ms).pow(p).sum(-1, keepdim=True).pow(1.0 / p)).squeeze(-1)))
     # assemble without in-place writes so autograd stays plain
     by_b: dict = {}
-    for bs, os_, v in rows:
+    for bs, _, v in rows:
         by_b.setdefault((bs.start, bs.stop), []).append(v)
     if not by_b:
         return x.new_zeros(B, O) + weight.sum() * 0
@@ -751,5 +751,13 @@ def interval_bounds(layer: nn.Module, lower: torch.Tensor, upper: torch.Tensor) 
     return bounds(lower, upper)
 
 
-__all__ = ["LinfDist", "LinfDistConv2d", "linf_dist", "linf_dist_reference", "interval_bounds", "kernels",
-           "kernel_error", "BACKENDS"]
+__all__ = [
+    "BACKENDS",
+    "LinfDist",
+    "LinfDistConv2d",
+    "interval_bounds",
+    "kernel_error",
+    "kernels",
+    "linf_dist",
+    "linf_dist_reference",
+]

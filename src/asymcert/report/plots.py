@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
-
 
 PLOT_HINT = "plots need matplotlib, which is not installed: pip install 'asymcert[plot]' gives the plots"
 

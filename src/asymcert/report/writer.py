@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from asymcert import distributed
+from asymcert.certify.certfile import CERT_FILE, load_certificates
 from asymcert.certify.result import Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import CheckpointError
-from asymcert.certify.certfile import CERT_FILE, load_certificates
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.plots import PLOT_HINT, plot_certified_curves, plotting_available
 from asymcert.runfolder import dumps_strict, exclusive, read_run_record, remove_stale_temp_files, write_json
@@ -47,7 +48,8 @@ def summarize(cert: Certificate, labels: torch.Tensor, report_radii: dict[str, l
     }
     if cert.binary:
         out["n_sensitive"] = int((labels == 1).sum())
-        out["sensitive_flagged_correctly"] = float(((cert.predicted == 1) & (labels == 1)).sum()) / max(1, out["n_sensitive"])
+        flagged_correctly = float(((cert.predicted == 1) & (labels == 1)).sum())
+        out["sensitive_flagged_correctly"] = flagged_correctly / max(1, out["n_sensitive"])
     if cert.guarantee is Guarantee.FLAG and not cert.binary:  # one-vs-rest: how many classes flag each input,
         flags = cert.extra["flags"].bool()  # and is the true one among them
         count = flags.sum(dim=1)
@@ -126,12 +128,14 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
     guarantee = GUARANTEE_TEXT[Guarantee(results["guarantee"])].format(alpha=results["alpha"])
     lines += [f"- model: `{dumps_strict(run['model'])}`",
               f"- certificate: {results['method']} ({guarantee})",
-              f"- test inputs: {results['n_inputs']}" + (f" ({results['n_sensitive']} of the sensitive class)" if "n_sensitive" in results else ""),
+              f"- test inputs: {results['n_inputs']}"
+              + (f" ({results['n_sensitive']} of the sensitive class)" if "n_sensitive" in results else ""),
               f"- clean accuracy: **{100 * results['clean_accuracy']:.2f}%**",
               f"- certification: {1000 * results['certify_seconds_per_input']:.3f} ms per input "
               f"({results['certify_seconds_total']:.2f} s in all)"]
     if results.get("training_seconds") is not None:
-        lines.append(f"- training: {results['training_seconds'] / 60:.1f} min, best validation epoch {results.get('best_epoch')}")
+        lines.append(f"- training: {results['training_seconds'] / 60:.1f} min, "
+                     f"best validation epoch {results.get('best_epoch')}")
     lines += ["", "Certified accuracy: share of sensitive-class test inputs flagged sensitive with a certified "
               "radius ≥ r (radii in raw input units)." if "n_sensitive" in results else
               ONE_VS_REST_NOTE if results["guarantee"] == Guarantee.FLAG.value else

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
+from asymcert.certify.bounded_convex import block_convs, block_norms, conv_bias
 from asymcert.data.tasks import Dataset, TaskData
 from asymcert.errors import InputError, UnknownNameError
 from asymcert.nn.convex import ICNN, ConvexConvNet
@@ -39,6 +41,9 @@ from asymcert.runfolder import dumps_strict
 from asymcert.train.config import TrainConfig
 from asymcert.train.loop import fit
 from asymcert.train.recipes import FeatureConvexRecipe, predict_scores
+
+if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
+    from asymcert.models.feature_convex import FeatureConvexClassifier
 
 CAPACITY_FILE, REPORT_FILE, PLOT_FILE = "capacity.json", "capacity.md", "capacity.png"
 
@@ -119,7 +124,7 @@ def max_accuracy_shift(scores: torch.Tensor, labels: torch.Tensor) -> tuple[floa
 
 
 @torch.no_grad()
-def _standardize_(linear: nn.Module, out: torch.Tensor, target_std: float) -> None:
+def _standardize_(linear: nn.Linear | nn.Conv2d, out: torch.Tensor, target_std: float) -> None:
     """Rescale rows of a free layer so its per-unit output std over the batch is ``target_std``."""
     dims = [0] + list(range(2, out.dim()))
     std = out.std(dim=dims).clamp_min(1e-12)
@@ -154,16 +159,18 @@ def scaled_init_(g: nn.Module, features: torch.Tensor, generator: torch.Generato
 
     if isinstance(g, ICNN):
         x = features.flatten(1)
-        first = g.passthrough[0]
+        passthrough = cast("list[nn.Linear]", list(g.passthrough))  # ModuleLists of nn.Linear (ICNN.__init__)
+        hidden = cast("list[nn.Linear]", list(g.hidden))
+        first = passthrough[0]
         _standardize_(first, first(x), 1.0)
         first.bias.sub_(first(x).mean(0))
         z = torch.relu(first(x))
-        for k, (lin, norm) in enumerate(zip(g.hidden, g.norms)):
+        for k, (lin, norm) in enumerate(zip(hidden, g.norms)):
             nonneg_(lin.weight)
             inner = norm(z)
             _, std_a = _per_unit(lin(inner))
             lin.weight.mul_((half / std_a)[:, None])
-            p = g.passthrough[k + 1]
+            p = passthrough[k + 1]
             _standardize_(p, p(x), half)
             out = lin(inner) + p(x)
             p.bias.sub_(out.mean(0))
@@ -172,17 +179,17 @@ def scaled_init_(g: nn.Module, features: torch.Tensor, generator: torch.Generato
     elif isinstance(g, ConvexConvNet):
         stem = g.stem
         _standardize_(stem, stem(features), 1.0)
-        stem.bias.sub_(_per_unit(stem(features))[0])
+        conv_bias(stem).sub_(_per_unit(stem(features))[0])
         z = torch.relu(stem(features))
-        for norm, conv in zip(g.block_norms, g.block_convs):
+        for norm, conv in zip(block_norms(g), block_convs(g)):
             nonneg_(conv.weight)
-            conv.bias.zero_()
+            conv_bias(conv).zero_()
             inner = norm(z)
             _, std_c = _per_unit(conv(inner))
             _, std_z = _per_unit(z)
             conv.weight.mul_((std_z / std_c).view(-1, 1, 1, 1))
             pre = z + conv(inner)
-            conv.bias.sub_(_per_unit(pre)[0])
+            conv_bias(conv).sub_(_per_unit(pre)[0])
             z = torch.relu(z + conv(inner))
         flat = g.out_norm(z).flatten(1)
         nonneg_(g.readout.weight)
@@ -216,22 +223,24 @@ class CapacityRecipe(FeatureConvexRecipe):
 
     def prepare(self, model: nn.Module, train: Dataset) -> None:
         super().prepare(model, train)
+        fc = cast("FeatureConvexClassifier", model)  # run_recipe builds feature-convex models
         if self.init == "scaled":
             gen = torch.Generator().manual_seed(self.seed)
             idx = torch.randperm(len(train), generator=gen)[: self.init_size]
-            device = next(model.parameters()).device
+            device = next(fc.parameters()).device
             with torch.no_grad():
-                features = model.features(train.x[idx].to(device))
-            scaled_init_(model.convex, features, gen)
-        model.project()
+                features = fc.features(train.x[idx].to(device))
+            scaled_init_(fc.convex, features, gen)
+        fc.project()
 
     def evaluate(self, model: nn.Module, val: Dataset, batch_size: int) -> dict[str, float]:
         """Accuracy on ``val`` (here: the training split) with b fitted to maximise it."""
-        device = next(model.parameters()).device
-        model.set_balance(0.0)
-        scores = predict_scores(model, val.x, batch_size, device)
+        fc = cast("FeatureConvexClassifier", model)  # run_recipe builds feature-convex models
+        device = next(fc.parameters()).device
+        fc.set_balance(0.0)
+        scores = predict_scores(fc, val.x, batch_size, device)
         b, acc = max_accuracy_shift(scores, val.y)
-        model.set_balance(b)
+        fc.set_balance(b)
         return {"metric": acc, "accuracy": acc, "balance": b}
 
 
@@ -303,8 +312,9 @@ def run_recipe(name: str, train: Dataset, *, epochs: int | None = None, seed: in
         train_settings["epochs"] = int(epochs)
     config = TrainConfig.from_dict(train_settings)
     torch.manual_seed(seed)
-    model = build_model({"kind": "feature-convex", "input_shape": list(train.x.shape[1:]),
-                         "feature_map": spec.get("feature_map", [{"kind": "shift"}]), "convex": spec["convex"]})
+    model = cast("FeatureConvexClassifier", build_model({
+        "kind": "feature-convex", "input_shape": list(train.x.shape[1:]),
+        "feature_map": spec.get("feature_map", [{"kind": "shift"}]), "convex": spec["convex"]}))
     recipe = CapacityRecipe(config, spec.get("init", "paper"))
     data = TaskData(train, train, train, class_names=("other", "sensitive"))  # evaluated on train
     result = fit(model, data, config, out_dir=None, augment=None, recipe=recipe, progress=progress,
@@ -317,6 +327,11 @@ def run_recipe(name: str, train: Dataset, *, epochs: int | None = None, seed: in
         loss_per_epoch=[float(h["loss"]) for h in history], seconds=float(result["seconds"]),
         parameters=sum(p.numel() for p in model.convex.parameters() if p.requires_grad),
         settings={**spec, "train": config.to_dict()})
+
+
+def _prefixed(say: Callable[[str], None], name: str) -> Callable[[str], None]:
+    """``say`` with every message indented and tagged ``[name]`` (per-epoch messages of one recipe)."""
+    return lambda msg: say(f"  [{name}] {msg}")
 
 
 def run_capacity(train: Dataset, recipes: list[str] | str | None = None, *, epochs: int | None = None,
@@ -338,7 +353,7 @@ def run_capacity(train: Dataset, recipes: list[str] | str | None = None, *, epoc
         say = log or (lambda msg: None)
         say(f"recipe {name}: {RECIPES[name]['description']}")
         res = run_recipe(name, train, epochs=epochs, seed=seed, device=device, progress=progress,
-                         log=(lambda msg, n=name: say(f"  [{n}] {msg}")) if log else None)
+                         log=_prefixed(say, name) if log else None)
         say(f"recipe {name}: training accuracy {100 * res.train_accuracy:.2f}% (epoch {res.best_epoch}), "
             f"{res.seconds:.1f}s")
         out.append(res)

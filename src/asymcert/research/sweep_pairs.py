@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, cast
 
 import torch
 
@@ -36,11 +38,23 @@ from asymcert.data.pairs import PAIR_MODEL, PAIR_TRAIN, pair_data
 from asymcert.data.pairs import pair_report_radii as task_pair_radii
 from asymcert.data.tasks import Dataset, TaskData, get_task
 from asymcert.pipeline import CertifySettings, plan_training, run_pipeline
-from asymcert.report.writer import summarize
-from asymcert.train.loop import STATE_FILE
-from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, parse_int_list, plot_heatmap, pretty_norm, run_lines,
-                                      progress_log, run_jobs, split_finished, shared, write_json)
 from asymcert.report.machine import describe_machine
+from asymcert.report.writer import summarize
+from asymcert.research.sweeps import (
+    RESULT_FILE,
+    Clock,
+    SweepError,
+    parse_int_list,
+    plot_heatmap,
+    pretty_norm,
+    progress_log,
+    run_jobs,
+    run_lines,
+    shared,
+    split_finished,
+    write_json,
+)
+from asymcert.train.loop import STATE_FILE
 
 NORMS = (1.0, 2.0, math.inf)
 RESULTS_JSON, REPORT_MD = "results.json", "sweep.md"
@@ -85,7 +99,7 @@ def _pair_job(job: tuple[int, int]) -> dict[str, Any]:
               "other_name": data.class_names[0],
               "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
               "training_seconds": training["seconds"], "best_epoch": training["best"]["epoch"],
-              "val_balanced_accuracy": training["best"]["metric"], "balance": float(plan.model.balance),
+              "val_balanced_accuracy": training["best"]["metric"], "balance": float(cast(torch.Tensor, plan.model.balance)),
               "job_seconds": clock.seconds(), **summarize(done.certificate, done.labels, settings["report_radii"])}
     write_json(job_dir / RESULT_FILE, result)
     (job_dir / STATE_FILE).unlink(missing_ok=True)  # finished: the resumable state is no longer needed
@@ -184,6 +198,34 @@ def sweep_pairs(task_name: str, out_dir: str | Path, classes: Sequence[int] | No
     return summary
 
 
+def _difference(a: float | None, b: float | None) -> float | None:
+    """a − b, or None when either is missing."""
+    return None if a is None or b is None else a - b
+
+
+def _median_radius(result: dict[str, Any], norm: str) -> float:
+    """A pair result's median certified radius in ``norm`` (a norm label)."""
+    return float(result["median_radius"][norm])
+
+
+def _asymmetry_ranking(m: list[list[float | None]], clean: list[list[float | None]], classes: Sequence[int],
+                       class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Unordered pairs with both directions, larger median radius first, by |radius(a, b) − radius(b, a)|."""
+    rows: list[dict[str, Any]] = []
+    for i, j in itertools.combinations(range(len(classes)), 2):
+        r_ij, r_ji = m[i][j], m[j][i]
+        if r_ij is None or r_ji is None:
+            continue
+        (hi_i, lo_i), (r_ab, r_ba) = ((i, j), (r_ij, r_ji)) if r_ij >= r_ji else ((j, i), (r_ji, r_ij))
+        a, b = classes[hi_i], classes[lo_i]
+        rows.append({"a": a, "b": b, "a_name": class_names[a], "b_name": class_names[b],
+                     "radius_ab": r_ab, "radius_ba": r_ba, "difference": r_ab - r_ba,
+                     "ratio": (r_ab / r_ba) if r_ba > 0 else None,
+                     "clean_ab": clean[hi_i][lo_i], "clean_ba": clean[lo_i][hi_i]})
+    rows.sort(key=lambda row: -row["difference"])
+    return rows
+
+
 def aggregate(results: dict[tuple[int, int], dict[str, Any]], classes: Sequence[int], class_names: Sequence[str],
               settings: dict[str, Any], top: int = 10) -> dict[str, Any]:
     """The k×k matrices (row: sensitive a, column: other b; None on the diagonal and for missing pairs)
@@ -204,26 +246,10 @@ def aggregate(results: dict[tuple[int, int], dict[str, Any]], classes: Sequence[
 
     clean = matrix(lambda r: r["clean_accuracy"])
     flagged = matrix(lambda r: r["sensitive_flagged_correctly"])
-    median = {n: matrix(lambda r, n=n: r["median_radius"][n]) for n in norms}
-    asym: dict[str, list[list[float | None]]] = {}
-    ranking: dict[str, list[dict[str, Any]]] = {}
-    for n in norms:
-        m = median[n]
-        asym[n] = [[None if m[i][j] is None or m[j][i] is None else m[i][j] - m[j][i] for j in range(len(classes))]
-                   for i in range(len(classes))]
-        rows = []
-        for i, j in itertools.combinations(range(len(classes)), 2):
-            if asym[n][i][j] is None:
-                continue
-            hi_i, lo_i = (i, j) if m[i][j] >= m[j][i] else (j, i)  # report the larger direction first
-            a, b = classes[hi_i], classes[lo_i]
-            r_ab, r_ba = m[hi_i][lo_i], m[lo_i][hi_i]
-            rows.append({"a": a, "b": b, "a_name": class_names[a], "b_name": class_names[b],
-                         "radius_ab": r_ab, "radius_ba": r_ba, "difference": r_ab - r_ba,
-                         "ratio": (r_ab / r_ba) if r_ba > 0 else None,
-                         "clean_ab": clean[hi_i][lo_i], "clean_ba": clean[lo_i][hi_i]})
-        rows.sort(key=lambda row: -row["difference"])
-        ranking[n] = rows[:top]
+    median = {n: matrix(partial(_median_radius, norm=n)) for n in norms}
+    asym = {n: [[_difference(m[i][j], m[j][i]) for j in range(len(classes))] for i in range(len(classes))]
+            for n, m in median.items()}
+    ranking = {n: _asymmetry_ranking(median[n], clean, classes, class_names)[:top] for n in norms}
     return {"task": settings["task"], "settings": settings, "classes": list(classes),
             "class_names": [class_names[c] for c in classes],
             "pairs": {f"{a}-{b}": {k: v for k, v in r.items() if k != "settings"} for (a, b), r in sorted(results.items())},

@@ -20,16 +20,30 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from asymcert.certify.result import norm_label, normalize_norm
 from asymcert.data.tasks import TaskData, get_task
-from asymcert.research.sweeps import (RESULT_FILE, Clock, SweepError, pareto_front, parse_float_list, run_lines,
-                                      plot_pareto, pretty_norm, progress_log, run_jobs, shared, split_finished, write_json)
 from asymcert.pipeline import CertifySettings, plan_training, run_pipeline
 from asymcert.report.machine import describe_machine
 from asymcert.report.writer import write_report
+from asymcert.research.sweeps import (
+    RESULT_FILE,
+    Clock,
+    SweepError,
+    pareto_front,
+    parse_float_list,
+    plot_pareto,
+    pretty_norm,
+    progress_log,
+    run_jobs,
+    run_lines,
+    shared,
+    split_finished,
+    write_json,
+)
 
 FEATURE_MAPS: dict[str, list[dict[str, Any]]] = {
     "shift": [{"kind": "shift"}],

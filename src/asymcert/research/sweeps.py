@@ -17,9 +17,10 @@ import json
 import math
 import multiprocessing
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,7 +99,8 @@ def parse_float_list(text: str, what: str) -> list[float]:
         try:
             v = float(t)
         except ValueError:
-            raise SweepError(f"{what}: {t!r} is not a number (expected a comma-separated list like 0,1e-3,1e-2)") from None
+            raise SweepError(f"{what}: {t!r} is not a number "
+                             "(expected a comma-separated list like 0,1e-3,1e-2)") from None
         if not math.isfinite(v) or v < 0:
             raise SweepError(f"{what}: {t!r} must be a finite number ≥ 0")
         if v in out:
@@ -173,7 +175,7 @@ def run_jobs(jobs: Sequence[Any], job_fn: Callable[[Any], dict[str, Any]], share
             for job in jobs:
                 try:
                     result = job_fn(job)
-                except Exception as exc:  # noqa: BLE001 - one failing job does not sink the sweep
+                except Exception as exc:
                     finish(job, None, f"{type(exc).__name__}: {exc}")
                 else:
                     finish(job, result, None)
@@ -191,7 +193,7 @@ def run_jobs(jobs: Sequence[Any], job_fn: Callable[[Any], dict[str, Any]], share
                 job = pending.pop(future)
                 try:
                     result = future.result()
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     finish(job, None, f"{type(exc).__name__}: {exc}")
                 else:
                     finish(job, result, None)

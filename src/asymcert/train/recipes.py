@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asymcert.checkpoint import model_config
 from asymcert.data.tasks import Dataset
 from asymcert.errors import UnknownNameError
+from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.train.balance import balanced_accuracy, fit_balance
 from asymcert.train.config import TrainConfig
 from asymcert.train.regularizers import certified_lower_bound, jacobian_penalty_from_grad, per_input_gradients
@@ -44,6 +47,11 @@ def predict_scores(model: nn.Module, x: torch.Tensor, batch_size: int, device: t
     out = torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
     model.train(was)
     return out
+
+
+def _classifier(model: nn.Module) -> FeatureConvexClassifier:
+    """``model`` as the feature-convex classifier this recipe trains (refused by :func:`recipe_for` otherwise)."""
+    return cast(FeatureConvexClassifier, model)
 
 
 class FeatureConvexRecipe:
@@ -86,18 +94,20 @@ class FeatureConvexRecipe:
                              f"{config.margin_warmup}")
 
     def prepare(self, model: nn.Module, train: Dataset) -> None:
-        model.feature_map.fit(train.x)
-        model.set_balance(0.0)
-        model.project()
+        fc = _classifier(model)
+        fc.feature_map.fit(train.x)
+        fc.set_balance(0.0)
+        fc.project()
 
     def on_epoch_start(self, model: nn.Module, epoch: int, progress: float) -> None:
         """Train on g(φ(x)) with b = 0, or with ``train_at_balance`` on g(φ(x)) + b, b as the last
         validation pass fitted it (the cross-entropy is then taken at the threshold the decision
         uses; g's own bias cannot absorb b, which is refitted every epoch, so this keeps pushing g
         up, an implicit regulariser measured in benchmarks/README.md)."""
+        fc = _classifier(model)
         self._epoch_progress = progress
         if not self.train_at_balance:
-            model.set_balance(0.0)
+            fc.set_balance(0.0)
 
     def margin_scale(self, progress: float) -> float:
         """The warm-up factor (0 → 1) of the margin radii at ``progress`` (0 → 1) of training."""
@@ -106,14 +116,15 @@ class FeatureConvexRecipe:
         return min(1.0, progress / self.margin_warmup)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict]:
-        features = model.features(x).detach()
+        fc = _classifier(model)
+        features = fc.features(x).detach()
         needs_grad = self.jacobian_reg > 0 or self.margin_radius > 0
         stats: dict[str, float] = {}
         penalty = torch.zeros((), device=features.device)
         if needs_grad:  # every input's own gradient (see per_input_gradients for batch norm)
-            score, grad = per_input_gradients(model.score_from_features, features, model)
+            score, grad = per_input_gradients(fc.score_from_features, features, fc)
         else:
-            score = model.score_from_features(features)
+            score = fc.score_from_features(features)
         logit = score
         if needs_grad:
             if self.jacobian_reg > 0:
@@ -123,7 +134,7 @@ class FeatureConvexRecipe:
             scale = self.margin_scale(progress)
             if self.margin_radius > 0 and scale > 0:
                 # the lowest score over the union of the balls: the smallest of the per-norm bounds
-                bound = torch.stack([certified_lower_bound(score, grad, scale * r, p, model.feature_map.lipschitz(p))
+                bound = torch.stack([certified_lower_bound(score, grad, scale * r, p, fc.feature_lipschitz(p))
                                      for p, r in self.margins if r > 0]).amin(dim=0)
                 logit = torch.where(y.bool(), bound, score)
                 stats["margin_scale"] = scale
@@ -133,14 +144,16 @@ class FeatureConvexRecipe:
         return bce + penalty, stats
 
     def after_step(self, model: nn.Module) -> None:
-        model.project()
+        fc = _classifier(model)
+        fc.project()
 
     def evaluate(self, model: nn.Module, val: Dataset, batch_size: int) -> dict[str, float]:
-        device = next(model.parameters()).device
-        model.set_balance(0.0)
+        fc = _classifier(model)
+        device = next(fc.parameters()).device
+        fc.set_balance(0.0)
         scores = predict_scores(model, val.x, batch_size, device)
         b = fit_balance(scores, val.y)
-        model.set_balance(b)
+        fc.set_balance(b)
         acc = float(((scores + b > 0).long() == val.y).float().mean())
         out = {"metric": balanced_accuracy(scores + b, val.y), "accuracy": acc, "balance": b}
         if self.margin_radius > 0:  # only epochs trained at the full margin radius may be selected
@@ -170,7 +183,7 @@ def recipe_for(model: nn.Module, config: TrainConfig) -> Recipe:
     Raises:
         UnknownNameError: no family of that kind is registered.
     """
-    kind = model.config()["kind"]
+    kind = model_config(model)["kind"]
     if kind not in _RECIPES:
         raise UnknownNameError(f"no training recipe for model kind {kind!r}; known: {', '.join(sorted(_RECIPES))}")
     return _RECIPES[kind](config)
