@@ -15,5 +15,8 @@ demo: setup  ## train, certify and report on Fashion-MNIST T-shirt vs shirt (asy
 demo-fast: setup  ## the same with the 'fast' preset (a quick look, < 3 minutes)
 	$(VENV)/bin/asymcert run fashion-mnist-shirts --preset fast --out $(OUT)-fast
 
-test: setup  ## the whole test suite
+test: setup  ## lint (ruff), format check, type check (mypy), then the whole test suite
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest

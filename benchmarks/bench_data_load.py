@@ -23,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from asymcert.data.builtin import DEBIAN_FASHION, load_fashion_mnist
 from common import best_of, machine, write_results  # benchmarks/common.py
 
-FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+from asymcert.data.builtin import DEBIAN_FASHION, load_fashion_mnist
+
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 
 
 def numpy_read(folder: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -65,10 +67,16 @@ def main() -> int:
     t_ours = best_of(asymcert_read, args.repeats)
     t_ref = best_of(lambda: numpy_read(folder), args.repeats)
     ratio = t_ours / t_ref
-    results = {"machine": machine(), "images": sum(len(v[1]) for v in ref.values()), "repeats": args.repeats,
-               "asymcert_seconds": round(t_ours, 4), "numpy_seconds": round(t_ref, 4),
-               "ratio_asymcert_over_numpy": round(ratio, 3), "target_ratio": args.target,
-               "meets_target": ratio <= args.target}
+    results = {
+        "machine": machine(),
+        "images": sum(len(v[1]) for v in ref.values()),
+        "repeats": args.repeats,
+        "asymcert_seconds": round(t_ours, 4),
+        "numpy_seconds": round(t_ref, 4),
+        "ratio_asymcert_over_numpy": round(ratio, 3),
+        "target_ratio": args.target,
+        "meets_target": ratio <= args.target,
+    }
     print(f"asymcert {t_ours:.3f} s, numpy {t_ref:.3f} s: {ratio:.2f}× (target ≤ {args.target}×)")
     write_results("data_load", results)
     return 0 if ratio <= args.target else 1

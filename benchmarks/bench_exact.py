@@ -36,9 +36,15 @@ def random_fashion_model(seed: int = 0) -> torch.nn.Module:
     from asymcert.models import build_model
 
     torch.manual_seed(seed)
-    model = build_model({"kind": "feature-convex", "input_shape": [1, 28, 28], "input_range": [0.0, 1.0],
-                         "feature_map": [{"kind": "shift"}],
-                         "convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2}})
+    model = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [1, 28, 28],
+            "input_range": [0.0, 1.0],
+            "feature_map": [{"kind": "shift"}],
+            "convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2},
+        }
+    )
     model.feature_map.fit(torch.rand(256, 1, 28, 28))
     with torch.no_grad():
         for mod in model.modules():
@@ -100,10 +106,14 @@ def main(argv: list[str] | None = None) -> int:
 
     cert = asymcert.certify(model, x, norms=norms)
     flagged = cert.sensitive.cpu().numpy()
-    result = {"source": source, "n_inputs": int(x.shape[0]), "flagged": int(flagged.sum()),
-              "model": model.config(), "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                                                   "cpus": torch.get_num_threads()},
-              "norms": {}}
+    result = {
+        "source": source,
+        "n_inputs": int(x.shape[0]),
+        "flagged": int(flagged.sum()),
+        "model": model.config(),
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": torch.get_num_threads()},
+        "norms": {},
+    }
     total = 0.0
     for p in norms:
         t0 = time.perf_counter()
@@ -120,22 +130,32 @@ def main(argv: list[str] | None = None) -> int:
         for s in res.status:
             statuses[s] = statuses.get(s, 0) + 1
         violations = int(((certified > exact * (1 + 1e-6)) & (certified > 0) & ~np.isnan(exact)).sum())
-        entry = {"build_seconds": build, "solve_seconds": solve, "seconds_per_flagged_input": quartiles(sec),
-                 "mean_seconds_per_flagged_input": float(sec.mean()) if sec.size else None,
-                 "status": statuses, "certified_over_exact": quartiles(certified[both] / exact[both]),
-                 "exact_radius": quartiles(exact[exact > 0]), "certified_above_exact": violations,
-                 "extrapolated_seconds_for_1000_inputs": (build + solve) * 1000.0 / max(1, x.shape[0])}
+        entry = {
+            "build_seconds": build,
+            "solve_seconds": solve,
+            "seconds_per_flagged_input": quartiles(sec),
+            "mean_seconds_per_flagged_input": float(sec.mean()) if sec.size else None,
+            "status": statuses,
+            "certified_over_exact": quartiles(certified[both] / exact[both]),
+            "exact_radius": quartiles(exact[exact > 0]),
+            "certified_above_exact": violations,
+            "extrapolated_seconds_for_1000_inputs": (build + solve) * 1000.0 / max(1, x.shape[0]),
+        }
         result["norms"][norm_label(p)] = entry
         total += build + solve
         t = entry["certified_over_exact"] or {}
-        print(f"  {norm_label(p)}: build {build:.2f} s, solve {solve:.1f} s "
-              f"({entry['mean_seconds_per_flagged_input'] or 0:.3f} s per flagged input), status {statuses}, "
-              f"certified/exact median {t.get('median', math.nan):.4f} [q25 {t.get('q25', math.nan):.4f}, "
-              f"q75 {t.get('q75', math.nan):.4f}], certified > exact: {violations}")
+        print(
+            f"  {norm_label(p)}: build {build:.2f} s, solve {solve:.1f} s "
+            f"({entry['mean_seconds_per_flagged_input'] or 0:.3f} s per flagged input), status {statuses}, "
+            f"certified/exact median {t.get('median', math.nan):.4f} [q25 {t.get('q25', math.nan):.4f}, "
+            f"q75 {t.get('q75', math.nan):.4f}], certified > exact: {violations}"
+        )
     result["total_seconds"] = total
     result["extrapolated_seconds_for_1000_inputs"] = total * 1000.0 / max(1, x.shape[0])
-    print(f"total {total:.1f} s for {x.shape[0]} inputs → about {result['extrapolated_seconds_for_1000_inputs']:.0f} s "
-          f"for 1000 (target: 600 s)")
+    print(
+        f"total {total:.1f} s for {x.shape[0]} inputs → about {result['extrapolated_seconds_for_1000_inputs']:.0f} s "
+        f"for 1000 (target: 600 s)"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -24,16 +24,15 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
-
-from asymcert.nn import linf_dist as L
 from common import machine  # benchmarks/common.py
 
-INF = float("inf")
+from asymcert.nn import linf_dist as L
 
+INF = float("inf")
 
 
 def compiler_version() -> str:
@@ -88,6 +87,7 @@ def main() -> None:
             xg.grad = wg.grad = None
             y = fn(xg, wg, p)
             y.backward(torch.ones_like(y))
+
         return run
 
     fast = lambda a, b, p: L.linf_dist(a, b, p)  # noqa: E731
@@ -119,6 +119,7 @@ def main() -> None:
                 fn()
             finally:
                 L._state["lib"] = saved
+
         return run
 
     for p in ps:
@@ -147,19 +148,25 @@ def main() -> None:
             ratios[f"speed-up of the fix at p={p:g}"] = b[f"before fix, p={p:g} fwd+bwd"] / b[f"fast, p={p:g} fwd+bwd"]
     targets = {
         "p=inf fwd >= 50x naive": ratios["naive / fast, p=inf fwd"] >= 50,
-        "p=inf fwd >= 10 G/s": max(rows["fast, p=inf fwd"]["G_sub_abs_max_per_s"],
-                                   rows["fast, p=inf fwd, 1 thread"]["G_sub_abs_max_per_s"]) >= 10,
+        "p=inf fwd >= 10 G/s": max(
+            rows["fast, p=inf fwd"]["G_sub_abs_max_per_s"], rows["fast, p=inf fwd, 1 thread"]["G_sub_abs_max_per_s"]
+        )
+        >= 10,
         "p=8 fwd+bwd <= 10x p=inf fwd+bwd": ratios["fast p=8 fwd+bwd / fast p=inf fwd+bwd"] <= 10,
         "every finite p fwd+bwd <= 10x p=inf fwd+bwd": all(
-            ratios[f"fast p={p:g} fwd+bwd / fast p=inf fwd+bwd"] <= 10 for p in ps),
+            ratios[f"fast p={p:g} fwd+bwd / fast p=inf fwd+bwd"] <= 10 for p in ps
+        ),
     }
 
-    print(f"ℓ∞-dist benchmark: batch {B}, {K} → {O}, float32, {torch.get_num_threads()} threads, "
-          f"fast backend {fast_backend!r}, load average {load_before[0]:.2f} → {load_after[0]:.2f}")
+    print(
+        f"ℓ∞-dist benchmark: batch {B}, {K} → {O}, float32, {torch.get_num_threads()} threads, "
+        f"fast backend {fast_backend!r}, load average {load_before[0]:.2f} → {load_after[0]:.2f}"
+    )
     print(f"{'case':52s} {'best s':>10s} {'median s':>10s} {'cpu s':>10s} {'G/s':>8s}")
     for k, r in rows.items():
-        print(f"{k:52s} {r['best_s']:10.4f} {r['median_s']:10.4f} {r['cpu_s_best']:10.4f} "
-              f"{r['G_sub_abs_max_per_s']:8.2f}")
+        print(
+            f"{k:52s} {r['best_s']:10.4f} {r['median_s']:10.4f} {r['cpu_s_best']:10.4f} {r['G_sub_abs_max_per_s']:8.2f}"
+        )
     for k, v in ratios.items():
         print(f"{k:52s} {v:8.2f}")
     for k, v in targets.items():
@@ -169,9 +176,15 @@ def main() -> None:
         "problem": {"batch": B, "in": K, "out": O, "dtype": "float32", "sub_abs_max_ops": ops},
         "command": "python " + " ".join(["benchmarks/bench_linf_dist.py"] + sys.argv[1:]),
         "machine": {
-            "cpu_model": machine()["cpu"], "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "compiler": compiler_version(), "loadavg_before": load_before, "loadavg_after": load_after,
+            "cpu_model": machine()["cpu"],
+            "logical_cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "compiler": compiler_version(),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
         },
         "fast_backend": fast_backend,
         "kernel_error": L.kernel_error(),

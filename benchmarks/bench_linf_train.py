@@ -34,16 +34,27 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from common import machine  # benchmarks/common.py
 
-PAPER = {"clean": 87.91, "pgd": 79.64, "certified": 77.48,
-         "source": "Zhang et al. 2021, ℓ∞-dist Net, Fashion-MNIST ε = 0.1 (5 layers × 5120, 400 epochs)"}
+PAPER = {
+    "clean": 87.91,
+    "pgd": 79.64,
+    "certified": 77.48,
+    "source": "Zhang et al. 2021, ℓ∞-dist Net, Fashion-MNIST ε = 0.1 (5 layers × 5120, 400 epochs)",
+}
 
 
-
-def pgd_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
-               step_size: float, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+def pgd_robust(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    step_size: float,
+    low: float,
+    high: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """ℓ∞ PGD on the cross-entropy; (N,) bool, True where no iterate (nor the start) is misclassified."""
     delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
     xa = (x + delta).clamp(low, high)
@@ -83,10 +94,10 @@ def main() -> None:
 
     import asymcert
     from asymcert.data import get_task
-    from asymcert.report.writer import write_report
-    from asymcert.train.linf_recipe import LINF_TRAIN_DEFAULTS, LinfDistRecipe
-    from asymcert.train.config import TrainConfig
     from asymcert.pipeline import certify_run, train_run
+    from asymcert.report.writer import write_report
+    from asymcert.train.config import TrainConfig
+    from asymcert.train.linf_recipe import LINF_TRAIN_DEFAULTS, LinfDistRecipe
 
     t_start = time.time()
     load_before = os.getloadavg()
@@ -97,12 +108,30 @@ def main() -> None:
     widths = [int(w) for w in args.widths.split(",")]
     phases = [float(v) for v in args.phases.split(",")]
     lam = [float(v) for v in args.lam.split(",")]
-    extra = {**LINF_TRAIN_DEFAULTS["extra"], "eps_eval": args.eps, "eps_train": args.eps_train,
-             "p_phases": phases, "lambda": lam}
-    train = {**LINF_TRAIN_DEFAULTS, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-             "seed": args.seed, "device": "cpu", "extra": extra}
-    model_cfg = {"kind": "linf-dist", "widths": widths, "num_classes": 10, "binary": False,
-                 "mlp_head": args.mlp_head, "identity_init": True}
+    extra = {
+        **LINF_TRAIN_DEFAULTS["extra"],
+        "eps_eval": args.eps,
+        "eps_train": args.eps_train,
+        "p_phases": phases,
+        "lambda": lam,
+    }
+    train = {
+        **LINF_TRAIN_DEFAULTS,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "device": "cpu",
+        "extra": extra,
+    }
+    model_cfg = {
+        "kind": "linf-dist",
+        "widths": widths,
+        "num_classes": 10,
+        "binary": False,
+        "mlp_head": args.mlp_head,
+        "identity_init": True,
+    }
     loads: dict[int, list[float]] = {}  # epoch → load average when it ended (epochs of this process only)
 
     def log(msg: str) -> None:
@@ -112,18 +141,33 @@ def main() -> None:
         print(time.strftime("%H:%M:%S"), msg, "| load", " ".join(f"{v:.1f}" for v in load), flush=True)
 
     out = Path(args.out)
-    run = train_run({"name": "fashion-mnist"}, out, train_overrides=train, model_overrides=model_cfg, data=data,
-                    progress=False, log=log)
+    run = train_run(
+        {"name": "fashion-mnist"},
+        out,
+        train_overrides=train,
+        model_overrides=model_cfg,
+        data=data,
+        progress=False,
+        log=log,
+    )
     history = json.loads((out / "history.json").read_text())
     recipe = LinfDistRecipe(TrainConfig.from_dict(train))
     epochs = []
     for h in history:
         e = h["epoch"]
         p0, p1 = recipe.p_at((e - 1) / args.epochs), recipe.p_at((e - 1e-9) / args.epochs)
-        epochs.append({"epoch": e, "seconds": round(h["seconds"], 1), "p_start": p0 if math.isfinite(p0) else "inf",
-                       "p_end": p1 if math.isfinite(p1) else "inf", "loss": h.get("loss"),
-                       "val_accuracy": h.get("val_accuracy"), "val_certified": h.get("val_certified"),
-                       "load_after": loads.get(e)})
+        epochs.append(
+            {
+                "epoch": e,
+                "seconds": round(h["seconds"], 1),
+                "p_start": p0 if math.isfinite(p0) else "inf",
+                "p_end": p1 if math.isfinite(p1) else "inf",
+                "loss": h.get("loss"),
+                "val_accuracy": h.get("val_accuracy"),
+                "val_certified": h.get("val_certified"),
+                "load_after": loads.get(e),
+            }
+        )
         print(epochs[-1], flush=True)
 
     t0 = time.perf_counter()
@@ -144,7 +188,7 @@ def main() -> None:
     t0 = time.perf_counter()
     robust = []
     for i in range(0, n_pgd, 500):
-        xb, yb = data.test.x[i:min(n_pgd, i + 500)], data.test.y[i:min(n_pgd, i + 500)]
+        xb, yb = data.test.x[i : min(n_pgd, i + 500)], data.test.y[i : min(n_pgd, i + 500)]
         robust.append(pgd_robust(model, xb, yb, args.eps, args.pgd_steps, args.eps / 4, 0.0, 1.0, gen))
     pgd_s = time.perf_counter() - t0
     robust_t = torch.cat(robust) if robust else torch.zeros(0, dtype=torch.bool)
@@ -154,30 +198,62 @@ def main() -> None:
 
     per_epoch = [e["seconds"] for e in epochs]
     out_json = {
-        "setting": {"task": "fashion-mnist", "eps": args.eps, "eps_train": args.eps_train, "widths": widths,
-                    "distance_layers": len(widths) + (0 if args.mlp_head else 1), "mlp_head": args.mlp_head,
-                    "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "p_phases": phases,
-                    "lambda": lam, "train_images": len(data.train), "test_images": len(cert),
-                    "pgd": {"steps": args.pgd_steps, "step_size": args.eps / 4, "inputs": n_pgd, "restarts": 1,
-                            "random_start": True},
-                    "command": "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "?") + " python "
-                               + " ".join(["benchmarks/bench_linf_train.py"] + sys.argv[1:])},
-        "machine": {"cpu_model": machine()["cpu"], "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-                    "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg())},
-        "training": {"seconds": sum(h["seconds"] for h in history),  # all epochs, resumed runs included
-                     "seconds_this_process": run["training"]["seconds"],
-                     "best_epoch": run["training"]["best"]["epoch"],
-                     "per_epoch_seconds": per_epoch, "epochs": epochs},
-        "results_percent": {"clean": round(100 * clean, 2),
-                            "pgd": round(100 * float(robust_t.double().mean()), 2) if n_pgd else None,
-                            "certified": round(100 * certified, 2),
-                            "clean_on_pgd_subset": round(100 * float(correct[:n_pgd].double().mean()), 2),
-                            "certified_on_pgd_subset": round(100 * float(cert_sub.double().mean()), 2)},
+        "setting": {
+            "task": "fashion-mnist",
+            "eps": args.eps,
+            "eps_train": args.eps_train,
+            "widths": widths,
+            "distance_layers": len(widths) + (0 if args.mlp_head else 1),
+            "mlp_head": args.mlp_head,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "p_phases": phases,
+            "lambda": lam,
+            "train_images": len(data.train),
+            "test_images": len(cert),
+            "pgd": {
+                "steps": args.pgd_steps,
+                "step_size": args.eps / 4,
+                "inputs": n_pgd,
+                "restarts": 1,
+                "random_start": True,
+            },
+            "command": "OMP_NUM_THREADS="
+            + os.environ.get("OMP_NUM_THREADS", "?")
+            + " python "
+            + " ".join(["benchmarks/bench_linf_train.py"] + sys.argv[1:]),
+        },
+        "machine": {
+            "cpu_model": machine()["cpu"],
+            "logical_cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "loadavg_before": list(load_before),
+            "loadavg_after": list(os.getloadavg()),
+        },
+        "training": {
+            "seconds": sum(h["seconds"] for h in history),  # all epochs, resumed runs included
+            "seconds_this_process": run["training"]["seconds"],
+            "best_epoch": run["training"]["best"]["epoch"],
+            "per_epoch_seconds": per_epoch,
+            "epochs": epochs,
+        },
+        "results_percent": {
+            "clean": round(100 * clean, 2),
+            "pgd": round(100 * float(robust_t.double().mean()), 2) if n_pgd else None,
+            "certified": round(100 * certified, 2),
+            "clean_on_pgd_subset": round(100 * float(correct[:n_pgd].double().mean()), 2),
+            "certified_on_pgd_subset": round(100 * float(cert_sub.double().mean()), 2),
+        },
         "certified_but_pgd_broken": violations,
-        "certify_seconds": cert_s, "pgd_seconds": pgd_s,
+        "certify_seconds": cert_s,
+        "pgd_seconds": pgd_s,
         "paper_percent": PAPER,
-        "run_dir": str(out), "report": results.get("certified_accuracy"),
+        "run_dir": str(out),
+        "report": results.get("certified_accuracy"),
         "wall_seconds": time.time() - t_start,
     }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)

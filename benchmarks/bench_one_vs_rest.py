@@ -32,36 +32,40 @@ import time
 from pathlib import Path
 
 import torch
+from common import machine  # benchmarks/common.py
 
 import asymcert
 from asymcert.certify.attacks import pgd_attack
 from asymcert.certify.one_vs_rest import class_radii_key
-from asymcert.report.metrics import certified_accuracy, clean_accuracy
 from asymcert.pipeline import CERT_FILE, load_certificates, read_run, run_data
-from common import machine  # benchmarks/common.py
+from asymcert.report.metrics import certified_accuracy, clean_accuracy
 
 INF = math.inf
 RADII = {INF: (0.01, 0.02, 0.04, 0.08, 0.1), 2.0: (0.25, 0.5, 1.0, 2.0), 1.0: (1.0, 2.0, 4.0, 8.0)}
 LABEL = {INF: "linf", 2.0: "l2", 1.0: "l1"}
 
 
-
 def table(run_dir: Path) -> dict:
     """Clean and certified accuracy (percent) of a certified run folder at :data:`RADII`."""
     cert, labels = load_certificates(run_dir / CERT_FILE)
-    out = {"method": cert.method, "n_inputs": len(cert), "clean": round(100 * clean_accuracy(cert, labels), 2),
-           "certified": {}}
+    out = {
+        "method": cert.method,
+        "n_inputs": len(cert),
+        "clean": round(100 * clean_accuracy(cert, labels), 2),
+        "certified": {},
+    }
     for p, radii in RADII.items():
         acc = certified_accuracy(cert, labels, p, torch.tensor(radii, dtype=torch.float64))
         out["certified"][LABEL[p]] = {f"{r:g}": round(100 * float(a), 2) for r, a in zip(radii, acc)}
     if "flags" in cert.extra:
         flags = cert.extra["flags"].bool()
         n = flags.sum(1)
-        out["flags_percent"] = {"none": round(100 * float((n == 0).double().mean()), 2),
-                                "one": round(100 * float((n == 1).double().mean()), 2),
-                                "several": round(100 * float((n > 1).double().mean()), 2),
-                                "true_class_flagged":
-                                    round(100 * float(flags.gather(1, labels[:, None]).double().mean()), 2)}
+        out["flags_percent"] = {
+            "none": round(100 * float((n == 0).double().mean()), 2),
+            "one": round(100 * float((n == 1).double().mean()), 2),
+            "several": round(100 * float((n > 1).double().mean()), 2),
+            "true_class_flagged": round(100 * float(flags.gather(1, labels[:, None]).double().mean()), 2),
+        }
         out["median_radius_correct_flagged"] = {}
         ok = (cert.predicted == labels) & cert.extra["predicted_flagged"].bool()
         for p in RADII:
@@ -90,25 +94,34 @@ def soundness(run_dir: Path, limit: int, steps: int, eps: float) -> dict:
             if not bool(rows.any()):
                 continue
             r = cert.extra[class_radii_key(p)][rows, k] * (1 - 1e-6)
-            adv = pgd_attack(member, x[rows], r, p, steps=steps, restarts=2,
-                             targeted_decision=torch.ones(int(rows.sum()), dtype=torch.long),
-                             input_range=model.input_range, generator=gen)
+            adv = pgd_attack(
+                member,
+                x[rows],
+                r,
+                p,
+                steps=steps,
+                restarts=2,
+                targeted_decision=torch.ones(int(rows.sum()), dtype=torch.long),
+                input_range=model.input_range,
+                generator=gen,
+            )
             with torch.no_grad():
                 violations += int((model(adv)[:, k] <= 0).sum())
             attacked += int(rows.sum())
         out["violations"][LABEL[p]], out["attacked"][LABEL[p]] = violations, attacked
-    adv = pgd_attack(model, x, eps, INF, steps=steps, targeted_decision=y, input_range=model.input_range,
-                     generator=gen)
+    adv = pgd_attack(model, x, eps, INF, steps=steps, targeted_decision=y, input_range=model.input_range, generator=gen)
     with torch.no_grad():
         s_adv = model(adv)
     true_flag = cert.extra["flags"].bool().gather(1, y[:, None]).squeeze(1)
     still = s_adv.gather(1, y[:, None]).squeeze(1) > 0
-    out["argmax_pgd"] = {"eps_linf": eps,
-                         "clean_percent": round(100 * float((pred == y).double().mean()), 2),
-                         "pgd_accuracy_percent": round(100 * float((s_adv.argmax(1) == y).double().mean()), 2),
-                         "note": "PGD on the argmax (margin loss), not on the flag",
-                         "true_class_flagged_before_percent": round(100 * float(true_flag.double().mean()), 2),
-                         "true_class_flagged_after_percent": round(100 * float((true_flag & still).double().mean()), 2)}
+    out["argmax_pgd"] = {
+        "eps_linf": eps,
+        "clean_percent": round(100 * float((pred == y).double().mean()), 2),
+        "pgd_accuracy_percent": round(100 * float((s_adv.argmax(1) == y).double().mean()), 2),
+        "note": "PGD on the argmax (margin loss), not on the flag",
+        "true_class_flagged_before_percent": round(100 * float(true_flag.double().mean()), 2),
+        "true_class_flagged_after_percent": round(100 * float((true_flag & still).double().mean()), 2),
+    }
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -126,22 +139,39 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     load_before = os.getloadavg()
-    result = {"run_dir": str(args.run), "command": args.command, "wall_seconds": args.wall_seconds,
-              "model": read_run(args.run)["model"], "train": read_run(args.run)["train"],
-              "one_vs_rest": table(args.run)}
+    result = {
+        "run_dir": str(args.run),
+        "command": args.command,
+        "wall_seconds": args.wall_seconds,
+        "model": read_run(args.run)["model"],
+        "train": read_run(args.run)["train"],
+        "one_vs_rest": table(args.run),
+    }
     if args.linf_run:
         result["linf_dist"] = {"run_dir": str(args.linf_run), **table(args.linf_run)}
     result["soundness"] = soundness(args.run, args.pgd_limit, args.pgd_steps, args.eps)
-    result["machine"] = {"cpu": machine()["cpu"], "logical_cpus": os.cpu_count(),
-                         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                         "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
-    result["note"] = ("one_vs_rest certified: correct argmax AND true class flagged with radius ≥ r (the flag of the "
-                      "predicted class provably stays; the argmax is not certified). linf_dist certified: the argmax "
-                      "itself provably stays within the ℓ∞ radius (used as a loose ℓ2/ℓ1 radius too).")
+    result["machine"] = {
+        "cpu": machine()["cpu"],
+        "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+    }
+    result["note"] = (
+        "one_vs_rest certified: correct argmax AND true class flagged with radius ≥ r (the flag of the "
+        "predicted class provably stays; the argmax is not certified). linf_dist certified: the argmax "
+        "itself provably stays within the ℓ∞ radius (used as a loose ℓ2/ℓ1 radius too)."
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("one_vs_rest", "soundness")} | (
-        {"linf_dist": result["linf_dist"]} if "linf_dist" in result else {}), indent=1))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("one_vs_rest", "soundness")}
+            | ({"linf_dist": result["linf_dist"]} if "linf_dist" in result else {}),
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

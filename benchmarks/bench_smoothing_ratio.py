@@ -17,15 +17,19 @@ import argparse
 import math
 
 import torch
+from common import best_of, machine, write_results  # benchmarks/common.py
 
 import asymcert
 from asymcert.compare import SMALL_CNN, SMOOTHING_MLP
 from asymcert.models import build_model
-from common import best_of, machine, write_results  # benchmarks/common.py
 
-CONVEX = {"kind": "feature-convex", "input_shape": [1, 28, 28], "input_range": [0.0, 1.0],
-          "feature_map": [{"kind": "shift"}], "convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5,
-                                                         "blocks": 2}}
+CONVEX = {
+    "kind": "feature-convex",
+    "input_shape": [1, 28, 28],
+    "input_range": [0.0, 1.0],
+    "feature_map": [{"kind": "shift"}],
+    "convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2},
+}
 NORMS = (1.0, 2.0, math.inf)
 
 
@@ -42,16 +46,37 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.rand(max(args.n_convex, args.n_smooth), 1, 28, 28)
     convex = asymcert.load(args.run) if args.run else build_model(CONVEX).eval()
-    t_convex = best_of(lambda: asymcert.certify(convex, x[:args.n_convex], norms=NORMS), 3) / args.n_convex
-    out = {"machine": machine(), "n_smoothing": args.n, "n0": 100, "alpha": 0.001,
-           "feature_convex_s_per_input": t_convex, "smoothing": {}}
+    t_convex = best_of(lambda: asymcert.certify(convex, x[: args.n_convex], norms=NORMS), 3) / args.n_convex
+    out = {
+        "machine": machine(),
+        "n_smoothing": args.n,
+        "n0": 100,
+        "alpha": 0.001,
+        "feature_convex_s_per_input": t_convex,
+        "smoothing": {},
+    }
     print(f"feature-convex: {1e3 * t_convex:.4f} ms per input")
-    for name, arch in (("mlp 256-256 (compare default)", SMOOTHING_MLP), ("cnn 16-32-fc100 (compare paper-scale)", SMALL_CNN)):
-        base = build_model({"kind": "relu-smoothing", "input_shape": [1, 28, 28], "input_range": [0.0, 1.0], **arch,
-                            "smoothing": {"noise": "gaussian", "sigma": 0.75}}).eval()
-        xs = x[:args.n_smooth]
-        t = best_of(lambda: asymcert.certify(base, xs, norms=NORMS, n0=100, n=args.n, alpha=0.001, seed=0),
-                    1) / args.n_smooth
+    for name, arch in (
+        ("mlp 256-256 (compare default)", SMOOTHING_MLP),
+        ("cnn 16-32-fc100 (compare paper-scale)", SMALL_CNN),
+    ):
+        base = build_model(
+            {
+                "kind": "relu-smoothing",
+                "input_shape": [1, 28, 28],
+                "input_range": [0.0, 1.0],
+                **arch,
+                "smoothing": {"noise": "gaussian", "sigma": 0.75},
+            }
+        ).eval()
+        xs = x[: args.n_smooth]
+        t = (
+            best_of(
+                lambda base=base, xs=xs: asymcert.certify(base, xs, norms=NORMS, n0=100, n=args.n, alpha=0.001, seed=0),
+                1,
+            )
+            / args.n_smooth
+        )
         out["smoothing"][name] = {"s_per_input": t, "ratio": t / t_convex}
         print(f"smoothing, {name}: {1e3 * t:.1f} ms per input = {t / t_convex:.0f}x the feature-convex time")
     write_results("smoothing_ratio", out)

@@ -22,6 +22,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from common import machine, write_results  # benchmarks/common.py
 
 import asymcert
 from asymcert.compare import method_specs
@@ -31,13 +32,20 @@ from asymcert.models.linf_dist_net import task_model_settings
 from asymcert.train import TrainConfig
 from asymcert.train.loop import make_optimizer
 from asymcert.train.recipes import FeatureConvexRecipe, recipe_for
-from common import machine, write_results  # benchmarks/common.py
 
-FASHION_CONV = {"kind": "feature-convex", "input_shape": [1, 28, 28], "feature_map": [{"kind": "shift"}],
-                "convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2}}
-FAMILY_NAMES = {"convex": "feature-convex conv (Fashion, λ = 0.01)", "linf-dist": "ℓ∞-dist net 4 × 512",
-                "smoothing": "smoothing base MLP 256-256 (noise training)", "orthogonal": "orthogonal MLP 256 × 3",
-                "crown-ibp": "CROWN-IBP CNN 16-32-fc100 (IBP training)"}
+FASHION_CONV = {
+    "kind": "feature-convex",
+    "input_shape": [1, 28, 28],
+    "feature_map": [{"kind": "shift"}],
+    "convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2},
+}
+FAMILY_NAMES = {
+    "convex": "feature-convex conv (Fashion, λ = 0.01)",
+    "linf-dist": "ℓ∞-dist net 4 × 512",
+    "smoothing": "smoothing base MLP 256-256 (noise training)",
+    "orthogonal": "orthogonal MLP 256 × 3",
+    "crown-ibp": "CROWN-IBP CNN 16-32-fc100 (IBP training)",
+}
 CERTIFY_OPTIONS = {"smoothing": {"n0": 100, "n": 1000}}  # smoothing at n = 1000 (scale the rate by 10 for n = 10^4)
 
 
@@ -87,8 +95,13 @@ def family_rates(name: str, x: torch.Tensor, y: torch.Tensor, xc: torch.Tensor, 
     t0 = time.perf_counter()
     cert = asymcert.certify(model, xc, method=method, **cert_opts)
     cert_rate = len(xc) / (time.perf_counter() - t0)
-    return {"train_samples_per_s": train_rate, "certify_inputs_per_s": cert_rate, "certifier": cert.method,
-            "certify_options": cert_opts, "train_settings": {k: v for k, v in config.to_dict().items() if v}}
+    return {
+        "train_samples_per_s": train_rate,
+        "certify_inputs_per_s": cert_rate,
+        "certifier": cert.method,
+        "certify_options": cert_opts,
+        "train_settings": {k: v for k, v in config.to_dict().items() if v},
+    }
 
 
 def authors_step(model, opt, x, y, lam):
@@ -133,10 +146,15 @@ def main() -> None:
     model = build_model(FASHION_CONV)
     authors = rate(authors_step, model, x, y, max(2, args.steps // 4))
     ours = rate(our_step, build_model(FASHION_CONV), x, y, args.steps)
-    out["jacobian_reg_training"] = {"authors_samples_per_s": authors, "asymcert_samples_per_s": ours,
-                                    "speedup": ours / authors}
-    print(f"Fashion conv net + Jacobian reg: authors' {authors:.1f} samples/s, asymcert {ours:.1f} samples/s "
-          f"({ours / authors:.1f}x)")
+    out["jacobian_reg_training"] = {
+        "authors_samples_per_s": authors,
+        "asymcert_samples_per_s": ours,
+        "speedup": ours / authors,
+    }
+    print(
+        f"Fashion conv net + Jacobian reg: authors' {authors:.1f} samples/s, asymcert {ours:.1f} samples/s "
+        f"({ours / authors:.1f}x)"
+    )
     out["families"] = {}
     xf = torch.rand(args.batch, 1, 28, 28)
     yf = torch.randint(0, 2, (args.batch,))
@@ -144,8 +162,10 @@ def main() -> None:
         xc = torch.rand(32 if name == "smoothing" else 1000, 1, 28, 28)
         row = family_rates(name, xf, yf, xc, args.steps)
         out["families"][label] = row
-        print(f"{label}: train {row['train_samples_per_s']:.0f} samples/s, "
-              f"certify {row['certify_inputs_per_s']:.1f} inputs/s ({row['certifier']})")
+        print(
+            f"{label}: train {row['train_samples_per_s']:.0f} samples/s, "
+            f"certify {row['certify_inputs_per_s']:.1f} inputs/s ({row['certifier']})"
+        )
     write_results("train", out)
 
 

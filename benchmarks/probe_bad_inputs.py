@@ -15,8 +15,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from common import write_results
@@ -25,8 +25,11 @@ ASYMCERT = [sys.executable, "-m", "asymcert"]
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".asymcert.lock"}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".asymcert.lock"
+    }
 
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess:
@@ -53,22 +56,45 @@ def _rows(scratch: Path) -> list[tuple[str, Callable[[Path], list[str]]]]:
         ("--epochs -3", lambda d: train + [str(d), "--epochs", "-3"]),
         ("--epochs 0", lambda d: train + [str(d), "--epochs", "0"]),
         ("--model-set bogus=1", lambda d: train + [str(d), "--model-set", "bogus=1"]),
-        ("another task into the folder", lambda d: ["train", "fashion-mnist", "--preset", "fast", "--quiet", "--out", str(d)]),
+        (
+            "another task into the folder",
+            lambda d: ["train", "fashion-mnist", "--preset", "fast", "--quiet", "--out", str(d)],
+        ),
         ("certify --limit 0", lambda d: ["certify", str(d), "--limit", "0"]),
         ("certify --limit -5", lambda d: ["certify", str(d), "--limit", "-5"]),
         ("certify --batch-size 0", lambda d: ["certify", str(d), "--batch-size", "0"]),
-        ("report on a corrupt certificates file",
-         lambda d: (_write(d / "certificates.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage}"),
-                    ["report", str(d)])[1]),
+        (
+            "report on a corrupt certificates file",
+            lambda d: (
+                _write(d / "certificates.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage}"),
+                ["report", str(d)],
+            )[1],
+        ),
         ("run.json is [1,2]", lambda d: (_write(d / "run.json", "[1,2]"), ["certify", str(d)])[1]),
         ("run.json is {}", lambda d: (_write(d / "run.json", "{}"), ["report", str(d)])[1]),
-        ("malicious train_state.pt", lambda d: (_pickled_call(d / "train_state.pt"), train + [str(d), "--epochs", "1"])[1]),
-        ("CSV with only a label column",
-         lambda d: ["train", "--csv", str(csv_only_label), "--label-column", "label", "--sensitive-class", "1",
-                    "--out", str(d / "csv")]),
+        (
+            "malicious train_state.pt",
+            lambda d: (_pickled_call(d / "train_state.pt"), train + [str(d), "--epochs", "1"])[1],
+        ),
+        (
+            "CSV with only a label column",
+            lambda d: [
+                "train",
+                "--csv",
+                str(csv_only_label),
+                "--label-column",
+                "label",
+                "--sensitive-class",
+                "1",
+                "--out",
+                str(d / "csv"),
+            ],
+        ),
         ("empty npz", lambda d: ["train", "--data", str(empty_npz), "--sensitive-class", "1", "--out", str(d / "npz")]),
-        ("npz overflowing float32",
-         lambda d: ["train", "--data", str(overflow_npz), "--sensitive-class", "1", "--out", str(d / "npz2")]),
+        (
+            "npz overflowing float32",
+            lambda d: ["train", "--data", str(overflow_npz), "--sensitive-class", "1", "--out", str(d / "npz2")],
+        ),
         ("audit on a folder that is not a run", lambda d: ["audit", str(scratch)]),
     ]
 
@@ -100,11 +126,20 @@ def main() -> None:
         before = _snapshot(folder)
         done = _cli(cli_args)
         err = done.stderr.strip().splitlines()
-        rows.append({"case": name, "exit": done.returncode, "stderr_lines": len(err),
-                     "traceback": "Traceback" in done.stderr, "unchanged": _snapshot(folder) == before,
-                     "message": err[-1] if err else ""})
-        print(f"{name:40s} exit {done.returncode}  lines {len(err)}  unchanged {rows[-1]['unchanged']}  "
-              f"{rows[-1]['message'][:110]}")
+        rows.append(
+            {
+                "case": name,
+                "exit": done.returncode,
+                "stderr_lines": len(err),
+                "traceback": "Traceback" in done.stderr,
+                "unchanged": _snapshot(folder) == before,
+                "message": err[-1] if err else "",
+            }
+        )
+        print(
+            f"{name:40s} exit {done.returncode}  lines {len(err)}  unchanged {rows[-1]['unchanged']}  "
+            f"{rows[-1]['message'][:110]}"
+        )
     write_results("probe_bad_inputs", {"rows": rows})
     shutil.rmtree(scratch, ignore_errors=True)
 

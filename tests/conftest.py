@@ -18,8 +18,13 @@ from asymcert.data.idx import write_idx
 # ``@example``.
 EXPLORE_FACTOR = 20
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
-settings.register_profile("explore", derandomize=False, max_examples=100 * EXPLORE_FACTOR, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "explore",
+    derandomize=False,
+    max_examples=100 * EXPLORE_FACTOR,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
@@ -36,7 +41,7 @@ def make_fashion_idx(folder, n_train: int = 240, n_test: int = 80, seed: int = 0
         labels = rng.choice([0, 6, 3], size=n).astype(np.uint8)
         images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
         images[labels == 0, 4:24, 4:24] += 150  # T-shirts: a bright square
-        images[labels == 6, 10:18, :] += 120   # shirts: a bright band
+        images[labels == 6, 10:18, :] += 120  # shirts: a bright band
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return folder
@@ -61,22 +66,39 @@ def small_fashion_task(fashion_dir, widths=(8,), seed: int = 0):
     """(task, data, model): the Fashion T-shirt-vs-shirt task on the small IDX files, with a tiny ICNN."""
     from asymcert.data import get_task
     from asymcert.models import build_model
+
     task = get_task("fashion-mnist-shirts")
     data = task.load(fashion_dir)
     torch.manual_seed(seed)
-    model = build_model({**task.model, "input_shape": list(data.input_shape), "input_range": [0, 1],
-                         "convex": {"kind": "icnn", "widths": list(widths)}})
+    model = build_model(
+        {
+            **task.model,
+            "input_shape": list(data.input_shape),
+            "input_range": [0, 1],
+            "convex": {"kind": "icnn", "widths": list(widths)},
+        }
+    )
     return task, data, model
 
 
 def small_feature_convex(kind: str = "icnn", input_shape=(1, 6, 6), feature_map=None, seed: int = 0):
     """A small randomly initialised feature-convex classifier with BN statistics and weights spread out."""
     from asymcert.models import build_model
+
     torch.manual_seed(seed)
-    convex = {"kind": "icnn", "widths": [16, 8]} if kind == "icnn" else \
-        {"kind": "convex-conv", "channels": 3, "stem_kernel": 3, "blocks": 2}
-    model = build_model({"kind": "feature-convex", "input_shape": list(input_shape),
-                         "feature_map": feature_map or [{"kind": "shift"}], "convex": convex})
+    convex = (
+        {"kind": "icnn", "widths": [16, 8]}
+        if kind == "icnn"
+        else {"kind": "convex-conv", "channels": 3, "stem_kernel": 3, "blocks": 2}
+    )
+    model = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": list(input_shape),
+            "feature_map": feature_map or [{"kind": "shift"}],
+            "convex": convex,
+        }
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "weight" in name and p.dim() > 1:

@@ -36,7 +36,8 @@ def _module_name(path: Path) -> str:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _module_level_imports(tree: ast.Module, module: str, is_package: bool) -> set[str]:
@@ -55,7 +56,7 @@ def _module_level_imports(tree: ast.Module, module: str, is_package: bool) -> se
             base = node.module or ""
             if node.level:
                 anchor = module.split(".") if is_package else module.split(".")[:-1]
-                base = ".".join(anchor[:len(anchor) - node.level + 1] + ([base] if base else []))
+                base = ".".join(anchor[: len(anchor) - node.level + 1] + ([base] if base else []))
             if base.startswith("asymcert"):
                 found |= {f"{base}.{a.name}" if _is_module(f"{base}.{a.name}") else base for a in node.names}
     return found
@@ -106,8 +107,10 @@ def test_imports_flow_down_the_layers():
 
 def test_the_layer_check_finds_an_upward_import():
     graph = {"asymcert.models.x": {"asymcert.nn.y", "asymcert.pipeline"}, "asymcert.nn.y": {"asymcert"}}
-    assert _against_layers(graph) == ["asymcert.models.x (layer 2) imports asymcert.pipeline (layer 6)",
-                                      "asymcert.nn.y imports the package facade asymcert"]
+    assert _against_layers(graph) == [
+        "asymcert.models.x (layer 2) imports asymcert.pipeline (layer 6)",
+        "asymcert.nn.y imports the package facade asymcert",
+    ]
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -18,6 +18,7 @@ from asymcert.errors import InputError
 # Projections
 # ---------------------------------------------------------------------------------------------
 
+
 def slow_l1_projection(v: np.ndarray, eps: float) -> np.ndarray:
     """Reference: bisection on the soft threshold θ with ‖soft(v, θ)‖₁ = eps (independent of sorting)."""
     if np.abs(v).sum() <= eps:
@@ -38,8 +39,7 @@ finite = st.floats(-100, 100, allow_nan=False, allow_infinity=False)
 
 
 @settings(max_examples=150, deadline=None)
-@given(v=arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 12)), elements=finite),
-       eps=st.floats(0, 50))
+@given(v=arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 12)), elements=finite), eps=st.floats(0, 50))
 def test_l1_projection_matches_slow_reference(v, eps):
     eps_rows = np.full(v.shape[0], eps)
     eps_rows[::2] *= 0.5  # every row its own radius
@@ -51,8 +51,7 @@ def test_l1_projection_matches_slow_reference(v, eps):
 
 
 @settings(max_examples=100, deadline=None)
-@given(v=arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 12)), elements=finite),
-       eps=st.floats(0.01, 50))
+@given(v=arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 12)), elements=finite), eps=st.floats(0.01, 50))
 def test_l1_projection_is_the_nearest_point_of_the_ball(v, eps):
     """Optimality: no random point of the ball is closer to v than its projection."""
     eps_t = torch.full((v.shape[0],), eps, dtype=torch.float64)
@@ -82,15 +81,18 @@ def test_l2_and_linf_projections_closed_form():
     v = torch.tensor([[3.0, 4.0], [0.5, -2.0]], dtype=torch.float64)
     eps = torch.tensor([1.0, 1.0], dtype=torch.float64)
     unit = torch.tensor([0.5, -2.0], dtype=torch.float64) / math.hypot(0.5, 2.0)
-    torch.testing.assert_close(project_lp_ball(v, eps, 2), torch.stack([torch.tensor([0.6, 0.8], dtype=torch.float64),
-                                                                        unit]))
-    torch.testing.assert_close(project_lp_ball(v, eps, math.inf), torch.tensor([[1.0, 1.0], [0.5, -1.0]],
-                                                                                dtype=torch.float64))
+    torch.testing.assert_close(
+        project_lp_ball(v, eps, 2), torch.stack([torch.tensor([0.6, 0.8], dtype=torch.float64), unit])
+    )
+    torch.testing.assert_close(
+        project_lp_ball(v, eps, math.inf), torch.tensor([[1.0, 1.0], [0.5, -1.0]], dtype=torch.float64)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Attacks on linear models, whose exact distances are known in closed form
 # ---------------------------------------------------------------------------------------------
+
 
 def dual_norm(w: torch.Tensor, p: float) -> torch.Tensor:
     q = 1.0 if math.isinf(p) else (math.inf if p == 1 else p / (p - 1))
@@ -132,8 +134,9 @@ def test_attack_never_exceeds_eps_and_finds_nothing_inside(linear_binary, p):
 def test_attack_respects_input_range(linear_binary, p):
     lin, x, s = linear_binary
     eps = torch.full((x.shape[0],), 3.0)
-    x_adv = pgd_attack(lin, x, eps, p, steps=40, restarts=2, input_range=(0.0, 1.0),
-                       generator=torch.Generator().manual_seed(0))
+    x_adv = pgd_attack(
+        lin, x, eps, p, steps=40, restarts=2, input_range=(0.0, 1.0), generator=torch.Generator().manual_seed(0)
+    )
     assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
     assert bool(((x_adv.double() - x.double()).norm(p=p, dim=1) <= 3.0).all())
     if math.isinf(p):  # here the feasible set is the whole box, whose best points are corners
@@ -174,8 +177,9 @@ def test_multiclass_margin_attack_on_linear_logits():
     # with room to spare it must reach one of them
     x_adv = pgd_attack(lin, x, dist * 1.5, 2, steps=100, restarts=3, generator=torch.Generator().manual_seed(0))
     assert bool(decision_flips(lin, x, x_adv).all())
-    x_in = pgd_attack(lin, x, dist * 0.98, 2, steps=50, restarts=2, generator=torch.Generator().manual_seed(0),
-                      targeted_decision=y)
+    x_in = pgd_attack(
+        lin, x, dist * 0.98, 2, steps=50, restarts=2, generator=torch.Generator().manual_seed(0), targeted_decision=y
+    )
     assert not bool(decision_flips(lin, x, x_in).any())
 
 
@@ -187,8 +191,14 @@ def test_targeted_decision_pushes_unflagged_inputs_up(linear_binary):
     x_adv = pgd_attack(lin, x, dist * 1.05, 2, steps=50, targeted_decision=target)
     assert bool(decision_flips(lin, x, x_adv).all())
     # asking flagged inputs to escape class 0 (which they are not in) leaves nothing to find
-    x_same = pgd_attack(lin, x[s > 0], dist[s > 0] * 1.05, 2, steps=20,
-                        targeted_decision=torch.zeros(int((s > 0).sum()), dtype=torch.long))
+    x_same = pgd_attack(
+        lin,
+        x[s > 0],
+        dist[s > 0] * 1.05,
+        2,
+        steps=20,
+        targeted_decision=torch.zeros(int((s > 0).sum()), dtype=torch.long),
+    )
     assert bool((decisions(lin, x_same) == 1).all())
 
 

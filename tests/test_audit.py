@@ -57,8 +57,9 @@ def test_inflated_certificates_are_caught(icnn_and_inputs, monkeypatch):
         cert.method = "test-inflated"
         return cert
 
-    monkeypatch.setitem(certify_api._CERTIFIERS, "test-inflated",
-                        dataclasses.replace(sound, name="test-inflated", run=inflated))
+    monkeypatch.setitem(
+        certify_api._CERTIFIERS, "test-inflated", dataclasses.replace(sound, name="test-inflated", run=inflated)
+    )
     report = audit(model, x, norms=(2, math.inf), methods=["test-inflated"], steps=40, restarts=1)
     entry = report["methods"]["test-inflated"]
     assert report["violations"] == entry["violations"] > 0
@@ -108,12 +109,38 @@ def test_audit_run_writes_reports(tmp_path, icnn_and_inputs):
 def test_cli_audit_exit_codes_on_a_real_run(fashion_dir, tmp_path, monkeypatch):
     """`asymcert audit DIR` (the real CLI, the run's own test inputs): 0 on sound certificates, 1 on inflated ones."""
     out = tmp_path / "run"
-    res = CliRunner().invoke(main, ["train", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--out", str(out),
-                                    "--model-set", 'convex={"kind": "icnn", "widths": [8]}', "--preset", "fast",
-                                    "--epochs", "1", "--quiet"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "fashion-mnist-shirts",
+            "--data-dir",
+            str(fashion_dir),
+            "--out",
+            str(out),
+            "--model-set",
+            'convex={"kind": "icnn", "widths": [8]}',
+            "--preset",
+            "fast",
+            "--epochs",
+            "1",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    args = ["audit", str(out), "--limit", "20", "--restarts", "1", "--steps", "20", "--no-exact",
-            "--data-dir", str(fashion_dir)]
+    args = [
+        "audit",
+        str(out),
+        "--limit",
+        "20",
+        "--restarts",
+        "1",
+        "--steps",
+        "20",
+        "--no-exact",
+        "--data-dir",
+        str(fashion_dir),
+    ]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == EXIT_OK, res.output
     assert "0 violation(s)" in res.output and json.loads((out / "audit.json").read_text())["n_inputs"] == 20

@@ -18,8 +18,9 @@ def test_batches_cover_the_split_once_and_replay_exactly(fashion_dir):
     a = EpochBatches(x, y, 32, seed=0, epoch=3, augment=task.augment)
     b = EpochBatches(x, y, 32, seed=0, epoch=3, augment=task.augment)
     assert len(a) == -(-len(y) // 32)
-    assert torch.equal(torch.cat([a.perm[i * 32:(i + 1) * 32] for i in range(len(a))]).sort().values,
-                       torch.arange(len(y)))
+    assert torch.equal(
+        torch.cat([a.perm[i * 32 : (i + 1) * 32] for i in range(len(a))]).sort().values, torch.arange(len(y))
+    )
     # any access order gives the same batch (each batch has its own generator)
     for step in reversed(range(len(a))):
         xa, ya = a[step]
@@ -45,15 +46,25 @@ def test_worker_processes_give_the_same_batches(fashion_dir):
 def test_training_with_workers_matches_training_without(fashion_dir, tmp_path):
     task = get_task("fashion-mnist-shirts")
     data = task.load(fashion_dir)
-    cfg = {**task.model, "input_shape": list(data.input_shape), "input_range": [0, 1],
-           "convex": {"kind": "icnn", "widths": [8]}}
+    cfg = {
+        **task.model,
+        "input_shape": list(data.input_shape),
+        "input_range": [0, 1],
+        "convex": {"kind": "icnn", "widths": [8]},
+    }
     config = TrainConfig.from_dict({**task.train, "epochs": 1, "batch_size": 32, "workers": 0})
     weights = []
     for workers in (0, 2):
         torch.manual_seed(0)
         model = build_model(cfg)
-        fit(model, data, dataclasses.replace(config, workers=workers), tmp_path / f"w{workers}",
-            augment=task.augment, progress=False)
+        fit(
+            model,
+            data,
+            dataclasses.replace(config, workers=workers),
+            tmp_path / f"w{workers}",
+            augment=task.augment,
+            progress=False,
+        )
         weights.append(model.state_dict())
     for k, v in weights[0].items():
         assert torch.equal(v, weights[1][k]), k

@@ -23,15 +23,17 @@ from asymcert.nn.feature_maps import Shift
 def _project(delta: torch.Tensor, eps: torch.Tensor, p: float) -> torch.Tensor:
     flat = delta.flatten(1)
     if math.isinf(p):
-        return torch.maximum(torch.minimum(delta, eps.view(-1, *[1] * (delta.dim() - 1))),
-                             -eps.view(-1, *[1] * (delta.dim() - 1)))
+        return torch.maximum(
+            torch.minimum(delta, eps.view(-1, *[1] * (delta.dim() - 1))), -eps.view(-1, *[1] * (delta.dim() - 1))
+        )
     norm = flat.norm(dim=1).clamp_min(1e-12)
     scale = torch.clamp(eps / norm, max=1.0)
     return delta * scale.view(-1, *[1] * (delta.dim() - 1))
 
 
-def pgd_min_score(score_fn, x: torch.Tensor, eps: torch.Tensor, p: float, steps: int = 60,
-                  restarts: int = 3, seed: int = 0) -> torch.Tensor:
+def pgd_min_score(
+    score_fn, x: torch.Tensor, eps: torch.Tensor, p: float, steps: int = 60, restarts: int = 3, seed: int = 0
+) -> torch.Tensor:
     """Smallest score s(x + δ) found by batched PGD with ‖δ‖_p ≤ eps (p = 2 or ∞): (N,).
 
     Every returned value is the score of a point checked to lie inside the ball.
@@ -76,8 +78,17 @@ def _mlp(widths, d_in, seed, shift=True, dtype=torch.float64):
 
 def _cnn(seed, dtype=torch.float64):
     torch.manual_seed(seed)
-    net = nn.Sequential(Shift((1, 8, 8)), nn.Conv2d(1, 4, 4, 2, 1), nn.ReLU(), nn.Conv2d(4, 6, 3, 1, 1), nn.ReLU(),
-                        nn.Flatten(), nn.Linear(96, 12), nn.ReLU(), nn.Linear(12, 2)).to(dtype)
+    net = nn.Sequential(
+        Shift((1, 8, 8)),
+        nn.Conv2d(1, 4, 4, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, 1, 1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(96, 12),
+        nn.ReLU(),
+        nn.Linear(12, 2),
+    ).to(dtype)
     net[0].mean.copy_(torch.rand(1, 8, 8, dtype=dtype))
     return net
 
@@ -107,12 +118,15 @@ def test_bounds_contain_sampled_outputs(kind, p, eps):
     shape = (10,) if kind == "mlp" else (1, 8, 8)
     gen = torch.Generator().manual_seed(3)
     x = torch.rand(4, *shape, generator=gen, dtype=torch.float64)
-    bounds = {"ibp": interval_bounds(net, x, eps, p), "crown-ibp": crown_bounds(net, x, eps, p),
-              "crown": crown_bounds(net, x, eps, p, intermediate="crown")}
+    bounds = {
+        "ibp": interval_bounds(net, x, eps, p),
+        "crown-ibp": crown_bounds(net, x, eps, p),
+        "crown": crown_bounds(net, x, eps, p, intermediate="crown"),
+    }
     for i in range(len(x)):
         with torch.no_grad():
-            out = net(_ball_samples(x[i:i + 1], eps, p, 3000, gen))
-            out = torch.cat([out, net(x[i:i + 1])])
+            out = net(_ball_samples(x[i : i + 1], eps, p, 3000, gen))
+            out = torch.cat([out, net(x[i : i + 1])])
         for name, (lo, hi) in bounds.items():
             assert bool((out >= lo[i] - 1e-10).all()), name
             assert bool((out <= hi[i] + 1e-10).all()), name
@@ -172,7 +186,7 @@ def test_verified_radius_reports_only_verified_values():
 
     r = verified_radius(verify, len(truth), start=1 / 1024, max_radius=1.0, steps=14)
     assert bool((r < truth).sum() == 4) and r[4] == 1.0  # capped at max_radius (verified there)
-    assert r[0] == 0 and bool((r[1:4] > truth[1:4] * (1 - 2 ** -13)).all())
+    assert r[0] == 0 and bool((r[1:4] > truth[1:4] * (1 - 2**-13)).all())
     assert bool((r <= truth).all())
 
 
@@ -180,9 +194,19 @@ def test_verified_radius_reports_only_verified_values():
 def test_certified_radii_are_sound_under_attack(arch, methods):
     torch.manual_seed(0)
     from asymcert.models import build_model
+
     shape = [1, 8, 8] if arch == "cnn" else [6]
-    model = build_model({"kind": "relu-ibp", "input_shape": shape, "arch": arch, "channels": [4, 8],
-                         "fc": [16], "widths": [16, 16], "input_range": [0, 1]})
+    model = build_model(
+        {
+            "kind": "relu-ibp",
+            "input_shape": shape,
+            "arch": arch,
+            "channels": [4, 8],
+            "fc": [16],
+            "widths": [16, 16],
+            "input_range": [0, 1],
+        }
+    )
     model.fit_input(torch.rand(32, *shape))
     with torch.no_grad():
         model.net[-1].bias.fill_(0.5 if arch == "cnn" else 0.1)
@@ -206,7 +230,7 @@ def test_certified_radii_are_sound_under_attack(arch, methods):
         radii[method] = cert.radii[math.inf]
     # CROWN-IBP / CROWN take the better of their bound and IBP's at every ε: never smaller radii
     for method in methods[1:]:
-        assert bool((radii[method] >= radii["ibp"] * (1 - 2 ** -11)).all())
+        assert bool((radii[method] >= radii["ibp"] * (1 - 2**-11)).all())
 
 
 def test_attack_finds_flips_beyond_the_radius_sometimes():
@@ -231,9 +255,17 @@ def test_rejects_unsupported_layers_and_multi_output():
 
 def test_relu_ibp_model_round_trips_and_certifies_by_default(tmp_path):
     from asymcert.models import build_model
+
     torch.manual_seed(0)
-    model = build_model({"kind": "relu-ibp", "input_shape": [5], "widths": [8], "input_range": None,
-                         "convex": {"ignored": "keys of another family"}})
+    model = build_model(
+        {
+            "kind": "relu-ibp",
+            "input_shape": [5],
+            "widths": [8],
+            "input_range": None,
+            "convex": {"ignored": "keys of another family"},
+        }
+    )
     asymcert.save(model, tmp_path)
     loaded = asymcert.load(tmp_path)
     assert loaded.config() == model.config() and loaded.certifier == "crown-ibp"
@@ -246,6 +278,7 @@ def test_relu_ibp_model_round_trips_and_certifies_by_default(tmp_path):
 
 def _blobs(n: int, seed: int, d: int = 4, gap: float = 1.0):
     from asymcert.data.tasks import Dataset
+
     gen = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 2, (n,), generator=gen)
     x = 0.5 + (y.float()[:, None] - 0.5) * gap * torch.ones(d) / math.sqrt(d) + 0.15 * torch.randn(n, d, generator=gen)
@@ -258,8 +291,15 @@ def test_ibp_recipe_ramps_eps_and_trains_a_certifiable_net():
     from asymcert.train import TrainConfig, fit
     from asymcert.train.baseline_recipes import BoundPropagationRecipe
 
-    cfg = TrainConfig(epochs=12, batch_size=64, optimizer="adam", lr=5e-3, device="cpu", augment=False,
-                      extra={"eps": 0.1, "norm": "inf", "bound": "crown-ibp", "warmup": 0.2, "ramp_end": 0.5})
+    cfg = TrainConfig(
+        epochs=12,
+        batch_size=64,
+        optimizer="adam",
+        lr=5e-3,
+        device="cpu",
+        augment=False,
+        extra={"eps": 0.1, "norm": "inf", "bound": "crown-ibp", "warmup": 0.2, "ramp_end": 0.5},
+    )
     recipe = BoundPropagationRecipe(cfg)
     assert recipe.ramp(0.1) == 0.0 and recipe.ramp(0.35) == pytest.approx(0.5) and recipe.ramp(0.9) == 1.0
     data = TaskData(_blobs(512, 0), _blobs(256, 1), _blobs(256, 2), class_names=("other", "sensitive"))
@@ -276,9 +316,18 @@ def test_ibp_recipe_ramps_eps_and_trains_a_certifiable_net():
 def test_shared_attack_never_flips_inside_bound_propagation_radii():
     attacks = pytest.importorskip("asymcert.certify.attacks")
     from asymcert.models import build_model
+
     torch.manual_seed(5)
-    model = build_model({"kind": "relu-ibp", "input_shape": [1, 8, 8], "arch": "cnn", "channels": [4, 8],
-                         "fc": [16], "input_range": [0, 1]})
+    model = build_model(
+        {
+            "kind": "relu-ibp",
+            "input_shape": [1, 8, 8],
+            "arch": "cnn",
+            "channels": [4, 8],
+            "fc": [16],
+            "input_range": [0, 1],
+        }
+    )
     model.fit_input(torch.rand(32, 1, 8, 8))
     with torch.no_grad():
         model.net[-1].bias.fill_(0.5)
@@ -289,6 +338,7 @@ def test_shared_attack_never_flips_inside_bound_propagation_radii():
             pos = r > 0
             assert int(pos.sum()) >= 3
             # a little below the radius: the float64 certificate vs the float32 model's rounding
-            x_adv = attacks.pgd_attack(model, x[pos], r[pos] * (1 - 1e-4), p, steps=40, restarts=2,
-                                       generator=torch.Generator().manual_seed(0))
+            x_adv = attacks.pgd_attack(
+                model, x[pos], r[pos] * (1 - 1e-4), p, steps=40, restarts=2, generator=torch.Generator().manual_seed(0)
+            )
             assert not bool(attacks.decision_flips(model, x[pos], x_adv).any()), (method, p)

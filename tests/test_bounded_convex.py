@@ -23,14 +23,25 @@ from tests.conftest import examples
 NORMS = (1.0, 2.0, math.inf)
 
 
-def conv_model(seed: int, input_shape=(1, 7, 6), channels: int = 3, stem_kernel: int = 3, blocks: int = 2,
-               fmap=None, scale: float = 30.0) -> torch.nn.Module:
+def conv_model(
+    seed: int,
+    input_shape=(1, 7, 6),
+    channels: int = 3,
+    stem_kernel: int = 3,
+    blocks: int = 2,
+    fmap=None,
+    scale: float = 30.0,
+) -> torch.nn.Module:
     """A random convex conv classifier with spread-out weights, batch-norm statistics and balance."""
     torch.manual_seed(seed)
-    model = build_model({"kind": "feature-convex", "input_shape": list(input_shape),
-                         "feature_map": fmap or [{"kind": "shift"}],
-                         "convex": {"kind": "convex-conv", "channels": channels, "stem_kernel": stem_kernel,
-                                    "blocks": blocks}})
+    model = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": list(input_shape),
+            "feature_map": fmap or [{"kind": "shift"}],
+            "convex": {"kind": "convex-conv", "channels": channels, "stem_kernel": stem_kernel, "blocks": blocks},
+        }
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if ("block_convs" in name and name.endswith("weight")) or "readout.weight" in name:
@@ -94,9 +105,16 @@ def test_rounding_bounds_contain_the_float64_reference(backend, uniform, dtype):
 
 
 @settings(max_examples=examples(15), deadline=None)
-@given(seed=st.integers(0, 10_000), c_in=st.sampled_from([1, 3]), channels=st.integers(1, 5),
-       stem_kernel=st.sampled_from([1, 3, 5]), blocks=st.integers(0, 3), h=st.integers(3, 9), w=st.integers(3, 9),
-       concat_abs=st.booleans())
+@given(
+    seed=st.integers(0, 10_000),
+    c_in=st.sampled_from([1, 3]),
+    channels=st.integers(1, 5),
+    stem_kernel=st.sampled_from([1, 3, 5]),
+    blocks=st.integers(0, 3),
+    h=st.integers(3, 9),
+    w=st.integers(3, 9),
+    concat_abs=st.booleans(),
+)
 # issue 14: every ReLU off on 34 of 40 inputs, s = Σ w·shift + bias + b cancels to −2.1e-9, and the
 # bound was 1e-12·|s| (2.1e-21) against a true error of 1.2e-17
 @example(seed=1670, c_in=1, channels=1, stem_kernel=3, blocks=1, h=5, w=8, concat_abs=False)
@@ -129,8 +147,9 @@ def _conv_matrix(weight: torch.Tensor, in_shape, padding) -> np.ndarray:
 def _bn_exact(norm, hw: int) -> tuple[np.ndarray, np.ndarray]:
     """Per feature (C·H·W,) exact scale γ/√(σ² + ε) (to 2⁻³²⁰) and shift β − scale·μ."""
     scale, shift = [], []
-    for g, b, m, v in zip(*(t.detach().double().tolist() for t in
-                            (norm.weight, norm.bias, norm.running_mean, norm.running_var))):
+    for g, b, m, v in zip(
+        *(t.detach().double().tolist() for t in (norm.weight, norm.bias, norm.running_mean, norm.running_var))
+    ):
         q = Fraction(v) + Fraction(norm.eps)
         root = Fraction(math.isqrt(q.numerator * q.denominator << (2 * SQRT_BITS)), q.denominator << SQRT_BITS)
         scale.append(Fraction(g) / root)
@@ -147,8 +166,10 @@ def exact_conv_classifier(model, x):
     shape, hw = f.shape[1:], f.shape[2] * f.shape[3]
     m0, b0 = _conv_matrix(net.stem.weight, shape, net.stem.padding), np.repeat(_fractions(net.stem.bias), hw)
     hidden = (net.channels,) + shape[1:]
-    blocks = [(_conv_matrix(cv.weight, hidden, cv.padding), np.repeat(_fractions(cv.bias), hw), *_bn_exact(nm, hw))
-              for cv, nm in zip(net.block_convs, net.block_norms)]
+    blocks = [
+        (_conv_matrix(cv.weight, hidden, cv.padding), np.repeat(_fractions(cv.bias), hw), *_bn_exact(nm, hw))
+        for cv, nm in zip(net.block_convs, net.block_norms)
+    ]
     a_out, c_out = _bn_exact(net.out_norm, hw)
     w_out = _fractions(net.readout.weight).reshape(-1)
     const = Fraction(float(net.readout.bias.detach())) + Fraction(float(model.balance))
@@ -184,8 +205,13 @@ def check_exact_bounds(model, x, s_exact, g_exact, backend, dtype, uniform=None)
     return bp
 
 
-PASSES = [("cpp", torch.float32, False), ("cpp", torch.float32, True), ("cpp", torch.float64, None),
-          ("torch", torch.float32, None), ("torch", torch.float64, None)]
+PASSES = [
+    ("cpp", torch.float32, False),
+    ("cpp", torch.float32, True),
+    ("cpp", torch.float64, None),
+    ("torch", torch.float32, None),
+    ("torch", torch.float64, None),
+]
 
 
 def test_bounds_hold_exactly_when_the_score_cancels_to_almost_zero():
@@ -201,14 +227,23 @@ def test_bounds_hold_exactly_when_the_score_cancels_to_almost_zero():
 
 
 @settings(max_examples=examples(12), deadline=None)
-@given(seed=st.integers(0, 10_000), c_in=st.sampled_from([1, 2]), channels=st.integers(1, 2),
-       stem_kernel=st.sampled_from([1, 3]), blocks=st.integers(0, 2), h=st.integers(2, 4), w=st.integers(2, 4),
-       concat_abs=st.booleans(), cancel=st.booleans())
+@given(
+    seed=st.integers(0, 10_000),
+    c_in=st.sampled_from([1, 2]),
+    channels=st.integers(1, 2),
+    stem_kernel=st.sampled_from([1, 3]),
+    blocks=st.integers(0, 2),
+    h=st.integers(2, 4),
+    w=st.integers(2, 4),
+    concat_abs=st.booleans(),
+    cancel=st.booleans(),
+)
 # found by the "explore" profile: a dead net (every ReLU off) whose constant Σ w·shift + bias + b cancels
 # to −1.4e-8; the float32 model's rounding was 46·eps32·M while the guard's M did not count those terms
 @example(seed=408, c_in=1, channels=1, stem_kernel=1, blocks=1, h=3, w=4, concat_abs=False, cancel=False)
-def test_bounds_hold_against_exact_arithmetic_on_tiny_nets(seed, c_in, channels, stem_kernel, blocks, h, w,
-                                                           concat_abs, cancel):
+def test_bounds_hold_against_exact_arithmetic_on_tiny_nets(
+    seed, c_in, channels, stem_kernel, blocks, h, w, concat_abs, cancel
+):
     """With ``cancel`` the balance b is set to −g(x₀) rounded to float32, so that s(x₀) is a few float32
     ulps of g: a near-boundary input whose score is a cancellation."""
     fmap = [{"kind": "shift"}] + ([{"kind": "concat-abs"}] if concat_abs else [])
@@ -227,9 +262,11 @@ def test_bounds_hold_against_exact_arithmetic_on_tiny_nets(seed, c_in, channels,
     f64 = model.features(x.double())
     with torch.no_grad():
         s32 = model(x).double()
-    for s_ref, bound in ((s64, reference_error(model, f64, g64, s64, "float64")),
-                         (s64, reference_rounding(model, x)),
-                         (s32, float_guard(model, f64, g64, s64))):
+    for s_ref, bound in (
+        (s64, reference_error(model, f64, g64, s64, "float64")),
+        (s64, reference_rounding(model, x)),
+        (s32, float_guard(model, f64, g64, s64)),
+    ):
         assert all(abs(Fraction(float(a)) - s) <= Fraction(float(t)) for a, s, t in zip(s_ref, s_exact, bound))
 
 
@@ -256,10 +293,10 @@ def test_float64_pass_matches_float64_autograd():
 
 
 def test_gamma_and_constants():
-    u = 2.0 ** -24
+    u = 2.0**-24
     assert gamma(10, u) == pytest.approx(10 * u / (1 - 10 * u))
     with pytest.raises(ValueError):
-        gamma(2 ** 24, u)
+        gamma(2**24, u)
     consts = bound_constants(conv_model(0).convex, torch.float32)
     assert len(consts.blocks) == 2 and consts.stem > gamma(10, u) and consts.grad > gamma(27, u)
 
@@ -272,8 +309,13 @@ def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="backend"):
         bounded_pass(model, x, backend="gpu")
     with pytest.raises(ValueError, match="bounded"):
-        asymcert.certify(build_model({"kind": "feature-convex", "input_shape": [1, 7, 6],
-                                      "convex": {"kind": "icnn", "widths": [4]}}), x, precision="bounded")
+        asymcert.certify(
+            build_model(
+                {"kind": "feature-convex", "input_shape": [1, 7, 6], "convex": {"kind": "icnn", "widths": [4]}}
+            ),
+            x,
+            precision="bounded",
+        )
 
 
 def test_which_models_the_bounded_path_covers():
@@ -305,6 +347,7 @@ def test_decisions_are_the_models_own_even_on_the_boundary(kind):
         model = conv_model(4)
     else:
         from tests.conftest import small_feature_convex
+
         model = small_feature_convex("icnn", input_shape=(1, 7, 6), seed=4)
     x = torch.rand(400, 1, 7, 6)
     with torch.no_grad():

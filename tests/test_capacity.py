@@ -38,13 +38,19 @@ def test_max_accuracy_shift_matches_brute_force(scores, data):
     assert acc == pytest.approx(best)
 
 
-@pytest.mark.parametrize("convex", [{"kind": "icnn", "widths": [32, 16]},
-                                    {"kind": "icnn", "widths": [24], "batch_norm": False},
-                                    {"kind": "convex-conv", "channels": 3, "stem_kernel": 3, "blocks": 2}])
+@pytest.mark.parametrize(
+    "convex",
+    [
+        {"kind": "icnn", "widths": [32, 16]},
+        {"kind": "icnn", "widths": [24], "batch_norm": False},
+        {"kind": "convex-conv", "channels": 3, "stem_kernel": 3, "blocks": 2},
+    ],
+)
 def test_scaled_init_keeps_convexity_and_standardises_the_output(convex):
     torch.manual_seed(0)
-    model = build_model({"kind": "feature-convex", "input_shape": [1, 8, 8], "feature_map": [{"kind": "shift"}],
-                         "convex": convex})
+    model = build_model(
+        {"kind": "feature-convex", "input_shape": [1, 8, 8], "feature_map": [{"kind": "shift"}], "convex": convex}
+    )
     x = torch.rand(256, 1, 8, 8)
     model.feature_map.fit(x)
     with torch.no_grad():
@@ -83,8 +89,12 @@ def _separable(n: int = 200, seed: int = 0) -> Dataset:
 
 def test_a_recipe_fits_a_convex_separable_set_and_reports_per_epoch_accuracy():
     train = _separable()
-    spec = {"description": "tiny", "convex": {"kind": "icnn", "widths": [64], "batch_norm": False},
-            "train": {"optimizer": "adam", "lr": 1e-2, "batch_size": 32, "epochs": 15}, "init": "scaled"}
+    spec = {
+        "description": "tiny",
+        "convex": {"kind": "icnn", "widths": [64], "batch_norm": False},
+        "train": {"optimizer": "adam", "lr": 1e-2, "batch_size": 32, "epochs": 15},
+        "init": "scaled",
+    }
     res = run_recipe("tiny", train, settings=spec, seed=0)
     assert len(res.accuracy_per_epoch) == 15 == len(res.loss_per_epoch)
     assert res.train_accuracy == max(res.accuracy_per_epoch)
@@ -109,8 +119,22 @@ def test_run_capacity_returns_one_row_per_recipe_and_calls_back():
 
 def test_cli_capacity_writes_json_markdown_and_plot(fashion_dir, tmp_path):
     out = tmp_path / "cap"
-    res = CliRunner().invoke(main, ["capacity", "fashion-mnist-shirts", "--data-dir", str(fashion_dir),
-                                    "--out", str(out), "--recipes", "icnn-paper", "--epochs", "2", "--quiet"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "capacity",
+            "fashion-mnist-shirts",
+            "--data-dir",
+            str(fashion_dir),
+            "--out",
+            str(out),
+            "--recipes",
+            "icnn-paper",
+            "--epochs",
+            "2",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "separability bound" in res.output
     for name in ("capacity.json", "capacity.md", "capacity.png"):
@@ -132,9 +156,27 @@ def test_cli_capacity_writes_json_markdown_and_plot(fashion_dir, tmp_path):
 
 def test_cli_capacity_limit_and_reverse_bound_only(fashion_dir, tmp_path):
     out = tmp_path / "cap"
-    res = CliRunner().invoke(main, ["capacity", "fashion-mnist-shirts", "--data-dir", str(fashion_dir),
-                                    "--out", str(out), "--recipes", "none", "--limit", "5", "--seed", "3",
-                                    "--reverse", "--fw-iterations", "0", "--quiet"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "capacity",
+            "fashion-mnist-shirts",
+            "--data-dir",
+            str(fashion_dir),
+            "--out",
+            str(out),
+            "--recipes",
+            "none",
+            "--limit",
+            "5",
+            "--seed",
+            "3",
+            "--reverse",
+            "--fw-iterations",
+            "0",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "capacity.json").read_text())
     assert rep["separability"]["checked"] == 5 and rep["separability"]["reverse"]
@@ -146,8 +188,19 @@ def test_cli_capacity_limit_and_reverse_bound_only(fashion_dir, tmp_path):
 
 def test_cli_capacity_errors_are_one_line(fashion_dir, tmp_path):
     runner = CliRunner()
-    res = runner.invoke(main, ["capacity", "fashion-mnist-shirts", "--data-dir", str(fashion_dir),
-                               "--out", str(tmp_path / "a"), "--recipes", "bogus"])
+    res = runner.invoke(
+        main,
+        [
+            "capacity",
+            "fashion-mnist-shirts",
+            "--data-dir",
+            str(fashion_dir),
+            "--out",
+            str(tmp_path / "a"),
+            "--recipes",
+            "bogus",
+        ],
+    )
     assert res.exit_code != 0 and "unknown capacity recipe(s) bogus" in res.output
     assert "Traceback" not in res.output
     res = runner.invoke(main, ["capacity", "fashion-mnist", "--out", str(tmp_path / "b"), "--recipes", "none"])

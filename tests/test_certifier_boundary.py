@@ -51,6 +51,7 @@ FRACTIONS = (0.99, 0.999)
 
 # ---------------------------------------------------------------------------------------------- helpers
 
+
 def _lp(v: torch.Tensor, p: float) -> torch.Tensor:
     """Row ℓp norms in float64: (N, ...) → (N,)."""
     return torch.linalg.vector_norm(v.reshape(v.shape[0], -1).double(), ord=p, dim=1)
@@ -81,8 +82,14 @@ def _sphere(n: int, d: int, p: float, gen: torch.Generator) -> torch.Tensor:
     return v / _lp(v, p)[:, None]
 
 
-def _no_flip_inside(model: nn.Module, x: torch.Tensor, radius: torch.Tensor, predicted: torch.Tensor, p: float,
-                    directions: list[torch.Tensor]) -> int:
+def _no_flip_inside(
+    model: nn.Module,
+    x: torch.Tensor,
+    radius: torch.Tensor,
+    predicted: torch.Tensor,
+    p: float,
+    directions: list[torch.Tensor],
+) -> int:
     """Assert the model's decision holds at every candidate x + f·r·direction (f in FRACTIONS) inside the ball.
 
     Returns how many candidate points were inside the open ball (the test's reach).
@@ -100,8 +107,16 @@ def _no_flip_inside(model: nn.Module, x: torch.Tensor, radius: torch.Tensor, pre
 
 def _pgd_no_flip(model: nn.Module, x: torch.Tensor, radius: torch.Tensor, predicted: torch.Tensor, p: float) -> None:
     """PGD at 0.999·r (targeted away from the certified decision) never flips the model's decision."""
-    xa = pgd_attack(model, x, radius * 0.999, p, steps=30, restarts=2, generator=torch.Generator().manual_seed(0),
-                    targeted_decision=predicted)
+    xa = pgd_attack(
+        model,
+        x,
+        radius * 0.999,
+        p,
+        steps=30,
+        restarts=2,
+        generator=torch.Generator().manual_seed(0),
+        targeted_decision=predicted,
+    )
     assert bool((_lp(xa - x, p) <= radius).all())
     assert not bool((decisions(model, xa) != predicted).any()), f"PGD flipped a decision inside the ℓ{p} radius"
 
@@ -126,6 +141,7 @@ def _near_and_typical(score64, x: torch.Tensor, n_near: int, gen: torch.Generato
 
 
 # ---------------------------------------------------------------------------------------------- ibp / crown
+
 
 def _linear_score_net(d: int, seed: int, hidden: int | None) -> nn.Sequential:
     """Shift → Flatten → [Linear → ReLU with stable, active units] → Linear(·, 1), float32.
@@ -195,8 +211,9 @@ def test_bound_propagation_near_boundary(method, hidden, precision, seed):
         # rounding is paid C + 1 times: scores below ~1e-3 of Σ|terms| ≈ 80 get no radius there)
         near = 1e-3 if precision == "float64" else 2e-2
         assert int(pos.sum()) >= 20 and int((pos & (s64 < near)).sum()) >= 5
-        dirs = [_worst_direction(w.expand(int(pos.sum()), d), p)] + \
-               [_sphere(int(pos.sum()), d, p, gen) for _ in range(3)]
+        dirs = [_worst_direction(w.expand(int(pos.sum()), d), p)] + [
+            _sphere(int(pos.sum()), d, p, gen) for _ in range(3)
+        ]
         assert _no_flip_inside(net, x[pos], r[pos], cert.predicted[pos], p, dirs) > 100
         _pgd_no_flip(net, x[pos], r[pos], cert.predicted[pos], p)
 
@@ -222,11 +239,13 @@ def test_bound_allowance_covers_float32_scores_and_bounds():
 
 # ---------------------------------------------------------------------------------------------- orthogonal
 
+
 def _orthogonal_net(seed: int, d: int = 16) -> nn.Module:
     """A gradient-norm-preserving orthogonal MLP (square layers + MaxMin): ‖∇s‖₂ = 1, so s/L is tight."""
     torch.manual_seed(seed)
-    model = build_model({"kind": "orthogonal", "input_shape": [d], "arch": "mlp", "widths": [d, d],
-                         "input_range": None})
+    model = build_model(
+        {"kind": "orthogonal", "input_shape": [d], "arch": "mlp", "widths": [d, d], "input_range": None}
+    )
     model.fit_input(torch.randn(64, d))
     return model.eval()
 
@@ -272,10 +291,20 @@ def test_orthogonal_near_boundary(precision, seed):
 
 # ---------------------------------------------------------------------------------------------- linf-dist
 
+
 def _linf_net(seed: int, mlp_head: int | None, binary: bool, d: int = 8) -> nn.Module:
     torch.manual_seed(seed)
-    model = build_model({"kind": "linf-dist", "input_shape": [d], "widths": [16], "input_range": None,
-                         "num_classes": 2 if binary else 3, "binary": binary, "mlp_head": mlp_head})
+    model = build_model(
+        {
+            "kind": "linf-dist",
+            "input_shape": [d],
+            "widths": [16],
+            "input_range": None,
+            "num_classes": 2 if binary else 3,
+            "binary": binary,
+            "mlp_head": mlp_head,
+        }
+    )
     model.set_p(INF)
     model.fit_input(torch.randn(64, d))
     model.eval()
@@ -313,8 +342,12 @@ def _linf_head_radius64(model: nn.Module, x: torch.Tensor, cls: torch.Tensor) ->
         pre_hi = hi @ w1.clamp_min(0).T + lo @ w1.clamp_max(0).T + b1
         t_lo, t_hi = torch.tanh(pre_lo), torch.tanh(pre_hi)
         dw = w2[cls][:, None, :] - w2[None]  # (N, K, h)
-        low = (dw.clamp_min(0) * t_lo[:, None]).sum(-1) + (dw.clamp_max(0) * t_hi[:, None]).sum(-1) \
-            + b2[cls][:, None] - b2[None]
+        low = (
+            (dw.clamp_min(0) * t_lo[:, None]).sum(-1)
+            + (dw.clamp_max(0) * t_hi[:, None]).sum(-1)
+            + b2[cls][:, None]
+            - b2[None]
+        )
         return (low.scatter(1, cls[:, None], INF) > 0).all(1)
 
     lo_r = torch.zeros(len(x), dtype=torch.float64)
@@ -394,6 +427,7 @@ def test_linf_dist_refuses_unsound_options():
 
 # ---------------------------------------------------------------------------------------------- smoothing
 
+
 def _clopper_pearson_reference(k: int, n: int, alpha: float) -> float:
     """The p with P(Bin(n, p) ≥ k) = α, by root finding on the binomial tail (not the Beta quantile)."""
     if k == 0:
@@ -409,8 +443,12 @@ def _phi_inverse_reference(p: float) -> float:
 
 
 @settings(derandomize=True, deadline=None, max_examples=examples(60))
-@given(n=st.integers(1, 20_000), frac=st.floats(0.0, 1.0), alpha=st.sampled_from([1e-1, 1e-3, 1e-6]),
-       sigma=st.floats(0.01, 4.0))
+@given(
+    n=st.integers(1, 20_000),
+    frac=st.floats(0.0, 1.0),
+    alpha=st.sampled_from([1e-1, 1e-3, 1e-6]),
+    sigma=st.floats(0.01, 4.0),
+)
 def test_smoothing_radius_matches_an_independent_scipy_computation(n, frac, alpha, sigma):
     k = round(frac * n)
     p_lower = float(clopper_pearson_lower(torch.tensor([k]), n, alpha)[0])
@@ -458,16 +496,24 @@ class _Constant(nn.Module):
 def test_smoothing_certify_end_to_end_matches_scipy(noise):
     n, alpha, sigma, d = 500, 1e-3, 0.7, 9
     x = torch.rand(3, d)
-    cert = asymcert.certify(_Constant(), x, norms=NORMS, method=f"smoothing-{noise}", sigma=sigma, n0=10, n=n,
-                            alpha=alpha, seed=0)
+    cert = asymcert.certify(
+        _Constant(), x, norms=NORMS, method=f"smoothing-{noise}", sigma=sigma, n0=10, n=n, alpha=alpha, seed=0
+    )
     p = _clopper_pearson_reference(n, n, alpha)
     lam_l, lam_u = sigma / math.sqrt(2.0), sigma * math.sqrt(3.0)
-    base, ref = {"gaussian": (2.0, sigma * _phi_inverse_reference(p)),
-                 "laplace": (1.0, -lam_l * math.log(2.0 * (1.0 - p))),
-                 "uniform": (1.0, 2.0 * lam_u * (p - 0.5))}[noise]
+    base, ref = {
+        "gaussian": (2.0, sigma * _phi_inverse_reference(p)),
+        "laplace": (1.0, -lam_l * math.log(2.0 * (1.0 - p))),
+        "uniform": (1.0, 2.0 * lam_u * (p - 0.5)),
+    }[noise]
     for q in NORMS:  # norm conversions on R^d: ℓ2 → ℓp (p > 2: / d^{1/2−1/p}); ℓ1 → ℓp: / d^{1−1/p}
-        factor = 1.0 if q <= base else (math.sqrt(d) if math.isinf(q) else d ** (0.5 - 1 / q)) if base == 2.0 \
+        factor = (
+            1.0
+            if q <= base
+            else (math.sqrt(d) if math.isinf(q) else d ** (0.5 - 1 / q))
+            if base == 2.0
             else (d if math.isinf(q) else d ** (1 - 1 / q))
+        )
         r = cert.radii[q]
         assert bool((r <= ref / factor).all()) and bool((r >= ref / factor * (1 - 1e-9)).all()), (noise, q)
     assert not bool(cert.abstained.any()) and not cert.deterministic and cert.alpha == alpha

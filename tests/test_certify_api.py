@@ -17,8 +17,12 @@ from asymcert.models import build_model
 
 def _model(input_shape=(6,), kind="feature-convex", seed=0):
     torch.manual_seed(seed)
-    config = {"kind": kind, "input_shape": list(input_shape), "feature_map": [{"kind": "shift"}],
-              "convex": {"kind": "icnn", "widths": [8]}}
+    config = {
+        "kind": kind,
+        "input_shape": list(input_shape),
+        "feature_map": [{"kind": "shift"}],
+        "convex": {"kind": "icnn", "widths": [8]},
+    }
     if kind == "one-vs-rest-convex":
         config["num_classes"] = 3
     return build_model(config).eval()
@@ -69,8 +73,9 @@ def test_an_empty_batch_gives_an_empty_certificate(kind):
     assert empty.predicted.dtype == full.predicted.dtype == torch.int64
     for p, r in empty.radii.items():
         assert r.shape == (0,) and r.dtype == full.radii[p].dtype
-    assert {k: (v.shape[1:], v.dtype) for k, v in empty.extra.items()} == \
-        {k: (v.shape[1:], v.dtype) for k, v in full.extra.items()}
+    assert {k: (v.shape[1:], v.dtype) for k, v in empty.extra.items()} == {
+        k: (v.shape[1:], v.dtype) for k, v in full.extra.items()
+    }
     assert empty.seconds == 0.0
 
 
@@ -81,9 +86,16 @@ def test_meta_tensors_are_refused():
         asymcert.certify(_model().to("meta"), torch.randn(3, 6))
 
 
-@pytest.mark.parametrize("norms, message", [((), "no norms to certify"), (("abc",), "'abc' is not an ℓp norm"),
-                                            ((0.5,), "need p ≥ 1"), ((math.nan,), "need p ≥ 1"),
-                                            ((None,), "None is not an ℓp norm")])
+@pytest.mark.parametrize(
+    "norms, message",
+    [
+        ((), "no norms to certify"),
+        (("abc",), "'abc' is not an ℓp norm"),
+        ((0.5,), "need p ≥ 1"),
+        ((math.nan,), "need p ≥ 1"),
+        ((None,), "None is not an ℓp norm"),
+    ],
+)
 def test_bad_norms_are_asymcert_errors(norms, message):
     with pytest.raises(InputError, match=message):
         asymcert.certify(_model(), torch.randn(3, 6), norms=norms)
@@ -103,13 +115,16 @@ def test_certificate_cat_of_one_part_and_of_none():
         Certificate.cat([])
 
 
-@pytest.mark.parametrize("x, message", [
-    (torch.tensor(1.0), "got a scalar"),
-    (torch.zeros(3, 6, dtype=torch.uint8), "must be floating point"),
-    (torch.randn(3, 5), r"shape \(3, 5\), expected \(N, 6\)"),
-    (torch.tensor([[0.0] * 6, [math.nan] * 6, [0.0] * 6]), r"NaN or Inf \(first bad rows: \[1\]\)"),
-    ([[0.0] * 6], "must be a torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (torch.tensor(1.0), "got a scalar"),
+        (torch.zeros(3, 6, dtype=torch.uint8), "must be floating point"),
+        (torch.randn(3, 5), r"shape \(3, 5\), expected \(N, 6\)"),
+        (torch.tensor([[0.0] * 6, [math.nan] * 6, [0.0] * 6]), r"NaN or Inf \(first bad rows: \[1\]\)"),
+        ([[0.0] * 6], "must be a torch.Tensor"),
+    ],
+)
 def test_bad_inputs_are_named(x, message):
     with pytest.raises(InputError, match=message):
         asymcert.certify(_model(), x)
@@ -118,6 +133,7 @@ def test_bad_inputs_are_named(x, message):
 def test_non_finite_rows_are_found_in_every_chunk(monkeypatch):
     """The finiteness check runs in chunks (bounded memory) and still names rows of later chunks."""
     from asymcert.certify import inputs
+
     monkeypatch.setattr(inputs, "CHECK_CHUNK", 4)
     x = torch.randn(13, 6)
     x[9, 2] = math.inf
@@ -127,8 +143,10 @@ def test_non_finite_rows_are_found_in_every_chunk(monkeypatch):
 
 
 def test_every_refusal_is_an_asymcert_error():
-    for call in (lambda: asymcert.certify(_model(), torch.randn(3, 6), batch_size=0),
-                 lambda: asymcert.certify(_model(), torch.empty(1, 6, device="meta")),
-                 lambda: asymcert.certify(_model(), torch.randn(3, 6), norms=("x",))):
+    for call in (
+        lambda: asymcert.certify(_model(), torch.randn(3, 6), batch_size=0),
+        lambda: asymcert.certify(_model(), torch.empty(1, 6, device="meta")),
+        lambda: asymcert.certify(_model(), torch.randn(3, 6), norms=("x",)),
+    ):
         with pytest.raises(AsymcertError):
             call()

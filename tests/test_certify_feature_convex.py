@@ -66,12 +66,15 @@ def test_batched_equals_chunked_and_does_not_change_training_mode():
         assert torch.allclose(full.radii[p], chunked.radii[p], rtol=1e-6)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (torch.rand(3, 1, 5, 5), "shape"),
-    (torch.randint(0, 255, (3, 1, 6, 6)), "floating"),
-    (torch.full((3, 1, 6, 6), float("nan")), "NaN"),
-    (torch.full((3, 1, 6, 6), 2.0), "range"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.rand(3, 1, 5, 5), "shape"),
+        (torch.randint(0, 255, (3, 1, 6, 6)), "floating"),
+        (torch.full((3, 1, 6, 6), float("nan")), "NaN"),
+        (torch.full((3, 1, 6, 6), 2.0), "range"),
+    ],
+)
 def test_bad_inputs_give_clear_errors(bad, match):
     model = small_feature_convex("icnn")
     model.input_range = (0.0, 1.0)
@@ -92,6 +95,7 @@ def test_negative_constrained_weights_refused_at_certification():
 def test_safe_radius_never_rounds_up(m, d):
     r = float(safe_radius(torch.tensor([m], dtype=torch.float64), torch.tensor([d], dtype=torch.float64), slack=0.0))
     from fractions import Fraction
+
     assert Fraction(r) <= Fraction(m) / Fraction(d)
 
 
@@ -121,7 +125,8 @@ def test_float_guard_only_shrinks_and_stays_small():
 def test_lp_norm_is_accurate_at_every_scale(exponent, p):
     """No overflow or underflow from 1e-300 to 1e300: the norm scales exactly with its input."""
     from asymcert.certify.functional import lp_norm
+
     v = torch.tensor([[3.0, -4.0, 1.0, 0.5]], dtype=torch.float64)
     base = float(lp_norm(v, p))
-    scaled = float(lp_norm(v * 10.0 ** exponent, p))
-    assert scaled == pytest.approx(base * 10.0 ** exponent, rel=1e-12)
+    scaled = float(lp_norm(v * 10.0**exponent, p))
+    assert scaled == pytest.approx(base * 10.0**exponent, rel=1e-12)

@@ -24,8 +24,9 @@ SMOOTH = {"sigma": 0.3, "n0": 20, "n": 200, "alpha": 0.01}
 
 
 def _smoothing(noise: str):
-    return build_model({"kind": "relu-smoothing", "input_shape": [1, 4, 4], "widths": [8],
-                        "smoothing": {"noise": noise, **SMOOTH}})
+    return build_model(
+        {"kind": "relu-smoothing", "input_shape": [1, 4, 4], "widths": [8], "smoothing": {"noise": noise, **SMOOTH}}
+    )
 
 
 def _bounds():
@@ -35,13 +36,26 @@ def _bounds():
 # certifier → (tiny model builder, x shape, the guarantee its certificates must carry)
 CASES = {
     "feature-convex": (lambda: small_feature_convex("icnn", input_shape=(1, 4, 4)), Guarantee.FLAG),
-    "one-vs-rest-convex": (lambda: build_model({
-        "kind": "one-vs-rest-convex", "input_shape": [1, 4, 4], "num_classes": 3,
-        "feature_map": [{"kind": "shift"}], "convex": {"kind": "icnn", "widths": [8]}}), Guarantee.FLAG),
-    "linf-dist": (lambda: build_model({"kind": "linf-dist", "input_shape": [1, 4, 4], "widths": [16, 16],
-                                       "num_classes": 3}), Guarantee.DECISION),
-    "orthogonal": (lambda: build_model({"kind": "orthogonal", "input_shape": [1, 4, 4], "arch": "mlp",
-                                        "widths": [16, 16]}), Guarantee.FLAG),
+    "one-vs-rest-convex": (
+        lambda: build_model(
+            {
+                "kind": "one-vs-rest-convex",
+                "input_shape": [1, 4, 4],
+                "num_classes": 3,
+                "feature_map": [{"kind": "shift"}],
+                "convex": {"kind": "icnn", "widths": [8]},
+            }
+        ),
+        Guarantee.FLAG,
+    ),
+    "linf-dist": (
+        lambda: build_model({"kind": "linf-dist", "input_shape": [1, 4, 4], "widths": [16, 16], "num_classes": 3}),
+        Guarantee.DECISION,
+    ),
+    "orthogonal": (
+        lambda: build_model({"kind": "orthogonal", "input_shape": [1, 4, 4], "arch": "mlp", "widths": [16, 16]}),
+        Guarantee.FLAG,
+    ),
     "ibp": (_bounds, Guarantee.FLAG),
     "crown": (_bounds, Guarantee.FLAG),
     "crown-ibp": (_bounds, Guarantee.FLAG),
@@ -51,9 +65,13 @@ CASES = {
     "smoothing-splitting": (lambda: _smoothing("splitting"), Guarantee.FLAG),  # binary base model
 }
 EXTRA_CASES = {  # the same certifier, another decision shape
-    "linf-dist/binary": ("linf-dist", lambda: build_model({"kind": "linf-dist", "input_shape": [1, 4, 4],
-                                                           "widths": [16, 16], "num_classes": 2, "binary": True}),
-                         Guarantee.FLAG),
+    "linf-dist/binary": (
+        "linf-dist",
+        lambda: build_model(
+            {"kind": "linf-dist", "input_shape": [1, 4, 4], "widths": [16, 16], "num_classes": 2, "binary": True}
+        ),
+        Guarantee.FLAG,
+    ),
 }
 
 
@@ -91,14 +109,32 @@ def _multiclass(guarantee: Guarantee | str, **kw) -> Certificate:
     pred = torch.tensor([0, 1, 2, 2])
     flagged = torch.tensor([True, False, True, True])
     flags = torch.nn.functional.one_hot(pred, 3).bool() & flagged[:, None]
-    return Certificate(pred, {2.0: torch.tensor([0.5, 0.2, 0.3, 0.9], dtype=torch.float64)}, "custom", guarantee,
-                       binary=False, extra={"flags": flags, "predicted_flagged": flagged}, **kw)
+    return Certificate(
+        pred,
+        {2.0: torch.tensor([0.5, 0.2, 0.3, 0.9], dtype=torch.float64)},
+        "custom",
+        guarantee,
+        binary=False,
+        extra={"flags": flags, "predicted_flagged": flagged},
+        **kw,
+    )
 
 
-@pytest.mark.parametrize("guarantee,alpha", [
-    (Guarantee.PROBABILISTIC, None), (Guarantee.PROBABILISTIC, 0.0), (Guarantee.PROBABILISTIC, 1.0),
-    (Guarantee.PROBABILISTIC, math.nan), (Guarantee.PROBABILISTIC, True), (Guarantee.PROBABILISTIC, "0.1"),
-    (Guarantee.DECISION, 0.001), (Guarantee.FLAG, 0.001), ("sure", None), (True, None)])
+@pytest.mark.parametrize(
+    "guarantee,alpha",
+    [
+        (Guarantee.PROBABILISTIC, None),
+        (Guarantee.PROBABILISTIC, 0.0),
+        (Guarantee.PROBABILISTIC, 1.0),
+        (Guarantee.PROBABILISTIC, math.nan),
+        (Guarantee.PROBABILISTIC, True),
+        (Guarantee.PROBABILISTIC, "0.1"),
+        (Guarantee.DECISION, 0.001),
+        (Guarantee.FLAG, 0.001),
+        ("sure", None),
+        (True, None),
+    ],
+)
 def test_alpha_is_required_exactly_for_probabilistic_certificates(guarantee, alpha):
     with pytest.raises(InputError) as info:
         _multiclass(guarantee, alpha=alpha)
@@ -140,8 +176,9 @@ def _strip_guarantee(path, **meta_change: str) -> None:
     save_file(load_file(str(path)), str(path), metadata={**meta, **meta_change})
 
 
-@pytest.mark.parametrize("guarantee,alpha", [(Guarantee.FLAG, None), (Guarantee.DECISION, None),
-                                             (Guarantee.PROBABILISTIC, 0.01)])
+@pytest.mark.parametrize(
+    "guarantee,alpha", [(Guarantee.FLAG, None), (Guarantee.DECISION, None), (Guarantee.PROBABILISTIC, 0.01)]
+)
 def test_old_files_without_a_guarantee_still_load(tmp_path, guarantee, alpha):
     path = tmp_path / "certificates.safetensors"
     cert = _multiclass(guarantee, alpha=alpha)
@@ -156,8 +193,11 @@ def test_old_files_without_a_guarantee_still_load(tmp_path, guarantee, alpha):
 def test_a_damaged_guarantee_is_one_checkpoint_error(tmp_path):
     path = tmp_path / "certificates.safetensors"
     save_certificates(path, _multiclass(Guarantee.DECISION), torch.zeros(4, dtype=torch.long))
-    for meta in ({"guarantee": json.dumps("certain")}, {"guarantee": json.dumps([1])},
-                 {"guarantee": json.dumps("probabilistic")}):  # probabilistic without alpha
+    for meta in (
+        {"guarantee": json.dumps("certain")},
+        {"guarantee": json.dumps([1])},
+        {"guarantee": json.dumps("probabilistic")},
+    ):  # probabilistic without alpha
         with safe_open(str(path), framework="pt") as fh:
             old = dict(fh.metadata())
         save_file(load_file(str(path)), str(path), metadata={**old, **meta})

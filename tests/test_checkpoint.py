@@ -48,6 +48,7 @@ def test_negative_convex_weights_in_checkpoint_refused(tmp_path):
     tensors = load_file(str(path))
     tensors["convex.hidden.1.weight"][0, 0] = -0.25
     from safetensors import safe_open
+
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
     save_file(tensors, str(path), metadata=meta)
@@ -96,8 +97,9 @@ def test_tensors_of_another_kind_of_dtype_are_refused_before_loading(tmp_path):
     tensors = load_file(str(path))
     tensors["convex.hidden.0.weight"] = tensors["convex.hidden.0.weight"].to(torch.int64)
     _rewrite(path, tensors, model.config())
-    with pytest.raises(asymcert.CheckpointError,
-                       match=r"convex\.hidden\.0\.weight of dtype I64 \(config says torch.float32\)"):
+    with pytest.raises(
+        asymcert.CheckpointError, match=r"convex\.hidden\.0\.weight of dtype I64 \(config says torch.float32\)"
+    ):
         asymcert.load(path)
     tensors = load_file(str(asymcert.save(model, path)))  # float64 weights of the same values still load
     _rewrite(path, {k: v.double() if v.is_floating_point() else v for k, v in tensors.items()}, model.config())
@@ -105,14 +107,25 @@ def test_tensors_of_another_kind_of_dtype_are_refused_before_loading(tmp_path):
     assert torch.equal(asymcert.load(path)(x), model.eval()(x))
 
 
-@pytest.mark.parametrize("config, meta, match", [
-    ("[1, 2]", "{}", "stored model config is a JSON list"),
-    ("null", "{}", "stored model config is a JSON NoneType"),
-    (None, "[]", "stored metadata is a JSON list"),
-    ({"kind": "feature-convex", "input_shape": [1, 6, 6]}, "{}", "config is invalid: .*missing key 'convex'"),
-    ({"kind": "feature-convex", "input_shape": [1, 6, 6], "feature_map": [{"kind": "shift"}],
-      "convex": {"kind": "icnn", "widths": [-3]}}, "{}", "config is invalid: .*widths"),
-])
+@pytest.mark.parametrize(
+    "config, meta, match",
+    [
+        ("[1, 2]", "{}", "stored model config is a JSON list"),
+        ("null", "{}", "stored model config is a JSON NoneType"),
+        (None, "[]", "stored metadata is a JSON list"),
+        ({"kind": "feature-convex", "input_shape": [1, 6, 6]}, "{}", "config is invalid: .*missing key 'convex'"),
+        (
+            {
+                "kind": "feature-convex",
+                "input_shape": [1, 6, 6],
+                "feature_map": [{"kind": "shift"}],
+                "convex": {"kind": "icnn", "widths": [-3]},
+            },
+            "{}",
+            "config is invalid: .*widths",
+        ),
+    ],
+)
 def test_a_stored_config_that_is_not_a_model_config_is_one_checkpoint_error(tmp_path, config, meta, match):
     model = small_feature_convex("icnn")
     path = asymcert.save(model, tmp_path / "m.safetensors")

@@ -21,17 +21,32 @@ from asymcert.cli import (
     main,
 )
 
-SMALL = ["--model-set", 'convex={"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}',
-         "--set", "batch_size=32", "--quiet"]
+SMALL = [
+    "--model-set",
+    'convex={"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}',
+    "--set",
+    "batch_size=32",
+    "--quiet",
+]
 
 
 def test_run_writes_the_run_folder_contract(fashion_dir, tmp_path):
     out = tmp_path / "run"
-    res = CliRunner().invoke(main, ["run", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--epochs", "2",
-                                    "--out", str(out), *SMALL])
+    res = CliRunner().invoke(
+        main,
+        ["run", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--epochs", "2", "--out", str(out), *SMALL],
+    )
     assert res.exit_code == 0, res.output
-    for name in ("model.safetensors", "results.json", "report.md", "run.json", "certificates.safetensors",
-                 "certified_l1.png", "certified_l2.png", "certified_linf.png"):
+    for name in (
+        "model.safetensors",
+        "results.json",
+        "report.md",
+        "run.json",
+        "certificates.safetensors",
+        "certified_l1.png",
+        "certified_l2.png",
+        "certified_linf.png",
+    ):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     certs = load_file(str(out / "certificates.safetensors"))  # recomputed from the per-input file
@@ -86,22 +101,64 @@ def test_own_npz_data(tmp_path):
     y = torch.randint(0, 3, (300,), generator=gen)
     x = torch.randn(300, 5, generator=gen) + y[:, None].float()
     import numpy as np
+
     np.savez(tmp_path / "mine.npz", x=x.numpy(), y=y.numpy())
     out = tmp_path / "npz"
-    res = CliRunner().invoke(main, ["run", "--data", str(tmp_path / "mine.npz"), "--sensitive-class", "2",
-                                    "--out", str(out), "--epochs", "30", "--quiet"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--data",
+            str(tmp_path / "mine.npz"),
+            "--sensitive-class",
+            "2",
+            "--out",
+            str(out),
+            "--epochs",
+            "30",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads((out / "results.json").read_text())["clean_accuracy"] > 0.6
-    res = CliRunner().invoke(main, ["run", "--data", str(tmp_path / "mine.npz"), "--sensitive-class", "7",
-                                    "--out", str(tmp_path / "bad"), "--quiet"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--data",
+            str(tmp_path / "mine.npz"),
+            "--sensitive-class",
+            "7",
+            "--out",
+            str(tmp_path / "bad"),
+            "--quiet",
+        ],
+    )
     assert res.exit_code != 0 and "7" in res.output and "Traceback" not in res.output
 
 
 def test_linf_dist_family_on_a_binary_task_keeps_the_binary_contract(fashion_dir, tmp_path):
     out = tmp_path / "linf"
-    res = CliRunner().invoke(main, ["run", "fashion-mnist-shirts", "--model", "linf-dist", "--data-dir",
-                                    str(fashion_dir), "--out", str(out), "--epochs", "1", "--quiet",
-                                    "--model-set", "widths=[32, 32]", "--set", "batch_size=64"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "fashion-mnist-shirts",
+            "--model",
+            "linf-dist",
+            "--data-dir",
+            str(fashion_dir),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--quiet",
+            "--model-set",
+            "widths=[32, 32]",
+            "--set",
+            "batch_size=64",
+        ],
+    )
     assert res.exit_code == 0, res.output
     model = asymcert.load(out)
     x = torch.rand(3, 1, 28, 28)
@@ -115,6 +172,7 @@ def test_linf_dist_family_on_a_binary_task_keeps_the_binary_contract(fashion_dir
 def test_model_set_with_another_convex_kind_replaces_the_config(fashion_dir, tmp_path):
     """--model-set convex={...another kind...} replaces the task's convex config instead of merging it."""
     from asymcert.pipeline import _merge
+
     base = {"convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2}, "input_shape": [1]}
     merged = _merge(base, {"convex": {"kind": "icnn", "widths": [8]}})
     assert merged["convex"] == {"kind": "icnn", "widths": [8]}
@@ -129,8 +187,10 @@ TINY = ["--model-set", 'convex={"kind": "icnn", "widths": [8]}', "--preset", "fa
 def tiny_run(fashion_dir, tmp_path_factory):
     """A trained and certified tiny run folder (copy it before changing it)."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    for args in (["train", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--out", str(out), *TINY],
-                 ["certify", str(out), "--limit", "10", "--quiet"]):
+    for args in (
+        ["train", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--out", str(out), *TINY],
+        ["certify", str(out), "--limit", "10", "--quiet"],
+    ):
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 0, res.output
     return out
@@ -152,39 +212,52 @@ def _refused(res, code=2) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "lr=fast"], "lr must be a finite number > 0, got 'fast' (text)"),
-    (["--set", "lr={bad"], "lr='{bad': the value is not valid JSON"),
-    (["--set", "widths=[1,"], "not valid JSON"),
-    (["--set", "epochs=0", "--set", "lr=0", "--set", "optimizer=rmsprop"],
-     "3 problems: epochs must be an integer ≥ 1, got 0; lr must be a finite number > 0, got 0; optimizer must be"),
-    (["--set", "device=tpu9"], "device must be a device name"),
-    (["--device", "tpu9"], "unknown device 'tpu9'; valid devices: auto, cpu, cuda, cuda:<index> or mps"),
-    (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:999"], "is not available here"),
-    (["--epochs", "-3"], "Invalid value for '--epochs': -3 is not in the range x>=1"),
-    (["--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range x>=1"),
-    (["--model-set", "bogus=1"], "'bogus'"),  # refused by the model builder or as a setting without effect
-    (["--model-set", 'convex={"kind": "icnn", "widths": [8], "bogus": 1}'], "bogus"),
-    (["--model-set", "arch=mlp"], "'arch'"),
-    (["--model-set", "input_shape=[3]"], "input_shape is taken from the data"),
-    (["--model-set", "nokey"], "'nokey' is not KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "lr=fast"], "lr must be a finite number > 0, got 'fast' (text)"),
+        (["--set", "lr={bad"], "lr='{bad': the value is not valid JSON"),
+        (["--set", "widths=[1,"], "not valid JSON"),
+        (
+            ["--set", "epochs=0", "--set", "lr=0", "--set", "optimizer=rmsprop"],
+            "3 problems: epochs must be an integer ≥ 1, got 0; lr must be a finite number > 0, got 0; "
+            "optimizer must be",
+        ),
+        (["--set", "device=tpu9"], "device must be a device name"),
+        (["--device", "tpu9"], "unknown device 'tpu9'; valid devices: auto, cpu, cuda, cuda:<index> or mps"),
+        (
+            ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:999"],
+            "is not available here",
+        ),
+        (["--epochs", "-3"], "Invalid value for '--epochs': -3 is not in the range x>=1"),
+        (["--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range x>=1"),
+        (["--model-set", "bogus=1"], "'bogus'"),  # refused by the model builder or as a setting without effect
+        (["--model-set", 'convex={"kind": "icnn", "widths": [8], "bogus": 1}'], "bogus"),
+        (["--model-set", "arch=mlp"], "'arch'"),
+        (["--model-set", "input_shape=[3]"], "input_shape is taken from the data"),
+        (["--model-set", "nokey"], "'nokey' is not KEY=VALUE"),
+    ],
+)
 def test_train_refuses_bad_settings_in_one_line(fashion_dir, tmp_path, args, message):
     out = tmp_path / "out"
-    res = CliRunner().invoke(main, ["train", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--out", str(out),
-                                    "--quiet", *args])
+    res = CliRunner().invoke(
+        main, ["train", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--out", str(out), "--quiet", *args]
+    )
     assert message in _refused(res)
     assert not out.exists()  # refused before anything was written
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--limit", "0"], "Invalid value for '--limit': 0 is not in the range x>=1"),
-    (["--limit", "-5"], "-5 is not in the range x>=1"),
-    (["--batch-size", "0"], "Invalid value for '--batch-size': 0 is not in the range x>=1"),
-    (["--norms", ","], "name at least one norm"),
-    (["--norms", "0.5"], "ℓp norms need p ≥ 1"),
-    (["--device", "tpu9"], "unknown device 'tpu9'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--limit", "0"], "Invalid value for '--limit': 0 is not in the range x>=1"),
+        (["--limit", "-5"], "-5 is not in the range x>=1"),
+        (["--batch-size", "0"], "Invalid value for '--batch-size': 0 is not in the range x>=1"),
+        (["--norms", ","], "name at least one norm"),
+        (["--norms", "0.5"], "ℓp norms need p ≥ 1"),
+        (["--device", "tpu9"], "unknown device 'tpu9'"),
+    ],
+)
 def test_certify_refuses_bad_options(tiny_run, tmp_path, args, message):
     folder = _copy(tiny_run, tmp_path)
     before = _files(folder)
@@ -192,11 +265,14 @@ def test_certify_refuses_bad_options(tiny_run, tmp_path, args, message):
     assert _files(folder) == before
 
 
-@pytest.mark.parametrize("damage, message", [
-    (("certificates.safetensors", b"garbage" * 10), "is not a readable certificates file"),
-    (("run.json", b"[1, 2]"), "must hold a JSON object, found list"),
-    (("run.json", b"{}"), "lacks the key 'task'"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (("certificates.safetensors", b"garbage" * 10), "is not a readable certificates file"),
+        (("run.json", b"[1, 2]"), "must hold a JSON object, found list"),
+        (("run.json", b"{}"), "lacks the key 'task'"),
+    ],
+)
 def test_report_on_a_damaged_folder_is_one_line(tiny_run, tmp_path, damage, message):
     folder = _copy(tiny_run, tmp_path)
     (folder / damage[0]).write_bytes(damage[1])
@@ -215,6 +291,7 @@ def test_exit_codes_are_distinct(tiny_run, tmp_path, monkeypatch):
     """0 success, 1 violations found, 2 refused input, 3 busy folder, 4 file-system failure, 130 interrupted."""
     import asymcert.audit
     import asymcert.report.writer
+
     runner = CliRunner()
     monkeypatch.setattr(asymcert.audit, "audit_run", lambda *a, **k: {"violations": 3})
     res = runner.invoke(main, ["audit", str(tiny_run), "--limit", "2"])
@@ -227,10 +304,15 @@ def test_exit_codes_are_distinct(tiny_run, tmp_path, monkeypatch):
     with lock:  # another process would hold it like this
         assert "RunFolderBusyError" in _refused(runner.invoke(main, ["certify", str(folder), "--quiet"]), EXIT_BUSY)
         assert "RunFolderBusyError" in _refused(runner.invoke(main, ["audit", str(folder), "--limit", "2"]), EXIT_BUSY)
-    for exc, code, message in ((OSError(errno.ENOSPC, "No space left on device", str(folder / "results.json")),
-                                EXIT_IO, "OSError: " + str(folder / "results.json") + ": No space left on device"),
-                               (PermissionError(errno.EACCES, "Permission denied"), EXIT_IO, "Permission denied"),
-                               (KeyboardInterrupt(), EXIT_INTERRUPTED, "interrupted")):
+    for exc, code, message in (
+        (
+            OSError(errno.ENOSPC, "No space left on device", str(folder / "results.json")),
+            EXIT_IO,
+            "OSError: " + str(folder / "results.json") + ": No space left on device",
+        ),
+        (PermissionError(errno.EACCES, "Permission denied"), EXIT_IO, "Permission denied"),
+        (KeyboardInterrupt(), EXIT_INTERRUPTED, "interrupted"),
+    ):
         monkeypatch.setattr(asymcert.report.writer, "write_report", _raiser(exc))
         assert message in _refused(runner.invoke(main, ["report", str(folder)]), code)
 
@@ -254,6 +336,7 @@ def test_a_full_disk_while_writing_is_one_line_and_keeps_the_old_file(tiny_run, 
 def test_bugs_keep_their_traceback(tiny_run, monkeypatch, exc):
     """Only refusals become one line: any other exception is a bug and is not disguised as one."""
     import asymcert.report.writer
+
     monkeypatch.setattr(asymcert.report.writer, "write_report", _raiser(exc))
     res = CliRunner().invoke(main, ["report", str(tiny_run)])
     assert res.exception is exc
@@ -262,4 +345,5 @@ def test_bugs_keep_their_traceback(tiny_run, monkeypatch, exc):
 def _raiser(exc):
     def fn(*args, **kwargs):
         raise exc
+
     return fn

@@ -35,14 +35,27 @@ from asymcert.train import TrainConfig
 
 COUNTS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 TINY = ["--model-set", 'convex={"kind": "icnn", "widths": [8]}', "--preset", "fast", "--epochs", "1", "--quiet"]
-FUZZ = dict(derandomize=True, deadline=None, database=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = dict(
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # JSON values small enough that no model built from them can ask for much memory (ints ≤ 64)
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 64), st.sampled_from([2 ** 63, -(2 ** 70)]),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6))
-JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                                          max_size=3), max_leaves=6)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 64),
+    st.sampled_from([2**63, -(2**70)]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +63,11 @@ def base_run(fashion_dir, tmp_path_factory) -> dict[str, Any]:
     """A trained, certified and reported tiny run folder (never changed: every example copies it)."""
     out = tmp_path_factory.mktemp("fuzz") / "run"
     runner = CliRunner()
-    for args in (["train", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--out", str(out), *TINY],
-                 ["certify", str(out), "--limit", "20", "--quiet"], ["report", str(out)]):
+    for args in (
+        ["train", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--out", str(out), *TINY],
+        ["certify", str(out), "--limit", "20", "--quiet"],
+        ["report", str(out)],
+    ):
         res = runner.invoke(main, args)
         assert res.exit_code == 0, res.output
     return {"dir": out, "fashion": fashion_dir, "scratch": tmp_path_factory.mktemp("fuzz-examples")}
@@ -60,18 +76,24 @@ def base_run(fashion_dir, tmp_path_factory) -> dict[str, Any]:
 @pytest.fixture(scope="module", autouse=True)
 def _report_counts():
     yield
-    lines = [f"{test}: {sum(c.values())} cases: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
-             for test, c in sorted(COUNTS.items())]
+    lines = [
+        f"{test}: {sum(c.values())} cases: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
+        for test, c in sorted(COUNTS.items())
+    ]
     print("\nfuzz cases tried (exit code: count)\n  " + "\n  ".join(lines))
     if os.environ.get("ASYMCERT_FUZZ_REPORT"):
-        Path(os.environ["ASYMCERT_FUZZ_REPORT"]).write_text(json.dumps({t: dict(c) for t, c in COUNTS.items()},
-                                                                       indent=1))
+        Path(os.environ["ASYMCERT_FUZZ_REPORT"]).write_text(
+            json.dumps({t: dict(c) for t, c in COUNTS.items()}, indent=1)
+        )
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
     """Relative path → sha256 of every file under ``folder``."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _copy(base: dict[str, Any]) -> Path:
@@ -108,10 +130,14 @@ def _mostly(good: st.SearchStrategy, bad: st.SearchStrategy) -> st.SearchStrateg
     return st.integers(0, 3).flatmap(lambda i: good if i else bad)
 
 
-SETTING_KEYS = st.one_of(st.sampled_from([f.name for f in fields(TrainConfig)]), st.text("abcxyz_", min_size=1,
-                                                                                         max_size=6))
-VALUES = st.one_of(JSON.map(json.dumps), st.text(max_size=8),
-                   st.sampled_from(["fast", "{bad", "[1,", "1e-3x", "adam", "cuda:0", "tpu9", "NaN", "-Infinity"]))
+SETTING_KEYS = st.one_of(
+    st.sampled_from([f.name for f in fields(TrainConfig)]), st.text("abcxyz_", min_size=1, max_size=6)
+)
+VALUES = st.one_of(
+    JSON.map(json.dumps),
+    st.text(max_size=8),
+    st.sampled_from(["fast", "{bad", "[1,", "1e-3x", "adam", "cuda:0", "tpu9", "NaN", "-Infinity"]),
+)
 
 
 @settings(max_examples=100, **FUZZ)
@@ -121,15 +147,19 @@ VALUES = st.one_of(JSON.map(json.dumps), st.text(max_size=8),
 @example(sets=[("epochs", "-3")], model_sets=[])
 @example(sets=[], model_sets=[("bogus", "1")])
 @example(sets=[], model_sets=[("convex", '{"kind": "icnn", "widths": [-3]}')])
-@given(sets=st.lists(st.tuples(SETTING_KEYS, VALUES), max_size=3),
-       model_sets=st.lists(st.tuples(st.sampled_from(["bogus", "convex", "feature_map", "input_range", "kind"]),
-                                     VALUES), max_size=2))
+@given(
+    sets=st.lists(st.tuples(SETTING_KEYS, VALUES), max_size=3),
+    model_sets=st.lists(
+        st.tuples(st.sampled_from(["bogus", "convex", "feature_map", "input_range", "kind"]), VALUES), max_size=2
+    ),
+)
 def test_train_settings_fuzz(base_run, sets, model_sets):
     """``train`` with random --set/--model-set into a copy of a finished run: resumes (same settings) or refuses."""
     folder = _copy(base_run)
     args = ["train", "fashion-mnist-shirts", "--data-dir", str(base_run["fashion"]), "--out", str(folder), *TINY]
-    args += [a for k, v in sets for a in ("--set", f"{k}={v}")] + [a for k, v in model_sets for a in
-                                                                   ("--model-set", f"{k}={v}")]
+    args += [a for k, v in sets for a in ("--set", f"{k}={v}")] + [
+        a for k, v in model_sets for a in ("--model-set", f"{k}={v}")
+    ]
     _check("train --set/--model-set", args, folder)
 
 
@@ -140,18 +170,42 @@ def test_train_settings_fuzz(base_run, sets, model_sets):
 @example(limit="5", batch="7", norms="0.5", device="cpu")
 @example(limit="5", batch="7", norms=",", device="cpu")
 @example(limit="5", batch="7", norms="2", device="tpu9")
-@given(limit=_mostly(st.integers(1, 30).map(str), st.one_of(st.integers(-3, 0).map(str),
-                                                             st.sampled_from(["", "x", "1e3", str(2 ** 70)]))),
-       batch=_mostly(st.integers(1, 40).map(str), st.one_of(st.integers(-3, 0).map(str),
-                                                            st.sampled_from(["", "1.5", "-0"]))),
-       norms=_mostly(st.sampled_from(["1,2,inf", "2", "linf", "inf,3.5", "1.5,l2", "2,2"]),
-                     st.one_of(st.sampled_from(["0", "nan", "abc", "", ",", "-inf"]), st.text(max_size=6))),
-       device=_mostly(st.sampled_from(["cpu", "auto"]),
-                      st.one_of(st.sampled_from(["cuda", "cuda:x", "meta", "mps", "tpu9", ""]), st.text(max_size=5))))
+@given(
+    limit=_mostly(
+        st.integers(1, 30).map(str),
+        st.one_of(st.integers(-3, 0).map(str), st.sampled_from(["", "x", "1e3", str(2**70)])),
+    ),
+    batch=_mostly(
+        st.integers(1, 40).map(str), st.one_of(st.integers(-3, 0).map(str), st.sampled_from(["", "1.5", "-0"]))
+    ),
+    norms=_mostly(
+        st.sampled_from(["1,2,inf", "2", "linf", "inf,3.5", "1.5,l2", "2,2"]),
+        st.one_of(st.sampled_from(["0", "nan", "abc", "", ",", "-inf"]), st.text(max_size=6)),
+    ),
+    device=_mostly(
+        st.sampled_from(["cpu", "auto"]),
+        st.one_of(st.sampled_from(["cuda", "cuda:x", "meta", "mps", "tpu9", ""]), st.text(max_size=5)),
+    ),
+)
 def test_certify_options_fuzz(base_run, limit, batch, norms, device):
     folder = _copy(base_run)
-    _check("certify options", ["certify", str(folder), "--limit", limit, "--batch-size", batch, "--norms", norms,
-                               "--device", device, "--quiet"], folder)
+    _check(
+        "certify options",
+        [
+            "certify",
+            str(folder),
+            "--limit",
+            limit,
+            "--batch-size",
+            batch,
+            "--norms",
+            norms,
+            "--device",
+            device,
+            "--quiet",
+        ],
+        folder,
+    )
 
 
 @settings(max_examples=30, **FUZZ)
@@ -159,14 +213,48 @@ def test_certify_options_fuzz(base_run, limit, batch, norms, device):
 @example(args=["--epochs", "-3"])
 @example(args=["--limit", "-5"])
 @example(args=["--device", "tpu9"])
-@given(args=st.lists(st.sampled_from(["--epochs", "--limit", "--device", "--preset", "--model", "-1", "0", "x",
-                                      "fast", "linf-dist", "bogus", "cpu"]), max_size=4))
+@given(
+    args=st.lists(
+        st.sampled_from(
+            [
+                "--epochs",
+                "--limit",
+                "--device",
+                "--preset",
+                "--model",
+                "-1",
+                "0",
+                "x",
+                "fast",
+                "linf-dist",
+                "bogus",
+                "cpu",
+            ]
+        ),
+        max_size=4,
+    )
+)
 def test_run_options_fuzz(base_run, args):
     """``run`` with bad options into a new folder: refused before the folder is created."""
     out = Path(tempfile.mkdtemp(dir=base_run["scratch"])) / "new"
-    code = _check("run options (new folder)", ["run", "fashion-mnist-shirts", "--data-dir", str(base_run["fashion"]),
-                                               "--out", str(out), "--quiet", "--epochs", "1", *args,
-                                               "--set", "lr=-1"], new_path=out)
+    code = _check(
+        "run options (new folder)",
+        [
+            "run",
+            "fashion-mnist-shirts",
+            "--data-dir",
+            str(base_run["fashion"]),
+            "--out",
+            str(out),
+            "--quiet",
+            "--epochs",
+            "1",
+            *args,
+            "--set",
+            "lr=-1",
+        ],
+        new_path=out,
+    )
     assert code == 2  # lr=-1 is refused whatever else is given
 
 
@@ -207,20 +295,29 @@ def _rewrite_safetensors(path: Path, metadata_change: dict[str, str]) -> None:
 
 def _tamper(folder: Path, data: st.DataObject) -> str:
     """Damage one file of ``folder`` in a way drawn from ``data``; returns a label of the kind of damage."""
-    target = data.draw(st.sampled_from(["run.json", "model.safetensors", "certificates.safetensors",
-                                        "train_state.pt", "history.json"]), label="file")
+    target = data.draw(
+        st.sampled_from(
+            ["run.json", "model.safetensors", "certificates.safetensors", "train_state.pt", "history.json"]
+        ),
+        label="file",
+    )
     path = folder / target
     blob = path.read_bytes()
     how = data.draw(st.sampled_from(["truncate", "random bytes", "structure"]), label="how")
     if how == "truncate":
-        path.write_bytes(blob[:data.draw(st.integers(0, max(0, len(blob) - 1)), label="keep")])
+        path.write_bytes(blob[: data.draw(st.integers(0, max(0, len(blob) - 1)), label="keep")])
     elif how == "random bytes":
         path.write_bytes(data.draw(st.binary(max_size=64), label="bytes"))
     elif target.endswith(".json"):
         obj = json.loads(blob)
         where = data.draw(st.sampled_from(_paths(obj)), label="path")
-        path.write_text(json.dumps(_mutated(obj, where, data.draw(JSON, label="value"),
-                                            bool(where) and data.draw(st.booleans(), label="delete"))))
+        path.write_text(
+            json.dumps(
+                _mutated(
+                    obj, where, data.draw(JSON, label="value"), bool(where) and data.draw(st.booleans(), label="delete")
+                )
+            )
+        )
     elif target == "model.safetensors":
         config = json.loads(safe_open(str(path), framework="pt").metadata()["asymcert_config"])
         where = data.draw(st.sampled_from(_paths(config)), label="config path")
@@ -242,7 +339,7 @@ def _header_swap(folder: Path, header: Any) -> None:
     blob = path.read_bytes()
     (n,) = struct.unpack("<Q", blob[:8])
     text = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(text)) + text + blob[8 + n:])
+    path.write_bytes(struct.pack("<Q", len(text)) + text + blob[8 + n :])
 
 
 COMMANDS = {
@@ -268,12 +365,25 @@ def test_tampered_folder_then_train_fuzz(base_run, data):
     """``train`` resuming in a folder with one damaged file: resumes, or refuses without writing."""
     folder = _copy(base_run)
     COUNTS["tampered folder: kinds of damage"][_tamper(folder, data)] += 1
-    _check("tampered folder: train", ["train", "fashion-mnist-shirts", "--data-dir", str(base_run["fashion"]),
-                                      "--out", str(folder), *TINY], folder)
+    _check(
+        "tampered folder: train",
+        ["train", "fashion-mnist-shirts", "--data-dir", str(base_run["fashion"]), "--out", str(folder), *TINY],
+        folder,
+    )
 
 
-@pytest.mark.parametrize("run_json", ["[1, 2]", "{}", "null", '"run"', '{"task": [], "model": {}, "train": {}}',
-                                      '{"task": {"name": "fashion-mnist-shirts"}, "model": [], "train": {}}', "{"])
+@pytest.mark.parametrize(
+    "run_json",
+    [
+        "[1, 2]",
+        "{}",
+        "null",
+        '"run"',
+        '{"task": [], "model": {}, "train": {}}',
+        '{"task": {"name": "fashion-mnist-shirts"}, "model": [], "train": {}}',
+        "{",
+    ],
+)
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_known_bad_run_json(base_run, run_json, command):
     folder = _copy(base_run)
@@ -281,8 +391,9 @@ def test_known_bad_run_json(base_run, run_json, command):
     assert _check(f"bad run.json: {command}", COMMANDS[command](folder), folder) == 2
 
 
-@pytest.mark.parametrize("config", [[1, 2], {"kind": "feature-convex"}, "x", None,
-                                    "widths=-3", "input_shape=[]", "kind=bogus"])
+@pytest.mark.parametrize(
+    "config", [[1, 2], {"kind": "feature-convex"}, "x", None, "widths=-3", "input_shape=[]", "kind=bogus"]
+)
 @pytest.mark.parametrize("command", ["certify", "audit"])
 def test_known_bad_model_config(base_run, config, command):
     """A model config that is a list, lacks keys, or has a negative width: refused in one line (exit 2)."""
@@ -291,14 +402,18 @@ def test_known_bad_model_config(base_run, config, command):
     real = json.loads(safe_open(str(path), framework="pt").metadata()["asymcert_config"])
     if isinstance(config, str) and "=" in config:
         key, value = config.split("=")
-        config = {**real, "convex": {**real["convex"], "widths": [-3]}} if key == "widths" else \
-            {**real, key: json.loads(value) if value.startswith("[") else value}
+        config = (
+            {**real, "convex": {**real["convex"], "widths": [-3]}}
+            if key == "widths"
+            else {**real, key: json.loads(value) if value.startswith("[") else value}
+        )
     _rewrite_safetensors(path, {"asymcert_config": json.dumps(config)})
     assert _check(f"bad model config: {command}", COMMANDS[command](folder), folder) == 2
 
 
-@pytest.mark.parametrize("header", [[], {"x": 1}, {"balance": {"dtype": "F32", "shape": [10 ** 12],
-                                                               "data_offsets": [0, 4]}}])
+@pytest.mark.parametrize(
+    "header", [[], {"x": 1}, {"balance": {"dtype": "F32", "shape": [10**12], "data_offsets": [0, 4]}}]
+)
 def test_model_file_with_a_foreign_header(base_run, header):
     folder = _copy(base_run)
     _header_swap(folder, header)

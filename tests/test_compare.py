@@ -26,8 +26,13 @@ def _recompute(cert_file, report_radii):
     if "abstained" in t:
         correct &= ~t["abstained"].astype(bool)
     sensitive = label == 1
-    certified = {norm: {f"{r:g}": float(np.sum(correct & sensitive & (t[f"radius_{norm}"] >= r))) / int(sensitive.sum())
-                        for r in radii} for norm, radii in report_radii.items()}
+    certified = {
+        norm: {
+            f"{r:g}": float(np.sum(correct & sensitive & (t[f"radius_{norm}"] >= r))) / int(sensitive.sum())
+            for r in radii
+        }
+        for norm, radii in report_radii.items()
+    }
     return float(np.mean(t["predicted"] == label)), certified
 
 
@@ -44,8 +49,17 @@ METHODS = ("convex", "linf-dist", "smoothing", "orthogonal", "ibp", "no-such-met
 def test_compare_trains_certifies_reports_and_reloads(fashion_dir, tmp_path):
     overrides = {k: {**v, "train": {**v.get("train", {}), "epochs": 1}} for k, v in TINY.items()}
     out = tmp_path / "cmp"
-    result = compare({"name": "fashion-mnist-shirts"}, out, methods=METHODS, preset="fast", n_smoothing=200,
-                     limit=30, data_dir=fashion_dir, overrides=overrides, fail_fast=True)
+    result = compare(
+        {"name": "fashion-mnist-shirts"},
+        out,
+        methods=METHODS,
+        preset="fast",
+        n_smoothing=200,
+        limit=30,
+        data_dir=fashion_dir,
+        overrides=overrides,
+        fail_fast=True,
+    )
     methods = result["methods"]
     for name in ("convex", "smoothing", "orthogonal", "ibp"):
         e = methods[name]
@@ -70,8 +84,17 @@ def test_compare_trains_certifies_reports_and_reloads(fashion_dir, tmp_path):
 
     # a second run loads the finished sub-runs instead of training them again
     messages: list[str] = []
-    again = compare_cli_main("fashion-mnist-shirts", out, "smoothing,orthogonal", preset="fast", n_smoothing=200,
-                             limit=30, data_dir=fashion_dir, progress=False, echo=messages.append)
+    again = compare_cli_main(
+        "fashion-mnist-shirts",
+        out,
+        "smoothing,orthogonal",
+        preset="fast",
+        n_smoothing=200,
+        limit=30,
+        data_dir=fashion_dir,
+        progress=False,
+        echo=messages.append,
+    )
     assert not again["methods"]["smoothing"]["trained_now"]
     assert again["methods"]["smoothing"]["certified_accuracy"] == methods["smoothing"]["certified_accuracy"]
     assert again["methods"]["orthogonal"]["clean_accuracy"] == methods["orthogonal"]["clean_accuracy"]
@@ -95,8 +118,9 @@ def test_method_specs_scale():
 
 def test_a_failing_method_is_reported_not_fatal(fashion_dir, tmp_path):
     bad = {"smoothing": {"model": {"smoothing": {"noise": "bogus"}}}}
-    result = compare("fashion-mnist-shirts", tmp_path, methods=("smoothing",), limit=10, data_dir=fashion_dir,
-                     overrides=bad)
+    result = compare(
+        "fashion-mnist-shirts", tmp_path, methods=("smoothing",), limit=10, data_dir=fashion_dir, overrides=bad
+    )
     entry = result["methods"]["smoothing"]
     assert entry["status"] == "failed" and "bogus" in entry["reason"]
     assert "(failed)" in (tmp_path / COMPARE_MD).read_text()

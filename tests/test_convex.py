@@ -61,6 +61,7 @@ def test_unknown_convex_net_settings_are_named():
 
     from asymcert.errors import UnknownNameError
     from asymcert.nn.convex import build_convex_net
+
     with pytest.raises(UnknownNameError, match="channels"):
         build_convex_net({"kind": "icnn", "widths": [4], "channels": 4}, (1, 6, 6))
 
@@ -76,6 +77,7 @@ def _train_mode_icnn(seed: int = 0, widths=(16,)):
 
 def test_shared_batch_statistics_keep_values_and_update_running_statistics_once():
     from asymcert.nn.convex import shared_batch_statistics
+
     net = _train_mode_icnn(widths=(16, 8))
     reference = copy.deepcopy(net)
     x = torch.rand(32, 1, 6, 6)
@@ -93,6 +95,7 @@ def test_shared_batch_statistics_keep_values_and_update_running_statistics_once(
 
 def test_shared_batch_statistics_refuse_plain_batch_norm():
     from asymcert.nn.convex import shared_batch_statistics
+
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).train()
     with pytest.raises(ValueError, match="PositiveBatchNorm"), shared_batch_statistics(net):
         pass
@@ -102,6 +105,7 @@ def test_allowlist_names_each_slot_and_accepts_the_built_in_nets():
     from torch import nn
 
     from asymcert.nn.convex import NonnegConv2d, NonnegLinear, convex_net_problems
+
     net = ConvexConvNet((1, 8, 8), channels=2, stem_kernel=3, blocks=1)
     assert convex_net_problems(net) == [] and convex_net_problems(ICNN((5,), (4, 3), batch_norm=False)) == []
     net.stem = NonnegConv2d(1, 2, 3, padding=1)  # the stem acts on g's input: free or constrained are both fine
@@ -111,4 +115,5 @@ def test_allowlist_names_each_slot_and_accepts_the_built_in_nets():
     assert convex_net_problems(net, "g") == [
         "g.block_convs.0: Conv2d is not allowed here (allowed: NonnegConv2d); it may break convexity",
         "g.readout: Sequential is not allowed here (allowed: NonnegLinear); it may break convexity",
-        "g.readout.0: Flatten is not allowed here (allowed: NonnegLinear); it may break convexity"]
+        "g.readout.0: Flatten is not allowed here (allowed: NonnegLinear); it may break convexity",
+    ]

@@ -33,9 +33,16 @@ def test_unknown_augmentation_is_named(name):
 def test_training_with_a_named_augmentation(fashion_dir):
     from asymcert.train import TrainConfig, fit
     from tests.conftest import small_fashion_task
+
     task, data, model = small_fashion_task(fashion_dir)
     config = TrainConfig.from_dict({**task.train, "epochs": 1, "batch_size": 32, "augment": "crop2_flip"})
     assert fit(model, data, config, None, augment=task.augment, progress=False)["history"]
     with pytest.raises(UnknownNameError, match="nope"):
-        fit(model, data, TrainConfig.from_dict({**task.train, "epochs": 1, "augment": "nope"}), None,
-            augment=task.augment, progress=False)
+        fit(
+            model,
+            data,
+            TrainConfig.from_dict({**task.train, "epochs": 1, "augment": "nope"}),
+            None,
+            augment=task.augment,
+            progress=False,
+        )

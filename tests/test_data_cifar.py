@@ -111,8 +111,14 @@ class _Py2Pickler(pickle._Pickler):
 def test_python2_era_pickle_like_the_official_files():
     x = (np.arange(2 * 3072) % 251).astype(np.uint8).reshape(2, 3072)
     stream = io.BytesIO()
-    _Py2Pickler(stream, protocol=2).dump({b"batch_label": b"training batch 1 of 5", b"labels": [3, 5],
-                                          b"data": x, b"filenames": [b"cat_1.png", b"dog_2.png"]})
+    _Py2Pickler(stream, protocol=2).dump(
+        {
+            b"batch_label": b"training batch 1 of 5",
+            b"labels": [3, 5],
+            b"data": x,
+            b"filenames": [b"cat_1.png", b"dog_2.png"],
+        }
+    )
     raw = stream.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")  # numpy 1.x name
     assert b"_codecs" not in raw and b"numpy.core.multiarray\n_reconstruct" in raw
     images, labels = read_cifar_batch(io.BytesIO(raw))
@@ -149,15 +155,18 @@ def test_malicious_codec_is_refused():
         read_cifar_batch(io.BytesIO(evil))
 
 
-@pytest.mark.parametrize("payload, message", [
-    ({b"labels": [1]}, "no 'data' entry"),
-    ({b"data": np.zeros((2, 3072), np.uint8)}, "no 'labels' entry"),
-    ({b"data": np.zeros((2, 100), np.uint8), b"labels": [1, 2]}, r"\(N, 3072\) uint8"),
-    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [1, 2]}, r"\(N, 3072\) uint8"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1]}, "expected 2 labels"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 12]}, "labels in 0..9"),
-    ([1, 2, 3], "expected a dict"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ({b"labels": [1]}, "no 'data' entry"),
+        ({b"data": np.zeros((2, 3072), np.uint8)}, "no 'labels' entry"),
+        ({b"data": np.zeros((2, 100), np.uint8), b"labels": [1, 2]}, r"\(N, 3072\) uint8"),
+        ({b"data": np.zeros((2, 3072), np.float32), b"labels": [1, 2]}, r"\(N, 3072\) uint8"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1]}, "expected 2 labels"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 12]}, "labels in 0..9"),
+        ([1, 2, 3], "expected a dict"),
+    ],
+)
 def test_malformed_batches(payload, message):
     with pytest.raises(DataError, match=message):
         read_cifar_batch(io.BytesIO(pickle.dumps(payload, protocol=2)))

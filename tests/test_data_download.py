@@ -116,8 +116,9 @@ def test_mirrors_are_tried_in_order(tmp_path):
 
 def test_all_mirrors_failing_names_each(tmp_path):
     with pytest.raises(DataError) as info:
-        download(["https://a/x", (tmp_path / "missing").as_uri()], tmp_path / "x", PAYLOAD_SHA,
-                 opener=CountingOpener({}))
+        download(
+            ["https://a/x", (tmp_path / "missing").as_uri()], tmp_path / "x", PAYLOAD_SHA, opener=CountingOpener({})
+        )
     assert "https://a/x" in str(info.value) and "missing" in str(info.value)
 
 
@@ -205,8 +206,9 @@ def test_mnist_task_downloads_into_cache(tmp_path, data_cache, monkeypatch):
     for prefix, n in (("train", 60), ("t10k", 20)):
         write_idx(server / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         write_idx(server / f"{prefix}-labels-idx1-ubyte.gz", np.tile(np.array([3, 8, 1], np.uint8), n // 3 + 1)[:n])
-    remotes = tuple(RemoteFile(r.name, sha256_file(server / r.name), ((server / r.name).as_uri(),))
-                    for r in dl.MNIST_REMOTE)
+    remotes = tuple(
+        RemoteFile(r.name, sha256_file(server / r.name), ((server / r.name).as_uri(),)) for r in dl.MNIST_REMOTE
+    )
     monkeypatch.setattr(builtin, "MNIST_REMOTE", remotes)
     data = get_task("mnist-38").load(None)
     assert sorted(p.name for p in (data_cache / "mnist").iterdir()) == sorted(r.name for r in remotes)

@@ -73,12 +73,15 @@ def test_trailing_bytes_are_reported(tmp_path):
         read_idx(tmp_path / "t.idx")
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "not an IDX file"),
-    (b"PK\x03\x04 not idx", "not an IDX file"),
-    (bytes([0, 0, 0x42, 1, 0, 0, 0, 1, 7]), "not an IDX file"),  # unknown dtype code
-    (bytes([0, 0, 0x08, 3, 0, 0]), "truncated IDX header"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not an IDX file"),
+        (b"PK\x03\x04 not idx", "not an IDX file"),
+        (bytes([0, 0, 0x42, 1, 0, 0, 0, 1, 7]), "not an IDX file"),  # unknown dtype code
+        (bytes([0, 0, 0x08, 3, 0, 0]), "truncated IDX header"),
+    ],
+)
 def test_bad_headers(tmp_path, content, message):
     (tmp_path / "bad.idx").write_bytes(content)
     with pytest.raises(DataError, match=message):
@@ -108,8 +111,10 @@ def test_missing_file(tmp_path):
         read_idx(tmp_path / "nope.gz")
 
 
-@pytest.mark.skipif(not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                    reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
 def test_full_fashion_mnist_idx_load_equals_the_raw_bytes(data_cache):
     """The full load is the files' bytes / 255 (its speed: benchmarks/bench_data_load.py)."""
     from asymcert.data.builtin import DEBIAN_FASHION, load_fashion_mnist
@@ -118,10 +123,12 @@ def test_full_fashion_mnist_idx_load_equals_the_raw_bytes(data_cache):
     assert train.x.shape == (60000, 1, 28, 28) and test.x.shape == (10000, 1, 28, 28)
     assert train.x.dtype == torch.float32 and train.y.dtype == torch.int64
     for split, prefix in ((train, "train"), (test, "t10k")):
-        pixels = np.frombuffer(gzip.decompress((DEBIAN_FASHION / f"{prefix}-images-idx3-ubyte.gz").read_bytes()),
-                               dtype=np.uint8, offset=16)
-        labels = np.frombuffer(gzip.decompress((DEBIAN_FASHION / f"{prefix}-labels-idx1-ubyte.gz").read_bytes()),
-                               dtype=np.uint8, offset=8)
+        pixels = np.frombuffer(
+            gzip.decompress((DEBIAN_FASHION / f"{prefix}-images-idx3-ubyte.gz").read_bytes()), dtype=np.uint8, offset=16
+        )
+        labels = np.frombuffer(
+            gzip.decompress((DEBIAN_FASHION / f"{prefix}-labels-idx1-ubyte.gz").read_bytes()), dtype=np.uint8, offset=8
+        )
         np.testing.assert_array_equal(split.y.numpy(), labels)
         expected = pixels.reshape(split.x.shape).astype(np.float32) / np.float32(255.0)
         assert torch.equal(split.x, torch.from_numpy(expected)), prefix

@@ -53,6 +53,7 @@ def test_unknown_task_lists_known_names():
 
 def test_fashion_shirts_default_and_paper_preset():
     from asymcert.pipeline import _merge
+
     task = get_task("fashion-mnist-shirts")
     assert task.model["convex"] == {"kind": "icnn", "widths": [4096], "batch_norm": False}
     assert task.train["optimizer"] == "adam" and task.train["margin_radius"] == [8.0, 0.9]
@@ -60,25 +61,51 @@ def test_fashion_shirts_default_and_paper_preset():
     paper = _merge({"model": task.model, "train": task.train}, task.presets["paper"])
     assert paper["model"]["convex"] == {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2}
     keys = ("epochs", "optimizer", "lr", "jacobian_reg", "margin_radius", "augment", "train_at_balance")
-    assert {k: paper["train"][k] for k in keys} == {"epochs": 60, "optimizer": "sgd", "lr": 1e-3, "jacobian_reg": 0.01,
-                                                   "margin_radius": 0.0, "augment": True, "train_at_balance": False}
+    assert {k: paper["train"][k] for k in keys} == {
+        "epochs": 60,
+        "optimizer": "sgd",
+        "lr": 1e-3,
+        "jacobian_reg": 0.01,
+        "margin_radius": 0.0,
+        "augment": True,
+        "train_at_balance": False,
+    }
 
 
 def test_paper_defaults():
     mnist = get_task("mnist-38")
-    assert mnist.model == {"kind": "feature-convex", "feature_map": [{"kind": "shift"}],
-                           "convex": {"kind": "icnn", "widths": [200, 50]}}
-    assert mnist.train == {"epochs": 60, "batch_size": 64, "lr": 1e-3, "optimizer": "sgd", "momentum": 0.9,
-                           "lr_decay": 0.99, "jacobian_reg": 0.01}
+    assert mnist.model == {
+        "kind": "feature-convex",
+        "feature_map": [{"kind": "shift"}],
+        "convex": {"kind": "icnn", "widths": [200, 50]},
+    }
+    assert mnist.train == {
+        "epochs": 60,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "lr_decay": 0.99,
+        "jacobian_reg": 0.01,
+    }
     cifar = get_task("cifar10-catsdogs")
     assert cifar.model["convex"] == {"kind": "convex-conv", "channels": 16, "stem_kernel": 11, "blocks": 4}
     assert cifar.report_radii[INF] == pytest.approx((1 / 255, 2 / 255, 4 / 255, 8 / 255))
-    for name, radii in (("mnist", (0.1, 0.2, 0.3)), ("fashion-mnist", (0.1, 0.2, 0.3)),
-                        ("cifar10", (2 / 255, 8 / 255, 16 / 255))):
+    for name, radii in (
+        ("mnist", (0.1, 0.2, 0.3)),
+        ("fashion-mnist", (0.1, 0.2, 0.3)),
+        ("cifar10", (2 / 255, 8 / 255, 16 / 255)),
+    ):
         task = get_task(name)
         assert task.model == {"kind": "linf-dist", "widths": [1024] * 4}  # 4 hidden + output = the paper's 5 layers
-        assert task.train == {"epochs": 100, "batch_size": 512, "optimizer": "adam", "lr": 0.03,
-                              "schedule": "cosine", "extra": {"betas": [0.9, 0.99], "adam_eps": 1e-10}}
+        assert task.train == {
+            "epochs": 100,
+            "batch_size": 512,
+            "optimizer": "adam",
+            "lr": 0.03,
+            "schedule": "cosine",
+            "extra": {"betas": [0.9, 0.99], "adam_eps": 1e-10},
+        }
         assert task.report_radii == {INF: pytest.approx(radii)}
     bc = get_task("breast-cancer")
     assert bc.model["feature_map"] == [{"kind": "standardize"}] and bc.train["optimizer"] == "adam"
@@ -121,8 +148,13 @@ def test_missing_idx_files_say_where_to_put_them(tmp_path, data_cache):
     with pytest.raises(DataError) as info:
         get_task("mnist-38").load(tmp_path / "nothing")
     message = str(info.value)
-    for expected in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", str(tmp_path / "nothing"),
-                     str(data_cache / "mnist"), "ASYMCERT_OFFLINE"):
+    for expected in (
+        "train-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        str(tmp_path / "nothing"),
+        str(data_cache / "mnist"),
+        "ASYMCERT_OFFLINE",
+    ):
         assert expected in message
 
 

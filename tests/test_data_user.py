@@ -64,8 +64,9 @@ def test_splits_are_seeded(tmp_path):
     assert not torch.equal(a.train.x, c.train.x)
 
 
-@pytest.mark.parametrize("shape, expected", [((30, 8, 8), (1, 8, 8)), ((30, 8, 8, 3), (3, 8, 8)),
-                                             ((30, 3, 8, 8), (3, 8, 8))])
+@pytest.mark.parametrize(
+    "shape, expected", [((30, 8, 8), (1, 8, 8)), ((30, 8, 8, 3), (3, 8, 8)), ((30, 3, 8, 8), (3, 8, 8))]
+)
 def test_npz_images_get_channel_first(tmp_path, shape, expected):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "img.npz", x=rng.integers(0, 256, shape).astype(np.uint8), y=np.arange(30) % 2)
@@ -107,18 +108,24 @@ def test_too_few_examples_of_a_class(tmp_path):
         task_from_npz(tmp_path / "d.npz", 1)
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"inputs": np.zeros((4, 2)), "y": np.zeros(4)}, r"no array named x .*'inputs'"),
-    ({"x": np.zeros((4, 2)), "y": np.zeros(3)}, r"labels must have shape \(4,\)"),
-    ({"x": np.zeros(4), "y": np.zeros(4)}, r"shape \(N, \.\.\.\)"),
-    ({"x": np.array([[{"a": 1}]] * 4, dtype=object), "y": np.zeros(4)}, "'x' cannot be read without unpickling"),
-    ({"x": np.zeros((4, 2)), "y": np.array([None] * 4, dtype=object)}, "'y' cannot be read without unpickling"),
-    ({}, r"no array named x or y \(arrays found: \[\]\)"),
-    ({"x": np.zeros((0, 3)), "y": np.zeros(0)}, "no examples"),
-    ({"x": np.zeros((4, 0)), "y": np.zeros(4)}, r"shape \(4, 0\) have no features"),
-    ({"x": np.zeros((4, 2)), "y": np.array([0.0, 1.0, np.nan, 1.0])}, r"labels contain NaN or Inf \(examples \[2\]\)"),
-    ({"x": np.zeros((4, 2), dtype=complex), "y": np.zeros(4)}, "inputs must be numbers"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"inputs": np.zeros((4, 2)), "y": np.zeros(4)}, r"no array named x .*'inputs'"),
+        ({"x": np.zeros((4, 2)), "y": np.zeros(3)}, r"labels must have shape \(4,\)"),
+        ({"x": np.zeros(4), "y": np.zeros(4)}, r"shape \(N, \.\.\.\)"),
+        ({"x": np.array([[{"a": 1}]] * 4, dtype=object), "y": np.zeros(4)}, "'x' cannot be read without unpickling"),
+        ({"x": np.zeros((4, 2)), "y": np.array([None] * 4, dtype=object)}, "'y' cannot be read without unpickling"),
+        ({}, r"no array named x or y \(arrays found: \[\]\)"),
+        ({"x": np.zeros((0, 3)), "y": np.zeros(0)}, "no examples"),
+        ({"x": np.zeros((4, 0)), "y": np.zeros(4)}, r"shape \(4, 0\) have no features"),
+        (
+            {"x": np.zeros((4, 2)), "y": np.array([0.0, 1.0, np.nan, 1.0])},
+            r"labels contain NaN or Inf \(examples \[2\]\)",
+        ),
+        ({"x": np.zeros((4, 2), dtype=complex), "y": np.zeros(4)}, "inputs must be numbers"),
+    ],
+)
 def test_bad_npz_contents(tmp_path, content, message):
     np.savez(tmp_path / "bad.npz", **content)
     with pytest.raises(DataError, match=message):
@@ -164,6 +171,7 @@ def test_one_class_data_is_refused(tmp_path):
 
 # ------------------------------------------------------------------ CSV
 
+
 def _write_csv(path, x, labels, header=("a", "b", "label", "c")):
     lines = [",".join(header)]
     for row, label in zip(x, labels):
@@ -196,17 +204,20 @@ def test_csv_missing_value_names_the_row(tmp_path):
         task_from_csv(tmp_path / "t.csv", "label", "x")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a,b,label\n1,2,x\n3,abc,y\n", r"row 2 \(line 3\), column 'b': 'abc' is not a number"),
-    ("a,b,label\n1,2,x\n3,4\n", r"row 2 \(line 3\) has 2 fields"),
-    ("a,b,label\n1,2,x\n1,inf,y\n", r"NaN or infinite values in row 2 \(line 3\)"),
-    ("a,b,label\n1,2,\n", r"row 1 \(line 2\) has no label"),
-    ("a,b,label\n", "no data rows"),
-    ("", "empty file"),
-    ("a,b,target\n1,2,x\n", r"no column 'label'; columns are: a, b, target"),
-    ("label\nx\ny\nx\n", "the only column is the label column 'label'; add numeric feature columns"),
-    ("a,b,label\n1,2,x\n1,1e39,y\n", r"row 2 \(line 3\), column 'b': 1e\+39 is beyond the float32 range"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a,b,label\n1,2,x\n3,abc,y\n", r"row 2 \(line 3\), column 'b': 'abc' is not a number"),
+        ("a,b,label\n1,2,x\n3,4\n", r"row 2 \(line 3\) has 2 fields"),
+        ("a,b,label\n1,2,x\n1,inf,y\n", r"NaN or infinite values in row 2 \(line 3\)"),
+        ("a,b,label\n1,2,\n", r"row 1 \(line 2\) has no label"),
+        ("a,b,label\n", "no data rows"),
+        ("", "empty file"),
+        ("a,b,target\n1,2,x\n", r"no column 'label'; columns are: a, b, target"),
+        ("label\nx\ny\nx\n", "the only column is the label column 'label'; add numeric feature columns"),
+        ("a,b,label\n1,2,x\n1,1e39,y\n", r"row 2 \(line 3\), column 'b': 1e\+39 is beyond the float32 range"),
+    ],
+)
 def test_csv_errors(tmp_path, text, message):
     (tmp_path / "t.csv").write_text(text)
     with pytest.raises(DataError, match=message):

@@ -39,9 +39,20 @@ def _train(fashion_dir, out, epochs=1):
     # crosses the clamp at 0 would be amplified by the projection, and Adam turns float noise in a near-zero
     # gradient into full-size steps; neither is what this compares. The margin loss and the Jacobian
     # regulariser are on, so their per-input gradient pass (global batch statistics) runs under DDP too.
-    config = TrainConfig.from_dict({**task.train, "epochs": epochs, "batch_size": 32, "lr": 0.003, "optimizer": "sgd",
-                                    "schedule": "exponential", "jacobian_reg": 0.01, "margin_radius": 0.5,
-                                    "margin_norm": 2.0, "margin_warmup": 0.0})
+    config = TrainConfig.from_dict(
+        {
+            **task.train,
+            "epochs": epochs,
+            "batch_size": 32,
+            "lr": 0.003,
+            "optimizer": "sgd",
+            "schedule": "exponential",
+            "jacobian_reg": 0.01,
+            "margin_radius": 0.5,
+            "margin_norm": 2.0,
+            "margin_warmup": 0.0,
+        }
+    )
     fit(model, data, config, out, augment=task.augment, progress=False, log=lambda m: None)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -65,8 +76,10 @@ def _worker(rank, world, port, fashion_dir, out, result_file):
 @pytest.fixture
 def ddp_run():
     """Run ``fn(rank, world, port, *args)`` in 2 gloo processes on this machine."""
+
     def run(fn, *args):
         mp.spawn(fn, args=(2, _free_port(), *args), nprocs=2, join=True)
+
     return run
 
 
@@ -78,32 +91,53 @@ def test_two_process_ddp_matches_one_process(fashion_dir, tmp_path, ddp_run):
         if k == "balance":  # fitted between two neighbouring validation scores: a tiny weight change moves it
             assert abs(float(v) - float(double[k])) < 0.05
             continue
-        assert torch.allclose(v.double(), double[k].double(), rtol=1e-3, atol=1e-4), \
-            (k, float((v - double[k]).abs().max()))
+        assert torch.allclose(v.double(), double[k].double(), rtol=1e-3, atol=1e-4), (
+            k,
+            float((v - double[k]).abs().max()),
+        )
     # the balance shift was fitted and checkpointed once
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
 
 
 def _cli(*args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "asymcert", *args], env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "asymcert", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        **kw,
+    )
 
 
 def test_sigkill_mid_training_resumes_to_identical_weights(fashion_dir, tmp_path):
-    args = ["train", "fashion-mnist-shirts", "--data-dir", str(fashion_dir), "--epochs", "4", "--quiet",
-            "--model-set", 'convex={"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}',
-            "--set", "batch_size=16"]
+    args = [
+        "train",
+        "fashion-mnist-shirts",
+        "--data-dir",
+        str(fashion_dir),
+        "--epochs",
+        "4",
+        "--quiet",
+        "--model-set",
+        'convex={"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}',
+        "--set",
+        "batch_size=16",
+    ]
     full = _cli(*args, "--out", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "asymcert", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asymcert", *args, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "history.json").is_file():
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     import json
+
     done = len(json.loads((out / "history.json").read_text()))
     assert done < 4, "the run finished before it could be killed; make it longer"
     again = _cli(*args, "--out", str(out))
@@ -118,16 +152,43 @@ def test_sigkill_mid_training_resumes_to_identical_weights(fashion_dir, tmp_path
 def test_torchrun_two_processes_leave_the_same_run_folder(fashion_dir, tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     out = tmp_path / "tr"
-    res = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                          "--master_port", str(_free_port()), "-m", "asymcert", "run", "fashion-mnist-shirts",
-                          "--preset", "fast", "--data-dir", str(fashion_dir), "--out", str(out), "--quiet",
-                          "--model-set", 'convex={"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}',
-                          "--set", "batch_size=32", "--epochs", "1"],
-                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    res = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "asymcert",
+            "run",
+            "fashion-mnist-shirts",
+            "--preset",
+            "fast",
+            "--data-dir",
+            str(fashion_dir),
+            "--out",
+            str(out),
+            "--quiet",
+            "--model-set",
+            'convex={"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}',
+            "--set",
+            "batch_size=32",
+            "--epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     for name in ("model.safetensors", "results.json", "report.md", "run.json", "certificates.safetensors"):
         assert (out / name).is_file(), name
     from asymcert.pipeline import load_certificates
+
     cert, labels = load_certificates(out / "certificates.safetensors")
     data = get_task("fashion-mnist-shirts").load(fashion_dir)
     assert len(cert) == len(data.test)  # no padding duplicates

@@ -121,8 +121,9 @@ def test_attacks_find_flips_just_beyond_the_exact_radius(models):
     model, x = models["conv"]
     radii = exact_radius(model, x, math.inf)
     rows = (radii > 0) & torch.isfinite(radii)
-    x_out = pgd_attack(model, x[rows], (radii[rows] * 1.01).float(), math.inf, steps=100,
-                       generator=torch.Generator().manual_seed(0))
+    x_out = pgd_attack(
+        model, x[rows], (radii[rows] * 1.01).float(), math.inf, steps=100, generator=torch.Generator().manual_seed(0)
+    )
     assert decision_flips(model, x[rows], x_out).double().mean() >= 0.8
     x_in = pgd_attack(model, x[rows], (radii[rows] * 0.99).float(), math.inf, steps=50)
     assert not bool(decision_flips(model, x[rows], x_in).any())

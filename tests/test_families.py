@@ -61,8 +61,9 @@ def certify_toy(model: ToyLinear, x: torch.Tensor, norms: tuple[float, ...], shr
     for p in norms:
         q = 1.0 if math.isinf(p) else (math.inf if p == 1 else p / (p - 1))
         radii[p] = torch.where(flagged, shrink * s / torch.linalg.vector_norm(w, q), torch.zeros_like(s))
-    return Certificate(predicted=flagged.long(), radii=radii, method="toy-linear", guarantee=Guarantee.FLAG,
-                       binary=True)
+    return Certificate(
+        predicted=flagged.long(), radii=radii, method="toy-linear", guarantee=Guarantee.FLAG, binary=True
+    )
 
 
 class ToyRecipe:
@@ -85,11 +86,15 @@ class ToyRecipe:
         return {"metric": acc, "accuracy": acc}
 
 
-TOY = Family(kind="toy-linear", description="a linear score (test only)", build=ToyLinear.from_config,
-             default_config={}, recipe=ToyRecipe,
-             certifiers=(CertifierSpec("toy-linear", certify_toy, ToyOptions, frozenset({Guarantee.FLAG}),
-                                       "float64"),),
-             train_defaults=lambda facts: {"epochs": 2, "batch_size": 16, "optimizer": "adam", "lr": 0.05})
+TOY = Family(
+    kind="toy-linear",
+    description="a linear score (test only)",
+    build=ToyLinear.from_config,
+    default_config={},
+    recipe=ToyRecipe,
+    certifiers=(CertifierSpec("toy-linear", certify_toy, ToyOptions, frozenset({Guarantee.FLAG}), "float64"),),
+    train_defaults=lambda facts: {"epochs": 2, "batch_size": 16, "optimizer": "adam", "lr": 0.05},
+)
 
 
 @pytest.fixture
@@ -113,8 +118,7 @@ def test_a_new_family_plugs_in_from_one_module(toy, tmp_path):
     """Registering the toy family makes build, train, certify, report and load work, with no other change."""
     assert "toy-linear" in family_names() and "toy-linear" in model_kinds()
     out = tmp_path / "run"
-    record = train_run(_npz(tmp_path), out, model_overrides={"kind": "toy-linear"}, progress=False,
-                       log=lambda m: None)
+    record = train_run(_npz(tmp_path), out, model_overrides={"kind": "toy-linear"}, progress=False, log=lambda m: None)
     assert record["model"]["kind"] == "toy-linear" and record["train"]["epochs"] == 2  # the family's defaults
     cert = certify_run(out, progress=False)
     assert cert.method == "toy-linear" and cert.guarantee is Guarantee.FLAG
@@ -143,8 +147,14 @@ def test_unregistering_removes_every_part(toy):
 def test_registering_twice_or_a_taken_certifier_name_is_refused(toy):
     with pytest.raises(ConfigError, match="already registered"):
         register_family(TOY)
-    thief = Family(kind="thief", description="", build=ToyLinear.from_config, default_config={}, recipe=ToyRecipe,
-                   certifiers=(CertifierSpec("feature-convex", certify_toy, ToyOptions, frozenset(), ""),))
+    thief = Family(
+        kind="thief",
+        description="",
+        build=ToyLinear.from_config,
+        default_config={},
+        recipe=ToyRecipe,
+        certifiers=(CertifierSpec("feature-convex", certify_toy, ToyOptions, frozenset(), ""),),
+    )
     with pytest.raises(ConfigError, match="belong to family 'feature-convex'"):
         register_family(thief)
     assert "thief" not in family_names() and certifier_spec(None, "feature-convex").run is not certify_toy
@@ -168,8 +178,9 @@ def _small_model(family: Family) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("kind", ["feature-convex", "linf-dist", "one-vs-rest-convex", "relu-smoothing", "relu-ibp",
-                                  "orthogonal"])
+@pytest.mark.parametrize(
+    "kind", ["feature-convex", "linf-dist", "one-vs-rest-convex", "relu-smoothing", "relu-ibp", "orthogonal"]
+)
 def test_shipped_family_contract(kind):
     """Options dataclass = the certifier's keyword arguments (same defaults); the declared guarantee is the
     produced one; the recipe and model come from the family; the default model certifies by default."""
@@ -178,12 +189,20 @@ def test_shipped_family_contract(kind):
     assert family.owns(model) and type(recipe_for(model, _train_config())).__name__ == family.recipe.__name__
     assert certifier_spec(model).name in {spec.name for spec in family.certifiers}
     for spec in family.certifiers:
-        params = {n: p.default for n, p in list(inspect.signature(spec.run).parameters.items())[3:]
-                  if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD}
+        params = {
+            n: p.default
+            for n, p in list(inspect.signature(spec.run).parameters.items())[3:]
+            if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        }
         declared = {f.name: f.default for f in fields(spec.options)}
         assert {k: declared[k] for k in params} == params, spec.name  # every argument, same default
-        cert = asymcert.certify(model, torch.rand(3, 1, 6, 6), norms=(2,), method=spec.name,
-                                **({"n0": 8, "n": 32} if "n0" in declared else {}))
+        cert = asymcert.certify(
+            model,
+            torch.rand(3, 1, 6, 6),
+            norms=(2,),
+            method=spec.name,
+            **({"n0": 8, "n": 32} if "n0" in declared else {}),
+        )
         assert cert.guarantee in spec.guarantees and cert.method == spec.name, spec.name
 
 

@@ -9,8 +9,13 @@ from asymcert.errors import UnknownNameError
 from asymcert.nn.feature_maps import build_feature_map
 
 NORMS = [1.0, 1.5, 2.0, 3.0, math.inf]
-CONFIGS = [[{"kind": "identity"}], [{"kind": "shift"}], [{"kind": "concat-abs"}],
-           [{"kind": "shift"}, {"kind": "concat-abs"}], [{"kind": "standardize"}]]
+CONFIGS = [
+    [{"kind": "identity"}],
+    [{"kind": "shift"}],
+    [{"kind": "concat-abs"}],
+    [{"kind": "shift"}, {"kind": "concat-abs"}],
+    [{"kind": "standardize"}],
+]
 
 
 def _norm(v, p):
@@ -56,13 +61,14 @@ def test_unknown_feature_map_names_the_known_ones():
 def test_compose_lipschitz_is_product(p, n):
     phi = build_feature_map([{"kind": "concat-abs"}] * n, (1, 2))
     single = build_feature_map([{"kind": "concat-abs"}], (1, 2)).lipschitz(p)
-    assert phi.lipschitz(p) >= single ** n * (1 - 1e-12)
-    assert phi.lipschitz(p) <= single ** n * (1 + 1e-9)
+    assert phi.lipschitz(p) >= single**n * (1 - 1e-12)
+    assert phi.lipschitz(p) <= single**n * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_built_in_map_is_accepted_and_checks_its_statistics(config):
     from asymcert.nn.feature_maps import feature_map_problems
+
     phi = build_feature_map(config, (2, 5))
     phi.fit(torch.randn(20, 2, 5))
     assert feature_map_problems(phi) == []

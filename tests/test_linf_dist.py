@@ -229,8 +229,13 @@ def _float64_matches_reference(B: int, K: int, O: int, p: float, seed: int):
 
 
 @settings(max_examples=25, deadline=None)
-@given(B=st.integers(1, 9), K=st.integers(1, 140), O=st.integers(1, 70),
-       p=st.floats(1.0, 64.0, allow_nan=False), seed=st.integers(0, 2**16))
+@given(
+    B=st.integers(1, 9),
+    K=st.integers(1, 140),
+    O=st.integers(1, 70),
+    p=st.floats(1.0, 64.0, allow_nan=False),
+    seed=st.integers(0, 2**16),
+)
 def test_property_general_p(B, K, O, p, seed):
     """Random real p and shapes (tile edges, K across the summation blocks): float64 fast path
     equals the reference to 1e−9, float32 stays within float rounding of it."""
@@ -246,8 +251,13 @@ def test_property_general_p(B, K, O, p, seed):
 
 
 @settings(max_examples=25, deadline=None)
-@given(B=st.integers(1, 12), K=st.integers(1, 70), O=st.integers(1, 80),
-       p=st.sampled_from([INF, 1.0, 3.0, 7.5, 16.0]), seed=st.integers(0, 2**16))
+@given(
+    B=st.integers(1, 12),
+    K=st.integers(1, 70),
+    O=st.integers(1, 80),
+    p=st.sampled_from([INF, 1.0, 3.0, 7.5, 16.0]),
+    seed=st.integers(0, 2**16),
+)
 def test_property_random_shapes(B, K, O, p, seed):
     x, w, _, y = _float64_matches_reference(B, K, O, p, seed)
     np.testing.assert_allclose(y.detach().numpy(), _numpy_distances(x, w, p), rtol=1e-12, atol=1e-12)
@@ -356,22 +366,32 @@ def _conv_loop(x, w, stride, padding, groups, p):
             for i in range(ho):
                 for j in range(wo):
                     r0, c0 = i * stride[0], j * stride[1]
-                    patch = xp[b, g * cg:(g + 1) * cg, r0:r0 + kh, c0:c0 + kw]
+                    patch = xp[b, g * cg : (g + 1) * cg, r0 : r0 + kh, c0 : c0 + kw]
                     d = (patch - w[oc]).abs().flatten()
                     out[b, oc, i, j] = d.max() if p == INF else d.pow(p).sum().pow(1 / p)
     return out
 
 
-@pytest.mark.parametrize("cfg", [
-    dict(cin=2, cout=3, k=3, stride=1, padding=0, groups=1, p=INF),
-    dict(cin=4, cout=6, k=(2, 3), stride=(2, 1), padding=1, groups=2, p=INF),
-    dict(cin=3, cout=3, k=2, stride=2, padding=(0, 1), groups=3, p=INF),
-    dict(cin=2, cout=4, k=3, stride=1, padding=1, groups=2, p=2.0),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(cin=2, cout=3, k=3, stride=1, padding=0, groups=1, p=INF),
+        dict(cin=4, cout=6, k=(2, 3), stride=(2, 1), padding=1, groups=2, p=INF),
+        dict(cin=3, cout=3, k=2, stride=2, padding=(0, 1), groups=3, p=INF),
+        dict(cin=2, cout=4, k=3, stride=1, padding=1, groups=2, p=2.0),
+    ],
+)
 def test_conv_matches_loop(cfg):
     torch.manual_seed(0)
-    layer = LinfDistConv2d(cfg["cin"], cfg["cout"], cfg["k"], stride=cfg["stride"], padding=cfg["padding"],
-                           groups=cfg["groups"], p=cfg["p"]).double()
+    layer = LinfDistConv2d(
+        cfg["cin"],
+        cfg["cout"],
+        cfg["k"],
+        stride=cfg["stride"],
+        padding=cfg["padding"],
+        groups=cfg["groups"],
+        p=cfg["p"],
+    ).double()
     x = torch.randn(2, cfg["cin"], 5, 6, dtype=torch.float64, requires_grad=True)
     y = layer(x)
     yr = _conv_loop(x, layer.weight, layer.stride, layer.padding, layer.groups, cfg["p"])
@@ -394,7 +414,7 @@ def test_conv_interval_bounds_and_lipschitz():
             y = layer(c + (torch.rand_like(c) * 2 - 1) * 0.3)
             assert (y <= up + 1e-6).all() and (y >= lo - 1e-6).all()
         x2 = c + (torch.rand_like(c) * 2 - 1) * 0.05
-        assert ((layer(c) - layer(x2)).abs().amax() <= (c - x2).abs().amax() + 1e-6)
+        assert (layer(c) - layer(x2)).abs().amax() <= (c - x2).abs().amax() + 1e-6
 
 
 def test_nonfinite_inputs_follow_torch():

@@ -34,20 +34,28 @@ def _toy_data(n: int, seed: int, classes: int = 4) -> Dataset:
     x = torch.rand(n, *SHAPE, generator=g) * 0.4
     for k in range(classes):
         r, c = divmod(k, 2)
-        x[y == k, 0, 4 * r:4 * r + 4, 4 * c:4 * c + 4] += 0.5
+        x[y == k, 0, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 0.5
     return Dataset(x.clamp(0, 1), y)
 
 
-def _train(config: dict, epochs: int = 8, n: int = 512, seed: int = 0, classes: int = 4,
-           labels=None) -> torch.nn.Module:
+def _train(
+    config: dict, epochs: int = 8, n: int = 512, seed: int = 0, classes: int = 4, labels=None
+) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = build_model({"kind": "linf-dist", "input_shape": list(SHAPE), "input_range": [0, 1], **config})
     train, val = _toy_data(n, seed, classes), _toy_data(256, seed + 1, classes)
     if labels is not None:
         train, val = Dataset(train.x, labels(train.y)), Dataset(val.x, labels(val.y))
     data = TaskData(train, val, val, class_names=tuple(str(i) for i in range(int(train.y.max()) + 1)))
-    cfg = TrainConfig.from_dict({**LINF_TRAIN_DEFAULTS, "epochs": epochs, "batch_size": 64, "device": "cpu",
-                                 "extra": {**LINF_TRAIN_DEFAULTS["extra"], "eps_eval": 0.05, "eps_train": 0.1}})
+    cfg = TrainConfig.from_dict(
+        {
+            **LINF_TRAIN_DEFAULTS,
+            "epochs": epochs,
+            "batch_size": 64,
+            "device": "cpu",
+            "extra": {**LINF_TRAIN_DEFAULTS["extra"], "eps_eval": 0.05, "eps_train": 0.1},
+        }
+    )
     fit(model, data, cfg, progress=False, log=lambda m: None)
     return model
 
@@ -86,8 +94,8 @@ def test_p_schedule_values():
     ph = (0.1, 0.9)
     assert p_schedule(0.0, 8, 1000, ph) == 8.0
     assert p_schedule(0.1, 8, 1000, ph) == 8.0
-    assert p_schedule(0.5, 8, 1000, ph) == pytest.approx(8 * 125 ** 0.5)
-    assert p_schedule(0.3, 8, 1000, ph) == pytest.approx(8 * 125 ** 0.25)
+    assert p_schedule(0.5, 8, 1000, ph) == pytest.approx(8 * 125**0.5)
+    assert p_schedule(0.3, 8, 1000, ph) == pytest.approx(8 * 125**0.25)
     assert p_schedule(0.9 - 1e-9, 8, 1000, ph) == pytest.approx(1000, rel=1e-6)
     assert p_schedule(0.9, 8, 1000, ph) == INF and p_schedule(1.0, 8, 1000, ph) == INF
     assert p_schedule(1.0, 8, 50, ph) == 50.0  # small p_end: no jump to ∞ (as in the authors' code)
@@ -97,8 +105,9 @@ def test_p_schedule_values():
 
 
 def test_recipe_sets_p_and_lambda_per_iteration():
-    cfg = TrainConfig.from_dict({**LINF_TRAIN_DEFAULTS, "extra": {"lambda": [0.1, 0.001], "p_phases": [0.2, 0.6],
-                                                                  "eps_train": 0.2}})
+    cfg = TrainConfig.from_dict(
+        {**LINF_TRAIN_DEFAULTS, "extra": {"lambda": [0.1, 0.001], "p_phases": [0.2, 0.6], "eps_train": 0.2}}
+    )
     r = LinfDistRecipe(cfg)
     assert r.lambda_at(0.0) == pytest.approx(0.1) and r.lambda_at(0.4) == pytest.approx(0.01)
     assert r.lambda_at(0.9) == pytest.approx(0.001)
@@ -106,7 +115,7 @@ def test_recipe_sets_p_and_lambda_per_iteration():
     r.prepare(model, Dataset(torch.rand(20, 4), torch.randint(0, 3, (20,))))
     assert all(layer.p == 8.0 for layer in model.distance_layers())
     _, stats = r.loss(model, torch.rand(8, 4), torch.randint(0, 3, (8,)), 0.4)
-    assert all(layer.p == pytest.approx(8 * 125 ** 0.5) for layer in model.distance_layers())
+    assert all(layer.p == pytest.approx(8 * 125**0.5) for layer in model.distance_layers())
     assert stats["lambda"] == pytest.approx(0.01)
     r.loss(model, torch.rand(8, 4), torch.randint(0, 3, (8,)), 0.7)
     assert model.p == INF and all(layer.p == INF for layer in model.distance_layers())
@@ -114,9 +123,13 @@ def test_recipe_sets_p_and_lambda_per_iteration():
 
 
 def test_loss_values_on_hand_made_logits():
-    logits = torch.tensor([[0.0, 1.0, -1.0],    # wrong by 1: hinge saturates at 1
-                           [2.0, 1.0, 0.0],     # right by 1, θ = 2: clip(−1/2 + 1) = 0.5
-                           [5.0, 0.0, 1.0]])    # right by 4 ≥ θ: 0
+    logits = torch.tensor(
+        [
+            [0.0, 1.0, -1.0],  # wrong by 1: hinge saturates at 1
+            [2.0, 1.0, 0.0],  # right by 1, θ = 2: clip(−1/2 + 1) = 0.5
+            [5.0, 0.0, 1.0],
+        ]
+    )  # right by 4 ≥ θ: 0
     y = torch.tensor([0, 0, 0])
     loss, hinge, ce = mixture_loss(logits, y, theta=2.0, lam=0.1, scale=2.0)
     assert hinge.item() == pytest.approx((1.0 + 0.5 + 0.0) / 3)
@@ -140,10 +153,25 @@ def test_loss_values_on_hand_made_logits():
 
 
 def test_model_shapes_normalisation_and_config():
-    m = build_model({"kind": "linf-dist", "input_shape": [3, 4, 4], "widths": [20, 12], "num_classes": 5,
-                     "feature_map": [{"kind": "shift"}]})  # keys of other families are ignored
-    assert m.config() == {"kind": "linf-dist", "input_shape": [3, 4, 4], "input_range": None, "widths": [20, 12],
-                          "num_classes": 5, "mlp_head": None, "identity_init": True, "binary": False}
+    m = build_model(
+        {
+            "kind": "linf-dist",
+            "input_shape": [3, 4, 4],
+            "widths": [20, 12],
+            "num_classes": 5,
+            "feature_map": [{"kind": "shift"}],
+        }
+    )  # keys of other families are ignored
+    assert m.config() == {
+        "kind": "linf-dist",
+        "input_shape": [3, 4, 4],
+        "input_range": None,
+        "widths": [20, 12],
+        "num_classes": 5,
+        "mlp_head": None,
+        "identity_init": True,
+        "binary": False,
+    }
     assert m.certifier == "linf-dist" and len(m.distance_layers()) == 3
     # identity init where in ≤ out (48 → 20 is not, 20 → 12 is not; build one that is)
     m2 = build_model({"kind": "linf-dist", "input_shape": [6], "widths": [8, 8], "num_classes": 3})
@@ -186,8 +214,9 @@ def test_lipschitz_in_normalised_and_raw_units():
         m(x)  # running means
     m.eval()
     a = torch.rand(400, *SHAPE, dtype=torch.float64)
-    b = torch.where(torch.rand(400, 1, 1, 1, dtype=torch.float64) < 0.5,
-                    a + (torch.rand_like(a) - 0.5) * 0.02, torch.rand_like(a))
+    b = torch.where(
+        torch.rand(400, 1, 1, 1, dtype=torch.float64) < 0.5, a + (torch.rand_like(a) - 0.5) * 0.02, torch.rand_like(a)
+    )
     with torch.no_grad():
         diff = (m.logits(a) - m.logits(b)).abs().amax(1)
         dz = (m.normalize(a) - m.normalize(b)).abs().amax(1)
@@ -260,6 +289,7 @@ def test_bisection_finds_threshold():
 def test_float32_error_allowance_covers_the_model(plain_net):
     """The model's own float32 logits stay within the bound E of the exact (float64) ones."""
     from asymcert.certify.linf_dist import _trace, distance_error_bound, unit_roundoff
+
     x = _toy_data(200, 17).x
     with torch.no_grad():
         g32 = plain_net.logits(x).double()
@@ -274,8 +304,7 @@ def test_float32_error_allowance_covers_the_model(plain_net):
 
 
 def test_binary_contract(tmp_path):
-    model = _train({"widths": [32, 32], "num_classes": 2, "binary": True}, epochs=6,
-                   labels=lambda y: (y == 1).long())
+    model = _train({"widths": [32, 32], "num_classes": 2, "binary": True}, epochs=6, labels=lambda y: (y == 1).long())
     x = _toy_data(200, 19).x
     s = model(x)
     assert s.shape == (200,)
@@ -318,7 +347,7 @@ def test_recipe_evaluate_restores_p_and_checks_labels(plain_net):
     correct = cert.predicted == val.y
     radius = cert.radii[INF].double()
     ranked = radius[correct].unique()  # sorted; a threshold halfway between two middle radii splits them
-    eps = float(ranked[len(ranked) // 2 - 1: len(ranked) // 2 + 1].mean())
+    eps = float(ranked[len(ranked) // 2 - 1 : len(ranked) // 2 + 1].mean())
     certified = correct & (radius >= eps)
     assert 0 < int(certified.sum()) < int(correct.sum())
     r = LinfDistRecipe(TrainConfig.from_dict({"extra": {"eps_eval": eps}}))
@@ -338,14 +367,37 @@ def test_recipe_evaluate_restores_p_and_checks_labels(plain_net):
 
 # ------------------------------------------------------------------ run folders and CLI
 
-SMALL_LINF = ["--model-set", "widths=[24]", "--set", "batch_size=40", "--set", "optimizer=\"adam\"",
-              "--set", "lr=0.03", "--quiet"]
+SMALL_LINF = [
+    "--model-set",
+    "widths=[24]",
+    "--set",
+    "batch_size=40",
+    "--set",
+    'optimizer="adam"',
+    "--set",
+    "lr=0.03",
+    "--quiet",
+]
 
 
 def test_cli_run_multiclass_fashion(fashion_dir, tmp_path):
     out = tmp_path / "mc"
-    res = CliRunner().invoke(main_cli(), ["run", "fashion-mnist", "--model", "linf-dist", "--data-dir",
-                                          str(fashion_dir), "--epochs", "2", "--out", str(out), *SMALL_LINF])
+    res = CliRunner().invoke(
+        main_cli(),
+        [
+            "run",
+            "fashion-mnist",
+            "--model",
+            "linf-dist",
+            "--data-dir",
+            str(fashion_dir),
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            *SMALL_LINF,
+        ],
+    )
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == "linf-dist" and "n_sensitive" not in results
@@ -357,9 +409,26 @@ def test_cli_run_multiclass_fashion(fashion_dir, tmp_path):
 
 def test_cli_run_binary_shirts(fashion_dir, tmp_path):
     out = tmp_path / "bin"
-    res = CliRunner().invoke(main_cli(), ["run", "fashion-mnist-shirts", "--model", "linf-dist", "--data-dir",
-                                          str(fashion_dir), "--epochs", "2", "--out", str(out),
-                                          "--model-set", "num_classes=2", "--model-set", "binary=true", *SMALL_LINF])
+    res = CliRunner().invoke(
+        main_cli(),
+        [
+            "run",
+            "fashion-mnist-shirts",
+            "--model",
+            "linf-dist",
+            "--data-dir",
+            str(fashion_dir),
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            "--model-set",
+            "num_classes=2",
+            "--model-set",
+            "binary=true",
+            *SMALL_LINF,
+        ],
+    )
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == "linf-dist" and results["n_sensitive"] > 0
@@ -369,6 +438,7 @@ def test_cli_run_binary_shirts(fashion_dir, tmp_path):
 
 def main_cli():
     from asymcert.cli import main
+
     return main
 
 
@@ -383,6 +453,7 @@ def _free_port() -> int:
 
 def _meanshift_worker(rank, world, port, x, g, result_file):
     from asymcert.nn.mean_shift import MeanShift
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -404,6 +475,7 @@ def _meanshift_worker(rank, world, port, x, g, result_file):
 
 def test_meanshift_uses_the_global_batch_under_distributed(tmp_path):
     from asymcert.nn.mean_shift import MeanShift
+
     torch.manual_seed(0)
     x = torch.randn(8, 3, 2, 2, dtype=torch.float64) + torch.arange(8.0, dtype=torch.float64).view(8, 1, 1, 1)
     g = torch.randn_like(x)

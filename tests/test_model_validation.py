@@ -28,8 +28,12 @@ from asymcert.nn.convex import ICNN, NonnegLinear
 from asymcert.nn.feature_maps import Compose, FeatureMap, Shift, Standardize
 from asymcert.pipeline import _merge, task_facts
 
-TABULAR = {"kind": "feature-convex", "input_shape": [6], "feature_map": [{"kind": "standardize"}],
-           "convex": {"kind": "icnn", "widths": [16, 8]}}
+TABULAR = {
+    "kind": "feature-convex",
+    "input_shape": [6],
+    "feature_map": [{"kind": "standardize"}],
+    "convex": {"kind": "icnn", "widths": [16, 8]},
+}
 
 
 def _tabular_model(seed: int = 0) -> FeatureConvexClassifier:
@@ -43,8 +47,15 @@ def _flips_inside_radius(model: nn.Module, x: torch.Tensor) -> int:
     """PGD in ℓ2 within 0.99 × each certified radius; how many flagged inputs lose the flag."""
     cert = asymcert.certify(model, x, norms=(2,), validate=False)
     keep = (cert.predicted == 1) & (cert.radii[2.0] > 0) & torch.isfinite(cert.radii[2.0])
-    x_adv = pgd_attack(model, x[keep], 0.99 * cert.radii[2.0][keep], 2, steps=50, restarts=2,
-                       generator=torch.Generator().manual_seed(0))
+    x_adv = pgd_attack(
+        model,
+        x[keep],
+        0.99 * cert.radii[2.0][keep],
+        2,
+        steps=50,
+        restarts=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         return int((model(x_adv) <= 0).sum())
 
@@ -70,8 +81,9 @@ def test_plain_layers_with_negative_weights_are_refused_and_would_be_unsound():
 def test_a_swapped_layer_inside_an_icnn_is_named_by_its_path():
     model = _tabular_model()
     model.convex.hidden[1] = nn.Linear(8, 1, bias=False)  # an unconstrained layer after a ReLU
-    with pytest.raises(ConvexityError,
-                       match=r"convex\.hidden\.1: Linear is not allowed here \(allowed: NonnegLinear\)"):
+    with pytest.raises(
+        ConvexityError, match=r"convex\.hidden\.1: Linear is not allowed here \(allowed: NonnegLinear\)"
+    ):
         model.validate()
 
 
@@ -194,17 +206,20 @@ def test_every_default_model_config_builds_validates_and_loads_on_the_meta_devic
         assert type(asymcert.load(tmp_path / kind)) is type(model)
 
 
-@pytest.mark.parametrize("config, match", [
-    ([1, 2], "must be a JSON object"),
-    ({"kind": "feature-convex"}, "input_shape"),
-    ({**TABULAR, "input_shape": [-3]}, "input_shape"),
-    ({**TABULAR, "convex": {"kind": "icnn", "widths": [-3]}}, "widths"),
-    ({**TABULAR, "convex": {"kind": "icnn", "widths": [2.5]}}, "widths"),
-    ({**TABULAR, "convex": {"kind": "icnn", "widths": []}}, "widths"),
-    ({**TABULAR, "convex": {"kind": "convex-conv", "channels": 0}}, "channels|image features"),
-    ({**TABULAR, "convex": [1]}, r"convex = \[1\] must be a JSON object"),
-    ({"kind": "feature-convex", "input_shape": [6], "feature_map": [{"kind": "shift"}]}, "missing key"),
-])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ([1, 2], "must be a JSON object"),
+        ({"kind": "feature-convex"}, "input_shape"),
+        ({**TABULAR, "input_shape": [-3]}, "input_shape"),
+        ({**TABULAR, "convex": {"kind": "icnn", "widths": [-3]}}, "widths"),
+        ({**TABULAR, "convex": {"kind": "icnn", "widths": [2.5]}}, "widths"),
+        ({**TABULAR, "convex": {"kind": "icnn", "widths": []}}, "widths"),
+        ({**TABULAR, "convex": {"kind": "convex-conv", "channels": 0}}, "channels|image features"),
+        ({**TABULAR, "convex": [1]}, r"convex = \[1\] must be a JSON object"),
+        ({"kind": "feature-convex", "input_shape": [6], "feature_map": [{"kind": "shift"}]}, "missing key"),
+    ],
+)
 def test_bad_configs_are_refused_with_one_clear_error(config, match):
     with pytest.raises((ConfigError, UnknownNameError), match=match):
         build_model(config)
@@ -215,7 +230,7 @@ def test_a_config_asking_for_huge_widths_is_refused_before_anything_is_allocated
     save(model, tmp_path)
     file = tmp_path / "model.safetensors"
     config = model.config()
-    config["convex"]["widths"] = [10 ** 9, 10 ** 9]
+    config["convex"]["widths"] = [10**9, 10**9]
     save_file(load_file(str(file)), str(file), metadata={CONFIG_KEY: json.dumps(config), "asymcert_meta": "{}"})
     built_on = []
     original = ICNN.__init__
@@ -231,12 +246,15 @@ def test_a_config_asking_for_huge_widths_is_refused_before_anything_is_allocated
     assert built_on == ["meta"]  # only the shape-only skeleton was built
 
 
-@pytest.mark.parametrize("x, match", [
-    (torch.randint(0, 255, (4, 6), dtype=torch.uint8), "dtype torch.uint8"),
-    (torch.randn(6), r"shape \(N, 6\), got \(6,\)"),
-    (torch.randn(4, 7), r"got \(4, 7\)"),
-    (torch.randn(4, 6, 1), r"got \(4, 6, 1\)"),
-])
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (torch.randint(0, 255, (4, 6), dtype=torch.uint8), "dtype torch.uint8"),
+        (torch.randn(6), r"shape \(N, 6\), got \(6,\)"),
+        (torch.randn(4, 7), r"got \(4, 7\)"),
+        (torch.randn(4, 6, 1), r"got \(4, 6, 1\)"),
+    ],
+)
 def test_the_models_own_forward_refuses_inputs_it_cannot_handle(x, match):
     with pytest.raises(InputError, match=match):
         _tabular_model()(x)
@@ -246,6 +264,7 @@ def test_the_models_own_forward_refuses_inputs_it_cannot_handle(x, match):
 
 
 # ------------------------------------------------------------------ every built-in config is accepted
+
 
 def _task_input_shape(task) -> list[int]:
     """A small input shape of the task's kind: 30 raw features for breast-cancer, else C × 8 × 8 images
@@ -277,6 +296,7 @@ def test_every_task_preset_and_family_model_is_accepted():
 
 # ------------------------------------------------------------------ ways around the allowlist
 
+
 def test_hooks_and_replaced_forwards_are_refused_by_path():
     model = _tabular_model()
     handle = model.convex.hidden[0].register_forward_hook(lambda m, i, out: -out)
@@ -304,8 +324,9 @@ def test_a_subclass_cannot_inherit_a_contract_or_a_lipschitz_constant_for_anothe
 
     with pytest.raises(ConvexityError, match=r"convex: Negated overrides forward without declaring convexity_contract"):
         FeatureConvexClassifier(Compose([Shift((6,))]), Negated(6), (6,)).validate()
-    with pytest.raises(ConvexityError,
-                       match=r"feature_map\.maps\.0: Amplified overrides forward without declaring lipschitz"):
+    with pytest.raises(
+        ConvexityError, match=r"feature_map\.maps\.0: Amplified overrides forward without declaring lipschitz"
+    ):
         FeatureConvexClassifier(Compose([Amplified((6,))]), ICNN((6,), (8,)), (6,)).validate()
 
 
@@ -331,8 +352,9 @@ def test_a_declared_lipschitz_constant_must_be_a_finite_positive_number(value, p
         def lipschitz(self, q):
             return value if q == p else 1.0
 
-    with pytest.raises(ConvexityError,
-                       match=rf"feature_map\.maps\.0: lipschitz\({p:g}\) = .* is not a finite number > 0"):
+    with pytest.raises(
+        ConvexityError, match=rf"feature_map\.maps\.0: lipschitz\({p:g}\) = .* is not a finite number > 0"
+    ):
         FeatureConvexClassifier(Compose([Declared()]), ICNN((6,), (8,)), (6,)).validate()
     with pytest.raises(ModelError, match="lipschitz"):
         Declared().validate()
@@ -374,9 +396,12 @@ def test_batch_norm_without_a_valid_eval_map_is_refused():
 
 # ------------------------------------------------------------------ feature-map parameters
 
+
 @settings(derandomize=True, max_examples=40, deadline=None)
-@given(scales=st.lists(st.floats(1e-30, 1e30, allow_subnormal=False), min_size=1, max_size=6),
-       sign=st.sampled_from([1.0, -1.0]))
+@given(
+    scales=st.lists(st.floats(1e-30, 1e30, allow_subnormal=False), min_size=1, max_size=6),
+    sign=st.sampled_from([1.0, -1.0]),
+)
 def test_standardize_lipschitz_is_the_largest_inverse_magnitude_rounded_up(scales, sign):
     phi = Standardize((len(scales),))
     with torch.no_grad():
@@ -409,27 +434,30 @@ LINF = {"kind": "linf-dist", "input_shape": [6], "widths": [8], "num_classes": 3
 RELU = {"kind": "relu-ibp", "input_shape": [6], "arch": "mlp", "widths": [8]}
 
 
-@pytest.mark.parametrize("config, match", [
-    ({**LINF, "widths": [2.5]}, "widths"),
-    ({**LINF, "widths": [0]}, "widths"),
-    ({**LINF, "num_classes": 1}, "num_classes"),
-    ({**LINF, "mlp_head": 0}, "mlp_head"),
-    ({**LINF, "binary": "yes"}, "binary"),
-    ({**LINF, "input_range": [1, 0]}, "input_range"),
-    ({**RELU, "widths": [-1]}, "widths"),
-    ({**RELU, "arch": "rnn"}, "arch"),
-    ({**RELU, "certifier": "magic"}, "certifier"),
-    ({**RELU, "kind": "relu-smoothing", "smoothing": {"sigma": -1.0}}, "sigma"),
-    ({**RELU, "kind": "relu-smoothing", "smoothing": {"sigmaa": 1.0}}, "sigmaa"),
-    ({**RELU, "kind": "relu-smoothing", "smoothing": {"n": 0}}, "smoothing n"),
-    ({**RELU, "kind": "relu-smoothing", "smoothing": {"alpha": 1.5}}, "alpha"),
-    ({"kind": "orthogonal", "input_shape": [1, 8, 8], "arch": "cnn", "kernel": 0}, "kernel"),
-    ({"kind": "orthogonal", "input_shape": [6], "widths": [3]}, "even"),
-    ({**TABULAR, "kind": "one-vs-rest-convex", "num_classes": 1}, "num_classes"),
-    ({**TABULAR, "input_range": [0, math.inf]}, "input_range"),
-    ({**TABULAR, "input_shape": [6.0]}, "input_shape"),
-    ({"kind": ["feature-convex"], "input_shape": [6]}, "unknown model kind"),
-])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({**LINF, "widths": [2.5]}, "widths"),
+        ({**LINF, "widths": [0]}, "widths"),
+        ({**LINF, "num_classes": 1}, "num_classes"),
+        ({**LINF, "mlp_head": 0}, "mlp_head"),
+        ({**LINF, "binary": "yes"}, "binary"),
+        ({**LINF, "input_range": [1, 0]}, "input_range"),
+        ({**RELU, "widths": [-1]}, "widths"),
+        ({**RELU, "arch": "rnn"}, "arch"),
+        ({**RELU, "certifier": "magic"}, "certifier"),
+        ({**RELU, "kind": "relu-smoothing", "smoothing": {"sigma": -1.0}}, "sigma"),
+        ({**RELU, "kind": "relu-smoothing", "smoothing": {"sigmaa": 1.0}}, "sigmaa"),
+        ({**RELU, "kind": "relu-smoothing", "smoothing": {"n": 0}}, "smoothing n"),
+        ({**RELU, "kind": "relu-smoothing", "smoothing": {"alpha": 1.5}}, "alpha"),
+        ({"kind": "orthogonal", "input_shape": [1, 8, 8], "arch": "cnn", "kernel": 0}, "kernel"),
+        ({"kind": "orthogonal", "input_shape": [6], "widths": [3]}, "even"),
+        ({**TABULAR, "kind": "one-vs-rest-convex", "num_classes": 1}, "num_classes"),
+        ({**TABULAR, "input_range": [0, math.inf]}, "input_range"),
+        ({**TABULAR, "input_shape": [6.0]}, "input_shape"),
+        ({"kind": ["feature-convex"], "input_shape": [6]}, "unknown model kind"),
+    ],
+)
 def test_every_family_refuses_bad_configs_with_one_clear_error(config, match):
     with pytest.raises((ConfigError, UnknownNameError), match=match):
         build_model(config)
@@ -460,8 +488,10 @@ def test_linf_dist_lipschitz_is_rounded_up():
         assert Fraction(model.lipschitz()) >= 1 / Fraction(float(model.input_std))
 
 
-@pytest.mark.parametrize("config", [LINF, RELU, {"kind": "orthogonal", "input_shape": [6], "widths": [4]},
-                                    {**RELU, "kind": "relu-smoothing"}])
+@pytest.mark.parametrize(
+    "config",
+    [LINF, RELU, {"kind": "orthogonal", "input_shape": [6], "widths": [4]}, {**RELU, "kind": "relu-smoothing"}],
+)
 def test_every_family_forward_refuses_integer_dtypes_and_wrong_shapes(config):
     model = build_model(config).eval()
     assert model(torch.rand(4, 6)).shape[0] == 4

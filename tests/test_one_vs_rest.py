@@ -38,9 +38,16 @@ def _members_model(k: int = 3, kind: str = "icnn") -> OneVsRestConvex:
 def _config_model(k: int = 4) -> OneVsRestConvex:
     """A model built from its config, every member's φ fitted on the same inputs (shared φ)."""
     torch.manual_seed(0)
-    model = build_model({"kind": "one-vs-rest-convex", "input_shape": list(SHAPE), "input_range": [0, 1],
-                         "num_classes": k, "feature_map": [{"kind": "shift"}],
-                         "convex": {"kind": "icnn", "widths": [12, 6]}})
+    model = build_model(
+        {
+            "kind": "one-vs-rest-convex",
+            "input_shape": list(SHAPE),
+            "input_range": [0, 1],
+            "num_classes": k,
+            "feature_map": [{"kind": "shift"}],
+            "convex": {"kind": "icnn", "widths": [12, 6]},
+        }
+    )
     x = torch.rand(50, *SHAPE)
     for m in model.members:
         m.feature_map.fit(x)
@@ -122,13 +129,30 @@ def test_pgd_inside_the_radius_never_removes_the_class_flag():
         for p in NORMS:
             r = cert.extra[class_radii_key(p)][rows, k]
             one = torch.ones(len(xs), dtype=torch.long)
-            adv = pgd_attack(member, xs, r * (1 - 1e-6), p, steps=60, restarts=2, targeted_decision=one,
-                             input_range=(0.0, 1.0), generator=gen)
+            adv = pgd_attack(
+                member,
+                xs,
+                r * (1 - 1e-6),
+                p,
+                steps=60,
+                restarts=2,
+                targeted_decision=one,
+                input_range=(0.0, 1.0),
+                generator=gen,
+            )
             with torch.no_grad():
                 assert bool((model(adv)[:, k] > 0).all()), f"class {k} lost its flag inside the ℓ{p} radius"
             checked += len(xs)
-            far = pgd_attack(member, xs, (4 * r).clamp(max=1e3), p, steps=60, targeted_decision=one,
-                             input_range=(0.0, 1.0), generator=gen)
+            far = pgd_attack(
+                member,
+                xs,
+                (4 * r).clamp(max=1e3),
+                p,
+                steps=60,
+                targeted_decision=one,
+                input_range=(0.0, 1.0),
+                generator=gen,
+            )
             with torch.no_grad():
                 broken_outside += int((model(far)[:, k] <= 0).sum())
     assert checked > 0
@@ -157,10 +181,17 @@ def test_recipe_trains_members_on_their_own_binary_tasks():
     x = torch.rand(120, *SHAPE)
     y = torch.arange(120) % k
     x[:, 0, :2] += (y[:, None, None] == 0) * 0.5  # make the classes learnable
-    data = TaskData(Dataset(x[:90], y[:90]), Dataset(x[90:], y[90:]), Dataset(x[90:], y[90:]),
-                    class_names=("a", "b", "c"))
-    model = build_model({"kind": "one-vs-rest-convex", "input_shape": list(SHAPE), "num_classes": k,
-                         "convex": {"kind": "icnn", "widths": [8]}})
+    data = TaskData(
+        Dataset(x[:90], y[:90]), Dataset(x[90:], y[90:]), Dataset(x[90:], y[90:]), class_names=("a", "b", "c")
+    )
+    model = build_model(
+        {
+            "kind": "one-vs-rest-convex",
+            "input_shape": list(SHAPE),
+            "num_classes": k,
+            "convex": {"kind": "icnn", "widths": [8]},
+        }
+    )
     cfg = TrainConfig(jacobian_reg=0.01)
     recipe, member_recipe = OneVsRestRecipe(cfg), FeatureConvexRecipe(cfg)
     recipe.prepare(model, data.train)
@@ -195,8 +226,14 @@ def test_certified_accuracy_needs_the_true_class_flagged():
     radius = torch.tensor([0.5, 0.0, 0.3, 0.9], dtype=torch.float64)
     flagged = torch.tensor([True, False, True, True])
     flags = torch.nn.functional.one_hot(pred, 3).bool() & flagged[:, None]
-    cert = Certificate(pred, {2.0: radius}, "one-vs-rest-convex", Guarantee.FLAG, binary=False,
-                       extra={"flags": flags, "predicted_flagged": flagged})
+    cert = Certificate(
+        pred,
+        {2.0: radius},
+        "one-vs-rest-convex",
+        Guarantee.FLAG,
+        binary=False,
+        extra={"flags": flags, "predicted_flagged": flagged},
+    )
     acc = certified_accuracy(cert, labels, 2.0, torch.tensor([0.0, 0.4]))
     # input 1 is correct but not flagged: never certified, not even at r = 0; input 3 is wrong
     assert acc.tolist() == [0.5, 0.25]
@@ -204,14 +241,38 @@ def test_certified_accuracy_needs_the_true_class_flagged():
 
 def test_cli_run_on_small_idx_data(fashion_dir, tmp_path):
     from asymcert.cli import main
+
     out = tmp_path / "ovr"
-    res = CliRunner().invoke(main, ["run", "fashion-mnist", "--model", "one-vs-rest-convex", "--data-dir",
-                                    str(fashion_dir), "--epochs", "2", "--out", str(out), "--quiet",
-                                    "--model-set", 'convex={"kind": "icnn", "widths": [16]}',
-                                    "--set", "batch_size=32"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "fashion-mnist",
+            "--model",
+            "one-vs-rest-convex",
+            "--data-dir",
+            str(fashion_dir),
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+            "--model-set",
+            'convex={"kind": "icnn", "widths": [16]}',
+            "--set",
+            "batch_size=32",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    for name in ("model.safetensors", "run.json", "history.json", "certificates.safetensors", "results.json",
-                 "report.md", "certified_linf.png"):
+    for name in (
+        "model.safetensors",
+        "run.json",
+        "history.json",
+        "certificates.safetensors",
+        "results.json",
+        "report.md",
+        "certified_linf.png",
+    ):
         assert (out / name).is_file(), name
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["kind"] == "one-vs-rest-convex" and run["model"]["num_classes"] == 10
@@ -233,6 +294,7 @@ def test_audit_attacks_the_class_flag_and_finds_no_violation():
     """The audit attacks what a one-vs-rest certificate promises (the predicted class stays flagged),
     not the argmax, and so finds no violation."""
     from asymcert.audit import audit
+
     model = _members_model(3)
     torch.manual_seed(5)
     x = torch.rand(40, *SHAPE)

@@ -67,10 +67,13 @@ def test_groupsort_and_space_to_depth_are_permutations():
     assert p.shape == (2, 12, 2, 2)
 
 
-@pytest.mark.parametrize("config", [
-    {"arch": "mlp", "widths": [32, 16]},
-    {"arch": "cnn", "channels": [4, 8], "fc": [16], "kernel": 3},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"arch": "mlp", "widths": [32, 16]},
+        {"arch": "cnn", "channels": [4, 8], "fc": [16], "kernel": 3},
+    ],
+)
 def test_declared_lipschitz_bounds_empirical_ratio(config):
     torch.manual_seed(3)
     model = build_model({"kind": "orthogonal", "input_shape": [1, 8, 8], **config})
@@ -96,8 +99,9 @@ def test_declared_lipschitz_bounds_empirical_ratio(config):
 
 def _orthogonal_model(seed: int = 4):
     torch.manual_seed(seed)
-    model = build_model({"kind": "orthogonal", "input_shape": [1, 8, 8], "arch": "mlp", "widths": [32, 32],
-                         "input_range": [0, 1]})
+    model = build_model(
+        {"kind": "orthogonal", "input_shape": [1, 8, 8], "arch": "mlp", "widths": [32, 32], "input_range": [0, 1]}
+    )
     model.fit_input(torch.rand(32, 1, 8, 8))
     with torch.no_grad():
         model.net[-1].bias.fill_(0.3)
@@ -159,10 +163,22 @@ def test_orthogonal_recipe_learns_margins():
 
     torch.manual_seed(0)
     model = build_model({"kind": "orthogonal", "input_shape": [4], "widths": [16, 16]})
-    cfg = TrainConfig(epochs=8, batch_size=64, optimizer="adam", lr=1e-2, device="cpu", augment=False,
-                      extra={"margin": 0.3, "temperature": 8.0})
-    result = fit(model, TaskData(blobs(512, 0), blobs(256, 1), blobs(256, 2), ("other", "sensitive")), cfg,
-                 progress=False, log=lambda m: None)
+    cfg = TrainConfig(
+        epochs=8,
+        batch_size=64,
+        optimizer="adam",
+        lr=1e-2,
+        device="cpu",
+        augment=False,
+        extra={"margin": 0.3, "temperature": 8.0},
+    )
+    result = fit(
+        model,
+        TaskData(blobs(512, 0), blobs(256, 1), blobs(256, 2), ("other", "sensitive")),
+        cfg,
+        progress=False,
+        log=lambda m: None,
+    )
     assert result["best"]["val_accuracy"] > 0.95
     cert = asymcert.certify(model, blobs(256, 2).x, norms=(2,))
     sens = blobs(256, 2).y == 1
@@ -178,6 +194,7 @@ def test_shared_attack_never_flips_inside_orthogonal_radii():
     for p, r in cert.radii.items():
         pos = r > 0
         assert int(pos.sum()) >= 3
-        x_adv = attacks.pgd_attack(model, x[pos], r[pos] * (1 - 1e-4), p, steps=40, restarts=2,
-                                   generator=torch.Generator().manual_seed(0))
+        x_adv = attacks.pgd_attack(
+            model, x[pos], r[pos] * (1 - 1e-4), p, steps=40, restarts=2, generator=torch.Generator().manual_seed(0)
+        )
         assert not bool(attacks.decision_flips(model, x[pos], x_adv).any()), p

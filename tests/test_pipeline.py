@@ -35,8 +35,17 @@ LIMIT = 24
 
 
 def _train(out, fashion_dir, train=None, model=None, **kw):
-    return train_run(TASK, out, None, {**SMALL_TRAIN, **(train or {})}, {**SMALL_MODEL, **(model or {})},
-                     data_dir=fashion_dir, progress=False, log=lambda m: None, **kw)
+    return train_run(
+        TASK,
+        out,
+        None,
+        {**SMALL_TRAIN, **(train or {})},
+        {**SMALL_MODEL, **(model or {})},
+        data_dir=fashion_dir,
+        progress=False,
+        log=lambda m: None,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +67,19 @@ def run_dir(certified, tmp_path):
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int, int]]:
     """Every file's bytes, modification time and mode (the writer lock excepted)."""
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_mode)
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_mode)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != LOCK_FILE
+    }
 
 
 def strict_load(path: Path):
     """json.loads that refuses NaN/Infinity (what strict JSON readers do)."""
+
     def refuse(const):
         raise ValueError(f"{path.name}: non-standard JSON constant {const}")
+
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
@@ -100,6 +114,7 @@ def test_refused_train_changes_nothing_on_disk(run_dir, fashion_dir, case):
 def test_another_task_into_a_run_folder_is_refused_before_writing(run_dir, tmp_path):
     """The reported defect: a shirts run folder then scored a 10-class model. Another task is refused."""
     import numpy as np
+
     rng = np.random.default_rng(0)
     npz = tmp_path / "own.npz"
     np.savez(npz, x=rng.random((90, 1, 28, 28)).astype(np.float32), y=rng.integers(0, 2, 90))
@@ -182,22 +197,37 @@ def test_second_writer_is_refused_at_once_and_changes_nothing(held, fashion_dir)
 def test_run_holds_the_lock_across_train_certify_and_report(fashion_dir, tmp_path, monkeypatch):
     """`run` takes the lock once and its own steps re-enter it; a concurrent process is kept out throughout."""
     import asymcert.pipeline as wf
+
     seen = []
     real = wf.certify_run
 
     def spy(*args, **kw):
-        probe = subprocess.run([sys.executable, "-c",
-                                "import sys\nfrom asymcert.runfolder import exclusive\n"
-                                "from asymcert.errors import RunFolderBusyError\n"
-                                "try:\n    exclusive(sys.argv[1]).__enter__()\nexcept RunFolderBusyError:\n"
-                                "    sys.exit(3)\n", str(args[0])])
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys\nfrom asymcert.runfolder import exclusive\n"
+                "from asymcert.errors import RunFolderBusyError\n"
+                "try:\n    exclusive(sys.argv[1]).__enter__()\nexcept RunFolderBusyError:\n"
+                "    sys.exit(3)\n",
+                str(args[0]),
+            ]
+        )
         seen.append(probe.returncode)
         return real(*args, **kw)
 
     monkeypatch.setattr(wf, "certify_run", spy)
-    results = run_task(TASK, tmp_path / "r", data_dir=fashion_dir, limit=8, progress=False,
-                       train_overrides=SMALL_TRAIN, model_overrides=SMALL_MODEL, log=lambda m: None,
-                       report=write_report)
+    results = run_task(
+        TASK,
+        tmp_path / "r",
+        data_dir=fashion_dir,
+        limit=8,
+        progress=False,
+        train_overrides=SMALL_TRAIN,
+        model_overrides=SMALL_MODEL,
+        log=lambda m: None,
+        report=write_report,
+    )
     assert seen == [3] and results["n_inputs"] == 8
 
 
@@ -257,8 +287,12 @@ def test_malformed_run_json_is_one_clear_line_everywhere(run_dir, fashion_dir, c
         text = json.dumps(raw)
     (run_dir / RUN_FILE).write_text(text)
     before = snapshot(run_dir)
-    for call in (lambda: certify_run(run_dir, limit=4, data_dir=fashion_dir, progress=False),
-                 lambda: write_report(run_dir), lambda: run_data(run_dir), lambda: read_run(run_dir)):
+    for call in (
+        lambda: certify_run(run_dir, limit=4, data_dir=fashion_dir, progress=False),
+        lambda: write_report(run_dir),
+        lambda: run_data(run_dir),
+        lambda: read_run(run_dir),
+    ):
         with pytest.raises(CheckpointError, match=message) as info:
             call()
         assert "\n" not in str(info.value)
@@ -269,6 +303,7 @@ def test_malformed_run_json_is_one_clear_line_everywhere(run_dir, fashion_dir, c
 def test_corrupt_certificates_give_one_line_at_report(run_dir, damage):
     path = run_dir / CERT_FILE
     from safetensors.torch import load_file, save_file
+
     if damage == "garbage":
         path.write_bytes(b"\x00" * 100)
     elif damage == "truncated":
@@ -278,8 +313,18 @@ def test_corrupt_certificates_give_one_line_at_report(run_dir, damage):
     else:
         t = load_file(str(path))
         t["radius_l2"] = t["radius_l2"][:3].clone()
-        save_file(t, str(path), metadata={"method": "convex", "deterministic": "true", "alpha": "null",
-                                          "seconds": "0.1", "binary": "true", "norms": '["l2"]'})
+        save_file(
+            t,
+            str(path),
+            metadata={
+                "method": "convex",
+                "deterministic": "true",
+                "alpha": "null",
+                "seconds": "0.1",
+                "binary": "true",
+                "norms": '["l2"]',
+            },
+        )
     before = snapshot(run_dir)
     with pytest.raises(CheckpointError) as info:
         write_report(run_dir)
@@ -317,9 +362,22 @@ def test_report_without_matplotlib_writes_tables_and_says_how_to_get_plots(run_d
 
 def test_run_without_matplotlib_completes_and_warns_before_training(fashion_dir, tmp_path, no_matplotlib):
     out = tmp_path / "plain"
-    args = ["run", "fashion-mnist-shirts", "--out", str(out), "--data-dir", str(fashion_dir), "--limit", "8",
-            "--epochs", "1", "--set", "batch_size=32",
-            "--model-set", 'convex={"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}']
+    args = [
+        "run",
+        "fashion-mnist-shirts",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(fashion_dir),
+        "--limit",
+        "8",
+        "--epochs",
+        "1",
+        "--set",
+        "batch_size=32",
+        "--model-set",
+        'convex={"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}',
+    ]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()

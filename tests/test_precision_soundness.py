@@ -49,8 +49,13 @@ def reference(model, x):
     mag = (grad_f.abs() * f.abs()).flatten(1).sum(1) + s.abs() + float(m64.balance.abs())
     high = s + FLOAT_GUARD_FACTOR * EPS64 * mag
     den = {p: model.feature_lipschitz(p) * dual_norm(grad_f, p) for p in NORMS}
-    return {"s": s, "mag": mag, "grad_x": grad_x, "r": {p: s.clamp_min(0) / d for p, d in den.items()},
-            "upper": {p: high.clamp_min(0) / d for p, d in den.items()}}
+    return {
+        "s": s,
+        "mag": mag,
+        "grad_x": grad_x,
+        "r": {p: s.clamp_min(0) / d for p, d in den.items()},
+        "upper": {p: high.clamp_min(0) / d for p, d in den.items()},
+    }
 
 
 def near_boundary_inputs(model, n: int = 16, seed: int = 0) -> torch.Tensor:

@@ -86,9 +86,15 @@ def test_margin_over_a_union_of_balls_takes_the_lowest_bound():
     assert torch.allclose(loss.detach(), F.binary_cross_entropy_with_logits(logits, y.double()), rtol=1e-9)
 
 
-@pytest.mark.parametrize("bad", [{"margin_radius": -1.0}, {"margin_radius": 1.0, "margin_norm": 0.5},
-                                 {"margin_radius": 1.0, "margin_warmup": 1.5},
-                                 {"margin_radius": [1.0, 2.0], "margin_norm": [1.0]}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"margin_radius": -1.0},
+        {"margin_radius": 1.0, "margin_norm": 0.5},
+        {"margin_radius": 1.0, "margin_warmup": 1.5},
+        {"margin_radius": [1.0, 2.0], "margin_norm": [1.0]},
+    ],
+)
 def test_bad_margin_settings_are_named(bad):
     with pytest.raises(ValueError, match="margin"):
         FeatureConvexRecipe(TrainConfig(**bad))
@@ -99,9 +105,20 @@ def test_training_mode_losses_use_each_inputs_own_gradient():
     statistics held constant), not the batch-coupled sum of gradients."""
     from asymcert.models import build_model
     from tests.test_regularizers import _reference_gradients
+
     torch.manual_seed(0)
-    model = build_model({"kind": "feature-convex", "input_shape": [1, 6, 6], "feature_map": [{"kind": "shift"}],
-                         "convex": {"kind": "icnn", "widths": [16]}}).double().train()
+    model = (
+        build_model(
+            {
+                "kind": "feature-convex",
+                "input_shape": [1, 6, 6],
+                "feature_map": [{"kind": "shift"}],
+                "convex": {"kind": "icnn", "widths": [16]},
+            }
+        )
+        .double()
+        .train()
+    )
     x, y = _batch()
     x = x.double()
     recipe = FeatureConvexRecipe(TrainConfig(jacobian_reg=0.1, margin_radius=0.2, margin_norm=2.0))
@@ -117,9 +134,11 @@ def test_training_mode_losses_use_each_inputs_own_gradient():
 def test_epochs_before_the_margin_warm_up_ends_are_not_selected(fashion_dir):
     from asymcert.train import fit
     from tests.conftest import small_fashion_task
+
     task, data, model = small_fashion_task(fashion_dir)
-    config = TrainConfig.from_dict({**task.train, "epochs": 4, "batch_size": 32, "margin_radius": 0.5,
-                                    "margin_norm": 2.0, "margin_warmup": 0.5})
+    config = TrainConfig.from_dict(
+        {**task.train, "epochs": 4, "batch_size": 32, "margin_radius": 0.5, "margin_norm": 2.0, "margin_warmup": 0.5}
+    )
     result = fit(model, data, config, None, augment=task.augment, progress=False)
     eligible = [h["val_eligible"] for h in result["history"]]
     assert eligible == [0.0, 0.0, 1.0, 1.0]
@@ -135,6 +154,7 @@ def _recipe_after_a_validation_fit(config: TrainConfig):
     """(recipe, model, x, y, before, b): a prepared recipe and small model, its training loss on (x, y)
     before any validation pass, and the nonzero shift b that one validation pass then fitted."""
     from asymcert.data.tasks import Dataset
+
     model = small_feature_convex("icnn").double()
     x, y = _batch(n=40)
     recipe = FeatureConvexRecipe(config)

@@ -26,8 +26,11 @@ def _train_mode_icnn(widths=(16,), seed: int = 0) -> ICNN:
 def _reference_gradients(net: ICNN, x: torch.Tensor) -> torch.Tensor:
     """Each input's own gradient, one input at a time, with batch norm fixed at this batch's statistics."""
     batch_stats = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out: batch_stats.__setitem__(mod, inp[0].detach()))
-             for m in net.modules() if isinstance(m, PositiveBatchNorm)]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out: batch_stats.__setitem__(mod, inp[0].detach()))
+        for m in net.modules()
+        if isinstance(m, PositiveBatchNorm)
+    ]
     with torch.no_grad():
         copy.deepcopy(net)(x)  # record the inputs of every batch norm (on a copy: running stats untouched)
     for h in hooks:
@@ -115,8 +118,11 @@ def test_jacobian_penalty_is_the_frobenius_norm_of_the_per_input_gradients():
 def test_certified_lower_bound_uses_the_dual_norm():
     s = torch.tensor([1.0, 2.0], dtype=torch.float64)
     g = torch.tensor([[3.0, -4.0], [1.0, 1.0]], dtype=torch.float64)
-    for p, dual in [(1.0, torch.tensor([4.0, 1.0])), (2.0, torch.tensor([5.0, math.sqrt(2)])),
-                    (math.inf, torch.tensor([7.0, 2.0]))]:
+    for p, dual in [
+        (1.0, torch.tensor([4.0, 1.0])),
+        (2.0, torch.tensor([5.0, math.sqrt(2)])),
+        (math.inf, torch.tensor([7.0, 2.0])),
+    ]:
         out = certified_lower_bound(s, g, radius=0.1, p=p, lipschitz=2.0)
         assert torch.allclose(out, s - 0.2 * dual.double())
 

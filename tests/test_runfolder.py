@@ -59,8 +59,12 @@ def test_lock_is_reentrant_in_one_process_and_released_at_the_end(tmp_path):
     with exclusive(tmp_path):
         with exclusive(tmp_path):  # `run` holds it while its train/certify/report steps take it again
             pass
-        probe = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(tmp_path)],
-                               capture_output=True, text=True, timeout=120)
+        probe = subprocess.run(
+            [sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert probe.returncode != 0 and "RunFolderBusyError" in probe.stderr
     proc = _holder(tmp_path)  # free again once the outer block ends
     proc.kill()
@@ -129,7 +133,10 @@ def test_stale_temp_files_match_atomic_writes_only(tmp_path):
         (tmp_path / name).write_text("keep")
     (tmp_path / ".dir.abcdefgh").mkdir()
     assert [p.name for p in stale_temp_files(tmp_path)] == [
-        ".certified_l2.png.0123_abc", ".run.json.abcdefgh", ".train_state.pt.k3x_9a0q"]
+        ".certified_l2.png.0123_abc",
+        ".run.json.abcdefgh",
+        ".train_state.pt.k3x_9a0q",
+    ]
     remove_stale_temp_files(tmp_path)
     assert stale_temp_files(tmp_path) == [] and (tmp_path / LOCK_FILE).exists()
     assert (tmp_path / ".dir.abcdefgh").is_dir()
@@ -137,8 +144,10 @@ def test_stale_temp_files_match_atomic_writes_only(tmp_path):
 
 def test_a_killed_atomic_write_leaves_a_temp_file_that_matches_the_pattern(tmp_path):
     """The pattern is the one atomic_write really uses: kill a write half-way and look."""
-    code = ("import os, sys\nfrom pathlib import Path\nfrom asymcert.checkpoint import atomic_write\n"
-            "atomic_write(Path(sys.argv[1]) / 'train_state.pt', lambda tmp: os.kill(os.getpid(), 9))\n")
+    code = (
+        "import os, sys\nfrom pathlib import Path\nfrom asymcert.checkpoint import atomic_write\n"
+        "atomic_write(Path(sys.argv[1]) / 'train_state.pt', lambda tmp: os.kill(os.getpid(), 9))\n"
+    )
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], timeout=120)
     left = [p.name for p in tmp_path.iterdir()]
     assert len(left) == 1 and left[0].startswith(".train_state.pt.")
@@ -146,10 +155,11 @@ def test_a_killed_atomic_write_leaves_a_temp_file_that_matches_the_pattern(tmp_p
 
 
 finite_or_not = st.floats(allow_nan=True, allow_infinity=True)
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | finite_or_not | st.text(max_size=5),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
-                                                                                     max_size=4),
-                           max_leaves=20)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | finite_or_not | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
 
 
 def _refuse(const):
@@ -177,18 +187,22 @@ def test_strict_json_is_standard_json_and_keeps_every_finite_value(value):
 def test_strict_json_through_a_default_hook():
     class Odd:
         pass
+
     assert json.loads(dumps_strict({"a": Odd()}, default=lambda o: [math.inf, 1.5])) == {"a": [None, 1.5]}
 
 
-@pytest.mark.parametrize("text,message", [
-    ("[1, 2]", "must hold a JSON object, found list"),
-    ("{}", "lacks the key 'task'"),
-    ("nope", "not valid JSON"),
-    ('{"task": {"name": "t"}, "model": {}, "train": []}', "'train' must be an object"),
-    ('{"task": {"name": "t"}, "model": {}, "train": {}, "binary": "yes"}', "'binary' must be true or false"),
-    ('{"task": {"name": "t"}, "model": {}, "train": {}, "training": {"best": 3}}', "'training' must be"),
-    ('{"task": {"name": "t"}, "model": {}, "train": {}, "splits": {"test": 1.5}}', "'splits' must be"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("[1, 2]", "must hold a JSON object, found list"),
+        ("{}", "lacks the key 'task'"),
+        ("nope", "not valid JSON"),
+        ('{"task": {"name": "t"}, "model": {}, "train": []}', "'train' must be an object"),
+        ('{"task": {"name": "t"}, "model": {}, "train": {}, "binary": "yes"}', "'binary' must be true or false"),
+        ('{"task": {"name": "t"}, "model": {}, "train": {}, "training": {"best": 3}}', "'training' must be"),
+        ('{"task": {"name": "t"}, "model": {}, "train": {}, "splits": {"test": 1.5}}', "'splits' must be"),
+    ],
+)
 def test_run_record_names_the_bad_key(text, message):
     with pytest.raises(CheckpointError, match=message) as info:
         RunRecord.from_json(text, "run.json")
@@ -196,8 +210,15 @@ def test_run_record_names_the_bad_key(text, message):
 
 
 def test_run_record_round_trips_and_keeps_unknown_keys():
-    raw = {"task": {"name": "t"}, "model": {"kind": "k"}, "train": {"lr": 0.1}, "binary": False,
-           "report_radii": {"l2": [0.5, 1]}, "training": {"seconds": 1.0, "best": {"epoch": 2}}, "newer": {"a": 1}}
+    raw = {
+        "task": {"name": "t"},
+        "model": {"kind": "k"},
+        "train": {"lr": 0.1},
+        "binary": False,
+        "report_radii": {"l2": [0.5, 1]},
+        "training": {"seconds": 1.0, "best": {"epoch": 2}},
+        "newer": {"a": 1},
+    }
     rec = RunRecord.from_json(json.dumps(raw))
     assert rec.binary is False and rec.training["best"]["epoch"] == 2 and rec.extra == {"newer": {"a": 1}}
     assert rec.to_dict() == {**RunRecord(task={"name": "t"}, model={}, train={}).to_dict(), **raw}

@@ -73,7 +73,7 @@ def test_hull_vertices_are_outside_the_hull_of_the_rest_and_the_centroid_is_insi
     vertices = ConvexHull(pts).vertices
     for v in vertices[:3]:
         rest = np.delete(pts, v, axis=0)
-        assert hull_separability(pts[v:v + 1], rest).outside[0]
+        assert hull_separability(pts[v : v + 1], rest).outside[0]
     centroid = pts.mean(0, keepdims=True)
     res = hull_separability(centroid, pts)
     assert not res.outside[0] and res.method[0] == METHODS.index("lp")

@@ -56,8 +56,18 @@ def test_gaussian_radius_matches_the_closed_form_of_a_linear_classifier():
     margins = torch.tensor([0.1, 0.25, 0.4, 0.6, 0.8, 1.0, -0.3, -0.8])  # signed exact distances
     x = _linear_inputs(w, c, margins)
     model = LinearScore(w, c)
-    cert = asymcert.certify(model, x, norms=(2, "inf", 1), method="smoothing-gaussian", sigma=sigma, n0=100,
-                            n=100_000, alpha=0.001, generator=torch.Generator().manual_seed(1), batch=200_000)
+    cert = asymcert.certify(
+        model,
+        x,
+        norms=(2, "inf", 1),
+        method="smoothing-gaussian",
+        sigma=sigma,
+        n0=100,
+        n=100_000,
+        alpha=0.001,
+        generator=torch.Generator().manual_seed(1),
+        batch=200_000,
+    )
     assert not cert.deterministic and cert.alpha == 0.001 and cert.method == "smoothing-gaussian"
     p_true = torch.from_numpy(norm.cdf(margins.double().numpy() / sigma))
     sens = margins > 0
@@ -81,8 +91,9 @@ def test_abstains_where_the_smoothed_probability_is_near_one_half():
     torch.manual_seed(1)
     w = torch.randn(6)
     x = _linear_inputs(w, 0.0, torch.tensor([0.0, 0.0, 0.0, 1e-4, 1.0]))
-    cert = asymcert.certify(LinearScore(w, 0.0), x, norms=(2,), method="smoothing-gaussian", sigma=0.5, n0=100,
-                            n=2000, seed=3)
+    cert = asymcert.certify(
+        LinearScore(w, 0.0), x, norms=(2,), method="smoothing-gaussian", sigma=0.5, n0=100, n=2000, seed=3
+    )
     assert bool(cert.abstained[:4].all()) and not bool(cert.abstained[4])
     assert bool((cert.radii[2.0][:4] == 0).all()) and float(cert.radii[2.0][4]) > 0
 
@@ -91,8 +102,19 @@ def test_same_seed_same_certificate():
     torch.manual_seed(2)
     w = torch.randn(8)
     x = _linear_inputs(w, 0.1, torch.linspace(-0.2, 0.5, 6))
-    run = lambda seed: asymcert.certify(LinearScore(w, 0.1), x, method="smoothing-gaussian", sigma=0.4, n0=50,  # noqa: E731
-                                        n=3000, generator=torch.Generator().manual_seed(seed), batch=1000)
+
+    def run(seed):
+        return asymcert.certify(
+            LinearScore(w, 0.1),
+            x,
+            method="smoothing-gaussian",
+            sigma=0.4,
+            n0=50,
+            n=3000,
+            generator=torch.Generator().manual_seed(seed),
+            batch=1000,
+        )
+
     a, b, other = run(7), run(7), run(8)
     assert torch.equal(a.predicted, b.predicted) and torch.equal(a.extra["count"], b.extra["count"])
     for p in a.radii:
@@ -114,8 +136,9 @@ def test_l1_radius_of_a_one_dimensional_threshold_is_nearly_exact(noise, method)
     model = LinearScore(torch.ones(1), -0.3)
     sigma = 0.5
     x = torch.tensor([[0.35], [0.5], [0.8], [1.0], [0.0]])
-    cert = asymcert.certify(model, x, norms=(1, 2, "inf"), method=method, sigma=sigma, n0=100, n=100_000,
-                            seed=4, batch=200_000)
+    cert = asymcert.certify(
+        model, x, norms=(1, 2, "inf"), method=method, sigma=sigma, n0=100, n=100_000, seed=4, batch=200_000
+    )
     exact = (x[:4, 0] - 0.3).double()
     r1 = cert.radii[1.0][:4]
     assert bool((r1 < exact).all()) and bool((r1 > exact - 0.03).all())
@@ -169,8 +192,9 @@ def test_splitting_probability_is_lipschitz_in_l1_and_certificates_hold():
     for _ in range(3):
         delta = torch.randn(x.shape, generator=gen, dtype=torch.float64)
         delta = delta / delta.abs().sum(1, keepdim=True) * r1[:, None] * (1 - 1e-6)
-        moved = asymcert.certify(net, (x.double() + delta)[sens].float(), norms=(1,), method="smoothing-splitting",
-                                 sigma=sigma)
+        moved = asymcert.certify(
+            net, (x.double() + delta)[sens].float(), norms=(1,), method="smoothing-splitting", sigma=sigma
+        )
         assert bool((moved.predicted == 1).all())
         assert bool((moved.extra["probability"] > 0.5).all())
     assert torch.allclose(cert.radii[math.inf], r1 / 12, rtol=1e-9)
@@ -179,8 +203,14 @@ def test_splitting_probability_is_lipschitz_in_l1_and_certificates_hold():
 
 def test_model_defaults_and_multiclass_base_models(tmp_path):
     torch.manual_seed(0)
-    model = build_model({"kind": "relu-smoothing", "input_shape": [1, 4, 4], "widths": [8],
-                         "smoothing": {"noise": "laplace", "sigma": 0.3, "n0": 20, "n": 200, "alpha": 0.01}})
+    model = build_model(
+        {
+            "kind": "relu-smoothing",
+            "input_shape": [1, 4, 4],
+            "widths": [8],
+            "smoothing": {"noise": "laplace", "sigma": 0.3, "n0": 20, "n": 200, "alpha": 0.01},
+        }
+    )
     assert model.certifier == "smoothing-laplace"
     asymcert.save(model, tmp_path)
     loaded = asymcert.load(tmp_path)
@@ -207,11 +237,22 @@ def test_noise_recipe_trains_on_noisy_inputs():
         return Dataset(x, y)
 
     torch.manual_seed(0)
-    model = build_model({"kind": "relu-smoothing", "input_shape": [4], "widths": [16],
-                         "smoothing": {"noise": "gaussian", "sigma": 0.25, "n0": 50, "n": 500}})
+    model = build_model(
+        {
+            "kind": "relu-smoothing",
+            "input_shape": [4],
+            "widths": [16],
+            "smoothing": {"noise": "gaussian", "sigma": 0.25, "n0": 50, "n": 500},
+        }
+    )
     cfg = TrainConfig(epochs=6, batch_size=64, optimizer="adam", lr=1e-2, device="cpu", augment=False, seed=3)
-    result = fit(model, TaskData(blobs(512, 0), blobs(256, 1), blobs(256, 2), ("other", "sensitive")), cfg,
-                 progress=False, log=lambda m: None)
+    result = fit(
+        model,
+        TaskData(blobs(512, 0), blobs(256, 1), blobs(256, 2), ("other", "sensitive")),
+        cfg,
+        progress=False,
+        log=lambda m: None,
+    )
     assert result["best"]["val_noisy_accuracy"] > 0.9
     test = blobs(64, 2)
     cert = asymcert.certify(model, test.x, norms=(2,))

@@ -23,8 +23,7 @@ def test_pgd_inside_the_radius_never_flips(kind, fmap, p):
     flagged = cert.sensitive
     assert int(flagged.sum()) > 5
     eps = (cert.radii[p][flagged] * (1 - 1e-6)).float()
-    x_adv = pgd_attack(model, x[flagged], eps, p, steps=100, restarts=2,
-                       generator=torch.Generator().manual_seed(0))
+    x_adv = pgd_attack(model, x[flagged], eps, p, steps=100, restarts=2, generator=torch.Generator().manual_seed(0))
     delta = (x_adv - x[flagged]).flatten(1)
     assert bool((torch.linalg.vector_norm(delta.double(), ord=p, dim=1) <= eps.double() * (1 + 1e-5)).all())
     assert not bool(decision_flips(model, x[flagged], x_adv).any())
@@ -48,6 +47,7 @@ def test_float_guard_covers_float32_rounding_with_room_to_spare(kind):
     import copy
 
     from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, float_guard, score_and_feature_gradient
+
     for seed in range(3):
         model = small_feature_convex(kind, feature_map=FMAPS[seed % 2], seed=seed)
         x = torch.rand(1000, 1, 6, 6)
@@ -71,7 +71,7 @@ def test_the_guard_follows_the_arithmetic_the_model_runs_in():
     assert bool((base > 0).all())
     m64 = model.double()
     guard64 = float_guard(m64, f.double(), g.double(), s.double())
-    torch.testing.assert_close(guard64, base * 2.0 ** -29, rtol=1e-12, atol=0)  # eps64 / eps32
+    torch.testing.assert_close(guard64, base * 2.0**-29, rtol=1e-12, atol=0)  # eps64 / eps32
     before = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("high")
@@ -79,6 +79,6 @@ def test_the_guard_follows_the_arithmetic_the_model_runs_in():
         radius_tf32 = asymcert.certify(model, x, norms=(2.0,), precision="model").radii[2.0]
     finally:
         torch.set_float32_matmul_precision(before)
-    torch.testing.assert_close(tf32, base * 2.0 ** 14, rtol=1e-12, atol=0)  # 2·2⁻¹⁰ / 2⁻²³
+    torch.testing.assert_close(tf32, base * 2.0**14, rtol=1e-12, atol=0)  # 2·2⁻¹⁰ / 2⁻²³
     radius = asymcert.certify(model, x, norms=(2.0,), precision="model").radii[2.0]
     assert bool((radius_tf32 <= radius).all()) and bool((radius_tf32 < radius).any())

@@ -24,6 +24,7 @@ def _dominates(p, q):
 
 # ---------------------------------------------------------------- Pareto front (pure function)
 
+
 def test_pareto_front_hand_made():
     pts = [(0.9, 0.1), (0.8, 0.5), (0.7, 0.4), (0.5, 0.6), (0.5, 0.6), (0.9, 0.05), (0.2, 0.2)]
     assert pareto_front(pts) == [True, True, False, True, True, False, False]
@@ -44,19 +45,28 @@ def test_pareto_front_properties(points):
 
 # ---------------------------------------------------------------- class-pair sweep
 
+
 @pytest.fixture(scope="module")
 def pair_sweep(fashion_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("pairs")
     lines: list[str] = []
-    summary = sweep_pairs("fashion-mnist", out, CLASSES, epochs=1, workers=1, data_dir=fashion_dir,
-                          train_overrides=TINY, log=lines.append)
+    summary = sweep_pairs(
+        "fashion-mnist", out, CLASSES, epochs=1, workers=1, data_dir=fashion_dir, train_overrides=TINY, log=lines.append
+    )
     return out, summary, lines
 
 
 def test_pair_sweep_writes_files_and_matrices_match_the_pairs(pair_sweep):
     out, _, _ = pair_sweep
-    for name in ("results.json", "sweep.md", "heatmap_clean_accuracy.png", "heatmap_median_radius_l1.png",
-                 "heatmap_median_radius_l2.png", "heatmap_median_radius_linf.png", "heatmap_asymmetry_l2.png"):
+    for name in (
+        "results.json",
+        "sweep.md",
+        "heatmap_clean_accuracy.png",
+        "heatmap_median_radius_l1.png",
+        "heatmap_median_radius_l2.png",
+        "heatmap_median_radius_linf.png",
+        "heatmap_asymmetry_l2.png",
+    ):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert results["classes"] == CLASSES and len(results["pairs"]) == 6
@@ -72,7 +82,8 @@ def test_pair_sweep_writes_files_and_matrices_match_the_pairs(pair_sweep):
             for n in ("l1", "l2", "linf"):
                 assert mats["median_radius"][n][i][j] == pair["median_radius"][n]
                 assert mats["asymmetry"][n][i][j] == pytest.approx(
-                    pair["median_radius"][n] - mats["median_radius"][n][j][i])
+                    pair["median_radius"][n] - mats["median_radius"][n][j][i]
+                )
     top = results["most_asymmetric"]["l2"][0]
     assert top["difference"] == max(abs(v) for row in mats["asymmetry"]["l2"] for v in row if v is not None)
     md = (out / "sweep.md").read_text()
@@ -96,13 +107,28 @@ def test_pair_folders_are_run_folders(pair_sweep, fashion_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert CliRunner().invoke(main, ["report", str(run_dir)]).exit_code == 0  # from the new certificates
     assert json.loads((run_dir / "results.json").read_text())["clean_accuracy"] == pair["clean_accuracy"]
-    res = CliRunner().invoke(main, ["audit", str(run_dir), "--limit", "8", "--steps", "5", "--restarts", "1",
-                                    "--no-exact", "--data-dir", str(fashion_dir)])
+    res = CliRunner().invoke(
+        main,
+        [
+            "audit",
+            str(run_dir),
+            "--limit",
+            "8",
+            "--steps",
+            "5",
+            "--restarts",
+            "1",
+            "--no-exact",
+            "--data-dir",
+            str(fashion_dir),
+        ],
+    )
     assert res.exit_code == 0, res.output
 
 
 def test_pair_data_relabels_and_keeps_splits(fashion_dir):
     from asymcert.data.tasks import get_task
+
     data = get_task("fashion-mnist").load(fashion_dir)
     pd = pair_data(data, 6, 0)
     assert pd.class_names == ("T-shirt/top", "Shirt")
@@ -114,8 +140,9 @@ def test_pair_sweep_resumes_and_rejects_other_settings(pair_sweep, fashion_dir):
     out, first, _ = pair_sweep
     (out / "pairs" / "3-6" / RESULT_FILE).unlink()
     lines: list[str] = []
-    again = sweep_pairs("fashion-mnist", out, CLASSES, epochs=1, workers=1, data_dir=fashion_dir,
-                        train_overrides=TINY, log=lines.append)
+    again = sweep_pairs(
+        "fashion-mnist", out, CLASSES, epochs=1, workers=1, data_dir=fashion_dir, train_overrides=TINY, log=lines.append
+    )
     assert again["trained_now"] == 1 and again["reused"] == 5
     assert "5 finished before, 1 to train" in lines[0]
     assert again["matrices"]["clean_accuracy"] == first["matrices"]["clean_accuracy"]  # seeded: same result
@@ -125,21 +152,32 @@ def test_pair_sweep_resumes_and_rejects_other_settings(pair_sweep, fashion_dir):
 
 def test_pair_sweep_pool_of_two_workers_matches_in_process(pair_sweep, fashion_dir, tmp_path):
     _, first, _ = pair_sweep
-    summary = sweep_pairs("fashion-mnist", tmp_path / "pool", [0, 6], epochs=1, workers=2, data_dir=fashion_dir,
-                          train_overrides=TINY)
+    summary = sweep_pairs(
+        "fashion-mnist", tmp_path / "pool", [0, 6], epochs=1, workers=2, data_dir=fashion_dir, train_overrides=TINY
+    )
     assert summary["trained_now"] == 2 and summary["workers"] == 2
     for key in ("0-6", "6-0"):
         assert summary["pairs"][key]["clean_accuracy"] == pytest.approx(first["pairs"][key]["clean_accuracy"])
         assert summary["pairs"][key]["median_radius"]["l2"] == pytest.approx(
-            first["pairs"][key]["median_radius"]["l2"], rel=1e-5)
+            first["pairs"][key]["median_radius"]["l2"], rel=1e-5
+        )
 
 
 # ---------------------------------------------------------------- regularisation sweep
 
+
 def test_reg_sweep_table_and_pareto(fashion_dir, tmp_path):
     out = tmp_path / "reg"
-    summary = sweep_reg("fashion-mnist-shirts", out, lambdas=[0.0, 0.1], feature_maps=["shift", "concat-abs"],
-                        epochs=1, workers=1, limit=40, data_dir=fashion_dir)
+    summary = sweep_reg(
+        "fashion-mnist-shirts",
+        out,
+        lambdas=[0.0, 0.1],
+        feature_maps=["shift", "concat-abs"],
+        epochs=1,
+        workers=1,
+        limit=40,
+        data_dir=fashion_dir,
+    )
     assert (out / "pareto.png").is_file() and (out / "sweep.md").is_file()
     assert len(summary["entries"]) == 4
     for n, front in summary["pareto"].items():
@@ -152,31 +190,61 @@ def test_reg_sweep_table_and_pareto(fashion_dir, tmp_path):
         assert json.loads((run / "run.json").read_text())["train"]["jacobian_reg"] == e["lambda"]
     md = (out / "sweep.md").read_text()
     assert "concat-abs" in md and "pareto.png" in md
-    again = sweep_reg("fashion-mnist-shirts", out, lambdas=[0.0, 0.1], feature_maps=["shift", "concat-abs"],
-                      epochs=1, workers=1, limit=40, data_dir=fashion_dir)
+    again = sweep_reg(
+        "fashion-mnist-shirts",
+        out,
+        lambdas=[0.0, 0.1],
+        feature_maps=["shift", "concat-abs"],
+        epochs=1,
+        workers=1,
+        limit=40,
+        data_dir=fashion_dir,
+    )
     assert again["trained_now"] == 0 and again["reused"] == 4
 
 
 # ---------------------------------------------------------------- command line
 
+
 def test_cli_sweep_pairs_runs(fashion_dir, tmp_path):
     out = tmp_path / "cli"
-    res = CliRunner().invoke(main, ["sweep", "pairs", "fashion-mnist", "--out", str(out), "--classes", "0,6",
-                                    "--epochs", "1", "--workers", "1", "--limit", "20", "--data-dir", str(fashion_dir)])
+    res = CliRunner().invoke(
+        main,
+        [
+            "sweep",
+            "pairs",
+            "fashion-mnist",
+            "--out",
+            str(out),
+            "--classes",
+            "0,6",
+            "--epochs",
+            "1",
+            "--workers",
+            "1",
+            "--limit",
+            "20",
+            "--data-dir",
+            str(fashion_dir),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "[2/2]" in res.output and (out / "sweep.md").is_file()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["pairs", "no-such-task"], "unknown task 'no-such-task'"),
-    (["pairs", "fashion-mnist-shirts"], "needs a 10-class task"),
-    (["pairs", "fashion-mnist", "--classes", "0,x"], "not a comma-separated list of integers"),
-    (["pairs", "fashion-mnist", "--workers", "0"], "--workers must be ≥ 1"),
-    (["reg", "fashion-mnist", "--lambdas", "0.1"], "needs a binary feature-convex task"),
-    (["reg", "fashion-mnist-shirts", "--lambdas", "0,abc"], "'abc' is not a number"),
-    (["reg", "fashion-mnist-shirts", "--lambdas", "-1"], "must be a finite number ≥ 0"),
-    (["reg", "fashion-mnist-shirts", "--feature-maps", "shift,nope"], "unknown feature map 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["pairs", "no-such-task"], "unknown task 'no-such-task'"),
+        (["pairs", "fashion-mnist-shirts"], "needs a 10-class task"),
+        (["pairs", "fashion-mnist", "--classes", "0,x"], "not a comma-separated list of integers"),
+        (["pairs", "fashion-mnist", "--workers", "0"], "--workers must be ≥ 1"),
+        (["reg", "fashion-mnist", "--lambdas", "0.1"], "needs a binary feature-convex task"),
+        (["reg", "fashion-mnist-shirts", "--lambdas", "0,abc"], "'abc' is not a number"),
+        (["reg", "fashion-mnist-shirts", "--lambdas", "-1"], "must be a finite number ≥ 0"),
+        (["reg", "fashion-mnist-shirts", "--feature-maps", "shift,nope"], "unknown feature map 'nope'"),
+    ],
+)
 def test_cli_sweep_errors_are_one_line(args, message, tmp_path):
     res = CliRunner().invoke(main, ["sweep", *args, "--out", str(tmp_path / "x")])
     assert res.exit_code != 0
@@ -185,8 +253,20 @@ def test_cli_sweep_errors_are_one_line(args, message, tmp_path):
 
 
 def test_cli_pairs_class_without_data(fashion_dir, tmp_path):
-    res = CliRunner().invoke(main, ["sweep", "pairs", "fashion-mnist", "--classes", "0,1",
-                                    "--data-dir", str(fashion_dir), "--out", str(tmp_path / "x")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "sweep",
+            "pairs",
+            "fashion-mnist",
+            "--classes",
+            "0,1",
+            "--data-dir",
+            str(fashion_dir),
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert res.exit_code != 0 and "class 1 (Trouser) has no train inputs" in res.output
 
 

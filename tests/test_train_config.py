@@ -35,7 +35,7 @@ BAD = {
     "margin_warmup": [-0.1, 1.5],
     "sensitive_weight": [0, -1],
     "train_at_balance": [1, "yes"],
-    "seed": [-1, 2 ** 63, 1.0],
+    "seed": [-1, 2**63, 1.0],
     "device": ["tpu9", "meta", "cuda:x", 3, ""],
     "augment": ["nope", 1, None],
     "eval_batch_size": [0],
@@ -63,8 +63,12 @@ def test_all_problems_are_listed_at_once():
         TrainConfig.from_dict({"epochs": -3, "lr": "fast", "device": "tpu9", "nonsense": 1, "augment": "nope"})
     text = str(info.value)
     assert text.startswith("training settings: 5 problems: unknown training setting(s) 'nonsense' (known: epochs,")
-    for part in ("epochs must be an integer ≥ 1, got -3", "lr must be a finite number > 0, got 'fast' (text)",
-                 "device must be a device name", "augment must be true, false, or an augmentation name"):
+    for part in (
+        "epochs must be an integer ≥ 1, got -3",
+        "lr must be a finite number > 0, got 'fast' (text)",
+        "device must be a device name",
+        "augment must be true, false, or an augmentation name",
+    ):
         assert part in text
     assert "\n" not in text
 
@@ -80,11 +84,20 @@ def test_settings_error_is_every_kind_of_error_callers_catch():
         TrainConfig.from_dict([("epochs", 1)])
 
 
-@pytest.mark.parametrize("radius, norm, ok", [
-    (0.0, [1.0, 2.0], True),  # the margin loss is off: its norms do not matter
-    (1.0, 2.0, True), ([1.0, 0.5], [1, "inf"], True), ([1.0, 0.5], 2.0, True), (1.0, "inf", True),
-    (1.0, math.inf, True), ([1.0, 0.5], [1.0], False), (1.0, [1.0, 2.0], False), ([0.0, 0.0], [1.0], False),
-])
+@pytest.mark.parametrize(
+    "radius, norm, ok",
+    [
+        (0.0, [1.0, 2.0], True),  # the margin loss is off: its norms do not matter
+        (1.0, 2.0, True),
+        ([1.0, 0.5], [1, "inf"], True),
+        ([1.0, 0.5], 2.0, True),
+        (1.0, "inf", True),
+        (1.0, math.inf, True),
+        ([1.0, 0.5], [1.0], False),
+        (1.0, [1.0, 2.0], False),
+        ([0.0, 0.0], [1.0], False),
+    ],
+)
 def test_margin_radii_and_norms_pair_up(radius, norm, ok):
     if ok:
         TrainConfig(margin_radius=radius, margin_norm=norm)
@@ -99,8 +112,9 @@ def test_every_shipped_default_and_preset_is_valid():
         TrainConfig.from_dict(task.train)
         for preset in task.presets.values():
             TrainConfig.from_dict(_merge(task.train, preset.get("train")))
-        facts = TaskFacts(binary=task.binary, num_classes=2 if task.binary else 10,
-                          report_radii=task.report_radii, train=task.train)
+        facts = TaskFacts(
+            binary=task.binary, num_classes=2 if task.binary else 10, report_radii=task.report_radii, train=task.train
+        )
         for family in families():
             TrainConfig.from_dict(family.train_defaults(facts))
 
@@ -110,9 +124,15 @@ def test_replace_is_checked_too():
         replace(TrainConfig(), batch_size=0)
 
 
-SETTING_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 100), st.floats(allow_nan=True),
-                           st.text(max_size=6), st.lists(st.floats(-1, 5), max_size=3), st.sampled_from(
-                               ["sgd", "adam", "cosine", "exponential", "cpu", "auto", "crop2_flip", "inf"]))
+SETTING_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 100),
+    st.floats(allow_nan=True),
+    st.text(max_size=6),
+    st.lists(st.floats(-1, 5), max_size=3),
+    st.sampled_from(["sgd", "adam", "cosine", "exponential", "cpu", "auto", "crop2_flip", "inf"]),
+)
 
 
 @settings(max_examples=examples(200), deadline=None)
@@ -142,21 +162,36 @@ def test_device_names():
 
 
 def test_unapplied_model_keys_are_found_at_any_depth():
-    built = {"kind": "feature-convex", "input_shape": [4], "feature_map": [{"kind": "shift"}],
-             "convex": {"kind": "icnn", "widths": [8], "batch_norm": True}}
+    built = {
+        "kind": "feature-convex",
+        "input_shape": [4],
+        "feature_map": [{"kind": "shift"}],
+        "convex": {"kind": "icnn", "widths": [8], "batch_norm": True},
+    }
     assert unapplied_keys({"convex": {"widths": [4]}, "kind": "feature-convex"}, built) == []
     assert unapplied_keys({"bogus": 1, "convex": {"widths": [4], "channels": 2}}, built) == ["bogus", "convex.channels"]
     assert unapplied_keys({"feature_map": [{"kind": "shift", "scale": 2}]}, built) == ["feature_map[0].scale"]
     check_model_overrides({"convex": {"batch_norm": False}}, built)
-    with pytest.raises(SettingsError, match=r"'bogus' have no effect on a 'feature-convex' model; its settings "
-                                            r"are: convex, feature_map, input_shape, kind"):
+    with pytest.raises(
+        SettingsError,
+        match=r"'bogus' have no effect on a 'feature-convex' model; its settings "
+        r"are: convex, feature_map, input_shape, kind",
+    ):
         check_model_overrides({"bogus": 1}, built)
 
 
 def test_train_run_refuses_an_ignored_model_setting(fashion_dir, tmp_path):
     """The Python API refuses ``model_overrides`` the model drops, before writing anything."""
     from asymcert.pipeline import train_run
+
     with pytest.raises(SettingsError, match="'bogus'"):
-        train_run({"name": "fashion-mnist-shirts"}, tmp_path / "out", "fast", {"epochs": 1}, {"bogus": 1},
-                  data_dir=fashion_dir, progress=False)
+        train_run(
+            {"name": "fashion-mnist-shirts"},
+            tmp_path / "out",
+            "fast",
+            {"epochs": 1},
+            {"bogus": 1},
+            data_dir=fashion_dir,
+            progress=False,
+        )
     assert not (tmp_path / "out").exists()

@@ -16,8 +16,12 @@ from asymcert.train.loop import STATE_FILE, check_config, prepare_fit
 def _setup(fashion_dir, epochs):
     task = get_task("fashion-mnist-shirts")
     data = task.load(fashion_dir)
-    cfg = {**task.model, "input_shape": list(data.input_shape), "input_range": [0, 1],
-           "convex": {"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}}
+    cfg = {
+        **task.model,
+        "input_shape": list(data.input_shape),
+        "input_range": [0, 1],
+        "convex": {"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1},
+    }
     torch.manual_seed(0)
     paper = task.presets["paper"]["train"]  # the authors' SGD recipe: what these loop tests were tuned on
     model = build_model(cfg)
@@ -108,8 +112,9 @@ def test_no_eligible_epoch_replaces_an_older_model_file(fashion_dir, tmp_path):
     task, data, model, config = _setup(fashion_dir, 1)
     stale = {k: v.clone() for k, v in model.state_dict().items()}
     save(model, tmp_path)  # a model.safetensors of some earlier run in this folder
-    ineligible = TrainConfig.from_dict({**config.to_dict(), "margin_radius": 0.1, "margin_norm": 2.0,
-                                        "margin_warmup": 0.9})
+    ineligible = TrainConfig.from_dict(
+        {**config.to_dict(), "margin_radius": 0.1, "margin_norm": 2.0, "margin_warmup": 0.9}
+    )
     result = fit(model, data, ineligible, tmp_path, augment=task.augment, progress=False, log=lambda m: None)
     assert result["best"]["epoch"] == -1
     saved = load(tmp_path, validate=False).state_dict()

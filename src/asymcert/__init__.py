@@ -10,7 +10,7 @@ Example:
     (torch.Size([4]), torch.Size([4]))
 """
 
-from asymcert import families  # registers the model families
+from asymcert import families as families  # registers the model families
 from asymcert.certify import Certificate, certify
 from asymcert.checkpoint import load, save
 from asymcert.errors import (
@@ -55,5 +55,6 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     if name == "exact_radius":  # imports SciPy's solvers only when used
         from asymcert.certify.exact import exact_radius
+
         return exact_radius
     raise AttributeError(f"module 'asymcert' has no attribute {name!r}")

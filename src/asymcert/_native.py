@@ -48,8 +48,14 @@ def kernels_disabled() -> bool:
     return os.environ.get("ASYMCERT_NO_KERNELS", "") not in ("", "0")
 
 
-def build_and_load(source: Path, abi_symbol: str, abi_version: int, declare: Callable[[ctypes.CDLL], None],
-                   common_flags: list[str] | None = None, defines: tuple[str, ...] = ()) -> ctypes.CDLL:
+def build_and_load(
+    source: Path,
+    abi_symbol: str,
+    abi_version: int,
+    declare: Callable[[ctypes.CDLL], None],
+    common_flags: list[str] | None = None,
+    defines: tuple[str, ...] = (),
+) -> ctypes.CDLL:
     """Compile ``source`` (trying richer flag sets first) and load it.
 
     Args:
@@ -74,8 +80,9 @@ def build_and_load(source: Path, abi_symbol: str, abi_version: int, declare: Cal
     errors = []
     for extra in FLAG_SETS:
         flags = (COMMON_FLAGS if common_flags is None else common_flags) + extra + [f"-D{d}" for d in defines]
-        key = hashlib.sha256(b"\0".join([src, version.encode(), " ".join(flags).encode(),
-                                         cpu_signature().encode(), cxx.encode()])).hexdigest()[:20]
+        key = hashlib.sha256(
+            b"\0".join([src, version.encode(), " ".join(flags).encode(), cpu_signature().encode(), cxx.encode()])
+        ).hexdigest()[:20]
         so = out_dir / f"{source.stem}_{key}.so"
         if not so.exists():
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
@@ -130,8 +137,9 @@ class LazyKernel:
                         self.state["lib"] = self.build()
                     except Exception as e:  # any failure means: use the PyTorch path
                         self.state["error"] = str(e)
-                        warnings.warn(f"asymcert: {self.name} unavailable, using PyTorch ({e})", RuntimeWarning,
-                                      stacklevel=3)
+                        warnings.warn(
+                            f"asymcert: {self.name} unavailable, using PyTorch ({e})", RuntimeWarning, stacklevel=3
+                        )
                 self.state["tried"] = True
         return self.state["lib"]
 

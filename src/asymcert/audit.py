@@ -37,14 +37,15 @@ from torch import nn
 from asymcert.certify import certify
 from asymcert.certify.api import certifier_options
 from asymcert.certify.attacks import decision_flips, decisions, pgd_attack
+from asymcert.certify.exact import ExactRadiusSolver, UnsupportedModelError, _chain_of
 from asymcert.certify.result import Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.checkpoint import load
 from asymcert.errors import InputError
 
 __all__ = ["audit", "audit_run", "write_report"]
 
-ATTACK_SHRINK = 1e-6   # attacks run inside (1 − ATTACK_SHRINK)·radius
-EXACT_RTOL = 1e-6      # certified ≤ exact·(1 + EXACT_RTOL)
+ATTACK_SHRINK = 1e-6  # attacks run inside (1 − ATTACK_SHRINK)·radius
+EXACT_RTOL = 1e-6  # certified ≤ exact·(1 + EXACT_RTOL)
 EXACT_L2_MAX_VARIABLES = 3000  # ℓ2 exact radii (an interior-point QP per input) only for models this small
 
 
@@ -54,12 +55,20 @@ def _quartiles(values: torch.Tensor) -> dict[str, float] | None:
     if v.size == 0:
         return None
     q = np.quantile(v, [0.0, 0.25, 0.5, 0.75, 1.0])
-    return {"n": int(v.size), "min": float(q[0]), "q25": float(q[1]), "median": float(q[2]), "q75": float(q[3]),
-            "max": float(q[4]), "mean": float(v.mean())}
+    return {
+        "n": int(v.size),
+        "min": float(q[0]),
+        "q25": float(q[1]),
+        "median": float(q[2]),
+        "q75": float(q[3]),
+        "max": float(q[4]),
+        "mean": float(v.mean()),
+    }
 
 
-def _certify(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], method: str | None,
-             own_precision: bool = False) -> Certificate:
+def _certify(
+    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], method: str | None, own_precision: bool = False
+) -> Certificate:
     """``asymcert.certify``; with ``own_precision`` ask for the model's own dtype when the certifier has that option."""
     if own_precision and "precision" in certifier_options(model, method):
         return certify(model, x, norms, method=method, precision="model")
@@ -68,7 +77,6 @@ def _certify(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], method
 
 def _exact_support(model: nn.Module) -> str | None:
     """None when exact radii exist for ``model``, else the reason why not."""
-    from asymcert.certify.exact import UnsupportedModelError, _chain_of
 
     try:
         _chain_of(copy.deepcopy(model).double().eval())
@@ -89,8 +97,9 @@ class _ClassScore(nn.Module):
         return self.model(x)[:, self.k]
 
 
-def _attack_groups(model: nn.Module, cert: Certificate,
-                   rows: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+def _attack_groups(
+    model: nn.Module, cert: Certificate, rows: torch.Tensor
+) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
     """(model to attack, rows, decision the certificate promises) groups.
 
     Multiclass ``Guarantee.FLAG`` certificates (one-vs-rest) promise that the predicted class stays
@@ -100,18 +109,35 @@ def _attack_groups(model: nn.Module, cert: Certificate,
     if cert.guarantee is not Guarantee.FLAG or cert.binary:
         return [(model, rows, cert.predicted[rows].cpu())]
     pred = cert.predicted.cpu()[rows]
-    return [(_ClassScore(model, int(k)), rows[pred == k], torch.ones(int((pred == k).sum()), dtype=torch.long))
-            for k in pred.unique()]
+    return [
+        (_ClassScore(model, int(k)), rows[pred == k], torch.ones(int((pred == k).sum()), dtype=torch.long))
+        for k in pred.unique()
+    ]
 
 
-def _attack_norm(model: nn.Module, x: torch.Tensor, cert: Certificate, p: float, restarts: int, steps: int,
-                 generator: torch.Generator, model64: nn.Module | None) -> dict[str, Any]:
+def _attack_norm(
+    model: nn.Module,
+    x: torch.Tensor,
+    cert: Certificate,
+    p: float,
+    restarts: int,
+    steps: int,
+    generator: torch.Generator,
+    model64: nn.Module | None,
+) -> dict[str, Any]:
     radius = cert.radius(p)
     target = cert.sensitive if cert.binary else torch.ones_like(cert.predicted, dtype=torch.bool)
     finite = torch.isfinite(radius)
     rows = torch.nonzero(target.cpu() & (radius.cpu() > 0) & finite.cpu()).flatten()
-    out: dict[str, Any] = {"attacked": int(rows.numel()), "unbounded": int((target.cpu() & ~finite.cpu()).sum()),
-                           "restarts": restarts, "steps": steps, "flips": 0, "flips_float64": 0, "flipped_rows": []}
+    out: dict[str, Any] = {
+        "attacked": int(rows.numel()),
+        "unbounded": int((target.cpu() & ~finite.cpu()).sum()),
+        "restarts": restarts,
+        "steps": steps,
+        "flips": 0,
+        "flips_float64": 0,
+        "flipped_rows": [],
+    }
     if rows.numel() == 0:
         return out
     t0 = time.perf_counter()
@@ -119,9 +145,17 @@ def _attack_norm(model: nn.Module, x: torch.Tensor, cert: Certificate, p: float,
     for attacked, grows, promised in _attack_groups(model, cert, rows):
         xs = x[grows]
         eps = radius[grows].double().cpu() * (1.0 - ATTACK_SHRINK)
-        x_adv = pgd_attack(attacked, xs, eps.to(xs.device), p, steps=steps, restarts=restarts,
-                           targeted_decision=promised.to(xs.device),
-                           input_range=getattr(model, "input_range", None), generator=generator)
+        x_adv = pgd_attack(
+            attacked,
+            xs,
+            eps.to(xs.device),
+            p,
+            steps=steps,
+            restarts=restarts,
+            targeted_decision=promised.to(xs.device),
+            input_range=getattr(model, "input_range", None),
+            generator=generator,
+        )
         flips = decision_flips(attacked, xs, x_adv)
         # also flips against the decision the certificate was about (should be the same)
         flips = flips | (decisions(attacked, x_adv).cpu() != promised).to(flips.device)
@@ -137,10 +171,20 @@ def _attack_norm(model: nn.Module, x: torch.Tensor, cert: Certificate, p: float,
     return out
 
 
-def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
-          norms: Iterable[float | str] = (1, 2, math.inf), restarts: int = 3, steps: int = 100, exact: bool = True,
-          methods: Iterable[str] | None = None, exact_norms: Iterable[float | str] | None = None,
-          seed: int = 0, exact_time_limit: float | None = 60.0, threads: int | None = 1) -> dict[str, Any]:
+def audit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    norms: Iterable[float | str] = (1, 2, math.inf),
+    restarts: int = 3,
+    steps: int = 100,
+    exact: bool = True,
+    methods: Iterable[str] | None = None,
+    exact_norms: Iterable[float | str] | None = None,
+    seed: int = 0,
+    exact_time_limit: float | None = 60.0,
+    threads: int | None = 1,
+) -> dict[str, Any]:
     """Audit a model's certificates on inputs ``x`` (see the module docstring).
 
     Args:
@@ -172,9 +216,19 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
         torch.set_num_threads(saved_threads)
 
 
-def _audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, norms: Iterable[float | str], restarts: int,
-           steps: int, exact: bool, methods: Iterable[str] | None, exact_norms: Iterable[float | str] | None,
-           seed: int, exact_time_limit: float | None) -> dict[str, Any]:
+def _audit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    norms: Iterable[float | str],
+    restarts: int,
+    steps: int,
+    exact: bool,
+    methods: Iterable[str] | None,
+    exact_norms: Iterable[float | str] | None,
+    seed: int,
+    exact_time_limit: float | None,
+) -> dict[str, Any]:
     t_start = time.perf_counter()
     norms_t = tuple(dict.fromkeys(normalize_norm(p) for p in norms))
     methods_t = tuple(methods) if methods is not None else (getattr(model, "certifier", None),)
@@ -185,10 +239,19 @@ def _audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, norms: Ite
     generator = torch.Generator().manual_seed(int(seed))
     model64 = copy.deepcopy(model).double().eval()
     x64 = x.double()
-    report: dict[str, Any] = {"n_inputs": int(x.shape[0]), "model": type(model).__name__,
-                              "norms": [norm_label(p) for p in norms_t], "settings": {
-                                  "restarts": restarts, "steps": steps, "seed": seed, "attack_shrink": ATTACK_SHRINK,
-                                  "exact_rtol": EXACT_RTOL}, "methods": {}}
+    report: dict[str, Any] = {
+        "n_inputs": int(x.shape[0]),
+        "model": type(model).__name__,
+        "norms": [norm_label(p) for p in norms_t],
+        "settings": {
+            "restarts": restarts,
+            "steps": steps,
+            "seed": seed,
+            "attack_shrink": ATTACK_SHRINK,
+            "exact_rtol": EXACT_RTOL,
+        },
+        "methods": {},
+    }
     config = getattr(model, "config", None)
     if config is not None:
         report["config"] = config()
@@ -202,18 +265,22 @@ def _audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, norms: Ite
             for p in norms_t:
                 exact_info[p] = {"available": False, "reason": reason}
         else:
-            from asymcert.certify.exact import ExactRadiusSolver
-
             wanted = None if exact_norms is None else {normalize_norm(p) for p in exact_norms}
             for p in norms_t:
                 if p not in (1.0, 2.0, math.inf) or (wanted is not None and p not in wanted):
-                    exact_info[p] = {"available": False, "reason": "not requested" if p in (1.0, 2.0, math.inf)
-                                     else f"no exact solver for ℓ{p:g}"}
+                    exact_info[p] = {
+                        "available": False,
+                        "reason": "not requested" if p in (1.0, 2.0, math.inf) else f"no exact solver for ℓ{p:g}",
+                    }
                     continue
                 solver = ExactRadiusSolver(model, p)
                 if wanted is None and p == 2.0 and solver.n_var > EXACT_L2_MAX_VARIABLES:
-                    exact_info[p] = {"available": False, "reason": (
-                        f"skipped: the ℓ2 program has {solver.n_var} variables (pass exact_norms to force it)")}
+                    exact_info[p] = {
+                        "available": False,
+                        "reason": (
+                            f"skipped: the ℓ2 program has {solver.n_var} variables (pass exact_norms to force it)"
+                        ),
+                    }
                     continue
                 t0 = time.perf_counter()
                 try:
@@ -227,8 +294,12 @@ def _audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, norms: Ite
                 statuses: dict[str, int] = {}
                 for s in res.status:
                     statuses[s] = statuses.get(s, 0) + 1
-                exact_info[p] = {"available": True, "seconds": time.perf_counter() - t0, "status": statuses,
-                                 "failed": int(torch.isnan(res.radii).sum())}
+                exact_info[p] = {
+                    "available": True,
+                    "seconds": time.perf_counter() - t0,
+                    "status": statuses,
+                    "failed": int(torch.isnan(res.radii).sum()),
+                }
     else:
         for p in norms_t:
             exact_info[p] = {"available": False, "reason": "exact=False"}
@@ -241,9 +312,12 @@ def _audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, norms: Ite
             if not probabilistic:  # (a probabilistic certificate is random: nothing to compare exactly)
                 cert_own = _certify(model, x, norms_t, method, own_precision=True)
                 cert64 = _certify(model64, x64, norms_t, method)
-            entry: dict[str, Any] = {"guarantee": cert.guarantee.value, "deterministic": not probabilistic,
-                                     "binary": bool(cert.binary),
-                                     "certify_seconds": cert.seconds}
+            entry: dict[str, Any] = {
+                "guarantee": cert.guarantee.value,
+                "deterministic": not probabilistic,
+                "binary": bool(cert.binary),
+                "certify_seconds": cert.seconds,
+            }
             if cert.binary:
                 entry["flagged"] = int(cert.sensitive.sum())
             if y is not None:
@@ -284,11 +358,15 @@ def _audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, norms: Ite
                         "max_ratio_own_over_float64": float((r_own[pos] / r64[pos]).max()) if pos.any() else None,
                         "violations": int(worse.sum()),
                         "violating_rows": torch.nonzero(worse).flatten().tolist()[:20],
-                        "dtype": str(dtype).removeprefix("torch.")}
+                        "dtype": str(dtype).removeprefix("torch."),
+                    }
                     item["violations"] += item["precision"]["violations"]
                 else:
-                    item["precision"] = {"skipped": "probabilistic certificate", "max_ratio_own_over_float64": None,
-                                         "violations": 0}
+                    item["precision"] = {
+                        "skipped": "probabilistic certificate",
+                        "max_ratio_own_over_float64": None,
+                        "violations": 0,
+                    }
                 method_violations += item["violations"]
                 per_norm[norm_label(p)] = item
             entry["norms"] = per_norm
@@ -324,10 +402,14 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def _markdown(report: dict[str, Any]) -> str:
     verdict = "no violations" if report["violations"] == 0 else f"**{report['violations']} violation(s)**"
-    lines = [f"# Certificate audit: {verdict}", "",
-             f"{report['n_inputs']} inputs, model `{report['model']}`, attacks: PGD, "
-             f"{report['settings']['restarts']} restarts × {report['settings']['steps']} steps inside "
-             f"(1 − {report['settings']['attack_shrink']:g})·radius. Radii in raw input units.", ""]
+    lines = [
+        f"# Certificate audit: {verdict}",
+        "",
+        f"{report['n_inputs']} inputs, model `{report['model']}`, attacks: PGD, "
+        f"{report['settings']['restarts']} restarts × {report['settings']['steps']} steps inside "
+        f"(1 − {report['settings']['attack_shrink']:g})·radius. Radii in raw input units.",
+        "",
+    ]
     for method, entry in report["methods"].items():
         kind = f"{entry['guarantee']} guarantee"
         lines += [f"## `{method}` ({kind}): {entry['violations']} violation(s)", ""]
@@ -335,9 +417,12 @@ def _markdown(report: dict[str, Any]) -> str:
             lines.append(f"Flagged sensitive: {entry['flagged']} of {report['n_inputs']}.")
         if entry.get("accuracy") is not None:
             lines.append(f"Accuracy: {entry['accuracy']:.4f}.")
-        lines += ["", "| norm | certified median | attacked | flips | exact | certified > exact | "
-                      "tightness q25 / median / q75 | own/float64 max | precision violations |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| norm | certified median | attacked | flips | exact | certified > exact | "
+            "tightness q25 / median / q75 | own/float64 max | precision violations |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for label, item in entry["norms"].items():
             att, ex, pr = item["attack"], item["exact"], item["precision"]
             cert_med = item["certified"]["median"] if item["certified"] else None
@@ -352,8 +437,10 @@ def _markdown(report: dict[str, Any]) -> str:
                 ex_v = str(ex["violations"])
             else:
                 ex_s, tight, ex_v = f"n/a ({ex.get('reason', '')})", "–", "–"
-            lines.append(f"| {label} | {_fmt(cert_med)} | {attacked} | {flips} | {ex_s} | {ex_v} | {tight} | "
-                         f"{_fmt(pr['max_ratio_own_over_float64'], 10)} | {pr['violations']} |")
+            lines.append(
+                f"| {label} | {_fmt(cert_med)} | {attacked} | {flips} | {ex_s} | {ex_v} | {tight} | "
+                f"{_fmt(pr['max_ratio_own_over_float64'], 10)} | {pr['violations']} |"
+            )
         lines.append("")
     lines.append(f"Audit time: {report['seconds']:.1f} s.")
     return "\n".join(lines) + "\n"
@@ -369,8 +456,7 @@ def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path
     return js, md
 
 
-def audit_run(run_dir: str | Path, x: torch.Tensor, y: torch.Tensor | None = None,
-              **options: Any) -> dict[str, Any]:
+def audit_run(run_dir: str | Path, x: torch.Tensor, y: torch.Tensor | None = None, **options: Any) -> dict[str, Any]:
     """Audit the model of a run folder on inputs ``x`` and write ``audit.json``/``audit.md`` there.
 
     ``asymcert audit DIR`` calls this with the run's test inputs (:func:`asymcert.pipeline.run_data`).

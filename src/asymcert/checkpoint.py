@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from asymcert.errors import AsymcertError, CheckpointError, UnknownNameError, WriteError
+from asymcert.models import build_model
 
 MODEL_FILE = "model.safetensors"
 CONFIG_KEY = "asymcert_config"
@@ -104,8 +105,9 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(config, meta) stored in a checkpoint, without loading its weights."""
     file = resolve(path)
     if not file.is_file():
-        raise CheckpointError(f"no checkpoint at {path} (expected a .safetensors file or a run folder "
-                              f"holding {MODEL_FILE})")
+        raise CheckpointError(
+            f"no checkpoint at {path} (expected a .safetensors file or a run folder holding {MODEL_FILE})"
+        )
     try:
         with safe_open(str(file), framework="pt") as fh:
             metadata = fh.metadata() or {}
@@ -137,7 +139,6 @@ def load(path: str | Path, device: str | torch.device = "cpu", validate: bool = 
         UnknownNameError: the stored config names an unknown model kind.
         ModelError: (``validate``) a model asymcert cannot vouch for, e.g. :class:`ConvexityError`.
     """
-    from asymcert.models import build_model
 
     config, _ = read_config(path)
     file = resolve(path)
@@ -190,13 +191,22 @@ def _check_shapes(file: Path, skeleton: nn.Module) -> None:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{file} is corrupted: {exc}") from exc
     missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    wrong = [f"{k} {found[k]} (config says {expected[k]})" for k in sorted(set(expected) & set(found))
-             if found[k] != expected[k]]
-    wrong += [f"{k} of dtype {dtypes[k]} (config says {state[k].dtype})" for k in sorted(dtypes)
-              if _dtype_kind(dtypes[k]) != _dtype_kind(state[k].dtype)]
+    wrong = [
+        f"{k} {found[k]} (config says {expected[k]})"
+        for k in sorted(set(expected) & set(found))
+        if found[k] != expected[k]
+    ]
+    wrong += [
+        f"{k} of dtype {dtypes[k]} (config says {state[k].dtype})"
+        for k in sorted(dtypes)
+        if _dtype_kind(dtypes[k]) != _dtype_kind(state[k].dtype)
+    ]
     if missing or extra or wrong:
-        parts = ([f"missing {missing[:5]}"] if missing else []) + ([f"unexpected {extra[:5]}"] if extra else []) \
+        parts = (
+            ([f"missing {missing[:5]}"] if missing else [])
+            + ([f"unexpected {extra[:5]}"] if extra else [])
             + ([f"mismatched {', '.join(wrong[:5])}"] if wrong else [])
+        )
         raise CheckpointError(f"{file}: weights do not match the stored config: {'; '.join(parts)}")
 
 

@@ -15,17 +15,27 @@ from typing import Any
 import click
 
 from asymcert import distributed
+from asymcert.audit import audit_run
+from asymcert.certify.result import normalize_norm
+from asymcert.compare import compare_cli_main
+from asymcert.data import get_task, task_names
 from asymcert.errors import AsymcertError, RunFolderBusyError, WriteError
 from asymcert.families import get_family
+from asymcert.pipeline import certify_run, run_data, run_task, train_run
 from asymcert.report.plots import PLOT_HINT, plotting_available
+from asymcert.report.writer import write_report
+from asymcert.research.capacity import capacity_report
+from asymcert.research.sweep_pairs import pairs_cli_main
+from asymcert.research.sweep_reg import reg_cli_main
 from asymcert.runfolder import exclusive
+from asymcert.train.loop import resolve_device
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_REFUSED, EXIT_BUSY, EXIT_IO, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_CHECK_FAILED: "a check failed: `asymcert audit` found violations",
     EXIT_REFUSED: "refused: a bad option or value, bad input data, a missing, corrupt or foreign run folder or "
-                  "model, settings a model cannot use (nothing was written)",
+    "model, settings a model cannot use (nothing was written)",
     EXIT_BUSY: "the run folder is busy: another asymcert process is writing it (try again later)",
     EXIT_IO: "the file system refused: disk full, no permission, a folder where a file belongs",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
@@ -52,8 +62,11 @@ def _parse_setting(key: str, text: str, what: str) -> Any:
     except (json.JSONDecodeError, RecursionError) as exc:
         if _JSONISH.search(text):
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-            raise click.BadParameter(f"{key}={text!r:.80}: the value is not valid JSON ({reason}); write text "
-                                     f"as a plain word (optimizer=adam) or in JSON quotes", param_hint=what) from None
+            raise click.BadParameter(
+                f"{key}={text!r:.80}: the value is not valid JSON ({reason}); write text "
+                f"as a plain word (optimizer=adam) or in JSON quotes",
+                param_hint=what,
+            ) from None
         return text
 
 
@@ -68,7 +81,7 @@ def _settings(pairs: tuple[str, ...], what: str) -> dict[str, Any]:
 
 
 def _norms(text: str) -> tuple[float, ...]:
-    from asymcert.certify.result import normalize_norm
+
     try:
         norms = tuple(normalize_norm(p) for p in text.split(",") if p.strip())
     except ValueError as exc:
@@ -80,7 +93,7 @@ def _norms(text: str) -> tuple[float, ...]:
 
 def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Check a ``--device`` before any work: a valid name of a device present here."""
-    from asymcert.train.loop import resolve_device
+
     if value is not None:
         try:
             resolve_device(value)
@@ -154,15 +167,22 @@ def main() -> None:
       130  interrupted (Ctrl-C)
     Every refusal is one line on stderr, and a refused command changes nothing on disk.
     """
-    from asymcert import distributed
+
     distributed.init_from_env()
 
 
 _POSITIVE = click.IntRange(min=1)
 
 
-def _task_spec(task: str | None, data: str | None, csv: str | None, images: str | None, label_column: str | None,
-               sensitive_class: str | None, other_class: str | None) -> dict[str, Any]:
+def _task_spec(
+    task: str | None,
+    data: str | None,
+    csv: str | None,
+    images: str | None,
+    label_column: str | None,
+    sensitive_class: str | None,
+    other_class: str | None,
+) -> dict[str, Any]:
     sources = [s for s in (task, data, csv, images) if s]
     if len(sources) != 1:
         raise click.UsageError("name exactly one of: a TASK, --data FILE.npz, --csv FILE, --images DIR")
@@ -170,8 +190,10 @@ def _task_spec(task: str | None, data: str | None, csv: str | None, images: str 
         return {"name": task}
     if sensitive_class is None:
         raise click.UsageError("--sensitive-class is required with your own data")
-    spec: dict[str, Any] = {"sensitive_class": _parse_value(sensitive_class),
-                            "other_class": None if other_class is None else _parse_value(other_class)}
+    spec: dict[str, Any] = {
+        "sensitive_class": _parse_value(sensitive_class),
+        "other_class": None if other_class is None else _parse_value(other_class),
+    }
     if data:
         spec["npz"] = str(Path(data).resolve())
     elif csv:
@@ -186,11 +208,15 @@ def _task_spec(task: str | None, data: str | None, csv: str | None, images: str 
 def _task_options(fn):
     opts = [
         click.argument("task", required=False),
-        click.option("--data", type=click.Path(exists=True, dir_okay=False),
-                     help="Your own .npz with x (N, ...) and y (N,)."),
+        click.option(
+            "--data", type=click.Path(exists=True, dir_okay=False), help="Your own .npz with x (N, ...) and y (N,)."
+        ),
         click.option("--csv", type=click.Path(exists=True, dir_okay=False), help="Your own CSV of numeric features."),
-        click.option("--images", type=click.Path(exists=True, file_okay=False),
-                     help="Your own folder of per-class image folders."),
+        click.option(
+            "--images",
+            type=click.Path(exists=True, file_okay=False),
+            help="Your own folder of per-class image folders.",
+        ),
         click.option("--label-column", help="CSV column holding the labels."),
         click.option("--sensitive-class", help="The label of the sensitive class (your own data)."),
         click.option("--other-class", help="The label of the other class (default: every other label)."),
@@ -201,8 +227,9 @@ def _task_options(fn):
         click.option("--epochs", type=_POSITIVE, help="Override the number of epochs (≥ 1)."),
         click.option("--device", default=None, callback=_device, help="auto, cpu, cuda[:i] or mps."),
         click.option("--set", "sets", multiple=True, help="Training setting KEY=VALUE (JSON value), repeatable."),
-        click.option("--model-set", "model_sets", multiple=True,
-                     help="Model config KEY=VALUE (JSON value), repeatable."),
+        click.option(
+            "--model-set", "model_sets", multiple=True, help="Model config KEY=VALUE (JSON value), repeatable."
+        ),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for opt in reversed(opts):
@@ -227,32 +254,75 @@ def _overrides(epochs, device, sets, model_sets, model_kind):
 @main.command()
 @_task_options
 @click.option("--limit", type=_POSITIVE, help="Certify only the first N test inputs.")
-def run(task, data, csv, images, label_column, sensitive_class, other_class, out, preset, data_dir, model_kind,
-        epochs, device, sets, model_sets, quiet, limit) -> None:
+def run(
+    task,
+    data,
+    csv,
+    images,
+    label_column,
+    sensitive_class,
+    other_class,
+    out,
+    preset,
+    data_dir,
+    model_kind,
+    epochs,
+    device,
+    sets,
+    model_sets,
+    quiet,
+    limit,
+) -> None:
     """Train, certify and report: TASK (see `asymcert tasks`) or your own data."""
-    from asymcert.pipeline import run_task
-    from asymcert.report.writer import write_report
+
     spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class)
     train, model = _overrides(epochs, device, sets, model_sets, model_kind)
     if distributed.is_main() and not plotting_available():  # said before an hour of training, not after
         click.echo(f"the report will have no plots: {PLOT_HINT}", err=True)
-    results = run_task(spec, out, preset=preset, data_dir=data_dir, limit=limit, progress=not quiet,
-                       train_overrides=train, model_overrides=model, log=click.echo,
-                       report=lambda folder: write_report(folder, log=lambda msg: None))
+    results = run_task(
+        spec,
+        out,
+        preset=preset,
+        data_dir=data_dir,
+        limit=limit,
+        progress=not quiet,
+        train_overrides=train,
+        model_overrides=model,
+        log=click.echo,
+        report=lambda folder: write_report(folder, log=lambda msg: None),
+    )
     _echo_summary(results, out)
 
 
 @main.command()
 @_task_options
-def train(task, data, csv, images, label_column, sensitive_class, other_class, out, preset, data_dir, model_kind,
-          epochs, device, sets, model_sets, quiet) -> None:
+def train(
+    task,
+    data,
+    csv,
+    images,
+    label_column,
+    sensitive_class,
+    other_class,
+    out,
+    preset,
+    data_dir,
+    model_kind,
+    epochs,
+    device,
+    sets,
+    model_sets,
+    quiet,
+) -> None:
     """Train a model into a run folder (resumes an interrupted run in the same folder)."""
-    from asymcert.pipeline import train_run
+
     spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class)
     train_o, model_o = _overrides(epochs, device, sets, model_sets, model_kind)
     result = train_run(spec, out, preset, train_o, model_o, data_dir, progress=not quiet, log=click.echo)
-    click.echo(f"trained in {result['training']['seconds']:.1f}s; best validation epoch "
-               f"{result['training']['best']['epoch']}; model in {out}")
+    click.echo(
+        f"trained in {result['training']['seconds']:.1f}s; best validation epoch "
+        f"{result['training']['best']['epoch']}; model in {out}"
+    )
 
 
 @main.command(name="certify")
@@ -265,17 +335,19 @@ def train(task, data, csv, images, label_column, sensitive_class, other_class, o
 @click.option("--quiet", is_flag=True)
 def certify_cmd(run_dir, norms, limit, batch_size, device, data_dir, quiet) -> None:
     """Certify a run's test inputs; writes certificates.safetensors."""
-    from asymcert.pipeline import certify_run
+
     cert = certify_run(run_dir, _norms(norms), limit, batch_size, device, data_dir, progress=not quiet)
-    click.echo(f"certified {len(cert)} inputs in {cert.seconds:.3f}s "
-               f"({1000 * cert.seconds / max(1, len(cert)):.3f} ms per input)")
+    click.echo(
+        f"certified {len(cert)} inputs in {cert.seconds:.3f}s "
+        f"({1000 * cert.seconds / max(1, len(cert)):.3f} ms per input)"
+    )
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 def report(run_dir) -> None:
     """Write results.json, report.md and plots from a certified run folder."""
-    from asymcert.report.writer import write_report
+
     _echo_summary(write_report(run_dir), run_dir)
 
 
@@ -288,14 +360,16 @@ def report(run_dir) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False))
 def audit(run_dir, limit, restarts, steps, no_exact, data_dir) -> None:
     """Attack every certificate inside its radius, compare with exact radii; exit 1 on any violation (0: none)."""
-    from asymcert.audit import audit_run
-    from asymcert.pipeline import run_data
+
     data = run_data(run_dir, data_dir)
     with exclusive(run_dir):  # audit.md and audit.json are written into the folder: one writer
-        report = audit_run(run_dir, data.test.x[:limit], data.test.y[:limit], restarts=restarts, steps=steps,
-                           exact=not no_exact)
-    click.echo(f"audit of {min(limit, len(data.test))} test inputs: {report['violations']} violation(s); "
-               f"details in {Path(run_dir) / 'audit.md'}")
+        report = audit_run(
+            run_dir, data.test.x[:limit], data.test.y[:limit], restarts=restarts, steps=steps, exact=not no_exact
+        )
+    click.echo(
+        f"audit of {min(limit, len(data.test))} test inputs: {report['violations']} violation(s); "
+        f"details in {Path(run_dir) / 'audit.md'}"
+    )
     if report["violations"]:
         sys.exit(EXIT_CHECK_FAILED)
 
@@ -312,9 +386,19 @@ def audit(run_dir, limit, restarts, steps, no_exact, data_dir) -> None:
 @click.option("--quiet", is_flag=True)
 def compare(task, out, methods, preset, n_smoothing, limit, paper_scale, data_dir, quiet) -> None:
     """Train (or reuse) each method on TASK, certify the same inputs, write one comparison report."""
-    from asymcert.compare import compare_cli_main
-    compare_cli_main(task, out, methods, preset=preset, n_smoothing=n_smoothing, limit=limit,
-                     paper_scale=paper_scale, data_dir=data_dir, progress=not quiet, echo=click.echo)
+
+    compare_cli_main(
+        task,
+        out,
+        methods,
+        preset=preset,
+        n_smoothing=n_smoothing,
+        limit=limit,
+        paper_scale=paper_scale,
+        data_dir=data_dir,
+        progress=not quiet,
+        echo=click.echo,
+    )
 
 
 @main.group()
@@ -324,72 +408,103 @@ def sweep() -> None:
 
 @sweep.command(name="pairs")
 @click.argument("task")
-@click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Sweep folder (re-runs skip finished pairs).")
+@click.option(
+    "--out", type=click.Path(file_okay=False), required=True, help="Sweep folder (re-runs skip finished pairs)."
+)
 @click.option("--classes", help="Comma-separated class ids to pair, e.g. 0,3,6 (default: all 10).")
 @click.option("--epochs", type=_POSITIVE, help="Training epochs per pair (default 5).")
-@click.option("--workers", type=int, default=2, show_default=True,
-              help="Worker processes (≥ 1), one torch thread each.")
+@click.option(
+    "--workers", type=int, default=2, show_default=True, help="Worker processes (≥ 1), one torch thread each."
+)
 @click.option("--limit", type=_POSITIVE, help="Certify only the first N test inputs of each pair.")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 def sweep_pairs_cmd(task, out, classes, epochs, workers, limit, data_dir) -> None:
     """Train and certify a model for every ordered class pair of TASK; heatmaps and asymmetry report."""
-    from asymcert.research.sweep_pairs import pairs_cli_main
+
     pairs_cli_main(task, out, classes, epochs, workers, limit, data_dir, echo=click.echo)
 
 
 @sweep.command(name="reg")
 @click.argument("task")
-@click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Sweep folder (re-runs skip finished runs).")
+@click.option(
+    "--out", type=click.Path(file_okay=False), required=True, help="Sweep folder (re-runs skip finished runs)."
+)
 @click.option("--lambdas", default="0,1e-3,1e-2,1e-1", show_default=True, help="Jacobian-regulariser strengths λ.")
 @click.option("--feature-maps", default="shift,concat-abs", show_default=True, help="Feature maps φ to compare.")
 @click.option("--epochs", type=_POSITIVE, help="Training epochs per grid point (default 6).")
-@click.option("--workers", type=int, default=2, show_default=True,
-              help="Worker processes (≥ 1), one torch thread each.")
+@click.option(
+    "--workers", type=int, default=2, show_default=True, help="Worker processes (≥ 1), one torch thread each."
+)
 @click.option("--limit", type=_POSITIVE, help="Certify only the first N test inputs (default 1000).")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 def sweep_reg_cmd(task, out, lambdas, feature_maps, epochs, workers, limit, data_dir) -> None:
     """Grid over Jacobian-regulariser λ × feature map on TASK; Pareto plot of clean vs certified accuracy."""
-    from asymcert.research.sweep_reg import reg_cli_main
+
     reg_cli_main(task, out, lambdas, feature_maps, epochs, workers, limit, data_dir, echo=click.echo)
 
 
 @main.command()
 @click.argument("task")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for capacity.json/.md/.png.")
-@click.option("--recipes", default=None,
-              help="Comma-separated recipe names, 'all' or 'none' (bound only); default icnn-paper,icnn-wide.")
+@click.option(
+    "--recipes",
+    default=None,
+    help="Comma-separated recipe names, 'all' or 'none' (bound only); default icnn-paper,icnn-wide.",
+)
 @click.option("--limit", type=_POSITIVE, help="Separability for a random subset of N sensitive inputs (seeded).")
 @click.option("--epochs", type=_POSITIVE, help="Override every recipe's epochs.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Subset and training seed.")
 @click.option("--reverse", is_flag=True, help="Test the other class against the sensitive class's hull.")
-@click.option("--fw-iterations", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Frank–Wolfe steps before LPs (0: every input not settled by the two cheap hyperplanes gets an LP).")
+@click.option(
+    "--fw-iterations",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Frank–Wolfe steps before LPs (0: every input not settled by the two cheap hyperplanes gets an LP).",
+)
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--device", default="cpu", show_default=True, callback=_device)
 @click.option("--quiet", is_flag=True)
 def capacity(task, out, recipes, limit, epochs, seed, reverse, fw_iterations, data_dir, device, quiet) -> None:
     """Separability bound on TASK's training accuracy and how close trained convex recipes get."""
-    from asymcert.research.capacity import capacity_report
-    rep = capacity_report(task, out, recipes=recipes, limit=limit, seed=seed, epochs=epochs, reverse=reverse,
-                          frank_wolfe_iterations=fw_iterations, data_dir=data_dir, device=device, progress=False,
-                          log=None if quiet else click.echo,
-                          command=" ".join(["asymcert capacity", task, "--out", str(out)] + [
-                              f"--{k.replace('_', '-')} {v}" for k, v in (("recipes", recipes), ("limit", limit),
-                              ("epochs", epochs), ("data_dir", data_dir)) if v is not None]
-                              + (["--reverse"] if reverse else []) + ([f"--seed {seed}"] if seed else [])
-                              + ([f"--fw-iterations {fw_iterations}"] if fw_iterations != 100 else [])))
+
+    rep = capacity_report(
+        task,
+        out,
+        recipes=recipes,
+        limit=limit,
+        seed=seed,
+        epochs=epochs,
+        reverse=reverse,
+        frank_wolfe_iterations=fw_iterations,
+        data_dir=data_dir,
+        device=device,
+        progress=False,
+        log=None if quiet else click.echo,
+        command=" ".join(
+            ["asymcert capacity", task, "--out", str(out)]
+            + [
+                f"--{k.replace('_', '-')} {v}"
+                for k, v in (("recipes", recipes), ("limit", limit), ("epochs", epochs), ("data_dir", data_dir))
+                if v is not None
+            ]
+            + (["--reverse"] if reverse else [])
+            + ([f"--seed {seed}"] if seed else [])
+            + ([f"--fw-iterations {fw_iterations}"] if fw_iterations != 100 else [])
+        ),
+    )
     sep = rep["separability"]
-    click.echo(f"separability bound {100 * sep['bound']:.2f}% ({sep['outside']}/{sep['checked']} outside)"
-               + "".join(f"; {r['recipe']} {100 * r['train_accuracy']:.2f}%" for r in rep["recipes"])
-               + f"; report: {Path(out) / 'capacity.md'}")
+    click.echo(
+        f"separability bound {100 * sep['bound']:.2f}% ({sep['outside']}/{sep['checked']} outside)"
+        + "".join(f"; {r['recipe']} {100 * r['train_accuracy']:.2f}%" for r in rep["recipes"])
+        + f"; report: {Path(out) / 'capacity.md'}"
+    )
 
 
 @main.command()
 def tasks() -> None:
     """List the built-in tasks."""
-    from asymcert.data import get_task, task_names
+
     for name in task_names():
         click.echo(f"{name:24s} {get_task(name).description}")
 
@@ -397,8 +512,10 @@ def tasks() -> None:
 def _echo_summary(results: dict[str, Any], out: str) -> None:
     if not results:  # not the writing process under torchrun
         return
-    click.echo(f"clean accuracy {100 * results['clean_accuracy']:.2f}%, "
-               f"{1000 * results['certify_seconds_per_input']:.3f} ms per certificate")
+    click.echo(
+        f"clean accuracy {100 * results['clean_accuracy']:.2f}%, "
+        f"{1000 * results['certify_seconds_per_input']:.3f} ms per certificate"
+    )
     for name, table in results["certified_accuracy"].items():
         click.echo(f"  {name}: " + ", ".join(f"r={r}: {100 * a:.1f}%" for r, a in table.items()))
     click.echo(f"report: {Path(out) / 'report.md'}")

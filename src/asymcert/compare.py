@@ -65,13 +65,22 @@ from asymcert.report.plots import plot_certified_curves, plot_runtimes
 from asymcert.report.writer import summarize, write_report
 from asymcert.runfolder import dumps_strict
 
-__all__ = ["COMPARE_JSON", "COMPARE_MD", "CPU_EPOCHS", "DEFAULT_METHODS", "compare", "compare_cli_main",
-           "method_specs", "render_markdown"]
+__all__ = [
+    "COMPARE_JSON",
+    "COMPARE_MD",
+    "CPU_EPOCHS",
+    "DEFAULT_METHODS",
+    "compare",
+    "compare_cli_main",
+    "method_specs",
+    "render_markdown",
+]
 
 DEFAULT_METHODS = ("convex", "linf-dist", "smoothing", "orthogonal", "ibp")
 COMPARE_JSON, COMPARE_MD = "compare.json", "compare.md"
 WARMUP_INPUTS = 16  # certified once, untimed, before the timed pass
 PAPER_LIMIT = 1000
+
 
 def method_specs(paper_scale: bool = False, n_smoothing: int = 10000) -> dict[str, MethodSpec]:
     """Every known method, from every registered family (:attr:`~asymcert.families.Family.compare_methods`)."""
@@ -102,24 +111,51 @@ class _Context:
     log: Callable[[str], None]
 
 
-def _context(task_spec: dict[str, Any], preset: str | None, data: TaskData | None, data_dir: str | Path | None,
-             settings: CertifySettings, progress: bool, log: Callable[[str], None] | None) -> _Context:
+def _context(
+    task_spec: dict[str, Any],
+    preset: str | None,
+    data: TaskData | None,
+    data_dir: str | Path | None,
+    settings: CertifySettings,
+    progress: bool,
+    log: Callable[[str], None] | None,
+) -> _Context:
     """Resolve the task, its preset and data, and check the certification settings (before any write)."""
     task = resolve_task(task_spec)
     pre = preset_overrides(task, preset)
     settings.check()
     data = data or task.load(Path(data_dir) if data_dir else None)
-    return _Context(task_spec, task, pre, data, data_dir, task_facts(task, data), settings,
-                    {norm_label(p): list(r) for p, r in task.report_radii.items()}, progress,
-                    log or (lambda msg: None))
+    return _Context(
+        task_spec,
+        task,
+        pre,
+        data,
+        data_dir,
+        task_facts(task, data),
+        settings,
+        {norm_label(p): list(r) for p, r in task.report_radii.items()},
+        progress,
+        log or (lambda msg: None),
+    )
 
 
-def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Sequence[str] = DEFAULT_METHODS,
-            preset: str | None = None, n_smoothing: int = 10000, limit: int | None = None,
-            paper_scale: bool = False, data_dir: str | Path | None = None,
-            overrides: dict[str, dict[str, Any]] | None = None, norms: Iterable[float] = DEFAULT_NORMS,
-            certify_batch: int = 1000, progress: bool = False, log: Callable[[str], None] | None = None,
-            data: TaskData | None = None, fail_fast: bool = False) -> dict[str, Any]:
+def compare(
+    task_spec: dict[str, Any] | str,
+    out_dir: str | Path,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    preset: str | None = None,
+    n_smoothing: int = 10000,
+    limit: int | None = None,
+    paper_scale: bool = False,
+    data_dir: str | Path | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    norms: Iterable[float] = DEFAULT_NORMS,
+    certify_batch: int = 1000,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    data: TaskData | None = None,
+    fail_fast: bool = False,
+) -> dict[str, Any]:
     """Train (or load) every method into ``out_dir/<method>/``, certify the same test inputs, report.
 
     Every method goes through :func:`asymcert.pipeline.run_pipeline`, so ``out_dir/<method>/`` is a
@@ -146,8 +182,12 @@ def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Seque
     """
     task_spec = {"name": task_spec} if isinstance(task_spec, str) else task_spec
     norms_t = tuple(dict.fromkeys(float(p) for p in norms))
-    settings = CertifySettings(norms=norms_t, limit=PAPER_LIMIT if limit is None else int(limit),
-                               batch_size=certify_batch, warmup=WARMUP_INPUTS)
+    settings = CertifySettings(
+        norms=norms_t,
+        limit=PAPER_LIMIT if limit is None else int(limit),
+        batch_size=certify_batch,
+        warmup=WARMUP_INPUTS,
+    )
     ctx = _context(task_spec, preset, data, data_dir, settings, progress, log)
     task, data, out = ctx.task, ctx.data, Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,19 +204,29 @@ def compare(task_spec: dict[str, Any] | str, out_dir: str | Path, methods: Seque
             ctx.log(f"{name}: FAILED: {type(exc).__name__}: {exc}")
         if cert is not None:
             certs[name] = cert
-    y = data.test.y[:ctx.certify.limit]
-    result = {"task": task_spec, "task_description": task.description, "preset": preset, "paper_scale": paper_scale,
-              "n_inputs": len(y), "n_sensitive": int((y == 1).sum()) if task.binary else None,
-              "n_smoothing": 100_000 if paper_scale else int(n_smoothing), "norms": [norm_label(p) for p in norms_t],
-              "report_radii": ctx.report_radii, "methods": entries, "machine": describe_machine(),
-              "plots": _plots(out, certs, entries, y, norms_t, task.description)}
+    y = data.test.y[: ctx.certify.limit]
+    result = {
+        "task": task_spec,
+        "task_description": task.description,
+        "preset": preset,
+        "paper_scale": paper_scale,
+        "n_inputs": len(y),
+        "n_sensitive": int((y == 1).sum()) if task.binary else None,
+        "n_smoothing": 100_000 if paper_scale else int(n_smoothing),
+        "norms": [norm_label(p) for p in norms_t],
+        "report_radii": ctx.report_radii,
+        "methods": entries,
+        "machine": describe_machine(),
+        "plots": _plots(out, certs, entries, y, norms_t, task.description),
+    }
     atomic_write(out / COMPARE_JSON, lambda tmp: tmp.write_text(dumps_strict(result, indent=1, default=str)))
     atomic_write(out / COMPARE_MD, lambda tmp: tmp.write_text(render_markdown(result)))
     return result
 
 
-def _compare_method(name: str, specs: dict[str, MethodSpec], extra: dict[str, Any], run_dir: Path,
-                    ctx: _Context) -> tuple[dict[str, Any], Certificate | None]:
+def _compare_method(
+    name: str, specs: dict[str, MethodSpec], extra: dict[str, Any], run_dir: Path, ctx: _Context
+) -> tuple[dict[str, Any], Certificate | None]:
     """One method: (its compare.json entry, its certificate), or a "skipped" entry and None."""
     spec = specs.get(name)
     if spec is None:
@@ -186,39 +236,63 @@ def _compare_method(name: str, specs: dict[str, MethodSpec], extra: dict[str, An
     model_spec = spec.model
     if model_spec is None and ctx.task.model.get("kind") != spec.family:  # e.g. "convex" on a 10-class task
         model_spec = family.default_model_config()
-    model_over = _merge(dict(model_spec or {}), ctx.preset_overrides.get("model") if model_spec is None else None,
-                        family.model_settings(ctx.facts), extra.get("model"))
+    model_over = _merge(
+        dict(model_spec or {}),
+        ctx.preset_overrides.get("model") if model_spec is None else None,
+        family.model_settings(ctx.facts),
+        extra.get("model"),
+    )
     train_over = _merge(dict(spec.train), ctx.preset_overrides.get("train"), extra.get("train"))
     opts = _merge(dict(spec.certify), extra.get("certify"))
     method = opts.pop("method", None)
-    ctx.log(f"{name}: loading the finished run in {run_dir}" if run_finished(run_dir)
-            else f"{name}: training into {run_dir}")
+    ctx.log(
+        f"{name}: loading the finished run in {run_dir}"
+        if run_finished(run_dir)
+        else f"{name}: training into {run_dir}"
+    )
     plan = plan_training(ctx.task_spec, None, train_over, model_over, ctx.data_dir, ctx.data)
     settings = replace(ctx.certify, method=method, options=opts)
-    done = run_pipeline(plan, run_dir, settings, progress=ctx.progress, log=ctx.log, reuse_finished=True,
-                        report=_run_reporter(ctx.log))
+    done = run_pipeline(
+        plan, run_dir, settings, progress=ctx.progress, log=ctx.log, reuse_finished=True, report=_run_reporter(ctx.log)
+    )
     cert, run = done.certificate, done.record
     ctx.log(f"{name}: {cert.seconds:.1f} s to certify, {1000 * cert.seconds / max(1, len(cert)):.2f} ms per input")
-    entry = {"status": "ok", "label": spec.label, "run_dir": str(run_dir), "trained_now": done.trained_now,
-             "train_wall_seconds": done.train_wall_seconds, "model": run["model"], "train": run["train"],
-             "training_seconds": (run.get("training") or {}).get("seconds"),
-             "certify_options": {"method": cert.method, **opts}, **summarize(cert, done.labels, ctx.report_radii)}
+    entry = {
+        "status": "ok",
+        "label": spec.label,
+        "run_dir": str(run_dir),
+        "trained_now": done.trained_now,
+        "train_wall_seconds": done.train_wall_seconds,
+        "model": run["model"],
+        "train": run["train"],
+        "training_seconds": (run.get("training") or {}).get("seconds"),
+        "certify_options": {"method": cert.method, **opts},
+        **summarize(cert, done.labels, ctx.report_radii),
+    }
     return entry, cert
 
 
 def _run_reporter(log: Callable[[str], None]) -> Reporter:
     """The per-run report writer of a comparison: a failure is logged (compare.json does not depend on it)."""
+
     def report(run_dir: Path) -> dict[str, Any]:
         try:
             return write_report(run_dir)
         except Exception as exc:
             log(f"{run_dir}: per-run report failed: {exc}")
             return {}
+
     return report
 
 
-def _plots(out: Path, certs: dict[str, Certificate], entries: dict[str, dict[str, Any]], y: torch.Tensor,
-           norms: tuple[float, ...], description: str) -> dict[str, str]:
+def _plots(
+    out: Path,
+    certs: dict[str, Certificate],
+    entries: dict[str, dict[str, Any]],
+    y: torch.Tensor,
+    norms: tuple[float, ...],
+    description: str,
+) -> dict[str, str]:
     plots: dict[str, str] = {}
     if not certs:
         return plots
@@ -246,62 +320,93 @@ def render_markdown(result: dict[str, Any]) -> str:
     """The comparison report as Markdown."""
     lines = [f"# Comparison: {result['task_description']}", ""]
     n_sens = result.get("n_sensitive")
-    lines += [f"- test inputs: the first {result['n_inputs']}" + (f" ({n_sens} of the sensitive class)" if n_sens is not None else ""),
-              "- certified accuracy at r: share of sensitive-class test inputs flagged sensitive with a certified "
-              "radius ≥ r (raw input units); abstentions count as failures",
-              f"- scale: {'paper settings' if result['paper_scale'] else 'CPU-sized defaults (smaller than the paper)'}"
-              + (f", preset `{result['preset']}`" if result.get("preset") else "")]
+    lines += [
+        f"- test inputs: the first {result['n_inputs']}"
+        + (f" ({n_sens} of the sensitive class)" if n_sens is not None else ""),
+        "- certified accuracy at r: share of sensitive-class test inputs flagged sensitive with a certified "
+        "radius ≥ r (raw input units); abstentions count as failures",
+        f"- scale: {'paper settings' if result['paper_scale'] else 'CPU-sized defaults (smaller than the paper)'}"
+        + (f", preset `{result['preset']}`" if result.get("preset") else ""),
+    ]
     if not result["paper_scale"]:
-        lines += ["  - 20 training epochs per method (paper: 60–150)",
-                  f"  - randomized smoothing: MLP 256-256 base model (paper: ResNet-18), n = {result['n_smoothing']:,} "
-                  "estimation samples (paper: 100,000), n0 = 100, α = 0.001, σ = 0.75",
-                  "  - ℓ∞-distance net: 4 × 512 (paper: 5 × 5120); orthogonal net: MLP 3 × 256; IBP: small CNN (16, 32, fc 100)"]
-    lines.append(f"- certify ms / input: one timed pass over all the inputs, after an untimed warm-up call on "
-                 f"{WARMUP_INPUTS} of them (kernel loading, first-call allocations)")
+        lines += [
+            "  - 20 training epochs per method (paper: 60–150)",
+            f"  - randomized smoothing: MLP 256-256 base model (paper: ResNet-18), n = {result['n_smoothing']:,} "
+            "estimation samples (paper: 100,000), n0 = 100, α = 0.001, σ = 0.75",
+            "  - ℓ∞-distance net: 4 × 512 (paper: 5 × 5120); orthogonal net: MLP 3 × 256; "
+            "IBP: small CNN (16, 32, fc 100)",
+        ]
+    lines.append(
+        f"- certify ms / input: one timed pass over all the inputs, after an untimed warm-up call on "
+        f"{WARMUP_INPUTS} of them (kernel loading, first-call allocations)"
+    )
     machine = result.get("machine")
     if machine:
-        lines.append(f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch "
-                     f"threads, load average {machine['load_average']} when the report was written")
+        lines.append(
+            f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch "
+            f"threads, load average {machine['load_average']} when the report was written"
+        )
     lines.append("")
     ok = {k: v for k, v in result["methods"].items() if v["status"] == "ok"}
-    lines += ["| method | certificate | clean accuracy | sensitive flagged | certify ms / input | training min |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "| method | certificate | clean accuracy | sensitive flagged | certify ms / input | training min |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, e in ok.items():
-        guarantee = (f"probability 1 − {e['alpha']}" if e["guarantee"] == Guarantee.PROBABILISTIC.value
-                     else "deterministic")
+        guarantee = (
+            f"probability 1 − {e['alpha']}" if e["guarantee"] == Guarantee.PROBABILISTIC.value else "deterministic"
+        )
         train_min = (e.get("training_seconds") or 0.0) / 60
-        lines.append(f"| {e['label']} (`{name}`) | {e['method']} ({guarantee}) | {100 * e['clean_accuracy']:.1f}% | "
-                     f"{100 * e.get('sensitive_flagged_correctly', 0.0):.1f}% | "
-                     f"{1000 * e['certify_seconds_per_input']:.2f} | {train_min:.1f} |")
+        lines.append(
+            f"| {e['label']} (`{name}`) | {e['method']} ({guarantee}) | {100 * e['clean_accuracy']:.1f}% | "
+            f"{100 * e.get('sensitive_flagged_correctly', 0.0):.1f}% | "
+            f"{1000 * e['certify_seconds_per_input']:.2f} | {train_min:.1f} |"
+        )
     lines.append("")
     for norm in result["norms"]:
         radii = result["report_radii"].get(norm, [])
         if not radii:
             continue
         pretty = "ℓ∞" if norm == "linf" else "ℓ" + norm[1:]
-        lines += [f"### Certified accuracy, {pretty}", "",
-                  "| method | " + " | ".join(f"r = {r:g}" for r in radii) + " | median radius |",
-                  "|---|" + "---|" * (len(radii) + 1)]
-        for name, e in ok.items():
+        lines += [
+            f"### Certified accuracy, {pretty}",
+            "",
+            "| method | " + " | ".join(f"r = {r:g}" for r in radii) + " | median radius |",
+            "|---|" + "---|" * (len(radii) + 1),
+        ]
+        for e in ok.values():
             table = e["certified_accuracy"].get(norm, {})
             cells = [f"{100 * table.get(f'{r:g}', 0.0):.1f}%" for r in radii]
             lines.append(f"| {e['label']} | " + " | ".join(cells) + f" | {e['median_radius'].get(norm, 0.0):.4g} |")
         lines.append("")
     skipped = {k: v for k, v in result["methods"].items() if v["status"] != "ok"}  # skipped or failed
     if skipped:
-        lines += ["### Not compared", ""] + [f"- `{k}` ({v['status']}): {v['reason']}" for k, v in skipped.items()] + [""]
-    lines += ["Notes: smoothing radii hold with probability 1 − α each; ℓ1/ℓ∞ radii of ℓ2 methods (and vice versa) "
-              "come from norm inequalities on R^d, so they are valid but loose. Bound-propagation radii are the "
-              "largest ε verified by bisection (a lower bound on the method's exact certified radius).", ""]
+        lines += (
+            ["### Not compared", ""] + [f"- `{k}` ({v['status']}): {v['reason']}" for k, v in skipped.items()] + [""]
+        )
+    lines += [
+        "Notes: smoothing radii hold with probability 1 − α each; ℓ1/ℓ∞ radii of ℓ2 methods (and vice versa) "
+        "come from norm inequalities on R^d, so they are valid but loose. Bound-propagation radii are the "
+        "largest ε verified by bisection (a lower bound on the method's exact certified radius).",
+        "",
+    ]
     for key, png in result.get("plots", {}).items():
         lines.append(f"![{key}]({png})")
     return "\n".join(lines) + "\n"
 
 
-def compare_cli_main(task: str, out: str | Path, methods: str | Sequence[str] = DEFAULT_METHODS,
-                     preset: str | None = None, n_smoothing: int = 10000, limit: int | None = None,
-                     paper_scale: bool = False, data_dir: str | Path | None = None, progress: bool = True,
-                     echo: Callable[[str], None] = print) -> dict[str, Any]:
+def compare_cli_main(
+    task: str,
+    out: str | Path,
+    methods: str | Sequence[str] = DEFAULT_METHODS,
+    preset: str | None = None,
+    n_smoothing: int = 10000,
+    limit: int | None = None,
+    paper_scale: bool = False,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """What ``asymcert compare`` does: run :func:`compare` and print a short summary.
 
     Args:
@@ -311,11 +416,23 @@ def compare_cli_main(task: str, out: str | Path, methods: str | Sequence[str] = 
     """
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
-    result = compare({"name": task}, out, methods=tuple(methods), preset=preset, n_smoothing=n_smoothing,
-                     limit=limit, paper_scale=paper_scale, data_dir=data_dir, progress=progress, log=echo)
+    result = compare(
+        {"name": task},
+        out,
+        methods=tuple(methods),
+        preset=preset,
+        n_smoothing=n_smoothing,
+        limit=limit,
+        paper_scale=paper_scale,
+        data_dir=data_dir,
+        progress=progress,
+        log=echo,
+    )
     for name, e in result["methods"].items():
         if e["status"] == "ok":
-            echo(f"{name}: clean {100 * e['clean_accuracy']:.1f}%, {1000 * e['certify_seconds_per_input']:.2f} ms/input")
+            echo(
+                f"{name}: clean {100 * e['clean_accuracy']:.1f}%, {1000 * e['certify_seconds_per_input']:.2f} ms/input"
+            )
         else:
             echo(f"{name}: {e['status']} — {e['reason']}")
     echo(f"report: {Path(out) / COMPARE_MD}")

@@ -54,6 +54,7 @@ def differentiable_sum(t: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return t
     from torch.distributed.nn.functional import all_reduce
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return all_reduce(t)

@@ -54,8 +54,22 @@ from asymcert.train import TrainConfig
 from asymcert.train.config import check_model_overrides
 from asymcert.train.loop import check_config, prepare_fit, resolve_device, train_fingerprint
 
-__all__ = ["CERT_FILE", "DEFAULT_NORMS", "RUN_FILE", "CertifySettings", "PipelineResult", "Reporter", "certify_run",
-           "load_certificates", "read_run", "run_data", "run_pipeline", "run_task", "save_certificates", "train_run"]
+__all__ = [
+    "CERT_FILE",
+    "DEFAULT_NORMS",
+    "RUN_FILE",
+    "CertifySettings",
+    "PipelineResult",
+    "Reporter",
+    "certify_run",
+    "load_certificates",
+    "read_run",
+    "run_data",
+    "run_pipeline",
+    "run_task",
+    "save_certificates",
+    "train_run",
+]
 
 DEFAULT_NORMS = (1.0, 2.0, math.inf)
 _USER_DATA_KEYS = ("npz", "csv", "images")
@@ -90,7 +104,9 @@ def resolve_task(spec: dict[str, Any]) -> Task:
 def preset_overrides(task: Task, preset: str | None) -> dict[str, Any]:
     """The ``{"model": ..., "train": ...}`` overrides of a named preset of ``task`` ({} for None)."""
     if preset is not None and preset not in task.presets:
-        raise UnknownNameError(f"task {task.name!r} has no preset {preset!r}; presets: {sorted(task.presets) or 'none'}")
+        raise UnknownNameError(
+            f"task {task.name!r} has no preset {preset!r}; presets: {sorted(task.presets) or 'none'}"
+        )
     return task.presets.get(preset, {}) if preset else {}
 
 
@@ -136,8 +152,13 @@ class TrainingPlan:
     record: RunRecord
 
 
-def _model_and_train_configs(task: Task, data: TaskData, preset: str | None, train_overrides: dict[str, Any] | None,
-                             model_overrides: dict[str, Any] | None) -> tuple[dict[str, Any], TrainConfig]:
+def _model_and_train_configs(
+    task: Task,
+    data: TaskData,
+    preset: str | None,
+    train_overrides: dict[str, Any] | None,
+    model_overrides: dict[str, Any] | None,
+) -> tuple[dict[str, Any], TrainConfig]:
     """The model config and training settings: task defaults, then the preset, then the overrides."""
     pre = preset_overrides(task, preset)
     for what, value in (("training settings", train_overrides), ("model settings", model_overrides)):
@@ -150,17 +171,23 @@ def _model_and_train_configs(task: Task, data: TaskData, preset: str | None, tra
         train_base = _merge(task.train, pre.get("train"))
     else:  # another family than the task's default: that family's own model and training defaults
         model_cfg = dict(model_overrides or {})
-        train_base = _merge(family.train_defaults(facts), {k: v for k, v in pre.get("train", {}).items()
-                                                          if k == "epochs"})
+        train_base = _merge(
+            family.train_defaults(facts), {k: v for k, v in pre.get("train", {}).items() if k == "epochs"}
+        )
     model_cfg.update(family.model_settings(facts))
     model_cfg["input_shape"] = list(data.input_shape)
     model_cfg.setdefault("input_range", task_input_range(data))
     return model_cfg, TrainConfig.from_dict(_merge(train_base, train_overrides))
 
 
-def plan_training(task_spec: dict[str, Any], preset: str | None = None,
-                  train_overrides: dict[str, Any] | None = None, model_overrides: dict[str, Any] | None = None,
-                  data_dir: str | Path | None = None, data: TaskData | None = None) -> TrainingPlan:
+def plan_training(
+    task_spec: dict[str, Any],
+    preset: str | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    data_dir: str | Path | None = None,
+    data: TaskData | None = None,
+) -> TrainingPlan:
     """Check everything a training run needs (task, preset, data, settings, device, model) and build the model.
 
     Writes nothing. Raises the :class:`~asymcert.errors.AsymcertError` of the first problem found.
@@ -178,12 +205,18 @@ def plan_training(task_spec: dict[str, Any], preset: str | None = None,
         raise ConfigError(f"model config {model_cfg.get('kind', '?')!r} cannot be built: {exc}") from None
     check_model_overrides(model_overrides, model_config(model))  # a setting the model ignored is refused
     check_config(model, train_cfg)
-    record = RunRecord(task=task_spec, model=model_config(model), train=train_cfg.to_dict(),
-                       task_description=task.description, preset=preset,
-                       data_dir=str(data_dir) if data_dir else None, class_names=list(data.class_names),
-                       binary=task.binary,
-                       report_radii={norm_label(p): list(r) for p, r in task.report_radii.items()},
-                       splits={"train": len(data.train), "val": len(data.val), "test": len(data.test)})
+    record = RunRecord(
+        task=task_spec,
+        model=model_config(model),
+        train=train_cfg.to_dict(),
+        task_description=task.description,
+        preset=preset,
+        data_dir=str(data_dir) if data_dir else None,
+        class_names=list(data.class_names),
+        binary=task.binary,
+        report_radii={norm_label(p): list(r) for p, r in task.report_radii.items()},
+        splits={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+    )
     return TrainingPlan(task_spec, task, data, model, train_cfg, record)
 
 
@@ -204,19 +237,29 @@ def check_run_folder(out: Path, plan: TrainingPlan) -> RunRecord | None:
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}; train into a new --out folder") from None
     new = RunRecord.from_dict(strict_jsonable(plan.record.to_dict()))  # as run.json will hold it
-    differs = [name for name, same in (
-        ("task", strict_jsonable(old.task) == new.task),
-        ("model", train_fingerprint({}, strict_jsonable(old.model)) == train_fingerprint({}, new.model)),
-        ("training settings", train_fingerprint(strict_jsonable(old.train), {}) == train_fingerprint(new.train, {})),
-    ) if not same]
+    differs = [
+        name
+        for name, same in (
+            ("task", strict_jsonable(old.task) == new.task),
+            ("model", train_fingerprint({}, strict_jsonable(old.model)) == train_fingerprint({}, new.model)),
+            (
+                "training settings",
+                train_fingerprint(strict_jsonable(old.train), {}) == train_fingerprint(new.train, {}),
+            ),
+        )
+        if not same
+    ]
     if differs:
-        raise RunFolderConflictError(f"{out} holds a run with another {', '.join(differs)}; use a new --out folder "
-                                     f"(or delete {out} to start over)")
+        raise RunFolderConflictError(
+            f"{out} holds a run with another {', '.join(differs)}; use a new --out folder "
+            f"(or delete {out} to start over)"
+        )
     return old
 
 
-def execute_training(plan: TrainingPlan, out_dir: str | Path, progress: bool = True,
-                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def execute_training(
+    plan: TrainingPlan, out_dir: str | Path, progress: bool = True, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Run a checked plan into ``out_dir`` under the folder's writer lock (resuming an interrupted run there).
 
     Everything that can refuse (lock, the folder's existing run, the resume state) is checked before
@@ -224,26 +267,38 @@ def execute_training(plan: TrainingPlan, out_dir: str | Path, progress: bool = T
     """
     with exclusive(out_dir, create=True) as out:
         old = check_run_folder(out, plan)
-        session = prepare_fit(plan.model, plan.data, plan.config, out, augment=plan.task.augment,
-                              progress=progress, log=log)
+        session = prepare_fit(
+            plan.model, plan.data, plan.config, out, augment=plan.task.augment, progress=progress, log=log
+        )
         record = plan.record
         record.extra = {**(old.extra if old else {}), **record.extra}  # keys of newer versions are kept
         if distributed.is_main():
             remove_stale_temp_files(out)
             write_json(out / RUN_FILE, record.to_dict())
         result = session.run()
-        record.training = {"seconds": result["seconds"], "best": result["best"], "epochs": len(result["history"]),
-                           "processes": distributed.world_size()}
+        record.training = {
+            "seconds": result["seconds"],
+            "best": result["best"],
+            "epochs": len(result["history"]),
+            "processes": distributed.world_size(),
+        }
         if distributed.is_main():
             write_json(out / RUN_FILE, record.to_dict())
         distributed.barrier()
     return strict_jsonable(record.to_dict())
 
 
-def train_run(task_spec: dict[str, Any], out_dir: str | Path, preset: str | None = None,
-              train_overrides: dict[str, Any] | None = None, model_overrides: dict[str, Any] | None = None,
-              data_dir: str | Path | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = None, data: TaskData | None = None) -> dict[str, Any]:
+def train_run(
+    task_spec: dict[str, Any],
+    out_dir: str | Path,
+    preset: str | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    data: TaskData | None = None,
+) -> dict[str, Any]:
     """Train the task's model into ``out_dir`` (resuming an interrupted run there). Returns run.json's content.
 
     A refused run (bad task, preset, settings, device or model config; a folder holding another run
@@ -255,8 +310,9 @@ def train_run(task_spec: dict[str, Any], out_dir: str | Path, preset: str | None
 
 def task_facts(task: Task, data: TaskData) -> TaskFacts:
     """What a model family may derive its settings from (see :class:`~asymcert.families.TaskFacts`)."""
-    return TaskFacts(binary=task.binary, num_classes=data.num_classes, report_radii=dict(task.report_radii),
-                     train=dict(task.train))
+    return TaskFacts(
+        binary=task.binary, num_classes=data.num_classes, report_radii=dict(task.report_radii), train=dict(task.train)
+    )
 
 
 def task_input_range(data: TaskData) -> list[float] | None:
@@ -315,26 +371,43 @@ def _certify_shard(model: torch.nn.Module, x: torch.Tensor, settings: CertifySet
     shard = x.tensor_split(distributed.world_size())[distributed.rank()]
     norms, step, opts = settings.norms, settings.batch_size, dict(settings.options)
     if settings.warmup:  # untimed, so that one-time costs do not count as certification time
-        certify(model, shard[:settings.warmup], norms=norms, method=settings.method, **opts)
-    parts = [certify(model, shard[start:start + step], norms=norms, method=settings.method, **opts)
-             for start in tqdm(range(0, len(shard), step), desc="certify",
-                               disable=not (progress and distributed.is_main()), leave=False)]
+        certify(model, shard[: settings.warmup], norms=norms, method=settings.method, **opts)
+    parts = [
+        certify(model, shard[start : start + step], norms=norms, method=settings.method, **opts)
+        for start in tqdm(
+            range(0, len(shard), step), desc="certify", disable=not (progress and distributed.is_main()), leave=False
+        )
+    ]
     # a process whose shard is empty (fewer inputs than processes) still contributes its (0,) columns
     cert = Certificate.cat(parts) if parts else certify(model, shard, norms=norms, method=settings.method, **opts)
     if distributed.is_distributed():
-        cert = Certificate(distributed.gather_rows(cert.predicted),
-                           {p: distributed.gather_rows(r) for p, r in cert.radii.items()}, cert.method,
-                           cert.guarantee, cert.alpha,
-                           None if cert.abstained is None else distributed.gather_rows(cert.abstained),
-                           cert.seconds, cert.binary, {k: distributed.gather_rows(v) for k, v in cert.extra.items()})
+        cert = Certificate(
+            distributed.gather_rows(cert.predicted),
+            {p: distributed.gather_rows(r) for p, r in cert.radii.items()},
+            cert.method,
+            cert.guarantee,
+            cert.alpha,
+            None if cert.abstained is None else distributed.gather_rows(cert.abstained),
+            cert.seconds,
+            cert.binary,
+            {k: distributed.gather_rows(v) for k, v in cert.extra.items()},
+        )
         # wall clock of rank 0's shard (the shards run at the same time)
         cert.seconds = distributed.broadcast_float(cert.seconds)
     return cert
 
 
-def certify_run(run_dir: str | Path, norms=DEFAULT_NORMS, limit: int | None = None, batch_size: int = 1000,
-                device: str = "cpu", data_dir: str | Path | None = None, data: TaskData | None = None,
-                progress: bool = True, settings: CertifySettings | None = None) -> Certificate:
+def certify_run(
+    run_dir: str | Path,
+    norms=DEFAULT_NORMS,
+    limit: int | None = None,
+    batch_size: int = 1000,
+    device: str = "cpu",
+    data_dir: str | Path | None = None,
+    data: TaskData | None = None,
+    progress: bool = True,
+    settings: CertifySettings | None = None,
+) -> Certificate:
     """Certify the run's test split (the first ``limit`` inputs) and write ``certificates.safetensors``.
 
     ``settings`` (method, options, warm-up) replaces ``norms``, ``limit`` and ``batch_size`` when given.
@@ -353,7 +426,7 @@ def certify_run(run_dir: str | Path, norms=DEFAULT_NORMS, limit: int | None = No
     with exclusive(run_dir):
         model = load(run_dir, device=target)
         data = data or run_data(run_dir, data_dir)
-        x, y = data.test.x[:settings.limit], data.test.y[:settings.limit]
+        x, y = data.test.x[: settings.limit], data.test.y[: settings.limit]
         if len(x) == 0:
             raise ConfigError(f"{run_dir}: the task's test split is empty; nothing to certify")
         cert = _certify_shard(model, x, settings, progress)
@@ -398,9 +471,16 @@ def run_finished(run_dir: Path) -> bool:
     return read_run_record(run_dir).training is not None
 
 
-def run_pipeline(plan: TrainingPlan, out_dir: str | Path, certify_settings: CertifySettings | None = None, *,
-                 progress: bool = True, log: Callable[[str], None] | None = None, reuse_finished: bool = False,
-                 report: Reporter | None = None) -> PipelineResult:
+def run_pipeline(
+    plan: TrainingPlan,
+    out_dir: str | Path,
+    certify_settings: CertifySettings | None = None,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    reuse_finished: bool = False,
+    report: Reporter | None = None,
+) -> PipelineResult:
     """Train a checked plan, certify its test split, save, and report, in ``out_dir`` under its writer lock.
 
     Args:
@@ -421,13 +501,21 @@ def run_pipeline(plan: TrainingPlan, out_dir: str | Path, certify_settings: Cert
         cert = certify_run(out, data=plan.data, progress=progress, settings=settings)
         results = report(out) if report is not None and distributed.is_main() else {}
         distributed.barrier()
-    return PipelineResult(out, record, cert, plan.data.test.y[:settings.limit], trained, wall, results)
+    return PipelineResult(out, record, cert, plan.data.test.y[: settings.limit], trained, wall, results)
 
 
-def run_task(task_spec: dict[str, Any], out_dir: str | Path, preset: str | None = None,
-             data_dir: str | Path | None = None, limit: int | None = None, progress: bool = True,
-             train_overrides: dict[str, Any] | None = None, model_overrides: dict[str, Any] | None = None,
-             log: Callable[[str], None] | None = None, report: Reporter | None = None) -> dict[str, Any]:
+def run_task(
+    task_spec: dict[str, Any],
+    out_dir: str | Path,
+    preset: str | None = None,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    train_overrides: dict[str, Any] | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+    report: Reporter | None = None,
+) -> dict[str, Any]:
     """Train, certify and report in one go, holding the folder's lock throughout. Returns the report's results
     ({} without a ``report``).
 

@@ -48,8 +48,10 @@ def _acquire(folder: Path) -> FileLock:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise RunFolderBusyError(f"{folder} is being written by another asymcert process (it holds "
-                                 f"{folder / LOCK_FILE}); wait for it to finish or use another --out folder") from None
+        raise RunFolderBusyError(
+            f"{folder} is being written by another asymcert process (it holds "
+            f"{folder / LOCK_FILE}); wait for it to finish or use another --out folder"
+        ) from None
     except OSError as exc:
         raise WriteError(f"cannot lock {folder} ({folder / LOCK_FILE}: {exc.strerror or exc})") from exc
     return lock
@@ -197,16 +199,23 @@ class RunRecord:
             raise CheckpointError(f"{source} must hold a JSON object, found {type(raw).__name__}")
         for key in ("task", "model", "train"):
             if key not in raw:
-                raise CheckpointError(f"{source} lacks the key {key!r}; "
-                                      "is this a run folder written by `asymcert train`?")
+                raise CheckpointError(
+                    f"{source} lacks the key {key!r}; is this a run folder written by `asymcert train`?"
+                )
             _check(isinstance(raw[key], dict), source, key, "an object", raw[key])
         task = raw["task"]
-        _check(any(isinstance(task.get(k), str) for k in _TASK_KEYS), source, "task",
-               f"an object naming one of {list(_TASK_KEYS)}", task)
+        _check(
+            any(isinstance(task.get(k), str) for k in _TASK_KEYS),
+            source,
+            "task",
+            f"an object naming one of {list(_TASK_KEYS)}",
+            task,
+        )
         _check_optional(raw, source)
         known = {f.name for f in fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in raw.items() if k in known},
-                   extra={k: v for k, v in raw.items() if k not in known})
+        return cls(
+            **{k: v for k, v in raw.items() if k in known}, extra={k: v for k, v in raw.items() if k not in known}
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``run.json`` (``training`` only once there is one)."""
@@ -224,14 +233,27 @@ def _check_optional(raw: dict[str, Any], source: str) -> None:
         "data_dir": (lambda v: v is None or isinstance(v, str), "a string or null"),
         "class_names": (lambda v: isinstance(v, list), "a list"),
         "binary": (lambda v: isinstance(v, bool), "true or false"),
-        "report_radii": (lambda v: isinstance(v, dict) and all(
-            isinstance(r, list) and all(_is_number(x) for x in r) for r in v.values()),
-            "an object of number lists"),
-        "splits": (lambda v: isinstance(v, dict) and all(isinstance(n, int) for n in v.values()),
-                   "an object of integers"),
-        "training": (lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("best", {}), dict)
-                                             and (v.get("seconds") is None or _is_number(v.get("seconds")))),
-                     "an object with 'seconds' (number) and 'best' (object)"),
+        "report_radii": (
+            lambda v: (
+                isinstance(v, dict) and all(isinstance(r, list) and all(_is_number(x) for x in r) for r in v.values())
+            ),
+            "an object of number lists",
+        ),
+        "splits": (
+            lambda v: isinstance(v, dict) and all(isinstance(n, int) for n in v.values()),
+            "an object of integers",
+        ),
+        "training": (
+            lambda v: (
+                v is None
+                or (
+                    isinstance(v, dict)
+                    and isinstance(v.get("best", {}), dict)
+                    and (v.get("seconds") is None or _is_number(v.get("seconds")))
+                )
+            ),
+            "an object with 'seconds' (number) and 'best' (object)",
+        ),
     }
     for key, (ok, want) in checks.items():
         if key in raw:

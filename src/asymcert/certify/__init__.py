@@ -3,5 +3,13 @@
 from asymcert.certify.api import CertifierSpec, certifier_names, certifier_options, certify
 from asymcert.certify.result import Certificate, Guarantee, norm_label, normalize_norm
 
-__all__ = ["Certificate", "CertifierSpec", "Guarantee", "certifier_names", "certifier_options", "certify", "norm_label",
-           "normalize_norm"]
+__all__ = [
+    "Certificate",
+    "CertifierSpec",
+    "Guarantee",
+    "certifier_names",
+    "certifier_options",
+    "certify",
+    "norm_label",
+    "normalize_norm",
+]

@@ -78,8 +78,9 @@ def certifier_spec(model: nn.Module | None, method: str | None = None) -> Certif
     """
     name = method or getattr(model, "certifier", None)
     if name is None:
-        raise UnknownNameError(f"{type(model).__name__} declares no certifier; pass method=, one of "
-                               f"{', '.join(sorted(_CERTIFIERS))}")
+        raise UnknownNameError(
+            f"{type(model).__name__} declares no certifier; pass method=, one of {', '.join(sorted(_CERTIFIERS))}"
+        )
     if name not in _CERTIFIERS:
         raise UnknownNameError(f"unknown certifier {name!r}; known: {', '.join(sorted(_CERTIFIERS))}")
     return _CERTIFIERS[name]
@@ -94,8 +95,9 @@ def certifier_options(model: nn.Module | None, method: str | None = None) -> fro
     return frozenset(f.name for f in fields(certifier_spec(model, method).options))
 
 
-def make_options(spec: CertifierSpec, options: DataclassInstance | None,
-                 overrides: dict[str, Any]) -> DataclassInstance:
+def make_options(
+    spec: CertifierSpec, options: DataclassInstance | None, overrides: dict[str, Any]
+) -> DataclassInstance:
     """The certifier's typed options: ``options`` (an instance of ``spec.options``, or None for the
     defaults) with the keyword ``overrides`` applied.
 
@@ -103,13 +105,16 @@ def make_options(spec: CertifierSpec, options: DataclassInstance | None,
         InputError: ``options`` of another type, or an option the certifier does not take.
     """
     if options is not None and not isinstance(options, spec.options):
-        raise InputError(f"certifier {spec.name!r} takes options of type {spec.options.__name__}, "
-                         f"got {type(options).__name__}")
+        raise InputError(
+            f"certifier {spec.name!r} takes options of type {spec.options.__name__}, got {type(options).__name__}"
+        )
     known = [f.name for f in fields(spec.options)]
     unknown = sorted(set(overrides) - set(known))
     if unknown:
-        raise InputError(f"certifier {spec.name!r} has no option {', '.join(map(repr, unknown))}; "
-                         f"its options: {', '.join(known) or 'none'}")
+        raise InputError(
+            f"certifier {spec.name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(known) or 'none'}"
+        )
     base = options if options is not None else spec.options()
     return replace(base, **overrides) if overrides else base
 
@@ -124,8 +129,9 @@ def _chunk_size(batch_size: int | None) -> int:
     if batch_size is None:
         return DEFAULT_CHUNK
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive number of inputs (or None for {DEFAULT_CHUNK}), "
-                         f"got {batch_size!r}")
+        raise InputError(
+            f"batch_size must be a positive number of inputs (or None for {DEFAULT_CHUNK}), got {batch_size!r}"
+        )
     return int(batch_size)
 
 
@@ -133,16 +139,25 @@ def _model_device(model: nn.Module, x: torch.Tensor) -> torch.device:
     """The device of the model's weights (``x``'s for a model without any); refuses weights without values."""
     params = list(model.parameters())
     if any(p.is_meta for p in params):
-        raise InputError("the model's weights are on the meta device, they hold no values; build or load it "
-                         "on cpu or cuda")
+        raise InputError(
+            "the model's weights are on the meta device, they hold no values; build or load it on cpu or cuda"
+        )
     return params[0].device if params else x.device
 
 
 def _empty(cert: Certificate) -> Certificate:
     """``cert`` with every per-input tensor cut to 0 rows (the shapes and types of an empty batch)."""
-    return Certificate(cert.predicted[:0], {p: r[:0] for p, r in cert.radii.items()}, cert.method,
-                       cert.guarantee, cert.alpha, None if cert.abstained is None else cert.abstained[:0], 0.0,
-                       cert.binary, {k: v[:0] for k, v in cert.extra.items()})
+    return Certificate(
+        cert.predicted[:0],
+        {p: r[:0] for p, r in cert.radii.items()},
+        cert.method,
+        cert.guarantee,
+        cert.alpha,
+        None if cert.abstained is None else cert.abstained[:0],
+        0.0,
+        cert.binary,
+        {k: v[:0] for k, v in cert.extra.items()},
+    )
 
 
 def _placeholder(x: torch.Tensor, value_range: tuple[float, float] | None) -> torch.Tensor:
@@ -151,9 +166,16 @@ def _placeholder(x: torch.Tensor, value_range: tuple[float, float] | None) -> to
     return torch.full((1, *x.shape[1:]), low, dtype=x.dtype, device=x.device)
 
 
-def certify(model: nn.Module, x: torch.Tensor, norms: Iterable[float | str] = (1, 2, math.inf),
-            method: str | None = None, batch_size: int | None = None, check_range: bool = True,
-            options: DataclassInstance | None = None, **overrides: Any) -> Certificate:
+def certify(
+    model: nn.Module,
+    x: torch.Tensor,
+    norms: Iterable[float | str] = (1, 2, math.inf),
+    method: str | None = None,
+    batch_size: int | None = None,
+    check_range: bool = True,
+    options: DataclassInstance | None = None,
+    **overrides: Any,
+) -> Certificate:
     """Certify a batch of inputs, :data:`DEFAULT_CHUNK` (or ``batch_size``) inputs at a time.
 
     Memory: the certifier sees one chunk at a time, so the working memory is that of certifying
@@ -200,7 +222,7 @@ def certify(model: nn.Module, x: torch.Tensor, norms: Iterable[float | str] = (1
     device = _model_device(model, x)
     parts = []
     for start in range(0, x.shape[0], step):
-        chunk = x[start:start + step].to(device)
+        chunk = x[start : start + step].to(device)
         t0 = time.perf_counter()
         cert = spec.run(model, chunk, norms_t, **kwargs)
         if device.type == "cuda":

@@ -30,6 +30,7 @@ __all__ = ["decision_flips", "decisions", "pgd_attack", "project_l1_ball", "proj
 # Decisions
 # ---------------------------------------------------------------------------------------------
 
+
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = model(x)
     if out.dim() == 2 and out.shape[1] == 1:
@@ -61,6 +62,7 @@ def decision_flips(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> to
 # ---------------------------------------------------------------------------------------------
 # Projections (rows of a (N, d) matrix, each onto its own ball)
 # ---------------------------------------------------------------------------------------------
+
 
 def project_l1_ball(v: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Euclidean projection of each row of ``v`` (N, d) onto the ℓ1 ball of radius ``eps`` (N,).
@@ -113,6 +115,7 @@ def project_lp_ball(v: torch.Tensor, eps: torch.Tensor, p: float) -> torch.Tenso
 # The attack
 # ---------------------------------------------------------------------------------------------
 
+
 def _ascent_direction(g: torch.Tensor, p: float, blocked: torch.Tensor | None, k: int) -> torch.Tensor:
     """Unit-ℓp steepest-ascent direction for gradient rows ``g`` (N, d)."""
     if blocked is not None:
@@ -133,8 +136,14 @@ def _ascent_direction(g: torch.Tensor, p: float, blocked: torch.Tensor | None, k
     return direction / _row_norm(direction, p).clamp_min(tiny)[:, None]
 
 
-def _random_start(shape: tuple[int, int], eps: torch.Tensor, p: float, generator: torch.Generator | None,
-                  dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _random_start(
+    shape: tuple[int, int],
+    eps: torch.Tensor,
+    p: float,
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
     """A random point of each row's ℓp ball (N, d)."""
     n, _ = shape
     if math.isinf(p):
@@ -151,8 +160,9 @@ def _random_start(shape: tuple[int, int], eps: torch.Tensor, p: float, generator
     return z * (eps * r)[:, None]
 
 
-def _project(delta: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, p: float,
-             box: tuple[float, float] | None) -> torch.Tensor:
+def _project(
+    delta: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, p: float, box: tuple[float, float] | None
+) -> torch.Tensor:
     """Into the ball, then into the box. Clipping x + δ to a box containing x only shrinks each |δ_i|,
     so the result is in both sets."""
     delta = project_lp_ball(delta, eps, p)
@@ -161,8 +171,9 @@ def _project(delta: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, p: float,
     return delta
 
 
-def _enforce_radius(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, p: float,
-                    box: tuple[float, float] | None) -> torch.Tensor:
+def _enforce_radius(
+    x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, p: float, box: tuple[float, float] | None
+) -> torch.Tensor:
     """Guarantee ‖x_adv − x‖_p ≤ eps measured in float64 despite the rounding of x + δ."""
     eps64 = eps.double()
     for k in range(12):
@@ -177,7 +188,7 @@ def _enforce_radius(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, p: 
             hi = torch.where(hi.double() > x.double() + eps64[:, None], torch.nextafter(hi, x), hi)
             x_adv = torch.where(bad[:, None], torch.minimum(torch.maximum(x_adv, lo), hi), x_adv)
         else:
-            shrink = (1.0 - 1e-6 * 4.0 ** k) * (eps64 / norm.clamp_min(1e-300)).clamp(max=1.0)
+            shrink = (1.0 - 1e-6 * 4.0**k) * (eps64 / norm.clamp_min(1e-300)).clamp(max=1.0)
             delta = (x_adv - x) * shrink.to(x.dtype)[:, None]
             x_adv = torch.where(bad[:, None], x + delta, x_adv)
         if box is not None:
@@ -186,10 +197,19 @@ def _enforce_radius(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, p: 
     return torch.where((norm > eps64)[:, None], x, x_adv)  # last resort: the clean input itself
 
 
-def pgd_attack(model: nn.Module, x: torch.Tensor, eps: torch.Tensor | float, norm: float | str,
-               steps: int = 100, restarts: int = 1, step_size: float | None = None,
-               targeted_decision: torch.Tensor | None = None, input_range: tuple[float, float] | None = None,
-               generator: torch.Generator | None = None, l1_sparsity: float = 0.05) -> torch.Tensor:
+def pgd_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: torch.Tensor | float,
+    norm: float | str,
+    steps: int = 100,
+    restarts: int = 1,
+    step_size: float | None = None,
+    targeted_decision: torch.Tensor | None = None,
+    input_range: tuple[float, float] | None = None,
+    generator: torch.Generator | None = None,
+    l1_sparsity: float = 0.05,
+) -> torch.Tensor:
     """Projected gradient attack that tries to change each input's decision within its own radius.
 
     Args:

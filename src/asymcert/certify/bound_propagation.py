@@ -53,7 +53,7 @@ from torch import nn
 
 from asymcert.certify.functional import dual_exponent
 from asymcert.certify.modes import UnsoundOptionError, check_precision, eval_mode, gamma, matmul_unit_roundoff
-from asymcert.certify.result import Certificate, Guarantee
+from asymcert.certify.result import Certificate, Guarantee, normalize_norm
 from asymcert.errors import AsymcertError
 from asymcert.nn.feature_maps import Shift
 
@@ -70,8 +70,9 @@ class UnsupportedNetworkError(AsymcertError, ValueError):
     """A network with a layer bound propagation does not handle."""
 
 
-def sequential_layers(model: nn.Module, supported: tuple[type[nn.Module], ...] | None = None,
-                      who: str = "bound propagation") -> list[nn.Module]:
+def sequential_layers(
+    model: nn.Module, supported: tuple[type[nn.Module], ...] | None = None, who: str = "bound propagation"
+) -> list[nn.Module]:
     """The flat list of layers of ``model`` (an ``nn.Sequential`` or a model with one as ``.net``).
 
     Args:
@@ -83,8 +84,9 @@ def sequential_layers(model: nn.Module, supported: tuple[type[nn.Module], ...] |
     supported = SUPPORTED if supported is None else supported
     net = model.net if isinstance(getattr(model, "net", None), nn.Sequential) else model
     if not isinstance(net, nn.Sequential):
-        raise UnsupportedNetworkError(f"{who} needs an nn.Sequential (or a model with one as .net), "
-                                      f"got {type(model).__name__}")
+        raise UnsupportedNetworkError(
+            f"{who} needs an nn.Sequential (or a model with one as .net), got {type(model).__name__}"
+        )
     out: list[nn.Module] = []
     for layer in net:
         if isinstance(layer, nn.Sequential):
@@ -92,8 +94,9 @@ def sequential_layers(model: nn.Module, supported: tuple[type[nn.Module], ...] |
         elif isinstance(layer, supported):
             out.append(layer)
         else:
-            raise UnsupportedNetworkError(f"{who} does not support {type(layer).__name__}; supported: "
-                                          + ", ".join(t.__name__ for t in supported))
+            raise UnsupportedNetworkError(
+                f"{who} does not support {type(layer).__name__}; supported: " + ", ".join(t.__name__ for t in supported)
+            )
     return out
 
 
@@ -185,16 +188,25 @@ def _conv_backward(layer: nn.Conv2d, a: torch.Tensor, weight: torch.Tensor, in_s
     """aᵀ·(the convolution with ``weight``): (B, C_out, H', W') → (B, *in_shape), by a transposed convolution."""
     out_shape = a.shape[1:]
     padding = conv_padding(layer)
-    pad = [in_shape[k + 1] - ((out_shape[k + 1] - 1) * layer.stride[k] - 2 * padding[k]
-                              + layer.dilation[k] * (layer.kernel_size[k] - 1) + 1) for k in range(2)]
+    pad = [
+        in_shape[k + 1]
+        - (
+            (out_shape[k + 1] - 1) * layer.stride[k]
+            - 2 * padding[k]
+            + layer.dilation[k] * (layer.kernel_size[k] - 1)
+            + 1
+        )
+        for k in range(2)
+    ]
     return F.conv_transpose2d(a, weight, None, layer.stride, padding, tuple(pad), layer.groups, layer.dilation)
 
 
 def conv_padding(layer: nn.Conv2d) -> tuple[int, ...]:
     """``layer.padding`` as ints; string paddings ("same", "valid") are not supported by the bounds."""
     if isinstance(layer.padding, str):
-        raise UnsupportedNetworkError(f"{type(layer).__name__} with padding={layer.padding!r} is not supported; "
-                                      "give the padding as integers")
+        raise UnsupportedNetworkError(
+            f"{type(layer).__name__} with padding={layer.padding!r} is not supported; give the padding as integers"
+        )
     return layer.padding
 
 
@@ -217,9 +229,17 @@ def _relu_relaxation(lo: torch.Tensor, hi: torch.Tensor, lower_slope: str) -> tu
     return low_slope, up_slope, up_icpt
 
 
-def backward_lower_bound(layers: list[nn.Module], end: int, coeff: torch.Tensor, x: torch.Tensor,
-                         eps: torch.Tensor, p: float, boxes: list[Box], shapes: list[tuple[int, ...]],
-                         lower_slope: str = "adaptive") -> torch.Tensor:
+def backward_lower_bound(
+    layers: list[nn.Module],
+    end: int,
+    coeff: torch.Tensor,
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    p: float,
+    boxes: list[Box],
+    shapes: list[tuple[int, ...]],
+    lower_slope: str = "adaptive",
+) -> torch.Tensor:
     """CROWN: lower bounds of ``coeff · h_end`` over the ball, h_end the output of layer ``end - 1``.
 
     Args:
@@ -280,20 +300,20 @@ def _crown_box(layers, end, x, e, p, boxes, shapes, lower_slope, units: torch.Te
     n, shape = x.shape[0], shapes[end]
     d = math.prod(shape)
     units = torch.arange(d, device=x.device) if units is None else units.to(x.device)
-    per_unit = 2 * max(1, n * max(math.prod(s) for s in shapes[:end + 1]))
+    per_unit = 2 * max(1, n * max(math.prod(s) for s in shapes[: end + 1]))
     step = max(1, _CHUNK_ELEMENTS // per_unit)
     lo = torch.full((n, d), -math.inf, dtype=x.dtype, device=x.device)
     hi = torch.full((n, d), math.inf, dtype=x.dtype, device=x.device)
     for s in range(0, units.numel(), step):
-        chunk = units[s:s + step]
-        both = backward_lower_bound(layers, end, _unit_spec(n, shape, chunk, x), x, e, p, boxes, shapes,
-                                    lower_slope)
-        lo[:, chunk], hi[:, chunk] = both[:, :chunk.numel()], -both[:, chunk.numel():]
+        chunk = units[s : s + step]
+        both = backward_lower_bound(layers, end, _unit_spec(n, shape, chunk, x), x, e, p, boxes, shapes, lower_slope)
+        lo[:, chunk], hi[:, chunk] = both[:, : chunk.numel()], -both[:, chunk.numel() :]
     return lo.reshape(n, *shape), hi.reshape(n, *shape)
 
 
-def crown_boxes(layers: list[nn.Module], x: torch.Tensor, eps: float | torch.Tensor, p: float,
-                lower_slope: str = "adaptive") -> list[Box]:
+def crown_boxes(
+    layers: list[nn.Module], x: torch.Tensor, eps: float | torch.Tensor, p: float, lower_slope: str = "adaptive"
+) -> list[Box]:
     """Like :func:`ibp_boxes`, with every ReLU's input bounds tightened by CROWN (intersected with IBP)."""
     e = _eps(eps, x)
     shapes = layer_shapes(layers, x)
@@ -325,8 +345,14 @@ def interval_bounds(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor
     return ibp_boxes(sequential_layers(model), x, eps, p)[-1]
 
 
-def crown_bounds(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, p: float = math.inf,
-                 intermediate: str = "ibp", lower_slope: str = "adaptive") -> Box:
+def crown_bounds(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: float | torch.Tensor,
+    p: float = math.inf,
+    intermediate: str = "ibp",
+    lower_slope: str = "adaptive",
+) -> Box:
     """CROWN bounds of the network output over the ℓp ball around each input.
 
     Args:
@@ -347,8 +373,14 @@ def crown_bounds(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, p
     return _crown_box(layers, len(layers), x, e, p, boxes, shapes, lower_slope)
 
 
-def score_lower_bound(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, p: float = math.inf,
-                      method: str = "crown-ibp", lower_slope: str = "adaptive") -> torch.Tensor:
+def score_lower_bound(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: float | torch.Tensor,
+    p: float = math.inf,
+    method: str = "crown-ibp",
+    lower_slope: str = "adaptive",
+) -> torch.Tensor:
     """Lower bound of a single-output network's score over the ℓp ball: (N,).
 
     ``"ibp"``: IBP. ``"crown-ibp"``: max(IBP, CROWN-IBP). ``"crown"``: max(IBP, CROWN). One
@@ -357,8 +389,14 @@ def score_lower_bound(model: nn.Module, x: torch.Tensor, eps: float | torch.Tens
     return lower_bound_and_boxes(sequential_layers(model), x, eps, p, method, lower_slope)[0]
 
 
-def lower_bound_and_boxes(layers: list[nn.Module], x: torch.Tensor, eps: float | torch.Tensor, p: float,
-                          method: str, lower_slope: str = "adaptive") -> tuple[torch.Tensor, list[Box]]:
+def lower_bound_and_boxes(
+    layers: list[nn.Module],
+    x: torch.Tensor,
+    eps: float | torch.Tensor,
+    p: float,
+    method: str,
+    lower_slope: str = "adaptive",
+) -> tuple[torch.Tensor, list[Box]]:
     """:func:`score_lower_bound` on ``layers``, also returning the boxes it used: ((N,), boxes)."""
     if method not in METHODS:
         raise ValueError(f"unknown bound method {method!r}; known: {METHODS}")
@@ -378,6 +416,7 @@ def lower_bound_and_boxes(layers: list[nn.Module], x: torch.Tensor, eps: float |
 
 # ---------------------------------------------------------------- rounding-error allowance
 
+
 def bound_rounding_factor(layers: list[nn.Module]) -> int:
     """C of :func:`rounding_allowance`: how many forward passes' worth of roundings a bound computation makes.
 
@@ -396,8 +435,9 @@ def _affine_abs(layer: nn.Linear | nn.Conv2d, v: torch.Tensor) -> torch.Tensor:
     return F.conv2d(v, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 
-def _forward_rounding(layers: list[nn.Module], boxes: list[Box], u_model: float,
-                      u_ref: float) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+def _forward_rounding(
+    layers: list[nn.Module], boxes: list[Box], u_model: float, u_ref: float
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """Forward half of :func:`rounding_allowance`.
 
     Returns:
@@ -435,8 +475,9 @@ def _forward_rounding(layers: list[nn.Module], boxes: list[Box], u_model: float,
     return local, spread, e_ref
 
 
-def _jacobian_backward(layer: nn.Module, jl: torch.Tensor, jh: torch.Tensor, box: Box,
-                       spread: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _jacobian_backward(
+    layer: nn.Module, jl: torch.Tensor, jh: torch.Tensor, box: Box, spread: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Interval [jl, jh] of ∂s/∂(layer output) → the interval of ∂s/∂(layer input), (N, *shape), float64."""
     if isinstance(layer, (nn.Linear, nn.Conv2d)):
         w = layer.weight.detach().double()
@@ -451,8 +492,10 @@ def _jacobian_backward(layer: nn.Module, jl: torch.Tensor, jh: torch.Tensor, box
         on, off = lo >= 0, hi <= 0
         zero = torch.zeros_like(jl)
         unstable = ~on & ~off
-        return (torch.where(on, jl, torch.where(unstable, jl.clamp(max=0.0), zero)),
-                torch.where(on, jh, torch.where(unstable, jh.clamp(min=0.0), zero)))
+        return (
+            torch.where(on, jl, torch.where(unstable, jl.clamp(max=0.0), zero)),
+            torch.where(on, jh, torch.where(unstable, jh.clamp(min=0.0), zero)),
+        )
     if isinstance(layer, nn.Flatten):
         return jl.reshape(box[0].shape), jh.reshape(box[0].shape)
     return jl, jh  # Shift, Identity
@@ -498,9 +541,16 @@ def rounding_allowance(layers: list[nn.Module], boxes: list[Box], u_model: float
 
 # ---------------------------------------------------------------- certified radii by bisection
 
-def verified_radius(verify: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n: int, start: float,
-                    max_radius: float, steps: int, device: torch.device | str = "cpu",
-                    shrink: int = 24) -> torch.Tensor:
+
+def verified_radius(
+    verify: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    n: int,
+    start: float,
+    max_radius: float,
+    steps: int,
+    device: torch.device | str = "cpu",
+    shrink: int = 24,
+) -> torch.Tensor:
     """Largest radius per input at which ``verify`` succeeded: bracketing by factors of 2, then bisection.
 
     Args:
@@ -559,8 +609,17 @@ def _round_up(eps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(e.double() < eps, torch.nextafter(e, torch.full_like(e, math.inf)), e)
 
 
-def _verifier(layers: list[nn.Module], xx: torch.Tensor, ref: torch.Tensor, rows_all: torch.Tensor, p: float,
-              method: str, lower_slope: str, tol: float, u_model: float) -> Callable:
+def _verifier(
+    layers: list[nn.Module],
+    xx: torch.Tensor,
+    ref: torch.Tensor,
+    rows_all: torch.Tensor,
+    p: float,
+    method: str,
+    lower_slope: str,
+    tol: float,
+    u_model: float,
+) -> Callable:
     """verify(index (k,), eps (k,) float64) → (k,) bool: lower bound − rounding allowance > tol·(1 + |s|).
 
     ``xx``/``layers``: the inputs and network the bound is computed on (float64 copy or the model);
@@ -579,10 +638,18 @@ def _verifier(layers: list[nn.Module], xx: torch.Tensor, ref: torch.Tensor, rows
     return verify
 
 
-def _certify_bounds(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], method: str, steps: int = 12,
-                    max_radius: dict | float | None = None, start: dict | float | None = None,
-                    precision: str = "float64", lower_slope: str = "adaptive", tolerance: float | None = None
-                    ) -> Certificate:
+def _certify_bounds(
+    model: nn.Module,
+    x: torch.Tensor,
+    norms: tuple[float, ...],
+    method: str,
+    steps: int = 12,
+    max_radius: dict | float | None = None,
+    start: dict | float | None = None,
+    precision: str = "float64",
+    lower_slope: str = "adaptive",
+    tolerance: float | None = None,
+) -> Certificate:
     check_precision(precision)
     if tolerance is not None and not 0.0 <= float(tolerance) < math.inf:
         raise UnsoundOptionError(f"tolerance must be finite and ≥ 0 (a negative one enlarges radii), got {tolerance!r}")
@@ -590,8 +657,9 @@ def _certify_bounds(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...],
     with eval_mode(model), torch.no_grad():
         score = model(x).reshape(x.shape[0], -1)
     if score.shape[1] != 1:
-        raise UnsupportedNetworkError(f"{method} certifies single-score (binary) models; this one has "
-                                      f"{score.shape[1]} outputs")
+        raise UnsupportedNetworkError(
+            f"{method} certifies single-score (binary) models; this one has {score.shape[1]} outputs"
+        )
     score = score[:, 0]
     u_model = matmul_unit_roundoff(score.dtype, score.device)
     net = copy.deepcopy(model).double().eval() if precision == "float64" else model
@@ -617,15 +685,20 @@ def _certify_bounds(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...],
             if idx_all.numel():
                 r[idx_all] = verified_radius(verify, idx_all.numel(), first, cap, steps).to(x.device)
             radii[p] = r
-    return Certificate(predicted=(score > 0).long(), radii=radii, method=method, guarantee=Guarantee.FLAG, binary=True,
-                       extra={"score": score.detach().float()})
+    return Certificate(
+        predicted=(score > 0).long(),
+        radii=radii,
+        method=method,
+        guarantee=Guarantee.FLAG,
+        binary=True,
+        extra={"score": score.detach().float()},
+    )
 
 
 def _per_norm(value: dict | float | None, p: float, default: float) -> float:
     if value is None:
         return float(default)
     if isinstance(value, dict):
-        from asymcert.certify.result import normalize_norm
         table = {normalize_norm(k): v for k, v in value.items()}
         return float(table.get(p, default))
     return float(value)
@@ -664,18 +737,21 @@ class BoundPropagationOptions:
     tolerance: float | None = None
 
 
-def certify_ibp(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
-                **options) -> Certificate:
+def certify_ibp(
+    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64", **options
+) -> Certificate:
     return _certify_bounds(model, x, norms, "ibp", precision=precision, **options)
 
 
-def certify_crown_ibp(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
-                      **options) -> Certificate:
+def certify_crown_ibp(
+    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64", **options
+) -> Certificate:
     return _certify_bounds(model, x, norms, "crown-ibp", precision=precision, **options)
 
 
-def certify_crown(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
-                  **options) -> Certificate:
+def certify_crown(
+    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64", **options
+) -> Certificate:
     return _certify_bounds(model, x, norms, "crown", precision=precision, **options)
 
 

@@ -49,7 +49,7 @@ from asymcert.nn.convex import ConvexConvNet, NonnegConv2d, PositiveBatchNorm
 if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
     from asymcert.models.feature_convex import FeatureConvexClassifier
 
-UNIT_ROUNDOFF = {torch.float32: 2.0 ** -24, torch.float64: 2.0 ** -53}
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float64: 2.0**-53}
 U64 = UNIT_ROUNDOFF[torch.float64]
 # Relative allowance for the rounding of the (nonnegative) bound computations themselves.
 BOUND_SAFETY = 1.0 + 1e-3
@@ -213,8 +213,10 @@ def _affine(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.
     rows = zip(weight.double().tolist(), bias.double().tolist(), mean.double().tolist(), var.double().tolist())
     pairs = [_exact_affine(w, b, m, v, float(norm.eps)) for w, b, m, v in rows]
     dev = weight.device
-    return (torch.tensor([a for a, _ in pairs], dtype=torch.float64, device=dev),
-            torch.tensor([c for _, c in pairs], dtype=torch.float64, device=dev))
+    return (
+        torch.tensor([a for a, _ in pairs], dtype=torch.float64, device=dev),
+        torch.tensor([c for _, c in pairs], dtype=torch.float64, device=dev),
+    )
 
 
 def _channel(v: torch.Tensor) -> torch.Tensor:
@@ -243,8 +245,13 @@ def _readout(model: FeatureConvexClassifier, spatial: tuple[int, ...]) -> tuple[
 
 
 @torch.no_grad()
-def bounded_pass(model: FeatureConvexClassifier, x: torch.Tensor, backend: str = "auto",
-                 dtype: torch.dtype = torch.float64, uniform: bool | None = None) -> BoundedPass:
+def bounded_pass(
+    model: FeatureConvexClassifier,
+    x: torch.Tensor,
+    backend: str = "auto",
+    dtype: torch.dtype = torch.float64,
+    uniform: bool | None = None,
+) -> BoundedPass:
     """Score, feature gradient and their rounding bounds of a feature-convex conv classifier.
 
     Args:
@@ -329,8 +336,14 @@ def _torch_pass(model: FeatureConvexClassifier, f64: torch.Tensor, dtype: torch.
         g = torch.addcmul(g, back, scales[k]).mul_(masks[k])
     grad = F.conv_transpose2d(g, w0, padding=stem_pad)
     grad_err = F.conv_transpose2d(g, w0_abs, padding=stem_pad).mul_(consts.grad)
-    return BoundedPass(score=score, score_error=score_err * BOUND_SAFETY, grad=grad.contiguous(),
-                       grad_error=grad_err.contiguous(), uncertain=uncertain, features=f64)
+    return BoundedPass(
+        score=score,
+        score_error=score_err * BOUND_SAFETY,
+        grad=grad.contiguous(),
+        grad_error=grad_err.contiguous(),
+        uncertain=uncertain,
+        features=f64,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,7 +362,8 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 _KERNEL = _native.LazyKernel(
     "convex-conv C++ kernel",
-    lambda: _native.build_and_load(_KERNEL_SRC, "asymcert_convex_conv_abi_version", 4, _declare))
+    lambda: _native.build_and_load(_KERNEL_SRC, "asymcert_convex_conv_abi_version", 4, _declare),
+)
 
 
 def kernels() -> ctypes.CDLL | None:
@@ -363,8 +377,9 @@ def kernel_error() -> str | None:
     return _KERNEL.error
 
 
-def _kernel_pass(lib: ctypes.CDLL, model: FeatureConvexClassifier, f64: torch.Tensor, dtype: torch.dtype,
-                 uniform: bool) -> BoundedPass:
+def _kernel_pass(
+    lib: ctypes.CDLL, model: FeatureConvexClassifier, f64: torch.Tensor, dtype: torch.dtype, uniform: bool
+) -> BoundedPass:
     net = cast(ConvexConvNet, model.convex)  # callers check supports_bounded
     consts = bound_constants(net, dtype)
     f = f64.to(dtype).contiguous()
@@ -383,9 +398,12 @@ def _kernel_pass(lib: ctypes.CDLL, model: FeatureConvexClassifier, f64: torch.Te
     wa, const, const_err = _readout(model, (h, w))
     wa = wa.contiguous()
     wa32 = wa.to(dtype).contiguous()
-    prm = torch.tensor([UNIT_ROUNDOFF[dtype], consts.stem, consts.grad] + [v for blk in consts.blocks for v in blk]
-                       + [1.0 if uniform else 0.0, consts.readout],
-                       dtype=torch.float64)
+    prm = torch.tensor(
+        [UNIT_ROUNDOFF[dtype], consts.stem, consts.grad]
+        + [v for blk in consts.blocks for v in blk]
+        + [1.0 if uniform else 0.0, consts.readout],
+        dtype=torch.float64,
+    )
     w0, b0 = to_dtype(net.stem.weight), to_dtype(conv_bias(net.stem))
     score = torch.empty(n, dtype=torch.float64)
     score_err = torch.empty(n, dtype=torch.float64)
@@ -394,9 +412,36 @@ def _kernel_pass(lib: ctypes.CDLL, model: FeatureConvexClassifier, f64: torch.Te
     uncertain = torch.empty(n, dtype=torch.uint8)
     threads = 1 if n < 64 else torch.get_num_threads()
     getattr(lib, f"asymcert_convex_conv_certify_{'f32' if dtype == torch.float32 else 'f64'}")(
-        f.data_ptr(), n, c_in, h, w, c, net.stem_kernel, n_blocks, w0.data_ptr(), b0.data_ptr(),
-        w_blocks.data_ptr(), b_blocks.data_ptr(), a_blocks.data_ptr(), c_blocks.data_ptr(), wa.data_ptr(),
-        wa32.data_ptr(), float(const), prm.data_ptr(), score.data_ptr(), score_err.data_ptr(), grad.data_ptr(),
-        grad_err.data_ptr(), uncertain.data_ptr(), threads)
-    return BoundedPass(score=score, score_error=(score_err + const_err) * BOUND_SAFETY, grad=grad,
-                       grad_error=grad_err, uncertain=uncertain.bool(), features=f64)
+        f.data_ptr(),
+        n,
+        c_in,
+        h,
+        w,
+        c,
+        net.stem_kernel,
+        n_blocks,
+        w0.data_ptr(),
+        b0.data_ptr(),
+        w_blocks.data_ptr(),
+        b_blocks.data_ptr(),
+        a_blocks.data_ptr(),
+        c_blocks.data_ptr(),
+        wa.data_ptr(),
+        wa32.data_ptr(),
+        float(const),
+        prm.data_ptr(),
+        score.data_ptr(),
+        score_err.data_ptr(),
+        grad.data_ptr(),
+        grad_err.data_ptr(),
+        uncertain.data_ptr(),
+        threads,
+    )
+    return BoundedPass(
+        score=score,
+        score_error=(score_err + const_err) * BOUND_SAFETY,
+        grad=grad,
+        grad_error=grad_err,
+        uncertain=uncertain.bool(),
+        features=f64,
+    )

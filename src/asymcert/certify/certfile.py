@@ -41,10 +41,15 @@ def save_certificates(path: Path, cert: Certificate, labels: torch.Tensor) -> No
     if cert.abstained is not None:
         tensors["abstained"] = cert.abstained.cpu().contiguous()
     # "deterministic" stays for readers older than "guarantee"
-    meta = {"method": cert.method, "guarantee": dumps_strict(cert.guarantee.value),
-            "deterministic": dumps_strict(cert.deterministic), "alpha": dumps_strict(cert.alpha),
-            "seconds": repr(cert.seconds), "binary": dumps_strict(cert.binary),
-            "norms": dumps_strict([norm_label(p) for p in cert.radii])}
+    meta = {
+        "method": cert.method,
+        "guarantee": dumps_strict(cert.guarantee.value),
+        "deterministic": dumps_strict(cert.deterministic),
+        "alpha": dumps_strict(cert.alpha),
+        "seconds": repr(cert.seconds),
+        "binary": dumps_strict(cert.binary),
+        "norms": dumps_strict([norm_label(p) for p in cert.radii]),
+    }
     # serialised in memory and written by Python, so a full disk raises OSError (→ WriteError)
     blob = safetensors_bytes(tensors, metadata=meta)
     atomic_write(path, lambda tmp: tmp.write_bytes(blob))
@@ -76,8 +81,9 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
         return meta, load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = (str(exc).splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path} is not a readable certificates file ({first}); "
-                              f"run `asymcert certify` again") from None
+        raise CheckpointError(
+            f"{path} is not a readable certificates file ({first}); run `asymcert certify` again"
+        ) from None
 
 
 def _shape_check(path: Path, t: dict[str, torch.Tensor], norms: list[Any]) -> None:
@@ -89,8 +95,10 @@ def _shape_check(path: Path, t: dict[str, torch.Tensor], norms: list[Any]) -> No
     for key, v in t.items():
         vector = key in ("label", "predicted", "abstained") or key.startswith("radius_")
         if v.dim() == 0 or v.shape[0] != n or (vector and v.dim() != 1):
-            raise CheckpointError(f"{path}: corrupted certificates ({key!r} has shape {tuple(v.shape)}, "
-                                  f"expected {n if n >= 0 else 'N'} rows); run `asymcert certify` again")
+            raise CheckpointError(
+                f"{path}: corrupted certificates ({key!r} has shape {tuple(v.shape)}, "
+                f"expected {n if n >= 0 else 'N'} rows); run `asymcert certify` again"
+            )
 
 
 def load_certificates(path: Path) -> tuple[Certificate, torch.Tensor]:
@@ -110,11 +118,21 @@ def load_certificates(path: Path) -> tuple[Certificate, torch.Tensor]:
         radii = {normalize_norm(n): t[f"radius_{n}"] for n in norms}
         extra = {k: v for k, v in t.items() if k not in _FIXED and not k.startswith("radius_")}
         binary = bool(json.loads(meta["binary"]))
-        cert = Certificate(t["predicted"], radii, str(meta["method"]), _guarantee(meta, binary, extra),
-                           json.loads(meta["alpha"]), t.get("abstained"), float(meta["seconds"]), binary, extra)
+        cert = Certificate(
+            t["predicted"],
+            radii,
+            str(meta["method"]),
+            _guarantee(meta, binary, extra),
+            json.loads(meta["alpha"]),
+            t.get("abstained"),
+            float(meta["seconds"]),
+            binary,
+            extra,
+        )
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError) as exc:  # (InputError of Certificate is a ValueError)
-        raise CheckpointError(f"{path}: corrupted certificates metadata ({type(exc).__name__}: {exc}); "
-                              f"run `asymcert certify` again") from None
+        raise CheckpointError(
+            f"{path}: corrupted certificates metadata ({type(exc).__name__}: {exc}); run `asymcert certify` again"
+        ) from None
     return cert, t["label"]

@@ -41,6 +41,8 @@ from asymcert.certify.bounded_convex import block_convs, block_norms
 from asymcert.certify.inputs import check_inputs
 from asymcert.certify.result import normalize_norm
 from asymcert.errors import AsymcertError
+from asymcert.models.feature_convex import FeatureConvexClassifier
+from asymcert.nn.convex import ICNN, ConvexConvNet
 
 if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
     from asymcert.models.feature_convex import FeatureConvexClassifier
@@ -60,6 +62,7 @@ class UnsupportedModelError(AsymcertError, ValueError):
 # ---------------------------------------------------------------------------------------------
 # The model as a chain of monotone affine layers
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Layer:
@@ -132,8 +135,7 @@ def conv_matrix(weight: np.ndarray, height: int, width: int, padding: int) -> sp
     """
     c_out, c_in, kh, kw = weight.shape
     h_out, w_out = height + 2 * padding - kh + 1, width + 2 * padding - kw + 1
-    co, ci, oy, ox = np.meshgrid(np.arange(c_out), np.arange(c_in), np.arange(h_out), np.arange(w_out),
-                                 indexing="ij")
+    co, ci, oy, ox = np.meshgrid(np.arange(c_out), np.arange(c_in), np.arange(h_out), np.arange(w_out), indexing="ij")
     rows, cols, vals = [], [], []
     for ky in range(kh):
         for kx in range(kw):
@@ -144,18 +146,22 @@ def conv_matrix(weight: np.ndarray, height: int, width: int, padding: int) -> sp
             rows.append(((co * h_out + oy) * w_out + ox)[ok][nz])
             cols.append(((ci * height + iy) * width + ix)[ok][nz])
             vals.append(v[nz])
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                         shape=(c_out * h_out * w_out, c_in * height * width))
+    return sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(c_out * h_out * w_out, c_in * height * width),
+    )
 
 
-def _affine_feature_map(model: FeatureConvexClassifier, d: int,
-                        shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _affine_feature_map(
+    model: FeatureConvexClassifier, d: int, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """(a, c) with φ(x) = a ⊙ x + c (flattened), verified on random inputs."""
     phi = model.feature_map
     if not (hasattr(phi, "affine") and phi.affine()):
         raise UnsupportedModelError(
             f"exact radii need an affine feature map (identity/shift/standardize); "
-            f"{getattr(phi, 'config', lambda: type(phi).__name__)()} is not affine")
+            f"{getattr(phi, 'config', lambda: type(phi).__name__)()} is not affine"
+        )
     with torch.no_grad():
         zero = torch.zeros((1,) + shape, dtype=torch.float64)
         c = phi(zero)
@@ -171,12 +177,11 @@ def _affine_feature_map(model: FeatureConvexClassifier, d: int,
 
 def _chain_of(model: nn.Module) -> _Chain:
     """The float64 layer chain of a FeatureConvexClassifier (whose weights are read in eval mode)."""
-    from asymcert.models.feature_convex import FeatureConvexClassifier
-    from asymcert.nn.convex import ICNN, ConvexConvNet
 
     if not isinstance(model, FeatureConvexClassifier):
-        raise UnsupportedModelError(f"exact radii exist only for feature-convex classifiers, got "
-                                    f"{type(model).__name__}")
+        raise UnsupportedModelError(
+            f"exact radii exist only for feature-convex classifiers, got {type(model).__name__}"
+        )
     model.validate()  # nonnegative weights: the epigraph relaxation is exact only then
     shape = tuple(model.input_shape)
     d = int(np.prod(shape))
@@ -231,6 +236,7 @@ def _chain_of(model: nn.Module) -> _Chain:
 # ---------------------------------------------------------------------------------------------
 # Solvers
 # ---------------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _quiet_stdout() -> Iterator[None]:
@@ -342,12 +348,14 @@ class ExactRadiusSolver:
         # rows: −z_k + M_k z_{k−1} + P_k A δ ≤ −c_k − P_k f(x);   objective s = cost·(δ, z) + const(x).
         self.G = sp.bmat(blocks, format="csr")
         self.cost = np.zeros(nd + n_z)
-        self.cost[nd + n_z - widths[-1]:] = ch.out_m.toarray()[0]
+        self.cost[nd + n_z - widths[-1] :] = ch.out_m.toarray()[0]
         if ch.out_p is not None:
             self.cost[:nd] = delta_block(ch.out_p, 1).toarray()[0]
         self.h_const = np.concatenate([-layer.c for layer in ch.layers])
-        self.Pstack = sp.vstack([layer.P if layer.P is not None else sp.csr_matrix((layer.c.shape[0], d))
-                                 for layer in ch.layers], format="csr")
+        self.Pstack = sp.vstack(
+            [layer.P if layer.P is not None else sp.csr_matrix((layer.c.shape[0], d)) for layer in ch.layers],
+            format="csr",
+        )
         self.depends = np.flatnonzero(np.diff(self.Pstack.indptr) > 0).astype(np.int32)
         self.n_var = nd + n_z
         self.n_row = n_z + (1 if self.norm == 1 else 0)
@@ -430,8 +438,7 @@ class ExactRadiusSolver:
             h.changeColsBounds(self.nd, cols, lower, upper)
         return lower, upper
 
-    def _crash_basis(self, t: float, xf: np.ndarray, grad: np.ndarray, lower: np.ndarray,
-                     upper: np.ndarray) -> Any:
+    def _crash_basis(self, t: float, xf: np.ndarray, grad: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> Any:
         """A primal-feasible, nonsingular basis: δ at the linearised minimiser, hidden units by their ReLU state.
 
         Rows are ordered by layer and each unit's row is covered either by its own z (active: row
@@ -464,7 +471,7 @@ class ExactRadiusSolver:
             delta = np.where(at_upper, upper, lower)
             col[:d] = np.where(at_upper, UPPER, LOWER)
         active = self._pattern(xf + delta)
-        col[self.nd:][active] = BASIC
+        col[self.nd :][active] = BASIC
         row = np.where(active, UPPER, BASIC)
         if self.norm == 1:
             row = np.append(row, BASIC if extra_row_basic else UPPER)
@@ -483,13 +490,22 @@ class ExactRadiusSolver:
         at_t = np.where(rc < 0, upper >= t, lower <= -t)  # the active bound is the radius, not the box
         return float(np.abs(rc[at_t]).sum())
 
-    def _solve_lp(self, xf: np.ndarray, h_rows: np.ndarray, const: float, s0: float, grad: np.ndarray,
-                  t0: float, time_limit: float | None) -> tuple[str, np.ndarray | None]:
+    def _solve_lp(
+        self,
+        xf: np.ndarray,
+        h_rows: np.ndarray,
+        const: float,
+        s0: float,
+        grad: np.ndarray,
+        t0: float,
+        time_limit: float | None,
+    ) -> tuple[str, np.ndarray | None]:
         highspy = _import_highspy()
 
         h = self._highs_instance()
-        h.changeRowsBounds(self.depends.size, self.depends, np.full(self.depends.size, -highspy.kHighsInf),
-                           h_rows[self.depends])
+        h.changeRowsBounds(
+            self.depends.size, self.depends, np.full(self.depends.size, -highspy.kHighsInf), h_rows[self.depends]
+        )
         if self.norm == 1 and self.input_range is not None:
             lower, upper = self._delta_bounds(t0, xf)
             h.changeColsBounds(self.nd, np.arange(self.nd, dtype=np.int32), lower, upper)
@@ -509,8 +525,11 @@ class ExactRadiusSolver:
             status = h.getModelStatus()
             if status != highspy.HighsModelStatus.kOptimal:
                 self._highs = None  # start the next input from a fresh instance
-                name = "time limit" if status == highspy.HighsModelStatus.kTimeLimit else \
-                    str(status).split(".")[-1].removeprefix("k").lower()
+                name = (
+                    "time limit"
+                    if status == highspy.HighsModelStatus.kTimeLimit
+                    else str(status).split(".")[-1].removeprefix("k").lower()
+                )
                 return name, None
             sol = h.getSolution()
             v = float(h.getInfo().objective_function_value) + const
@@ -526,16 +545,16 @@ class ExactRadiusSolver:
         return "no convergence", None
 
     # -- ℓ2: quadratic program -------------------------------------------------------------------
-    def _solve_qp(self, xf: np.ndarray, h_rows: np.ndarray, const: float, time_limit: float | None
-                  ) -> tuple[str, np.ndarray | None]:
+    def _solve_qp(
+        self, xf: np.ndarray, h_rows: np.ndarray, const: float, time_limit: float | None
+    ) -> tuple[str, np.ndarray | None]:
         try:
             import clarabel
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("exact ℓ2 radii need the `clarabel` package (pip install clarabel)") from exc
         d, n_z = self.chain.dim, self.n_z
         # G v ≤ h, objective row out·v + const ≤ 0, z ≥ 0, and the optional box on δ.
-        rows = [self.G, sp.csr_matrix(self.cost[None, :]),
-                sp.hstack([sp.csr_matrix((n_z, d)), -sp.identity(n_z)])]
+        rows = [self.G, sp.csr_matrix(self.cost[None, :]), sp.hstack([sp.csr_matrix((n_z, d)), -sp.identity(n_z)])]
         b = [h_rows, np.array([-const]), np.zeros(n_z)]
         if self.input_range is not None:
             lo, hi = self.input_range
@@ -552,8 +571,9 @@ class ExactRadiusSolver:
             settings.direct_solve_method = "faer"
         if time_limit is not None:
             settings.time_limit = float(time_limit)
-        solver = clarabel.DefaultSolver(P, np.zeros(self.n_var), A, np.concatenate(b),
-                                        [clarabel.NonnegativeConeT(A.shape[0])], settings)
+        solver = clarabel.DefaultSolver(
+            P, np.zeros(self.n_var), A, np.concatenate(b), [clarabel.NonnegativeConeT(A.shape[0])], settings
+        )
         sol = solver.solve()
         status = str(sol.status)
         if status in ("Solved", "AlmostSolved"):
@@ -584,8 +604,10 @@ class ExactRadiusSolver:
         h_rows, const = self._features_const(x_flat)
         chain_score = self.chain.score(x_flat)
         if n and not np.allclose(chain_score, score, rtol=1e-7, atol=1e-7 * (1 + np.abs(score).max())):
-            raise UnsupportedModelError("internal error: the layer chain does not reproduce the model's scores "
-                                        f"(max gap {np.abs(chain_score - score).max():.3g})")
+            raise UnsupportedModelError(
+                "internal error: the layer chain does not reproduce the model's scores "
+                f"(max gap {np.abs(chain_score - score).max():.3g})"
+            )
         dual = 1.0 if self.norm == math.inf else (math.inf if self.norm == 1 else 2.0)
         gnorm = np.linalg.norm(grad, ord=dual, axis=1) if n else np.zeros(0)
         radii, deltas = np.zeros(n), np.zeros((n, d))
@@ -599,29 +621,38 @@ class ExactRadiusSolver:
                 status[i], v = self._solve_qp(x_flat[i], h_rows[i], float(const[i]), time_limit)
             else:
                 t0 = float(score[i] / gnorm[i])
-                status[i], v = self._solve_lp(x_flat[i], h_rows[i], float(const[i]), float(score[i]), grad[i],
-                                              t0, time_limit)
+                status[i], v = self._solve_lp(
+                    x_flat[i], h_rows[i], float(const[i]), float(score[i]), grad[i], t0, time_limit
+                )
             seconds[i] = time.perf_counter() - t_start
             if status[i] == "unreachable":
                 radii[i] = math.inf
             elif v is None:
                 radii[i] = math.nan
             else:
-                delta = v[:d] - v[d:2 * d] if self.norm == 1 else v[:d]
+                delta = v[:d] - v[d : 2 * d] if self.norm == 1 else v[:d]
                 deltas[i] = delta
                 radii[i] = float(np.linalg.norm(delta, ord=self.norm))
         self._check(x_flat, score, deltas, radii, status)
         failed = [i for i, s in enumerate(status) if s not in ("optimal", "not flagged", "unreachable", "check failed")]
         if failed:
-            warnings.warn(f"exact ℓ{self.norm:g} radius: the solver stopped early ({status[failed[0]]}) for "
-                          f"{len(failed)} input(s) (rows {failed[:5]}); their radius is NaN", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"exact ℓ{self.norm:g} radius: the solver stopped early ({status[failed[0]]}) for "
+                f"{len(failed)} input(s) (rows {failed[:5]}); their radius is NaN",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         dev = x.device
-        return ExactResult(torch.from_numpy(radii).to(dev),
-                           torch.from_numpy(deltas).reshape((n,) + self.input_shape).to(dev), status, seconds)
+        return ExactResult(
+            torch.from_numpy(radii).to(dev),
+            torch.from_numpy(deltas).reshape((n,) + self.input_shape).to(dev),
+            status,
+            seconds,
+        )
 
-    def _check(self, x_flat: np.ndarray, score: np.ndarray, deltas: np.ndarray, radii: np.ndarray,
-               status: list[str]) -> None:
+    def _check(
+        self, x_flat: np.ndarray, score: np.ndarray, deltas: np.ndarray, radii: np.ndarray, status: list[str]
+    ) -> None:
         """Mark NaN every radius whose perturbation does not reach {s ≤ 0} on the float64 model."""
         solved = np.array([s == "optimal" for s in status], dtype=bool)
         if not solved.any():
@@ -633,16 +664,25 @@ class ExactRadiusSolver:
         for i in bad:
             status[i] = "check failed"
         if bad.size:
-            warnings.warn(f"exact ℓ{self.norm:g} radius: the solver's perturbation did not reach the "
-                          f"non-sensitive region for {bad.size} input(s) (rows {bad[:5].tolist()}); "
-                          "their radius is NaN", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"exact ℓ{self.norm:g} radius: the solver's perturbation did not reach the "
+                f"non-sensitive region for {bad.size} input(s) (rows {bad[:5].tolist()}); "
+                "their radius is NaN",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             radii[bad] = math.nan
             deltas[bad] = 0.0
 
 
-def exact_radius(model: nn.Module, x: torch.Tensor, norm: float | str, return_perturbation: bool = False,
-                 time_limit: float | None = None, respect_input_range: bool = False
-                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def exact_radius(
+    model: nn.Module,
+    x: torch.Tensor,
+    norm: float | str,
+    return_perturbation: bool = False,
+    time_limit: float | None = None,
+    respect_input_range: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The exact ℓp distance from each input to the model's non-sensitive region {s ≤ 0}.
 
     This is the largest radius any sound certificate can give: ``certify(...).radius(p) ≤

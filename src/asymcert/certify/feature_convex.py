@@ -95,8 +95,14 @@ def evaluation_eps(model: ConvexModel) -> float:
     return 2.0 * matmul_unit_roundoff(p.dtype, p.device)
 
 
-def rounding_bound(features: torch.Tensor, grad: torch.Tensor, score: torch.Tensor, constants: float,
-                   eps: float, factor: float = FLOAT_GUARD_FACTOR) -> torch.Tensor:
+def rounding_bound(
+    features: torch.Tensor,
+    grad: torch.Tensor,
+    score: torch.Tensor,
+    constants: float,
+    eps: float,
+    factor: float = FLOAT_GUARD_FACTOR,
+) -> torch.Tensor:
     """Absolute bound (N,) float64 on the rounding error of one evaluation of s at machine epsilon ``eps``.
 
     For piecewise-linear g, s(x) = ∇gᵀφ(x) + c + b locally, and the float error of evaluating it grows
@@ -143,8 +149,9 @@ def constant_magnitude(model: FeatureConvexClassifier) -> float:
     return total
 
 
-def float_guard(model: FeatureConvexClassifier, features: torch.Tensor, grad: torch.Tensor,
-                score: torch.Tensor) -> torch.Tensor:
+def float_guard(
+    model: FeatureConvexClassifier, features: torch.Tensor, grad: torch.Tensor, score: torch.Tensor
+) -> torch.Tensor:
     """Absolute score margin (N,) float64 that covers the rounding of the deployed model's own evaluation.
 
     :func:`rounding_bound` at :func:`evaluation_eps` of the model (float32: 8·2⁻²³·M; float64
@@ -154,8 +161,9 @@ def float_guard(model: FeatureConvexClassifier, features: torch.Tensor, grad: to
     return rounding_bound(features, grad, score, constant_magnitude(model), evaluation_eps(model))
 
 
-def reference_error(model: FeatureConvexClassifier, features: torch.Tensor, grad: torch.Tensor, score: torch.Tensor,
-                    precision: str) -> torch.Tensor:
+def reference_error(
+    model: FeatureConvexClassifier, features: torch.Tensor, grad: torch.Tensor, score: torch.Tensor, precision: str
+) -> torch.Tensor:
     """Bound (N,) on |ŝ − s| for the score ŝ of the ``"float64"`` or ``"model"`` reference."""
     if precision == "float64":
         return rounding_bound(features, grad, score, constant_magnitude(model), EPS64, FLOAT64_REFERENCE_FACTOR)
@@ -182,8 +190,9 @@ def _resolve_precision(model: ConvexModel, x: torch.Tensor, precision: str) -> s
         raise UnsoundOptionError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     supported = supports_bounded(model, x.device)
     if precision == "bounded" and not supported:
-        raise UnsoundOptionError("precision='bounded' needs a convex conv net (odd stem kernel) on CPU; "
-                                 "use 'auto' or 'float64'")
+        raise UnsoundOptionError(
+            "precision='bounded' needs a convex conv net (odd stem kernel) on CPU; use 'auto' or 'float64'"
+        )
     if precision == "auto":
         return "bounded" if supported else "float64"
     return precision
@@ -200,13 +209,16 @@ def checked_slack(model: ConvexModel, precision: str, slack: float | None) -> fl
     if slack is None:
         return need
     if not need <= float(slack) < 1.0:
-        raise UnsoundOptionError(f"slack={slack!r} with precision={precision!r} must be in [{need:.3g}, 1): "
-                                 "less would not cover the rounding of the gradient norm")
+        raise UnsoundOptionError(
+            f"slack={slack!r} with precision={precision!r} must be in [{need:.3g}, 1): "
+            "less would not cover the rounding of the gradient norm"
+        )
     return float(slack)
 
 
-def _reference(model: FeatureConvexClassifier, x: torch.Tensor, precision: str) -> tuple[
-        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _reference(
+    model: FeatureConvexClassifier, x: torch.Tensor, precision: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(ŝ, E_ref, ĝ, G, φ(x), uncertain) for a resolved precision.
 
     ŝ, E_ref: (N,) float64 score and bound on its error; ĝ, G: (N, *feature_shape) gradient and the
@@ -236,9 +248,15 @@ class FeatureConvexOptions:
     validate: bool = True
 
 
-def certify_feature_convex(model: FeatureConvexClassifier, x: torch.Tensor, norms: tuple[float, ...],
-                           precision: str = "auto", slack: float | None = None,
-                           guard: bool = True, validate: bool = True) -> Certificate:
+def certify_feature_convex(
+    model: FeatureConvexClassifier,
+    x: torch.Tensor,
+    norms: tuple[float, ...],
+    precision: str = "auto",
+    slack: float | None = None,
+    guard: bool = True,
+    validate: bool = True,
+) -> Certificate:
     """Certificates of a :class:`~asymcert.models.FeatureConvexClassifier` for a batch.
 
     Every precision × guard combination is sound: with ``guard=False`` no radius exceeds the exact
@@ -285,12 +303,24 @@ def certify_feature_convex(model: FeatureConvexClassifier, x: torch.Tensor, norm
     margin = score - err - (band if guard else 0.0)
     margin = torch.where(flagged, margin, torch.zeros_like(margin))
     radii = {p: safe_radius(margin, model.feature_lipschitz(p) * dual_norm(grad_bound, p), slack) for p in norms}
-    return Certificate(predicted=flagged.long(), radii=radii, method="feature-convex",
-                       guarantee=Guarantee.FLAG, binary=True, extra={"score": own_score})
+    return Certificate(
+        predicted=flagged.long(),
+        radii=radii,
+        method="feature-convex",
+        guarantee=Guarantee.FLAG,
+        binary=True,
+        extra={"score": own_score},
+    )
 
 
-def _decide(model: FeatureConvexClassifier, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, band: torch.Tensor,
-            uncertain: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _decide(
+    model: FeatureConvexClassifier,
+    x: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    band: torch.Tensor,
+    uncertain: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's own decisions (N,) bool and scores (N,) float32, from bounds on the exact score.
 
     The model's float evaluation is within ``band`` (:func:`float_guard`) of the exact score, so it is

@@ -10,8 +10,9 @@ CHECK_CHUNK = 4096
 """Rows whose finiteness is checked at once: the check allocates O(CHECK_CHUNK × input size) bools, whatever N."""
 
 
-def check_inputs(x: torch.Tensor, input_shape: tuple[int, ...] | None,
-                 value_range: tuple[float, float] | None = None) -> torch.Tensor:
+def check_inputs(
+    x: torch.Tensor, input_shape: tuple[int, ...] | None, value_range: tuple[float, float] | None = None
+) -> torch.Tensor:
     """Check a batch ``x`` of shape (N, *input_shape): a floating tensor with values, finite, optionally in range.
 
     N = 0 is allowed (an empty batch). Returns ``x`` unchanged.
@@ -25,8 +26,9 @@ def check_inputs(x: torch.Tensor, input_shape: tuple[int, ...] | None,
     if x.is_meta:
         raise InputError("inputs are on the meta device, they hold no values; create them on cpu or cuda")
     if not x.is_floating_point():
-        raise InputError(f"inputs must be floating point in raw units, got dtype {x.dtype} "
-                         "(convert images with x.float() / 255)")
+        raise InputError(
+            f"inputs must be floating point in raw units, got dtype {x.dtype} (convert images with x.float() / 255)"
+        )
     if x.dim() == 0:
         raise InputError("inputs must have shape (N, ...), one row per input; got a scalar")
     if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
@@ -36,10 +38,10 @@ def check_inputs(x: torch.Tensor, input_shape: tuple[int, ...] | None,
         return x
     bad: list[int] = []
     for start in range(0, x.shape[0], CHECK_CHUNK):
-        chunk = x[start:start + CHECK_CHUNK]
+        chunk = x[start : start + CHECK_CHUNK]
         finite = torch.isfinite(chunk).reshape(chunk.shape[0], -1).all(dim=1)
         if not bool(finite.all()):
-            bad += (torch.nonzero(~finite).flatten() + start)[:5 - len(bad)].tolist()
+            bad += (torch.nonzero(~finite).flatten() + start)[: 5 - len(bad)].tolist()
             if len(bad) >= 5:
                 break
     if bad:
@@ -48,6 +50,8 @@ def check_inputs(x: torch.Tensor, input_shape: tuple[int, ...] | None,
         lo, hi = value_range
         mn, mx = float(x.min()), float(x.max())
         if mn < lo or mx > hi:
-            raise InputError(f"inputs range over [{mn:g}, {mx:g}] but this model expects raw values in "
-                             f"[{lo:g}, {hi:g}] (pixels scaled to [0, 1]?)")
+            raise InputError(
+                f"inputs range over [{mn:g}, {mx:g}] but this model expects raw values in "
+                f"[{lo:g}, {hi:g}] (pixels scaled to [0, 1]?)"
+            )
     return x

@@ -108,8 +108,9 @@ def distance_error_bound(ops: list, r: torch.Tensor | float, u: float) -> torch.
     return e
 
 
-def _head_ibp_lower(model: LinfDistNet, lo: torch.Tensor, hi: torch.Tensor, cls: torch.Tensor,
-                    feat_err: torch.Tensor | None, u: float) -> torch.Tensor:
+def _head_ibp_lower(
+    model: LinfDistNet, lo: torch.Tensor, hi: torch.Tensor, cls: torch.Tensor, feat_err: torch.Tensor | None, u: float
+) -> torch.Tensor:
     """Lower bounds of g_c − g_j − (E_c + E_j) over the feature box, for the +MLP head.
 
     Args:
@@ -143,8 +144,15 @@ def _head_ibp_lower(model: LinfDistNet, lo: torch.Tensor, hi: torch.Tensor, cls:
     return low.scatter(1, cls[:, None], INF)
 
 
-def head_verified(model: LinfDistNet, y_last: torch.Tensor, r: torch.Tensor, cls: torch.Tensor,
-                  ops: list | None, u: float, u_ref: float | None = None) -> torch.Tensor:
+def head_verified(
+    model: LinfDistNet,
+    y_last: torch.Tensor,
+    r: torch.Tensor,
+    cls: torch.Tensor,
+    ops: list | None,
+    u: float,
+    u_ref: float | None = None,
+) -> torch.Tensor:
     """Whether IBP through the head verifies class c on the normalised ℓ∞ ball of radius r.
 
     The IBP runs in float64 whatever the model's dtype; with ``ops`` its result is lowered by the
@@ -170,8 +178,15 @@ def head_verified(model: LinfDistNet, y_last: torch.Tensor, r: torch.Tensor, cls
     return (_head_ibp_lower(model, lo, hi, cls, err, u + 4 * U64) > 0).all(dim=1)
 
 
-def bisect_radius(verified, n: int, dtype: torch.dtype, device: torch.device, start: float = 1.0 / 64,
-                  expand: int = 80, steps: int = 40) -> torch.Tensor:
+def bisect_radius(
+    verified,
+    n: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    start: float = 1.0 / 64,
+    expand: int = 80,
+    steps: int = 40,
+) -> torch.Tensor:
     """Largest verified radius per input by batched doubling then bisection; only verified values returned.
 
     Args:
@@ -216,8 +231,14 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 
 @torch.no_grad()
-def normalized_radii(model: LinfDistNet, x: torch.Tensor, cls: torch.Tensor, precision: str = "float64",
-                     float_check: bool = True, steps: int = 40) -> torch.Tensor:
+def normalized_radii(
+    model: LinfDistNet,
+    x: torch.Tensor,
+    cls: torch.Tensor,
+    precision: str = "float64",
+    float_check: bool = True,
+    steps: int = 40,
+) -> torch.Tensor:
     """Certified ℓ∞ radius of class ``cls`` per input, in NORMALISED units (multiply by σ for raw).
 
     With ``float_check`` the certificate covers the model's own decisions: for plain nets the
@@ -245,13 +266,22 @@ def normalized_radii(model: LinfDistNet, x: torch.Tensor, cls: torch.Tensor, pre
             margin = top2_margin(logits, cls).double()
             if float_check:
                 # E_model(x') ≤ E at radius r = margin/2 (the largest radius that can matter)
-                margin = margin - u_ref * margin.abs() - 2 * distance_error_bound(ops, 0.0, u_ref) \
+                margin = (
+                    margin
+                    - u_ref * margin.abs()
+                    - 2 * distance_error_bound(ops, 0.0, u_ref)
                     - 2 * distance_error_bound(ops, margin.clamp_min(0) / 2, u)
+                )
             return (margin / 2).clamp_min(0.0)
         check = ops if float_check else None
         # inflate the box slightly so the float64 bisection's own rounding of r cannot matter
-        return bisect_radius(lambda r: head_verified(ref, y_last, r * (1 + 1e-9), cls, check, u, u_ref),
-                             x.shape[0], torch.float64, xr.device, steps=steps)
+        return bisect_radius(
+            lambda r: head_verified(ref, y_last, r * (1 + 1e-9), cls, check, u, u_ref),
+            x.shape[0],
+            torch.float64,
+            xr.device,
+            steps=steps,
+        )
 
 
 @dataclass(frozen=True)
@@ -265,9 +295,16 @@ class LinfDistOptions:
     steps: int = 40
 
 
-def certify_linf_dist(model: LinfDistNet, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
-                      slack: float | None = None, validate: bool = True, float_check: bool = True,
-                      steps: int = 40) -> Certificate:
+def certify_linf_dist(
+    model: LinfDistNet,
+    x: torch.Tensor,
+    norms: tuple[float, ...],
+    precision: str = "float64",
+    slack: float | None = None,
+    validate: bool = True,
+    float_check: bool = True,
+    steps: int = 40,
+) -> Certificate:
     """Certificates of a :class:`~asymcert.models.linf_dist_net.LinfDistNet` for a batch.
 
     Args:
@@ -292,9 +329,11 @@ def certify_linf_dist(model: LinfDistNet, x: torch.Tensor, norms: tuple[float, .
     check_precision(precision)
     check_slack(slack)
     if not float_check:
-        raise UnsoundOptionError("float_check=False certifies the exact function, not the model's own float "
-                                 "decisions, and is unsound near the decision boundary; use float_check=True "
-                                 "(the default)")
+        raise UnsoundOptionError(
+            "float_check=False certifies the exact function, not the model's own float "
+            "decisions, and is unsound near the decision boundary; use float_check=True "
+            "(the default)"
+        )
     with eval_mode(model), torch.no_grad():
         logits = model.logits(x)
     if model.binary:
@@ -314,9 +353,14 @@ def certify_linf_dist(model: LinfDistNet, x: torch.Tensor, norms: tuple[float, .
         r_inf = r_sym
         extra = {"margin": top2_margin(logits, cls).detach().float()}
     radii = {p: r_inf.clone() for p in norms}
-    return Certificate(predicted=cls, radii=radii, method="linf-dist",
-                       guarantee=Guarantee.FLAG if model.binary else Guarantee.DECISION, binary=model.binary,
-                       extra=extra)
+    return Certificate(
+        predicted=cls,
+        radii=radii,
+        method="linf-dist",
+        guarantee=Guarantee.FLAG if model.binary else Guarantee.DECISION,
+        binary=model.binary,
+        extra=extra,
+    )
 
 
 __all__ = [

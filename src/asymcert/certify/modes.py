@@ -57,12 +57,13 @@ def matmul_unit_roundoff(dtype: torch.dtype, device: torch.device | str = "cpu")
         return u
     mode = torch.get_float32_matmul_precision()
     if mode == "medium":
-        u = max(u, 2.0 ** -8)
+        u = max(u, 2.0**-8)
     elif mode == "high":
-        u = max(u, 2.0 ** -10)
-    if torch.device(device).type == "cuda" and (torch.backends.cuda.matmul.allow_tf32
-                                                 or torch.backends.cudnn.allow_tf32):
-        u = max(u, 2.0 ** -10)
+        u = max(u, 2.0**-10)
+    if torch.device(device).type == "cuda" and (
+        torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    ):
+        u = max(u, 2.0**-10)
     return u
 
 

@@ -71,8 +71,15 @@ class OneVsRestOptions:
     validate: bool = True
 
 
-def certify_one_vs_rest(model: OneVsRestConvex, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
-                        slack: float | None = None, guard: bool = True, validate: bool = True) -> Certificate:
+def certify_one_vs_rest(
+    model: OneVsRestConvex,
+    x: torch.Tensor,
+    norms: tuple[float, ...],
+    precision: str = "float64",
+    slack: float | None = None,
+    guard: bool = True,
+    validate: bool = True,
+) -> Certificate:
     """Per-class sensitive-class certificates of a one-vs-rest feature-convex model (see the module doc).
 
     Args:
@@ -114,11 +121,20 @@ def certify_one_vs_rest(model: OneVsRestConvex, x: torch.Tensor, norms: tuple[fl
     predicted = score.argmax(dim=1)
     class_radii = {p: torch.stack(r, dim=1) for p, r in per_class.items()}
     radii = {p: r.gather(1, predicted[:, None]).squeeze(1) for p, r in class_radii.items()}
-    extra = {"scores": score.detach().float(), "flags": flags,
-             "predicted_flagged": flags.gather(1, predicted[:, None]).squeeze(1),
-             **{class_radii_key(p): r for p, r in class_radii.items()}}
-    return Certificate(predicted=predicted, radii=radii, method="one-vs-rest-convex", guarantee=Guarantee.FLAG,
-                       binary=False, extra=extra)
+    extra = {
+        "scores": score.detach().float(),
+        "flags": flags,
+        "predicted_flagged": flags.gather(1, predicted[:, None]).squeeze(1),
+        **{class_radii_key(p): r for p, r in class_radii.items()},
+    }
+    return Certificate(
+        predicted=predicted,
+        radii=radii,
+        method="one-vs-rest-convex",
+        guarantee=Guarantee.FLAG,
+        binary=False,
+        extra=extra,
+    )
 
 
 __all__ = ["certify_one_vs_rest", "class_radii_key"]

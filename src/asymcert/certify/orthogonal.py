@@ -52,8 +52,9 @@ def orthogonal_layers(model: nn.Module) -> list[nn.Module]:
     Raises:
         UnsupportedNetworkError: not an ``nn.Sequential``, or a layer whose rounding is not analysed.
     """
-    return sequential_layers(model, (Shift, CayleyLinear, CayleyConv2d) + EXACT_LAYERS,
-                             "the orthogonal certifier's rounding analysis")
+    return sequential_layers(
+        model, (Shift, CayleyLinear, CayleyConv2d) + EXACT_LAYERS, "the orthogonal certifier's rounding analysis"
+    )
 
 
 def _conv_relative_error(layer: CayleyConv2d, lip: float, u: float) -> float:
@@ -100,8 +101,9 @@ def _layer_step(layer: nn.Module, ideal: nn.Module, u: float, n: tuple, e: tuple
     return out, (lip * e[0] + d[0], lip * e[1] + d[1])
 
 
-def score_error_bound(layers: list[nn.Module], ideal: list[nn.Module], x: torch.Tensor,
-                      u: float) -> tuple[torch.Tensor, torch.Tensor]:
+def score_error_bound(
+    layers: list[nn.Module], ideal: list[nn.Module], x: torch.Tensor, u: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, b), each (N,) float64: |computed score(x') − s(x')| ≤ a + b·r whenever ‖x' − x‖₂ ≤ r.
 
     Args:
@@ -139,8 +141,9 @@ class OrthogonalOptions:
     slack: float | None = None
 
 
-def certify_orthogonal(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64",
-                       slack: float | None = None) -> Certificate:
+def certify_orthogonal(
+    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64", slack: float | None = None
+) -> Certificate:
     """Certificates of a model with an ℓp Lipschitz constant ``model.lipschitz(p)`` and (N,) scores.
 
     Args:
@@ -178,5 +181,11 @@ def certify_orthogonal(model: nn.Module, x: torch.Tensor, norms: tuple[float, ..
     d = math.prod(x.shape[1:])
     lipschitz = cast("Callable[[float], float]", model.lipschitz)  # the documented contract of the model
     radii = {p: safe_radius(margin, float(lipschitz(p)) + b * _l2_per_lp(p, d), slack) for p in norms}
-    return Certificate(predicted=(score > 0).long(), radii=radii, method="orthogonal", guarantee=Guarantee.FLAG,
-                       binary=True, extra={"score": score.detach().float()})
+    return Certificate(
+        predicted=(score > 0).long(),
+        radii=radii,
+        method="orthogonal",
+        guarantee=Guarantee.FLAG,
+        binary=True,
+        extra={"score": score.detach().float()},
+    )

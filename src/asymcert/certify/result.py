@@ -71,19 +71,24 @@ class Certificate:
         try:
             self.guarantee = Guarantee(self.guarantee)
         except (ValueError, TypeError):
-            raise InputError(f"unknown certificate guarantee {self.guarantee!r}; use one of "
-                             f"{[g.value for g in Guarantee]}") from None
+            raise InputError(
+                f"unknown certificate guarantee {self.guarantee!r}; use one of {[g.value for g in Guarantee]}"
+            ) from None
         if self.guarantee is Guarantee.PROBABILISTIC:
             ok = isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool) and 0 < self.alpha < 1
             if not ok:
                 raise InputError(f"a probabilistic certificate needs alpha in (0, 1), got {self.alpha!r}")
         elif self.alpha is not None:
-            raise InputError(f"alpha={self.alpha!r} given for a {self.guarantee.value} certificate; "
-                             "alpha belongs to probabilistic certificates only")
+            raise InputError(
+                f"alpha={self.alpha!r} given for a {self.guarantee.value} certificate; "
+                "alpha belongs to probabilistic certificates only"
+            )
         missing = sorted({"flags", "predicted_flagged"} - set(self.extra))
         if self.guarantee is Guarantee.FLAG and not self.binary and missing:
-            raise InputError(f"a multiclass flag certificate needs extra {missing}: the (N, K) class flags and "
-                             "whether the predicted class is flagged (N,)")
+            raise InputError(
+                f"a multiclass flag certificate needs extra {missing}: the (N, K) class flags and "
+                "whether the predicted class is flagged (N,)"
+            )
 
     @property
     def deterministic(self) -> bool:
@@ -118,13 +123,22 @@ class Certificate:
 
     def to(self, device: str | torch.device) -> Certificate:
         """A copy with every tensor moved to ``device``."""
+
         def mv(t: torch.Tensor) -> torch.Tensor:
             return t.to(device)
 
         abstained = None if self.abstained is None else mv(self.abstained)
-        return Certificate(mv(self.predicted), {k: mv(v) for k, v in self.radii.items()}, self.method,
-                           self.guarantee, self.alpha, abstained, self.seconds, self.binary,
-                           {k: mv(v) for k, v in self.extra.items()})
+        return Certificate(
+            mv(self.predicted),
+            {k: mv(v) for k, v in self.radii.items()},
+            self.method,
+            self.guarantee,
+            self.alpha,
+            abstained,
+            self.seconds,
+            self.binary,
+            {k: mv(v) for k, v in self.extra.items()},
+        )
 
     @staticmethod
     def cat(parts: list[Certificate]) -> Certificate:
@@ -134,15 +148,20 @@ class Certificate:
         first = parts[0]
         mixed = {(p.method, p.guarantee, p.alpha, p.binary) for p in parts}
         if len(mixed) > 1:
-            raise InputError("Certificate.cat joins certificates of one method and guarantee, "
-                             f"got {sorted(map(str, mixed))}")
+            raise InputError(
+                f"Certificate.cat joins certificates of one method and guarantee, got {sorted(map(str, mixed))}"
+            )
         # one method and guarantee: every part has ``abstained`` or none has
         abst = None if first.abstained is None else torch.cat(cast("list[torch.Tensor]", [p.abstained for p in parts]))
         return Certificate(
             torch.cat([p.predicted for p in parts]),
             {k: torch.cat([p.radii[k] for p in parts]) for k in first.radii},
-            first.method, first.guarantee, first.alpha, abst,
-            sum(p.seconds for p in parts), first.binary,
+            first.method,
+            first.guarantee,
+            first.alpha,
+            abst,
+            sum(p.seconds for p in parts),
+            first.binary,
             {k: torch.cat([p.extra[k] for p in parts]) for k in first.extra},
         )
 

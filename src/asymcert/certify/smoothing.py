@@ -129,8 +129,9 @@ def convert_radius(r: torch.Tensor, base: float, p: float, d: int) -> torch.Tens
     return r.clone() if factor == 1.0 else _down(r / factor)
 
 
-def sample_noise(noise: str, shape: tuple[int, ...], sigma: float, generator: torch.Generator,
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def sample_noise(
+    noise: str, shape: tuple[int, ...], sigma: float, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Noise of standard deviation ``sigma`` per coordinate, drawn from ``generator`` (on its device)."""
     dev = generator.device
     if noise == "gaussian":
@@ -175,8 +176,16 @@ def _num_classes(model: nn.Module, x: torch.Tensor) -> tuple[int, bool]:
     return int(out.shape[1]), False
 
 
-def sample_counts(model: nn.Module, x: torch.Tensor, num: int, noise: str, sigma: float,
-                  generator: torch.Generator, num_classes: int, batch: int = 4096) -> torch.Tensor:
+def sample_counts(
+    model: nn.Module,
+    x: torch.Tensor,
+    num: int,
+    noise: str,
+    sigma: float,
+    generator: torch.Generator,
+    num_classes: int,
+    batch: int = 4096,
+) -> torch.Tensor:
     """How often the base decision is each class under ``num`` noisy copies of every input.
 
     Noisy copies of several inputs share a forward pass: the N·num copies are processed in
@@ -226,8 +235,7 @@ def _options(model: nn.Module, noise: str, options: dict) -> dict:
     return merged
 
 
-def _certify_sampled(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], noise: str,
-                     **options) -> Certificate:
+def _certify_sampled(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], noise: str, **options) -> Certificate:
     opt = _options(model, noise, options)
     sigma, n0, n, alpha = float(opt["sigma"]), int(opt["n0"]), int(opt["n"]), float(opt["alpha"])
     if n0 < 1 or n < 1 or not 0 < alpha < 1:
@@ -246,11 +254,20 @@ def _certify_sampled(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...]
     r = torch.where(gets, r, torch.zeros_like(r))
     d = math.prod(x.shape[1:])
     radii = {p: convert_radius(r, base, p, d).to(x.device) for p in norms}
-    return Certificate(predicted=chosen.long(), radii=radii, method=f"smoothing-{noise}",
-                       guarantee=Guarantee.PROBABILISTIC,
-                       alpha=alpha, abstained=abstained.to(x.device), binary=binary,
-                       extra={"p_lower": p_lower.to(x.device),
-                              "count": n_a.float(), "selection_count": c0.gather(1, chosen[:, None])[:, 0].float()})
+    return Certificate(
+        predicted=chosen.long(),
+        radii=radii,
+        method=f"smoothing-{noise}",
+        guarantee=Guarantee.PROBABILISTIC,
+        alpha=alpha,
+        abstained=abstained.to(x.device),
+        binary=binary,
+        extra={
+            "p_lower": p_lower.to(x.device),
+            "count": n_a.float(),
+            "selection_count": c0.gather(1, chosen[:, None])[:, 0].float(),
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -284,6 +301,7 @@ def certify_uniform(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...],
 
 # ---------------------------------------------------------------- deterministic splitting noise
 
+
 def split_offsets(x: torch.Tensor, lam: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """For every input, the cells of s ∈ [0, 2λ) on which q(x, s) is constant.
 
@@ -303,8 +321,9 @@ def split_offsets(x: torch.Tensor, lam: float) -> list[tuple[torch.Tensor, torch
     return out
 
 
-def splitting_probabilities(model: nn.Module, x: torch.Tensor, lam: float, num_classes: int,
-                            batch: int = 4096) -> torch.Tensor:
+def splitting_probabilities(
+    model: nn.Module, x: torch.Tensor, lam: float, num_classes: int, batch: int = 4096
+) -> torch.Tensor:
     """Exact class probabilities (N, K) float64 of the splitting-noise smoothed classifier."""
     cells = split_offsets(x, lam)
     owner = torch.cat([torch.full((len(m),), i, dtype=torch.int64) for i, (m, _) in enumerate(cells)])
@@ -312,10 +331,10 @@ def splitting_probabilities(model: nn.Module, x: torch.Tensor, lam: float, num_c
     weights = torch.cat([w for _, w in cells])
     probs = torch.zeros(x.shape[0] * num_classes, dtype=torch.float64)
     for start in range(0, len(owner), batch):
-        o = owner[start:start + batch]
-        q = split_quantize(x[o.to(x.device)].double(), mids[start:start + batch].to(x.device), lam).to(x.dtype)
+        o = owner[start : start + batch]
+        q = split_quantize(x[o.to(x.device)].double(), mids[start : start + batch].to(x.device), lam).to(x.dtype)
         dec = _decisions(model, q).cpu()
-        probs.index_add_(0, o * num_classes + dec, weights[start:start + batch])
+        probs.index_add_(0, o * num_classes + dec, weights[start : start + batch])
     return probs.reshape(x.shape[0], num_classes)
 
 
@@ -333,8 +352,14 @@ class SplittingOptions:
     generator: torch.Generator | None = None
 
 
-def certify_splitting(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], sigma: float | None = None,
-                      batch: int = 4096, **sampling: object) -> Certificate:
+def certify_splitting(
+    model: nn.Module,
+    x: torch.Tensor,
+    norms: tuple[float, ...],
+    sigma: float | None = None,
+    batch: int = 4096,
+    **sampling: object,
+) -> Certificate:
     """Deterministic ℓ1 certificate of splitting-noise smoothing (Levine & Feizi 2021), exact p.
 
     Args:
@@ -351,8 +376,11 @@ def certify_splitting(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...
         raise TypeError(f"unknown option(s) {sorted(unknown)} for smoothing-splitting")
     if sigma is None:
         sm = getattr(model, "smoothing", {}) or {}
-        sigma = float(sm.get("sigma", DEFAULTS["sigma"])) if sm.get("noise", "splitting") == "splitting" \
+        sigma = (
+            float(sm.get("sigma", DEFAULTS["sigma"]))
+            if sm.get("noise", "splitting") == "splitting"
             else float(DEFAULTS["sigma"])
+        )
     lam = float(sigma) * math.sqrt(3.0)
     with eval_mode(model), torch.no_grad():
         k, binary = _num_classes(model, x)
@@ -364,7 +392,13 @@ def certify_splitting(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...
     r = torch.where(gets, r, torch.zeros_like(r))
     d = math.prod(x.shape[1:])
     radii = {q: convert_radius(r, base, q, d).to(x.device) for q in norms}
-    return Certificate(predicted=top.to(x.device), radii=radii, method="smoothing-splitting",
-                       guarantee=Guarantee.FLAG if binary else Guarantee.DECISION,
-                       alpha=None, abstained=(p <= 0.5).to(x.device), binary=binary,
-                       extra={"probability": p.float().to(x.device)})
+    return Certificate(
+        predicted=top.to(x.device),
+        radii=radii,
+        method="smoothing-splitting",
+        guarantee=Guarantee.FLAG if binary else Guarantee.DECISION,
+        alpha=None,
+        abstained=(p <= 0.5).to(x.device),
+        binary=binary,
+        extra={"probability": p.float().to(x.device)},
+    )

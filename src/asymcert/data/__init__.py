@@ -7,20 +7,21 @@ Registered tasks (see :mod:`asymcert.data.builtin`): ``mnist-38``, ``fashion-mni
 :func:`make_malimg_task`. Checksummed downloads: :mod:`asymcert.data.download`.
 """
 
+from asymcert.data import builtin as builtin  # registers the built-in tasks (after the registry in tasks)
 from asymcert.data.malimg import make_malimg_task
 from asymcert.data.tasks import Dataset, Task, TaskData, get_task, register_task, task_names
 from asymcert.data.user import task_from_arrays, task_from_csv, task_from_image_folder, task_from_npz
 
 __all__ = [
-           "Dataset",
-           "Task",
-           "TaskData",
-           "get_task",
-           "make_malimg_task",
-           "register_task",
-           "task_from_arrays",
-           "task_from_csv",
-           "task_from_image_folder",
-           "task_from_npz",
-           "task_names",
+    "Dataset",
+    "Task",
+    "TaskData",
+    "get_task",
+    "make_malimg_task",
+    "register_task",
+    "task_from_arrays",
+    "task_from_csv",
+    "task_from_image_folder",
+    "task_from_npz",
+    "task_names",
 ]

@@ -59,6 +59,8 @@ def augmentation_from_name(name: str):
     """
     match = re.fullmatch(r"crop(\d+)(_flip)?", "crop0_flip" if name == "flip" else name)
     if not match:
-        raise UnknownNameError(f"unknown augmentation {name!r}; use 'crop<padding>', 'crop<padding>_flip' or "
-                               f"'flip', e.g. 'crop1' or 'crop2_flip'")
+        raise UnknownNameError(
+            f"unknown augmentation {name!r}; use 'crop<padding>', 'crop<padding>_flip' or "
+            f"'flip', e.g. 'crop1' or 'crop2_flip'"
+        )
     return crop_augment(int(match.group(1)), flip=bool(match.group(2)))

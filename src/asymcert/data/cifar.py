@@ -51,8 +51,11 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
 
 _EXAMPLE = np.zeros(1, dtype=np.uint8)
 _ALLOWED: dict[tuple[str, str], Any] = {
-    **{(mod, name): obj for mod in ("builtins", "__builtin__")
-       for name, obj in {"dict": dict, "list": list, "str": str, "bytes": bytes, "int": int}.items()},
+    **{
+        (mod, name): obj
+        for mod in ("builtins", "__builtin__")
+        for name, obj in {"dict": dict, "list": list, "str": str, "bytes": bytes, "int": int}.items()
+    },
     ("numpy.core.multiarray", "_reconstruct"): _EXAMPLE.__reduce_ex__(2)[0],
     ("numpy._core.multiarray", "_reconstruct"): _EXAMPLE.__reduce_ex__(2)[0],
     ("numpy.core.numeric", "_frombuffer"): _EXAMPLE.__reduce_ex__(5)[0],
@@ -118,8 +121,12 @@ def write_cifar_batch(path: str | Path, x: np.ndarray, y: np.ndarray) -> None:
         y: (N,) ints in 0..9.
     """
     x = np.ascontiguousarray(x, dtype=np.uint8)
-    batch = {b"batch_label": b"asymcert test batch", b"labels": [int(v) for v in y],
-             b"data": x.reshape(len(x), 3072), b"filenames": [f"{i}.png".encode() for i in range(len(x))]}
+    batch = {
+        b"batch_label": b"asymcert test batch",
+        b"labels": [int(v) for v in y],
+        b"data": x.reshape(len(x), 3072),
+        b"filenames": [f"{i}.png".encode() for i in range(len(x))],
+    }
     Path(path).write_bytes(pickle.dumps(batch, protocol=2))
 
 
@@ -130,8 +137,10 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.
 def _check_size(size: int, source: str) -> None:
     """Refuse a batch larger than :data:`MAX_BATCH_BYTES` before reading it (memory stays bounded)."""
     if size > MAX_BATCH_BYTES:
-        raise DataError(f"{source}: {size} bytes, more than a CIFAR-10 batch can hold ({MAX_BATCH_BYTES}); "
-                        f"is it a CIFAR-10 python batch?")
+        raise DataError(
+            f"{source}: {size} bytes, more than a CIFAR-10 batch can hold ({MAX_BATCH_BYTES}); "
+            f"is it a CIFAR-10 python batch?"
+        )
 
 
 def _read_folder(folder: Path) -> CifarArrays:
@@ -191,7 +200,9 @@ def load_cifar10_arrays(data_dir: Path | None, opener: Opener | None = None) -> 
         found = _layout(folder)
         if found is not None:
             return _read_folder(found) if found.is_dir() else _read_archive(found)
-    hint = (f"Either {ARCHIVE} or its extracted folder {BATCH_FOLDER}/ (data_batch_1..5, test_batch) "
-            f"will do; put it in one of these folders.")
+    hint = (
+        f"Either {ARCHIVE} or its extracted folder {BATCH_FOLDER}/ (data_batch_1..5, test_batch) "
+        f"will do; put it in one of these folders."
+    )
     archive = find_or_download("cifar10", CIFAR10_REMOTE, data_dir, opener=opener, hint=hint)[ARCHIVE]
     return _read_archive(archive)

@@ -52,31 +52,42 @@ def _remote(base_urls: Sequence[str], name: str, sha256: str) -> RemoteFile:
 # train-images f68b3c2dcbeaaa9fbdd348bbdeb94873, train-labels d53e105ee54ea40749a09fcbcd1e9432,
 # t10k-images 9fb629c4189551a2d022fa330f9573f3, t10k-labels ec29112dd5afa0611ce80d1b7f02629c.
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist", "https://yann.lecun.com/exdb/mnist")
-MNIST_REMOTE = tuple(_remote(MNIST_MIRRORS, name, sha) for name, sha in (
-    ("train-images-idx3-ubyte.gz", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-    ("train-labels-idx1-ubyte.gz", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-    ("t10k-images-idx3-ubyte.gz", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-    ("t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
-))
+MNIST_REMOTE = tuple(
+    _remote(MNIST_MIRRORS, name, sha)
+    for name, sha in (
+        ("train-images-idx3-ubyte.gz", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+        ("train-labels-idx1-ubyte.gz", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+        ("t10k-images-idx3-ubyte.gz", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+        ("t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+    )
+)
 
 # Fashion-MNIST (Zalando Research). Published MD5s: train-images 8d4fb7e6c68d591d4c3dfef9ec88bf0d,
 # train-labels 25c81989df183df01b3e8a0aad5dffbe, t10k-images bef4ecab320f06d8554ea6380940ec79,
 # t10k-labels bb300cfdad3c16e7a12a480ee83cd310; the SHA-256s below are those of the same files.
 # (Debian's dataset-fashion-mnist package recompresses them, so its .gz files differ byte-wise;
 # they are found as a system folder and never checksummed.)
-FASHION_MIRRORS = ("https://fashion-mnist.s3.eu-central-1.amazonaws.com",
-                   "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com")
-FASHION_REMOTE = tuple(_remote(FASHION_MIRRORS, name, sha) for name, sha in (
-    ("train-images-idx3-ubyte.gz", "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
-    ("train-labels-idx1-ubyte.gz", "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
-    ("t10k-images-idx3-ubyte.gz", "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
-    ("t10k-labels-idx1-ubyte.gz", "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
-))
+FASHION_MIRRORS = (
+    "https://fashion-mnist.s3.eu-central-1.amazonaws.com",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+)
+FASHION_REMOTE = tuple(
+    _remote(FASHION_MIRRORS, name, sha)
+    for name, sha in (
+        ("train-images-idx3-ubyte.gz", "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+        ("train-labels-idx1-ubyte.gz", "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+        ("t10k-images-idx3-ubyte.gz", "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+        ("t10k-labels-idx1-ubyte.gz", "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+    )
+)
 
 # CIFAR-10, python version (Krizhevsky). Published MD5 c58f30108f718f92721af3b95e74349a.
 CIFAR10_REMOTE = (
-    _remote(("https://www.cs.toronto.edu/~kriz",), "cifar-10-python.tar.gz",
-            "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"),
+    _remote(
+        ("https://www.cs.toronto.edu/~kriz",),
+        "cifar-10-python.tar.gz",
+        "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+    ),
 )
 
 
@@ -160,9 +171,14 @@ def downloads_allowed() -> bool:
     return os.environ.get(OFFLINE_ENV, "").strip() in ("", "0")
 
 
-def find_or_download(dataset: str, files: Sequence[RemoteFile], data_dir: Path | None,
-                     system_dirs: Sequence[Path] = (), opener: Opener | None = None,
-                     hint: str = "") -> dict[str, Path]:
+def find_or_download(
+    dataset: str,
+    files: Sequence[RemoteFile],
+    data_dir: Path | None,
+    system_dirs: Sequence[Path] = (),
+    opener: Opener | None = None,
+    hint: str = "",
+) -> dict[str, Path]:
     """Find ``files`` in the user folder, the cache or ``system_dirs``; else download them into the cache.
 
     Args:

@@ -11,8 +11,14 @@ import numpy as np
 
 from asymcert.errors import DataError
 
-_DTYPES: dict[int, type[np.generic] | str] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
-                                              0x0E: ">f8"}
+_DTYPES: dict[int, type[np.generic] | str] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -55,7 +61,7 @@ def _read_idx_stream(stream: io.BufferedIOBase, path: Path) -> np.ndarray:
     dims = stream.read(4 * ndim)
     if len(dims) < 4 * ndim:
         raise DataError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
     dtype = np.dtype(_DTYPES[magic[2]])
     out = np.empty(shape, dtype=dtype)
     expected = out.nbytes

@@ -60,7 +60,9 @@ def center_crop_pad(image: np.ndarray, size: int) -> np.ndarray:
     src_top, dst_top = max(0, (h - size) // 2), max(0, (size - h) // 2)
     src_left, dst_left = max(0, (w - size) // 2), max(0, (size - w) // 2)
     rows, cols = min(h, size), min(w, size)
-    out[dst_top:dst_top + rows, dst_left:dst_left + cols] = image[src_top:src_top + rows, src_left:src_left + cols]
+    out[dst_top : dst_top + rows, dst_left : dst_left + cols] = image[
+        src_top : src_top + rows, src_left : src_left + cols
+    ]
     return out
 
 

@@ -31,8 +31,11 @@ DEFAULT_SIZE = 512
 SIZE_ENV = "ASYMCERT_MALIMG_SIZE"
 ARCHIVE_FOLDER = "malimg_paper_dataset_imgs"
 CLASS_NAMES = ("Allaple.A", "other families")
-MALIMG_RADII: dict[float, tuple[float, ...]] = {1: (1.0, 2.0, 4.0, 8.0), 2: (0.25, 0.5, 1.0, 2.0),
-                                                float("inf"): (0.01, 0.02, 0.04, 0.08)}
+MALIMG_RADII: dict[float, tuple[float, ...]] = {
+    1: (1.0, 2.0, 4.0, 8.0),
+    2: (0.25, 0.5, 1.0, 2.0),
+    float("inf"): (0.01, 0.02, 0.04, 0.08),
+}
 
 
 def find_malimg_root(data_dir: Path | None) -> Path:
@@ -123,10 +126,20 @@ def make_malimg_task(size: int | None = None, name: str = "malimg", seed: int = 
         description=f"Malimg malware images ({shown}), every family but Allaple.A (sensitive) vs Allaple.A",
         load=load,
         augment=malimg_augment,
-        model={"kind": "feature-convex", "feature_map": [{"kind": "shift"}],
-               "convex": {"kind": "icnn", "widths": [200, 50]}},
-        train={"epochs": 150, "batch_size": 32, "lr": 1e-3, "optimizer": "sgd", "momentum": 0.9,
-               "lr_decay": 0.99, "jacobian_reg": 0.075},
+        model={
+            "kind": "feature-convex",
+            "feature_map": [{"kind": "shift"}],
+            "convex": {"kind": "icnn", "widths": [200, 50]},
+        },
+        train={
+            "epochs": 150,
+            "batch_size": 32,
+            "lr": 1e-3,
+            "optimizer": "sgd",
+            "momentum": 0.9,
+            "lr_decay": 0.99,
+            "jacobian_reg": 0.075,
+        },
         presets={"fast": {"train": {"epochs": 2}}},
         report_radii=MALIMG_RADII,
     )

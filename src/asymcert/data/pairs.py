@@ -8,11 +8,23 @@ from pathlib import Path
 from asymcert.data.tasks import Task, TaskData, binary_subset, get_task
 from asymcert.errors import ConfigError
 
-PAIR_MODEL = {"kind": "feature-convex", "feature_map": [{"kind": "shift"}],
-              "convex": {"kind": "icnn", "widths": [200, 50]}}
+PAIR_MODEL = {
+    "kind": "feature-convex",
+    "feature_map": [{"kind": "shift"}],
+    "convex": {"kind": "icnn", "widths": [200, 50]},
+}
 """A pair's default model: the authors' MNIST architecture (ICNN 200-50 with pass-throughs on φ(x) = x − μ)."""
-PAIR_TRAIN = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "optimizer": "sgd", "momentum": 0.9, "lr_decay": 0.99,
-              "jacobian_reg": 0.01, "seed": 0, "device": "cpu"}
+PAIR_TRAIN = {
+    "epochs": 5,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "lr_decay": 0.99,
+    "jacobian_reg": 0.01,
+    "seed": 0,
+    "device": "cpu",
+}
 """A pair's default training: the authors' recipe (SGD lr 1e-3, momentum 0.9, decay 0.99, batch 64, λ = 0.01),
 5 epochs instead of 60."""
 
@@ -36,8 +48,12 @@ def pair_data(data: TaskData, sensitive: int, other: int) -> TaskData:
         TaskData with ``class_names = (other name, sensitive name)``.
     """
     names = (data.class_names[other], data.class_names[sensitive])
-    return TaskData(binary_subset(data.train, sensitive, other), binary_subset(data.val, sensitive, other),
-                    binary_subset(data.test, sensitive, other), class_names=names)
+    return TaskData(
+        binary_subset(data.train, sensitive, other),
+        binary_subset(data.val, sensitive, other),
+        binary_subset(data.test, sensitive, other),
+        class_names=names,
+    )
 
 
 def pair_task(task: Task, sensitive: int, other: int) -> Task:
@@ -60,11 +76,16 @@ def pair_task(task: Task, sensitive: int, other: int) -> Task:
     def load(data_dir: Path | None) -> TaskData:
         data = task.load(data_dir)
         if max(sensitive, other) >= data.num_classes:
-            raise ConfigError(f"{task.name} has classes 0–{data.num_classes - 1}; no class "
-                              f"{max(sensitive, other)}")
+            raise ConfigError(f"{task.name} has classes 0–{data.num_classes - 1}; no class {max(sensitive, other)}")
         return pair_data(data, sensitive, other)
 
-    return Task(name=f"{task.name}-{sensitive}-vs-{other}",
-                description=f"{task.description}: class {sensitive} (sensitive) vs class {other}",
-                load=load, binary=True, augment=task.augment, model=copy.deepcopy(PAIR_MODEL), train=dict(PAIR_TRAIN),
-                report_radii=pair_report_radii(task.name))
+    return Task(
+        name=f"{task.name}-{sensitive}-vs-{other}",
+        description=f"{task.description}: class {sensitive} (sensitive) vs class {other}",
+        load=load,
+        binary=True,
+        augment=task.augment,
+        model=copy.deepcopy(PAIR_MODEL),
+        train=dict(PAIR_TRAIN),
+        report_radii=pair_report_radii(task.name),
+    )

@@ -24,8 +24,9 @@ def candidate_dirs(dataset: str, data_dir: Path | None, system_dirs: Sequence[Pa
     return user + [cache_dir() / dataset] + [Path(d) for d in system_dirs]
 
 
-def find_files(dataset: str, names: list[str], data_dir: Path | None,
-               system_dirs: Sequence[Path] = ()) -> dict[str, Path]:
+def find_files(
+    dataset: str, names: list[str], data_dir: Path | None, system_dirs: Sequence[Path] = ()
+) -> dict[str, Path]:
     """Find every file of ``names`` in one folder, searched in order: ``data_dir``, the cache, system folders.
 
     Each name may also be found without its ``.gz`` suffix (an unpacked copy).

@@ -101,7 +101,6 @@ def register_task(task: Task) -> Task:
 
 def task_names() -> list[str]:
     """Names of every registered task, sorted."""
-    _load_builtin_tasks()
     return sorted(_TASKS)
 
 
@@ -111,16 +110,10 @@ def get_task(name: str) -> Task:
     Raises:
         UnknownNameError: no such task; the message lists the known ones.
     """
-    _load_builtin_tasks()
     try:
         return _TASKS[name]
     except KeyError:
         raise UnknownNameError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_TASKS))}") from None
-
-
-def _load_builtin_tasks() -> None:
-    # Importing the module registers its tasks; kept lazy so `import asymcert` stays fast.
-    import asymcert.data.builtin  # noqa: F401
 
 
 def split_train_val(data: Dataset, val_fraction: float = 0.2, seed: int = 42) -> tuple[Dataset, Dataset]:
@@ -162,8 +155,9 @@ def _round_half_up(value: float) -> int:
     return math.floor(value + 0.5)
 
 
-def stratified_split(y: np.ndarray, test_fraction: float = 0.2, val_fraction: float = 0.2,
-                     seed: int = 42) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stratified_split(
+    y: np.ndarray, test_fraction: float = 0.2, val_fraction: float = 0.2, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split indices per class: ``test_fraction`` of each class to test, then ``val_fraction`` of the rest to val.
 
     Every split gets at least one example of every class. Each split's indices are shuffled (seeded),
@@ -191,8 +185,8 @@ def stratified_split(y: np.ndarray, test_fraction: float = 0.2, val_fraction: fl
                 f"at least one (add examples of this class)"
             )
         parts[2].append(index[:n_test])
-        parts[1].append(index[n_test:n_test + n_val])
-        parts[0].append(index[n_test + n_val:])
+        parts[1].append(index[n_test : n_test + n_val])
+        parts[0].append(index[n_test + n_val :])
     return tuple(rng.permutation(np.concatenate(p)).astype(np.int64) for p in parts)  # type: ignore[return-value]
 
 
@@ -207,8 +201,15 @@ def feature_stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"feature_mean": mean, "feature_scale": torch.where(scale > 0, scale, torch.ones_like(scale))}
 
 
-def task_data_from_arrays(x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...], *,
-                          test_fraction: float = 0.2, val_fraction: float = 0.2, seed: int = 42) -> TaskData:
+def task_data_from_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    class_names: tuple[str, ...],
+    *,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.2,
+    seed: int = 42,
+) -> TaskData:
     """Stratified, seeded train/val/test splits of in-memory arrays.
 
     Args:

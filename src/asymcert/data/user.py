@@ -25,13 +25,26 @@ from asymcert.errors import DataError
 
 INF = math.inf
 
-TABULAR_MODEL = {"kind": "feature-convex", "feature_map": [{"kind": "standardize"}],
-                 "convex": {"kind": "icnn", "widths": [64, 32]}}
+TABULAR_MODEL = {
+    "kind": "feature-convex",
+    "feature_map": [{"kind": "standardize"}],
+    "convex": {"kind": "icnn", "widths": [64, 32]},
+}
 TABULAR_TRAIN = {"epochs": 100, "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "jacobian_reg": 0.0}
-IMAGE_MODEL = {"kind": "feature-convex", "feature_map": [{"kind": "shift"}],
-               "convex": {"kind": "icnn", "widths": [200, 50]}}
-IMAGE_TRAIN = {"epochs": 60, "batch_size": 64, "lr": 1e-3, "optimizer": "sgd", "momentum": 0.9,
-               "lr_decay": 0.99, "jacobian_reg": 0.01}
+IMAGE_MODEL = {
+    "kind": "feature-convex",
+    "feature_map": [{"kind": "shift"}],
+    "convex": {"kind": "icnn", "widths": [200, 50]},
+}
+IMAGE_TRAIN = {
+    "epochs": 60,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "lr_decay": 0.99,
+    "jacobian_reg": 0.01,
+}
 _MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}
 
 
@@ -75,8 +88,9 @@ def _same_number(text: str, wanted: Hashable) -> bool:
         return False
 
 
-def binary_labels(y: np.ndarray, sensitive_class: Hashable, other_class: Hashable | None,
-                  source: str) -> tuple[np.ndarray, tuple[str, str]]:
+def binary_labels(
+    y: np.ndarray, sensitive_class: Hashable, other_class: Hashable | None, source: str
+) -> tuple[np.ndarray, tuple[str, str]]:
     """Which examples to keep and their 1 (sensitive) / 0 (other) labels.
 
     Returns:
@@ -119,8 +133,9 @@ def check_finite(x: np.ndarray, source: str, row_names: Sequence[str] | None = N
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def check_float32_range(x: np.ndarray, source: str, row_names: Sequence[str] | None = None,
-                        column_names: Sequence[str] | None = None) -> None:
+def check_float32_range(
+    x: np.ndarray, source: str, row_names: Sequence[str] | None = None, column_names: Sequence[str] | None = None
+) -> None:
     """Reject values that overflow float32 (|x| > 3.4028235e38), the dtype models train in.
 
     Args:
@@ -140,9 +155,12 @@ def check_float32_range(x: np.ndarray, source: str, row_names: Sequence[str] | N
     else:
         where = f"index {first[1:]}"
     count = int(big.sum())
-    raise DataError(f"{source}: {row}, {where}: {float(x[first]):g} is beyond the float32 range (|x| ≤ "
-                    f"{FLOAT32_MAX:.4g}) that models train in" + (f" ({count} such values)" if count > 1 else "")
-                    + "; rescale the data")
+    raise DataError(
+        f"{source}: {row}, {where}: {float(x[first]):g} is beyond the float32 range (|x| ≤ "
+        f"{FLOAT32_MAX:.4g}) that models train in"
+        + (f" ({count} such values)" if count > 1 else "")
+        + "; rescale the data"
+    )
 
 
 def _check_labels(y: np.ndarray, n: int, source: str) -> None:
@@ -170,12 +188,16 @@ def _as_images(x: np.ndarray, source: str) -> np.ndarray:
 def tabular_radii(median_std: float, dim: int) -> dict[float, tuple[float, ...]]:
     """Report radii for feature vectors in raw units: ℓ∞ ≈ 1, 2, 5, 10% of the median feature std,
     ℓ2 = ℓ∞·√d and ℓ1 = ℓ∞·d (the same per-feature budget), rounded to two significant digits."""
+
     def nice(v: float) -> float:
         return float(f"{v:.2g}")
 
     base = [median_std * f for f in (0.01, 0.02, 0.05, 0.1)]
-    return {1: tuple(nice(b * dim) for b in base), 2: tuple(nice(b * math.sqrt(dim)) for b in base),
-            INF: tuple(nice(b) for b in base)}
+    return {
+        1: tuple(nice(b * dim) for b in base),
+        2: tuple(nice(b * math.sqrt(dim)) for b in base),
+        INF: tuple(nice(b) for b in base),
+    }
 
 
 def image_radii(pixel_range: float) -> dict[float, tuple[float, ...]]:
@@ -184,10 +206,20 @@ def image_radii(pixel_range: float) -> dict[float, tuple[float, ...]]:
     return {p: tuple(float(f"{r * pixel_range:.3g}") for r in radii) for p, radii in base.items()}
 
 
-def task_from_arrays(x: np.ndarray, y: np.ndarray, sensitive_class: Hashable, other_class: Hashable | None = None,
-                     name: str = "user", *, source: str = "data", row_names: Sequence[str] | None = None,
-                     seed: int = 42, test_fraction: float = 0.2, val_fraction: float = 0.2,
-                     meta: dict[str, Any] | None = None) -> Task:
+def task_from_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    sensitive_class: Hashable,
+    other_class: Hashable | None = None,
+    name: str = "user",
+    *,
+    source: str = "data",
+    row_names: Sequence[str] | None = None,
+    seed: int = 42,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.2,
+    meta: dict[str, Any] | None = None,
+) -> Task:
     """A binary task from in-memory arrays (shared by the file loaders).
 
     Args:
@@ -219,8 +251,9 @@ def task_from_arrays(x: np.ndarray, y: np.ndarray, sensitive_class: Hashable, ot
     labels = label_mask(y[keep], sensitive_class).astype(np.int64)
     inputs = x[keep] if x.ndim == 2 else _as_images(x[keep], source)
     try:
-        data = task_data_from_arrays(inputs, labels, class_names, test_fraction=test_fraction,
-                                     val_fraction=val_fraction, seed=seed)
+        data = task_data_from_arrays(
+            inputs, labels, class_names, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed
+        )
     except DataError as exc:
         raise DataError(f"{source}: {exc}") from None
     data.meta.update(meta or {})
@@ -235,8 +268,15 @@ def _task(name: str, description: str, data: TaskData) -> Task:
     else:
         pixel_range = float(train_x.max() - train_x.min()) or 1.0
         model, train, radii = IMAGE_MODEL, IMAGE_TRAIN, image_radii(pixel_range)
-    return Task(name=name, description=description, load=lambda data_dir: data, model=copy.deepcopy(model),
-                train=dict(train), presets={"fast": {"train": {"epochs": 2}}}, report_radii=radii)
+    return Task(
+        name=name,
+        description=description,
+        load=lambda data_dir: data,
+        model=copy.deepcopy(model),
+        train=dict(train),
+        presets={"fast": {"train": {"epochs": 2}}},
+        report_radii=radii,
+    )
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -251,20 +291,25 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: a single array (.npy), not an .npz archive; save with np.savez(path, x=inputs, "
-                        f"y=labels)")
+        raise DataError(
+            f"{path}: a single array (.npy), not an .npz archive; save with np.savez(path, x=inputs, y=labels)"
+        )
     with loaded as archive:
         missing = [k for k in ("x", "y") if k not in archive.files]
         if missing:
-            raise DataError(f"{path}: no array named {' or '.join(missing)} (arrays found: {archive.files}); "
-                            f"save with np.savez(path, x=inputs, y=labels)")
+            raise DataError(
+                f"{path}: no array named {' or '.join(missing)} (arrays found: {archive.files}); "
+                f"save with np.savez(path, x=inputs, y=labels)"
+            )
         out = []
         for key in ("x", "y"):
             try:
                 out.append(archive[key])
             except ValueError as exc:  # object arrays: refused unread
-                raise DataError(f"{path}: array {key!r} cannot be read without unpickling Python objects "
-                                f"({_one_line(exc)}); save numbers or text") from None
+                raise DataError(
+                    f"{path}: array {key!r} cannot be read without unpickling Python objects "
+                    f"({_one_line(exc)}); save numbers or text"
+                ) from None
             except (OSError, zipfile.BadZipFile, EOFError) as exc:
                 raise DataError(f"{path}: array {key!r} is damaged ({_one_line(exc)})") from None
     return out[0], out[1]
@@ -274,8 +319,14 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200]
 
 
-def task_from_npz(path: str | Path, sensitive_class: Hashable, other_class: Hashable | None = None,
-                  name: str | None = None, *, seed: int = 42) -> Task:
+def task_from_npz(
+    path: str | Path,
+    sensitive_class: Hashable,
+    other_class: Hashable | None = None,
+    name: str | None = None,
+    *,
+    seed: int = 42,
+) -> Task:
     """A task from an ``.npz`` file with ``x`` (N, ...) inputs in raw units and ``y`` (N,) labels.
 
     Images (N, H, W) get a channel axis; (N, H, W, C) with C in {1, 3, 4} is moved to channel-first.
@@ -345,8 +396,15 @@ def _number(cell: str, path: Path, where: str, column: str) -> float:
         raise DataError(f"{path}: {where}, column {column!r}: {text!r} is not a number") from None
 
 
-def task_from_csv(path: str | Path, label_column: str, sensitive_class: Hashable,
-                  other_class: Hashable | None = None, name: str | None = None, *, seed: int = 42) -> Task:
+def task_from_csv(
+    path: str | Path,
+    label_column: str,
+    sensitive_class: Hashable,
+    other_class: Hashable | None = None,
+    name: str | None = None,
+    *,
+    seed: int = 42,
+) -> Task:
     """A task from a CSV table (header row; numeric features; labels in ``label_column``, any text).
 
     Raises:
@@ -354,12 +412,28 @@ def task_from_csv(path: str | Path, label_column: str, sensitive_class: Hashable
     """
     path = Path(path)
     x, y, features, rows = read_csv_table(path, label_column)
-    return task_from_arrays(x, y, sensitive_class, other_class, name or path.stem, source=str(path),
-                            row_names=rows, seed=seed, meta={"feature_names": features})
+    return task_from_arrays(
+        x,
+        y,
+        sensitive_class,
+        other_class,
+        name or path.stem,
+        source=str(path),
+        row_names=rows,
+        seed=seed,
+        meta={"feature_names": features},
+    )
 
 
-def task_from_image_folder(path: str | Path, sensitive_class: str, other_class: str | None = None,
-                           size: int | None = None, name: str | None = None, *, seed: int = 42) -> Task:
+def task_from_image_folder(
+    path: str | Path,
+    sensitive_class: str,
+    other_class: str | None = None,
+    size: int | None = None,
+    name: str | None = None,
+    *,
+    seed: int = 42,
+) -> Task:
     """A task from a folder of class folders (``path/<class>/<image>``), pixels scaled to [0, 1].
 
     Args:

@@ -13,5 +13,14 @@ from asymcert.families.registry import families, family_names, get_family, regis
 for _module in (feature_convex, linf_dist, one_vs_rest, smoothing, bound_propagation, orthogonal):
     register_family(_module.FAMILY, replace=True)
 
-__all__ = ["CompareScale", "Family", "MethodSpec", "TaskFacts", "families", "family_names", "get_family",
-           "register_family", "unregister_family"]
+__all__ = [
+    "CompareScale",
+    "Family",
+    "MethodSpec",
+    "TaskFacts",
+    "families",
+    "family_names",
+    "get_family",
+    "register_family",
+    "unregister_family",
+]

@@ -10,20 +10,29 @@ from asymcert.models.baselines import BoundPropagationNet
 from asymcert.train.baseline_recipes import BoundPropagationRecipe
 
 _POLICY = "bounds propagated in float64 (default) with an absolute rounding allowance; largest ε verified by bisection"
-CERTIFIERS = tuple(CertifierSpec(name, fn, BoundPropagationOptions, frozenset({Guarantee.FLAG}), _POLICY)
-                   for name, fn in (("ibp", certify_ibp), ("crown-ibp", certify_crown_ibp), ("crown", certify_crown)))
+CERTIFIERS = tuple(
+    CertifierSpec(name, fn, BoundPropagationOptions, frozenset({Guarantee.FLAG}), _POLICY)
+    for name, fn in (("ibp", certify_ibp), ("crown-ibp", certify_crown_ibp), ("crown", certify_crown))
+)
 
 
 def compare_methods(scale: CompareScale) -> dict[str, MethodSpec]:
     """``ibp`` and ``crown-ibp``: a small CNN trained with that bound at ℓ∞ ε = 0.1, certified by CROWN-IBP."""
     out = {}
     for bound in ("ibp", "crown-ibp"):
-        train = {**CPU_ADAM, "lr": 5e-4, "epochs": scale.epochs(60),
-                 "extra": {"eps": 0.1, "norm": "inf", "bound": bound, "warmup": 0.1, "ramp_end": 0.6,
-                           "kappa_end": 0.5}}
-        out[bound] = MethodSpec(family="relu-ibp", label=f"{bound.upper()}-trained CNN",
-                                model={"kind": "relu-ibp", **SMALL_CNN, "certifier": "crown-ibp"}, train=train,
-                                certify={"method": "crown-ibp"})
+        train = {
+            **CPU_ADAM,
+            "lr": 5e-4,
+            "epochs": scale.epochs(60),
+            "extra": {"eps": 0.1, "norm": "inf", "bound": bound, "warmup": 0.1, "ramp_end": 0.6, "kappa_end": 0.5},
+        }
+        out[bound] = MethodSpec(
+            family="relu-ibp",
+            label=f"{bound.upper()}-trained CNN",
+            model={"kind": "relu-ibp", **SMALL_CNN, "certifier": "crown-ibp"},
+            train=train,
+            certify={"method": "crown-ibp"},
+        )
     return out
 
 

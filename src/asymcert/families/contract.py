@@ -24,8 +24,15 @@ CPU_EPOCHS = 20
 SMALL_CNN: dict[str, Any] = {"arch": "cnn", "channels": [16, 32], "fc": [100]}
 """The small CNN of the baselines in a comparison (the paper's smoothing base model is a ResNet-18)."""
 
-CPU_ADAM: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "lr_decay": 0.95, "schedule": "exponential",
-                            "batch_size": 128, "jacobian_reg": 0.0, "weight_decay": 0.0}
+CPU_ADAM: dict[str, Any] = {
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "lr_decay": 0.95,
+    "schedule": "exponential",
+    "batch_size": 128,
+    "jacobian_reg": 0.0,
+    "weight_decay": 0.0,
+}
 """Training settings of the baselines in a comparison (epochs added per method)."""
 
 

@@ -10,17 +10,26 @@ from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.train.recipes import FeatureConvexRecipe
 
 CERTIFIER = CertifierSpec(
-    name="feature-convex", run=certify_feature_convex, options=FeatureConvexOptions,
+    name="feature-convex",
+    run=certify_feature_convex,
+    options=FeatureConvexOptions,
     guarantees=frozenset({Guarantee.FLAG}),
     precision="auto: a float64 pass with proven rounding bounds where it applies, else float64 autograd; an "
-              "absolute bound on the score's rounding is subtracted at every precision")
+    "absolute bound on the score's rounding is subtracted at every precision",
+)
 
 
 def compare_methods(scale: CompareScale) -> dict[str, MethodSpec]:
     """``convex``: the task's default feature-convex model and recipe (CPU-sized: 20 epochs)."""
-    return {"convex": MethodSpec(family="feature-convex", label="feature-convex", model=None,
-                                 train={} if scale.paper_scale else {"epochs": CPU_EPOCHS},
-                                 certify={"method": "feature-convex"})}
+    return {
+        "convex": MethodSpec(
+            family="feature-convex",
+            label="feature-convex",
+            model=None,
+            train={} if scale.paper_scale else {"epochs": CPU_EPOCHS},
+            certify={"method": "feature-convex"},
+        )
+    }
 
 
 FAMILY = Family(

@@ -12,9 +12,12 @@ from asymcert.models.linf_dist_net import DEFAULT_CONFIG, LinfDistNet, task_mode
 from asymcert.train.linf_recipe import LINF_TRAIN_DEFAULTS, LinfDistRecipe
 
 CERTIFIER = CertifierSpec(
-    name="linf-dist", run=certify_linf_dist, options=LinfDistOptions,
+    name="linf-dist",
+    run=certify_linf_dist,
+    options=LinfDistOptions,
     guarantees=frozenset({Guarantee.FLAG, Guarantee.DECISION}),
-    precision="float64 margins with an absolute rounding allowance; the model's own float decision is checked")
+    precision="float64 margins with an absolute rounding allowance; the model's own float decision is checked",
+)
 
 
 def model_settings(facts: TaskFacts) -> dict[str, Any]:
@@ -42,8 +45,11 @@ def compare_methods(scale: CompareScale) -> dict[str, MethodSpec]:
     if scale.paper_scale:
         train = {**base, "epochs": 450}  # the MNIST/Fashion schedule of the paper
     else:  # short runs need a larger CE weight λ (see asymcert.train.linf_recipe): λ 0.5 → 0.005, ε_train 0.15
-        train = {**base, "epochs": scale.epochs(450),
-                 "extra": {**base["extra"], "lambda": [0.5, 0.005], "eps_train": 0.15}}
+        train = {
+            **base,
+            "epochs": scale.epochs(450),
+            "extra": {**base["extra"], "lambda": [0.5, 0.005], "eps_train": 0.15},
+        }
     model = {"kind": "linf-dist", "widths": [5120] * 5 if scale.paper_scale else [512] * 4}
     return {"linf-dist": MethodSpec(family="linf-dist", label="ℓ∞-dist net", model=model, train=train, certify={})}
 

@@ -12,9 +12,12 @@ from asymcert.models.one_vs_rest import DEFAULT_CONFIG, OneVsRestConvex, task_mo
 from asymcert.train.one_vs_rest import ONE_VS_REST_TRAIN_DEFAULTS, OneVsRestRecipe
 
 CERTIFIER = CertifierSpec(
-    name="one-vs-rest-convex", run=certify_one_vs_rest, options=OneVsRestOptions,
+    name="one-vs-rest-convex",
+    run=certify_one_vs_rest,
+    options=OneVsRestOptions,
     guarantees=frozenset({Guarantee.FLAG}),
-    precision="float64 autograd per member, minus an absolute bound on the score's rounding")
+    precision="float64 autograd per member, minus an absolute bound on the score's rounding",
+)
 
 
 def model_settings(facts: TaskFacts) -> dict[str, Any]:

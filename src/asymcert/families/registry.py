@@ -21,12 +21,14 @@ def register_family(family: Family, replace: bool = False) -> Family:
     old = _FAMILIES.get(family.kind)
     if old is not None and not replace:
         raise ConfigError(f"a model family {family.kind!r} is already registered")
-    taken = {spec.name: other.kind for other in _FAMILIES.values() if other.kind != family.kind
-             for spec in other.certifiers}
+    taken = {
+        spec.name: other.kind for other in _FAMILIES.values() if other.kind != family.kind for spec in other.certifiers
+    }
     clash = [spec.name for spec in family.certifiers if spec.name in taken]
     if clash:
-        raise ConfigError(f"family {family.kind!r}: certifier name(s) {', '.join(clash)} belong to family "
-                          f"{taken[clash[0]]!r}")
+        raise ConfigError(
+            f"family {family.kind!r}: certifier name(s) {', '.join(clash)} belong to family {taken[clash[0]]!r}"
+        )
     if old is not None:
         unregister_family(old.kind)
     _FAMILIES[family.kind] = family

@@ -18,15 +18,22 @@ from asymcert.train.baseline_recipes import NoiseRecipe
 
 _SAMPLED = "Monte Carlo counts with a Clopper-Pearson bound: holds with probability 1 − α"
 CERTIFIERS = (
-    CertifierSpec("smoothing-gaussian", certify_gaussian, SmoothingOptions, frozenset({Guarantee.PROBABILISTIC}),
-                  _SAMPLED),
-    CertifierSpec("smoothing-laplace", certify_laplace, SmoothingOptions, frozenset({Guarantee.PROBABILISTIC}),
-                  _SAMPLED),
-    CertifierSpec("smoothing-uniform", certify_uniform, SmoothingOptions, frozenset({Guarantee.PROBABILISTIC}),
-                  _SAMPLED),
-    CertifierSpec("smoothing-splitting", certify_splitting, SplittingOptions,
-                  frozenset({Guarantee.FLAG, Guarantee.DECISION}),
-                  "the exact probability from the base model at every cell of the splitting grid (float64)"),
+    CertifierSpec(
+        "smoothing-gaussian", certify_gaussian, SmoothingOptions, frozenset({Guarantee.PROBABILISTIC}), _SAMPLED
+    ),
+    CertifierSpec(
+        "smoothing-laplace", certify_laplace, SmoothingOptions, frozenset({Guarantee.PROBABILISTIC}), _SAMPLED
+    ),
+    CertifierSpec(
+        "smoothing-uniform", certify_uniform, SmoothingOptions, frozenset({Guarantee.PROBABILISTIC}), _SAMPLED
+    ),
+    CertifierSpec(
+        "smoothing-splitting",
+        certify_splitting,
+        SplittingOptions,
+        frozenset({Guarantee.FLAG, Guarantee.DECISION}),
+        "the exact probability from the base model at every cell of the splitting grid (float64)",
+    ),
 )
 
 SMOOTHING_MLP = {"arch": "mlp", "widths": [256, 256]}
@@ -41,11 +48,18 @@ def compare_methods(scale: CompareScale) -> dict[str, MethodSpec]:
     for noise in ("gaussian", "laplace", "uniform", "splitting"):
         name = "smoothing" if noise == "gaussian" else f"smoothing-{noise}"
         opts = {} if noise == "splitting" else {"n0": 100, "n": n, "alpha": 0.001, "seed": 0}
-        model = {"kind": "relu-smoothing", **(SMALL_CNN if scale.paper_scale else SMOOTHING_MLP),
-                 "smoothing": {"noise": noise, "sigma": 0.75, "n0": 100, "n": n, "alpha": 0.001, "seed": 0}}
-        out[name] = MethodSpec(family="relu-smoothing", label=f"smoothing ({noise}, σ=0.75)", model=model,
-                               train={**CPU_ADAM, "epochs": scale.epochs(60)},
-                               certify={"method": f"smoothing-{noise}", **opts})
+        model = {
+            "kind": "relu-smoothing",
+            **(SMALL_CNN if scale.paper_scale else SMOOTHING_MLP),
+            "smoothing": {"noise": noise, "sigma": 0.75, "n0": 100, "n": n, "alpha": 0.001, "seed": 0},
+        }
+        out[name] = MethodSpec(
+            family="relu-smoothing",
+            label=f"smoothing ({noise}, σ=0.75)",
+            model=model,
+            train={**CPU_ADAM, "epochs": scale.epochs(60)},
+            certify={"method": f"smoothing-{noise}", **opts},
+        )
     return out
 
 

@@ -36,8 +36,14 @@ from asymcert.models.checks import check_batch, config_input_range, config_int, 
 from asymcert.nn.feature_maps import Shift
 from asymcert.nn.orthogonal import CayleyConv2d, CayleyLinear, MaxMin, PixelUnshuffle, lipschitz_l2
 
-SMOOTHING_DEFAULTS: dict[str, Any] = {"noise": "gaussian", "sigma": 0.75, "n0": 100, "n": 10000,
-                                      "alpha": 0.001, "seed": 0}
+SMOOTHING_DEFAULTS: dict[str, Any] = {
+    "noise": "gaussian",
+    "sigma": 0.75,
+    "n0": 100,
+    "n": 10000,
+    "alpha": 0.001,
+    "seed": 0,
+}
 NOISES = ("gaussian", "laplace", "uniform", "splitting")
 BOUND_CERTIFIERS = ("ibp", "crown-ibp", "crown")
 
@@ -59,8 +65,9 @@ def _smoothing_config(value: Any) -> dict[str, Any]:
         raise ConfigError(f"{who} model config: smoothing = {value!r} must be a JSON object")
     unknown = sorted(set(value or {}) - set(SMOOTHING_DEFAULTS))
     if unknown:
-        raise ConfigError(f"{who} model config: unknown smoothing setting(s) {unknown}; "
-                          f"known: {sorted(SMOOTHING_DEFAULTS)}")
+        raise ConfigError(
+            f"{who} model config: unknown smoothing setting(s) {unknown}; known: {sorted(SMOOTHING_DEFAULTS)}"
+        )
     out = {**SMOOTHING_DEFAULTS, **(value or {})}
     real = {k: isinstance(out[k], (int, float)) and not isinstance(out[k], bool) for k in ("sigma", "alpha")}
     if not (real["sigma"] and math.isfinite(out["sigma"]) and out["sigma"] > 0):
@@ -69,12 +76,17 @@ def _smoothing_config(value: Any) -> dict[str, Any]:
         raise ConfigError(f"{who} model config: smoothing alpha = {out['alpha']!r} must be in (0, 1)")
     for key in ("n0", "n"):
         config_int(out[key], f"smoothing {key}", who)
-    config_int(out["seed"], "smoothing seed", who, lowest=-(2 ** 63))
+    config_int(out["seed"], "smoothing seed", who, lowest=-(2**63))
     return out
 
 
-def relu_sequential(input_shape: tuple[int, ...], arch: str, widths: list[int] | None = None,
-                    channels: list[int] | None = None, fc: list[int] | None = None) -> nn.Sequential:
+def relu_sequential(
+    input_shape: tuple[int, ...],
+    arch: str,
+    widths: list[int] | None = None,
+    channels: list[int] | None = None,
+    fc: list[int] | None = None,
+) -> nn.Sequential:
     """Shift → (convolutions + ReLU) → Flatten → (Linear + ReLU)* → Linear(·, 1).
 
     Args:
@@ -107,9 +119,14 @@ def relu_sequential(input_shape: tuple[int, ...], arch: str, widths: list[int] |
     return nn.Sequential(*layers)
 
 
-def orthogonal_sequential(input_shape: tuple[int, ...], arch: str, widths: list[int] | None = None,
-                          channels: list[int] | None = None, fc: list[int] | None = None,
-                          kernel: int = 3) -> nn.Sequential:
+def orthogonal_sequential(
+    input_shape: tuple[int, ...],
+    arch: str,
+    widths: list[int] | None = None,
+    channels: list[int] | None = None,
+    fc: list[int] | None = None,
+    kernel: int = 3,
+) -> nn.Sequential:
     """Shift → (CayleyConv + MaxMin + 2× space-to-depth)* → Flatten → (CayleyLinear + MaxMin)* → CayleyLinear(·, 1).
 
     Every width and channel count must be even (MaxMin pairs channels). ``"cnn"`` needs square
@@ -150,8 +167,13 @@ class _SequentialScoreModel(nn.Module):
     kind = ""
     binary = True
 
-    def __init__(self, net: nn.Sequential, input_shape: tuple[int, ...],
-                 input_range: tuple[float, float] | None, arch: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        net: nn.Sequential,
+        input_shape: tuple[int, ...],
+        input_range: tuple[float, float] | None,
+        arch: dict[str, Any],
+    ) -> None:
         super().__init__()
         self.net = net
         self.input_shape = tuple(int(d) for d in input_shape)
@@ -169,8 +191,12 @@ class _SequentialScoreModel(nn.Module):
         cast(Shift, self.net[0]).fit(x)  # relu_sequential puts the Shift first
 
     def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "input_shape": list(self.input_shape),
-                "input_range": None if self.input_range is None else list(self.input_range), **self.arch}
+        return {
+            "kind": self.kind,
+            "input_shape": list(self.input_shape),
+            "input_range": None if self.input_range is None else list(self.input_range),
+            **self.arch,
+        }
 
     def validate(self) -> None:
         """Raise :class:`~asymcert.errors.ModelError` when a weight is NaN or Inf."""
@@ -214,8 +240,14 @@ class SmoothingBaseNet(ReLUNet):
 
     kind = "relu-smoothing"
 
-    def __init__(self, net: nn.Sequential, input_shape: tuple[int, ...], input_range, arch: dict[str, Any],
-                 smoothing: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        net: nn.Sequential,
+        input_shape: tuple[int, ...],
+        input_range,
+        arch: dict[str, Any],
+        smoothing: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(net, input_shape, input_range, arch)
         self.smoothing = {**SMOOTHING_DEFAULTS, **(smoothing or {})}
         if self.smoothing["noise"] not in NOISES:
@@ -241,8 +273,14 @@ class BoundPropagationNet(ReLUNet):
 
     kind = "relu-ibp"
 
-    def __init__(self, net: nn.Sequential, input_shape: tuple[int, ...], input_range, arch: dict[str, Any],
-                 certifier: str = "crown-ibp") -> None:
+    def __init__(
+        self,
+        net: nn.Sequential,
+        input_shape: tuple[int, ...],
+        input_range,
+        arch: dict[str, Any],
+        certifier: str = "crown-ibp",
+    ) -> None:
         super().__init__(net, input_shape, input_range, arch)
         if certifier not in BOUND_CERTIFIERS:
             raise ValueError(f"unknown bound certifier {certifier!r}; known: {BOUND_CERTIFIERS}")
@@ -280,8 +318,9 @@ class OrthogonalNet(_SequentialScoreModel):
             arch["fc"] = _int_list(config.get("fc", [256]), "fc", "orthogonal")
             arch["kernel"] = config_int(config.get("kernel", 3), "kernel", "orthogonal")
         rng = config_input_range(config.get("input_range"), "orthogonal")
-        net = orthogonal_sequential(shape, arch["arch"], arch.get("widths"), arch.get("channels"), arch.get("fc"),
-                                    arch.get("kernel", 3))
+        net = orthogonal_sequential(
+            shape, arch["arch"], arch.get("widths"), arch.get("channels"), arch.get("fc"), arch.get("kernel", 3)
+        )
         return cls(net, shape, rng, arch)
 
     def lipschitz(self, p: float) -> float:
@@ -302,7 +341,5 @@ class OrthogonalNet(_SequentialScoreModel):
             exact = Fraction(1, 2) - 1 / Fraction(p)
             exponent = float(exact)
             exponent = exponent if Fraction(exponent) >= exact else math.nextafter(exponent, math.inf)
-            factor = math.nextafter(math.nextafter(d ** exponent, math.inf), math.inf)
+            factor = math.nextafter(math.nextafter(d**exponent, math.inf), math.inf)
         return math.nextafter(l2 * factor, math.inf)
-
-

@@ -25,8 +25,9 @@ def check_batch(x: torch.Tensor, input_shape: tuple[int, ...], who: str) -> None
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{who} takes a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise InputError(f"{who} takes floating-point inputs in raw units, got dtype {x.dtype} "
-                         "(convert images with x.float() / 255)")
+        raise InputError(
+            f"{who} takes floating-point inputs in raw units, got dtype {x.dtype} (convert images with x.float() / 255)"
+        )
     if tuple(x.shape[1:]) != tuple(input_shape) or x.dim() != len(input_shape) + 1:
         expected = "(N, " + ", ".join(str(d) for d in input_shape) + ")"
         raise InputError(f"{who} takes inputs of shape {expected}, got {tuple(x.shape)}")
@@ -49,8 +50,11 @@ def config_int_list(value: Any, name: str, who: str, allow_empty: bool = False) 
     Raises:
         ConfigError: naming ``who`` and ``name``.
     """
-    ok = isinstance(value, (list, tuple)) and (allow_empty or len(value) > 0) and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    ok = (
+        isinstance(value, (list, tuple))
+        and (allow_empty or len(value) > 0)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    )
     if not ok:
         need = "a list of integers ≥ 1" if allow_empty else "a non-empty list of integers ≥ 1"
         raise ConfigError(f"{who} model config: {name} = {value!r} must be {need}")
@@ -65,9 +69,14 @@ def config_input_range(value: Any, who: str) -> tuple[float, float] | None:
     """
     if value is None:
         return None
-    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
     if not ok or not value[0] < value[1]:
-        raise ConfigError(f"{who} model config: input_range = {value!r} must be null or [low, high], "
-                          "two finite numbers with low < high")
+        raise ConfigError(
+            f"{who} model config: input_range = {value!r} must be null or [low, high], "
+            "two finite numbers with low < high"
+        )
     return float(value[0]), float(value[1])

@@ -50,8 +50,13 @@ class FeatureConvexClassifier(nn.Module):
     binary = True
     balance: torch.Tensor
 
-    def __init__(self, feature_map: FeatureMap, convex: nn.Module, input_shape: tuple[int, ...],
-                 input_range: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        feature_map: FeatureMap,
+        convex: nn.Module,
+        input_shape: tuple[int, ...],
+        input_range: tuple[float, float] | None = None,
+    ) -> None:
         super().__init__()
         self.feature_map = feature_map
         self.convex = convex
@@ -66,16 +71,22 @@ class FeatureConvexClassifier(nn.Module):
         rng = config_input_range(config.get("input_range"), "feature-convex")
         phi = build_feature_map(config.get("feature_map", [{"kind": "identity"}]), shape)
         if not isinstance(config["convex"], dict):
-            raise ConfigError(f"feature-convex model config: convex = {config['convex']!r} must be a JSON object "
-                              "like {\"kind\": \"icnn\", \"widths\": [200, 50]}")
+            raise ConfigError(
+                f"feature-convex model config: convex = {config['convex']!r} must be a JSON object "
+                'like {"kind": "icnn", "widths": [200, 50]}'
+            )
         g = build_convex_net(config["convex"], phi.out_shape(shape))
         return cls(phi, g, shape, rng)
 
     def config(self) -> dict[str, Any]:
         """The JSON config that rebuilds this model's architecture."""
-        return {"kind": "feature-convex", "input_shape": list(self.input_shape),
-                "input_range": None if self.input_range is None else list(self.input_range),
-                "feature_map": self.feature_map.config(), "convex": cast(_Configurable, self.convex).config()}
+        return {
+            "kind": "feature-convex",
+            "input_shape": list(self.input_shape),
+            "input_range": None if self.input_range is None else list(self.input_range),
+            "feature_map": self.feature_map.config(),
+            "convex": cast(_Configurable, self.convex).config(),
+        }
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """φ(x): (N, *input_shape) → (N, *feature_shape)."""
@@ -107,22 +118,30 @@ class FeatureConvexClassifier(nn.Module):
         with hooks or a replaced forward (:func:`override_problems`), and no method the certificate
         relies on (:data:`CERTIFIED_METHODS`) overridden by a subclass.
         """
-        problems = [f"{type(self).__name__} overrides {name}(); the certificate assumes s(x) = g(φ(x)) + b"
-                    for name in CERTIFIED_METHODS if defining_class(type(self), name) is not FeatureConvexClassifier]
+        problems = [
+            f"{type(self).__name__} overrides {name}(); the certificate assumes s(x) = g(φ(x)) + b"
+            for name in CERTIFIED_METHODS
+            if defining_class(type(self), name) is not FeatureConvexClassifier
+        ]
         phi_problems = feature_map_problems(self.feature_map, "feature_map")
         problems += phi_problems + convex_net_problems(self.convex, "convex") + convexity_violations(self)
         problems += override_problems(self, "")
-        problems += [f"{n}: contains NaN or Inf" for n, t in self.state_dict().items()
-                     if t.is_floating_point() and not bool(torch.isfinite(t).all())
-                     and not (phi_problems and n.startswith("feature_map."))]  # φ reported its own
+        problems += [
+            f"{n}: contains NaN or Inf"
+            for n, t in self.state_dict().items()
+            if t.is_floating_point()
+            and not bool(torch.isfinite(t).all())
+            and not (phi_problems and n.startswith("feature_map."))
+        ]  # φ reported its own
         return list(dict.fromkeys(problems))
 
     def validate(self) -> None:
         """Raise :class:`ConvexityError` listing every problem of :meth:`problems` (one line)."""
         problems = self.problems()
         if problems:
-            raise ConvexityError("model cannot be vouched for, its certificates would be unsound: "
-                                 + "; ".join(problems))
+            raise ConvexityError(
+                "model cannot be vouched for, its certificates would be unsound: " + "; ".join(problems)
+            )
 
     def set_balance(self, b: float) -> None:
         """Set the class-balance shift b (added to g)."""

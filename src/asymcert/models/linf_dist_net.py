@@ -44,8 +44,7 @@ TEMPERATURE_RATIO = 0.2
 """The learned CE scale is s = 0.2·``temperature``: Adam moves a parameter by about lr per step
 whatever its gradient scale, so s moves by 0.2·lr (the authors' scalar lr 0.006 = 0.2 × 0.03)."""
 
-DEFAULT_CONFIG: dict[str, Any] = {"kind": "linf-dist", "widths": [1024] * 4, "mlp_head": None,
-                                  "identity_init": True}
+DEFAULT_CONFIG: dict[str, Any] = {"kind": "linf-dist", "widths": [1024] * 4, "mlp_head": None, "identity_init": True}
 """What ``--model linf-dist`` selects: 4 hidden layers of 1024 + the output layer (the paper's
 "5-layer" depth at 1/5 of its width 5120, sized for CPUs). ``num_classes``/``binary`` come from
 the task (see :func:`task_model_settings`)."""
@@ -87,9 +86,16 @@ class LinfDistNet(nn.Module):
     head_hidden: nn.Linear | None
     head_out: nn.Linear | None
 
-    def __init__(self, input_shape: tuple[int, ...], widths: list[int], num_classes: int = 10,
-                 input_range: tuple[float, float] | None = None, mlp_head: int | None = None,
-                 identity_init: bool = True, binary: bool = False) -> None:
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        widths: list[int],
+        num_classes: int = 10,
+        input_range: tuple[float, float] | None = None,
+        mlp_head: int | None = None,
+        identity_init: bool = True,
+        binary: bool = False,
+    ) -> None:
         super().__init__()
         self.input_shape = tuple(int(d) for d in input_shape)
         self.input_range = None if input_range is None else (float(input_range[0]), float(input_range[1]))
@@ -151,15 +157,28 @@ class LinfDistNet(nn.Module):
         for key, value in flags.items():
             if not isinstance(value, bool):
                 raise ConfigError(f"{who} model config: {key} = {value!r} must be true or false")
-        return cls(tuple(config["input_shape"]), widths, num_classes,
-                   config_input_range(config.get("input_range"), who), head, flags["identity_init"], flags["binary"])
+        return cls(
+            tuple(config["input_shape"]),
+            widths,
+            num_classes,
+            config_input_range(config.get("input_range"), who),
+            head,
+            flags["identity_init"],
+            flags["binary"],
+        )
 
     def config(self) -> dict[str, Any]:
         """The JSON config that rebuilds this model's architecture."""
-        return {"kind": "linf-dist", "input_shape": list(self.input_shape),
-                "input_range": None if self.input_range is None else list(self.input_range),
-                "widths": list(self.widths), "num_classes": self.num_classes, "mlp_head": self.mlp_head,
-                "identity_init": self.identity_init, "binary": self.binary}
+        return {
+            "kind": "linf-dist",
+            "input_shape": list(self.input_shape),
+            "input_range": None if self.input_range is None else list(self.input_range),
+            "widths": list(self.widths),
+            "num_classes": self.num_classes,
+            "mlp_head": self.mlp_head,
+            "identity_init": self.identity_init,
+            "binary": self.binary,
+        }
 
     def distance_layers(self) -> list[LinfDist]:
         """Every :class:`LinfDist` layer (hidden ones, then the output layer of a plain net)."""
@@ -253,26 +272,32 @@ class LinfDistNet(nn.Module):
     def validate(self) -> None:
         """Raise :class:`~asymcert.errors.ModelError` unless every distance layer is at p = ∞, every
         weight is finite, the input scale σ is > 0 and every MeanShift is sound (:meth:`MeanShift.problems`)."""
-        finite_p = [f"dist layer {i}: p = {layer.p:g}" for i, layer in enumerate(self.distance_layers())
-                    if layer.p != INF]
+        finite_p = [
+            f"dist layer {i}: p = {layer.p:g}" for i, layer in enumerate(self.distance_layers()) if layer.p != INF
+        ]
         if finite_p:
-            raise ModelError("an ℓ∞-dist net certifies only with p = ∞ in every distance layer (training left "
-                             "them at finite p; call model.set_p(math.inf) or train through the p = ∞ phase): "
-                             + ", ".join(finite_p))
+            raise ModelError(
+                "an ℓ∞-dist net certifies only with p = ∞ in every distance layer (training left "
+                "them at finite p; call model.set_p(math.inf) or train through the p = ∞ phase): " + ", ".join(finite_p)
+            )
         bad = [n for n, t in self.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         if bad:
             raise ModelError(f"model weights contain NaN or Inf: {bad}")
         if not self.std > 0:
             raise ModelError(f"input scale σ (input_std) must be positive, got {self.std}")
-        shifts = [f"shifts.{i}: {p}" for i, shift in enumerate(cast("list[MeanShift]", list(self.shifts)))
-                  for p in shift.problems()]
+        shifts = [
+            f"shifts.{i}: {p}"
+            for i, shift in enumerate(cast("list[MeanShift]", list(self.shifts)))
+            for p in shift.problems()
+        ]
         if shifts:
             raise ModelError("ℓ∞-dist net cannot be vouched for: " + "; ".join(shifts))
 
     def extra_repr(self) -> str:
-        return (f"input_shape={self.input_shape}, widths={self.widths}, num_classes={self.num_classes}, "
-                f"mlp_head={self.mlp_head}, binary={self.binary}")
-
+        return (
+            f"input_shape={self.input_shape}, widths={self.widths}, num_classes={self.num_classes}, "
+            f"mlp_head={self.mlp_head}, binary={self.binary}"
+        )
 
 
 __all__ = ["DEFAULT_CONFIG", "TEMPERATURE_RATIO", "LinfDistNet", "task_model_settings"]

@@ -37,8 +37,11 @@ from asymcert.nn.convex import defining_class, override_problems
 MEMBER_METHODS = ("forward", "features", "score_from_features", "member_feature_lipschitz")
 """Methods the certificate relies on; a subclass that overrides one is refused."""
 
-DEFAULT_CONFIG: dict[str, Any] = {"kind": "one-vs-rest-convex", "feature_map": [{"kind": "shift"}],
-                                  "convex": {"kind": "icnn", "widths": [200, 50]}}
+DEFAULT_CONFIG: dict[str, Any] = {
+    "kind": "one-vs-rest-convex",
+    "feature_map": [{"kind": "shift"}],
+    "convex": {"kind": "icnn", "widths": [200, 50]},
+}
 """What ``--model one-vs-rest-convex`` selects: ICNN MLP members 200-50 on φ(x) = x − μ (the authors'
 MNIST architecture); ``num_classes`` comes from the task."""
 
@@ -69,8 +72,7 @@ class OneVsRestConvex(nn.Module):
     certifier = "one-vs-rest-convex"
     binary = False
 
-    def __init__(self, members: list[FeatureConvexClassifier],
-                 input_range: tuple[float, float] | None = None) -> None:
+    def __init__(self, members: list[FeatureConvexClassifier], input_range: tuple[float, float] | None = None) -> None:
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"a one-vs-rest model needs at least 2 members (classes), got {len(members)}")
@@ -97,16 +99,25 @@ class OneVsRestConvex(nn.Module):
             raise ConfigError("a one-vs-rest-convex config needs 'input_shape'")
         k = config_int(config.get("num_classes", 10), "num_classes", "one-vs-rest-convex", lowest=2)
         rng = config_input_range(config.get("input_range"), "one-vs-rest-convex")
-        member = {"kind": "feature-convex", "input_shape": list(config["input_shape"]), "input_range": rng,
-                  **{key: config.get(key, DEFAULT_CONFIG[key]) for key in _MEMBER_KEYS}}
+        member = {
+            "kind": "feature-convex",
+            "input_shape": list(config["input_shape"]),
+            "input_range": rng,
+            **{key: config.get(key, DEFAULT_CONFIG[key]) for key in _MEMBER_KEYS},
+        }
         return cls([FeatureConvexClassifier.from_config(member) for _ in range(k)], rng)
 
     def config(self) -> dict[str, Any]:
         """The JSON config that rebuilds this model's architecture."""
         first = self.member_models[0].config()
-        return {"kind": "one-vs-rest-convex", "input_shape": list(self.input_shape),
-                "input_range": None if self.input_range is None else list(self.input_range),
-                "num_classes": self.num_classes, "feature_map": first["feature_map"], "convex": first["convex"]}
+        return {
+            "kind": "one-vs-rest-convex",
+            "input_shape": list(self.input_shape),
+            "input_range": None if self.input_range is None else list(self.input_range),
+            "num_classes": self.num_classes,
+            "feature_map": first["feature_map"],
+            "convex": first["convex"],
+        }
 
     @property
     def num_classes(self) -> int:
@@ -149,7 +160,8 @@ class OneVsRestConvex(nn.Module):
                 return False
             other = m.feature_map.state_dict()
             if other.keys() != state.keys() or any(
-                    other[k].dtype != v.dtype or not torch.equal(other[k], v) for k, v in state.items()):
+                other[k].dtype != v.dtype or not torch.equal(other[k], v) for k, v in state.items()
+            ):
                 return False
         return True
 
@@ -168,8 +180,11 @@ class OneVsRestConvex(nn.Module):
         """Every member's :meth:`FeatureConvexClassifier.problems`, prefixed ``member k``; a member that is
         not a FeatureConvexClassifier, hooks on the model or its member list, or an overridden method
         the certificate relies on."""
-        problems = [f"{type(self).__name__} overrides {name}(); the certificate assumes s_k(x) = g_k(φ_k(x)) + b_k"
-                    for name in MEMBER_METHODS if defining_class(type(self), name) is not OneVsRestConvex]
+        problems = [
+            f"{type(self).__name__} overrides {name}(); the certificate assumes s_k(x) = g_k(φ_k(x)) + b_k"
+            for name in MEMBER_METHODS
+            if defining_class(type(self), name) is not OneVsRestConvex
+        ]
         problems += override_problems(self, "", recurse=False) + override_problems(self.members, "members", False)
         for k, m in enumerate(self.members):
             if not isinstance(m, FeatureConvexClassifier):
@@ -182,8 +197,9 @@ class OneVsRestConvex(nn.Module):
         """Raise :class:`ConvexityError` listing every problem of every member (one line)."""
         problems = self.problems()
         if problems:
-            raise ConvexityError("one-vs-rest model cannot be vouched for, its certificates would be unsound: "
-                                 + "; ".join(problems))
+            raise ConvexityError(
+                "one-vs-rest model cannot be vouched for, its certificates would be unsound: " + "; ".join(problems)
+            )
 
     def set_balance(self, b: torch.Tensor | list[float]) -> None:
         """Set every member's class-balance shift: ``b`` holds K floats."""
@@ -195,7 +211,6 @@ class OneVsRestConvex(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, input_shape={self.input_shape}"
-
 
 
 __all__ = ["DEFAULT_CONFIG", "OneVsRestConvex", "task_model_settings"]

@@ -32,8 +32,10 @@ __all__ = [
 def __getattr__(name: str):  # ℓ∞-dist layers load on first use
     if name in ("LinfDist", "LinfDistConv2d"):
         from asymcert.nn import linf_dist
+
         return getattr(linf_dist, name)
     if name == "MeanShift":
         from asymcert.nn.mean_shift import MeanShift
+
         return MeanShift
     raise AttributeError(name)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asymcert import distributed
+from asymcert.distributed import differentiable_sum
 from asymcert.errors import ConfigError, UnknownNameError
 
 
@@ -43,8 +45,15 @@ class NonnegLinear(nn.Linear):
 class NonnegConv2d(nn.Conv2d):
     """A convolution whose kernel is constrained ≥ 0 (the bias is free). Init U(0, ``init_scale``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
-                 bias: bool = True, init_scale: float = 0.005) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        padding: int = 0,
+        bias: bool = True,
+        init_scale: float = 0.005,
+    ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=bias)
         with torch.no_grad():
             self.weight.uniform_(0.0, init_scale)
@@ -80,7 +89,7 @@ class PositiveBatchNorm(nn.modules.batchnorm._BatchNorm):
         return {"weight": self.min_scale}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from asymcert import distributed
+
         if self.training and self.share_statistics and self.shared is not None:
             return self._normalize(x, *self.shared)
         if not (self.training and (self.share_statistics or distributed.is_distributed())):
@@ -96,8 +105,10 @@ class PositiveBatchNorm(nn.modules.batchnorm._BatchNorm):
             self.num_batches_tracked += 1
             m = self.momentum
             if m is None:  # PyTorch's cumulative average; not implemented for explicit statistics
-                raise ValueError("PositiveBatchNorm with explicit (shared or distributed) statistics needs a "
-                                 "numeric momentum, got None")
+                raise ValueError(
+                    "PositiveBatchNorm with explicit (shared or distributed) statistics needs a "
+                    "numeric momentum, got None"
+                )
             self.running_mean.mul_(1 - m).add_(m * mean.detach())
             self.running_var.mul_(1 - m).add_(m * var.detach() * count / (count - 1).clamp_min(1))
         if self.share_statistics:
@@ -106,7 +117,7 @@ class PositiveBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mean, biased variance) per channel over the batches of every process, and the element count."""
-        from asymcert.distributed import differentiable_sum
+
         dims = [0] + list(range(2, x.dim()))
         count = differentiable_sum(torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device))
         total = differentiable_sum(torch.stack([x.sum(dims), (x * x).sum(dims)]))
@@ -143,8 +154,11 @@ def shared_batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
     Raises:
         ValueError: a training-mode batch norm that is not a :class:`PositiveBatchNorm`.
     """
-    plain = [name for name, m in model.named_modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, PositiveBatchNorm) and m.training]
+    plain = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, PositiveBatchNorm) and m.training
+    ]
     if plain:
         raise ValueError(f"cannot share the statistics of batch norm layer(s) {plain}: use PositiveBatchNorm")
     norms = [m for m in model.modules() if isinstance(m, PositiveBatchNorm)]
@@ -186,8 +200,10 @@ def convexity_violations(model: nn.Module) -> list[str]:
     for name, param, lower in constrained_parameters(model):
         bad = param.detach() < lower
         if bool(bad.any()):
-            problems.append(f"{name}: {int(bad.sum())} of {param.numel()} entries below {lower:g} "
-                            f"(min {float(param.detach().min()):.3g})")
+            problems.append(
+                f"{name}: {int(bad.sum())} of {param.numel()} entries below {lower:g} "
+                f"(min {float(param.detach().min()):.3g})"
+            )
     return problems
 
 
@@ -216,8 +232,7 @@ class ICNN(nn.Module):
         self.hidden = nn.ModuleList(
             [NonnegLinear(a, b, bias=False) for a, b in zip(self.widths, self.widths[1:] + (1,))]
         )
-        self.norms = nn.ModuleList(
-            [PositiveBatchNorm(w) if self.batch_norm else nn.Identity() for w in self.widths])
+        self.norms = nn.ModuleList([PositiveBatchNorm(w) if self.batch_norm else nn.Identity() for w in self.widths])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
@@ -279,10 +294,18 @@ CONVEX_NETS: dict[str, type[nn.Module]] = {ICNN.kind: ICNN, ConvexConvNet.kind: 
 # (unconstrained) layers are allowed only where they act on the network's input (an affine map of
 # the input keeps convexity); every later layer must carry its nonnegativity constraint.
 ALLOWED_SLOTS: dict[type[nn.Module], dict[str, tuple[type[nn.Module], ...]]] = {
-    ICNN: {"passthrough": (nn.Linear, NonnegLinear), "hidden": (NonnegLinear,),
-           "norms": (PositiveBatchNorm, nn.Identity)},
-    ConvexConvNet: {"stem": (nn.Conv2d, NonnegConv2d), "block_norms": (PositiveBatchNorm,),
-                    "block_convs": (NonnegConv2d,), "out_norm": (PositiveBatchNorm,), "readout": (NonnegLinear,)},
+    ICNN: {
+        "passthrough": (nn.Linear, NonnegLinear),
+        "hidden": (NonnegLinear,),
+        "norms": (PositiveBatchNorm, nn.Identity),
+    },
+    ConvexConvNet: {
+        "stem": (nn.Conv2d, NonnegConv2d),
+        "block_norms": (PositiveBatchNorm,),
+        "block_convs": (NonnegConv2d,),
+        "out_norm": (PositiveBatchNorm,),
+        "readout": (NonnegLinear,),
+    },
 }
 CONTRACT_METHOD = "convexity_contract"
 """The contract of a user's own input-convex network g. A class that defines
@@ -319,11 +342,18 @@ def override_problems(root: nn.Module, path: str, recurse: bool = True) -> list[
     own names, e.g. ``convex.hidden.0``). ``recurse=False``: ``root`` itself only.
     """
     problems = []
-    for name, m in (root.named_modules() if recurse else [("", root)]):
+    for name, m in root.named_modules() if recurse else [("", root)]:
         where = ".".join(part for part in (path, name) if part) or type(root).__name__
-        hooks = [kind for kind, d in (("forward", m._forward_hooks), ("forward pre", m._forward_pre_hooks),
-                                      ("backward", m._backward_hooks),
-                                      ("backward pre", getattr(m, "_backward_pre_hooks", {}))) if d]
+        hooks = [
+            kind
+            for kind, d in (
+                ("forward", m._forward_hooks),
+                ("forward pre", m._forward_pre_hooks),
+                ("backward", m._backward_hooks),
+                ("backward pre", getattr(m, "_backward_pre_hooks", {})),
+            )
+            if d
+        ]
         if hooks:
             problems.append(f"{where}: has {' and '.join(hooks)} hook(s), which may change what it computes")
         if "forward" in vars(m) or type(m).__call__ is not nn.Module.__call__:
@@ -342,8 +372,10 @@ def convex_net_problems(net: nn.Module, path: str = "convex") -> list[str]:
     """
     if callable(getattr(type(net), CONTRACT_METHOD, None)):
         if not declared_with_forward(net, CONTRACT_METHOD):
-            return [f"{path}: {type(net).__name__} overrides forward without declaring {CONTRACT_METHOD}() "
-                    "itself, so the inherited contract does not cover it"]
+            return [
+                f"{path}: {type(net).__name__} overrides forward without declaring {CONTRACT_METHOD}() "
+                "itself, so the inherited contract does not cover it"
+            ]
         found = getattr(net, CONTRACT_METHOD)()
         if not isinstance(found, (list, tuple)) or not all(isinstance(p, str) for p in found):
             return [f"{path}: {CONTRACT_METHOD}() must return a list of problem strings, got {found!r}"]
@@ -351,8 +383,10 @@ def convex_net_problems(net: nn.Module, path: str = "convex") -> list[str]:
     slots = ALLOWED_SLOTS.get(type(net))
     if slots is None:
         known = ", ".join(c.__name__ for c in ALLOWED_SLOTS)
-        return [f"{path}: {type(net).__name__} is not a known input-convex network ({known}) "
-                f"and declares no {CONTRACT_METHOD}() method"]
+        return [
+            f"{path}: {type(net).__name__} is not a known input-convex network ({known}) "
+            f"and declares no {CONTRACT_METHOD}() method"
+        ]
     problems = []
     for name, module in net.named_modules():
         if not name or isinstance(module, nn.ModuleList):
@@ -360,8 +394,9 @@ def convex_net_problems(net: nn.Module, path: str = "convex") -> list[str]:
         allowed = slots.get(name.split(".")[0], ())
         if type(module) not in allowed:
             need = " or ".join(c.__name__ for c in allowed) or "nothing"
-            problems.append(f"{path}.{name}: {type(module).__name__} is not allowed here (allowed: {need}); "
-                            "it may break convexity")
+            problems.append(
+                f"{path}.{name}: {type(module).__name__} is not allowed here (allowed: {need}); it may break convexity"
+            )
         elif isinstance(module, PositiveBatchNorm):
             problems += [f"{path}.{name}: {p}" for p in batch_norm_problems(module)]
     return problems
@@ -400,10 +435,16 @@ def build_convex_net(config: dict[str, Any], in_shape: tuple[int, ...]) -> nn.Mo
         if name == "batch_norm":
             ok = isinstance(value, bool)
         else:
-            ok = isinstance(values, (list, tuple)) and len(values) > 0 and all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= lowest for v in values)
+            ok = (
+                isinstance(values, (list, tuple))
+                and len(values) > 0
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= lowest for v in values)
+            )
         if not ok:
-            need = "true or false" if name == "batch_norm" else (
-                f"a non-empty list of integers ≥ {lowest}" if name == "widths" else f"an integer ≥ {lowest}")
+            need = (
+                "true or false"
+                if name == "batch_norm"
+                else (f"a non-empty list of integers ≥ {lowest}" if name == "widths" else f"an integer ≥ {lowest}")
+            )
             raise ConfigError(f"convex network {kind!r}: {name} = {value!r} must be {need}")
     return cls(tuple(in_shape), **config)

@@ -52,15 +52,19 @@ class FeatureMap(nn.Module):
         Default: every floating buffer and parameter must be finite. Maps whose formula needs a sign
         or a nonzero value add that.
         """
-        return [f"{name}: contains NaN or Inf" for name, t in self.state_dict().items()
-                if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        return [
+            f"{name}: contains NaN or Inf"
+            for name, t in self.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ]
 
     def validate(self) -> None:
         """Raise :class:`~asymcert.errors.ModelError` listing every problem of :func:`feature_map_problems`."""
         problems = feature_map_problems(self, type(self).__name__)
         if problems:
-            raise ModelError("feature map cannot be vouched for, its Lipschitz constant would be wrong: "
-                             + "; ".join(problems))
+            raise ModelError(
+                "feature map cannot be vouched for, its Lipschitz constant would be wrong: " + "; ".join(problems)
+            )
 
 
 class Identity(FeatureMap):
@@ -123,8 +127,12 @@ class Standardize(FeatureMap):
 
     def __init__(self, in_shape: tuple[int, ...], min_scale: float = 1e-6) -> None:
         super().__init__()
-        if isinstance(min_scale, bool) or not isinstance(min_scale, (int, float)) \
-                or not math.isfinite(min_scale) or min_scale <= 0:
+        if (
+            isinstance(min_scale, bool)
+            or not isinstance(min_scale, (int, float))
+            or not math.isfinite(min_scale)
+            or min_scale <= 0
+        ):
             raise ConfigError(f"standardize: min_scale = {min_scale!r} must be a finite number > 0")
         self.min_scale = float(min_scale)
         self.register_buffer("mean", torch.zeros(in_shape))
@@ -151,8 +159,10 @@ class Standardize(FeatureMap):
         bad = ~(self.scale > 0)
         if bool(bad.any()):
             first = torch.nonzero(bad.flatten()).flatten()[:5].tolist()
-            out.append(f"scale: {int(bad.sum())} of {self.scale.numel()} entries are not > 0 (first at flat "
-                       f"index {first}); (x − μ)/σ needs σ > 0")
+            out.append(
+                f"scale: {int(bad.sum())} of {self.scale.numel()} entries are not > 0 (first at flat "
+                f"index {first}); (x − μ)/σ needs σ > 0"
+            )
         return out
 
     def affine(self) -> bool:
@@ -241,13 +251,17 @@ def feature_map_problems(phi: nn.Module, path: str = "feature_map") -> list[str]
     """
     name = type(phi).__name__
     if not isinstance(phi, FeatureMap):
-        return [f"{path}: {name} is not a FeatureMap; a feature map must declare its Lipschitz constant "
-                "per norm (subclass asymcert.nn.FeatureMap and define lipschitz(p))"]
+        return [
+            f"{path}: {name} is not a FeatureMap; a feature map must declare its Lipschitz constant "
+            "per norm (subclass asymcert.nn.FeatureMap and define lipschitz(p))"
+        ]
     if defining_class(type(phi), "lipschitz") is FeatureMap:
         return [f"{path}: {name} does not declare its Lipschitz constants (define lipschitz(p))"]
     if not declared_with_forward(phi, "lipschitz"):
-        return [f"{path}: {name} overrides forward without declaring lipschitz(p) itself, so the inherited "
-                "constant does not cover it"]
+        return [
+            f"{path}: {name} overrides forward without declaring lipschitz(p) itself, so the inherited "
+            "constant does not cover it"
+        ]
     if isinstance(phi, Compose):
         return [p for i, m in enumerate(phi.maps) for p in feature_map_problems(m, f"{path}.maps.{i}")]
     found = phi.problems()
@@ -263,8 +277,7 @@ def lipschitz_problems(phi: FeatureMap, norms: tuple[float, ...] = CHECKED_NORMS
         except Exception as exc:
             problems.append(f"lipschitz({p:g}) raised {type(exc).__name__}: {exc}")
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             problems.append(f"lipschitz({p:g}) = {value!r} is not a finite number > 0")
     return problems
 
@@ -278,7 +291,7 @@ def build_feature_map(config: list[dict[str, Any]] | dict[str, Any], in_shape: t
     """
     steps = [config] if isinstance(config, dict) else config
     if not isinstance(steps, (list, tuple)) or not all(isinstance(step, dict) for step in steps):
-        raise ConfigError(f"feature_map = {config!r} must be a list of steps like {{\"kind\": \"shift\"}}")
+        raise ConfigError(f'feature_map = {config!r} must be a list of steps like {{"kind": "shift"}}')
     maps: list[FeatureMap] = []
     shape = tuple(in_shape)
     for step in steps:
@@ -287,8 +300,11 @@ def build_feature_map(config: list[dict[str, Any]] | dict[str, Any], in_shape: t
         if kind not in FEATURE_MAPS:
             raise UnknownNameError(f"unknown feature map {kind!r}; known: {', '.join(sorted(FEATURE_MAPS))}")
         cls = FEATURE_MAPS[kind]
-        accepted = [n for n, prm in inspect.signature(cls.__init__).parameters.items()
-                    if n not in ("self", "in_shape") and prm.kind is prm.POSITIONAL_OR_KEYWORD]
+        accepted = [
+            n
+            for n, prm in inspect.signature(cls.__init__).parameters.items()
+            if n not in ("self", "in_shape") and prm.kind is prm.POSITIONAL_OR_KEYWORD
+        ]
         unknown = sorted(set(step) - set(accepted))
         if unknown:
             raise UnknownNameError(f"unknown setting(s) {unknown} for feature map {kind!r}; accepted: {accepted}")

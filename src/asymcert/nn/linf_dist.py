@@ -46,8 +46,16 @@ _CHUNK_ELEMS = 1 << 22  # elements of one materialised batch × out × in chunk 
 # compiled kernels (ctypes)
 
 _KERNEL_SRC = Path(__file__).with_name("_linf_kernels") / "linf_kernels.cpp"
-_COMMON = ["-O3", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno", "-ffinite-math-only",
-           "-fno-signed-zeros", "-fno-trapping-math"]
+_COMMON = [
+    "-O3",
+    "-shared",
+    "-fPIC",
+    "-std=c++17",
+    "-fno-math-errno",
+    "-ffinite-math-only",
+    "-fno-signed-zeros",
+    "-fno-trapping-math",
+]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -67,8 +75,9 @@ def _build_and_load(defines: tuple[str, ...] = ()) -> ctypes.CDLL:
 
     Raises RuntimeError when no flag set of :data:`asymcert._native.FLAG_SETS` builds.
     """
-    return _native.build_and_load(_KERNEL_SRC, "asymcert_abi_version", 1, _declare, common_flags=_COMMON,
-                                  defines=defines)
+    return _native.build_and_load(
+        _KERNEL_SRC, "asymcert_abi_version", 1, _declare, common_flags=_COMMON, defines=defines
+    )
 
 
 def _self_test(lib: ctypes.CDLL) -> None:
@@ -144,18 +153,21 @@ def _cpp_linf_fwd(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, need_idx: 
         return y, idx, sgn
     wp = _pack(lib, w)
     getattr(lib, f"asymcert_linf_fwd_{_sfx(x.dtype)}")(
-        x.data_ptr(), w.data_ptr(), wp.data_ptr(), B, K, O, y.data_ptr(), _ptr(idx), _ptr(sgn), _threads(B * K * O))
+        x.data_ptr(), w.data_ptr(), wp.data_ptr(), B, K, O, y.data_ptr(), _ptr(idx), _ptr(sgn), _threads(B * K * O)
+    )
     return y, idx, sgn
 
 
-def _cpp_linf_bwd(lib: ctypes.CDLL, idx: torch.Tensor, sgn: torch.Tensor, g: torch.Tensor, K: int,
-                  need_x: bool, need_w: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _cpp_linf_bwd(
+    lib: ctypes.CDLL, idx: torch.Tensor, sgn: torch.Tensor, g: torch.Tensor, K: int, need_x: bool, need_w: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     B, O = idx.shape
     g = g.to(sgn.dtype).contiguous()
     gx = torch.empty(B, K, dtype=sgn.dtype) if need_x else None
     gw = torch.empty(O, K, dtype=sgn.dtype) if need_w else None
     getattr(lib, f"asymcert_linf_bwd_{_sfx(sgn.dtype)}")(
-        idx.data_ptr(), sgn.data_ptr(), g.data_ptr(), B, K, O, _ptr(gx), _ptr(gw), _threads(B * O * 64))
+        idx.data_ptr(), sgn.data_ptr(), g.data_ptr(), B, K, O, _ptr(gx), _ptr(gw), _threads(B * O * 64)
+    )
     return gx, gw
 
 
@@ -168,8 +180,9 @@ def _cpp_lp_fwd(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, p: float) ->
     wp = _pack(lib, w)
     nt = _threads(B * K * O)
     sfx = _sfx(x.dtype)
-    getattr(lib, f"asymcert_linf_fwd_{sfx}")(x.data_ptr(), w.data_ptr(), wp.data_ptr(), B, K, O, y.data_ptr(),
-                                            None, None, nt)
+    getattr(lib, f"asymcert_linf_fwd_{sfx}")(
+        x.data_ptr(), w.data_ptr(), wp.data_ptr(), B, K, O, y.data_ptr(), None, None, nt
+    )
     getattr(lib, f"asymcert_lp_fwd_{sfx}")(x.data_ptr(), wp.data_ptr(), B, K, O, float(p), y.data_ptr(), nt)
     return y
 
@@ -183,8 +196,9 @@ def _pad2(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return out
 
 
-def _cpp_lp_bwd(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, g: torch.Tensor,
-                p: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _cpp_lp_bwd(
+    lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, g: torch.Tensor, p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     B, K = x.shape
     O = w.shape[0]
     if B == 0 or O == 0 or K == 0:
@@ -198,13 +212,24 @@ def _cpp_lp_bwd(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, y: torch.Ten
     gx = torch.empty(Bp, Kp, dtype=x.dtype)
     gw = torch.empty(Op, Kp, dtype=x.dtype)
     getattr(lib, f"asymcert_lp_bwd_{_sfx(x.dtype)}")(
-        xp.data_ptr(), wp.data_ptr(), invp.data_ptr(), gp.data_ptr(), Bp, Kp, Op, float(p), gx.data_ptr(),
-        gw.data_ptr(), _threads(B * K * O))
+        xp.data_ptr(),
+        wp.data_ptr(),
+        invp.data_ptr(),
+        gp.data_ptr(),
+        Bp,
+        Kp,
+        Op,
+        float(p),
+        gx.data_ptr(),
+        gw.data_ptr(),
+        _threads(B * K * O),
+    )
     return gx[:B, :K], gw[:O, :K]
 
 
 # --------------------------------------------------------------------------------------------
 # chunked PyTorch (fast-path fallback on any device) and the reference path
+
 
 def _chunks(B: int, O: int, K: int, budget: int = _CHUNK_ELEMS) -> Iterator[tuple[slice, slice]]:
     """(batch slice, out slice) pairs with at most ``budget`` elements of batch × out × in each."""
@@ -350,8 +375,9 @@ def _compile_call(name: str, fn: Callable, *args):
         return _get_compiled(name, fn)(*args)
     except Exception as e:  # Inductor/Triton/compiler missing or failing: fall back for good
         _compile_broken["error"] = str(e)
-        warnings.warn(f"asymcert: torch.compile of ℓ∞-dist failed, using eager PyTorch ({e})",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"asymcert: torch.compile of ℓ∞-dist failed, using eager PyTorch ({e})", RuntimeWarning, stacklevel=3
+        )
         return None
 
 
@@ -370,6 +396,7 @@ def _compile_available(device: torch.device) -> bool:
 # --------------------------------------------------------------------------------------------
 # dispatch
 
+
 def _check_p(p: float) -> None:
     if not (p == INF or (isinstance(p, (int, float)) and 1.0 <= float(p) < INF)):
         raise ValueError(f"p must be in [1, inf], got {p!r}")
@@ -378,8 +405,12 @@ def _check_p(p: float) -> None:
 def _resolve(backend: str, x: torch.Tensor, w: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    cpp_ok = (x.device.type == "cpu" and w.device.type == "cpu" and x.dtype == w.dtype
-              and x.dtype in (torch.float32, torch.float64))
+    cpp_ok = (
+        x.device.type == "cpu"
+        and w.device.type == "cpu"
+        and x.dtype == w.dtype
+        and x.dtype in (torch.float32, torch.float64)
+    )
     if backend == "cpp":
         if not cpp_ok or kernels() is None:
             return "torch"
@@ -461,8 +492,10 @@ class _LinfDistFn(torch.autograd.Function):
         idx, sgn = ctx.saved_tensors
         xs, ws = ctx.shapes
         if ctx.cpp and idx.is_contiguous() and sgn.is_contiguous() and idx.numel():
-            return (*_cpp_linf_bwd(_loaded_kernels(), idx, sgn, g, xs[1], ctx.needs_input_grad[0],
-                                   ctx.needs_input_grad[1]), None)
+            return (
+                *_cpp_linf_bwd(_loaded_kernels(), idx, sgn, g, xs[1], ctx.needs_input_grad[0], ctx.needs_input_grad[1]),
+                None,
+            )
         gs = g * sgn
         gx = gw = None
         if ctx.needs_input_grad[0]:
@@ -543,6 +576,7 @@ def _check_box(lower: torch.Tensor, upper: torch.Tensor) -> None:
 # --------------------------------------------------------------------------------------------
 # modules
 
+
 def _lip_bound(q: float, p_layer: float, fan_in: int, outputs_per_input: float) -> float:
     """Upper bound of the ℓq→ℓq Lipschitz constant of an ℓp-distance map.
 
@@ -555,7 +589,7 @@ def _lip_bound(q: float, p_layer: float, fan_in: int, outputs_per_input: float) 
         raise ValueError(f"norm order must be ≥ 1, got {q}")
     ip = 0.0 if p_layer == INF else 1.0 / p_layer
     iq = 0.0 if q == INF else 1.0 / q
-    c = fan_in ** max(0.0, ip - iq) * outputs_per_input ** iq
+    c = fan_in ** max(0.0, ip - iq) * outputs_per_input**iq
     return 1.0 if c == 1.0 else math.nextafter(c, INF)
 
 
@@ -574,8 +608,15 @@ class LinfDist(nn.Module):
     Shapes: input (N, in_features), output (N, out_features).
     """
 
-    def __init__(self, in_features: int, out_features: int, p: float = INF, bias: bool = False,
-                 identity_init: bool = False, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        p: float = INF,
+        bias: bool = False,
+        identity_init: bool = False,
+        backend: str = "auto",
+    ) -> None:
         super().__init__()
         _check_p(p)
         self.in_features, self.out_features = int(in_features), int(out_features)
@@ -629,8 +670,10 @@ class LinfDist(nn.Module):
         return _lip_bound(p, self.p, self.in_features, self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, p={self.p}, "
-                f"bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, p={self.p}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -653,14 +696,24 @@ class LinfDistConv2d(nn.Module):
     Shapes: input (N, C, H, W), output (N, out_channels, H', W') with the ``nn.Conv2d`` sizes.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, groups: int = 1,
-                 p: float = INF, bias: bool = False, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        groups: int = 1,
+        p: float = INF,
+        bias: bool = False,
+        backend: str = "auto",
+    ) -> None:
         super().__init__()
         _check_p(p)
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels {in_channels} and out_channels {out_channels} must be divisible "
-                             f"by groups {groups}")
+            raise ValueError(
+                f"in_channels {in_channels} and out_channels {out_channels} must be divisible by groups {groups}"
+            )
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
         self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
         self.p = float(p)
@@ -686,8 +739,10 @@ class LinfDistConv2d(nn.Module):
         wflat = self.weight.reshape(self.out_channels, -1)
         if g == 1:
             return [fn(*cols, wflat)]
-        return [fn(*[c[:, i * fg:(i + 1) * fg].contiguous() for c in cols], wflat[i * og:(i + 1) * og])
-                for i in range(g)]
+        return [
+            fn(*[c[:, i * fg : (i + 1) * fg].contiguous() for c in cols], wflat[i * og : (i + 1) * og])
+            for i in range(g)
+        ]
 
     def _fold(self, y: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
         n, ho, wo = shape
@@ -731,8 +786,10 @@ class LinfDistConv2d(nn.Module):
         return _lip_bound(p, self.p, fan_in, overlap * self.out_channels // self.groups)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, groups={self.groups}, p={self.p}, bias={self.bias is not None}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, groups={self.groups}, p={self.p}, bias={self.bias is not None}"
+        )
 
 
 def interval_bounds(layer: nn.Module, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

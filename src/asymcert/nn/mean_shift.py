@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from asymcert import distributed
+
 
 class MeanShift(nn.Module):
     """Subtract a per-channel mean; no scaling, so it is 1-Lipschitz in every norm.
@@ -52,7 +54,8 @@ class MeanShift(nn.Module):
             mean = self._global_mean(x, dims)
             with torch.no_grad():
                 self.running_mean.mul_(1.0 - self.momentum).add_(
-                    mean.detach().to(self.running_mean.dtype), alpha=self.momentum)
+                    mean.detach().to(self.running_mean.dtype), alpha=self.momentum
+                )
                 self.num_batches_tracked.add_(1)
             return x - mean.view(shape)
         return x - self.running_mean.to(x.dtype).view(shape)
@@ -60,11 +63,12 @@ class MeanShift(nn.Module):
     @staticmethod
     def _global_mean(x: torch.Tensor, dims: list[int]) -> torch.Tensor:
         """Per-channel mean over ``dims`` of this process's x, or of every process's x under torch.distributed."""
-        from asymcert import distributed
+
         if not distributed.is_distributed():
             return x.mean(dims)
         count = distributed.differentiable_sum(
-            torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device))
+            torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device)
+        )
         return distributed.differentiable_sum(x.sum(dims)) / count
 
     def interval_bounds(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

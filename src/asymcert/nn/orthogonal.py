@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asymcert.nn.feature_maps import Shift
+
 
 def cayley(w: torch.Tensor) -> torch.Tensor:
     """Cayley transform of a batch of (possibly rectangular, possibly complex) matrices.
@@ -106,9 +108,10 @@ class CayleyConv2d(nn.Module):
         self.kernel_size, self.size = int(kernel_size), int(size)
         if self.kernel_size > self.size:
             raise ValueError(f"kernel {kernel_size} larger than the {size}×{size} feature map")
-        self.weight_param = nn.Parameter(torch.empty(self.out_channels, self.in_channels,
-                                                     self.kernel_size, self.kernel_size))
-        fan = max(self.in_channels, self.out_channels) * self.kernel_size ** 2
+        self.weight_param = nn.Parameter(
+            torch.empty(self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)
+        )
+        fan = max(self.in_channels, self.out_channels) * self.kernel_size**2
         nn.init.normal_(self.weight_param, std=1.0 / math.sqrt(fan))
         self.bias = nn.Parameter(torch.zeros(self.out_channels)) if bias else None
 
@@ -145,8 +148,10 @@ class CayleyConv2d(nn.Module):
         return math.nextafter(s, math.inf)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, size={self.size}, "
-                f"bias={self.bias is not None}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, size={self.size}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 class GroupSort(nn.Module):
@@ -203,7 +208,6 @@ def lipschitz_l2(module: nn.Module) -> float:
     Children without a ``lipschitz`` method must be 1-Lipschitz by kind (``nn.Flatten``,
     ``nn.Identity``, :class:`~asymcert.nn.feature_maps.Shift`); anything else raises ``TypeError``.
     """
-    from asymcert.nn.feature_maps import Shift
 
     total = 1.0
     for child in module.children():

@@ -21,6 +21,12 @@ def describe_machine() -> dict[str, Any]:
         load = [round(v, 2) for v in os.getloadavg()]
     except OSError:  # pragma: no cover - not on every platform
         load = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "device": "cuda" if torch.cuda.is_available() else "cpu",
-            "load_average": load}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "load_average": load,
+    }

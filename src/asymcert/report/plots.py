@@ -23,6 +23,7 @@ def _pyplot():
     """matplotlib.pyplot on the file-only Agg backend; ImportError naming the extra when it is missing."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
@@ -30,8 +31,9 @@ def _pyplot():
     return plt
 
 
-def plot_certified_curves(curves: Sequence[tuple[str, torch.Tensor, torch.Tensor]], norm_name: str,
-                          path: Path, title: str = "") -> Path:
+def plot_certified_curves(
+    curves: Sequence[tuple[str, torch.Tensor, torch.Tensor]], norm_name: str, path: Path, title: str = ""
+) -> Path:
     """One PNG: certified accuracy (y, %) against radius (x, raw input units) for each labelled curve.
 
     Args:

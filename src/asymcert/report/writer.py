@@ -18,13 +18,17 @@ from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_gr
 from asymcert.report.plots import PLOT_HINT, plot_certified_curves, plotting_available
 from asymcert.runfolder import dumps_strict, exclusive, read_run_record, remove_stale_temp_files, write_json
 
-ONE_VS_REST_NOTE = ("Certified accuracy: share of test inputs predicted correctly (argmax of the K one-vs-rest "
-                    "scores) whose true class is flagged (s_k > 0) and provably stays flagged within radius r "
-                    "(raw input units). This certifies the class-k flag, NOT that the argmax stays k: other "
-                    "classes may also become flagged inside the radius.")
-GUARANTEE_TEXT = {Guarantee.DECISION: "deterministic: the decision stays",
-                  Guarantee.FLAG: "deterministic: the flagged class stays flagged",
-                  Guarantee.PROBABILISTIC: "holds with probability 1 − {alpha}"}
+ONE_VS_REST_NOTE = (
+    "Certified accuracy: share of test inputs predicted correctly (argmax of the K one-vs-rest "
+    "scores) whose true class is flagged (s_k > 0) and provably stays flagged within radius r "
+    "(raw input units). This certifies the class-k flag, NOT that the argmax stays k: other "
+    "classes may also become flagged inside the radius."
+)
+GUARANTEE_TEXT = {
+    Guarantee.DECISION: "deterministic: the decision stays",
+    Guarantee.FLAG: "deterministic: the flagged class stays flagged",
+    Guarantee.PROBABILISTIC: "holds with probability 1 − {alpha}",
+}
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 
@@ -40,10 +44,14 @@ def summarize(cert: Certificate, labels: torch.Tensor, report_radii: dict[str, l
     """
     n = len(cert)
     out: dict[str, Any] = {
-        "method": cert.method, "guarantee": cert.guarantee.value, "deterministic": cert.deterministic,
-        "alpha": cert.alpha, "n_inputs": n,
+        "method": cert.method,
+        "guarantee": cert.guarantee.value,
+        "deterministic": cert.deterministic,
+        "alpha": cert.alpha,
+        "n_inputs": n,
         "clean_accuracy": clean_accuracy(cert, labels),
-        "certify_seconds_total": cert.seconds, "certify_seconds_per_input": cert.seconds / max(1, n),
+        "certify_seconds_total": cert.seconds,
+        "certify_seconds_per_input": cert.seconds / max(1, n),
         "certified_accuracy": {},
     }
     if cert.binary:
@@ -53,9 +61,12 @@ def summarize(cert: Certificate, labels: torch.Tensor, report_radii: dict[str, l
     if cert.guarantee is Guarantee.FLAG and not cert.binary:  # one-vs-rest: how many classes flag each input,
         flags = cert.extra["flags"].bool()  # and is the true one among them
         count = flags.sum(dim=1)
-        out["flags"] = {"none": float((count == 0).double().mean()), "one": float((count == 1).double().mean()),
-                        "several": float((count > 1).double().mean()),
-                        "true_class": float(flags.gather(1, labels.long()[:, None]).double().mean())}
+        out["flags"] = {
+            "none": float((count == 0).double().mean()),
+            "one": float((count == 1).double().mean()),
+            "several": float((count > 1).double().mean()),
+            "true_class": float(flags.gather(1, labels.long()[:, None]).double().mean()),
+        }
     for p in cert.radii:
         name = norm_label(p)
         radii = report_radii.get(name, [])
@@ -104,8 +115,9 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
     return results
 
 
-def _plot_curves(run_dir: Path, cert: Certificate, labels: torch.Tensor, results: dict[str, Any],
-                 description: str) -> dict[str, str]:
+def _plot_curves(
+    run_dir: Path, cert: Certificate, labels: torch.Tensor, results: dict[str, Any], description: str
+) -> dict[str, str]:
     """One PNG per norm of certified accuracy against radius; returns norm label → file name."""
     plots = {}
     for p in cert.radii:
@@ -113,8 +125,9 @@ def _plot_curves(run_dir: Path, cert: Certificate, labels: torch.Tensor, results
         grid = curve_grid(cert, labels, p)
         curve = certified_accuracy(cert, labels, p, grid)
         label = f"{cert.method} (clean {100 * results['clean_accuracy']:.1f}%)"
-        plots[name] = plot_certified_curves([(label, grid, curve)], _pretty(p), run_dir / f"certified_{name}.png",
-                                            title=f"{description}: {_pretty(p)}").name
+        plots[name] = plot_certified_curves(
+            [(label, grid, curve)], _pretty(p), run_dir / f"certified_{name}.png", title=f"{description}: {_pretty(p)}"
+        ).name
     return plots
 
 
@@ -126,27 +139,39 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
     """The human-readable report."""
     lines = [f"# {run.get('task_description') or run['task']}", ""]
     guarantee = GUARANTEE_TEXT[Guarantee(results["guarantee"])].format(alpha=results["alpha"])
-    lines += [f"- model: `{dumps_strict(run['model'])}`",
-              f"- certificate: {results['method']} ({guarantee})",
-              f"- test inputs: {results['n_inputs']}"
-              + (f" ({results['n_sensitive']} of the sensitive class)" if "n_sensitive" in results else ""),
-              f"- clean accuracy: **{100 * results['clean_accuracy']:.2f}%**",
-              f"- certification: {1000 * results['certify_seconds_per_input']:.3f} ms per input "
-              f"({results['certify_seconds_total']:.2f} s in all)"]
+    lines += [
+        f"- model: `{dumps_strict(run['model'])}`",
+        f"- certificate: {results['method']} ({guarantee})",
+        f"- test inputs: {results['n_inputs']}"
+        + (f" ({results['n_sensitive']} of the sensitive class)" if "n_sensitive" in results else ""),
+        f"- clean accuracy: **{100 * results['clean_accuracy']:.2f}%**",
+        f"- certification: {1000 * results['certify_seconds_per_input']:.3f} ms per input "
+        f"({results['certify_seconds_total']:.2f} s in all)",
+    ]
     if results.get("training_seconds") is not None:
-        lines.append(f"- training: {results['training_seconds'] / 60:.1f} min, "
-                     f"best validation epoch {results.get('best_epoch')}")
-    lines += ["", "Certified accuracy: share of sensitive-class test inputs flagged sensitive with a certified "
-              "radius ≥ r (radii in raw input units)." if "n_sensitive" in results else
-              ONE_VS_REST_NOTE if results["guarantee"] == Guarantee.FLAG.value else
-              "Certified accuracy: share of test inputs classified correctly with a certified radius ≥ r.", ""]
+        lines.append(
+            f"- training: {results['training_seconds'] / 60:.1f} min, best validation epoch {results.get('best_epoch')}"
+        )
+    lines += [
+        "",
+        "Certified accuracy: share of sensitive-class test inputs flagged sensitive with a certified "
+        "radius ≥ r (radii in raw input units)."
+        if "n_sensitive" in results
+        else ONE_VS_REST_NOTE
+        if results["guarantee"] == Guarantee.FLAG.value
+        else "Certified accuracy: share of test inputs classified correctly with a certified radius ≥ r.",
+        "",
+    ]
     for name, table in results["certified_accuracy"].items():
         if not table:
             continue
         pretty = _pretty(normalize_norm(name))
-        lines += [f"| {pretty} radius | " + " | ".join(table) + " |",
-                  "|---|" + "---|" * len(table),
-                  "| certified accuracy | " + " | ".join(f"{100 * v:.1f}%" for v in table.values()) + " |", ""]
+        lines += [
+            f"| {pretty} radius | " + " | ".join(table) + " |",
+            "|---|" + "---|" * len(table),
+            "| certified accuracy | " + " | ".join(f"{100 * v:.1f}%" for v in table.values()) + " |",
+            "",
+        ]
     for name, png in results.get("plots", {}).items():
         lines.append(f"![{name}]({png})")
     if results.get("plots_missing"):

@@ -33,10 +33,15 @@ import torch
 from torch import nn
 
 from asymcert.certify.bounded_convex import block_convs, block_norms, conv_bias
+from asymcert.checkpoint import atomic_write
+from asymcert.data import get_task
 from asymcert.data.tasks import Dataset, TaskData
 from asymcert.errors import InputError, UnknownNameError
+from asymcert.models import build_model
 from asymcert.nn.convex import ICNN, ConvexConvNet
 from asymcert.report.machine import describe_machine
+from asymcert.report.plots import _pyplot
+from asymcert.research.separability import hull_classifier, separability_bound
 from asymcert.runfolder import dumps_strict
 from asymcert.train.config import TrainConfig
 from asymcert.train.loop import fit
@@ -53,8 +58,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper-conv": {
         "description": "authors' convex conv net (4 ch, 5×5 stem, 2 blocks), SGD 1e-3, paper init",
         "convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2},
-        "train": {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "lr_decay": 0.99, "batch_size": 64,
-                  "epochs": 60},
+        "train": {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "lr_decay": 0.99, "batch_size": 64, "epochs": 60},
         "init": "paper",
     },
     "icnn-paper": {
@@ -96,6 +100,7 @@ DEFAULT_RECIPES = ("icnn-paper", "icnn-wide")
 # ---------------------------------------------------------------------------------------------
 # Pieces
 # ---------------------------------------------------------------------------------------------
+
 
 def max_accuracy_shift(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """The shift b that maximises the accuracy of ``scores + b > 0`` (ties: the lowest threshold).
@@ -289,9 +294,17 @@ def resolve_recipes(names: str | list[str] | tuple[str, ...] | None) -> list[str
     return items
 
 
-def run_recipe(name: str, train: Dataset, *, epochs: int | None = None, seed: int = 0, device: str = "cpu",
-               progress: bool = False, log: Callable[[str], None] | None = None,
-               settings: dict[str, Any] | None = None) -> CapacityResult:
+def run_recipe(
+    name: str,
+    train: Dataset,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> CapacityResult:
     """Train one recipe on ``train`` and measure its training accuracy after every epoch.
 
     Args:
@@ -305,28 +318,41 @@ def run_recipe(name: str, train: Dataset, *, epochs: int | None = None, seed: in
     Returns:
         A :class:`CapacityResult`.
     """
-    from asymcert.models import build_model
+
     spec = dict(settings if settings is not None else RECIPES[name])
     train_settings = {**spec.get("train", {}), "augment": False, "jacobian_reg": 0.0, "seed": seed, "device": device}
     if epochs is not None:
         train_settings["epochs"] = int(epochs)
     config = TrainConfig.from_dict(train_settings)
     torch.manual_seed(seed)
-    model = cast("FeatureConvexClassifier", build_model({
-        "kind": "feature-convex", "input_shape": list(train.x.shape[1:]),
-        "feature_map": spec.get("feature_map", [{"kind": "shift"}]), "convex": spec["convex"]}))
+    model = cast(
+        "FeatureConvexClassifier",
+        build_model(
+            {
+                "kind": "feature-convex",
+                "input_shape": list(train.x.shape[1:]),
+                "feature_map": spec.get("feature_map", [{"kind": "shift"}]),
+                "convex": spec["convex"],
+            }
+        ),
+    )
     recipe = CapacityRecipe(config, spec.get("init", "paper"))
     data = TaskData(train, train, train, class_names=("other", "sensitive"))  # evaluated on train
-    result = fit(model, data, config, out_dir=None, augment=None, recipe=recipe, progress=progress,
-                 log=log or (lambda msg: None))
+    result = fit(
+        model, data, config, out_dir=None, augment=None, recipe=recipe, progress=progress, log=log or (lambda msg: None)
+    )
     history = result["history"]
     return CapacityResult(
-        name=name, description=str(spec.get("description", "")),
-        train_accuracy=float(result["best"]["metric"]), best_epoch=int(result["best"]["epoch"]),
+        name=name,
+        description=str(spec.get("description", "")),
+        train_accuracy=float(result["best"]["metric"]),
+        best_epoch=int(result["best"]["epoch"]),
         accuracy_per_epoch=[float(h["val_accuracy"]) for h in history],
-        loss_per_epoch=[float(h["loss"]) for h in history], seconds=float(result["seconds"]),
+        loss_per_epoch=[float(h["loss"]) for h in history],
+        seconds=float(result["seconds"]),
         parameters=sum(p.numel() for p in model.convex.parameters() if p.requires_grad),
-        settings={**spec, "train": config.to_dict()})
+        settings={**spec, "train": config.to_dict()},
+    )
 
 
 def _prefixed(say: Callable[[str], None], name: str) -> Callable[[str], None]:
@@ -334,10 +360,17 @@ def _prefixed(say: Callable[[str], None], name: str) -> Callable[[str], None]:
     return lambda msg: say(f"  [{name}] {msg}")
 
 
-def run_capacity(train: Dataset, recipes: list[str] | str | None = None, *, epochs: int | None = None,
-                 seed: int = 0, device: str = "cpu", progress: bool = False,
-                 log: Callable[[str], None] | None = None,
-                 on_result: Callable[[list[CapacityResult]], None] | None = None) -> list[CapacityResult]:
+def run_capacity(
+    train: Dataset,
+    recipes: list[str] | str | None = None,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    on_result: Callable[[list[CapacityResult]], None] | None = None,
+) -> list[CapacityResult]:
     """Run several recipes on the same training split.
 
     Args:
@@ -352,10 +385,19 @@ def run_capacity(train: Dataset, recipes: list[str] | str | None = None, *, epoc
     for name in resolve_recipes(recipes):
         say = log or (lambda msg: None)
         say(f"recipe {name}: {RECIPES[name]['description']}")
-        res = run_recipe(name, train, epochs=epochs, seed=seed, device=device, progress=progress,
-                         log=_prefixed(say, name) if log else None)
-        say(f"recipe {name}: training accuracy {100 * res.train_accuracy:.2f}% (epoch {res.best_epoch}), "
-            f"{res.seconds:.1f}s")
+        res = run_recipe(
+            name,
+            train,
+            epochs=epochs,
+            seed=seed,
+            device=device,
+            progress=progress,
+            log=_prefixed(say, name) if log else None,
+        )
+        say(
+            f"recipe {name}: training accuracy {100 * res.train_accuracy:.2f}% (epoch {res.best_epoch}), "
+            f"{res.seconds:.1f}s"
+        )
         out.append(res)
         if on_result is not None:
             on_result(out)
@@ -364,23 +406,37 @@ def run_capacity(train: Dataset, recipes: list[str] | str | None = None, *, epoc
 
 def results_table(results: list[CapacityResult]) -> list[dict[str, Any]]:
     """Rows ``{recipe, train_accuracy, best_epoch, epochs, seconds, parameters, description}``."""
-    return [{"recipe": r.name, "train_accuracy": r.train_accuracy, "best_epoch": r.best_epoch,
-             "epochs": len(r.accuracy_per_epoch), "seconds": r.seconds, "parameters": r.parameters,
-             "description": r.description} for r in results]
+    return [
+        {
+            "recipe": r.name,
+            "train_accuracy": r.train_accuracy,
+            "best_epoch": r.best_epoch,
+            "epochs": len(r.accuracy_per_epoch),
+            "seconds": r.seconds,
+            "parameters": r.parameters,
+            "description": r.description,
+        }
+        for r in results
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
 
+
 def plot_capacity(results: list[CapacityResult], bound: float | None, path: Path, title: str = "") -> Path:
     """PNG: training accuracy (%) per epoch per recipe, the separability bound as a horizontal line."""
-    from asymcert.report.plots import _pyplot
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=120)
     for r in results:
-        ax.plot(range(1, len(r.accuracy_per_epoch) + 1), [100 * a for a in r.accuracy_per_epoch],
-                label=r.name, linewidth=1.8)
+        ax.plot(
+            range(1, len(r.accuracy_per_epoch) + 1),
+            [100 * a for a in r.accuracy_per_epoch],
+            label=r.name,
+            linewidth=1.8,
+        )
     if bound is not None:
         ax.axhline(100 * bound, color="black", linestyle="--", linewidth=1.2, label="separability bound")
     ax.set_xlabel("epoch")
@@ -402,46 +458,73 @@ def _pct(v: float | None) -> str:
 def capacity_markdown(report: dict[str, Any]) -> str:
     """The Markdown report of :func:`capacity_report`'s JSON dict."""
     sep = report.get("separability")
-    lines = [f"# Convex capacity: {report['task']}", "",
-             f"Training split: {report['n_train']} inputs ({report['n_sensitive']} sensitive, "
-             f"{report['n_other']} other); φ(x) = x − μ (no feature map); no augmentation, no Jacobian "
-             "regulariser. Training accuracy is measured on the full training split with b fitted to "
-             "maximise it (a capacity measure, not a generalisation estimate).", ""]
+    lines = [
+        f"# Convex capacity: {report['task']}",
+        "",
+        f"Training split: {report['n_train']} inputs ({report['n_sensitive']} sensitive, "
+        f"{report['n_other']} other); φ(x) = x − μ (no feature map); no augmentation, no Jacobian "
+        "regulariser. Training accuracy is measured on the full training split with b fitted to "
+        "maximise it (a capacity measure, not a generalisation estimate).",
+        "",
+    ]
     if sep:
         settled = ", ".join(f"{k} {v}" for k, v in sep["settled"].items())
         scope = "all" if sep["complete"] else f"a random subset (seed {sep['seed']}) of {sep['checked']}"
-        lines += ["## Separability bound", "",
-                  f"Sensitive training inputs decided: {scope} of {sep['n_sensitive']}"
-                  f"{' (classes reversed)' if sep['reverse'] else ''}; outside the other class's convex "
-                  f"hull: {sep['outside']}, inside: {sep['inside']}.",
-                  f"Settled by: {settled}. Time: {sep['seconds']['total']:.1f}s.",
-                  f"**Bound on training accuracy: {_pct(sep['bound'])}**"
-                  + ("" if sep["complete"] else f" (valid upper bound; extrapolated {_pct(sep['bound_estimate'])})"),
-                  ""]
+        lines += [
+            "## Separability bound",
+            "",
+            f"Sensitive training inputs decided: {scope} of {sep['n_sensitive']}"
+            f"{' (classes reversed)' if sep['reverse'] else ''}; outside the other class's convex "
+            f"hull: {sep['outside']}, inside: {sep['inside']}.",
+            f"Settled by: {settled}. Time: {sep['seconds']['total']:.1f}s.",
+            f"**Bound on training accuracy: {_pct(sep['bound'])}**"
+            + ("" if sep["complete"] else f" (valid upper bound; extrapolated {_pct(sep['bound_estimate'])})"),
+            "",
+        ]
         if report.get("constructed") is not None:
             c = report["constructed"]
-            lines += [f"The max-of-hyperplanes ICNN built from the certificates (one hidden layer of "
-                      f"{c['hidden_units']} units, float64, not trained) classifies {_pct(c['train_accuracy'])} "
-                      "of the training split correctly: the bound is achieved.", ""]
+            lines += [
+                f"The max-of-hyperplanes ICNN built from the certificates (one hidden layer of "
+                f"{c['hidden_units']} units, float64, not trained) classifies {_pct(c['train_accuracy'])} "
+                "of the training split correctly: the bound is achieved.",
+                "",
+            ]
     rows = report.get("recipes", [])
     if rows:
-        lines += ["## Trained recipes", "", "| recipe | training accuracy | gap to bound | best epoch / epochs | "
-                  "parameters | time (s) | settings |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Trained recipes",
+            "",
+            "| recipe | training accuracy | gap to bound | best epoch / epochs | parameters | time (s) | settings |",
+            "|---|---|---|---|---|---|---|",
+        ]
         bound = sep["bound"] if sep else None
         for r in rows:
             gap = "–" if bound is None else f"{100 * (bound - r['train_accuracy']):.2f} pts"
-            lines.append(f"| {r['recipe']} | {_pct(r['train_accuracy'])} | {gap} | {r['best_epoch']} / {r['epochs']} "
-                         f"| {r['parameters']} | {r['seconds']:.1f} | {r['description']} |")
+            lines.append(
+                f"| {r['recipe']} | {_pct(r['train_accuracy'])} | {gap} | {r['best_epoch']} / {r['epochs']} "
+                f"| {r['parameters']} | {r['seconds']:.1f} | {r['description']} |"
+            )
         lines += ["", f"Plot: `{PLOT_FILE}`.", ""]
     lines += [f"Command: `{report['command']}`" if report.get("command") else "", ""]
     return "\n".join(lines)
 
 
-def capacity_report(task: str, out_dir: str | Path, *, recipes: str | list[str] | None = None,
-                    limit: int | None = None, seed: int = 0, epochs: int | None = None, reverse: bool = False,
-                    frank_wolfe_iterations: int = 100, data_dir: str | Path | None = None, device: str = "cpu",
-                    progress: bool = False, log: Callable[[str], None] | None = None,
-                    command: str | None = None) -> dict[str, Any]:
+def capacity_report(
+    task: str,
+    out_dir: str | Path,
+    *,
+    recipes: str | list[str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    epochs: int | None = None,
+    reverse: bool = False,
+    frank_wolfe_iterations: int = 100,
+    data_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
     """Separability bound + trained recipes on a binary task; writes capacity.json, capacity.md, capacity.png.
 
     Args:
@@ -460,8 +543,7 @@ def capacity_report(task: str, out_dir: str | Path, *, recipes: str | list[str] 
     Raises:
         InputError: the task is not binary; UnknownNameError: unknown task or recipe.
     """
-    from asymcert.data import get_task
-    from asymcert.research.separability import hull_classifier, separability_bound
+
     names = resolve_recipes(recipes)  # fail on a typo before any work
     t = get_task(task)
     if not t.binary:
@@ -472,11 +554,26 @@ def capacity_report(task: str, out_dir: str | Path, *, recipes: str | list[str] 
     data = t.load(Path(data_dir) if data_dir else None)
     train = data.train
     n_pos = int(train.y.sum())
-    report: dict[str, Any] = {"task": task, "n_train": len(train), "n_sensitive": n_pos, "n_other": len(train) - n_pos,
-                              "feature_map": "shift (x − μ)", "command": command, "constructed": None,
-                              "machine_at_start": describe_machine()}
-    sep = separability_bound(train.x, train.y, reverse=reverse, limit=limit, seed=seed,
-                             frank_wolfe_iterations=frank_wolfe_iterations, keep_normals=limit is None, log=say)
+    report: dict[str, Any] = {
+        "task": task,
+        "n_train": len(train),
+        "n_sensitive": n_pos,
+        "n_other": len(train) - n_pos,
+        "feature_map": "shift (x − μ)",
+        "command": command,
+        "constructed": None,
+        "machine_at_start": describe_machine(),
+    }
+    sep = separability_bound(
+        train.x,
+        train.y,
+        reverse=reverse,
+        limit=limit,
+        seed=seed,
+        frank_wolfe_iterations=frank_wolfe_iterations,
+        keep_normals=limit is None,
+        log=say,
+    )
     report["separability"] = sep.summary()
     say(f"separability bound: {100 * sep.bound:.2f}% ({sep.n_outside}/{sep.n_checked} outside)")
     if sep.complete and sep.n_outside > 0:
@@ -485,11 +582,13 @@ def capacity_report(task: str, out_dir: str | Path, *, recipes: str | list[str] 
         t0 = time.perf_counter()
         clf = hull_classifier(sep, tested, hull, tuple(train.x.shape[1:]))
         with torch.no_grad():
-            flagged = torch.cat([clf(tested[i:i + 1000].double()) > 0 for i in range(0, len(tested), 1000)])
-            other_ok = torch.cat([clf(hull[i:i + 1000].double()) <= 0 for i in range(0, len(hull), 1000)])
-        report["constructed"] = {"hidden_units": sep.n_outside,
-                                 "train_accuracy": (int(flagged.sum()) + int(other_ok.sum())) / len(train),
-                                 "seconds": time.perf_counter() - t0}
+            flagged = torch.cat([clf(tested[i : i + 1000].double()) > 0 for i in range(0, len(tested), 1000)])
+            other_ok = torch.cat([clf(hull[i : i + 1000].double()) <= 0 for i in range(0, len(hull), 1000)])
+        report["constructed"] = {
+            "hidden_units": sep.n_outside,
+            "train_accuracy": (int(flagged.sum()) + int(other_ok.sum())) / len(train),
+            "seconds": time.perf_counter() - t0,
+        }
         del clf
     report["recipes"], report["runs"] = [], []
     _write(out, report, [], sep.bound)
@@ -499,14 +598,15 @@ def capacity_report(task: str, out_dir: str | Path, *, recipes: str | list[str] 
         report["machine_at_end"] = describe_machine()
         _write(out, report, results, sep.bound)
 
-    results = run_capacity(train, names, epochs=epochs, seed=seed, device=device, progress=progress, log=log,
-                           on_result=partial)
+    results = run_capacity(
+        train, names, epochs=epochs, seed=seed, device=device, progress=progress, log=log, on_result=partial
+    )
     partial(results)
     return report
 
 
 def _write(out: Path, report: dict[str, Any], results: list[CapacityResult], bound: float) -> None:
-    from asymcert.checkpoint import atomic_write
+
     text = dumps_strict(report, indent=1, default=str)
     atomic_write(out / CAPACITY_FILE, lambda tmp: tmp.write_text(text))
     md = capacity_markdown(report)

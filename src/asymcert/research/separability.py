@@ -46,7 +46,9 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import torch
 
+from asymcert.certify.exact import _import_highspy, _quiet_stdout
 from asymcert.errors import InputError
+from asymcert.models import build_model
 
 if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
     from asymcert.models.feature_convex import FeatureConvexClassifier
@@ -142,30 +144,46 @@ class SeparabilityResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready counts, bound, settings and timings (no per-input arrays)."""
-        return {"n": self.n, "n_sensitive": self.n_sensitive, "n_other": self.n_other, "reverse": self.reverse,
-                "checked": self.n_checked, "outside": self.n_outside, "inside": self.n_inside,
-                "complete": self.complete, "bound": self.bound, "bound_estimate": self.bound_estimate,
-                "settled": self.settled(), "lp_unverified": self.lp_unverified, "limit": self.limit,
-                "seed": self.seed, "frank_wolfe_iterations": self.frank_wolfe_iterations, "tol": self.tol,
-                "min_margin_l2": float(self.margin[self.outside].min()) if self.n_outside else None,
-                "seconds": dict(self.seconds), **self.extra}
+        return {
+            "n": self.n,
+            "n_sensitive": self.n_sensitive,
+            "n_other": self.n_other,
+            "reverse": self.reverse,
+            "checked": self.n_checked,
+            "outside": self.n_outside,
+            "inside": self.n_inside,
+            "complete": self.complete,
+            "bound": self.bound,
+            "bound_estimate": self.bound_estimate,
+            "settled": self.settled(),
+            "lp_unverified": self.lp_unverified,
+            "limit": self.limit,
+            "seed": self.seed,
+            "frank_wolfe_iterations": self.frank_wolfe_iterations,
+            "tol": self.tol,
+            "min_margin_l2": float(self.margin[self.outside].min()) if self.n_outside else None,
+            "seconds": dict(self.seconds),
+            **self.extra,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
 # Batched hyperplane checks
 # ---------------------------------------------------------------------------------------------
 
+
 def _max_dot(w: np.ndarray, others: torch.Tensor, chunk: int) -> np.ndarray:
     """max_j w_iᵀx_j for every row of w (B, d) over ``others`` (n, d) float64: (B,) float64."""
     wt = torch.from_numpy(w)
     out = torch.empty(len(w), dtype=torch.float64)
     for i in range(0, len(w), chunk):
-        out[i:i + chunk] = (wt[i:i + chunk] @ others.T).amax(1)
+        out[i : i + chunk] = (wt[i : i + chunk] @ others.T).amax(1)
     return out.numpy()
 
 
-def _check_hyperplanes(w: np.ndarray, x: np.ndarray, others: torch.Tensor, chunk: int,
-                       rel_tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+def _check_hyperplanes(
+    w: np.ndarray, x: np.ndarray, others: torch.Tensor, chunk: int, rel_tol: float = 1e-10
+) -> tuple[np.ndarray, np.ndarray]:
     """Which w (B, d) separate x (B, d) from every row of ``others``, in float64.
 
     Returns:
@@ -178,8 +196,9 @@ def _check_hyperplanes(w: np.ndarray, x: np.ndarray, others: torch.Tensor, chunk
     return ok, np.where(ok, gap / np.where(norm > 0, norm, 1.0), 0.0)
 
 
-def _frank_wolfe(x: torch.Tensor, others: torch.Tensor, start: torch.Tensor, iterations: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def _frank_wolfe(
+    x: torch.Tensor, others: torch.Tensor, start: torch.Tensor, iterations: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gilbert's algorithm for the nearest hull point of each row of x, batched, stopping rows early.
 
     Args:
@@ -217,6 +236,7 @@ def _frank_wolfe(x: torch.Tensor, others: torch.Tensor, start: torch.Tensor, ite
 # LPs
 # ---------------------------------------------------------------------------------------------
 
+
 class HullDistanceLP:
     """ℓ1 distance from points to conv(rows of ``others``) by linear programs sharing one matrix.
 
@@ -230,7 +250,6 @@ class HullDistanceLP:
     def __init__(self, others: np.ndarray) -> None:
         import scipy.sparse as sp
 
-        from asymcert.certify.exact import _import_highspy, _quiet_stdout
         highspy = _import_highspy()
         self.highspy = highspy
         n, d = others.shape
@@ -283,6 +302,7 @@ class HullDistanceLP:
 # The certificate
 # ---------------------------------------------------------------------------------------------
 
+
 def _as_matrix(x: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if a.ndim < 2 or a.shape[0] == 0:
@@ -293,11 +313,20 @@ def _as_matrix(x: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
     return a
 
 
-def hull_separability(x_sensitive: torch.Tensor | np.ndarray, x_other: torch.Tensor | np.ndarray, *,
-                      limit: int | None = None, seed: int = 0, frank_wolfe_iterations: int = 100,
-                      tol: float = 1e-6, chunk: int = 1024, lp_time_limit: float | None = None,
-                      keep_normals: bool = False, reverse: bool = False,
-                      log: Callable[[str], None] | None = None) -> SeparabilityResult:
+def hull_separability(
+    x_sensitive: torch.Tensor | np.ndarray,
+    x_other: torch.Tensor | np.ndarray,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    frank_wolfe_iterations: int = 100,
+    tol: float = 1e-6,
+    chunk: int = 1024,
+    lp_time_limit: float | None = None,
+    keep_normals: bool = False,
+    reverse: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> SeparabilityResult:
     """Decide for each row of ``x_sensitive`` whether it lies outside conv(rows of ``x_other``).
 
     Args:
@@ -359,8 +388,8 @@ def hull_separability(x_sensitive: torch.Tensor | np.ndarray, x_other: torch.Ten
     xt = torch.from_numpy(x)
     sq_o = (others * others).sum(1)
     for i in range(0, len(rest), chunk):
-        rows = torch.from_numpy(rest[i:i + chunk])
-        nearest[i:i + chunk] = (sq_o[None, :] - 2 * xt[rows] @ others.T).argmin(1).numpy()
+        rows = torch.from_numpy(rest[i : i + chunk])
+        nearest[i : i + chunk] = (sq_o[None, :] - 2 * xt[rows] @ others.T).argmin(1).numpy()
     if len(rest):
         record(rest, x[rest] - xo[nearest], 1)
     seconds["nearest"] = time.perf_counter() - t0
@@ -373,9 +402,13 @@ def hull_separability(x_sensitive: torch.Tensor | np.ndarray, x_other: torch.Ten
     if len(rest) and frank_wolfe_iterations > 0:
         o32 = others.float()
         for i in range(0, len(rest), chunk):
-            idx = rest[i:i + chunk]
-            found, w = _frank_wolfe(torch.from_numpy(x[idx]).float(), o32, o32[torch.from_numpy(nearest[i:i + chunk])],
-                                    frank_wolfe_iterations)
+            idx = rest[i : i + chunk]
+            found, w = _frank_wolfe(
+                torch.from_numpy(x[idx]).float(),
+                o32,
+                o32[torch.from_numpy(nearest[i : i + chunk])],
+                frank_wolfe_iterations,
+            )
             if bool(found.any()):
                 record(idx[found.numpy()], w[found].double().numpy(), 2)
     seconds["frank-wolfe"] = time.perf_counter() - t0
@@ -399,7 +432,7 @@ def hull_separability(x_sensitive: torch.Tensor | np.ndarray, x_other: torch.Ten
                 assert y is not None  # an optimal LP has a solution
                 for sign in (1.0, -1.0):
                     normal = sign * y[None, :]
-                    ok_s, m = _check_hyperplanes(normal, x[i:i + 1], others, chunk)
+                    ok_s, m = _check_hyperplanes(normal, x[i : i + 1], others, chunk)
                     if bool(ok_s[0]):
                         ok, margin[i] = True, float(m[0])
                         if normals is not None:
@@ -411,14 +444,27 @@ def hull_separability(x_sensitive: torch.Tensor | np.ndarray, x_other: torch.Ten
     seconds["lp"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_total
     log(f"LPs: {len(rest)} run, {int(outside[rest].sum())} outside, {seconds['lp']:.1f}s")
-    return SeparabilityResult(n=n_s + n_o, n_sensitive=n_s, n_other=n_o, checked=checked, outside=outside,
-                              method=method, margin=margin, lp_distance=lp_distance, normals=normals,
-                              seconds=seconds, reverse=reverse, limit=limit, seed=seed,
-                              frank_wolfe_iterations=frank_wolfe_iterations, tol=tol, lp_unverified=unverified)
+    return SeparabilityResult(
+        n=n_s + n_o,
+        n_sensitive=n_s,
+        n_other=n_o,
+        checked=checked,
+        outside=outside,
+        method=method,
+        margin=margin,
+        lp_distance=lp_distance,
+        normals=normals,
+        seconds=seconds,
+        reverse=reverse,
+        limit=limit,
+        seed=seed,
+        frank_wolfe_iterations=frank_wolfe_iterations,
+        tol=tol,
+        lp_unverified=unverified,
+    )
 
 
-def separability_bound(x: torch.Tensor, y: torch.Tensor, *, reverse: bool = False, **kwargs: Any
-                       ) -> SeparabilityResult:
+def separability_bound(x: torch.Tensor, y: torch.Tensor, *, reverse: bool = False, **kwargs: Any) -> SeparabilityResult:
     """The separability certificate of a binary training set (1 = sensitive, 0 = other).
 
     Args:
@@ -444,8 +490,12 @@ def separability_bound(x: torch.Tensor, y: torch.Tensor, *, reverse: bool = Fals
     return hull_separability(tested, hull, reverse=reverse, **kwargs)
 
 
-def hull_classifier(result: SeparabilityResult, x_tested: torch.Tensor | np.ndarray,
-                    x_other: torch.Tensor | np.ndarray, input_shape: tuple[int, ...]) -> torch.nn.Module:
+def hull_classifier(
+    result: SeparabilityResult,
+    x_tested: torch.Tensor | np.ndarray,
+    x_other: torch.Tensor | np.ndarray,
+    input_shape: tuple[int, ...],
+) -> torch.nn.Module:
     """The classifier that achieves the bound: a one-hidden-layer ICNN built from the certificates.
 
     g(y) = Σ_i relu(w_iᵀy − c_i) over the outside inputs i, with unit normals w_i and c_i midway
@@ -463,7 +513,7 @@ def hull_classifier(result: SeparabilityResult, x_tested: torch.Tensor | np.ndar
     Raises:
         InputError: the result has no normals or nothing outside.
     """
-    from asymcert.models import build_model
+
     if result.normals is None:
         raise InputError("hull_classifier needs a result computed with keep_normals=True")
     if result.n_outside == 0:
@@ -474,9 +524,17 @@ def hull_classifier(result: SeparabilityResult, x_tested: torch.Tensor | np.ndar
     hull_max = _max_dot(w, torch.from_numpy(xo), 1024)
     c = 0.5 * (top + hull_max)
     k = len(w)
-    model = cast("FeatureConvexClassifier", build_model({
-        "kind": "feature-convex", "input_shape": list(input_shape), "feature_map": [{"kind": "identity"}],
-        "convex": {"kind": "icnn", "widths": [k], "batch_norm": False}}).double())
+    model = cast(
+        "FeatureConvexClassifier",
+        build_model(
+            {
+                "kind": "feature-convex",
+                "input_shape": list(input_shape),
+                "feature_map": [{"kind": "identity"}],
+                "convex": {"kind": "icnn", "widths": [k], "batch_norm": False},
+            }
+        ).double(),
+    )
     g = cast("ICNN", model.convex)  # the config above builds an ICNN: passthrough (k then 1 units), hidden
     first, last = cast("list[torch.nn.Linear]", list(g.passthrough))
     with torch.no_grad():

@@ -68,11 +68,13 @@ def pair_report_radii(task_name: str) -> dict[str, list[float]]:
 
 def _keep_classes(data: TaskData, classes: Sequence[int]) -> TaskData:
     """Only the inputs of ``classes`` (labels unchanged): less to hand to every worker."""
+
     def keep(d: Dataset) -> Dataset:
         mask = torch.zeros_like(d.y, dtype=torch.bool)
         for c in classes:
             mask |= d.y == c
         return d.subset(mask)
+
     return TaskData(keep(data.train), keep(data.val), keep(data.test), data.class_names, dict(data.meta))
 
 
@@ -89,18 +91,32 @@ def _pair_job(job: tuple[int, int]) -> dict[str, Any]:
     settings = s["settings"]
     job_dir = pair_dir(Path(s["out"]), a, b)
     clock = Clock()
-    plan = plan_training({"name": settings["task"], "pair": [a, b]}, None, settings["train"], settings["model"],
-                         data=pair_data(s["data"], a, b))
+    plan = plan_training(
+        {"name": settings["task"], "pair": [a, b]},
+        None,
+        settings["train"],
+        settings["model"],
+        data=pair_data(s["data"], a, b),
+    )
     plan.record.extra["sweep"] = {"kind": "pairs", "sensitive": a, "other": b}
-    done = run_pipeline(plan, job_dir, CertifySettings(norms=NORMS, limit=settings["limit"]), progress=False,
-                        log=lambda msg: None)
+    done = run_pipeline(
+        plan, job_dir, CertifySettings(norms=NORMS, limit=settings["limit"]), progress=False, log=lambda msg: None
+    )
     data, training = plan.data, done.record["training"]
-    result = {"settings": settings, "sensitive": a, "other": b, "sensitive_name": data.class_names[1],
-              "other_name": data.class_names[0],
-              "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-              "training_seconds": training["seconds"], "best_epoch": training["best"]["epoch"],
-              "val_balanced_accuracy": training["best"]["metric"], "balance": float(cast(torch.Tensor, plan.model.balance)),
-              "job_seconds": clock.seconds(), **summarize(done.certificate, done.labels, settings["report_radii"])}
+    result = {
+        "settings": settings,
+        "sensitive": a,
+        "other": b,
+        "sensitive_name": data.class_names[1],
+        "other_name": data.class_names[0],
+        "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "training_seconds": training["seconds"],
+        "best_epoch": training["best"]["epoch"],
+        "val_balanced_accuracy": training["best"]["metric"],
+        "balance": float(cast(torch.Tensor, plan.model.balance)),
+        "job_seconds": clock.seconds(),
+        **summarize(done.certificate, done.labels, settings["report_radii"]),
+    }
     write_json(job_dir / RESULT_FILE, result)
     (job_dir / STATE_FILE).unlink(missing_ok=True)  # finished: the resumable state is no longer needed
     return result
@@ -110,8 +126,9 @@ def check_task(task_name: str) -> None:
     """Raise :class:`SweepError` unless ``task_name`` is a registered 10-class task."""
     task = get_task(task_name)  # UnknownNameError lists the known tasks
     if task.binary:
-        raise SweepError(f"sweep pairs needs a 10-class task (e.g. fashion-mnist, mnist, cifar10); "
-                         f"{task_name!r} is a binary task")
+        raise SweepError(
+            f"sweep pairs needs a 10-class task (e.g. fashion-mnist, mnist, cifar10); {task_name!r} is a binary task"
+        )
 
 
 def _check_classes(data: TaskData, classes: Sequence[int] | None, task_name: str) -> list[int]:
@@ -138,10 +155,19 @@ def _pair_line(result: dict[str, Any]) -> str:
     return f"clean {100 * result['clean_accuracy']:.1f}%, median radius {radii} ({result['job_seconds']:.0f} s)"
 
 
-def sweep_pairs(task_name: str, out_dir: str | Path, classes: Sequence[int] | None = None, epochs: int | None = None,
-                workers: int = 2, limit: int | None = None, data_dir: str | Path | None = None,
-                train_overrides: dict[str, Any] | None = None, model: dict[str, Any] | None = None,
-                log: Callable[[str], None] | None = None, data: TaskData | None = None) -> dict[str, Any]:
+def sweep_pairs(
+    task_name: str,
+    out_dir: str | Path,
+    classes: Sequence[int] | None = None,
+    epochs: int | None = None,
+    workers: int = 2,
+    limit: int | None = None,
+    data_dir: str | Path | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+    data: TaskData | None = None,
+) -> dict[str, Any]:
     """Train and certify a feature-convex classifier for every ordered pair of ``classes``; write the report.
 
     Args:
@@ -171,30 +197,47 @@ def sweep_pairs(task_name: str, out_dir: str | Path, classes: Sequence[int] | No
     if epochs is not None and epochs < 1:
         raise SweepError(f"--epochs must be ≥ 1, got {epochs}")
     train = {**PAIR_TRAIN, **(train_overrides or {}), **({"epochs": int(epochs)} if epochs is not None else {})}
-    settings = {"task": task_name, "model": dict(model or PAIR_MODEL), "train": train, "limit": limit,
-                "norms": [norm_label(p) for p in NORMS], "report_radii": pair_report_radii(task_name)}
+    settings = {
+        "task": task_name,
+        "model": dict(model or PAIR_MODEL),
+        "train": train,
+        "limit": limit,
+        "norms": [norm_label(p) for p in NORMS],
+        "report_radii": pair_report_radii(task_name),
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clock = Clock()
     machine_start = describe_machine()
     jobs = list(itertools.permutations(classes, 2))
     results, todo = split_finished(jobs, lambda job: pair_dir(out, *job), settings)
-    log(f"{len(jobs)} ordered pairs: {len(results)} finished before, {len(todo)} to train "
-        f"({train['epochs']} epochs each, {max(1, workers)} worker(s))")
+    log(
+        f"{len(jobs)} ordered pairs: {len(results)} finished before, {len(todo)} to train "
+        f"({train['epochs']} epochs each, {max(1, workers)} worker(s))"
+    )
     on_done = progress_log(log, len(jobs), len(results), lambda job: f"{job[0]} vs {job[1]}", _pair_line)
     shared_data = {"data": _keep_classes(data, classes), "settings": settings, "out": str(out)}
     new, errors = run_jobs(todo, _pair_job, shared_data, workers=workers, on_done=on_done)
     results.update(new)
     summary = aggregate(results, classes, data.class_names, settings)
-    summary.update(wall_seconds=clock.seconds(), trained_now=len(new), reused=len(jobs) - len(todo),
-                   workers=max(1, workers), machine_start=machine_start, machine_end=describe_machine(),
-                   failed={f"{a}-{b}": e for (a, b), e in errors.items()}, task_description=task.description)
+    summary.update(
+        wall_seconds=clock.seconds(),
+        trained_now=len(new),
+        reused=len(jobs) - len(todo),
+        workers=max(1, workers),
+        machine_start=machine_start,
+        machine_end=describe_machine(),
+        failed={f"{a}-{b}": e for (a, b), e in errors.items()},
+        task_description=task.description,
+    )
     summary["plots"] = write_plots(out, summary)
     write_json(out / RESULTS_JSON, summary)
     (out / REPORT_MD).write_text(render_markdown(summary))
     if errors:
-        raise SweepError(f"{len(errors)} of {len(jobs)} pairs failed (report written without them): "
-                         + "; ".join(f"{a}-{b}: {e}" for (a, b), e in list(errors.items())[:3]))
+        raise SweepError(
+            f"{len(errors)} of {len(jobs)} pairs failed (report written without them): "
+            + "; ".join(f"{a}-{b}: {e}" for (a, b), e in list(errors.items())[:3])
+        )
     return summary
 
 
@@ -208,8 +251,9 @@ def _median_radius(result: dict[str, Any], norm: str) -> float:
     return float(result["median_radius"][norm])
 
 
-def _asymmetry_ranking(m: list[list[float | None]], clean: list[list[float | None]], classes: Sequence[int],
-                       class_names: Sequence[str]) -> list[dict[str, Any]]:
+def _asymmetry_ranking(
+    m: list[list[float | None]], clean: list[list[float | None]], classes: Sequence[int], class_names: Sequence[str]
+) -> list[dict[str, Any]]:
     """Unordered pairs with both directions, larger median radius first, by |radius(a, b) − radius(b, a)|."""
     rows: list[dict[str, Any]] = []
     for i, j in itertools.combinations(range(len(classes)), 2):
@@ -218,16 +262,31 @@ def _asymmetry_ranking(m: list[list[float | None]], clean: list[list[float | Non
             continue
         (hi_i, lo_i), (r_ab, r_ba) = ((i, j), (r_ij, r_ji)) if r_ij >= r_ji else ((j, i), (r_ji, r_ij))
         a, b = classes[hi_i], classes[lo_i]
-        rows.append({"a": a, "b": b, "a_name": class_names[a], "b_name": class_names[b],
-                     "radius_ab": r_ab, "radius_ba": r_ba, "difference": r_ab - r_ba,
-                     "ratio": (r_ab / r_ba) if r_ba > 0 else None,
-                     "clean_ab": clean[hi_i][lo_i], "clean_ba": clean[lo_i][hi_i]})
+        rows.append(
+            {
+                "a": a,
+                "b": b,
+                "a_name": class_names[a],
+                "b_name": class_names[b],
+                "radius_ab": r_ab,
+                "radius_ba": r_ba,
+                "difference": r_ab - r_ba,
+                "ratio": (r_ab / r_ba) if r_ba > 0 else None,
+                "clean_ab": clean[hi_i][lo_i],
+                "clean_ba": clean[lo_i][hi_i],
+            }
+        )
     rows.sort(key=lambda row: -row["difference"])
     return rows
 
 
-def aggregate(results: dict[tuple[int, int], dict[str, Any]], classes: Sequence[int], class_names: Sequence[str],
-              settings: dict[str, Any], top: int = 10) -> dict[str, Any]:
+def aggregate(
+    results: dict[tuple[int, int], dict[str, Any]],
+    classes: Sequence[int],
+    class_names: Sequence[str],
+    settings: dict[str, Any],
+    top: int = 10,
+) -> dict[str, Any]:
     """The k×k matrices (row: sensitive a, column: other b; None on the diagonal and for missing pairs)
     and the unordered pairs ranked by |median radius(a, b) − median radius(b, a)| per norm.
 
@@ -241,41 +300,68 @@ def aggregate(results: dict[tuple[int, int], dict[str, Any]], classes: Sequence[
     norms = settings["norms"]
 
     def matrix(get: Callable[[dict[str, Any]], float]) -> list[list[float | None]]:
-        return [[None if a == b or (a, b) not in results else float(get(results[(a, b)])) for b in classes]
-                for a in classes]
+        return [
+            [None if a == b or (a, b) not in results else float(get(results[(a, b)])) for b in classes] for a in classes
+        ]
 
     clean = matrix(lambda r: r["clean_accuracy"])
     flagged = matrix(lambda r: r["sensitive_flagged_correctly"])
     median = {n: matrix(partial(_median_radius, norm=n)) for n in norms}
-    asym = {n: [[_difference(m[i][j], m[j][i]) for j in range(len(classes))] for i in range(len(classes))]
-            for n, m in median.items()}
+    asym = {
+        n: [[_difference(m[i][j], m[j][i]) for j in range(len(classes))] for i in range(len(classes))]
+        for n, m in median.items()
+    }
     ranking = {n: _asymmetry_ranking(median[n], clean, classes, class_names)[:top] for n in norms}
-    return {"task": settings["task"], "settings": settings, "classes": list(classes),
-            "class_names": [class_names[c] for c in classes],
-            "pairs": {f"{a}-{b}": {k: v for k, v in r.items() if k != "settings"} for (a, b), r in sorted(results.items())},
-            "matrices": {"clean_accuracy": clean, "sensitive_flagged_correctly": flagged, "median_radius": median,
-                         "asymmetry": asym},
-            "most_asymmetric": ranking}
+    return {
+        "task": settings["task"],
+        "settings": settings,
+        "classes": list(classes),
+        "class_names": [class_names[c] for c in classes],
+        "pairs": {f"{a}-{b}": {k: v for k, v in r.items() if k != "settings"} for (a, b), r in sorted(results.items())},
+        "matrices": {
+            "clean_accuracy": clean,
+            "sensitive_flagged_correctly": flagged,
+            "median_radius": median,
+            "asymmetry": asym,
+        },
+        "most_asymmetric": ranking,
+    }
 
 
 def write_plots(out: Path, summary: dict[str, Any]) -> dict[str, str]:
     """The heatmap PNGs of a pair sweep; returns {what: file name}."""
     names = summary["class_names"]
     mats = summary["matrices"]
-    plots = {"clean_accuracy": plot_heatmap(
-        [[None if v is None else 100 * v for v in row] for row in mats["clean_accuracy"]], names,
-        out / "heatmap_clean_accuracy.png", "Clean accuracy (%) of the pair's test inputs", "{:.1f}",
-        colorbar_label="%").name}
+    plots = {
+        "clean_accuracy": plot_heatmap(
+            [[None if v is None else 100 * v for v in row] for row in mats["clean_accuracy"]],
+            names,
+            out / "heatmap_clean_accuracy.png",
+            "Clean accuracy (%) of the pair's test inputs",
+            "{:.1f}",
+            colorbar_label="%",
+        ).name
+    }
     for n, m in mats["median_radius"].items():
         plots[f"median_radius_{n}"] = plot_heatmap(
-            m, names, out / f"heatmap_median_radius_{n}.png",
-            f"Median certified {pretty_norm(n)} radius, correctly flagged sensitive inputs", "{:.3g}",
-            colorbar_label=f"{pretty_norm(n)} radius (raw pixel units)").name
+            m,
+            names,
+            out / f"heatmap_median_radius_{n}.png",
+            f"Median certified {pretty_norm(n)} radius, correctly flagged sensitive inputs",
+            "{:.3g}",
+            colorbar_label=f"{pretty_norm(n)} radius (raw pixel units)",
+        ).name
     for n, m in mats["asymmetry"].items():
         plots[f"asymmetry_{n}"] = plot_heatmap(
-            m, names, out / f"heatmap_asymmetry_{n}.png",
-            f"Asymmetry: median {pretty_norm(n)} radius(a, b) − radius(b, a)", "{:+.2g}", cmap="RdBu_r",
-            center_zero=True, colorbar_label=f"{pretty_norm(n)} radius difference").name
+            m,
+            names,
+            out / f"heatmap_asymmetry_{n}.png",
+            f"Asymmetry: median {pretty_norm(n)} radius(a, b) − radius(b, a)",
+            "{:+.2g}",
+            cmap="RdBu_r",
+            center_zero=True,
+            colorbar_label=f"{pretty_norm(n)} radius difference",
+        ).name
     return plots
 
 
@@ -293,52 +379,95 @@ def render_markdown(summary: dict[str, Any]) -> str:
     names = summary["class_names"]
     n_pairs = len(summary["pairs"])
     convex = s["model"]["convex"]
-    arch = (f"ICNN MLP {'-'.join(str(w) for w in convex['widths'])} (input pass-through at every layer)"
-            if convex.get("kind") == "icnn" else f"`{convex}`")
-    lines = [f"# Class-pair sweep: {summary['task_description']}", "",
-             f"Every ordered pair (sensitive a, other b) of {len(names)} classes: {n_pairs} feature-convex "
-             "classifiers, each certified on its own test inputs.", "",
-             "## Settings", "",
-             f"- model: φ = {' then '.join(f['kind'] for f in s['model']['feature_map'])}, g = {arch}",
-             f"- training: {t['epochs']} epoch{'s' if t['epochs'] != 1 else ''}, {t['optimizer'].upper()} lr {t['lr']:g}"
-             + (f", momentum {t['momentum']:g}" if t['optimizer'] == 'sgd' else "")
-             + f", decay {t['lr_decay']:g}/epoch, batch {t['batch_size']}, Jacobian regulariser λ = {t['jacobian_reg']:g}, "
-               "best-validation checkpoint, the task's training augmentation, seed "
-             + f"{t['seed']}",
-             "- data: the task's own train / validation / test splits, two classes kept per pair; the balance shift b "
-             "is fitted on the pair's validation inputs (never on test inputs)",
-             "- evaluation: " + ("every test input of the pair" if s["limit"] is None else f"the first {s['limit']} test inputs of the pair")
-             + "; median radius = median certified radius among the sensitive-class test inputs flagged sensitive "
-               "(raw pixel units)"] + run_lines(summary, "pair") + [""]
+    arch = (
+        f"ICNN MLP {'-'.join(str(w) for w in convex['widths'])} (input pass-through at every layer)"
+        if convex.get("kind") == "icnn"
+        else f"`{convex}`"
+    )
+    lines = (
+        [
+            f"# Class-pair sweep: {summary['task_description']}",
+            "",
+            f"Every ordered pair (sensitive a, other b) of {len(names)} classes: {n_pairs} feature-convex "
+            "classifiers, each certified on its own test inputs.",
+            "",
+            "## Settings",
+            "",
+            f"- model: φ = {' then '.join(f['kind'] for f in s['model']['feature_map'])}, g = {arch}",
+            f"- training: {t['epochs']} epoch{'s' if t['epochs'] != 1 else ''}, {t['optimizer'].upper()} lr {t['lr']:g}"
+            + (f", momentum {t['momentum']:g}" if t["optimizer"] == "sgd" else "")
+            + f", decay {t['lr_decay']:g}/epoch, batch {t['batch_size']}, "
+            f"Jacobian regulariser λ = {t['jacobian_reg']:g}, "
+            "best-validation checkpoint, the task's training augmentation, seed " + f"{t['seed']}",
+            "- data: the task's own train / validation / test splits, two classes kept per pair; the balance shift b "
+            "is fitted on the pair's validation inputs (never on test inputs)",
+            "- evaluation: "
+            + (
+                "every test input of the pair"
+                if s["limit"] is None
+                else f"the first {s['limit']} test inputs of the pair"
+            )
+            + "; median radius = median certified radius among the sensitive-class test inputs flagged sensitive "
+            "(raw pixel units)",
+        ]
+        + run_lines(summary, "pair")
+        + [""]
+    )
     if summary["failed"]:
-        lines += ["**Failed pairs** (not in the tables): " + "; ".join(f"{k}: {v}" for k, v in summary["failed"].items()), ""]
+        lines += [
+            "**Failed pairs** (not in the tables): " + "; ".join(f"{k}: {v}" for k, v in summary["failed"].items()),
+            "",
+        ]
     mats = summary["matrices"]
-    lines += ["## Clean accuracy (%)", ""] + _table(
-        [[None if v is None else 100 * v for v in row] for row in mats["clean_accuracy"]], names,
-        lambda v: f"{v:.1f}") + ["", f"![clean accuracy]({summary['plots']['clean_accuracy']})", ""]
+    lines += (
+        ["## Clean accuracy (%)", ""]
+        + _table(
+            [[None if v is None else 100 * v for v in row] for row in mats["clean_accuracy"]],
+            names,
+            lambda v: f"{v:.1f}",
+        )
+        + ["", f"![clean accuracy]({summary['plots']['clean_accuracy']})", ""]
+    )
     for n in s["norms"]:
-        lines += [f"## Median certified {pretty_norm(n)} radius", ""] + _table(mats["median_radius"][n], names,
-                                                                                 lambda v: f"{v:.3g}")
+        lines += [f"## Median certified {pretty_norm(n)} radius", ""] + _table(
+            mats["median_radius"][n], names, lambda v: f"{v:.3g}"
+        )
         lines += ["", f"![median {n}]({summary['plots'][f'median_radius_{n}']})", ""]
-    lines += ["## Most asymmetric pairs", "",
-              "radius(a, b): median certified radius of the model that flags a against b (on flagged a inputs); "
-              "radius(b, a) the same with the roles swapped. Ranked by the difference.", ""]
+    lines += [
+        "## Most asymmetric pairs",
+        "",
+        "radius(a, b): median certified radius of the model that flags a against b (on flagged a inputs); "
+        "radius(b, a) the same with the roles swapped. Ranked by the difference.",
+        "",
+    ]
     for n in s["norms"]:
-        lines += [f"### {pretty_norm(n)}", "",
-                  "| a | b | radius(a, b) | radius(b, a) | difference | ratio | clean (a, b) | clean (b, a) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {pretty_norm(n)}",
+            "",
+            "| a | b | radius(a, b) | radius(b, a) | difference | ratio | clean (a, b) | clean (b, a) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in summary["most_asymmetric"][n]:
             ratio = "∞" if r["ratio"] is None else f"{r['ratio']:.2f}×"
-            lines.append(f"| {r['a_name']} ({r['a']}) | {r['b_name']} ({r['b']}) | {r['radius_ab']:.3g} | "
-                         f"{r['radius_ba']:.3g} | {r['difference']:.3g} | {ratio} | {100 * r['clean_ab']:.1f}% | "
-                         f"{100 * r['clean_ba']:.1f}% |")
+            lines.append(
+                f"| {r['a_name']} ({r['a']}) | {r['b_name']} ({r['b']}) | {r['radius_ab']:.3g} | "
+                f"{r['radius_ba']:.3g} | {r['difference']:.3g} | {ratio} | {100 * r['clean_ab']:.1f}% | "
+                f"{100 * r['clean_ba']:.1f}% |"
+            )
         lines += ["", f"![asymmetry {n}]({summary['plots'][f'asymmetry_{n}']})", ""]
     return "\n".join(lines) + "\n"
 
 
-def pairs_cli_main(task: str, out: str | Path, classes: str | None = None, epochs: int | None = None,
-                   workers: int = 2, limit: int | None = None, data_dir: str | Path | None = None,
-                   echo: Callable[[str], None] = print) -> dict[str, Any]:
+def pairs_cli_main(
+    task: str,
+    out: str | Path,
+    classes: str | None = None,
+    epochs: int | None = None,
+    workers: int = 2,
+    limit: int | None = None,
+    data_dir: str | Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """What ``asymcert sweep pairs`` does: parse the options, run :func:`sweep_pairs`, print a summary.
 
     Args:
@@ -354,7 +483,9 @@ def pairs_cli_main(task: str, out: str | Path, classes: str | None = None, epoch
         best = summary["most_asymmetric"][n][:1]
         if best:
             r = best[0]
-            echo(f"most asymmetric ({pretty_norm(n)}): {r['a_name']} vs {r['b_name']}: "
-                 f"{r['radius_ab']:.3g} vs {r['radius_ba']:.3g}")
+            echo(
+                f"most asymmetric ({pretty_norm(n)}): {r['a_name']} vs {r['b_name']}: "
+                f"{r['radius_ab']:.3g} vs {r['radius_ba']:.3g}"
+            )
     echo(f"{len(summary['pairs'])} pairs in {summary['wall_seconds'] / 60:.1f} min; report: {Path(out) / REPORT_MD}")
     return summary

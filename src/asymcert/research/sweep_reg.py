@@ -70,16 +70,35 @@ def _reg_job(job: tuple[str, float]) -> dict[str, Any]:
     settings = s["settings"]
     run_dir = Path(s["out"]) / "runs" / point_name(fm, lam)
     clock = Clock()
-    plan = plan_training({"name": settings["task"]}, None,
-                         {"jacobian_reg": lam, "epochs": settings["epochs"], "device": "cpu"},
-                         {"feature_map": FEATURE_MAPS[fm]}, s["data_dir"], s["data"])
-    done = run_pipeline(plan, run_dir, CertifySettings(limit=settings["limit"]), progress=False,
-                        log=lambda msg: None, report=write_report)
+    plan = plan_training(
+        {"name": settings["task"]},
+        None,
+        {"jacobian_reg": lam, "epochs": settings["epochs"], "device": "cpu"},
+        {"feature_map": FEATURE_MAPS[fm]},
+        s["data_dir"],
+        s["data"],
+    )
+    done = run_pipeline(
+        plan,
+        run_dir,
+        CertifySettings(limit=settings["limit"]),
+        progress=False,
+        log=lambda msg: None,
+        report=write_report,
+    )
     run, report = done.record, done.report
-    result = {"settings": settings, "feature_map": fm, "lambda": lam, "name": point_name(fm, lam),
-              "run_dir": str(run_dir), "model": run["model"], "training_seconds": run["training"]["seconds"],
-              "best_epoch": run["training"]["best"]["epoch"], "job_seconds": clock.seconds(),
-              **{k: v for k, v in report.items() if k not in ("plots", "task")}}
+    result = {
+        "settings": settings,
+        "feature_map": fm,
+        "lambda": lam,
+        "name": point_name(fm, lam),
+        "run_dir": str(run_dir),
+        "model": run["model"],
+        "training_seconds": run["training"]["seconds"],
+        "best_epoch": run["training"]["best"]["epoch"],
+        "job_seconds": clock.seconds(),
+        **{k: v for k, v in report.items() if k not in ("plots", "task")},
+    }
     write_json(run_dir / RESULT_FILE, result)
     return result
 
@@ -88,8 +107,10 @@ def check_task(task_name: str) -> None:
     """Raise :class:`SweepError` unless ``task_name`` is a binary task whose model is feature-convex."""
     task = get_task(task_name)
     if not task.binary or task.model.get("kind") != "feature-convex":
-        raise SweepError(f"sweep reg needs a binary feature-convex task (e.g. fashion-mnist-shirts, mnist-38); "
-                         f"{task_name!r} is not one")
+        raise SweepError(
+            f"sweep reg needs a binary feature-convex task (e.g. fashion-mnist-shirts, mnist-38); "
+            f"{task_name!r} is not one"
+        )
 
 
 def parse_feature_maps(text: str | Sequence[str]) -> list[str]:
@@ -110,8 +131,9 @@ def parse_feature_maps(text: str | Sequence[str]) -> list[str]:
     return names
 
 
-def _check_grid(lambdas: Sequence[float], feature_maps: Sequence[str],
-                epochs: int | None) -> tuple[list[float], list[str]]:
+def _check_grid(
+    lambdas: Sequence[float], feature_maps: Sequence[str], epochs: int | None
+) -> tuple[list[float], list[str]]:
     """The grid's λ values (distinct, finite, ≥ 0) and feature-map names, checked; ``epochs`` None or ≥ 1.
 
     Raises:
@@ -134,21 +156,38 @@ def _fronts(entries: list[dict[str, Any]], chosen: dict[str, float]) -> dict[str
     return fronts
 
 
-def _plot_fronts(entries: list[dict[str, Any]], fronts: dict[str, dict[str, Any]], out: Path,
-                 description: str) -> str:
+def _plot_fronts(entries: list[dict[str, Any]], fronts: dict[str, dict[str, Any]], out: Path, description: str) -> str:
     """Draw the Pareto panels (one per norm) into ``out``; returns the PNG's file name."""
-    panels = [(f"{pretty_norm(n)}, r = {f['radius']:g}",
-               [(f"{e['feature_map']} λ={e['lambda']:g}", e["clean_accuracy"],
-                 e["certified_accuracy"][n][f"{f['radius']:g}"]) for e in entries])
-              for n, f in fronts.items()]
+    panels = [
+        (
+            f"{pretty_norm(n)}, r = {f['radius']:g}",
+            [
+                (
+                    f"{e['feature_map']} λ={e['lambda']:g}",
+                    e["clean_accuracy"],
+                    e["certified_accuracy"][n][f"{f['radius']:g}"],
+                )
+                for e in entries
+            ],
+        )
+        for n, f in fronts.items()
+    ]
     return plot_pareto(panels, out / PARETO_PNG, f"{description}: clean vs certified accuracy").name
 
 
-def sweep_reg(task_name: str, out_dir: str | Path, lambdas: Sequence[float] = DEFAULT_LAMBDAS,
-              feature_maps: Sequence[str] = DEFAULT_FEATURE_MAPS, epochs: int | None = None, workers: int = 2,
-              limit: int | None = REG_LIMIT, data_dir: str | Path | None = None,
-              pareto_radii: dict[str, float] | None = None, log: Callable[[str], None] | None = None,
-              data: TaskData | None = None) -> dict[str, Any]:
+def sweep_reg(
+    task_name: str,
+    out_dir: str | Path,
+    lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+    feature_maps: Sequence[str] = DEFAULT_FEATURE_MAPS,
+    epochs: int | None = None,
+    workers: int = 2,
+    limit: int | None = REG_LIMIT,
+    data_dir: str | Path | None = None,
+    pareto_radii: dict[str, float] | None = None,
+    log: Callable[[str], None] | None = None,
+    data: TaskData | None = None,
+) -> dict[str, Any]:
     """Train and certify the task's model for every (feature map, λ); write the table and Pareto plot.
 
     Args:
@@ -173,8 +212,13 @@ def sweep_reg(task_name: str, out_dir: str | Path, lambdas: Sequence[float] = DE
     lambdas, feature_maps = _check_grid(lambdas, feature_maps, epochs)
     radii = {_label(p): list(r) for p, r in task.report_radii.items()}
     chosen = {n: (pareto_radii or {}).get(n, r[1] if len(r) > 1 else r[0]) for n, r in radii.items() if r}
-    settings = {"task": task_name, "epochs": int(epochs or REG_EPOCHS), "limit": limit,
-                "base_model": task.model, "base_train": task.train}
+    settings = {
+        "task": task_name,
+        "epochs": int(epochs or REG_EPOCHS),
+        "limit": limit,
+        "base_model": task.model,
+        "base_train": task.train,
+    }
     data = data or task.load(Path(data_dir) if data_dir else None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,27 +226,52 @@ def sweep_reg(task_name: str, out_dir: str | Path, lambdas: Sequence[float] = DE
     machine_start = describe_machine()
     jobs = list(itertools.product(feature_maps, lambdas))
     results, todo = split_finished(jobs, lambda job: out / "runs" / point_name(*job), settings)
-    log(f"{len(jobs)} grid points: {len(results)} finished before, {len(todo)} to train "
-        f"({settings['epochs']} epochs each, {max(1, workers)} worker(s))")
-    on_done = progress_log(log, len(jobs), len(results), lambda job: point_name(*job),
-                           lambda result: f"clean {100 * result['clean_accuracy']:.1f}% ({result['job_seconds']:.0f} s)")
-    new, errors = run_jobs(todo, _reg_job, {"data": data, "settings": settings, "out": str(out),
-                                            "data_dir": str(data_dir) if data_dir else None},
-                           workers=workers, on_done=on_done)
+    log(
+        f"{len(jobs)} grid points: {len(results)} finished before, {len(todo)} to train "
+        f"({settings['epochs']} epochs each, {max(1, workers)} worker(s))"
+    )
+    on_done = progress_log(
+        log,
+        len(jobs),
+        len(results),
+        lambda job: point_name(*job),
+        lambda result: f"clean {100 * result['clean_accuracy']:.1f}% ({result['job_seconds']:.0f} s)",
+    )
+    new, errors = run_jobs(
+        todo,
+        _reg_job,
+        {"data": data, "settings": settings, "out": str(out), "data_dir": str(data_dir) if data_dir else None},
+        workers=workers,
+        on_done=on_done,
+    )
     results.update(new)
     entries = [{k: v for k, v in results[j].items() if k != "settings"} for j in jobs if j in results]
     fronts = _fronts(entries, chosen)
-    summary = {"task": task_name, "task_description": task.description, "settings": settings,
-               "lambdas": lambdas, "feature_maps": feature_maps, "report_radii": radii, "entries": entries,
-               "pareto": fronts, "wall_seconds": clock.seconds(), "trained_now": len(new),
-               "reused": len(jobs) - len(todo), "workers": max(1, workers), "machine_start": machine_start,
-               "machine_end": describe_machine(), "failed": {point_name(*j): e for j, e in errors.items()}}
+    summary = {
+        "task": task_name,
+        "task_description": task.description,
+        "settings": settings,
+        "lambdas": lambdas,
+        "feature_maps": feature_maps,
+        "report_radii": radii,
+        "entries": entries,
+        "pareto": fronts,
+        "wall_seconds": clock.seconds(),
+        "trained_now": len(new),
+        "reused": len(jobs) - len(todo),
+        "workers": max(1, workers),
+        "machine_start": machine_start,
+        "machine_end": describe_machine(),
+        "failed": {point_name(*j): e for j, e in errors.items()},
+    }
     summary["plots"] = {"pareto": _plot_fronts(entries, fronts, out, task.description)}
     write_json(out / RESULTS_JSON, summary)
     (out / REPORT_MD).write_text(render_markdown(summary))
     if errors:
-        raise SweepError(f"{len(errors)} of {len(jobs)} grid points failed (report written without them): "
-                         + "; ".join(f"{point_name(*j)}: {e}" for j, e in list(errors.items())[:3]))
+        raise SweepError(
+            f"{len(errors)} of {len(jobs)} grid points failed (report written without them): "
+            + "; ".join(f"{point_name(*j)}: {e}" for j, e in list(errors.items())[:3])
+        )
     return summary
 
 
@@ -215,28 +284,37 @@ def render_markdown(summary: dict[str, Any]) -> str:
     """The regularisation sweep report as Markdown."""
     s = summary["settings"]
     base = s["base_train"]
-    lines = [f"# Regularisation sweep: {summary['task_description']}", "",
-             f"- grid: Jacobian regulariser λ ∈ {{{', '.join(f'{v:g}' for v in summary['lambdas'])}}} × feature map φ ∈ "
-             f"{{{', '.join(summary['feature_maps'])}}} (shift: x − μ; concat-abs: concat(x − μ, |x − μ|))",
-             f"- model: the task's own, `{s['base_model']['convex']}`; training: the task's recipe "
-             f"({base.get('optimizer', 'sgd').upper()} lr {base.get('lr')}, batch {base.get('batch_size')}) for "
-             f"{s['epochs']} epochs (paper: {base.get('epochs')}), best-validation checkpoint, b fitted on validation",
-             "- evaluation: " + ("every test input" if s["limit"] is None else f"the first {s['limit']} test inputs")
-             + "; certified accuracy at r = share of sensitive-class test inputs flagged sensitive with radius ≥ r"]
+    lines = [
+        f"# Regularisation sweep: {summary['task_description']}",
+        "",
+        f"- grid: Jacobian regulariser λ ∈ {{{', '.join(f'{v:g}' for v in summary['lambdas'])}}} × feature map φ ∈ "
+        f"{{{', '.join(summary['feature_maps'])}}} (shift: x − μ; concat-abs: concat(x − μ, |x − μ|))",
+        f"- model: the task's own, `{s['base_model']['convex']}`; training: the task's recipe "
+        f"({base.get('optimizer', 'sgd').upper()} lr {base.get('lr')}, batch {base.get('batch_size')}) for "
+        f"{s['epochs']} epochs (paper: {base.get('epochs')}), best-validation checkpoint, b fitted on validation",
+        "- evaluation: "
+        + ("every test input" if s["limit"] is None else f"the first {s['limit']} test inputs")
+        + "; certified accuracy at r = share of sensitive-class test inputs flagged sensitive with radius ≥ r",
+    ]
     lines += run_lines(summary, "grid point") + [""]
     if summary["failed"]:
         lines += ["**Failed grid points**: " + "; ".join(f"{k}: {v}" for k, v in summary["failed"].items()), ""]
     lines += ["| φ | λ | clean | sensitive flagged | training min | Pareto-optimal at |", "|---|---|---|---|---|---|"]
     for e in summary["entries"]:
         on = [f"{pretty_norm(n)} r={f['radius']:g}" for n, f in summary["pareto"].items() if e["name"] in f["front"]]
-        lines.append(f"| {e['feature_map']} | {e['lambda']:g} | {100 * e['clean_accuracy']:.1f}% | "
-                     f"{100 * e.get('sensitive_flagged_correctly', 0.0):.1f}% | {e['training_seconds'] / 60:.1f} | "
-                     f"{', '.join(on) or '—'} |")
+        lines.append(
+            f"| {e['feature_map']} | {e['lambda']:g} | {100 * e['clean_accuracy']:.1f}% | "
+            f"{100 * e.get('sensitive_flagged_correctly', 0.0):.1f}% | {e['training_seconds'] / 60:.1f} | "
+            f"{', '.join(on) or '—'} |"
+        )
     lines.append("")
     for n, radii in summary["report_radii"].items():
-        lines += [f"### Certified accuracy, {pretty_norm(n)}", "",
-                  "| φ | λ | " + " | ".join(f"r = {r:g}" for r in radii) + " | median radius |",
-                  "|---|---|" + "---|" * (len(radii) + 1)]
+        lines += [
+            f"### Certified accuracy, {pretty_norm(n)}",
+            "",
+            "| φ | λ | " + " | ".join(f"r = {r:g}" for r in radii) + " | median radius |",
+            "|---|---|" + "---|" * (len(radii) + 1),
+        ]
         for e in summary["entries"]:
             table = e["certified_accuracy"][n]
             front = e["name"] in summary["pareto"].get(n, {}).get("front", [])
@@ -244,18 +322,30 @@ def render_markdown(summary: dict[str, Any]) -> str:
             for r in radii:
                 cell = f"{100 * table[f'{r:g}']:.1f}%"
                 cells.append(f"**{cell}**" if front and r == summary["pareto"][n]["radius"] else cell)
-            lines.append(f"| {e['feature_map']} | {e['lambda']:g} | " + " | ".join(cells)
-                         + f" | {e['median_radius'][n]:.3g} |")
+            lines.append(
+                f"| {e['feature_map']} | {e['lambda']:g} | " + " | ".join(cells) + f" | {e['median_radius'][n]:.3g} |"
+            )
         lines.append("")
-    lines += ["Bold: Pareto-optimal (clean accuracy, certified accuracy at the plotted radius) for that norm.", "",
-              f"![Pareto]({summary['plots']['pareto']})", ""]
+    lines += [
+        "Bold: Pareto-optimal (clean accuracy, certified accuracy at the plotted radius) for that norm.",
+        "",
+        f"![Pareto]({summary['plots']['pareto']})",
+        "",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def reg_cli_main(task: str, out: str | Path, lambdas: str = "0,1e-3,1e-2,1e-1",
-                 feature_maps: str = "shift,concat-abs", epochs: int | None = None, workers: int = 2,
-                 limit: int | None = REG_LIMIT, data_dir: str | Path | None = None,
-                 echo: Callable[[str], None] = print) -> dict[str, Any]:
+def reg_cli_main(
+    task: str,
+    out: str | Path,
+    lambdas: str = "0,1e-3,1e-2,1e-1",
+    feature_maps: str = "shift,concat-abs",
+    epochs: int | None = None,
+    workers: int = 2,
+    limit: int | None = REG_LIMIT,
+    data_dir: str | Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """What ``asymcert sweep reg`` does: parse the options, run :func:`sweep_reg`, print the fronts.
 
     Args:
@@ -268,10 +358,13 @@ def reg_cli_main(task: str, out: str | Path, lambdas: str = "0,1e-3,1e-2,1e-1",
     check_task(task)
     lams = parse_float_list(lambdas, "--lambdas")
     fms = parse_feature_maps(feature_maps)
-    summary = sweep_reg(task, out, lams, fms, epochs, workers, REG_LIMIT if limit is None else limit, data_dir,
-                        log=echo)
+    summary = sweep_reg(
+        task, out, lams, fms, epochs, workers, REG_LIMIT if limit is None else limit, data_dir, log=echo
+    )
     for n, f in summary["pareto"].items():
         echo(f"Pareto front ({pretty_norm(n)}, r = {f['radius']:g}): {', '.join(f['front'])}")
-    echo(f"{len(summary['entries'])} grid points in {summary['wall_seconds'] / 60:.1f} min; "
-         f"report: {Path(out) / REPORT_MD}")
+    echo(
+        f"{len(summary['entries'])} grid points in {summary['wall_seconds'] / 60:.1f} min; "
+        f"report: {Path(out) / REPORT_MD}"
+    )
     return summary

@@ -27,6 +27,7 @@ import torch
 
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import AsymcertError
+from asymcert.report.plots import _pyplot
 from asymcert.runfolder import dumps_strict
 
 RESULT_FILE = "sweep_result.json"
@@ -41,6 +42,7 @@ class SweepError(AsymcertError, ValueError):
 
 
 # ---------------------------------------------------------------- small helpers
+
 
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically (a crash never leaves half a file)."""
@@ -67,8 +69,10 @@ def read_result(job_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | Non
         return None
     result = json.loads(path.read_text())
     if result.get("settings") != json.loads(dumps_strict(settings, default=_json_default)):
-        raise SweepError(f"{job_dir} holds a result computed with other settings; use a new --out folder "
-                         f"or delete {path} to recompute it")
+        raise SweepError(
+            f"{job_dir} holds a result computed with other settings; use a new --out folder "
+            f"or delete {path} to recompute it"
+        )
     return result
 
 
@@ -99,8 +103,9 @@ def parse_float_list(text: str, what: str) -> list[float]:
         try:
             v = float(t)
         except ValueError:
-            raise SweepError(f"{what}: {t!r} is not a number "
-                             "(expected a comma-separated list like 0,1e-3,1e-2)") from None
+            raise SweepError(
+                f"{what}: {t!r} is not a number (expected a comma-separated list like 0,1e-3,1e-2)"
+            ) from None
         if not math.isfinite(v) or v < 0:
             raise SweepError(f"{what}: {t!r} must be a finite number ≥ 0")
         if v in out:
@@ -127,6 +132,7 @@ def parse_int_list(text: str, what: str) -> list[int]:
 
 # ---------------------------------------------------------------- the job runner
 
+
 def _init_worker(shared: dict[str, Any]) -> None:
     """Pool initializer: one torch thread, and the sweep's shared data kept for every job of this worker."""
     torch.set_num_threads(1)
@@ -139,9 +145,13 @@ def shared() -> dict[str, Any]:
     return _SHARED
 
 
-def run_jobs(jobs: Sequence[Any], job_fn: Callable[[Any], dict[str, Any]], shared_data: dict[str, Any],
-             workers: int = 2, on_done: Callable[[Any, dict[str, Any] | None, str | None], None] | None = None
-             ) -> tuple[dict[Any, dict[str, Any]], dict[Any, str]]:
+def run_jobs(
+    jobs: Sequence[Any],
+    job_fn: Callable[[Any], dict[str, Any]],
+    shared_data: dict[str, Any],
+    workers: int = 2,
+    on_done: Callable[[Any, dict[str, Any] | None, str | None], None] | None = None,
+) -> tuple[dict[Any, dict[str, Any]], dict[Any, str]]:
     """Run ``job_fn(job)`` for every job, in-process (``workers <= 1``) or on a spawn process pool.
 
     Args:
@@ -184,8 +194,9 @@ def run_jobs(jobs: Sequence[Any], job_fn: Callable[[Any], dict[str, Any]], share
             _SHARED.update(saved)
         return results, errors
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
-                             initargs=(shared_data,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker, initargs=(shared_data,)
+    ) as pool:
         pending = {pool.submit(job_fn, job): job for job in jobs}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -200,8 +211,13 @@ def run_jobs(jobs: Sequence[Any], job_fn: Callable[[Any], dict[str, Any]], share
     return results, errors
 
 
-def progress_log(log: Callable[[str], None], total: int, done_before: int, name: Callable[[Any], str],
-                 describe: Callable[[dict[str, Any]], str]) -> Callable[[Any, dict[str, Any] | None, str | None], None]:
+def progress_log(
+    log: Callable[[str], None],
+    total: int,
+    done_before: int,
+    name: Callable[[Any], str],
+    describe: Callable[[dict[str, Any]], str],
+) -> Callable[[Any, dict[str, Any] | None, str | None], None]:
     """An ``on_done`` for :func:`run_jobs` that logs ``[i/total] name: description`` or the failure."""
     count = [done_before]
 
@@ -226,6 +242,7 @@ class Clock:
 
 # ---------------------------------------------------------------- Pareto front
 
+
 def pareto_front(points: Sequence[Sequence[float]]) -> list[bool]:
     """Which points are Pareto-optimal when every coordinate is to be maximised.
 
@@ -248,10 +265,6 @@ def pareto_front(points: Sequence[Sequence[float]]) -> list[bool]:
 
 # ---------------------------------------------------------------- plots
 
-def _pyplot():
-    from asymcert.report.plots import _pyplot as get
-    return get()
-
 
 def workers_text(workers: int) -> str:
     """How the jobs ran, for the reports."""
@@ -263,11 +276,13 @@ def workers_text(workers: int) -> str:
 def run_lines(summary: dict[str, Any], unit: str) -> list[str]:
     """The report's "run" and "machine" bullet lines of a sweep ``summary`` whose jobs are ``unit``s."""
     load0, load1 = summary["machine_start"]["load_average"], summary["machine_end"]["load_average"]
-    return [f"- run: {workers_text(summary['workers'])}; wall time of this invocation "
-            f"{summary['wall_seconds'] / 60:.1f} min, {summary['trained_now']} {unit}(s) trained now, "
-            f"{summary['reused']} reused from an earlier invocation",
-            f"- machine: {summary['machine_start']['cores']} CPUs, load average (1, 5, 15 min) {load0} at the start "
-            f"and {load1} at the end"]
+    return [
+        f"- run: {workers_text(summary['workers'])}; wall time of this invocation "
+        f"{summary['wall_seconds'] / 60:.1f} min, {summary['trained_now']} {unit}(s) trained now, "
+        f"{summary['reused']} reused from an earlier invocation",
+        f"- machine: {summary['machine_start']['cores']} CPUs, load average (1, 5, 15 min) {load0} at the start "
+        f"and {load1} at the end",
+    ]
 
 
 def pretty_norm(label: str) -> str:
@@ -275,9 +290,16 @@ def pretty_norm(label: str) -> str:
     return "ℓ∞" if label == "linf" else "ℓ" + label[1:]
 
 
-def plot_heatmap(matrix: Sequence[Sequence[float | None]], labels: Sequence[str], path: Path, title: str,
-                 value_format: str = "{:.2f}", cmap: str = "viridis", center_zero: bool = False,
-                 colorbar_label: str = "") -> Path:
+def plot_heatmap(
+    matrix: Sequence[Sequence[float | None]],
+    labels: Sequence[str],
+    path: Path,
+    title: str,
+    value_format: str = "{:.2f}",
+    cmap: str = "viridis",
+    center_zero: bool = False,
+    colorbar_label: str = "",
+) -> Path:
     """A k×k heatmap PNG (rows: sensitive class, columns: other class), values written in the cells.
 
     Args:
@@ -310,8 +332,15 @@ def plot_heatmap(matrix: Sequence[Sequence[float | None]], labels: Sequence[str]
                 if np.isfinite(m[i, j]):
                     frac = 0.5 if hi == lo else (m[i, j] - lo) / (hi - lo)
                     dark = abs(frac - 0.5) > 0.35 if center_zero else frac < 0.5  # dark cell → white text
-                    ax.text(j, i, value_format.format(m[i, j]), ha="center", va="center", fontsize=6.5,
-                            color="white" if dark else "black")
+                    ax.text(
+                        j,
+                        i,
+                        value_format.format(m[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=6.5,
+                        color="white" if dark else "black",
+                    )
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
@@ -333,13 +362,25 @@ def plot_pareto(panels: Sequence[tuple[str, Sequence[tuple[str, float, float]]]]
         xy = [(c, r) for _, c, r in pts]
         front = pareto_front(xy) if xy else []
         for (label, c, r), on in zip(pts, front):
-            ax.scatter(100 * c, 100 * r, s=46 if on else 26, color="tab:red" if on else "tab:gray",
-                       zorder=3, edgecolor="black" if on else "none")
+            ax.scatter(
+                100 * c,
+                100 * r,
+                s=46 if on else 26,
+                color="tab:red" if on else "tab:gray",
+                zorder=3,
+                edgecolor="black" if on else "none",
+            )
             ax.annotate(label, (100 * c, 100 * r), textcoords="offset points", xytext=(4, 3), fontsize=6.5)
         line = sorted((100 * c, 100 * r) for (_, c, r), on in zip(pts, front) if on)
         if line:
-            ax.plot([p[0] for p in line], [p[1] for p in line], color="tab:red", linewidth=1.2, zorder=2,
-                    label="Pareto front")
+            ax.plot(
+                [p[0] for p in line],
+                [p[1] for p in line],
+                color="tab:red",
+                linewidth=1.2,
+                zorder=2,
+                label="Pareto front",
+            )
             ax.legend(fontsize=7, loc="best")
         ax.set_xlabel("clean accuracy (%)")
         ax.set_ylabel("certified accuracy (%)")

@@ -44,14 +44,16 @@ from asymcert.train.recipes import predict_scores
 
 def _step_generator(seed: int, progress: float) -> torch.Generator:
     """A CPU generator fixed by (seed, training progress): resumed runs redraw the same noise."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + round(progress * 2 ** 31)) % (2 ** 62))
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + round(progress * 2**31)) % (2**62))
 
 
 def _rates(scores: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(TPR, TNR) of the decision scores > 0."""
     pos, neg = y == 1, y == 0
-    return (float((scores[pos] > 0).float().mean()) if bool(pos.any()) else 0.0,
-            float((scores[neg] <= 0).float().mean()) if bool(neg.any()) else 0.0)
+    return (
+        float((scores[pos] > 0).float().mean()) if bool(pos.any()) else 0.0,
+        float((scores[neg] <= 0).float().mean()) if bool(neg.any()) else 0.0,
+    )
 
 
 class _FitsInput(Protocol):
@@ -105,9 +107,11 @@ class NoiseRecipe(_Base):
         noisy = add_noise(val.x, sm["noise"], float(sm["sigma"]), torch.Generator().manual_seed(self.seed + 12345))
         noisy_scores = predict_scores(model, noisy, batch_size, device)
         clean = predict_scores(model, val.x, batch_size, device)
-        return {"metric": balanced_accuracy(noisy_scores, val.y),
-                "noisy_accuracy": float(((noisy_scores > 0).long() == val.y).float().mean()),
-                "accuracy": float(((clean > 0).long() == val.y).float().mean())}
+        return {
+            "metric": balanced_accuracy(noisy_scores, val.y),
+            "noisy_accuracy": float(((noisy_scores > 0).long() == val.y).float().mean()),
+            "accuracy": float(((clean > 0).long() == val.y).float().mean()),
+        }
 
 
 class BoundPropagationRecipe(_Base):
@@ -142,8 +146,13 @@ class BoundPropagationRecipe(_Base):
         if self.bound == "crown-ibp" and beta > 0:
             shapes = layer_shapes(layers, x)
             e = torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device)
-            spec = torch.cat([torch.ones(x.shape[0], 1, 1, dtype=x.dtype, device=x.device),
-                              -torch.ones(x.shape[0], 1, 1, dtype=x.dtype, device=x.device)], dim=1)
+            spec = torch.cat(
+                [
+                    torch.ones(x.shape[0], 1, 1, dtype=x.dtype, device=x.device),
+                    -torch.ones(x.shape[0], 1, 1, dtype=x.dtype, device=x.device),
+                ],
+                dim=1,
+            )
             crown = backward_lower_bound(layers, len(layers), spec, x, e, self.norm, boxes, shapes)
             lower = beta * crown[:, 0] + (1 - beta) * lower
             upper = beta * (-crown[:, 1]) + (1 - beta) * upper
@@ -171,7 +180,7 @@ class BoundPropagationRecipe(_Base):
         model.eval()
         scores, lowers = [], []
         for i in range(0, len(val), batch_size):
-            xb = val.x[i:i + batch_size].to(device)
+            xb = val.x[i : i + batch_size].to(device)
             scores.append(model(xb).float().cpu())
             lowers.append(score_lower_bound(model, xb, self.eps, self.norm, self.bound).float().cpu())
         model.train(was)
@@ -179,8 +188,12 @@ class BoundPropagationRecipe(_Base):
         tpr, tnr = _rates(s, val.y)
         pos = val.y == 1
         verified = float(((lb > 0) & (s > 0))[pos].float().mean()) if bool(pos.any()) else 0.0
-        return {"metric": 0.5 * (tnr + verified), "accuracy": float(((s > 0).long() == val.y).float().mean()),
-                "balanced_accuracy": 0.5 * (tpr + tnr), "verified_sensitive": verified}
+        return {
+            "metric": 0.5 * (tnr + verified),
+            "accuracy": float(((s > 0).long() == val.y).float().mean()),
+            "balanced_accuracy": 0.5 * (tpr + tnr),
+            "verified_sensitive": verified,
+        }
 
 
 class OrthogonalRecipe(_Base):
@@ -203,7 +216,8 @@ class OrthogonalRecipe(_Base):
         s = predict_scores(model, val.x, batch_size, device)
         pos = val.y == 1
         robust = float((s[pos] > self.margin).float().mean()) if bool(pos.any()) else 0.0
-        return {"metric": balanced_accuracy(s, val.y), "accuracy": float(((s > 0).long() == val.y).float().mean()),
-                "sensitive_score_above_margin": robust}
-
-
+        return {
+            "metric": balanced_accuracy(s, val.y),
+            "accuracy": float(((s > 0).long() == val.y).float().mean()),
+            "sensitive_score_above_margin": robust,
+        }

@@ -42,8 +42,9 @@ class EpochBatches(Dataset):
         augment: the task's training augmentation, or None.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int,
-                 augment: Augment | None) -> None:
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int, augment: Augment | None
+    ) -> None:
         self.x, self.y, self.batch_size = x, y, int(batch_size)
         self.seed, self.epoch, self.augment = int(seed), int(epoch), augment
         self.perm = torch.randperm(x.shape[0], generator=epoch_generator(seed, epoch, 0))
@@ -54,7 +55,7 @@ class EpochBatches(Dataset):
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= step < len(self):
             raise IndexError(step)
-        idx = self.perm[step * self.batch_size:(step + 1) * self.batch_size]
+        idx = self.perm[step * self.batch_size : (step + 1) * self.batch_size]
         x, y = self.x[idx], self.y[idx]
         if self.augment is not None:
             x = self.augment(x, batch_generator(self.seed, self.epoch, step))
@@ -65,8 +66,9 @@ def epoch_batches(batches: EpochBatches, workers: int, pin_memory: bool) -> Iter
     """Iterate over an epoch's batches in order, in this process (``workers=0``) or in workers."""
     if workers == 0:
         return _in_process(batches, pin_memory)
-    return DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory,
-                      prefetch_factor=4)
+    return DataLoader(
+        batches, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory, prefetch_factor=4
+    )
 
 
 def _in_process(batches: EpochBatches, pin_memory: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

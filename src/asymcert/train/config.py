@@ -23,7 +23,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("exponential", "cosine")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 DEVICE_HELP = "auto, cpu, cuda, cuda:<index> or mps"
-_SEED_LIMIT = 2 ** 63
+_SEED_LIMIT = 2**63
 
 
 def parse_device(name: Any) -> torch.device | None:
@@ -119,7 +119,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "weight_decay": _real("a finite number ≥ 0", lambda v: v >= 0),
     "jacobian_reg": _real("a finite number ≥ 0", lambda v: v >= 0),
     "margin_radius": (_list_or_one(_radius_ok), "a finite number ≥ 0 or a non-empty list of them"),
-    "margin_norm": (_list_or_one(_norm_ok), "a norm p ≥ 1 (1, 2, \"inf\", ...) or a non-empty list of them"),
+    "margin_norm": (_list_or_one(_norm_ok), 'a norm p ≥ 1 (1, 2, "inf", ...) or a non-empty list of them'),
     "margin_warmup": _real("a number in [0, 1] (a fraction of training)", lambda v: 0 <= v <= 1),
     "sensitive_weight": _real("a finite number > 0", lambda v: v > 0),
     "train_at_balance": (lambda v: isinstance(v, bool), "true or false"),
@@ -129,8 +129,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval_batch_size": _int_at_least(1),
     "amp": (lambda v: isinstance(v, bool), "true or false"),
     "workers": (lambda v: v is None or (_is_int(v) and v >= 0), "null (automatic) or an integer ≥ 0"),
-    "extra": (lambda v: v is None or (isinstance(v, dict) and all(isinstance(k, str) for k in v)),
-              "null or an object of family-specific settings"),
+    "extra": (
+        lambda v: v is None or (isinstance(v, dict) and all(isinstance(k, str) for k in v)),
+        "null or an object of family-specific settings",
+    ),
 }
 
 
@@ -140,14 +142,19 @@ def _margin_problems(radius: Any, norm: Any) -> list[str]:
     norms = list(norm) if isinstance(norm, (list, tuple)) else None
     if radii in ([0], [0.0]) or norms is None or len(norms) == len(radii):
         return []
-    return [f"margin_radius {radius!r} and margin_norm {norm!r} must pair up: one norm per radius "
-            f"(lists of equal length, or one norm for every radius)"]
+    return [
+        f"margin_radius {radius!r} and margin_norm {norm!r} must pair up: one norm per radius "
+        f"(lists of equal length, or one norm for every radius)"
+    ]
 
 
 def settings_problems(values: dict[str, Any]) -> list[str]:
     """Every problem with ``values`` (setting name → value; names must be fields of TrainConfig), in field order."""
-    problems = [f"{name} must be {rule}, got {_shown(values[name])}"
-                for name, (ok, rule) in _RULES.items() if name in values and not ok(values[name])]
+    problems = [
+        f"{name} must be {rule}, got {_shown(values[name])}"
+        for name, (ok, rule) in _RULES.items()
+        if name in values and not ok(values[name])
+    ]
     if not any(p.startswith("margin_") for p in problems):
         problems += _margin_problems(values.get("margin_radius", 0.0), values.get("margin_norm", 2.0))
     return problems
@@ -188,8 +195,10 @@ def check_model_overrides(overrides: dict[str, Any] | None, built: dict[str, Any
     unused = unapplied_keys(overrides or {}, built)
     if unused:
         kind = built.get("kind", "?")
-        raise SettingsError(f"model setting(s) {', '.join(map(repr, unused))} have no effect on a {kind!r} model; "
-                            f"its settings are: {', '.join(sorted(built))}")
+        raise SettingsError(
+            f"model setting(s) {', '.join(map(repr, unused))} have no effect on a {kind!r} model; "
+            f"its settings are: {', '.join(sorted(built))}"
+        )
 
 
 @dataclass
@@ -266,8 +275,11 @@ class TrainConfig:
             raise SettingsError(f"training settings must be an object of KEY: VALUE, got {type(d).__name__}")
         known = [f.name for f in fields(cls)]
         unknown = sorted(str(k) for k in d if k not in known)
-        problems = [f"unknown training setting(s) {', '.join(map(repr, unknown))} (known: {', '.join(known)})"] \
-            if unknown else []
+        problems = (
+            [f"unknown training setting(s) {', '.join(map(repr, unknown))} (known: {', '.join(known)})"]
+            if unknown
+            else []
+        )
         _raise_if_any(problems + settings_problems({k: v for k, v in d.items() if k in known}))
         return cls(**d)
 

@@ -51,11 +51,23 @@ if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would
 INF = math.inf
 
 LINF_EXTRA_DEFAULTS: dict[str, Any] = {
-    "betas": [0.9, 0.99], "adam_eps": 1e-10, "eps_eval": 0.1, "eps_train": 0.3, "lambda": [0.05, 0.0002],
-    "p_start": 8.0, "p_end": 1000.0, "p_phases": [25 / 450, 400 / 450], "robust_classes": "sensitive",
+    "betas": [0.9, 0.99],
+    "adam_eps": 1e-10,
+    "eps_eval": 0.1,
+    "eps_train": 0.3,
+    "lambda": [0.05, 0.0002],
+    "p_start": 8.0,
+    "p_end": 1000.0,
+    "p_phases": [25 / 450, 400 / 450],
+    "robust_classes": "sensitive",
 }
 LINF_TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 100, "batch_size": 512, "optimizer": "adam", "lr": 0.03, "schedule": "cosine", "weight_decay": 0.0,
+    "epochs": 100,
+    "batch_size": 512,
+    "optimizer": "adam",
+    "lr": 0.03,
+    "schedule": "cosine",
+    "weight_decay": 0.0,
     "extra": dict(LINF_EXTRA_DEFAULTS),
 }
 """Training settings for ``--model linf-dist`` (the paper's optimiser; 100 epochs instead of 450 so
@@ -63,8 +75,9 @@ that a CPU run is feasible). ``eps_eval``/``eps_train`` are for Fashion-MNIST/MN
 for another task set ``eps_eval`` to its report radius and ``eps_train`` to about 2–3× that."""
 
 
-def p_schedule(progress: float, p_start: float = 8.0, p_end: float = 1000.0,
-               phases: tuple[float, float] = (25 / 450, 400 / 450)) -> float:
+def p_schedule(
+    progress: float, p_start: float = 8.0, p_end: float = 1000.0, phases: tuple[float, float] = (25 / 450, 400 / 450)
+) -> float:
     """The ℓp exponent at training progress ``progress`` ∈ [0, 1] (∞ after the growth phase).
 
     p = p_start before ``phases[0]``, p_start·(p_end/p_start)^ρ with ρ rising linearly to 1 at
@@ -84,9 +97,15 @@ def growth_ratio(progress: float, phases: tuple[float, float]) -> float:
     return min(max((progress - a) / (b - a), 0.0), 1.0)
 
 
-def mixture_loss(logits: torch.Tensor, y: torch.Tensor, theta: float, lam: float, scale: torch.Tensor | float,
-                 upper_gaps: torch.Tensor | None = None, weights: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mixture_loss(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    theta: float,
+    lam: float,
+    scale: torch.Tensor | float,
+    upper_gaps: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The v2 loss: mean w·clip(max_{j≠y} ub_j/θ, 0, 1) + λ·CE(s·g, y).
 
     Args:
@@ -168,13 +187,18 @@ class LinfDistRecipe:
         net.set_p(self.p_at(0.0))
         top = int(train.y.max()) if len(train) else 0
         if top >= net.num_classes:
-            raise ValueError(f"training labels go up to {top} but the model has {net.num_classes} classes; "
-                             f"set the model's num_classes (--model-set num_classes=K)")
+            raise ValueError(
+                f"training labels go up to {top} but the model has {net.num_classes} classes; "
+                f"set the model's num_classes (--model-set num_classes=K)"
+            )
         if not net.binary and top <= 1 and net.num_classes > 2:
-            warnings.warn("the training labels are only 0/1 but the ℓ∞-dist model is a "
-                          f"{net.num_classes}-class model; for a binary sensitive-class task build it with "
-                          "num_classes=2, binary=true (--model-set num_classes=2 --model-set binary=true)",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "the training labels are only 0/1 but the ℓ∞-dist model is a "
+                f"{net.num_classes}-class model; for a binary sensitive-class task build it with "
+                "num_classes=2, binary=true (--model-set num_classes=2 --model-set binary=true)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def on_epoch_start(self, model: nn.Module, epoch: int, progress: float) -> None:
         net = cast("LinfDistNet", model)  # this recipe trains LinfDistNet models
@@ -193,8 +217,13 @@ class LinfDistRecipe:
         if net.binary and self.robust_classes == "sensitive":
             weights = (y == 1).to(logits.dtype)
         loss, hinge, ce = mixture_loss(logits, y, 2 * eps, lam, net.logit_scale(), gaps, weights)
-        return loss, {"hinge": hinge.item(), "ce": ce.item(), "p": min(p, 1e4), "lambda": lam,
-                      "scale": net.logit_scale().item()}
+        return loss, {
+            "hinge": hinge.item(),
+            "ce": ce.item(),
+            "p": min(p, 1e4),
+            "lambda": lam,
+            "scale": net.logit_scale().item(),
+        }
 
     def after_step(self, model: nn.Module) -> None:
         pass
@@ -211,7 +240,7 @@ class LinfDistRecipe:
             eps = self.eps_eval / net.std
             preds, certs = [], []
             for i in range(0, len(val), batch_size):
-                xb = val.x[i:i + batch_size].to(device)
+                xb = val.x[i : i + batch_size].to(device)
                 z, y_last = net.features(xb, return_last_distance=True)
                 logits = net.logits_from_features(z)
                 cls = (logits[:, 1] > logits[:, 0]).long() if net.binary else logits.argmax(dim=1)
@@ -236,7 +265,6 @@ class LinfDistRecipe:
             out.update(metric=float((correct & cert).float().mean()))
         out["certified"] = out["metric"] if not net.binary else out["certified_tpr"]
         return out
-
 
 
 __all__ = [

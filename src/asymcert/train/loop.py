@@ -37,7 +37,7 @@ STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "history", "best", "be
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" → CUDA when available else CPU; otherwise ``torch.device(name)`` (cpu, cuda[:i], mps).
+    """ "auto" → CUDA when available else CPU; otherwise ``torch.device(name)`` (cpu, cuda[:i], mps).
 
     Raises:
         ConfigError: an unknown device name (the message lists the valid ones and those present),
@@ -46,13 +46,18 @@ def resolve_device(name: str) -> torch.device:
     device = parse_device(name)
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    here = ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] + \
-        (["mps"] if torch.backends.mps.is_available() else [])
-    cuda_missing = device.type == "cuda" and (not torch.cuda.is_available() or
-                                              (device.index or 0) >= torch.cuda.device_count())
+    here = (
+        ["auto", "cpu"]
+        + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        + (["mps"] if torch.backends.mps.is_available() else [])
+    )
+    cuda_missing = device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    )
     if cuda_missing or (device.type == "mps" and not torch.backends.mps.is_available()):
-        raise ConfigError(f"device {name!r} is not available here; devices here: {', '.join(here)} "
-                          f"(valid names: {DEVICE_HELP})")
+        raise ConfigError(
+            f"device {name!r} is not available here; devices here: {', '.join(here)} (valid names: {DEVICE_HELP})"
+        )
     return device
 
 
@@ -75,8 +80,13 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
         extra = config.extra or {}
-        return torch.optim.Adam(params, lr=config.lr, betas=tuple(extra.get("betas", (0.9, 0.999))),
-                                eps=float(extra.get("adam_eps", 1e-8)), weight_decay=config.weight_decay)
+        return torch.optim.Adam(
+            params,
+            lr=config.lr,
+            betas=tuple(extra.get("betas", (0.9, 0.999))),
+            eps=float(extra.get("adam_eps", 1e-8)),
+            weight_decay=config.weight_decay,
+        )
     raise ConfigError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
 
 
@@ -152,14 +162,19 @@ def read_train_state(state_file: Path, device: torch.device, fingerprint: str) -
             state = torch.load(state_file, map_location=device, weights_only=True)
     except Exception as exc:  # a damaged or hostile file fails in many ways; none may escape as a crash
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{state_file} is not a readable training state ({type(exc).__name__}: {first}); "
-                              f"delete it to start the run over") from None
+        raise CheckpointError(
+            f"{state_file} is not a readable training state ({type(exc).__name__}: {first}); "
+            f"delete it to start the run over"
+        ) from None
     if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
-        raise CheckpointError(f"{state_file} is not a training state written by asymcert (keys missing); "
-                              f"delete it to start the run over")
+        raise CheckpointError(
+            f"{state_file} is not a training state written by asymcert (keys missing); delete it to start the run over"
+        )
     if state["fingerprint"] != fingerprint:
-        raise RunFolderConflictError(f"{state_file.parent} holds an interrupted run with other settings; use a new "
-                                     f"--out folder or delete {state_file} to start over")
+        raise RunFolderConflictError(
+            f"{state_file.parent} holds an interrupted run with other settings; use a new "
+            f"--out folder or delete {state_file} to start over"
+        )
     return state
 
 
@@ -176,9 +191,19 @@ class TrainingSession:
     history and best-validation state of the interrupted run.
     """
 
-    def __init__(self, model: nn.Module, data: TaskData, config: TrainConfig, out: Path | None,
-                 augment: Augment | None, recipe: Recipe, device: torch.device, progress: bool,
-                 log: Callable[[str], None], meta: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        data: TaskData,
+        config: TrainConfig,
+        out: Path | None,
+        augment: Augment | None,
+        recipe: Recipe,
+        device: torch.device,
+        progress: bool,
+        log: Callable[[str], None],
+        meta: dict[str, Any] | None,
+    ) -> None:
         self.model, self.data, self.config, self.out = model, data, config, out
         self.recipe, self.device, self.meta = recipe, device, meta
         # a named augmentation replaces the task's
@@ -216,8 +241,10 @@ class TrainingSession:
                 self.best["metric"] = -math.inf
             self.best_state = state["best_model"]
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-            raise CheckpointError(f"{self.state_file} does not fit this model and optimizer ({type(exc).__name__}: "
-                                  f"{(str(exc).splitlines() or [''])[0][:200]}); delete it to start over") from None
+            raise CheckpointError(
+                f"{self.state_file} does not fit this model and optimizer ({type(exc).__name__}: "
+                f"{(str(exc).splitlines() or [''])[0][:200]}); delete it to start over"
+            ) from None
         self.resumed = True
         return True
 
@@ -236,7 +263,8 @@ class TrainingSession:
         engine: nn.Module = _LossModule(model, self.recipe)
         if distributed.is_distributed():
             engine = torch.nn.parallel.DistributedDataParallel(
-                engine, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                engine, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         seconds = sum(h.get("seconds", 0.0) for h in self.history)
         for epoch in range(self.start_epoch, config.epochs):
             t0 = time.perf_counter()
@@ -259,13 +287,25 @@ class TrainingSession:
         self.recipe.on_epoch_start(model, epoch, prog0)
         model.train()
         # every process draws the whole global batch (same shuffle and augmentation) and keeps its shard
-        batches = EpochBatches(self.data.train.x, self.data.train.y, config.batch_size, config.seed, epoch,
-                               self.augment if config.augment else None)
-        autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16,
-                                  enabled=config.amp and device.type == "cuda")
+        batches = EpochBatches(
+            self.data.train.x,
+            self.data.train.y,
+            config.batch_size,
+            config.seed,
+            epoch,
+            self.augment if config.augment else None,
+        )
+        autocast = torch.autocast(
+            device_type="cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"
+        )
         totals: dict[str, float] = {}
-        bar = tqdm(epoch_batches(batches, resolve_workers(config.workers, device), device.type == "cuda"),
-                   total=self.steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not self.progress, leave=False)
+        bar = tqdm(
+            epoch_batches(batches, resolve_workers(config.workers, device), device.type == "cuda"),
+            total=self.steps,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not self.progress,
+            leave=False,
+        )
         for step, (x, y) in enumerate(bar):
             if world > 1:  # this process's shard of the global batch
                 x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
@@ -290,9 +330,13 @@ class TrainingSession:
     def _end_epoch(self, epoch: int, totals: dict[str, float], val: dict[str, float], seconds: float) -> None:
         """Record the epoch, keep the best eligible weights, write checkpoint, state and history (rank 0)."""
         config, model, out = self.config, self.model, self.out
-        record = {"epoch": epoch + 1, **{k: v / self.steps for k, v in totals.items()},
-                  **{f"val_{k}": v for k, v in val.items()}, "seconds": seconds,
-                  "lr": self.optimizer.param_groups[0]["lr"]}
+        record = {
+            "epoch": epoch + 1,
+            **{k: v / self.steps for k, v in totals.items()},
+            **{f"val_{k}": v for k, v in val.items()},
+            "seconds": seconds,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
         self.history.append(record)
         # a recipe may rule an epoch out of the selection (e.g. one trained before its loss was complete)
         if val.get("eligible", 1.0) and val["metric"] > self.best["metric"]:
@@ -301,20 +345,37 @@ class TrainingSession:
             if out is not None and self.writer:
                 save(model, out, meta={"task_meta": self.meta or {}, "best_epoch": epoch + 1})
         if out is not None and self.writer:
-            state = {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "epoch": epoch,
-                     "history": dumps_strict(self.history), "best": dumps_strict(self.best),
-                     "best_model": self.best_state, "fingerprint": self.fingerprint}
+            state = {
+                "model": model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "epoch": epoch,
+                "history": dumps_strict(self.history),
+                "best": dumps_strict(self.best),
+                "best_model": self.best_state,
+                "fingerprint": self.fingerprint,
+            }
             atomic_write(out / STATE_FILE, lambda tmp: _save_state(state, tmp))
             write_json(out / HISTORY_FILE, self.history)
         distributed.barrier()
-        self.log(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val metric {val['metric']:.4f}"
-                 + (" (best)" if self.best["epoch"] == epoch + 1 else "") + f", {seconds:.1f}s")
+        self.log(
+            f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val metric {val['metric']:.4f}"
+            + (" (best)" if self.best["epoch"] == epoch + 1 else "")
+            + f", {seconds:.1f}s"
+        )
 
 
-def prepare_fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Path | None = None,
-                augment: Augment | None = None, recipe: Recipe | None = None, progress: bool = True,
-                log: Callable[[str], None] | None = None, meta: dict[str, Any] | None = None) -> TrainingSession:
+def prepare_fit(
+    model: nn.Module,
+    data: TaskData,
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    augment: Augment | None = None,
+    recipe: Recipe | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> TrainingSession:
     """Check the settings and read the resume state of ``out_dir``; writes nothing.
 
     Raises:
@@ -324,15 +385,33 @@ def prepare_fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: 
     """
     device, recipe = check_config(model, config, recipe)
     model.to(device)
-    session = TrainingSession(model, data, config, Path(out_dir) if out_dir is not None else None, augment,
-                              recipe, device, progress, log or (lambda msg: tqdm.write(msg)), meta)
+    session = TrainingSession(
+        model,
+        data,
+        config,
+        Path(out_dir) if out_dir is not None else None,
+        augment,
+        recipe,
+        device,
+        progress,
+        log or (lambda msg: tqdm.write(msg)),
+        meta,
+    )
     session.resume()
     return session
 
 
-def fit(model: nn.Module, data: TaskData, config: TrainConfig, out_dir: str | Path | None = None,
-        augment: Augment | None = None, recipe: Recipe | None = None, progress: bool = True,
-        log: Callable[[str], None] | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def fit(
+    model: nn.Module,
+    data: TaskData,
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    augment: Augment | None = None,
+    recipe: Recipe | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train ``model`` on ``data.train``, select on ``data.val``, checkpoint into ``out_dir``.
 
     When ``out_dir`` holds a ``train_state.pt`` from an interrupted run with the same settings,

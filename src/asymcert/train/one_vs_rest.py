@@ -30,8 +30,15 @@ if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would
     from asymcert.models.one_vs_rest import OneVsRestConvex
 
 ONE_VS_REST_TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 8, "batch_size": 64, "lr": 1e-3, "optimizer": "sgd", "momentum": 0.9, "lr_decay": 0.99,
-    "schedule": "exponential", "weight_decay": 0.0, "jacobian_reg": 0.01,
+    "epochs": 8,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "lr_decay": 0.99,
+    "schedule": "exponential",
+    "weight_decay": 0.0,
+    "jacobian_reg": 0.01,
 }
 """Training settings for ``--model one-vs-rest-convex`` on a task whose default model is of another
 family: the feature-convex paper's MNIST/Fashion recipe (SGD lr 1e-3, momentum 0.9, decay 0.99 per
@@ -56,8 +63,10 @@ class OneVsRestRecipe:
         ovr = cast("OneVsRestConvex", model)  # this recipe trains OneVsRestConvex models
         labels = train.y.unique()
         if int(labels.min()) < 0 or int(labels.max()) >= ovr.num_classes:
-            raise ValueError(f"training labels range over {int(labels.min())}..{int(labels.max())}, but the "
-                             f"one-vs-rest model has {ovr.num_classes} members (classes 0..{ovr.num_classes - 1})")
+            raise ValueError(
+                f"training labels range over {int(labels.min())}..{int(labels.max())}, but the "
+                f"one-vs-rest model has {ovr.num_classes} members (classes 0..{ovr.num_classes - 1})"
+            )
         for m in ovr.member_models:
             self.member.prepare(m, train)
 
@@ -112,10 +121,14 @@ class OneVsRestRecipe:
         scores = predict_scores(model, val.x, batch_size, device)
         acc = float((scores.argmax(dim=1) == val.y).float().mean())
         flags = (scores > 0).sum(dim=1)
-        return {"metric": acc, "accuracy": acc, "member_balanced": sum(balanced) / max(1, len(balanced)),
-                "no_flag": float((flags == 0).float().mean()), "multi_flag": float((flags > 1).float().mean()),
-                "eligible": eligible}
-
+        return {
+            "metric": acc,
+            "accuracy": acc,
+            "member_balanced": sum(balanced) / max(1, len(balanced)),
+            "no_flag": float((flags == 0).float().mean()),
+            "multi_flag": float((flags > 1).float().mean()),
+            "eligible": eligible,
+        }
 
 
 __all__ = ["ONE_VS_REST_TRAIN_DEFAULTS", "OneVsRestRecipe", "member_labels"]

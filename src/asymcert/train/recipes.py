@@ -44,7 +44,7 @@ def predict_scores(model: nn.Module, x: torch.Tensor, batch_size: int, device: t
     """Model outputs for ``x`` in eval mode, batched, returned on CPU."""
     was = model.training
     model.eval()
-    out = torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+    out = torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
     model.train(was)
     return out
 
@@ -74,7 +74,9 @@ class FeatureConvexRecipe:
         self._epoch_progress = 0.0
         self.jacobian_reg = float(config.jacobian_reg)
         radii = config.margin_radius if isinstance(config.margin_radius, (list, tuple)) else [config.margin_radius]
-        norms = config.margin_norm if isinstance(config.margin_norm, (list, tuple)) else [config.margin_norm] * len(radii)
+        norms = (
+            config.margin_norm if isinstance(config.margin_norm, (list, tuple)) else [config.margin_norm] * len(radii)
+        )
         if radii == [0]:  # the margin loss is off (also for 0.0); its norms do not matter
             radii, norms = [], []
         self.margins = [(float(p), float(r)) for p, r in zip(norms, radii)]
@@ -85,13 +87,17 @@ class FeatureConvexRecipe:
         if not self.sensitive_weight > 0:
             raise ValueError(f"sensitive_weight must be > 0, got {config.sensitive_weight}")
         if len(norms) != len(radii):
-            raise ValueError(f"margin_radius {config.margin_radius} and margin_norm {config.margin_norm} must pair up: "
-                             f"one norm per radius (e.g. --set margin_radius=1 --set margin_norm=2, or lists of "
-                             f"equal length)")
+            raise ValueError(
+                f"margin_radius {config.margin_radius} and margin_norm {config.margin_norm} must pair up: "
+                f"one norm per radius (e.g. --set margin_radius=1 --set margin_norm=2, or lists of "
+                f"equal length)"
+            )
         if any(r < 0 or p < 1 for p, r in self.margins) or not 0 <= self.margin_warmup <= 1:
-            raise ValueError(f"margin loss needs margin_radius ≥ 0 and margin_norm ≥ 1 (one norm per radius) and "
-                             f"0 ≤ margin_warmup ≤ 1; got {config.margin_radius}, {config.margin_norm}, "
-                             f"{config.margin_warmup}")
+            raise ValueError(
+                f"margin loss needs margin_radius ≥ 0 and margin_norm ≥ 1 (one norm per radius) and "
+                f"0 ≤ margin_warmup ≤ 1; got {config.margin_radius}, {config.margin_norm}, "
+                f"{config.margin_warmup}"
+            )
 
     def prepare(self, model: nn.Module, train: Dataset) -> None:
         fc = _classifier(model)
@@ -134,8 +140,13 @@ class FeatureConvexRecipe:
             scale = self.margin_scale(progress)
             if self.margin_radius > 0 and scale > 0:
                 # the lowest score over the union of the balls: the smallest of the per-norm bounds
-                bound = torch.stack([certified_lower_bound(score, grad, scale * r, p, fc.feature_lipschitz(p))
-                                     for p, r in self.margins if r > 0]).amin(dim=0)
+                bound = torch.stack(
+                    [
+                        certified_lower_bound(score, grad, scale * r, p, fc.feature_lipschitz(p))
+                        for p, r in self.margins
+                        if r > 0
+                    ]
+                ).amin(dim=0)
                 logit = torch.where(y.bool(), bound, score)
                 stats["margin_scale"] = scale
         weight = None if self.sensitive_weight == 1.0 else logit.new_tensor(self.sensitive_weight)

@@ -7,11 +7,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from asymcert.certify.functional import dual_exponent
+from asymcert.distributed import differentiable_sum
 from asymcert.nn.convex import couples_batch, shared_batch_statistics
 
 
-def per_input_gradients(score_fn: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor,
-                        model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def per_input_gradients(
+    score_fn: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor, model: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every input's own gradient ∂s_i/∂φ_i, differentiable in the weights, from ONE backward pass.
 
     With one scalar score per input, the gradient of ``score.sum()`` holds every input's gradient row,
@@ -63,15 +66,15 @@ def jacobian_penalty(score: torch.Tensor, features: torch.Tensor) -> torch.Tenso
 
 def jacobian_penalty_from_grad(grad: torch.Tensor) -> torch.Tensor:
     """sqrt(Σ_i ‖grad_i‖²) of per-input gradients ``grad`` (N, ...), global under torch.distributed."""
-    from asymcert.distributed import differentiable_sum
 
     # Under DDP the norm is over the global batch: every process gets the same value, and the
     # all-reduce's backward plus DDP's gradient averaging give exactly the one-process gradient.
     return differentiable_sum(grad.pow(2).sum()).clamp_min(1e-12).sqrt()
 
 
-def certified_lower_bound(score: torch.Tensor, grad: torch.Tensor, radius: float, p: float,
-                          lipschitz: float) -> torch.Tensor:
+def certified_lower_bound(
+    score: torch.Tensor, grad: torch.Tensor, radius: float, p: float, lipschitz: float
+) -> torch.Tensor:
     """s(x) − r·Lip_p(φ)·‖∇_φ g‖_{p*}: a lower bound of the score over the ℓp ball of radius r around x.
 
     For a feature-convex model the tangent plane lies below g, so s(x + δ) ≥ s(x) − ‖δ‖_p·Lip_p(φ)·
@@ -92,7 +95,6 @@ def certified_lower_bound(score: torch.Tensor, grad: torch.Tensor, radius: float
         >>> certified_lower_bound(s, g, radius=0.1, p=2.0, lipschitz=1.0)
         tensor([0.5000])
     """
-    from asymcert.certify.functional import dual_exponent
 
     # a training loss, in the gradient's dtype: vector_norm's backward is finite at a zero gradient
     # (certification's float64 lp_norm rescales rows, whose backward is not)
