@@ -71,7 +71,7 @@ EXTRA_CASES = {  # the same certifier, another decision shape
             {"kind": "linf-dist", "input_shape": [1, 4, 4], "widths": [16, 16], "num_classes": 2, "binary": True}
         ),
         Guarantee.FLAG,
-    ),
+    )
 }
 
 

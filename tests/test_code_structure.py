@@ -11,7 +11,7 @@ MAX_LINES = 60
 """Lines of code per function, from its ``def`` to its last line, the docstring not counted."""
 
 KERNELS = {
-    "certify/bounded_convex.py::_kernel_pass": "drives the compiled float64 kernel with its rounding bounds, one pass",
+    "certify/bounded_convex.py::_kernel_pass": "drives the compiled float64 kernel with its rounding bounds, one pass"
 }
 """Numeric kernels allowed to be longer, each with the reason."""
 

@@ -68,11 +68,7 @@ def test_groupsort_and_space_to_depth_are_permutations():
 
 
 @pytest.mark.parametrize(
-    "config",
-    [
-        {"arch": "mlp", "widths": [32, 16]},
-        {"arch": "cnn", "channels": [4, 8], "fc": [16], "kernel": 3},
-    ],
+    "config", [{"arch": "mlp", "widths": [32, 16]}, {"arch": "cnn", "channels": [4, 8], "fc": [16], "kernel": 3}]
 )
 def test_declared_lipschitz_bounds_empirical_ratio(config):
     torch.manual_seed(3)

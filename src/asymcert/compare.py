@@ -317,10 +317,31 @@ def _plots(
 
 
 def render_markdown(result: dict[str, Any]) -> str:
-    """The comparison report as Markdown."""
-    lines = [f"# Comparison: {result['task_description']}", ""]
-    n_sens = result.get("n_sensitive")
+    """The comparison report (``compare.json``'s content) as Markdown."""
+    ok = {k: v for k, v in result["methods"].items() if v["status"] == "ok"}
+    lines = _md_header(result) + _md_summary_table(ok)
+    for norm in result["norms"]:
+        lines += _md_certified_table(ok, norm, result["report_radii"].get(norm, []))
+    skipped = {k: v for k, v in result["methods"].items() if v["status"] != "ok"}  # skipped or failed
+    if skipped:
+        lines += ["### Not compared", ""] + [f"- `{k}` ({v['status']}): {v['reason']}" for k, v in skipped.items()]
+        lines += [""]
     lines += [
+        "Notes: smoothing radii hold with probability 1 − α each; ℓ1/ℓ∞ radii of ℓ2 methods (and vice versa) "
+        "come from norm inequalities on R^d, so they are valid but loose. Bound-propagation radii are the "
+        "largest ε verified by bisection (a lower bound on the method's exact certified radius).",
+        "",
+    ]
+    lines += [f"![{key}]({png})" for key, png in result.get("plots", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def _md_header(result: dict[str, Any]) -> list[str]:
+    """Title, inputs, scale notes, timing method and machine of the comparison report."""
+    n_sens = result.get("n_sensitive")
+    lines = [
+        f"# Comparison: {result['task_description']}",
+        "",
         f"- test inputs: the first {result['n_inputs']}"
         + (f" ({n_sens} of the sensitive class)" if n_sens is not None else ""),
         "- certified accuracy at r: share of sensitive-class test inputs flagged sensitive with a certified "
@@ -346,9 +367,12 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch "
             f"threads, load average {machine['load_average']} when the report was written"
         )
-    lines.append("")
-    ok = {k: v for k, v in result["methods"].items() if v["status"] == "ok"}
-    lines += [
+    return [*lines, ""]
+
+
+def _md_summary_table(ok: dict[str, dict[str, Any]]) -> list[str]:
+    """One row per compared method: certificate and guarantee, accuracies, certification and training time."""
+    lines = [
         "| method | certificate | clean accuracy | sensitive flagged | certify ms / input | training min |",
         "|---|---|---|---|---|---|",
     ]
@@ -362,37 +386,25 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{100 * e.get('sensitive_flagged_correctly', 0.0):.1f}% | "
             f"{1000 * e['certify_seconds_per_input']:.2f} | {train_min:.1f} |"
         )
-    lines.append("")
-    for norm in result["norms"]:
-        radii = result["report_radii"].get(norm, [])
-        if not radii:
-            continue
-        pretty = "ℓ∞" if norm == "linf" else "ℓ" + norm[1:]
-        lines += [
-            f"### Certified accuracy, {pretty}",
-            "",
-            "| method | " + " | ".join(f"r = {r:g}" for r in radii) + " | median radius |",
-            "|---|" + "---|" * (len(radii) + 1),
-        ]
-        for e in ok.values():
-            table = e["certified_accuracy"].get(norm, {})
-            cells = [f"{100 * table.get(f'{r:g}', 0.0):.1f}%" for r in radii]
-            lines.append(f"| {e['label']} | " + " | ".join(cells) + f" | {e['median_radius'].get(norm, 0.0):.4g} |")
-        lines.append("")
-    skipped = {k: v for k, v in result["methods"].items() if v["status"] != "ok"}  # skipped or failed
-    if skipped:
-        lines += (
-            ["### Not compared", ""] + [f"- `{k}` ({v['status']}): {v['reason']}" for k, v in skipped.items()] + [""]
-        )
-    lines += [
-        "Notes: smoothing radii hold with probability 1 − α each; ℓ1/ℓ∞ radii of ℓ2 methods (and vice versa) "
-        "come from norm inequalities on R^d, so they are valid but loose. Bound-propagation radii are the "
-        "largest ε verified by bisection (a lower bound on the method's exact certified radius).",
+    return [*lines, ""]
+
+
+def _md_certified_table(ok: dict[str, dict[str, Any]], norm: str, radii: list[float]) -> list[str]:
+    """Certified accuracy of every method at the task's report radii in ``norm`` (a label), and the median radius."""
+    if not radii:
+        return []
+    pretty = "ℓ∞" if norm == "linf" else "ℓ" + norm[1:]
+    lines = [
+        f"### Certified accuracy, {pretty}",
         "",
+        "| method | " + " | ".join(f"r = {r:g}" for r in radii) + " | median radius |",
+        "|---|" + "---|" * (len(radii) + 1),
     ]
-    for key, png in result.get("plots", {}).items():
-        lines.append(f"![{key}]({png})")
-    return "\n".join(lines) + "\n"
+    for e in ok.values():
+        table = e["certified_accuracy"].get(norm, {})
+        cells = [f"{100 * table.get(f'{r:g}', 0.0):.1f}%" for r in radii]
+        lines.append(f"| {e['label']} | " + " | ".join(cells) + f" | {e['median_radius'].get(norm, 0.0):.4g} |")
+    return [*lines, ""]
 
 
 def compare_cli_main(

@@ -155,6 +155,31 @@ def _pair_line(result: dict[str, Any]) -> str:
     return f"clean {100 * result['clean_accuracy']:.1f}%, median radius {radii} ({result['job_seconds']:.0f} s)"
 
 
+def _settings(
+    task_name: str,
+    epochs: int | None,
+    limit: int | None,
+    train_overrides: dict[str, Any] | None,
+    model: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The sweep's settings (stored with every pair's result; a re-run reuses pairs with equal settings).
+
+    Raises:
+        SweepError: ``epochs`` below 1.
+    """
+    if epochs is not None and epochs < 1:
+        raise SweepError(f"--epochs must be ≥ 1, got {epochs}")
+    train = {**PAIR_TRAIN, **(train_overrides or {}), **({"epochs": int(epochs)} if epochs is not None else {})}
+    return {
+        "task": task_name,
+        "model": dict(model or PAIR_MODEL),
+        "train": train,
+        "limit": limit,
+        "norms": [norm_label(p) for p in NORMS],
+        "report_radii": pair_report_radii(task_name),
+    }
+
+
 def sweep_pairs(
     task_name: str,
     out_dir: str | Path,
@@ -194,17 +219,8 @@ def sweep_pairs(
     if data.num_classes != 10:
         raise SweepError(f"sweep pairs needs a 10-class task; {task_name!r} has {data.num_classes} classes")
     classes = _check_classes(data, classes, task_name)
-    if epochs is not None and epochs < 1:
-        raise SweepError(f"--epochs must be ≥ 1, got {epochs}")
-    train = {**PAIR_TRAIN, **(train_overrides or {}), **({"epochs": int(epochs)} if epochs is not None else {})}
-    settings = {
-        "task": task_name,
-        "model": dict(model or PAIR_MODEL),
-        "train": train,
-        "limit": limit,
-        "norms": [norm_label(p) for p in NORMS],
-        "report_radii": pair_report_radii(task_name),
-    }
+    settings = _settings(task_name, epochs, limit, train_overrides, model)
+    train = settings["train"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clock = Clock()
@@ -220,16 +236,9 @@ def sweep_pairs(
     new, errors = run_jobs(todo, _pair_job, shared_data, workers=workers, on_done=on_done)
     results.update(new)
     summary = aggregate(results, classes, data.class_names, settings)
-    summary.update(
-        wall_seconds=clock.seconds(),
-        trained_now=len(new),
-        reused=len(jobs) - len(todo),
-        workers=max(1, workers),
-        machine_start=machine_start,
-        machine_end=describe_machine(),
-        failed={f"{a}-{b}": e for (a, b), e in errors.items()},
-        task_description=task.description,
-    )
+    summary.update(wall_seconds=clock.seconds(), trained_now=len(new), reused=len(jobs) - len(todo))
+    summary.update(workers=max(1, workers), machine_start=machine_start, machine_end=describe_machine())
+    summary.update(failed={f"{a}-{b}": e for (a, b), e in errors.items()}, task_description=task.description)
     summary["plots"] = write_plots(out, summary)
     write_json(out / RESULTS_JSON, summary)
     (out / REPORT_MD).write_text(render_markdown(summary))
@@ -373,52 +382,14 @@ def _table(matrix: list[list[float | None]], names: Sequence[str], fmt: Callable
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
-    """The pair sweep report as Markdown."""
-    s = summary["settings"]
-    t = s["train"]
-    names = summary["class_names"]
-    n_pairs = len(summary["pairs"])
-    convex = s["model"]["convex"]
-    arch = (
-        f"ICNN MLP {'-'.join(str(w) for w in convex['widths'])} (input pass-through at every layer)"
-        if convex.get("kind") == "icnn"
-        else f"`{convex}`"
-    )
-    lines = (
-        [
-            f"# Class-pair sweep: {summary['task_description']}",
-            "",
-            f"Every ordered pair (sensitive a, other b) of {len(names)} classes: {n_pairs} feature-convex "
-            "classifiers, each certified on its own test inputs.",
-            "",
-            "## Settings",
-            "",
-            f"- model: φ = {' then '.join(f['kind'] for f in s['model']['feature_map'])}, g = {arch}",
-            f"- training: {t['epochs']} epoch{'s' if t['epochs'] != 1 else ''}, {t['optimizer'].upper()} lr {t['lr']:g}"
-            + (f", momentum {t['momentum']:g}" if t["optimizer"] == "sgd" else "")
-            + f", decay {t['lr_decay']:g}/epoch, batch {t['batch_size']}, "
-            f"Jacobian regulariser λ = {t['jacobian_reg']:g}, "
-            "best-validation checkpoint, the task's training augmentation, seed " + f"{t['seed']}",
-            "- data: the task's own train / validation / test splits, two classes kept per pair; the balance shift b "
-            "is fitted on the pair's validation inputs (never on test inputs)",
-            "- evaluation: "
-            + (
-                "every test input of the pair"
-                if s["limit"] is None
-                else f"the first {s['limit']} test inputs of the pair"
-            )
-            + "; median radius = median certified radius among the sensitive-class test inputs flagged sensitive "
-            "(raw pixel units)",
-        ]
-        + run_lines(summary, "pair")
-        + [""]
-    )
+    """The pair sweep report (``results.json``'s content) as Markdown."""
+    s, names, mats = summary["settings"], summary["class_names"], summary["matrices"]
+    lines = _md_settings(summary)
     if summary["failed"]:
         lines += [
             "**Failed pairs** (not in the tables): " + "; ".join(f"{k}: {v}" for k, v in summary["failed"].items()),
             "",
         ]
-    mats = summary["matrices"]
     lines += (
         ["## Clean accuracy (%)", ""]
         + _table(
@@ -441,21 +412,62 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "",
     ]
     for n in s["norms"]:
-        lines += [
-            f"### {pretty_norm(n)}",
-            "",
-            "| a | b | radius(a, b) | radius(b, a) | difference | ratio | clean (a, b) | clean (b, a) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in summary["most_asymmetric"][n]:
-            ratio = "∞" if r["ratio"] is None else f"{r['ratio']:.2f}×"
-            lines.append(
-                f"| {r['a_name']} ({r['a']}) | {r['b_name']} ({r['b']}) | {r['radius_ab']:.3g} | "
-                f"{r['radius_ba']:.3g} | {r['difference']:.3g} | {ratio} | {100 * r['clean_ab']:.1f}% | "
-                f"{100 * r['clean_ba']:.1f}% |"
-            )
-        lines += ["", f"![asymmetry {n}]({summary['plots'][f'asymmetry_{n}']})", ""]
+        lines += _md_asymmetry(summary, n)
     return "\n".join(lines) + "\n"
+
+
+def _md_settings(summary: dict[str, Any]) -> list[str]:
+    """Title and settings (model, training, data, evaluation, timing) of the pair sweep report."""
+    s = summary["settings"]
+    t = s["train"]
+    convex = s["model"]["convex"]
+    arch = (
+        f"ICNN MLP {'-'.join(str(w) for w in convex['widths'])} (input pass-through at every layer)"
+        if convex.get("kind") == "icnn"
+        else f"`{convex}`"
+    )
+    evaluation = (
+        "every test input of the pair" if s["limit"] is None else f"the first {s['limit']} test inputs of the pair"
+    )
+    return [
+        f"# Class-pair sweep: {summary['task_description']}",
+        "",
+        f"Every ordered pair (sensitive a, other b) of {len(summary['class_names'])} classes: "
+        f"{len(summary['pairs'])} feature-convex classifiers, each certified on its own test inputs.",
+        "",
+        "## Settings",
+        "",
+        f"- model: φ = {' then '.join(f['kind'] for f in s['model']['feature_map'])}, g = {arch}",
+        f"- training: {t['epochs']} epoch{'s' if t['epochs'] != 1 else ''}, {t['optimizer'].upper()} lr {t['lr']:g}"
+        + (f", momentum {t['momentum']:g}" if t["optimizer"] == "sgd" else "")
+        + f", decay {t['lr_decay']:g}/epoch, batch {t['batch_size']}, "
+        f"Jacobian regulariser λ = {t['jacobian_reg']:g}, "
+        "best-validation checkpoint, the task's training augmentation, seed " + f"{t['seed']}",
+        "- data: the task's own train / validation / test splits, two classes kept per pair; the balance shift b "
+        "is fitted on the pair's validation inputs (never on test inputs)",
+        f"- evaluation: {evaluation}; median radius = median certified radius among the sensitive-class test "
+        "inputs flagged sensitive (raw pixel units)",
+        *run_lines(summary, "pair"),
+        "",
+    ]
+
+
+def _md_asymmetry(summary: dict[str, Any], norm: str) -> list[str]:
+    """The most asymmetric pairs in ``norm`` (a label) as a table, and the asymmetry heatmap."""
+    lines = [
+        f"### {pretty_norm(norm)}",
+        "",
+        "| a | b | radius(a, b) | radius(b, a) | difference | ratio | clean (a, b) | clean (b, a) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["most_asymmetric"][norm]:
+        ratio = "∞" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+        lines.append(
+            f"| {r['a_name']} ({r['a']}) | {r['b_name']} ({r['b']}) | {r['radius_ab']:.3g} | "
+            f"{r['radius_ba']:.3g} | {r['difference']:.3g} | {ratio} | {100 * r['clean_ab']:.1f}% | "
+            f"{100 * r['clean_ba']:.1f}% |"
+        )
+    return [*lines, "", f"![asymmetry {norm}]({summary['plots'][f'asymmetry_{norm}']})", ""]
 
 
 def pairs_cli_main(

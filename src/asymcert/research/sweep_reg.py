@@ -175,6 +175,11 @@ def _plot_fronts(entries: list[dict[str, Any]], fronts: dict[str, dict[str, Any]
     return plot_pareto(panels, out / PARETO_PNG, f"{description}: clean vs certified accuracy").name
 
 
+def _point_line(result: dict[str, Any]) -> str:
+    """One progress line for a finished grid point: clean accuracy and seconds."""
+    return f"clean {100 * result['clean_accuracy']:.1f}% ({result['job_seconds']:.0f} s)"
+
+
 def sweep_reg(
     task_name: str,
     out_dir: str | Path,
@@ -212,13 +217,8 @@ def sweep_reg(
     lambdas, feature_maps = _check_grid(lambdas, feature_maps, epochs)
     radii = {_label(p): list(r) for p, r in task.report_radii.items()}
     chosen = {n: (pareto_radii or {}).get(n, r[1] if len(r) > 1 else r[0]) for n, r in radii.items() if r}
-    settings = {
-        "task": task_name,
-        "epochs": int(epochs or REG_EPOCHS),
-        "limit": limit,
-        "base_model": task.model,
-        "base_train": task.train,
-    }
+    settings = {"task": task_name, "epochs": int(epochs or REG_EPOCHS), "limit": limit}
+    settings.update(base_model=task.model, base_train=task.train)
     data = data or task.load(Path(data_dir) if data_dir else None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,40 +230,18 @@ def sweep_reg(
         f"{len(jobs)} grid points: {len(results)} finished before, {len(todo)} to train "
         f"({settings['epochs']} epochs each, {max(1, workers)} worker(s))"
     )
-    on_done = progress_log(
-        log,
-        len(jobs),
-        len(results),
-        lambda job: point_name(*job),
-        lambda result: f"clean {100 * result['clean_accuracy']:.1f}% ({result['job_seconds']:.0f} s)",
-    )
-    new, errors = run_jobs(
-        todo,
-        _reg_job,
-        {"data": data, "settings": settings, "out": str(out), "data_dir": str(data_dir) if data_dir else None},
-        workers=workers,
-        on_done=on_done,
-    )
+    on_done = progress_log(log, len(jobs), len(results), lambda job: point_name(*job), _point_line)
+    shared_data = {"data": data, "settings": settings, "out": str(out), "data_dir": str(data_dir) if data_dir else None}
+    new, errors = run_jobs(todo, _reg_job, shared_data, workers=workers, on_done=on_done)
     results.update(new)
     entries = [{k: v for k, v in results[j].items() if k != "settings"} for j in jobs if j in results]
     fronts = _fronts(entries, chosen)
-    summary = {
-        "task": task_name,
-        "task_description": task.description,
-        "settings": settings,
-        "lambdas": lambdas,
-        "feature_maps": feature_maps,
-        "report_radii": radii,
-        "entries": entries,
-        "pareto": fronts,
-        "wall_seconds": clock.seconds(),
-        "trained_now": len(new),
-        "reused": len(jobs) - len(todo),
-        "workers": max(1, workers),
-        "machine_start": machine_start,
-        "machine_end": describe_machine(),
-        "failed": {point_name(*j): e for j, e in errors.items()},
-    }
+    summary: dict[str, Any] = {"task": task_name, "task_description": task.description, "settings": settings}
+    summary["lambdas"] = lambdas
+    summary.update(feature_maps=feature_maps, report_radii=radii, entries=entries, pareto=fronts)
+    summary.update(wall_seconds=clock.seconds(), trained_now=len(new), reused=len(jobs) - len(todo))
+    summary.update(workers=max(1, workers), machine_start=machine_start, machine_end=describe_machine())
+    summary["failed"] = {point_name(*j): e for j, e in errors.items()}
     summary["plots"] = {"pareto": _plot_fronts(entries, fronts, out, task.description)}
     write_json(out / RESULTS_JSON, summary)
     (out / REPORT_MD).write_text(render_markdown(summary))
