@@ -3,6 +3,16 @@
 from asymcert.train.balance import fit_balance
 from asymcert.train.config import TrainConfig
 from asymcert.train.loop import fit
+from asymcert.train.own_loop import CertifiableTraining, make_certifiable
 from asymcert.train.recipes import FeatureConvexRecipe, Recipe, recipe_for
 
-__all__ = ["FeatureConvexRecipe", "Recipe", "TrainConfig", "fit", "fit_balance", "recipe_for"]
+__all__ = [
+    "CertifiableTraining",
+    "FeatureConvexRecipe",
+    "Recipe",
+    "TrainConfig",
+    "fit",
+    "fit_balance",
+    "make_certifiable",
+    "recipe_for",
+]

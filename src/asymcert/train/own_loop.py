@@ -1,0 +1,165 @@
+"""Your own training loop, certifiable: :func:`make_certifiable` wraps a model and its optimizer.
+
+A user with a feature-convex model, a PyTorch optimizer and DataLoaders keeps their loop; asymcert
+adds what makes its certificates hold and its radii large:
+
+* the convexity constraint after every optimizer step (a step post-hook on the optimizer, so any
+  loop that calls ``optimizer.step()`` stays safe);
+* the family's loss as a function, :meth:`CertifiableTraining.loss`: binary cross-entropy on the
+  score, on the certified lower bound of the score over an ℓp ball for sensitive inputs
+  (``margin_radius``), plus the Jacobian regulariser (``jacobian_reg``); the same terms as
+  :class:`~asymcert.train.recipes.FeatureConvexRecipe`;
+* φ's data statistics (:meth:`CertifiableTraining.fit_feature_map`) and the balance shift b fitted on
+  validation data, followed by a final check that refuses a model asymcert cannot vouch for
+  (:meth:`CertifiableTraining.finish`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from asymcert.data.tasks import Dataset
+from asymcert.errors import ConfigError, ModelError
+from asymcert.models.feature_convex import FeatureConvexClassifier
+from asymcert.train.balance import fit_balance
+from asymcert.train.config import TrainConfig
+from asymcert.train.recipes import FeatureConvexRecipe
+
+Batches = torch.Tensor | Iterable[Any]
+"""Inputs (N, *input_shape) in raw units, or an iterable of batches ``x`` or ``(x, y, ...)`` (a DataLoader)."""
+
+
+@dataclass
+class CertifiableTraining:
+    """A feature-convex model and its optimizer, made certifiable by :func:`make_certifiable`.
+
+    Attributes:
+        model: the classifier being trained (the user's own object, changed in place).
+        optimizer: the user's optimizer; after each of its steps the model is projected.
+        recipe: the family's loss terms for the chosen settings.
+    """
+
+    model: FeatureConvexClassifier
+    optimizer: torch.optim.Optimizer
+    recipe: FeatureConvexRecipe
+    _hook: RemovableHandle | None = field(default=None, repr=False)
+
+    def fit_feature_map(self, x: Batches) -> None:
+        """Fit φ's data statistics (e.g. the mean of ``shift``) on training inputs, set b = 0 and project.
+
+        Args:
+            x: training inputs (N, *input_shape), raw units, or a loader of batches.
+        """
+        inputs = _inputs(x)
+        self.recipe.prepare(self.model, Dataset(inputs, torch.zeros(len(inputs), dtype=torch.long)))
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The family's training loss of one batch (a scalar to call ``backward()`` on).
+
+        Args:
+            x: (B, *input_shape) inputs in raw units.
+            y: (B,) labels, 1 = sensitive (flagged), 0 = other.
+        """
+        return self.recipe.loss(self.model, x, y, progress=1.0)[0]
+
+    def finish(self, val: Batches, labels: torch.Tensor | None = None) -> float:
+        """Fit the balance shift b on validation data, then check the model; returns b.
+
+        Args:
+            val: a loader of ``(x, y)`` batches, or validation inputs (N, *input_shape) with ``labels``.
+            labels: (N,) validation labels when ``val`` is a tensor.
+        Raises:
+            ConvexityError: the model is not one asymcert can certify (e.g. a constrained weight was
+                made negative outside the optimizer), naming every problem.
+            ConfigError: validation data without both classes.
+        """
+        x, y = (val, labels) if isinstance(val, torch.Tensor) else _pairs(val)
+        if y is None or len(y) != len(x) or not bool((y == 1).any() and (y == 0).any()):
+            raise ConfigError("finish needs validation inputs with labels of both classes (1 = sensitive, 0 = other)")
+        self.model.validate()
+        self.model.set_balance(0.0)
+        with torch.no_grad():
+            was = self.model.training
+            self.model.eval()
+            scores = torch.cat([self.model(c) for c in x.split(4096)]).float().cpu()
+            self.model.train(was)
+        b = fit_balance(scores, y.cpu())
+        self.model.set_balance(b)
+        return b
+
+    def detach(self) -> None:
+        """Remove the projection hook from the optimizer (the model is no longer kept valid)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+
+def make_certifiable(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    margin_radius: float | Sequence[float] = 0.0,
+    margin_norm: float | Sequence[float] = 2.0,
+    jacobian_reg: float = 0.0,
+    sensitive_weight: float = 1.0,
+) -> CertifiableTraining:
+    """Make a plain PyTorch training loop of a feature-convex model certifiable.
+
+    Args:
+        model: a :class:`~asymcert.models.FeatureConvexClassifier` (built with ``build_model``).
+        optimizer: an optimizer over the model's parameters.
+        margin_radius: radius (raw input units) of the certified-margin loss on sensitive inputs;
+            0 turns it off; a list takes the lowest bound over several balls.
+        margin_norm: ℓp norm(s) of the margin balls, one per radius.
+        jacobian_reg: weight of the Jacobian regulariser.
+        sensitive_weight: weight of the sensitive class in the cross-entropy.
+    Returns:
+        A :class:`CertifiableTraining`; the optimizer now projects the model after every step.
+    Raises:
+        ModelError: ``model`` is not a feature-convex classifier.
+        ConvexityError: the model is invalid before training starts.
+        ConfigError: the optimizer holds none of the model's parameters.
+        SettingsError: a loss setting out of range (names every problem).
+    """
+    if not isinstance(model, FeatureConvexClassifier):
+        raise ModelError(f"make_certifiable trains feature-convex classifiers, got {type(model).__name__}")
+    model.validate()
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not any(id(p) in held for p in model.parameters()):
+        raise ConfigError("the optimizer holds none of the model's parameters; build it from model.parameters()")
+    radii = [float(r) for r in margin_radius] if isinstance(margin_radius, Sequence) else float(margin_radius)
+    norms = [float(p) for p in margin_norm] if isinstance(margin_norm, Sequence) else float(margin_norm)
+    config = TrainConfig(
+        margin_radius=radii,
+        margin_norm=norms,
+        jacobian_reg=jacobian_reg,
+        sensitive_weight=sensitive_weight,
+        margin_warmup=0.0,
+        train_at_balance=False,
+    )
+    recipe = FeatureConvexRecipe(config)
+    model.set_balance(0.0)
+    model.project()
+    hook = optimizer.register_step_post_hook(lambda opt, args, kwargs: model.project())
+    return CertifiableTraining(model, optimizer, recipe, hook)
+
+
+def _inputs(x: Batches) -> torch.Tensor:
+    """Inputs as one tensor: ``x`` itself, or the first element of every batch of a loader, concatenated."""
+    if isinstance(x, torch.Tensor):
+        return x
+    return torch.cat([b[0] if isinstance(b, (tuple, list)) else b for b in x])
+
+
+def _pairs(loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ``(x, y)`` of a loader of batches, concatenated."""
+    batches = [(b[0], b[1]) for b in loader]
+    if not batches:
+        raise ConfigError("finish needs validation data; the loader gave no batches")
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])

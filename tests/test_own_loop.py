@@ -1,0 +1,174 @@
+"""make_certifiable: a plain PyTorch loop keeps the model valid, uses the family's loss, fits b, and refuses
+an invalid model; the README's example runs as written."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import asymcert
+from asymcert.certify.attacks import decision_flips, pgd_attack
+from asymcert.errors import ConfigError, ConvexityError, ModelError, SettingsError
+from asymcert.models import build_model
+from asymcert.nn.convex import NonnegLinear
+from asymcert.train import FeatureConvexRecipe, TrainConfig, fit_balance, make_certifiable
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _model(d: int = 6) -> asymcert.models.FeatureConvexClassifier:
+    torch.manual_seed(0)
+    return build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [d],
+            "feature_map": [{"kind": "shift"}],
+            "convex": {"kind": "icnn", "widths": [16, 8]},
+        }
+    )
+
+
+def _data(n: int = 300, d: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, d, generator=g)
+    return x, (x[:, 0] - 0.5 * x[:, 1] > 0).long()
+
+
+def _constrained(model) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, NonnegLinear)]
+
+
+def _hostile_steps(model, optimizer, steps: int = 3) -> None:
+    """Steps whose gradient pushes every constrained weight far below 0."""
+    for _ in range(steps):
+        optimizer.zero_grad()
+        sum(w.sum() for w in _constrained(model)).backward()
+        optimizer.step()
+
+
+def test_the_optimizer_hook_keeps_weights_nonnegative_and_detach_removes_it():
+    plain = _model()
+    _hostile_steps(plain, torch.optim.SGD(plain.parameters(), lr=10.0))
+    assert min(float(w.min()) for w in _constrained(plain)) < 0  # without it the loop breaks convexity
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=10.0)
+    training = make_certifiable(model, optimizer)
+    _hostile_steps(model, optimizer)
+    assert min(float(w.min()) for w in _constrained(model)) >= 0
+    model.validate()
+    training.detach()
+    _hostile_steps(model, optimizer)
+    assert min(float(w.min()) for w in _constrained(model)) < 0
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"margin_radius": 0.5, "margin_norm": 2.0},
+        {"margin_radius": [0.5, 0.05], "margin_norm": [2.0, math.inf], "jacobian_reg": 0.1},
+    ],
+)
+def test_the_loss_is_the_family_recipe_loss(settings):
+    x, y = _data(64)
+    model = _model()
+    training = make_certifiable(model, torch.optim.Adam(model.parameters()), **settings)
+    training.fit_feature_map(x)
+    recipe = FeatureConvexRecipe(TrainConfig.from_dict({**settings, "margin_warmup": 0.0}))
+    expected = recipe.loss(model, x, y, progress=1.0)[0]
+    torch.testing.assert_close(training.loss(x, y), expected)
+    if settings.get("margin_radius"):  # the margin term is really there
+        plain = FeatureConvexRecipe(TrainConfig.from_dict({"margin_warmup": 0.0})).loss(model, x, y, 1.0)[0]
+        assert float(training.loss(x, y)) > float(plain)
+
+
+def _trained(margin: float = 0.3):
+    x, y = _data()
+    model = _model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    training = make_certifiable(model, optimizer, margin_radius=margin, margin_norm=2.0)
+    training.fit_feature_map(DataLoader(TensorDataset(x[:200], y[:200]), batch_size=50))
+    for _ in range(15):
+        for xb, yb in DataLoader(TensorDataset(x[:200], y[:200]), batch_size=50, shuffle=True):
+            optimizer.zero_grad()
+            training.loss(xb, yb).backward()
+            optimizer.step()
+    b = training.finish(DataLoader(TensorDataset(x[200:], y[200:]), batch_size=40))
+    return model, training, b, x, y
+
+
+def test_finish_fits_the_balance_on_validation_and_the_model_certifies():
+    model, training, b, x, y = _trained()
+    model.set_balance(0.0)
+    with torch.no_grad():
+        scores = model.eval()(x[200:])
+    assert b == fit_balance(scores, y[200:])
+    model.set_balance(b)
+    assert (
+        float(model.balance) == torch.tensor(b, dtype=torch.float32).item()
+        and float((model(x[200:]) > 0).long().eq(y[200:]).float().mean()) > 0.85
+    )
+    assert training.finish(x[200:], y[200:]) == b  # a tensor with labels works the same
+
+
+def test_certificates_of_a_model_trained_in_a_plain_loop_hold_under_attack():
+    model, _, _, x, _ = _trained()
+    cert = asymcert.certify(model, x, norms=(2.0, math.inf))
+    flagged = cert.sensitive
+    assert int(flagged.sum()) > 20
+    for p in (2.0, math.inf):
+        radius = cert.radii[p][flagged].float() * 0.999
+        adv = pgd_attack(model, x[flagged], radius, p, steps=60, restarts=2, generator=torch.Generator().manual_seed(0))
+        assert not bool(decision_flips(model, x[flagged], adv).any()), p
+        outside = pgd_attack(
+            model,
+            x[flagged],
+            cert.radii[p][flagged].float() * 3 + 0.05,
+            p,
+            steps=60,
+            generator=torch.Generator().manual_seed(0),
+        )
+        assert bool(decision_flips(model, x[flagged], outside).any())  # the attack is strong enough to find flips
+
+
+def test_finish_refuses_a_model_made_invalid_outside_the_optimizer():
+    model, training, _, x, y = _trained(margin=0.0)
+    training.detach()
+    with torch.no_grad():
+        _constrained(model)[-1][0, 0] = -0.5
+    with pytest.raises(ConvexityError, match=r"weight: 1 of \d+ entries below 0"):
+        training.finish(x[200:], y[200:])
+
+
+def test_bad_arguments_are_refused_with_one_line_errors():
+    model = _model()
+    with pytest.raises(ModelError, match="feature-convex"):
+        make_certifiable(torch.nn.Linear(3, 1), torch.optim.SGD(torch.nn.Linear(3, 1).parameters(), lr=0.1))
+    with pytest.raises(ConfigError, match="none of the model's parameters"):
+        make_certifiable(model, torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1))
+    with pytest.raises(SettingsError, match="margin"):
+        make_certifiable(model, torch.optim.SGD(model.parameters(), lr=0.1), margin_radius=-1.0)
+    training = make_certifiable(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    x, _ = _data(20)
+    with pytest.raises(ConfigError, match="both classes"):
+        training.finish(x, torch.ones(20, dtype=torch.long))
+    with pytest.raises(ConfigError, match="no batches"):
+        training.finish(DataLoader(TensorDataset(x[:0], torch.ones(0)), batch_size=4))
+
+
+def test_the_readme_example_runs_as_written():
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Your own training loop") :]
+    block = re.search(r"```python\n(.*?)```", section, re.S)
+    assert block is not None
+    code = block.group(1)
+    assert len(code.strip().splitlines()) <= 20
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    cert, y = namespace["cert"], namespace["y"]
+    assert float((cert.predicted == y[500:]).float().mean()) > 0.85 and float(cert.radii[2.0].max()) > 0
