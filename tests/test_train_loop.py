@@ -115,8 +115,11 @@ def test_no_eligible_epoch_replaces_an_older_model_file(fashion_dir, tmp_path):
     ineligible = TrainConfig.from_dict(
         {**config.to_dict(), "margin_radius": 0.1, "margin_norm": 2.0, "margin_warmup": 0.9}
     )
-    result = fit(model, data, ineligible, tmp_path, augment=task.augment, progress=False, log=lambda m: None)
-    assert result["best"]["epoch"] == -1
+    messages: list[str] = []
+    result = fit(model, data, ineligible, tmp_path, augment=task.augment, progress=False, log=messages.append)
+    final = result["history"][-1]
+    assert result["best"] == {"metric": final["val_metric"], "epoch": 1, "eligible": False}  # said, not -1
+    assert any("no epoch was eligible" in m and "final epoch" in m for m in messages)
     saved = load(tmp_path, validate=False).state_dict()
     assert any(not torch.equal(saved[k], stale[k]) for k in stale)
     assert all(torch.equal(saved[k], model.state_dict()[k]) for k in stale)

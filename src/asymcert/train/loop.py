@@ -274,10 +274,21 @@ class TrainingSession:
             self._end_epoch(epoch, totals, val, time.perf_counter() - t0)
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
-        elif self.out is not None and self.writer:  # no epoch was eligible: the final weights, not an older file
-            save(model, self.out, meta={"task_meta": self.meta or {}})
+        elif self.history:  # no epoch was eligible (a margin warm-up longer than the run): the final weights
+            self._keep_final(model)
         model.eval()
         return {"history": self.history, "best": self.best, "seconds": seconds}
+
+    def _keep_final(self, model: nn.Module) -> None:
+        """Record the final epoch as the result when none was eligible, say so, and save its weights."""
+        last = self.history[-1]
+        self.best = {"metric": last.get("val_metric"), "epoch": len(self.history), "eligible": False}
+        self.log(
+            f"no epoch was eligible for the best-validation checkpoint (the margin warm-up covers the whole "
+            f"run); keeping the final epoch's weights (epoch {len(self.history)})"
+        )
+        if self.out is not None and self.writer:
+            save(model, self.out, meta={"task_meta": self.meta or {}})
 
     def _train_epoch(self, engine: nn.Module, epoch: int) -> dict[str, float]:
         """One pass over the training split; returns the summed per-step statistics."""
