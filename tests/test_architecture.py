@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from asymcert.families import family_names
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "asymcert"
 
 LAYERS: list[set[str]] = [
@@ -158,3 +160,33 @@ def test_no_import_cycles():
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def _family_name_comparisons(source: str, name: str, kinds: set[str]) -> list[str]:
+    """``x == "linf-dist"``-style comparisons (==, !=, in) of a value with a family's name in one source file."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        consts = [c.value for o in operands for c in ast.walk(o) if isinstance(c, ast.Constant)]
+        hits = sorted({c for c in consts if isinstance(c, str) and c in kinds})
+        if hits:
+            found.append(f"{name}:{node.lineno} compares with {', '.join(hits)}")
+    return found
+
+
+def test_nothing_outside_the_family_modules_branches_on_a_family_name():
+    kinds = set(family_names())
+    found = [
+        hit
+        for path in sorted(SRC.rglob("*.py"))
+        if "families" not in path.parts
+        for hit in _family_name_comparisons(path.read_text(encoding="utf-8"), str(path.relative_to(SRC)), kinds)
+    ]
+    assert not found, "branching on family names (read the Family instead):\n" + "\n".join(found)
+
+
+def test_the_family_name_check_finds_a_branch():
+    source = 'def f(kind):\n    return 1 if kind == "linf-dist" else 0\n\ndef g(k):\n    return k in ("x", "y")\n'
+    assert _family_name_comparisons(source, "m.py", {"linf-dist"}) == ["m.py:2 compares with linf-dist"]

@@ -104,9 +104,10 @@ def _reg_job(job: tuple[str, float]) -> dict[str, Any]:
 
 
 def check_task(task_name: str) -> None:
-    """Raise :class:`SweepError` unless ``task_name`` is a binary task whose model is feature-convex."""
+    """Raise :class:`SweepError` unless ``task_name`` is a binary task whose default model has a feature map φ
+    (the sweep swaps φ and the Jacobian regulariser's weight)."""
     task = get_task(task_name)
-    if not task.binary or task.model.get("kind") != "feature-convex":
+    if not task.binary or "feature_map" not in task.model:
         raise SweepError(
             f"sweep reg needs a binary feature-convex task (e.g. fashion-mnist-shirts, mnist-38); "
             f"{task_name!r} is not one"
