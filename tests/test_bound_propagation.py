@@ -306,8 +306,8 @@ def test_ibp_recipe_ramps_eps_and_trains_a_certifiable_net():
     torch.manual_seed(0)
     model = build_model({"kind": "relu-ibp", "input_shape": [4], "widths": [32, 32]})
     result = fit(model, data, cfg, progress=False, log=lambda m: None)
-    assert result["history"][0]["eps"] < 0.1 and result["history"][-1]["eps"] == pytest.approx(0.1)
-    assert result["best"]["val_verified_sensitive"] > 0.8
+    assert result.history[0]["eps"] < 0.1 and result.history[-1]["eps"] == pytest.approx(0.1)
+    assert result.best["val_verified_sensitive"] > 0.8
     cert = asymcert.certify(model, data.test.x, norms=("inf",))
     sens = data.test.y == 1
     assert float((cert.radii[math.inf][sens] >= 0.1).double().mean()) > 0.8

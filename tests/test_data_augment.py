@@ -36,7 +36,7 @@ def test_training_with_a_named_augmentation(fashion_dir):
 
     task, data, model = small_fashion_task(fashion_dir)
     config = TrainConfig.from_dict({**task.train, "epochs": 1, "batch_size": 32, "augment": "crop2_flip"})
-    assert fit(model, data, config, None, augment=task.augment, progress=False)["history"]
+    assert fit(model, data, config, None, augment=task.augment, progress=False).history
     with pytest.raises(UnknownNameError, match="nope"):
         fit(
             model,

@@ -175,7 +175,7 @@ def test_orthogonal_recipe_learns_margins():
         progress=False,
         log=lambda m: None,
     )
-    assert result["best"]["val_accuracy"] > 0.95
+    assert result.best["val_accuracy"] > 0.95
     cert = asymcert.certify(model, blobs(256, 2).x, norms=(2,))
     sens = blobs(256, 2).y == 1
     # the classes are 1.5 apart in ℓ2: a 1-Lipschitz score certifies a good share of that

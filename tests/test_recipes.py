@@ -140,9 +140,9 @@ def test_epochs_before_the_margin_warm_up_ends_are_not_selected(fashion_dir):
         {**task.train, "epochs": 4, "batch_size": 32, "margin_radius": 0.5, "margin_norm": 2.0, "margin_warmup": 0.5}
     )
     result = fit(model, data, config, None, augment=task.augment, progress=False)
-    eligible = [h["val_eligible"] for h in result["history"]]
+    eligible = [h["val_eligible"] for h in result.history]
     assert eligible == [0.0, 0.0, 1.0, 1.0]
-    assert result["best"]["epoch"] in (3, 4)
+    assert result.best["epoch"] in (3, 4)
 
 
 def test_margin_off_ignores_its_norms():

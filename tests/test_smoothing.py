@@ -253,7 +253,7 @@ def test_noise_recipe_trains_on_noisy_inputs():
         progress=False,
         log=lambda m: None,
     )
-    assert result["best"]["val_noisy_accuracy"] > 0.9
+    assert result.best["val_noisy_accuracy"] > 0.9
     test = blobs(64, 2)
     cert = asymcert.certify(model, test.x, norms=(2,))
     sens = test.y == 1

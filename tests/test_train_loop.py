@@ -31,7 +31,7 @@ def _setup(fashion_dir, epochs):
 def test_training_learns_projects_and_fits_balance_on_validation(fashion_dir, tmp_path):
     task, data, model, config = _setup(fashion_dir, 3)
     result = fit(model, data, config, tmp_path, augment=task.augment, progress=False)
-    assert result["best"]["metric"] > 0.8
+    assert result.best["metric"] > 0.8
     model.validate()  # convex after training
     # b equalises validation class accuracies
     with torch.no_grad():
@@ -117,8 +117,8 @@ def test_no_eligible_epoch_replaces_an_older_model_file(fashion_dir, tmp_path):
     )
     messages: list[str] = []
     result = fit(model, data, ineligible, tmp_path, augment=task.augment, progress=False, log=messages.append)
-    final = result["history"][-1]
-    assert result["best"] == {"metric": final["val_metric"], "epoch": 1, "eligible": False}  # said, not -1
+    final = result.history[-1]
+    assert result.best == {"metric": final["val_metric"], "epoch": 1, "eligible": False}  # said, not -1
     assert any("no epoch was eligible" in m and "final epoch" in m for m in messages)
     saved = load(tmp_path, validate=False).state_dict()
     assert any(not torch.equal(saved[k], stale[k]) for k in stale)

@@ -277,9 +277,9 @@ def execute_training(
             write_json(out / RUN_FILE, record.to_dict())
         result = session.run()
         record.training = {
-            "seconds": result["seconds"],
-            "best": result["best"],
-            "epochs": len(result["history"]),
+            "seconds": result.seconds,
+            "best": result.best,
+            "epochs": len(result.history),
             "processes": distributed.world_size(),
         }
         if distributed.is_main():

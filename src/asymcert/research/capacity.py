@@ -341,15 +341,15 @@ def run_recipe(
     result = fit(
         model, data, config, out_dir=None, augment=None, recipe=recipe, progress=progress, log=log or (lambda msg: None)
     )
-    history = result["history"]
+    history = result.history
     return CapacityResult(
         name=name,
         description=str(spec.get("description", "")),
-        train_accuracy=float(result["best"]["metric"]),
-        best_epoch=int(result["best"]["epoch"]),
+        train_accuracy=float(result.best["metric"]),
+        best_epoch=int(result.best["epoch"]),
         accuracy_per_epoch=[float(h["val_accuracy"]) for h in history],
         loss_per_epoch=[float(h["loss"]) for h in history],
-        seconds=float(result["seconds"]),
+        seconds=float(result.seconds),
         parameters=sum(p.numel() for p in model.convex.parameters() if p.requires_grad),
         settings={**spec, "train": config.to_dict()},
     )

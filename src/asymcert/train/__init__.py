@@ -2,13 +2,14 @@
 
 from asymcert.train.balance import fit_balance
 from asymcert.train.config import TrainConfig
-from asymcert.train.loop import fit
+from asymcert.train.loop import FitResult, fit
 from asymcert.train.own_loop import CertifiableTraining, make_certifiable
 from asymcert.train.recipes import FeatureConvexRecipe, Recipe, recipe_for
 
 __all__ = [
     "CertifiableTraining",
     "FeatureConvexRecipe",
+    "FitResult",
     "Recipe",
     "TrainConfig",
     "fit",

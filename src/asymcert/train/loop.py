@@ -13,6 +13,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,22 @@ def _save_state(state: dict[str, Any], path: Path) -> None:
         torch.save(state, fh)
 
 
+@dataclass(frozen=True)
+class FitResult:
+    """What a training run did.
+
+    Attributes:
+        history: one record per epoch: the training loss terms, ``val_*`` validation metrics, seconds.
+        best: the selected epoch: ``{"metric", "epoch", "val_*": ...}``, or the final epoch with
+            ``"eligible": False`` when no epoch could be selected (a margin warm-up as long as the run).
+        seconds: training seconds (over every session of a resumed run).
+    """
+
+    history: list[dict[str, Any]]
+    best: dict[str, Any]
+    seconds: float
+
+
 class TrainingSession:
     """A training run whose settings and resume state are checked: nothing is written until :meth:`run`.
 
@@ -248,12 +265,11 @@ class TrainingSession:
         self.resumed = True
         return True
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> FitResult:
         """Train the remaining epochs, writing the checkpoint, state and history after each (rank 0).
 
         Returns:
-            ``{"history": [per-epoch dicts], "best": {...}, "seconds": training seconds}``; the model
-            is left holding the best-validation weights.
+            A :class:`FitResult`; the model is left holding the best-validation weights.
         """
         config, model = self.config, self.model
         if self.resumed:
@@ -277,7 +293,7 @@ class TrainingSession:
         elif self.history:  # no epoch was eligible (a margin warm-up longer than the run): the final weights
             self._keep_final(model)
         model.eval()
-        return {"history": self.history, "best": self.best, "seconds": seconds}
+        return FitResult(self.history, self.best, seconds)
 
     def _keep_final(self, model: nn.Module) -> None:
         """Record the final epoch as the result when none was eligible, say so, and save its weights."""
@@ -422,7 +438,7 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     meta: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> FitResult:
     """Train ``model`` on ``data.train``, select on ``data.val``, checkpoint into ``out_dir``.
 
     When ``out_dir`` holds a ``train_state.pt`` from an interrupted run with the same settings,
@@ -434,7 +450,6 @@ def fit(
     replaces it.
 
     Returns:
-        ``{"history": [per-epoch dicts], "best": {...}, "seconds": training seconds}``; the model is
-        left holding the best-validation weights.
+        A :class:`FitResult`; the model is left holding the best-validation weights.
     """
     return prepare_fit(model, data, config, out_dir, augment, recipe, progress, log, meta).run()
