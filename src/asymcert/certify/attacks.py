@@ -15,6 +15,7 @@ direction), with a cosine-decaying step length, followed by a projection onto th
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -240,6 +241,51 @@ def pgd_attack(
         True
     """
     p = normalize_norm(norm)
+    eps_t, box = _attack_inputs(x, eps, input_range)
+    n = x.shape[0]
+    if n == 0:
+        return x.clone()
+    shape = tuple(x.shape[1:])
+    d = int(math.prod(shape))
+    x_flat = x.detach().reshape(n, d)
+    eps_x = eps_t.to(x.dtype)
+    alpha0 = float(step_size) if step_size is not None else max(0.25, 2.0 / max(steps, 1))
+    k_sparse = max(1, math.ceil(l1_sparsity * d))
+
+    with eval_mode(model):
+        with torch.no_grad():
+            clean_out = _forward(model, x.detach())
+        y = _decide(clean_out) if targeted_decision is None else targeted_decision.to(x.device).long().reshape(n)
+        best = _Best(
+            x_flat.clone(),
+            torch.full((n,), -math.inf, dtype=torch.float64, device=x.device),
+            torch.zeros(n, dtype=torch.bool, device=x.device),
+            clean_out.dim() == 2,
+        )
+        for restart in range(max(1, restarts)):
+            rows = torch.nonzero(~best.ok).flatten()
+            if rows.numel() == 0:
+                break
+            xr, er = x_flat[rows], eps_x[rows]
+            if restart == 0:
+                delta = torch.zeros_like(xr)
+            else:
+                delta = _random_start((xr.shape[0], xr.shape[1]), er, p, generator, x.dtype, x.device)
+                delta = _project(delta, xr, er, p, box)
+            step = _Step(p, box, steps, alpha0, k_sparse, shape)
+            _attack_rows(model, best, rows, xr, er, y[rows], delta, step)
+    x_adv = _enforce_radius(best.x, x_flat, eps_t, p, box)
+    return x_adv.reshape(x.shape).detach()
+
+
+def _attack_inputs(
+    x: torch.Tensor, eps: torch.Tensor | float, input_range: tuple[float, float] | None
+) -> tuple[torch.Tensor, tuple[float, float] | None]:
+    """The radii (N,) float64 and the box of :func:`pgd_attack`, checked.
+
+    Raises:
+        InputError: non-float inputs, radii of the wrong length, not finite or negative, inputs outside the box.
+    """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise InputError("pgd_attack needs floating-point inputs x of shape (N, *shape)")
     n = x.shape[0]
@@ -252,67 +298,75 @@ def pgd_attack(
     box = None if input_range is None else (float(input_range[0]), float(input_range[1]))
     if box is not None and n and (float(x.min()) < box[0] or float(x.max()) > box[1]):
         raise InputError(f"inputs range over [{float(x.min()):g}, {float(x.max()):g}], outside input_range {box}")
-    if n == 0:
-        return x.clone()
-    shape = x.shape[1:]
-    d = int(math.prod(shape))
-    x_flat = x.detach().reshape(n, d)
-    eps_x = eps_t.to(x.dtype)
-    alpha0 = float(step_size) if step_size is not None else max(0.25, 2.0 / max(steps, 1))
-    k_sparse = max(1, math.ceil(l1_sparsity * d))
+    return eps_t, box
 
-    with eval_mode(model):
-        with torch.no_grad():
-            clean_out = _forward(model, x.detach())
-        y = _decide(clean_out) if targeted_decision is None else targeted_decision.to(x.device).long().reshape(n)
-        multiclass = clean_out.dim() == 2
 
-        def loss_and_success(out: torch.Tensor, yy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            if multiclass:
-                true = out.gather(1, yy[:, None])[:, 0]
-                other = out.scatter(1, yy[:, None], -math.inf).amax(dim=1)
-                return other - true, out.argmax(dim=1) != yy
-            return torch.where(yy == 1, -out, out), (out > 0).long() != yy
+@dataclass
+class _Best:
+    """The best point found so far per input: x (N, d), attack loss (N,) float64, success (N,) bool."""
 
-        best = x_flat.clone()
-        best_loss = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)
-        best_ok = torch.zeros(n, dtype=torch.bool, device=x.device)
-        for restart in range(max(1, restarts)):
-            rows = torch.nonzero(~best_ok).flatten()
-            if rows.numel() == 0:
-                break
-            xr, er, yr = x_flat[rows], eps_x[rows], y[rows]
-            if restart == 0:
-                delta = torch.zeros_like(xr)
-            else:
-                delta = _random_start((xr.shape[0], xr.shape[1]), er, p, generator, x.dtype, x.device)
-                delta = _project(delta, xr, er, p, box)
-            done = torch.zeros(rows.numel(), dtype=torch.bool, device=x.device)
-            for t in range(steps + 1):
-                xa = (xr + delta).detach().requires_grad_(t < steps)
-                with torch.enable_grad():
-                    out = _forward(model, xa.reshape((-1,) + tuple(shape)))
-                    loss, ok = loss_and_success(out, yr)
-                    grad = torch.autograd.grad(loss.sum(), xa)[0] if t < steps else None
-                ld, ok = loss.detach().double(), ok.detach() & ~done
-                # keep the best point: any success beats no success, then the higher loss
-                improve = (ok & ~best_ok[rows]) | ((ok == best_ok[rows]) & (ld > best_loss[rows]) & ~done)
-                sel = rows[improve]
-                best[sel] = xa.detach()[improve]
-                best_loss[sel] = ld[improve]
-                best_ok[sel] = best_ok[sel] | ok[improve]
-                done = done | ok
-                if t == steps or bool(done.all()):
-                    break
-                frac = t / max(steps - 1, 1)
-                alpha = alpha0 * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * frac)))
-                assert grad is not None  # computed for every t < steps, and t == steps ended the loop above
-                blocked = None
-                if box is not None:  # coordinates at a box face whose ascent direction points outward
-                    blocked = ((xa.detach() <= box[0]) & (grad < 0)) | ((xa.detach() >= box[1]) & (grad > 0))
-                direction = _ascent_direction(grad, p, blocked, k_sparse)
-                step = direction * (alpha * er)[:, None]
-                step = torch.where(done[:, None], torch.zeros_like(step), step)
-                delta = _project(delta + step, xr, er, p, box)
-    x_adv = _enforce_radius(best, x_flat, eps_t, p, box)
-    return x_adv.reshape(x.shape).detach()
+    x: torch.Tensor
+    loss: torch.Tensor
+    ok: torch.Tensor
+    multiclass: bool
+
+
+@dataclass(frozen=True)
+class _Step:
+    """The step rule of one attack: norm p, box, steps, initial step fraction, ℓ1 sparsity, input shape."""
+
+    p: float
+    box: tuple[float, float] | None
+    steps: int
+    alpha0: float
+    k_sparse: int
+    shape: tuple[int, ...]
+
+
+def _attack_loss(out: torch.Tensor, y: torch.Tensor, multiclass: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) loss to ascend (the margin towards leaving decision ``y``) and (N,) bool: the decision left ``y``."""
+    if multiclass:
+        true = out.gather(1, y[:, None])[:, 0]
+        other = out.scatter(1, y[:, None], -math.inf).amax(dim=1)
+        return other - true, out.argmax(dim=1) != y
+    return torch.where(y == 1, -out, out), (out > 0).long() != y
+
+
+def _attack_rows(
+    model: nn.Module,
+    best: _Best,
+    rows: torch.Tensor,
+    xr: torch.Tensor,
+    er: torch.Tensor,
+    yr: torch.Tensor,
+    delta: torch.Tensor,
+    rule: _Step,
+) -> None:
+    """One restart on the inputs ``rows``: ``rule.steps`` projected steps from ``xr + delta``, cosine-decayed
+    step length; updates ``best`` in place (any success beats no success, then the higher loss)."""
+    done = torch.zeros(rows.numel(), dtype=torch.bool, device=xr.device)
+    for t in range(rule.steps + 1):
+        xa = (xr + delta).detach().requires_grad_(t < rule.steps)
+        with torch.enable_grad():
+            out = _forward(model, xa.reshape((-1, *rule.shape)))
+            loss, ok = _attack_loss(out, yr, best.multiclass)
+            grad = torch.autograd.grad(loss.sum(), xa)[0] if t < rule.steps else None
+        ld, ok = loss.detach().double(), ok.detach() & ~done
+        improve = (ok & ~best.ok[rows]) | ((ok == best.ok[rows]) & (ld > best.loss[rows]) & ~done)
+        sel = rows[improve]
+        best.x[sel] = xa.detach()[improve]
+        best.loss[sel] = ld[improve]
+        best.ok[sel] = best.ok[sel] | ok[improve]
+        done = done | ok
+        if t == rule.steps or bool(done.all()):
+            break
+        frac = t / max(rule.steps - 1, 1)
+        alpha = rule.alpha0 * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+        assert grad is not None  # computed for every t < steps, and t == steps ended the loop above
+        blocked = None
+        if rule.box is not None:  # coordinates at a box face whose ascent direction points outward
+            blocked = ((xa.detach() <= rule.box[0]) & (grad < 0)) | ((xa.detach() >= rule.box[1]) & (grad > 0))
+        direction = _ascent_direction(grad, rule.p, blocked, rule.k_sparse)
+        step = direction * (alpha * er)[:, None]
+        step = torch.where(done[:, None], torch.zeros_like(step), step)
+        delta = _project(delta + step, xr, er, rule.p, rule.box)

@@ -41,7 +41,7 @@ from asymcert.models import build_model
 from asymcert.nn.convex import ICNN, ConvexConvNet
 from asymcert.report.machine import describe_machine
 from asymcert.report.plots import _pyplot
-from asymcert.research.separability import hull_classifier, separability_bound
+from asymcert.research.separability import SeparabilityResult, hull_classifier, separability_bound
 from asymcert.runfolder import dumps_strict
 from asymcert.train.config import TrainConfig
 from asymcert.train.loop import fit
@@ -509,6 +509,23 @@ def capacity_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _constructed(sep: SeparabilityResult, train: Dataset, reverse: bool) -> dict[str, Any]:
+    """The classifier built from the separating hyperplanes (:func:`hull_classifier`): hidden units, its
+    training accuracy and the seconds it took."""
+    pos, neg = train.x[train.y == 1], train.x[train.y == 0]
+    tested, hull = (neg, pos) if reverse else (pos, neg)
+    t0 = time.perf_counter()
+    clf = hull_classifier(sep, tested, hull, tuple(train.x.shape[1:]))
+    with torch.no_grad():
+        flagged = torch.cat([clf(tested[i : i + 1000].double()) > 0 for i in range(0, len(tested), 1000)])
+        other_ok = torch.cat([clf(hull[i : i + 1000].double()) <= 0 for i in range(0, len(hull), 1000)])
+    return {
+        "hidden_units": sep.n_outside,
+        "train_accuracy": (int(flagged.sum()) + int(other_ok.sum())) / len(train),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
 def capacity_report(
     task: str,
     out_dir: str | Path,
@@ -554,16 +571,8 @@ def capacity_report(
     data = t.load(Path(data_dir) if data_dir else None)
     train = data.train
     n_pos = int(train.y.sum())
-    report: dict[str, Any] = {
-        "task": task,
-        "n_train": len(train),
-        "n_sensitive": n_pos,
-        "n_other": len(train) - n_pos,
-        "feature_map": "shift (x − μ)",
-        "command": command,
-        "constructed": None,
-        "machine_at_start": describe_machine(),
-    }
+    report: dict[str, Any] = {"task": task, "n_train": len(train), "n_sensitive": n_pos, "n_other": len(train) - n_pos}
+    report.update(feature_map="shift (x − μ)", command=command, constructed=None, machine_at_start=describe_machine())
     sep = separability_bound(
         train.x,
         train.y,
@@ -577,19 +586,7 @@ def capacity_report(
     report["separability"] = sep.summary()
     say(f"separability bound: {100 * sep.bound:.2f}% ({sep.n_outside}/{sep.n_checked} outside)")
     if sep.complete and sep.n_outside > 0:
-        pos, neg = train.x[train.y == 1], train.x[train.y == 0]
-        tested, hull = (neg, pos) if reverse else (pos, neg)
-        t0 = time.perf_counter()
-        clf = hull_classifier(sep, tested, hull, tuple(train.x.shape[1:]))
-        with torch.no_grad():
-            flagged = torch.cat([clf(tested[i : i + 1000].double()) > 0 for i in range(0, len(tested), 1000)])
-            other_ok = torch.cat([clf(hull[i : i + 1000].double()) <= 0 for i in range(0, len(hull), 1000)])
-        report["constructed"] = {
-            "hidden_units": sep.n_outside,
-            "train_accuracy": (int(flagged.sum()) + int(other_ok.sum())) / len(train),
-            "seconds": time.perf_counter() - t0,
-        }
-        del clf
+        report["constructed"] = _constructed(sep, train, reverse)
     report["recipes"], report["runs"] = [], []
     _write(out, report, [], sep.bound)
 

@@ -313,6 +313,135 @@ def _as_matrix(x: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
     return a
 
 
+@dataclass
+class _HullState:
+    """What :func:`hull_separability` knows per tested input: x (k, d) float64, the other class (N_o, d) as
+    NumPy and torch, and the per-input results filled in stage by stage."""
+
+    x: np.ndarray
+    xo: np.ndarray
+    others: torch.Tensor
+    chunk: int
+    outside: np.ndarray
+    method: np.ndarray
+    margin: np.ndarray
+    lp_distance: np.ndarray
+    normals: np.ndarray | None
+
+    @classmethod
+    def start(cls, x: np.ndarray, xo: np.ndarray, chunk: int, keep_normals: bool) -> _HullState:
+        """Nothing decided yet for the k rows of ``x``."""
+        k, d = x.shape
+        return cls(
+            x,
+            xo,
+            torch.from_numpy(xo),
+            chunk,
+            np.zeros(k, dtype=bool),
+            np.full(k, -1, dtype=np.int8),
+            np.zeros(k),
+            np.full(k, np.nan),
+            np.zeros((k, d)) if keep_normals else None,
+        )
+
+    def record(self, idx: np.ndarray, w: np.ndarray, code: int) -> None:
+        """Check the hyperplanes w (len(idx), d) for rows ``idx``; mark the verified ones outside with ``code``."""
+        ok, m = _check_hyperplanes(w, self.x[idx], self.others, self.chunk)
+        hit = idx[ok]
+        self.outside[hit], self.method[hit], self.margin[hit] = True, code, m[ok]
+        if self.normals is not None:
+            self.normals[hit] = w[ok] / np.linalg.norm(w[ok], axis=1, keepdims=True)
+
+
+def _nearest_stage(st: _HullState) -> tuple[np.ndarray, np.ndarray]:
+    """Try w = x − (nearest other point) for the undecided rows; returns the still undecided rows and their
+    nearest other points' indices."""
+    rest = np.flatnonzero(~st.outside)
+    nearest = np.zeros(len(rest), dtype=np.int64)
+    xt = torch.from_numpy(st.x)
+    sq_o = (st.others * st.others).sum(1)
+    for i in range(0, len(rest), st.chunk):
+        rows = torch.from_numpy(rest[i : i + st.chunk])
+        nearest[i : i + st.chunk] = (sq_o[None, :] - 2 * xt[rows] @ st.others.T).argmin(1).numpy()
+    if len(rest):
+        st.record(rest, st.x[rest] - st.xo[nearest], 1)
+    keep = ~st.outside[rest]
+    return rest[keep], nearest[keep]
+
+
+def _frank_wolfe_stage(st: _HullState, rest: np.ndarray, nearest: np.ndarray, iterations: int) -> None:
+    """Frank–Wolfe separating directions (float32 search from the nearest point, float64 check) for ``rest``."""
+    if not len(rest) or iterations <= 0:
+        return
+    o32 = st.others.float()
+    for i in range(0, len(rest), st.chunk):
+        idx = rest[i : i + st.chunk]
+        start = o32[torch.from_numpy(nearest[i : i + st.chunk])]
+        found, w = _frank_wolfe(torch.from_numpy(st.x[idx]).float(), o32, start, iterations)
+        if bool(found.any()):
+            st.record(idx[found.numpy()], w[found].double().numpy(), 2)
+
+
+def _lp_stage(
+    st: _HullState,
+    rest: np.ndarray,
+    checked: np.ndarray,
+    tol: float,
+    time_limit: float | None,
+    log: Callable[[str], None],
+    t0: float,
+) -> int:
+    """Exact ℓ1 distances to the hull (one LP per row of ``rest``); returns how many rows the LP put outside
+    without a hyperplane the float64 check could verify.
+
+    Raises:
+        RuntimeError: an LP that did not end optimal.
+    """
+    unverified = 0
+    if not len(rest):
+        return 0
+    lp = HullDistanceLP(st.xo)
+    for count, i in enumerate(rest.tolist()):
+        status, dist, y = lp.solve(st.x[i], time_limit)
+        if status != "optimal":
+            raise RuntimeError(f"hull LP for input {int(checked[i])} ended with status {status!r}")
+        st.lp_distance[i] = dist
+        st.method[i] = METHODS.index("lp")
+        if dist > tol:
+            st.outside[i] = True
+            assert y is not None  # an optimal LP has a solution
+            unverified += 0 if _lp_normal(st, i, y) else 1
+        if (count + 1) % 50 == 0:
+            log(f"LP {count + 1}/{len(rest)}: {time.perf_counter() - t0:.1f}s")
+    return unverified
+
+
+def _lp_normal(st: _HullState, i: int, y: np.ndarray) -> bool:
+    """Try ±y (the LP's dual) as row i's separating hyperplane; records its margin and normal when it checks out."""
+    for sign in (1.0, -1.0):
+        normal = sign * y[None, :]
+        ok_s, m = _check_hyperplanes(normal, st.x[i : i + 1], st.others, st.chunk)
+        if bool(ok_s[0]):
+            st.margin[i] = float(m[0])
+            if st.normals is not None:
+                st.normals[i] = normal[0] / np.linalg.norm(normal[0])
+            return True
+    return False
+
+
+def _checked_rows(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of the tested inputs: all ``n``, or a random subset of ``limit`` (seed ``seed``).
+
+    Raises:
+        InputError: ``limit`` ≤ 0.
+    """
+    if limit is None:
+        return np.arange(n)
+    if limit <= 0:
+        raise InputError(f"limit must be positive, got {limit}")
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(limit, n), replace=False))
+
+
 def hull_separability(
     x_sensitive: torch.Tensor | np.ndarray,
     x_other: torch.Tensor | np.ndarray,
@@ -352,98 +481,28 @@ def hull_separability(
         raise InputError(f"the two classes have different input sizes ({xs.shape[1]} vs {xo.shape[1]})")
     log = log or (lambda msg: None)
     n_s, n_o = len(xs), len(xo)
-    if limit is not None:
-        if limit <= 0:
-            raise InputError(f"limit must be positive, got {limit}")
-        checked = np.sort(np.random.default_rng(seed).choice(n_s, size=min(limit, n_s), replace=False))
-    else:
-        checked = np.arange(n_s)
-    x = xs[checked]
-    k, d = x.shape
-    others = torch.from_numpy(xo)
-    outside = np.zeros(k, dtype=bool)
-    method = np.full(k, -1, dtype=np.int8)
-    margin = np.zeros(k)
-    lp_distance = np.full(k, np.nan)
-    normals = np.zeros((k, d)) if keep_normals else None
-    seconds: dict[str, float] = {}
-
-    def record(idx: np.ndarray, w: np.ndarray, code: int) -> None:
-        ok, m = _check_hyperplanes(w, x[idx], others, chunk)
-        hit = idx[ok]
-        outside[hit], method[hit], margin[hit] = True, code, m[ok]
-        if normals is not None:
-            normals[hit] = w[ok] / np.linalg.norm(w[ok], axis=1, keepdims=True)
-
-    # 1. w = x − mean(other)
+    checked = _checked_rows(n_s, limit, seed)
+    st = _HullState.start(xs[checked], xo, chunk, keep_normals)
+    k, seconds = len(checked), {}
     t0 = time.perf_counter()
-    record(np.arange(k), x - xo.mean(0), 0)
+    st.record(np.arange(k), st.x - xo.mean(0), 0)  # 1. w = x − mean(other)
     seconds["mean"] = time.perf_counter() - t0
-    log(f"hyperplane x − mean: {int(outside.sum())}/{k} outside")
-
-    # 2. w = x − nearest other point (also Frank–Wolfe's start)
+    log(f"hyperplane x − mean: {int(st.outside.sum())}/{k} outside")
     t0 = time.perf_counter()
-    rest = np.flatnonzero(~outside)
-    nearest = np.zeros(len(rest), dtype=np.int64)
-    xt = torch.from_numpy(x)
-    sq_o = (others * others).sum(1)
-    for i in range(0, len(rest), chunk):
-        rows = torch.from_numpy(rest[i : i + chunk])
-        nearest[i : i + chunk] = (sq_o[None, :] - 2 * xt[rows] @ others.T).argmin(1).numpy()
-    if len(rest):
-        record(rest, x[rest] - xo[nearest], 1)
+    rest, nearest = _nearest_stage(st)  # 2. w = x − nearest other point (also Frank–Wolfe's start)
     seconds["nearest"] = time.perf_counter() - t0
-    log(f"hyperplane x − nearest: {int(outside.sum())}/{k} outside")
-
-    # 3. Frank–Wolfe directions (float32 search, float64 check)
+    log(f"hyperplane x − nearest: {int(st.outside.sum())}/{k} outside")
     t0 = time.perf_counter()
-    keep = ~outside[rest]
-    rest, nearest = rest[keep], nearest[keep]
-    if len(rest) and frank_wolfe_iterations > 0:
-        o32 = others.float()
-        for i in range(0, len(rest), chunk):
-            idx = rest[i : i + chunk]
-            found, w = _frank_wolfe(
-                torch.from_numpy(x[idx]).float(),
-                o32,
-                o32[torch.from_numpy(nearest[i : i + chunk])],
-                frank_wolfe_iterations,
-            )
-            if bool(found.any()):
-                record(idx[found.numpy()], w[found].double().numpy(), 2)
+    _frank_wolfe_stage(st, rest, nearest, frank_wolfe_iterations)  # 3. float32 search, float64 check
     seconds["frank-wolfe"] = time.perf_counter() - t0
-    log(f"Frank–Wolfe ({frank_wolfe_iterations} steps): {int(outside.sum())}/{k} outside")
-
-    # 4. LPs on the rest
+    log(f"Frank–Wolfe ({frank_wolfe_iterations} steps): {int(st.outside.sum())}/{k} outside")
     t0 = time.perf_counter()
-    rest = np.flatnonzero(~outside)
-    unverified = 0
-    if len(rest):
-        lp = HullDistanceLP(xo)
-        for count, i in enumerate(rest.tolist()):
-            status, dist, y = lp.solve(x[i], lp_time_limit)
-            if status != "optimal":
-                raise RuntimeError(f"hull LP for input {int(checked[i])} ended with status {status!r}")
-            lp_distance[i] = dist
-            method[i] = METHODS.index("lp")
-            if dist > tol:
-                outside[i] = True
-                ok = False
-                assert y is not None  # an optimal LP has a solution
-                for sign in (1.0, -1.0):
-                    normal = sign * y[None, :]
-                    ok_s, m = _check_hyperplanes(normal, x[i : i + 1], others, chunk)
-                    if bool(ok_s[0]):
-                        ok, margin[i] = True, float(m[0])
-                        if normals is not None:
-                            normals[i] = normal[0] / np.linalg.norm(normal[0])
-                        break
-                unverified += 0 if ok else 1
-            if (count + 1) % 50 == 0:
-                log(f"LP {count + 1}/{len(rest)}: {time.perf_counter() - t0:.1f}s")
+    rest = np.flatnonzero(~st.outside)
+    unverified = _lp_stage(st, rest, checked, tol, lp_time_limit, log, t0)  # 4. LPs on the rest
     seconds["lp"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_total
-    log(f"LPs: {len(rest)} run, {int(outside[rest].sum())} outside, {seconds['lp']:.1f}s")
+    log(f"LPs: {len(rest)} run, {int(st.outside[rest].sum())} outside, {seconds['lp']:.1f}s")
+    outside, method, margin, lp_distance, normals = st.outside, st.method, st.margin, st.lp_distance, st.normals
     return SeparabilityResult(
         n=n_s + n_o,
         n_sensitive=n_s,
