@@ -27,6 +27,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -229,155 +230,184 @@ def _audit(
     seed: int,
     exact_time_limit: float | None,
 ) -> dict[str, Any]:
+    """The audit of :func:`audit` (arguments checked there): attacks, exact radii and precision per method."""
     t_start = time.perf_counter()
     norms_t = tuple(dict.fromkeys(normalize_norm(p) for p in norms))
-    methods_t = tuple(methods) if methods is not None else (getattr(model, "certifier", None),)
-    if methods_t == (None,):
+    declared = getattr(model, "certifier", None)
+    if methods is None and declared is None:
         raise InputError(f"{type(model).__name__} declares no certifier; pass methods=[...]")
+    methods_t: tuple[str, ...] = tuple(methods) if methods is not None else (str(declared),)
     was_training = model.training
     model.eval()
-    generator = torch.Generator().manual_seed(int(seed))
-    model64 = copy.deepcopy(model).double().eval()
-    x64 = x.double()
-    report: dict[str, Any] = {
-        "n_inputs": int(x.shape[0]),
-        "model": type(model).__name__,
-        "norms": [norm_label(p) for p in norms_t],
-        "settings": {
-            "restarts": restarts,
-            "steps": steps,
-            "seed": seed,
-            "attack_shrink": ATTACK_SHRINK,
-            "exact_rtol": EXACT_RTOL,
-        },
-        "methods": {},
-    }
+    report: dict[str, Any] = {"n_inputs": int(x.shape[0]), "model": type(model).__name__}
+    report["norms"] = [norm_label(p) for p in norms_t]
+    report["settings"] = {"restarts": restarts, "steps": steps, "seed": seed, "attack_shrink": ATTACK_SHRINK}
+    report["settings"]["exact_rtol"] = EXACT_RTOL
+    report["methods"] = {}
     config = getattr(model, "config", None)
     if config is not None:
         report["config"] = config()
-
     # exact radii are a property of the model: compute them once, for every method
-    exact_radii: dict[float, torch.Tensor] = {}
-    exact_info: dict[float, dict[str, Any]] = {}
-    if exact:
-        reason = _exact_support(model)
-        if reason is not None:
-            for p in norms_t:
-                exact_info[p] = {"available": False, "reason": reason}
-        else:
-            wanted = None if exact_norms is None else {normalize_norm(p) for p in exact_norms}
-            for p in norms_t:
-                if p not in (1.0, 2.0, math.inf) or (wanted is not None and p not in wanted):
-                    exact_info[p] = {
-                        "available": False,
-                        "reason": "not requested" if p in (1.0, 2.0, math.inf) else f"no exact solver for ℓ{p:g}",
-                    }
-                    continue
-                solver = ExactRadiusSolver(model, p)
-                if wanted is None and p == 2.0 and solver.n_var > EXACT_L2_MAX_VARIABLES:
-                    exact_info[p] = {
-                        "available": False,
-                        "reason": (
-                            f"skipped: the ℓ2 program has {solver.n_var} variables (pass exact_norms to force it)"
-                        ),
-                    }
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        res = solver.solve(x, time_limit=exact_time_limit)
-                except ImportError as exc:  # the LP/QP solver package is not installed
-                    exact_info[p] = {"available": False, "reason": str(exc)}
-                    continue
-                exact_radii[p] = res.radii.cpu()
-                statuses: dict[str, int] = {}
-                for s in res.status:
-                    statuses[s] = statuses.get(s, 0) + 1
-                exact_info[p] = {
-                    "available": True,
-                    "seconds": time.perf_counter() - t0,
-                    "status": statuses,
-                    "failed": int(torch.isnan(res.radii).sum()),
-                }
-    else:
-        for p in norms_t:
-            exact_info[p] = {"available": False, "reason": "exact=False"}
-
-    total = 0
+    exact_radii, exact_info = _exact_radii(model, x, norms_t, exact, exact_norms, exact_time_limit)
+    run = _MethodRun(
+        model,
+        copy.deepcopy(model).double().eval(),
+        x,
+        norms_t,
+        restarts,
+        steps,
+        torch.Generator().manual_seed(int(seed)),
+        exact_radii,
+        exact_info,
+    )
     try:
         for method in methods_t:
-            cert = _certify(model, x, norms_t, method)
-            probabilistic = cert.guarantee is Guarantee.PROBABILISTIC
-            if not probabilistic:  # (a probabilistic certificate is random: nothing to compare exactly)
-                cert_own = _certify(model, x, norms_t, method, own_precision=True)
-                cert64 = _certify(model64, x64, norms_t, method)
-            entry: dict[str, Any] = {
-                "guarantee": cert.guarantee.value,
-                "deterministic": not probabilistic,
-                "binary": bool(cert.binary),
-                "certify_seconds": cert.seconds,
-            }
-            if cert.binary:
-                entry["flagged"] = int(cert.sensitive.sum())
-            if y is not None:
-                entry["accuracy"] = float((cert.predicted.cpu() == y.cpu().long()).double().mean()) if len(y) else None
-            per_norm: dict[str, Any] = {}
-            method_violations = 0
-            for p in norms_t:
-                r = cert.radius(p).double().cpu()
-                item: dict[str, Any] = {"certified": _quartiles(r[r > 0]), "violations": 0}
-                # (1) attacks
-                if not probabilistic:
-                    item["attack"] = _attack_norm(model, x, cert, p, restarts, steps, generator, model64)
-                    item["violations"] += item["attack"]["flips"]
-                else:
-                    item["attack"] = {"skipped": "probabilistic certificate of a smoothed classifier"}
-                # (2) exact radii
-                info = dict(exact_info[p])
-                if info.get("available"):
-                    ex = exact_radii[p]
-                    ok = torch.isfinite(ex) | torch.isinf(ex)  # NaN: the solver failed on that input
-                    bad = ok & (r > ex * (1.0 + EXACT_RTOL)) & (r > 0)
-                    info["violations"] = int(bad.sum())
-                    info["violating_rows"] = torch.nonzero(bad).flatten().tolist()[:20]
-                    if bad.any():
-                        info["max_certified_over_exact"] = float((r[bad] / ex[bad]).max())
-                    both = (r > 0) & (ex > 0) & torch.isfinite(ex)
-                    info["tightness"] = _quartiles(r[both] / ex[both])
-                    info["exact"] = _quartiles(ex[(ex > 0) & torch.isfinite(ex)])
-                    item["violations"] += info["violations"]
-                item["exact"] = info
-                # (3) the model's own precision against float64
-                if not probabilistic:
-                    r_own, r64 = cert_own.radius(p).double().cpu(), cert64.radius(p).double().cpu()
-                    worse = (r_own > r64) & (r_own > 0)
-                    pos = (r_own > 0) & (r64 > 0)
-                    dtype = next((q.dtype for q in model.parameters()), torch.float32)
-                    item["precision"] = {
-                        "max_ratio_own_over_float64": float((r_own[pos] / r64[pos]).max()) if pos.any() else None,
-                        "violations": int(worse.sum()),
-                        "violating_rows": torch.nonzero(worse).flatten().tolist()[:20],
-                        "dtype": str(dtype).removeprefix("torch."),
-                    }
-                    item["violations"] += item["precision"]["violations"]
-                else:
-                    item["precision"] = {
-                        "skipped": "probabilistic certificate",
-                        "max_ratio_own_over_float64": None,
-                        "violations": 0,
-                    }
-                method_violations += item["violations"]
-                per_norm[norm_label(p)] = item
-            entry["norms"] = per_norm
-            entry["violations"] = method_violations
-            report["methods"][method] = entry
-            total += method_violations
+            report["methods"][method] = _audit_method(run, method, y)
     finally:
         model.train(was_training)
-    report["violations"] = total
+    report["violations"] = sum(entry["violations"] for entry in report["methods"].values())
     report["seconds"] = time.perf_counter() - t_start
     return report
+
+
+def _exact_radii(
+    model: nn.Module,
+    x: torch.Tensor,
+    norms: tuple[float, ...],
+    exact: bool,
+    exact_norms: Iterable[float | str] | None,
+    time_limit: float | None,
+) -> tuple[dict[float, torch.Tensor], dict[float, dict[str, Any]]]:
+    """Exact radii (N,) per norm where a solver applies and was asked for, and per norm what happened."""
+    radii: dict[float, torch.Tensor] = {}
+    if not exact:
+        return radii, {p: {"available": False, "reason": "exact=False"} for p in norms}
+    reason = _exact_support(model)
+    if reason is not None:
+        return radii, {p: {"available": False, "reason": reason} for p in norms}
+    wanted = None if exact_norms is None else {normalize_norm(p) for p in exact_norms}
+    info: dict[float, dict[str, Any]] = {}
+    for p in norms:
+        found, info[p] = _exact_one(model, x, p, wanted, time_limit)
+        if found is not None:
+            radii[p] = found
+    return radii, info
+
+
+def _exact_one(
+    model: nn.Module, x: torch.Tensor, p: float, wanted: set[float] | None, time_limit: float | None
+) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """Exact ℓp radii (N,) of ``x`` (or None) and a description: solver statuses, failures, seconds, or why not."""
+    if p not in (1.0, 2.0, math.inf) or (wanted is not None and p not in wanted):
+        reason = "not requested" if p in (1.0, 2.0, math.inf) else f"no exact solver for ℓ{p:g}"
+        return None, {"available": False, "reason": reason}
+    solver = ExactRadiusSolver(model, p)
+    if wanted is None and p == 2.0 and solver.n_var > EXACT_L2_MAX_VARIABLES:
+        reason = f"skipped: the ℓ2 program has {solver.n_var} variables (pass exact_norms to force it)"
+        return None, {"available": False, "reason": reason}
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = solver.solve(x, time_limit=time_limit)
+    except ImportError as exc:  # the LP/QP solver package is not installed
+        return None, {"available": False, "reason": str(exc)}
+    statuses: dict[str, int] = {}
+    for status in res.status:
+        statuses[status] = statuses.get(status, 0) + 1
+    info = {
+        "available": True,
+        "seconds": time.perf_counter() - t0,
+        "status": statuses,
+        "failed": int(torch.isnan(res.radii).sum()),
+    }
+    return res.radii.cpu(), info
+
+
+@dataclass
+class _MethodRun:
+    """What every audited method shares: the model and its float64 copy, the inputs (N, *shape), norms,
+    attack settings with one generator (drawn from in method and norm order), and the exact radii."""
+
+    model: nn.Module
+    model64: nn.Module
+    x: torch.Tensor
+    norms: tuple[float, ...]
+    restarts: int
+    steps: int
+    generator: torch.Generator
+    exact_radii: dict[float, torch.Tensor]
+    exact_info: dict[float, dict[str, Any]]
+
+
+def _audit_method(run: _MethodRun, method: str, y: torch.Tensor | None) -> dict[str, Any]:
+    """One certifier's entry: its guarantee, accuracy, and per norm the attack, exact and precision checks."""
+    cert = _certify(run.model, run.x, run.norms, method)
+    probabilistic = cert.guarantee is Guarantee.PROBABILISTIC
+    own = sixty_four = None
+    if not probabilistic:  # (a probabilistic certificate is random: nothing to compare exactly)
+        own = _certify(run.model, run.x, run.norms, method, own_precision=True)
+        sixty_four = _certify(run.model64, run.x.double(), run.norms, method)
+    entry: dict[str, Any] = {"guarantee": cert.guarantee.value, "deterministic": not probabilistic}
+    entry.update(binary=bool(cert.binary), certify_seconds=cert.seconds)
+    if cert.binary:
+        entry["flagged"] = int(cert.sensitive.sum())
+    if y is not None:
+        entry["accuracy"] = float((cert.predicted.cpu() == y.cpu().long()).double().mean()) if len(y) else None
+    per_norm: dict[str, Any] = {}
+    for p in run.norms:
+        r = cert.radius(p).double().cpu()
+        item: dict[str, Any] = {"certified": _quartiles(r[r > 0]), "violations": 0}
+        if own is not None and sixty_four is not None:  # (1) attacks
+            item["attack"] = _attack_norm(
+                run.model, run.x, cert, p, run.restarts, run.steps, run.generator, run.model64
+            )
+            item["violations"] += item["attack"]["flips"]
+        else:
+            item["attack"] = {"skipped": "probabilistic certificate of a smoothed classifier"}
+        item["exact"] = _exact_check(r, run.exact_radii.get(p), run.exact_info[p])  # (2) exact radii
+        item["violations"] += item["exact"].get("violations", 0)
+        item["precision"] = _precision_check(own, sixty_four, p, run.model)  # (3) own precision vs float64
+        item["violations"] += item["precision"]["violations"]
+        per_norm[norm_label(p)] = item
+    entry["norms"] = per_norm
+    entry["violations"] = sum(item["violations"] for item in per_norm.values())
+    return entry
+
+
+def _exact_check(r: torch.Tensor, ex: torch.Tensor | None, info: dict[str, Any]) -> dict[str, Any]:
+    """Certified radii (N,) against exact ones: violations (certified > exact·(1 + rtol)), tightness quartiles."""
+    info = dict(info)
+    if not info.get("available") or ex is None:
+        return info
+    ok = torch.isfinite(ex) | torch.isinf(ex)  # NaN: the solver failed on that input
+    bad = ok & (r > ex * (1.0 + EXACT_RTOL)) & (r > 0)
+    info["violations"] = int(bad.sum())
+    info["violating_rows"] = torch.nonzero(bad).flatten().tolist()[:20]
+    if bad.any():
+        info["max_certified_over_exact"] = float((r[bad] / ex[bad]).max())
+    both = (r > 0) & (ex > 0) & torch.isfinite(ex)
+    info["tightness"] = _quartiles(r[both] / ex[both])
+    info["exact"] = _quartiles(ex[(ex > 0) & torch.isfinite(ex)])
+    return info
+
+
+def _precision_check(
+    own: Certificate | None, sixty_four: Certificate | None, p: float, model: nn.Module
+) -> dict[str, Any]:
+    """Radii in the model's own precision against float64 ones: a larger own radius is a violation."""
+    if own is None or sixty_four is None:
+        return {"skipped": "probabilistic certificate", "max_ratio_own_over_float64": None, "violations": 0}
+    r_own, r64 = own.radius(p).double().cpu(), sixty_four.radius(p).double().cpu()
+    worse = (r_own > r64) & (r_own > 0)
+    pos = (r_own > 0) & (r64 > 0)
+    dtype = next((q.dtype for q in model.parameters()), torch.float32)
+    return {
+        "max_ratio_own_over_float64": float((r_own[pos] / r64[pos]).max()) if pos.any() else None,
+        "violations": int(worse.sum()),
+        "violating_rows": torch.nonzero(worse).flatten().tolist()[:20],
+        "dtype": str(dtype).removeprefix("torch."),
+    }
 
 
 def _jsonable(obj: Any) -> Any:
