@@ -10,6 +10,7 @@ from filelock import FileLock
 from safetensors.torch import load_file
 
 import asymcert
+from asymcert import cli as cli_module
 from asymcert.cli import (
     EXIT_BUSY,
     EXIT_CHECK_FAILED,
@@ -289,14 +290,11 @@ def test_help_documents_the_exit_codes():
 
 def test_exit_codes_are_distinct(tiny_run, tmp_path, monkeypatch):
     """0 success, 1 violations found, 2 refused input, 3 busy folder, 4 file-system failure, 130 interrupted."""
-    import asymcert.audit
-    import asymcert.report.writer
-
     runner = CliRunner()
-    monkeypatch.setattr(asymcert.audit, "audit_run", lambda *a, **k: {"violations": 3})
+    monkeypatch.setattr(cli_module, "audit_run", lambda *a, **k: {"violations": 3})
     res = runner.invoke(main, ["audit", str(tiny_run), "--limit", "2"])
     assert res.exit_code == EXIT_CHECK_FAILED == 1 and "3 violation(s)" in res.output
-    monkeypatch.setattr(asymcert.audit, "audit_run", lambda *a, **k: {"violations": 0})
+    monkeypatch.setattr(cli_module, "audit_run", lambda *a, **k: {"violations": 0})
     assert runner.invoke(main, ["audit", str(tiny_run), "--limit", "2"]).exit_code == EXIT_OK == 0
     assert "not a run folder" in _refused(runner.invoke(main, ["audit", str(tmp_path)]), EXIT_REFUSED)
     folder = _copy(tiny_run, tmp_path)
@@ -313,7 +311,7 @@ def test_exit_codes_are_distinct(tiny_run, tmp_path, monkeypatch):
         (PermissionError(errno.EACCES, "Permission denied"), EXIT_IO, "Permission denied"),
         (KeyboardInterrupt(), EXIT_INTERRUPTED, "interrupted"),
     ):
-        monkeypatch.setattr(asymcert.report.writer, "write_report", _raiser(exc))
+        monkeypatch.setattr(cli_module, "write_report", _raiser(exc))
         assert message in _refused(runner.invoke(main, ["report", str(folder)]), code)
 
 
@@ -335,9 +333,7 @@ def test_a_full_disk_while_writing_is_one_line_and_keeps_the_old_file(tiny_run, 
 @pytest.mark.parametrize("exc", [ZeroDivisionError("a bug"), ValueError("a bug raising a plain ValueError")])
 def test_bugs_keep_their_traceback(tiny_run, monkeypatch, exc):
     """Only refusals become one line: any other exception is a bug and is not disguised as one."""
-    import asymcert.report.writer
-
-    monkeypatch.setattr(asymcert.report.writer, "write_report", _raiser(exc))
+    monkeypatch.setattr(cli_module, "write_report", _raiser(exc))
     res = CliRunner().invoke(main, ["report", str(tiny_run)])
     assert res.exception is exc
 
