@@ -6,25 +6,12 @@ import copy
 from pathlib import Path
 
 from asymcert.data.tasks import Task, TaskData, binary_subset, get_task
+from asymcert.data.user import IMAGE_MODEL, IMAGE_TRAIN
 from asymcert.errors import ConfigError
 
-PAIR_MODEL = {
-    "kind": "feature-convex",
-    "feature_map": [{"kind": "shift"}],
-    "convex": {"kind": "icnn", "widths": [200, 50]},
-}
+PAIR_MODEL = copy.deepcopy(IMAGE_MODEL)
 """A pair's default model: the authors' MNIST architecture (ICNN 200-50 with pass-throughs on φ(x) = x − μ)."""
-PAIR_TRAIN = {
-    "epochs": 5,
-    "batch_size": 64,
-    "lr": 1e-3,
-    "optimizer": "sgd",
-    "momentum": 0.9,
-    "lr_decay": 0.99,
-    "jacobian_reg": 0.01,
-    "seed": 0,
-    "device": "cpu",
-}
+PAIR_TRAIN = {**IMAGE_TRAIN, "epochs": 5, "seed": 0, "device": "cpu"}
 """A pair's default training: the authors' recipe (SGD lr 1e-3, momentum 0.9, decay 0.99, batch 64, λ = 0.01),
 5 epochs instead of 60."""
 
