@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"checkpoint", "runfolder"},
     {"certify", "train"},
     {"families"},
-    {"pipeline"},
+    {"pipeline", "traffic"},
     {"report"},
     {"audit", "compare", "research"},
     {"cli"},

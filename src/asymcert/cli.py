@@ -28,6 +28,7 @@ from asymcert.research.capacity import capacity_report
 from asymcert.research.sweep_pairs import pairs_cli_main
 from asymcert.research.sweep_reg import reg_cli_main
 from asymcert.runfolder import exclusive
+from asymcert.traffic import certify_file
 from asymcert.train.loop import resolve_device
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_REFUSED, EXIT_BUSY, EXIT_IO, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -332,10 +333,25 @@ def train(
 @click.option("--batch-size", type=_POSITIVE, default=1000, show_default=True, help="Inputs certified at once.")
 @click.option("--device", default="cpu", show_default=True, callback=_device, help="cpu, cuda[:i] or mps.")
 @click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(dir_okay=False),
+    help="Certify new traffic instead of the test split: a .csv (the run's columns, by name) or .npz.",
+)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="With --input: the results CSV to write.")
 @click.option("--quiet", is_flag=True)
-def certify_cmd(run_dir, norms, limit, batch_size, device, data_dir, quiet) -> None:
-    """Certify a run's test inputs; writes certificates.safetensors."""
+def certify_cmd(run_dir, norms, limit, batch_size, device, data_dir, input_file, out_file, quiet) -> None:
+    """Certify a run's test inputs (certificates.safetensors), or new traffic (--input FILE --out RESULTS.csv)."""
 
+    if input_file is not None or out_file is not None:
+        if input_file is None or out_file is None or limit is not None:
+            raise click.UsageError("--input and --out go together (and without --limit)")
+        done = certify_file(run_dir, input_file, out_file, _norms(norms), device, batch_size, progress=not quiet)
+        click.echo(
+            f"certified {done.n_inputs} inputs ({done.n_flagged} flagged) in {done.seconds:.3f}s; results in {done.out}"
+        )
+        return
     cert = certify_run(run_dir, _norms(norms), limit, batch_size, device, data_dir, progress=not quiet)
     click.echo(
         f"certified {len(cert)} inputs in {cert.seconds:.3f}s "

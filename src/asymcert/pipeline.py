@@ -216,8 +216,15 @@ def plan_training(
         binary=task.binary,
         report_radii={norm_label(p): list(r) for p, r in task.report_radii.items()},
         splits={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        feature_names=_feature_names(data),
     )
     return TrainingPlan(task_spec, task, data, model, train_cfg, record)
+
+
+def _feature_names(data: TaskData) -> list[str] | None:
+    """The input columns of tabular data read from a CSV, by name (None for other data)."""
+    names = data.meta.get("feature_names")
+    return [str(n) for n in names] if isinstance(names, list) else None
 
 
 def check_run_folder(out: Path, plan: TrainingPlan) -> RunRecord | None:

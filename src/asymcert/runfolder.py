@@ -167,6 +167,8 @@ class RunRecord:
         report_radii: norm label ("l1", "l2", "linf") → radii (raw input units) of the report tables.
         splits: split name → number of inputs.
         training: ``{"seconds", "best", "epochs", "processes"}`` once training finished, else None.
+        feature_names: the input columns of a run trained on a CSV, by name (None otherwise); new
+            traffic is read by these names (``asymcert certify RUN --input FILE.csv``).
         extra: keys this version does not know, kept as they are.
     """
 
@@ -181,6 +183,7 @@ class RunRecord:
     report_radii: dict[str, list[float]] = field(default_factory=dict)
     splits: dict[str, int] = field(default_factory=dict)
     training: dict[str, Any] | None = None
+    feature_names: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -220,8 +223,9 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``run.json`` (``training`` only once there is one)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        if out["training"] is None:
-            del out["training"]
+        for optional in ("training", "feature_names"):
+            if out[optional] is None:
+                del out[optional]
         return {**out, **self.extra}
 
 
@@ -233,6 +237,10 @@ def _check_optional(raw: dict[str, Any], source: str) -> None:
         "data_dir": (lambda v: v is None or isinstance(v, str), "a string or null"),
         "class_names": (lambda v: isinstance(v, list), "a list"),
         "binary": (lambda v: isinstance(v, bool), "true or false"),
+        "feature_names": (
+            lambda v: v is None or (isinstance(v, list) and all(isinstance(c, str) for c in v)),
+            "a list of strings",
+        ),
         "report_radii": (
             lambda v: (
                 isinstance(v, dict) and all(isinstance(r, list) and all(_is_number(x) for x in r) for r in v.values())

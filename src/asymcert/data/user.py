@@ -279,8 +279,9 @@ def _task(name: str, description: str, data: TaskData) -> Task:
     )
 
 
-def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The ``x`` and ``y`` arrays of an ``.npz`` file, read without unpickling anything.
+def read_npz(path: Path, labels_required: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``x`` and ``y`` arrays of an ``.npz`` file, read without unpickling anything (``y`` None when
+    absent and not ``labels_required``).
 
     Raises:
         DataError: not an .npz archive (a .npy file, a pickle, a damaged zip), no ``x`` or ``y``, or
@@ -295,14 +296,15 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: a single array (.npy), not an .npz archive; save with np.savez(path, x=inputs, y=labels)"
         )
     with loaded as archive:
-        missing = [k for k in ("x", "y") if k not in archive.files]
+        keys = ("x", "y") if labels_required or "y" in archive.files else ("x",)
+        missing = [k for k in keys if k not in archive.files]
         if missing:
             raise DataError(
                 f"{path}: no array named {' or '.join(missing)} (arrays found: {archive.files}); "
                 f"save with np.savez(path, x=inputs, y=labels)"
             )
         out = []
-        for key in ("x", "y"):
+        for key in keys:
             try:
                 out.append(archive[key])
             except ValueError as exc:  # object arrays: refused unread
@@ -312,7 +314,7 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 ) from None
             except (OSError, zipfile.BadZipFile, EOFError) as exc:
                 raise DataError(f"{path}: array {key!r} is damaged ({_one_line(exc)})") from None
-    return out[0], out[1]
+    return out[0], (out[1] if len(out) > 1 else None)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -337,6 +339,7 @@ def task_from_npz(
     """
     path = Path(path)
     x, y = read_npz(path)
+    assert y is not None  # labels_required=True: read_npz refused a file without y
     return task_from_arrays(x, y, sensitive_class, other_class, name or path.stem, source=str(path), seed=seed)
 
 

@@ -1,0 +1,134 @@
+"""Certifying new traffic: a file in, one result row per input out, the same numbers as asymcert.certify."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import asymcert
+from asymcert.cli import EXIT_OK, EXIT_REFUSED, main
+from asymcert.errors import DataError, InputError
+from asymcert.pipeline import read_run, train_run
+from asymcert.traffic import certify_file
+
+FEATURES = ["f0", "f1", "f2", "f3"]
+
+
+def _rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    g = np.random.default_rng(seed)
+    x = g.normal(size=(n, 4)) * np.array([1.0, 10.0, 0.1, 1.0])
+    return x, np.where(x[:, 0] + 0.1 * x[:, 1] > 0, "spam", "ham")
+
+
+def _write_csv(path, x, y=None, order=FEATURES, extra=True):
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["note", *order, *(["kind"] if y is not None else [])] if extra else [*order])
+        for i, row in enumerate(x):
+            values = [repr(float(row[FEATURES.index(c)])) for c in order]
+            w.writerow(([f"n{i}"] if extra else []) + values + ([y[i]] if y is not None else []))
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("traffic")
+    x, y = _rows(240, 0)
+    with (root / "train.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*FEATURES, "kind"])
+        w.writerows([[*map(float, r), label] for r, label in zip(x, y, strict=True)])
+    spec = {"csv": str(root / "train.csv"), "label_column": "kind", "sensitive_class": "spam"}
+    train_run(spec, root / "run", train_overrides={"epochs": 3}, progress=False, log=lambda m: None)
+    return root / "run"
+
+
+def _read(path):
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_rows_match_asymcert_certify_on_the_same_inputs(csv_run, tmp_path):
+    assert read_run(csv_run)["feature_names"] == FEATURES
+    x, y = _rows(50, 1)
+    _write_csv(tmp_path / "new.csv", x, y, order=["f3", "f1", "f0", "f2"])  # other order, an extra column
+    done = certify_file(csv_run, tmp_path / "new.csv", tmp_path / "out.csv", chunk=7, progress=False)
+    rows = _read(tmp_path / "out.csv")
+    assert list(rows[0]) == ["index", "score", "flagged", "radius_l1", "radius_l2", "radius_linf", "label"]
+    # the same chunks as the file was read in (float64 results may differ in the last bit with the batch size)
+    cert = asymcert.certify(asymcert.load(csv_run), torch.tensor(x, dtype=torch.float32), batch_size=7)
+    assert done.n_inputs == 50 == len(rows) and done.n_flagged == int(cert.sensitive.sum())
+    for i, row in enumerate(rows):
+        assert int(row["index"]) == i and row["label"] == y[i]
+        assert int(row["flagged"]) == int(cert.sensitive[i])
+        for p, col in ((1.0, "radius_l1"), (2.0, "radius_l2"), (math.inf, "radius_linf")):
+            assert float(row[col]) == float(cert.radii[p][i])  # exact: written with repr
+        assert float(row["score"]) == pytest.approx(float(cert.extra["score"][i]), rel=1e-6)
+
+
+def test_chunk_size_changes_radii_by_rounding_only(csv_run, tmp_path):
+    x, _ = _rows(30, 2)
+    _write_csv(tmp_path / "new.csv", x, extra=False)
+    certify_file(csv_run, tmp_path / "new.csv", tmp_path / "a.csv", chunk=4, progress=False)
+    certify_file(csv_run, tmp_path / "new.csv", tmp_path / "b.csv", progress=False)
+    a, b = _read(tmp_path / "a.csv"), _read(tmp_path / "b.csv")
+    assert [r["flagged"] for r in a] == [r["flagged"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        for col in ("radius_l1", "radius_l2", "radius_linf"):
+            assert float(ra[col]) == pytest.approx(float(rb[col]), rel=1e-12, abs=1e-300)
+    assert "label" not in _read(tmp_path / "a.csv")[0]  # no label column in the input: none in the output
+
+
+def test_npz_input_without_labels(csv_run, tmp_path):
+    x, _ = _rows(9, 3)
+    np.savez(tmp_path / "new.npz", x=x.astype(np.float32))
+    done = certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", norms=(2.0,), progress=False)
+    rows = _read(tmp_path / "out.csv")
+    assert done.n_inputs == 9 and list(rows[0]) == ["index", "score", "flagged", "radius_l2"]
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "message"),
+    [
+        ("f0,f1,f2\n1,2,3\n", DataError, "f3 are missing"),
+        ("f0,f1,f2,f3\n1,2,3,x\n", DataError, r"row 1 \(line 2\), column 'f3': 'x' is not a number"),
+        ("f0,f1,f2,f3\n1,2,3,inf\n", DataError, "not a finite float32 number"),
+        ("f0,f1,f2,f3\n1,2,3\n", DataError, "has 3 fields, the header has 4"),
+        ("f0,f1,f2,f3\n", InputError, "no inputs to certify"),
+    ],
+)
+def test_bad_input_is_one_error_and_leaves_the_old_output(csv_run, tmp_path, content, error, message):
+    (tmp_path / "bad.csv").write_text(content)
+    (tmp_path / "out.csv").write_text("old results\n")
+    with pytest.raises(error, match=message):
+        certify_file(csv_run, tmp_path / "bad.csv", tmp_path / "out.csv", chunk=1, progress=False)
+    assert (tmp_path / "out.csv").read_text() == "old results\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.csv")] == []  # no temp file left
+
+
+def test_unknown_format_is_refused(csv_run, tmp_path):
+    (tmp_path / "x.parquet").write_text("")
+    with pytest.raises(InputError, match=r"use \.csv or \.npz"):
+        certify_file(csv_run, tmp_path / "x.parquet", tmp_path / "out.csv", progress=False)
+
+
+def test_cli_certify_input(csv_run, tmp_path):
+    x, y = _rows(12, 4)
+    _write_csv(tmp_path / "new.csv", x, y)
+    res = CliRunner().invoke(
+        main,
+        ["certify", str(csv_run), "--input", str(tmp_path / "new.csv"), "--out", str(tmp_path / "r.csv"), "--quiet"],
+    )
+    assert res.exit_code == EXIT_OK, res.output
+    assert "certified 12 inputs" in res.output and len(_read(tmp_path / "r.csv")) == 12
+    res = CliRunner().invoke(main, ["certify", str(csv_run), "--input", str(tmp_path / "new.csv")])
+    assert res.exit_code == EXIT_REFUSED and "--input and --out go together" in res.output
+    res = CliRunner().invoke(
+        main, ["certify", str(csv_run), "--input", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "r2.csv")]
+    )
+    assert res.exit_code == EXIT_REFUSED and "no such input file" in res.output
+    assert not (tmp_path / "r2.csv").exists()
