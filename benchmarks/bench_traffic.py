@@ -1,0 +1,67 @@
+"""Throughput and peak memory of `asymcert certify RUN --input FILE.csv --out RESULTS.csv`.
+
+Writes a CSV of N rows × 57 features (SpamBase's width), trains nothing: a feature-convex model
+(standardize, ICNN 64-32) is built and saved as a run folder, then the file is certified in one
+process. Prints rows/s and the peak resident memory (ru_maxrss) after certification.
+
+    python benchmarks/bench_traffic.py --rows 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asymcert.checkpoint import save
+from asymcert.models import build_model
+from asymcert.pipeline import RUN_FILE
+from asymcert.runfolder import RunRecord, write_json
+from asymcert.traffic import certify_file
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--features", type=int, default=57)
+    args = parser.parse_args()
+    names = [f"f{i}" for i in range(args.features)]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = build_model(
+            {
+                "kind": "feature-convex",
+                "input_shape": [args.features],
+                "feature_map": [{"kind": "standardize"}],
+                "convex": {"kind": "icnn", "widths": [64, 32]},
+            }
+        )
+        model.feature_map.fit(torch.randn(1000, args.features))
+        save(model, root / "run")
+        write_json(
+            root / "run" / RUN_FILE,
+            RunRecord(task={"csv": "x.csv"}, model=model.config(), train={}, feature_names=names).to_dict(),
+        )
+        g = np.random.default_rng(0)
+        with (root / "in.csv").open("w") as f:
+            f.write(",".join(names) + "\n")
+            for start in range(0, args.rows, 10_000):
+                block = g.normal(size=(min(10_000, args.rows - start), args.features))
+                np.savetxt(f, block, delimiter=",", fmt="%.6g")
+        t0 = time.perf_counter()
+        done = certify_file(root / "run", root / "in.csv", root / "out.csv", progress=False)
+        wall = time.perf_counter() - t0
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            f"{done.n_inputs} rows × {args.features} features: {wall:.1f} s wall ({done.n_inputs / wall:,.0f} rows/s), "
+            f"certification alone {done.seconds:.1f} s, peak RSS {peak_mb:.0f} MB"
+        )
+
+
+if __name__ == "__main__":
+    main()
