@@ -22,4 +22,19 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
          "or put the IDX files in \$ASYMCERT_DATA/fashion-mnist" >&2
   fi
 fi
+# UCI SpamBase: one file (kernlab/data/spam.rda) from Debian's r-cran-kernlab, extracted from the .deb
+# rather than installed (installing it pulls in R). Skipped, with a note, where apt cannot download.
+SPAM_CACHE="${ASYMCERT_DATA:-${XDG_CACHE_HOME:-$HOME/.cache}/asymcert}/spambase"
+if [ ! -f "$SPAM_CACHE/spam.rda" ] && [ ! -f /usr/lib/R/site-library/kernlab/data/spam.rda ]; then
+  if command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then
+    SPAM_TMP="$(mktemp -d)"
+    if (cd "$SPAM_TMP" && apt-get download -qq r-cran-kernlab >/dev/null 2>&1 \
+        && dpkg-deb -x r-cran-kernlab_*.deb kl); then
+      mkdir -p "$SPAM_CACHE" && cp "$SPAM_TMP/kl/usr/lib/R/site-library/kernlab/data/spam.rda" "$SPAM_CACHE/"
+    else
+      echo "note: SpamBase not fetched (apt-get download r-cran-kernlab failed); the spambase task needs it" >&2
+    fi
+    rm -rf "$SPAM_TMP"
+  fi
+fi
 touch "$VENV/.installed"

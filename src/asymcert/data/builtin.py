@@ -25,6 +25,7 @@ from asymcert.data.cifar import CIFAR10_CLASSES, load_cifar10_arrays
 from asymcert.data.download import FASHION_REMOTE, MNIST_REMOTE, RemoteFile, find_or_download
 from asymcert.data.idx import read_idx
 from asymcert.data.malimg import make_malimg_task
+from asymcert.data.spambase import MEDIAN_FEATURE_STD, N_FEATURES, load_spambase
 from asymcert.data.tasks import (
     Dataset,
     Task,
@@ -34,6 +35,7 @@ from asymcert.data.tasks import (
     split_train_val,
     task_data_from_arrays,
 )
+from asymcert.data.user import tabular_radii
 from asymcert.errors import DataError
 
 INF = math.inf
@@ -316,6 +318,22 @@ register_task(
         train={"epochs": 100, "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "jacobian_reg": 0.0},
         presets=_fast(),
         report_radii=BREAST_CANCER_RADII,
+    )
+)
+
+register_task(
+    Task(
+        name="spambase",
+        description="UCI SpamBase (kernlab's spam.rda), spam (sensitive) vs ham; raw feature units",
+        load=load_spambase,
+        model={
+            "kind": "feature-convex",
+            "feature_map": [{"kind": "standardize"}],
+            "convex": {"kind": "icnn", "widths": [64, 32], "batch_norm": False},
+        },
+        train={"epochs": 100, "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "jacobian_reg": 0.0},
+        presets=_fast(),
+        report_radii=tabular_radii(MEDIAN_FEATURE_STD, N_FEATURES),
     )
 )
 

@@ -1,0 +1,82 @@
+"""The spambase task: kernlab's spam.rda (written here in the real R format), the split, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import rdata
+from click.testing import CliRunner
+
+from asymcert.cli import main
+from asymcert.data import get_task
+from asymcert.data.sources import cache_dir
+from asymcert.data.spambase import SYSTEM_DIRS, load_spambase, read_spam_rda
+from asymcert.errors import DataError
+
+NAMES = [f"word_freq_{i}" for i in range(54)] + ["capitalAve", "capitalLong", "capitalTotal"]
+
+
+def _frame(n: int = 120, seed: int = 0) -> pd.DataFrame:
+    g = np.random.default_rng(seed)
+    x = np.abs(g.normal(size=(n, 57))) * np.r_[np.full(54, 0.5), 3.0, 50.0, 300.0]
+    spam = x[:, 0] + x[:, 1] > 0.9
+    frame = pd.DataFrame(x, columns=NAMES)
+    frame["type"] = pd.Categorical(np.where(spam, "spam", "nonspam"), categories=["nonspam", "spam"])
+    return frame
+
+
+def test_reads_the_r_file_exactly_and_splits_stratified(tmp_path):
+    frame = _frame()
+    rdata.write_rda(tmp_path / "spam.rda", {"spam": frame})
+    x, y, names = read_spam_rda(tmp_path / "spam.rda")
+    assert names == NAMES and np.array_equal(x, frame[NAMES].to_numpy()) and y.sum() == (frame["type"] == "spam").sum()
+    data = load_spambase(tmp_path)
+    assert len(data.train) + len(data.val) + len(data.test) == 120 and data.class_names == ("nonspam", "spam")
+    assert data.meta["feature_names"] == NAMES
+    rate = float(y.mean())
+    for split in (data.train, data.val, data.test):
+        assert abs(float(split.y.float().mean()) - rate) < 0.1  # stratified
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda p: p.write_bytes(b"not an R file"), "not a readable R data file"),
+        (lambda p: rdata.write_rda(p, {"other": _frame()}), "no data frame 'spam'"),
+        (lambda p: rdata.write_rda(p, {"spam": _frame().drop(columns=NAMES[:3])}), "expected 57 feature columns"),
+    ],
+)
+def test_foreign_files_are_refused_in_one_error(tmp_path, write, message):
+    write(tmp_path / "spam.rda")
+    with pytest.raises(DataError, match=message):
+        load_spambase(tmp_path)
+
+
+def test_a_missing_file_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASYMCERT_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr("asymcert.data.spambase.SYSTEM_DIRS", (tmp_path / "system",))
+    with pytest.raises(DataError, match="apt-get download r-cran-kernlab") as info:
+        load_spambase(tmp_path / "nothing")
+    assert str(tmp_path / "nothing") in str(info.value)
+
+
+def test_run_spambase_end_to_end_on_a_file_in_the_real_format(tmp_path):
+    rdata.write_rda(tmp_path / "spam.rda", {"spam": _frame(200)})
+    out = tmp_path / "run"
+    args = ["run", "spambase", "--preset", "fast", "--data-dir", str(tmp_path), "--out", str(out), "--quiet"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_inputs"] == 40 and json.loads((out / "run.json").read_text())["feature_names"] == NAMES
+
+
+def test_the_real_spambase_when_present():
+    found = [d / "spam.rda" for d in (cache_dir() / "spambase", *SYSTEM_DIRS) if (d / "spam.rda").is_file()]
+    if not found:
+        pytest.skip("kernlab's spam.rda is not on this machine (scripts/setup.sh fetches it)")
+    x, y, names = read_spam_rda(found[0])
+    assert x.shape == (4601, 57) and int(y.sum()) == 1813 and names[-1] == "capitalTotal"
+    assert float(x[:, -1].max()) == 15841.0 and get_task("spambase").binary
