@@ -49,10 +49,11 @@ def test_reads_the_r_file_exactly_and_splits_stratified(tmp_path):
         (lambda p: rdata.write_rda(p, {"spam": _frame().drop(columns=NAMES[:3])}), "expected 57 feature columns"),
     ],
 )
-def test_foreign_files_are_refused_in_one_error(tmp_path, write, message):
+def test_foreign_files_are_refused_in_one_error(tmp_path, write, message, recwarn):
     write(tmp_path / "spam.rda")
     with pytest.raises(DataError, match=message):
         load_spambase(tmp_path)
+    assert not [w for w in recwarn if "rdata" in str(w.filename)]  # no warnings besides the one error
 
 
 def test_a_missing_file_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ of the email), the average and longest run of capital letters and their total co
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,9 @@ def read_spam_rda(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     except ImportError as exc:
         raise DataError("the spambase task reads R data files with rdata: pip install 'asymcert[tabular]'") from exc
     try:
-        frame = rdata.read_rda(str(path)).get("spam")
+        with warnings.catch_warnings():  # rdata warns about guessed formats; the DataError below says it once
+            warnings.simplefilter("ignore")
+            frame = rdata.read_rda(str(path)).get("spam")
     except Exception as exc:  # rdata raises many types for a damaged or foreign file
         raise DataError(f"{path}: not a readable R data file ({type(exc).__name__}: {exc})") from None
     if frame is None or not hasattr(frame, "columns") or "type" not in frame.columns:
