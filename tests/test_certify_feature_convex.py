@@ -11,7 +11,7 @@ from asymcert.certify.functional import dual_exponent, safe_radius
 from asymcert.errors import InputError
 from tests.conftest import small_feature_convex
 
-FMAPS = [[{"kind": "shift"}], [{"kind": "shift"}, {"kind": "concat-abs"}]]
+FMAPS = [[{"kind": "shift"}], [{"kind": "shift"}, {"kind": "concat-abs"}], [{"kind": "log1p"}, {"kind": "shift"}]]
 
 
 def reference_radii(model, x, p):

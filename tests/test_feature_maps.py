@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from asymcert.errors import UnknownNameError
 from asymcert.nn.feature_maps import build_feature_map
+from tests.conftest import examples
 
 NORMS = [1.0, 1.5, 2.0, 3.0, math.inf]
 CONFIGS = [
@@ -79,3 +80,27 @@ def test_every_built_in_map_is_accepted_and_checks_its_statistics(config):
             m.mean[0, 1] = math.nan
     problems = feature_map_problems(phi)
     assert len(problems) == len(stats) and all("mean: contains NaN or Inf" in p for p in problems)
+
+
+@settings(derandomize=True, max_examples=examples(50), deadline=None)
+@given(
+    a=st.lists(st.floats(-5, 1e4, allow_nan=False), min_size=6, max_size=6),
+    b=st.lists(st.floats(-5, 1e4, allow_nan=False), min_size=6, max_size=6),
+)
+def test_log1p_is_1_lipschitz_in_every_norm_and_nondecreasing(a, b):
+    """Measured against the declared constant, in float64, with negative inputs (moves below 0) too."""
+    phi = build_feature_map([{"kind": "log1p"}], (6,)).double()
+    xa, xb = torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64)
+    for p in (1.0, 2.0, math.inf):
+        assert phi.lipschitz(p) == 1.0
+        moved = float(torch.linalg.vector_norm(phi(xa) - phi(xb), ord=p))
+        assert moved <= float(torch.linalg.vector_norm(xa - xb, ord=p)) * (1 + 1e-12)
+    high = torch.maximum(xa, xb)
+    assert bool((phi(high) >= phi(xa)).all() and (phi(high) >= phi(xb)).all())  # monotone
+
+
+def test_log1p_round_trips_and_is_not_affine():
+    phi = build_feature_map([{"kind": "log1p"}, {"kind": "standardize"}], (3,))
+    assert phi.config()[0] == {"kind": "log1p"} and not phi.affine()
+    assert build_feature_map(phi.config(), (3,)).config() == phi.config()
+    assert torch.equal(phi.maps[0](torch.tensor([[-2.0, 0.0, math.e - 1]])), torch.tensor([[0.0, 0.0, 1.0]]))

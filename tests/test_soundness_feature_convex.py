@@ -10,7 +10,7 @@ from asymcert.certify.attacks import decision_flips, pgd_attack
 from asymcert.certify.feature_convex import float_guard, score_and_feature_gradient
 from tests.conftest import small_feature_convex
 
-FMAPS = [[{"kind": "shift"}], [{"kind": "shift"}, {"kind": "concat-abs"}]]
+FMAPS = [[{"kind": "shift"}], [{"kind": "shift"}, {"kind": "concat-abs"}], [{"kind": "log1p"}, {"kind": "shift"}]]
 
 
 @pytest.mark.parametrize("kind", ["icnn", "conv"])

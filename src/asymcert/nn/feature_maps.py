@@ -110,6 +110,23 @@ class Shift(FeatureMap):
         return True
 
 
+class Log1p(FeatureMap):
+    """φ(x) = log(1 + max(x, 0)) elementwise: for heavy-tailed nonnegative counts and frequencies.
+
+    Each coordinate is 1-Lipschitz on all of R (slope 1/(1 + x) ≤ 1 for x > 0, 0 below), so the map
+    is 1-Lipschitz in every ℓp norm, also for perturbations that leave x ≥ 0; and it is nondecreasing
+    in every coordinate. Values below 0 are treated as 0.
+    """
+
+    kind = "log1p"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(torch.clamp(x, min=0.0))
+
+    def lipschitz(self, p: float) -> float:
+        return 1.0
+
+
 class Standardize(FeatureMap):
     """φ(x) = (x − μ) / σ per feature (tabular data). Lipschitz max_i 1/|σ_i| in every ℓp norm.
 
@@ -236,7 +253,7 @@ class Compose(FeatureMap):
         return [m.config() for m in self.feature_maps]
 
 
-FEATURE_MAPS: dict[str, type[FeatureMap]] = {c.kind: c for c in (Identity, Shift, Standardize, ConcatAbs)}
+FEATURE_MAPS: dict[str, type[FeatureMap]] = {c.kind: c for c in (Identity, Shift, Log1p, Standardize, ConcatAbs)}
 
 
 def feature_map_problems(phi: nn.Module, path: str = "feature_map") -> list[str]:
