@@ -43,6 +43,10 @@ def _constrained(model) -> list[torch.Tensor]:
     return [m.weight for m in model.modules() if isinstance(m, NonnegLinear)]
 
 
+def _lowest(model) -> float:
+    return min(float(w.detach().min()) for w in _constrained(model))
+
+
 def _hostile_steps(model, optimizer, steps: int = 3) -> None:
     """Steps whose gradient pushes every constrained weight far below 0."""
     for _ in range(steps):
@@ -54,16 +58,16 @@ def _hostile_steps(model, optimizer, steps: int = 3) -> None:
 def test_the_optimizer_hook_keeps_weights_nonnegative_and_detach_removes_it():
     plain = _model()
     _hostile_steps(plain, torch.optim.SGD(plain.parameters(), lr=10.0))
-    assert min(float(w.min()) for w in _constrained(plain)) < 0  # without it the loop breaks convexity
+    assert _lowest(plain) < 0  # without it the loop breaks convexity
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=10.0)
     training = make_certifiable(model, optimizer)
     _hostile_steps(model, optimizer)
-    assert min(float(w.min()) for w in _constrained(model)) >= 0
+    assert _lowest(model) >= 0
     model.validate()
     training.detach()
     _hostile_steps(model, optimizer)
-    assert min(float(w.min()) for w in _constrained(model)) < 0
+    assert _lowest(model) < 0
 
 
 @pytest.mark.parametrize(
@@ -72,6 +76,7 @@ def test_the_optimizer_hook_keeps_weights_nonnegative_and_detach_removes_it():
         {},
         {"margin_radius": 0.5, "margin_norm": 2.0},
         {"margin_radius": [0.5, 0.05], "margin_norm": [2.0, math.inf], "jacobian_reg": 0.1},
+        {"margin_radius": (0.5, 0.05), "margin_norm": "inf", "sensitive_weight": 2.0},
     ],
 )
 def test_the_loss_is_the_family_recipe_loss(settings):
@@ -79,12 +84,13 @@ def test_the_loss_is_the_family_recipe_loss(settings):
     model = _model()
     training = make_certifiable(model, torch.optim.Adam(model.parameters()), **settings)
     training.fit_feature_map(x)
-    recipe = FeatureConvexRecipe(TrainConfig.from_dict({**settings, "margin_warmup": 0.0}))
+    as_config = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+    recipe = FeatureConvexRecipe(TrainConfig.from_dict({**as_config, "margin_warmup": 0.0}))
     expected = recipe.loss(model, x, y, progress=1.0)[0]
     torch.testing.assert_close(training.loss(x, y), expected)
     if settings.get("margin_radius"):  # the margin term is really there
         plain = FeatureConvexRecipe(TrainConfig.from_dict({"margin_warmup": 0.0})).loss(model, x, y, 1.0)[0]
-        assert float(training.loss(x, y)) > float(plain)
+        assert training.loss(x, y).item() > plain.item()
 
 
 def _trained(margin: float = 0.3):
@@ -145,20 +151,37 @@ def test_finish_refuses_a_model_made_invalid_outside_the_optimizer():
         training.finish(x[200:], y[200:])
 
 
+def _refused(error: type[Exception], match: str, call) -> None:
+    """``call()`` raises ``error`` with a one-line message matching ``match``."""
+    with pytest.raises(error, match=match) as info:
+        call()
+    assert "\n" not in str(info.value), str(info.value)
+
+
 def test_bad_arguments_are_refused_with_one_line_errors():
     model = _model()
-    with pytest.raises(ModelError, match="feature-convex"):
-        make_certifiable(torch.nn.Linear(3, 1), torch.optim.SGD(torch.nn.Linear(3, 1).parameters(), lr=0.1))
-    with pytest.raises(ConfigError, match="none of the model's parameters"):
-        make_certifiable(model, torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1))
-    with pytest.raises(SettingsError, match="margin"):
-        make_certifiable(model, torch.optim.SGD(model.parameters(), lr=0.1), margin_radius=-1.0)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    linear = torch.nn.Linear(3, 1)
+    _refused(ModelError, "feature-convex", lambda: make_certifiable(linear, torch.optim.SGD(linear.parameters(), 0.1)))
+    _refused(ConfigError, "torch.optim.Optimizer", lambda: make_certifiable(model, model.parameters()))
+    stranger = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    _refused(ConfigError, "none of the model's parameters", lambda: make_certifiable(model, stranger))
+    _refused(SettingsError, "margin_radius", lambda: make_certifiable(model, sgd, margin_radius=-1.0))
+    _refused(SettingsError, "margin_norm", lambda: make_certifiable(model, sgd, margin_radius=1.0, margin_norm=0.5))
+    _refused(SettingsError, "pair up", lambda: make_certifiable(model, sgd, margin_radius=[1, 2], margin_norm=[2]))
+    _refused(SettingsError, "jacobian_reg", lambda: make_certifiable(model, sgd, jacobian_reg=-0.1))
+    with torch.no_grad():
+        _constrained(model)[0][0, 0] = -1.0
+    _refused(ConvexityError, "below 0", lambda: make_certifiable(model, sgd))  # refused before any projection
+    model = _model()
     training = make_certifiable(model, torch.optim.SGD(model.parameters(), lr=0.1))
-    x, _ = _data(20)
-    with pytest.raises(ConfigError, match="both classes"):
-        training.finish(x, torch.ones(20, dtype=torch.long))
-    with pytest.raises(ConfigError, match="no batches"):
-        training.finish(DataLoader(TensorDataset(x[:0], torch.ones(0)), batch_size=4))
+    x, y = _data(20)
+    _refused(ConfigError, "both classes", lambda: training.finish(x, torch.ones(20, dtype=torch.long)))
+    _refused(ConfigError, "both classes", lambda: training.finish(x))
+    _refused(ConfigError, "no batches", lambda: training.finish(DataLoader(TensorDataset(x[:0], y[:0]), batch_size=4)))
+    _refused(ConfigError, r"\(x, y\) batches", lambda: training.finish(DataLoader(x, batch_size=4)))
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    _refused(ConfigError, "labels only with a tensor", lambda: training.finish(loader, y))
 
 
 def test_the_readme_example_runs_as_written():

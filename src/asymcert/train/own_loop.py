@@ -29,7 +29,10 @@ from asymcert.errors import ConfigError, ModelError
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.train.balance import fit_balance
 from asymcert.train.config import TrainConfig
-from asymcert.train.recipes import FeatureConvexRecipe
+from asymcert.train.recipes import FeatureConvexRecipe, predict_scores
+
+_EVAL_BATCH = 4096
+"""Inputs per forward pass when :meth:`CertifiableTraining.finish` scores the validation data."""
 
 Batches = torch.Tensor | Iterable[Any]
 """Inputs (N, *input_shape) in raw units, or an iterable of batches ``x`` or ``(x, y, ...)`` (a DataLoader)."""
@@ -69,7 +72,10 @@ class CertifiableTraining:
         return self.recipe.loss(self.model, x, y, progress=1.0)[0]
 
     def finish(self, val: Batches, labels: torch.Tensor | None = None) -> float:
-        """Fit the balance shift b on validation data, then check the model; returns b.
+        """Check the model, then fit the balance shift b on validation data; returns b.
+
+        Call it once training is done: b stays in the model, and a later :meth:`loss` would train at
+        the threshold b (call ``model.set_balance(0.0)`` first to go on training as before).
 
         Args:
             val: a loader of ``(x, y)`` batches, or validation inputs (N, *input_shape) with ``labels``.
@@ -77,18 +83,18 @@ class CertifiableTraining:
         Raises:
             ConvexityError: the model is not one asymcert can certify (e.g. a constrained weight was
                 made negative outside the optimizer), naming every problem.
-            ConfigError: validation data without both classes.
+            ConfigError: validation data without both classes, or not given as (x, y) batches or as
+                inputs with ``labels``.
         """
+        if labels is not None and not isinstance(val, torch.Tensor):
+            raise ConfigError("finish takes labels only with a tensor of inputs; a loader gives (x, y) batches")
         x, y = (val, labels) if isinstance(val, torch.Tensor) else _pairs(val)
         if y is None or len(y) != len(x) or not bool((y == 1).any() and (y == 0).any()):
             raise ConfigError("finish needs validation inputs with labels of both classes (1 = sensitive, 0 = other)")
         self.model.validate()
         self.model.set_balance(0.0)
-        with torch.no_grad():
-            was = self.model.training
-            self.model.eval()
-            scores = torch.cat([self.model(c) for c in x.split(4096)]).float().cpu()
-            self.model.train(was)
+        device = next(self.model.parameters()).device
+        scores = predict_scores(self.model, x, _EVAL_BATCH, device)  # eval mode, (N,) on the CPU
         b = fit_balance(scores, y.cpu())
         self.model.set_balance(b)
         return b
@@ -105,7 +111,7 @@ def make_certifiable(
     optimizer: torch.optim.Optimizer,
     *,
     margin_radius: float | Sequence[float] = 0.0,
-    margin_norm: float | Sequence[float] = 2.0,
+    margin_norm: float | str | Sequence[float | str] = 2.0,
     jacobian_reg: float = 0.0,
     sensitive_weight: float = 1.0,
 ) -> CertifiableTraining:
@@ -116,7 +122,8 @@ def make_certifiable(
         optimizer: an optimizer over the model's parameters.
         margin_radius: radius (raw input units) of the certified-margin loss on sensitive inputs;
             0 turns it off; a list takes the lowest bound over several balls.
-        margin_norm: ℓp norm(s) of the margin balls, one per radius.
+        margin_norm: ℓp norm(s) p ≥ 1 of the margin balls (``math.inf`` or ``"inf"`` for ℓ∞), one per
+            radius, or one for every radius.
         jacobian_reg: weight of the Jacobian regulariser.
         sensitive_weight: weight of the sensitive class in the cross-entropy.
     Returns:
@@ -124,20 +131,23 @@ def make_certifiable(
     Raises:
         ModelError: ``model`` is not a feature-convex classifier.
         ConvexityError: the model is invalid before training starts.
-        ConfigError: the optimizer holds none of the model's parameters.
+        ConfigError: ``optimizer`` is not a torch optimizer, or holds none of the model's parameters.
         SettingsError: a loss setting out of range (names every problem).
     """
     if not isinstance(model, FeatureConvexClassifier):
         raise ModelError(f"make_certifiable trains feature-convex classifiers, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(
+            f"make_certifiable needs a torch.optim.Optimizer over the model's parameters, "
+            f"got {type(optimizer).__name__}"
+        )
     model.validate()
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     if not any(id(p) in held for p in model.parameters()):
         raise ConfigError("the optimizer holds none of the model's parameters; build it from model.parameters()")
-    radii = [float(r) for r in margin_radius] if isinstance(margin_radius, Sequence) else float(margin_radius)
-    norms = [float(p) for p in margin_norm] if isinstance(margin_norm, Sequence) else float(margin_norm)
-    config = TrainConfig(
-        margin_radius=radii,
-        margin_norm=norms,
+    config = TrainConfig(  # validates every setting (one-line SettingsError) as the CLI's settings are
+        margin_radius=_setting(margin_radius),
+        margin_norm=_setting(margin_norm),
         jacobian_reg=jacobian_reg,
         sensitive_weight=sensitive_weight,
         margin_warmup=0.0,
@@ -150,6 +160,12 @@ def make_certifiable(
     return CertifiableTraining(model, optimizer, recipe, hook)
 
 
+def _setting(value: Any) -> Any:
+    """A margin setting as :class:`TrainConfig` holds it: a sequence as a list, anything else as given
+    (TrainConfig checks it)."""
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+
+
 def _inputs(x: Batches) -> torch.Tensor:
     """Inputs as one tensor: ``x`` itself, or the first element of every batch of a loader, concatenated."""
     if isinstance(x, torch.Tensor):
@@ -159,7 +175,9 @@ def _inputs(x: Batches) -> torch.Tensor:
 
 def _pairs(loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """All ``(x, y)`` of a loader of batches, concatenated."""
-    batches = [(b[0], b[1]) for b in loader]
+    batches = list(loader)
+    if any(not isinstance(b, (tuple, list)) or len(b) < 2 for b in batches):
+        raise ConfigError("finish needs a loader of (x, y) batches, or a tensor of inputs with labels=")
     if not batches:
         raise ConfigError("finish needs validation data; the loader gave no batches")
-    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
