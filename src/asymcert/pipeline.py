@@ -34,7 +34,7 @@ from asymcert import distributed
 from asymcert.certify import certify
 from asymcert.certify.certfile import CERT_FILE, load_certificates, save_certificates
 from asymcert.certify.result import Certificate, norm_label
-from asymcert.checkpoint import load, model_config
+from asymcert.checkpoint import MODEL_FILE, load, model_config
 from asymcert.data import user
 from asymcert.data.pairs import pair_task
 from asymcert.data.tasks import Task, TaskData, get_task
@@ -473,7 +473,7 @@ class PipelineResult:
 
 def run_finished(run_dir: Path) -> bool:
     """True when ``run_dir`` holds a finished training run (a model and a run.json with its training summary)."""
-    if not (run_dir / "model.safetensors").is_file() or not (run_dir / RUN_FILE).is_file():
+    if not (run_dir / MODEL_FILE).is_file() or not (run_dir / RUN_FILE).is_file():
         return False
     return read_run_record(run_dir).training is not None
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from asymcert.certify import Certificate, certify
 from asymcert.certify.result import norm_label
 from asymcert.checkpoint import atomic_write, load
-from asymcert.data.user import read_npz
+from asymcert.data.user import csv_number, read_npz
 from asymcert.errors import DataError, InputError
 from asymcert.runfolder import RunRecord, read_run_record
 from asymcert.train.loop import resolve_device
@@ -98,11 +98,8 @@ def _csv_chunks(
 
 
 def _finite(cell: str, path: Path, where: str, column: str) -> float:
-    """The number in one CSV cell, or a one-line DataError naming it."""
-    try:
-        value = float(cell.strip())
-    except ValueError:
-        raise DataError(f"{path}: {where}, column {column!r}: {cell.strip()!r} is not a number") from None
+    """The number in one CSV cell (:func:`~asymcert.data.user.csv_number`), refused unless a finite float32."""
+    value = csv_number(cell, path, where, column)
     if not math.isfinite(value) or abs(value) > float(np.finfo(np.float32).max):
         raise DataError(f"{path}: {where}, column {column!r}: {cell.strip()!r} is not a finite float32 number")
     return value

@@ -380,7 +380,7 @@ def _parse_csv(reader: Any, path: Path, label_column: str) -> tuple[np.ndarray, 
         if len(row) != len(header):
             raise DataError(f"{path}: {where} has {len(row)} fields, the header has {len(header)}")
         labels.append(row[label_at].strip())
-        rows.append([_number(cell, path, where, header[i]) for i, cell in enumerate(row) if i != label_at])
+        rows.append([csv_number(cell, path, where, header[i]) for i, cell in enumerate(row) if i != label_at])
         names.append(where)
         if not labels[-1]:
             raise DataError(f"{path}: {where} has no label in column {label_column!r}")
@@ -389,7 +389,8 @@ def _parse_csv(reader: Any, path: Path, label_column: str) -> tuple[np.ndarray, 
     return np.array(rows, dtype=np.float64).reshape(len(rows), len(features)), np.array(labels), features, names
 
 
-def _number(cell: str, path: Path, where: str, column: str) -> float:
+def csv_number(cell: str, path: Path, where: str, column: str) -> float:
+    """The number in one CSV cell, or a one-line DataError naming the file, row, line and column."""
     text = cell.strip()
     if text.lower() in _MISSING:
         raise DataError(f"{path}: {where} is missing a value in column {column!r}; fill it in or drop the row")
