@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "asymcert"
 
 LAYERS: list[set[str]] = [
     {"errors", "_native", "distributed"},
-    {"nn", "data"},
+    {"nn", "data", "threat"},
     {"models"},
     {"checkpoint", "runfolder"},
     {"certify", "train"},

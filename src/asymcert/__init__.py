@@ -28,6 +28,7 @@ from asymcert.errors import (
     UnsoundOptionError,
     WriteError,
 )
+from asymcert.threat import ResolvedThreatModel, ThreatModel, load_threat_model
 
 __all__ = [
     "AsymcertError",
@@ -38,15 +39,18 @@ __all__ = [
     "DataError",
     "InputError",
     "ModelError",
+    "ResolvedThreatModel",
     "RunFolderBusyError",
     "RunFolderConflictError",
     "SettingsError",
+    "ThreatModel",
     "UnknownNameError",
     "UnsoundOptionError",
     "WriteError",
     "certify",
     "exact_radius",
     "load",
+    "load_threat_model",
     "save",
 ]
 __version__ = "0.1.0"

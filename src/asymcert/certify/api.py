@@ -14,7 +14,9 @@ from torch import nn
 
 from asymcert.certify.inputs import check_inputs
 from asymcert.certify.result import Certificate, Guarantee, normalize_norm
+from asymcert.certify.threat_model import fallback_radii, resolve_for
 from asymcert.errors import InputError, UnknownNameError
+from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -37,6 +39,9 @@ class CertifierSpec:
         guarantees: the kinds of :class:`~asymcert.certify.result.Guarantee` its certificates give
             (more than one when it depends on the model, e.g. binary vs multi-class).
         precision: the precision policy in one line (where scores come from, what is subtracted).
+        threat_run: the certifier under a threat model, ``threat_run(model, x, norms, resolved_tm,
+            **options)``, with radii in the threat model's units; None: ``certify`` converts ``run``'s
+            raw ℓp radii by the generic fallback (:func:`~asymcert.certify.threat_model.fallback_radii`).
     """
 
     name: str
@@ -44,6 +49,7 @@ class CertifierSpec:
     options: type[DataclassInstance]
     guarantees: frozenset[Guarantee]
     precision: str
+    threat_run: Callable[..., Certificate] | None = None
 
 
 _CERTIFIERS: dict[str, CertifierSpec] = {}
@@ -157,6 +163,7 @@ def _empty(cert: Certificate) -> Certificate:
         0.0,
         cert.binary,
         {k: v[:0] for k, v in cert.extra.items()},
+        cert.units,
     )
 
 
@@ -164,6 +171,23 @@ def _placeholder(x: torch.Tensor, value_range: tuple[float, float] | None) -> to
     """One valid input of ``x``'s shape (zeros, or the low end of ``value_range``) to learn an empty result's layout."""
     low = 0.0 if value_range is None or value_range[0] <= 0 <= value_range[1] else float(value_range[0])
     return torch.full((1, *x.shape[1:]), low, dtype=x.dtype, device=x.device)
+
+
+def _run(
+    spec: CertifierSpec,
+    model: nn.Module,
+    x: torch.Tensor,
+    norms: tuple[float, ...],
+    tm: ResolvedThreatModel | None,
+    kwargs: dict[str, Any],
+) -> Certificate:
+    """One chunk: the plain certifier, its threat-model form, or the plain one with the generic fallback."""
+    if tm is None:
+        return spec.run(model, x, norms, **kwargs)
+    if spec.threat_run is not None:
+        return spec.threat_run(model, x, norms, tm, **kwargs)
+    cert = spec.run(model, x, norms, **kwargs)
+    return replace(cert, radii=fallback_radii(cert.radii, tm, x), units=tm.units())
 
 
 def certify(
@@ -174,6 +198,7 @@ def certify(
     batch_size: int | None = None,
     check_range: bool = True,
     options: DataclassInstance | None = None,
+    threat_model: ThreatModel | ResolvedThreatModel | None = None,
     **overrides: Any,
 ) -> Certificate:
     """Certify a batch of inputs, :data:`DEFAULT_CHUNK` (or ``batch_size``) inputs at a time.
@@ -193,9 +218,13 @@ def certify(
         check_range: reject inputs outside ``model.input_range`` when the model declares one.
         options: the certifier's typed options (e.g. :class:`~asymcert.certify.feature_convex.FeatureConvexOptions`);
             None: its defaults.
+        threat_model: certify only the moves it allows, radii in its units (:mod:`asymcert.threat`);
+            a :class:`~asymcert.threat.ThreatModel` must name features by index here (resolve one with
+            names first: ``tm.resolve(names, d)``). None: plain ℓp balls in raw input units.
         **overrides: single options by name on top (``precision="float64"``, ``guard=False``, ...).
     Returns:
-        A :class:`Certificate` with one entry per input, tensors on the model's device.
+        A :class:`Certificate` with one entry per input, tensors on the model's device; its ``units``
+        say what the radii are measured in.
     Raises:
         InputError: inputs of the wrong type, shape or range, NaN/Inf, on the meta device; a model
             whose weights are on the meta device; ``batch_size`` < 1.
@@ -220,15 +249,16 @@ def certify(
     value_range = getattr(model, "input_range", None) if check_range else None
     check_inputs(x, getattr(model, "input_shape", None), value_range)
     device = _model_device(model, x)
+    tm = None if threat_model is None else resolve_for(threat_model, x)
     parts = []
     for start in range(0, x.shape[0], step):
         chunk = x[start : start + step].to(device)
         t0 = time.perf_counter()
-        cert = spec.run(model, chunk, norms_t, **kwargs)
+        cert = _run(spec, model, chunk, norms_t, tm, kwargs)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         cert.seconds = time.perf_counter() - t0
         parts.append(cert)
     if not parts:  # an empty batch: the layout of one placeholder input's result, with no rows
-        return _empty(spec.run(model, _placeholder(x, value_range).to(device), norms_t, **kwargs))
+        return _empty(_run(spec, model, _placeholder(x, value_range).to(device), norms_t, tm, kwargs))
     return parts[0] if len(parts) == 1 else Certificate.cat(parts)

@@ -216,26 +216,45 @@ def checked_slack(model: ConvexModel, precision: str, slack: float | None) -> fl
     return float(slack)
 
 
-def _reference(
-    model: FeatureConvexClassifier, x: torch.Tensor, precision: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(ŝ, E_ref, ĝ, G, φ(x), uncertain) for a resolved precision.
+@dataclass
+class Reference:
+    """The score and feature gradient a certificate is computed from, with bounds on their errors.
 
-    ŝ, E_ref: (N,) float64 score and bound on its error; ĝ, G: (N, *feature_shape) gradient and the
-    gradient whose dual norm is used (|ĝ| + E_g for "bounded", else ĝ); uncertain: (N,) bool where
-    the bounded pass's ReLU pattern may differ from the exact one, else None.
+    Attributes:
+        score: (N,) float64 ŝ; error: (N,) float64 bound on |ŝ − s|.
+        grad: (N, *feature_shape) ĝ ≈ ∇g(φ(x)); grad_error: a bound on |ĝ − ∇g| of the same shape
+            ("bounded") or None (the float64/model paths, whose gradient error is a relative slack).
+        features: (N, *feature_shape) φ(x).
+        uncertain: (N,) bool where the bounded pass's ReLU pattern may differ from the exact one, else None.
     """
+
+    score: torch.Tensor
+    error: torch.Tensor
+    grad: torch.Tensor
+    grad_error: torch.Tensor | None
+    features: torch.Tensor
+    uncertain: torch.Tensor | None
+
+    @property
+    def grad_bound(self) -> torch.Tensor:
+        """A tensor whose dual norm bounds ‖∇g‖: |ĝ| + E_g (bounded), else ĝ."""
+        if self.grad_error is None:
+            return self.grad
+        # |∇h_P| ≤ |ĝ| + E_g componentwise, so its dual norm bounds ‖∇h_P‖ (norms are monotone)
+        return self.grad.double().abs().add_(self.grad_error.double())
+
+
+def reference(model: FeatureConvexClassifier, x: torch.Tensor, precision: str) -> Reference:
+    """Score, gradient and their error bounds for a resolved precision (see :class:`Reference`)."""
     if precision == "bounded":
         bp = bounded_pass(model, x)
-        # |∇h_P| ≤ |ĝ| + E_g componentwise, so its dual norm bounds ‖∇h_P‖ (norms are monotone)
-        grad_bound = bp.grad.double().abs().add_(bp.grad_error.double())
-        return bp.score, bp.score_error, bp.grad, grad_bound, bp.features, bp.uncertain
+        return Reference(bp.score, bp.score_error, bp.grad, bp.grad_error, bp.features, bp.uncertain)
     ref = _float64_copy(model) if precision == "float64" else model
     xr = x.double() if precision == "float64" else x
     score, grad = score_and_feature_gradient(ref, xr)
     features = model.features(xr).detach()
     score = score.double()
-    return score, reference_error(model, features, grad, score, precision), grad, grad, features, None
+    return Reference(score, reference_error(model, features, grad, score, precision), grad, None, features, None)
 
 
 @dataclass(frozen=True)
@@ -293,15 +312,8 @@ def certify_feature_convex(
         UnsoundOptionError: an unknown precision, "bounded" where it does not apply, or a slack
             below the precision's allowance.
     """
-    if validate:
-        model.validate()
-    precision = _resolve_precision(model, x, precision)
-    slack = checked_slack(model, precision, slack)
-    score, err, grad, grad_bound, features, uncertain = _reference(model, x, precision)
-    band = float_guard(model, features, grad, score)
-    flagged, own_score = _decide(model, x, score - err, score + err, band, uncertain)
-    margin = score - err - (band if guard else 0.0)
-    margin = torch.where(flagged, margin, torch.zeros_like(margin))
+    ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
+    grad_bound = ref.grad_bound
     radii = {p: safe_radius(margin, model.feature_lipschitz(p) * dual_norm(grad_bound, p), slack) for p in norms}
     return Certificate(
         predicted=flagged.long(),
@@ -311,6 +323,27 @@ def certify_feature_convex(
         binary=True,
         extra={"score": own_score},
     )
+
+
+def flag_margins(
+    model: FeatureConvexClassifier, x: torch.Tensor, precision: str, slack: float | None, guard: bool, validate: bool
+) -> tuple[Reference, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """The common part of every feature-convex certificate (options as :func:`certify_feature_convex`).
+
+    Returns:
+        (reference, flagged (N,) bool, margin (N,) float64 — a lower bound on s(x) minus the guard, 0
+        where not flagged —, the model's own scores (N,) float32, the checked slack).
+    """
+    if validate:
+        model.validate()
+    precision = _resolve_precision(model, x, precision)
+    slack = checked_slack(model, precision, slack)
+    ref = reference(model, x, precision)
+    band = float_guard(model, ref.features, ref.grad, ref.score)
+    flagged, own_score = _decide(model, x, ref.score - ref.error, ref.score + ref.error, band, ref.uncertain)
+    margin = ref.score - ref.error - (band if guard else 0.0)
+    margin = torch.where(flagged, margin, torch.zeros_like(margin))
+    return ref, flagged, margin, own_score, slack
 
 
 def _decide(

@@ -11,6 +11,9 @@ import torch
 
 from asymcert.errors import InputError
 
+RAW_UNITS = "raw input units"
+"""The units of a certificate computed without a threat model."""
+
 
 class Guarantee(str, enum.Enum):
     """What a certified radius r > 0 promises for one input (the one place a certificate's meaning is read).
@@ -48,6 +51,9 @@ class Certificate:
         abstained: (N,) bool, inputs on which the certifier abstained (probabilistic methods).
         seconds: wall-clock seconds spent certifying the batch.
         binary: True when ``predicted`` is a sensitive-class flag.
+        extra: further per-input tensors (e.g. ``"score"``).
+        units: what the radii are measured in: ``"raw input units"``, or a threat model's units
+            (:meth:`asymcert.threat.ResolvedThreatModel.units`) when certified under one.
     """
 
     predicted: torch.Tensor
@@ -59,6 +65,7 @@ class Certificate:
     seconds: float = 0.0
     binary: bool = True
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    units: str = RAW_UNITS
 
     def __post_init__(self) -> None:
         """Refuse a guarantee that is not one, ``alpha`` given or missing against it, a flag without its flags.
@@ -138,6 +145,7 @@ class Certificate:
             self.seconds,
             self.binary,
             {k: mv(v) for k, v in self.extra.items()},
+            self.units,
         )
 
     @staticmethod
@@ -146,7 +154,7 @@ class Certificate:
         if not parts:
             raise InputError("Certificate.cat needs at least one certificate (the empty result has no norms)")
         first = parts[0]
-        mixed = {(p.method, p.guarantee, p.alpha, p.binary) for p in parts}
+        mixed = {(p.method, p.guarantee, p.alpha, p.binary, p.units) for p in parts}
         if len(mixed) > 1:
             raise InputError(
                 f"Certificate.cat joins certificates of one method and guarantee, got {sorted(map(str, mixed))}"
@@ -163,6 +171,7 @@ class Certificate:
             sum(p.seconds for p in parts),
             first.binary,
             {k: torch.cat([p.extra[k] for p in parts]) for k in first.extra},
+            first.units,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from asymcert.certify.api import CertifierSpec
 from asymcert.certify.feature_convex import FeatureConvexOptions, certify_feature_convex
 from asymcert.certify.result import Guarantee
+from asymcert.certify.threat_model import feature_convex_threat
 from asymcert.families.contract import CPU_EPOCHS, CompareScale, Family, MethodSpec
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.train.recipes import FeatureConvexRecipe
@@ -12,6 +13,7 @@ from asymcert.train.recipes import FeatureConvexRecipe
 CERTIFIER = CertifierSpec(
     name="feature-convex",
     run=certify_feature_convex,
+    threat_run=feature_convex_threat,
     options=FeatureConvexOptions,
     guarantees=frozenset({Guarantee.FLAG}),
     precision="auto: a float64 pass with proven rounding bounds where it applies, else float64 autograd; an "

@@ -42,6 +42,18 @@ class FeatureMap(nn.Module):
         """True when φ(x) = A x + c (exact radii are linear/conic programs then)."""
         return False
 
+    def slope_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-coordinate slope intervals of this map composed after maps with intervals ``lo``, ``hi``.
+
+        A coordinate-wise map sends input coordinate i to K feature coordinates (flat index k·n + i
+        of the feature vector, n = number of input coordinates), and for every x and every move of
+        x_i alone, φ_{k·n+i}(x + δ e_i) − φ_{k·n+i}(x) = c·δ with c ∈ [lo[k, i], hi[k, i]]. Given the
+        intervals (K, n) float64 of the features fed to this map, return those (K', n) of its
+        output, or None when the map is not coordinate-wise (threat-model certificates then fall
+        back to the ℓp one). Default: None. Only counted when declared with ``forward``.
+        """
+        return None
+
     def config(self) -> dict[str, Any]:
         """JSON-serialisable description that :func:`build_feature_map` turns back into this map."""
         return {"kind": self.kind}
@@ -81,6 +93,9 @@ class Identity(FeatureMap):
     def affine(self) -> bool:
         return True
 
+    def slope_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return lo, hi
+
 
 class Shift(FeatureMap):
     """φ(x) = x − μ with μ the mean training input (elementwise). Lipschitz 1 in every norm.
@@ -109,6 +124,9 @@ class Shift(FeatureMap):
     def affine(self) -> bool:
         return True
 
+    def slope_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return lo, hi
+
 
 class Log1p(FeatureMap):
     """φ(x) = log(1 + max(x, 0)) elementwise: for heavy-tailed nonnegative counts and frequencies.
@@ -125,6 +143,10 @@ class Log1p(FeatureMap):
 
     def lipschitz(self, p: float) -> float:
         return 1.0
+
+    def slope_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # each coordinate's difference quotient is in [0, 1]
+        return interval_product(lo, hi, torch.zeros_like(lo), torch.ones_like(hi))
 
 
 class Standardize(FeatureMap):
@@ -188,6 +210,10 @@ class Standardize(FeatureMap):
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "min_scale": self.min_scale}
 
+    def slope_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inv = (1.0 / self.scale.detach().to("cpu", torch.float64)).reshape(lo.shape)
+        return interval_product(lo, hi, inv, inv)
+
 
 class ConcatAbs(FeatureMap):
     """φ(x) = concat(x, |x|) along dim 1 (channels). Lipschitz 2^{1/p}: ℓ1 2, ℓ2 √2, ℓ∞ 1.
@@ -205,6 +231,11 @@ class ConcatAbs(FeatureMap):
 
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (2 * in_shape[0],) + tuple(in_shape[1:])
+
+    def slope_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # |a| − |b| = c·(a − b) with c ∈ [−1, 1]: the |·| copies can move either way
+        bound = torch.maximum(lo.abs(), hi.abs())
+        return torch.cat([lo, -bound]), torch.cat([hi, bound])
 
 
 class Compose(FeatureMap):
@@ -252,6 +283,14 @@ class Compose(FeatureMap):
     def config(self) -> list[dict[str, Any]]:  # type: ignore[override]
         return [m.config() for m in self.feature_maps]
 
+    def slope_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        bounds: tuple[torch.Tensor, torch.Tensor] | None = (lo, hi)
+        for m in self.feature_maps:
+            if bounds is None:
+                return None
+            bounds = coordinate_slopes_step(m, *bounds)
+        return bounds
+
 
 FEATURE_MAPS: dict[str, type[FeatureMap]] = {c.kind: c for c in (Identity, Shift, Log1p, Standardize, ConcatAbs)}
 
@@ -297,6 +336,33 @@ def lipschitz_problems(phi: FeatureMap, norms: tuple[float, ...] = CHECKED_NORMS
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             problems.append(f"lipschitz({p:g}) = {value!r} is not a finite number > 0")
     return problems
+
+
+def interval_product(
+    lo: torch.Tensor, hi: torch.Tensor, mlo: torch.Tensor, mhi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[lo, hi] · [mlo, mhi] elementwise, ``mlo``/``mhi`` of any shape with lo's number of elements."""
+    mlo, mhi = mlo.reshape(lo.shape).to(lo), mhi.reshape(lo.shape).to(lo)
+    corners = torch.stack([lo * mlo, lo * mhi, hi * mlo, hi * mhi])
+    return corners.amin(dim=0), corners.amax(dim=0)
+
+
+def coordinate_slopes_step(
+    phi: nn.Module, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``phi.slope_bounds(lo, hi)`` when ``phi`` is a FeatureMap that declares it with its forward, else None."""
+    if not isinstance(phi, FeatureMap) or not declared_with_forward(phi, "slope_bounds"):
+        return None
+    return phi.slope_bounds(lo, hi)
+
+
+def coordinate_slopes(phi: nn.Module, n_inputs: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Slope intervals (K, n_inputs) float64 of a coordinate-wise φ (see :meth:`FeatureMap.slope_bounds`).
+
+    None when φ is not coordinate-wise (or does not declare its slopes with its forward).
+    """
+    one = torch.ones((1, n_inputs), dtype=torch.float64)
+    return coordinate_slopes_step(phi, one, one)
 
 
 def build_feature_map(config: list[dict[str, Any]] | dict[str, Any], in_shape: tuple[int, ...]) -> Compose:

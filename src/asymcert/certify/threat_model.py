@@ -1,0 +1,162 @@
+"""Certificates under a threat model (:mod:`asymcert.threat`): masks, one-sided moves, domain, scales.
+
+Closed form for feature-convex models with a coordinate-wise φ. Write the move as δ = scale ⊙ u,
+‖u‖_p ≤ r in threat-model units. g convex gives, with w = ∇g(φ(x)) and s = s(x) > 0,
+
+    s(x + δ) ≥ s + wᵀ(φ(x + δ) − φ(x)) = s + Σ_i Σ_k w_{k,i} c_{k,i} δ_i,
+
+where φ_{k·n+i} is the k-th feature that input coordinate i feeds and c_{k,i} ∈ [lo_{k,i}, hi_{k,i}]
+its difference quotient (:meth:`~asymcert.nn.FeatureMap.slope_bounds`; for a coordinate-wise φ each
+coordinate of δ moves its own features, and summing one coordinate at a time keeps this exact).
+A move up (δ_i > 0) lowers the score by at most h⁺_i·δ_i with h⁺_i = max(0, −Σ_k min(w c)) and a
+move down by at most h⁻_i·|δ_i| with h⁻_i = max(0, Σ_k max(w c)), the min/max over c in its
+interval (and over w in its error interval on the rigorous path). The threat model forbids some
+directions (immutable, one-sided, no room left in the domain); with a_i = scale_i · the larger
+harm over the allowed directions (0 when none is allowed),
+
+    s(x + δ) ≥ s − Σ_i a_i |u_i| ≥ s − ‖a‖_{p*} ‖u‖_p,   so   r_TM = s / ‖a‖_{p*}.
+
+Without constraints and with unit scales a_i ≤ Lip_p(φ)-weighted |w| and r_TM is at least the plain
+ℓp radius; every allowed direction removed or domain wall hit only makes it larger. The margin s
+is the same guarded lower bound the ℓp certificate uses, and the sums over K features carry an
+absolute rounding allowance, so rounding never enlarges a radius.
+
+Any other certified model (or a φ that is not coordinate-wise) gets the generic fallback: a move of
+threat-model size r changes at most the movable coordinates, each by ≤ scale_i·|u_i|, so its raw
+ℓp size is ≤ r · max_{movable i} scale_i, and a raw ℓp radius R gives r_TM = R / that maximum.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from asymcert.certify.feature_convex import flag_margins
+from asymcert.certify.functional import dual_norm, safe_radius
+from asymcert.certify.result import Certificate, Guarantee
+from asymcert.errors import ConfigError
+from asymcert.nn.feature_maps import coordinate_slopes
+from asymcert.threat import ResolvedThreatModel, ThreatModel
+
+if TYPE_CHECKING:
+    from asymcert.models.feature_convex import FeatureConvexClassifier
+
+__all__ = ["fallback_radii", "feature_convex_threat", "harm_coefficients", "resolve_for"]
+
+EPS64 = torch.finfo(torch.float64).eps
+
+
+def resolve_for(threat_model: ThreatModel | ResolvedThreatModel, x: torch.Tensor) -> ResolvedThreatModel:
+    """``threat_model`` resolved for inputs like ``x`` (N, *shape); a ThreatModel may name features by index only.
+
+    Raises:
+        ConfigError: a resolved threat model for another number of features, or a ThreatModel naming
+            features by CSV header (resolve it with the names first: ``tm.resolve(names, d)``).
+    """
+    d = int(x[0].numel()) if x.shape[0] else int(torch.tensor(x.shape[1:]).prod())
+    if isinstance(threat_model, ResolvedThreatModel):
+        if threat_model.n_features != d:
+            raise ConfigError(f"threat model is for {threat_model.n_features} features, the inputs have {d}")
+        return threat_model
+    return threat_model.resolve(None, d)
+
+
+def harm_coefficients(
+    grad_lo: torch.Tensor, grad_hi: torch.Tensor, slope_lo: torch.Tensor, slope_hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h⁺, h⁻): (N, n) float64 bounds on how fast the score can fall per raw unit of moving each
+    input coordinate up / down (see the module docstring), rounded up.
+
+    Args:
+        grad_lo, grad_hi: (N, K·n) bounds on ∇g(φ(x)), flattened features (feature k·n + i is the
+            k-th one of input coordinate i).
+        slope_lo, slope_hi: (K, n) difference-quotient intervals of φ.
+    """
+    k, n = slope_lo.shape
+    wl = grad_lo.double().reshape(-1, k, n)
+    wh = grad_hi.double().reshape(-1, k, n)
+    corners = torch.stack([wl * slope_lo, wl * slope_hi, wh * slope_lo, wh * slope_hi])
+    low, high = corners.amin(dim=0), corners.amax(dim=0)
+    # absolute allowance for the K-term float64 sums (and the products): (K + 1)·eps·Σ|terms|
+    allowance = (k + 1) * EPS64 * corners.abs().amax(dim=0).sum(dim=1)
+    up = (-low.sum(dim=1) + allowance).clamp_min(0.0)
+    down = (high.sum(dim=1) + allowance).clamp_min(0.0)
+    return up, down
+
+
+def _move_costs(
+    model: FeatureConvexClassifier,
+    ref_grad: torch.Tensor,
+    grad_error: torch.Tensor | None,
+    x: torch.Tensor,
+    tm: ResolvedThreatModel,
+) -> torch.Tensor | None:
+    """(N, n) a_i = scale_i · the largest allowed harm, or None when φ is not coordinate-wise."""
+    n = int(x[0].numel())
+    slopes = coordinate_slopes(model.feature_map, n)
+    if slopes is None:
+        return None
+    grad = ref_grad.double().reshape(x.shape[0], -1)
+    err = torch.zeros_like(grad) if grad_error is None else grad_error.double().reshape_as(grad)
+    lo, hi = (t.to(grad.device) for t in slopes)
+    up_harm, down_harm = harm_coefficients(grad - err, grad + err, lo, hi)
+    up, down = tm.directions(x)
+    harm = torch.maximum(
+        torch.where(up, up_harm, torch.zeros_like(up_harm)), torch.where(down, down_harm, torch.zeros_like(down_harm))
+    )
+    return harm * tm.scale.to(harm.device)[None, :]
+
+
+def feature_convex_threat(
+    model: FeatureConvexClassifier,
+    x: torch.Tensor,
+    norms: tuple[float, ...],
+    threat_model: ResolvedThreatModel,
+    precision: str = "auto",
+    slack: float | None = None,
+    guard: bool = True,
+    validate: bool = True,
+) -> Certificate:
+    """Feature-convex certificates under a threat model, one forward and one backward pass.
+
+    Same options, decisions and margins as :func:`~asymcert.certify.feature_convex.certify_feature_convex`;
+    radii (N,) float64 are in threat-model units (‖δ / scale‖_p) and hold for every move the threat
+    model allows. A φ that is not coordinate-wise gets the generic fallback (:func:`fallback_radii`).
+    """
+    ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
+    costs = _move_costs(model, ref.grad, ref.grad_error, x, threat_model)
+    if costs is None:
+        denominators = {p: model.feature_lipschitz(p) * dual_norm(ref.grad_bound, p) for p in norms}
+        raw = {p: safe_radius(margin, d, slack) for p, d in denominators.items()}
+        radii = fallback_radii(raw, threat_model, x)
+    else:
+        radii = {p: safe_radius(margin, dual_norm(costs, p), slack) for p in norms}
+    return Certificate(
+        predicted=flagged.long(),
+        radii=radii,
+        method="feature-convex",
+        guarantee=Guarantee.FLAG,
+        binary=True,
+        extra={"score": own_score},
+        units=threat_model.units(),
+    )
+
+
+def fallback_radii(
+    raw: dict[float, torch.Tensor], threat_model: ResolvedThreatModel, x: torch.Tensor
+) -> dict[float, torch.Tensor]:
+    """Raw-unit ℓp radii (N,) → threat-model radii: R / max_{movable i} scale_i, rounded down.
+
+    An input none of whose features may move keeps any positive radius as ``inf`` (no allowed move
+    exists); 0 stays 0.
+    """
+    top = threat_model.max_movable_scale(x).to(next(iter(raw.values())).device)
+    out = {}
+    for p, r in raw.items():
+        r = r.double()
+        scaled = torch.where(top > 0, r / top.clamp_min(torch.finfo(torch.float64).tiny), torch.full_like(r, math.inf))
+        scaled = torch.where(torch.isinf(scaled), scaled, torch.nextafter(scaled, torch.zeros_like(scaled)))
+        out[p] = torch.where(r > 0, scaled, torch.zeros_like(r))
+    return out

@@ -1,0 +1,296 @@
+"""Threat models: which features an attacker may change, in which direction, how far, in whose units.
+
+A :class:`ThreatModel` is what a user writes (a JSON file, or Python), with features named by CSV
+header or by index::
+
+    {"scale": {"capitalTotal": 100, "*": 1.0},
+     "immutable": ["capitalLong"],
+     "increase_only": ["george", "hp"], "decrease_only": [],
+     "lower": {"*": 0.0}, "upper": {"george": 100.0},
+     "norms": [1, 2, "inf"]}
+
+An attacker's move δ (raw input units) is allowed when δ_i = 0 on immutable features, δ_i ≥ 0 on
+increase-only and δ_i ≤ 0 on decrease-only ones, and lower ≤ x + δ ≤ upper. Its size is
+‖(δ_i / scale_i)_i‖_p: radii under a threat model are in the threat model's units (one unit of
+feature i is ``scale_i`` raw units). Every key is optional; ``"*"`` sets the value of every feature
+not named. :meth:`ThreatModel.resolve` turns names into per-feature tensors
+(:class:`ResolvedThreatModel`) for an input of d features.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asymcert.errors import ConfigError
+
+__all__ = ["ResolvedThreatModel", "ThreatModel", "load_threat_model"]
+
+_KEYS = ("scale", "immutable", "increase_only", "decrease_only", "lower", "upper", "norms")
+Key = str | int
+"""A feature named by its CSV header (str) or its flat index (int, or a str of digits that is no header)."""
+
+
+def _norm_value(p: Any) -> float | None:
+    """1, 2, "inf", … → float p ≥ 1, or None when it is not a norm."""
+    try:
+        value = math.inf if isinstance(p, str) and p.strip().lower() in ("inf", "linf", "∞") else float(p)
+    except (TypeError, ValueError):
+        return None
+    return value if not isinstance(p, bool) and value >= 1 else None
+
+
+def _number_problems(key: str, values: Mapping[Key, Any], positive: bool) -> list[str]:
+    """Entries of a {feature: number} mapping that are not finite numbers (or not > 0 with ``positive``)."""
+    problems = []
+    for name, v in values.items():
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok or (positive and v <= 0):
+            want = "a finite number > 0" if positive else "a finite number"
+            problems.append(f"{key}[{name!r}] = {v!r} must be {want}")
+    return problems
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """What an attacker may do to a feature vector (see the module docstring). Every field optional.
+
+    Attributes:
+        scale: feature → raw units per threat-model unit (> 0); ``"*"`` for every other feature (default 1).
+        immutable: features the attacker cannot change.
+        increase_only / decrease_only: features the attacker can only raise / only lower.
+        lower / upper: the valid domain, x + δ ∈ [lower, upper] (default unbounded); ``"*"`` allowed.
+        norms: the norms to certify by default (None: the command's or caller's own).
+    """
+
+    scale: Mapping[Key, float] = field(default_factory=dict)
+    immutable: Sequence[Key] = ()
+    increase_only: Sequence[Key] = ()
+    decrease_only: Sequence[Key] = ()
+    lower: Mapping[Key, float] = field(default_factory=dict)
+    upper: Mapping[Key, float] = field(default_factory=dict)
+    norms: Sequence[float | str] | None = None
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError("threat model: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every problem that does not need the feature names (types, scales, norms), one line each."""
+        problems = _number_problems("scale", self.scale, positive=True)
+        problems += _number_problems("lower", self.lower, positive=False)
+        problems += _number_problems("upper", self.upper, positive=False)
+        for key in ("immutable", "increase_only", "decrease_only"):
+            value = getattr(self, key)
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                problems.append(f"{key} must be a list of feature names or indices, got {value!r}")
+            elif any(isinstance(v, bool) or not isinstance(v, (str, int)) for v in value):
+                problems.append(f"{key} holds something that is not a feature name or index: {list(value)!r}")
+        if self.norms is not None:
+            if isinstance(self.norms, (str, bytes)) or not isinstance(self.norms, Sequence) or not self.norms:
+                problems.append(f"norms must be a non-empty list like [1, 2, 'inf'], got {self.norms!r}")
+            else:
+                bad = [p for p in self.norms if _norm_value(p) is None]
+                problems += [f"norms: {p!r} is not an ℓp norm (p ≥ 1 or 'inf')" for p in bad]
+        return problems
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "threat model") -> ThreatModel:
+        """A threat model from parsed JSON; unknown keys and bad values are refused in one line.
+
+        Raises:
+            ConfigError: not a JSON object, an unknown key, or any :meth:`problems`.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: must be a JSON object with keys among {', '.join(_KEYS)}")
+        unknown = sorted(set(data) - set(_KEYS))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {', '.join(_KEYS)}")
+        for key in ("scale", "lower", "upper"):
+            if key in data and not isinstance(data[key], dict):
+                raise ConfigError(f'{source}: {key} must be an object like {{"feature": 1.0, "*": 1.0}}')
+        try:
+            values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}".replace(": threat model:", ":")) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (:meth:`from_dict` reads it back)."""
+        out: dict[str, Any] = {
+            "scale": {str(k): float(v) for k, v in self.scale.items()},
+            "immutable": list(self.immutable),
+            "increase_only": list(self.increase_only),
+            "decrease_only": list(self.decrease_only),
+            "lower": {str(k): float(v) for k, v in self.lower.items()},
+            "upper": {str(k): float(v) for k, v in self.upper.items()},
+        }
+        if self.norms is not None:
+            out["norms"] = ["inf" if math.isinf(v) else v for v in self.default_norms()]
+        return out
+
+    def default_norms(self) -> tuple[float, ...]:
+        """The norms the threat model names, as floats (empty when it names none)."""
+        return tuple(v for p in self.norms or () if (v := _norm_value(p)) is not None)
+
+    def resolve(self, feature_names: Sequence[str] | None, n_features: int) -> ResolvedThreatModel:
+        """Per-feature tensors for inputs of ``n_features`` (flattened) features.
+
+        Args:
+            feature_names: the inputs' column names (a CSV header), or None (features by index only).
+            n_features: d, the number of features of one flattened input.
+        Raises:
+            ConfigError: listing every unknown name or index, every feature that is both immutable and
+                one-sided or both increase- and decrease-only, and every lower bound above its upper.
+        """
+        resolver = _Resolver(feature_names, n_features)
+        scale = resolver.values("scale", self.scale, 1.0)
+        lower = resolver.values("lower", self.lower, -math.inf)
+        upper = resolver.values("upper", self.upper, math.inf)
+        kinds = ("immutable", "increase_only", "decrease_only")
+        sets = {key: resolver.indices(key, getattr(self, key)) for key in kinds}
+        problems = resolver.problems + _contradictions(sets, resolver)
+        bad = torch.nonzero(lower > upper).flatten().tolist()
+        problems += [f"lower > upper for feature {resolver.label(i)}" for i in bad[:5]]
+        if problems:
+            raise ConfigError("threat model: " + "; ".join(problems))
+        up = torch.ones(n_features, dtype=torch.bool)
+        down = torch.ones(n_features, dtype=torch.bool)
+        for i in sets["immutable"]:
+            up[i] = down[i] = False
+        for i in sets["increase_only"]:
+            down[i] = False
+        for i in sets["decrease_only"]:
+            up[i] = False
+        return ResolvedThreatModel(scale, up, down, lower, upper, self.default_norms(), self)
+
+
+def _contradictions(sets: dict[str, set[int]], resolver: _Resolver) -> list[str]:
+    """Features named in two of immutable / increase_only / decrease_only."""
+    pairs = (("immutable", "increase_only"), ("immutable", "decrease_only"), ("increase_only", "decrease_only"))
+    return [f"feature {resolver.label(i)} is both {a} and {b}" for a, b in pairs for i in sorted(sets[a] & sets[b])]
+
+
+class _Resolver:
+    """Names and indices → flat feature indices, collecting every unknown one."""
+
+    def __init__(self, names: Sequence[str] | None, n: int) -> None:
+        self.names = list(names) if names is not None else None
+        self.index = {name: i for i, name in enumerate(self.names or [])}
+        self.n = n
+        self.problems: list[str] = []
+
+    def label(self, i: int) -> str:
+        return repr(self.names[i]) if self.names is not None and i < len(self.names) else f"#{i}"
+
+    def find(self, key: Key, where: str) -> int | None:
+        if isinstance(key, str) and key in self.index:
+            return self.index[key]
+        numeric = isinstance(key, int) or (isinstance(key, str) and key.isdigit())
+        if numeric and 0 <= int(key) < self.n:
+            return int(key)
+        known = f"; features: {', '.join(self.names[:8])}{', …' if len(self.names) > 8 else ''}" if self.names else ""
+        self.problems.append(f"{where}: unknown feature {key!r} (there are {self.n}{known})")
+        return None
+
+    def values(self, key: str, mapping: Mapping[Key, float], default: float) -> torch.Tensor:
+        out = torch.full((self.n,), float(mapping.get("*", default)), dtype=torch.float64)
+        for name, v in mapping.items():
+            if name != "*" and (i := self.find(name, key)) is not None:
+                out[i] = float(v)
+        return out
+
+    def indices(self, key: str, names: Sequence[Key]) -> set[int]:
+        found = (self.find(name, key) for name in names)
+        return {i for i in found if i is not None}
+
+
+@dataclass(frozen=True)
+class ResolvedThreatModel:
+    """A threat model for d = ``scale.numel()`` flattened features (all tensors (d,), CPU).
+
+    Attributes:
+        scale: float64 raw units per threat-model unit (> 0).
+        can_increase / can_decrease: bool, the directions the attacker may move each feature.
+        lower / upper: float64 domain bounds (±inf where unbounded).
+        norms: the threat model's default norms (may be empty).
+        source: the :class:`ThreatModel` it was resolved from.
+    """
+
+    scale: torch.Tensor
+    can_increase: torch.Tensor
+    can_decrease: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+    norms: tuple[float, ...] = ()
+    source: ThreatModel | None = None
+
+    @property
+    def n_features(self) -> int:
+        return int(self.scale.numel())
+
+    def directions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(up, down): (N, d) bool, where feature i of input x (N, *shape) may move up / down at all.
+
+        A feature may increase when the threat model allows it and x_i < upper_i (room left in the
+        domain), decrease likewise with lower_i.
+        """
+        flat = x.detach().reshape(x.shape[0], -1).to("cpu", torch.float64)
+        if flat.shape[1] != self.n_features:
+            raise ConfigError(f"threat model is for {self.n_features} features, the inputs have {flat.shape[1]}")
+        up = self.can_increase[None, :] & (flat < self.upper[None, :])
+        down = self.can_decrease[None, :] & (flat > self.lower[None, :])
+        return up.to(x.device), down.to(x.device)
+
+    def max_movable_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,) float64: the largest scale_i over the features input i may move (0 when none may move).
+
+        A move of threat-model size r has raw ℓp size at most r · this, so a raw-unit ℓp certificate
+        r_raw gives the threat-model radius r_raw / this (the generic fallback).
+        """
+        up, down = self.directions(x)
+        movable = (up | down).to(self.scale.device)
+        scale = self.scale.to(movable.device)[None, :].expand_as(movable)
+        return torch.where(movable, scale, torch.zeros_like(scale)).amax(dim=1).to(x.device)
+
+    def project(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """``x_adv`` (N, *shape) moved to the nearest point whose move from ``x`` the threat model allows
+        (per coordinate: masks, directions, domain); the size of the move is not touched."""
+        shape = x.shape
+        xf, af = x.reshape(shape[0], -1), x_adv.reshape(shape[0], -1)
+        dev, dt = x.device, x.dtype
+        delta = af - xf
+        delta = torch.where(self.can_increase.to(dev)[None], delta, delta.clamp(max=0.0))
+        delta = torch.where(self.can_decrease.to(dev)[None], delta, delta.clamp(min=0.0))
+        lo = (self.lower.to(dev, dt)[None] - xf).clamp(max=0.0)
+        hi = (self.upper.to(dev, dt)[None] - xf).clamp(min=0.0)
+        return (xf + torch.minimum(torch.maximum(delta, lo), hi)).reshape(shape)
+
+    def units(self) -> str:
+        """How radii under this threat model are measured, in one phrase."""
+        if bool((self.scale == 1).all()):
+            return "raw input units (threat model: constrained moves)"
+        return "threat-model units (δ_i / scale_i)"
+
+
+def load_threat_model(path: str | Path) -> ThreatModel:
+    """Read a threat model from a JSON file.
+
+    Raises:
+        ConfigError: the file is missing, not JSON, or not a valid threat model (one line).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"threat model file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"threat model file {path} is not readable JSON: {exc}") from None
+    return ThreatModel.from_dict(data, source=f"threat model {path}")

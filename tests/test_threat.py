@@ -1,0 +1,357 @@
+"""Threat models: parsing, resolution, and what a threat-model certificate promises."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import asymcert
+from asymcert.certify.attacks import decisions
+from asymcert.certify.threat_attack import move_sizes, threat_attack
+from asymcert.errors import ConfigError
+from asymcert.models import build_model
+from asymcert.nn.feature_maps import FeatureMap, Log1p, build_feature_map, coordinate_slopes
+from asymcert.threat import ThreatModel, load_threat_model
+
+NAMES = ["word_free", "word_money", "capitalLong", "capitalTotal", "george", "hp"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The file format
+# ---------------------------------------------------------------------------------------------
+
+
+def test_issue_example_resolves_by_name_and_wildcard():
+    tm = ThreatModel.from_dict(
+        {
+            "scale": {"capitalTotal": 100, "*": 1.0},
+            "immutable": ["capitalLong"],
+            "increase_only": ["george", "hp"],
+            "decrease_only": [],
+            "lower": {"*": 0.0},
+            "upper": {"george": 100.0, "hp": 100.0},
+            "norms": [1, 2, "inf"],
+        }
+    )
+    r = tm.resolve(NAMES, 6)
+    assert r.scale.tolist() == [1, 1, 1, 100, 1, 1]
+    assert r.can_increase.tolist() == [True, True, False, True, True, True]
+    assert r.can_decrease.tolist() == [True, True, False, True, False, False]
+    assert r.lower.tolist() == [0.0] * 6
+    assert r.upper.tolist() == [math.inf] * 4 + [100.0, 100.0]
+    assert r.norms == (1.0, 2.0, math.inf)
+    again = ThreatModel.from_dict(json.loads(json.dumps(tm.to_dict()))).resolve(NAMES, 6)
+    assert again.scale.tolist() == r.scale.tolist() and again.can_decrease.tolist() == r.can_decrease.tolist()
+
+
+def test_indices_work_without_names_and_digits_prefer_a_header():
+    r = ThreatModel(immutable=[0, "2"]).resolve(None, 4)
+    assert r.can_increase.tolist() == [False, True, False, True]
+    named = ThreatModel(immutable=["2"]).resolve(["a", "2", "b"], 3)  # the header "2" is column 1
+    assert named.can_increase.tolist() == [True, False, True]
+
+
+def test_empty_threat_model_allows_everything():
+    r = ThreatModel().resolve(None, 3)
+    assert r.scale.tolist() == [1.0] * 3 and bool(r.can_increase.all()) and bool(r.can_decrease.all())
+    assert r.lower.tolist() == [-math.inf] * 3 and r.norms == ()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"scale": {"hp": 0}}, "must be a finite number > 0"),
+        ({"scale": {"hp": -2.0}}, "must be a finite number > 0"),
+        ({"scale": {"hp": "big"}}, "must be a finite number > 0"),
+        ({"scale": [1, 2]}, "scale must be an object"),
+        ({"lower": {"*": True}}, "must be a finite number"),
+        ({"immutable": "hp"}, "must be a list"),
+        ({"immutable": [1.5]}, "not a feature name or index"),
+        ({"norms": [0.5]}, "is not an ℓp norm"),
+        ({"norms": []}, "non-empty list"),
+        ({"radius": 3}, "unknown key(s) ['radius']"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
+def test_bad_files_are_refused_in_one_line(data, message):
+    with pytest.raises(ConfigError) as info:
+        ThreatModel.from_dict(data)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_resolution_lists_every_problem():
+    tm = ThreatModel(
+        immutable=["hp", "nope"],
+        increase_only=["hp", 17],
+        decrease_only=["george"],
+        scale={"missing": 2.0},
+        lower={"george": 5.0},
+        upper={"george": 1.0},
+    )
+    tm2 = ThreatModel(increase_only=["george"], decrease_only=["george"])
+    with pytest.raises(ConfigError) as info:
+        tm.resolve(NAMES, 6)
+    text = str(info.value)
+    for part in (
+        "unknown feature 'nope'",
+        "unknown feature 17",
+        "unknown feature 'missing'",
+        "'hp' is both immutable and increase_only",
+        "lower > upper for feature 'george'",
+    ):
+        assert part in text, text
+    with pytest.raises(ConfigError, match="both increase_only and decrease_only"):
+        tm2.resolve(NAMES, 6)
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_threat_model(tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not readable JSON"):
+        load_threat_model(bad)
+    ok = tmp_path / "ok.json"
+    ok.write_text(json.dumps({"immutable": [1], "scale": {"*": 2}}))
+    assert load_threat_model(ok).resolve(None, 2).scale.tolist() == [2.0, 2.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Slope intervals of coordinate-wise feature maps
+# ---------------------------------------------------------------------------------------------
+
+PHIS = [
+    [{"kind": "identity"}],
+    [{"kind": "shift"}],
+    [{"kind": "standardize"}],
+    [{"kind": "log1p"}],
+    [{"kind": "log1p"}, {"kind": "standardize"}],
+    [{"kind": "concat-abs"}],
+    [{"kind": "shift"}, {"kind": "concat-abs"}, {"kind": "standardize"}],
+    [{"kind": "concat-abs"}, {"kind": "concat-abs"}],
+]
+
+
+def _fitted_phi(config, d=5, seed=0):
+    phi = build_feature_map(config, (d,))
+    g = torch.Generator().manual_seed(seed)
+    phi.fit(torch.randn(64, d, generator=g, dtype=torch.float64) * 3 + 1)
+    return phi.double()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    which=st.integers(0, len(PHIS) - 1),
+    coord=st.integers(0, 4),
+    x=st.lists(st.floats(-20, 20), min_size=5, max_size=5),
+    step=st.floats(-30, 30).filter(lambda v: abs(v) > 1e-6),
+)
+def test_slope_intervals_contain_every_difference_quotient(which, coord, x, step):
+    phi = _fitted_phi(PHIS[which])
+    lo, hi = coordinate_slopes(phi, 5)
+    x0 = torch.tensor([x], dtype=torch.float64)
+    x1 = x0.clone()
+    x1[0, coord] += step
+    quotient = ((phi(x1) - phi(x0)) / step).reshape(lo.shape[0], 5)
+    q, tol = quotient[:, coord], 1e-9 * (1 + quotient[:, coord].abs())
+    assert bool((q >= lo[:, coord] - tol).all()) and bool((q <= hi[:, coord] + tol).all())
+    others = [i for i in range(5) if i != coord]
+    assert bool((quotient[:, others].abs() <= 1e-12).all())  # coordinate-wise: other features stay
+
+
+def test_a_subclass_that_changes_forward_declares_no_slopes():
+    class Shifted(Log1p):
+        def forward(self, x):
+            return torch.log1p(torch.clamp(x, min=0.0)) - x  # no longer monotone
+
+        def lipschitz(self, p):
+            return 2.0
+
+    class Opaque(FeatureMap):
+        kind = "opaque"
+
+        def forward(self, x):
+            return x.flip(1)
+
+        def lipschitz(self, p):
+            return 1.0
+
+    assert coordinate_slopes(Shifted(), 3) is None and coordinate_slopes(Opaque(), 3) is None
+    assert coordinate_slopes(Log1p(), 3) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Certificates: sound under constrained attacks, never below the plain ℓp certificate
+# ---------------------------------------------------------------------------------------------
+
+
+def _model(phi, d=6, seed=0, widths=(16, 16)):
+    torch.manual_seed(seed)
+    m = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [d],
+            "feature_map": phi,
+            "convex": {"kind": "icnn", "widths": list(widths)},
+        }
+    ).eval()
+    x = torch.rand(256, d, generator=torch.Generator().manual_seed(seed)) * 4
+    m.feature_map.fit(x)
+    with torch.no_grad():  # about half the inputs flagged
+        m.balance -= m(x).median()
+    return m, x
+
+
+def _near_boundary(model, x):
+    """Flagged inputs with scores of about 1e-5 or less: bisection between flagged and unflagged inputs."""
+    with torch.no_grad():
+        s = model(x)
+        a, b = x[s > 0], x[s <= 0]
+        k = min(len(a), len(b))
+        a, b = a[:k].double(), b[:k].double()
+        lo, hi = torch.zeros(k, 1, dtype=torch.float64), torch.ones(k, 1, dtype=torch.float64)
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            up = model((a + mid * (b - a)).float()) > 0
+            lo, hi = torch.where(up[:, None], mid, lo), torch.where(up[:, None], hi, mid)
+        return (a + lo * (b - a)).float()
+
+
+TM = ThreatModel(
+    scale={"0": 2.0, "3": 0.25, "*": 0.5},
+    immutable=[1],
+    increase_only=[2, 5],
+    decrease_only=[3],
+    lower={"*": 0.0},
+    upper={"4": 3.0},
+)
+
+
+@pytest.mark.parametrize("phi", [PHIS[0], PHIS[2], PHIS[4], PHIS[6]], ids=["id", "std", "log1p-std", "abs"])
+@pytest.mark.parametrize("near", [False, True], ids=["typical", "near-boundary"])
+def test_constrained_attacks_do_not_flip_inside_the_radius(phi, near):
+    model, x = _model(phi)
+    if near:
+        x = _near_boundary(model, x)
+    tm = TM.resolve(None, 6)
+    cert = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=tm)
+    flagged = cert.predicted.bool()
+    assert int(flagged.sum()) > 20 and cert.units == "threat-model units (δ_i / scale_i)"
+    gen = torch.Generator().manual_seed(1)
+    for p, radius in cert.radii.items():
+        r, xf = radius[flagged], x[flagged]
+        finite = torch.isfinite(r)
+        inside = threat_attack(model, xf[finite], r[finite] * 0.999, p, tm, steps=60, restarts=2, generator=gen)
+        assert bool((move_sizes(xf[finite], inside, tm, p) <= r[finite] * 0.999).all())
+        assert int((model(inside) <= 0).sum()) == 0, f"ℓ{p}: a flip inside the threat-model radius"
+        if not near:  # the attack has teeth: far outside the radius it flips most inputs
+            outside = threat_attack(model, xf[finite], r[finite] * 4, p, tm, steps=60, restarts=2, generator=gen)
+            assert int((model(outside) <= 0).sum()) > 0.3 * int(finite.sum())
+
+
+@pytest.mark.parametrize("phi", PHIS, ids=[str(i) for i in range(len(PHIS))])
+def test_never_below_the_plain_certificate_of_the_same_ball(phi):
+    model, x = _model(phi, seed=3)
+    plain = asymcert.certify(model, x, norms=(1, 2, "inf"))
+    tm_cert = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=ThreatModel())
+    scaled = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=ThreatModel(scale={"*": 4.0}))
+    for p in plain.radii:
+        assert bool((tm_cert.radii[p] >= plain.radii[p] * (1 - 1e-12)).all())
+        # unit scale 4: the same ball has a quarter of the radius
+        assert torch.allclose(scaled.radii[p], tm_cert.radii[p] / 4, rtol=1e-12)
+
+
+def test_independent_float64_radius_for_an_affine_map():
+    """For φ affine (standardize) the harm of moving x_i is the directional derivative of s itself:
+    r = s / ‖(scale_i · max over allowed directions of −∂s/∂(±x_i))_i‖_dual, computed here by autograd
+    through the float64 model in input space."""
+    model, x = _model(PHIS[2], seed=5)
+    tm = TM.resolve(None, 6)
+    cert = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=tm, guard=False, precision="float64")
+    m64 = model.double()
+    x64 = x.double().requires_grad_(True)
+    s = m64(x64)
+    (grad,) = torch.autograd.grad(s.sum(), x64)
+    up, down = tm.directions(x)
+    harm = torch.maximum(torch.where(up, (-grad).clamp_min(0), 0.0), torch.where(down, grad.clamp_min(0), 0.0))
+    a = harm * tm.scale
+    flagged = cert.predicted.bool()
+    for p, q in ((1.0, math.inf), (2.0, 2.0), (math.inf, 1.0)):
+        expected = (s.detach() / torch.linalg.vector_norm(a, ord=q, dim=1))[flagged]
+        got = cert.radii[p][flagged]
+        assert torch.allclose(got, expected, rtol=1e-7), p
+        assert bool((got <= expected).all())  # rounded down, never up
+
+
+def test_inputs_that_cannot_move_are_certified_at_infinity():
+    model, x = _model(PHIS[2], seed=1)
+    frozen = ThreatModel(immutable=list(range(6)))
+    cert = asymcert.certify(model, x, norms=(2,), threat_model=frozen)
+    flagged = cert.predicted.bool()
+    assert bool(torch.isinf(cert.radii[2.0][flagged]).all()) and bool((cert.radii[2.0][~flagged] == 0).all())
+
+
+def test_fallback_for_a_map_that_is_not_coordinate_wise_is_sound():
+    class Reverse(FeatureMap):
+        kind = "reverse"
+
+        def forward(self, x):
+            return x.flip(1)
+
+        def lipschitz(self, p):
+            return 1.0
+
+    torch.manual_seed(0)
+    model = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [6],
+            "feature_map": [{"kind": "identity"}],
+            "convex": {"kind": "icnn", "widths": [16]},
+        }
+    ).eval()
+    model.feature_map = Reverse()
+    x = torch.rand(200, 6) * 4
+    tm = TM.resolve(None, 6)
+    plain = asymcert.certify(model, x, norms=(2,))
+    cert = asymcert.certify(model, x, norms=(2,), threat_model=tm)
+    flagged = cert.predicted.bool()
+    assert torch.allclose(cert.radii[2.0][flagged], plain.radii[2.0][flagged] / 2.0, rtol=1e-12)  # max scale 2
+    r = cert.radii[2.0][flagged]
+    adv = threat_attack(model, x[flagged], r * 0.999, 2, tm, steps=60, generator=torch.Generator().manual_seed(0))
+    assert int((model(adv) <= 0).sum()) == 0
+
+
+@pytest.mark.parametrize("kind", ["linf-dist", "orthogonal"])
+def test_other_families_get_the_generic_fallback(kind):
+    configs = {
+        "linf-dist": {"kind": "linf-dist", "input_shape": [6], "widths": [32, 32], "num_classes": 2},
+        "orthogonal": {"kind": "orthogonal", "input_shape": [6], "arch": "mlp", "widths": [32, 32]},
+    }
+    torch.manual_seed(0)
+    model = build_model(configs[kind]).eval()
+    x = torch.rand(200, 6)
+    tm = TM.resolve(None, 6)
+    norms = (math.inf,) if kind == "linf-dist" else (2,)
+    plain = asymcert.certify(model, x, norms=norms)
+    cert = asymcert.certify(model, x, norms=norms, threat_model=tm)
+    p = norms[0]
+    positive = plain.radii[p] > 0
+    assert int(positive.sum()) > 0 and cert.units.startswith("threat-model")
+    assert torch.allclose(cert.radii[p][positive], plain.radii[p][positive] / 2.0, rtol=1e-12)
+    r = cert.radii[p][positive]
+    adv = threat_attack(model, x[positive], r * 0.999, p, tm, steps=60, generator=torch.Generator().manual_seed(0))
+    assert bool((decisions(model, adv) == decisions(model, x[positive])).all())
+
+
+def test_a_threat_model_with_feature_names_needs_them_resolved():
+    model, x = _model(PHIS[0])
+    with pytest.raises(ConfigError, match="unknown feature 'hp'"):
+        asymcert.certify(model, x, threat_model=ThreatModel(immutable=["hp"]))
+    with pytest.raises(ConfigError, match="for 3 features, the inputs have 6"):
+        asymcert.certify(model, x, threat_model=ThreatModel().resolve(None, 3))
