@@ -39,9 +39,11 @@ from asymcert.certify import certify
 from asymcert.certify.api import certifier_options
 from asymcert.certify.attacks import decision_flips, decisions, pgd_attack
 from asymcert.certify.exact import ExactRadiusSolver, UnsupportedModelError, _chain_of
-from asymcert.certify.result import Certificate, Guarantee, norm_label, normalize_norm
+from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
+from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.checkpoint import load
 from asymcert.errors import InputError
+from asymcert.threat import ResolvedThreatModel
 
 __all__ = ["audit", "audit_run", "write_report"]
 
@@ -68,12 +70,17 @@ def _quartiles(values: torch.Tensor) -> dict[str, float] | None:
 
 
 def _certify(
-    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], method: str | None, own_precision: bool = False
+    model: nn.Module,
+    x: torch.Tensor,
+    norms: tuple[float, ...],
+    method: str | None,
+    own_precision: bool = False,
+    threat_model: ResolvedThreatModel | None = None,
 ) -> Certificate:
     """``asymcert.certify``; with ``own_precision`` ask for the model's own dtype when the certifier has that option."""
     if own_precision and "precision" in certifier_options(model, method):
-        return certify(model, x, norms, method=method, precision="model")
-    return certify(model, x, norms, method=method)
+        return certify(model, x, norms, method=method, precision="model", threat_model=threat_model)
+    return certify(model, x, norms, method=method, threat_model=threat_model)
 
 
 def _exact_support(model: nn.Module) -> str | None:
@@ -125,7 +132,10 @@ def _attack_norm(
     steps: int,
     generator: torch.Generator,
     model64: nn.Module | None,
+    tm: ResolvedThreatModel | None = None,
 ) -> dict[str, Any]:
+    """PGD inside (1 − ATTACK_SHRINK)·radius on every input with a positive finite radius (under ``tm``: only
+    the moves it allows, sized in its units); flips of the model and of its float64 copy."""
     radius = cert.radius(p)
     target = cert.sensitive if cert.binary else torch.ones_like(cert.predicted, dtype=torch.bool)
     finite = torch.isfinite(radius)
@@ -146,17 +156,7 @@ def _attack_norm(
     for attacked, grows, promised in _attack_groups(model, cert, rows):
         xs = x[grows]
         eps = radius[grows].double().cpu() * (1.0 - ATTACK_SHRINK)
-        x_adv = pgd_attack(
-            attacked,
-            xs,
-            eps.to(xs.device),
-            p,
-            steps=steps,
-            restarts=restarts,
-            targeted_decision=promised.to(xs.device),
-            input_range=getattr(model, "input_range", None),
-            generator=generator,
-        )
+        x_adv = _attack(attacked, xs, eps.to(xs.device), p, (steps, restarts, generator), promised, tm)
         flips = decision_flips(attacked, xs, x_adv)
         # also flips against the decision the certificate was about (should be the same)
         flips = flips | (decisions(attacked, x_adv).cpu() != promised).to(flips.device)
@@ -165,11 +165,40 @@ def _attack_norm(
         if model64 is not None and bool(flips.any()):
             attacked64 = _ClassScore(model64, attacked.k) if isinstance(attacked, _ClassScore) else model64
             out["flips_float64"] += int(decision_flips(attacked64, xs[flips].double(), x_adv[flips].double()).sum())
-        norms = (x_adv.double() - xs.double()).reshape(len(grows), -1).norm(p=p, dim=1).cpu()
+        if tm is None:
+            norms = (x_adv.double() - xs.double()).reshape(len(grows), -1).norm(p=p, dim=1).cpu()
+        else:
+            norms = move_sizes(xs, x_adv, tm, p)
         max_ratio = max(max_ratio, float((norms / radius[grows].double().cpu()).max()))
     out["seconds"] = time.perf_counter() - t0
     out["max_norm_over_radius"] = max_ratio
     return out
+
+
+def _attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    p: float,
+    budget: tuple[int, int, torch.Generator],
+    promised: torch.Tensor,
+    tm: ResolvedThreatModel | None,
+) -> torch.Tensor:
+    """x_adv (N, *shape): PGD in the ℓp ball (inside the model's input range), or the threat model's attack."""
+    steps, restarts, generator = budget
+    if tm is not None:  # the attacked inputs are flagged, so the model's own decision is the promised one
+        return threat_attack(model, x, eps, p, tm, steps=steps, restarts=restarts, generator=generator)
+    return pgd_attack(
+        model,
+        x,
+        eps,
+        p,
+        steps=steps,
+        restarts=restarts,
+        targeted_decision=promised.to(x.device),
+        input_range=getattr(model, "input_range", None),
+        generator=generator,
+    )
 
 
 def audit(
@@ -185,6 +214,7 @@ def audit(
     seed: int = 0,
     exact_time_limit: float | None = 60.0,
     threads: int | None = 1,
+    threat_model: ResolvedThreatModel | None = None,
 ) -> dict[str, Any]:
     """Audit a model's certificates on inputs ``x`` (see the module docstring).
 
@@ -203,16 +233,19 @@ def audit(
         threads: torch threads during the audit, restored after (default 1: the work is many
             small batches, for which extra threads cost more than they save, 8× on a busy
             2-core machine); None keeps the current setting.
+        threat_model: audit the certificates under this threat model: attacks move only what it
+            allows, exact radii respect it, radii are in its units.
     Returns:
-        A JSON-serialisable dict: ``{"violations": int, "n_inputs", "methods": {name: {"norms":
+        A JSON-serialisable dict: ``{"violations": int, "n_inputs", "units", "methods": {name: {"norms":
         {label: {"attack", "exact", "precision", "violations"}}, ...}}, ...}``; radii in raw
-        input units.
+        input units, or the threat model's.
     """
     saved_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     try:
-        return _audit(model, x, y, norms, restarts, steps, exact, methods, exact_norms, seed, exact_time_limit)
+        checks = (restarts, steps, exact, exact_norms, exact_time_limit, threat_model)
+        return _audit(model, x, y, norms, methods, seed, checks)
     finally:
         torch.set_num_threads(saved_threads)
 
@@ -222,15 +255,15 @@ def _audit(
     x: torch.Tensor,
     y: torch.Tensor | None,
     norms: Iterable[float | str],
-    restarts: int,
-    steps: int,
-    exact: bool,
     methods: Iterable[str] | None,
-    exact_norms: Iterable[float | str] | None,
     seed: int,
-    exact_time_limit: float | None,
+    checks: tuple[int, int, bool, Iterable[float | str] | None, float | None, ResolvedThreatModel | None],
 ) -> dict[str, Any]:
-    """The audit of :func:`audit` (arguments checked there): attacks, exact radii and precision per method."""
+    """The audit of :func:`audit` (arguments checked there): attacks, exact radii and precision per method.
+
+    ``checks``: (restarts, steps, exact, exact_norms, exact_time_limit, threat_model) as :func:`audit` takes them.
+    """
+    restarts, steps, exact, exact_norms, exact_time_limit, tm = checks
     t_start = time.perf_counter()
     norms_t = tuple(dict.fromkeys(normalize_norm(p) for p in norms))
     declared = getattr(model, "certifier", None)
@@ -243,12 +276,13 @@ def _audit(
     report["norms"] = [norm_label(p) for p in norms_t]
     report["settings"] = {"restarts": restarts, "steps": steps, "seed": seed, "attack_shrink": ATTACK_SHRINK}
     report["settings"]["exact_rtol"] = EXACT_RTOL
+    report["units"] = RAW_UNITS if tm is None else tm.units()
     report["methods"] = {}
     config = getattr(model, "config", None)
     if config is not None:
         report["config"] = config()
     # exact radii are a property of the model: compute them once, for every method
-    exact_radii, exact_info = _exact_radii(model, x, norms_t, exact, exact_norms, exact_time_limit)
+    exact_radii, exact_info = _exact_radii(model, x, norms_t, exact, exact_norms, exact_time_limit, tm)
     run = _MethodRun(
         model,
         copy.deepcopy(model).double().eval(),
@@ -259,6 +293,7 @@ def _audit(
         torch.Generator().manual_seed(int(seed)),
         exact_radii,
         exact_info,
+        tm,
     )
     try:
         for method in methods_t:
@@ -277,6 +312,7 @@ def _exact_radii(
     exact: bool,
     exact_norms: Iterable[float | str] | None,
     time_limit: float | None,
+    tm: ResolvedThreatModel | None = None,
 ) -> tuple[dict[float, torch.Tensor], dict[float, dict[str, Any]]]:
     """Exact radii (N,) per norm where a solver applies and was asked for, and per norm what happened."""
     radii: dict[float, torch.Tensor] = {}
@@ -288,20 +324,25 @@ def _exact_radii(
     wanted = None if exact_norms is None else {normalize_norm(p) for p in exact_norms}
     info: dict[float, dict[str, Any]] = {}
     for p in norms:
-        found, info[p] = _exact_one(model, x, p, wanted, time_limit)
+        found, info[p] = _exact_one(model, x, p, wanted, time_limit, tm)
         if found is not None:
             radii[p] = found
     return radii, info
 
 
 def _exact_one(
-    model: nn.Module, x: torch.Tensor, p: float, wanted: set[float] | None, time_limit: float | None
+    model: nn.Module,
+    x: torch.Tensor,
+    p: float,
+    wanted: set[float] | None,
+    time_limit: float | None,
+    tm: ResolvedThreatModel | None = None,
 ) -> tuple[torch.Tensor | None, dict[str, Any]]:
     """Exact ℓp radii (N,) of ``x`` (or None) and a description: solver statuses, failures, seconds, or why not."""
     if p not in (1.0, 2.0, math.inf) or (wanted is not None and p not in wanted):
         reason = "not requested" if p in (1.0, 2.0, math.inf) else f"no exact solver for ℓ{p:g}"
         return None, {"available": False, "reason": reason}
-    solver = ExactRadiusSolver(model, p)
+    solver = ExactRadiusSolver(model, p) if tm is None else ExactRadiusSolver(model, p, threat_model=tm)
     if wanted is None and p == 2.0 and solver.n_var > EXACT_L2_MAX_VARIABLES:
         reason = f"skipped: the ℓ2 program has {solver.n_var} variables (pass exact_norms to force it)"
         return None, {"available": False, "reason": reason}
@@ -338,16 +379,18 @@ class _MethodRun:
     generator: torch.Generator
     exact_radii: dict[float, torch.Tensor]
     exact_info: dict[float, dict[str, Any]]
+    threat_model: ResolvedThreatModel | None = None
 
 
 def _audit_method(run: _MethodRun, method: str, y: torch.Tensor | None) -> dict[str, Any]:
     """One certifier's entry: its guarantee, accuracy, and per norm the attack, exact and precision checks."""
-    cert = _certify(run.model, run.x, run.norms, method)
+    tm = run.threat_model
+    cert = _certify(run.model, run.x, run.norms, method, threat_model=tm)
     probabilistic = cert.guarantee is Guarantee.PROBABILISTIC
     own = sixty_four = None
     if not probabilistic:  # (a probabilistic certificate is random: nothing to compare exactly)
-        own = _certify(run.model, run.x, run.norms, method, own_precision=True)
-        sixty_four = _certify(run.model64, run.x.double(), run.norms, method)
+        own = _certify(run.model, run.x, run.norms, method, own_precision=True, threat_model=tm)
+        sixty_four = _certify(run.model64, run.x.double(), run.norms, method, threat_model=tm)
     entry: dict[str, Any] = {"guarantee": cert.guarantee.value, "deterministic": not probabilistic}
     entry.update(binary=bool(cert.binary), certify_seconds=cert.seconds)
     if cert.binary:
@@ -360,7 +403,7 @@ def _audit_method(run: _MethodRun, method: str, y: torch.Tensor | None) -> dict[
         item: dict[str, Any] = {"certified": _quartiles(r[r > 0]), "violations": 0}
         if own is not None and sixty_four is not None:  # (1) attacks
             item["attack"] = _attack_norm(
-                run.model, run.x, cert, p, run.restarts, run.steps, run.generator, run.model64
+                run.model, run.x, cert, p, run.restarts, run.steps, run.generator, run.model64, tm
             )
             item["violations"] += item["attack"]["flips"]
         else:
@@ -437,7 +480,7 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['n_inputs']} inputs, model `{report['model']}`, attacks: PGD, "
         f"{report['settings']['restarts']} restarts × {report['settings']['steps']} steps inside "
-        f"(1 − {report['settings']['attack_shrink']:g})·radius. Radii in raw input units.",
+        f"(1 − {report['settings']['attack_shrink']:g})·radius. Radii in {report.get('units', RAW_UNITS)}.",
         "",
     ]
     for method, entry in report["methods"].items():

@@ -21,13 +21,14 @@ from asymcert.compare import compare_cli_main
 from asymcert.data import get_task, task_names
 from asymcert.errors import AsymcertError, RunFolderBusyError, WriteError
 from asymcert.families import get_family
-from asymcert.pipeline import certify_run, run_data, run_task, train_run
+from asymcert.pipeline import DEFAULT_NORMS, CertifySettings, certify_run, run_data, run_task, train_run
 from asymcert.report.plots import PLOT_HINT, plotting_available
 from asymcert.report.writer import write_report
 from asymcert.research.capacity import capacity_report
 from asymcert.research.sweep_pairs import pairs_cli_main
 from asymcert.research.sweep_reg import reg_cli_main
-from asymcert.runfolder import exclusive
+from asymcert.runfolder import exclusive, read_run_record, run_threat_model
+from asymcert.threat import ThreatModel, load_threat_model
 from asymcert.traffic import certify_file
 from asymcert.train.loop import resolve_device
 
@@ -231,11 +232,39 @@ def _task_options(fn):
         click.option(
             "--model-set", "model_sets", multiple=True, help="Model config KEY=VALUE (JSON value), repeatable."
         ),
+        click.option(
+            "--threat-model",
+            "threat_model",
+            type=click.Path(exists=True, dir_okay=False),
+            help="JSON threat model (which features an attacker may move, how, in whose units); "
+            "default: the task's own, if it has one.",
+        ),
+        click.option(
+            "--no-threat-model", is_flag=True, help="Plain ℓp balls in raw input units, even for a task with one."
+        ),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
+
+
+def _threat_options(fn):
+    """--threat-model FILE and --no-threat-model for commands that read a run folder."""
+    fn = click.option("--no-threat-model", is_flag=True, help="Plain ℓp balls in raw input units.")(fn)
+    return click.option(
+        "--threat-model",
+        "threat_model",
+        type=click.Path(exists=True, dir_okay=False),
+        help="JSON threat model to certify under (default: the run's own, if it has one).",
+    )(fn)
+
+
+def _threat(path: str | None, plain: bool) -> ThreatModel | None:
+    """The threat model file's content (None without one); both a file and --no-threat-model is a usage error."""
+    if path is not None and plain:
+        raise click.UsageError("--threat-model and --no-threat-model exclude each other")
+    return None if path is None else load_threat_model(path)
 
 
 def _overrides(epochs, device, sets, model_sets, model_kind):
@@ -271,6 +300,8 @@ def run(
     device,
     sets,
     model_sets,
+    threat_model,
+    no_threat_model,
     quiet,
     limit,
 ) -> None:
@@ -278,6 +309,7 @@ def run(
 
     spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class)
     train, model = _overrides(epochs, device, sets, model_sets, model_kind)
+    tm = _threat(threat_model, no_threat_model)
     if distributed.is_main() and not plotting_available():  # said before an hour of training, not after
         click.echo(f"the report will have no plots: {PLOT_HINT}", err=True)
     results = run_task(
@@ -291,6 +323,8 @@ def run(
         model_overrides=model,
         log=click.echo,
         report=lambda folder: write_report(folder, log=lambda msg: None),
+        threat_model=tm,
+        plain=no_threat_model,
     )
     _echo_summary(results, out)
 
@@ -313,13 +347,27 @@ def train(
     device,
     sets,
     model_sets,
+    threat_model,
+    no_threat_model,
     quiet,
 ) -> None:
     """Train a model into a run folder (resumes an interrupted run in the same folder)."""
 
     spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class)
     train_o, model_o = _overrides(epochs, device, sets, model_sets, model_kind)
-    result = train_run(spec, out, preset, train_o, model_o, data_dir, progress=not quiet, log=click.echo)
+    tm = _threat(threat_model, no_threat_model)
+    result = train_run(
+        spec,
+        out,
+        preset,
+        train_o,
+        model_o,
+        data_dir,
+        progress=not quiet,
+        log=click.echo,
+        threat_model=tm,
+        plain=no_threat_model,
+    )
     click.echo(
         f"trained in {result['training']['seconds']:.1f}s; best validation epoch "
         f"{result['training']['best']['epoch']}; model in {out}"
@@ -328,7 +376,7 @@ def train(
 
 @main.command(name="certify")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--norms", default="1,2,inf", show_default=True, help="Comma-separated ℓp norms.")
+@click.option("--norms", help="Comma-separated ℓp norms (default: the threat model's, else 1,2,inf).")
 @click.option("--limit", type=_POSITIVE, help="Only the first N test inputs.")
 @click.option("--batch-size", type=_POSITIVE, default=1000, show_default=True, help="Inputs certified at once.")
 @click.option("--device", default="cpu", show_default=True, callback=_device, help="cpu, cuda[:i] or mps.")
@@ -340,23 +388,39 @@ def train(
     help="Certify new traffic instead of the test split: a .csv (the run's columns, by name) or .npz.",
 )
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="With --input: the results CSV to write.")
+@_threat_options
 @click.option("--quiet", is_flag=True)
-def certify_cmd(run_dir, norms, limit, batch_size, device, data_dir, input_file, out_file, quiet) -> None:
+def certify_cmd(
+    run_dir, norms, limit, batch_size, device, data_dir, input_file, out_file, threat_model, no_threat_model, quiet
+) -> None:
     """Certify a run's test inputs (certificates.safetensors), or new traffic (--input FILE --out RESULTS.csv)."""
 
+    tm = _threat(threat_model, no_threat_model)
+    norms_t = _certify_norms(run_dir, norms, tm, no_threat_model)
     if input_file is not None or out_file is not None:
         if input_file is None or out_file is None or limit is not None:
             raise click.UsageError("--input and --out go together (and without --limit)")
-        done = certify_file(run_dir, input_file, out_file, _norms(norms), device, batch_size, progress=not quiet)
+        done = certify_file(run_dir, input_file, out_file, norms_t, device, batch_size, not quiet, tm, no_threat_model)
         click.echo(
-            f"certified {done.n_inputs} inputs ({done.n_flagged} flagged) in {done.seconds:.3f}s; results in {done.out}"
+            f"certified {done.n_inputs} inputs ({done.n_flagged} flagged) in {done.seconds:.3f}s; "
+            f"radii in {done.units}; results in {done.out}"
         )
         return
-    cert = certify_run(run_dir, _norms(norms), limit, batch_size, device, data_dir, progress=not quiet)
+    settings = CertifySettings(norms_t, limit, batch_size, threat_model=tm, plain=no_threat_model)
+    cert = certify_run(run_dir, device=device, data_dir=data_dir, progress=not quiet, settings=settings)
     click.echo(
         f"certified {len(cert)} inputs in {cert.seconds:.3f}s "
-        f"({1000 * cert.seconds / max(1, len(cert)):.3f} ms per input)"
+        f"({1000 * cert.seconds / max(1, len(cert)):.3f} ms per input); radii in {cert.units}"
     )
+
+
+def _certify_norms(run_dir: str, norms: str | None, tm: ThreatModel | None, plain: bool) -> tuple[float, ...]:
+    """--norms, else the threat model's norms (the given one, else the run's own), else 1, 2, ∞."""
+    if norms is not None:
+        return _norms(norms)
+    own = None if plain else tm or read_run_record(run_dir).threat_model
+    named = (ThreatModel.from_dict(own) if isinstance(own, dict) else own).default_norms() if own else ()
+    return named or DEFAULT_NORMS
 
 
 @main.command()
@@ -374,13 +438,24 @@ def report(run_dir) -> None:
 @click.option("--steps", type=_POSITIVE, default=100, show_default=True, help="PGD steps per restart.")
 @click.option("--no-exact", is_flag=True, help="Skip the exact radii (linear / conic programs).")
 @click.option("--data-dir", type=click.Path(file_okay=False))
-def audit(run_dir, limit, restarts, steps, no_exact, data_dir) -> None:
-    """Attack every certificate inside its radius, compare with exact radii; exit 1 on any violation (0: none)."""
+@_threat_options
+def audit(run_dir, limit, restarts, steps, no_exact, data_dir, threat_model, no_threat_model) -> None:
+    """Attack every certificate inside its radius, compare with exact radii; exit 1 on any violation (0: none).
 
+    Under a threat model (the run's own, or --threat-model) the attacks move only what it allows and
+    radii are in its units."""
+
+    tm = run_threat_model(read_run_record(run_dir), _threat(threat_model, no_threat_model), no_threat_model)
     data = run_data(run_dir, data_dir)
     with exclusive(run_dir):  # audit.md and audit.json are written into the folder: one writer
         report = audit_run(
-            run_dir, data.test.x[:limit], data.test.y[:limit], restarts=restarts, steps=steps, exact=not no_exact
+            run_dir,
+            data.test.x[:limit],
+            data.test.y[:limit],
+            restarts=restarts,
+            steps=steps,
+            exact=not no_exact,
+            threat_model=tm,
         )
     click.echo(
         f"audit of {min(limit, len(data.test))} test inputs: {report['violations']} violation(s); "

@@ -47,9 +47,11 @@ from asymcert.runfolder import (
     exclusive,
     read_run_record,
     remove_stale_temp_files,
+    run_threat_model,
     strict_jsonable,
     write_json,
 )
+from asymcert.threat import ResolvedThreatModel, ThreatModel
 from asymcert.train import TrainConfig
 from asymcert.train.config import check_model_overrides
 from asymcert.train.loop import check_config, prepare_fit, resolve_device, train_fingerprint
@@ -187,9 +189,13 @@ def plan_training(
     model_overrides: dict[str, Any] | None = None,
     data_dir: str | Path | None = None,
     data: TaskData | None = None,
+    threat_model: ThreatModel | None = None,
+    plain: bool = False,
 ) -> TrainingPlan:
     """Check everything a training run needs (task, preset, data, settings, device, model) and build the model.
 
+    ``threat_model`` (default: the task's own, if any; none with ``plain=True``) is checked against the
+    data's feature names and stored in the run record; the run's certificates and reports use it.
     Writes nothing. Raises the :class:`~asymcert.errors.AsymcertError` of the first problem found.
     """
     task = resolve_task(task_spec)
@@ -218,7 +224,21 @@ def plan_training(
         splits={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         feature_names=_feature_names(data),
     )
+    _attach_threat_model(record, task, None if plain else threat_model or task.threat_model)
     return TrainingPlan(task_spec, task, data, model, train_cfg, record)
+
+
+def _attach_threat_model(record: RunRecord, task: Task, tm: ThreatModel | None) -> None:
+    """Resolve ``tm`` against the run's features (raising its ConfigError now, before any write) and store it
+    with its report radii: the task's own for the task's threat model, else none (the report picks them)."""
+    if tm is None:
+        return
+    n_features = math.prod(record.model.get("input_shape") or [0])
+    tm.resolve(record.feature_names, n_features)
+    record.threat_model = tm.to_dict()
+    own = task.threat_model is not None and tm.to_dict() == task.threat_model.to_dict()
+    radii = task.threat_report_radii if own else {}
+    record.report_radii = {norm_label(p): list(r) for p, r in radii.items()}
 
 
 def _feature_names(data: TaskData) -> list[str] | None:
@@ -253,6 +273,7 @@ def check_run_folder(out: Path, plan: TrainingPlan) -> RunRecord | None:
                 "training settings",
                 train_fingerprint(strict_jsonable(old.train), {}) == train_fingerprint(new.train, {}),
             ),
+            ("threat model", strict_jsonable(old.threat_model) == new.threat_model),
         )
         if not same
     ]
@@ -305,13 +326,16 @@ def train_run(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     data: TaskData | None = None,
+    threat_model: ThreatModel | None = None,
+    plain: bool = False,
 ) -> dict[str, Any]:
     """Train the task's model into ``out_dir`` (resuming an interrupted run there). Returns run.json's content.
 
-    A refused run (bad task, preset, settings, device or model config; a folder holding another run
-    or being written by another process; a corrupt or tampered ``train_state.pt``) changes nothing on disk.
+    ``threat_model``/``plain``: as :func:`plan_training`. A refused run (bad task, preset, settings, device
+    or model config or threat model; a folder holding another run or being written by another process; a
+    corrupt or tampered ``train_state.pt``) changes nothing on disk.
     """
-    plan = plan_training(task_spec, preset, train_overrides, model_overrides, data_dir, data)
+    plan = plan_training(task_spec, preset, train_overrides, model_overrides, data_dir, data, threat_model, plain)
     return execute_training(plan, out_dir, progress, log)
 
 
@@ -341,6 +365,8 @@ class CertifySettings:
         method: certifier name (None: the model's own, ``model.certifier``).
         options: certifier options by name (checked against the certifier's options dataclass).
         warmup: inputs certified once, untimed, before the timed pass (kernel loading, first-call allocations).
+        threat_model: certify under this threat model instead of the run's own (:func:`run_threat_model`).
+        plain: certify plain ℓp balls in raw input units even when the run has a threat model.
     """
 
     norms: tuple[float, ...] = DEFAULT_NORMS
@@ -349,6 +375,8 @@ class CertifySettings:
     method: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     warmup: int = 0
+    threat_model: ThreatModel | None = None
+    plain: bool = False
 
     def check(self) -> None:
         """Raise :class:`~asymcert.errors.ConfigError` for a ``limit``, ``batch_size`` or ``warmup`` out of range
@@ -371,12 +399,18 @@ def check_certify_args(limit: int | None, batch_size: int) -> None:
     CertifySettings(limit=limit, batch_size=batch_size).check()
 
 
-def _certify_shard(model: torch.nn.Module, x: torch.Tensor, settings: CertifySettings, progress: bool) -> Certificate:
-    """Certify this process's contiguous shard of ``x`` (N, ...) in chunks of ``settings.batch_size``; gather
-    under torchrun."""
+def _certify_shard(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    settings: CertifySettings,
+    progress: bool,
+    tm: ResolvedThreatModel | None = None,
+) -> Certificate:
+    """Certify this process's contiguous shard of ``x`` (N, ...) in chunks of ``settings.batch_size`` (under
+    ``tm`` when given); gather under torchrun."""
     # Under torchrun every process certifies one contiguous shard; nothing is padded or repeated.
     shard = x.tensor_split(distributed.world_size())[distributed.rank()]
-    norms, step, opts = settings.norms, settings.batch_size, dict(settings.options)
+    norms, step, opts = settings.norms, settings.batch_size, {**settings.options, "threat_model": tm}
     if settings.warmup:  # untimed, so that one-time costs do not count as certification time
         certify(model, shard[: settings.warmup], norms=norms, method=settings.method, **opts)
     parts = [
@@ -398,6 +432,7 @@ def _certify_shard(model: torch.nn.Module, x: torch.Tensor, settings: CertifySet
             cert.seconds,
             cert.binary,
             {k: distributed.gather_rows(v) for k, v in cert.extra.items()},
+            cert.units,
         )
         # wall clock of rank 0's shard (the shards run at the same time)
         cert.seconds = distributed.broadcast_float(cert.seconds)
@@ -429,14 +464,15 @@ def certify_run(
     settings.check()
     target = resolve_device(device)
     run_dir = Path(run_dir)
-    read_run_record(run_dir)  # a clear error when this is no run folder
+    record = read_run_record(run_dir)  # a clear error when this is no run folder
+    tm = run_threat_model(record, settings.threat_model, settings.plain)
     with exclusive(run_dir):
         model = load(run_dir, device=target)
         data = data or run_data(run_dir, data_dir)
         x, y = data.test.x[: settings.limit], data.test.y[: settings.limit]
         if len(x) == 0:
             raise ConfigError(f"{run_dir}: the task's test split is empty; nothing to certify")
-        cert = _certify_shard(model, x, settings, progress)
+        cert = _certify_shard(model, x, settings, progress, tm)
         if distributed.is_main():
             remove_stale_temp_files(run_dir)
             save_certificates(run_dir / CERT_FILE, cert, y)
@@ -522,13 +558,19 @@ def run_task(
     model_overrides: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
     report: Reporter | None = None,
+    threat_model: ThreatModel | None = None,
+    plain: bool = False,
 ) -> dict[str, Any]:
     """Train, certify and report in one go, holding the folder's lock throughout. Returns the report's results
     ({} without a ``report``).
 
-    Everything (the task and settings, the certification arguments) is checked before training starts.
+    Under a threat model (``threat_model``, else the task's own unless ``plain``) the run certifies the
+    threat model's norms (default 1, 2, ∞) in its units. Everything (the task and settings, the threat model,
+    the certification arguments) is checked before training starts.
     """
-    settings = CertifySettings(limit=limit)
-    settings.check()
-    plan = plan_training(task_spec, preset, train_overrides, model_overrides, data_dir)
+    CertifySettings(limit=limit).check()
+    plan = plan_training(task_spec, preset, train_overrides, model_overrides, data_dir, None, threat_model, plain)
+    tm = plan.record.threat_model
+    norms = ThreatModel.from_dict(tm).default_norms() if tm is not None else ()
+    settings = CertifySettings(limit=limit, norms=norms or DEFAULT_NORMS)
     return run_pipeline(plan, out_dir, settings, progress=progress, log=log, report=report).report

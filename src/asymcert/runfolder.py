@@ -31,6 +31,7 @@ from filelock import FileLock, Timeout
 from asymcert import distributed
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import AsymcertError, CheckpointError, RunFolderBusyError, WriteError
+from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 LOCK_FILE = ".asymcert.lock"
 RUN_FILE = "run.json"
@@ -169,6 +170,8 @@ class RunRecord:
         training: ``{"seconds", "best", "epochs", "processes"}`` once training finished, else None.
         feature_names: the input columns of a run trained on a CSV, by name (None otherwise); new
             traffic is read by these names (``asymcert certify RUN --input FILE.csv``).
+        threat_model: the run's threat model (:meth:`asymcert.threat.ThreatModel.to_dict`), which its
+            certificates and reports use by default (None: plain ℓp balls in raw input units).
         extra: keys this version does not know, kept as they are.
     """
 
@@ -184,6 +187,7 @@ class RunRecord:
     splits: dict[str, int] = field(default_factory=dict)
     training: dict[str, Any] | None = None
     feature_names: list[str] | None = None
+    threat_model: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -223,7 +227,7 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``run.json`` (``training`` only once there is one)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        for optional in ("training", "feature_names"):
+        for optional in ("training", "feature_names", "threat_model"):
             if out[optional] is None:
                 del out[optional]
         return {**out, **self.extra}
@@ -241,6 +245,7 @@ def _check_optional(raw: dict[str, Any], source: str) -> None:
             lambda v: v is None or (isinstance(v, list) and all(isinstance(c, str) for c in v)),
             "a list of strings",
         ),
+        "threat_model": (lambda v: v is None or isinstance(v, dict), "an object or null"),
         "report_radii": (
             lambda v: (
                 isinstance(v, dict) and all(isinstance(r, list) and all(_is_number(x) for x in r) for r in v.values())
@@ -282,3 +287,20 @@ def read_run_record(run_dir: str | Path) -> RunRecord:
     except (OSError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} cannot be read ({exc})") from None
     return RunRecord.from_json(text, str(path))
+
+
+def run_threat_model(
+    record: RunRecord, override: ThreatModel | None = None, plain: bool = False
+) -> ResolvedThreatModel | None:
+    """The threat model to certify a run under: ``override``, else the run's own (None with ``plain``).
+
+    Raises:
+        ConfigError: a threat model that names features the run does not have (or run.json's is malformed).
+    """
+    if plain:
+        return None
+    own = record.threat_model
+    tm = override or (None if own is None else ThreatModel.from_dict(own, f"{RUN_FILE}'s threat_model"))
+    if tm is None:
+        return None
+    return tm.resolve(record.feature_names, math.prod(record.model.get("input_shape") or [0]))

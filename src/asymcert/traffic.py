@@ -2,10 +2,11 @@
 
 ``asymcert certify RUN --input FILE --out RESULTS.csv`` writes a CSV with the columns ``index``,
 ``score``, ``flagged`` (0/1), ``radius_l1``, ``radius_l2``, ``radius_linf`` (the norms certified;
-other p as ``radius_l<p>``; raw input units) and ``label`` when the input has the run's label
-column. A CSV is read by the run's own feature columns, by name (any order, extra columns
-ignored), ``CHUNK`` rows at a time, so memory stays bounded whatever the file's size. Nothing is
-written unless the whole input certifies: the output appears by an atomic rename.
+other p as ``radius_l<p>``; raw input units, or the threat model's units under one) and ``label``
+when the input has the run's label column. A CSV is read by the run's own feature columns, by
+name (any order, extra columns ignored), ``CHUNK`` rows at a time, so memory stays bounded
+whatever the file's size. Nothing is written unless the whole input certifies: the output appears
+by an atomic rename.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import torch
 from tqdm.auto import tqdm
 
 from asymcert.certify import Certificate, certify
-from asymcert.certify.result import norm_label
+from asymcert.certify.result import RAW_UNITS, norm_label
 from asymcert.checkpoint import atomic_write, load
 from asymcert.data.user import csv_number, read_npz
 from asymcert.errors import DataError, InputError
-from asymcert.runfolder import RunRecord, read_run_record
+from asymcert.runfolder import RunRecord, read_run_record, run_threat_model
+from asymcert.threat import ThreatModel
 from asymcert.train.loop import resolve_device
 
 CHUNK = 4096
@@ -43,12 +45,14 @@ class Batch:
 
 @dataclass(frozen=True)
 class TrafficResult:
-    """What :func:`certify_file` did: inputs certified, how many flagged, seconds spent certifying."""
+    """What :func:`certify_file` did: inputs certified, how many flagged, seconds spent certifying, the
+    results file, and the units of its radii."""
 
     n_inputs: int
     n_flagged: int
     seconds: float
     out: Path
+    units: str = RAW_UNITS
 
 
 def csv_batches(path: Path, features: Sequence[str], label_column: str | None, chunk: int) -> Iterator[Batch]:
@@ -157,8 +161,13 @@ def certify_file(
     device: str | torch.device = "cpu",
     chunk: int = CHUNK,
     progress: bool = True,
+    threat_model: ThreatModel | None = None,
+    plain: bool = False,
 ) -> TrafficResult:
     """Certify every input of ``input_path`` with the run's model; write one CSV row per input to ``out``.
+
+    Radii are in raw input units, or under ``threat_model`` (default: the run's own, none with ``plain``)
+    in its units (:attr:`TrafficResult.units`).
 
     Memory: one chunk of inputs (``chunk`` rows) and its results at a time, whatever the file's size.
     The output file appears only when every input certified (atomic rename); a refused input file
@@ -170,6 +179,7 @@ def certify_file(
     """
     run_dir, input_path, out = Path(run_dir), Path(input_path), Path(out)
     run = read_run_record(run_dir)
+    tm = run_threat_model(run, threat_model, plain)
     model = load(run_dir, device=resolve_device(str(device)))
     if not input_path.is_file():
         raise InputError(f"{input_path}: no such input file")
@@ -186,14 +196,15 @@ def certify_file(
             writer.writerow(_columns(norms_t, first.labels is not None))
             todo = _chain(first, batches)
             for batch in tqdm(todo, desc="certify", unit="chunk", disable=not progress, leave=False):
-                cert = certify(model, batch.x, norms=norms_t, batch_size=chunk)
+                cert = certify(model, batch.x, norms=norms_t, batch_size=chunk, threat_model=tm)
                 writer.writerows(_rows(cert, int(counts["n"]), norms_t, batch.labels))
                 counts["n"] += len(cert)
                 counts["flagged"] += int((cert.sensitive if cert.binary else cert.predicted > 0).sum())
                 counts["seconds"] += cert.seconds
 
     atomic_write(out, write)
-    return TrafficResult(int(counts["n"]), int(counts["flagged"]), float(counts["seconds"]), out)
+    units = RAW_UNITS if tm is None else tm.units()
+    return TrafficResult(int(counts["n"]), int(counts["flagged"]), float(counts["seconds"]), out, units)
 
 
 def _chain(first: Batch, rest: Iterator[Batch]) -> Iterator[Batch]:

@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from asymcert.certify.result import Certificate, Guarantee, norm_label, normalize_norm
+from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import CheckpointError
 from asymcert.runfolder import dumps_strict
@@ -49,6 +49,7 @@ def save_certificates(path: Path, cert: Certificate, labels: torch.Tensor) -> No
         "seconds": repr(cert.seconds),
         "binary": dumps_strict(cert.binary),
         "norms": dumps_strict([norm_label(p) for p in cert.radii]),
+        "units": dumps_strict(cert.units),
     }
     # serialised in memory and written by Python, so a full disk raises OSError (→ WriteError)
     blob = safetensors_bytes(tensors, metadata=meta)
@@ -128,6 +129,7 @@ def load_certificates(path: Path) -> tuple[Certificate, torch.Tensor]:
             float(meta["seconds"]),
             binary,
             extra,
+            str(json.loads(meta.get("units", json.dumps(RAW_UNITS)))),
         )
     except CheckpointError:
         raise

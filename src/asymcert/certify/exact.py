@@ -17,6 +17,11 @@ made fast (one matrix per model, Newton on the radius, crash bases, warm starts)
 The distance is computed over all of R^d, like the certificates it is compared with: the model's
 ``input_range`` is ignored unless ``respect_input_range=True``. Every reported radius comes with a
 perturbation that is checked on the float64 model itself before it is reported.
+
+Under a threat model (:class:`~asymcert.threat.ResolvedThreatModel`) the variables are u = δ / scale
+(threat-model units): the feature map's slope a becomes a ⊙ scale, forbidden directions are variable
+bounds at 0 and the domain [lower, upper] is a per-coordinate box on u, so the same LPs and QP give
+the smallest ‖u‖_p over the moves the threat model allows.
 """
 
 from __future__ import annotations
@@ -40,9 +45,10 @@ from asymcert.certify.bound_propagation import conv_padding
 from asymcert.certify.bounded_convex import block_convs, block_norms
 from asymcert.certify.inputs import check_inputs
 from asymcert.certify.result import normalize_norm
-from asymcert.errors import AsymcertError
+from asymcert.errors import AsymcertError, ConfigError
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.nn.convex import ICNN, ConvexConvNet
+from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
     from asymcert.models.feature_convex import FeatureConvexClassifier
@@ -265,14 +271,41 @@ def _import_highspy() -> Any:
     return highspy
 
 
+def _resolve_threat(threat_model: ThreatModel | ResolvedThreatModel | None, d: int) -> ResolvedThreatModel | None:
+    """``threat_model`` resolved for d flattened features (a ThreatModel may name features by index only).
+
+    Raises:
+        ConfigError: a resolved threat model for another d, an unknown feature, or not a threat model.
+    """
+    if threat_model is None or isinstance(threat_model, ResolvedThreatModel):
+        if threat_model is not None and threat_model.n_features != d:
+            raise ConfigError(f"threat model is for {threat_model.n_features} features, the model has {d}")
+        return threat_model
+    if isinstance(threat_model, ThreatModel):
+        return threat_model.resolve(None, d)
+    raise ConfigError(f"threat_model must be a ThreatModel or ResolvedThreatModel, got {type(threat_model).__name__}")
+
+
+def _domain(
+    tm: ResolvedThreatModel | None, input_range: tuple[float, float] | None, d: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) (d,) float64 raw bounds on x + δ: the threat model's domain ∩ the respected input range."""
+    lo, hi = (np.full(d, -np.inf), np.full(d, np.inf)) if tm is None else (_np(tm.lower), _np(tm.upper))
+    if input_range is not None:
+        lo, hi = np.maximum(lo, input_range[0]), np.minimum(hi, input_range[1])
+    return lo, hi
+
+
 @dataclass
 class ExactResult:
     """Exact radii of a batch (see :meth:`ExactRadiusSolver.solve`).
 
     Attributes:
-        radii: (N,) float64 exact ℓp distance to {s ≤ 0} in raw input units (0: not flagged;
-            inf: no input is non-sensitive; NaN: solver failure or failed check).
-        delta: (N, *input_shape) float64 minimal perturbations (0 where the radius is 0, inf or NaN).
+        radii: (N,) float64 exact ℓp distance to {s ≤ 0} in raw input units, or in threat-model
+            units ‖δ / scale‖_p under a threat model (0: not flagged; inf: no (allowed) move reaches a
+            non-sensitive input; NaN: solver failure or failed check).
+        delta: (N, *input_shape) float64 minimal perturbations δ in raw input units (0 where the
+            radius is 0, inf or NaN); under a threat model x + δ is an allowed move.
         status: one string per input: "optimal", "not flagged", "unreachable", "time limit",
             "check failed" or a solver status.
         seconds: (N,) wall-clock seconds spent per input.
@@ -293,7 +326,8 @@ class ExactRadiusSolver:
     the root t* = exact radius, with dv/dt read off the LP duals; it ends after a few steps. Each
     input's first LP starts from a crash basis (the ReLU pattern at the linearised minimiser,
     primal feasible and nonsingular by construction); later steps warm-start HiGHS's dual simplex.
-    ℓ2 solves min ½‖δ‖² over the same polyhedron with Clarabel.
+    ℓ2 solves min ½‖δ‖² over the same polyhedron with Clarabel. Under a threat model the variable is
+    u = δ / scale with per-coordinate bounds (see the module docstring); the rest is unchanged.
 
     Args:
         model: a :class:`~asymcert.models.FeatureConvexClassifier` with an affine feature map and an
@@ -301,13 +335,26 @@ class ExactRadiusSolver:
         norm: 1, 2 or ``math.inf`` (``"inf"`` accepted).
         respect_input_range: constrain x + δ to ``model.input_range`` (default: no, the distance is
             over all of R^d, which is what certificates bound).
+        threat_model: None (every move, sized ‖δ‖_p in raw units), or a
+            :class:`~asymcert.threat.ResolvedThreatModel` for d = prod(input_shape) features (a
+            :class:`~asymcert.threat.ThreatModel` naming features by index is resolved here). Then only
+            the moves it allows count (immutable features fixed, one-sided ones moving one way, x + δ
+            in its domain [lower, upper], also intersected with ``input_range`` when that is
+            respected) and radii are ‖δ / scale‖_p, in threat-model units; perturbations stay raw δ.
     Raises:
         UnsupportedModelError: the model is not of that form (or its norm is not 1, 2, ∞).
+        ConfigError: a threat model for another number of features, or one naming features by header.
     """
 
     max_newton_steps = 100
 
-    def __init__(self, model: nn.Module, norm: float | str, respect_input_range: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        norm: float | str,
+        respect_input_range: bool = False,
+        threat_model: ThreatModel | ResolvedThreatModel | None = None,
+    ) -> None:
         self.norm = normalize_norm(norm)
         if self.norm not in (1.0, 2.0, math.inf):
             raise UnsupportedModelError(f"exact radii exist for ℓ1, ℓ2 and ℓ∞ only, not ℓ{self.norm:g}")
@@ -318,6 +365,11 @@ class ExactRadiusSolver:
         fc = cast("FeatureConvexClassifier", model)  # _chain_of refused every other model
         self.input_shape = tuple(fc.input_shape)
         self.input_range = fc.input_range if respect_input_range else None
+        self.threat_model = _resolve_threat(threat_model, self.chain.dim)
+        # (d,) raw units per unit of the LP/QP variable u = δ / scale (ones without a threat model)
+        self.scale = np.ones(self.chain.dim) if self.threat_model is None else _np(self.threat_model.scale)
+        self._boxed = self.input_range is not None or self.threat_model is not None
+        self._domain = _domain(self.threat_model, self.input_range, self.chain.dim)
         self._highs: Any = None
         self._build()
 
@@ -327,7 +379,7 @@ class ExactRadiusSolver:
         ch, d = self.chain, self.chain.dim
         widths = [layer.c.shape[0] for layer in ch.layers]
         n_z = int(sum(widths))
-        A = sp.diags(ch.a)
+        A = sp.diags(ch.a * self.scale)  # f(x + scale ⊙ u) = f(x) + (a ⊙ scale) ⊙ u
         nd = 2 * d if self.norm == 1 else d
         self.nd, self.n_z = nd, n_z
 
@@ -414,23 +466,33 @@ class ExactRadiusSolver:
             self._highs = h
         return self._highs
 
-    def _delta_bounds(self, t: float, xf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Column bounds of the δ block at radius t (ℓ∞: [−t, t]; ℓ1: δ± ≥ 0), box-limited if asked."""
-        d = self.chain.dim
-        if self.norm == 1:
-            lower, upper = np.zeros(2 * d), np.full(2 * d, np.inf)
-            if self.input_range is not None:
-                lo, hi = self.input_range
-                upper[:d], upper[d:] = np.maximum(hi - xf, 0.0), np.maximum(xf - lo, 0.0)
-            return lower, upper
-        lower, upper = np.full(d, -t), np.full(d, t)
+    def _boxes(self, x_flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) (N, d) float64 bounds on u = δ / scale at each input (flattened, raw units).
+
+        ±inf where unbounded; 0 on the forbidden side of a threat model's direction constraints and
+        where the domain (or the respected ``input_range``) leaves no room. low ≤ 0 ≤ high.
+        """
+        n, d = x_flat.shape
+        low, high = np.full((n, d), -np.inf), np.full((n, d), np.inf)
+        tm, scale = self.threat_model, self.scale
+        if tm is not None:
+            low = np.where(_np(tm.can_decrease)[None] > 0, np.minimum((_np(tm.lower) - x_flat) / scale, 0.0), 0.0)
+            high = np.where(_np(tm.can_increase)[None] > 0, np.maximum((_np(tm.upper) - x_flat) / scale, 0.0), 0.0)
         if self.input_range is not None:
             lo, hi = self.input_range
-            lower, upper = np.maximum(lower, np.minimum(lo - xf, 0.0)), np.minimum(upper, np.maximum(hi - xf, 0.0))
-        return lower, upper
+            low = np.maximum(low, np.minimum((lo - x_flat) / scale, 0.0))
+            high = np.minimum(high, np.maximum((hi - x_flat) / scale, 0.0))
+        return low, high
 
-    def _set_radius(self, h: Any, t: float, xf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lower, upper = self._delta_bounds(t, xf)
+    def _delta_bounds(self, t: float, box: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Column bounds of the u block at radius t (ℓ∞: [−t, t]; ℓ1: u± ≥ 0), limited by the box (low, high)."""
+        low, high = box
+        if self.norm == 1:
+            return np.zeros(2 * self.chain.dim), np.concatenate([high, 0.0 - low])
+        return np.maximum(-t, low), np.minimum(t, high)
+
+    def _set_radius(self, h: Any, t: float, box: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        lower, upper = self._delta_bounds(t, box)
         if self.norm == 1:
             h.changeRowBounds(self.n_row - 1, -np.inf, t)
         else:
@@ -470,7 +532,7 @@ class ExactRadiusSolver:
             at_upper = grad < 0  # move against the gradient
             delta = np.where(at_upper, upper, lower)
             col[:d] = np.where(at_upper, UPPER, LOWER)
-        active = self._pattern(xf + delta)
+        active = self._pattern(xf + self.scale * delta)  # delta is in u units
         col[self.nd :][active] = BASIC
         row = np.where(active, UPPER, BASIC)
         if self.norm == 1:
@@ -499,21 +561,23 @@ class ExactRadiusSolver:
         grad: np.ndarray,
         t0: float,
         time_limit: float | None,
+        box: tuple[np.ndarray, np.ndarray],
     ) -> tuple[str, np.ndarray | None]:
+        """Newton on v(t) for one input; ``grad`` (d,) is ∇_u s, ``box`` the (low, high) bounds on u."""
         highspy = _import_highspy()
 
         h = self._highs_instance()
         h.changeRowsBounds(
             self.depends.size, self.depends, np.full(self.depends.size, -highspy.kHighsInf), h_rows[self.depends]
         )
-        if self.norm == 1 and self.input_range is not None:
-            lower, upper = self._delta_bounds(t0, xf)
+        if self.norm == 1 and self._boxed:
+            lower, upper = self._delta_bounds(t0, box)
             h.changeColsBounds(self.nd, np.arange(self.nd, dtype=np.int32), lower, upper)
         tol_v = 1e-9 * max(1.0, abs(s0))
         start = time.perf_counter()
         t, sol = t0, None
         for step in range(self.max_newton_steps):
-            lower, upper = self._set_radius(h, t, xf)
+            lower, upper = self._set_radius(h, t, box)
             if step == 0:
                 h.setBasis(self._crash_basis(t, xf, grad, lower, upper))
             if time_limit is not None:
@@ -545,22 +609,45 @@ class ExactRadiusSolver:
         return "no convergence", None
 
     # -- ℓ2: quadratic program -------------------------------------------------------------------
+    def _qp_box_rows(
+        self, xf: np.ndarray, box: tuple[np.ndarray, np.ndarray]
+    ) -> tuple[list[sp.spmatrix], list[np.ndarray], sp.spmatrix, np.ndarray]:
+        """The box on u as QP rows: (inequality rows, their right-hand sides, equality rows, theirs).
+
+        Finite bounds become rows u_i ≤ high_i, −u_i ≤ −low_i; coordinates with low = high (fixed by
+        a threat model) become equalities. Without a threat model the respected ``input_range`` is
+        x + δ ∈ [lo, hi], as it always was for ℓ2 (not clamped at x).
+        """
+        d, n_z = self.chain.dim, self.n_z
+        low, high = box
+        if self.threat_model is None and self.input_range is not None:
+            lo, hi = self.input_range
+            low, high = lo - xf, hi - xf
+        fixed = low == high
+        up, down = np.isfinite(high) & ~fixed, np.isfinite(low) & ~fixed
+        eye = sp.hstack([sp.identity(d, format="csr"), sp.csr_matrix((d, n_z))], format="csr")
+        return [eye[up], -eye[down]], [high[up], -low[down]], eye[fixed], low[fixed]
+
     def _solve_qp(
-        self, xf: np.ndarray, h_rows: np.ndarray, const: float, time_limit: float | None
+        self,
+        xf: np.ndarray,
+        h_rows: np.ndarray,
+        const: float,
+        time_limit: float | None,
+        box: tuple[np.ndarray, np.ndarray],
     ) -> tuple[str, np.ndarray | None]:
+        """min ½‖u‖² over the polyhedron and the box (low, high) on u, for one input."""
         try:
             import clarabel
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("exact ℓ2 radii need the `clarabel` package (pip install clarabel)") from exc
         d, n_z = self.chain.dim, self.n_z
-        # G v ≤ h, objective row out·v + const ≤ 0, z ≥ 0, and the optional box on δ.
+        # equalities (fixed coordinates), then G v ≤ h, objective row out·v + const ≤ 0, z ≥ 0, the box on u.
         rows = [self.G, sp.csr_matrix(self.cost[None, :]), sp.hstack([sp.csr_matrix((n_z, d)), -sp.identity(n_z)])]
         b = [h_rows, np.array([-const]), np.zeros(n_z)]
-        if self.input_range is not None:
-            lo, hi = self.input_range
-            eye = sp.hstack([sp.identity(d), sp.csr_matrix((d, n_z))])
-            rows += [eye, -eye]
-            b += [hi - xf, xf - lo]
+        box_rows, box_b, eq_rows, eq_b = self._qp_box_rows(xf, box)
+        rows, b = [eq_rows, *rows, *box_rows], [eq_b, *b, *box_b]
+        n_eq = eq_rows.shape[0]
         A = sp.vstack(rows, format="csc")
         P = sp.diags(np.concatenate([np.ones(d), np.zeros(n_z)]), format="csc")
         settings = clarabel.DefaultSettings()
@@ -571,9 +658,9 @@ class ExactRadiusSolver:
             settings.direct_solve_method = "faer"
         if time_limit is not None:
             settings.time_limit = float(time_limit)
-        solver = clarabel.DefaultSolver(
-            P, np.zeros(self.n_var), A, np.concatenate(b), [clarabel.NonnegativeConeT(A.shape[0])], settings
-        )
+        cones = [clarabel.ZeroConeT(n_eq)] if n_eq else []
+        cones.append(clarabel.NonnegativeConeT(A.shape[0] - n_eq))
+        solver = clarabel.DefaultSolver(P, np.zeros(self.n_var), A, np.concatenate(b), cones, settings)
         sol = solver.solve()
         status = str(sol.status)
         if status in ("Solved", "AlmostSolved"):
@@ -581,6 +668,61 @@ class ExactRadiusSolver:
         if status in ("PrimalInfeasible", "AlmostPrimalInfeasible"):
             return "unreachable", None
         return ("time limit" if "Time" in status else status.lower()), None
+
+    # -- per-batch helpers ------------------------------------------------------------------------
+    def _score_and_gradient(self, x_flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(s(x) (N,), ∇_u s (N, d) = scale ⊙ ∇_x s) on the float64 model, checked against the layer chain."""
+        n = x_flat.shape[0]
+        x64 = torch.from_numpy(x_flat).reshape((n,) + self.input_shape).requires_grad_(True)
+        with torch.enable_grad():
+            score_t = self.model64(x64)
+            (grad_t,) = torch.autograd.grad(score_t.sum(), x64) if n else (torch.zeros_like(x64),)
+        score, grad = score_t.detach().numpy(), grad_t.reshape(n, self.chain.dim).numpy()
+        chain_score = self.chain.score(x_flat)
+        if n and not np.allclose(chain_score, score, rtol=1e-7, atol=1e-7 * (1 + np.abs(score).max())):
+            raise UnsupportedModelError(
+                "internal error: the layer chain does not reproduce the model's scores "
+                f"(max gap {np.abs(chain_score - score).max():.3g})"
+            )
+        return score, grad * self.scale
+
+    def _starts(
+        self, score: np.ndarray, grad_u: np.ndarray, low: np.ndarray, high: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(gnorm, t0) (N,): the dual norm of ∇_u s over the coordinates that may move (0: unreachable)
+        and Newton's start, a radius below the exact one (s(x) over the dual norm of the largest
+        first-order decrease per unit of u in an allowed direction; s is convex)."""
+        dual = 1.0 if self.norm == math.inf else (math.inf if self.norm == 1 else 2.0)
+        if not score.shape[0]:
+            return np.zeros(0), np.zeros(0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.threat_model is None:
+                gnorm = np.linalg.norm(grad_u, ord=dual, axis=1)
+                return gnorm, score / gnorm
+            restricted = np.where((low < 0) | (high > 0), grad_u, 0.0)
+            harm = np.maximum(
+                np.where(high > 0, np.maximum(-grad_u, 0.0), 0.0), np.where(low < 0, np.maximum(grad_u, 0.0), 0.0)
+            )
+            gnorm, hnorm = (np.linalg.norm(g, ord=dual, axis=1) for g in (restricted, harm))
+            return gnorm, score / np.where(hnorm > 0, hnorm, gnorm)
+
+    def _raw_move(self, xf: np.ndarray, u: np.ndarray, box: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """The raw perturbation δ = scale ⊙ u of a solver's u (d,). Under a threat model u is first
+        clipped to its box (solver tolerances) and δ nudged by a few ulps so that x + δ, computed in
+        float64, stays in the domain wherever x is in it."""
+        if self.threat_model is None:
+            return u
+        delta = np.clip(u, box[0], box[1]) * self.scale
+        lo, hi = self._domain
+        for _ in range(8):
+            y = xf + delta
+            over, under = (y > hi) & (xf <= hi), (y < lo) & (xf >= lo)
+            if not (over.any() or under.any()):
+                break
+            step = np.maximum(np.spacing(np.abs(y)), np.spacing(np.abs(delta)))
+            delta = np.where(over, np.maximum(delta - step, 0.0), delta)
+            delta = np.where(under, np.minimum(delta + step, 0.0), delta)
+        return delta
 
     # -- public -----------------------------------------------------------------------------------
     def solve(self, x: torch.Tensor, time_limit: float | None = None) -> ExactResult:
@@ -596,33 +738,23 @@ class ExactRadiusSolver:
         check_inputs(x, self.input_shape, None)
         n, d = x.shape[0], self.chain.dim
         x_flat = x.detach().cpu().double().reshape(n, d).numpy()
-        x64 = torch.from_numpy(x_flat).reshape((n,) + self.input_shape).requires_grad_(True)
-        with torch.enable_grad():
-            score_t = self.model64(x64)
-            (grad_t,) = torch.autograd.grad(score_t.sum(), x64) if n else (torch.zeros_like(x64),)
-        score, grad = score_t.detach().numpy(), grad_t.reshape(n, d).numpy()
+        score, grad_u = self._score_and_gradient(x_flat)
         h_rows, const = self._features_const(x_flat)
-        chain_score = self.chain.score(x_flat)
-        if n and not np.allclose(chain_score, score, rtol=1e-7, atol=1e-7 * (1 + np.abs(score).max())):
-            raise UnsupportedModelError(
-                "internal error: the layer chain does not reproduce the model's scores "
-                f"(max gap {np.abs(chain_score - score).max():.3g})"
-            )
-        dual = 1.0 if self.norm == math.inf else (math.inf if self.norm == 1 else 2.0)
-        gnorm = np.linalg.norm(grad, ord=dual, axis=1) if n else np.zeros(0)
+        low, high = self._boxes(x_flat)
+        gnorm, t0 = self._starts(score, grad_u, low, high)
         radii, deltas = np.zeros(n), np.zeros((n, d))
         status = ["not flagged"] * n
         seconds = np.zeros(n)
         for i in np.flatnonzero(score > 0):  # one optimisation problem per flagged input
             t_start = time.perf_counter()
-            if gnorm[i] == 0:  # s is convex and flat here: x minimises s, which stays > 0 everywhere
+            box = (low[i], high[i])
+            if gnorm[i] == 0:  # s is convex and flat along every allowed move: it stays > 0
                 status[i], v = "unreachable", None
             elif self.norm == 2:
-                status[i], v = self._solve_qp(x_flat[i], h_rows[i], float(const[i]), time_limit)
+                status[i], v = self._solve_qp(x_flat[i], h_rows[i], float(const[i]), time_limit, box)
             else:
-                t0 = float(score[i] / gnorm[i])
                 status[i], v = self._solve_lp(
-                    x_flat[i], h_rows[i], float(const[i]), float(score[i]), grad[i], t0, time_limit
+                    x_flat[i], h_rows[i], float(const[i]), float(score[i]), grad_u[i], float(t0[i]), time_limit, box
                 )
             seconds[i] = time.perf_counter() - t_start
             if status[i] == "unreachable":
@@ -630,9 +762,8 @@ class ExactRadiusSolver:
             elif v is None:
                 radii[i] = math.nan
             else:
-                delta = v[:d] - v[d : 2 * d] if self.norm == 1 else v[:d]
-                deltas[i] = delta
-                radii[i] = float(np.linalg.norm(delta, ord=self.norm))
+                deltas[i] = self._raw_move(x_flat[i], v[:d] - v[d : 2 * d] if self.norm == 1 else v[:d], box)
+                radii[i] = float(np.linalg.norm(deltas[i] / self.scale, ord=self.norm))
         self._check(x_flat, score, deltas, radii, status)
         failed = [i for i, s in enumerate(status) if s not in ("optimal", "not flagged", "unreachable", "check failed")]
         if failed:
@@ -682,12 +813,14 @@ def exact_radius(
     return_perturbation: bool = False,
     time_limit: float | None = None,
     respect_input_range: bool = False,
+    threat_model: ThreatModel | ResolvedThreatModel | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The exact ℓp distance from each input to the model's non-sensitive region {s ≤ 0}.
 
     This is the largest radius any sound certificate can give: ``certify(...).radius(p) ≤
     exact_radius(...)`` for every input. Computed over all of R^d (the model's ``input_range`` is
-    ignored unless ``respect_input_range=True``).
+    ignored unless ``respect_input_range=True``). Under a threat model, over the moves it allows,
+    and ``certify(..., threat_model=tm).radius(p) ≤ exact_radius(..., threat_model=tm)``.
 
     Args:
         model: a :class:`~asymcert.models.FeatureConvexClassifier` whose feature map is affine
@@ -698,15 +831,22 @@ def exact_radius(
         return_perturbation: also return the minimal perturbations δ (N, *input_shape).
         time_limit: seconds allowed per input; an input that runs out gets NaN (with a warning).
         respect_input_range: also require x + δ ∈ ``model.input_range``.
+        threat_model: a :class:`~asymcert.threat.ResolvedThreatModel` for prod(input_shape) features
+            (or a :class:`~asymcert.threat.ThreatModel` naming features by index): only moves δ it
+            allows count (immutable and one-sided features, x + δ in its domain, always respected)
+            and their size is ‖δ / scale‖_p, in threat-model units. None: every δ, sized ‖δ‖_p.
     Returns:
-        (N,) float64 radii in raw input units on ``x``'s device: 0 for inputs not flagged
-        sensitive (float64 score ≤ 0), ``inf`` when s stays > 0 everywhere, NaN (with a warning)
+        (N,) float64 radii on ``x``'s device, in raw input units (threat-model units under a threat
+        model): 0 for inputs not flagged sensitive (float64 score ≤ 0), ``inf`` when s stays > 0
+        everywhere (on every allowed move), NaN (with a warning)
         where the solver failed or its perturbation did not reach {s ≤ 0} on the float64 model.
-        With ``return_perturbation``: ``(radii, delta)``. Accuracy: ℓ1/ℓ∞ radii are vertex
+        With ``return_perturbation``: ``(radii, delta)``, δ in raw input units. Accuracy: ℓ1/ℓ∞ radii are vertex
         solutions, exact to about 1e-9 relative; ℓ2 radii come from an interior-point method and
         are accurate to about 1e-7 relative.
     Raises:
-        UnsupportedModelError: the model is not of the form above (e.g. a ConcatAbs feature map).
+        UnsupportedModelError: the model is not of the form above (e.g. a ConcatAbs or log1p
+            feature map), with or without a threat model.
+        ConfigError: a threat model for another number of features, or naming features by header.
         ImportError: ``highspy`` (ℓ1, ℓ∞) or ``clarabel`` (ℓ2) is not installed.
 
     Example:
@@ -717,5 +857,6 @@ def exact_radius(
         >>> exact_radius(m, torch.rand(4, 3), "inf").shape
         torch.Size([4])
     """
-    result = ExactRadiusSolver(model, norm, respect_input_range=respect_input_range).solve(x, time_limit)
+    solver = ExactRadiusSolver(model, norm, respect_input_range=respect_input_range, threat_model=threat_model)
+    result = solver.solve(x, time_limit)
     return (result.radii, result.delta) if return_perturbation else result.radii

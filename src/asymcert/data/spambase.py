@@ -21,6 +21,7 @@ import numpy as np
 from asymcert.data.sources import find_files
 from asymcert.data.tasks import TaskData, task_data_from_arrays
 from asymcert.errors import DataError
+from asymcert.threat import ThreatModel
 
 SPAM_FILE = "spam.rda"
 SYSTEM_DIRS = (Path("/usr/lib/R/site-library/kernlab/data"),)
@@ -28,6 +29,33 @@ N_FEATURES = 57
 MEDIAN_FEATURE_STD = 0.444
 """The median over the 57 features of their standard deviation on all 4601 emails (measured here);
 the report radii are 1–10% of it per feature (see :func:`asymcert.data.user.tabular_radii`)."""
+
+
+CAPITAL_FEATURES = ("capitalAve", "capitalLong", "capitalTotal")
+SPAMBASE_THREAT_MODEL = ThreatModel(
+    scale={"capitalAve": 1.0, "capitalLong": 10.0, "capitalTotal": 100.0, "*": 1.0},
+    lower={"capitalAve": 1.0, "capitalLong": 1.0, "capitalTotal": 1.0, "*": 0.0},
+    upper={"*": 100.0, "capitalAve": 15841.0, "capitalLong": 15841.0, "capitalTotal": 1e6},
+    norms=(1, 2, "inf"),
+)
+"""The spambase task's default threat model: what a spammer can do to one email.
+
+* **Who moves what.** The spammer writes the email, so every feature is theirs to change: adding
+  text raises the frequencies of the words and characters added and *dilutes* every other one
+  (frequencies are percentages of the email's words or characters), and capital letters can be
+  added or lowered. So no feature is immutable or one-sided in general; what binds is the domain.
+* **Domain.** Word and character frequencies are percentages in [0, 100]. A word that is not in the
+  email has frequency 0 and cannot become rarer: at 0 only increases are allowed (77% of all
+  feature values are 0, so for most features of most emails the attacker can only add). The three
+  capital-letter run features count letters, so they are ≥ 1 (their minimum in the data).
+* **Units.** One unit is one percentage point of word or character frequency (about 2 words of a
+  200-word email), one letter of average capital-run length, 10 letters of the longest capital run,
+  100 capital letters in all. An ℓ1 radius r: no edit that changes the features by r units in all
+  removes the flag; ℓ∞: no edit that changes each feature by less than r units.
+
+Not modelled (sound either way, since the threat model only lists what the attacker *may* do): that
+dilution couples the frequencies (adding k words scales the others by n/(n + k)).
+"""
 
 
 def read_spam_rda(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:

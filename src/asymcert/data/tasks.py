@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from asymcert.errors import DataError, UnknownNameError
+from asymcert.threat import ThreatModel
 
 INF = math.inf
 
@@ -88,6 +89,10 @@ class Task:
     """Named overrides, e.g. ``{"fast": {"epochs": 2, ...}}``; keys ``model`` / ``train``."""
     report_radii: dict[float, tuple[float, ...]] = field(default_factory=dict)
     """Radii (raw input units) at which reports tabulate certified accuracy, per ℓp norm."""
+    threat_model: ThreatModel | None = None
+    """The task's default threat model (runs use it unless told otherwise); None: plain ℓp balls."""
+    threat_report_radii: dict[float, tuple[float, ...]] = field(default_factory=dict)
+    """Report radii in the units of :attr:`threat_model`, per ℓp norm."""
 
 
 _TASKS: dict[str, Task] = {}

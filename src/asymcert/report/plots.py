@@ -32,9 +32,13 @@ def _pyplot():
 
 
 def plot_certified_curves(
-    curves: Sequence[tuple[str, torch.Tensor, torch.Tensor]], norm_name: str, path: Path, title: str = ""
+    curves: Sequence[tuple[str, torch.Tensor, torch.Tensor]],
+    norm_name: str,
+    path: Path,
+    title: str = "",
+    units: str = "raw input units",
 ) -> Path:
-    """One PNG: certified accuracy (y, %) against radius (x, raw input units) for each labelled curve.
+    """One PNG: certified accuracy (y, %) against radius (x, in ``units``) for each labelled curve.
 
     Args:
         curves: (label, radii (R,), certified accuracy (R,) in [0, 1]) per method.
@@ -43,7 +47,7 @@ def plot_certified_curves(
     fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=120)
     for label, radii, acc in curves:
         ax.plot(radii.numpy(), 100 * acc.numpy(), label=label, linewidth=1.8)
-    ax.set_xlabel(f"{norm_name} radius (raw input units)")
+    ax.set_xlabel(f"{norm_name} radius ({units})")
     ax.set_ylabel("certified accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_xlim(left=0)

@@ -11,7 +11,7 @@ import torch
 
 from asymcert import distributed
 from asymcert.certify.certfile import CERT_FILE, load_certificates
-from asymcert.certify.result import Certificate, Guarantee, norm_label, normalize_norm
+from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import CheckpointError
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
@@ -49,6 +49,7 @@ def summarize(cert: Certificate, labels: torch.Tensor, report_radii: dict[str, l
         "deterministic": cert.deterministic,
         "alpha": cert.alpha,
         "n_inputs": n,
+        "units": cert.units,
         "clean_accuracy": clean_accuracy(cert, labels),
         "certify_seconds_total": cert.seconds,
         "certify_seconds_per_input": cert.seconds / max(1, n),
@@ -78,6 +79,24 @@ def summarize(cert: Certificate, labels: torch.Tensor, report_radii: dict[str, l
     return out
 
 
+AUTO_QUANTILES = (0.1, 0.25, 0.5, 0.75)
+"""Quantiles of the certified radii that become report radii for a norm the run names none for."""
+
+
+def auto_radii(cert: Certificate, labels: torch.Tensor) -> dict[str, list[float]]:
+    """Report radii per norm label from the certificates themselves: the :data:`AUTO_QUANTILES` of the
+    finite positive radii of correctly flagged (binary) or correctly classified inputs, to 2 significant
+    digits (for a run under a threat model of the user's, whose units no task default knows)."""
+    pool = (labels == 1) & (cert.predicted == 1) if cert.binary else (cert.predicted == labels)
+    out = {}
+    for p, radius in cert.radii.items():
+        r = radius.double().cpu()[pool.cpu()]
+        r = r[torch.isfinite(r) & (r > 0)]
+        values = torch.quantile(r, torch.tensor(AUTO_QUANTILES, dtype=torch.float64)).tolist() if len(r) else []
+        out[norm_label(p)] = sorted({float(f"{v:.2g}") for v in values if v > 0})
+    return out
+
+
 def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Read a certified run folder, write ``results.json``, ``report.md`` and ``certified_<norm>.png``.
 
@@ -101,7 +120,10 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
         (log or logging.getLogger("asymcert").warning)(f"report without plots: {PLOT_HINT}")
     with exclusive(run_dir, collective=False):
         cert, labels = load_certificates(cert_path)
-        results = summarize(cert, labels, run.report_radii)
+        # the run's radii are in its own units: raw, or its threat model's; certificates in other units
+        # (certified with --threat-model / --no-threat-model) get radii picked from themselves
+        own_units = (cert.units == RAW_UNITS) == (run.threat_model is None)
+        results = summarize(cert, labels, {**auto_radii(cert, labels), **(run.report_radii if own_units else {})})
         results["task"] = run.task
         results["training_seconds"] = (run.training or {}).get("seconds")
         results["best_epoch"] = (run.training or {}).get("best", {}).get("epoch")
@@ -126,7 +148,11 @@ def _plot_curves(
         curve = certified_accuracy(cert, labels, p, grid)
         label = f"{cert.method} (clean {100 * results['clean_accuracy']:.1f}%)"
         plots[name] = plot_certified_curves(
-            [(label, grid, curve)], _pretty(p), run_dir / f"certified_{name}.png", title=f"{description}: {_pretty(p)}"
+            [(label, grid, curve)],
+            _pretty(p),
+            run_dir / f"certified_{name}.png",
+            title=f"{description}: {_pretty(p)}",
+            units=cert.units,
         ).name
     return plots
 
@@ -155,7 +181,7 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
     lines += [
         "",
         "Certified accuracy: share of sensitive-class test inputs flagged sensitive with a certified "
-        "radius ≥ r (radii in raw input units)."
+        f"radius ≥ r (radii in {results.get('units', RAW_UNITS)})."
         if "n_sensitive" in results
         else ONE_VS_REST_NOTE
         if results["guarantee"] == Guarantee.FLAG.value

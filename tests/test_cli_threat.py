@@ -1,0 +1,175 @@
+"""Threat models through the pipeline and the command line: run, train, certify, certify --input, audit."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import asymcert
+from asymcert.cli import EXIT_OK, EXIT_REFUSED, main
+from asymcert.errors import ConfigError, RunFolderConflictError
+from asymcert.certify.certfile import load_certificates
+from asymcert.pipeline import read_run, run_data, train_run
+from asymcert.threat import ThreatModel
+
+FEATURES = ["links", "words", "caps", "age"]
+TM = {
+    "scale": {"caps": 10.0, "*": 1.0},
+    "immutable": ["age"],
+    "increase_only": ["words"],
+    "lower": {"*": 0.0},
+    "norms": [1, "inf"],
+}
+
+
+def _write(path, n, seed, labels=True):
+    g = np.random.default_rng(seed)
+    x = np.abs(g.normal(size=(n, 4))) * np.array([1.0, 3.0, 20.0, 5.0])
+    y = np.where(x[:, 0] - 0.2 * x[:, 1] + 0.02 * x[:, 2] > 0.3, "spam", "ham")
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*FEATURES, *(["kind"] if labels else [])])
+        for row, label in zip(x, y, strict=True):
+            w.writerow([*map(repr, map(float, row)), *([label] if labels else [])])
+    return x.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_threat")
+    _write(root / "train.csv", 300, 0)
+    (root / "tm.json").write_text(json.dumps(TM))
+    return root
+
+
+def _run_args(folder, out, *extra):
+    return [
+        "run",
+        "--csv",
+        str(folder / "train.csv"),
+        "--label-column",
+        "kind",
+        "--sensitive-class",
+        "spam",
+        "--epochs",
+        "3",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def tm_run(folder):
+    res = CliRunner().invoke(main, _run_args(folder, folder / "run", "--threat-model", str(folder / "tm.json")))
+    assert res.exit_code == EXIT_OK, res.output
+    return folder / "run"
+
+
+def _resolved():
+    return ThreatModel.from_dict(TM).resolve(FEATURES, 4)
+
+
+def test_run_records_the_threat_model_and_reports_in_its_units(tm_run):
+    record = read_run(tm_run)
+    assert record["threat_model"]["immutable"] == ["age"] and record["report_radii"] == {}
+    results = json.loads((tm_run / "results.json").read_text())
+    assert results["units"] == "threat-model units (δ_i / scale_i)"
+    assert set(results["certified_accuracy"]) == {"l1", "linf"}  # the threat model's norms
+    assert all(results["certified_accuracy"][n] for n in ("l1", "linf"))  # radii picked from the certificates
+    assert "radii in threat-model units" in (tm_run / "report.md").read_text()
+    cert, _ = load_certificates(tm_run / "certificates.safetensors")
+    model = asymcert.load(tm_run)
+    from_python = asymcert.certify(model, _test_x(tm_run), norms=(1, "inf"), threat_model=_resolved())
+    for p in (1.0, math.inf):
+        assert torch.equal(cert.radii[p], from_python.radii[p])
+
+
+def _test_x(run_dir):
+    return run_data(run_dir).test.x
+
+
+def test_certify_input_uses_the_runs_threat_model_unless_told_otherwise(tm_run, tmp_path):
+    x, _ = _write(tmp_path / "new.csv", 40, 5, labels=False)
+    model = asymcert.load(tm_run)
+    args = ["certify", str(tm_run), "--input", str(tmp_path / "new.csv"), "--quiet"]
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "tm.csv")])
+    assert res.exit_code == EXIT_OK and "radii in threat-model units" in res.output, res.output
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "raw.csv"), "--no-threat-model"])
+    assert res.exit_code == EXIT_OK and "radii in raw input units" in res.output, res.output
+    with (tmp_path / "tm.csv").open() as f:
+        tm_rows = list(csv.DictReader(f))
+    with (tmp_path / "raw.csv").open() as f:
+        raw_rows = list(csv.DictReader(f))
+    assert list(tm_rows[0]) == ["index", "score", "flagged", "radius_l1", "radius_linf"]
+    assert list(raw_rows[0]) == ["index", "score", "flagged", "radius_l1", "radius_l2", "radius_linf"]  # no norms named
+    want = asymcert.certify(model, torch.from_numpy(x), norms=(1, "inf"), threat_model=_resolved())
+    plain = asymcert.certify(model, torch.from_numpy(x), norms=(1, "inf"))
+    for i in range(40):
+        assert float(tm_rows[i]["radius_linf"]) == float(want.radii[math.inf][i])
+        assert float(raw_rows[i]["radius_linf"]) == float(plain.radii[math.inf][i])
+    flagged = plain.sensitive
+    assert bool((want.radii[1.0][flagged] >= plain.radii[1.0][flagged]).all())  # immutable/one-sided/domain help
+
+
+def test_audit_under_the_runs_threat_model(tm_run):
+    res = CliRunner().invoke(main, ["audit", str(tm_run), "--limit", "40", "--steps", "30", "--restarts", "1"])
+    assert res.exit_code == EXIT_OK, res.output
+    report = json.loads((tm_run / "audit.json").read_text())
+    assert report["units"] == "threat-model units (δ_i / scale_i)" and report["violations"] == 0
+    entry = report["methods"]["feature-convex"]["norms"]
+    assert entry["l1"]["attack"]["attacked"] > 0 and entry["linf"]["attack"]["max_norm_over_radius"] <= 1.0
+
+
+def test_certify_with_another_threat_model_reports_radii_from_its_own_certificates(tm_run, tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"scale": {"*": 2.0}}))
+    res = CliRunner().invoke(main, ["certify", str(tm_run), "--threat-model", str(other), "--quiet"])
+    assert res.exit_code == EXIT_OK and "radii in threat-model units" in res.output, res.output
+    res = CliRunner().invoke(main, ["report", str(tm_run)])
+    assert res.exit_code == EXIT_OK, res.output
+    results = json.loads((tm_run / "results.json").read_text())
+    assert set(results["certified_accuracy"]) == {"l1", "l2", "linf"}  # the other file names no norms
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"immutable": ["nope"]}, "unknown feature 'nope'"),
+        ({"immutable": ["age"], "increase_only": ["age"]}, "'age' is both immutable and increase_only"),
+        ({"scale": {"caps": -1}}, "must be a finite number > 0"),
+        ({"radius": 1}, "unknown key(s) ['radius']"),
+    ],
+)
+def test_a_bad_threat_model_is_one_line_and_writes_nothing(folder, tmp_path, content, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(content))
+    out = tmp_path / "never"
+    res = CliRunner().invoke(main, _run_args(folder, out, "--threat-model", str(bad)))
+    assert res.exit_code == EXIT_REFUSED and message in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_both_threat_model_flags_is_a_usage_error(folder, tmp_path):
+    res = CliRunner().invoke(
+        main, _run_args(folder, tmp_path / "x", "--threat-model", str(folder / "tm.json"), "--no-threat-model")
+    )
+    assert res.exit_code == EXIT_REFUSED and "exclude each other" in res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_folder_holding_a_run_with_another_threat_model_is_refused(folder, tm_run):
+    spec = read_run(tm_run)["task"]  # the same task as the command line wrote
+    with pytest.raises(RunFolderConflictError, match="with another threat model;"):
+        train_run(spec, tm_run, train_overrides={"epochs": 3}, progress=False, threat_model=ThreatModel())
+    with pytest.raises(ConfigError, match="unknown feature 'x9'"):
+        train_run(spec, folder / "new", progress=False, threat_model=ThreatModel(immutable=["x9"]))
+    assert not (folder / "new").exists()
