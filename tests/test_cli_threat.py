@@ -12,9 +12,9 @@ import torch
 from click.testing import CliRunner
 
 import asymcert
+from asymcert.certify.certfile import load_certificates
 from asymcert.cli import EXIT_OK, EXIT_REFUSED, main
 from asymcert.errors import ConfigError, RunFolderConflictError
-from asymcert.certify.certfile import load_certificates
 from asymcert.pipeline import read_run, run_data, train_run
 from asymcert.threat import ThreatModel
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,10 +14,13 @@ from hypothesis import strategies as st
 import asymcert
 from asymcert.certify.attacks import decisions
 from asymcert.certify.threat_attack import move_sizes, threat_attack
+from asymcert.certify.threat_model import threat_lower_bound
 from asymcert.errors import ConfigError
 from asymcert.models import build_model
 from asymcert.nn.feature_maps import FeatureMap, Log1p, build_feature_map, coordinate_slopes
+from asymcert.pipeline import train_run
 from asymcert.threat import ThreatModel, load_threat_model
+from asymcert.train.recipes import FeatureConvexRecipe
 
 NAMES = ["word_free", "word_money", "capitalLong", "capitalTotal", "george", "hp"]
 
@@ -355,3 +359,66 @@ def test_a_threat_model_with_feature_names_needs_them_resolved():
         asymcert.certify(model, x, threat_model=ThreatModel(immutable=["hp"]))
     with pytest.raises(ConfigError, match="for 3 features, the inputs have 6"):
         asymcert.certify(model, x, threat_model=ThreatModel().resolve(None, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training under a threat model: the margin loss uses the same bound the certificate inverts
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phi", [PHIS[2], PHIS[4], PHIS[6]], ids=["std", "log1p-std", "abs"])
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_margin_bound_is_positive_exactly_inside_the_certified_radius(phi, p):
+    model, x = _model(phi, seed=7)
+    model = model.double()
+    x = x.double()
+    tm = TM.resolve(None, 6)
+    cert = asymcert.certify(model, x, norms=(p,), threat_model=tm, guard=False, precision="float64")
+    flagged = cert.predicted.bool() & torch.isfinite(cert.radii[p])
+    x = x[flagged]
+    features = model.features(x).detach().requires_grad_(True)
+    score = model.score_from_features(features)
+    (grad,) = torch.autograd.grad(score.sum(), features)
+    r = cert.radii[p][flagged]
+    lip = model.feature_lipschitz(p)
+    inside = torch.stack(
+        [
+            threat_lower_bound(s[None], g[None], xi[None], model.feature_map, lip, tm, float(ri) * 0.999, p)
+            for s, g, xi, ri in zip(score.detach(), grad, x, r)
+        ]
+    )
+    outside = torch.stack(
+        [
+            threat_lower_bound(s[None], g[None], xi[None], model.feature_map, lip, tm, float(ri) * 1.001, p)
+            for s, g, xi, ri in zip(score.detach(), grad, x, r)
+        ]
+    )
+    assert bool((inside > 0).all()) and bool((outside < 0).all())
+
+
+def test_the_pipeline_trains_under_the_runs_threat_model(tmp_path, monkeypatch):
+    seen = []
+    original = FeatureConvexRecipe.use_threat_model
+
+    def spy(self, tm):
+        seen.append(tm)
+        original(self, tm)
+
+    monkeypatch.setattr(FeatureConvexRecipe, "use_threat_model", spy)
+    rng = torch.Generator().manual_seed(0)
+    x = torch.rand(120, 3, generator=rng)
+    y = (x[:, 0] > 0.5).long()
+    np_path = tmp_path / "d.npz"
+    np.savez(np_path, x=x.numpy(), y=y.numpy())
+    spec = {"npz": str(np_path), "sensitive_class": 1}
+    tm = ThreatModel(immutable=[2], scale={"*": 0.5})
+    train_run(
+        spec, tmp_path / "a", train_overrides={"epochs": 1, "margin_radius": 0.1}, progress=False, threat_model=tm
+    )
+    train_run(spec, tmp_path / "b", train_overrides={"epochs": 1}, progress=False)
+    assert (
+        seen[0] is not None
+        and seen[0].scale.tolist() == [0.5] * 3
+        and seen[0].can_increase.tolist() == [True, True, False]
+    )
+    assert seen[1] is None

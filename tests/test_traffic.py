@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 import asymcert
 from asymcert.cli import EXIT_OK, EXIT_REFUSED, main
+from asymcert.data.images import read_images
 from asymcert.errors import DataError, InputError
 from asymcert.pipeline import read_run, train_run
 from asymcert.traffic import certify_file
@@ -112,7 +113,7 @@ def test_bad_input_is_one_error_and_leaves_the_old_output(csv_run, tmp_path, con
 
 def test_unknown_format_is_refused(csv_run, tmp_path):
     (tmp_path / "x.parquet").write_text("")
-    with pytest.raises(InputError, match=r"use \.csv or \.npz"):
+    with pytest.raises(InputError, match=r"use \.csv, \.npz or an image folder"):
         certify_file(csv_run, tmp_path / "x.parquet", tmp_path / "out.csv", progress=False)
 
 
@@ -132,3 +133,46 @@ def test_cli_certify_input(csv_run, tmp_path):
     )
     assert res.exit_code == EXIT_REFUSED and "no such input file" in res.output
     assert not (tmp_path / "r2.csv").exists()
+
+
+def _pngs(root, classes, size=(8, 8)):
+    image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(1)
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for k in range(count):
+            pixels = rng.integers(0, 256, size, dtype=np.uint8)
+            image.fromarray(pixels, mode="L").save(root / name / f"{k:02d}.png")
+    return root
+
+
+def test_image_folder_traffic_matches_the_run_on_the_same_pixels(csv_run, tmp_path):
+    root = _pngs(tmp_path / "pics", {"bad": 12, "good": 12})
+    spec = {"images": str(root), "sensitive_class": "bad"}
+    train_run(spec, tmp_path / "run", train_overrides={"epochs": 2}, progress=False, log=lambda m: None)
+    new = _pngs(tmp_path / "new", {"q": 5, "r": 2}, size=(10, 6))  # other sizes: centre crop / pad to 8 × 8
+    done = certify_file(tmp_path / "run", new, tmp_path / "out.csv", chunk=3, progress=False)
+    rows = _read(tmp_path / "out.csv")
+    assert done.n_inputs == 7 and list(rows[0]) == [
+        "index",
+        "file",
+        "score",
+        "flagged",
+        "radius_l1",
+        "radius_l2",
+        "radius_linf",
+        "label",
+    ]
+    assert [r["file"] for r in rows] == sorted(f"{c}/{k:02d}.png" for c, n in (("q", 5), ("r", 2)) for k in range(n))
+    assert [r["label"] for r in rows] == ["q"] * 5 + ["r"] * 2
+    pixels = read_images(sorted(new.rglob("*.png")), "L", 8).astype(np.float32) / 255.0
+    cert = asymcert.certify(asymcert.load(tmp_path / "run"), torch.from_numpy(pixels), batch_size=3)
+    assert [float(r["radius_l2"]) for r in rows] == cert.radii[2.0].tolist()
+    flat = _pngs(tmp_path / "flat", {".": 2})  # files directly in the folder: no label column
+    certify_file(tmp_path / "run", flat, tmp_path / "flat.csv", progress=False)
+    assert "label" not in _read(tmp_path / "flat.csv")[0]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no image files"):
+        certify_file(tmp_path / "run", tmp_path / "empty", tmp_path / "e.csv", progress=False)
+    with pytest.raises(InputError, match="needs a run on square images"):
+        certify_file(csv_run, new, tmp_path / "e.csv", progress=False)

@@ -384,8 +384,9 @@ def train(
 @click.option(
     "--input",
     "input_file",
-    type=click.Path(dir_okay=False),
-    help="Certify new traffic instead of the test split: a .csv (the run's columns, by name) or .npz.",
+    type=click.Path(),
+    help="Certify new traffic instead of the test split: a .csv (the run's columns, by name), an .npz, "
+    "or a folder of images.",
 )
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="With --input: the results CSV to write.")
 @_threat_options

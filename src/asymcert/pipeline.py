@@ -55,6 +55,7 @@ from asymcert.threat import ResolvedThreatModel, ThreatModel
 from asymcert.train import TrainConfig
 from asymcert.train.config import check_model_overrides
 from asymcert.train.loop import check_config, prepare_fit, resolve_device, train_fingerprint
+from asymcert.train.recipes import recipe_for
 
 __all__ = [
     "CERT_FILE",
@@ -295,8 +296,12 @@ def execute_training(
     """
     with exclusive(out_dir, create=True) as out:
         old = check_run_folder(out, plan)
+        recipe = recipe_for(plan.model, plan.config)
+        use_threat_model = getattr(recipe, "use_threat_model", None)  # recipes with a margin loss take one
+        if use_threat_model is not None:
+            use_threat_model(run_threat_model(plan.record))
         session = prepare_fit(
-            plan.model, plan.data, plan.config, out, augment=plan.task.augment, progress=progress, log=log
+            plan.model, plan.data, plan.config, out, plan.task.augment, recipe, progress=progress, log=log
         )
         record = plan.record
         record.extra = {**(old.extra if old else {}), **record.extra}  # keys of newer versions are kept

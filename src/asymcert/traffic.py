@@ -1,9 +1,10 @@
-"""Certify new traffic: inputs from a file (CSV or npz) → one result row per input, streamed in chunks.
+"""Certify new traffic: inputs from a file (CSV or npz) or an image folder → one result row per input, in chunks.
 
 ``asymcert certify RUN --input FILE --out RESULTS.csv`` writes a CSV with the columns ``index``,
 ``score``, ``flagged`` (0/1), ``radius_l1``, ``radius_l2``, ``radius_linf`` (the norms certified;
 other p as ``radius_l<p>``; raw input units, or the threat model's units under one) and ``label``
-when the input has the run's label column. A CSV is read by the run's own feature columns, by
+when the input has the run's label column (image folders: ``file``, the image's path in the folder, and
+``label``, its subfolder). A CSV is read by the run's own feature columns, by
 name (any order, extra columns ignored), ``CHUNK`` rows at a time, so memory stays bounded
 whatever the file's size. Nothing is written unless the whole input certifies: the output appears
 by an atomic rename.
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from asymcert.certify import Certificate, certify
 from asymcert.certify.result import RAW_UNITS, norm_label
 from asymcert.checkpoint import atomic_write, load
+from asymcert.data.images import IMAGE_SUFFIXES, read_images
 from asymcert.data.user import csv_number, read_npz
 from asymcert.errors import DataError, InputError
 from asymcert.runfolder import RunRecord, read_run_record, run_threat_model
@@ -37,10 +39,12 @@ CHUNK = 4096
 
 @dataclass(frozen=True)
 class Batch:
-    """One chunk of inputs: x (B, *input_shape) float32 in raw units, and the labels as text (or None)."""
+    """One chunk of inputs: x (B, *input_shape) float32 in raw units, the labels as text (or None), and
+    for image folders the files' paths relative to the folder (else None)."""
 
     x: torch.Tensor
     labels: list[str] | None
+    files: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -118,12 +122,39 @@ def npz_batches(path: Path, chunk: int) -> Iterator[Batch]:
         yield Batch(torch.from_numpy(np.asarray(x[start : start + chunk], dtype=np.float32)), part)
 
 
+def image_batches(root: Path, input_shape: Sequence[int], chunk: int) -> Iterator[Batch]:
+    """The images under ``root`` (sorted; files directly in it, or in class subfolders whose names become
+    the labels), decoded as the run's inputs: (C, H, W) with C = 1 grayscale or 3 RGB, centre-cropped or
+    padded to H × W, pixels scaled to [0, 1] (as image-folder runs are trained), ``chunk`` at a time.
+
+    Raises:
+        InputError: a run whose inputs are not (C, H, W) images with C ∈ {1, 3} and H = W, or no image files.
+        DataError: an unreadable image.
+    """
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[0] not in (1, 3) or shape[1] != shape[2]:
+        raise InputError(f"{root}: an image folder needs a run on square images (C, H, H); this run takes {shape}")
+    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    labelled = all(f.parent != root for f in files)
+    mode = "L" if shape[0] == 1 else "RGB"
+    for start in range(0, len(files), chunk):
+        part = files[start : start + chunk]
+        pixels = read_images(part, mode, shape[1]).astype(np.float32) / 255.0
+        labels = [f.parent.name for f in part] if labelled else None
+        yield Batch(torch.from_numpy(pixels), labels, [f.relative_to(root).as_posix() for f in part])
+
+
 def input_batches(path: Path, run: RunRecord, chunk: int) -> Iterator[Batch]:
-    """Batches of a traffic file by its suffix: ``.csv`` (the run's feature columns) or ``.npz``.
+    """Batches of a traffic file by its suffix: ``.csv`` (the run's feature columns) or ``.npz``; or of a
+    folder of images (:func:`image_batches`).
 
     Raises:
         InputError: another suffix, or a CSV for a run that was not trained on named columns.
     """
+    if path.is_dir():
+        return image_batches(path, run.model.get("input_shape") or [], chunk)
     suffix = path.suffix.lower()
     if suffix == ".csv":
         features = run.feature_names
@@ -133,22 +164,26 @@ def input_batches(path: Path, run: RunRecord, chunk: int) -> Iterator[Batch]:
         return csv_batches(path, [str(c) for c in features], label if isinstance(label, str) else None, chunk)
     if suffix == ".npz":
         return npz_batches(path, chunk)
-    raise InputError(f"{path}: unknown input format {suffix or '(no suffix)'!r}; use .csv or .npz")
+    raise InputError(f"{path}: unknown input format {suffix or '(no suffix)'!r}; use .csv, .npz or an image folder")
 
 
-def _columns(norms: Sequence[float], labelled: bool) -> list[str]:
-    return ["index", "score", "flagged", *[f"radius_{norm_label(p)}" for p in norms]] + (["label"] if labelled else [])
+def _columns(norms: Sequence[float], first: Batch) -> list[str]:
+    radii = [f"radius_{norm_label(p)}" for p in norms]
+    files = ["file"] if first.files is not None else []
+    return ["index", *files, "score", "flagged", *radii] + (["label"] if first.labels is not None else [])
 
 
-def _rows(cert: Certificate, start: int, norms: Sequence[float], labels: list[str] | None) -> list[list[object]]:
+def _rows(cert: Certificate, start: int, norms: Sequence[float], batch: Batch) -> list[list[object]]:
     """Result rows of one certified chunk (radii with 17 significant digits: they round-trip exactly)."""
+    labels, files = batch.labels, batch.files
     score = cert.extra.get("score")
     scores = score.double().cpu().tolist() if score is not None else [math.nan] * len(cert)
     flagged = (cert.sensitive if cert.binary else cert.predicted).long().cpu().tolist()
     radii = [cert.radius(p).double().cpu().tolist() for p in norms]
     out = []
     for i in range(len(cert)):
-        row: list[object] = [start + i, repr(scores[i]), flagged[i], *[repr(r[i]) for r in radii]]
+        row: list[object] = [start + i, *([files[i]] if files is not None else [])]
+        row += [repr(scores[i]), flagged[i], *[repr(r[i]) for r in radii]]
         out.append(row + ([labels[i]] if labels is not None else []))
     return out
 
@@ -181,8 +216,8 @@ def certify_file(
     run = read_run_record(run_dir)
     tm = run_threat_model(run, threat_model, plain)
     model = load(run_dir, device=resolve_device(str(device)))
-    if not input_path.is_file():
-        raise InputError(f"{input_path}: no such input file")
+    if not input_path.exists():
+        raise InputError(f"{input_path}: no such input file or folder")
     batches = input_batches(input_path, run, chunk)
     first = next(batches, None)
     if first is None:
@@ -193,11 +228,11 @@ def certify_file(
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(_columns(norms_t, first.labels is not None))
+            writer.writerow(_columns(norms_t, first))
             todo = _chain(first, batches)
             for batch in tqdm(todo, desc="certify", unit="chunk", disable=not progress, leave=False):
                 cert = certify(model, batch.x, norms=norms_t, batch_size=chunk, threat_model=tm)
-                writer.writerows(_rows(cert, int(counts["n"]), norms_t, batch.labels))
+                writer.writerows(_rows(cert, int(counts["n"]), norms_t, batch))
                 counts["n"] += len(cert)
                 counts["flagged"] += int((cert.sensitive if cert.binary else cert.predicted > 0).sum())
                 counts["seconds"] += cert.seconds

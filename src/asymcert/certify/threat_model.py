@@ -43,7 +43,7 @@ from asymcert.threat import ResolvedThreatModel, ThreatModel
 if TYPE_CHECKING:
     from asymcert.models.feature_convex import FeatureConvexClassifier
 
-__all__ = ["fallback_radii", "feature_convex_threat", "harm_coefficients", "resolve_for"]
+__all__ = ["fallback_radii", "feature_convex_threat", "harm_coefficients", "resolve_for", "threat_lower_bound"]
 
 EPS64 = torch.finfo(torch.float64).eps
 
@@ -160,3 +160,44 @@ def fallback_radii(
         scaled = torch.where(torch.isinf(scaled), scaled, torch.nextafter(scaled, torch.zeros_like(scaled)))
         out[p] = torch.where(r > 0, scaled, torch.zeros_like(r))
     return out
+
+
+def threat_lower_bound(
+    score: torch.Tensor,
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    phi: torch.nn.Module,
+    lipschitz: float,
+    tm: ResolvedThreatModel,
+    radius: float,
+    p: float,
+) -> torch.Tensor:
+    """s(x) − r·‖a(x)‖_{p*}: a lower bound of the score over every move of threat-model size ≤ r that ``tm``
+    allows (the closed form of the module docstring), differentiable in the weights when ``grad`` is.
+
+    Args:
+        score: (N,) s(x). grad: (N, *feature_shape) ∇g(φ(x)). x: (N, *input_shape) raw inputs.
+        phi: the feature map; lipschitz: its Lip_p (used only when φ is not coordinate-wise: then the
+            bound of the generic fallback, s − r·max_movable scale·Lip_p(φ)·‖∇g‖_{p*}).
+        tm: the threat model; radius: r in its units; p: the norm.
+    Returns:
+        (N,) bounds in ``score``'s dtype.
+    """
+    n = int(x[0].numel())
+    slopes = coordinate_slopes(phi, n)
+    flat = grad.reshape(grad.shape[0], -1)
+    if slopes is None:
+        top = tm.max_movable_scale(x).to(flat)
+        return score - radius * top * lipschitz * torch.linalg.vector_norm(flat, ord=_dual(p), dim=1)
+    lo, hi = (t.to(flat) for t in slopes)
+    up_harm, down_harm = harm_coefficients(flat, flat, lo, hi)
+    up, down = tm.directions(x)
+    zero = torch.zeros_like(up_harm)
+    harm = torch.maximum(torch.where(up, up_harm, zero), torch.where(down, down_harm, zero))
+    costs = (harm * tm.scale.to(harm)[None, :]).to(score.dtype)
+    return score - radius * torch.linalg.vector_norm(costs, ord=_dual(p), dim=1)
+
+
+def _dual(p: float) -> float:
+    """q with 1/p + 1/q = 1."""
+    return math.inf if p == 1 else 1.0 if math.isinf(p) else p / (p - 1.0)

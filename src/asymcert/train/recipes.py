@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asymcert.certify.threat_model import threat_lower_bound
 from asymcert.checkpoint import model_config
 from asymcert.data.tasks import Dataset
 from asymcert.errors import UnknownNameError
 from asymcert.models.feature_convex import FeatureConvexClassifier
+from asymcert.threat import ResolvedThreatModel
 from asymcert.train.balance import balanced_accuracy, fit_balance
 from asymcert.train.config import TrainConfig
 from asymcert.train.regularizers import certified_lower_bound, jacobian_penalty_from_grad, per_input_gradients
@@ -72,6 +74,7 @@ class FeatureConvexRecipe:
 
     def __init__(self, config: TrainConfig) -> None:
         self._epoch_progress = 0.0
+        self.threat_model: ResolvedThreatModel | None = None
         self.jacobian_reg = float(config.jacobian_reg)
         radii = config.margin_radius if isinstance(config.margin_radius, (list, tuple)) else [config.margin_radius]
         norms = (
@@ -98,6 +101,11 @@ class FeatureConvexRecipe:
                 f"0 ≤ margin_warmup ≤ 1; got {config.margin_radius}, {config.margin_norm}, "
                 f"{config.margin_warmup}"
             )
+
+    def use_threat_model(self, threat_model: ResolvedThreatModel | None) -> None:
+        """Take the margin loss under ``threat_model`` (radii in its units; see
+        :func:`~asymcert.certify.threat_model.threat_lower_bound`) instead of over raw-unit ℓp balls."""
+        self.threat_model = threat_model
 
     def prepare(self, model: nn.Module, train: Dataset) -> None:
         fc = _classifier(model)
@@ -141,11 +149,7 @@ class FeatureConvexRecipe:
             if self.margin_radius > 0 and scale > 0:
                 # the lowest score over the union of the balls: the smallest of the per-norm bounds
                 bound = torch.stack(
-                    [
-                        certified_lower_bound(score, grad, scale * r, p, fc.feature_lipschitz(p))
-                        for p, r in self.margins
-                        if r > 0
-                    ]
+                    [self._lower_bound(fc, score, grad, x, scale * r, p) for p, r in self.margins if r > 0]
                 ).amin(dim=0)
                 logit = torch.where(y.bool(), bound, score)
                 stats["margin_scale"] = scale
@@ -153,6 +157,14 @@ class FeatureConvexRecipe:
         bce = F.binary_cross_entropy_with_logits(logit, y.to(logit.dtype), pos_weight=weight)
         stats["bce"] = bce.item()
         return bce + penalty, stats
+
+    def _lower_bound(
+        self, fc: FeatureConvexClassifier, score: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, r: float, p: float
+    ) -> torch.Tensor:
+        """The lowest score the convexity bound allows over the ℓp ball (or the threat model's moves) of radius r."""
+        if self.threat_model is None:
+            return certified_lower_bound(score, grad, r, p, fc.feature_lipschitz(p))
+        return threat_lower_bound(score, grad, x, fc.feature_map, fc.feature_lipschitz(p), self.threat_model, r, p)
 
     def after_step(self, model: nn.Module) -> None:
         fc = _classifier(model)
