@@ -126,6 +126,9 @@ def test_audit_under_the_runs_threat_model(tm_run):
     assert report["units"] == "threat-model units (δ_i / scale_i)" and report["violations"] == 0
     entry = report["methods"]["feature-convex"]["norms"]
     assert entry["l1"]["attack"]["attacked"] > 0 and entry["linf"]["attack"]["max_norm_over_radius"] <= 1.0
+    for norm in ("l1", "linf"):  # exact radii under the same threat model: certified ≤ exact, and close
+        assert entry[norm]["exact"]["available"] and entry[norm]["exact"]["violations"] == 0
+        assert 0.5 < entry[norm]["exact"]["tightness"]["median"] <= 1.0
 
 
 def test_certify_with_another_threat_model_reports_radii_from_its_own_certificates(tm_run, tmp_path):

@@ -195,3 +195,22 @@ def test_the_readme_example_runs_as_written():
     exec(compile(code, "README.md", "exec"), namespace)
     cert, y = namespace["cert"], namespace["y"]
     assert float((cert.predicted == y[500:]).float().mean()) > 0.85 and float(cert.radii[2.0].max()) > 0
+
+
+def test_a_threat_model_changes_the_margin_term_to_its_moves():
+    x, y = _data(64)
+    tm = asymcert.ThreatModel(immutable=[0, 1], scale={"*": 2.0})
+    model = _model()
+    plain = make_certifiable(model, torch.optim.Adam(model.parameters()), margin_radius=0.3, margin_norm=2.0)
+    under = make_certifiable(
+        model, torch.optim.Adam(model.parameters()), margin_radius=0.3, margin_norm=2.0, threat_model=tm
+    )
+    plain.fit_feature_map(x)
+    recipe = FeatureConvexRecipe(TrainConfig.from_dict({"margin_radius": 0.3, "margin_warmup": 0.0}))
+    recipe.use_threat_model(tm.resolve(None, 6))
+    torch.testing.assert_close(under.loss(x, y), recipe.loss(model, x, y, progress=1.0)[0])
+    assert under.loss(x, y).item() != pytest.approx(plain.loss(x, y).item(), rel=1e-6)
+    with pytest.raises(asymcert.ConfigError, match="unknown feature 'hp'"):
+        make_certifiable(
+            model, torch.optim.Adam(model.parameters()), threat_model=asymcert.ThreatModel(immutable=["hp"])
+        )

@@ -16,6 +16,7 @@ adds what makes its certificates hold and its radii large:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from torch.utils.hooks import RemovableHandle
 from asymcert.data.tasks import Dataset
 from asymcert.errors import ConfigError, ModelError
 from asymcert.models.feature_convex import FeatureConvexClassifier
+from asymcert.threat import ResolvedThreatModel, ThreatModel
 from asymcert.train.balance import fit_balance
 from asymcert.train.config import TrainConfig
 from asymcert.train.recipes import FeatureConvexRecipe, predict_scores
@@ -114,6 +116,7 @@ def make_certifiable(
     margin_norm: float | str | Sequence[float | str] = 2.0,
     jacobian_reg: float = 0.0,
     sensitive_weight: float = 1.0,
+    threat_model: ThreatModel | ResolvedThreatModel | None = None,
 ) -> CertifiableTraining:
     """Make a plain PyTorch training loop of a feature-convex model certifiable.
 
@@ -126,6 +129,9 @@ def make_certifiable(
             radius, or one for every radius.
         jacobian_reg: weight of the Jacobian regulariser.
         sensitive_weight: weight of the sensitive class in the cross-entropy.
+        threat_model: take the margin loss over the moves this threat model allows (``margin_radius`` in
+            its units); a :class:`~asymcert.threat.ThreatModel` must name features by index (or pass
+            ``tm.resolve(names, d)``).
     Returns:
         A :class:`CertifiableTraining`; the optimizer now projects the model after every step.
     Raises:
@@ -154,6 +160,10 @@ def make_certifiable(
         train_at_balance=False,
     )
     recipe = FeatureConvexRecipe(config)
+    if threat_model is not None:
+        d = math.prod(model.input_shape)
+        resolved = threat_model if isinstance(threat_model, ResolvedThreatModel) else threat_model.resolve(None, d)
+        recipe.use_threat_model(resolved)
     model.set_balance(0.0)
     model.project()
     hook = optimizer.register_step_post_hook(lambda opt, args, kwargs: model.project())
