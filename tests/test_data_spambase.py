@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,8 +14,9 @@ from click.testing import CliRunner
 from asymcert.cli import main
 from asymcert.data import get_task
 from asymcert.data.sources import cache_dir
-from asymcert.data.spambase import SYSTEM_DIRS, load_spambase, read_spam_rda
+from asymcert.data.spambase import SPAMBASE_THREAT_MODEL, SYSTEM_DIRS, load_spambase, read_spam_rda
 from asymcert.errors import DataError
+from asymcert.threat import ThreatModel
 
 NAMES = [f"word_freq_{i}" for i in range(54)] + ["capitalAve", "capitalLong", "capitalTotal"]
 
@@ -72,6 +74,16 @@ def test_run_spambase_end_to_end_on_a_file_in_the_real_format(tmp_path):
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
     assert results["n_inputs"] == 40 and json.loads((out / "run.json").read_text())["feature_names"] == NAMES
+    # the task's threat model applies by default: radii in its units, at its report radii
+    assert results["units"] == "threat-model units (δ_i / scale_i)"
+    assert results["certified_accuracy"]["l1"].keys() == {"0.5", "1", "2", "4"}
+    assert json.loads((out / "run.json").read_text())["threat_model"] == SPAMBASE_THREAT_MODEL.to_dict()
+
+
+def test_the_threat_model_file_in_docs_is_the_tasks_own():
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "docs/threat_models/spambase.json").read_text())
+    assert ThreatModel.from_dict(shipped).to_dict() == SPAMBASE_THREAT_MODEL.to_dict() == shipped
+    assert get_task("spambase").threat_model is SPAMBASE_THREAT_MODEL
 
 
 def test_the_real_spambase_when_present():
@@ -81,3 +93,5 @@ def test_the_real_spambase_when_present():
     x, y, names = read_spam_rda(found[0])
     assert x.shape == (4601, 57) and int(y.sum()) == 1813 and names[-1] == "capitalTotal"
     assert float(x[:, -1].max()) == 15841.0 and get_task("spambase").binary
+    tm = SPAMBASE_THREAT_MODEL.resolve(names, 57)  # every name it uses is a real column
+    assert tm.scale[names.index("capitalTotal")] == 100.0 and bool((x >= tm.lower.numpy()).all())

@@ -13,6 +13,7 @@ of the email), the average and longest run of capital letters and their total co
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -56,6 +57,11 @@ SPAMBASE_THREAT_MODEL = ThreatModel(
 Not modelled (sound either way, since the threat model only lists what the attacker *may* do): that
 dilution couples the frequencies (adding k words scales the others by n/(n + k)).
 """
+
+
+SPAMBASE_THREAT_RADII = {1.0: (0.5, 1.0, 2.0, 4.0), 2.0: (0.1, 0.25, 0.5, 1.0), math.inf: (0.02, 0.05, 0.1, 0.2)}
+"""Report radii of the spambase task in :data:`SPAMBASE_THREAT_MODEL`'s units (ℓ1: percentage points
+changed in all; ℓ∞: per feature)."""
 
 
 def read_spam_rda(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
