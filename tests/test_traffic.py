@@ -176,3 +176,21 @@ def test_image_folder_traffic_matches_the_run_on_the_same_pixels(csv_run, tmp_pa
         certify_file(tmp_path / "run", tmp_path / "empty", tmp_path / "e.csv", progress=False)
     with pytest.raises(InputError, match="needs a run on square images"):
         certify_file(csv_run, new, tmp_path / "e.csv", progress=False)
+
+
+def test_parquet_output_holds_the_same_numbers_as_the_csv(csv_run, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    x, y = _rows(23, 6)
+    _write_csv(tmp_path / "new.csv", x, y)
+    certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.csv", chunk=5, progress=False)
+    done = certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.parquet", chunk=5, progress=False)
+    table = pq.read_table(tmp_path / "r.parquet")
+    rows = _read(tmp_path / "r.csv")
+    assert done.n_inputs == 23 and table.num_rows == 23 and table.column_names == list(rows[0])
+    assert pq.ParquetFile(tmp_path / "r.parquet").num_row_groups == 5  # written chunk by chunk
+    for col in ("score", "radius_l1", "radius_l2", "radius_linf"):
+        assert table.column(col).to_pylist() == [float(r[col]) for r in rows]
+    assert table.column("flagged").to_pylist() == [int(r["flagged"]) for r in rows]
+    assert table.column("label").to_pylist() == [r["label"] for r in rows]
+    with pytest.raises(InputError, match=r"written as \.csv or \.parquet"):
+        certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.json", progress=False)

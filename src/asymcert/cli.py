@@ -388,7 +388,12 @@ def train(
     help="Certify new traffic instead of the test split: a .csv (the run's columns, by name), an .npz, "
     "or a folder of images.",
 )
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="With --input: the results CSV to write.")
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False),
+    help="With --input: the results file to write (.csv, or .parquet with pyarrow).",
+)
 @_threat_options
 @click.option("--quiet", is_flag=True)
 def certify_cmd(

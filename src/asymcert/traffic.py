@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -167,25 +167,61 @@ def input_batches(path: Path, run: RunRecord, chunk: int) -> Iterator[Batch]:
     raise InputError(f"{path}: unknown input format {suffix or '(no suffix)'!r}; use .csv, .npz or an image folder")
 
 
-def _columns(norms: Sequence[float], first: Batch) -> list[str]:
-    radii = [f"radius_{norm_label(p)}" for p in norms]
-    files = ["file"] if first.files is not None else []
-    return ["index", *files, "score", "flagged", *radii] + (["label"] if first.labels is not None else [])
-
-
-def _rows(cert: Certificate, start: int, norms: Sequence[float], batch: Batch) -> list[list[object]]:
-    """Result rows of one certified chunk (radii with 17 significant digits: they round-trip exactly)."""
-    labels, files = batch.labels, batch.files
+def _result_columns(cert: Certificate, start: int, norms: Sequence[float], batch: Batch) -> dict[str, list]:
+    """The result columns of one certified chunk, in output order: index, [file], score, flagged (0/1),
+    radius_<norm>..., [label]."""
     score = cert.extra.get("score")
-    scores = score.double().cpu().tolist() if score is not None else [math.nan] * len(cert)
-    flagged = (cert.sensitive if cert.binary else cert.predicted).long().cpu().tolist()
-    radii = [cert.radius(p).double().cpu().tolist() for p in norms]
-    out = []
-    for i in range(len(cert)):
-        row: list[object] = [start + i, *([files[i]] if files is not None else [])]
-        row += [repr(scores[i]), flagged[i], *[repr(r[i]) for r in radii]]
-        out.append(row + ([labels[i]] if labels is not None else []))
+    out: dict[str, list] = {"index": list(range(start, start + len(cert)))}
+    if batch.files is not None:
+        out["file"] = batch.files
+    out["score"] = score.double().cpu().tolist() if score is not None else [math.nan] * len(cert)
+    out["flagged"] = (cert.sensitive if cert.binary else cert.predicted).long().cpu().tolist()
+    for p in norms:
+        out[f"radius_{norm_label(p)}"] = cert.radius(p).double().cpu().tolist()
+    if batch.labels is not None:
+        out["label"] = batch.labels
     return out
+
+
+class _CsvSink:
+    """Results as CSV rows; floats with 17 significant digits (``repr``: they round-trip exactly)."""
+
+    def __init__(self, f: TextIO) -> None:
+        self.writer = csv.writer(f)
+        self.header = False
+
+    def write(self, columns: dict[str, list]) -> None:
+        if not self.header:
+            self.writer.writerow(list(columns))
+            self.header = True
+        cells = [[repr(v) if isinstance(v, float) else v for v in values] for values in columns.values()]
+        self.writer.writerows(zip(*cells))
+
+
+class _ParquetSink:
+    """Results as one Parquet row group per chunk (pyarrow, the ``parquet`` extra), written as they come."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError as exc:
+            raise InputError("Parquet output needs pyarrow: pip install 'asymcert[parquet]' (or write a .csv)") from exc
+        self.pa, self.pq, self.path = pa, pq, path
+        self.writer: Any = None
+
+    def write(self, columns: dict[str, list]) -> None:
+        table = self.pa.table(columns)
+        if self.writer is None:
+            self.writer = self.pq.ParquetWriter(str(self.path), table.schema)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+OUTPUT_SUFFIXES = (".csv", ".parquet")
 
 
 def certify_file(
@@ -199,7 +235,8 @@ def certify_file(
     threat_model: ThreatModel | None = None,
     plain: bool = False,
 ) -> TrafficResult:
-    """Certify every input of ``input_path`` with the run's model; write one CSV row per input to ``out``.
+    """Certify every input of ``input_path`` with the run's model; write one row per input to ``out``
+    (``.csv``, or ``.parquet`` with pyarrow, the ``parquet`` extra).
 
     Radii are in raw input units, or under ``threat_model`` (default: the run's own, none with ``plain``)
     in its units (:attr:`TrafficResult.units`).
@@ -213,6 +250,10 @@ def certify_file(
         CheckpointError: no run folder, or a missing or corrupt model.
     """
     run_dir, input_path, out = Path(run_dir), Path(input_path), Path(out)
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"{out}: results are written as {' or '.join(OUTPUT_SUFFIXES)}; name the file so")
+    if out.suffix.lower() == ".parquet":
+        _ParquetSink(out)  # pyarrow missing: refused before any work
     run = read_run_record(run_dir)
     tm = run_threat_model(run, threat_model, plain)
     model = load(run_dir, device=resolve_device(str(device)))
@@ -225,21 +266,36 @@ def certify_file(
     norms_t = tuple(dict.fromkeys(float(p) for p in norms))
     counts = {"n": 0, "flagged": 0, "seconds": 0.0}
 
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(_columns(norms_t, first))
-            todo = _chain(first, batches)
-            for batch in tqdm(todo, desc="certify", unit="chunk", disable=not progress, leave=False):
-                cert = certify(model, batch.x, norms=norms_t, batch_size=chunk, threat_model=tm)
-                writer.writerows(_rows(cert, int(counts["n"]), norms_t, batch))
-                counts["n"] += len(cert)
-                counts["flagged"] += int((cert.sensitive if cert.binary else cert.predicted > 0).sum())
-                counts["seconds"] += cert.seconds
+    def certified(sink: _CsvSink | _ParquetSink) -> None:
+        todo = _chain(first, batches)
+        for batch in tqdm(todo, desc="certify", unit="chunk", disable=not progress, leave=False):
+            cert = certify(model, batch.x, norms=norms_t, batch_size=chunk, threat_model=tm)
+            sink.write(_result_columns(cert, int(counts["n"]), norms_t, batch))
+            counts["n"] += len(cert)
+            counts["flagged"] += int((cert.sensitive if cert.binary else cert.predicted > 0).sum())
+            counts["seconds"] += cert.seconds
 
-    atomic_write(out, write)
+    atomic_write(out, _writer(out, certified))
     units = RAW_UNITS if tm is None else tm.units()
     return TrafficResult(int(counts["n"]), int(counts["flagged"]), float(counts["seconds"]), out, units)
+
+
+def _writer(out: Path, fill: Callable[[_CsvSink | _ParquetSink], None]) -> Callable[[Path], None]:
+    """The :func:`~asymcert.checkpoint.atomic_write` callback that writes ``out``'s format (by its suffix)
+    into the temporary file, ``fill`` feeding the sink chunk by chunk."""
+
+    def write(tmp: Path) -> None:
+        if out.suffix.lower() == ".parquet":
+            sink = _ParquetSink(tmp)
+            try:
+                fill(sink)
+            finally:
+                sink.close()
+            return
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            fill(_CsvSink(f))
+
+    return write
 
 
 def _chain(first: Batch, rest: Iterator[Batch]) -> Iterator[Batch]:

@@ -59,7 +59,11 @@ dilution couples the frequencies (adding k words scales the others by n/(n + k))
 """
 
 
-SPAMBASE_THREAT_RADII = {1.0: (0.5, 1.0, 2.0, 4.0), 2.0: (0.1, 0.25, 0.5, 1.0), math.inf: (0.02, 0.05, 0.1, 0.2)}
+SPAMBASE_THREAT_RADII: dict[float, tuple[float, ...]] = {
+    1.0: (0.5, 1.0, 2.0, 4.0),
+    2.0: (0.1, 0.25, 0.5, 1.0),
+    math.inf: (0.02, 0.05, 0.1, 0.2),
+}
 """Report radii of the spambase task in :data:`SPAMBASE_THREAT_MODEL`'s units (ℓ1: percentage points
 changed in all; ℓ∞: per feature)."""
 
