@@ -79,10 +79,11 @@ def harm_coefficients(
     wh = grad_hi.double().reshape(-1, k, n)
     corners = torch.stack([wl * slope_lo, wl * slope_hi, wh * slope_lo, wh * slope_hi])
     low, high = corners.amin(dim=0), corners.amax(dim=0)
-    # absolute allowance for the K-term float64 sums (and the products): (K + 1)·eps·Σ|terms|
-    allowance = (k + 1) * EPS64 * corners.abs().amax(dim=0).sum(dim=1)
-    up = (-low.sum(dim=1) + allowance).clamp_min(0.0)
-    down = (high.sum(dim=1) + allowance).clamp_min(0.0)
+    # absolute allowance for the rounding of the products and of the K-term float64 sum of the terms
+    # actually summed: (K + 1)·eps·Σ|terms| (0 when every term is 0, so an exactly harmless direction,
+    # e.g. a monotone feature moved the harmless way, keeps harm 0 and an infinite radius)
+    up = (-low.sum(dim=1) + (k + 1) * EPS64 * low.abs().sum(dim=1)).clamp_min(0.0)
+    down = (high.sum(dim=1) + (k + 1) * EPS64 * high.abs().sum(dim=1)).clamp_min(0.0)
     return up, down
 
 
