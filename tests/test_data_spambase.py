@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 from asymcert.cli import main
 from asymcert.data import get_task
 from asymcert.data.sources import cache_dir
-from asymcert.data.spambase import SPAMBASE_THREAT_MODEL, SYSTEM_DIRS, load_spambase, read_spam_rda
+from asymcert.data.spambase import SPAM_REMOTE, SPAMBASE_THREAT_MODEL, SYSTEM_DIRS, load_spambase, read_spam_rda
 from asymcert.errors import DataError
 from asymcert.threat import ThreatModel
 
@@ -59,11 +60,33 @@ def test_foreign_files_are_refused_in_one_error(tmp_path, write, message, recwar
 
 
 def test_a_missing_file_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("ASYMCERT_OFFLINE", raising=False)  # the tests' default: no downloads
     monkeypatch.setenv("ASYMCERT_DATA", str(tmp_path / "cache"))
     monkeypatch.setattr("asymcert.data.spambase.SYSTEM_DIRS", (tmp_path / "system",))
+    asked = []
+
+    def unreachable(url):
+        asked.append(url)
+        raise OSError("network is unreachable")
+
     with pytest.raises(DataError, match="apt-get download r-cran-kernlab") as info:
-        load_spambase(tmp_path / "nothing")
-    assert str(tmp_path / "nothing") in str(info.value)
+        load_spambase(tmp_path / "nothing", opener=unreachable)
+    assert str(tmp_path / "nothing") in str(info.value) and "network is unreachable" in str(info.value)
+    assert asked == [SPAM_REMOTE.urls[0]] and not (tmp_path / "cache" / "spambase" / "spam.rda").exists()
+
+
+def test_a_download_that_is_not_the_pinned_file_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("ASYMCERT_OFFLINE", raising=False)
+    monkeypatch.setenv("ASYMCERT_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr("asymcert.data.spambase.SYSTEM_DIRS", (tmp_path / "system",))
+    rdata.write_rda(tmp_path / "other.rda", {"spam": _frame()})  # a valid file, but not kernlab's
+    served = (tmp_path / "other.rda").read_bytes()
+    with pytest.raises(DataError, match=r"(?i)sha-?256|checksum"):
+        load_spambase(None, opener=lambda url: io.BytesIO(served))
+    assert not (tmp_path / "cache" / "spambase" / "spam.rda").exists()
+    monkeypatch.setenv("ASYMCERT_OFFLINE", "1")
+    with pytest.raises(DataError, match="Downloading is disabled"):
+        load_spambase(None, opener=lambda url: io.BytesIO(served))
 
 
 def test_run_spambase_end_to_end_on_a_file_in_the_real_format(tmp_path):
