@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import asymcert
 from asymcert.certify.attacks import decisions
 from asymcert.certify.threat_attack import move_sizes, threat_attack
-from asymcert.certify.threat_model import threat_lower_bound
+from asymcert.certify.threat_model import feature_convex_threat, threat_lower_bound
 from asymcert.errors import ConfigError
 from asymcert.models import build_model
 from asymcert.nn.feature_maps import FeatureMap, Log1p, build_feature_map, coordinate_slopes
@@ -261,13 +261,26 @@ def test_constrained_attacks_do_not_flip_inside_the_radius(phi, near):
 @pytest.mark.parametrize("phi", PHIS, ids=[str(i) for i in range(len(PHIS))])
 def test_never_below_the_plain_certificate_of_the_same_ball(phi):
     model, x = _model(phi, seed=3)
-    plain = asymcert.certify(model, x, norms=(1, 2, "inf"))
-    tm_cert = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=ThreatModel())
-    scaled = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=ThreatModel(scale={"*": 4.0}))
-    for p in plain.radii:
-        assert bool((tm_cert.radii[p] >= plain.radii[p] * (1 - 1e-12)).all())
+    norms = (1.0, 2.0, math.inf)
+    plain = asymcert.certify(model, x, norms=norms)
+    empty = ThreatModel().resolve(None, 6)
+    closed_form = feature_convex_threat(model, x, norms, empty)  # the closed form itself, no shortcut
+    scaled = asymcert.certify(model, x, norms=norms, threat_model=ThreatModel(scale={"*": 4.0}))
+    for p in norms:
+        assert bool((closed_form.radii[p] >= plain.radii[p] * (1 - 1e-12)).all())
         # unit scale 4: the same ball has a quarter of the radius
-        assert torch.allclose(scaled.radii[p], tm_cert.radii[p] / 4, rtol=1e-12)
+        assert torch.allclose(scaled.radii[p], closed_form.radii[p] / 4, rtol=1e-12)
+
+
+@pytest.mark.parametrize("phi", [PHIS[2], PHIS[6]], ids=["std", "abs"])
+def test_an_empty_threat_model_gives_todays_radii_exactly(phi):
+    model, x = _model(phi, seed=4)
+    plain = asymcert.certify(model, x, norms=(1, 2, "inf"))
+    for empty in (ThreatModel(), ThreatModel(scale={"*": 1.0}, immutable=[], norms=[2])):
+        cert = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=empty)
+        assert cert.units == "raw input units"
+        assert all(torch.equal(cert.radii[p], plain.radii[p]) for p in plain.radii)
+    assert not ThreatModel(lower={"0": -5.0}).resolve(None, 6).is_empty()
 
 
 def test_independent_float64_radius_for_an_affine_map():

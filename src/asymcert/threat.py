@@ -236,6 +236,17 @@ class ResolvedThreatModel:
     def n_features(self) -> int:
         return int(self.scale.numel())
 
+    def is_empty(self) -> bool:
+        """True when it constrains nothing: unit scales, every direction allowed, no domain bound. Such a
+        threat model is today's plain ℓp ball in raw input units, and certifies exactly as without one."""
+        return bool(
+            (self.scale == 1).all()
+            and self.can_increase.all()
+            and self.can_decrease.all()
+            and torch.isinf(self.lower).all()
+            and torch.isinf(self.upper).all()
+        )
+
     def directions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(up, down): (N, d) bool, where feature i of input x (N, *shape) may move up / down at all.
 

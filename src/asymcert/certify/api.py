@@ -220,7 +220,8 @@ def certify(
             None: its defaults.
         threat_model: certify only the moves it allows, radii in its units (:mod:`asymcert.threat`);
             a :class:`~asymcert.threat.ThreatModel` must name features by index here (resolve one with
-            names first: ``tm.resolve(names, d)``). None: plain ℓp balls in raw input units.
+            names first: ``tm.resolve(names, d)``). None, or an empty threat model (no constraint,
+            unit scales): plain ℓp balls in raw input units, the same radii exactly.
         **overrides: single options by name on top (``precision="float64"``, ``guard=False``, ...).
     Returns:
         A :class:`Certificate` with one entry per input, tensors on the model's device; its ``units``
@@ -250,6 +251,7 @@ def certify(
     check_inputs(x, getattr(model, "input_shape", None), value_range)
     device = _model_device(model, x)
     tm = None if threat_model is None else resolve_for(threat_model, x)
+    tm = None if tm is not None and tm.is_empty() else tm  # an empty threat model is today's ℓp ball, exactly
     parts = []
     for start in range(0, x.shape[0], step):
         chunk = x[start : start + step].to(device)
