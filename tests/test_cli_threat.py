@@ -84,7 +84,8 @@ def test_run_records_the_threat_model_and_reports_in_its_units(tm_run):
     assert results["units"] == "threat-model units (δ_i / scale_i)"
     assert set(results["certified_accuracy"]) == {"l1", "linf"}  # the threat model's norms
     assert all(results["certified_accuracy"][n] for n in ("l1", "linf"))  # radii picked from the certificates
-    assert "radii in threat-model units" in (tm_run / "report.md").read_text()
+    report = (tm_run / "report.md").read_text()
+    assert "radii in threat-model units" in report and '- threat model (run.json): `{"scale"' in report
     cert, _ = load_certificates(tm_run / "certificates.safetensors")
     model = asymcert.load(tm_run)
     from_python = asymcert.certify(model, _test_x(tm_run), norms=(1, "inf"), threat_model=_resolved())

@@ -167,6 +167,7 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
     guarantee = GUARANTEE_TEXT[Guarantee(results["guarantee"])].format(alpha=results["alpha"])
     lines += [
         f"- model: `{dumps_strict(run['model'])}`",
+        *([f"- threat model (run.json): `{dumps_strict(run['threat_model'])}`"] if run.get("threat_model") else []),
         f"- certificate: {results['method']} ({guarantee})",
         f"- test inputs: {results['n_inputs']}"
         + (f" ({results['n_sensitive']} of the sensitive class)" if "n_sensitive" in results else ""),
