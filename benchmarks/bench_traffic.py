@@ -4,7 +4,10 @@ Writes a CSV of N rows × 57 features (SpamBase's width), trains nothing: a feat
 (standardize, ICNN 64-32) is built and saved as a run folder, then the file is certified in one
 process. Prints rows/s and the peak resident memory (ru_maxrss) after certification.
 
-    python benchmarks/bench_traffic.py --rows 200000
+    python benchmarks/bench_traffic.py --rows 200000 [--threat-model TM.json] [--out-suffix .parquet]
+
+With ``--threat-model`` the run carries that threat model (features named f0 … f56), so the radii are
+the threat-model certificates; ``--out-suffix .parquet`` writes Parquet instead of CSV.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from asymcert.checkpoint import save
 from asymcert.models import build_model
 from asymcert.pipeline import RUN_FILE
 from asymcert.runfolder import RunRecord, write_json
+from asymcert.threat import load_threat_model
 from asymcert.traffic import certify_file
 
 
@@ -29,7 +33,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--features", type=int, default=57)
+    parser.add_argument("--threat-model", help="JSON threat model for the run (features f0, f1, …)")
+    parser.add_argument("--out-suffix", default=".csv", choices=(".csv", ".parquet"))
     args = parser.parse_args()
+    threat = None if args.threat_model is None else load_threat_model(args.threat_model).to_dict()
     names = [f"f{i}" for i in range(args.features)]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -45,7 +52,9 @@ def main() -> None:
         save(model, root / "run")
         write_json(
             root / "run" / RUN_FILE,
-            RunRecord(task={"csv": "x.csv"}, model=model.config(), train={}, feature_names=names).to_dict(),
+            RunRecord(
+                task={"csv": "x.csv"}, model=model.config(), train={}, feature_names=names, threat_model=threat
+            ).to_dict(),
         )
         g = np.random.default_rng(0)
         with (root / "in.csv").open("w") as f:
@@ -54,12 +63,12 @@ def main() -> None:
                 block = g.normal(size=(min(10_000, args.rows - start), args.features))
                 np.savetxt(f, block, delimiter=",", fmt="%.6g")
         t0 = time.perf_counter()
-        done = certify_file(root / "run", root / "in.csv", root / "out.csv", progress=False)
+        done = certify_file(root / "run", root / "in.csv", root / f"out{args.out_suffix}", progress=False)
         wall = time.perf_counter() - t0
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
             f"{done.n_inputs} rows × {args.features} features: {wall:.1f} s wall ({done.n_inputs / wall:,.0f} rows/s), "
-            f"certification alone {done.seconds:.1f} s, peak RSS {peak_mb:.0f} MB"
+            f"certification alone {done.seconds:.1f} s, peak RSS {peak_mb:.0f} MB; radii in {done.units}"
         )
 
 

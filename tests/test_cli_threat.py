@@ -177,3 +177,17 @@ def test_a_folder_holding_a_run_with_another_threat_model_is_refused(folder, tm_
     with pytest.raises(ConfigError, match="unknown feature 'x9'"):
         train_run(spec, folder / "new", progress=False, threat_model=ThreatModel(immutable=["x9"]))
     assert not (folder / "new").exists()
+
+
+def test_std_scales_are_fixed_from_the_training_inputs(folder, tmp_path):
+    (tmp_path / "std.json").write_text(json.dumps({"scale": {"*": "std", "age": 2.0}, "immutable": ["caps"]}))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, _run_args(folder, out, "--threat-model", str(tmp_path / "std.json")))
+    assert res.exit_code == EXIT_OK, res.output
+    stored = read_run(out)["threat_model"]["scale"]
+    train_x = run_data(out).train.x.double()
+    assert stored["age"] == 2.0 and set(stored) == {"age", "links", "words", "caps"}
+    for i, name in enumerate(FEATURES[:3]):
+        assert stored[name] == pytest.approx(float(train_x[:, i].std()), rel=1e-12)
+    res = CliRunner().invoke(main, ["certify", str(out), "--threat-model", str(tmp_path / "std.json"), "--quiet"])
+    assert res.exit_code == EXIT_REFUSED and 'scale "std" is fixed from the training inputs' in res.output

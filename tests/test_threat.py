@@ -435,3 +435,16 @@ def test_the_pipeline_trains_under_the_runs_threat_model(tmp_path, monkeypatch):
         and seen[0].can_increase.tolist() == [True, True, False]
     )
     assert seen[1] is None
+
+
+def test_std_scales_need_data_and_refuse_a_constant_feature():
+    tm = ThreatModel.from_dict({"scale": {"*": "std", "b": 3.0}})
+    assert tm.uses_data_scales() and tm.to_dict()["scale"] == {"*": "std", "b": 3.0}
+    with pytest.raises(ConfigError, match='scale "std" is fixed from the training inputs'):
+        tm.resolve(["a", "b", "c"], 3)
+    fixed = tm.with_data_scales(torch.tensor([0.5, 7.0, 2.0]), ["a", "b", "c"])
+    assert fixed.resolve(["a", "b", "c"], 3).scale.tolist() == [0.5, 3.0, 2.0]
+    with pytest.raises(ConfigError, match="feature 'c': its training std is 0"):
+        tm.with_data_scales(torch.tensor([0.5, 7.0, 0.0]), ["a", "b", "c"])
+    with pytest.raises(ConfigError, match="must be a finite number > 0"):
+        ThreatModel.from_dict({"scale": {"a": "stdev"}})

@@ -225,7 +225,10 @@ def plan_training(
         splits={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         feature_names=_feature_names(data),
     )
-    _attach_threat_model(record, task, None if plain else threat_model or task.threat_model)
+    tm = None if plain else threat_model or task.threat_model
+    if tm is not None and tm.uses_data_scales():  # "std" scales: fixed now, from the training inputs
+        tm = tm.with_data_scales(data.train.x.reshape(len(data.train), -1).double().std(dim=0), record.feature_names)
+    _attach_threat_model(record, task, tm)
     return TrainingPlan(task_spec, task, data, model, train_cfg, record)
 
 

@@ -33,6 +33,9 @@ from asymcert.errors import ConfigError
 __all__ = ["ResolvedThreatModel", "ThreatModel", "load_threat_model"]
 
 _KEYS = ("scale", "immutable", "increase_only", "decrease_only", "lower", "upper", "norms")
+DATA_SCALE = "std"
+"""A scale given as this word is the feature's standard deviation on the run's training inputs (resolved,
+and stored as numbers, when the run is trained): radii then count standard deviations."""
 Key = str | int
 """A feature named by its CSV header (str) or its flat index (int, or a str of digits that is no header)."""
 
@@ -62,14 +65,16 @@ class ThreatModel:
     """What an attacker may do to a feature vector (see the module docstring). Every field optional.
 
     Attributes:
-        scale: feature → raw units per threat-model unit (> 0); ``"*"`` for every other feature (default 1).
+        scale: feature → raw units per threat-model unit (> 0), or ``"std"`` (the feature's standard
+            deviation on the training inputs, fixed when a run is trained); ``"*"`` for every other
+            feature (default 1).
         immutable: features the attacker cannot change.
         increase_only / decrease_only: features the attacker can only raise / only lower.
         lower / upper: the valid domain, x + δ ∈ [lower, upper] (default unbounded); ``"*"`` allowed.
         norms: the norms to certify by default (None: the command's or caller's own).
     """
 
-    scale: Mapping[Key, float] = field(default_factory=dict)
+    scale: Mapping[Key, float | str] = field(default_factory=dict)
     immutable: Sequence[Key] = ()
     increase_only: Sequence[Key] = ()
     decrease_only: Sequence[Key] = ()
@@ -84,7 +89,8 @@ class ThreatModel:
 
     def problems(self) -> list[str]:
         """Every problem that does not need the feature names (types, scales, norms), one line each."""
-        problems = _number_problems("scale", self.scale, positive=True)
+        numeric = {k: v for k, v in self.scale.items() if v != DATA_SCALE}
+        problems = _number_problems("scale", numeric, positive=True)
         problems += _number_problems("lower", self.lower, positive=False)
         problems += _number_problems("upper", self.upper, positive=False)
         for key in ("immutable", "increase_only", "decrease_only"):
@@ -125,7 +131,7 @@ class ThreatModel:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (:meth:`from_dict` reads it back)."""
         out: dict[str, Any] = {
-            "scale": {str(k): float(v) for k, v in self.scale.items()},
+            "scale": {str(k): v if v == DATA_SCALE else float(v) for k, v in self.scale.items()},
             "immutable": list(self.immutable),
             "increase_only": list(self.increase_only),
             "decrease_only": list(self.decrease_only),
@@ -140,6 +146,37 @@ class ThreatModel:
         """The norms the threat model names, as floats (empty when it names none)."""
         return tuple(v for p in self.norms or () if (v := _norm_value(p)) is not None)
 
+    def uses_data_scales(self) -> bool:
+        """True when some scale is ``"std"`` (:meth:`with_data_scales` turns it into numbers)."""
+        return any(v == DATA_SCALE for v in self.scale.values())
+
+    def with_data_scales(self, std: torch.Tensor, feature_names: Sequence[str] | None) -> ThreatModel:
+        """This threat model with every ``"std"`` scale replaced by the feature's standard deviation.
+
+        Args:
+            std: (d,) per-feature standard deviations of the training inputs (raw units).
+            feature_names: the features' names (the keys written), or None (flat indices).
+        Raises:
+            ConfigError: unknown features (as :meth:`resolve`), or a "std" feature whose deviation is not
+                a finite number > 0 (a constant feature has no standard unit).
+        """
+        names = list(feature_names) if feature_names is not None else [str(i) for i in range(len(std))]
+        resolver = _Resolver(feature_names, len(std))
+        wanted = torch.zeros(len(std), dtype=torch.bool)
+        wanted[:] = self.scale.get("*") == DATA_SCALE
+        for key, value in self.scale.items():
+            if key != "*" and (i := resolver.find(key, "scale")) is not None:
+                wanted[i] = value == DATA_SCALE
+        bad = [names[i] for i in torch.nonzero(wanted & ~(std.double() > 0)).flatten().tolist()]
+        problems = resolver.problems + [f'scale "std" of feature {n!r}: its training std is 0' for n in bad[:5]]
+        if problems:
+            raise ConfigError("threat model: " + "; ".join(problems))
+        fixed = {k: v for k, v in self.scale.items() if v != DATA_SCALE}
+        fixed.update({names[i]: float(std[i]) for i in torch.nonzero(wanted).flatten().tolist()})
+        return ThreatModel(
+            fixed, self.immutable, self.increase_only, self.decrease_only, self.lower, self.upper, self.norms
+        )
+
     def resolve(self, feature_names: Sequence[str] | None, n_features: int) -> ResolvedThreatModel:
         """Per-feature tensors for inputs of ``n_features`` (flattened) features.
 
@@ -150,8 +187,13 @@ class ThreatModel:
             ConfigError: listing every unknown name or index, every feature that is both immutable and
                 one-sided or both increase- and decrease-only, and every lower bound above its upper.
         """
+        if self.uses_data_scales():
+            raise ConfigError(
+                'threat model: scale "std" is fixed from the training inputs when a run is trained '
+                "(asymcert run/train --threat-model); here give the scales as numbers"
+            )
         resolver = _Resolver(feature_names, n_features)
-        scale = resolver.values("scale", self.scale, 1.0)
+        scale = resolver.values("scale", self.scale, 1.0)  # type: ignore[arg-type]  # numbers: checked above
         lower = resolver.values("lower", self.lower, -math.inf)
         upper = resolver.values("upper", self.upper, math.inf)
         kinds = ("immutable", "increase_only", "decrease_only")
