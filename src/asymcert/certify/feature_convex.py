@@ -15,7 +15,8 @@ a relative slack for the gradient norm, whose relative error does not grow near 
 band (:func:`float_guard`) covers the rounding of the deployed model's own forward pass at the
 attacked point. Per precision:
 
-* ``"bounded"``: E_ref and G from the rigorous bounds of :mod:`asymcert.certify.bounded_convex`.
+* ``"bounded"``: E_ref and G from the rigorous bounds of :mod:`asymcert.certify.bounded_convex`
+  (convex conv nets) or :mod:`asymcert.certify.bounded_icnn` (one-hidden-layer ICNNs without batch norm).
 * ``"float64"``: E_ref = :func:`rounding_bound` at float64's eps (FLOAT64_REFERENCE_FACTOR).
 * ``"model"``: E_ref = :func:`float_guard` (the model's own arithmetic, TF32 where PyTorch allows it),
   and a relative slack of :data:`~asymcert.certify.functional.DEFAULT_SLACK` × (eps / eps32) for
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from asymcert.certify.bounded_convex import batch_norm_terms, bounded_pass, supports_bounded
+from asymcert.certify.bounded_icnn import icnn_bounded_pass, supports_bounded_icnn
 from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
 from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_roundoff
 from asymcert.certify.result import Certificate, Guarantee
@@ -188,10 +190,11 @@ PRECISIONS = ("auto", "bounded", "float64", "model")
 def _resolve_precision(model: ConvexModel, x: torch.Tensor, precision: str) -> str:
     if precision not in PRECISIONS:
         raise UnsoundOptionError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    supported = supports_bounded(model, x.device)
+    supported = supports_bounded(model, x.device) or supports_bounded_icnn(model, x.device)
     if precision == "bounded" and not supported:
         raise UnsoundOptionError(
-            "precision='bounded' needs a convex conv net (odd stem kernel) on CPU; use 'auto' or 'float64'"
+            "precision='bounded' needs, on CPU, a convex conv net (odd stem kernel) or a one-hidden-layer "
+            "ICNN without batch norm (φ of shift/standardize/concat-abs steps); use 'auto' or 'float64'"
         )
     if precision == "auto":
         return "bounded" if supported else "float64"
@@ -247,7 +250,7 @@ class Reference:
 def reference(model: FeatureConvexClassifier, x: torch.Tensor, precision: str) -> Reference:
     """Score, gradient and their error bounds for a resolved precision (see :class:`Reference`)."""
     if precision == "bounded":
-        bp = bounded_pass(model, x)
+        bp = icnn_bounded_pass(model, x) if supports_bounded_icnn(model, x.device) else bounded_pass(model, x)
         return Reference(bp.score, bp.score_error, bp.grad, bp.grad_error, bp.features, bp.uncertain)
     ref = _float64_copy(model) if precision == "float64" else model
     xr = x.double() if precision == "float64" else x
@@ -288,8 +291,10 @@ def certify_feature_convex(
         x: (N, *input_shape) inputs in raw units.
         norms: ℓp norms (p ≥ 1) to certify.
         precision: where the score and gradient come from:
-            ``"bounded"``: one float64 pass (a compiled kernel) with rigorous bounds on its rounding
-            error (:mod:`asymcert.certify.bounded_convex`; convex conv nets on CPU). Rigorous.
+            ``"bounded"``: one pass with rigorous bounds on its rounding error: a compiled float64
+            kernel for convex conv nets (:mod:`asymcert.certify.bounded_convex`), a float32 pattern
+            pass and exact integer products for one-hidden-layer ICNNs without batch norm
+            (:mod:`asymcert.certify.bounded_icnn`); CPU only. Rigorous.
             ``"float64"``: score and gradient recomputed in float64 with autograd, minus
             :func:`rounding_bound` at float64's eps (measured constant, ~1e-15 relative).
             ``"auto"`` (default): ``"bounded"`` where it applies, else ``"float64"``.

@@ -1,0 +1,326 @@
+"""The fast rigorous ICNN reference (asymcert.certify.bounded_icnn): its score and gradient bounds hold
+against exact rational arithmetic and float64, also at the decision boundary and at ReLU kinks; "auto"
+picks it where it applies and its radii match the float64 path's; attacks never flip inside them."""
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+
+import asymcert
+from asymcert.certify import bounded_icnn
+from asymcert.certify.attacks import pgd_attack
+from asymcert.certify.bounded_icnn import features_with_error, icnn_bounded_pass, icnn_constants, supports_bounded_icnn
+from asymcert.certify.feature_convex import (
+    FLOAT64_SLACK,
+    _float64_copy,
+    _resolve_precision,
+    reference_error,
+    score_and_feature_gradient,
+)
+from asymcert.certify.modes import UnsoundOptionError
+from asymcert.models import build_model
+from asymcert.nn.feature_maps import ConcatAbs, Shift, Standardize
+
+NORMS = (1.0, 2.0, math.inf)
+FMAPS = {
+    "shift": [{"kind": "shift"}],
+    "standardize": [{"kind": "standardize"}],
+    "shift+concat-abs": [{"kind": "shift"}, {"kind": "concat-abs"}],
+    "identity": [{"kind": "identity"}],
+}
+
+
+def icnn_model(seed: int, input_shape=(1, 4, 5), widths=(32,), fmap="shift", batch_norm=False, scale=1.0):
+    """A random ICNN classifier with spread-out weights, fitted φ and a balance at the median score."""
+    torch.manual_seed(seed)
+    model = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": list(input_shape),
+            "feature_map": FMAPS[fmap],
+            "convex": {"kind": "icnn", "widths": list(widths), "batch_norm": batch_norm},
+        }
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "hidden" in name:
+                p.mul_(scale * 200.0)  # NonnegLinear starts at U(0, 0.005)
+            elif "passthrough" in name:
+                p.mul_(scale)
+        x = torch.rand(256, *input_shape)
+        model.feature_map.fit(x)
+        model.train()
+        model(x)
+    model.eval()
+    with torch.no_grad():
+        model.set_balance(-float(model(x).median()))
+    return model
+
+
+def boundary_inputs(model, x: torch.Tensor, steps: int = 60) -> torch.Tensor:
+    """Inputs on segments between flagged and unflagged inputs, bisected on the float64 score to |s| ≲ 1e-6."""
+    m64 = _float64_copy(model)
+    with torch.no_grad():
+        s = m64(x.double())
+    pos, neg = x[s > 0], x[s <= 0]
+    k = min(len(pos), len(neg))
+    a, b = pos[:k].double(), neg[:k].double()
+    lo, hi = torch.zeros(k, dtype=torch.float64), torch.ones(k, dtype=torch.float64)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        with torch.no_grad():
+            sm = m64(a + mid.view(shape) * (b - a))
+        lo, hi = torch.where(sm > 0, mid, lo), torch.where(sm > 0, hi, mid)
+    return (a + lo.view(shape) * (b - a)).float()
+
+
+def float64_reference(model, x):
+    """Score, gradient (float64 autograd) and the float64 path's own score error bound."""
+    m64 = _float64_copy(model)
+    s, g = score_and_feature_gradient(m64, x.double())
+    f = model.features(x.double()).detach()
+    return s.double(), g, reference_error(model, f, g, s.double(), "float64")
+
+
+def gradient_allowance(model, g64):
+    """float64 autograd's own gradient error: γ_{W+1}(2⁻⁵³) times the magnitude w·|U₀| + |U₁| (≈1e-12 relative)."""
+    g = model.convex
+    w = g.hidden[0].weight.detach().double().reshape(-1)
+    mag = w @ g.passthrough[0].weight.detach().double().abs() + g.passthrough[1].weight.detach().double().abs()[0]
+    return bounded_icnn.gamma(w.numel() + 1, 2.0**-53) * 4 * mag.view_as(g64[0])
+
+
+@pytest.mark.parametrize("fmap", list(FMAPS))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bounds_contain_float64_score_and_gradient(fmap, seed):
+    model = icnn_model(seed, fmap=fmap, widths=(64,), scale=1.0 + seed)
+    assert supports_bounded_icnn(model, torch.device("cpu"))
+    x = torch.rand(300, *model.input_shape)
+    xb = boundary_inputs(model, x)
+    xs = torch.cat([x, xb])
+    bp = icnn_bounded_pass(model, xs)
+    s64, g64, e64 = float64_reference(model, xs)
+    assert float(s64[len(x) :].abs().max()) < 1e-4  # the bisection reached the boundary
+    certain = ~bp.uncertain
+    assert bool(((bp.score - s64).abs() <= bp.score_error + e64)[certain].all())
+    assert bool((bp.score - bp.score_error <= s64 + e64).all())  # h_P ≤ g even where P is uncertain
+    diff = (bp.grad - g64).abs()
+    assert bool((diff <= bp.grad_error + gradient_allowance(model, g64))[certain].all())
+    # the bounds are tight: far below 1e-3 of the magnitudes
+    assert float((bp.grad_error.flatten(1).norm(dim=1) / g64.flatten(1).norm(dim=1)).max()) < 1e-5
+
+
+def exact_score_gradient(model, x_row):
+    """Exact rational s(x) and ∇g(φ(x)) (list of Fractions), the exact pattern, via :mod:`fractions`."""
+    phi = model.feature_map
+    steps = bounded_icnn._steps(phi)
+    f = [[Fraction(float(v)) for v in x_row.flatten(1)[c].tolist()] for c in range(x_row.shape[0])]
+    for m in steps:
+        if isinstance(m, Shift):
+            mu = m.mean.double().reshape(len(f), -1).tolist()
+            f = [[a - Fraction(b) for a, b in zip(fc, mc)] for fc, mc in zip(f, mu)]
+        elif isinstance(m, Standardize):
+            mu, sd = m.mean.double().reshape(len(f), -1).tolist(), m.scale.double().reshape(len(f), -1).tolist()
+            f = [[(a - Fraction(b)) / Fraction(c) for a, b, c in zip(fc, mc, sc)] for fc, mc, sc in zip(f, mu, sd)]
+        elif isinstance(m, ConcatAbs):
+            f = f + [[abs(a) for a in fc] for fc in f]
+    flat = [a for fc in f for a in fc]
+    g = model.convex
+    u0 = g.passthrough[0].weight.detach().double().tolist()
+    c0 = g.passthrough[0].bias.detach().double().tolist()
+    w = g.hidden[0].weight.detach().double().reshape(-1).tolist()
+    u1 = g.passthrough[1].weight.detach().double()[0].tolist()
+    c1 = Fraction(float(g.passthrough[1].bias.detach().double()[0]))
+    t = [sum((Fraction(a) * b for a, b in zip(row, flat)), Fraction(c)) for row, c in zip(u0, c0)]
+    s = sum((Fraction(wj) * max(tj, Fraction(0)) for wj, tj in zip(w, t)), Fraction(0))
+    s += sum((Fraction(a) * b for a, b in zip(u1, flat)), Fraction(0)) + c1 + Fraction(float(model.balance))
+    grad = [Fraction(a) for a in u1]
+    for wj, tj, row in zip(w, t, u0):
+        if tj > 0:
+            grad = [gi + Fraction(wj) * Fraction(a) for gi, a in zip(grad, row)]
+    return s, grad, t
+
+
+@pytest.mark.parametrize("fmap", ["shift", "standardize", "shift+concat-abs"])
+def test_bounds_contain_exact_rational_values(fmap):
+    checked = 0
+    for seed in range(6):
+        model = icnn_model(10 + seed, input_shape=(1, 2, 3), widths=(7,), fmap=fmap, scale=3.0)
+        x = torch.rand(40, *model.input_shape)
+        xs = torch.cat([x[:8], boundary_inputs(model, x)[:8]])
+        bp = icnn_bounded_pass(model, xs)
+        for i in range(xs.shape[0]):
+            s, grad, t = exact_score_gradient(model, xs[i])
+            assert abs(Fraction(float(bp.score[i])) - s) <= Fraction(float(bp.score_error[i]))
+            if not bool(bp.uncertain[i]) and all(tj != 0 for tj in t):
+                for gi, gh, ge in zip(grad, bp.grad[i].flatten().tolist(), bp.grad_error[i].flatten().tolist()):
+                    assert abs(Fraction(gh) - gi) <= Fraction(ge)
+                checked += 1
+    assert checked > 50
+
+
+def test_kinks_are_repaired_or_flagged_uncertain():
+    """Units whose pre-activation is within float32 rounding of 0 (or exactly 0) get the exact pattern
+    from the float64 recomputation, or flag the input ``uncertain``; the bounds hold either way."""
+    model = icnn_model(3, input_shape=(1, 3, 4), widths=(16,), fmap="identity", scale=2.0)
+    g = model.convex
+    x = torch.rand(32, *model.input_shape)
+    f = x.flatten(1).double()
+    with torch.no_grad():
+        u0 = g.passthrough[0].weight
+        # unit j puts input j exactly (in float64, near in float32) on its kink
+        for j in range(8):
+            g.passthrough[0].bias[j] = -float(f[j] @ u0[j].double())
+        # unit 15: integer weights and an input of integers, so t = 0 exactly
+        u0[15] = torch.tensor([1.0, -2.0, 1.0] + [0.0] * 9)
+        g.passthrough[0].bias[15] = 0.0
+    x[31] = 0.0
+    x[31, 0, 0, :3] = torch.tensor([1.0, 1.0, 1.0])
+    bp = icnn_bounded_pass(model, x)
+    s64, g64, e64 = float64_reference(model, x)
+    assert bool(bp.uncertain[31])
+    certain = ~bp.uncertain
+    assert bool(((bp.score - s64).abs() <= bp.score_error + e64)[certain].all())
+    assert bool(((bp.grad - g64).abs() <= bp.grad_error + gradient_allowance(model, g64))[certain].all())
+    assert bool((bp.score - bp.score_error <= s64 + e64).all())
+
+
+def test_auto_picks_bounded_only_where_it_applies():
+    cpu = torch.device("cpu")
+    one = icnn_model(0)
+    x = torch.rand(4, *one.input_shape)
+    assert _resolve_precision(one, x, "auto") == "bounded"
+    for other in (icnn_model(0, widths=(16, 8)), icnn_model(0, batch_norm=True)):
+        assert not supports_bounded_icnn(other, cpu)
+        assert _resolve_precision(other, x, "auto") == "float64"
+        with pytest.raises(UnsoundOptionError):
+            _resolve_precision(other, x, "bounded")
+        a = asymcert.certify(other, x, norms=NORMS)
+        b = asymcert.certify(other, x, norms=NORMS, precision="float64")
+        for p in NORMS:
+            assert torch.equal(a.radii[p], b.radii[p])
+    log1p = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [5],
+            "feature_map": [{"kind": "log1p"}],
+            "convex": {"kind": "icnn", "widths": [8], "batch_norm": False},
+        }
+    )
+    assert not supports_bounded_icnn(log1p, cpu)
+    assert not supports_bounded_icnn(one, torch.device("meta"))
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")  # bfloat16 products would void the float32 bound
+        assert not supports_bounded_icnn(one, cpu)
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+def test_features_with_error_bounds_the_exact_features():
+    model = icnn_model(4, input_shape=(1, 2, 3), fmap="standardize")
+    std = model.feature_map.maps[0]
+    with torch.no_grad():
+        std.scale.mul_(torch.tensor(3.0).pow(torch.arange(6.0) - 3).view(1, 2, 3))
+    x = torch.rand(20, *model.input_shape) * 1e3
+    f, e = features_with_error(model.feature_map, x)
+    mu, sd = std.mean.double(), std.scale.double()
+    for i in range(3):
+        for j, (xv, m, s) in enumerate(zip(x[i].flatten().tolist(), mu.flatten().tolist(), sd.flatten().tolist())):
+            exact = (Fraction(xv) - Fraction(m)) / Fraction(s)
+            assert abs(Fraction(float(f[i].flatten()[j])) - exact) <= Fraction(float(e[i].flatten()[j]))
+            assert float(e[i].flatten()[j]) > 0 or exact == Fraction(float(f[i].flatten()[j]))
+
+
+def trained_like(seed: int, fmap: str = "shift"):
+    """A small one-hidden-layer ICNN trained for a few steps on a separable synthetic task."""
+    model = icnn_model(seed, input_shape=(1, 6, 6), widths=(128,), fmap=fmap)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(512, 1, 6, 6, generator=gen)
+    y = (x[:, 0, :3].mean((1, 2)) > x[:, 0, 3:].mean((1, 2))).float() * 2 - 1
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(60):
+        opt.zero_grad()
+        torch.relu(1 - y * model(x)).mean().backward()
+        opt.step()
+        model.project()
+    model.eval()
+    with torch.no_grad():
+        model.set_balance(float(model.balance) - float(model(x).median()))
+    return model, x
+
+
+@pytest.mark.parametrize("fmap", ["shift", "shift+concat-abs"])
+def test_auto_radii_match_float64(fmap):
+    worst = 0.0
+    for seed in range(3):
+        model, x = trained_like(seed, fmap)
+        xs = torch.cat([x[:200], boundary_inputs(model, x)[:50]])
+        auto = asymcert.certify(model, xs, norms=NORMS)
+        f64 = asymcert.certify(model, xs, norms=NORMS, precision="float64")
+        assert torch.equal(auto.predicted, f64.predicted)
+        for p in NORMS:
+            ra, rf = auto.radii[p], f64.radii[p]
+            # never above the float64 radius by more than the float64 path's own slack (and its error)
+            assert bool((ra <= rf * (1 + 2 * FLOAT64_SLACK) + 1e-12).all())
+            big = rf > 1e-3 * float(rf.max())
+            rel = ((ra - rf).abs() / rf)[big]
+            worst = max(worst, float(rel.max()))
+    print(f"max relative radius difference auto vs float64: {worst:.3g}")
+    assert worst < 1e-3
+
+
+def test_pgd_never_flips_inside_auto_radii_near_the_boundary():
+    model, x = trained_like(7)
+    xs = torch.cat([boundary_inputs(model, x)[:64], x[:64]])
+    cert = asymcert.certify(model, xs, norms=NORMS)
+    assert cert.method == "feature-convex"
+    with torch.no_grad():
+        own = model(xs) > 0
+    assert torch.equal(cert.predicted.bool(), own)
+    flagged = cert.predicted.bool() & (cert.radii[2.0] > 0)
+    assert int(flagged.sum()) > 20
+    gen = torch.Generator().manual_seed(0)
+    for p in NORMS:
+        eps = 0.999 * cert.radii[p][flagged]
+        adv = pgd_attack(model, xs[flagged], eps, p, steps=60, restarts=2, generator=gen)
+        with torch.no_grad():
+            assert bool((model(adv) > 0).all())
+
+
+def test_constants_are_cached_and_refreshed_when_weights_change():
+    model = icnn_model(5)
+    a = icnn_constants(model)
+    assert icnn_constants(model) is a
+    with torch.no_grad():
+        model.convex.passthrough[0].weight.mul_(2.0)
+    b = icnn_constants(model)
+    assert b is not a
+    x = torch.rand(16, *model.input_shape)
+    s64, _, e64 = float64_reference(model, x)
+    bp = icnn_bounded_pass(model, x)
+    assert bool(((bp.score - s64).abs() <= bp.score_error + e64)[~bp.uncertain].all())
+
+
+def test_integer_slices_reconstruct_the_table_exactly():
+    model = icnn_model(6, widths=(50,), scale=7.0)
+    c = icnn_constants(model)
+    g = model.convex
+    w = g.hidden[0].weight.detach().double().reshape(-1)
+    table = torch.cat([w[:, None] * c.u0_64, (w * c.c0_64)[:, None]], 1)
+    m = table.shape[1]
+    q = c.q.double().view(-1, bounded_icnn.SLICES, m)
+    approx = torch.zeros_like(table)
+    for s in range(bounded_icnn.SLICES):
+        approx = approx * 2.0**bounded_icnn.SLICE_BITS + q[:, s]
+    approx = approx * c.col_scale
+    resid = (table - approx).abs().sum(0)
+    assert bool((resid <= c.resid).all())
+    # each remainder is below 2^(1−7S) of its column's largest entry (2⁻²⁷ for S = 4)
+    tiny = table.shape[0] * 2.0 ** (1 - 7 * bounded_icnn.SLICES) * table.abs().amax(0) * 1.01
+    assert bool((c.resid <= tiny).all())
+    assert int(c.q.abs().max()) <= 64
