@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"checkpoint", "runfolder"},
     {"certify", "train"},
     {"families"},
-    {"pipeline", "traffic"},
+    {"pipeline", "traffic", "export"},
     {"report"},
     {"audit", "compare", "research"},
     {"cli"},

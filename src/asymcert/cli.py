@@ -20,6 +20,7 @@ from asymcert.certify.result import normalize_norm
 from asymcert.compare import compare_cli_main
 from asymcert.data import get_task, task_names
 from asymcert.errors import AsymcertError, RunFolderBusyError, WriteError
+from asymcert.export import export_run
 from asymcert.families import get_family
 from asymcert.pipeline import DEFAULT_NORMS, CertifySettings, certify_run, run_data, run_task, train_run
 from asymcert.report.plots import PLOT_HINT, plotting_available
@@ -604,6 +605,25 @@ def tasks() -> None:
 
     for name in task_names():
         click.echo(f"{name:24s} {get_task(name).description}")
+
+
+@main.command(name="export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "vnnlib"]), default="onnx", show_default=True)
+@click.option("--out", type=click.Path(), required=True, help="The .onnx file (onnx) or a folder (vnnlib).")
+@click.option("--no-certificates", is_flag=True, help="ONNX: the score graph only (outputs score, flagged).")
+@click.option("--norms", help="ONNX: radii to compute in the graph, e.g. 1,2,inf (default: 1, 2, inf).")
+@click.option("--limit", type=_POSITIVE, help="VNN-LIB: write at most N properties.")
+@click.option("--timeout", type=_POSITIVE, default=300, show_default=True, help="VNN-LIB: seconds per instance.")
+@click.option("--data-dir", type=click.Path(file_okay=False))
+def export_cmd(run_dir, fmt, out, no_certificates, norms, limit, timeout, data_dir) -> None:
+    """Export RUN's model as one ONNX graph that certifies (score, flagged, radius_l1/l2/linf), or its
+    certified test inputs as VNN-LIB properties (ℓ∞ boxes) for any verifier to re-check.
+
+    Needs the export extra: pip install 'asymcert[export]'. Randomized smoothing is refused."""
+
+    chosen = _norms(norms) if norms is not None else DEFAULT_NORMS
+    click.echo(export_run(run_dir, fmt, out, not no_certificates, chosen, limit, data_dir, timeout))
 
 
 def _echo_summary(results: dict[str, Any], out: str) -> None:

@@ -1,0 +1,381 @@
+"""Certifying graphs: ``nn.Module`` s written with plain, exportable operations only.
+
+Each graph maps x (N, *input_shape) float32 raw inputs to ``score`` (N,) float32, ``flagged`` (N,)
+bool (s > 0) and, with certificates, one radius (N,) float32 per norm in raw input units (0 where
+not flagged or where the margin left after the rounding guard is not positive). Everything a
+certificate needs is computed in the forward pass: the feature-convex gradient ∇g(φ(x)) is the
+reverse pass unrolled by hand (ReLU masks times the nonnegative weights, transposed), so the
+exported graph holds no autograd. Constants that depend on the weights only (Lipschitz constants,
+the magnitude C of g's constant terms, the orthogonal nets' error coefficients) are computed here
+in float64, rounded in the safe direction and baked into the graph.
+
+Rounding guard (the same argument as the library's ``precision="model"``, see docs/deploy.md):
+the graph evaluates s itself in float32, so the margin is lowered twice by a bound on float32
+evaluation error — once for the graph's own ŝ(x), once for the deployed decision at the attacked
+point — each bound inflated by :data:`INFLATE` for the graph's own rounding of the bound; the
+denominator's relative error is taken off as a relative slack (:data:`GRAPH_SLACK`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, constant_magnitude
+from asymcert.certify.functional import DEFAULT_SLACK
+from asymcert.certify.orthogonal import orthogonal_layers, score_error_bound
+from asymcert.errors import ModelError
+from asymcert.models.baselines import OrthogonalNet
+from asymcert.models.feature_convex import FeatureConvexClassifier
+from asymcert.models.linf_dist_net import LinfDistNet
+from asymcert.nn.convex import ICNN, ConvexConvNet
+from asymcert.nn.feature_maps import Shift
+from asymcert.nn.mean_shift import MeanShift
+from asymcert.nn.orthogonal import CayleyLinear, GroupSort
+
+EPS32 = float(torch.finfo(torch.float32).eps)  # 2⁻²³, machine epsilon (2u) of float32
+U32 = EPS32 / 2
+INFLATE = 1.01
+"""Relative allowance for the graph's float32 computation of an ABSOLUTE error bound (a sum of at
+most ~10⁵ nonnegative terms has relative error ≤ n·u ≈ 6e-3 at n = 10⁵; the bound is a bound, so
+enlarging it keeps it one)."""
+GRAPH_SLACK = DEFAULT_SLACK + 16 * EPS32
+"""Relative amount taken off every radius: the library's allowance for a float32 gradient norm
+(DEFAULT_SLACK, measured) plus the few float32 roundings of the final subtraction, division and
+multiplication in the graph (≤ u each)."""
+
+
+def _up32(value: float) -> float:
+    """The smallest float32 ≥ ``value`` (a constant baked into the graph must not shrink)."""
+    t = torch.tensor(value, dtype=torch.float64)
+    f = t.float().double()
+    return float(f) if float(f) >= value else float(torch.nextafter(t.float(), torch.tensor(math.inf)))
+
+
+def _down32(value: float) -> float:
+    """The largest float32 ≤ ``value``."""
+    t = torch.tensor(value, dtype=torch.float64)
+    f = t.float().double()
+    return float(f) if float(f) <= value else float(torch.nextafter(t.float(), torch.tensor(-math.inf)))
+
+
+def dual_norm32(v: torch.Tensor, p: float) -> torch.Tensor:
+    """‖v‖_{p*} per row in plain ops (p = 1 → max|v|, p = 2 → scaled √Σv², p = ∞ → Σ|v|): (N, d) → (N,).
+
+    Raises:
+        ModelError: a p other than 1, 2 or ∞ (the exported graphs carry these three).
+    """
+    a = v.abs()
+    if p == 1:
+        return a.amax(dim=1)
+    if math.isinf(p):
+        return a.sum(dim=1)
+    if p == 2:  # scaled so the squares cannot overflow or underflow
+        scale = a.amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        return scale.squeeze(1) * (a / scale).square().sum(dim=1).sqrt()
+    raise ModelError(f"the exported graphs certify the ℓ1, ℓ2 and ℓ∞ norms, got ℓ{p:g}")
+
+
+def _radius(margin: torch.Tensor, denominator: torch.Tensor, flagged: torch.Tensor) -> torch.Tensor:
+    """margin/denominator·(1 − GRAPH_SLACK) where flagged and margin > 0, else 0: (N,) float32."""
+    r = margin / denominator * (1.0 - GRAPH_SLACK)
+    return torch.where(flagged & (margin > 0), r, torch.zeros_like(r))
+
+
+def _bn_affine(norm: nn.Module, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) (width,) float32 of an eval-mode batch norm's map z ↦ scale·z + shift (Identity: 1, 0)."""
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return torch.ones(width), torch.zeros(width)
+    mean, var = cast(torch.Tensor, norm.running_mean).double(), cast(torch.Tensor, norm.running_var).double()
+    scale = norm.weight.detach().double() / torch.sqrt(var + norm.eps)
+    return scale.float(), (norm.bias.detach().double() - scale * mean).float()
+
+
+class _ICNNPass(nn.Module):
+    """g(f) and ∇g(f) of an :class:`~asymcert.nn.ICNN` in plain ops: (N, d) → (N,), (N, d)."""
+
+    u0: torch.Tensor  # buffers: the first pass-through layer (the others are u1, c1, … by name)
+    c0: torch.Tensor
+
+    def __init__(self, g: ICNN) -> None:
+        super().__init__()
+        if not g.widths:
+            raise ModelError("an ICNN without hidden layers cannot be exported (its forward is not a plain affine map)")
+        hidden = [cast(nn.Linear, m).weight.detach().clone() for m in g.hidden]
+        for k, m in enumerate(cast("list[nn.Linear]", list(g.passthrough))):
+            self.register_buffer(f"u{k}", m.weight.detach().clone())
+            self.register_buffer(f"c{k}", torch.zeros(m.out_features) if m.bias is None else m.bias.detach().clone())
+        for k, (w, norm) in enumerate(zip(hidden, g.norms)):
+            scale, shift = _bn_affine(norm, w.shape[1])
+            self.register_buffer(f"w{k}", w)
+            self.register_buffer(f"s{k}", scale)
+            self.register_buffer(f"t{k}", shift)
+        self.depth = len(hidden)
+
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = f.flatten(1)
+        pre = [F.linear(x, self.u0, self.c0)]
+        out = pre[0]
+        for k in range(self.depth):
+            z = F.relu(pre[k])
+            normed = z * getattr(self, f"s{k}") + getattr(self, f"t{k}")
+            skip = F.linear(x, getattr(self, f"u{k + 1}"), getattr(self, f"c{k + 1}"))
+            out = F.linear(normed, getattr(self, f"w{k}")) + skip
+            pre.append(out)
+        score = out.squeeze(1)
+        up = torch.ones_like(out)  # ∂s/∂out (N, 1)
+        grad = up @ getattr(self, f"u{self.depth}")
+        for k in reversed(range(self.depth)):
+            dz = (up @ getattr(self, f"w{k}")) * getattr(self, f"s{k}")  # through W_k ≥ 0 and BN scale > 0
+            up = dz * (pre[k] > 0).to(dz.dtype)  # the ReLU mask
+            grad = grad + up @ getattr(self, f"u{k}")
+        return score, grad.reshape(f.shape)
+
+
+class _ConvexConvPass(nn.Module):
+    """g(f) and ∇g(f) of a :class:`~asymcert.nn.ConvexConvNet` in plain ops: (N, C, H, W) → (N,), (N, C, H, W)."""
+
+    stem_w: torch.Tensor  # buffers: the stem's weight, the readout, the output batch norm's map
+    stem_b: torch.Tensor
+    out_s: torch.Tensor
+    out_t: torch.Tensor
+    read_w: torch.Tensor
+    read_b: torch.Tensor
+
+    def __init__(self, g: ConvexConvNet) -> None:
+        super().__init__()
+        if g.stem_kernel % 2 == 0:
+            raise ModelError("a convex conv net with an even stem kernel cannot be exported (its output changes size)")
+        self.pad = g.stem_kernel // 2
+        self.register_buffer("stem_w", g.stem.weight.detach().clone())
+        self.register_buffer("stem_b", _bias(g.stem.bias, g.channels))
+        self.blocks = len(g.block_convs)
+        for k, (norm, conv) in enumerate(zip(g.block_norms, g.block_convs)):
+            scale, shift = _bn_affine(norm, g.channels)
+            self.register_buffer(f"s{k}", scale.view(1, -1, 1, 1))
+            self.register_buffer(f"t{k}", shift.view(1, -1, 1, 1))
+            self.register_buffer(f"w{k}", cast(nn.Conv2d, conv).weight.detach().clone())
+            self.register_buffer(f"b{k}", _bias(cast(nn.Conv2d, conv).bias, g.channels))
+        scale, shift = _bn_affine(g.out_norm, g.channels)
+        self.register_buffer("out_s", scale.view(1, -1, 1, 1))
+        self.register_buffer("out_t", shift.view(1, -1, 1, 1))
+        self.register_buffer("read_w", g.readout.weight.detach().clone())
+        self.register_buffer("read_b", _bias(g.readout.bias, 1))
+
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = [F.conv2d(f, self.stem_w, self.stem_b, padding=self.pad)]
+        z = F.relu(pre[0])
+        for k in range(self.blocks):
+            normed = z * getattr(self, f"s{k}") + getattr(self, f"t{k}")
+            pre.append(z + F.conv2d(normed, getattr(self, f"w{k}"), getattr(self, f"b{k}"), padding=1))
+            z = F.relu(pre[-1])
+        out = F.linear((z * self.out_s + self.out_t).flatten(1), self.read_w, self.read_b)
+        up = torch.ones_like(out) @ self.read_w  # ∂s/∂(normed z) (N, C·H·W), readout ≥ 0
+        dz = up.reshape(z.shape) * self.out_s
+        for k in reversed(range(self.blocks)):
+            da = dz * (pre[k + 1] > 0).to(dz.dtype)  # the ReLU mask of block k
+            dz = da + F.conv_transpose2d(da, getattr(self, f"w{k}"), padding=1) * getattr(self, f"s{k}")
+        da = dz * (pre[0] > 0).to(dz.dtype)
+        return out.squeeze(1), F.conv_transpose2d(da, self.stem_w, padding=self.pad)
+
+
+def _bias(bias: torch.Tensor | None, width: int) -> torch.Tensor:
+    """A layer's bias (width,) as a constant (zeros when it has none)."""
+    return torch.zeros(width) if bias is None else bias.detach().clone()
+
+
+class FeatureConvexGraph(nn.Module):
+    """Score, decision and ℓp radii of a :class:`~asymcert.models.FeatureConvexClassifier` in plain ops.
+
+    r_p = (ŝ − 2·8·eps32·M·INFLATE) / (Lip_p(φ)·‖∇g(φ(x))‖_{p*}) · (1 − GRAPH_SLACK) with
+    M = Σ|∇g ⊙ φ(x)| + |ŝ| + C (:func:`~asymcert.certify.feature_convex.rounding_bound`, C =
+    :func:`~asymcert.certify.feature_convex.constant_magnitude` baked in).
+
+    Args:
+        model: the classifier (validated by the caller); g an ICNN (≥ 1 hidden layer) or a convex conv net.
+        norms: norms p ∈ {1, 2, ∞} to certify; empty: score and decision only.
+    Returns from ``forward``: (score (N,), flagged (N,) bool, *radii (N,) in the order of ``norms``).
+    """
+
+    def __init__(self, model: FeatureConvexClassifier, norms: tuple[float, ...]) -> None:
+        super().__init__()
+        self.phi = model.feature_map
+        if isinstance(model.convex, ICNN):
+            self.g: nn.Module = _ICNNPass(model.convex)
+        elif isinstance(model.convex, ConvexConvNet):
+            self.g = _ConvexConvPass(model.convex)
+        else:
+            raise ModelError(f"cannot export a feature-convex model whose g is a {type(model.convex).__name__}")
+        self.balance = float(model.balance)
+        self.norms = tuple(norms)
+        self.lips = [_up32(model.feature_lipschitz(p)) for p in self.norms]
+        self.constant = _up32(constant_magnitude(model))
+        self.guard = _up32(2 * FLOAT_GUARD_FACTOR * EPS32 * INFLATE)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        f = self.phi(x)
+        g, grad = self.g(f)
+        score = g + self.balance
+        flagged = score > 0
+        if not self.norms:
+            return score, flagged
+        magnitude = (grad * f).abs().flatten(1).sum(1) + score.abs() + self.constant
+        margin = score - self.guard * magnitude
+        flat = grad.flatten(1)
+        radii = [_radius(margin, lip * dual_norm32(flat, p), flagged) for p, lip in zip(self.norms, self.lips)]
+        return (score, flagged, *radii)
+
+
+class LinfDistGraph(nn.Module):
+    """Score, decision and radii of a binary, plain :class:`~asymcert.models.linf_dist_net.LinfDistNet`.
+
+    The distance layers are written as Sub → Abs → ReduceMax over a broadcast (N, out, in) tensor
+    (exact but for one rounding per subtraction, as the library's error analysis assumes). With
+    E(r) = the library's :func:`~asymcert.certify.linf_dist.distance_error_bound` computed in the
+    graph from the same per-operation magnitudes, the normalised radius is
+    (m̂ − u|m̂| − 2E(0) − 2E(m̂/2))·INFLATE-guarded / 2, raw radius σ times that (rounded down);
+    every ℓp radius is the ℓ∞ one (‖δ‖∞ ≤ ‖δ‖_p).
+
+    Raises:
+        ModelError: a multiclass model (no single score), or the +MLP variant (certified by a
+            bisection over interval bounds, not a closed form).
+    """
+
+    mean: torch.Tensor  # buffer (1, C, 1, ...): μ_c
+
+    def __init__(self, model: LinfDistNet, norms: tuple[float, ...]) -> None:
+        super().__init__()
+        if not model.binary or model.out is None:
+            raise ModelError(
+                "only binary, plain ℓ∞-dist nets export (a multiclass net has no single score; the +MLP "
+                "variant is certified by a bisection over interval bounds, not a closed form)"
+            )
+        self.register_buffer(
+            "mean", model.input_mean.detach().float().view(1, -1, *([1] * (len(model.input_shape) - 1)))
+        )
+        self.sigma = float(model.input_std)
+        layers = model.distance_layers()
+        self.depth = len(layers) - 1
+        for k, layer in enumerate(layers):
+            self.register_buffer(f"w{k}", layer.weight.detach().float().unsqueeze(0))  # (1, out, in)
+            self.register_buffer(f"b{k}", _bias(layer.bias, layer.out_features).float())
+        for k, shift in enumerate(model.shifts):
+            self.register_buffer(f"m{k}", cast(MeanShift, shift).running_mean.detach().float())
+        self.norms = tuple(norms)
+        self.raw = _down32(self.sigma / 2 * (1.0 - GRAPH_SLACK))  # normalised margin → raw radius
+
+    def _distance(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        """‖z − w_o‖∞ for every row o of layer k: (N, in) → (N, out)."""
+        return (z.unsqueeze(1) - getattr(self, f"w{k}")).abs().amax(dim=2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        z = ((x - self.mean) / self.sigma).flatten(1)
+        mags = [(2.01, z.abs().amax(dim=1))]  # (x − μ) then / σ: two roundings
+        for k in range(self.depth):
+            y = self._distance(z, k)
+            z = y - getattr(self, f"m{k}")
+            mags += [(1.01, y.abs().amax(dim=1)), (1.01, z.abs().amax(dim=1))]
+        raw = self._distance(z, self.depth)
+        d = raw + getattr(self, f"b{self.depth}")
+        mags += [(1.01, raw.abs().amax(dim=1)), (1.01, d.abs().amax(dim=1))]
+        logits = -d
+        score = logits[:, 1] - logits[:, 0]
+        flagged = score > 0
+        if not self.norms:
+            return score, flagged
+        half = score.clamp_min(0.0) / 2
+        e0, e1 = torch.zeros_like(score), torch.zeros_like(score)
+        for mult, mag in mags:  # distance_error_bound at r = 0 and r = m̂/2
+            e0 = e0 + mult * U32 * (mag + e0)
+            e1 = e1 + mult * U32 * (mag + half + e1)
+        margin = score - INFLATE * (U32 * score.abs() + 2 * e0 + 2 * e1)
+        r = torch.where(flagged & (margin > 0), margin * self.raw, torch.zeros_like(margin))
+        return (score, flagged, *[r for _ in self.norms])
+
+
+class OrthogonalGraph(nn.Module):
+    """Score, decision and ℓp radii of an :class:`~asymcert.models.baselines.OrthogonalNet` (``"mlp"`` arch).
+
+    The layers are Shift → Flatten → (Linear with the deployed Cayley weights Q as constants → MaxMin)*
+    → Linear. The library's normwise error bound (:func:`~asymcert.certify.orthogonal.score_error_bound`)
+    is affine in ‖x − μ‖₂: a(x) = A·‖x − μ‖₂ + B, and b a constant; both are baked in (rounded up), so
+    r_p = (ŝ − 2·a(x)·INFLATE) / (L_p + b·c_p), rounded down.
+
+    Raises:
+        ModelError: a layer other than Shift, Flatten, CayleyLinear, MaxMin (the Fourier-domain
+            Cayley convolutions of the ``"cnn"`` arch are not exported).
+    """
+
+    mu: torch.Tensor  # buffer (1, *input_shape): the Shift's μ
+
+    def __init__(self, model: OrthogonalNet, norms: tuple[float, ...]) -> None:
+        super().__init__()
+        layers = orthogonal_layers(model)
+        if not isinstance(layers[0], Shift) or not all(
+            isinstance(m, (Shift, nn.Flatten, CayleyLinear, GroupSort)) for m in layers
+        ):
+            raise ModelError(
+                "only orthogonal nets of the 'mlp' arch export (Shift, Flatten, CayleyLinear, MaxMin layers)"
+            )
+        self.register_buffer("mu", layers[0].mean.detach().float().unsqueeze(0))
+        self.steps: list[str] = []
+        for k, m in enumerate(layers[1:]):
+            if isinstance(m, CayleyLinear):
+                self.register_buffer(f"q{k}", m.weight.detach().float().clone())
+                self.register_buffer(f"c{k}", _bias(m.bias, m.out_features).float())
+                self.steps.append(f"linear{k}")
+            elif isinstance(m, GroupSort):
+                if m.group_size != 2:
+                    raise ModelError(f"only MaxMin (GroupSort of 2) exports, got group size {m.group_size}")
+                self.steps.append("maxmin")
+        d = math.prod(model.input_shape)
+        self.coef_a, self.coef_b, denominators = _orthogonal_constants(model, layers, norms, d)
+        self.norm_inflate = _up32(1.0 + (d + 4) * EPS32)
+        self.norms = tuple(norms)
+        self.denominators = [_up32(v) for v in denominators]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = (x - self.mu).flatten(1)
+        diff = h.square().sum(1).sqrt() * self.norm_inflate
+        for step in self.steps:
+            if step == "maxmin":
+                a, b = h.chunk(2, dim=1)
+                h = torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+            else:
+                k = step[len("linear") :]
+                h = F.linear(h, getattr(self, f"q{k}"), getattr(self, f"c{k}"))
+        score = h.squeeze(1)
+        flagged = score > 0
+        if not self.norms:
+            return score, flagged
+        margin = score - (2 * INFLATE) * (self.coef_a * diff + self.coef_b)
+        return (score, flagged, *[_radius(margin, torch.full_like(margin, den), flagged) for den in self.denominators])
+
+
+def _orthogonal_constants(
+    model: OrthogonalNet, layers: list[nn.Module], norms: tuple[float, ...], d: int
+) -> tuple[float, float, list[float]]:
+    """(A, B, [L_p + b·c_p per norm]), float32-safe: a(x) ≤ A·‖x − μ‖₂ + B in float32 arithmetic (u32).
+
+    a is affine in ‖x − μ‖₂ (every step of the library's analysis is), so two evaluations at
+    ‖x − μ‖₂ = 0 and = 1 (x = μ and μ + e₁, exact in float64) give its coefficients; both are raised
+    by 1e-6 relative for the float64 evaluation and rounded up to float32.
+    """
+    mu = cast(Shift, layers[0]).mean.detach().double().reshape(1, -1)
+    xs = torch.cat([mu, mu + torch.nn.functional.one_hot(torch.tensor([0]), mu.shape[1]).double()])
+    xs = xs.reshape(2, *model.input_shape)
+    with torch.no_grad():
+        a, b = score_error_bound(layers, layers, xs, U32)
+    unit = float((xs[1].reshape(-1) - mu.reshape(-1)).norm())
+    coef_a = max(0.0, float(a[1] - a[0]) / unit) * (1 + 1e-6)
+    coef_b = float(a[0]) * (1 + 1e-6)
+    slope = float(b.max()) * (1 + 1e-6)
+    dens = [
+        float(model.lipschitz(p)) + slope * (1.0 if p <= 2 else math.sqrt(d) if math.isinf(p) else d ** (0.5 - 1 / p))
+        for p in norms
+    ]
+    return _up32(coef_a), _up32(coef_b), [v * (1 + 1e-9) for v in dens]

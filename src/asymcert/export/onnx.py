@@ -1,0 +1,168 @@
+"""``to_onnx``: one ONNX graph that scores, decides and certifies (see :mod:`asymcert.export.graphs`).
+
+The graph is traced by PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``)
+at :data:`OPSET`; it holds standard operators only (MatMul/Gemm, Conv, ConvTranspose, Relu, Greater,
+Cast, Where, ReduceMax/ReduceSum, Sqrt, Abs, Sub, Div, Mul, Concat, Max/Min), with a dynamic batch axis.
+``onnx`` is needed to write it and ``onnxruntime`` to run it: both are the ``asymcert[export]`` extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from asymcert.certify.modes import eval_mode
+from asymcert.certify.result import normalize_norm
+from asymcert.errors import AsymcertError, ModelError
+from asymcert.export.graphs import FeatureConvexGraph, LinfDistGraph, OrthogonalGraph
+from asymcert.models.baselines import OrthogonalNet, SmoothingBaseNet
+from asymcert.models.feature_convex import FeatureConvexClassifier
+from asymcert.models.linf_dist_net import LinfDistNet
+
+OPSET = 17
+"""ONNX opset of the exported graphs (onnxruntime ≥ 1.12 runs it)."""
+DEFAULT_NORMS: tuple[float, ...] = (1.0, 2.0, math.inf)
+INPUT_NAME = "x"
+
+
+class ExportDependencyError(AsymcertError, ImportError):
+    """``onnx`` (or ``onnxruntime``) is not installed: ``pip install 'asymcert[export]'``."""
+
+
+class ExportError(ModelError):
+    """A model the exporter cannot write as a sound certifying graph (the message says why)."""
+
+
+def require(name: str) -> ModuleType:
+    """Import ``name`` (``"onnx"`` or ``"onnxruntime"``), or raise :class:`ExportDependencyError` (how to get it)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ExportDependencyError(
+            f"exporting needs the {name!r} package, which is not installed ({exc}); "
+            "install it with: pip install 'asymcert[export]' (onnx and onnxruntime)"
+        ) from None
+
+
+def radius_name(p: float) -> str:
+    """The graph output of the ℓp radius: ``radius_l1``, ``radius_l2``, ``radius_linf``."""
+    return "radius_linf" if math.isinf(p) else f"radius_l{p:g}"
+
+
+def output_names(norms: tuple[float, ...]) -> list[str]:
+    """``["score", "flagged", radius_name(p) for p in norms]``."""
+    return ["score", "flagged"] + [radius_name(p) for p in norms]
+
+
+def _checked_norms(norms: tuple[float | str, ...]) -> tuple[float, ...]:
+    found = tuple(dict.fromkeys(normalize_norm(p) for p in norms))
+    bad = [p for p in found if p not in (1.0, 2.0, math.inf)]
+    if bad:
+        raise ExportError(f"the exported graphs certify the ℓ1, ℓ2 and ℓ∞ norms only, got {bad}")
+    return found
+
+
+def certifying_graph(model: nn.Module, norms: tuple[float | str, ...] = DEFAULT_NORMS) -> nn.Module:
+    """The plain-ops module the exporter traces: x (N, *input_shape) → (score, flagged, *radii).
+
+    Args:
+        model: a feature-convex classifier (g an ICNN or a convex conv net), a binary plain ℓ∞-dist
+            net, or an orthogonal net of the ``"mlp"`` arch; validated first (the same checks as
+            ``asymcert.certify``).
+        norms: norms p ∈ {1, 2, ∞} (or ``"inf"``) to certify; ``()`` gives the score graph.
+
+    Raises:
+        ExportError: randomized smoothing (its certificates are Monte-Carlo estimates, not a
+            deterministic function of x) or another model the exporter does not support.
+    """
+    if isinstance(model, SmoothingBaseNet):
+        raise ExportError(
+            "randomized smoothing cannot be exported: its certificate is a Monte-Carlo estimate over "
+            "random noise (not a deterministic function of the input), so no graph can compute it"
+        )
+    checked = _checked_norms(norms)
+    try:
+        if isinstance(model, FeatureConvexClassifier):
+            model.validate()
+            return FeatureConvexGraph(model, checked).eval()
+        if isinstance(model, LinfDistNet):
+            model.validate()
+            return LinfDistGraph(model, checked).eval()
+        if isinstance(model, OrthogonalNet):
+            model.validate()
+            return OrthogonalGraph(model, checked).eval()
+    except ModelError as exc:
+        raise ExportError(f"cannot export this {type(model).__name__}: {exc}") from None
+    raise ExportError(
+        f"cannot export a {type(model).__name__}: the exporter supports feature-convex classifiers, "
+        "binary ℓ∞-dist nets and orthogonal nets"
+    )
+
+
+def to_onnx(
+    model: nn.Module,
+    path: str | Path,
+    norms: tuple[float | str, ...] = DEFAULT_NORMS,
+    certificates: bool = True,
+    input_shape: tuple[int, ...] | None = None,
+) -> Path:
+    """Write ``model`` as one ONNX graph with its certificates computed in the graph.
+
+    Graph input ``x``: (N, *input_shape) float32 raw inputs (N dynamic). Outputs: ``score`` (N,)
+    float32 s(x); ``flagged`` (N,) bool, s(x) > 0; and per norm p ``radius_l1``/``radius_l2``/
+    ``radius_linf`` (N,) float32 in raw input units: every x' with ‖x' − x‖_p < r is flagged by the
+    same graph too (0 where not flagged). Radii are never above ``asymcert.certify``'s float64
+    radii up to the graph's own guard (docs/deploy.md), and within ~1e-5 relative of them.
+
+    Args:
+        model: see :func:`certifying_graph`.
+        path: the .onnx file to write (its folder must exist).
+        norms: the radii to output.
+        certificates: False: the score graph only (outputs ``score`` and ``flagged``).
+        input_shape: shape of one input (default ``model.input_shape``).
+    Returns:
+        The path written.
+
+    Raises:
+        ExportError: see :func:`certifying_graph`. ExportDependencyError: ``onnx`` is missing.
+    """
+    graph = certifying_graph(model, norms if certificates else ())
+    names = output_names(_checked_norms(norms) if certificates else ())
+    shape = tuple(input_shape or getattr(model, "input_shape"))  # noqa: B009 (every supported model has one)
+    with eval_mode(model):
+        return export_module(graph, path, shape, names)
+
+
+def export_module(graph: nn.Module, path: str | Path, input_shape: tuple[int, ...], names: list[str]) -> Path:
+    """Trace ``graph`` (x (N, *input_shape) → outputs ``names``, batch axis dynamic) into an ONNX file at ``path``.
+
+    Raises:
+        ExportDependencyError: ``onnx`` is missing.
+    """
+    onnx = require("onnx")
+    example = torch.zeros(2, *input_shape)
+    out = Path(path)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            graph.eval(),
+            (example,),
+            str(out),
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_axes={INPUT_NAME: {0: "N"}, **{n: {0: "N"} for n in names}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+    proto = onnx.load(str(out))
+    proto.producer_name = "asymcert"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out))
+    return out

@@ -1,0 +1,49 @@
+"""``asymcert export RUN``: a run's model as an ONNX graph, or its test inputs as VNN-LIB properties."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from asymcert.checkpoint import load
+from asymcert.export.onnx import DEFAULT_NORMS, ExportError, output_names, to_onnx
+from asymcert.export.vnnlib import DEFAULT_TIMEOUT, to_vnnlib
+from asymcert.pipeline import run_data
+
+FORMATS = ("onnx", "vnnlib")
+
+
+def export_run(
+    run_dir: str | Path,
+    fmt: str,
+    out: str | Path,
+    certificates: bool = True,
+    norms: tuple[float, ...] = DEFAULT_NORMS,
+    limit: int | None = None,
+    data_dir: str | Path | None = None,
+    timeout: int = DEFAULT_TIMEOUT,
+) -> str:
+    """Write the export of ``run_dir`` and return a one-line summary of what was written.
+
+    Args:
+        fmt: ``"onnx"`` (one graph file at ``out``) or ``"vnnlib"`` (a VNN-COMP folder at ``out``,
+            properties for the run's test inputs).
+        certificates, norms: the ONNX graph's radii (``certificates=False``: score and decision only).
+        limit: VNN-LIB: at most this many properties. data_dir: where the run's data lives.
+        timeout: VNN-LIB: seconds per instance.
+
+    Raises:
+        ExportError: an unknown format, or a model the exporter refuses (e.g. randomized smoothing).
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+    model = load(run_dir)
+    if fmt == "onnx":
+        path = to_onnx(model, out, norms=norms, certificates=certificates)
+        names = output_names(norms if certificates else ())
+        return f"wrote {path}: input x, outputs {', '.join(names)}"
+    x = run_data(run_dir, data_dir).test.x
+    props = to_vnnlib(model, x, out, limit=limit, timeout=timeout)
+    return (
+        f"wrote {len(props)} ℓ∞ properties (expected verdict unsat) to {Path(out)}: "
+        "model.onnx, vnnlib/, instances.csv, radii.json"
+    )

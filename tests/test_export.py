@@ -1,0 +1,222 @@
+"""ONNX export with in-graph certificates: parity with PyTorch, radii never above the library's, PGD in onnxruntime."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import asymcert
+from asymcert.certify.attacks import pgd_attack
+from asymcert.certify.feature_convex import score_and_feature_gradient
+from asymcert.checkpoint import save
+from asymcert.cli import main
+from asymcert.export import ExportDependencyError, ExportError, to_onnx
+from asymcert.models import build_model
+from tests.conftest import small_feature_convex
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+NORMS = (1.0, 2.0, math.inf)
+SHAPE = (1, 6, 6)
+
+
+def _orthogonal():
+    torch.manual_seed(0)
+    m = build_model({"kind": "orthogonal", "input_shape": list(SHAPE), "arch": "mlp", "widths": [16, 16]}).eval()
+    with torch.no_grad():  # centre the scores so that about half the inputs are flagged
+        m.net[-1].bias -= m(torch.rand(256, *SHAPE)).median()
+    return m
+
+
+def _linf():
+    torch.manual_seed(0)
+    m = build_model(
+        {"kind": "linf-dist", "input_shape": list(SHAPE), "widths": [16, 16], "num_classes": 2, "binary": True}
+    )
+    m.eval()
+    with torch.no_grad():
+        m.out.bias[1] += float(m(torch.rand(256, *SHAPE)).median())  # g₁ = −(d₁ + b₁): centre the scores
+    return m
+
+
+MODELS = {
+    "icnn-shift": lambda: small_feature_convex("icnn", input_shape=SHAPE),
+    "icnn-standardize-concat-abs": lambda: small_feature_convex(
+        "icnn", input_shape=SHAPE, feature_map=[{"kind": "standardize"}, {"kind": "concat-abs"}]
+    ),
+    "convex-conv": lambda: small_feature_convex("conv", input_shape=SHAPE),
+    "linf-dist": _linf,
+    "orthogonal": _orthogonal,
+}
+
+
+def _session(model, tmp_path, **kwargs):
+    path = to_onnx(model, tmp_path / "model.onnx", **kwargs)
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _run(sess, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    names = [o.name for o in sess.get_outputs()]
+    return {n: torch.from_numpy(v) for n, v in zip(names, sess.run(None, {"x": x.float().numpy()}))}
+
+
+def _near_boundary(model, x: torch.Tensor) -> torch.Tensor:
+    """Points on segments between flagged and unflagged inputs, bisected until |s| is ~1e-6 or less."""
+    with torch.no_grad():
+        s = model(x)
+    a, b = x[s > 0][:20], x[s <= 0][:20]
+    n = min(len(a), len(b))
+    a, b = a[:n].double(), b[:n].double()
+    lo, hi = torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)  # s(lo) > 0 ≥ s(hi)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        pts = (a + mid.view(-1, 1, 1, 1) * (b - a)).float()
+        with torch.no_grad():
+            pos = model(pts) > 0
+        lo, hi = torch.where(pos, mid, lo), torch.where(pos, hi, mid)
+    return torch.cat([(a + t.view(-1, 1, 1, 1) * (b - a)).float() for t in (lo, hi)])
+
+
+def _away(model, x: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Inputs far from the boundary: s ≥ 5% of the rounding magnitude M (feature-convex), else ≥ 0.25·max s."""
+    if hasattr(model, "convex"):
+        s, grad = score_and_feature_gradient(model.double(), x.double())
+        f = model.features(x.double())
+        model.float()
+        magnitude = (grad * f).abs().flatten(1).sum(1) + s.abs()
+        return s >= 0.05 * magnitude
+    return score >= 0.25 * float(score.max())
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_onnxruntime_scores_decisions_and_radii_match_the_library(name, tmp_path):
+    model = MODELS[name]()
+    torch.manual_seed(1)
+    x = torch.rand(300, *SHAPE)
+    got = _run(_session(model, tmp_path), x)
+    cert = asymcert.certify(model, x, norms=NORMS)
+    with torch.no_grad():
+        own = model(x)
+    assert set(got) == {"score", "flagged", "radius_l1", "radius_l2", "radius_linf"}
+    assert torch.allclose(got["score"], own, rtol=1e-5, atol=1e-5 * float(own.abs().max()))
+    assert torch.equal(got["flagged"], cert.predicted_flagged().cpu())
+    assert 0.2 < float(got["flagged"].float().mean()) < 0.8
+    away = _away(model, x, own) & (cert.radii[2.0] > 0)
+    assert int(away.sum()) >= 10
+    # the orthogonal nets' normwise float32 error bound is ~1e-4 of s: a float32 reference (the graph's,
+    # or the library's precision="model") subtracts it twice, so closeness is checked against that one
+    close = asymcert.certify(model, x, norms=NORMS, precision="model") if name == "orthogonal" else cert
+    for p, key in zip(NORMS, ("radius_l1", "radius_l2", "radius_linf")):
+        mine, lib, near = got[key].double(), cert.radii[p].double(), close.radii[p].double()
+        assert bool((mine <= lib).all()), f"{key}: an ONNX radius above the library's"
+        rel = (near[away] - mine[away]).abs() / near[away]
+        assert float(rel.max()) < 1e-4, f"{key}: {float(rel.max()):.2e} relative below the library"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_near_boundary_radii_are_zero_or_below_the_library(name, tmp_path):
+    model = MODELS[name]()
+    torch.manual_seed(2)
+    x = _near_boundary(model, torch.rand(200, *SHAPE))
+    got = _run(_session(model, tmp_path), x)
+    with torch.no_grad():
+        own = model(x)
+    assert float(own.abs().min()) < 1e-5  # the construction reached the boundary
+    cert = asymcert.certify(model, x, norms=NORMS)
+    for p, key in zip(NORMS, ("radius_l1", "radius_l2", "radius_linf")):
+        mine, lib = got[key].double(), cert.radii[p].double()
+        assert bool(((mine == 0) | (mine <= lib)).all())
+        assert bool((mine[lib == 0] == 0).all())
+    tiny = own.abs() < 1e-6
+    assert bool((got["radius_l2"][tiny] == 0).all())  # the guard leaves no radius within rounding of 0
+
+
+@pytest.mark.parametrize("name", ["icnn-standardize-concat-abs", "convex-conv", "linf-dist", "orthogonal"])
+def test_pgd_at_the_onnx_radius_flips_no_onnxruntime_decision(name, tmp_path):
+    model = MODELS[name]()
+    torch.manual_seed(3)
+    x = torch.rand(200, *SHAPE)
+    sess = _session(model, tmp_path)
+    got = _run(sess, x)
+    keep = got["radius_l2"] > 0
+    xs = x[keep][:60]
+    gen = torch.Generator().manual_seed(0)
+    for p, key in zip(NORMS, ("radius_l1", "radius_l2", "radius_linf")):
+        eps = 0.999 * got[key][keep][:60].double()
+        adv = pgd_attack(model, xs, eps.float(), p, steps=60, restarts=2, generator=gen)
+        after = _run(sess, adv)
+        assert bool(after["flagged"].all()), f"{key}: onnxruntime's decision flipped inside the radius"
+        with torch.no_grad():  # the attack pushed: the scores went down
+            assert float(model(adv).mean()) < float(model(xs).mean())
+
+
+def test_score_graph_without_certificates(tmp_path):
+    model = MODELS["convex-conv"]()
+    x = torch.rand(50, *SHAPE)
+    got = _run(_session(model, tmp_path, certificates=False), x)
+    assert set(got) == {"score", "flagged"}
+    with torch.no_grad():
+        assert torch.equal(got["flagged"], model(x) > 0)
+
+
+def test_smoothing_is_refused_with_one_clear_error(tmp_path):
+    model = build_model({"kind": "relu-smoothing", "input_shape": list(SHAPE), "widths": [8]})
+    with pytest.raises(ExportError, match=r"smoothing cannot be exported.*not a deterministic"):
+        to_onnx(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_unsupported_norm_and_model_are_refused(tmp_path):
+    with pytest.raises(ExportError, match="ℓ1, ℓ2 and ℓ∞"):
+        to_onnx(MODELS["icnn-shift"](), tmp_path / "m.onnx", norms=(3,))
+    multi = build_model({"kind": "linf-dist", "input_shape": list(SHAPE), "widths": [8], "num_classes": 3})
+    with pytest.raises(ExportError, match="only binary, plain"):
+        to_onnx(multi, tmp_path / "m.onnx")
+
+
+def test_missing_onnx_gives_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
+    with pytest.raises(ExportDependencyError, match=r"pip install 'asymcert\[export\]'"):
+        to_onnx(MODELS["icnn-shift"](), tmp_path / "m.onnx")
+
+
+def test_cli_exports_a_run_folder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    save(MODELS["icnn-shift"](), run)
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 0, res.output
+    assert "radius_linf" in res.output
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    assert [o.name for o in sess.get_outputs()] == ["score", "flagged", "radius_l1", "radius_l2", "radius_linf"]
+
+
+DEPLOY_EXAMPLE = """
+import sys
+import numpy as np
+import onnxruntime as ort
+
+sess = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+x = np.random.default_rng(0).random((4, 1, 6, 6), dtype=np.float32)  # (N, *input_shape), raw units
+out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x})))
+for i in range(len(x)):
+    print(f"score {out['score'][i]:+.4f} flagged {bool(out['flagged'][i])} "
+          f"l1 {out['radius_l1'][i]:.4g} l2 {out['radius_l2'][i]:.4g} linf {out['radius_linf'][i]:.4g}")
+assert "torch" not in sys.modules
+"""
+
+
+def test_the_deploy_example_runs_without_torch(tmp_path):
+    path = to_onnx(MODELS["icnn-shift"](), tmp_path / "model.onnx")
+    res = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(DEPLOY_EXAMPLE), str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("score") == 4
