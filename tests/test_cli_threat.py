@@ -191,3 +191,16 @@ def test_std_scales_are_fixed_from_the_training_inputs(folder, tmp_path):
         assert stored[name] == pytest.approx(float(train_x[:, i].std()), rel=1e-12)
     res = CliRunner().invoke(main, ["certify", str(out), "--threat-model", str(tmp_path / "std.json"), "--quiet"])
     assert res.exit_code == EXIT_REFUSED and 'scale "std" is fixed from the training inputs' in res.output
+
+
+def test_export_carries_the_runs_threat_model_radii(tm_run, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    res = CliRunner().invoke(main, ["export", str(tm_run), "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == EXIT_OK and "tm_radius_l1" in res.output, res.output
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = _test_x(tm_run)
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x.numpy()})))
+    lib = asymcert.certify(asymcert.load(tm_run), x, norms=(1,), threat_model=_resolved(), precision="float64")
+    assert bool((torch.from_numpy(out["tm_radius_l1"]).double() <= lib.radii[1.0]).all())
+    res = CliRunner().invoke(main, ["export", str(tm_run), "--out", str(tmp_path / "p.onnx"), "--no-threat-model"])
+    assert res.exit_code == EXIT_OK and "tm_radius" not in res.output, res.output

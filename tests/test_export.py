@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import asymcert
 from asymcert.certify.attacks import pgd_attack
 from asymcert.certify.feature_convex import score_and_feature_gradient
+from asymcert.certify.threat_attack import threat_attack
 from asymcert.checkpoint import save
 from asymcert.cli import main
 from asymcert.export import ExportDependencyError, ExportError, to_onnx
@@ -220,3 +221,79 @@ def test_the_deploy_example_runs_without_torch(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("score") == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Threat-model radii in the graph
+# ---------------------------------------------------------------------------------------------
+
+D_TM = 8
+TM_FILE = {
+    "scale": {"0": 2.0, "3": 0.25, "*": 0.5},
+    "immutable": [1],
+    "increase_only": [2, 5],
+    "decrease_only": [3],
+    "lower": {"*": 0.0},
+    "upper": {"4": 3.0},
+}
+
+
+def _tabular(feature_map):
+    torch.manual_seed(0)
+    m = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [D_TM],
+            "feature_map": feature_map,
+            "convex": {"kind": "icnn", "widths": [16, 16]},
+        }
+    ).eval()
+    x = torch.rand(400, D_TM, generator=torch.Generator().manual_seed(0)) * 4
+    m.feature_map.fit(x)
+    with torch.no_grad():  # about half flagged; no score within float32 rounding of 0
+        m.balance -= m(x).median() + 1e-3
+    return m, x
+
+
+@pytest.mark.parametrize(
+    "feature_map",
+    [
+        [{"kind": "standardize"}],
+        [{"kind": "log1p"}, {"kind": "standardize"}],
+        [{"kind": "shift"}, {"kind": "concat-abs"}],
+    ],
+    ids=["standardize", "log1p-standardize", "concat-abs"],
+)
+def test_threat_model_radii_in_the_graph_are_the_librarys_rounded_down(feature_map, tmp_path):
+    model, x = _tabular(feature_map)
+    tm = asymcert.ThreatModel.from_dict(TM_FILE).resolve(None, D_TM)
+    sess = _session(model, tmp_path, threat_model=tm)
+    out = _run(sess, x)
+    assert [o.name for o in sess.get_outputs()][-3:] == ["tm_radius_l1", "tm_radius_l2", "tm_radius_linf"]
+    lib = asymcert.certify(model, x, norms=NORMS, threat_model=tm, precision="float64")
+    assert torch.equal(out["flagged"], lib.sensitive)
+    for p in NORMS:
+        name = "tm_radius_linf" if math.isinf(p) else f"tm_radius_l{p:g}"
+        got, want = out[name].double(), lib.radii[p]
+        assert bool((got <= want).all()), f"{name}: a graph radius above the library's"
+        far = _away(model, x, out["score"])
+        assert int(far.sum()) > 50 and torch.allclose(got[far], want[far], rtol=1e-4)
+        flagged = out["flagged"] & (got > 0)
+        inside = threat_attack(
+            model, x[flagged], got[flagged] * 0.999, p, tm, steps=40, generator=torch.Generator().manual_seed(0)
+        )
+        assert bool(_run(sess, inside)["flagged"].all()), f"{name}: onnxruntime flips inside the radius"
+
+
+def test_threat_model_radii_of_other_families_use_the_fallback(tmp_path):
+    model = _linf()
+    tm = asymcert.ThreatModel(immutable=[0, 1, 2], scale={"*": 2.0}).resolve(None, math.prod(SHAPE))
+    x = torch.rand(200, *SHAPE, generator=torch.Generator().manual_seed(3))
+    out = _run(_session(model, tmp_path, threat_model=tm), x)
+    lib = asymcert.certify(model, x, norms=NORMS, threat_model=tm)
+    for p in NORMS:
+        name = "linf" if math.isinf(p) else f"l{p:g}"
+        assert bool((out[f"tm_radius_{name}"].double() <= lib.radii[p]).all())
+        assert torch.allclose(out[f"tm_radius_{name}"], out[f"radius_{name}"] / 2, rtol=1e-6)
+    empty = _session(model, tmp_path, threat_model=asymcert.ThreatModel().resolve(None, math.prod(SHAPE)))
+    assert [o.name for o in empty.get_outputs()] == ["score", "flagged", "radius_l1", "radius_l2", "radius_linf"]

@@ -616,14 +616,20 @@ def tasks() -> None:
 @click.option("--limit", type=_POSITIVE, help="VNN-LIB: write at most N properties.")
 @click.option("--timeout", type=_POSITIVE, default=300, show_default=True, help="VNN-LIB: seconds per instance.")
 @click.option("--data-dir", type=click.Path(file_okay=False))
-def export_cmd(run_dir, fmt, out, no_certificates, norms, limit, timeout, data_dir) -> None:
+@_threat_options
+def export_cmd(
+    run_dir, fmt, out, no_certificates, norms, limit, timeout, data_dir, threat_model, no_threat_model
+) -> None:
     """Export RUN's model as one ONNX graph that certifies (score, flagged, radius_l1/l2/linf), or its
     certified test inputs as VNN-LIB properties (ℓ∞ boxes) for any verifier to re-check.
 
     Needs the export extra: pip install 'asymcert[export]'. Randomized smoothing is refused."""
 
     chosen = _norms(norms) if norms is not None else DEFAULT_NORMS
-    click.echo(export_run(run_dir, fmt, out, not no_certificates, chosen, limit, data_dir, timeout))
+    tm = _threat(threat_model, no_threat_model)
+    click.echo(
+        export_run(run_dir, fmt, out, not no_certificates, chosen, limit, data_dir, timeout, tm, no_threat_model)
+    )
 
 
 def _echo_summary(results: dict[str, Any], out: str) -> None:

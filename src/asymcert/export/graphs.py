@@ -33,9 +33,10 @@ from asymcert.models.baselines import OrthogonalNet
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.models.linf_dist_net import LinfDistNet
 from asymcert.nn.convex import ICNN, ConvexConvNet
-from asymcert.nn.feature_maps import Shift
+from asymcert.nn.feature_maps import Shift, coordinate_slopes
 from asymcert.nn.mean_shift import MeanShift
 from asymcert.nn.orthogonal import CayleyLinear, GroupSort
+from asymcert.threat import ResolvedThreatModel
 
 EPS32 = float(torch.finfo(torch.float32).eps)  # 2⁻²³, machine epsilon (2u) of float32
 U32 = EPS32 / 2
@@ -198,12 +199,17 @@ class FeatureConvexGraph(nn.Module):
     Args:
         model: the classifier (validated by the caller); g an ICNN (≥ 1 hidden layer) or a convex conv net.
         norms: norms p ∈ {1, 2, ∞} to certify; empty: score and decision only.
-    Returns from ``forward``: (score (N,), flagged (N,) bool, *radii (N,) in the order of ``norms``).
+        threat_model: also output radii under it, in its units (:class:`ThreatTerms`), after the ℓp ones.
+    Returns from ``forward``: (score (N,), flagged (N,) bool, *radii (N,) in the order of ``norms``, then
+    with a threat model *threat-model radii (N,) in the same order).
     """
 
-    def __init__(self, model: FeatureConvexClassifier, norms: tuple[float, ...]) -> None:
+    def __init__(
+        self, model: FeatureConvexClassifier, norms: tuple[float, ...], threat_model: ResolvedThreatModel | None = None
+    ) -> None:
         super().__init__()
         self.phi = model.feature_map
+        self.threat = None if threat_model is None else ThreatTerms(model.feature_map, threat_model)
         if isinstance(model.convex, ICNN):
             self.g: nn.Module = _ICNNPass(model.convex)
         elif isinstance(model.convex, ConvexConvNet):
@@ -227,7 +233,93 @@ class FeatureConvexGraph(nn.Module):
         margin = score - self.guard * magnitude
         flat = grad.flatten(1)
         radii = [_radius(margin, lip * dual_norm32(flat, p), flagged) for p, lip in zip(self.norms, self.lips)]
-        return (score, flagged, *radii)
+        if self.threat is None:
+            return (score, flagged, *radii)
+        x_flat = x.flatten(1)
+        if not self.threat.coordinate_wise:
+            return (score, flagged, *radii, *[self.threat.fallback(x_flat, r) for r in radii])
+        costs = self.threat.costs(x_flat, flat)
+        return (score, flagged, *radii, *[_radius(margin, dual_norm32(costs, p), flagged) for p in self.norms])
+
+
+def _round32(t: torch.Tensor, up: bool) -> torch.Tensor:
+    """A float64 tensor as float32, every entry rounded up (``up``) or down, so a baked-in bound stays one."""
+    f = t.double().float()
+    toward = torch.full_like(f, math.inf if up else -math.inf)
+    wrong = f.double() < t.double() if up else f.double() > t.double()
+    return torch.where(wrong, torch.nextafter(f, toward), f)
+
+
+class ThreatTerms(nn.Module):
+    """The threat model's move costs a (N, n) in plain ops (:mod:`asymcert.certify.threat_model`): per input
+    coordinate, scale · the largest harm over the directions allowed at x, from ∇g and φ's slope intervals.
+
+    Constants are rounded outward (slope and scale bounds up in magnitude, the domain so that a direction
+    the library allows is allowed here too); the K-term sums carry the absolute allowance
+    (K + 1)·eps32·Σ|terms|·INFLATE. ``coordinate_wise`` False: φ declares no slopes, and the graph uses the
+    generic fallback (raw radius / the largest movable scale).
+    """
+
+    lo: torch.Tensor  # buffers: (K, n) slope bounds, (n,) scale, domain and allowed directions
+    hi: torch.Tensor
+    scale: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+    can_increase: torch.Tensor
+    can_decrease: torch.Tensor
+
+    def __init__(self, phi: nn.Module, tm: ResolvedThreatModel) -> None:
+        super().__init__()
+        n = tm.n_features
+        slopes = coordinate_slopes(phi, n)
+        self.coordinate_wise = slopes is not None
+        lo, hi = slopes if slopes is not None else (torch.zeros(1, n), torch.zeros(1, n))
+        self.register_buffer("lo", _round32(lo, up=False))
+        self.register_buffer("hi", _round32(hi, up=True))
+        self.register_buffer("scale", _round32(tm.scale, up=True))
+        self.register_buffer("lower", _round32(tm.lower, up=False))
+        self.register_buffer("upper", _round32(tm.upper, up=True))
+        self.register_buffer("can_increase", tm.can_increase.clone())
+        self.register_buffer("can_decrease", tm.can_decrease.clone())
+        self.allowance = _up32((lo.shape[0] + 1) * EPS32 * INFLATE)
+
+    def directions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(up, down) (N, n) bool: where each coordinate of x (N, n) may move up / down."""
+        return self.can_increase & (x < self.upper), self.can_decrease & (x > self.lower)
+
+    def costs(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """a (N, n) float32 from raw inputs x (N, n) and ∇g (N, K·n)."""
+        k, n = self.lo.shape
+        w = grad.reshape(-1, k, n)
+        corners = torch.stack([w * self.lo, w * self.hi])
+        low, high = corners.amin(dim=0), corners.amax(dim=0)
+        up_harm = torch.relu(-low.sum(dim=1) + self.allowance * low.abs().sum(dim=1))
+        down_harm = torch.relu(high.sum(dim=1) + self.allowance * high.abs().sum(dim=1))
+        up, down = self.directions(x)
+        zero = torch.zeros_like(up_harm)
+        return torch.maximum(torch.where(up, up_harm, zero), torch.where(down, down_harm, zero)) * self.scale
+
+    def fallback(self, x: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+        """Raw ℓp radii (N,) → threat-model radii: r / max_{movable i} scale_i, rounded down (∞ if none moves)."""
+        up, down = self.directions(x)
+        top = torch.where(up | down, self.scale, torch.zeros_like(self.scale)).amax(dim=1)
+        scaled = radius / top * (1.0 - 4 * EPS32)
+        return torch.where(radius > 0, scaled, torch.zeros_like(radius))
+
+
+class ThreatFallbackGraph(nn.Module):
+    """A certifying graph whose raw ℓp radii are followed by the generic threat-model radii
+    (:meth:`ThreatTerms.fallback`): for the families without a threat-model closed form."""
+
+    def __init__(self, inner: nn.Module, threat_model: ResolvedThreatModel) -> None:
+        super().__init__()
+        self.inner = inner
+        self.threat = ThreatTerms(nn.Identity(), threat_model)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.inner(x)
+        x_flat = x.flatten(1)
+        return (*out, *[self.threat.fallback(x_flat, r) for r in out[2:]])
 
 
 class LinfDistGraph(nn.Module):

@@ -20,10 +20,11 @@ from torch import nn
 from asymcert.certify.modes import eval_mode
 from asymcert.certify.result import normalize_norm
 from asymcert.errors import AsymcertError, ModelError
-from asymcert.export.graphs import FeatureConvexGraph, LinfDistGraph, OrthogonalGraph
+from asymcert.export.graphs import FeatureConvexGraph, LinfDistGraph, OrthogonalGraph, ThreatFallbackGraph
 from asymcert.models.baselines import OrthogonalNet, SmoothingBaseNet
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.models.linf_dist_net import LinfDistNet
+from asymcert.threat import ResolvedThreatModel
 
 OPSET = 17
 """ONNX opset of the exported graphs (onnxruntime ≥ 1.12 runs it)."""
@@ -55,9 +56,9 @@ def radius_name(p: float) -> str:
     return "radius_linf" if math.isinf(p) else f"radius_l{p:g}"
 
 
-def output_names(norms: tuple[float, ...]) -> list[str]:
-    """``["score", "flagged", radius_name(p) for p in norms]``."""
-    return ["score", "flagged"] + [radius_name(p) for p in norms]
+def output_names(norms: tuple[float, ...], threat: bool = False) -> list[str]:
+    """``["score", "flagged", radius_name(p) for p in norms]``, then with ``threat`` ``"tm_" + radius_name(p)``."""
+    return ["score", "flagged"] + [radius_name(p) for p in norms] + [f"tm_{radius_name(p)}" for p in norms if threat]
 
 
 def _checked_norms(norms: tuple[float | str, ...]) -> tuple[float, ...]:
@@ -68,7 +69,9 @@ def _checked_norms(norms: tuple[float | str, ...]) -> tuple[float, ...]:
     return found
 
 
-def certifying_graph(model: nn.Module, norms: tuple[float | str, ...] = DEFAULT_NORMS) -> nn.Module:
+def certifying_graph(
+    model: nn.Module, norms: tuple[float | str, ...] = DEFAULT_NORMS, threat_model: ResolvedThreatModel | None = None
+) -> nn.Module:
     """The plain-ops module the exporter traces: x (N, *input_shape) → (score, flagged, *radii).
 
     Args:
@@ -87,16 +90,17 @@ def certifying_graph(model: nn.Module, norms: tuple[float | str, ...] = DEFAULT_
             "random noise (not a deterministic function of the input), so no graph can compute it"
         )
     checked = _checked_norms(norms)
+    tm = threat_model if threat_model is not None and checked and not threat_model.is_empty() else None
     try:
         if isinstance(model, FeatureConvexClassifier):
             model.validate()
-            return FeatureConvexGraph(model, checked).eval()
+            return FeatureConvexGraph(model, checked, tm).eval()
         if isinstance(model, LinfDistNet):
             model.validate()
-            return LinfDistGraph(model, checked).eval()
+            return _with_threat(LinfDistGraph(model, checked), tm)
         if isinstance(model, OrthogonalNet):
             model.validate()
-            return OrthogonalGraph(model, checked).eval()
+            return _with_threat(OrthogonalGraph(model, checked), tm)
     except ModelError as exc:
         raise ExportError(f"cannot export this {type(model).__name__}: {exc}") from None
     raise ExportError(
@@ -105,12 +109,18 @@ def certifying_graph(model: nn.Module, norms: tuple[float | str, ...] = DEFAULT_
     )
 
 
+def _with_threat(graph: nn.Module, tm: ResolvedThreatModel | None) -> nn.Module:
+    """``graph`` (eval mode), followed by the generic threat-model radii when ``tm`` is given."""
+    return (graph if tm is None else ThreatFallbackGraph(graph, tm)).eval()
+
+
 def to_onnx(
     model: nn.Module,
     path: str | Path,
     norms: tuple[float | str, ...] = DEFAULT_NORMS,
     certificates: bool = True,
     input_shape: tuple[int, ...] | None = None,
+    threat_model: ResolvedThreatModel | None = None,
 ) -> Path:
     """Write ``model`` as one ONNX graph with its certificates computed in the graph.
 
@@ -126,14 +136,19 @@ def to_onnx(
         norms: the radii to output.
         certificates: False: the score graph only (outputs ``score`` and ``flagged``).
         input_shape: shape of one input (default ``model.input_shape``).
+        threat_model: also output ``tm_radius_l1``/... (N,) float32, the radii under this threat model in
+            its units (feature-convex: the closed form of :mod:`asymcert.certify.threat_model`; other
+            models: the generic fallback), never above ``asymcert.certify(..., threat_model=)``'s.
+            An empty threat model adds nothing (its radii are the ℓp ones).
     Returns:
         The path written.
 
     Raises:
         ExportError: see :func:`certifying_graph`. ExportDependencyError: ``onnx`` is missing.
     """
-    graph = certifying_graph(model, norms if certificates else ())
-    names = output_names(_checked_norms(norms) if certificates else ())
+    graph = certifying_graph(model, norms if certificates else (), threat_model)
+    threat = certificates and threat_model is not None and not threat_model.is_empty()
+    names = output_names(_checked_norms(norms) if certificates else (), threat)
     shape = tuple(input_shape or getattr(model, "input_shape"))  # noqa: B009 (every supported model has one)
     with eval_mode(model):
         return export_module(graph, path, shape, names)

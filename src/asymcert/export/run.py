@@ -8,6 +8,8 @@ from asymcert.checkpoint import load
 from asymcert.export.onnx import DEFAULT_NORMS, ExportError, output_names, to_onnx
 from asymcert.export.vnnlib import DEFAULT_TIMEOUT, to_vnnlib
 from asymcert.pipeline import run_data
+from asymcert.runfolder import read_run_record, run_threat_model
+from asymcert.threat import ThreatModel
 
 FORMATS = ("onnx", "vnnlib")
 
@@ -21,6 +23,8 @@ def export_run(
     limit: int | None = None,
     data_dir: str | Path | None = None,
     timeout: int = DEFAULT_TIMEOUT,
+    threat_model: ThreatModel | None = None,
+    plain: bool = False,
 ) -> str:
     """Write the export of ``run_dir`` and return a one-line summary of what was written.
 
@@ -30,16 +34,19 @@ def export_run(
         certificates, norms: the ONNX graph's radii (``certificates=False``: score and decision only).
         limit: VNN-LIB: at most this many properties. data_dir: where the run's data lives.
         timeout: VNN-LIB: seconds per instance.
+        threat_model, plain: the ONNX graph also outputs radii under ``threat_model`` (default: the run's
+            own, none with ``plain``), ``tm_radius_l1``/..., in its units.
 
     Raises:
         ExportError: an unknown format, or a model the exporter refuses (e.g. randomized smoothing).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+    tm = run_threat_model(read_run_record(run_dir), threat_model, plain)
     model = load(run_dir)
     if fmt == "onnx":
-        path = to_onnx(model, out, norms=norms, certificates=certificates)
-        names = output_names(norms if certificates else ())
+        path = to_onnx(model, out, norms=norms, certificates=certificates, threat_model=tm)
+        names = output_names(norms if certificates else (), certificates and tm is not None and not tm.is_empty())
         return f"wrote {path}: input x, outputs {', '.join(names)}"
     x = run_data(run_dir, data_dir).test.x
     props = to_vnnlib(model, x, out, limit=limit, timeout=timeout)
