@@ -36,7 +36,7 @@ from asymcert.certify.bounded_convex import batch_norm_terms, bounded_pass, supp
 from asymcert.certify.bounded_icnn import icnn_bounded_pass, supports_bounded_icnn
 from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
 from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_roundoff
-from asymcert.certify.result import Certificate, Guarantee
+from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee
 from asymcert.nn.convex import ICNN, ConvexConvNet
 
 if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
@@ -320,6 +320,14 @@ def certify_feature_convex(
     ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
     grad_bound = ref.grad_bound
     radii = {p: safe_radius(margin, model.feature_lipschitz(p) * dual_norm(grad_bound, p), slack) for p in norms}
+    return flag_certificate(flagged, radii, own_score)
+
+
+def flag_certificate(
+    flagged: torch.Tensor, radii: dict[float, torch.Tensor], own_score: torch.Tensor, units: str = RAW_UNITS
+) -> Certificate:
+    """The binary FLAG certificate of a feature-convex model: decisions (N,) bool, radii per norm (N,),
+    the model's own scores (N,) as ``extra["score"]``, and the radii's units."""
     return Certificate(
         predicted=flagged.long(),
         radii=radii,
@@ -327,6 +335,7 @@ def certify_feature_convex(
         guarantee=Guarantee.FLAG,
         binary=True,
         extra={"score": own_score},
+        units=units,
     )
 
 

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from asymcert.certify.feature_convex import flag_margins
+from asymcert.certify.feature_convex import flag_certificate, flag_margins
 from asymcert.certify.functional import dual_norm, safe_radius
-from asymcert.certify.result import Certificate, Guarantee
+from asymcert.certify.result import Certificate
 from asymcert.errors import ConfigError
 from asymcert.nn.feature_maps import coordinate_slopes
 from asymcert.threat import ResolvedThreatModel, ThreatModel
@@ -134,15 +134,7 @@ def feature_convex_threat(
         radii = fallback_radii(raw, threat_model, x)
     else:
         radii = {p: safe_radius(margin, dual_norm(costs, p), slack) for p in norms}
-    return Certificate(
-        predicted=flagged.long(),
-        radii=radii,
-        method="feature-convex",
-        guarantee=Guarantee.FLAG,
-        binary=True,
-        extra={"score": own_score},
-        units=threat_model.units(),
-    )
+    return flag_certificate(flagged, radii, own_score, threat_model.units())
 
 
 def fallback_radii(
