@@ -2,8 +2,11 @@
 
 Convexity in the input holds because every constrained weight is nonnegative and every
 activation (ReLU) is convex and nondecreasing. Constrained modules expose ``constraints()``,
-``{parameter name: lower bound}``; :func:`project_` enforces them after an optimizer step and
-:func:`convexity_violations` reports any that do not hold.
+``{parameter name: lower bound}`` (a number, or elementwise :class:`Bounds`); :func:`project_`
+enforces them after an optimizer step and :func:`convexity_violations` reports any that do not hold.
+Monotone features use the same machinery: :meth:`ICNN.constrain_columns` turns the pass-through
+layers into :class:`SignedLinear` layers whose declared columns keep a sign, so g is nondecreasing
+(or nonincreasing) in those features.
 
 What asymcert vouches for is an allowlist (:func:`convex_net_problems`): g must be an exact
 :class:`ICNN` or :class:`ConvexConvNet` whose every submodule has an allowed type in its slot
@@ -14,9 +17,11 @@ declares its own contract (:data:`CONTRACT_METHOD`). Anything else is refused by
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +30,21 @@ from torch import nn
 from asymcert import distributed
 from asymcert.distributed import differentiable_sum
 from asymcert.errors import ConfigError, UnknownNameError
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Elementwise bounds ``lower ≤ parameter ≤ upper`` of a constrained parameter (``constraints()`` value).
+
+    Attributes:
+        lower, upper: tensors broadcastable to the parameter's shape (e.g. (1, in_features) for one
+            bound per column of a weight), −inf / +inf where there is none.
+        meaning: what the bounds stand for, quoted by :func:`convexity_violations`.
+    """
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    meaning: str = ""
 
 
 class NonnegLinear(nn.Linear):
@@ -40,6 +60,48 @@ class NonnegLinear(nn.Linear):
 
     def constraints(self) -> dict[str, float]:
         return {"weight": 0.0}
+
+
+class SignedLinear(nn.Linear):
+    """A linear layer some of whose weight columns keep a sign: column j ≥ 0 where ``column_sign[j]`` is
+    +1, ≤ 0 where it is −1, free where it is 0 (the bias is free).
+
+    The signs are a non-persistent buffer (in_features,): they come from the model's config, never
+    from a checkpoint. Used by :meth:`ICNN.constrain_columns` for monotone features.
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``.
+        column_sign: (in_features,) values in {−1, 0, +1}.
+    """
+
+    column_sign: torch.Tensor  # buffer (in_features,) float: −1, 0 or +1
+
+    def __init__(self, in_features: int, out_features: int, column_sign: torch.Tensor, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        sign = torch.as_tensor(column_sign, dtype=torch.float32).flatten()
+        if sign.numel() != in_features:
+            raise ConfigError(f"SignedLinear: {sign.numel()} column signs for {in_features} input features")
+        self.register_buffer("column_sign", sign.sign(), persistent=False)
+
+    def constraints(self) -> dict[str, float | Bounds]:
+        sign = self.column_sign.to(self.weight.dtype)[None, :]
+        inf = torch.full_like(sign, math.inf)
+        lower = torch.where(sign > 0, torch.zeros_like(sign), -inf)
+        upper = torch.where(sign < 0, torch.zeros_like(sign), inf)
+        return {
+            "weight": Bounds(
+                lower,
+                upper,
+                "column j must be ≥ 0 for a feature of a monotone-increasing input, ≤ 0 "
+                "for one of a monotone-decreasing input",
+            )
+        }
+
+    @torch.no_grad()
+    def apply_signs_(self) -> None:
+        """Give every signed column its sign by taking magnitudes (w ↦ sign·|w|), in place: an initialisation."""
+        sign = self.column_sign.to(self.weight)[None, :]
+        self.weight.copy_(torch.where(sign != 0, sign * self.weight.abs(), self.weight))
 
 
 class NonnegConv2d(nn.Conv2d):
@@ -177,8 +239,9 @@ def couples_batch(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
 
 
-def constrained_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, float]]:
-    """Every (qualified name, parameter, lower bound) that convexity depends on."""
+def constrained_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, float | Bounds]]:
+    """Every (qualified name, parameter, lower bound or :class:`Bounds`) that convexity or monotonicity
+    depends on."""
     for mod_name, module in model.named_modules():
         if hasattr(module, "constraints"):
             for name, lower in module.constraints().items():
@@ -189,22 +252,48 @@ def constrained_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor
 
 @torch.no_grad()
 def project_(model: nn.Module) -> None:
-    """Clamp every constrained parameter of ``model`` to its lower bound, in place."""
-    for _, param, lower in constrained_parameters(model):
-        param.clamp_(min=lower)
+    """Clamp every constrained parameter of ``model`` to its bounds, in place."""
+    for _, param, bound in constrained_parameters(model):
+        if isinstance(bound, Bounds):
+            param.clamp_(min=bound.lower.to(param), max=bound.upper.to(param))
+        else:
+            param.clamp_(min=bound)
 
 
 def convexity_violations(model: nn.Module) -> list[str]:
-    """Human-readable list of constrained parameters that break their bound (empty when convex)."""
+    """Human-readable list of constrained parameters that break their bounds (empty when convex)."""
     problems = []
-    for name, param, lower in constrained_parameters(model):
-        bad = param.detach() < lower
+    for name, param, bound in constrained_parameters(model):
+        if isinstance(bound, Bounds):
+            problems += bounds_violations(name, param.detach(), bound)
+            continue
+        bad = param.detach() < bound
         if bool(bad.any()):
             problems.append(
-                f"{name}: {int(bad.sum())} of {param.numel()} entries below {lower:g} "
+                f"{name}: {int(bad.sum())} of {param.numel()} entries below {bound:g} "
                 f"(min {float(param.detach().min()):.3g})"
             )
     return problems
+
+
+def bounds_violations(name: str, param: torch.Tensor, bound: Bounds) -> list[str]:
+    """One line naming ``param`` (called ``name``) and, for a 2D weight (out, in), the columns where it
+    leaves ``bound`` (the first 10); empty when it does not."""
+    lower, upper = bound.lower.to(param), bound.upper.to(param)
+    bad = (param < lower) | (param > upper)  # NaN is reported by the models' finiteness checks
+    if not bool(bad.any()):
+        return []
+    where = ""
+    if param.dim() == 2:
+        cols = torch.nonzero(bad.any(dim=0)).flatten().tolist()
+        more = f" and {len(cols) - 10} more" if len(cols) > 10 else ""
+        where = f" in column(s) {cols[:10]}{more}"
+    below, above = bool((param < lower).any()), bool((param > upper).any())
+    side = " and ".join(s for s, hit in (("below its lower bound", below), ("above its upper bound", above)) if hit)
+    return [
+        f"{name}: {int(bad.sum())} of {param.numel()} entries {side}{where}"
+        + (f" ({bound.meaning})" if bound.meaning else "")
+    ]
 
 
 class ICNN(nn.Module):
@@ -244,6 +333,36 @@ class ICNN(nn.Module):
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "widths": list(self.widths), "batch_norm": self.batch_norm}
+
+    def constrain_columns(self, column_sign: torch.Tensor) -> None:
+        """Make g nondecreasing in feature j where ``column_sign[j]`` = +1 and nonincreasing where it is −1.
+
+        Every pass-through layer U_k becomes a :class:`SignedLinear` with these column signs (its
+        weights kept, then w ↦ sign·|w| on the signed columns); with W_k ≥ 0, positive batch-norm
+        scales and nondecreasing ReLUs, ∂g/∂f_j is then a sum of nonnegative terms times the signs of
+        U's column j. :func:`project_` keeps the signs after every optimizer step.
+
+        Args:
+            column_sign: (d,) values in {−1, 0, +1}, d = number of features (flattened ``in_shape``).
+        """
+        layers = []
+        for old in self.passthrough:
+            lin = cast(nn.Linear, old)
+            new = SignedLinear(
+                lin.in_features, lin.out_features, column_sign.to(lin.weight.device), lin.bias is not None
+            )
+            new.to(lin.weight.device, lin.weight.dtype)
+            with torch.no_grad():
+                new.weight.copy_(lin.weight)
+                if lin.bias is not None:
+                    new.bias.copy_(lin.bias)
+            new.apply_signs_()
+            layers.append(new)
+        self.passthrough = nn.ModuleList(layers)
+
+    def column_signs(self) -> list[torch.Tensor | None]:
+        """The column signs (d,) each pass-through layer keeps (None for a layer that keeps none)."""
+        return [m.column_sign if isinstance(m, SignedLinear) else None for m in self.passthrough]
 
 
 class ConvexConvNet(nn.Module):
@@ -295,7 +414,7 @@ CONVEX_NETS: dict[str, type[nn.Module]] = {ICNN.kind: ICNN, ConvexConvNet.kind: 
 # the input keeps convexity); every later layer must carry its nonnegativity constraint.
 ALLOWED_SLOTS: dict[type[nn.Module], dict[str, tuple[type[nn.Module], ...]]] = {
     ICNN: {
-        "passthrough": (nn.Linear, NonnegLinear),
+        "passthrough": (nn.Linear, NonnegLinear, SignedLinear),
         "hidden": (NonnegLinear,),
         "norms": (PositiveBatchNorm, nn.Identity),
     },
