@@ -204,3 +204,19 @@ def test_export_carries_the_runs_threat_model_radii(tm_run, tmp_path):
     assert bool((torch.from_numpy(out["tm_radius_l1"]).double() <= lib.radii[1.0]).all())
     res = CliRunner().invoke(main, ["export", str(tm_run), "--out", str(tmp_path / "p.onnx"), "--no-threat-model"])
     assert res.exit_code == EXIT_OK and "tm_radius" not in res.output, res.output
+
+
+def test_monotone_features_by_column_name_certify_at_infinity_for_harmless_moves(folder, tmp_path):
+    out = tmp_path / "mono"
+    args = _run_args(folder, out, "--model-set", 'monotone={"increasing": ["links", "caps"]}')
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == EXIT_OK, res.output
+    assert read_run(out)["model"]["monotone"] == {"increasing": [0, 2], "decreasing": []}
+    model, x = asymcert.load(out), run_data(out).test.x
+    spam_only_adds = ThreatModel(increase_only=["links", "caps"], immutable=["words", "age"]).resolve(FEATURES, 4)
+    cert = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=spam_only_adds)
+    flagged = cert.sensitive
+    assert int(flagged.sum()) > 0 and all(bool(torch.isinf(cert.radii[p][flagged]).all()) for p in cert.radii)
+    res = CliRunner().invoke(main, _run_args(folder, tmp_path / "bad", "--model-set", 'monotone={"increasing": ["x"]}'))
+    assert res.exit_code == EXIT_REFUSED and "monotone: unknown feature(s) ['x']" in res.output
+    assert not (tmp_path / "bad").exists()

@@ -203,6 +203,7 @@ def plan_training(
     preset_overrides(task, preset)  # an unknown preset fails before the data is loaded
     data = data or task.load(Path(data_dir) if data_dir else None)
     model_cfg, train_cfg = _model_and_train_configs(task, data, preset, train_overrides, model_overrides)
+    model_cfg = _monotone_by_name(model_cfg, _feature_names(data))
     try:
         torch.manual_seed(train_cfg.seed)
         model = build_model(model_cfg)
@@ -243,6 +244,33 @@ def _attach_threat_model(record: RunRecord, task: Task, tm: ThreatModel | None) 
     own = task.threat_model is not None and tm.to_dict() == task.threat_model.to_dict()
     radii = task.threat_report_radii if own else {}
     record.report_radii = {norm_label(p): list(r) for p, r in radii.items()}
+
+
+def _monotone_by_name(model_cfg: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
+    """``model_cfg`` with the CSV column names in its ``monotone`` lists replaced by their indices.
+
+    Raises:
+        ConfigError: a name that is no column (listing the columns), or names for data without named columns.
+    """
+    monotone = model_cfg.get("monotone")
+    if not isinstance(monotone, dict):
+        return model_cfg
+    index = {n: i for i, n in enumerate(names or [])}
+    unknown = [
+        v
+        for values in monotone.values()
+        if isinstance(values, list)
+        for v in values
+        if isinstance(v, str) and v not in index
+    ]
+    if unknown:
+        columns = ", ".join(names[:10]) + (", …" if len(names or []) > 10 else "") if names else "none (not a CSV)"
+        raise ConfigError(f"monotone: unknown feature(s) {unknown}; the data's named columns: {columns}")
+    fixed = {
+        k: [index[v] if isinstance(v, str) else v for v in vs] if isinstance(vs, list) else vs
+        for k, vs in monotone.items()
+    }
+    return {**model_cfg, "monotone": fixed}
 
 
 def _feature_names(data: TaskData) -> list[str] | None:
