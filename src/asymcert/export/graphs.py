@@ -18,6 +18,7 @@ denominator's relative error is taken off as a relative slack (:data:`GRAPH_SLAC
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import cast
 
@@ -27,7 +28,7 @@ from torch import nn
 
 from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, constant_magnitude
 from asymcert.certify.functional import DEFAULT_SLACK
-from asymcert.certify.orthogonal import orthogonal_layers, score_error_bound
+from asymcert.certify.orthogonal import U64, orthogonal_layers, score_error_bound
 from asymcert.errors import ModelError
 from asymcert.models.baselines import OrthogonalNet
 from asymcert.models.feature_convex import FeatureConvexClassifier
@@ -393,9 +394,16 @@ class OrthogonalGraph(nn.Module):
     """Score, decision and ℓp radii of an :class:`~asymcert.models.baselines.OrthogonalNet` (``"mlp"`` arch).
 
     The layers are Shift → Flatten → (Linear with the deployed Cayley weights Q as constants → MaxMin)*
-    → Linear. The library's normwise error bound (:func:`~asymcert.certify.orthogonal.score_error_bound`)
-    is affine in ‖x − μ‖₂: a(x) = A·‖x − μ‖₂ + B, and b a constant; both are baked in (rounded up), so
-    r_p = (ŝ − 2·a(x)·INFLATE) / (L_p + b·c_p), rounded down.
+    → Linear, evaluated twice: in float32 (the graph's ``score`` and ``flagged``, the deployed model's
+    own arithmetic) and in float64 (the reference, as the library's default precision). The library's
+    normwise error bounds (:func:`~asymcert.certify.orthogonal.score_error_bound`) are affine in
+    ‖x − μ‖₂: a₃₂(x) = A·‖x − μ‖₂ + B for the float32 evaluation anywhere in the ball (plus b·r), a₆₄(x)
+    likewise for the float64 reference at x; the coefficients are baked in (rounded up), so
+
+        r_p = (ŝ₆₄ − INFLATE·(2·a₆₄(x) + a₃₂(x))) / (L_p + b·c_p) · (1 − GRAPH_SLACK),
+
+    the library's float64 certificate (with a₆₄ its reference's bound, taken twice so that the graph's
+    reference, computed with the deployed weights, never gives more), rounded down into float32.
 
     Raises:
         ModelError: a layer other than Shift, Flatten, CayleyLinear, MaxMin (the Fourier-domain
@@ -403,6 +411,7 @@ class OrthogonalGraph(nn.Module):
     """
 
     mu: torch.Tensor  # buffer (1, *input_shape): the Shift's μ
+    mu64: torch.Tensor  # the same in float64
 
     def __init__(self, model: OrthogonalNet, norms: tuple[float, ...]) -> None:
         super().__init__()
@@ -414,11 +423,15 @@ class OrthogonalGraph(nn.Module):
                 "only orthogonal nets of the 'mlp' arch export (Shift, Flatten, CayleyLinear, MaxMin layers)"
             )
         self.register_buffer("mu", layers[0].mean.detach().float().unsqueeze(0))
+        self.register_buffer("mu64", layers[0].mean.detach().float().double().unsqueeze(0))
         self.steps: list[str] = []
         for k, m in enumerate(layers[1:]):
             if isinstance(m, CayleyLinear):
-                self.register_buffer(f"q{k}", m.weight.detach().float().clone())
-                self.register_buffer(f"c{k}", _bias(m.bias, m.out_features).float())
+                weight, bias = m.weight.detach().float(), _bias(m.bias, m.out_features).float()
+                self.register_buffer(f"q{k}", weight.clone())
+                self.register_buffer(f"c{k}", bias.clone())
+                self.register_buffer(f"q64_{k}", weight.double())  # the deployed weights, exactly
+                self.register_buffer(f"c64_{k}", bias.double())
                 self.steps.append(f"linear{k}")
             elif isinstance(m, GroupSort):
                 if m.group_size != 2:
@@ -426,26 +439,55 @@ class OrthogonalGraph(nn.Module):
                 self.steps.append("maxmin")
         d = math.prod(model.input_shape)
         self.coef_a, self.coef_b, denominators = _orthogonal_constants(model, layers, norms, d)
-        self.norm_inflate = _up32(1.0 + (d + 4) * EPS32)
+        # the library's float64 reference (a float64 copy, weights recomputed) has error a_ref; ours uses the
+        # deployed weights exactly, so |ours − s| ≤ a_ref too and s ≤ ŝ_lib + a_ref: subtracting 2·a_ref keeps
+        # every radius at or below the library's
+        reference = orthogonal_layers(copy.deepcopy(model).double().eval())
+        self.coef_a64, self.coef_b64 = (2 * c for c in _affine_error(model, reference, layers, U64))
+        self.norm_inflate = 1.0 + (d + 4) * 2.0 * U64
         self.norms = tuple(norms)
         self.denominators = [_up32(v) for v in denominators]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        h = (x - self.mu).flatten(1)
-        diff = h.square().sum(1).sqrt() * self.norm_inflate
+    def _pass(self, h: torch.Tensor, suffix: str) -> torch.Tensor:
+        """The layers after the shift on h (N, d), with the constants ``q{suffix}k``/``c{suffix}k``."""
         for step in self.steps:
             if step == "maxmin":
                 a, b = h.chunk(2, dim=1)
                 h = torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
             else:
                 k = step[len("linear") :]
-                h = F.linear(h, getattr(self, f"q{k}"), getattr(self, f"c{k}"))
-        score = h.squeeze(1)
+                h = F.linear(h, getattr(self, f"q{suffix}{k}"), getattr(self, f"c{suffix}{k}"))
+        return h.squeeze(1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        score = self._pass((x - self.mu).flatten(1), "")
         flagged = score > 0
         if not self.norms:
             return score, flagged
-        margin = score - (2 * INFLATE) * (self.coef_a * diff + self.coef_b)
-        return (score, flagged, *[_radius(margin, torch.full_like(margin, den), flagged) for den in self.denominators])
+        h64 = (x.double() - self.mu64).flatten(1)
+        diff = h64.square().sum(1).sqrt() * self.norm_inflate
+        reference = self._pass(h64, "64_")
+        allowance = (self.coef_a + self.coef_a64) * diff + (self.coef_b + self.coef_b64)
+        margin = reference - INFLATE * allowance
+        radii = []
+        for den in self.denominators:
+            r = margin / den * (1.0 - GRAPH_SLACK) * (1.0 - EPS32)  # the last factor: the cast rounds up ≤ u32
+            radii.append(torch.where(flagged & (margin > 0), r, torch.zeros_like(r)).float())
+        return (score, flagged, *radii)
+
+
+def _affine_error(
+    model: OrthogonalNet, computing: list[nn.Module], ideal: list[nn.Module], u: float
+) -> tuple[float, float]:
+    """(A, B) with a(x) ≤ A·‖x − μ‖₂ + B: :func:`score_error_bound` at x of layers ``computing`` against the
+    deployed ``ideal`` ones at unit roundoff ``u``, from its values at ‖x − μ‖₂ = 0 and 1 (it is affine in
+    that norm; x = μ and μ + e₁, exact in float64), raised by 1e-6 relative."""
+    mu = cast(Shift, ideal[0]).mean.detach().double().reshape(1, -1)
+    xs = torch.cat([mu, mu + torch.nn.functional.one_hot(torch.tensor([0]), mu.shape[1]).double()])
+    with torch.no_grad():
+        a, _ = score_error_bound(computing, ideal, xs.reshape(2, *model.input_shape), u)
+    unit = float((xs[1] - xs[0]).norm())
+    return max(0.0, float(a[1] - a[0]) / unit) * (1 + 1e-6), float(a[0]) * (1 + 1e-6)
 
 
 def _orthogonal_constants(

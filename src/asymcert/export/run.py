@@ -8,7 +8,7 @@ from asymcert.checkpoint import load
 from asymcert.export.onnx import DEFAULT_NORMS, ExportError, output_names, to_onnx
 from asymcert.export.vnnlib import DEFAULT_TIMEOUT, to_vnnlib
 from asymcert.pipeline import run_data
-from asymcert.runfolder import read_run_record, run_threat_model
+from asymcert.runfolder import RUN_FILE, read_run_record, run_threat_model
 from asymcert.threat import ThreatModel
 
 FORMATS = ("onnx", "vnnlib")
@@ -42,7 +42,8 @@ def export_run(
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
-    tm = run_threat_model(read_run_record(run_dir), threat_model, plain)
+    has_record = (Path(run_dir) / RUN_FILE).is_file()  # a folder with only a saved model has no threat model
+    tm = run_threat_model(read_run_record(run_dir), threat_model, plain) if has_record else None
     model = load(run_dir)
     if fmt == "onnx":
         path = to_onnx(model, out, norms=norms, certificates=certificates, threat_model=tm)
