@@ -400,10 +400,10 @@ class OrthogonalGraph(nn.Module):
     ‖x − μ‖₂: a₃₂(x) = A·‖x − μ‖₂ + B for the float32 evaluation anywhere in the ball (plus b·r), a₆₄(x)
     likewise for the float64 reference at x; the coefficients are baked in (rounded up), so
 
-        r_p = (ŝ₆₄ − INFLATE·(2·a₆₄(x) + a₃₂(x))) / (L_p + b·c_p) · (1 − GRAPH_SLACK),
+        r_p = (ŝ₆₄ − (1 + 1e-9)·(a₆₄(x) + a₃₂(x))) / (L_p + b·c_p) · (1 − GRAPH_SLACK),
 
-    the library's float64 certificate (with a₆₄ its reference's bound, taken twice so that the graph's
-    reference, computed with the deployed weights, never gives more), rounded down into float32.
+    the library's float64 certificate (ŝ₆₄ from the same float64 copy of the model the library uses,
+    a₆₄ its bound), rounded down into float32.
 
     Raises:
         ModelError: a layer other than Shift, Flatten, CayleyLinear, MaxMin (the Fourier-domain
@@ -422,16 +422,17 @@ class OrthogonalGraph(nn.Module):
             raise ModelError(
                 "only orthogonal nets of the 'mlp' arch export (Shift, Flatten, CayleyLinear, MaxMin layers)"
             )
+        # the reference is the library's: a float64 copy of the model (Cayley weights recomputed in float64)
+        reference = orthogonal_layers(copy.deepcopy(model).double().eval())
         self.register_buffer("mu", layers[0].mean.detach().float().unsqueeze(0))
-        self.register_buffer("mu64", layers[0].mean.detach().float().double().unsqueeze(0))
+        self.register_buffer("mu64", cast(Shift, reference[0]).mean.detach().double().unsqueeze(0))
         self.steps: list[str] = []
-        for k, m in enumerate(layers[1:]):
-            if isinstance(m, CayleyLinear):
-                weight, bias = m.weight.detach().float(), _bias(m.bias, m.out_features).float()
-                self.register_buffer(f"q{k}", weight.clone())
-                self.register_buffer(f"c{k}", bias.clone())
-                self.register_buffer(f"q64_{k}", weight.double())  # the deployed weights, exactly
-                self.register_buffer(f"c64_{k}", bias.double())
+        for k, (m, ref) in enumerate(zip(layers[1:], reference[1:])):
+            if isinstance(m, CayleyLinear) and isinstance(ref, CayleyLinear):
+                self.register_buffer(f"q{k}", m.weight.detach().float().clone())
+                self.register_buffer(f"c{k}", _bias(m.bias, m.out_features).float())
+                self.register_buffer(f"q64_{k}", ref.weight.detach().double().clone())
+                self.register_buffer(f"c64_{k}", _bias(ref.bias, ref.out_features).double())
                 self.steps.append(f"linear{k}")
             elif isinstance(m, GroupSort):
                 if m.group_size != 2:
@@ -439,11 +440,7 @@ class OrthogonalGraph(nn.Module):
                 self.steps.append("maxmin")
         d = math.prod(model.input_shape)
         self.coef_a, self.coef_b, denominators = _orthogonal_constants(model, layers, norms, d)
-        # the library's float64 reference (a float64 copy, weights recomputed) has error a_ref; ours uses the
-        # deployed weights exactly, so |ours − s| ≤ a_ref too and s ≤ ŝ_lib + a_ref: subtracting 2·a_ref keeps
-        # every radius at or below the library's
-        reference = orthogonal_layers(copy.deepcopy(model).double().eval())
-        self.coef_a64, self.coef_b64 = (2 * c for c in _affine_error(model, reference, layers, U64))
+        self.coef_a64, self.coef_b64 = _affine_error(model, reference, layers, U64)
         self.norm_inflate = 1.0 + (d + 4) * 2.0 * U64
         self.norms = tuple(norms)
         self.denominators = [_up32(v) for v in denominators]
@@ -468,7 +465,7 @@ class OrthogonalGraph(nn.Module):
         diff = h64.square().sum(1).sqrt() * self.norm_inflate
         reference = self._pass(h64, "64_")
         allowance = (self.coef_a + self.coef_a64) * diff + (self.coef_b + self.coef_b64)
-        margin = reference - INFLATE * allowance
+        margin = reference - (1 + 1e-9) * allowance  # computed in float64: a relative 1e-9 covers its rounding
         radii = []
         for den in self.denominators:
             r = margin / den * (1.0 - GRAPH_SLACK) * (1.0 - EPS32)  # the last factor: the cast rounds up ≤ u32
