@@ -448,3 +448,44 @@ def test_std_scales_need_data_and_refuse_a_constant_feature():
         tm.with_data_scales(torch.tensor([0.5, 7.0, 0.0]), ["a", "b", "c"])
     with pytest.raises(ConfigError, match="must be a finite number > 0"):
         ThreatModel.from_dict({"scale": {"a": "stdev"}})
+
+
+def test_one_vs_rest_class_radii_are_in_the_threat_models_units_too():
+    torch.manual_seed(0)
+    model = build_model(
+        {
+            "kind": "one-vs-rest-convex",
+            "input_shape": [6],
+            "num_classes": 3,
+            "feature_map": [{"kind": "shift"}],
+            "convex": {"kind": "icnn", "widths": [12, 6]},
+        }
+    ).eval()
+    x = torch.rand(120, 6, generator=torch.Generator().manual_seed(2))
+    tm = ThreatModel(immutable=[0], scale={"*": 2.0}).resolve(None, 6)
+    plain = asymcert.certify(model, x, norms=(2, "inf"))
+    cert = asymcert.certify(model, x, norms=(2, "inf"), threat_model=tm)
+    assert cert.units == "threat-model units (δ_i / scale_i)"
+    for p, label in ((2.0, "l2"), (math.inf, "linf")):
+        torch.testing.assert_close(cert.radii[p], plain.radii[p] / 2, rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            cert.extra[f"class_radii_{label}"], plain.extra[f"class_radii_{label}"] / 2, rtol=1e-12, atol=0
+        )
+    flagged = cert.extra["predicted_flagged"].bool() & (cert.radii[2.0] > 0)
+    assert int(flagged.sum()) > 10
+    for c in cert.predicted[flagged].unique().tolist():  # the predicted class's flag survives the attack
+        rows = flagged & (cert.predicted == c)
+        score_c = _ClassScore(model, c)
+        adv = threat_attack(
+            score_c, x[rows], cert.radii[2.0][rows] * 0.999, 2, tm, steps=60, generator=torch.Generator().manual_seed(0)
+        )
+        assert bool((score_c(adv) > 0).all())
+
+
+class _ClassScore(torch.nn.Module):
+    def __init__(self, model, k):
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, x):
+        return self.model(x)[:, self.k]

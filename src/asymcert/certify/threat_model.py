@@ -29,12 +29,14 @@ threat-model size r changes at most the movable coordinates, each by ≤ scale_i
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from asymcert.certify.feature_convex import flag_certificate, flag_margins
 from asymcert.certify.functional import dual_norm, safe_radius
+from asymcert.certify.one_vs_rest import certify_one_vs_rest, class_radii_key
 from asymcert.certify.result import Certificate
 from asymcert.errors import ConfigError
 from asymcert.nn.feature_maps import coordinate_slopes
@@ -42,8 +44,16 @@ from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 if TYPE_CHECKING:
     from asymcert.models.feature_convex import FeatureConvexClassifier
+    from asymcert.models.one_vs_rest import OneVsRestConvex
 
-__all__ = ["fallback_radii", "feature_convex_threat", "harm_coefficients", "resolve_for", "threat_lower_bound"]
+__all__ = [
+    "fallback_radii",
+    "feature_convex_threat",
+    "harm_coefficients",
+    "one_vs_rest_threat",
+    "resolve_for",
+    "threat_lower_bound",
+]
 
 EPS64 = torch.finfo(torch.float64).eps
 
@@ -140,7 +150,7 @@ def feature_convex_threat(
 def fallback_radii(
     raw: dict[float, torch.Tensor], threat_model: ResolvedThreatModel, x: torch.Tensor
 ) -> dict[float, torch.Tensor]:
-    """Raw-unit ℓp radii (N,) → threat-model radii: R / max_{movable i} scale_i, rounded down.
+    """Raw-unit ℓp radii (N,) or (N, K) → threat-model radii: R / max_{movable i} scale_i, rounded down.
 
     An input none of whose features may move keeps any positive radius as ``inf`` (no allowed move
     exists); 0 stays 0.
@@ -149,10 +159,23 @@ def fallback_radii(
     out = {}
     for p, r in raw.items():
         r = r.double()
-        scaled = torch.where(top > 0, r / top.clamp_min(torch.finfo(torch.float64).tiny), torch.full_like(r, math.inf))
+        t = top if r.dim() == 1 else top[:, None]
+        scaled = torch.where(t > 0, r / t.clamp_min(torch.finfo(torch.float64).tiny), torch.full_like(r, math.inf))
         scaled = torch.where(torch.isinf(scaled), scaled, torch.nextafter(scaled, torch.zeros_like(scaled)))
         out[p] = torch.where(r > 0, scaled, torch.zeros_like(r))
     return out
+
+
+def one_vs_rest_threat(
+    model: OneVsRestConvex, x: torch.Tensor, norms: tuple[float, ...], threat_model: ResolvedThreatModel, **options: Any
+) -> Certificate:
+    """One-vs-rest certificates under a threat model: the generic fallback for the predicted class's radius
+    and for every class's radius (``extra["class_radii_<norm>"]`` (N, K)), so that all are in its units."""
+    cert = certify_one_vs_rest(model, x, norms, **options)
+    per_class = fallback_radii({p: cert.extra[class_radii_key(p)] for p in norms}, threat_model, x)
+    extra = {**cert.extra, **{class_radii_key(p): r for p, r in per_class.items()}}
+    radii = fallback_radii(cert.radii, threat_model, x)
+    return replace(cert, radii=radii, extra=extra, units=threat_model.units())
 
 
 def threat_lower_bound(

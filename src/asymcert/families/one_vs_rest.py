@@ -7,6 +7,7 @@ from typing import Any
 from asymcert.certify.api import CertifierSpec
 from asymcert.certify.one_vs_rest import OneVsRestOptions, certify_one_vs_rest
 from asymcert.certify.result import Guarantee
+from asymcert.certify.threat_model import one_vs_rest_threat
 from asymcert.families.contract import Family, TaskFacts
 from asymcert.models.one_vs_rest import DEFAULT_CONFIG, OneVsRestConvex, task_model_settings
 from asymcert.train.one_vs_rest import ONE_VS_REST_TRAIN_DEFAULTS, OneVsRestRecipe
@@ -14,6 +15,7 @@ from asymcert.train.one_vs_rest import ONE_VS_REST_TRAIN_DEFAULTS, OneVsRestReci
 CERTIFIER = CertifierSpec(
     name="one-vs-rest-convex",
     run=certify_one_vs_rest,
+    threat_run=one_vs_rest_threat,
     options=OneVsRestOptions,
     guarantees=frozenset({Guarantee.FLAG}),
     precision="float64 autograd per member, minus an absolute bound on the score's rounding",
