@@ -475,7 +475,7 @@ def test_one_vs_rest_class_radii_are_in_the_threat_models_units_too():
     assert int(flagged.sum()) > 10
     for c in cert.predicted[flagged].unique().tolist():  # the predicted class's flag survives the attack
         rows = flagged & (cert.predicted == c)
-        score_c = _ClassScore(model, c)
+        score_c = _ClassScore(model, c).eval()
         adv = threat_attack(
             score_c, x[rows], cert.radii[2.0][rows] * 0.999, 2, tm, steps=60, generator=torch.Generator().manual_seed(0)
         )

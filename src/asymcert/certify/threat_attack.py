@@ -80,6 +80,33 @@ def _one_run(
     return best, found
 
 
+def _restarts(
+    model: nn.Module,
+    xr: torch.Tensor,
+    eps_t: torch.Tensor,
+    y: torch.Tensor,
+    geometry: tuple,
+    restarts: int,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The best u (N, d) over ``restarts`` runs; inputs already flipped are not attacked again."""
+    p, scale, low, high, steps, shape = geometry
+    best = torch.zeros_like(xr)
+    todo = torch.ones(xr.shape[0], dtype=torch.bool, device=xr.device)
+    for restart in range(max(1, restarts)):
+        rows = torch.nonzero(todo).flatten()
+        if rows.numel() == 0:
+            break
+        start = torch.zeros_like(xr[rows])
+        if restart:
+            noise = torch.rand(start.shape, generator=generator, dtype=xr.dtype) * 2 - 1
+            start = noise.to(xr.device) * eps_t[rows, None]
+            start = project_lp_ball(torch.minimum(torch.maximum(start, low[rows]), high[rows]), eps_t[rows], p)
+        u, ok = _one_run(model, xr[rows], eps_t[rows], y[rows], start, (p, scale, low[rows], high[rows], steps, shape))
+        best[rows], todo[rows[ok]] = u, False
+    return best
+
+
 def threat_attack(
     model: nn.Module,
     x: torch.Tensor,
@@ -114,22 +141,10 @@ def threat_attack(
     xr = x.detach().reshape(n, -1)
     low, high = (b.to(x.dtype) for b in _u_box(xr, threat_model))
     scale = threat_model.scale.to(x.device, x.dtype)[None]
-    with eval_mode(model), torch.no_grad():
-        y = _decide(_forward(model, x.detach()))
-    best = torch.zeros_like(xr)
-    todo = torch.ones(n, dtype=torch.bool, device=x.device)
-    for restart in range(max(1, restarts)):
-        rows = torch.nonzero(todo).flatten()
-        if rows.numel() == 0:
-            break
-        start = torch.zeros_like(xr[rows])
-        if restart:
-            noise = torch.rand(start.shape, generator=generator, dtype=x.dtype) * 2 - 1
-            start = noise.to(x.device) * eps_t[rows, None]
-            start = project_lp_ball(torch.minimum(torch.maximum(start, low[rows]), high[rows]), eps_t[rows], p)
-        geometry = (p, scale, low[rows], high[rows], steps, shape)
-        u, ok = _one_run(model, xr[rows], eps_t[rows], y[rows], start, geometry)
-        best[rows], todo[rows[ok]] = u, False
+    with eval_mode(model):  # the whole attack in eval mode (batch norm with running statistics)
+        with torch.no_grad():
+            y = _decide(_forward(model, x.detach()))
+        best = _restarts(model, xr, eps_t, y, (p, scale, low, high, steps, shape), restarts, generator)
     x_adv = threat_model.project(x.detach(), (xr + best * scale).reshape(x.shape))
     legal = move_sizes(x, x_adv, threat_model, p).to(x.device) <= eps64
     return torch.where(legal.reshape((-1,) + (1,) * len(shape)), x_adv, x.detach())
