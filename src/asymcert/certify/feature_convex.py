@@ -318,9 +318,15 @@ def certify_feature_convex(
             below the precision's allowance.
     """
     ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
+    return flag_certificate(flagged, lp_radii(model, ref, margin, norms, slack), own_score)
+
+
+def lp_radii(
+    model: FeatureConvexClassifier, ref: Reference, margin: torch.Tensor, norms: tuple[float, ...], slack: float
+) -> dict[float, torch.Tensor]:
+    """r_p = margin / (Lip_p(φ)·‖G‖_{p*}) rounded down, per norm: (N,) float64 each, raw input units."""
     grad_bound = ref.grad_bound
-    radii = {p: safe_radius(margin, model.feature_lipschitz(p) * dual_norm(grad_bound, p), slack) for p in norms}
-    return flag_certificate(flagged, radii, own_score)
+    return {p: safe_radius(margin, model.feature_lipschitz(p) * dual_norm(grad_bound, p), slack) for p in norms}
 
 
 def flag_certificate(

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from asymcert.certify.feature_convex import flag_certificate, flag_margins
+from asymcert.certify.feature_convex import flag_certificate, flag_margins, lp_radii
 from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.one_vs_rest import certify_one_vs_rest, class_radii_key
 from asymcert.certify.result import Certificate
@@ -139,9 +139,7 @@ def feature_convex_threat(
     ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
     costs = _move_costs(model, ref.grad, ref.grad_error, x, threat_model)
     if costs is None:
-        denominators = {p: model.feature_lipschitz(p) * dual_norm(ref.grad_bound, p) for p in norms}
-        raw = {p: safe_radius(margin, d, slack) for p, d in denominators.items()}
-        radii = fallback_radii(raw, threat_model, x)
+        radii = fallback_radii(lp_radii(model, ref, margin, norms, slack), threat_model, x)
     else:
         radii = {p: safe_radius(margin, dual_norm(costs, p), slack) for p in norms}
     return flag_certificate(flagged, radii, own_score, threat_model.units())

@@ -41,7 +41,7 @@ from asymcert.data.tasks import (
     split_train_val,
     task_data_from_arrays,
 )
-from asymcert.data.user import tabular_radii
+from asymcert.data.user import IMAGE_TRAIN, tabular_radii
 from asymcert.errors import DataError
 
 INF = math.inf
@@ -84,15 +84,7 @@ BREAST_CANCER_RADII: dict[float, tuple[float, ...]] = {
     INF: (0.00073, 0.0015, 0.0036, 0.0073),
 }
 
-FEATURE_CONVEX_TRAIN = {
-    "epochs": 60,
-    "batch_size": 64,
-    "lr": 1e-3,
-    "optimizer": "sgd",
-    "momentum": 0.9,
-    "lr_decay": 0.99,
-    "jacobian_reg": 0.01,
-}
+FEATURE_CONVEX_TRAIN = IMAGE_TRAIN  # the authors' recipe, also the default for a user's image folder
 LINF_DIST_MODEL = {"kind": "linf-dist", "widths": [1024] * 4}  # 4 hidden + the output layer: 5 layers
 LINF_DIST_TRAIN = {
     "epochs": 100,
