@@ -29,6 +29,7 @@ from torch import nn
 from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, constant_magnitude
 from asymcert.certify.functional import DEFAULT_SLACK
 from asymcert.certify.orthogonal import U64, orthogonal_layers, score_error_bound
+from asymcert.certify.threat_model import harm_coefficients
 from asymcert.errors import ModelError
 from asymcert.models.baselines import OrthogonalNet
 from asymcert.models.feature_convex import FeatureConvexClassifier
@@ -243,25 +244,15 @@ class FeatureConvexGraph(nn.Module):
         return (score, flagged, *radii, *[_radius(margin, dual_norm32(costs, p), flagged) for p in self.norms])
 
 
-def _round32(t: torch.Tensor, up: bool) -> torch.Tensor:
-    """A float64 tensor as float32, every entry rounded up (``up``) or down, so a baked-in bound stays one."""
-    f = t.double().float()
-    toward = torch.full_like(f, math.inf if up else -math.inf)
-    wrong = f.double() < t.double() if up else f.double() > t.double()
-    return torch.where(wrong, torch.nextafter(f, toward), f)
-
-
 class ThreatTerms(nn.Module):
-    """The threat model's move costs a (N, n) in plain ops (:mod:`asymcert.certify.threat_model`): per input
-    coordinate, scale · the largest harm over the directions allowed at x, from ∇g and φ's slope intervals.
-
-    Constants are rounded outward (slope and scale bounds up in magnitude, the domain so that a direction
-    the library allows is allowed here too); the K-term sums carry the absolute allowance
-    (K + 1)·eps32·Σ|terms|·INFLATE. ``coordinate_wise`` False: φ declares no slopes, and the graph uses the
-    generic fallback (raw radius / the largest movable scale).
+    """The threat model's move costs a (N, n) in the graph: the library's own
+    :func:`~asymcert.certify.threat_model.harm_coefficients` and allowed directions, in float64 (ONNX
+    double operations) with φ's slope intervals, the scales and the domain as exact float64 constants,
+    so the graph's costs are the library's. ``coordinate_wise`` False: φ declares no slopes, and the
+    graph uses the generic fallback (raw radius / the largest movable scale).
     """
 
-    lo: torch.Tensor  # buffers: (K, n) slope bounds, (n,) scale, domain and allowed directions
+    lo: torch.Tensor  # float64 buffers: (K, n) slope bounds, (n,) scale, domain and allowed directions
     hi: torch.Tensor
     scale: torch.Tensor
     lower: torch.Tensor
@@ -275,35 +266,32 @@ class ThreatTerms(nn.Module):
         slopes = coordinate_slopes(phi, n)
         self.coordinate_wise = slopes is not None
         lo, hi = slopes if slopes is not None else (torch.zeros(1, n), torch.zeros(1, n))
-        self.register_buffer("lo", _round32(lo, up=False))
-        self.register_buffer("hi", _round32(hi, up=True))
-        self.register_buffer("scale", _round32(tm.scale, up=True))
-        self.register_buffer("lower", _round32(tm.lower, up=False))
-        self.register_buffer("upper", _round32(tm.upper, up=True))
+        self.register_buffer("lo", lo.double().clone())
+        self.register_buffer("hi", hi.double().clone())
+        self.register_buffer("scale", tm.scale.double().clone())
+        self.register_buffer("lower", tm.lower.double().clone())
+        self.register_buffer("upper", tm.upper.double().clone())
         self.register_buffer("can_increase", tm.can_increase.clone())
         self.register_buffer("can_decrease", tm.can_decrease.clone())
-        self.allowance = _up32((lo.shape[0] + 1) * EPS32 * INFLATE)
 
     def directions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(up, down) (N, n) bool: where each coordinate of x (N, n) may move up / down."""
-        return self.can_increase & (x < self.upper), self.can_decrease & (x > self.lower)
+        """(up, down) (N, n) bool: where each coordinate of x (N, n) may move up / down (as
+        :meth:`~asymcert.threat.ResolvedThreatModel.directions`: compared in float64)."""
+        x64 = x.double()
+        return self.can_increase & (x64 < self.upper), self.can_decrease & (x64 > self.lower)
 
     def costs(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """a (N, n) float32 from raw inputs x (N, n) and ∇g (N, K·n)."""
-        k, n = self.lo.shape
-        w = grad.reshape(-1, k, n)
-        corners = torch.stack([w * self.lo, w * self.hi])
-        low, high = corners.amin(dim=0), corners.amax(dim=0)
-        up_harm = torch.relu(-low.sum(dim=1) + self.allowance * low.abs().sum(dim=1))
-        down_harm = torch.relu(high.sum(dim=1) + self.allowance * high.abs().sum(dim=1))
+        """a (N, n) float32, never below the float64 costs, from raw inputs x (N, n) and ∇g (N, K·n)."""
+        up_harm, down_harm = harm_coefficients(grad, grad, self.lo, self.hi)
         up, down = self.directions(x)
         zero = torch.zeros_like(up_harm)
-        return torch.maximum(torch.where(up, up_harm, zero), torch.where(down, down_harm, zero)) * self.scale
+        costs = torch.maximum(torch.where(up, up_harm, zero), torch.where(down, down_harm, zero)) * self.scale
+        return (costs * (1.0 + EPS32)).float()  # the cast rounds by at most u32: raised first
 
     def fallback(self, x: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
         """Raw ℓp radii (N,) → threat-model radii: r / max_{movable i} scale_i, rounded down (∞ if none moves)."""
         up, down = self.directions(x)
-        top = torch.where(up | down, self.scale, torch.zeros_like(self.scale)).amax(dim=1)
+        top = torch.where(up | down, self.scale, torch.zeros_like(self.scale)).amax(dim=1).float()
         scaled = radius / top * (1.0 - 4 * EPS32)
         return torch.where(radius > 0, scaled, torch.zeros_like(radius))
 
