@@ -425,9 +425,8 @@ def _certify_norms(run_dir: str, norms: str | None, tm: ThreatModel | None, plai
     """--norms, else the threat model's norms (the given one, else the run's own), else 1, 2, ∞."""
     if norms is not None:
         return _norms(norms)
-    own = None if plain else tm or read_run_record(run_dir).threat_model
-    named = (ThreatModel.from_dict(own) if isinstance(own, dict) else own).default_norms() if own else ()
-    return named or DEFAULT_NORMS
+    resolved = run_threat_model(read_run_record(run_dir), tm, plain)
+    return (resolved.norms if resolved is not None else ()) or DEFAULT_NORMS
 
 
 @main.command()

@@ -606,7 +606,6 @@ def run_task(
     """
     CertifySettings(limit=limit).check()
     plan = plan_training(task_spec, preset, train_overrides, model_overrides, data_dir, None, threat_model, plain)
-    tm = plan.record.threat_model
-    norms = ThreatModel.from_dict(tm).default_norms() if tm is not None else ()
-    settings = CertifySettings(limit=limit, norms=norms or DEFAULT_NORMS)
+    tm = run_threat_model(plan.record)
+    settings = CertifySettings(limit=limit, norms=(tm.norms if tm is not None else ()) or DEFAULT_NORMS)
     return run_pipeline(plan, out_dir, settings, progress=progress, log=log, report=report).report
