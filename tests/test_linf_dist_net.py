@@ -149,6 +149,25 @@ def test_loss_values_on_hand_made_logits():
     assert s.grad is not None and s.grad.abs() > 0
 
 
+def test_asymmetric_gaps_keep_a_clean_margin_for_non_sensitive_inputs():
+    recipe = LinfDistRecipe(TrainConfig.from_dict({**LINF_TRAIN_DEFAULTS, "device": "cpu"}))
+    logits = torch.tensor([[0.0, 3.0], [0.0, -0.1], [1.0, 0.5], [0.0, 0.5]])
+    y = torch.tensor([0, 0, 1, 1])
+    gaps = recipe.asymmetric_gaps(logits, y, theta=2.0, robust=None)
+    # y = 0: nominal gap g1 − g0 plus 0.1·θ; y = 1: g0 − g1 plus θ (the plain net's robust bound)
+    torch.testing.assert_close(gaps[:, 1][:2], torch.tensor([3.2, 0.1]))
+    torch.testing.assert_close(gaps[:, 0][2:], torch.tensor([2.5, 1.5]))
+    _, hinge, _ = mixture_loss(logits, y, 2.0, 0.0, 1.0, upper_gaps=gaps)
+    # clip(·/θ, 0, 1): 1, 0.05 (non-sensitive) and 1, 0.75 (sensitive)
+    assert hinge.item() == pytest.approx((1.0 + 0.05 + 1.0 + 0.75) / 4)
+    # "flag everything" is not free: every non-sensitive input flagged by a clear margin costs a full hinge
+    flag_all = torch.tensor([[0.0, 5.0]] * 4)
+    _, h_all, _ = mixture_loss(flag_all, y, 2.0, 0.0, 1.0, upper_gaps=recipe.asymmetric_gaps(flag_all, y, 2.0, None))
+    assert h_all.item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="clean_margin"):
+        LinfDistRecipe(TrainConfig.from_dict({**LINF_TRAIN_DEFAULTS, "extra": {"clean_margin": -1}}))
+
+
 # ------------------------------------------------------------------ model contract
 
 
