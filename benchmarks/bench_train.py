@@ -26,6 +26,7 @@ from common import machine, write_results  # benchmarks/common.py
 
 import asymcert
 from asymcert.compare import method_specs
+from asymcert.data.builtin import FASHION_SHIRTS_MODEL, FASHION_SHIRTS_TRAIN
 from asymcert.data.tasks import Dataset
 from asymcert.models import build_model
 from asymcert.models.linf_dist_net import task_model_settings
@@ -40,7 +41,7 @@ FASHION_CONV = {
     "convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2},
 }
 FAMILY_NAMES = {
-    "convex": "feature-convex conv (Fashion, λ = 0.01)",
+    "convex": "feature-convex default (ICNN 4096, margin loss)",
     "linf-dist": "ℓ∞-dist net 4 × 512",
     "smoothing": "smoothing base MLP 256-256 (noise training)",
     "orthogonal": "orthogonal MLP 256 × 3",
@@ -53,17 +54,17 @@ def family_setup(name: str) -> tuple[torch.nn.Module, TrainConfig, dict]:
     """A family's model for binary 28×28 inputs and its CPU training settings, as `asymcert compare` builds them."""
     spec = method_specs()[name]
     base = {"input_shape": [1, 28, 28], "input_range": [0.0, 1.0]}
-    if spec["model"] is None:
-        cfg = {**FASHION_CONV, **base}
-        train = {"jacobian_reg": 0.01, **spec["train"]}
+    if spec.model is None:  # the task's default: fashion-mnist-shirts' model and recipe
+        cfg = {**FASHION_SHIRTS_MODEL, **base}
+        train = {**FASHION_SHIRTS_TRAIN, **spec.train}
     else:
-        cfg = {**spec["model"], **base}
-        if spec["family"] == "linf-dist":
+        cfg = {**spec.model, **base}
+        if spec.family == "linf-dist":
             cfg.update(task_model_settings(True, 2))
-        train = dict(spec["train"])
-    certify_options = {k: v for k, v in spec["certify"].items() if k != "method"}
+        train = dict(spec.train)
+    certify_options = {k: v for k, v in spec.certify.items() if k != "method"}
     certify_options.update(CERTIFY_OPTIONS.get(name, {}))
-    return build_model(cfg), TrainConfig.from_dict(train), {"method": spec["certify"].get("method"), **certify_options}
+    return build_model(cfg), TrainConfig.from_dict(train), {"method": spec.certify.get("method"), **certify_options}
 
 
 def family_rates(name: str, x: torch.Tensor, y: torch.Tensor, xc: torch.Tensor, steps: int) -> dict:
