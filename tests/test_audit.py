@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import asymcert
+from asymcert import audit as audit_module
 from asymcert.audit import audit, audit_run
 from asymcert.certify import api as certify_api
 from asymcert.cli import EXIT_CHECK_FAILED, EXIT_OK, main
@@ -68,6 +69,37 @@ def test_inflated_certificates_are_caught(icnn_and_inputs, monkeypatch):
         assert item["attack"]["flips"] > 0.8 * item["attack"]["attacked"]
         assert item["exact"]["violations"] == item["attack"]["attacked"]
         assert item["exact"]["max_certified_over_exact"] > 2.0
+
+
+def test_large_models_get_exact_radii_by_cutting_planes(icnn_and_inputs, monkeypatch):
+    # a model above the program's size limit is bracketed by cutting planes; its exact column is the
+    # checked upper bound, equal to the program's exact radius within the bracket's tolerance
+    model, x = icnn_and_inputs
+    small = audit(model, x, norms=(1, 2, math.inf), steps=5, restarts=1)
+    monkeypatch.setattr(audit_module, "EXACT_PROGRAM_MAX_NONZEROS", 0)
+    large = audit(model, x, norms=(1, 2, math.inf), steps=5, restarts=1)
+    assert large["violations"] == 0
+    for label in ("l1", "l2", "linf"):
+        ex_small = small["methods"]["feature-convex"]["norms"][label]["exact"]
+        ex = large["methods"]["feature-convex"]["norms"][label]["exact"]
+        assert ex["available"] and "cutting planes" in ex["method"] and ex["not_met"] == 0
+        assert "cutting planes" not in ex_small.get("method", "")
+        for key in ("min", "median", "max"):
+            assert ex["exact"][key] == pytest.approx(ex_small["exact"][key], rel=2e-3)
+    # inflated certificates are caught by the cut path's upper bounds too
+    sound = certify_api._CERTIFIERS["feature-convex"]
+
+    def inflated(model, x, norms, **options):
+        cert = sound.run(model, x, norms, **options)
+        cert.radii = {p: r * 1.2 for p, r in cert.radii.items()}
+        cert.method = "test-inflated"
+        return cert
+
+    monkeypatch.setitem(
+        certify_api._CERTIFIERS, "test-inflated", dataclasses.replace(sound, name="test-inflated", run=inflated)
+    )
+    report = audit(model, x, norms=(2,), methods=["test-inflated"], steps=5, restarts=1)
+    assert report["methods"]["test-inflated"]["norms"]["l2"]["exact"]["violations"] > 0
 
 
 def test_models_without_exact_radii_are_reported_not_failed():

@@ -37,6 +37,7 @@ from asymcert.certify.bounded_icnn import icnn_bounded_pass, supports_bounded_ic
 from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
 from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_roundoff
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee
+from asymcert.certify.tangent_cuts import TangentCuts, multi_cut_feature_radii, tangent_margins
 from asymcert.nn.convex import ICNN, ConvexConvNet
 
 if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
@@ -268,6 +269,20 @@ class FeatureConvexOptions:
     slack: float | None = None
     guard: bool = True
     validate: bool = True
+    cuts: int = 0
+
+
+def check_cuts(cuts: object) -> int:
+    """The ``cuts`` option as an int: 0 or 1 (the closed form) or K ≥ 2 tangent planes.
+
+    Raises:
+        UnsoundOptionError: anything else (a bool, a float, a negative number).
+    """
+    if isinstance(cuts, bool) or not isinstance(cuts, int) or cuts < 0:
+        raise UnsoundOptionError(
+            f"cuts must be an integer ≥ 0 (0: the closed form; K ≥ 2: K tangent planes), got {cuts!r}"
+        )
+    return cuts
 
 
 def certify_feature_convex(
@@ -278,6 +293,7 @@ def certify_feature_convex(
     slack: float | None = None,
     guard: bool = True,
     validate: bool = True,
+    cuts: int = 0,
 ) -> Certificate:
     """Certificates of a :class:`~asymcert.models.FeatureConvexClassifier` for a batch.
 
@@ -306,6 +322,10 @@ def certify_feature_convex(
         guard: also reserve :func:`float_guard` for the rounding of the deployed model's own
             evaluation at the attacked point, so that its decision, not only the exact function's, is
             certified. ``guard=False`` certifies the exact real-valued function s.
+        cuts: 0 (default): the closed form above. K ≥ 2: also the multi-cut certificate of
+            :mod:`asymcert.certify.tangent_cuts` (K tangent planes of g along a Kelley path, combined by
+            a fitted λ, float64 with the same rounding bounds and guard), and each radius is the larger
+            of the two: never below the closed form; K − 1 more forward/backward passes per norm.
     Returns:
         Certificate with ``predicted`` 1 where the model's own s(x) > 0, radii (N,) float64 in raw
         input units (0 where not flagged, or where the margin is not positive), ``extra["score"]``.
@@ -317,8 +337,51 @@ def certify_feature_convex(
         UnsoundOptionError: an unknown precision, "bounded" where it does not apply, or a slack
             below the precision's allowance.
     """
+    cuts = check_cuts(cuts)
     ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
-    return flag_certificate(flagged, lp_radii(model, ref, margin, norms, slack), own_score)
+    radii = lp_radii(model, ref, margin, norms, slack)
+    if cuts > 1:
+        more = tangent_cut_radii(model, x, norms, cuts, guard, slack)
+        radii = {p: torch.where(flagged, torch.maximum(r, more[p].to(r)), r) for p, r in radii.items()}
+    return flag_certificate(flagged, radii, own_score)
+
+
+def tangent_cut_radii(
+    model: FeatureConvexClassifier, x: torch.Tensor, norms: tuple[float, ...], cuts: int, guard: bool, slack: float
+) -> dict[float, torch.Tensor]:
+    """Multi-cut radii per norm: (N,) float64 raw input units, sound for any Lipschitz φ (0 where s ≤ margin).
+
+    Float64 scores and gradients (:func:`reference_error` at "float64" per cut point), the deployed
+    model's :func:`float_guard` at the worst cut point when ``guard``; see
+    :func:`~asymcert.certify.tangent_cuts.multi_cut_feature_radii`.
+    """
+    m64 = _float64_copy(model)
+    n = x.shape[0]
+    with eval_mode(m64), torch.no_grad():
+        f0 = m64.features(x.double())
+    z0, shape = f0.reshape(n, -1), tuple(f0.shape[1:])
+
+    def score_grad(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with eval_mode(m64), torch.enable_grad():
+            f = z.reshape((n, *shape)).detach().requires_grad_(True)
+            s = m64.score_from_features(f)
+            (grad,) = torch.autograd.grad(s.sum(), f)
+        return s.detach().double(), grad.reshape(n, -1).double()
+
+    def error(z: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return reference_error(model, z, w, s, "float64")
+
+    def band(z: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return float_guard(model, z, w, s)
+
+    s0, w0 = score_grad(z0)
+    first = TangentCuts(tangent_margins(z0, z0, s0, w0, error(z0, w0, s0))[:, None], w0[:, None])
+    return {
+        p: multi_cut_feature_radii(
+            score_grad, error, band if guard else None, z0, first, p, model.feature_lipschitz(p), slack, cuts
+        )
+        for p in norms
+    }
 
 
 def lp_radii(

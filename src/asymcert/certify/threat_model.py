@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from asymcert.certify.feature_convex import flag_certificate, flag_margins, lp_radii
+from asymcert.certify.feature_convex import check_cuts, flag_certificate, flag_margins, lp_radii
 from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.one_vs_rest import certify_one_vs_rest, class_radii_key
 from asymcert.certify.result import Certificate
@@ -129,13 +129,22 @@ def feature_convex_threat(
     slack: float | None = None,
     guard: bool = True,
     validate: bool = True,
+    cuts: int = 0,
 ) -> Certificate:
     """Feature-convex certificates under a threat model, one forward and one backward pass.
 
     Same options, decisions and margins as :func:`~asymcert.certify.feature_convex.certify_feature_convex`;
     radii (N,) float64 are in threat-model units (‖δ / scale‖_p) and hold for every move the threat
     model allows. A φ that is not coordinate-wise gets the generic fallback (:func:`fallback_radii`).
+
+    Raises:
+        ConfigError: ``cuts`` ≥ 2: multi-cut certificates are not available under a threat model.
     """
+    if check_cuts(cuts) > 1:
+        raise ConfigError(
+            f"cuts = {cuts}: multi-cut certificates are not available under a threat model "
+            "(use cuts=0, or certify without the threat model)"
+        )
     ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
     costs = _move_costs(model, ref.grad, ref.grad_error, x, threat_model)
     if costs is None:
