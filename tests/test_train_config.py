@@ -35,6 +35,7 @@ BAD = {
     "margin_warmup": [-0.1, 1.5],
     "sensitive_weight": [0, -1],
     "train_at_balance": [1, "yes"],
+    "ensemble_training": ["average", 1],
     "seed": [-1, 2**63, 1.0],
     "device": ["tpu9", "meta", "cuda:x", 3, ""],
     "augment": ["nope", 1, None],

@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_labe
 from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.checkpoint import load
 from asymcert.errors import InputError
+from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.threat import ResolvedThreatModel
 
 __all__ = ["audit", "audit_run", "write_report"]
@@ -382,7 +383,8 @@ def _exact_by_cuts(
     """
     limit = None if time_limit is None else time_limit * max(1, int(x.shape[0]))
     t0 = time.perf_counter()
-    res = bracket_radius(model, x, p, EXACT_CUTS_TOL, EXACT_CUTS_ROUNDS, limit, threat_model=tm)
+    fc = cast(FeatureConvexClassifier, model)  # _exact_support admitted it: a feature-convex chain
+    res = bracket_radius(fc, x, p, EXACT_CUTS_TOL, EXACT_CUTS_ROUNDS, limit, threat_model=tm)
     statuses: dict[str, int] = {}
     for status in res.status:
         statuses[status] = statuses.get(status, 0) + 1

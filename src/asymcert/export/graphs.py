@@ -34,7 +34,7 @@ from asymcert.errors import ModelError
 from asymcert.models.baselines import OrthogonalNet
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.models.linf_dist_net import LinfDistNet
-from asymcert.nn.convex import ICNN, ConvexConvNet
+from asymcert.nn.convex import ICNN, ConvexConvNet, ConvexMean
 from asymcert.nn.feature_maps import Shift, coordinate_slopes
 from asymcert.nn.mean_shift import MeanShift
 from asymcert.nn.orthogonal import CayleyLinear, GroupSort
@@ -216,6 +216,11 @@ class FeatureConvexGraph(nn.Module):
             self.g: nn.Module = _ICNNPass(model.convex)
         elif isinstance(model.convex, ConvexConvNet):
             self.g = _ConvexConvPass(model.convex)
+        elif isinstance(model.convex, ConvexMean):
+            raise ModelError(
+                "cannot export convex: ConvexMean (a mean of convex networks): the graph's rounding guard "
+                "(constant_magnitude) does not cover means yet; certify it with the library instead"
+            )
         else:
             raise ModelError(f"cannot export a feature-convex model whose g is a {type(model.convex).__name__}")
         self.balance = float(model.balance)

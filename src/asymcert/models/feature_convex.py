@@ -13,6 +13,7 @@ from asymcert.errors import ConfigError, ConvexityError
 from asymcert.models.checks import check_batch, config_input_range
 from asymcert.nn.convex import (
     ICNN,
+    ConvexMean,
     build_convex_net,
     convex_net_problems,
     convexity_violations,
@@ -163,16 +164,16 @@ class FeatureConvexClassifier(nn.Module):
         """
         n = math.prod(self.input_shape)
         problems = self.monotone.problems(n)
-        if not isinstance(self.convex, ICNN):
+        if not isinstance(self.convex, (ICNN, ConvexMean)):
             problems.append(
-                f"needs an icnn convex network g (sign constraints on its pass-through layers), "
-                f"got {type(self.convex).__name__}"
+                f"needs an icnn convex network g or a mean of them (sign constraints on its pass-through "
+                f"layers), got {type(self.convex).__name__}"
             )
         if not any(t.is_meta for t in self.feature_map.buffers()):
             problems += monotone_phi_problems(self.feature_map, n, self.monotone)
         if problems:
             raise ConfigError("feature-convex model config: monotone: " + "; ".join(problems))
-        cast(ICNN, self.convex).constrain_columns(self.feature_signs())
+        cast(ICNN | ConvexMean, self.convex).constrain_columns(self.feature_signs())
 
     def feature_signs(self) -> torch.Tensor:
         """(d,) float32 sign each flattened feature of φ must keep in g's pass-through columns (+1, −1, 0)."""
@@ -274,17 +275,17 @@ class FeatureConvexClassifier(nn.Module):
         problems = [f"monotone: {p}" for p in self.monotone.problems(n)]
         if problems:
             return problems
-        if not isinstance(self.convex, ICNN):
-            return [f"monotone: needs an icnn convex network g, got {type(self.convex).__name__}"]
+        if not isinstance(self.convex, (ICNN, ConvexMean)):
+            return [f"monotone: needs an icnn convex network g or a mean of them, got {type(self.convex).__name__}"]
         want = self.feature_signs()
-        for k, sign in enumerate(self.convex.column_signs()):
+        for name, sign in zip(_passthrough_names(self.convex), self.convex.column_signs()):
             if (
                 sign is None
                 or tuple(sign.shape) != tuple(want.shape)
                 or not torch.equal(sign.detach().to("cpu", torch.float32), want)
             ):
                 problems.append(
-                    f"convex.passthrough.{k}: does not keep the declared monotone column signs "
+                    f"{name}: does not keep the declared monotone column signs "
                     "(it must be a SignedLinear with the model's feature signs)"
                 )
         return problems + [f"monotone: {p}" for p in monotone_phi_problems(self.feature_map, n, self.monotone)]
@@ -305,6 +306,18 @@ class FeatureConvexClassifier(nn.Module):
 CERTIFIED_METHODS = ("forward", "features", "score_from_features", "feature_lipschitz")
 """The methods of :class:`FeatureConvexClassifier` the certificate relies on; a subclass overriding one
 is refused by :meth:`FeatureConvexClassifier.problems`."""
+
+
+def _passthrough_names(g: ICNN | ConvexMean) -> list[str]:
+    """The module paths of g's pass-through layers, in the order of ``g.column_signs()`` (a mean: its
+    members' in turn; a member that is not an ICNN counts as one entry)."""
+    if isinstance(g, ICNN):
+        return [f"convex.passthrough.{k}" for k in range(len(g.passthrough))]
+    return [
+        f"convex.members.{i}.passthrough.{k}" if isinstance(m, ICNN) else f"convex.members.{i}"
+        for i, m in enumerate(g.members)
+        for k in range(len(m.passthrough) if isinstance(m, ICNN) else 1)
+    ]
 
 
 def monotone_phi_problems(phi: nn.Module, n_inputs: int, monotone: Monotone) -> list[str]:

@@ -10,8 +10,9 @@ layers into :class:`SignedLinear` layers whose declared columns keep a sign, so 
 
 What asymcert vouches for is an allowlist (:func:`convex_net_problems`): g must be an exact
 :class:`ICNN` or :class:`ConvexConvNet` whose every submodule has an allowed type in its slot
-(:data:`ALLOWED_SLOTS`: free affine layers only where they act on g's input), or a user class that
-declares its own contract (:data:`CONTRACT_METHOD`). Anything else is refused by name.
+(:data:`ALLOWED_SLOTS`: free affine layers only where they act on g's input), a :class:`ConvexMean`
+of such networks (an ensemble; each member checked under ``convex.members.k``, nested means refused),
+or a user class that declares its own contract (:data:`CONTRACT_METHOD`). Anything else is refused by name.
 """
 
 from __future__ import annotations
@@ -406,6 +407,63 @@ class ConvexConvNet(nn.Module):
         return {"kind": self.kind, "channels": self.channels, "stem_kernel": self.stem_kernel, "blocks": self.n_blocks}
 
 
+class ConvexMean(nn.Module):
+    """The mean of K input-convex networks on the same features: g(f) = (1/K) Σ_k g_k(f).
+
+    A nonnegative combination of convex functions is convex, so the feature-convex certificate is
+    unchanged in form (∇g is the mean of the members' gradients). Members are refused as nested means.
+    Built from ``{"kind": "mean", "members": [<convex config>, ...]}`` or the shorthand
+    ``{"kind": "mean", "member": <convex config>, "count": K}`` (K members of one config, each with its
+    own initialisation); :meth:`config` returns the form it was built from.
+
+    Args:
+        members: the K ≥ 1 input-convex networks, each (N, *in_shape) → (N,).
+        shorthand: report the config as ``member``/``count`` (all members share one config).
+    Returns from ``forward``: (N,) mean scores.
+    """
+
+    kind = "mean"
+
+    def __init__(self, members: list[nn.Module], shorthand: bool = False) -> None:
+        super().__init__()
+        if len(members) < 1:
+            raise ConfigError("convex network 'mean': members must be a non-empty list of convex networks")
+        self.members = nn.ModuleList(members)
+        self.shorthand = bool(shorthand)
+
+    def member_scores(self, f: torch.Tensor) -> torch.Tensor:
+        """Every member's score: (N, *in_shape) → (N, K)."""
+        return torch.stack([m(f) for m in self.members], dim=1)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.member_scores(f).mean(dim=1)
+
+    def config(self) -> dict[str, Any]:
+        configs = [cast(Any, m).config() for m in self.members]
+        if self.shorthand and all(c == configs[0] for c in configs):
+            return {"kind": self.kind, "member": configs[0], "count": len(configs)}
+        return {"kind": self.kind, "members": configs}
+
+    def constrain_columns(self, column_sign: torch.Tensor) -> None:
+        """Make every member monotone in the signed features (:meth:`ICNN.constrain_columns`); the mean of
+        functions nondecreasing in a feature is nondecreasing in it.
+
+        Args:
+            column_sign: (d,) values in {−1, 0, +1}.
+        Raises:
+            ConfigError: a member that cannot keep column signs (not an :class:`ICNN`).
+        """
+        bad = [f"members.{k}: {type(m).__name__}" for k, m in enumerate(self.members) if not isinstance(m, ICNN)]
+        if bad:
+            raise ConfigError(f"monotone features need icnn members of a mean, got {', '.join(bad)}")
+        for m in self.members:
+            cast(ICNN, m).constrain_columns(column_sign)
+
+    def column_signs(self) -> list[torch.Tensor | None]:
+        """The column signs (d,) of every member's pass-through layers, members in order (None: keeps none)."""
+        return [s for m in self.members for s in (m.column_signs() if isinstance(m, ICNN) else [None])]
+
+
 CONVEX_NETS: dict[str, type[nn.Module]] = {ICNN.kind: ICNN, ConvexConvNet.kind: ConvexConvNet}
 
 # The allowlist: for each built-in input-convex network, the exact module types each of its slots may
@@ -499,6 +557,8 @@ def convex_net_problems(net: nn.Module, path: str = "convex") -> list[str]:
         if not isinstance(found, (list, tuple)) or not all(isinstance(p, str) for p in found):
             return [f"{path}: {CONTRACT_METHOD}() must return a list of problem strings, got {found!r}"]
         return [f"{path}: {problem}" for problem in found]
+    if type(net) is ConvexMean:
+        return convex_mean_problems(net, path)
     slots = ALLOWED_SLOTS.get(type(net))
     if slots is None:
         known = ", ".join(c.__name__ for c in ALLOWED_SLOTS)
@@ -521,6 +581,26 @@ def convex_net_problems(net: nn.Module, path: str = "convex") -> list[str]:
     return problems
 
 
+def convex_mean_problems(net: ConvexMean, path: str) -> list[str]:
+    """Why the mean ``net`` cannot be vouched for (empty when it can): it must hold its members in
+    ``members`` only, at least one, none of them a mean, each accepted by :func:`convex_net_problems`
+    (messages under ``path.members.k``)."""
+    problems = [
+        f"{path}.{name}: {type(m).__name__} is not allowed here (a mean holds its members in 'members' only)"
+        for name, m in net.named_children()
+        if name != "members"
+    ]
+    members = getattr(net, "members", None)
+    if type(members) is not nn.ModuleList or len(members) == 0:
+        return problems + [f"{path}.members: a mean needs a non-empty ModuleList of convex networks"]
+    for k, m in enumerate(members):
+        if isinstance(m, ConvexMean):
+            problems.append(f"{path}.members.{k}: nested means are not supported")
+        else:
+            problems += convex_net_problems(m, f"{path}.members.{k}")
+    return problems
+
+
 def batch_norm_problems(norm: PositiveBatchNorm) -> list[str]:
     """Why the eval-mode map of ``norm`` may not be an increasing affine map (empty when it is)."""
     problems = []
@@ -538,11 +618,14 @@ def batch_norm_problems(norm: PositiveBatchNorm) -> list[str]:
 
 
 def build_convex_net(config: dict[str, Any], in_shape: tuple[int, ...]) -> nn.Module:
-    """Build an input-convex network g from its config ``{"kind": "icnn" | "convex-conv", ...}``."""
+    """Build an input-convex network g from its config ``{"kind": "icnn" | "convex-conv" | "mean", ...}``."""
     config = dict(config)
     kind = config.pop("kind", None)
+    if kind == ConvexMean.kind:
+        return build_convex_mean(config, in_shape)
     if kind not in CONVEX_NETS:
-        raise UnknownNameError(f"unknown convex network {kind!r}; known: {', '.join(sorted(CONVEX_NETS))}")
+        known = ", ".join(sorted([*CONVEX_NETS, ConvexMean.kind]))
+        raise UnknownNameError(f"unknown convex network {kind!r}; known: {known}")
     cls = CONVEX_NETS[kind]
     accepted = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "in_shape")]
     unknown = sorted(set(config) - set(accepted))
@@ -567,3 +650,39 @@ def build_convex_net(config: dict[str, Any], in_shape: tuple[int, ...]) -> nn.Mo
             )
             raise ConfigError(f"convex network {kind!r}: {name} = {value!r} must be {need}")
     return cls(tuple(in_shape), **config)
+
+
+def build_convex_mean(settings: dict[str, Any], in_shape: tuple[int, ...]) -> ConvexMean:
+    """Build a :class:`ConvexMean` from its settings (its config without ``kind``): ``{"members": [...]}``
+    or ``{"member": {...}, "count": K}``. Members are built in order (so each gets its own
+    initialisation from the current random state); a member that is itself a mean is refused.
+
+    Raises:
+        ConfigError: no members, K < 1, both forms or neither, a member that is not a JSON object or is a mean.
+        UnknownNameError: another setting.
+    """
+    unknown = sorted(set(settings) - {"members", "member", "count"})
+    if unknown:
+        raise UnknownNameError(
+            f"unknown setting(s) {unknown} for convex network 'mean'; accepted: ['members'] or ['member', 'count']"
+        )
+    shorthand = "member" in settings or "count" in settings
+    if shorthand == ("members" in settings):
+        raise ConfigError("convex network 'mean' needs either members = [<convex config>, ...] or member + count")
+    if shorthand:
+        count = settings.get("count")
+        if not (isinstance(count, int) and not isinstance(count, bool) and count >= 1):
+            raise ConfigError(f"convex network 'mean': count = {count!r} must be an integer ≥ 1")
+        members = [settings.get("member")] * count
+    else:
+        members = settings["members"]
+        if not isinstance(members, list) or not members:
+            raise ConfigError(
+                f"convex network 'mean': members = {members!r} must be a non-empty list of convex configs"
+            )
+    for k, member in enumerate(members):
+        if not isinstance(member, dict):
+            raise ConfigError(f"convex network 'mean': members.{k} = {member!r} must be a JSON object")
+        if member.get("kind") == ConvexMean.kind:
+            raise ConfigError(f"convex network 'mean': members.{k} is a mean; nested means are not supported")
+    return ConvexMean([build_convex_net(cast(dict, m), in_shape) for m in members], shorthand=shorthand)

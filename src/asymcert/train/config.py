@@ -21,6 +21,7 @@ from asymcert.errors import ConfigError, SettingsError, UnknownNameError
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("exponential", "cosine")
+ENSEMBLE_TRAINING = ("members", "mean")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 DEVICE_HELP = "auto, cpu, cuda, cuda:<index> or mps"
 _SEED_LIMIT = 2**63
@@ -123,6 +124,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "margin_warmup": _real("a number in [0, 1] (a fraction of training)", lambda v: 0 <= v <= 1),
     "sensitive_weight": _real("a finite number > 0", lambda v: v > 0),
     "train_at_balance": (lambda v: isinstance(v, bool), "true or false"),
+    "ensemble_training": (lambda v: v in ENSEMBLE_TRAINING, f"one of {', '.join(ENSEMBLE_TRAINING)}"),
     "seed": _int_at_least(0, _SEED_LIMIT),
     "device": (_device_ok, f"a device name ({DEVICE_HELP})"),
     "augment": (_augment_ok, "true, false, or an augmentation name ('flip', 'crop<padding>', 'crop<padding>_flip')"),
@@ -227,6 +229,9 @@ class TrainConfig:
             the plain loss).
         train_at_balance: keep the class-balance shift b that each epoch's validation pass fits in the
             logit of the next epoch (False: train on g(φ(x)) with b = 0). See the feature-convex recipe.
+        ensemble_training: how a mean of convex networks (``convex: {"kind": "mean", ...}``) is trained:
+            "members" (each member's own loss on g_k(φ(x)) + b, averaged: independent trainings side by
+            side) or "mean" (one loss on the averaged score). Ignored by other models.
         seed: seeds weights, shuffling and augmentation (integer in [0, 2⁶³)).
         device: "auto" (CUDA when present), "cpu", "cuda[:i]" or "mps".
         augment: apply the task's training augmentation (True), none (False), or the named one
@@ -252,6 +257,7 @@ class TrainConfig:
     margin_warmup: float = 0.0
     sensitive_weight: float = 1.0
     train_at_balance: bool = False
+    ensemble_training: str = "members"
     seed: int = 0
     device: str = "auto"
     augment: bool | str = True

@@ -56,6 +56,15 @@ def _classifier(model: nn.Module) -> FeatureConvexClassifier:
     return cast(FeatureConvexClassifier, model)
 
 
+def _member_score_fn(member: nn.Module, balance: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """f (N, *feature_shape) ↦ g_k(f) + b (N,): one member's score with the model's balance shift b."""
+
+    def score(f: torch.Tensor) -> torch.Tensor:
+        return member(f) + balance
+
+    return score
+
+
 class FeatureConvexRecipe:
     """The feature-convex paper's recipe: BCE on the logit s(x), optional Jacobian regulariser,
     projection onto nonnegative weights after every step, and the balance shift b fitted on
@@ -87,6 +96,7 @@ class FeatureConvexRecipe:
         self.margin_warmup = float(config.margin_warmup)
         self.sensitive_weight = float(config.sensitive_weight)
         self.train_at_balance = bool(config.train_at_balance)
+        self.ensemble_training = str(config.ensemble_training)
         if not self.sensitive_weight > 0:
             raise ValueError(f"sensitive_weight must be > 0, got {config.sensitive_weight}")
         if len(norms) != len(radii):
@@ -130,15 +140,47 @@ class FeatureConvexRecipe:
         return min(1.0, progress / self.margin_warmup)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict]:
+        """The batch's loss. For a mean of convex networks g = (1/K) Σ g_k (a ``convex`` with
+        ``member_scores``) trained with ``ensemble_training="members"``: the mean over members of each
+        member's own loss on s_k = g_k(φ(x)) + b (its own gradient in the margin and Jacobian terms);
+        the members' parameters are disjoint, so each member gets exactly its own loss's gradient / K."""
         fc = _classifier(model)
         features = fc.features(x).detach()
+        members = self._trained_members(fc)
+        if not members:
+            return self._loss_of(fc, fc.score_from_features, fc, features, x, y, progress)
+        parts = [
+            self._loss_of(fc, _member_score_fn(member, fc.balance), member, features, x, y, progress)
+            for member in members
+        ]
+        stats = {key: sum(p[1][key] for p in parts) / len(parts) for key in parts[0][1]}
+        return torch.stack([p[0] for p in parts]).mean(), stats
+
+    def _trained_members(self, fc: FeatureConvexClassifier) -> list[nn.Module]:
+        """The members whose own losses are averaged (empty: one loss on the model's score)."""
+        if self.ensemble_training != "members" or not callable(getattr(fc.convex, "member_scores", None)):
+            return []
+        return list(cast(nn.ModuleList, fc.convex.members))
+
+    def _loss_of(
+        self,
+        fc: FeatureConvexClassifier,
+        score_fn: Callable[[torch.Tensor], torch.Tensor],
+        module: nn.Module,
+        features: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        progress: float,
+    ) -> tuple[torch.Tensor, dict]:
+        """The loss of the scores ``score_fn(features)`` (N,) of the inputs x (N, ...) with labels y (N,),
+        whose batch norms live in ``module``, and a dict of floats to log."""
         needs_grad = self.jacobian_reg > 0 or self.margin_radius > 0
         stats: dict[str, float] = {}
         penalty = torch.zeros((), device=features.device)
         if needs_grad:  # every input's own gradient (see per_input_gradients for batch norm)
-            score, grad = per_input_gradients(fc.score_from_features, features, fc)
+            score, grad = per_input_gradients(score_fn, features, module)
         else:
-            score = fc.score_from_features(features)
+            score = score_fn(features)
         logit = score
         if needs_grad:
             if self.jacobian_reg > 0:
