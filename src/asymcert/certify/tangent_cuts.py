@@ -145,18 +145,25 @@ def _l1_inverse(a: torch.Tensor, room: torch.Tensor, m: torch.Tensor, infl: floa
 def _l2_lower(a: torch.Tensor, room: torch.Tensor, m: torch.Tensor, infl: float) -> torch.Tensor:
     """√(2·D(μ*)) with D(μ) = μm + Σ_i min_{0≤v≤room}(½v² − μ|c_i|v) (weak duality: any μ ≥ 0 is a lower
     bound on ½‖v‖²); μ* = max_j (m − S_j)/Q_j over breakpoints room/|c| sorted up (water-filling)."""
+    mu = _water_level(a, room, m)
+    v = torch.minimum(mu[:, None] * a, room)
+    terms = 0.5 * v * v - mu[:, None] * a * v
+    dual = mu * m + terms.sum(1)
+    err = infl * (mu * m + terms.abs().sum(1))
+    return torch.sqrt((2.0 * (dual - err)).clamp_min(0.0))
+
+
+def _water_level(a: torch.Tensor, room: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """The ℓ2 water level μ ≥ 0 (N,) of v_i = min(μ·a_i, room_i) for a (N, d) ≥ 0, rooms (N, d) and
+    targets m (N,): the largest (m − S_j)/Q_j over the breakpoints room/a sorted up (S_j: Σ a·room below
+    breakpoint j, Q_j: Σ a² from j on), clamped at 0."""
     brk = torch.where(a > 0, room / a.clamp_min(1e-300), torch.zeros_like(a))
     order = torch.argsort(brk, dim=1)
     r, w = room.gather(1, order), a.gather(1, order)
     s_before = torch.cumsum(w * r, 1) - w * r
     q_after = torch.flip(torch.cumsum(torch.flip(w * w, [1]), 1), [1])
     mu = torch.where(q_after > 0, (m[:, None] - s_before) / q_after.clamp_min(1e-300), -math.inf).amax(1)
-    mu = mu.clamp_min(0.0)
-    v = torch.minimum(mu[:, None] * a, room)
-    terms = 0.5 * v * v - mu[:, None] * a * v
-    dual = mu * m + terms.sum(1)
-    err = infl * (mu * m + terms.abs().sum(1))
-    return torch.sqrt((2.0 * (dual - err)).clamp_min(0.0))
+    return mu.clamp_min(0.0)
 
 
 def worst_move(c: torch.Tensor, t: torch.Tensor, p: float) -> torch.Tensor:
@@ -192,13 +199,7 @@ def box_move(c: torch.Tensor, m: torch.Tensor, p: float, room: torch.Tensor) -> 
         take = torch.minimum(r, ((m[:, None] - before) / w.clamp_min(1e-300)).clamp_min(0.0))
         mag = torch.zeros_like(a).scatter(1, order, torch.where(w > 0, take, torch.zeros_like(take)))
     else:
-        brk = torch.where(a > 0, room / a.clamp_min(1e-300), torch.zeros_like(a))
-        order = torch.argsort(brk, dim=1)
-        r, w = room.gather(1, order), a.gather(1, order)
-        s_before = torch.cumsum(w * r, 1) - w * r
-        q_after = torch.flip(torch.cumsum(torch.flip(w * w, [1]), 1), [1])
-        mu = torch.where(q_after > 0, (m[:, None] - s_before) / q_after.clamp_min(1e-300), -math.inf).amax(1)
-        mag = torch.minimum(mu.clamp_min(0.0)[:, None] * a, room)
+        mag = torch.minimum(_water_level(a, room, m)[:, None] * a, room)
     return torch.sign(c) * mag
 
 
