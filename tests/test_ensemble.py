@@ -13,7 +13,7 @@ from torch import nn
 import asymcert
 from asymcert.certify.attacks import decision_flips, pgd_attack
 from asymcert.certify.bounded_icnn import supports_bounded_icnn
-from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, float_guard, score_and_feature_gradient
+from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, constant_terms, float_guard, score_and_feature_gradient
 from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.checkpoint import load, save
 from asymcert.errors import ConfigError, UnknownNameError
@@ -389,3 +389,27 @@ def test_float_guard_covers_the_float32_rounding_of_a_mean():
         s64, grad = score_and_feature_gradient(m64, x.double())
         guard = float_guard(model, m64.features(x.double()), grad, s64)
         assert bool(((s32 - s64).abs() <= guard / (FLOAT_GUARD_FACTOR / 4)).all())
+
+
+def test_the_rounding_bound_of_a_mean_counts_each_members_own_terms():
+    """Two affine members g_1 = w·f, g_2 = −w·f: their mean is 0 with a zero gradient, yet each member's
+    float evaluation rounds in proportion to Σ|w ⊙ f|; the bound must see it (the averaged gradient does not)."""
+    members = [ICNN((6,), widths=(4,), batch_norm=False) for _ in range(2)]
+    w = torch.linspace(-3.0, 5.0, 6)
+    with torch.no_grad():
+        for sign, m in zip((1.0, -1.0), members):
+            for layer in m.passthrough:
+                layer.weight.zero_()
+                layer.bias.zero_()
+            m.hidden[0].weight.zero_()
+            m.passthrough[-1].weight.copy_(sign * w[None])
+    identity = {"kind": "feature-convex", "input_shape": [6], "feature_map": [{"kind": "identity"}], "convex": {}}
+    identity["convex"] = {"kind": "icnn", "widths": [4], "batch_norm": False}
+    model = FeatureConvexClassifier(build_model(identity).feature_map, ConvexMean(members), (6,))
+    f = torch.rand(50, 6, dtype=torch.float64) * 100
+    s64, grad = score_and_feature_gradient(copy.deepcopy(model).double(), f)
+    assert float(grad.abs().max()) == 0.0 and float(s64.abs().max()) == 0.0
+    own = (w.double() * f).abs().sum(1)
+    assert bool((constant_terms(model, f) >= own * (1 - 1e-12)).all())
+    guard = float_guard(model, f, grad, s64)
+    assert bool((guard >= FLOAT_GUARD_FACTOR * 2.0**-23 * own * (1 - 1e-9)).all())

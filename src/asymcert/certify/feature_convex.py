@@ -38,7 +38,7 @@ from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
 from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_roundoff
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee
 from asymcert.certify.tangent_cuts import TangentCuts, multi_cut_feature_radii, tangent_margins
-from asymcert.nn.convex import ICNN, ConvexConvNet
+from asymcert.nn.convex import ICNN, ConvexConvNet, ConvexMean
 
 if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
     from asymcert.models.feature_convex import FeatureConvexClassifier
@@ -102,7 +102,7 @@ def rounding_bound(
     features: torch.Tensor,
     grad: torch.Tensor,
     score: torch.Tensor,
-    constants: float,
+    constants: float | torch.Tensor,
     eps: float,
     factor: float = FLOAT_GUARD_FACTOR,
 ) -> torch.Tensor:
@@ -115,7 +115,8 @@ def rounding_bound(
 
     Args:
         features: (N, *feature_shape) φ(x); grad: same shape, ∇g(φ(x)); score: (N,) s(x);
-        constants: C ≥ |b|; eps: machine epsilon of the arithmetic (2⁻²³ float32, 2⁻⁵² float64);
+        constants: C ≥ |b| (a float, or (N,) per input: :func:`constant_terms`);
+        eps: machine epsilon of the arithmetic (2⁻²³ float32, 2⁻⁵² float64);
         factor: the measured multiple (FLOAT_GUARD_FACTOR or FLOAT64_REFERENCE_FACTOR).
     """
     magnitude = (grad.double().abs() * features.double().abs()).flatten(1).sum(1) + score.double().abs() + constants
@@ -137,12 +138,20 @@ def constant_magnitude(model: FeatureConvexClassifier) -> float:
     In a region where g is constant (every ReLU off) the score is just these terms, which may cancel
     to almost nothing while their rounding does not; Σ|∇g ⊙ φ| + |s| does not see them. Convex conv
     net: Σ w_readout·(|β| + |γμ/σ|) of the output batch norm + |readout bias|; ICNN: the same for the
-    last hidden layer and its batch norm, + |bias of the last pass-through|. Other g: |b| only.
+    last hidden layer and its batch norm, + |bias of the last pass-through|; a mean of networks: the
+    mean of its members' terms. Other g: |b| only.
     """
-    g, total = model.convex, float(model.balance.detach().abs())
+    return float(model.balance.detach().abs()) + _net_constant(model.convex)
+
+
+def _net_constant(g: nn.Module) -> float:
+    """The constant-term magnitude of one convex network g (see :func:`constant_magnitude`)."""
+    if isinstance(g, ConvexMean):
+        return sum(_net_constant(m) for m in g.members) / len(g.members)
     if isinstance(g, ConvexConvNet):
         w = g.readout.weight.detach().double().abs().view(g.channels, -1).sum(1)
-        return total + float((w * _bn_constant(g.out_norm)).sum() + g.readout.bias.detach().double().abs().sum())
+        return float((w * _bn_constant(g.out_norm)).sum() + g.readout.bias.detach().double().abs().sum())
+    total = 0.0
     if isinstance(g, ICNN):
         last = cast(nn.Linear, g.passthrough[-1]).bias  # ICNN.passthrough holds nn.Linear
         total += 0.0 if last is None else float(last.detach().double().abs().sum())
@@ -150,6 +159,27 @@ def constant_magnitude(model: FeatureConvexClassifier) -> float:
             w = cast(nn.Linear, g.hidden[-1]).weight.detach().double().abs().sum(0)
             total += float((w * _bn_constant(g.norms[-1])).sum())
     return total
+
+
+def constant_terms(model: FeatureConvexClassifier, features: torch.Tensor) -> float | torch.Tensor:
+    """C of :func:`rounding_bound`: :func:`constant_magnitude`, and for a mean of networks g = (1/K) Σ g_k
+    also the members' own magnitudes mean_k(Σ|∇g_k ⊙ φ| + |g_k|) per input (N,) float64, since the
+    averaged gradient and score may cancel terms whose rounding each member still makes."""
+    constant = constant_magnitude(model)
+    g = model.convex
+    if not isinstance(g, ConvexMean):
+        return constant
+    dtype = next(g.parameters()).dtype
+    with torch.enable_grad():
+        f = features.detach().to(dtype).requires_grad_(True)
+        scores = g.member_scores(f)
+        terms = []
+        for k in range(scores.shape[1]):
+            (grad_k,) = torch.autograd.grad(scores[:, k].sum(), f, retain_graph=k + 1 < scores.shape[1])
+            terms.append(
+                (grad_k.double() * f.detach().double()).abs().flatten(1).sum(1) + scores[:, k].detach().double().abs()
+            )
+    return constant + torch.stack(terms, 1).mean(1)
 
 
 def float_guard(
@@ -161,7 +191,7 @@ def float_guard(
     models: 8·2⁻⁵²·M; float32 on CUDA with TF32 allowed: 8·2⁻⁹·M), with |b| replaced by
     :func:`constant_magnitude` (which includes it).
     """
-    return rounding_bound(features, grad, score, constant_magnitude(model), evaluation_eps(model))
+    return rounding_bound(features, grad, score, constant_terms(model, features), evaluation_eps(model))
 
 
 def reference_error(
@@ -169,7 +199,7 @@ def reference_error(
 ) -> torch.Tensor:
     """Bound (N,) on |ŝ − s| for the score ŝ of the ``"float64"`` or ``"model"`` reference."""
     if precision == "float64":
-        return rounding_bound(features, grad, score, constant_magnitude(model), EPS64, FLOAT64_REFERENCE_FACTOR)
+        return rounding_bound(features, grad, score, constant_terms(model, features), EPS64, FLOAT64_REFERENCE_FACTOR)
     return float_guard(model, features, grad, score)
 
 
