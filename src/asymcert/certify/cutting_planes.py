@@ -37,6 +37,7 @@ from asymcert.certify.exact import (
     _import_highspy,
     _quiet_stdout,
     _resolve_threat,
+    nudge_into_domain,
 )
 from asymcert.certify.feature_convex import certify_feature_convex, reference_error, score_and_feature_gradient
 from asymcert.certify.inputs import check_inputs
@@ -148,15 +149,7 @@ class _Problem:
         """(x + δ, δ) for u-space moves u (M, d) of inputs ``rows`` (M,) at their raw inputs x (M, d): δ =
         scale ⊙ u clipped to the rows' boxes (forbidden directions exactly 0), nudged by ulps where x + δ
         in float64 would leave a domain that x is in, so that what is checked is exactly x + δ."""
-        lo, hi = self.domain
-        delta = np.clip(u, self.low[rows], self.high[rows]) * self.scale[None]
-        for _ in range(8):
-            xa = x + delta
-            over, under = (xa > hi) & (x <= hi), (xa < lo) & (x >= lo)
-            if not (over.any() or under.any()):
-                break
-            step = np.maximum(np.spacing(np.abs(xa)), np.spacing(np.abs(delta)))
-            delta = np.where(over, np.maximum(delta - step, 0.0), np.where(under, np.minimum(delta + step, 0.0), delta))
+        delta = nudge_into_domain(x, np.clip(u, self.low[rows], self.high[rows]) * self.scale[None], *self.domain)
         return x + delta, delta
 
     def size(self, delta: np.ndarray) -> np.ndarray:

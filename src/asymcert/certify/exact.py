@@ -296,6 +296,26 @@ def _domain(
     return lo, hi
 
 
+def nudge_into_domain(x: np.ndarray, delta: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """δ moved towards 0 by a few ulps where x + δ, computed in float64, would leave the domain [lo, hi]
+    that x is in (solver tolerances and rounding), so that what is checked is exactly x + δ.
+
+    Args:
+        x: (..., d) raw inputs; delta: same shape, raw perturbations; lo, hi: (d,) domain bounds.
+    Returns:
+        The nudged δ, same shape (unchanged where x + δ stays in the domain or x is outside it).
+    """
+    for _ in range(8):
+        y = x + delta
+        over, under = (y > hi) & (x <= hi), (y < lo) & (x >= lo)
+        if not (over.any() or under.any()):
+            break
+        step = np.maximum(np.spacing(np.abs(y)), np.spacing(np.abs(delta)))
+        delta = np.where(over, np.maximum(delta - step, 0.0), delta)
+        delta = np.where(under, np.minimum(delta + step, 0.0), delta)
+    return delta
+
+
 @dataclass
 class ExactResult:
     """Exact radii of a batch (see :meth:`ExactRadiusSolver.solve`).
@@ -712,17 +732,7 @@ class ExactRadiusSolver:
         float64, stays in the domain wherever x is in it."""
         if self.threat_model is None:
             return u
-        delta = np.clip(u, box[0], box[1]) * self.scale
-        lo, hi = self._domain
-        for _ in range(8):
-            y = xf + delta
-            over, under = (y > hi) & (xf <= hi), (y < lo) & (xf >= lo)
-            if not (over.any() or under.any()):
-                break
-            step = np.maximum(np.spacing(np.abs(y)), np.spacing(np.abs(delta)))
-            delta = np.where(over, np.maximum(delta - step, 0.0), delta)
-            delta = np.where(under, np.minimum(delta + step, 0.0), delta)
-        return delta
+        return nudge_into_domain(xf, np.clip(u, box[0], box[1]) * self.scale, *self._domain)
 
     # -- public -----------------------------------------------------------------------------------
     def solve(self, x: torch.Tensor, time_limit: float | None = None) -> ExactResult:
