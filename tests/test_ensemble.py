@@ -28,6 +28,7 @@ from tests.conftest import small_feature_convex
 
 MEMBER = {"kind": "icnn", "widths": [16, 8], "batch_norm": False}
 SHALLOW = {"kind": "icnn", "widths": [12], "batch_norm": False}
+NORMS = (1.0, 2.0, math.inf)
 
 
 def _model(convex: dict, n: int = 6, feature_map: list | None = None, monotone: dict | None = None, seed: int = 0):
@@ -369,10 +370,39 @@ def test_threat_model_attacks_do_not_flip_inside_the_radius(trained, near):
                 assert int((trained(outside) <= 0).sum()) > 0.3 * int(finite.sum())
 
 
-def test_export_refuses_a_mean_by_name(tmp_path, trained):
+def test_the_exported_mean_certifies_in_onnxruntime_below_the_library(tmp_path, trained):
+    """The trained mean through ONNX under a threat model: same decisions, every ℓp and threat-model radius
+    at or below the library's (float64 path) and within 1e-4 away from the boundary, no flip inside."""
     pytest.importorskip("onnx")
-    with pytest.raises(ExportError, match="cannot export convex: ConvexMean"):
-        to_onnx(trained, tmp_path / "m.onnx")
+    ort = pytest.importorskip("onnxruntime")
+    tm = TM.resolve(None, 6)
+    sess = ort.InferenceSession(str(to_onnx(trained, tmp_path / "m.onnx", threat_model=tm)))
+    x = _data(400, seed=5)[0]
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x.numpy()})))
+    plain = asymcert.certify(trained, x, norms=NORMS, precision="float64")
+    threat = asymcert.certify(trained, x, norms=NORMS, threat_model=tm, precision="float64")
+    assert bool((torch.from_numpy(out["flagged"]) == plain.sensitive).all())
+    for p in NORMS:
+        name = "linf" if math.isinf(p) else f"l{p:g}"
+        for key, lib in ((f"radius_{name}", plain), (f"tm_radius_{name}", threat)):
+            got, want = torch.from_numpy(out[key]).double(), lib.radii[p]
+            assert bool((got <= want).all()), f"{key}: an ONNX radius above the library's"
+            far = want > 0.05 * float(want.max())
+            assert int(far.sum()) > 20 and float(((want[far] - got[far]) / want[far]).max()) < 1e-4
+        flagged = torch.from_numpy(out["flagged"]) & (torch.from_numpy(out[f"tm_radius_{name}"]) > 0)
+        r = torch.from_numpy(out[f"tm_radius_{name}"])[flagged].double()
+        gen = torch.Generator().manual_seed(0)
+        inside = threat_attack(trained, x[flagged], r * 0.999, p, tm, steps=40, generator=gen)
+        flags = sess.run(["flagged"], {"x": inside.float().numpy()})[0]
+        assert bool(flags.all()), f"ℓ{p}: onnxruntime flips inside the threat-model radius"
+
+
+def test_export_refuses_a_nested_mean_by_name(tmp_path, trained):
+    pytest.importorskip("onnx")
+    nested = copy.deepcopy(trained)
+    nested.convex.members[0] = ConvexMean([nested.convex.members[0]])  # built by hand: the config refuses it
+    with pytest.raises(ExportError, match=r"cannot export this FeatureConvexClassifier: .*nested means"):
+        to_onnx(nested, tmp_path / "m.onnx")
 
 
 def test_float_guard_covers_the_float32_rounding_of_a_mean():

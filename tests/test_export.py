@@ -19,6 +19,7 @@ from asymcert.checkpoint import save
 from asymcert.cli import main
 from asymcert.export import ExportDependencyError, ExportError, to_onnx
 from asymcert.models import build_model
+from asymcert.nn.convex import ConvexMean
 from tests.conftest import small_feature_convex
 
 onnx = pytest.importorskip("onnx")
@@ -47,12 +48,24 @@ def _linf():
     return m
 
 
+def _mean():
+    """A mean of three batch-normed ICNNs whose members disagree (spread-out weights, own seeds)."""
+    members = [small_feature_convex("icnn", input_shape=SHAPE, seed=k) for k in range(3)]
+    model = members[0]
+    model.convex = ConvexMean([m.convex for m in members])
+    with torch.no_grad():
+        model.set_balance(0.0)
+        model.set_balance(-float(model(torch.rand(256, *SHAPE)).median()))
+    return model.eval()
+
+
 MODELS = {
     "icnn-shift": lambda: small_feature_convex("icnn", input_shape=SHAPE),
     "icnn-standardize-concat-abs": lambda: small_feature_convex(
         "icnn", input_shape=SHAPE, feature_map=[{"kind": "standardize"}, {"kind": "concat-abs"}]
     ),
     "convex-conv": lambda: small_feature_convex("conv", input_shape=SHAPE),
+    "mean-of-icnns": _mean,
     "linf-dist": _linf,
     "orthogonal": _orthogonal,
 }
@@ -137,7 +150,9 @@ def test_near_boundary_radii_are_zero_or_below_the_library(name, tmp_path):
     assert bool((got["radius_l2"][tiny] == 0).all())  # the guard leaves no radius within rounding of 0
 
 
-@pytest.mark.parametrize("name", ["icnn-standardize-concat-abs", "convex-conv", "linf-dist", "orthogonal"])
+@pytest.mark.parametrize(
+    "name", ["icnn-standardize-concat-abs", "convex-conv", "mean-of-icnns", "linf-dist", "orthogonal"]
+)
 def test_pgd_at_the_onnx_radius_flips_no_onnxruntime_decision(name, tmp_path):
     model = MODELS[name]()
     torch.manual_seed(3)

@@ -186,6 +186,19 @@ class _ConvexConvPass(nn.Module):
         return out.squeeze(1), F.conv_transpose2d(da, self.stem_w, padding=self.pad)
 
 
+def _convex_pass(g: nn.Module) -> nn.Module:
+    """The plain-ops pass of one input-convex network (an ICNN or a convex conv net).
+
+    Raises:
+        ModelError: any other network (nested means included), named.
+    """
+    if isinstance(g, ICNN):
+        return _ICNNPass(g)
+    if isinstance(g, ConvexConvNet):
+        return _ConvexConvPass(g)
+    raise ModelError(f"cannot export a feature-convex model whose g is a {type(g).__name__}")
+
+
 def _bias(bias: torch.Tensor | None, width: int) -> torch.Tensor:
     """A layer's bias (width,) as a constant (zeros when it has none)."""
     return torch.zeros(width) if bias is None else bias.detach().clone()
@@ -196,10 +209,14 @@ class FeatureConvexGraph(nn.Module):
 
     r_p = (ŝ − 2·8·eps32·M·INFLATE) / (Lip_p(φ)·‖∇g(φ(x))‖_{p*}) · (1 − GRAPH_SLACK) with
     M = Σ|∇g ⊙ φ(x)| + |ŝ| + C (:func:`~asymcert.certify.feature_convex.rounding_bound`, C =
-    :func:`~asymcert.certify.feature_convex.constant_magnitude` baked in).
+    :func:`~asymcert.certify.feature_convex.constant_magnitude` baked in); for a mean of K networks M
+    also holds the members' own terms (1/K) Σ_k (Σ|∇g_k ⊙ φ(x)| + |g_k|), as the library's
+    :func:`~asymcert.certify.feature_convex.constant_terms` does (the averaged gradient and score can
+    cancel terms whose rounding each member still makes).
 
     Args:
-        model: the classifier (validated by the caller); g an ICNN (≥ 1 hidden layer) or a convex conv net.
+        model: the classifier (validated by the caller); g an ICNN (≥ 1 hidden layer), a convex conv
+            net, or a mean of those (``ConvexMean``; each member exported and averaged in the graph).
         norms: norms p ∈ {1, 2, ∞} to certify; empty: score and decision only.
         threat_model: also output radii under it, in its units (:class:`ThreatTerms`), after the ℓp ones.
     Returns from ``forward``: (score (N,), flagged (N,) bool, *radii (N,) in the order of ``norms``, then
@@ -212,31 +229,33 @@ class FeatureConvexGraph(nn.Module):
         super().__init__()
         self.phi = model.feature_map
         self.threat = None if threat_model is None else ThreatTerms(model.feature_map, threat_model)
-        if isinstance(model.convex, ICNN):
-            self.g: nn.Module = _ICNNPass(model.convex)
-        elif isinstance(model.convex, ConvexConvNet):
-            self.g = _ConvexConvPass(model.convex)
-        elif isinstance(model.convex, ConvexMean):
-            raise ModelError(
-                "cannot export convex: ConvexMean (a mean of convex networks): the graph's rounding guard "
-                "(constant_magnitude) does not cover means yet; certify it with the library instead"
-            )
-        else:
-            raise ModelError(f"cannot export a feature-convex model whose g is a {type(model.convex).__name__}")
+        g = model.convex
+        self.passes = nn.ModuleList(_convex_pass(m) for m in (g.members if isinstance(g, ConvexMean) else [g]))
         self.balance = float(model.balance)
         self.norms = tuple(norms)
         self.lips = [_up32(model.feature_lipschitz(p)) for p in self.norms]
         self.constant = _up32(constant_magnitude(model))
         self.guard = _up32(2 * FLOAT_GUARD_FACTOR * EPS32 * INFLATE)
 
+    def _convex(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
+        """g(f) (N,), ∇g(f) (N, *f) and, for a mean of K networks, the members' own rounding terms
+        (1/K) Σ_k (Σ|∇g_k ⊙ f| + |g_k|) (N,) that the averaged gradient and score may cancel (0.0 for one)."""
+        outs = [p(f) for p in self.passes]
+        if len(outs) == 1:
+            return outs[0][0], outs[0][1], 0.0
+        score = torch.stack([s for s, _ in outs], 1).mean(1)  # as ConvexMean.forward computes it
+        grad = torch.stack([d for _, d in outs], 1).mean(1)
+        own = torch.stack([(d * f).abs().flatten(1).sum(1) + s.abs() for s, d in outs], 1).mean(1)
+        return score, grad, own
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         f = self.phi(x)
-        g, grad = self.g(f)
+        g, grad, own = self._convex(f)
         score = g + self.balance
         flagged = score > 0
         if not self.norms:
             return score, flagged
-        magnitude = (grad * f).abs().flatten(1).sum(1) + score.abs() + self.constant
+        magnitude = (grad * f).abs().flatten(1).sum(1) + score.abs() + own + self.constant
         margin = score - self.guard * magnitude
         flat = grad.flatten(1)
         radii = [_radius(margin, lip * dual_norm32(flat, p), flagged) for p, lip in zip(self.norms, self.lips)]

@@ -75,7 +75,7 @@ def certifying_graph(
     """The plain-ops module the exporter traces: x (N, *input_shape) → (score, flagged, *radii).
 
     Args:
-        model: a feature-convex classifier (g an ICNN or a convex conv net), a binary plain ℓ∞-dist
+        model: a feature-convex classifier (g an ICNN, a convex conv net or a mean of those), a binary plain ℓ∞-dist
             net, or an orthogonal net of the ``"mlp"`` arch; validated first (the same checks as
             ``asymcert.certify``).
         norms: norms p ∈ {1, 2, ∞} (or ``"inf"``) to certify; ``()`` gives the score graph.
