@@ -56,6 +56,10 @@ def test_exact_radius_is_never_below_the_certificate(models, kind, p):
     with torch.no_grad():
         s_beyond = copy.deepcopy(model).double()(x[pos].double() + delta[pos] * (1 + 1e-5))
     assert bool((s_beyond <= 1e-9).all())
+    # ... and not before it: δ ends where s first reaches 0 (an interior-point ℓ2 solution overstated by 4e-7)
+    with torch.no_grad():
+        s_before = copy.deepcopy(model).double()(x[pos].double() + delta[pos] * (1 - 1e-9))
+    assert bool((s_before > 0).all())
 
 
 def _first_hits(m64, xi: torch.Tensor, dirs: torch.Tensor, t_max: float) -> torch.Tensor:
