@@ -170,6 +170,21 @@ def test_linf_dist_family_on_a_binary_task_keeps_the_binary_contract(fashion_dir
     assert run["train"]["optimizer"] == "adam" and run["model"]["binary"] is True
 
 
+def test_another_family_with_another_arch_builds_it_and_checks_only_the_users_keys(fashion_dir, tmp_path):
+    """--model relu-ibp --model-set arch="cnn": the family's MLP default widths are its defaults, not the user's
+    settings, so the CNN is built; a key the CNN ignores, when the user sets it, is still refused."""
+    common = ["run", "fashion-mnist-shirts", "--model", "relu-ibp", "--data-dir", str(fashion_dir), "--quiet"]
+    cnn = ["--model-set", 'arch="cnn"', "--model-set", "channels=[2, 4]", "--model-set", "fc=[8]"]
+    out = tmp_path / "cnn"
+    res = CliRunner().invoke(main, [*common, *cnn, "--epochs", "1", "--limit", "4", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    model = json.loads((out / "run.json").read_text())["model"]
+    assert model["arch"] == "cnn" and model["channels"] == [2, 4] and "widths" not in model
+    bad = tmp_path / "bad"
+    res = CliRunner().invoke(main, [*common, *cnn, "--model-set", "widths=[8]", "--epochs", "1", "--out", str(bad)])
+    assert res.exit_code != 0 and "'widths' have no effect" in res.output and not bad.exists()
+
+
 def test_model_set_with_another_convex_kind_replaces_the_config(fashion_dir, tmp_path):
     """--model-set convex={...another kind...} replaces the task's convex config instead of merging it."""
     from asymcert.pipeline import _merge

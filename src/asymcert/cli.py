@@ -277,8 +277,9 @@ def _overrides(epochs, device, sets, model_sets, model_kind):
     model = _settings(model_sets, "--model-set")
     if "input_shape" in model:
         raise click.BadParameter("input_shape is taken from the data; it cannot be set", param_hint="--model-set")
-    if model_kind:
-        model = {**get_family(model_kind).default_model_config(), **model}
+    if model_kind:  # the family's defaults are the base (pipeline); only what the user set is checked for effect
+        get_family(model_kind)  # an unknown family fails here, naming the known ones
+        model = {**model, "kind": model_kind}
     return train, model
 
 

@@ -173,7 +173,7 @@ def _model_and_train_configs(
         model_cfg = _merge(task.model, pre.get("model"), model_overrides)
         train_base = _merge(task.train, pre.get("train"))
     else:  # another family than the task's default: that family's own model and training defaults
-        model_cfg = dict(model_overrides or {})
+        model_cfg = _merge(family.default_model_config(), model_overrides)
         train_base = _merge(
             family.train_defaults(facts), {k: v for k, v in pre.get("train", {}).items() if k == "epochs"}
         )

@@ -176,8 +176,11 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
         f"({results['certify_seconds_total']:.2f} s in all)",
     ]
     if results.get("training_seconds") is not None:
+        kept = ((run.get("training") or {}).get("best") or {}).get("selection")  # refit: the final epoch, no selection
         lines.append(
-            f"- training: {results['training_seconds'] / 60:.1f} min, best validation epoch {results.get('best_epoch')}"
+            f"- training: {results['training_seconds'] / 60:.1f} min, "
+            + (f"kept: {kept}, epoch" if kept else "best validation epoch")
+            + f" {results.get('best_epoch')}"
         )
     lines += [
         "",

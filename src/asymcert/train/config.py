@@ -125,6 +125,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sensitive_weight": _real("a finite number > 0", lambda v: v > 0),
     "train_at_balance": (lambda v: isinstance(v, bool), "true or false"),
     "ensemble_training": (lambda v: v in ENSEMBLE_TRAINING, f"one of {', '.join(ENSEMBLE_TRAINING)}"),
+    "refit": (lambda v: isinstance(v, bool), "true or false"),
+    "teacher": (lambda v: v is None or (isinstance(v, str) and v != ""), "null or the path of a run folder"),
+    "distill_weight": _real("a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "distill_temperature": _real("a finite number > 0", lambda v: v > 0),
     "seed": _int_at_least(0, _SEED_LIMIT),
     "device": (_device_ok, f"a device name ({DEVICE_HELP})"),
     "augment": (_augment_ok, "true, false, or an augmentation name ('flip', 'crop<padding>', 'crop<padding>_flip')"),
@@ -159,7 +163,18 @@ def settings_problems(values: dict[str, Any]) -> list[str]:
     ]
     if not any(p.startswith("margin_") for p in problems):
         problems += _margin_problems(values.get("margin_radius", 0.0), values.get("margin_norm", 2.0))
+    if not any(p.startswith(("teacher", "distill_weight")) for p in problems):
+        problems += _distill_problems(values.get("teacher"), values.get("distill_weight", 0.0))
     return problems
+
+
+def _distill_problems(teacher: Any, weight: Any) -> list[str]:
+    """A teacher needs a distill_weight > 0, and a distill_weight > 0 needs a teacher."""
+    if teacher is not None and weight == 0:
+        return [f"teacher {teacher!r} needs distill_weight > 0 (in (0, 1]); got 0"]
+    if teacher is None and weight != 0:
+        return [f"distill_weight {weight!r} needs a teacher (the path of a run folder)"]
+    return []
 
 
 def _raise_if_any(problems: list[str]) -> None:
@@ -232,6 +247,21 @@ class TrainConfig:
         ensemble_training: how a mean of convex networks (``convex: {"kind": "mean", ...}``) is trained:
             "members" (each member's own loss on g_k(φ(x)) + b, averaged: independent trainings side by
             side) or "mean" (one loss on the averaged score). Ignored by other models.
+        refit: train on train ∪ val for exactly ``epochs`` epochs and keep the *final* epoch (no
+            best-validation selection: validation is then in-sample). The feature map's statistics and
+            the class-balance shift b are fitted on train ∪ val too; the history's metrics are
+            ``trainval_*`` (in-sample) and the kept record says ``"selection": "final epoch (refit on
+            train+val)"``. The test split is never used. Typical workflow: train once without refit,
+            read the selected epoch in run.json's ``training.best.epoch`` (or history.json), then rerun
+            with ``refit=true`` and ``epochs`` set to that epoch (same passes over the data; |train ∪ val| /
+            |train| times the optimizer steps) or to epoch·|train|/|train ∪ val| (same steps; on SpamBase
+            the better of the two, benchmarks/results/spambase_refit.md). The threat model's data scales
+            still come from the train split.
+        teacher: path of a run folder (any family) whose model's scores the student distils (None = off);
+            loaded once with the safe loader, frozen, in eval mode. Feature-convex recipe only.
+        distill_weight: w in [0, 1]: the loss is (1 − w)·(recipe loss) + w·T²·BCE(s/T, σ(t/T)) with s, t
+            the student's and teacher's scores on the same (augmented) batch (> 0 needs a teacher).
+        distill_temperature: T > 0 of that term.
         seed: seeds weights, shuffling and augmentation (integer in [0, 2⁶³)).
         device: "auto" (CUDA when present), "cpu", "cuda[:i]" or "mps".
         augment: apply the task's training augmentation (True), none (False), or the named one
@@ -258,6 +288,10 @@ class TrainConfig:
     sensitive_weight: float = 1.0
     train_at_balance: bool = False
     ensemble_training: str = "members"
+    refit: bool = False
+    teacher: str | None = None
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
     seed: int = 0
     device: str = "auto"
     augment: bool | str = True

@@ -3,7 +3,8 @@ resumable state written atomically after every epoch.
 
 Training is two steps: :func:`prepare_fit` checks every setting and reads the resume state of the
 run folder (it writes nothing, so a refused run changes nothing on disk); :meth:`TrainingSession.run`
-trains and writes. :func:`fit` does both.
+trains and writes. :func:`fit` does both. With ``refit`` (see :class:`~asymcert.train.config.TrainConfig`)
+training runs on train ∪ val and keeps the final epoch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from asymcert import distributed
 from asymcert.checkpoint import atomic_write, model_config, save
 from asymcert.data.augment import augmentation_from_name
-from asymcert.data.tasks import Augment, TaskData
+from asymcert.data.tasks import Augment, Dataset, TaskData
 from asymcert.errors import AsymcertError, CheckpointError, ConfigError, RunFolderConflictError
 from asymcert.runfolder import dumps_strict, write_json
 from asymcert.train.batches import EpochBatches, epoch_batches, resolve_workers
@@ -35,6 +36,7 @@ STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 STATE_KEYS = ("model", "optimizer", "scheduler", "epoch", "history", "best", "best_model", "fingerprint")
+REFIT_SELECTION = "final epoch (refit on train+val)"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,7 +146,9 @@ def train_fingerprint(train: dict[str, Any], model_config: dict[str, Any]) -> st
     if not settings.get("margin_radius"):  # runs without the margin loss keep the fingerprint they had before it
         for key in ("margin_radius", "margin_norm", "margin_warmup"):
             settings.pop(key, None)
-    for key, plain in (("sensitive_weight", 1.0), ("train_at_balance", False)):
+    later: tuple[tuple[str, Any], ...] = (("sensitive_weight", 1.0), ("train_at_balance", False), ("refit", False))
+    later += (("teacher", None), ("distill_weight", 0.0), ("distill_temperature", 1.0))
+    for key, plain in later:
         if key in settings and settings[key] == plain:  # likewise runs that do not use these later settings
             settings.pop(key)
     return json.dumps({"train": settings, "model": model_config}, sort_keys=True, default=str)
@@ -179,6 +183,15 @@ def read_train_state(state_file: Path, device: torch.device, fingerprint: str) -
     return state
 
 
+def fit_split(data: TaskData, config: TrainConfig) -> Dataset:
+    """The inputs training fits on: ``data.train``, or with ``config.refit`` train ∪ val (train's inputs
+    first, then val's). Every process builds the same tensors, so under torch.distributed each global
+    batch of the union is drawn and sharded exactly as the train split's would be. Never the test split."""
+    if not config.refit:
+        return data.train
+    return Dataset(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
+
+
 def _save_state(state: dict[str, Any], path: Path) -> None:
     """torch.save through a Python file object, so a full disk raises OSError (not a RuntimeError)."""
     with open(path, "wb") as fh:
@@ -190,9 +203,12 @@ class FitResult:
     """What a training run did.
 
     Attributes:
-        history: one record per epoch: the training loss terms, ``val_*`` validation metrics, seconds.
+        history: one record per epoch: the training loss terms, ``val_*`` validation metrics, seconds
+            (with ``refit``: ``trainval_*``, in-sample metrics on train ∪ val, instead of ``val_*``).
         best: the selected epoch: ``{"metric", "epoch", "val_*": ...}``, or the final epoch with
-            ``"eligible": False`` when no epoch could be selected (a margin warm-up as long as the run).
+            ``"eligible": False`` when no epoch could be selected (a margin warm-up as long as the run);
+            with ``refit`` the final epoch: ``{"metric", "epoch", "selection": REFIT_SELECTION,
+            "fit_inputs", "trainval_*": ...}``.
         seconds: training seconds (over every session of a resumed run).
     """
 
@@ -228,7 +244,11 @@ class TrainingSession:
         self.writer = distributed.is_main()
         self.progress = progress and self.writer
         self.log = log if self.writer else (lambda msg: None)
-        self.steps = math.ceil(len(data.train) / config.batch_size)
+        self.fit_data = fit_split(data, config)
+        # under refit the recipe's validation pass (and its balance shift b) runs in-sample on train ∪ val
+        self.eval_data, self.prefix = (self.fit_data, "trainval_") if config.refit else (data.val, "val_")
+        self.selection = {"selection": REFIT_SELECTION, "fit_inputs": len(self.fit_data)} if config.refit else {}
+        self.steps = math.ceil(len(self.fit_data) / config.batch_size)
         self.optimizer = make_optimizer(model, config)
         self.scheduler, self.per_step = make_scheduler(self.optimizer, config, self.steps)
         self.fingerprint = train_fingerprint(config.to_dict(), model_config(model))
@@ -269,13 +289,14 @@ class TrainingSession:
         """Train the remaining epochs, writing the checkpoint, state and history after each (rank 0).
 
         Returns:
-            A :class:`FitResult`; the model is left holding the best-validation weights.
+            A :class:`FitResult`; the model is left holding the best-validation weights (with
+            ``refit``: the final epoch's).
         """
         config, model = self.config, self.model
         if self.resumed:
             self.log(f"resuming after epoch {self.start_epoch} of {config.epochs} from {self.state_file}")
         else:
-            self.recipe.prepare(model, self.data.train)
+            self.recipe.prepare(model, self.fit_data)
         engine: nn.Module = _LossModule(model, self.recipe)
         if distributed.is_distributed():
             engine = torch.nn.parallel.DistributedDataParallel(
@@ -285,7 +306,7 @@ class TrainingSession:
         for epoch in range(self.start_epoch, config.epochs):
             t0 = time.perf_counter()
             totals = self._train_epoch(engine, epoch)
-            val = self.recipe.evaluate(model, self.data.val, config.eval_batch_size)  # identical on every process
+            val = self.recipe.evaluate(model, self.eval_data, config.eval_batch_size)  # identical on every process
             seconds += time.perf_counter() - t0
             self._end_epoch(epoch, totals, val, time.perf_counter() - t0)
         if self.best_state is not None:
@@ -306,8 +327,20 @@ class TrainingSession:
         if self.out is not None and self.writer:
             save(model, self.out, meta={"task_meta": self.meta or {}})
 
+    def _select(self, epoch: int, val: dict[str, float]) -> None:
+        """Keep this epoch's weights (and save them, rank 0) if it is the best eligible one so far, or
+        under ``refit`` always (the final epoch is the one kept)."""
+        # a recipe may rule an epoch out of the selection (e.g. one trained before its loss was complete)
+        if self.config.refit or (val.get("eligible", 1.0) and val["metric"] > self.best["metric"]):
+            metrics = {f"{self.prefix}{k}": v for k, v in val.items()}
+            self.best = {"metric": val["metric"], "epoch": epoch + 1, **self.selection, **metrics}
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            if self.out is not None and self.writer:
+                meta = {"task_meta": self.meta or {}, "best_epoch": epoch + 1, **self.selection}
+                save(self.model, self.out, meta=meta)
+
     def _train_epoch(self, engine: nn.Module, epoch: int) -> dict[str, float]:
-        """One pass over the training split; returns the summed per-step statistics."""
+        """One pass over the training split (train ∪ val with ``refit``); returns the summed per-step statistics."""
         config, model, device = self.config, self.model, self.device
         rank, world = distributed.rank(), distributed.world_size()
         prog0 = epoch / max(1, config.epochs)
@@ -315,8 +348,8 @@ class TrainingSession:
         model.train()
         # every process draws the whole global batch (same shuffle and augmentation) and keeps its shard
         batches = EpochBatches(
-            self.data.train.x,
-            self.data.train.y,
+            self.fit_data.x,
+            self.fit_data.y,
             config.batch_size,
             config.seed,
             epoch,
@@ -360,17 +393,12 @@ class TrainingSession:
         record = {
             "epoch": epoch + 1,
             **{k: v / self.steps for k, v in totals.items()},
-            **{f"val_{k}": v for k, v in val.items()},
+            **{f"{self.prefix}{k}": v for k, v in val.items()},
             "seconds": seconds,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         self.history.append(record)
-        # a recipe may rule an epoch out of the selection (e.g. one trained before its loss was complete)
-        if val.get("eligible", 1.0) and val["metric"] > self.best["metric"]:
-            self.best = {"metric": val["metric"], "epoch": epoch + 1, **{f"val_{k}": v for k, v in val.items()}}
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if out is not None and self.writer:
-                save(model, out, meta={"task_meta": self.meta or {}, "best_epoch": epoch + 1})
+        self._select(epoch, val)
         if out is not None and self.writer:
             state = {
                 "model": model.state_dict(),
@@ -386,8 +414,10 @@ class TrainingSession:
             write_json(out / HISTORY_FILE, self.history)
         distributed.barrier()
         self.log(
-            f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val metric {val['metric']:.4f}"
-            + (" (best)" if self.best["epoch"] == epoch + 1 else "")
+            f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, "
+            + ("in-sample train+val" if config.refit else "val")
+            + f" metric {val['metric']:.4f}"
+            + (" (best)" if self.best["epoch"] == epoch + 1 and not config.refit else "")
             + f", {seconds:.1f}s"
         )
 
@@ -439,7 +469,8 @@ def fit(
     log: Callable[[str], None] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Train ``model`` on ``data.train``, select on ``data.val``, checkpoint into ``out_dir``.
+    """Train ``model`` on ``data.train``, select on ``data.val``, checkpoint into ``out_dir``
+    (with ``config.refit``: train on train ∪ val and keep the final epoch; see :func:`fit_split`).
 
     When ``out_dir`` holds a ``train_state.pt`` from an interrupted run with the same settings,
     training resumes after its last finished epoch (and gives the weights an uninterrupted run

@@ -12,11 +12,12 @@ from torch import nn
 from asymcert.certify.threat_model import threat_lower_bound
 from asymcert.checkpoint import model_config
 from asymcert.data.tasks import Dataset
-from asymcert.errors import UnknownNameError
+from asymcert.errors import ConfigError, UnknownNameError
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.threat import ResolvedThreatModel
 from asymcert.train.balance import balanced_accuracy, fit_balance
 from asymcert.train.config import TrainConfig
+from asymcert.train.distill import check_teacher_input, distill_loss, load_teacher, teacher_scores
 from asymcert.train.regularizers import certified_lower_bound, jacobian_penalty_from_grad, per_input_gradients
 
 
@@ -97,6 +98,10 @@ class FeatureConvexRecipe:
         self.sensitive_weight = float(config.sensitive_weight)
         self.train_at_balance = bool(config.train_at_balance)
         self.ensemble_training = str(config.ensemble_training)
+        self.teacher_path = config.teacher
+        self.teacher = load_teacher(config.teacher) if config.teacher else None  # loaded once, frozen
+        self.distill_weight, self.distill_temperature = float(config.distill_weight), float(config.distill_temperature)
+        self._teacher_batch: torch.Tensor | None = None
         if not self.sensitive_weight > 0:
             raise ValueError(f"sensitive_weight must be > 0, got {config.sensitive_weight}")
         if len(norms) != len(radii):
@@ -117,8 +122,11 @@ class FeatureConvexRecipe:
         :func:`~asymcert.certify.threat_model.threat_lower_bound`) instead of over raw-unit ℓp balls."""
         self.threat_model = threat_model
 
+    supports_distillation = True
+
     def prepare(self, model: nn.Module, train: Dataset) -> None:
         fc = _classifier(model)
+        self._ready_teacher(model, tuple(train.x.shape[1:]))
         fc.feature_map.fit(train.x)
         fc.set_balance(0.0)
         fc.project()
@@ -145,6 +153,9 @@ class FeatureConvexRecipe:
         member's own loss on s_k = g_k(φ(x)) + b (its own gradient in the margin and Jacobian terms);
         the members' parameters are disjoint, so each member gets exactly its own loss's gradient / K."""
         fc = _classifier(model)
+        if self.teacher is not None:  # the same (augmented) batch, no graph; used by _loss_of
+            self._ready_teacher(model, tuple(x.shape[1:]))
+            self._teacher_batch = teacher_scores(self.teacher, x)
         features = fc.features(x).detach()
         members = self._trained_members(fc)
         if not members:
@@ -198,7 +209,23 @@ class FeatureConvexRecipe:
         weight = None if self.sensitive_weight == 1.0 else logit.new_tensor(self.sensitive_weight)
         bce = F.binary_cross_entropy_with_logits(logit, y.to(logit.dtype), pos_weight=weight)
         stats["bce"] = bce.item()
-        return bce + penalty, stats
+        total = bce + penalty
+        if self.teacher is not None and self._teacher_batch is not None:
+            kd = distill_loss(score, self._teacher_batch, self.distill_temperature)
+            stats["distill"] = kd.item()
+            total = (1 - self.distill_weight) * total + self.distill_weight * kd
+        return total, stats
+
+    def _ready_teacher(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        """Check the teacher's input shape against ``input_shape`` and move it to ``model``'s device (once)."""
+        if self.teacher is None:
+            return
+        device = next(model.parameters()).device
+        if next(self.teacher.parameters(), torch.empty(0, device=device)).device != device:
+            self.teacher.to(device)
+        if self.teacher_path is not None:
+            check_teacher_input(self.teacher, self.teacher_path, input_shape)
+            self.teacher_path = None  # checked once
 
     def _lower_bound(
         self, fc: FeatureConvexClassifier, score: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, r: float, p: float
@@ -251,4 +278,6 @@ def recipe_for(model: nn.Module, config: TrainConfig) -> Recipe:
     kind = model_config(model)["kind"]
     if kind not in _RECIPES:
         raise UnknownNameError(f"no training recipe for model kind {kind!r}; known: {', '.join(sorted(_RECIPES))}")
+    if config.teacher is not None and not getattr(_RECIPES[kind], "supports_distillation", False):
+        raise ConfigError(f"distillation (teacher={config.teacher!r}) is only supported by the feature-convex recipe")
     return _RECIPES[kind](config)
