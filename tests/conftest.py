@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 
 import numpy as np
@@ -112,6 +114,30 @@ def small_feature_convex(kind: str = "icnn", input_shape=(1, 6, 6), feature_map=
     with torch.no_grad():
         model.set_balance(-float(model(x).median()))
     return model
+
+
+def near_boundary(model, x: torch.Tensor, low: float = 1e-7, high: float = 1e-2) -> torch.Tensor:
+    """Inputs (k, *shape) float32 just on the flagged side of the boundary, scores log-spaced over [low, high].
+
+    Pairs a flagged and an unflagged input of ``x`` (k = the smaller count) and bisects each segment in
+    float64 to where the score first exceeds its own target. The smallest targets lie within the
+    certifiers' rounding allowances (radius 0: nothing promised); the others get small positive
+    radii, the hard case for rounding — so a test on these inputs can check both.
+    """
+    m64 = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        s = m64(x.double())
+        a, b = x[s > 0].double(), x[s <= 0].double()
+        k = min(len(a), len(b))
+        a, b = a[:k], b[:k]
+        target = torch.logspace(math.log10(low), math.log10(high), k, dtype=torch.float64)
+        view = (k,) + (1,) * (x.dim() - 1)
+        lo, hi = torch.zeros(view, dtype=torch.float64), torch.ones(view, dtype=torch.float64)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            up = (m64(a + mid * (b - a)) > target).view(view)
+            lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
+        return (a + lo * (b - a)).float()
 
 
 @pytest.fixture(autouse=True)

@@ -317,7 +317,7 @@ class ResolvedThreatModel:
         """``x_adv`` (N, *shape) moved to the nearest point whose move from ``x`` the threat model allows
         (per coordinate: masks, directions, domain); the size of the move is not touched."""
         shape = x.shape
-        xf, af = x.reshape(shape[0], -1), x_adv.reshape(shape[0], -1)
+        xf, af = x.reshape(shape[0], math.prod(shape[1:])), x_adv.reshape(shape[0], math.prod(shape[1:]))
         dev, dt = x.device, x.dtype
         delta = af - xf
         delta = torch.where(self.can_increase.to(dev)[None], delta, delta.clamp(max=0.0))

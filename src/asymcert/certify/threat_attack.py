@@ -36,8 +36,8 @@ def _u_box(x_flat: torch.Tensor, tm: ResolvedThreatModel) -> tuple[torch.Tensor,
 def move_sizes(x: torch.Tensor, x_adv: torch.Tensor, tm: ResolvedThreatModel, p: float) -> torch.Tensor:
     """(N,) float64 threat-model size ‖(x_adv − x) / scale‖_p of each move, ``inf`` where the move is
     not allowed (a forbidden direction, or leaving the domain from inside it)."""
-    x64 = x.detach().reshape(x.shape[0], -1).double().cpu()
-    a64 = x_adv.detach().reshape(x.shape[0], -1).double().cpu()
+    x64 = x.detach().reshape(x.shape[0], math.prod(x.shape[1:])).double().cpu()
+    a64 = x_adv.detach().reshape(x.shape[0], math.prod(x.shape[1:])).double().cpu()
     delta = a64 - x64
     bad = (~tm.can_increase[None] & (delta > 0)) | (~tm.can_decrease[None] & (delta < 0))
     inside = (x64 >= tm.lower[None]) & (x64 <= tm.upper[None])
@@ -138,7 +138,7 @@ def threat_attack(
         raise InputError(f"eps must be {n} finite radii ≥ 0 (or one)")
     # a hair inside the ball, so that x + scale ⊙ u rounded in x's dtype still measures ≤ eps
     eps_t = (eps64 * (1 - 1e-6)).to(x.dtype)
-    xr = x.detach().reshape(n, -1)
+    xr = x.detach().reshape(n, math.prod(shape))
     low, high = (b.to(x.dtype) for b in _u_box(xr, threat_model))
     scale = threat_model.scale.to(x.device, x.dtype)[None]
     with eval_mode(model):  # the whole attack in eval mode (batch norm with running statistics)
