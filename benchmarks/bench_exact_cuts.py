@@ -34,6 +34,7 @@ from asymcert.certify.feature_convex import certify_feature_convex  # noqa: E402
 from asymcert.certify.result import norm_label, normalize_norm  # noqa: E402
 
 CHUNK = 100  # inputs bracketed at once (each open input keeps its LP)
+ROUND_MARKS = (20, 60, 100, 200, 400, 1000)  # "converged within R rounds" is reported at these R
 
 
 def bench_norm(
@@ -64,6 +65,11 @@ def bench_norm(
         "seconds_per_flagged_input_quartiles": quartiles(res.seconds[flagged]),
         "iterations": quartiles(res.iterations[flagged].astype(float)),
         "converged": int(sum(s == "converged" for s in res.status)),
+        "converged_within_rounds": {
+            str(r): int(sum(s == "converged" and it <= r for s, it in zip(res.status, res.iterations, strict=True)))
+            for r in ROUND_MARKS
+            if r <= max_cuts
+        },
         "statuses": {s: res.status.count(s) for s in set(res.status)},
         "bracket_gap": quartiles(upper / lower - 1.0),
         "lower_below_closed_form": int((lower < closed * (1 - 1e-9)).sum()),
