@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import asymcert
+from asymcert.certify import cutting_planes
 from asymcert.certify.attacks import decision_flips, pgd_attack
 from asymcert.certify.cutting_planes import bracket_radius, exact_radius_by_cuts, multi_cut_radii
 from asymcert.certify.exact import UnsupportedModelError, exact_radius
@@ -83,6 +84,31 @@ def test_bracket_holds_the_exact_radius_and_meets(name, p):
     assert bool((_s64(model, x[f] + res.delta[f]) <= 0).all())  # the upper bound's move is checked
     assert bool(torch.isnan(res.exact(TOL)).sum() == 0)
     assert bool((res.lower[~f] == 0).all() and (res.upper[~f] == 0).all())
+
+
+@pytest.mark.parametrize("p", [1.0, math.inf])
+def test_forgetting_idle_cut_rows_keeps_every_bracket(monkeypatch, p):
+    """With rows forgotten after one idle solve beyond 2 kept, the LP loses cuts every round; the
+    brackets must still hold the exact radius and meet (λ is mapped back to the right cuts)."""
+    monkeypatch.setattr(cutting_planes, "IDLE_SOLVES", 1)
+    monkeypatch.setattr(cutting_planes, "KEEP_ROWS", 2)
+    dropped = []
+    forget = cutting_planes._HighsCuts._forget_idle_rows
+
+    def counting(self, active):
+        before = len(self.cut_of_row)
+        forget(self, active)
+        dropped.append(before - len(self.cut_of_row))
+
+    monkeypatch.setattr(cutting_planes._HighsCuts, "_forget_idle_rows", counting)
+    model, x = MODELS["icnn2"]()
+    res = bracket_radius(model, x, p, tol=TOL)
+    exact = exact_radius(model, x, p)
+    f = exact > 0
+    assert sum(dropped) > 50  # rows were forgotten
+    assert all(s == "converged" for s, ff in zip(res.status, f.tolist(), strict=True) if ff)
+    assert bool((res.lower[f] <= exact[f] * (1 + ACCURACY[p])).all())
+    assert bool((res.upper[f] >= exact[f] * (1 - ACCURACY[p])).all())
 
 
 @pytest.mark.parametrize("name", ["icnn2", "icnn2-bn", "conv"])

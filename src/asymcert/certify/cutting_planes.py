@@ -53,6 +53,8 @@ __all__ = ["BracketResult", "bracket_radius", "exact_radius_by_cuts", "multi_cut
 RAY_STEPS = np.array([0.0, 0.5, 2.0, 8.0, 64.0, 1024.0])
 SEGMENT = np.array([1.0, 0.998, 0.99, 0.95, 0.8, 0.0])
 FAMILY = 6
+# cut rows of an LP whose dual stayed 0 for IDLE_SOLVES solves are deleted once it has more than KEEP_ROWS
+IDLE_SOLVES, KEEP_ROWS = 10, 50
 
 
 @dataclass
@@ -163,9 +165,11 @@ class _HighsCuts:
 
     v is convex, decreasing and piecewise linear, and its root is the distance from 0 to the cuts ∩ box.
     The LP has one row per cut (plus the ℓ1 budget row) and a free z ≥ every cut, so its basis is
-    small; between Newton steps only the radius changes, between rounds rows are added, and HiGHS's
-    dual simplex restarts from the last basis. Newton starts from the last sound lower bound (v ≥ 0
-    there) and climbs to the root; the cut rows' duals at the end are the weights λ.
+    small; between Newton steps only the radius changes, between rounds rows are added (and rows whose
+    dual stayed 0 for IDLE_SOLVES solves are deleted beyond KEEP_ROWS: on the default ICNN 4096 this
+    halves the ℓ1 time), and HiGHS's dual simplex restarts from the last basis. Newton starts from the
+    last sound lower bound (v ≥ 0 there) and climbs to the root; the cut rows' duals at the end are the
+    weights λ (0 for deleted rows).
     """
 
     def __init__(self, low: np.ndarray, high: np.ndarray, p: float, sigma: float, rho: float) -> None:
@@ -193,7 +197,9 @@ class _HighsCuts:
         else:
             h.addVars(1, np.array([-inf]), np.array([inf]))  # z, the model's value
             h.changeColsCost(1, np.array([self.nw], dtype=np.int32), np.array([1.0]))
-        self.first_cut = self.rows = 1 if p == 1 else 0
+        self.first_cut = 1 if p == 1 else 0
+        self.cut_of_row: list[int] = []  # the cut (index into the caller's lists) behind each cut row
+        self.idle = np.zeros(0, dtype=np.int64)  # solves since each cut row last had a nonzero dual
 
     def _set_radius(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         if self.p == 1:
@@ -214,11 +220,23 @@ class _HighsCuts:
         """(u*, λ ≥ 0 per cut) for the current cuts, Newton from radius t0 (u units, ≤ the root), or None."""
         highspy = _import_highspy()
         h = self.h
-        for k in range(self.rows - self.first_cut, len(margins)):
-            nk = normals[k] * (self.sigma * self.rho)
-            row = np.concatenate([nk, -nk, [-1.0]]) if self.p == 1 else np.append(nk, -1.0)
-            h.addRow(-self.inf, -margins[k] * self.rho, row.size, np.arange(row.size, dtype=np.int32), row)
-            self.rows += 1
+        new = range(self.cut_of_row[-1] + 1 if self.cut_of_row else 0, len(margins))
+        if len(new):  # the new cuts' rows in one call (one by one costs HiGHS a rebuild each)
+            nk = np.array([normals[k] for k in new]) * (self.sigma * self.rho)
+            z = -np.ones((len(new), 1))
+            rows = np.hstack([nk, -nk, z] if self.p == 1 else [nk, z])
+            width = rows.shape[1]
+            h.addRows(
+                len(new),
+                np.full(len(new), -self.inf),
+                np.array([-margins[k] * self.rho for k in new]),
+                rows.size,
+                np.arange(0, rows.size, width, dtype=np.int32),
+                np.tile(np.arange(width, dtype=np.int32), len(new)),
+                rows.ravel(),
+            )
+            self.cut_of_row += list(new)
+            self.idle = np.concatenate([self.idle, np.zeros(len(new), dtype=np.int64)])
         t, sol = t0 / self.sigma, None
         for _ in range(1 if self.p == 1 else 50):
             lo, hi = self._set_radius(t)
@@ -237,7 +255,23 @@ class _HighsCuts:
         assert sol is not None  # the loop ran at least once
         x = np.asarray(sol.col_value)
         w = x[: self.d] - x[self.d : 2 * self.d] if self.p == 1 else x[: self.d]
-        return w * self.sigma, np.maximum(-np.asarray(sol.row_dual)[self.first_cut :], 0.0)
+        duals = np.maximum(-np.asarray(sol.row_dual)[self.first_cut :], 0.0)
+        lam = np.zeros(len(margins))
+        lam[self.cut_of_row] = duals
+        self._forget_idle_rows(duals > 0)
+        return w * self.sigma, lam
+
+    def _forget_idle_rows(self, active: np.ndarray) -> None:
+        """Delete the cut rows whose dual has been 0 for IDLE_SOLVES solves once there are more than
+        KEEP_ROWS (the LP stays small; λ and the lower bounds only ever use the rows solved with)."""
+        self.idle = np.where(active, 0, self.idle + 1)
+        drop = np.flatnonzero(self.idle >= IDLE_SOLVES)
+        if len(self.cut_of_row) <= KEEP_ROWS or drop.size == 0:
+            return
+        self.h.deleteRows(drop.size, (drop + self.first_cut).astype(np.int32))
+        keep = np.setdiff1d(np.arange(len(self.cut_of_row)), drop)
+        self.cut_of_row = [self.cut_of_row[j] for j in keep]
+        self.idle = self.idle[keep]
 
 
 def _solve_qp(st: _Input, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
