@@ -238,10 +238,10 @@ def test_constrained_attacks_do_not_flip_inside_the_radius(phi, near):
         # a radius of 0 promises nothing: such an input (score within its rounding bound of 0) may read
         # s = 0 in another batch, where the BLAS sums in another order
         finite = torch.isfinite(r) & (r > 0)
+        assert int(finite.sum()) >= 20, f"ℓ{p}: too few positive radii to test"
         inside = threat_attack(model, xf[finite], r[finite] * 0.999, p, tm, steps=60, restarts=2, generator=gen)
         assert bool((move_sizes(xf[finite], inside, tm, p) <= r[finite] * 0.999).all())
         assert int((model(inside) <= 0).sum()) == 0, f"ℓ{p}: a flip inside the threat-model radius"
-        assert int(finite.sum()) >= 20, f"ℓ{p}: too few positive radii to test"
         # the attack has teeth, near the boundary too: far outside the radius it flips most inputs
         outside = threat_attack(model, xf[finite], r[finite] * 4, p, tm, steps=60, restarts=2, generator=gen)
         assert int((model(outside) <= 0).sum()) > 0.3 * int(finite.sum())

@@ -198,6 +198,7 @@ class _HighsCuts:
             h.addVars(1, np.array([-inf]), np.array([inf]))  # z, the model's value
             h.changeColsCost(1, np.array([self.nw], dtype=np.int32), np.array([1.0]))
         self.first_cut = 1 if p == 1 else 0
+        self.cuts_seen = 0  # cuts of the caller's lists already added (some rows may be deleted since)
         self.cut_of_row: list[int] = []  # the cut (index into the caller's lists) behind each cut row
         self.idle = np.zeros(0, dtype=np.int64)  # solves since each cut row last had a nonzero dual
 
@@ -220,7 +221,7 @@ class _HighsCuts:
         """(u*, λ ≥ 0 per cut) for the current cuts, Newton from radius t0 (u units, ≤ the root), or None."""
         highspy = _import_highspy()
         h = self.h
-        new = range(self.cut_of_row[-1] + 1 if self.cut_of_row else 0, len(margins))
+        new = range(self.cuts_seen, len(margins))
         if len(new):  # the new cuts' rows in one call (one by one costs HiGHS a rebuild each)
             nk = np.array([normals[k] for k in new]) * (self.sigma * self.rho)
             z = -np.ones((len(new), 1))
@@ -236,6 +237,7 @@ class _HighsCuts:
                 rows.ravel(),
             )
             self.cut_of_row += list(new)
+            self.cuts_seen = len(margins)
             self.idle = np.concatenate([self.idle, np.zeros(len(new), dtype=np.int64)])
         t, sol = t0 / self.sigma, None
         for _ in range(1 if self.p == 1 else 50):
