@@ -13,11 +13,13 @@ the saved model's, b included, so for feature-convex runs the test figure is the
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
 import asymcert
 from asymcert.data.tasks import Dataset
+from asymcert.errors import AsymcertError
 from asymcert.pipeline import run_data
 
 CHUNK = 1000  # inputs per forward pass
@@ -35,8 +37,11 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="run folders")
     args = ap.parse_args()
     for run in args.runs:
-        model = asymcert.load(run, device="cpu").eval()
-        data = run_data(run)
+        try:
+            model = asymcert.load(run, device="cpu").eval()
+            data = run_data(run)
+        except AsymcertError as exc:
+            sys.exit(f"{run}: {exc}")
         parts = [
             f"{name} {split_accuracy(model, getattr(data, name)):.2f}% ({len(getattr(data, name))})"
             for name in ("train", "val", "test")
