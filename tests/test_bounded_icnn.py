@@ -203,15 +203,16 @@ def test_auto_picks_bounded_only_where_it_applies():
         b = asymcert.certify(other, x, norms=NORMS, precision="float64")
         for p in NORMS:
             assert torch.equal(a.radii[p], b.radii[p])
-    log1p = build_model(
-        {
-            "kind": "feature-convex",
-            "input_shape": [5],
-            "feature_map": [{"kind": "log1p"}],
-            "convex": {"kind": "icnn", "widths": [8], "batch_norm": False},
-        }
-    )
-    assert not supports_bounded_icnn(log1p, cpu)
+    for kind in ("log1p", "hinges"):  # maps whose rounding the bounded path does not model
+        bent = build_model(
+            {
+                "kind": "feature-convex",
+                "input_shape": [5],
+                "feature_map": [{"kind": kind}],
+                "convex": {"kind": "icnn", "widths": [8], "batch_norm": False},
+            }
+        )
+        assert not supports_bounded_icnn(bent, cpu)
     assert not supports_bounded_icnn(one, torch.device("meta"))
     old = torch.get_float32_matmul_precision()
     try:

@@ -187,19 +187,20 @@ def test_input_range_is_intersected_with_the_domain(p):
     assert bool(torch.isfinite(move_sizes(x[ok], adv[ok], TM.resolve(None, D), p)).all())
 
 
-def test_log1p_and_bad_threat_models_are_refused():
+def test_log1p_hinges_and_bad_threat_models_are_refused():
     model, x = _model("shift")
-    log_model = build_model(
-        {
-            "kind": "feature-convex",
-            "input_shape": [D],
-            "feature_map": [{"kind": "log1p"}],
-            "convex": {"kind": "icnn", "widths": [8]},
-        }
-    ).eval()
-    for tm in (None, TM, TM.resolve(None, D)):
-        with pytest.raises(UnsupportedModelError, match="log1p"):
-            exact_radius(log_model, x, 2, threat_model=tm)
+    for kind in ("log1p", "hinges"):
+        bent = build_model(
+            {
+                "kind": "feature-convex",
+                "input_shape": [D],
+                "feature_map": [{"kind": kind}],
+                "convex": {"kind": "icnn", "widths": [8]},
+            }
+        ).eval()
+        for tm in (None, TM, TM.resolve(None, D)):
+            with pytest.raises(UnsupportedModelError, match=f"{kind}.*is not affine"):
+                exact_radius(bent, x, 2, threat_model=tm)
     with pytest.raises(ConfigError, match="unknown feature 'hp'"):
         exact_radius(model, x, 2, threat_model=ThreatModel(immutable=["hp"]))
     with pytest.raises(ConfigError, match="for 3 features"):

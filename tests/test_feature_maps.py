@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asymcert.errors import UnknownNameError
-from asymcert.nn.feature_maps import build_feature_map
+from asymcert.errors import ConfigError, UnknownNameError
+from asymcert.nn.feature_maps import build_feature_map, feature_map_problems
 from tests.conftest import examples
 
 NORMS = [1.0, 1.5, 2.0, 3.0, math.inf]
@@ -104,3 +104,68 @@ def test_log1p_round_trips_and_is_not_affine():
     assert phi.config()[0] == {"kind": "log1p"} and not phi.affine()
     assert build_feature_map(phi.config(), (3,)).config() == phi.config()
     assert torch.equal(phi.maps[0](torch.tensor([[-2.0, 0.0, math.e - 1]])), torch.tensor([[0.0, 0.0, 1.0]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# hinges: per-feature piecewise-linear splines
+# ---------------------------------------------------------------------------------------------
+
+
+def test_hinges_knots_sit_at_quantiles_of_the_values_above_each_minimum():
+    phi = build_feature_map([{"kind": "hinges", "knots": 3}], (3,)).double()
+    sparse = torch.cat([torch.zeros(60), torch.arange(1.0, 41.0)])  # 60 % zeros, then 1 … 40
+    x = torch.stack([sparse, torch.arange(100.0), torch.full((100,), 7.0)], dim=1).double()
+    phi.fit(x)
+    knots = phi.maps[0].knot_values
+    assert knots.shape == (3, 3)
+    levels = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+    assert torch.allclose(knots[:, 0], torch.quantile(torch.arange(1.0, 41.0).double(), levels))
+    assert bool((knots[:, 0] > 0).all())  # knots among the nonzero frequencies, not at 0
+    assert torch.allclose(knots[:, 1], torch.quantile(torch.arange(1.0, 100.0).double(), levels))
+    assert knots[:, 2].tolist() == [7.0, 7.0, 7.0]  # a constant feature: no bend inside its values
+    out = phi(torch.tensor([[0.0, 50.0, 8.0]], dtype=torch.float64))
+    assert phi.out_shape((3,)) == (12,) and out.shape == (1, 12)
+    assert out[0, :3].tolist() == [0.0, 50.0, 8.0]  # the identity copy first
+    assert out[0, 3:].reshape(3, 3)[:, 1].tolist() == [50.0 - float(k) if k < 50.0 else 0.0 for k in knots[:, 1]]
+    assert out[0, 3:].reshape(3, 3)[:, 2].tolist() == [1.0, 1.0, 1.0]
+
+
+@settings(derandomize=True, max_examples=examples(60), deadline=None)
+@given(
+    a=st.lists(st.floats(-10, 10, allow_nan=False), min_size=4, max_size=4),
+    b=st.lists(st.floats(-10, 10, allow_nan=False), min_size=4, max_size=4),
+    knots=st.integers(1, 6),
+)
+def test_hinges_lipschitz_bounds_every_pair_and_is_attained(a, b, knots):
+    phi = build_feature_map([{"kind": "hinges", "knots": knots}], (4,)).double()
+    phi.fit(torch.randn(40, 4, generator=torch.Generator().manual_seed(knots), dtype=torch.float64))
+    xa, xb = torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64)
+    top = float(phi.maps[0].knot_values.max())
+    for p in NORMS:
+        moved = float(torch.linalg.vector_norm(phi(xa) - phi(xb), ord=p))
+        # float64 rounding of x − t (|t| < 10, |x| ≤ 10) may add up to (K + 1)·4e-15 absolute
+        allowed = phi.lipschitz(p) * float(torch.linalg.vector_norm(xa - xb, ord=p)) * (1 + 1e-12)
+        assert moved <= allowed + (knots + 1) * 1e-14
+        # one coordinate moving above every knot moves all K + 1 copies by the same step
+        high = torch.full((1, 4), top + 1.0, dtype=torch.float64)
+        step = high.clone()
+        step[0, 2] += 0.5
+        ratio = float(torch.linalg.vector_norm(phi(step) - phi(high), ord=p)) / 0.5
+        assert ratio == pytest.approx(1.0 if math.isinf(p) else (knots + 1) ** (1 / p), rel=1e-12)
+        assert ratio <= phi.lipschitz(p) * (1 + 1e-12)
+
+
+def test_hinges_on_images_round_trip_and_bad_settings_are_refused():
+    phi = build_feature_map([{"kind": "shift"}, {"kind": "hinges", "knots": 2}], (2, 3, 3))
+    phi.fit(torch.rand(30, 2, 3, 3))
+    assert phi(torch.rand(5, 2, 3, 3)).shape == (5, 6, 3, 3) and phi.out_shape((2, 3, 3)) == (6, 3, 3)
+    again = build_feature_map(phi.config(), (2, 3, 3))
+    assert again.config() == phi.config() == [{"kind": "shift"}, {"kind": "hinges", "knots": 2}]
+    assert not phi.affine()
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ConfigError, match="knots"):
+            build_feature_map([{"kind": "hinges", "knots": bad}], (3,))
+    with torch.no_grad():
+        phi.maps[1].knot_values[1, 0, 2, 2] = math.inf
+    problems = feature_map_problems(phi)
+    assert len(problems) == 1 and "feature_map.maps.1: knot_values: contains NaN or Inf" in problems[0]

@@ -206,8 +206,8 @@ def test_every_feature_of_a_monotone_input_is_constrained():
 @pytest.mark.parametrize(
     "phi",
     # log1p's slope interval is [0, 1]: with w ≥ 0 the harm is exactly 0, kept 0 by the rounding allowance
-    [[{"kind": "standardize"}], LOG_STD],
-    ids=["standardize", "log1p-standardize"],
+    [[{"kind": "standardize"}], LOG_STD, [*LOG_STD, {"kind": "hinges", "knots": 3}]],
+    ids=["standardize", "log1p-standardize", "hinges"],
 )
 def test_threat_model_certificate_is_infinite_for_monotone_moves(phi):
     tm = ThreatModel(increase_only=INC, decrease_only=DEC, immutable=OTHERS).resolve(None, D)

@@ -9,7 +9,17 @@ from asymcert.nn.convex import (
     convexity_violations,
     project_,
 )
-from asymcert.nn.feature_maps import Compose, ConcatAbs, FeatureMap, Identity, Shift, Standardize, build_feature_map
+from asymcert.nn.feature_maps import (
+    Compose,
+    ConcatAbs,
+    FeatureMap,
+    Hinges,
+    Identity,
+    Log1p,
+    Shift,
+    Standardize,
+    build_feature_map,
+)
 
 __all__ = [
     "ICNN",
@@ -17,7 +27,9 @@ __all__ = [
     "ConcatAbs",
     "ConvexConvNet",
     "FeatureMap",
+    "Hinges",
     "Identity",
+    "Log1p",
     "NonnegConv2d",
     "NonnegLinear",
     "PositiveBatchNorm",

@@ -238,6 +238,64 @@ class ConcatAbs(FeatureMap):
         return torch.cat([lo, -bound]), torch.cat([hi, bound])
 
 
+class Hinges(FeatureMap):
+    """φ(x) = concat(x, relu(x − t_1), …, relu(x − t_K)) along dim 1: per-feature piecewise-linear splines.
+
+    With unconstrained first-layer weights, g∘φ can then bend every feature at its knots t_k (K per
+    input coordinate), the thresholds tree ensembles split on. ``fit`` puts the knots at the
+    quantiles k/(K+1) of each coordinate's training values above its minimum (so a sparse frequency
+    gets knots among its nonzero values). Each copy moves by at most |δ_i| when x_i moves by δ_i, so
+    ‖φ(x) − φ(x')‖_p^p ≤ (K+1)‖x − x'‖_p^p: Lipschitz (K+1)^{1/p}, 1 for ℓ∞. Every copy is
+    nondecreasing (slopes in [0, 1] for the hinges), so monotone declarations stay valid.
+
+    Args:
+        in_shape: shape of one input.
+        knots: number K ≥ 1 of knots per coordinate.
+
+    Raises:
+        ConfigError: ``knots`` not an integer ≥ 1.
+    """
+
+    kind = "hinges"
+    knot_values: torch.Tensor  # buffer (K, *in_shape)
+
+    def __init__(self, in_shape: tuple[int, ...], knots: int = 4) -> None:
+        super().__init__()
+        if isinstance(knots, bool) or not isinstance(knots, int) or knots < 1:
+            raise ConfigError(f"hinges: knots = {knots!r} must be an integer ≥ 1")
+        self.knots = knots
+        self.register_buffer("knot_values", torch.zeros((knots, *in_shape)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bent = torch.relu(x.unsqueeze(1) - self.knot_values.unsqueeze(0))  # (N, K, *in_shape)
+        return torch.cat([x, bent.flatten(1, 2)], dim=1)
+
+    def fit(self, x: torch.Tensor) -> Hinges:
+        flat = x.detach().to("cpu", torch.float64).flatten(1)  # (N, n)
+        levels = torch.arange(1, self.knots + 1, dtype=torch.float64) / (self.knots + 1)
+        lowest = flat.amin(dim=0)
+        knots = torch.empty((self.knots, flat.shape[1]), dtype=torch.float64)
+        for i in range(flat.shape[1]):
+            above = flat[:, i][flat[:, i] > lowest[i]]
+            knots[:, i] = torch.quantile(above, levels) if above.numel() else lowest[i]
+        self.knot_values.copy_(knots.reshape(self.knot_values.shape).to(self.knot_values))
+        return self
+
+    def lipschitz(self, p: float) -> float:
+        return 1.0 if math.isinf(p) else math.nextafter(float(self.knots + 1) ** (1.0 / p), math.inf)
+
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return ((self.knots + 1) * in_shape[0],) + tuple(in_shape[1:])
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "knots": self.knots}
+
+    def slope_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # relu(a − t) − relu(b − t) = c·(a − b) with c ∈ [0, 1]
+        blo, bhi = interval_product(lo, hi, torch.zeros_like(lo), torch.ones_like(hi))
+        return torch.cat([lo] + [blo] * self.knots), torch.cat([hi] + [bhi] * self.knots)
+
+
 class Compose(FeatureMap):
     """φ = φ_k ∘ … ∘ φ_1. Lipschitz constant: the product (rounded up)."""
 
@@ -292,7 +350,9 @@ class Compose(FeatureMap):
         return bounds
 
 
-FEATURE_MAPS: dict[str, type[FeatureMap]] = {c.kind: c for c in (Identity, Shift, Log1p, Standardize, ConcatAbs)}
+FEATURE_MAPS: dict[str, type[FeatureMap]] = {
+    c.kind: c for c in (Identity, Shift, Log1p, Standardize, ConcatAbs, Hinges)
+}
 
 
 def feature_map_problems(phi: nn.Module, path: str = "feature_map") -> list[str]:
@@ -391,7 +451,7 @@ def build_feature_map(config: list[dict[str, Any]] | dict[str, Any], in_shape: t
         unknown = sorted(set(step) - set(accepted))
         if unknown:
             raise UnknownNameError(f"unknown setting(s) {unknown} for feature map {kind!r}; accepted: {accepted}")
-        m = cls(shape, **step) if kind in ("shift", "standardize") else cls(**step)
+        m = cls(shape, **step) if "in_shape" in inspect.signature(cls.__init__).parameters else cls(**step)
         maps.append(m)
         shape = m.out_shape(shape)
     return Compose(maps)
