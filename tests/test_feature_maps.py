@@ -1,12 +1,13 @@
 import math
+from fractions import Fraction
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from asymcert.errors import ConfigError, UnknownNameError
-from asymcert.nn.feature_maps import build_feature_map, feature_map_problems
+from asymcert.nn.feature_maps import build_feature_map, feature_map_problems, round_down, round_up
 from tests.conftest import examples
 
 NORMS = [1.0, 1.5, 2.0, 3.0, math.inf]
@@ -169,3 +170,34 @@ def test_hinges_on_images_round_trip_and_bad_settings_are_refused():
         phi.maps[1].knot_values[1, 0, 2, 2] = math.inf
     problems = feature_map_problems(phi)
     assert len(problems) == 1 and "feature_map.maps.1: knot_values: contains NaN or Inf" in problems[0]
+
+
+def test_hinges_with_knots_out_of_order_are_refused_by_name():
+    phi = build_feature_map([{"kind": "hinges", "knots": 3}], (4,))
+    phi.fit(torch.randn(50, 4, generator=torch.Generator().manual_seed(0)))
+    assert feature_map_problems(phi) == []
+    with torch.no_grad():
+        phi.maps[0].knot_values[:, 2] = torch.tensor([0.5, -0.5, 1.0])  # the prefix-sum bound needs t_1 ≤ t_2
+    problems = feature_map_problems(phi)
+    assert len(problems) == 1 and "knot_values: not nondecreasing along the knot axis" in problems[0]
+
+
+@settings(derandomize=True, max_examples=examples(200), deadline=None)
+@given(
+    a=st.floats(-1e200, 1e200, allow_nan=False, allow_infinity=False),
+    b=st.floats(-1e100, 1e100, allow_nan=False, allow_infinity=False),
+)
+def test_outward_rounding_brackets_the_exact_sum_product_and_quotient(a, b):
+    """round_down(fl(a ∘ b)) ≤ a ∘ b ≤ round_up(fl(a ∘ b)) exactly (Fractions), and an exact 0 stays 0."""
+    ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    results = [(ta + tb, Fraction(a) + Fraction(b)), (ta * tb, Fraction(a) * Fraction(b))]
+    if b != 0:
+        results.append((ta / tb, Fraction(a) / Fraction(b)))
+    for computed, exact in results:
+        assume(not (float(computed) == 0 and exact != 0))  # underflow to 0 (|exact| < 2⁻¹⁰⁷⁵): documented
+        low, high = float(round_down(computed)), float(round_up(computed))
+        assert low == -math.inf or Fraction(low) <= exact
+        assert high == math.inf or exact <= Fraction(high)
+        assert not (math.isinf(low) and math.isinf(high))  # an overflow keeps one finite side
+        if exact == 0:
+            assert float(round_down(computed)) == 0.0 == float(round_up(computed))

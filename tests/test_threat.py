@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -14,10 +15,10 @@ from hypothesis import strategies as st
 import asymcert
 from asymcert.certify.attacks import decisions
 from asymcert.certify.threat_attack import move_sizes, threat_attack
-from asymcert.certify.threat_model import feature_convex_threat, threat_lower_bound
+from asymcert.certify.threat_model import feature_convex_threat, harm_bounds, harm_coefficients, threat_lower_bound
 from asymcert.errors import ConfigError
 from asymcert.models import build_model
-from asymcert.nn.feature_maps import FeatureMap, Log1p, build_feature_map, coordinate_slopes
+from asymcert.nn.feature_maps import FeatureMap, Log1p, build_feature_map, coordinate_slopes, coordinate_weights
 from asymcert.pipeline import train_run
 from asymcert.threat import ThreatModel, load_threat_model
 from asymcert.train.recipes import FeatureConvexRecipe
@@ -171,6 +172,54 @@ def test_slope_intervals_contain_every_difference_quotient(which, coord, x, step
     assert bool((quotient[:, others].abs() <= 1e-12).all())  # coordinate-wise: other features stay
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    which=st.integers(0, len(PHIS) - 1),
+    coord=st.integers(0, 4),
+    x=st.lists(st.floats(-20, 20), min_size=5, max_size=5),
+    step=st.floats(-30, 30).filter(lambda v: abs(v) > 1e-6),
+    seed=st.integers(0, 2**16),
+)
+def test_weight_bounds_contain_every_quotient_and_never_exceed_the_summed_slopes(which, coord, x, step, seed):
+    """wᵀ(φ(x + t e_i) − φ(x)) / t lies within φ's weight bounds for coordinate i, and the harm they give is
+    never above the one from summing slope intervals term by term (the bound they replace)."""
+    phi = _fitted_phi(PHIS[which])
+    k = coordinate_slopes(phi, 5)[0].shape[0]
+    w = torch.randn(1, k * 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    lo, hi = coordinate_weights(phi, w, w, 5)
+    x0 = torch.tensor([x], dtype=torch.float64)
+    x1 = x0.clone()
+    x1[0, coord] += step
+    quotient = float((w * (phi(x1) - phi(x0))).sum()) / step
+    tol = 1e-9 * (1 + float(w.abs().sum()))
+    assert float(lo[0, coord]) - tol <= quotient <= float(hi[0, coord]) + tol
+    up, down = harm_bounds(phi, w, w, 5)
+    s_lo, s_hi = coordinate_slopes(phi, 5)
+    up_sum, down_sum = harm_coefficients(w, w, s_lo, s_hi)
+    assert bool((up <= up_sum * (1 + 1e-12) + 1e-300).all()) and bool((down <= down_sum * (1 + 1e-12) + 1e-300).all())
+
+
+def test_hinge_weight_bounds_are_the_extreme_prefix_sums_and_are_attained():
+    """On one coordinate, moves inside one segment between knots have quotient w_0 + w_1 + … + w_m: the
+    bounds are the smallest and largest of those; summing slope intervals adds every w_j of one sign."""
+    phi = build_feature_map([{"kind": "hinges", "knots": 3}], (1,)).double()
+    phi.fit(torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0]], dtype=torch.float64))
+    knots = phi.maps[0].knot_values[:, 0].tolist()
+    w = torch.tensor([[0.5, -2.0, 3.0, -4.0]], dtype=torch.float64)  # prefix sums 0.5, -1.5, 1.5, -2.5
+    lo, hi = coordinate_weights(phi, w, w, 1)
+    assert float(lo) == pytest.approx(-2.5, rel=1e-14) and float(lo) <= -2.5
+    assert float(hi) == pytest.approx(1.5, rel=1e-14) and float(hi) >= 1.5
+    edges = [knots[0] - 10.0, *knots, knots[-1] + 10.0]
+    seen = []
+    for a, b in itertools.pairwise(edges):  # a move inside each segment
+        x0 = torch.tensor([[a + 0.25 * (b - a)]], dtype=torch.float64)
+        x1 = torch.tensor([[a + 0.75 * (b - a)]], dtype=torch.float64)
+        seen.append(float((w * (phi(x1) - phi(x0))).sum() / (x1 - x0).squeeze()))
+    assert seen == pytest.approx([0.5, -1.5, 1.5, -2.5], rel=1e-9)
+    up_sum, down_sum = harm_coefficients(w, w, *coordinate_slopes(phi, 1))
+    assert float(up_sum) == pytest.approx(5.5) and float(down_sum) == pytest.approx(3.5)  # 2.5 and 1.5 above
+
+
 def test_a_subclass_that_changes_forward_declares_no_slopes():
     class Shifted(Log1p):
         def forward(self, x):
@@ -246,10 +295,8 @@ def test_constrained_attacks_do_not_flip_inside_the_radius(phi, near):
         inside = threat_attack(model, xf[finite], r[finite] * 0.999, p, tm, steps=60, restarts=2, generator=gen)
         assert bool((move_sizes(xf[finite], inside, tm, p) <= r[finite] * 0.999).all())
         assert int((model(inside) <= 0).sum()) == 0, f"ℓ{p}: a flip inside the threat-model radius"
-        # the attack has teeth, near the boundary too: far outside the radius it flips most inputs (hinges
-        # sum their K + 1 slope intervals independently, a looser bound: 4× flips about 23% at ℓ∞, 8× 82%)
-        far = 8 if any(step["kind"] == "hinges" for step in phi) else 4
-        outside = threat_attack(model, xf[finite], r[finite] * far, p, tm, steps=60, restarts=2, generator=gen)
+        # the attack has teeth, near the boundary too: far outside the radius it flips most inputs
+        outside = threat_attack(model, xf[finite], r[finite] * 4, p, tm, steps=60, restarts=2, generator=gen)
         assert int((model(outside) <= 0).sum()) > 0.3 * int(finite.sum())
 
 

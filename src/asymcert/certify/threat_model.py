@@ -39,7 +39,7 @@ from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.one_vs_rest import certify_one_vs_rest, class_radii_key
 from asymcert.certify.result import Certificate
 from asymcert.errors import ConfigError
-from asymcert.nn.feature_maps import coordinate_slopes
+from asymcert.nn.feature_maps import coordinate_slopes, coordinate_weights, round_down, round_up
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "fallback_radii",
     "feature_convex_threat",
+    "harm_bounds",
     "harm_coefficients",
     "one_vs_rest_threat",
     "resolve_for",
@@ -97,6 +98,27 @@ def harm_coefficients(
     return up, down
 
 
+def harm_bounds(
+    phi: torch.nn.Module, grad_lo: torch.Tensor, grad_hi: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(h⁺, h⁻): (N, n) float64 bounds on how fast the score can fall per raw unit of moving each input
+    coordinate up / down, for ∇g(φ(x)) within ``grad_lo``, ``grad_hi`` (N, K·n); None when φ is not
+    coordinate-wise.
+
+    φ's weight bounds (:func:`~asymcert.nn.feature_maps.coordinate_weights`: ŵ_i with
+    wᵀΔφ = Σ_i ŵ_i δ_i, rounded outward) when every step declares them, then h⁺ = max(0, −min ŵ),
+    h⁻ = max(0, max ŵ); otherwise the slope intervals summed term by term (:func:`harm_coefficients`).
+    """
+    weights = coordinate_weights(phi, grad_lo, grad_hi, n)
+    if weights is not None:
+        return (-weights[0]).clamp_min(0.0), weights[1].clamp_min(0.0)
+    slopes = coordinate_slopes(phi, n)
+    if slopes is None:
+        return None
+    lo, hi = (t.to(grad_lo.device) for t in slopes)
+    return harm_coefficients(grad_lo, grad_hi, lo, hi)
+
+
 def _move_costs(
     model: FeatureConvexClassifier,
     ref_grad: torch.Tensor,
@@ -105,14 +127,13 @@ def _move_costs(
     tm: ResolvedThreatModel,
 ) -> torch.Tensor | None:
     """(N, n) a_i = scale_i · the largest allowed harm, or None when φ is not coordinate-wise."""
-    n = int(x[0].numel())
-    slopes = coordinate_slopes(model.feature_map, n)
-    if slopes is None:
-        return None
     grad = ref_grad.double().reshape(x.shape[0], -1)
     err = torch.zeros_like(grad) if grad_error is None else grad_error.double().reshape_as(grad)
-    lo, hi = (t.to(grad.device) for t in slopes)
-    up_harm, down_harm = harm_coefficients(grad - err, grad + err, lo, hi)
+    # grad ∓ err rounded outward: the interval must hold the exact gradient's range
+    harms = harm_bounds(model.feature_map, round_down(grad - err), round_up(grad + err), int(x[0].numel()))
+    if harms is None:
+        return None
+    up_harm, down_harm = harms
     up, down = tm.directions(x)
     harm = torch.maximum(
         torch.where(up, up_harm, torch.zeros_like(up_harm)), torch.where(down, down_harm, torch.zeros_like(down_harm))
@@ -206,14 +227,12 @@ def threat_lower_bound(
     Returns:
         (N,) bounds in ``score``'s dtype.
     """
-    n = int(x[0].numel())
-    slopes = coordinate_slopes(phi, n)
     flat = grad.reshape(grad.shape[0], -1)
-    if slopes is None:
+    harms = harm_bounds(phi, flat, flat, int(x[0].numel()))
+    if harms is None:
         top = tm.max_movable_scale(x).to(flat)
         return score - radius * top * lipschitz * torch.linalg.vector_norm(flat, ord=_dual(p), dim=1)
-    lo, hi = (t.to(flat) for t in slopes)
-    up_harm, down_harm = harm_coefficients(flat, flat, lo, hi)
+    up_harm, down_harm = harms
     up, down = tm.directions(x)
     zero = torch.zeros_like(up_harm)
     harm = torch.maximum(torch.where(up, up_harm, zero), torch.where(down, down_harm, zero))

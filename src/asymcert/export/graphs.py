@@ -29,7 +29,7 @@ from torch import nn
 from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, constant_magnitude
 from asymcert.certify.functional import DEFAULT_SLACK
 from asymcert.certify.orthogonal import U64, orthogonal_layers, score_error_bound
-from asymcert.certify.threat_model import harm_coefficients
+from asymcert.certify.threat_model import harm_bounds
 from asymcert.errors import ModelError
 from asymcert.models.baselines import OrthogonalNet
 from asymcert.models.feature_convex import FeatureConvexClassifier
@@ -270,15 +270,13 @@ class FeatureConvexGraph(nn.Module):
 
 class ThreatTerms(nn.Module):
     """The threat model's move costs a (N, n) in the graph: the library's own
-    :func:`~asymcert.certify.threat_model.harm_coefficients` and allowed directions, in float64 (ONNX
-    double operations) with φ's slope intervals, the scales and the domain as exact float64 constants,
-    so the graph's costs are the library's. ``coordinate_wise`` False: φ declares no slopes, and the
-    graph uses the generic fallback (raw radius / the largest movable scale).
+    :func:`~asymcert.certify.threat_model.harm_bounds` (φ's weight bounds, or its slope intervals) and
+    allowed directions, in float64 (ONNX double operations) with the scales and the domain as exact
+    float64 constants, so the graph's costs are the library's. ``coordinate_wise`` False: φ declares no
+    slopes, and the graph uses the generic fallback (raw radius / the largest movable scale).
     """
 
-    lo: torch.Tensor  # float64 buffers: (K, n) slope bounds, (n,) scale, domain and allowed directions
-    hi: torch.Tensor
-    scale: torch.Tensor
+    scale: torch.Tensor  # float64 buffers: (n,) scale, domain and allowed directions
     lower: torch.Tensor
     upper: torch.Tensor
     can_increase: torch.Tensor
@@ -286,12 +284,8 @@ class ThreatTerms(nn.Module):
 
     def __init__(self, phi: nn.Module, tm: ResolvedThreatModel) -> None:
         super().__init__()
-        n = tm.n_features
-        slopes = coordinate_slopes(phi, n)
-        self.coordinate_wise = slopes is not None
-        lo, hi = slopes if slopes is not None else (torch.zeros(1, n), torch.zeros(1, n))
-        self.register_buffer("lo", lo.double().clone())
-        self.register_buffer("hi", hi.double().clone())
+        self.phi = phi
+        self.coordinate_wise = coordinate_slopes(phi, tm.n_features) is not None
         self.register_buffer("scale", tm.scale.double().clone())
         self.register_buffer("lower", tm.lower.double().clone())
         self.register_buffer("upper", tm.upper.double().clone())
@@ -306,7 +300,10 @@ class ThreatTerms(nn.Module):
 
     def costs(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """a (N, n) float32, never below the float64 costs, from raw inputs x (N, n) and ∇g (N, K·n)."""
-        up_harm, down_harm = harm_coefficients(grad, grad, self.lo, self.hi)
+        harms = harm_bounds(self.phi, grad.double(), grad.double(), self.scale.shape[0])
+        if harms is None:  # not reached: coordinate_wise was checked when the graph was built
+            raise ModelError("the feature map declares no slopes; the graph uses the fallback for it")
+        up_harm, down_harm = harms
         up, down = self.directions(x)
         zero = torch.zeros_like(up_harm)
         costs = torch.maximum(torch.where(up, up_harm, zero), torch.where(down, down_harm, zero)) * self.scale

@@ -54,6 +54,20 @@ class FeatureMap(nn.Module):
         """
         return None
 
+    def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Bounds on the weights a linear function of this map's outputs puts on its inputs, per move.
+
+        For a coordinate-wise map whose every output feature reads one input feature: given float64
+        bounds (N, K_out, n) on weights w of the output features (flat index k·n + i), return bounds
+        (N, K_in, n) such that for every x and every move of one raw input coordinate i,
+        Σ_out w_out·Δφ_out = Σ_in ŵ_in·Δin with each ŵ_in inside its bounds, rounded outward
+        (:func:`round_down`, :func:`round_up`). Tighter than summing :meth:`slope_bounds` when the
+        output features of one input move together (hinges: a prefix sum, not a sum of magnitudes).
+        None: not declared (the threat-model certificate then sums slope intervals). Only counted
+        when declared with ``forward``.
+        """
+        return None
+
     def config(self) -> dict[str, Any]:
         """JSON-serialisable description that :func:`build_feature_map` turns back into this map."""
         return {"kind": self.kind}
@@ -96,6 +110,9 @@ class Identity(FeatureMap):
     def slope_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return lo, hi
 
+    def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return w_lo, w_hi
+
 
 class Shift(FeatureMap):
     """φ(x) = x − μ with μ the mean training input (elementwise). Lipschitz 1 in every norm.
@@ -127,6 +144,9 @@ class Shift(FeatureMap):
     def slope_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return lo, hi
 
+    def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return w_lo, w_hi
+
 
 class Log1p(FeatureMap):
     """φ(x) = log(1 + max(x, 0)) elementwise: for heavy-tailed nonnegative counts and frequencies.
@@ -147,6 +167,10 @@ class Log1p(FeatureMap):
     def slope_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # each coordinate's difference quotient is in [0, 1]
         return interval_product(lo, hi, torch.zeros_like(lo), torch.ones_like(hi))
+
+    def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # w·c with c ∈ [0, 1]: exact, no rounding
+        return torch.clamp(w_lo, max=0.0), torch.clamp(w_hi, min=0.0)
 
 
 class Standardize(FeatureMap):
@@ -214,6 +238,10 @@ class Standardize(FeatureMap):
         inv = (1.0 / self.scale.detach().to("cpu", torch.float64)).reshape(lo.shape)
         return interval_product(lo, hi, inv, inv)
 
+    def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma = self.scale.to(w_lo.dtype).reshape(w_lo.shape[1:])  # σ > 0 (validate()): w/σ keeps the order
+        return round_down(w_lo / sigma), round_up(w_hi / sigma)
+
 
 class ConcatAbs(FeatureMap):
     """φ(x) = concat(x, |x|) along dim 1 (channels). Lipschitz 2^{1/p}: ℓ1 2, ℓ2 √2, ℓ∞ 1.
@@ -236,6 +264,11 @@ class ConcatAbs(FeatureMap):
         # |a| − |b| = c·(a − b) with c ∈ [−1, 1]: the |·| copies can move either way
         bound = torch.maximum(lo.abs(), hi.abs())
         return torch.cat([lo, -bound]), torch.cat([hi, bound])
+
+    def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        half = w_lo.shape[1] // 2  # w_x·1 + w_abs·c with c ∈ [−1, 1]
+        bound = torch.maximum(w_lo[:, half:].abs(), w_hi[:, half:].abs())
+        return round_down(w_lo[:, :half] - bound), round_up(w_hi[:, :half] + bound)
 
 
 class Hinges(FeatureMap):
@@ -295,6 +328,27 @@ class Hinges(FeatureMap):
         blo, bhi = interval_product(lo, hi, torch.zeros_like(lo), torch.ones_like(hi))
         return torch.cat([lo] + [blo] * self.knots), torch.cat([hi] + [bhi] * self.knots)
 
+    def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # a move of z through knots t_1 ≤ … ≤ t_K (problems() checks the order) has quotients c_1 ≥ … ≥ c_K
+        # in [0, 1] (c_j: the share of the move above t_j), so w_0 + Σ_j w_j c_j lies between the
+        # smallest and the largest prefix sum w_0 + w_1 + … + w_m, m = 0…K
+        n_in = w_lo.shape[1] // (self.knots + 1)
+        lo = low = w_lo[:, :n_in]
+        hi = high = w_hi[:, :n_in]
+        for j in range(1, self.knots + 1):
+            lo = round_down(lo + w_lo[:, j * n_in : (j + 1) * n_in])
+            hi = round_up(hi + w_hi[:, j * n_in : (j + 1) * n_in])
+            low, high = torch.minimum(low, lo), torch.maximum(high, hi)
+        return low, high
+
+    def problems(self) -> list[str]:
+        """NaN/Inf knots, or knots not in nondecreasing order along the knot axis (fit() sorts them)."""
+        out = super().problems()
+        knots = self.knot_values.flatten(1)
+        if knots.shape[0] > 1 and not bool((knots[1:] >= knots[:-1]).all()):
+            out.append("knot_values: not nondecreasing along the knot axis; the certificate needs t_1 ≤ … ≤ t_K")
+        return out
+
 
 class Compose(FeatureMap):
     """φ = φ_k ∘ … ∘ φ_1. Lipschitz constant: the product (rounded up)."""
@@ -347,6 +401,14 @@ class Compose(FeatureMap):
             if bounds is None:
                 return None
             bounds = coordinate_slopes_step(m, *bounds)
+        return bounds
+
+    def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        bounds: tuple[torch.Tensor, torch.Tensor] | None = (w_lo, w_hi)
+        for m in reversed(self.feature_maps):
+            if bounds is None:
+                return None
+            bounds = coordinate_weights_step(m, *bounds)
         return bounds
 
 
@@ -405,6 +467,55 @@ def interval_product(
     mlo, mhi = mlo.reshape(lo.shape).to(lo), mhi.reshape(lo.shape).to(lo)
     corners = torch.stack([lo * mlo, lo * mhi, hi * mlo, hi * mhi])
     return corners.amin(dim=0), corners.amax(dim=0)
+
+
+_OUTWARD = 2.0**-51
+"""|v|·2⁻⁵¹ is at least two units in the last place of a normal float64 v, so v ∓ |v|·2⁻⁵¹, itself
+rounded, still lies beyond the exact value that v rounds (by at most half a unit)."""
+_TINY = 2.0**-1074  # the smallest subnormal: one unit in the last place below 2⁻¹⁰²²
+
+
+def round_down(v: torch.Tensor) -> torch.Tensor:
+    """A float64 lower bound of the exact value whose correctly rounded result is ``v``.
+
+    A computed 0 stays 0: a sum or product rounds to 0 only when it is exactly 0, unless it underflows
+    (|exact| < 2⁻¹⁰⁷⁵). Subnormal results move by one more unit; an overflow to ±∞ gives ∓ the largest
+    float on its inner side. Plain ops, so ONNX exports it.
+    """
+    down = v - v.abs() * _OUTWARD - (v != 0).to(v.dtype) * _TINY
+    return torch.where(v == math.inf, torch.finfo(torch.float64).max, down)  # an overflow was ≥ the largest float
+
+
+def round_up(v: torch.Tensor) -> torch.Tensor:
+    """A float64 upper bound of the exact value whose correctly rounded result is ``v`` (see :func:`round_down`)."""
+    up = v + v.abs() * _OUTWARD + (v != 0).to(v.dtype) * _TINY
+    return torch.where(v == -math.inf, -torch.finfo(torch.float64).max, up)
+
+
+def coordinate_weights_step(
+    phi: nn.Module, w_lo: torch.Tensor, w_hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``phi.weight_bounds(w_lo, w_hi)`` when ``phi`` is a FeatureMap that declares it with its forward, else None."""
+    if not isinstance(phi, FeatureMap) or not declared_with_forward(phi, "weight_bounds"):
+        return None
+    return phi.weight_bounds(w_lo, w_hi)
+
+
+def coordinate_weights(
+    phi: nn.Module, w_lo: torch.Tensor, w_hi: torch.Tensor, n_inputs: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Bounds (N, n_inputs) float64 on the raw-input weights ŵ of a linear function of φ's features.
+
+    For bounds (N, K·n_inputs) on the weights w of φ's flattened features: for every x and every move
+    of one input coordinate i by t, wᵀ(φ(x + t e_i) − φ(x)) = ŵ_i·t with ŵ_i inside the returned bounds
+    (:meth:`FeatureMap.weight_bounds`, chained backwards through the steps). None when a step does not
+    declare it.
+    """
+    shape = (w_lo.shape[0], -1, n_inputs)
+    bounds = coordinate_weights_step(phi, w_lo.double().reshape(shape), w_hi.double().reshape(shape))
+    if bounds is None:
+        return None
+    return bounds[0].reshape(w_lo.shape[0], n_inputs), bounds[1].reshape(w_lo.shape[0], n_inputs)
 
 
 def coordinate_slopes_step(
