@@ -10,9 +10,12 @@ its difference quotient (:meth:`~asymcert.nn.FeatureMap.slope_bounds`; for a coo
 coordinate of δ moves its own features, and summing one coordinate at a time keeps this exact).
 A move up (δ_i > 0) lowers the score by at most h⁺_i·δ_i with h⁺_i = max(0, −Σ_k min(w c)) and a
 move down by at most h⁻_i·|δ_i| with h⁻_i = max(0, Σ_k max(w c)), the min/max over c in its
-interval (and over w in its error interval on the rigorous path). The threat model forbids some
-directions (immutable, one-sided, no room left in the domain); with a_i = scale_i · the larger
-harm over the allowed directions (0 when none is allowed),
+interval (and over w in its error interval on the rigorous path). When every step of φ declares
+:meth:`~asymcert.nn.FeatureMap.weight_bounds`, the sum Σ_k w_{k,i} c_{k,i} = ŵ_i is bounded as a whole
+instead, backwards through the steps (tighter: a shared slope factor counts once, and hinges give the
+extreme prefix sums of their weights), and h⁺_i = max(0, −min ŵ_i), h⁻_i = max(0, max ŵ_i).
+The threat model forbids some directions (immutable, one-sided, no room left in the domain);
+with a_i = scale_i · the larger harm over the allowed directions (0 when none is allowed),
 
     s(x + δ) ≥ s − Σ_i a_i |u_i| ≥ s − ‖a‖_{p*} ‖u‖_p,   so   r_TM = s / ‖a‖_{p*}.
 
