@@ -355,6 +355,42 @@ def test_independent_float64_radius_for_an_affine_map():
         assert bool((got <= expected).all())  # rounded down, never up
 
 
+def test_independent_float64_radius_for_hinges():
+    """For φ = hinges ∘ standardize, w = ∇g(φ(x)) fixed, wᵀφ restricted to coordinate i is piecewise linear
+    with breaks at the knots (raw units μ_i + σ_i·t_k): its slope on each segment, measured here by a
+    difference inside the segment, gives the harm (max over segments of −slope moving up, of slope moving
+    down), so r = s / ‖scale ⊙ harm over the allowed directions‖_dual without the backward weight bounds."""
+    model, x = _model([{"kind": "standardize"}, {"kind": "hinges", "knots": 3}], seed=5)
+    tm = TM.resolve(None, 6)
+    cert = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=tm, guard=False, precision="float64")
+    m64 = model.double()
+    phi = m64.feature_map
+    features = phi(x.double()).detach().requires_grad_(True)
+    s = m64.score_from_features(features)
+    (w,) = torch.autograd.grad(s.sum(), features)
+    std, hinges = phi.maps
+    knots = (std.mean + std.scale * hinges.knot_values).detach()  # (3, 6) raw units, increasing
+    edges = [knots[0] - 10.0, *knots, knots[-1] + 10.0]
+    slopes = []
+    for low, high in itertools.pairwise(edges):  # every coordinate's points a_i < b_i inside one segment
+        a, b = low + 0.25 * (high - low), low + 0.75 * (high - low)
+        moved = (w * (phi(b[None]) - phi(a[None]))).reshape(len(x), 4, 6).sum(1)
+        slopes.append(moved / (b - a))
+    slope = torch.stack(slopes)  # (segments, N, 6)
+    up, down = tm.directions(x)
+    harm = torch.maximum(
+        torch.where(up, (-slope.amin(0)).clamp_min(0), 0.0), torch.where(down, slope.amax(0).clamp_min(0), 0.0)
+    )
+    a = harm * tm.scale
+    flagged = cert.predicted.bool()
+    assert int(flagged.sum()) > 50
+    for p, q in ((1.0, math.inf), (2.0, 2.0), (math.inf, 1.0)):
+        expected = (s.detach() / torch.linalg.vector_norm(a, ord=q, dim=1))[flagged]
+        got = cert.radii[p][flagged]
+        assert torch.allclose(got, expected, rtol=1e-7), p
+        assert bool((got <= expected).all())  # rounded down, never up
+
+
 def test_inputs_that_cannot_move_are_certified_at_infinity():
     model, x = _model(PHIS[2], seed=1)
     frozen = ThreatModel(immutable=list(range(6)))
