@@ -345,6 +345,6 @@ def monotone_phi_problems(phi: nn.Module, n_inputs: int, monotone: Monotone) -> 
                 return [
                     f"feature map step {k} ({kind}) is not nondecreasing in input coordinate(s) {bad[:10]}: "
                     "a monotone score needs a φ nondecreasing in every monotone coordinate (identity, shift, "
-                    "log1p, standardize are; concat-abs is not)"
+                    "log1p, standardize, hinges are; concat-abs is not)"
                 ]
     return []
