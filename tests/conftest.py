@@ -116,28 +116,50 @@ def small_feature_convex(kind: str = "icnn", input_shape=(1, 6, 6), feature_map=
     return model
 
 
+def bisect_segments(score, a: torch.Tensor, b: torch.Tensor, target: torch.Tensor, steps: int = 60):
+    """Fractions (lo, hi) (k,) float64 along the segments a → b (k, *shape) float64, a flagged and b not, with
+    score(a + lo·(b − a)) > target ≥ score(a + hi·(b − a)) after ``steps`` bisections.
+
+    ``score`` maps float64 points (k, *shape) to (k,) scores (e.g. a float64 copy of the model, or the model
+    itself in float32); ``target`` (k,) the score each segment is bisected to.
+    """
+    view = (len(a),) + (1,) * (a.dim() - 1)
+    lo, hi = torch.zeros(len(a), dtype=torch.float64), torch.ones(len(a), dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            up = score(a + mid.view(view) * (b - a)).reshape(-1) > target
+            lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
+    return lo, hi
+
+
+def segment_ends(model, x: torch.Tensor, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs (a, b) (k, *shape) float64 of flagged and unflagged inputs of ``x`` by the model's own score
+    (k = the smaller count, at most ``limit``)."""
+    with torch.no_grad():
+        s = model(x).reshape(-1)
+    a, b = x[s > 0], x[s <= 0]
+    k = min(len(a), len(b), limit if limit is not None else len(x))
+    return a[:k].double(), b[:k].double()
+
+
 def near_boundary(model, x: torch.Tensor, low: float = 1e-7, high: float = 1e-2) -> torch.Tensor:
     """Inputs (k, *shape) float32 just on the flagged side of the boundary, scores log-spaced over [low, high].
 
     Pairs a flagged and an unflagged input of ``x`` (k = the smaller count) and bisects each segment in
     float64 to where the score first exceeds its own target. The smallest targets lie within the
     certifiers' rounding allowances (radius 0: nothing promised); the others get small positive
-    radii, the hard case for rounding — so a test on these inputs can check both.
+    radii, the hard case for rounding — so a test on these inputs can check both. ``low = high = 0``:
+    bisected to the boundary itself (|s| ≲ 1e-6 in float64 after 60 steps).
     """
     m64 = copy.deepcopy(model).double().eval()
-    with torch.no_grad():
-        s = m64(x.double())
-        a, b = x[s > 0].double(), x[s <= 0].double()
-        k = min(len(a), len(b))
-        a, b = a[:k], b[:k]
-        target = torch.logspace(math.log10(low), math.log10(high), k, dtype=torch.float64)
-        view = (k,) + (1,) * (x.dim() - 1)
-        lo, hi = torch.zeros(view, dtype=torch.float64), torch.ones(view, dtype=torch.float64)
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            up = (m64(a + mid * (b - a)) > target).view(view)
-            lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
-        return (a + lo * (b - a)).float()
+    a, b = segment_ends(m64, x.double())
+    if high > 0:
+        target = torch.logspace(math.log10(low), math.log10(high), len(a), dtype=torch.float64)
+    else:
+        target = torch.zeros(len(a), dtype=torch.float64)
+    lo, _ = bisect_segments(m64, a, b, target)
+    return (a + lo.view((len(a),) + (1,) * (x.dim() - 1)) * (b - a)).float()
 
 
 @pytest.fixture(autouse=True)

@@ -60,22 +60,9 @@ def icnn_model(seed: int, input_shape=(1, 4, 5), widths=(32,), fmap="shift", bat
     return model
 
 
-def boundary_inputs(model, x: torch.Tensor, steps: int = 60) -> torch.Tensor:
+def boundary_inputs(model, x: torch.Tensor) -> torch.Tensor:
     """Inputs on segments between flagged and unflagged inputs, bisected on the float64 score to |s| ≲ 1e-6."""
-    m64 = _float64_copy(model)
-    with torch.no_grad():
-        s = m64(x.double())
-    pos, neg = x[s > 0], x[s <= 0]
-    k = min(len(pos), len(neg))
-    a, b = pos[:k].double(), neg[:k].double()
-    lo, hi = torch.zeros(k, dtype=torch.float64), torch.ones(k, dtype=torch.float64)
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        with torch.no_grad():
-            sm = m64(a + mid.view(shape) * (b - a))
-        lo, hi = torch.where(sm > 0, mid, lo), torch.where(sm > 0, hi, mid)
-    return (a + lo.view(shape) * (b - a)).float()
+    return near_boundary(model, x, low=0.0, high=0.0)
 
 
 def float64_reference(model, x):

@@ -20,7 +20,7 @@ from asymcert.cli import main
 from asymcert.export import ExportDependencyError, ExportError, to_onnx
 from asymcert.models import build_model
 from asymcert.nn.convex import ConvexMean
-from tests.conftest import near_boundary, small_feature_convex
+from tests.conftest import bisect_segments, near_boundary, segment_ends, small_feature_convex
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -82,20 +82,12 @@ def _run(sess, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def _near_boundary(model, x: torch.Tensor) -> torch.Tensor:
-    """Points on segments between flagged and unflagged inputs, bisected until |s| is ~1e-6 or less."""
-    with torch.no_grad():
-        s = model(x)
-    a, b = x[s > 0][:20], x[s <= 0][:20]
-    n = min(len(a), len(b))
-    a, b = a[:n].double(), b[:n].double()
-    lo, hi = torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)  # s(lo) > 0 ≥ s(hi)
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        pts = (a + mid.view(-1, 1, 1, 1) * (b - a)).float()
-        with torch.no_grad():
-            pos = model(pts) > 0
-        lo, hi = torch.where(pos, mid, lo), torch.where(pos, hi, mid)
-    return torch.cat([(a + t.view(-1, 1, 1, 1) * (b - a)).float() for t in (lo, hi)])
+    """Points on segments between flagged and unflagged inputs, bisected on the float32 model until |s| is
+    ~1e-6 or less: both ends (the flagged side first)."""
+    a, b = segment_ends(model, x, limit=20)
+    lo, hi = bisect_segments(lambda pts: model(pts.float()), a, b, torch.zeros(len(a), dtype=torch.float64))
+    view = (len(a),) + (1,) * (x.dim() - 1)
+    return torch.cat([(a + t.view(view) * (b - a)).float() for t in (lo, hi)])
 
 
 def _away(model, x: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
