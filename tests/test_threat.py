@@ -152,19 +152,28 @@ def _fitted_phi(config, d=5, seed=0):
     return phi.double()
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    which=st.integers(0, len(PHIS) - 1),
-    coord=st.integers(0, 4),
-    x=st.lists(st.floats(-20, 20), min_size=5, max_size=5),
-    step=st.floats(-30, 30).filter(lambda v: abs(v) > 1e-6),
-)
-def test_slope_intervals_contain_every_difference_quotient(which, coord, x, step):
-    phi = _fitted_phi(PHIS[which])
-    lo, hi = coordinate_slopes(phi, 5)
+ONE_MOVE = {  # a fitted φ of PHIS, an input x of 5 coordinates, and a move of one coordinate
+    "which": st.integers(0, len(PHIS) - 1),
+    "coord": st.integers(0, 4),
+    "x": st.lists(st.floats(-20, 20), min_size=5, max_size=5),
+    "step": st.floats(-30, 30).filter(lambda v: abs(v) > 1e-6),
+}
+
+
+def _moved(x: list[float], coord: int, step: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, x + step·e_coord) as (1, 5) float64."""
     x0 = torch.tensor([x], dtype=torch.float64)
     x1 = x0.clone()
     x1[0, coord] += step
+    return x0, x1
+
+
+@settings(max_examples=60, deadline=None)
+@given(**ONE_MOVE)
+def test_slope_intervals_contain_every_difference_quotient(which, coord, x, step):
+    phi = _fitted_phi(PHIS[which])
+    lo, hi = coordinate_slopes(phi, 5)
+    x0, x1 = _moved(x, coord, step)
     quotient = ((phi(x1) - phi(x0)) / step).reshape(lo.shape[0], 5)
     q, tol = quotient[:, coord], 1e-9 * (1 + quotient[:, coord].abs())
     assert bool((q >= lo[:, coord] - tol).all()) and bool((q <= hi[:, coord] + tol).all())
@@ -173,13 +182,7 @@ def test_slope_intervals_contain_every_difference_quotient(which, coord, x, step
 
 
 @settings(max_examples=80, deadline=None)
-@given(
-    which=st.integers(0, len(PHIS) - 1),
-    coord=st.integers(0, 4),
-    x=st.lists(st.floats(-20, 20), min_size=5, max_size=5),
-    step=st.floats(-30, 30).filter(lambda v: abs(v) > 1e-6),
-    seed=st.integers(0, 2**16),
-)
+@given(**ONE_MOVE, seed=st.integers(0, 2**16))
 def test_weight_bounds_contain_every_quotient_and_never_exceed_the_summed_slopes(which, coord, x, step, seed):
     """wᵀ(φ(x + t e_i) − φ(x)) / t lies within φ's weight bounds for coordinate i, and the harm they give is
     never above the one from summing slope intervals term by term (the bound they replace)."""
@@ -187,9 +190,7 @@ def test_weight_bounds_contain_every_quotient_and_never_exceed_the_summed_slopes
     k = coordinate_slopes(phi, 5)[0].shape[0]
     w = torch.randn(1, k * 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     lo, hi = coordinate_weights(phi, w, w, 5)
-    x0 = torch.tensor([x], dtype=torch.float64)
-    x1 = x0.clone()
-    x1[0, coord] += step
+    x0, x1 = _moved(x, coord, step)
     quotient = float((w * (phi(x1) - phi(x0))).sum()) / step
     tol = 1e-9 * (1 + float(w.abs().sum()))
     assert float(lo[0, coord]) - tol <= quotient <= float(hi[0, coord]) + tol

@@ -17,6 +17,9 @@ from torch import nn
 from asymcert.errors import ConfigError, ModelError, UnknownNameError
 from asymcert.nn.convex import declared_with_forward, defining_class
 
+Bounds = tuple[torch.Tensor, torch.Tensor]
+"""A pair (lower, upper) of elementwise bounds."""
+
 CHECKED_NORMS = (1.0, 2.0, math.inf)
 """Norms at which :func:`feature_map_problems` evaluates every map's declared Lipschitz constant."""
 
@@ -492,13 +495,16 @@ def round_up(v: torch.Tensor) -> torch.Tensor:
     return torch.where(v == -math.inf, -torch.finfo(torch.float64).max, up)
 
 
-def coordinate_weights_step(
-    phi: nn.Module, w_lo: torch.Tensor, w_hi: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``phi.weight_bounds(w_lo, w_hi)`` when ``phi`` is a FeatureMap that declares it with its forward, else None."""
-    if not isinstance(phi, FeatureMap) or not declared_with_forward(phi, "weight_bounds"):
+def _declared_bounds(phi: nn.Module, method: str, lo: torch.Tensor, hi: torch.Tensor) -> Bounds | None:
+    """``phi.<method>(lo, hi)`` when ``phi`` is a FeatureMap that declares ``method`` with its forward, else None."""
+    if not isinstance(phi, FeatureMap) or not declared_with_forward(phi, method):
         return None
-    return phi.weight_bounds(w_lo, w_hi)
+    return cast("Bounds | None", getattr(phi, method)(lo, hi))
+
+
+def coordinate_weights_step(phi: nn.Module, w_lo: torch.Tensor, w_hi: torch.Tensor) -> Bounds | None:
+    """``phi.weight_bounds(w_lo, w_hi)`` when ``phi`` is a FeatureMap that declares it with its forward, else None."""
+    return _declared_bounds(phi, "weight_bounds", w_lo, w_hi)
 
 
 def coordinate_weights(
@@ -518,13 +524,9 @@ def coordinate_weights(
     return bounds[0].reshape(w_lo.shape[0], n_inputs), bounds[1].reshape(w_lo.shape[0], n_inputs)
 
 
-def coordinate_slopes_step(
-    phi: nn.Module, lo: torch.Tensor, hi: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor] | None:
+def coordinate_slopes_step(phi: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> Bounds | None:
     """``phi.slope_bounds(lo, hi)`` when ``phi`` is a FeatureMap that declares it with its forward, else None."""
-    if not isinstance(phi, FeatureMap) or not declared_with_forward(phi, "slope_bounds"):
-        return None
-    return phi.slope_bounds(lo, hi)
+    return _declared_bounds(phi, "slope_bounds", lo, hi)
 
 
 def coordinate_slopes(phi: nn.Module, n_inputs: int) -> tuple[torch.Tensor, torch.Tensor] | None:
