@@ -601,10 +601,12 @@ def capacity(task, out, recipes, limit, epochs, seed, reverse, fw_iterations, da
 
 @main.command()
 def tasks() -> None:
-    """List the built-in tasks."""
+    """List the built-in tasks and their presets (`--preset NAME`)."""
 
     for name in task_names():
-        click.echo(f"{name:24s} {get_task(name).description}")
+        task = get_task(name)
+        presets = f" (presets: {', '.join(sorted(task.presets))})" if task.presets else ""
+        click.echo(f"{name:24s} {task.description}{presets}")
 
 
 @main.command(name="export")
