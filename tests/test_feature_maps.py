@@ -7,7 +7,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from asymcert.errors import ConfigError, UnknownNameError
-from asymcert.nn.feature_maps import build_feature_map, feature_map_problems, round_down, round_up
+from asymcert.nn.feature_maps import _quantiles, build_feature_map, feature_map_problems, round_down, round_up
 from tests.conftest import examples
 
 NORMS = [1.0, 1.5, 2.0, 3.0, math.inf]
@@ -201,3 +201,12 @@ def test_outward_rounding_brackets_the_exact_sum_product_and_quotient(a, b):
         assert not (math.isinf(low) and math.isinf(high))  # an overflow keeps one finite side
         if exact == 0:
             assert float(round_down(computed)) == 0.0 == float(round_up(computed))
+
+
+@settings(derandomize=True, max_examples=examples(60), deadline=None)
+@given(values=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=300), knots=st.integers(1, 9))
+def test_hinge_quantiles_equal_torch_quantile_to_the_bit(values, knots):
+    """The knots' own quantiles (torch.quantile refuses more than 2²⁴ values) are torch.quantile's."""
+    ordered = torch.tensor(sorted(values), dtype=torch.float64)
+    levels = torch.arange(1, knots + 1, dtype=torch.float64) / (knots + 1)
+    assert torch.equal(_quantiles(ordered, levels), torch.quantile(ordered, levels))

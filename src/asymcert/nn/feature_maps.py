@@ -312,8 +312,8 @@ class Hinges(FeatureMap):
         lowest = flat.amin(dim=0)
         knots = torch.empty((self.knots, flat.shape[1]), dtype=torch.float64)
         for i in range(flat.shape[1]):
-            above = flat[:, i][flat[:, i] > lowest[i]]
-            knots[:, i] = torch.quantile(above, levels) if above.numel() else lowest[i]
+            above = flat[:, i][flat[:, i] > lowest[i]].sort().values
+            knots[:, i] = _quantiles(above, levels) if above.numel() else lowest[i]
         self.knot_values.copy_(knots.reshape(self.knot_values.shape).to(self.knot_values))
         return self
 
@@ -476,6 +476,16 @@ _OUTWARD = 2.0**-51
 """|v|·2⁻⁵¹ is at least two units in the last place of a normal float64 v, so v ∓ |v|·2⁻⁵¹, itself
 rounded, still lies beyond the exact value that v rounds (by at most half a unit)."""
 _TINY = 2.0**-1074  # the smallest subnormal: one unit in the last place below 2⁻¹⁰²²
+
+
+def _quantiles(ordered: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Quantiles at ``levels`` of sorted values (linear interpolation, as ``torch.quantile``, which refuses
+    more than 2²⁴ values). Nondecreasing in the level."""
+    position = levels * (len(ordered) - 1)
+    below = position.floor().long()
+    above = torch.clamp(below + 1, max=len(ordered) - 1)
+    share = position - below
+    return torch.lerp(ordered[below], ordered[above], share)
 
 
 def round_down(v: torch.Tensor) -> torch.Tensor:
