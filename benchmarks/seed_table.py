@@ -6,25 +6,31 @@ Folders named ``NAME_sS`` or ``NAME-sS`` (S = the seed) are grouped under NAME, 
 seen. Per group, one row: the seeds, validation and test accuracy (mean ± sample sd, min over seeds;
 from the saved model on the run's own splits, :mod:`split_accuracy`), and the certified accuracy at
 ``--radii`` of ``--norm`` and its median radius from each run's ``results.json`` (means over seeds,
-per-seed minimum in parentheses), in the units the run certified in. A missing or unreadable folder:
-one line and exit 1.
+per-seed minimum in parentheses), in the units the run certified in; last, the same certified
+accuracy on the validation split (mean over seeds; certified here under the run's threat model), for
+choosing between configurations without the test split. A missing or unreadable folder: one line and
+exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from split_accuracy import split_accuracy  # benchmarks/split_accuracy.py
 
 import asymcert
+from asymcert.data.tasks import Dataset
 from asymcert.errors import AsymcertError
 from asymcert.pipeline import run_data
+from asymcert.runfolder import read_run_record, run_threat_model
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class RunFigures:
     test: float
     certified: dict[str, float]
     median: float
+    val_certified: dict[str, float]
 
 
 def group_name(run: str) -> tuple[str, str]:
@@ -58,7 +65,21 @@ def figures(run: str, norm: str, radii: list[str]) -> RunFigures:
         test=split_accuracy(model, data.test),
         certified={r: 100.0 * table[r] for r in radii},
         median=float(results["median_radius"][norm]),
+        val_certified=validation_certified(run, model, data.val, norm, radii),
     )
+
+
+def validation_certified(
+    run: str, model: torch.nn.Module, val: Dataset, norm: str, radii: list[str]
+) -> dict[str, float]:
+    """Percent of the validation split's sensitive inputs flagged and certified at each radius (the
+    run's own threat model, if it has one), as results.json counts the test split's."""
+    p = {"l1": 1.0, "l2": 2.0, "linf": math.inf}[norm]
+    tm = run_threat_model(read_run_record(run))
+    cert = asymcert.certify(model, val.x, norms=(p,), threat_model=tm)
+    correct = (cert.predicted == val.y) & (val.y == 1)
+    n = max(1, int((val.y == 1).sum()))
+    return {r: 100.0 * float(((cert.radii[p] >= float(r)) & correct).sum()) / n for r in radii}
 
 
 def _mean_sd_min(values: list[float]) -> str:
@@ -78,6 +99,7 @@ def row(name: str, seeds: list[str], runs: list[RunFigures], radii: list[str]) -
             for t in radii
         ],
         f"{statistics.mean(r.median for r in runs):.3f}",
+        " / ".join(f"{statistics.mean(r.val_certified[t] for r in runs):.1f}" for t in radii),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -98,6 +120,7 @@ def main() -> None:
             sys.exit(f"{run}: {exc}")
     header = ["group", "seeds", "val % mean ± sd (min)", "test % mean ± sd (min)"]
     header += [f"cert. {args.norm} r = {r}, % (min)" for r in radii] + [f"median {args.norm} radius"]
+    header += [f"val cert. {args.norm} r = {' / '.join(radii)}, %"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name, members in groups.items():

@@ -104,17 +104,21 @@ def test_run_spambase_end_to_end_on_a_file_in_the_real_format(tmp_path):
     assert json.loads((out / "run.json").read_text())["threat_model"] == SPAMBASE_THREAT_MODEL.to_dict()
 
 
-def test_the_hinges_preset_trains_a_spline_feature_map_certified_under_the_threat_model(tmp_path):
+def test_the_default_trains_hinges_and_the_previous_default_is_a_preset(tmp_path):
     rdata.write_rda(tmp_path / "spam.rda", {"spam": _frame(200)})
-    out = tmp_path / "run"
-    args = ["run", "spambase", "--preset", "hinges", "--set", "epochs=1", "--data-dir", str(tmp_path)]
-    res = CliRunner().invoke(main, [*args, "--out", str(out), "--quiet"])
-    assert res.exit_code == 0, res.output
-    model = asymcert.load(out)
-    assert [m.kind for m in model.feature_map.maps] == ["log1p", "standardize", "hinges"]
-    knots = model.feature_map.maps[2].knot_values
+    kinds = {}
+    for preset in (None, "log1p-64-32"):
+        out = tmp_path / str(preset)
+        args = ["run", "spambase", "--set", "epochs=1", "--data-dir", str(tmp_path), "--out", str(out), "--quiet"]
+        res = CliRunner().invoke(main, args + (["--preset", preset] if preset else []))
+        assert res.exit_code == 0, res.output
+        model = asymcert.load(out)
+        kinds[preset] = ([m.kind for m in model.feature_map.maps], model.convex.widths)
+        assert json.loads((out / "results.json").read_text())["units"] == "threat-model units (δ_i / scale_i)"
+    assert kinds[None] == (["log1p", "standardize", "hinges"], (1,))
+    assert kinds["log1p-64-32"] == (["log1p", "standardize"], (64, 32))
+    knots = asymcert.load(tmp_path / "None").feature_map.maps[2].knot_values
     assert knots.shape == (4, 57) and bool((knots[1:] >= knots[:-1]).all()) and bool((knots != 0).any())
-    assert json.loads((out / "results.json").read_text())["units"] == "threat-model units (δ_i / scale_i)"
 
 
 def test_the_threat_model_file_in_docs_is_the_tasks_own():
