@@ -8,19 +8,27 @@ import torch
 import asymcert
 from asymcert.certify.attacks import decision_flips, pgd_attack
 from asymcert.certify.feature_convex import float_guard, score_and_feature_gradient
-from tests.conftest import small_feature_convex
+from tests.conftest import near_boundary, small_feature_convex
 
-FMAPS = [[{"kind": "shift"}], [{"kind": "shift"}, {"kind": "concat-abs"}], [{"kind": "log1p"}, {"kind": "shift"}]]
+FMAPS = [
+    [{"kind": "shift"}],
+    [{"kind": "shift"}, {"kind": "concat-abs"}],
+    [{"kind": "log1p"}, {"kind": "shift"}],
+    [{"kind": "shift"}, {"kind": "hinges", "knots": 3}],
+]
 
 
 @pytest.mark.parametrize("kind", ["icnn", "conv"])
 @pytest.mark.parametrize("fmap", FMAPS)
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
-def test_pgd_inside_the_radius_never_flips(kind, fmap, p):
+@pytest.mark.parametrize("near", [False, True], ids=["typical", "near-boundary"])
+def test_pgd_inside_the_radius_never_flips(kind, fmap, p, near):
     model = small_feature_convex(kind, feature_map=fmap, seed=3)
-    x = torch.rand(64, 1, 6, 6)
+    x = torch.rand(64, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    if near:  # scores log-spaced over 1e-7 … 1e-2: radius 0 inside the rounding allowance, small above it
+        x = near_boundary(model, torch.rand(256, 1, 6, 6, generator=torch.Generator().manual_seed(1)))
     cert = asymcert.certify(model, x, norms=(p,))
-    flagged = cert.sensitive
+    flagged = cert.sensitive & (cert.radii[p] > 0)  # a radius of 0 promises nothing
     assert int(flagged.sum()) > 5
     eps = (cert.radii[p][flagged] * (1 - 1e-6)).float()
     x_adv = pgd_attack(model, x[flagged], eps, p, steps=100, restarts=2, generator=torch.Generator().manual_seed(0))
