@@ -476,6 +476,8 @@ _OUTWARD = 2.0**-51
 """|v|·2⁻⁵¹ is at least two units in the last place of a normal float64 v, so v ∓ |v|·2⁻⁵¹, itself
 rounded, still lies beyond the exact value that v rounds (by at most half a unit)."""
 _TINY = 2.0**-1074  # the smallest subnormal: one unit in the last place below 2⁻¹⁰²²
+_NEG_INF = torch.tensor(-math.inf, dtype=torch.float64)
+_POS_INF = torch.tensor(math.inf, dtype=torch.float64)
 
 
 def _quantiles(ordered: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -488,19 +490,31 @@ def _quantiles(ordered: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return torch.lerp(ordered[below], ordered[above], share)
 
 
+def _graph_safe(v: torch.Tensor) -> bool:
+    """Whether outward rounding must use differentiable, ONNX-exportable ops: while tracing for export, or
+    when ``v`` carries a gradient (the certified-margin loss). Otherwise ``torch.nextafter`` is used,
+    one unit in the last place and three passes instead of eight (the traffic path's hot spot)."""
+    return v.requires_grad or torch.jit.is_tracing()
+
+
 def round_down(v: torch.Tensor) -> torch.Tensor:
     """A float64 lower bound of the exact value whose correctly rounded result is ``v``.
 
     A computed 0 stays 0: a sum or product rounds to 0 only when it is exactly 0, unless it underflows
-    (|exact| < 2⁻¹⁰⁷⁵). Subnormal results move by one more unit; an overflow to ±∞ gives ∓ the largest
-    float on its inner side. Plain ops, so ONNX exports it.
+    (|exact| < 2⁻¹⁰⁷⁵). An overflow to +∞ gives the largest float. Without a gradient and outside
+    tracing: the next float below (``torch.nextafter``); else v − |v|·2⁻⁵¹ − 2⁻¹⁰⁷⁴ (plain ops, at least
+    two units lower), which ONNX exports and autograd differentiates.
     """
+    if not _graph_safe(v):
+        return torch.where(v == 0, v, torch.nextafter(v, _NEG_INF.to(v.device)))
     down = v - v.abs() * _OUTWARD - (v != 0).to(v.dtype) * _TINY
     return torch.where(v == math.inf, torch.finfo(torch.float64).max, down)  # an overflow was ≥ the largest float
 
 
 def round_up(v: torch.Tensor) -> torch.Tensor:
     """A float64 upper bound of the exact value whose correctly rounded result is ``v`` (see :func:`round_down`)."""
+    if not _graph_safe(v):
+        return torch.where(v == 0, v, torch.nextafter(v, _POS_INF.to(v.device)))
     up = v + v.abs() * _OUTWARD + (v != 0).to(v.dtype) * _TINY
     return torch.where(v == -math.inf, -torch.finfo(torch.float64).max, up)
 
