@@ -27,7 +27,7 @@ from asymcert.certify import Certificate, certify
 from asymcert.certify.result import RAW_UNITS, norm_label
 from asymcert.checkpoint import atomic_write, load
 from asymcert.data.images import IMAGE_SUFFIXES, read_images
-from asymcert.data.user import csv_number, read_npz
+from asymcert.data.user import FLOAT32_MAX, csv_number, read_npz
 from asymcert.errors import DataError, InputError
 from asymcert.runfolder import RunRecord, read_run_record, run_threat_model
 from asymcert.threat import ThreatModel
@@ -120,7 +120,7 @@ def _csv_batch(
         values = np.array(picked, dtype=np.float64)
     except ValueError:
         values = None
-    if values is None or not bool((np.abs(values) <= float(np.finfo(np.float32).max)).all()):  # NaN fails too
+    if values is None or not bool((np.abs(values) <= FLOAT32_MAX).all()):  # NaN fails too
         values = np.array(
             [
                 [_finite(cell, path, f"row {number} (line {line})", header[i]) for cell, i in zip(cells, at)]
@@ -135,7 +135,7 @@ def _csv_batch(
 def _finite(cell: str, path: Path, where: str, column: str) -> float:
     """The number in one CSV cell (:func:`~asymcert.data.user.csv_number`), refused unless a finite float32."""
     value = csv_number(cell, path, where, column)
-    if not math.isfinite(value) or abs(value) > float(np.finfo(np.float32).max):
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
         raise DataError(f"{path}: {where}, column {column!r}: {cell.strip()!r} is not a finite float32 number")
     return value
 

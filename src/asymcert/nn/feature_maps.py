@@ -580,15 +580,14 @@ def build_feature_map(config: list[dict[str, Any]] | dict[str, Any], in_shape: t
         if kind not in FEATURE_MAPS:
             raise UnknownNameError(f"unknown feature map {kind!r}; known: {', '.join(sorted(FEATURE_MAPS))}")
         cls = FEATURE_MAPS[kind]
+        params = inspect.signature(cls.__init__).parameters
         accepted = [
-            n
-            for n, prm in inspect.signature(cls.__init__).parameters.items()
-            if n not in ("self", "in_shape") and prm.kind is prm.POSITIONAL_OR_KEYWORD
+            n for n, prm in params.items() if n not in ("self", "in_shape") and prm.kind is prm.POSITIONAL_OR_KEYWORD
         ]
         unknown = sorted(set(step) - set(accepted))
         if unknown:
             raise UnknownNameError(f"unknown setting(s) {unknown} for feature map {kind!r}; accepted: {accepted}")
-        m = cls(shape, **step) if "in_shape" in inspect.signature(cls.__init__).parameters else cls(**step)
+        m = cls(shape, **step) if "in_shape" in params else cls(**step)
         maps.append(m)
         shape = m.out_shape(shape)
     return Compose(maps)
