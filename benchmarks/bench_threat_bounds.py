@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from seed_table import sensitive_certified  # benchmarks/seed_table.py
 
 import asymcert
 from asymcert.errors import AsymcertError
 from asymcert.pipeline import run_data
+from asymcert.runfolder import read_run_record, run_threat_model
 
 threat_model_module = importlib.import_module("asymcert.certify.threat_model")
 
@@ -32,10 +34,9 @@ def certified(run: str, radii: list[float], weight_bounds: bool) -> dict[str, An
     """Certified accuracy (share of the test split's sensitive inputs) at ``radii`` and the median ℓ1 radius."""
     model = asymcert.load(run, device="cpu")
     data = run_data(run)
-    meta = json.loads((Path(run) / "run.json").read_text())
-    if not meta.get("threat_model"):
+    tm = run_threat_model(read_run_record(run))
+    if tm is None:
         raise ValueError("the run has no threat model")
-    tm = asymcert.ThreatModel.from_dict(meta["threat_model"]).resolve(meta.get("feature_names"), data.test.x[0].numel())
     original = threat_model_module.coordinate_weights
     if not weight_bounds:
         threat_model_module.coordinate_weights = lambda *args: None
@@ -44,11 +45,10 @@ def certified(run: str, radii: list[float], weight_bounds: bool) -> dict[str, An
     finally:
         threat_model_module.coordinate_weights = original
     r, y = cert.radii[1.0], data.test.y
-    correct = (cert.predicted == y) & (y == 1)
-    n = int((y == 1).sum())
+    shares = sensitive_certified(cert.predicted, r, y, radii)
     return {
-        "certified": {f"{t:g}": float(((r >= t) & correct).sum()) / n for t in radii},
-        "median_radius": float(r[correct].median()),
+        "certified": {f"{t:g}": share for t, share in zip(radii, shares)},
+        "median_radius": float(r[(cert.predicted == y) & (y == 1)].median()),
     }
 
 

@@ -19,7 +19,7 @@ import torch
 import asymcert
 from asymcert.errors import AsymcertError
 from asymcert.pipeline import run_data
-from asymcert.runfolder import read_run_record
+from asymcert.runfolder import read_run_record, run_threat_model
 
 
 def main() -> None:
@@ -31,8 +31,7 @@ def main() -> None:
         try:
             model = asymcert.load(run, device="cpu")
             data = run_data(run)
-            names = read_run_record(run).feature_names
-            tm = asymcert.load_threat_model(args.threat_model).resolve(names, data.test.x[0].numel())
+            tm = run_threat_model(read_run_record(run), override=asymcert.load_threat_model(args.threat_model))
         except (AsymcertError, OSError) as exc:
             sys.exit(f"{run}: {exc}")
         cert = asymcert.certify(model, data.test.x, norms=(2,), threat_model=tm)

@@ -75,11 +75,19 @@ def validation_certified(
     """Percent of the validation split's sensitive inputs flagged and certified at each radius (the
     run's own threat model, if it has one), as results.json counts the test split's."""
     p = {"l1": 1.0, "l2": 2.0, "linf": math.inf}[norm]
-    tm = run_threat_model(read_run_record(run))
-    cert = asymcert.certify(model, val.x, norms=(p,), threat_model=tm)
-    correct = (cert.predicted == val.y) & (val.y == 1)
-    n = max(1, int((val.y == 1).sum()))
-    return {r: 100.0 * float(((cert.radii[p] >= float(r)) & correct).sum()) / n for r in radii}
+    cert = asymcert.certify(model, val.x, norms=(p,), threat_model=run_threat_model(read_run_record(run)))
+    shares = sensitive_certified(cert.predicted, cert.radii[p], val.y, [float(r) for r in radii])
+    return {r: 100.0 * share for r, share in zip(radii, shares)}
+
+
+def sensitive_certified(
+    predicted: torch.Tensor, radius: torch.Tensor, y: torch.Tensor, radii: list[float]
+) -> list[float]:
+    """Share of the inputs of the sensitive class (y == 1) predicted as such with radius ≥ r, per r in ``radii``
+    (predicted, radius, y: (N,)); 0 for every r when there is none."""
+    correct = (predicted == y) & (y == 1)
+    n = max(1, int((y == 1).sum()))
+    return [float(((radius >= r) & correct).sum()) / n for r in radii]
 
 
 def _mean_sd_min(values: list[float]) -> str:
