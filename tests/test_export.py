@@ -20,6 +20,7 @@ from asymcert.cli import main
 from asymcert.export import ExportDependencyError, ExportError, to_onnx
 from asymcert.models import build_model
 from asymcert.nn.convex import ConvexMean
+from asymcert.nn.feature_maps import Log1p, coordinate_slopes
 from tests.conftest import bisect_segments, near_boundary, segment_ends, small_feature_convex
 
 onnx = pytest.importorskip("onnx")
@@ -292,6 +293,35 @@ def test_threat_model_radii_in_the_graph_are_the_librarys_rounded_down(feature_m
             model, x[flagged], got[flagged] * 0.999, p, tm, steps=40, generator=torch.Generator().manual_seed(0)
         )
         assert bool(_run(sess, inside)["flagged"].all()), f"{name}: onnxruntime flips inside the radius"
+
+
+class _WeightsOnlyLog1p(Log1p):
+    """log1p that declares its weight bounds with its forward but no slope intervals."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+    def lipschitz(self, p: float) -> float:
+        return super().lipschitz(p)
+
+    def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().weight_bounds(w_lo, w_hi)
+
+
+def test_a_map_with_weight_bounds_only_gets_the_librarys_threat_radii_not_the_fallback(tmp_path):
+    model, x = _tabular([{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "hinges", "knots": 3}])
+    model.feature_map.maps[0] = _WeightsOnlyLog1p()
+    assert coordinate_slopes(model.feature_map, D_TM) is None  # the slope route is closed
+    tm = asymcert.ThreatModel.from_dict(TM_FILE).resolve(None, D_TM)
+    out = _run(_session(model, tmp_path, threat_model=tm), x)
+    lib = asymcert.certify(model, x, norms=NORMS, threat_model=tm, precision="float64")
+    far = _away(model, x, out["score"])
+    for p in NORMS:
+        name = "linf" if math.isinf(p) else f"l{p:g}"
+        got, want = out[f"tm_radius_{name}"].double(), lib.radii[p]
+        assert bool((got <= want).all()) and torch.allclose(got[far], want[far], rtol=1e-4)
+        fallback = out[f"radius_{name}"].double() / 2.0  # the largest movable scale of TM_FILE is 2
+        assert bool((got[far] > 1.5 * fallback[far]).any())
 
 
 def test_threat_model_radii_of_other_families_use_the_fallback(tmp_path):

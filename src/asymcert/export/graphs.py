@@ -35,7 +35,7 @@ from asymcert.models.baselines import OrthogonalNet
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.models.linf_dist_net import LinfDistNet
 from asymcert.nn.convex import ICNN, ConvexConvNet, ConvexMean
-from asymcert.nn.feature_maps import Shift, coordinate_slopes
+from asymcert.nn.feature_maps import Shift
 from asymcert.nn.mean_shift import MeanShift
 from asymcert.nn.orthogonal import CayleyLinear, GroupSort
 from asymcert.threat import ResolvedThreatModel
@@ -228,7 +228,12 @@ class FeatureConvexGraph(nn.Module):
     ) -> None:
         super().__init__()
         self.phi = model.feature_map
-        self.threat = None if threat_model is None else ThreatTerms(model.feature_map, threat_model)
+        if threat_model is None:
+            self.threat = None
+        else:
+            with torch.no_grad():  # the number of features φ makes of one input
+                width = model.features(torch.zeros((1, *model.input_shape), dtype=torch.float64)).numel()
+            self.threat = ThreatTerms(model.feature_map, threat_model, width)
         g = model.convex
         self.passes = nn.ModuleList(_convex_pass(m) for m in (g.members if isinstance(g, ConvexMean) else [g]))
         self.balance = float(model.balance)
@@ -272,8 +277,9 @@ class ThreatTerms(nn.Module):
     """The threat model's move costs a (N, n) in the graph: the library's own
     :func:`~asymcert.certify.threat_model.harm_bounds` (φ's weight bounds, or its slope intervals) and
     allowed directions, in float64 (ONNX double operations) with the scales and the domain as exact
-    float64 constants, so the graph's costs are the library's. ``coordinate_wise`` False: φ declares no
-    slopes, and the graph uses the generic fallback (raw radius / the largest movable scale).
+    float64 constants, so the graph's costs are the library's. ``coordinate_wise`` False: φ declares
+    neither weight bounds nor slopes, and the graph uses the generic fallback (raw radius / the largest
+    movable scale). ``width``: the number of features φ makes of one input (default: one per input).
     """
 
     scale: torch.Tensor  # float64 buffers: (n,) scale, domain and allowed directions
@@ -282,10 +288,11 @@ class ThreatTerms(nn.Module):
     can_increase: torch.Tensor
     can_decrease: torch.Tensor
 
-    def __init__(self, phi: nn.Module, tm: ResolvedThreatModel) -> None:
+    def __init__(self, phi: nn.Module, tm: ResolvedThreatModel, width: int | None = None) -> None:
         super().__init__()
         self.phi = phi
-        self.coordinate_wise = coordinate_slopes(phi, tm.n_features) is not None
+        zero = torch.zeros((1, tm.n_features if width is None else width), dtype=torch.float64)
+        self.coordinate_wise = harm_bounds(phi, zero, zero, tm.n_features) is not None  # as the library decides
         self.register_buffer("scale", tm.scale.double().clone())
         self.register_buffer("lower", tm.lower.double().clone())
         self.register_buffer("upper", tm.upper.double().clone())
@@ -302,7 +309,7 @@ class ThreatTerms(nn.Module):
         """a (N, n) float32, never below the float64 costs, from raw inputs x (N, n) and ∇g (N, K·n)."""
         harms = harm_bounds(self.phi, grad.double(), grad.double(), self.scale.shape[0])
         if harms is None:  # not reached: coordinate_wise was checked when the graph was built
-            raise ModelError("the feature map declares no slopes; the graph uses the fallback for it")
+            raise ModelError("the feature map declares no weight bounds or slopes; the graph uses the fallback")
         up_harm, down_harm = harms
         up, down = self.directions(x)
         zero = torch.zeros_like(up_harm)
