@@ -68,6 +68,31 @@ def test_margin_loss_off_keeps_the_paper_loss():
     assert "margin_scale" not in stats
 
 
+@pytest.mark.parametrize("alpha", [0.25, 0.7])
+def test_margin_weight_mixes_the_bound_and_the_plain_score(alpha):
+    """Sensitive rows: α·BCE(bound) + (1 − α)·BCE(s); other rows keep BCE(s) alone."""
+    model = small_feature_convex("icnn").double()
+    model.set_balance(0.0)
+    x, y = _batch(n=16)
+    config = TrainConfig(margin_radius=0.3, margin_norm=2.0, margin_weight=alpha)
+    loss, _ = FeatureConvexRecipe(config).loss(model, x.double(), y, progress=1.0)
+    with torch.no_grad():
+        s = model(x.double())
+    bound = _reference_margin_logits(model, x, y, 0.3, 2.0)
+    terms_bound = F.binary_cross_entropy_with_logits(bound, y.double(), reduction="none")
+    terms_plain = F.binary_cross_entropy_with_logits(s, y.double(), reduction="none")
+    expected = torch.where(y.bool(), alpha * terms_bound + (1 - alpha) * terms_plain, terms_plain).mean()
+    assert torch.allclose(loss.detach(), expected, rtol=1e-9)
+    full, _ = FeatureConvexRecipe(TrainConfig(margin_radius=0.3, margin_norm=2.0)).loss(model, x.double(), y, 1.0)
+    assert bool(loss < full)  # the bound is below the score on sensitive rows, so mixing lowers the loss
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, math.nan])
+def test_bad_margin_weight_is_named(bad):
+    with pytest.raises(ValueError, match="margin_weight"):
+        FeatureConvexRecipe(TrainConfig(margin_radius=0.3, margin_weight=bad))
+
+
 def test_margin_radius_warms_up_linearly():
     recipe = FeatureConvexRecipe(TrainConfig(margin_radius=2.0, margin_warmup=0.25))
     assert recipe.margin_scale(0.0) == 0.0

@@ -33,6 +33,7 @@ BAD = {
     "margin_radius": [-1.0, [], [1.0, -2.0], math.inf, "1"],
     "margin_norm": [0.5, "linf", [], [2, 0], math.nan],
     "margin_warmup": [-0.1, 1.5],
+    "margin_weight": [0.0, -0.5, 1.5],
     "sensitive_weight": [0, -1],
     "train_at_balance": [1, "yes"],
     "ensemble_training": ["average", 1],

@@ -122,6 +122,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "margin_radius": (_list_or_one(_radius_ok), "a finite number ≥ 0 or a non-empty list of them"),
     "margin_norm": (_list_or_one(_norm_ok), 'a norm p ≥ 1 (1, 2, "inf", ...) or a non-empty list of them'),
     "margin_warmup": _real("a number in [0, 1] (a fraction of training)", lambda v: 0 <= v <= 1),
+    "margin_weight": _real("a number in (0, 1] (the bound's share of the sensitive loss)", lambda v: 0 < v <= 1),
     "sensitive_weight": _real("a finite number > 0", lambda v: v > 0),
     "train_at_balance": (lambda v: isinstance(v, bool), "true or false"),
     "ensemble_training": (lambda v: v in ENSEMBLE_TRAINING, f"one of {', '.join(ENSEMBLE_TRAINING)}"),
@@ -240,6 +241,8 @@ class TrainConfig:
         margin_norm: the p ≥ 1 of that ball (1, 2, "inf", ...). Lists of radii and norms of equal
             length use the union of the balls (the lowest of the bounds).
         margin_warmup: fraction of training in [0, 1] over which r grows linearly from 0 (0 = from the start).
+        margin_weight: α in (0, 1]: a sensitive input's cross-entropy is (1 − α)·BCE(s(x)) + α·BCE(bound),
+            so the plain score keeps a share 1 − α of the loss (1 = the bound only, as before).
         sensitive_weight: weight > 0 of the sensitive class's cross-entropy terms (``pos_weight``; 1 =
             the plain loss).
         train_at_balance: keep the class-balance shift b that each epoch's validation pass fits in the
@@ -285,6 +288,7 @@ class TrainConfig:
     margin_radius: float | list[float] = 0.0
     margin_norm: float | list[float] = 2.0
     margin_warmup: float = 0.0
+    margin_weight: float = 1.0
     sensitive_weight: float = 1.0
     train_at_balance: bool = False
     ensemble_training: str = "members"

@@ -144,10 +144,10 @@ def train_fingerprint(train: dict[str, Any], model_config: dict[str, Any]) -> st
     """
     settings = {k: v for k, v in train.items() if k != "workers"}
     if not settings.get("margin_radius"):  # runs without the margin loss keep the fingerprint they had before it
-        for key in ("margin_radius", "margin_norm", "margin_warmup"):
+        for key in ("margin_radius", "margin_norm", "margin_warmup", "margin_weight"):
             settings.pop(key, None)
     later: tuple[tuple[str, Any], ...] = (("sensitive_weight", 1.0), ("train_at_balance", False), ("refit", False))
-    later += (("teacher", None), ("distill_weight", 0.0), ("distill_temperature", 1.0))
+    later += (("teacher", None), ("distill_weight", 0.0), ("distill_temperature", 1.0), ("margin_weight", 1.0))
     for key, plain in later:
         if key in settings and settings[key] == plain:  # likewise runs that do not use these later settings
             settings.pop(key)

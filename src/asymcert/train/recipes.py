@@ -95,6 +95,7 @@ class FeatureConvexRecipe:
         self.margins = [(float(p), float(r)) for p, r in zip(norms, radii)]
         self.margin_radius = max((r for _, r in self.margins), default=0.0)
         self.margin_warmup = float(config.margin_warmup)
+        self.margin_weight = float(config.margin_weight)
         self.sensitive_weight = float(config.sensitive_weight)
         self.train_at_balance = bool(config.train_at_balance)
         self.ensemble_training = str(config.ensemble_training)
@@ -116,6 +117,8 @@ class FeatureConvexRecipe:
                 f"0 ≤ margin_warmup ≤ 1; got {config.margin_radius}, {config.margin_norm}, "
                 f"{config.margin_warmup}"
             )
+        if not 0 < self.margin_weight <= 1:
+            raise ValueError(f"margin_weight must be in (0, 1], got {config.margin_weight}")
 
     def use_threat_model(self, threat_model: ResolvedThreatModel | None) -> None:
         """Take the margin loss under ``threat_model`` (radii in its units; see
@@ -208,6 +211,9 @@ class FeatureConvexRecipe:
                 stats["margin_scale"] = scale
         weight = None if self.sensitive_weight == 1.0 else logit.new_tensor(self.sensitive_weight)
         bce = F.binary_cross_entropy_with_logits(logit, y.to(logit.dtype), pos_weight=weight)
+        if self.margin_weight < 1.0 and logit is not score:  # the plain score keeps a share 1 − α
+            plain = F.binary_cross_entropy_with_logits(score, y.to(score.dtype), pos_weight=weight)
+            bce = self.margin_weight * bce + (1.0 - self.margin_weight) * plain
         stats["bce"] = bce.item()
         total = bce + penalty
         if self.teacher is not None and self._teacher_batch is not None:
