@@ -176,6 +176,11 @@ def test_cli_audit_exit_codes_on_a_real_run(fashion_dir, tmp_path, monkeypatch):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == EXIT_OK, res.output
     assert "0 violation(s)" in res.output and json.loads((out / "audit.json").read_text())["n_inputs"] == 20
+    norms = json.loads((out / "audit.json").read_text())["methods"]["feature-convex"]["norms"]
+    assert all(item["attack_bound"]["searched"] > 0 for item in norms.values())  # --no-exact: bounds instead
+    res = CliRunner().invoke(main, [*args, "--no-attack-bounds"])
+    norms = json.loads((out / "audit.json").read_text())["methods"]["feature-convex"]["norms"]
+    assert res.exit_code == EXIT_OK and not any("attack_bound" in item for item in norms.values())
     sound = certify_api._CERTIFIERS["feature-convex"]
 
     def inflated(model, x, norms, **options):
@@ -187,3 +192,75 @@ def test_cli_audit_exit_codes_on_a_real_run(fashion_dir, tmp_path, monkeypatch):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == EXIT_CHECK_FAILED, res.output
     assert json.loads((out / "audit.json").read_text())["violations"] > 0
+
+
+def _hinge_model():
+    """A tabular model whose feature map (log1p, standardize, hinges) has no exact radius; half flagged."""
+    model = small_feature_convex(
+        "icnn",
+        input_shape=(8,),
+        feature_map=[{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "hinges", "knots": 3}],
+        seed=3,
+    )
+    x = torch.rand(60, 8, generator=torch.Generator().manual_seed(5)) * 4
+    with torch.no_grad():
+        model.set_balance(0.0)
+        model.set_balance(-float(model(x).median()) - 1e-3)
+    return model, x
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_attack_bounds_are_counterexamples_above_the_exact_radius(icnn_and_inputs, p):
+    model, x = icnn_and_inputs
+    cert = asymcert.certify(model, x, norms=(p,))
+    upper = audit_module.attack_upper_bounds(model, x, cert, p, steps=40)
+    exact = asymcert.exact_radius(model, x, p)
+    flagged = cert.sensitive.cpu() & (cert.radius(p).cpu() > 0)
+    assert bool(torch.isnan(upper[~flagged]).all()) and bool(torch.isfinite(upper[flagged]).all())
+    assert bool((upper[flagged] >= exact[flagged] * (1 - 1e-6)).all())  # a real flip is never inside the exact radius
+    ratio = upper[flagged] / exact[flagged]
+    assert float(ratio.median()) < 1.1  # and the search lands near it
+
+
+def test_attack_bounds_fill_in_where_exact_radii_are_missing():
+    model, x = _hinge_model()
+    tm = asymcert.ThreatModel(scale={"*": 0.5}, increase_only=[0, 1], immutable=[2]).resolve(None, 8)
+    report = audit(model, x, norms=(1, math.inf), steps=30, restarts=1, threat_model=tm)
+    assert report["violations"] == 0
+    for label in ("l1", "linf"):
+        item = report["methods"]["feature-convex"]["norms"][label]
+        assert item["exact"]["available"] is False
+        bound = item["attack_bound"]
+        assert bound["searched"] == item["attack"]["attacked"] >= 20
+        assert bound["found"] >= 0.8 * bound["searched"] and bound["violations"] == 0
+        t = bound["certified_over_upper"]
+        assert t["min"] > 0 and t["max"] <= 1.0
+        assert bound["upper"]["median"] >= item["certified"]["median"]
+    assert "Attack bound" in audit_module._markdown(report)
+    # models with exact radii get no bound unless asked, and every norm gets one when asked
+    model2, x2 = small_feature_convex("icnn", seed=1), torch.rand(12, 1, 6, 6)
+    plain = audit(model2, x2, norms=(math.inf,), steps=5, restarts=1)
+    assert "attack_bound" not in plain["methods"]["feature-convex"]["norms"]["linf"]
+    asked = audit(model2, x2, norms=(math.inf,), steps=5, restarts=1, attack_bounds=True)
+    assert asked["methods"]["feature-convex"]["norms"]["linf"]["attack_bound"]["searched"] > 0
+    none = audit(model, x, norms=(math.inf,), steps=5, restarts=1, attack_bounds=False)
+    assert "attack_bound" not in none["methods"]["feature-convex"]["norms"]["linf"]
+
+
+def test_attack_bounds_catch_inflated_certificates_without_exact_radii(monkeypatch):
+    model, x = _hinge_model()
+    sound = certify_api._CERTIFIERS["feature-convex"]
+
+    def inflated(model, x, norms, **options):
+        cert = sound.run(model, x, norms, **options)
+        cert.radii = {p: r * 50.0 for p, r in cert.radii.items()}
+        cert.method = "test-inflated"
+        return cert
+
+    monkeypatch.setitem(
+        certify_api._CERTIFIERS, "test-inflated", dataclasses.replace(sound, name="test-inflated", run=inflated)
+    )
+    report = audit(model, x, norms=(2,), methods=["test-inflated"], steps=30, restarts=1)
+    bound = report["methods"]["test-inflated"]["norms"]["l2"]["attack_bound"]
+    assert bound["violations"] > 0 and bound["certified_over_upper"]["max"] > 1.0
+    assert report["violations"] >= bound["violations"]

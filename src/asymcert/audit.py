@@ -14,6 +14,13 @@ For each certifier it checks three things, and counts every failure as a *violat
    radius of the model as run (in its own precision, when the certifier offers that) must not
    exceed the float64 one.
 
+Where no exact radius exists (a log1p or hinge feature map, ℓ∞-dist and orthogonal nets, …), the
+**attack bound** says how much a certificate leaves on the table: per certified input, the smallest
+move that PGD finds to flip the decision, searched by doubling the radius from the certified one and
+then bisecting (:func:`attack_upper_bounds`). Every such move is a real counterexample, so its size
+is an upper bound on the exact radius and certified / bound a lower bound on the tightness; a move
+found *inside* the certified radius is a violation.
+
 :func:`audit_run` does this for a run folder and writes ``audit.json`` and ``audit.md`` into it
 (``asymcert audit DIR`` runs it on the run's test inputs). What a certificate promises is read from
 its :class:`~asymcert.certify.result.Guarantee` only.
@@ -47,7 +54,7 @@ from asymcert.errors import InputError
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.threat import ResolvedThreatModel
 
-__all__ = ["audit", "audit_run", "write_report"]
+__all__ = ["attack_upper_bounds", "audit", "audit_run", "write_report"]
 
 ATTACK_SHRINK = 1e-6  # attacks run inside (1 − ATTACK_SHRINK)·radius
 EXACT_RTOL = 1e-6  # certified ≤ exact·(1 + EXACT_RTOL)
@@ -55,6 +62,8 @@ EXACT_L2_MAX_VARIABLES = 3000  # ℓ2 exact radii by the interior-point QP only 
 EXACT_PROGRAM_MAX_NONZEROS = 1_000_000  # larger constraint matrices (e.g. ICNN 4096 × 784): cutting planes
 EXACT_CUTS_TOL = 1e-3  # cutting planes stop when upper ≤ (1 + tol)·lower
 EXACT_CUTS_ROUNDS = 400  # the default ICNN 4096 needed at most 233 in ℓ1 on 1000 inputs (benchmarks)
+BOUND_GROW_STEPS = 10  # the attack bound's search doubles the radius up to 2**10 × the certified one
+BOUND_BISECT_STEPS = 8  # then halves the bracket (in log scale) 8 times: hi / lo ≤ 2**(1/256)
 
 
 def _quartiles(values: torch.Tensor) -> dict[str, float] | None:
@@ -206,6 +215,110 @@ def _attack(
     )
 
 
+def _flip_sizes(
+    attacked: nn.Module,
+    xs: torch.Tensor,
+    eps: torch.Tensor,
+    p: float,
+    budget: tuple[int, int, torch.Generator],
+    promised: torch.Tensor,
+    tm: ResolvedThreatModel | None,
+) -> torch.Tensor:
+    """(N,) float64 size of the flipping move PGD finds within eps (N,) of each input, ``inf`` where none flips.
+
+    Sizes are measured as the certificates are (raw ℓp, or the threat model's units)."""
+    x_adv = _attack(attacked, xs, eps.to(xs.device), p, budget, promised, tm)
+    flips = decision_flips(attacked, xs, x_adv).cpu() | (decisions(attacked, x_adv).cpu() != promised)
+    if tm is None:
+        sizes = (x_adv.double() - xs.double()).reshape(len(xs), -1).norm(p=p, dim=1).cpu()
+    else:
+        sizes = move_sizes(xs, x_adv, tm, p)
+    return torch.where(flips, sizes, torch.full_like(sizes, math.inf))
+
+
+def _smallest_flip(
+    attacked: nn.Module,
+    xs: torch.Tensor,
+    start: torch.Tensor,
+    p: float,
+    budget: tuple[int, int, torch.Generator],
+    promised: torch.Tensor,
+    tm: ResolvedThreatModel | None,
+) -> torch.Tensor:
+    """(N,) float64: the smallest flipping move found from radii ``start`` (N,) > 0 up (:func:`attack_upper_bounds`)."""
+    best = torch.full_like(start, math.inf)
+    lo, hi = start.clone(), torch.full_like(start, math.inf)
+    for _ in range(BOUND_GROW_STEPS):  # double until a flip: lo holds no flip found, hi one found
+        rows = torch.nonzero(torch.isinf(hi)).flatten()
+        if rows.numel() == 0:
+            break
+        eps = 2.0 * lo[rows]
+        size = _flip_sizes(attacked, xs[rows], eps, p, budget, promised[rows], tm)
+        best[rows] = torch.minimum(best[rows], size)
+        found = torch.isfinite(size)
+        hi[rows[found]], lo[rows[~found]] = eps[found], eps[~found]
+    for _ in range(BOUND_BISECT_STEPS):
+        rows = torch.nonzero(torch.isfinite(hi)).flatten()
+        if rows.numel() == 0:
+            break
+        eps = torch.sqrt(lo[rows] * hi[rows])
+        size = _flip_sizes(attacked, xs[rows], eps, p, budget, promised[rows], tm)
+        best[rows] = torch.minimum(best[rows], size)
+        found = torch.isfinite(size)
+        hi[rows[found]], lo[rows[~found]] = eps[found], eps[~found]
+    return best
+
+
+def attack_upper_bounds(
+    model: nn.Module,
+    x: torch.Tensor,
+    cert: Certificate,
+    p: float,
+    steps: int = 100,
+    generator: torch.Generator | None = None,
+    threat_model: ResolvedThreatModel | None = None,
+) -> torch.Tensor:
+    """Upper bounds (N,) float64 on the exact radius of every certified input, from real counterexamples.
+
+    Per input with a positive finite radius c (binary models: the flagged ones), PGD (one restart of
+    ``steps``) tries radii 2c, 4c, … up to 2**BOUND_GROW_STEPS·c until the decision the certificate
+    promises flips, then bisects the last bracket BOUND_BISECT_STEPS times in log scale; the bound is
+    the size of the smallest flipping move found (measured like the radii: raw ℓp, or in the threat
+    model's units, the move allowed by it). A bound below c is a violation of the certificate.
+
+    Returns:
+        (N,) float64: the bound, ``inf`` where no flip was found up to the cap, NaN for inputs not
+        searched (radius 0 or ∞, or not flagged).
+    """
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    radius = cert.radius(p).double().cpu()
+    target = cert.sensitive if cert.binary else torch.ones_like(cert.predicted, dtype=torch.bool)
+    rows = torch.nonzero(target.cpu() & (radius > 0) & torch.isfinite(radius)).flatten()
+    out = torch.full_like(radius, math.nan)
+    for attacked, grows, promised in _attack_groups(model, cert, rows):
+        out[grows] = _smallest_flip(
+            attacked, x[grows], radius[grows], p, (steps, 1, generator), promised, tm=threat_model
+        )
+    return out
+
+
+def _attack_bound_entry(r: torch.Tensor, upper: torch.Tensor, seconds: float) -> dict[str, Any]:
+    """The audit's attack-bound record: certified radii r (N,) against :func:`attack_upper_bounds` (N,)."""
+    searched = ~torch.isnan(upper)
+    found = searched & torch.isfinite(upper)
+    below = found & (upper < r * (1.0 - ATTACK_SHRINK))
+    return {
+        "searched": int(searched.sum()),
+        "found": int(found.sum()),
+        "cap": 2**BOUND_GROW_STEPS,
+        "upper": _quartiles(upper[found]),
+        "certified_over_upper": _quartiles(r[found] / upper[found]),
+        "violations": int(below.sum()),
+        "violating_rows": torch.nonzero(below).flatten().tolist()[:20],
+        "seconds": seconds,
+    }
+
+
 def audit(
     model: nn.Module,
     x: torch.Tensor,
@@ -220,6 +333,7 @@ def audit(
     exact_time_limit: float | None = 60.0,
     threads: int | None = 1,
     threat_model: ResolvedThreatModel | None = None,
+    attack_bounds: bool | None = None,
 ) -> dict[str, Any]:
     """Audit a model's certificates on inputs ``x`` (see the module docstring).
 
@@ -240,6 +354,9 @@ def audit(
             2-core machine); None keeps the current setting.
         threat_model: audit the certificates under this threat model: attacks move only what it
             allows, exact radii respect it, radii are in its units.
+        attack_bounds: search every certified input's smallest flipping move
+            (:func:`attack_upper_bounds`, one restart of ``steps``): True for every norm, False for
+            none, None (default) for the norms without exact radii.
     Returns:
         A JSON-serialisable dict: ``{"violations": int, "n_inputs", "units", "methods": {name: {"norms":
         {label: {"attack", "exact", "precision", "violations"}}, ...}}, ...}``; radii in raw
@@ -249,7 +366,7 @@ def audit(
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     try:
-        checks = (restarts, steps, exact, exact_norms, exact_time_limit, threat_model)
+        checks = (restarts, steps, exact, exact_norms, exact_time_limit, threat_model, attack_bounds)
         return _audit(model, x, y, norms, methods, seed, checks)
     finally:
         torch.set_num_threads(saved_threads)
@@ -262,13 +379,14 @@ def _audit(
     norms: Iterable[float | str],
     methods: Iterable[str] | None,
     seed: int,
-    checks: tuple[int, int, bool, Iterable[float | str] | None, float | None, ResolvedThreatModel | None],
+    checks: tuple[int, int, bool, Iterable[float | str] | None, float | None, ResolvedThreatModel | None, bool | None],
 ) -> dict[str, Any]:
     """The audit of :func:`audit` (arguments checked there): attacks, exact radii and precision per method.
 
-    ``checks``: (restarts, steps, exact, exact_norms, exact_time_limit, threat_model) as :func:`audit` takes them.
+    ``checks``: (restarts, steps, exact, exact_norms, exact_time_limit, threat_model, attack_bounds) as
+    :func:`audit` takes them.
     """
-    restarts, steps, exact, exact_norms, exact_time_limit, tm = checks
+    restarts, steps, exact, exact_norms, exact_time_limit, tm, attack_bounds = checks
     t_start = time.perf_counter()
     norms_t = tuple(dict.fromkeys(normalize_norm(p) for p in norms))
     declared = getattr(model, "certifier", None)
@@ -299,6 +417,7 @@ def _audit(
         exact_radii,
         exact_info,
         tm,
+        attack_bounds,
     )
     try:
         for method in methods_t:
@@ -417,6 +536,11 @@ class _MethodRun:
     exact_radii: dict[float, torch.Tensor]
     exact_info: dict[float, dict[str, Any]]
     threat_model: ResolvedThreatModel | None = None
+    attack_bounds: bool | None = None  # None: for the norms without exact radii
+
+    def wants_bound(self, p: float) -> bool:
+        """Whether the attack bound is searched in norm p."""
+        return self.attack_bounds if self.attack_bounds is not None else p not in self.exact_radii
 
 
 def _audit_method(run: _MethodRun, method: str, y: torch.Tensor | None) -> dict[str, Any]:
@@ -449,6 +573,11 @@ def _audit_method(run: _MethodRun, method: str, y: torch.Tensor | None) -> dict[
         item["violations"] += item["exact"].get("violations", 0)
         item["precision"] = _precision_check(own, sixty_four, p, run.model)  # (3) own precision vs float64
         item["violations"] += item["precision"]["violations"]
+        if own is not None and run.wants_bound(p):  # how far the certificate is from a counterexample
+            t0 = time.perf_counter()
+            upper = attack_upper_bounds(run.model, run.x, cert, p, run.steps, run.generator, tm)
+            item["attack_bound"] = _attack_bound_entry(r, upper, time.perf_counter() - t0)
+            item["violations"] += item["attack_bound"]["violations"]
         per_norm[norm_label(p)] = item
     entry["norms"] = per_norm
     entry["violations"] = sum(item["violations"] for item in per_norm.values())
@@ -533,29 +662,57 @@ def _markdown(report: dict[str, Any]) -> str:
             "tightness q25 / median / q75 | own/float64 max | precision violations |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for label, item in entry["norms"].items():
-            att, ex, pr = item["attack"], item["exact"], item["precision"]
-            cert_med = item["certified"]["median"] if item["certified"] else None
-            if "skipped" in att:
-                attacked, flips = "skipped", "–"
-            else:
-                attacked, flips = str(att["attacked"]), str(att["flips"])
-            if ex.get("available"):
-                t = ex.get("tightness") or {}
-                ex_s = f"{ex['seconds']:.1f} s" + (f", {ex['failed']} failed" if ex["failed"] else "")
-                if "not_met" in ex:  # cutting planes: the exact column is a checked upper bound
-                    ex_s += f", cuts ({ex['not_met']} open, max gap {ex['max_relative_gap']:.2g})"
-                tight = f"{_fmt(t.get('q25'))} / {_fmt(t.get('median'))} / {_fmt(t.get('q75'))}" if t else "–"
-                ex_v = str(ex["violations"])
-            else:
-                ex_s, tight, ex_v = f"n/a ({ex.get('reason', '')})", "–", "–"
-            lines.append(
-                f"| {label} | {_fmt(cert_med)} | {attacked} | {flips} | {ex_s} | {ex_v} | {tight} | "
-                f"{_fmt(pr['max_ratio_own_over_float64'], 10)} | {pr['violations']} |"
-            )
-        lines.append("")
+        lines += [_norm_row(label, item) for label, item in entry["norms"].items()]
+        lines += [""] + _bound_table(entry["norms"])
     lines.append(f"Audit time: {report['seconds']:.1f} s.")
     return "\n".join(lines) + "\n"
+
+
+def _norm_row(label: str, item: dict[str, Any]) -> str:
+    """One norm's row of the audit table: attacks, exact radii, precision."""
+    att, ex, pr = item["attack"], item["exact"], item["precision"]
+    cert_med = item["certified"]["median"] if item["certified"] else None
+    if "skipped" in att:
+        attacked, flips = "skipped", "–"
+    else:
+        attacked, flips = str(att["attacked"]), str(att["flips"])
+    if ex.get("available"):
+        t = ex.get("tightness") or {}
+        ex_s = f"{ex['seconds']:.1f} s" + (f", {ex['failed']} failed" if ex["failed"] else "")
+        if "not_met" in ex:  # cutting planes: the exact column is a checked upper bound
+            ex_s += f", cuts ({ex['not_met']} open, max gap {ex['max_relative_gap']:.2g})"
+        tight = f"{_fmt(t.get('q25'))} / {_fmt(t.get('median'))} / {_fmt(t.get('q75'))}" if t else "–"
+        ex_v = str(ex["violations"])
+    else:
+        ex_s, tight, ex_v = f"n/a ({ex.get('reason', '')})", "–", "–"
+    return (
+        f"| {label} | {_fmt(cert_med)} | {attacked} | {flips} | {ex_s} | {ex_v} | {tight} | "
+        f"{_fmt(pr['max_ratio_own_over_float64'], 10)} | {pr['violations']} |"
+    )
+
+
+def _bound_table(norms: dict[str, Any]) -> list[str]:
+    """The attack-bound table (lines, ending with a blank one), or nothing when no norm has a bound."""
+    rows = [(label, item["attack_bound"]) for label, item in norms.items() if "attack_bound" in item]
+    if not rows:
+        return []
+    lines = [
+        "Attack bound: the smallest flipping move PGD found (a real counterexample, so an upper bound on",
+        "the exact radius; certified / bound is a lower bound on the tightness). Bound below the certified",
+        "radius = violation.",
+        "",
+        "| norm | searched | flip found (≤ cap × certified) | bound median | certified / bound q25 / median / q75 | "
+        "bound < certified |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, b in rows:
+        t, up = b["certified_over_upper"] or {}, b["upper"] or {}
+        tight = f"{_fmt(t.get('q25'))} / {_fmt(t.get('median'))} / {_fmt(t.get('q75'))}" if t else "–"
+        lines.append(
+            f"| {label} | {b['searched']} | {b['found']} (cap {b['cap']}) | {_fmt(up.get('median'))} | {tight} | "
+            f"{b['violations']} |"
+        )
+    return lines + [""]
 
 
 def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:

@@ -444,13 +444,19 @@ def report(run_dir) -> None:
 @click.option("--restarts", type=_POSITIVE, default=3, show_default=True, help="PGD restarts per norm.")
 @click.option("--steps", type=_POSITIVE, default=100, show_default=True, help="PGD steps per restart.")
 @click.option("--no-exact", is_flag=True, help="Skip the exact radii (linear / conic programs).")
+@click.option(
+    "--attack-bounds/--no-attack-bounds",
+    default=None,
+    help="Search each certified input's smallest flipping move (default: for norms without exact radii).",
+)
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @_threat_options
-def audit(run_dir, limit, restarts, steps, no_exact, data_dir, threat_model, no_threat_model) -> None:
+def audit(run_dir, limit, restarts, steps, no_exact, attack_bounds, data_dir, threat_model, no_threat_model) -> None:
     """Attack every certificate inside its radius, compare with exact radii; exit 1 on any violation (0: none).
 
-    Under a threat model (the run's own, or --threat-model) the attacks move only what it allows and
-    radii are in its units."""
+    Where exact radii are missing, the smallest flipping move found by attacks bounds the exact radius
+    from above (--attack-bounds for every norm). Under a threat model (the run's own, or
+    --threat-model) the attacks move only what it allows and radii are in its units."""
 
     tm = run_threat_model(read_run_record(run_dir), _threat(threat_model, no_threat_model), no_threat_model)
     data = run_data(run_dir, data_dir)
@@ -463,6 +469,7 @@ def audit(run_dir, limit, restarts, steps, no_exact, data_dir, threat_model, no_
             steps=steps,
             exact=not no_exact,
             threat_model=tm,
+            attack_bounds=attack_bounds,
         )
     click.echo(
         f"audit of {min(limit, len(data.test))} test inputs: {report['violations']} violation(s); "
