@@ -11,8 +11,9 @@ import torch
 import asymcert
 from asymcert.certify import api
 from asymcert.certify.result import Certificate, normalize_norm
-from asymcert.errors import AsymcertError, InputError
+from asymcert.errors import AsymcertError, InputError, UnsoundOptionError
 from asymcert.models import build_model
+from tests.conftest import small_feature_convex
 
 
 def _model(input_shape=(6,), kind="feature-convex", seed=0):
@@ -150,3 +151,14 @@ def test_every_refusal_is_an_asymcert_error():
     ):
         with pytest.raises(AsymcertError):
             call()
+
+
+def test_reach_is_a_typed_option_that_changes_nothing_without_a_threat_model():
+    model = small_feature_convex("icnn", input_shape=(6,), feature_map=[{"kind": "log1p"}, {"kind": "standardize"}])
+    x = torch.rand(30, 6) * 3
+    plain = asymcert.certify(model, x, norms=(1, 2, "inf"))
+    reach = asymcert.certify(model, x, norms=(1, 2, "inf"), reach=True)
+    for p in plain.radii:
+        assert torch.equal(plain.radii[p], reach.radii[p])
+    with pytest.raises(UnsoundOptionError, match="reach"):
+        asymcert.certify(model, x, norms=(1,), reach="yes", threat_model=asymcert.ThreatModel(scale={"*": 2.0}))

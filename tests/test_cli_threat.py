@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -14,9 +15,10 @@ from click.testing import CliRunner
 import asymcert
 from asymcert.certify.certfile import load_certificates
 from asymcert.cli import EXIT_OK, EXIT_REFUSED, main
-from asymcert.errors import ConfigError, RunFolderConflictError
+from asymcert.errors import ConfigError, InputError, RunFolderConflictError
 from asymcert.pipeline import read_run, run_data, train_run
 from asymcert.threat import ThreatModel
+from asymcert.traffic import certify_file
 
 FEATURES = ["links", "words", "caps", "age"]
 TM = {
@@ -220,3 +222,29 @@ def test_monotone_features_by_column_name_certify_at_infinity_for_harmless_moves
     res = CliRunner().invoke(main, _run_args(folder, tmp_path / "bad", "--model-set", 'monotone={"increasing": ["x"]}'))
     assert res.exit_code == EXIT_REFUSED and "monotone: unknown feature(s) ['x']" in res.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_reach_flag_gives_the_librarys_reach_radii_on_both_paths(tm_run, tmp_path):
+    x, _ = _write(tmp_path / "new.csv", 40, 6, labels=False)
+    model = asymcert.load(tm_run)
+    args = ["certify", str(tm_run), "--input", str(tmp_path / "new.csv"), "--quiet", "--reach"]
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "reach.csv")])
+    assert res.exit_code == EXIT_OK, res.output
+    with (tmp_path / "reach.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    want = asymcert.certify(model, torch.from_numpy(x), norms=(1, "inf"), threat_model=_resolved(), reach=True)
+    assert [float(r["radius_linf"]) for r in rows] == want.radii[math.inf].tolist()
+    copy = tmp_path / "run"
+    shutil.copytree(tm_run, copy)
+    res = CliRunner().invoke(main, ["certify", str(copy), "--quiet", "--reach"])
+    assert res.exit_code == EXIT_OK, res.output
+    cert, _ = load_certificates(copy / "certificates.safetensors")
+    direct = asymcert.certify(model, _test_x(tm_run), norms=(1, "inf"), threat_model=_resolved(), reach=True)
+    assert torch.equal(cert.radii[math.inf], direct.radii[math.inf])
+
+
+def test_an_option_the_certifier_does_not_take_is_refused_before_any_output(tm_run, tmp_path):
+    _write(tmp_path / "new.csv", 10, 7, labels=False)
+    with pytest.raises(InputError, match="no option bogus"):
+        certify_file(tm_run, tmp_path / "new.csv", tmp_path / "out.csv", progress=False, options={"bogus": 1})
+    assert not (tmp_path / "out.csv").exists()

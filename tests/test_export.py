@@ -281,11 +281,13 @@ def test_threat_model_radii_in_the_graph_are_the_librarys_rounded_down(feature_m
     out = _run(sess, x)
     assert [o.name for o in sess.get_outputs()][-3:] == ["tm_radius_l1", "tm_radius_l2", "tm_radius_linf"]
     lib = asymcert.certify(model, x, norms=NORMS, threat_model=tm, precision="float64")
+    reach = asymcert.certify(model, x, norms=NORMS, threat_model=tm, precision="float64", reach=True)
     assert torch.equal(out["flagged"], lib.sensitive)
     for p in NORMS:
         name = "tm_radius_linf" if math.isinf(p) else f"tm_radius_l{p:g}"
         got, want = out[name].double(), lib.radii[p]
         assert bool((got <= want).all()), f"{name}: a graph radius above the library's"
+        assert bool((want <= reach.radii[p]).all())
         far = _away(model, x, out["score"])
         assert int(far.sum()) > 50 and torch.allclose(got[far], want[far], rtol=1e-4)
         flagged = out["flagged"] & (got > 0)

@@ -397,24 +397,44 @@ def train(
     help="With --input: the results file to write (.csv, or .parquet with pyarrow).",
 )
 @_threat_options
+@click.option(
+    "--reach",
+    is_flag=True,
+    help="Feature-convex models under a threat model: use φ's slopes only where a move of each size can "
+    "reach (larger radii, mostly ℓ2/ℓ∞; about 50× the certification time).",
+)
 @click.option("--quiet", is_flag=True)
 def certify_cmd(
-    run_dir, norms, limit, batch_size, device, data_dir, input_file, out_file, threat_model, no_threat_model, quiet
+    run_dir,
+    norms,
+    limit,
+    batch_size,
+    device,
+    data_dir,
+    input_file,
+    out_file,
+    threat_model,
+    no_threat_model,
+    reach,
+    quiet,
 ) -> None:
     """Certify a run's test inputs (certificates.safetensors), or new traffic (--input FILE --out RESULTS.csv)."""
 
     tm = _threat(threat_model, no_threat_model)
     norms_t = _certify_norms(run_dir, norms, tm, no_threat_model)
+    options = {"reach": True} if reach else {}
     if input_file is not None or out_file is not None:
         if input_file is None or out_file is None or limit is not None:
             raise click.UsageError("--input and --out go together (and without --limit)")
-        done = certify_file(run_dir, input_file, out_file, norms_t, device, batch_size, not quiet, tm, no_threat_model)
+        done = certify_file(
+            run_dir, input_file, out_file, norms_t, device, batch_size, not quiet, tm, no_threat_model, options
+        )
         click.echo(
             f"certified {done.n_inputs} inputs ({done.n_flagged} flagged) in {done.seconds:.3f}s; "
             f"radii in {done.units}; results in {done.out}"
         )
         return
-    settings = CertifySettings(norms_t, limit, batch_size, threat_model=tm, plain=no_threat_model)
+    settings = CertifySettings(norms_t, limit, batch_size, options=options, threat_model=tm, plain=no_threat_model)
     cert = certify_run(run_dir, device=device, data_dir=data_dir, progress=not quiet, settings=settings)
     click.echo(
         f"certified {len(cert)} inputs in {cert.seconds:.3f}s "

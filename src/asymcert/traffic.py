@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from asymcert.certify import Certificate, certify
+from asymcert.certify.api import certifier_options
 from asymcert.certify.result import RAW_UNITS, norm_label
 from asymcert.checkpoint import atomic_write, load
 from asymcert.data.images import IMAGE_SUFFIXES, read_images
@@ -261,12 +262,14 @@ def certify_file(
     progress: bool = True,
     threat_model: ThreatModel | None = None,
     plain: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> TrafficResult:
     """Certify every input of ``input_path`` with the run's model; write one row per input to ``out``
     (``.csv``, or ``.parquet`` with pyarrow, the ``parquet`` extra).
 
     Radii are in raw input units, or under ``threat_model`` (default: the run's own, none with ``plain``)
-    in its units (:attr:`TrafficResult.units`).
+    in its units (:attr:`TrafficResult.units`). ``options``: certifier options by name (e.g.
+    ``{"reach": True}``), checked against the model's certifier before any input is read.
 
     Memory: one chunk of inputs (``chunk`` rows) and its results at a time, whatever the file's size.
     The output file appears only when every input certified (atomic rename); a refused input file
@@ -284,6 +287,10 @@ def certify_file(
     run = read_run_record(run_dir)
     tm = run_threat_model(run, threat_model, plain)
     model = load(run_dir, device=resolve_device(str(device)))
+    extra = dict(options or {})
+    unknown = sorted(set(extra) - certifier_options(model))
+    if unknown:
+        raise InputError(f"{type(model).__name__}'s certifier takes no option {', '.join(unknown)}")
     if not input_path.exists():
         raise InputError(f"{input_path}: no such input file or folder")
     batches = input_batches(input_path, run, chunk)
@@ -296,7 +303,7 @@ def certify_file(
     def certified(sink: _CsvSink | _ParquetSink) -> None:
         todo = _chain(first, batches)
         for batch in tqdm(todo, desc="certify", unit="chunk", disable=not progress, leave=False):
-            cert = certify(model, batch.x, norms=norms_t, batch_size=chunk, threat_model=tm)
+            cert = certify(model, batch.x, norms=norms_t, batch_size=chunk, threat_model=tm, **extra)
             sink.write(_result_columns(cert, int(counts["n"]), norms_t, batch))
             counts["n"] += len(cert)
             counts["flagged"] += int((cert.sensitive if cert.binary else cert.predicted > 0).sum())

@@ -300,6 +300,7 @@ class FeatureConvexOptions:
     guard: bool = True
     validate: bool = True
     cuts: int = 0
+    reach: bool = False
 
 
 def check_cuts(cuts: object) -> int:
@@ -315,6 +316,17 @@ def check_cuts(cuts: object) -> int:
     return cuts
 
 
+def check_reach(reach: object) -> bool:
+    """The ``reach`` option as a bool.
+
+    Raises:
+        UnsoundOptionError: anything but True or False.
+    """
+    if not isinstance(reach, bool):
+        raise UnsoundOptionError(f"reach must be true or false, got {reach!r}")
+    return reach
+
+
 def certify_feature_convex(
     model: FeatureConvexClassifier,
     x: torch.Tensor,
@@ -324,6 +336,7 @@ def certify_feature_convex(
     guard: bool = True,
     validate: bool = True,
     cuts: int = 0,
+    reach: bool = False,
 ) -> Certificate:
     """Certificates of a :class:`~asymcert.models.FeatureConvexClassifier` for a batch.
 
@@ -356,6 +369,9 @@ def certify_feature_convex(
             :mod:`asymcert.certify.tangent_cuts` (K tangent planes of g along a Kelley path, combined by
             a fitted λ, float64 with the same rounding bounds and guard), and each radius is the larger
             of the two: never below the closed form; K − 1 more forward/backward passes per norm.
+        reach: under a threat model only (:func:`~asymcert.certify.threat_model.feature_convex_threat`):
+            True enlarges radii by φ's slopes where a move can reach (default False: the closed
+            form). Without a threat model it changes nothing.
     Returns:
         Certificate with ``predicted`` 1 where the model's own s(x) > 0, radii (N,) float64 in raw
         input units (0 where not flagged, or where the margin is not positive), ``extra["score"]``.
@@ -368,6 +384,7 @@ def certify_feature_convex(
             below the precision's allowance.
     """
     cuts = check_cuts(cuts)
+    check_reach(reach)
     ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
     radii = lp_radii(model, ref, margin, norms, slack)
     if cuts > 1:

@@ -37,12 +37,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from asymcert.certify.feature_convex import check_cuts, flag_certificate, flag_margins, lp_radii
+from asymcert.certify.feature_convex import check_cuts, check_reach, flag_certificate, flag_margins, lp_radii
 from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.one_vs_rest import certify_one_vs_rest, class_radii_key
 from asymcert.certify.result import Certificate
 from asymcert.errors import ConfigError
-from asymcert.nn.feature_maps import coordinate_slopes, coordinate_weights, round_down, round_up
+from asymcert.nn.feature_maps import (
+    coordinate_slopes,
+    coordinate_weights,
+    coordinate_weights_within,
+    round_down,
+    round_up,
+)
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 if TYPE_CHECKING:
@@ -55,11 +61,16 @@ __all__ = [
     "harm_bounds",
     "harm_coefficients",
     "one_vs_rest_threat",
+    "reach_costs",
+    "reach_radii",
     "resolve_for",
     "threat_lower_bound",
 ]
 
 EPS64 = torch.finfo(torch.float64).eps
+REACH_STEPS = 16
+"""Radii tried per input and norm by the reach search (:func:`reach_radii`): doubling from the closed form's
+radius until the reach-aware bound fails, then bisecting in log scale with the steps left."""
 
 
 def resolve_for(threat_model: ThreatModel | ResolvedThreatModel, x: torch.Tensor) -> ResolvedThreatModel:
@@ -130,10 +141,8 @@ def _move_costs(
     tm: ResolvedThreatModel,
 ) -> torch.Tensor | None:
     """(N, n) a_i = scale_i · the largest allowed harm, or None when φ is not coordinate-wise."""
-    grad = ref_grad.double().reshape(x.shape[0], -1)
-    err = torch.zeros_like(grad) if grad_error is None else grad_error.double().reshape_as(grad)
-    # grad ∓ err rounded outward: the interval must hold the exact gradient's range
-    harms = harm_bounds(model.feature_map, round_down(grad - err), round_up(grad + err), int(x[0].numel()))
+    grad_lo, grad_hi = _gradient_interval(ref_grad, grad_error, x.shape[0])
+    harms = harm_bounds(model.feature_map, grad_lo, grad_hi, int(x[0].numel()))
     if harms is None:
         return None
     up_harm, down_harm = harms
@@ -142,6 +151,81 @@ def _move_costs(
         torch.where(up, up_harm, torch.zeros_like(up_harm)), torch.where(down, down_harm, torch.zeros_like(down_harm))
     )
     return harm * tm.scale.to(harm.device)[None, :]
+
+
+def reach_costs(
+    phi: torch.nn.Module,
+    grads: tuple[torch.Tensor, torch.Tensor],
+    x: torch.Tensor,
+    tm: ResolvedThreatModel,
+    radius: torch.Tensor,
+) -> torch.Tensor | None:
+    """(N, n) move costs a_i(r), as :func:`_move_costs`, for moves of threat-model size ≤ r only.
+
+    Such a move keeps every coordinate inside its reach [x_i − r·scale_i, x_i + r·scale_i] (the allowed
+    directions only, cut at the domain's walls when x_i is inside it), since |u_i| ≤ ‖u‖_p ≤ r. φ's
+    weight bounds are taken on that box (:func:`~asymcert.nn.feature_maps.coordinate_weights_within`):
+    the harm of a move up from the box [x, x_up], of a move down from [x_dn, x].
+
+    Args:
+        phi: the feature map. grads: (N, K·n) lower and upper bounds on ∇g(φ(x)). x: (N, *shape) raw
+            inputs. tm: the threat model. radius: (N,) float64 radii r ≥ 0 in its units.
+    Returns:
+        (N, n) float64 costs, or None when φ declares no weight bounds.
+    """
+    x64 = x.detach().reshape(x.shape[0], -1).double()
+    scale, lower, upper = (t.to(x64.device)[None, :] for t in (tm.scale, tm.lower, tm.upper))
+    up, down = (d.to(x64.device) for d in tm.directions(x))
+    inside = (x64 >= lower) & (x64 <= upper)
+    reach = round_up(radius.double().to(x64.device)[:, None] * scale)
+    x_up = round_up(x64 + reach)
+    x_up = torch.where(up, torch.where(inside, torch.minimum(x_up, upper), x_up), x64)
+    x_dn = round_down(x64 - reach)
+    x_dn = torch.where(down, torch.where(inside, torch.maximum(x_dn, lower), x_dn), x64)
+    w_up = coordinate_weights_within(phi, grads[0], grads[1], x64, x_up)
+    w_dn = coordinate_weights_within(phi, grads[0], grads[1], x_dn, x64)
+    if w_up is None or w_dn is None:
+        return None
+    zero = torch.zeros_like(x64)
+    harm = torch.maximum(
+        torch.where(up, (-w_up[0]).clamp_min(0.0), zero), torch.where(down, w_dn[1].clamp_min(0.0), zero)
+    )
+    return harm * scale
+
+
+def reach_radii(
+    phi: torch.nn.Module,
+    grads: tuple[torch.Tensor, torch.Tensor],
+    x: torch.Tensor,
+    tm: ResolvedThreatModel,
+    margin: torch.Tensor,
+    p: float,
+    slack: float,
+    start: torch.Tensor,
+) -> torch.Tensor:
+    """Radii (N,) float64 ≥ ``start`` from the reach-aware bound: every move of size ≤ r is harmless when
+    the margin exceeds ‖a(r)‖_{p*}·‖u‖_p with a(r) = :func:`reach_costs`, so ρ(r) = margin / ‖a(r)‖_{p*}
+    (rounded down as :func:`~asymcert.certify.functional.safe_radius` does) certifies min(r, ρ(r)) for
+    any r. Per input the search tries REACH_STEPS radii r: doubling from ``start`` (the closed form's
+    radius, certified without reach) while ρ(r) ≥ r, then bisecting in log scale, and keeps the largest
+    min(r, ρ(r)) seen. Inputs whose ``start`` is 0 or ∞ keep it.
+    """
+    best = start.double().clone()
+    active = (best > 0) & torch.isfinite(best)
+    if not bool(active.any()):
+        return best
+    lo, hi = best.clone(), torch.full_like(best, math.inf)
+    for _ in range(REACH_STEPS):
+        r = torch.where(torch.isinf(hi), 2.0 * lo, torch.sqrt(lo * hi))
+        r = torch.where(active, r, torch.zeros_like(r))
+        costs = reach_costs(phi, grads, x, tm, r)
+        if costs is None:
+            return best
+        rho = safe_radius(margin, dual_norm(costs, p), slack).to(best.device)
+        best = torch.where(active, torch.maximum(best, torch.minimum(r, rho)), best)
+        holds = rho >= r
+        lo, hi = torch.where(holds, r, lo), torch.where(holds, hi, r)
+    return best
 
 
 def feature_convex_threat(
@@ -154,12 +238,16 @@ def feature_convex_threat(
     guard: bool = True,
     validate: bool = True,
     cuts: int = 0,
+    reach: bool = False,
 ) -> Certificate:
     """Feature-convex certificates under a threat model, one forward and one backward pass.
 
     Same options, decisions and margins as :func:`~asymcert.certify.feature_convex.certify_feature_convex`;
     radii (N,) float64 are in threat-model units (‖δ / scale‖_p) and hold for every move the threat
     model allows. A φ that is not coordinate-wise gets the generic fallback (:func:`fallback_radii`).
+    ``reach=True``: then enlarge each radius by the reach-aware bound (:func:`reach_radii`: φ's slopes
+    only where a move of that size can take each coordinate; about 50× the closed form's time, so
+    off by default); False (default): the closed form alone (what the ONNX graph computes).
 
     Raises:
         ConfigError: ``cuts`` ≥ 2: multi-cut certificates are not available under a threat model.
@@ -175,7 +263,21 @@ def feature_convex_threat(
         radii = fallback_radii(lp_radii(model, ref, margin, norms, slack), threat_model, x)
     else:
         radii = {p: safe_radius(margin, dual_norm(costs, p), slack) for p in norms}
+        if check_reach(reach):
+            grads = _gradient_interval(ref.grad, ref.grad_error, x.shape[0])
+            radii = {
+                p: reach_radii(model.feature_map, grads, x, threat_model, margin, p, slack, r) for p, r in radii.items()
+            }
     return flag_certificate(flagged, radii, own_score, threat_model.units())
+
+
+def _gradient_interval(
+    grad: torch.Tensor, grad_error: torch.Tensor | None, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) (N, K·n) float64: ∇g ∓ its error bound, rounded outward (the exact gradient's range)."""
+    g = grad.double().reshape(n, -1)
+    err = torch.zeros_like(g) if grad_error is None else grad_error.double().reshape_as(g)
+    return round_down(g - err), round_up(g + err)
 
 
 def fallback_radii(

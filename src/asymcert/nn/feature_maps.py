@@ -71,6 +71,26 @@ class FeatureMap(nn.Module):
         """
         return None
 
+    def reach_image(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds | None:
+        """Bounds on this map's outputs while its inputs stay in the box [lo, hi], rounded outward.
+
+        Args and result: float64 (N, K, n) boxes (copy k of input coordinate i at [:, k, i], as in
+        :meth:`weight_bounds`). None: not declared (the steps after this one then use their global
+        :meth:`weight_bounds`). Only counted when declared with ``forward``.
+        """
+        return None
+
+    def reach_weight_bounds(
+        self, w_lo: torch.Tensor, w_hi: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+    ) -> Bounds | None:
+        """:meth:`weight_bounds` for moves that keep this map's inputs inside the box [lo, hi] (N, K_in, n).
+
+        Tighter where the map's slope depends on where it is taken (log1p's 1/(1 + x), the hinges a
+        box does not reach). None: not declared (:meth:`weight_bounds` is used). Only counted when
+        declared with ``forward``.
+        """
+        return None
+
     def config(self) -> dict[str, Any]:
         """JSON-serialisable description that :func:`build_feature_map` turns back into this map."""
         return {"kind": self.kind}
@@ -116,6 +136,9 @@ class Identity(FeatureMap):
     def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return w_lo, w_hi
 
+    def reach_image(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+        return lo, hi
+
 
 class Shift(FeatureMap):
     """φ(x) = x − μ with μ the mean training input (elementwise). Lipschitz 1 in every norm.
@@ -150,6 +173,10 @@ class Shift(FeatureMap):
     def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return w_lo, w_hi
 
+    def reach_image(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+        mean = self.mean.to(lo.dtype).reshape(lo.shape[1:])
+        return round_down(lo - mean), round_up(hi - mean)
+
 
 class Log1p(FeatureMap):
     """φ(x) = log(1 + max(x, 0)) elementwise: for heavy-tailed nonnegative counts and frequencies.
@@ -174,6 +201,21 @@ class Log1p(FeatureMap):
     def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # w·c with c ∈ [0, 1]: exact, no rounding
         return torch.clamp(w_lo, max=0.0), torch.clamp(w_hi, min=0.0)
+
+    def reach_image(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+        # log1p is not correctly rounded: widened by two units in the last place each way
+        low = torch.log1p(torch.clamp(lo, min=0.0))
+        high = torch.log1p(torch.clamp(hi, min=0.0))
+        return torch.clamp(round_down(round_down(low)), min=0.0), round_up(round_up(high))
+
+    def reach_weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+        # a quotient of log1p(max(·, 0)) between two points of [lo, hi] is in [1/(1 + hi), 1/(1 + max(lo, 0))]
+        # (mean value theorem; 0 when the box reaches below 0, where the map is flat)
+        c_lo = torch.where(lo >= 0, round_down(1.0 / round_up(1.0 + hi)), torch.zeros_like(lo))
+        c_hi = torch.clamp(round_up(1.0 / round_down(1.0 + torch.clamp(lo, min=0.0))), max=1.0)
+        low, high = interval_product(w_lo, w_hi, c_lo, c_hi)
+        global_lo, global_hi = self.weight_bounds(w_lo, w_hi)  # both sound: keep the tighter ends
+        return torch.maximum(round_down(low), global_lo), torch.minimum(round_up(high), global_hi)
 
 
 class Standardize(FeatureMap):
@@ -244,6 +286,10 @@ class Standardize(FeatureMap):
     def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sigma = self.scale.to(w_lo.dtype).reshape(w_lo.shape[1:])  # σ > 0 (validate()): w/σ keeps the order
         return round_down(w_lo / sigma), round_up(w_hi / sigma)
+
+    def reach_image(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+        mean, sigma = (t.to(lo.dtype).reshape(lo.shape[1:]) for t in (self.mean, self.scale))
+        return round_down(round_down(lo - mean) / sigma), round_up(round_up(hi - mean) / sigma)
 
 
 class ConcatAbs(FeatureMap):
@@ -344,6 +390,33 @@ class Hinges(FeatureMap):
             low, high = torch.minimum(low, lo), torch.maximum(high, hi)
         return low, high
 
+    def reach_image(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+        knots = self.knot_values.to(lo.dtype).reshape((self.knots, *lo.shape[1:]))
+        bent_lo = torch.relu(round_down(lo.unsqueeze(1) - knots.unsqueeze(0))).flatten(1, 2)
+        bent_hi = torch.relu(round_up(hi.unsqueeze(1) - knots.unsqueeze(0))).flatten(1, 2)
+        return torch.cat([lo, bent_lo], dim=1), torch.cat([hi, bent_hi], dim=1)
+
+    def reach_weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+        # inside [lo, hi] the share c_j of a move above t_j is 1 for t_j ≤ lo and 0 for t_j ≥ hi, so only
+        # the prefix sums w_0 + … + w_m with #{t_j ≤ lo} ≤ m ≤ #{t_j < hi} remain (see weight_bounds)
+        n_in = w_lo.shape[1] // (self.knots + 1)
+        knots = self.knot_values.to(lo.dtype).reshape((self.knots, *lo.shape[1:]))
+        first = (knots.unsqueeze(0) <= lo.unsqueeze(1)).sum(dim=1)  # (N, K_in, n)
+        last = (knots.unsqueeze(0) < hi.unsqueeze(1)).sum(dim=1)
+        low, high = w_lo[:, :n_in], w_hi[:, :n_in]
+        sums_lo, sums_hi = [low], [high]
+        for j in range(1, self.knots + 1):
+            low = round_down(low + w_lo[:, j * n_in : (j + 1) * n_in])
+            high = round_up(high + w_hi[:, j * n_in : (j + 1) * n_in])
+            sums_lo.append(low)
+            sums_hi.append(high)
+        m = torch.arange(self.knots + 1, device=lo.device).reshape(1, -1, *([1] * (lo.dim() - 1)))
+        inside = (m >= first.unsqueeze(1)) & (m <= last.unsqueeze(1))  # (N, K + 1, K_in, n)
+        stacked_lo, stacked_hi = torch.stack(sums_lo, dim=1), torch.stack(sums_hi, dim=1)
+        reach_lo = torch.where(inside, stacked_lo, _POS_INF.to(lo.device)).amin(dim=1)
+        reach_hi = torch.where(inside, stacked_hi, _NEG_INF.to(lo.device)).amax(dim=1)
+        return reach_lo, reach_hi
+
     def problems(self) -> list[str]:
         """NaN/Inf knots, or knots not in nondecreasing order along the knot axis (fit() sorts them)."""
         out = super().problems()
@@ -412,6 +485,28 @@ class Compose(FeatureMap):
             if bounds is None:
                 return None
             bounds = coordinate_weights_step(m, *bounds)
+        return bounds
+
+    def reach_image(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds | None:
+        box: Bounds | None = (lo, hi)
+        for m in self.feature_maps:
+            if box is None:
+                return None
+            box = reach_image_step(m, box)
+        return box
+
+    def reach_weight_bounds(
+        self, w_lo: torch.Tensor, w_hi: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+    ) -> Bounds | None:
+        boxes: list[Bounds | None] = [(lo, hi)]  # the box each step's inputs stay in (None: unknown)
+        for m in self.feature_maps[:-1]:
+            box = boxes[-1]
+            boxes.append(None if box is None else reach_image_step(m, box))
+        bounds: Bounds | None = (w_lo, w_hi)
+        for m, box in zip(reversed(self.feature_maps), reversed(boxes)):
+            if bounds is None:
+                return None
+            bounds = reach_weights_step(m, bounds, box)
         return bounds
 
 
@@ -546,6 +641,39 @@ def coordinate_weights(
     if bounds is None:
         return None
     return bounds[0].reshape(w_lo.shape[0], n_inputs), bounds[1].reshape(w_lo.shape[0], n_inputs)
+
+
+def reach_image_step(phi: nn.Module, box: Bounds) -> Bounds | None:
+    """``phi.reach_image(*box)`` when ``phi`` is a FeatureMap that declares it with its forward, else None."""
+    return _declared_bounds(phi, "reach_image", *box)
+
+
+def reach_weights_step(phi: nn.Module, weights: Bounds, box: Bounds | None) -> Bounds | None:
+    """``phi.reach_weight_bounds(*weights, *box)`` when declared with its forward and the box is known,
+    else its global :meth:`FeatureMap.weight_bounds` (sound for every box), else None."""
+    if box is not None and isinstance(phi, FeatureMap) and declared_with_forward(phi, "reach_weight_bounds"):
+        found = phi.reach_weight_bounds(*weights, *box)
+        if found is not None:
+            return found
+    return coordinate_weights_step(phi, *weights)
+
+
+def coordinate_weights_within(
+    phi: nn.Module, w_lo: torch.Tensor, w_hi: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`coordinate_weights` for moves that keep every raw input inside the box [lo, hi] (N, n) float64.
+
+    Each step uses :meth:`FeatureMap.reach_weight_bounds` on the box its inputs stay in (pushed forward
+    by :meth:`FeatureMap.reach_image`) where declared, its global weight bounds otherwise, so the
+    result is never wider than :func:`coordinate_weights`. None when a step declares neither.
+    """
+    n = lo.shape[1]
+    shape = (w_lo.shape[0], -1, n)
+    box = (lo.double().reshape(lo.shape[0], 1, n), hi.double().reshape(hi.shape[0], 1, n))
+    bounds = reach_weights_step(phi, (w_lo.double().reshape(shape), w_hi.double().reshape(shape)), box)
+    if bounds is None:
+        return None
+    return bounds[0].reshape(w_lo.shape[0], n), bounds[1].reshape(w_lo.shape[0], n)
 
 
 def coordinate_slopes_step(phi: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> Bounds | None:
