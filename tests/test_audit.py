@@ -15,6 +15,7 @@ from asymcert import audit as audit_module
 from asymcert.audit import audit, audit_run
 from asymcert.certify import api as certify_api
 from asymcert.cli import EXIT_CHECK_FAILED, EXIT_OK, main
+from asymcert.errors import InputError
 from tests.conftest import small_feature_convex
 
 
@@ -264,3 +265,19 @@ def test_attack_bounds_catch_inflated_certificates_without_exact_radii(monkeypat
     bound = report["methods"]["test-inflated"]["norms"]["l2"]["attack_bound"]
     assert bound["violations"] > 0 and bound["certified_over_upper"]["max"] > 1.0
     assert report["violations"] >= bound["violations"]
+
+
+def test_reach_radii_pass_the_audit_and_are_recorded_as_audited():
+    model, x = _hinge_model()
+    tm = asymcert.ThreatModel(scale={"*": 0.5}, increase_only=[0, 1], immutable=[2]).resolve(None, 8)
+    common = {"norms": (2, math.inf), "steps": 30, "restarts": 1, "threat_model": tm}
+    closed = audit(model, x, **common)
+    reach = audit(model, x, options={"reach": True}, **common)
+    assert reach["violations"] == 0 and reach["settings"]["certifier_options"] == {"reach": True}
+    for label in ("l2", "linf"):
+        before = closed["methods"]["feature-convex"]["norms"][label]
+        after = reach["methods"]["feature-convex"]["norms"][label]
+        assert after["certified"]["median"] > before["certified"]["median"]
+        assert after["attack"]["flips"] == 0 and after["attack_bound"]["violations"] == 0
+    with pytest.raises(InputError, match="bogus"):
+        audit(model, x, options={"bogus": 1}, **common)

@@ -248,3 +248,11 @@ def test_an_option_the_certifier_does_not_take_is_refused_before_any_output(tm_r
     with pytest.raises(InputError, match="no option bogus"):
         certify_file(tm_run, tmp_path / "new.csv", tmp_path / "out.csv", progress=False, options={"bogus": 1})
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_audit_of_the_reach_radii(tm_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tm_run, copy)
+    res = CliRunner().invoke(main, ["audit", str(copy), "--limit", "30", "--steps", "20", "--restarts", "1", "--reach"])
+    assert res.exit_code == EXIT_OK, res.output
+    assert json.loads((copy / "audit.json").read_text())["settings"]["certifier_options"] == {"reach": True}

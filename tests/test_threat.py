@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 import asymcert
 from asymcert.certify.attacks import decisions
 from asymcert.certify.threat_attack import move_sizes, threat_attack
-from asymcert.certify.threat_model import feature_convex_threat, harm_bounds, harm_coefficients, threat_lower_bound
+from asymcert.certify.threat_model import (
+    feature_convex_threat,
+    harm_bounds,
+    harm_coefficients,
+    reach_verified,
+    threat_lower_bound,
+)
 from asymcert.errors import ConfigError
 from asymcert.models import build_model
 from asymcert.nn.feature_maps import (
@@ -667,3 +673,15 @@ class _ClassScore(torch.nn.Module):
 
     def forward(self, x):
         return self.model(x)[:, self.k]
+
+
+def test_reach_verified_confirms_reach_radii_and_refuses_larger_ones():
+    model, x = _model(PHIS[8], seed=13)
+    tm = TM.resolve(None, 6)
+    cert = asymcert.certify(model, x, norms=(2, "inf"), threat_model=tm, reach=True)
+    ok = reach_verified(model, x, tm, cert.radii)
+    bigger = reach_verified(model, x, tm, {p: r * 1.5 for p, r in cert.radii.items()})
+    for p, r in cert.radii.items():
+        assert bool(ok[p].all())
+        finite = cert.sensitive & torch.isfinite(r) & (r > 0)
+        assert float((~bigger[p][finite]).double().mean()) > 0.5  # most are at their reach optimum

@@ -12,7 +12,9 @@ For each certifier it checks three things, and counts every failure as a *violat
    the exact solver guarantees); the tightness certified/exact is reported (median, quartiles).
 3. **Float precision.** The certificate is recomputed on a float64 copy of the model; the
    radius of the model as run (in its own precision, when the certifier offers that) must not
-   exceed the float64 one.
+   exceed the float64 one. Reach-aware radii (``options={"reach": True}``) come from a search whose
+   path depends on the precision, so a larger own radius counts only when the float64 bound,
+   evaluated at that radius, does not certify it.
 
 Where no exact radius exists (a log1p or hinge feature map, ℓ∞-dist and orthogonal nets, …), the
 **attack bound** says how much a certificate leaves on the table: per certified input, the smallest
@@ -33,8 +35,8 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -49,6 +51,7 @@ from asymcert.certify.cutting_planes import bracket_radius
 from asymcert.certify.exact import ExactRadiusSolver, UnsupportedModelError, _chain_of
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.certify.threat_attack import move_sizes, threat_attack
+from asymcert.certify.threat_model import reach_verified
 from asymcert.checkpoint import load
 from asymcert.errors import InputError
 from asymcert.models.feature_convex import FeatureConvexClassifier
@@ -90,11 +93,14 @@ def _certify(
     method: str | None,
     own_precision: bool = False,
     threat_model: ResolvedThreatModel | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Certificate:
-    """``asymcert.certify``; with ``own_precision`` ask for the model's own dtype when the certifier has that option."""
+    """``asymcert.certify`` with certifier ``options``; with ``own_precision`` ask for the model's own dtype
+    when the certifier has that option."""
+    extra = dict(options or {})
     if own_precision and "precision" in certifier_options(model, method):
-        return certify(model, x, norms, method=method, precision="model", threat_model=threat_model)
-    return certify(model, x, norms, method=method, threat_model=threat_model)
+        extra["precision"] = "model"
+    return certify(model, x, norms, method=method, threat_model=threat_model, **extra)
 
 
 def _exact_support(model: nn.Module) -> str | None:
@@ -334,6 +340,7 @@ def audit(
     threads: int | None = 1,
     threat_model: ResolvedThreatModel | None = None,
     attack_bounds: bool | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Audit a model's certificates on inputs ``x`` (see the module docstring).
 
@@ -357,6 +364,8 @@ def audit(
         attack_bounds: search every certified input's smallest flipping move
             (:func:`attack_upper_bounds`, one restart of ``steps``): True for every norm, False for
             none, None (default) for the norms without exact radii.
+        options: certifier options by name for every certificate audited (e.g. ``{"reach": True}``);
+            the float64 recomputation gets them too.
     Returns:
         A JSON-serialisable dict: ``{"violations": int, "n_inputs", "units", "methods": {name: {"norms":
         {label: {"attack", "exact", "precision", "violations"}}, ...}}, ...}``; radii in raw
@@ -366,10 +375,24 @@ def audit(
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     try:
-        checks = (restarts, steps, exact, exact_norms, exact_time_limit, threat_model, attack_bounds)
-        return _audit(model, x, y, norms, methods, seed, checks)
+        checks = _Checks(restarts, steps, exact, exact_norms, exact_time_limit, threat_model, attack_bounds)
+        return _audit(model, x, y, norms, methods, seed, replace(checks, options=dict(options or {})))
     finally:
         torch.set_num_threads(saved_threads)
+
+
+@dataclass(frozen=True)
+class _Checks:
+    """What :func:`audit` checks, as it takes them (see its arguments)."""
+
+    restarts: int
+    steps: int
+    exact: bool
+    exact_norms: Iterable[float | str] | None
+    exact_time_limit: float | None
+    threat_model: ResolvedThreatModel | None
+    attack_bounds: bool | None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _audit(
@@ -379,14 +402,17 @@ def _audit(
     norms: Iterable[float | str],
     methods: Iterable[str] | None,
     seed: int,
-    checks: tuple[int, int, bool, Iterable[float | str] | None, float | None, ResolvedThreatModel | None, bool | None],
+    checks: _Checks,
 ) -> dict[str, Any]:
-    """The audit of :func:`audit` (arguments checked there): attacks, exact radii and precision per method.
-
-    ``checks``: (restarts, steps, exact, exact_norms, exact_time_limit, threat_model, attack_bounds) as
-    :func:`audit` takes them.
-    """
-    restarts, steps, exact, exact_norms, exact_time_limit, tm, attack_bounds = checks
+    """The audit of :func:`audit` (arguments checked there): attacks, exact radii and precision per method."""
+    restarts, steps, exact, exact_norms, exact_time_limit, tm = (
+        checks.restarts,
+        checks.steps,
+        checks.exact,
+        checks.exact_norms,
+        checks.exact_time_limit,
+        checks.threat_model,
+    )
     t_start = time.perf_counter()
     norms_t = tuple(dict.fromkeys(normalize_norm(p) for p in norms))
     declared = getattr(model, "certifier", None)
@@ -399,6 +425,7 @@ def _audit(
     report["norms"] = [norm_label(p) for p in norms_t]
     report["settings"] = {"restarts": restarts, "steps": steps, "seed": seed, "attack_shrink": ATTACK_SHRINK}
     report["settings"]["exact_rtol"] = EXACT_RTOL
+    report["settings"]["certifier_options"] = dict(checks.options)
     report["units"] = RAW_UNITS if tm is None else tm.units()
     report["methods"] = {}
     config = getattr(model, "config", None)
@@ -417,7 +444,8 @@ def _audit(
         exact_radii,
         exact_info,
         tm,
-        attack_bounds,
+        checks.attack_bounds,
+        checks.options,
     )
     try:
         for method in methods_t:
@@ -537,6 +565,7 @@ class _MethodRun:
     exact_info: dict[float, dict[str, Any]]
     threat_model: ResolvedThreatModel | None = None
     attack_bounds: bool | None = None  # None: for the norms without exact radii
+    options: Mapping[str, Any] = field(default_factory=dict)  # certifier options for every certificate
 
     def wants_bound(self, p: float) -> bool:
         """Whether the attack bound is searched in norm p."""
@@ -546,12 +575,12 @@ class _MethodRun:
 def _audit_method(run: _MethodRun, method: str, y: torch.Tensor | None) -> dict[str, Any]:
     """One certifier's entry: its guarantee, accuracy, and per norm the attack, exact and precision checks."""
     tm = run.threat_model
-    cert = _certify(run.model, run.x, run.norms, method, threat_model=tm)
+    cert = _certify(run.model, run.x, run.norms, method, threat_model=tm, options=run.options)
     probabilistic = cert.guarantee is Guarantee.PROBABILISTIC
     own = sixty_four = None
     if not probabilistic:  # (a probabilistic certificate is random: nothing to compare exactly)
-        own = _certify(run.model, run.x, run.norms, method, own_precision=True, threat_model=tm)
-        sixty_four = _certify(run.model64, run.x.double(), run.norms, method, threat_model=tm)
+        own = _certify(run.model, run.x, run.norms, method, own_precision=True, threat_model=tm, options=run.options)
+        sixty_four = _certify(run.model64, run.x.double(), run.norms, method, threat_model=tm, options=run.options)
     entry: dict[str, Any] = {"guarantee": cert.guarantee.value, "deterministic": not probabilistic}
     entry.update(binary=bool(cert.binary), certify_seconds=cert.seconds)
     if cert.binary:
@@ -571,7 +600,8 @@ def _audit_method(run: _MethodRun, method: str, y: torch.Tensor | None) -> dict[
             item["attack"] = {"skipped": "probabilistic certificate of a smoothed classifier"}
         item["exact"] = _exact_check(r, run.exact_radii.get(p), run.exact_info[p])  # (2) exact radii
         item["violations"] += item["exact"].get("violations", 0)
-        item["precision"] = _precision_check(own, sixty_four, p, run.model)  # (3) own precision vs float64
+        verified = _reach_verified(run, own, p)
+        item["precision"] = _precision_check(own, sixty_four, p, run.model, verified)  # (3) own vs float64
         item["violations"] += item["precision"]["violations"]
         if own is not None and run.wants_bound(p):  # how far the certificate is from a counterexample
             t0 = time.perf_counter()
@@ -601,14 +631,31 @@ def _exact_check(r: torch.Tensor, ex: torch.Tensor | None, info: dict[str, Any])
     return info
 
 
+def _reach_verified(run: _MethodRun, own: Certificate | None, p: float) -> torch.Tensor | None:
+    """For reach-aware radii (a search whose path depends on the precision): (N,) bool, whether the float64
+    bound certifies each own-precision radius at that radius (:func:`reach_verified`); else None."""
+    model, tm = run.model, run.threat_model
+    if own is None or tm is None or not run.options.get("reach") or not isinstance(model, FeatureConvexClassifier):
+        return None
+    found = reach_verified(model, run.x, tm, {p: own.radius(p).double()})
+    return None if found is None else found[p].cpu()
+
+
 def _precision_check(
-    own: Certificate | None, sixty_four: Certificate | None, p: float, model: nn.Module
+    own: Certificate | None,
+    sixty_four: Certificate | None,
+    p: float,
+    model: nn.Module,
+    verified: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Radii in the model's own precision against float64 ones: a larger own radius is a violation."""
+    """Radii in the model's own precision against float64 ones: a larger own radius is a violation, unless
+    ``verified`` (N,) says a float64 evaluation certifies it at that radius (searched radii)."""
     if own is None or sixty_four is None:
         return {"skipped": "probabilistic certificate", "max_ratio_own_over_float64": None, "violations": 0}
     r_own, r64 = own.radius(p).double().cpu(), sixty_four.radius(p).double().cpu()
     worse = (r_own > r64) & (r_own > 0)
+    if verified is not None:
+        worse &= ~verified
     pos = (r_own > 0) & (r64 > 0)
     dtype = next((q.dtype for q in model.parameters()), torch.float32)
     return {

@@ -469,9 +469,12 @@ def report(run_dir) -> None:
     default=None,
     help="Search each certified input's smallest flipping move (default: for norms without exact radii).",
 )
+@click.option("--reach", is_flag=True, help="Audit the reach-aware radii (see `asymcert certify --reach`).")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @_threat_options
-def audit(run_dir, limit, restarts, steps, no_exact, attack_bounds, data_dir, threat_model, no_threat_model) -> None:
+def audit(
+    run_dir, limit, restarts, steps, no_exact, attack_bounds, reach, data_dir, threat_model, no_threat_model
+) -> None:
     """Attack every certificate inside its radius, compare with exact radii; exit 1 on any violation (0: none).
 
     Where exact radii are missing, the smallest flipping move found by attacks bounds the exact radius
@@ -490,6 +493,7 @@ def audit(run_dir, limit, restarts, steps, no_exact, attack_bounds, data_dir, th
             exact=not no_exact,
             threat_model=tm,
             attack_bounds=attack_bounds,
+            options={"reach": True} if reach else None,
         )
     click.echo(
         f"audit of {min(limit, len(data.test))} test inputs: {report['violations']} violation(s); "

@@ -63,6 +63,7 @@ __all__ = [
     "one_vs_rest_threat",
     "reach_costs",
     "reach_radii",
+    "reach_verified",
     "resolve_for",
     "threat_lower_bound",
 ]
@@ -226,6 +227,36 @@ def reach_radii(
         holds = rho >= r
         lo, hi = torch.where(holds, r, lo), torch.where(holds, hi, r)
     return best
+
+
+def reach_verified(
+    model: FeatureConvexClassifier,
+    x: torch.Tensor,
+    threat_model: ResolvedThreatModel,
+    radii: dict[float, torch.Tensor],
+    guard: bool = True,
+) -> dict[float, torch.Tensor] | None:
+    """Whether a float64 evaluation of the reach-aware bound certifies each given radius by itself.
+
+    The reach search's result depends on the radii it tries, so a radius computed in another precision
+    is checked here at that radius: ρ(r) ≥ r with the float64 margin and costs a(r) (:func:`reach_costs`).
+
+    Args:
+        model: the model; x: (N, *shape) inputs; threat_model: resolved for them; radii: norm → (N,)
+            radii in its units; guard: as the certificate was made.
+    Returns:
+        norm → (N,) bool (True also for radius 0), or None when φ declares no weight bounds.
+    """
+    ref, _, margin, _, slack = flag_margins(model, x, "float64", None, guard, True)
+    grads = _gradient_interval(ref.grad, ref.grad_error, x.shape[0])
+    out = {}
+    for p, r in radii.items():
+        costs = reach_costs(model.feature_map, grads, x, threat_model, r.double())
+        if costs is None:
+            return None
+        rho = safe_radius(margin, dual_norm(costs, p), slack).to(r.device)
+        out[p] = (rho >= r) | (r == 0)
+    return out
 
 
 def feature_convex_threat(
