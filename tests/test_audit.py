@@ -48,20 +48,25 @@ def test_sound_certificates_pass_every_check(icnn_and_inputs):
         assert item["precision"]["max_ratio_own_over_float64"] <= 1.0
 
 
-def test_inflated_certificates_are_caught(icnn_and_inputs, monkeypatch):
-    model, x = icnn_and_inputs
-
+def _register_inflated(monkeypatch, factor: float) -> None:
+    """Register a certifier "test-inflated": the feature-convex one with every radius times ``factor``."""
     sound = certify_api._CERTIFIERS["feature-convex"]
 
     def inflated(model, x, norms, **options):
         cert = sound.run(model, x, norms, **options)
-        cert.radii = {p: r * 3.0 for p, r in cert.radii.items()}
+        cert.radii = {p: r * factor for p, r in cert.radii.items()}
         cert.method = "test-inflated"
         return cert
 
     monkeypatch.setitem(
         certify_api._CERTIFIERS, "test-inflated", dataclasses.replace(sound, name="test-inflated", run=inflated)
     )
+
+
+def test_inflated_certificates_are_caught(icnn_and_inputs, monkeypatch):
+    model, x = icnn_and_inputs
+
+    _register_inflated(monkeypatch, 3.0)
     report = audit(model, x, norms=(2, math.inf), methods=["test-inflated"], steps=40, restarts=1)
     entry = report["methods"]["test-inflated"]
     assert report["violations"] == entry["violations"] > 0
@@ -88,17 +93,7 @@ def test_large_models_get_exact_radii_by_cutting_planes(icnn_and_inputs, monkeyp
         for key in ("min", "median", "max"):
             assert ex["exact"][key] == pytest.approx(ex_small["exact"][key], rel=2e-3)
     # inflated certificates are caught by the cut path's upper bounds too
-    sound = certify_api._CERTIFIERS["feature-convex"]
-
-    def inflated(model, x, norms, **options):
-        cert = sound.run(model, x, norms, **options)
-        cert.radii = {p: r * 1.2 for p, r in cert.radii.items()}
-        cert.method = "test-inflated"
-        return cert
-
-    monkeypatch.setitem(
-        certify_api._CERTIFIERS, "test-inflated", dataclasses.replace(sound, name="test-inflated", run=inflated)
-    )
+    _register_inflated(monkeypatch, 1.2)
     report = audit(model, x, norms=(2,), methods=["test-inflated"], steps=5, restarts=1)
     assert report["methods"]["test-inflated"]["norms"]["l2"]["exact"]["violations"] > 0
 
@@ -250,17 +245,7 @@ def test_attack_bounds_fill_in_where_exact_radii_are_missing():
 
 def test_attack_bounds_catch_inflated_certificates_without_exact_radii(monkeypatch):
     model, x = _hinge_model()
-    sound = certify_api._CERTIFIERS["feature-convex"]
-
-    def inflated(model, x, norms, **options):
-        cert = sound.run(model, x, norms, **options)
-        cert.radii = {p: r * 50.0 for p, r in cert.radii.items()}
-        cert.method = "test-inflated"
-        return cert
-
-    monkeypatch.setitem(
-        certify_api._CERTIFIERS, "test-inflated", dataclasses.replace(sound, name="test-inflated", run=inflated)
-    )
+    _register_inflated(monkeypatch, 50.0)
     report = audit(model, x, norms=(2,), methods=["test-inflated"], steps=30, restarts=1)
     bound = report["methods"]["test-inflated"]["norms"]["l2"]["attack_bound"]
     assert bound["violations"] > 0 and bound["certified_over_upper"]["max"] > 1.0

@@ -66,7 +66,7 @@ EXACT_PROGRAM_MAX_NONZEROS = 1_000_000  # larger constraint matrices (e.g. ICNN 
 EXACT_CUTS_TOL = 1e-3  # cutting planes stop when upper ≤ (1 + tol)·lower
 EXACT_CUTS_ROUNDS = 400  # the default ICNN 4096 needed at most 233 in ℓ1 on 1000 inputs (benchmarks)
 BOUND_GROW_STEPS = 10  # the attack bound's search doubles the radius up to 2**10 × the certified one
-BOUND_BISECT_STEPS = 8  # then halves the bracket (in log scale) 8 times: hi / lo ≤ 2**(1/256)
+BOUND_BISECT_STEPS = 8  # then halves the bracket (in log scale) at least 8 times: hi / lo ≤ 2**(1/256)
 
 
 def _quartiles(values: torch.Tensor) -> dict[str, float] | None:
@@ -176,7 +176,7 @@ def _attack_norm(
     for attacked, grows, promised in _attack_groups(model, cert, rows):
         xs = x[grows]
         eps = radius[grows].double().cpu() * (1.0 - ATTACK_SHRINK)
-        x_adv = _attack(attacked, xs, eps.to(xs.device), p, (steps, restarts, generator), promised, tm)
+        x_adv = _attack(attacked, xs, eps.to(xs.device), promised, _Attack(p, steps, restarts, generator, tm))
         flips = decision_flips(attacked, xs, x_adv)
         # also flips against the decision the certificate was about (should be the same)
         flips = flips | (decisions(attacked, x_adv).cpu() != promised).to(flips.device)
@@ -195,24 +195,29 @@ def _attack_norm(
     return out
 
 
+@dataclass(frozen=True)
+class _Attack:
+    """One attack's settings: the norm p, PGD steps and restarts, the random starts' generator, the threat model."""
+
+    p: float
+    steps: int
+    restarts: int
+    generator: torch.Generator
+    tm: ResolvedThreatModel | None
+
+
 def _attack(
-    model: nn.Module,
-    x: torch.Tensor,
-    eps: torch.Tensor,
-    p: float,
-    budget: tuple[int, int, torch.Generator],
-    promised: torch.Tensor,
-    tm: ResolvedThreatModel | None,
+    model: nn.Module, x: torch.Tensor, eps: torch.Tensor, promised: torch.Tensor, spec: _Attack
 ) -> torch.Tensor:
     """x_adv (N, *shape): PGD in the ℓp ball (inside the model's input range), or the threat model's attack."""
-    steps, restarts, generator = budget
-    if tm is not None:  # the attacked inputs are flagged, so the model's own decision is the promised one
-        return threat_attack(model, x, eps, p, tm, steps=steps, restarts=restarts, generator=generator)
+    steps, restarts, generator = spec.steps, spec.restarts, spec.generator
+    if spec.tm is not None:  # the attacked inputs are flagged, so the model's own decision is the promised one
+        return threat_attack(model, x, eps, spec.p, spec.tm, steps=steps, restarts=restarts, generator=generator)
     return pgd_attack(
         model,
         x,
         eps,
-        p,
+        spec.p,
         steps=steps,
         restarts=restarts,
         targeted_decision=promised.to(x.device),
@@ -222,53 +227,34 @@ def _attack(
 
 
 def _flip_sizes(
-    attacked: nn.Module,
-    xs: torch.Tensor,
-    eps: torch.Tensor,
-    p: float,
-    budget: tuple[int, int, torch.Generator],
-    promised: torch.Tensor,
-    tm: ResolvedThreatModel | None,
+    attacked: nn.Module, xs: torch.Tensor, eps: torch.Tensor, promised: torch.Tensor, spec: _Attack
 ) -> torch.Tensor:
     """(N,) float64 size of the flipping move PGD finds within eps (N,) of each input, ``inf`` where none flips.
 
     Sizes are measured as the certificates are (raw ℓp, or the threat model's units)."""
-    x_adv = _attack(attacked, xs, eps.to(xs.device), p, budget, promised, tm)
+    x_adv = _attack(attacked, xs, eps.to(xs.device), promised, spec)
     flips = decision_flips(attacked, xs, x_adv).cpu() | (decisions(attacked, x_adv).cpu() != promised)
-    if tm is None:
-        sizes = (x_adv.double() - xs.double()).reshape(len(xs), -1).norm(p=p, dim=1).cpu()
+    if spec.tm is None:
+        sizes = (x_adv.double() - xs.double()).reshape(len(xs), -1).norm(p=spec.p, dim=1).cpu()
     else:
-        sizes = move_sizes(xs, x_adv, tm, p)
+        sizes = move_sizes(xs, x_adv, spec.tm, spec.p)
     return torch.where(flips, sizes, torch.full_like(sizes, math.inf))
 
 
 def _smallest_flip(
-    attacked: nn.Module,
-    xs: torch.Tensor,
-    start: torch.Tensor,
-    p: float,
-    budget: tuple[int, int, torch.Generator],
-    promised: torch.Tensor,
-    tm: ResolvedThreatModel | None,
+    attacked: nn.Module, xs: torch.Tensor, start: torch.Tensor, promised: torch.Tensor, spec: _Attack
 ) -> torch.Tensor:
     """(N,) float64: the smallest flipping move found from radii ``start`` (N,) > 0 up (:func:`attack_upper_bounds`)."""
     best = torch.full_like(start, math.inf)
-    lo, hi = start.clone(), torch.full_like(start, math.inf)
-    for _ in range(BOUND_GROW_STEPS):  # double until a flip: lo holds no flip found, hi one found
-        rows = torch.nonzero(torch.isinf(hi)).flatten()
+    lo, hi = start.clone(), torch.full_like(start, math.inf)  # no flip found at lo; one found at hi
+    cap = start * 2.0**BOUND_GROW_STEPS
+    for _ in range(BOUND_GROW_STEPS + BOUND_BISECT_STEPS):  # double until a flip, then bisect
+        growing = torch.isinf(hi)
+        rows = torch.nonzero(~growing | (lo < cap)).flatten()
         if rows.numel() == 0:
             break
-        eps = 2.0 * lo[rows]
-        size = _flip_sizes(attacked, xs[rows], eps, p, budget, promised[rows], tm)
-        best[rows] = torch.minimum(best[rows], size)
-        found = torch.isfinite(size)
-        hi[rows[found]], lo[rows[~found]] = eps[found], eps[~found]
-    for _ in range(BOUND_BISECT_STEPS):
-        rows = torch.nonzero(torch.isfinite(hi)).flatten()
-        if rows.numel() == 0:
-            break
-        eps = torch.sqrt(lo[rows] * hi[rows])
-        size = _flip_sizes(attacked, xs[rows], eps, p, budget, promised[rows], tm)
+        eps = torch.where(growing[rows], 2.0 * lo[rows], torch.sqrt(lo[rows] * hi[rows]))
+        size = _flip_sizes(attacked, xs[rows], eps, promised[rows], spec)
         best[rows] = torch.minimum(best[rows], size)
         found = torch.isfinite(size)
         hi[rows[found]], lo[rows[~found]] = eps[found], eps[~found]
@@ -288,7 +274,8 @@ def attack_upper_bounds(
 
     Per input with a positive finite radius c (binary models: the flagged ones), PGD (one restart of
     ``steps``) tries radii 2c, 4c, … up to 2**BOUND_GROW_STEPS·c until the decision the certificate
-    promises flips, then bisects the last bracket BOUND_BISECT_STEPS times in log scale; the bound is
+    promises flips, then bisects the last bracket in log scale with the tries left (at least
+    BOUND_BISECT_STEPS of BOUND_GROW_STEPS + BOUND_BISECT_STEPS); the bound is
     the size of the smallest flipping move found (measured like the radii: raw ℓp, or in the threat
     model's units, the move allowed by it). A bound below c is a violation of the certificate.
 
@@ -302,9 +289,8 @@ def attack_upper_bounds(
     rows = torch.nonzero(target.cpu() & (radius > 0) & torch.isfinite(radius)).flatten()
     out = torch.full_like(radius, math.nan)
     for attacked, grows, promised in _attack_groups(model, cert, rows):
-        out[grows] = _smallest_flip(
-            attacked, x[grows], radius[grows], p, (steps, 1, generator), promised, tm=threat_model
-        )
+        spec = _Attack(p, steps, 1, generator, threat_model)
+        out[grows] = _smallest_flip(attacked, x[grows], radius[grows], promised, spec)
     return out
 
 
