@@ -24,6 +24,11 @@ Without constraints and with unit scales a_i ≤ Lip_p(φ)-weighted |w| and r_TM
 is the same guarded lower bound the ℓp certificate uses, and the sums over K features carry an
 absolute rounding allowance, so rounding never enlarges a radius.
 
+Reach (``reach=True``, :func:`reach_radii`): a move with ‖u‖_p ≤ r has |u_i| ≤ r, so coordinate i stays
+in [x_i − r·scale_i, x_i + r·scale_i] (allowed sides only, cut at the domain). φ's weight bounds taken
+on that box (:meth:`~asymcert.nn.FeatureMap.reach_weight_bounds`) give costs a(r) ≤ a, and
+ρ(r) = s / ‖a(r)‖_{p*} certifies min(r, ρ(r)); the search over r keeps the best, never below r_TM.
+
 Any other certified model (or a φ that is not coordinate-wise) gets the generic fallback: a move of
 threat-model size r changes at most the movable coordinates, each by ≤ scale_i·|u_i|, so its raw
 ℓp size is ≤ r · max_{movable i} scale_i, and a raw ℓp radius R gives r_TM = R / that maximum.
