@@ -376,7 +376,9 @@ def test_the_exported_mean_certifies_in_onnxruntime_below_the_library(tmp_path, 
             got, want = torch.from_numpy(out[key]).double(), lib.radii[p]
             assert bool((got <= want).all()), f"{key}: an ONNX radius above the library's"
             far = want > 0.05 * float(want.max())
-            assert int(far.sum()) > 20 and float(((want[far] - got[far]) / want[far]).max()) < 1e-4
+            # threat-model radii: the graph's ± GRAPH_SLACK·max|∇g| per gradient component adds up over K·n terms
+            tol = 1e-3 if key.startswith("tm_") else 1e-4
+            assert int(far.sum()) > 20 and float(((want[far] - got[far]) / want[far]).max()) < tol
         flagged = torch.from_numpy(out["flagged"]) & (torch.from_numpy(out[f"tm_radius_{name}"]) > 0)
         r = torch.from_numpy(out[f"tm_radius_{name}"])[flagged].double()
         gen = torch.Generator().manual_seed(0)

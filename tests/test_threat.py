@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -13,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import asymcert
+from asymcert.certify import threat_model as threat_model_module
 from asymcert.certify.attacks import decisions
+from asymcert.certify.feature_convex import required_slack
 from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.certify.threat_model import (
     feature_convex_threat,
@@ -685,3 +688,21 @@ def test_reach_verified_confirms_reach_radii_and_refuses_larger_ones():
         assert bool(ok[p].all())
         finite = cert.sensitive & torch.isfinite(r) & (r > 0)
         assert float((~bigger[p][finite]).double().mean()) > 0.5  # most are at their reach optimum
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gradient_allowance_covers_every_float32_component(seed):
+    """Without a rigorous gradient error, each component of ∇g gets ± slack·max|∇g|: the float64 gradient
+    lies inside the interval around the float32 one, small and cancelling components included."""
+    model, x = _model(PHIS[8], seed=seed, widths=(64, 64))
+    features = model.features(x).detach().requires_grad_(True)
+    (g32,) = torch.autograd.grad(model.score_from_features(features).sum(), features)
+    m64 = copy.deepcopy(model).double()
+    f64 = m64.features(x.double()).detach().requires_grad_(True)
+    (g64,) = torch.autograd.grad(m64.score_from_features(f64).sum(), f64)
+    slack = required_slack(model, "model")
+    lo, hi = threat_model_module._gradient_interval(g32, None, x.shape[0], slack)
+    flat = g64.reshape(x.shape[0], -1)
+    assert bool((lo <= flat).all()) and bool((flat <= hi).all())
+    width = (hi - lo) / 2
+    assert float((width / g32.reshape(x.shape[0], -1).abs().amax(1, keepdim=True)).max()) < 3 * slack

@@ -145,9 +145,10 @@ def _move_costs(
     grad_error: torch.Tensor | None,
     x: torch.Tensor,
     tm: ResolvedThreatModel,
+    slack: float,
 ) -> torch.Tensor | None:
     """(N, n) a_i = scale_i · the largest allowed harm, or None when φ is not coordinate-wise."""
-    grad_lo, grad_hi = _gradient_interval(ref_grad, grad_error, x.shape[0])
+    grad_lo, grad_hi = _gradient_interval(ref_grad, grad_error, x.shape[0], slack)
     harms = harm_bounds(model.feature_map, grad_lo, grad_hi, int(x[0].numel()))
     if harms is None:
         return None
@@ -253,7 +254,7 @@ def reach_verified(
         norm → (N,) bool (True also for radius 0), or None when φ declares no weight bounds.
     """
     ref, _, margin, _, slack = flag_margins(model, x, "float64", None, guard, True)
-    grads = _gradient_interval(ref.grad, ref.grad_error, x.shape[0])
+    grads = _gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
     out = {}
     for p, r in radii.items():
         costs = reach_costs(model.feature_map, grads, x, threat_model, r.double())
@@ -294,13 +295,13 @@ def feature_convex_threat(
             "(use cuts=0, or certify without the threat model)"
         )
     ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
-    costs = _move_costs(model, ref.grad, ref.grad_error, x, threat_model)
-    if costs is None:
-        radii = fallback_radii(lp_radii(model, ref, margin, norms, slack), threat_model, x)
-    else:
-        radii = {p: safe_radius(margin, dual_norm(costs, p), slack) for p in norms}
+    costs = _move_costs(model, ref.grad, ref.grad_error, x, threat_model, slack)
+    # the generic fallback is a certificate under every threat model: never report less than it
+    radii = fallback_radii(lp_radii(model, ref, margin, norms, slack), threat_model, x)
+    if costs is not None:
+        radii = {p: torch.maximum(safe_radius(margin, dual_norm(costs, p), slack), radii[p]) for p in norms}
         if check_reach(reach):
-            grads = _gradient_interval(ref.grad, ref.grad_error, x.shape[0])
+            grads = _gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
             radii = {
                 p: reach_radii(model.feature_map, grads, x, threat_model, margin, p, slack, r) for p, r in radii.items()
             }
@@ -308,11 +309,19 @@ def feature_convex_threat(
 
 
 def _gradient_interval(
-    grad: torch.Tensor, grad_error: torch.Tensor | None, n: int
+    grad: torch.Tensor, grad_error: torch.Tensor | None, n: int, slack: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lo, hi) (N, K·n) float64: ∇g ∓ its error bound, rounded outward (the exact gradient's range)."""
+    """(lo, hi) (N, K·n) float64: ∇g ∓ its error bound, rounded outward (the exact gradient's range).
+
+    Without a rigorous ``grad_error`` (the "float64" and "model" precisions) every component gets
+    ± slack·max_k |∇g_k| (the precision's relative allowance, of the largest component), so that sums
+    of components that cancel (hinge prefix sums, one-sided harms) are covered too, not only the norm.
+    """
     g = grad.double().reshape(n, -1)
-    err = torch.zeros_like(g) if grad_error is None else grad_error.double().reshape_as(g)
+    if grad_error is None:
+        err = round_up(slack * g.abs().amax(dim=1, keepdim=True)).expand_as(g)
+    else:
+        err = grad_error.double().reshape_as(g)
     return round_down(g - err), round_up(g + err)
 
 
