@@ -34,6 +34,7 @@ from asymcert.nn.feature_maps import (
     coordinate_slopes,
     coordinate_weights,
     coordinate_weights_within,
+    reach_matters,
 )
 from asymcert.pipeline import train_run
 from asymcert.threat import ThreatModel, load_threat_model
@@ -706,3 +707,14 @@ def test_gradient_allowance_covers_every_float32_component(seed):
     assert bool((lo <= flat).all()) and bool((flat <= hi).all())
     width = (hi - lo) / 2
     assert float((width / g32.reshape(x.shape[0], -1).abs().amax(1, keepdim=True)).max()) < 3 * slack
+
+
+def test_reach_changes_nothing_for_affine_maps_and_is_skipped_there():
+    assert not reach_matters(build_feature_map([{"kind": "shift"}, {"kind": "standardize"}], (6,)))
+    assert reach_matters(build_feature_map([{"kind": "standardize"}, {"kind": "hinges", "knots": 2}], (6,)))
+    model, x = _model(PHIS[2], seed=4)
+    tm = TM.resolve(None, 6)
+    closed = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=tm)
+    reach = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=tm, reach=True)
+    for p in closed.radii:
+        assert torch.equal(closed.radii[p], reach.radii[p])

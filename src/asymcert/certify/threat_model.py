@@ -51,6 +51,7 @@ from asymcert.nn.feature_maps import (
     coordinate_slopes,
     coordinate_weights,
     coordinate_weights_within,
+    reach_matters,
     round_down,
     round_up,
 )
@@ -219,7 +220,7 @@ def reach_radii(
     """
     best = start.double().clone()
     active = (best > 0) & torch.isfinite(best)
-    if not bool(active.any()):
+    if not bool(active.any()) or not reach_matters(phi):  # affine steps only: nothing to gain
         return best
     lo, hi = best.clone(), torch.full_like(best, math.inf)
     for _ in range(REACH_STEPS):

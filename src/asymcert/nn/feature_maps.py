@@ -658,6 +658,14 @@ def reach_weights_step(phi: nn.Module, weights: Bounds, box: Bounds | None) -> B
     return coordinate_weights_step(phi, *weights)
 
 
+def reach_matters(phi: nn.Module) -> bool:
+    """Whether some step of φ declares :meth:`FeatureMap.reach_weight_bounds` (log1p, hinges): else the
+    weight bounds on any box are the global ones, and a reach search cannot enlarge a radius."""
+    if isinstance(phi, Compose):
+        return any(reach_matters(m) for m in phi.feature_maps)
+    return isinstance(phi, FeatureMap) and declared_with_forward(phi, "reach_weight_bounds")
+
+
 def coordinate_weights_within(
     phi: nn.Module, w_lo: torch.Tensor, w_hi: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
