@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--threat-model", help="JSON threat model for the run (features f0, f1, …)")
     parser.add_argument("--out-suffix", default=".csv", choices=(".csv", ".parquet"))
     parser.add_argument("--task-model", help="use this built-in task's default model architecture")
+    parser.add_argument("--reach", action="store_true", help="reach-aware radii (certify --reach)")
     args = parser.parse_args()
     architecture = {"feature_map": [{"kind": "standardize"}], "convex": {"kind": "icnn", "widths": [64, 32]}}
     if args.task_model:
@@ -66,7 +67,9 @@ def main() -> None:
                 block = g.normal(size=(min(10_000, args.rows - start), args.features))
                 np.savetxt(f, block, delimiter=",", fmt="%.6g")
         t0 = time.perf_counter()
-        done = certify_file(root / "run", root / "in.csv", root / f"out{args.out_suffix}", progress=False)
+        options = {"reach": True} if args.reach else None
+        out = root / f"out{args.out_suffix}"
+        done = certify_file(root / "run", root / "in.csv", out, progress=False, options=options)
         wall = time.perf_counter() - t0
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(

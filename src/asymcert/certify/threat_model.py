@@ -75,9 +75,10 @@ __all__ = [
 ]
 
 EPS64 = torch.finfo(torch.float64).eps
-REACH_STEPS = 16
-"""Radii tried per input and norm by the reach search (:func:`reach_radii`): doubling from the closed form's
-radius until the reach-aware bound fails, then bisecting in log scale with the steps left."""
+REACH_STEPS = 10
+"""Radii tried per input and norm by the reach search (:func:`reach_radii`): the closed form's radius, then
+bisection of [it, ρ(it)] in log scale. On the SpamBase default (3 seeds) its radii are within 0.2% of a
+16-step search without that bracket (median 0.001%), in about 60% of its time."""
 
 
 def resolve_for(threat_model: ThreatModel | ResolvedThreatModel, x: torch.Tensor) -> ResolvedThreatModel:
@@ -214,8 +215,9 @@ def reach_radii(
     """Radii (N,) float64 ≥ ``start`` from the reach-aware bound: every move of size ≤ r is harmless when
     the margin exceeds ‖a(r)‖_{p*}·‖u‖_p with a(r) = :func:`reach_costs`, so ρ(r) = margin / ‖a(r)‖_{p*}
     (rounded down as :func:`~asymcert.certify.functional.safe_radius` does) certifies min(r, ρ(r)) for
-    any r. Per input the search tries REACH_STEPS radii r: doubling from ``start`` (the closed form's
-    radius, certified without reach) while ρ(r) ≥ r, then bisecting in log scale, and keeps the largest
+    any r. ρ falls as r grows, so its fixed point lies in [start, ρ(start)] (``start``: the closed form's
+    radius, certified without reach); per input the search tries REACH_STEPS radii: ``start``, then
+    bisection of that bracket in log scale (doubling instead while ρ(start) is ∞), and keeps the largest
     min(r, ρ(r)) seen. Inputs whose ``start`` is 0 or ∞ keep it.
     """
     best = start.double().clone()
@@ -223,16 +225,19 @@ def reach_radii(
     if not bool(active.any()) or not reach_matters(phi):  # affine steps only: nothing to gain
         return best
     lo, hi = best.clone(), torch.full_like(best, math.inf)
+    r = best.clone()
     for _ in range(REACH_STEPS):
-        r = torch.where(torch.isinf(hi), 2.0 * lo, torch.sqrt(lo * hi))
-        r = torch.where(active, r, torch.zeros_like(r))
-        costs = reach_costs(phi, grads, x, tm, r)
+        costs = reach_costs(phi, grads, x, tm, torch.where(active, r, torch.zeros_like(r)))
         if costs is None:
             return best
         rho = safe_radius(margin, dual_norm(costs, p), slack).to(best.device)
         best = torch.where(active, torch.maximum(best, torch.minimum(r, rho)), best)
         holds = rho >= r
-        lo, hi = torch.where(holds, r, lo), torch.where(holds, hi, r)
+        # after the first try, [start, ρ(start)] brackets the fixed point; later tries bisect
+        first = torch.isinf(hi) & (r == lo)
+        hi = torch.where(first & torch.isfinite(rho), torch.maximum(rho, lo), torch.where(holds, hi, r))
+        lo = torch.where(holds & ~first, r, lo)
+        r = torch.where(torch.isinf(hi), 2.0 * lo, torch.sqrt(lo * hi))
     return best
 
 
@@ -284,7 +289,7 @@ def feature_convex_threat(
     radii (N,) float64 are in threat-model units (‖δ / scale‖_p) and hold for every move the threat
     model allows. A φ that is not coordinate-wise gets the generic fallback (:func:`fallback_radii`).
     ``reach=True``: then enlarge each radius by the reach-aware bound (:func:`reach_radii`: φ's slopes
-    only where a move of that size can take each coordinate; about 50× the closed form's time, so
+    only where a move of that size can take each coordinate; about 35× the closed form's time, so
     off by default); False (default): the closed form alone (what the ONNX graph computes).
 
     Raises:
