@@ -36,7 +36,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -176,19 +176,14 @@ def _attack_norm(
     for attacked, grows, promised in _attack_groups(model, cert, rows):
         xs = x[grows]
         eps = radius[grows].double().cpu() * (1.0 - ATTACK_SHRINK)
-        x_adv = _attack(attacked, xs, eps.to(xs.device), promised, _Attack(p, steps, restarts, generator, tm))
-        flips = decision_flips(attacked, xs, x_adv)
-        # also flips against the decision the certificate was about (should be the same)
-        flips = flips | (decisions(attacked, x_adv).cpu() != promised).to(flips.device)
+        spec = _Attack(p, steps, restarts, generator, tm)
+        x_adv, flips, norms = _attack_outcome(attacked, xs, eps, promised, spec)
         out["flips"] += int(flips.sum())
-        out["flipped_rows"] = (out["flipped_rows"] + grows[flips.cpu()].tolist())[:20]
+        out["flipped_rows"] = (out["flipped_rows"] + grows[flips].tolist())[:20]
         if model64 is not None and bool(flips.any()):
             attacked64 = _ClassScore(model64, attacked.k) if isinstance(attacked, _ClassScore) else model64
-            out["flips_float64"] += int(decision_flips(attacked64, xs[flips].double(), x_adv[flips].double()).sum())
-        if tm is None:
-            norms = (x_adv.double() - xs.double()).reshape(len(grows), -1).norm(p=p, dim=1).cpu()
-        else:
-            norms = move_sizes(xs, x_adv, tm, p)
+            on = flips.to(xs.device)
+            out["flips_float64"] += int(decision_flips(attacked64, xs[on].double(), x_adv[on].double()).sum())
         max_ratio = max(max_ratio, float((norms / radius[grows].double().cpu()).max()))
     out["seconds"] = time.perf_counter() - t0
     out["max_norm_over_radius"] = max_ratio
@@ -226,19 +221,19 @@ def _attack(
     )
 
 
-def _flip_sizes(
+def _attack_outcome(
     attacked: nn.Module, xs: torch.Tensor, eps: torch.Tensor, promised: torch.Tensor, spec: _Attack
-) -> torch.Tensor:
-    """(N,) float64 size of the flipping move PGD finds within eps (N,) of each input, ``inf`` where none flips.
-
-    Sizes are measured as the certificates are (raw ℓp, or the threat model's units)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PGD within eps (N,) of each input: (x_adv (N, *shape), flips (N,) bool, move sizes (N,) float64), the
+    last two on the CPU. A flip is a changed decision or one that differs from ``promised`` (the two agree
+    for a sound run); sizes are measured as the certificates are (raw ℓp, or the threat model's units)."""
     x_adv = _attack(attacked, xs, eps.to(xs.device), promised, spec)
     flips = decision_flips(attacked, xs, x_adv).cpu() | (decisions(attacked, x_adv).cpu() != promised)
     if spec.tm is None:
         sizes = (x_adv.double() - xs.double()).reshape(len(xs), -1).norm(p=spec.p, dim=1).cpu()
     else:
         sizes = move_sizes(xs, x_adv, spec.tm, spec.p)
-    return torch.where(flips, sizes, torch.full_like(sizes, math.inf))
+    return x_adv, flips, sizes
 
 
 def _smallest_flip(
@@ -254,9 +249,9 @@ def _smallest_flip(
         if rows.numel() == 0:
             break
         eps = torch.where(growing[rows], 2.0 * lo[rows], torch.sqrt(lo[rows] * hi[rows]))
-        size = _flip_sizes(attacked, xs[rows], eps, promised[rows], spec)
-        best[rows] = torch.minimum(best[rows], size)
-        found = torch.isfinite(size)
+        _, flips, size = _attack_outcome(attacked, xs[rows], eps, promised[rows], spec)
+        found = flips & torch.isfinite(size)
+        best[rows] = torch.where(found, torch.minimum(best[rows], size), best[rows])
         hi[rows[found]], lo[rows[~found]] = eps[found], eps[~found]
     return best
 
@@ -361,8 +356,10 @@ def audit(
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     try:
-        checks = _Checks(restarts, steps, exact, exact_norms, exact_time_limit, threat_model, attack_bounds)
-        return _audit(model, x, y, norms, methods, seed, replace(checks, options=dict(options or {})))
+        checks = _Checks(
+            restarts, steps, exact, exact_norms, exact_time_limit, threat_model, attack_bounds, dict(options or {})
+        )
+        return _audit(model, x, y, norms, methods, seed, checks)
     finally:
         torch.set_num_threads(saved_threads)
 
@@ -701,6 +698,11 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _quartile_text(t: dict[str, Any]) -> str:
+    """``q25 / median / q75`` of a :func:`_quartiles` dict, or – when there is none."""
+    return f"{_fmt(t.get('q25'))} / {_fmt(t.get('median'))} / {_fmt(t.get('q75'))}" if t else "–"
+
+
 def _norm_row(label: str, item: dict[str, Any]) -> str:
     """One norm's row of the audit table: attacks, exact radii, precision."""
     att, ex, pr = item["attack"], item["exact"], item["precision"]
@@ -714,7 +716,7 @@ def _norm_row(label: str, item: dict[str, Any]) -> str:
         ex_s = f"{ex['seconds']:.1f} s" + (f", {ex['failed']} failed" if ex["failed"] else "")
         if "not_met" in ex:  # cutting planes: the exact column is a checked upper bound
             ex_s += f", cuts ({ex['not_met']} open, max gap {ex['max_relative_gap']:.2g})"
-        tight = f"{_fmt(t.get('q25'))} / {_fmt(t.get('median'))} / {_fmt(t.get('q75'))}" if t else "–"
+        tight = _quartile_text(t)
         ex_v = str(ex["violations"])
     else:
         ex_s, tight, ex_v = f"n/a ({ex.get('reason', '')})", "–", "–"
@@ -739,8 +741,7 @@ def _bound_table(norms: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for label, b in rows:
-        t, up = b["certified_over_upper"] or {}, b["upper"] or {}
-        tight = f"{_fmt(t.get('q25'))} / {_fmt(t.get('median'))} / {_fmt(t.get('q75'))}" if t else "–"
+        tight, up = _quartile_text(b["certified_over_upper"] or {}), b["upper"] or {}
         lines.append(
             f"| {label} | {b['searched']} | {b['found']} (cap {b['cap']}) | {_fmt(up.get('median'))} | {tight} | "
             f"{b['violations']} |"

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from asymcert.certify import Certificate, certify
-from asymcert.certify.api import certifier_options
+from asymcert.certify.api import certifier_spec, make_options
 from asymcert.certify.result import RAW_UNITS, norm_label
 from asymcert.checkpoint import atomic_write, load
 from asymcert.data.images import IMAGE_SUFFIXES, read_images
@@ -288,9 +288,7 @@ def certify_file(
     tm = run_threat_model(run, threat_model, plain)
     model = load(run_dir, device=resolve_device(str(device)))
     extra = dict(options or {})
-    unknown = sorted(set(extra) - certifier_options(model))
-    if unknown:
-        raise InputError(f"{type(model).__name__}'s certifier takes no option {', '.join(unknown)}")
+    make_options(certifier_spec(model), None, extra)  # an option the certifier does not take: refused here
     if not input_path.exists():
         raise InputError(f"{input_path}: no such input file or folder")
     batches = input_batches(input_path, run, chunk)

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from asymcert.models.one_vs_rest import OneVsRestConvex
 
 __all__ = [
+    "allowed_costs",
     "fallback_radii",
     "feature_convex_threat",
     "harm_bounds",
@@ -154,12 +155,17 @@ def _move_costs(
     harms = harm_bounds(model.feature_map, grad_lo, grad_hi, int(x[0].numel()))
     if harms is None:
         return None
-    up_harm, down_harm = harms
-    up, down = tm.directions(x)
-    harm = torch.maximum(
-        torch.where(up, up_harm, torch.zeros_like(up_harm)), torch.where(down, down_harm, torch.zeros_like(down_harm))
-    )
-    return harm * tm.scale.to(harm.device)[None, :]
+    return allowed_costs(harms, tm.directions(x), tm.scale.to(harms[0].device))
+
+
+def allowed_costs(
+    harms: tuple[torch.Tensor, torch.Tensor], directions: tuple[torch.Tensor, torch.Tensor], scale: torch.Tensor
+) -> torch.Tensor:
+    """(N, n) a_i = scale_i · the larger of the harms (h⁺, h⁻) (N, n) over the allowed directions (up, down)
+    (N, n) bool, 0 where neither is allowed; ``scale`` (n,) broadcasts."""
+    (up_harm, down_harm), (up, down) = harms, directions
+    zero = torch.zeros_like(up_harm)
+    return torch.maximum(torch.where(up, up_harm, zero), torch.where(down, down_harm, zero)) * scale
 
 
 def reach_costs(
@@ -195,11 +201,7 @@ def reach_costs(
     w_dn = coordinate_weights_within(phi, grads[0], grads[1], x_dn, x64)
     if w_up is None or w_dn is None:
         return None
-    zero = torch.zeros_like(x64)
-    harm = torch.maximum(
-        torch.where(up, (-w_up[0]).clamp_min(0.0), zero), torch.where(down, w_dn[1].clamp_min(0.0), zero)
-    )
-    return harm * scale
+    return allowed_costs(((-w_up[0]).clamp_min(0.0), w_dn[1].clamp_min(0.0)), (up, down), scale)
 
 
 def reach_radii(
@@ -388,11 +390,7 @@ def threat_lower_bound(
     if harms is None:
         top = tm.max_movable_scale(x).to(flat)
         return score - radius * top * lipschitz * torch.linalg.vector_norm(flat, ord=_dual(p), dim=1)
-    up_harm, down_harm = harms
-    up, down = tm.directions(x)
-    zero = torch.zeros_like(up_harm)
-    harm = torch.maximum(torch.where(up, up_harm, zero), torch.where(down, down_harm, zero))
-    costs = (harm * tm.scale.to(harm)[None, :]).to(score.dtype)
+    costs = allowed_costs(harms, tm.directions(x), tm.scale.to(harms[0])).to(score.dtype)
     return score - radius * torch.linalg.vector_norm(costs, ord=_dual(p), dim=1)
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, constant_magnitude
 from asymcert.certify.functional import DEFAULT_SLACK
 from asymcert.certify.orthogonal import U64, orthogonal_layers, score_error_bound
-from asymcert.certify.threat_model import harm_bounds
+from asymcert.certify.threat_model import allowed_costs, harm_bounds
 from asymcert.errors import ModelError
 from asymcert.models.baselines import OrthogonalNet
 from asymcert.models.feature_convex import FeatureConvexClassifier
@@ -315,10 +315,7 @@ class ThreatTerms(nn.Module):
         harms = harm_bounds(self.phi, g - err, g + err, self.scale.shape[0])
         if harms is None:  # not reached: coordinate_wise was checked when the graph was built
             raise ModelError("the feature map declares no weight bounds or slopes; the graph uses the fallback")
-        up_harm, down_harm = harms
-        up, down = self.directions(x)
-        zero = torch.zeros_like(up_harm)
-        costs = torch.maximum(torch.where(up, up_harm, zero), torch.where(down, down_harm, zero)) * self.scale
+        costs = allowed_costs(harms, self.directions(x), self.scale)
         return (costs * (1.0 + EPS32)).float()  # the cast rounds by at most u32: raised first
 
     def fallback(self, x: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:

@@ -377,18 +377,25 @@ class Hinges(FeatureMap):
         blo, bhi = interval_product(lo, hi, torch.zeros_like(lo), torch.ones_like(hi))
         return torch.cat([lo] + [blo] * self.knots), torch.cat([hi] + [bhi] * self.knots)
 
+    def _prefix_sums(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> Bounds:
+        """Bounds (N, K + 1, K_in, n) on the prefix sums w_0 + w_1 + … + w_m, m = 0…K, of the weights
+        (N, (K + 1)·K_in, n) of the copies [z, relu(z − t_1), …], each sum rounded outward."""
+        n_in = w_lo.shape[1] // (self.knots + 1)
+        low, high = w_lo[:, :n_in], w_hi[:, :n_in]
+        sums_lo, sums_hi = [low], [high]
+        for j in range(1, self.knots + 1):
+            low = round_down(low + w_lo[:, j * n_in : (j + 1) * n_in])
+            high = round_up(high + w_hi[:, j * n_in : (j + 1) * n_in])
+            sums_lo.append(low)
+            sums_hi.append(high)
+        return torch.stack(sums_lo, dim=1), torch.stack(sums_hi, dim=1)
+
     def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # a move of z through knots t_1 ≤ … ≤ t_K (problems() checks the order) has quotients c_1 ≥ … ≥ c_K
         # in [0, 1] (c_j: the share of the move above t_j), so w_0 + Σ_j w_j c_j lies between the
         # smallest and the largest prefix sum w_0 + w_1 + … + w_m, m = 0…K
-        n_in = w_lo.shape[1] // (self.knots + 1)
-        lo = low = w_lo[:, :n_in]
-        hi = high = w_hi[:, :n_in]
-        for j in range(1, self.knots + 1):
-            lo = round_down(lo + w_lo[:, j * n_in : (j + 1) * n_in])
-            hi = round_up(hi + w_hi[:, j * n_in : (j + 1) * n_in])
-            low, high = torch.minimum(low, lo), torch.maximum(high, hi)
-        return low, high
+        sums_lo, sums_hi = self._prefix_sums(w_lo, w_hi)
+        return sums_lo.amin(dim=1), sums_hi.amax(dim=1)
 
     def reach_image(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
         knots = self.knot_values.to(lo.dtype).reshape((self.knots, *lo.shape[1:]))
@@ -399,20 +406,12 @@ class Hinges(FeatureMap):
     def reach_weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
         # inside [lo, hi] the share c_j of a move above t_j is 1 for t_j ≤ lo and 0 for t_j ≥ hi, so only
         # the prefix sums w_0 + … + w_m with #{t_j ≤ lo} ≤ m ≤ #{t_j < hi} remain (see weight_bounds)
-        n_in = w_lo.shape[1] // (self.knots + 1)
         knots = self.knot_values.to(lo.dtype).reshape((self.knots, *lo.shape[1:]))
         first = (knots.unsqueeze(0) <= lo.unsqueeze(1)).sum(dim=1)  # (N, K_in, n)
         last = (knots.unsqueeze(0) < hi.unsqueeze(1)).sum(dim=1)
-        low, high = w_lo[:, :n_in], w_hi[:, :n_in]
-        sums_lo, sums_hi = [low], [high]
-        for j in range(1, self.knots + 1):
-            low = round_down(low + w_lo[:, j * n_in : (j + 1) * n_in])
-            high = round_up(high + w_hi[:, j * n_in : (j + 1) * n_in])
-            sums_lo.append(low)
-            sums_hi.append(high)
         m = torch.arange(self.knots + 1, device=lo.device).reshape(1, -1, *([1] * (lo.dim() - 1)))
         inside = (m >= first.unsqueeze(1)) & (m <= last.unsqueeze(1))  # (N, K + 1, K_in, n)
-        stacked_lo, stacked_hi = torch.stack(sums_lo, dim=1), torch.stack(sums_hi, dim=1)
+        stacked_lo, stacked_hi = self._prefix_sums(w_lo, w_hi)
         reach_lo = torch.where(inside, stacked_lo, _POS_INF.to(lo.device)).amin(dim=1)
         reach_hi = torch.where(inside, stacked_hi, _NEG_INF.to(lo.device)).amax(dim=1)
         return reach_lo, reach_hi
