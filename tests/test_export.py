@@ -297,6 +297,35 @@ def test_threat_model_radii_in_the_graph_are_the_librarys_rounded_down(feature_m
         assert bool(_run(sess, inside)["flagged"].all()), f"{name}: onnxruntime flips inside the radius"
 
 
+@pytest.mark.parametrize(
+    "feature_map",
+    [
+        [{"kind": "log1p"}, {"kind": "standardize"}],
+        [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "hinges", "knots": 3}],
+    ],
+    ids=["log1p-standardize", "hinges"],
+)
+def test_threat_model_radii_in_the_graph_near_the_boundary(feature_map, tmp_path):
+    """Inputs bisected onto the decision boundary: every graph threat radius is 0 or at most the library's
+    (closed form and reach), and the threat-model attack in onnxruntime flips none inside it."""
+    model, raw = _tabular(feature_map)
+    x = near_boundary(model, raw)
+    tm = asymcert.ThreatModel.from_dict(TM_FILE).resolve(None, D_TM)
+    sess = _session(model, tmp_path, threat_model=tm)
+    out = _run(sess, x)
+    lib = asymcert.certify(model, x, norms=NORMS, threat_model=tm, precision="float64")
+    for p in NORMS:
+        name = "tm_radius_linf" if math.isinf(p) else f"tm_radius_l{p:g}"
+        got = out[name].double()
+        assert bool(((got == 0) | (got <= lib.radii[p])).all())
+        flagged = out["flagged"] & (got > 0)
+        assert int(flagged.sum()) > 5  # not only zeros
+        inside = threat_attack(
+            model, x[flagged], got[flagged] * 0.999, p, tm, steps=40, generator=torch.Generator().manual_seed(1)
+        )
+        assert bool(_run(sess, inside)["flagged"].all()), f"{name}: onnxruntime flips inside the radius"
+
+
 class _WeightsOnlyLog1p(Log1p):
     """log1p that declares its weight bounds with its forward but no slope intervals."""
 
