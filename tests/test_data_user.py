@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from asymcert.checkpoint import model_config
 from asymcert.data import task_from_csv, task_from_image_folder, task_from_npz
-from asymcert.errors import DataError
+from asymcert.errors import DataError, UnknownNameError
+from asymcert.pipeline import plan_training
 
 
 def _tabular(n_per_class=(20, 15, 10), dim=4, seed=0):
@@ -269,3 +271,31 @@ def test_image_folder_unknown_class_lists_folders(tmp_path):
         task_from_image_folder(root, "c")
     with pytest.raises(DataError, match="no class folders"):
         task_from_image_folder(tmp_path / "pics" / "a", "a")
+
+
+@pytest.mark.parametrize("shift, expected", [(0.0, ["fast", "hinges"]), (50.0, ["fast", "hinges", "log1p-hinges"])])
+def test_tabular_presets_offer_log1p_only_for_nonnegative_data(tmp_path, shift, expected):
+    x, y = _tabular()
+    np.savez(tmp_path / "d.npz", x=np.abs(x) + shift if shift else x, y=y)
+    task = task_from_npz(tmp_path / "d.npz", sensitive_class=2)
+    assert sorted(task.presets) == expected
+
+
+@pytest.mark.parametrize(
+    "preset, kinds", [("hinges", ["standardize", "hinges"]), ("log1p-hinges", ["log1p", "standardize", "hinges"])]
+)
+def test_tabular_presets_build_the_hinge_model(tmp_path, preset, kinds):
+    x, y = _tabular()
+    np.savez(tmp_path / "d.npz", x=np.abs(x), y=y)
+    plan = plan_training({"npz": str(tmp_path / "d.npz"), "sensitive_class": 2}, preset=preset)
+    config = model_config(plan.model)
+    assert [step["kind"] for step in config["feature_map"]] == kinds
+    assert config["convex"]["widths"] == [1] and not config["convex"]["batch_norm"]
+    plan.model.validate()
+
+
+def test_log1p_preset_is_refused_for_negative_values(tmp_path):
+    x, y = _tabular()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(UnknownNameError, match=r"no preset 'log1p-hinges'; presets: \['fast', 'hinges'\]"):
+        plan_training({"npz": str(tmp_path / "d.npz"), "sensitive_class": 2}, preset="log1p-hinges")

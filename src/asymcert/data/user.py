@@ -31,6 +31,18 @@ TABULAR_MODEL = {
     "convex": {"kind": "icnn", "widths": [64, 32]},
 }
 TABULAR_TRAIN = {"epochs": 100, "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "jacobian_reg": 0.0}
+_HINGES = {"kind": "hinges", "knots": 4}
+_ONE_UNIT_G = {"kind": "icnn", "widths": [1], "batch_norm": False}
+TABULAR_PRESETS = {
+    # SpamBase's recipe without its log1p step, for features of any sign: each feature standardized and bent
+    # at 4 training quantiles (hinges), g an ICNN with one hidden unit (benchmarks/README.md, "Presets for
+    # your own tabular data")
+    "hinges": {"model": {"feature_map": [{"kind": "standardize"}, _HINGES], "convex": _ONE_UNIT_G}},
+    # SpamBase's default model: log1p first, for nonnegative heavy-tailed counts and frequencies
+    "log1p-hinges": {
+        "model": {"feature_map": [{"kind": "log1p"}, {"kind": "standardize"}, _HINGES], "convex": _ONE_UNIT_G}
+    },
+}
 IMAGE_MODEL = {
     "kind": "feature-convex",
     "feature_map": [{"kind": "shift"}],
@@ -262,9 +274,11 @@ def task_from_arrays(
 
 def _task(name: str, description: str, data: TaskData) -> Task:
     train_x = data.train.x
+    presets: dict = {"fast": {"train": {"epochs": 2}}}
     if train_x.ndim == 2:
         median_std = float(data.meta["feature_scale"].median())
         model, train, radii = TABULAR_MODEL, TABULAR_TRAIN, tabular_radii(median_std, train_x.shape[1])
+        presets |= tabular_presets(bool((train_x >= 0).all()))
     else:
         pixel_range = float(train_x.max() - train_x.min()) or 1.0
         model, train, radii = IMAGE_MODEL, IMAGE_TRAIN, image_radii(pixel_range)
@@ -274,9 +288,16 @@ def _task(name: str, description: str, data: TaskData) -> Task:
         load=lambda data_dir: data,
         model=copy.deepcopy(model),
         train=dict(train),
-        presets={"fast": {"train": {"epochs": 2}}},
+        presets=presets,
         report_radii=radii,
     )
+
+
+def tabular_presets(nonnegative: bool) -> dict:
+    """The presets of feature-vector data: ``hinges`` always, ``log1p-hinges`` only when every training value
+    is ≥ 0 (log1p reads values below 0 as 0, which would merge them)."""
+    names = ("hinges", "log1p-hinges") if nonnegative else ("hinges",)
+    return {name: copy.deepcopy(TABULAR_PRESETS[name]) for name in names}
 
 
 def read_npz(path: Path, labels_required: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
