@@ -159,6 +159,7 @@ PHIS = [
     [{"kind": "concat-abs"}, {"kind": "concat-abs"}],
     [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "hinges", "knots": 3}],
     [{"kind": "shift"}, {"kind": "concat-abs"}, {"kind": "hinges", "knots": 2}],
+    [{"kind": "standardize"}, {"kind": "hinges", "knots": 4}],  # the tabular preset "hinges"
 ]
 
 
@@ -313,7 +314,9 @@ TM = ThreatModel(
 
 
 @pytest.mark.parametrize(
-    "phi", [PHIS[0], PHIS[2], PHIS[4], PHIS[6], PHIS[8]], ids=["id", "std", "log1p-std", "abs", "log1p-std-hinges"]
+    "phi",
+    [PHIS[0], PHIS[2], PHIS[4], PHIS[6], PHIS[8], PHIS[10]],
+    ids=["id", "std", "log1p-std", "abs", "log1p-std-hinges", "std-hinges"],
 )
 @pytest.mark.parametrize("near", [False, True], ids=["typical", "near-boundary"])
 @pytest.mark.parametrize("reach", [False, True], ids=["closed-form", "reach"])
