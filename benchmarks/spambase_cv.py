@@ -26,7 +26,7 @@ the same folds, uncertified references (scikit-learn): logistic regression on lo
 features, L2 strength chosen on validation, and HistGradientBoosting (random_state 0) on raw features,
 both trained on the training folds only.
 
-Writes ``benchmarks/results/spambase_cv_MODE.json`` and prints a markdown table.
+Writes ``benchmarks/results/spambase_cv_MODE.json`` (or ``--results NAME``) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -220,6 +220,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="training seeds, comma-separated")
     ap.add_argument("--jobs", type=int, default=2, help="processes at a time")
     ap.add_argument("--out", default="runs/cv", help="folder of the run folders")
+    ap.add_argument("--results", default="", help="name of the results file (default: spambase_cv_MODE)")
     args = ap.parse_args()
     todo = jobs(args)
     try:
@@ -243,7 +244,7 @@ def main() -> None:
         summary.setdefault("references", {})[ref] = per
     print("\n".join(lines))
     summary["runs"] = [asdict(o) for o in outcomes]
-    write_results(f"spambase_cv_{args.mode}", summary)
+    write_results(args.results or f"spambase_cv_{args.mode}", summary)
 
 
 if __name__ == "__main__":
