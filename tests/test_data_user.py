@@ -10,7 +10,7 @@ import torch
 
 from asymcert.checkpoint import model_config
 from asymcert.data import task_from_csv, task_from_image_folder, task_from_npz
-from asymcert.errors import DataError, UnknownNameError
+from asymcert.errors import ConfigError, DataError, UnknownNameError
 from asymcert.pipeline import plan_training
 
 
@@ -294,8 +294,12 @@ def test_tabular_presets_build_the_hinge_model(tmp_path, preset, kinds):
     plan.model.validate()
 
 
-def test_log1p_preset_is_refused_for_negative_values(tmp_path):
-    x, y = _tabular()
-    np.savez(tmp_path / "d.npz", x=x, y=y)
-    with pytest.raises(UnknownNameError, match=r"no preset 'log1p-hinges'; presets: \['fast', 'hinges'\]"):
-        plan_training({"npz": str(tmp_path / "d.npz"), "sensitive_class": 2}, preset="log1p-hinges")
+def test_log1p_preset_is_refused_for_negative_values_naming_the_columns(tmp_path):
+    x, y = _tabular(dim=3)
+    x[:, 2] = np.abs(x[:, 2])  # columns a and b go below 0, c does not
+    _write_csv(tmp_path / "d.csv", x, y)
+    spec = {"csv": str(tmp_path / "d.csv"), "label_column": "label", "sensitive_class": 2}
+    with pytest.raises(ConfigError, match=r"does not offer preset 'log1p-hinges': a, b take\(s\) values below 0"):
+        plan_training(spec, preset="log1p-hinges")
+    with pytest.raises(UnknownNameError, match=r"no preset 'nope'; presets: \['fast', 'hinges'\]"):
+        plan_training(spec, preset="nope")

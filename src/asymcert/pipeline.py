@@ -106,6 +106,8 @@ def resolve_task(spec: dict[str, Any]) -> Task:
 
 def preset_overrides(task: Task, preset: str | None) -> dict[str, Any]:
     """The ``{"model": ..., "train": ...}`` overrides of a named preset of ``task`` ({} for None)."""
+    if preset is not None and preset in task.withheld_presets:
+        raise ConfigError(f"task {task.name!r} does not offer preset {preset!r}: {task.withheld_presets[preset]}")
     if preset is not None and preset not in task.presets:
         raise UnknownNameError(
             f"task {task.name!r} has no preset {preset!r}; presets: {sorted(task.presets) or 'none'}"

@@ -87,6 +87,8 @@ class Task:
     """Default training settings (keys of :class:`asymcert.train.TrainConfig`)."""
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Named overrides, e.g. ``{"fast": {"epochs": 2, ...}}``; keys ``model`` / ``train``."""
+    withheld_presets: dict[str, str] = field(default_factory=dict)
+    """Presets this task's data rules out, each with the reason (said when one is asked for)."""
     report_radii: dict[float, tuple[float, ...]] = field(default_factory=dict)
     """Radii (raw input units) at which reports tabulate certified accuracy, per ℓp norm."""
     threat_model: ThreatModel | None = None

@@ -275,10 +275,12 @@ def task_from_arrays(
 def _task(name: str, description: str, data: TaskData) -> Task:
     train_x = data.train.x
     presets: dict = {"fast": {"train": {"epochs": 2}}}
+    withheld: dict[str, str] = {}
     if train_x.ndim == 2:
         median_std = float(data.meta["feature_scale"].median())
         model, train, radii = TABULAR_MODEL, TABULAR_TRAIN, tabular_radii(median_std, train_x.shape[1])
-        presets |= tabular_presets(bool((train_x >= 0).all()))
+        withheld = log1p_withheld(data)
+        presets |= tabular_presets(nonnegative=not withheld)
     else:
         pixel_range = float(train_x.max() - train_x.min()) or 1.0
         model, train, radii = IMAGE_MODEL, IMAGE_TRAIN, image_radii(pixel_range)
@@ -289,8 +291,24 @@ def _task(name: str, description: str, data: TaskData) -> Task:
         model=copy.deepcopy(model),
         train=dict(train),
         presets=presets,
+        withheld_presets=withheld,
         report_radii=radii,
     )
+
+
+def log1p_withheld(data: TaskData) -> dict[str, str]:
+    """``{"log1p-hinges": why}`` when a training value (x (N, d)) is below 0, naming its feature; else {}."""
+    negative = (data.train.x < 0).any(dim=0).nonzero().flatten().tolist()
+    if not negative:
+        return {}
+    names = data.meta.get("feature_names") or [f"feature {i}" for i in range(data.train.x.shape[1])]
+    shown = ", ".join(str(names[i]) for i in negative[:3]) + (
+        f" and {len(negative) - 3} more" if len(negative) > 3 else ""
+    )
+    return {
+        "log1p-hinges": f"{shown} take(s) values below 0 in training, and log1p reads every value below 0 as 0 "
+        "(use --preset hinges)"
+    }
 
 
 def tabular_presets(nonnegative: bool) -> dict:
