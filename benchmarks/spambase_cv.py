@@ -96,14 +96,10 @@ def stratified_folds(y: np.ndarray, k: int, seed: int = FOLD_SEED) -> np.ndarray
     return folds
 
 
-def _join(*parts: Dataset) -> Dataset:
-    return Dataset(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
-
-
 def fold_data(mode: str, fold: int) -> TaskData:
     """The splits of ``fold`` (see the module docstring); the test split is never the fixed one in ``inner``."""
     fixed = load_spambase(None)
-    pool = _join(fixed.train, fixed.val) if mode == "inner" else _join(fixed.train, fixed.val, fixed.test)
+    pool = Dataset.join(fixed.train, fixed.val) if mode == "inner" else Dataset.join(fixed.train, fixed.val, fixed.test)
     k = INNER_FOLDS if mode == "inner" else OUTER_FOLDS
     folds = torch.from_numpy(stratified_folds(pool.y.numpy(), k))
     val_fold = fold if mode == "inner" else (fold + 1) % k

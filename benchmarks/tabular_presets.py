@@ -67,8 +67,7 @@ def write_files(out: Path) -> None:
     fixed = load_spambase(None)
     names = list(fixed.meta["feature_names"])
     out.mkdir(parents=True, exist_ok=True)
-    train = Dataset(torch.cat([fixed.train.x, fixed.val.x]), torch.cat([fixed.train.y, fixed.val.y]))
-    write_csv(out / "mail.csv", names, train, labels=True)
+    write_csv(out / "mail.csv", names, Dataset.join(fixed.train, fixed.val), labels=True)
     write_csv(out / "today.csv", names, fixed.test, labels=False)
     (out / "tm.json").write_text(json.dumps(THREAT_MODEL, indent=1))
 
@@ -84,10 +83,12 @@ def measure(job: tuple[str, int, str]) -> tuple[str, float, list[float]]:
         train_run(spec, run, preset, {**overrides, "seed": seed}, None, progress=False, log=lambda m: None,
                   threat_model=load_threat_model(out / "tm.json"))  # fmt: skip
     model = asymcert.load(run, device="cpu").eval()
-    names = read_run_record(run).feature_names or []
-    x = torch.cat([b.x for b in csv_batches(out / "today.csv", names, None, 1000)])  # as certify --input reads it
+    record = read_run_record(run)
+    x = torch.cat(
+        [b.x for b in csv_batches(out / "today.csv", record.feature_names or [], None, 1000)]
+    )  # as certify --input
     y = load_spambase(None).test.y
-    cert = asymcert.certify(model, x, norms=(1.0,), threat_model=run_threat_model(read_run_record(run)))
+    cert = asymcert.certify(model, x, norms=(1.0,), threat_model=run_threat_model(record))
     shares = sensitive_certified(cert.predicted, cert.radii[1.0], y, list(RADII))
     return name, 100.0 * float((cert.predicted == y).float().mean()), [100.0 * s for s in shares]
 

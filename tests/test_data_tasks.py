@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from asymcert.data.idx import write_idx
-from asymcert.data.tasks import balance_classes, binary_subset, get_task, split_train_val, stratified_split, task_names
+from asymcert.data.tasks import (
+    Dataset,
+    balance_classes,
+    binary_subset,
+    get_task,
+    split_train_val,
+    stratified_split,
+    task_names,
+)
 from asymcert.errors import DataError, UnknownNameError
 
 INF = math.inf
@@ -237,3 +245,12 @@ def test_debian_fashion_mnist_shirts(data_cache):
     ref_train, ref_val = split_train_val(binary_subset(train, sensitive=0, other=6), 0.2, seed=42)
     assert torch.equal(ref_train.x, data.train.x) and torch.equal(ref_val.y, data.val.y)
     assert torch.equal(binary_subset(test, 0, 6).x, data.test.x)
+
+
+def test_dataset_join_keeps_the_order_of_its_parts():
+    a = Dataset(torch.arange(6.0).reshape(3, 2), torch.tensor([0, 1, 0]))
+    b = Dataset(torch.arange(6.0, 10.0).reshape(2, 2), torch.tensor([1, 1]))
+    joined = Dataset.join(a, b, a)
+    assert len(joined) == 8
+    assert torch.equal(joined.x[:5].flatten(), torch.arange(10.0)) and torch.equal(joined.x[5:], a.x)
+    assert joined.y.tolist() == [0, 1, 0, 1, 1, 0, 1, 0]

@@ -40,6 +40,11 @@ class Dataset:
         """The inputs at ``index`` (a slice, a bool mask or integer indices)."""
         return Dataset(self.x[index], self.y[index])
 
+    @staticmethod
+    def join(*parts: Dataset) -> Dataset:
+        """The inputs of ``parts`` one after the other, in that order."""
+        return Dataset(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+
 
 @dataclass
 class TaskData:

@@ -280,7 +280,7 @@ def _task(name: str, description: str, data: TaskData) -> Task:
         median_std = float(data.meta["feature_scale"].median())
         model, train, radii = TABULAR_MODEL, TABULAR_TRAIN, tabular_radii(median_std, train_x.shape[1])
         withheld = log1p_withheld(data)
-        presets |= tabular_presets(nonnegative=not withheld)
+        presets |= {name: copy.deepcopy(p) for name, p in TABULAR_PRESETS.items() if name not in withheld}
     else:
         pixel_range = float(train_x.max() - train_x.min()) or 1.0
         model, train, radii = IMAGE_MODEL, IMAGE_TRAIN, image_radii(pixel_range)
@@ -309,13 +309,6 @@ def log1p_withheld(data: TaskData) -> dict[str, str]:
         "log1p-hinges": f"{shown} take(s) values below 0 in training, and log1p reads every value below 0 as 0 "
         "(use --preset hinges)"
     }
-
-
-def tabular_presets(nonnegative: bool) -> dict:
-    """The presets of feature-vector data: ``hinges`` always, ``log1p-hinges`` only when every training value
-    is ≥ 0 (log1p reads values below 0 as 0, which would merge them)."""
-    names = ("hinges", "log1p-hinges") if nonnegative else ("hinges",)
-    return {name: copy.deepcopy(TABULAR_PRESETS[name]) for name in names}
 
 
 def read_npz(path: Path, labels_required: bool = True) -> tuple[np.ndarray, np.ndarray | None]:

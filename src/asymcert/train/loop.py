@@ -189,7 +189,7 @@ def fit_split(data: TaskData, config: TrainConfig) -> Dataset:
     batch of the union is drawn and sharded exactly as the train split's would be. Never the test split."""
     if not config.refit:
         return data.train
-    return Dataset(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
+    return Dataset.join(data.train, data.val)
 
 
 def _save_state(state: dict[str, Any], path: Path) -> None:
