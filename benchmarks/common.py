@@ -3,6 +3,7 @@ and the results writer."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -40,3 +41,25 @@ def write_results(name: str, results: dict) -> Path:
     path.write_text(json.dumps(results, indent=1))
     print(f"wrote {path}")
     return path
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1 (else argparse's one-line usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated integers, e.g. seeds ``0,1,2`` (at least one)."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated integers: {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("no integer given")
+    return values

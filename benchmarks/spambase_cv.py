@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine, write_results  # benchmarks/common.py
+from common import int_list, machine, positive_int, write_results  # benchmarks/common.py
 from seed_table import sensitive_certified  # benchmarks/seed_table.py
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
@@ -170,13 +170,18 @@ def references(fold: int) -> dict[str, float]:
 
 def jobs(args: argparse.Namespace) -> list[Job]:
     """Every (configuration, fold, seed) of the command line, in that order."""
-    grid = json.loads(Path(args.grid).read_text())
+    try:
+        grid = json.loads(Path(args.grid).read_text())
+    except (OSError, ValueError) as exc:
+        sys.exit(f"{args.grid}: not a readable JSON grid ({exc})")
+    if not isinstance(grid, dict) or not all(isinstance(c, dict) for c in grid.values()):
+        sys.exit(f'{args.grid}: a grid is an object of name → {{"train": {{...}}, "model": {{...}}}}')
     names = args.configs.split(",") if args.configs else list(grid)
     unknown = [n for n in names if n not in grid]
     if unknown:
         sys.exit(f"{args.grid}: no configuration {unknown} (has {sorted(grid)})")
     k = INNER_FOLDS if args.mode == "inner" else OUTER_FOLDS
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     out = Path(args.out) / args.mode
     return [
         Job(args.mode, n, grid[n].get("train", {}), grid[n].get("model", {}), f, s, str(out / f"{n}_f{f}_s{s}"))
@@ -213,8 +218,8 @@ def main() -> None:
     ap.add_argument("mode", choices=("inner", "outer"))
     ap.add_argument("--grid", default=str(Path(__file__).parent / "spambase_cv_grid.json"))
     ap.add_argument("--configs", default="", help="comma-separated names of the grid (default: all)")
-    ap.add_argument("--seeds", default="0", help="training seeds, comma-separated")
-    ap.add_argument("--jobs", type=int, default=2, help="processes at a time")
+    ap.add_argument("--seeds", type=int_list, default=[0], help="training seeds, comma-separated")
+    ap.add_argument("--jobs", type=positive_int, default=2, help="processes at a time")
     ap.add_argument("--out", default="runs/cv", help="folder of the run folders")
     ap.add_argument("--results", default="", help="name of the results file (default: spambase_cv_MODE)")
     args = ap.parse_args()
@@ -229,7 +234,7 @@ def main() -> None:
     for o in outcomes:
         groups.setdefault(o.name, []).append(o)
     lines = table(groups)
-    summary: dict = {"mode": args.mode, "seeds": args.seeds, "machine": machine()}
+    summary: dict = {"mode": args.mode, "seeds": ",".join(map(str, args.seeds)), "machine": machine()}
     if args.mode == "inner":
         chosen, best, se = select(groups)
         lines.append(f"\nHighest mean accuracy: {best} (SE {se:.2f}); chosen by the one-SE rule: **{chosen}**")

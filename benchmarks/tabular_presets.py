@@ -19,16 +19,19 @@ import argparse
 import csv
 import json
 import statistics
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
 import torch
+from common import int_list, positive_int  # benchmarks/common.py
 from seed_table import sensitive_certified  # benchmarks/seed_table.py
 
 import asymcert
 from asymcert.data.spambase import load_spambase
 from asymcert.data.tasks import Dataset
+from asymcert.errors import AsymcertError
 from asymcert.pipeline import run_finished, train_run
 from asymcert.runfolder import read_run_record, run_threat_model
 from asymcert.threat import load_threat_model
@@ -96,15 +99,17 @@ def measure(job: tuple[str, int, str]) -> tuple[str, float, list[float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/presets")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--seeds", type=int_list, default=[0, 1, 2], help="training seeds, comma-separated")
+    ap.add_argument("--jobs", type=positive_int, default=2, help="processes at a time")
     args = ap.parse_args()
     out = Path(args.out)
-    write_files(out)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    todo = [(name, s, str(out / "runs" / f"c{i}_s{s}")) for i, name in enumerate(CONFIGS) for s in seeds]
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        results = list(pool.map(measure, todo))
+    todo = [(name, s, str(out / "runs" / f"c{i}_s{s}")) for i, name in enumerate(CONFIGS) for s in args.seeds]
+    try:
+        write_files(out)
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(measure, todo))
+    except AsymcertError as exc:
+        sys.exit(f"tabular_presets: {exc}")
     print("| configuration | today.csv accuracy %, mean ± sd (min) | cert. ℓ1 r = 0.5 / 1 / 2, % mean (min) |")
     print("|---|---|---|")
     for name in CONFIGS:
