@@ -36,6 +36,7 @@ from asymcert.data.tasks import (
     Dataset,
     Task,
     TaskData,
+    fast_preset,
     pixels_to_dataset,
     register_task,
     split_train_val,
@@ -148,11 +149,6 @@ def _spambase_presets() -> dict:
             }
         }
     }
-
-
-def _fast() -> dict:
-    """The ``fast`` preset: two epochs (a smoke run)."""
-    return {"fast": {"train": {"epochs": 2}}}
 
 
 # ---------------------------------------------------------------- IDX datasets (MNIST, Fashion-MNIST)
@@ -275,7 +271,7 @@ register_task(
         augment=crop_augment(1),
         model=copy.deepcopy(FASHION_SHIRTS_MODEL),
         train=copy.deepcopy(FASHION_SHIRTS_TRAIN),
-        presets={**_fast(), **_paper_fashion_shirts()},
+        presets={**fast_preset(), **_paper_fashion_shirts()},
         report_radii=IMAGE_RADII,
     )
 )
@@ -292,7 +288,7 @@ register_task(
             "convex": {"kind": "icnn", "widths": [200, 50]},
         },
         train=dict(FEATURE_CONVEX_TRAIN),
-        presets=_fast(),
+        presets=fast_preset(),
         report_radii=IMAGE_RADII,
     )
 )
@@ -309,7 +305,7 @@ register_task(
             "convex": {"kind": "convex-conv", "channels": 16, "stem_kernel": 11, "blocks": 4},
         },
         train={**FEATURE_CONVEX_TRAIN, "epochs": 150, "jacobian_reg": 0.0075},
-        presets=_fast(),
+        presets=fast_preset(),
         report_radii=CIFAR_BINARY_RADII,
     )
 )
@@ -327,7 +323,7 @@ register_task(
             "convex": {"kind": "icnn", "widths": [64, 32], "batch_norm": False},
         },
         train={"epochs": 100, "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "jacobian_reg": 0.0},
-        presets=_fast(),
+        presets=fast_preset(),
         report_radii=BREAST_CANCER_RADII,
     )
 )
@@ -355,7 +351,7 @@ register_task(
             "margin_radius": 0.5,
             "margin_norm": 1,
         },
-        presets={**_fast(), **_spambase_presets()},
+        presets={**fast_preset(), **_spambase_presets()},
         report_radii=tabular_radii(MEDIAN_FEATURE_STD, N_FEATURES),
         threat_model=SPAMBASE_THREAT_MODEL,
         threat_report_radii=SPAMBASE_THREAT_RADII,
@@ -398,7 +394,7 @@ for _name, _title, _load, _classes, _augment, _radii in (
             augment=_augment,
             model=dict(LINF_DIST_MODEL, widths=list(LINF_DIST_MODEL["widths"])),
             train=dict(LINF_DIST_TRAIN),
-            presets=_fast(),
+            presets=fast_preset(),
             report_radii={p: tuple(r) for p, r in _radii.items()},
         )
     )

@@ -105,6 +105,11 @@ class Task:
 _TASKS: dict[str, Task] = {}
 
 
+def fast_preset() -> dict[str, dict[str, Any]]:
+    """The ``fast`` preset every task has: two epochs (a smoke run)."""
+    return {"fast": {"train": {"epochs": 2}}}
+
+
 def register_task(task: Task) -> Task:
     """Add ``task`` to the registry (replacing one of the same name) and return it."""
     _TASKS[task.name] = task

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from asymcert.data.images import image_mode, list_image_folder, read_images
-from asymcert.data.tasks import Task, TaskData, task_data_from_arrays
+from asymcert.data.tasks import Task, TaskData, fast_preset, task_data_from_arrays
 from asymcert.errors import DataError
 
 INF = math.inf
@@ -274,7 +274,7 @@ def task_from_arrays(
 
 def _task(name: str, description: str, data: TaskData) -> Task:
     train_x = data.train.x
-    presets: dict = {"fast": {"train": {"epochs": 2}}}
+    presets = fast_preset()
     withheld: dict[str, str] = {}
     if train_x.ndim == 2:
         median_std = float(data.meta["feature_scale"].median())
