@@ -17,7 +17,10 @@ over folds and seeds. **Selection rule** (declared before any of these runs was 
 configuration with the highest mean accuracy and SE the standard error of its 4 per-fold accuracies
 (each the mean over seeds); among the configurations whose mean accuracy is at least B's − SE, pick the
 one certifying the most validation spam at ℓ1 r = 1 (the one-standard-error rule: accuracy differences
-inside the noise are not allowed to buy away certified accuracy).
+inside the noise are not allowed to buy away certified accuracy). Session 15 applies the same rule, again
+declared before its runs (this paragraph and the grid were committed first), to
+``spambase_cv_pairs.json``: the default against φ = log1p → standardize → pair-min → hinges (2 or 4 knots),
+the pair interactions an additive model lacks, seeds 0,1.
 
 ``outer`` estimates how much the fixed test split matters: all 4601 emails in 5 folds; for fold k the
 test split is fold k, validation fold k + 1 (mod 5), training the other three (60 / 20 / 20, like the

@@ -425,6 +425,69 @@ class Hinges(FeatureMap):
         return out
 
 
+class PairMin(FeatureMap):
+    """φ(x) = concat(x, min(h_i, h_{i+k}) for k = 1…P): every pair of coordinates as an AND feature.
+
+    h = relu(x − m) is each coordinate's excess over its training minimum m (``fit``), and pair (i, i + k)
+    (indices mod n, P = ⌊n/2⌋ shifts, so every unordered pair appears, twice when n is even and k = n/2)
+    is large only when both coordinates are: the interactions an additive model (hinges) cannot express,
+    the depth-2 splits of tree ensembles. Output copy k of coordinate i is at flat index k·n + i.
+
+    Lipschitz: |min(a, b) − min(a', b')| ≤ max(|a − a'|, |b − b'|), so each copy k has
+    ‖Δ‖_p^p ≤ 2‖δ‖_p^p and φ is (1 + 2P)^{1/p}-Lipschitz, 1 for ℓ∞. Not coordinate-wise (declares no
+    :meth:`slope_bounds`), but moving x_i alone moves copy 0 at i by δ_i and the copies (k, i) and
+    (k, i − k) by c·δ_i with c ∈ [0, 1], which :meth:`weight_bounds` sums; every feature is nondecreasing
+    in every coordinate. Only on one copy per raw coordinate (after identity, shift, log1p, standardize).
+
+    Args:
+        in_shape: shape (n,) of one input, n ≥ 2.
+
+    Raises:
+        ConfigError: an input that is not a vector of at least 2 coordinates.
+    """
+
+    kind = "pair-min"
+    floor: torch.Tensor  # buffer (n,): the training minimum of each coordinate
+
+    def __init__(self, in_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        if len(in_shape) != 1 or in_shape[0] < 2:
+            raise ConfigError(f"pair-min: inputs of shape {tuple(in_shape)}; it needs vectors (n,) with n ≥ 2")
+        self.shifts = in_shape[0] // 2
+        self.register_buffer("floor", torch.zeros(in_shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(x - self.floor)
+        return torch.cat([x] + [torch.minimum(h, torch.roll(h, -k, dims=1)) for k in range(1, self.shifts + 1)], dim=1)
+
+    def fit(self, x: torch.Tensor) -> PairMin:
+        self.floor.copy_(x.detach().amin(dim=0).to(self.floor))
+        return self
+
+    def lipschitz(self, p: float) -> float:
+        return 1.0 if math.isinf(p) else math.nextafter(float(1 + 2 * self.shifts) ** (1.0 / p), math.inf)
+
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return ((1 + self.shifts) * in_shape[0],)
+
+    def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        # (N, 1 + P, n) → (N, 1, n): ŵ_i = w_{0,i} + Σ_k (w_{k,i} c + w_{k,i−k} c') with c, c' ∈ [0, 1]
+        n = w_lo.shape[2]
+        if w_lo.shape[1] != 1 + self.shifts or n != self.floor.numel():
+            return None  # the inputs are copies of fewer raw coordinates: not derived here
+        k = torch.arange(1, self.shifts + 1, device=w_lo.device)[:, None]
+        partner = torch.remainder(torch.arange(n, device=w_lo.device)[None, :] - k, n)  # (P, n): i − k mod n
+        index = partner.unsqueeze(0).expand(w_lo.shape[0], -1, -1)
+        low, high = w_lo[:, 1:].clamp(max=0.0), w_hi[:, 1:].clamp(min=0.0)
+        terms_lo = torch.cat([w_lo[:, :1], low, torch.gather(low, 2, index)], dim=1)
+        terms_hi = torch.cat([w_hi[:, :1], high, torch.gather(high, 2, index)], dim=1)
+        # absolute allowance for the float64 sum of 1 + 2P terms: (T + 1)·eps·Σ|terms| ≥ (T − 1)·u·Σ|terms|
+        grow = (terms_lo.shape[1] + 1) * _EPS64
+        low_sum = round_down(terms_lo.sum(dim=1, keepdim=True) - grow * terms_lo.abs().sum(dim=1, keepdim=True))
+        high_sum = round_up(terms_hi.sum(dim=1, keepdim=True) + grow * terms_hi.abs().sum(dim=1, keepdim=True))
+        return low_sum, high_sum
+
+
 class Compose(FeatureMap):
     """φ = φ_k ∘ … ∘ φ_1. Lipschitz constant: the product (rounded up)."""
 
@@ -510,7 +573,7 @@ class Compose(FeatureMap):
 
 
 FEATURE_MAPS: dict[str, type[FeatureMap]] = {
-    c.kind: c for c in (Identity, Shift, Log1p, Standardize, ConcatAbs, Hinges)
+    c.kind: c for c in (Identity, Shift, Log1p, Standardize, ConcatAbs, Hinges, PairMin)
 }
 
 
@@ -569,6 +632,7 @@ def interval_product(
 _OUTWARD = 2.0**-51
 """|v|·2⁻⁵¹ is at least two units in the last place of a normal float64 v, so v ∓ |v|·2⁻⁵¹, itself
 rounded, still lies beyond the exact value that v rounds (by at most half a unit)."""
+_EPS64 = 2.0**-52  # machine epsilon (2u) of float64
 _TINY = 2.0**-1074  # the smallest subnormal: one unit in the last place below 2⁻¹⁰²²
 _NEG_INF = torch.tensor(-math.inf, dtype=torch.float64)
 _POS_INF = torch.tensor(math.inf, dtype=torch.float64)
