@@ -271,8 +271,9 @@ def _tabular(feature_map):
         [{"kind": "log1p"}, {"kind": "standardize"}],
         [{"kind": "shift"}, {"kind": "concat-abs"}],
         [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "hinges", "knots": 3}],
+        [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "pair-min"}, {"kind": "hinges", "knots": 2}],
     ],
-    ids=["standardize", "log1p-standardize", "concat-abs", "hinges"],
+    ids=["standardize", "log1p-standardize", "concat-abs", "hinges", "pair-min"],
 )
 def test_threat_model_radii_in_the_graph_are_the_librarys_rounded_down(feature_map, tmp_path):
     model, x = _tabular(feature_map)

@@ -212,3 +212,60 @@ def test_hinge_quantiles_equal_torch_quantile_to_the_bit(values, knots):
     ordered = torch.tensor(sorted(values), dtype=torch.float64)
     levels = torch.arange(1, knots + 1, dtype=torch.float64) / (knots + 1)
     assert torch.equal(_quantiles(ordered, levels), torch.quantile(ordered, levels))
+
+
+# ---------------------------------------------------------------------------------------------
+# pair-min: every pair of coordinates as an AND feature
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 5, 6])
+def test_pair_min_holds_every_pair_once_per_shift_and_the_input(n):
+    phi = build_feature_map([{"kind": "pair-min"}], (n,)).double()
+    data = torch.randn(40, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    phi.fit(data)
+    x = torch.randn(7, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2
+    out = phi(x)
+    assert out.shape == (7, (1 + n // 2) * n) == (7, *phi.out_shape((n,)))
+    h = (x - data.amin(dim=0)).clamp_min(0)
+    assert torch.equal(out[:, :n], x)
+    seen = set()
+    for k in range(1, n // 2 + 1):
+        for i in range(n):
+            j = (i + k) % n
+            assert float(out[0, k * n + i]) == float(torch.minimum(h[0, i], h[0, j]))
+            seen.add(frozenset((i, j)))
+    assert len(seen) == n * (n - 1) // 2  # every unordered pair
+
+
+@settings(derandomize=True, max_examples=examples(60), deadline=None)
+@given(n=st.integers(2, 7), seed=st.integers(0, 2**16), p=st.sampled_from(NORMS))
+def test_pair_min_lipschitz_bounds_every_pair_and_is_attained_for_l1(n, seed, p):
+    phi = build_feature_map([{"kind": "pair-min"}], (n,)).double()
+    gen = torch.Generator().manual_seed(seed)
+    phi.fit(torch.randn(30, n, generator=gen, dtype=torch.float64))
+    x, y = torch.randn(200, n, generator=gen, dtype=torch.float64) * 3, torch.randn(200, n, generator=gen).double() * 3
+    ratio = _norm(phi(x) - phi(y), p) / _norm(x - y, p)
+    assert float(ratio.max()) <= phi.lipschitz(p) * (1 + 1e-12)
+    # a move of the smallest coordinate, above every floor, moves it and all its pairs by the same amount
+    high = torch.full((1, n), 100.0, dtype=torch.float64)
+    high[0, 0] = 50.0
+    moved = high.clone()
+    moved[0, 0] -= 1.0
+    if p == 1.0:
+        assert float(_norm(phi(high) - phi(moved), 1)) == 1.0 + (n - 1) + (1 if n % 2 == 0 else 0)
+
+
+def test_pair_min_refuses_what_is_not_a_vector_and_round_trips():
+    for shape in [(1,), (2, 3), ()]:
+        with pytest.raises(ConfigError, match="pair-min"):
+            build_feature_map([{"kind": "pair-min"}], shape)
+    config = [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "pair-min"}, {"kind": "hinges", "knots": 2}]
+    phi = build_feature_map(config, (5,))
+    phi.fit(torch.rand(30, 5) * 4)
+    assert build_feature_map(phi.config(), (5,)).config() == phi.config() and phi.out_shape((5,)) == (3 * 3 * 5,)
+    assert [step["kind"] for step in phi.config()] == [step["kind"] for step in config]
+    assert feature_map_problems(phi) == []
+    with torch.no_grad():
+        phi.maps[2].floor[1] = math.inf
+    assert any("floor: contains NaN or Inf" in p for p in feature_map_problems(phi))

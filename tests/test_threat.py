@@ -163,6 +163,12 @@ PHIS = [
 ]
 
 
+PAIR_PHIS = [  # pair-min: not coordinate-wise (no slope intervals), but with weight bounds
+    [{"kind": "pair-min"}],
+    [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "pair-min"}, {"kind": "hinges", "knots": 2}],
+]
+
+
 def _fitted_phi(config, d=5, seed=0):
     phi = build_feature_map(config, (d,))
     g = torch.Generator().manual_seed(seed)
@@ -237,6 +243,41 @@ def test_reach_weight_bounds_contain_every_quotient_inside_the_box_and_lie_in_th
     tol = 1e-9 * (1 + float(w.abs().sum()))
     assert float(lo[0, coord]) - tol <= quotient <= float(hi[0, coord]) + tol
     assert bool((lo >= g_lo).all()) and bool((hi <= g_hi).all())
+
+
+@settings(max_examples=120, deadline=None)
+@given(**{**ONE_MOVE, "which": st.integers(0, len(PAIR_PHIS) - 1)}, seed=st.integers(0, 2**16), pad=st.floats(0, 5))
+def test_pair_min_weight_bounds_contain_every_quotient_globally_and_inside_a_box(which, coord, x, step, seed, pad):
+    """pair-min moves the partners of x_i too: wᵀ(φ(x + t e_i) − φ(x)) / t still lies within the global weight
+    bounds of coordinate i, and within those on any box holding the move (log1p's reach bounds before it)."""
+    phi = _fitted_phi(PAIR_PHIS[which])
+    w = torch.randn(1, phi.out_shape((5,))[0], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x0, x1 = _moved(x, coord, step)
+    quotient = float((w * (phi(x1) - phi(x0))).sum()) / step
+    tol = 1e-9 * (1 + float(w.abs().sum()))
+    lo, hi = coordinate_weights(phi, w, w, 5)
+    assert float(lo[0, coord]) - tol <= quotient <= float(hi[0, coord]) + tol
+    box_lo, box_hi = torch.minimum(x0, x1) - pad, torch.maximum(x0, x1) + pad
+    r_lo, r_hi = coordinate_weights_within(phi, w, w, box_lo, box_hi)
+    assert float(r_lo[0, coord]) - tol <= quotient <= float(r_hi[0, coord]) + tol
+    assert bool((r_lo >= lo).all()) and bool((r_hi <= hi).all())
+    assert coordinate_slopes(phi, 5) is None  # not coordinate-wise: no slope intervals to sum
+
+
+def test_pair_min_after_copies_declares_no_weight_bounds_and_certifies_by_the_fallback():
+    """On the copies hinges make, pair-min would pair copies of one coordinate: its bounds are not derived
+    there, so the threat-model radius is the generic fallback (the raw ℓp radius over the largest scale)."""
+    config = [{"kind": "standardize"}, {"kind": "hinges", "knots": 1}, {"kind": "pair-min"}]
+    phi = _fitted_phi(config)
+    w = torch.ones(1, phi.out_shape((5,))[0], dtype=torch.float64)
+    assert harm_bounds(phi, w, w, 5) is None
+    model, x = _model(config, seed=2)
+    tm = TM.resolve(None, 6)
+    cert = asymcert.certify(model, x, norms=(2,), threat_model=tm)
+    plain = asymcert.certify(model, x, norms=(2,))
+    top = tm.max_movable_scale(x)
+    assert torch.allclose(cert.radii[2.0], plain.radii[2.0] / top, rtol=1e-12)
+    assert bool((cert.radii[2.0] <= plain.radii[2.0] / top).all())
 
 
 def test_hinge_weight_bounds_are_the_extreme_prefix_sums_and_are_attained():
@@ -315,8 +356,8 @@ TM = ThreatModel(
 
 @pytest.mark.parametrize(
     "phi",
-    [PHIS[0], PHIS[2], PHIS[4], PHIS[6], PHIS[8], PHIS[10]],
-    ids=["id", "std", "log1p-std", "abs", "log1p-std-hinges", "std-hinges"],
+    [PHIS[0], PHIS[2], PHIS[4], PHIS[6], PHIS[8], PHIS[10], PAIR_PHIS[1]],
+    ids=["id", "std", "log1p-std", "abs", "log1p-std-hinges", "std-hinges", "log1p-std-pairs-hinges"],
 )
 @pytest.mark.parametrize("near", [False, True], ids=["typical", "near-boundary"])
 @pytest.mark.parametrize("reach", [False, True], ids=["closed-form", "reach"])
@@ -338,12 +379,14 @@ def test_constrained_attacks_do_not_flip_inside_the_radius(phi, near, reach):
         inside = threat_attack(model, xf[finite], r[finite] * 0.999, p, tm, steps=60, restarts=2, generator=gen)
         assert bool((move_sizes(xf[finite], inside, tm, p) <= r[finite] * 0.999).all())
         assert int((model(inside) <= 0).sum()) == 0, f"ℓ{p}: a flip inside the threat-model radius"
-        # the attack has teeth, near the boundary too: far outside the radius it flips most inputs
-        outside = threat_attack(model, xf[finite], r[finite] * 4, p, tm, steps=60, restarts=2, generator=gen)
+        # the attack has teeth, near the boundary too: far outside the radius it flips most inputs (pair-min's
+        # bound counts every partner of a coordinate as if it moved with it: 10–20× the attack's radius here)
+        far = 25 if "pair-min" in str(phi) else 4
+        outside = threat_attack(model, xf[finite], r[finite] * far, p, tm, steps=60, restarts=2, generator=gen)
         assert int((model(outside) <= 0).sum()) > 0.3 * int(finite.sum())
 
 
-@pytest.mark.parametrize("phi", PHIS, ids=[str(i) for i in range(len(PHIS))])
+@pytest.mark.parametrize("phi", PHIS + PAIR_PHIS, ids=[str(i) for i in range(len(PHIS + PAIR_PHIS))])
 def test_never_below_the_plain_certificate_of_the_same_ball(phi):
     model, x = _model(phi, seed=3)
     norms = (1.0, 2.0, math.inf)

@@ -13,7 +13,9 @@ move down by at most h⁻_i·|δ_i| with h⁻_i = max(0, Σ_k max(w c)), the min
 interval (and over w in its error interval on the rigorous path). When every step of φ declares
 :meth:`~asymcert.nn.FeatureMap.weight_bounds`, the sum Σ_k w_{k,i} c_{k,i} = ŵ_i is bounded as a whole
 instead, backwards through the steps (tighter: a shared slope factor counts once, and hinges give the
-extreme prefix sums of their weights), and h⁺_i = max(0, −min ŵ_i), h⁻_i = max(0, max ŵ_i).
+extreme prefix sums of their weights), and h⁺_i = max(0, −min ŵ_i), h⁻_i = max(0, max ŵ_i). Weight bounds
+need only one coordinate moved at a time, so a map that is not coordinate-wise can declare them too
+(pair-min: a move of x_i moves its pairs by a share in [0, 1] of it).
 The threat model forbids some directions (immutable, one-sided, no room left in the domain);
 with a_i = scale_i · the larger harm over the allowed directions (0 when none is allowed),
 

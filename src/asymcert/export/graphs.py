@@ -267,10 +267,13 @@ class FeatureConvexGraph(nn.Module):
         if self.threat is None:
             return (score, flagged, *radii)
         x_flat = x.flatten(1)
+        fallback = [self.threat.fallback(x_flat, r) for r in radii]
         if not self.threat.coordinate_wise:
-            return (score, flagged, *radii, *[self.threat.fallback(x_flat, r) for r in radii])
+            return (score, flagged, *radii, *fallback)
         costs = self.threat.costs(x_flat, flat)
-        return (score, flagged, *radii, *[_radius(margin, dual_norm32(costs, p), flagged) for p in self.norms])
+        closed = [_radius(margin, dual_norm32(costs, p), flagged) for p in self.norms]
+        # as the library: the generic fallback holds under every threat model, never report less than it
+        return (score, flagged, *radii, *[torch.maximum(c, f) for c, f in zip(closed, fallback)])
 
 
 class ThreatTerms(nn.Module):
