@@ -296,6 +296,9 @@ def test_a_feature_map_that_is_not_monotone_is_refused_by_name():
         _model({"increasing": INC, "decreasing": DEC}, phi=[{"kind": "shift"}, {"kind": "concat-abs"}])
     # concat-abs is fine for a model without the option
     assert _model(None, phi=[{"kind": "shift"}, {"kind": "concat-abs"}]).problems() == []
+    # pair-min is nondecreasing but not coordinate-wise: the declaration cannot be checked, so it is refused
+    with pytest.raises(ConfigError, match=r"feature map step 2 \(pair-min\) is not coordinate-wise"):
+        _model({"increasing": INC}, phi=[*LOG_STD, {"kind": "pair-min"}])
 
 
 def test_a_convex_conv_g_is_refused():

@@ -8,6 +8,7 @@ import torch
 import asymcert
 from asymcert.certify.attacks import decision_flips, pgd_attack
 from asymcert.certify.feature_convex import float_guard, score_and_feature_gradient
+from asymcert.models import build_model
 from tests.conftest import near_boundary, small_feature_convex
 
 FMAPS = [
@@ -35,6 +36,38 @@ def test_pgd_inside_the_radius_never_flips(kind, fmap, p, near):
     delta = (x_adv - x[flagged]).flatten(1)
     assert bool((torch.linalg.vector_norm(delta.double(), ord=p, dim=1) <= eps.double() * (1 + 1e-5)).all())
     assert not bool(decision_flips(model, x[flagged], x_adv).any())
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+@pytest.mark.parametrize("near", [False, True], ids=["typical", "near-boundary"])
+def test_pgd_inside_the_plain_radius_never_flips_through_pair_min(p, near):
+    """pair-min (every pair of features as an AND) on feature vectors: its Lipschitz constant
+    (1 + 2⌊n/2⌋)^{1/p} makes the plain ℓp radius a promise too."""
+    torch.manual_seed(0)
+    fmap = [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "pair-min"}, {"kind": "hinges", "knots": 2}]
+    config = {
+        "kind": "feature-convex",
+        "input_shape": [7],
+        "feature_map": fmap,
+        "convex": {"kind": "icnn", "widths": [8]},
+    }
+    model = build_model(config).eval()
+    x = torch.rand(512, 7, generator=torch.Generator().manual_seed(2)) * 4
+    model.feature_map.fit(x)
+    with torch.no_grad():
+        model.balance -= model(x).median()
+    if near:
+        x = near_boundary(model, x)
+    cert = asymcert.certify(model, x, norms=(p,))
+    flagged = cert.sensitive & (cert.radii[p] > 0)
+    assert int(flagged.sum()) > 5
+    eps = (cert.radii[p][flagged] * (1 - 1e-6)).float()
+    x_adv = pgd_attack(model, x[flagged], eps, p, steps=100, restarts=2, generator=torch.Generator().manual_seed(0))
+    delta = (x_adv - x[flagged]).flatten(1)
+    assert bool((torch.linalg.vector_norm(delta.double(), ord=p, dim=1) <= eps.double() * (1 + 1e-5)).all())
+    assert not bool(decision_flips(model, x[flagged], x_adv).any())
+    far = pgd_attack(model, x[flagged], eps * 60, p, steps=100, restarts=2, generator=torch.Generator().manual_seed(0))
+    assert float(decision_flips(model, x[flagged], far).float().mean()) > 0.3  # the attack has teeth
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
