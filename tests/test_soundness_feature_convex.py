@@ -19,6 +19,20 @@ FMAPS = [
 ]
 
 
+def _pgd_never_flips_inside(model, x, p):
+    """PGD just inside each flagged input's ℓp radius moves by at most the radius and flips none; returns
+    the flagged mask (positive radii only: a radius of 0 promises nothing) and the radii attacked."""
+    cert = asymcert.certify(model, x, norms=(p,))
+    flagged = cert.sensitive & (cert.radii[p] > 0)
+    assert int(flagged.sum()) > 5
+    eps = (cert.radii[p][flagged] * (1 - 1e-6)).float()
+    x_adv = pgd_attack(model, x[flagged], eps, p, steps=100, restarts=2, generator=torch.Generator().manual_seed(0))
+    delta = (x_adv - x[flagged]).flatten(1)
+    assert bool((torch.linalg.vector_norm(delta.double(), ord=p, dim=1) <= eps.double() * (1 + 1e-5)).all())
+    assert not bool(decision_flips(model, x[flagged], x_adv).any())
+    return flagged, eps
+
+
 @pytest.mark.parametrize("kind", ["icnn", "conv"])
 @pytest.mark.parametrize("fmap", FMAPS)
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
@@ -28,14 +42,7 @@ def test_pgd_inside_the_radius_never_flips(kind, fmap, p, near):
     x = torch.rand(64, 1, 6, 6, generator=torch.Generator().manual_seed(1))
     if near:  # scores log-spaced over 1e-7 … 1e-2: radius 0 inside the rounding allowance, small above it
         x = near_boundary(model, torch.rand(256, 1, 6, 6, generator=torch.Generator().manual_seed(1)))
-    cert = asymcert.certify(model, x, norms=(p,))
-    flagged = cert.sensitive & (cert.radii[p] > 0)  # a radius of 0 promises nothing
-    assert int(flagged.sum()) > 5
-    eps = (cert.radii[p][flagged] * (1 - 1e-6)).float()
-    x_adv = pgd_attack(model, x[flagged], eps, p, steps=100, restarts=2, generator=torch.Generator().manual_seed(0))
-    delta = (x_adv - x[flagged]).flatten(1)
-    assert bool((torch.linalg.vector_norm(delta.double(), ord=p, dim=1) <= eps.double() * (1 + 1e-5)).all())
-    assert not bool(decision_flips(model, x[flagged], x_adv).any())
+    _pgd_never_flips_inside(model, x, p)
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
@@ -58,14 +65,7 @@ def test_pgd_inside_the_plain_radius_never_flips_through_pair_min(p, near):
         model.balance -= model(x).median()
     if near:
         x = near_boundary(model, x)
-    cert = asymcert.certify(model, x, norms=(p,))
-    flagged = cert.sensitive & (cert.radii[p] > 0)
-    assert int(flagged.sum()) > 5
-    eps = (cert.radii[p][flagged] * (1 - 1e-6)).float()
-    x_adv = pgd_attack(model, x[flagged], eps, p, steps=100, restarts=2, generator=torch.Generator().manual_seed(0))
-    delta = (x_adv - x[flagged]).flatten(1)
-    assert bool((torch.linalg.vector_norm(delta.double(), ord=p, dim=1) <= eps.double() * (1 + 1e-5)).all())
-    assert not bool(decision_flips(model, x[flagged], x_adv).any())
+    flagged, eps = _pgd_never_flips_inside(model, x, p)
     far = pgd_attack(model, x[flagged], eps * 60, p, steps=100, restarts=2, generator=torch.Generator().manual_seed(0))
     assert float(decision_flips(model, x[flagged], far).float().mean()) > 0.3  # the attack has teeth
 
