@@ -364,6 +364,6 @@ def test_tasks_lists_every_task_with_its_presets():
     res = CliRunner().invoke(main, ["tasks"])
     assert res.exit_code == 0, res.output
     lines = {line.split()[0]: line for line in res.output.splitlines()}
-    assert "(presets: fast, log1p-64-32)" in lines["spambase"]
+    assert "(presets: fast, log1p-64-32, pairs)" in lines["spambase"]
     assert "(presets: fast, paper)" in lines["fashion-mnist-shirts"]
     assert set(lines) >= {"mnist-38", "cifar10-catsdogs", "malimg", "breast-cancer", "spambase"}

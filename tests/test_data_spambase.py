@@ -104,10 +104,10 @@ def test_run_spambase_end_to_end_on_a_file_in_the_real_format(tmp_path):
     assert json.loads((out / "run.json").read_text())["threat_model"] == SPAMBASE_THREAT_MODEL.to_dict()
 
 
-def test_the_default_trains_pairs_and_hinges_and_the_previous_defaults_are_presets(tmp_path):
+def test_the_default_trains_hinges_and_the_presets_their_own_models(tmp_path):
     rdata.write_rda(tmp_path / "spam.rda", {"spam": _frame(200)})
     kinds = {}
-    for preset in (None, "hinges", "log1p-64-32"):
+    for preset in (None, "pairs", "log1p-64-32"):
         out = tmp_path / str(preset)
         args = ["run", "spambase", "--set", "epochs=1", "--data-dir", str(tmp_path), "--out", str(out), "--quiet"]
         res = CliRunner().invoke(main, args + (["--preset", preset] if preset else []))
@@ -115,13 +115,13 @@ def test_the_default_trains_pairs_and_hinges_and_the_previous_defaults_are_prese
         model = asymcert.load(out)
         kinds[preset] = ([m.kind for m in model.feature_map.maps], model.convex.widths)
         assert json.loads((out / "results.json").read_text())["units"] == "threat-model units (δ_i / scale_i)"
-    assert kinds[None] == (["log1p", "standardize", "pair-min", "hinges"], (1,))
-    assert kinds["hinges"] == (["log1p", "standardize", "hinges"], (1,))
+    assert kinds[None] == (["log1p", "standardize", "hinges"], (1,))
+    assert kinds["pairs"] == (["log1p", "standardize", "pair-min", "hinges"], (1,))
     assert kinds["log1p-64-32"] == (["log1p", "standardize"], (64, 32))
-    knots = asymcert.load(tmp_path / "None").feature_map.maps[3].knot_values
-    assert knots.shape == (2, 57 * 29) and bool((knots[1:] >= knots[:-1]).all()) and bool((knots != 0).any())
-    knots = asymcert.load(tmp_path / "hinges").feature_map.maps[2].knot_values
+    knots = asymcert.load(tmp_path / "None").feature_map.maps[2].knot_values
     assert knots.shape == (4, 57) and bool((knots[1:] >= knots[:-1]).all()) and bool((knots != 0).any())
+    knots = asymcert.load(tmp_path / "pairs").feature_map.maps[3].knot_values
+    assert knots.shape == (2, 57 * 29) and bool((knots[1:] >= knots[:-1]).all()) and bool((knots != 0).any())
 
 
 def test_the_threat_model_file_in_docs_is_the_tasks_own():

@@ -267,10 +267,11 @@ def test_the_models_own_forward_refuses_inputs_it_cannot_handle(x, match):
 
 
 def _task_input_shape(task) -> list[int]:
-    """A small input shape of the task's kind: 30 raw features for breast-cancer, else C × 8 × 8 images
-    (C = 3 for CIFAR). The allowlist looks at the architecture, which does not depend on the image size."""
-    if task.name == "breast-cancer":
-        return [30]
+    """A small input shape of the task's kind: its raw features for the tabular tasks (30 for breast-cancer,
+    57 for SpamBase), else C × 8 × 8 images (C = 3 for CIFAR). The allowlist looks at the architecture,
+    which does not depend on the image size."""
+    if task.name in ("breast-cancer", "spambase"):
+        return [30 if task.name == "breast-cancer" else 57]
     return [3 if task.name.startswith("cifar") else 1, 8, 8]
 
 

@@ -243,7 +243,9 @@ def _task_options(fn):
         click.option(
             "--no-threat-model", is_flag=True, help="Plain ℓp balls in raw input units, even for a task with one."
         ),
-        click.option("--quiet", is_flag=True, help="No progress bars."),
+        click.option(
+            "--quiet", is_flag=True, help="No progress bars (one line per epoch and the summary are still printed)."
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
