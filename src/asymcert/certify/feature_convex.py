@@ -39,6 +39,7 @@ from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_ro
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee
 from asymcert.certify.tangent_cuts import TangentCuts, multi_cut_feature_radii, tangent_margins
 from asymcert.nn.convex import ICNN, ConvexConvNet, ConvexMean
+from asymcert.nn.feature_maps import EPS64
 
 if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
     from asymcert.models.feature_convex import FeatureConvexClassifier
@@ -50,7 +51,6 @@ if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would
 M = TypeVar("M", bound=nn.Module)
 
 EPS32 = torch.finfo(torch.float32).eps
-EPS64 = torch.finfo(torch.float64).eps
 # Relative slack of "bounded" and "float64": the float64 dual norm, Lipschitz product and division
 # carry a relative error below γ_n(2⁻⁵³) ≈ 1e-10 for n < 10⁶ entries.
 FLOAT64_SLACK = 1e-9

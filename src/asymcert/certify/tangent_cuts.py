@@ -20,12 +20,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from asymcert.certify.functional import dual_exponent, safe_radius
+from asymcert.nn.feature_maps import EPS64
 
-EPS64 = float(np.finfo(np.float64).eps)
 # Relative allowance for the float64 rounding of a gradient ∇g(z_k) (as the closed form's FLOAT64_SLACK:
 # products of a few weight matrices carry a relative error ~depth·2⁻⁵³ of their magnitudes).
 GRAD_REL_ERROR = 1e-9

@@ -50,6 +50,7 @@ from asymcert.certify.one_vs_rest import certify_one_vs_rest, class_radii_key
 from asymcert.certify.result import Certificate
 from asymcert.errors import ConfigError
 from asymcert.nn.feature_maps import (
+    EPS64,
     coordinate_slopes,
     coordinate_weights,
     coordinate_weights_within,
@@ -77,7 +78,6 @@ __all__ = [
     "threat_lower_bound",
 ]
 
-EPS64 = torch.finfo(torch.float64).eps
 REACH_STEPS = 10
 """Radii tried per input and norm by the reach search (:func:`reach_radii`): the closed form's radius, then
 bisection of [it, ρ(it)] in log scale. It replaced (session 13) a 16-step search without that bracket,

@@ -482,7 +482,7 @@ class PairMin(FeatureMap):
         terms_lo = torch.cat([w_lo[:, :1], low, torch.gather(low, 2, index)], dim=1)
         terms_hi = torch.cat([w_hi[:, :1], high, torch.gather(high, 2, index)], dim=1)
         # absolute allowance for the float64 sum of 1 + 2P terms: (T + 1)·eps·Σ|terms| ≥ (T − 1)·u·Σ|terms|
-        grow = (terms_lo.shape[1] + 1) * _EPS64
+        grow = (terms_lo.shape[1] + 1) * EPS64
         low_sum = round_down(terms_lo.sum(dim=1, keepdim=True) - grow * terms_lo.abs().sum(dim=1, keepdim=True))
         high_sum = round_up(terms_hi.sum(dim=1, keepdim=True) + grow * terms_hi.abs().sum(dim=1, keepdim=True))
         return low_sum, high_sum
@@ -632,7 +632,8 @@ def interval_product(
 _OUTWARD = 2.0**-51
 """|v|·2⁻⁵¹ is at least two units in the last place of a normal float64 v, so v ∓ |v|·2⁻⁵¹, itself
 rounded, still lies beyond the exact value that v rounds (by at most half a unit)."""
-_EPS64 = 2.0**-52  # machine epsilon (2u) of float64
+EPS64 = torch.finfo(torch.float64).eps
+"""2⁻⁵², the machine epsilon (2u) of float64: the one definition the certifiers' rounding allowances use."""
 _TINY = 2.0**-1074  # the smallest subnormal: one unit in the last place below 2⁻¹⁰²²
 _NEG_INF = torch.tensor(-math.inf, dtype=torch.float64)
 _POS_INF = torch.tensor(math.inf, dtype=torch.float64)
