@@ -260,6 +260,9 @@ def test_pair_min_refuses_what_is_not_a_vector_and_round_trips():
     for shape in [(1,), (2, 3), ()]:
         with pytest.raises(ConfigError, match="pair-min"):
             build_feature_map([{"kind": "pair-min"}], shape)
+    assert build_feature_map([{"kind": "pair-min"}], (512,)).out_shape((512,)) == (257 * 512,)
+    with pytest.raises(ConfigError, match=r"pair-min: 1653 inputs would make 1367031 features each; at most 512"):
+        build_feature_map([{"kind": "pair-min"}, {"kind": "pair-min"}], (57,))  # pairs of pairs
     config = [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "pair-min"}, {"kind": "hinges", "knots": 2}]
     phi = build_feature_map(config, (5,))
     phi.fit(torch.rand(30, 5) * 4)

@@ -425,6 +425,10 @@ class Hinges(FeatureMap):
         return out
 
 
+MAX_PAIR_INPUTS = 512
+"""The most inputs :class:`PairMin` takes: 512 make 131,584 features per input."""
+
+
 class PairMin(FeatureMap):
     """φ(x) = concat(x, min(h_i, h_{i+k}) for k = 1…P): every pair of coordinates as an AND feature.
 
@@ -443,7 +447,7 @@ class PairMin(FeatureMap):
         in_shape: shape (n,) of one input, n ≥ 2.
 
     Raises:
-        ConfigError: an input that is not a vector of at least 2 coordinates.
+        ConfigError: an input that is not a vector of 2 to :data:`MAX_PAIR_INPUTS` coordinates.
     """
 
     kind = "pair-min"
@@ -453,6 +457,11 @@ class PairMin(FeatureMap):
         super().__init__()
         if len(in_shape) != 1 or in_shape[0] < 2:
             raise ConfigError(f"pair-min: inputs of shape {tuple(in_shape)}; it needs vectors (n,) with n ≥ 2")
+        if in_shape[0] > MAX_PAIR_INPUTS:  # (1 + ⌊n/2⌋)·n features per input: bounded memory
+            raise ConfigError(
+                f"pair-min: {in_shape[0]} inputs would make {(1 + in_shape[0] // 2) * in_shape[0]} features each; "
+                f"at most {MAX_PAIR_INPUTS} inputs (put it before maps that multiply the features, once)"
+            )
         self.shifts = in_shape[0] // 2
         self.register_buffer("floor", torch.zeros(in_shape))
 
