@@ -5,13 +5,14 @@ Writes a CSV of N rows × 57 features (SpamBase's width), trains nothing: a feat
 process. Prints rows/s and the peak resident memory (ru_maxrss) after certification.
 
     python benchmarks/bench_traffic.py --rows 200000 [--threat-model TM.json] [--out-suffix .parquet]
-        [--task-model spambase]
+        [--task-model spambase [--preset pairs]]
 
 With ``--threat-model`` the run carries that threat model (features named f0 … f56), so the radii are
 the threat-model certificates; ``--out-suffix .parquet`` writes Parquet instead of CSV;
 ``--task-model TASK`` builds that built-in task's default model architecture (its feature map and
 convex network, e.g. SpamBase's log1p, standardize, hinges and one-unit ICNN) instead, its feature
-map fitted on the same kind of random rows.
+map fitted on the same kind of random rows; ``--preset NAME`` applies that task's preset's model
+settings on top (e.g. SpamBase's ``pairs``: log1p, standardize, pair-min, hinges).
 """
 
 from __future__ import annotations
@@ -41,12 +42,16 @@ def main() -> None:
     parser.add_argument("--threat-model", help="JSON threat model for the run (features f0, f1, …)")
     parser.add_argument("--out-suffix", default=".csv", choices=(".csv", ".parquet"))
     parser.add_argument("--task-model", help="use this built-in task's default model architecture")
+    parser.add_argument("--preset", help="with --task-model: apply this preset's model settings")
     parser.add_argument("--reach", action="store_true", help="reach-aware radii (certify --reach)")
     args = parser.parse_args()
     architecture = {"feature_map": [{"kind": "standardize"}], "convex": {"kind": "icnn", "widths": [64, 32]}}
     if args.task_model:
-        default = get_task(args.task_model).model
+        task = get_task(args.task_model)
+        default = {**task.model, **(task.presets[args.preset].get("model", {}) if args.preset else {})}
         architecture = {"feature_map": default["feature_map"], "convex": default["convex"]}
+    elif args.preset:
+        parser.error("--preset needs --task-model")
     threat = None if args.threat_model is None else load_threat_model(args.threat_model).to_dict()
     names = [f"f{i}" for i in range(args.features)]
     with tempfile.TemporaryDirectory() as tmp:

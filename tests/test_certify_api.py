@@ -10,6 +10,7 @@ import torch
 
 import asymcert
 from asymcert.certify import api
+from asymcert.certify import feature_convex as fc
 from asymcert.certify.result import Certificate, normalize_norm
 from asymcert.errors import AsymcertError, InputError, UnsoundOptionError
 from asymcert.models import build_model
@@ -56,6 +57,41 @@ def test_certify_chunks_by_default(recorded_chunks, monkeypatch):
     for p in whole.radii:
         torch.testing.assert_close(cert.radii[p], whole.radii[p], rtol=1e-12, atol=0)
     assert cert.seconds > 0
+
+
+def test_wide_feature_maps_are_certified_in_smaller_chunks(recorded_chunks, monkeypatch):
+    """The feature-convex certifier takes at most FEATURE_VALUES_PER_BATCH feature values at once (pair-min on
+    57 features, hinges after it: 4959 per input, 211 inputs), also with a threat model and an explicit
+    batch_size; the radii are those of one big batch."""
+    pairs = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [57],
+            "convex": {"kind": "icnn", "widths": [1]},
+            "feature_map": [{"kind": "pair-min"}, {"kind": "hinges", "knots": 2}],
+        }
+    ).eval()
+    assert fc.max_batch(pairs) == 2**20 // 4959 == 211
+    assert fc.max_batch(_model()) == 2**20 // 6 and fc.max_batch(torch.nn.Linear(2, 1)) == fc.NO_BATCH_LIMIT
+    monkeypatch.setattr(fc, "FEATURE_VALUES_PER_BATCH", 8 * 6)  # 8 inputs of the 6-feature test model
+    model, x = _model(), torch.randn(20, 6)
+    cert = asymcert.certify(model, x, batch_size=100)
+    assert recorded_chunks == [8, 8, 4]
+    real = api._CERTIFIERS["feature-convex"]
+
+    def recording(model, x, norms, tm, **options):
+        recorded_chunks.append(x.shape[0])
+        return fc_threat(model, x, norms, tm, **options)
+
+    fc_threat = real.threat_run
+    monkeypatch.setitem(api._CERTIFIERS, "feature-convex", dataclasses.replace(real, threat_run=recording))
+    asymcert.certify(model, x, threat_model=asymcert.ThreatModel(increase_only=[0, 1]))
+    assert recorded_chunks[3:] == [8, 8, 4]
+    monkeypatch.setattr(fc, "FEATURE_VALUES_PER_BATCH", 10**6)
+    whole = asymcert.certify(model, x)
+    assert recorded_chunks[-1] == 20
+    for p in whole.radii:
+        torch.testing.assert_close(cert.radii[p], whole.radii[p], rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "10"])

@@ -42,6 +42,8 @@ class CertifierSpec:
         threat_run: the certifier under a threat model, ``threat_run(model, x, norms, resolved_tm,
             **options)``, with radii in the threat model's units; None: ``certify`` converts ``run``'s
             raw ℓp radii by the generic fallback (:func:`~asymcert.certify.threat_model.fallback_radii`).
+        max_batch: ``max_batch(model)``, the most inputs of this model to certify at once (a working-memory
+            budget, e.g. for models whose per-input activations are wide); None: no limit of its own.
     """
 
     name: str
@@ -50,6 +52,7 @@ class CertifierSpec:
     guarantees: frozenset[Guarantee]
     precision: str
     threat_run: Callable[..., Certificate] | None = None
+    max_batch: Callable[[nn.Module], int] | None = None
 
 
 _CERTIFIERS: dict[str, CertifierSpec] = {}
@@ -214,7 +217,8 @@ def certify(
             empty Certificate (0 rows, the norms, method and extra fields of a non-empty one).
         norms: ℓp norms to certify (p ≥ 1; ``math.inf`` or ``"inf"`` for ℓ∞).
         method: certifier name; default ``model.certifier``.
-        batch_size: inputs per chunk (≥ 1); None: :data:`DEFAULT_CHUNK` (4096).
+        batch_size: inputs per chunk (≥ 1); None: :data:`DEFAULT_CHUNK` (4096). A certifier with a
+            working-memory budget (:attr:`CertifierSpec.max_batch`) takes fewer at once where it says so.
         check_range: reject inputs outside ``model.input_range`` when the model declares one.
         options: the certifier's typed options (e.g. :class:`~asymcert.certify.feature_convex.FeatureConvexOptions`);
             None: its defaults.
@@ -244,6 +248,7 @@ def certify(
     spec = certifier_spec(model, method)
     kwargs = option_values(make_options(spec, options, overrides))
     step = _chunk_size(batch_size)
+    step = step if spec.max_batch is None else max(1, min(step, spec.max_batch(model)))
     norms_t = tuple(dict.fromkeys(normalize_norm(p) for p in norms))
     if not norms_t:
         raise InputError("no norms to certify; pass at least one, e.g. norms=(2,)")

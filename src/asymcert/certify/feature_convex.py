@@ -26,6 +26,7 @@ attacked point. Per precision:
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias, TypeVar, cast
 
@@ -57,15 +58,20 @@ FLOAT64_SLACK = 1e-9
 
 
 def score_and_feature_gradient(model: ConvexModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores s(x) (N,) and ∇g at φ(x) (N, *feature_shape) in one forward and one backward pass.
+    """Scores s(x) (N,) and ∇g at φ(x) (N, *feature_shape) in one forward and one backward pass."""
+    score, grad, _ = score_gradient_features(model, x)
+    return score, grad
 
-    The model is evaluated in eval mode (batch norm uses running statistics) and restored after.
+
+def score_gradient_features(model: ConvexModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scores s(x) (N,), ∇g at φ(x) and the features φ(x) (both (N, *feature_shape)), one forward and one
+    backward pass. The model is evaluated in eval mode (batch norm uses running statistics) and restored after.
     """
     with eval_mode(model), torch.enable_grad():
         f = model.features(x).detach().requires_grad_(True)
         s = model.score_from_features(f)
         (grad,) = torch.autograd.grad(s.sum(), f)
-    return s.detach(), grad
+    return s.detach(), grad, f.detach()
 
 
 def _float64_copy(model: M) -> M:
@@ -89,6 +95,26 @@ FLOAT_GUARD_FACTOR = 8.0
 # The same for the float64 reference of precision="float64": measured |s_float64 − s_exact| /
 # (eps64 · M) ≤ 1.5 on the tiny nets above; 64 costs nothing (radii move by ~1e-14 relative).
 FLOAT64_REFERENCE_FACTOR = 64.0
+
+
+FEATURE_VALUES_PER_BATCH = 2**20
+"""The most feature values φ(x) of one batch the certifier holds at once (8 MiB in float64)."""
+NO_BATCH_LIMIT = 2**62
+
+
+def max_batch(model: nn.Module) -> int:
+    """The most inputs to certify at once: their features φ(x) hold at most :data:`FEATURE_VALUES_PER_BATCH`
+    values (4096 inputs of SpamBase's default, 285 features each; 211 of its ``pairs`` preset, 4959).
+
+    The certificate keeps several float64 tensors of φ(x)'s size (features, gradient, their products);
+    wide maps such as pair-min made a batch of 4096 hold 1.1 GB and run at half the speed per input
+    (benchmarks/README.md, "Certifying new traffic"). Models without a feature map: no limit of its own.
+    """
+    feature_map, shape = getattr(model, "feature_map", None), getattr(model, "input_shape", None)
+    if feature_map is None or shape is None:
+        return NO_BATCH_LIMIT
+    width = math.prod(feature_map.out_shape(tuple(shape)))
+    return max(1, FEATURE_VALUES_PER_BATCH // max(1, width))
 
 
 def evaluation_eps(model: ConvexModel) -> float:
@@ -119,7 +145,7 @@ def rounding_bound(
         eps: machine epsilon of the arithmetic (2⁻²³ float32, 2⁻⁵² float64);
         factor: the measured multiple (FLOAT_GUARD_FACTOR or FLOAT64_REFERENCE_FACTOR).
     """
-    magnitude = (grad.double().abs() * features.double().abs()).flatten(1).sum(1) + score.double().abs() + constants
+    magnitude = (grad.double() * features.double()).abs_().flatten(1).sum(1) + score.double().abs() + constants
     return factor * eps * magnitude
 
 
@@ -285,8 +311,8 @@ def reference(model: FeatureConvexClassifier, x: torch.Tensor, precision: str) -
         return Reference(bp.score, bp.score_error, bp.grad, bp.grad_error, bp.features, bp.uncertain)
     ref = _float64_copy(model) if precision == "float64" else model
     xr = x.double() if precision == "float64" else x
-    score, grad = score_and_feature_gradient(ref, xr)
-    features = model.features(xr).detach()
+    # φ of the float64 copy equals the model's own φ on float64 inputs (its buffers widened exactly)
+    score, grad, features = score_gradient_features(ref, xr)
     score = score.double()
     return Reference(score, reference_error(model, features, grad, score, precision), grad, None, features, None)
 

@@ -153,7 +153,7 @@ def _move_costs(
     slack: float,
 ) -> torch.Tensor | None:
     """(N, n) a_i = scale_i · the largest allowed harm, or None when φ is not coordinate-wise."""
-    grad_lo, grad_hi = _gradient_interval(ref_grad, grad_error, x.shape[0], slack)
+    grad_lo, grad_hi = gradient_interval(ref_grad, grad_error, x.shape[0], slack)
     harms = harm_bounds(model.feature_map, grad_lo, grad_hi, int(x[0].numel()))
     if harms is None:
         return None
@@ -264,7 +264,7 @@ def reach_verified(
         norm → (N,) bool (True also for radius 0), or None when φ declares no weight bounds.
     """
     ref, _, margin, _, slack = flag_margins(model, x, "float64", None, guard, True)
-    grads = _gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
+    grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
     out = {}
     for p, r in radii.items():
         costs = reach_costs(model.feature_map, grads, x, threat_model, r.double())
@@ -311,14 +311,14 @@ def feature_convex_threat(
     if costs is not None:
         radii = {p: torch.maximum(safe_radius(margin, dual_norm(costs, p), slack), radii[p]) for p in norms}
         if check_reach(reach):
-            grads = _gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
+            grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
             radii = {
                 p: reach_radii(model.feature_map, grads, x, threat_model, margin, p, slack, r) for p, r in radii.items()
             }
     return flag_certificate(flagged, radii, own_score, threat_model.units())
 
 
-def _gradient_interval(
+def gradient_interval(
     grad: torch.Tensor, grad_error: torch.Tensor | None, n: int, slack: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi) (N, K·n) float64: ∇g ∓ its error bound, rounded outward (the exact gradient's range).

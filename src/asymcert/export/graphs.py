@@ -29,7 +29,7 @@ from torch import nn
 from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, constant_magnitude
 from asymcert.certify.functional import DEFAULT_SLACK
 from asymcert.certify.orthogonal import U64, orthogonal_layers, score_error_bound
-from asymcert.certify.threat_model import allowed_costs, harm_bounds
+from asymcert.certify.threat_model import allowed_costs, gradient_interval, harm_bounds
 from asymcert.errors import ModelError
 from asymcert.models.baselines import OrthogonalNet
 from asymcert.models.feature_convex import FeatureConvexClassifier
@@ -312,10 +312,10 @@ class ThreatTerms(nn.Module):
         """a (N, n) float32, never below the float64 costs, from raw inputs x (N, n) and ∇g (N, K·n).
 
         The float32 ∇g gets ± GRAPH_SLACK·max_k |∇g_k| per component, as the library's precisions
-        without a rigorous gradient error do, so sums that cancel are covered too."""
-        g = grad.double()
-        err = g.abs().amax(dim=1, keepdim=True) * GRAPH_SLACK
-        harms = harm_bounds(self.phi, g - err, g + err, self.scale.shape[0])
+        without a rigorous gradient error do (:func:`~asymcert.certify.threat_model.gradient_interval`),
+        so sums that cancel are covered too."""
+        grad_lo, grad_hi = gradient_interval(grad, None, grad.shape[0], GRAPH_SLACK)
+        harms = harm_bounds(self.phi, grad_lo, grad_hi, self.scale.shape[0])
         if harms is None:  # not reached: coordinate_wise was checked when the graph was built
             raise ModelError("the feature map declares no weight bounds or slopes; the graph uses the fallback")
         costs = allowed_costs(harms, self.directions(x), self.scale)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from asymcert.certify.api import CertifierSpec
-from asymcert.certify.feature_convex import FeatureConvexOptions, certify_feature_convex
+from asymcert.certify.feature_convex import FeatureConvexOptions, certify_feature_convex, max_batch
 from asymcert.certify.result import Guarantee
 from asymcert.certify.threat_model import feature_convex_threat
 from asymcert.families.contract import CPU_EPOCHS, CompareScale, Family, MethodSpec
@@ -16,6 +16,7 @@ CERTIFIER = CertifierSpec(
     threat_run=feature_convex_threat,
     options=FeatureConvexOptions,
     guarantees=frozenset({Guarantee.FLAG}),
+    max_batch=max_batch,
     precision="auto: a float64 pass with proven rounding bounds where it applies, else float64 autograd; an "
     "absolute bound on the score's rounding is subtracted at every precision",
 )
