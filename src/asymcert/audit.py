@@ -10,13 +10,16 @@ For each certifier it checks three things, and counts every failure as a *violat
    (:func:`asymcert.certify.exact.exact_radius`: feature-convex models with an affine feature
    map), every certified radius must be ≤ the exact one (relative tolerance 1e-6, the accuracy
    the exact solver guarantees); the tightness certified/exact is reported (median, quartiles).
+   With ``exact_milp=True``, φ = [log1p] → shift/standardize → [hinges] (SpamBase's maps) gets exact
+   ℓ∞ radii too (:mod:`asymcert.certify.exact_linf`: mixed-integer programs, bisection on the radius;
+   the compared radius is the size of a verified flip, within 1e-4 of the exact one).
 3. **Float precision.** The certificate is recomputed on a float64 copy of the model; the
    radius of the model as run (in its own precision, when the certifier offers that) must not
    exceed the float64 one. Reach-aware radii (``options={"reach": True}``) come from a search whose
    path depends on the precision, so a larger own radius counts only when the float64 bound,
    evaluated at that radius, does not certify it.
 
-Where no exact radius exists (a log1p or hinge feature map, ℓ∞-dist and orthogonal nets, …), the
+Where no exact radius exists (ℓ1 and ℓ2 through log1p or hinges, ℓ∞-dist and orthogonal nets, …), the
 **attack bound** says how much a certificate leaves on the table: per certified input, the smallest
 move that PGD finds to flip the decision, searched by doubling the radius from the certified one and
 then bisecting (:func:`attack_upper_bounds`). Every such move is a real counterexample, so its size
@@ -49,6 +52,7 @@ from asymcert.certify.api import certifier_options
 from asymcert.certify.attacks import decision_flips, decisions, pgd_attack
 from asymcert.certify.cutting_planes import bracket_radius
 from asymcert.certify.exact import ExactRadiusSolver, UnsupportedModelError, _chain_of
+from asymcert.certify.exact_linf import exact_linf_radii
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.certify.threat_model import reach_verified
@@ -322,6 +326,7 @@ def audit(
     threat_model: ResolvedThreatModel | None = None,
     attack_bounds: bool | None = None,
     options: Mapping[str, Any] | None = None,
+    exact_milp: bool = False,
 ) -> dict[str, Any]:
     """Audit a model's certificates on inputs ``x`` (see the module docstring).
 
@@ -347,6 +352,9 @@ def audit(
             none, None (default) for the norms without exact radii.
         options: certifier options by name for every certificate audited (e.g. ``{"reach": True}``);
             the float64 recomputation gets them too.
+        exact_milp: where φ is not affine but [log1p] → shift/standardize → [hinges] (SpamBase's maps),
+            bracket the exact ℓ∞ radii by mixed-integer programs (:mod:`asymcert.certify.exact_linf`,
+            about a second per flagged input); the verified upper ends are the exact radii compared.
     Returns:
         A JSON-serialisable dict: ``{"violations": int, "n_inputs", "units", "methods": {name: {"norms":
         {label: {"attack", "exact", "precision", "violations"}}, ...}}, ...}``; radii in raw
@@ -357,7 +365,15 @@ def audit(
         torch.set_num_threads(max(1, int(threads)))
     try:
         checks = _Checks(
-            restarts, steps, exact, exact_norms, exact_time_limit, threat_model, attack_bounds, dict(options or {})
+            restarts,
+            steps,
+            exact,
+            exact_norms,
+            exact_time_limit,
+            threat_model,
+            attack_bounds,
+            dict(options or {}),
+            exact_milp,
         )
         return _audit(model, x, y, norms, methods, seed, checks)
     finally:
@@ -376,6 +392,7 @@ class _Checks:
     threat_model: ResolvedThreatModel | None
     attack_bounds: bool | None
     options: Mapping[str, Any] = field(default_factory=dict)
+    exact_milp: bool = False
 
 
 def _audit(
@@ -388,14 +405,7 @@ def _audit(
     checks: _Checks,
 ) -> dict[str, Any]:
     """The audit of :func:`audit` (arguments checked there): attacks, exact radii and precision per method."""
-    restarts, steps, exact, exact_norms, exact_time_limit, tm = (
-        checks.restarts,
-        checks.steps,
-        checks.exact,
-        checks.exact_norms,
-        checks.exact_time_limit,
-        checks.threat_model,
-    )
+    restarts, steps, tm = checks.restarts, checks.steps, checks.threat_model
     t_start = time.perf_counter()
     norms_t = tuple(dict.fromkeys(normalize_norm(p) for p in norms))
     declared = getattr(model, "certifier", None)
@@ -415,7 +425,7 @@ def _audit(
     if config is not None:
         report["config"] = config()
     # exact radii are a property of the model: compute them once, for every method
-    exact_radii, exact_info = _exact_radii(model, x, norms_t, exact, exact_norms, exact_time_limit, tm)
+    exact_radii, exact_info = _exact_radii(model, x, norms_t, checks)
     run = _MethodRun(
         model,
         copy.deepcopy(model).double().eval(),
@@ -441,28 +451,54 @@ def _audit(
 
 
 def _exact_radii(
-    model: nn.Module,
-    x: torch.Tensor,
-    norms: tuple[float, ...],
-    exact: bool,
-    exact_norms: Iterable[float | str] | None,
-    time_limit: float | None,
-    tm: ResolvedThreatModel | None = None,
+    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], checks: _Checks
 ) -> tuple[dict[float, torch.Tensor], dict[float, dict[str, Any]]]:
     """Exact radii (N,) per norm where a solver applies and was asked for, and per norm what happened."""
     radii: dict[float, torch.Tensor] = {}
-    if not exact:
+    if not checks.exact:
         return radii, {p: {"available": False, "reason": "exact=False"} for p in norms}
+    tm, time_limit = checks.threat_model, checks.exact_time_limit
     reason = _exact_support(model)
     if reason is not None:
-        return radii, {p: {"available": False, "reason": reason} for p in norms}
-    wanted = None if exact_norms is None else {normalize_norm(p) for p in exact_norms}
-    info: dict[float, dict[str, Any]] = {}
+        info = {p: {"available": False, "reason": reason} for p in norms}
+        if checks.exact_milp and math.inf in norms:
+            found, info[math.inf] = _exact_linf_milp(model, x, time_limit, tm)
+            if found is not None:
+                radii[math.inf] = found
+        return radii, info
+    wanted = None if checks.exact_norms is None else {normalize_norm(p) for p in checks.exact_norms}
+    info = {}
     for p in norms:
         found, info[p] = _exact_one(model, x, p, wanted, time_limit, tm)
         if found is not None:
             radii[p] = found
     return radii, info
+
+
+def _exact_linf_milp(
+    model: nn.Module, x: torch.Tensor, time_limit: float | None, tm: ResolvedThreatModel | None
+) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """Exact ℓ∞ radii by mixed-integer programs (:func:`exact_linf_radii`): the verified upper ends (N,)
+    and a description (statuses, inputs whose bracket stayed open, the largest relative gap), or why not."""
+    try:
+        found = exact_linf_radii(model, x, tm, time_limit=60.0 if time_limit is None else time_limit)
+    except UnsupportedModelError as exc:
+        return None, {"available": False, "reason": str(exc)}
+    statuses: dict[str, int] = {}
+    for status in found.status:
+        statuses[status] = statuses.get(status, 0) + 1
+    finite = torch.isfinite(found.hi) & (found.lo > 0)
+    gap = ((found.hi - found.lo) / found.lo)[finite]
+    info = {
+        "available": True,
+        "method": "mixed-integer programs, bisection on r",
+        "seconds": found.seconds,
+        "status": statuses,
+        "open_brackets": int(sum(s not in ("exact", "no flip", "not flagged") for s in found.status)),
+        "max_relative_gap": float(gap.max()) if gap.numel() else 0.0,
+        "failed": 0,
+    }
+    return found.hi, info
 
 
 def _exact_one(

@@ -53,7 +53,7 @@ from asymcert.threat import ResolvedThreatModel, ThreatModel
 if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
     from asymcert.models.feature_convex import FeatureConvexClassifier
 
-__all__ = ["ExactRadiusSolver", "ExactResult", "UnsupportedModelError", "conv_matrix", "exact_radius"]
+__all__ = ["ExactRadiusSolver", "ExactResult", "UnsupportedModelError", "conv_matrix", "exact_radius", "feature_chain"]
 
 # A reported perturbation δ must satisfy s(x + (1 + CHECK_SCALE)·δ) ≤ CHECK_TOL·max(1, |s(x)|) on the
 # float64 model: pushed 1e-6 beyond the boundary, it must land in (or within rounding of) {s ≤ 0}.
@@ -80,7 +80,7 @@ class _Layer:
 
 
 @dataclass
-class _Chain:
+class LayerChain:
     """s(x) = m·z_L + p·f + c_out with f = a ⊙ x + c_phi (everything float64, flattened)."""
 
     a: np.ndarray
@@ -181,17 +181,35 @@ def _affine_feature_map(
     return _np(a).reshape(d), _np(c).reshape(d)
 
 
-def _chain_of(model: nn.Module) -> _Chain:
-    """The float64 layer chain of a FeatureConvexClassifier (whose weights are read in eval mode)."""
-
+def _checked(model: nn.Module) -> FeatureConvexClassifier:
+    """``model`` as a validated feature-convex classifier (nonnegative hidden weights: the epigraph
+    relaxation is exact only then), else UnsupportedModelError."""
     if not isinstance(model, FeatureConvexClassifier):
         raise UnsupportedModelError(
             f"exact radii exist only for feature-convex classifiers, got {type(model).__name__}"
         )
-    model.validate()  # nonnegative weights: the epigraph relaxation is exact only then
-    shape = tuple(model.input_shape)
+    model.validate()
+    return model
+
+
+def _chain_of(model: nn.Module) -> LayerChain:
+    """The float64 layer chain of a FeatureConvexClassifier with an affine φ (weights read in eval mode)."""
+    fc = _checked(model)
+    shape = tuple(fc.input_shape)
     d = int(np.prod(shape))
-    a, c_phi = _affine_feature_map(model, d, shape)
+    a, c_phi = _affine_feature_map(fc, d, shape)
+    return _g_chain(fc, a, c_phi)
+
+
+def feature_chain(model: nn.Module) -> LayerChain:
+    """The float64 chain of g alone, in feature space: s = g(f) + b for features f (φ = identity there)."""
+    fc = _checked(model)
+    q = int(np.prod(fc.feature_map.out_shape(tuple(fc.input_shape))))
+    return _g_chain(fc, np.ones(q), np.zeros(q))
+
+
+def _g_chain(model: FeatureConvexClassifier, a: np.ndarray, c_phi: np.ndarray) -> LayerChain:
+    """The chain of g (ICNN or ConvexConvNet, batch norms folded) after features f = a ⊙ x + c_phi."""
     g = model.convex
     balance = float(model.balance.double())
     layers: list[_Layer] = []
@@ -236,7 +254,7 @@ def _chain_of(model: nn.Module) -> _Chain:
         out_p = None
     else:
         raise UnsupportedModelError(f"exact radii support ICNN and ConvexConvNet, got {type(g).__name__}")
-    return _Chain(a, c_phi, layers, out_m, out_p, out_c)
+    return LayerChain(a, c_phi, layers, out_m, out_p, out_c)
 
 
 # ---------------------------------------------------------------------------------------------

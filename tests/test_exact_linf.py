@@ -1,0 +1,169 @@
+"""Exact ℓ∞ radii through log1p and hinges (mixed-integer programs): against a dense grid, never below a
+certificate, counterexamples that respect the threat model, infinite and zero radii, refusals by name,
+and the audit's --exact-milp."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import asymcert
+from asymcert.audit import audit
+from asymcert.certify.exact import UnsupportedModelError
+from asymcert.certify.exact_linf import exact_linf_radii, hinge_chain
+from asymcert.models import build_model
+from asymcert.threat import ThreatModel
+from tests.conftest import near_boundary
+
+SPAM_PHI = [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "hinges", "knots": 2}]
+PHIS = {
+    "log1p-standardize-hinges": SPAM_PHI,
+    "shift-hinges": [{"kind": "shift"}, {"kind": "hinges", "knots": 3}],
+    "log1p-standardize": [{"kind": "log1p"}, {"kind": "standardize"}],
+}
+# scales, an immutable feature, one-sided moves and a domain (frequencies ≥ 0, one capped)
+TM = ThreatModel(
+    scale={"0": 2.0, "*": 0.5}, immutable=[1], increase_only=[2], decrease_only=[3], lower={"*": 0.0}, upper={"4": 3.0}
+)
+
+
+def _model(phi: list[dict], d: int, seed: int = 0, n: int = 40, widths=(6, 4)):
+    """A small random ICNN on heavy-tailed inputs in [0, 8)^d (many zeros), about half of them flagged."""
+    torch.manual_seed(seed)
+    m = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [d],
+            "feature_map": phi,
+            "convex": {"kind": "icnn", "widths": list(widths)},
+        }
+    ).eval()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, d, generator=gen) ** 3 * 8 * (torch.rand(n, d, generator=gen) < 0.7)
+    m.feature_map.fit(x)
+    with torch.no_grad():
+        m.balance -= m(x).median()
+    return m, x
+
+
+def _score64(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return copy.deepcopy(model).double()(x.double())
+
+
+def _grid_radius(model, x: torch.Tensor, reach: float, steps: int = 241) -> float:
+    """The smallest ℓ∞ move among a (steps × steps) grid of the 2-d box of half-width ``reach`` that gets s ≤ 0."""
+    axis = torch.linspace(-reach, reach, steps, dtype=torch.float64)
+    u, v = torch.meshgrid(axis, axis, indexing="ij")
+    moves = torch.stack([u.flatten(), v.flatten()], dim=1)
+    flips = _score64(model, x.double()[None] + moves) <= 0
+    return float(moves[flips].abs().amax(dim=1).min()) if bool(flips.any()) else math.inf
+
+
+@pytest.mark.parametrize("phi", list(PHIS))
+def test_the_bracket_matches_a_dense_grid_in_two_dimensions(phi):
+    """No grid point closer than lo flips the decision, and the grid finds a flip within a grid step of hi."""
+    model, x = _model(PHIS[phi], 2, seed=3)
+    x = x[_score64(model, x) > 0][:6]
+    found = exact_linf_radii(model, x, rtol=1e-6)
+    assert set(found.status) == {"exact"}
+    for i in range(len(x)):
+        lo, hi = float(found.lo[i]), float(found.hi[i])
+        assert 0 < lo <= hi <= lo * (1 + 1e-6)
+        step = 2 * 1.5 * hi / 240
+        grid = _grid_radius(model, x[i], 1.5 * hi)
+        assert grid >= lo * (1 - 1e-9)
+        assert grid <= hi + 2 * step
+
+
+@pytest.mark.parametrize("phi", list(PHIS))
+def test_certificates_never_exceed_the_exact_radius_under_a_threat_model(phi):
+    """Typical and near-boundary inputs, every kind of constraint: closed form ≤ reach ≤ exact."""
+    model, x = _model(PHIS[phi], 6, seed=1)
+    tm = TM.resolve(None, 6)
+    x = x[_score64(model, x) > 0][:8]
+    inputs = torch.cat([x, near_boundary(model, x[:4])])
+    found = exact_linf_radii(model, inputs, tm)
+    assert sum(s == "exact" for s in found.status) >= len(inputs) - 1
+    flagged = torch.tensor([s != "not flagged" for s in found.status])
+    for reach in (False, True):
+        cert = asymcert.certify(model, inputs, norms=(math.inf,), threat_model=tm, reach=reach)
+        closed = cert.radii[math.inf].double()
+        assert bool((closed[flagged] <= found.hi[flagged] * (1 + 1e-9)).all())
+    # the bracket is informative: the exact radius is positive wherever the certificate is
+    assert bool((found.lo[flagged & (closed > 0)] > 0).all())
+
+
+def test_counterexamples_respect_the_threat_model_and_flip_the_decision():
+    """Every reported move: immutable and forbidden directions untouched, inside the domain, of size hi
+    in threat-model units, and s(x + δ) ≤ 0 (to rounding) on the float64 model."""
+    model, x = _model(SPAM_PHI, 6, seed=2)
+    tm = TM.resolve(None, 6)
+    x = x[_score64(model, x) > 0][:10]
+    found = exact_linf_radii(model, x, tm)
+    rows = torch.isfinite(found.hi) & (found.hi > 0)
+    assert int(rows.sum()) >= 5
+    delta, xs = found.delta[rows], x[rows].double()
+    assert bool((delta[:, 1] == 0).all()) and bool((delta[:, 2] >= 0).all()) and bool((delta[:, 3] <= 0).all())
+    moved = xs + delta
+    # inside the domain, or (an input already above the cap) no further out than it was
+    assert bool((moved >= 0).all()) and bool((moved[:, 4] <= torch.clamp(xs[:, 4], min=3.0)).all())
+    size = (delta / tm.scale).abs().amax(dim=1)
+    torch.testing.assert_close(size, found.hi[rows], rtol=1e-12, atol=0)
+    scores = _score64(model, moved)
+    assert bool((scores <= 1e-9 * _score64(model, xs).abs().clamp_min(1)).all())
+
+
+def test_no_allowed_move_is_an_infinite_radius_and_unflagged_inputs_get_zero():
+    model, x = _model(SPAM_PHI, 3, seed=0)
+    frozen = ThreatModel(immutable=[0, 1, 2]).resolve(None, 3)
+    s = _score64(model, x)
+    found = exact_linf_radii(model, x, frozen)
+    assert bool(torch.isinf(found.hi[s > 0]).all()) and bool(torch.isinf(found.lo[s > 0]).all())
+    assert {found.status[i] for i in range(len(x)) if s[i] > 0} == {"no flip"}
+    assert bool((found.hi[s <= 0] == 0).all()) and {found.status[i] for i in range(len(x)) if s[i] <= 0} == {
+        "not flagged"
+    }
+
+
+@pytest.mark.parametrize(
+    ("phi", "convex", "message"),
+    [
+        ([{"kind": "standardize"}, {"kind": "pair-min"}], {"kind": "icnn", "widths": [4]}, "'pair-min' is not one"),
+        ([{"kind": "concat-abs"}], {"kind": "icnn", "widths": [4]}, "'concat-abs' is not one"),
+        ([{"kind": "standardize"}, {"kind": "log1p"}], {"kind": "icnn", "widths": [4]}, "'log1p' is not one"),
+    ],
+)
+def test_other_feature_maps_are_refused_by_name(phi, convex, message):
+    model = build_model({"kind": "feature-convex", "input_shape": [4], "feature_map": phi, "convex": convex})
+    with pytest.raises(UnsupportedModelError, match=message):
+        hinge_chain(model)
+    with pytest.raises(UnsupportedModelError, match=message):
+        exact_linf_radii(model, torch.rand(2, 4))
+
+
+def test_the_chain_reproduces_the_model():
+    """The extracted chain computes the model's own score (float64) on inputs of both signs and any size."""
+    model, x = _model(SPAM_PHI, 5, seed=4)
+    chain = hinge_chain(copy.deepcopy(model).double())
+    probe = torch.cat([x, -x, x * 100]).double()
+    np.testing.assert_allclose(
+        chain.g.score(chain.features(probe.numpy())), _score64(model, probe).numpy(), rtol=1e-10, atol=1e-12
+    )
+
+
+def test_the_audit_compares_certificates_with_exact_linf_radii():
+    """--exact-milp: ℓ∞ gets exact radii (tightness reported, no violation); ℓ1 keeps the attack bound."""
+    model, x = _model(SPAM_PHI, 5, seed=5)
+    tm = ThreatModel(lower={"*": 0.0}).resolve(None, 5)
+    report = audit(model, x[:12], norms=(1, math.inf), threat_model=tm, exact_milp=True, restarts=1, steps=20)
+    entry = report["methods"]["feature-convex"]["norms"]
+    assert entry["linf"]["exact"]["available"] and entry["linf"]["exact"]["violations"] == 0
+    assert 0 < entry["linf"]["exact"]["tightness"]["median"] <= 1
+    assert not entry["l1"]["exact"]["available"]
+    plain = audit(model, x[:12], norms=(math.inf,), threat_model=tm, restarts=1, steps=20)
+    assert not plain["methods"]["feature-convex"]["norms"]["linf"]["exact"]["available"]
