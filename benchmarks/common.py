@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from asymcert.errors import AsymcertError
 from asymcert.report.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
@@ -41,6 +42,24 @@ def write_results(name: str, results: dict) -> Path:
     path.write_text(json.dumps(results, indent=1))
     print(f"wrote {path}")
     return path
+
+
+def per_run_main(doc: str, default_out: str, figures_of: Callable[[str], dict[str, object]]) -> None:
+    """The command line of a per-run benchmark: ``RUN [RUN ...] [--out FILE]``; prints each run's figures as
+    one JSON line as soon as it has them, writes the list to ``--out`` (default ``results/<default_out>``).
+    A run that cannot be read ends the program with one line naming it (exit 1)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--out", default=str(RESULTS / default_out))
+    args = ap.parse_args()
+    figures = []
+    for run in args.runs:
+        try:
+            figures.append(figures_of(run))
+        except (AsymcertError, OSError) as exc:
+            raise SystemExit(f"{run}: {exc}") from None
+        print(json.dumps(figures[-1]), flush=True)
+    Path(args.out).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 def positive_int(text: str) -> int:

@@ -12,19 +12,15 @@ median ratio certificate / exact, the brackets that stayed open, and the seconds
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
+from common import per_run_main  # benchmarks/common.py
 from seed_table import sensitive_certified  # benchmarks/seed_table.py
 
 import asymcert
 from asymcert.certify.exact_linf import exact_linf_radii
-from asymcert.errors import AsymcertError
 from asymcert.pipeline import run_data
 from asymcert.runfolder import read_run_record, run_threat_model
 
@@ -69,18 +65,7 @@ def run_figures(run: str) -> dict[str, object]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "exact_linf_gap.json"))
-    args = ap.parse_args()
-    figures = []
-    for run in args.runs:
-        try:
-            figures.append(run_figures(run))
-        except (AsymcertError, OSError) as exc:
-            sys.exit(f"{run}: {exc}")
-        print(json.dumps(figures[-1]), flush=True)
-    Path(args.out).write_text(json.dumps(figures, indent=1) + "\n")
+    per_run_main(__doc__ or "", "exact_linf_gap.json", run_figures)
 
 
 if __name__ == "__main__":

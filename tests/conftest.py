@@ -116,6 +116,26 @@ def small_feature_convex(kind: str = "icnn", input_shape=(1, 6, 6), feature_map=
     return model
 
 
+def balanced_feature_convex(feature_map: list, x: torch.Tensor, widths=(16, 16), seed: int = 0):
+    """A small random ICNN feature-convex model for inputs like x (N, d): φ fitted on x, the balance at
+    the median score, so about half of x is flagged."""
+    from asymcert.models import build_model
+
+    torch.manual_seed(seed)
+    config = {"feature_map": feature_map, "convex": {"kind": "icnn", "widths": list(widths)}}
+    m = build_model({"kind": "feature-convex", "input_shape": [x.shape[1]], **config}).eval()
+    m.feature_map.fit(x)
+    with torch.no_grad():
+        m.balance -= m(x).median()
+    return m
+
+
+def score64(model, x: torch.Tensor) -> torch.Tensor:
+    """s(x) (N,) of a float64 copy of ``model`` on float64 inputs."""
+    with torch.no_grad():
+        return copy.deepcopy(model).double()(x.double())
+
+
 def bisect_segments(score, a: torch.Tensor, b: torch.Tensor, target: torch.Tensor, steps: int = 60):
     """Fractions (lo, hi) (k,) float64 along the segments a → b (k, *shape) float64, a flagged and b not, with
     score(a + lo·(b − a)) > target ≥ score(a + hi·(b − a)) after ``steps`` bisections.

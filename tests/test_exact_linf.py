@@ -17,7 +17,7 @@ from asymcert.certify.exact import UnsupportedModelError
 from asymcert.certify.exact_linf import exact_linf_radii, hinge_chain
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
-from tests.conftest import near_boundary
+from tests.conftest import balanced_feature_convex, near_boundary, score64
 
 SPAM_PHI = [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "hinges", "knots": 2}]
 PHIS = {
@@ -33,26 +33,9 @@ TM = ThreatModel(
 
 def _model(phi: list[dict], d: int, seed: int = 0, n: int = 40, widths=(6, 4)):
     """A small random ICNN on heavy-tailed inputs in [0, 8)^d (many zeros), about half of them flagged."""
-    torch.manual_seed(seed)
-    m = build_model(
-        {
-            "kind": "feature-convex",
-            "input_shape": [d],
-            "feature_map": phi,
-            "convex": {"kind": "icnn", "widths": list(widths)},
-        }
-    ).eval()
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(n, d, generator=gen) ** 3 * 8 * (torch.rand(n, d, generator=gen) < 0.7)
-    m.feature_map.fit(x)
-    with torch.no_grad():
-        m.balance -= m(x).median()
-    return m, x
-
-
-def _score64(model, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return copy.deepcopy(model).double()(x.double())
+    return balanced_feature_convex(phi, x, widths, seed), x
 
 
 def _grid_radius(model, x: torch.Tensor, reach: float, steps: int = 241) -> float:
@@ -60,7 +43,7 @@ def _grid_radius(model, x: torch.Tensor, reach: float, steps: int = 241) -> floa
     axis = torch.linspace(-reach, reach, steps, dtype=torch.float64)
     u, v = torch.meshgrid(axis, axis, indexing="ij")
     moves = torch.stack([u.flatten(), v.flatten()], dim=1)
-    flips = _score64(model, x.double()[None] + moves) <= 0
+    flips = score64(model, x.double()[None] + moves) <= 0
     return float(moves[flips].abs().amax(dim=1).min()) if bool(flips.any()) else math.inf
 
 
@@ -68,7 +51,7 @@ def _grid_radius(model, x: torch.Tensor, reach: float, steps: int = 241) -> floa
 def test_the_bracket_matches_a_dense_grid_in_two_dimensions(phi):
     """No grid point closer than lo flips the decision, and the grid finds a flip within a grid step of hi."""
     model, x = _model(PHIS[phi], 2, seed=3)
-    x = x[_score64(model, x) > 0][:6]
+    x = x[score64(model, x) > 0][:6]
     found = exact_linf_radii(model, x, rtol=1e-6)
     assert set(found.status) == {"exact"}
     for i in range(len(x)):
@@ -85,7 +68,7 @@ def test_certificates_never_exceed_the_exact_radius_under_a_threat_model(phi):
     """Typical and near-boundary inputs, every kind of constraint: closed form ≤ reach ≤ exact."""
     model, x = _model(PHIS[phi], 6, seed=1)
     tm = TM.resolve(None, 6)
-    x = x[_score64(model, x) > 0][:8]
+    x = x[score64(model, x) > 0][:8]
     inputs = torch.cat([x, near_boundary(model, x[:4])])
     found = exact_linf_radii(model, inputs, tm)
     assert sum(s == "exact" for s in found.status) >= len(inputs) - 1
@@ -103,7 +86,7 @@ def test_counterexamples_respect_the_threat_model_and_flip_the_decision():
     in threat-model units, and s(x + δ) ≤ 0 (to rounding) on the float64 model."""
     model, x = _model(SPAM_PHI, 6, seed=2)
     tm = TM.resolve(None, 6)
-    x = x[_score64(model, x) > 0][:10]
+    x = x[score64(model, x) > 0][:10]
     found = exact_linf_radii(model, x, tm)
     rows = torch.isfinite(found.hi) & (found.hi > 0)
     assert int(rows.sum()) >= 5
@@ -114,14 +97,14 @@ def test_counterexamples_respect_the_threat_model_and_flip_the_decision():
     assert bool((moved >= 0).all()) and bool((moved[:, 4] <= torch.clamp(xs[:, 4], min=3.0)).all())
     size = (delta / tm.scale).abs().amax(dim=1)
     torch.testing.assert_close(size, found.hi[rows], rtol=1e-12, atol=0)
-    scores = _score64(model, moved)
-    assert bool((scores <= 1e-9 * _score64(model, xs).abs().clamp_min(1)).all())
+    scores = score64(model, moved)
+    assert bool((scores <= 1e-9 * score64(model, xs).abs().clamp_min(1)).all())
 
 
 def test_no_allowed_move_is_an_infinite_radius_and_unflagged_inputs_get_zero():
     model, x = _model(SPAM_PHI, 3, seed=0)
     frozen = ThreatModel(immutable=[0, 1, 2]).resolve(None, 3)
-    s = _score64(model, x)
+    s = score64(model, x)
     found = exact_linf_radii(model, x, frozen)
     assert bool(torch.isinf(found.hi[s > 0]).all()) and bool(torch.isinf(found.lo[s > 0]).all())
     assert {found.status[i] for i in range(len(x)) if s[i] > 0} == {"no flip"}
@@ -152,7 +135,7 @@ def test_the_chain_reproduces_the_model():
     chain = hinge_chain(copy.deepcopy(model).double())
     probe = torch.cat([x, -x, x * 100]).double()
     np.testing.assert_allclose(
-        chain.g.score(chain.features(probe.numpy())), _score64(model, probe).numpy(), rtol=1e-10, atol=1e-12
+        chain.g.score(chain.features(probe.numpy())), score64(model, probe).numpy(), rtol=1e-10, atol=1e-12
     )
 
 

@@ -16,6 +16,7 @@ from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.errors import ConfigError
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
+from tests.conftest import balanced_feature_convex, score64
 
 D = 8
 NORMS = [1.0, 2.0, math.inf]
@@ -35,25 +36,8 @@ SAME_UNITS = ThreatModel(scale={"0": 2.0, "3": 0.25, "*": 0.5})  # the same size
 
 def _model(phi: str, seed: int = 0, n: int = 48, widths: tuple[int, ...] = (16, 16)):
     """A small ICNN feature-convex model and inputs in [0, 4)^D, about half of them flagged."""
-    torch.manual_seed(seed)
-    m = build_model(
-        {
-            "kind": "feature-convex",
-            "input_shape": [D],
-            "feature_map": PHIS[phi],
-            "convex": {"kind": "icnn", "widths": list(widths)},
-        }
-    ).eval()
     x = torch.rand(n, D, generator=torch.Generator().manual_seed(seed)) * 4
-    m.feature_map.fit(x)
-    with torch.no_grad():
-        m.balance -= m(x).median()
-    return m, x
-
-
-def _score64(model, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return copy.deepcopy(model).double()(x.double())
+    return balanced_feature_convex(PHIS[phi], x, widths, seed), x
 
 
 @pytest.mark.parametrize("p", NORMS)
@@ -63,7 +47,7 @@ def test_never_below_the_closed_form_certificate_and_perturbations_are_allowed(p
     tm = TM.resolve(None, D)
     cert = asymcert.certify(model, x, norms=(p,), threat_model=tm, guard=False, precision="float64")
     radii, delta = exact_radius(model, x, p, return_perturbation=True, threat_model=tm)
-    flagged = _score64(model, x) > 0  # the exact radius is 0 exactly where the float64 score is ≤ 0
+    flagged = score64(model, x) > 0  # the exact radius is 0 exactly where the float64 score is ≤ 0
     assert 10 <= int(flagged.sum()) <= 38 and radii.dtype == torch.float64
     assert bool((radii[~flagged] == 0).all())
     r = radii[flagged]
@@ -76,13 +60,13 @@ def test_never_below_the_closed_form_certificate_and_perturbations_are_allowed(p
     assert bool(torch.isfinite(sizes).all())
     torch.testing.assert_close(sizes, r, rtol=1e-6, atol=0)
     # ... which the model itself sends to {s ≤ 0} when pushed 1e-6 further
-    s0, s_beyond = _score64(model, xf), _score64(model, xf + df * (1 + 1e-6))
+    s0, s_beyond = score64(model, xf), score64(model, xf + df * (1 + 1e-6))
     assert bool((s_beyond <= 1e-9 * s0.abs().clamp_min(1)).all()), s_beyond.max()
     # and a constrained attack finds no flip just inside it (the radius is not overstated)
     gen = torch.Generator().manual_seed(2)
     inside = threat_attack(model, x[flagged], (r * 0.999).float(), p, tm, steps=60, restarts=2, generator=gen)
     assert bool((move_sizes(x[flagged], inside, tm, p) <= r * 0.999 * (1 + 1e-5)).all())
-    assert int((_score64(model, inside) <= 0).sum()) == 0
+    assert int((score64(model, inside) <= 0).sum()) == 0
 
 
 @pytest.mark.parametrize("p", NORMS)
@@ -130,7 +114,7 @@ def test_freezing_every_feature_that_matters_is_unreachable(p):
     model, x = _with_dead_features(4, dead)
     frozen = ThreatModel(immutable=[i for i in range(D) if i not in dead])
     res = ExactRadiusSolver(model, p, threat_model=frozen).solve(x)
-    flagged = _score64(model, x) > 0
+    flagged = score64(model, x) > 0
     assert int(flagged.sum()) >= 10
     assert bool(torch.isinf(res.radii[flagged]).all()) and bool((res.radii[~flagged] == 0).all())
     assert {res.status[i] for i in torch.nonzero(flagged).flatten().tolist()} == {"unreachable"}

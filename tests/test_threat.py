@@ -39,7 +39,7 @@ from asymcert.nn.feature_maps import (
 from asymcert.pipeline import train_run
 from asymcert.threat import ThreatModel, load_threat_model
 from asymcert.train.recipes import FeatureConvexRecipe
-from tests.conftest import near_boundary
+from tests.conftest import balanced_feature_convex, near_boundary
 
 NAMES = ["word_free", "word_money", "capitalLong", "capitalTotal", "george", "hp"]
 
@@ -328,20 +328,8 @@ def test_a_subclass_that_changes_forward_declares_no_slopes():
 
 
 def _model(phi, d=6, seed=0, widths=(16, 16)):
-    torch.manual_seed(seed)
-    m = build_model(
-        {
-            "kind": "feature-convex",
-            "input_shape": [d],
-            "feature_map": phi,
-            "convex": {"kind": "icnn", "widths": list(widths)},
-        }
-    ).eval()
     x = torch.rand(256, d, generator=torch.Generator().manual_seed(seed)) * 4
-    m.feature_map.fit(x)
-    with torch.no_grad():  # about half the inputs flagged
-        m.balance -= m(x).median()
-    return m, x
+    return balanced_feature_convex(phi, x, widths, seed), x  # about half the inputs flagged
 
 
 TM = ThreatModel(
