@@ -15,6 +15,7 @@ import asymcert
 from asymcert.audit import audit
 from asymcert.certify.exact import UnsupportedModelError
 from asymcert.certify.exact_linf import exact_linf_radii, hinge_chain
+from asymcert.errors import ConfigError, InputError
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
 from tests.conftest import balanced_feature_convex, near_boundary, score64
@@ -150,3 +151,21 @@ def test_the_audit_compares_certificates_with_exact_linf_radii():
     assert not entry["l1"]["exact"]["available"]
     plain = audit(model, x[:12], norms=(math.inf,), threat_model=tm, restarts=1, steps=20)
     assert not plain["methods"]["feature-convex"]["norms"]["linf"]["exact"]["available"]
+
+
+def test_bad_inputs_and_settings_are_refused_in_one_line():
+    model, x = _model(SPAM_PHI, 3, seed=0)
+    bad = x[:2].clone()
+    bad[1, 0] = math.nan
+    with pytest.raises(InputError, match="NaN"):
+        exact_linf_radii(model, bad)
+    with pytest.raises(InputError, match="shape"):
+        exact_linf_radii(model, x[:, :2])
+    with pytest.raises(ConfigError, match="for 4 features"):
+        exact_linf_radii(model, x[:2], ThreatModel().resolve(None, 4))
+    for name, value in (("time_limit", 0), ("rtol", -1.0), ("rtol", True)):
+        with pytest.raises(ConfigError, match=name):
+            exact_linf_radii(model, x[:2], **{name: value})
+    # a ThreatModel naming features by index is resolved here, as exact_radius does
+    by_index = exact_linf_radii(model, x[:4], ThreatModel(immutable=[0, 1, 2]))
+    assert set(by_index.status) <= {"no flip", "not flagged"}

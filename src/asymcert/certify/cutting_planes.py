@@ -36,8 +36,8 @@ from asymcert.certify.exact import (
     _affine_feature_map,
     _import_highspy,
     _quiet_stdout,
-    _resolve_threat,
     nudge_into_domain,
+    resolve_threat,
 )
 from asymcert.certify.feature_convex import certify_feature_convex, reference_error, score_and_feature_gradient
 from asymcert.certify.inputs import check_inputs
@@ -114,7 +114,7 @@ class _Problem:
         self.shape = tuple(model.input_shape)
         d = x_flat.shape[1]
         self.a, _ = _affine_feature_map(self.m64, d, self.shape)
-        self.tm = _resolve_threat(tm if isinstance(tm, ThreatModel | ResolvedThreatModel) else None, d)
+        self.tm = resolve_threat(tm if isinstance(tm, ThreatModel | ResolvedThreatModel) else None, d)
         self.p = p
         self.scale = np.ones(d) if self.tm is None else self.tm.scale.double().numpy()
         lo, hi = np.full(d, -np.inf), np.full(d, np.inf)

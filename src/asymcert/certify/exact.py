@@ -53,7 +53,15 @@ from asymcert.threat import ResolvedThreatModel, ThreatModel
 if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
     from asymcert.models.feature_convex import FeatureConvexClassifier
 
-__all__ = ["ExactRadiusSolver", "ExactResult", "UnsupportedModelError", "conv_matrix", "exact_radius", "feature_chain"]
+__all__ = [
+    "ExactRadiusSolver",
+    "ExactResult",
+    "UnsupportedModelError",
+    "conv_matrix",
+    "exact_radius",
+    "feature_chain",
+    "resolve_threat",
+]
 
 # A reported perturbation δ must satisfy s(x + (1 + CHECK_SCALE)·δ) ≤ CHECK_TOL·max(1, |s(x)|) on the
 # float64 model: pushed 1e-6 beyond the boundary, it must land in (or within rounding of) {s ≤ 0}.
@@ -289,7 +297,7 @@ def _import_highspy() -> Any:
     return highspy
 
 
-def _resolve_threat(threat_model: ThreatModel | ResolvedThreatModel | None, d: int) -> ResolvedThreatModel | None:
+def resolve_threat(threat_model: ThreatModel | ResolvedThreatModel | None, d: int) -> ResolvedThreatModel | None:
     """``threat_model`` resolved for d flattened features (a ThreatModel may name features by index only).
 
     Raises:
@@ -403,7 +411,7 @@ class ExactRadiusSolver:
         fc = cast("FeatureConvexClassifier", model)  # _chain_of refused every other model
         self.input_shape = tuple(fc.input_shape)
         self.input_range = fc.input_range if respect_input_range else None
-        self.threat_model = _resolve_threat(threat_model, self.chain.dim)
+        self.threat_model = resolve_threat(threat_model, self.chain.dim)
         # (d,) raw units per unit of the LP/QP variable u = δ / scale (ones without a threat model)
         self.scale = np.ones(self.chain.dim) if self.threat_model is None else _np(self.threat_model.scale)
         self._boxed = self.input_range is not None or self.threat_model is not None

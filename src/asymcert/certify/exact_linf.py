@@ -34,11 +34,13 @@ import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 
-from asymcert.certify.exact import CHECK_TOL, LayerChain, UnsupportedModelError, feature_chain
+from asymcert.certify.exact import CHECK_TOL, LayerChain, UnsupportedModelError, feature_chain, resolve_threat
+from asymcert.certify.inputs import check_inputs
+from asymcert.errors import ConfigError
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.nn.convex import ICNN
 from asymcert.nn.feature_maps import Compose, FeatureMap, Hinges, Identity, Log1p, Shift, Standardize
-from asymcert.threat import ResolvedThreatModel
+from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 __all__ = ["HingeChain", "LinfBracket", "exact_linf_radii", "hinge_chain"]
 
@@ -342,7 +344,7 @@ def _bracket_one(
 def exact_linf_radii(
     model: nn.Module,
     x: torch.Tensor,
-    threat_model: ResolvedThreatModel | None = None,
+    threat_model: ThreatModel | ResolvedThreatModel | None = None,
     time_limit: float = 60.0,
     rtol: float = BISECTION_RTOL,
 ) -> LinfBracket:
@@ -350,10 +352,13 @@ def exact_linf_radii(
 
     Args:
         model: a feature-convex classifier with an ICNN g (see :func:`hinge_chain`).
-        x: (N, n) raw inputs. threat_model: radii in its units, moves it allows (None: raw ℓ∞).
-        time_limit: seconds per input. rtol: stop once hi ≤ lo·(1 + rtol).
+        x: (N, n) raw inputs. threat_model: radii in its units, moves it allows (None: raw ℓ∞; a
+            :class:`~asymcert.threat.ThreatModel` names features by index).
+        time_limit: seconds per input (> 0). rtol: stop once hi ≤ lo·(1 + rtol) (> 0).
     Raises:
         UnsupportedModelError: a model this module cannot read (the message names why).
+        InputError: inputs of the wrong shape or with NaN/Inf. ConfigError: a threat model for another
+            number of features, a time limit or tolerance that is not a positive number.
     """
     t0 = time.perf_counter()
     if not isinstance(model, FeatureConvexClassifier):
@@ -362,11 +367,16 @@ def exact_linf_radii(
         )
     model64 = copy.deepcopy(model).double().eval()
     chain = hinge_chain(model64)
+    check_inputs(x, tuple(model.input_shape))
+    tm = resolve_threat(threat_model, chain.a.shape[0])
+    for name, value in (("time_limit", time_limit), ("rtol", rtol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"exact ℓ∞ radii: {name} must be a positive number, got {value!r}")
     flat = x.detach().reshape(x.shape[0], -1).double().cpu().numpy()
     with torch.no_grad():
         scores = model64(torch.from_numpy(flat).reshape((-1, *model64.input_shape))).numpy()
     lo, hi, delta, status = np.zeros(len(flat)), np.zeros(len(flat)), np.full_like(flat, np.nan), []
-    for i, ball in enumerate(_balls(flat, threat_model)):
+    for i, ball in enumerate(_balls(flat, tm)):
         if scores[i] <= 0:
             status.append("not flagged")
             continue
