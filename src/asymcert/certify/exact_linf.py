@@ -1,21 +1,23 @@
 """Exact ℓ∞ radii of feature-convex classifiers whose φ is piecewise linear after a monotone map.
 
-:mod:`asymcert.certify.exact` needs an affine φ. SpamBase's maps are not affine: φ = hinges ∘ (positive
-affine) ∘ log1p, coordinate-wise (each step optional: log1p, then shift / standardize / identity, then
-hinges). For ℓ∞ moves the exact radius is still computable:
+:mod:`asymcert.certify.exact` needs an affine φ. SpamBase's maps are not affine: φ = [pair-min] → hinges
+∘ (positive affine) ∘ log1p (each step optional: log1p, then shift / standardize / identity, then
+pair-min, then hinges). For ℓ∞ moves the exact radius is still computable:
 
 * an ℓ∞ ball of radius r (under a threat model: its scales, allowed directions and domain, as in
   :mod:`asymcert.certify.exact`) is a box [x_lo, x_hi] in raw units;
 * m = log1p(max(x, 0)) is nondecreasing and a > 0, so the box's image in v = a ⊙ m(x) + c is the box
   [a ⊙ m(x_lo) + c, a ⊙ m(x_hi) + c], and every v in it is reached from the ball;
-* on that box the features f = (v, relu(v − t_k)) are piecewise linear in v: a hinge whose knot t the
-  box does not straddle is 0 or v − t there, one that it straddles is h with h ≥ v − t, h ≥ 0,
-  h ≤ v − t + (t − v_lo)(1 − b), h ≤ (v_hi − t)·b and a binary b;
+* on that box every later step is piecewise linear: a ReLU relu(y − t) (hinges, pair-min's excess over
+  its floor) whose bounds do not straddle t is 0 or y − t, one that does is h with h ≥ y − t, h ≥ 0,
+  h ≤ y − t + (t − y_lo)(1 − b), h ≤ (y_hi − t)·b and a binary b; a min(a, b) whose intervals overlap
+  gets one binary the same way (big-M from the bounds, pushed forward step by step);
 * g is an ICNN whose hidden weights are nonnegative, so min g over the features is its epigraph linear
   program (:func:`asymcert.certify.exact.feature_chain`).
 
 So min s over the ball is a mixed-integer linear program (HiGHS through :func:`scipy.optimize.milp`),
-and a flip exists within r iff it is ≤ 0; the radius is bracketed by bisection on r. The upper end is
+and a flip exists within r iff it is ≤ 0; the radius is bracketed by a search on r that starts at the
+closed-form certificate (small boxes make quick programs) and doubles, then bisects. The upper end is
 always the size of a move that was checked to reach s ≤ 0 on the float64 model (so a certified radius
 above it is a real violation); the lower end is the solver's word that no flip exists below it (its
 tolerances, not a proof). Radii are in threat-model units (‖(δ_i / scale_i)‖∞), raw units without one.
@@ -26,7 +28,9 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,11 +39,13 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 
 from asymcert.certify.exact import CHECK_TOL, LayerChain, UnsupportedModelError, feature_chain, resolve_threat
+from asymcert.certify.feature_convex import certify_feature_convex
 from asymcert.certify.inputs import check_inputs
+from asymcert.certify.threat_model import feature_convex_threat
 from asymcert.errors import ConfigError
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.nn.convex import ICNN
-from asymcert.nn.feature_maps import Compose, FeatureMap, Hinges, Identity, Log1p, Shift, Standardize
+from asymcert.nn.feature_maps import Compose, FeatureMap, Hinges, Identity, Log1p, PairMin, Shift, Standardize
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 __all__ = ["HingeChain", "LinfBracket", "exact_linf_radii", "hinge_chain"]
@@ -52,18 +58,21 @@ MAX_SOLVES = 60
 
 @dataclass(frozen=True)
 class HingeChain:
-    """s(x) = g(f) + b with f = (v, relu(v − t_1), …, relu(v − t_K)), v = a ⊙ m(x) + c, all float64, flat.
+    """s(x) = g(f) + b with f = hinges(pairs(v)), v = a ⊙ m(x) + c; float64, flat; each stage optional.
 
     Attributes:
         log1p: m = log1p(max(x, 0)) when True, else the identity.
         a, c: (n,) the positive affine step (a > 0).
-        knots: (K, n) hinge knots (K = 0: f = v); feature k·n + i is knot k − 1 of coordinate i.
+        floor: (n,) pair-min's training minima, or None without pair-min; then f₀ = (v, min(h, roll(h, −k))
+            for k = 1 … ⌊n/2⌋) with h = relu(v − floor), else f₀ = v.
+        knots: (K, |f₀|) hinge knots (K = 0: f = f₀), else f = (f₀, relu(f₀ − t_1), …, relu(f₀ − t_K)).
         g: g in feature space (:func:`~asymcert.certify.exact.feature_chain`), balance included.
     """
 
     log1p: bool
     a: np.ndarray
     c: np.ndarray
+    floor: np.ndarray | None
     knots: np.ndarray
     g: LayerChain
 
@@ -77,33 +86,38 @@ class HingeChain:
         return np.expm1(y) if self.log1p else y
 
     def features(self, x: np.ndarray) -> np.ndarray:
-        """f (N, (K + 1)·n) of raw inputs x (N, n)."""
-        v = self.pre(x)
-        return np.concatenate([v] + [np.maximum(v - t, 0.0) for t in self.knots], axis=1)
+        """f (N, (K + 1)·|f₀|) of raw inputs x (N, n)."""
+        f0 = v = self.pre(x)
+        if self.floor is not None:
+            h = np.maximum(v - self.floor, 0.0)
+            f0 = np.concatenate([v] + [np.minimum(h, np.roll(h, -k, axis=1)) for k in range(1, v.shape[1] // 2 + 1)], 1)
+        return np.concatenate([f0] + [np.maximum(f0 - t, 0.0) for t in self.knots], axis=1)
 
 
 def _steps(phi: nn.Module) -> list[nn.Module]:
     return list(phi.feature_maps) if isinstance(phi, Compose) else [phi]
 
 
-def _split_steps(phi: nn.Module) -> tuple[bool, list[nn.Module], Hinges | None]:
-    """(log1p first?, the affine steps, the final hinges) of φ, else UnsupportedModelError naming the step."""
+def _split_steps(phi: nn.Module) -> tuple[bool, list[nn.Module], PairMin | None, Hinges | None]:
+    """(log1p first?, the affine steps, pair-min, the final hinges) of φ, else UnsupportedModelError naming
+    the step that does not fit [log1p] → shift/standardize → [pair-min] → [hinges]."""
     steps = _steps(phi)
     log1p = bool(steps) and isinstance(steps[0], Log1p)
     steps = steps[1:] if log1p else steps
-    hinges = steps[-1] if steps and isinstance(steps[-1], Hinges) else None
-    middle = steps[:-1] if hinges is not None else steps
-    for step in middle:
+    hinges = cast(Hinges, steps.pop()) if steps and isinstance(steps[-1], Hinges) else None
+    pairs = cast(PairMin, steps.pop()) if steps and isinstance(steps[-1], PairMin) else None
+    for step in steps:
         if not isinstance(step, (Identity, Shift, Standardize)):
             name = step.kind if isinstance(step, FeatureMap) else type(step).__name__
             raise UnsupportedModelError(
-                f"exact ℓ∞ radii need φ = [log1p] → shift/standardize → [hinges], coordinate-wise; {name!r} is not one"
+                f"exact ℓ∞ radii need φ = [log1p] → shift/standardize → [pair-min] → [hinges]; {name!r} is not one"
             )
-    return log1p, middle, hinges
+    return log1p, steps, pairs, hinges
 
 
 def hinge_chain(model: nn.Module) -> HingeChain:
-    """The :class:`HingeChain` of a feature-convex model with an ICNN g and φ = [log1p] → affine → [hinges].
+    """The :class:`HingeChain` of a feature-convex model with an ICNN g and φ = [log1p] → affine →
+    [pair-min] → [hinges], on vector inputs.
 
     Raises:
         UnsupportedModelError: another model, φ or g (the message names it), or a chain that does not
@@ -111,16 +125,18 @@ def hinge_chain(model: nn.Module) -> HingeChain:
     """
     g = feature_chain(model)
     fc = model if isinstance(model, FeatureConvexClassifier) else None
-    if fc is None or not isinstance(fc.convex, ICNN):
-        raise UnsupportedModelError("exact ℓ∞ radii through hinges need an ICNN g")
-    log1p, middle, hinges = _split_steps(fc.feature_map)
-    n = int(np.prod(fc.input_shape))
+    if fc is None or not isinstance(fc.convex, ICNN) or len(fc.input_shape) != 1:
+        raise UnsupportedModelError("exact ℓ∞ radii through hinges need an ICNN g on vector inputs")
+    log1p, middle, pairs, hinges = _split_steps(fc.feature_map)
+    n = int(fc.input_shape[0])
     with torch.no_grad():
         zero = torch.zeros((1, n), dtype=torch.float64)
         c = _apply(middle, zero)
         a = _apply(middle, torch.ones_like(zero)) - c
-    knots = np.zeros((0, n)) if hinges is None else hinges.knot_values.detach().double().cpu().numpy().reshape(-1, n)
-    chain = HingeChain(log1p, a.numpy()[0], c.numpy()[0], knots, g)
+    floor = None if pairs is None else pairs.floor.detach().double().cpu().numpy()
+    width = n * (1 + n // 2) if pairs is not None else n
+    knots = np.zeros((0, width)) if hinges is None else hinges.knot_values.detach().double().cpu().numpy()
+    chain = HingeChain(log1p, a.numpy()[0], c.numpy()[0], floor, knots.reshape(-1, width), g)
     if not bool(np.all(chain.a > 0)):
         raise UnsupportedModelError("exact ℓ∞ radii through hinges need an increasing affine step (a > 0)")
     _self_check(fc, chain, n)
@@ -136,23 +152,99 @@ def _apply(steps: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
 def _self_check(model: FeatureConvexClassifier, chain: HingeChain, n: int) -> None:
     """The chain's features must equal the float64 model's on random inputs (both signs, heavy tails)."""
     gen = torch.Generator().manual_seed(0)
-    probe = (
-        torch.randn((8, n), dtype=torch.float64, generator=gen) * torch.logspace(0, 3, 8, dtype=torch.float64)[:, None]
-    )
+    spread = torch.logspace(0, 3, 8, dtype=torch.float64)[:, None]
+    probe = torch.randn((8, n), dtype=torch.float64, generator=gen) * spread
     with torch.no_grad():
-        want = copy.deepcopy(model).double().features(probe.reshape((8, *model.input_shape))).flatten(1).numpy()
+        want = copy.deepcopy(model).double().features(probe).flatten(1).numpy()
     got = chain.features(probe.numpy())
     if got.shape != want.shape or not np.allclose(got, want, rtol=1e-9, atol=1e-9 * (1 + np.abs(want).max())):
-        raise UnsupportedModelError("the feature map is not [log1p] → positive affine → [hinges] as read")
+        raise UnsupportedModelError("the feature map is not [log1p] → positive affine → [pair-min] → [hinges] as read")
 
 
 # ---------------------------------------------------------------------------------------------
 # One mixed-integer program: min s over a box of v
 # ---------------------------------------------------------------------------------------------
 
+_Columns = tuple[np.ndarray, np.ndarray, np.ndarray]  # (indices, lower bounds, upper bounds)
+
+
+class _Program:
+    """A mixed-integer linear program under construction: bounded columns, rows Σ coef·column ≤ upper."""
+
+    def __init__(self) -> None:
+        self.bounds: list[tuple[np.ndarray, np.ndarray, bool]] = []
+        self.triplets: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.upper: list[np.ndarray] = []
+        self.n_cols = self.n_rows = 0
+
+    def columns(self, lo: np.ndarray, hi: np.ndarray, integer: bool = False) -> _Columns:
+        idx = self.n_cols + np.arange(len(lo))
+        self.n_cols += len(lo)
+        self.bounds.append((np.asarray(lo, float), np.asarray(hi, float), integer))
+        return idx, np.asarray(lo, float), np.asarray(hi, float)
+
+    def rows(self, terms: Sequence[tuple[np.ndarray, np.ndarray | float]], upper: np.ndarray) -> None:
+        """One row per entry of ``upper``: Σ over terms (columns, coefficients) ≤ upper."""
+        r = self.n_rows + np.arange(len(upper))
+        for cols, coef in terms:
+            self.triplets.append((r, cols, np.broadcast_to(np.asarray(coef, float), cols.shape)))
+        self.upper.append(np.asarray(upper, float))
+        self.n_rows += len(upper)
+
+    def matrix_rows(self, mat: sp.spmatrix, cols: np.ndarray, extra: list, upper: np.ndarray) -> None:
+        """Rows mat·x[cols] + Σ extra ≤ upper (``extra`` as in :meth:`rows`)."""
+        coo = sp.coo_matrix(mat)
+        self.triplets.append((self.n_rows + coo.row, cols[coo.col], coo.data))
+        self.rows(extra, upper)
+
+    def relu(self, x: _Columns, t: np.ndarray) -> _Columns:
+        """h = relu(x − t): exact, with a binary b (b = 1: h = x − t) where x's bounds straddle t."""
+        (xc, lo, hi), big_low, big_high = x, np.maximum(t - x[1], 0.0), np.maximum(x[2] - t, 0.0)
+        h = self.columns(np.maximum(lo - t, 0.0), big_high)
+        b = self.columns((lo >= t).astype(float), (hi > t).astype(float), integer=True)
+        self.rows([(xc, 1.0), (h[0], -1.0)], t)  # h ≥ x − t
+        self.rows([(h[0], 1.0), (xc, -1.0), (b[0], big_low)], big_low - t)  # h ≤ x − t + (t − lo)(1 − b)
+        self.rows([(h[0], 1.0), (b[0], -big_high)], np.zeros(len(t)))  # h ≤ (hi − t)·b
+        return h
+
+    def minimum(self, a: _Columns, b: _Columns) -> _Columns:
+        """q = min(a, b): exact, with a binary c (c = 1: q = a) where the two intervals overlap."""
+        q = self.columns(np.minimum(a[1], b[1]), np.minimum(a[2], b[2]))
+        c = self.columns((a[2] <= b[1]).astype(float), (a[1] <= b[2]).astype(float), integer=True)
+        big_a, big_b = a[2] - q[1], b[2] - q[1]
+        zero = np.zeros(len(q[0]))
+        self.rows([(q[0], 1.0), (a[0], -1.0)], zero)
+        self.rows([(q[0], 1.0), (b[0], -1.0)], zero)
+        self.rows([(a[0], 1.0), (q[0], -1.0), (c[0], big_a)], big_a)  # q ≥ a − M_a(1 − c)
+        self.rows([(b[0], 1.0), (q[0], -1.0), (c[0], -big_b)], zero)  # q ≥ b − M_b·c
+        return q
+
+
+def _cat(parts: list[_Columns]) -> _Columns:
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+    )
+
+
+def _pick(cols: _Columns, idx: np.ndarray) -> _Columns:
+    return cols[0][idx], cols[1][idx], cols[2][idx]
+
+
+def _feature_columns(prog: _Program, chain: HingeChain, lo: np.ndarray, hi: np.ndarray) -> _Columns:
+    """The columns of f for v in the box [lo, hi], every piecewise-linear step exact."""
+    v = f0 = prog.columns(lo, hi)
+    n = len(lo)
+    if chain.floor is not None:
+        h = prog.relu(v, chain.floor)
+        pairs = [prog.minimum(h, _pick(h, (np.arange(n) + k) % n)) for k in range(1, n // 2 + 1)]
+        f0 = _cat([v, *pairs])
+    return _cat([f0] + [prog.relu(f0, t) for t in chain.knots])
+
 
 @dataclass(frozen=True)
-class _Program:
+class _Minimum:
     """min s(v) over lo ≤ v ≤ hi: ``bound`` a lower bound on the minimum (−inf: none), ``v`` a minimiser's
     v (None: no solution found), ``status`` HiGHS's message."""
 
@@ -161,81 +253,48 @@ class _Program:
     status: str
 
 
-def _hinge_rows(chain: HingeChain, lo: np.ndarray, hi: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
-    """Rows A·[v, h, b] ≤ u (u: (R,)) that make h = relu(v − t) for every hinge, and (b_lo, b_hi) bounds of
-    the binaries: fixed at 0 (1) where the box lies below (above) the knot, free where it straddles it."""
-    n, k = lo.shape[0], chain.knots.shape[0]
-    m = n * k
-    t = chain.knots.reshape(m)
-    v_of = np.tile(np.arange(n), k)
-    lo_k, hi_k = lo[v_of], hi[v_of]
-    idx, h_col, b_col = np.arange(m), n + np.arange(m), n + m + np.arange(m)
-    big_low = np.maximum(t - lo_k, 0.0)  # h ≤ v − t + (t − v_lo)(1 − b)
-    big_high = np.maximum(hi_k - t, 0.0)  # h ≤ (v_hi − t)·b
-    rows = np.concatenate([idx, idx, idx, m + idx, m + idx, 2 * m + idx, 2 * m + idx])
-    cols = np.concatenate([v_of, h_col, b_col, h_col, b_col, v_of, h_col])
-    vals = np.concatenate([-np.ones(m), np.ones(m), big_low, np.ones(m), -big_high, np.ones(m), -np.ones(m)])
-    a = sp.csr_matrix((vals, (rows, cols)), shape=(3 * m, n + 2 * m))
-    upper = np.concatenate([-t + big_low, np.zeros(m), t])  # … ≤ −t + (t − v_lo), h − (v_hi − t)b ≤ 0, v − h ≤ t
-    b_lo = (lo_k >= t).astype(float)
-    b_hi = (hi_k > t).astype(float)
-    return a, upper, np.stack([b_lo, b_hi])
-
-
-def _placed(block: sp.spmatrix, col: int, width: int) -> sp.csr_matrix:
-    """``block`` (R, w) as the columns col … col + w − 1 of an (R, width) matrix."""
-    coo = sp.coo_matrix(block)
-    return sp.csr_matrix((coo.data, (coo.row, coo.col + col)), shape=(coo.shape[0], width))
-
-
-def _g_rows(g: LayerChain, n_f: int, z_start: int) -> tuple[sp.csr_matrix, np.ndarray, list[int]]:
-    """Rows P_j f + M_j z_{j−1} − z_j ≤ −c_j of g's epigraph, over columns [f (0 … n_f − 1), …, z_1, …, z_L]
-    (z_1 from ``z_start``), and the first column of each z_j."""
-    widths = [layer.c.shape[0] for layer in g.layers]
-    starts = list(z_start + np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(int))
-    width = z_start + int(sum(widths))
-    blocks, upper = [], []
-    for j, layer in enumerate(g.layers):
-        parts = [_placed(-sp.identity(widths[j]), starts[j], width)]
-        if layer.P is not None:
-            parts.append(_placed(layer.P, 0, width))
-        if layer.M is not None:
-            parts.append(_placed(layer.M, starts[j - 1], width))
-        blocks.append(sum(parts[1:], parts[0]))
-        upper.append(-layer.c)
-    return sp.vstack(blocks).tocsr(), np.concatenate(upper), starts
-
-
-def _minimise(chain: HingeChain, lo: np.ndarray, hi: np.ndarray, time_limit: float) -> _Program:
+def _minimise(chain: HingeChain, lo: np.ndarray, hi: np.ndarray, time_limit: float) -> _Minimum:
     """min s over the features of every v in the box [lo, hi] (n,), as one mixed-integer program."""
-    n, m, g = lo.shape[0], chain.knots.size, chain.g
-    n_f, z_start = n + m, n + 2 * m
-    a_h, u_h, b_bounds = _hinge_rows(chain, lo, hi)
-    a_g, u_g, starts = _g_rows(g, n_f, z_start)
-    width = a_g.shape[1]
-    a = sp.vstack([_placed(a_h, 0, width), a_g]).tocsr()
-    upper = np.concatenate([u_h, u_g])
-    cost = np.zeros(width)
-    cost[starts[-1] : starts[-1] + g.out_m.shape[1]] = g.out_m.toarray()[0]
+    prog, g = _Program(), chain.g
+    f = _feature_columns(prog, chain, lo, hi)
+    z_prev = None
+    for layer in g.layers:  # z_j ≥ P_j f + M_j z_{j−1} + c_j, z_j ≥ 0 (exact: M_j ≥ 0)
+        z = prog.columns(np.zeros(len(layer.c)), np.full(len(layer.c), np.inf))
+        extra = [(z[0], -1.0)]
+        if layer.M is not None and z_prev is not None:
+            coo = sp.coo_matrix(layer.M)
+            prog.triplets.append((prog.n_rows + coo.row, z_prev[0][coo.col], coo.data))
+        if layer.P is not None:
+            prog.matrix_rows(layer.P, f[0], extra, -layer.c)
+        else:
+            prog.rows(extra, -layer.c)
+        z_prev = z
+    assert z_prev is not None  # an ICNN has at least one layer
+    cost = np.zeros(prog.n_cols)
+    cost[z_prev[0]] = g.out_m.toarray()[0]
     if g.out_p is not None:
-        cost[:n_f] += g.out_p.toarray()[0]
-    h_hi = np.maximum(np.tile(hi, m // n if n else 0) - chain.knots.reshape(m), 0.0)
-    col_lo = np.concatenate([lo, np.zeros(m), b_bounds[0], np.zeros(width - z_start)])
-    col_hi = np.concatenate([hi, h_hi, b_bounds[1], np.full(width - z_start, np.inf)])
-    integrality = np.zeros(width)
-    integrality[n_f:z_start] = 1
+        np.add.at(cost, f[0], g.out_p.toarray()[0])
+    return _solve(prog, cost, lo.shape[0], g.out_c, time_limit)
+
+
+def _solve(prog: _Program, cost: np.ndarray, n: int, constant: float, time_limit: float) -> _Minimum:
+    """Solve ``prog`` (minimise cost·x + constant) with HiGHS; the first n columns are v."""
+    rows, cols, vals = (np.concatenate([t[k] for t in prog.triplets]) for k in range(3))
+    a = sp.csr_matrix((vals, (rows, cols)), shape=(prog.n_rows, prog.n_cols))
+    lo, hi = (np.concatenate([b[k] for b in prog.bounds]) for k in range(2))
+    integrality = np.concatenate([np.full(len(b[0]), float(b[2])) for b in prog.bounds])
     res = milp(
         cost,
         integrality=integrality,
-        bounds=Bounds(col_lo, col_hi),
-        constraints=LinearConstraint(a, -np.inf, upper),
+        bounds=Bounds(lo, hi),
+        constraints=LinearConstraint(a, -np.inf, np.concatenate(prog.upper)),
         options={"time_limit": max(time_limit, 1e-3), "mip_rel_gap": 1e-9},
     )
     bound = getattr(res, "mip_dual_bound", None)
-    if res.status == 0 and bound is None:  # a pure LP (no binaries): optimal means the minimum itself
+    if res.status == 0 and (bound is None or not math.isfinite(bound)):  # no binaries left: an LP optimum
         bound = res.fun
     v = None if res.x is None else np.asarray(res.x[:n], dtype=float)
-    return _Program(-math.inf if bound is None else float(bound) + g.out_c, v, str(res.message))
+    return _Minimum(-math.inf if bound is None else float(bound) + constant, v, str(res.message))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,13 +372,14 @@ def _flip_at(
 
 
 def _bracket_one(
-    chain: HingeChain, model64: FeatureConvexClassifier, ball: _Ball, s0: float, limit: float, rtol: float
+    chain: HingeChain, model64: FeatureConvexClassifier, ball: _Ball, s0: float, limit: float, rtol: float, start: float
 ) -> tuple[float, float, np.ndarray | None, str]:
-    """(lo, hi, the move of size hi or None, status) of one flagged input: bisection on r (geometric
-    once the bracket is finite, halving from hi while lo is 0, doubling while no flip is found)."""
+    """(lo, hi, the move of size hi or None, status) of one flagged input: from r = ``start`` (small boxes
+    are quick programs), doubling while no flip is found, then bisection (geometric once the bracket is
+    finite, halving from hi while lo is 0)."""
     deadline = time.perf_counter() + limit
     lo, hi, best = 0.0, math.inf, None
-    r = ball.r_max if math.isfinite(ball.r_max) else 1.0
+    r = min(ball.r_max, start) if start > 0 else min(ball.r_max, 1e-3)
     for _ in range(MAX_SOLVES):
         left = deadline - time.perf_counter()
         if left <= 0:
@@ -373,6 +433,10 @@ def exact_linf_radii(
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ConfigError(f"exact ℓ∞ radii: {name} must be a positive number, got {value!r}")
     flat = x.detach().reshape(x.shape[0], -1).double().cpu().numpy()
+    # where the search starts: the closed-form certificate (a guess here, never trusted as a bound)
+    norms = (math.inf,)
+    cert = certify_feature_convex(model, x, norms) if tm is None else feature_convex_threat(model, x, norms, tm)
+    closed = cert.radii[math.inf].double().cpu().numpy()
     with torch.no_grad():
         scores = model64(torch.from_numpy(flat).reshape((-1, *model64.input_shape))).numpy()
     lo, hi, delta, status = np.zeros(len(flat)), np.zeros(len(flat)), np.full_like(flat, np.nan), []
@@ -380,7 +444,8 @@ def exact_linf_radii(
         if scores[i] <= 0:
             status.append("not flagged")
             continue
-        lo[i], hi[i], move, why = _bracket_one(chain, model64, ball, float(scores[i]), time_limit, rtol)
+        start = float(closed[i])
+        lo[i], hi[i], move, why = _bracket_one(chain, model64, ball, float(scores[i]), time_limit, rtol, start)
         if move is not None:
             delta[i] = move
         status.append(why)
