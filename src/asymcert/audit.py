@@ -10,8 +10,8 @@ For each certifier it checks three things, and counts every failure as a *violat
    (:func:`asymcert.certify.exact.exact_radius`: feature-convex models with an affine feature
    map), every certified radius must be ≤ the exact one (relative tolerance 1e-6, the accuracy
    the exact solver guarantees); the tightness certified/exact is reported (median, quartiles).
-   With ``exact_milp=True``, φ = [log1p] → shift/standardize → [hinges] (SpamBase's maps) gets exact
-   ℓ∞ radii too (:mod:`asymcert.certify.exact_linf`: mixed-integer programs, bisection on the radius;
+   With ``exact_milp=True``, φ = [log1p] → shift/standardize → [pair-min] → [hinges] (SpamBase's maps)
+   gets exact ℓ∞ radii too (:mod:`asymcert.certify.exact_linf`: mixed-integer programs, bisection on the radius;
    the compared radius is the size of a verified flip, within 1e-4 of the exact one).
 3. **Float precision.** The certificate is recomputed on a float64 copy of the model; the
    radius of the model as run (in its own precision, when the certifier offers that) must not
@@ -352,9 +352,10 @@ def audit(
             none, None (default) for the norms without exact radii.
         options: certifier options by name for every certificate audited (e.g. ``{"reach": True}``);
             the float64 recomputation gets them too.
-        exact_milp: where φ is not affine but [log1p] → shift/standardize → [hinges] (SpamBase's maps),
-            bracket the exact ℓ∞ radii by mixed-integer programs (:mod:`asymcert.certify.exact_linf`,
-            about a second per flagged input); the verified upper ends are the exact radii compared.
+        exact_milp: where φ is not affine but [log1p] → shift/standardize → [pair-min] → [hinges]
+            (SpamBase's maps), bracket the exact ℓ∞ radii by mixed-integer programs
+            (:mod:`asymcert.certify.exact_linf`: 0.3 s per flagged email of SpamBase's default, up to
+            ``exact_time_limit`` each with pair-min); the verified upper ends are the exact radii compared.
     Returns:
         A JSON-serialisable dict: ``{"violations": int, "n_inputs", "units", "methods": {name: {"norms":
         {label: {"attack", "exact", "precision", "violations"}}, ...}}, ...}``; radii in raw

@@ -475,7 +475,7 @@ def report(run_dir) -> None:
 @click.option(
     "--exact-milp",
     is_flag=True,
-    help="Exact ℓ∞ radii for log1p/hinge feature maps by mixed-integer programs (about 1 s per flagged input).",
+    help="Exact ℓ∞ radii through log1p, pair-min and hinges by mixed-integer programs (seconds per flagged input).",
 )
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @_threat_options
