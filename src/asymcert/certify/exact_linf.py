@@ -309,8 +309,9 @@ class LinfBracket:
     ``hi`` is the size of a move checked to reach s ≤ 0 on the float64 model (∞: none exists within the
     threat model's domain, ``lo`` = ∞ too); ``lo`` the largest radius the solver found free of flips.
     0 for inputs that are not flagged. ``status`` per input: "exact" (hi ≤ lo·(1 + rtol)), "no flip",
-    "not flagged", or why the bracket stayed open ("time limit", "solver: …"). ``delta`` (N, n): the raw
-    move of size ``hi`` (NaN rows where there is none), a counterexample anyone can re-check.
+    "not flagged", or why the bracket stayed open ("time limit", "solver: …", "undecided at r = …").
+    ``delta`` (N, n): the raw move of size ``hi`` (NaN rows where there is none), a counterexample anyone
+    can re-check.
     """
 
     lo: torch.Tensor
@@ -357,7 +358,8 @@ def _flip_at(
     chain: HingeChain, model64: FeatureConvexClassifier, ball: _Ball, r: float, s0: float, limit: float
 ) -> tuple[str, np.ndarray | None]:
     """("flip", the move δ (n,)) when the program finds a move within r that is checked to reach s ≤ 0,
-    ("safe", None) when its lower bound on min s is > 0, else (HiGHS's message, None)."""
+    ("safe", None) when its lower bound on min s is > 0, else (why not, None): a minimum within the
+    solver's gap of 0, or HiGHS's message (e.g. its time limit)."""
     x_lo, x_hi = ball.box(r)
     prog = _minimise(chain, chain.pre(x_lo[None])[0], chain.pre(x_hi[None])[0], limit)
     if prog.bound > 0:
@@ -368,6 +370,7 @@ def _flip_at(
             s = float(model64(torch.from_numpy(moved[None]).reshape((1, *model64.input_shape))))
         if s <= CHECK_TOL * max(1.0, abs(s0)):
             return "flip", moved - ball.x
+        return f"undecided at r = {r:.6g}: min s in [{prog.bound:.3g}, {s:.3g}]", None
     return f"solver: {prog.status}", None
 
 
