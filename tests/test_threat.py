@@ -22,6 +22,7 @@ from asymcert.certify.threat_model import (
     feature_convex_threat,
     harm_bounds,
     harm_coefficients,
+    pair_point_harms,
     reach_verified,
     threat_lower_bound,
 )
@@ -262,6 +263,46 @@ def test_pair_min_weight_bounds_contain_every_quotient_globally_and_inside_a_box
     assert float(r_lo[0, coord]) - tol <= quotient <= float(r_hi[0, coord]) + tol
     assert bool((r_lo >= lo).all()) and bool((r_hi <= hi).all())
     assert coordinate_slopes(phi, 5) is None  # not coordinate-wise: no slope intervals to sum
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    which=st.integers(0, len(PAIR_PHIS) - 1),
+    seed=st.integers(0, 2**16),
+    zeros=st.floats(0.0, 0.8),
+    ties=st.booleans(),
+    moved=st.floats(0.2, 1.0),
+    size=st.sampled_from([1e-3, 0.1, 1.0, 10.0]),
+)
+def test_pair_min_point_harms_bound_every_mixed_move(which, seed, zeros, ties, moved, size):
+    """For any move of several coordinates at once, up and down, and any ∇g inside its bounds, the harm
+    −∇g·(φ(x + δ) − φ(x)) is at most Σ_up h⁺_i δ_i + Σ_down h⁻_i |δ_i| + C (pair_point_harms): inputs with
+    many coordinates at pair-min's floor (absent words) and exact ties, where the exclusions bite."""
+    phi = _fitted_phi(PAIR_PHIS[which], d=6)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, 6, generator=gen, dtype=torch.float64).abs() * 3
+    if which == 1:  # log1p floors at 0: absent words
+        x = torch.where(torch.rand(16, 6, generator=gen, dtype=torch.float64) < zeros, torch.zeros_like(x), x)
+    else:  # pair-min alone: its floor is the fitted minimum
+        floor = phi.maps[0].floor if hasattr(phi, "maps") else phi.floor
+        x = torch.where(torch.rand(16, 6, generator=gen, dtype=torch.float64) < zeros, floor.expand_as(x), x)
+    if ties:
+        x[:, 3] = x[:, 1]
+    q = phi.out_shape((6,))[0]
+    w_lo = torch.randn(16, q, generator=gen, dtype=torch.float64)
+    w_hi = w_lo + torch.rand(16, q, generator=gen, dtype=torch.float64) * 0.5
+    found = pair_point_harms(phi, w_lo, w_hi, x)
+    assert found is not None
+    up, down, const = found
+    global_up, global_down = harm_bounds(phi, w_lo, w_hi, 6)
+    assert bool((up <= global_up + 1e-12).all()) and bool((down <= global_down + 1e-12).all())
+    for _ in range(8):
+        delta = torch.randn(16, 6, generator=gen, dtype=torch.float64) * size
+        delta = delta * (torch.rand(16, 6, generator=gen, dtype=torch.float64) < moved)
+        w = w_lo + (w_hi - w_lo) * torch.rand(16, q, generator=gen, dtype=torch.float64)
+        harm = -(w * (phi(x + delta) - phi(x))).sum(dim=1)
+        bound = (up * delta.clamp_min(0) + down * (-delta).clamp_min(0)).sum(dim=1) + const
+        assert bool((harm <= bound + 1e-9 * (1 + bound.abs())).all()), (harm - bound).max()
 
 
 def test_pair_min_after_copies_declares_no_weight_bounds_and_certifies_by_the_fallback():

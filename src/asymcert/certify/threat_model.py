@@ -40,19 +40,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from asymcert.certify.feature_convex import check_cuts, check_reach, flag_certificate, flag_margins, lp_radii
+from asymcert.certify.feature_convex import Reference, check_cuts, check_reach, flag_certificate, flag_margins, lp_radii
 from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.one_vs_rest import certify_one_vs_rest, class_radii_key
 from asymcert.certify.result import Certificate
 from asymcert.errors import ConfigError
 from asymcert.nn.feature_maps import (
     EPS64,
+    Bounds,
+    Compose,
+    Identity,
+    Log1p,
+    PairMin,
+    Shift,
+    Standardize,
     coordinate_slopes,
     coordinate_weights,
+    coordinate_weights_step,
     coordinate_weights_within,
     reach_matters,
     round_down,
@@ -160,6 +168,41 @@ def _move_costs(
     return allowed_costs(harms, tm.directions(x), tm.scale.to(harms[0].device))
 
 
+_INCREASING = (Identity, Shift, Standardize, Log1p)  # coordinate-wise, nondecreasing: directions carry over
+
+
+def pair_point_harms(
+    phi: torch.nn.Module, grad_lo: torch.Tensor, grad_hi: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(h⁺, h⁻, C): harms (N, n) as :func:`harm_bounds` gives them, with pair-min's pairs that cannot move
+    at x left out (:meth:`~asymcert.nn.feature_maps.PairMin.point_weight_bounds`), and the constant harm
+    C (N,) that their rounding allows. For φ = nondecreasing coordinate-wise steps (identity, shift,
+    standardize, log1p) → pair-min → steps with weight bounds (hinges); None for any other φ.
+    """
+    steps = list(phi.feature_maps) if isinstance(phi, Compose) else [phi]
+    at = [i for i, m in enumerate(steps) if isinstance(m, PairMin)]
+    if len(at) != 1 or not all(isinstance(m, _INCREASING) for m in steps[: at[0]]):
+        return None
+    pair = cast(PairMin, steps[at[0]])
+    n = pair.floor.numel()
+    bounds: Bounds | None = (grad_lo.double().reshape(x.shape[0], -1, n), grad_hi.double().reshape(x.shape[0], -1, n))
+    for m in reversed(steps[at[0] + 1 :]):
+        bounds = None if bounds is None else coordinate_weights_step(m, *bounds)
+    z = x.detach().reshape(x.shape[0], n).double()
+    with torch.no_grad():
+        for m in steps[: at[0]]:
+            z = m(z)
+    found = None if bounds is None else pair.point_weight_bounds(*bounds, z)
+    if found is None:
+        return None
+    (up, down), const = found[:2], found[2]
+    for m in reversed(steps[: at[0]]):
+        up, down = coordinate_weights_step(m, *up), coordinate_weights_step(m, *down)  # type: ignore[assignment]
+        if up is None or down is None:
+            return None
+    return (-up[0].reshape(-1, n)).clamp_min(0.0), down[1].reshape(-1, n).clamp_min(0.0), const
+
+
 def allowed_costs(
     harms: tuple[torch.Tensor, torch.Tensor], directions: tuple[torch.Tensor, torch.Tensor], scale: torch.Tensor
 ) -> torch.Tensor:
@@ -255,7 +298,8 @@ def reach_verified(
     """Whether a float64 evaluation of the reach-aware bound certifies each given radius by itself.
 
     The reach search's result depends on the radii it tries, so a radius computed in another precision
-    is checked here at that radius: ρ(r) ≥ r with the float64 margin and costs a(r) (:func:`reach_costs`).
+    is checked here at that radius: ρ(r) ≥ r with the float64 margin and costs a(r) (:func:`reach_costs`),
+    or pair-min's point bound (:func:`pair_point_harms`), where the search starts, certifies r.
 
     Args:
         model: the model; x: (N, *shape) inputs; threat_model: resolved for them; radii: norm → (N,)
@@ -265,14 +309,38 @@ def reach_verified(
     """
     ref, _, margin, _, slack = flag_margins(model, x, "float64", None, guard, True)
     grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
+    zero = {p: torch.zeros_like(r, dtype=torch.float64) for p, r in radii.items()}
+    points = _pair_point_radii(model, ref, x, threat_model, margin, slack, zero)  # the search may start there
     out = {}
     for p, r in radii.items():
         costs = reach_costs(model.feature_map, grads, x, threat_model, r.double())
         if costs is None:
             return None
         rho = safe_radius(margin, dual_norm(costs, p), slack).to(r.device)
-        out[p] = (rho >= r) | (r == 0)
+        out[p] = (rho >= r) | (points[p].to(r.device) >= r) | (r == 0)
     return out
+
+
+def _pair_point_radii(
+    model: FeatureConvexClassifier,
+    ref: Reference,
+    x: torch.Tensor,
+    tm: ResolvedThreatModel,
+    margin: torch.Tensor,
+    slack: float,
+    radii: dict[float, torch.Tensor],
+) -> dict[float, torch.Tensor]:
+    """``radii``, raised where pair-min's point harms (:func:`pair_point_harms`) certify more: both bounds
+    hold, so the larger radius does; the constant harm C comes off the margin first. Unchanged for a φ
+    without pair-min."""
+    grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
+    found = pair_point_harms(model.feature_map, *grads, x)
+    if found is None:
+        return radii
+    up, down, const = found
+    costs = allowed_costs((up, down), tm.directions(x), tm.scale.to(up.device))
+    left = round_down(margin.double() - const.to(margin.device))
+    return {p: torch.maximum(safe_radius(left, dual_norm(costs, p), slack).to(r.device), r) for p, r in radii.items()}
 
 
 def feature_convex_threat(
@@ -310,6 +378,7 @@ def feature_convex_threat(
     radii = fallback_radii(lp_radii(model, ref, margin, norms, slack), threat_model, x)
     if costs is not None:
         radii = {p: torch.maximum(safe_radius(margin, dual_norm(costs, p), slack), radii[p]) for p in norms}
+        radii = _pair_point_radii(model, ref, x, threat_model, margin, slack, radii)
         if check_reach(reach):
             grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
             radii = {

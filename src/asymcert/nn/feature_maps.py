@@ -496,6 +496,58 @@ class PairMin(FeatureMap):
         high_sum = round_up(terms_hi.sum(dim=1, keepdim=True) + grow * terms_hi.abs().sum(dim=1, keepdim=True))
         return low_sum, high_sum
 
+    def point_weight_bounds(
+        self, w_lo: torch.Tensor, w_hi: torch.Tensor, z: torch.Tensor
+    ) -> tuple[Bounds, Bounds, torch.Tensor] | None:
+        """:meth:`weight_bounds` at the point z (N, n) (this map's input), per direction, and a constant.
+
+        Returns ((lo, hi) for moves up, (lo, hi) for moves down, each (N, 1, n), and C (N,) ≥ 0) such that
+        for every move δ of z, Σ w·Δφ ≥ Σ_{i up} lo_up,i·δ_i + Σ_{i down} hi_dn,i·δ_i − C: decompose δ into
+        its decreases, then its increases in order of decreasing h = relu(z − floor) (ties: lower index
+        first). A decrease of z_i cannot move min(h_i, h_j) when h_j = 0 (h_j only falls before it); an
+        increase cannot move it when h_j ≤ h_i and j comes later (not yet moved, or decreased). Those
+        pairs are left out of the sums; C bounds what the rounding of h (τ = 1e-12·(1 + |z| + |floor|),
+        far above the float64 error of the steps before) could still let them move: |w|·(τ_i + τ_j) each.
+        None where :meth:`weight_bounds` is (inputs that are copies).
+        """
+        n = w_lo.shape[2]
+        if w_lo.shape[1] != 1 + self.shifts or n != self.floor.numel():
+            return None
+        floor = self.floor.double().to(z.device)
+        h = torch.relu(z.double() - floor)
+        tau = 1e-12 * (1.0 + z.double().abs() + floor.abs())  # (N, n)
+        idx = torch.arange(n, device=z.device)
+        k = torch.arange(1, self.shifts + 1, device=z.device)[:, None]
+        ahead, behind = torch.remainder(idx[None] + k, n), torch.remainder(idx[None] - k, n)  # (P, n) partners
+        keep, const = {}, torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
+        mag = torch.maximum(w_lo[:, 1:].abs(), w_hi[:, 1:].abs())  # (N, P, n) |w| of copy (k, i)
+        mags = {"ahead": mag, "behind": torch.gather(mag, 2, behind.unsqueeze(0).expand(z.shape[0], -1, -1))}
+        for side, partner in (("ahead", ahead), ("behind", behind)):
+            h_p, tau_p = h[:, partner], tau[:, partner]  # (N, P, n)
+            h_i, tau_i = h[:, None, :], tau[:, None, :]
+            later = (h_p < h_i) | ((h_p == h_i) & (partner > idx)[None])
+            keep[side, "up"], keep[side, "down"] = ~later, h_p > 0
+            const = const + (mags[side] * ((tau_p + tau_i) * later + tau_p * (h_p <= 0))).sum(dim=(1, 2))
+        up = self._masked_sums(w_lo, w_hi, behind, keep["ahead", "up"], keep["behind", "up"])
+        down = self._masked_sums(w_lo, w_hi, behind, keep["ahead", "down"], keep["behind", "down"])
+        return up, down, round_up(const * (1.0 + 1e-9))
+
+    def _masked_sums(
+        self, w_lo: torch.Tensor, w_hi: torch.Tensor, behind: torch.Tensor, keep_a: torch.Tensor, keep_b: torch.Tensor
+    ) -> Bounds:
+        """:meth:`weight_bounds`'s sums with only the pairs kept: copy (k, i) where ``keep_a`` (N, P, n),
+        copy (k, i − k) where ``keep_b``."""
+        index = behind.unsqueeze(0).expand(w_lo.shape[0], -1, -1)
+        low, high = w_lo[:, 1:].clamp(max=0.0), w_hi[:, 1:].clamp(min=0.0)
+        zero = torch.zeros_like(low)
+        lo_b, hi_b = torch.gather(low, 2, index), torch.gather(high, 2, index)
+        terms_lo = torch.cat([w_lo[:, :1], torch.where(keep_a, low, zero), torch.where(keep_b, lo_b, zero)], dim=1)
+        terms_hi = torch.cat([w_hi[:, :1], torch.where(keep_a, high, zero), torch.where(keep_b, hi_b, zero)], dim=1)
+        grow = (terms_lo.shape[1] + 1) * EPS64
+        low_sum = round_down(terms_lo.sum(dim=1, keepdim=True) - grow * terms_lo.abs().sum(dim=1, keepdim=True))
+        high_sum = round_up(terms_hi.sum(dim=1, keepdim=True) + grow * terms_hi.abs().sum(dim=1, keepdim=True))
+        return low_sum, high_sum
+
 
 class Compose(FeatureMap):
     """φ = φ_k ∘ … ∘ φ_1. Lipschitz constant: the product (rounded up)."""
