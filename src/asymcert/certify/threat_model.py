@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from asymcert.certify.feature_convex import Reference, check_cuts, check_reach, flag_certificate, flag_margins, lp_radii
+from asymcert.certify.feature_convex import check_cuts, check_reach, flag_certificate, flag_margins, lp_radii
 from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.one_vs_rest import certify_one_vs_rest, class_radii_key
 from asymcert.certify.result import Certificate
@@ -153,16 +153,11 @@ def harm_bounds(
 
 
 def _move_costs(
-    model: FeatureConvexClassifier,
-    ref_grad: torch.Tensor,
-    grad_error: torch.Tensor | None,
-    x: torch.Tensor,
-    tm: ResolvedThreatModel,
-    slack: float,
+    model: FeatureConvexClassifier, grads: Bounds, x: torch.Tensor, tm: ResolvedThreatModel
 ) -> torch.Tensor | None:
-    """(N, n) a_i = scale_i · the largest allowed harm, or None when φ is not coordinate-wise."""
-    grad_lo, grad_hi = gradient_interval(ref_grad, grad_error, x.shape[0], slack)
-    harms = harm_bounds(model.feature_map, grad_lo, grad_hi, int(x[0].numel()))
+    """(N, n) a_i = scale_i · the largest allowed harm for ∇g within ``grads`` (:func:`gradient_interval`),
+    or None when φ is not coordinate-wise."""
+    harms = harm_bounds(model.feature_map, *grads, int(x[0].numel()))
     if harms is None:
         return None
     return allowed_costs(harms, tm.directions(x), tm.scale.to(harms[0].device))
@@ -310,7 +305,7 @@ def reach_verified(
     ref, _, margin, _, slack = flag_margins(model, x, "float64", None, guard, True)
     grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
     zero = {p: torch.zeros_like(r, dtype=torch.float64) for p, r in radii.items()}
-    points = _pair_point_radii(model, ref, x, threat_model, margin, slack, zero)  # the search may start there
+    points = _pair_point_radii(model, grads, x, threat_model, margin, slack, zero)  # the search may start there
     out = {}
     for p, r in radii.items():
         costs = reach_costs(model.feature_map, grads, x, threat_model, r.double())
@@ -323,7 +318,7 @@ def reach_verified(
 
 def _pair_point_radii(
     model: FeatureConvexClassifier,
-    ref: Reference,
+    grads: Bounds,
     x: torch.Tensor,
     tm: ResolvedThreatModel,
     margin: torch.Tensor,
@@ -333,7 +328,6 @@ def _pair_point_radii(
     """``radii``, raised where pair-min's point harms (:func:`pair_point_harms`) certify more: both bounds
     hold, so the larger radius does; the constant harm C comes off the margin first. Unchanged for a φ
     without pair-min."""
-    grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
     found = pair_point_harms(model.feature_map, *grads, x)
     if found is None:
         return radii
@@ -373,14 +367,14 @@ def feature_convex_threat(
             "(use cuts=0, or certify without the threat model)"
         )
     ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
-    costs = _move_costs(model, ref.grad, ref.grad_error, x, threat_model, slack)
+    grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
+    costs = _move_costs(model, grads, x, threat_model)
     # the generic fallback is a certificate under every threat model: never report less than it
     radii = fallback_radii(lp_radii(model, ref, margin, norms, slack), threat_model, x)
     if costs is not None:
         radii = {p: torch.maximum(safe_radius(margin, dual_norm(costs, p), slack), radii[p]) for p in norms}
-        radii = _pair_point_radii(model, ref, x, threat_model, margin, slack, radii)
+        radii = _pair_point_radii(model, grads, x, threat_model, margin, slack, radii)
         if check_reach(reach):
-            grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
             radii = {
                 p: reach_radii(model.feature_map, grads, x, threat_model, margin, p, slack, r) for p, r in radii.items()
             }

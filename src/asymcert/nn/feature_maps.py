@@ -507,7 +507,8 @@ class PairMin(FeatureMap):
         first). A decrease of z_i cannot move min(h_i, h_j) when h_j = 0 (h_j only falls before it); an
         increase cannot move it when h_j ≤ h_i and j comes later (not yet moved, or decreased). Those
         pairs are left out of the sums; C bounds what the rounding of h (τ = 1e-12·(1 + |z| + |floor|),
-        far above the float64 error of the steps before) could still let them move: |w|·(τ_i + τ_j) each.
+        far above the float64 error of the steps before) could still let them move: |w|·(τ_i + τ_j) each,
+        summed as 4·max τ·Σ|w| (every pair copy, both coordinates, both directions).
         None where :meth:`weight_bounds` is (inputs that are copies).
         """
         n = w_lo.shape[2]
@@ -519,17 +520,17 @@ class PairMin(FeatureMap):
         idx = torch.arange(n, device=z.device)
         k = torch.arange(1, self.shifts + 1, device=z.device)[:, None]
         ahead, behind = torch.remainder(idx[None] + k, n), torch.remainder(idx[None] - k, n)  # (P, n) partners
-        keep, const = {}, torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
-        mag = torch.maximum(w_lo[:, 1:].abs(), w_hi[:, 1:].abs())  # (N, P, n) |w| of copy (k, i)
-        mags = {"ahead": mag, "behind": torch.gather(mag, 2, behind.unsqueeze(0).expand(z.shape[0], -1, -1))}
+        keep = {}
         for side, partner in (("ahead", ahead), ("behind", behind)):
-            h_p, tau_p = h[:, partner], tau[:, partner]  # (N, P, n)
-            h_i, tau_i = h[:, None, :], tau[:, None, :]
+            h_p, h_i = h[:, partner], h[:, None, :]  # (N, P, n): the partner's and the mover's excess
             later = (h_p < h_i) | ((h_p == h_i) & (partner > idx)[None])
             keep[side, "up"], keep[side, "down"] = ~later, h_p > 0
-            const = const + (mags[side] * ((tau_p + tau_i) * later + tau_p * (h_p <= 0))).sum(dim=(1, 2))
         up = self._masked_sums(w_lo, w_hi, behind, keep["ahead", "up"], keep["behind", "up"])
         down = self._masked_sums(w_lo, w_hi, behind, keep["ahead", "down"], keep["behind", "down"])
+        # each left-out pair moves by at most τ_i + τ_j within one segment, and each pair weight is counted
+        # by both its coordinates and both directions: C ≤ 2·(2·max τ)·Σ|w| over the pair copies
+        mag = torch.maximum(w_lo[:, 1:].abs(), w_hi[:, 1:].abs()).sum(dim=(1, 2))
+        const = 4.0 * tau.amax(dim=1) * mag
         return up, down, round_up(const * (1.0 + 1e-9))
 
     def _masked_sums(
