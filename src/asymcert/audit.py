@@ -38,6 +38,7 @@ import json
 import math
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -485,9 +486,7 @@ def _exact_linf_milp(
         found = exact_linf_radii(model, x, tm, time_limit=60.0 if time_limit is None else time_limit)
     except UnsupportedModelError as exc:
         return None, {"available": False, "reason": str(exc)}
-    statuses: dict[str, int] = {}
-    for status in found.status:
-        statuses[status] = statuses.get(status, 0) + 1
+    statuses = dict(Counter(found.status))
     finite = torch.isfinite(found.hi) & (found.lo > 0)
     gap = ((found.hi - found.lo) / found.lo)[finite]
     info = {
@@ -525,9 +524,7 @@ def _exact_one(
             res = solver.solve(x, time_limit=time_limit)
     except ImportError as exc:  # the LP/QP solver package is not installed
         return None, {"available": False, "reason": str(exc)}
-    statuses: dict[str, int] = {}
-    for status in res.status:
-        statuses[status] = statuses.get(status, 0) + 1
+    statuses = dict(Counter(res.status))
     info = {
         "available": True,
         "seconds": time.perf_counter() - t0,
@@ -552,9 +549,7 @@ def _exact_by_cuts(
     t0 = time.perf_counter()
     fc = cast(FeatureConvexClassifier, model)  # _exact_support admitted it: a feature-convex chain
     res = bracket_radius(fc, x, p, EXACT_CUTS_TOL, EXACT_CUTS_ROUNDS, limit, threat_model=tm)
-    statuses: dict[str, int] = {}
-    for status in res.status:
-        statuses[status] = statuses.get(status, 0) + 1
+    statuses = dict(Counter(res.status))
     open_ = (res.upper > 0) & torch.isfinite(res.upper) & (res.upper > (1 + EXACT_CUTS_TOL) * res.lower)
     gap = (res.upper[open_] / res.lower[open_].clamp_min(1e-300) - 1) if open_.any() else torch.zeros(0)
     info = {

@@ -191,10 +191,11 @@ class _Program:
         self.upper.append(np.asarray(upper, float))
         self.n_rows += len(upper)
 
-    def matrix_rows(self, mat: sp.spmatrix, cols: np.ndarray, extra: list, upper: np.ndarray) -> None:
-        """Rows mat·x[cols] + Σ extra ≤ upper (``extra`` as in :meth:`rows`)."""
-        coo = sp.coo_matrix(mat)
-        self.triplets.append((self.n_rows + coo.row, cols[coo.col], coo.data))
+    def matrix_rows(self, blocks: Sequence[tuple[sp.spmatrix, np.ndarray]], extra: list, upper: np.ndarray) -> None:
+        """Rows Σ_blocks mat·x[cols] + Σ extra ≤ upper (``extra`` as in :meth:`rows`)."""
+        for mat, cols in blocks:
+            coo = sp.coo_matrix(mat)
+            self.triplets.append((self.n_rows + coo.row, cols[coo.col], coo.data))
         self.rows(extra, upper)
 
     def relu(self, x: _Columns, t: np.ndarray) -> _Columns:
@@ -260,14 +261,10 @@ def _minimise(chain: HingeChain, lo: np.ndarray, hi: np.ndarray, time_limit: flo
     z_prev = None
     for layer in g.layers:  # z_j ≥ P_j f + M_j z_{j−1} + c_j, z_j ≥ 0 (exact: M_j ≥ 0)
         z = prog.columns(np.zeros(len(layer.c)), np.full(len(layer.c), np.inf))
-        extra = [(z[0], -1.0)]
+        blocks = [] if layer.P is None else [(layer.P, f[0])]
         if layer.M is not None and z_prev is not None:
-            coo = sp.coo_matrix(layer.M)
-            prog.triplets.append((prog.n_rows + coo.row, z_prev[0][coo.col], coo.data))
-        if layer.P is not None:
-            prog.matrix_rows(layer.P, f[0], extra, -layer.c)
-        else:
-            prog.rows(extra, -layer.c)
+            blocks.append((layer.M, z_prev[0]))
+        prog.matrix_rows(blocks, [(z[0], -1.0)], -layer.c)
         z_prev = z
     assert z_prev is not None  # an ICNN has at least one layer
     cost = np.zeros(prog.n_cols)

@@ -39,6 +39,7 @@ threat-model size r changes at most the movable coordinates, each by ≤ scale_i
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -178,24 +179,30 @@ def pair_point_harms(
     at = [i for i, m in enumerate(steps) if isinstance(m, PairMin)]
     if len(at) != 1 or not all(isinstance(m, _INCREASING) for m in steps[: at[0]]):
         return None
-    pair = cast(PairMin, steps[at[0]])
+    pair, before, after = cast(PairMin, steps[at[0]]), steps[: at[0]], steps[at[0] + 1 :]
     n = pair.floor.numel()
-    bounds: Bounds | None = (grad_lo.double().reshape(x.shape[0], -1, n), grad_hi.double().reshape(x.shape[0], -1, n))
-    for m in reversed(steps[at[0] + 1 :]):
-        bounds = None if bounds is None else coordinate_weights_step(m, *bounds)
+    grads = (grad_lo.double().reshape(x.shape[0], -1, n), grad_hi.double().reshape(x.shape[0], -1, n))
+    bounds = _weights_back(after, grads)
     z = x.detach().reshape(x.shape[0], n).double()
     with torch.no_grad():
-        for m in steps[: at[0]]:
+        for m in before:
             z = m(z)
     found = None if bounds is None else pair.point_weight_bounds(*bounds, z)
     if found is None:
         return None
-    (up, down), const = found[:2], found[2]
-    for m in reversed(steps[: at[0]]):
-        up, down = coordinate_weights_step(m, *up), coordinate_weights_step(m, *down)  # type: ignore[assignment]
-        if up is None or down is None:
-            return None
-    return (-up[0].reshape(-1, n)).clamp_min(0.0), down[1].reshape(-1, n).clamp_min(0.0), const
+    up, down = _weights_back(before, found[0]), _weights_back(before, found[1])
+    if up is None or down is None:
+        return None
+    return (-up[0].reshape(-1, n)).clamp_min(0.0), down[1].reshape(-1, n).clamp_min(0.0), found[2]
+
+
+def _weights_back(steps: Sequence[torch.nn.Module], bounds: Bounds) -> Bounds | None:
+    """Weight bounds on the outputs of ``steps`` → on their inputs, each step's
+    :meth:`~asymcert.nn.feature_maps.FeatureMap.weight_bounds` in reverse (None: a step declares none)."""
+    found: Bounds | None = bounds
+    for m in reversed(steps):
+        found = None if found is None else coordinate_weights_step(m, *found)
+    return found
 
 
 def allowed_costs(

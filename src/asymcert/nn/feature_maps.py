@@ -484,17 +484,13 @@ class PairMin(FeatureMap):
         n = w_lo.shape[2]
         if w_lo.shape[1] != 1 + self.shifts or n != self.floor.numel():
             return None  # the inputs are copies of fewer raw coordinates: not derived here
-        k = torch.arange(1, self.shifts + 1, device=w_lo.device)[:, None]
-        partner = torch.remainder(torch.arange(n, device=w_lo.device)[None, :] - k, n)  # (P, n): i − k mod n
-        index = partner.unsqueeze(0).expand(w_lo.shape[0], -1, -1)
-        low, high = w_lo[:, 1:].clamp(max=0.0), w_hi[:, 1:].clamp(min=0.0)
-        terms_lo = torch.cat([w_lo[:, :1], low, torch.gather(low, 2, index)], dim=1)
-        terms_hi = torch.cat([w_hi[:, :1], high, torch.gather(high, 2, index)], dim=1)
-        # absolute allowance for the float64 sum of 1 + 2P terms: (T + 1)·eps·Σ|terms| ≥ (T − 1)·u·Σ|terms|
-        grow = (terms_lo.shape[1] + 1) * EPS64
-        low_sum = round_down(terms_lo.sum(dim=1, keepdim=True) - grow * terms_lo.abs().sum(dim=1, keepdim=True))
-        high_sum = round_up(terms_hi.sum(dim=1, keepdim=True) + grow * terms_hi.abs().sum(dim=1, keepdim=True))
-        return low_sum, high_sum
+        return self._pair_sums(w_lo, w_hi, self._partners(n, w_lo.device)[1])
+
+    def _partners(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ahead, behind) (P, n): the partners i + k and i − k (mod n) of coordinate i in copy k = 1…P."""
+        idx = torch.arange(n, device=device)
+        k = torch.arange(1, self.shifts + 1, device=device)[:, None]
+        return torch.remainder(idx[None] + k, n), torch.remainder(idx[None] - k, n)
 
     def point_weight_bounds(
         self, w_lo: torch.Tensor, w_hi: torch.Tensor, z: torch.Tensor
@@ -518,32 +514,40 @@ class PairMin(FeatureMap):
         h = torch.relu(z.double() - floor)
         tau = 1e-12 * (1.0 + z.double().abs() + floor.abs())  # (N, n)
         idx = torch.arange(n, device=z.device)
-        k = torch.arange(1, self.shifts + 1, device=z.device)[:, None]
-        ahead, behind = torch.remainder(idx[None] + k, n), torch.remainder(idx[None] - k, n)  # (P, n) partners
+        ahead, behind = self._partners(n, z.device)
         keep = {}
         for side, partner in (("ahead", ahead), ("behind", behind)):
             h_p, h_i = h[:, partner], h[:, None, :]  # (N, P, n): the partner's and the mover's excess
             later = (h_p < h_i) | ((h_p == h_i) & (partner > idx)[None])
             keep[side, "up"], keep[side, "down"] = ~later, h_p > 0
-        up = self._masked_sums(w_lo, w_hi, behind, keep["ahead", "up"], keep["behind", "up"])
-        down = self._masked_sums(w_lo, w_hi, behind, keep["ahead", "down"], keep["behind", "down"])
+        up = self._pair_sums(w_lo, w_hi, behind, keep["ahead", "up"], keep["behind", "up"])
+        down = self._pair_sums(w_lo, w_hi, behind, keep["ahead", "down"], keep["behind", "down"])
         # each left-out pair moves by at most τ_i + τ_j within one segment, and each pair weight is counted
         # by both its coordinates and both directions: C ≤ 2·(2·max τ)·Σ|w| over the pair copies
         mag = torch.maximum(w_lo[:, 1:].abs(), w_hi[:, 1:].abs()).sum(dim=(1, 2))
         const = 4.0 * tau.amax(dim=1) * mag
         return up, down, round_up(const * (1.0 + 1e-9))
 
-    def _masked_sums(
-        self, w_lo: torch.Tensor, w_hi: torch.Tensor, behind: torch.Tensor, keep_a: torch.Tensor, keep_b: torch.Tensor
+    def _pair_sums(
+        self,
+        w_lo: torch.Tensor,
+        w_hi: torch.Tensor,
+        behind: torch.Tensor,
+        keep_a: torch.Tensor | None = None,
+        keep_b: torch.Tensor | None = None,
     ) -> Bounds:
-        """:meth:`weight_bounds`'s sums with only the pairs kept: copy (k, i) where ``keep_a`` (N, P, n),
-        copy (k, i − k) where ``keep_b``."""
+        """(N, 1, n) bounds on ŵ_i = w_{0,i} + Σ_k (w_{k,i} c + w_{k,i−k} c'), c, c' ∈ [0, 1], rounded outward;
+        with masks (N, P, n), only the copies (k, i) where ``keep_a`` and (k, i − k) where ``keep_b``."""
         index = behind.unsqueeze(0).expand(w_lo.shape[0], -1, -1)
         low, high = w_lo[:, 1:].clamp(max=0.0), w_hi[:, 1:].clamp(min=0.0)
-        zero = torch.zeros_like(low)
-        lo_b, hi_b = torch.gather(low, 2, index), torch.gather(high, 2, index)
-        terms_lo = torch.cat([w_lo[:, :1], torch.where(keep_a, low, zero), torch.where(keep_b, lo_b, zero)], dim=1)
-        terms_hi = torch.cat([w_hi[:, :1], torch.where(keep_a, high, zero), torch.where(keep_b, hi_b, zero)], dim=1)
+        parts_lo, parts_hi = [low, torch.gather(low, 2, index)], [high, torch.gather(high, 2, index)]
+        for j, keep in enumerate((keep_a, keep_b)):
+            if keep is not None:
+                zero = torch.zeros_like(low)
+                parts_lo[j], parts_hi[j] = torch.where(keep, parts_lo[j], zero), torch.where(keep, parts_hi[j], zero)
+        terms_lo = torch.cat([w_lo[:, :1], *parts_lo], dim=1)
+        terms_hi = torch.cat([w_hi[:, :1], *parts_hi], dim=1)
+        # absolute allowance for the float64 sum of 1 + 2P terms: (T + 1)·eps·Σ|terms| ≥ (T − 1)·u·Σ|terms|
         grow = (terms_lo.shape[1] + 1) * EPS64
         low_sum = round_down(terms_lo.sum(dim=1, keepdim=True) - grow * terms_lo.abs().sum(dim=1, keepdim=True))
         high_sum = round_up(terms_hi.sum(dim=1, keepdim=True) + grow * terms_hi.abs().sum(dim=1, keepdim=True))
