@@ -48,6 +48,8 @@ def main() -> None:
     architecture = {"feature_map": [{"kind": "standardize"}], "convex": {"kind": "icnn", "widths": [64, 32]}}
     if args.task_model:
         task = get_task(args.task_model)
+        if args.preset and args.preset not in task.presets:
+            parser.error(f"--preset {args.preset!r}: {args.task_model} has {', '.join(sorted(task.presets))}")
         default = {**task.model, **(task.presets[args.preset].get("model", {}) if args.preset else {})}
         architecture = {"feature_map": default["feature_map"], "convex": default["convex"]}
     elif args.preset:

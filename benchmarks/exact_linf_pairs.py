@@ -22,6 +22,7 @@ from common import RESULTS, positive_int  # benchmarks/common.py
 
 import asymcert
 from asymcert.certify.exact_linf import exact_linf_radii
+from asymcert.errors import AsymcertError
 from asymcert.pipeline import run_data
 from asymcert.runfolder import read_run_record, run_threat_model
 
@@ -71,7 +72,10 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=20.0)
     ap.add_argument("--out", default=str(RESULTS / "exact_linf_pairs.json"))
     args = ap.parse_args()
-    out = figures(args.run, args.limit, args.time_limit)
+    try:
+        out = figures(args.run, args.limit, args.time_limit)
+    except (AsymcertError, OSError) as exc:
+        raise SystemExit(f"{args.run}: {exc}") from None
     print(json.dumps({k: v for k, v in out.items() if k not in ("inputs", "status")}))
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
 
