@@ -134,15 +134,21 @@ def test_audit_under_the_runs_threat_model(tm_run):
         assert 0.5 < entry[norm]["exact"]["tightness"]["median"] <= 1.0
 
 
-def test_certify_with_another_threat_model_reports_radii_from_its_own_certificates(tm_run, tmp_path):
+def test_certify_rewrites_the_report_with_its_certificates_in_their_units(tm_run, tmp_path):
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"scale": {"*": 2.0}}))
     res = CliRunner().invoke(main, ["certify", str(tm_run), "--threat-model", str(other), "--quiet"])
     assert res.exit_code == EXIT_OK and "radii in threat-model units" in res.output, res.output
-    res = CliRunner().invoke(main, ["report", str(tm_run)])
+    results = json.loads((tm_run / "results.json").read_text())  # certify rewrote the report with the certificates
+    assert set(results["certified_accuracy"]) == {"l1", "l2", "linf"}  # the other file names no norms
+    assert "report.md" in res.output and "radii in threat-model units" in (tm_run / "report.md").read_text()
+    res = CliRunner().invoke(main, ["certify", str(tm_run), "--no-threat-model", "--norms", "2", "--quiet"])
     assert res.exit_code == EXIT_OK, res.output
     results = json.loads((tm_run / "results.json").read_text())
-    assert set(results["certified_accuracy"]) == {"l1", "l2", "linf"}  # the other file names no norms
+    assert results["units"] == "raw input units" and set(results["certified_accuracy"]) == {"l2"}
+    res = CliRunner().invoke(main, ["certify", str(tm_run), "--quiet"])  # back to the run's own threat model
+    assert res.exit_code == EXIT_OK, res.output
+    assert json.loads((tm_run / "results.json").read_text())["units"] == "threat-model units (δ_i / scale_i)"
 
 
 @pytest.mark.parametrize(

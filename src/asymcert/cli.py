@@ -420,7 +420,8 @@ def certify_cmd(
     reach,
     quiet,
 ) -> None:
-    """Certify a run's test inputs (certificates.safetensors), or new traffic (--input FILE --out RESULTS.csv)."""
+    """Certify a run's test inputs (certificates.safetensors, then results.json and report.md), or new traffic
+    (--input FILE --out RESULTS.csv)."""
 
     tm = _threat(threat_model, no_threat_model)
     norms_t = _certify_norms(run_dir, norms, tm, no_threat_model)
@@ -442,6 +443,8 @@ def certify_cmd(
         f"certified {len(cert)} inputs in {cert.seconds:.3f}s "
         f"({1000 * cert.seconds / max(1, len(cert)):.3f} ms per input); radii in {cert.units}"
     )
+    # results.json and report.md describe certificates.safetensors: rewrite them with it, never leave them stale
+    _echo_summary(write_report(run_dir, log=lambda msg: None), run_dir)
 
 
 def _certify_norms(run_dir: str, norms: str | None, tm: ThreatModel | None, plain: bool) -> tuple[float, ...]:
