@@ -11,20 +11,21 @@ For each certifier it checks three things, and counts every failure as a *violat
    map), every certified radius must be ≤ the exact one (relative tolerance 1e-6, the accuracy
    the exact solver guarantees); the tightness certified/exact is reported (median, quartiles).
    With ``exact_milp=True``, φ = [log1p] → shift/standardize → [pair-min] → [hinges] (SpamBase's maps)
-   gets exact ℓ∞ radii too (:mod:`asymcert.certify.exact_linf`: mixed-integer programs, bisection on the radius;
-   the compared radius is the size of a verified flip, within 1e-4 of the exact one).
+   gets exact ℓ∞ and ℓ1 radii too (:mod:`asymcert.certify.exact_linf`: mixed-integer programs, bisection on
+   the radius; :mod:`asymcert.certify.exact_l1`: outer approximation of each coordinate's cost); the compared
+   radius is the size of a verified flip, within 1e-4 of the exact one where the bracket closed.
 3. **Float precision.** The certificate is recomputed on a float64 copy of the model; the
    radius of the model as run (in its own precision, when the certifier offers that) must not
    exceed the float64 one. Reach-aware radii (``options={"reach": True}``) come from a search whose
    path depends on the precision, so a larger own radius counts only when the float64 bound,
    evaluated at that radius, does not certify it.
 
-Where no exact radius exists (ℓ1 and ℓ2 through log1p or hinges, ℓ∞-dist and orthogonal nets, …), the
-**attack bound** says how much a certificate leaves on the table: per certified input, the smallest
-move that PGD finds to flip the decision, searched by doubling the radius from the certified one and
-then bisecting (:func:`attack_upper_bounds`). Every such move is a real counterexample, so its size
-is an upper bound on the exact radius and certified / bound a lower bound on the tightness; a move
-found *inside* the certified radius is a violation.
+Where no exact radius exists (ℓ2 through log1p or hinges, ℓ1 and ℓ∞ there without ``exact_milp``,
+ℓ∞-dist and orthogonal nets, …), the **attack bound** says how much a certificate leaves on the table:
+per certified input, the smallest move that PGD finds to flip the decision, searched by doubling the
+radius from the certified one and then bisecting (:func:`attack_upper_bounds`). Every such move is a
+real counterexample, so its size is an upper bound on the exact radius and certified / bound a lower
+bound on the tightness; a move found *inside* the certified radius is a violation.
 
 :func:`audit_run` does this for a run folder and writes ``audit.json`` and ``audit.md`` into it
 (``asymcert audit DIR`` runs it on the run's test inputs). What a certificate promises is read from
@@ -53,6 +54,7 @@ from asymcert.certify.api import certifier_options
 from asymcert.certify.attacks import decision_flips, decisions, pgd_attack
 from asymcert.certify.cutting_planes import bracket_radius
 from asymcert.certify.exact import ExactRadiusSolver, UnsupportedModelError, _chain_of
+from asymcert.certify.exact_l1 import exact_l1_radii
 from asymcert.certify.exact_linf import exact_linf_radii
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.certify.threat_attack import move_sizes, threat_attack
@@ -354,9 +356,10 @@ def audit(
         options: certifier options by name for every certificate audited (e.g. ``{"reach": True}``);
             the float64 recomputation gets them too.
         exact_milp: where φ is not affine but [log1p] → shift/standardize → [pair-min] → [hinges]
-            (SpamBase's maps), bracket the exact ℓ∞ radii by mixed-integer programs
-            (:mod:`asymcert.certify.exact_linf`: 0.3 s per flagged email of SpamBase's default, up to
-            ``exact_time_limit`` each with pair-min); the verified upper ends are the exact radii compared.
+            (SpamBase's maps), bracket the exact ℓ∞ and ℓ1 radii by mixed-integer programs
+            (:mod:`asymcert.certify.exact_linf`: 0.3 s per flagged email of SpamBase's default;
+            :mod:`asymcert.certify.exact_l1`: seconds each; up to ``exact_time_limit`` per input and norm);
+            the verified upper ends are the exact radii compared.
     Returns:
         A JSON-serialisable dict: ``{"violations": int, "n_inputs", "units", "methods": {name: {"norms":
         {label: {"attack", "exact", "precision", "violations"}}, ...}}, ...}``; radii in raw
@@ -463,10 +466,10 @@ def _exact_radii(
     reason = _exact_support(model)
     if reason is not None:
         info = {p: {"available": False, "reason": reason} for p in norms}
-        if checks.exact_milp and math.inf in norms:
-            found, info[math.inf] = _exact_linf_milp(model, x, time_limit, tm)
+        for p in (p for p in norms if checks.exact_milp and p in MILP_BRACKETS):
+            found, info[p] = _exact_milp(model, x, p, time_limit, tm)
             if found is not None:
-                radii[math.inf] = found
+                radii[p] = found
         return radii, info
     wanted = None if checks.exact_norms is None else {normalize_norm(p) for p in checks.exact_norms}
     info = {}
@@ -477,13 +480,18 @@ def _exact_radii(
     return radii, info
 
 
-def _exact_linf_milp(
-    model: nn.Module, x: torch.Tensor, time_limit: float | None, tm: ResolvedThreatModel | None
+MILP_BRACKETS = {math.inf: (exact_linf_radii, "bisection on r"), 1.0: (exact_l1_radii, "outer approximation of κ")}
+"""The norms whose exact radii ``exact_milp`` brackets through non-affine φ, and how."""
+
+
+def _exact_milp(
+    model: nn.Module, x: torch.Tensor, p: float, time_limit: float | None, tm: ResolvedThreatModel | None
 ) -> tuple[torch.Tensor | None, dict[str, Any]]:
-    """Exact ℓ∞ radii by mixed-integer programs (:func:`exact_linf_radii`): the verified upper ends (N,)
-    and a description (statuses, inputs whose bracket stayed open, the largest relative gap), or why not."""
+    """Exact ℓp radii (ℓ∞ or ℓ1) by mixed-integer programs (:data:`MILP_BRACKETS`): the verified upper ends
+    (N,) and a description (statuses, inputs whose bracket stayed open, the largest relative gap), or why not."""
+    solver, how = MILP_BRACKETS[p]
     try:
-        found = exact_linf_radii(model, x, tm, time_limit=60.0 if time_limit is None else time_limit)
+        found = solver(model, x, tm, time_limit=60.0 if time_limit is None else time_limit)
     except UnsupportedModelError as exc:
         return None, {"available": False, "reason": str(exc)}
     statuses = dict(Counter(found.status))
@@ -491,7 +499,7 @@ def _exact_linf_milp(
     gap = ((found.hi - found.lo) / found.lo)[finite]
     info = {
         "available": True,
-        "method": "mixed-integer programs, bisection on r",
+        "method": f"mixed-integer programs, {how}",
         "seconds": found.seconds,
         "status": statuses,
         "open_brackets": int(sum(s not in ("exact", "no flip", "not flagged") for s in found.status)),

@@ -28,14 +28,14 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
 from torch import nn
 
 from asymcert.certify.exact import CHECK_TOL, LayerChain, UnsupportedModelError, feature_chain, resolve_threat
@@ -48,7 +48,7 @@ from asymcert.nn.convex import ICNN
 from asymcert.nn.feature_maps import Compose, FeatureMap, Hinges, Identity, Log1p, PairMin, Shift, Standardize
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
-__all__ = ["HingeChain", "LinfBracket", "exact_linf_radii", "hinge_chain"]
+__all__ = ["ExactBracket", "HingeChain", "LinfBracket", "exact_linf_radii", "hinge_chain"]
 
 BISECTION_RTOL = 1e-4
 """The bracket [lo, hi] of each radius is narrowed until hi ≤ lo·(1 + BISECTION_RTOL)."""
@@ -165,10 +165,10 @@ def _self_check(model: FeatureConvexClassifier, chain: HingeChain, n: int) -> No
 # One mixed-integer program: min s over a box of v
 # ---------------------------------------------------------------------------------------------
 
-_Columns = tuple[np.ndarray, np.ndarray, np.ndarray]  # (indices, lower bounds, upper bounds)
+Columns = tuple[np.ndarray, np.ndarray, np.ndarray]  # (indices, lower bounds, upper bounds)
 
 
-class _Program:
+class Program:
     """A mixed-integer linear program under construction: bounded columns, rows Σ coef·column ≤ upper."""
 
     def __init__(self) -> None:
@@ -177,7 +177,7 @@ class _Program:
         self.upper: list[np.ndarray] = []
         self.n_cols = self.n_rows = 0
 
-    def columns(self, lo: np.ndarray, hi: np.ndarray, integer: bool = False) -> _Columns:
+    def columns(self, lo: np.ndarray, hi: np.ndarray, integer: bool = False) -> Columns:
         idx = self.n_cols + np.arange(len(lo))
         self.n_cols += len(lo)
         self.bounds.append((np.asarray(lo, float), np.asarray(hi, float), integer))
@@ -198,7 +198,7 @@ class _Program:
             self.triplets.append((self.n_rows + coo.row, cols[coo.col], coo.data))
         self.rows(extra, upper)
 
-    def relu(self, x: _Columns, t: np.ndarray) -> _Columns:
+    def relu(self, x: Columns, t: np.ndarray) -> Columns:
         """h = relu(x − t): exact, with a binary b (b = 1: h = x − t) where x's bounds straddle t."""
         (xc, lo, hi), big_low, big_high = x, np.maximum(t - x[1], 0.0), np.maximum(x[2] - t, 0.0)
         h = self.columns(np.maximum(lo - t, 0.0), big_high)
@@ -208,7 +208,7 @@ class _Program:
         self.rows([(h[0], 1.0), (b[0], -big_high)], np.zeros(len(t)))  # h ≤ (hi − t)·b
         return h
 
-    def minimum(self, a: _Columns, b: _Columns) -> _Columns:
+    def minimum(self, a: Columns, b: Columns) -> Columns:
         """q = min(a, b): exact, with a binary c (c = 1: q = a) where the two intervals overlap."""
         q = self.columns(np.minimum(a[1], b[1]), np.minimum(a[2], b[2]))
         c = self.columns((a[2] <= b[1]).astype(float), (a[1] <= b[2]).astype(float), integer=True)
@@ -221,7 +221,7 @@ class _Program:
         return q
 
 
-def _cat(parts: list[_Columns]) -> _Columns:
+def _cat(parts: list[Columns]) -> Columns:
     return (
         np.concatenate([p[0] for p in parts]),
         np.concatenate([p[1] for p in parts]),
@@ -229,11 +229,11 @@ def _cat(parts: list[_Columns]) -> _Columns:
     )
 
 
-def _pick(cols: _Columns, idx: np.ndarray) -> _Columns:
+def _pick(cols: Columns, idx: np.ndarray) -> Columns:
     return cols[0][idx], cols[1][idx], cols[2][idx]
 
 
-def _feature_columns(prog: _Program, chain: HingeChain, lo: np.ndarray, hi: np.ndarray) -> _Columns:
+def feature_columns(prog: Program, chain: HingeChain, lo: np.ndarray, hi: np.ndarray) -> Columns:
     """The columns of f for v in the box [lo, hi], every piecewise-linear step exact."""
     v = f0 = prog.columns(lo, hi)
     n = len(lo)
@@ -254,12 +254,12 @@ class _Minimum:
     status: str
 
 
-def _minimise(chain: HingeChain, lo: np.ndarray, hi: np.ndarray, time_limit: float) -> _Minimum:
-    """min s over the features of every v in the box [lo, hi] (n,), as one mixed-integer program."""
-    prog, g = _Program(), chain.g
-    f = _feature_columns(prog, chain, lo, hi)
+def score_terms(prog: Program, g: LayerChain, f: Columns) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Columns and coefficients whose sum is an upper bound on s − g.out_c for the features ``f``, equal to
+    it at the least feasible epigraph columns z_j ≥ P_j f + M_j z_{j−1} + c_j, z_j ≥ 0 (exact: M_j ≥ 0
+    and g's output weights on z are ≥ 0, so min over z of the sum is s − out_c)."""
     z_prev = None
-    for layer in g.layers:  # z_j ≥ P_j f + M_j z_{j−1} + c_j, z_j ≥ 0 (exact: M_j ≥ 0)
+    for layer in g.layers:
         z = prog.columns(np.zeros(len(layer.c)), np.full(len(layer.c), np.inf))
         blocks = [] if layer.P is None else [(layer.P, f[0])]
         if layer.M is not None and z_prev is not None:
@@ -267,26 +267,42 @@ def _minimise(chain: HingeChain, lo: np.ndarray, hi: np.ndarray, time_limit: flo
         prog.matrix_rows(blocks, [(z[0], -1.0)], -layer.c)
         z_prev = z
     assert z_prev is not None  # an ICNN has at least one layer
-    cost = np.zeros(prog.n_cols)
-    cost[z_prev[0]] = g.out_m.toarray()[0]
+    terms = [(z_prev[0], g.out_m.toarray()[0])]
     if g.out_p is not None:
-        np.add.at(cost, f[0], g.out_p.toarray()[0])
-    return _solve(prog, cost, lo.shape[0], g.out_c, time_limit)
+        terms.append((f[0], g.out_p.toarray()[0]))
+    return terms
 
 
-def _solve(prog: _Program, cost: np.ndarray, n: int, constant: float, time_limit: float) -> _Minimum:
-    """Solve ``prog`` (minimise cost·x + constant) with HiGHS; the first n columns are v."""
+def _minimise(chain: HingeChain, lo: np.ndarray, hi: np.ndarray, time_limit: float) -> _Minimum:
+    """min s over the features of every v in the box [lo, hi] (n,), as one mixed-integer program."""
+    prog = Program()
+    f = feature_columns(prog, chain, lo, hi)
+    terms = score_terms(prog, chain.g, f)
+    cost = np.zeros(prog.n_cols)
+    for cols, coef in terms:
+        np.add.at(cost, cols, coef)
+    return _solve(prog, cost, lo.shape[0], chain.g.out_c, time_limit)
+
+
+def run_milp(prog: Program, cost: np.ndarray, time_limit: float, gap: float = 1e-9) -> OptimizeResult:
+    """HiGHS (:func:`scipy.optimize.milp`) on ``prog``: minimise cost·x within ``time_limit`` seconds, stopping
+    once the incumbent is within the relative ``gap`` of the dual bound."""
     rows, cols, vals = (np.concatenate([t[k] for t in prog.triplets]) for k in range(3))
     a = sp.csr_matrix((vals, (rows, cols)), shape=(prog.n_rows, prog.n_cols))
     lo, hi = (np.concatenate([b[k] for b in prog.bounds]) for k in range(2))
     integrality = np.concatenate([np.full(len(b[0]), float(b[2])) for b in prog.bounds])
-    res = milp(
+    return milp(
         cost,
         integrality=integrality,
         bounds=Bounds(lo, hi),
         constraints=LinearConstraint(a, -np.inf, np.concatenate(prog.upper)),
-        options={"time_limit": max(time_limit, 1e-3), "mip_rel_gap": 1e-9},
+        options={"time_limit": max(time_limit, 1e-3), "mip_rel_gap": gap},
     )
+
+
+def _solve(prog: Program, cost: np.ndarray, n: int, constant: float, time_limit: float) -> _Minimum:
+    """Solve ``prog`` (minimise cost·x + constant) with HiGHS; the first n columns are v."""
+    res = run_milp(prog, cost, time_limit)
     bound = getattr(res, "mip_dual_bound", None)
     if res.status == 0 and (bound is None or not math.isfinite(bound)):  # no binaries left: an LP optimum
         bound = res.fun
@@ -300,8 +316,9 @@ def _solve(prog: _Program, cost: np.ndarray, n: int, constant: float, time_limit
 
 
 @dataclass(frozen=True)
-class LinfBracket:
-    """Exact ℓ∞ radii bracketed per input: lo ≤ exact ≤ hi, (N,) float64 tensors.
+class ExactBracket:
+    """Exact ℓ∞ (or ℓ1, :mod:`asymcert.certify.exact_l1`) radii bracketed per input: lo ≤ exact ≤ hi, (N,)
+    float64 tensors.
 
     ``hi`` is the size of a move checked to reach s ≤ 0 on the float64 model (∞: none exists within the
     threat model's domain, ``lo`` = ∞ too); ``lo`` the largest radius the solver found free of flips.
@@ -318,8 +335,12 @@ class LinfBracket:
     seconds: float
 
 
+LinfBracket = ExactBracket
+"""The name of :class:`ExactBracket` before exact ℓ1 radii existed."""
+
+
 @dataclass(frozen=True)
-class _Ball:
+class Reach:
     """Where the ℓ∞ ball of one input may reach, per coordinate: u ∈ [max(u_lo, −r), min(u_hi, r)]."""
 
     x: np.ndarray
@@ -335,24 +356,24 @@ class _Ball:
         return self.x + self.scale * np.maximum(self.u_lo, -r), self.x + self.scale * np.minimum(self.u_hi, r)
 
 
-def _balls(x: np.ndarray, tm: ResolvedThreatModel | None) -> list[_Ball]:
+def reach_balls(x: np.ndarray, tm: ResolvedThreatModel | None) -> list[Reach]:
     """The reach of every input (N, n) under ``tm`` (its domain, directions and scales; none: all of R^n)."""
     n = x.shape[1]
     if tm is None:
         inf = np.full(n, np.inf)
-        return [_Ball(row, np.ones(n), -inf, inf) for row in x]
+        return [Reach(row, np.ones(n), -inf, inf) for row in x]
     scale, lower, upper = (t.double().numpy() for t in (tm.scale, tm.lower, tm.upper))
     down, up = tm.can_decrease.numpy(), tm.can_increase.numpy()
     out = []
     for row in x:
         u_lo = np.where(down, np.minimum((lower - row) / scale, 0.0), 0.0)
         u_hi = np.where(up, np.maximum((upper - row) / scale, 0.0), 0.0)
-        out.append(_Ball(row, scale, u_lo, u_hi))
+        out.append(Reach(row, scale, u_lo, u_hi))
     return out
 
 
 def _flip_at(
-    chain: HingeChain, model64: FeatureConvexClassifier, ball: _Ball, r: float, s0: float, limit: float
+    chain: HingeChain, model64: FeatureConvexClassifier, ball: Reach, r: float, s0: float, limit: float
 ) -> tuple[str, np.ndarray | None]:
     """("flip", the move δ (n,)) when the program finds a move within r that is checked to reach s ≤ 0,
     ("safe", None) when its lower bound on min s is > 0, else (why not, None): a minimum within the
@@ -372,7 +393,7 @@ def _flip_at(
 
 
 def _bracket_one(
-    chain: HingeChain, model64: FeatureConvexClassifier, ball: _Ball, s0: float, limit: float, rtol: float, start: float
+    chain: HingeChain, model64: FeatureConvexClassifier, ball: Reach, s0: float, limit: float, rtol: float, start: float
 ) -> tuple[float, float, np.ndarray | None, str]:
     """(lo, hi, the move of size hi or None, status) of one flagged input: from r = ``start`` (small boxes
     are quick programs), doubling while no flip is found, then bisection (geometric once the bracket is
@@ -401,13 +422,67 @@ def _bracket_one(
     return lo, hi, best, "open after MAX_SOLVES programs"
 
 
+BracketOne = Callable[
+    [HingeChain, FeatureConvexClassifier, Reach, float, float, float, float],
+    tuple[float, float, "np.ndarray | None", str],
+]
+"""``one(chain, model64, reach, s0, time_limit, rtol, start) -> (lo, hi, move or None, status)``: one flagged
+input's bracket in one norm, searched from the closed-form radius ``start``."""
+
+
+def bracket_radii(
+    model: nn.Module,
+    x: torch.Tensor,
+    threat_model: ThreatModel | ResolvedThreatModel | None,
+    time_limit: float,
+    rtol: float,
+    p: float,
+    one: BracketOne,
+) -> ExactBracket:
+    """Every input's ℓp bracket by ``one`` (inputs checked, the model read once, the closed-form radius as
+    each search's start, unflagged inputs 0); the argument checks of :func:`exact_linf_radii`."""
+    t0 = time.perf_counter()
+    if not isinstance(model, FeatureConvexClassifier):
+        raise UnsupportedModelError(
+            f"exact radii exist only for feature-convex classifiers, got {type(model).__name__}"
+        )
+    model64 = copy.deepcopy(model).double().eval()
+    chain = hinge_chain(model64)
+    check_inputs(x, tuple(model.input_shape))
+    tm = resolve_threat(threat_model, chain.a.shape[0])
+    for name, value in (("time_limit", time_limit), ("rtol", rtol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"exact radii: {name} must be a positive number, got {value!r}")
+    flat = x.detach().flatten(1).double().cpu().numpy()  # (N, n), N = 0 too
+    if not len(flat):
+        empty = torch.zeros(0, dtype=torch.float64)
+        return ExactBracket(empty, empty.clone(), torch.from_numpy(flat), [], time.perf_counter() - t0)
+    # where the search starts: the closed-form certificate (a guess here, never trusted as a bound)
+    cert = certify_feature_convex(model, x, (p,)) if tm is None else feature_convex_threat(model, x, (p,), tm)
+    closed = cert.radii[p].double().cpu().numpy()
+    with torch.no_grad():
+        scores = model64(torch.from_numpy(flat).reshape((-1, *model64.input_shape))).numpy()
+    lo, hi, delta, status = np.zeros(len(flat)), np.zeros(len(flat)), np.full_like(flat, np.nan), []
+    for i, ball in enumerate(reach_balls(flat, tm)):
+        if scores[i] <= 0:
+            status.append("not flagged")
+            continue
+        lo[i], hi[i], move, why = one(chain, model64, ball, float(scores[i]), time_limit, rtol, float(closed[i]))
+        if move is not None:
+            delta[i] = move
+        status.append(why)
+    return ExactBracket(
+        torch.from_numpy(lo), torch.from_numpy(hi), torch.from_numpy(delta), status, time.perf_counter() - t0
+    )
+
+
 def exact_linf_radii(
     model: nn.Module,
     x: torch.Tensor,
     threat_model: ThreatModel | ResolvedThreatModel | None = None,
     time_limit: float = 60.0,
     rtol: float = BISECTION_RTOL,
-) -> LinfBracket:
+) -> ExactBracket:
     """Bracket the exact ℓ∞ radius of every input x (N, n) of a model with φ = [log1p] → affine → [hinges].
 
     Args:
@@ -420,35 +495,4 @@ def exact_linf_radii(
         InputError: inputs of the wrong shape or with NaN/Inf. ConfigError: a threat model for another
             number of features, a time limit or tolerance that is not a positive number.
     """
-    t0 = time.perf_counter()
-    if not isinstance(model, FeatureConvexClassifier):
-        raise UnsupportedModelError(
-            f"exact radii exist only for feature-convex classifiers, got {type(model).__name__}"
-        )
-    model64 = copy.deepcopy(model).double().eval()
-    chain = hinge_chain(model64)
-    check_inputs(x, tuple(model.input_shape))
-    tm = resolve_threat(threat_model, chain.a.shape[0])
-    for name, value in (("time_limit", time_limit), ("rtol", rtol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigError(f"exact ℓ∞ radii: {name} must be a positive number, got {value!r}")
-    flat = x.detach().reshape(x.shape[0], -1).double().cpu().numpy()
-    # where the search starts: the closed-form certificate (a guess here, never trusted as a bound)
-    norms = (math.inf,)
-    cert = certify_feature_convex(model, x, norms) if tm is None else feature_convex_threat(model, x, norms, tm)
-    closed = cert.radii[math.inf].double().cpu().numpy()
-    with torch.no_grad():
-        scores = model64(torch.from_numpy(flat).reshape((-1, *model64.input_shape))).numpy()
-    lo, hi, delta, status = np.zeros(len(flat)), np.zeros(len(flat)), np.full_like(flat, np.nan), []
-    for i, ball in enumerate(_balls(flat, tm)):
-        if scores[i] <= 0:
-            status.append("not flagged")
-            continue
-        start = float(closed[i])
-        lo[i], hi[i], move, why = _bracket_one(chain, model64, ball, float(scores[i]), time_limit, rtol, start)
-        if move is not None:
-            delta[i] = move
-        status.append(why)
-    return LinfBracket(
-        torch.from_numpy(lo), torch.from_numpy(hi), torch.from_numpy(delta), status, time.perf_counter() - t0
-    )
+    return bracket_radii(model, x, threat_model, time_limit, rtol, math.inf, _bracket_one)

@@ -1,0 +1,151 @@
+"""Exact ℓ1 radii through log1p, pair-min and hinges (outer approximation by mixed-integer programs): against
+a dense grid, never below a certificate, counterexamples that respect the threat model, infinite, zero and
+unbracketed radii, refusals by name, and the audit's --exact-milp."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import asymcert
+from asymcert.audit import audit
+from asymcert.certify.exact import UnsupportedModelError
+from asymcert.certify.exact_l1 import exact_l1_radii
+from asymcert.errors import ConfigError, InputError
+from asymcert.models import build_model
+from asymcert.threat import ThreatModel
+from tests.conftest import near_boundary, score64
+from tests.test_exact_linf import PHIS, SPAM_PHI, TM, _model
+
+# two features: scales, a one-sided move and a domain (both ≥ 0), as the grid can check them
+TM2 = ThreatModel(scale={"0": 2.0, "1": 0.5}, increase_only=[1], lower={"*": 0.0})
+
+
+def _grid_l1(model, x: torch.Tensor, reach: float, tm, steps: int = 241) -> float:
+    """The smallest ℓ1 size (threat-model units) among the allowed moves of a (steps × steps) grid of
+    [−reach, reach]² in those units that get s ≤ 0."""
+    axis = torch.linspace(-reach, reach, steps, dtype=torch.float64)
+    u, v = torch.meshgrid(axis, axis, indexing="ij")
+    units = torch.stack([u.flatten(), v.flatten()], dim=1)
+    if tm is not None:
+        units = units[units[:, 1] >= 0]  # increase_only on feature 1
+    moved = x.double()[None] + units * (1.0 if tm is None else tm.scale.double())
+    if tm is not None:
+        keep = (moved >= 0).all(dim=1)  # the domain
+        units, moved = units[keep], moved[keep]
+    flips = score64(model, moved) <= 0
+    return float(units[flips].abs().sum(dim=1).min()) if bool(flips.any()) else math.inf
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+@pytest.mark.parametrize("phi", list(PHIS))
+def test_the_l1_bracket_matches_a_dense_grid_in_two_dimensions(phi, constrained):
+    """No allowed grid move of smaller ℓ1 size than lo flips the decision, and the grid finds a flip within
+    a few grid steps of hi."""
+    model, x = _model(PHIS[phi], 2, seed=3)
+    tm = TM2.resolve(None, 2) if constrained else None
+    x = x[score64(model, x) > 0][:6]
+    found = exact_l1_radii(model, x, tm, rtol=1e-6)
+    assert all(s == "exact" or s.startswith("no flip") for s in found.status) and "exact" in found.status
+    for i in range(len(x)):
+        lo, hi = float(found.lo[i]), float(found.hi[i])
+        if found.status[i] != "exact":  # none within the whole reach, or (unbounded) up to lo
+            assert math.isinf(hi) and lo > 20 and _grid_l1(model, x[i], 20.0, tm) == math.inf
+            continue
+        assert 0 < lo <= hi <= lo * (1 + 1e-6)
+        step = 2 * 1.5 * hi / 240
+        grid = _grid_l1(model, x[i], 1.5 * hi, tm)
+        assert grid >= lo * (1 - 1e-9)
+        assert grid <= hi + 4 * step
+
+
+@pytest.mark.parametrize("phi", list(PHIS))
+def test_l1_certificates_never_exceed_the_exact_radius_under_a_threat_model(phi):
+    """Typical and near-boundary inputs, every kind of constraint: closed form ≤ reach ≤ a verified flip."""
+    model, x = _model(PHIS[phi], 6, seed=1)
+    tm = TM.resolve(None, 6)
+    k = 4 if phi == "pairs" else 8
+    x = x[score64(model, x) > 0][:k]
+    inputs = torch.cat([x, near_boundary(model, x[: k // 2])])
+    found = exact_l1_radii(model, inputs, tm)
+    assert sum(s == "exact" for s in found.status) >= len(inputs) - 1
+    flagged = torch.tensor([s != "not flagged" for s in found.status])
+    for reach in (False, True):
+        cert = asymcert.certify(model, inputs, norms=(1.0,), threat_model=tm, reach=reach)
+        closed = cert.radii[1.0].double()
+        assert bool((closed[flagged] <= found.hi[flagged] * (1 + 1e-9)).all())
+        assert bool((found.lo[flagged & (closed > 0)] > 0).all())  # informative wherever the certificate is
+
+
+def test_l1_counterexamples_respect_the_threat_model_and_flip_the_decision():
+    """Every reported move: immutable and forbidden directions untouched, inside the domain, of ℓ1 size hi
+    in threat-model units, and s(x + δ) ≤ 0 (to rounding) on the float64 model."""
+    model, x = _model(SPAM_PHI, 6, seed=2)
+    tm = TM.resolve(None, 6)
+    x = x[score64(model, x) > 0][:10]
+    found = exact_l1_radii(model, x, tm)
+    rows = torch.isfinite(found.hi) & (found.hi > 0)
+    assert int(rows.sum()) >= 5
+    delta, xs = found.delta[rows], x[rows].double()
+    assert bool((delta[:, 1] == 0).all()) and bool((delta[:, 2] >= 0).all()) and bool((delta[:, 3] <= 0).all())
+    moved = xs + delta
+    assert bool((moved >= 0).all()) and bool((moved[:, 4] <= torch.clamp(xs[:, 4], min=3.0)).all())
+    size = (delta / tm.scale).abs().sum(dim=1)
+    torch.testing.assert_close(size, found.hi[rows], rtol=1e-12, atol=0)
+    assert bool((score64(model, moved) <= 1e-9 * score64(model, xs).abs().clamp_min(1)).all())
+
+
+def test_l1_no_allowed_move_unflagged_inputs_and_negative_inputs_under_log1p():
+    """∞ where nothing may move, 0 where nothing is flagged, and no bracket (said so) for x < 0 under log1p."""
+    model, x = _model(SPAM_PHI, 3, seed=0)
+    s = score64(model, x)
+    found = exact_l1_radii(model, x, ThreatModel(immutable=[0, 1, 2]))
+    assert bool(torch.isinf(found.hi[s > 0]).all()) and bool(torch.isinf(found.lo[s > 0]).all())
+    assert {found.status[i] for i in range(len(x)) if s[i] > 0} == {"no flip"}
+    assert bool((found.hi[s <= 0] == 0).all())
+    negative = x.clone()
+    negative[:, 0] = -1.0
+    flagged = score64(model, negative) > 0
+    assert int(flagged.sum()) >= 2
+    odd = exact_l1_radii(model, negative[flagged])
+    assert set(odd.status) == {"not bracketed: x < 0 under log1p"} and bool((odd.lo == 0).all())
+    empty = exact_l1_radii(model, x[:0])
+    assert empty.lo.shape == (0,) and empty.delta.shape == (0, 3) and empty.status == []
+
+
+def test_l1_refusals_and_bad_settings_are_one_line():
+    concat = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [4],
+            "feature_map": [{"kind": "concat-abs"}],
+            "convex": {"kind": "icnn", "widths": [4]},
+        }
+    )
+    with pytest.raises(UnsupportedModelError, match="'concat-abs' is not one"):
+        exact_l1_radii(concat, torch.rand(2, 4))
+    model, x = _model(SPAM_PHI, 3, seed=0)
+    bad = x[:2].clone()
+    bad[1, 0] = math.nan
+    with pytest.raises(InputError, match="NaN"):
+        exact_l1_radii(model, bad)
+    with pytest.raises(ConfigError, match="for 4 features"):
+        exact_l1_radii(model, x[:2], ThreatModel().resolve(None, 4))
+    for name, value in (("time_limit", 0), ("rtol", -1.0)):
+        with pytest.raises(ConfigError, match=name):
+            exact_l1_radii(model, x[:2], **{name: value})
+
+
+def test_the_audit_compares_l1_certificates_with_exact_l1_radii():
+    """--exact-milp: ℓ1 and ℓ∞ get exact radii through log1p and hinges, with no violation."""
+    model, x = _model(SPAM_PHI, 5, seed=5)
+    tm = ThreatModel(lower={"*": 0.0}).resolve(None, 5)
+    report = audit(model, x[:12], norms=(1, math.inf), threat_model=tm, exact_milp=True, restarts=1, steps=20)
+    entry = report["methods"]["feature-convex"]["norms"]
+    for norm in ("l1", "linf"):
+        assert entry[norm]["exact"]["available"] and entry[norm]["exact"]["violations"] == 0
+        assert 0 < entry[norm]["exact"]["tightness"]["median"] <= 1
+    assert "outer approximation" in entry["l1"]["exact"]["method"]
+    assert report["violations"] == 0
