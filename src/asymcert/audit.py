@@ -11,17 +11,18 @@ For each certifier it checks three things, and counts every failure as a *violat
    map), every certified radius must be ≤ the exact one (relative tolerance 1e-6, the accuracy
    the exact solver guarantees); the tightness certified/exact is reported (median, quartiles).
    With ``exact_milp=True``, φ = [log1p] → shift/standardize → [pair-min] → [hinges] (SpamBase's maps)
-   gets exact ℓ∞ and ℓ1 radii too (:mod:`asymcert.certify.exact_linf`: mixed-integer programs, bisection on
-   the radius; :mod:`asymcert.certify.exact_l1`: outer approximation of each coordinate's cost); the compared
-   radius is the size of a verified flip, within 1e-4 of the exact one where the bracket closed.
+   gets exact ℓ∞, ℓ1 and ℓ2 radii too (:mod:`asymcert.certify.exact_linf`: mixed-integer programs, bisection
+   on the radius; :mod:`asymcert.certify.exact_lp`: outer approximation of each coordinate's cost and of the
+   norm); the compared radius is the size of a verified flip, within 1e-4 of the exact one where the
+   bracket closed.
 3. **Float precision.** The certificate is recomputed on a float64 copy of the model; the
    radius of the model as run (in its own precision, when the certifier offers that) must not
    exceed the float64 one. Reach-aware radii (``options={"reach": True}``) come from a search whose
    path depends on the precision, so a larger own radius counts only when the float64 bound,
    evaluated at that radius, does not certify it.
 
-Where no exact radius exists (ℓ2 through log1p or hinges, ℓ1 and ℓ∞ there without ``exact_milp``,
-ℓ∞-dist and orthogonal nets, …), the **attack bound** says how much a certificate leaves on the table:
+Where no exact radius exists (ℓp through log1p or hinges without ``exact_milp``, ℓ∞-dist and
+orthogonal nets, …), the **attack bound** says how much a certificate leaves on the table:
 per certified input, the smallest move that PGD finds to flip the decision, searched by doubling the
 radius from the certified one and then bisecting (:func:`attack_upper_bounds`). Every such move is a
 real counterexample, so its size is an upper bound on the exact radius and certified / bound a lower
@@ -54,8 +55,8 @@ from asymcert.certify.api import certifier_options
 from asymcert.certify.attacks import decision_flips, decisions, pgd_attack
 from asymcert.certify.cutting_planes import bracket_radius
 from asymcert.certify.exact import ExactRadiusSolver, UnsupportedModelError, _chain_of
-from asymcert.certify.exact_l1 import exact_l1_radii
 from asymcert.certify.exact_linf import exact_linf_radii
+from asymcert.certify.exact_lp import exact_l1_radii, exact_l2_radii
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.certify.threat_model import reach_verified
@@ -356,9 +357,9 @@ def audit(
         options: certifier options by name for every certificate audited (e.g. ``{"reach": True}``);
             the float64 recomputation gets them too.
         exact_milp: where φ is not affine but [log1p] → shift/standardize → [pair-min] → [hinges]
-            (SpamBase's maps), bracket the exact ℓ∞ and ℓ1 radii by mixed-integer programs
+            (SpamBase's maps), bracket the exact ℓ∞, ℓ1 and ℓ2 radii by mixed-integer programs
             (:mod:`asymcert.certify.exact_linf`: 0.3 s per flagged email of SpamBase's default;
-            :mod:`asymcert.certify.exact_l1`: seconds each; up to ``exact_time_limit`` per input and norm);
+            :mod:`asymcert.certify.exact_lp`: seconds each; up to ``exact_time_limit`` per input and norm);
             the verified upper ends are the exact radii compared.
     Returns:
         A JSON-serialisable dict: ``{"violations": int, "n_inputs", "units", "methods": {name: {"norms":
@@ -480,14 +481,18 @@ def _exact_radii(
     return radii, info
 
 
-MILP_BRACKETS = {math.inf: (exact_linf_radii, "bisection on r"), 1.0: (exact_l1_radii, "outer approximation of κ")}
+MILP_BRACKETS = {
+    math.inf: (exact_linf_radii, "bisection on r"),
+    1.0: (exact_l1_radii, "outer approximation of the costs"),
+    2.0: (exact_l2_radii, "outer approximation of the costs and the norm"),
+}
 """The norms whose exact radii ``exact_milp`` brackets through non-affine φ, and how."""
 
 
 def _exact_milp(
     model: nn.Module, x: torch.Tensor, p: float, time_limit: float | None, tm: ResolvedThreatModel | None
 ) -> tuple[torch.Tensor | None, dict[str, Any]]:
-    """Exact ℓp radii (ℓ∞ or ℓ1) by mixed-integer programs (:data:`MILP_BRACKETS`): the verified upper ends
+    """Exact ℓp radii (ℓ∞, ℓ1 or ℓ2) by mixed-integer programs (:data:`MILP_BRACKETS`): the verified upper ends
     (N,) and a description (statuses, inputs whose bracket stayed open, the largest relative gap), or why not."""
     solver, how = MILP_BRACKETS[p]
     try:

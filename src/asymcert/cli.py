@@ -478,8 +478,8 @@ def report(run_dir) -> None:
 @click.option(
     "--exact-milp",
     is_flag=True,
-    help="Exact ℓ∞ radii through log1p, pair-min and hinges by mixed-integer programs (SpamBase default: 0.2 s "
-    "per flagged input; pair-min: up to the 60 s limit each, so use --limit).",
+    help="Exact ℓ∞, ℓ1 and ℓ2 radii through log1p, pair-min and hinges by mixed-integer programs (SpamBase "
+    "default: ℓ∞ 0.2 s per flagged input, ℓ1/ℓ2 seconds; up to the 60 s limit per input and norm: use --limit).",
 )
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @_threat_options

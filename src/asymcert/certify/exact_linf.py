@@ -317,7 +317,7 @@ def _solve(prog: Program, cost: np.ndarray, n: int, constant: float, time_limit:
 
 @dataclass(frozen=True)
 class ExactBracket:
-    """Exact ℓ∞ (or ℓ1, :mod:`asymcert.certify.exact_l1`) radii bracketed per input: lo ≤ exact ≤ hi, (N,)
+    """Exact ℓ∞ (or ℓ1, ℓ2: :mod:`asymcert.certify.exact_lp`) radii bracketed per input: lo ≤ exact ≤ hi, (N,)
     float64 tensors.
 
     ``hi`` is the size of a move checked to reach s ≤ 0 on the float64 model (∞: none exists within the

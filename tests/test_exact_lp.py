@@ -1,6 +1,6 @@
-"""Exact ℓ1 radii through log1p, pair-min and hinges (outer approximation by mixed-integer programs): against
-a dense grid, never below a certificate, counterexamples that respect the threat model, infinite, zero and
-unbracketed radii, refusals by name, and the audit's --exact-milp."""
+"""Exact ℓ1 and ℓ2 radii through log1p, pair-min and hinges (outer approximation by mixed-integer programs):
+against a dense grid, never below a certificate, counterexamples that respect the threat model, infinite,
+zero and unbracketed radii, refusals by name, and the audit's --exact-milp."""
 
 from __future__ import annotations
 
@@ -12,19 +12,20 @@ import torch
 import asymcert
 from asymcert.audit import audit
 from asymcert.certify.exact import UnsupportedModelError
-from asymcert.certify.exact_l1 import exact_l1_radii
+from asymcert.certify.exact_lp import exact_l1_radii, exact_l2_radii
 from asymcert.errors import ConfigError, InputError
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
 from tests.conftest import near_boundary, score64
 from tests.test_exact_linf import PHIS, SPAM_PHI, TM, _model
 
+EXACT = {1.0: exact_l1_radii, 2.0: exact_l2_radii}
 # two features: scales, a one-sided move and a domain (both ≥ 0), as the grid can check them
 TM2 = ThreatModel(scale={"0": 2.0, "1": 0.5}, increase_only=[1], lower={"*": 0.0})
 
 
-def _grid_l1(model, x: torch.Tensor, reach: float, tm, steps: int = 241) -> float:
-    """The smallest ℓ1 size (threat-model units) among the allowed moves of a (steps × steps) grid of
+def _grid(model, x: torch.Tensor, reach: float, tm, p: float, steps: int = 241) -> float:
+    """The smallest ℓp size (threat-model units) among the allowed moves of a (steps × steps) grid of
     [−reach, reach]² in those units that get s ≤ 0."""
     axis = torch.linspace(-reach, reach, steps, dtype=torch.float64)
     u, v = torch.meshgrid(axis, axis, indexing="ij")
@@ -36,68 +37,71 @@ def _grid_l1(model, x: torch.Tensor, reach: float, tm, steps: int = 241) -> floa
         keep = (moved >= 0).all(dim=1)  # the domain
         units, moved = units[keep], moved[keep]
     flips = score64(model, moved) <= 0
-    return float(units[flips].abs().sum(dim=1).min()) if bool(flips.any()) else math.inf
+    return float(units[flips].norm(p=p, dim=1).min()) if bool(flips.any()) else math.inf
 
 
+@pytest.mark.parametrize("p", [1.0, 2.0])
 @pytest.mark.parametrize("constrained", [False, True])
 @pytest.mark.parametrize("phi", list(PHIS))
-def test_the_l1_bracket_matches_a_dense_grid_in_two_dimensions(phi, constrained):
-    """No allowed grid move of smaller ℓ1 size than lo flips the decision, and the grid finds a flip within
+def test_the_bracket_matches_a_dense_grid_in_two_dimensions(phi, constrained, p):
+    """No allowed grid move of smaller ℓp size than lo flips the decision, and the grid finds a flip within
     a few grid steps of hi."""
     model, x = _model(PHIS[phi], 2, seed=3)
     tm = TM2.resolve(None, 2) if constrained else None
     x = x[score64(model, x) > 0][:6]
-    found = exact_l1_radii(model, x, tm, rtol=1e-6)
+    found = EXACT[p](model, x, tm, rtol=1e-6)
     assert all(s == "exact" or s.startswith("no flip") for s in found.status) and "exact" in found.status
     for i in range(len(x)):
         lo, hi = float(found.lo[i]), float(found.hi[i])
         if found.status[i] != "exact":  # none within the whole reach, or (unbounded) up to lo
-            assert math.isinf(hi) and lo > 20 and _grid_l1(model, x[i], 20.0, tm) == math.inf
+            assert math.isinf(hi) and lo > 20 and _grid(model, x[i], 20.0, tm, p) == math.inf
             continue
         assert 0 < lo <= hi <= lo * (1 + 1e-6)
         step = 2 * 1.5 * hi / 240
-        grid = _grid_l1(model, x[i], 1.5 * hi, tm)
+        grid = _grid(model, x[i], 1.5 * hi, tm, p)
         assert grid >= lo * (1 - 1e-9)
         assert grid <= hi + 4 * step
 
 
+@pytest.mark.parametrize("p", [1.0, 2.0])
 @pytest.mark.parametrize("phi", list(PHIS))
-def test_l1_certificates_never_exceed_the_exact_radius_under_a_threat_model(phi):
+def test_certificates_never_exceed_the_exact_radius_under_a_threat_model(phi, p):
     """Typical and near-boundary inputs, every kind of constraint: closed form ≤ reach ≤ a verified flip."""
     model, x = _model(PHIS[phi], 6, seed=1)
     tm = TM.resolve(None, 6)
     k = 4 if phi == "pairs" else 8
     x = x[score64(model, x) > 0][:k]
     inputs = torch.cat([x, near_boundary(model, x[: k // 2])])
-    found = exact_l1_radii(model, inputs, tm)
+    found = EXACT[p](model, inputs, tm, rtol=1e-3)
     assert sum(s == "exact" for s in found.status) >= len(inputs) - 1
     flagged = torch.tensor([s != "not flagged" for s in found.status])
     for reach in (False, True):
-        cert = asymcert.certify(model, inputs, norms=(1.0,), threat_model=tm, reach=reach)
-        closed = cert.radii[1.0].double()
+        cert = asymcert.certify(model, inputs, norms=(p,), threat_model=tm, reach=reach)
+        closed = cert.radii[p].double()
         assert bool((closed[flagged] <= found.hi[flagged] * (1 + 1e-9)).all())
         assert bool((found.lo[flagged & (closed > 0)] > 0).all())  # informative wherever the certificate is
 
 
-def test_l1_counterexamples_respect_the_threat_model_and_flip_the_decision():
-    """Every reported move: immutable and forbidden directions untouched, inside the domain, of ℓ1 size hi
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_counterexamples_respect_the_threat_model_and_flip_the_decision(p):
+    """Every reported move: immutable and forbidden directions untouched, inside the domain, of ℓp size hi
     in threat-model units, and s(x + δ) ≤ 0 (to rounding) on the float64 model."""
     model, x = _model(SPAM_PHI, 6, seed=2)
     tm = TM.resolve(None, 6)
     x = x[score64(model, x) > 0][:10]
-    found = exact_l1_radii(model, x, tm)
+    found = EXACT[p](model, x, tm)
     rows = torch.isfinite(found.hi) & (found.hi > 0)
     assert int(rows.sum()) >= 5
     delta, xs = found.delta[rows], x[rows].double()
     assert bool((delta[:, 1] == 0).all()) and bool((delta[:, 2] >= 0).all()) and bool((delta[:, 3] <= 0).all())
     moved = xs + delta
     assert bool((moved >= 0).all()) and bool((moved[:, 4] <= torch.clamp(xs[:, 4], min=3.0)).all())
-    size = (delta / tm.scale).abs().sum(dim=1)
+    size = (delta / tm.scale).norm(p=p, dim=1)
     torch.testing.assert_close(size, found.hi[rows], rtol=1e-12, atol=0)
     assert bool((score64(model, moved) <= 1e-9 * score64(model, xs).abs().clamp_min(1)).all())
 
 
-def test_l1_no_allowed_move_unflagged_inputs_and_negative_inputs_under_log1p():
+def test_no_allowed_move_unflagged_inputs_and_negative_inputs_under_log1p():
     """∞ where nothing may move, 0 where nothing is flagged, and no bracket (said so) for x < 0 under log1p."""
     model, x = _model(SPAM_PHI, 3, seed=0)
     s = score64(model, x)
@@ -115,7 +119,7 @@ def test_l1_no_allowed_move_unflagged_inputs_and_negative_inputs_under_log1p():
     assert empty.lo.shape == (0,) and empty.delta.shape == (0, 3) and empty.status == []
 
 
-def test_l1_refusals_and_bad_settings_are_one_line():
+def test_refusals_and_bad_settings_are_one_line():
     concat = build_model(
         {
             "kind": "feature-convex",
@@ -124,8 +128,9 @@ def test_l1_refusals_and_bad_settings_are_one_line():
             "convex": {"kind": "icnn", "widths": [4]},
         }
     )
-    with pytest.raises(UnsupportedModelError, match="'concat-abs' is not one"):
-        exact_l1_radii(concat, torch.rand(2, 4))
+    for solver in EXACT.values():
+        with pytest.raises(UnsupportedModelError, match="'concat-abs' is not one"):
+            solver(concat, torch.rand(2, 4))
     model, x = _model(SPAM_PHI, 3, seed=0)
     bad = x[:2].clone()
     bad[1, 0] = math.nan
@@ -138,14 +143,16 @@ def test_l1_refusals_and_bad_settings_are_one_line():
             exact_l1_radii(model, x[:2], **{name: value})
 
 
-def test_the_audit_compares_l1_certificates_with_exact_l1_radii():
-    """--exact-milp: ℓ1 and ℓ∞ get exact radii through log1p and hinges, with no violation."""
+def test_the_audit_compares_certificates_with_exact_l1_and_l2_radii():
+    """--exact-milp: ℓ1, ℓ2 and ℓ∞ get exact radii through log1p and hinges, with no violation."""
     model, x = _model(SPAM_PHI, 5, seed=5)
     tm = ThreatModel(lower={"*": 0.0}).resolve(None, 5)
-    report = audit(model, x[:12], norms=(1, math.inf), threat_model=tm, exact_milp=True, restarts=1, steps=20)
+    report = audit(
+        model, x[:8], norms=(1, 2, math.inf), threat_model=tm, exact_milp=True, restarts=1, steps=20, exact_time_limit=5
+    )
     entry = report["methods"]["feature-convex"]["norms"]
-    for norm in ("l1", "linf"):
+    for norm in ("l1", "l2", "linf"):
         assert entry[norm]["exact"]["available"] and entry[norm]["exact"]["violations"] == 0
         assert 0 < entry[norm]["exact"]["tightness"]["median"] <= 1
-    assert "outer approximation" in entry["l1"]["exact"]["method"]
+    assert "outer approximation" in entry["l1"]["exact"]["method"] and "norm" in entry["l2"]["exact"]["method"]
     assert report["violations"] == 0
