@@ -264,9 +264,9 @@ def test_audit_of_the_reach_radii(tm_run, tmp_path):
     assert json.loads((copy / "audit.json").read_text())["settings"]["certifier_options"] == {"reach": True}
 
 
-def test_audit_with_exact_linf_radii_through_hinges(folder, tmp_path):
-    """--exact-milp on a hinges model (no affine φ): ℓ∞ gets exact radii, 0 violations, tightness ≤ 1;
-    without the flag the same audit has none."""
+def test_audit_with_exact_radii_through_hinges(folder, tmp_path):
+    """--exact-milp on a hinges model (no affine φ): ℓ∞ and ℓ1 (the threat model's norms) get exact radii,
+    0 violations, tightness ≤ 1; without the flag the same audit has none."""
     run = tmp_path / "hinges"
     tm = ["--threat-model", str(folder / "tm.json")]
     res = CliRunner().invoke(main, _run_args(folder, run, "--preset", "hinges", *tm))
@@ -274,9 +274,10 @@ def test_audit_with_exact_linf_radii_through_hinges(folder, tmp_path):
     args = ["audit", str(run), "--limit", "20", "--steps", "20", "--restarts", "1"]
     res = CliRunner().invoke(main, [*args, "--exact-milp"])
     assert res.exit_code == EXIT_OK, res.output
-    linf = json.loads((run / "audit.json").read_text())["methods"]["feature-convex"]["norms"]["linf"]["exact"]
-    assert linf["available"] and linf["violations"] == 0 and linf["open_brackets"] == 0
-    assert 0 < linf["tightness"]["median"] <= 1
+    norms = json.loads((run / "audit.json").read_text())["methods"]["feature-convex"]["norms"]
+    for exact in (norms["linf"]["exact"], norms["l1"]["exact"]):
+        assert exact["available"] and exact["violations"] == 0 and exact["open_brackets"] == 0
+        assert 0 < exact["tightness"]["median"] <= 1
     assert CliRunner().invoke(main, args).exit_code == EXIT_OK
     linf = json.loads((run / "audit.json").read_text())["methods"]["feature-convex"]["norms"]["linf"]["exact"]
     assert not linf["available"] and "affine" in linf["reason"]

@@ -174,7 +174,8 @@ def _affine_feature_map(
     if not (hasattr(phi, "affine") and phi.affine()):
         raise UnsupportedModelError(
             f"exact radii need an affine feature map (identity/shift/standardize); "
-            f"{getattr(phi, 'config', lambda: type(phi).__name__)()} is not affine"
+            f"{getattr(phi, 'config', lambda: type(phi).__name__)()} is not affine (through log1p, hinges and "
+            f"pair-min: asymcert.certify.exact_linf / exact_lp, or `asymcert audit --exact-milp`)"
         )
     with torch.no_grad():
         zero = torch.zeros((1,) + shape, dtype=torch.float64)

@@ -124,10 +124,9 @@ class _Costs:
         (ℓ2) a tangent of the square at κ̂_i where the modelled square q̂_i (n,) is below κ̂_i²; False when
         there is nothing to add."""
         true = self.kappa(w)
+        tol = 1e-10 * (true + np.max(true, initial=0.0))  # relative: radii may be tiny
         added = False
-        for i in np.flatnonzero(
-            true - modelled > 1e-10 * (true + np.max(true, initial=0.0))
-        ):  # relative: radii may be tiny
+        for i in np.flatnonzero(true - modelled > tol):
             points = self.down[i] if w[i] < self.v0[i] else self.up[i]
             if all(abs(w[i] - q) > 1e-12 * (1.0 + abs(q)) for q in points):
                 points.append(float(w[i]))
