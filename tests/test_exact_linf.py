@@ -15,6 +15,7 @@ import asymcert
 from asymcert.audit import audit
 from asymcert.certify.exact import UnsupportedModelError
 from asymcert.certify.exact_linf import exact_linf_radii, hinge_chain
+from asymcert.certify.exact_lp import exact_l1_radii, exact_l2_radii
 from asymcert.errors import ConfigError, InputError
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
@@ -84,26 +85,6 @@ def test_certificates_never_exceed_the_exact_radius_under_a_threat_model(phi):
     assert bool((found.lo[flagged & (closed > 0)] > 0).all())
 
 
-def test_counterexamples_respect_the_threat_model_and_flip_the_decision():
-    """Every reported move: immutable and forbidden directions untouched, inside the domain, of size hi
-    in threat-model units, and s(x + δ) ≤ 0 (to rounding) on the float64 model."""
-    model, x = _model(SPAM_PHI, 6, seed=2)
-    tm = TM.resolve(None, 6)
-    x = x[score64(model, x) > 0][:10]
-    found = exact_linf_radii(model, x, tm)
-    rows = torch.isfinite(found.hi) & (found.hi > 0)
-    assert int(rows.sum()) >= 5
-    delta, xs = found.delta[rows], x[rows].double()
-    assert bool((delta[:, 1] == 0).all()) and bool((delta[:, 2] >= 0).all()) and bool((delta[:, 3] <= 0).all())
-    moved = xs + delta
-    # inside the domain, or (an input already above the cap) no further out than it was
-    assert bool((moved >= 0).all()) and bool((moved[:, 4] <= torch.clamp(xs[:, 4], min=3.0)).all())
-    size = (delta / tm.scale).abs().amax(dim=1)
-    torch.testing.assert_close(size, found.hi[rows], rtol=1e-12, atol=0)
-    scores = score64(model, moved)
-    assert bool((scores <= 1e-9 * score64(model, xs).abs().clamp_min(1)).all())
-
-
 def test_no_allowed_move_is_an_infinite_radius_and_unflagged_inputs_get_zero():
     model, x = _model(SPAM_PHI, 3, seed=0)
     frozen = ThreatModel(immutable=[0, 1, 2]).resolve(None, 3)
@@ -154,19 +135,21 @@ def test_the_audit_compares_certificates_with_exact_linf_radii():
     assert not plain["methods"]["feature-convex"]["norms"]["linf"]["exact"]["available"]
 
 
-def test_bad_inputs_and_settings_are_refused_in_one_line():
+@pytest.mark.parametrize("solver", [exact_linf_radii, exact_l1_radii, exact_l2_radii])
+def test_bad_inputs_and_settings_are_refused_in_one_line(solver):
+    """The checks every exact solver shares (exact_linf.bracket_radii), for ℓ∞, ℓ1 and ℓ2."""
     model, x = _model(SPAM_PHI, 3, seed=0)
     bad = x[:2].clone()
     bad[1, 0] = math.nan
     with pytest.raises(InputError, match="NaN"):
-        exact_linf_radii(model, bad)
+        solver(model, bad)
     with pytest.raises(InputError, match="shape"):
-        exact_linf_radii(model, x[:, :2])
+        solver(model, x[:, :2])
     with pytest.raises(ConfigError, match="for 4 features"):
-        exact_linf_radii(model, x[:2], ThreatModel().resolve(None, 4))
+        solver(model, x[:2], ThreatModel().resolve(None, 4))
     for name, value in (("time_limit", 0), ("rtol", -1.0), ("rtol", True)):
         with pytest.raises(ConfigError, match=name):
-            exact_linf_radii(model, x[:2], **{name: value})
+            solver(model, x[:2], **{name: value})
     # a ThreatModel naming features by index is resolved here, as exact_radius does
-    by_index = exact_linf_radii(model, x[:4], ThreatModel(immutable=[0, 1, 2]))
+    by_index = solver(model, x[:4], ThreatModel(immutable=[0, 1, 2]))
     assert set(by_index.status) <= {"no flip", "not flagged"}

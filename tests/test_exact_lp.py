@@ -12,8 +12,8 @@ import torch
 import asymcert
 from asymcert.audit import audit
 from asymcert.certify.exact import UnsupportedModelError
+from asymcert.certify.exact_linf import exact_linf_radii
 from asymcert.certify.exact_lp import exact_l1_radii, exact_l2_radii
-from asymcert.errors import ConfigError, InputError
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
 from tests.conftest import near_boundary, score64
@@ -82,14 +82,14 @@ def test_certificates_never_exceed_the_exact_radius_under_a_threat_model(phi, p)
         assert bool((found.lo[flagged & (closed > 0)] > 0).all())  # informative wherever the certificate is
 
 
-@pytest.mark.parametrize("p", [1.0, 2.0])
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
 def test_counterexamples_respect_the_threat_model_and_flip_the_decision(p):
-    """Every reported move: immutable and forbidden directions untouched, inside the domain, of ℓp size hi
-    in threat-model units, and s(x + δ) ≤ 0 (to rounding) on the float64 model."""
+    """Every reported move (ℓ1, ℓ2 and exact_linf's ℓ∞): immutable and forbidden directions untouched, inside
+    the domain, of ℓp size hi in threat-model units, and s(x + δ) ≤ 0 (to rounding) on the float64 model."""
     model, x = _model(SPAM_PHI, 6, seed=2)
     tm = TM.resolve(None, 6)
     x = x[score64(model, x) > 0][:10]
-    found = EXACT[p](model, x, tm)
+    found = {**EXACT, math.inf: exact_linf_radii}[p](model, x, tm)
     rows = torch.isfinite(found.hi) & (found.hi > 0)
     assert int(rows.sum()) >= 5
     delta, xs = found.delta[rows], x[rows].double()
@@ -119,7 +119,7 @@ def test_no_allowed_move_unflagged_inputs_and_negative_inputs_under_log1p():
     assert empty.lo.shape == (0,) and empty.delta.shape == (0, 3) and empty.status == []
 
 
-def test_refusals_and_bad_settings_are_one_line():
+def test_other_feature_maps_are_refused_by_name():
     concat = build_model(
         {
             "kind": "feature-convex",
@@ -128,19 +128,9 @@ def test_refusals_and_bad_settings_are_one_line():
             "convex": {"kind": "icnn", "widths": [4]},
         }
     )
-    for solver in EXACT.values():
+    for solver in EXACT.values():  # bad inputs and settings: test_exact_linf, for all three solvers
         with pytest.raises(UnsupportedModelError, match="'concat-abs' is not one"):
             solver(concat, torch.rand(2, 4))
-    model, x = _model(SPAM_PHI, 3, seed=0)
-    bad = x[:2].clone()
-    bad[1, 0] = math.nan
-    with pytest.raises(InputError, match="NaN"):
-        exact_l1_radii(model, bad)
-    with pytest.raises(ConfigError, match="for 4 features"):
-        exact_l1_radii(model, x[:2], ThreatModel().resolve(None, 4))
-    for name, value in (("time_limit", 0), ("rtol", -1.0)):
-        with pytest.raises(ConfigError, match=name):
-            exact_l1_radii(model, x[:2], **{name: value})
 
 
 def test_the_audit_compares_certificates_with_exact_l1_and_l2_radii():

@@ -374,5 +374,5 @@ def exact_l2_radii(
     rtol: float = BISECTION_RTOL,
 ) -> ExactBracket:
     """Bracket the exact ℓ2 radius (‖δ / scale‖₂ in the threat model's units) of every input x (N, n): as
-    :func:`exact_l1_radii`, with the ℓ2 norm of the costs modelled from below by cuts (module docstring)."""
+    :func:`exact_l1_radii`, with each squared cost modelled from below by tangents (module docstring)."""
     return bracket_radii(model, x, threat_model, time_limit, rtol, 2.0, _bracket_one(2.0))
