@@ -272,9 +272,13 @@ def test_audit_with_exact_radii_through_hinges(folder, tmp_path):
     res = CliRunner().invoke(main, _run_args(folder, run, "--preset", "hinges", *tm))
     assert res.exit_code == EXIT_OK, res.output
     args = ["audit", str(run), "--limit", "20", "--steps", "20", "--restarts", "1"]
-    res = CliRunner().invoke(main, [*args, "--exact-milp"])
+    res = CliRunner().invoke(main, [*args, "--exact-milp", "--exact-time-limit", "30"])
     assert res.exit_code == EXIT_OK, res.output
-    norms = json.loads((run / "audit.json").read_text())["methods"]["feature-convex"]["norms"]
+    written = (run / "audit.json").read_bytes()
+    refused = CliRunner().invoke(main, [*args, "--exact-milp", "--exact-time-limit", "0"])
+    assert refused.exit_code == 2 and "--exact-time-limit" in refused.output and "Traceback" not in refused.output
+    assert (run / "audit.json").read_bytes() == written  # a refused command changes nothing
+    norms = json.loads(written)["methods"]["feature-convex"]["norms"]
     for exact in (norms["linf"]["exact"], norms["l1"]["exact"]):
         assert exact["available"] and exact["violations"] == 0 and exact["open_brackets"] == 0
         assert 0 < exact["tightness"]["median"] <= 1
