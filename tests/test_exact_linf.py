@@ -150,6 +150,8 @@ def test_bad_inputs_and_settings_are_refused_in_one_line(solver):
     for name, value in (("time_limit", 0), ("rtol", -1.0), ("rtol", True)):
         with pytest.raises(ConfigError, match=name):
             solver(model, x[:2], **{name: value})
+    empty = solver(model, x[:0])  # an empty batch is an empty bracket, not a crash
+    assert empty.lo.shape == (0,) and empty.delta.shape == (0, 3) and empty.status == []
     # a ThreatModel naming features by index is resolved here, as exact_radius does
     by_index = solver(model, x[:4], ThreatModel(immutable=[0, 1, 2]))
     assert set(by_index.status) <= {"no flip", "not flagged"}
