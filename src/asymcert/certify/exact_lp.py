@@ -238,7 +238,8 @@ def _solve_round(costs: _Costs, lo: np.ndarray, hi: np.ndarray, time_limit: floa
         why = "time limit" if res.status == TIME_LIMIT else f"solver: {res.message}"
         return _Round(bound, None, None, None, why)
     squares = np.asarray(res.x[size]) if costs.p == 2.0 else None
-    return _Round(bound, np.clip(res.x[:n], lo, hi), np.asarray(res.x[k]), squares, str(res.message))
+    status = "time limit" if res.status == TIME_LIMIT else str(res.message)  # a point, but no proof it is best
+    return _Round(bound, np.clip(res.x[:n], lo, hi), np.asarray(res.x[k]), squares, status)
 
 
 def _box(costs: _Costs, ball: Reach, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -300,6 +301,8 @@ class _Search:
         if found.bound > r and not whole:
             return grow, None
         if not refined:
+            if found.status == "time limit":  # the program stopped before its bound met its point
+                return r, "time limit"
             why = "the solver's gap" if move is not None else "the program's point is not a flip"
             return r, f"undecided ({why}): min size in [{self.lo:.6g}, {self.hi:.6g}]"
         return min(r, self.hi), None
