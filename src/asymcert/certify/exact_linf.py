@@ -372,6 +372,17 @@ def reach_balls(x: np.ndarray, tm: ResolvedThreatModel | None) -> list[Reach]:
     return out
 
 
+def float64_scores(model64: FeatureConvexClassifier, x: np.ndarray) -> np.ndarray:
+    """s (k,) of the float64 model on raw inputs x (k, n)."""
+    with torch.no_grad():
+        return model64(torch.from_numpy(x).reshape((-1, *model64.input_shape))).numpy().reshape(-1)
+
+
+def removes_flag(s: np.ndarray, s0: float) -> np.ndarray:
+    """Which scores s (k,) count as s ≤ 0 for an input whose own score is s0 (to CHECK_TOL, relative)."""
+    return s <= CHECK_TOL * max(1.0, abs(s0))
+
+
 def _flip_at(
     chain: HingeChain, model64: FeatureConvexClassifier, ball: Reach, r: float, s0: float, limit: float
 ) -> tuple[str, np.ndarray | None]:
@@ -384,9 +395,8 @@ def _flip_at(
         return "safe", None
     if prog.v is not None:
         moved = np.clip(chain.raw(prog.v), x_lo, x_hi)
-        with torch.no_grad():
-            s = float(model64(torch.from_numpy(moved[None]).reshape((1, *model64.input_shape))))
-        if s <= CHECK_TOL * max(1.0, abs(s0)):
+        s = float(float64_scores(model64, moved[None])[0])
+        if removes_flag(np.array([s]), s0)[0]:
             return "flip", moved - ball.x
         return f"undecided at r = {r:.6g}: min s in [{prog.bound:.3g}, {s:.3g}]", None
     return f"solver: {prog.status}", None
@@ -460,8 +470,7 @@ def bracket_radii(
     # where the search starts: the closed-form certificate (a guess here, never trusted as a bound)
     cert = certify_feature_convex(model, x, (p,)) if tm is None else feature_convex_threat(model, x, (p,), tm)
     closed = cert.radii[p].double().cpu().numpy()
-    with torch.no_grad():
-        scores = model64(torch.from_numpy(flat).reshape((-1, *model64.input_shape))).numpy()
+    scores = float64_scores(model64, flat)
     lo, hi, delta, status = np.zeros(len(flat)), np.zeros(len(flat)), np.full_like(flat, np.nan), []
     for i, ball in enumerate(reach_balls(flat, tm)):
         if scores[i] <= 0:
@@ -483,7 +492,8 @@ def exact_linf_radii(
     time_limit: float = 60.0,
     rtol: float = BISECTION_RTOL,
 ) -> ExactBracket:
-    """Bracket the exact ℓ∞ radius of every input x (N, n) of a model with φ = [log1p] → affine → [hinges].
+    """Bracket the exact ℓ∞ radius of every input x (N, n) of a model with φ = [log1p] → affine → [pair-min]
+    → [hinges].
 
     Args:
         model: a feature-convex classifier with an ICNN g (see :func:`hinge_chain`).

@@ -44,7 +44,6 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from asymcert.certify.exact import CHECK_TOL
 from asymcert.certify.exact_linf import (
     BISECTION_RTOL,
     BracketOne,
@@ -54,6 +53,8 @@ from asymcert.certify.exact_linf import (
     Reach,
     bracket_radii,
     feature_columns,
+    float64_scores,
+    removes_flag,
     run_milp,
     score_terms,
 )
@@ -113,8 +114,8 @@ class _Costs:
         return np.abs(self.raw(w) - self.x) / self.scale
 
     def slope(self, w: np.ndarray) -> np.ndarray:
-        """dκ_i/dw at w ≥ v0 (n,): d m⁻¹/dw / scale."""
-        inner = 1.0 / self.chain.a
+        """dκ_i/dw at w ≥ v0 (n,) or (k, n): d m⁻¹/dw / scale, the shape of w."""
+        inner = np.ones_like(w) / self.chain.a
         if self.chain.log1p:
             inner = inner * np.exp((w - self.chain.c) / self.chain.a)
         return inner / self.scale
@@ -147,12 +148,10 @@ def _tangent_rows(prog: Program, costs: _Costs, v: np.ndarray, k: np.ndarray, hi
     if not idx:
         return
     rows, points = np.array([i for i, _ in idx]), np.array([t for _, t in idx])
-    w = costs.v0.copy()
-    slopes, values = np.empty(len(idx)), np.empty(len(idx))
-    for j, (i, t) in enumerate(idx):  # per point: κ and κ' of its own coordinate
-        w[i] = t
-        slopes[j], values[j] = costs.slope(w)[i], costs.kappa(w)[i]
-        w[i] = costs.v0[i]
+    w = np.repeat(costs.v0[None], len(idx), axis=0)  # row j: v0 with coordinate rows[j] at points[j]
+    pick = (np.arange(len(idx)), rows)
+    w[pick] = points
+    slopes, values = costs.slope(w)[pick], costs.kappa(w)[pick]
     prog.rows([(v[rows], slopes / unit), (k[rows], -1.0 / unit)], (slopes * points - values) / unit)
 
 
@@ -163,7 +162,7 @@ def _chord_rows(prog: Program, costs: _Costs, v: np.ndarray, k: np.ndarray, lo: 
         points = np.unique([lo[i], costs.v0[i], *[q for q in costs.down[i] if lo[i] < q < costs.v0[i]]])
         w = np.repeat(costs.v0[None], len(points), axis=0)
         w[:, i] = points
-        values = np.array([costs.kappa(row)[i] for row in w])
+        values = costs.kappa(w)[:, i]
         slopes = np.diff(values) / np.diff(points)  # ≤ 0: κ falls towards v0
         upper = slopes * points[:-1] - values[:-1]  # chord: κ ≥ value_p + slope·(v − p)
         m = len(slopes)
@@ -254,9 +253,7 @@ def _check(costs: _Costs, model64: FeatureConvexClassifier, w: np.ndarray, box: 
     only to its feasibility tolerance), when it is allowed and reaches s ≤ 0 on the float64 model; else None."""
     move = costs.raw(w) - costs.x
     tries = np.stack([np.clip(costs.x + (1.0 + eps) * move, box[0], box[1]) for eps in PUSHES])
-    with torch.no_grad():
-        s = model64(torch.from_numpy(tries).reshape((len(PUSHES), *model64.input_shape))).numpy().reshape(-1)
-    ok = np.flatnonzero(s <= CHECK_TOL * max(1.0, abs(s0)))
+    ok = np.flatnonzero(removes_flag(float64_scores(model64, tries), s0))
     return tries[ok[0]] - costs.x if ok.size else None
 
 
