@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from common import int_list, machine, positive_int, write_results  # benchmarks/common.py
 from sklearn.ensemble import HistGradientBoostingClassifier
-from spambase_cv import INNER_FOLDS, Job, Outcome, fold_data, per_fold, run_job, stratified_folds, table
+from spambase_cv import INNER_FOLDS, Job, Outcome, by_name, fold_data, per_fold, run_job, stratified_folds, table
 from torch import nn
 
 import asymcert.train.recipes as recipes
@@ -129,9 +129,7 @@ def main() -> None:
             teacher = list(pool.map(boosting_validation, range(INNER_FOLDS)))
     except AsymcertError as exc:
         sys.exit(f"distill_boosting: {exc}")
-    groups: dict[str, list[Outcome]] = {}
-    for o in outcomes:
-        groups.setdefault(o.name, []).append(o)
+    groups = by_name(outcomes)
     lines = table(groups)
     for name, group in groups.items():
         folds = per_fold(group)

@@ -135,6 +135,14 @@ def run_job(job: Job) -> Outcome:
     )  # fmt: skip
 
 
+def by_name(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
+    """The outcomes grouped by configuration name, in order of first appearance."""
+    groups: dict[str, list[Outcome]] = {}
+    for o in outcomes:
+        groups.setdefault(o.name, []).append(o)
+    return groups
+
+
 def per_fold(outcomes: list[Outcome], value: str = "accuracy") -> list[float]:
     """Per fold (ascending), the mean over seeds of ``value`` ("accuracy" or "certified" at r = 1)."""
     folds: dict[int, list[float]] = {}
@@ -233,9 +241,7 @@ def main() -> None:
             refs = list(pool.map(references, range(OUTER_FOLDS))) if args.mode == "outer" else []
     except AsymcertError as exc:
         sys.exit(f"spambase_cv: {exc}")
-    groups: dict[str, list[Outcome]] = {}
-    for o in outcomes:
-        groups.setdefault(o.name, []).append(o)
+    groups = by_name(outcomes)
     lines = table(groups)
     summary: dict = {"mode": args.mode, "seeds": ",".join(map(str, args.seeds)), "machine": machine()}
     if args.mode == "inner":
