@@ -38,6 +38,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from spambase_cv import OUTER_FOLDS, fold_data  # benchmarks/spambase_cv.py
 
+from asymcert.data.tasks import TaskData
 from asymcert.nn.feature_maps import build_feature_map
 from asymcert.train.balance import fit_balance
 
@@ -62,9 +63,9 @@ MLP_ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 MLP_SEEDS = (0, 1, 2)
 
 
-def boosting_accuracies(fold: int) -> dict[str, float]:
-    """Test accuracy (percent) of each BOOSTING model on outer ``fold``, trained on its training folds."""
-    data = fold_data("outer", fold)
+def boosting_accuracies(data: TaskData) -> dict[str, float]:
+    """Test accuracy (percent) of each BOOSTING model on an outer fold's splits ``data``, trained on its
+    training split."""
     x, y = data.train.x.numpy(), data.train.y.numpy()
     test_x, test_y = data.test.x.numpy(), data.test.y.numpy()
     return {
@@ -73,10 +74,10 @@ def boosting_accuracies(fold: int) -> dict[str, float]:
     }
 
 
-def logistic_accuracy(fold: int, phi: list[dict]) -> float:
-    """Test accuracy (percent) on outer ``fold`` of logistic regression on φ's standardised features, its C
-    chosen on the validation fold, at the balanced threshold asymcert fits (``fit_balance`` on validation)."""
-    data = fold_data("outer", fold)
+def logistic_accuracy(data: TaskData, phi: list[dict]) -> float:
+    """Test accuracy (percent) on an outer fold's splits ``data`` of logistic regression on φ's standardised
+    features, its C chosen on the validation split, at the balanced threshold asymcert fits (``fit_balance``
+    on validation)."""
     fmap = build_feature_map(phi, (data.train.x.shape[1],)).double().fit(data.train.x.double())
     feats = {s: fmap(getattr(data, s).x.double()).detach().numpy() for s in ("train", "val", "test")}
     mean, sd = feats["train"].mean(0), feats["train"].std(0) + 1e-6
@@ -89,9 +90,8 @@ def logistic_accuracy(fold: int, phi: list[dict]) -> float:
     return 100 * float(np.mean(flagged == y["test"]))
 
 
-def mlp_accuracy(fold: int) -> float:
-    """Test accuracy (percent, mean over MLP_SEEDS) of the validation-chosen MLP on outer ``fold``."""
-    data = fold_data("outer", fold)
+def mlp_accuracy(data: TaskData) -> float:
+    """Test accuracy (percent, mean over MLP_SEEDS) of the validation-chosen MLP on an outer fold's splits ``data``."""
     logs = {s: np.log1p(np.maximum(getattr(data, s).x.double().numpy(), 0.0)) for s in ("train", "val", "test")}
     mean, sd = logs["train"].mean(0), logs["train"].std(0) + 1e-12
     z = {s: (v - mean) / sd for s, v in logs.items()}
@@ -111,11 +111,12 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     per_model: dict[str, list[float]] = {}
     for fold in range(OUTER_FOLDS):
-        for name, acc in boosting_accuracies(fold).items():
+        data = fold_data("outer", fold)  # read once per fold, shared by every model
+        for name, acc in boosting_accuracies(data).items():
             per_model.setdefault(name, []).append(acc)
         for name, phi in PHI.items():
-            per_model.setdefault(f"logistic regression on {name} φ", []).append(logistic_accuracy(fold, phi))
-        per_model.setdefault("MLP 64-32 on log1p features (non-convex)", []).append(mlp_accuracy(fold))
+            per_model.setdefault(f"logistic regression on {name} φ", []).append(logistic_accuracy(data, phi))
+        per_model.setdefault("MLP 64-32 on log1p features (non-convex)", []).append(mlp_accuracy(data))
     print("| model (uncertified) | test accuracy per fold, % | mean ± sd (min) |\n|---|---|---|")
     for name, per in per_model.items():
         folds = " / ".join(f"{v:.2f}" for v in per)

@@ -395,10 +395,10 @@ def _flip_at(
         return "safe", None
     if prog.v is not None:
         moved = np.clip(chain.raw(prog.v), x_lo, x_hi)
-        s = float(float64_scores(model64, moved[None])[0])
-        if removes_flag(np.array([s]), s0)[0]:
+        s = float64_scores(model64, moved[None])
+        if removes_flag(s, s0)[0]:
             return "flip", moved - ball.x
-        return f"undecided at r = {r:.6g}: min s in [{prog.bound:.3g}, {s:.3g}]", None
+        return f"undecided at r = {r:.6g}: min s in [{prog.bound:.3g}, {s[0]:.3g}]", None
     return f"solver: {prog.status}", None
 
 
