@@ -26,6 +26,7 @@ accuracy of each fold, the mean ± sd over folds and the lowest fold. Needs scik
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import warnings
 
@@ -108,6 +109,7 @@ def mlp_accuracy(data: TaskData) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     per_model: dict[str, list[float]] = {}
     for fold in range(OUTER_FOLDS):
