@@ -305,6 +305,51 @@ def test_pair_min_point_harms_bound_every_mixed_move(which, seed, zeros, ties, m
         assert bool((harm <= bound + 1e-9 * (1 + bound.abs())).all()), (harm - bound).max()
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    which=st.integers(0, len(PAIR_PHIS) - 1),
+    seed=st.integers(0, 2**16),
+    zeros=st.floats(0.0, 0.8),
+    ties=st.booleans(),
+    p=st.sampled_from([1.0, 2.0, math.inf]),
+    size=st.sampled_from([1e-3, 0.05, 0.5, 5.0]),
+)
+def test_pair_min_reach_costs_bound_every_move_inside_the_ball(which, seed, zeros, ties, p, size):
+    """Reach through pair-min: for every allowed move u (threat-model units, ‖u‖_p ≤ r, several coordinates
+    at once, inside the domain) and any ∇g within its bounds, the harm −∇g·(φ(x + scale·u) − φ(x)) is at
+    most Σ_i a_i(r)·|u_i| with a(r) = reach_costs; a(r) never exceeds the global costs, and is below them
+    for some coordinates at small r (pairs whose order the ball cannot change are attributed exactly)."""
+    phi = _fitted_phi(PAIR_PHIS[which], d=6)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(16, 6, generator=gen, dtype=torch.float64) * 3
+    x = torch.where(torch.rand(16, 6, generator=gen, dtype=torch.float64) < zeros, torch.zeros_like(x), x)
+    if ties:
+        x[:, 5] = x[:, 0]
+    tm = TM.resolve(None, 6)
+    q = phi.out_shape((6,))[0]
+    w_lo = torch.randn(16, q, generator=gen, dtype=torch.float64)
+    w_hi = w_lo + torch.rand(16, q, generator=gen, dtype=torch.float64) * 0.2
+    r = torch.full((16,), size, dtype=torch.float64)
+    costs = threat_model_module.reach_costs(phi, (w_lo, w_hi), x, tm, r)
+    global_costs = threat_model_module.reach_costs(phi, (w_lo, w_hi), x, tm, torch.full_like(r, math.inf))
+    assert bool((costs <= global_costs).all())
+    if size <= 0.05:
+        assert bool((costs < global_costs).any())
+    up, down = tm.directions(x)
+    for _ in range(12):
+        u = torch.randn(16, 6, generator=gen, dtype=torch.float64)
+        u = torch.where(up, u, u.clamp(max=0.0)).where(down | (u > 0), torch.zeros_like(u))
+        u = u * (torch.rand(16, 6, generator=gen, dtype=torch.float64) < 0.6)
+        norm = torch.linalg.vector_norm(u, ord=p, dim=1, keepdim=True).clamp_min(1e-300)
+        u = u / norm * r[:, None] * torch.rand(16, 1, generator=gen, dtype=torch.float64)
+        moved = torch.minimum(torch.maximum(x + u * tm.scale, tm.lower), tm.upper)
+        u = (moved - x) / tm.scale  # the domain only shortens moves
+        w = w_lo + (w_hi - w_lo) * torch.rand(16, q, generator=gen, dtype=torch.float64)
+        harm = -(w * (phi(moved) - phi(x))).sum(dim=1)
+        bound = (costs * u.abs()).sum(dim=1)
+        assert bool((harm <= bound + 1e-9 * (1 + bound.abs())).all()), (harm - bound).max()
+
+
 def test_pair_min_after_copies_declares_no_weight_bounds_and_certifies_by_the_fallback():
     """On the copies hinges make, pair-min would pair copies of one coordinate: its bounds are not derived
     there, so the threat-model radius is the generic fallback (the raw ℓp radius over the largest scale)."""

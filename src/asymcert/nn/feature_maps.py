@@ -441,7 +441,9 @@ class PairMin(FeatureMap):
     ‖Δ‖_p^p ≤ 2‖δ‖_p^p and φ is (1 + 2P)^{1/p}-Lipschitz, 1 for ℓ∞. Not coordinate-wise (declares no
     :meth:`slope_bounds`), but moving x_i alone moves copy 0 at i by δ_i and the copies (k, i) and
     (k, i − k) by c·δ_i with c ∈ [0, 1], which :meth:`weight_bounds` sums; every feature is nondecreasing
-    in every coordinate. Only on one copy per raw coordinate (after identity, shift, log1p, standardize).
+    in every coordinate. On a box (:meth:`reach_weight_bounds`) a pair whose order the box cannot change
+    is attributed exactly: all of it to its smaller coordinate, none to the other. Only on one copy per raw
+    coordinate (after identity, shift, log1p, standardize).
 
     Args:
         in_shape: shape (n,) of one input, n ≥ 2.
@@ -520,8 +522,8 @@ class PairMin(FeatureMap):
             h_p, h_i = h[:, partner], h[:, None, :]  # (N, P, n): the partner's and the mover's excess
             later = (h_p < h_i) | ((h_p == h_i) & (partner > idx)[None])
             keep[side, "up"], keep[side, "down"] = ~later, h_p > 0
-        up = self._pair_sums(w_lo, w_hi, behind, keep["ahead", "up"], keep["behind", "up"])
-        down = self._pair_sums(w_lo, w_hi, behind, keep["ahead", "down"], keep["behind", "down"])
+        up = self._pair_sums(w_lo, w_hi, behind, _kept(keep["ahead", "up"]), _kept(keep["behind", "up"]))
+        down = self._pair_sums(w_lo, w_hi, behind, _kept(keep["ahead", "down"]), _kept(keep["behind", "down"]))
         # each left-out pair moves by at most τ_i + τ_j within one segment, and each pair weight is counted
         # by both its coordinates and both directions: C ≤ 2·(2·max τ)·Σ|w| over the pair copies
         mag = torch.maximum(w_lo[:, 1:].abs(), w_hi[:, 1:].abs()).sum(dim=(1, 2))
@@ -533,18 +535,28 @@ class PairMin(FeatureMap):
         w_lo: torch.Tensor,
         w_hi: torch.Tensor,
         behind: torch.Tensor,
-        keep_a: torch.Tensor | None = None,
-        keep_b: torch.Tensor | None = None,
+        share_a: Bounds | None = None,
+        share_b: Bounds | None = None,
     ) -> Bounds:
-        """(N, 1, n) bounds on ŵ_i = w_{0,i} + Σ_k (w_{k,i} c + w_{k,i−k} c'), c, c' ∈ [0, 1], rounded outward;
-        with masks (N, P, n), only the copies (k, i) where ``keep_a`` and (k, i − k) where ``keep_b``."""
+        """(N, 1, n) bounds on ŵ_i = w_{0,i} + Σ_k (w_{k,i} c + w_{k,i−k} c'), rounded outward, with the shares
+        c of the copies (k, i) in ``share_a`` and c' of the copies (k, i − k) in ``share_b``: (lo, hi) (N, P, n)
+        with values 0 or 1, or None for [0, 1]."""
         index = behind.unsqueeze(0).expand(w_lo.shape[0], -1, -1)
-        low, high = w_lo[:, 1:].clamp(max=0.0), w_hi[:, 1:].clamp(min=0.0)
-        parts_lo, parts_hi = [low, torch.gather(low, 2, index)], [high, torch.gather(high, 2, index)]
-        for j, keep in enumerate((keep_a, keep_b)):
-            if keep is not None:
-                zero = torch.zeros_like(low)
-                parts_lo[j], parts_hi[j] = torch.where(keep, parts_lo[j], zero), torch.where(keep, parts_hi[j], zero)
+        pairs_lo, pairs_hi = w_lo[:, 1:], w_hi[:, 1:]
+        sides = (
+            (pairs_lo, pairs_hi, share_a),
+            (torch.gather(pairs_lo, 2, index), torch.gather(pairs_hi, 2, index), share_b),
+        )
+        parts_lo, parts_hi = [], []
+        for low, high, share in sides:
+            if share is None:  # c ∈ [0, 1]
+                parts_lo.append(low.clamp(max=0.0))
+                parts_hi.append(high.clamp(min=0.0))
+                continue
+            c_lo, c_hi = share  # w·c over w ∈ [low, high], c ∈ {c_lo, c_hi} ⊂ {0, 1}: exact, no rounding
+            zero = torch.zeros_like(low)
+            parts_lo.append(torch.minimum(torch.where(c_lo > 0, low, zero), torch.where(c_hi > 0, low, zero)))
+            parts_hi.append(torch.maximum(torch.where(c_lo > 0, high, zero), torch.where(c_hi > 0, high, zero)))
         terms_lo = torch.cat([w_lo[:, :1], *parts_lo], dim=1)
         terms_hi = torch.cat([w_hi[:, :1], *parts_hi], dim=1)
         # absolute allowance for the float64 sum of 1 + 2P terms: (T + 1)·eps·Σ|terms| ≥ (T − 1)·u·Σ|terms|
@@ -552,6 +564,55 @@ class PairMin(FeatureMap):
         low_sum = round_down(terms_lo.sum(dim=1, keepdim=True) - grow * terms_lo.abs().sum(dim=1, keepdim=True))
         high_sum = round_up(terms_hi.sum(dim=1, keepdim=True) + grow * terms_hi.abs().sum(dim=1, keepdim=True))
         return low_sum, high_sum
+
+    def _excess_box(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+        """Bounds (N, n) on h = relu(z − floor) while z stays in the box [lo, hi] (N, 1, n), rounded outward."""
+        floor = self.floor.to(lo)
+        return torch.relu(round_down(lo[:, 0] - floor)), torch.relu(round_up(hi[:, 0] - floor))
+
+    def _fits(self, boxes: torch.Tensor) -> bool:
+        """Whether (N, K, n) boxes are for one copy of this map's n inputs (not for copies made before it)."""
+        return boxes.shape[1] == 1 and boxes.shape[2] == self.floor.numel()
+
+    def reach_image(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds | None:
+        # copy 0 is z itself; min is monotone in both arguments, so copy k lies in
+        # [min(h_lo,i, h_lo,i+k), min(h_hi,i, h_hi,i+k)] (exact: min does not round)
+        if not self._fits(lo):
+            return None
+        h_lo, h_hi = self._excess_box(lo, hi)
+        ahead = self._partners(lo.shape[2], lo.device)[0]
+        pairs_lo = torch.minimum(h_lo[:, None, :], h_lo[:, ahead])
+        pairs_hi = torch.minimum(h_hi[:, None, :], h_hi[:, ahead])
+        return torch.cat([lo, pairs_lo], dim=1), torch.cat([hi, pairs_hi], dim=1)
+
+    def reach_weight_bounds(
+        self, w_lo: torch.Tensor, w_hi: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+    ) -> Bounds | None:
+        # moving z_i inside the box (the partner j anywhere in its own): min(h_i, h_j) is h_i throughout when
+        # h_i's largest value is at most h_j's smallest, and h_j throughout (share 0) when h_i's smallest is at
+        # least h_j's largest; h_i's own share is 1 when the box lies above the floor, 0 when below it
+        n = w_lo.shape[2]
+        if w_lo.shape[1] != 1 + self.shifts or n != self.floor.numel() or not self._fits(lo):
+            return None
+        h_lo, h_hi = self._excess_box(lo, hi)
+        floor = self.floor.to(lo)
+        linear, flat = lo[:, 0] >= floor, hi[:, 0] <= floor  # (N, n): relu's quotient exactly 1 / exactly 0
+        ahead, behind = self._partners(n, lo.device)
+        shares = []
+        for partner in (ahead, behind):
+            mine = h_hi[:, None, :] <= h_lo[:, partner]  # (N, P, n)
+            theirs = h_lo[:, None, :] >= h_hi[:, partner]
+            c_lo = (mine & ~theirs & linear[:, None, :]).to(lo.dtype)
+            c_hi = (~theirs & ~flat[:, None, :]).to(lo.dtype)
+            shares.append((c_lo, c_hi))
+        low, high = self._pair_sums(w_lo, w_hi, behind, shares[0], shares[1])
+        global_lo, global_hi = self._pair_sums(w_lo, w_hi, behind)  # both sound: keep the tighter ends
+        return torch.maximum(low, global_lo), torch.minimum(high, global_hi)
+
+
+def _kept(keep: torch.Tensor) -> Bounds:
+    """Share intervals (:meth:`PairMin._pair_sums`) for a mask: [0, 1] where ``keep``, exactly 0 elsewhere."""
+    return torch.zeros_like(keep, dtype=torch.float64), keep.to(torch.float64)
 
 
 class Compose(FeatureMap):
@@ -789,7 +850,7 @@ def reach_weights_step(phi: nn.Module, weights: Bounds, box: Bounds | None) -> B
 
 
 def reach_matters(phi: nn.Module) -> bool:
-    """Whether some step of φ declares :meth:`FeatureMap.reach_weight_bounds` (log1p, hinges): else the
+    """Whether some step of φ declares :meth:`FeatureMap.reach_weight_bounds` (log1p, hinges, pair-min): else the
     weight bounds on any box are the global ones, and a reach search cannot enlarge a radius."""
     if isinstance(phi, Compose):
         return any(reach_matters(m) for m in phi.feature_maps)
