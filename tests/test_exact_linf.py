@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 import asymcert
 from asymcert.audit import audit
+from asymcert.certify import exact_linf as exact_linf_module
 from asymcert.certify.exact import UnsupportedModelError
 from asymcert.certify.exact_linf import exact_linf_radii, hinge_chain
 from asymcert.certify.exact_lp import exact_l1_radii, exact_l2_radii
@@ -155,3 +157,22 @@ def test_bad_inputs_and_settings_are_refused_in_one_line(solver):
     # a ThreatModel naming features by index is resolved here, as exact_radius does
     by_index = solver(model, x[:4], ThreatModel(immutable=[0, 1, 2]))
     assert set(by_index.status) <= {"no flip", "not flagged"}
+
+
+def test_the_solver_prints_nothing_and_python_output_before_it_survives(capfd, monkeypatch):
+    """scipy's HiGHS prints a debug line on stdout on some solves (seen in `asymcert audit --exact-milp` on a
+    pair-min model): run_milp silences the C-level stdout around the solve, after flushing Python's own."""
+    real = exact_linf_module.milp
+
+    def noisy(*args, **kwargs):
+        os.write(1, b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(exact_linf_module, "milp", noisy)
+    model, x = _model(PHIS["pairs"], 3, seed=1)
+    x = x[score64(model, x) > 0][:2]
+    print("before the solve", end="")  # buffered by Python: must come out, not vanish with the C output
+    found = exact_linf_radii(model, x, rtol=1e-3)
+    out = capfd.readouterr().out
+    assert out == "before the solve"
+    assert set(found.status) <= {"exact"}

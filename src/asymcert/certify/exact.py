@@ -30,6 +30,7 @@ import contextlib
 import copy
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -273,7 +274,11 @@ def _g_chain(model: FeatureConvexClassifier, a: np.ndarray, c_phi: np.ndarray) -
 
 @contextlib.contextmanager
 def _quiet_stdout() -> Iterator[None]:
-    """Silence C-level stdout (HiGHS prints a banner when its first instance is created)."""
+    """Silence C-level stdout (HiGHS prints a banner when its first instance is created, and scipy's HiGHS
+    a debug line when a mixed-integer program's presolve maps back a new solution). Python's own buffered
+    output is flushed first, so none of it is lost."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
     try:
         saved = os.dup(1)
     except OSError:  # pragma: no cover - no stdout at all

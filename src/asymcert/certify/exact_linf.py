@@ -38,7 +38,14 @@ import torch
 from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
 from torch import nn
 
-from asymcert.certify.exact import CHECK_TOL, LayerChain, UnsupportedModelError, feature_chain, resolve_threat
+from asymcert.certify.exact import (
+    CHECK_TOL,
+    LayerChain,
+    UnsupportedModelError,
+    _quiet_stdout,
+    feature_chain,
+    resolve_threat,
+)
 from asymcert.certify.feature_convex import certify_feature_convex
 from asymcert.certify.inputs import check_inputs
 from asymcert.certify.threat_model import feature_convex_threat
@@ -291,13 +298,14 @@ def run_milp(prog: Program, cost: np.ndarray, time_limit: float, gap: float = 1e
     a = sp.csr_matrix((vals, (rows, cols)), shape=(prog.n_rows, prog.n_cols))
     lo, hi = (np.concatenate([b[k] for b in prog.bounds]) for k in range(2))
     integrality = np.concatenate([np.full(len(b[0]), float(b[2])) for b in prog.bounds])
-    return milp(
-        cost,
-        integrality=integrality,
-        bounds=Bounds(lo, hi),
-        constraints=LinearConstraint(a, -np.inf, np.concatenate(prog.upper)),
-        options={"time_limit": max(time_limit, 1e-3), "mip_rel_gap": gap},
-    )
+    with _quiet_stdout():  # scipy's HiGHS prints a debug line on some solves
+        return milp(
+            cost,
+            integrality=integrality,
+            bounds=Bounds(lo, hi),
+            constraints=LinearConstraint(a, -np.inf, np.concatenate(prog.upper)),
+            options={"time_limit": max(time_limit, 1e-3), "mip_rel_gap": gap},
+        )
 
 
 def _solve(prog: Program, cost: np.ndarray, n: int, constant: float, time_limit: float) -> _Minimum:
