@@ -336,18 +336,42 @@ def test_pair_min_reach_costs_bound_every_move_inside_the_ball(which, seed, zero
     if size <= 0.05:
         assert bool((costs < global_costs).any())
     up, down = tm.directions(x)
-    for _ in range(12):
+    for trial in range(24):
         u = torch.randn(16, 6, generator=gen, dtype=torch.float64)
+        if trial % 3:  # corners: coordinates moved as far as the ball lets them, partners the other way
+            u = u.sign()
+        if trial % 3 == 2:  # one coordinate up, one down, nothing else to hide a wrong share behind
+            pick = torch.rand(16, 6, generator=gen).argsort(dim=1)[:, :2]
+            u = torch.zeros_like(u).scatter(1, pick, torch.tensor([[1.0, -1.0]], dtype=torch.float64).expand(16, 2))
         u = torch.where(up, u, u.clamp(max=0.0)).where(down | (u > 0), torch.zeros_like(u))
-        u = u * (torch.rand(16, 6, generator=gen, dtype=torch.float64) < 0.6)
+        if trial % 3 == 0:
+            u = u * (torch.rand(16, 6, generator=gen, dtype=torch.float64) < 0.6)
         norm = torch.linalg.vector_norm(u, ord=p, dim=1, keepdim=True).clamp_min(1e-300)
-        u = u / norm * r[:, None] * torch.rand(16, 1, generator=gen, dtype=torch.float64)
+        shrink = torch.rand(16, 1, generator=gen).double() if trial % 3 == 0 else torch.ones(16, 1, dtype=torch.float64)
+        u = u / norm * r[:, None] * shrink
         moved = torch.minimum(torch.maximum(x + u * tm.scale, tm.lower), tm.upper)
         u = (moved - x) / tm.scale  # the domain only shortens moves
         w = w_lo + (w_hi - w_lo) * torch.rand(16, q, generator=gen, dtype=torch.float64)
         harm = -(w * (phi(moved) - phi(x))).sum(dim=1)
         bound = (costs * u.abs()).sum(dim=1)
         assert bool((harm <= bound + 1e-9 * (1 + bound.abs())).all()), (harm - bound).max()
+
+
+def test_pair_min_reach_counts_partners_that_moved_the_other_way():
+    """x_0 may only rise and x_1 only fall. Seen from a box where x_1 stays at 3, min(h_0, h_1) follows h_0
+    all the way, and a gain on the pair offsets the harm of x_0's own feature; but x_1 can fall first
+    (3 → 1.1 while x_0 rises 1 → 2.9), so the pair barely moves and the harm (2.65) is real: the reach
+    costs must count the partners' whole reach (a regression: they once charged 0 for both coordinates)."""
+    phi = build_feature_map([{"kind": "pair-min"}], (2,)).double()
+    phi.fit(torch.zeros(1, 2, dtype=torch.float64))
+    x = torch.tensor([[1.0, 3.0]], dtype=torch.float64)
+    tm = ThreatModel(increase_only=[0], decrease_only=[1]).resolve(None, 2)
+    w = torch.tensor([[-1.5, 0.0, 1.0, 1.0]], dtype=torch.float64)  # features z_0, z_1, min(h_0, h_1) twice
+    costs = threat_model_module.reach_costs(phi, (w, w), x, tm, torch.tensor([1.9], dtype=torch.float64))
+    moved = torch.tensor([[2.9, 1.1]], dtype=torch.float64)
+    harm = float(-(w * (phi(moved) - phi(x))).sum())
+    assert harm == pytest.approx(2.65)
+    assert float((costs * (moved - x).abs()).sum()) >= harm
 
 
 def test_pair_min_after_copies_declares_no_weight_bounds_and_certifies_by_the_fallback():

@@ -227,7 +227,9 @@ def reach_costs(
     Such a move keeps every coordinate inside its reach [x_i − r·scale_i, x_i + r·scale_i] (the allowed
     directions only, cut at the domain's walls when x_i is inside it), since |u_i| ≤ ‖u‖_p ≤ r. φ's
     weight bounds are taken on that box (:func:`~asymcert.nn.feature_maps.coordinate_weights_within`):
-    the harm of a move up from the box [x, x_up], of a move down from [x_dn, x].
+    for a coordinate-wise φ the harm of a move up from the box [x, x_up], of a move down from [x_dn, x];
+    otherwise (pair-min) both from [x_dn, x_up], since the harm of moving x_i depends on where its partners
+    are, and a partner moved the other way may already be anywhere in its reach.
 
     Args:
         phi: the feature map. grads: (N, K·n) lower and upper bounds on ∇g(φ(x)). x: (N, *shape) raw
@@ -244,8 +246,11 @@ def reach_costs(
     x_up = torch.where(up, torch.where(inside, torch.minimum(x_up, upper), x_up), x64)
     x_dn = round_down(x64 - reach)
     x_dn = torch.where(down, torch.where(inside, torch.maximum(x_dn, lower), x_dn), x64)
-    w_up = coordinate_weights_within(phi, grads[0], grads[1], x64, x_up)
-    w_dn = coordinate_weights_within(phi, grads[0], grads[1], x_dn, x64)
+    if coordinate_slopes(phi, x64.shape[1]) is not None:  # a coordinate's harm depends on its own move only
+        w_up = coordinate_weights_within(phi, grads[0], grads[1], x64, x_up)
+        w_dn = coordinate_weights_within(phi, grads[0], grads[1], x_dn, x64)
+    else:  # pair-min: the partners may have moved either way first, so every coordinate gets its whole reach
+        w_up = w_dn = coordinate_weights_within(phi, grads[0], grads[1], x_dn, x_up)
     if w_up is None or w_dn is None:
         return None
     return allowed_costs(((-w_up[0]).clamp_min(0.0), w_dn[1].clamp_min(0.0)), (up, down), scale)
