@@ -21,7 +21,7 @@ def reference_radii(model, x, p):
     for xi in x.double():
         f = m.features(xi[None])
         jac = torch.autograd.functional.jacobian(lambda z: m.score_from_features(z).sum(), f)
-        s = float(m(xi[None]))
+        s = float(m(xi[None]).detach())
         q = dual_exponent(p)
         dn = float(torch.linalg.vector_norm(jac.flatten(), ord=q))
         out.append(max(0.0, s) / (m.feature_lipschitz(p) * dn) if s > 0 else 0.0)

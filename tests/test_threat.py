@@ -265,15 +265,16 @@ def test_pair_min_weight_bounds_contain_every_quotient_globally_and_inside_a_box
     assert coordinate_slopes(phi, 5) is None  # not coordinate-wise: no slope intervals to sum
 
 
+PAIR_INPUTS = {  # a pair-min φ of PAIR_PHIS, a seed, the share of absent words, whether two coordinates tie
+    "which": st.integers(0, len(PAIR_PHIS) - 1),
+    "seed": st.integers(0, 2**16),
+    "zeros": st.floats(0.0, 0.8),
+    "ties": st.booleans(),
+}
+
+
 @settings(max_examples=150, deadline=None)
-@given(
-    which=st.integers(0, len(PAIR_PHIS) - 1),
-    seed=st.integers(0, 2**16),
-    zeros=st.floats(0.0, 0.8),
-    ties=st.booleans(),
-    moved=st.floats(0.2, 1.0),
-    size=st.sampled_from([1e-3, 0.1, 1.0, 10.0]),
-)
+@given(**PAIR_INPUTS, moved=st.floats(0.2, 1.0), size=st.sampled_from([1e-3, 0.1, 1.0, 10.0]))
 def test_pair_min_point_harms_bound_every_mixed_move(which, seed, zeros, ties, moved, size):
     """For any move of several coordinates at once, up and down, and any ∇g inside its bounds, the harm
     −∇g·(φ(x + δ) − φ(x)) is at most Σ_up h⁺_i δ_i + Σ_down h⁻_i |δ_i| + C (pair_point_harms): inputs with
@@ -306,14 +307,7 @@ def test_pair_min_point_harms_bound_every_mixed_move(which, seed, zeros, ties, m
 
 
 @settings(max_examples=100, deadline=None)
-@given(
-    which=st.integers(0, len(PAIR_PHIS) - 1),
-    seed=st.integers(0, 2**16),
-    zeros=st.floats(0.0, 0.8),
-    ties=st.booleans(),
-    p=st.sampled_from([1.0, 2.0, math.inf]),
-    size=st.sampled_from([1e-3, 0.05, 0.5, 5.0]),
-)
+@given(**PAIR_INPUTS, p=st.sampled_from([1.0, 2.0, math.inf]), size=st.sampled_from([1e-3, 0.05, 0.5, 5.0]))
 def test_pair_min_reach_costs_bound_every_move_inside_the_ball(which, seed, zeros, ties, p, size):
     """Reach through pair-min: for every allowed move u (threat-model units, ‖u‖_p ≤ r, several coordinates
     at once, inside the domain) and any ∇g within its bounds, the harm −∇g·(φ(x + scale·u) − φ(x)) is at
