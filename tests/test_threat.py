@@ -312,7 +312,8 @@ def test_pair_min_reach_costs_bound_every_move_inside_the_ball(which, seed, zero
     """Reach through pair-min: for every allowed move u (threat-model units, ‖u‖_p ≤ r, several coordinates
     at once, inside the domain) and any ∇g within its bounds, the harm −∇g·(φ(x + scale·u) − φ(x)) is at
     most Σ_i a_i(r)·|u_i| with a(r) = reach_costs; a(r) never exceeds the global costs, and is below them
-    for some coordinates at small r (pairs whose order the ball cannot change are attributed exactly)."""
+    for some coordinates at small r (pairs whose order the ball cannot change are attributed exactly).
+    Likewise with pair-min's point bound on top (pair_reach_point_costs: Σ_i a_i(r)·|u_i| + C)."""
     phi = _fitted_phi(PAIR_PHIS[which], d=6)
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(16, 6, generator=gen, dtype=torch.float64) * 3
@@ -329,6 +330,11 @@ def test_pair_min_reach_costs_bound_every_move_inside_the_ball(which, seed, zero
     assert bool((costs <= global_costs).all())
     if size <= 0.05:
         assert bool((costs < global_costs).any())
+    # with pair-min's point bound too: pairs that cannot move at x left out, a constant C for their rounding
+    point_costs, const = threat_model_module.pair_reach_point_costs(phi, (w_lo, w_hi), x, tm, r)
+    assert bool((point_costs <= costs + 1e-9 * (1 + costs)).all()) and bool((const >= 0).all())
+    if which == 1 and zeros > 0.5:  # absent words tie at log1p's floor: the point bound counts each pair once
+        assert bool((point_costs < costs).any())
     up, down = tm.directions(x)
     for trial in range(24):
         u = torch.randn(16, 6, generator=gen, dtype=torch.float64)
@@ -348,6 +354,8 @@ def test_pair_min_reach_costs_bound_every_move_inside_the_ball(which, seed, zero
         w = w_lo + (w_hi - w_lo) * torch.rand(16, q, generator=gen, dtype=torch.float64)
         harm = -(w * (phi(moved) - phi(x))).sum(dim=1)
         bound = (costs * u.abs()).sum(dim=1)
+        assert bool((harm <= bound + 1e-9 * (1 + bound.abs())).all()), (harm - bound).max()
+        bound = (point_costs * u.abs()).sum(dim=1) + const
         assert bool((harm <= bound + 1e-9 * (1 + bound.abs())).all()), (harm - bound).max()
 
 

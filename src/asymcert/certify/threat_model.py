@@ -30,6 +30,10 @@ Reach (``reach=True``, :func:`reach_radii`): a move with ‖u‖_p ≤ r has |u_
 in [x_i − r·scale_i, x_i + r·scale_i] (allowed sides only, cut at the domain). φ's weight bounds taken
 on that box (:meth:`~asymcert.nn.FeatureMap.reach_weight_bounds`) give costs a(r) ≤ a, and
 ρ(r) = s / ‖a(r)‖_{p*} certifies min(r, ρ(r)); the search over r keeps the best, never below r_TM.
+For a φ that is not coordinate-wise (pair-min) every coordinate's box is its whole reach, both sides
+(a partner moved the other way first may be anywhere in its own), and pair-min's point bound combines
+with the box (:func:`pair_reach_point_costs`: both hold on one decomposition of the move); ρ(r) is the
+larger of the two (:func:`reach_rho`).
 
 Any other certified model (or a φ that is not coordinate-wise) gets the generic fallback: a move of
 threat-model size r changes at most the movable coordinates, each by ≤ scale_i·|u_i|, so its raw
@@ -63,7 +67,9 @@ from asymcert.nn.feature_maps import (
     coordinate_weights,
     coordinate_weights_step,
     coordinate_weights_within,
+    reach_input_boxes,
     reach_matters,
+    reach_weights_back,
     round_down,
     round_up,
 )
@@ -80,8 +86,10 @@ __all__ = [
     "harm_bounds",
     "harm_coefficients",
     "one_vs_rest_threat",
+    "pair_reach_point_costs",
     "reach_costs",
     "reach_radii",
+    "reach_rho",
     "reach_verified",
     "resolve_for",
     "threat_lower_bound",
@@ -237,6 +245,22 @@ def reach_costs(
     Returns:
         (N, n) float64 costs, or None when φ declares no weight bounds.
     """
+    x64, x_dn, x_up = _reach_box(x, tm, radius)
+    up, down = (d.to(x64.device) for d in tm.directions(x))
+    scale = tm.scale.to(x64.device)[None, :]
+    if coordinate_slopes(phi, x64.shape[1]) is not None:  # a coordinate's harm depends on its own move only
+        w_up = coordinate_weights_within(phi, grads[0], grads[1], x64, x_up)
+        w_dn = coordinate_weights_within(phi, grads[0], grads[1], x_dn, x64)
+    else:  # pair-min: the partners may have moved either way first, so every coordinate gets its whole reach
+        w_up = w_dn = coordinate_weights_within(phi, grads[0], grads[1], x_dn, x_up)
+    if w_up is None or w_dn is None:
+        return None
+    return allowed_costs(((-w_up[0]).clamp_min(0.0), w_dn[1].clamp_min(0.0)), (up, down), scale)
+
+
+def _reach_box(x: torch.Tensor, tm: ResolvedThreatModel, radius: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(x, x_dn, x_up) (N, n) float64: the inputs and the box their moves of threat-model size ≤ r (N,) stay
+    in, rounded outward: the allowed sides only, cut at the domain's walls when x_i is inside it."""
     x64 = x.detach().reshape(x.shape[0], -1).double()
     scale, lower, upper = (t.to(x64.device)[None, :] for t in (tm.scale, tm.lower, tm.upper))
     up, down = (d.to(x64.device) for d in tm.directions(x))
@@ -246,14 +270,68 @@ def reach_costs(
     x_up = torch.where(up, torch.where(inside, torch.minimum(x_up, upper), x_up), x64)
     x_dn = round_down(x64 - reach)
     x_dn = torch.where(down, torch.where(inside, torch.maximum(x_dn, lower), x_dn), x64)
-    if coordinate_slopes(phi, x64.shape[1]) is not None:  # a coordinate's harm depends on its own move only
-        w_up = coordinate_weights_within(phi, grads[0], grads[1], x64, x_up)
-        w_dn = coordinate_weights_within(phi, grads[0], grads[1], x_dn, x64)
-    else:  # pair-min: the partners may have moved either way first, so every coordinate gets its whole reach
-        w_up = w_dn = coordinate_weights_within(phi, grads[0], grads[1], x_dn, x_up)
+    return x64, x_dn, x_up
+
+
+def pair_reach_point_costs(
+    phi: torch.nn.Module, grads: Bounds, x: torch.Tensor, tm: ResolvedThreatModel, radius: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(a(r), C): move costs (N, n) as :func:`reach_costs` gives them, with pair-min's pairs that cannot move
+    at x left out (:meth:`~asymcert.nn.feature_maps.PairMin.reach_point_weight_bounds`: both bounds on one
+    decomposition of the move), and the constant harm C (N,) of their rounding; for the φ that
+    :func:`pair_point_harms` takes, else None. Every step gets the box of the whole reach, both sides."""
+    steps = list(phi.feature_maps) if isinstance(phi, Compose) else [phi]
+    at = [i for i, m in enumerate(steps) if isinstance(m, PairMin)]
+    if len(at) != 1 or not all(isinstance(m, _INCREASING) for m in steps[: at[0]]):
+        return None
+    pair, before, after = cast(PairMin, steps[at[0]]), steps[: at[0]], steps[at[0] + 1 :]
+    x64, x_dn, x_up = _reach_box(x, tm, radius)
+    n = pair.floor.numel()
+    boxes = reach_input_boxes(steps, (x_dn.reshape(-1, 1, n), x_up.reshape(-1, 1, n)))
+    pair_box = boxes[at[0]]
+    z = x64.reshape(-1, n)
+    with torch.no_grad():
+        for m in before:
+            z = m(z)
+    shape = (x.shape[0], -1, n)
+    w_after = reach_weights_back(
+        after, (grads[0].double().reshape(shape), grads[1].double().reshape(shape)), boxes[at[0] + 1 :]
+    )
+    found = None if w_after is None or pair_box is None else pair.reach_point_weight_bounds(*w_after, *pair_box, z)
+    if found is None:
+        return None
+    w_up = reach_weights_back(before, found[0], boxes[: at[0]])
+    w_dn = reach_weights_back(before, found[1], boxes[: at[0]])
     if w_up is None or w_dn is None:
         return None
-    return allowed_costs(((-w_up[0]).clamp_min(0.0), w_dn[1].clamp_min(0.0)), (up, down), scale)
+    harms = ((-w_up[0]).reshape(-1, n).clamp_min(0.0), w_dn[1].reshape(-1, n).clamp_min(0.0))
+    up, down = (d.to(x64.device) for d in tm.directions(x))
+    return allowed_costs(harms, (up, down), tm.scale.to(x64.device)[None, :]), found[2]
+
+
+def reach_rho(
+    phi: torch.nn.Module,
+    grads: Bounds,
+    x: torch.Tensor,
+    tm: ResolvedThreatModel,
+    margin: torch.Tensor,
+    p: float,
+    slack: float,
+    radius: torch.Tensor,
+) -> torch.Tensor | None:
+    """ρ(r) (N,) float64: the radius the costs a(r) of moves of size ≤ r certify, margin / ‖a(r)‖_{p*} rounded
+    down (:func:`reach_costs`), or the larger one from pair-min's point-and-reach costs
+    (:func:`pair_reach_point_costs`, their constant off the margin first); None when φ declares no
+    weight bounds. Certifies min(r, ρ(r))."""
+    costs = reach_costs(phi, grads, x, tm, radius)
+    if costs is None:
+        return None
+    rho = safe_radius(margin, dual_norm(costs, p), slack).to(margin.device)
+    found = pair_reach_point_costs(phi, grads, x, tm, radius)
+    if found is not None:
+        left = round_down(margin.double() - found[1].to(margin.device))
+        rho = torch.maximum(rho, safe_radius(left, dual_norm(found[0], p), slack).to(margin.device))
+    return rho
 
 
 def reach_radii(
@@ -281,10 +359,10 @@ def reach_radii(
     lo, hi = best.clone(), torch.full_like(best, math.inf)
     r = best.clone()
     for _ in range(REACH_STEPS):
-        costs = reach_costs(phi, grads, x, tm, torch.where(active, r, torch.zeros_like(r)))
-        if costs is None:
+        found = reach_rho(phi, grads, x, tm, margin, p, slack, torch.where(active, r, torch.zeros_like(r)))
+        if found is None:
             return best
-        rho = safe_radius(margin, dual_norm(costs, p), slack).to(best.device)
+        rho = found.to(best.device)
         best = torch.where(active, torch.maximum(best, torch.minimum(r, rho)), best)
         holds = rho >= r
         # after the first try, [start, ρ(start)] brackets the fixed point; later tries bisect
@@ -320,10 +398,10 @@ def reach_verified(
     points = _pair_point_radii(model, grads, x, threat_model, margin, slack, zero)  # the search may start there
     out = {}
     for p, r in radii.items():
-        costs = reach_costs(model.feature_map, grads, x, threat_model, r.double())
-        if costs is None:
+        found = reach_rho(model.feature_map, grads, x, threat_model, margin, p, slack, r.double())
+        if found is None:
             return None
-        rho = safe_radius(margin, dual_norm(costs, p), slack).to(r.device)
+        rho = found.to(r.device)
         out[p] = (rho >= r) | (points[p].to(r.device) >= r) | (r == 0)
     return out
 

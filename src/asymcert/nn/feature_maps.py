@@ -512,6 +512,17 @@ class PairMin(FeatureMap):
         n = w_lo.shape[2]
         if w_lo.shape[1] != 1 + self.shifts or n != self.floor.numel():
             return None
+        keep, const = self._point_keeps(w_lo, w_hi, z)
+        behind = self._partners(n, z.device)[1]
+        up = self._pair_sums(w_lo, w_hi, behind, _kept(keep["ahead", "up"]), _kept(keep["behind", "up"]))
+        down = self._pair_sums(w_lo, w_hi, behind, _kept(keep["ahead", "down"]), _kept(keep["behind", "down"]))
+        return up, down, const
+
+    def _point_keeps(
+        self, w_lo: torch.Tensor, w_hi: torch.Tensor, z: torch.Tensor
+    ) -> tuple[dict[tuple[str, str], torch.Tensor], torch.Tensor]:
+        """The pairs :meth:`point_weight_bounds` keeps, (side, direction) → (N, P, n) bool, and its constant C (N,)."""
+        n = self.floor.numel()
         floor = self.floor.double().to(z.device)
         h = torch.relu(z.double() - floor)
         tau = 1e-12 * (1.0 + z.double().abs() + floor.abs())  # (N, n)
@@ -522,13 +533,32 @@ class PairMin(FeatureMap):
             h_p, h_i = h[:, partner], h[:, None, :]  # (N, P, n): the partner's and the mover's excess
             later = (h_p < h_i) | ((h_p == h_i) & (partner > idx)[None])
             keep[side, "up"], keep[side, "down"] = ~later, h_p > 0
-        up = self._pair_sums(w_lo, w_hi, behind, _kept(keep["ahead", "up"]), _kept(keep["behind", "up"]))
-        down = self._pair_sums(w_lo, w_hi, behind, _kept(keep["ahead", "down"]), _kept(keep["behind", "down"]))
         # each left-out pair moves by at most τ_i + τ_j within one segment, and each pair weight is counted
         # by both its coordinates and both directions: C ≤ 2·(2·max τ)·Σ|w| over the pair copies
         mag = torch.maximum(w_lo[:, 1:].abs(), w_hi[:, 1:].abs()).sum(dim=(1, 2))
         const = 4.0 * tau.amax(dim=1) * mag
-        return up, down, round_up(const * (1.0 + 1e-9))
+        return keep, round_up(const * (1.0 + 1e-9))
+
+    def reach_point_weight_bounds(
+        self, w_lo: torch.Tensor, w_hi: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, z: torch.Tensor
+    ) -> tuple[Bounds, Bounds, torch.Tensor] | None:
+        """:meth:`point_weight_bounds` for moves that keep every input inside the box [lo, hi] (N, 1, n) ∋ z.
+
+        Both arguments hold on the same decomposition of a move (decreases, then increases by decreasing
+        h), each step inside the box: a pair the point bound leaves out stays out, and a kept one has the
+        share :meth:`reach_weight_bounds` gives it. Same constant C. None where either bound is.
+        """
+        n = w_lo.shape[2]
+        if w_lo.shape[1] != 1 + self.shifts or n != self.floor.numel() or not self._fits(lo):
+            return None
+        keep, const = self._point_keeps(w_lo, w_hi, z)
+        shares = dict(zip(("ahead", "behind"), self._reach_shares(lo, hi)))
+        behind = self._partners(n, lo.device)[1]
+        found = []
+        for way in ("up", "down"):
+            both = [(c_lo * keep[side, way], c_hi * keep[side, way]) for side, (c_lo, c_hi) in shares.items()]
+            found.append(self._pair_sums(w_lo, w_hi, behind, both[0], both[1]))
+        return found[0], found[1], const
 
     def _pair_sums(
         self,
@@ -585,6 +615,21 @@ class PairMin(FeatureMap):
         pairs_hi = torch.minimum(h_hi[:, None, :], h_hi[:, ahead])
         return torch.cat([lo, pairs_lo], dim=1), torch.cat([hi, pairs_hi], dim=1)
 
+    def _reach_shares(self, lo: torch.Tensor, hi: torch.Tensor) -> list[Bounds]:
+        """Share intervals (c_lo, c_hi) (N, P, n) in {0, 1} of the copies (k, i) and (k, i − k) for moves of z_i
+        inside the box [lo, hi] (N, 1, n), the partner anywhere in its own: see :meth:`reach_weight_bounds`."""
+        h_lo, h_hi = self._excess_box(lo, hi)
+        floor = self.floor.to(lo)
+        linear, flat = lo[:, 0] >= floor, hi[:, 0] <= floor  # (N, n): relu's quotient exactly 1 / exactly 0
+        shares = []
+        for partner in self._partners(lo.shape[2], lo.device):
+            mine = h_hi[:, None, :] <= h_lo[:, partner]  # (N, P, n)
+            theirs = h_lo[:, None, :] >= h_hi[:, partner]
+            c_lo = (mine & ~theirs & linear[:, None, :]).to(lo.dtype)
+            c_hi = (~theirs & ~flat[:, None, :]).to(lo.dtype)
+            shares.append((c_lo, c_hi))
+        return shares
+
     def reach_weight_bounds(
         self, w_lo: torch.Tensor, w_hi: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
     ) -> Bounds | None:
@@ -594,17 +639,8 @@ class PairMin(FeatureMap):
         n = w_lo.shape[2]
         if w_lo.shape[1] != 1 + self.shifts or n != self.floor.numel() or not self._fits(lo):
             return None
-        h_lo, h_hi = self._excess_box(lo, hi)
-        floor = self.floor.to(lo)
-        linear, flat = lo[:, 0] >= floor, hi[:, 0] <= floor  # (N, n): relu's quotient exactly 1 / exactly 0
-        ahead, behind = self._partners(n, lo.device)
-        shares = []
-        for partner in (ahead, behind):
-            mine = h_hi[:, None, :] <= h_lo[:, partner]  # (N, P, n)
-            theirs = h_lo[:, None, :] >= h_hi[:, partner]
-            c_lo = (mine & ~theirs & linear[:, None, :]).to(lo.dtype)
-            c_hi = (~theirs & ~flat[:, None, :]).to(lo.dtype)
-            shares.append((c_lo, c_hi))
+        shares = self._reach_shares(lo, hi)
+        behind = self._partners(n, lo.device)[1]
         low, high = self._pair_sums(w_lo, w_hi, behind, shares[0], shares[1])
         global_lo, global_hi = self._pair_sums(w_lo, w_hi, behind)  # both sound: keep the tighter ends
         return torch.maximum(low, global_lo), torch.minimum(high, global_hi)
@@ -687,16 +723,8 @@ class Compose(FeatureMap):
     def reach_weight_bounds(
         self, w_lo: torch.Tensor, w_hi: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
     ) -> Bounds | None:
-        boxes: list[Bounds | None] = [(lo, hi)]  # the box each step's inputs stay in (None: unknown)
-        for m in self.feature_maps[:-1]:
-            box = boxes[-1]
-            boxes.append(None if box is None else reach_image_step(m, box))
-        bounds: Bounds | None = (w_lo, w_hi)
-        for m, box in zip(reversed(self.feature_maps), reversed(boxes)):
-            if bounds is None:
-                return None
-            bounds = reach_weights_step(m, bounds, box)
-        return bounds
+        steps = self.feature_maps
+        return reach_weights_back(steps, (w_lo, w_hi), reach_input_boxes(steps, (lo, hi)))
 
 
 FEATURE_MAPS: dict[str, type[FeatureMap]] = {
@@ -847,6 +875,28 @@ def reach_weights_step(phi: nn.Module, weights: Bounds, box: Bounds | None) -> B
         if found is not None:
             return found
     return coordinate_weights_step(phi, *weights)
+
+
+def reach_input_boxes(steps: list[FeatureMap] | list[nn.Module], box: Bounds | None) -> list[Bounds | None]:
+    """The box each step's inputs stay in (N, K, n) while the first step's stay in ``box``, pushed forward by
+    :meth:`FeatureMap.reach_image` (None from a step that does not declare it on)."""
+    boxes = [box]
+    for m in steps[:-1]:
+        last = boxes[-1]
+        boxes.append(None if last is None else reach_image_step(m, last))
+    return boxes
+
+
+def reach_weights_back(
+    steps: list[FeatureMap] | list[nn.Module], weights: Bounds | None, boxes: list[Bounds | None]
+) -> Bounds | None:
+    """Weight bounds on the outputs of ``steps`` → on their inputs, each step's :func:`reach_weights_step` on
+    its input box (``boxes``, from :func:`reach_input_boxes`) in reverse; None when a step declares none."""
+    for m, box in zip(reversed(steps), reversed(boxes)):
+        if weights is None:
+            return None
+        weights = reach_weights_step(m, weights, box)
+    return weights
 
 
 def reach_matters(phi: nn.Module) -> bool:
