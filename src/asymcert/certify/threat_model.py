@@ -65,7 +65,6 @@ from asymcert.nn.feature_maps import (
     Standardize,
     coordinate_slopes,
     coordinate_weights,
-    coordinate_weights_step,
     coordinate_weights_within,
     reach_input_boxes,
     reach_matters,
@@ -183,34 +182,46 @@ def pair_point_harms(
     C (N,) that their rounding allows. For φ = nondecreasing coordinate-wise steps (identity, shift,
     standardize, log1p) → pair-min → steps with weight bounds (hinges); None for any other φ.
     """
-    steps = list(phi.feature_maps) if isinstance(phi, Compose) else [phi]
-    at = [i for i, m in enumerate(steps) if isinstance(m, PairMin)]
-    if len(at) != 1 or not all(isinstance(m, _INCREASING) for m in steps[: at[0]]):
+    split = _pair_split(phi)
+    if split is None:
         return None
-    pair, before, after = cast(PairMin, steps[at[0]]), steps[: at[0]], steps[at[0] + 1 :]
+    pair, before, after = split
     n = pair.floor.numel()
-    grads = (grad_lo.double().reshape(x.shape[0], -1, n), grad_hi.double().reshape(x.shape[0], -1, n))
-    bounds = _weights_back(after, grads)
-    z = x.detach().reshape(x.shape[0], n).double()
-    with torch.no_grad():
-        for m in before:
-            z = m(z)
-    found = None if bounds is None else pair.point_weight_bounds(*bounds, z)
+    # without boxes, every step's global weight bounds (reach_weights_step's fallback)
+    bounds = reach_weights_back(after, _per_input(grad_lo, grad_hi, n), [None] * len(after))
+    found = None if bounds is None else pair.point_weight_bounds(*bounds, _pair_input(before, x, n))
     if found is None:
         return None
-    up, down = _weights_back(before, found[0]), _weights_back(before, found[1])
+    up = reach_weights_back(before, found[0], [None] * len(before))
+    down = reach_weights_back(before, found[1], [None] * len(before))
     if up is None or down is None:
         return None
     return (-up[0].reshape(-1, n)).clamp_min(0.0), down[1].reshape(-1, n).clamp_min(0.0), found[2]
 
 
-def _weights_back(steps: Sequence[torch.nn.Module], bounds: Bounds) -> Bounds | None:
-    """Weight bounds on the outputs of ``steps`` → on their inputs, each step's
-    :meth:`~asymcert.nn.feature_maps.FeatureMap.weight_bounds` in reverse (None: a step declares none)."""
-    found: Bounds | None = bounds
-    for m in reversed(steps):
-        found = None if found is None else coordinate_weights_step(m, *found)
-    return found
+def _pair_split(phi: torch.nn.Module) -> tuple[PairMin, list[torch.nn.Module], list[torch.nn.Module]] | None:
+    """(pair-min, the steps before it, the steps after it) for φ = nondecreasing coordinate-wise steps →
+    one pair-min → other steps; None for any other φ."""
+    steps: list[torch.nn.Module] = list(phi.feature_maps) if isinstance(phi, Compose) else [phi]
+    at = [i for i, m in enumerate(steps) if isinstance(m, PairMin)]
+    if len(at) != 1 or not all(isinstance(m, _INCREASING) for m in steps[: at[0]]):
+        return None
+    return cast(PairMin, steps[at[0]]), steps[: at[0]], steps[at[0] + 1 :]
+
+
+def _pair_input(before: Sequence[torch.nn.Module], x: torch.Tensor, n: int) -> torch.Tensor:
+    """Pair-min's input z (N, n) float64 at the raw inputs x: the steps before it, in float64."""
+    z = x.detach().reshape(x.shape[0], n).double()
+    with torch.no_grad():
+        for m in before:
+            z = m(z)
+    return z
+
+
+def _per_input(grad_lo: torch.Tensor, grad_hi: torch.Tensor, n: int) -> Bounds:
+    """Gradient bounds (N, K·n) as float64 (N, K, n): copy k of input coordinate i at [:, k, i]."""
+    shape = (grad_lo.shape[0], -1, n)
+    return grad_lo.double().reshape(shape), grad_hi.double().reshape(shape)
 
 
 def allowed_costs(
@@ -280,33 +291,26 @@ def pair_reach_point_costs(
     at x left out (:meth:`~asymcert.nn.feature_maps.PairMin.reach_point_weight_bounds`: both bounds on one
     decomposition of the move), and the constant harm C (N,) of their rounding; for the φ that
     :func:`pair_point_harms` takes, else None. Every step gets the box of the whole reach, both sides."""
-    steps = list(phi.feature_maps) if isinstance(phi, Compose) else [phi]
-    at = [i for i, m in enumerate(steps) if isinstance(m, PairMin)]
-    if len(at) != 1 or not all(isinstance(m, _INCREASING) for m in steps[: at[0]]):
+    split = _pair_split(phi)
+    if split is None:
         return None
-    pair, before, after = cast(PairMin, steps[at[0]]), steps[: at[0]], steps[at[0] + 1 :]
-    x64, x_dn, x_up = _reach_box(x, tm, radius)
-    n = pair.floor.numel()
-    boxes = reach_input_boxes(steps, (x_dn.reshape(-1, 1, n), x_up.reshape(-1, 1, n)))
-    pair_box = boxes[at[0]]
-    z = x64.reshape(-1, n)
-    with torch.no_grad():
-        for m in before:
-            z = m(z)
-    shape = (x.shape[0], -1, n)
-    w_after = reach_weights_back(
-        after, (grads[0].double().reshape(shape), grads[1].double().reshape(shape)), boxes[at[0] + 1 :]
-    )
+    pair, before, after = split
+    _, x_dn, x_up = _reach_box(x, tm, radius)
+    n, at = pair.floor.numel(), len(before)
+    boxes = reach_input_boxes([*before, pair, *after], (x_dn.reshape(-1, 1, n), x_up.reshape(-1, 1, n)))
+    w_after = reach_weights_back(after, _per_input(*grads, n), boxes[at + 1 :])
+    pair_box = boxes[at]
+    z = _pair_input(before, x, n)
     found = None if w_after is None or pair_box is None else pair.reach_point_weight_bounds(*w_after, *pair_box, z)
     if found is None:
         return None
-    w_up = reach_weights_back(before, found[0], boxes[: at[0]])
-    w_dn = reach_weights_back(before, found[1], boxes[: at[0]])
+    w_up = reach_weights_back(before, found[0], boxes[:at])
+    w_dn = reach_weights_back(before, found[1], boxes[:at])
     if w_up is None or w_dn is None:
         return None
     harms = ((-w_up[0]).reshape(-1, n).clamp_min(0.0), w_dn[1].reshape(-1, n).clamp_min(0.0))
-    up, down = (d.to(x64.device) for d in tm.directions(x))
-    return allowed_costs(harms, (up, down), tm.scale.to(x64.device)[None, :]), found[2]
+    up, down = (d.to(harms[0].device) for d in tm.directions(x))
+    return allowed_costs(harms, (up, down), tm.scale.to(harms[0].device)[None, :]), found[2]
 
 
 def reach_rho(

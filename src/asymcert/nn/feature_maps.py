@@ -484,7 +484,7 @@ class PairMin(FeatureMap):
     def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         # (N, 1 + P, n) → (N, 1, n): ŵ_i = w_{0,i} + Σ_k (w_{k,i} c + w_{k,i−k} c') with c, c' ∈ [0, 1]
         n = w_lo.shape[2]
-        if w_lo.shape[1] != 1 + self.shifts or n != self.floor.numel():
+        if not self._weights_fit(w_lo):
             return None  # the inputs are copies of fewer raw coordinates: not derived here
         return self._pair_sums(w_lo, w_hi, self._partners(n, w_lo.device)[1])
 
@@ -510,7 +510,7 @@ class PairMin(FeatureMap):
         None where :meth:`weight_bounds` is (inputs that are copies).
         """
         n = w_lo.shape[2]
-        if w_lo.shape[1] != 1 + self.shifts or n != self.floor.numel():
+        if not self._weights_fit(w_lo):
             return None
         keep, const = self._point_keeps(w_lo, w_hi, z)
         behind = self._partners(n, z.device)[1]
@@ -549,7 +549,7 @@ class PairMin(FeatureMap):
         share :meth:`reach_weight_bounds` gives it. Same constant C. None where either bound is.
         """
         n = w_lo.shape[2]
-        if w_lo.shape[1] != 1 + self.shifts or n != self.floor.numel() or not self._fits(lo):
+        if not self._weights_fit(w_lo) or not self._fits(lo):
             return None
         keep, const = self._point_keeps(w_lo, w_hi, z)
         shares = dict(zip(("ahead", "behind"), self._reach_shares(lo, hi)))
@@ -600,6 +600,11 @@ class PairMin(FeatureMap):
         floor = self.floor.to(lo)
         return torch.relu(round_down(lo[:, 0] - floor)), torch.relu(round_up(hi[:, 0] - floor))
 
+    def _weights_fit(self, w_lo: torch.Tensor) -> bool:
+        """Whether (N, 1 + P, n) weights are for this map's outputs on one copy of its n inputs (not for
+        copies made before it: then its bounds are not derived)."""
+        return w_lo.shape[1] == 1 + self.shifts and w_lo.shape[2] == self.floor.numel()
+
     def _fits(self, boxes: torch.Tensor) -> bool:
         """Whether (N, K, n) boxes are for one copy of this map's n inputs (not for copies made before it)."""
         return boxes.shape[1] == 1 and boxes.shape[2] == self.floor.numel()
@@ -637,7 +642,7 @@ class PairMin(FeatureMap):
         # h_i's largest value is at most h_j's smallest, and h_j throughout (share 0) when h_i's smallest is at
         # least h_j's largest; h_i's own share is 1 when the box lies above the floor, 0 when below it
         n = w_lo.shape[2]
-        if w_lo.shape[1] != 1 + self.shifts or n != self.floor.numel() or not self._fits(lo):
+        if not self._weights_fit(w_lo) or not self._fits(lo):
             return None
         shares = self._reach_shares(lo, hi)
         behind = self._partners(n, lo.device)[1]
