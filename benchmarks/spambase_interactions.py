@@ -14,7 +14,8 @@ reach, trained on the training folds only:
   at most that many features per tree), and unrestricted (scikit-learn's defaults);
 * logistic regression (L2 strength chosen on the validation fold among 0.003 … 1) on the features of two
   certified models' φ, standardised: the default's (log1p, standardize, hinges with 4 knots) and ``--preset
-  pairs``'s (log1p, standardize, pair-min, hinges with 2 knots). A linear g is convex, so these are
+  pairs``'s (log1p, standardize, pair-min, hinges with 2 knots), and the same with group-min of order 3
+  (every pair and every triple of coordinates) in place of pair-min. A linear g is convex, so these are
   feature-convex models trained without the certified-margin loss: what φ allows before certificates cost;
 * an unconstrained (non-convex) MLP (scikit-learn ``MLPClassifier``, hidden 64-32, ReLU, Adam,
   300 epochs at most) on log1p + standardised features, its L2 strength chosen on the validation fold
@@ -56,6 +57,12 @@ PHI = {
         {"kind": "log1p"},
         {"kind": "standardize"},
         {"kind": "pair-min"},
+        {"kind": "hinges", "knots": 2},
+    ],
+    "group-min's (order 3)": [
+        {"kind": "log1p"},
+        {"kind": "standardize"},
+        {"kind": "group-min", "order": 3},
         {"kind": "hinges", "knots": 2},
     ],
 }

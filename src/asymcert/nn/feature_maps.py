@@ -8,6 +8,7 @@ so they travel with the weights; ``fit(x)`` sets them from training inputs.
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 from typing import Any, cast
 
@@ -656,6 +657,121 @@ def _kept(keep: torch.Tensor) -> Bounds:
     return torch.zeros_like(keep, dtype=torch.float64), keep.to(torch.float64)
 
 
+MAX_GROUP_FEATURES = 2**18
+"""The most features per input :class:`GroupMin` makes (262,144: 57 inputs at order 3 make 30,951)."""
+
+
+class GroupMin(FeatureMap):
+    """φ(x) = concat(x, min_{i ∈ S} h_i for every set S of 2 … ``order`` coordinates): AND features of pairs,
+    triples, …, the splits of trees of that depth that pair-min (order 2) stops short of.
+
+    h = relu(x − m) is each coordinate's excess over its training minimum m (``fit``), as for
+    :class:`PairMin`. The sets are enumerated in lexicographic order (all pairs, then all triples, …) and
+    padded with constant-zero features to a multiple of n, so the output is (1 + C) copies of n (copy 0 is
+    x itself; flat index n + s is set s).
+
+    Lipschitz: |min_S h − min_S h'| ≤ max_{i ∈ S} |δ_i|, so ‖Δφ‖_p^p ≤ Σ_i (1 + c)|δ_i|^p with c the number
+    of sets that contain a coordinate (the same for all): (1 + c)^{1/p}, 1 for ℓ∞. Not coordinate-wise, but
+    moving x_i alone moves each set containing i by a share in [0, 1] of δ_i, which :meth:`weight_bounds`
+    sums; every feature is nondecreasing in every coordinate. Only on one copy per raw coordinate (after
+    identity, shift, log1p, standardize).
+
+    Args:
+        in_shape: shape (n,) of one input, n ≥ 2.
+        order: the largest set size, an integer ≥ 2 (2 gives the pairs of :class:`PairMin`, once each).
+
+    Raises:
+        ConfigError: an input that is not a vector of n ≥ 2 coordinates, an order that is not an integer
+            in [2, n], or more than :data:`MAX_GROUP_FEATURES` features per input.
+    """
+
+    kind = "group-min"
+    floor: torch.Tensor  # buffer (n,): the training minimum of each coordinate
+    members: torch.Tensor  # buffer (S, order) long, not saved: the coordinates of set s, n where it has fewer
+
+    def __init__(self, in_shape: tuple[int, ...], order: int = 3) -> None:
+        super().__init__()
+        if len(in_shape) != 1 or in_shape[0] < 2:
+            raise ConfigError(f"group-min: inputs of shape {tuple(in_shape)}; it needs vectors (n,) with n ≥ 2")
+        n = in_shape[0]
+        if isinstance(order, bool) or not isinstance(order, int) or not 2 <= order <= n:
+            raise ConfigError(f"group-min: order = {order!r} must be an integer from 2 to the {n} inputs")
+        sets = sum(math.comb(n, k) for k in range(2, order + 1))
+        features = n * (1 + -(-sets // n))
+        if features > MAX_GROUP_FEATURES:
+            raise ConfigError(
+                f"group-min: {n} inputs at order {order} would make {features} features each; at most "
+                f"{MAX_GROUP_FEATURES} (lower the order, or select fewer inputs)"
+            )
+        self.order, self.sets = order, sets
+        self.register_buffer("floor", torch.zeros(in_shape))
+        self.register_buffer("members", _set_members(n, order, features // n - 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(x - self.floor)
+        h = torch.cat([h, torch.full_like(h[:, :1], math.inf)], dim=1)  # column n: the padding's member
+        low = h[:, self.members[:, 0]]
+        for j in range(1, self.order):
+            low = torch.minimum(low, h[:, self.members[:, j]])
+        return torch.cat([x, torch.where(torch.isinf(low), torch.zeros_like(low), low)], dim=1)
+
+    def fit(self, x: torch.Tensor) -> GroupMin:
+        self.floor.copy_(x.detach().amin(dim=0).to(self.floor))
+        return self
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "order": self.order}
+
+    def containing(self) -> int:
+        """How many sets contain each coordinate: Σ_{k=2}^{order} C(n − 1, k − 1)."""
+        n = self.floor.numel()
+        return sum(math.comb(n - 1, k - 1) for k in range(2, self.order + 1))
+
+    def lipschitz(self, p: float) -> float:
+        return 1.0 if math.isinf(p) else math.nextafter(float(1 + self.containing()) ** (1.0 / p), math.inf)
+
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.members.shape[0] + in_shape[0],)
+
+    def weight_bounds(self, w_lo: torch.Tensor, w_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        # (N, 1 + C, n) → (N, 1, n): ŵ_i = w_{0,i} + Σ_{S ∋ i} w_S c_S with c_S ∈ [0, 1]
+        if not self._weights_fit(w_lo):
+            return None  # the inputs are copies of fewer raw coordinates: not derived here
+        one = torch.ones_like(w_lo[:, 0, :1])
+        sets_lo = w_lo.flatten(1)[:, self.floor.numel() :].clamp(max=0.0)
+        sets_hi = w_hi.flatten(1)[:, self.floor.numel() :].clamp(min=0.0)
+        return self._member_sums(w_lo[:, :1], sets_lo, one, down=True), self._member_sums(
+            w_hi[:, :1], sets_hi, one, down=False
+        )
+
+    def _member_sums(self, first: torch.Tensor, terms: torch.Tensor, one: torch.Tensor, down: bool) -> torch.Tensor:
+        """first (N, 1, n) + Σ over the sets containing i of terms (N, S_pad), rounded outward (down or up)."""
+        n = self.floor.numel()
+        total = torch.cat([first[:, 0], torch.zeros_like(one)], dim=1)  # column n collects the padding
+        size = torch.cat([first[:, 0].abs(), torch.zeros_like(one)], dim=1)
+        for j in range(self.order):
+            index = self.members[:, j].expand(terms.shape[0], -1)
+            total = total.scatter_add(1, index, terms)
+            size = size.scatter_add(1, index, terms.abs())
+        # absolute allowance for a float64 sum of T = 1 + containing() terms in any order: (T + 1)·eps·Σ|terms|
+        grow = (self.containing() + 2) * EPS64 * size[:, :n]
+        exact = total[:, :n] - grow if down else total[:, :n] + grow
+        return (round_down(exact) if down else round_up(exact)).unsqueeze(1)
+
+    def _weights_fit(self, w_lo: torch.Tensor) -> bool:
+        """Whether (N, 1 + C, n) weights are for this map's outputs on one copy of its n inputs."""
+        n = self.floor.numel()
+        return w_lo.shape[2] == n and w_lo.shape[1] * n == self.members.shape[0] + n
+
+
+def _set_members(n: int, order: int, copies: int) -> torch.Tensor:
+    """(copies·n, order) long: the members of every set of 2 … ``order`` of n coordinates in lexicographic order,
+    padded with n (no coordinate) to ``order`` members and with all-n rows to copies·n rows."""
+    rows = [list(s) + [n] * (order - k) for k in range(2, order + 1) for s in itertools.combinations(range(n), k)]
+    rows += [[n] * order] * (copies * n - len(rows))
+    return torch.tensor(rows, dtype=torch.long).reshape(-1, order)
+
+
 class Compose(FeatureMap):
     """φ = φ_k ∘ … ∘ φ_1. Lipschitz constant: the product (rounded up)."""
 
@@ -733,7 +849,7 @@ class Compose(FeatureMap):
 
 
 FEATURE_MAPS: dict[str, type[FeatureMap]] = {
-    c.kind: c for c in (Identity, Shift, Log1p, Standardize, ConcatAbs, Hinges, PairMin)
+    c.kind: c for c in (Identity, Shift, Log1p, Standardize, ConcatAbs, Hinges, PairMin, GroupMin)
 }
 
 
