@@ -1,3 +1,4 @@
+import itertools
 import math
 from fractions import Fraction
 
@@ -271,4 +272,71 @@ def test_pair_min_refuses_what_is_not_a_vector_and_round_trips():
     assert feature_map_problems(phi) == []
     with torch.no_grad():
         phi.maps[2].floor[1] = math.inf
+    assert any("floor: contains NaN or Inf" in p for p in feature_map_problems(phi))
+
+
+# ---------------------------------------------------------------------------------------------
+# group-min: every set of 2 … order coordinates as an AND feature
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "order"), [(2, 2), (5, 2), (5, 3), (6, 4)])
+def test_group_min_holds_every_set_once_and_pads_with_zeros(n, order):
+    phi = build_feature_map([{"kind": "group-min", "order": order}], (n,)).double()
+    data = torch.randn(40, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    phi.fit(data)
+    x = torch.randn(7, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2
+    out = phi(x)
+    sets = [s for k in range(2, order + 1) for s in itertools.combinations(range(n), k)]
+    width = n * (1 + -(-len(sets) // n))  # padded to whole copies of n
+    assert out.shape == (7, width) == (7, *phi.out_shape((n,)))
+    h = (x - data.amin(dim=0)).clamp_min(0)
+    assert torch.equal(out[:, :n], x)
+    expected = torch.stack([h[:, list(s)].amin(dim=1) for s in sets], dim=1)
+    assert torch.equal(out[:, n : n + len(sets)], expected)
+    assert bool((out[:, n + len(sets) :] == 0).all())
+
+
+@settings(derandomize=True, max_examples=examples(60), deadline=None)
+@given(n=st.integers(3, 7), order=st.integers(2, 3), seed=st.integers(0, 2**16), p=st.sampled_from(NORMS))
+def test_group_min_lipschitz_bounds_every_pair_of_inputs_and_is_attained_for_l1(n, order, seed, p):
+    phi = build_feature_map([{"kind": "group-min", "order": order}], (n,)).double()
+    gen = torch.Generator().manual_seed(seed)
+    phi.fit(torch.randn(30, n, generator=gen, dtype=torch.float64))
+    x, y = torch.randn(200, n, generator=gen, dtype=torch.float64) * 3, torch.randn(200, n, generator=gen).double() * 3
+    ratio = _norm(phi(x) - phi(y), p) / _norm(x - y, p)
+    assert float(ratio.max()) <= phi.lipschitz(p) * (1 + 1e-12)
+    # a move of the smallest coordinate, above every floor, moves it and every set that holds it alike
+    high = torch.full((1, n), 100.0, dtype=torch.float64)
+    high[0, 0] = 50.0
+    moved = high.clone()
+    moved[0, 0] -= 1.0
+    if p == 1.0:
+        containing = sum(math.comb(n - 1, k - 1) for k in range(2, order + 1))
+        assert float(_norm(phi(high) - phi(moved), 1)) == 1.0 + containing
+        assert phi.lipschitz(1.0) == pytest.approx(1.0 + containing, rel=1e-15)
+
+
+def test_group_min_refuses_bad_settings_and_round_trips():
+    for shape in [(1,), (2, 3), ()]:
+        with pytest.raises(ConfigError, match="group-min"):
+            build_feature_map([{"kind": "group-min"}], shape)
+    for order in [1, 6, 2.5, True]:
+        with pytest.raises(ConfigError, match=rf"group-min: order = {order!r} must be an integer from 2 to the 5"):
+            build_feature_map([{"kind": "group-min", "order": order}], (5,))
+    with pytest.raises(ConfigError, match=r"group-min: 120 inputs at order 3 would make 288120 features each"):
+        build_feature_map([{"kind": "group-min", "order": 3}], (120,))
+    config = [
+        {"kind": "log1p"},
+        {"kind": "standardize"},
+        {"kind": "group-min", "order": 3},
+        {"kind": "hinges", "knots": 2},
+    ]
+    phi = build_feature_map(config, (5,))
+    phi.fit(torch.rand(30, 5) * 4)
+    assert build_feature_map(phi.config(), (5,)).config() == phi.config() and phi.out_shape((5,)) == (3 * 5 * 5,)
+    assert feature_map_problems(phi) == []
+    assert "maps.2.members" not in phi.state_dict()  # derived from n and the order, not saved
+    with torch.no_grad():
+        phi.maps[2].floor[1] = math.nan
     assert any("floor: contains NaN or Inf" in p for p in feature_map_problems(phi))

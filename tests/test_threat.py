@@ -164,10 +164,22 @@ PHIS = [
 ]
 
 
-PAIR_PHIS = [  # pair-min: not coordinate-wise (no slope intervals), but with weight bounds
+PAIR_PHIS = [  # pair-min and group-min: not coordinate-wise (no slope intervals), but with weight bounds
     [{"kind": "pair-min"}],
     [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "pair-min"}, {"kind": "hinges", "knots": 2}],
+    [{"kind": "group-min", "order": 3}],
+    [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "group-min", "order": 3}, {"kind": "hinges", "knots": 2}],
 ]
+
+
+def _absent_words(which):
+    """Whether PAIR_PHIS[which] starts with log1p, whose floor (0) is where absent words sit."""
+    return PAIR_PHIS[which][0]["kind"] == "log1p"
+
+
+def _reach_tightens(which):
+    """Whether some step of PAIR_PHIS[which] has box bounds (log1p, hinges, pair-min; group-min has none)."""
+    return any(step["kind"] in ("log1p", "hinges", "pair-min") for step in PAIR_PHIS[which])
 
 
 def _fitted_phi(config, d=5, seed=0):
@@ -282,7 +294,7 @@ def test_pair_min_point_harms_bound_every_mixed_move(which, seed, zeros, ties, m
     phi = _fitted_phi(PAIR_PHIS[which], d=6)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(16, 6, generator=gen, dtype=torch.float64).abs() * 3
-    if which == 1:  # log1p floors at 0: absent words
+    if _absent_words(which):  # log1p floors at 0: absent words
         x = torch.where(torch.rand(16, 6, generator=gen, dtype=torch.float64) < zeros, torch.zeros_like(x), x)
     else:  # pair-min alone: its floor is the fitted minimum
         floor = phi.maps[0].floor if hasattr(phi, "maps") else phi.floor
@@ -328,12 +340,12 @@ def test_pair_min_reach_costs_bound_every_move_inside_the_ball(which, seed, zero
     costs = threat_model_module.reach_costs(phi, (w_lo, w_hi), x, tm, r)
     global_costs = threat_model_module.reach_costs(phi, (w_lo, w_hi), x, tm, torch.full_like(r, math.inf))
     assert bool((costs <= global_costs).all())
-    if size <= 0.05:
+    if size <= 0.05 and _reach_tightens(which):
         assert bool((costs < global_costs).any())
     # with pair-min's point bound too: pairs that cannot move at x left out, a constant C for their rounding
     point_costs, const = threat_model_module.pair_reach_point_costs(phi, (w_lo, w_hi), x, tm, r)
     assert bool((point_costs <= costs + 1e-9 * (1 + costs)).all()) and bool((const >= 0).all())
-    if which == 1 and zeros > 0.5:  # absent words tie at log1p's floor: the point bound counts each pair once
+    if _absent_words(which) and zeros > 0.5:  # absent words tie at log1p's floor: the point bound counts each set once
         assert bool((point_costs < costs).any())
     up, down = tm.directions(x)
     for trial in range(24):
@@ -456,8 +468,17 @@ TM = ThreatModel(
 
 @pytest.mark.parametrize(
     "phi",
-    [PHIS[0], PHIS[2], PHIS[4], PHIS[6], PHIS[8], PHIS[10], PAIR_PHIS[1]],
-    ids=["id", "std", "log1p-std", "abs", "log1p-std-hinges", "std-hinges", "log1p-std-pairs-hinges"],
+    [PHIS[0], PHIS[2], PHIS[4], PHIS[6], PHIS[8], PHIS[10], PAIR_PHIS[1], PAIR_PHIS[3]],
+    ids=[
+        "id",
+        "std",
+        "log1p-std",
+        "abs",
+        "log1p-std-hinges",
+        "std-hinges",
+        "log1p-std-pairs-hinges",
+        "log1p-std-sets-hinges",
+    ],
 )
 @pytest.mark.parametrize("near", [False, True], ids=["typical", "near-boundary"])
 @pytest.mark.parametrize("reach", [False, True], ids=["closed-form", "reach"])
@@ -480,8 +501,8 @@ def test_constrained_attacks_do_not_flip_inside_the_radius(phi, near, reach):
         assert bool((move_sizes(xf[finite], inside, tm, p) <= r[finite] * 0.999).all())
         assert int((model(inside) <= 0).sum()) == 0, f"ℓ{p}: a flip inside the threat-model radius"
         # the attack has teeth, near the boundary too: far outside the radius it flips most inputs (pair-min's
-        # bound counts every partner of a coordinate as if it moved with it: 10–20× the attack's radius here)
-        far = 25 if "pair-min" in str(phi) else 4
+        # and group-min's bounds count every partner of a coordinate as if it moved with it: 10–20× the attack's radius here)
+        far = 25 if "-min" in str(phi) else 4  # pair-min, group-min
         outside = threat_attack(model, xf[finite], r[finite] * far, p, tm, steps=60, restarts=2, generator=gen)
         assert int((model(outside) <= 0).sum()) > 0.3 * int(finite.sum())
 

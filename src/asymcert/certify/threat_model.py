@@ -15,7 +15,7 @@ interval (and over w in its error interval on the rigorous path). When every ste
 instead, backwards through the steps (tighter: a shared slope factor counts once, and hinges give the
 extreme prefix sums of their weights), and h⁺_i = max(0, −min ŵ_i), h⁻_i = max(0, max ŵ_i). Weight bounds
 need only one coordinate moved at a time, so a map that is not coordinate-wise can declare them too
-(pair-min: a move of x_i moves its pairs by a share in [0, 1] of it).
+(pair-min, group-min: a move of x_i moves its pairs, or sets, by a share in [0, 1] of it).
 The threat model forbids some directions (immutable, one-sided, no room left in the domain);
 with a_i = scale_i · the larger harm over the allowed directions (0 when none is allowed),
 
@@ -30,8 +30,8 @@ Reach (``reach=True``, :func:`reach_radii`): a move with ‖u‖_p ≤ r has |u_
 in [x_i − r·scale_i, x_i + r·scale_i] (allowed sides only, cut at the domain). φ's weight bounds taken
 on that box (:meth:`~asymcert.nn.FeatureMap.reach_weight_bounds`) give costs a(r) ≤ a, and
 ρ(r) = s / ‖a(r)‖_{p*} certifies min(r, ρ(r)); the search over r keeps the best, never below r_TM.
-For a φ that is not coordinate-wise (pair-min) every coordinate's box is its whole reach, both sides
-(a partner moved the other way first may be anywhere in its own), and pair-min's point bound combines
+For a φ that is not coordinate-wise (pair-min, group-min) every coordinate's box is its whole reach, both sides
+(a partner moved the other way first may be anywhere in its own), and pair-min's (group-min's) point bound combines
 with the box (:func:`pair_reach_point_costs`: both hold on one decomposition of the move); ρ(r) is the
 larger of the two (:func:`reach_rho`).
 
@@ -58,6 +58,7 @@ from asymcert.nn.feature_maps import (
     EPS64,
     Bounds,
     Compose,
+    GroupMin,
     Identity,
     Log1p,
     PairMin,
@@ -180,7 +181,8 @@ def pair_point_harms(
     """(h⁺, h⁻, C): harms (N, n) as :func:`harm_bounds` gives them, with pair-min's pairs that cannot move
     at x left out (:meth:`~asymcert.nn.feature_maps.PairMin.point_weight_bounds`), and the constant harm
     C (N,) that their rounding allows. For φ = nondecreasing coordinate-wise steps (identity, shift,
-    standardize, log1p) → pair-min → steps with weight bounds (hinges); None for any other φ.
+    standardize, log1p) → pair-min or group-min (:meth:`~asymcert.nn.feature_maps.GroupMin.point_weight_bounds`)
+    → steps with weight bounds (hinges); None for any other φ.
     """
     split = _pair_split(phi)
     if split is None:
@@ -199,14 +201,14 @@ def pair_point_harms(
     return (-up[0].reshape(-1, n)).clamp_min(0.0), down[1].reshape(-1, n).clamp_min(0.0), found[2]
 
 
-def _pair_split(phi: torch.nn.Module) -> tuple[PairMin, list[torch.nn.Module], list[torch.nn.Module]] | None:
-    """(pair-min, the steps before it, the steps after it) for φ = nondecreasing coordinate-wise steps →
-    one pair-min → other steps; None for any other φ."""
+def _pair_split(phi: torch.nn.Module) -> tuple[PairMin | GroupMin, list[torch.nn.Module], list[torch.nn.Module]] | None:
+    """(pair-min or group-min, the steps before it, the steps after it) for φ = nondecreasing coordinate-wise
+    steps → one pair-min or group-min → other steps; None for any other φ."""
     steps: list[torch.nn.Module] = list(phi.feature_maps) if isinstance(phi, Compose) else [phi]
-    at = [i for i, m in enumerate(steps) if isinstance(m, PairMin)]
+    at = [i for i, m in enumerate(steps) if isinstance(m, (PairMin, GroupMin))]
     if len(at) != 1 or not all(isinstance(m, _INCREASING) for m in steps[: at[0]]):
         return None
-    return cast(PairMin, steps[at[0]]), steps[: at[0]], steps[at[0] + 1 :]
+    return cast("PairMin | GroupMin", steps[at[0]]), steps[: at[0]], steps[at[0] + 1 :]
 
 
 def _pair_input(before: Sequence[torch.nn.Module], x: torch.Tensor, n: int) -> torch.Tensor:

@@ -713,7 +713,11 @@ class GroupMin(FeatureMap):
         low = h[:, self.members[:, 0]]
         for j in range(1, self.order):
             low = torch.minimum(low, h[:, self.members[:, j]])
-        return torch.cat([x, torch.where(torch.isinf(low), torch.zeros_like(low), low)], dim=1)
+        return torch.cat([x, torch.where(self._padding(), torch.zeros_like(low), low)], dim=1)
+
+    def _padding(self) -> torch.Tensor:
+        """(S_pad,) bool: the padding rows of ``members`` (constant-zero features)."""
+        return self.members[:, 0] == self.floor.numel()
 
     def fit(self, x: torch.Tensor) -> GroupMin:
         self.floor.copy_(x.detach().amin(dim=0).to(self.floor))
@@ -737,26 +741,100 @@ class GroupMin(FeatureMap):
         # (N, 1 + C, n) → (N, 1, n): ŵ_i = w_{0,i} + Σ_{S ∋ i} w_S c_S with c_S ∈ [0, 1]
         if not self._weights_fit(w_lo):
             return None  # the inputs are copies of fewer raw coordinates: not derived here
-        one = torch.ones_like(w_lo[:, 0, :1])
-        sets_lo = w_lo.flatten(1)[:, self.floor.numel() :].clamp(max=0.0)
-        sets_hi = w_hi.flatten(1)[:, self.floor.numel() :].clamp(min=0.0)
-        return self._member_sums(w_lo[:, :1], sets_lo, one, down=True), self._member_sums(
-            w_hi[:, :1], sets_hi, one, down=False
-        )
+        return self._member_sums(w_lo, w_hi, None)
 
-    def _member_sums(self, first: torch.Tensor, terms: torch.Tensor, one: torch.Tensor, down: bool) -> torch.Tensor:
-        """first (N, 1, n) + Σ over the sets containing i of terms (N, S_pad), rounded outward (down or up)."""
-        n = self.floor.numel()
-        total = torch.cat([first[:, 0], torch.zeros_like(one)], dim=1)  # column n collects the padding
-        size = torch.cat([first[:, 0].abs(), torch.zeros_like(one)], dim=1)
+    def point_weight_bounds(
+        self, w_lo: torch.Tensor, w_hi: torch.Tensor, z: torch.Tensor
+    ) -> tuple[Bounds, Bounds, torch.Tensor] | None:
+        """:meth:`weight_bounds` at the point z (N, n) (this map's input), per direction, and a constant C (N,).
+
+        As :meth:`PairMin.point_weight_bounds`, on the same decomposition of a move (its decreases, then its
+        increases in order of decreasing h, ties: lower index first): an increase of z_i cannot move min_S h
+        when another member j of S has h_j < h_i, or h_j = h_i and j > i (j moves later, or fell); a decrease
+        cannot move it when another member has h_j = 0. Those (set, member) pairs are left out. C bounds what
+        the rounding of h (τ = 1e-12·(1 + |z| + |floor|)) could still let them move: each left-out pair moves
+        by at most |w_S|·Σ_{j ∈ S} τ_j, counted for each of the ``order`` members and both directions, so
+        C = 2·order²·max τ·Σ|w_S|. None where :meth:`weight_bounds` is.
+        """
+        if not self._weights_fit(w_lo):
+            return None
+        keeps, const = self._point_keeps(w_lo, w_hi, z)
+        return self._member_sums(w_lo, w_hi, keeps["up"]), self._member_sums(w_lo, w_hi, keeps["down"]), const
+
+    def reach_point_weight_bounds(
+        self, w_lo: torch.Tensor, w_hi: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, z: torch.Tensor
+    ) -> tuple[Bounds, Bounds, torch.Tensor] | None:
+        """:meth:`point_weight_bounds` (it holds for every move, so inside any box [lo, hi] too; the box's
+        shares are not derived for sets)."""
+        return self.point_weight_bounds(w_lo, w_hi, z)
+
+    def _point_keeps(
+        self, w_lo: torch.Tensor, w_hi: torch.Tensor, z: torch.Tensor
+    ) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
+        """Direction → per member slot j, (N, S_pad) bool: whether :meth:`point_weight_bounds` keeps set s for
+        its j-th member; and the constant C (N,)."""
+        floor = self.floor.double().to(z.device)
+        h = torch.relu(z.double() - floor)
+        tau = 1e-12 * (1.0 + z.double().abs() + floor.abs())
+        h = torch.cat([h, torch.full_like(h[:, :1], math.inf)], dim=1)  # the padding's member: never the minimum
+        keeps: dict[str, list[torch.Tensor]] = {"up": [], "down": []}
         for j in range(self.order):
-            index = self.members[:, j].expand(terms.shape[0], -1)
-            total = total.scatter_add(1, index, terms)
-            size = size.scatter_add(1, index, terms.abs())
-        # absolute allowance for a float64 sum of T = 1 + containing() terms in any order: (T + 1)·eps·Σ|terms|
-        grow = (self.containing() + 2) * EPS64 * size[:, :n]
-        exact = total[:, :n] - grow if down else total[:, :n] + grow
-        return (round_down(exact) if down else round_up(exact)).unsqueeze(1)
+            mine, up, down = h[:, self.members[:, j]], None, None
+            for k in range(self.order):
+                if k == j:
+                    continue
+                theirs = h[:, self.members[:, k]]
+                first = (self.members[:, k] < self.members[:, j])[None]
+                step_up, step_down = (theirs > mine) | ((theirs == mine) & first), theirs > 0
+                up = step_up if up is None else up & step_up
+                down = step_down if down is None else down & step_down
+            keeps["up"].append(cast(torch.Tensor, up))
+            keeps["down"].append(cast(torch.Tensor, down))
+        n = self.floor.numel()
+        mag = torch.maximum(w_lo.flatten(1)[:, n:].abs(), w_hi.flatten(1)[:, n:].abs()).sum(dim=1)
+        const = 2.0 * self.order**2 * tau.amax(dim=1) * mag
+        return keeps, round_up(const * (1.0 + 1e-9))
+
+    def _member_sums(self, w_lo: torch.Tensor, w_hi: torch.Tensor, keeps: list[torch.Tensor] | None) -> Bounds:
+        """(N, 1, n) bounds on w_{0,i} + Σ_{S ∋ i} w_S c_S, c_S ∈ [0, 1], over the sets kept for member i
+        (``keeps``: per member slot, (N, S_pad) bool; None: every set), rounded outward."""
+        n = self.floor.numel()
+        out = []
+        for first, sets, down in (
+            (w_lo, w_lo.flatten(1)[:, n:].clamp(max=0.0), True),
+            (w_hi, w_hi.flatten(1)[:, n:].clamp(min=0.0), False),
+        ):
+            pad = torch.zeros_like(first[:, 0, :1])
+            total = torch.cat([first[:, 0], pad], dim=1)  # column n collects the padding
+            size = torch.cat([first[:, 0].abs(), pad], dim=1)
+            for j in range(self.order):
+                terms = sets if keeps is None else torch.where(keeps[j], sets, torch.zeros_like(sets))
+                index = self.members[:, j].expand(terms.shape[0], -1)
+                total = total.scatter_add(1, index, terms)
+                size = size.scatter_add(1, index, terms.abs())
+            # absolute allowance for a float64 sum of T = 1 + containing() terms in any order: (T + 1)·eps·Σ|terms|
+            grow = (self.containing() + 2) * EPS64 * size[:, :n]
+            out.append(round_down(total[:, :n] - grow) if down else round_up(total[:, :n] + grow))
+        return out[0].unsqueeze(1), out[1].unsqueeze(1)
+
+    def reach_image(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds | None:
+        # copy 0 is z itself; min is monotone in every member, so set S lies in [min_S h_lo, min_S h_hi]
+        # (exact: min does not round); the padding is 0
+        if lo.shape[1] != 1 or lo.shape[2] != self.floor.numel():
+            return None
+        floor = self.floor.to(lo)
+        ends = []
+        for end in (torch.relu(round_down(lo[:, 0] - floor)), torch.relu(round_up(hi[:, 0] - floor))):
+            end = torch.cat([end, torch.full_like(end[:, :1], math.inf)], dim=1)
+            low = end[:, self.members[:, 0]]
+            for j in range(1, self.order):
+                low = torch.minimum(low, end[:, self.members[:, j]])
+            ends.append(torch.where(self._padding(), torch.zeros_like(low), low))
+        n = self.floor.numel()
+        return (
+            torch.cat([lo, ends[0].reshape(lo.shape[0], -1, n)], dim=1),
+            torch.cat([hi, ends[1].reshape(hi.shape[0], -1, n)], dim=1),
+        )
 
     def _weights_fit(self, w_lo: torch.Tensor) -> bool:
         """Whether (N, 1 + C, n) weights are for this map's outputs on one copy of its n inputs."""
