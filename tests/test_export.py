@@ -273,12 +273,13 @@ def _tabular(feature_map):
         [{"kind": "shift"}, {"kind": "concat-abs"}],
         [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "hinges", "knots": 3}],
         [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "pair-min"}, {"kind": "hinges", "knots": 2}],
+        [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "group-min", "order": 3}, {"kind": "hinges", "knots": 2}],
     ],
-    ids=["standardize", "log1p-standardize", "concat-abs", "hinges", "pair-min"],
+    ids=["standardize", "log1p-standardize", "concat-abs", "hinges", "pair-min", "group-min"],
 )
 def test_threat_model_radii_in_the_graph_are_the_librarys_rounded_down(feature_map, tmp_path, monkeypatch):
     """The graph computes the closed form with φ's global weight bounds: the library's radii rounded down.
-    (pair-min's point harms, which the library adds on top, are not in the graph: checked without them,
+    (pair-min's and group-min's point harms, which the library adds on top, are not in the graph: checked without them,
     and the library's radii with them are never below the graph's.)"""
     model, x = _tabular(feature_map)
     tm = asymcert.ThreatModel.from_dict(TM_FILE).resolve(None, D_TM)

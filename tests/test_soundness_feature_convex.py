@@ -47,11 +47,13 @@ def test_pgd_inside_the_radius_never_flips(kind, fmap, p, near):
 
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
 @pytest.mark.parametrize("near", [False, True], ids=["typical", "near-boundary"])
-def test_pgd_inside_the_plain_radius_never_flips_through_pair_min(p, near):
-    """pair-min (every pair of features as an AND) on feature vectors: its Lipschitz constant
-    (1 + 2⌊n/2⌋)^{1/p} makes the plain ℓp radius a promise too."""
+@pytest.mark.parametrize("sets", [{"kind": "pair-min"}, {"kind": "group-min", "order": 3}], ids=["pairs", "triples"])
+def test_pgd_inside_the_plain_radius_never_flips_through_pair_min(p, near, sets):
+    """pair-min (every pair of features as an AND) and group-min (every pair and triple) on feature vectors:
+    their Lipschitz constants ((1 + 2⌊n/2⌋)^{1/p}, (1 + (n − 1) + C(n − 1, 2))^{1/p}) make the plain ℓp
+    radius a promise too."""
     torch.manual_seed(0)
-    fmap = [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "pair-min"}, {"kind": "hinges", "knots": 2}]
+    fmap = [{"kind": "log1p"}, {"kind": "standardize"}, sets, {"kind": "hinges", "knots": 2}]
     config = {
         "kind": "feature-convex",
         "input_shape": [7],
