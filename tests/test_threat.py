@@ -501,7 +501,8 @@ def test_constrained_attacks_do_not_flip_inside_the_radius(phi, near, reach):
         assert bool((move_sizes(xf[finite], inside, tm, p) <= r[finite] * 0.999).all())
         assert int((model(inside) <= 0).sum()) == 0, f"ℓ{p}: a flip inside the threat-model radius"
         # the attack has teeth, near the boundary too: far outside the radius it flips most inputs (pair-min's
-        # and group-min's bounds count every partner of a coordinate as if it moved with it: 10–20× the attack's radius here)
+        # and group-min's bounds count every partner of a coordinate as if it moved with it: 10–20× the
+        # attack's radius here)
         far = 25 if "-min" in str(phi) else 4  # pair-min, group-min
         outside = threat_attack(model, xf[finite], r[finite] * far, p, tm, steps=60, restarts=2, generator=gen)
         assert int((model(outside) <= 0).sum()) > 0.3 * int(finite.sum())
