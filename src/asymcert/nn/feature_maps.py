@@ -708,16 +708,16 @@ class GroupMin(FeatureMap):
         self.register_buffer("members", _set_members(n, order, features // n - 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(x - self.floor)
+        return torch.cat([x, self._minima(torch.relu(x - self.floor))], dim=1)
+
+    def _minima(self, h: torch.Tensor) -> torch.Tensor:
+        """(N, S_pad) min_{i ∈ S} h_i of every set S for values h (N, n); 0 on the padding."""
         h = torch.cat([h, torch.full_like(h[:, :1], math.inf)], dim=1)  # column n: the padding's member
         low = h[:, self.members[:, 0]]
         for j in range(1, self.order):
             low = torch.minimum(low, h[:, self.members[:, j]])
-        return torch.cat([x, torch.where(self._padding(), torch.zeros_like(low), low)], dim=1)
-
-    def _padding(self) -> torch.Tensor:
-        """(S_pad,) bool: the padding rows of ``members`` (constant-zero features)."""
-        return self.members[:, 0] == self.floor.numel()
+        padding = self.members[:, 0] == self.floor.numel()
+        return torch.where(padding, torch.zeros_like(low), low)
 
     def fit(self, x: torch.Tensor) -> GroupMin:
         self.floor.copy_(x.detach().amin(dim=0).to(self.floor))
@@ -822,19 +822,10 @@ class GroupMin(FeatureMap):
         # (exact: min does not round); the padding is 0
         if lo.shape[1] != 1 or lo.shape[2] != self.floor.numel():
             return None
-        floor = self.floor.to(lo)
-        ends = []
-        for end in (torch.relu(round_down(lo[:, 0] - floor)), torch.relu(round_up(hi[:, 0] - floor))):
-            end = torch.cat([end, torch.full_like(end[:, :1], math.inf)], dim=1)
-            low = end[:, self.members[:, 0]]
-            for j in range(1, self.order):
-                low = torch.minimum(low, end[:, self.members[:, j]])
-            ends.append(torch.where(self._padding(), torch.zeros_like(low), low))
-        n = self.floor.numel()
-        return (
-            torch.cat([lo, ends[0].reshape(lo.shape[0], -1, n)], dim=1),
-            torch.cat([hi, ends[1].reshape(hi.shape[0], -1, n)], dim=1),
-        )
+        floor, n = self.floor.to(lo), self.floor.numel()
+        low = self._minima(torch.relu(round_down(lo[:, 0] - floor))).reshape(lo.shape[0], -1, n)
+        high = self._minima(torch.relu(round_up(hi[:, 0] - floor))).reshape(hi.shape[0], -1, n)
+        return torch.cat([lo, low], dim=1), torch.cat([hi, high], dim=1)
 
     def _weights_fit(self, w_lo: torch.Tensor) -> bool:
         """Whether (N, 1 + C, n) weights are for this map's outputs on one copy of its n inputs."""
