@@ -29,11 +29,10 @@ import argparse
 import cProfile
 import math
 import pstats
-import time
 from collections.abc import Callable
 
 import torch
-from bench_icnn_speed import default_model  # benchmarks/bench_icnn_speed.py
+from bench_icnn_speed import default_model, interleaved  # benchmarks/bench_icnn_speed.py
 from common import machine, positive_int, write_results  # benchmarks/common.py
 
 import asymcert
@@ -65,18 +64,6 @@ def _kinds(n: int, k: int, m: int) -> dict[str, Callable[[], torch.Tensor]]:
     }
 
 
-def _timed(fns: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, float]:
-    """Best seconds of each function over ``repeats`` interleaved rounds, after a warm-up round."""
-    best = {name: math.inf for name in fns}
-    for round_ in range(repeats + 1):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            if round_:
-                best[name] = min(best[name], time.perf_counter() - t0)
-    return best
-
-
 def default_pass_profile(n: int) -> dict[str, float]:
     """Seconds of one ``asymcert.certify`` of n random images by the default architecture (the sound default
     precision), in total and inside ``torch.addmm`` (the float32 pattern product) and ``torch._int_mm``."""
@@ -106,7 +93,7 @@ def main() -> None:
     out: dict[str, object] = {"machine": machine(), "n": args.n, "threads": torch.get_num_threads(), "shapes": {}}
     print("| shape | kind | ms | GOP/s | speed vs float32 |\n|---|---|---|---|---|")
     for label, (k, m) in SHAPES.items():
-        seconds = _timed(_kinds(args.n, k, m), args.repeats)
+        seconds = interleaved(_kinds(args.n, k, m), args.repeats)
         ops = 2.0 * args.n * k * m
         out["shapes"][label] = {"k": k, "m": m, "seconds": seconds}  # type: ignore[index]
         for kind, s in seconds.items():

@@ -239,22 +239,39 @@ def test_pair_min_holds_every_pair_once_per_shift_and_the_input(n):
     assert len(seen) == n * (n - 1) // 2  # every unordered pair
 
 
-@settings(derandomize=True, max_examples=examples(60), deadline=None)
-@given(n=st.integers(2, 7), seed=st.integers(0, 2**16), p=st.sampled_from(NORMS))
-def test_pair_min_lipschitz_bounds_every_pair_and_is_attained_for_l1(n, seed, p):
-    phi = build_feature_map([{"kind": "pair-min"}], (n,)).double()
+def _set_map(kind, n):
+    """(φ, ℓ1 size of its move when the smallest of n coordinates, all above the floor, moves by 1): pair-min
+    moves it and each of its pairs (the pair of shift n/2 twice when n is even), group-min every set holding it."""
+    if kind == "pair-min":
+        return build_feature_map([{"kind": "pair-min"}], (n,)).double(), 1.0 + (n - 1) + (1 if n % 2 == 0 else 0)
+    order = int(kind[-1])
+    containing = sum(math.comb(n - 1, k - 1) for k in range(2, order + 1))
+    return build_feature_map([{"kind": "group-min", "order": order}], (n,)).double(), 1.0 + containing
+
+
+@settings(derandomize=True, max_examples=examples(90), deadline=None)
+@given(
+    n=st.integers(2, 7),
+    kind=st.sampled_from(["pair-min", "group-min 2", "group-min 3"]),
+    seed=st.integers(0, 2**16),
+    p=st.sampled_from(NORMS),
+)
+def test_pair_and_group_min_lipschitz_bounds_every_pair_of_inputs_and_is_attained_for_l1(n, kind, seed, p):
+    assume(kind != "group-min 3" or n >= 3)
+    phi, moved_l1 = _set_map(kind, n)
     gen = torch.Generator().manual_seed(seed)
     phi.fit(torch.randn(30, n, generator=gen, dtype=torch.float64))
     x, y = torch.randn(200, n, generator=gen, dtype=torch.float64) * 3, torch.randn(200, n, generator=gen).double() * 3
     ratio = _norm(phi(x) - phi(y), p) / _norm(x - y, p)
     assert float(ratio.max()) <= phi.lipschitz(p) * (1 + 1e-12)
-    # a move of the smallest coordinate, above every floor, moves it and all its pairs by the same amount
+    # a move of the smallest coordinate, above every floor, moves it and everything that holds it alike
     high = torch.full((1, n), 100.0, dtype=torch.float64)
     high[0, 0] = 50.0
     moved = high.clone()
     moved[0, 0] -= 1.0
     if p == 1.0:
-        assert float(_norm(phi(high) - phi(moved), 1)) == 1.0 + (n - 1) + (1 if n % 2 == 0 else 0)
+        assert float(_norm(phi(high) - phi(moved), 1)) == moved_l1
+        assert phi.lipschitz(1.0) == pytest.approx(moved_l1, rel=1e-15)
 
 
 def test_pair_min_refuses_what_is_not_a_vector_and_round_trips():
@@ -295,26 +312,6 @@ def test_group_min_holds_every_set_once_and_pads_with_zeros(n, order):
     expected = torch.stack([h[:, list(s)].amin(dim=1) for s in sets], dim=1)
     assert torch.equal(out[:, n : n + len(sets)], expected)
     assert bool((out[:, n + len(sets) :] == 0).all())
-
-
-@settings(derandomize=True, max_examples=examples(60), deadline=None)
-@given(n=st.integers(3, 7), order=st.integers(2, 3), seed=st.integers(0, 2**16), p=st.sampled_from(NORMS))
-def test_group_min_lipschitz_bounds_every_pair_of_inputs_and_is_attained_for_l1(n, order, seed, p):
-    phi = build_feature_map([{"kind": "group-min", "order": order}], (n,)).double()
-    gen = torch.Generator().manual_seed(seed)
-    phi.fit(torch.randn(30, n, generator=gen, dtype=torch.float64))
-    x, y = torch.randn(200, n, generator=gen, dtype=torch.float64) * 3, torch.randn(200, n, generator=gen).double() * 3
-    ratio = _norm(phi(x) - phi(y), p) / _norm(x - y, p)
-    assert float(ratio.max()) <= phi.lipschitz(p) * (1 + 1e-12)
-    # a move of the smallest coordinate, above every floor, moves it and every set that holds it alike
-    high = torch.full((1, n), 100.0, dtype=torch.float64)
-    high[0, 0] = 50.0
-    moved = high.clone()
-    moved[0, 0] -= 1.0
-    if p == 1.0:
-        containing = sum(math.comb(n - 1, k - 1) for k in range(2, order + 1))
-        assert float(_norm(phi(high) - phi(moved), 1)) == 1.0 + containing
-        assert phi.lipschitz(1.0) == pytest.approx(1.0 + containing, rel=1e-15)
 
 
 def test_group_min_refuses_bad_settings_and_round_trips():
