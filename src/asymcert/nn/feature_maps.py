@@ -430,7 +430,37 @@ MAX_PAIR_INPUTS = 512
 """The most inputs :class:`PairMin` takes: 512 make 131,584 features per input."""
 
 
-class PairMin(FeatureMap):
+class _ExcessMap(FeatureMap):
+    """What pair-min and group-min share: each coordinate's excess h = relu(z − m) over its training minimum m
+    (the ``floor`` buffer, set by ``fit``), on vectors of n coordinates."""
+
+    floor: torch.Tensor  # buffer (n,): the training minimum of each coordinate
+
+    def __init__(self, in_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.register_buffer("floor", torch.zeros(in_shape))
+
+    def fit(self, x: torch.Tensor) -> _ExcessMap:
+        self.floor.copy_(x.detach().amin(dim=0).to(self.floor))
+        return self
+
+    def _excess_at(self, z: torch.Tensor) -> Bounds:
+        """(h, τ) (N, n) float64 at the inputs z (N, n): h = relu(z − floor), and τ = 1e-12·(1 + |z| + |floor|),
+        far above the float64 error of the steps before, which the point bounds allow for."""
+        floor = self.floor.double().to(z.device)
+        return torch.relu(z.double() - floor), 1e-12 * (1.0 + z.double().abs() + floor.abs())
+
+    def _excess_box(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+        """Bounds (N, n) on h = relu(z − floor) while z stays in the box [lo, hi] (N, 1, n), rounded outward."""
+        floor = self.floor.to(lo)
+        return torch.relu(round_down(lo[:, 0] - floor)), torch.relu(round_up(hi[:, 0] - floor))
+
+    def _fits(self, boxes: torch.Tensor) -> bool:
+        """Whether (N, K, n) boxes are for one copy of this map's n inputs (not for copies made before it)."""
+        return boxes.shape[1] == 1 and boxes.shape[2] == self.floor.numel()
+
+
+class PairMin(_ExcessMap):
     """φ(x) = concat(x, min(h_i, h_{i+k}) for k = 1…P): every pair of coordinates as an AND feature.
 
     h = relu(x − m) is each coordinate's excess over its training minimum m (``fit``), and pair (i, i + k)
@@ -454,10 +484,8 @@ class PairMin(FeatureMap):
     """
 
     kind = "pair-min"
-    floor: torch.Tensor  # buffer (n,): the training minimum of each coordinate
 
     def __init__(self, in_shape: tuple[int, ...]) -> None:
-        super().__init__()
         if len(in_shape) != 1 or in_shape[0] < 2:
             raise ConfigError(f"pair-min: inputs of shape {tuple(in_shape)}; it needs vectors (n,) with n ≥ 2")
         if in_shape[0] > MAX_PAIR_INPUTS:  # (1 + ⌊n/2⌋)·n features per input: bounded memory
@@ -465,16 +493,12 @@ class PairMin(FeatureMap):
                 f"pair-min: {in_shape[0]} inputs would make {(1 + in_shape[0] // 2) * in_shape[0]} features each; "
                 f"at most {MAX_PAIR_INPUTS} inputs (put it before maps that multiply the features, once)"
             )
+        super().__init__(in_shape)
         self.shifts = in_shape[0] // 2
-        self.register_buffer("floor", torch.zeros(in_shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(x - self.floor)
         return torch.cat([x] + [torch.minimum(h, torch.roll(h, -k, dims=1)) for k in range(1, self.shifts + 1)], dim=1)
-
-    def fit(self, x: torch.Tensor) -> PairMin:
-        self.floor.copy_(x.detach().amin(dim=0).to(self.floor))
-        return self
 
     def lipschitz(self, p: float) -> float:
         return 1.0 if math.isinf(p) else math.nextafter(float(1 + 2 * self.shifts) ** (1.0 / p), math.inf)
@@ -524,9 +548,7 @@ class PairMin(FeatureMap):
     ) -> tuple[dict[tuple[str, str], torch.Tensor], torch.Tensor]:
         """The pairs :meth:`point_weight_bounds` keeps, (side, direction) → (N, P, n) bool, and its constant C (N,)."""
         n = self.floor.numel()
-        floor = self.floor.double().to(z.device)
-        h = torch.relu(z.double() - floor)
-        tau = 1e-12 * (1.0 + z.double().abs() + floor.abs())  # (N, n)
+        h, tau = self._excess_at(z)  # (N, n)
         idx = torch.arange(n, device=z.device)
         ahead, behind = self._partners(n, z.device)
         keep = {}
@@ -596,19 +618,10 @@ class PairMin(FeatureMap):
         high_sum = round_up(terms_hi.sum(dim=1, keepdim=True) + grow * terms_hi.abs().sum(dim=1, keepdim=True))
         return low_sum, high_sum
 
-    def _excess_box(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
-        """Bounds (N, n) on h = relu(z − floor) while z stays in the box [lo, hi] (N, 1, n), rounded outward."""
-        floor = self.floor.to(lo)
-        return torch.relu(round_down(lo[:, 0] - floor)), torch.relu(round_up(hi[:, 0] - floor))
-
     def _weights_fit(self, w_lo: torch.Tensor) -> bool:
         """Whether (N, 1 + P, n) weights are for this map's outputs on one copy of its n inputs (not for
         copies made before it: then its bounds are not derived)."""
         return w_lo.shape[1] == 1 + self.shifts and w_lo.shape[2] == self.floor.numel()
-
-    def _fits(self, boxes: torch.Tensor) -> bool:
-        """Whether (N, K, n) boxes are for one copy of this map's n inputs (not for copies made before it)."""
-        return boxes.shape[1] == 1 and boxes.shape[2] == self.floor.numel()
 
     def reach_image(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds | None:
         # copy 0 is z itself; min is monotone in both arguments, so copy k lies in
@@ -661,7 +674,7 @@ MAX_GROUP_FEATURES = 2**18
 """The most features per input :class:`GroupMin` makes (262,144: 57 inputs at order 3 make 30,951)."""
 
 
-class GroupMin(FeatureMap):
+class GroupMin(_ExcessMap):
     """φ(x) = concat(x, min_{i ∈ S} h_i for every set S of 2 … ``order`` coordinates): AND features of pairs,
     triples, …, the splits of trees of that depth that pair-min (order 2) stops short of.
 
@@ -686,11 +699,9 @@ class GroupMin(FeatureMap):
     """
 
     kind = "group-min"
-    floor: torch.Tensor  # buffer (n,): the training minimum of each coordinate
     members: torch.Tensor  # buffer (S, order) long, not saved: the coordinates of set s, n where it has fewer
 
     def __init__(self, in_shape: tuple[int, ...], order: int = 3) -> None:
-        super().__init__()
         if len(in_shape) != 1 or in_shape[0] < 2:
             raise ConfigError(f"group-min: inputs of shape {tuple(in_shape)}; it needs vectors (n,) with n ≥ 2")
         n = in_shape[0]
@@ -703,8 +714,8 @@ class GroupMin(FeatureMap):
                 f"group-min: {n} inputs at order {order} would make {features} features each; at most "
                 f"{MAX_GROUP_FEATURES} (lower the order, or select fewer inputs)"
             )
-        self.order, self.sets = order, sets
-        self.register_buffer("floor", torch.zeros(in_shape))
+        super().__init__(in_shape)
+        self.order = order
         self.register_buffer("members", _set_members(n, order, features // n - 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -718,10 +729,6 @@ class GroupMin(FeatureMap):
             low = torch.minimum(low, h[:, self.members[:, j]])
         padding = self.members[:, 0] == self.floor.numel()
         return torch.where(padding, torch.zeros_like(low), low)
-
-    def fit(self, x: torch.Tensor) -> GroupMin:
-        self.floor.copy_(x.detach().amin(dim=0).to(self.floor))
-        return self
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "order": self.order}
@@ -773,9 +780,7 @@ class GroupMin(FeatureMap):
     ) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
         """Direction → per member slot j, (N, S_pad) bool: whether :meth:`point_weight_bounds` keeps set s for
         its j-th member; and the constant C (N,)."""
-        floor = self.floor.double().to(z.device)
-        h = torch.relu(z.double() - floor)
-        tau = 1e-12 * (1.0 + z.double().abs() + floor.abs())
+        h, tau = self._excess_at(z)
         h = torch.cat([h, torch.full_like(h[:, :1], math.inf)], dim=1)  # the padding's member: never the minimum
         keeps: dict[str, list[torch.Tensor]] = {"up": [], "down": []}
         for j in range(self.order):
@@ -820,11 +825,12 @@ class GroupMin(FeatureMap):
     def reach_image(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds | None:
         # copy 0 is z itself; min is monotone in every member, so set S lies in [min_S h_lo, min_S h_hi]
         # (exact: min does not round); the padding is 0
-        if lo.shape[1] != 1 or lo.shape[2] != self.floor.numel():
+        if not self._fits(lo):
             return None
-        floor, n = self.floor.to(lo), self.floor.numel()
-        low = self._minima(torch.relu(round_down(lo[:, 0] - floor))).reshape(lo.shape[0], -1, n)
-        high = self._minima(torch.relu(round_up(hi[:, 0] - floor))).reshape(hi.shape[0], -1, n)
+        n = self.floor.numel()
+        h_lo, h_hi = self._excess_box(lo, hi)
+        low = self._minima(h_lo).reshape(lo.shape[0], -1, n)
+        high = self._minima(h_hi).reshape(hi.shape[0], -1, n)
         return torch.cat([lo, low], dim=1), torch.cat([hi, high], dim=1)
 
     def _weights_fit(self, w_lo: torch.Tensor) -> bool:
