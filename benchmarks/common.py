@@ -82,3 +82,14 @@ def int_list(text: str) -> list[int]:
     if not values:
         raise argparse.ArgumentTypeError("no integer given")
     return values
+
+
+def float_list(text: str) -> list[float]:
+    """An argparse type: comma-separated numbers, e.g. radii ``0.5,1,2`` (at least one)."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("no number given")
+    return values

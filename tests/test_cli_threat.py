@@ -88,6 +88,7 @@ def test_run_records_the_threat_model_and_reports_in_its_units(tm_run):
     assert all(results["certified_accuracy"][n] for n in ("l1", "linf"))  # radii picked from the certificates
     report = (tm_run / "report.md").read_text()
     assert "radii in threat-model units" in report and '- threat model (run.json): `{"scale"' in report
+    assert "threshold b fitted for equal class accuracies on validation" in report
     cert, _ = load_certificates(tm_run / "certificates.safetensors")
     model = asymcert.load(tm_run)
     from_python = asymcert.certify(model, _test_x(tm_run), norms=(1, "inf"), threat_model=_resolved())
@@ -285,3 +286,39 @@ def test_audit_with_exact_radii_through_hinges(folder, tmp_path):
     assert CliRunner().invoke(main, args).exit_code == EXIT_OK
     linf = json.loads((run / "audit.json").read_text())["methods"]["feature-convex"]["norms"]["linf"]["exact"]
     assert not linf["available"] and "affine" in linf["reason"]
+
+
+def test_an_operating_point_run_keeps_its_false_positive_budget_and_its_certificates_hold(folder, tmp_path):
+    """``--set false_positive_rate=0.05``: b flags at most 5% of the validation ham; the report gives both
+    classes' rates and the operating point; the audit's constrained attacks find no flip inside a radius."""
+    out = tmp_path / "fpr"
+    args = _run_args(folder, out, "--threat-model", str(folder / "tm.json"), "--set", "false_positive_rate=0.05")
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == EXIT_OK, res.output
+    assert read_run(out)["train"]["false_positive_rate"] == 0.05
+    model, data = asymcert.load(out), run_data(out)
+    with torch.no_grad():
+        val_flagged, test_flagged = model(data.val.x) > 0, model(data.test.x) > 0
+    assert int(val_flagged[data.val.y == 0].sum()) <= 0.05 * int((data.val.y == 0).sum())
+    results = json.loads((out / "results.json").read_text())
+    ham = data.test.y == 0
+    assert results["false_positive_rate"] == pytest.approx(float(test_flagged[ham].double().mean()))
+    assert results["sensitive_flagged_correctly"] == pytest.approx(float(test_flagged[~ham].double().mean()))
+    assert "at most 5% of the other class flagged on validation" in (out / "report.md").read_text()
+    audit = CliRunner().invoke(main, ["audit", str(out), "--limit", "40", "--steps", "30", "--restarts", "1"])
+    assert audit.exit_code == EXIT_OK, audit.output
+    assert json.loads((out / "audit.json").read_text())["violations"] == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "false_positive_rate=1"], "false_positive_rate must be null"),
+        (["--set", 'false_positive_rate="low"'], "false_positive_rate must be null"),
+        (["--model", "linf-dist", "--set", "false_positive_rate=0.1"], "only supported by the feature-convex recipe"),
+    ],
+)
+def test_a_bad_operating_point_is_one_line_and_writes_nothing(folder, tmp_path, extra, message):
+    res = CliRunner().invoke(main, _run_args(folder, tmp_path / "bad", *extra))
+    assert res.exit_code == EXIT_REFUSED and message in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()

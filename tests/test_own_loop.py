@@ -17,6 +17,8 @@ from asymcert.errors import ConfigError, ConvexityError, ModelError, SettingsErr
 from asymcert.models import build_model
 from asymcert.nn.convex import NonnegLinear
 from asymcert.train import FeatureConvexRecipe, TrainConfig, fit_balance, make_certifiable
+from asymcert.train.balance import fit_false_positive_shift
+from tests.conftest import near_boundary
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -93,11 +95,13 @@ def test_the_loss_is_the_family_recipe_loss(settings):
         assert training.loss(x, y).item() > plain.item()
 
 
-def _trained(margin: float = 0.3):
+def _trained(margin: float = 0.3, false_positive_rate: float | None = None):
     x, y = _data()
     model = _model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    training = make_certifiable(model, optimizer, margin_radius=margin, margin_norm=2.0)
+    training = make_certifiable(
+        model, optimizer, margin_radius=margin, margin_norm=2.0, false_positive_rate=false_positive_rate
+    )
     training.fit_feature_map(DataLoader(TensorDataset(x[:200], y[:200]), batch_size=50))
     for _ in range(15):
         for xb, yb in DataLoader(TensorDataset(x[:200], y[:200]), batch_size=50, shuffle=True):
@@ -122,8 +126,23 @@ def test_finish_fits_the_balance_on_validation_and_the_model_certifies():
     assert training.finish(x[200:], y[200:]) == b  # a tensor with labels works the same
 
 
-def test_certificates_of_a_model_trained_in_a_plain_loop_hold_under_attack():
-    model, _, _, x, _ = _trained()
+def test_finish_at_an_operating_point_keeps_the_false_positive_budget_on_validation():
+    model, _, b, x, y = _trained(false_positive_rate=0.02)
+    model.set_balance(0.0)
+    with torch.no_grad():
+        scores = model.eval()(x[200:])
+    assert b == fit_false_positive_shift(scores, y[200:], 0.02) and b < fit_balance(scores, y[200:])
+    model.set_balance(b)
+    with torch.no_grad():
+        flagged = model(x[200:]) > 0
+    assert int(flagged[y[200:] == 0].sum()) <= 0.02 * int((y[200:] == 0).sum())
+    assert float(flagged[y[200:] == 1].float().mean()) > 0.5
+
+
+@pytest.mark.parametrize("false_positive_rate", [None, 0.02], ids=["balanced", "operating-point"])
+def test_certificates_of_a_model_trained_in_a_plain_loop_hold_under_attack(false_positive_rate):
+    model, _, _, x, _ = _trained(false_positive_rate=false_positive_rate)
+    x = torch.cat([x, near_boundary(model, x)])  # typical inputs and inputs just on the flagged side
     cert = asymcert.certify(model, x, norms=(2.0, math.inf))
     flagged = cert.sensitive
     assert int(flagged.sum()) > 20
@@ -170,6 +189,7 @@ def test_bad_arguments_are_refused_with_one_line_errors():
     _refused(SettingsError, "margin_norm", lambda: make_certifiable(model, sgd, margin_radius=1.0, margin_norm=0.5))
     _refused(SettingsError, "pair up", lambda: make_certifiable(model, sgd, margin_radius=[1, 2], margin_norm=[2]))
     _refused(SettingsError, "jacobian_reg", lambda: make_certifiable(model, sgd, jacobian_reg=-0.1))
+    _refused(SettingsError, "false_positive_rate", lambda: make_certifiable(model, sgd, false_positive_rate=1.0))
     with torch.no_grad():
         _constrained(model)[0][0, 0] = -1.0
     _refused(ConvexityError, "below 0", lambda: make_certifiable(model, sgd))  # refused before any projection

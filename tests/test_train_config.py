@@ -36,6 +36,7 @@ BAD = {
     "margin_weight": [0.0, -0.5, 1.5],
     "sensitive_weight": [0, -1],
     "train_at_balance": [1, "yes"],
+    "false_positive_rate": [-0.01, 1.0, 1.5, math.nan, "1%", True],
     "ensemble_training": ["average", 1],
     "refit": [1, "yes", None],
     "teacher": [3, "", ["a"]],

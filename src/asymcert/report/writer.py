@@ -58,7 +58,9 @@ def summarize(cert: Certificate, labels: torch.Tensor, report_radii: dict[str, l
     if cert.binary:
         out["n_sensitive"] = int((labels == 1).sum())
         flagged_correctly = float(((cert.predicted == 1) & (labels == 1)).sum())
-        out["sensitive_flagged_correctly"] = flagged_correctly / max(1, out["n_sensitive"])
+        out["sensitive_flagged_correctly"] = flagged_correctly / max(1, out["n_sensitive"])  # the detection rate
+        false_alarms = float(((cert.predicted == 1) & (labels == 0)).sum())
+        out["false_positive_rate"] = false_alarms / max(1, int((labels == 0).sum()))
     if cert.guarantee is Guarantee.FLAG and not cert.binary:  # one-vs-rest: how many classes flag each input,
         flags = cert.extra["flags"].bool()  # and is the true one among them
         count = flags.sum(dim=1)
@@ -161,6 +163,23 @@ def _pretty(p: float) -> str:
     return "ℓ∞" if p == float("inf") else f"ℓ{p:g}"
 
 
+def _detection_lines(run: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    """Binary runs: the share of each class flagged, and the operating point b was fitted for."""
+    if "false_positive_rate" not in results:
+        return []
+    rate = (run.get("train") or {}).get("false_positive_rate")
+    point = (
+        "equal class accuracies on validation"
+        if rate is None
+        else f"at most {100 * rate:g}% of the other class flagged on validation"
+    )
+    return [
+        f"- flagged: {100 * results['sensitive_flagged_correctly']:.2f}% of the sensitive class (detection rate), "
+        f"{100 * results['false_positive_rate']:.2f}% of the other class (false-positive rate); "
+        f"threshold b fitted for {point}"
+    ]
+
+
 def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
     """The human-readable report."""
     lines = [f"# {run.get('task_description') or run['task']}", ""]
@@ -172,6 +191,7 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
         f"- test inputs: {results['n_inputs']}"
         + (f" ({results['n_sensitive']} of the sensitive class)" if "n_sensitive" in results else ""),
         f"- clean accuracy: **{100 * results['clean_accuracy']:.2f}%**",
+        *_detection_lines(run, results),
         f"- certification: {1000 * results['certify_seconds_per_input']:.3f} ms per input "
         f"({results['certify_seconds_total']:.2f} s in all)",
     ]

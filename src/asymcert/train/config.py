@@ -125,6 +125,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "margin_weight": _real("a number in (0, 1] (the bound's share of the sensitive loss)", lambda v: 0 < v <= 1),
     "sensitive_weight": _real("a finite number > 0", lambda v: v > 0),
     "train_at_balance": (lambda v: isinstance(v, bool), "true or false"),
+    "false_positive_rate": (
+        lambda v: v is None or (_is_real(v) and 0 <= v < 1),
+        "null (equal class accuracies) or a number in [0, 1) (the share of the other class that may be flagged)",
+    ),
     "ensemble_training": (lambda v: v in ENSEMBLE_TRAINING, f"one of {', '.join(ENSEMBLE_TRAINING)}"),
     "refit": (lambda v: isinstance(v, bool), "true or false"),
     "teacher": (lambda v: v is None or (isinstance(v, str) and v != ""), "null or the path of a run folder"),
@@ -247,6 +251,10 @@ class TrainConfig:
             the plain loss).
         train_at_balance: keep the class-balance shift b that each epoch's validation pass fits in the
             logit of the next epoch (False: train on g(φ(x)) with b = 0). See the feature-convex recipe.
+        false_positive_rate: the operating point: None fits the balance shift b on validation so that the
+            two class accuracies are equal; a number α in [0, 1) fits b so that at most a share α of the
+            validation inputs of the other class is flagged, as many sensitive ones as possible (epochs are
+            then selected by that detection rate). Feature-convex recipe only.
         ensemble_training: how a mean of convex networks (``convex: {"kind": "mean", ...}``) is trained:
             "members" (each member's own loss on g_k(φ(x)) + b, averaged: independent trainings side by
             side) or "mean" (one loss on the averaged score). Ignored by other models.
@@ -291,6 +299,7 @@ class TrainConfig:
     margin_weight: float = 1.0
     sensitive_weight: float = 1.0
     train_at_balance: bool = False
+    false_positive_rate: float | None = None
     ensemble_training: str = "members"
     refit: bool = False
     teacher: str | None = None

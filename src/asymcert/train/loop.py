@@ -148,6 +148,7 @@ def train_fingerprint(train: dict[str, Any], model_config: dict[str, Any]) -> st
             settings.pop(key, None)
     later: tuple[tuple[str, Any], ...] = (("sensitive_weight", 1.0), ("train_at_balance", False), ("refit", False))
     later += (("teacher", None), ("distill_weight", 0.0), ("distill_temperature", 1.0), ("margin_weight", 1.0))
+    later += (("false_positive_rate", None),)
     for key, plain in later:
         if key in settings and settings[key] == plain:  # likewise runs that do not use these later settings
             settings.pop(key)

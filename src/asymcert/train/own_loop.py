@@ -29,7 +29,7 @@ from asymcert.data.tasks import Dataset
 from asymcert.errors import ConfigError, ModelError
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.threat import ResolvedThreatModel, ThreatModel
-from asymcert.train.balance import fit_balance
+from asymcert.train.balance import operating_shift
 from asymcert.train.config import TrainConfig
 from asymcert.train.recipes import FeatureConvexRecipe, predict_scores
 
@@ -74,7 +74,9 @@ class CertifiableTraining:
         return self.recipe.loss(self.model, x, y, progress=1.0)[0]
 
     def finish(self, val: Batches, labels: torch.Tensor | None = None) -> float:
-        """Check the model, then fit the balance shift b on validation data; returns b.
+        """Check the model, then fit the balance shift b on validation data (at the operating point
+        :func:`make_certifiable` was given: equal class accuracies, or at most ``false_positive_rate``
+        of the other class flagged); returns b.
 
         Call it once training is done: b stays in the model, and a later :meth:`loss` would train at
         the threshold b (call ``model.set_balance(0.0)`` first to go on training as before).
@@ -97,7 +99,7 @@ class CertifiableTraining:
         self.model.set_balance(0.0)
         device = next(self.model.parameters()).device
         scores = predict_scores(self.model, x, _EVAL_BATCH, device)  # eval mode, (N,) on the CPU
-        b = fit_balance(scores, y.cpu())
+        b = operating_shift(scores, y.cpu(), self.recipe.false_positive_rate)
         self.model.set_balance(b)
         return b
 
@@ -117,6 +119,7 @@ def make_certifiable(
     jacobian_reg: float = 0.0,
     sensitive_weight: float = 1.0,
     threat_model: ThreatModel | ResolvedThreatModel | None = None,
+    false_positive_rate: float | None = None,
 ) -> CertifiableTraining:
     """Make a plain PyTorch training loop of a feature-convex model certifiable.
 
@@ -132,6 +135,8 @@ def make_certifiable(
         threat_model: take the margin loss over the moves this threat model allows (``margin_radius`` in
             its units); a :class:`~asymcert.threat.ThreatModel` must name features by index (or pass
             ``tm.resolve(names, d)``).
+        false_positive_rate: the operating point :meth:`CertifiableTraining.finish` fits b for: None for
+            equal class accuracies, α in [0, 1) to flag at most a share α of the other class.
     Returns:
         A :class:`CertifiableTraining`; the optimizer now projects the model after every step.
     Raises:
@@ -158,6 +163,7 @@ def make_certifiable(
         sensitive_weight=sensitive_weight,
         margin_warmup=0.0,
         train_at_balance=False,
+        false_positive_rate=false_positive_rate,
     )
     recipe = FeatureConvexRecipe(config)
     if threat_model is not None:

@@ -15,7 +15,7 @@ from asymcert.data.tasks import Dataset
 from asymcert.errors import ConfigError, UnknownNameError
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.threat import ResolvedThreatModel
-from asymcert.train.balance import balanced_accuracy, fit_balance
+from asymcert.train.balance import balanced_accuracy, detection_rates, operating_shift
 from asymcert.train.config import TrainConfig
 from asymcert.train.distill import check_teacher_input, distill_loss, load_teacher, teacher_scores
 from asymcert.train.regularizers import certified_lower_bound, jacobian_penalty_from_grad, per_input_gradients
@@ -69,7 +69,9 @@ def _member_score_fn(member: nn.Module, balance: torch.Tensor) -> Callable[[torc
 class FeatureConvexRecipe:
     """The feature-convex paper's recipe: BCE on the logit s(x), optional Jacobian regulariser,
     projection onto nonnegative weights after every step, and the balance shift b fitted on
-    the validation split (selection metric: balanced validation accuracy).
+    the validation split (selection metric: balanced validation accuracy; with ``false_positive_rate``
+    α, b flags at most a share α of the validation inputs of the other class and the metric is the
+    share of sensitive ones flagged, the detection rate at that operating point).
 
     With ``margin_radius`` r > 0 the sensitive inputs' BCE is taken on the certified lower bound
     s(x) − r·Lip_p(φ)·‖∇_φ g(φ(x))‖_{p*} of the score over the ℓp ball of radius r around x (convexity
@@ -98,6 +100,7 @@ class FeatureConvexRecipe:
         self.margin_weight = float(config.margin_weight)
         self.sensitive_weight = float(config.sensitive_weight)
         self.train_at_balance = bool(config.train_at_balance)
+        self.false_positive_rate = config.false_positive_rate
         self.ensemble_training = str(config.ensemble_training)
         self.teacher_path = config.teacher
         self.teacher = load_teacher(config.teacher) if config.teacher else None  # loaded once, frozen
@@ -126,6 +129,7 @@ class FeatureConvexRecipe:
         self.threat_model = threat_model
 
     supports_distillation = True
+    supports_operating_point = True
 
     def prepare(self, model: nn.Module, train: Dataset) -> None:
         fc = _classifier(model)
@@ -250,10 +254,13 @@ class FeatureConvexRecipe:
         device = next(fc.parameters()).device
         fc.set_balance(0.0)
         scores = predict_scores(model, val.x, batch_size, device)
-        b = fit_balance(scores, val.y)
+        b = operating_shift(scores, val.y, self.false_positive_rate)
         fc.set_balance(b)
         acc = float(((scores + b > 0).long() == val.y).float().mean())
-        out = {"metric": balanced_accuracy(scores + b, val.y), "accuracy": acc, "balance": b}
+        detection, false_positive = detection_rates(scores + b, val.y)
+        metric = balanced_accuracy(scores + b, val.y) if self.false_positive_rate is None else detection
+        out = {"metric": metric, "accuracy": acc, "balance": b}
+        out |= {"detection_rate": detection, "false_positive_rate": false_positive}
         if self.margin_radius > 0:  # only epochs trained at the full margin radius may be selected
             out["eligible"] = float(self._epoch_progress >= self.margin_warmup)
         return out
@@ -286,4 +293,9 @@ def recipe_for(model: nn.Module, config: TrainConfig) -> Recipe:
         raise UnknownNameError(f"no training recipe for model kind {kind!r}; known: {', '.join(sorted(_RECIPES))}")
     if config.teacher is not None and not getattr(_RECIPES[kind], "supports_distillation", False):
         raise ConfigError(f"distillation (teacher={config.teacher!r}) is only supported by the feature-convex recipe")
+    if config.false_positive_rate is not None and not getattr(_RECIPES[kind], "supports_operating_point", False):
+        raise ConfigError(
+            f"false_positive_rate={config.false_positive_rate!r} (an operating point for the balance shift b) is only "
+            f"supported by the feature-convex recipe, not by {kind!r} models"
+        )
     return _RECIPES[kind](config)
