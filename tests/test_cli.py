@@ -1,6 +1,7 @@
 import errno
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from asymcert.cli import (
     EXIT_IO,
     EXIT_OK,
     EXIT_REFUSED,
+    _bars,
     main,
 )
 
@@ -95,6 +97,22 @@ def test_breast_cancer_runs_offline_end_to_end(tmp_path):
     model = asymcert.load(out)
     assert model.input_range is None  # tabular features: any real value, raw units
     assert model.feature_map.lipschitz(2) > 1  # the per-feature scaling is folded into the constant
+
+
+def test_progress_bars_are_drawn_only_on_a_terminal(tmp_path, monkeypatch):
+    """Without --quiet but with stderr redirected (a log file, CI), no bar is redrawn into the output; the
+    per-epoch lines still are."""
+    out = tmp_path / "bc"
+    res = CliRunner().invoke(main, ["run", "breast-cancer", "--preset", "fast", "--epochs", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "\r" not in res.output and "it/s" not in res.output and "epoch 2/2" in res.output
+
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert _bars(False) and not _bars(True)
 
 
 def test_own_npz_data(tmp_path):

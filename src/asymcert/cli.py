@@ -208,6 +208,12 @@ def _task_spec(
     return spec
 
 
+def _bars(quiet: bool) -> bool:
+    """Whether to draw progress bars: not with ``--quiet``, and only when stderr is a terminal (tqdm redraws
+    a bar with carriage returns, which would fill a redirected log with every update)."""
+    return not quiet and sys.stderr.isatty()
+
+
 def _task_options(fn):
     opts = [
         click.argument("task", required=False),
@@ -244,7 +250,10 @@ def _task_options(fn):
             "--no-threat-model", is_flag=True, help="Plain ℓp balls in raw input units, even for a task with one."
         ),
         click.option(
-            "--quiet", is_flag=True, help="No progress bars (one line per epoch and the summary are still printed)."
+            "--quiet",
+            is_flag=True,
+            help="No progress bars (one line per epoch and the summary are still printed). Bars are drawn only "
+            "on a terminal: redrawn with carriage returns, they would fill a log file.",
         ),
     ]
     for opt in reversed(opts):
@@ -322,7 +331,7 @@ def run(
         preset=preset,
         data_dir=data_dir,
         limit=limit,
-        progress=not quiet,
+        progress=_bars(quiet),
         train_overrides=train,
         model_overrides=model,
         log=click.echo,
@@ -367,7 +376,7 @@ def train(
         train_o,
         model_o,
         data_dir,
-        progress=not quiet,
+        progress=_bars(quiet),
         log=click.echo,
         threat_model=tm,
         plain=no_threat_model,
@@ -405,7 +414,7 @@ def train(
     help="Feature-convex models under a threat model: use φ's slopes only where a move of each size can "
     "reach (larger radii, mostly ℓ2/ℓ∞; about 35× the certification time).",
 )
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars (drawn only on a terminal in any case).")
 def certify_cmd(
     run_dir,
     norms,
@@ -430,7 +439,7 @@ def certify_cmd(
         if input_file is None or out_file is None or limit is not None:
             raise click.UsageError("--input and --out go together (and without --limit)")
         done = certify_file(
-            run_dir, input_file, out_file, norms_t, device, batch_size, not quiet, tm, no_threat_model, options
+            run_dir, input_file, out_file, norms_t, device, batch_size, _bars(quiet), tm, no_threat_model, options
         )
         click.echo(
             f"certified {done.n_inputs} inputs ({done.n_flagged} flagged) in {done.seconds:.3f}s; "
@@ -438,7 +447,7 @@ def certify_cmd(
         )
         return
     settings = CertifySettings(norms_t, limit, batch_size, options=options, threat_model=tm, plain=no_threat_model)
-    cert = certify_run(run_dir, device=device, data_dir=data_dir, progress=not quiet, settings=settings)
+    cert = certify_run(run_dir, device=device, data_dir=data_dir, progress=_bars(quiet), settings=settings)
     click.echo(
         f"certified {len(cert)} inputs in {cert.seconds:.3f}s "
         f"({1000 * cert.seconds / max(1, len(cert)):.3f} ms per input); radii in {cert.units}"
@@ -543,7 +552,7 @@ def audit(
 @click.option("--limit", type=_POSITIVE, help="Certify only the first N test inputs.")
 @click.option("--paper-scale", is_flag=True, help="The papers' network sizes, epochs and sample counts.")
 @click.option("--data-dir", type=click.Path(file_okay=False))
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars (drawn only on a terminal in any case).")
 def compare(task, out, methods, preset, n_smoothing, limit, paper_scale, data_dir, quiet) -> None:
     """Train (or reuse) each method on TASK, certify the same inputs, write one comparison report."""
 
@@ -556,7 +565,7 @@ def compare(task, out, methods, preset, n_smoothing, limit, paper_scale, data_di
         limit=limit,
         paper_scale=paper_scale,
         data_dir=data_dir,
-        progress=not quiet,
+        progress=_bars(quiet),
         echo=click.echo,
     )
 
@@ -624,7 +633,7 @@ def sweep_reg_cmd(task, out, lambdas, feature_maps, epochs, workers, limit, data
 )
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--device", default="cpu", show_default=True, callback=_device)
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars (drawn only on a terminal in any case).")
 def capacity(task, out, recipes, limit, epochs, seed, reverse, fw_iterations, data_dir, device, quiet) -> None:
     """Separability bound on TASK's training accuracy and how close trained convex recipes get."""
 
