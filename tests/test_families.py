@@ -206,6 +206,15 @@ def test_shipped_family_contract(kind):
         assert cert.guarantee in spec.guarantees and cert.method == spec.name, spec.name
 
 
+@pytest.mark.parametrize("kind", ["linf-dist", "one-vs-rest-convex", "relu-smoothing", "relu-ibp", "orthogonal"])
+def test_an_operating_point_is_refused_by_every_family_that_does_not_fit_b(kind):
+    """``false_positive_rate`` sets the feature-convex balance shift b; a family without one names it."""
+    model = _small_model(get_family(kind))
+    with pytest.raises(ConfigError, match=f"false_positive_rate=0.1 .* not by '{kind}' models"):
+        recipe_for(model, TrainConfig(false_positive_rate=0.1))
+    assert recipe_for(model, _train_config()) is not None
+
+
 def _train_config() -> TrainConfig:
     return TrainConfig.from_dict({"epochs": 1})
 
