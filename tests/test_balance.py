@@ -1,5 +1,6 @@
 """The balance shift b: equal class accuracies, or an operating point of at most α false positives."""
 
+import math
 from fractions import Fraction
 from math import floor
 
@@ -8,10 +9,17 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import binom, norm
 
 from asymcert.data.tasks import Dataset
 from asymcert.train import TrainConfig
-from asymcert.train.balance import detection_rates, fit_balance, fit_false_positive_shift, operating_shift
+from asymcert.train.balance import (
+    allowed_false_positives,
+    detection_rates,
+    fit_balance,
+    fit_false_positive_shift,
+    operating_shift,
+)
 from asymcert.train.recipes import FeatureConvexRecipe
 from tests.conftest import small_feature_convex
 
@@ -104,3 +112,38 @@ def test_the_recipe_fits_b_at_the_operating_point_and_selects_by_its_detection_r
     else:
         assert false_positive <= rate and out["metric"] == pytest.approx(detection)
         assert detection < 1.0  # the budget binds here, so the test would see a wrong rule
+
+
+@pytest.mark.parametrize(
+    ("n", "rate", "confidence"), [(558, 0.01, 0.95), (558, 0.05, 0.9), (300, 0.05, 0.5), (2000, 0.001, 0.8)]
+)
+def test_allowed_false_positives_is_the_largest_count_the_binomial_tail_allows(n, rate, confidence):
+    m = allowed_false_positives(n, rate, confidence)
+    assert binom.cdf(m, n, rate) <= 1 - confidence < binom.cdf(m + 1, n, rate)
+    assert m <= floor(rate * n)  # never more than the plain budget on the validation inputs
+    assert allowed_false_positives(n, rate) == floor(Fraction(rate) * n)
+
+
+def test_the_confident_threshold_exceeds_the_budget_on_the_distribution_as_often_as_promised():
+    """2000 draws of 300 standard-normal inputs of the other class (and 50 sensitive ones): the share of the
+    whole distribution above the fitted threshold exceeds α = 5% in a share of the draws that matches
+    P(Binomial(300, 0.05) ≤ m) (≤ 1 − confidence = 10%), within four standard errors."""
+    rng = np.random.default_rng(0)
+    m = allowed_false_positives(300, 0.05, 0.9)
+    promised = binom.cdf(m, 300, 0.05)
+    labels = torch.cat([torch.zeros(300, dtype=torch.long), torch.ones(50, dtype=torch.long)])
+    exceed = 0
+    for _ in range(2000):
+        s = torch.from_numpy(np.concatenate([rng.standard_normal(300), rng.standard_normal(50) + 2.0]))
+        b = fit_false_positive_shift(s, labels, 0.05, confidence=0.9)
+        exceed += norm.sf(-b) > 0.05  # the true false-positive rate of the threshold −b
+    se = math.sqrt(promised * (1 - promised) / 2000)
+    assert promised <= 0.1 and abs(exceed / 2000 - promised) <= 4 * se, (exceed, promised)
+
+
+def test_a_confidence_the_validation_split_cannot_give_is_refused_with_the_count_it_needs():
+    with pytest.raises(ValueError, match="at least 299 are needed"):
+        allowed_false_positives(298, 0.01, 0.95)
+    assert allowed_false_positives(299, 0.01, 0.95) == 0
+    with pytest.raises(ValueError, match="no number of them is enough at a rate of 0"):
+        allowed_false_positives(1000, 0.0, 0.95)

@@ -19,6 +19,7 @@ from asymcert.errors import ConfigError, InputError, RunFolderConflictError
 from asymcert.pipeline import read_run, run_data, train_run
 from asymcert.threat import ThreatModel
 from asymcert.traffic import certify_file
+from asymcert.train.balance import allowed_false_positives
 
 FEATURES = ["links", "words", "caps", "age"]
 TM = {
@@ -288,23 +289,32 @@ def test_audit_with_exact_radii_through_hinges(folder, tmp_path):
     assert not linf["available"] and "affine" in linf["reason"]
 
 
-def test_an_operating_point_run_keeps_its_false_positive_budget_and_its_certificates_hold(folder, tmp_path):
-    """``--set false_positive_rate=0.05``: b flags at most 5% of the validation ham; the report gives both
-    classes' rates and the operating point; the audit's constrained attacks find no flip inside a radius."""
+@pytest.mark.parametrize(("rate", "confidence"), [(0.05, None), (0.25, 0.9)], ids=["on-validation", "confident"])
+def test_an_operating_point_run_keeps_its_false_positive_budget_and_its_certificates_hold(
+    folder, tmp_path, rate, confidence
+):
+    """``--set false_positive_rate=0.05``: b flags at most 5% of the validation ham (with a confidence, at most
+    the binomial tail's count: 14 validation ham allow no false positive at 25% with confidence 0.9); the
+    report gives both classes' rates and the operating point; the audit's constrained attacks find no flip
+    inside a radius."""
     out = tmp_path / "fpr"
-    args = _run_args(folder, out, "--threat-model", str(folder / "tm.json"), "--set", "false_positive_rate=0.05")
-    res = CliRunner().invoke(main, args)
+    point = ["--set", f"false_positive_rate={rate}"]
+    point += [] if confidence is None else ["--set", f"false_positive_confidence={confidence}"]
+    res = CliRunner().invoke(main, _run_args(folder, out, "--threat-model", str(folder / "tm.json"), *point))
     assert res.exit_code == EXIT_OK, res.output
-    assert read_run(out)["train"]["false_positive_rate"] == 0.05
+    assert read_run(out)["train"]["false_positive_rate"] == rate
     model, data = asymcert.load(out), run_data(out)
     with torch.no_grad():
         val_flagged, test_flagged = model(data.val.x) > 0, model(data.test.x) > 0
-    assert int(val_flagged[data.val.y == 0].sum()) <= 0.05 * int((data.val.y == 0).sum())
+    n_ham = int((data.val.y == 0).sum())
+    assert int(val_flagged[data.val.y == 0].sum()) <= allowed_false_positives(n_ham, rate, confidence)
     results = json.loads((out / "results.json").read_text())
     ham = data.test.y == 0
     assert results["false_positive_rate"] == pytest.approx(float(test_flagged[ham].double().mean()))
     assert results["sensitive_flagged_correctly"] == pytest.approx(float(test_flagged[~ham].double().mean()))
-    assert "at most 5% of the other class flagged on validation" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    where = "validation" if confidence is None else "new inputs, with confidence 0.9"
+    assert f"at most {100 * rate:g}% of the other class flagged on {where}" in report
     audit = CliRunner().invoke(main, ["audit", str(out), "--limit", "40", "--steps", "30", "--restarts", "1"])
     assert audit.exit_code == EXIT_OK, audit.output
     assert json.loads((out / "audit.json").read_text())["violations"] == 0
@@ -316,6 +326,11 @@ def test_an_operating_point_run_keeps_its_false_positive_budget_and_its_certific
         (["--set", "false_positive_rate=1"], "false_positive_rate must be null"),
         (["--set", 'false_positive_rate="low"'], "false_positive_rate must be null"),
         (["--model", "linf-dist", "--set", "false_positive_rate=0.1"], "only supported by the feature-convex recipe"),
+        (["--set", "false_positive_confidence=0.9"], "false_positive_confidence needs false_positive_rate"),
+        (
+            ["--set", "false_positive_rate=0.001", "--set", "false_positive_confidence=0.95"],
+            "cannot promise a false-positive rate ≤ 0.001 with confidence 0.95: at least 2995 are needed",
+        ),
     ],
 )
 def test_a_bad_operating_point_is_one_line_and_writes_nothing(folder, tmp_path, extra, message):

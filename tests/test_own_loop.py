@@ -17,7 +17,7 @@ from asymcert.errors import ConfigError, ConvexityError, ModelError, SettingsErr
 from asymcert.models import build_model
 from asymcert.nn.convex import NonnegLinear
 from asymcert.train import FeatureConvexRecipe, TrainConfig, fit_balance, make_certifiable
-from asymcert.train.balance import fit_false_positive_shift
+from asymcert.train.balance import allowed_false_positives, fit_false_positive_shift
 from tests.conftest import near_boundary
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -95,12 +95,17 @@ def test_the_loss_is_the_family_recipe_loss(settings):
         assert training.loss(x, y).item() > plain.item()
 
 
-def _trained(margin: float = 0.3, false_positive_rate: float | None = None):
+def _trained(margin: float = 0.3, false_positive_rate: float | None = None, confidence: float | None = None):
     x, y = _data()
     model = _model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     training = make_certifiable(
-        model, optimizer, margin_radius=margin, margin_norm=2.0, false_positive_rate=false_positive_rate
+        model,
+        optimizer,
+        margin_radius=margin,
+        margin_norm=2.0,
+        false_positive_rate=false_positive_rate,
+        false_positive_confidence=confidence,
     )
     training.fit_feature_map(DataLoader(TensorDataset(x[:200], y[:200]), batch_size=50))
     for _ in range(15):
@@ -126,16 +131,18 @@ def test_finish_fits_the_balance_on_validation_and_the_model_certifies():
     assert training.finish(x[200:], y[200:]) == b  # a tensor with labels works the same
 
 
-def test_finish_at_an_operating_point_keeps_the_false_positive_budget_on_validation():
-    model, _, b, x, y = _trained(false_positive_rate=0.02)
+@pytest.mark.parametrize(("rate", "confidence"), [(0.02, None), (0.05, 0.8)])
+def test_finish_at_an_operating_point_keeps_the_false_positive_budget_on_validation(rate, confidence):
+    model, _, b, x, y = _trained(false_positive_rate=rate, confidence=confidence)
     model.set_balance(0.0)
     with torch.no_grad():
         scores = model.eval()(x[200:])
-    assert b == fit_false_positive_shift(scores, y[200:], 0.02) and b < fit_balance(scores, y[200:])
+    assert b == fit_false_positive_shift(scores, y[200:], rate, confidence) and b < fit_balance(scores, y[200:])
     model.set_balance(b)
     with torch.no_grad():
         flagged = model(x[200:]) > 0
-    assert int(flagged[y[200:] == 0].sum()) <= 0.02 * int((y[200:] == 0).sum())
+    n_other = int((y[200:] == 0).sum())
+    assert int(flagged[y[200:] == 0].sum()) <= allowed_false_positives(n_other, rate, confidence) <= rate * n_other
     assert float(flagged[y[200:] == 1].float().mean()) > 0.5
 
 

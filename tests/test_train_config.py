@@ -37,6 +37,7 @@ BAD = {
     "sensitive_weight": [0, -1],
     "train_at_balance": [1, "yes"],
     "false_positive_rate": [-0.01, 1.0, 1.5, math.nan, "1%", True],
+    "false_positive_confidence": [0, 1.0, -0.5, math.nan, "high"],
     "ensemble_training": ["average", 1],
     "refit": [1, "yes", None],
     "teacher": [3, "", ["a"]],
@@ -63,6 +64,12 @@ def test_every_bad_value_is_named(name, value):
 
 def test_every_field_has_a_rule_and_bad_examples():
     assert {f.name for f in fields(TrainConfig)} == set(BAD)
+
+
+def test_a_false_positive_confidence_needs_its_budget():
+    with pytest.raises(SettingsError, match="false_positive_confidence needs false_positive_rate"):
+        TrainConfig(false_positive_confidence=0.95)
+    assert TrainConfig(false_positive_rate=0.01, false_positive_confidence=0.95).false_positive_confidence == 0.95
 
 
 def test_all_problems_are_listed_at_once():

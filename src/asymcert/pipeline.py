@@ -54,7 +54,7 @@ from asymcert.runfolder import (
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 from asymcert.train import TrainConfig
 from asymcert.train.config import check_model_overrides
-from asymcert.train.loop import check_config, prepare_fit, resolve_device, train_fingerprint
+from asymcert.train.loop import check_config, check_operating_point, prepare_fit, resolve_device, train_fingerprint
 from asymcert.train.recipes import recipe_for
 
 __all__ = [
@@ -215,6 +215,7 @@ def plan_training(
         raise ConfigError(f"model config {model_cfg.get('kind', '?')!r} cannot be built: {exc}") from None
     check_model_overrides(model_overrides, model_config(model))  # a setting the model ignored is refused
     check_config(model, train_cfg)
+    check_operating_point(data, train_cfg)
     record = RunRecord(
         task=task_spec,
         model=model_config(model),

@@ -167,12 +167,14 @@ def _detection_lines(run: dict[str, Any], results: dict[str, Any]) -> list[str]:
     """Binary runs: the share of each class flagged, and the operating point b was fitted for."""
     if "false_positive_rate" not in results:
         return []
-    rate = (run.get("train") or {}).get("false_positive_rate")
-    point = (
-        "equal class accuracies on validation"
-        if rate is None
-        else f"at most {100 * rate:g}% of the other class flagged on validation"
-    )
+    train = run.get("train") or {}
+    rate, confidence = train.get("false_positive_rate"), train.get("false_positive_confidence")
+    if rate is None:
+        point = "equal class accuracies on validation"
+    elif confidence is None:
+        point = f"at most {100 * rate:g}% of the other class flagged on validation"
+    else:
+        point = f"at most {100 * rate:g}% of the other class flagged on new inputs, with confidence {confidence:g}"
     return [
         f"- flagged: {100 * results['sensitive_flagged_correctly']:.2f}% of the sensitive class (detection rate), "
         f"{100 * results['false_positive_rate']:.2f}% of the other class (false-positive rate); "

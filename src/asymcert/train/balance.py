@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+import numpy as np
 import torch
+from scipy.stats import binom
 
 
 def fit_balance(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -44,32 +46,71 @@ def balanced_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return 0.5 * (float((pred & y).sum()) / max(1, int(y.sum())) + float((~pred & ~y).sum()) / max(1, int((~y).sum())))
 
 
-def fit_false_positive_shift(scores: torch.Tensor, labels: torch.Tensor, false_positive_rate: float) -> float:
-    """The shift b that flags the most sensitive inputs while flagging at most a share
-    ``false_positive_rate`` of the other class: the operating point detectors are run at.
+def allowed_false_positives(n_other: int, false_positive_rate: float, confidence: float | None = None) -> int:
+    """How many of ``n_other`` validation inputs of the other class a threshold may flag.
 
-    The decision is ``scores + b > 0``. At most m = ⌊rate·N_other⌋ inputs of the other class are flagged
-    (exactly, in rational arithmetic of the given float), and among the thresholds that keep to that the
-    lowest one is taken (it flags every input above the (m + 1)-th highest score of the other class).
+    Without ``confidence``: m = ⌊α·n⌋ (exact rational arithmetic of the given float α), so the validation
+    false-positive rate is at most α. With it (Neyman–Pearson umbrella, Tong, Feng and Li 2018): the
+    largest m with P(Binomial(n, α) ≤ m) ≤ 1 − confidence. A threshold at the (m + 1)-th highest of n
+    i.i.d. scores, or above it, then flags more than a share α of the distribution they come from with
+    probability at most 1 − confidence over their draw: its false-positive rate is at most 1 − U₍ₙ₋ₘ₎ for
+    uniform order statistics U (ties only make it smaller), and P(1 − U₍ₙ₋ₘ₎ > α) = P(Binomial(n, α) ≤ m).
+
+    Raises:
+        ValueError: ``confidence`` cannot be had with n inputs, i.e. (1 − α)ⁿ > 1 − confidence (then even
+            a threshold above every score would not do; the message says how many are needed).
+    """
+    if confidence is None:
+        return math.floor(Fraction(false_positive_rate) * n_other)
+    cdf = binom.cdf(np.arange(n_other), n_other, false_positive_rate)  # P(Binomial(n, α) ≤ m), m = 0 … n − 1
+    ok = np.flatnonzero(cdf <= 1.0 - confidence)
+    if ok.size == 0:
+        raise ValueError(
+            f"{n_other} validation inputs of the other class cannot promise a false-positive rate ≤ "
+            f"{false_positive_rate:g} with confidence {confidence:g}: {_needed(false_positive_rate, confidence)}"
+        )
+    return int(ok[-1])
+
+
+def _needed(false_positive_rate: float, confidence: float) -> str:
+    """How many inputs of the other class a confidence takes: the least n with (1 − α)ⁿ ≤ 1 − confidence."""
+    if false_positive_rate == 0:
+        return "no number of them is enough at a rate of 0"
+    return f"at least {math.ceil(math.log1p(-confidence) / math.log1p(-false_positive_rate))} are needed"
+
+
+def fit_false_positive_shift(
+    scores: torch.Tensor, labels: torch.Tensor, false_positive_rate: float, confidence: float | None = None
+) -> float:
+    """The shift b that flags the most sensitive inputs while flagging at most
+    m = :func:`allowed_false_positives` inputs of the other class: the operating point detectors are run at.
+
+    The decision is ``scores + b > 0``. Among the thresholds that flag at most m inputs of the other class
+    the lowest one is taken: it flags every input above the (m + 1)-th highest score of the other class.
 
     Args:
         scores: (N,) scores without the shift (raw g(φ(x))).
         labels: (N,) 1 = sensitive, 0 = other; both classes must be present.
-        false_positive_rate: the largest share of the other class that may be flagged, in [0, 1).
+        false_positive_rate: α in [0, 1), the largest share of the other class that may be flagged.
+        confidence: None (at most α of the validation inputs of the other class), or c in (0, 1): at most
+            α of the distribution they are drawn from, with probability ≥ c over their draw.
     Returns:
-        b, a float32 number (the model keeps b in float32), so float32 scores compare with −b exactly
-        as here; inputs exactly at the threshold are not flagged.
+        b, a float32 number (the model keeps b in float32), so float32 scores compare with −b exactly as
+        here; where rounding b moves the threshold, it moves up (fewer flagged); inputs exactly at the
+        threshold are not flagged.
     """
     s = scores.detach().double().cpu()
     y = labels.detach().cpu().bool()
     if not bool(y.any()) or bool(y.all()):
         raise ValueError("fit_false_positive_shift needs validation inputs of both classes")
-    if not 0 <= false_positive_rate < 1:
-        raise ValueError(f"false_positive_rate must be in [0, 1), got {false_positive_rate}")
+    if not 0 <= false_positive_rate < 1 or not (confidence is None or 0 < confidence < 1):
+        raise ValueError(
+            f"false_positive_rate must be in [0, 1) and confidence None or in (0, 1), got "
+            f"{false_positive_rate} and {confidence}"
+        )
     other = torch.sort(s[~y], descending=True).values
-    allowed = math.floor(Fraction(false_positive_rate) * len(other))  # other-class inputs that may be flagged
-    floor = float(other[allowed])  # the highest score that must stay unflagged
-    above = s[s > floor]
+    floor = float(other[allowed_false_positives(len(other), false_positive_rate, confidence)])
+    above = s[s > floor]  # the highest score that must stay unflagged is `floor`
     threshold = 0.5 * (floor + float(above.min())) if above.numel() else floor + 1.0
     b = torch.tensor(-threshold, dtype=torch.float32)
     while float(b) > -floor:  # rounded past the floor: step down until −b ≥ floor (then those stay unflagged)
@@ -77,12 +118,14 @@ def fit_false_positive_shift(scores: torch.Tensor, labels: torch.Tensor, false_p
     return float(b)
 
 
-def operating_shift(scores: torch.Tensor, labels: torch.Tensor, false_positive_rate: float | None) -> float:
+def operating_shift(
+    scores: torch.Tensor, labels: torch.Tensor, false_positive_rate: float | None, confidence: float | None = None
+) -> float:
     """b for the chosen operating point: equal class accuracies (:func:`fit_balance`) when
-    ``false_positive_rate`` is None, else :func:`fit_false_positive_shift`."""
+    ``false_positive_rate`` is None, else :func:`fit_false_positive_shift` (with ``confidence``)."""
     if false_positive_rate is None:
         return fit_balance(scores, labels)
-    return fit_false_positive_shift(scores, labels, false_positive_rate)
+    return fit_false_positive_shift(scores, labels, false_positive_rate, confidence)
 
 
 def detection_rates(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

@@ -129,6 +129,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v is None or (_is_real(v) and 0 <= v < 1),
         "null (equal class accuracies) or a number in [0, 1) (the share of the other class that may be flagged)",
     ),
+    "false_positive_confidence": (
+        lambda v: v is None or (_is_real(v) and 0 < v < 1),
+        "null or a number in (0, 1) (the probability that the false-positive budget holds on new inputs)",
+    ),
     "ensemble_training": (lambda v: v in ENSEMBLE_TRAINING, f"one of {', '.join(ENSEMBLE_TRAINING)}"),
     "refit": (lambda v: isinstance(v, bool), "true or false"),
     "teacher": (lambda v: v is None or (isinstance(v, str) and v != ""), "null or the path of a run folder"),
@@ -170,6 +174,8 @@ def settings_problems(values: dict[str, Any]) -> list[str]:
         problems += _margin_problems(values.get("margin_radius", 0.0), values.get("margin_norm", 2.0))
     if not any(p.startswith(("teacher", "distill_weight")) for p in problems):
         problems += _distill_problems(values.get("teacher"), values.get("distill_weight", 0.0))
+    if values.get("false_positive_confidence") is not None and values.get("false_positive_rate") is None:
+        problems.append("false_positive_confidence needs false_positive_rate (the budget it is a confidence for)")
     return problems
 
 
@@ -255,6 +261,11 @@ class TrainConfig:
             two class accuracies are equal; a number α in [0, 1) fits b so that at most a share α of the
             validation inputs of the other class is flagged, as many sensitive ones as possible (epochs are
             then selected by that detection rate). Feature-convex recipe only.
+        false_positive_confidence: None, or c in (0, 1) with ``false_positive_rate`` α: b then flags at most
+            a share α of the *distribution* the validation inputs of the other class are drawn from, with
+            probability ≥ c over their draw (Neyman–Pearson umbrella; see
+            :func:`~asymcert.train.balance.allowed_false_positives`): fewer validation false positives than
+            ⌊α·n⌋. Refused before training when the validation split is too small for it.
         ensemble_training: how a mean of convex networks (``convex: {"kind": "mean", ...}``) is trained:
             "members" (each member's own loss on g_k(φ(x)) + b, averaged: independent trainings side by
             side) or "mean" (one loss on the averaged score). Ignored by other models.
@@ -300,6 +311,7 @@ class TrainConfig:
     sensitive_weight: float = 1.0
     train_at_balance: bool = False
     false_positive_rate: float | None = None
+    false_positive_confidence: float | None = None
     ensemble_training: str = "members"
     refit: bool = False
     teacher: str | None = None

@@ -28,6 +28,7 @@ from asymcert.data.augment import augmentation_from_name
 from asymcert.data.tasks import Augment, Dataset, TaskData
 from asymcert.errors import AsymcertError, CheckpointError, ConfigError, RunFolderConflictError
 from asymcert.runfolder import dumps_strict, write_json
+from asymcert.train.balance import allowed_false_positives
 from asymcert.train.batches import EpochBatches, epoch_batches, resolve_workers
 from asymcert.train.config import DEVICE_HELP, TrainConfig, parse_device
 from asymcert.train.recipes import Recipe, recipe_for
@@ -148,7 +149,7 @@ def train_fingerprint(train: dict[str, Any], model_config: dict[str, Any]) -> st
             settings.pop(key, None)
     later: tuple[tuple[str, Any], ...] = (("sensitive_weight", 1.0), ("train_at_balance", False), ("refit", False))
     later += (("teacher", None), ("distill_weight", 0.0), ("distill_temperature", 1.0), ("margin_weight", 1.0))
-    later += (("false_positive_rate", None),)
+    later += (("false_positive_rate", None), ("false_positive_confidence", None))
     for key, plain in later:
         if key in settings and settings[key] == plain:  # likewise runs that do not use these later settings
             settings.pop(key)
@@ -191,6 +192,22 @@ def fit_split(data: TaskData, config: TrainConfig) -> Dataset:
     if not config.refit:
         return data.train
     return Dataset.join(data.train, data.val)
+
+
+def check_operating_point(data: TaskData, config: TrainConfig) -> None:
+    """Refuse a false-positive confidence the split b is fitted on (validation, or train ∪ val with refit)
+    is too small for, before anything is written.
+
+    Raises:
+        ConfigError: the message says how many inputs of the other class it would take.
+    """
+    if config.false_positive_rate is None or config.false_positive_confidence is None:
+        return
+    labels = fit_split(data, config).y if config.refit else data.val.y
+    try:
+        allowed_false_positives(int((labels == 0).sum()), config.false_positive_rate, config.false_positive_confidence)
+    except ValueError as exc:
+        raise ConfigError(f"training settings: {exc}") from None
 
 
 def _save_state(state: dict[str, Any], path: Path) -> None:
@@ -442,6 +459,7 @@ def prepare_fit(
         RunFolderConflictError: ``out_dir`` holds an interrupted run with other settings.
     """
     device, recipe = check_config(model, config, recipe)
+    check_operating_point(data, config)
     model.to(device)
     session = TrainingSession(
         model,

@@ -99,7 +99,8 @@ class CertifiableTraining:
         self.model.set_balance(0.0)
         device = next(self.model.parameters()).device
         scores = predict_scores(self.model, x, _EVAL_BATCH, device)  # eval mode, (N,) on the CPU
-        b = operating_shift(scores, y.cpu(), self.recipe.false_positive_rate)
+        recipe = self.recipe
+        b = operating_shift(scores, y.cpu(), recipe.false_positive_rate, recipe.false_positive_confidence)
         self.model.set_balance(b)
         return b
 
@@ -120,6 +121,7 @@ def make_certifiable(
     sensitive_weight: float = 1.0,
     threat_model: ThreatModel | ResolvedThreatModel | None = None,
     false_positive_rate: float | None = None,
+    false_positive_confidence: float | None = None,
 ) -> CertifiableTraining:
     """Make a plain PyTorch training loop of a feature-convex model certifiable.
 
@@ -137,6 +139,8 @@ def make_certifiable(
             ``tm.resolve(names, d)``).
         false_positive_rate: the operating point :meth:`CertifiableTraining.finish` fits b for: None for
             equal class accuracies, α in [0, 1) to flag at most a share α of the other class.
+        false_positive_confidence: with ``false_positive_rate``: the probability (0, 1) that the budget
+            holds on new inputs from the validation data's distribution, not only on the validation data.
     Returns:
         A :class:`CertifiableTraining`; the optimizer now projects the model after every step.
     Raises:
@@ -164,6 +168,7 @@ def make_certifiable(
         margin_warmup=0.0,
         train_at_balance=False,
         false_positive_rate=false_positive_rate,
+        false_positive_confidence=false_positive_confidence,
     )
     recipe = FeatureConvexRecipe(config)
     if threat_model is not None:

@@ -101,6 +101,7 @@ class FeatureConvexRecipe:
         self.sensitive_weight = float(config.sensitive_weight)
         self.train_at_balance = bool(config.train_at_balance)
         self.false_positive_rate = config.false_positive_rate
+        self.false_positive_confidence = config.false_positive_confidence
         self.ensemble_training = str(config.ensemble_training)
         self.teacher_path = config.teacher
         self.teacher = load_teacher(config.teacher) if config.teacher else None  # loaded once, frozen
@@ -254,7 +255,7 @@ class FeatureConvexRecipe:
         device = next(fc.parameters()).device
         fc.set_balance(0.0)
         scores = predict_scores(model, val.x, batch_size, device)
-        b = operating_shift(scores, val.y, self.false_positive_rate)
+        b = operating_shift(scores, val.y, self.false_positive_rate, self.false_positive_confidence)
         fc.set_balance(b)
         acc = float(((scores + b > 0).long() == val.y).float().mean())
         detection, false_positive = detection_rates(scores + b, val.y)
