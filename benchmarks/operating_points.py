@@ -2,8 +2,8 @@
 
     python benchmarks/operating_points.py RUN [RUN ...] [--radii 0.5,1,2]
 
-Runs are ``asymcert run spambase [--set false_positive_rate=A] --set seed=S`` folders, grouped by name
-as :mod:`seed_table` does (``NAME_sS``). Per group, one row: the operating point the run fitted its
+Runs are ``asymcert run spambase [--set false_positive_rate=A [--set false_positive_confidence=C]] --set
+seed=S`` folders, grouped by name as :mod:`seed_table` does (``NAME_sS``). Per group, one row: the operating point the run fitted its
 threshold b for (run.json), the share of the validation ham it flags (the budget b was fitted to), the
 test split's false-positive rate (ham flagged) and detection rate (spam flagged), clean accuracy, and the
 share of the test spam certified at ``--radii`` of ℓ1 in the threat model's units (``results.json``), each
@@ -52,9 +52,21 @@ def run_figures(run: str, radii: list[float]) -> dict[str, float]:
     }
 
 
-def references(rates: list[float | None]) -> dict[str, dict[str, dict[str, float]]]:
-    """Uncertified detectors on the fixed split at each operating point: rates in percent (key "balanced"
-    for equal class accuracies)."""
+Point = tuple[float | None, float | None]
+"""An operating point: (false_positive_rate, false_positive_confidence), (None, None) for equal class accuracies."""
+
+
+def point_label(point: Point) -> str:
+    """How a table names an operating point."""
+    rate, confidence = point
+    if rate is None:
+        return "equal class accuracies"
+    return f"≤ {100 * rate:g}% FP" + ("" if confidence is None else f", confidence {confidence:g}")
+
+
+def references(points: list[Point]) -> dict[str, dict[str, dict[str, float]]]:
+    """Uncertified detectors on the fixed split at each operating point: rates in percent, keyed by
+    :func:`point_label`."""
     data = load_spambase(None)
     x = {s: getattr(data, s).x.double().numpy() for s in ("train", "val", "test")}
     y = {s: getattr(data, s).y for s in ("train", "val", "test")}
@@ -69,12 +81,11 @@ def references(rates: list[float | None]) -> dict[str, dict[str, dict[str, float
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, score in scorers.items():
         val_s, test_s = torch.from_numpy(score("val")), torch.from_numpy(score("test"))
-        for rate in rates:
-            b = operating_shift(val_s, y["val"], rate)
+        for point in points:
+            b = operating_shift(val_s, y["val"], *point)
             detection, false_positive = detection_rates(test_s + b, y["test"])
             _, val_fp = detection_rates(val_s + b, y["val"])
-            key = "balanced" if rate is None else f"{rate:g}"
-            out.setdefault(name, {})[key] = {
+            out.setdefault(name, {})[point_label(point)] = {
                 "val_false_positive": 100 * val_fp,
                 "false_positive": 100 * false_positive,
                 "detection": 100 * detection,
@@ -94,32 +105,33 @@ def main() -> None:
     parser.add_argument("--radii", type=float_list, default=[0.5, 1.0, 2.0])
     args = parser.parse_args()
     groups: dict[str, list[dict[str, float]]] = {}
-    points: dict[str, float | None] = {}
+    points: dict[str, Point] = {}
     for run in args.runs:
         name, _ = group_name(run)
         groups.setdefault(name, []).append(run_figures(run, args.radii))
-        points[name] = read_run_record(Path(run)).train.get("false_positive_rate")
+        train = read_run_record(Path(run)).train
+        points[name] = (train.get("false_positive_rate"), train.get("false_positive_confidence"))
     cert_head = " / ".join(f"{r:g}" for r in args.radii)
     print(f"| runs | b fitted for | val. FP % | test FP % (max) | detection % | clean % | cert. ℓ1 {cert_head} |")
     print("|---|---|---|---|---|---|---|")
     for name, rows in groups.items():
         col = {k: [r[k] for r in rows] for k in rows[0]}
-        point = "equal class accuracies" if points[name] is None else f"≤ {100 * points[name]:g}% FP"
+        point = point_label(points[name])
         cert = " / ".join(f"{statistics.mean(col[f'certified_l1_{r:g}']):.1f}" for r in args.radii)
         print(
             f"| {name} ({len(rows)} seeds) | {point} | {statistics.mean(col['val_false_positive']):.2f} | "
             f"{_cell(col['false_positive'], 'max')} | {_cell(col['detection'])} | {_cell(col['clean'])} | {cert} |"
         )
-    refs = references(sorted(set(points.values()), key=lambda r: -1.0 if r is None else r))
+    refs = references(sorted(set(points.values()), key=lambda p: (p[0] or -1.0, p[1] or 0.0)))
     print("\n| uncertified reference | b fitted for | val. FP % | test FP % | detection % |\n|---|---|---|---|---|")
     for model_name, per in refs.items():
-        for key, row in per.items():
-            point = "equal class accuracies" if key == "balanced" else f"≤ {100 * float(key):g}% FP"
+        for point, row in per.items():
             print(
                 f"| {model_name} | {point} | {row['val_false_positive']:.2f} | {row['false_positive']:.2f} | "
                 f"{row['detection']:.2f} |"
             )
-    write_results("operating_points", {"machine": machine(), "runs": groups, "points": points, "references": refs})
+    labels = {name: point_label(p) for name, p in points.items()}
+    write_results("operating_points", {"machine": machine(), "runs": groups, "points": labels, "references": refs})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from asymcert.errors import ConfigError, InputError, RunFolderConflictError
 from asymcert.pipeline import read_run, run_data, train_run
 from asymcert.threat import ThreatModel
 from asymcert.traffic import certify_file
-from asymcert.train.balance import allowed_false_positives
+from asymcert.train.balance import allowed_false_positives, per_candidate_confidence
 
 FEATURES = ["links", "words", "caps", "age"]
 TM = {
@@ -294,7 +294,7 @@ def test_an_operating_point_run_keeps_its_false_positive_budget_and_its_certific
     folder, tmp_path, rate, confidence
 ):
     """``--set false_positive_rate=0.05``: b flags at most 5% of the validation ham (with a confidence, at most
-    the binomial tail's count: 14 validation ham allow no false positive at 25% with confidence 0.9); the
+    the binomial tail's count at confidence 1 − 0.1/3 per epoch: 14 validation ham allow none at 25%); the
     report gives both classes' rates and the operating point; the audit's constrained attacks find no flip
     inside a radius."""
     out = tmp_path / "fpr"
@@ -307,7 +307,8 @@ def test_an_operating_point_run_keeps_its_false_positive_budget_and_its_certific
     with torch.no_grad():
         val_flagged, test_flagged = model(data.val.x) > 0, model(data.test.x) > 0
     n_ham = int((data.val.y == 0).sum())
-    assert int(val_flagged[data.val.y == 0].sum()) <= allowed_false_positives(n_ham, rate, confidence)
+    per_epoch = per_candidate_confidence(confidence, 3)
+    assert int(val_flagged[data.val.y == 0].sum()) <= allowed_false_positives(n_ham, rate, per_epoch)
     results = json.loads((out / "results.json").read_text())
     ham = data.test.y == 0
     assert results["false_positive_rate"] == pytest.approx(float(test_flagged[ham].double().mean()))
@@ -328,8 +329,13 @@ def test_an_operating_point_run_keeps_its_false_positive_budget_and_its_certific
         (["--model", "linf-dist", "--set", "false_positive_rate=0.1"], "only supported by the feature-convex recipe"),
         (["--set", "false_positive_confidence=0.9"], "false_positive_confidence needs false_positive_rate"),
         (
+            ["--set", "false_positive_rate=0.2", "--set", "false_positive_confidence=0.9", "--set", "refit=true"],
+            "false_positive_confidence needs a validation split the model did not depend on; refit=true",
+        ),
+        (
             ["--set", "false_positive_rate=0.001", "--set", "false_positive_confidence=0.95"],
-            "cannot promise a false-positive rate ≤ 0.001 with confidence 0.95: at least 2995 are needed",
+            "cannot promise a false-positive rate ≤ 0.001 with confidence 0.983333: at least 4093 are needed (b is "
+            "fitted after each of the 3 epochs and one is kept",
         ),
     ],
 )

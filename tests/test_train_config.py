@@ -70,6 +70,9 @@ def test_a_false_positive_confidence_needs_its_budget():
     with pytest.raises(SettingsError, match="false_positive_confidence needs false_positive_rate"):
         TrainConfig(false_positive_confidence=0.95)
     assert TrainConfig(false_positive_rate=0.01, false_positive_confidence=0.95).false_positive_confidence == 0.95
+    for seen in ("refit", "train_at_balance"):
+        with pytest.raises(SettingsError, match=f"did not depend on; {seen}=true uses it"):
+            TrainConfig(false_positive_rate=0.01, false_positive_confidence=0.95, **{seen: True})
 
 
 def test_all_problems_are_listed_at_once():

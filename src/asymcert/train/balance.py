@@ -79,6 +79,14 @@ def _needed(false_positive_rate: float, confidence: float) -> str:
     return f"at least {math.ceil(math.log1p(-confidence) / math.log1p(-false_positive_rate))} are needed"
 
 
+def per_candidate_confidence(confidence: float | None, candidates: int) -> float | None:
+    """The confidence each of ``candidates`` thresholds must hold with so that the one selected among them
+    holds with ``confidence`` (a union bound: 1 − (1 − confidence)/candidates). Training fits b on the
+    validation split after every epoch and keeps one epoch by its validation figures, so each epoch's b
+    is a candidate; each epoch's model must not depend on the validation inputs."""
+    return None if confidence is None else 1.0 - (1.0 - confidence) / max(1, candidates)
+
+
 def fit_false_positive_shift(
     scores: torch.Tensor, labels: torch.Tensor, false_positive_rate: float, confidence: float | None = None
 ) -> float:

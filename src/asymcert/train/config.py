@@ -174,8 +174,10 @@ def settings_problems(values: dict[str, Any]) -> list[str]:
         problems += _margin_problems(values.get("margin_radius", 0.0), values.get("margin_norm", 2.0))
     if not any(p.startswith(("teacher", "distill_weight")) for p in problems):
         problems += _distill_problems(values.get("teacher"), values.get("distill_weight", 0.0))
-    if values.get("false_positive_confidence") is not None and values.get("false_positive_rate") is None:
-        problems.append("false_positive_confidence needs false_positive_rate (the budget it is a confidence for)")
+    if values.get("false_positive_confidence") is not None and not any(
+        p.startswith("false_positive") for p in problems
+    ):
+        problems += _confidence_problems(values)
     return problems
 
 
@@ -186,6 +188,18 @@ def _distill_problems(teacher: Any, weight: Any) -> list[str]:
     if teacher is None and weight != 0:
         return [f"distill_weight {weight!r} needs a teacher (the path of a run folder)"]
     return []
+
+
+def _confidence_problems(values: dict[str, Any]) -> list[str]:
+    """A false-positive confidence needs its budget, and a validation split the model never depended on."""
+    if values.get("false_positive_rate") is None:
+        return ["false_positive_confidence needs false_positive_rate (the budget it is a confidence for)"]
+    seen = [name for name in ("refit", "train_at_balance") if values.get(name) is True]
+    return [
+        f"false_positive_confidence needs a validation split the model did not depend on; {name}=true uses it "
+        "in training"
+        for name in seen
+    ]
 
 
 def _raise_if_any(problems: list[str]) -> None:
@@ -264,8 +278,10 @@ class TrainConfig:
         false_positive_confidence: None, or c in (0, 1) with ``false_positive_rate`` α: b then flags at most
             a share α of the *distribution* the validation inputs of the other class are drawn from, with
             probability ≥ c over their draw (Neyman–Pearson umbrella; see
-            :func:`~asymcert.train.balance.allowed_false_positives`): fewer validation false positives than
-            ⌊α·n⌋. Refused before training when the validation split is too small for it.
+            :func:`~asymcert.train.balance.allowed_false_positives`), each epoch's b at confidence
+            1 − (1 − c)/epochs since one epoch is kept by its validation figures (a union bound): fewer
+            validation false positives than ⌊α·n⌋. Needs refit and train_at_balance off (the model must not
+            depend on the validation inputs); refused before training when the validation split is too small.
         ensemble_training: how a mean of convex networks (``convex: {"kind": "mean", ...}``) is trained:
             "members" (each member's own loss on g_k(φ(x)) + b, averaged: independent trainings side by
             side) or "mean" (one loss on the averaged score). Ignored by other models.

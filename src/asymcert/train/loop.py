@@ -28,7 +28,7 @@ from asymcert.data.augment import augmentation_from_name
 from asymcert.data.tasks import Augment, Dataset, TaskData
 from asymcert.errors import AsymcertError, CheckpointError, ConfigError, RunFolderConflictError
 from asymcert.runfolder import dumps_strict, write_json
-from asymcert.train.balance import allowed_false_positives
+from asymcert.train.balance import allowed_false_positives, per_candidate_confidence
 from asymcert.train.batches import EpochBatches, epoch_batches, resolve_workers
 from asymcert.train.config import DEVICE_HELP, TrainConfig, parse_device
 from asymcert.train.recipes import Recipe, recipe_for
@@ -195,19 +195,22 @@ def fit_split(data: TaskData, config: TrainConfig) -> Dataset:
 
 
 def check_operating_point(data: TaskData, config: TrainConfig) -> None:
-    """Refuse a false-positive confidence the split b is fitted on (validation, or train ∪ val with refit)
-    is too small for, before anything is written.
+    """Refuse a false-positive confidence the validation split is too small for (each epoch's b must hold
+    with :func:`~asymcert.train.balance.per_candidate_confidence`), before anything is written.
 
     Raises:
         ConfigError: the message says how many inputs of the other class it would take.
     """
     if config.false_positive_rate is None or config.false_positive_confidence is None:
         return
-    labels = fit_split(data, config).y if config.refit else data.val.y
+    confidence = per_candidate_confidence(config.false_positive_confidence, config.epochs)
     try:
-        allowed_false_positives(int((labels == 0).sum()), config.false_positive_rate, config.false_positive_confidence)
+        allowed_false_positives(int((data.val.y == 0).sum()), config.false_positive_rate, confidence)
     except ValueError as exc:
-        raise ConfigError(f"training settings: {exc}") from None
+        raise ConfigError(
+            f"training settings: {exc} (b is fitted after each of the {config.epochs} epochs and one is kept, so "
+            f"each must hold with 1 − (1 − {config.false_positive_confidence:g})/{config.epochs})"
+        ) from None
 
 
 def _save_state(state: dict[str, Any], path: Path) -> None:

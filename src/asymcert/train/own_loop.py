@@ -48,12 +48,15 @@ class CertifiableTraining:
         model: the classifier being trained (the user's own object, changed in place).
         optimizer: the user's optimizer; after each of its steps the model is projected.
         recipe: the family's loss terms for the chosen settings.
+        false_positive_confidence: the confidence :meth:`finish` fits b with (its one threshold needs no
+            union bound over epochs, unlike the training loop's).
     """
 
     model: FeatureConvexClassifier
     optimizer: torch.optim.Optimizer
     recipe: FeatureConvexRecipe
     _hook: RemovableHandle | None = field(default=None, repr=False)
+    false_positive_confidence: float | None = None  # finish fits b once: no union bound over epochs
 
     def fit_feature_map(self, x: Batches) -> None:
         """Fit φ's data statistics (e.g. the mean of ``shift``) on training inputs, set b = 0 and project.
@@ -99,8 +102,7 @@ class CertifiableTraining:
         self.model.set_balance(0.0)
         device = next(self.model.parameters()).device
         scores = predict_scores(self.model, x, _EVAL_BATCH, device)  # eval mode, (N,) on the CPU
-        recipe = self.recipe
-        b = operating_shift(scores, y.cpu(), recipe.false_positive_rate, recipe.false_positive_confidence)
+        b = operating_shift(scores, y.cpu(), self.recipe.false_positive_rate, self.false_positive_confidence)
         self.model.set_balance(b)
         return b
 
@@ -140,7 +142,8 @@ def make_certifiable(
         false_positive_rate: the operating point :meth:`CertifiableTraining.finish` fits b for: None for
             equal class accuracies, α in [0, 1) to flag at most a share α of the other class.
         false_positive_confidence: with ``false_positive_rate``: the probability (0, 1) that the budget
-            holds on new inputs from the validation data's distribution, not only on the validation data.
+            holds on new inputs from the validation data's distribution, not only on the validation data
+            (valid when the model did not depend on the validation inputs given to ``finish``).
     Returns:
         A :class:`CertifiableTraining`; the optimizer now projects the model after every step.
     Raises:
@@ -178,7 +181,7 @@ def make_certifiable(
     model.set_balance(0.0)
     model.project()
     hook = optimizer.register_step_post_hook(lambda opt, args, kwargs: model.project())
-    return CertifiableTraining(model, optimizer, recipe, hook)
+    return CertifiableTraining(model, optimizer, recipe, hook, false_positive_confidence)
 
 
 def _setting(value: Any) -> Any:

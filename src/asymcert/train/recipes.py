@@ -15,7 +15,7 @@ from asymcert.data.tasks import Dataset
 from asymcert.errors import ConfigError, UnknownNameError
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.threat import ResolvedThreatModel
-from asymcert.train.balance import balanced_accuracy, detection_rates, operating_shift
+from asymcert.train.balance import balanced_accuracy, detection_rates, operating_shift, per_candidate_confidence
 from asymcert.train.config import TrainConfig
 from asymcert.train.distill import check_teacher_input, distill_loss, load_teacher, teacher_scores
 from asymcert.train.regularizers import certified_lower_bound, jacobian_penalty_from_grad, per_input_gradients
@@ -101,7 +101,8 @@ class FeatureConvexRecipe:
         self.sensitive_weight = float(config.sensitive_weight)
         self.train_at_balance = bool(config.train_at_balance)
         self.false_positive_rate = config.false_positive_rate
-        self.false_positive_confidence = config.false_positive_confidence
+        # b is refitted after every epoch and one epoch is kept: each epoch's b is a candidate (union bound)
+        self.false_positive_confidence = per_candidate_confidence(config.false_positive_confidence, config.epochs)
         self.ensemble_training = str(config.ensemble_training)
         self.teacher_path = config.teacher
         self.teacher = load_teacher(config.teacher) if config.teacher else None  # loaded once, frozen
