@@ -73,23 +73,21 @@ def positive_int(text: str) -> int:
     return value
 
 
-def int_list(text: str) -> list[int]:
-    """An argparse type: comma-separated integers, e.g. seeds ``0,1,2`` (at least one)."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not comma-separated integers: {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("no integer given")
-    return values
+def _comma_list(convert: Callable[[str], Any], what: str, example: str) -> Callable[[str], list[Any]]:
+    """An argparse type: comma-separated values of one kind (at least one); else a one-line usage error."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            values = [convert(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not comma-separated {what}: {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"no {what} given")
+        return values
+
+    parse.__doc__ = f"An argparse type: comma-separated {what}, e.g. ``{example}`` (at least one)."
+    return parse
 
 
-def float_list(text: str) -> list[float]:
-    """An argparse type: comma-separated numbers, e.g. radii ``0.5,1,2`` (at least one)."""
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("no number given")
-    return values
+int_list = _comma_list(int, "integers", "0,1,2")
+float_list = _comma_list(float, "numbers", "0.5,1,2")

@@ -3,14 +3,15 @@
     python benchmarks/operating_points.py RUN [RUN ...] [--radii 0.5,1,2]
 
 Runs are ``asymcert run spambase [--set false_positive_rate=A [--set false_positive_confidence=C]] --set
-seed=S`` folders, grouped by name as :mod:`seed_table` does (``NAME_sS``). Per group, one row: the operating point the run fitted its
-threshold b for (run.json), the share of the validation ham it flags (the budget b was fitted to), the
-test split's false-positive rate (ham flagged) and detection rate (spam flagged), clean accuracy, and the
-share of the test spam certified at ``--radii`` of ℓ1 in the threat model's units (``results.json``), each
-mean ± sample sd over seeds (min; max for false-positive rates). Below, uncertified references on the same
-fixed split at the same operating points, their thresholds fitted on validation by the same rule
-(:func:`asymcert.train.balance.operating_shift`): HistGradientBoosting (random_state 0) on raw features and
-logistic regression (C = 0.3) on log1p + standardised features, trained on the training split.
+seed=S`` folders, grouped by name as :mod:`seed_table` does (``NAME_sS``). Per group, one row: the
+operating point the run fitted its threshold b for (run.json), the share of the validation ham it flags,
+the test split's false-positive rate (ham flagged) and detection rate (spam flagged), clean accuracy, and
+the share of the test spam certified at ``--radii`` of ℓ1 in the threat model's units (``results.json``),
+each mean ± sample sd over seeds (min; max for false-positive rates). Below, uncertified references on
+the same fixed split at the same operating points, their thresholds fitted on validation by the same rule
+(:func:`asymcert.train.balance.operating_shift`; one model each, so a confidence needs no union bound over
+epochs): HistGradientBoosting (random_state 0) on raw features and logistic regression (C = 0.3) on log1p +
+standardised features, trained on the training split.
 Writes ``benchmarks/results/operating_points.json``.
 """
 
