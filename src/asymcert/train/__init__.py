@@ -1,6 +1,6 @@
 """Training: the loop, recipes per model family, losses, regularisers and the balance shift."""
 
-from asymcert.train.balance import fit_balance
+from asymcert.train.balance import allowed_false_positives, fit_balance, fit_false_positive_shift
 from asymcert.train.config import TrainConfig
 from asymcert.train.loop import FitResult, fit
 from asymcert.train.own_loop import CertifiableTraining, make_certifiable
@@ -12,8 +12,10 @@ __all__ = [
     "FitResult",
     "Recipe",
     "TrainConfig",
+    "allowed_false_positives",
     "fit",
     "fit_balance",
+    "fit_false_positive_shift",
     "make_certifiable",
     "recipe_for",
 ]
