@@ -1,6 +1,6 @@
 """SpamBase at the operating points detectors run at: detection and false-positive rates over seeds.
 
-    python benchmarks/operating_points.py RUN [RUN ...] [--radii 0.5,1,2]
+    python benchmarks/operating_points.py RUN [RUN ...] [--radii 0.5,1,2] [--results NAME]
 
 Runs are ``asymcert run spambase [--set false_positive_rate=A [--set false_positive_confidence=C]] --set
 seed=S`` folders, grouped by name as :mod:`seed_table` does (``NAME_sS``). Per group, one row: the
@@ -12,7 +12,7 @@ the same fixed split at the same operating points, their thresholds fitted on va
 (:func:`asymcert.train.balance.operating_shift`; one model each, so a confidence needs no union bound over
 epochs): HistGradientBoosting (random_state 0) on raw features and logistic regression (C = 0.3) on log1p +
 standardised features, trained on the training split.
-Writes ``benchmarks/results/operating_points.json``.
+Writes ``benchmarks/results/operating_points.json`` (or ``NAME.json``).
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--radii", type=float_list, default=[0.5, 1.0, 2.0])
+    parser.add_argument("--results", default="operating_points", help="results/NAME.json to write")
     args = parser.parse_args()
     groups: dict[str, list[dict[str, float]]] = {}
     points: dict[str, Point] = {}
@@ -132,7 +133,7 @@ def main() -> None:
                 f"{row['detection']:.2f} |"
             )
     labels = {name: point_label(p) for name, p in points.items()}
-    write_results("operating_points", {"machine": machine(), "runs": groups, "points": labels, "references": refs})
+    write_results(args.results, {"machine": machine(), "runs": groups, "points": labels, "references": refs})
 
 
 if __name__ == "__main__":
