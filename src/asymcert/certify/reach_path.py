@@ -102,13 +102,13 @@ def linf_path_holds(
     slack: float,
     radius: torch.Tensor,
 ) -> torch.Tensor | None:
-    """(N,) bool: the path bound certifies ℓ∞ radius r (N,): harm(r) ≤ margin·(1 − slack) rounded down, the
+    """(N,) bool: the path bound certifies ℓ∞ radius r (N,): harm(r) < margin·(1 − slack) rounded down, the
     margin positive; None where :func:`linf_path_harm` is."""
     harm = linf_path_harm(phi, grads, x, tm, radius)
     if harm is None:
         return None
     budget = round_down(margin.double().to(harm.device) * (1.0 - slack))
-    return (margin.to(harm.device) > 0) & (harm <= budget)
+    return (margin.to(harm.device) > 0) & (harm < budget)
 
 
 def linf_path_radii(
