@@ -455,7 +455,8 @@ def feature_convex_threat(
     radii (N,) float64 are in threat-model units (‖δ / scale‖_p) and hold for every move the threat
     model allows. A φ that is not coordinate-wise gets the generic fallback (:func:`fallback_radii`).
     ``reach=True``: then enlarge each radius by the reach-aware bound (:func:`reach_radii`: φ's slopes
-    only where a move of that size can take each coordinate; about 35× the closed form's time, so
+    only where a move of that size can take each coordinate, and for ℓ∞ along each coordinate's path,
+    :mod:`~asymcert.certify.reach_path`; about 100× the closed form's time, so
     off by default); False (default): the closed form alone (what the ONNX graph computes).
 
     Raises:
