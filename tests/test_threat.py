@@ -633,6 +633,46 @@ def _needed_harms(model, x, tm, r, samples=400, total=False):
     return s.detach(), harm
 
 
+def _harm_curves(model, x, tm, r, levels=40):
+    """(N, d, levels + 1) float64, independent of the library's bounds: per coordinate, the largest fall of
+    wᵀφ (w = ∇g(φ(x)) fixed) over moves to the sampled points k·r/levels (threat-model units) of its allowed
+    directions and domain, k' ≤ k; and s(x) (N,)."""
+    m64 = model.double()
+    x64 = x.double()
+    features = m64.features(x64).detach().requires_grad_(True)
+    s = m64.score_from_features(features)
+    (w,) = torch.autograd.grad(s.sum(), features)
+    up, down = tm.directions(x64)
+    n, d = x64.shape
+    curves = torch.zeros(n, d, levels + 1, dtype=torch.float64)
+    for i in range(d):
+        for sign, allowed in ((1.0, up[:, i]), (-1.0, down[:, i])):
+            inside = (x64[:, i] >= tm.lower[i]) & (x64[:, i] <= tm.upper[i])
+            for k in range(1, levels + 1):
+                moved = x64.clone()
+                end = x64[:, i] + sign * r * k / levels * tm.scale[i]
+                moved[:, i] = torch.where(inside, end.clamp(float(tm.lower[i]), float(tm.upper[i])), end)
+                fall = -(w * (m64.features(moved) - m64.features(x64))).flatten(1).sum(1)
+                curves[:, i, k] = torch.where(allowed, torch.maximum(curves[:, i, k], fall), curves[:, i, k])
+    return s.detach(), torch.cummax(curves.clamp_min(0.0), dim=2).values
+
+
+def _l2_ball_max(curves):
+    """(N,) the largest Σ_i curves[i, k_i] over Σ_i k_i² ≤ levels² (exact on the sampled grid, by dynamic
+    programming over the coordinates): the most an ℓ2 move of size r is seen to lower the tangent plane."""
+    n, d, size = curves.shape
+    budget = (size - 1) ** 2
+    best = torch.zeros(n, budget + 1, dtype=torch.float64)
+    for i in range(d):
+        new = best.clone()
+        for k in range(1, size):
+            shifted = torch.full_like(best, -math.inf)
+            shifted[:, k * k :] = best[:, : budget + 1 - k * k] + curves[:, i, k : k + 1]
+            new = torch.maximum(new, shifted)
+        best = new
+    return best.amax(dim=1)
+
+
 @pytest.mark.parametrize("phi", [PHIS[4], PHIS[8]], ids=["log1p-std", "log1p-std-hinges"])
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
 def test_reach_radii_hold_for_the_slopes_each_coordinate_can_actually_reach(phi, p):
@@ -654,6 +694,11 @@ def test_reach_radii_hold_for_the_slopes_each_coordinate_can_actually_reach(phi,
         charged = harm.sum(dim=1)
         s2, harm2 = _needed_harms(model, x[flagged], tm, r[flagged] * 1.3, total=True)
         beyond = harm2.sum(dim=1)
+    elif p == 2.0:  # the path bound: the most any split of the ℓ2 budget between the coordinates is seen to cost
+        s, curves = _harm_curves(model, x[flagged], tm, r[flagged])
+        charged = _l2_ball_max(curves)
+        s2, curves2 = _harm_curves(model, x[flagged], tm, r[flagged] * 1.3)
+        beyond = _l2_ball_max(curves2)
     else:  # the reach bound: the steepest rate over the reach, times the radius
         s, harm = _needed_harms(model, x[flagged], tm, r[flagged])
         charged = r[flagged] * torch.linalg.vector_norm(harm * tm.scale, ord=q, dim=1)

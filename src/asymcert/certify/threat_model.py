@@ -52,7 +52,7 @@ import torch
 from asymcert.certify.feature_convex import check_cuts, check_reach, flag_certificate, flag_margins, lp_radii
 from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.one_vs_rest import certify_one_vs_rest, class_radii_key
-from asymcert.certify.reach_path import linf_path_holds, linf_path_radii
+from asymcert.certify.reach_path import path_holds, path_radii
 from asymcert.certify.result import Certificate
 from asymcert.errors import ConfigError
 from asymcert.nn.feature_maps import (
@@ -410,9 +410,8 @@ def reach_verified(
             return None
         rho = found.to(r.device)
         out[p] = (rho >= r) | (points[p].to(r.device) >= r) | (r == 0)
-        if p == math.inf:  # or the path bound certifies it (coordinate-wise φ)
-            path = linf_path_holds(model.feature_map, grads, x, threat_model, margin, slack, r.double())
-            out[p] |= path.to(r.device) if path is not None else torch.zeros_like(out[p])
+        path = path_holds(model.feature_map, grads, x, threat_model, margin, slack, p, r.double())  # or the path's
+        out[p] |= path.to(r.device) if path is not None else torch.zeros_like(out[p])
     return out
 
 
@@ -479,9 +478,10 @@ def feature_convex_threat(
             radii = {
                 p: reach_radii(model.feature_map, grads, x, threat_model, margin, p, slack, r) for p, r in radii.items()
             }
-            if math.inf in radii:  # ℓ∞: the reach along each coordinate's path (coordinate-wise φ only)
-                start = radii[math.inf]
-                radii[math.inf] = linf_path_radii(model.feature_map, grads, x, threat_model, margin, slack, start)
+            # then along each coordinate's path (coordinate-wise φ; ℓ1, ℓ2, ℓ∞)
+            radii = {
+                p: path_radii(model.feature_map, grads, x, threat_model, margin, slack, p, r) for p, r in radii.items()
+            }
     return flag_certificate(flagged, radii, own_score, threat_model.units())
 
 
