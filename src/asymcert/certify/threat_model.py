@@ -391,7 +391,8 @@ def reach_verified(
 
     The reach search's result depends on the radii it tries, so a radius computed in another precision
     is checked here at that radius: ρ(r) ≥ r with the float64 margin and costs a(r) (:func:`reach_costs`),
-    or pair-min's point bound (:func:`pair_point_harms`), where the search starts, certifies r.
+    or pair-min's point bound (:func:`pair_point_harms`), where the search starts, or the path bound
+    (:func:`~asymcert.certify.reach_path.path_holds`, ℓ2 and ℓ∞) certifies r.
 
     Args:
         model: the model; x: (N, *shape) inputs; threat_model: resolved for them; radii: norm → (N,)
@@ -454,8 +455,8 @@ def feature_convex_threat(
     radii (N,) float64 are in threat-model units (‖δ / scale‖_p) and hold for every move the threat
     model allows. A φ that is not coordinate-wise gets the generic fallback (:func:`fallback_radii`).
     ``reach=True``: then enlarge each radius by the reach-aware bound (:func:`reach_radii`: φ's slopes
-    only where a move of that size can take each coordinate, and for ℓ∞ along each coordinate's path,
-    :mod:`~asymcert.certify.reach_path`; about 100× the closed form's time, so
+    only where a move of that size can take each coordinate, then along each coordinate's path,
+    :mod:`~asymcert.certify.reach_path` for ℓ2 and ℓ∞; about 200× the closed form's time, so
     off by default); False (default): the closed form alone (what the ONNX graph computes).
 
     Raises:
