@@ -601,60 +601,63 @@ def test_independent_float64_radius_for_hinges():
         assert bool((got <= expected).all())  # rounded down, never up
 
 
-def _needed_harms(model, x, tm, r, samples=400, total=False):
-    """(N, d) float64, independent of the library's bounds: per coordinate, the largest rate at which wᵀφ
-    falls over moves from x_i to points of its reach at radius r (N,) (the allowed directions, the
-    domain), with w = ∇g(φ(x)) fixed; from dense samples of the difference quotient (so a lower
-    estimate of what a sound certificate must charge). ``total``: the largest fall itself instead of its
-    rate (what an ℓ∞ move of size r can cost per coordinate: the path bound's quantity)."""
+def _tangent_fall(model, x):
+    """(s(x) (N,), fall): fall(moved) (N,) = −wᵀ(φ(moved) − φ(x)) with w = ∇g(φ(x)) fixed, in float64 with
+    autograd (independent of the library's bounds)."""
     m64 = model.double()
     x64 = x.double()
     features = m64.features(x64).detach().requires_grad_(True)
     s = m64.score_from_features(features)
     (w,) = torch.autograd.grad(s.sum(), features)
+    base = m64.features(x64).detach()
+    return s.detach(), lambda moved: -(w * (m64.features(moved) - base)).flatten(1).sum(1)
+
+
+def _reach_end(x64, tm, i, sign, r):
+    """Where coordinate i of x64 (N, d) gets moving by r·scale_i one way (cut at the domain's walls when inside)."""
+    end = x64[:, i] + sign * r * tm.scale[i]
+    inside = (x64[:, i] >= tm.lower[i]) & (x64[:, i] <= tm.upper[i])  # (an input outside the domain moves freely)
+    return torch.where(inside, end.clamp(float(tm.lower[i]), float(tm.upper[i])), end)
+
+
+def _needed_harms(model, x, tm, r, samples=400):
+    """(N, d) float64, independent of the library's bounds: per coordinate, the largest rate at which wᵀφ
+    falls over moves from x_i to points of its reach at radius r (N,) (the allowed directions, the
+    domain), with w = ∇g(φ(x)) fixed; from dense samples of the difference quotient (so a lower
+    estimate of what a sound certificate must charge)."""
+    s, fall = _tangent_fall(model, x)
+    x64 = x.double()
     up, down = tm.directions(x64)
-    n, d = x64.shape
-    harm = torch.zeros(n, d, dtype=torch.float64)
+    harm = torch.zeros(x64.shape, dtype=torch.float64)
     steps = torch.linspace(1.0 / samples, 1.0, samples, dtype=torch.float64)
-    for i in range(d):
+    for i in range(x64.shape[1]):
         for sign, allowed in ((1.0, up[:, i]), (-1.0, down[:, i])):
-            end = x64[:, i] + sign * r * tm.scale[i]
-            inside = (x64[:, i] >= tm.lower[i]) & (x64[:, i] <= tm.upper[i])  # (an input outside the domain
-            end = torch.where(inside, end.clamp(float(tm.lower[i]), float(tm.upper[i])), end)  # may move freely)
+            end = _reach_end(x64, tm, i, sign, r)
             for t in steps:
                 moved = x64.clone()
                 moved[:, i] = x64[:, i] + t * (end - x64[:, i])
                 delta = moved[:, i] - x64[:, i]
-                change = (w * (m64.features(moved) - m64.features(x64))).flatten(1).sum(1)
                 # (moves below 1e-6 are skipped: their float64 difference quotients are mostly rounding)
-                rate = torch.where(delta.abs() >= 1e-6, -change / delta.abs(), torch.zeros_like(delta))
-                rate = -change if total else rate
+                rate = torch.where(delta.abs() >= 1e-6, fall(moved) / delta.abs(), torch.zeros_like(delta))
                 harm[:, i] = torch.where(allowed, torch.maximum(harm[:, i], rate.clamp_min(0)), harm[:, i])
-    return s.detach(), harm
+    return s, harm
 
 
 def _harm_curves(model, x, tm, r, levels=40):
-    """(N, d, levels + 1) float64, independent of the library's bounds: per coordinate, the largest fall of
-    wᵀφ (w = ∇g(φ(x)) fixed) over moves to the sampled points k·r/levels (threat-model units) of its allowed
-    directions and domain, k' ≤ k; and s(x) (N,)."""
-    m64 = model.double()
+    """(s(x) (N,), curves (N, d, levels + 1) float64), independent of the library's bounds: per coordinate, the
+    largest fall of wᵀφ (w = ∇g(φ(x)) fixed) over moves to the sampled points k'·r/levels, k' ≤ k (threat-model
+    units), of its allowed directions and domain."""
+    s, fall = _tangent_fall(model, x)
     x64 = x.double()
-    features = m64.features(x64).detach().requires_grad_(True)
-    s = m64.score_from_features(features)
-    (w,) = torch.autograd.grad(s.sum(), features)
     up, down = tm.directions(x64)
-    n, d = x64.shape
-    curves = torch.zeros(n, d, levels + 1, dtype=torch.float64)
-    for i in range(d):
+    curves = torch.zeros(*x64.shape, levels + 1, dtype=torch.float64)
+    for i in range(x64.shape[1]):
         for sign, allowed in ((1.0, up[:, i]), (-1.0, down[:, i])):
-            inside = (x64[:, i] >= tm.lower[i]) & (x64[:, i] <= tm.upper[i])
             for k in range(1, levels + 1):
                 moved = x64.clone()
-                end = x64[:, i] + sign * r * k / levels * tm.scale[i]
-                moved[:, i] = torch.where(inside, end.clamp(float(tm.lower[i]), float(tm.upper[i])), end)
-                fall = -(w * (m64.features(moved) - m64.features(x64))).flatten(1).sum(1)
-                curves[:, i, k] = torch.where(allowed, torch.maximum(curves[:, i, k], fall), curves[:, i, k])
-    return s.detach(), torch.cummax(curves.clamp_min(0.0), dim=2).values
+                moved[:, i] = _reach_end(x64, tm, i, sign, r * k / levels)
+                curves[:, i, k] = torch.where(allowed, torch.maximum(curves[:, i, k], fall(moved)), curves[:, i, k])
+    return s, torch.cummax(curves.clamp_min(0.0), dim=2).values
 
 
 def _l2_ball_max(curves):
@@ -690,10 +693,10 @@ def test_reach_radii_hold_for_the_slopes_each_coordinate_can_actually_reach(phi,
     assert bool((r >= closed).all()) and int((r > closed * 1.01).sum()) > 10
     q = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}[p]
     if p == math.inf:  # the path bound: the largest fall of each coordinate over its reach, summed
-        s, harm = _needed_harms(model, x[flagged], tm, r[flagged], total=True)
-        charged = harm.sum(dim=1)
-        s2, harm2 = _needed_harms(model, x[flagged], tm, r[flagged] * 1.3, total=True)
-        beyond = harm2.sum(dim=1)
+        s, curves = _harm_curves(model, x[flagged], tm, r[flagged], levels=400)
+        charged = curves[..., -1].sum(dim=1)
+        s2, curves2 = _harm_curves(model, x[flagged], tm, r[flagged] * 1.3, levels=400)
+        beyond = curves2[..., -1].sum(dim=1)
     elif p == 2.0:  # the path bound: the most any split of the ℓ2 budget between the coordinates is seen to cost
         s, curves = _harm_curves(model, x[flagged], tm, r[flagged])
         charged = _l2_ball_max(curves)
