@@ -479,7 +479,7 @@ def feature_convex_threat(
             radii = {
                 p: reach_radii(model.feature_map, grads, x, threat_model, margin, p, slack, r) for p, r in radii.items()
             }
-            # then along each coordinate's path (coordinate-wise φ; ℓ1, ℓ2, ℓ∞)
+            # then along each coordinate's path (coordinate-wise φ; ℓ2 and ℓ∞, reach_path.PATH_NORMS)
             radii = {
                 p: path_radii(model.feature_map, grads, x, threat_model, margin, slack, p, r) for p, r in radii.items()
             }

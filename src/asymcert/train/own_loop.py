@@ -48,15 +48,12 @@ class CertifiableTraining:
         model: the classifier being trained (the user's own object, changed in place).
         optimizer: the user's optimizer; after each of its steps the model is projected.
         recipe: the family's loss terms for the chosen settings.
-        false_positive_confidence: the confidence :meth:`finish` fits b with (its one threshold needs no
-            union bound over epochs, unlike the training loop's).
     """
 
     model: FeatureConvexClassifier
     optimizer: torch.optim.Optimizer
     recipe: FeatureConvexRecipe
     _hook: RemovableHandle | None = field(default=None, repr=False)
-    false_positive_confidence: float | None = None  # finish fits b once: no union bound over epochs
 
     def fit_feature_map(self, x: Batches) -> None:
         """Fit φ's data statistics (e.g. the mean of ``shift``) on training inputs, set b = 0 and project.
@@ -102,7 +99,8 @@ class CertifiableTraining:
         self.model.set_balance(0.0)
         device = next(self.model.parameters()).device
         scores = predict_scores(self.model, x, _EVAL_BATCH, device)  # eval mode, (N,) on the CPU
-        b = operating_shift(scores, y.cpu(), self.recipe.false_positive_rate, self.false_positive_confidence)
+        recipe = self.recipe  # finish fits b once: at the confidence itself, no union bound over epochs
+        b = operating_shift(scores, y.cpu(), recipe.false_positive_rate, recipe.false_positive_confidence)
         self.model.set_balance(b)
         return b
 
@@ -181,7 +179,7 @@ def make_certifiable(
     model.set_balance(0.0)
     model.project()
     hook = optimizer.register_step_post_hook(lambda opt, args, kwargs: model.project())
-    return CertifiableTraining(model, optimizer, recipe, hook, false_positive_confidence)
+    return CertifiableTraining(model, optimizer, recipe, hook)
 
 
 def _setting(value: Any) -> Any:

@@ -102,7 +102,9 @@ class FeatureConvexRecipe:
         self.train_at_balance = bool(config.train_at_balance)
         self.false_positive_rate = config.false_positive_rate
         # b is refitted after every epoch and one epoch is kept: each epoch's b is a candidate (union bound)
-        self.false_positive_confidence = per_candidate_confidence(config.false_positive_confidence, config.epochs)
+        self.false_positive_confidence = config.false_positive_confidence  # the budget's, for the run as a whole
+        # each epoch's b is one candidate of those the run chooses from: a union bound over them
+        self.epoch_confidence = per_candidate_confidence(config.false_positive_confidence, config.epochs)
         self.ensemble_training = str(config.ensemble_training)
         self.teacher_path = config.teacher
         self.teacher = load_teacher(config.teacher) if config.teacher else None  # loaded once, frozen
@@ -256,7 +258,7 @@ class FeatureConvexRecipe:
         device = next(fc.parameters()).device
         fc.set_balance(0.0)
         scores = predict_scores(model, val.x, batch_size, device)
-        b = operating_shift(scores, val.y, self.false_positive_rate, self.false_positive_confidence)
+        b = operating_shift(scores, val.y, self.false_positive_rate, self.epoch_confidence)
         fc.set_balance(b)
         acc = float(((scores + b > 0).long() == val.y).float().mean())
         detection, false_positive = detection_rates(scores + b, val.y)
