@@ -343,3 +343,23 @@ def test_a_bad_operating_point_is_one_line_and_writes_nothing(folder, tmp_path, 
     res = CliRunner().invoke(main, _run_args(folder, tmp_path / "bad", *extra))
     assert res.exit_code == EXIT_REFUSED and message in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("false_positive_rate", "abc"), ("false_positive_rate", 1.5), ("false_positive_confidence", 7)]
+)
+def test_a_tampered_operating_point_is_refused_before_any_write(folder, tmp_path, key, value):
+    """run.json's threshold settings are what report.md describes: a value training would refuse gets one
+    line and exit 2 from `certify` (before its certificates) and `report`, and the folder stays as it was."""
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, _run_args(folder, out, "--set", "false_positive_rate=0.05"))
+    assert res.exit_code == EXIT_OK, res.output
+    record = json.loads((out / "run.json").read_text())
+    record["train"][key] = value
+    (out / "run.json").write_text(json.dumps(record))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    for command in (["certify", str(out), "--quiet"], ["report", str(out)]):
+        res = CliRunner().invoke(main, command)
+        assert res.exit_code == EXIT_REFUSED and f"run.json's training settings: {key} must be" in res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

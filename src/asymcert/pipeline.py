@@ -53,7 +53,7 @@ from asymcert.runfolder import (
 )
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 from asymcert.train import TrainConfig
-from asymcert.train.config import check_model_overrides
+from asymcert.train.config import check_model_overrides, operating_point
 from asymcert.train.loop import check_config, check_operating_point, prepare_fit, resolve_device, train_fingerprint
 from asymcert.train.recipes import recipe_for
 
@@ -504,6 +504,7 @@ def certify_run(
     target = resolve_device(device)
     run_dir = Path(run_dir)
     record = read_run_record(run_dir)  # a clear error when this is no run folder
+    operating_point(record.train)  # the report written after the certificates reads it: refused before them
     tm = run_threat_model(record, settings.threat_model, settings.plain)
     with exclusive(run_dir):
         model = load(run_dir, device=target)

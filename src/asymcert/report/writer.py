@@ -17,6 +17,7 @@ from asymcert.errors import CheckpointError
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.plots import PLOT_HINT, plot_certified_curves, plotting_available
 from asymcert.runfolder import dumps_strict, exclusive, read_run_record, remove_stale_temp_files, write_json
+from asymcert.train.config import operating_point
 
 ONE_VS_REST_NOTE = (
     "Certified accuracy: share of test inputs predicted correctly (argmax of the K one-vs-rest "
@@ -120,6 +121,7 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
     plots_ok = plotting_available()
     if not plots_ok:
         (log or logging.getLogger("asymcert").warning)(f"report without plots: {PLOT_HINT}")
+    operating_point(run.train)  # a malformed one is refused before anything is written
     with exclusive(run_dir, collective=False):
         cert, labels = load_certificates(cert_path)
         # the run's radii are in its own units: raw, or its threat model's; certificates in other units
@@ -167,8 +169,7 @@ def _detection_lines(run: dict[str, Any], results: dict[str, Any]) -> list[str]:
     """Binary runs: the share of each class flagged, and the operating point b was fitted for."""
     if "false_positive_rate" not in results:
         return []
-    train = run.get("train") or {}
-    rate, confidence = train.get("false_positive_rate"), train.get("false_positive_confidence")
+    rate, confidence = operating_point(run.get("train") or {})
     if rate is None:
         point = "equal class accuracies on validation"
     elif confidence is None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from asymcert.data.augment import augmentation_from_name
-from asymcert.errors import ConfigError, SettingsError, UnknownNameError
+from asymcert.errors import CheckpointError, ConfigError, SettingsError, UnknownNameError
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("exponential", "cosine")
@@ -200,6 +200,20 @@ def _confidence_problems(values: dict[str, Any]) -> list[str]:
         "in training"
         for name in seen
     ]
+
+
+def operating_point(train: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(false_positive_rate, false_positive_confidence) of a run's training settings (run.json's ``train``),
+    checked as training settings are (what a report says about the threshold b).
+
+    Raises:
+        CheckpointError: a value the training settings would refuse (a tampered or foreign run.json).
+    """
+    point = {name: train.get(name) for name in ("false_positive_rate", "false_positive_confidence")}
+    problems = settings_problems(point)
+    if problems:
+        raise CheckpointError(f"run.json's training settings: {'; '.join(problems)}")
+    return point["false_positive_rate"], point["false_positive_confidence"]
 
 
 def _raise_if_any(problems: list[str]) -> None:
