@@ -1,21 +1,34 @@
-"""Reach along the path: tighter ℓ∞ and ℓ2 radii under a threat model for coordinate-wise feature maps.
+"""Reach along the path, on one grid: tighter ℓ∞ and ℓ2 radii under a threat model for coordinate-wise feature maps.
 
 The reach-aware bound (:func:`~asymcert.certify.threat_model.reach_radii`) charges a move of coordinate i
 by r·scale_i at the steepest slope φ has anywhere on the box x_i can reach. Along the way the slope
-changes (log1p flattens, a hinge switches on): cut each coordinate's path from x_i at fractions
-0 < f_1 < … < f_J = 1 of the radius, and the score's tangent-plane change telescopes over the pieces,
+changes (log1p flattens, a hinge switches on): cut each coordinate's path from x_i at points
+0 = c_0 < c_1 < … < c_M (threat-model units), and the score's tangent-plane change telescopes over the pieces,
 
     wᵀ(φ(x + δ) − φ(x)) = Σ_i Σ_j wᵀ(φ(x + δ_{i,≤j} e_i) − φ(x + δ_{i,<j} e_i)),
 
-each piece a move inside the box [x_i + f_{j−1}·r·scale_i, x_i + f_j·r·scale_i] (one side per direction, cut
-at the domain's walls as the reach box is), so bounded by φ's weight bounds on that piece's box times its
-length (:func:`~asymcert.nn.feature_maps.coordinate_weights_within`, valid between any two points of the
-box). For a coordinate-wise φ coordinate i's share depends on δ_i alone, and a move of ℓp size ≤ r moves
-it one way by at most r·scale_i, so its share is at most H_i(ρ_i), ρ_i = |δ_i| / scale_i, a piecewise-linear
-bound (:class:`PathCurves`). ℓ∞: the harm is at most Σ_i H_i(r) (every piece's fall is ≥ 0). ℓ2: at most
-min_λ≥0 λ·r² + Σ_i sup_ρ (H_i(ρ) − λρ²) (weak duality, :func:`l2_path_harm`). Certified when that bound
-stays below the margin (with the precision's slack, as :func:`~asymcert.certify.functional.safe_radius`).
-Every product and sum is rounded upward.
+each piece a move inside the box [x_i + c_{j−1}·scale_i, x_i + c_j·scale_i] (one side per direction, cut at the
+domain's walls as the reach box is), so bounded by φ's weight bounds on that piece's box times its length
+(:func:`~asymcert.nn.feature_maps.coordinate_weights_within`, valid between any two points of the box). For
+a coordinate-wise φ coordinate i's share depends on δ_i alone, and a move of ℓp size ≤ r moves it one way by
+at most r·scale_i, so its share is at most H_i(ρ_i), ρ_i = |δ_i| / scale_i, with
+
+    H_i(ρ) = min(C_{i,j}, C_{i,j−1} + S_{i,j}·(ρ − c_{j−1}))   for ρ in piece j,
+
+C the bounds on the fall at the cuts and S the fall per unit inside a piece (:class:`PathCurves`; the
+partial piece [c_{j−1}, ρ] is inside piece j's box, and its fall is at most the whole piece's, as rates are
+clamped at 0). H_i is nondecreasing. ℓ∞: the harm is at most Σ_i H_i(r). ℓ2: for every λ > 0 and R ≥ r it
+is at most λ·r² + F_R(λ), F_R(λ) = Σ_i sup_{0≤ρ≤R} (H_i(ρ) − λρ²) (weak duality), so r is certified when
+r² < (margin − F_R(λ)) / λ for some λ. Certified when the bound stays below the margin (with the
+precision's slack, as :func:`~asymcert.certify.functional.safe_radius`). Every product and sum of the
+curves is rounded upward, the dual's value inflated far above its float64 error.
+
+The cuts are the points 2^(k / GRID_PER_OCTAVE) for integers k (:func:`grid_points`), the same for every
+input and precision, so the curves are computed once per input (:func:`path_radii`), from GRID_BELOW octaves
+below the smallest closed-form radius to GRID_ABOVE octaves above the largest, and any radius is then
+tried at the cost of a few tensor operations. A check at a given radius (:func:`path_holds`, the audit's)
+cuts at every grid point below it and at the radius itself: a refinement of the search's pieces, whose
+bounds are never wider on a smaller box.
 """
 
 from __future__ import annotations
@@ -35,33 +48,43 @@ from asymcert.nn.feature_maps import (
 )
 from asymcert.threat import ResolvedThreatModel
 
-PATH_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
-"""Where each coordinate's path is cut, as fractions of the radius (finer near the start, where log1p bends most)."""
-
-LAMBDA_OCTAVES = 8
-"""The dual bound of ℓ2 balls (:func:`l2_path_harm`) tries λ over this many octaves each way (in half octaves)."""
-
 PATH_NORMS = (2.0, math.inf)
 """The norms the path bound takes (for ℓ1 a ball lets one coordinate take the whole radius, where the first,
-steepest piece decides: a probe gained 1.4% of radius at the median, so it is not run)."""
+steepest piece decides: a probe gained 1.4% of radius at the median, so ℓ1 keeps the one-box reach bound)."""
 
-PATH_STEPS = 8
-"""Radii tried per input and norm by :func:`path_radii`: bisection of [start, 2·start] in log scale."""
+GRID_PER_OCTAVE = 4
+"""Cuts per octave of each coordinate's path (:func:`grid_points`)."""
 
+GRID_BELOW = 3
+"""The grid starts this many octaves below the smallest closed-form radius of the norms it serves."""
 
-def _piece_rates(
-    phi: torch.nn.Module, grads: tuple[torch.Tensor, torch.Tensor], lo: torch.Tensor, hi: torch.Tensor, up: bool
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(fall, rate): (N, n) upper bounds on the score's fall over a move of each coordinate across its box
-    [lo, hi] (N, n), upwards (``up``) or downwards, and on its rate per raw unit (φ's weight bound on the box),
-    rounded up; 0 for empty boxes."""
-    weights = coordinate_weights_within(phi, grads[0], grads[1], lo, hi)
-    if weights is None:
-        return None
-    rate = (-weights[0]).clamp_min(0.0) if up else weights[1].clamp_min(0.0)
-    length = round_up((hi - lo).clamp_min(0.0))
-    empty = ~(hi > lo)
-    return torch.where(empty, 0.0, round_up(rate * length)), torch.where(empty, 0.0, rate)
+GRID_ABOVE = 3
+"""... and ends this many octaves above the largest: no radius beyond its last cut is tried."""
+
+GRID_MAX_PIECES = 64
+"""At most this many pieces per input (a wider spread of radii ends the grid lower)."""
+
+VERIFY_PIECES = GRID_MAX_PIECES + 2
+"""Grid points below a radius that :func:`path_holds` cuts at: every point the search can have used."""
+
+RADIUS_STEPS = 24
+"""ℓ∞: bisection steps (log scale) between the closed-form radius and the grid's end."""
+
+LAMBDA_OCTAVES = 8
+"""ℓ2: λ is searched over this many octaves each way of ‖a‖₂ / 2r (the λ at which the dual is the closed form
+‖a‖₂·r of the steepest slopes a)."""
+
+LAMBDA_STEPS = 12
+"""ℓ2: golden-section steps over log λ when certifying (every λ tried gives a certified radius)."""
+
+VERIFY_LAMBDA_STEPS = 48
+"""ℓ2: golden-section steps when checking a given radius (:func:`path_holds`), finer than the search's."""
+
+BLOCK_ELEMENTS = 1 << 22
+"""Inputs are processed in blocks of about this many (input, piece, feature) elements, so memory stays bounded."""
+
+_BASES = tuple(2.0 ** (j / GRID_PER_OCTAVE) for j in range(GRID_PER_OCTAVE))
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
 @dataclass(frozen=True)
@@ -69,10 +92,11 @@ class PathCurves:
     """Bounds on each coordinate's harm along its path (module docstring), both directions.
 
     Attributes:
-        cum: (2, N, n, J + 1) float64 upper bounds on the fall of the tangent plane after moving coordinate i
-            up (index 0) or down (1) to the cut j (cum[..., 0] = 0); 0 where that direction is not allowed.
-        slope: (2, N, n, J) upper bounds on the fall per threat-model unit inside piece j.
-        cuts: (N, J + 1) the cuts f_j·r in threat-model units (f_0 = 0).
+        cum: (2, N, n, M + 1) float64 upper bounds C on the fall of the tangent plane after moving coordinate i
+            up (index 0) or down (1) to the cut j (C[..., 0] = 0, nondecreasing in j); 0 where that direction is
+            not allowed.
+        slope: (2, N, n, M) upper bounds S on the fall per threat-model unit inside piece j.
+        cuts: (N, M + 1) the cuts c_j in threat-model units (c_0 = 0, nondecreasing).
     """
 
     cum: torch.Tensor
@@ -80,44 +104,76 @@ class PathCurves:
     cuts: torch.Tensor
 
 
+def grid_points(k: torch.Tensor) -> torch.Tensor:
+    """2^(k / GRID_PER_OCTAVE) (float64, any shape) for integer-valued k: an exact power of two times one of
+    GRID_PER_OCTAVE constants, so the same float on every device and in every call."""
+    k = k.long()
+    base = torch.tensor(_BASES, dtype=torch.float64, device=k.device)[k % GRID_PER_OCTAVE]
+    return torch.ldexp(base, torch.div(k, GRID_PER_OCTAVE, rounding_mode="floor"))
+
+
+def grid_cuts(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """(N, M + 1) float64 cuts: 0, then the grid points from the last one ≤ ``low`` (N,) on, until the first
+    one ≥ ``high`` (N,) for the input that needs most (at most GRID_MAX_PIECES pieces). low, high > 0, finite."""
+    k0 = torch.floor(GRID_PER_OCTAVE * torch.log2(low.double()))
+    k1 = torch.ceil(GRID_PER_OCTAVE * torch.log2(high.double()))
+    pieces = min(GRID_MAX_PIECES, max(1, int((k1 - k0).max()) + 1)) if k0.numel() else 1
+    points = grid_points(k0[:, None] + torch.arange(pieces, device=k0.device)[None, :])
+    return torch.cat([torch.zeros_like(points[:, :1]), points], dim=1)
+
+
+def _piece_boxes(x64: torch.Tensor, tm: ResolvedThreatModel, cuts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) (N, 2M, n) float64: the raw boxes of each piece, moves up (pieces 0..M−1) then down, rounded
+    outward, cut at the domain's walls when x_i is inside it (a piece beyond a wall is empty)."""
+    scale, lower, upper = (t.to(x64.device).double()[None, None, :] for t in (tm.scale, tm.lower, tm.upper))
+    x = x64[:, None, :]
+    inside = (x >= lower) & (x <= upper)
+    a, b = cuts[:, :-1, None], cuts[:, 1:, None]
+    near, far = round_down(a * scale), round_up(b * scale)
+    at_x = a == 0
+    up_lo, up_hi = torch.where(at_x, x, round_down(x + near)), round_up(x + far)
+    dn_lo, dn_hi = round_down(x - far), torch.where(at_x, x, round_up(x - near))
+    up_lo, up_hi = (torch.where(inside, torch.minimum(v, upper), v) for v in (up_lo, up_hi))
+    dn_lo, dn_hi = (torch.where(inside, torch.maximum(v, lower), v) for v in (dn_lo, dn_hi))
+    return torch.cat([up_lo, dn_lo], dim=1), torch.cat([up_hi, dn_hi], dim=1)
+
+
 def path_curves(
     phi: torch.nn.Module,
     grads: tuple[torch.Tensor, torch.Tensor],
     x: torch.Tensor,
     tm: ResolvedThreatModel,
-    radius: torch.Tensor,
+    cuts: torch.Tensor,
 ) -> PathCurves | None:
-    """:class:`PathCurves` for moves of threat-model size ≤ r (N,) (each coordinate moves at most r·scale_i);
-    None when φ is not coordinate-wise or declares no weight bounds.
+    """:class:`PathCurves` at the given cuts; None when φ is not coordinate-wise or declares no weight bounds.
 
     Args:
         phi: the feature map. grads: (N, K·n) bounds on ∇g(φ(x)). x: (N, *shape) raw inputs. tm: the threat
-            model. radius: (N,) float64 radii ≥ 0.
+            model. cuts: (N, M + 1) float64 cuts in its units, cuts[:, 0] = 0, nondecreasing.
     """
     x64 = x.detach().reshape(x.shape[0], -1).double()
-    if coordinate_slopes(phi, x64.shape[1]) is None:
+    n_rows, n = x64.shape
+    if coordinate_slopes(phi, n) is None:
         return None
-    scale, lower, upper = (t.to(x64.device).double()[None, :] for t in (tm.scale, tm.lower, tm.upper))
+    cuts = cuts.double().to(x64.device)
+    pieces = cuts.shape[1] - 1
+    lo, hi = _piece_boxes(x64, tm, cuts)
+    width = grads[0].shape[1]
+    g_lo, g_hi = (g.double()[:, None, :].expand(n_rows, 2 * pieces, width).reshape(-1, width) for g in grads)
+    weights = coordinate_weights_within(phi, g_lo, g_hi, lo.reshape(-1, n), hi.reshape(-1, n))
+    if weights is None:
+        return None
+    w_lo, w_hi = (w.reshape(n_rows, 2, pieces, n) for w in weights)
+    rate = torch.stack([(-w_lo[:, 0]).clamp_min(0.0), w_hi[:, 1].clamp_min(0.0)])  # (2, N, M, n)
+    lo, hi = (v.reshape(n_rows, 2, pieces, n).transpose(0, 1) for v in (lo, hi))
+    empty = ~(hi > lo)
+    fall = torch.where(empty, 0.0, round_up(rate * round_up((hi - lo).clamp_min(0.0))))
+    cum = round_up(torch.cumsum(fall, dim=2) * (1.0 + 2 * pieces * EPS64))  # sums of nonnegative terms
+    slope = torch.where(empty, 0.0, round_up(rate * tm.scale.to(x64.device).double()[None, None, None, :]))
     allowed = torch.stack([d.to(x64.device) for d in tm.directions(x)])[..., None]  # (2, N, n, 1)
-    inside = (x64 >= lower) & (x64 <= upper)
-    reach = round_up(radius.double().to(x64.device)[:, None] * scale)  # (N, n) raw reach per coordinate
-    falls, slopes = [torch.zeros(2, *x64.shape, dtype=torch.float64)], []
-    start = 0.0
-    for end in PATH_FRACTIONS:  # piece [start, end]·r, up: [x + start·reach, x + end·reach], down mirrored
-        a, b = round_down(x64 + start * reach), round_up(x64 + end * reach)
-        c, d = round_down(x64 - end * reach), round_up(x64 - start * reach)
-        a, b = (torch.where(inside, torch.minimum(v, upper), v) for v in (x64 if start == 0 else a, b))
-        c, d = (torch.where(inside, torch.maximum(v, lower), v) for v in (c, x64 if start == 0 else d))
-        ups, downs = _piece_rates(phi, grads, a, b, up=True), _piece_rates(phi, grads, c, d, up=False)
-        if ups is None or downs is None:
-            return None
-        falls.append(round_up(falls[-1] + torch.stack([ups[0], downs[0]])))
-        slopes.append(round_up(torch.stack([ups[1], downs[1]]) * scale))
-        start = end
-    cuts = radius.double().to(x64.device)[:, None] * torch.tensor((0.0, *PATH_FRACTIONS), dtype=torch.float64)
     zero = torch.zeros((), dtype=torch.float64)
-    cum = torch.where(allowed, torch.stack(falls, dim=-1), zero)
-    return PathCurves(cum, torch.where(allowed, torch.stack(slopes, dim=-1), zero), cuts)
+    cum = torch.cat([torch.zeros_like(cum[:, :, :1]), cum], dim=2).transpose(2, 3)
+    return PathCurves(torch.where(allowed, cum, zero), torch.where(allowed, slope.transpose(2, 3), zero), cuts)
 
 
 def _sum_up(terms: torch.Tensor) -> torch.Tensor:
@@ -125,30 +181,158 @@ def _sum_up(terms: torch.Tensor) -> torch.Tensor:
     return round_up(terms.sum(dim=-1) * (1.0 + 2 * terms.shape[-1] * EPS64))
 
 
-def linf_path_harm(curves: PathCurves) -> torch.Tensor:
-    """(N,) float64 upper bound on how far an allowed move of ℓ∞ size ≤ r can lower the tangent plane of g at
-    φ(x): Σ_i the larger direction's fall at the full reach (module docstring)."""
-    return _sum_up(curves.cum[..., -1].amax(dim=0))
+def harm_at(curves: PathCurves, radius: torch.Tensor) -> torch.Tensor:
+    """(2, N, n) H_i(r) for each direction (module docstring) at radii r (N,) ≤ the last cut, rounded up."""
+    r = radius.double().to(curves.cuts.device)
+    pieces = curves.slope.shape[-1]
+    j = torch.searchsorted(curves.cuts[:, 1:].contiguous(), r[:, None].contiguous()).clamp(max=pieces - 1)  # (N, 1)
+    start = curves.cuts.gather(1, j)[:, 0]
+    index = j[None, :, None, :].expand(2, -1, curves.cum.shape[2], 1)
+    base, end = curves.cum.gather(3, index)[..., 0], curves.cum.gather(3, index + 1)[..., 0]
+    along = round_up(curves.slope.gather(3, index)[..., 0] * round_up((r - start).clamp_min(0.0))[None, :, None])
+    return torch.minimum(end, round_up(base + along))
 
 
-def l2_path_harm(curves: PathCurves, radius: torch.Tensor) -> torch.Tensor:
-    """(N,) upper bound on the fall over allowed moves of ℓ2 size ≤ r, by weak duality: for any λ ≥ 0,
-    Σ_i H_i(ρ_i) ≤ λ·r² + Σ_i sup_ρ (H_i(ρ) − λ·ρ²) whenever Σ ρ_i² ≤ r², with H_i(ρ) ≤ cum_{j−1} +
-    slope_j·(ρ − f_{j−1}·r) on piece j (each coordinate moves one way, at most r; on a piece the sup is at the
-    stationary point clamped to it). The least bound over LAMBDA_OCTAVES octaves each side of ‖a‖₂ / 2r, the
-    λ at which it is the closed form ‖a‖₂·r of the steepest slopes a, is kept, inflated by 10⁻⁹ (far above
-    the float64 error of these sums of nonnegative terms)."""
-    lo, hi = curves.cuts[None, :, None, :-1], curves.cuts[None, :, None, 1:]  # (1, N, 1, J) piece ends
-    base, slope = curves.cum[..., :-1], curves.slope  # (2, N, n, J)
+def linf_path_harm(curves: PathCurves, radius: torch.Tensor) -> torch.Tensor:
+    """(N,) float64 upper bound on how far an allowed move of ℓ∞ size ≤ r (N,) can lower the tangent plane of g
+    at φ(x): Σ_i the larger direction's H_i(r)."""
+    return _sum_up(harm_at(curves, radius).amax(dim=0))
+
+
+def l2_dual(curves: PathCurves, lam: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
+    """(N,) F_R(λ) = Σ_i sup_{0≤ρ≤R} (H_i(ρ) − λρ²) (module docstring) for λ (N,) > 0 and R = ``cap`` (N,),
+    inflated far above its float64 error. On piece j, H_i − λρ² is concave (a line capped at C_j, minus λρ²):
+    its sup is at the line's stationary point or where the cap starts, whichever lies inside."""
+    lam4, cap4 = lam.double()[None, :, None, None], cap.double()[None, :, None, None]
+    a, b = curves.cuts[None, :, None, :-1], torch.minimum(curves.cuts[None, :, None, 1:], cap4)
+    base, end, s = curves.cum[..., :-1], curves.cum[..., 1:], curves.slope
+    knee = torch.where(s > 0, a + (end - base) / s.clamp_min(1e-300), torch.full_like(s, math.inf))
+    on_line = torch.minimum(torch.maximum(s / (2.0 * lam4), a), torch.minimum(b, knee).clamp_min(a))
+    on_cap = torch.minimum(torch.maximum(knee, a), b)
+    best = torch.full_like(base, -math.inf)
+    for rho in (on_line, on_cap):
+        value = torch.minimum(end, base + s * (rho - a)) - lam4 * rho * rho
+        best = torch.maximum(best, value)
+    best = torch.where(a < cap4, best, 0.0).clamp_min(0.0).amax(dim=(0, 3))  # ρ = 0 gives 0
+    total = best.sum(dim=1)
+    size = curves.cum[..., -1].amax(dim=0).sum(dim=1) + lam.double() * cap.double() ** 2 * best.shape[1]
+    return total + max(1e-9, 8 * best.shape[1] * EPS64) * (total + size)
+
+
+def _l2_quotient(curves: PathCurves, budget: torch.Tensor, cap: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(N,) (budget − F_R(λ)) / λ at λ = 2^t: any r with r² below it and r ≤ R is certified (negative: none)."""
+    lam = torch.exp2(t)
+    return (budget - l2_dual(curves, lam, cap)) / lam
+
+
+def l2_best_quotient(
+    curves: PathCurves, budget: torch.Tensor, cap: torch.Tensor, lam0: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """(N,) the largest (budget − F_R(λ)) / λ found by golden-section search over log₂ λ in LAMBDA_OCTAVES octaves
+    each way of λ₀ (N,) > 0. The quotient is quasi-concave in λ (F_R is convex), so the search closes in on its
+    maximum; every value it returns was computed at some λ, so it is sound whatever the search finds."""
+    t_lo, t_hi = torch.log2(lam0) - LAMBDA_OCTAVES, torch.log2(lam0) + LAMBDA_OCTAVES
+    c, d = t_hi - _GOLDEN * (t_hi - t_lo), t_lo + _GOLDEN * (t_hi - t_lo)
+    qc, qd = _l2_quotient(curves, budget, cap, c), _l2_quotient(curves, budget, cap, d)
+    best = torch.maximum(qc, qd)
+    for _ in range(steps):
+        left = qc >= qd  # the maximum lies in [t_lo, d]
+        t_hi, t_lo = torch.where(left, d, t_hi), torch.where(left, t_lo, c)
+        probe = torch.where(left, t_hi - _GOLDEN * (t_hi - t_lo), t_lo + _GOLDEN * (t_hi - t_lo))
+        qp = _l2_quotient(curves, budget, cap, probe)
+        best = torch.maximum(best, qp)
+        c, qc, d, qd = (
+            torch.where(left, probe, d),
+            torch.where(left, qp, qd),
+            torch.where(left, c, probe),
+            torch.where(left, qc, qp),
+        )
+    return best
+
+
+def _l2_radius(curves: PathCurves, budget: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """(N,) the largest ℓ2 radius ≤ the last cut the dual certifies (0 if none), with R the last cut."""
+    cap = curves.cuts[:, -1]
+    steepest = torch.linalg.vector_norm(curves.slope.amax(dim=(0, 3)), dim=1)
+    lam0 = (steepest / (2.0 * start.clamp_min(1e-300))).clamp_min(1e-300)
+    quotient = l2_best_quotient(curves, budget, cap, lam0, LAMBDA_STEPS)
+    radius = torch.sqrt(quotient.clamp_min(0.0)) * (1.0 - 1e-6)  # λr² stays 2·10⁻⁶ below budget − F_R(λ)
+    return torch.minimum(radius, cap)
+
+
+def _linf_radius(curves: PathCurves, budget: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """(N,) the largest ℓ∞ radius in [start, last cut] where Σ_i H_i(r) < budget, by bisection in log scale
+    (H is nondecreasing); ``start`` where no radius tried holds."""
+    top = curves.cuts[:, -1]
+    best = torch.where(linf_path_harm(curves, top) < budget, top, start)
+    lo, hi = start.clone(), top.clone()
+    for _ in range(RADIUS_STEPS):
+        r = torch.sqrt(lo * hi)
+        holds = linf_path_harm(curves, r) < budget
+        best = torch.where(holds, torch.maximum(best, r), best)
+        lo, hi = torch.where(holds, r, lo), torch.where(holds, hi, r)
+    return best
+
+
+def _blocks(rows: torch.Tensor, per_row: int) -> list[torch.Tensor]:
+    """``rows`` (indices) split so that each block holds about BLOCK_ELEMENTS elements of ``per_row`` each."""
+    size = max(1, BLOCK_ELEMENTS // max(1, per_row))
+    return list(torch.split(rows, size)) if rows.numel() else []
+
+
+def _budget(margin: torch.Tensor, slack: float) -> torch.Tensor:
+    """(N,) float64 how far the tangent plane may fall: the margin less its slack, rounded down."""
+    return round_down(margin.double() * (1.0 - slack))
+
+
+def path_radii(
+    phi: torch.nn.Module,
+    grads: tuple[torch.Tensor, torch.Tensor],
+    x: torch.Tensor,
+    tm: ResolvedThreatModel,
+    margin: torch.Tensor,
+    slack: float,
+    radii: dict[float, torch.Tensor],
+) -> dict[float, torch.Tensor]:
+    """ℓp radii (N,) float64 ≥ the given ones (already certified) from the path bound, for each p of ``radii``
+    in PATH_NORMS: the curves on one grid per input (module docstring), then bisection (ℓ∞) or the dual's
+    search (ℓ2). Only inputs whose given radii are all positive and finite are searched; the others, and
+    every norm outside PATH_NORMS, keep theirs. Empty when φ is not coordinate-wise, declares no weight
+    bounds, or has affine steps only (:func:`~asymcert.nn.feature_maps.reach_matters`)."""
+    norms = [p for p in radii if p in PATH_NORMS]
+    x_flat = x.reshape(x.shape[0], -1)
+    if not norms or not reach_matters(phi) or coordinate_slopes(phi, x_flat.shape[1]) is None:
+        return {}
+    device = margin.device
+    out = {p: radii[p].double().clone().to(device) for p in norms}
+    starts = torch.stack([out[p] for p in norms])
+    active = ((starts > 0) & torch.isfinite(starts)).all(dim=0) & (margin > 0)
+    rows = torch.nonzero(active).flatten()
+    if rows.numel() == 0:
+        return out
+    low, high = starts[:, rows].amin(dim=0) / 2.0**GRID_BELOW, starts[:, rows].amax(dim=0) * 2.0**GRID_ABOVE
+    cuts = grid_cuts(low, high)
+    budget = _budget(margin, slack)
+    for block in _blocks(rows, 2 * cuts.shape[1] * grads[0].shape[1]):
+        at = torch.searchsorted(rows, block)
+        curves = path_curves(phi, (grads[0][block], grads[1][block]), x_flat[block], tm, cuts[at])
+        if curves is None:
+            return {}
+        for p in norms:
+            start = out[p][block]
+            search = _linf_radius if math.isinf(p) else _l2_radius
+            out[p][block] = torch.maximum(start, search(curves, budget[block], start).to(device))
+    return out
+
+
+def verify_cuts(radius: torch.Tensor) -> torch.Tensor:
+    """(N, VERIFY_PIECES + 1) cuts for a check at radius r (N,) > 0: 0, the VERIFY_PIECES grid points below r
+    (the points at or above it replaced by r), and r."""
     r = radius.double()
-    lam0 = torch.linalg.vector_norm(slope.amax(dim=(0, 3)), dim=1) / (2.0 * r.clamp_min(1e-300))
-    best = torch.full_like(r, math.inf)
-    for k in range(-2 * LAMBDA_OCTAVES, 2 * LAMBDA_OCTAVES + 1):
-        lam = (lam0 * 2.0 ** (k / 2))[None, :, None, None]
-        rho = torch.minimum(torch.maximum(slope / (2.0 * lam).clamp_min(1e-300), lo), hi)
-        sup = (base + slope * (rho - lo) - lam * rho * rho).clamp_min(0.0).amax(dim=(0, 3))  # ρ = 0 gives 0
-        best = torch.minimum(best, lam[0, :, 0, 0] * r * r + sup.sum(dim=1))
-    return round_up(best * (1.0 + 1e-9))
+    k = torch.ceil(GRID_PER_OCTAVE * torch.log2(r)) + 1  # (a point at or above r, rounding aside, becomes r)
+    points = grid_points(k[:, None] - VERIFY_PIECES + torch.arange(VERIFY_PIECES, device=r.device)[None, :])
+    points = torch.minimum(points, r[:, None])
+    return torch.cat([torch.zeros_like(r[:, None]), points, r[:, None]], dim=1)
 
 
 def path_holds(
@@ -161,48 +345,25 @@ def path_holds(
     p: float,
     radius: torch.Tensor,
 ) -> torch.Tensor | None:
-    """(N,) bool: the path bound certifies ℓp radius r (N,), p ∈ PATH_NORMS: harm(r) < margin·(1 − slack)
-    rounded down, the margin positive (:func:`linf_path_harm`, :func:`l2_path_harm`); None for another p,
-    or where :func:`path_curves` is None."""
-    if p not in PATH_NORMS:
+    """(N,) bool: the path bound certifies ℓp radius r (N,) by itself, p ∈ PATH_NORMS, with cuts at every grid
+    point below r and at r (:func:`verify_cuts`, finer than any search's) and a finer search over λ; False
+    where r is 0 or ∞ or the margin is not positive; None for another p, or where :func:`path_curves` is None."""
+    x_flat = x.reshape(x.shape[0], -1)
+    if p not in PATH_NORMS or coordinate_slopes(phi, x_flat.shape[1]) is None:
         return None
-    curves = path_curves(phi, grads, x, tm, radius)
-    if curves is None:
-        return None
-    harm = linf_path_harm(curves) if math.isinf(p) else l2_path_harm(curves, radius)
-    budget = round_down(margin.double().to(harm.device) * (1.0 - slack))
-    return (margin.to(harm.device) > 0) & (harm < budget)
-
-
-def path_radii(
-    phi: torch.nn.Module,
-    grads: tuple[torch.Tensor, torch.Tensor],
-    x: torch.Tensor,
-    tm: ResolvedThreatModel,
-    margin: torch.Tensor,
-    slack: float,
-    p: float,
-    start: torch.Tensor,
-) -> torch.Tensor:
-    """ℓp radii (N,) float64 ≥ ``start`` (already certified) from the path bound: PATH_STEPS radii bisect
-    [start, 2·start] in log scale (doubling instead while the upper end holds), and the largest radius
-    that :func:`path_holds` certifies is kept. Inputs whose ``start`` is 0 or ∞ keep it, as does every input
-    for a p outside PATH_NORMS, a φ that is not coordinate-wise or one with affine steps only
-    (:func:`~asymcert.nn.feature_maps.reach_matters`)."""
-    best = start.double().clone()
-    active = (best > 0) & torch.isfinite(best)
-    if p not in PATH_NORMS or not bool(active.any()) or not reach_matters(phi):  # nothing to gain
-        return best
-    lo, hi = best.clone(), 2.0 * best
-    r = hi.clone()
-    for _ in range(PATH_STEPS):
-        holds = path_holds(phi, grads, x, tm, margin, slack, p, torch.where(active, r, torch.zeros_like(r)))
-        if holds is None:
-            return start.double().clone()
-        holds = holds.to(best.device) & active
-        best = torch.where(holds, torch.maximum(best, r), best)
-        doubling = holds & (r >= hi)
-        lo = torch.where(holds, r, lo)
-        hi = torch.where(holds, torch.where(doubling, 2.0 * r, hi), r)
-        r = torch.where(doubling, hi, torch.sqrt(lo * hi))
-    return best
+    r = radius.double().to(margin.device)
+    holds = torch.zeros_like(r, dtype=torch.bool)
+    rows = torch.nonzero((r > 0) & torch.isfinite(r) & (margin > 0)).flatten()
+    budget = _budget(margin, slack)
+    for block in _blocks(rows, 2 * (VERIFY_PIECES + 1) * grads[0].shape[1]):
+        cuts = verify_cuts(r[block])
+        curves = path_curves(phi, (grads[0][block], grads[1][block]), x_flat[block], tm, cuts)
+        if curves is None:
+            return None
+        if math.isinf(p):
+            holds[block] = linf_path_harm(curves, r[block]) < budget[block]
+            continue
+        lam0 = torch.linalg.vector_norm(curves.slope.amax(dim=(0, 3)), dim=1) / (2.0 * r[block])
+        found = l2_best_quotient(curves, budget[block], r[block], lam0.clamp_min(1e-300), VERIFY_LAMBDA_STEPS)
+        holds[block] = found > r[block] ** 2
+    return holds

@@ -454,10 +454,10 @@ def feature_convex_threat(
     Same options, decisions and margins as :func:`~asymcert.certify.feature_convex.certify_feature_convex`;
     radii (N,) float64 are in threat-model units (‖δ / scale‖_p) and hold for every move the threat
     model allows. A φ that is not coordinate-wise gets the generic fallback (:func:`fallback_radii`).
-    ``reach=True``: then enlarge each radius by the reach-aware bound (:func:`reach_radii`: φ's slopes
-    only where a move of that size can take each coordinate, then along each coordinate's path,
-    :mod:`~asymcert.certify.reach_path` for ℓ2 and ℓ∞; about 200× the closed form's time, so
-    off by default); False (default): the closed form alone (what the ONNX graph computes).
+    ``reach=True``: then enlarge each radius by the reach-aware bound: for ℓ2 and ℓ∞ and a coordinate-wise
+    φ along each coordinate's path (:func:`~asymcert.certify.reach_path.path_radii`), else φ's slopes only
+    where a move of that size can take each coordinate (:func:`reach_radii`); tens of times the closed
+    form's time, so off by default. False (default): the closed form alone (what the ONNX graph computes).
 
     Raises:
         ConfigError: ``cuts`` ≥ 2: multi-cut certificates are not available under a threat model.
@@ -476,12 +476,11 @@ def feature_convex_threat(
         radii = {p: torch.maximum(safe_radius(margin, dual_norm(costs, p), slack), radii[p]) for p in norms}
         radii = _pair_point_radii(model, grads, x, threat_model, margin, slack, radii)
         if check_reach(reach):
+            # along each coordinate's path where it applies (coordinate-wise φ; ℓ2 and ℓ∞), else on one box
+            path = path_radii(model.feature_map, grads, x, threat_model, margin, slack, radii)
             radii = {
-                p: reach_radii(model.feature_map, grads, x, threat_model, margin, p, slack, r) for p, r in radii.items()
-            }
-            # then along each coordinate's path (coordinate-wise φ; ℓ2 and ℓ∞, reach_path.PATH_NORMS)
-            radii = {
-                p: path_radii(model.feature_map, grads, x, threat_model, margin, slack, p, r) for p, r in radii.items()
+                p: path[p] if p in path else reach_radii(model.feature_map, grads, x, threat_model, margin, p, slack, r)
+                for p, r in radii.items()
             }
     return flag_certificate(flagged, radii, own_score, threat_model.units())
 
