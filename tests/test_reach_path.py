@@ -16,6 +16,7 @@ from asymcert.certify.feature_convex import flag_margins
 from asymcert.certify.reach_path import (
     GRID_MAX_PIECES,
     PathCurves,
+    dual_pieces,
     grid_cuts,
     grid_points,
     harm_at,
@@ -100,9 +101,9 @@ def test_l2_dual_bounds_a_dense_search_of_its_sup_and_is_close_to_it(seed, lam, 
     curves = _random_curves(seed)
     cap = curves.cuts[:, -1] * cap_at
     lams = torch.full((cap.shape[0],), lam, dtype=torch.float64)
-    got = l2_dual(curves, lams, cap)
+    got = l2_dual(dual_pieces(curves, cap), lams)
     for row in range(cap.shape[0]):
-        grid = torch.linspace(0.0, float(cap[row]), 4001).tolist()
+        grid = torch.linspace(0.0, float(cap[row]), 4001, dtype=torch.float64).tolist()
         total = 0.0
         for i in range(curves.cum.shape[2]):
             total += max(max(_h(curves, row, d, i, rho) - lam * rho * rho for rho in grid) for d in range(2))

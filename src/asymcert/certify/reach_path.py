@@ -58,8 +58,12 @@ GRID_PER_OCTAVE = 4
 GRID_BELOW = 3
 """The grid starts this many octaves below the smallest closed-form radius of the norms it serves."""
 
-GRID_ABOVE = 3
+GRID_ABOVE = 2
 """... and ends this many octaves above the largest: no radius beyond its last cut is tried."""
+
+GRID_EXTENSIONS = 3
+"""Inputs whose radius reaches the grid's end are searched again on a grid 2·GRID_ABOVE octaves longer, this many
+times at most."""
 
 GRID_MAX_PIECES = 64
 """At most this many pieces per input (a wider spread of radii ends the grid lower)."""
@@ -199,47 +203,78 @@ def linf_path_harm(curves: PathCurves, radius: torch.Tensor) -> torch.Tensor:
     return _sum_up(harm_at(curves, radius).amax(dim=0))
 
 
-def l2_dual(curves: PathCurves, lam: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
-    """(N,) F_R(λ) = Σ_i sup_{0≤ρ≤R} (H_i(ρ) − λρ²) (module docstring) for λ (N,) > 0 and R = ``cap`` (N,),
-    inflated far above its float64 error. On piece j, H_i − λρ² is concave (a line capped at C_j, minus λρ²):
-    its sup is at the line's stationary point or where the cap starts, whichever lies inside."""
-    lam4, cap4 = lam.double()[None, :, None, None], cap.double()[None, :, None, None]
+@dataclass(frozen=True)
+class DualPieces:
+    """What F_R(λ) (:func:`l2_dual`) needs of each piece, computed once for curves and a cap R: on piece j,
+    H_i − λρ² is concave (a line capped at C_j, minus λρ²), so its sup is at the line's stationary point
+    s / 2λ clamped to [c_{j−1}, min(knee, c_j, R)] (the knee: where the line meets the cap), or at the start of
+    the capped part. All (2, N, n, M) float64; pieces beyond R are zero (they contribute ρ = 0's value, 0).
+
+    Attributes:
+        offset: C_{j−1} − S_j·c_{j−1}, the line's value at ρ = 0. slope: S_j. lo, hi: where the line is used.
+        cap_value: the capped part's value at its start, without −λρ²; cap_square: that start squared.
+        size: (N,) Σ_i C_{i,M} (scales the float64 error allowance). cap: (N,) R.
+    """
+
+    offset: torch.Tensor
+    slope: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    cap_value: torch.Tensor
+    cap_square: torch.Tensor
+    size: torch.Tensor
+    cap: torch.Tensor
+
+
+def dual_pieces(curves: PathCurves, cap: torch.Tensor) -> DualPieces:
+    """:class:`DualPieces` of ``curves`` for R = ``cap`` (N,) > 0."""
+    cap4 = cap.double()[None, :, None, None]
     a, b = curves.cuts[None, :, None, :-1], torch.minimum(curves.cuts[None, :, None, 1:], cap4)
     base, end, s = curves.cum[..., :-1], curves.cum[..., 1:], curves.slope
     knee = torch.where(s > 0, a + (end - base) / s.clamp_min(1e-300), torch.full_like(s, math.inf))
-    on_line = torch.minimum(torch.maximum(s / (2.0 * lam4), a), torch.minimum(b, knee).clamp_min(a))
     on_cap = torch.minimum(torch.maximum(knee, a), b)
-    best = torch.full_like(base, -math.inf)
-    for rho in (on_line, on_cap):
-        value = torch.minimum(end, base + s * (rho - a)) - lam4 * rho * rho
-        best = torch.maximum(best, value)
-    best = torch.where(a < cap4, best, 0.0).clamp_min(0.0).amax(dim=(0, 3))  # ρ = 0 gives 0
+    used = (a < cap4).expand_as(s)
+    zero = torch.zeros((), dtype=torch.float64)
+    hi = torch.minimum(b, knee).clamp_min(a)
+    fields = (base - s * a, s, a.expand_as(s), hi, torch.minimum(end, base + s * (on_cap - a)), on_cap * on_cap)
+    offset, slope, lo, hi, cap_value, cap_square = (torch.where(used, v, zero) for v in fields)
+    size = curves.cum[..., -1].amax(dim=0).sum(dim=1)
+    return DualPieces(offset, slope, lo, hi, cap_value, cap_square, size, cap.double())
+
+
+def l2_dual(pieces: DualPieces, lam: torch.Tensor) -> torch.Tensor:
+    """(N,) F_R(λ) = Σ_i sup_{0≤ρ≤R} (H_i(ρ) − λρ²) (module docstring) for λ (N,) > 0, inflated far above its
+    float64 error (on the line part the line is below its cap, so it is used uncapped: never smaller)."""
+    lam4 = lam.double()[None, :, None, None]
+    rho = torch.minimum(torch.maximum(pieces.slope * (0.5 / lam4), pieces.lo), pieces.hi)
+    value = torch.maximum(
+        pieces.offset + pieces.slope * rho - lam4 * rho * rho, pieces.cap_value - lam4 * pieces.cap_square
+    )
+    best = value.clamp_min(0.0).amax(dim=(0, 3))  # ρ = 0 gives 0
     total = best.sum(dim=1)
-    size = curves.cum[..., -1].amax(dim=0).sum(dim=1) + lam.double() * cap.double() ** 2 * best.shape[1]
+    size = pieces.size + lam.double() * pieces.cap**2 * best.shape[1]
     return total + max(1e-9, 8 * best.shape[1] * EPS64) * (total + size)
 
 
-def _l2_quotient(curves: PathCurves, budget: torch.Tensor, cap: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def _l2_quotient(pieces: DualPieces, budget: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """(N,) (budget − F_R(λ)) / λ at λ = 2^t: any r with r² below it and r ≤ R is certified (negative: none)."""
     lam = torch.exp2(t)
-    return (budget - l2_dual(curves, lam, cap)) / lam
+    return (budget - l2_dual(pieces, lam)) / lam
 
 
-def l2_best_quotient(
-    curves: PathCurves, budget: torch.Tensor, cap: torch.Tensor, lam0: torch.Tensor, steps: int
-) -> torch.Tensor:
+def l2_best_quotient(pieces: DualPieces, budget: torch.Tensor, lam0: torch.Tensor, steps: int) -> torch.Tensor:
     """(N,) the largest (budget − F_R(λ)) / λ found by golden-section search over log₂ λ in LAMBDA_OCTAVES octaves
     each way of λ₀ (N,) > 0. The quotient is quasi-concave in λ (F_R is convex), so the search closes in on its
     maximum; every value it returns was computed at some λ, so it is sound whatever the search finds."""
     t_lo, t_hi = torch.log2(lam0) - LAMBDA_OCTAVES, torch.log2(lam0) + LAMBDA_OCTAVES
     c, d = t_hi - _GOLDEN * (t_hi - t_lo), t_lo + _GOLDEN * (t_hi - t_lo)
-    qc, qd = _l2_quotient(curves, budget, cap, c), _l2_quotient(curves, budget, cap, d)
+    qc, qd = _l2_quotient(pieces, budget, c), _l2_quotient(pieces, budget, d)
     best = torch.maximum(qc, qd)
     for _ in range(steps):
         left = qc >= qd  # the maximum lies in [t_lo, d]
         t_hi, t_lo = torch.where(left, d, t_hi), torch.where(left, t_lo, c)
         probe = torch.where(left, t_hi - _GOLDEN * (t_hi - t_lo), t_lo + _GOLDEN * (t_hi - t_lo))
-        qp = _l2_quotient(curves, budget, cap, probe)
+        qp = _l2_quotient(pieces, budget, probe)
         best = torch.maximum(best, qp)
         c, qc, d, qd = (
             torch.where(left, probe, d),
@@ -255,7 +290,7 @@ def _l2_radius(curves: PathCurves, budget: torch.Tensor, start: torch.Tensor) ->
     cap = curves.cuts[:, -1]
     steepest = torch.linalg.vector_norm(curves.slope.amax(dim=(0, 3)), dim=1)
     lam0 = (steepest / (2.0 * start.clamp_min(1e-300))).clamp_min(1e-300)
-    quotient = l2_best_quotient(curves, budget, cap, lam0, LAMBDA_STEPS)
+    quotient = l2_best_quotient(dual_pieces(curves, cap), budget, lam0, LAMBDA_STEPS)
     radius = torch.sqrt(quotient.clamp_min(0.0)) * (1.0 - 1e-6)  # λr² stays 2·10⁻⁶ below budget − F_R(λ)
     return torch.minimum(radius, cap)
 
@@ -311,18 +346,43 @@ def path_radii(
     if rows.numel() == 0:
         return out
     low, high = starts[:, rows].amin(dim=0) / 2.0**GRID_BELOW, starts[:, rows].amax(dim=0) * 2.0**GRID_ABOVE
-    cuts = grid_cuts(low, high)
     budget = _budget(margin, slack)
-    for block in _blocks(rows, 2 * cuts.shape[1] * grads[0].shape[1]):
-        at = torch.searchsorted(rows, block)
+    for _ in range(GRID_EXTENSIONS + 1):  # inputs certified up to their grid's end get a longer grid
+        capped = _grid_round(phi, grads, x_flat, tm, budget, out, rows, grid_cuts(low, high))
+        if capped is None:
+            return {}
+        rows, low, high = rows[capped], low[capped], high[capped] * 2.0 ** (2 * GRID_ABOVE)
+        if rows.numel() == 0:
+            break
+    return out
+
+
+def _grid_round(
+    phi: torch.nn.Module,
+    grads: tuple[torch.Tensor, torch.Tensor],
+    x_flat: torch.Tensor,
+    tm: ResolvedThreatModel,
+    budget: torch.Tensor,
+    out: dict[float, torch.Tensor],
+    rows: torch.Tensor,
+    cuts: torch.Tensor,
+) -> torch.Tensor | None:
+    """Raise ``out`` (norm → (N,) radii, in place) at ``rows`` (R,) by the path bound on ``cuts`` (R, M + 1), block by
+    block; returns (R,) bool: some radius reached its grid's end (a longer grid may certify more), or None when
+    :func:`path_curves` is None."""
+    capped = torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
+    for at in _blocks(torch.arange(rows.numel(), device=rows.device), 2 * cuts.shape[1] * grads[0].shape[1]):
+        block = rows[at]
         curves = path_curves(phi, (grads[0][block], grads[1][block]), x_flat[block], tm, cuts[at])
         if curves is None:
-            return {}
-        for p in norms:
-            start = out[p][block]
+            return None
+        for p, radii in out.items():
+            start = radii[block]
             search = _linf_radius if math.isinf(p) else _l2_radius
-            out[p][block] = torch.maximum(start, search(curves, budget[block], start).to(device))
-    return out
+            found = search(curves, budget[block], start).to(radii.device)
+            radii[block] = torch.maximum(start, found)
+            capped[at] |= found >= cuts[at, -1]
+    return capped
 
 
 def verify_cuts(radius: torch.Tensor) -> torch.Tensor:
@@ -364,6 +424,7 @@ def path_holds(
             holds[block] = linf_path_harm(curves, r[block]) < budget[block]
             continue
         lam0 = torch.linalg.vector_norm(curves.slope.amax(dim=(0, 3)), dim=1) / (2.0 * r[block])
-        found = l2_best_quotient(curves, budget[block], r[block], lam0.clamp_min(1e-300), VERIFY_LAMBDA_STEPS)
+        pieces = dual_pieces(curves, r[block])
+        found = l2_best_quotient(pieces, budget[block], lam0.clamp_min(1e-300), VERIFY_LAMBDA_STEPS)
         holds[block] = found > r[block] ** 2
     return holds

@@ -359,25 +359,28 @@ def reach_radii(
     bisection of that bracket in log scale (doubling instead while ρ(start) is ∞), and keeps the largest
     min(r, ρ(r)) seen. Inputs whose ``start`` is 0 or ∞ keep it.
     """
-    best = start.double().clone()
-    active = (best > 0) & torch.isfinite(best)
-    if not bool(active.any()) or not reach_matters(phi):  # affine steps only: nothing to gain
-        return best
+    out = start.double().clone()
+    rows = torch.nonzero((out > 0) & torch.isfinite(out)).flatten()
+    if rows.numel() == 0 or not reach_matters(phi):  # affine steps only: nothing to gain
+        return out
+    grads, x, margin = (grads[0][rows], grads[1][rows]), x[rows], margin[rows]  # the inputs searched
+    best = out[rows]
     lo, hi = best.clone(), torch.full_like(best, math.inf)
     r = best.clone()
     for _ in range(REACH_STEPS):
-        found = reach_rho(phi, grads, x, tm, margin, p, slack, torch.where(active, r, torch.zeros_like(r)))
+        found = reach_rho(phi, grads, x, tm, margin, p, slack, r)
         if found is None:
-            return best
+            return out
         rho = found.to(best.device)
-        best = torch.where(active, torch.maximum(best, torch.minimum(r, rho)), best)
+        best = torch.maximum(best, torch.minimum(r, rho))
         holds = rho >= r
         # after the first try, [start, ρ(start)] brackets the fixed point; later tries bisect
         first = torch.isinf(hi) & (r == lo)
         hi = torch.where(first & torch.isfinite(rho), torch.maximum(rho, lo), torch.where(holds, hi, r))
         lo = torch.where(holds & ~first, r, lo)
         r = torch.where(torch.isinf(hi), 2.0 * lo, torch.sqrt(lo * hi))
-    return best
+    out[rows] = best
+    return out
 
 
 def reach_verified(
