@@ -46,12 +46,16 @@ def test_grid_points_are_powers_of_two_to_the_quarter_increasing_and_the_same_in
 @settings(max_examples=60, deadline=None)
 @given(low=st.floats(1e-6, 1e3), spread=st.floats(1.0, 1e6))
 def test_grid_cuts_start_at_zero_and_cover_low_to_high(low, spread):
-    cuts = grid_cuts(torch.tensor([low, 2 * low]).double(), torch.tensor([low * spread, 2 * low]).double())
-    assert bool((cuts[:, 0] == 0).all()) and bool((cuts[:, 1:] > cuts[:, :-1]).all())
+    f64 = torch.float64
+    cuts = grid_cuts(torch.tensor([low, 2 * low], dtype=f64), torch.tensor([low * spread, 2 * low], dtype=f64))
+    alone = grid_cuts(torch.tensor([2 * low], dtype=f64), torch.tensor([2 * low], dtype=f64))
+    assert bool((cuts[:, 0] == 0).all()) and bool((cuts[:, 1:] >= cuts[:, :-1]).all())
     assert cuts.shape[1] - 1 <= GRID_MAX_PIECES
     assert float(cuts[0, 1]) <= low and float(cuts[1, 1]) <= 2 * low
     if spread < 2.0**15:  # within the most pieces allowed
         assert float(cuts[0, -1]) >= low * spread
+    # the second input's cuts do not depend on the first's: the same points, then its end repeated
+    assert torch.equal(cuts[1, : alone.shape[1]], alone[0]) and bool((cuts[1, alone.shape[1] :] == alone[0, -1]).all())
 
 
 def _random_curves(seed: int, n_rows=5, n=4, pieces=6) -> PathCurves:

@@ -25,7 +25,8 @@ curves is rounded upward, the dual's value inflated far above its float64 error.
 
 The cuts are the points 2^(k / GRID_PER_OCTAVE) for integers k (:func:`grid_points`), the same for every
 input and precision, so the curves are computed once per input (:func:`path_radii`), from GRID_BELOW octaves
-below the smallest closed-form radius to GRID_ABOVE octaves above the largest, and any radius is then
+below the smallest closed-form radius to GRID_ABOVE octaves above the largest (further where a radius reaches
+the end: GRID_EXTENSIONS), each input's cuts its own, and any radius is then
 tried at the cost of a few tensor operations. A check at a given radius (:func:`path_holds`, the audit's)
 cuts at every grid point below it and at the radius itself: a refinement of the search's pieces, whose
 bounds are never wider on a smaller box.
@@ -117,12 +118,15 @@ def grid_points(k: torch.Tensor) -> torch.Tensor:
 
 
 def grid_cuts(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """(N, M + 1) float64 cuts: 0, then the grid points from the last one ≤ ``low`` (N,) on, until the first
-    one ≥ ``high`` (N,) for the input that needs most (at most GRID_MAX_PIECES pieces). low, high > 0, finite."""
+    """(N, M + 1) float64 cuts: 0, then the grid points from the last one ≤ ``low`` (N,) on, up to the first one
+    ≥ ``high`` (N,) (at most GRID_MAX_PIECES pieces), repeated to the width M of the input that needs most, so
+    each input's cuts depend on its own low and high alone. low, high > 0, finite."""
     k0 = torch.floor(GRID_PER_OCTAVE * torch.log2(low.double()))
     k1 = torch.ceil(GRID_PER_OCTAVE * torch.log2(high.double()))
-    pieces = min(GRID_MAX_PIECES, max(1, int((k1 - k0).max()) + 1)) if k0.numel() else 1
+    k1 = torch.minimum(k1 + (grid_points(k1) < high).double(), k0 + GRID_MAX_PIECES - 1)  # (log2's rounding)
+    pieces = max(1, int((k1 - k0).max()) + 1) if k0.numel() else 1
     points = grid_points(k0[:, None] + torch.arange(pieces, device=k0.device)[None, :])
+    points = torch.minimum(points, grid_points(torch.maximum(k1, k0))[:, None])  # (zero-length pieces after the end)
     return torch.cat([torch.zeros_like(points[:, :1]), points], dim=1)
 
 
