@@ -159,3 +159,14 @@ def test_verify_cuts_hold_every_grid_point_below_the_radius_then_the_radius(radi
     below = grid_points(k)[(grid_points(k) < radius) & (grid_points(k) >= radius / 2.0 ** (GRID_MAX_PIECES / 4))]
     assert set(below.tolist()) <= set(cuts.tolist())
     assert not math.isinf(float(cuts.max()))
+
+
+def test_a_rows_radii_do_not_depend_on_the_rows_certified_with_it():
+    model, x, tm, cert = _certified()
+    rows = torch.nonzero(cert.sensitive & (cert.radii[2.0] > 0)).flatten()[:8]
+    for i in rows.tolist():
+        alone = asymcert.certify(
+            model, x[i : i + 1], norms=(2, "inf"), threat_model=tm, reach=True, precision="float64"
+        )
+        for p, r in cert.radii.items():  # (up to the order of float64 sums)
+            assert math.isclose(float(alone.radii[p][0]), float(r[i]), rel_tol=1e-12), (i, p)

@@ -375,9 +375,11 @@ def _grid_round(
     block; returns (R,) bool: some radius reached its grid's end (a longer grid may certify more), or None when
     :func:`path_curves` is None."""
     capped = torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
-    for at in _blocks(torch.arange(rows.numel(), device=rows.device), 2 * cuts.shape[1] * grads[0].shape[1]):
-        block = rows[at]
-        curves = path_curves(phi, (grads[0][block], grads[1][block]), x_flat[block], tm, cuts[at])
+    pieces = (cuts[:, 1:] > cuts[:, :-1]).sum(dim=1)  # before the zero-length padding, which changes nothing
+    order = torch.argsort(pieces, stable=True)  # so that inputs with as many pieces share a block
+    for at in _blocks(order, 2 * cuts.shape[1] * grads[0].shape[1]):
+        block, width = rows[at], int(pieces[at].max()) + 1
+        curves = path_curves(phi, (grads[0][block], grads[1][block]), x_flat[block], tm, cuts[at, :width])
         if curves is None:
             return None
         for p, radii in out.items():
@@ -385,7 +387,7 @@ def _grid_round(
             search = _linf_radius if math.isinf(p) else _l2_radius
             found = search(curves, budget[block], start).to(radii.device)
             radii[block] = torch.maximum(start, found)
-            capped[at] |= found >= cuts[at, -1]
+            capped[at] |= found >= cuts[at, width - 1]
     return capped
 
 
