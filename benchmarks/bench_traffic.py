@@ -58,6 +58,7 @@ def main() -> None:
     names = [f"f{i}" for i in range(args.features)]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        torch.manual_seed(0)  # the same model every run: how many rows it flags sets the cost of --reach
         model = build_model({"kind": "feature-convex", "input_shape": [args.features], **architecture})
         model.feature_map.fit(torch.randn(1000, args.features))
         save(model, root / "run")
