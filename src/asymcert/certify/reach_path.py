@@ -289,12 +289,17 @@ def l2_best_quotient(pieces: DualPieces, budget: torch.Tensor, lam0: torch.Tenso
     return best
 
 
+def _lambda_start(curves: PathCurves, radius: torch.Tensor) -> torch.Tensor:
+    """(N,) λ₀ = ‖a‖₂ / 2r > 0, a the steepest slope of each coordinate's curves and r (N,) a radius: the λ at
+    which the dual is the closed form ‖a‖₂·r, where the search over λ is centred."""
+    steepest = torch.linalg.vector_norm(curves.slope.amax(dim=(0, 3)), dim=1)
+    return (steepest / (2.0 * radius.clamp_min(1e-300))).clamp_min(1e-300)
+
+
 def _l2_radius(curves: PathCurves, budget: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
     """(N,) the largest ℓ2 radius ≤ the last cut the dual certifies (0 if none), with R the last cut."""
     cap = curves.cuts[:, -1]
-    steepest = torch.linalg.vector_norm(curves.slope.amax(dim=(0, 3)), dim=1)
-    lam0 = (steepest / (2.0 * start.clamp_min(1e-300))).clamp_min(1e-300)
-    quotient = l2_best_quotient(dual_pieces(curves, cap), budget, lam0, LAMBDA_STEPS)
+    quotient = l2_best_quotient(dual_pieces(curves, cap), budget, _lambda_start(curves, start), LAMBDA_STEPS)
     radius = torch.sqrt(quotient.clamp_min(0.0)) * (1.0 - 1e-6)  # λr² stays 2·10⁻⁶ below budget − F_R(λ)
     return torch.minimum(radius, cap)
 
@@ -429,8 +434,7 @@ def path_holds(
         if math.isinf(p):
             holds[block] = linf_path_harm(curves, r[block]) < budget[block]
             continue
-        lam0 = torch.linalg.vector_norm(curves.slope.amax(dim=(0, 3)), dim=1) / (2.0 * r[block])
         pieces = dual_pieces(curves, r[block])
-        found = l2_best_quotient(pieces, budget[block], lam0.clamp_min(1e-300), VERIFY_LAMBDA_STEPS)
+        found = l2_best_quotient(pieces, budget[block], _lambda_start(curves, r[block]), VERIFY_LAMBDA_STEPS)
         holds[block] = found > r[block] ** 2
     return holds
