@@ -17,6 +17,7 @@ import asymcert
 from asymcert.certify import threat_model as threat_model_module
 from asymcert.certify.attacks import decisions
 from asymcert.certify.feature_convex import required_slack
+from asymcert.certify.reach_problem import ReachProblem
 from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.certify.threat_model import (
     feature_convex_threat,
@@ -337,13 +338,14 @@ def test_pair_min_reach_costs_bound_every_move_inside_the_ball(which, seed, zero
     w_lo = torch.randn(16, q, generator=gen, dtype=torch.float64)
     w_hi = w_lo + torch.rand(16, q, generator=gen, dtype=torch.float64) * 0.2
     r = torch.full((16,), size, dtype=torch.float64)
-    costs = threat_model_module.reach_costs(phi, (w_lo, w_hi), x, tm, r)
-    global_costs = threat_model_module.reach_costs(phi, (w_lo, w_hi), x, tm, torch.full_like(r, math.inf))
+    problem = _problem(phi, (w_lo, w_hi), x, tm)
+    costs = threat_model_module.reach_costs(problem, r)
+    global_costs = threat_model_module.reach_costs(problem, torch.full_like(r, math.inf))
     assert bool((costs <= global_costs).all())
     if size <= 0.05 and _reach_tightens(which):
         assert bool((costs < global_costs).any())
     # with pair-min's point bound too: pairs that cannot move at x left out, a constant C for their rounding
-    point_costs, const = threat_model_module.pair_reach_point_costs(phi, (w_lo, w_hi), x, tm, r)
+    point_costs, const = threat_model_module.pair_reach_point_costs(problem, r)
     assert bool((point_costs <= costs + 1e-9 * (1 + costs)).all()) and bool((const >= 0).all())
     if _absent_words(which) and zeros > 0.5:  # absent words tie at log1p's floor: the point bound counts each set once
         assert bool((point_costs < costs).any())
@@ -371,6 +373,11 @@ def test_pair_min_reach_costs_bound_every_move_inside_the_ball(which, seed, zero
         assert bool((harm <= bound + 1e-9 * (1 + bound.abs())).all()), (harm - bound).max()
 
 
+def _problem(phi, grads, x, tm):
+    """A reach problem for bounds that read φ, the gradient bounds, x and the threat model only."""
+    return ReachProblem(phi, grads, x, tm, torch.zeros(x.shape[0], dtype=torch.float64), 0.0)
+
+
 def test_pair_min_reach_counts_partners_that_moved_the_other_way():
     """x_0 may only rise and x_1 only fall. Seen from a box where x_1 stays at 3, min(h_0, h_1) follows h_0
     all the way, and a gain on the pair offsets the harm of x_0's own feature; but x_1 can fall first
@@ -381,7 +388,7 @@ def test_pair_min_reach_counts_partners_that_moved_the_other_way():
     x = torch.tensor([[1.0, 3.0]], dtype=torch.float64)
     tm = ThreatModel(increase_only=[0], decrease_only=[1]).resolve(None, 2)
     w = torch.tensor([[-1.5, 0.0, 1.0, 1.0]], dtype=torch.float64)  # features z_0, z_1, min(h_0, h_1) twice
-    costs = threat_model_module.reach_costs(phi, (w, w), x, tm, torch.tensor([1.9], dtype=torch.float64))
+    costs = threat_model_module.reach_costs(_problem(phi, (w, w), x, tm), torch.tensor([1.9], dtype=torch.float64))
     moved = torch.tensor([[2.9, 1.1]], dtype=torch.float64)
     harm = float(-(w * (phi(moved) - phi(x))).sum())
     assert harm == pytest.approx(2.65)
@@ -660,17 +667,18 @@ def _harm_curves(model, x, tm, r, levels=40):
     return s, torch.cummax(curves.clamp_min(0.0), dim=2).values
 
 
-def _l2_ball_max(curves):
-    """(N,) the largest Σ_i curves[i, k_i] over Σ_i k_i² ≤ levels² (exact on the sampled grid, by dynamic
-    programming over the coordinates): the most an ℓ2 move of size r is seen to lower the tangent plane."""
+def _ball_max(curves, q):
+    """(N,) the largest Σ_i curves[i, k_i] over Σ_i k_i^q ≤ levels^q (exact on the sampled grid, by dynamic
+    programming over the coordinates): the most an ℓq move (q = 1, 2) of size r is seen to lower the tangent
+    plane."""
     n, d, size = curves.shape
-    budget = (size - 1) ** 2
+    budget = (size - 1) ** q
     best = torch.zeros(n, budget + 1, dtype=torch.float64)
     for i in range(d):
         new = best.clone()
         for k in range(1, size):
             shifted = torch.full_like(best, -math.inf)
-            shifted[:, k * k :] = best[:, : budget + 1 - k * k] + curves[:, i, k : k + 1]
+            shifted[:, k**q :] = best[:, : budget + 1 - k**q] + curves[:, i, k : k + 1]
             new = torch.maximum(new, shifted)
         best = new
     return best.amax(dim=1)
@@ -691,26 +699,39 @@ def test_reach_radii_hold_for_the_slopes_each_coordinate_can_actually_reach(phi,
     flagged = cert.predicted.bool() & torch.isfinite(r) & (r > 0)
     assert int(flagged.sum()) > 50
     assert bool((r >= closed).all()) and int((r > closed * 1.01).sum()) > 10
-    q = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}[p]
     if p == math.inf:  # the path bound: the largest fall of each coordinate over its reach, summed
         s, curves = _harm_curves(model, x[flagged], tm, r[flagged], levels=400)
         charged = curves[..., -1].sum(dim=1)
         s2, curves2 = _harm_curves(model, x[flagged], tm, r[flagged] * 1.3, levels=400)
         beyond = curves2[..., -1].sum(dim=1)
-    elif p == 2.0:  # the path bound: the most any split of the ℓ2 budget between the coordinates is seen to cost
+    else:  # the path bound: the most any split of the ℓp budget between the coordinates is seen to cost
         s, curves = _harm_curves(model, x[flagged], tm, r[flagged])
-        charged = _l2_ball_max(curves)
+        charged = _ball_max(curves, int(p))
         s2, curves2 = _harm_curves(model, x[flagged], tm, r[flagged] * 1.3)
-        beyond = _l2_ball_max(curves2)
-    else:  # the reach bound: the steepest rate over the reach, times the radius
-        s, harm = _needed_harms(model, x[flagged], tm, r[flagged])
-        charged = r[flagged] * torch.linalg.vector_norm(harm * tm.scale, ord=q, dim=1)
-        s2, harm2 = _needed_harms(model, x[flagged], tm, r[flagged] * 1.3)
-        beyond = 1.3 * r[flagged] * torch.linalg.vector_norm(harm2 * tm.scale, ord=q, dim=1)
+        beyond = _ball_max(curves2, int(p))
     assert bool((charged <= s * (1 + 1e-9)).all())  # the certificate covers every sampled move
     # and the search stops near the best radius: 30% further out, the measured harms exceed the score for
     # many inputs
     assert float((beyond > s2).double().mean()) > 0.3
+
+
+@pytest.mark.parametrize("phi", [PHIS[4], PHIS[8]], ids=["log1p-std", "log1p-std-hinges"])
+@pytest.mark.parametrize("size", [0.05, 0.3, 1.5])
+def test_one_box_reach_costs_charge_every_rate_a_coordinate_can_reach(phi, size):
+    """The one-box costs a(r) (reach_costs, where ℓ1's reach search starts): at least scale_i times the largest
+    rate at which wᵀφ falls over moves of coordinate i inside its reach at r (dense difference quotients,
+    independent of the library's bounds), and below the global costs (r = ∞) for many coordinates."""
+    model, x = _model(phi, seed=11)
+    tm = TM.resolve(None, 6)
+    ref = asymcert.certify(model, x, norms=(1,), threat_model=tm, guard=False, precision="float64")
+    x = x[ref.predicted.bool()][:40].double()
+    problem = threat_model_module.reach_problem(model.double(), x, tm, "float64", None, False, True)[0]
+    r = torch.full((x.shape[0],), size, dtype=torch.float64)
+    costs = threat_model_module.reach_costs(problem, r)
+    _, harm = _needed_harms(model, x, tm, r)
+    assert bool((costs >= harm * tm.scale * (1 - 1e-9) - 1e-12).all())
+    everywhere = threat_model_module.reach_costs(problem, torch.full_like(r, math.inf))
+    assert bool((costs <= everywhere).all()) and int((costs < everywhere * 0.99).sum()) > 20
 
 
 def test_inputs_that_cannot_move_are_certified_at_infinity():

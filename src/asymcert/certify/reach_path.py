@@ -1,4 +1,4 @@
-"""Reach along the path, on one grid: tighter ℓ∞ and ℓ2 radii under a threat model for coordinate-wise feature maps.
+"""Reach along the path, on one grid: tighter ℓ1, ℓ2 and ℓ∞ radii under a threat model for coordinate-wise feature maps.
 
 The reach-aware bound (:func:`~asymcert.certify.threat_model.reach_radii`) charges a move of coordinate i
 by r·scale_i at the steepest slope φ has anywhere on the box x_i can reach. Along the way the slope
@@ -17,11 +17,15 @@ at most r·scale_i, so its share is at most H_i(ρ_i), ρ_i = |δ_i| / scale_i, 
 
 C the bounds on the fall at the cuts and S the fall per unit inside a piece (:class:`PathCurves`; the
 partial piece [c_{j−1}, ρ] is inside piece j's box, and its fall is at most the whole piece's, as rates are
-clamped at 0). H_i is nondecreasing. ℓ∞: the harm is at most Σ_i H_i(r). ℓ2: for every λ > 0 and R ≥ r it
-is at most λ·r² + F_R(λ), F_R(λ) = Σ_i sup_{0≤ρ≤R} (H_i(ρ) − λρ²) (weak duality), so r is certified when
-r² < (margin − F_R(λ)) / λ for some λ. Certified when the bound stays below the margin (with the
-precision's slack, as :func:`~asymcert.certify.functional.safe_radius`). Every product and sum of the
-curves is rounded upward, the dual's value inflated far above its float64 error.
+clamped at 0). H_i is nondecreasing. ℓ∞: the harm is at most Σ_i H_i(r). ℓq, q = 1, 2: a move of size ≤ r ≤ R
+has Σ_i ρ_i^q ≤ r^q and every ρ_i ≤ R, so for every λ > 0 its harm is at most
+
+    Σ_i (H_i(ρ_i) − λρ_i^q) + λ·r^q ≤ F_R(λ) + λ·r^q,   F_R(λ) = Σ_i sup_{0≤ρ≤R} (H_i(ρ) − λρ^q)
+
+(weak duality), and r is certified when r^q < (margin − F_R(λ)) / λ for some λ (for ℓ1 the best λ gives the
+largest Σ_i Ĥ_i(ρ_i) over Σ_i ρ_i ≤ r, Ĥ_i the concave envelope of H_i). Certified when the bound stays below the
+margin (with the precision's slack, as :func:`~asymcert.certify.functional.safe_radius`). Every product and sum
+of the curves is rounded upward, the dual's value inflated far above its float64 error.
 
 The cuts are the points 2^(k / GRID_PER_OCTAVE) for integers k (:func:`grid_points`), the same for every
 input and precision, so the curves are computed once per input (:func:`path_radii`), from GRID_BELOW octaves
@@ -39,6 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
+from asymcert.certify.reach_problem import ReachProblem
 from asymcert.nn.feature_maps import (
     EPS64,
     coordinate_slopes,
@@ -49,9 +54,8 @@ from asymcert.nn.feature_maps import (
 )
 from asymcert.threat import ResolvedThreatModel
 
-PATH_NORMS = (2.0, math.inf)
-"""The norms the path bound takes (for ℓ1 a ball lets one coordinate take the whole radius, where the first,
-steepest piece decides: a probe gained 1.4% of radius at the median, so ℓ1 keeps the one-box reach bound)."""
+PATH_NORMS = (1.0, 2.0, math.inf)
+"""The norms the path bound takes."""
 
 GRID_PER_OCTAVE = 4
 """Cuts per octave of each coordinate's path (:func:`grid_points`)."""
@@ -146,19 +150,14 @@ def _piece_boxes(x64: torch.Tensor, tm: ResolvedThreatModel, cuts: torch.Tensor)
     return torch.cat([up_lo, dn_lo], dim=1), torch.cat([up_hi, dn_hi], dim=1)
 
 
-def path_curves(
-    phi: torch.nn.Module,
-    grads: tuple[torch.Tensor, torch.Tensor],
-    x: torch.Tensor,
-    tm: ResolvedThreatModel,
-    cuts: torch.Tensor,
-) -> PathCurves | None:
+def path_curves(problem: ReachProblem, cuts: torch.Tensor) -> PathCurves | None:
     """:class:`PathCurves` at the given cuts; None when φ is not coordinate-wise or declares no weight bounds.
 
     Args:
-        phi: the feature map. grads: (N, K·n) bounds on ∇g(φ(x)). x: (N, *shape) raw inputs. tm: the threat
-            model. cuts: (N, M + 1) float64 cuts in its units, cuts[:, 0] = 0, nondecreasing.
+        problem: φ, the gradient bounds (N, K·n), the inputs (N, *shape) and the threat model (margin and slack
+            are not read). cuts: (N, M + 1) float64 cuts in the threat model's units, cuts[:, 0] = 0, nondecreasing.
     """
+    phi, grads, x, tm = problem.phi, problem.grads, problem.x, problem.tm
     x64 = x.detach().reshape(x.shape[0], -1).double()
     n_rows, n = x64.shape
     if coordinate_slopes(phi, n) is None:
@@ -209,76 +208,89 @@ def linf_path_harm(curves: PathCurves, radius: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DualPieces:
-    """What F_R(λ) (:func:`l2_dual`) needs of each piece, computed once for curves and a cap R: on piece j,
-    H_i − λρ² is concave (a line capped at C_j, minus λρ²), so its sup is at the line's stationary point
-    s / 2λ clamped to [c_{j−1}, min(knee, c_j, R)] (the knee: where the line meets the cap), or at the start of
-    the capped part. All (2, N, n, M) float64; pieces beyond R are zero (they contribute ρ = 0's value, 0).
+    """What F_R(λ) (:func:`path_dual`) needs of each piece, computed once for curves and a cap R: on piece j,
+    H_i − λρ^q is concave (a line capped at C_j, minus λρ^q), so its sup over the line part is at the line's
+    stationary point (q = 2: s / 2λ) clamped to [c_{j−1}, min(knee, c_j, R)] (the knee: where the line meets the
+    cap; q = 1: one of those ends), or at the start of the capped part. All (2, N, n, M') float64, M' the pieces
+    that start below R for some input; pieces beyond R are zero (they contribute ρ = 0's value, 0).
 
     Attributes:
-        offset: C_{j−1} − S_j·c_{j−1}, the line's value at ρ = 0. slope: S_j. lo, hi: where the line is used.
-        cap_value: the capped part's value at its start, without −λρ²; cap_square: that start squared.
-        size: (N,) Σ_i C_{i,M} (scales the float64 error allowance). cap: (N,) R.
+        base: C_{j−1}, the line's value at its start c_{j−1} = lo. slope: S_j. lo, hi: where the line is used.
+        cap_value: the capped part's value at its start (the line part's end, hi), without −λρ^q;
+        cap_power: that start to the power q.
+        size: (N,) Σ_i C_{i,M'} (scales the float64 error allowance). cap: (N,) R. q: 1 (ℓ1) or 2 (ℓ2).
     """
 
-    offset: torch.Tensor
+    base: torch.Tensor
     slope: torch.Tensor
     lo: torch.Tensor
     hi: torch.Tensor
     cap_value: torch.Tensor
-    cap_square: torch.Tensor
+    cap_power: torch.Tensor
     size: torch.Tensor
     cap: torch.Tensor
+    q: int
 
 
-def dual_pieces(curves: PathCurves, cap: torch.Tensor) -> DualPieces:
-    """:class:`DualPieces` of ``curves`` for R = ``cap`` (N,) > 0."""
+def dual_pieces(curves: PathCurves, cap: torch.Tensor, q: int) -> DualPieces:
+    """:class:`DualPieces` of ``curves`` for R = ``cap`` (N,) > 0 and the power q (2 for ℓ2, 1 for ℓ1)."""
     cap4 = cap.double()[None, :, None, None]
-    a, b = curves.cuts[None, :, None, :-1], torch.minimum(curves.cuts[None, :, None, 1:], cap4)
-    base, end, s = curves.cum[..., :-1], curves.cum[..., 1:], curves.slope
+    own = (curves.cuts[:, :-1] < cap.double()[:, None]).sum(dim=1).clamp(min=1)  # (N,) each input's pieces below R
+    pieces = int(own.max())  # the others are all zero
+    cuts, cum, s = curves.cuts[:, : pieces + 1], curves.cum[..., : pieces + 1], curves.slope[..., :pieces]
+    a, b = cuts[None, :, None, :-1], torch.minimum(cuts[None, :, None, 1:], cap4)
+    base, end = cum[..., :-1], cum[..., 1:]
     knee = torch.where(s > 0, a + (end - base) / s.clamp_min(1e-300), torch.full_like(s, math.inf))
     on_cap = torch.minimum(torch.maximum(knee, a), b)
     used = (a < cap4).expand_as(s)
     zero = torch.zeros((), dtype=torch.float64)
     hi = torch.minimum(b, knee).clamp_min(a)
-    fields = (base - s * a, s, a.expand_as(s), hi, torch.minimum(end, base + s * (on_cap - a)), on_cap * on_cap)
-    offset, slope, lo, hi, cap_value, cap_square = (torch.where(used, v, zero) for v in fields)
-    size = curves.cum[..., -1].amax(dim=0).sum(dim=1)
-    return DualPieces(offset, slope, lo, hi, cap_value, cap_square, size, cap.double())
+    fields = (base, s, a.expand_as(s), hi, torch.minimum(end, base + s * (on_cap - a)), on_cap**q)
+    base, slope, lo, hi, cap_value, cap_power = (torch.where(used, v, zero).contiguous() for v in fields)
+    size = cum.gather(3, own[None, :, None, None].expand(2, -1, cum.shape[2], 1))[..., 0].amax(dim=0).sum(dim=1)
+    return DualPieces(base, slope, lo, hi, cap_value, cap_power, size, cap.double(), q)
 
 
-def l2_dual(pieces: DualPieces, lam: torch.Tensor) -> torch.Tensor:
-    """(N,) F_R(λ) = Σ_i sup_{0≤ρ≤R} (H_i(ρ) − λρ²) (module docstring) for λ (N,) > 0, inflated far above its
-    float64 error (on the line part the line is below its cap, so it is used uncapped: never smaller)."""
+def path_dual(pieces: DualPieces, lam: torch.Tensor) -> torch.Tensor:
+    """(N,) F_R(λ) = Σ_i sup_{0≤ρ≤R} (H_i(ρ) − λρ^q) (module docstring; q = 2 for ℓ2, 1 for ℓ1) for λ (N,) > 0,
+    inflated far above its float64 error (on the line part the line is below its cap, so it is used uncapped:
+    never smaller; it is evaluated from its start, so no term is larger than the curves' values and λR^q).
+    Two work tensors, updated in place (this is the search's inner loop)."""
     lam4 = lam.double()[None, :, None, None]
-    rho = torch.minimum(torch.maximum(pieces.slope * (0.5 / lam4), pieces.lo), pieces.hi)
-    value = torch.maximum(
-        pieces.offset + pieces.slope * rho - lam4 * rho * rho, pieces.cap_value - lam4 * pieces.cap_square
-    )
-    best = value.clamp_min(0.0).amax(dim=(0, 3))  # ρ = 0 gives 0
+    if pieces.q == 2:  # the line minus λρ²: its sup is at the stationary point s / 2λ, clamped to the line part
+        rho = torch.mul(pieces.slope, 0.5 / lam4).clamp_(pieces.lo, pieces.hi)
+        work = torch.sub(rho, pieces.lo).mul_(pieces.slope).add_(pieces.base)
+        work.addcmul_(rho.mul_(rho), lam4, value=-1.0)
+        other = rho
+    else:  # a line minus a line: its sup is at one end, its start here and its end where the cap starts below
+        work = torch.addcmul(pieces.base, pieces.lo, lam4, value=-1.0)
+        other = torch.empty_like(work)
+    torch.addcmul(pieces.cap_value, pieces.cap_power, lam4, value=-1.0, out=other)  # the capped part
+    best = torch.maximum(work, other, out=work).clamp_min_(0.0).amax(dim=(0, 3))  # ρ = 0 gives 0
     total = best.sum(dim=1)
-    size = pieces.size + lam.double() * pieces.cap**2 * best.shape[1]
+    size = pieces.size + lam.double() * pieces.cap**pieces.q * best.shape[1]
     return total + max(1e-9, 8 * best.shape[1] * EPS64) * (total + size)
 
 
-def _l2_quotient(pieces: DualPieces, budget: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """(N,) (budget − F_R(λ)) / λ at λ = 2^t: any r with r² below it and r ≤ R is certified (negative: none)."""
+def _quotient(pieces: DualPieces, budget: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(N,) (budget − F_R(λ)) / λ at λ = 2^t: any r with r^q below it and r ≤ R is certified (negative: none)."""
     lam = torch.exp2(t)
-    return (budget - l2_dual(pieces, lam)) / lam
+    return (budget - path_dual(pieces, lam)) / lam
 
 
-def l2_best_quotient(pieces: DualPieces, budget: torch.Tensor, lam0: torch.Tensor, steps: int) -> torch.Tensor:
+def best_quotient(pieces: DualPieces, budget: torch.Tensor, lam0: torch.Tensor, steps: int) -> torch.Tensor:
     """(N,) the largest (budget − F_R(λ)) / λ found by golden-section search over log₂ λ in LAMBDA_OCTAVES octaves
     each way of λ₀ (N,) > 0. The quotient is quasi-concave in λ (F_R is convex), so the search closes in on its
     maximum; every value it returns was computed at some λ, so it is sound whatever the search finds."""
     t_lo, t_hi = torch.log2(lam0) - LAMBDA_OCTAVES, torch.log2(lam0) + LAMBDA_OCTAVES
     c, d = t_hi - _GOLDEN * (t_hi - t_lo), t_lo + _GOLDEN * (t_hi - t_lo)
-    qc, qd = _l2_quotient(pieces, budget, c), _l2_quotient(pieces, budget, d)
+    qc, qd = _quotient(pieces, budget, c), _quotient(pieces, budget, d)
     best = torch.maximum(qc, qd)
     for _ in range(steps):
         left = qc >= qd  # the maximum lies in [t_lo, d]
         t_hi, t_lo = torch.where(left, d, t_hi), torch.where(left, t_lo, c)
         probe = torch.where(left, t_hi - _GOLDEN * (t_hi - t_lo), t_lo + _GOLDEN * (t_hi - t_lo))
-        qp = _l2_quotient(pieces, budget, probe)
+        qp = _quotient(pieces, budget, probe)
         best = torch.maximum(best, qp)
         c, qc, d, qd = (
             torch.where(left, probe, d),
@@ -289,25 +301,30 @@ def l2_best_quotient(pieces: DualPieces, budget: torch.Tensor, lam0: torch.Tenso
     return best
 
 
-def _lambda_start(curves: PathCurves, radius: torch.Tensor) -> torch.Tensor:
-    """(N,) λ₀ = ‖a‖₂ / 2r > 0, a the steepest slope of each coordinate's curves and r (N,) a radius: the λ at
-    which the dual is the closed form ‖a‖₂·r, where the search over λ is centred."""
-    steepest = torch.linalg.vector_norm(curves.slope.amax(dim=(0, 3)), dim=1)
-    return (steepest / (2.0 * radius.clamp_min(1e-300))).clamp_min(1e-300)
+def _lambda_start(pieces: DualPieces, radius: torch.Tensor) -> torch.Tensor:
+    """(N,) λ₀ > 0 where the search over λ is centred, a the steepest slope of each coordinate's pieces below R and
+    r (N,) a radius: the λ at which the dual is the closed form, ‖a‖₂ / 2r for q = 2 (the dual is then ‖a‖₂·r)
+    and max_i a_i for q = 1 (no coordinate then gains by moving)."""
+    steepest = pieces.slope.amax(dim=(0, 3))
+    if pieces.q == 1:
+        return steepest.amax(dim=1).clamp_min(1e-300)
+    return (torch.linalg.vector_norm(steepest, dim=1) / (2.0 * radius.clamp_min(1e-300))).clamp_min(1e-300)
 
 
-def _l2_radius(curves: PathCurves, budget: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-    """(N,) the largest ℓ2 radius ≤ the last cut the dual certifies (0 if none), with R the last cut."""
-    cap = curves.cuts[:, -1]
-    quotient = l2_best_quotient(dual_pieces(curves, cap), budget, _lambda_start(curves, start), LAMBDA_STEPS)
-    radius = torch.sqrt(quotient.clamp_min(0.0)) * (1.0 - 1e-6)  # λr² stays 2·10⁻⁶ below budget − F_R(λ)
+def _dual_radius(
+    curves: PathCurves, budget: torch.Tensor, start: torch.Tensor, cap: torch.Tensor, q: int
+) -> torch.Tensor:
+    """(N,) the largest ℓq radius (q = 1, 2) ≤ R = ``cap`` (N,) (≤ the last cut) the dual certifies (0 if none)."""
+    pieces = dual_pieces(curves, cap, q)
+    quotient = best_quotient(pieces, budget, _lambda_start(pieces, start), LAMBDA_STEPS)
+    root = torch.sqrt(quotient.clamp_min(0.0)) if q == 2 else quotient.clamp_min(0.0)
+    radius = root * (1.0 - 1e-6)  # λr^q stays 10⁻⁶ below budget − F_R(λ)
     return torch.minimum(radius, cap)
 
 
-def _linf_radius(curves: PathCurves, budget: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-    """(N,) the largest ℓ∞ radius in [start, last cut] where Σ_i H_i(r) < budget, by bisection in log scale
-    (H is nondecreasing); ``start`` where no radius tried holds."""
-    top = curves.cuts[:, -1]
+def _linf_radius(curves: PathCurves, budget: torch.Tensor, start: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """(N,) the largest ℓ∞ radius in [start, top] (top (N,) ≤ the last cut) where Σ_i H_i(r) < budget, by bisection
+    in log scale (H is nondecreasing); ``start`` where no radius tried holds."""
     best = torch.where(linf_path_harm(curves, top) < budget, top, start)
     lo, hi = start.clone(), top.clone()
     for _ in range(RADIUS_STEPS):
@@ -318,46 +335,53 @@ def _linf_radius(curves: PathCurves, budget: torch.Tensor, start: torch.Tensor) 
     return best
 
 
+def _norm_cap(cuts: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """(N,) where one norm's search ends: the first of the cuts (N, M + 1) at or above GRID_ABOVE octaves past its
+    ``start`` (N,), else the last cut. A norm whose radii are smaller than the grid's others' is not searched (nor
+    its dual taken) over the whole grid, which would only loosen its bound."""
+    want = (start.double() * 2.0**GRID_ABOVE)[:, None].contiguous()
+    at = torch.searchsorted(cuts.contiguous(), want).clamp(max=cuts.shape[1] - 1)
+    return cuts.gather(1, at)[:, 0]
+
+
+def _path_radius(
+    curves: PathCurves, budget: torch.Tensor, start: torch.Tensor, p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N,) the path bound's ℓp radius, p ∈ PATH_NORMS, (N,) bool: it reached its search's end). ``start`` (N,): the
+    radius already certified, where ℓ∞ bisects from and the search over λ is centred."""
+    cap = _norm_cap(curves.cuts, start)
+    if math.isinf(p):
+        found = _linf_radius(curves, budget, start, cap)
+    else:
+        found = _dual_radius(curves, budget, start, cap, int(p))
+    return found, found >= cap
+
+
 def _blocks(rows: torch.Tensor, per_row: int) -> list[torch.Tensor]:
     """``rows`` (indices) split so that each block holds about BLOCK_ELEMENTS elements of ``per_row`` each."""
     size = max(1, BLOCK_ELEMENTS // max(1, per_row))
     return list(torch.split(rows, size)) if rows.numel() else []
 
 
-def _budget(margin: torch.Tensor, slack: float) -> torch.Tensor:
-    """(N,) float64 how far the tangent plane may fall: the margin less its slack, rounded down."""
-    return round_down(margin.double() * (1.0 - slack))
-
-
-def path_radii(
-    phi: torch.nn.Module,
-    grads: tuple[torch.Tensor, torch.Tensor],
-    x: torch.Tensor,
-    tm: ResolvedThreatModel,
-    margin: torch.Tensor,
-    slack: float,
-    radii: dict[float, torch.Tensor],
-) -> dict[float, torch.Tensor]:
+def path_radii(problem: ReachProblem, radii: dict[float, torch.Tensor]) -> dict[float, torch.Tensor]:
     """ℓp radii (N,) float64 ≥ the given ones (already certified) from the path bound, for each p of ``radii``
     in PATH_NORMS: the curves on one grid per input (module docstring), then bisection (ℓ∞) or the dual's
-    search (ℓ2). Only inputs whose given radii are all positive and finite are searched; the others, and
-    every norm outside PATH_NORMS, keep theirs. Empty when φ is not coordinate-wise, declares no weight
-    bounds, or has affine steps only (:func:`~asymcert.nn.feature_maps.reach_matters`)."""
+    search (ℓ1, ℓ2). Only inputs whose given radii are all positive and finite are searched; the others keep
+    theirs. Empty when φ is not coordinate-wise, declares no weight bounds, or has affine steps only
+    (:func:`~asymcert.nn.feature_maps.reach_matters`)."""
     norms = [p for p in radii if p in PATH_NORMS]
-    x_flat = x.reshape(x.shape[0], -1)
-    if not norms or not reach_matters(phi) or coordinate_slopes(phi, x_flat.shape[1]) is None:
+    phi, margin = problem.phi, problem.margin
+    if not norms or not reach_matters(phi) or coordinate_slopes(phi, problem.x_flat.shape[1]) is None:
         return {}
-    device = margin.device
-    out = {p: radii[p].double().clone().to(device) for p in norms}
+    out = {p: radii[p].double().clone().to(margin.device) for p in norms}
     starts = torch.stack([out[p] for p in norms])
     active = ((starts > 0) & torch.isfinite(starts)).all(dim=0) & (margin > 0)
     rows = torch.nonzero(active).flatten()
     if rows.numel() == 0:
         return out
     low, high = starts[:, rows].amin(dim=0) / 2.0**GRID_BELOW, starts[:, rows].amax(dim=0) * 2.0**GRID_ABOVE
-    budget = _budget(margin, slack)
     for _ in range(GRID_EXTENSIONS + 1):  # inputs certified up to their grid's end get a longer grid
-        capped = _grid_round(phi, grads, x_flat, tm, budget, out, rows, grid_cuts(low, high))
+        capped = _grid_round(problem, out, rows, grid_cuts(low, high))
         if capped is None:
             return {}
         rows, low, high = rows[capped], low[capped], high[capped] * 2.0 ** (2 * GRID_ABOVE)
@@ -367,14 +391,7 @@ def path_radii(
 
 
 def _grid_round(
-    phi: torch.nn.Module,
-    grads: tuple[torch.Tensor, torch.Tensor],
-    x_flat: torch.Tensor,
-    tm: ResolvedThreatModel,
-    budget: torch.Tensor,
-    out: dict[float, torch.Tensor],
-    rows: torch.Tensor,
-    cuts: torch.Tensor,
+    problem: ReachProblem, out: dict[float, torch.Tensor], rows: torch.Tensor, cuts: torch.Tensor
 ) -> torch.Tensor | None:
     """Raise ``out`` (norm → (N,) radii, in place) at ``rows`` (R,) by the path bound on ``cuts`` (R, M + 1), block by
     block; returns (R,) bool: some radius reached its grid's end (a longer grid may certify more), or None when
@@ -382,17 +399,16 @@ def _grid_round(
     capped = torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
     pieces = (cuts[:, 1:] > cuts[:, :-1]).sum(dim=1)  # before the zero-length padding, which changes nothing
     order = torch.argsort(pieces, stable=True)  # so that inputs with as many pieces share a block
-    for at in _blocks(order, 2 * cuts.shape[1] * grads[0].shape[1]):
-        block, width = rows[at], int(pieces[at].max()) + 1
-        curves = path_curves(phi, (grads[0][block], grads[1][block]), x_flat[block], tm, cuts[at, :width])
+    for at in _blocks(order, 2 * cuts.shape[1] * problem.grads[0].shape[1]):
+        block, width = problem.take(rows[at]), int(pieces[at].max()) + 1
+        curves = path_curves(block, cuts[at, :width])
         if curves is None:
             return None
         for p, radii in out.items():
-            start = radii[block]
-            search = _linf_radius if math.isinf(p) else _l2_radius
-            found = search(curves, budget[block], start).to(radii.device)
-            radii[block] = torch.maximum(start, found)
-            capped[at] |= found >= cuts[at, width - 1]
+            start = radii[rows[at]]
+            found, ended = _path_radius(curves, block.budget, start, p)
+            radii[rows[at]] = torch.maximum(start, found.to(radii.device))
+            capped[at] |= ended
     return capped
 
 
@@ -406,35 +422,28 @@ def verify_cuts(radius: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(r[:, None]), points, r[:, None]], dim=1)
 
 
-def path_holds(
-    phi: torch.nn.Module,
-    grads: tuple[torch.Tensor, torch.Tensor],
-    x: torch.Tensor,
-    tm: ResolvedThreatModel,
-    margin: torch.Tensor,
-    slack: float,
-    p: float,
-    radius: torch.Tensor,
-) -> torch.Tensor | None:
+def _holds_at(curves: PathCurves, budget: torch.Tensor, radius: torch.Tensor, p: float) -> torch.Tensor:
+    """(N,) bool: the path bound on ``curves`` (cut up to r) certifies ℓp radius r (N,) with the finer λ search."""
+    if math.isinf(p):
+        return linf_path_harm(curves, radius) < budget
+    pieces = dual_pieces(curves, radius, int(p))
+    return best_quotient(pieces, budget, _lambda_start(pieces, radius), VERIFY_LAMBDA_STEPS) > radius**pieces.q
+
+
+def path_holds(problem: ReachProblem, p: float, radius: torch.Tensor) -> torch.Tensor | None:
     """(N,) bool: the path bound certifies ℓp radius r (N,) by itself, p ∈ PATH_NORMS, with cuts at every grid
     point below r and at r (:func:`verify_cuts`, finer than any search's) and a finer search over λ; False
     where r is 0 or ∞ or the margin is not positive; None for another p, or where :func:`path_curves` is None."""
-    x_flat = x.reshape(x.shape[0], -1)
-    if p not in PATH_NORMS or coordinate_slopes(phi, x_flat.shape[1]) is None:
+    margin = problem.margin
+    if p not in PATH_NORMS or coordinate_slopes(problem.phi, problem.x_flat.shape[1]) is None:
         return None
     r = radius.double().to(margin.device)
     holds = torch.zeros_like(r, dtype=torch.bool)
     rows = torch.nonzero((r > 0) & torch.isfinite(r) & (margin > 0)).flatten()
-    budget = _budget(margin, slack)
-    for block in _blocks(rows, 2 * (VERIFY_PIECES + 1) * grads[0].shape[1]):
-        cuts = verify_cuts(r[block])
-        curves = path_curves(phi, (grads[0][block], grads[1][block]), x_flat[block], tm, cuts)
+    for at in _blocks(rows, 2 * (VERIFY_PIECES + 1) * problem.grads[0].shape[1]):
+        block = problem.take(at)
+        curves = path_curves(block, verify_cuts(r[at]))
         if curves is None:
             return None
-        if math.isinf(p):
-            holds[block] = linf_path_harm(curves, r[block]) < budget[block]
-            continue
-        pieces = dual_pieces(curves, r[block])
-        found = l2_best_quotient(pieces, budget[block], _lambda_start(curves, r[block]), VERIFY_LAMBDA_STEPS)
-        holds[block] = found > r[block] ** 2
+        holds[at] = _holds_at(curves, block.budget, r[at], p)
     return holds

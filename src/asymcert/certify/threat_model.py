@@ -49,10 +49,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from asymcert.certify.feature_convex import check_cuts, check_reach, flag_certificate, flag_margins, lp_radii
+from asymcert.certify.feature_convex import Reference, check_cuts, check_reach, flag_certificate, flag_margins, lp_radii
 from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.one_vs_rest import certify_one_vs_rest, class_radii_key
 from asymcert.certify.reach_path import path_holds, path_radii
+from asymcert.certify.reach_problem import ReachProblem
 from asymcert.certify.result import Certificate
 from asymcert.errors import ConfigError
 from asymcert.nn.feature_maps import (
@@ -95,6 +96,9 @@ __all__ = [
     "resolve_for",
     "threat_lower_bound",
 ]
+
+ONE_BOX_FIRST = (1.0,)
+"""Norms whose path search starts from the one-box search's radius (:func:`_reach_radii_all`)."""
 
 REACH_STEPS = 10
 """Radii tried per input and norm by the reach search (:func:`reach_radii`): the closed form's radius, then
@@ -237,13 +241,7 @@ def allowed_costs(
     return torch.maximum(torch.where(up, up_harm, zero), torch.where(down, down_harm, zero)) * scale
 
 
-def reach_costs(
-    phi: torch.nn.Module,
-    grads: tuple[torch.Tensor, torch.Tensor],
-    x: torch.Tensor,
-    tm: ResolvedThreatModel,
-    radius: torch.Tensor,
-) -> torch.Tensor | None:
+def reach_costs(problem: ReachProblem, radius: torch.Tensor) -> torch.Tensor | None:
     """(N, n) move costs a_i(r), as :func:`_move_costs`, for moves of threat-model size ≤ r only.
 
     Such a move keeps every coordinate inside its reach [x_i − r·scale_i, x_i + r·scale_i] (the allowed
@@ -254,11 +252,12 @@ def reach_costs(
     are, and a partner moved the other way may already be anywhere in its reach.
 
     Args:
-        phi: the feature map. grads: (N, K·n) lower and upper bounds on ∇g(φ(x)). x: (N, *shape) raw
-            inputs. tm: the threat model. radius: (N,) float64 radii r ≥ 0 in its units.
+        problem: φ, the gradient bounds (N, K·n), the inputs (N, *shape) and the threat model (margin and
+            slack are not read). radius: (N,) float64 radii r ≥ 0 in the threat model's units.
     Returns:
         (N, n) float64 costs, or None when φ declares no weight bounds.
     """
+    phi, grads, x, tm = problem.phi, problem.grads, problem.x, problem.tm
     x64, x_dn, x_up = _reach_box(x, tm, radius)
     up, down = (d.to(x64.device) for d in tm.directions(x))
     scale = tm.scale.to(x64.device)[None, :]
@@ -287,14 +286,13 @@ def _reach_box(x: torch.Tensor, tm: ResolvedThreatModel, radius: torch.Tensor) -
     return x64, x_dn, x_up
 
 
-def pair_reach_point_costs(
-    phi: torch.nn.Module, grads: Bounds, x: torch.Tensor, tm: ResolvedThreatModel, radius: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor] | None:
+def pair_reach_point_costs(problem: ReachProblem, radius: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(a(r), C): move costs (N, n) as :func:`reach_costs` gives them, with pair-min's pairs that cannot move
     at x left out (:meth:`~asymcert.nn.feature_maps.PairMin.reach_point_weight_bounds`: both bounds on one
     decomposition of the move), and the constant harm C (N,) of their rounding; for the φ that
     :func:`pair_point_harms` takes, else None. Every step gets the box of the whole reach, both sides."""
-    split = _pair_split(phi)
+    grads, x, tm = problem.grads, problem.x, problem.tm
+    split = _pair_split(problem.phi)
     if split is None:
         return None
     pair, before, after = split
@@ -316,41 +314,24 @@ def pair_reach_point_costs(
     return allowed_costs(harms, (up, down), tm.scale.to(harms[0].device)[None, :]), found[2]
 
 
-def reach_rho(
-    phi: torch.nn.Module,
-    grads: Bounds,
-    x: torch.Tensor,
-    tm: ResolvedThreatModel,
-    margin: torch.Tensor,
-    p: float,
-    slack: float,
-    radius: torch.Tensor,
-) -> torch.Tensor | None:
+def reach_rho(problem: ReachProblem, p: float, radius: torch.Tensor) -> torch.Tensor | None:
     """ρ(r) (N,) float64: the radius the costs a(r) of moves of size ≤ r certify, margin / ‖a(r)‖_{p*} rounded
     down (:func:`reach_costs`), or the larger one from pair-min's point-and-reach costs
     (:func:`pair_reach_point_costs`, their constant off the margin first); None when φ declares no
     weight bounds. Certifies min(r, ρ(r))."""
-    costs = reach_costs(phi, grads, x, tm, radius)
+    costs = reach_costs(problem, radius)
     if costs is None:
         return None
+    margin, slack = problem.margin, problem.slack
     rho = safe_radius(margin, dual_norm(costs, p), slack).to(margin.device)
-    found = pair_reach_point_costs(phi, grads, x, tm, radius)
+    found = pair_reach_point_costs(problem, radius)
     if found is not None:
         left = round_down(margin.double() - found[1].to(margin.device))
         rho = torch.maximum(rho, safe_radius(left, dual_norm(found[0], p), slack).to(margin.device))
     return rho
 
 
-def reach_radii(
-    phi: torch.nn.Module,
-    grads: tuple[torch.Tensor, torch.Tensor],
-    x: torch.Tensor,
-    tm: ResolvedThreatModel,
-    margin: torch.Tensor,
-    p: float,
-    slack: float,
-    start: torch.Tensor,
-) -> torch.Tensor:
+def reach_radii(problem: ReachProblem, p: float, start: torch.Tensor) -> torch.Tensor:
     """Radii (N,) float64 ≥ ``start`` from the reach-aware bound: every move of size ≤ r is harmless when
     the margin exceeds ‖a(r)‖_{p*}·‖u‖_p with a(r) = :func:`reach_costs`, so ρ(r) = margin / ‖a(r)‖_{p*}
     (rounded down as :func:`~asymcert.certify.functional.safe_radius` does) certifies min(r, ρ(r)) for
@@ -361,14 +342,14 @@ def reach_radii(
     """
     out = start.double().clone()
     rows = torch.nonzero((out > 0) & torch.isfinite(out)).flatten()
-    if rows.numel() == 0 or not reach_matters(phi):  # affine steps only: nothing to gain
+    if rows.numel() == 0 or not reach_matters(problem.phi):  # affine steps only: nothing to gain
         return out
-    grads, x, margin = (grads[0][rows], grads[1][rows]), x[rows], margin[rows]  # the inputs searched
+    searched = problem.take(rows)
     best = out[rows]
     lo, hi = best.clone(), torch.full_like(best, math.inf)
     r = best.clone()
     for _ in range(REACH_STEPS):
-        found = reach_rho(phi, grads, x, tm, margin, p, slack, r)
+        found = reach_rho(searched, p, r)
         if found is None:
             return out
         rho = found.to(best.device)
@@ -395,7 +376,7 @@ def reach_verified(
     The reach search's result depends on the radii it tries, so a radius computed in another precision
     is checked here at that radius: ρ(r) ≥ r with the float64 margin and costs a(r) (:func:`reach_costs`),
     or pair-min's point bound (:func:`pair_point_harms`), where the search starts, or the path bound
-    (:func:`~asymcert.certify.reach_path.path_holds`, ℓ2 and ℓ∞) certifies r.
+    (:func:`~asymcert.certify.reach_path.path_holds`, coordinate-wise φ) certifies r.
 
     Args:
         model: the model; x: (N, *shape) inputs; threat_model: resolved for them; radii: norm → (N,)
@@ -403,40 +384,49 @@ def reach_verified(
     Returns:
         norm → (N,) bool (True also for radius 0), or None when φ declares no weight bounds.
     """
-    ref, _, margin, _, slack = flag_margins(model, x, "float64", None, guard, True)
-    grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
+    problem = reach_problem(model, x, threat_model, "float64", None, guard, True)[0]
     zero = {p: torch.zeros_like(r, dtype=torch.float64) for p, r in radii.items()}
-    points = _pair_point_radii(model, grads, x, threat_model, margin, slack, zero)  # the search may start there
+    points = _pair_point_radii(problem, zero)  # the search may start there
     out = {}
     for p, r in radii.items():
-        found = reach_rho(model.feature_map, grads, x, threat_model, margin, p, slack, r.double())
+        found = reach_rho(problem, p, r.double())
         if found is None:
             return None
         rho = found.to(r.device)
         out[p] = (rho >= r) | (points[p].to(r.device) >= r) | (r == 0)
-        path = path_holds(model.feature_map, grads, x, threat_model, margin, slack, p, r.double())  # or the path's
+        path = path_holds(problem, p, r.double())  # or the path's
         out[p] |= path.to(r.device) if path is not None else torch.zeros_like(out[p])
     return out
 
 
-def _pair_point_radii(
+def reach_problem(
     model: FeatureConvexClassifier,
-    grads: Bounds,
     x: torch.Tensor,
-    tm: ResolvedThreatModel,
-    margin: torch.Tensor,
-    slack: float,
-    radii: dict[float, torch.Tensor],
-) -> dict[float, torch.Tensor]:
+    threat_model: ResolvedThreatModel,
+    precision: str,
+    slack: float | None,
+    guard: bool,
+    validate: bool,
+) -> tuple[ReachProblem, Reference, torch.Tensor, torch.Tensor]:
+    """One evaluation of ``model`` on x (N, *shape) in ``precision``
+    (:func:`~asymcert.certify.feature_convex.flag_margins`) as the reach bounds read it, with what the certificate
+    needs besides: (problem, the evaluation, flagged (N,) bool, the score the flag is taken from (N,))."""
+    ref, flagged, margin, own_score, used_slack = flag_margins(model, x, precision, slack, guard, validate)
+    grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], used_slack)
+    return ReachProblem(model.feature_map, grads, x, threat_model, margin, used_slack), ref, flagged, own_score
+
+
+def _pair_point_radii(problem: ReachProblem, radii: dict[float, torch.Tensor]) -> dict[float, torch.Tensor]:
     """``radii``, raised where pair-min's point harms (:func:`pair_point_harms`) certify more: both bounds
     hold, so the larger radius does; the constant harm C comes off the margin first. Unchanged for a φ
     without pair-min."""
-    found = pair_point_harms(model.feature_map, *grads, x)
+    found = pair_point_harms(problem.phi, *problem.grads, problem.x)
     if found is None:
         return radii
     up, down, const = found
-    costs = allowed_costs((up, down), tm.directions(x), tm.scale.to(up.device))
-    left = round_down(margin.double() - const.to(margin.device))
+    costs = allowed_costs((up, down), problem.tm.directions(problem.x), problem.tm.scale.to(up.device))
+    left = round_down(problem.margin.double() - const.to(problem.margin.device))
+    slack = problem.slack
     return {p: torch.maximum(safe_radius(left, dual_norm(costs, p), slack).to(r.device), r) for p, r in radii.items()}
 
 
@@ -457,10 +447,10 @@ def feature_convex_threat(
     Same options, decisions and margins as :func:`~asymcert.certify.feature_convex.certify_feature_convex`;
     radii (N,) float64 are in threat-model units (‖δ / scale‖_p) and hold for every move the threat
     model allows. A φ that is not coordinate-wise gets the generic fallback (:func:`fallback_radii`).
-    ``reach=True``: then enlarge each radius by the reach-aware bound: for ℓ2 and ℓ∞ and a coordinate-wise
-    φ along each coordinate's path (:func:`~asymcert.certify.reach_path.path_radii`), else φ's slopes only
-    where a move of that size can take each coordinate (:func:`reach_radii`); tens of times the closed
-    form's time, so off by default. False (default): the closed form alone (what the ONNX graph computes).
+    ``reach=True``: then enlarge each radius by the reach-aware bounds (:func:`_reach_radii_all`: for a
+    coordinate-wise φ along each coordinate's path, else φ's slopes only where a move of that size can take
+    each coordinate); tens of times the closed form's time, so off by default. False (default): the closed form
+    alone (what the ONNX graph computes).
 
     Raises:
         ConfigError: ``cuts`` ≥ 2: multi-cut certificates are not available under a threat model.
@@ -470,22 +460,27 @@ def feature_convex_threat(
             f"cuts = {cuts}: multi-cut certificates are not available under a threat model "
             "(use cuts=0, or certify without the threat model)"
         )
-    ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
-    grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], slack)
-    costs = _move_costs(model, grads, x, threat_model)
+    problem, ref, flagged, own_score = reach_problem(model, x, threat_model, precision, slack, guard, validate)
+    margin, slack = problem.margin, problem.slack
+    costs = _move_costs(model, problem.grads, x, threat_model)
     # the generic fallback is a certificate under every threat model: never report less than it
     radii = fallback_radii(lp_radii(model, ref, margin, norms, slack), threat_model, x)
     if costs is not None:
         radii = {p: torch.maximum(safe_radius(margin, dual_norm(costs, p), slack), radii[p]) for p in norms}
-        radii = _pair_point_radii(model, grads, x, threat_model, margin, slack, radii)
+        radii = _pair_point_radii(problem, radii)
         if check_reach(reach):
-            # along each coordinate's path where it applies (coordinate-wise φ; ℓ2 and ℓ∞), else on one box
-            path = path_radii(model.feature_map, grads, x, threat_model, margin, slack, radii)
-            radii = {
-                p: path[p] if p in path else reach_radii(model.feature_map, grads, x, threat_model, margin, p, slack, r)
-                for p, r in radii.items()
-            }
+            radii = _reach_radii_all(problem, radii)
     return flag_certificate(flagged, radii, own_score, threat_model.units())
+
+
+def _reach_radii_all(problem: ReachProblem, radii: dict[float, torch.Tensor]) -> dict[float, torch.Tensor]:
+    """``radii`` (norm → (N,) certified) raised by the reach-aware bounds: for a coordinate-wise φ along each
+    coordinate's path (:func:`~asymcert.certify.reach_path.path_radii`), ℓ1 from the one-box search's radius
+    (either may be the larger: the path's pieces can reach past r), ℓ2 and ℓ∞ from the closed form's; else
+    (pair-min, group-min) φ's slopes only where a move of that size can take each coordinate (:func:`reach_radii`)."""
+    start = {p: reach_radii(problem, p, r) if p in ONE_BOX_FIRST else r for p, r in radii.items()}
+    path = path_radii(problem, start)
+    return {p: path[p] if p in path else reach_radii(problem, p, r) for p, r in start.items()}
 
 
 def gradient_interval(
