@@ -207,6 +207,8 @@ def test_cli_exports_a_run_folder(tmp_path):
     assert "radius_linf" in res.output
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"))
     assert [o.name for o in sess.get_outputs()] == ["score", "flagged", "radius_l1", "radius_l2", "radius_linf"]
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "onnx", "--out", str(tmp_path / "m.txt")])
+    assert res.exit_code == 2 and "give --out that suffix" in res.output and not (tmp_path / "m.txt").exists()
 
 
 DEPLOY_EXAMPLE = """

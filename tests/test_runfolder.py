@@ -22,6 +22,7 @@ from asymcert.runfolder import (
     RunRecord,
     dumps_strict,
     exclusive,
+    output_lock_path,
     remove_stale_temp_files,
     stale_temp_files,
     write_json,
@@ -222,3 +223,12 @@ def test_run_record_round_trips_and_keeps_unknown_keys():
     rec = RunRecord.from_json(json.dumps(raw))
     assert rec.binary is False and rec.training["best"]["epoch"] == 2 and rec.extra == {"newer": {"a": 1}}
     assert rec.to_dict() == {**RunRecord(task={"name": "t"}, model={}, train={}).to_dict(), **raw}
+
+
+def test_an_output_files_lock_is_one_per_file_whatever_its_spelling(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a").mkdir()
+    same = output_lock_path(tmp_path / "r.csv")
+    assert output_lock_path("r.csv") == same == output_lock_path(tmp_path / "a" / ".." / "r.csv")
+    assert output_lock_path(tmp_path / "s.csv") != same
+    assert same.parent.name.startswith("asymcert-") and not str(same).startswith(str(tmp_path))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -15,10 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import asymcert
-from asymcert.cli import EXIT_OK, EXIT_REFUSED, main
+from asymcert.cli import EXIT_BUSY, EXIT_OK, EXIT_REFUSED, main
 from asymcert.data.images import read_images
-from asymcert.errors import DataError, InputError
+from asymcert.errors import DataError, InputError, RunFolderBusyError
 from asymcert.pipeline import read_run, train_run
+from asymcert.threat import load_threat_model
 from asymcert.traffic import certify_file, csv_batches
 from tests.conftest import examples
 
@@ -243,3 +247,106 @@ def test_chunk_parsing_equals_cell_by_cell_parsing(values, spaces):
         (batch,) = list(csv_batches(path, ["f0", "f1", "f2", "f3"], None, 4096))
     expected = [[float(c.strip()) for c in line.split(",")] for line in text.splitlines()[1:]]
     assert torch.equal(batch.x, torch.tensor(expected, dtype=torch.float32))
+
+
+def test_the_input_file_is_never_the_output(csv_run, tmp_path):
+    """--out naming the input (any spelling, or a hard link to it) is refused, and the input is left as it was."""
+    x, y = _rows(6, 5)
+    _write_csv(tmp_path / "new.csv", x, y)
+    before = (tmp_path / "new.csv").read_bytes()
+    (tmp_path / "link.csv").hardlink_to(tmp_path / "new.csv")
+    for out in (tmp_path / "new.csv", tmp_path / "sub" / ".." / "new.csv", tmp_path / "link.csv"):
+        with pytest.raises(InputError, match="that is the input file"):
+            certify_file(csv_run, tmp_path / "new.csv", out, progress=False)
+    assert (tmp_path / "new.csv").read_bytes() == before and not (tmp_path / "sub").exists()
+
+
+@pytest.mark.parametrize(
+    ("y", "message"),
+    [(np.zeros(3), r"y has shape \(3,\)"), (np.zeros(11), r"y has shape \(11,\)"), (np.zeros((9, 2)), r"\(9, 2\)")],
+)
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_npz_labels_must_be_one_per_input(csv_run, tmp_path, y, message, suffix):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    x, _ = _rows(9, 3)
+    np.savez(tmp_path / "new.npz", x=x.astype(np.float32), y=y)
+    with pytest.raises(DataError, match=message):
+        certify_file(csv_run, tmp_path / "new.npz", tmp_path / f"out{suffix}", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.npz"]
+
+
+def test_npz_inputs_of_another_shape_are_refused_naming_the_file(csv_run, tmp_path):
+    np.savez(tmp_path / "new.npz", x=np.zeros((5, 3), dtype=np.float32))
+    with pytest.raises(DataError, match=r"new\.npz: x has shape \(5, 3\); the run takes inputs of shape \(N, 4\)"):
+        certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", progress=False)
+
+
+@pytest.mark.parametrize(("header", "twice"), [("f0,f1,f2,f3,f1", "'f1'"), ("f0,f1,f2,f3,kind,kind", "'kind'")])
+def test_a_column_the_run_reads_may_not_appear_twice(csv_run, tmp_path, header, twice):
+    width = header.count(",") + 1
+    (tmp_path / "dup.csv").write_text(header + "\n" + ",".join(["1"] * width) + "\n")
+    with pytest.raises(DataError, match=f"column\\(s\\) {twice} appear more than once"):
+        certify_file(csv_run, tmp_path / "dup.csv", tmp_path / "out.csv", progress=False)
+    (tmp_path / "ok.csv").write_text("f0,f1,f2,f3,note,note\n1,2,3,4,a,b\n")  # unread columns may repeat
+    assert certify_file(csv_run, tmp_path / "ok.csv", tmp_path / "out.csv", progress=False).n_inputs == 1
+
+
+def test_an_empty_file_says_so(csv_run, tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="the file is empty"):
+        certify_file(csv_run, tmp_path / "empty.csv", tmp_path / "out.csv", progress=False)
+
+
+HOLD_OUTPUT = """
+import sys, time
+from asymcert.runfolder import exclusive_output
+with exclusive_output(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_two_writers_of_one_results_file_cannot_both_run(csv_run, tmp_path):
+    """While another process writes r.csv (here: holds its lock), certify_file and the CLI are refused at once,
+    writing nothing; when that process dies, the file can be written, and an interrupted write's temporary file
+    beside it is removed."""
+    x, _ = _rows(5, 6)
+    _write_csv(tmp_path / "new.csv", x)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OUTPUT, str(tmp_path / "r.csv")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderBusyError, match="being written by another asymcert process"):
+            certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.csv", progress=False)
+        args = ["certify", str(csv_run), "--input", str(tmp_path / "new.csv"), "--out", str(tmp_path / "." / "r.csv")]
+        res = CliRunner().invoke(main, [*args, "--quiet"])  # another spelling of the same file
+        assert res.exit_code == EXIT_BUSY and "Traceback" not in res.output
+        assert not (tmp_path / "r.csv").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    (tmp_path / ".r.csv.ab12cd_9").write_text("half")  # a write killed before its rename
+    (tmp_path / ".other.csv.ab12cd_9").write_text("another file's")
+    assert certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.csv", progress=False).n_inputs == 5
+    assert not (tmp_path / ".r.csv.ab12cd_9").exists() and (tmp_path / ".other.csv.ab12cd_9").exists()
+
+
+def test_inputs_outside_the_threat_models_domain_are_counted_and_warned_about(csv_run, tmp_path):
+    tm_path = tmp_path / "tm.json"
+    tm_path.write_text('{"lower": {"f1": -5.0}, "upper": {"f2": 0.5}}')
+    x, _ = _rows(20, 7)
+    x[:, 1], x[:, 2] = 0.0, 0.0
+    x[3, 1], x[11, 2], x[12, 2] = -6.0, 0.6, 0.7
+    _write_csv(tmp_path / "new.csv", x)
+    done = certify_file(
+        csv_run, tmp_path / "new.csv", tmp_path / "r.csv", progress=False, threat_model=load_threat_model(tm_path)
+    )
+    assert (done.n_outside, done.first_outside) == (3, 3)
+    plain = certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.csv", progress=False, plain=True)
+    assert (plain.n_outside, plain.first_outside) == (0, None)
+    args = ["certify", str(csv_run), "--input", str(tmp_path / "new.csv"), "--out", str(tmp_path / "r.csv")]
+    res = CliRunner().invoke(main, [*args, "--threat-model", str(tm_path), "--quiet"])
+    assert res.exit_code == EXIT_OK and "warning: 3 input(s) lie outside the threat model's domain" in res.output
+    assert "the first: index 3" in res.output

@@ -445,6 +445,12 @@ def certify_cmd(
             f"certified {done.n_inputs} inputs ({done.n_flagged} flagged) in {done.seconds:.3f}s; "
             f"radii in {done.units}; results in {done.out}"
         )
+        if done.n_outside:
+            click.echo(
+                f"warning: {done.n_outside} input(s) lie outside the threat model's domain [lower, upper] (the first: "
+                f"index {done.first_outside}); corrupt values? Their radii count the moves it allows from there.",
+                err=True,
+            )
         return
     settings = CertifySettings(norms_t, limit, batch_size, options=options, threat_model=tm, plain=no_threat_model)
     cert = certify_run(run_dir, device=device, data_dir=data_dir, progress=_bars(quiet), settings=settings)

@@ -6,6 +6,9 @@
   operating system drops the lock when its process dies, so a crashed run never leaves it held.
   Under ``torchrun`` only rank 0 (the one process that writes) takes it and tells the others
   whether it got it (one broadcast), so every rank fails or proceeds together.
+- **One writer per results file.** ``certify --input … --out FILE`` holds an OS lock for ``FILE`` while it
+  works (:func:`exclusive_output`), kept in the system's temporary folder so that nothing is added beside
+  the user's files; a second writer of the same file is refused at once.
 - **No stale temporary files.** :func:`~asymcert.checkpoint.atomic_write` writes
   ``.<name>.<8 random characters>`` next to its target and renames it; a process killed in between
   leaves that file behind. The next command that holds the lock removes them
@@ -17,9 +20,12 @@
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import json
 import math
 import re
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -96,12 +102,54 @@ def exclusive(folder: str | Path, create: bool = False, collective: bool = True)
             lock.release()
 
 
-def stale_temp_files(folder: str | Path) -> list[Path]:
-    """Temporary files of interrupted atomic writes in ``folder`` (call while holding its lock)."""
+def output_lock_path(path: str | Path) -> Path:
+    """Where :func:`exclusive_output` locks ``path``: ``<temp>/asymcert-<user>/<hash of its absolute path>.lock``
+    (every spelling of one file, relative or absolute, gets the same lock)."""
+    key = hashlib.sha256(str(Path(path).resolve()).encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    try:
+        user = re.sub(r"[^A-Za-z0-9_.-]", "_", getpass.getuser()) or "user"
+    except (OSError, KeyError):  # no login name (some containers)
+        user = "user"
+    return Path(tempfile.gettempdir()) / f"asymcert-{user}" / f"{key}.lock"
+
+
+@contextmanager
+def exclusive_output(path: str | Path) -> Iterator[Path]:
+    """Hold the writer lock of one output file (not a run folder) for the ``with`` block, and remove the
+    temporary files that interrupted writes of that file left beside it (:func:`stale_temp_files`).
+
+    Raises:
+        RunFolderBusyError: another process is writing ``path``.
+        WriteError: the lock cannot be created.
+    """
+    path = Path(path)
+    lock_path = output_lock_path(path)
+    try:
+        lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path), timeout=0)
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunFolderBusyError(
+            f"{path} is being written by another asymcert process; wait for it to finish or write another file"
+        ) from None
+    except OSError as exc:
+        raise WriteError(f"cannot lock {path} ({lock_path}: {exc.strerror or exc})") from exc
+    try:
+        for stale in stale_temp_files(path.parent, target=path.name):
+            stale.unlink(missing_ok=True)
+        yield path
+    finally:
+        lock.release()
+
+
+def stale_temp_files(folder: str | Path, target: str | None = None) -> list[Path]:
+    """Temporary files of interrupted atomic writes in ``folder`` (call while holding its lock), or of the
+    writes of one file ``target`` in it only (while holding that file's :func:`exclusive_output`)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if TEMP_NAME.match(p.name) and p.is_file() and not p.is_symlink())
+    found = (p for p in folder.iterdir() if (m := TEMP_NAME.match(p.name)) and target in (None, m["target"]))
+    return sorted(p for p in found if p.is_file() and not p.is_symlink())
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:

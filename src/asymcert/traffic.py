@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,9 @@ from asymcert.certify.result import RAW_UNITS, norm_label
 from asymcert.checkpoint import atomic_write, load
 from asymcert.data.images import IMAGE_SUFFIXES, read_images
 from asymcert.data.user import FLOAT32_MAX, csv_number, read_npz
-from asymcert.errors import DataError, InputError
-from asymcert.runfolder import RunRecord, read_run_record, run_threat_model
-from asymcert.threat import ThreatModel
+from asymcert.errors import DataError, InputError, WriteError
+from asymcert.runfolder import RunRecord, exclusive_output, read_run_record, run_threat_model
+from asymcert.threat import ResolvedThreatModel, ThreatModel
 from asymcert.train.loop import resolve_device
 
 CHUNK = 4096
@@ -51,13 +52,16 @@ class Batch:
 @dataclass(frozen=True)
 class TrafficResult:
     """What :func:`certify_file` did: inputs certified, how many flagged, seconds spent certifying, the
-    results file, and the units of its radii."""
+    results file, the units of its radii, and how many inputs lie outside the threat model's domain
+    [lower, upper] (often corrupt values: a count below 0, a share above 1), with the index of the first."""
 
     n_inputs: int
     n_flagged: int
     seconds: float
     out: Path
     units: str = RAW_UNITS
+    n_outside: int = 0
+    first_outside: int | None = None
 
 
 def csv_batches(path: Path, features: Sequence[str], label_column: str | None, chunk: int) -> Iterator[Batch]:
@@ -70,9 +74,14 @@ def csv_batches(path: Path, features: Sequence[str], label_column: str | None, c
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
+        if not header:
+            raise DataError(f"{path}: the file is empty (no header row)")
         missing = [c for c in features if c not in header]
-        if not header or missing:
-            raise DataError(f"{path}: the run's feature column(s) {', '.join(missing or features)} are missing")
+        if missing:
+            raise DataError(f"{path}: the run's feature column(s) {', '.join(missing)} are missing")
+        twice = [c for c in dict.fromkeys([*features, label_column]) if c is not None and header.count(c) > 1]
+        if twice:
+            raise DataError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in the header")
         at = [header.index(c) for c in features]
         label_at = header.index(label_column) if label_column in header else None
         yield from _csv_chunks(reader, f, path, header, at, label_at, chunk)
@@ -141,9 +150,18 @@ def _finite(cell: str, path: Path, where: str, column: str) -> float:
     return value
 
 
-def npz_batches(path: Path, chunk: int) -> Iterator[Batch]:
-    """The ``x`` (N, *input_shape) of an npz file (``y`` as labels when present), ``chunk`` inputs at a time."""
+def npz_batches(path: Path, chunk: int, input_shape: Sequence[int] | None = None) -> Iterator[Batch]:
+    """The ``x`` (N, *input_shape) of an npz file (``y`` (N,) as labels when present), ``chunk`` inputs at a time.
+
+    Raises:
+        DataError: x not of the run's input shape, or a y that is not one label per input (both named).
+    """
     x, y = read_npz(path, labels_required=False)
+    if input_shape and tuple(x.shape[1:]) != tuple(input_shape):
+        want = ", ".join(["N", *map(str, input_shape)])
+        raise DataError(f"{path}: x has shape {tuple(x.shape)}; the run takes inputs of shape ({want})")
+    if y is not None and (y.ndim != 1 or len(y) != len(x)):
+        raise DataError(f"{path}: y has shape {tuple(y.shape)}; it must hold one label per input of x, ({len(x)},)")
     labels = None if y is None else [str(v) for v in y.tolist()]
     for start in range(0, len(x), chunk):
         part = labels[start : start + chunk] if labels is not None else None
@@ -191,7 +209,7 @@ def input_batches(path: Path, run: RunRecord, chunk: int) -> Iterator[Batch]:
         label = run.task.get("label_column")
         return csv_batches(path, [str(c) for c in features], label if isinstance(label, str) else None, chunk)
     if suffix == ".npz":
-        return npz_batches(path, chunk)
+        return npz_batches(path, chunk, run.model.get("input_shape") or None)
     raise InputError(f"{path}: unknown input format {suffix or '(no suffix)'!r}; use .csv, .npz or an image folder")
 
 
@@ -239,10 +257,13 @@ class _ParquetSink:
         self.writer: Any = None
 
     def write(self, columns: dict[str, list]) -> None:
-        table = self.pa.table(columns)
-        if self.writer is None:
-            self.writer = self.pq.ParquetWriter(str(self.path), table.schema)
-        self.writer.write_table(table)
+        try:
+            table = self.pa.table(columns)
+            if self.writer is None:
+                self.writer = self.pq.ParquetWriter(str(self.path), table.schema)
+            self.writer.write_table(table)
+        except self.pa.ArrowException as exc:  # (pyarrow's own errors; OSError is atomic_write's to report)
+            raise WriteError(f"Parquet could not take the results ({' '.join(str(exc).split())[:200]})") from None
 
     def close(self) -> None:
         if self.writer is not None:
@@ -272,18 +293,18 @@ def certify_file(
     ``{"reach": True}``), checked against the model's certifier before any input is read.
 
     Memory: one chunk of inputs (``chunk`` rows) and its results at a time, whatever the file's size.
-    The output file appears only when every input certified (atomic rename); a refused input file
-    leaves ``out`` as it was.
+    The output file appears only when every input certified (atomic rename), replacing any earlier one; a
+    refused input file leaves ``out`` as it was. One writer per output file
+    (:func:`~asymcert.runfolder.exclusive_output`).
 
     Raises:
-        InputError, DataError: an unknown format, missing columns, bad values (one line naming them).
+        InputError, DataError: an unknown format, missing or repeated columns, bad values, ``out`` the input
+            file itself (one line naming them).
         CheckpointError: no run folder, or a missing or corrupt model.
+        RunFolderBusyError: another process is writing ``out``.
     """
     run_dir, input_path, out = Path(run_dir), Path(input_path), Path(out)
-    if out.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise InputError(f"{out}: results are written as {' or '.join(OUTPUT_SUFFIXES)}; name the file so")
-    if out.suffix.lower() == ".parquet":
-        _ParquetSink(out)  # pyarrow missing: refused before any work
+    _check_output(out, input_path)
     run = read_run_record(run_dir)
     tm = run_threat_model(run, threat_model, plain)
     model = load(run_dir, device=resolve_device(str(device)))
@@ -291,25 +312,60 @@ def certify_file(
     make_options(certifier_spec(model), None, extra)  # an option the certifier does not take: refused here
     if not input_path.exists():
         raise InputError(f"{input_path}: no such input file or folder")
-    batches = input_batches(input_path, run, chunk)
-    first = next(batches, None)
-    if first is None:
-        raise InputError(f"{input_path}: no inputs to certify")
-    norms_t = tuple(dict.fromkeys(float(p) for p in norms))
-    counts = {"n": 0, "flagged": 0, "seconds": 0.0}
+    with exclusive_output(out):
+        batches = input_batches(input_path, run, chunk)
+        first = next(batches, None)
+        if first is None:
+            raise InputError(f"{input_path}: no inputs to certify")
+        norms_t = tuple(dict.fromkeys(float(p) for p in norms))
+        tally = _Tally()
 
-    def certified(sink: _CsvSink | _ParquetSink) -> None:
-        todo = _chain(first, batches)
-        for batch in tqdm(todo, desc="certify", unit="chunk", disable=not progress, leave=False):
-            cert = certify(model, batch.x, norms=norms_t, batch_size=chunk, threat_model=tm, **extra)
-            sink.write(_result_columns(cert, int(counts["n"]), norms_t, batch))
-            counts["n"] += len(cert)
-            counts["flagged"] += int((cert.sensitive if cert.binary else cert.predicted > 0).sum())
-            counts["seconds"] += cert.seconds
+        def certified(sink: _CsvSink | _ParquetSink) -> None:
+            todo = _chain(first, batches)
+            for batch in tqdm(todo, desc="certify", unit="chunk", disable=not progress, leave=False):
+                cert = certify(model, batch.x, norms=norms_t, batch_size=chunk, threat_model=tm, **extra)
+                sink.write(_result_columns(cert, tally.n, norms_t, batch))
+                tally.add(cert, batch.x, tm)
 
-    atomic_write(out, _writer(out, certified))
+        atomic_write(out, _writer(out, certified))
     units = RAW_UNITS if tm is None else tm.units()
-    return TrafficResult(int(counts["n"]), int(counts["flagged"]), float(counts["seconds"]), out, units)
+    return TrafficResult(tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside)
+
+
+def _check_output(out: Path, input_path: Path) -> None:
+    """Refuse a results file ``out`` of an unknown format, or that is the input itself (it would replace it);
+    with pyarrow missing, a Parquet one. One line each (InputError)."""
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"{out}: results are written as .csv or .parquet files; give --out one of those suffixes")
+    if input_path.exists() and (
+        out.resolve() == input_path.resolve() or (out.exists() and os.path.samefile(out, input_path))
+    ):
+        raise InputError(f"{out}: that is the input file; write the results to another file")
+    if out.suffix.lower() == ".parquet":
+        _ParquetSink(out)  # pyarrow missing: refused before any work
+
+
+@dataclass
+class _Tally:
+    """Running counts of :func:`certify_file`: inputs, flagged, seconds, and inputs outside the domain."""
+
+    n: int = 0
+    flagged: int = 0
+    seconds: float = 0.0
+    outside: int = 0
+    first_outside: int | None = None
+
+    def add(self, cert: Certificate, x: torch.Tensor, tm: ResolvedThreatModel | None) -> None:
+        """Count one certified chunk ``cert`` of inputs x (B, *shape) (under ``tm``, when given)."""
+        if tm is not None:
+            flat = x.reshape(x.shape[0], -1).double().cpu()
+            out = ((flat < tm.lower[None, :]) | (flat > tm.upper[None, :])).any(dim=1)
+            if self.first_outside is None and bool(out.any()):
+                self.first_outside = self.n + int(torch.nonzero(out)[0])
+            self.outside += int(out.sum())
+        self.n += len(cert)
+        self.flagged += int((cert.sensitive if cert.binary else cert.predicted > 0).sum())
+        self.seconds += cert.seconds
 
 
 def _writer(out: Path, fill: Callable[[_CsvSink | _ParquetSink], None]) -> Callable[[Path], None]:

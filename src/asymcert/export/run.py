@@ -38,10 +38,13 @@ def export_run(
             own, none with ``plain``), ``tm_radius_l1``/..., in its units.
 
     Raises:
-        ExportError: an unknown format, or a model the exporter refuses (e.g. randomized smoothing).
+        ExportError: an unknown format, an ONNX ``out`` without the .onnx suffix, or a model the exporter
+            refuses (e.g. randomized smoothing).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+    if fmt == "onnx" and Path(out).suffix.lower() != ".onnx":
+        raise ExportError(f"{out}: an ONNX graph is written as a .onnx file; give --out that suffix")
     has_record = (Path(run_dir) / RUN_FILE).is_file()  # a folder with only a saved model has no threat model
     tm = run_threat_model(read_run_record(run_dir), threat_model, plain) if has_record else None
     model = load(run_dir)
