@@ -170,3 +170,13 @@ def test_a_rows_radii_do_not_depend_on_the_rows_certified_with_it():
         )
         for p, r in cert.radii.items():  # (up to the order of float64 sums)
             assert math.isclose(float(alone.radii[p][0]), float(r[i]), rel_tol=1e-12), (i, p)
+
+
+def test_a_norms_radii_do_not_depend_on_the_other_norms_asked_for():
+    """The grid is anchored at the closed-form ℓ∞ radius whatever the norms, and each norm searches to its own cap,
+    so `certify --norms 1` gives the ℓ1 radii of `--norms 1,2,inf` (it once started the grid from the smallest
+    radius asked for: ℓ1 alone got a coarser grid and smaller radii)."""
+    model, x, tm, cert = _certified()
+    for p, r in cert.radii.items():
+        alone = asymcert.certify(model, x, norms=(p,), threat_model=tm, reach=True, precision="float64")
+        assert torch.allclose(alone.radii[p], r, rtol=1e-12, atol=0), p

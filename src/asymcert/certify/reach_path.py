@@ -363,40 +363,51 @@ def _blocks(rows: torch.Tensor, per_row: int) -> list[torch.Tensor]:
     return list(torch.split(rows, size)) if rows.numel() else []
 
 
-def path_radii(problem: ReachProblem, radii: dict[float, torch.Tensor]) -> dict[float, torch.Tensor]:
+def path_radii(
+    problem: ReachProblem, radii: dict[float, torch.Tensor], anchor: torch.Tensor
+) -> dict[float, torch.Tensor]:
     """ℓp radii (N,) float64 ≥ the given ones (already certified) from the path bound, for each p of ``radii``
     in PATH_NORMS: the curves on one grid per input (module docstring), then bisection (ℓ∞) or the dual's
-    search (ℓ1, ℓ2). Only inputs whose given radii are all positive and finite are searched; the others keep
-    theirs. Empty when φ is not coordinate-wise, declares no weight bounds, or has affine steps only
-    (:func:`~asymcert.nn.feature_maps.reach_matters`)."""
+    search (ℓ1, ℓ2). The grid starts GRID_BELOW octaves below ``anchor`` (N,), the closed-form ℓ∞ radius (the
+    smallest closed-form radius of any norm), whichever norms are asked for, and each norm searches up to its own
+    cap (:func:`_norm_cap`), so a norm's radii do not depend on the others asked for. Inputs whose given radius
+    or anchor is 0 or ∞ keep theirs. Empty when φ is not coordinate-wise, declares no weight bounds, or has affine
+    steps only (:func:`~asymcert.nn.feature_maps.reach_matters`)."""
     norms = [p for p in radii if p in PATH_NORMS]
     phi, margin = problem.phi, problem.margin
     if not norms or not reach_matters(phi) or coordinate_slopes(phi, problem.x_flat.shape[1]) is None:
         return {}
     out = {p: radii[p].double().clone().to(margin.device) for p in norms}
-    starts = torch.stack([out[p] for p in norms])
-    active = ((starts > 0) & torch.isfinite(starts)).all(dim=0) & (margin > 0)
-    rows = torch.nonzero(active).flatten()
-    if rows.numel() == 0:
-        return out
-    low, high = starts[:, rows].amin(dim=0) / 2.0**GRID_BELOW, starts[:, rows].amax(dim=0) * 2.0**GRID_ABOVE
-    for _ in range(GRID_EXTENSIONS + 1):  # inputs certified up to their grid's end get a longer grid
-        capped = _grid_round(problem, out, rows, grid_cuts(low, high))
-        if capped is None:
-            return {}
-        rows, low, high = rows[capped], low[capped], high[capped] * 2.0 ** (2 * GRID_ABOVE)
+    starts, anchor = torch.stack([out[p] for p in norms]), anchor.double().to(margin.device)
+    usable = (margin > 0) & (anchor > 0) & torch.isfinite(anchor)
+    searching = (starts > 0) & torch.isfinite(starts) & usable[None, :]  # (P, N)
+    rows = torch.nonzero(searching.any(dim=0)).flatten()
+    searching = searching[:, rows]
+    low = anchor[rows] / 2.0**GRID_BELOW
+    high = torch.maximum(torch.where(searching, starts[:, rows], 0.0).amax(dim=0), anchor[rows]) * 2.0**GRID_ABOVE
+    for _ in range(GRID_EXTENSIONS + 1):  # a norm certified up to its search's end gets a longer grid
         if rows.numel() == 0:
             break
+        capped = _grid_round(problem, out, rows, searching, grid_cuts(low, high))
+        if capped is None:
+            return {}
+        keep = capped.any(dim=0)
+        rows, low, high, searching = rows[keep], low[keep], high[keep] * 2.0 ** (2 * GRID_ABOVE), capped[:, keep]
     return out
 
 
 def _grid_round(
-    problem: ReachProblem, out: dict[float, torch.Tensor], rows: torch.Tensor, cuts: torch.Tensor
+    problem: ReachProblem,
+    out: dict[float, torch.Tensor],
+    rows: torch.Tensor,
+    searching: torch.Tensor,
+    cuts: torch.Tensor,
 ) -> torch.Tensor | None:
     """Raise ``out`` (norm → (N,) radii, in place) at ``rows`` (R,) by the path bound on ``cuts`` (R, M + 1), block by
-    block; returns (R,) bool: some radius reached its grid's end (a longer grid may certify more), or None when
+    block, for the norms (``out``'s order) and rows that ``searching`` (P, R) marks; returns (P, R) bool: that
+    norm's radius reached its search's end there (a longer grid may certify more), or None when
     :func:`path_curves` is None."""
-    capped = torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
+    capped = torch.zeros_like(searching)
     pieces = (cuts[:, 1:] > cuts[:, :-1]).sum(dim=1)  # before the zero-length padding, which changes nothing
     order = torch.argsort(pieces, stable=True)  # so that inputs with as many pieces share a block
     for at in _blocks(order, 2 * cuts.shape[1] * problem.grads[0].shape[1]):
@@ -404,11 +415,11 @@ def _grid_round(
         curves = path_curves(block, cuts[at, :width])
         if curves is None:
             return None
-        for p, radii in out.items():
-            start = radii[rows[at]]
+        for k, (p, radii) in enumerate(out.items()):
+            start, mine = radii[rows[at]], searching[k, at].to(radii.device)
             found, ended = _path_radius(curves, block.budget, start, p)
-            radii[rows[at]] = torch.maximum(start, found.to(radii.device))
-            capped[at] |= ended
+            radii[rows[at]] = torch.where(mine, torch.maximum(start, found.to(radii.device)), start)
+            capped[k, at] = ended.to(capped.device) & searching[k, at]
     return capped
 
 

@@ -468,18 +468,22 @@ def feature_convex_threat(
     if costs is not None:
         radii = {p: torch.maximum(safe_radius(margin, dual_norm(costs, p), slack), radii[p]) for p in norms}
         radii = _pair_point_radii(problem, radii)
-        if check_reach(reach):
-            radii = _reach_radii_all(problem, radii)
+        if check_reach(reach):  # the path's grid is anchored at the closed-form ℓ∞ radius, whatever the norms
+            anchor = safe_radius(margin, dual_norm(costs, math.inf), slack)
+            radii = _reach_radii_all(problem, radii, anchor)
     return flag_certificate(flagged, radii, own_score, threat_model.units())
 
 
-def _reach_radii_all(problem: ReachProblem, radii: dict[float, torch.Tensor]) -> dict[float, torch.Tensor]:
+def _reach_radii_all(
+    problem: ReachProblem, radii: dict[float, torch.Tensor], anchor: torch.Tensor
+) -> dict[float, torch.Tensor]:
     """``radii`` (norm → (N,) certified) raised by the reach-aware bounds: for a coordinate-wise φ along each
     coordinate's path (:func:`~asymcert.certify.reach_path.path_radii`), ℓ1 from the one-box search's radius
     (either may be the larger: the path's pieces can reach past r), ℓ2 and ℓ∞ from the closed form's; else
-    (pair-min, group-min) φ's slopes only where a move of that size can take each coordinate (:func:`reach_radii`)."""
+    (pair-min, group-min) φ's slopes only where a move of that size can take each coordinate (:func:`reach_radii`).
+    ``anchor`` (N,): the closed-form ℓ∞ radius, where the path's grid is anchored."""
     start = {p: reach_radii(problem, p, r) if p in ONE_BOX_FIRST else r for p, r in radii.items()}
-    path = path_radii(problem, start)
+    path = path_radii(problem, start, anchor)
     return {p: path[p] if p in path else reach_radii(problem, p, r) for p, r in start.items()}
 
 
