@@ -412,7 +412,7 @@ def train(
     "--reach",
     is_flag=True,
     help="Feature-convex models under a threat model: use φ's slopes only where a move of each size can "
-    "reach (larger radii, mostly ℓ2/ℓ∞; tens of times the certification time).",
+    "reach (larger radii, most in ℓ2/ℓ∞; tens of times the certification time).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars (drawn only on a terminal in any case).")
 def certify_cmd(

@@ -90,7 +90,7 @@ class ThreatModel:
     def problems(self) -> list[str]:
         """Every problem that does not need the feature names (types, scales, norms), one line each."""
         numeric = {k: v for k, v in self.scale.items() if v != DATA_SCALE}
-        problems = _number_problems("scale", numeric, positive=True)
+        problems = [f'{bad} (or "{DATA_SCALE}")' for bad in _number_problems("scale", numeric, positive=True)]
         problems += _number_problems("lower", self.lower, positive=False)
         problems += _number_problems("upper", self.upper, positive=False)
         for key in ("immutable", "increase_only", "decrease_only"):
@@ -238,6 +238,12 @@ class _Resolver:
         numeric = isinstance(key, int) or (isinstance(key, str) and key.isdigit())
         if numeric and 0 <= int(key) < self.n:
             return int(key)
+        if self.names is None and not numeric:  # a name, and no names to look it up in
+            self.problems.append(
+                f"{where}: feature {key!r} is named, but no feature names were given (resolve the threat model with "
+                "the inputs' column names, tm.resolve(names, d), or name features by index)"
+            )
+            return None
         known = f"; features: {', '.join(self.names[:8])}{', …' if len(self.names) > 8 else ''}" if self.names else ""
         self.problems.append(f"{where}: unknown feature {key!r} (there are {self.n}{known})")
         return None
