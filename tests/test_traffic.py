@@ -350,3 +350,28 @@ def test_inputs_outside_the_threat_models_domain_are_counted_and_warned_about(cs
     res = CliRunner().invoke(main, [*args, "--threat-model", str(tm_path), "--quiet"])
     assert res.exit_code == EXIT_OK and "warning: 3 input(s) lie outside the threat model's domain" in res.output
     assert "the first: index 3" in res.output
+
+
+def test_certifying_traffic_with_a_run_still_being_written_warns(csv_run, tmp_path):
+    x, _ = _rows(4, 8)
+    _write_csv(tmp_path / "new.csv", x)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RUN, str(csv_run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["certify", str(csv_run), "--input", str(tmp_path / "new.csv"), "--out", str(tmp_path / "r.csv")]
+        res = CliRunner().invoke(main, [*args, "--quiet"])
+        assert res.exit_code == EXIT_OK
+        assert "is being written by another asymcert process (still training?)" in res.output
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert not certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.csv", progress=False).run_busy
+
+
+HOLD_RUN = """
+import sys, time
+from asymcert.runfolder import exclusive
+with exclusive(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""

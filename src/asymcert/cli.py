@@ -30,7 +30,7 @@ from asymcert.research.sweep_pairs import pairs_cli_main
 from asymcert.research.sweep_reg import reg_cli_main
 from asymcert.runfolder import exclusive, read_run_record, run_threat_model
 from asymcert.threat import ThreatModel, load_threat_model
-from asymcert.traffic import certify_file
+from asymcert.traffic import TrafficResult, certify_file
 from asymcert.train.loop import resolve_device
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_REFUSED, EXIT_BUSY, EXIT_IO, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -441,16 +441,7 @@ def certify_cmd(
         done = certify_file(
             run_dir, input_file, out_file, norms_t, device, batch_size, _bars(quiet), tm, no_threat_model, options
         )
-        click.echo(
-            f"certified {done.n_inputs} inputs ({done.n_flagged} flagged) in {done.seconds:.3f}s; "
-            f"radii in {done.units}; results in {done.out}"
-        )
-        if done.n_outside:
-            click.echo(
-                f"warning: {done.n_outside} input(s) lie outside the threat model's domain [lower, upper] (the first: "
-                f"index {done.first_outside}); corrupt values? Their radii count the moves it allows from there.",
-                err=True,
-            )
+        _echo_traffic(done, run_dir)
         return
     settings = CertifySettings(norms_t, limit, batch_size, options=options, threat_model=tm, plain=no_threat_model)
     cert = certify_run(run_dir, device=device, data_dir=data_dir, progress=_bars(quiet), settings=settings)
@@ -460,6 +451,27 @@ def certify_cmd(
     )
     # results.json and report.md describe certificates.safetensors: rewrite them with it, never leave them stale
     _echo_summary(write_report(run_dir, log=lambda msg: None), run_dir)
+
+
+def _echo_traffic(done: TrafficResult, run_dir: str) -> None:
+    """What ``certify --input`` did, and its warnings on stderr (a run still being written, inputs outside the
+    threat model's domain)."""
+    click.echo(
+        f"certified {done.n_inputs} inputs ({done.n_flagged} flagged) in {done.seconds:.3f}s; "
+        f"radii in {done.units}; results in {done.out}"
+    )
+    if done.run_busy:
+        click.echo(
+            f"warning: {run_dir} is being written by another asymcert process (still training?): these are "
+            "certificates of its model as saved when this command started",
+            err=True,
+        )
+    if done.n_outside:
+        click.echo(
+            f"warning: {done.n_outside} input(s) lie outside the threat model's domain [lower, upper] (the first: "
+            f"index {done.first_outside}); corrupt values? Their radii count the moves it allows from there.",
+            err=True,
+        )
 
 
 def _certify_norms(run_dir: str, norms: str | None, tm: ThreatModel | None, plain: bool) -> tuple[float, ...]:

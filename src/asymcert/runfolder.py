@@ -102,6 +102,18 @@ def exclusive(folder: str | Path, create: bool = False, collective: bool = True)
             lock.release()
 
 
+def being_written(folder: str | Path) -> bool:
+    """True when another process holds ``folder``'s writer lock (a run still training, or being certified into);
+    False when free, or when the lock cannot be taken to find out (a read-only folder)."""
+    try:
+        with exclusive(folder, collective=False):
+            return False
+    except RunFolderBusyError:
+        return True
+    except (WriteError, CheckpointError):
+        return False
+
+
 def output_lock_path(path: str | Path) -> Path:
     """Where :func:`exclusive_output` locks ``path``: ``<temp>/asymcert-<user>/<hash of its absolute path>.lock``
     (every spelling of one file, relative or absolute, gets the same lock)."""

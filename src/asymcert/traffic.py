@@ -31,7 +31,7 @@ from asymcert.checkpoint import atomic_write, load
 from asymcert.data.images import IMAGE_SUFFIXES, read_images
 from asymcert.data.user import FLOAT32_MAX, csv_number, read_npz
 from asymcert.errors import DataError, InputError, WriteError
-from asymcert.runfolder import RunRecord, exclusive_output, read_run_record, run_threat_model
+from asymcert.runfolder import RunRecord, being_written, exclusive_output, read_run_record, run_threat_model
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 from asymcert.train.loop import resolve_device
 
@@ -53,7 +53,8 @@ class Batch:
 class TrafficResult:
     """What :func:`certify_file` did: inputs certified, how many flagged, seconds spent certifying, the
     results file, the units of its radii, and how many inputs lie outside the threat model's domain
-    [lower, upper] (often corrupt values: a count below 0, a share above 1), with the index of the first."""
+    [lower, upper] (often corrupt values: a count below 0, a share above 1), with the index of the first; and
+    whether another process was writing the run folder (a run still training: its model as saved then)."""
 
     n_inputs: int
     n_flagged: int
@@ -62,6 +63,7 @@ class TrafficResult:
     units: str = RAW_UNITS
     n_outside: int = 0
     first_outside: int | None = None
+    run_busy: bool = False
 
 
 def csv_batches(path: Path, features: Sequence[str], label_column: str | None, chunk: int) -> Iterator[Batch]:
@@ -305,6 +307,7 @@ def certify_file(
     """
     run_dir, input_path, out = Path(run_dir), Path(input_path), Path(out)
     _check_output(out, input_path)
+    busy = being_written(run_dir)
     run = read_run_record(run_dir)
     tm = run_threat_model(run, threat_model, plain)
     model = load(run_dir, device=resolve_device(str(device)))
@@ -329,7 +332,7 @@ def certify_file(
 
         atomic_write(out, _writer(out, certified))
     units = RAW_UNITS if tm is None else tm.units()
-    return TrafficResult(tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside)
+    return TrafficResult(tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy)
 
 
 def _check_output(out: Path, input_path: Path) -> None:
