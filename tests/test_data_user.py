@@ -136,13 +136,16 @@ def test_bad_npz_contents(tmp_path, content, message):
 
 def test_not_an_npz(tmp_path):
     (tmp_path / "x.npz").write_bytes(b"plain text")
-    with pytest.raises(DataError, match=r"not a readable .npz"):
+    with pytest.raises(DataError, match=r"x\.npz: not an \.npz archive \(a zip of \.npy arrays\)"):
         task_from_npz(tmp_path / "x.npz", 0)
+    (tmp_path / "z.npz").write_bytes(b"PK\x03\x04 damaged")
+    with pytest.raises(DataError, match=r"not a readable .npz"):
+        task_from_npz(tmp_path / "z.npz", 0)
     np.save(tmp_path / "one.npy", np.zeros((4, 2)))  # np.load gives an array, not an archive
     with pytest.raises(DataError, match=r"a single array \(.npy\), not an .npz archive"):
         task_from_npz(tmp_path / "one.npy", 0)
     (tmp_path / "p.npz").write_bytes(pickle.dumps({"x": np.zeros(3)}))  # a pickle is never unpickled
-    with pytest.raises(DataError, match=r"not a readable .npz"):
+    with pytest.raises(DataError, match=r"not an \.npz archive"):
         task_from_npz(tmp_path / "p.npz", 0)
 
 

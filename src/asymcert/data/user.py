@@ -320,6 +320,13 @@ def read_npz(path: Path, labels_required: bool = True) -> tuple[np.ndarray, np.n
             arrays of Python objects (``allow_pickle=False``: they are never loaded).
     """
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
+    if not magic.startswith((b"PK", b"\x93NUMPY")):  # neither a zip (.npz) nor one array (.npy): a pickle, text, ...
+        raise DataError(f"{path}: not an .npz archive (a zip of .npy arrays); save with np.savez(path, x=..., y=...)")
+    try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
