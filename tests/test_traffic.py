@@ -201,6 +201,8 @@ def test_parquet_output_holds_the_same_numbers_as_the_csv(csv_run, tmp_path):
         assert table.column(col).to_pylist() == [float(r[col]) for r in rows]
     assert table.column("flagged").to_pylist() == [int(r["flagged"]) for r in rows]
     assert table.column("label").to_pylist() == [r["label"] for r in rows]
+    meta = pq.read_schema(tmp_path / "r.parquet").metadata
+    assert meta[b"asymcert.units"].decode() == done.units and meta[b"asymcert.run"].decode() == str(csv_run)
     with pytest.raises(InputError, match=r"written as \.csv or \.parquet"):
         certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.json", progress=False)
 

@@ -247,20 +247,21 @@ class _CsvSink:
 
 
 class _ParquetSink:
-    """Results as one Parquet row group per chunk (pyarrow, the ``parquet`` extra), written as they come."""
+    """Results as one Parquet row group per chunk (pyarrow, the ``parquet`` extra), written as they come; the
+    file's schema metadata holds ``metadata`` (``asymcert.units``: what the radius columns measure)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, metadata: Mapping[str, str] | None = None) -> None:
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError as exc:
             raise InputError("Parquet output needs pyarrow: pip install 'asymcert[parquet]' (or write a .csv)") from exc
-        self.pa, self.pq, self.path = pa, pq, path
+        self.pa, self.pq, self.path, self.metadata = pa, pq, path, dict(metadata or {})
         self.writer: Any = None
 
     def write(self, columns: dict[str, list]) -> None:
         try:
-            table = self.pa.table(columns)
+            table = self.pa.table(columns).replace_schema_metadata(self.metadata)
             if self.writer is None:
                 self.writer = self.pq.ParquetWriter(str(self.path), table.schema)
             self.writer.write_table(table)
@@ -330,8 +331,8 @@ def certify_file(
                 sink.write(_result_columns(cert, tally.n, norms_t, batch))
                 tally.add(cert, batch.x, tm)
 
-        atomic_write(out, _writer(out, certified))
-    units = RAW_UNITS if tm is None else tm.units()
+        units = RAW_UNITS if tm is None else tm.units()
+        atomic_write(out, _writer(out, certified, {"asymcert.units": units, "asymcert.run": str(run_dir)}))
     return TrafficResult(tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy)
 
 
@@ -371,13 +372,15 @@ class _Tally:
         self.seconds += cert.seconds
 
 
-def _writer(out: Path, fill: Callable[[_CsvSink | _ParquetSink], None]) -> Callable[[Path], None]:
+def _writer(
+    out: Path, fill: Callable[[_CsvSink | _ParquetSink], None], metadata: Mapping[str, str]
+) -> Callable[[Path], None]:
     """The :func:`~asymcert.checkpoint.atomic_write` callback that writes ``out``'s format (by its suffix)
-    into the temporary file, ``fill`` feeding the sink chunk by chunk."""
+    into the temporary file, ``fill`` feeding the sink chunk by chunk (Parquet: with ``metadata``)."""
 
     def write(tmp: Path) -> None:
         if out.suffix.lower() == ".parquet":
-            sink = _ParquetSink(tmp)
+            sink = _ParquetSink(tmp, metadata)
             try:
                 fill(sink)
             finally:
