@@ -29,7 +29,8 @@ of the curves is rounded upward, the dual's value inflated far above its float64
 
 The cuts are the points 2^(k / GRID_PER_OCTAVE) for integers k (:func:`grid_points`), the same for every
 input and precision, so the curves are computed once per input (:func:`path_radii`), from GRID_BELOW octaves
-below the smallest closed-form radius to GRID_ABOVE octaves above the largest (further where a radius reaches
+below the closed-form ℓ∞ radius (the smallest of any norm's) to GRID_ABOVE octaves above the largest radius asked
+for, each norm searching GRID_ABOVE octaves past its own (further where a radius reaches
 the end: GRID_EXTENSIONS), each input's cuts its own, and any radius is then
 tried at the cost of a few tensor operations. A check at a given radius (:func:`path_holds`, the audit's)
 cuts at every grid point below it and at the radius itself: a refinement of the search's pieces, whose
@@ -61,13 +62,14 @@ GRID_PER_OCTAVE = 4
 """Cuts per octave of each coordinate's path (:func:`grid_points`)."""
 
 GRID_BELOW = 3
-"""The grid starts this many octaves below the smallest closed-form radius of the norms it serves."""
+"""The grid starts this many octaves below the closed-form ℓ∞ radius (the smallest closed-form radius of any norm)."""
 
 GRID_ABOVE = 2
-"""... and ends this many octaves above the largest: no radius beyond its last cut is tried."""
+"""... and ends this many octaves above the largest radius asked for; each norm searches this many octaves past its
+own radius (:func:`_norm_cap`)."""
 
 GRID_EXTENSIONS = 3
-"""Inputs whose radius reaches the grid's end are searched again on a grid 2·GRID_ABOVE octaves longer, this many
+"""A norm whose radius reaches its search's end is searched again on a grid 2·GRID_ABOVE octaves longer, this many
 times at most."""
 
 GRID_MAX_PIECES = 64
