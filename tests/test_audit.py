@@ -101,10 +101,13 @@ def test_large_models_get_exact_radii_by_cutting_planes(icnn_and_inputs, monkeyp
 def test_models_without_exact_radii_are_reported_not_failed():
     model = small_feature_convex("conv", feature_map=[{"kind": "shift"}, {"kind": "concat-abs"}], seed=4)
     x = torch.rand(12, 1, 6, 6)
-    report = audit(model, x, norms=(math.inf,), steps=10, restarts=1)
+    report = audit(model, x, norms=(1, math.inf), steps=10, restarts=1)
     item = report["methods"]["feature-convex"]["norms"]["linf"]
     assert report["violations"] == 0
     assert item["exact"]["available"] is False and "affine" in item["exact"]["reason"]
+    md = audit_module._markdown(report)  # the reason is said once, below the table, for both norms
+    assert md.count(item["exact"]["reason"]) == 1 and md.count("| n/a (below) |") == 2
+    assert f"Exact radii not computed for l1, linf: {item['exact']['reason']}." in md
 
 
 def test_multiclass_model_is_attacked_on_every_certified_input():

@@ -737,8 +737,10 @@ def _markdown(report: dict[str, Any]) -> str:
             "tightness q25 / median / q75 | own/float64 max | precision violations |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
+        reasons = _exact_reasons(entry["norms"])
         lines += [_norm_row(label, item) for label, item in entry["norms"].items()]
-        lines += [""] + _bound_table(entry["norms"])
+        lines += [""] + [f"Exact radii not computed for {n}: {reason}." for reason, n in reasons.items()]
+        lines += [""] * bool(reasons) + _bound_table(entry["norms"])
     lines.append(f"Audit time: {report['seconds']:.1f} s.")
     return "\n".join(lines) + "\n"
 
@@ -748,8 +750,18 @@ def _quartile_text(t: dict[str, Any]) -> str:
     return f"{_fmt(t.get('q25'))} / {_fmt(t.get('median'))} / {_fmt(t.get('q75'))}" if t else "–"
 
 
+def _exact_reasons(norms: dict[str, Any]) -> dict[str, str]:
+    """Why exact radii are missing, reason → the norms it holds for ("n/a" rows point here: said once)."""
+    out: dict[str, list[str]] = {}
+    for label, item in norms.items():
+        if not item["exact"].get("available"):
+            out.setdefault(str(item["exact"].get("reason", "")), []).append(label)
+    return {reason: ", ".join(labels) for reason, labels in out.items()}
+
+
 def _norm_row(label: str, item: dict[str, Any]) -> str:
-    """One norm's row of the audit table: attacks, exact radii, precision."""
+    """One norm's row of the audit table: attacks, exact radii (a missing one points to its reason, said once below
+    the table), precision."""
     att, ex, pr = item["attack"], item["exact"], item["precision"]
     cert_med = item["certified"]["median"] if item["certified"] else None
     if "skipped" in att:
@@ -764,7 +776,7 @@ def _norm_row(label: str, item: dict[str, Any]) -> str:
         tight = _quartile_text(t)
         ex_v = str(ex["violations"])
     else:
-        ex_s, tight, ex_v = f"n/a ({ex.get('reason', '')})", "–", "–"
+        ex_s, tight, ex_v = "n/a (below)", "–", "–"
     return (
         f"| {label} | {_fmt(cert_med)} | {attacked} | {flips} | {ex_s} | {ex_v} | {tight} | "
         f"{_fmt(pr['max_ratio_own_over_float64'], 10)} | {pr['violations']} |"
