@@ -963,3 +963,17 @@ def test_reach_changes_nothing_for_affine_maps_and_is_skipped_there():
     reach = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=tm, reach=True)
     for p in closed.radii:
         assert torch.equal(closed.radii[p], reach.radii[p])
+
+
+@pytest.mark.parametrize("phi", [PHIS[8], PAIR_PHIS[1]], ids=["coordinate-wise", "pair-min"])
+def test_each_norm_gets_the_one_box_search_at_most_once(phi, monkeypatch):
+    """ℓ1's one-box search runs first for every φ (the path starts from it where it applies); a φ the path does
+    not take (pair-min) must not search ℓ1 a second time, and a coordinate-wise one searches no other norm."""
+    model, x = _model(phi, seed=3)
+    calls = []
+    original = threat_model_module.reach_radii
+    monkeypatch.setattr(
+        threat_model_module, "reach_radii", lambda problem, p, start: calls.append(p) or original(problem, p, start)
+    )
+    asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=TM.resolve(None, 6), reach=True)
+    assert sorted(calls) == ([1.0, 2.0, math.inf] if phi is PAIR_PHIS[1] else [1.0])

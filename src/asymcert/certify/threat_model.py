@@ -482,9 +482,10 @@ def _reach_radii_all(
     (either may be the larger: the path's pieces can reach past r), ℓ2 and ℓ∞ from the closed form's; else
     (pair-min, group-min) φ's slopes only where a move of that size can take each coordinate (:func:`reach_radii`).
     ``anchor`` (N,): the closed-form ℓ∞ radius, where the path's grid is anchored."""
-    start = {p: reach_radii(problem, p, r) if p in ONE_BOX_FIRST else r for p, r in radii.items()}
-    path = path_radii(problem, start, anchor)
-    return {p: path[p] if p in path else reach_radii(problem, p, r) for p, r in start.items()}
+    boxed = {p: reach_radii(problem, p, r) for p, r in radii.items() if p in ONE_BOX_FIRST}
+    path = path_radii(problem, {**radii, **boxed}, anchor)
+    searched = {**boxed, **path}  # each norm gets the one-box search once, whether or not the path applies
+    return {p: searched[p] if p in searched else reach_radii(problem, p, r) for p, r in radii.items()}
 
 
 def gradient_interval(
