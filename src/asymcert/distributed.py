@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import os
 import warnings
 from datetime import timedelta
@@ -32,9 +31,7 @@ def is_main() -> bool:
 def init_from_env(device: str = "auto") -> bool:
     """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1).
 
-    Backend: NCCL when training on CUDA, gloo on CPU. Returns True when a group was set up. The group is
-    destroyed when the process exits (:func:`shutdown`, at exit): left to the interpreter's teardown, gloo's
-    worker threads can abort the process ("terminate called without an active exception", exit code −6).
+    Backend: NCCL when training on CUDA, gloo on CPU. Returns True when a group was set up.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
         return False
@@ -42,14 +39,7 @@ def init_from_env(device: str = "auto") -> bool:
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
-    atexit.register(shutdown)
     return True
-
-
-def shutdown() -> None:
-    """Destroy the default process group, if any (called at exit after :func:`init_from_env`)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def local_device(device: torch.device) -> torch.device:
