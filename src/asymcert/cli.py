@@ -7,6 +7,7 @@ exit code (see :data:`EXIT_CODES` and ``asymcert --help``); a traceback means a 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -735,5 +736,20 @@ def _echo_summary(results: dict[str, Any], out: str) -> None:
     click.echo(f"report: {Path(out) / 'report.md'}")
 
 
+def entry() -> None:
+    """The ``asymcert`` command and ``python -m asymcert``: :func:`main`, after which, under ``torchrun``, a rank
+    other than 0 (it writes no files) flushes its output and leaves with ``os._exit``, keeping its exit code:
+    in the interpreter's teardown gloo's threads, still connected to rank 0, could abort it ("terminate called
+    without an active exception", exit −6), and torchrun would then kill rank 0, which may still be writing."""
+    try:
+        main()
+    except SystemExit as done:
+        if distributed.rank() == 0:
+            raise
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(done.code if isinstance(done.code, int) else (0 if done.code is None else 1))
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()
