@@ -308,6 +308,13 @@ class ResolvedThreatModel:
         down = self.can_decrease[None, :] & (flat > self.lower[None, :])
         return up.to(x.device), down.to(x.device)
 
+    def inside(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, d) bool on x's device: feature i of input x (N, *shape) lies in the domain [lower_i, upper_i]
+        (compared in float64: exact for float32 and float64 inputs). A move from inside may not leave it."""
+        flat = x.detach().reshape(x.shape[0], math.prod(x.shape[1:]))  # (an empty batch too)
+        lower, upper = (t.to(flat.device, torch.float64)[None, :] for t in (self.lower, self.upper))
+        return (flat >= lower) & (flat <= upper)
+
     def max_movable_scale(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) float64: the largest scale_i over the features input i may move (0 when none may move).
 

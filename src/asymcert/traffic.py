@@ -362,8 +362,7 @@ class _Tally:
     def add(self, cert: Certificate, x: torch.Tensor, tm: ResolvedThreatModel | None) -> None:
         """Count one certified chunk ``cert`` of inputs x (B, *shape) (under ``tm``, when given)."""
         if tm is not None:
-            flat = x.reshape(x.shape[0], -1).double().cpu()
-            out = ((flat < tm.lower[None, :]) | (flat > tm.upper[None, :])).any(dim=1)
+            out = (~tm.inside(x)).any(dim=1).cpu()
             if self.first_outside is None and bool(out.any()):
                 self.first_outside = self.n + int(torch.nonzero(out)[0])
             self.outside += int(out.sum())

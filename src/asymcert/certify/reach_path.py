@@ -140,8 +140,7 @@ def _piece_boxes(x64: torch.Tensor, tm: ResolvedThreatModel, cuts: torch.Tensor)
     """(lo, hi) (N, 2M, n) float64: the raw boxes of each piece, moves up (pieces 0..M−1) then down, rounded
     outward, cut at the domain's walls when x_i is inside it (a piece beyond a wall is empty)."""
     scale, lower, upper = (t.to(x64.device).double()[None, None, :] for t in (tm.scale, tm.lower, tm.upper))
-    x = x64[:, None, :]
-    inside = (x >= lower) & (x <= upper)
+    x, inside = x64[:, None, :], tm.inside(x64)[:, None, :]
     a, b = cuts[:, :-1, None], cuts[:, 1:, None]
     near, far = round_down(a * scale), round_up(b * scale)
     at_x = a == 0

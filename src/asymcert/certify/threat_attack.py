@@ -40,7 +40,7 @@ def move_sizes(x: torch.Tensor, x_adv: torch.Tensor, tm: ResolvedThreatModel, p:
     a64 = x_adv.detach().reshape(x.shape[0], math.prod(x.shape[1:])).double().cpu()
     delta = a64 - x64
     bad = (~tm.can_increase[None] & (delta > 0)) | (~tm.can_decrease[None] & (delta < 0))
-    inside = (x64 >= tm.lower[None]) & (x64 <= tm.upper[None])
+    inside = tm.inside(x64)
     bad |= inside & ((a64 < tm.lower[None]) | (a64 > tm.upper[None]))
     size = _row_norm(delta / tm.scale[None], p)
     return torch.where(bad.any(dim=1), torch.full_like(size, math.inf), size)

@@ -277,7 +277,7 @@ def _reach_box(x: torch.Tensor, tm: ResolvedThreatModel, radius: torch.Tensor) -
     x64 = x.detach().reshape(x.shape[0], -1).double()
     scale, lower, upper = (t.to(x64.device)[None, :] for t in (tm.scale, tm.lower, tm.upper))
     up, down = (d.to(x64.device) for d in tm.directions(x))
-    inside = (x64 >= lower) & (x64 <= upper)
+    inside = tm.inside(x64)
     reach = round_up(radius.double().to(x64.device)[:, None] * scale)
     x_up = round_up(x64 + reach)
     x_up = torch.where(up, torch.where(inside, torch.minimum(x_up, upper), x_up), x64)
