@@ -50,17 +50,25 @@ _LOCKS: dict[str, FileLock] = {}  # one lock object per folder: re-entrant withi
 # --------------------------------------------------------------------------------------------- locks
 def _acquire(folder: Path) -> FileLock:
     """Take ``folder``'s lock without waiting (re-entrant within this process and thread)."""
-    key = str(folder.resolve())
-    lock = _LOCKS.setdefault(key, FileLock(str(folder / LOCK_FILE), timeout=0))
+    lock = _LOCKS.setdefault(str(folder.resolve()), FileLock(str(folder / LOCK_FILE), timeout=0))
+    hint = f" (it holds {folder / LOCK_FILE}); wait for it to finish or use another --out folder"
+    return _take(lock, folder, hint)
+
+
+def _take(lock: FileLock, target: Path, hint: str) -> FileLock:
+    """Take ``lock``, the writer lock of ``target`` (a run folder or a results file), without waiting.
+
+    Raises:
+        RunFolderBusyError: another process holds it ("<target> is being written …" and ``hint``).
+        WriteError: the lock file cannot be created or locked.
+    """
     try:
+        Path(lock.lock_file).parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # (a run folder exists already)
         lock.acquire(timeout=0)
     except Timeout:
-        raise RunFolderBusyError(
-            f"{folder} is being written by another asymcert process (it holds "
-            f"{folder / LOCK_FILE}); wait for it to finish or use another --out folder"
-        ) from None
+        raise RunFolderBusyError(f"{target} is being written by another asymcert process{hint}") from None
     except OSError as exc:
-        raise WriteError(f"cannot lock {folder} ({folder / LOCK_FILE}: {exc.strerror or exc})") from exc
+        raise WriteError(f"cannot lock {target} ({lock.lock_file}: {exc.strerror or exc})") from exc
     return lock
 
 
@@ -135,17 +143,8 @@ def exclusive_output(path: str | Path) -> Iterator[Path]:
         WriteError: the lock cannot be created.
     """
     path = Path(path)
-    lock_path = output_lock_path(path)
-    try:
-        lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        lock = FileLock(str(lock_path), timeout=0)
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise RunFolderBusyError(
-            f"{path} is being written by another asymcert process; wait for it to finish or write another file"
-        ) from None
-    except OSError as exc:
-        raise WriteError(f"cannot lock {path} ({lock_path}: {exc.strerror or exc})") from exc
+    hint = "; wait for it to finish or write another file"
+    lock = _take(FileLock(str(output_lock_path(path)), timeout=0), path, hint)
     try:
         for stale in stale_temp_files(path.parent, target=path.name):
             stale.unlink(missing_ok=True)
