@@ -159,7 +159,7 @@ def path_curves(problem: ReachProblem, cuts: torch.Tensor) -> PathCurves | None:
             are not read). cuts: (N, M + 1) float64 cuts in the threat model's units, cuts[:, 0] = 0, nondecreasing.
     """
     phi, grads, x, tm = problem.phi, problem.grads, problem.x, problem.tm
-    x64 = x.detach().reshape(x.shape[0], -1).double()
+    x64 = problem.x_flat.detach().double()
     n_rows, n = x64.shape
     if coordinate_slopes(phi, n) is None:
         return None
@@ -418,6 +418,8 @@ def _grid_round(
             return None
         for k, (p, radii) in enumerate(out.items()):
             start, mine = radii[rows[at]], searching[k, at].to(radii.device)
+            if not bool(mine.any()):  # (a longer grid for another norm only)
+                continue
             found, ended = _path_radius(curves, block.budget, start, p)
             radii[rows[at]] = torch.where(mine, torch.maximum(start, found.to(radii.device)), start)
             capped[k, at] = ended.to(capped.device) & searching[k, at]
