@@ -33,7 +33,7 @@ TM = {
 
 def _write(path, n, seed, labels=True):
     g = np.random.default_rng(seed)
-    x = np.abs(g.normal(size=(n, 4))) * np.array([1.0, 3.0, 20.0, 5.0])
+    x = (np.abs(g.normal(size=(n, 4))) * np.array([1.0, 3.0, 20.0, 5.0])).astype(np.float32).astype(np.float64)
     y = np.where(x[:, 0] - 0.2 * x[:, 1] + 0.02 * x[:, 2] > 0.3, "spam", "ham")
     with path.open("w", newline="") as f:
         w = csv.writer(f)

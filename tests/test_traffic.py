@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,11 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import asymcert
+from asymcert.checkpoint import MODEL_FILE, read_config, save
 from asymcert.cli import EXIT_BUSY, EXIT_OK, EXIT_REFUSED, main
 from asymcert.data.images import read_images
 from asymcert.errors import DataError, InputError, RunFolderBusyError
 from asymcert.pipeline import read_run, train_run
-from asymcert.threat import load_threat_model
+from asymcert.threat import ThreatModel, load_threat_model
 from asymcert.traffic import certify_file, csv_batches
 from tests.conftest import examples
 
@@ -65,6 +68,7 @@ def _read(path):
 def test_rows_match_asymcert_certify_on_the_same_inputs(csv_run, tmp_path):
     assert read_run(csv_run)["feature_names"] == FEATURES
     x, y = _rows(50, 1)
+    x = x.astype(np.float32).astype(np.float64)  # float32 numbers: read exactly (others lower the radii a little)
     _write_csv(tmp_path / "new.csv", x, y, order=["f3", "f1", "f0", "f2"])  # other order, an extra column
     done = certify_file(csv_run, tmp_path / "new.csv", tmp_path / "out.csv", chunk=7, progress=False)
     rows = _read(tmp_path / "out.csv")
@@ -377,3 +381,65 @@ with exclusive(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)
 """
+
+
+@pytest.fixture(scope="module")
+def affine_run(csv_run, tmp_path_factory):
+    """csv_run with g's hidden weights zeroed: s(x) = w · standardize(x) + b is affine, so under a threat model
+    (per-feature slopes) the closed-form radius is the exact distance to the boundary."""
+    root = tmp_path_factory.mktemp("affine") / "run"
+    shutil.copytree(csv_run, root)
+    model = asymcert.load(root)
+    with torch.no_grad():
+        for layer in model.convex.hidden:
+            layer.weight.zero_()
+    save(model, root / MODEL_FILE, read_config(root / MODEL_FILE)[1])
+    return root
+
+
+def _exact_distances(model, x64: np.ndarray) -> dict[float, np.ndarray]:
+    """The exact ℓ1/ℓ2/ℓ∞ distances (float64) from rows x64 to the affine model's boundary s = 0."""
+    m64 = copy.deepcopy(model).double().eval()
+    x = torch.tensor(x64, dtype=torch.float64, requires_grad=True)
+    s = m64.score_from_features(m64.features(x))
+    (grad,) = torch.autograd.grad(s.sum(), x)
+    s, grad = s.detach().numpy(), grad.numpy()
+    return {p: s / np.linalg.norm(grad, ord=q, axis=1) for p, q in ((1.0, np.inf), (2.0, 2), (math.inf, 1))}, grad
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npz"])
+def test_radii_hold_around_the_files_own_values_not_their_float32_rounding(affine_run, tmp_path, suffix):
+    model = asymcert.load(affine_run)
+    x, _ = _rows(60, 9)
+    x32 = x.astype(np.float32)
+    _, grad = _exact_distances(model, x32.astype(np.float64))
+    # each value a quarter ulp below its float32 number against the gradient: read as the same float32
+    # input, but closer to the boundary than the certified point
+    x_file = x32.astype(np.float64) - 0.25 * np.spacing(np.abs(x32)).astype(np.float64) * np.sign(grad)
+    assert (x_file.astype(np.float32) == x32).all() and (x_file != x32).all()
+    if suffix == ".csv":
+        _write_csv(tmp_path / "new.csv", x_file)
+    else:
+        np.savez(tmp_path / "new.npz", x=x_file)
+    tm = ThreatModel.from_dict({"lower": {"*": -1e9}})  # constrains nothing here, but per-feature slopes
+    options = {"guard": False}  # the exact real-valued function: radii equal the distances up to 1e-14
+    certify_file(
+        affine_run, tmp_path / f"new{suffix}", tmp_path / "r.csv", threat_model=tm, options=options, progress=False
+    )
+    rows = _read(tmp_path / "r.csv")
+    exact, _ = _exact_distances(model, x_file)
+    flagged = np.array([int(r["flagged"]) for r in rows]) == 1
+    assert 10 <= flagged.sum() < 60 and (exact[2.0][flagged] > 0).all()
+    for p, col in ((1.0, "radius_l1"), (2.0, "radius_l2"), (math.inf, "radius_linf")):
+        got = np.array([float(r[col]) for r in rows])[flagged]
+        want = exact[p][flagged]
+        assert (got <= want * (1 - 1e-13)).all(), (p, np.max(got / want))  # the old radii: above by about 1e-8
+        moved = np.linalg.norm(x_file - x32, ord=p, axis=1)[flagged]
+        assert (got >= want - moved * (1 + 1e-9)).all(), (p, np.min(got / want))  # lowered by the rounding only
+    # float32 values in the file: nothing to lower, the radii of the float32 inputs themselves
+    np.savez(tmp_path / "f32.npz", x=x32)
+    certify_file(
+        affine_run, tmp_path / "f32.npz", tmp_path / "r32.csv", threat_model=tm, options=options, progress=False
+    )
+    cert = asymcert.certify(model, torch.from_numpy(x32), threat_model=tm.resolve(FEATURES, 4), guard=False)
+    assert [float(r["radius_l2"]) for r in _read(tmp_path / "r32.csv")] == cert.radius(2.0).tolist()
