@@ -241,7 +241,7 @@ def test_a_bad_cell_inside_a_large_chunk_is_named_exactly(csv_run, tmp_path, cel
     spaces=st.booleans(),
 )
 def test_chunk_parsing_equals_cell_by_cell_parsing(values, spaces):
-    """The one-call NumPy parse gives the float32 values float(cell) gives, cell by cell, for any text
+    """The one-call NumPy parse gives the float64 values float(cell) gives, cell by cell, for any text
     Python writes for a float (repr, %g, with spaces around)."""
     pad = " " if spaces else ""
     text = "f0,f1,f2,f3\n" + "".join(
@@ -252,7 +252,7 @@ def test_chunk_parsing_equals_cell_by_cell_parsing(values, spaces):
         path.write_text(text)
         (batch,) = list(csv_batches(path, ["f0", "f1", "f2", "f3"], None, 4096))
     expected = [[float(c.strip()) for c in line.split(",")] for line in text.splitlines()[1:]]
-    assert torch.equal(batch.x, torch.tensor(expected, dtype=torch.float32))
+    assert torch.equal(batch.x, torch.tensor(expected, dtype=torch.float64))
 
 
 def test_the_input_file_is_never_the_output(csv_run, tmp_path):
@@ -443,3 +443,26 @@ def test_radii_hold_around_the_files_own_values_not_their_float32_rounding(affin
     )
     cert = asymcert.certify(model, torch.from_numpy(x32), threat_model=tm.resolve(FEATURES, 4), guard=False)
     assert [float(r["radius_l2"]) for r in _read(tmp_path / "r32.csv")] == cert.radius(2.0).tolist()
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (np.array([[1, 2, 3, 2**60 + 1]], dtype=np.int64), "integers beyond 2\\*\\*53"),
+        (np.array([["1", "2", "3", "4"]]), "x must hold numbers, found dtype <U1"),
+        (np.array([[1.0, 2.0, 3.0, 1e39]]), "beyond the range of the model's torch.float32"),
+    ],
+)
+def test_npz_values_that_cannot_be_read_exactly_are_refused(csv_run, tmp_path, x, message):
+    np.savez(tmp_path / "new.npz", x=x)
+    with pytest.raises((DataError, InputError), match=message):
+        certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", progress=False)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_npz_integers_are_certified_as_the_same_floats(csv_run, tmp_path):
+    x = np.array([[1, -2, 3, 40], [0, 5, -6, 7]], dtype=np.int64)
+    np.savez(tmp_path / "new.npz", x=x)
+    certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", progress=False)
+    cert = asymcert.certify(asymcert.load(csv_run), torch.tensor(x, dtype=torch.float32))
+    assert [float(r["radius_l2"]) for r in _read(tmp_path / "out.csv")] == cert.radius(2.0).tolist()

@@ -7,14 +7,14 @@ when the input has the run's label column (image folders: ``file``, the image's 
 ``label``, its subfolder). A CSV is read by the run's own feature columns, by
 name (any order, extra columns ignored), ``CHUNK`` rows at a time, so memory stays bounded
 whatever the file's size. Nothing is written unless the whole input certifies: the output appears
-by an atomic rename. Values are certified at their float32 rounding, with radii lowered so that they
-hold around the file's own numbers (:func:`lowered_by_rounding`).
+by an atomic rename. The file's numbers go to :func:`asymcert.certify` as they are: values that are not
+float32 numbers are certified at their rounding, with radii lowered to hold around the file's own
+numbers (:mod:`asymcert.certify.input_rounding`).
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,14 +28,11 @@ from tqdm.auto import tqdm
 
 from asymcert.certify import Certificate, certify
 from asymcert.certify.api import certifier_spec, make_options
-from asymcert.certify.feature_convex import FLOAT64_SLACK
-from asymcert.certify.functional import lp_norm
 from asymcert.certify.result import RAW_UNITS, norm_label
 from asymcert.checkpoint import atomic_write, load
 from asymcert.data.images import IMAGE_SUFFIXES, read_images
 from asymcert.data.user import FLOAT32_MAX, csv_number, read_npz
 from asymcert.errors import DataError, InputError, WriteError
-from asymcert.nn.feature_maps import round_down, round_up
 from asymcert.runfolder import RunRecord, being_written, exclusive_output, read_run_record, run_threat_model
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 from asymcert.train.loop import resolve_device
@@ -46,29 +43,13 @@ CHUNK = 4096
 
 @dataclass(frozen=True)
 class Batch:
-    """One chunk of inputs: x (B, *input_shape) float32 in raw units, the labels as text (or None), for
-    image folders the files' paths relative to the folder (else None), and ``rounding``: (B, *input_shape)
-    float64 |file value − x|, what reading the file's numbers as float32 moved them (None where it moved none).
-    """
+    """One chunk of inputs: x (B, *input_shape) in raw units, the file's own numbers (float64 from a CSV,
+    the array's float dtype from an npz, float32 pixels from images), the labels as text (or None), and
+    for image folders the files' paths relative to the folder (else None)."""
 
     x: torch.Tensor
     labels: list[str] | None
     files: list[str] | None = None
-    rounding: torch.Tensor | None = None
-
-
-def as_float32(values: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``values`` (B, ...) of any real dtype as a float32 tensor, and the exact |values − that| as float64
-    (None when every value is a float32 number). Float inputs: the difference of a float and its float32
-    rounding is exact in float64 (Sterbenz); integers go through long double (exact for int64 on x86)."""
-    x32 = np.asarray(values, dtype=np.float32)
-    wide = np.longdouble if np.issubdtype(values.dtype, np.integer) else np.float64
-    diff = np.abs(np.asarray(values, dtype=wide) - x32.astype(wide))
-    if not diff.any():
-        return torch.from_numpy(x32), None
-    rounding = diff.astype(np.float64)
-    rounding = np.nextafter(rounding, np.inf, where=rounding.astype(wide) < diff, out=rounding)
-    return torch.from_numpy(x32), torch.from_numpy(rounding)
 
 
 @dataclass(frozen=True)
@@ -163,8 +144,7 @@ def _csv_batch(
             dtype=np.float64,
         )
     labels = [row[label_at].strip() for row in rows] if label_at is not None else None
-    x, rounding = as_float32(values.reshape(len(rows), len(at)))
-    return Batch(x, labels, rounding=rounding)
+    return Batch(torch.from_numpy(values.reshape(len(rows), len(at))), labels)
 
 
 def _finite(cell: str, path: Path, where: str, column: str) -> float:
@@ -190,8 +170,23 @@ def npz_batches(path: Path, chunk: int, input_shape: Sequence[int] | None = None
     labels = None if y is None else [str(v) for v in y.tolist()]
     for start in range(0, len(x), chunk):
         part = labels[start : start + chunk] if labels is not None else None
-        inputs, rounding = as_float32(np.asarray(x[start : start + chunk]))
-        yield Batch(inputs, part, rounding=rounding)
+        yield Batch(torch.from_numpy(_as_float(x[start : start + chunk], path)), part)
+
+
+def _as_float(values: np.ndarray, path: Path) -> np.ndarray:
+    """An npz chunk as floats, exactly: float arrays as they are, others (integers, booleans) as float64.
+
+    Raises:
+        DataError: integers beyond 2⁵³ (float64 would round them), or an array that is not numbers.
+    """
+    if values.dtype.kind == "f":
+        return np.ascontiguousarray(values)
+    if values.dtype.kind not in "biu":
+        raise DataError(f"{path}: x must hold numbers, found dtype {values.dtype}")
+    wide = values.astype(np.float64)
+    if values.dtype.kind != "b" and not np.array_equal(wide.astype(values.dtype), values):
+        raise DataError(f"{path}: x holds integers beyond 2**53, which float64 cannot hold exactly")
+    return wide
 
 
 def image_batches(root: Path, input_shape: Sequence[int], chunk: int) -> Iterator[Batch]:
@@ -352,38 +347,12 @@ def certify_file(
             todo = _chain(first, batches)
             for batch in tqdm(todo, desc="certify", unit="chunk", disable=not progress, leave=False):
                 cert = certify(model, batch.x, norms=norms_t, batch_size=chunk, threat_model=tm, **extra)
-                cert = lowered_by_rounding(cert, batch.rounding, tm)
                 sink.write(_result_columns(cert, tally.n, norms_t, batch))
                 tally.add(cert, batch.x, tm)
 
         units = RAW_UNITS if tm is None else tm.units()
         atomic_write(out, _writer(out, certified, {"asymcert.units": units, "asymcert.run": str(run_dir)}))
     return TrafficResult(tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy)
-
-
-def lowered_by_rounding(
-    cert: Certificate, rounding: torch.Tensor | None, tm: ResolvedThreatModel | None
-) -> Certificate:
-    """``cert``, certified at the float32 inputs x, with radii that hold around the file's own values x + e.
-
-    Any move from the file's values, read as float32 like the model reads it, is a move from x of the same
-    directions (rounding is monotone: a feature left alone stays x_i, a one-sided move keeps its sign) and of
-    size at most its own plus ‖e‖ on the features a move may change (under ``tm``: those it lets move, sized
-    δ_i / scale_i). So each radius is lowered by that bound, rounded up, and the difference rounded down
-    (triangle inequality); infinite radii stay. ``rounding``: (B, *shape) float64 |e| (None: nothing to do).
-    """
-    if rounding is None:
-        return cert
-    e = rounding.reshape(rounding.shape[0], math.prod(rounding.shape[1:]))
-    if tm is not None:
-        movable = tm.can_increase | tm.can_decrease
-        e = torch.where(movable[None, :], e / tm.scale[None, :], torch.zeros_like(e))
-    radii = {}
-    for p, r in cert.radii.items():
-        allowance = round_up(lp_norm(e, p) * (1.0 + FLOAT64_SLACK)).to(r.device)
-        lowered = round_down(r.double() - allowance).clamp_min(0.0)
-        radii[p] = torch.where(torch.isinf(r) | (allowance == 0), r.double(), lowered).to(r.dtype)
-    return dataclasses.replace(cert, radii=radii)
 
 
 def _check_output(out: Path, input_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from asymcert.certify.input_rounding import lowered_by_rounding, to_model_dtype
 from asymcert.certify.inputs import check_inputs
 from asymcert.certify.result import Certificate, Guarantee, normalize_norm
 from asymcert.certify.threat_model import fallback_radii, resolve_for
@@ -154,6 +155,11 @@ def _model_device(model: nn.Module, x: torch.Tensor) -> torch.device:
     return params[0].device if params else x.device
 
 
+def _model_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
+    """The dtype the model computes in (its first floating parameter's; ``x``'s when it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)
+
+
 def _empty(cert: Certificate) -> Certificate:
     """``cert`` with every per-input tensor cut to 0 rows (the shapes and types of an empty batch)."""
     return Certificate(
@@ -214,7 +220,10 @@ def certify(
         model: a model of asymcert (or any module with an attribute ``certifier`` naming a
             registered certifier and an ``input_shape``).
         x: (N, *input_shape) inputs in raw units, on the model's device or CPU. N = 0 gives an
-            empty Certificate (0 rows, the norms, method and extra fields of a non-empty one).
+            empty Certificate (0 rows, the norms, method and extra fields of a non-empty one). Any float
+            dtype: values that are not numbers of the model's dtype (float64 data for a float32 model) are
+            certified at their rounding, and the radii lowered to hold around the values given
+            (:mod:`asymcert.certify.input_rounding`).
         norms: ℓp norms to certify (p ≥ 1; ``math.inf`` or ``"inf"`` for ℓ∞).
         method: certifier name; default ``model.certifier``.
         batch_size: inputs per chunk (≥ 1); None: :data:`DEFAULT_CHUNK` (4096). A certifier with a
@@ -257,15 +266,17 @@ def certify(
     device = _model_device(model, x)
     tm = None if threat_model is None else resolve_for(threat_model, x)
     tm = None if tm is not None and tm.is_empty() else tm  # an empty threat model is today's ℓp ball, exactly
+    dtype = _model_dtype(model, x)
     parts = []
     for start in range(0, x.shape[0], step):
-        chunk = x[start : start + step].to(device)
+        chunk, rounding = to_model_dtype(x[start : start + step], dtype)
+        chunk = chunk.to(device)
         t0 = time.perf_counter()
-        cert = _run(spec, model, chunk, norms_t, tm, kwargs)
+        cert = lowered_by_rounding(_run(spec, model, chunk, norms_t, tm, kwargs), rounding, tm)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         cert.seconds = time.perf_counter() - t0
         parts.append(cert)
     if not parts:  # an empty batch: the layout of one placeholder input's result, with no rows
-        return _empty(_run(spec, model, _placeholder(x, value_range).to(device), norms_t, tm, kwargs))
+        return _empty(_run(spec, model, _placeholder(x, value_range).to(device, dtype), norms_t, tm, kwargs))
     return parts[0] if len(parts) == 1 else Certificate.cat(parts)
