@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -231,6 +232,38 @@ def test_threat_model_certificate_is_infinite_for_monotone_moves(phi):
         assert bool(torch.isfinite(radius[flagged]).all())
     adv = threat_attack(plain, x[flagged], torch.full((int(flagged.sum()),), 1e3), 2.0, tm, steps=40, generator=gen)
     assert int((plain(adv) <= 0).sum()) > 0  # and the flags of the plain model can be removed that way
+
+
+@pytest.mark.parametrize("reach", [False, True])
+def test_a_monotone_features_weight_of_exactly_zero_stays_harmless(reach, tmp_path):
+    """The projection clamps a monotone feature the data finds harmless (more verified contacts: less fraud) to
+    weight 0; a gradient interval of ± the rounding allowance would make that 0 possibly harmful and every
+    radius finite. g's sign constraints fix ∂g/∂f ≥ 0 exactly there, so the radii stay infinite (library
+    and ONNX graph alike)."""
+    tm = ThreatModel(increase_only=INC, decrease_only=DEC, immutable=OTHERS).resolve(None, D)
+    x = _inputs(7)
+    model = _model({"increasing": INC, "decreasing": DEC}, phi=[*LOG_STD, {"kind": "hinges", "knots": 3}], seed=3)
+    with torch.no_grad():
+        for cols in _zero_columns(model, [INC[0], DEC[0]]):
+            cols.zero_()
+    cert = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=tm, reach=reach)
+    flagged = cert.predicted.bool()
+    assert int(flagged.sum()) > 50
+    for radius in cert.radii.values():
+        assert bool(torch.isinf(radius[flagged]).all())
+    export = pytest.importorskip("asymcert.export")
+    ort = pytest.importorskip("onnxruntime")
+    export.to_onnx(model, tmp_path / "m.onnx", threat_model=tm)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x.numpy()}), strict=True))
+    for name in ("tm_radius_l1", "tm_radius_l2", "tm_radius_linf"):
+        assert bool(np.isinf(out[name][flagged.numpy()]).all()), name
+
+
+def _zero_columns(model, coords):
+    """Views of every pass-through weight column reading a feature of input coordinates ``coords``."""
+    per_input = model.convex.passthrough[0].in_features // D
+    return [lin.weight[:, k * D + i] for lin in model.convex.passthrough for k in range(per_input) for i in coords]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -412,7 +412,8 @@ def reach_problem(
     (:func:`~asymcert.certify.feature_convex.flag_margins`) as the reach bounds read it, with what the certificate
     needs besides: (problem, the evaluation, flagged (N,) bool, the score the flag is taken from (N,))."""
     ref, flagged, margin, own_score, used_slack = flag_margins(model, x, precision, slack, guard, validate)
-    grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], used_slack)
+    signs = gradient_signs(model) if validate else None  # the signs hold only for a model that validated
+    grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], used_slack, signs)
     return ReachProblem(model.feature_map, grads, x, threat_model, margin, used_slack), ref, flagged, own_score
 
 
@@ -489,20 +490,38 @@ def _reach_radii_all(
 
 
 def gradient_interval(
-    grad: torch.Tensor, grad_error: torch.Tensor | None, n: int, slack: float
+    grad: torch.Tensor, grad_error: torch.Tensor | None, n: int, slack: float, signs: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi) (N, K·n) float64: ∇g ∓ its error bound, rounded outward (the exact gradient's range).
 
     Without a rigorous ``grad_error`` (the "float64" and "model" precisions) every component gets
     ± slack·max_k |∇g_k| (the precision's relative allowance, of the largest component), so that sums
     of components that cancel (hinge prefix sums, one-sided harms) are covered too, not only the norm.
+    ``signs`` (K·n,) in {−1, 0, +1}: components whose exact sign g's weights fix (:func:`gradient_signs`);
+    the interval is cut at 0 there, so a monotone feature's weight of exactly 0 stays harmless.
     """
     g = grad.double().reshape(n, -1)
     if grad_error is None:
         err = round_up(slack * g.abs().amax(dim=1, keepdim=True)).expand_as(g)
     else:
         err = grad_error.double().reshape_as(g)
-    return round_down(g - err), round_up(g + err)
+    lo, hi = round_down(g - err), round_up(g + err)
+    if signs is None:
+        return lo, hi
+    sign = signs.to(g.device, torch.float64)[None, :]
+    return torch.where(sign > 0, lo.clamp_min(0.0), lo), torch.where(sign < 0, hi.clamp_max(0.0), hi)
+
+
+def gradient_signs(model: FeatureConvexClassifier) -> torch.Tensor | None:
+    """(K·n,) the sign of each component of ∇g that g's weights fix, or None (no monotone feature).
+
+    A monotone feature's pass-through columns keep their sign in every layer of g (:meth:`ICNN.constrain_columns`),
+    the hidden weights are nonnegative and ReLU's slope is in [0, 1], so every path from feature j to the
+    score has that sign: ∂g/∂f_j ≥ 0 (or ≤ 0) exactly, whatever the float evaluation gave. Only sound for a
+    model whose weights keep their constraints, which :meth:`~FeatureConvexClassifier.validate` checks;
+    callers that skip validation pass None.
+    """
+    return model.feature_signs() if model.monotone else None
 
 
 def fallback_radii(

@@ -29,7 +29,7 @@ from torch import nn
 from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, constant_magnitude
 from asymcert.certify.functional import DEFAULT_SLACK
 from asymcert.certify.orthogonal import U64, orthogonal_layers, score_error_bound
-from asymcert.certify.threat_model import allowed_costs, gradient_interval, harm_bounds
+from asymcert.certify.threat_model import allowed_costs, gradient_interval, gradient_signs, harm_bounds
 from asymcert.errors import ModelError
 from asymcert.models.baselines import OrthogonalNet
 from asymcert.models.feature_convex import FeatureConvexClassifier
@@ -233,7 +233,7 @@ class FeatureConvexGraph(nn.Module):
         else:
             with torch.no_grad():  # the number of features φ makes of one input
                 width = model.features(torch.zeros((1, *model.input_shape), dtype=torch.float64)).numel()
-            self.threat = ThreatTerms(model.feature_map, threat_model, width)
+            self.threat = ThreatTerms(model.feature_map, threat_model, width, gradient_signs(model))
         g = model.convex
         self.passes = nn.ModuleList(_convex_pass(m) for m in (g.members if isinstance(g, ConvexMean) else [g]))
         self.balance = float(model.balance)
@@ -283,6 +283,8 @@ class ThreatTerms(nn.Module):
     float64 constants, so the graph's costs are the library's. ``coordinate_wise`` False: φ declares
     neither weight bounds nor slopes, and the graph uses the generic fallback (raw radius / the largest
     movable scale). ``width``: the number of features φ makes of one input (default: one per input).
+    ``signs`` (width,): the signs of ∇g's components that g's weights fix (monotone features,
+    :func:`~asymcert.certify.threat_model.gradient_signs`), kept as the library keeps them.
     """
 
     scale: torch.Tensor  # float64 buffers: (n,) scale, domain and allowed directions
@@ -290,10 +292,14 @@ class ThreatTerms(nn.Module):
     upper: torch.Tensor
     can_increase: torch.Tensor
     can_decrease: torch.Tensor
+    signs: torch.Tensor | None
 
-    def __init__(self, phi: nn.Module, tm: ResolvedThreatModel, width: int | None = None) -> None:
+    def __init__(
+        self, phi: nn.Module, tm: ResolvedThreatModel, width: int | None = None, signs: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         self.phi = phi
+        self.register_buffer("signs", None if signs is None else signs.double().clone())
         zero = torch.zeros((1, tm.n_features if width is None else width), dtype=torch.float64)
         self.coordinate_wise = harm_bounds(phi, zero, zero, tm.n_features) is not None  # as the library decides
         self.register_buffer("scale", tm.scale.double().clone())
@@ -314,7 +320,7 @@ class ThreatTerms(nn.Module):
         The float32 ∇g gets ± GRAPH_SLACK·max_k |∇g_k| per component, as the library's precisions
         without a rigorous gradient error do (:func:`~asymcert.certify.threat_model.gradient_interval`),
         so sums that cancel are covered too."""
-        grad_lo, grad_hi = gradient_interval(grad, None, grad.shape[0], GRAPH_SLACK)
+        grad_lo, grad_hi = gradient_interval(grad, None, grad.shape[0], GRAPH_SLACK, self.signs)
         harms = harm_bounds(self.phi, grad_lo, grad_hi, self.scale.shape[0])
         if harms is None:  # not reached: coordinate_wise was checked when the graph was built
             raise ModelError("the feature map declares no weight bounds or slopes; the graph uses the fallback")
