@@ -258,6 +258,48 @@ def test_an_option_the_certifier_does_not_take_is_refused_before_any_output(tm_r
     assert not (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.parametrize("command", ["certify", "certify-input", "audit"])
+def test_reach_without_a_threat_model_to_reach_under_is_refused(tm_run, tmp_path, command):
+    """--reach changes nothing without a threat model, so asking for it there is a mistake: one line, exit 2."""
+    copy = tmp_path / "run"
+    shutil.copytree(tm_run, copy)
+    _write(tmp_path / "new.csv", 5, 8, labels=False)
+    args = {
+        "certify": ["certify", str(copy)],
+        "certify-input": ["certify", str(copy), "--input", str(tmp_path / "new.csv"), "--out", str(tmp_path / "r.csv")],
+        "audit": ["audit", str(copy), "--limit", "5"],
+    }[command]
+    before = sorted(p.name for p in copy.iterdir())
+    res = CliRunner().invoke(main, [*args, "--reach", "--no-threat-model"])
+    assert res.exit_code == EXIT_REFUSED and "--reach enlarges radii under a threat model" in res.output, res.output
+    assert sorted(p.name for p in copy.iterdir()) == before and not (tmp_path / "r.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "fmt, extra, message",
+    [
+        ("vnnlib", ["--norms", "2"], "--norms does not apply to --format vnnlib"),
+        ("vnnlib", ["--no-certificates"], "--no-certificates does not apply to --format vnnlib"),
+        ("onnx", ["--limit", "5"], "--limit does not apply to --format onnx"),
+        ("onnx", ["--limit", "5", "--timeout", "9"], "--limit and --timeout do not apply to --format onnx"),
+    ],
+)
+def test_export_options_of_the_other_format_are_refused(tm_run, tmp_path, fmt, extra, message):
+    out = tmp_path / ("m.onnx" if fmt == "onnx" else "bench")
+    res = CliRunner().invoke(main, ["export", str(tm_run), "--format", fmt, "--out", str(out), *extra])
+    assert res.exit_code == EXIT_REFUSED and message in res.output, res.output
+    assert not out.exists()
+
+
+def test_vnnlib_export_uses_the_runs_threat_model_boxes(tm_run, tmp_path):
+    pytest.importorskip("onnx")
+    res = CliRunner().invoke(main, ["export", str(tm_run), "--format", "vnnlib", "--out", str(tmp_path / "b")])
+    assert res.exit_code == EXIT_OK and "the threat model's ℓ∞ boxes" in res.output, res.output
+    summary = json.loads((tmp_path / "b" / "radii.json").read_text())
+    assert summary["units"] == _resolved().units() and summary["threat_model"] == ThreatModel.from_dict(TM).to_dict()
+    assert summary["properties"] and all("tm_radius_linf" in p["radii"] for p in summary["properties"])
+
+
 def test_audit_of_the_reach_radii(tm_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(tm_run, copy)

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from asymcert.certify.attacks import pgd_attack
 from asymcert.cli import main
 from asymcert.export import ExportError, to_vnnlib
+from asymcert.models import build_model
+from asymcert.threat import ThreatModel
 from tests.conftest import small_feature_convex
 
 onnx = pytest.importorskip("onnx")
@@ -101,4 +103,92 @@ def test_cli_writes_a_vnncomp_folder_for_a_run(fashion_dir, tmp_path):
     assert res.exit_code == 0, res.output
     rows = list(csv.reader((out / "instances.csv").open()))
     assert 1 <= len(rows) <= 3 and all(r[0] == "model.onnx" and r[2] == "300" for r in rows)
-    assert "ℓ∞ properties" in res.output and (out / "radii.json").is_file()
+    assert "properties (raw ℓ∞ boxes" in res.output and (out / "radii.json").is_file()
+
+
+D = 6
+TM = ThreatModel(
+    immutable=[0], increase_only=[1, 2], decrease_only=[3], scale={2: 4.0, 4: 0.5}, lower={"*": 0.0}, upper={4: 0.9}
+)
+
+
+def _tm_model():
+    return small_feature_convex("icnn", input_shape=(D,), feature_map=[{"kind": "shift"}], seed=2)
+
+
+def test_threat_model_boxes_move_only_what_it_allows_and_hold(tmp_path):
+    """Under a threat model each property is the box of its allowed moves within the ℓ∞ radius in its units:
+    immutable features fixed, one-sided ones moving their way, in the domain; no corner or PGD point inside flips."""
+    model, tm = _tm_model(), TM.resolve(None, D)
+    x = torch.rand(120, D, generator=torch.Generator().manual_seed(1))
+    x[:, 4] *= 0.9  # inside the domain
+    props = to_vnnlib(model, x, tmp_path / "b", threat_model=tm)
+    assert len(props) >= 15
+    summary = json.loads((tmp_path / "b" / "radii.json").read_text())
+    assert summary["units"] == tm.units() and summary["threat_model"]["immutable"] == [0]
+    sess = ort.InferenceSession(str(tmp_path / "b" / "model.onnx"), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(2)
+    for prop in props:
+        low, high, _ = parse_vnnlib((tmp_path / "b" / prop.file).read_text(), D)
+        xi, r = x[prop.index].double(), prop.radii["tm_radius_linf"]
+        assert low[0] == xi[0] == high[0] and low[1] == xi[1] and low[2] == xi[2] and high[3] == xi[3]
+        assert bool((low >= 0).all()) and float(high[4]) <= 0.9
+        assert bool(((high - xi) <= r * tm.scale).all() and ((xi - low) <= r * tm.scale).all())
+        assert float(high[2] - xi[2]) > r  # scale 4: the box is wider than r in raw units there
+        corners = torch.where(torch.rand(256, D, generator=gen) < 0.5, low, high)
+        points = torch.cat([corners, low + torch.rand(256, D, generator=gen, dtype=torch.float64) * (high - low)])
+        (scores,) = sess.run(None, {"x": points.float().numpy()})
+        assert bool((scores[:, 0] > 0).all()), f"{prop.file}: a point of the box is not flagged"
+    plain = to_vnnlib(model, x, tmp_path / "p")  # without it: raw boxes that move the immutable feature
+    low, high, _ = parse_vnnlib((tmp_path / "p" / plain[0].file).read_text(), D)
+    assert float(high[0] - low[0]) > 0
+
+
+def test_unbounded_boxes_are_left_out_and_listed(tmp_path):
+    model = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [D],
+            "feature_map": [{"kind": "shift"}],
+            "convex": {"kind": "icnn", "widths": [8]},
+            "monotone": {"increasing": [1]},
+        }
+    ).eval()
+    with torch.no_grad():
+        model.balance += 1.0 - float(model(torch.zeros(1, D)))
+    tm = ThreatModel(immutable=[0, 2, 3, 4, 5], increase_only=[1]).resolve(None, D)
+    x = torch.zeros(5, D)
+    assert to_vnnlib(model, x, tmp_path / "b", threat_model=tm) == []  # radius ∞ toward an unbounded feature
+    assert json.loads((tmp_path / "b" / "radii.json").read_text())["unbounded_boxes_left_out"] == [0, 1, 2, 3, 4]
+    bounded = ThreatModel(immutable=[0, 2, 3, 4, 5], increase_only=[1], upper={1: 10.0}).resolve(None, D)
+    props = to_vnnlib(model, x, tmp_path / "c", threat_model=bounded)
+    assert len(props) == 5 and props[0].radii["tm_radius_linf"] == float("inf")
+    low, high, _ = parse_vnnlib((tmp_path / "c" / props[0].file).read_text(), D)
+    assert float(high[1]) == 10.0 and float(low[1]) == 0.0
+
+
+def test_a_new_export_replaces_the_earlier_benchmark_whole(tmp_path):
+    model, x = _model(), torch.rand(80, *SHAPE, generator=torch.Generator().manual_seed(4))
+    assert len(to_vnnlib(model, x, tmp_path / "b", limit=12)) == 12
+    props = to_vnnlib(model, x, tmp_path / "b", limit=3)
+    assert sorted(p.name for p in (tmp_path / "b" / "vnnlib").iterdir()) == sorted(p.file[7:] for p in props)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no staging folder left
+
+
+@pytest.mark.parametrize("case", ["file", "other files", "smoothing"])
+def test_a_refused_export_changes_nothing_on_disk(tmp_path, case):
+    model, x = _model(), torch.rand(8, *SHAPE)
+    out = tmp_path / "b"
+    if case == "file":
+        out.write_text("mine")
+    elif case == "other files":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    else:
+        model = build_model({"kind": "relu-smoothing", "input_shape": list(SHAPE), "widths": [8]})
+    before = sorted((p.relative_to(tmp_path), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*"))
+    with pytest.raises(ExportError, match=r"a file|other files|randomized smoothing"):
+        to_vnnlib(model, x, out)
+    assert (
+        sorted((p.relative_to(tmp_path), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*")) == before
+    )

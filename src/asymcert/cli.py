@@ -17,11 +17,14 @@ import click
 
 from asymcert import distributed
 from asymcert.audit import audit_run
+from asymcert.certify.api import certifier_spec, make_options
 from asymcert.certify.result import normalize_norm
+from asymcert.checkpoint import load
 from asymcert.compare import compare_cli_main
 from asymcert.data import get_task, task_names
-from asymcert.errors import AsymcertError, RunFolderBusyError, WriteError
+from asymcert.errors import AsymcertError, InputError, RunFolderBusyError, WriteError
 from asymcert.export import export_run
+from asymcert.export.vnnlib import DEFAULT_TIMEOUT
 from asymcert.families import get_family
 from asymcert.pipeline import DEFAULT_NORMS, CertifySettings, certify_run, run_data, run_task, train_run
 from asymcert.report.plots import PLOT_HINT, plotting_available
@@ -435,7 +438,7 @@ def certify_cmd(
 
     tm = _threat(threat_model, no_threat_model)
     norms_t = _certify_norms(run_dir, norms, tm, no_threat_model)
-    options = {"reach": True} if reach else {}
+    options = _reach_options(run_dir, reach, tm, no_threat_model)
     if input_file is not None or out_file is not None:
         if input_file is None or out_file is None or limit is not None:
             raise click.UsageError("--input and --out go together (and without --limit)")
@@ -452,6 +455,26 @@ def certify_cmd(
     )
     # results.json and report.md describe certificates.safetensors: rewrite them with it, never leave them stale
     _echo_summary(write_report(run_dir, log=lambda msg: None), run_dir)
+
+
+def _reach_options(run_dir: str, reach: bool, tm: ThreatModel | None, plain: bool) -> dict[str, Any]:
+    """The certifier options of ``--reach`` ({} without it); refused (one line) when there is no threat model
+    to reach under (``tm``, else the run's own; none with ``plain``) or the run's certifier has no reach-aware radii."""
+    if not reach:
+        return {}
+    if run_threat_model(read_run_record(run_dir), tm, plain) is None:
+        raise click.UsageError(
+            "--reach enlarges radii under a threat model, and "
+            + ("--no-threat-model was given" if plain else "this run has none; give one with --threat-model FILE")
+        )
+    spec = certifier_spec(load(run_dir))
+    try:
+        make_options(spec, None, {"reach": True})
+    except InputError:
+        raise click.UsageError(
+            f"--reach applies to feature-convex certificates; this run's certifier is {spec.name!r}"
+        ) from None
+    return {"reach": True}
 
 
 def _echo_traffic(done: TrafficResult, run_dir: str) -> None:
@@ -538,7 +561,9 @@ def audit(
     from above (--attack-bounds for every norm). Under a threat model (the run's own, or
     --threat-model) the attacks move only what it allows and radii are in its units."""
 
-    tm = run_threat_model(read_run_record(run_dir), _threat(threat_model, no_threat_model), no_threat_model)
+    given = _threat(threat_model, no_threat_model)
+    tm = run_threat_model(read_run_record(run_dir), given, no_threat_model)
+    reach_options = _reach_options(run_dir, reach, given, no_threat_model)
     data = run_data(run_dir, data_dir)
     with exclusive(run_dir):  # audit.md and audit.json are written into the folder: one writer
         report = audit_run(
@@ -550,7 +575,7 @@ def audit(
             exact=not no_exact,
             threat_model=tm,
             attack_bounds=attack_bounds,
-            options={"reach": True} if reach else None,
+            options=reach_options or None,
             exact_milp=exact_milp,
             exact_time_limit=exact_time_limit,
         )
@@ -706,7 +731,7 @@ def tasks() -> None:
 @click.option("--no-certificates", is_flag=True, help="ONNX: the score graph only (outputs score, flagged).")
 @click.option("--norms", help="ONNX: radii to compute in the graph, e.g. 1,2,inf (default: 1, 2, inf).")
 @click.option("--limit", type=_POSITIVE, help="VNN-LIB: write at most N properties.")
-@click.option("--timeout", type=_POSITIVE, default=300, show_default=True, help="VNN-LIB: seconds per instance.")
+@click.option("--timeout", type=_POSITIVE, help="VNN-LIB: seconds per instance (default: 300).")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @_threat_options
 def export_cmd(
@@ -717,11 +742,22 @@ def export_cmd(
 
     Needs the export extra: pip install 'asymcert[export]'. Randomized smoothing is refused."""
 
+    _export_options_apply(fmt, norms=norms, no_certificates=no_certificates, limit=limit, timeout=timeout)
     chosen = _norms(norms) if norms is not None else DEFAULT_NORMS
     tm = _threat(threat_model, no_threat_model)
-    click.echo(
-        export_run(run_dir, fmt, out, not no_certificates, chosen, limit, data_dir, timeout, tm, no_threat_model)
-    )
+    wait = DEFAULT_TIMEOUT if timeout is None else timeout
+    click.echo(export_run(run_dir, fmt, out, not no_certificates, chosen, limit, data_dir, wait, tm, no_threat_model))
+
+
+def _export_options_apply(fmt: str, **given: Any) -> None:
+    """Refuse (one line) an option given for the other export format: ``--norms``/``--no-certificates`` are
+    the ONNX graph's (VNN-LIB properties are ℓ∞ boxes), ``--limit``/``--timeout`` the VNN-LIB folder's."""
+    other = {"vnnlib": ("norms", "no_certificates"), "onnx": ("limit", "timeout")}[fmt]
+    wrong = [f"--{name.replace('_', '-')}" for name in other if given[name] not in (None, False)]
+    if wrong:
+        raise click.UsageError(
+            f"{' and '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to --format {fmt}"
+        )
 
 
 def _echo_summary(results: dict[str, Any], out: str) -> None:

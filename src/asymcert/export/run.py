@@ -35,7 +35,7 @@ def export_run(
         limit: VNN-LIB: at most this many properties. data_dir: where the run's data lives.
         timeout: VNN-LIB: seconds per instance.
         threat_model, plain: the ONNX graph also outputs radii under ``threat_model`` (default: the run's
-            own, none with ``plain``), ``tm_radius_l1``/..., in its units.
+            own, none with ``plain``), ``tm_radius_l1``/..., in its units; VNN-LIB properties are its boxes.
 
     Raises:
         ExportError: an unknown format, an ONNX ``out`` without the .onnx suffix, or a model the exporter
@@ -53,8 +53,9 @@ def export_run(
         names = output_names(norms if certificates else (), certificates and tm is not None and not tm.is_empty())
         return f"wrote {path}: input x, outputs {', '.join(names)}"
     x = run_data(run_dir, data_dir).test.x
-    props = to_vnnlib(model, x, out, limit=limit, timeout=timeout)
+    props = to_vnnlib(model, x, out, limit=limit, timeout=timeout, threat_model=tm)
+    boxes = "raw ℓ∞ boxes" if tm is None or tm.is_empty() else f"the threat model's ℓ∞ boxes, radii in {tm.units()}"
     return (
-        f"wrote {len(props)} ℓ∞ properties (expected verdict unsat) to {Path(out)}: "
+        f"wrote {len(props)} properties ({boxes}; expected verdict unsat) to {Path(out)}: "
         "model.onnx, vnnlib/, instances.csv, radii.json"
     )

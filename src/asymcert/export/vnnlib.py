@@ -3,10 +3,16 @@
 Layout of the folder written (VNN-COMP's)::
 
     model.onnx            the score graph only: x (N, *input_shape) float32 → score (N, 1)
-    vnnlib/prop_<i>.vnnlib one property per certified flagged input i: the ℓ∞ box x_i ± r_i (clipped to
-                          the model's input range) and the unsafe region Y_0 <= 0 (expected: unsat)
+    vnnlib/prop_<i>.vnnlib one property per certified flagged input i: its ℓ∞ box and the unsafe region
+                          Y_0 <= 0 (expected: unsat). Without a threat model the box is x_i ± r_i (clipped
+                          to the model's input range); under one, the box of the moves it allows within
+                          its ℓ∞ radius r_i: [x − r·scale, x + r·scale] in the allowed directions only
+                          (immutable features fixed, one-sided ones moving one way), clipped to its domain
     instances.csv         onnx, vnnlib, timeout (seconds) per property, no header
-    radii.json            per property: input index, score, and the certified radius per norm
+    radii.json            the units and threat model; per property: input index, score, the certified radii
+
+The folder is written beside its target and then put in its place, so an export that fails leaves nothing,
+and a new export replaces an earlier benchmark whole (no stale properties).
 
 VNN-LIB states boxes and linear constraints over inputs, so ℓ1 and ℓ2 balls (not polytopes with a
 few faces: the ℓ1 ball of R^d has 2^d faces, the ℓ2 ball none) are not expressible; their radii
@@ -17,6 +23,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +34,10 @@ import torch
 from torch import nn
 
 from asymcert.certify.modes import eval_mode
-from asymcert.export.onnx import DEFAULT_NORMS, ExportError, certifying_graph, export_module, radius_name, require
+from asymcert.certify.result import RAW_UNITS
+from asymcert.export.onnx import DEFAULT_NORMS, ExportError, certifying_graph, export_module, output_names, require
+from asymcert.runfolder import exclusive_output
+from asymcert.threat import ResolvedThreatModel
 
 BOX_SHRINK = 1e-6
 """Relative amount the box half-width r is reduced by: the certificate is for the OPEN ball
@@ -38,7 +51,8 @@ class Property:
 
     Attributes:
         index: position of the input in ``x``; file: the .vnnlib path relative to the folder;
-        score: s(x) float; radii: ``{"radius_l1": r, ...}`` in raw input units (the box uses ``radius_linf``).
+        score: s(x) float; radii: ``{"radius_l1": r, ...}`` in raw input units, and under a threat model
+            ``{"tm_radius_l1": r, ...}`` in its units (the box uses ``tm_radius_linf``, else ``radius_linf``).
     """
 
     index: int
@@ -59,21 +73,31 @@ class _ScoreOnly(nn.Module):
 
 
 def graph_certificates(
-    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...] = DEFAULT_NORMS
+    model: nn.Module,
+    x: torch.Tensor,
+    norms: tuple[float, ...] = DEFAULT_NORMS,
+    threat_model: ResolvedThreatModel | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The certifying graph evaluated in PyTorch (float32): ``{"score", "flagged", radius_name(p)...}``, each (N,)."""
-    graph = certifying_graph(model, norms)
+    """The certifying graph evaluated in PyTorch (float32): ``{"score", "flagged", radius_name(p)...}`` and under
+    a (non-empty) ``threat_model`` ``"tm_" + radius_name(p)...`` too, each (N,)."""
+    graph = certifying_graph(model, norms, threat_model)
+    threat = threat_model is not None and not threat_model.is_empty()
     with eval_mode(model), torch.no_grad():
         out = graph(x.float())
-    names = ["score", "flagged"] + [radius_name(p) for p in norms]
-    return dict(zip(names, out))
+    return dict(zip(output_names(norms, threat), out, strict=True))
+
+
+def _inward(value: torch.Tensor, toward: torch.Tensor) -> torch.Tensor:
+    """One float64 step from ``value`` toward ``toward`` (a rounded bound moved inside the exact one), never past it."""
+    moved = torch.nextafter(value, toward)
+    return torch.where(value < toward, torch.minimum(moved, toward), torch.maximum(moved, toward))
 
 
 def _box(x: torch.Tensor, r: float, input_range: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(low, high) float64 of one input's box x ± r·(1 − BOX_SHRINK), clipped to ``input_range``."""
+    """(low, high) float64 of one input's box x ± r·(1 − BOX_SHRINK), clipped to ``input_range``, rounded inward."""
     half = r * (1.0 - BOX_SHRINK)
     xd = x.double().flatten()
-    lo, hi = xd - half, xd + half
+    lo, hi = _inward(xd - half, xd), _inward(xd + half, xd)
     if input_range is not None:
         lo, hi = lo.clamp_min(input_range[0]), hi.clamp_max(input_range[1])
     return torch.minimum(lo, xd), torch.maximum(hi, xd)
@@ -89,6 +113,56 @@ def vnnlib_text(low: torch.Tensor, high: torch.Tensor, comment: str) -> str:
     return "\n".join(lines)
 
 
+def threat_box(x: torch.Tensor, r: float, tm: ResolvedThreatModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) float64 (n,): every point x + δ with δ a move ``tm`` allows and max_i |δ_i| / scale_i ≤
+    r·(1 − BOX_SHRINK): immutable features fixed, one-sided ones moving their way only, within [lower, upper];
+    bounds rounded inward. Infinite where the move is unbounded (r = ∞ toward an infinite domain bound)."""
+    xd = x.double().flatten()
+    up, down = (t[0] for t in tm.directions(x.reshape(1, -1)))
+    half = r * (1.0 - BOX_SHRINK) * tm.scale.double()  # scale > 0: r = ∞ gives ∞, never NaN
+    far = torch.isinf(half)
+    hi = torch.where(up, torch.where(far, tm.upper, _inward(xd + half, xd).clamp_max(tm.upper)), xd)
+    lo = torch.where(down, torch.where(far, tm.lower, _inward(xd - half, xd).clamp_min(tm.lower)), xd)
+    return torch.minimum(lo, xd), torch.maximum(hi, xd)
+
+
+def _check_target(out: Path) -> None:
+    """Refuse an ``out`` that is a file, or a folder holding anything but an earlier benchmark (it is replaced)."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: a file; a VNN-LIB benchmark is a folder, give a new or empty folder")
+    if out.is_dir():
+        known = {"model.onnx", "instances.csv", "radii.json", "vnnlib"}
+        other = [p.name for p in out.iterdir() if p.name not in known]
+        props = out / "vnnlib"
+        if props.is_dir():
+            other += [f"vnnlib/{p.name}" for p in props.iterdir() if not p.name.endswith(".vnnlib")]
+        if other:
+            raise ExportError(
+                f"{out}: holds other files ({', '.join(sorted(other)[:3])}); an export replaces the whole folder, "
+                "so give a new or empty folder, or an earlier benchmark's"
+            )
+
+
+@contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A fresh folder beside ``out`` to write into; when the block succeeds it replaces ``out`` (an earlier
+    benchmark goes whole), when it fails it is removed and ``out`` is left as it was. One writer per ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_output(out):
+        for stale in out.parent.glob(f".{out.name}.vnnlib-*"):  # left by a killed export of this folder
+            shutil.rmtree(stale, ignore_errors=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.vnnlib-", dir=out.parent))
+        try:
+            yield stage
+            old = out.parent / f"{stage.name}-old"
+            if out.exists():
+                out.rename(old)
+            stage.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
 def to_vnnlib(
     model: nn.Module,
     x: torch.Tensor,
@@ -96,50 +170,86 @@ def to_vnnlib(
     norm: float | str = "inf",
     limit: int | None = None,
     timeout: int = DEFAULT_TIMEOUT,
+    threat_model: ResolvedThreatModel | None = None,
 ) -> list[Property]:
     """Write a VNN-COMP benchmark folder (layout in the module docstring) for the inputs of ``x``.
 
-    Radii are those of the certifying graph (:func:`~asymcert.export.to_onnx`, evaluated in float32),
-    in raw input units; only flagged inputs with a positive ℓ∞ radius get a property.
+    Radii are those of the certifying graph (:func:`~asymcert.export.to_onnx`, evaluated in float32), in raw
+    input units, or under a (non-empty) ``threat_model`` in its units with its boxes (:func:`threat_box`);
+    only flagged inputs with a positive ℓ∞ radius get a property, and not those whose box is unbounded.
 
     Args:
         model: a model :func:`~asymcert.export.certifying_graph` accepts.
         x: (N, *input_shape) raw inputs (e.g. a run's test inputs).
-        path_dir: the folder to write (created).
+        path_dir: the folder to write: new, empty, or an earlier benchmark (replaced whole).
         norm: must be ∞ (``"inf"``): ℓ1/ℓ2 balls are not expressible in VNN-LIB.
         limit: at most this many properties (the first qualifying inputs).
         timeout: seconds per instance in instances.csv.
+        threat_model: certify and box under it (None or empty: raw ℓ∞ balls).
     Returns:
         The properties written (also in radii.json).
 
     Raises:
-        ExportError: a norm other than ∞, or a model that cannot be exported. ExportDependencyError: no onnx.
+        ExportError: a norm other than ∞, a model that cannot be exported, or a ``path_dir`` that is a file
+            or a folder with other files (nothing is written). ExportDependencyError: no onnx.
     """
     if str(norm) not in ("inf", "linf") and not (isinstance(norm, float) and math.isinf(norm)):
         raise ExportError(f"VNN-LIB properties are ℓ∞ boxes; an ℓ{norm} ball is not expressible in VNN-LIB")
     require("onnx")
     out = Path(path_dir)
-    (out / "vnnlib").mkdir(parents=True, exist_ok=True)
-    export_module(_ScoreOnly(certifying_graph(model, ())), out / "model.onnx", tuple(x.shape[1:]), ["score"])
-    found = graph_certificates(model, x)
+    _check_target(out)
+    tm = None if threat_model is None or threat_model.is_empty() else threat_model
+    found = graph_certificates(model, x, DEFAULT_NORMS, tm)  # refuses a model that cannot be exported, first
+    with _staged(out) as stage:
+        (stage / "vnnlib").mkdir()
+        export_module(_ScoreOnly(certifying_graph(model, ())), stage / "model.onnx", tuple(x.shape[1:]), ["score"])
+        props, unbounded = _write_properties(stage, model, x, found, tm, limit)
+        rows = [f"model.onnx,{p.file},{int(timeout)}" for p in props]
+        (stage / "instances.csv").write_text("".join(row + "\n" for row in rows))
+        (stage / "radii.json").write_text(json.dumps(_summary(model, tm, props, unbounded), indent=1))
+    return props
+
+
+def _write_properties(
+    stage: Path,
+    model: nn.Module,
+    x: torch.Tensor,
+    found: dict[str, torch.Tensor],
+    tm: ResolvedThreatModel | None,
+    limit: int | None,
+) -> tuple[list[Property], list[int]]:
+    """Write one .vnnlib file per certified flagged input into ``stage``/vnnlib; return the properties and the
+    indices of certified inputs left out because their box is unbounded."""
+    key = "radius_linf" if tm is None else "tm_radius_linf"
     rng = getattr(model, "input_range", None)
+    units = RAW_UNITS if tm is None else tm.units()
     props: list[Property] = []
-    for i in torch.nonzero(found["flagged"] & (found["radius_linf"] > 0)).flatten().tolist():
+    unbounded: list[int] = []
+    for i in torch.nonzero(found["flagged"] & (found[key] > 0)).flatten().tolist():
         if limit is not None and len(props) >= limit:
             break
-        radii = {k: float(v[i]) for k, v in found.items() if k.startswith("radius_")}
-        low, high = _box(x[i], radii["radius_linf"], rng)
+        radii = {k: float(v[i]) for k, v in found.items() if "radius_" in k}
+        low, high = _box(x[i], radii[key], rng) if tm is None else threat_box(x[i], radii[key], tm)
+        if not bool(torch.isfinite(low).all() and torch.isfinite(high).all()):
+            unbounded.append(i)
+            continue
         name = f"vnnlib/prop_{i}.vnnlib"
-        note = f"asymcert: input {i}, score {float(found['score'][i])!r}, certified ℓ∞ radius {radii['radius_linf']!r}"
-        (out / name).write_text(vnnlib_text(low, high, note + "\nexpected verdict: unsat"))
+        note = f"asymcert: input {i}, score {float(found['score'][i])!r}, certified ℓ∞ radius {radii[key]!r} ({units})"
+        (stage / name).write_text(vnnlib_text(low, high, note + "\nexpected verdict: unsat"))
         props.append(Property(i, name, float(found["score"][i]), radii))
-    rows = [f"model.onnx,{p.file},{int(timeout)}" for p in props]
-    (out / "instances.csv").write_text("".join(row + "\n" for row in rows))
-    summary = {
-        "note": "ℓ1/ℓ2 balls are not expressible in VNN-LIB; their radii (raw input units) are listed "
-        "for verifiers that take norms",
+    return props, unbounded
+
+
+def _summary(
+    model: nn.Module, tm: ResolvedThreatModel | None, props: list[Property], unbounded: list[int]
+) -> dict[str, object]:
+    """radii.json: what the boxes and radii mean, and the properties."""
+    rng = getattr(model, "input_range", None)
+    return {
+        "note": "ℓ1/ℓ2 balls are not expressible in VNN-LIB; their radii are listed for verifiers that take norms",
+        "units": RAW_UNITS if tm is None else tm.units(),
+        "threat_model": None if tm is None or tm.source is None else tm.source.to_dict(),
         "input_range": None if rng is None else list(rng),
+        "unbounded_boxes_left_out": unbounded,
         "properties": [asdict(p) for p in props],
     }
-    (out / "radii.json").write_text(json.dumps(summary, indent=1))
-    return props
