@@ -1,6 +1,7 @@
 import errno
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 
 import asymcert
 from asymcert import cli as cli_module
+from asymcert.certify.certfile import load_certificates
 from asymcert.cli import (
     EXIT_BUSY,
     EXIT_CHECK_FAILED,
@@ -19,6 +21,7 @@ from asymcert.cli import (
     EXIT_INTERRUPTED,
     EXIT_IO,
     EXIT_OK,
+    EXIT_PIPE,
     EXIT_REFUSED,
     _bars,
     main,
@@ -385,3 +388,17 @@ def test_tasks_lists_every_task_with_its_presets():
     assert "(presets: fast, log1p-64-32, pairs)" in lines["spambase"]
     assert "(presets: fast, paper)" in lines["fashion-mnist-shirts"]
     assert set(lines) >= {"mnist-38", "cifar10-catsdogs", "malimg", "breast-cancer", "spambase"}
+
+
+def test_a_closed_output_pipe_is_not_a_file_system_error(tiny_run, fashion_dir, tmp_path):
+    """`asymcert certify RUN | head -0`: the reader is gone before the summary line; exit 141 as a shell would
+    report it, nothing on stderr, and the certificates written before the line are complete."""
+    run = _copy(tiny_run, tmp_path)
+    (run / "certificates.safetensors").unlink()
+    args = [sys.executable, "-m", "asymcert", "certify", str(run), "--limit", "5", "--quiet"]
+    proc = subprocess.Popen([*args, "--data-dir", str(fashion_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader goes away at once
+    err = proc.stderr.read().decode()
+    assert proc.wait() == EXIT_PIPE == 141 and err == ""
+    cert, _ = load_certificates(run / "certificates.safetensors")
+    assert len(cert) == 5

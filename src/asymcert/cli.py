@@ -38,6 +38,7 @@ from asymcert.traffic import TrafficResult, certify_file
 from asymcert.train.loop import resolve_device
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_REFUSED, EXIT_BUSY, EXIT_IO, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader went away
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_CHECK_FAILED: "a check failed: `asymcert audit` found violations",
@@ -46,6 +47,7 @@ EXIT_CODES = {
     EXIT_BUSY: "the run folder is busy: another asymcert process is writing it (try again later)",
     EXIT_IO: "the file system refused: disk full, no permission, a folder where a file belongs",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_PIPE: "the output's reader went away (e.g. `| head`); files already written are complete",
 }
 _JSONISH = re.compile(r"""^\s*[-\[{"0-9]|[\[\]{}",]""")
 
@@ -127,6 +129,14 @@ def _os_message(exc: OSError) -> str:
     return f"{type(exc).__name__}: {where + ': ' if where else ''}{exc.strerror or exc}"
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at the null device, so that the interpreter's last flush to a closed pipe stays silent."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout (a test runner's buffer)
+        pass
+
+
 class _Group(click.Group):
     """Turns every refusal into one line on stderr and its exit code (:data:`EXIT_CODES`).
 
@@ -148,6 +158,9 @@ class _Group(click.Group):
             raise _Refusal(f"{type(exc).__name__}: {exc}", EXIT_IO) from None
         except AsymcertError as exc:
             raise _Refusal(f"{type(exc).__name__}: {exc}", EXIT_REFUSED) from None
+        except BrokenPipeError:  # not the file system: stdout's reader closed it; say nothing more there
+            _quiet_stdout()
+            raise click.exceptions.Exit(EXIT_PIPE) from None
         except OSError as exc:
             raise _Refusal(_os_message(exc), EXIT_IO) from None
         except KeyboardInterrupt:
@@ -172,6 +185,7 @@ def main() -> None:
       3    the run folder is busy: another asymcert process is writing it
       4    the file system refused: disk full, no permission
       130  interrupted (Ctrl-C)
+      141  the output's reader went away (e.g. `| head`)
     Every refusal is one line on stderr, and a refused command changes nothing on disk.
     """
 
