@@ -190,7 +190,9 @@ class ThreatModel:
         if self.uses_data_scales():
             raise ConfigError(
                 'threat model: scale "std" is fixed from the training inputs when a run is trained '
-                "(asymcert run/train --threat-model); here give the scales as numbers"
+                "(asymcert run/train --threat-model), and the run keeps the fitted numbers in its run.json "
+                '("threat_model"), which certify, audit and export use without --threat-model; here give '
+                "the scales as numbers (e.g. copied from there)"
             )
         resolver = _Resolver(feature_names, n_features)
         scale = resolver.values("scale", self.scale, 1.0)  # type: ignore[arg-type]  # numbers: checked above
