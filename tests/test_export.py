@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -379,3 +380,21 @@ def test_threat_model_radii_of_other_families_use_the_fallback(tmp_path):
         assert torch.allclose(out[f"tm_radius_{name}"], out[f"radius_{name}"] / 2, rtol=1e-6)
     empty = _session(model, tmp_path, threat_model=asymcert.ThreatModel().resolve(None, math.prod(SHAPE)))
     assert [o.name for o in empty.get_outputs()] == ["score", "flagged", "radius_l1", "radius_l2", "radius_linf"]
+
+
+def test_an_export_that_fails_leaves_the_earlier_file_as_it_was(tmp_path, monkeypatch):
+    """The graph is written beside its target and renamed onto it only once checked: a failing export (here the
+    tracer writes half a file and dies) leaves the earlier file and no temporary file."""
+    model = small_feature_convex("icnn", input_shape=(1, 4, 4))
+    out = tmp_path / "m.onnx"
+    to_onnx(model, out)
+    before = out.read_bytes()
+
+    def broken(graph, args, path, **kwargs):
+        Path(path).write_bytes(b"half a graph")
+        raise RuntimeError("the tracer died")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(RuntimeError, match="the tracer died"):
+        to_onnx(model, out)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

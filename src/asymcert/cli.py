@@ -6,6 +6,7 @@ exit code (see :data:`EXIT_CODES` and ``asymcert --help``); a traceback means a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -131,10 +132,8 @@ def _os_message(exc: OSError) -> str:
 
 def _quiet_stdout() -> None:
     """Point stdout at the null device, so that the interpreter's last flush to a closed pipe stays silent."""
-    try:
+    with contextlib.suppress(OSError, ValueError):  # no file descriptor behind stdout (a test runner's buffer)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):  # no file descriptor behind stdout (a test runner's buffer)
-        pass
 
 
 class _Group(click.Group):

@@ -19,11 +19,13 @@ from torch import nn
 
 from asymcert.certify.modes import eval_mode
 from asymcert.certify.result import normalize_norm
+from asymcert.checkpoint import atomic_write
 from asymcert.errors import AsymcertError, ModelError
 from asymcert.export.graphs import FeatureConvexGraph, LinfDistGraph, OrthogonalGraph, ThreatFallbackGraph
 from asymcert.models.baselines import OrthogonalNet, SmoothingBaseNet
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.models.linf_dist_net import LinfDistNet
+from asymcert.runfolder import exclusive_output
 from asymcert.threat import ResolvedThreatModel
 
 OPSET = 17
@@ -157,27 +159,36 @@ def to_onnx(
 def export_module(graph: nn.Module, path: str | Path, input_shape: tuple[int, ...], names: list[str]) -> Path:
     """Trace ``graph`` (x (N, *input_shape) → outputs ``names``, batch axis dynamic) into an ONNX file at ``path``.
 
+    The file appears whole or not at all (written beside ``path``, checked, then renamed onto it; an earlier
+    file stays as it was when anything fails), and one process writes ``path`` at a time.
+
     Raises:
-        ExportDependencyError: ``onnx`` is missing.
+        ExportDependencyError: ``onnx`` is missing. RunFolderBusyError: another process writes ``path``.
+        WriteError: the file system refused the write.
     """
     onnx = require("onnx")
-    example = torch.zeros(2, *input_shape)
     out = Path(path)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            graph.eval(),
-            (example,),
-            str(out),
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=names,
-            dynamic_axes={INPUT_NAME: {0: "N"}, **{n: {0: "N"} for n in names}},
-            opset_version=OPSET,
-            do_constant_folding=True,
-        )
-    proto = onnx.load(str(out))
-    proto.producer_name = "asymcert"
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(out))
+
+    def write(tmp: Path) -> None:
+        example = torch.zeros(2, *input_shape)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(
+                graph.eval(),
+                (example,),
+                str(tmp),
+                dynamo=False,
+                input_names=[INPUT_NAME],
+                output_names=names,
+                dynamic_axes={INPUT_NAME: {0: "N"}, **{n: {0: "N"} for n in names}},
+                opset_version=OPSET,
+                do_constant_folding=True,
+            )
+        proto = onnx.load(str(tmp))
+        proto.producer_name = "asymcert"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+
+    with exclusive_output(out):
+        atomic_write(out, write)
     return out
