@@ -126,6 +126,20 @@ def test_another_task_into_a_run_folder_is_refused_before_writing(run_dir, tmp_p
     assert read_run(run_dir)["task"] == TASK
 
 
+def test_a_folder_of_the_users_own_files_is_not_trained_into(fashion_dir, tmp_path):
+    """An --out folder holding files but no run: refused before anything (the lock file too) is written there."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / ".hidden").write_text("a dot file does not count")
+    with pytest.raises(RunFolderConflictError, match=r"holds files but no run \(notes.txt\)"):
+        _train(out, fashion_dir)
+    assert sorted(p.name for p in out.iterdir()) == [".hidden", "notes.txt"]
+    (out / "notes.txt").unlink()  # only names starting with "." left: an empty folder to a run
+    _train(out, fashion_dir)
+    assert (out / "run.json").is_file()
+
+
 def test_refused_train_into_a_new_folder_creates_nothing(fashion_dir, tmp_path):
     out = tmp_path / "never"
     with pytest.raises(ConfigError):

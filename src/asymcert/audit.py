@@ -63,6 +63,9 @@ from asymcert.certify.threat_model import reach_verified
 from asymcert.checkpoint import load
 from asymcert.errors import InputError
 from asymcert.models.feature_convex import FeatureConvexClassifier
+from asymcert.pipeline import CertificateMode, certificate_mode
+from asymcert.report.writer import mode_line
+from asymcert.runfolder import RUN_FILE, read_run_record
 from asymcert.threat import ResolvedThreatModel
 
 __all__ = ["attack_upper_bounds", "audit", "audit_run", "write_report"]
@@ -723,6 +726,8 @@ def _markdown(report: dict[str, Any]) -> str:
         f"{report['settings']['restarts']} restarts × {report['settings']['steps']} steps inside "
         f"(1 − {report['settings']['attack_shrink']:g})·radius. Radii in {report.get('units', RAW_UNITS)}.",
         "",
+        _mode_text(report),
+        "",
     ]
     for method, entry in report["methods"].items():
         kind = f"{entry['guarantee']} guarantee"
@@ -743,6 +748,16 @@ def _markdown(report: dict[str, Any]) -> str:
         lines += [""] * bool(reasons) + _bound_table(entry["norms"])
     lines.append(f"Audit time: {report['seconds']:.1f} s.")
     return "\n".join(lines) + "\n"
+
+
+def _mode_text(report: dict[str, Any]) -> str:
+    """How the audited certificates were computed: :func:`~asymcert.report.writer.mode_line` of the run's
+    ``"certificate_mode"`` (:func:`audit_run`), else (an audit of a model, not a run) closed form or reach-aware."""
+    mode = CertificateMode.from_dict(report.get("certificate_mode"))
+    if mode is not None:
+        return mode_line(mode)
+    reach = bool(report.get("settings", {}).get("certifier_options", {}).get("reach"))
+    return "Certificates: " + ("reach-aware radii (`reach`)." if reach else "closed-form radii.")
 
 
 def _quartile_text(t: dict[str, Any]) -> str:
@@ -816,7 +831,13 @@ def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path
     return js, md
 
 
-def audit_run(run_dir: str | Path, x: torch.Tensor, y: torch.Tensor | None = None, **options: Any) -> dict[str, Any]:
+def audit_run(
+    run_dir: str | Path,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    threat_model_file: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Audit the model of a run folder on inputs ``x`` and write ``audit.json``/``audit.md`` there.
 
     ``asymcert audit DIR`` calls this with the run's test inputs (:func:`asymcert.pipeline.run_data`).
@@ -824,14 +845,27 @@ def audit_run(run_dir: str | Path, x: torch.Tensor, y: torch.Tensor | None = Non
     Args:
         run_dir: a run folder (``model.safetensors`` loaded with :func:`asymcert.load`).
         x, y: inputs (N, *input_shape) in raw units and (N,) labels (optional).
-        **options: passed to :func:`audit` (norms, restarts, steps, exact, ...).
+        threat_model_file: the file ``threat_model`` was read from (``--threat-model FILE``), named in audit.md.
+        **options: passed to :func:`audit` (norms, restarts, steps, exact, threat_model, options, ...).
     Returns:
-        The audit dict (with ``"violations"``), plus ``"files"``: the two paths written.
+        The audit dict (with ``"violations"`` and ``"certificate_mode"``: closed form or reach-aware, under the
+        run's own threat model, another one or none, :class:`~asymcert.pipeline.CertificateMode`), plus
+        ``"files"``: the two paths written.
     """
     run_dir = Path(run_dir)
+    own = read_run_record(run_dir).threat_model if (run_dir / RUN_FILE).is_file() else None  # a model folder: none
     model = load(run_dir)
     report = audit(model, x, y, **options)
     report["run_dir"] = str(run_dir)
+    tm: ResolvedThreatModel | None = options.get("threat_model")
+    reach = bool((options.get("options") or {}).get("reach", False))
+    if tm is None:
+        mode = CertificateMode(reach, "none")
+    elif tm.source is None:  # resolved by hand: what it came from is not known
+        mode = CertificateMode(reach, "given", threat_model_file)
+    else:
+        mode = certificate_mode(own, tm.source, reach, threat_model_file)
+    report["certificate_mode"] = mode.to_dict()
     js, md = write_report(report, run_dir)
     report["files"] = [str(js), str(md)]
     return report

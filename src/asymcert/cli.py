@@ -460,7 +460,15 @@ def certify_cmd(
         )
         _echo_traffic(done, run_dir)
         return
-    settings = CertifySettings(norms_t, limit, batch_size, options=options, threat_model=tm, plain=no_threat_model)
+    settings = CertifySettings(
+        norms_t,
+        limit,
+        batch_size,
+        options=options,
+        threat_model=tm,
+        plain=no_threat_model,
+        threat_model_file=threat_model,
+    )
     cert = certify_run(run_dir, device=device, data_dir=data_dir, progress=_bars(quiet), settings=settings)
     click.echo(
         f"certified {len(cert)} inputs in {cert.seconds:.3f}s "
@@ -591,6 +599,7 @@ def audit(
             options=reach_options or None,
             exact_milp=exact_milp,
             exact_time_limit=exact_time_limit,
+            threat_model_file=threat_model if given is not None else None,
         )
     click.echo(
         f"audit of {min(limit, len(data.test))} test inputs: {report['violations']} violation(s); "
@@ -781,7 +790,8 @@ def _echo_summary(results: dict[str, Any], out: str) -> None:
         f"{1000 * results['certify_seconds_per_input']:.3f} ms per certificate"
     )
     for name, table in results["certified_accuracy"].items():
-        click.echo(f"  {name}: " + ", ".join(f"r={r}: {100 * a:.1f}%" for r, a in table.items()))
+        cells = [f"{'every radius (∞)' if r == 'inf' else f'r={r}'}: {100 * a:.1f}%" for r, a in table.items()]
+        click.echo(f"  {name}: " + (", ".join(cells) or "no test input is certified at any radius > 0"))
     click.echo(f"report: {Path(out) / 'report.md'}")
 
 

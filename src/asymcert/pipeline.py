@@ -10,6 +10,7 @@ Run folder layout (a stable contract):
     model.safetensors          best-validation model (weights + config), ``asymcert.load(DIR)``
     train_state.pt, history.json   resumable training state (tensors only) and per-epoch log
     certificates.safetensors   per test input: label, decision, score, radius per norm
+    certify.json               how they were certified (closed form or reach-aware, which threat model)
     results.json, report.md, certified_<norm>.png   the report
     .asymcert.lock             the writer lock (see :mod:`asymcert.runfolder`)
 
@@ -20,10 +21,12 @@ time; every JSON file is strict JSON.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +57,28 @@ from asymcert.runfolder import (
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 from asymcert.train import TrainConfig
 from asymcert.train.config import check_model_overrides, operating_point
-from asymcert.train.loop import check_config, check_operating_point, prepare_fit, resolve_device, train_fingerprint
+from asymcert.train.loop import (
+    check_config,
+    check_operating_point,
+    false_positive_budget,
+    prepare_fit,
+    resolve_device,
+    train_fingerprint,
+)
 from asymcert.train.recipes import recipe_for
 
 __all__ = [
+    "CERTIFY_FILE",
     "CERT_FILE",
     "DEFAULT_NORMS",
     "RUN_FILE",
+    "CertificateMode",
     "CertifySettings",
     "PipelineResult",
     "Reporter",
     "certify_run",
     "load_certificates",
+    "read_certificate_mode",
     "read_run",
     "run_data",
     "run_pipeline",
@@ -282,6 +295,19 @@ def _feature_names(data: TaskData) -> list[str] | None:
     return [str(n) for n in names] if isinstance(names, list) else None
 
 
+def check_not_foreign(out: Path) -> None:
+    """Refuse an ``out`` folder that holds files but no run (RunFolderConflictError): a folder of the user's own,
+    among whose files a run would be written. Names starting with "." (a lock, temporary files) do not count."""
+    if not out.is_dir() or (out / RUN_FILE).is_file():
+        return
+    theirs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if theirs:
+        raise RunFolderConflictError(
+            f"{out} holds files but no run ({', '.join(theirs[:3])}{', …' if len(theirs) > 3 else ''}); "
+            "train into a new or empty --out folder"
+        )
+
+
 def check_run_folder(out: Path, plan: TrainingPlan) -> RunRecord | None:
     """Refuse a run folder that holds a run of another task, model or settings (reads only).
 
@@ -289,10 +315,12 @@ def check_run_folder(out: Path, plan: TrainingPlan) -> RunRecord | None:
         The folder's existing run record (None in a new folder).
 
     Raises:
-        RunFolderConflictError: ``out/run.json`` describes another run.
+        RunFolderConflictError: ``out/run.json`` describes another run, or ``out`` holds files but no run (a
+            folder of the user's own: a run would be written among them).
         CheckpointError: ``out/run.json`` exists but is not a readable run record.
     """
     if not (out / RUN_FILE).is_file():
+        check_not_foreign(out)
         return None
     try:
         old = read_run_record(out)
@@ -326,8 +354,10 @@ def execute_training(
     """Run a checked plan into ``out_dir`` under the folder's writer lock (resuming an interrupted run there).
 
     Everything that can refuse (lock, the folder's existing run, the resume state) is checked before
-    the first write. Returns run.json's content.
+    the first write. Returns run.json's content; with ``false_positive_rate`` its training summary holds the
+    :class:`~asymcert.train.balance.FalsePositiveBudget` (``"false_positive_budget"``) the report notes when small.
     """
+    check_not_foreign(Path(out_dir))  # before the lock file is made in it
     with exclusive(out_dir, create=True) as out:
         old = check_run_folder(out, plan)
         recipe = recipe_for(plan.model, plan.config)
@@ -349,6 +379,9 @@ def execute_training(
             "epochs": len(result.history),
             "processes": distributed.world_size(),
         }
+        budget = false_positive_budget(plan.data, plan.config)
+        if budget is not None:  # the report notes a small one (FalsePositiveBudget.small)
+            record.training["false_positive_budget"] = budget.to_dict()
         if distributed.is_main():
             write_json(out / RUN_FILE, record.to_dict())
         distributed.barrier()
@@ -406,6 +439,8 @@ class CertifySettings:
         warmup: inputs certified once, untimed, before the timed pass (kernel loading, first-call allocations).
         threat_model: certify under this threat model instead of the run's own (:func:`run_threat_model`).
         plain: certify plain ℓp balls in raw input units even when the run has a threat model.
+        threat_model_file: the file ``threat_model`` was read from (``--threat-model FILE``), named by the
+            report (:data:`CERTIFY_FILE`); None: not read from a file, or not known.
     """
 
     norms: tuple[float, ...] = DEFAULT_NORMS
@@ -416,6 +451,7 @@ class CertifySettings:
     warmup: int = 0
     threat_model: ThreatModel | None = None
     plain: bool = False
+    threat_model_file: str | None = None
 
     def check(self) -> None:
         """Raise :class:`~asymcert.errors.ConfigError` for a ``limit``, ``batch_size`` or ``warmup`` out of range
@@ -427,6 +463,80 @@ class CertifySettings:
             raise ConfigError(f"batch size must be a positive number of inputs, got {batch!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise ConfigError(f"warmup must be a number of inputs ≥ 0, got {self.warmup!r}")
+
+
+CERTIFY_FILE = "certify.json"
+"""How the certificates of a run folder were computed (:class:`CertificateMode`), written by :func:`certify_run`."""
+
+THREAT_MODEL_SOURCES = ("run", "given", "none")
+"""Where the threat model of a set of certificates came from (:attr:`CertificateMode.threat_model`)."""
+
+
+@dataclass(frozen=True)
+class CertificateMode:
+    """How a set of certificates was computed: closed form or reach-aware radii, under which threat model.
+
+    Attributes:
+        reach: True for reach-aware radii (the certifier option ``reach``, ``certify --reach``), False for
+            the closed form.
+        threat_model: ``"run"`` (the run's own, from run.json), ``"given"`` (another one, e.g.
+            ``--threat-model FILE``) or ``"none"`` (plain ℓp balls in raw input units).
+        threat_model_file: the file the threat model was read from (None: not read from a file, or not known).
+        given: the given threat model's JSON (:meth:`~asymcert.threat.ThreatModel.to_dict`); None unless
+            ``threat_model`` is ``"given"``.
+        certificates_sha256: hex SHA-256 of the certificates file described (None: tied to no file).
+    """
+
+    reach: bool
+    threat_model: str
+    threat_model_file: str | None = None
+    given: dict[str, Any] | None = None
+    certificates_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of :data:`CERTIFY_FILE` (:meth:`from_dict` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> CertificateMode | None:
+        """The mode a JSON object records (keys of newer versions ignored); None when it is not one."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(raw, dict) or any(name not in raw for name in names):
+            return None
+        ok = isinstance(raw["reach"], bool) and raw["threat_model"] in THREAT_MODEL_SOURCES
+        ok = ok and all(raw[k] is None or isinstance(raw[k], str) for k in ("threat_model_file", "certificates_sha256"))
+        ok = ok and (raw["given"] is None or isinstance(raw["given"], dict))
+        return cls(**{name: raw[name] for name in names}) if ok else None
+
+
+def certificate_mode(
+    own: dict[str, Any] | None, used: ThreatModel | None, reach: bool, threat_model_file: str | None = None
+) -> CertificateMode:
+    """The :class:`CertificateMode` of certificates of a run whose own threat model is ``own`` (run.json's
+    ``threat_model``; None: it has none) computed under ``used`` (None: plain ℓp balls): ``"run"`` when ``used``
+    is the run's own (same content), else ``"given"``."""
+    if used is None:
+        return CertificateMode(bool(reach), "none", threat_model_file)
+    if own is not None and ThreatModel.from_dict(own, f"{RUN_FILE}'s threat_model").to_dict() == used.to_dict():
+        return CertificateMode(bool(reach), "run", threat_model_file)
+    return CertificateMode(bool(reach), "given", threat_model_file, strict_jsonable(used.to_dict()))
+
+
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_certificate_mode(run_dir: str | Path) -> CertificateMode | None:
+    """How the run folder's certificates were computed (:data:`CERTIFY_FILE`); None when not recorded: no such
+    file, a damaged one, or one written for other certificates than those now in the folder."""
+    run_dir = Path(run_dir)
+    try:
+        mode = CertificateMode.from_dict(json.loads((run_dir / CERTIFY_FILE).read_text(encoding="utf-8")))
+        matches = mode is not None and mode.certificates_sha256 == _sha256(run_dir / CERT_FILE)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    return mode if matches else None
 
 
 def check_certify_args(limit: int | None, batch_size: int) -> None:
@@ -515,9 +625,23 @@ def certify_run(
         cert = _certify_shard(model, x, settings, progress, tm)
         if distributed.is_main():
             remove_stale_temp_files(run_dir)
+            (run_dir / CERTIFY_FILE).unlink(missing_ok=True)  # a failed write below leaves it unrecorded, not wrong
             save_certificates(run_dir / CERT_FILE, cert, y)
+            _write_certificate_mode(run_dir, record, tm, settings)
         distributed.barrier()
     return cert
+
+
+def _write_certificate_mode(
+    run_dir: Path, record: RunRecord, tm: ResolvedThreatModel | None, settings: CertifySettings
+) -> None:
+    """Write :data:`CERTIFY_FILE` for the certificates just written: their mode, tied to them by their hash."""
+    used = None if tm is None else tm.source
+    reach = bool(settings.options.get("reach", False))
+    file = settings.threat_model_file if settings.threat_model is not None and not settings.plain else None
+    mode = certificate_mode(record.threat_model, used, reach, file)
+    mode = CertificateMode(**{**mode.to_dict(), "certificates_sha256": _sha256(run_dir / CERT_FILE)})
+    write_json(run_dir / CERTIFY_FILE, mode.to_dict())
 
 
 Reporter = Callable[[Path], dict[str, Any]]

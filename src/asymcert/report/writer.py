@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ from asymcert.certify.certfile import CERT_FILE, load_certificates
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import CheckpointError
+from asymcert.pipeline import CertificateMode, read_certificate_mode
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.plots import PLOT_HINT, plot_certified_curves, plotting_available
 from asymcert.runfolder import dumps_strict, exclusive, read_run_record, remove_stale_temp_files, write_json
+from asymcert.train.balance import FalsePositiveBudget
 from asymcert.train.config import operating_point
 
 ONE_VS_REST_NOTE = (
@@ -90,7 +93,7 @@ def auto_radii(cert: Certificate, labels: torch.Tensor) -> dict[str, list[float]
     """Report radii per norm label from the certificates themselves: the :data:`AUTO_QUANTILES` of the
     finite positive radii of correctly flagged (binary) or correctly classified inputs, to 2 significant
     digits (for a run under a threat model of the user's, whose units no task default knows)."""
-    pool = (labels == 1) & (cert.predicted == 1) if cert.binary else (cert.predicted == labels)
+    pool = _pool(cert, labels)
     out = {}
     for p, radius in cert.radii.items():
         r = radius.double().cpu()[pool.cpu()]
@@ -100,12 +103,40 @@ def auto_radii(cert: Certificate, labels: torch.Tensor) -> dict[str, list[float]
     return out
 
 
+def _pool(cert: Certificate, labels: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the inputs whose radii the report describes, correctly flagged (binary) or classified."""
+    return (labels == 1) & (cert.predicted == 1) if cert.binary else (cert.predicted == labels)
+
+
+def report_radii(cert: Certificate, labels: torch.Tensor, own: dict[str, list[float]]) -> dict[str, list[float]]:
+    """The radii of a run's report tables per norm label: ``own`` (the run's, in its units) where given, else
+    :func:`auto_radii`; plus ∞ (``math.inf``, "every radius") for a norm where some input of the pool has an
+    infinite radius (certified at every radius: no allowed move changes its decision). So a table is never
+    empty for lack of finite radii (every flagged input's radius ∞, e.g. every feature immutable)."""
+    pool = _pool(cert, labels).cpu()
+    out = {**auto_radii(cert, labels), **own}
+    for p, radius in cert.radii.items():
+        name = norm_label(p)
+        if bool(torch.isinf(radius.double().cpu()[pool]).any()) and math.inf not in out.get(name, []):
+            out[name] = [*out.get(name, []), math.inf]
+    return out
+
+
+def json_radius(value: float) -> float | str:
+    """A radius for results.json: the number, or ``"inf"`` (as audit.json and threat-model norms write ∞)."""
+    return "inf" if value == math.inf else value
+
+
 def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Read a certified run folder, write ``results.json``, ``report.md`` and ``certified_<norm>.png``.
 
     Without matplotlib (the ``plot`` extra) the tables, JSON and Markdown are still written, without
     PNGs; ``log`` (default: the ``asymcert`` logger) and report.md say how to get the plots. Under
     torchrun only rank 0 writes (the others return {}).
+
+    results.json: :func:`summarize`'s numbers at :func:`report_radii` (key ``"inf"``: certified at every
+    radius), ``median_radius`` per norm a number or ``"inf"``, and ``certificate_mode`` (closed form or
+    reach-aware, which threat model: :class:`~asymcert.pipeline.CertificateMode`, null when not recorded).
 
     Raises:
         CheckpointError: no run folder, no or corrupted certificates, a malformed run.json.
@@ -127,7 +158,10 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
         # the run's radii are in its own units: raw, or its threat model's; certificates in other units
         # (certified with --threat-model / --no-threat-model) get radii picked from themselves
         own_units = (cert.units == RAW_UNITS) == (run.threat_model is None)
-        results = summarize(cert, labels, {**auto_radii(cert, labels), **(run.report_radii if own_units else {})})
+        results = summarize(cert, labels, report_radii(cert, labels, run.report_radii if own_units else {}))
+        results["median_radius"] = {k: json_radius(v) for k, v in results.get("median_radius", {}).items()}
+        mode = read_certificate_mode(run_dir)
+        results["certificate_mode"] = None if mode is None else mode.to_dict()
         results["task"] = run.task
         results["training_seconds"] = (run.training or {}).get("seconds")
         results["best_epoch"] = (run.training or {}).get("best", {}).get("epoch")
@@ -183,6 +217,43 @@ def _detection_lines(run: dict[str, Any], results: dict[str, Any]) -> list[str]:
     ]
 
 
+def mode_line(mode: CertificateMode | None) -> str:
+    """One sentence on how certificates were computed: closed-form or reach-aware radii, under which threat
+    model (the run's own, a file given, or none); for report.md and audit.md, next to their units."""
+    if mode is None:
+        return (
+            "Certificates: mode not recorded (closed form or reach-aware, and the threat model, are unknown: "
+            "certified by an older version, or not by `asymcert certify`)."
+        )
+    radii = "reach-aware radii (`--reach`)" if mode.reach else "closed-form radii (without `--reach`)"
+    file = f"`{mode.threat_model_file}`" if mode.threat_model_file else None
+    if mode.threat_model == "run":
+        under = "the run's own threat model (run.json" + (f"; also given as {file})" if file else ")")
+    elif mode.threat_model == "given" and file:
+        under = f"the threat model of {file} (--threat-model), not the run's own"
+    elif mode.threat_model == "given":
+        under = f"a threat model given with --threat-model, not the run's own: `{dumps_strict(mode.given)}`"
+    else:
+        under = "no threat model (plain ℓp balls in raw input units)"
+    return f"Certificates: {radii}, under {under}."
+
+
+def _budget_note(run: dict[str, Any]) -> list[str]:
+    """A "Note:" line when the threshold b was fitted with few allowed false positives
+    (:attr:`~asymcert.train.balance.FalsePositiveBudget.small`), else nothing."""
+    raw = ((run.get("training") or {}).get("false_positive_budget")) or {}
+    try:
+        budget = FalsePositiveBudget(int(raw["allowed"]), int(raw["other"]), float(raw["rate"]))
+    except (KeyError, TypeError, ValueError):  # no budget (no false_positive_rate, an older run) or a damaged one
+        return []
+    return [f"Note: {budget.note()}.", ""] if budget.small else []
+
+
+def _radius_header(key: str) -> str:
+    """A table column's radius: the number, or "every radius (∞)" for ∞."""
+    return "every radius (∞)" if key == "inf" else key
+
+
 def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
     """The human-readable report."""
     lines = [f"# {run.get('task_description') or run['task']}", ""]
@@ -205,8 +276,10 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
             + (f"kept: {kept}, epoch" if kept else "best validation epoch")
             + f" {results.get('best_epoch')}"
         )
+    mode = CertificateMode.from_dict(results["certificate_mode"]) if "certificate_mode" in results else None
     lines += [
         "",
+        *_budget_note(run),
         "Certified accuracy: share of sensitive-class test inputs flagged sensitive with a certified "
         f"radius ≥ r (radii in {results.get('units', RAW_UNITS)})."
         if "n_sensitive" in results
@@ -214,13 +287,15 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
         if results["guarantee"] == Guarantee.FLAG.value
         else "Certified accuracy: share of test inputs classified correctly with a certified radius ≥ r.",
         "",
+        *([mode_line(mode), ""] if "certificate_mode" in results else []),
     ]
     for name, table in results["certified_accuracy"].items():
-        if not table:
-            continue
         pretty = _pretty(normalize_norm(name))
+        if not table:  # no radius > 0 to report: every radius of the pool is 0, or the pool is empty
+            lines += [f"{pretty}: no test input is certified at any radius > 0.", ""]
+            continue
         lines += [
-            f"| {pretty} radius | " + " | ".join(table) + " |",
+            f"| {pretty} radius | " + " | ".join(map(_radius_header, table)) + " |",
             "|---|" + "---|" * len(table),
             "| certified accuracy | " + " | ".join(f"{100 * v:.1f}%" for v in table.values()) + " |",
             "",

@@ -10,6 +10,7 @@ training runs on train ∪ val and keeps the final epoch.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import warnings
@@ -28,7 +29,7 @@ from asymcert.data.augment import augmentation_from_name
 from asymcert.data.tasks import Augment, Dataset, TaskData
 from asymcert.errors import AsymcertError, CheckpointError, ConfigError, RunFolderConflictError
 from asymcert.runfolder import dumps_strict, write_json
-from asymcert.train.balance import allowed_false_positives, per_candidate_confidence
+from asymcert.train.balance import FalsePositiveBudget, allowed_false_positives, per_candidate_confidence
 from asymcert.train.batches import EpochBatches, epoch_batches, resolve_workers
 from asymcert.train.config import DEVICE_HELP, TrainConfig, parse_device
 from asymcert.train.recipes import Recipe, recipe_for
@@ -213,6 +214,30 @@ def check_operating_point(data: TaskData, config: TrainConfig) -> None:
         ) from None
 
 
+def false_positive_budget(data: TaskData, config: TrainConfig) -> FalsePositiveBudget | None:
+    """How many false positives each epoch's balance shift b may make on the split it is fitted on (the
+    validation split; train ∪ val with ``refit``); None without ``false_positive_rate``, or for a confidence
+    the split is too small for (:func:`check_operating_point` refuses that)."""
+    if config.false_positive_rate is None:
+        return None
+    other = int((data.val.y == 0).sum()) + (int((data.train.y == 0).sum()) if config.refit else 0)
+    confidence = per_candidate_confidence(config.false_positive_confidence, config.epochs)
+    try:
+        allowed = allowed_false_positives(other, config.false_positive_rate, confidence)
+    except ValueError:
+        return None
+    return FalsePositiveBudget(allowed, other, float(config.false_positive_rate))
+
+
+def warn_small_budget(data: TaskData, config: TrainConfig) -> FalsePositiveBudget | None:
+    """Warn (the ``asymcert`` logger, stderr by default; rank 0 only) when the false-positive budget is small
+    (:attr:`FalsePositiveBudget.small`). Returns the budget (None without ``false_positive_rate``)."""
+    budget = false_positive_budget(data, config)
+    if budget is not None and budget.small and distributed.is_main():
+        logging.getLogger("asymcert").warning(f"warning: {budget.note()}")
+    return budget
+
+
 def _save_state(state: dict[str, Any], path: Path) -> None:
     """torch.save through a Python file object, so a full disk raises OSError (not a RuntimeError)."""
     with open(path, "wb") as fh:
@@ -314,6 +339,7 @@ class TrainingSession:
             ``refit``: the final epoch's).
         """
         config, model = self.config, self.model
+        warn_small_budget(self.data, config)
         if self.resumed:
             self.log(f"resuming after epoch {self.start_epoch} of {config.epochs} from {self.state_file}")
         else:

@@ -1,0 +1,240 @@
+"""What a run's report and audit say beside the numbers: the share certified at every radius when radii are ∞,
+how the certificates were computed (closed form or reach-aware, under which threat model), and a note when the
+false-positive budget is too small for the threshold and the epoch choice to be more than noise."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from asymcert.audit import audit_run
+from asymcert.certify.certfile import load_certificates, save_certificates
+from asymcert.certify.result import Certificate, Guarantee
+from asymcert.cli import EXIT_OK, main
+from asymcert.pipeline import CERT_FILE, CERTIFY_FILE, plan_training, read_certificate_mode, run_data
+from asymcert.report.writer import render_markdown, report_radii, summarize, write_report
+from asymcert.runfolder import read_run_record, run_threat_model
+from asymcert.threat import ThreatModel
+from asymcert.train import TrainConfig
+from asymcert.train.balance import FEW_FALSE_POSITIVES, FalsePositiveBudget
+from asymcert.train.loop import false_positive_budget, warn_small_budget
+
+FEATURES = ["links", "words", "caps", "age"]
+ONE_IMMUTABLE = {"immutable": ["age"], "lower": {"*": 0.0}}
+ALL_IMMUTABLE = {"immutable": FEATURES}
+
+
+def _write(path, n, seed):
+    g = np.random.default_rng(seed)
+    x = (np.abs(g.normal(size=(n, 4))) * np.array([1.0, 3.0, 20.0, 5.0])).astype(np.float32).astype(np.float64)
+    y = np.where(x[:, 0] - 0.2 * x[:, 1] + 0.02 * x[:, 2] > 0.3, "spam", "ham")
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*FEATURES, "kind"])
+        for row, label in zip(x, y, strict=True):
+            w.writerow([*map(repr, map(float, row)), label])
+
+
+def _run_args(folder, out, *extra):
+    csv_args = ["--csv", str(folder / "train.csv"), "--label-column", "kind", "--sensitive-class", "spam"]
+    return ["run", *csv_args, "--epochs", "3", "--out", str(out), "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report_modes")
+    _write(root / "train.csv", 300, 0)
+    (root / "one.json").write_text(json.dumps(ONE_IMMUTABLE))
+    (root / "all.json").write_text(json.dumps(ALL_IMMUTABLE))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tm_run(folder):
+    """A run under a threat model with one immutable feature (finite radii)."""
+    res = CliRunner().invoke(main, _run_args(folder, folder / "run", "--threat-model", str(folder / "one.json")))
+    assert res.exit_code == EXIT_OK, res.output
+    return folder / "run"
+
+
+@pytest.fixture
+def run_copy(tm_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tm_run, copy)
+    return copy
+
+
+def _results(run_dir):
+    return json.loads((run_dir / "results.json").read_text(), parse_constant=_no_constant)
+
+
+def _no_constant(name):
+    raise AssertionError(f"results.json holds {name}, which is not JSON")
+
+
+# ----------------------------------------------------------------------------------- radii all ∞
+
+
+def test_all_infinite_radii_fill_the_tables_with_every_radius(folder, tmp_path):
+    """Every feature immutable: every flagged input's radius is ∞. The report says the share certified at every
+    radius (it was an empty table, `l1: ` on the console and {} in results.json)."""
+    out = tmp_path / "all"
+    res = CliRunner().invoke(main, _run_args(folder, out, "--threat-model", str(folder / "all.json")))
+    assert res.exit_code == EXIT_OK, res.output
+    cert, labels = load_certificates(out / CERT_FILE)
+    pool = (cert.predicted == 1) & (labels == 1)
+    assert pool.any() and all(bool(torch.isinf(r[pool]).all()) for r in cert.radii.values())
+    results = _results(out)
+    share = results["sensitive_flagged_correctly"]
+    assert results["certified_accuracy"] == {n: {"inf": share} for n in ("l1", "l2", "linf")}
+    assert results["median_radius"] == {"l1": "inf", "l2": "inf", "linf": "inf"}
+    report = (out / "report.md").read_text()
+    assert "| ℓ1 radius | every radius (∞) |" in report and f"| certified accuracy | {100 * share:.1f}% |" in report
+    assert f"l1: every radius (∞): {100 * share:.1f}%" in res.output
+
+
+def _binary(radii):
+    r = torch.tensor(radii, dtype=torch.float64)
+    return Certificate(torch.ones(len(r), dtype=torch.long), {1.0: r}, "custom", Guarantee.FLAG), torch.ones(len(r))
+
+
+def test_some_infinite_radii_add_an_every_radius_column_to_the_picked_radii():
+    cert, labels = _binary([0.5, 1.0, 2.0, math.inf, math.inf, 0.0])
+    radii = report_radii(cert, labels, {})["l1"]
+    assert radii[-1] == math.inf and all(0 < r < math.inf for r in radii[:-1])
+    results = summarize(cert, labels, {"l1": radii})
+    assert results["certified_accuracy"]["l1"]["inf"] == pytest.approx(2 / 6)
+    assert report_radii(cert, labels, {"l1": [0.5, 1.0]})["l1"] == [0.5, 1.0, math.inf]  # the run's own radii, too
+    finite, finite_labels = _binary([0.5, 1.0])
+    assert math.inf not in report_radii(finite, finite_labels, {})["l1"]  # no column where no radius is ∞
+
+
+def test_a_table_with_no_radius_says_nothing_is_certified():
+    cert, labels = _binary([0.0, 0.0])
+    results = summarize(cert, labels, report_radii(cert, labels, {}))
+    assert results["certified_accuracy"]["l1"] == {}
+    assert "ℓ1: no test input is certified at any radius > 0." in render_markdown({"task": "t", "model": {}}, results)
+
+
+# ----------------------------------------------------------------------------------- the certificate mode
+
+
+def test_report_says_closed_form_or_reach_and_which_threat_model(run_copy, folder):
+    runner = CliRunner()
+    assert _results(run_copy)["certificate_mode"]["reach"] is False
+    assert "Certificates: closed-form radii (without `--reach`), under the run's own threat model (run.json)." in (
+        (run_copy / "report.md").read_text()
+    )
+    res = runner.invoke(main, ["certify", str(run_copy), "--reach", "--quiet"])
+    assert res.exit_code == EXIT_OK, res.output
+    mode = _results(run_copy)["certificate_mode"]
+    assert mode["reach"] is True and mode["threat_model"] == "run"
+    assert "Certificates: reach-aware radii (`--reach`), under the run's own" in (run_copy / "report.md").read_text()
+    res = runner.invoke(main, ["certify", str(run_copy), "--threat-model", str(folder / "all.json"), "--quiet"])
+    assert res.exit_code == EXIT_OK, res.output
+    mode = _results(run_copy)["certificate_mode"]
+    assert mode["threat_model"] == "given" and mode["given"]["immutable"] == FEATURES
+    given = f"the threat model of `{folder / 'all.json'}` (--threat-model), not the run's own"
+    assert given in (run_copy / "report.md").read_text() and mode["threat_model_file"] == str(folder / "all.json")
+    res = runner.invoke(main, ["certify", str(run_copy), "--no-threat-model", "--quiet"])
+    assert res.exit_code == EXIT_OK, res.output
+    assert _results(run_copy)["certificate_mode"]["threat_model"] == "none"
+    assert "under no threat model (plain ℓp balls in raw input units)" in (run_copy / "report.md").read_text()
+
+
+def test_a_mode_file_of_other_certificates_is_not_believed(run_copy):
+    mode = read_certificate_mode(run_copy)
+    assert mode is not None and (mode.reach, mode.threat_model, mode.given) == (False, "run", None)
+    cert, labels = load_certificates(run_copy / CERT_FILE)
+    save_certificates(run_copy / CERT_FILE, cert, labels.flip(0))  # certificates written by other means
+    assert read_certificate_mode(run_copy) is None
+    results = write_report(run_copy)
+    assert results["certificate_mode"] is None
+    assert "Certificates: mode not recorded" in (run_copy / "report.md").read_text()
+    (run_copy / CERTIFY_FILE).write_text("{not json")
+    assert read_certificate_mode(run_copy) is None
+
+
+def test_audit_says_reach_and_names_the_threat_model(run_copy, folder):
+    args = ["audit", str(run_copy), "--limit", "20", "--steps", "10", "--restarts", "1", "--no-exact"]
+    res = CliRunner().invoke(main, [*args, "--reach"])
+    assert res.exit_code == EXIT_OK, res.output
+    text = (run_copy / "audit.md").read_text()
+    assert "Certificates: reach-aware radii (`--reach`), under the run's own threat model (run.json)." in text
+    assert json.loads((run_copy / "audit.json").read_text())["certificate_mode"]["reach"] is True
+    res = CliRunner().invoke(main, [*args, "--threat-model", str(folder / "all.json")])
+    assert res.exit_code == EXIT_OK, res.output
+    text = (run_copy / "audit.md").read_text()
+    assert "closed-form radii" in text and f"the threat model of `{folder / 'all.json'}` (--threat-model)" in text
+    res = CliRunner().invoke(main, [*args, "--no-threat-model"])
+    assert res.exit_code == EXIT_OK, res.output
+    assert "under no threat model" in (run_copy / "audit.md").read_text()
+
+
+def test_audit_run_names_the_threat_model_file_it_is_given(run_copy, folder):
+    record = read_run_record(run_copy)
+    tm = run_threat_model(record, ThreatModel.from_dict(ALL_IMMUTABLE))
+    data = run_data(run_copy)
+    path = str(folder / "all.json")
+    report = audit_run(
+        run_copy, data.test.x[:10], threat_model_file=path, threat_model=tm, restarts=1, steps=5, exact=False
+    )
+    assert report["certificate_mode"]["threat_model_file"] == path
+    assert f"the threat model of `{path}` (--threat-model), not the run's own" in (run_copy / "audit.md").read_text()
+
+
+# ----------------------------------------------------------------------------------- small false-positive budgets
+
+
+def test_budget_is_small_below_the_documented_threshold():
+    assert FalsePositiveBudget(FEW_FALSE_POSITIVES - 1, 500, 0.019).small
+    assert not FalsePositiveBudget(FEW_FALSE_POSITIVES, 500, 0.02).small
+    note = FalsePositiveBudget(3, 164, 0.02).note()
+    assert "3 allowed false positive(s) among 164 validation inputs of the other class" in note
+    assert "use more validation data (at least 500 of the other class)" in note
+    assert "or a larger false_positive_rate (at least 0.061)" in note
+
+
+def test_a_small_budget_warns_at_the_start_of_training(folder, caplog):
+    plan = plan_training({"csv": str(folder / "train.csv"), "label_column": "kind", "sensitive_class": "spam"})
+    n_other = int((plan.data.val.y == 0).sum())
+    small = TrainConfig.from_dict({"false_positive_rate": 0.02})
+    assert false_positive_budget(plan.data, small) == FalsePositiveBudget(math.floor(0.02 * n_other), n_other, 0.02)
+    refit = TrainConfig.from_dict({"false_positive_rate": 0.02, "refit": True})
+    assert false_positive_budget(plan.data, refit).other == n_other + int((plan.data.train.y == 0).sum())
+    assert false_positive_budget(plan.data, TrainConfig.from_dict({})) is None
+    with caplog.at_level(logging.WARNING, logger="asymcert"):
+        warn_small_budget(plan.data, TrainConfig.from_dict({"false_positive_rate": 0.99}))
+        assert not caplog.records  # 0.99·n allowed: no warning
+        warn_small_budget(plan.data, small)
+    assert [r.getMessage() for r in caplog.records] == [f"warning: {false_positive_budget(plan.data, small).note()}"]
+
+
+def test_a_small_budget_is_a_stderr_line_and_a_note_in_the_report(folder, tmp_path):
+    out = tmp_path / "fpr"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "asymcert", *_run_args(folder, out, "--set", "false_positive_rate=0.02")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    budget = read_run_record(out).training["false_positive_budget"]
+    assert budget["allowed"] < FEW_FALSE_POSITIVES and budget["rate"] == 0.02
+    warning = [line for line in done.stderr.splitlines() if line.startswith("warning: the threshold b rests on")]
+    assert len(warning) == 1 and "epoch 1/3" in done.stdout and "warning" not in done.stdout
+    note = f"Note: the threshold b rests on {budget['allowed']} allowed false positive(s) among {budget['other']}"
+    assert note in (out / "report.md").read_text()
+
+
+def test_no_note_without_a_false_positive_rate(tm_run):
+    assert "false_positive_budget" not in read_run_record(tm_run).training
+    assert "Note:" not in (tm_run / "report.md").read_text()
