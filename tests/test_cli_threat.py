@@ -251,6 +251,18 @@ def test_reach_flag_gives_the_librarys_reach_radii_on_both_paths(tm_run, tmp_pat
     assert torch.equal(cert.radii[math.inf], direct.radii[math.inf])
 
 
+def test_parquet_results_say_whether_their_radii_are_reach_aware(tm_run, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    _write(tmp_path / "new.csv", 12, 9, labels=False)
+    for extra, mode in (([], b"closed form"), (["--reach"], b"reach-aware")):
+        out = tmp_path / f"r{len(extra)}.parquet"
+        res = CliRunner().invoke(
+            main, ["certify", str(tm_run), "--input", str(tmp_path / "new.csv"), "--out", str(out), *extra]
+        )
+        assert res.exit_code == EXIT_OK, res.output
+        assert pq.read_schema(out).metadata[b"asymcert.radii"] == mode
+
+
 def test_an_option_the_certifier_does_not_take_is_refused_before_any_output(tm_run, tmp_path):
     _write(tmp_path / "new.csv", 10, 7, labels=False)
     with pytest.raises(InputError, match="has no option 'bogus'"):

@@ -207,6 +207,7 @@ def test_parquet_output_holds_the_same_numbers_as_the_csv(csv_run, tmp_path):
     assert table.column("label").to_pylist() == [r["label"] for r in rows]
     meta = pq.read_schema(tmp_path / "r.parquet").metadata
     assert meta[b"asymcert.units"].decode() == done.units and meta[b"asymcert.run"].decode() == str(csv_run)
+    assert meta[b"asymcert.radii"] == b"closed form"
     with pytest.raises(InputError, match=r"written as \.csv or \.parquet"):
         certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.json", progress=False)
 

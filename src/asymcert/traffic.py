@@ -267,7 +267,8 @@ class _CsvSink:
 
 class _ParquetSink:
     """Results as one Parquet row group per chunk (pyarrow, the ``parquet`` extra), written as they come; the
-    file's schema metadata holds ``metadata`` (``asymcert.units``: what the radius columns measure)."""
+    file's schema metadata holds ``metadata`` (``asymcert.units``: what the radius columns measure, ``asymcert.run``
+    the run folder, ``asymcert.radii``: "closed form" or "reach-aware")."""
 
     def __init__(self, path: Path, metadata: Mapping[str, str] | None = None) -> None:
         try:
@@ -351,7 +352,9 @@ def certify_file(
                 tally.add(cert, batch.x, tm)
 
         units = RAW_UNITS if tm is None else tm.units()
-        atomic_write(out, _writer(out, certified, {"asymcert.units": units, "asymcert.run": str(run_dir)}))
+        mode = "reach-aware" if extra.get("reach") else "closed form"
+        metadata = {"asymcert.units": units, "asymcert.run": str(run_dir), "asymcert.radii": mode}
+        atomic_write(out, _writer(out, certified, metadata))
     return TrafficResult(tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy)
 
 
