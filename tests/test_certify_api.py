@@ -198,3 +198,55 @@ def test_reach_is_a_typed_option_that_changes_nothing_without_a_threat_model():
         assert torch.equal(plain.radii[p], reach.radii[p])
     with pytest.raises(UnsoundOptionError, match="reach"):
         asymcert.certify(model, x, norms=(1,), reach="yes", threat_model=asymcert.ThreatModel(scale={"*": 2.0}))
+
+
+def _vector_model():
+    return build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [4],
+            "feature_map": [{"kind": "shift"}],
+            "convex": {"kind": "icnn", "widths": [8]},
+        }
+    ).eval()
+
+
+def test_process_wide_module_hooks_are_refused():
+    """A hook set with torch.nn.modules.module.register_module_forward_hook runs inside every model's call; one
+    that negated g made a concave score certify at radius ∞. Refused, and certified again once removed."""
+    model, x = _vector_model(), torch.rand(3, 4)
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: o)
+    try:
+        with pytest.raises(asymcert.ModelError, match="process-wide module forward hook"):
+            asymcert.certify(model, x)
+    finally:
+        handle.remove()
+    assert len(asymcert.certify(model, x)) == 3
+
+
+def test_a_certifier_asked_for_by_name_that_does_not_fit_the_model_is_one_error():
+    with pytest.raises(InputError, match="certifier 'linf-dist' cannot certify a FeatureConvexClassifier"):
+        asymcert.certify(_vector_model(), torch.rand(3, 4), method="linf-dist")
+
+
+def test_inference_mode_is_refused_with_its_reason():
+    model = _vector_model()
+    with torch.inference_mode(), pytest.raises(InputError, match=r"outside torch\.inference_mode"):
+        asymcert.certify(model, torch.rand(3, 4))
+    with torch.no_grad():
+        assert len(asymcert.certify(model, torch.rand(3, 4))) == 3
+
+
+@pytest.mark.parametrize("option", [{"guard": "no"}, {"guard": 0}, {"reach": 1}, {"validate": None}])
+def test_yes_no_options_must_be_bools(option):
+    """guard="no" is truthy: it kept the guard on where the caller asked it off."""
+    with pytest.raises(UnsoundOptionError, match="must be True or False"):
+        asymcert.certify(_vector_model(), torch.rand(2, 4), **option)
+
+
+def test_inputs_outside_the_threat_models_domain_are_warned_about():
+    tm = asymcert.ThreatModel(lower={"*": 0.0}, upper={1: 1.0})
+    x = torch.rand(5, 4)
+    x[3, 1] = 1.5
+    with pytest.warns(UserWarning, match=r"1 input\(s\) lie outside the threat model's domain .*row 3"):
+        asymcert.certify(_vector_model(), x, threat_model=tm)

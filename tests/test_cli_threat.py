@@ -263,6 +263,17 @@ def test_parquet_results_say_whether_their_radii_are_reach_aware(tm_run, tmp_pat
         assert pq.read_schema(out).metadata[b"asymcert.radii"] == mode
 
 
+def test_python_warnings_are_one_line_on_the_command_line(tm_run, tmp_path):
+    """certify of a test split partly outside a given threat model's domain: 'warning: ...', no file path."""
+    copy = tmp_path / "run"
+    shutil.copytree(tm_run, copy)
+    (tmp_path / "narrow.json").write_text(json.dumps({"upper": {"words": 0.5}}))
+    res = CliRunner().invoke(main, ["certify", str(copy), "--threat-model", str(tmp_path / "narrow.json"), "--quiet"])
+    assert res.exit_code == EXIT_OK, res.output
+    assert "warning: " in res.output and "lie outside the threat model's domain" in res.output
+    assert "UserWarning" not in res.output and ".py:" not in res.output
+
+
 def test_an_option_the_certifier_does_not_take_is_refused_before_any_output(tm_run, tmp_path):
     _write(tmp_path / "new.csv", 10, 7, labels=False)
     with pytest.raises(InputError, match="has no option 'bogus'"):

@@ -398,3 +398,14 @@ def test_an_export_that_fails_leaves_the_earlier_file_as_it_was(tmp_path, monkey
     with pytest.raises(RuntimeError, match="the tracer died"):
         to_onnx(model, out)
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_process_wide_hooks_are_refused_before_tracing(tmp_path):
+    model = small_feature_convex("icnn", input_shape=(1, 4, 4))
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: o)
+    try:
+        with pytest.raises(ExportError, match="process-wide module forward hook"):
+            to_onnx(model, tmp_path / "m.onnx")
+    finally:
+        handle.remove()
+    assert not (tmp_path / "m.onnx").exists()

@@ -8,7 +8,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from asymcert.errors import ConfigError, UnknownNameError
-from asymcert.nn.feature_maps import _quantiles, build_feature_map, feature_map_problems, round_down, round_up
+from asymcert.nn.feature_maps import (
+    Standardize,
+    _quantiles,
+    build_feature_map,
+    feature_map_problems,
+    round_down,
+    round_up,
+)
 from tests.conftest import examples
 
 NORMS = [1.0, 1.5, 2.0, 3.0, math.inf]
@@ -337,3 +344,12 @@ def test_group_min_refuses_bad_settings_and_round_trips():
     with torch.no_grad():
         phi.maps[2].floor[1] = math.nan
     assert any("floor: contains NaN or Inf" in p for p in feature_map_problems(phi))
+
+
+def test_standardize_leaves_a_constant_feature_unscaled():
+    """A column constant on the data fitted gets σ = 1, not min_scale: its 1/σ would be φ's Lipschitz constant."""
+    x = torch.randn(100, 3) * torch.tensor([2.0, 1.0, 0.5])
+    x[:, 1] = 7.0
+    phi = Standardize((3,)).fit(x)
+    assert phi.scale[1] == 1.0 and torch.allclose(phi.scale[[0, 2]], x[:, [0, 2]].std(dim=0))
+    assert phi.lipschitz(2.0) == pytest.approx(1 / float(x[:, 2].std()), rel=1e-6)

@@ -45,7 +45,8 @@ def _tabular_model(seed: int = 0) -> FeatureConvexClassifier:
 
 def _flips_inside_radius(model: nn.Module, x: torch.Tensor) -> int:
     """PGD in ℓ2 within 0.99 × each certified radius; how many flagged inputs lose the flag."""
-    cert = asymcert.certify(model, x, norms=(2,), validate=False)
+    with pytest.warns(UserWarning, match="validate=False: the model's checks"):
+        cert = asymcert.certify(model, x, norms=(2,), validate=False)
     keep = (cert.predicted == 1) & (cert.radii[2.0] > 0) & torch.isfinite(cert.radii[2.0])
     x_adv = pgd_attack(
         model,
@@ -502,3 +503,28 @@ def test_every_family_forward_refuses_integer_dtypes_and_wrong_shapes(config):
         model(torch.rand(4, 5))
     with pytest.raises(InputError, match=r"got \(6,\)"):
         model(torch.rand(6))
+
+
+def test_a_models_forward_refuses_inputs_wider_than_it_computes_in():
+    """model(x_float64) on a float32 model: the promised InputError, not torch's dtype RuntimeError."""
+    model = _tabular_model()
+    with pytest.raises(InputError, match=r"computes in torch\.float32 and got torch\.float64 inputs"):
+        model(torch.zeros(2, 6, dtype=torch.float64))
+    assert model(torch.zeros(2, 6, dtype=torch.float16)).dtype == torch.float32  # narrower: exact, accepted
+    assert model.double()(torch.zeros(2, 6)).dtype == torch.float64
+
+
+def test_a_foreign_module_in_the_feature_map_is_refused_by_name():
+    model = _tabular_model()
+    model.feature_map.maps.append(nn.Tanh())
+    with pytest.raises(ConvexityError, match=r"feature_map\.maps\.1: Tanh is not a FeatureMap"):
+        asymcert.certify(model, torch.zeros(2, 6))
+
+
+def test_a_model_with_layers_of_several_dtypes_is_refused():
+    model = _tabular_model()
+    model.convex.hidden[0].double()
+    with pytest.raises(ConvexityError, match=r"parameters of several dtypes \(torch\.float32, torch\.float64\)"):
+        asymcert.certify(model, torch.zeros(2, 6))
+    model.double()
+    assert len(asymcert.certify(model, torch.zeros(2, 6))) == 2

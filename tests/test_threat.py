@@ -6,6 +6,7 @@ import copy
 import itertools
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -977,3 +978,13 @@ def test_each_norm_gets_the_one_box_search_at_most_once(phi, monkeypatch):
     )
     asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=TM.resolve(None, 6), reach=True)
     assert sorted(calls) == ([1.0, 2.0, math.inf] if phi is PAIR_PHIS[1] else [1.0])
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [(["a", "b", "a"], "feature name(s) 'a' appear more than once"), (["a", "b"], "2 feature names for 3 features")],
+)
+def test_feature_names_must_be_one_per_feature_and_distinct(names, message):
+    """A repeated name froze only its last column; a short list said 'unknown feature' of one that exists."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ThreatModel(immutable=["a"]).resolve(names, 3)

@@ -192,3 +192,27 @@ def test_a_refused_export_changes_nothing_on_disk(tmp_path, case):
     assert (
         sorted((p.relative_to(tmp_path), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*")) == before
     )
+
+
+def test_float64_inputs_get_the_boxes_of_their_float32_rounding(tmp_path):
+    """The graph reads float32: each box is centred on the rounded input its radius was certified at (centred on
+    the float64 value, a box reached past the certified one and a corner flipped)."""
+    model = _tm_model()
+    x64 = torch.rand(60, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64) + 1e-3
+    assert bool((x64 != x64.float().double()).all())
+    a = to_vnnlib(model, x64, tmp_path / "a")
+    b = to_vnnlib(model, x64.float(), tmp_path / "b")
+    assert a == b and len(a) >= 10
+    for prop in a:
+        assert (tmp_path / "a" / prop.file).read_text() == (tmp_path / "b" / prop.file).read_text()
+    with pytest.raises(ExportError, match=r"a floating torch\.Tensor"):
+        to_vnnlib(model, x64.numpy(), tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_unresolved_threat_model_is_resolved_by_index_as_certify_takes_it(tmp_path):
+    model, x = _tm_model(), torch.rand(40, D, generator=torch.Generator().manual_seed(6))
+    x[:, 4] *= 0.9
+    a = to_vnnlib(model, x, tmp_path / "a", threat_model=TM)
+    b = to_vnnlib(model, x, tmp_path / "b", threat_model=TM.resolve(None, D))
+    assert a == b and len(a) >= 5

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,12 @@ def main() -> None:
     """
 
     distributed.init_from_env()
+    warnings.showwarning = _one_line_warning
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    """Python warnings on the command line: one ``warning: ...`` line on stderr, no file path or source line."""
+    click.echo(f"warning: {message}", err=True)
 
 
 _POSITIVE = click.IntRange(min=1)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,8 @@ class ThreatModel:
         immutable: features the attacker cannot change.
         increase_only / decrease_only: features the attacker can only raise / only lower.
         lower / upper: the valid domain, x + δ ∈ [lower, upper] (default unbounded); ``"*"`` allowed.
-        norms: the norms to certify by default (None: the command's or caller's own).
+        norms: the norms the commands (certify, audit, report) certify by default (None: their own);
+            ``asymcert.certify`` takes its own ``norms`` argument (pass ``tm.norms`` there to use them).
     """
 
     scale: Mapping[Key, float | str] = field(default_factory=dict)
@@ -230,6 +232,11 @@ class _Resolver:
         self.index = {name: i for i, name in enumerate(self.names or [])}
         self.n = n
         self.problems: list[str] = []
+        if self.names is not None and len(self.names) != n:
+            self.problems.append(f"{len(self.names)} feature names for {n} features; give one name per feature")
+        twice = sorted(name for name, count in Counter(self.names or []).items() if count > 1)
+        if twice:
+            self.problems.append(f"feature name(s) {', '.join(map(repr, twice[:5]))} appear more than once")
 
     def label(self, i: int) -> str:
         return repr(self.names[i]) if self.names is not None and i < len(self.names) else f"#{i}"

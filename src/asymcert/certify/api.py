@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,8 @@ from asymcert.certify.input_rounding import lowered_by_rounding, to_model_dtype
 from asymcert.certify.inputs import check_inputs
 from asymcert.certify.result import Certificate, Guarantee, normalize_norm
 from asymcert.certify.threat_model import fallback_radii, resolve_for
-from asymcert.errors import InputError, UnknownNameError
+from asymcert.errors import InputError, ModelError, UnknownNameError, UnsoundOptionError
+from asymcert.nn.convex import global_hook_problems
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 if TYPE_CHECKING:
@@ -55,6 +57,12 @@ class CertifierSpec:
     threat_run: Callable[..., Certificate] | None = None
     max_batch: Callable[[nn.Module], int] | None = None
 
+
+UNVALIDATED = (
+    "validate=False: the model's checks (convexity, signs, finite weights, hooks) are skipped; for a model that "
+    "fails them the radii are not certificates"
+)
+"""The warning of ``certify(..., validate=False)``: an option for a model the caller has validated and not changed."""
 
 _CERTIFIERS: dict[str, CertifierSpec] = {}
 
@@ -113,6 +121,7 @@ def make_options(
 
     Raises:
         InputError: ``options`` of another type, or an option the certifier does not take.
+        UnsoundOptionError: a yes/no option that is not a bool (``guard="no"`` would have kept the guard on).
     """
     if options is not None and not isinstance(options, spec.options):
         raise InputError(
@@ -126,7 +135,16 @@ def make_options(
             f"its options: {', '.join(known) or 'none'}"
         )
     base = options if options is not None else spec.options()
-    return replace(base, **overrides) if overrides else base
+    made = replace(base, **overrides) if overrides else base
+    flags = [
+        f.name for f in fields(made) if isinstance(f.default, bool) and not isinstance(getattr(made, f.name), bool)
+    ]
+    if flags:
+        raise UnsoundOptionError(
+            f"certifier {spec.name!r}: option(s) {', '.join(flags)} must be True or False, got "
+            + ", ".join(repr(getattr(made, name)) for name in flags)
+        )
+    return made
 
 
 def option_values(options: DataclassInstance) -> dict[str, Any]:
@@ -153,6 +171,22 @@ def _model_device(model: nn.Module, x: torch.Tensor) -> torch.device:
             "the model's weights are on the meta device, they hold no values; build or load it on cpu or cuda"
         )
     return params[0].device if params else x.device
+
+
+def _warn_outside(tm: ResolvedThreatModel | None, x: torch.Tensor) -> None:
+    """Warn (UserWarning) when inputs lie outside ``tm``'s domain [lower, upper]: often corrupt values (a count
+    below 0); their radii count the moves it allows from there. One pass of comparisons over x."""
+    if tm is None or x.shape[0] == 0:
+        return
+    outside = (~tm.inside(x)).any(dim=1)
+    if bool(outside.any()):
+        first = int(torch.nonzero(outside)[0])
+        warnings.warn(
+            f"{int(outside.sum())} input(s) lie outside the threat model's domain [lower, upper] (the first: "
+            f"row {first}); corrupt values? Their radii count the moves it allows from there.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _model_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
@@ -197,6 +231,24 @@ def _run(
         return spec.threat_run(model, x, norms, tm, **kwargs)
     cert = spec.run(model, x, norms, **kwargs)
     return replace(cert, radii=fallback_radii(cert.radii, tm, x), units=tm.units())
+
+
+def _run_for(
+    spec: CertifierSpec,
+    model: nn.Module,
+    x: torch.Tensor,
+    norms: tuple[float, ...],
+    tm: ResolvedThreatModel | None,
+    kwargs: dict[str, Any],
+) -> Certificate:
+    """:func:`_run`; a certifier asked for by name (``method=``) that finds the model lacks what it reads is
+    refused in one line (InputError) instead of an AttributeError from inside it."""
+    try:
+        return _run(spec, model, x, norms, tm, kwargs)
+    except AttributeError as exc:
+        if spec.name == getattr(model, "certifier", None):
+            raise
+        raise InputError(f"certifier {spec.name!r} cannot certify a {type(model).__name__} ({exc})") from None
 
 
 def certify(
@@ -244,6 +296,10 @@ def certify(
             whose weights are on the meta device; ``batch_size`` < 1.
         UnknownNameError: an unknown certifier.
         InputError: also an option the certifier does not take, or options of another certifier.
+        ModelError: process-wide module hooks are set (they may change what the model computes).
+        InputError: called inside ``torch.inference_mode()`` (the certificate needs gradients).
+    Warns:
+        UserWarning: ``validate=False`` (:data:`UNVALIDATED`); inputs outside the threat model's domain.
 
     Example:
         >>> import torch, asymcert
@@ -263,16 +319,23 @@ def certify(
         raise InputError("no norms to certify; pass at least one, e.g. norms=(2,)")
     value_range = getattr(model, "input_range", None) if check_range else None
     check_inputs(x, getattr(model, "input_shape", None), value_range)
+    for problem in global_hook_problems():  # they run inside every model's call, whatever its own checks
+        raise ModelError(problem)
+    if torch.is_inference_mode_enabled():
+        raise InputError("certify computes gradients: call it outside torch.inference_mode() (torch.no_grad() is fine)")
+    if kwargs.get("validate") is False:
+        warnings.warn(UNVALIDATED, UserWarning, stacklevel=2)
     device = _model_device(model, x)
     tm = None if threat_model is None else resolve_for(threat_model, x)
     tm = None if tm is not None and tm.is_empty() else tm  # an empty threat model is today's ℓp ball, exactly
+    _warn_outside(tm, x)
     dtype = _model_dtype(model, x)
     parts = []
     for start in range(0, x.shape[0], step):
         chunk, rounding = to_model_dtype(x[start : start + step], dtype)
         chunk = chunk.to(device)
         t0 = time.perf_counter()
-        cert = lowered_by_rounding(_run(spec, model, chunk, norms_t, tm, kwargs), rounding, tm)
+        cert = lowered_by_rounding(_run_for(spec, model, chunk, norms_t, tm, kwargs), rounding, tm)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         cert.seconds = time.perf_counter() - t0

@@ -108,12 +108,17 @@ def max_batch(model: nn.Module) -> int:
 
     The certificate keeps several float64 tensors of φ(x)'s size (features, gradient, their products);
     wide maps such as pair-min made a batch of 4096 hold 1.1 GB and run at half the speed per input
-    (benchmarks/README.md, "Certifying new traffic"). Models without a feature map: no limit of its own.
+    (benchmarks/README.md, "Certifying new traffic"). Models without a feature map, or with one that cannot
+    say its output shape (a foreign module the certifier's validation then refuses by name): no limit of its own.
     """
     feature_map, shape = getattr(model, "feature_map", None), getattr(model, "input_shape", None)
-    if feature_map is None or shape is None:
+    out_shape = getattr(feature_map, "out_shape", None)
+    if shape is None or not callable(out_shape):
         return NO_BATCH_LIMIT
-    width = math.prod(feature_map.out_shape(tuple(shape)))
+    try:
+        width = math.prod(out_shape(tuple(shape)))
+    except AttributeError:  # a module without out_shape inside φ: validation names it
+        return NO_BATCH_LIMIT
     return max(1, FEATURE_VALUES_PER_BATCH // max(1, width))
 
 

@@ -25,8 +25,9 @@ from asymcert.export.graphs import FeatureConvexGraph, LinfDistGraph, Orthogonal
 from asymcert.models.baselines import OrthogonalNet, SmoothingBaseNet
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.models.linf_dist_net import LinfDistNet
+from asymcert.nn.convex import global_hook_problems
 from asymcert.runfolder import exclusive_output
-from asymcert.threat import ResolvedThreatModel
+from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 OPSET = 17
 """ONNX opset of the exported graphs (onnxruntime ≥ 1.12 runs it)."""
@@ -72,7 +73,9 @@ def _checked_norms(norms: tuple[float | str, ...]) -> tuple[float, ...]:
 
 
 def certifying_graph(
-    model: nn.Module, norms: tuple[float | str, ...] = DEFAULT_NORMS, threat_model: ResolvedThreatModel | None = None
+    model: nn.Module,
+    norms: tuple[float | str, ...] = DEFAULT_NORMS,
+    threat_model: ThreatModel | ResolvedThreatModel | None = None,
 ) -> nn.Module:
     """The plain-ops module the exporter traces: x (N, *input_shape) → (score, flagged, *radii).
 
@@ -91,7 +94,10 @@ def certifying_graph(
             "randomized smoothing cannot be exported: its certificate is a Monte-Carlo estimate over "
             "random noise (not a deterministic function of the input), so no graph can compute it"
         )
+    for problem in global_hook_problems():  # the tracer calls every module: such hooks would be in the graph
+        raise ExportError(problem)
     checked = _checked_norms(norms)
+    threat_model = resolved_threat_model(threat_model, model)
     tm = threat_model if threat_model is not None and checked and not threat_model.is_empty() else None
     try:
         if isinstance(model, FeatureConvexClassifier):
@@ -111,6 +117,19 @@ def certifying_graph(
     )
 
 
+def resolved_threat_model(
+    threat_model: ThreatModel | ResolvedThreatModel | None, model: nn.Module
+) -> ResolvedThreatModel | None:
+    """``threat_model`` for ``model``'s flattened inputs: a :class:`ThreatModel` (features by index, as
+    ``asymcert.certify`` takes it) is resolved here; a ``ResolvedThreatModel`` or None is returned as is."""
+    if not isinstance(threat_model, ThreatModel):
+        return threat_model
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise ExportError("a threat model needs a model with an input_shape")
+    return threat_model.resolve(None, math.prod(shape))
+
+
 def _with_threat(graph: nn.Module, tm: ResolvedThreatModel | None) -> nn.Module:
     """``graph`` (eval mode), followed by the generic threat-model radii when ``tm`` is given."""
     return (graph if tm is None else ThreatFallbackGraph(graph, tm)).eval()
@@ -122,7 +141,7 @@ def to_onnx(
     norms: tuple[float | str, ...] = DEFAULT_NORMS,
     certificates: bool = True,
     input_shape: tuple[int, ...] | None = None,
-    threat_model: ResolvedThreatModel | None = None,
+    threat_model: ThreatModel | ResolvedThreatModel | None = None,
 ) -> Path:
     """Write ``model`` as one ONNX graph with its certificates computed in the graph.
 
@@ -148,6 +167,7 @@ def to_onnx(
     Raises:
         ExportError: see :func:`certifying_graph`. ExportDependencyError: ``onnx`` is missing.
     """
+    threat_model = resolved_threat_model(threat_model, model)
     graph = certifying_graph(model, norms if certificates else (), threat_model)
     threat = certificates and threat_model is not None and not threat_model.is_empty()
     names = output_names(_checked_norms(norms) if certificates else (), threat)

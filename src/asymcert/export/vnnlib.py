@@ -35,9 +35,17 @@ from torch import nn
 
 from asymcert.certify.modes import eval_mode
 from asymcert.certify.result import RAW_UNITS
-from asymcert.export.onnx import DEFAULT_NORMS, ExportError, certifying_graph, export_module, output_names, require
+from asymcert.export.onnx import (
+    DEFAULT_NORMS,
+    ExportError,
+    certifying_graph,
+    export_module,
+    output_names,
+    require,
+    resolved_threat_model,
+)
 from asymcert.runfolder import exclusive_output
-from asymcert.threat import ResolvedThreatModel
+from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 BOX_SHRINK = 1e-6
 """Relative amount the box half-width r is reduced by: the certificate is for the OPEN ball
@@ -85,6 +93,14 @@ def graph_certificates(
     with eval_mode(model), torch.no_grad():
         out = graph(x.float())
     return dict(zip(output_names(norms, threat), out, strict=True))
+
+
+def checked_inputs(x: object) -> torch.Tensor:
+    """``x`` as the float32 tensor the graph takes (float64 data rounded: the radii and boxes are then the
+    rounded inputs', which is what the graph reads); not a floating tensor: ExportError."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ExportError(f"inputs must be a floating torch.Tensor (N, *input_shape), got {type(x).__name__}")
+    return x.float()
 
 
 def _inward(value: torch.Tensor, toward: torch.Tensor) -> torch.Tensor:
@@ -170,7 +186,7 @@ def to_vnnlib(
     norm: float | str = "inf",
     limit: int | None = None,
     timeout: int = DEFAULT_TIMEOUT,
-    threat_model: ResolvedThreatModel | None = None,
+    threat_model: ThreatModel | ResolvedThreatModel | None = None,
 ) -> list[Property]:
     """Write a VNN-COMP benchmark folder (layout in the module docstring) for the inputs of ``x``.
 
@@ -180,7 +196,8 @@ def to_vnnlib(
 
     Args:
         model: a model :func:`~asymcert.export.certifying_graph` accepts.
-        x: (N, *input_shape) raw inputs (e.g. a run's test inputs).
+        x: (N, *input_shape) raw inputs (e.g. a run's test inputs), a floating tensor; rounded to float32, the
+            graph's input type, and each box is centred on the rounded input its radius was certified at.
         path_dir: the folder to write: new, empty, or an earlier benchmark (replaced whole).
         norm: must be ∞ (``"inf"``): ℓ1/ℓ2 balls are not expressible in VNN-LIB.
         limit: at most this many properties (the first qualifying inputs).
@@ -198,7 +215,9 @@ def to_vnnlib(
     require("onnx")
     out = Path(path_dir)
     _check_target(out)
-    tm = None if threat_model is None or threat_model.is_empty() else threat_model
+    resolved = resolved_threat_model(threat_model, model)
+    tm = None if resolved is None or resolved.is_empty() else resolved
+    x = checked_inputs(x)  # the graph's float32 inputs: each box is centred where its radius was certified
     found = graph_certificates(model, x, DEFAULT_NORMS, tm)  # refuses a model that cannot be exported, first
     with _staged(out) as stage:
         (stage / "vnnlib").mkdir()

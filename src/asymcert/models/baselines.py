@@ -183,7 +183,7 @@ class _SequentialScoreModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, *input_shape) floating raw inputs → (N,) scores; > 0 flags the sensitive class.
         Other dtypes and shapes are refused (:class:`~asymcert.errors.InputError`)."""
-        check_batch(x, self.input_shape, f"this {self.kind or 'baseline'} model")
+        check_batch(x, self.input_shape, f"this {self.kind or 'baseline'} model", self)
         return self.net(x).squeeze(-1)
 
     def fit_input(self, x: torch.Tensor) -> None:

@@ -12,21 +12,29 @@ import math
 from typing import Any
 
 import torch
+from torch import nn
 
 from asymcert.errors import ConfigError, InputError
 
 
-def check_batch(x: torch.Tensor, input_shape: tuple[int, ...], who: str) -> None:
-    """Refuse ``x`` unless it is a floating (N, *input_shape) tensor.
+def check_batch(x: torch.Tensor, input_shape: tuple[int, ...], who: str, model: nn.Module | None = None) -> None:
+    """Refuse ``x`` unless it is a floating (N, *input_shape) tensor, no wider than ``model`` computes in.
 
     Raises:
-        InputError: naming ``who`` (the model), the dtype or shape received and the one expected.
+        InputError: naming ``who`` (the model), the dtype or shape received and the one expected; float64 inputs
+            for a float32 model (the model would have to round them; ``asymcert.certify`` takes them).
     """
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{who} takes a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise InputError(
             f"{who} takes floating-point inputs in raw units, got dtype {x.dtype} (convert images with x.float() / 255)"
+        )
+    dtype = None if model is None else next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is not None and torch.finfo(x.dtype).bits > torch.finfo(dtype).bits:
+        raise InputError(
+            f"{who} computes in {dtype} and got {x.dtype} inputs; round them with x.to({dtype}) "
+            "(asymcert.certify takes them as they are and lowers its radii for that rounding)"
         )
     if tuple(x.shape[1:]) != tuple(input_shape) or x.dim() != len(input_shape) + 1:
         expected = "(N, " + ", ".join(str(d) for d in input_shape) + ")"

@@ -220,7 +220,7 @@ class FeatureConvexClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, *input_shape) floating inputs in raw units → (N,) scores; refuses other dtypes and shapes."""
-        check_batch(x, self.input_shape, "this feature-convex model")
+        check_batch(x, self.input_shape, "this feature-convex model", self)
         return self.score_from_features(self.features(x))
 
     def feature_lipschitz(self, p: float) -> float:
@@ -238,8 +238,8 @@ class FeatureConvexClassifier(nn.Module):
         allowlisted input-convex network or one declaring its own contract (:func:`convex_net_problems`),
         every constrained weight within its bound, every weight, statistic and b finite, no module
         with hooks or a replaced forward (:func:`override_problems`), no method the certificate
-        relies on (:data:`CERTIFIED_METHODS`) overridden by a subclass, and a declared :attr:`monotone`
-        realised (:meth:`monotone_problems`).
+        relies on (:data:`CERTIFIED_METHODS`) overridden by a subclass, a declared :attr:`monotone`
+        realised (:meth:`monotone_problems`), and one dtype for every parameter.
         """
         problems = [
             f"{type(self).__name__} overrides {name}(); the certificate assumes s(x) = g(φ(x)) + b"
@@ -249,6 +249,9 @@ class FeatureConvexClassifier(nn.Module):
         phi_problems = feature_map_problems(self.feature_map, "feature_map")
         problems += phi_problems + convex_net_problems(self.convex, "convex") + convexity_violations(self)
         problems += override_problems(self, "") + self.monotone_problems()
+        dtypes = sorted({str(t.dtype) for t in self.parameters()})
+        if len(dtypes) > 1:  # its own forward fails, and a certificate would be of a model that cannot run
+            problems.append(f"parameters of several dtypes ({', '.join(dtypes)}); convert the whole model")
         problems += [
             f"{n}: contains NaN or Inf"
             for n, t in self.state_dict().items()

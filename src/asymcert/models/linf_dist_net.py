@@ -249,7 +249,7 @@ class LinfDistNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, *input_shape) floating raw inputs → logits (N, K); binary models: the sensitive-class score
         g₁ − g₀, shape (N,). Other dtypes and shapes are refused (:class:`~asymcert.errors.InputError`)."""
-        check_batch(x, self.input_shape, "this linf-dist model")
+        check_batch(x, self.input_shape, "this linf-dist model", self)
         g = self.logits(x)
         return g[:, 1] - g[:, 0] if self.binary else g
 

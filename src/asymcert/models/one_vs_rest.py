@@ -147,7 +147,7 @@ class OneVsRestConvex(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, *input_shape) raw inputs → (N, K) scores s_k(x); s_k > 0 ⇔ flagged as class k."""
-        check_batch(x, self.input_shape, "this one-vs-rest model")
+        check_batch(x, self.input_shape, "this one-vs-rest model", self)
         return self.score_from_features(self.features(x))
 
     def _shared_feature_map(self) -> bool:

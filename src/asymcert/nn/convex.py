@@ -510,6 +510,25 @@ def declared_with_forward(module: nn.Module, method: str) -> bool:
     return forward is not None and declared is not None and issubclass(declared, forward)
 
 
+def global_hook_problems() -> list[str]:
+    """Process-wide module hooks (``torch.nn.modules.module.register_module_forward_hook`` and its kin), which run
+    on every module's call and may change what any model computes; empty when none is set."""
+    module = nn.modules.module
+    kinds = (
+        ("forward", "_global_forward_hooks"),
+        ("forward pre", "_global_forward_pre_hooks"),
+        ("backward", "_global_backward_hooks"),
+        ("backward pre", "_global_backward_pre_hooks"),
+    )
+    found = [kind for kind, name in kinds if getattr(module, name, None)]
+    if not found:
+        return []
+    return [
+        f"process-wide module {' and '.join(found)} hook(s) are set (torch.nn.modules.module.register_module_"
+        "*_hook), which may change what the model computes; remove them before certifying"
+    ]
+
+
 def override_problems(root: nn.Module, path: str, recurse: bool = True) -> list[str]:
     """Ways the modules of ``root`` may compute something else than their class's ``forward`` says.
 

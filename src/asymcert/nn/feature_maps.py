@@ -223,7 +223,9 @@ class Standardize(FeatureMap):
     """φ(x) = (x − μ) / σ per feature (tabular data). Lipschitz max_i 1/|σ_i| in every ℓp norm.
 
     The scaling is part of the model, so certified radii stay in the user's raw feature units.
-    σ_i below ``min_scale`` (constant features) is raised to it; every σ_i must be finite and > 0
+    A feature whose σ_i is below ``min_scale`` (constant on the data fitted) gets σ_i = 1: the model learns
+    nothing from it, and 1/min_scale would make φ's Lipschitz constant, so every plain ℓp radius, that many
+    times worse (a constant column cost a user's radii a factor 10⁵). Every σ_i must be finite and > 0
     (:meth:`problems`), μ finite.
 
     Raises:
@@ -252,7 +254,8 @@ class Standardize(FeatureMap):
 
     def fit(self, x: torch.Tensor) -> Standardize:
         self.mean.copy_(x.mean(dim=0).to(self.mean))
-        self.scale.copy_(x.std(dim=0).clamp_min(self.min_scale).to(self.scale))
+        std = x.std(dim=0)
+        self.scale.copy_(torch.where(std < self.min_scale, torch.ones_like(std), std).to(self.scale))
         return self
 
     def lipschitz(self, p: float) -> float:
