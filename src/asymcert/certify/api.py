@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from asymcert.certify.input_rounding import lowered_by_rounding, to_model_dtype
-from asymcert.certify.inputs import check_inputs
+from asymcert.certify.inputs import CHECK_CHUNK, check_inputs
 from asymcert.certify.result import Certificate, Guarantee, normalize_norm
 from asymcert.certify.threat_model import fallback_radii, resolve_for
 from asymcert.errors import InputError, ModelError, UnknownNameError, UnsoundOptionError
@@ -175,15 +175,20 @@ def _model_device(model: nn.Module, x: torch.Tensor) -> torch.device:
 
 def _warn_outside(tm: ResolvedThreatModel | None, x: torch.Tensor) -> None:
     """Warn (UserWarning) when inputs lie outside ``tm``'s domain [lower, upper]: often corrupt values (a count
-    below 0); their radii count the moves it allows from there. One pass of comparisons over x."""
-    if tm is None or x.shape[0] == 0:
+    below 0); their radii count the moves it allows from there. Checked :data:`CHECK_CHUNK` rows at a time, so
+    the working memory is bounded whatever N."""
+    if tm is None:
         return
-    outside = (~tm.inside(x)).any(dim=1)
-    if bool(outside.any()):
-        first = int(torch.nonzero(outside)[0])
+    count, first = 0, None
+    for start in range(0, x.shape[0], CHECK_CHUNK):
+        outside = (~tm.inside(x[start : start + CHECK_CHUNK])).any(dim=1)
+        if first is None and bool(outside.any()):
+            first = start + int(torch.nonzero(outside)[0])
+        count += int(outside.sum())
+    if count:
         warnings.warn(
-            f"{int(outside.sum())} input(s) lie outside the threat model's domain [lower, upper] (the first: "
-            f"row {first}); corrupt values? Their radii count the moves it allows from there.",
+            f"{count} input(s) lie outside the threat model's domain [lower, upper] (the first: row {first}); "
+            "corrupt values? Their radii count the moves it allows from there.",
             UserWarning,
             stacklevel=3,
         )
