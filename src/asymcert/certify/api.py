@@ -229,31 +229,20 @@ def _run(
     tm: ResolvedThreatModel | None,
     kwargs: dict[str, Any],
 ) -> Certificate:
-    """One chunk: the plain certifier, its threat-model form, or the plain one with the generic fallback."""
-    if tm is None:
-        return spec.run(model, x, norms, **kwargs)
-    if spec.threat_run is not None:
-        return spec.threat_run(model, x, norms, tm, **kwargs)
-    cert = spec.run(model, x, norms, **kwargs)
-    return replace(cert, radii=fallback_radii(cert.radii, tm, x), units=tm.units())
-
-
-def _run_for(
-    spec: CertifierSpec,
-    model: nn.Module,
-    x: torch.Tensor,
-    norms: tuple[float, ...],
-    tm: ResolvedThreatModel | None,
-    kwargs: dict[str, Any],
-) -> Certificate:
-    """:func:`_run`; a certifier asked for by name (``method=``) that finds the model lacks what it reads is
-    refused in one line (InputError) instead of an AttributeError from inside it."""
+    """One chunk: the plain certifier, its threat-model form, or the plain one with the generic fallback. A
+    certifier asked for by name (``method=``) that finds the model lacks what it reads is refused in one line
+    (InputError) instead of an AttributeError from inside it."""
     try:
-        return _run(spec, model, x, norms, tm, kwargs)
+        if tm is None:
+            return spec.run(model, x, norms, **kwargs)
+        if spec.threat_run is not None:
+            return spec.threat_run(model, x, norms, tm, **kwargs)
+        cert = spec.run(model, x, norms, **kwargs)
     except AttributeError as exc:
         if spec.name == getattr(model, "certifier", None):
             raise
         raise InputError(f"certifier {spec.name!r} cannot certify a {type(model).__name__} ({exc})") from None
+    return replace(cert, radii=fallback_radii(cert.radii, tm, x), units=tm.units())
 
 
 def certify(
@@ -340,7 +329,7 @@ def certify(
         chunk, rounding = to_model_dtype(x[start : start + step], dtype)
         chunk = chunk.to(device)
         t0 = time.perf_counter()
-        cert = lowered_by_rounding(_run_for(spec, model, chunk, norms_t, tm, kwargs), rounding, tm)
+        cert = lowered_by_rounding(_run(spec, model, chunk, norms_t, tm, kwargs), rounding, tm)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         cert.seconds = time.perf_counter() - t0
