@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import asymcert
 from asymcert.certify.attacks import decision_flips, pgd_attack
-from asymcert.errors import ConfigError, ConvexityError, ModelError, SettingsError
+from asymcert.errors import ConfigError, ConvexityError, InputError, ModelError, SettingsError
 from asymcert.models import build_model
 from asymcert.nn.convex import NonnegLinear
 from asymcert.train import FeatureConvexRecipe, TrainConfig, fit_balance, make_certifiable
@@ -241,3 +242,25 @@ def test_a_threat_model_changes_the_margin_term_to_its_moves():
         make_certifiable(
             model, torch.optim.Adam(model.parameters()), threat_model=asymcert.ThreatModel(immutable=["hp"])
         )
+
+
+@pytest.mark.parametrize("labels", [[0, 2, 0, 2], [-1, 1, -1, 1], [0.5, 1.0, 0.0, 1.0], [[0], [1], [0], [1]]])
+def test_the_loss_refuses_labels_that_are_not_0_and_1(labels):
+    """Labels {0, 2} gave a finite, even negative loss and training went on; refused at the first batch."""
+    model = _model()
+    training = make_certifiable(model, torch.optim.Adam(model.parameters()))
+    x, _ = _data(4)
+    training.fit_feature_map(x)
+    with pytest.raises(InputError, match="1 = sensitive and 0 = other"):
+        training.loss(x, torch.tensor(labels))
+
+
+def test_a_loss_before_fit_feature_map_warns_once():
+    model = _model()
+    training = make_certifiable(model, torch.optim.Adam(model.parameters()))
+    x, y = _data(8)
+    with pytest.warns(UserWarning, match="loss before fit_feature_map"):
+        training.loss(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        training.loss(x, y)  # once only

@@ -17,6 +17,7 @@ adds what makes its certificates hold and its radii large:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from asymcert.data.tasks import Dataset
-from asymcert.errors import ConfigError, ModelError
+from asymcert.errors import ConfigError, InputError, ModelError
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 from asymcert.train.balance import operating_shift
@@ -54,6 +55,7 @@ class CertifiableTraining:
     optimizer: torch.optim.Optimizer
     recipe: FeatureConvexRecipe
     _hook: RemovableHandle | None = field(default=None, repr=False)
+    _fitted: bool = field(default=False, repr=False)
 
     def fit_feature_map(self, x: Batches) -> None:
         """Fit φ's data statistics (e.g. the mean of ``shift``) on training inputs, set b = 0 and project.
@@ -63,6 +65,7 @@ class CertifiableTraining:
         """
         inputs = _inputs(x)
         self.recipe.prepare(self.model, Dataset(inputs, torch.zeros(len(inputs), dtype=torch.long)))
+        self._fitted = True
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The family's training loss of one batch (a scalar to call ``backward()`` on).
@@ -70,7 +73,26 @@ class CertifiableTraining:
         Args:
             x: (B, *input_shape) inputs in raw units.
             y: (B,) labels, 1 = sensitive (flagged), 0 = other.
+        Raises:
+            InputError: ``y`` not of shape (B,) or holding values other than 0 and 1 (labels {0, 2} gave a
+                negative loss and training went on).
+        Warns:
+            UserWarning: once, when called before :meth:`fit_feature_map` (φ's statistics at their defaults).
         """
+        if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],) or not bool(((y == 0) | (y == 1)).all()):
+            found = torch.unique(y).tolist()[:5] if isinstance(y, torch.Tensor) else type(y).__name__
+            raise InputError(
+                f"loss takes labels of shape ({x.shape[0]},) with 1 = sensitive and 0 = other; got shape "
+                f"{tuple(getattr(y, 'shape', ()))}, values {found}"
+            )
+        if not self._fitted:
+            self._fitted = True  # warn once
+            warnings.warn(
+                "loss before fit_feature_map: φ's data statistics (shift means, standardize scales, hinge knots) "
+                "are at their defaults; call training.fit_feature_map(train_inputs) first",
+                UserWarning,
+                stacklevel=2,
+            )
         return self.recipe.loss(self.model, x, y, progress=1.0)[0]
 
     def finish(self, val: Batches, labels: torch.Tensor | None = None) -> float:
