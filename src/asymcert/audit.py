@@ -65,7 +65,7 @@ from asymcert.errors import InputError
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.pipeline import CertificateMode, certificate_mode
 from asymcert.report.writer import mode_line
-from asymcert.runfolder import RUN_FILE, read_run_record
+from asymcert.runfolder import RUN_FILE, json_number, read_run_record
 from asymcert.threat import ResolvedThreatModel
 
 __all__ = ["attack_upper_bounds", "audit", "audit_run", "write_report"]
@@ -702,8 +702,8 @@ def _jsonable(obj: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, float):
+        return json_number(obj)
     if isinstance(obj, (np.floating, np.integer)):
         return _jsonable(obj.item())
     return obj
@@ -859,13 +859,8 @@ def audit_run(
     report["run_dir"] = str(run_dir)
     tm: ResolvedThreatModel | None = options.get("threat_model")
     reach = bool((options.get("options") or {}).get("reach", False))
-    if tm is None:
-        mode = CertificateMode(reach, "none")
-    elif tm.source is None:  # resolved by hand: what it came from is not known
-        mode = CertificateMode(reach, "given", threat_model_file)
-    else:
-        mode = certificate_mode(own, tm.source, reach, threat_model_file)
-    report["certificate_mode"] = mode.to_dict()
+    file = threat_model_file if tm is not None else None
+    report["certificate_mode"] = certificate_mode(own, tm, reach, file).to_dict()
     js, md = write_report(report, run_dir)
     report["files"] = [str(js), str(md)]
     return report

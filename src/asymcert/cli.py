@@ -30,7 +30,7 @@ from asymcert.export.vnnlib import DEFAULT_TIMEOUT
 from asymcert.families import get_family
 from asymcert.pipeline import DEFAULT_NORMS, CertifySettings, certify_run, run_data, run_task, train_run
 from asymcert.report.plots import PLOT_HINT, plotting_available
-from asymcert.report.writer import write_report
+from asymcert.report.writer import radius_header, write_report
 from asymcert.research.capacity import capacity_report
 from asymcert.research.sweep_pairs import pairs_cli_main
 from asymcert.research.sweep_reg import reg_cli_main
@@ -797,7 +797,7 @@ def _echo_summary(results: dict[str, Any], out: str) -> None:
         f"{1000 * results['certify_seconds_per_input']:.3f} ms per certificate"
     )
     for name, table in results["certified_accuracy"].items():
-        cells = [f"{'every radius (∞)' if r == 'inf' else f'r={r}'}: {100 * a:.1f}%" for r, a in table.items()]
+        cells = [f"{radius_header(r) if r == 'inf' else f'r={r}'}: {100 * a:.1f}%" for r, a in table.items()]
         click.echo(f"  {name}: " + (", ".join(cells) or "no test input is certified at any radius > 0"))
     click.echo(f"report: {Path(out) / 'report.md'}")
 

@@ -510,13 +510,16 @@ class CertificateMode:
 
 
 def certificate_mode(
-    own: dict[str, Any] | None, used: ThreatModel | None, reach: bool, threat_model_file: str | None = None
+    own: dict[str, Any] | None, tm: ResolvedThreatModel | None, reach: bool, threat_model_file: str | None = None
 ) -> CertificateMode:
     """The :class:`CertificateMode` of certificates of a run whose own threat model is ``own`` (run.json's
-    ``threat_model``; None: it has none) computed under ``used`` (None: plain ℓp balls): ``"run"`` when ``used``
-    is the run's own (same content), else ``"given"``."""
-    if used is None:
+    ``threat_model``; None: it has none) computed under ``tm`` (None: plain ℓp balls): ``"run"`` when ``tm``
+    came from the run's own (same content), else ``"given"`` (with its content when ``tm`` knows its source)."""
+    if tm is None:
         return CertificateMode(bool(reach), "none", threat_model_file)
+    used = tm.source
+    if used is None:  # resolved by hand: what it came from is not known
+        return CertificateMode(bool(reach), "given", threat_model_file)
     if own is not None and ThreatModel.from_dict(own, f"{RUN_FILE}'s threat_model").to_dict() == used.to_dict():
         return CertificateMode(bool(reach), "run", threat_model_file)
     return CertificateMode(bool(reach), "given", threat_model_file, strict_jsonable(used.to_dict()))
@@ -636,10 +639,9 @@ def _write_certificate_mode(
     run_dir: Path, record: RunRecord, tm: ResolvedThreatModel | None, settings: CertifySettings
 ) -> None:
     """Write :data:`CERTIFY_FILE` for the certificates just written: their mode, tied to them by their hash."""
-    used = None if tm is None else tm.source
     reach = bool(settings.options.get("reach", False))
     file = settings.threat_model_file if settings.threat_model is not None and not settings.plain else None
-    mode = certificate_mode(record.threat_model, used, reach, file)
+    mode = certificate_mode(record.threat_model, tm, reach, file)
     mode = CertificateMode(**{**mode.to_dict(), "certificates_sha256": _sha256(run_dir / CERT_FILE)})
     write_json(run_dir / CERTIFY_FILE, mode.to_dict())
 

@@ -176,6 +176,14 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------- strict JSON
+def json_number(value: float) -> float | str | None:
+    """A float for a JSON file that keeps ∞: itself when finite, ``"inf"``/``"-inf"`` for ±∞, None for NaN
+    (audit.json and results.json radii; :func:`strict_jsonable` writes ∞ as null instead)."""
+    if math.isfinite(value):
+        return value
+    return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
 def strict_jsonable(obj: Any) -> Any:
     """``obj`` with every non-finite float (NaN, ±inf) replaced by None, tuples as lists (recursively)."""
     if isinstance(obj, float):

@@ -324,6 +324,18 @@ class ResolvedThreatModel:
         lower, upper = (t.to(flat.device, torch.float64)[None, :] for t in (self.lower, self.upper))
         return (flat >= lower) & (flat <= upper)
 
+    def outside(self, x: torch.Tensor, chunk: int = 4096) -> tuple[int, int | None]:
+        """(count, first): how many inputs of x (N, *shape) have a feature outside the domain [lower, upper] (often
+        corrupt values: a count below 0), and the row of the first (None when none is). Checked ``chunk`` rows
+        at a time, so the working memory is bounded whatever N."""
+        count, first = 0, None
+        for start in range(0, x.shape[0], chunk):
+            rows = (~self.inside(x[start : start + chunk])).any(dim=1)
+            if first is None and bool(rows.any()):
+                first = start + int(torch.nonzero(rows)[0])
+            count += int(rows.sum())
+        return count, first
+
     def max_movable_scale(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) float64: the largest scale_i over the features input i may move (0 when none may move).
 

@@ -386,11 +386,10 @@ class _Tally:
 
     def add(self, cert: Certificate, x: torch.Tensor, tm: ResolvedThreatModel | None) -> None:
         """Count one certified chunk ``cert`` of inputs x (B, *shape) (under ``tm``, when given)."""
-        if tm is not None:
-            out = (~tm.inside(x)).any(dim=1).cpu()
-            if self.first_outside is None and bool(out.any()):
-                self.first_outside = self.n + int(torch.nonzero(out)[0])
-            self.outside += int(out.sum())
+        count, first = (0, None) if tm is None else tm.outside(x)
+        if self.first_outside is None and first is not None:
+            self.first_outside = self.n + first
+        self.outside += count
         self.n += len(cert)
         self.flagged += int((cert.sensitive if cert.binary else cert.predicted > 0).sum())
         self.seconds += cert.seconds

@@ -18,7 +18,7 @@ from asymcert.certify.inputs import CHECK_CHUNK, check_inputs
 from asymcert.certify.result import Certificate, Guarantee, normalize_norm
 from asymcert.certify.threat_model import fallback_radii, resolve_for
 from asymcert.errors import InputError, ModelError, UnknownNameError, UnsoundOptionError
-from asymcert.nn.convex import global_hook_problems
+from asymcert.nn.convex import global_hook_problems, parameter_dtype
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 if TYPE_CHECKING:
@@ -174,17 +174,9 @@ def _model_device(model: nn.Module, x: torch.Tensor) -> torch.device:
 
 
 def _warn_outside(tm: ResolvedThreatModel | None, x: torch.Tensor) -> None:
-    """Warn (UserWarning) when inputs lie outside ``tm``'s domain [lower, upper]: often corrupt values (a count
-    below 0); their radii count the moves it allows from there. Checked :data:`CHECK_CHUNK` rows at a time, so
-    the working memory is bounded whatever N."""
-    if tm is None:
-        return
-    count, first = 0, None
-    for start in range(0, x.shape[0], CHECK_CHUNK):
-        outside = (~tm.inside(x[start : start + CHECK_CHUNK])).any(dim=1)
-        if first is None and bool(outside.any()):
-            first = start + int(torch.nonzero(outside)[0])
-        count += int(outside.sum())
+    """Warn (UserWarning) when inputs lie outside ``tm``'s domain [lower, upper] (:meth:`ResolvedThreatModel.outside`):
+    often corrupt values (a count below 0); their radii count the moves it allows from there."""
+    count, first = (0, None) if tm is None else tm.outside(x, CHECK_CHUNK)
     if count:
         warnings.warn(
             f"{count} input(s) lie outside the threat model's domain [lower, upper] (the first: row {first}); "
@@ -196,7 +188,7 @@ def _warn_outside(tm: ResolvedThreatModel | None, x: torch.Tensor) -> None:
 
 def _model_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
     """The dtype the model computes in (its first floating parameter's; ``x``'s when it has none)."""
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)
+    return parameter_dtype(model) or x.dtype
 
 
 def _empty(cert: Certificate) -> Certificate:

@@ -44,6 +44,7 @@ from asymcert.export.onnx import (
     require,
     resolved_threat_model,
 )
+from asymcert.nn.feature_maps import round_down, round_up
 from asymcert.runfolder import exclusive_output
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
@@ -103,17 +104,11 @@ def checked_inputs(x: object) -> torch.Tensor:
     return x.float()
 
 
-def _inward(value: torch.Tensor, toward: torch.Tensor) -> torch.Tensor:
-    """One float64 step from ``value`` toward ``toward`` (a rounded bound moved inside the exact one), never past it."""
-    moved = torch.nextafter(value, toward)
-    return torch.where(value < toward, torch.minimum(moved, toward), torch.maximum(moved, toward))
-
-
 def _box(x: torch.Tensor, r: float, input_range: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(low, high) float64 of one input's box x ± r·(1 − BOX_SHRINK), clipped to ``input_range``, rounded inward."""
     half = r * (1.0 - BOX_SHRINK)
     xd = x.double().flatten()
-    lo, hi = _inward(xd - half, xd), _inward(xd + half, xd)
+    lo, hi = round_up(xd - half), round_down(xd + half)  # inward, then never past x (below)
     if input_range is not None:
         lo, hi = lo.clamp_min(input_range[0]), hi.clamp_max(input_range[1])
     return torch.minimum(lo, xd), torch.maximum(hi, xd)
@@ -137,8 +132,8 @@ def threat_box(x: torch.Tensor, r: float, tm: ResolvedThreatModel) -> tuple[torc
     up, down = (t[0] for t in tm.directions(x.reshape(1, -1)))
     half = r * (1.0 - BOX_SHRINK) * tm.scale.double()  # scale > 0: r = ∞ gives ∞, never NaN
     far = torch.isinf(half)
-    hi = torch.where(up, torch.where(far, tm.upper, _inward(xd + half, xd).clamp_max(tm.upper)), xd)
-    lo = torch.where(down, torch.where(far, tm.lower, _inward(xd - half, xd).clamp_min(tm.lower)), xd)
+    hi = torch.where(up, torch.where(far, tm.upper, round_down(xd + half).clamp_max(tm.upper)), xd)
+    lo = torch.where(down, torch.where(far, tm.lower, round_up(xd - half).clamp_min(tm.lower)), xd)
     return torch.minimum(lo, xd), torch.maximum(hi, xd)
 
 

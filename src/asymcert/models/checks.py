@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from asymcert.errors import ConfigError, InputError
+from asymcert.nn.convex import parameter_dtype
 
 
 def check_batch(x: torch.Tensor, input_shape: tuple[int, ...], who: str, model: nn.Module | None = None) -> None:
@@ -30,7 +31,7 @@ def check_batch(x: torch.Tensor, input_shape: tuple[int, ...], who: str, model: 
         raise InputError(
             f"{who} takes floating-point inputs in raw units, got dtype {x.dtype} (convert images with x.float() / 255)"
         )
-    dtype = None if model is None else next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    dtype = None if model is None else parameter_dtype(model)
     if dtype is not None and torch.finfo(x.dtype).bits > torch.finfo(dtype).bits:
         raise InputError(
             f"{who} computes in {dtype} and got {x.dtype} inputs; round them with x.to({dtype}) "

@@ -510,6 +510,11 @@ def declared_with_forward(module: nn.Module, method: str) -> bool:
     return forward is not None and declared is not None and issubclass(declared, forward)
 
 
+def parameter_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype ``module`` computes in: its first floating parameter's (None when it has none)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
 def global_hook_problems() -> list[str]:
     """Process-wide module hooks (``torch.nn.modules.module.register_module_forward_hook`` and its kin), which run
     on every module's call and may change what any model computes; empty when none is set."""

@@ -18,7 +18,14 @@ from asymcert.errors import CheckpointError
 from asymcert.pipeline import CertificateMode, read_certificate_mode
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.plots import PLOT_HINT, plot_certified_curves, plotting_available
-from asymcert.runfolder import dumps_strict, exclusive, read_run_record, remove_stale_temp_files, write_json
+from asymcert.runfolder import (
+    dumps_strict,
+    exclusive,
+    json_number,
+    read_run_record,
+    remove_stale_temp_files,
+    write_json,
+)
 from asymcert.train.balance import FalsePositiveBudget
 from asymcert.train.config import operating_point
 
@@ -122,11 +129,6 @@ def report_radii(cert: Certificate, labels: torch.Tensor, own: dict[str, list[fl
     return out
 
 
-def json_radius(value: float) -> float | str:
-    """A radius for results.json: the number, or ``"inf"`` (as audit.json and threat-model norms write ∞)."""
-    return "inf" if value == math.inf else value
-
-
 def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Read a certified run folder, write ``results.json``, ``report.md`` and ``certified_<norm>.png``.
 
@@ -159,7 +161,7 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
         # (certified with --threat-model / --no-threat-model) get radii picked from themselves
         own_units = (cert.units == RAW_UNITS) == (run.threat_model is None)
         results = summarize(cert, labels, report_radii(cert, labels, run.report_radii if own_units else {}))
-        results["median_radius"] = {k: json_radius(v) for k, v in results.get("median_radius", {}).items()}
+        results["median_radius"] = {k: json_number(v) for k, v in results.get("median_radius", {}).items()}
         mode = read_certificate_mode(run_dir)
         results["certificate_mode"] = None if mode is None else mode.to_dict()
         results["task"] = run.task
@@ -249,7 +251,7 @@ def _budget_note(run: dict[str, Any]) -> list[str]:
     return [f"Note: {budget.note()}.", ""] if budget.small else []
 
 
-def _radius_header(key: str) -> str:
+def radius_header(key: str) -> str:
     """A table column's radius: the number, or "every radius (∞)" for ∞."""
     return "every radius (∞)" if key == "inf" else key
 
@@ -295,7 +297,7 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
             lines += [f"{pretty}: no test input is certified at any radius > 0.", ""]
             continue
         lines += [
-            f"| {pretty} radius | " + " | ".join(map(_radius_header, table)) + " |",
+            f"| {pretty} radius | " + " | ".join(map(radius_header, table)) + " |",
             "|---|" + "---|" * len(table),
             "| certified accuracy | " + " | ".join(f"{100 * v:.1f}%" for v in table.values()) + " |",
             "",
