@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
 import asymcert
+from asymcert.certify.attacks import pgd_attack
 from asymcert.certify.functional import lp_norm
 from asymcert.certify.input_rounding import lowered_by_rounding, to_model_dtype
 from asymcert.errors import InputError
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
+from tests.conftest import near_boundary
 
 SHAPE = [1, 4, 4]
 CONFIGS = [
@@ -99,3 +102,27 @@ def test_values_beyond_the_models_float_range_are_refused():
     model = build_model({**CONFIGS[0], "input_shape": [2]}).eval()
     with pytest.raises(InputError, match=r"beyond the range of the model.s torch\.float32"):
         asymcert.certify(model, torch.tensor([[1.0, 1e39]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("norm", [2.0, math.inf])
+def test_pgd_inside_the_lowered_radius_of_float64_inputs_near_the_boundary_flips_none(norm):
+    """Float64 inputs a quarter ulp closer to the boundary than their float32 rounding, bisected to scores
+    of 1e-7 … 1e-2: PGD within 0.99 × the lowered radius, from the float64 values, flips neither the real-valued
+    score (a float64 copy) nor the float32 model's decision."""
+    torch.manual_seed(0)
+    model = build_model({**CONFIGS[0], "input_shape": SHAPE}).eval()
+    x32 = near_boundary(model, _inputs(200).float())
+    xg = x32.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xg).sum(), xg)
+    x64 = x32.double() - 0.25 * torch.finfo(torch.float32).eps * x32.double().abs() * grad.double().sign()
+    assert bool((x64.float() == x32).all())
+    cert = asymcert.certify(model, x64, norms=(norm,))
+    keep = cert.predicted.bool() & (cert.radius(norm) > 0) & torch.isfinite(cert.radius(norm))
+    assert int(keep.sum()) >= 20
+    m64 = copy.deepcopy(model).double()
+    eps = 0.99 * cert.radius(norm)[keep]
+    gen = torch.Generator().manual_seed(1)
+    adv = pgd_attack(m64, x64[keep], eps, norm, steps=80, restarts=2, generator=gen)
+    assert bool((adv - x64[keep]).flatten(1).norm(p=norm, dim=1).le(eps * (1 + 1e-9)).all())
+    with torch.no_grad():
+        assert bool((m64(adv) > 0).all()) and bool((model(adv.float()) > 0).all())

@@ -24,6 +24,7 @@ from asymcert.models.feature_convex import Monotone
 from asymcert.nn.convex import ICNN, SignedLinear, convexity_violations
 from asymcert.nn.feature_maps import Compose, FeatureMap
 from asymcert.threat import ThreatModel
+from tests.conftest import near_boundary
 
 D = 8
 INC, DEC = [0, 2, 5], [3]
@@ -251,6 +252,12 @@ def test_a_monotone_features_weight_of_exactly_zero_stays_harmless(reach, tmp_pa
     assert int(flagged.sum()) > 50
     for radius in cert.radii.values():
         assert bool(torch.isinf(radius[flagged]).all())
+    # the constrained attack with a huge budget, from typical and near-boundary inputs, removes no flag
+    gen = torch.Generator().manual_seed(0)
+    for start in (x[flagged], near_boundary(model, x)):
+        start = start[model(start).detach() > 0]
+        adv = threat_attack(model, start, torch.full((len(start),), 1e3), 2.0, tm, steps=40, restarts=2, generator=gen)
+        assert len(start) > 0 and int((model(adv) <= 0).sum()) == 0
     export = pytest.importorskip("asymcert.export")
     ort = pytest.importorskip("onnxruntime")
     export.to_onnx(model, tmp_path / "m.onnx", threat_model=tm)

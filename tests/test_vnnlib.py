@@ -15,7 +15,7 @@ from asymcert.cli import main
 from asymcert.export import ExportError, to_vnnlib
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
-from tests.conftest import small_feature_convex
+from tests.conftest import near_boundary, small_feature_convex
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -122,6 +122,7 @@ def test_threat_model_boxes_move_only_what_it_allows_and_hold(tmp_path):
     model, tm = _tm_model(), TM.resolve(None, D)
     x = torch.rand(120, D, generator=torch.Generator().manual_seed(1))
     x[:, 4] *= 0.9  # inside the domain
+    x = torch.cat([x, near_boundary(model, x)])  # and inputs bisected to scores of 1e-7 … 1e-2 (still inside)
     props = to_vnnlib(model, x, tmp_path / "b", threat_model=tm)
     assert len(props) >= 15
     summary = json.loads((tmp_path / "b" / "radii.json").read_text())
