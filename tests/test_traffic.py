@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
+import json
 import math
 import shutil
 import signal
@@ -26,7 +28,7 @@ from asymcert.data.images import read_images
 from asymcert.errors import DataError, InputError, RunFolderBusyError
 from asymcert.pipeline import read_run, train_run
 from asymcert.threat import ThreatModel, load_threat_model
-from asymcert.traffic import certify_file, csv_batches
+from asymcert.traffic import ResultsRecord, certify_file, csv_batches, read_results_record, record_path
 from tests.conftest import examples
 
 FEATURES = ["f0", "f1", "f2", "f3"]
@@ -467,3 +469,94 @@ def test_npz_integers_are_certified_as_the_same_floats(csv_run, tmp_path):
     certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", progress=False)
     cert = asymcert.certify(asymcert.load(csv_run), torch.tensor(x, dtype=torch.float32))
     assert [float(r["radius_l2"]) for r in _read(tmp_path / "out.csv")] == cert.radius(2.0).tolist()
+
+
+def test_a_record_beside_the_results_says_what_each_column_means_and_is_tied_to_them(csv_run, tmp_path):
+    """certify --input writes r.csv.json: the columns' meanings in file order, units, closed form or reach, the
+    threat model by source and file, counts, and the results' SHA-256; read back only while it matches."""
+    x, y = _rows(15, 9)
+    _write_csv(tmp_path / "new.csv", x, y)
+    tm_path = tmp_path / "tm.json"
+    tm_path.write_text('{"scale": {"f1": 10.0}, "immutable": ["f3"]}')
+    out = tmp_path / "r.csv"
+    args = ["certify", str(csv_run), "--input", str(tmp_path / "new.csv"), "--out", str(out), "--quiet"]
+    res = CliRunner().invoke(main, [*args, "--threat-model", str(tm_path), "--norms", "1,inf"])
+    assert res.exit_code == EXIT_OK, res.output
+    assert str(record_path(out)) in res.output and record_path(out) == tmp_path / "r.csv.json"
+    record = read_results_record(out)
+    assert record is not None and record.results == "r.csv" and record.input == str(tmp_path / "new.csv")
+    assert (
+        list(record.columns)
+        == list(_read(out)[0])
+        == ["index", "score", "flagged", "radius_l1", "radius_linf", "label"]
+    )
+    assert record.units == "threat-model units (δ_i / scale_i)" and "threat-model units" in record.columns["radius_l1"]
+    assert "ℓ∞ size" in record.columns["radius_linf"]
+    flagged = sum(int(r["flagged"]) for r in _read(out))
+    assert (record.n_inputs, record.n_flagged, record.n_outside, record.first_outside) == (15, flagged, 0, None)
+    mode = record.mode
+    assert (mode.reach, mode.threat_model, mode.threat_model_file) == (False, "given", str(tm_path))
+    assert mode.given is not None and mode.given["immutable"] == ["f3"]
+    assert mode.certificates_sha256 == record.results_sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert ResultsRecord.from_dict(json.loads(record_path(out).read_text())) == record
+    certify_file(csv_run, tmp_path / "new.csv", out, progress=False, norms=(2.0,))  # a plain run: no threat model
+    again = read_results_record(out)
+    assert again is not None and again.mode.threat_model == "none" and again.units == "raw input units"
+    assert list(again.columns) == ["index", "score", "flagged", "radius_l2", "label"]
+    out.write_text(out.read_text().replace("label", "lab"))  # results edited: the record no longer describes them
+    assert read_results_record(out) is None
+
+
+def test_a_refused_rewrite_leaves_the_results_and_their_record_as_they_were(csv_run, tmp_path):
+    x, _ = _rows(6, 10)
+    _write_csv(tmp_path / "new.csv", x)
+    out = tmp_path / "r.csv"
+    certify_file(csv_run, tmp_path / "new.csv", out, progress=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    (tmp_path / "bad.csv").write_text("f0,f1,f2,f3\n1,2,3,4\n1,2,3,x\n")
+    with pytest.raises(DataError, match="'x' is not a number"):
+        certify_file(csv_run, tmp_path / "bad.csv", out, chunk=1, progress=False)
+    (tmp_path / "bad.csv").unlink()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert read_results_record(out) is not None
+
+
+@pytest.mark.parametrize("damage", ["{", "[]", '{"version": 1}', "not json", ""])
+def test_a_damaged_record_reads_as_none(csv_run, tmp_path, damage):
+    x, _ = _rows(3, 11)
+    _write_csv(tmp_path / "new.csv", x)
+    certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.csv", progress=False)
+    raw = json.loads(record_path(tmp_path / "r.csv").read_text())
+    for key, bad in (("n_inputs", -1), ("n_flagged", True), ("columns", {"index": 1}), ("mode", {"reach": "no"})):
+        assert ResultsRecord.from_dict({**raw, key: bad}) is None
+    record_path(tmp_path / "r.csv").write_text(damage)
+    assert read_results_record(tmp_path / "r.csv") is None
+    assert read_results_record(tmp_path / "missing.csv") is None
+
+
+def test_a_folder_in_the_way_of_the_results_or_their_record_is_refused_before_any_work(csv_run, tmp_path):
+    x, _ = _rows(3, 12)
+    _write_csv(tmp_path / "new.csv", x)
+    (tmp_path / "r.csv.json").mkdir()
+    with pytest.raises(InputError, match=r"r\.csv\.json is a folder"):
+        certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.csv", progress=False)
+    assert not (tmp_path / "r.csv").exists()
+    (tmp_path / "q.csv").mkdir()
+    with pytest.raises(InputError, match=r"q\.csv is a folder"):
+        certify_file(csv_run, tmp_path / "new.csv", tmp_path / "q.csv", progress=False)
+
+
+def test_image_folder_and_parquet_results_get_their_record_too(csv_run, tmp_path):
+    pytest.importorskip("pyarrow.parquet")
+    root = _pngs(tmp_path / "pics", {"bad": 6, "good": 6})
+    train_run(
+        {"images": str(root), "sensitive_class": "bad"},
+        tmp_path / "run",
+        train_overrides={"epochs": 1},
+        progress=False,
+        log=lambda m: None,
+    )
+    certify_file(tmp_path / "run", root, tmp_path / "r.parquet", progress=False)
+    record = read_results_record(tmp_path / "r.parquet")
+    assert record is not None and record.units == "raw input units" and record.n_inputs == 12
+    assert list(record.columns)[:2] == ["index", "file"] and list(record.columns)[-1] == "label"

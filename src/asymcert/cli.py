@@ -36,7 +36,7 @@ from asymcert.research.sweep_pairs import pairs_cli_main
 from asymcert.research.sweep_reg import reg_cli_main
 from asymcert.runfolder import exclusive, read_run_record, run_threat_model
 from asymcert.threat import ThreatModel, load_threat_model
-from asymcert.traffic import TrafficResult, certify_file
+from asymcert.traffic import TrafficResult, certify_file, record_path
 from asymcert.train.loop import resolve_device
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_REFUSED, EXIT_BUSY, EXIT_IO, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -463,7 +463,17 @@ def certify_cmd(
         if input_file is None or out_file is None or limit is not None:
             raise click.UsageError("--input and --out go together (and without --limit)")
         done = certify_file(
-            run_dir, input_file, out_file, norms_t, device, batch_size, _bars(quiet), tm, no_threat_model, options
+            run_dir,
+            input_file,
+            out_file,
+            norms_t,
+            device,
+            batch_size,
+            _bars(quiet),
+            tm,
+            no_threat_model,
+            options,
+            threat_model_file=threat_model,
         )
         _echo_traffic(done, run_dir)
         return
@@ -510,7 +520,7 @@ def _echo_traffic(done: TrafficResult, run_dir: str) -> None:
     threat model's domain)."""
     click.echo(
         f"certified {done.n_inputs} inputs ({done.n_flagged} flagged) in {done.seconds:.3f}s; "
-        f"radii in {done.units}; results in {done.out}"
+        f"radii in {done.units}; results in {done.out} (what each column means: {record_path(done.out)})"
     )
     if done.run_busy:
         click.echo(

@@ -21,12 +21,11 @@ time; every JSON file is strict JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from asymcert.certify.certfile import CERT_FILE, load_certificates, save_certifi
 from asymcert.certify.result import Certificate, norm_label
 from asymcert.checkpoint import MODEL_FILE, load, model_config
 from asymcert.data import user
+from asymcert.data.download import sha256_file
 from asymcert.data.pairs import pair_task
 from asymcert.data.tasks import Task, TaskData, get_task
 from asymcert.errors import AsymcertError, CheckpointError, ConfigError, RunFolderConflictError, UnknownNameError
@@ -46,7 +46,9 @@ from asymcert.families import TaskFacts, get_family
 from asymcert.models import build_model
 from asymcert.runfolder import (
     RUN_FILE,
+    CertificateMode,
     RunRecord,
+    certificate_mode,
     exclusive,
     read_run_record,
     remove_stale_temp_files,
@@ -468,67 +470,6 @@ class CertifySettings:
 CERTIFY_FILE = "certify.json"
 """How the certificates of a run folder were computed (:class:`CertificateMode`), written by :func:`certify_run`."""
 
-THREAT_MODEL_SOURCES = ("run", "given", "none")
-"""Where the threat model of a set of certificates came from (:attr:`CertificateMode.threat_model`)."""
-
-
-@dataclass(frozen=True)
-class CertificateMode:
-    """How a set of certificates was computed: closed form or reach-aware radii, under which threat model.
-
-    Attributes:
-        reach: True for reach-aware radii (the certifier option ``reach``, ``certify --reach``), False for
-            the closed form.
-        threat_model: ``"run"`` (the run's own, from run.json), ``"given"`` (another one, e.g.
-            ``--threat-model FILE``) or ``"none"`` (plain ℓp balls in raw input units).
-        threat_model_file: the file the threat model was read from (None: not read from a file, or not known).
-        given: the given threat model's JSON (:meth:`~asymcert.threat.ThreatModel.to_dict`); None unless
-            ``threat_model`` is ``"given"``.
-        certificates_sha256: hex SHA-256 of the certificates file described (None: tied to no file).
-    """
-
-    reach: bool
-    threat_model: str
-    threat_model_file: str | None = None
-    given: dict[str, Any] | None = None
-    certificates_sha256: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object of :data:`CERTIFY_FILE` (:meth:`from_dict` reads it back)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: Any) -> CertificateMode | None:
-        """The mode a JSON object records (keys of newer versions ignored); None when it is not one."""
-        names = [f.name for f in fields(cls)]
-        if not isinstance(raw, dict) or any(name not in raw for name in names):
-            return None
-        ok = isinstance(raw["reach"], bool) and raw["threat_model"] in THREAT_MODEL_SOURCES
-        ok = ok and all(raw[k] is None or isinstance(raw[k], str) for k in ("threat_model_file", "certificates_sha256"))
-        ok = ok and (raw["given"] is None or isinstance(raw["given"], dict))
-        return cls(**{name: raw[name] for name in names}) if ok else None
-
-
-def certificate_mode(
-    own: dict[str, Any] | None, tm: ResolvedThreatModel | None, reach: bool, threat_model_file: str | None = None
-) -> CertificateMode:
-    """The :class:`CertificateMode` of certificates of a run whose own threat model is ``own`` (run.json's
-    ``threat_model``; None: it has none) computed under ``tm`` (None: plain ℓp balls): ``"run"`` when ``tm``
-    came from the run's own (same content), else ``"given"`` (with its content when ``tm`` knows its source)."""
-    if tm is None:
-        return CertificateMode(bool(reach), "none", threat_model_file)
-    used = tm.source
-    if used is None:  # resolved by hand: what it came from is not known
-        return CertificateMode(bool(reach), "given", threat_model_file)
-    if own is not None and ThreatModel.from_dict(own, f"{RUN_FILE}'s threat_model").to_dict() == used.to_dict():
-        return CertificateMode(bool(reach), "run", threat_model_file)
-    return CertificateMode(bool(reach), "given", threat_model_file, strict_jsonable(used.to_dict()))
-
-
-def _sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 def read_certificate_mode(run_dir: str | Path) -> CertificateMode | None:
     """How the run folder's certificates were computed (:data:`CERTIFY_FILE`); None when not recorded: no such
@@ -536,7 +477,7 @@ def read_certificate_mode(run_dir: str | Path) -> CertificateMode | None:
     run_dir = Path(run_dir)
     try:
         mode = CertificateMode.from_dict(json.loads((run_dir / CERTIFY_FILE).read_text(encoding="utf-8")))
-        matches = mode is not None and mode.certificates_sha256 == _sha256(run_dir / CERT_FILE)
+        matches = mode is not None and mode.certificates_sha256 == sha256_file(run_dir / CERT_FILE)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     return mode if matches else None
@@ -642,7 +583,7 @@ def _write_certificate_mode(
     reach = bool(settings.options.get("reach", False))
     file = settings.threat_model_file if settings.threat_model is not None and not settings.plain else None
     mode = certificate_mode(record.threat_model, tm, reach, file)
-    mode = CertificateMode(**{**mode.to_dict(), "certificates_sha256": _sha256(run_dir / CERT_FILE)})
+    mode = CertificateMode(**{**mode.to_dict(), "certificates_sha256": sha256_file(run_dir / CERT_FILE)})
     write_json(run_dir / CERTIFY_FILE, mode.to_dict())
 
 

@@ -28,7 +28,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,64 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 1, **kwargs: Any
     """Write ``obj`` as strict JSON to ``path`` atomically (see :func:`~asymcert.checkpoint.atomic_write`)."""
     text = dumps_strict(obj, indent=indent, **kwargs) + "\n"
     atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+
+# ----------------------------------------------------------------- how a set of certificates was made
+THREAT_MODEL_SOURCES = ("run", "given", "none")
+"""Where the threat model of a set of certificates came from (:attr:`CertificateMode.threat_model`)."""
+
+
+@dataclass(frozen=True)
+class CertificateMode:
+    """How a set of certificates was computed: closed form or reach-aware radii, under which threat model.
+
+    Attributes:
+        reach: True for reach-aware radii (the certifier option ``reach``, ``certify --reach``), False for
+            the closed form.
+        threat_model: ``"run"`` (the run's own, from run.json), ``"given"`` (another one, e.g.
+            ``--threat-model FILE``) or ``"none"`` (plain ℓp balls in raw input units).
+        threat_model_file: the file the threat model was read from (None: not read from a file, or not known).
+        given: the given threat model's JSON (:meth:`~asymcert.threat.ThreatModel.to_dict`); None unless
+            ``threat_model`` is ``"given"``.
+        certificates_sha256: hex SHA-256 of the certificates file described (None: tied to no file).
+    """
+
+    reach: bool
+    threat_model: str
+    threat_model_file: str | None = None
+    given: dict[str, Any] | None = None
+    certificates_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of :data:`CERTIFY_FILE` (:meth:`from_dict` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> CertificateMode | None:
+        """The mode a JSON object records (keys of newer versions ignored); None when it is not one."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(raw, dict) or any(name not in raw for name in names):
+            return None
+        ok = isinstance(raw["reach"], bool) and raw["threat_model"] in THREAT_MODEL_SOURCES
+        ok = ok and all(raw[k] is None or isinstance(raw[k], str) for k in ("threat_model_file", "certificates_sha256"))
+        ok = ok and (raw["given"] is None or isinstance(raw["given"], dict))
+        return cls(**{name: raw[name] for name in names}) if ok else None
+
+
+def certificate_mode(
+    own: dict[str, Any] | None, tm: ResolvedThreatModel | None, reach: bool, threat_model_file: str | None = None
+) -> CertificateMode:
+    """The :class:`CertificateMode` of certificates of a run whose own threat model is ``own`` (run.json's
+    ``threat_model``; None: it has none) computed under ``tm`` (None: plain ℓp balls): ``"run"`` when ``tm``
+    came from the run's own (same content), else ``"given"`` (with its content when ``tm`` knows its source)."""
+    if tm is None:
+        return CertificateMode(bool(reach), "none", threat_model_file)
+    used = tm.source
+    if used is None:  # resolved by hand: what it came from is not known
+        return CertificateMode(bool(reach), "given", threat_model_file)
+    if own is not None and ThreatModel.from_dict(own, f"{RUN_FILE}'s threat_model").to_dict() == used.to_dict():
+        return CertificateMode(bool(reach), "run", threat_model_file)
+    return CertificateMode(bool(reach), "given", threat_model_file, strict_jsonable(used.to_dict()))
 
 
 # ------------------------------------------------------------------------------------- typed run.json

@@ -10,16 +10,21 @@ whatever the file's size. Nothing is written unless the whole input certifies: t
 by an atomic rename. The file's numbers go to :func:`asymcert.certify` as they are: values that are not
 float32 numbers are certified at their rounding, with radii lowered to hold around the file's own
 numbers (:mod:`asymcert.certify.input_rounding`).
+
+Next to the results, ``RESULTS.csv.json`` (:class:`ResultsRecord`) says what they are: the meaning and units of
+each column, closed form or reach-aware radii, the threat model they hold under, the run and input file, and
+the results file's SHA-256, which ties it to them (:func:`read_results_record` trusts it only when it matches).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,10 +36,21 @@ from asymcert.certify import Certificate, certify
 from asymcert.certify.api import certifier_spec, make_options
 from asymcert.certify.result import RAW_UNITS, norm_label
 from asymcert.checkpoint import atomic_write, load
+from asymcert.data.download import sha256_file
 from asymcert.data.images import IMAGE_SUFFIXES, read_images
 from asymcert.data.user import FLOAT32_MAX, csv_number, read_npz
 from asymcert.errors import DataError, InputError, WriteError
-from asymcert.runfolder import RunRecord, being_written, exclusive_output, read_run_record, run_threat_model
+from asymcert.runfolder import (
+    CertificateMode,
+    RunRecord,
+    being_written,
+    certificate_mode,
+    exclusive_output,
+    read_run_record,
+    run_threat_model,
+    stale_temp_files,
+    write_json,
+)
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 from asymcert.train.loop import resolve_device
 
@@ -294,6 +310,124 @@ class _ParquetSink:
             self.writer.close()
 
 
+RECORD_VERSION = 1
+"""Version of the :class:`ResultsRecord` JSON layout (``"version"``)."""
+
+
+@dataclass(frozen=True)
+class ResultsRecord:
+    """What a results file of :func:`certify_file` holds, written next to it as ``RESULTS.csv.json``
+    (:func:`record_path`) once the results are complete, and tied to them by their SHA-256.
+
+    Attributes:
+        results: the results file's name (in the record's own folder).
+        results_sha256: hex SHA-256 of the results file's bytes when the record was written.
+        run: the run folder whose model certified them, as given.
+        input: the input file or image folder, as given.
+        units: what the radius columns measure (raw input units, or the threat model's).
+        columns: each column's meaning, in file order.
+        mode: closed form or reach-aware radii, under which threat model (its ``certificates_sha256`` is
+            ``results_sha256``).
+        n_inputs, n_flagged: rows, and rows flagged.
+        n_outside, first_outside: inputs outside the threat model's domain, and the index of the first (None: none).
+    """
+
+    results: str
+    results_sha256: str
+    run: str
+    input: str
+    units: str
+    columns: dict[str, str]
+    mode: CertificateMode
+    n_inputs: int
+    n_flagged: int
+    n_outside: int = 0
+    first_outside: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record's JSON object (:meth:`from_dict` reads it back)."""
+        return {
+            "version": RECORD_VERSION,
+            **{f.name: getattr(self, f.name) for f in fields(self)},
+            "mode": self.mode.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> ResultsRecord | None:
+        """The record a JSON object holds; None when it is not one (wrong types, keys missing)."""
+        if not isinstance(raw, dict) or any(f.name not in raw for f in fields(cls)):
+            return None
+        mode = CertificateMode.from_dict(raw["mode"])
+        texts = all(isinstance(raw[k], str) for k in ("results", "results_sha256", "run", "input", "units"))
+        counts = all(_is_count(raw[k]) for k in ("n_inputs", "n_flagged", "n_outside"))
+        columns = isinstance(raw["columns"], dict) and all(isinstance(v, str) for v in raw["columns"].values())
+        first = raw["first_outside"] is None or _is_count(raw["first_outside"])
+        if mode is None or not (texts and counts and columns and first):
+            return None
+        return cls(**{f.name: raw[f.name] for f in fields(cls)} | {"mode": mode})
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def record_path(out: str | Path) -> Path:
+    """Where :func:`certify_file` writes the :class:`ResultsRecord` of results file ``out``: ``out`` + ``.json``."""
+    out = Path(out)
+    return out.with_name(out.name + ".json")
+
+
+def read_results_record(out: str | Path) -> ResultsRecord | None:
+    """The :class:`ResultsRecord` of results file ``out``; None when there is none, it is damaged, or it was
+    written for other results than those now in ``out`` (its SHA-256 differs: e.g. an interrupted rewrite)."""
+    out = Path(out)
+    try:
+        record = ResultsRecord.from_dict(json.loads(record_path(out).read_text(encoding="utf-8")))
+        return record if record is not None and record.results_sha256 == sha256_file(out) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+
+
+def column_meanings(units: str, norms: Sequence[float], files: bool, labels: bool) -> dict[str, str]:
+    """What each column of a results file means, in file order (``files``: image folders' ``file`` column;
+    ``labels``: the input's labels)."""
+    cols = {"index": "the input's position in the input file (0 = first row, image or array entry)"}
+    if files:
+        cols["file"] = "the image's path inside the input folder"
+    cols["score"] = "the model's score s(x), positive when flagged (its own arithmetic)"
+    cols["flagged"] = "1: the model flags the input (the sensitive class), 0: it accepts it"
+    for p in norms:
+        size = "ℓ∞" if math.isinf(p) else f"ℓ{p:g}"
+        cols[f"radius_{norm_label(p)}"] = (
+            f"no allowed change of {size} size below this, in {units}, makes a flagged input accepted; "
+            "inf: none at any size; 0 for accepted inputs"
+        )
+    if labels:
+        cols["label"] = "the input's label, as in the input file"
+    return cols
+
+
+def results_record(
+    done: TrafficResult, run_dir: Path, input_path: Path, mode: CertificateMode, norms: Sequence[float], first: Batch
+) -> ResultsRecord:
+    """The :class:`ResultsRecord` of the complete results file ``done.out`` (its columns as ``first`` had them)."""
+    sha = sha256_file(done.out)
+    columns = column_meanings(done.units, norms, first.files is not None, first.labels is not None)
+    return ResultsRecord(
+        done.out.name,
+        sha,
+        str(run_dir),
+        str(input_path),
+        done.units,
+        columns,
+        CertificateMode(**{**mode.to_dict(), "certificates_sha256": sha}),
+        done.n_inputs,
+        done.n_flagged,
+        done.n_outside,
+        done.first_outside,
+    )
+
+
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 
 
@@ -308,6 +442,7 @@ def certify_file(
     threat_model: ThreatModel | None = None,
     plain: bool = False,
     options: Mapping[str, Any] | None = None,
+    threat_model_file: str | None = None,
 ) -> TrafficResult:
     """Certify every input of ``input_path`` with the run's model; write one row per input to ``out``
     (``.csv``, or ``.parquet`` with pyarrow, the ``parquet`` extra).
@@ -315,6 +450,8 @@ def certify_file(
     Radii are in raw input units, or under ``threat_model`` (default: the run's own, none with ``plain``)
     in its units (:attr:`TrafficResult.units`). ``options``: certifier options by name (e.g.
     ``{"reach": True}``), checked against the model's certifier before any input is read.
+    ``threat_model_file``: the file ``threat_model`` was read from, recorded in the :class:`ResultsRecord`
+    written next to ``out`` (``out`` + ``.json``) once the results are complete.
 
     Memory: one chunk of inputs (``chunk`` rows) and its results at a time, whatever the file's size.
     The output file appears only when every input certified (atomic rename), replacing any earlier one; a
@@ -338,6 +475,8 @@ def certify_file(
     if not input_path.exists():
         raise InputError(f"{input_path}: no such input file or folder")
     with exclusive_output(out):
+        for stale in stale_temp_files(out.parent, target=record_path(out).name):
+            stale.unlink(missing_ok=True)
         batches = input_batches(input_path, run, chunk)
         first = next(batches, None)
         if first is None:
@@ -355,21 +494,30 @@ def certify_file(
                 tally.add(cert, batch.x, tm)
 
         units = RAW_UNITS if tm is None else tm.units()
-        mode = "reach-aware" if extra.get("reach") else "closed form"
-        metadata = {"asymcert.units": units, "asymcert.run": str(run_dir), "asymcert.radii": mode}
+        radii = "reach-aware" if extra.get("reach") else "closed form"
+        metadata = {"asymcert.units": units, "asymcert.run": str(run_dir), "asymcert.radii": radii}
         atomic_write(out, _writer(out, certified, metadata))
-    return TrafficResult(tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy)
+        done = TrafficResult(
+            tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy
+        )
+        mode = certificate_mode(run.threat_model, tm, bool(extra.get("reach")), threat_model_file)
+        write_json(record_path(out), results_record(done, run_dir, input_path, mode, norms_t, first).to_dict())
+    return done
 
 
 def _check_output(out: Path, input_path: Path) -> None:
-    """Refuse a results file ``out`` of an unknown format, or that is the input itself (it would replace it);
-    with pyarrow missing, a Parquet one. One line each (InputError)."""
+    """Refuse a results file ``out`` of an unknown format, or that (or its record, ``out`` + ``.json``) is the
+    input itself (it would replace it) or a folder; with pyarrow missing, a Parquet one. One line each
+    (InputError)."""
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise InputError(f"{out}: results are written as .csv or .parquet files; give --out one of those suffixes")
-    if input_path.exists() and (
-        out.resolve() == input_path.resolve() or (out.exists() and os.path.samefile(out, input_path))
-    ):
-        raise InputError(f"{out}: that is the input file; write the results to another file")
+    for target in (out, record_path(out)):
+        if input_path.exists() and (
+            target.resolve() == input_path.resolve() or (target.exists() and os.path.samefile(target, input_path))
+        ):
+            raise InputError(f"{target}: that is the input file; write the results to another file")
+        if target.is_dir():
+            raise InputError(f"{target} is a folder; give --out a file name")
     if out.suffix.lower() == ".parquet":
         _ParquetSink(out)  # pyarrow missing: refused before any work
 
