@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ from safetensors.torch import load_file, save_file
 
 import asymcert
 from asymcert.checkpoint import CONFIG_KEY
+from asymcert.models import build_model
 from tests.conftest import small_feature_convex
 
 
@@ -132,3 +134,22 @@ def test_a_stored_config_that_is_not_a_model_config_is_one_checkpoint_error(tmp_
     _rewrite(path, config=model.config() if config is None else config, meta=meta)
     with pytest.raises(asymcert.CheckpointError, match=match):
         asymcert.load(path)
+
+
+def test_save_refuses_what_load_would_refuse_unless_asked(tmp_path):
+    """NaN weights are not saved by default (the error names them and the way out); with validate=False they
+    are, and load reads them back only with validate=False. An ℓ∞-dist net at finite p (mid-training) is saved:
+    load rebuilds it at p = ∞, the model that is certified."""
+    net = build_model({"kind": "linf-dist", "input_shape": [4], "widths": [6], "num_classes": 3})
+    net.set_p(8.0)
+    again = asymcert.load(asymcert.save(net, tmp_path / "m.safetensors"))
+    assert [layer.p for layer in again.distance_layers()] == [math.inf, math.inf]
+    with torch.no_grad():
+        net.out.weight[0, 0] = float("nan")
+    with pytest.raises(asymcert.ModelError, match=r"NaN.*not saved: .*save\(\.\.\., validate=False\)"):
+        asymcert.save(net, tmp_path / "n.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    asymcert.save(net, tmp_path / "n.safetensors", validate=False)
+    with pytest.raises(asymcert.ModelError, match="NaN"):
+        asymcert.load(tmp_path / "n.safetensors")
+    assert asymcert.load(tmp_path / "n.safetensors", validate=False).out.weight.isnan().sum() == 1

@@ -288,10 +288,13 @@ def test_config_round_trips_through_a_checkpoint(tmp_path):
     assert all(isinstance(m, SignedLinear) for m in again.convex.passthrough)
     x = _inputs(3)
     assert torch.equal(again(x), model(x))
-    # a checkpoint whose weights break the declared signs is refused on load
+    # weights that break the declared signs: not saved unless asked, and such a checkpoint is refused on load
     with torch.no_grad():
         model.convex.passthrough[2].weight[0, 5] = -1.0
-    asymcert.save(model, tmp_path / "broken.safetensors")
+    with pytest.raises(ConvexityError, match=r"column\(s\) \[5\].* not saved: asymcert.load would refuse it"):
+        asymcert.save(model, tmp_path / "broken.safetensors")
+    assert not (tmp_path / "broken.safetensors").exists()
+    asymcert.save(model, tmp_path / "broken.safetensors", validate=False)
     with pytest.raises(
         ConvexityError, match=r"convex\.passthrough\.2\.weight: 1 of \d+ entries below .*column\(s\) \[5\]"
     ):

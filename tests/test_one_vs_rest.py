@@ -168,7 +168,10 @@ def test_negative_convex_weight_is_rejected(tmp_path):
         model.validate()
     with pytest.raises(ConvexityError):
         asymcert.certify(model, torch.rand(2, *SHAPE))
-    asymcert.save(model, tmp_path / "bad.safetensors")
+    with pytest.raises(ConvexityError, match=r"member 1.*not saved"):
+        asymcert.save(model, tmp_path / "bad.safetensors")
+    assert asymcert.load(tmp_path / "bad.safetensors").validate() is None  # the earlier, sound file is kept
+    asymcert.save(model, tmp_path / "bad.safetensors", validate=False)
     with pytest.raises(ConvexityError, match="member 1"):
         asymcert.load(tmp_path / "bad.safetensors")
     model.project()

@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from asymcert.errors import AsymcertError, CheckpointError, UnknownNameError, WriteError
+from asymcert.errors import AsymcertError, CheckpointError, ModelError, UnknownNameError, WriteError
 from asymcert.models import build_model
 
 MODEL_FILE = "model.safetensors"
@@ -86,19 +86,49 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     return cast(_Configurable, model).config()
 
 
-def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None, validate: bool = True) -> Path:
     """Save ``model`` (which must have ``config()``) as a safetensors file; a folder gets ``model.safetensors``.
+
+    Args:
+        validate: refuse a model :func:`load` would refuse (the model ``load`` rebuilds fails its
+            ``validate()``: e.g. a negative constrained weight, NaN weights), before anything is written.
+            ``False`` keeps it anyway (a checkpoint mid-training), read back with ``load(..., validate=False)``.
 
     Returns:
         The file written.
+
+    Raises:
+        ModelError: (``validate``) the model's own problem, e.g. :class:`ConvexityError`, and the way out.
     """
     path = Path(path)
     target = path / MODEL_FILE if (path.is_dir() or path.suffix == "") else path
     config = model_config(model)
     metadata = {CONFIG_KEY: json.dumps(config), "asymcert_meta": json.dumps(meta or {})}
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    if validate:
+        _check_loadable(config, tensors)
     atomic_write(target, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return target
+
+
+def _check_loadable(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse to save what :func:`load` would refuse: the model rebuilt from ``config`` and ``tensors``, as
+    ``load`` rebuilds it (e.g. an ℓ∞-dist net at p = ∞, whatever p it was trained at), fails its ``validate()``.
+
+    Raises:
+        ModelError: that model's own problem (e.g. :class:`ConvexityError`), and the way out.
+    """
+    rebuilt = build_model(config)
+    rebuilt.load_state_dict(tensors, strict=True)
+    check = getattr(rebuilt, "validate", None)
+    try:
+        if check is not None:
+            check()
+    except ModelError as exc:
+        raise type(exc)(
+            f"{exc} — not saved: asymcert.load would refuse it (save(..., validate=False) keeps it anyway, "
+            "e.g. mid-training, and load(..., validate=False) reads it back)"
+        ) from None
 
 
 def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

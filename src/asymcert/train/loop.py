@@ -372,7 +372,7 @@ class TrainingSession:
             f"run); keeping the final epoch's weights (epoch {len(self.history)})"
         )
         if self.out is not None and self.writer:
-            save(model, self.out, meta={"task_meta": self.meta or {}})
+            save(model, self.out, meta={"task_meta": self.meta or {}}, validate=False)  # (checked when loaded)
 
     def _select(self, epoch: int, val: dict[str, float]) -> None:
         """Keep this epoch's weights (and save them, rank 0) if it is the best eligible one so far, or
@@ -384,7 +384,7 @@ class TrainingSession:
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             if self.out is not None and self.writer:
                 meta = {"task_meta": self.meta or {}, "best_epoch": epoch + 1, **self.selection}
-                save(self.model, self.out, meta=meta)
+                save(self.model, self.out, meta=meta, validate=False)  # mid-training: checked when loaded
 
     def _train_epoch(self, engine: nn.Module, epoch: int) -> dict[str, float]:
         """One pass over the training split (train ∪ val with ``refit``); returns the summed per-step statistics."""
