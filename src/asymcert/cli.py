@@ -7,7 +7,6 @@ exit code (see :data:`EXIT_CODES` and ``asymcert --help``); a traceback means a 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import sys
@@ -28,6 +27,7 @@ from asymcert.errors import AsymcertError, InputError, RunFolderBusyError, Write
 from asymcert.export import export_run
 from asymcert.export.vnnlib import DEFAULT_TIMEOUT
 from asymcert.families import get_family
+from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.pipeline import DEFAULT_NORMS, CertifySettings, certify_run, run_data, run_task, train_run
 from asymcert.report.plots import PLOT_HINT, plotting_available
 from asymcert.report.writer import radius_header, write_report
@@ -57,8 +57,8 @@ _JSONISH = re.compile(r"""^\s*[-\[{"0-9]|[\[\]{}",]""")
 def _parse_value(text: str) -> Any:
     """A class label: JSON when it parses (``3`` → 3), else the text itself."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return parse_json(text)
+    except JsonTextError:
         return text
 
 
@@ -69,12 +69,11 @@ def _parse_setting(key: str, text: str, what: str) -> Any:
     passed on as a string.
     """
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        return parse_json(text)
+    except JsonTextError as exc:
         if _JSONISH.search(text):
-            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
             raise click.BadParameter(
-                f"{key}={text!r:.80}: the value is not valid JSON ({reason}); write text "
+                f"{key}={text!r:.80}: the value is not valid JSON ({exc}); write text "
                 f"as a plain word (optimizer=adam) or in JSON quotes",
                 param_hint=what,
             ) from None

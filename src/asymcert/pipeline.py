@@ -21,7 +21,6 @@ time; every JSON file is strict JSON.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +42,7 @@ from asymcert.data.pairs import pair_task
 from asymcert.data.tasks import Task, TaskData, get_task
 from asymcert.errors import AsymcertError, CheckpointError, ConfigError, RunFolderConflictError, UnknownNameError
 from asymcert.families import TaskFacts, get_family
+from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.models import build_model
 from asymcert.runfolder import (
     RUN_FILE,
@@ -476,9 +476,9 @@ def read_certificate_mode(run_dir: str | Path) -> CertificateMode | None:
     file, a damaged one, or one written for other certificates than those now in the folder."""
     run_dir = Path(run_dir)
     try:
-        mode = CertificateMode.from_dict(json.loads((run_dir / CERTIFY_FILE).read_text(encoding="utf-8")))
+        mode = CertificateMode.from_dict(parse_json((run_dir / CERTIFY_FILE).read_text(encoding="utf-8")))
         matches = mode is not None and mode.certificates_sha256 == sha256_file(run_dir / CERT_FILE)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (OSError, UnicodeDecodeError, JsonTextError):
         return None
     return mode if matches else None
 

@@ -37,6 +37,7 @@ from filelock import FileLock, Timeout
 from asymcert import distributed
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import AsymcertError, CheckpointError, RunFolderBusyError, WriteError
+from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 LOCK_FILE = ".asymcert.lock"
@@ -319,8 +320,8 @@ class RunRecord:
     def from_json(cls, text: str, source: str = RUN_FILE) -> RunRecord:
         """Parse ``run.json``'s text; CheckpointError (one line) when it is not JSON or not a run record."""
         try:
-            raw = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
+            raw = parse_json(text)
+        except JsonTextError as exc:
             raise CheckpointError(f"{source} is not valid JSON ({exc})") from None
         return cls.from_dict(raw, source)
 

@@ -19,7 +19,6 @@ not named. :meth:`ThreatModel.resolve` turns names into per-feature tensors
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 
 from asymcert.errors import ConfigError
+from asymcert.jsontext import JsonTextError, parse_json
 
 __all__ = ["ResolvedThreatModel", "ThreatModel", "load_threat_model"]
 
@@ -375,9 +375,9 @@ def load_threat_model(path: str | Path) -> ThreatModel:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"threat model file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, JsonTextError) as exc:
         raise ConfigError(f"threat model file {path} is not readable JSON: {exc}") from None
     return ThreatModel.from_dict(data, source=f"threat model {path}")

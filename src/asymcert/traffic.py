@@ -19,7 +19,6 @@ the results file's SHA-256, which ties it to them (:func:`read_results_record` t
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import warnings
@@ -40,6 +39,7 @@ from asymcert.data.download import sha256_file
 from asymcert.data.images import IMAGE_SUFFIXES, read_images
 from asymcert.data.user import FLOAT32_MAX, csv_number, read_npz
 from asymcert.errors import DataError, InputError, WriteError
+from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.runfolder import (
     CertificateMode,
     RunRecord,
@@ -382,9 +382,9 @@ def read_results_record(out: str | Path) -> ResultsRecord | None:
     written for other results than those now in ``out`` (its SHA-256 differs: e.g. an interrupted rewrite)."""
     out = Path(out)
     try:
-        record = ResultsRecord.from_dict(json.loads(record_path(out).read_text(encoding="utf-8")))
+        record = ResultsRecord.from_dict(parse_json(record_path(out).read_text(encoding="utf-8")))
         return record if record is not None and record.results_sha256 == sha256_file(out) else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (OSError, UnicodeDecodeError, JsonTextError):
         return None
 
 
