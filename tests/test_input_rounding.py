@@ -98,6 +98,22 @@ def test_infinite_and_zero_radii_stay():
     assert 1.0 - math.sqrt(2) * 1e-3 * (1 + 2e-9) < float(out.radius(2.0)[2]) < 1.0 - math.sqrt(2) * 1e-3
 
 
+def test_a_rounding_too_large_to_measure_under_a_tiny_scale_leaves_radius_0_never_nan():
+    """A scale of 1e-320 raw units per unit makes ‖e / scale‖ overflow float64 (ℓ2's sum of squares first): the
+    radii become 0, flagged or not, never NaN; an exactly representable input loses nothing."""
+    model = build_model({**CONFIGS[0], "input_shape": [4]}).eval()
+    tm = ThreatModel(scale={0: 1e-320}).resolve(None, 4)
+    x32 = 3 * torch.randn(32, 4, generator=torch.Generator().manual_seed(6))
+    x64 = x32.double()
+    x64[:, 0] += 1e-9 * x64[:, 0].abs()  # below half an ulp of float32: e / scale overflows float64
+    got = asymcert.certify(model, x64, threat_model=tm)
+    exact = asymcert.certify(model, x32.double(), threat_model=tm)
+    assert int((exact.radius(2.0) > 0).sum()) >= 5
+    for p in NORMS:
+        assert not bool(got.radius(p).isnan().any()) and bool((got.radius(p) == 0).all()), p
+        assert bool((exact.radius(p) >= 0).all()) and not bool(exact.radius(p).isnan().any())
+
+
 def test_values_beyond_the_models_float_range_are_refused():
     model = build_model({**CONFIGS[0], "input_shape": [2]}).eval()
     with pytest.raises(InputError, match=r"beyond the range of the model.s torch\.float32"):

@@ -70,6 +70,7 @@ def lowered_by_rounding(
     for p, r in cert.radii.items():
         r64 = r.double()
         allowance = round_up(lp_norm(e, p) * (1.0 + NORM_SLACK)).to(r.device)
+        allowance = allowance.nan_to_num(nan=math.inf)  # ‖e‖ beyond float64 (a tiny scale): no radius left
         lowered = round_down(r64 - allowance).clamp_min(0.0)
         radii[p] = torch.where(torch.isinf(r64) | (allowance == 0), r64, lowered).to(r.dtype)
     return replace(cert, radii=radii)
