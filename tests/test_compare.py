@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
+from click.testing import CliRunner
 from safetensors.numpy import load_file
 
+from asymcert.cli import EXIT_REFUSED, main
 from asymcert.compare import COMPARE_JSON, COMPARE_MD, CPU_EPOCHS, compare, compare_cli_main, method_specs
+from asymcert.errors import UnknownNameError
 
 # Randomized smoothing as Cohen et al. (2019, section 4) certify: n0 = 100 selection samples, n = 100,000
 # estimation samples, failure probability α = 0.001 (the "paper" column of compare.md's scale notes).
@@ -43,7 +47,7 @@ TINY = {
     "orthogonal": {"model": {"widths": [16]}},
     "ibp": {"model": {"channels": [4], "fc": [8]}},
 }
-METHODS = ("convex", "linf-dist", "smoothing", "orthogonal", "ibp", "no-such-method")
+METHODS = ("convex", "linf-dist", "smoothing", "orthogonal", "ibp")
 
 
 def test_compare_trains_certifies_reports_and_reloads(fashion_dir, tmp_path):
@@ -72,14 +76,13 @@ def test_compare_trains_certifies_reports_and_reloads(fashion_dir, tmp_path):
         assert e["clean_accuracy"] == clean and e["certified_accuracy"] == certified, name
     assert methods["smoothing"]["deterministic"] is False and methods["smoothing"]["alpha"] == COHEN["alpha"]
     assert methods["ibp"]["method"] == "crown-ibp" and methods["orthogonal"]["method"] == "orthogonal"
-    assert methods["no-such-method"]["status"] == "skipped" and "unknown method" in methods["no-such-method"]["reason"]
     assert methods["linf-dist"]["status"] == "ok"
     for png in ("compare_l1.png", "compare_l2.png", "compare_linf.png", "compare_runtime.png"):
         assert (out / png).stat().st_size > 1000
     saved = json.loads((out / COMPARE_JSON).read_text())
     assert saved["methods"]["smoothing"]["clean_accuracy"] == methods["smoothing"]["clean_accuracy"]
     md = (out / COMPARE_MD).read_text()
-    assert "| method | certificate |" in md and "Not compared" in md and "no-such-method" in md
+    assert "| method | certificate |" in md and "Not compared" not in md
     assert "smaller than the paper" in md and "![linf](compare_linf.png)" in md
 
     # a second run loads the finished sub-runs instead of training them again
@@ -124,3 +127,17 @@ def test_a_failing_method_is_reported_not_fatal(fashion_dir, tmp_path):
     entry = result["methods"]["smoothing"]
     assert entry["status"] == "failed" and "bogus" in entry["reason"]
     assert "(failed)" in (tmp_path / COMPARE_MD).read_text()
+
+
+def test_an_unknown_method_is_refused_before_anything_is_read_or_written(tmp_path):
+    """A typo in --methods used to be skipped with exit 0 and a note in compare.md; now one line, exit 2, and no
+    folder (the task's data is not even looked for: data_dir holds none)."""
+    with pytest.raises(UnknownNameError, match=r"unknown method\(s\) bogus, smoothng; known: .*smoothing"):
+        compare(
+            "fashion-mnist-shirts", tmp_path / "c", methods=("convex", "bogus", "smoothng"), data_dir=tmp_path / "no"
+        )
+    res = CliRunner().invoke(
+        main, ["compare", "fashion-mnist-shirts", "--out", str(tmp_path / "c"), "--methods", "ibp,x"]
+    )
+    assert res.exit_code == EXIT_REFUSED and res.output.count("\n") == 1 and "unknown method(s) x" in res.output
+    assert not (tmp_path / "c").exists()

@@ -45,6 +45,7 @@ import torch
 from asymcert.certify.result import Certificate, Guarantee, norm_label
 from asymcert.checkpoint import atomic_write
 from asymcert.data.tasks import Task, TaskData
+from asymcert.errors import UnknownNameError
 from asymcert.families import CompareScale, MethodSpec, TaskFacts, families, get_family
 from asymcert.families.contract import CPU_EPOCHS
 from asymcert.pipeline import (
@@ -165,7 +166,7 @@ def compare(
         task_spec: a run spec (``{"name": "fashion-mnist-shirts"}`` or user data) or a task name.
         out_dir: folder of the comparison; a sub-run folder holding a finished run is loaded, an
             interrupted one resumes.
-        methods: names from :func:`method_specs`; unknown names are skipped with a note in the report.
+        methods: names from :func:`method_specs`; an unknown one is refused before anything is read or written.
         preset: a task preset (e.g. ``"fast"``) whose training settings are applied on top of
             every method's own (its model settings only to the task's default model).
         n_smoothing: estimation samples n of randomized smoothing (n0 = 100, α = 0.001).
@@ -179,7 +180,14 @@ def compare(
         fail_fast: re-raise a method's error instead of recording it as ``"failed"`` in the report.
     Returns:
         The content of ``compare.json``.
+
+    Raises:
+        UnknownNameError: a method :func:`method_specs` does not know (the message lists the known ones).
     """
+    specs = method_specs(paper_scale, n_smoothing)
+    unknown = [name for name in dict.fromkeys(methods) if name not in specs]
+    if unknown:
+        raise UnknownNameError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(specs))}")
     task_spec = {"name": task_spec} if isinstance(task_spec, str) else task_spec
     norms_t = tuple(dict.fromkeys(float(p) for p in norms))
     settings = CertifySettings(
@@ -191,7 +199,6 @@ def compare(
     ctx = _context(task_spec, preset, data, data_dir, settings, progress, log)
     task, data, out = ctx.task, ctx.data, Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    specs = method_specs(paper_scale, n_smoothing)
     entries: dict[str, dict[str, Any]] = {}
     certs: dict[str, Certificate] = {}
     for name in dict.fromkeys(methods):
@@ -226,12 +233,9 @@ def compare(
 
 def _compare_method(
     name: str, specs: dict[str, MethodSpec], extra: dict[str, Any], run_dir: Path, ctx: _Context
-) -> tuple[dict[str, Any], Certificate | None]:
-    """One method: (its compare.json entry, its certificate), or a "skipped" entry and None."""
-    spec = specs.get(name)
-    if spec is None:
-        ctx.log(f"{name}: skipped (unknown method)")
-        return {"status": "skipped", "reason": f"unknown method {name!r}; known: {', '.join(sorted(specs))}"}, None
+) -> tuple[dict[str, Any], Certificate]:
+    """One method (a name in ``specs``): its compare.json entry and its certificate."""
+    spec = specs[name]
     family = get_family(spec.family)
     model_spec = spec.model
     if model_spec is None and ctx.task.model.get("kind") != spec.family:  # e.g. "convex" on a 10-class task
@@ -322,7 +326,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = _md_header(result) + _md_summary_table(ok)
     for norm in result["norms"]:
         lines += _md_certified_table(ok, norm, result["report_radii"].get(norm, []))
-    skipped = {k: v for k, v in result["methods"].items() if v["status"] != "ok"}  # skipped or failed
+    skipped = {k: v for k, v in result["methods"].items() if v["status"] != "ok"}  # failed
     if skipped:
         lines += ["### Not compared", ""] + [f"- `{k}` ({v['status']}): {v['reason']}" for k, v in skipped.items()]
         lines += [""]
