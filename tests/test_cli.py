@@ -1,10 +1,12 @@
 import errno
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -23,6 +25,7 @@ from asymcert.cli import (
     EXIT_OK,
     EXIT_PIPE,
     EXIT_REFUSED,
+    EXIT_TERMINATED,
     _bars,
     main,
 )
@@ -402,3 +405,35 @@ def test_a_closed_output_pipe_is_not_a_file_system_error(tiny_run, fashion_dir, 
     assert proc.wait() == EXIT_PIPE == 141 and err == ""
     cert, _ = load_certificates(run / "certificates.safetensors")
     assert len(cert) == 5
+
+
+TERM_DURING_CERTIFY = """
+import sys, time
+import asymcert.traffic
+from asymcert.cli import main
+
+def slow(*args, **kwargs):
+    print("certifying", flush=True)
+    time.sleep(60)
+
+asymcert.traffic.certify = slow
+main(sys.argv[1:], prog_name="asymcert")
+"""
+
+
+def test_sigterm_mid_write_is_one_line_exit_143_and_leaves_no_file(tiny_run, tmp_path):
+    """`kill` (SIGTERM) while certify --input writes: one line, exit 143, and no results, record or temporary file
+    (SIGTERM used to end the process at once, exit 143 with no message and the temporary file left)."""
+    np.savez(tmp_path / "x.npz", x=np.zeros((3, 1, 28, 28), dtype=np.float32))
+    args = ["certify", str(tiny_run), "--input", str(tmp_path / "x.npz"), "--out", str(tmp_path / "r.csv"), "--quiet"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TERM_DURING_CERTIFY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "certifying"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".r.csv.")]  # the write is under way
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_TERMINATED == 143
+    assert err == "Error: terminated (SIGTERM)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npz"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # this process's handler is untouched

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from asymcert.train.loop import resolve_device
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_REFUSED, EXIT_BUSY, EXIT_IO, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader went away
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_CHECK_FAILED: "a check failed: `asymcert audit` found violations",
@@ -50,6 +53,7 @@ EXIT_CODES = {
     EXIT_IO: "the file system refused: disk full, no permission, a folder where a file belongs",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
     EXIT_PIPE: "the output's reader went away (e.g. `| head`); files already written are complete",
+    EXIT_TERMINATED: "terminated (SIGTERM, e.g. `kill` or a job scheduler): files already written are complete",
 }
 _JSONISH = re.compile(r"""^\s*[-\[{"0-9]|[\[\]{}",]""")
 
@@ -136,16 +140,39 @@ def _quiet_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, like Ctrl-C's KeyboardInterrupt: the same clean-up runs (temporary
+    files removed, locks released), and no ``except Exception`` swallows it."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception() -> Any:
+    """While the block runs (in the main thread), SIGTERM raises :class:`_Terminated`; the old handler after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 class _Group(click.Group):
     """Turns every refusal into one line on stderr and its exit code (:data:`EXIT_CODES`).
 
     Caught: asymcert's own errors, click's usage errors, operating-system errors (disk full, no
-    permission) and Ctrl-C. Anything else is a bug and keeps its traceback.
+    permission), Ctrl-C and SIGTERM. Anything else is a bug and keeps its traceback.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with _sigterm_as_exception():
+                return super().invoke(ctx)
         except click.exceptions.NoArgsIsHelpError:
             raise
         except click.UsageError as exc:
@@ -162,6 +189,8 @@ class _Group(click.Group):
             raise click.exceptions.Exit(EXIT_PIPE) from None
         except OSError as exc:
             raise _Refusal(_os_message(exc), EXIT_IO) from None
+        except _Terminated:
+            raise _Refusal("terminated (SIGTERM)", EXIT_TERMINATED) from None
         except KeyboardInterrupt:
             raise _Refusal("interrupted", EXIT_INTERRUPTED) from None
 
@@ -185,6 +214,7 @@ def main() -> None:
       4    the file system refused: disk full, no permission
       130  interrupted (Ctrl-C)
       141  the output's reader went away (e.g. `| head`)
+      143  terminated (SIGTERM)
     Every refusal is one line on stderr, and a refused command changes nothing on disk.
     """
 
