@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from safetensors.torch import load as safetensors_load
 
+import asymcert
+from asymcert.checkpoint import MODEL_FILE
 from asymcert.cli import main
 from asymcert.errors import (
     AsymcertError,
@@ -175,6 +178,24 @@ def test_same_settings_resume_a_finished_run_without_change_of_results(run_dir, 
     after = _train(run_dir, fashion_dir)
     assert after["train"] == before["train"] and after["model"] == before["model"]
     assert after["training"]["epochs"] == 1
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "empty"])
+def test_resuming_a_finished_run_rewrites_a_missing_or_damaged_model_file(tmp_path, fashion_dir, damage):
+    """train on a finished run whose model.safetensors is gone or damaged said "model in DIR" and left it so;
+    the selected weights are in train_state.pt, and the resume now writes them back, bit for bit."""
+    run_dir = tmp_path / "run"
+    assert _train(run_dir, fashion_dir, train={"epochs": 3})["training"]["best"].get("eligible", True)
+    model_file = run_dir / MODEL_FILE
+    good = model_file.read_bytes()
+    if damage == "missing":
+        model_file.unlink()
+    else:
+        model_file.write_bytes(good[: len(good) // 2] if damage == "truncated" else b"")
+    _train(run_dir, fashion_dir, train={"epochs": 3})
+    before, after = safetensors_load(good), safetensors_load(model_file.read_bytes())
+    assert before.keys() == after.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert asymcert.load(run_dir).config() == asymcert.load(run_dir).config()  # loads, validated
 
 
 # ---------------------------------------------------------------- 2. one writer per run folder

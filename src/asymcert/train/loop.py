@@ -358,6 +358,8 @@ class TrainingSession:
             self._end_epoch(epoch, totals, val, time.perf_counter() - t0)
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
+            if self.resumed:  # the model file is an earlier session's: rewrite it, should it be gone or damaged
+                self._save_selected(model)
         elif self.history:  # no epoch was eligible (a margin warm-up longer than the run): the final weights
             self._keep_final(model)
         model.eval()
@@ -374,6 +376,12 @@ class TrainingSession:
         if self.out is not None and self.writer:
             save(model, self.out, meta={"task_meta": self.meta or {}}, validate=False)  # (checked when loaded)
 
+    def _save_selected(self, model: nn.Module) -> None:
+        """Write the selected weights (``model``, holding them) to the run folder's model file (rank 0)."""
+        if self.out is not None and self.writer:
+            meta = {"task_meta": self.meta or {}, "best_epoch": self.best.get("epoch"), **self.selection}
+            save(model, self.out, meta=meta, validate=False)  # checked when loaded
+
     def _select(self, epoch: int, val: dict[str, float]) -> None:
         """Keep this epoch's weights (and save them, rank 0) if it is the best eligible one so far, or
         under ``refit`` always (the final epoch is the one kept)."""
@@ -382,9 +390,7 @@ class TrainingSession:
             metrics = {f"{self.prefix}{k}": v for k, v in val.items()}
             self.best = {"metric": val["metric"], "epoch": epoch + 1, **self.selection, **metrics}
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            if self.out is not None and self.writer:
-                meta = {"task_meta": self.meta or {}, "best_epoch": epoch + 1, **self.selection}
-                save(self.model, self.out, meta=meta, validate=False)  # mid-training: checked when loaded
+            self._save_selected(self.model)
 
     def _train_epoch(self, engine: nn.Module, epoch: int) -> dict[str, float]:
         """One pass over the training split (train ∪ val with ``refit``); returns the summed per-step statistics."""
