@@ -26,7 +26,17 @@ from asymcert.errors import (
     RunFolderConflictError,
     WriteError,
 )
-from asymcert.pipeline import CERT_FILE, RUN_FILE, certify_run, read_run, run_data, run_task, train_run
+from asymcert.pipeline import (
+    CERT_FILE,
+    RUN_FILE,
+    certify_run,
+    plan_training,
+    read_run,
+    run_data,
+    run_pipeline,
+    run_task,
+    train_run,
+)
 from asymcert.report.writer import REPORT_FILE, RESULTS_FILE, write_report
 from asymcert.runfolder import LOCK_FILE
 from asymcert.train.loop import STATE_FILE
@@ -137,6 +147,10 @@ def test_a_folder_of_the_users_own_files_is_not_trained_into(fashion_dir, tmp_pa
     (out / ".hidden").write_text("a dot file does not count")
     with pytest.raises(RunFolderConflictError, match=r"holds files but no run \(notes.txt\)"):
         _train(out, fashion_dir)
+    assert sorted(p.name for p in out.iterdir()) == [".hidden", "notes.txt"]
+    plan = plan_training(TASK, None, SMALL_TRAIN, SMALL_MODEL, data_dir=fashion_dir)
+    with pytest.raises(RunFolderConflictError, match=r"holds files but no run \(notes.txt\)"):
+        run_pipeline(plan, out)  # `asymcert run` left its lock file here
     assert sorted(p.name for p in out.iterdir()) == [".hidden", "notes.txt"]
     (out / "notes.txt").unlink()  # only names starting with "." left: an empty folder to a run
     _train(out, fashion_dir)

@@ -643,6 +643,7 @@ def run_pipeline(
     """
     settings = certify_settings or CertifySettings()
     settings.check()
+    check_not_foreign(Path(out_dir))  # before the lock file is made in it
     with exclusive(out_dir, create=True) as out:
         t0 = time.perf_counter()
         trained = not (reuse_finished and run_finished(out))
