@@ -185,7 +185,7 @@ def test_log1p_hinges_and_bad_threat_models_are_refused():
         for tm in (None, TM, TM.resolve(None, D)):
             with pytest.raises(UnsupportedModelError, match=f"{kind}.*is not affine"):
                 exact_radius(bent, x, 2, threat_model=tm)
-    with pytest.raises(ConfigError, match="feature 'hp' is named, but no feature names were given"):
+    with pytest.raises(ConfigError, match=r"features named \('hp'\), but these inputs have no column names"):
         exact_radius(model, x, 2, threat_model=ThreatModel(immutable=["hp"]))
     with pytest.raises(ConfigError, match="for 3 features"):
         ExactRadiusSolver(model, 1, threat_model=ThreatModel().resolve(None, 3))

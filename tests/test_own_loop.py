@@ -238,7 +238,7 @@ def test_a_threat_model_changes_the_margin_term_to_its_moves():
     recipe.use_threat_model(tm.resolve(None, 6))
     torch.testing.assert_close(under.loss(x, y), recipe.loss(model, x, y, progress=1.0)[0])
     assert under.loss(x, y).item() != pytest.approx(plain.loss(x, y).item(), rel=1e-6)
-    with pytest.raises(asymcert.ConfigError, match="feature 'hp' is named, but no feature names were given"):
+    with pytest.raises(asymcert.ConfigError, match=r"features named \('hp'\), but these inputs have no column names"):
         make_certifiable(
             model, torch.optim.Adam(model.parameters()), threat_model=asymcert.ThreatModel(immutable=["hp"])
         )

@@ -800,9 +800,22 @@ def test_other_families_get_the_generic_fallback(kind):
     assert bool((decisions(model, adv) == decisions(model, x[positive])).all())
 
 
+def test_many_names_without_column_names_are_one_short_problem_with_the_index_range():
+    """68 named entries against inputs without column names were 68 repeated sentences (12.5 KB) on one line."""
+    names = [f"api_{i}" for i in range(30)]
+    tm = ThreatModel(increase_only=names, upper={n: 1.0 for n in names}, scale={"api_0": 2.0}, immutable=["x"])
+    with pytest.raises(ConfigError) as info:
+        tm.resolve(None, 33)
+    message = str(info.value)
+    assert len(message) < 400 and message.count("no column names") == 1, message
+    assert "'api_0', 'api_1', 'api_2', 'api_3', … (31 names)" in message and "0 to 32" in message
+
+
 def test_a_threat_model_with_feature_names_needs_them_resolved():
     model, x = _model(PHIS[0])
-    with pytest.raises(ConfigError, match=r"feature 'hp' is named, but no feature names were given .*tm\.resolve"):
+    with pytest.raises(
+        ConfigError, match=r"features named \('hp'\), but these inputs have no column names .*tm\.resolve"
+    ):
         asymcert.certify(model, x, threat_model=ThreatModel(immutable=["hp"]))
     with pytest.raises(ConfigError, match="for 3 features, the inputs have 6"):
         asymcert.certify(model, x, threat_model=ThreatModel().resolve(None, 3))

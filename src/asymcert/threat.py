@@ -231,12 +231,26 @@ class _Resolver:
         self.names = list(names) if names is not None else None
         self.index = {name: i for i, name in enumerate(self.names or [])}
         self.n = n
-        self.problems: list[str] = []
+        self.found: list[str] = []
+        self.unnamed: list[str] = []  # names given where the inputs have none: one problem for all of them
         if self.names is not None and len(self.names) != n:
-            self.problems.append(f"{len(self.names)} feature names for {n} features; give one name per feature")
+            self.found.append(f"{len(self.names)} feature names for {n} features; give one name per feature")
         twice = sorted(name for name, count in Counter(self.names or []).items() if count > 1)
         if twice:
-            self.problems.append(f"feature name(s) {', '.join(map(repr, twice[:5]))} appear more than once")
+            self.found.append(f"feature name(s) {', '.join(map(repr, twice[:5]))} appear more than once")
+
+    @property
+    def problems(self) -> list[str]:
+        """Every problem found so far, names given without feature names as one."""
+        if not self.unnamed:
+            return list(self.found)
+        names = list(dict.fromkeys(self.unnamed))
+        shown = ", ".join(map(repr, names[:4])) + (f", … ({len(names)} names)" if len(names) > 4 else "")
+        return [
+            *self.found,
+            f"features named ({shown}), but these inputs have no column names (an .npz file, images, a tensor): name "
+            f"features by flat index, 0 to {self.n - 1} (in Python, tm.resolve(names, d) gives the names)",
+        ]
 
     def label(self, i: int) -> str:
         return repr(self.names[i]) if self.names is not None and i < len(self.names) else f"#{i}"
@@ -248,13 +262,10 @@ class _Resolver:
         if numeric and 0 <= int(key) < self.n:
             return int(key)
         if self.names is None and not numeric:  # a name, and no names to look it up in
-            self.problems.append(
-                f"{where}: feature {key!r} is named, but no feature names were given (resolve the threat model with "
-                "the inputs' column names, tm.resolve(names, d), or name features by index)"
-            )
+            self.unnamed.append(str(key))
             return None
         known = f"; features: {', '.join(self.names[:8])}{', …' if len(self.names) > 8 else ''}" if self.names else ""
-        self.problems.append(f"{where}: unknown feature {key!r} (there are {self.n}{known})")
+        self.found.append(f"{where}: unknown feature {key!r} (there are {self.n}{known})")
         return None
 
     def values(self, key: str, mapping: Mapping[Key, float], default: float) -> torch.Tensor:
