@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,8 @@ from asymcert.pipeline import (
     train_run,
 )
 from asymcert.report.writer import REPORT_FILE, RESULTS_FILE, write_report
-from asymcert.runfolder import LOCK_FILE
-from asymcert.train.loop import STATE_FILE
+from asymcert.runfolder import LOCK_FILE, model_outputs
+from asymcert.train.loop import STATE_FILE, TrainingSession
 
 TASK = {"name": "fashion-mnist-shirts"}
 SMALL_MODEL = {"convex": {"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}}
@@ -210,6 +211,38 @@ def test_resuming_a_finished_run_rewrites_a_missing_or_damaged_model_file(tmp_pa
     before, after = safetensors_load(good), safetensors_load(model_file.read_bytes())
     assert before.keys() == after.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert asymcert.load(run_dir).config() == asymcert.load(run_dir).config()  # loads, validated
+
+
+def test_an_interrupted_run_warns_its_readers_and_its_outputs_go_when_training_goes_on(
+    tmp_path, fashion_dir, monkeypatch
+):
+    """Certificates, report and audit of an interrupted run's model were kept next to the finished model (a
+    stale "no violations" audit.md); readers of such a run now warn, and resuming training removes them."""
+    run_dir, real = tmp_path / "run", TrainingSession._end_epoch
+
+    def stop_after_two_epochs(self, epoch, *args):
+        real(self, epoch, *args)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingSession, "_end_epoch", stop_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        _train(run_dir, fashion_dir, train={"epochs": 3})
+    monkeypatch.undo()
+    assert read_run(run_dir).get("training") is None
+    with pytest.warns(UserWarning, match="its training has not finished"):
+        certify_run(run_dir, limit=LIMIT, data_dir=fashion_dir, progress=False)
+    write_report(run_dir)
+    (run_dir / "audit.md").write_text("# Certificate audit: no violations\n")
+    made = {p.name for p in model_outputs(run_dir)}
+    assert {CERT_FILE, "certify.json", RESULTS_FILE, REPORT_FILE, "audit.md"} <= made, made
+    _train(run_dir, fashion_dir, train={"epochs": 3})  # resumes after epoch 2 and finishes
+    assert model_outputs(run_dir) == [] and read_run(run_dir)["training"]["epochs"] == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a finished run: no warning
+        certify_run(run_dir, limit=LIMIT, data_dir=fashion_dir, progress=False)
+    _train(run_dir, fashion_dir, train={"epochs": 3})  # nothing left to train: the certificates stay
+    assert (run_dir / CERT_FILE).is_file()
 
 
 # ---------------------------------------------------------------- 2. one writer per run folder

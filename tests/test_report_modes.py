@@ -238,3 +238,18 @@ def test_a_small_budget_is_a_stderr_line_and_a_note_in_the_report(folder, tmp_pa
 def test_no_note_without_a_false_positive_rate(tm_run):
     assert "false_positive_budget" not in read_run_record(tm_run).training
     assert "Note:" not in (tm_run / "report.md").read_text()
+
+
+def test_plots_of_norms_no_longer_certified_are_removed(run_copy):
+    """certify --norms 2 after the default norms left certified_l1.png and certified_linf.png beside a report of
+    ℓ2 only (walkthrough 25a); the report's plots are now exactly the norms it reports."""
+    pytest.importorskip("matplotlib")
+    assert {p.name for p in run_copy.glob("certified_*.png")} == {
+        "certified_l1.png",
+        "certified_l2.png",
+        "certified_linf.png",
+    }
+    res = CliRunner().invoke(main, ["certify", str(run_copy), "--norms", "2", "--quiet"])
+    assert res.exit_code == EXIT_OK, res.output
+    assert [p.name for p in run_copy.glob("certified_*.png")] == ["certified_l2.png"]
+    assert _results(run_copy)["plots"] == {"l2": "certified_l2.png"}

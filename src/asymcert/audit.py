@@ -60,12 +60,12 @@ from asymcert.certify.exact_lp import exact_l1_radii, exact_l2_radii
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.certify.threat_model import reach_verified
-from asymcert.checkpoint import load
+from asymcert.checkpoint import atomic_write, load
 from asymcert.errors import InputError
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.pipeline import CertificateMode, certificate_mode
 from asymcert.report.writer import mode_line
-from asymcert.runfolder import RUN_FILE, json_number, read_run_record
+from asymcert.runfolder import AUDIT_FILES, RUN_FILE, json_number, read_run_record, warn_if_unfinished
 from asymcert.threat import ResolvedThreatModel
 
 __all__ = ["attack_upper_bounds", "audit", "audit_run", "write_report"]
@@ -825,9 +825,10 @@ def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path
     """Write ``audit.json`` and ``audit.md`` into ``folder``; returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    js, md = folder / "audit.json", folder / "audit.md"
-    js.write_text(json.dumps(_jsonable(report), indent=2) + "\n")
-    md.write_text(_markdown(report))
+    js, md = (folder / name for name in AUDIT_FILES)
+    text, markdown = json.dumps(_jsonable(report), indent=2) + "\n", _markdown(report)
+    atomic_write(js, lambda tmp: tmp.write_text(text))  # a crash leaves the old file or the new, never half of one
+    atomic_write(md, lambda tmp: tmp.write_text(markdown))
     return js, md
 
 
@@ -853,7 +854,10 @@ def audit_run(
         ``"files"``: the two paths written.
     """
     run_dir = Path(run_dir)
-    own = read_run_record(run_dir).threat_model if (run_dir / RUN_FILE).is_file() else None  # a model folder: none
+    record = read_run_record(run_dir) if (run_dir / RUN_FILE).is_file() else None  # a model folder: none
+    if record is not None:
+        warn_if_unfinished(record, run_dir)
+    own = record.threat_model if record is not None else None
     model = load(run_dir)
     report = audit(model, x, y, **options)
     report["run_dir"] = str(run_dir)

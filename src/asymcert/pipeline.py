@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from asymcert import distributed
 from asymcert.certify import certify
-from asymcert.certify.certfile import CERT_FILE, load_certificates, save_certificates
+from asymcert.certify.certfile import load_certificates, save_certificates
 from asymcert.certify.result import Certificate, norm_label
 from asymcert.checkpoint import MODEL_FILE, load, model_config
 from asymcert.data import user
@@ -45,15 +45,19 @@ from asymcert.families import TaskFacts, get_family
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.models import build_model
 from asymcert.runfolder import (
+    CERT_FILE,
+    CERTIFY_FILE,
     RUN_FILE,
     CertificateMode,
     RunRecord,
     certificate_mode,
     exclusive,
     read_run_record,
+    remove_model_outputs,
     remove_stale_temp_files,
     run_threat_model,
     strict_jsonable,
+    warn_if_unfinished,
     write_json,
 )
 from asymcert.threat import ResolvedThreatModel, ThreatModel
@@ -374,6 +378,8 @@ def execute_training(
         if distributed.is_main():
             remove_stale_temp_files(out)
             write_json(out / RUN_FILE, record.to_dict())
+            if session.start_epoch < plan.config.epochs:  # the model will change: what was computed from it goes
+                remove_model_outputs(out)
         result = session.run()
         record.training = {
             "seconds": result.seconds,
@@ -467,10 +473,6 @@ class CertifySettings:
             raise ConfigError(f"warmup must be a number of inputs ≥ 0, got {self.warmup!r}")
 
 
-CERTIFY_FILE = "certify.json"
-"""How the certificates of a run folder were computed (:class:`CertificateMode`), written by :func:`certify_run`."""
-
-
 def read_certificate_mode(run_dir: str | Path) -> CertificateMode | None:
     """How the run folder's certificates were computed (:data:`CERTIFY_FILE`); None when not recorded: no such
     file, a damaged one, or one written for other certificates than those now in the folder."""
@@ -558,6 +560,7 @@ def certify_run(
     target = resolve_device(device)
     run_dir = Path(run_dir)
     record = read_run_record(run_dir)  # a clear error when this is no run folder
+    warn_if_unfinished(record, run_dir)
     operating_point(record.train)  # the report written after the certificates reads it: refused before them
     tm = run_threat_model(record, settings.threat_model, settings.plain)
     with exclusive(run_dir):

@@ -26,6 +26,7 @@ import json
 import math
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -42,6 +43,16 @@ from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 LOCK_FILE = ".asymcert.lock"
 RUN_FILE = "run.json"
+CERT_FILE = "certificates.safetensors"
+"""The certificates of the run's test split (:mod:`asymcert.certify.certfile`)."""
+CERTIFY_FILE = "certify.json"
+"""How the certificates of a run folder were computed (:class:`CertificateMode`)."""
+RESULTS_FILE, REPORT_FILE = "results.json", "report.md"
+"""The report's numbers and text (:mod:`asymcert.report.writer`)."""
+AUDIT_FILES = ("audit.json", "audit.md")
+"""The soundness audit of the run's model (:mod:`asymcert.audit`)."""
+PLOT_GLOB = "certified_*.png"
+"""The report's plots, one per norm (``certified_l2.png``)."""
 TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<suffix>[a-z0-9_]{8})$")
 """Names of :func:`~asymcert.checkpoint.atomic_write`'s temporary files (``tempfile.mkstemp`` suffix)."""
 
@@ -152,6 +163,35 @@ def exclusive_output(path: str | Path) -> Iterator[Path]:
         yield path
     finally:
         lock.release()
+
+
+def model_outputs(folder: str | Path) -> list[Path]:
+    """The files of a run folder computed from its model: certificates, their mode, the report and its plots,
+    the audit (what :func:`remove_model_outputs` removes when the model is about to change)."""
+    folder = Path(folder)
+    names = (CERT_FILE, CERTIFY_FILE, RESULTS_FILE, REPORT_FILE, *AUDIT_FILES)
+    found = [folder / n for n in names if (folder / n).is_file()] + sorted(folder.glob(PLOT_GLOB))
+    return [p for p in found if p.is_file() and not p.is_symlink()]
+
+
+def remove_model_outputs(folder: str | Path) -> list[Path]:
+    """Delete :func:`model_outputs` (call while holding the folder's lock, before training changes the model:
+    they would describe the model of an earlier session); returns them."""
+    gone = model_outputs(folder)
+    for path in gone:
+        path.unlink(missing_ok=True)
+    return gone
+
+
+def warn_if_unfinished(record: RunRecord, run_dir: str | Path) -> None:
+    """Warn (``UserWarning``) when run.json has no training summary: the run was interrupted, or is still
+    training, and its model is the best epoch saved so far, not the finished run's."""
+    if record.training is None:
+        warnings.warn(
+            f"{run_dir}: its training has not finished (interrupted, or still running); this is the model of the "
+            "best epoch saved so far: rerun the same train or run command to finish it",
+            stacklevel=3,
+        )
 
 
 def stale_temp_files(folder: str | Path, target: str | None = None) -> list[Path]:

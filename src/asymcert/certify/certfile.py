@@ -21,7 +21,6 @@ from asymcert.checkpoint import atomic_write
 from asymcert.errors import CheckpointError
 from asymcert.runfolder import dumps_strict
 
-CERT_FILE = "certificates.safetensors"
 _FIXED = ("label", "predicted", "abstained")
 
 

@@ -8,7 +8,7 @@ from asymcert.checkpoint import load
 from asymcert.export.onnx import DEFAULT_NORMS, ExportError, output_names, to_onnx
 from asymcert.export.vnnlib import DEFAULT_TIMEOUT, to_vnnlib
 from asymcert.pipeline import run_data
-from asymcert.runfolder import RUN_FILE, read_run_record, run_threat_model
+from asymcert.runfolder import RUN_FILE, read_run_record, run_threat_model, warn_if_unfinished
 from asymcert.threat import ThreatModel
 
 FORMATS = ("onnx", "vnnlib")
@@ -45,8 +45,10 @@ def export_run(
         raise ExportError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
     if fmt == "onnx" and Path(out).suffix.lower() != ".onnx":
         raise ExportError(f"{out}: an ONNX graph is written as a .onnx file; give --out that suffix")
-    has_record = (Path(run_dir) / RUN_FILE).is_file()  # a folder with only a saved model has no threat model
-    tm = run_threat_model(read_run_record(run_dir), threat_model, plain) if has_record else None
+    record = read_run_record(run_dir) if (Path(run_dir) / RUN_FILE).is_file() else None  # or only a saved model
+    if record is not None:
+        warn_if_unfinished(record, run_dir)
+    tm = run_threat_model(record, threat_model, plain) if record is not None else None
     model = load(run_dir)
     if fmt == "onnx":
         path = to_onnx(model, out, norms=norms, certificates=certificates, threat_model=tm)

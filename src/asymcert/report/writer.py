@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from asymcert import distributed
-from asymcert.certify.certfile import CERT_FILE, load_certificates
+from asymcert.certify.certfile import load_certificates
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import CheckpointError
@@ -19,6 +19,10 @@ from asymcert.pipeline import CertificateMode, read_certificate_mode
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.plots import PLOT_HINT, plot_certified_curves, plotting_available
 from asymcert.runfolder import (
+    CERT_FILE,
+    PLOT_GLOB,
+    REPORT_FILE,
+    RESULTS_FILE,
     dumps_strict,
     exclusive,
     json_number,
@@ -40,8 +44,6 @@ GUARANTEE_TEXT = {
     Guarantee.FLAG: "deterministic: the flagged class stays flagged",
     Guarantee.PROBABILISTIC: "holds with probability 1 − {alpha}",
 }
-RESULTS_FILE = "results.json"
-REPORT_FILE = "report.md"
 
 
 def summarize(cert: Certificate, labels: torch.Tensor, report_radii: dict[str, list[float]]) -> dict[str, Any]:
@@ -180,7 +182,8 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
 def _plot_curves(
     run_dir: Path, cert: Certificate, labels: torch.Tensor, results: dict[str, Any], description: str
 ) -> dict[str, str]:
-    """One PNG per norm of certified accuracy against radius; returns norm label → file name."""
+    """One PNG per norm of certified accuracy against radius (plots of norms not certified now are removed);
+    returns norm label → file name."""
     plots = {}
     for p in cert.radii:
         name = norm_label(p)
@@ -194,6 +197,8 @@ def _plot_curves(
             title=f"{description}: {_pretty(p)}",
             units=cert.units,
         ).name
+    for stale in set(run_dir.glob(PLOT_GLOB)) - {run_dir / name for name in plots.values()}:
+        stale.unlink(missing_ok=True)
     return plots
 
 
