@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import pathlib
 import pickle
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
@@ -10,6 +14,7 @@ import torch
 
 from asymcert.checkpoint import model_config
 from asymcert.data import task_from_csv, task_from_image_folder, task_from_npz
+from asymcert.data.user import NpyMember, NpzStream, read_npz
 from asymcert.errors import ConfigError, DataError, UnknownNameError
 from asymcert.pipeline import plan_training
 
@@ -306,3 +311,160 @@ def test_log1p_preset_is_refused_for_negative_values_naming_the_columns(tmp_path
         plan_training(spec, preset="log1p-hinges")
     with pytest.raises(UnknownNameError, match=r"no preset 'nope'; presets: \['fast', 'hinges'\]"):
         plan_training(spec, preset="nope")
+
+
+# ----- NpzStream: an npz read a chunk of rows at a time (certify --input), never whole, never unpickled -----
+
+
+class _TouchOnUnpickle:
+    """An object whose unpickling creates ``marker``: proof that a reader unpickled it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def _npy_bytes(a):
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def _streamed(path, chunk, **kw):
+    with NpzStream(path, **kw) as npz:
+        parts = list(npz.chunks(chunk))
+    xs = [x for x, _ in parts]
+    ys = None if parts and parts[0][1] is None else [y for _, y in parts]
+    return xs, ys
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ">f8", np.int64, ">i4", np.uint8, bool])
+@pytest.mark.parametrize("labels", [None, "text", "int", "bytes"])
+def test_npz_stream_reads_what_read_npz_reads(tmp_path, dtype, labels):
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(10, 3, 2)) * 100).astype(dtype)
+    y = {"text": np.array([f"c{i % 3}" for i in range(10)]), "int": np.arange(10) % 4, "bytes": np.array([b"a"] * 10)}
+    np.savez(tmp_path / "d.npz", x=x, **({"y": y[labels]} if labels else {}))
+    whole_x, whole_y = read_npz(tmp_path / "d.npz", labels_required=False)
+    xs, ys = _streamed(tmp_path / "d.npz", 4)
+    assert [len(part) for part in xs] == [4, 4, 2]
+    got = np.concatenate(xs)
+    assert got.dtype == whole_x.dtype.newbyteorder("=") and got.dtype.isnative and np.array_equal(got, whole_x)
+    if labels is None:
+        assert ys is None and whole_y is None
+    else:
+        assert np.concatenate(ys).tolist() == whole_y.tolist() and np.concatenate(ys).dtype == whole_y.dtype
+
+
+def test_npz_stream_memory_is_bounded_by_the_chunk(tmp_path, monkeypatch):
+    """3·10⁶ rows × 4 float32 (48 MB) compressed to a few hundred kB: read 2¹⁶ rows at a time, never np.load."""
+    n, chunk = 3_000_000, 1 << 16
+    np.savez_compressed(tmp_path / "big.npz", x=np.zeros((n, 4), dtype=np.float32), y=np.zeros(n, dtype=np.int8))
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("np.load reads the whole array"))
+    sizes = []
+    tracemalloc.start()
+    try:
+        with NpzStream(tmp_path / "big.npz") as npz:
+            for x, y in npz.chunks(chunk):
+                sizes.append(len(x))
+                assert len(y) == len(x) and not x.any()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sum(sizes) == n and max(sizes) == chunk
+    assert peak < n * 16 / 8, f"peak {peak / 1e6:.1f} MB for a {n * 16 / 1e6:.0f} MB array"
+
+
+@pytest.mark.parametrize("key", ["x", "y"])
+def test_npz_stream_never_unpickles_object_arrays(tmp_path, key):
+    marker = tmp_path / "unpickled"
+    arrays = {"x": np.zeros((3, 2)), "y": np.zeros(3)}
+    arrays[key] = np.array([_TouchOnUnpickle(marker)] * (3 if key == "y" else 6), dtype=object)
+    arrays[key] = arrays[key].reshape(arrays[key].shape if key == "y" else (3, 2))
+    np.savez(tmp_path / "obj.npz", **arrays)
+    with pytest.raises(DataError, match=f"obj\\.npz: array '{key}' cannot be read without unpickling"):
+        NpzStream(tmp_path / "obj.npz")
+    assert not marker.exists()
+    np.load(tmp_path / "obj.npz", allow_pickle=True)[key]  # the payload works: unpickling it does create the file
+    assert marker.exists()
+
+
+def test_npz_stream_refuses_labels_of_another_length_before_reading_any_value(tmp_path, monkeypatch):
+    np.savez(tmp_path / "d.npz", x=np.zeros((5, 2)), y=np.zeros(4))
+    reads = []
+    monkeypatch.setattr(NpyMember, "read_rows", lambda self, rows: reads.append(rows))
+    with NpzStream(tmp_path / "d.npz") as npz, pytest.raises(DataError, match=r"y has shape \(4,\); .* \(5,\)"):
+        next(npz.chunks(2))
+    assert reads == []
+
+
+def test_npz_stream_refuses_truncated_and_damaged_members(tmp_path):
+    x = np.arange(40, dtype=np.float64).reshape(10, 4)
+    with zipfile.ZipFile(tmp_path / "cut.npz", "w") as z:  # the member itself is shorter than its header says
+        z.writestr("x.npy", _npy_bytes(x)[:-8])
+    with pytest.raises(DataError, match=r"cut\.npz: array 'x' is damaged: .*shape \(10, 4\).*truncated"):
+        NpzStream(tmp_path / "cut.npz")
+    np.savez(tmp_path / "flip.npz", x=x)  # stored, not compressed: a flipped data byte fails the CRC
+    raw = bytearray((tmp_path / "flip.npz").read_bytes())
+    at = raw.index(_npy_bytes(x)) + len(_npy_bytes(x)) - 3
+    raw[at] ^= 0xFF
+    (tmp_path / "flip.npz").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"flip\.npz: array 'x' is damaged \(Bad CRC-32"):
+        _streamed(tmp_path / "flip.npz", 3)
+    with zipfile.ZipFile(tmp_path / "head.npz", "w") as z:
+        z.writestr("x.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f8'")
+    with pytest.raises(DataError, match=r"head\.npz: array 'x' is damaged"):
+        NpzStream(tmp_path / "head.npz")
+
+
+def test_npz_stream_refuses_fortran_order_naming_the_fix(tmp_path):
+    np.savez(tmp_path / "f.npz", x=np.asfortranarray(np.ones((6, 4), dtype=np.float32)))
+    with pytest.raises(DataError, match=r"f\.npz: array 'x' is saved in Fortran .* np\.ascontiguousarray\(x\)"):
+        NpzStream(tmp_path / "f.npz")
+    np.savez(tmp_path / "c.npz", x=np.asfortranarray(np.ones((6, 1), dtype=np.float32)))  # same bytes as C order
+    xs, _ = _streamed(tmp_path / "c.npz", 4)
+    assert np.concatenate(xs).shape == (6, 1)
+
+
+def test_npz_stream_refuses_what_read_npz_refuses(tmp_path):
+    (tmp_path / "t.npz").write_bytes(b"plain text")
+    (tmp_path / "z.npz").write_bytes(b"PK\x03\x04 damaged")
+    np.save(tmp_path / "one.npy", np.zeros((4, 2)))
+    (tmp_path / "p.npz").write_bytes(pickle.dumps({"x": np.zeros(3)}))
+    np.savez(tmp_path / "nox.npz", inputs=np.zeros((4, 2)))
+    cases = {
+        "t.npz": r"t\.npz: not an \.npz archive \(a zip of \.npy arrays\)",
+        "z.npz": r"not a readable \.npz",
+        "one.npy": r"a single array \(\.npy\), not an \.npz archive",
+        "p.npz": r"not an \.npz archive",
+        "nox.npz": r"no array named x \(arrays found: \['inputs'\]\)",
+    }
+    for name, message in cases.items():
+        with pytest.raises(DataError, match=message):
+            NpzStream(tmp_path / name)
+    np.savez(tmp_path / "xonly.npz", x=np.zeros((4, 2)))
+    NpzStream(tmp_path / "xonly.npz").close()  # labels are optional unless required
+    with pytest.raises(DataError, match=r"xonly\.npz: no array named y \(arrays found: \['x'\]\)"):
+        NpzStream(tmp_path / "xonly.npz", labels_required=True)
+
+
+def test_npz_stream_refuses_labels_too_long_to_read_a_chunk_of(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((3, 2)), y=np.array(["a" * 1025, "b", "c"]))
+    with pytest.raises(DataError, match=r"d\.npz: y holds labels of 4100 bytes each \(dtype <U1025\)"):
+        NpzStream(tmp_path / "d.npz")
+    np.savez(tmp_path / "ok.npz", x=np.zeros((3, 2)), y=np.array(["a" * 1024, "b", "c"]))
+    assert _streamed(tmp_path / "ok.npz", 2)[1][0][0] == "a" * 1024
+
+
+def test_training_refuses_integers_float64_cannot_hold(tmp_path):
+    x, y = _tabular()
+    wide = x.round().astype(np.int64)
+    wide[3, 1] = 2**53 + 1
+    np.savez(tmp_path / "big.npz", x=wide, y=y)
+    with pytest.raises(DataError, match=r"big\.npz: x holds integers beyond 2\*\*53"):
+        task_from_npz(tmp_path / "big.npz", 1)
+    wide[3, 1] = 2**53  # held exactly: trained on
+    np.savez(tmp_path / "ok.npz", x=wide, y=y)
+    assert task_from_npz(tmp_path / "ok.npz", 1).load(None).train.x.shape[1] == 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import io
 import json
 import math
 import shutil
@@ -12,6 +13,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +25,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import asymcert
+from asymcert import traffic
 from asymcert.checkpoint import MODEL_FILE, read_config, save
 from asymcert.cli import EXIT_BUSY, EXIT_OK, EXIT_REFUSED, main
 from asymcert.data.images import read_images
+from asymcert.data.user import read_npz
 from asymcert.errors import DataError, InputError, RunFolderBusyError
 from asymcert.pipeline import read_run, train_run
 from asymcert.threat import ThreatModel, load_threat_model
-from asymcert.traffic import ResultsRecord, certify_file, csv_batches, read_results_record, record_path
+from asymcert.traffic import (
+    Batch,
+    ResultsRecord,
+    certify_file,
+    csv_batches,
+    npz_batches,
+    read_results_record,
+    record_path,
+)
 from tests.conftest import examples
 
 FEATURES = ["f0", "f1", "f2", "f3"]
@@ -560,3 +573,99 @@ def test_image_folder_and_parquet_results_get_their_record_too(csv_run, tmp_path
     record = read_results_record(tmp_path / "r.parquet")
     assert record is not None and record.units == "raw input units" and record.n_inputs == 12
     assert list(record.columns)[:2] == ["index", "file"] and list(record.columns)[-1] == "label"
+
+
+# ----- npz inputs are streamed: a chunk of rows at a time, never np.load-ed whole, never unpickled -----
+
+
+def _whole_array_batches(path, chunk, input_shape=None):
+    """npz_batches as it was before streaming: the whole file through read_npz, then sliced."""
+    x, y = read_npz(path, labels_required=False)
+    labels = None if y is None else [str(v) for v in y.tolist()]
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk]
+        values = np.ascontiguousarray(part) if part.dtype.kind == "f" else part.astype(np.float64)
+        yield Batch(torch.from_numpy(values), labels[start : start + chunk] if labels is not None else None)
+
+
+def test_npz_batches_hold_one_chunk_at_a_time(tmp_path, monkeypatch):
+    """3·10⁶ rows × 4 float32 (48 MB) of zeros, a few hundred kB compressed: the batches come 2¹⁶ rows at a time
+    with a traced peak far below the array, and np.load (which reads an array whole) is never called."""
+    n, chunk = 3_000_000, 1 << 16
+    np.savez_compressed(tmp_path / "big.npz", x=np.zeros((n, 4), dtype=np.float32))
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("np.load reads the whole array"))
+    sizes = []
+    tracemalloc.start()
+    try:
+        for batch in npz_batches(tmp_path / "big.npz", chunk, [4]):
+            sizes.append(len(batch.x))
+            assert batch.labels is None and batch.x.dtype == torch.float32
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sum(sizes) == n and max(sizes) == chunk
+    assert peak < n * 16 / 8, f"peak {peak / 1e6:.1f} MB for a {n * 16 / 1e6:.0f} MB array"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, bool])
+@pytest.mark.parametrize("labelled", [False, True])
+def test_streamed_npz_results_are_those_of_the_whole_array(csv_run, tmp_path, monkeypatch, dtype, labelled):
+    x, y = _rows(11, 13)
+    x = (x * 3).astype(dtype)
+    np.savez(tmp_path / "new.npz", x=x, **({"y": y} if labelled else {}))
+    certify_file(csv_run, tmp_path / "new.npz", tmp_path / "streamed.csv", chunk=4, progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(traffic, "npz_batches", _whole_array_batches)
+        certify_file(csv_run, tmp_path / "new.npz", tmp_path / "whole.csv", chunk=4, progress=False)
+    streamed = _read(tmp_path / "streamed.csv")
+    assert len(streamed) == 11 and ("label" in streamed[0]) == labelled
+    assert (tmp_path / "streamed.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("np.load reads the whole array"))
+    certify_file(csv_run, tmp_path / "new.npz", tmp_path / "again.csv", chunk=4, progress=False)
+    assert (tmp_path / "again.csv").read_bytes() == (tmp_path / "streamed.csv").read_bytes()
+
+
+class _TouchOnUnpickle:
+    """An object whose unpickling creates ``marker``: proof that a reader unpickled it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("key", ["x", "y"])
+def test_npz_object_arrays_are_refused_unread(csv_run, tmp_path, key):
+    marker = tmp_path / "unpickled"
+    objects = np.array([_TouchOnUnpickle(marker)] * 3, dtype=object)
+    arrays = {"x": np.zeros((3, 4), dtype=np.float32), "y": np.array(["a", "b", "c"])}
+    arrays[key] = objects if key == "y" else np.stack([objects] * 4, axis=1)
+    np.savez(tmp_path / "new.npz", **arrays)
+    with pytest.raises(DataError, match=f"new\\.npz: array '{key}' cannot be read without unpickling"):
+        certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", progress=False)
+    assert not marker.exists() and not (tmp_path / "out.csv").exists()
+    np.load(tmp_path / "new.npz", allow_pickle=True)[key]  # the payload works: unpickling creates the file
+    assert marker.exists()
+
+
+def test_npz_labels_of_another_length_are_refused_before_any_row_is_certified(csv_run, tmp_path, monkeypatch):
+    np.savez(tmp_path / "new.npz", x=np.zeros((9, 4), dtype=np.float32), y=np.array(["a"] * 8))
+    calls = []
+    monkeypatch.setattr(traffic, "certify", lambda *a, **k: calls.append(a) or pytest.fail("certified a row"))
+    with pytest.raises(DataError, match=r"new\.npz: y has shape \(8,\); it must hold one label per input of x, \(9,\)"):
+        certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", chunk=2, progress=False)
+    assert calls == [] and not (tmp_path / "out.csv").exists()
+
+
+def test_npz_truncated_or_fortran_arrays_are_refused_naming_file_and_array(csv_run, tmp_path):
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((9, 4), dtype=np.float32))
+    with zipfile.ZipFile(tmp_path / "cut.npz", "w") as z:
+        z.writestr("x.npy", buf.getvalue()[:-4])
+    with pytest.raises(DataError, match=r"cut\.npz: array 'x' is damaged: .*truncated"):
+        certify_file(csv_run, tmp_path / "cut.npz", tmp_path / "out.csv", progress=False)
+    np.savez(tmp_path / "f.npz", x=np.asfortranarray(np.zeros((9, 4), dtype=np.float32)))
+    with pytest.raises(DataError, match=r"f\.npz: array 'x' is saved in Fortran .*np\.ascontiguousarray\(x\)"):
+        certify_file(csv_run, tmp_path / "f.npz", tmp_path / "out.csv", progress=False)
+    assert not (tmp_path / "out.csv").exists()

@@ -37,7 +37,7 @@ from asymcert.certify.result import RAW_UNITS, norm_label
 from asymcert.checkpoint import atomic_write, load
 from asymcert.data.download import sha256_file
 from asymcert.data.images import IMAGE_SUFFIXES, read_images
-from asymcert.data.user import FLOAT32_MAX, csv_number, read_npz
+from asymcert.data.user import FLOAT32_MAX, NpzStream, csv_number, exact_float64
 from asymcert.errors import DataError, InputError, WriteError
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.runfolder import (
@@ -173,37 +173,35 @@ def _finite(cell: str, path: Path, where: str, column: str) -> float:
 
 
 def npz_batches(path: Path, chunk: int, input_shape: Sequence[int] | None = None) -> Iterator[Batch]:
-    """The ``x`` (N, *input_shape) of an npz file (``y`` (N,) as labels when present), ``chunk`` inputs at a time.
+    """The ``x`` (N, *input_shape) of an npz file (``y`` (N,) as labels when present), ``chunk`` inputs at a time,
+    streamed (:class:`~asymcert.data.user.NpzStream`): memory bounded by the chunk whatever N.
 
     Raises:
-        DataError: x not of the run's input shape, or a y that is not one label per input (both named).
+        DataError: x not of the run's input shape or not numbers, or a y that is not one label per input (all
+            named, from the arrays' headers before any value is read); a damaged or truncated array.
     """
-    x, y = read_npz(path, labels_required=False)
-    if input_shape and tuple(x.shape[1:]) != tuple(input_shape):
-        want = ", ".join(["N", *map(str, input_shape)])
-        raise DataError(f"{path}: x has shape {tuple(x.shape)}; the run takes inputs of shape ({want})")
-    if y is not None and (y.ndim != 1 or len(y) != len(x)):
-        raise DataError(f"{path}: y has shape {tuple(y.shape)}; it must hold one label per input of x, ({len(x)},)")
-    labels = None if y is None else [str(v) for v in y.tolist()]
-    for start in range(0, len(x), chunk):
-        part = labels[start : start + chunk] if labels is not None else None
-        yield Batch(torch.from_numpy(_as_float(x[start : start + chunk], path)), part)
+    with NpzStream(path) as npz:
+        shape = npz.x.shape
+        if input_shape and tuple(shape[1:]) != tuple(input_shape):
+            want = ", ".join(["N", *map(str, input_shape)])
+            raise DataError(f"{path}: x has shape {shape}; the run takes inputs of shape ({want})")
+        if npz.x.dtype.kind not in "biuf":
+            raise DataError(f"{path}: x must hold numbers, found dtype {npz.x.dtype}")
+        for x, y in npz.chunks(chunk):
+            labels = None if y is None else [str(v) for v in y.tolist()]
+            yield Batch(torch.from_numpy(_as_float(x, path)), labels)
 
 
 def _as_float(values: np.ndarray, path: Path) -> np.ndarray:
-    """An npz chunk as floats, exactly: float arrays as they are, others (integers, booleans) as float64.
+    """An npz chunk (n, ...) of numbers as floats, exactly: float arrays as they are, others (integers,
+    booleans) as float64.
 
     Raises:
-        DataError: integers beyond 2⁵³ (float64 would round them), or an array that is not numbers.
+        DataError: integers beyond 2⁵³ (float64 would round them).
     """
     if values.dtype.kind == "f":
         return np.ascontiguousarray(values)
-    if values.dtype.kind not in "biu":
-        raise DataError(f"{path}: x must hold numbers, found dtype {values.dtype}")
-    wide = values.astype(np.float64)
-    if values.dtype.kind != "b" and not np.array_equal(wide.astype(values.dtype), values):
-        raise DataError(f"{path}: x holds integers beyond 2**53, which float64 cannot hold exactly")
-    return wide
+    return exact_float64(values, str(path))
 
 
 def image_batches(root: Path, input_shape: Sequence[int], chunk: int) -> Iterator[Batch]:

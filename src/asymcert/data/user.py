@@ -9,11 +9,13 @@ raw units (image folders: pixels in [0, 1]); certified radii are in those units.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import math
 import zipfile
-from collections.abc import Hashable, Sequence
+import zlib
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +177,26 @@ def check_float32_range(
     )
 
 
+def exact_float64(values: np.ndarray, source: str) -> np.ndarray:
+    """Integers or booleans (any shape) as float64, refused unless every value is held exactly.
+
+    Raises:
+        DataError: an integer beyond 2⁵³ that float64 would round (names ``source``).
+    """
+    wide = values.astype(np.float64)
+    if values.dtype.kind != "b" and not np.array_equal(wide.astype(values.dtype), values):
+        raise DataError(f"{source}: x holds integers beyond 2**53, which float64 cannot hold exactly")
+    return wide
+
+
+def _check_exact_integers(x: np.ndarray, source: str, rows: int = 1 << 16) -> None:
+    """Refuse 64-bit integer inputs x (N, ...) that float64 would round (:func:`exact_float64`), as
+    ``certify --input`` does; checked ``rows`` rows at a time (narrower integers always fit)."""
+    if x.dtype.kind in "iu" and x.dtype.itemsize > 4:
+        for start in range(0, len(x), rows):
+            exact_float64(x[start : start + rows], source)
+
+
 def _check_labels(y: np.ndarray, n: int, source: str) -> None:
     """Labels: (n,) integers, strings or finite numbers."""
     if y.ndim != 1 or len(y) != n:
@@ -253,6 +275,7 @@ def task_from_arrays(
     _check_labels(y, len(x), source)
     if x.dtype.kind not in "biuf":
         raise DataError(f"{source}: inputs must be numbers, found dtype {x.dtype}")
+    _check_exact_integers(x, source)
     if len(x) == 0:
         raise DataError(f"{source}: no examples (inputs of shape {x.shape})")
     if 0 in x.shape[1:]:
@@ -312,48 +335,203 @@ def log1p_withheld(data: TaskData) -> dict[str, str]:
 
 
 def read_npz(path: Path, labels_required: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """The ``x`` and ``y`` arrays of an ``.npz`` file, read without unpickling anything (``y`` None when
-    absent and not ``labels_required``).
+    """The ``x`` and ``y`` arrays of an ``.npz`` file, read whole without unpickling anything (``y`` None when
+    absent and not ``labels_required``); for training. :class:`NpzStream` reads them a chunk at a time.
 
     Raises:
         DataError: not an .npz archive (a .npy file, a pickle, a damaged zip), no ``x`` or ``y``, or
             arrays of Python objects (``allow_pickle=False``: they are never loaded).
+    """
+    _check_npz_magic(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(_NPY_NOT_NPZ.format(path=path))
+    with loaded as archive:
+        keys = ("x", "y") if labels_required or "y" in archive.files else ("x",)
+        _check_keys(path, archive.files, keys)
+        out = []
+        for key in keys:
+            try:
+                out.append(archive[key])
+            except ValueError as exc:  # object arrays: refused unread
+                raise DataError(_UNPICKLE.format(path=path, key=key, why=_one_line(exc))) from None
+            except (OSError, zipfile.BadZipFile, EOFError) as exc:
+                raise DataError(f"{path}: array {key!r} is damaged ({_one_line(exc)})") from None
+    return out[0], (out[1] if len(out) > 1 else None)
+
+
+MAX_LABEL_BYTES = 4096  # per label of a streamed y: 1024 characters of a <U dtype
+_NPY_NOT_NPZ = "{path}: a single array (.npy), not an .npz archive; save with np.savez(path, x=inputs, y=labels)"
+_UNPICKLE = "{path}: array {key!r} cannot be read without unpickling Python objects ({why}); save numbers or text"
+_DAMAGED = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _check_npz_magic(path: Path) -> bytes:
+    """The first 6 bytes of the file, refused unless a zip (.npz) or one array (.npy): a pickle, text, ...
+
+    Raises:
+        DataError: unreadable, or not a zip nor an .npy file.
     """
     try:
         with open(path, "rb") as f:
             magic = f.read(6)
     except OSError as exc:
         raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
-    if not magic.startswith((b"PK", b"\x93NUMPY")):  # neither a zip (.npz) nor one array (.npy): a pickle, text, ...
+    if not magic.startswith((b"PK", b"\x93NUMPY")):
         raise DataError(f"{path}: not an .npz archive (a zip of .npy arrays); save with np.savez(path, x=..., y=...)")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
+    return magic
+
+
+def _check_keys(path: Path, files: Sequence[str], keys: Sequence[str]) -> None:
+    """Refuse an archive whose arrays (``files``, names without ``.npy``) lack one of ``keys``."""
+    missing = [k for k in keys if k not in files]
+    if missing:
         raise DataError(
-            f"{path}: a single array (.npy), not an .npz archive; save with np.savez(path, x=inputs, y=labels)"
+            f"{path}: no array named {' or '.join(missing)} (arrays found: {list(files)}); "
+            f"save with np.savez(path, x=inputs, y=labels)"
         )
-    with loaded as archive:
-        keys = ("x", "y") if labels_required or "y" in archive.files else ("x",)
-        missing = [k for k in keys if k not in archive.files]
-        if missing:
+
+
+class NpyMember:
+    """One array of an open ``.npz`` archive, its header read and its stream at the first value.
+
+    Attributes:
+        key: the array's name (``x``). shape: its shape, from the header. dtype: its dtype as written
+            (byte order included). stream: the member, decompressed as it is read.
+    """
+
+    def __init__(self, archive: zipfile.ZipFile, key: str, path: Path) -> None:
+        self.key, self.path = key, path
+        info = archive.getinfo(key if key in archive.namelist() else key + ".npy")  # np.load's lookup order
+        try:
+            self.stream = archive.open(info)
+        except (*_DAMAGED, NotImplementedError, RuntimeError) as exc:  # a bad local header, method, password
+            raise DataError(f"{path}: array {key!r} cannot be read ({_one_line(exc)})") from None
+        try:
+            self.shape, fortran, self.dtype = self._header()
+            offset = self.stream.tell()
+        except _DAMAGED as exc:
+            self.stream.close()
+            raise DataError(f"{path}: array {key!r} is damaged ({_one_line(exc)})") from None
+        if self.dtype.hasobject:
+            self.stream.close()
+            raise DataError(_UNPICKLE.format(path=path, key=key, why=f"dtype {self.dtype}"))
+        if fortran and sum(n > 1 for n in self.shape) > 1:  # one axis longer than 1: the same bytes as C order
+            self.stream.close()
             raise DataError(
-                f"{path}: no array named {' or '.join(missing)} (arrays found: {archive.files}); "
-                f"save with np.savez(path, x=inputs, y=labels)"
+                f"{path}: array {key!r} is saved in Fortran (column) order, which cannot be read a chunk of rows "
+                f"at a time; save np.ascontiguousarray({key})"
             )
-        out = []
-        for key in keys:
-            try:
-                out.append(archive[key])
-            except ValueError as exc:  # object arrays: refused unread
+        need = offset + math.prod(self.shape) * self.dtype.itemsize
+        have = info.file_size
+        if need > have:
+            self.stream.close()
+            raise DataError(
+                f"{path}: array {key!r} is damaged: its header says shape {self.shape} of {self.dtype} "
+                f"({need} bytes), the archive holds {have} bytes; the file is truncated"
+            )
+
+    def _header(self) -> tuple[tuple[int, ...], bool, np.dtype]:
+        """(shape, fortran_order, dtype) from the .npy header (format 1.0 or 2.0; ValueError otherwise)."""
+        version = np.lib.format.read_magic(self.stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(self.stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(self.stream)
+        else:  # 3.0 only encodes field names in UTF-8: never numbers or text
+            raise ValueError(f".npy format {version[0]}.{version[1]} is not read; save numbers or text")
+        if any(n < 0 for n in shape):
+            raise ValueError(f"negative shape {shape}")
+        return tuple(shape), bool(fortran), dtype
+
+    def read_rows(self, rows: int) -> np.ndarray:
+        """The next ``rows`` rows, (rows, *shape[1:]) in native byte order: ``rows`` × row bytes read, no more.
+
+        Raises:
+            DataError: the member ends early or fails its checksum (damaged), naming the file and array.
+        """
+        count = rows * math.prod(self.shape[1:])
+        size = count * self.dtype.itemsize
+        try:
+            data = self.stream.read(size) if size else b""
+        except _DAMAGED as exc:
+            raise DataError(f"{self.path}: array {self.key!r} is damaged ({_one_line(exc)})") from None
+        if len(data) < size:
+            raise DataError(f"{self.path}: array {self.key!r} is damaged: its data ends early (truncated)")
+        if not size:
+            return np.zeros((rows, *self.shape[1:]), dtype=self.dtype.newbyteorder("="))
+        values = np.frombuffer(data, dtype=self.dtype, count=count)
+        return values.astype(self.dtype.newbyteorder("="), copy=True).reshape(rows, *self.shape[1:])
+
+
+class NpzStream:
+    """The ``x`` (N, ...) and ``y`` (N,) of an ``.npz`` file read a chunk of rows at a time, for certifying
+    traffic: memory bounded by the chunk whatever N (a decompression bomb is never held whole), no array
+    loaded by ``np.load`` and none unpickled. Opening reads only the zip directory and the arrays' headers.
+
+    Attributes:
+        x: the inputs' :class:`NpyMember`. y: the labels', None when the file has none (and they are optional).
+    Raises:
+        DataError: as :func:`read_npz` (not an .npz, a .npy file, a damaged zip, no ``x``, object arrays),
+            plus arrays saved in Fortran order, members shorter than their headers say (truncated), and
+            labels wider than ``MAX_LABEL_BYTES``.
+    """
+
+    def __init__(self, path: Path, labels_required: bool = False) -> None:
+        if _check_npz_magic(path).startswith(b"\x93NUMPY"):
+            raise DataError(_NPY_NOT_NPZ.format(path=path))
+        self.path = path
+        try:
+            self._archive = zipfile.ZipFile(path)
+        except _DAMAGED as exc:
+            raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
+        with contextlib.ExitStack() as opened:
+            opened.callback(self._archive.close)
+            files = [n[:-4] if n.endswith(".npy") else n for n in self._archive.namelist()]
+            keys = ("x", "y") if labels_required or "y" in files else ("x",)
+            _check_keys(path, files, keys)
+            self.x = NpyMember(self._archive, "x", path)
+            opened.callback(self.x.stream.close)
+            self.y = NpyMember(self._archive, "y", path) if "y" in keys else None
+            if self.y is not None:
+                opened.callback(self.y.stream.close)
+            if self.y is not None and self.y.dtype.itemsize > MAX_LABEL_BYTES:  # a chunk of them would not be small
                 raise DataError(
-                    f"{path}: array {key!r} cannot be read without unpickling Python objects "
-                    f"({_one_line(exc)}); save numbers or text"
-                ) from None
-            except (OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise DataError(f"{path}: array {key!r} is damaged ({_one_line(exc)})") from None
-    return out[0], (out[1] if len(out) > 1 else None)
+                    f"{path}: y holds labels of {self.y.dtype.itemsize} bytes each (dtype {self.y.dtype}); "
+                    f"labels may take at most {MAX_LABEL_BYTES} bytes"
+                )
+            opened.pop_all()
+
+    def chunks(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(x rows (n, ...), y rows (n,) or None), ``chunk`` ≥ 1 rows at a time (the last may be shorter).
+
+        Raises:
+            DataError: x is not (N, ...) or y not (N,), before any value is read; a damaged member.
+        """
+        if not self.x.shape:
+            raise DataError(f"{self.path}: x has shape (); it must hold one input per row, (N, ...)")
+        n = self.x.shape[0]
+        if self.y is not None and self.y.shape != (n,):
+            raise DataError(f"{self.path}: y has shape {self.y.shape}; it must hold one label per input of x, ({n},)")
+        for start in range(0, n, chunk):
+            rows = min(chunk, n - start)
+            yield self.x.read_rows(rows), (self.y.read_rows(rows) if self.y is not None else None)
+
+    def close(self) -> None:
+        """Close the members' streams and the archive."""
+        for member in (self.x, self.y):
+            if member is not None:
+                member.stream.close()
+        self._archive.close()
+
+    def __enter__(self) -> NpzStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _one_line(exc: BaseException) -> str:
