@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import stat
 
 import pytest
 import torch
@@ -176,11 +178,13 @@ def test_a_new_export_replaces_the_earlier_benchmark_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no staging folder left
 
 
-@pytest.mark.parametrize("case", ["file", "other files", "smoothing"])
+@pytest.mark.parametrize("case", ["file", "other files", "smoothing", "shape", "shape, threat model"])
 def test_a_refused_export_changes_nothing_on_disk(tmp_path, case):
     model, x = _model(), torch.rand(8, *SHAPE)
-    out = tmp_path / "b"
-    if case == "file":
+    out, tm = tmp_path / "b", None
+    if case.startswith("shape"):  # e.g. a run.json edited to name another task: a RuntimeError before
+        x, tm = torch.rand(8, 57), (ThreatModel(immutable=[0]) if "threat" in case else None)
+    elif case == "file":
         out.write_text("mine")
     elif case == "other files":
         out.mkdir()
@@ -188,8 +192,8 @@ def test_a_refused_export_changes_nothing_on_disk(tmp_path, case):
     else:
         model = build_model({"kind": "relu-smoothing", "input_shape": list(SHAPE), "widths": [8]})
     before = sorted((p.relative_to(tmp_path), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*"))
-    with pytest.raises(ExportError, match=r"a file|other files|randomized smoothing"):
-        to_vnnlib(model, x, out)
+    with pytest.raises(ExportError, match=r"a file|other files|randomized smoothing|model takes \(N, 1, 6, 6\)"):
+        to_vnnlib(model, x, out, threat_model=tm)
     assert (
         sorted((p.relative_to(tmp_path), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*")) == before
     )
@@ -217,3 +221,14 @@ def test_an_unresolved_threat_model_is_resolved_by_index_as_certify_takes_it(tmp
     a = to_vnnlib(model, x, tmp_path / "a", threat_model=TM)
     b = to_vnnlib(model, x, tmp_path / "b", threat_model=TM.resolve(None, D))
     assert a == b and len(a) >= 5
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o755), (0o077, 0o700)])
+def test_the_benchmark_folder_gets_the_permissions_of_a_folder_the_user_creates(tmp_path, umask, mode):
+    """It was staged with mkdtemp and kept its 0700 whatever the umask."""
+    old = os.umask(umask)
+    try:
+        to_vnnlib(_model(), torch.rand(6, *SHAPE), tmp_path / "b")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == mode

@@ -29,7 +29,7 @@ def resolve(path: str | Path) -> Path:
     return path / MODEL_FILE if path.is_dir() else path
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's file-creation mask (read by setting and restoring it)."""
     mask = os.umask(0o022)
     os.umask(mask)
@@ -66,7 +66,7 @@ def atomic_write(path: Path, write: Any) -> None:
             os.fsync(fd)  # a full disk may only show here, not in write()
         finally:
             os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except AsymcertError:
         raise

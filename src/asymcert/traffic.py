@@ -49,6 +49,7 @@ from asymcert.runfolder import (
     read_run_record,
     run_threat_model,
     stale_temp_files,
+    warn_if_unfinished,
     write_json,
 )
 from asymcert.threat import ResolvedThreatModel, ThreatModel
@@ -466,6 +467,8 @@ def certify_file(
     _check_output(out, input_path)
     busy = being_written(run_dir)
     run = read_run_record(run_dir)
+    if not busy:  # (busy: TrafficResult.run_busy says it is still training)
+        warn_if_unfinished(run, run_dir)
     tm = run_threat_model(run, threat_model, plain)
     model = load(run_dir, device=resolve_device(str(device)))
     extra = dict(options or {})

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from torch import nn
 
 from asymcert.certify.modes import eval_mode
 from asymcert.certify.result import RAW_UNITS
+from asymcert.checkpoint import current_umask
 from asymcert.export.onnx import (
     DEFAULT_NORMS,
     ExportError,
@@ -96,11 +98,20 @@ def graph_certificates(
     return dict(zip(output_names(norms, threat), out, strict=True))
 
 
-def checked_inputs(x: object) -> torch.Tensor:
+def checked_inputs(x: object, model: nn.Module) -> torch.Tensor:
     """``x`` as the float32 tensor the graph takes (float64 data rounded: the radii and boxes are then the
-    rounded inputs', which is what the graph reads); not a floating tensor: ExportError."""
+    rounded inputs', which is what the graph reads).
+
+    Raises:
+        ExportError: not a floating tensor, or not of ``model``'s input shape (N, *input_shape), e.g. a run
+            folder whose run.json names another task than its model was trained on.
+    """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ExportError(f"inputs must be a floating torch.Tensor (N, *input_shape), got {type(x).__name__}")
+    shape = getattr(model, "input_shape", None)
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        want = ", ".join(["N", *map(str, shape)])
+        raise ExportError(f"the inputs have shape {tuple(x.shape)}; the model takes ({want})")
     return x.float()
 
 
@@ -163,6 +174,7 @@ def _staged(out: Path) -> Iterator[Path]:
         for stale in out.parent.glob(f".{out.name}.vnnlib-*"):  # left by a killed export of this folder
             shutil.rmtree(stale, ignore_errors=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.vnnlib-", dir=out.parent))
+        os.chmod(stage, 0o777 & ~current_umask())  # a folder the user creates (mkdtemp alone gives 0700)
         try:
             yield stage
             old = out.parent / f"{stage.name}-old"
@@ -210,9 +222,9 @@ def to_vnnlib(
     require("onnx")
     out = Path(path_dir)
     _check_target(out)
+    x = checked_inputs(x, model)  # the graph's float32 inputs: each box is centred where its radius was certified
     resolved = resolved_threat_model(threat_model, model)
     tm = None if resolved is None or resolved.is_empty() else resolved
-    x = checked_inputs(x)  # the graph's float32 inputs: each box is centred where its radius was certified
     found = graph_certificates(model, x, DEFAULT_NORMS, tm)  # refuses a model that cannot be exported, first
     with _staged(out) as stage:
         (stage / "vnnlib").mkdir()
