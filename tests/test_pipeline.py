@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -27,6 +28,7 @@ from asymcert.errors import (
     RunFolderConflictError,
     WriteError,
 )
+from asymcert.export import export_run
 from asymcert.pipeline import (
     CERT_FILE,
     RUN_FILE,
@@ -40,6 +42,7 @@ from asymcert.pipeline import (
 )
 from asymcert.report.writer import REPORT_FILE, RESULTS_FILE, write_report
 from asymcert.runfolder import LOCK_FILE, model_outputs
+from asymcert.traffic import certify_file
 from asymcert.train.loop import STATE_FILE, TrainingSession
 
 TASK = {"name": "fashion-mnist-shirts"}
@@ -232,6 +235,11 @@ def test_an_interrupted_run_warns_its_readers_and_its_outputs_go_when_training_g
     assert read_run(run_dir).get("training") is None
     with pytest.warns(UserWarning, match="its training has not finished"):
         certify_run(run_dir, limit=LIMIT, data_dir=fashion_dir, progress=False)
+    np.savez(tmp_path / "new.npz", x=np.zeros((2, 1, 28, 28), dtype=np.float32))
+    with pytest.warns(UserWarning, match="its training has not finished"):
+        certify_file(run_dir, tmp_path / "new.npz", tmp_path / "new.csv", progress=False)
+    with pytest.warns(UserWarning, match="its training has not finished"):
+        export_run(run_dir, "onnx", tmp_path / "m.onnx")
     write_report(run_dir)
     (run_dir / "audit.md").write_text("# Certificate audit: no violations\n")
     made = {p.name for p in model_outputs(run_dir)}
