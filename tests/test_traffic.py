@@ -669,3 +669,25 @@ def test_npz_truncated_or_fortran_arrays_are_refused_naming_file_and_array(csv_r
     with pytest.raises(DataError, match=r"f\.npz: array 'x' is saved in Fortran .*np\.ascontiguousarray\(x\)"):
         certify_file(csv_run, tmp_path / "f.npz", tmp_path / "out.csv", progress=False)
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("f0,f1,f2,f3\n1,2,3,4\nf\xe9,1,2,3\n".encode("latin-1"), r"not UTF-8 text \(byte b'\\xe9' near line \d\)"),
+        (b"\xff\xfe\x00garbage" * 10, "not UTF-8 text"),
+        (f"f0,f1,f2,f3,note\n1,2,3,4,{'x' * 200_000}\n".encode(), r"line 2: not readable as CSV \(field larger"),
+    ],
+    ids=["latin-1", "binary", "long field"],
+)
+def test_undecodable_or_unreadable_csv_is_one_line_and_writes_nothing(csv_run, tmp_path, content, message):
+    """A Latin-1 CSV or a 200,000-character field were a 40-line traceback (exit 1) in certify --input."""
+    (tmp_path / "bad.csv").write_bytes(content)
+    with pytest.raises(DataError, match=message) as info:
+        certify_file(csv_run, tmp_path / "bad.csv", tmp_path / "out.csv", progress=False)
+    assert "\n" not in str(info.value)
+    res = CliRunner().invoke(
+        main, ["certify", str(csv_run), "--input", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "o.csv")]
+    )
+    assert res.exit_code == EXIT_REFUSED and res.output.count("\n") == 1 and "Traceback" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]

@@ -92,22 +92,31 @@ def csv_batches(path: Path, features: Sequence[str], label_column: str | None, c
 
     Raises:
         DataError: no header, a feature column missing (named), a ragged row, a value that is not a
-            finite number (naming the row, line and column).
+            finite number (naming the row, line and column), text that is not UTF-8, a field longer than
+            ``csv.field_size_limit()`` characters.
     """
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        if not header:
-            raise DataError(f"{path}: the file is empty (no header row)")
-        missing = [c for c in features if c not in header]
-        if missing:
-            raise DataError(f"{path}: the run's feature column(s) {', '.join(missing)} are missing")
-        twice = [c for c in dict.fromkeys([*features, label_column]) if c is not None and header.count(c) > 1]
-        if twice:
-            raise DataError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in the header")
-        at = [header.index(c) for c in features]
-        label_at = header.index(label_column) if label_column in header else None
-        yield from _csv_chunks(reader, f, path, header, at, label_at, chunk)
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            if not header:
+                raise DataError(f"{path}: the file is empty (no header row)")
+            missing = [c for c in features if c not in header]
+            if missing:
+                raise DataError(f"{path}: the run's feature column(s) {', '.join(missing)} are missing")
+            twice = [c for c in dict.fromkeys([*features, label_column]) if c is not None and header.count(c) > 1]
+            if twice:
+                raise DataError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in the header")
+            at = [header.index(c) for c in features]
+            label_at = header.index(label_column) if label_column in header else None
+            yield from _csv_chunks(reader, f, path, header, at, label_at, chunk)
+        except UnicodeDecodeError as exc:  # (the codec reads ahead: the line is near, not exact)
+            byte = exc.object[exc.start : exc.start + 1]
+            raise DataError(
+                f"{path}: not UTF-8 text (byte {byte!r} near line {reader.line_num + 1}); save the CSV as UTF-8"
+            ) from None
+        except csv.Error as exc:  # e.g. a field over csv.field_size_limit() characters
+            raise DataError(f"{path}: line {reader.line_num}: not readable as CSV ({exc})") from None
 
 
 def _csv_chunks(
