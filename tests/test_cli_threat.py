@@ -428,3 +428,20 @@ def test_a_tampered_operating_point_is_refused_before_any_write(folder, tmp_path
         assert res.exit_code == EXIT_REFUSED and f"run.json's training settings: {key} must be" in res.output
         assert len(res.output.strip().splitlines()) == 1, res.output
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "soon"])
+def test_exact_time_limit_must_be_finite_seconds_above_0(value, tmp_path):
+    """NaN passed click's FloatRange (every comparison with it is False)."""
+    res = CliRunner().invoke(main, ["audit", str(tmp_path), "--exact-milp", "--exact-time-limit", value])
+    assert res.exit_code == 2 and "--exact-time-limit" in res.output and "seconds" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_data_dir_with_the_users_own_data_is_refused(tmp_path):
+    (tmp_path / "d.csv").write_text("a,b\n1,x\n")
+    args = ["--csv", str(tmp_path / "d.csv"), "--label-column", "b", "--sensitive-class", "x"]
+    for command in ("run", "train"):
+        res = CliRunner().invoke(main, [command, *args, "--data-dir", "/nonexistent", "--out", str(tmp_path / "r")])
+        assert res.exit_code == 2 and "--data-dir is where a built-in TASK's data lives" in res.output
+    assert not (tmp_path / "r").exists()

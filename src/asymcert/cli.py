@@ -7,6 +7,7 @@ exit code (see :data:`EXIT_CODES` and ``asymcert --help``); a traceback means a 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import signal
@@ -230,6 +231,21 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, 
 _POSITIVE = click.IntRange(min=1)
 
 
+class _PositiveSeconds(click.ParamType):
+    """A finite number of seconds > 0 (click's FloatRange lets NaN through: every comparison with it is False)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not (math.isfinite(seconds) and seconds > 0):
+            self.fail(f"{value!r} is not a finite number of seconds > 0", param, ctx)
+        return seconds
+
+
 def _task_spec(
     task: str | None,
     data: str | None,
@@ -238,10 +254,13 @@ def _task_spec(
     label_column: str | None,
     sensitive_class: str | None,
     other_class: str | None,
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
     sources = [s for s in (task, data, csv, images) if s]
     if len(sources) != 1:
         raise click.UsageError("name exactly one of: a TASK, --data FILE.npz, --csv FILE, --images DIR")
+    if data_dir is not None and not task:
+        raise click.UsageError("--data-dir is where a built-in TASK's data lives; your own data is named by its file")
     if task:
         return {"name": task}
     if sensitive_class is None:
@@ -373,7 +392,7 @@ def run(
 ) -> None:
     """Train, certify and report: TASK (see `asymcert tasks`) or your own data."""
 
-    spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class)
+    spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class, data_dir)
     train, model = _overrides(epochs, device, sets, model_sets, model_kind)
     tm = _threat(threat_model, no_threat_model)
     if distributed.is_main() and not plotting_available():  # said before an hour of training, not after
@@ -419,7 +438,7 @@ def train(
 ) -> None:
     """Train a model into a run folder (resumes an interrupted run in the same folder)."""
 
-    spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class)
+    spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class, data_dir)
     train_o, model_o = _overrides(epochs, device, sets, model_sets, model_kind)
     tm = _threat(threat_model, no_threat_model)
     result = train_run(
@@ -601,7 +620,7 @@ def report(run_dir) -> None:
 )
 @click.option(
     "--exact-time-limit",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_PositiveSeconds(),
     default=60.0,
     show_default=True,
     help="Seconds per input and norm for an exact radius; a bracket still open then is reported as such.",
