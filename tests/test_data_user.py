@@ -226,6 +226,9 @@ def test_csv_missing_value_names_the_row(tmp_path):
         ("a,b,target\n1,2,x\n", r"no column 'label'; columns are: a, b, target"),
         ("label\nx\ny\nx\n", "the only column is the label column 'label'; add numeric feature columns"),
         ("a,b,label\n1,2,x\n1,1e39,y\n", r"row 2 \(line 3\), column 'b': 1e\+39 is beyond the float32 range"),
+        ("a, ,label\n1,2,x\n", r"column\(s\) 2 of the header have no name"),
+        ("a,b,a,label\n1,2,3,x\n", r"column\(s\) 'a' appear more than once in the header"),
+        ("a,b,label,label\n1,2,x,y\n", r"column\(s\) 'label' appear more than once in the header"),
     ],
 )
 def test_csv_errors(tmp_path, text, message):

@@ -15,6 +15,7 @@ import csv
 import math
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -560,6 +561,20 @@ def task_from_npz(
     return task_from_arrays(x, y, sensitive_class, other_class, name or path.stem, source=str(path), seed=seed)
 
 
+def _check_header(path: Path, header: list[str]) -> None:
+    """Refuse a header with an empty or repeated column name: features (and threat models) go by name.
+
+    Raises:
+        DataError: naming the empty columns' positions (1 = first) or the repeated names.
+    """
+    empty = [i + 1 for i, name in enumerate(header) if not name]
+    if empty:
+        raise DataError(f"{path}: column(s) {', '.join(map(str, empty))} of the header have no name; name every column")
+    twice = [name for name, count in Counter(header).items() if count > 1]
+    if twice:
+        raise DataError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in the header")
+
+
 def read_csv_table(path: str | Path, label_column: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """Read a CSV with a header row: numeric feature columns and one label column.
 
@@ -585,6 +600,7 @@ def _parse_csv(reader: Any, path: Path, label_column: str) -> tuple[np.ndarray, 
         raise DataError(f"{path}: empty file; expected a header row naming the columns")
     if label_column not in header:
         raise DataError(f"{path}: no column {label_column!r}; columns are: {', '.join(header)}")
+    _check_header(path, header)
     label_at = header.index(label_column)
     features = [h for i, h in enumerate(header) if i != label_at]
     if not features:
