@@ -29,6 +29,7 @@ from asymcert.cli import (
     _bars,
     main,
 )
+from asymcert.report import writer as writer_module
 
 SMALL = [
     "--model-set",
@@ -367,6 +368,27 @@ def test_a_full_disk_while_writing_is_one_line_and_keeps_the_old_file(tiny_run, 
     monkeypatch.undo()
     assert (folder / "certificates.safetensors").read_bytes() == before
     assert not [p for p in folder.iterdir() if p.name.startswith(".certificates")]  # no temporary file left
+
+
+def test_a_report_that_cannot_be_written_after_new_certificates_leaves_no_stale_report(tiny_run, tmp_path, monkeypatch):
+    """report.md failing after certificates.safetensors was replaced left the old report.md describing the old
+    certificates (exit 4; walkthrough 25b F6): now there is no report of other certificates, and the line says so."""
+    folder = _copy(tiny_run, tmp_path)
+    real = writer_module.atomic_write
+
+    def refuse_report(path, write):
+        if Path(path).name == "report.md":
+            raise asymcert.errors.WriteError(f"could not write {path}: No space left on device")
+        real(path, write)
+
+    monkeypatch.setattr(writer_module, "atomic_write", refuse_report)
+    line = _refused(CliRunner().invoke(main, ["certify", str(folder), "--quiet", "--limit", "4"]), EXIT_IO)
+    assert "the new certificates are written, and the report is not: `asymcert report" in line
+    assert load_certificates(folder / "certificates.safetensors")[0].radii[2.0].shape == (4,)  # the new ones
+    assert not (folder / "report.md").exists() and json.loads((folder / "results.json").read_text())["n_inputs"] == 4
+    monkeypatch.undo()
+    assert CliRunner().invoke(main, ["report", str(folder)]).exit_code == EXIT_OK
+    assert (folder / "report.md").is_file()
 
 
 @pytest.mark.parametrize("exc", [ZeroDivisionError("a bug"), ValueError("a bug raising a plain ValueError")])

@@ -540,7 +540,14 @@ def certify_cmd(
         f"({1000 * cert.seconds / max(1, len(cert)):.3f} ms per input); radii in {cert.units}"
     )
     # results.json and report.md describe certificates.safetensors: rewrite them with it, never leave them stale
-    _echo_summary(write_report(run_dir, log=lambda msg: None), run_dir)
+    try:
+        results = write_report(run_dir, log=lambda msg: None)
+    except WriteError as exc:
+        raise WriteError(
+            f"{exc}; the new certificates are written, and the report is not: `asymcert report {run_dir}` "
+            "writes it once the folder takes writes"
+        ) from None
+    _echo_summary(results, run_dir)
 
 
 def _reach_options(run_dir: str, reach: bool, tm: ThreatModel | None, plain: bool) -> dict[str, Any]:
