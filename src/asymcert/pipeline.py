@@ -47,6 +47,8 @@ from asymcert.models import build_model
 from asymcert.runfolder import (
     CERT_FILE,
     CERTIFY_FILE,
+    REPORT_FILE,
+    RESULTS_FILE,
     RUN_FILE,
     CertificateMode,
     RunRecord,
@@ -572,7 +574,8 @@ def certify_run(
         cert = _certify_shard(model, x, settings, progress, tm)
         if distributed.is_main():
             remove_stale_temp_files(run_dir)
-            (run_dir / CERTIFY_FILE).unlink(missing_ok=True)  # a failed write below leaves it unrecorded, not wrong
+            for stale in (CERTIFY_FILE, RESULTS_FILE, REPORT_FILE):  # they describe the certificates replaced here:
+                (run_dir / stale).unlink(missing_ok=True)  # a failed write below leaves them missing, not wrong
             save_certificates(run_dir / CERT_FILE, cert, y)
             _write_certificate_mode(run_dir, record, tm, settings)
         distributed.barrier()

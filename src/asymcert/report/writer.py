@@ -14,7 +14,7 @@ from asymcert import distributed
 from asymcert.certify.certfile import load_certificates
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.checkpoint import atomic_write
-from asymcert.errors import CheckpointError, WriteError
+from asymcert.errors import CheckpointError
 from asymcert.pipeline import CertificateMode, read_certificate_mode
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.plots import PLOT_HINT, plot_certified_curves, plotting_available
@@ -169,11 +169,6 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
         results["task"] = run.task
         results["training_seconds"] = (run.training or {}).get("seconds")
         results["best_epoch"] = (run.training or {}).get("best", {}).get("epoch")
-        for stale in (REPORT_FILE, RESULTS_FILE):  # a write failing below leaves no report of other certificates
-            try:
-                (run_dir / stale).unlink(missing_ok=True)
-            except OSError as exc:
-                raise WriteError(f"could not replace {run_dir / stale}: {exc.strerror or exc}") from None
         results["plots"] = _plot_curves(run_dir, cert, labels, results, run.task_description) if plots_ok else {}
         if not plots_ok:
             results["plots_missing"] = PLOT_HINT
