@@ -185,9 +185,7 @@ def compare(
         UnknownNameError: a method :func:`method_specs` does not know (the message lists the known ones).
     """
     specs = method_specs(paper_scale, n_smoothing)
-    unknown = [name for name in dict.fromkeys(methods) if name not in specs]
-    if unknown:
-        raise UnknownNameError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(specs))}")
+    _check_methods(methods, specs)
     task_spec = {"name": task_spec} if isinstance(task_spec, str) else task_spec
     norms_t = tuple(dict.fromkeys(float(p) for p in norms))
     settings = CertifySettings(
@@ -229,6 +227,13 @@ def compare(
     atomic_write(out / COMPARE_JSON, lambda tmp: tmp.write_text(dumps_strict(result, indent=1, default=str)))
     atomic_write(out / COMPARE_MD, lambda tmp: tmp.write_text(render_markdown(result)))
     return result
+
+
+def _check_methods(methods: Iterable[str], specs: dict[str, MethodSpec]) -> None:
+    """Refuse a method name ``specs`` does not have (UnknownNameError listing the unknown and the known ones)."""
+    unknown = [name for name in dict.fromkeys(methods) if name not in specs]
+    if unknown:
+        raise UnknownNameError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(specs))}")
 
 
 def _compare_method(
