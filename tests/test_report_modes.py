@@ -18,6 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import asymcert
 from asymcert.audit import audit_run
 from asymcert.certify.certfile import load_certificates, save_certificates
 from asymcert.certify.result import Certificate, Guarantee
@@ -253,3 +254,23 @@ def test_plots_of_norms_no_longer_certified_are_removed(run_copy):
     assert res.exit_code == EXIT_OK, res.output
     assert [p.name for p in run_copy.glob("certified_*.png")] == ["certified_l2.png"]
     assert _results(run_copy)["plots"] == {"l2": "certified_l2.png"}
+
+
+def test_python_gets_the_runs_own_threat_model_and_with_it_the_cli_radii(tm_run, tmp_path):
+    """asymcert.certify in Python used raw-unit balls unless given the run's threat model, and nothing named how to
+    get it (walkthrough 25a): load_run_threat_model resolves run.json's, and the radii equal certify --input's."""
+    tm = asymcert.load_run_threat_model(tm_run)
+    assert tm is not None and tm.can_increase.tolist() == [f != "age" for f in FEATURES]
+    _write(tmp_path / "new.csv", 40, 5)
+    res = CliRunner().invoke(
+        main,
+        ["certify", str(tm_run), "--input", str(tmp_path / "new.csv"), "--out", str(tmp_path / "r.csv"), "--quiet"],
+    )
+    assert res.exit_code == EXIT_OK, res.output
+    with (tmp_path / "r.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    with (tmp_path / "new.csv").open(newline="") as f:
+        x = torch.tensor([[float(r[c]) for c in FEATURES] for r in csv.DictReader(f)], dtype=torch.float32)
+    cert = asymcert.certify(asymcert.load(tm_run), x, threat_model=tm)
+    assert int(cert.sensitive.sum()) >= 5
+    assert [float(r["radius_l1"]) for r in rows] == cert.radius(1.0).tolist()

@@ -28,6 +28,7 @@ from asymcert.errors import (
     UnsoundOptionError,
     WriteError,
 )
+from asymcert.runfolder import load_run_threat_model
 from asymcert.threat import ResolvedThreatModel, ThreatModel, load_threat_model
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "certify",
     "exact_radius",
     "load",
+    "load_run_threat_model",
     "load_threat_model",
     "save",
 ]

@@ -470,3 +470,13 @@ def run_threat_model(
     if tm is None:
         return None
     return tm.resolve(record.feature_names, math.prod(record.model.get("input_shape") or [0]))
+
+
+def load_run_threat_model(run_dir: str | Path) -> ResolvedThreatModel | None:
+    """A run folder's own threat model, resolved to its features (None: the run has none): what ``certify``,
+    ``audit`` and ``certify --input`` use unless told otherwise, for ``asymcert.certify(model, x, threat_model=...)``.
+
+    Raises:
+        CheckpointError: no run folder, or a malformed run.json. ConfigError: a threat model that does not fit.
+    """
+    return run_threat_model(read_run_record(run_dir))
