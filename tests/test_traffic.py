@@ -371,7 +371,7 @@ def test_inputs_outside_the_threat_models_domain_are_counted_and_warned_about(cs
     args = ["certify", str(csv_run), "--input", str(tmp_path / "new.csv"), "--out", str(tmp_path / "r.csv")]
     res = CliRunner().invoke(main, [*args, "--threat-model", str(tm_path), "--quiet"])
     assert res.exit_code == EXIT_OK and "warning: 3 input(s) lie outside the threat model's domain" in res.output
-    assert "the first: index 3" in res.output
+    assert "the first: index 3 in the results, input 4 of the file" in res.output
 
 
 def test_certifying_traffic_with_a_run_still_being_written_warns(csv_run, tmp_path):

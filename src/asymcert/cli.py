@@ -583,10 +583,11 @@ def _echo_traffic(done: TrafficResult, run_dir: str) -> None:
             "certificates of its model as saved when this command started",
             err=True,
         )
-    if done.n_outside:
+    if done.n_outside and done.first_outside is not None:
         click.echo(
             f"warning: {done.n_outside} input(s) lie outside the threat model's domain [lower, upper] (the first: "
-            f"index {done.first_outside}); corrupt values? Their radii count the moves it allows from there.",
+            f"index {done.first_outside} in the results, input {done.first_outside + 1} of the file, counting from 1 "
+            "as its error messages do); corrupt values? Their radii count the moves it allows from there.",
             err=True,
         )
 
