@@ -471,3 +471,12 @@ def test_training_refuses_integers_float64_cannot_hold(tmp_path):
     wide[3, 1] = 2**53  # held exactly: trained on
     np.savez(tmp_path / "ok.npz", x=wide, y=y)
     assert task_from_npz(tmp_path / "ok.npz", 1).load(None).train.x.shape[1] == 4
+
+
+def test_a_class_too_small_to_split_is_named_as_a_plain_number(tmp_path):
+    """The message said "class np.int64(1)"."""
+    (tmp_path / "t.csv").write_text("a,label\n1,x\n2,y\n3,y\n4,y\n5,y\n")
+    with pytest.raises(
+        DataError, match=r"class 1 \(in a binary task 1 is the sensitive class, 0 the other\) has only 1"
+    ):
+        task_from_csv(tmp_path / "t.csv", "label", "x")

@@ -198,8 +198,8 @@ def stratified_split(
         n_val = max(1, _round_half_up((len(index) - n_test) * val_fraction))
         if len(index) - n_test - n_val < 1:
             raise DataError(
-                f"class {c!r} has only {len(index)} example(s); train, validation and test each need "
-                f"at least one (add examples of this class)"
+                f"class {c.item()!r} (in a binary task 1 is the sensitive class, 0 the other) has only "
+                f"{len(index)} example(s); train, validation and test each need at least one (add examples of it)"
             )
         parts[2].append(index[:n_test])
         parts[1].append(index[n_test : n_test + n_val])
