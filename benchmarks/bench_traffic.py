@@ -65,7 +65,12 @@ def main() -> None:
         write_json(
             root / "run" / RUN_FILE,
             RunRecord(
-                task={"csv": "x.csv"}, model=model.config(), train={}, feature_names=names, threat_model=threat
+                task={"csv": "x.csv"},
+                model=model.config(),
+                train={},
+                feature_names=names,
+                threat_model=threat,
+                training={"epochs": 0, "seconds": 0.0, "best": {}},  # a finished run (of an untrained model)
             ).to_dict(),
         )
         g = np.random.default_rng(0)
