@@ -194,9 +194,10 @@ def run_jobs(
             _SHARED.update(saved)
         return results, errors
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker, initargs=(shared_data,)
-    ) as pool:
+    )
+    try:
         pending = {pool.submit(job_fn, job): job for job in jobs}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -208,7 +209,22 @@ def run_jobs(
                     finish(job, None, f"{type(exc).__name__}: {exc}")
                 else:
                     finish(job, result, None)
+    except BaseException:  # Ctrl-C, SIGTERM (the CLI's KeyboardInterrupt): stop now, not after every queued job
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
     return results, errors
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel ``pool``'s queued jobs and end its workers (the jobs running in them stop unfinished; their run
+    folders resume, as after any interruption)."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # (Python 3.14: pool.terminate_workers())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
+        process.terminate()
+    for process in workers:
+        process.join(timeout=10)
 
 
 def progress_log(
