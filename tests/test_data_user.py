@@ -14,6 +14,7 @@ import torch
 
 from asymcert.checkpoint import model_config
 from asymcert.data import task_from_csv, task_from_image_folder, task_from_npz
+from asymcert.data import user as user_module
 from asymcert.data.user import NpyMember, NpzStream, read_npz
 from asymcert.errors import ConfigError, DataError, UnknownNameError
 from asymcert.pipeline import plan_training
@@ -422,13 +423,37 @@ def test_npz_stream_refuses_truncated_and_damaged_members(tmp_path):
         NpzStream(tmp_path / "head.npz")
 
 
-def test_npz_stream_refuses_fortran_order_naming_the_fix(tmp_path):
-    np.savez(tmp_path / "f.npz", x=np.asfortranarray(np.ones((6, 4), dtype=np.float32)))
+def test_npz_stream_reads_fortran_order_whole_up_to_a_bound_and_refuses_more(tmp_path, monkeypatch):
+    """np.savez(f, x=df.to_numpy()) writes Fortran order (column after column): read whole, in C order, up to
+    FORTRAN_LIMIT bytes (a review found such files refused outright), refused beyond it naming the fix."""
+    values = np.arange(24 * 5, dtype=">f4").reshape(24, 5)  # big-endian too
+    np.savez(tmp_path / "f.npz", x=np.asfortranarray(values), y=np.arange(24))
+    xs, ys = _streamed(tmp_path / "f.npz", 7)
+    assert [len(x) for x in xs] == [7, 7, 7, 3] and np.array_equal(np.concatenate(xs), values)
+    assert np.concatenate(xs).dtype == np.float32 and np.array_equal(np.concatenate(ys), np.arange(24))
+    monkeypatch.setattr(user_module, "FORTRAN_LIMIT", values.nbytes - 1)
     with pytest.raises(DataError, match=r"f\.npz: array 'x' is saved in Fortran .* np\.ascontiguousarray\(x\)"):
         NpzStream(tmp_path / "f.npz")
     np.savez(tmp_path / "c.npz", x=np.asfortranarray(np.ones((6, 1), dtype=np.float32)))  # same bytes as C order
     xs, _ = _streamed(tmp_path / "c.npz", 4)
     assert np.concatenate(xs).shape == (6, 1)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def test_npz_stream_refuses_a_subarray_dtype_in_one_line(tmp_path):
+    """A y of dtype ('<i4', (4,)) gave a reshape traceback."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "(2,)<i4", "fortran_order": False, "shape": (10,)})
+    with zipfile.ZipFile(tmp_path / "s.npz", "w") as z:  # (np.savez itself writes such a y as shape (10, 2))
+        z.writestr("x.npy", _npy_bytes(np.zeros((10, 4), dtype=np.float32)))
+        z.writestr("y.npy", header.getvalue() + np.arange(20, dtype="<i4").tobytes())
+    with pytest.raises(DataError, match=r"s\.npz: array 'y' has dtype .*an array per entry"):
+        NpzStream(tmp_path / "s.npz")
 
 
 def test_npz_stream_refuses_what_read_npz_refuses(tmp_path):

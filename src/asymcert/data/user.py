@@ -396,6 +396,11 @@ def _check_keys(path: Path, files: Sequence[str], keys: Sequence[str]) -> None:
         )
 
 
+FORTRAN_LIMIT = 256 * 2**20
+"""Bytes of a Fortran-order npz array that certifying traffic reads whole (e.g. ``np.savez(f, x=df.to_numpy())``);
+a larger one is refused (C order is streamed a chunk of rows at a time, whatever its size)."""
+
+
 class NpyMember:
     """One array of an open ``.npz`` archive, its header read and its stream at the first value.
 
@@ -420,12 +425,9 @@ class NpyMember:
         if self.dtype.hasobject:
             self.stream.close()
             raise DataError(_UNPICKLE.format(path=path, key=key, why=f"dtype {self.dtype}"))
-        if fortran and sum(n > 1 for n in self.shape) > 1:  # one axis longer than 1: the same bytes as C order
+        if self.dtype.shape:  # a subarray dtype: each "value" is itself an array
             self.stream.close()
-            raise DataError(
-                f"{path}: array {key!r} is saved in Fortran (column) order, which cannot be read a chunk of rows "
-                f"at a time; save np.ascontiguousarray({key})"
-            )
+            raise DataError(f"{path}: array {key!r} has dtype {self.dtype}, an array per entry; save plain values")
         need = offset + math.prod(self.shape) * self.dtype.itemsize
         have = info.file_size
         if need > have:
@@ -434,6 +436,33 @@ class NpyMember:
                 f"{path}: array {key!r} is damaged: its header says shape {self.shape} of {self.dtype} "
                 f"({need} bytes), the archive holds {have} bytes; the file is truncated"
             )
+        self.whole: np.ndarray | None = None  # a Fortran-order array, read whole (bounded: FORTRAN_LIMIT)
+        if fortran and sum(n > 1 for n in self.shape) > 1:  # one axis longer than 1: the same bytes as C order
+            self.whole = self._fortran(need - offset)
+        self.next_row = 0
+
+    def _fortran(self, size: int) -> np.ndarray:
+        """The whole array of a Fortran-order member (column after column: rows cannot be read a chunk at a
+        time), in C order; refused beyond :data:`FORTRAN_LIMIT` bytes, so memory stays bounded."""
+        if size > FORTRAN_LIMIT:
+            self.stream.close()
+            raise DataError(
+                f"{self.path}: array {self.key!r} is saved in Fortran (column) order and is {size} bytes, more than "
+                f"the {FORTRAN_LIMIT} read whole; save np.ascontiguousarray({self.key}) to have it streamed"
+            )
+        data = self.read_bytes(size)
+        values = np.frombuffer(data, dtype=self.dtype, count=math.prod(self.shape)).reshape(self.shape, order="F")
+        return np.ascontiguousarray(values, dtype=self.dtype.newbyteorder("="))
+
+    def read_bytes(self, size: int) -> bytes:
+        """The next ``size`` bytes of the member. DataError: it ends early or fails its checksum (damaged)."""
+        try:
+            data = self.stream.read(size) if size else b""
+        except _DAMAGED as exc:
+            raise DataError(f"{self.path}: array {self.key!r} is damaged ({_one_line(exc)})") from None
+        if len(data) < size:
+            raise DataError(f"{self.path}: array {self.key!r} is damaged: its data ends early (truncated)")
+        return data
 
     def _header(self) -> tuple[tuple[int, ...], bool, np.dtype]:
         """(shape, fortran_order, dtype) from the .npy header (format 1.0 or 2.0; ValueError otherwise)."""
@@ -454,14 +483,13 @@ class NpyMember:
         Raises:
             DataError: the member ends early or fails its checksum (damaged), naming the file and array.
         """
+        if self.whole is not None:
+            part = self.whole[self.next_row : self.next_row + rows]
+            self.next_row += rows
+            return part
         count = rows * math.prod(self.shape[1:])
         size = count * self.dtype.itemsize
-        try:
-            data = self.stream.read(size) if size else b""
-        except _DAMAGED as exc:
-            raise DataError(f"{self.path}: array {self.key!r} is damaged ({_one_line(exc)})") from None
-        if len(data) < size:
-            raise DataError(f"{self.path}: array {self.key!r} is damaged: its data ends early (truncated)")
+        data = self.read_bytes(size)
         if not size:
             return np.zeros((rows, *self.shape[1:]), dtype=self.dtype.newbyteorder("="))
         values = np.frombuffer(data, dtype=self.dtype, count=count)
