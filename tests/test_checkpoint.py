@@ -153,3 +153,12 @@ def test_save_refuses_what_load_would_refuse_unless_asked(tmp_path):
     with pytest.raises(asymcert.ModelError, match="NaN"):
         asymcert.load(tmp_path / "n.safetensors")
     assert asymcert.load(tmp_path / "n.safetensors", validate=False).out.weight.isnan().sum() == 1
+
+
+def test_save_refuses_weights_that_do_not_fit_the_models_config_in_one_line(tmp_path):
+    """A parameter registered after building was a multi-line RuntimeError from load_state_dict."""
+    model = small_feature_convex("icnn")
+    model.register_parameter("extra_scale", torch.nn.Parameter(torch.ones(1)))
+    with pytest.raises(asymcert.ModelError, match=r"do not fit its config\(\) \(.*extra_scale.*\); not saved") as info:
+        asymcert.save(model, tmp_path / "m.safetensors")
+    assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []

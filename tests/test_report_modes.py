@@ -24,6 +24,8 @@ from asymcert.certify.certfile import load_certificates, save_certificates
 from asymcert.certify.result import Certificate, Guarantee
 from asymcert.cli import EXIT_OK, main
 from asymcert.pipeline import CERT_FILE, CERTIFY_FILE, plan_training, read_certificate_mode, run_data
+from asymcert.report import writer as writer_module
+from asymcert.report.plots import plotting_available
 from asymcert.report.writer import render_markdown, report_radii, summarize, write_report
 from asymcert.runfolder import read_run_record, run_threat_model
 from asymcert.threat import ThreatModel
@@ -274,3 +276,11 @@ def test_python_gets_the_runs_own_threat_model_and_with_it_the_cli_radii(tm_run,
     cert = asymcert.certify(asymcert.load(tm_run), x, threat_model=tm)
     assert int(cert.sensitive.sum()) >= 5
     assert [float(r["radius_l1"]) for r in rows] == cert.radius(1.0).tolist()
+
+
+def test_a_report_without_plotting_leaves_no_plots_of_other_certificates(run_copy, monkeypatch):
+    """Without matplotlib the report says "no plots"; the PNGs of earlier certificates stayed beside it."""
+    assert list(run_copy.glob("certified_*.png")) or not plotting_available()
+    monkeypatch.setattr(writer_module, "plotting_available", lambda: False)
+    results = write_report(run_copy)
+    assert results["plots"] == {} and "plots_missing" in results and list(run_copy.glob("certified_*.png")) == []

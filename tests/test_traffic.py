@@ -515,6 +515,9 @@ def test_a_record_beside_the_results_says_what_each_column_means_and_is_tied_to_
     certify_file(csv_run, tmp_path / "new.csv", out, progress=False, norms=(2.0,))  # a plain run: no threat model
     again = read_results_record(out)
     assert again is not None and again.mode.threat_model == "none" and again.units == "raw input units"
+    tm = load_threat_model(tm_path)
+    certify_file(csv_run, tmp_path / "new.csv", out, progress=False, threat_model=tm, plain=True, threat_model_file="x")
+    assert read_results_record(out).mode.threat_model_file is None  # no threat model used: no file named
     assert list(again.columns) == ["index", "score", "flagged", "radius_l2", "label"]
     out.write_text(out.read_text().replace("label", "lab"))  # results edited: the record no longer describes them
     assert read_results_record(out) is None

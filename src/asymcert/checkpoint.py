@@ -119,7 +119,11 @@ def _check_loadable(config: dict[str, Any], tensors: dict[str, torch.Tensor]) ->
         ModelError: that model's own problem (e.g. :class:`ConvexityError`), and the way out.
     """
     rebuilt = build_model(config)
-    rebuilt.load_state_dict(tensors, strict=True)
+    try:
+        rebuilt.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:  # e.g. a parameter registered after the model was built
+        first = " ".join(str(exc).split())[:300]
+        raise ModelError(f"the model's weights do not fit its config() ({first}); not saved") from None
     check = getattr(rebuilt, "validate", None)
     try:
         if check is not None:

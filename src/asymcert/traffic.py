@@ -510,7 +510,8 @@ def certify_file(
         done = TrafficResult(
             tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy
         )
-        mode = certificate_mode(run.threat_model, tm, bool(extra.get("reach")), threat_model_file)
+        file = threat_model_file if tm is not None and threat_model is not None else None  # the file used, if any
+        mode = certificate_mode(run.threat_model, tm, bool(extra.get("reach")), file)
         write_json(record_path(out), results_record(done, run_dir, input_path, mode, norms_t, first).to_dict())
     return done
 

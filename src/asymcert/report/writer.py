@@ -172,6 +172,8 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
         results["plots"] = _plot_curves(run_dir, cert, labels, results, run.task_description) if plots_ok else {}
         if not plots_ok:
             results["plots_missing"] = PLOT_HINT
+            for stale in run_dir.glob(PLOT_GLOB):  # plots of other certificates: none rather than wrong ones
+                stale.unlink(missing_ok=True)
         remove_stale_temp_files(run_dir)
         write_json(run_dir / RESULTS_FILE, results)
         markdown = render_markdown(run.to_dict(), results)
