@@ -697,3 +697,11 @@ def test_undecodable_or_unreadable_csv_is_one_line_and_writes_nothing(csv_run, t
     )
     assert res.exit_code == EXIT_REFUSED and res.output.count("\n") == 1 and "Traceback" not in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
+
+
+def test_npz_bytes_labels_are_written_as_text(csv_run, tmp_path):
+    """A y of bytes came out as "b'spam'" in the label column (training reads it as "spam")."""
+    x, _ = _rows(3, 13)
+    np.savez(tmp_path / "b.npz", x=x.astype(np.float32), y=np.array([b"spam", b"ham", "caf\u00e9".encode()]))
+    certify_file(csv_run, tmp_path / "b.npz", tmp_path / "out.csv", progress=False)
+    assert [row["label"] for row in _read(tmp_path / "out.csv")] == ["spam", "ham", "caf\u00e9"]

@@ -198,8 +198,15 @@ def npz_batches(path: Path, chunk: int, input_shape: Sequence[int] | None = None
         if npz.x.dtype.kind not in "biuf":
             raise DataError(f"{path}: x must hold numbers, found dtype {npz.x.dtype}")
         for x, y in npz.chunks(chunk):
-            labels = None if y is None else [str(v) for v in y.tolist()]
+            labels = None if y is None else _label_texts(y)
             yield Batch(torch.from_numpy(_as_float(x, path)), labels)
+
+
+def _label_texts(y: np.ndarray) -> list[str]:
+    """(N,) labels as text: bytes decoded as UTF-8 (b"spam" → "spam", as training reads them), others by str."""
+    if y.dtype.kind == "S":
+        return [str(v) for v in np.char.decode(y, "utf-8", errors="replace").tolist()]
+    return [str(v) for v in y.tolist()]
 
 
 def _as_float(values: np.ndarray, path: Path) -> np.ndarray:
