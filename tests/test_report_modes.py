@@ -284,3 +284,24 @@ def test_a_report_without_plotting_leaves_no_plots_of_other_certificates(run_cop
     monkeypatch.setattr(writer_module, "plotting_available", lambda: False)
     results = write_report(run_copy)
     assert results["plots"] == {} and "plots_missing" in results and list(run_copy.glob("certified_*.png")) == []
+
+
+def test_the_report_names_flag_features_and_what_a_radius_means_for_them(folder, tmp_path, tm_run):
+    """A malware walkthrough's report listed ℓ1 radii 0.3–1.4 on 28 flags of 33 features without saying that a
+    radius below 1 covers no flip of one; runs with 0/1 features now get a note naming them, others none."""
+    g = np.random.default_rng(4)
+    x = g.normal(size=(300, 3))
+    flag = (g.random(300) < 0.4).astype(float)
+    y = np.where(x[:, 0] + 1.5 * flag > 0.5, "spam", "ham")
+    with (tmp_path / "f.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["a", "b", "c", "has_link", "kind"])
+        w.writerows([[*map(repr, map(float, row)), repr(float(v)), label] for row, v, label in zip(x, flag, y)])
+    args = ["--csv", str(tmp_path / "f.csv"), "--label-column", "kind", "--sensitive-class", "spam"]
+    res = CliRunner().invoke(main, ["run", *args, "--epochs", "2", "--out", str(tmp_path / "r"), "--quiet"])
+    assert res.exit_code == EXIT_OK, res.output
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["binary_features"] == ["has_link"]
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "Note: 1 feature(s) take only the values 0 and 1 in training (`has_link`)" in report
+    assert "binary_features" not in json.loads((tm_run / "run.json").read_text())
+    assert "take only the values 0 and 1" not in (tm_run / "report.md").read_text()

@@ -250,11 +250,25 @@ def plan_training(
         splits={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         feature_names=_feature_names(data),
     )
+    flags = binary_features(data, record.feature_names)
+    if flags:  # the report says what a radius means for them
+        record.extra["binary_features"] = flags
     tm = None if plain else threat_model or task.threat_model
     if tm is not None and tm.uses_data_scales():  # "std" scales: fixed now, from the training inputs
         tm = tm.with_data_scales(data.train.x.reshape(len(data.train), -1).double().std(dim=0), record.feature_names)
     _attach_threat_model(record, task, tm)
     return TrainingPlan(task_spec, task, data, model, train_cfg, record)
+
+
+def binary_features(data: TaskData, names: list[str] | None) -> list[str]:
+    """The named features whose training values are all 0 or 1, both present: flags, which move in steps of 1
+    (an unnamed input, e.g. an image, has none)."""
+    if not names:
+        return []
+    x = data.train.x.reshape(len(data.train), -1)
+    zero, one = x == 0, x == 1
+    flags = (zero | one).all(dim=0) & zero.any(dim=0) & one.any(dim=0)
+    return [names[i] for i in flags.nonzero().flatten().tolist()]
 
 
 def _attach_threat_model(record: RunRecord, task: Task, tm: ThreatModel | None) -> None:

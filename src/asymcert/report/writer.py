@@ -258,6 +258,20 @@ def _budget_note(run: dict[str, Any]) -> list[str]:
     return [f"Note: {budget.note()}.", ""] if budget.small else []
 
 
+def _flags_note(run: dict[str, Any]) -> list[str]:
+    """A "Note:" line naming the run's 0/1 features (run.json's ``binary_features``), else nothing."""
+    flags = run.get("binary_features")
+    if not isinstance(flags, list) or not flags:
+        return []
+    shown = ", ".join(f"`{name}`" for name in flags[:6]) + (f", … ({len(flags)} in all)" if len(flags) > 6 else "")
+    return [
+        f"Note: {len(flags)} feature(s) take only the values 0 and 1 in training ({shown}). Flipping one is a move "
+        "of 1 raw unit, 1/scale in a threat model's units: a radius below that certifies no flip of it, one above "
+        "it covers any single flip (k flips: k/scale in ℓ1, √k/scale in ℓ2).",
+        "",
+    ]
+
+
 def radius_header(key: str) -> str:
     """A table column's radius: the number, or "every radius (∞)" for ∞."""
     return "every radius (∞)" if key == "inf" else key
@@ -289,6 +303,7 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
     lines += [
         "",
         *_budget_note(run),
+        *_flags_note(run),
         "Certified accuracy: share of sensitive-class test inputs flagged sensitive with a certified "
         f"radius ≥ r (radii in {results.get('units', RAW_UNITS)})."
         if "n_sensitive" in results
