@@ -445,3 +445,26 @@ def test_data_dir_with_the_users_own_data_is_refused(tmp_path):
         res = CliRunner().invoke(main, [command, *args, "--data-dir", "/nonexistent", "--out", str(tmp_path / "r")])
         assert res.exit_code == 2 and "--data-dir is where a built-in TASK's data lives" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_ignore_column_trains_without_a_text_column_and_certify_input_reads_the_same_file(tmp_path):
+    g = np.random.default_rng(2)
+    x = g.normal(size=(200, 3))
+    y = np.where(x[:, 0] > 0, "malware", "benign")
+    with (tmp_path / "m.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sha256", "a", "b", "c", "family"])
+        w.writerows([[f"{i:064x}", *map(repr, map(float, row)), label] for i, (row, label) in enumerate(zip(x, y))])
+    args = ["--csv", str(tmp_path / "m.csv"), "--label-column", "family", "--sensitive-class", "malware"]
+    out = tmp_path / "r"
+    res = CliRunner().invoke(main, ["run", *args, "--ignore-column", "sha256", "--epochs", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["feature_names"] == ["a", "b", "c"] and run["task"]["ignore_columns"] == ["sha256"]
+    res = CliRunner().invoke(
+        main, ["certify", str(out), "--input", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o.csv")]
+    )
+    assert res.exit_code == 0 and "certified 200 inputs" in res.output, res.output
+    res = CliRunner().invoke(main, ["run", "breast-cancer", "--ignore-column", "x", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "--ignore-column names columns of a --csv file" in res.output
+    assert not (tmp_path / "b").exists()

@@ -505,3 +505,19 @@ def test_a_class_too_small_to_split_is_named_as_a_plain_number(tmp_path):
         DataError, match=r"class 1 \(in a binary task 1 is the sensitive class, 0 the other\) has only 1"
     ):
         task_from_csv(tmp_path / "t.csv", "label", "x")
+
+
+def test_csv_columns_that_are_no_features_can_be_ignored(tmp_path):
+    """A malware CSV with a sha256 column could not be trained on (text is not a number)."""
+    (tmp_path / "t.csv").write_text(
+        "sha256,a,label,b\n" + "".join(f"{i:064x},{i},{'x' if i % 2 else 'y'},{i * 2}\n" for i in range(12))
+    )
+    with pytest.raises(DataError, match=r"column 'sha256': '0{63}a' is not a number"):
+        task_from_csv(tmp_path / "t.csv", "label", "x")
+    data, splits = _splits(task_from_csv(tmp_path / "t.csv", "label", "x", ignore_columns=["sha256"]))
+    assert data.meta["feature_names"] == ["a", "b"]
+    x = torch.cat([s.x for s in splits])
+    assert sorted(x[:, 0].tolist()) == list(map(float, range(12))) and bool((x[:, 1] == 2 * x[:, 0]).all())
+    for bad in (["nope"], ["label"]):
+        with pytest.raises(DataError, match=r"cannot ignore column\(s\) .*: not a feature column"):
+            task_from_csv(tmp_path / "t.csv", "label", "x", ignore_columns=bad)

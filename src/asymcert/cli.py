@@ -255,12 +255,15 @@ def _task_spec(
     sensitive_class: str | None,
     other_class: str | None,
     data_dir: str | None = None,
+    ignore_columns: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     sources = [s for s in (task, data, csv, images) if s]
     if len(sources) != 1:
         raise click.UsageError("name exactly one of: a TASK, --data FILE.npz, --csv FILE, --images DIR")
     if data_dir is not None and not task:
         raise click.UsageError("--data-dir is where a built-in TASK's data lives; your own data is named by its file")
+    if ignore_columns and not csv:
+        raise click.UsageError("--ignore-column names columns of a --csv file")
     if task:
         return {"name": task}
     if sensitive_class is None:
@@ -275,6 +278,8 @@ def _task_spec(
         if not label_column:
             raise click.UsageError("--label-column is required with --csv")
         spec.update(csv=str(Path(csv).resolve()), label_column=label_column)
+        if ignore_columns:
+            spec["ignore_columns"] = list(dict.fromkeys(ignore_columns))
     elif images:
         spec["images"] = str(Path(images).resolve())
     return spec
@@ -299,6 +304,12 @@ def _task_options(fn):
             help="Your own folder of per-class image folders.",
         ),
         click.option("--label-column", help="CSV column holding the labels."),
+        click.option(
+            "--ignore-column",
+            "ignore_columns",
+            multiple=True,
+            help="A CSV column that is no feature (an ID, a file hash), skipped unread; repeatable.",
+        ),
         click.option("--sensitive-class", help="The label of the sensitive class (your own data)."),
         click.option("--other-class", help="The label of the other class (default: every other label)."),
         click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder to write."),
@@ -375,6 +386,7 @@ def run(
     csv,
     images,
     label_column,
+    ignore_columns,
     sensitive_class,
     other_class,
     out,
@@ -392,7 +404,7 @@ def run(
 ) -> None:
     """Train, certify and report: TASK (see `asymcert tasks`) or your own data."""
 
-    spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class, data_dir)
+    spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class, data_dir, ignore_columns)
     train, model = _overrides(epochs, device, sets, model_sets, model_kind)
     tm = _threat(threat_model, no_threat_model)
     if distributed.is_main() and not plotting_available():  # said before an hour of training, not after
@@ -422,6 +434,7 @@ def train(
     csv,
     images,
     label_column,
+    ignore_columns,
     sensitive_class,
     other_class,
     out,
@@ -438,7 +451,7 @@ def train(
 ) -> None:
     """Train a model into a run folder (resumes an interrupted run in the same folder)."""
 
-    spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class, data_dir)
+    spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class, data_dir, ignore_columns)
     train_o, model_o = _overrides(epochs, device, sets, model_sets, model_kind)
     tm = _threat(threat_model, no_threat_model)
     result = train_run(

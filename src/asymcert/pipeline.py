@@ -119,7 +119,12 @@ def resolve_task(spec: dict[str, Any]) -> Task:
     if "csv" in spec:
         if "label_column" not in spec:
             raise ConfigError("a CSV task needs its label column (--label-column)")
-        return user.task_from_csv(spec["csv"], spec["label_column"], spec["sensitive_class"], spec.get("other_class"))
+        ignore = spec.get("ignore_columns", [])
+        if not isinstance(ignore, list) or not all(isinstance(c, str) for c in ignore):
+            raise ConfigError(f"ignore_columns is a list of CSV column names, got {ignore!r}")
+        return user.task_from_csv(
+            spec["csv"], spec["label_column"], spec["sensitive_class"], spec.get("other_class"), ignore_columns=ignore
+        )
     if "images" in spec:
         return user.task_from_image_folder(spec["images"], spec["sensitive_class"], spec.get("other_class"))
     raise ConfigError(f"run spec names no task (no 'name', 'npz', 'csv' or 'images'): {spec}")

@@ -603,34 +603,43 @@ def _check_header(path: Path, header: list[str]) -> None:
         raise DataError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in the header")
 
 
-def read_csv_table(path: str | Path, label_column: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """Read a CSV with a header row: numeric feature columns and one label column.
+def read_csv_table(
+    path: str | Path, label_column: str, ignore_columns: Sequence[str] = ()
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Read a CSV with a header row: numeric feature columns and one label column; ``ignore_columns`` are
+    skipped unread (e.g. a file hash or an ID: text that is no feature).
 
     Returns:
         x (N, d) float64, y (N,) label strings, feature column names, row names ("row i (line L)").
     Raises:
-        DataError: no header, unknown label column, ragged rows, missing or non-numeric values (naming
-            the row, line and column).
+        DataError: no header, unknown label column or column to ignore, ragged rows, missing or non-numeric
+            values (naming the row, line and column).
     """
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            return _parse_csv(csv.reader(f), path, label_column)
+            return _parse_csv(csv.reader(f), path, label_column, tuple(ignore_columns))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{path}: not a readable CSV file ({exc})") from exc
 
 
-def _parse_csv(reader: Any, path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+def _parse_csv(
+    reader: Any, path: Path, label_column: str, ignore: tuple[str, ...] = ()
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     header = [h.strip() for h in next(reader, [])]
     if not header:
         raise DataError(f"{path}: empty file; expected a header row naming the columns")
     if label_column not in header:
         raise DataError(f"{path}: no column {label_column!r}; columns are: {', '.join(header)}")
     _check_header(path, header)
+    unknown = [c for c in ignore if c not in header or c == label_column]
+    if unknown:
+        raise DataError(f"{path}: cannot ignore column(s) {', '.join(map(repr, unknown))}: not a feature column")
     label_at = header.index(label_column)
-    features = [h for i, h in enumerate(header) if i != label_at]
+    skip = {label_at, *(header.index(c) for c in ignore)}
+    features = [h for i, h in enumerate(header) if i not in skip]
     if not features:
         raise DataError(f"{path}: the only column is the label column {label_column!r}; add numeric feature columns")
     rows, labels, names = [], [], []
@@ -641,7 +650,7 @@ def _parse_csv(reader: Any, path: Path, label_column: str) -> tuple[np.ndarray, 
         if len(row) != len(header):
             raise DataError(f"{path}: {where} has {len(row)} fields, the header has {len(header)}")
         labels.append(row[label_at].strip())
-        rows.append([csv_number(cell, path, where, header[i]) for i, cell in enumerate(row) if i != label_at])
+        rows.append([csv_number(cell, path, where, header[i]) for i, cell in enumerate(row) if i not in skip])
         names.append(where)
         if not labels[-1]:
             raise DataError(f"{path}: {where} has no label in column {label_column!r}")
@@ -669,14 +678,16 @@ def task_from_csv(
     name: str | None = None,
     *,
     seed: int = 42,
+    ignore_columns: Sequence[str] = (),
 ) -> Task:
-    """A task from a CSV table (header row; numeric features; labels in ``label_column``, any text).
+    """A task from a CSV table (header row; numeric features; labels in ``label_column``, any text;
+    ``ignore_columns`` skipped).
 
     Raises:
         DataError: see :func:`read_csv_table` and :func:`task_from_arrays`.
     """
     path = Path(path)
-    x, y, features, rows = read_csv_table(path, label_column)
+    x, y, features, rows = read_csv_table(path, label_column, ignore_columns)
     return task_from_arrays(
         x,
         y,
