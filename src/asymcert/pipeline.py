@@ -581,10 +581,10 @@ def certify_run(
     target = resolve_device(device)
     run_dir = Path(run_dir)
     record = read_run_record(run_dir)  # a clear error when this is no run folder
-    warn_if_unfinished(record, run_dir)
     operating_point(record.train)  # the report written after the certificates reads it: refused before them
     tm = run_threat_model(record, settings.threat_model, settings.plain)
     with exclusive(run_dir):
+        warn_if_unfinished(record, run_dir)  # (a busy folder is refused above, without this warning)
         model = load(run_dir, device=target)
         data = data or run_data(run_dir, data_dir)
         x, y = data.test.x[: settings.limit], data.test.y[: settings.limit]
