@@ -468,3 +468,33 @@ def test_ignore_column_trains_without_a_text_column_and_certify_input_reads_the_
     res = CliRunner().invoke(main, ["run", "breast-cancer", "--ignore-column", "x", "--out", str(tmp_path / "b")])
     assert res.exit_code == 2 and "--ignore-column names columns of a --csv file" in res.output
     assert not (tmp_path / "b").exists()
+
+
+def _digit_csv(path):
+    g = np.random.default_rng(5)
+    x = g.normal(size=(120, 4))
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["", "0", "1", "2", "label"])  # a pandas index first (df.to_csv()), then columns named by digits
+        w.writerows([[i, *map(repr, map(float, row[1:])), "spam" if row[1] > 0 else "ham"] for i, row in enumerate(x)])
+
+
+def test_a_threat_model_may_not_name_an_ignored_column_and_the_order_of_ignored_columns_is_no_setting(tmp_path):
+    """--ignore-column 0 with {"immutable": ["0"]} froze column "1" (the name "0" fell back to index 0); now refused.
+    A pandas index column (no name) is skipped with --ignore-column '', and the flags' order does not matter."""
+    _digit_csv(tmp_path / "d.csv")
+    (tmp_path / "tm.json").write_text('{"immutable": ["0"]}')
+    base = ["train", "--csv", str(tmp_path / "d.csv"), "--label-column", "label", "--sensitive-class", "spam"]
+    base += ["--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]
+    res = CliRunner().invoke(
+        main, [*base, "--ignore-column", "", "--ignore-column", "0", "--threat-model", str(tmp_path / "tm.json")]
+    )
+    assert res.exit_code == 2 and "names column(s) '0', which --ignore-column drops" in res.output, res.output
+    assert not (tmp_path / "r").exists()
+    res = CliRunner().invoke(main, base)
+    assert res.exit_code == 2 and "have no name" in res.output and "--ignore-column ''" in res.output
+    res = CliRunner().invoke(main, [*base, "--ignore-column", "", "--ignore-column", "0"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["feature_names"] == ["1", "2"]
+    res = CliRunner().invoke(main, [*base, "--ignore-column", "0", "--ignore-column", ""])  # the same run, resumed
+    assert res.exit_code == 0, res.output

@@ -15,7 +15,7 @@ import torch
 from asymcert.checkpoint import model_config
 from asymcert.data import task_from_csv, task_from_image_folder, task_from_npz
 from asymcert.data import user as user_module
-from asymcert.data.user import NpyMember, NpzStream, read_npz
+from asymcert.data.user import NpyMember, NpzStream, read_csv_table, read_npz
 from asymcert.errors import ConfigError, DataError, UnknownNameError
 from asymcert.pipeline import plan_training
 
@@ -225,7 +225,7 @@ def test_csv_missing_value_names_the_row(tmp_path):
         ("a,b,label\n", "no data rows"),
         ("", "empty file"),
         ("a,b,target\n1,2,x\n", r"no column 'label'; columns are: a, b, target"),
-        ("label\nx\ny\nx\n", "the only column is the label column 'label'; add numeric feature columns"),
+        ("label\nx\ny\nx\n", r"no feature columns besides the label column 'label' \(it is the only column\)"),
         ("a,b,label\n1,2,x\n1,1e39,y\n", r"row 2 \(line 3\), column 'b': 1e\+39 is beyond the float32 range"),
         ("a, ,label\n1,2,x\n", r"column\(s\) 2 of the header have no name"),
         ("a,b,a,label\n1,2,3,x\n", r"column\(s\) 'a' appear more than once in the header"),
@@ -521,3 +521,21 @@ def test_csv_columns_that_are_no_features_can_be_ignored(tmp_path):
     for bad in (["nope"], ["label"]):
         with pytest.raises(DataError, match=r"cannot ignore column\(s\) .*: not a feature column"):
             task_from_csv(tmp_path / "t.csv", "label", "x", ignore_columns=bad)
+
+
+def test_ignore_columns_given_as_one_string_is_one_name(tmp_path):
+    (tmp_path / "t.csv").write_text(
+        "sha256,a,label\n" + "".join(f"h{i},{i},{'x' if i % 2 else 'y'}\n" for i in range(12))
+    )
+    x, _, features, _ = read_csv_table(tmp_path / "t.csv", "label", "sha256")
+    assert features == ["a"] and x.shape == (12, 1)
+    with pytest.raises(DataError, match=r"no feature columns besides the label column 'label' \(every other"):
+        read_csv_table(tmp_path / "t.csv", "label", ["sha256", "a"])
+
+
+def test_training_reads_utf8_bytes_labels(tmp_path):
+    """A y of UTF-8 bytes with a non-ASCII label was a UnicodeDecodeError traceback in training."""
+    y = np.array(["caf\u00e9".encode(), b"tea"] * 10)
+    np.savez(tmp_path / "b.npz", x=np.arange(40, dtype=np.float32).reshape(20, 2), y=y)
+    data, splits = _splits(task_from_npz(tmp_path / "b.npz", "caf\u00e9"))
+    assert data.class_names == ("not caf\u00e9", "caf\u00e9") and sum(int(s.y.sum()) for s in splits) == 10

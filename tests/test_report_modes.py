@@ -278,12 +278,16 @@ def test_python_gets_the_runs_own_threat_model_and_with_it_the_cli_radii(tm_run,
     assert [float(r["radius_l1"]) for r in rows] == cert.radius(1.0).tolist()
 
 
-def test_a_report_without_plotting_leaves_no_plots_of_other_certificates(run_copy, monkeypatch):
-    """Without matplotlib the report says "no plots"; the PNGs of earlier certificates stayed beside it."""
+def test_new_certificates_without_plotting_leave_no_plots_of_the_old_ones(run_copy, monkeypatch):
+    """Without matplotlib, a report of new certificates kept the PNGs of the earlier ones; `report` alone keeps the
+    plots, which still describe the certificates in the folder."""
     assert list(run_copy.glob("certified_*.png")) or not plotting_available()
     monkeypatch.setattr(writer_module, "plotting_available", lambda: False)
-    results = write_report(run_copy)
-    assert results["plots"] == {} and "plots_missing" in results and list(run_copy.glob("certified_*.png")) == []
+    before = sorted(p.name for p in run_copy.glob("certified_*.png"))
+    assert write_report(run_copy)["plots"] == {} and sorted(p.name for p in run_copy.glob("certified_*.png")) == before
+    res = CliRunner().invoke(main, ["certify", str(run_copy), "--quiet"])
+    assert res.exit_code == EXIT_OK, res.output
+    assert list(run_copy.glob("certified_*.png")) == [] and "plots_missing" in _results(run_copy)
 
 
 def test_the_report_names_flag_features_and_what_a_radius_means_for_them(folder, tmp_path, tm_run):

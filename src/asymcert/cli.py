@@ -279,7 +279,7 @@ def _task_spec(
             raise click.UsageError("--label-column is required with --csv")
         spec.update(csv=str(Path(csv).resolve()), label_column=label_column)
         if ignore_columns:
-            spec["ignore_columns"] = list(dict.fromkeys(ignore_columns))
+            spec["ignore_columns"] = sorted(set(ignore_columns))  # (their order is no setting)
     elif images:
         spec["images"] = str(Path(images).resolve())
     return spec

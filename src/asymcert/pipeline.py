@@ -47,6 +47,7 @@ from asymcert.models import build_model
 from asymcert.runfolder import (
     CERT_FILE,
     CERTIFY_FILE,
+    PLOT_GLOB,
     REPORT_FILE,
     RESULTS_FILE,
     RUN_FILE,
@@ -255,6 +256,7 @@ def plan_training(
         splits={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         feature_names=_feature_names(data),
     )
+    _check_ignored_not_named(task_spec, None if plain else threat_model or task.threat_model)
     flags = binary_features(data, record.feature_names)
     if flags:  # the report says what a radius means for them
         record.extra["binary_features"] = flags
@@ -263,6 +265,21 @@ def plan_training(
         tm = tm.with_data_scales(data.train.x.reshape(len(data.train), -1).double().std(dim=0), record.feature_names)
     _attach_threat_model(record, task, tm)
     return TrainingPlan(task_spec, task, data, model, train_cfg, record)
+
+
+def _check_ignored_not_named(task_spec: dict[str, Any], tm: ThreatModel | None) -> None:
+    """Refuse a threat model that names a CSV column the task ignores (``ignore_columns``): the name would
+    find no feature, or, a name of digits, the feature at that index (another column).
+
+    Raises:
+        ConfigError: naming the columns.
+    """
+    clash = sorted(set(task_spec.get("ignore_columns") or []) & (tm.named() if tm is not None else set()))
+    if clash:
+        raise ConfigError(
+            f"the threat model names column(s) {', '.join(map(repr, clash))}, which --ignore-column drops: "
+            "a dropped column is no feature to constrain"
+        )
 
 
 def binary_features(data: TaskData, names: list[str] | None) -> list[str]:
@@ -593,8 +610,9 @@ def certify_run(
         cert = _certify_shard(model, x, settings, progress, tm)
         if distributed.is_main():
             remove_stale_temp_files(run_dir)
-            for stale in (CERTIFY_FILE, RESULTS_FILE, REPORT_FILE):  # they describe the certificates replaced here:
-                (run_dir / stale).unlink(missing_ok=True)  # a failed write below leaves them missing, not wrong
+            stale = [run_dir / CERTIFY_FILE, run_dir / RESULTS_FILE, run_dir / REPORT_FILE, *run_dir.glob(PLOT_GLOB)]
+            for path in stale:  # they describe the certificates replaced here: a failed write below leaves them
+                path.unlink(missing_ok=True)  # missing, not wrong
             save_certificates(run_dir / CERT_FILE, cert, y)
             _write_certificate_mode(run_dir, record, tm, settings)
         distributed.barrier()

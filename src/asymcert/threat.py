@@ -89,6 +89,11 @@ class ThreatModel:
         if problems:
             raise ConfigError("threat model: " + "; ".join(problems))
 
+    def named(self) -> set[str]:
+        """Every feature key the threat model gives as text (names, and indices written as text), "*" not."""
+        keys = [*self.scale, *self.immutable, *self.increase_only, *self.decrease_only, *self.lower, *self.upper]
+        return {k for k in keys if isinstance(k, str) and k != "*"}
+
     def problems(self) -> list[str]:
         """Every problem that does not need the feature names (types, scales, norms), one line each."""
         numeric = {k: v for k, v in self.scale.items() if v != DATA_SCALE}

@@ -271,6 +271,8 @@ def task_from_arrays(
         DataError: shapes, labels, NaN/Inf, or too few examples of a class for three splits.
     """
     x, y = np.asarray(x), np.asarray(y)
+    if y.dtype.kind == "S":  # bytes labels: text, as certify --input writes them
+        y = np.char.decode(y, "utf-8", errors="replace")
     if x.ndim < 2:
         raise DataError(f"{source}: inputs must have shape (N, ...) with one row per example, found {x.shape}")
     _check_labels(y, len(x), source)
@@ -396,7 +398,7 @@ def _check_keys(path: Path, files: Sequence[str], keys: Sequence[str]) -> None:
         )
 
 
-FORTRAN_LIMIT = 256 * 2**20
+FORTRAN_LIMIT = 128 * 2**20
 """Bytes of a Fortran-order npz array that certifying traffic reads whole (e.g. ``np.savez(f, x=df.to_numpy())``);
 a larger one is refused (C order is streamed a chunk of rows at a time, whatever its size)."""
 
@@ -436,20 +438,19 @@ class NpyMember:
                 f"{path}: array {key!r} is damaged: its header says shape {self.shape} of {self.dtype} "
                 f"({need} bytes), the archive holds {have} bytes; the file is truncated"
             )
-        self.whole: np.ndarray | None = None  # a Fortran-order array, read whole (bounded: FORTRAN_LIMIT)
-        if fortran and sum(n > 1 for n in self.shape) > 1:  # one axis longer than 1: the same bytes as C order
-            self.whole = self._fortran(need - offset)
+        self.whole: np.ndarray | None = None  # a Fortran-order array, read whole at the first rows asked for
+        self.fortran_bytes = need - offset if fortran and sum(n > 1 for n in self.shape) > 1 else 0  # (else: the
+        if self.fortran_bytes > FORTRAN_LIMIT:  # same bytes as C order, one axis longer than 1)
+            self.stream.close()
+            raise DataError(
+                f"{path}: array {key!r} is saved in Fortran (column) order and is {self.fortran_bytes} bytes, more "
+                f"than the {FORTRAN_LIMIT} read whole; save np.ascontiguousarray({key}) to have it streamed"
+            )
         self.next_row = 0
 
     def _fortran(self, size: int) -> np.ndarray:
         """The whole array of a Fortran-order member (column after column: rows cannot be read a chunk at a
-        time), in C order; refused beyond :data:`FORTRAN_LIMIT` bytes, so memory stays bounded."""
-        if size > FORTRAN_LIMIT:
-            self.stream.close()
-            raise DataError(
-                f"{self.path}: array {self.key!r} is saved in Fortran (column) order and is {size} bytes, more than "
-                f"the {FORTRAN_LIMIT} read whole; save np.ascontiguousarray({self.key}) to have it streamed"
-            )
+        time), in C order (memory: about 2 × ``size``, at most 2 × :data:`FORTRAN_LIMIT`)."""
         data = self.read_bytes(size)
         values = np.frombuffer(data, dtype=self.dtype, count=math.prod(self.shape)).reshape(self.shape, order="F")
         return np.ascontiguousarray(values, dtype=self.dtype.newbyteorder("="))
@@ -483,6 +484,8 @@ class NpyMember:
         Raises:
             DataError: the member ends early or fails its checksum (damaged), naming the file and array.
         """
+        if self.fortran_bytes and self.whole is None:
+            self.whole = self._fortran(self.fortran_bytes)
         if self.whole is not None:
             part = self.whole[self.next_row : self.next_row + rows]
             self.next_row += rows
@@ -499,13 +502,14 @@ class NpyMember:
 class NpzStream:
     """The ``x`` (N, ...) and ``y`` (N,) of an ``.npz`` file read a chunk of rows at a time, for certifying
     traffic: memory bounded by the chunk whatever N (a decompression bomb is never held whole), no array
-    loaded by ``np.load`` and none unpickled. Opening reads only the zip directory and the arrays' headers.
+    loaded by ``np.load`` and none unpickled. Opening reads only the zip directory and the arrays' headers; an
+    array saved in Fortran order is read whole at its first chunk (up to :data:`FORTRAN_LIMIT` bytes).
 
     Attributes:
         x: the inputs' :class:`NpyMember`. y: the labels', None when the file has none (and they are optional).
     Raises:
         DataError: as :func:`read_npz` (not an .npz, a .npy file, a damaged zip, no ``x``, object arrays),
-            plus arrays saved in Fortran order, members shorter than their headers say (truncated), and
+            plus Fortran-order arrays over FORTRAN_LIMIT bytes, members shorter than their headers say, and
             labels wider than ``MAX_LABEL_BYTES``.
     """
 
@@ -589,16 +593,20 @@ def task_from_npz(
     return task_from_arrays(x, y, sensitive_class, other_class, name or path.stem, source=str(path), seed=seed)
 
 
-def _check_header(path: Path, header: list[str]) -> None:
-    """Refuse a header with an empty or repeated column name: features (and threat models) go by name.
+def _check_header(path: Path, header: list[str], ignore: tuple[str, ...] = ()) -> None:
+    """Refuse a header with an empty or repeated column name, unless ignored: features (and threat models) go
+    by name.
 
     Raises:
         DataError: naming the empty columns' positions (1 = first) or the repeated names.
     """
-    empty = [i + 1 for i, name in enumerate(header) if not name]
+    empty = [i + 1 for i, name in enumerate(header) if not name and "" not in ignore]
     if empty:
-        raise DataError(f"{path}: column(s) {', '.join(map(str, empty))} of the header have no name; name every column")
-    twice = [name for name, count in Counter(header).items() if count > 1]
+        raise DataError(
+            f"{path}: column(s) {', '.join(map(str, empty))} of the header have no name; name every column "
+            "(a pandas index? write it with index=False, or skip it with --ignore-column '')"
+        )
+    twice = [name for name, count in Counter(header).items() if count > 1 and name not in ignore]
     if twice:
         raise DataError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in the header")
 
@@ -618,7 +626,8 @@ def read_csv_table(
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            return _parse_csv(csv.reader(f), path, label_column, tuple(ignore_columns))
+            ignore = (ignore_columns,) if isinstance(ignore_columns, str) else tuple(ignore_columns)  # one name
+            return _parse_csv(csv.reader(f), path, label_column, ignore)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         if isinstance(exc, DataError):
             raise
@@ -633,15 +642,16 @@ def _parse_csv(
         raise DataError(f"{path}: empty file; expected a header row naming the columns")
     if label_column not in header:
         raise DataError(f"{path}: no column {label_column!r}; columns are: {', '.join(header)}")
-    _check_header(path, header)
+    _check_header(path, header, ignore)
     unknown = [c for c in ignore if c not in header or c == label_column]
     if unknown:
         raise DataError(f"{path}: cannot ignore column(s) {', '.join(map(repr, unknown))}: not a feature column")
     label_at = header.index(label_column)
-    skip = {label_at, *(header.index(c) for c in ignore)}
+    skip = {label_at, *(i for i, h in enumerate(header) if h in ignore)}
     features = [h for i, h in enumerate(header) if i not in skip]
     if not features:
-        raise DataError(f"{path}: the only column is the label column {label_column!r}; add numeric feature columns")
+        left = "every other column is ignored" if ignore else "it is the only column"
+        raise DataError(f"{path}: no feature columns besides the label column {label_column!r} ({left})")
     rows, labels, names = [], [], []
     for number, row in enumerate(reader, start=1):
         if not any(cell.strip() for cell in row):

@@ -172,8 +172,6 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
         results["plots"] = _plot_curves(run_dir, cert, labels, results, run.task_description) if plots_ok else {}
         if not plots_ok:
             results["plots_missing"] = PLOT_HINT
-            for stale in run_dir.glob(PLOT_GLOB):  # plots of other certificates: none rather than wrong ones
-                stale.unlink(missing_ok=True)
         remove_stale_temp_files(run_dir)
         write_json(run_dir / RESULTS_FILE, results)
         markdown = render_markdown(run.to_dict(), results)
@@ -267,7 +265,7 @@ def _flags_note(run: dict[str, Any]) -> list[str]:
     return [
         f"Note: {len(flags)} feature(s) take only the values 0 and 1 in training ({shown}). Flipping one is a move "
         "of 1 raw unit, 1/scale in a threat model's units: a radius below that certifies no flip of it, one above "
-        "it covers any single flip (k flips: k/scale in ℓ1, √k/scale in ℓ2).",
+        "it covers any single flip (k flips: k/scale in ℓ1, √k/scale in ℓ2, 1/scale in ℓ∞).",
         "",
     ]
 
