@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from safetensors.torch import load as safetensors_load
 
 import asymcert
+from asymcert.audit import audit_run
 from asymcert.checkpoint import MODEL_FILE
 from asymcert.cli import main
 from asymcert.errors import (
@@ -241,14 +242,20 @@ def test_an_interrupted_run_warns_its_readers_and_its_outputs_go_when_training_g
     with pytest.warns(UserWarning, match="its training has not finished"):
         export_run(run_dir, "onnx", tmp_path / "m.onnx")
     write_report(run_dir)
-    (run_dir / "audit.md").write_text("# Certificate audit: no violations\n")
+    assert "Note: training has not finished" in (run_dir / REPORT_FILE).read_text()
+    x = run_data(run_dir, fashion_dir).test.x[:3]
+    with pytest.warns(UserWarning, match="its training has not finished"):
+        report = audit_run(run_dir, x, restarts=1, steps=2, exact=False)
+    assert report["training_finished"] is False and "training has not finished" in (run_dir / "audit.md").read_text()
     made = {p.name for p in model_outputs(run_dir)}
-    assert {CERT_FILE, "certify.json", RESULTS_FILE, REPORT_FILE, "audit.md"} <= made, made
+    assert {CERT_FILE, "certify.json", RESULTS_FILE, REPORT_FILE, "audit.json", "audit.md"} <= made, made
     _train(run_dir, fashion_dir, train={"epochs": 3})  # resumes after epoch 2 and finishes
     assert model_outputs(run_dir) == [] and read_run(run_dir)["training"]["epochs"] == 3
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a finished run: no warning
         certify_run(run_dir, limit=LIMIT, data_dir=fashion_dir, progress=False)
+    write_report(run_dir)
+    assert "training has not finished" not in (run_dir / REPORT_FILE).read_text()
     _train(run_dir, fashion_dir, train={"epochs": 3})  # nothing left to train: the certificates stay
     assert (run_dir / CERT_FILE).is_file()
 
@@ -510,3 +517,12 @@ def test_run_json_keys_of_newer_versions_are_kept(run_dir, fashion_dir):
     assert read_run(run_dir)["later_key"] == [1, 2]
     _train(run_dir, fashion_dir)
     assert strict_load(run_dir / RUN_FILE)["later_key"] == [1, 2]
+
+
+def test_a_run_with_other_training_settings_names_what_changed(run_dir, fashion_dir):
+    """ "holds a run with another training settings" said neither which nor why (a phishing walkthrough asked
+    for more epochs on a finished run)."""
+    before = snapshot(run_dir)
+    with pytest.raises(RunFolderConflictError, match=r"other training settings \(epochs: 1 → 4\); a run goes on only"):
+        _train(run_dir, fashion_dir, train={"epochs": 4})
+    assert snapshot(run_dir) == before

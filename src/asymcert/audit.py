@@ -728,6 +728,11 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         _mode_text(report),
         "",
+        *(
+            ["Note: the run's training has not finished: this audits the best epoch saved so far.", ""]
+            if report.get("training_finished") is False
+            else []
+        ),
     ]
     for method, entry in report["methods"].items():
         kind = f"{entry['guarantee']} guarantee"
@@ -858,6 +863,7 @@ def audit_run(
     if record is not None:
         warn_if_unfinished(record, run_dir)
     own = record.threat_model if record is not None else None
+    unfinished = record is not None and record.training is None
     model = load(run_dir)
     report = audit(model, x, y, **options)
     report["run_dir"] = str(run_dir)
@@ -865,6 +871,7 @@ def audit_run(
     reach = bool((options.get("options") or {}).get("reach", False))
     file = threat_model_file if tm is not None else None
     report["certificate_mode"] = certificate_mode(own, tm, reach, file).to_dict()
+    report["training_finished"] = not unfinished
     js, md = write_report(report, run_dir)
     report["files"] = [str(js), str(md)]
     return report

@@ -141,6 +141,9 @@ def _quiet_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+_GO_ON = "rerun the same command to go on (training resumes after its last finished epoch)"
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, like Ctrl-C's KeyboardInterrupt: the same clean-up runs (temporary
     files removed, locks released), and no ``except Exception`` swallows it."""
@@ -191,9 +194,9 @@ class _Group(click.Group):
         except OSError as exc:
             raise _Refusal(_os_message(exc), EXIT_IO) from None
         except _Terminated:
-            raise _Refusal("terminated (SIGTERM)", EXIT_TERMINATED) from None
+            raise _Refusal(f"terminated (SIGTERM); {_GO_ON}", EXIT_TERMINATED) from None
         except KeyboardInterrupt:
-            raise _Refusal("interrupted", EXIT_INTERRUPTED) from None
+            raise _Refusal(f"interrupted; {_GO_ON}", EXIT_INTERRUPTED) from None
 
 
 @click.group(cls=_Group)

@@ -54,6 +54,7 @@ from asymcert.runfolder import (
     CertificateMode,
     RunRecord,
     certificate_mode,
+    dumps_strict,
     exclusive,
     read_run_record,
     remove_model_outputs,
@@ -374,22 +375,29 @@ def check_run_folder(out: Path, plan: TrainingPlan) -> RunRecord | None:
     differs = [
         name
         for name, same in (
-            ("task", strict_jsonable(old.task) == new.task),
-            ("model", train_fingerprint({}, strict_jsonable(old.model)) == train_fingerprint({}, new.model)),
+            ("another task", strict_jsonable(old.task) == new.task),
+            ("another model", train_fingerprint({}, strict_jsonable(old.model)) == train_fingerprint({}, new.model)),
             (
-                "training settings",
+                f"other training settings ({_changes(strict_jsonable(old.train), new.train)})",
                 train_fingerprint(strict_jsonable(old.train), {}) == train_fingerprint(new.train, {}),
             ),
-            ("threat model", strict_jsonable(old.threat_model) == new.threat_model),
+            ("another threat model", strict_jsonable(old.threat_model) == new.threat_model),
         )
         if not same
     ]
     if differs:
         raise RunFolderConflictError(
-            f"{out} holds a run with another {', '.join(differs)}; use a new --out folder "
-            f"(or delete {out} to start over)"
+            f"{out} holds a run with {', '.join(differs)}; a run goes on only with the settings it started with: "
+            f"use a new --out folder (or delete {out} to start over)"
         )
     return old
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The keys whose values differ, ``key: old → new``, at most 4 shown."""
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    shown = [f"{k}: {dumps_strict(old.get(k))} → {dumps_strict(new.get(k))}" for k in keys[:4]]
+    return "; ".join(shown) + (f"; … {len(keys)} in all" if len(keys) > 4 else "")
 
 
 def execute_training(

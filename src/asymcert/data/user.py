@@ -660,7 +660,12 @@ def _parse_csv(
         if len(row) != len(header):
             raise DataError(f"{path}: {where} has {len(row)} fields, the header has {len(header)}")
         labels.append(row[label_at].strip())
-        rows.append([csv_number(cell, path, where, header[i]) for i, cell in enumerate(row) if i not in skip])
+        try:
+            rows.append([csv_number(cell, path, where, header[i]) for i, cell in enumerate(row) if i not in skip])
+        except DataError as exc:  # text where a feature belongs: perhaps a column that is no feature
+            raise DataError(
+                f"{exc} (a column that is no feature, an ID or a hash? skip it with --ignore-column)"
+            ) from None
         names.append(where)
         if not labels[-1]:
             raise DataError(f"{path}: {where} has no label in column {label_column!r}")

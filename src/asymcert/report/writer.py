@@ -302,6 +302,15 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
         "",
         *_budget_note(run),
         *_flags_note(run),
+        *(
+            [
+                "Note: training has not finished (interrupted, or still running): these are certificates of the best "
+                "epoch saved so far; rerun the same `train`/`run` command to finish it.",
+                "",
+            ]
+            if "training" not in run
+            else []
+        ),
         "Certified accuracy: share of sensitive-class test inputs flagged sensitive with a certified "
         f"radius ≥ r (radii in {results.get('units', RAW_UNITS)})."
         if "n_sensitive" in results
