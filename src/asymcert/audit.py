@@ -869,8 +869,7 @@ def audit_run(
     report["run_dir"] = str(run_dir)
     tm: ResolvedThreatModel | None = options.get("threat_model")
     reach = bool((options.get("options") or {}).get("reach", False))
-    file = threat_model_file if tm is not None else None
-    report["certificate_mode"] = certificate_mode(own, tm, reach, file).to_dict()
+    report["certificate_mode"] = certificate_mode(own, tm, reach, threat_model_file).to_dict()
     report["training_finished"] = not unfinished
     js, md = write_report(report, run_dir)
     report["files"] = [str(js), str(md)]

@@ -47,13 +47,11 @@ from asymcert.models import build_model
 from asymcert.runfolder import (
     CERT_FILE,
     CERTIFY_FILE,
-    PLOT_GLOB,
-    REPORT_FILE,
-    RESULTS_FILE,
     RUN_FILE,
     CertificateMode,
     RunRecord,
     certificate_mode,
+    certificate_outputs,
     dumps_strict,
     exclusive,
     read_run_record,
@@ -257,11 +255,11 @@ def plan_training(
         splits={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         feature_names=_feature_names(data),
     )
-    _check_ignored_not_named(task_spec, None if plain else threat_model or task.threat_model)
+    tm = None if plain else threat_model or task.threat_model
+    _check_ignored_not_named(task_spec, tm)
     flags = binary_features(data, record.feature_names)
     if flags:  # the report says what a radius means for them
         record.extra["binary_features"] = flags
-    tm = None if plain else threat_model or task.threat_model
     if tm is not None and tm.uses_data_scales():  # "std" scales: fixed now, from the training inputs
         tm = tm.with_data_scales(data.train.x.reshape(len(data.train), -1).double().std(dim=0), record.feature_names)
     _attach_threat_model(record, task, tm)
@@ -618,9 +616,8 @@ def certify_run(
         cert = _certify_shard(model, x, settings, progress, tm)
         if distributed.is_main():
             remove_stale_temp_files(run_dir)
-            stale = [run_dir / CERTIFY_FILE, run_dir / RESULTS_FILE, run_dir / REPORT_FILE, *run_dir.glob(PLOT_GLOB)]
-            for path in stale:  # they describe the certificates replaced here: a failed write below leaves them
-                path.unlink(missing_ok=True)  # missing, not wrong
+            for path in certificate_outputs(run_dir):  # they describe the certificates replaced here: a failed
+                path.unlink(missing_ok=True)  # write below leaves them missing, not wrong
             save_certificates(run_dir / CERT_FILE, cert, y)
             _write_certificate_mode(run_dir, record, tm, settings)
         distributed.barrier()
@@ -632,7 +629,7 @@ def _write_certificate_mode(
 ) -> None:
     """Write :data:`CERTIFY_FILE` for the certificates just written: their mode, tied to them by their hash."""
     reach = bool(settings.options.get("reach", False))
-    file = settings.threat_model_file if settings.threat_model is not None and not settings.plain else None
+    file = settings.threat_model_file if settings.threat_model is not None else None
     mode = certificate_mode(record.threat_model, tm, reach, file)
     mode = CertificateMode(**{**mode.to_dict(), "certificates_sha256": sha256_file(run_dir / CERT_FILE)})
     write_json(run_dir / CERTIFY_FILE, mode.to_dict())

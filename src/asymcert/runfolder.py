@@ -165,12 +165,18 @@ def exclusive_output(path: str | Path) -> Iterator[Path]:
         lock.release()
 
 
+def certificate_outputs(folder: str | Path) -> list[Path]:
+    """The paths of a run folder's files computed from its certificates, present or not: their mode, the report
+    and its plots (what :func:`~asymcert.pipeline.certify_run` removes before writing new certificates)."""
+    folder = Path(folder)
+    return [folder / CERTIFY_FILE, folder / RESULTS_FILE, folder / REPORT_FILE, *sorted(folder.glob(PLOT_GLOB))]
+
+
 def model_outputs(folder: str | Path) -> list[Path]:
     """The files of a run folder computed from its model: certificates, their mode, the report and its plots,
     the audit (what :func:`remove_model_outputs` removes when the model is about to change)."""
     folder = Path(folder)
-    names = (CERT_FILE, CERTIFY_FILE, RESULTS_FILE, REPORT_FILE, *AUDIT_FILES)
-    found = [folder / n for n in names if (folder / n).is_file()] + sorted(folder.glob(PLOT_GLOB))
+    found = [folder / CERT_FILE, *certificate_outputs(folder), *(folder / n for n in AUDIT_FILES)]
     return [p for p in found if p.is_file() and not p.is_symlink()]
 
 
@@ -298,9 +304,10 @@ def certificate_mode(
 ) -> CertificateMode:
     """The :class:`CertificateMode` of certificates of a run whose own threat model is ``own`` (run.json's
     ``threat_model``; None: it has none) computed under ``tm`` (None: plain ℓp balls): ``"run"`` when ``tm``
-    came from the run's own (same content), else ``"given"`` (with its content when ``tm`` knows its source)."""
+    came from the run's own (same content), else ``"given"`` (with its content when ``tm`` knows its source).
+    ``threat_model_file`` is recorded only when a threat model was used (``tm`` not None)."""
     if tm is None:
-        return CertificateMode(bool(reach), "none", threat_model_file)
+        return CertificateMode(bool(reach), "none")
     used = tm.source
     if used is None:  # resolved by hand: what it came from is not known
         return CertificateMode(bool(reach), "given", threat_model_file)

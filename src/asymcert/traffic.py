@@ -37,7 +37,7 @@ from asymcert.certify.result import RAW_UNITS, norm_label
 from asymcert.checkpoint import atomic_write, load
 from asymcert.data.download import sha256_file
 from asymcert.data.images import IMAGE_SUFFIXES, read_images
-from asymcert.data.user import FLOAT32_MAX, NpzStream, csv_number, exact_float64
+from asymcert.data.user import FLOAT32_MAX, NpzStream, csv_number, exact_float64, utf8_labels
 from asymcert.errors import DataError, InputError, WriteError
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.runfolder import (
@@ -198,15 +198,8 @@ def npz_batches(path: Path, chunk: int, input_shape: Sequence[int] | None = None
         if npz.x.dtype.kind not in "biuf":
             raise DataError(f"{path}: x must hold numbers, found dtype {npz.x.dtype}")
         for x, y in npz.chunks(chunk):
-            labels = None if y is None else _label_texts(y)
+            labels = None if y is None else [str(v) for v in utf8_labels(y).tolist()]
             yield Batch(torch.from_numpy(_as_float(x, path)), labels)
-
-
-def _label_texts(y: np.ndarray) -> list[str]:
-    """(N,) labels as text: bytes decoded as UTF-8 (b"spam" → "spam", as training reads them), others by str."""
-    if y.dtype.kind == "S":
-        return [str(v) for v in np.char.decode(y, "utf-8", errors="replace").tolist()]
-    return [str(v) for v in y.tolist()]
 
 
 def _as_float(values: np.ndarray, path: Path) -> np.ndarray:
@@ -511,14 +504,14 @@ def certify_file(
                 tally.add(cert, batch.x, tm)
 
         units = RAW_UNITS if tm is None else tm.units()
-        radii = "reach-aware" if extra.get("reach") else "closed form"
+        file = threat_model_file if threat_model is not None else None  # the file of the threat model given
+        mode = certificate_mode(run.threat_model, tm, bool(extra.get("reach")), file)
+        radii = "reach-aware" if mode.reach else "closed form"
         metadata = {"asymcert.units": units, "asymcert.run": str(run_dir), "asymcert.radii": radii}
         atomic_write(out, _writer(out, certified, metadata))
         done = TrafficResult(
             tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy
         )
-        file = threat_model_file if tm is not None and threat_model is not None else None  # the file used, if any
-        mode = certificate_mode(run.threat_model, tm, bool(extra.get("reach")), file)
         write_json(record_path(out), results_record(done, run_dir, input_path, mode, norms_t, first).to_dict())
     return done
 

@@ -178,6 +178,12 @@ def check_float32_range(
     )
 
 
+def utf8_labels(y: np.ndarray) -> np.ndarray:
+    """(N,) labels with bytes decoded as UTF-8 text (b"spam" → "spam", undecodable bytes replaced); others as
+    they are. Training and ``certify --input`` read bytes labels alike."""
+    return np.char.decode(y, "utf-8", errors="replace") if y.dtype.kind == "S" else y
+
+
 def exact_float64(values: np.ndarray, source: str) -> np.ndarray:
     """Integers or booleans (any shape) as float64, refused unless every value is held exactly.
 
@@ -270,9 +276,7 @@ def task_from_arrays(
     Raises:
         DataError: shapes, labels, NaN/Inf, or too few examples of a class for three splits.
     """
-    x, y = np.asarray(x), np.asarray(y)
-    if y.dtype.kind == "S":  # bytes labels: text, as certify --input writes them
-        y = np.char.decode(y, "utf-8", errors="replace")
+    x, y = np.asarray(x), utf8_labels(np.asarray(y))  # bytes labels: text, as certify --input writes them
     if x.ndim < 2:
         raise DataError(f"{source}: inputs must have shape (N, ...) with one row per example, found {x.shape}")
     _check_labels(y, len(x), source)
