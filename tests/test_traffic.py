@@ -140,9 +140,9 @@ def test_bad_input_is_one_error_and_leaves_the_old_output(csv_run, tmp_path, con
 
 
 def test_unknown_format_is_refused(csv_run, tmp_path):
-    (tmp_path / "x.parquet").write_text("")
-    with pytest.raises(InputError, match=r"use \.csv, \.npz or an image folder"):
-        certify_file(csv_run, tmp_path / "x.parquet", tmp_path / "out.csv", progress=False)
+    (tmp_path / "x.xlsx").write_text("")
+    with pytest.raises(InputError, match=r"use \.csv, \.parquet, \.npz or an image folder"):
+        certify_file(csv_run, tmp_path / "x.xlsx", tmp_path / "out.csv", progress=False)
 
 
 def test_cli_certify_input(csv_run, tmp_path):
@@ -705,3 +705,141 @@ def test_npz_bytes_labels_are_written_as_text(csv_run, tmp_path):
     np.savez(tmp_path / "b.npz", x=x.astype(np.float32), y=np.array([b"spam", b"ham", "caf\u00e9".encode()]))
     certify_file(csv_run, tmp_path / "b.npz", tmp_path / "out.csv", progress=False)
     assert [row["label"] for row in _read(tmp_path / "out.csv")] == ["spam", "ham", "caf\u00e9"]
+
+
+# ----- Parquet inputs: the run's columns by name, streamed page by page -----
+
+
+def _write_parquet(path, columns: dict, row_group_size: int | None = None) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+
+
+def test_parquet_input_gives_the_rows_of_the_same_csv(csv_run, tmp_path):
+    """Columns in another order, of other types (float32, int64, bool), an extra text column, the label column;
+    chunks (7 rows) that cross row groups (5 rows): the same results as the CSV of the same numbers."""
+    x, y = _rows(31, 11)
+    x[:, 1] = np.round(x[:, 1])  # an integer column
+    x[:, 2] = x[:, 2] > 0  # a 0/1 column, stored as booleans
+    x[:, 3] = x[:, 3].astype(np.float32)
+    _write_csv(tmp_path / "new.csv", x, y)
+    columns = {
+        "note": [f"n{i}" for i in range(31)],
+        "f3": x[:, 3].astype(np.float32),
+        "kind": list(y),
+        "f1": x[:, 1].astype(np.int64),
+        "f0": x[:, 0],
+        "f2": x[:, 2].astype(bool),
+    }
+    _write_parquet(tmp_path / "new.parquet", columns, row_group_size=5)
+    certify_file(csv_run, tmp_path / "new.csv", tmp_path / "a.csv", chunk=7, progress=False)
+    done = certify_file(csv_run, tmp_path / "new.parquet", tmp_path / "b.csv", chunk=7, progress=False)
+    a, b = _read(tmp_path / "a.csv"), _read(tmp_path / "b.csv")
+    assert done.n_inputs == 31 and a == b and [r["label"] for r in b] == list(y)
+    record = read_results_record(tmp_path / "b.csv")
+    assert record is not None and record.input == str(tmp_path / "new.parquet")
+
+
+def test_parquet_input_through_the_cli(csv_run, tmp_path):
+    x, _ = _rows(9, 12)
+    _write_parquet(tmp_path / "new.parquet", {c: x[:, i] for i, c in enumerate(FEATURES)})
+    out = tmp_path / "r.parquet"
+    res = CliRunner().invoke(
+        main, ["certify", str(csv_run), "--input", str(tmp_path / "new.parquet"), "--out", str(out), "--quiet"]
+    )
+    assert res.exit_code == EXIT_OK, res.output
+    assert "certified 9 inputs" in res.output and len(_read_parquet(out)) == 9
+
+
+def _read_parquet(path) -> list[dict]:
+    return pytest.importorskip("pyarrow.parquet").read_table(path).to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ({"f2": [0.5, None, 1.0]}, r"index 1 \(row 2\), column 'f2': a missing value \(null\)"),
+        ({"f2": [0.5, 1.0, math.nan]}, r"index 2 \(row 3\), column 'f2': nan is not a finite float32 number"),
+        ({"f0": [0.5, -math.inf, 1.0]}, r"index 1 \(row 2\), column 'f0': -inf is not a finite float32 number"),
+        ({"f1": [0.5, 1.0, 1e39]}, r"index 2 \(row 3\), column 'f1': 1e\+39 is not a finite float32 number"),
+        ({"f1": [1, 2, 2**60 + 1]}, r"column 'f1': x holds integers beyond 2\*\*53"),
+        ({"f3": ["1", "2", "3"]}, r"feature column\(s\) 'f3' \(string\) do not hold numbers"),
+        ({"f3": None}, "the run's feature column\\(s\\) f3 are missing"),
+    ],
+)
+def test_bad_parquet_values_are_one_line_naming_the_cell_and_write_nothing(csv_run, tmp_path, damage, message):
+    columns = {c: [0.5, 1.0, 2.0] for c in FEATURES} | damage
+    _write_parquet(tmp_path / "bad.parquet", {k: v for k, v in columns.items() if v is not None})
+    (tmp_path / "out.csv").write_text("old results\n")
+    with pytest.raises(DataError, match=message):
+        certify_file(csv_run, tmp_path / "bad.parquet", tmp_path / "out.csv", chunk=2, progress=False)
+    assert (tmp_path / "out.csv").read_text() == "old results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet", "out.csv"]
+
+
+def test_a_file_that_is_not_parquet_or_is_truncated_is_one_line(csv_run, tmp_path):
+    (tmp_path / "text.parquet").write_text("f0,f1,f2,f3\n1,2,3,4\n")
+    with pytest.raises(DataError, match=r"text\.parquet: not a readable Parquet file \("):
+        certify_file(csv_run, tmp_path / "text.parquet", tmp_path / "out.csv", progress=False)
+    x, _ = _rows(400, 13)
+    _write_parquet(tmp_path / "whole.parquet", {c: x[:, i] for i, c in enumerate(FEATURES)}, row_group_size=100)
+    data = (tmp_path / "whole.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2] + data[-(len(data) // 8) :])  # footer kept
+    with pytest.raises(
+        DataError, match=r"cut\.parquet: (not a readable Parquet file|rows from index \d+ on are not readable)"
+    ):
+        certify_file(csv_run, tmp_path / "cut.parquet", tmp_path / "out.csv", progress=False)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_column_the_run_reads_may_not_appear_twice_in_a_parquet_file(csv_run, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    arrays = [pa.array([1.0, 2.0]) for _ in range(5)]
+    pq.write_table(pa.Table.from_arrays(arrays, names=[*FEATURES, "f1"]), tmp_path / "twice.parquet")
+    with pytest.raises(DataError, match=r"column\(s\) 'f1' appear more than once"):
+        certify_file(csv_run, tmp_path / "twice.parquet", tmp_path / "out.csv", progress=False)
+
+
+def test_parquet_rows_are_read_page_by_page_not_a_row_group_at_a_time(tmp_path):
+    """One row group of 10⁶ rows × 4 float64 (32 MB): reading it in chunks of 1000 rows holds a few MB of
+    Arrow memory at a time (pyarrow's default reader takes the whole row group: about 40 MB)."""
+    pa = pytest.importorskip("pyarrow")
+    n = 1_000_000
+    g = np.random.default_rng(0)  # (random: incompressible, so the file holds the 32 MB)
+    _write_parquet(tmp_path / "big.parquet", {c: g.random(n) for c in FEATURES}, row_group_size=n)
+    base, peak, rows = pa.total_allocated_bytes(), 0, 0
+    for batch in traffic.parquet_batches(tmp_path / "big.parquet", FEATURES, None, 1000):
+        peak = max(peak, pa.total_allocated_bytes() - base)
+        rows += len(batch.x)
+        assert batch.labels is None and batch.x.shape == (min(1000, n - rows + len(batch.x)), 4)
+    assert rows == n and peak < 16e6, peak / 1e6
+
+
+def test_without_pyarrow_parquet_input_and_output_say_how_to_get_it(csv_run, tmp_path, monkeypatch):
+    x, _ = _rows(3, 14)
+    _write_csv(tmp_path / "new.csv", x)
+    (tmp_path / "new.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(InputError, match=r"Parquet input needs pyarrow: pip install 'asymcert\[parquet\]'"):
+        certify_file(csv_run, tmp_path / "new.parquet", tmp_path / "out.csv", progress=False)
+    with pytest.raises(InputError, match=r"Parquet output needs pyarrow: pip install 'asymcert\[parquet\]'"):
+        certify_file(csv_run, tmp_path / "new.csv", tmp_path / "out.parquet", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.csv", "new.parquet"]
+
+
+def test_a_parquet_file_needs_a_run_trained_on_named_columns(tmp_path):
+    x, y = _rows(40, 15)
+    np.savez(tmp_path / "train.npz", x=x.astype(np.float32), y=(y == "spam").astype(np.int64))
+    train_run(
+        {"npz": str(tmp_path / "train.npz"), "sensitive_class": 1},
+        tmp_path / "run",
+        train_overrides={"epochs": 1},
+        progress=False,
+        log=lambda m: None,
+    )
+    _write_parquet(tmp_path / "new.parquet", {c: x[:, i] for i, c in enumerate(FEATURES)})
+    with pytest.raises(InputError, match="a Parquet file needs a run trained on a CSV"):
+        certify_file(tmp_path / "run", tmp_path / "new.parquet", tmp_path / "out.csv", progress=False)

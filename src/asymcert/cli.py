@@ -486,8 +486,8 @@ def train(
     "--input",
     "input_file",
     type=click.Path(),
-    help="Certify new traffic instead of the test split: a .csv (the run's columns, by name), an .npz, "
-    "or a folder of images.",
+    help="Certify new traffic instead of the test split: a .csv or .parquet (the run's columns, by name), "
+    "an .npz, or a folder of images.",
 )
 @click.option(
     "--out",

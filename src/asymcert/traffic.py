@@ -1,4 +1,4 @@
-"""Certify new traffic: inputs from a file (CSV or npz) or an image folder → one result row per input, in chunks.
+"""Certify new traffic: inputs from a CSV, Parquet or npz file or an image folder → one result row per input.
 
 ``asymcert certify RUN --input FILE --out RESULTS.csv`` writes a CSV with the columns ``index``,
 ``score``, ``flagged`` (0/1), ``radius_l1``, ``radius_l2``, ``radius_linf`` (the norms certified;
@@ -6,7 +6,8 @@ other p as ``radius_l<p>``; raw input units, or the threat model's units under o
 when the input has the run's label column (image folders: ``file``, the image's path in the folder, and
 ``label``, its subfolder). A CSV is read by the run's own feature columns, by
 name (any order, extra columns ignored), ``CHUNK`` rows at a time, so memory stays bounded
-whatever the file's size. Nothing is written unless the whole input certifies: the output appears
+whatever the file's size; a Parquet file likewise (pyarrow, the ``parquet`` extra), page by page.
+Nothing is written unless the whole input certifies: the output appears
 by an atomic rename. The file's numbers go to :func:`asymcert.certify` as they are: values that are not
 float32 numbers are certified at their rounding, with radii lowered to hold around the file's own
 numbers (:mod:`asymcert.certify.input_rounding`).
@@ -214,6 +215,109 @@ def _as_float(values: np.ndarray, path: Path) -> np.ndarray:
     return exact_float64(values, str(path))
 
 
+PARQUET_BUFFER = 1 << 16
+"""Bytes :func:`parquet_batches` reads of a column chunk at a time (pyarrow's ``buffer_size``): pages are
+decoded as they come, so memory is bounded by one page per column read (pyarrow writes pages of about
+1 MB) and the chunk, not by the file's row groups (without it, pyarrow reads a row group's columns whole)."""
+
+
+def _pyarrow(purpose: str, alternative: str = "") -> tuple[Any, Any]:
+    """``pyarrow`` and ``pyarrow.parquet`` (the ``parquet`` extra; optional, so imported when first needed).
+
+    Raises:
+        InputError: pyarrow is not installed ("<purpose> needs pyarrow: pip install …<alternative>").
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise InputError(f"{purpose} needs pyarrow: pip install 'asymcert[parquet]'{alternative}") from exc
+    return pa, pq
+
+
+def parquet_batches(path: Path, features: Sequence[str], label_column: str | None, chunk: int) -> Iterator[Batch]:
+    """Read a Parquet file by the run's feature columns (by name, any order, other columns never read),
+    ``chunk`` rows at a time, streamed page by page (:data:`PARQUET_BUFFER`): memory bounded whatever the
+    number of rows or the size of a row group. Feature columns must hold integers, floats or booleans; the
+    label column (optional) may hold anything, read as text.
+
+    Raises:
+        InputError: pyarrow missing.
+        DataError: not a Parquet file, a feature column missing, repeated, or not numeric (named, with its
+            type), a missing (null) or non-finite value or one beyond float32 (naming the row and column),
+            an integer beyond 2⁵³.
+    """
+    pa, pq = _pyarrow("Parquet input", " (or give a .csv)")
+    try:
+        reader = pq.ParquetFile(str(path), buffer_size=PARQUET_BUFFER, pre_buffer=False)
+        schema = reader.schema_arrow
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({_arrow_message(exc)})") from None
+    _check_parquet_columns(path, schema, features, label_column, pa)
+    label = label_column if label_column is not None and label_column in schema.names else None
+    columns = list(dict.fromkeys([*features, *([label] if label is not None else [])]))
+    start, tables = 0, reader.iter_batches(batch_size=chunk, columns=columns)
+    while True:
+        try:
+            table = next(tables, None)
+        except (pa.ArrowException, OSError) as exc:  # (a damaged page, found when it is read)
+            raise DataError(f"{path}: rows from index {start} on are not readable ({_arrow_message(exc)})") from None
+        if table is None:
+            return
+        yield _parquet_batch(table, path, features, label, start)
+        start += table.num_rows
+
+
+def _arrow_message(exc: BaseException) -> str:
+    """pyarrow's message on one line, at most 200 characters."""
+    return " ".join(str(exc).split())[:200]
+
+
+def _check_parquet_columns(path: Path, schema: Any, features: Sequence[str], label: str | None, pa: Any) -> None:
+    """Refuse a Parquet schema without the run's feature columns, with one of them (or the label) twice, or
+    with a feature column that does not hold numbers (DataError naming them)."""
+    names = list(schema.names)
+    missing = [c for c in features if c not in names]
+    if missing:
+        raise DataError(f"{path}: the run's feature column(s) {', '.join(missing)} are missing")
+    twice = [c for c in dict.fromkeys([*features, label]) if c is not None and names.count(c) > 1]
+    if twice:
+        raise DataError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once")
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+    wrong = [f"{c!r} ({schema.field(c).type})" for c in features if not any(t(schema.field(c).type) for t in numeric)]
+    if wrong:
+        raise DataError(
+            f"{path}: feature column(s) {', '.join(wrong)} do not hold numbers; store them as integers or floats"
+        )
+
+
+def _row(index: int) -> str:
+    """A Parquet row named as the results name it: its ``index`` (0 = the first row)."""
+    return f"index {index} (row {index + 1})"
+
+
+def _parquet_batch(table: Any, path: Path, features: Sequence[str], label: str | None, start: int) -> Batch:
+    """One record batch of :func:`parquet_batches` (rows ``start`` …) as a Batch of float64 features."""
+    values = np.empty((table.num_rows, len(features)), dtype=np.float64)
+    for j, name in enumerate(features):
+        column = table.column(name)
+        if column.null_count:
+            row = start + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{path}: {_row(row)}, column {name!r}: a missing value (null); fill or drop it")
+        raw = column.to_numpy(zero_copy_only=False)
+        values[:, j] = raw if raw.dtype.kind == "f" else exact_float64(raw, f"{path}: column {name!r}")
+    bad = ~(np.abs(values) <= FLOAT32_MAX)  # (NaN too)
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        raise DataError(
+            f"{path}: {_row(start + i)}, column {features[j]!r}: {float(values[i, j])!r} is not a finite float32 number"
+        )
+    labels = None
+    if label is not None:
+        labels = ["" if v is None else str(v).strip() for v in table.column(label).to_pylist()]
+    return Batch(torch.from_numpy(values), labels)
+
+
 def image_batches(root: Path, input_shape: Sequence[int], chunk: int) -> Iterator[Batch]:
     """The images under ``root`` (sorted; files directly in it, or in class subfolders whose names become
     the labels), decoded as the run's inputs: (C, H, W) with C = 1 grayscale or 3 RGB, centre-cropped or
@@ -239,8 +343,8 @@ def image_batches(root: Path, input_shape: Sequence[int], chunk: int) -> Iterato
 
 
 def input_batches(path: Path, run: RunRecord, chunk: int) -> Iterator[Batch]:
-    """Batches of a traffic file by its suffix: ``.csv`` (the run's feature columns) or ``.npz``; or of a
-    folder of images (:func:`image_batches`).
+    """Batches of a traffic file by its suffix: ``.csv`` or ``.parquet`` (the run's feature columns, by name) or
+    ``.npz``; or of a folder of images (:func:`image_batches`).
 
     Raises:
         InputError: another suffix, or a CSV for a run that was not trained on named columns.
@@ -256,7 +360,15 @@ def input_batches(path: Path, run: RunRecord, chunk: int) -> Iterator[Batch]:
         return csv_batches(path, [str(c) for c in features], label if isinstance(label, str) else None, chunk)
     if suffix == ".npz":
         return npz_batches(path, chunk, run.model.get("input_shape") or None)
-    raise InputError(f"{path}: unknown input format {suffix or '(no suffix)'!r}; use .csv, .npz or an image folder")
+    if suffix == ".parquet":
+        features = run.feature_names
+        if not features:
+            raise InputError(f"{path}: a Parquet file needs a run trained on a CSV (its feature columns); use an .npz")
+        label = run.task.get("label_column")
+        return parquet_batches(path, [str(c) for c in features], label if isinstance(label, str) else None, chunk)
+    raise InputError(
+        f"{path}: unknown input format {suffix or '(no suffix)'!r}; use .csv, .parquet, .npz or an image folder"
+    )
 
 
 def _result_columns(cert: Certificate, start: int, norms: Sequence[float], batch: Batch) -> dict[str, list]:
@@ -296,11 +408,7 @@ class _ParquetSink:
     the run folder, ``asymcert.radii``: "closed form" or "reach-aware")."""
 
     def __init__(self, path: Path, metadata: Mapping[str, str] | None = None) -> None:
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError as exc:
-            raise InputError("Parquet output needs pyarrow: pip install 'asymcert[parquet]' (or write a .csv)") from exc
+        pa, pq = _pyarrow("Parquet output", " (or write a .csv)")
         self.pa, self.pq, self.path, self.metadata = pa, pq, path, dict(metadata or {})
         self.writer: Any = None
 
