@@ -514,6 +514,12 @@ def test_csv_columns_that_are_no_features_can_be_ignored(tmp_path):
     )
     with pytest.raises(DataError, match=r"column 'sha256': '0{63}a' is not a number .*skip it with --ignore-column"):
         task_from_csv(tmp_path / "t.csv", "label", "x")
+    # a missing value is not a column that is no feature: no hint to drop the column
+    (tmp_path / "gap.csv").write_text("a,label\n1,x\n,y\n")
+    with pytest.raises(
+        DataError, match=r"row 2 \(line 3\) is missing a value in column 'a'; fill it in or drop the row$"
+    ):
+        task_from_csv(tmp_path / "gap.csv", "label", "x")
     data, splits = _splits(task_from_csv(tmp_path / "t.csv", "label", "x", ignore_columns=["sha256"]))
     assert data.meta["feature_names"] == ["a", "b"]
     x = torch.cat([s.x for s in splits])

@@ -666,7 +666,7 @@ def _parse_csv(
         labels.append(row[label_at].strip())
         try:
             rows.append([csv_number(cell, path, where, header[i]) for i, cell in enumerate(row) if i not in skip])
-        except DataError as exc:  # text where a feature belongs: perhaps a column that is no feature
+        except NotANumberError as exc:  # text where a feature belongs: perhaps a column that is no feature
             raise DataError(
                 f"{exc} (a column that is no feature, an ID or a hash? skip it with --ignore-column)"
             ) from None
@@ -678,15 +678,20 @@ def _parse_csv(
     return np.array(rows, dtype=np.float64).reshape(len(rows), len(features)), np.array(labels), features, names
 
 
+class NotANumberError(DataError):
+    """A CSV cell holds text that is not a number (not a missing value): perhaps a column that is no feature."""
+
+
 def csv_number(cell: str, path: Path, where: str, column: str) -> float:
-    """The number in one CSV cell, or a one-line DataError naming the file, row, line and column."""
+    """The number in one CSV cell, or a one-line DataError naming the file, row, line and column
+    (:class:`NotANumberError` for text that is not a number, a plain DataError for a missing value)."""
     text = cell.strip()
     if text.lower() in _MISSING:
         raise DataError(f"{path}: {where} is missing a value in column {column!r}; fill it in or drop the row")
     try:
         return float(text)
     except ValueError:
-        raise DataError(f"{path}: {where}, column {column!r}: {text!r} is not a number") from None
+        raise NotANumberError(f"{path}: {where}, column {column!r}: {text!r} is not a number") from None
 
 
 def task_from_csv(
