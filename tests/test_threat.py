@@ -961,7 +961,7 @@ def test_gradient_allowance_covers_every_float32_component(seed):
     f64 = m64.features(x.double()).detach().requires_grad_(True)
     (g64,) = torch.autograd.grad(m64.score_from_features(f64).sum(), f64)
     slack = required_slack(model, "model")
-    lo, hi = threat_model_module.gradient_interval(g32, None, x.shape[0], slack)
+    lo, hi = threat_model_module.gradient_interval(g32, None, slack)
     flat = g64.reshape(x.shape[0], -1)
     assert bool((lo <= flat).all()) and bool((flat <= hi).all())
     width = (hi - lo) / 2

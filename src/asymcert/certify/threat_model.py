@@ -69,6 +69,7 @@ from asymcert.nn.feature_maps import (
     coordinate_slopes,
     coordinate_weights,
     coordinate_weights_within,
+    per_copy,
     reach_input_boxes,
     reach_matters,
     reach_weights_back,
@@ -227,8 +228,7 @@ def _pair_input(before: Sequence[torch.nn.Module], x: torch.Tensor, n: int) -> t
 
 def _per_input(grad_lo: torch.Tensor, grad_hi: torch.Tensor, n: int) -> Bounds:
     """Gradient bounds (N, K·n) as float64 (N, K, n): copy k of input coordinate i at [:, k, i]."""
-    shape = (grad_lo.shape[0], -1, n)
-    return grad_lo.double().reshape(shape), grad_hi.double().reshape(shape)
+    return per_copy(grad_lo.double(), n), per_copy(grad_hi.double(), n)
 
 
 def allowed_costs(
@@ -274,7 +274,7 @@ def reach_costs(problem: ReachProblem, radius: torch.Tensor) -> torch.Tensor | N
 def _reach_box(x: torch.Tensor, tm: ResolvedThreatModel, radius: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(x, x_dn, x_up) (N, n) float64: the inputs and the box their moves of threat-model size ≤ r (N,) stay
     in, rounded outward: the allowed sides only, cut at the domain's walls when x_i is inside it."""
-    x64 = x.detach().reshape(x.shape[0], -1).double()
+    x64 = x.detach().flatten(1).double()
     scale, lower, upper = (t.to(x64.device)[None, :] for t in (tm.scale, tm.lower, tm.upper))
     up, down = (d.to(x64.device) for d in tm.directions(x))
     inside = tm.inside(x64)
@@ -413,7 +413,7 @@ def reach_problem(
     needs besides: (problem, the evaluation, flagged (N,) bool, the score the flag is taken from (N,))."""
     ref, flagged, margin, own_score, used_slack = flag_margins(model, x, precision, slack, guard, validate)
     signs = gradient_signs(model) if validate else None  # the signs hold only for a model that validated
-    grads = gradient_interval(ref.grad, ref.grad_error, x.shape[0], used_slack, signs)
+    grads = gradient_interval(ref.grad, ref.grad_error, used_slack, signs)
     return ReachProblem(model.feature_map, grads, x, threat_model, margin, used_slack), ref, flagged, own_score
 
 
@@ -490,7 +490,7 @@ def _reach_radii_all(
 
 
 def gradient_interval(
-    grad: torch.Tensor, grad_error: torch.Tensor | None, n: int, slack: float, signs: torch.Tensor | None = None
+    grad: torch.Tensor, grad_error: torch.Tensor | None, slack: float, signs: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi) (N, K·n) float64: ∇g ∓ its error bound, rounded outward (the exact gradient's range).
 
@@ -500,7 +500,7 @@ def gradient_interval(
     ``signs`` (K·n,) in {−1, 0, +1}: components whose exact sign g's weights fix (:func:`gradient_signs`);
     the interval is cut at 0 there, so a monotone feature's weight of exactly 0 stays harmless.
     """
-    g = grad.double().reshape(n, -1)
+    g = grad.double().flatten(1)
     if grad_error is None:
         err = round_up(slack * g.abs().amax(dim=1, keepdim=True)).expand_as(g)
     else:
@@ -576,7 +576,7 @@ def threat_lower_bound(
     Returns:
         (N,) bounds in ``score``'s dtype.
     """
-    flat = grad.reshape(grad.shape[0], -1)
+    flat = grad.flatten(1)
     harms = harm_bounds(phi, flat, flat, int(x[0].numel()))
     if harms is None:
         top = tm.max_movable_scale(x).to(flat)

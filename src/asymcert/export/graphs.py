@@ -320,7 +320,7 @@ class ThreatTerms(nn.Module):
         The float32 ∇g gets ± GRAPH_SLACK·max_k |∇g_k| per component, as the library's precisions
         without a rigorous gradient error do (:func:`~asymcert.certify.threat_model.gradient_interval`),
         so sums that cancel are covered too."""
-        grad_lo, grad_hi = gradient_interval(grad, None, grad.shape[0], GRAPH_SLACK, self.signs)
+        grad_lo, grad_hi = gradient_interval(grad, None, GRAPH_SLACK, self.signs)
         harms = harm_bounds(self.phi, grad_lo, grad_hi, self.scale.shape[0])
         if harms is None:  # not reached: coordinate_wise was checked when the graph was built
             raise ModelError("the feature map declares no weight bounds or slopes; the graph uses the fallback")

@@ -832,8 +832,7 @@ class GroupMin(_ExcessMap):
             return None
         n = self.floor.numel()
         h_lo, h_hi = self._excess_box(lo, hi)
-        low = self._minima(h_lo).reshape(lo.shape[0], -1, n)
-        high = self._minima(h_hi).reshape(hi.shape[0], -1, n)
+        low, high = per_copy(self._minima(h_lo), n), per_copy(self._minima(h_hi), n)
         return torch.cat([lo, low], dim=1), torch.cat([hi, high], dim=1)
 
     def _weights_fit(self, w_lo: torch.Tensor) -> bool:
@@ -1010,6 +1009,13 @@ def _graph_safe(v: torch.Tensor) -> bool:
     return v.requires_grad or torch.jit.is_tracing()
 
 
+def per_copy(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Values (N, K·n) of φ's features, or bounds on their weights, as (N, K, n): copy k of input i at [:, k, i].
+    The batch is reshape's −1 and K is computed: (N, −1, n) fails on an empty batch (N = 0), and so does
+    (N, K, n) in onnxruntime, whose reshape fusion turns it into (0, −1, n)."""
+    return t.reshape(-1, t.shape[1] // n, n)
+
+
 def round_down(v: torch.Tensor) -> torch.Tensor:
     """A float64 lower bound of the exact value whose correctly rounded result is ``v``.
 
@@ -1054,8 +1060,7 @@ def coordinate_weights(
     (:meth:`FeatureMap.weight_bounds`, chained backwards through the steps). None when a step does not
     declare it.
     """
-    shape = (w_lo.shape[0], -1, n_inputs)
-    bounds = coordinate_weights_step(phi, w_lo.double().reshape(shape), w_hi.double().reshape(shape))
+    bounds = coordinate_weights_step(phi, per_copy(w_lo.double(), n_inputs), per_copy(w_hi.double(), n_inputs))
     if bounds is None:
         return None
     return bounds[0].reshape(w_lo.shape[0], n_inputs), bounds[1].reshape(w_lo.shape[0], n_inputs)
@@ -1116,9 +1121,8 @@ def coordinate_weights_within(
     result is never wider than :func:`coordinate_weights`. None when a step declares neither.
     """
     n = lo.shape[1]
-    shape = (w_lo.shape[0], -1, n)
     box = (lo.double().reshape(lo.shape[0], 1, n), hi.double().reshape(hi.shape[0], 1, n))
-    bounds = reach_weights_step(phi, (w_lo.double().reshape(shape), w_hi.double().reshape(shape)), box)
+    bounds = reach_weights_step(phi, (per_copy(w_lo.double(), n), per_copy(w_hi.double(), n)), box)
     if bounds is None:
         return None
     return bounds[0].reshape(w_lo.shape[0], n), bounds[1].reshape(w_lo.shape[0], n)
