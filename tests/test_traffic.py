@@ -843,3 +843,19 @@ def test_a_parquet_file_needs_a_run_trained_on_named_columns(tmp_path):
     _write_parquet(tmp_path / "new.parquet", {c: x[:, i] for i, c in enumerate(FEATURES)})
     with pytest.raises(InputError, match="a Parquet file needs a run trained on a CSV"):
         certify_file(tmp_path / "run", tmp_path / "new.parquet", tmp_path / "out.csv", progress=False)
+
+
+def test_a_parquet_label_bomb_is_refused_from_the_footer_before_any_page_is_read(csv_run, tmp_path, monkeypatch):
+    """A 3 MiB label that compresses to almost nothing: refused by the sizes the footer gives, before pyarrow
+    decodes the page (a 400 MiB label in a 15 kB file took 2.45 GB and ended in a MemoryError)."""
+    pa = pytest.importorskip("pyarrow")
+    columns = {c: [0.5, 1.0, 2.0, 3.0] for c in FEATURES}
+    _write_parquet(tmp_path / "bomb.parquet", columns | {"kind": pa.array(["a" * 3 * 2**20, "b", "c", "d"])})
+    assert (tmp_path / "bomb.parquet").stat().st_size < 2**18  # (snappy, pyarrow's default: 150 kB)
+    monkeypatch.setattr(traffic, "_parquet_batch", lambda *a: pytest.fail("a page was decoded"))
+    with pytest.raises(DataError, match=r"column 'kind' holds 3\.0 MiB decoded in row group 0 of 4 rows"):
+        certify_file(csv_run, tmp_path / "bomb.parquet", tmp_path / "out.csv", progress=False)
+    assert not (tmp_path / "out.csv").exists()
+    _write_parquet(tmp_path / "ok.parquet", columns | {"kind": ["spam", "ham", "ham", "spam"]})
+    monkeypatch.undo()
+    assert certify_file(csv_run, tmp_path / "ok.parquet", tmp_path / "out.csv", progress=False).n_inputs == 4

@@ -255,6 +255,7 @@ def parquet_batches(path: Path, features: Sequence[str], label_column: str | Non
         raise DataError(f"{path}: not a readable Parquet file ({_arrow_message(exc)})") from None
     _check_parquet_columns(path, schema, features, label_column, pa)
     label = label_column if label_column is not None and label_column in schema.names else None
+    _check_parquet_sizes(path, reader.metadata, features, label)
     columns = list(dict.fromkeys([*features, *([label] if label is not None else [])]))
     start, tables = 0, reader.iter_batches(batch_size=chunk, columns=columns)
     while True:
@@ -266,6 +267,37 @@ def parquet_batches(path: Path, features: Sequence[str], label_column: str | Non
             return
         yield _parquet_batch(table, path, features, label, start)
         start += table.num_rows
+
+
+PARQUET_FEATURE_BYTES = 16
+"""Bytes per row a Parquet feature column may hold decoded (8 for float64, and room for the levels)."""
+PARQUET_LABEL_BYTES = 256
+"""Bytes per row a Parquet label column may hold decoded on average (labels are class names)."""
+PARQUET_SLACK = 1 << 20
+"""Bytes every column of a row group may hold on top of that (page headers, dictionaries, small files)."""
+
+
+def _check_parquet_sizes(path: Path, metadata: Any, features: Sequence[str], label: str | None) -> None:
+    """Refuse a Parquet file whose footer gives a column read more decoded bytes per row group than
+    ``PARQUET_FEATURE_BYTES`` (features) or ``PARQUET_LABEL_BYTES`` (the label) per row, plus ``PARQUET_SLACK``:
+    pyarrow decodes a page whole, so a small compressed file of a few huge cells (a 400 MiB label in a 15 kB
+    file) would take that much memory (DataError naming the column and row group, before any page is read)."""
+    wanted = {name: PARQUET_FEATURE_BYTES for name in features} | ({label: PARQUET_LABEL_BYTES} if label else {})
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        sizes = dict.fromkeys(wanted, 0)
+        for j in range(group.num_columns):
+            column = group.column(j)
+            top = column.path_in_schema.split(".")[0]
+            if top in sizes:
+                sizes[top] += max(int(column.total_uncompressed_size), 0)
+        for name, size in sizes.items():
+            if size > wanted[name] * group.num_rows + PARQUET_SLACK:
+                raise DataError(
+                    f"{path}: column {name!r} holds {size / 2**20:.1f} MiB decoded in row group {g} of "
+                    f"{group.num_rows} rows, more than a {'label' if name == label else 'feature'} column "
+                    f"needs ({wanted[name]} bytes a row); refused, it would be read into memory whole"
+                )
 
 
 def _arrow_message(exc: BaseException) -> str:
