@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import asymcert
+from asymcert.certify.feature_convex import score_magnitudes
 from asymcert.certify.functional import dual_exponent, safe_radius
 from asymcert.errors import InputError
 from tests.conftest import small_feature_convex
@@ -109,10 +110,14 @@ def test_float_guard_only_shrinks_and_stays_small():
     x = torch.rand(50, 1, 6, 6)
     exact = asymcert.certify(model, x, guard=False)
     guarded = asymcert.certify(model, x)
+    with torch.no_grad():  # the guard is 8·eps32·max(M, A); this net's A (weights ×40) is hundreds of times s
+        f = model.features(x)
+        allowance = 1e-4 + 3 * 8 * torch.finfo(torch.float32).eps * score_magnitudes(model, f)[0] / model(x).abs()
     for p in exact.radii:
         assert bool((guarded.radii[p] <= exact.radii[p]).all())
         big = exact.radii[p] > 0.05 * float(exact.radii[p].max())
-        assert torch.allclose(guarded.radii[p][big], exact.radii[p][big], rtol=1e-4)
+        below = (exact.radii[p] - guarded.radii[p]) / exact.radii[p]
+        assert bool((below[big] <= allowance[big]).all()) and float(allowance[big].max()) < 0.01
     # a float64 model's own rounding is ~1e-16 relative: its guard is nonzero but invisible in the radii
     guarded64 = asymcert.certify(model.double(), x.double()).radii[2.0]
     exact64 = asymcert.certify(model.double(), x.double(), guard=False).radii[2.0]

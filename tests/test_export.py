@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import asymcert
 from asymcert.certify import threat_model as threat_model_module
 from asymcert.certify.attacks import pgd_attack
-from asymcert.certify.feature_convex import score_and_feature_gradient
+from asymcert.certify.feature_convex import score_and_feature_gradient, score_magnitudes
 from asymcert.certify.threat_attack import threat_attack
 from asymcert.checkpoint import save
 from asymcert.cli import main
@@ -104,6 +104,18 @@ def _away(model, x: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     return score >= 0.25 * float(score.max())
 
 
+def _allowance(model, x: torch.Tensor) -> torch.Tensor:
+    """(N,) how far below the library's an ONNX radius may lie, relative: 1e-4, and for feature-convex models the
+    graph's second guard on its own score, 3·8·eps32·A/s (A the absolute evaluation, which sees terms that cancel:
+    the random conv net's A is hundreds of times its score)."""
+    if not hasattr(model, "convex"):
+        return torch.full((len(x),), 1e-4, dtype=torch.float64)
+    with torch.no_grad():
+        f = model.features(x.double().to(next(model.parameters()).dtype))
+        s = model(x).double()
+    return 1e-4 + 3 * 8 * torch.finfo(torch.float32).eps * score_magnitudes(model, f)[0] / s.abs()
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_onnxruntime_scores_decisions_and_radii_match_the_library(name, tmp_path):
     model = MODELS[name]()
@@ -126,7 +138,8 @@ def test_onnxruntime_scores_decisions_and_radii_match_the_library(name, tmp_path
         near = lib
         assert bool((mine <= lib).all()), f"{key}: an ONNX radius above the library's"
         rel = (near[away] - mine[away]).abs() / near[away]
-        assert float(rel.max()) < 1e-4, f"{key}: {float(rel.max()):.2e} relative below the library"
+        worst = float((rel / _allowance(model, x)[away]).max())
+        assert worst < 1, f"{key}: {float(rel.max()):.2e} relative below the library ({worst:.2f} of the allowance)"
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -29,6 +29,8 @@ from tests.conftest import near_boundary
 D = 8
 INC, DEC = [0, 2, 5], [3]
 OTHERS = [i for i in range(D) if i not in INC + DEC]
+BOUNDS = {"lower": {"*": 0.0}, "upper": {"*": 100.0}}
+"""A bounded domain (the inputs lie in [0, 10]): infinite radii need every allowed move to stay in a bounded box."""
 LOG_STD = [{"kind": "log1p"}, {"kind": "standardize"}]
 
 
@@ -212,7 +214,7 @@ def test_every_feature_of_a_monotone_input_is_constrained():
     ids=["standardize", "log1p-standardize", "hinges"],
 )
 def test_threat_model_certificate_is_infinite_for_monotone_moves(phi):
-    tm = ThreatModel(increase_only=INC, decrease_only=DEC, immutable=OTHERS).resolve(None, D)
+    tm = ThreatModel(increase_only=INC, decrease_only=DEC, immutable=OTHERS, **BOUNDS).resolve(None, D)
     x = _inputs(7)
     model = _model({"increasing": INC, "decreasing": DEC}, phi=phi, seed=3)
     cert = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=tm)
@@ -220,6 +222,10 @@ def test_threat_model_certificate_is_infinite_for_monotone_moves(phi):
     assert int(flagged.sum()) > 50
     for radius in cert.radii.values():
         assert bool(torch.isinf(radius[flagged]).all()) and bool((radius[~flagged] == 0).all())
+    # without bounds a move may go where float32 overflows or its rounding outgrows the margin: finite, far
+    open_tm = ThreatModel(increase_only=INC, decrease_only=DEC, immutable=OTHERS).resolve(None, D)
+    for radius in asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=open_tm).radii.values():
+        assert bool(torch.isfinite(radius[flagged]).all()) and float(radius[flagged].min()) > 1e3
     # the constrained attack with a huge budget cannot remove a flag
     gen = torch.Generator().manual_seed(0)
     xf = x[flagged]
@@ -240,8 +246,8 @@ def test_a_monotone_features_weight_of_exactly_zero_stays_harmless(reach, tmp_pa
     """The projection clamps a monotone feature the data finds harmless (more verified contacts: less fraud) to
     weight 0; a gradient interval of ± the rounding allowance would make that 0 possibly harmful and every
     radius finite. g's sign constraints fix ∂g/∂f ≥ 0 exactly there, so the radii stay infinite (library
-    and ONNX graph alike)."""
-    tm = ThreatModel(increase_only=INC, decrease_only=DEC, immutable=OTHERS).resolve(None, D)
+    and ONNX graph alike, in a bounded domain)."""
+    tm = ThreatModel(increase_only=INC, decrease_only=DEC, immutable=OTHERS, **BOUNDS).resolve(None, D)
     x = _inputs(7)
     model = _model({"increasing": INC, "decreasing": DEC}, phi=[*LOG_STD, {"kind": "hinges", "knots": 3}], seed=3)
     with torch.no_grad():

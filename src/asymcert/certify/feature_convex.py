@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias, TypeVar, cast
 
@@ -36,6 +37,7 @@ from torch import nn
 from asymcert.certify.bounded_convex import batch_norm_terms, bounded_pass, supports_bounded
 from asymcert.certify.bounded_icnn import icnn_bounded_pass, supports_bounded_icnn
 from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
+from asymcert.certify.magnitude import FLOAT32_SAFE, Magnitudes, network_magnitudes
 from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_roundoff
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee
 from asymcert.certify.tangent_cuts import TangentCuts, multi_cut_feature_radii, tangent_margins
@@ -136,6 +138,7 @@ def rounding_bound(
     constants: float | torch.Tensor,
     eps: float,
     factor: float = FLOAT_GUARD_FACTOR,
+    floor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Absolute bound (N,) float64 on the rounding error of one evaluation of s at machine epsilon ``eps``.
 
@@ -149,8 +152,11 @@ def rounding_bound(
         constants: C ≥ |b| (a float, or (N,) per input: :func:`constant_terms`);
         eps: machine epsilon of the arithmetic (2⁻²³ float32, 2⁻⁵² float64);
         factor: the measured multiple (FLOAT_GUARD_FACTOR or FLOAT64_REFERENCE_FACTOR).
+        floor: (N,) a magnitude M may not be below: A of :func:`score_magnitudes`, which sees terms that cancel.
     """
     magnitude = (grad.double() * features.double()).abs_().flatten(1).sum(1) + score.double().abs() + constants
+    if floor is not None:
+        magnitude = torch.maximum(magnitude, floor.to(magnitude))
     return factor * eps * magnitude
 
 
@@ -222,7 +228,67 @@ def float_guard(
     models: 8·2⁻⁵²·M; float32 on CUDA with TF32 allowed: 8·2⁻⁹·M), with |b| replaced by
     :func:`constant_magnitude` (which includes it).
     """
-    return rounding_bound(features, grad, score, constant_terms(model, features), evaluation_eps(model))
+    floor, _ = score_magnitudes(model, features)
+    return rounding_bound(features, grad, score, constant_terms(model, features), evaluation_eps(model), floor=floor)
+
+
+_MAGNITUDES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], list[tuple[torch.Tensor, int]], Magnitudes]]
+_MAGNITUDES = weakref.WeakKeyDictionary()
+
+
+def model_magnitudes(model: FeatureConvexClassifier, feature_shape: tuple[int, ...]) -> Magnitudes:
+    """The :class:`~asymcert.certify.magnitude.Magnitudes` of s = g(f) + b on features of ``feature_shape``;
+    computed once per model state: kept while the same tensors (held here, so never another one at the same
+    address) are its parameters and buffers and none was changed in place (their version counters)."""
+    state = [(t, t._version) for t in (*model.parameters(), *model.buffers())]
+    found = _MAGNITUDES.get(model)
+    same = found is not None and found[0] == feature_shape and len(found[1]) == len(state)
+    if found is not None and same and all(a is b and u == v for (a, u), (b, v) in zip(found[1], state)):
+        return found[2]
+    mags = network_magnitudes(model.convex, feature_shape, float(model.balance.detach()))
+    _MAGNITUDES[model] = (feature_shape, state, mags)
+    return mags
+
+
+def score_magnitudes(model: FeatureConvexClassifier, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, H) (N,) float64 at features φ(x) (N, *feature_shape): the magnitude of the terms the score sums, and
+    the sum of the magnitudes of every value its evaluation computes (:mod:`asymcert.certify.magnitude`)."""
+    return model_magnitudes(model, tuple(features.shape[1:])).at(features)
+
+
+def growth_caps(
+    model: FeatureConvexClassifier, x: torch.Tensor, features: torch.Tensor, norms: tuple[float, ...]
+) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+    """Per norm, two radii (N,) float64 in raw input units: within the first, A grows at most to 3A (so
+    :func:`float_guard`'s factor 8 still covers the deployed model's rounding); within the second, H with the
+    input's own magnitude stays below :data:`~asymcert.certify.magnitude.FLOAT32_SAFE` (no value overflows).
+    A move of ℓp size r moves φ by at most Lip_p(φ)·r, A by ‖a‖_q times that, H by ‖h‖_q·Lip_p(φ)·r + ‖x' − x‖₁.
+    For trained models both lie far beyond the certified radii; they bind for weights that cancel."""
+    mags = model_magnitudes(model, tuple(features.shape[1:]))
+    a, h = mags.at(features)
+    size = x.detach().double().flatten(1).abs().sum(1)
+    d = x[0].numel()
+    caps = {}
+    for p in norms:
+        lip = model.feature_lipschitz(p)
+        grow_a, grow_h = mags.growth(p)
+        ones = 1.0 if p == 1.0 else (d ** (1.0 - 1.0 / p) if math.isfinite(p) else float(d))  # ‖1‖_q
+        room = (FLOAT32_SAFE - h - size).clamp_min(0.0)
+        caps[p] = (_ratio(2.0 * a, grow_a * lip) * (1.0 - 1e-9), _ratio(room, grow_h * lip + ones) * (1.0 - 1e-9))
+    return caps
+
+
+def _ratio(top: torch.Tensor, rate: float) -> torch.Tensor:
+    """top / rate, ∞ where the rate is 0 (nothing grows)."""
+    return torch.full_like(top, math.inf) if rate == 0.0 else top / rate
+
+
+def overflow_risk(model: FeatureConvexClassifier, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: inputs whose float32 evaluation may overflow (H with the input's magnitude past
+    :data:`~asymcert.certify.magnitude.FLOAT32_SAFE`, or not finite): the model itself decides them, radius 0."""
+    _, h = score_magnitudes(model, features)
+    total = h + x.detach().double().flatten(1).abs().sum(1)
+    return ~(total < FLOAT32_SAFE)
 
 
 def reference_error(
@@ -230,7 +296,9 @@ def reference_error(
 ) -> torch.Tensor:
     """Bound (N,) on |ŝ − s| for the score ŝ of the ``"float64"`` or ``"model"`` reference."""
     if precision == "float64":
-        return rounding_bound(features, grad, score, constant_terms(model, features), EPS64, FLOAT64_REFERENCE_FACTOR)
+        floor, _ = score_magnitudes(model, features)
+        terms = constant_terms(model, features)
+        return rounding_bound(features, grad, score, terms, EPS64, FLOAT64_REFERENCE_FACTOR, floor=floor)
     return float_guard(model, features, grad, score)
 
 
@@ -421,7 +489,46 @@ def certify_feature_convex(
     if cuts > 1:
         more = tangent_cut_radii(model, x, norms, cuts, guard, slack)
         radii = {p: torch.where(flagged, torch.maximum(r, more[p].to(r)), r) for p, r in radii.items()}
+    if guard:  # the deployed model's rounding and range, as the guard assumes them, across the ball
+        radii = guarded_lp_radii(model, x, ref, margin, radii)
+        if cuts > 1:  # (the multi-cut radii are not linear in the margin: the slope caps)
+            caps = growth_caps(model, x, ref.features, norms)
+            radii = {p: torch.minimum(r, torch.minimum(*caps[p]).to(r)) for p, r in radii.items()}
     return flag_certificate(flagged, radii, own_score)
+
+
+GROWTH = 3.0
+"""How far A may grow from the magnitude the guard reserved at x while its factor 8 still covers the rounding
+(measured ≤ 1.8·eps·M, :data:`FLOAT_GUARD_FACTOR`): beyond, the margin pays for the excess."""
+
+
+def guarded_lp_radii(
+    model: FeatureConvexClassifier,
+    x: torch.Tensor,
+    ref: Reference,
+    margin: torch.Tensor,
+    radii: dict[float, torch.Tensor],
+) -> dict[float, torch.Tensor]:
+    """Raw ℓp radii r = margin / D (N,) lowered so that the guard covers the deployed model's rounding across
+    the ball: A(x') ≤ A(x) + ‖a‖_q·Lip_p(φ)·r (:mod:`asymcert.certify.magnitude`), and where that exceeds
+    GROWTH × the magnitude the guard reserved at x, the margin pays 8·eps·(A(x')/GROWTH − it):
+    r ≤ (margin + k·(mag − A/GROWTH)) / (D + k·G/GROWTH), k = 8·eps (a change of about 10⁻⁶ of A for
+    trained models, the whole radius for weights that cancel). Also capped where H may overflow."""
+    mags = model_magnitudes(model, tuple(ref.features.shape[1:]))
+    a, _ = mags.at(ref.features)
+    k = FLOAT_GUARD_FACTOR * evaluation_eps(model)
+    mag = float_guard(model, ref.features, ref.grad, ref.score) / k
+    caps = growth_caps(model, x, ref.features, tuple(radii))
+    out = {}
+    for p, r in radii.items():
+        r64, m64 = r.double(), margin.double().to(r.device)
+        grow = mags.growth(p)[0] * model.feature_lipschitz(p)
+        rate = torch.where(r64 > 0, m64 / r64.clamp_min(1e-300), torch.zeros_like(r64))  # ≥ D: r was rounded down
+        solved = (m64 + k * (mag.to(r64) - a.to(r64) / GROWTH)) / (rate + k * grow / GROWTH)
+        needs = (a.to(r64) + grow * r64) / GROWTH > mag.to(r64)
+        lowered = torch.where(needs & torch.isfinite(r64), torch.minimum(r64, solved.clamp_min(0.0) * (1 - 1e-9)), r64)
+        out[p] = torch.minimum(lowered, caps[p][1].to(lowered)).to(r)
+    return out
 
 
 def tangent_cut_radii(
@@ -501,9 +608,11 @@ def flag_margins(
     slack = checked_slack(model, precision, slack)
     ref = reference(model, x, precision)
     band = float_guard(model, ref.features, ref.grad, ref.score)
-    flagged, own_score = _decide(model, x, ref.score - ref.error, ref.score + ref.error, band, ref.uncertain)
+    risky = overflow_risk(model, x, ref.features)
+    uncertain = risky if ref.uncertain is None else ref.uncertain | risky
+    flagged, own_score = _decide(model, x, ref.score - ref.error, ref.score + ref.error, band, uncertain, risky)
     margin = ref.score - ref.error - (band if guard else 0.0)
-    margin = torch.where(flagged, margin, torch.zeros_like(margin))
+    margin = torch.where(flagged & ~(risky & guard), margin, torch.zeros_like(margin))
     return ref, flagged, margin, own_score, slack
 
 
@@ -514,14 +623,16 @@ def _decide(
     high: torch.Tensor,
     band: torch.Tensor,
     uncertain: torch.Tensor | None,
+    own: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's own decisions (N,) bool and scores (N,) float32, from bounds on the exact score.
 
     The model's float evaluation is within ``band`` (:func:`float_guard`) of the exact score, so it is
     positive where ``low > band`` and not positive where ``high < −band`` (with the exact ReLU pattern,
-    i.e. not ``uncertain``); only the remaining inputs are run through the model itself.
+    i.e. not ``uncertain``); only the remaining inputs, and those ``own`` (N,) bool names (whose evaluation may
+    overflow), are run through the model itself.
     """
-    flagged = low > band
+    flagged = (low > band) & (True if own is None else ~own)
     undecided = ~flagged & (high >= -band)
     if uncertain is not None:
         undecided |= ~flagged & uncertain

@@ -42,9 +42,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from asymcert.certify.feature_convex import (
+    Reference,
     _float64_copy,
     checked_slack,
     float_guard,
+    guarded_lp_radii,
+    overflow_risk,
     reference_error,
     score_and_feature_gradient,
 )
@@ -115,9 +118,16 @@ def certify_one_vs_rest(
             err = reference_error(member, feats, grad[:, k], s_k, precision)
             band = float_guard(member, feats, grad[:, k], s_k)
             margin = s_k - err - (band if guard else 0.0)
-            margin = torch.where(flags[:, k], margin, torch.zeros_like(margin))
+            keep = flags[:, k] & ~(overflow_risk(member, x, feats) & guard)  # (its float32 evaluation may overflow)
+            margin = torch.where(keep, margin, torch.zeros_like(margin))
+            radii_k = {
+                p: safe_radius(margin, member.feature_lipschitz(p) * dual_norm(grad[:, k], p), slack) for p in norms
+            }
+            if guard:  # the deployed rounding along the ball, as for a binary model
+                ref = Reference(s_k, err, grad[:, k], None, feats, None)
+                radii_k = guarded_lp_radii(member, x, ref, margin, radii_k)
             for p in norms:
-                per_class[p].append(safe_radius(margin, member.feature_lipschitz(p) * dual_norm(grad[:, k], p), slack))
+                per_class[p].append(radii_k[p])
     predicted = score.argmax(dim=1)
     class_radii = {p: torch.stack(r, dim=1) for p, r in per_class.items()}
     radii = {p: r.gather(1, predicted[:, None]).squeeze(1) for p, r in class_radii.items()}

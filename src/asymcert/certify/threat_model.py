@@ -55,6 +55,7 @@ from asymcert.certify.one_vs_rest import certify_one_vs_rest, class_radii_key
 from asymcert.certify.reach_path import path_holds, path_radii
 from asymcert.certify.reach_problem import ReachProblem
 from asymcert.certify.result import Certificate
+from asymcert.certify.threat_guard import guarded_threat_radii
 from asymcert.errors import ConfigError
 from asymcert.nn.feature_maps import (
     EPS64,
@@ -462,17 +463,40 @@ def feature_convex_threat(
             "(use cuts=0, or certify without the threat model)"
         )
     problem, ref, flagged, own_score = reach_problem(model, x, threat_model, precision, slack, guard, validate)
-    margin, slack = problem.margin, problem.slack
     costs = _move_costs(model, problem.grads, x, threat_model)
+    reach = check_reach(reach)
+    radii = _threat_radii(model, ref, problem, costs, norms, reach)
+    if guard:  # the deployed model's rounding and range, as the guard assumes them, along every allowed move
+
+        def lowered(drop: torch.Tensor) -> dict[float, torch.Tensor]:
+            less = replace(problem, margin=(problem.margin - drop.to(problem.margin)).clamp_min(0.0))
+            return _threat_radii(model, ref, less, costs, norms, reach)
+
+        radii = guarded_threat_radii(model, x, ref, radii, threat_model, lowered)
+    return flag_certificate(flagged, radii, own_score, threat_model.units())
+
+
+def _threat_radii(
+    model: FeatureConvexClassifier,
+    ref: Reference,
+    problem: ReachProblem,
+    costs: torch.Tensor | None,
+    norms: tuple[float, ...],
+    reach: bool,
+) -> dict[float, torch.Tensor]:
+    """The radii (norm → (N,) threat-model units) of :func:`feature_convex_threat` for ``problem``'s margins: the
+    generic fallback, the closed form from the move ``costs`` (None: φ declares no bounds), pair-min's point
+    bound, and with ``reach`` the reach-aware bounds; each the largest that holds."""
+    margin, slack, x, tm = problem.margin, problem.slack, problem.x, problem.tm
     # the generic fallback is a certificate under every threat model: never report less than it
-    radii = fallback_radii(lp_radii(model, ref, margin, norms, slack), threat_model, x)
+    radii = fallback_radii(lp_radii(model, ref, margin, norms, slack), tm, x)
     if costs is not None:
         radii = {p: torch.maximum(safe_radius(margin, dual_norm(costs, p), slack), radii[p]) for p in norms}
         radii = _pair_point_radii(problem, radii)
-        if check_reach(reach):  # the path's grid is anchored at the closed-form ℓ∞ radius, whatever the norms
+        if reach:  # the path's grid is anchored at the closed-form ℓ∞ radius, whatever the norms
             anchor = safe_radius(margin, dual_norm(costs, math.inf), slack)
             radii = _reach_radii_all(problem, radii, anchor)
-    return flag_certificate(flagged, radii, own_score, threat_model.units())
+    return radii
 
 
 def _reach_radii_all(

@@ -26,9 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, constant_magnitude
+from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, GROWTH, constant_magnitude, model_magnitudes
 from asymcert.certify.functional import DEFAULT_SLACK
+from asymcert.certify.magnitude import FLOAT32_SAFE, Magnitudes
 from asymcert.certify.orthogonal import U64, orthogonal_layers, score_error_bound
+from asymcert.certify.threat_guard import input_rate
 from asymcert.certify.threat_model import allowed_costs, gradient_interval, gradient_signs, harm_bounds
 from asymcert.errors import ModelError
 from asymcert.models.baselines import OrthogonalNet
@@ -221,6 +223,11 @@ class FeatureConvexGraph(nn.Module):
         threat_model: also output radii under it, in its units (:class:`ThreatTerms`), after the ℓp ones.
     Returns from ``forward``: (score (N,), flagged (N,) bool, *radii (N,) in the order of ``norms``, then
     with a threat model *threat-model radii (N,) in the same order).
+
+    M is at least A(φ(x)), the magnitude of the terms g sums (:mod:`asymcert.certify.magnitude`, which sees
+    terms that cancel), and each radius is lowered as the library's
+    :func:`~asymcert.certify.feature_convex.guarded_lp_radii` lowers it (:class:`GuardGrowth`): where A may grow
+    past GROWTH·M across the ball the margin pays for the excess, and no value may overflow float32.
     """
 
     def __init__(
@@ -241,6 +248,9 @@ class FeatureConvexGraph(nn.Module):
         self.lips = [_up32(model.feature_lipschitz(p)) for p in self.norms]
         self.constant = _up32(constant_magnitude(model))
         self.guard = _up32(2 * FLOAT_GUARD_FACTOR * EPS32 * INFLATE)
+        with torch.no_grad():
+            shape = tuple(model.features(torch.zeros((1, *model.input_shape), dtype=torch.float64)).shape[1:])
+        self.growth = GuardGrowth(model, model_magnitudes(model, shape), self.norms, threat_model)
 
     def _convex(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
         """g(f) (N,), ∇g(f) (N, *f) and, for a mean of K networks, the members' own rounding terms
@@ -260,10 +270,16 @@ class FeatureConvexGraph(nn.Module):
         flagged = score > 0
         if not self.norms:
             return score, flagged
-        magnitude = (grad * f).abs().flatten(1).sum(1) + score.abs() + own + self.constant
+        big, total = self.growth.magnitudes(f, x)
+        magnitude = torch.maximum((grad * f).abs().flatten(1).sum(1) + score.abs() + own + self.constant, big)
         margin = score - self.guard * magnitude
+        margin = torch.where(total < FLOAT32_SAFE, margin, torch.zeros_like(margin))  # it may overflow: no radius
         flat = grad.flatten(1)
-        radii = [_radius(margin, lip * dual_norm32(flat, p), flagged) for p, lip in zip(self.norms, self.lips)]
+        radii = []
+        for k, (p, lip) in enumerate(zip(self.norms, self.lips)):
+            rate = lip * dual_norm32(flat, p)
+            r = _radius(margin, rate, flagged)
+            radii.append(self.growth.lowered(r, margin, rate, magnitude, big, total, k))
         if self.threat is None:
             return (score, flagged, *radii)
         x_flat = x.flatten(1)
@@ -271,9 +287,127 @@ class FeatureConvexGraph(nn.Module):
         if not self.threat.coordinate_wise:
             return (score, flagged, *radii, *fallback)
         costs = self.threat.costs(x_flat, flat)
-        closed = [_radius(margin, dual_norm32(costs, p), flagged) for p in self.norms]
+        closed = []
+        for p in self.norms:
+            rate = dual_norm32(costs, p)
+            r = _radius(margin, rate, flagged)
+            closed.append(self.growth.lowered_threat(r, margin, rate, magnitude, big, total, p, self.threat, x_flat))
         # as the library: the generic fallback holds under every threat model, never report less than it
         return (score, flagged, *radii, *[torch.maximum(c, f) for c, f in zip(closed, fallback)])
+
+
+def _up32_tensor(t: torch.Tensor) -> torch.Tensor:
+    """float32 ≥ ``t`` elementwise (float64 constants that must not shrink)."""
+    t = t.double()
+    f = t.float()
+    return torch.where(f.double() < t, torch.nextafter(f, torch.full_like(f, math.inf)), f)
+
+
+class GuardGrowth(nn.Module):
+    """The library's lowering of radii for the deployed rounding along the move
+    (:func:`~asymcert.certify.feature_convex.guarded_lp_radii`), in plain float32 ops with constants rounded up:
+    A = a·|f| + a₀ and H = h·|f| + h₀ + ‖x‖₁ (raised by INFLATE), their growth per unit of ℓp move (raw units:
+    ‖a‖_q·Lip_p(φ); threat-model units: ‖α ⊙ scale‖_q over the coordinates that may move, α from φ's weight
+    bounds), and r ≤ (margin + k·(M − A/GROWTH)) / (rate + k·G/GROWTH) where A + G·r may pass GROWTH·M,
+    r ≤ (FLOAT32_SAFE − H) / G_H always (k = 8·eps32)."""
+
+    a: torch.Tensor  # float32 buffers: (K·n,) coefficients of A and H, (n,) rates per threat-model unit
+    h: torch.Tensor
+    alpha: torch.Tensor | None
+    eta: torch.Tensor | None
+
+    def __init__(
+        self, model: FeatureConvexClassifier, mags: Magnitudes, norms: tuple[float, ...], tm: ResolvedThreatModel | None
+    ) -> None:
+        super().__init__()
+        self.register_buffer("a", _up32_tensor(mags.rounding))
+        self.register_buffer("h", _up32_tensor(mags.overflow))
+        self.a0, self.h0 = _up32(mags.rounding0), _up32(mags.overflow0)
+        self.k = _up32(FLOAT_GUARD_FACTOR * EPS32)
+        d = math.prod(model.input_shape)
+        self.grow_a, self.grow_h = [], []
+        for p in norms:
+            lip = model.feature_lipschitz(p)
+            ones = 1.0 if p == 1 else (float(d) if math.isinf(p) else math.sqrt(d))
+            ga, gh = mags.growth(p)
+            self.grow_a.append(_up32(ga * lip * INFLATE))
+            self.grow_h.append(_up32((gh * lip + ones) * INFLATE))
+        n = None if tm is None else tm.n_features
+        alpha = None if n is None else input_rate(model, mags.rounding, n)
+        eta = None if n is None else input_rate(model, mags.overflow, n)
+        self.register_buffer("alpha", None if alpha is None else _up32_tensor(alpha))
+        self.register_buffer("eta", None if eta is None else _up32_tensor(eta + 1.0))
+
+    def magnitudes(self, f: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, H) (N,) float32 at features f and inputs x, raised by INFLATE (sums of nonnegative terms)."""
+        af = f.abs().flatten(1)
+        big = (af @ self.a + self.a0) * INFLATE
+        total = (af @ self.h + self.h0 + x.abs().flatten(1).sum(1)) * INFLATE
+        return big, total
+
+    def _solve(
+        self,
+        r: torch.Tensor,
+        margin: torch.Tensor,
+        rate: torch.Tensor,
+        mag: torch.Tensor,
+        big: torch.Tensor,
+        total: torch.Tensor,
+        grow_a: torch.Tensor | float,
+        grow_h: torch.Tensor | float,
+    ) -> torch.Tensor:
+        """r lowered where A may pass GROWTH·M within it, and capped where H may overflow (0 stays 0)."""
+        needs = (big + grow_a * r) / GROWTH > mag
+        solved = (margin + self.k * (mag - big / GROWTH)) / (rate + self.k * grow_a / GROWTH) * (1.0 - GRAPH_SLACK)
+        lowered = torch.where(needs, torch.minimum(r, solved.clamp_min(0.0)), r)
+        cap = (FLOAT32_SAFE - total).clamp_min(0.0) / grow_h * (1.0 - GRAPH_SLACK)
+        return torch.where(r > 0, torch.minimum(lowered, cap), r)
+
+    def lowered(
+        self,
+        r: torch.Tensor,
+        margin: torch.Tensor,
+        rate: torch.Tensor,
+        mag: torch.Tensor,
+        big: torch.Tensor,
+        total: torch.Tensor,
+        k: int,
+    ) -> torch.Tensor:
+        """Raw ℓp radius r (N,) of the ``k``-th norm, lowered (see the class docstring)."""
+        return self._solve(r, margin, rate, mag, big, total, self.grow_a[k], self.grow_h[k])
+
+    def lowered_threat(
+        self,
+        r: torch.Tensor,
+        margin: torch.Tensor,
+        rate: torch.Tensor,
+        mag: torch.Tensor,
+        big: torch.Tensor,
+        total: torch.Tensor,
+        p: float,
+        threat: ThreatTerms,
+        x: torch.Tensor,
+    ) -> torch.Tensor:
+        """Threat-model radius r (N,) for norm p, lowered with the growth per threat-model unit at x (N, n)."""
+        if self.alpha is None or self.eta is None:  # (not reached: a coordinate-wise φ declares its bounds)
+            raise ModelError("the feature map declares no weight bounds; the graph uses the fallback")
+        up, down = threat.directions(x)
+        scale = torch.where(up | down, threat.scale, torch.zeros_like(threat.scale)).float()
+        grow_a = dual_norm32(self.alpha * scale, p) * INFLATE
+        grow_h = dual_norm32(self.eta * scale, p) * INFLATE
+        solved = self._solve(r, margin, rate, mag, big, total, grow_a, grow_h)
+        # an infinite radius stays where every allowed move from x is bounded by the domain and A, H stay
+        # covered over that box: A + Σ_i α_i·(how far x_i may move), the same with H
+        x64 = x.double()
+        span = torch.where(up, threat.upper - x64, torch.zeros_like(x64)) + torch.where(
+            down, x64 - threat.lower, torch.zeros_like(x64)
+        )
+        inside = ((x64 >= threat.lower) & (x64 <= threat.upper)).all(dim=1)
+        box_a = (big.double() + (self.alpha.double() * span).sum(dim=1)) * INFLATE
+        box_h = (total.double() + (self.eta.double() * span).sum(dim=1)) * INFLATE
+        exact = (margin + self.k * INFLATE * mag).double()  # the score less its own rounding
+        keep = torch.isinf(r) & inside & (exact > self.k * box_a) & (box_h < FLOAT32_SAFE)  # (NaN, ∞: False)
+        return torch.where(keep, r, solved)
 
 
 class ThreatTerms(nn.Module):

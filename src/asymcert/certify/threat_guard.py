@@ -1,0 +1,195 @@
+"""Under a threat model, where the deployed model's float32 evaluation stays as the float guard assumes.
+
+:func:`~asymcert.certify.feature_convex.float_guard` reserves 8·eps·A(x) for the rounding of the deployed
+model's own score at the attacked point, which holds while A (the magnitude of the terms the score sums,
+:mod:`asymcert.certify.magnitude`) grows at most to 3·A(x) and no value the evaluation computes overflows.
+:func:`guarded_threat_radii` caps threat-model radii (threat-model units) at the size of move within which
+both hold: a move δ changes A by at most Σ_i α_i·|δ_i| with α_i from φ's weight bounds for the weights
+[−a, a] (or Lip(φ)·‖a‖ for a φ that declares none), so a move of threat-model size r by at most
+‖α ⊙ scale‖_q·r over the coordinates that may move. An infinite radius (no allowed move lowers the exact
+score) stays infinite only where every allowed move stays in a bounded box over which 8·eps·A and H keep
+the decision: otherwise it becomes the (finite, usually astronomically large) cap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from asymcert.certify.feature_convex import (
+    FLOAT_GUARD_FACTOR,
+    Reference,
+    evaluation_eps,
+    float_guard,
+    growth_caps,
+    model_magnitudes,
+)
+from asymcert.certify.magnitude import FLOAT32_SAFE
+from asymcert.models import FeatureConvexClassifier
+from asymcert.nn.feature_maps import coordinate_weights, reach_image_step
+from asymcert.threat import ResolvedThreatModel
+
+GROWTH = 3.0
+"""How far A may grow from the magnitude the guard reserved at x while its factor 8 still covers the rounding
+(measured ≤ 1.8·eps·M, :data:`~asymcert.certify.feature_convex.FLOAT_GUARD_FACTOR`)."""
+
+
+def guarded_threat_radii(
+    model: FeatureConvexClassifier,
+    x: torch.Tensor,
+    ref: Reference,
+    radii: dict[float, torch.Tensor],
+    tm: ResolvedThreatModel,
+    lowered: Callable[[torch.Tensor], dict[float, torch.Tensor]],
+) -> dict[float, torch.Tensor]:
+    """``radii`` (norm → (N,) threat-model units) made to hold for the deployed model's float32 decision along
+    every allowed move (module docstring). ``lowered(drop)``: the same radii for margins lowered by ``drop`` (N,).
+
+    Finite radii: over the box of allowed moves of the largest radius, A must stay within GROWTH× the magnitude
+    the guard reserved at x; where it does not, the margin is lowered by the guard's rounding of the excess
+    (8·eps·(A_box / GROWTH − that magnitude), about 10⁻⁶ of A: radii move by that much, not more) and the radii
+    recomputed, smaller, inside the same box. Where H over the box may overflow, the slope caps. Infinite
+    radii: kept where the bounded box of every allowed move keeps the decision, else the slope caps.
+    """
+    budget = (ref.score - ref.error).double().cpu() / (FLOAT_GUARD_FACTOR * evaluation_eps(model))
+    caps = threat_caps(model, x, ref, tuple(radii), tm, budget)
+    finite = [torch.where(torch.isfinite(r), r, torch.zeros_like(r)).double().cpu() for r in radii.values()]
+    largest = torch.stack(finite).amax(0)
+    found = _box_magnitudes(model, x, ref, tm, largest)
+    if found is not None:
+        excess = (found[0] / GROWTH - ref_magnitude(model, ref)).clamp_min(0.0)
+        drop = FLOAT_GUARD_FACTOR * evaluation_eps(model) * excess * (1.0 + 1e-9)
+        if bool((drop > 0).any()):
+            again = lowered(drop)
+            radii = {p: torch.minimum(r, again[p].to(r)) for p, r in radii.items()}
+        overflow = found[1] >= FLOAT32_SAFE
+    else:
+        overflow = torch.ones_like(largest, dtype=torch.bool)  # φ declares no image: the slope caps throughout
+    keep = infinite_radius_holds(model, x, ref, tm)
+    out = {}
+    for p, r in radii.items():
+        finite_cap, infinite_cap = (c.to(r) for c in caps[p])
+        bounded = torch.where(overflow.to(r.device), torch.minimum(r, finite_cap), r)
+        capped = torch.where(torch.isinf(r), infinite_cap, bounded)
+        out[p] = torch.where(torch.isinf(r) & keep.to(r.device), r, capped)
+    return out
+
+
+def _box_magnitudes(
+    model: FeatureConvexClassifier, x: torch.Tensor, ref: Reference, tm: ResolvedThreatModel, radius: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(A, H + the inputs' magnitude) (N,) at their largest over the box of allowed moves of threat-model ℓ∞
+    size ≤ ``radius`` (N,) (which holds the ℓp balls of that radius), from φ's image of the box; None when φ
+    declares no image."""
+    x64 = x.detach().flatten(1).double().cpu()
+    up, down = (d.cpu() for d in tm.directions(x))
+    reach = radius.double().cpu()[:, None] * tm.scale.double().cpu()[None, :] * (1.0 + 1e-12)
+    inside = tm.inside(x64).cpu()
+    lower, upper = tm.lower.double().cpu()[None, :], tm.upper.double().cpu()[None, :]
+    hi = torch.where(up, torch.where(inside, torch.minimum(x64 + reach, upper), x64 + reach), x64)
+    lo = torch.where(down, torch.where(inside, torch.maximum(x64 - reach, lower), x64 - reach), x64)
+    image = reach_image_step(model.feature_map, (lo[:, None, :], hi[:, None, :]))
+    if image is None:
+        return None
+    top = torch.maximum(image[0].abs(), image[1].abs()).flatten(1)
+    a, h = (t.cpu() for t in model_magnitudes(model, tuple(ref.features.shape[1:])).at(top))
+    return a, h + torch.maximum(lo.abs(), hi.abs()).sum(1)
+
+
+def ref_magnitude(model: FeatureConvexClassifier, ref: Reference) -> torch.Tensor:
+    """(N,) the magnitude the float guard reserved rounding for at x: max(M, A) (:func:`float_guard`)."""
+    band = float_guard(model, ref.features, ref.grad, ref.score).double().cpu()
+    return band / (FLOAT_GUARD_FACTOR * evaluation_eps(model))
+
+
+def _movable(x: torch.Tensor, tm: ResolvedThreatModel) -> torch.Tensor:
+    """(N, n) bool: coordinates a move may change at x."""
+    up, down = tm.directions(x)
+    return (up | down).cpu()
+
+
+def threat_caps(
+    model: FeatureConvexClassifier,
+    x: torch.Tensor,
+    ref: Reference,
+    norms: tuple[float, ...],
+    tm: ResolvedThreatModel,
+    budget: torch.Tensor,
+) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+    """Per norm, two sizes (N,) float64 of allowed move, threat-model units (∞ where no coordinate may move):
+    for finite radii, A stays below 3·A(x) (the guard's factor 8 covers it); for infinite ones (no allowed move
+    lowers the exact score, so the whole exact margin is free for rounding), A stays below ``budget`` (N,) =
+    (ŝ − error)/(8·eps); both with H below :data:`~asymcert.certify.magnitude.FLOAT32_SAFE`."""
+    n = tm.n_features
+    mags = model_magnitudes(model, tuple(ref.features.shape[1:]))
+    a, h = (t.cpu() for t in mags.at(ref.features))
+    size = x.detach().double().flatten(1).abs().sum(1).cpu()
+    alpha, eta = input_rate(model, mags.rounding, n), input_rate(model, mags.overflow, n)
+    if alpha is None or eta is None:  # φ declares no weight bounds: the raw-unit caps / the largest scale
+        raw = growth_caps(model, x, ref.features, norms)
+        top = tm.max_movable_scale(x).double().cpu()
+        both = {p: torch.minimum(*raw[p]).cpu() for p in norms}
+        fallback = {p: torch.where(top > 0, both[p] / top, torch.full_like(top, math.inf)) for p in norms}
+        return {p: (c, c) for p, c in fallback.items()}
+    movable = _movable(x, tm)
+    scale = tm.scale.double().cpu()[None, :]
+    rate_a = torch.where(movable, alpha[None, :] * scale, torch.zeros_like(scale.expand_as(movable)))
+    rate_h = torch.where(movable, (eta[None, :] + 1.0) * scale, torch.zeros_like(scale.expand_as(movable)))
+    room = (FLOAT32_SAFE - h - size).clamp_min(0.0)
+    caps = {}
+    for p in norms:
+        q = 1.0 if math.isinf(p) else (math.inf if p == 1.0 else p / (p - 1.0))
+        grow_a = torch.linalg.vector_norm(rate_a, q, dim=1)
+        grow_h = torch.linalg.vector_norm(rate_h, q, dim=1)
+        overflow = _ratio(room, grow_h)
+        finite = torch.minimum(_ratio(2.0 * a, grow_a), overflow)
+        infinite = torch.minimum(_ratio((budget - a).clamp_min(0.0), grow_a), overflow)
+        caps[p] = (finite * (1.0 - 1e-9), infinite * (1.0 - 1e-9))
+    return caps
+
+
+def _ratio(top: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    """top / rate (N,), ∞ where the rate is 0."""
+    return torch.where(rate > 0, top / rate.clamp_min(1e-300), torch.full_like(top, math.inf))
+
+
+def input_rate(model: FeatureConvexClassifier, coefficients: torch.Tensor, n: int) -> torch.Tensor | None:
+    """(n,) float64: how much Σ_k c_k·|φ_k| can change per unit move of each raw input coordinate (φ's weight
+    bounds for the weights [−c, c], rounded outward); None when φ declares none."""
+    c = coefficients.double().cpu()[None, :]
+    bounds = coordinate_weights(model.feature_map, -c, c, n)
+    if bounds is None:
+        return None
+    return torch.maximum(bounds[0].abs(), bounds[1].abs())[0] * (1.0 + 1e-12)
+
+
+def infinite_radius_holds(
+    model: FeatureConvexClassifier, x: torch.Tensor, ref: Reference, tm: ResolvedThreatModel
+) -> torch.Tensor:
+    """(N,) bool: every allowed move from x stays in a bounded box (the domain, on the allowed sides) over which
+    the exact score's lower bound at x beats 8·eps·A and H stays below FLOAT32_SAFE (φ's image of the box from
+    :meth:`~asymcert.nn.feature_maps.FeatureMap.reach_image`); False where the box or its image is unbounded."""
+    x64 = x.detach().flatten(1).double().cpu()
+    up, down = (d.cpu() for d in tm.directions(x))
+    lower, upper = tm.lower.double().cpu()[None, :], tm.upper.double().cpu()[None, :]
+    inside = tm.inside(x64).cpu()
+    hi = torch.where(up, torch.where(inside, upper.expand_as(x64), torch.full_like(x64, math.inf)), x64)
+    lo = torch.where(down, torch.where(inside, lower.expand_as(x64), torch.full_like(x64, -math.inf)), x64)
+    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        finite = torch.isfinite(lo).all(1) & torch.isfinite(hi).all(1)
+        if not bool(finite.any()):
+            return finite
+        lo, hi = torch.where(finite[:, None], lo, x64), torch.where(finite[:, None], hi, x64)
+    else:
+        finite = torch.ones(x64.shape[0], dtype=torch.bool)
+    image = reach_image_step(model.feature_map, (lo[:, None, :], hi[:, None, :]))
+    if image is None:
+        return torch.zeros_like(finite)
+    top = torch.maximum(image[0].abs(), image[1].abs()).flatten(1)
+    a, h = (t.cpu() for t in model_magnitudes(model, tuple(ref.features.shape[1:])).at(top))
+    size = torch.maximum(lo.abs(), hi.abs()).sum(1)
+    band = FLOAT_GUARD_FACTOR * evaluation_eps(model) * a
+    exact_low = (ref.score - ref.error).double().cpu()
+    return finite & torch.isfinite(top).all(1) & (exact_low > band) & (h + size < FLOAT32_SAFE)
