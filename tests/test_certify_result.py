@@ -16,7 +16,7 @@ from asymcert.certify.certfile import legacy_guarantee, load_certificates, save_
 from asymcert.certify.result import Certificate, Guarantee
 from asymcert.errors import CheckpointError, InputError
 from asymcert.models import build_model
-from asymcert.report.metrics import certified_accuracy
+from asymcert.report.metrics import certified_accuracy, curve_grid
 from asymcert.report.writer import ONE_VS_REST_NOTE, render_markdown, summarize
 from tests.conftest import small_feature_convex
 
@@ -204,3 +204,14 @@ def test_a_damaged_guarantee_is_one_checkpoint_error(tmp_path):
         with pytest.raises(CheckpointError) as info:
             load_certificates(path)
         assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_the_curve_grid_of_huge_radii_stays_finite():
+    """Radii near float64's top made the grid's end (1.05 × the largest) ∞ and the plot's axis an OverflowError
+    traceback, after the certificates were written (a threat-model scale of 1e-320)."""
+    cert = Certificate(
+        torch.tensor([1, 1, 0]), {1.0: torch.tensor([1.7e308, 2.0, 0.0], dtype=torch.float64)}, "custom", Guarantee.FLAG
+    )
+    grid = curve_grid(cert, torch.tensor([1, 1, 0]), 1.0)
+    assert bool(torch.isfinite(grid).all()) and float(grid[-1]) == pytest.approx(1.05e300)
+    assert float(curve_grid(cert, torch.tensor([1, 1, 0]), 1.0, points=3)[0]) == 0.0

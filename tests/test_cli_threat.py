@@ -158,7 +158,8 @@ def test_certify_rewrites_the_report_with_its_certificates_in_their_units(tm_run
     [
         ({"immutable": ["nope"]}, "unknown feature 'nope'"),
         ({"immutable": ["age"], "increase_only": ["age"]}, "'age' is both immutable and increase_only"),
-        ({"scale": {"caps": -1}}, "must be a finite number > 0"),
+        ({"scale": {"caps": -1}}, "must be a number from"),
+        ({"scale": {"*": 1e-320}}, "must be a number from"),  # a traceback after the certificates were replaced
         ({"radius": 1}, "unknown key(s) ['radius']"),
     ],
 )
@@ -223,10 +224,14 @@ def test_monotone_features_by_column_name_certify_at_infinity_for_harmless_moves
     assert res.exit_code == EXIT_OK, res.output
     assert read_run(out)["model"]["monotone"] == {"increasing": [0, 2], "decreasing": []}
     model, x = asymcert.load(out), run_data(out).test.x
-    spam_only_adds = ThreatModel(increase_only=["links", "caps"], immutable=["words", "age"]).resolve(FEATURES, 4)
-    cert = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=spam_only_adds)
+    bounds = {"upper": {"links": 10.0, "caps": 200.0}}  # ∞ needs every allowed move to stay in a bounded box
+    spam_only_adds = ThreatModel(increase_only=["links", "caps"], immutable=["words", "age"], **bounds)
+    cert = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=spam_only_adds.resolve(FEATURES, 4))
     flagged = cert.sensitive
     assert int(flagged.sum()) > 0 and all(bool(torch.isinf(cert.radii[p][flagged]).all()) for p in cert.radii)
+    unbounded = ThreatModel(increase_only=["links", "caps"], immutable=["words", "age"]).resolve(FEATURES, 4)
+    far = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=unbounded)
+    assert all(bool((far.radii[p][flagged] > 1e3).all() & far.radii[p][flagged].isfinite().all()) for p in far.radii)
     res = CliRunner().invoke(main, _run_args(folder, tmp_path / "bad", "--model-set", 'monotone={"increasing": ["x"]}'))
     assert res.exit_code == EXIT_REFUSED and "monotone: unknown feature(s) ['x']" in res.output
     assert not (tmp_path / "bad").exists()

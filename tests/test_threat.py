@@ -91,9 +91,11 @@ def test_empty_threat_model_allows_everything():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"scale": {"hp": 0}}, "must be a finite number > 0"),
-        ({"scale": {"hp": -2.0}}, "must be a finite number > 0"),
-        ({"scale": {"hp": "big"}}, 'must be a finite number > 0 (or "std")'),
+        ({"scale": {"hp": 0}}, "must be a number from 1.18e-38 to 3.4e"),
+        ({"scale": {"hp": -2.0}}, "must be a number from 1.18e-38 to 3.4e"),
+        ({"scale": {"hp": 1e-320}}, "= 1e-320 must be a number from 1.18e-38 to 3.4e"),  # radii overflowed to ∞
+        ({"scale": {"hp": 1e39}}, "must be a number from 1.18e-38 to 3.4e"),
+        ({"scale": {"hp": "big"}}, 'must be a number from 1.18e-38 to 3.4e+38 (or "std")'),
         ({"scale": [1, 2]}, "scale must be an object"),
         ({"lower": {"*": True}}, "must be a finite number"),
         ({"immutable": "hp"}, "must be a list"),
@@ -893,7 +895,7 @@ def test_std_scales_need_data_and_refuse_a_constant_feature():
     assert fixed.resolve(["a", "b", "c"], 3).scale.tolist() == [0.5, 3.0, 2.0]
     with pytest.raises(ConfigError, match="feature 'c': its training std is 0"):
         tm.with_data_scales(torch.tensor([0.5, 7.0, 0.0]), ["a", "b", "c"])
-    with pytest.raises(ConfigError, match="must be a finite number > 0"):
+    with pytest.raises(ConfigError, match="must be a number from"):
         ThreatModel.from_dict({"scale": {"a": "stdev"}})
 
 

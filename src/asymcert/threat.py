@@ -50,13 +50,20 @@ def _norm_value(p: Any) -> float | None:
     return value if not isinstance(p, bool) and value >= 1 else None
 
 
+SCALE_RANGE = (float(torch.finfo(torch.float32).tiny), float(torch.finfo(torch.float32).max))
+"""The scales a threat model may give: float32's normal numbers, whose reciprocals float32 holds too (a
+subnormal scale such as 1e-320 made radii overflow to ∞)."""
+
+
 def _number_problems(key: str, values: Mapping[Key, Any], positive: bool) -> list[str]:
-    """Entries of a {feature: number} mapping that are not finite numbers (or not > 0 with ``positive``)."""
+    """Entries of a {feature: number} mapping that are not finite numbers (or, with ``positive``, not inside
+    :data:`SCALE_RANGE`)."""
     problems = []
+    low, high = SCALE_RANGE
     for name, v in values.items():
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        if not ok or (positive and v <= 0):
-            want = "a finite number > 0" if positive else "a finite number"
+        if not ok or (positive and not low <= v <= high):
+            want = f"a number from {low:.3g} to {high:.3g}" if positive else "a finite number"
             problems.append(f"{key}[{name!r}] = {v!r} must be {want}")
     return problems
 

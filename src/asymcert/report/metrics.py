@@ -35,8 +35,9 @@ def certified_accuracy(cert: Certificate, labels: torch.Tensor, p: float, radii:
 
 
 def curve_grid(cert: Certificate, labels: torch.Tensor, p: float, points: int = 200) -> torch.Tensor:
-    """Radii (points,) from 0 to just past the largest certified radius of a correct sensitive input."""
+    """Radii (points,) from 0 to just past the largest certified radius of a correct sensitive input (at most
+    10³⁰⁰: beyond, a plot's axis range would overflow to ∞)."""
     rad = cert.radius(p).cpu()
     finite = rad[torch.isfinite(rad)]
     top = float(finite.max()) if finite.numel() else 1.0
-    return torch.linspace(0.0, max(top, 1e-12) * 1.05, points, dtype=torch.float64)
+    return torch.linspace(0.0, min(max(top, 1e-12), 1e300) * 1.05, points, dtype=torch.float64)
