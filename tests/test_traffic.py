@@ -15,6 +15,7 @@ import sys
 import tempfile
 import tracemalloc
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -512,9 +513,16 @@ def test_a_record_beside_the_results_says_what_each_column_means_and_is_tied_to_
     assert mode.given is not None and mode.given["immutable"] == ["f3"]
     assert mode.certificates_sha256 == record.results_sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
     assert ResultsRecord.from_dict(json.loads(record_path(out).read_text())) == record
+    # the threat model itself and the columns read, so that the record is read without the run folder
+    assert record.threat_model is not None and record.threat_model["immutable"] == ["f3"]
+    assert record.threat_model["scale"] == {"f1": 10.0} and record.features == FEATURES
+    old_layout = {k: v for k, v in record.to_dict().items() if k not in ("threat_model", "features")}
+    assert ResultsRecord.from_dict(old_layout | {"version": 1}) == replace(record, threat_model=None, features=None)
+    assert ResultsRecord.from_dict(record.to_dict() | {"features": [1, 2]}) is None
     certify_file(csv_run, tmp_path / "new.csv", out, progress=False, norms=(2.0,))  # a plain run: no threat model
     again = read_results_record(out)
     assert again is not None and again.mode.threat_model == "none" and again.units == "raw input units"
+    assert again.threat_model is None
     tm = load_threat_model(tm_path)
     certify_file(csv_run, tmp_path / "new.csv", out, progress=False, threat_model=tm, plain=True, threat_model_file="x")
     assert read_results_record(out).mode.threat_model_file is None  # no threat model used: no file named

@@ -50,6 +50,7 @@ from asymcert.runfolder import (
     read_run_record,
     run_threat_model,
     stale_temp_files,
+    strict_jsonable,
     warn_if_unfinished,
     write_json,
 )
@@ -458,8 +459,11 @@ class _ParquetSink:
             self.writer.close()
 
 
-RECORD_VERSION = 1
-"""Version of the :class:`ResultsRecord` JSON layout (``"version"``)."""
+RECORD_VERSION = 2
+"""Version of the :class:`ResultsRecord` JSON layout (``"version"``; 2 added ``threat_model`` and ``features``)."""
+
+RECORD_OPTIONAL = ("threat_model", "features")
+"""Fields of a :class:`ResultsRecord` that version 1 records lack (read back as None)."""
 
 
 @dataclass(frozen=True)
@@ -478,6 +482,9 @@ class ResultsRecord:
             ``results_sha256``).
         n_inputs, n_flagged: rows, and rows flagged.
         n_outside, first_outside: inputs outside the threat model's domain, and the index of the first (None: none).
+        threat_model: the threat model the radii hold under, as JSON (:meth:`~asymcert.threat.ThreatModel.to_dict`),
+            whichever its source (the run's own too, so the units can be read without the run folder); None: none.
+        features: the input columns the model read, in its input order (CSV and Parquet inputs); None otherwise.
     """
 
     results: str
@@ -491,6 +498,8 @@ class ResultsRecord:
     n_flagged: int
     n_outside: int = 0
     first_outside: int | None = None
+    threat_model: dict[str, Any] | None = None
+    features: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record's JSON object (:meth:`from_dict` reads it back)."""
@@ -503,14 +512,19 @@ class ResultsRecord:
     @classmethod
     def from_dict(cls, raw: Any) -> ResultsRecord | None:
         """The record a JSON object holds; None when it is not one (wrong types, keys missing)."""
-        if not isinstance(raw, dict) or any(f.name not in raw for f in fields(cls)):
+        if not isinstance(raw, dict) or any(f.name not in raw for f in fields(cls) if f.name not in RECORD_OPTIONAL):
             return None
+        raw = {name: None for name in RECORD_OPTIONAL} | raw
         mode = CertificateMode.from_dict(raw["mode"])
         texts = all(isinstance(raw[k], str) for k in ("results", "results_sha256", "run", "input", "units"))
         counts = all(_is_count(raw[k]) for k in ("n_inputs", "n_flagged", "n_outside"))
         columns = isinstance(raw["columns"], dict) and all(isinstance(v, str) for v in raw["columns"].values())
         first = raw["first_outside"] is None or _is_count(raw["first_outside"])
-        if mode is None or not (texts and counts and columns and first):
+        optional = (raw["threat_model"] is None or isinstance(raw["threat_model"], dict)) and (
+            raw["features"] is None
+            or (isinstance(raw["features"], list) and all(isinstance(c, str) for c in raw["features"]))
+        )
+        if mode is None or not (texts and counts and columns and first and optional):
             return None
         return cls(**{f.name: raw[f.name] for f in fields(cls)} | {"mode": mode})
 
@@ -556,9 +570,17 @@ def column_meanings(units: str, norms: Sequence[float], files: bool, labels: boo
 
 
 def results_record(
-    done: TrafficResult, run_dir: Path, input_path: Path, mode: CertificateMode, norms: Sequence[float], first: Batch
+    done: TrafficResult,
+    run_dir: Path,
+    input_path: Path,
+    mode: CertificateMode,
+    norms: Sequence[float],
+    first: Batch,
+    tm: ResolvedThreatModel | None = None,
+    features: Sequence[str] | None = None,
 ) -> ResultsRecord:
-    """The :class:`ResultsRecord` of the complete results file ``done.out`` (its columns as ``first`` had them)."""
+    """The :class:`ResultsRecord` of the complete results file ``done.out`` (its columns as ``first`` had them),
+    under threat model ``tm`` (None: none) with the input columns ``features`` (None: not a table)."""
     sha = sha256_file(done.out)
     columns = column_meanings(done.units, norms, first.files is not None, first.labels is not None)
     return ResultsRecord(
@@ -573,6 +595,8 @@ def results_record(
         done.n_flagged,
         done.n_outside,
         done.first_outside,
+        None if tm is None or tm.source is None else strict_jsonable(tm.source.to_dict()),
+        None if features is None else [str(c) for c in features],
     )
 
 
@@ -652,7 +676,9 @@ def certify_file(
         done = TrafficResult(
             tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy
         )
-        write_json(record_path(out), results_record(done, run_dir, input_path, mode, norms_t, first).to_dict())
+        columns = run.feature_names if input_path.suffix.lower() in (".csv", ".parquet") else None
+        record = results_record(done, run_dir, input_path, mode, norms_t, first, tm, columns)
+        write_json(record_path(out), record.to_dict())
     return done
 
 
