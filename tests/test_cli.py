@@ -456,6 +456,20 @@ def test_sigterm_mid_write_is_one_line_exit_143_and_leaves_no_file(tiny_run, tmp
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_TERMINATED == 143
-    assert err.startswith("Error: terminated (SIGTERM); rerun the same command to go on") and err.count("\n") == 1
+    # (it said that training resumes after its last finished epoch: nothing trains here)
+    assert err.startswith("Error: terminated (SIGTERM); nothing was half-written") and err.count("\n") == 1
+    assert "training" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npz"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # this process's handler is untouched
+
+
+def test_a_stopped_command_says_how_to_go_on_for_what_it_was_doing(tiny_run, tmp_path, monkeypatch):
+    """Ctrl-C in `train` resumes when rerun; in `report` (or certify) nothing trains, and nothing half-written is
+    kept (every output appears whole): the line said 'training resumes' for every command."""
+    runner = CliRunner()
+    monkeypatch.setattr(cli_module, "train_run", _raiser(KeyboardInterrupt()))
+    line = _refused(runner.invoke(main, ["train", "breast-cancer", "--out", str(tmp_path / "t")]), EXIT_INTERRUPTED)
+    assert "training resumes after its last finished epoch" in line
+    monkeypatch.setattr(cli_module, "write_report", _raiser(KeyboardInterrupt()))
+    line = _refused(runner.invoke(main, ["report", str(_copy(tiny_run, tmp_path))]), EXIT_INTERRUPTED)
+    assert "training" not in line and "nothing was half-written" in line

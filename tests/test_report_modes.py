@@ -309,3 +309,25 @@ def test_the_report_names_flag_features_and_what_a_radius_means_for_them(folder,
     assert "Note: 1 feature(s) take only the values 0 and 1 in training (`has_link`)" in report
     assert "binary_features" not in json.loads((tm_run / "run.json").read_text())
     assert "take only the values 0 and 1" not in (tm_run / "report.md").read_text()
+
+
+def test_npz_runs_name_their_flags_by_index_and_take_monotone_indices_as_text(tmp_path):
+    """An npz run (no column names) had no binary_features and no note, and monotone refused "3" (the way a
+    threat model names its features) with 'named columns: none (not a CSV)' (walkthrough 26c F1, F3)."""
+    g = np.random.default_rng(5)
+    x = g.normal(size=(300, 4)).astype(np.float32)
+    x[:, 2] = (g.random(300) < 0.4).astype(np.float32)
+    y = (x[:, 0] + 1.5 * x[:, 2] > 0.5).astype(np.int64)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    base = ["run", "--data", str(tmp_path / "d.npz"), "--sensitive-class", "1", "--epochs", "1", "--quiet"]
+    res = CliRunner().invoke(
+        main, [*base, "--model-set", 'monotone={"increasing": ["2", 0]}', "--out", str(tmp_path / "r")]
+    )
+    assert res.exit_code == EXIT_OK, res.output
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["binary_features"] == ["2"] and run["model"]["monotone"] == {"increasing": [0, 2], "decreasing": []}
+    assert "take only the values 0 and 1 in training (`2`)" in (tmp_path / "r" / "report.md").read_text()
+    res = CliRunner().invoke(
+        main, [*base, "--model-set", 'monotone={"increasing": ["two"]}', "--out", str(tmp_path / "s")]
+    )
+    assert res.exit_code == 2 and 'data without named columns takes flat indices (3 or "3")' in res.output

@@ -141,7 +141,16 @@ def _quiet_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-_GO_ON = "rerun the same command to go on (training resumes after its last finished epoch)"
+_TRAINING_COMMANDS = frozenset({"run", "train", "compare", "sweep", "capacity"})
+"""Commands that train: stopped, they resume after the last finished epoch when rerun."""
+
+
+def _go_on(ctx: click.Context) -> str:
+    """What a stopped command leaves and how to go on: training resumes; other commands wrote nothing half-way
+    (every output appears whole, by a rename), so they just run again."""
+    if ctx.invoked_subcommand in _TRAINING_COMMANDS:
+        return "rerun the same command to go on (training resumes after its last finished epoch)"
+    return "nothing was half-written (earlier outputs are as they were); rerun the same command to start again"
 
 
 class _Terminated(KeyboardInterrupt):
@@ -194,9 +203,9 @@ class _Group(click.Group):
         except OSError as exc:
             raise _Refusal(_os_message(exc), EXIT_IO) from None
         except _Terminated:
-            raise _Refusal(f"terminated (SIGTERM); {_GO_ON}", EXIT_TERMINATED) from None
+            raise _Refusal(f"terminated (SIGTERM); {_go_on(ctx)}", EXIT_TERMINATED) from None
         except KeyboardInterrupt:
-            raise _Refusal(f"interrupted; {_GO_ON}", EXIT_INTERRUPTED) from None
+            raise _Refusal(f"interrupted; {_go_on(ctx)}", EXIT_INTERRUPTED) from None
 
 
 @click.group(cls=_Group)

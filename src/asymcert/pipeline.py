@@ -282,11 +282,13 @@ def _check_ignored_not_named(task_spec: dict[str, Any], tm: ThreatModel | None) 
 
 
 def binary_features(data: TaskData, names: list[str] | None) -> list[str]:
-    """The named features whose training values are all 0 or 1, both present: flags, which move in steps of 1
-    (an unnamed input, e.g. an image, has none)."""
-    if not names:
+    """The features whose training values are all 0 or 1, both present: flags, which move in steps of 1. Named
+    by column, or for flat unnamed inputs (an npz of feature vectors) by flat index, as a threat model names
+    them ("3"); inputs of more dimensions (images) have none."""
+    if not names and data.train.x.dim() != 2:
         return []
     x = data.train.x.reshape(len(data.train), -1)
+    names = names or [str(i) for i in range(x.shape[1])]
     zero, one = x == 0, x == 1
     flags = (zero | one).all(dim=0) & zero.any(dim=0) & one.any(dim=0)
     return [names[i] for i in flags.nonzero().flatten().tolist()]
@@ -315,6 +317,8 @@ def _monotone_by_name(model_cfg: dict[str, Any], names: list[str] | None) -> dic
     if not isinstance(monotone, dict):
         return model_cfg
     index = {n: i for i, n in enumerate(names or [])}
+    if not names:  # unnamed inputs (npz, images): flat indices, as text too, as a threat model names them
+        index = {v: int(v) for vs in monotone.values() if isinstance(vs, list) for v in vs if _is_index_text(v)}
     unknown = [
         v
         for values in monotone.values()
@@ -323,13 +327,23 @@ def _monotone_by_name(model_cfg: dict[str, Any], names: list[str] | None) -> dic
         if isinstance(v, str) and v not in index
     ]
     if unknown:
-        columns = ", ".join(names[:10]) + (", …" if len(names or []) > 10 else "") if names else "none (not a CSV)"
-        raise ConfigError(f"monotone: unknown feature(s) {unknown}; the data's named columns: {columns}")
+        columns = ", ".join(names[:10]) + (", …" if len(names or []) > 10 else "") if names else None
+        where = (
+            f"the data's named columns: {columns}"
+            if columns
+            else 'data without named columns takes flat indices (3 or "3")'
+        )
+        raise ConfigError(f"monotone: unknown feature(s) {unknown}; {where}")
     fixed = {
         k: [index[v] if isinstance(v, str) else v for v in vs] if isinstance(vs, list) else vs
         for k, vs in monotone.items()
     }
     return {**model_cfg, "monotone": fixed}
+
+
+def _is_index_text(value: Any) -> bool:
+    """A flat index written as text ("3"), as threat models name the features of unnamed inputs."""
+    return isinstance(value, str) and value.isascii() and value.isdigit()
 
 
 def _feature_names(data: TaskData) -> list[str] | None:
