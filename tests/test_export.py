@@ -406,6 +406,18 @@ def test_an_export_that_fails_leaves_the_earlier_file_as_it_was(tmp_path, monkey
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+def test_an_export_removes_its_own_stale_temp_files_only(tmp_path):
+    """A killed export's ``.m.onnx.asymcert-<8>.tmp`` goes; the user's ``.m.onnx.readme_1`` beside the target,
+    which looks like a ``mkstemp`` name, stays (it was deleted as a stale temporary file)."""
+    (tmp_path / ".m.onnx.asymcert-ab12cd_9.tmp").write_bytes(b"half a graph")
+    mine = [".m.onnx.readme_1", ".m.onnx.20240101", ".m.onnx.abcdefgh"]
+    for name in mine:
+        (tmp_path / name).write_text("the user's")
+    to_onnx(small_feature_convex("icnn", input_shape=(1, 4, 4)), tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*mine, "m.onnx"])
+    assert all((tmp_path / name).read_text() == "the user's" for name in mine)
+
+
 def test_process_wide_hooks_are_refused_before_tracing(tmp_path):
     model = small_feature_convex("icnn", input_shape=(1, 4, 4))
     handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: o)
