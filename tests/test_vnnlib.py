@@ -6,7 +6,11 @@ import csv
 import json
 import os
 import re
+import shutil
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +27,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 SHAPE = (1, 6, 6)
+ROOT = Path(__file__).resolve().parents[1]
 BOUND = re.compile(r"\(assert \((<=|>=) X_(\d+) ([-+0-9.eE]+)\)\)")
 
 
@@ -178,7 +183,27 @@ def test_a_new_export_replaces_the_earlier_benchmark_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no staging folder left
 
 
-@pytest.mark.parametrize("case", ["file", "other files", "smoothing", "shape", "shape, threat model"])
+def _own_names_as_something_else(out, case):
+    """A folder ``out`` whose names are an export's own but hold the user's data (they were deleted)."""
+    out.mkdir()
+    if case == "model.onnx folder":
+        (out / "model.onnx").mkdir()
+        (out / "model.onnx" / "thesis.tex").write_text("mine")
+    elif case == "property folder":
+        (out / "vnnlib" / "archive.vnnlib").mkdir(parents=True)
+        (out / "vnnlib" / "archive.vnnlib" / "notes.txt").write_text("mine")
+    elif case == "vnnlib file":
+        (out / "vnnlib").write_text("mine")
+    else:  # a link named like the export's file, to the user's file beside it
+        (out.parent / "mine.csv").write_text("mine")
+        (out / "instances.csv").symlink_to(out.parent / "mine.csv")
+
+
+REFUSED = ["file", "other files", "smoothing", "shape", "shape, threat model", "link"]
+OWN_NAMES = ["model.onnx folder", "property folder", "vnnlib file", "instances.csv link"]
+
+
+@pytest.mark.parametrize("case", REFUSED + OWN_NAMES)
 def test_a_refused_export_changes_nothing_on_disk(tmp_path, case):
     model, x = _model(), torch.rand(8, *SHAPE)
     out, tm = tmp_path / "b", None
@@ -189,14 +214,63 @@ def test_a_refused_export_changes_nothing_on_disk(tmp_path, case):
     elif case == "other files":
         out.mkdir()
         (out / "notes.txt").write_text("mine")
+    elif case == "link":  # the rename would move the user's link
+        (tmp_path / "real").mkdir()
+        out.symlink_to(tmp_path / "real")
+    elif case in OWN_NAMES:
+        _own_names_as_something_else(out, case)
     else:
         model = build_model({"kind": "relu-smoothing", "input_shape": list(SHAPE), "widths": [8]})
     before = sorted((p.relative_to(tmp_path), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*"))
-    with pytest.raises(ExportError, match=r"a file|other files|randomized smoothing|model takes \(N, 1, 6, 6\)"):
+    with pytest.raises(ExportError, match=r"a file|other files|randomized smoothing|model takes \(N, 1, 6, 6\)|link"):
         to_vnnlib(model, x, out, threat_model=tm)
     assert (
         sorted((p.relative_to(tmp_path), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*")) == before
     )
+
+
+def test_only_stages_a_killed_export_left_are_removed(tmp_path):
+    """A killed export's stage (and the earlier benchmark it was replacing) beside the target are removed; a folder
+    of the user's named like one (``.b.vnnlib-mydata``, a stage name without the marker, or with other files)
+    is kept (``.b.vnnlib-*`` were all deleted as stale stages)."""
+    model, x = _model(), torch.rand(20, *SHAPE, generator=torch.Generator().manual_seed(3))
+    to_vnnlib(model, x, tmp_path / "b", limit=2)
+    killed = [tmp_path / ".b.asymcert-ab12cd_9.vnnlib", tmp_path / ".b.asymcert-ab12cd_9.vnnlib-old"]
+    for stage in killed:
+        shutil.copytree(tmp_path / "b", stage)
+        (stage / ".asymcert-stage").write_text("")
+    mine = [
+        ".b.vnnlib-mydata",
+        ".b.asymcert-abcdefgh.vnnlib",
+        ".b.asymcert-zzzzzzzz.vnnlib",
+        ".c.asymcert-ab12cd_9.vnnlib",
+    ]
+    for name in mine:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "important.txt").write_text("mine")
+    for name in mine[2:]:
+        (tmp_path / name / ".asymcert-stage").write_text("")  # marked, but with the user's files, or another's
+    to_vnnlib(model, x, tmp_path / "b", limit=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["b", *mine])
+    assert all((tmp_path / name / "important.txt").read_text() == "mine" for name in mine)
+    assert not (tmp_path / "b" / ".asymcert-stage").exists()
+
+
+KILLED_EXPORT = """
+import os, sys, torch
+from asymcert.export import vnnlib
+from tests.test_vnnlib import _model
+vnnlib.export_module = lambda *a, **k: os.kill(os.getpid(), 9)
+vnnlib.to_vnnlib(_model(), torch.rand(6, 1, 6, 6), sys.argv[1])
+"""
+
+
+def test_the_stage_a_really_killed_export_leaves_is_removed_by_the_next(tmp_path):
+    subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(tmp_path / "b")], timeout=300, cwd=ROOT)
+    (left,) = [p.name for p in tmp_path.iterdir()]
+    assert left.startswith(".b.asymcert-") and left.endswith(".vnnlib")
+    to_vnnlib(_model(), torch.rand(6, *SHAPE), tmp_path / "b")
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
 
 
 def test_float64_inputs_get_the_boxes_of_their_float32_rounding(tmp_path):

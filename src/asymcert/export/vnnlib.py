@@ -11,8 +11,10 @@ Layout of the folder written (VNN-COMP's)::
     instances.csv         onnx, vnnlib, timeout (seconds) per property, no header
     radii.json            the units and threat model; per property: input index, score, the certified radii
 
-The folder is written beside its target and then put in its place, so an export that fails leaves nothing,
-and a new export replaces an earlier benchmark whole (no stale properties).
+The folder is written beside its target (``.<name>.asymcert-<8 characters>.vnnlib``, marked as asymcert's own)
+and then put in its place, so an export that fails leaves nothing, and a new export replaces an earlier
+benchmark whole (no stale properties). A target whose own names are not what an export writes (a folder named
+model.onnx, a folder vnnlib/X.vnnlib) is refused, never deleted.
 
 VNN-LIB states boxes and linear constraints over inputs, so ℓ1 and ℓ2 balls (not polytopes with a
 few faces: the ℓ1 ball of R^d has 2^d faces, the ℓ2 ball none) are not expressible; their radii
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -54,6 +57,12 @@ BOX_SHRINK = 1e-6
 """Relative amount the box half-width r is reduced by: the certificate is for the OPEN ball
 ‖δ‖∞ < r, and the decimal bounds written may round outwards by an ulp."""
 DEFAULT_TIMEOUT = 300
+BENCHMARK_FILES = ("model.onnx", "instances.csv", "radii.json")
+PROPERTIES_DIR = "vnnlib"
+STAGE_MARKER = ".asymcert-stage"
+"""The file that marks a folder as asymcert's own while an export writes or replaces a benchmark (not kept in
+the benchmark): a killed export's folder beside the target is removed only when it has this file and a
+benchmark's files only."""
 
 
 @dataclass(frozen=True)
@@ -148,38 +157,77 @@ def threat_box(x: torch.Tensor, r: float, tm: ResolvedThreatModel) -> tuple[torc
     return torch.minimum(lo, xd), torch.maximum(hi, xd)
 
 
+def _foreign(folder: Path) -> list[str]:
+    """What ``folder`` holds that a benchmark (or its stage) written by asymcert does not: names other than
+    model.onnx, instances.csv, radii.json, the stage marker and vnnlib/*.vnnlib, and those names when they are
+    not what an export writes (a folder or link named model.onnx, a file named vnnlib), as relative paths."""
+    other = []
+    for p in folder.iterdir():
+        if p.name in (*BENCHMARK_FILES, STAGE_MARKER):
+            other += [] if p.is_file() and not p.is_symlink() else [f"{p.name} (a folder or link, not a file)"]
+        elif p.name != PROPERTIES_DIR:
+            other.append(p.name)
+        elif p.is_symlink() or not p.is_dir():
+            other.append(f"{p.name} (not a folder)")
+        else:
+            for q in p.iterdir():
+                own = q.name.endswith(".vnnlib") and q.is_file() and not q.is_symlink()
+                other += (
+                    []
+                    if own
+                    else [f"{p.name}/{q.name}" + (" (a folder or link, not a file)" * q.name.endswith(".vnnlib"))]
+                )
+    return sorted(other)
+
+
 def _check_target(out: Path) -> None:
-    """Refuse an ``out`` that is a file, or a folder holding anything but an earlier benchmark (it is replaced)."""
+    """Refuse an ``out`` that is a file or a link, or a folder holding anything but an earlier benchmark (it is
+    replaced): other names, or its own names as something an export does not write (:func:`_foreign`)."""
+    if out.is_symlink():
+        raise ExportError(f"{out}: a symbolic link; a VNN-LIB benchmark is a folder, give a new or empty folder")
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: a file; a VNN-LIB benchmark is a folder, give a new or empty folder")
-    if out.is_dir():
-        known = {"model.onnx", "instances.csv", "radii.json", "vnnlib"}
-        other = [p.name for p in out.iterdir() if p.name not in known]
-        props = out / "vnnlib"
-        if props.is_dir():
-            other += [f"vnnlib/{p.name}" for p in props.iterdir() if not p.name.endswith(".vnnlib")]
-        if other:
-            raise ExportError(
-                f"{out}: holds other files ({', '.join(sorted(other)[:3])}); an export replaces the whole folder, "
-                "so give a new or empty folder, or an earlier benchmark's"
-            )
+    other = _foreign(out) if out.is_dir() else []
+    if other:
+        raise ExportError(
+            f"{out}: holds other files ({', '.join(other[:3])}); an export replaces the whole folder, "
+            "so give a new or empty folder, or an earlier benchmark's"
+        )
+
+
+def _stale_stages(out: Path) -> list[Path]:
+    """The folders a killed export of ``out`` left beside it: named ``.<out>.asymcert-<8>.vnnlib`` (or
+    ``…-old``: an earlier benchmark being replaced), holding :data:`STAGE_MARKER` and a benchmark's files only.
+    A folder of the user's, whatever its name, is not one."""
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.asymcert-[a-z0-9_]{{8}}\.vnnlib(-old)?$")
+    found = [p for p in out.parent.iterdir() if pattern.match(p.name) and p.is_dir() and not p.is_symlink()]
+    return sorted(p for p in found if (p / STAGE_MARKER).is_file() and not _foreign(p))
+
+
+def _mark(folder: Path) -> None:
+    """Write :data:`STAGE_MARKER` into ``folder``: asymcert's own, to be removed if left by a killed export."""
+    (folder / STAGE_MARKER).write_text("written by asymcert's VNN-LIB export while it replaces a benchmark\n")
 
 
 @contextmanager
 def _staged(out: Path) -> Iterator[Path]:
     """A fresh folder beside ``out`` to write into; when the block succeeds it replaces ``out`` (an earlier
-    benchmark goes whole), when it fails it is removed and ``out`` is left as it was. One writer per ``out``."""
+    benchmark goes whole), when it fails it is removed and ``out`` is left as it was. One writer per ``out``.
+    The folders in transit are marked (:data:`STAGE_MARKER`), so that a killed export's are known for its own."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_output(out):
-        for stale in out.parent.glob(f".{out.name}.vnnlib-*"):  # left by a killed export of this folder
+        for stale in _stale_stages(out):
             shutil.rmtree(stale, ignore_errors=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.vnnlib-", dir=out.parent))
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.asymcert-", suffix=".vnnlib", dir=out.parent))
         os.chmod(stage, 0o777 & ~current_umask())  # a folder the user creates (mkdtemp alone gives 0700)
         try:
+            _mark(stage)
             yield stage
             old = out.parent / f"{stage.name}-old"
             if out.exists():
+                _mark(out)
                 out.rename(old)
+            (stage / STAGE_MARKER).unlink()
             stage.rename(out)
             shutil.rmtree(old, ignore_errors=True)
         finally:
