@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -321,6 +322,36 @@ def test_vnnlib_export_uses_the_runs_threat_model_boxes(tm_run, tmp_path):
     summary = json.loads((tmp_path / "b" / "radii.json").read_text())
     assert summary["units"] == _resolved().units() and summary["threat_model"] == ThreatModel.from_dict(TM).to_dict()
     assert summary["properties"] and all("tm_radius_linf" in p["radii"] for p in summary["properties"])
+
+
+VARIABLE = re.compile(r"^; X_(\d+) centre (\S+)(?: feature (\".*\"))?$", re.MULTILINE)
+
+
+def test_exports_name_the_runs_features_and_centres_for_a_third_party(tm_run, tmp_path):
+    """With the exported files only (no asymcert, no run.json): which feature each X_i is, the point each box is
+    built around, what the graph's outputs mean and the threat model (nothing recorded them before)."""
+    onnx = pytest.importorskip("onnx")
+    for args in (["--out", str(tmp_path / "m.onnx")], ["--format", "vnnlib", "--out", str(tmp_path / "b")]):
+        res = CliRunner().invoke(main, ["export", str(tm_run), *args])
+        assert res.exit_code == EXIT_OK, res.output
+    for path in (tmp_path / "m.onnx", tmp_path / "b" / "model.onnx"):
+        proto = onnx.load(str(path))
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert json.loads(meta["asymcert.feature_names"]) == FEATURES
+        assert json.loads(meta["asymcert.input_shape"]) == [4]
+        assert json.loads(meta["asymcert.threat_model"]) == ThreatModel.from_dict(TM).to_dict()
+        assert list(json.loads(meta["asymcert.outputs"])) == [o.name for o in proto.graph.output]
+        assert json.loads(meta["asymcert.preprocessing"])["inside_graph"] is True
+        assert meta["asymcert.units"] == _resolved().units() and "inside the graph" in proto.doc_string
+    summary = json.loads((tmp_path / "b" / "radii.json").read_text())
+    assert summary["feature_names"] == FEATURES and summary["properties"]
+    x = _test_x(tm_run).float()
+    for prop in summary["properties"]:
+        found = VARIABLE.findall((tmp_path / "b" / prop["file"]).read_text())
+        assert [int(i) for i, _, _ in found] == [0, 1, 2, 3]
+        assert [json.loads(name) for _, _, name in found] == FEATURES
+        centre = [float(c) for _, c, _ in found]
+        assert centre == prop["centre"] == x[prop["index"]].tolist()
 
 
 def test_audit_of_the_reach_radii(tm_run, tmp_path):

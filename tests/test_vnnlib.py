@@ -273,6 +273,39 @@ def test_the_stage_a_really_killed_export_leaves_is_removed_by_the_next(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
 
 
+VARIABLE = re.compile(r"^; X_(\d+) centre (\S+)(?: feature (\".*\"))?$", re.MULTILINE)
+
+
+def test_each_property_names_its_features_and_centre(tmp_path):
+    """The .vnnlib comments, radii.json and model.onnx's metadata say which feature X_i is and the point each box
+    is built around (names of any characters stay on one comment line); without names, the centres still."""
+    model, x = _tm_model(), torch.rand(40, D, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    names = ["word count", 'say "hi"', "(assert (<= Y_0 1))", "line\nbreak\u2028", "café_ü€", "3"]
+    props = to_vnnlib(model, x, tmp_path / "a", threat_model=TM, feature_names=names)
+    assert len(props) >= 5
+    summary = json.loads((tmp_path / "a" / "radii.json").read_text(encoding="utf-8"))
+    assert summary["feature_names"] == names
+    for prop, row in zip(props, summary["properties"], strict=True):
+        text = (tmp_path / "a" / prop.file).read_text(encoding="utf-8")
+        found = VARIABLE.findall(text)
+        assert [int(i) for i, _, _ in found] == list(range(D)) and [json.loads(n) for _, _, n in found] == names
+        centre = torch.tensor([float(c) for _, c, _ in found], dtype=torch.float64)
+        assert torch.equal(centre, x[prop.index].float().double()) and row["centre"] == centre.tolist()
+        low, high, _ = parse_vnnlib(text, D)
+        assert bool((low <= centre).all() and (centre <= high).all())
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "a" / "model.onnx")).metadata_props}
+    assert json.loads(meta["asymcert.feature_names"]) == names
+    assert list(json.loads(meta["asymcert.outputs"])) == ["score"]
+    plain = to_vnnlib(model, x, tmp_path / "b")
+    found = VARIABLE.findall((tmp_path / "b" / plain[0].file).read_text())
+    assert [name for _, _, name in found] == [""] * D and float(found[0][1]) == float(x[plain[0].index, 0].float())
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "b" / "model.onnx")).metadata_props}
+    assert json.loads(meta["asymcert.feature_names"]) is None and json.loads(meta["asymcert.threat_model"]) is None
+    with pytest.raises(ExportError, match="feature_names must be 6 strings"):
+        to_vnnlib(model, x, tmp_path / "c", feature_names=names[:5])
+    assert not (tmp_path / "c").exists()
+
+
 def test_float64_inputs_get_the_boxes_of_their_float32_rounding(tmp_path):
     """The graph reads float32: each box is centred on the rounded input its radius was certified at (centred on
     the float64 value, a box reached past the certified one and a corner flipped)."""

@@ -36,6 +36,7 @@ def export_run(
         timeout: VNN-LIB: seconds per instance.
         threat_model, plain: the ONNX graph also outputs radii under ``threat_model`` (default: the run's
             own, none with ``plain``), ``tm_radius_l1``/..., in its units; VNN-LIB properties are its boxes.
+    The run's ``feature_names`` (run.json) are recorded in the files (ONNX metadata, .vnnlib comments, radii.json).
 
     Raises:
         ExportError: an unknown format, an ONNX ``out`` without the .onnx suffix, or a model the exporter
@@ -49,13 +50,14 @@ def export_run(
     if record is not None:
         warn_if_unfinished(record, run_dir)
     tm = run_threat_model(record, threat_model, plain) if record is not None else None
+    names = None if record is None else record.feature_names  # recorded in the files: X_i ↔ feature
     model = load(run_dir)
     if fmt == "onnx":
-        path = to_onnx(model, out, norms=norms, certificates=certificates, threat_model=tm)
+        path = to_onnx(model, out, norms=norms, certificates=certificates, threat_model=tm, feature_names=names)
         names = output_names(norms if certificates else (), certificates and tm is not None and not tm.is_empty())
         return f"wrote {path}: input x, outputs {', '.join(names)}"
     x = run_data(run_dir, data_dir).test.x
-    props = to_vnnlib(model, x, out, limit=limit, timeout=timeout, threat_model=tm)
+    props = to_vnnlib(model, x, out, limit=limit, timeout=timeout, threat_model=tm, feature_names=names)
     boxes = "raw ℓ∞ boxes" if tm is None or tm.is_empty() else f"the threat model's ℓ∞ boxes, radii in {tm.units()}"
     return (
         f"wrote {len(props)} properties ({boxes}; expected verdict unsat) to {Path(out)}: "

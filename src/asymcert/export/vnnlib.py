@@ -9,7 +9,12 @@ Layout of the folder written (VNN-COMP's)::
                           its ℓ∞ radius r_i: [x − r·scale, x + r·scale] in the allowed directions only
                           (immutable features fixed, one-sided ones moving one way), clipped to its domain
     instances.csv         onnx, vnnlib, timeout (seconds) per property, no header
-    radii.json            the units and threat model; per property: input index, score, the certified radii
+    radii.json            the units, threat model and feature names (X_i's, in order); per property: input
+                          index, score, the certified radii and the centre (the float32 input, d values)
+
+Each .vnnlib file names, in comment lines ``; X_<i> centre <value> feature "<name>"``, the value its box is
+built around and (when known) the feature X_i is; model.onnx records what it computes in its ``doc_string``
+and ``metadata_props`` (:mod:`asymcert.export.notes`).
 
 The folder is written beside its target (``.<name>.asymcert-<8 characters>.vnnlib``, marked as asymcert's own)
 and then put in its place, so an export that fails leaves nothing, and a new export replaces an earlier
@@ -40,11 +45,14 @@ from torch import nn
 from asymcert.certify.modes import eval_mode
 from asymcert.certify.result import RAW_UNITS
 from asymcert.checkpoint import current_umask
+from asymcert.export.notes import variable_lines
 from asymcert.export.onnx import (
     DEFAULT_NORMS,
     ExportError,
     certifying_graph,
+    checked_feature_names,
     export_module,
+    graph_notes,
     output_names,
     require,
     resolved_threat_model,
@@ -72,13 +80,15 @@ class Property:
     Attributes:
         index: position of the input in ``x``; file: the .vnnlib path relative to the folder;
         score: s(x) float; radii: ``{"radius_l1": r, ...}`` in raw input units, and under a threat model
-            ``{"tm_radius_l1": r, ...}`` in its units (the box uses ``tm_radius_linf``, else ``radius_linf``).
+            ``{"tm_radius_l1": r, ...}`` in its units (the box uses ``tm_radius_linf``, else ``radius_linf``);
+        centre: the point the box is built around, the float32 input (flattened, d values, raw input units).
     """
 
     index: int
     file: str
     score: float
     radii: dict[str, float]
+    centre: list[float]
 
 
 class _ScoreOnly(nn.Module):
@@ -242,6 +252,7 @@ def to_vnnlib(
     limit: int | None = None,
     timeout: int = DEFAULT_TIMEOUT,
     threat_model: ThreatModel | ResolvedThreatModel | None = None,
+    feature_names: list[str] | None = None,
 ) -> list[Property]:
     """Write a VNN-COMP benchmark folder (layout in the module docstring) for the inputs of ``x``.
 
@@ -258,12 +269,15 @@ def to_vnnlib(
         limit: at most this many properties (the first qualifying inputs).
         timeout: seconds per instance in instances.csv.
         threat_model: certify and box under it (None or empty: raw ℓ∞ balls).
+        feature_names: the name of each element of a flattened input (run.json's ``feature_names``), written
+            in every .vnnlib file, radii.json and model.onnx's metadata (None: not known).
     Returns:
         The properties written (also in radii.json).
 
     Raises:
-        ExportError: a norm other than ∞, a model that cannot be exported, or a ``path_dir`` that is a file
-            or a folder with other files (nothing is written). ExportDependencyError: no onnx.
+        ExportError: a norm other than ∞, a model that cannot be exported, ``feature_names`` that are not one
+            per input element, or a ``path_dir`` that is a file or a folder with other files (nothing is
+            written). ExportDependencyError: no onnx.
     """
     if str(norm) not in ("inf", "linf") and not (isinstance(norm, float) and math.isinf(norm)):
         raise ExportError(f"VNN-LIB properties are ℓ∞ boxes; an ℓ{norm} ball is not expressible in VNN-LIB")
@@ -271,16 +285,20 @@ def to_vnnlib(
     out = Path(path_dir)
     _check_target(out)
     x = checked_inputs(x, model)  # the graph's float32 inputs: each box is centred where its radius was certified
+    names = checked_feature_names(feature_names, tuple(x.shape[1:]))
     resolved = resolved_threat_model(threat_model, model)
     tm = None if resolved is None or resolved.is_empty() else resolved
     found = graph_certificates(model, x, DEFAULT_NORMS, tm)  # refuses a model that cannot be exported, first
+    notes = graph_notes(model, ["score"], tuple(x.shape[1:]), names, tm, score_is_y0=True)
     with _staged(out) as stage:
         (stage / "vnnlib").mkdir()
-        export_module(_ScoreOnly(certifying_graph(model, ())), stage / "model.onnx", tuple(x.shape[1:]), ["score"])
-        props, unbounded = _write_properties(stage, model, x, found, tm, limit)
+        score_graph = _ScoreOnly(certifying_graph(model, ()))
+        export_module(score_graph, stage / "model.onnx", tuple(x.shape[1:]), ["score"], notes)
+        props, unbounded = _write_properties(stage, model, x, found, tm, limit, names)
         rows = [f"model.onnx,{p.file},{int(timeout)}" for p in props]
         (stage / "instances.csv").write_text("".join(row + "\n" for row in rows))
-        (stage / "radii.json").write_text(json.dumps(_summary(model, tm, props, unbounded), indent=1))
+        summary = _summary(model, tm, props, unbounded, names)
+        (stage / "radii.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
     return props
 
 
@@ -291,9 +309,11 @@ def _write_properties(
     found: dict[str, torch.Tensor],
     tm: ResolvedThreatModel | None,
     limit: int | None,
+    names: list[str] | None,
 ) -> tuple[list[Property], list[int]]:
-    """Write one .vnnlib file per certified flagged input into ``stage``/vnnlib; return the properties and the
-    indices of certified inputs left out because their box is unbounded."""
+    """Write one .vnnlib file per certified flagged input into ``stage``/vnnlib (its comments name each X_i's
+    centre and feature, :func:`~asymcert.export.notes.variable_lines`); return the properties and the indices
+    of certified inputs left out because their box is unbounded."""
     key = "radius_linf" if tm is None else "tm_radius_linf"
     rng = getattr(model, "input_range", None)
     units = RAW_UNITS if tm is None else tm.units()
@@ -307,22 +327,29 @@ def _write_properties(
         if not bool(torch.isfinite(low).all() and torch.isfinite(high).all()):
             unbounded.append(i)
             continue
-        name = f"vnnlib/prop_{i}.vnnlib"
+        name, centre = f"vnnlib/prop_{i}.vnnlib", x[i].double().flatten().tolist()
         note = f"asymcert: input {i}, score {float(found['score'][i])!r}, certified ℓ∞ radius {radii[key]!r} ({units})"
-        (stage / name).write_text(vnnlib_text(low, high, note + "\nexpected verdict: unsat"))
-        props.append(Property(i, name, float(found["score"][i]), radii))
+        note = "\n".join([note, "expected verdict: unsat", *variable_lines(centre, names)])
+        (stage / name).write_text(vnnlib_text(low, high, note), encoding="utf-8")
+        props.append(Property(i, name, float(found["score"][i]), radii, centre))
     return props, unbounded
 
 
 def _summary(
-    model: nn.Module, tm: ResolvedThreatModel | None, props: list[Property], unbounded: list[int]
+    model: nn.Module,
+    tm: ResolvedThreatModel | None,
+    props: list[Property],
+    unbounded: list[int],
+    names: list[str] | None,
 ) -> dict[str, object]:
-    """radii.json: what the boxes and radii mean, and the properties."""
+    """radii.json: what the boxes and radii mean, the features X_i are (``feature_names``, in order; null when
+    not known), and the properties (each with its ``centre``, the float32 input its box is built around)."""
     rng = getattr(model, "input_range", None)
     return {
         "note": "ℓ1/ℓ2 balls are not expressible in VNN-LIB; their radii are listed for verifiers that take norms",
         "units": RAW_UNITS if tm is None else tm.units(),
         "threat_model": None if tm is None or tm.source is None else tm.source.to_dict(),
+        "feature_names": names,
         "input_range": None if rng is None else list(rng),
         "unbounded_boxes_left_out": unbounded,
         "properties": [asdict(p) for p in props],
