@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import re
@@ -228,9 +229,34 @@ def test_monotone_features_by_column_name_certify_at_infinity_for_harmless_moves
     cert = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=spam_only_adds)
     flagged = cert.sensitive
     assert int(flagged.sum()) > 0 and all(bool(torch.isinf(cert.radii[p][flagged]).all()) for p in cert.radii)
+    if importlib.util.find_spec("onnx") is not None:
+        _monotone_vnnlib_export(out, tmp_path, int(flagged.sum()))
     res = CliRunner().invoke(main, _run_args(folder, tmp_path / "bad", "--model-set", 'monotone={"increasing": ["x"]}'))
     assert res.exit_code == EXIT_REFUSED and "monotone: unknown feature(s) ['x']" in res.output
     assert not (tmp_path / "bad").exists()
+
+
+def _monotone_vnnlib_export(run, tmp_path, n_flagged):
+    """A monotone run's certified inputs (radius ∞ for harmless moves): toward an unbounded domain their boxes are
+    unbounded and the export's one line says how many were left out and what to do (it said "wrote 0 properties"
+    only); with finite upper bounds they are exported, each box reaching the domain's bound."""
+    moves = {"increase_only": ["links", "caps"], "immutable": ["words", "age"]}
+    (tmp_path / "open.json").write_text(json.dumps(moves))
+    (tmp_path / "closed.json").write_text(json.dumps({**moves, "upper": {"links": 50.0, "caps": 900.0}}))
+    args = ["export", str(run), "--format", "vnnlib", "--threat-model"]
+    res = CliRunner().invoke(main, [*args, str(tmp_path / "open.json"), "--out", str(tmp_path / "open")])
+    assert res.exit_code == EXIT_OK, res.output
+    assert "wrote 0 properties" in res.output
+    assert f"; {n_flagged} certified inputs left out: unbounded box" in res.output
+    assert "give the threat model finite lower/upper bounds" in res.output
+    res = CliRunner().invoke(main, [*args, str(tmp_path / "closed.json"), "--out", str(tmp_path / "closed")])
+    assert res.exit_code == EXIT_OK and f"wrote {n_flagged} properties" in res.output and "left out" not in res.output
+    summary = json.loads((tmp_path / "closed" / "radii.json").read_text())
+    assert summary["unbounded_boxes_left_out"] == [] and len(summary["properties"]) == n_flagged
+    for prop in summary["properties"]:
+        text = (tmp_path / "closed" / prop["file"]).read_text()
+        assert "(assert (<= X_0 50.0))" in text and "(assert (<= X_2 900.0))" in text  # the domain's box
+        assert f"(assert (<= X_1 {prop['centre'][1]!r}))" in text  # immutable: fixed at the centre
 
 
 def test_reach_flag_gives_the_librarys_reach_radii_on_both_paths(tm_run, tmp_path):

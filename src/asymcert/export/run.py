@@ -6,7 +6,7 @@ from pathlib import Path
 
 from asymcert.checkpoint import load
 from asymcert.export.onnx import DEFAULT_NORMS, ExportError, output_names, to_onnx
-from asymcert.export.vnnlib import DEFAULT_TIMEOUT, to_vnnlib
+from asymcert.export.vnnlib import DEFAULT_TIMEOUT, write_benchmark
 from asymcert.pipeline import run_data
 from asymcert.runfolder import RUN_FILE, read_run_record, run_threat_model, warn_if_unfinished
 from asymcert.threat import ThreatModel
@@ -26,7 +26,8 @@ def export_run(
     threat_model: ThreatModel | None = None,
     plain: bool = False,
 ) -> str:
-    """Write the export of ``run_dir`` and return a one-line summary of what was written.
+    """Write the export of ``run_dir`` and return a one-line summary of what was written (VNN-LIB: also how many
+    certified inputs were left out for an unbounded box, and how to get them exported).
 
     Args:
         fmt: ``"onnx"`` (one graph file at ``out``) or ``"vnnlib"`` (a VNN-COMP folder at ``out``,
@@ -57,9 +58,17 @@ def export_run(
         names = output_names(norms if certificates else (), certificates and tm is not None and not tm.is_empty())
         return f"wrote {path}: input x, outputs {', '.join(names)}"
     x = run_data(run_dir, data_dir).test.x
-    props = to_vnnlib(model, x, out, limit=limit, timeout=timeout, threat_model=tm, feature_names=names)
+    done = write_benchmark(model, x, out, limit=limit, timeout=timeout, threat_model=tm, feature_names=names)
     boxes = "raw ℓ∞ boxes" if tm is None or tm.is_empty() else f"the threat model's ℓ∞ boxes, radii in {tm.units()}"
+    left = len(done.unbounded)
+    left_out = (
+        f"; {left} certified input{'s' * (left != 1)} left out: unbounded box (an infinite radius toward a feature "
+        "whose domain bound is infinite); give the threat model finite lower/upper bounds for them to be exported "
+        "(listed in radii.json unbounded_boxes_left_out)"
+        if left
+        else ""
+    )
     return (
-        f"wrote {len(props)} properties ({boxes}; expected verdict unsat) to {Path(out)}: "
-        "model.onnx, vnnlib/, instances.csv, radii.json"
+        f"wrote {len(done.properties)} properties ({boxes}; expected verdict unsat) to {Path(out)}: "
+        f"model.onnx, vnnlib/, instances.csv, radii.json{left_out}"
     )

@@ -91,6 +91,20 @@ class Property:
     centre: list[float]
 
 
+@dataclass(frozen=True)
+class Benchmark:
+    """What :func:`write_benchmark` wrote.
+
+    Attributes:
+        properties: the properties written (also in radii.json).
+        unbounded: indices (into ``x``) of certified flagged inputs left out because their box is unbounded: an
+            infinite radius toward a feature whose domain bound is infinite (radii.json ``unbounded_boxes_left_out``).
+    """
+
+    properties: list[Property]
+    unbounded: list[int]
+
+
 class _ScoreOnly(nn.Module):
     """x (N, *input_shape) → score (N, 1): the single-output network VNN-COMP verifiers expect."""
 
@@ -258,7 +272,10 @@ def to_vnnlib(
 
     Radii are those of the certifying graph (:func:`~asymcert.export.to_onnx`, evaluated in float32), in raw
     input units, or under a (non-empty) ``threat_model`` in its units with its boxes (:func:`threat_box`);
-    only flagged inputs with a positive ℓ∞ radius get a property, and not those whose box is unbounded.
+    only flagged inputs with a positive ℓ∞ radius get a property, and not those whose box is unbounded (an
+    infinite radius toward a feature whose domain bound is infinite, e.g. a monotone run's harmless moves; with
+    finite lower/upper bounds in the threat model their box is the domain's and they are written): radii.json
+    lists them, :func:`write_benchmark` returns them.
 
     Args:
         model: a model :func:`~asymcert.export.certifying_graph` accepts.
@@ -279,6 +296,21 @@ def to_vnnlib(
             per input element, or a ``path_dir`` that is a file or a folder with other files (nothing is
             written). ExportDependencyError: no onnx.
     """
+    return write_benchmark(model, x, path_dir, norm, limit, timeout, threat_model, feature_names).properties
+
+
+def write_benchmark(
+    model: nn.Module,
+    x: torch.Tensor,
+    path_dir: str | Path,
+    norm: float | str = "inf",
+    limit: int | None = None,
+    timeout: int = DEFAULT_TIMEOUT,
+    threat_model: ThreatModel | ResolvedThreatModel | None = None,
+    feature_names: list[str] | None = None,
+) -> Benchmark:
+    """:func:`to_vnnlib` (same arguments, same folder), returning the properties written and the certified
+    inputs left out (:class:`Benchmark`)."""
     if str(norm) not in ("inf", "linf") and not (isinstance(norm, float) and math.isinf(norm)):
         raise ExportError(f"VNN-LIB properties are ℓ∞ boxes; an ℓ{norm} ball is not expressible in VNN-LIB")
     require("onnx")
@@ -299,7 +331,7 @@ def to_vnnlib(
         (stage / "instances.csv").write_text("".join(row + "\n" for row in rows))
         summary = _summary(model, tm, props, unbounded, names)
         (stage / "radii.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
-    return props
+    return Benchmark(props, unbounded)
 
 
 def _write_properties(
