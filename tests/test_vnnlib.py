@@ -306,6 +306,28 @@ def test_each_property_names_its_features_and_centre(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_the_documented_recheck_holds(tmp_path):
+    """docs/deploy.md "Re-checking an export yourself": its N = 1 snippet runs on a benchmark folder, and every
+    box satisfies the check it states (centre inside; half-width ≤ r·scale_i; immutable features fixed)."""
+    doc = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Re-checking an export yourself") :]
+    snippet = section[section.index("```python\n") + 10 : section.index("```\n", section.index("```python"))]
+    model, x = _tm_model(), torch.rand(40, D, generator=torch.Generator().manual_seed(9))
+    props = to_vnnlib(model, x, tmp_path / "bench", threat_model=TM)
+    assert len(props) >= 5
+    subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, check=True, timeout=120)
+    sess = ort.InferenceSession(str(tmp_path / "bench" / "model_n1.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape == [1, D] and sess.get_outputs()[0].shape == [1, 1]
+    summary = json.loads((tmp_path / "bench" / "radii.json").read_text(encoding="utf-8"))
+    scale = [summary["threat_model"]["scale"].get(str(i), 1.0) for i in range(D)]
+    for prop in summary["properties"]:
+        low, high, unsafe = parse_vnnlib((tmp_path / "bench" / prop["file"]).read_text(), D)
+        c, r = torch.tensor(prop["centre"], dtype=torch.float64), prop["radii"]["tm_radius_linf"]
+        assert unsafe == "Y_0 <= 0.0" and bool((low <= c).all() and (c <= high).all())
+        assert all(max(float(high[i] - c[i]), float(c[i] - low[i])) <= r * scale[i] for i in range(D))
+        assert float(low[0]) == float(high[0]) == float(c[0])  # immutable
+
+
 def test_float64_inputs_get_the_boxes_of_their_float32_rounding(tmp_path):
     """The graph reads float32: each box is centred on the rounded input its radius was certified at (centred on
     the float64 value, a box reached past the certified one and a corner flipped)."""
