@@ -330,17 +330,18 @@ def test_run_holds_the_lock_across_train_certify_and_report(fashion_dir, tmp_pat
 
 # ---------------------------------------------------------------- 3. stale temporary files
 def test_stale_temp_files_of_a_killed_write_are_removed_by_the_next_command(run_dir, fashion_dir):
-    stale = [run_dir / ".train_state.pt.k3x_9a0q", run_dir / ".run.json.abcdefgh"]
+    stale = [run_dir / ".train_state.pt.asymcert-k3x_9a0q.tmp", run_dir / ".run.json.asymcert-abcdefgh.tmp"]
     for p in stale:
         p.write_bytes(b"half a file")
-    keep = run_dir / ".my.notes"
-    keep.write_text("mine")
+    keep = [run_dir / ".my.notes", run_dir / ".run.json.abcdefgh"]  # the user's, though like a mkstemp name
+    for p in keep:
+        p.write_text("mine")
     certify_run(run_dir, limit=4, data_dir=fashion_dir, progress=False)
-    assert not any(p.exists() for p in stale) and keep.read_text() == "mine"
+    assert not any(p.exists() for p in stale) and all(p.read_text() == "mine" for p in keep)
 
 
 def test_a_refused_command_leaves_stale_temp_files_alone(run_dir, fashion_dir):
-    stale = run_dir / ".train_state.pt.k3x_9a0q"
+    stale = run_dir / ".train_state.pt.asymcert-k3x_9a0q.tmp"
     stale.write_bytes(b"half")
     with pytest.raises(ConfigError):
         _train(run_dir, fashion_dir, train={"device": "tpu9"})

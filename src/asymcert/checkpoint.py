@@ -21,6 +21,10 @@ from asymcert.models import build_model
 
 MODEL_FILE = "model.safetensors"
 CONFIG_KEY = "asymcert_config"
+TEMP_TAG = ".asymcert-"
+TEMP_SUFFIX = ".tmp"
+"""A temporary file asymcert writes beside a target ``name`` is ``.<name>.asymcert-<8 random characters>.tmp``
+(:func:`atomic_write`), so that it is never mistaken for a user's file."""
 
 
 def resolve(path: str | Path) -> Path:
@@ -45,8 +49,9 @@ def _reason(exc: Exception) -> str:
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves a half-written file.
 
-    The temporary file is ``.<name>.<8 random characters>`` next to ``path`` (a process killed
-    before the rename leaves it; :func:`asymcert.runfolder.remove_stale_temp_files` cleans up).
+    The temporary file is ``.<name>.asymcert-<8 random characters>.tmp`` next to ``path`` (a process killed
+    before the rename leaves it; :func:`asymcert.runfolder.remove_stale_temp_files` cleans up files of that
+    pattern only).
     It is flushed to disk before the rename, and gets the permissions of a file the user creates
     (``0o666 & ~umask``; ``mkstemp`` alone gives 0600).
 
@@ -58,7 +63,7 @@ def atomic_write(path: Path, write: Any) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_TAG}", suffix=TEMP_SUFFIX, dir=path.parent)
         os.close(fd)
         write(Path(tmp))
         fd = os.open(tmp, os.O_RDONLY)
