@@ -114,6 +114,10 @@ def test_tensors_of_another_kind_of_dtype_are_refused_before_loading(tmp_path):
     [
         ("[1, 2]", "{}", "stored model config is a JSON list"),
         ("null", "{}", "stored model config is a JSON NoneType"),
+        ("[" * 100_000 + "]" * 100_000, "{}", r"m\.safetensors: corrupted model config: nested too deeply"),
+        (None, "[" * 100_000 + "]" * 100_000, r"m\.safetensors: corrupted model config: nested too deeply"),
+        ('{"kind": "feature-convex", "kind": "mystery"}', "{}", "key 'kind' appears twice"),
+        ('{"kind": 1' + "0" * 5000 + "}", "{}", "corrupted model config: .*digits"),
         (None, "[]", "stored metadata is a JSON list"),
         ({"kind": "feature-convex", "input_shape": [1, 6, 6]}, "{}", "config is invalid: .*missing key 'convex'"),
         (

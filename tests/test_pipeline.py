@@ -174,7 +174,7 @@ class _Payload:
         return (Path.touch, (Path("PWNED"),))
 
 
-@pytest.mark.parametrize("kind", ["malicious", "garbage", "not a state"])
+@pytest.mark.parametrize("kind", ["malicious", "garbage", "not a state", "deep history"])
 def test_tampered_train_state_is_refused_before_any_write(run_dir, fashion_dir, kind, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     state = run_dir / STATE_FILE
@@ -182,6 +182,8 @@ def test_tampered_train_state_is_refused_before_any_write(run_dir, fashion_dir, 
         torch.save({"model": _Payload()}, state)
     elif kind == "garbage":
         state.write_bytes(b"\x80\x02garbage" * 50)
+    elif kind == "deep history":  # was a RecursionError traceback
+        torch.save({**torch.load(state, weights_only=True), "history": "[" * 100_000 + "]" * 100_000}, state)
     else:
         torch.save({"weights": torch.zeros(3)}, state)
     before = snapshot(run_dir)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from asymcert.errors import AsymcertError, CheckpointError, ModelError, UnknownNameError, WriteError
+from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.models import build_model
 
 MODEL_FILE = "model.safetensors"
@@ -136,7 +137,15 @@ def _check_loadable(config: dict[str, Any], tensors: dict[str, torch.Tensor]) ->
 
 
 def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(config, meta) stored in a checkpoint, without loading its weights."""
+    """(config, meta) stored in a checkpoint, without loading its weights.
+
+    Both are read with :func:`asymcert.jsontext.parse_json` (bounded nesting and number length,
+    no repeated keys), so hostile metadata is one :class:`CheckpointError`, never a crash.
+
+    Raises:
+        CheckpointError: no file, not a safetensors file, no config, or a config or meta that is not
+            one strict JSON object (the message names the file).
+    """
     file = resolve(path)
     if not file.is_file():
         raise CheckpointError(
@@ -150,9 +159,9 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if CONFIG_KEY not in metadata:
         raise CheckpointError(f"{file} holds no asymcert model config (was it saved with asymcert.save?)")
     try:
-        config, meta = json.loads(metadata[CONFIG_KEY]), json.loads(metadata.get("asymcert_meta", "{}"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file}: corrupted model config: {exc}") from exc
+        config, meta = parse_json(metadata[CONFIG_KEY]), parse_json(metadata.get("asymcert_meta", "{}"))
+    except JsonTextError as exc:
+        raise CheckpointError(f"{file}: corrupted model config: {exc}") from None
     for what, value in (("model config", config), ("metadata", meta)):
         if not isinstance(value, dict):
             raise CheckpointError(f"{file}: the stored {what} is a JSON {type(value).__name__}, not an object")
