@@ -190,6 +190,9 @@ def test_tampered_train_state_is_refused_before_any_write(run_dir, fashion_dir, 
     with pytest.raises(CheckpointError) as info:
         _train(run_dir, fashion_dir)
     assert "\n" not in str(info.value) and str(state) in str(info.value)
+    assert "weights_only" not in str(info.value)  # torch's advice to load it unsafely is not passed on
+    if kind in ("malicious", "garbage"):
+        assert "not a training state asymcert wrote" in str(info.value) and "start a new run" in str(info.value)
     assert snapshot(run_dir) == before
     assert not (tmp_path / "PWNED").exists()
 
