@@ -155,6 +155,24 @@ def test_not_an_npz(tmp_path):
         task_from_npz(tmp_path / "p.npz", 0)
 
 
+@pytest.mark.parametrize("member", ["x", "y"])
+def test_a_zip_member_that_is_not_npy_is_named_so_for_training_and_traffic(tmp_path, member):
+    """A member holding a pickle (or damaged bytes) was read by np.load as raw bytes: "found ()" for x."""
+    path = tmp_path / "p.npz"
+    np.savez(path, x=np.zeros((4, 2)), y=np.zeros(4))
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members[f"{member}.npy"] = pickle.dumps({"a": 1})
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, body in members.items():
+            archive.writestr(name, body)
+    message = rf"p\.npz: member '{member}' is not a NumPy array file \(damaged, or not \.npy\)"
+    with pytest.raises(DataError, match=message):
+        task_from_npz(path, 0)
+    with pytest.raises(DataError, match=message):
+        NpzStream(path, labels_required=True)
+
+
 def test_values_beyond_float32_are_named(tmp_path):
     """1e39 fits float64 but becomes inf in the float32 models train in: refused, naming where it is."""
     x, y = _tabular()
