@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -15,13 +18,23 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.modules.module import (
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
-from asymcert.errors import AsymcertError, CheckpointError, ModelError, UnknownNameError, WriteError
+from asymcert.errors import AsymcertError, CheckpointError, ConfigError, ModelError, UnknownNameError, WriteError
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.models import build_model
 
 MODEL_FILE = "model.safetensors"
 CONFIG_KEY = "asymcert_config"
+BUILD_STEPS_PER_TENSOR = 4
+"""While :func:`load` builds the shape-only model, at most this many modules and parameters are
+registered per tensor the file holds (plus :data:`BUILD_STEPS_SLACK`); asymcert's models register
+about 1.4. A config asking for more (e.g. ``{"kind": "mean", "count": 10**7}`` in a 15 KB file)
+cannot match the file, and is refused once it passes the bound, before it builds the rest."""
+BUILD_STEPS_SLACK = 64
 
 
 def resolve(path: str | Path) -> Path:
@@ -185,7 +198,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", validate: bool = 
 
     config, _ = read_config(path)
     file = resolve(path)
-    _check_shapes(file, _build_checked(build_model, config, file, torch.device("meta")))
+    with _build_budget(BUILD_STEPS_PER_TENSOR * _tensor_count(file) + BUILD_STEPS_SLACK):
+        skeleton = _build_checked(build_model, config, file, torch.device("meta"))
+    _check_shapes(file, skeleton)
     model = _build_checked(build_model, config, file, torch.device("cpu"))
     try:
         state = load_file(str(file), device=str(device))
@@ -200,6 +215,43 @@ def load(path: str | Path, device: str | torch.device = "cpu", validate: bool = 
     if check is not None:
         check()
     return model
+
+
+def _tensor_count(file: Path) -> int:
+    """How many tensors the safetensors ``file`` holds (from its header; nothing is read)."""
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            return len(list(fh.keys()))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is corrupted: {exc}") from exc
+
+
+@contextmanager
+def _build_budget(limit: int) -> Iterator[None]:
+    """Within the block, refuse (ConfigError) the module or parameter registered by this thread past ``limit``.
+
+    A config cannot ask for more modules than the file holds tensors for: the count is checked as
+    they are built, so a count of 10⁷ in a small file costs ``limit`` registrations, not 10⁷.
+    """
+    thread, count = threading.get_ident(), 0
+
+    def hook(*_: Any) -> None:
+        nonlocal count
+        if threading.get_ident() != thread:
+            return
+        count += 1
+        if count > limit:
+            raise ConfigError(
+                f"it builds more than {limit} modules and parameters, more than the file's tensors can match "
+                f"({BUILD_STEPS_PER_TENSOR} per tensor, plus {BUILD_STEPS_SLACK}); a count in it is too large"
+            )
+
+    handles = [register_module_module_registration_hook(hook), register_module_parameter_registration_hook(hook)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _build_checked(build: Any, config: Any, file: Path, device: torch.device) -> nn.Module:
