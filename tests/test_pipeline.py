@@ -174,7 +174,7 @@ class _Payload:
         return (Path.touch, (Path("PWNED"),))
 
 
-@pytest.mark.parametrize("kind", ["malicious", "garbage", "not a state"])
+@pytest.mark.parametrize("kind", ["malicious", "garbage", "not a state", "deep history"])
 def test_tampered_train_state_is_refused_before_any_write(run_dir, fashion_dir, kind, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     state = run_dir / STATE_FILE
@@ -182,12 +182,17 @@ def test_tampered_train_state_is_refused_before_any_write(run_dir, fashion_dir, 
         torch.save({"model": _Payload()}, state)
     elif kind == "garbage":
         state.write_bytes(b"\x80\x02garbage" * 50)
+    elif kind == "deep history":  # was a RecursionError traceback
+        torch.save({**torch.load(state, weights_only=True), "history": "[" * 100_000 + "]" * 100_000}, state)
     else:
         torch.save({"weights": torch.zeros(3)}, state)
     before = snapshot(run_dir)
     with pytest.raises(CheckpointError) as info:
         _train(run_dir, fashion_dir)
     assert "\n" not in str(info.value) and str(state) in str(info.value)
+    assert "weights_only" not in str(info.value)  # torch's advice to load it unsafely is not passed on
+    if kind in ("malicious", "garbage"):
+        assert "not a training state asymcert wrote" in str(info.value) and "start a new run" in str(info.value)
     assert snapshot(run_dir) == before
     assert not (tmp_path / "PWNED").exists()
 
