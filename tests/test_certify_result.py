@@ -196,8 +196,10 @@ def test_a_damaged_guarantee_is_one_checkpoint_error(tmp_path):
     for meta in (
         {"guarantee": json.dumps("certain")},
         {"guarantee": json.dumps([1])},
-        {"guarantee": json.dumps("probabilistic")},
-    ):  # probabilistic without alpha
+        {"guarantee": json.dumps("probabilistic")},  # probabilistic without alpha
+        {"norms": "[" * 100_000 + "]" * 100_000},  # was a RecursionError traceback
+        {"alpha": '{"a": 1, "a": 2}'},
+    ):
         with safe_open(str(path), framework="pt") as fh:
             old = dict(fh.metadata())
         save_file(load_file(str(path)), str(path), metadata={**old, **meta})

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import asymcert
-from asymcert.checkpoint import CONFIG_KEY
+from asymcert.checkpoint import BUILD_STEPS_PER_TENSOR, BUILD_STEPS_SLACK, CONFIG_KEY
 from asymcert.models import build_model
 from tests.conftest import small_feature_convex
 
@@ -114,6 +114,10 @@ def test_tensors_of_another_kind_of_dtype_are_refused_before_loading(tmp_path):
     [
         ("[1, 2]", "{}", "stored model config is a JSON list"),
         ("null", "{}", "stored model config is a JSON NoneType"),
+        ("[" * 100_000 + "]" * 100_000, "{}", r"m\.safetensors: corrupted model config: nested too deeply"),
+        (None, "[" * 100_000 + "]" * 100_000, r"m\.safetensors: corrupted model config: nested too deeply"),
+        ('{"kind": "feature-convex", "kind": "mystery"}', "{}", "key 'kind' appears twice"),
+        ('{"kind": 1' + "0" * 5000 + "}", "{}", "corrupted model config: .*digits"),
         (None, "[]", "stored metadata is a JSON list"),
         ({"kind": "feature-convex", "input_shape": [1, 6, 6]}, "{}", "config is invalid: .*missing key 'convex'"),
         (
@@ -162,3 +166,20 @@ def test_save_refuses_weights_that_do_not_fit_the_models_config_in_one_line(tmp_
     with pytest.raises(asymcert.ModelError, match=r"do not fit its config\(\) \(.*extra_scale.*\); not saved") as info:
         asymcert.save(model, tmp_path / "m.safetensors")
     assert "\n" not in str(info.value) and list(tmp_path.iterdir()) == []
+
+
+def test_a_count_the_files_tensors_cannot_match_is_refused_before_it_is_built(tmp_path):
+    """{"kind": "mean", "count": N} built N members before the shape check (20,000: 104 s and 1.33 GB)."""
+    model = small_feature_convex("icnn")
+    path = asymcert.save(model, tmp_path / "m.safetensors")
+    tensors = load_file(str(path))
+    config = model.config()
+    config["convex"] = {"kind": "mean", "member": config["convex"], "count": 3000}
+    _rewrite(path, tensors, config)
+    limit = BUILD_STEPS_PER_TENSOR * len(tensors) + BUILD_STEPS_SLACK
+    with pytest.raises(asymcert.CheckpointError, match=f"it builds more than {limit} modules and parameters"):
+        asymcert.load(path)
+    config["convex"]["count"] = 2  # within the bound: built, then refused by the shape check as before
+    _rewrite(path, tensors, config)
+    with pytest.raises(asymcert.CheckpointError, match="weights do not match the stored config"):
+        asymcert.load(path)

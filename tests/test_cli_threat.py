@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -232,9 +234,35 @@ def test_monotone_features_by_column_name_certify_at_infinity_for_harmless_moves
     unbounded = ThreatModel(increase_only=["links", "caps"], immutable=["words", "age"]).resolve(FEATURES, 4)
     far = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=unbounded)
     assert all(bool((far.radii[p][flagged] > 1e3).all() & far.radii[p][flagged].isfinite().all()) for p in far.radii)
+    if importlib.util.find_spec("onnx") is not None:
+        _monotone_vnnlib_export(out, tmp_path, int(flagged.sum()))
     res = CliRunner().invoke(main, _run_args(folder, tmp_path / "bad", "--model-set", 'monotone={"increasing": ["x"]}'))
     assert res.exit_code == EXIT_REFUSED and "monotone: unknown feature(s) ['x']" in res.output
     assert not (tmp_path / "bad").exists()
+
+
+def _monotone_vnnlib_export(run, tmp_path, n_flagged):
+    """A monotone run's certified inputs (radius ∞ for harmless moves in a bounded domain): with finite upper bounds
+    they are exported, each box reaching the domain's bound; toward an unbounded domain their radius is finite
+    (float32 could overflow far out), so they are exported with finite boxes, none left out (the export said
+    "wrote 0 properties" and nothing else)."""
+    moves = {"increase_only": ["links", "caps"], "immutable": ["words", "age"]}
+    (tmp_path / "open.json").write_text(json.dumps(moves))
+    (tmp_path / "closed.json").write_text(json.dumps({**moves, "upper": {"links": 50.0, "caps": 900.0}}))
+    args = ["export", str(run), "--format", "vnnlib", "--threat-model"]
+    res = CliRunner().invoke(main, [*args, str(tmp_path / "open.json"), "--out", str(tmp_path / "open")])
+    assert res.exit_code == EXIT_OK, res.output
+    assert f"wrote {n_flagged} properties" in res.output and "left out" not in res.output
+    for prop in json.loads((tmp_path / "open" / "radii.json").read_text())["properties"]:
+        assert 1e3 < prop["radii"]["tm_radius_linf"] < math.inf
+    res = CliRunner().invoke(main, [*args, str(tmp_path / "closed.json"), "--out", str(tmp_path / "closed")])
+    assert res.exit_code == EXIT_OK and f"wrote {n_flagged} properties" in res.output and "left out" not in res.output
+    summary = json.loads((tmp_path / "closed" / "radii.json").read_text())
+    assert summary["unbounded_boxes_left_out"] == [] and len(summary["properties"]) == n_flagged
+    for prop in summary["properties"]:
+        text = (tmp_path / "closed" / prop["file"]).read_text()
+        assert "(assert (<= X_0 50.0))" in text and "(assert (<= X_2 900.0))" in text  # the domain's box
+        assert f"(assert (<= X_1 {prop['centre'][1]!r}))" in text  # immutable: fixed at the centre
 
 
 def test_reach_flag_gives_the_librarys_reach_radii_on_both_paths(tm_run, tmp_path):
@@ -326,6 +354,36 @@ def test_vnnlib_export_uses_the_runs_threat_model_boxes(tm_run, tmp_path):
     summary = json.loads((tmp_path / "b" / "radii.json").read_text())
     assert summary["units"] == _resolved().units() and summary["threat_model"] == ThreatModel.from_dict(TM).to_dict()
     assert summary["properties"] and all("tm_radius_linf" in p["radii"] for p in summary["properties"])
+
+
+VARIABLE = re.compile(r"^; X_(\d+) centre (\S+)(?: feature (\".*\"))?$", re.MULTILINE)
+
+
+def test_exports_name_the_runs_features_and_centres_for_a_third_party(tm_run, tmp_path):
+    """With the exported files only (no asymcert, no run.json): which feature each X_i is, the point each box is
+    built around, what the graph's outputs mean and the threat model (nothing recorded them before)."""
+    onnx = pytest.importorskip("onnx")
+    for args in (["--out", str(tmp_path / "m.onnx")], ["--format", "vnnlib", "--out", str(tmp_path / "b")]):
+        res = CliRunner().invoke(main, ["export", str(tm_run), *args])
+        assert res.exit_code == EXIT_OK, res.output
+    for path in (tmp_path / "m.onnx", tmp_path / "b" / "model.onnx"):
+        proto = onnx.load(str(path))
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert json.loads(meta["asymcert.feature_names"]) == FEATURES
+        assert json.loads(meta["asymcert.input_shape"]) == [4]
+        assert json.loads(meta["asymcert.threat_model"]) == ThreatModel.from_dict(TM).to_dict()
+        assert list(json.loads(meta["asymcert.outputs"])) == [o.name for o in proto.graph.output]
+        assert json.loads(meta["asymcert.preprocessing"])["inside_graph"] is True
+        assert meta["asymcert.units"] == _resolved().units() and "inside the graph" in proto.doc_string
+    summary = json.loads((tmp_path / "b" / "radii.json").read_text())
+    assert summary["feature_names"] == FEATURES and summary["properties"]
+    x = _test_x(tm_run).float()
+    for prop in summary["properties"]:
+        found = VARIABLE.findall((tmp_path / "b" / prop["file"]).read_text())
+        assert [int(i) for i, _, _ in found] == [0, 1, 2, 3]
+        assert [json.loads(name) for _, _, name in found] == FEATURES
+        centre = [float(c) for _, c, _ in found]
+        assert centre == prop["centre"] == x[prop["index"]].tolist()
 
 
 def test_audit_of_the_reach_radii(tm_run, tmp_path):

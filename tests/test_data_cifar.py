@@ -8,11 +8,13 @@ import os
 import pickle
 import struct
 import tarfile
+import tracemalloc
 from typing import ClassVar
 
 import numpy as np
 import pytest
 
+from asymcert.data import cifar
 from asymcert.data.cifar import (
     ARCHIVE,
     BATCH_FOLDER,
@@ -251,3 +253,114 @@ def test_ten_class_cifar_task(tmp_path, data_cache, batches):
     assert not task.binary and data.num_classes == 10 and data.class_names[3] == "cat"
     assert len(data.train) + len(data.val) == 5 * PER_BATCH and len(data.test) == PER_BATCH
     assert set(data.test.y.tolist()) <= set(range(10))
+
+
+# ----- what a batch builds is bounded by the format, whatever counts it holds (26a F7) -----
+
+
+def _global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _measured(raw: bytes) -> tuple[str, int]:
+    """(the DataError's message, peak bytes traced) of reading ``raw`` as a batch."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as info:
+            read_cifar_batch(io.BytesIO(raw), "bomb")
+        return str(info.value), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_call_allocating_by_a_count_is_refused_before_it_allocates():
+    """A 49-byte list(bytes(N)) built N·9 bytes (2.25 GB at N = 2.5·10⁸); here N = 4·10⁶ (36 MB before)."""
+    count = 4_000_000
+    raw = (
+        b"\x80\x02"
+        + _global("__builtin__", "list")
+        + _global("__builtin__", "bytes")
+        + b"J"
+        + struct.pack("<i", count)
+        + b"\x85R\x85R."
+    )
+    message, peak = _measured(raw)
+    assert "refusing bytes(...) with arguments" in message and "\n" not in message
+    assert peak < 2**20
+
+
+def test_an_array_of_a_huge_shape_is_refused_before_it_allocates():
+    shape = b"J" + struct.pack("<i", 2**31 - 1) + b"\x85"  # (2³¹ − 1,) of int64: 16 GB
+    raw = (
+        b"\x80\x02"
+        + _global("numpy.core.multiarray", "_reconstruct")
+        + _global("numpy", "ndarray")
+        + shape
+        + b"U\x02i8\x87R."
+    )
+    message, peak = _measured(raw)
+    assert "more than a CIFAR-10 batch holds" in message and peak < 2**20
+
+
+def _encode_many(text: str, times: int) -> bytes:
+    """A protocol-2 pickle of [encode(text, "latin1")] * times, the text and codec name given once (memoised)."""
+    first = (
+        _global("_codecs", "encode")
+        + b"q\x01X"
+        + struct.pack("<I", len(text))
+        + text.encode()
+        + b"q\x02X\x06\x00\x00\x00latin1q\x03\x86R"
+    )
+    return b"\x80\x02](" + first + b"h\x01h\x02h\x03\x86R" * (times - 1) + b"e."
+
+
+def test_repeated_calls_on_one_string_are_bounded_in_all(monkeypatch):
+    """One memoised string encoded again and again built a copy per call (13 bytes of pickle each)."""
+    monkeypatch.setattr(cifar, "MAX_BUILT_BYTES", 8 * 2**20)
+    message, peak = _measured(_encode_many("x" * 2**20, 30))
+    assert "more than a CIFAR-10 batch holds" in message and peak < 16 * 2**20
+    message, _ = _measured(_encode_many("x" * 2**20, 7))  # within the bound: read, then refused as no batch
+    assert "expected a dict" in message
+
+
+def test_object_arrays_are_refused():
+    payload = {b"data": np.array([[1, 2]], dtype=object), b"labels": [1]}
+    message, _ = _measured(pickle.dumps(payload, protocol=2))
+    assert "refusing dtype object" in message
+
+
+def test_opcodes_are_counted_before_any_runs(monkeypatch):
+    """1-byte opcodes each build an object (EMPTY_LIST + APPEND: 2 bytes for ~64): bounded by their count."""
+    monkeypatch.setattr(cifar, "MAX_PICKLE_OPCODES", 1000)
+    message, _ = _measured(b"\x80\x02]" + b"]a" * 600 + b".")
+    assert "more than 1000 pickle opcodes" in message
+
+
+def test_a_reason_without_a_message_is_named(monkeypatch):
+    """Under a memory limit the reason was empty: "not a readable CIFAR-10 batch ()"."""
+
+    def out_of_memory(self):
+        raise MemoryError
+
+    monkeypatch.setattr(cifar._SafeUnpickler, "load", out_of_memory)
+    message, _ = _measured(pickle.dumps({b"labels": [1]}, protocol=2))
+    assert message == "bomb: not a readable CIFAR-10 batch (MemoryError)"
+
+
+@pytest.mark.parametrize("protocol", [2, 5, "py2"])
+def test_a_full_size_batch_is_within_the_bounds(protocol):
+    """10,000 images with long file names, as the official batches (py2) and Python 3's pickles write them."""
+    x = np.zeros((10000, 3072), np.uint8)
+    payload = {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": [i % 10 for i in range(10000)],
+        b"data": x,
+        b"filenames": [f"leptodactylus_pentadactylus_s_{i:06d}.png".encode() for i in range(10000)],
+    }
+    stream = io.BytesIO()
+    if protocol == "py2":
+        _Py2Pickler(stream, protocol=2).dump(payload)
+    else:
+        pickle.dump(payload, stream, protocol=protocol)
+    images, labels = read_cifar_batch(io.BytesIO(stream.getvalue()))
+    assert images.shape == (10000, 3, 32, 32) and type(images) is np.ndarray and labels[-1] == 9

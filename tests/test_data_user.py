@@ -5,16 +5,20 @@ from __future__ import annotations
 import io
 import pathlib
 import pickle
+import struct
 import tracemalloc
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
 import torch
 
 from asymcert.checkpoint import model_config
+from asymcert.data import images as images_module
 from asymcert.data import task_from_csv, task_from_image_folder, task_from_npz
 from asymcert.data import user as user_module
+from asymcert.data.images import read_images
 from asymcert.data.user import NpyMember, NpzStream, read_csv_table, read_npz
 from asymcert.errors import ConfigError, DataError, UnknownNameError
 from asymcert.pipeline import plan_training
@@ -155,6 +159,24 @@ def test_not_an_npz(tmp_path):
         task_from_npz(tmp_path / "p.npz", 0)
 
 
+@pytest.mark.parametrize("member", ["x", "y"])
+def test_a_zip_member_that_is_not_npy_is_named_so_for_training_and_traffic(tmp_path, member):
+    """A member holding a pickle (or damaged bytes) was read by np.load as raw bytes: "found ()" for x."""
+    path = tmp_path / "p.npz"
+    np.savez(path, x=np.zeros((4, 2)), y=np.zeros(4))
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members[f"{member}.npy"] = pickle.dumps({"a": 1})
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, body in members.items():
+            archive.writestr(name, body)
+    message = rf"p\.npz: member '{member}' is not a NumPy array file \(damaged, or not \.npy\)"
+    with pytest.raises(DataError, match=message):
+        task_from_npz(path, 0)
+    with pytest.raises(DataError, match=message):
+        NpzStream(path, labels_required=True)
+
+
 def test_values_beyond_float32_are_named(tmp_path):
     """1e39 fits float64 but becomes inf in the float32 models train in: refused, naming where it is."""
     x, y = _tabular()
@@ -275,6 +297,40 @@ def test_image_folder_mixed_sizes_need_size(tmp_path):
     with pytest.raises(DataError, match="pass size="):
         task_from_image_folder(root, "a")
     assert task_from_image_folder(root, "a", size=9).load(None).input_shape == (1, 9, 9)
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header claims width × height RGB pixels, holding one row of them (a few hundred bytes)."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    row = zlib.compress(b"\x00" * (1 + 3 * width), 9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_image_of_too_many_pixels_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch):
+    """A 0.5 MB PNG of 17000 × 10000 pixels was decoded whole (1.47 GB) to certify one 8 × 8 input."""
+    big = _png_header_only(tmp_path / "x" / "big.png", 5000, 4000)  # 2·10⁷ pixels > MAX_IMAGE_PIXELS
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("the image was decoded"))
+    with pytest.raises(DataError) as info:
+        read_images([big], "L", 8)  # as certify --input FOLDER reads a chunk
+    assert str(info.value) == (
+        f"{big}: 5000×4000 = 20000000 pixels, more than the 16777216 asymcert decodes; "
+        "shrink the image, or remove this file"
+    )
+
+
+def test_training_image_folders_are_held_to_the_pixel_limit(tmp_path, monkeypatch):
+    root = _image_folder(tmp_path / "pics", {"a": 5, "b": 5})  # 10 × 10 pixels each
+    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", 99)
+    with pytest.raises(DataError, match=r"0\.png: 10×10 = 100 pixels, more than the 99 asymcert decodes"):
+        task_from_image_folder(root, "a", size=8).load(None)
+    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", 100)
+    assert task_from_image_folder(root, "a", size=8).load(None).input_shape == (1, 8, 8)
 
 
 def test_image_folder_unknown_class_lists_folders(tmp_path):

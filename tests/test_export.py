@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -417,6 +418,41 @@ def test_an_export_that_fails_leaves_the_earlier_file_as_it_was(tmp_path, monkey
     with pytest.raises(RuntimeError, match="the tracer died"):
         to_onnx(model, out)
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_the_graph_records_what_it_computes(tmp_path):
+    """doc_string and metadata_props (asymcert.*, JSON values) name the features, the outputs' meanings, the units,
+    the threat model and that φ is inside the graph (the file said none of it)."""
+    model = MODELS["icnn-shift"]()
+    names = [f"pixel ({i // 6}, {i % 6})" for i in range(36)]
+    tm = asymcert.ThreatModel(immutable=[0], scale={1: 2.0})
+    proto = onnx.load(str(to_onnx(model, tmp_path / "m.onnx", feature_names=names, threat_model=tm)))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["asymcert.feature_names"]) == names and json.loads(meta["asymcert.input_shape"]) == [1, 6, 6]
+    outputs = json.loads(meta["asymcert.outputs"])
+    assert list(outputs) == [o.name for o in proto.graph.output] and "threat model" in outputs["tm_radius_l2"]
+    assert json.loads(meta["asymcert.threat_model"]) == tm.to_dict()
+    preprocessing = json.loads(meta["asymcert.preprocessing"])
+    assert preprocessing["inside_graph"] and preprocessing["feature_map"] == model.config()["feature_map"]
+    assert "threat-model units" in meta["asymcert.units"] or "threat model" in meta["asymcert.units"]
+    assert "inside the graph" in proto.doc_string and "asymcert.feature_names" in proto.doc_string
+    meta = {p.key: p.value for p in onnx.load(str(to_onnx(model, tmp_path / "p.onnx"))).metadata_props}
+    assert json.loads(meta["asymcert.feature_names"]) is None and meta["asymcert.units"] == "raw input units"
+    with pytest.raises(ExportError, match="feature_names must be 36 strings"):
+        to_onnx(model, tmp_path / "q.onnx", feature_names=names[:3])
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_an_export_removes_its_own_stale_temp_files_only(tmp_path):
+    """A killed export's ``.m.onnx.asymcert-<8>.tmp`` goes; the user's ``.m.onnx.readme_1`` beside the target,
+    which looks like a ``mkstemp`` name, stays (it was deleted as a stale temporary file)."""
+    (tmp_path / ".m.onnx.asymcert-ab12cd_9.tmp").write_bytes(b"half a graph")
+    mine = [".m.onnx.readme_1", ".m.onnx.20240101", ".m.onnx.abcdefgh"]
+    for name in mine:
+        (tmp_path / name).write_text("the user's")
+    to_onnx(small_feature_convex("icnn", input_shape=(1, 4, 4)), tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*mine, "m.onnx"])
+    assert all((tmp_path / name).read_text() == "the user's" for name in mine)
 
 
 def test_process_wide_hooks_are_refused_before_tracing(tmp_path):

@@ -174,7 +174,7 @@ class _Payload:
         return (Path.touch, (Path("PWNED"),))
 
 
-@pytest.mark.parametrize("kind", ["malicious", "garbage", "not a state"])
+@pytest.mark.parametrize("kind", ["malicious", "garbage", "not a state", "deep history"])
 def test_tampered_train_state_is_refused_before_any_write(run_dir, fashion_dir, kind, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     state = run_dir / STATE_FILE
@@ -182,12 +182,17 @@ def test_tampered_train_state_is_refused_before_any_write(run_dir, fashion_dir, 
         torch.save({"model": _Payload()}, state)
     elif kind == "garbage":
         state.write_bytes(b"\x80\x02garbage" * 50)
+    elif kind == "deep history":  # was a RecursionError traceback
+        torch.save({**torch.load(state, weights_only=True), "history": "[" * 100_000 + "]" * 100_000}, state)
     else:
         torch.save({"weights": torch.zeros(3)}, state)
     before = snapshot(run_dir)
     with pytest.raises(CheckpointError) as info:
         _train(run_dir, fashion_dir)
     assert "\n" not in str(info.value) and str(state) in str(info.value)
+    assert "weights_only" not in str(info.value)  # torch's advice to load it unsafely is not passed on
+    if kind in ("malicious", "garbage"):
+        assert "not a training state asymcert wrote" in str(info.value) and "start a new run" in str(info.value)
     assert snapshot(run_dir) == before
     assert not (tmp_path / "PWNED").exists()
 
@@ -330,17 +335,18 @@ def test_run_holds_the_lock_across_train_certify_and_report(fashion_dir, tmp_pat
 
 # ---------------------------------------------------------------- 3. stale temporary files
 def test_stale_temp_files_of_a_killed_write_are_removed_by_the_next_command(run_dir, fashion_dir):
-    stale = [run_dir / ".train_state.pt.k3x_9a0q", run_dir / ".run.json.abcdefgh"]
+    stale = [run_dir / ".train_state.pt.asymcert-k3x_9a0q.tmp", run_dir / ".run.json.asymcert-abcdefgh.tmp"]
     for p in stale:
         p.write_bytes(b"half a file")
-    keep = run_dir / ".my.notes"
-    keep.write_text("mine")
+    keep = [run_dir / ".my.notes", run_dir / ".run.json.abcdefgh"]  # the user's, though like a mkstemp name
+    for p in keep:
+        p.write_text("mine")
     certify_run(run_dir, limit=4, data_dir=fashion_dir, progress=False)
-    assert not any(p.exists() for p in stale) and keep.read_text() == "mine"
+    assert not any(p.exists() for p in stale) and all(p.read_text() == "mine" for p in keep)
 
 
 def test_a_refused_command_leaves_stale_temp_files_alone(run_dir, fashion_dir):
-    stale = run_dir / ".train_state.pt.k3x_9a0q"
+    stale = run_dir / ".train_state.pt.asymcert-k3x_9a0q.tmp"
     stale.write_bytes(b"half")
     with pytest.raises(ConfigError):
         _train(run_dir, fashion_dir, train={"device": "tpu9"})

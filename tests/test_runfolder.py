@@ -128,19 +128,22 @@ def test_errors_of_our_own_pass_through_atomic_write(tmp_path):
 
 
 def test_stale_temp_files_match_atomic_writes_only(tmp_path):
-    for name in (".train_state.pt.k3x_9a0q", ".run.json.abcdefgh", ".certified_l2.png.0123_abc"):
+    """Only asymcert's own pattern ``.<name>.asymcert-<8>.tmp``: a user's ``.<name>.<8 characters>`` (notes, a dated
+    backup) beside a run's or an output's files is kept (it was deleted as a stale temporary file)."""
+    half = (".train_state.pt.asymcert-k3x_9a0q.tmp", ".run.json.asymcert-abcdefgh.tmp", ".a.png.asymcert-0123_abc.tmp")
+    for name in half:
         (tmp_path / name).write_text("half")
-    for name in (LOCK_FILE, ".hidden", ".notes.txt", "run.json", ".x.ABCDEFGH", ".x.abc"):
+    mine = [LOCK_FILE, ".hidden", ".notes.txt", "run.json", ".x.ABCDEFGH", ".x.abc", ".run.json.abcdefgh"]
+    mine += [".results.csv.notes_v2", ".results.csv.20240101", ".model.onnx.readme_1", ".x.asymcert-abcdefgh"]
+    mine += [".x.asymcert-abcdefgh.tmp.old", ".x.asymcert-ABCDEFGH.tmp", ".x.asymcert-abc.tmp"]
+    for name in mine:
         (tmp_path / name).write_text("keep")
-    (tmp_path / ".dir.abcdefgh").mkdir()
-    assert [p.name for p in stale_temp_files(tmp_path)] == [
-        ".certified_l2.png.0123_abc",
-        ".run.json.abcdefgh",
-        ".train_state.pt.k3x_9a0q",
-    ]
+    (tmp_path / ".dir.asymcert-abcdefgh.tmp").mkdir()
+    assert [p.name for p in stale_temp_files(tmp_path)] == sorted(half)
+    assert [p.name for p in stale_temp_files(tmp_path, target="run.json")] == [".run.json.asymcert-abcdefgh.tmp"]
     remove_stale_temp_files(tmp_path)
-    assert stale_temp_files(tmp_path) == [] and (tmp_path / LOCK_FILE).exists()
-    assert (tmp_path / ".dir.abcdefgh").is_dir()
+    assert stale_temp_files(tmp_path) == [] and all((tmp_path / name).read_text() == "keep" for name in mine)
+    assert (tmp_path / ".dir.asymcert-abcdefgh.tmp").is_dir()
 
 
 def test_a_killed_atomic_write_leaves_a_temp_file_that_matches_the_pattern(tmp_path):
@@ -151,7 +154,7 @@ def test_a_killed_atomic_write_leaves_a_temp_file_that_matches_the_pattern(tmp_p
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], timeout=120)
     left = [p.name for p in tmp_path.iterdir()]
-    assert len(left) == 1 and left[0].startswith(".train_state.pt.")
+    assert len(left) == 1 and left[0].startswith(".train_state.pt.asymcert-") and left[0].endswith(".tmp")
     assert [p.name for p in stale_temp_files(tmp_path)] == left
 
 

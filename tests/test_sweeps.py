@@ -16,7 +16,7 @@ from asymcert.cli import main
 from asymcert.pipeline import read_run
 from asymcert.research.sweep_pairs import pair_data, sweep_pairs
 from asymcert.research.sweep_reg import sweep_reg
-from asymcert.research.sweeps import RESULT_FILE, SweepError, pareto_front, parse_float_list
+from asymcert.research.sweeps import RESULT_FILE, SweepError, pareto_front, parse_float_list, read_result
 
 CLASSES = [0, 3, 6]  # the classes of the small Fashion-MNIST fixture
 TINY = {"batch_size": 32}
@@ -152,6 +152,17 @@ def test_pair_sweep_resumes_and_rejects_other_settings(pair_sweep, fashion_dir):
     assert again["matrices"]["clean_accuracy"] == first["matrices"]["clean_accuracy"]  # seeded: same result
     with pytest.raises(SweepError, match="other settings"):
         sweep_pairs("fashion-mnist", out, CLASSES, epochs=2, workers=1, data_dir=fashion_dir, train_overrides=TINY)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("[" * 100_000 + "]" * 100_000, "nested too deeply"), ("[1]", "JSON list"), ("{", "not a readable")],
+)
+def test_a_damaged_result_file_is_one_sweep_error(tmp_path, text, message):
+    (tmp_path / RESULT_FILE).write_text(text)
+    with pytest.raises(SweepError, match=message) as info:
+        read_result(tmp_path, {"epochs": 1})
+    assert "\n" not in str(info.value) and "delete it" in str(info.value)
 
 
 def test_pair_sweep_pool_of_two_workers_matches_in_process(pair_sweep, fashion_dir, tmp_path):

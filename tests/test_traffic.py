@@ -350,10 +350,14 @@ def test_two_writers_of_one_results_file_cannot_both_run(csv_run, tmp_path):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    (tmp_path / ".r.csv.ab12cd_9").write_text("half")  # a write killed before its rename
-    (tmp_path / ".other.csv.ab12cd_9").write_text("another file's")
+    (tmp_path / ".r.csv.asymcert-ab12cd_9.tmp").write_text("half")  # a write killed before its rename
+    (tmp_path / ".r.csv.json.asymcert-ab12cd_9.tmp").write_text("half")  # (its results record's)
+    mine = [".other.csv.asymcert-ab12cd_9.tmp", ".r.csv.notes_v2", ".r.csv.20240101"]  # not r.csv's; the user's
+    for name in mine:
+        (tmp_path / name).write_text("keep")
     assert certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.csv", progress=False).n_inputs == 5
-    assert not (tmp_path / ".r.csv.ab12cd_9").exists() and (tmp_path / ".other.csv.ab12cd_9").exists()
+    assert not any(p.name.startswith(".r.csv.") and p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    assert all((tmp_path / name).read_text() == "keep" for name in mine)
 
 
 def test_inputs_outside_the_threat_models_domain_are_counted_and_warned_about(csv_run, tmp_path):

@@ -7,7 +7,11 @@ import json
 import math
 import os
 import re
+import shutil
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +28,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 SHAPE = (1, 6, 6)
+ROOT = Path(__file__).resolve().parents[1]
 BOUND = re.compile(r"\(assert \((<=|>=) X_(\d+) ([-+0-9.eE]+)\)\)")
 
 
@@ -181,7 +186,27 @@ def test_a_new_export_replaces_the_earlier_benchmark_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no staging folder left
 
 
-@pytest.mark.parametrize("case", ["file", "other files", "smoothing", "shape", "shape, threat model"])
+def _own_names_as_something_else(out, case):
+    """A folder ``out`` whose names are an export's own but hold the user's data (they were deleted)."""
+    out.mkdir()
+    if case == "model.onnx folder":
+        (out / "model.onnx").mkdir()
+        (out / "model.onnx" / "thesis.tex").write_text("mine")
+    elif case == "property folder":
+        (out / "vnnlib" / "archive.vnnlib").mkdir(parents=True)
+        (out / "vnnlib" / "archive.vnnlib" / "notes.txt").write_text("mine")
+    elif case == "vnnlib file":
+        (out / "vnnlib").write_text("mine")
+    else:  # a link named like the export's file, to the user's file beside it
+        (out.parent / "mine.csv").write_text("mine")
+        (out / "instances.csv").symlink_to(out.parent / "mine.csv")
+
+
+REFUSED = ["file", "other files", "smoothing", "shape", "shape, threat model", "link"]
+OWN_NAMES = ["model.onnx folder", "property folder", "vnnlib file", "instances.csv link"]
+
+
+@pytest.mark.parametrize("case", REFUSED + OWN_NAMES)
 def test_a_refused_export_changes_nothing_on_disk(tmp_path, case):
     model, x = _model(), torch.rand(8, *SHAPE)
     out, tm = tmp_path / "b", None
@@ -192,14 +217,118 @@ def test_a_refused_export_changes_nothing_on_disk(tmp_path, case):
     elif case == "other files":
         out.mkdir()
         (out / "notes.txt").write_text("mine")
+    elif case == "link":  # the rename would move the user's link
+        (tmp_path / "real").mkdir()
+        out.symlink_to(tmp_path / "real")
+    elif case in OWN_NAMES:
+        _own_names_as_something_else(out, case)
     else:
         model = build_model({"kind": "relu-smoothing", "input_shape": list(SHAPE), "widths": [8]})
     before = sorted((p.relative_to(tmp_path), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*"))
-    with pytest.raises(ExportError, match=r"a file|other files|randomized smoothing|model takes \(N, 1, 6, 6\)"):
+    with pytest.raises(ExportError, match=r"a file|other files|randomized smoothing|model takes \(N, 1, 6, 6\)|link"):
         to_vnnlib(model, x, out, threat_model=tm)
     assert (
         sorted((p.relative_to(tmp_path), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*")) == before
     )
+
+
+def test_only_stages_a_killed_export_left_are_removed(tmp_path):
+    """A killed export's stage (and the earlier benchmark it was replacing) beside the target are removed; a folder
+    of the user's named like one (``.b.vnnlib-mydata``, a stage name without the marker, or with other files)
+    is kept (``.b.vnnlib-*`` were all deleted as stale stages)."""
+    model, x = _model(), torch.rand(20, *SHAPE, generator=torch.Generator().manual_seed(3))
+    to_vnnlib(model, x, tmp_path / "b", limit=2)
+    killed = [tmp_path / ".b.asymcert-ab12cd_9.vnnlib", tmp_path / ".b.asymcert-ab12cd_9.vnnlib-old"]
+    for stage in killed:
+        shutil.copytree(tmp_path / "b", stage)
+        (stage / ".asymcert-stage").write_text("")
+    mine = [
+        ".b.vnnlib-mydata",
+        ".b.asymcert-abcdefgh.vnnlib",
+        ".b.asymcert-zzzzzzzz.vnnlib",
+        ".c.asymcert-ab12cd_9.vnnlib",
+    ]
+    for name in mine:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "important.txt").write_text("mine")
+    for name in mine[2:]:
+        (tmp_path / name / ".asymcert-stage").write_text("")  # marked, but with the user's files, or another's
+    to_vnnlib(model, x, tmp_path / "b", limit=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["b", *mine])
+    assert all((tmp_path / name / "important.txt").read_text() == "mine" for name in mine)
+    assert not (tmp_path / "b" / ".asymcert-stage").exists()
+
+
+KILLED_EXPORT = """
+import os, sys, torch
+from asymcert.export import vnnlib
+from tests.test_vnnlib import _model
+vnnlib.export_module = lambda *a, **k: os.kill(os.getpid(), 9)
+vnnlib.to_vnnlib(_model(), torch.rand(6, 1, 6, 6), sys.argv[1])
+"""
+
+
+def test_the_stage_a_really_killed_export_leaves_is_removed_by_the_next(tmp_path):
+    subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(tmp_path / "b")], timeout=300, cwd=ROOT)
+    (left,) = [p.name for p in tmp_path.iterdir()]
+    assert left.startswith(".b.asymcert-") and left.endswith(".vnnlib")
+    to_vnnlib(_model(), torch.rand(6, *SHAPE), tmp_path / "b")
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+VARIABLE = re.compile(r"^; X_(\d+) centre (\S+)(?: feature (\".*\"))?$", re.MULTILINE)
+
+
+def test_each_property_names_its_features_and_centre(tmp_path):
+    """The .vnnlib comments, radii.json and model.onnx's metadata say which feature X_i is and the point each box
+    is built around (names of any characters stay on one comment line); without names, the centres still."""
+    model, x = _tm_model(), torch.rand(40, D, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    names = ["word count", 'say "hi"', "(assert (<= Y_0 1))", "line\nbreak\u2028", "café_ü€", "3"]
+    props = to_vnnlib(model, x, tmp_path / "a", threat_model=TM, feature_names=names)
+    assert len(props) >= 5
+    summary = json.loads((tmp_path / "a" / "radii.json").read_text(encoding="utf-8"))
+    assert summary["feature_names"] == names
+    for prop, row in zip(props, summary["properties"], strict=True):
+        text = (tmp_path / "a" / prop.file).read_text(encoding="utf-8")
+        found = VARIABLE.findall(text)
+        assert [int(i) for i, _, _ in found] == list(range(D)) and [json.loads(n) for _, _, n in found] == names
+        centre = torch.tensor([float(c) for _, c, _ in found], dtype=torch.float64)
+        assert torch.equal(centre, x[prop.index].float().double()) and row["centre"] == centre.tolist()
+        low, high, _ = parse_vnnlib(text, D)
+        assert bool((low <= centre).all() and (centre <= high).all())
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "a" / "model.onnx")).metadata_props}
+    assert json.loads(meta["asymcert.feature_names"]) == names
+    assert list(json.loads(meta["asymcert.outputs"])) == ["score"]
+    plain = to_vnnlib(model, x, tmp_path / "b")
+    found = VARIABLE.findall((tmp_path / "b" / plain[0].file).read_text())
+    assert [name for _, _, name in found] == [""] * D and float(found[0][1]) == float(x[plain[0].index, 0].float())
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "b" / "model.onnx")).metadata_props}
+    assert json.loads(meta["asymcert.feature_names"]) is None and json.loads(meta["asymcert.threat_model"]) is None
+    with pytest.raises(ExportError, match="feature_names must be 6 strings"):
+        to_vnnlib(model, x, tmp_path / "c", feature_names=names[:5])
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_documented_recheck_holds(tmp_path):
+    """docs/deploy.md "Re-checking an export yourself": its N = 1 snippet runs on a benchmark folder, and every
+    box satisfies the check it states (centre inside; half-width ≤ r·scale_i; immutable features fixed)."""
+    doc = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Re-checking an export yourself") :]
+    snippet = section[section.index("```python\n") + 10 : section.index("```\n", section.index("```python"))]
+    model, x = _tm_model(), torch.rand(40, D, generator=torch.Generator().manual_seed(9))
+    props = to_vnnlib(model, x, tmp_path / "bench", threat_model=TM)
+    assert len(props) >= 5
+    subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, check=True, timeout=120)
+    sess = ort.InferenceSession(str(tmp_path / "bench" / "model_n1.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape == [1, D] and sess.get_outputs()[0].shape == [1, 1]
+    summary = json.loads((tmp_path / "bench" / "radii.json").read_text(encoding="utf-8"))
+    scale = [summary["threat_model"]["scale"].get(str(i), 1.0) for i in range(D)]
+    for prop in summary["properties"]:
+        low, high, unsafe = parse_vnnlib((tmp_path / "bench" / prop["file"]).read_text(), D)
+        c, r = torch.tensor(prop["centre"], dtype=torch.float64), prop["radii"]["tm_radius_linf"]
+        assert unsafe == "Y_0 <= 0.0" and bool((low <= c).all() and (c <= high).all())
+        assert all(max(float(high[i] - c[i]), float(c[i] - low[i])) <= r * scale[i] for i in range(D))
+        assert float(low[0]) == float(high[0]) == float(c[0])  # immutable
 
 
 def test_float64_inputs_get_the_boxes_of_their_float32_rounding(tmp_path):

@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -15,12 +18,27 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.modules.module import (
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
-from asymcert.errors import AsymcertError, CheckpointError, ModelError, UnknownNameError, WriteError
+from asymcert.errors import AsymcertError, CheckpointError, ConfigError, ModelError, UnknownNameError, WriteError
+from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.models import build_model
 
 MODEL_FILE = "model.safetensors"
 CONFIG_KEY = "asymcert_config"
+TEMP_TAG = ".asymcert-"
+TEMP_SUFFIX = ".tmp"
+"""A temporary file asymcert writes beside a target ``name`` is ``.<name>.asymcert-<8 random characters>.tmp``
+(:func:`atomic_write`), so that it is never mistaken for a user's file."""
+BUILD_STEPS_PER_TENSOR = 4
+"""While :func:`load` builds the shape-only model, at most this many modules and parameters are
+registered per tensor the file holds (plus :data:`BUILD_STEPS_SLACK`); asymcert's models register
+about 1.4. A config asking for more (e.g. ``{"kind": "mean", "count": 10**7}`` in a 15 KB file)
+cannot match the file, and is refused once it passes the bound, before it builds the rest."""
+BUILD_STEPS_SLACK = 64
 
 
 def resolve(path: str | Path) -> Path:
@@ -45,8 +63,9 @@ def _reason(exc: Exception) -> str:
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves a half-written file.
 
-    The temporary file is ``.<name>.<8 random characters>`` next to ``path`` (a process killed
-    before the rename leaves it; :func:`asymcert.runfolder.remove_stale_temp_files` cleans up).
+    The temporary file is ``.<name>.asymcert-<8 random characters>.tmp`` next to ``path`` (a process killed
+    before the rename leaves it; :func:`asymcert.runfolder.remove_stale_temp_files` cleans up files of that
+    pattern only).
     It is flushed to disk before the rename, and gets the permissions of a file the user creates
     (``0o666 & ~umask``; ``mkstemp`` alone gives 0600).
 
@@ -58,7 +77,7 @@ def atomic_write(path: Path, write: Any) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_TAG}", suffix=TEMP_SUFFIX, dir=path.parent)
         os.close(fd)
         write(Path(tmp))
         fd = os.open(tmp, os.O_RDONLY)
@@ -136,7 +155,15 @@ def _check_loadable(config: dict[str, Any], tensors: dict[str, torch.Tensor]) ->
 
 
 def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(config, meta) stored in a checkpoint, without loading its weights."""
+    """(config, meta) stored in a checkpoint, without loading its weights.
+
+    Both are read with :func:`asymcert.jsontext.parse_json` (bounded nesting and number length,
+    no repeated keys), so hostile metadata is one :class:`CheckpointError`, never a crash.
+
+    Raises:
+        CheckpointError: no file, not a safetensors file, no config, or a config or meta that is not
+            one strict JSON object (the message names the file).
+    """
     file = resolve(path)
     if not file.is_file():
         raise CheckpointError(
@@ -150,9 +177,9 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if CONFIG_KEY not in metadata:
         raise CheckpointError(f"{file} holds no asymcert model config (was it saved with asymcert.save?)")
     try:
-        config, meta = json.loads(metadata[CONFIG_KEY]), json.loads(metadata.get("asymcert_meta", "{}"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file}: corrupted model config: {exc}") from exc
+        config, meta = parse_json(metadata[CONFIG_KEY]), parse_json(metadata.get("asymcert_meta", "{}"))
+    except JsonTextError as exc:
+        raise CheckpointError(f"{file}: corrupted model config: {exc}") from None
     for what, value in (("model config", config), ("metadata", meta)):
         if not isinstance(value, dict):
             raise CheckpointError(f"{file}: the stored {what} is a JSON {type(value).__name__}, not an object")
@@ -176,7 +203,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", validate: bool = 
 
     config, _ = read_config(path)
     file = resolve(path)
-    _check_shapes(file, _build_checked(build_model, config, file, torch.device("meta")))
+    with _build_budget(BUILD_STEPS_PER_TENSOR * _tensor_count(file) + BUILD_STEPS_SLACK):
+        skeleton = _build_checked(build_model, config, file, torch.device("meta"))
+    _check_shapes(file, skeleton)
     model = _build_checked(build_model, config, file, torch.device("cpu"))
     try:
         state = load_file(str(file), device=str(device))
@@ -191,6 +220,43 @@ def load(path: str | Path, device: str | torch.device = "cpu", validate: bool = 
     if check is not None:
         check()
     return model
+
+
+def _tensor_count(file: Path) -> int:
+    """How many tensors the safetensors ``file`` holds (from its header; nothing is read)."""
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            return len(list(fh.keys()))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is corrupted: {exc}") from exc
+
+
+@contextmanager
+def _build_budget(limit: int) -> Iterator[None]:
+    """Within the block, refuse (ConfigError) the module or parameter registered by this thread past ``limit``.
+
+    A config cannot ask for more modules than the file holds tensors for: the count is checked as
+    they are built, so a count of 10⁷ in a small file costs ``limit`` registrations, not 10⁷.
+    """
+    thread, count = threading.get_ident(), 0
+
+    def hook(*_: Any) -> None:
+        nonlocal count
+        if threading.get_ident() != thread:
+            return
+        count += 1
+        if count > limit:
+            raise ConfigError(
+                f"it builds more than {limit} modules and parameters, more than the file's tensors can match "
+                f"({BUILD_STEPS_PER_TENSOR} per tensor, plus {BUILD_STEPS_SLACK}); a count in it is too large"
+            )
+
+    handles = [register_module_module_registration_hook(hook), register_module_parameter_registration_hook(hook)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _build_checked(build: Any, config: Any, file: Path, device: torch.device) -> nn.Module:

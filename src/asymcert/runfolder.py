@@ -10,9 +10,9 @@
   works (:func:`exclusive_output`), kept in the system's temporary folder so that nothing is added beside
   the user's files; a second writer of the same file is refused at once.
 - **No stale temporary files.** :func:`~asymcert.checkpoint.atomic_write` writes
-  ``.<name>.<8 random characters>`` next to its target and renames it; a process killed in between
-  leaves that file behind. The next command that holds the lock removes them
-  (:func:`remove_stale_temp_files`).
+  ``.<name>.asymcert-<8 random characters>.tmp`` next to its target and renames it; a process killed in
+  between leaves that file behind. The next command that holds the lock removes them
+  (:func:`remove_stale_temp_files`): files of exactly that pattern, never a user's ``.<name>.<anything>``.
 - **Strict JSON.** Every JSON file the package writes goes through :func:`dumps_strict`:
   non-finite floats become ``null`` (``NaN``/``Infinity`` are not JSON and many readers refuse them).
 - **A typed run.json.** :class:`RunRecord` reads it and names the missing or ill-typed key.
@@ -36,7 +36,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from asymcert import distributed
-from asymcert.checkpoint import atomic_write
+from asymcert.checkpoint import TEMP_SUFFIX, TEMP_TAG, atomic_write
 from asymcert.errors import AsymcertError, CheckpointError, RunFolderBusyError, WriteError
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.threat import ResolvedThreatModel, ThreatModel
@@ -53,8 +53,9 @@ AUDIT_FILES = ("audit.json", "audit.md")
 """The soundness audit of the run's model (:mod:`asymcert.audit`)."""
 PLOT_GLOB = "certified_*.png"
 """The report's plots, one per norm (``certified_l2.png``)."""
-TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<suffix>[a-z0-9_]{8})$")
-"""Names of :func:`~asymcert.checkpoint.atomic_write`'s temporary files (``tempfile.mkstemp`` suffix)."""
+TEMP_NAME = re.compile(rf"^\.(?P<target>.+){re.escape(TEMP_TAG)}(?P<suffix>[a-z0-9_]{{8}}){re.escape(TEMP_SUFFIX)}$")
+"""Names of :func:`~asymcert.checkpoint.atomic_write`'s temporary files: ``.<target>.asymcert-<8 characters of
+``tempfile.mkstemp``>.tmp``."""
 
 _LOCKS: dict[str, FileLock] = {}  # one lock object per folder: re-entrant within a process
 

@@ -19,6 +19,7 @@ from safetensors.torch import save as safetensors_bytes
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import CheckpointError
+from asymcert.jsontext import parse_json
 from asymcert.runfolder import dumps_strict
 
 _FIXED = ("label", "predicted", "abstained")
@@ -69,8 +70,8 @@ def legacy_guarantee(deterministic: bool, binary: bool, extra_keys: Iterable[str
 def _guarantee(meta: dict[str, str], binary: bool, extra_keys: Iterable[str]) -> Guarantee:
     """The stored guarantee, or for an older file the one :func:`legacy_guarantee` derives."""
     if "guarantee" in meta:
-        return Guarantee(json.loads(meta["guarantee"]))
-    return legacy_guarantee(bool(json.loads(meta["deterministic"])), binary, extra_keys)
+        return Guarantee(parse_json(meta["guarantee"]))
+    return legacy_guarantee(bool(parse_json(meta["deterministic"])), binary, extra_keys)
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -106,29 +107,30 @@ def load_certificates(path: Path) -> tuple[Certificate, torch.Tensor]:
 
     Raises:
         CheckpointError: not a safetensors file, or one that lacks or misshapes a tensor or metadata key,
-            or whose guarantee and alpha do not fit together.
+            holds metadata that is not strict JSON (:func:`asymcert.jsontext.parse_json`: e.g. nested
+            too deeply), or whose guarantee and alpha do not fit together.
     """
     path = Path(path)
     meta, t = _read(path)
     try:
-        norms = json.loads(meta["norms"])
+        norms = parse_json(meta["norms"])
         if not isinstance(norms, list):
             raise TypeError(f"'norms' is {type(norms).__name__}, not a list")
         _shape_check(path, t, norms)
         radii = {normalize_norm(n): t[f"radius_{n}"] for n in norms}
         extra = {k: v for k, v in t.items() if k not in _FIXED and not k.startswith("radius_")}
-        binary = bool(json.loads(meta["binary"]))
+        binary = bool(parse_json(meta["binary"]))
         cert = Certificate(
             t["predicted"],
             radii,
             str(meta["method"]),
             _guarantee(meta, binary, extra),
-            json.loads(meta["alpha"]),
+            parse_json(meta["alpha"]),
             t.get("abstained"),
             float(meta["seconds"]),
             binary,
             extra,
-            str(json.loads(meta.get("units", json.dumps(RAW_UNITS)))),
+            str(parse_json(meta.get("units", json.dumps(RAW_UNITS)))),
         )
     except CheckpointError:
         raise

@@ -6,14 +6,17 @@ or the archive ``cifar-10-python.tar.gz`` (read in place, never extracted). Fail
 is downloaded into the cache and checked against its published SHA-256.
 
 The batches are pickles. They are read by a restricted unpickler that can only build dicts, lists,
-strings, bytes, ints and NumPy arrays: a tampered file cannot run code.
+strings, bytes, ints and NumPy arrays of plain numbers: a tampered file cannot run code, and what it
+builds is bounded by the format (:data:`MAX_PICKLE_OPCODES`, :data:`MAX_BUILT_BYTES`), whatever counts it holds.
 """
 
 from __future__ import annotations
 
 import codecs
 import io
+import math
 import pickle
+import pickletools
 import tarfile
 import zlib
 from pathlib import Path
@@ -49,31 +52,147 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+MAX_PICKLE_OPCODES = 20 * 10000
+"""Most pickle opcodes a batch may hold: 20 per image of a 10,000-image batch (the official batches use 3,
+a label and a file name each; Python 3's protocol-2 pickles 9). Each opcode builds at most one small
+object, so this bounds what a batch's opcodes build; counted before anything is built."""
+MAX_BUILT_BYTES = 2 * MAX_BATCH_BYTES
+"""Most bytes a batch's calls and array states may build in all (the image bytes twice: decoded from
+the pickle's text, then as the array). Charged before each call allocates."""
+
 _EXAMPLE = np.zeros(1, dtype=np.uint8)
-_ALLOWED: dict[tuple[str, str], Any] = {
-    **{
-        (mod, name): obj
-        for mod in ("builtins", "__builtin__")
-        for name, obj in {"dict": dict, "list": list, "str": str, "bytes": bytes, "int": int}.items()
-    },
-    ("numpy.core.multiarray", "_reconstruct"): _EXAMPLE.__reduce_ex__(2)[0],
-    ("numpy._core.multiarray", "_reconstruct"): _EXAMPLE.__reduce_ex__(2)[0],
-    ("numpy.core.numeric", "_frombuffer"): _EXAMPLE.__reduce_ex__(5)[0],
-    ("numpy._core.numeric", "_frombuffer"): _EXAMPLE.__reduce_ex__(5)[0],
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _latin1_encode,
-}
+_RECONSTRUCT: Any = _EXAMPLE.__reduce_ex__(2)[0]
+_FROMBUFFER: Any = _EXAMPLE.__reduce_ex__(5)[0]
+_NDARRAY = object()
+"""What the global ``numpy.ndarray`` unpickles to: only ``_reconstruct`` takes it (called, it would allocate)."""
+
+
+def _plain_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` is a dtype of plain numbers (no objects, fields or subarrays)."""
+    return (
+        isinstance(dtype, np.dtype)
+        and dtype.kind in "biuf"
+        and dtype.fields is None
+        and dtype.subdtype is None
+        and not dtype.hasobject
+    )
+
+
+class _Budget:
+    """The bytes a batch's calls may still build (starts at :data:`MAX_BUILT_BYTES`)."""
+
+    def __init__(self) -> None:
+        self.left = MAX_BUILT_BYTES
+
+    def charge(self, nbytes: int, what: str) -> None:
+        """Take ``nbytes`` (≥ 0) for ``what``, before it is built; UnpicklingError when too few are left."""
+        if nbytes < 0 or nbytes > self.left:
+            raise pickle.UnpicklingError(
+                f"{what} would take the bytes built in all past {MAX_BUILT_BYTES}, more than a CIFAR-10 batch holds"
+            )
+        self.left -= nbytes
+
+
+class _BatchArray(np.ndarray):
+    """An array being unpickled: its state (shape, dtype, bytes) is checked and charged before numpy reads it."""
+
+    budget: _Budget
+
+    def __setstate__(self, state: Any) -> None:
+        ok = (
+            isinstance(state, tuple)
+            and len(state) == 5
+            and isinstance(state[4], (bytes, bytearray))
+            and _plain_dtype(state[2])
+        )
+        if not ok:
+            raise pickle.UnpicklingError("refusing an array of anything but plain numbers in a CIFAR batch")
+        self.budget.charge(len(state[4]), "an array's data")
+        super().__setstate__(state)
+
+
+def _empty_only(cls: type) -> Any:
+    """``cls`` called with no arguments only (a pickle builds an empty ``bytes`` so; ``bytes(N)`` is N bytes)."""
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:
+            raise pickle.UnpicklingError(f"refusing {cls.__name__}(...) with arguments in a CIFAR batch")
+        return cls()
+
+    return build
+
+
+def _allowed(budget: _Budget) -> dict[tuple[str, str], Any]:
+    """The globals a CIFAR batch may name, each a callable that checks its arguments and charges ``budget``."""
+
+    def encode(text: Any, encoding: str = "latin1") -> bytes:
+        budget.charge(len(text) if isinstance(text, str) else -1, "a string")
+        return _latin1_encode(text, encoding)
+
+    def reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        if subtype is not _NDARRAY or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise pickle.UnpicklingError("refusing numpy _reconstruct of anything but a plain array in a CIFAR batch")
+        budget.charge(math.prod(shape) * np.dtype(dtype).itemsize, "an array")
+        array = _RECONSTRUCT(_BatchArray, shape, dtype)
+        array.budget = budget
+        return array
+
+    def dtype(*args: Any) -> np.dtype:
+        made = np.dtype(*args)
+        if not _plain_dtype(made):
+            raise pickle.UnpicklingError(f"refusing dtype {made} in a CIFAR batch (plain numbers only)")
+        return made
+
+    def frombuffer(buffer: Any, kind: Any, shape: Any, order: Any) -> np.ndarray:
+        if not _plain_dtype(kind) or not isinstance(buffer, (bytes, bytearray)):
+            raise pickle.UnpicklingError("refusing numpy _frombuffer of anything but plain numbers in a CIFAR batch")
+        return _FROMBUFFER(buffer, kind, shape, order)  # a view of the pickle's own bytes: nothing allocated
+
+    builtins = {cls.__name__: _empty_only(cls) for cls in (dict, list, str, bytes, int)}
+    return {
+        **{(mod, name): obj for mod in ("builtins", "__builtin__") for name, obj in builtins.items()},
+        **{(f"numpy.{core}.multiarray", "_reconstruct"): reconstruct for core in ("core", "_core")},
+        **{(f"numpy.{core}.numeric", "_frombuffer"): frombuffer for core in ("core", "_core")},
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): dtype,
+        ("_codecs", "encode"): encode,
+    }
 
 
 class _SafeUnpickler(pickle.Unpickler):
-    """Builds only the objects a CIFAR batch is made of; any other global is refused."""
+    """Builds only the objects a CIFAR batch is made of, within :data:`MAX_BUILT_BYTES`; any other global is
+    refused, and so are calls that would allocate by a count (``bytes(N)``, an array of a given shape)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        super().__init__(stream, encoding="bytes")
+        self.allowed = _allowed(_Budget())
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED[(module, name)]
+            return self.allowed[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for ``exc``: its message, else its type (a MemoryError has no message)."""
+    text = " ".join(str(exc).split())[:300]
+    return text or type(exc).__name__
+
+
+def _count_opcodes(blob: bytes, source: str) -> None:
+    """Refuse a pickle of more than :data:`MAX_PICKLE_OPCODES` opcodes (before any is run)."""
+    try:
+        for count, _ in enumerate(pickletools.genops(blob), start=1):
+            if count > MAX_PICKLE_OPCODES:
+                raise DataError(
+                    f"{source}: more than {MAX_PICKLE_OPCODES} pickle opcodes, more than a CIFAR-10 batch holds; "
+                    "is it a CIFAR-10 python batch?"
+                )
+    except DataError:
+        raise
+    except Exception as exc:  # a damaged pickle fails in many ways
+        raise DataError(f"{source}: not a readable CIFAR-10 batch ({_reason(exc)})") from None
 
 
 def read_cifar_batch(stream: BinaryIO, source: str = "CIFAR batch") -> tuple[np.ndarray, np.ndarray]:
@@ -84,16 +203,24 @@ def read_cifar_batch(stream: BinaryIO, source: str = "CIFAR batch") -> tuple[np.
         source: the file's name for error messages.
     Returns:
         x (N, 3, 32, 32) uint8 (channel-first, as stored), y (N,) int64 in 0..9.
+    Memory is bounded by the format: at most :data:`MAX_BATCH_BYTES` are read, at most
+    :data:`MAX_PICKLE_OPCODES` opcodes run, and calls build at most :data:`MAX_BUILT_BYTES` in all.
+
     Raises:
-        DataError: not a pickle, a refused object, a missing key, or wrong shapes/labels.
+        DataError: larger than a batch, not a pickle, a refused object or call, a missing key, or wrong
+            shapes/labels; one line saying which.
     """
+    blob = stream.read(MAX_BATCH_BYTES + 1)
+    _check_size(len(blob), source)
+    _count_opcodes(blob, source)
     try:
-        batch = _SafeUnpickler(stream, encoding="bytes").load()
+        batch = _SafeUnpickler(io.BytesIO(blob)).load()
     except Exception as exc:  # a damaged pickle can fail in many ways; none may escape as a crash
-        raise DataError(f"{source}: not a readable CIFAR-10 batch ({exc})") from exc
+        raise DataError(f"{source}: not a readable CIFAR-10 batch ({_reason(exc)})") from None
     if not isinstance(batch, dict):
         raise DataError(f"{source}: expected a dict, found {type(batch).__name__}")
     data, labels = _key(batch, "data", source), _key(batch, "labels", source)
+    data = np.asarray(data) if isinstance(data, np.ndarray) else data  # a plain array, not the unpickling class
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         shape = getattr(data, "shape", None)
         raise DataError(f"{source}: 'data' must be a (N, 3072) uint8 array, found {type(data).__name__} {shape}")

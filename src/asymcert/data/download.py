@@ -146,7 +146,7 @@ def download(url: str | Sequence[str], dest: str | Path, sha256: str, opener: Op
 def _fetch_verified(url: str, dest: Path, sha256: str, opener: Opener) -> None:
     """Stream ``url`` into a temporary file next to ``dest``; ``os.replace`` it there if the hash matches."""
     log.info("downloading %s to %s", url, dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.asymcert-", suffix=".part", dir=dest.parent)
     try:
         digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:

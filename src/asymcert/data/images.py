@@ -13,6 +13,11 @@ import numpy as np
 from asymcert.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+MAX_IMAGE_PIXELS = 2**24
+"""Most pixels (width × height, as the file's header says) of an image asymcert decodes: 16,777,216, e.g.
+4096 × 4096, at most 48 MiB as RGB. A larger image is refused before it is decoded, naming the file,
+whatever crop size it would be cut to (a centre crop needs the full-resolution pixels: decoding a
+reduced image would resample them). A few kilobytes of PNG can claim 17000 × 10000 pixels (1.5 GB)."""
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
@@ -89,17 +94,30 @@ def read_image(path: Path, mode: str = "L", size: int | None = None) -> np.ndarr
     Returns:
         (C, H, W) uint8, C = 1 for ``"L"``, 3 for ``"RGB"``.
     Raises:
-        DataError: unreadable, truncated or not an image.
+        DataError: unreadable, truncated or not an image, or more than :data:`MAX_IMAGE_PIXELS` pixels
+            (from the header, before decoding).
     """
     Image = _pil()
     try:
         with Image.open(path) as img:
+            _check_pixels(path, img.width, img.height)
             pixels = np.asarray(img.convert(mode), dtype=np.uint8)
+    except DataError:
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: not a readable image ({exc}); remove or replace this file") from exc
     if size is not None:
         pixels = center_crop_pad(pixels, size)
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    """Refuse an image of more than :data:`MAX_IMAGE_PIXELS` pixels (``width`` × ``height`` from its header)."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(
+            f"{path}: {width}×{height} = {width * height} pixels, more than the {MAX_IMAGE_PIXELS} asymcert "
+            "decodes; shrink the image, or remove this file"
+        )
 
 
 def read_images(paths: Sequence[Path], mode: str = "L", size: int | None = None) -> np.ndarray:

@@ -346,7 +346,8 @@ def read_npz(path: Path, labels_required: bool = True) -> tuple[np.ndarray, np.n
     absent and not ``labels_required``); for training. :class:`NpzStream` reads them a chunk at a time.
 
     Raises:
-        DataError: not an .npz archive (a .npy file, a pickle, a damaged zip), no ``x`` or ``y``, or
+        DataError: not an .npz archive (a .npy file, a pickle, a damaged zip), no ``x`` or ``y``, a member
+            that is not a NumPy array file (damaged, or not .npy: e.g. a pickle, never unpickled), or
             arrays of Python objects (``allow_pickle=False``: they are never loaded).
     """
     _check_npz_magic(path)
@@ -367,12 +368,17 @@ def read_npz(path: Path, labels_required: bool = True) -> tuple[np.ndarray, np.n
                 raise DataError(_UNPICKLE.format(path=path, key=key, why=_one_line(exc))) from None
             except (OSError, zipfile.BadZipFile, EOFError) as exc:
                 raise DataError(f"{path}: array {key!r} is damaged ({_one_line(exc)})") from None
+            if not isinstance(out[-1], np.ndarray):  # np.load hands a member without the .npy magic over as bytes
+                raise DataError(_NOT_NPY.format(path=path, key=key))
     return out[0], (out[1] if len(out) > 1 else None)
 
 
 MAX_LABEL_BYTES = 4096  # per label of a streamed y: 1024 characters of a <U dtype
 _NPY_NOT_NPZ = "{path}: a single array (.npy), not an .npz archive; save with np.savez(path, x=inputs, y=labels)"
 _UNPICKLE = "{path}: array {key!r} cannot be read without unpickling Python objects ({why}); save numbers or text"
+_NOT_NPY = (
+    "{path}: member {key!r} is not a NumPy array file (damaged, or not .npy); save with np.savez(path, x=..., y=...)"
+)
 _DAMAGED = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
@@ -425,6 +431,9 @@ class NpyMember:
         try:
             self.shape, fortran, self.dtype = self._header()
             offset = self.stream.tell()
+        except DataError:
+            self.stream.close()
+            raise
         except _DAMAGED as exc:
             self.stream.close()
             raise DataError(f"{path}: array {key!r} is damaged ({_one_line(exc)})") from None
@@ -470,8 +479,15 @@ class NpyMember:
         return data
 
     def _header(self) -> tuple[tuple[int, ...], bool, np.dtype]:
-        """(shape, fortran_order, dtype) from the .npy header (format 1.0 or 2.0; ValueError otherwise)."""
-        version = np.lib.format.read_magic(self.stream)
+        """(shape, fortran_order, dtype) from the .npy header (format 1.0 or 2.0; ValueError otherwise).
+
+        Raises:
+            DataError: the member does not start as a .npy file does (e.g. a pickle: never unpickled).
+        """
+        try:
+            version = np.lib.format.read_magic(self.stream)
+        except ValueError:
+            raise DataError(_NOT_NPY.format(path=self.path, key=self.key)) from None
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(self.stream)
         elif version == (2, 0):

@@ -13,15 +13,17 @@ import math
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
 
 from asymcert.certify.modes import eval_mode
-from asymcert.certify.result import normalize_norm
+from asymcert.certify.result import RAW_UNITS, normalize_norm
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import AsymcertError, ModelError
 from asymcert.export.graphs import FeatureConvexGraph, LinfDistGraph, OrthogonalGraph, ThreatFallbackGraph
+from asymcert.export.notes import GraphNotes, output_meaning
 from asymcert.models.baselines import OrthogonalNet, SmoothingBaseNet
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.models.linf_dist_net import LinfDistNet
@@ -135,6 +137,47 @@ def _with_threat(graph: nn.Module, tm: ResolvedThreatModel | None) -> nn.Module:
     return (graph if tm is None else ThreatFallbackGraph(graph, tm)).eval()
 
 
+def checked_feature_names(feature_names: list[str] | None, shape: tuple[int, ...]) -> list[str] | None:
+    """``feature_names`` (one per element of an input of ``shape``, flattened), or None.
+
+    Raises:
+        ExportError: not as many names as the input has elements, or a name that is not a string.
+    """
+    if feature_names is None:
+        return None
+    names = list(feature_names)
+    if len(names) != math.prod(shape) or not all(isinstance(n, str) for n in names):
+        raise ExportError(
+            f"feature_names must be {math.prod(shape)} strings, one per element of an input of shape {shape}; "
+            f"got {len(names)}"
+        )
+    return names
+
+
+def graph_notes(
+    model: nn.Module,
+    names: list[str],
+    shape: tuple[int, ...],
+    feature_names: list[str] | None,
+    tm: ResolvedThreatModel | None,
+    score_is_y0: bool = False,
+) -> GraphNotes:
+    """The :class:`~asymcert.export.notes.GraphNotes` of a graph of ``model`` with outputs ``names`` under
+    ``tm`` (None or empty: none): what the file records of itself for a third party."""
+    threat = tm is not None and not tm.is_empty()
+    units = tm.units() if tm is not None and threat else RAW_UNITS
+    config_of = getattr(model, "config", None)
+    config: dict[str, Any] = config_of() if callable(config_of) else {}
+    return GraphNotes(
+        outputs={name: output_meaning(name, units, score_is_y0) for name in names},
+        input_shape=shape,
+        feature_names=checked_feature_names(feature_names, shape),
+        units=units,
+        threat_model=tm.source.to_dict() if tm is not None and threat and tm.source is not None else None,
+        feature_map=config.get("feature_map"),
+    )
+
+
 def to_onnx(
     model: nn.Module,
     path: str | Path,
@@ -142,6 +185,7 @@ def to_onnx(
     certificates: bool = True,
     input_shape: tuple[int, ...] | None = None,
     threat_model: ThreatModel | ResolvedThreatModel | None = None,
+    feature_names: list[str] | None = None,
 ) -> Path:
     """Write ``model`` as one ONNX graph with its certificates computed in the graph.
 
@@ -149,7 +193,8 @@ def to_onnx(
     float32 s(x); ``flagged`` (N,) bool, s(x) > 0; and per norm p ``radius_l1``/``radius_l2``/
     ``radius_linf`` (N,) float32 in raw input units: every x' with ‖x' − x‖_p < r is flagged by the
     same graph too (0 where not flagged). Radii are never above ``asymcert.certify``'s float64
-    radii up to the graph's own guard (docs/deploy.md), and within ~1e-5 relative of them.
+    radii up to the graph's own guard (docs/deploy.md), and within ~1e-5 relative of them. The file
+    records what it computes (``doc_string``, ``metadata_props`` ``asymcert.*``: :mod:`asymcert.export.notes`).
 
     Args:
         model: see :func:`certifying_graph`.
@@ -161,23 +206,30 @@ def to_onnx(
             its units (feature-convex: the closed form of :mod:`asymcert.certify.threat_model`; other
             models: the generic fallback), never above ``asymcert.certify(..., threat_model=)``'s.
             An empty threat model adds nothing (its radii are the ℓp ones).
+        feature_names: the name of each element of a flattened input (e.g. a CSV run's columns, run.json's
+            ``feature_names``), recorded in the file's metadata (None: not recorded).
     Returns:
         The path written.
 
     Raises:
-        ExportError: see :func:`certifying_graph`. ExportDependencyError: ``onnx`` is missing.
+        ExportError: see :func:`certifying_graph`; ``feature_names`` not one string per input element.
+        ExportDependencyError: ``onnx`` is missing.
     """
     threat_model = resolved_threat_model(threat_model, model)
     graph = certifying_graph(model, norms if certificates else (), threat_model)
     threat = certificates and threat_model is not None and not threat_model.is_empty()
     names = output_names(_checked_norms(norms) if certificates else (), threat)
     shape = tuple(input_shape or getattr(model, "input_shape"))  # noqa: B009 (every supported model has one)
+    notes = graph_notes(model, names, shape, feature_names, threat_model if threat else None)
     with eval_mode(model):
-        return export_module(graph, path, shape, names)
+        return export_module(graph, path, shape, names, notes)
 
 
-def export_module(graph: nn.Module, path: str | Path, input_shape: tuple[int, ...], names: list[str]) -> Path:
-    """Trace ``graph`` (x (N, *input_shape) → outputs ``names``, batch axis dynamic) into an ONNX file at ``path``.
+def export_module(
+    graph: nn.Module, path: str | Path, input_shape: tuple[int, ...], names: list[str], notes: GraphNotes | None = None
+) -> Path:
+    """Trace ``graph`` (x (N, *input_shape) → outputs ``names``, batch axis dynamic) into an ONNX file at ``path``,
+    with ``notes`` (when given) as its ``doc_string`` and ``metadata_props``.
 
     The file appears whole or not at all (written beside ``path``, checked, then renamed onto it; an earlier
     file stays as it was when anything fails), and one process writes ``path`` at a time.
@@ -206,6 +258,9 @@ def export_module(graph: nn.Module, path: str | Path, input_shape: tuple[int, ..
             )
         proto = onnx.load(str(tmp))
         proto.producer_name = "asymcert"
+        if notes is not None:
+            proto.doc_string = notes.doc_string()
+            onnx.helper.set_model_props(proto, notes.metadata())
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from asymcert.checkpoint import load
 from asymcert.export.onnx import DEFAULT_NORMS, ExportError, output_names, to_onnx
-from asymcert.export.vnnlib import DEFAULT_TIMEOUT, to_vnnlib
+from asymcert.export.vnnlib import DEFAULT_TIMEOUT, write_benchmark
 from asymcert.pipeline import run_data
 from asymcert.runfolder import RUN_FILE, read_run_record, run_threat_model, warn_if_unfinished
 from asymcert.threat import ThreatModel
@@ -26,7 +26,8 @@ def export_run(
     threat_model: ThreatModel | None = None,
     plain: bool = False,
 ) -> str:
-    """Write the export of ``run_dir`` and return a one-line summary of what was written.
+    """Write the export of ``run_dir`` and return a one-line summary of what was written (VNN-LIB: also how many
+    certified inputs were left out for an unbounded box, and how to get them exported).
 
     Args:
         fmt: ``"onnx"`` (one graph file at ``out``) or ``"vnnlib"`` (a VNN-COMP folder at ``out``,
@@ -36,6 +37,7 @@ def export_run(
         timeout: VNN-LIB: seconds per instance.
         threat_model, plain: the ONNX graph also outputs radii under ``threat_model`` (default: the run's
             own, none with ``plain``), ``tm_radius_l1``/..., in its units; VNN-LIB properties are its boxes.
+    The run's ``feature_names`` (run.json) are recorded in the files (ONNX metadata, .vnnlib comments, radii.json).
 
     Raises:
         ExportError: an unknown format, an ONNX ``out`` without the .onnx suffix, or a model the exporter
@@ -49,15 +51,24 @@ def export_run(
     if record is not None:
         warn_if_unfinished(record, run_dir)
     tm = run_threat_model(record, threat_model, plain) if record is not None else None
+    names = None if record is None else record.feature_names  # recorded in the files: X_i ↔ feature
     model = load(run_dir)
     if fmt == "onnx":
-        path = to_onnx(model, out, norms=norms, certificates=certificates, threat_model=tm)
+        path = to_onnx(model, out, norms=norms, certificates=certificates, threat_model=tm, feature_names=names)
         names = output_names(norms if certificates else (), certificates and tm is not None and not tm.is_empty())
         return f"wrote {path}: input x, outputs {', '.join(names)}"
     x = run_data(run_dir, data_dir).test.x
-    props = to_vnnlib(model, x, out, limit=limit, timeout=timeout, threat_model=tm)
+    done = write_benchmark(model, x, out, limit=limit, timeout=timeout, threat_model=tm, feature_names=names)
     boxes = "raw ℓ∞ boxes" if tm is None or tm.is_empty() else f"the threat model's ℓ∞ boxes, radii in {tm.units()}"
+    left = len(done.unbounded)
+    left_out = (
+        f"; {left} certified input{'s' * (left != 1)} left out: unbounded box (an infinite radius toward a feature "
+        "whose domain bound is infinite); give the threat model finite lower/upper bounds for them to be exported "
+        "(listed in radii.json unbounded_boxes_left_out)"
+        if left
+        else ""
+    )
     return (
-        f"wrote {len(props)} properties ({boxes}; expected verdict unsat) to {Path(out)}: "
-        "model.onnx, vnnlib/, instances.csv, radii.json"
+        f"wrote {len(done.properties)} properties ({boxes}; expected verdict unsat) to {Path(out)}: "
+        f"model.onnx, vnnlib/, instances.csv, radii.json{left_out}"
     )

@@ -9,10 +9,17 @@ Layout of the folder written (VNN-COMP's)::
                           its ℓ∞ radius r_i: [x − r·scale, x + r·scale] in the allowed directions only
                           (immutable features fixed, one-sided ones moving one way), clipped to its domain
     instances.csv         onnx, vnnlib, timeout (seconds) per property, no header
-    radii.json            the units and threat model; per property: input index, score, the certified radii
+    radii.json            the units, threat model and feature names (X_i's, in order); per property: input
+                          index, score, the certified radii and the centre (the float32 input, d values)
 
-The folder is written beside its target and then put in its place, so an export that fails leaves nothing,
-and a new export replaces an earlier benchmark whole (no stale properties).
+Each .vnnlib file names, in comment lines ``; X_<i> centre <value> feature "<name>"``, the value its box is
+built around and (when known) the feature X_i is; model.onnx records what it computes in its ``doc_string``
+and ``metadata_props`` (:mod:`asymcert.export.notes`).
+
+The folder is written beside its target (``.<name>.asymcert-<8 characters>.vnnlib``, marked as asymcert's own)
+and then put in its place, so an export that fails leaves nothing, and a new export replaces an earlier
+benchmark whole (no stale properties). A target whose own names are not what an export writes (a folder named
+model.onnx, a folder vnnlib/X.vnnlib) is refused, never deleted.
 
 VNN-LIB states boxes and linear constraints over inputs, so ℓ1 and ℓ2 balls (not polytopes with a
 few faces: the ℓ1 ball of R^d has 2^d faces, the ℓ2 ball none) are not expressible; their radii
@@ -24,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -37,11 +45,14 @@ from torch import nn
 from asymcert.certify.modes import eval_mode
 from asymcert.certify.result import RAW_UNITS
 from asymcert.checkpoint import current_umask
+from asymcert.export.notes import variable_lines
 from asymcert.export.onnx import (
     DEFAULT_NORMS,
     ExportError,
     certifying_graph,
+    checked_feature_names,
     export_module,
+    graph_notes,
     output_names,
     require,
     resolved_threat_model,
@@ -54,6 +65,12 @@ BOX_SHRINK = 1e-6
 """Relative amount the box half-width r is reduced by: the certificate is for the OPEN ball
 ‖δ‖∞ < r, and the decimal bounds written may round outwards by an ulp."""
 DEFAULT_TIMEOUT = 300
+BENCHMARK_FILES = ("model.onnx", "instances.csv", "radii.json")
+PROPERTIES_DIR = "vnnlib"
+STAGE_MARKER = ".asymcert-stage"
+"""The file that marks a folder as asymcert's own while an export writes or replaces a benchmark (not kept in
+the benchmark): a killed export's folder beside the target is removed only when it has this file and a
+benchmark's files only."""
 
 
 @dataclass(frozen=True)
@@ -63,13 +80,29 @@ class Property:
     Attributes:
         index: position of the input in ``x``; file: the .vnnlib path relative to the folder;
         score: s(x) float; radii: ``{"radius_l1": r, ...}`` in raw input units, and under a threat model
-            ``{"tm_radius_l1": r, ...}`` in its units (the box uses ``tm_radius_linf``, else ``radius_linf``).
+            ``{"tm_radius_l1": r, ...}`` in its units (the box uses ``tm_radius_linf``, else ``radius_linf``);
+        centre: the point the box is built around, the float32 input (flattened, d values, raw input units).
     """
 
     index: int
     file: str
     score: float
     radii: dict[str, float]
+    centre: list[float]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What :func:`write_benchmark` wrote.
+
+    Attributes:
+        properties: the properties written (also in radii.json).
+        unbounded: indices (into ``x``) of certified flagged inputs left out because their box is unbounded: an
+            infinite radius toward a feature whose domain bound is infinite (radii.json ``unbounded_boxes_left_out``).
+    """
+
+    properties: list[Property]
+    unbounded: list[int]
 
 
 class _ScoreOnly(nn.Module):
@@ -148,38 +181,77 @@ def threat_box(x: torch.Tensor, r: float, tm: ResolvedThreatModel) -> tuple[torc
     return torch.minimum(lo, xd), torch.maximum(hi, xd)
 
 
+def _foreign(folder: Path) -> list[str]:
+    """What ``folder`` holds that a benchmark (or its stage) written by asymcert does not: names other than
+    model.onnx, instances.csv, radii.json, the stage marker and vnnlib/*.vnnlib, and those names when they are
+    not what an export writes (a folder or link named model.onnx, a file named vnnlib), as relative paths."""
+    other = []
+    for p in folder.iterdir():
+        if p.name in (*BENCHMARK_FILES, STAGE_MARKER):
+            other += [] if p.is_file() and not p.is_symlink() else [f"{p.name} (a folder or link, not a file)"]
+        elif p.name != PROPERTIES_DIR:
+            other.append(p.name)
+        elif p.is_symlink() or not p.is_dir():
+            other.append(f"{p.name} (not a folder)")
+        else:
+            for q in p.iterdir():
+                own = q.name.endswith(".vnnlib") and q.is_file() and not q.is_symlink()
+                other += (
+                    []
+                    if own
+                    else [f"{p.name}/{q.name}" + (" (a folder or link, not a file)" * q.name.endswith(".vnnlib"))]
+                )
+    return sorted(other)
+
+
 def _check_target(out: Path) -> None:
-    """Refuse an ``out`` that is a file, or a folder holding anything but an earlier benchmark (it is replaced)."""
+    """Refuse an ``out`` that is a file or a link, or a folder holding anything but an earlier benchmark (it is
+    replaced): other names, or its own names as something an export does not write (:func:`_foreign`)."""
+    if out.is_symlink():
+        raise ExportError(f"{out}: a symbolic link; a VNN-LIB benchmark is a folder, give a new or empty folder")
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: a file; a VNN-LIB benchmark is a folder, give a new or empty folder")
-    if out.is_dir():
-        known = {"model.onnx", "instances.csv", "radii.json", "vnnlib"}
-        other = [p.name for p in out.iterdir() if p.name not in known]
-        props = out / "vnnlib"
-        if props.is_dir():
-            other += [f"vnnlib/{p.name}" for p in props.iterdir() if not p.name.endswith(".vnnlib")]
-        if other:
-            raise ExportError(
-                f"{out}: holds other files ({', '.join(sorted(other)[:3])}); an export replaces the whole folder, "
-                "so give a new or empty folder, or an earlier benchmark's"
-            )
+    other = _foreign(out) if out.is_dir() else []
+    if other:
+        raise ExportError(
+            f"{out}: holds other files ({', '.join(other[:3])}); an export replaces the whole folder, "
+            "so give a new or empty folder, or an earlier benchmark's"
+        )
+
+
+def _stale_stages(out: Path) -> list[Path]:
+    """The folders a killed export of ``out`` left beside it: named ``.<out>.asymcert-<8>.vnnlib`` (or
+    ``…-old``: an earlier benchmark being replaced), holding :data:`STAGE_MARKER` and a benchmark's files only.
+    A folder of the user's, whatever its name, is not one."""
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.asymcert-[a-z0-9_]{{8}}\.vnnlib(-old)?$")
+    found = [p for p in out.parent.iterdir() if pattern.match(p.name) and p.is_dir() and not p.is_symlink()]
+    return sorted(p for p in found if (p / STAGE_MARKER).is_file() and not _foreign(p))
+
+
+def _mark(folder: Path) -> None:
+    """Write :data:`STAGE_MARKER` into ``folder``: asymcert's own, to be removed if left by a killed export."""
+    (folder / STAGE_MARKER).write_text("written by asymcert's VNN-LIB export while it replaces a benchmark\n")
 
 
 @contextmanager
 def _staged(out: Path) -> Iterator[Path]:
     """A fresh folder beside ``out`` to write into; when the block succeeds it replaces ``out`` (an earlier
-    benchmark goes whole), when it fails it is removed and ``out`` is left as it was. One writer per ``out``."""
+    benchmark goes whole), when it fails it is removed and ``out`` is left as it was. One writer per ``out``.
+    The folders in transit are marked (:data:`STAGE_MARKER`), so that a killed export's are known for its own."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_output(out):
-        for stale in out.parent.glob(f".{out.name}.vnnlib-*"):  # left by a killed export of this folder
+        for stale in _stale_stages(out):
             shutil.rmtree(stale, ignore_errors=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.vnnlib-", dir=out.parent))
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.asymcert-", suffix=".vnnlib", dir=out.parent))
         os.chmod(stage, 0o777 & ~current_umask())  # a folder the user creates (mkdtemp alone gives 0700)
         try:
+            _mark(stage)
             yield stage
             old = out.parent / f"{stage.name}-old"
             if out.exists():
+                _mark(out)
                 out.rename(old)
+            (stage / STAGE_MARKER).unlink()
             stage.rename(out)
             shutil.rmtree(old, ignore_errors=True)
         finally:
@@ -194,12 +266,16 @@ def to_vnnlib(
     limit: int | None = None,
     timeout: int = DEFAULT_TIMEOUT,
     threat_model: ThreatModel | ResolvedThreatModel | None = None,
+    feature_names: list[str] | None = None,
 ) -> list[Property]:
     """Write a VNN-COMP benchmark folder (layout in the module docstring) for the inputs of ``x``.
 
     Radii are those of the certifying graph (:func:`~asymcert.export.to_onnx`, evaluated in float32), in raw
     input units, or under a (non-empty) ``threat_model`` in its units with its boxes (:func:`threat_box`);
-    only flagged inputs with a positive ℓ∞ radius get a property, and not those whose box is unbounded.
+    only flagged inputs with a positive ℓ∞ radius get a property, and not those whose box is unbounded (an
+    infinite radius toward a feature whose domain bound is infinite, e.g. a monotone run's harmless moves; with
+    finite lower/upper bounds in the threat model their box is the domain's and they are written): radii.json
+    lists them, :func:`write_benchmark` returns them.
 
     Args:
         model: a model :func:`~asymcert.export.certifying_graph` accepts.
@@ -210,30 +286,52 @@ def to_vnnlib(
         limit: at most this many properties (the first qualifying inputs).
         timeout: seconds per instance in instances.csv.
         threat_model: certify and box under it (None or empty: raw ℓ∞ balls).
+        feature_names: the name of each element of a flattened input (run.json's ``feature_names``), written
+            in every .vnnlib file, radii.json and model.onnx's metadata (None: not known).
     Returns:
         The properties written (also in radii.json).
 
     Raises:
-        ExportError: a norm other than ∞, a model that cannot be exported, or a ``path_dir`` that is a file
-            or a folder with other files (nothing is written). ExportDependencyError: no onnx.
+        ExportError: a norm other than ∞, a model that cannot be exported, ``feature_names`` that are not one
+            per input element, or a ``path_dir`` that is a file or a folder with other files (nothing is
+            written). ExportDependencyError: no onnx.
     """
+    return write_benchmark(model, x, path_dir, norm, limit, timeout, threat_model, feature_names).properties
+
+
+def write_benchmark(
+    model: nn.Module,
+    x: torch.Tensor,
+    path_dir: str | Path,
+    norm: float | str = "inf",
+    limit: int | None = None,
+    timeout: int = DEFAULT_TIMEOUT,
+    threat_model: ThreatModel | ResolvedThreatModel | None = None,
+    feature_names: list[str] | None = None,
+) -> Benchmark:
+    """:func:`to_vnnlib` (same arguments, same folder), returning the properties written and the certified
+    inputs left out (:class:`Benchmark`)."""
     if str(norm) not in ("inf", "linf") and not (isinstance(norm, float) and math.isinf(norm)):
         raise ExportError(f"VNN-LIB properties are ℓ∞ boxes; an ℓ{norm} ball is not expressible in VNN-LIB")
     require("onnx")
     out = Path(path_dir)
     _check_target(out)
     x = checked_inputs(x, model)  # the graph's float32 inputs: each box is centred where its radius was certified
+    names = checked_feature_names(feature_names, tuple(x.shape[1:]))
     resolved = resolved_threat_model(threat_model, model)
     tm = None if resolved is None or resolved.is_empty() else resolved
     found = graph_certificates(model, x, DEFAULT_NORMS, tm)  # refuses a model that cannot be exported, first
+    notes = graph_notes(model, ["score"], tuple(x.shape[1:]), names, tm, score_is_y0=True)
     with _staged(out) as stage:
         (stage / "vnnlib").mkdir()
-        export_module(_ScoreOnly(certifying_graph(model, ())), stage / "model.onnx", tuple(x.shape[1:]), ["score"])
-        props, unbounded = _write_properties(stage, model, x, found, tm, limit)
+        score_graph = _ScoreOnly(certifying_graph(model, ()))
+        export_module(score_graph, stage / "model.onnx", tuple(x.shape[1:]), ["score"], notes)
+        props, unbounded = _write_properties(stage, model, x, found, tm, limit, names)
         rows = [f"model.onnx,{p.file},{int(timeout)}" for p in props]
         (stage / "instances.csv").write_text("".join(row + "\n" for row in rows))
-        (stage / "radii.json").write_text(json.dumps(_summary(model, tm, props, unbounded), indent=1))
-    return props
+        summary = _summary(model, tm, props, unbounded, names)
+        (stage / "radii.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
+    return Benchmark(props, unbounded)
 
 
 def _write_properties(
@@ -243,9 +341,11 @@ def _write_properties(
     found: dict[str, torch.Tensor],
     tm: ResolvedThreatModel | None,
     limit: int | None,
+    names: list[str] | None,
 ) -> tuple[list[Property], list[int]]:
-    """Write one .vnnlib file per certified flagged input into ``stage``/vnnlib; return the properties and the
-    indices of certified inputs left out because their box is unbounded."""
+    """Write one .vnnlib file per certified flagged input into ``stage``/vnnlib (its comments name each X_i's
+    centre and feature, :func:`~asymcert.export.notes.variable_lines`); return the properties and the indices
+    of certified inputs left out because their box is unbounded."""
     key = "radius_linf" if tm is None else "tm_radius_linf"
     rng = getattr(model, "input_range", None)
     units = RAW_UNITS if tm is None else tm.units()
@@ -259,22 +359,29 @@ def _write_properties(
         if not bool(torch.isfinite(low).all() and torch.isfinite(high).all()):
             unbounded.append(i)
             continue
-        name = f"vnnlib/prop_{i}.vnnlib"
+        name, centre = f"vnnlib/prop_{i}.vnnlib", x[i].double().flatten().tolist()
         note = f"asymcert: input {i}, score {float(found['score'][i])!r}, certified ℓ∞ radius {radii[key]!r} ({units})"
-        (stage / name).write_text(vnnlib_text(low, high, note + "\nexpected verdict: unsat"))
-        props.append(Property(i, name, float(found["score"][i]), radii))
+        note = "\n".join([note, "expected verdict: unsat", *variable_lines(centre, names)])
+        (stage / name).write_text(vnnlib_text(low, high, note), encoding="utf-8")
+        props.append(Property(i, name, float(found["score"][i]), radii, centre))
     return props, unbounded
 
 
 def _summary(
-    model: nn.Module, tm: ResolvedThreatModel | None, props: list[Property], unbounded: list[int]
+    model: nn.Module,
+    tm: ResolvedThreatModel | None,
+    props: list[Property],
+    unbounded: list[int],
+    names: list[str] | None,
 ) -> dict[str, object]:
-    """radii.json: what the boxes and radii mean, and the properties."""
+    """radii.json: what the boxes and radii mean, the features X_i are (``feature_names``, in order; null when
+    not known), and the properties (each with its ``centre``, the float32 input its box is built around)."""
     rng = getattr(model, "input_range", None)
     return {
         "note": "ℓ1/ℓ2 balls are not expressible in VNN-LIB; their radii are listed for verifiers that take norms",
         "units": RAW_UNITS if tm is None else tm.units(),
         "threat_model": None if tm is None or tm.source is None else tm.source.to_dict(),
+        "feature_names": names,
         "input_range": None if rng is None else list(rng),
         "unbounded_boxes_left_out": unbounded,
         "properties": [asdict(p) for p in props],

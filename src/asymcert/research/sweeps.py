@@ -27,6 +27,7 @@ import torch
 
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import AsymcertError
+from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.report.plots import _pyplot
 from asymcert.runfolder import dumps_strict
 
@@ -62,12 +63,19 @@ def read_result(job_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | Non
     """The finished result of the job in ``job_dir``, or None when it has not finished.
 
     Raises:
-        SweepError: the folder holds a result computed with other settings.
+        SweepError: the folder holds a result computed with other settings, or a result file that is not
+            one strict JSON object (:func:`asymcert.jsontext.parse_json`: e.g. damaged, or nested too deeply).
     """
     path = job_dir / RESULT_FILE
     if not path.is_file():
         return None
-    result = json.loads(path.read_text())
+    try:
+        result = parse_json(path.read_text(encoding="utf-8"))
+    except (JsonTextError, UnicodeDecodeError) as exc:
+        raise SweepError(f"{path} is not a readable sweep result ({exc}); delete it to recompute the job") from None
+    if not isinstance(result, dict):
+        kind = type(result).__name__
+        raise SweepError(f"{path} holds a JSON {kind}, not a sweep result; delete it to recompute the job")
     if result.get("settings") != json.loads(dumps_strict(settings, default=_json_default)):
         raise SweepError(
             f"{job_dir} holds a result computed with other settings; use a new --out folder "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import time
 import warnings
 from collections.abc import Callable
@@ -161,13 +162,20 @@ def read_train_state(state_file: Path, device: torch.device, fingerprint: str) -
     """The resume state in ``state_file`` (tensors only: nothing is unpickled), checked against ``fingerprint``.
 
     Raises:
-        CheckpointError: unreadable, tampered (anything but tensors and plain values) or incomplete.
+        CheckpointError: unreadable, tampered (anything but tensors and plain values: said so, without
+            torch's advice to load it unsafely) or incomplete.
         RunFolderConflictError: the state is of a run with other settings or another model.
     """
     try:
         with warnings.catch_warnings():  # torch warns about hostile pickles before refusing them
             warnings.simplefilter("ignore")
             state = torch.load(state_file, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never pass that on
+        raise CheckpointError(
+            f"{state_file} is not a training state asymcert wrote (damaged, or holding objects other than tensors "
+            "and plain values, which asymcert never stores; nothing in it was run); delete it, or use a new --out "
+            "folder, to start a new run"
+        ) from None
     except Exception as exc:  # a damaged or hostile file fails in many ways; none may escape as a crash
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(
