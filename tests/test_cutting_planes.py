@@ -115,7 +115,8 @@ def test_forgetting_idle_cut_rows_keeps_every_bracket(monkeypatch, p):
 @pytest.mark.parametrize("p", NORMS)
 def test_multi_cut_is_between_closed_form_and_exact_and_pgd_cannot_flip(name, p):
     model, x = MODELS[name]()
-    for xs in (x, near_boundary(model, x)):
+    # (scores up to 0.1: the random conv net's float guard is 8·eps·A with A near 10³, so scores below 10⁻³ get 0)
+    for xs in (x, near_boundary(model, x, high=0.1)):
         base = certify_feature_convex(model, xs, (p,))
         r = multi_cut_radii(model, xs, (p,), cuts=4)[p]
         f = base.sensitive

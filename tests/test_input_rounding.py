@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import asymcert
 from asymcert.certify.attacks import pgd_attack
 from asymcert.certify.functional import lp_norm
 from asymcert.certify.input_rounding import lowered_by_rounding, to_model_dtype
-from asymcert.errors import InputError
+from asymcert.errors import ConfigError, InputError
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
 from tests.conftest import near_boundary
@@ -102,7 +103,10 @@ def test_a_rounding_too_large_to_measure_under_a_tiny_scale_leaves_radius_0_neve
     """A scale of 1e-320 raw units per unit makes ‖e / scale‖ overflow float64 (ℓ2's sum of squares first): the
     radii become 0, flagged or not, never NaN; an exactly representable input loses nothing."""
     model = build_model({**CONFIGS[0], "input_shape": [4]}).eval()
-    tm = ThreatModel(scale={0: 1e-320}).resolve(None, 4)
+    with pytest.raises(ConfigError, match="must be a number from"):  # a threat model may not say so any more
+        ThreatModel(scale={0: 1e-320}).resolve(None, 4)
+    tm = ThreatModel(scale={0: 1.0}).resolve(None, 4)
+    tm = replace(tm, scale=tm.scale.clone().index_fill_(0, torch.tensor([0]), 1e-320))  # (resolved by hand)
     x32 = 3 * torch.randn(32, 4, generator=torch.Generator().manual_seed(6))
     x64 = x32.double()
     x64[:, 0] += 1e-9 * x64[:, 0].abs()  # below half an ulp of float32: e / scale overflows float64

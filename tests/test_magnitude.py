@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import asymcert
-from asymcert.certify.feature_convex import model_magnitudes
+from asymcert.certify.feature_convex import magnitude_scope, model_magnitudes
 from asymcert.certify.magnitude import absolute_pass, network_magnitudes
 from asymcert.models import build_model
+from asymcert.models.one_vs_rest import OneVsRestConvex
 from asymcert.nn.convex import ConvexMean
 from tests.conftest import small_feature_convex
 
@@ -169,18 +170,124 @@ def test_parameters_whose_float32_evaluation_is_not_finite_certify_nothing():
         assert all(float(cert.radius(p).max()) == 0.0 for p in NORMS)
 
 
-def test_the_magnitudes_are_recomputed_whenever_the_model_changes():
-    """Kept once per model state (they cost a pass of the absolute network): a weight changed in place, a
-    replaced parameter or another dtype gives new ones, computed from the new weights."""
+def test_the_magnitudes_are_kept_within_one_certificate_call_only():
+    """Computed once per model inside a magnitude_scope (one certificate call), afresh outside it, so that a
+    change of the weights between calls, however it is made, is always seen."""
     model = small_feature_convex("icnn")
     shape = tuple(model.features(torch.rand(1, 1, 6, 6)).shape[1:])
-    first = model_magnitudes(model, shape)
-    assert model_magnitudes(model, shape) is first
+    with magnitude_scope():
+        first = model_magnitudes(model, shape)
+        assert model_magnitudes(model, shape) is first
+        with magnitude_scope():  # nested: the same
+            assert model_magnitudes(model, shape) is first
+    assert model_magnitudes(model, shape) is not first
     with torch.no_grad():
-        model.convex.passthrough[0].weight.mul_(2.0)
+        model.convex.passthrough[0].weight.data.mul_(2.0)  # (no version counter moves)
     second = model_magnitudes(model, shape)
-    assert second is not first and float(second.overflow.sum()) > float(first.overflow.sum())
-    model.convex.passthrough[0].weight = torch.nn.Parameter(model.convex.passthrough[0].weight.detach() * 3)
-    third = model_magnitudes(model, shape)
-    assert float(third.overflow.sum()) > float(second.overflow.sum())
-    assert model_magnitudes(model.double(), shape) is not third
+    assert float(second.overflow.sum()) > float(first.overflow.sum())
+    assert float(second.overflow0) == pytest.approx(float(first.overflow0))  # (φ's parameters counted: the same)
+
+
+def _flat(n: int = 256, k: float = 1.0e7):
+    """g(f) = relu(k·Σf) − k·Σf + 1: exactly 1 for Σf ≥ 0 (gradient 0), but its float32 sums carry k·Σf."""
+    model = _cancelling(n, k)
+    with torch.no_grad():
+        model.convex.passthrough[1].weight.fill_(-k)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["binary", "one-vs-rest"])
+def test_a_zero_gradient_does_not_skip_the_growth_of_a(kind):
+    """∇g = 0 gave an infinite closed-form radius that the growth check skipped (review 26 F4): radii of 10²²
+    while the model's own score at ℓ∞ distance 1 was 0.0. Now the margin pays for A's growth: finite radii, and
+    the corner of the ℓ∞ ball keeps the flag."""
+    n = 256
+    model = _flat(n) if kind == "binary" else OneVsRestConvex([_flat(n), _flat(n)])
+    x = torch.full((1, n), 1e-6)
+    cert = asymcert.certify(model, x, norms=NORMS)
+    r = float(cert.radius(math.inf)[0])
+    assert 0 < r < 1e-2
+    member = model if kind == "binary" else model.member_models[0]
+    assert _lowest_own_score(member, x, r) > 0.5
+
+
+def test_weights_written_through_data_are_seen_by_the_next_certificate():
+    """Magnitudes were cached across calls by the tensors' identity and version counters, which writes through
+    ``.data`` leave alone (review 26 F2): the next certificate used a harmless model's magnitudes for the cancelling
+    weights, the old ℓ∞ radius 3.9e-3. Now they are computed once per call."""
+    n = 256
+    model, hostile = _cancelling(n), _cancelling(n)
+    with torch.no_grad():
+        model.convex.passthrough[0].weight.data.zero_()
+        model.convex.passthrough[1].weight.data.fill_(-1.0)
+    x = torch.full((1, n), 1e-6)
+    asymcert.certify(model, x, norms=NORMS)
+    for mine, theirs in zip(model.parameters(), hostile.parameters()):
+        mine.data.copy_(theirs.data)
+    again = asymcert.certify(model, x, norms=NORMS)
+    assert float(again.radius(math.inf)[0]) == float(asymcert.certify(hostile, x, norms=NORMS).radius(math.inf)[0])
+    assert float(again.radius(math.inf)[0]) < 1e-3
+
+
+def test_a_feature_map_whose_own_steps_may_overflow_certifies_nothing():
+    """Standardize with μ₀ = float32's largest value and σ₀ = 10³⁰ passes validation and computes x₀ − μ₀ = −∞ for
+    x₀ ≤ −2.1·10³¹ (NaN scores), although its features are small (review 26 F3: radii of 3·10³² and ∞). H now counts
+    φ's own parameters: such a model may overflow anywhere, so its decisions are its own with radius 0."""
+    model = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [2],
+            "feature_map": [{"kind": "standardize"}],
+            "convex": {"kind": "icnn", "widths": [1], "batch_norm": False},
+        }
+    )
+    with torch.no_grad():
+        model.feature_map.maps[0].mean.copy_(torch.tensor([torch.finfo(torch.float32).max, 0.0]))
+        model.feature_map.maps[0].scale.copy_(torch.tensor([1e30, 1.0]))
+        model.convex.passthrough[0].weight.zero_()
+        model.convex.hidden[0].weight.zero_()
+        model.convex.passthrough[1].weight.copy_(torch.tensor([[0.0, -1.0]]))
+        model.convex.passthrough[1].bias.fill_(1.0)
+        assert bool(torch.isnan(model(torch.tensor([[-3e31, 0.0]]))).all())
+    model.validate()
+    x = torch.zeros(1, 2)
+    for tm in (None, asymcert.ThreatModel.from_dict({"immutable": ["1"]}).resolve(None, 2)):
+        cert = asymcert.certify(model, x, norms=NORMS, threat_model=tm)
+        assert bool(cert.sensitive[0]) and all(float(cert.radius(p)[0]) == 0.0 for p in NORMS)
+
+
+class _MaxOfAffine(torch.nn.Module):
+    """A user's own convex g: a max of affine functions, with its contract declared (and, optionally, its
+    absolute evaluation)."""
+
+    def __init__(self, d: int, declare: bool) -> None:
+        super().__init__()
+        self.affine = torch.nn.Linear(d, 4)
+        if declare:
+            self.absolute_pass = self._absolute
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.affine(x.flatten(1)).amax(dim=1)
+
+    def convexity_contract(self) -> list[str]:
+        return []
+
+    def _absolute(self, af: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        terms = af.flatten(1) @ self.affine.weight.detach().double().abs().T + self.affine.bias.detach().double().abs()
+        return terms.sum(dim=1), terms.sum(dim=1)
+
+
+def test_a_users_own_network_gives_its_magnitudes_by_declaring_them():
+    """Networks asymcert does not know have A = H = 0 unless they declare ``absolute_pass`` (the guard then sees
+    the gradient's terms only, as before); declared, A is theirs."""
+    from asymcert.models import FeatureConvexClassifier
+    from asymcert.nn.feature_maps import Compose, Shift
+
+    for declare in (False, True):
+        g = _MaxOfAffine(6, declare)
+        model = FeatureConvexClassifier(Compose([Shift((6,))]), g, (6,)).eval()
+        mags = model_magnitudes(model, (6,))
+        want = g.affine.weight.detach().double().abs().sum(0) if declare else torch.zeros(6, dtype=torch.float64)
+        assert torch.allclose(mags.rounding, want)
+        cert = asymcert.certify(model, torch.randn(16, 6), norms=NORMS)
+        assert bool((cert.radius(2.0) >= 0).all())

@@ -25,10 +25,12 @@ attacked point. Per precision:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import math
-import weakref
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeAlias, TypeVar, cast
 
 import torch
@@ -232,22 +234,53 @@ def float_guard(
     return rounding_bound(features, grad, score, constant_terms(model, features), evaluation_eps(model), floor=floor)
 
 
-_MAGNITUDES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], list[tuple[torch.Tensor, int]], Magnitudes]]
-_MAGNITUDES = weakref.WeakKeyDictionary()
+_SCOPE: contextvars.ContextVar[dict[int, tuple[nn.Module, tuple[int, ...], Magnitudes]] | None]
+_SCOPE = contextvars.ContextVar("asymcert_magnitudes", default=None)
+
+
+@contextlib.contextmanager
+def magnitude_scope() -> Iterator[None]:
+    """While the block runs (one certificate call), :func:`model_magnitudes` computes each model's magnitudes
+    once; outside, every call computes them afresh (a model's weights may change between calls in ways no
+    counter records, e.g. writes through ``.data``). Nested scopes share the outermost."""
+    if _SCOPE.get() is not None:
+        yield
+        return
+    token = _SCOPE.set({})
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
 
 
 def model_magnitudes(model: FeatureConvexClassifier, feature_shape: tuple[int, ...]) -> Magnitudes:
-    """The :class:`~asymcert.certify.magnitude.Magnitudes` of s = g(f) + b on features of ``feature_shape``;
-    computed once per model state: kept while the same tensors (held here, so never another one at the same
-    address) are its parameters and buffers and none was changed in place (their version counters)."""
-    state = [(t, t._version) for t in (*model.parameters(), *model.buffers())]
-    found = _MAGNITUDES.get(model)
-    same = found is not None and found[0] == feature_shape and len(found[1]) == len(state)
-    if found is not None and same and all(a is b and u == v for (a, u), (b, v) in zip(found[1], state)):
+    """The :class:`~asymcert.certify.magnitude.Magnitudes` of s = g(f) + b on features of ``feature_shape``
+    (computed once per model inside a :func:`magnitude_scope`), φ's own parameters counted in H."""
+    feature_shape = _network_shape(model.convex, feature_shape)
+    cache = _SCOPE.get()
+    found = None if cache is None else cache.get(id(model))
+    if found is not None and found[0] is model and found[1] == feature_shape:
         return found[2]
     mags = network_magnitudes(model.convex, feature_shape, float(model.balance.detach()))
-    _MAGNITUDES[model] = (feature_shape, state, mags)
+    mags = replace(mags, overflow0=mags.overflow0 + feature_map_magnitude(model.feature_map))
+    if cache is not None:
+        cache[id(model)] = (model, feature_shape, mags)
     return mags
+
+
+def _network_shape(g: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The feature shape g takes (its ``in_shape``; a mean's members'), else ``shape`` (features may come flat)."""
+    first = g.members[0] if isinstance(g, ConvexMean) and len(g.members) else g
+    found = getattr(first, "in_shape", None)
+    return tuple(int(v) for v in found) if found is not None else shape
+
+
+def feature_map_magnitude(phi: nn.Module) -> float:
+    """Σ of the magnitudes of φ's parameters and buffers (means, scales, knots), float64: with the inputs'
+    magnitude it bounds every value φ computes on the way (|x − μ| ≤ |x| + |μ|; a division by σ or a log1p
+    gives a feature, which H counts itself), so H sees an x − μ that overflows although (x − μ)/σ would not."""
+    tensors = [*phi.parameters(), *phi.buffers()]
+    return float(sum(t.detach().double().abs().sum() for t in tensors if t.is_floating_point()))
 
 
 def score_magnitudes(model: FeatureConvexClassifier, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -484,16 +517,17 @@ def certify_feature_convex(
     """
     cuts = check_cuts(cuts)
     check_reach(reach)
-    ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
-    radii = lp_radii(model, ref, margin, norms, slack)
-    if cuts > 1:
-        more = tangent_cut_radii(model, x, norms, cuts, guard, slack)
-        radii = {p: torch.where(flagged, torch.maximum(r, more[p].to(r)), r) for p, r in radii.items()}
-    if guard:  # the deployed model's rounding and range, as the guard assumes them, across the ball
-        radii = guarded_lp_radii(model, x, ref, margin, radii)
-        if cuts > 1:  # (the multi-cut radii are not linear in the margin: the slope caps)
-            caps = growth_caps(model, x, ref.features, norms)
-            radii = {p: torch.minimum(r, torch.minimum(*caps[p]).to(r)) for p, r in radii.items()}
+    with magnitude_scope():
+        ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
+        radii = lp_radii(model, ref, margin, norms, slack)
+        if guard:  # the deployed model's rounding and range, as the guard assumes them, across the ball
+            radii = guarded_lp_radii(model, x, ref, margin, radii)
+        if cuts > 1:
+            more = tangent_cut_radii(model, x, norms, cuts, guard, slack)
+            if guard:  # (the multi-cut radii are not linear in the margin: the slope caps)
+                caps = growth_caps(model, x, ref.features, norms)
+                more = {p: torch.minimum(r, torch.minimum(*caps[p]).to(r)) for p, r in more.items()}
+            radii = {p: torch.where(flagged, torch.maximum(r, more[p].to(r)), r) for p, r in radii.items()}
     return flag_certificate(flagged, radii, own_score)
 
 
@@ -526,7 +560,7 @@ def guarded_lp_radii(
         rate = torch.where(r64 > 0, m64 / r64.clamp_min(1e-300), torch.zeros_like(r64))  # ≥ D: r was rounded down
         solved = (m64 + k * (mag.to(r64) - a.to(r64) / GROWTH)) / (rate + k * grow / GROWTH)
         needs = (a.to(r64) + grow * r64) / GROWTH > mag.to(r64)
-        lowered = torch.where(needs & torch.isfinite(r64), torch.minimum(r64, solved.clamp_min(0.0) * (1 - 1e-9)), r64)
+        lowered = torch.where(needs, torch.minimum(r64, solved.clamp_min(0.0) * (1 - 1e-9)), r64)  # (∞ too)
         out[p] = torch.minimum(lowered, caps[p][1].to(lowered)).to(r)
     return out
 

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from asymcert.certify.bounded_convex import batch_norm_terms
-from asymcert.errors import ModelError
 from asymcert.nn.convex import ICNN, ConvexConvNet, ConvexMean
 
 FLOAT32_SAFE = float(torch.finfo(torch.float32).max) / 2.0**20
@@ -62,8 +61,7 @@ class Magnitudes:
 def network_magnitudes(g: nn.Module, feature_shape: tuple[int, ...], balance: float = 0.0) -> Magnitudes:
     """The :class:`Magnitudes` of convex network g on features of ``feature_shape`` (|b| = |balance| added).
 
-    Raises:
-        ModelError: a network other than an ICNN, a convex conv net or a mean of those.
+    Networks of the user's own: see :func:`absolute_pass`.
     """
     af = torch.zeros((1, *feature_shape), dtype=torch.float64, requires_grad=True)
     with torch.enable_grad():
@@ -81,7 +79,13 @@ def network_magnitudes(g: nn.Module, feature_shape: tuple[int, ...], balance: fl
 
 def absolute_pass(g: nn.Module, af: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, H) (N,) of the absolute evaluation of g on |f| = ``af`` (N, *feature_shape) float64 (see the module
-    docstring; H here without the features themselves, which :func:`network_magnitudes` adds)."""
+    docstring; H here without the features themselves, which :func:`network_magnitudes` adds).
+
+    A network of the user's own (one that declares ``convexity_contract``) may declare ``absolute_pass(af)``
+    returning the same (linear in ``af``, nonnegative coefficients); without it its A and H are 0: the float
+    guard then sees only the gradient's terms M, as before this bound existed (README, "How a certificate is
+    computed").
+    """
     if isinstance(g, ConvexMean):
         parts = [absolute_pass(m, af) for m in g.members]
         return torch.stack([a for a, _ in parts]).mean(0), torch.stack([h for _, h in parts]).sum(0)
@@ -89,7 +93,12 @@ def absolute_pass(g: nn.Module, af: torch.Tensor) -> tuple[torch.Tensor, torch.T
         return _icnn_absolute(g, af.flatten(1))
     if isinstance(g, ConvexConvNet):
         return _conv_absolute(g, af)
-    raise ModelError(f"no magnitude bound for the convex network {type(g).__name__}")
+    declared = getattr(g, "absolute_pass", None)
+    if callable(declared):
+        a, h = declared(af)
+        return a, h
+    zero = af.flatten(1).sum(1) * 0.0  # (keeps the graph to af: zero coefficients)
+    return zero, zero
 
 
 def _norm_absolute(norm: nn.Module, a: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:

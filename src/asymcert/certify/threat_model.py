@@ -49,7 +49,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from asymcert.certify.feature_convex import Reference, check_cuts, check_reach, flag_certificate, flag_margins, lp_radii
+from asymcert.certify.feature_convex import (
+    Reference,
+    check_cuts,
+    check_reach,
+    flag_certificate,
+    flag_margins,
+    lp_radii,
+    magnitude_scope,
+)
 from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.one_vs_rest import certify_one_vs_rest, class_radii_key
 from asymcert.certify.reach_path import path_holds, path_radii
@@ -462,17 +470,18 @@ def feature_convex_threat(
             f"cuts = {cuts}: multi-cut certificates are not available under a threat model "
             "(use cuts=0, or certify without the threat model)"
         )
-    problem, ref, flagged, own_score = reach_problem(model, x, threat_model, precision, slack, guard, validate)
-    costs = _move_costs(model, problem.grads, x, threat_model)
-    reach = check_reach(reach)
-    radii = _threat_radii(model, ref, problem, costs, norms, reach)
-    if guard:  # the deployed model's rounding and range, as the guard assumes them, along every allowed move
+    with magnitude_scope():
+        problem, ref, flagged, own_score = reach_problem(model, x, threat_model, precision, slack, guard, validate)
+        costs = _move_costs(model, problem.grads, x, threat_model)
+        reach = check_reach(reach)
+        radii = _threat_radii(model, ref, problem, costs, norms, reach)
+        if guard:  # the deployed model's rounding and range, as the guard assumes them, along every allowed move
 
-        def lowered(drop: torch.Tensor) -> dict[float, torch.Tensor]:
-            less = replace(problem, margin=(problem.margin - drop.to(problem.margin)).clamp_min(0.0))
-            return _threat_radii(model, ref, less, costs, norms, reach)
+            def lowered(drop: torch.Tensor) -> dict[float, torch.Tensor]:
+                less = replace(problem, margin=(problem.margin - drop.to(problem.margin)).clamp_min(0.0))
+                return _threat_radii(model, ref, less, costs, norms, reach)
 
-        radii = guarded_threat_radii(model, x, ref, radii, threat_model, lowered)
+            radii = guarded_threat_radii(model, x, ref, radii, threat_model, lowered)
     return flag_certificate(flagged, radii, own_score, threat_model.units())
 
 
