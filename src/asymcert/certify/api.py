@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from asymcert.certify.feature_convex import magnitude_scope
 from asymcert.certify.input_rounding import lowered_by_rounding, to_model_dtype
 from asymcert.certify.inputs import CHECK_CHUNK, check_inputs
 from asymcert.certify.result import Certificate, Guarantee, normalize_norm
@@ -317,15 +318,16 @@ def certify(
     _warn_outside(tm, x)
     dtype = _model_dtype(model, x)
     parts = []
-    for start in range(0, x.shape[0], step):
-        chunk, rounding = to_model_dtype(x[start : start + step], dtype)
-        chunk = chunk.to(device)
-        t0 = time.perf_counter()
-        cert = lowered_by_rounding(_run(spec, model, chunk, norms_t, tm, kwargs), rounding, tm)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        cert.seconds = time.perf_counter() - t0
-        parts.append(cert)
+    with magnitude_scope():  # (a feature-convex model's magnitude bounds: computed once for every chunk)
+        for start in range(0, x.shape[0], step):
+            chunk, rounding = to_model_dtype(x[start : start + step], dtype)
+            chunk = chunk.to(device)
+            t0 = time.perf_counter()
+            cert = lowered_by_rounding(_run(spec, model, chunk, norms_t, tm, kwargs), rounding, tm)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            cert.seconds = time.perf_counter() - t0
+            parts.append(cert)
     if not parts:  # an empty batch: the layout of one placeholder input's result, with no rows
         return _empty(_run(spec, model, _placeholder(x, value_range).to(device, dtype), norms_t, tm, kwargs))
     return parts[0] if len(parts) == 1 else Certificate.cat(parts)

@@ -29,9 +29,9 @@ import contextlib
 import contextvars
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 import torch
 from torch import nn
@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would
     ConvexModel: TypeAlias = FeatureConvexClassifier | OneVsRestConvex
 
 M = TypeVar("M", bound=nn.Module)
+T = TypeVar("T")
 
 EPS32 = torch.finfo(torch.float32).eps
 # Relative slack of "bounded" and "float64": the float64 dual norm, Lipschitz product and division
@@ -230,12 +231,32 @@ def float_guard(
     models: 8·2⁻⁵²·M; float32 on CUDA with TF32 allowed: 8·2⁻⁹·M), with |b| replaced by
     :func:`constant_magnitude` (which includes it).
     """
-    floor, _ = score_magnitudes(model, features)
-    return rounding_bound(features, grad, score, constant_terms(model, features), evaluation_eps(model), floor=floor)
+
+    def compute() -> torch.Tensor:
+        floor, _ = score_magnitudes(model, features)
+        terms = constant_terms(model, features)
+        return rounding_bound(features, grad, score, terms, evaluation_eps(model), floor=floor)
+
+    return _scoped("guard", (model, features, grad, score), (), compute)
 
 
-_SCOPE: contextvars.ContextVar[dict[int, tuple[nn.Module, tuple[int, ...], Magnitudes]] | None]
+_SCOPE: contextvars.ContextVar[dict[tuple[Any, ...], tuple[tuple[object, ...], Any]] | None]
 _SCOPE = contextvars.ContextVar("asymcert_magnitudes", default=None)
+
+
+def _scoped(kind: str, objects: tuple[object, ...], extra: tuple[Any, ...], compute: Callable[[], T]) -> T:
+    """``compute()``, kept for the rest of the :func:`magnitude_scope` (if one is open) under the identity of
+    ``objects`` (held, so that no other object can take their address) and the values ``extra``."""
+    cache = _SCOPE.get()
+    if cache is None:
+        return compute()
+    key = (kind, *(id(o) for o in objects), *extra)
+    found = cache.get(key)
+    if found is not None and all(a is b for a, b in zip(found[0], objects)):
+        return cast(T, found[1])
+    value = compute()
+    cache[key] = (objects, value)
+    return value
 
 
 @contextlib.contextmanager
@@ -256,16 +277,13 @@ def magnitude_scope() -> Iterator[None]:
 def model_magnitudes(model: FeatureConvexClassifier, feature_shape: tuple[int, ...]) -> Magnitudes:
     """The :class:`~asymcert.certify.magnitude.Magnitudes` of s = g(f) + b on features of ``feature_shape``
     (computed once per model inside a :func:`magnitude_scope`), φ's own parameters counted in H."""
-    feature_shape = _network_shape(model.convex, feature_shape)
-    cache = _SCOPE.get()
-    found = None if cache is None else cache.get(id(model))
-    if found is not None and found[0] is model and found[1] == feature_shape:
-        return found[2]
-    mags = network_magnitudes(model.convex, feature_shape, float(model.balance.detach()))
-    mags = replace(mags, overflow0=mags.overflow0 + feature_map_magnitude(model.feature_map))
-    if cache is not None:
-        cache[id(model)] = (model, feature_shape, mags)
-    return mags
+    shape = _network_shape(model.convex, feature_shape)
+
+    def compute() -> Magnitudes:
+        mags = network_magnitudes(model.convex, shape, float(model.balance.detach()))
+        return replace(mags, overflow0=mags.overflow0 + feature_map_magnitude(model.feature_map))
+
+    return _scoped("magnitudes", (model,), shape, compute)
 
 
 def _network_shape(g: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -286,7 +304,7 @@ def feature_map_magnitude(phi: nn.Module) -> float:
 def score_magnitudes(model: FeatureConvexClassifier, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, H) (N,) float64 at features φ(x) (N, *feature_shape): the magnitude of the terms the score sums, and
     the sum of the magnitudes of every value its evaluation computes (:mod:`asymcert.certify.magnitude`)."""
-    return model_magnitudes(model, tuple(features.shape[1:])).at(features)
+    return _scoped("at", (model, features), (), lambda: model_magnitudes(model, tuple(features.shape[1:])).at(features))
 
 
 def growth_caps(
@@ -298,7 +316,7 @@ def growth_caps(
     A move of ℓp size r moves φ by at most Lip_p(φ)·r, A by ‖a‖_q times that, H by ‖h‖_q·Lip_p(φ)·r + ‖x' − x‖₁.
     For trained models both lie far beyond the certified radii; they bind for weights that cancel."""
     mags = model_magnitudes(model, tuple(features.shape[1:]))
-    a, h = mags.at(features)
+    a, h = score_magnitudes(model, features)
     size = x.detach().double().flatten(1).abs().sum(1)
     d = x[0].numel()
     caps = {}
@@ -549,7 +567,7 @@ def guarded_lp_radii(
     r ≤ (margin + k·(mag − A/GROWTH)) / (D + k·G/GROWTH), k = 8·eps (a change of about 10⁻⁶ of A for
     trained models, the whole radius for weights that cancel). Also capped where H may overflow."""
     mags = model_magnitudes(model, tuple(ref.features.shape[1:]))
-    a, _ = mags.at(ref.features)
+    a, _ = score_magnitudes(model, ref.features)
     k = FLOAT_GUARD_FACTOR * evaluation_eps(model)
     mag = float_guard(model, ref.features, ref.grad, ref.score) / k
     caps = growth_caps(model, x, ref.features, tuple(radii))
