@@ -871,3 +871,18 @@ def test_a_parquet_label_bomb_is_refused_from_the_footer_before_any_page_is_read
     _write_parquet(tmp_path / "ok.parquet", columns | {"kind": ["spam", "ham", "ham", "spam"]})
     monkeypatch.undo()
     assert certify_file(csv_run, tmp_path / "ok.parquet", tmp_path / "out.csv", progress=False).n_inputs == 4
+
+
+def test_npz_rows_with_nan_or_inf_are_named_by_file_and_index(csv_run, tmp_path):
+    """certify --input said only 'inputs contain NaN or Inf (first bad rows: [0])', no file, counting from 0 where
+    the domain warning counts from 1 (walkthrough 26c F4): the file, the results index and the row, in one line."""
+    x, _ = _rows(10, 16)
+    x[7, 2] = np.nan
+    np.savez(tmp_path / "new.npz", x=x)
+    with pytest.raises(DataError, match=r"new\.npz: x\[7\] \(index 7, row 8\) holds NaN or ±inf"):
+        certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", chunk=4, progress=False)
+    x[7, 2], x[1, 0] = 1.0, -np.inf
+    np.savez(tmp_path / "new.npz", x=x)
+    with pytest.raises(DataError, match=r"x\[1\] \(index 1, row 2\)"):
+        certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", chunk=4, progress=False)
+    assert not (tmp_path / "out.csv").exists()

@@ -190,7 +190,8 @@ def npz_batches(path: Path, chunk: int, input_shape: Sequence[int] | None = None
 
     Raises:
         DataError: x not of the run's input shape or not numbers, or a y that is not one label per input (all
-            named, from the arrays' headers before any value is read); a damaged or truncated array.
+            named, from the arrays' headers before any value is read); a damaged or truncated array; a row
+            holding NaN or ±inf (its index and row).
     """
     with NpzStream(path) as npz:
         shape = npz.x.shape
@@ -199,9 +200,22 @@ def npz_batches(path: Path, chunk: int, input_shape: Sequence[int] | None = None
             raise DataError(f"{path}: x has shape {shape}; the run takes inputs of shape ({want})")
         if npz.x.dtype.kind not in "biuf":
             raise DataError(f"{path}: x must hold numbers, found dtype {npz.x.dtype}")
+        start = 0
         for x, y in npz.chunks(chunk):
             labels = None if y is None else [str(v) for v in utf8_labels(y).tolist()]
-            yield Batch(torch.from_numpy(_as_float(x, path)), labels)
+            values = _as_float(x, path)
+            _check_finite(values, path, start)
+            yield Batch(torch.from_numpy(values), labels)
+            start += len(values)
+
+
+def _check_finite(values: np.ndarray, path: Path, start: int) -> None:
+    """Refuse a chunk (n, ...) of an input file's rows ``start`` … holding NaN or ±inf, naming the file and the
+    first such row as the results index it (DataError; ``asymcert.certify`` said only "first bad rows: [0]")."""
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bool(bad.any()):
+        first = start + int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: x[{first}] (index {first}, row {first + 1}) holds NaN or ±inf; fix or drop it")
 
 
 def _as_float(values: np.ndarray, path: Path) -> np.ndarray:
