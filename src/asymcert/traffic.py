@@ -103,12 +103,7 @@ def csv_batches(path: Path, features: Sequence[str], label_column: str | None, c
             header = [h.strip() for h in next(reader, [])]
             if not header:
                 raise DataError(f"{path}: the file is empty (no header row)")
-            missing = [c for c in features if c not in header]
-            if missing:
-                raise DataError(f"{path}: the run's feature column(s) {', '.join(missing)} are missing")
-            twice = [c for c in dict.fromkeys([*features, label_column]) if c is not None and header.count(c) > 1]
-            if twice:
-                raise DataError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in the header")
+            check_columns(path, header, features, label_column)
             at = [header.index(c) for c in features]
             label_at = header.index(label_column) if label_column in header else None
             yield from _csv_chunks(reader, f, path, header, at, label_at, chunk)
@@ -119,6 +114,17 @@ def csv_batches(path: Path, features: Sequence[str], label_column: str | None, c
             ) from None
         except csv.Error as exc:  # e.g. a field over csv.field_size_limit() characters
             raise DataError(f"{path}: line {reader.line_num}: not readable as CSV ({exc})") from None
+
+
+def check_columns(path: Path, names: Sequence[str], features: Sequence[str], label: str | None) -> None:
+    """Refuse a table (CSV header, Parquet schema) with ``names`` that lacks one of the run's ``features`` or holds
+    one of them, or the ``label`` column, more than once (DataError naming them)."""
+    missing = [c for c in features if c not in names]
+    if missing:
+        raise DataError(f"{path}: the run's feature column(s) {', '.join(missing)} are missing")
+    twice = [c for c in dict.fromkeys([*features, label]) if c is not None and list(names).count(c) > 1]
+    if twice:
+        raise DataError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once")
 
 
 def _csv_chunks(
@@ -323,13 +329,7 @@ def _arrow_message(exc: BaseException) -> str:
 def _check_parquet_columns(path: Path, schema: Any, features: Sequence[str], label: str | None, pa: Any) -> None:
     """Refuse a Parquet schema without the run's feature columns, with one of them (or the label) twice, or
     with a feature column that does not hold numbers (DataError naming them)."""
-    names = list(schema.names)
-    missing = [c for c in features if c not in names]
-    if missing:
-        raise DataError(f"{path}: the run's feature column(s) {', '.join(missing)} are missing")
-    twice = [c for c in dict.fromkeys([*features, label]) if c is not None and names.count(c) > 1]
-    if twice:
-        raise DataError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once")
+    check_columns(path, list(schema.names), features, label)
     numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
     wrong = [f"{c!r} ({schema.field(c).type})" for c in features if not any(t(schema.field(c).type) for t in numeric)]
     if wrong:
@@ -399,20 +399,15 @@ def input_batches(path: Path, run: RunRecord, chunk: int) -> Iterator[Batch]:
     if path.is_dir():
         return image_batches(path, run.model.get("input_shape") or [], chunk)
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        features = run.feature_names
-        if not features:
-            raise InputError(f"{path}: a CSV needs a run trained on a CSV (its feature columns); use an .npz file")
+    tables = {".csv": ("a CSV", csv_batches), ".parquet": ("a Parquet file", parquet_batches)}
+    if suffix in tables:
+        what, read = tables[suffix]
+        if not run.feature_names:
+            raise InputError(f"{path}: {what} needs a run trained on a CSV (its feature columns); use an .npz file")
         label = run.task.get("label_column")
-        return csv_batches(path, [str(c) for c in features], label if isinstance(label, str) else None, chunk)
+        return read(path, [str(c) for c in run.feature_names], label if isinstance(label, str) else None, chunk)
     if suffix == ".npz":
         return npz_batches(path, chunk, run.model.get("input_shape") or None)
-    if suffix == ".parquet":
-        features = run.feature_names
-        if not features:
-            raise InputError(f"{path}: a Parquet file needs a run trained on a CSV (its feature columns); use an .npz")
-        label = run.task.get("label_column")
-        return parquet_batches(path, [str(c) for c in features], label if isinstance(label, str) else None, chunk)
     raise InputError(
         f"{path}: unknown input format {suffix or '(no suffix)'!r}; use .csv, .parquet, .npz or an image folder"
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -278,8 +279,8 @@ class FeatureConvexGraph(nn.Module):
         radii = []
         for k, (p, lip) in enumerate(zip(self.norms, self.lips)):
             rate = lip * dual_norm32(flat, p)
-            r = _radius(margin, rate, flagged)
-            radii.append(self.growth.lowered(r, margin, rate, magnitude, big, total, k))
+            at = GuardPoint(margin, rate, magnitude, big, total)
+            radii.append(self.growth.lowered(_radius(margin, rate, flagged), at, k))
         if self.threat is None:
             return (score, flagged, *radii)
         x_flat = x.flatten(1)
@@ -289,9 +290,8 @@ class FeatureConvexGraph(nn.Module):
         costs = self.threat.costs(x_flat, flat)
         closed = []
         for p in self.norms:
-            rate = dual_norm32(costs, p)
-            r = _radius(margin, rate, flagged)
-            closed.append(self.growth.lowered_threat(r, margin, rate, magnitude, big, total, p, self.threat, x_flat))
+            at = GuardPoint(margin, dual_norm32(costs, p), magnitude, big, total)
+            closed.append(self.growth.lowered_threat(_radius(margin, at.rate, flagged), at, p, self.threat, x_flat))
         # as the library: the generic fallback holds under every threat model, never report less than it
         return (score, flagged, *radii, *[torch.maximum(c, f) for c, f in zip(closed, fallback)])
 
@@ -346,47 +346,22 @@ class GuardGrowth(nn.Module):
         return big, total
 
     def _solve(
-        self,
-        r: torch.Tensor,
-        margin: torch.Tensor,
-        rate: torch.Tensor,
-        mag: torch.Tensor,
-        big: torch.Tensor,
-        total: torch.Tensor,
-        grow_a: torch.Tensor | float,
-        grow_h: torch.Tensor | float,
+        self, r: torch.Tensor, at: GuardPoint, grow_a: torch.Tensor | float, grow_h: torch.Tensor | float
     ) -> torch.Tensor:
         """r lowered where A may pass GROWTH·M within it, and capped where H may overflow (0 stays 0)."""
-        needs = (big + grow_a * r) / GROWTH > mag
-        solved = (margin + self.k * (mag - big / GROWTH)) / (rate + self.k * grow_a / GROWTH) * (1.0 - GRAPH_SLACK)
+        needs = (at.big + grow_a * r) / GROWTH > at.mag
+        top = at.margin + self.k * (at.mag - at.big / GROWTH)
+        solved = top / (at.rate + self.k * grow_a / GROWTH) * (1.0 - GRAPH_SLACK)
         lowered = torch.where(needs, torch.minimum(r, solved.clamp_min(0.0)), r)
-        cap = (FLOAT32_SAFE - total).clamp_min(0.0) / grow_h * (1.0 - GRAPH_SLACK)
+        cap = (FLOAT32_SAFE - at.total).clamp_min(0.0) / grow_h * (1.0 - GRAPH_SLACK)
         return torch.where(r > 0, torch.minimum(lowered, cap), r)
 
-    def lowered(
-        self,
-        r: torch.Tensor,
-        margin: torch.Tensor,
-        rate: torch.Tensor,
-        mag: torch.Tensor,
-        big: torch.Tensor,
-        total: torch.Tensor,
-        k: int,
-    ) -> torch.Tensor:
+    def lowered(self, r: torch.Tensor, at: GuardPoint, k: int) -> torch.Tensor:
         """Raw ℓp radius r (N,) of the ``k``-th norm, lowered (see the class docstring)."""
-        return self._solve(r, margin, rate, mag, big, total, self.grow_a[k], self.grow_h[k])
+        return self._solve(r, at, self.grow_a[k], self.grow_h[k])
 
     def lowered_threat(
-        self,
-        r: torch.Tensor,
-        margin: torch.Tensor,
-        rate: torch.Tensor,
-        mag: torch.Tensor,
-        big: torch.Tensor,
-        total: torch.Tensor,
-        p: float,
-        threat: ThreatTerms,
-        x: torch.Tensor,
+        self, r: torch.Tensor, at: GuardPoint, p: float, threat: ThreatTerms, x: torch.Tensor
     ) -> torch.Tensor:
         """Threat-model radius r (N,) for norm p, lowered with the growth per threat-model unit at x (N, n)."""
         if self.alpha is None or self.eta is None:  # (not reached: a coordinate-wise φ declares its bounds)
@@ -395,7 +370,7 @@ class GuardGrowth(nn.Module):
         scale = torch.where(up | down, threat.scale, torch.zeros_like(threat.scale)).float()
         grow_a = dual_norm32(self.alpha * scale, p) * INFLATE
         grow_h = dual_norm32(self.eta * scale, p) * INFLATE
-        solved = self._solve(r, margin, rate, mag, big, total, grow_a, grow_h)
+        solved = self._solve(r, at, grow_a, grow_h)
         # an infinite radius stays where every allowed move from x is bounded by the domain and A, H stay
         # covered over that box: A + Σ_i α_i·(how far x_i may move), the same with H
         x64 = x.double()
@@ -403,11 +378,23 @@ class GuardGrowth(nn.Module):
             down, x64 - threat.lower, torch.zeros_like(x64)
         )
         inside = ((x64 >= threat.lower) & (x64 <= threat.upper)).all(dim=1)
-        box_a = (big.double() + (self.alpha.double() * span).sum(dim=1)) * INFLATE
-        box_h = (total.double() + (self.eta.double() * span).sum(dim=1)) * INFLATE
-        exact = (margin + self.k * INFLATE * mag).double()  # the score less its own rounding
+        box_a = (at.big.double() + (self.alpha.double() * span).sum(dim=1)) * INFLATE
+        box_h = (at.total.double() + (self.eta.double() * span).sum(dim=1)) * INFLATE
+        exact = (at.margin + self.k * INFLATE * at.mag).double()  # the score less its own rounding
         keep = torch.isinf(r) & inside & (exact > self.k * box_a) & (box_h < FLOAT32_SAFE)  # (NaN, ∞: False)
         return torch.where(keep, r, solved)
+
+
+@dataclass(frozen=True)
+class GuardPoint:
+    """What :class:`GuardGrowth` lowers one norm's radii from, (N,) float32 each: the margin, the rate at which
+    the radius spends it (its denominator), the magnitude M the guard reserved, A and H at x."""
+
+    margin: torch.Tensor
+    rate: torch.Tensor
+    mag: torch.Tensor
+    big: torch.Tensor
+    total: torch.Tensor
 
 
 class ThreatTerms(nn.Module):
