@@ -31,7 +31,7 @@ from asymcert.checkpoint import MODEL_FILE, read_config, save
 from asymcert.cli import EXIT_BUSY, EXIT_OK, EXIT_REFUSED, main
 from asymcert.data.images import read_images
 from asymcert.data.user import read_npz
-from asymcert.errors import DataError, InputError, RunFolderBusyError
+from asymcert.errors import CheckpointError, DataError, InputError, RunFolderBusyError
 from asymcert.pipeline import read_run, train_run
 from asymcert.threat import ThreatModel, load_threat_model
 from asymcert.traffic import (
@@ -886,3 +886,22 @@ def test_npz_rows_with_nan_or_inf_are_named_by_file_and_index(csv_run, tmp_path)
     with pytest.raises(DataError, match=r"x\[1\] \(index 1, row 2\)"):
         certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", chunk=4, progress=False)
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_run_json_feature_names_that_differ_from_the_models_are_refused(csv_run, tmp_path):
+    """run.json's feature_names were trusted: swapping two of them made certify --input read the wrong columns
+    with exit 0 (hostile-file audit 26a F12). The model file keeps the names it was trained on; a run folder whose
+    run.json says otherwise is refused, naming the first difference."""
+    run = tmp_path / "run"
+    shutil.copytree(csv_run, run)
+    x, _ = _rows(6, 17)
+    _write_csv(tmp_path / "new.csv", x)
+    certify_file(run, tmp_path / "new.csv", tmp_path / "ok.csv", progress=False)
+    record = json.loads((run / "run.json").read_text())
+    record["feature_names"] = ["f1", "f0", "f2", "f3"]
+    (run / "run.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"feature_names differ .* position 0 is 'f1' there, 'f0' in the model"):
+        certify_file(run, tmp_path / "new.csv", tmp_path / "r.csv", progress=False)
+    res = CliRunner().invoke(main, ["certify", str(run), "--quiet"])
+    assert res.exit_code == EXIT_REFUSED and "feature_names differ" in res.output
+    assert not (tmp_path / "r.csv").exists()

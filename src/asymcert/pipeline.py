@@ -428,8 +428,9 @@ def execute_training(
         use_threat_model = getattr(recipe, "use_threat_model", None)  # recipes with a margin loss take one
         if use_threat_model is not None:
             use_threat_model(run_threat_model(plan.record))
-        session = prepare_fit(
-            plan.model, plan.data, plan.config, out, plan.task.augment, recipe, progress=progress, log=log
+        names = {"feature_names": plan.record.feature_names} if plan.record.feature_names else {}
+        session = prepare_fit(  # (the model file keeps the columns it reads: run.json's are checked against them)
+            plan.model, plan.data, plan.config, out, plan.task.augment, recipe, progress=progress, log=log, meta=names
         )
         record = plan.record
         record.extra = {**(old.extra if old else {}), **record.extra}  # keys of newer versions are kept

@@ -36,7 +36,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from asymcert import distributed
-from asymcert.checkpoint import TEMP_SUFFIX, TEMP_TAG, atomic_write
+from asymcert.checkpoint import MODEL_FILE, TEMP_SUFFIX, TEMP_TAG, atomic_write, read_config
 from asymcert.errors import AsymcertError, CheckpointError, RunFolderBusyError, WriteError
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.threat import ResolvedThreatModel, ThreatModel
@@ -460,7 +460,38 @@ def read_run_record(run_dir: str | Path) -> RunRecord:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} cannot be read ({exc})") from None
-    return RunRecord.from_json(text, str(path))
+    record = RunRecord.from_json(text, str(path))
+    _check_model_features(Path(run_dir), record)
+    return record
+
+
+def _check_model_features(run_dir: Path, record: RunRecord) -> None:
+    """Refuse run.json's ``feature_names`` when the run's model file says it was trained on other columns (the
+    names its training data had, which :func:`~asymcert.checkpoint.save` keeps in its metadata): new traffic
+    would be read by the wrong columns and a threat model would constrain the wrong features. Nothing to
+    compare (no model file yet, an unreadable one, a model saved without them) is no refusal here.
+
+    Raises:
+        CheckpointError: naming the first position where the two lists differ.
+    """
+    try:
+        _, meta = read_config(run_dir / MODEL_FILE)
+    except CheckpointError:
+        return
+    trained = (meta.get("task_meta") or {}).get("feature_names") if isinstance(meta, dict) else None
+    if not isinstance(trained, list) or record.feature_names is None:
+        return
+    trained = [str(n) for n in trained]
+    if list(record.feature_names) == trained:
+        return
+    pairs = list(zip(record.feature_names, trained))
+    at = next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))
+    mine = record.feature_names[at] if at < len(record.feature_names) else "(none)"
+    theirs = trained[at] if at < len(trained) else "(none)"
+    raise CheckpointError(
+        f"{run_dir / RUN_FILE}: feature_names differ from the columns its model was trained on ({MODEL_FILE}): "
+        f"position {at} is {mine!r} there, {theirs!r} in the model; the run folder was edited or mixed"
+    )
 
 
 def run_threat_model(
