@@ -464,3 +464,30 @@ def test_process_wide_hooks_are_refused_before_tracing(tmp_path):
     finally:
         handle.remove()
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_move_cost_below_float32_is_not_rounded_to_zero_in_the_graph(tmp_path):
+    """s(x) = 1e-10 − 1.2e-38·x₀ with scale 1e-8: the move cost 1.2e-46 became 0 in float32, the graph's radius ∞,
+    and onnxruntime's own score was negative at an allowed x₀ = 8.4e27 (review 26b G3). Now it is rounded up to a
+    subnormal: a finite radius, and no allowed point inside it is unflagged."""
+    model = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [2],
+            "feature_map": [{"kind": "identity"}],
+            "convex": {"kind": "icnn", "widths": [1], "batch_norm": False},
+        }
+    )
+    with torch.no_grad():
+        model.convex.passthrough[0].weight.zero_()
+        model.convex.passthrough[0].bias.zero_()
+        model.convex.hidden[0].weight.zero_()
+        model.convex.passthrough[1].weight.copy_(torch.tensor([[-1.2e-38, 0.0]]))
+        model.convex.passthrough[1].bias.fill_(1e-10)
+    spec = {"increase_only": ["0"], "immutable": ["1"], "scale": {"0": 1e-8}, "lower": {"*": 0.0}, "upper": {"*": 1e30}}
+    tm = asymcert.ThreatModel.from_dict(spec).resolve(None, 2)
+    sess = _session(model.eval(), tmp_path, threat_model=tm)
+    r = float(_run(sess, torch.zeros(1, 2))["tm_radius_linf"][0])
+    assert 0 < r < math.inf
+    moves = torch.tensor([[0.999 * r * 1e-8 * f, 0.0] for f in (1e-3, 0.5, 1.0)])
+    assert bool(_run(sess, moves)["flagged"].all())

@@ -291,3 +291,62 @@ def test_a_users_own_network_gives_its_magnitudes_by_declaring_them():
         assert torch.allclose(mags.rounding, want)
         cert = asymcert.certify(model, torch.randn(16, 6), norms=NORMS)
         assert bool((cert.radius(2.0) >= 0).all())
+
+
+def test_a_batch_norm_scale_beyond_float32_certifies_nothing():
+    """γ = 3e38 with running variance 0: the scale γ/√ε is finite in float64 and ∞ in float32, the model scores NaN
+    everywhere, and certify said flagged with radii 0.25–1.5 (review 26b G2). H now counts the scale itself."""
+    model = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [2],
+            "feature_map": [{"kind": "identity"}],
+            "convex": {"kind": "icnn", "widths": [1], "batch_norm": True},
+        }
+    )
+    with torch.no_grad():
+        model.convex.passthrough[0].weight.zero_()
+        model.convex.passthrough[0].bias.zero_()
+        norm = model.convex.norms[0]
+        norm.weight.fill_(3e38)
+        norm.bias.zero_()
+        norm.running_mean.zero_()
+        norm.running_var.zero_()
+        model.convex.hidden[0].weight.fill_(0.5)
+        model.convex.passthrough[1].weight.fill_(-1.0)
+        model.convex.passthrough[1].bias.fill_(1.0)
+    model.eval().validate()
+    x = torch.tensor([[0.0, 0.0], [-1.0, -1.0], [0.25, 0.25]])
+    with torch.no_grad():
+        assert bool(torch.isnan(model(x)).all())
+    cert = asymcert.certify(model, x, norms=NORMS)
+    assert not bool(cert.sensitive.any()) and all(float(cert.radius(p).max()) == 0.0 for p in NORMS)
+
+
+def test_a_feature_map_step_that_overflows_before_the_next_shrinks_it_keeps_no_infinite_radius():
+    """φ = standardize (σ₀ = 1e-30), then log1p: (x − μ)/σ reaches 1e39 = ∞ in float32 at x₀ = 1e9 and the score is
+    NaN, though log1p hides it from φ's output; an increase-only move there was certified at ∞ (review 26b G1)."""
+    torch.manual_seed(0)
+    model = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [2],
+            "feature_map": [{"kind": "standardize"}, {"kind": "log1p"}],
+            "convex": {"kind": "icnn", "widths": [4], "batch_norm": False},
+            "monotone": {"increasing": [0]},
+        }
+    )
+    with torch.no_grad():
+        model.feature_map.maps[0].mean.zero_()
+        model.feature_map.maps[0].scale.fill_(1.0)
+        model.feature_map.maps[0].scale[0] = 1e-30
+        model.convex.passthrough[0].weight[0, 0] = 0.0
+        model.set_balance(0.0)
+        model.set_balance(-float(model(torch.zeros(1, 2))[0]) + 1.0)
+        assert bool(torch.isnan(model(torch.tensor([[1e9, 0.0]]))).all())
+    tm = asymcert.ThreatModel.from_dict({"increase_only": ["0"], "immutable": ["1"], "upper": {"0": 1e10}})
+    for reach in (False, True):
+        cert = asymcert.certify(
+            model.eval(), torch.zeros(1, 2), norms=NORMS, threat_model=tm.resolve(None, 2), reach=reach
+        )
+        assert bool(cert.sensitive[0]) and all(float(cert.radius(p)[0]) < 1e9 for p in NORMS)

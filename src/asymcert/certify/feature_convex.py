@@ -237,17 +237,26 @@ def float_guard(
         terms = constant_terms(model, features)
         return rounding_bound(features, grad, score, terms, evaluation_eps(model), floor=floor)
 
-    return _scoped("guard", (model, features, grad, score), (), compute)
+    return _scoped("guard", (model, features, grad, score), (), compute, _CHUNK)
 
 
-_SCOPE: contextvars.ContextVar[dict[tuple[Any, ...], tuple[tuple[object, ...], Any]] | None]
-_SCOPE = contextvars.ContextVar("asymcert_magnitudes", default=None)
+_Cache: TypeAlias = dict[tuple[Any, ...], tuple[tuple[object, ...], Any]]
+_SCOPE: contextvars.ContextVar[_Cache | None] = contextvars.ContextVar("asymcert_magnitudes", default=None)
+"""Per certificate call (:func:`magnitude_scope`): each model's magnitude coefficients."""
+_CHUNK: contextvars.ContextVar[_Cache | None] = contextvars.ContextVar("asymcert_chunk", default=None)
+"""Per chunk of inputs (:func:`chunk_scope`): values computed from that chunk's tensors, dropped with it."""
 
 
-def _scoped(kind: str, objects: tuple[object, ...], extra: tuple[Any, ...], compute: Callable[[], T]) -> T:
-    """``compute()``, kept for the rest of the :func:`magnitude_scope` (if one is open) under the identity of
-    ``objects`` (held, so that no other object can take their address) and the values ``extra``."""
-    cache = _SCOPE.get()
+def _scoped(
+    kind: str,
+    objects: tuple[object, ...],
+    extra: tuple[Any, ...],
+    compute: Callable[[], T],
+    scope: contextvars.ContextVar[_Cache | None] = _SCOPE,
+) -> T:
+    """``compute()``, kept for the rest of ``scope`` (if one is open) under the identity of ``objects`` (held,
+    so that no other object can take their address) and the values ``extra``."""
+    cache = scope.get()
     if cache is None:
         return compute()
     key = (kind, *(id(o) for o in objects), *extra)
@@ -272,6 +281,17 @@ def magnitude_scope() -> Iterator[None]:
         yield
     finally:
         _SCOPE.reset(token)
+
+
+@contextlib.contextmanager
+def chunk_scope() -> Iterator[None]:
+    """While the block runs (one chunk's certificate), the magnitudes at its features and its guard are computed
+    once; a new block starts empty, so memory holds one chunk's values, not every chunk's."""
+    token = _CHUNK.set({})
+    try:
+        yield
+    finally:
+        _CHUNK.reset(token)
 
 
 def model_magnitudes(model: FeatureConvexClassifier, feature_shape: tuple[int, ...]) -> Magnitudes:
@@ -304,7 +324,8 @@ def feature_map_magnitude(phi: nn.Module) -> float:
 def score_magnitudes(model: FeatureConvexClassifier, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, H) (N,) float64 at features φ(x) (N, *feature_shape): the magnitude of the terms the score sums, and
     the sum of the magnitudes of every value its evaluation computes (:mod:`asymcert.certify.magnitude`)."""
-    return _scoped("at", (model, features), (), lambda: model_magnitudes(model, tuple(features.shape[1:])).at(features))
+    shape = tuple(features.shape[1:])
+    return _scoped("at", (model, features), (), lambda: model_magnitudes(model, shape).at(features), _CHUNK)
 
 
 def growth_caps(
@@ -320,12 +341,15 @@ def growth_caps(
     size = x.detach().double().flatten(1).abs().sum(1)
     d = x[0].numel()
     caps = {}
+    inner, inner_rates = phi_steps(model, x, norms)
     for p in norms:
         lip = model.feature_lipschitz(p)
         grow_a, grow_h = mags.growth(p)
         ones = 1.0 if p == 1.0 else (d ** (1.0 - 1.0 / p) if math.isfinite(p) else float(d))  # ‖1‖_q
-        room = (FLOAT32_SAFE - h - size).clamp_min(0.0)
-        caps[p] = (_ratio(2.0 * a, grow_a * lip) * (1.0 - 1e-9), _ratio(room, grow_h * lip + ones) * (1.0 - 1e-9))
+        grow_inner = inner_rates[p]
+        room = (FLOAT32_SAFE - h - size - inner).clamp_min(0.0)
+        over = _ratio(room, grow_h * lip + ones + grow_inner)
+        caps[p] = (_ratio(2.0 * a, grow_a * lip) * (1.0 - 1e-9), over * (1.0 - 1e-9))
     return caps
 
 
@@ -335,11 +359,45 @@ def _ratio(top: torch.Tensor, rate: float) -> torch.Tensor:
 
 
 def overflow_risk(model: FeatureConvexClassifier, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """(N,) bool: inputs whose float32 evaluation may overflow (H with the input's magnitude past
-    :data:`~asymcert.certify.magnitude.FLOAT32_SAFE`, or not finite): the model itself decides them, radius 0."""
+    """(N,) bool: inputs whose float32 evaluation may overflow (H with the input's magnitude and φ's intermediate
+    values past :data:`~asymcert.certify.magnitude.FLOAT32_SAFE`, or not finite): the model itself decides them,
+    radius 0."""
     _, h = score_magnitudes(model, features)
-    total = h + x.detach().double().flatten(1).abs().sum(1)
+    total = h + x.detach().double().flatten(1).abs().sum(1) + phi_steps(model, x, ())[0]
     return ~(total < FLOAT32_SAFE)
+
+
+def phi_steps(
+    model: FeatureConvexClassifier, x: torch.Tensor, norms: tuple[float, ...]
+) -> tuple[torch.Tensor, dict[float, float]]:
+    """The values φ computes between its steps (a Compose's outputs before the last step; its own output is in H):
+    their magnitude Σ|z_k| (N,) float64 at x (N, *shape), and per norm how fast it grows per unit of raw ℓp move
+    (Σ_k n_k^{1−1/p}·Π_{j≤k} Lip_p(step j), from the steps' declared constants). An intermediate value may
+    overflow float32 although the step after it shrinks it (standardize with σ = 1e-30, then log1p)."""
+
+    def compute() -> tuple[torch.Tensor, dict[float, float]]:
+        steps = list(getattr(model.feature_map, "feature_maps", []))[:-1]
+        z = x.detach().double()
+        size = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        lips, rates = dict.fromkeys(norms, 1.0), dict.fromkeys(norms, 0.0)
+        with torch.no_grad():
+            for step in steps:
+                z = _step64(step, z)
+                size = size + z.flatten(1).abs().sum(1)
+                width = z[0].numel()
+                for p in norms:
+                    lips[p] *= float(step.lipschitz(p))
+                    rates[p] += (width ** (1.0 - 1.0 / p) if math.isfinite(p) else float(width)) * lips[p]
+        return size, rates
+
+    return _scoped("phi", (model, x), norms, compute, _CHUNK)
+
+
+def _step64(step: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """One φ step applied in float64 to z (a float64 copy of the step when its parameters are float32)."""
+    if all(t.dtype == torch.float64 for t in (*step.parameters(), *step.buffers()) if t.is_floating_point()):
+        return step(z)
+    return copy.deepcopy(step).double()(z)
 
 
 def reference_error(
@@ -535,7 +593,7 @@ def certify_feature_convex(
     """
     cuts = check_cuts(cuts)
     check_reach(reach)
-    with magnitude_scope():
+    with magnitude_scope(), chunk_scope():
         ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
         radii = lp_radii(model, ref, margin, norms, slack)
         if guard:  # the deployed model's rounding and range, as the guard assumes them, across the ball

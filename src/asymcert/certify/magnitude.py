@@ -101,15 +101,18 @@ def absolute_pass(g: nn.Module, af: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return zero, zero
 
 
-def _norm_absolute(norm: nn.Module, a: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
-    """|BN(z)| ≤ |γ/σ|·|z| + |β| + |γμ/σ| per channel, for |z| ≤ a (eval batch norm); a itself without one."""
+def _norm_absolute(norm: nn.Module, a: torch.Tensor, channel_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(|BN(z)| ≤ |γ/σ|·|z| + |β| + |γμ/σ| per channel for |z| ≤ a, and the sum of those per-channel constants
+    γ/σ, |β|, |γμ/σ| themselves: an eval batch norm computes its scale before it scales, and a γ/√ε beyond
+    float32 (γ = 3e38, variance 0) is ∞ there although its float64 value is finite); (a, 0) without one."""
     if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
-        return a
+        return a, torch.zeros((), dtype=a.dtype)
     weight, bias, mean, var = (t.double() for t in batch_norm_terms(norm))
     scale = weight.abs() / torch.sqrt(var + norm.eps)
     shape = [1] * a.dim()
     shape[channel_dim] = -1
-    return scale.view(shape) * a + (bias.abs() + (scale * mean).abs()).view(shape)
+    shift = bias.abs() + (scale * mean).abs()
+    return scale.view(shape) * a + shift.view(shape), (scale + shift).sum()
 
 
 def _linear_absolute(layer: nn.Module, a: torch.Tensor) -> torch.Tensor:
@@ -124,9 +127,9 @@ def _icnn_absolute(g: ICNN, af: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     a = _linear_absolute(g.passthrough[0], af)
     total = a.sum(1)
     for k, (lin, norm) in enumerate(zip(g.hidden, g.norms)):
-        normed = _norm_absolute(norm, a)
+        normed, constants = _norm_absolute(norm, a)
         a = _linear_absolute(lin, normed) + _linear_absolute(g.passthrough[k + 1], af)
-        total = total + normed.sum(1) + a.sum(1)
+        total = total + normed.sum(1) + a.sum(1) + constants
     return a.sum(1), total
 
 
@@ -140,10 +143,10 @@ def _conv_absolute(g: ConvexConvNet, af: torch.Tensor) -> tuple[torch.Tensor, to
     a = conv(g.stem, af)
     total = a.flatten(1).sum(1)
     for norm, block in zip(g.block_norms, g.block_convs):
-        normed = _norm_absolute(norm, a)
+        normed, constants = _norm_absolute(norm, a)
         step = conv(cast(nn.Conv2d, block), normed)
         a = a + step
-        total = total + (normed + step + a).flatten(1).sum(1)
-    normed = _norm_absolute(g.out_norm, a)
+        total = total + (normed + step + a).flatten(1).sum(1) + constants
+    normed, constants = _norm_absolute(g.out_norm, a)
     out = _linear_absolute(g.readout, normed.flatten(1)).sum(1)
-    return out, total + normed.flatten(1).sum(1) + out
+    return out, total + normed.flatten(1).sum(1) + out + constants

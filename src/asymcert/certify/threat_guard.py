@@ -25,10 +25,11 @@ from asymcert.certify.feature_convex import (
     float_guard,
     growth_caps,
     model_magnitudes,
+    phi_steps,
 )
 from asymcert.certify.magnitude import FLOAT32_SAFE
 from asymcert.models import FeatureConvexClassifier
-from asymcert.nn.feature_maps import coordinate_weights, reach_image_step
+from asymcert.nn.feature_maps import coordinate_weights, reach_image_step, reach_input_boxes
 from asymcert.threat import ResolvedThreatModel
 
 GROWTH = 3.0
@@ -95,7 +96,24 @@ def _box_magnitudes(
         return None
     top = torch.maximum(image[0].abs(), image[1].abs()).flatten(1)
     a, h = (t.cpu() for t in model_magnitudes(model, tuple(ref.features.shape[1:])).at(top))
-    return a, h + torch.maximum(lo.abs(), hi.abs()).sum(1)
+    inner = inner_box_size(model, lo, hi)
+    if inner is None:
+        return None
+    return a, h + torch.maximum(lo.abs(), hi.abs()).sum(1) + inner
+
+
+def inner_box_size(model: FeatureConvexClassifier, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor | None:
+    """(N,) Σ of the largest magnitudes φ's values between its steps take while the inputs stay in [lo, hi]
+    (N, n) (each step's image of the box, :meth:`~asymcert.nn.feature_maps.FeatureMap.reach_image`); None when
+    a step declares no image. ∞ where a box or an image is unbounded."""
+    steps = list(getattr(model.feature_map, "feature_maps", []))
+    boxes = reach_input_boxes(steps, (lo[:, None, :], hi[:, None, :]))[1:]
+    size = torch.zeros(lo.shape[0], dtype=torch.float64)
+    for box in boxes:
+        if box is None:
+            return None
+        size = size + torch.maximum(box[0].abs(), box[1].abs()).flatten(1).sum(1).cpu()
+    return size
 
 
 def ref_magnitude(model: FeatureConvexClassifier, ref: Reference) -> torch.Tensor:
@@ -137,12 +155,14 @@ def threat_caps(
     scale = tm.scale.double().cpu()[None, :]
     rate_a = torch.where(movable, alpha[None, :] * scale, torch.zeros_like(scale.expand_as(movable)))
     rate_h = torch.where(movable, (eta[None, :] + 1.0) * scale, torch.zeros_like(scale.expand_as(movable)))
-    room = (FLOAT32_SAFE - h - size).clamp_min(0.0)
+    inner, inner_rates = phi_steps(model, x, norms)  # φ's values between its steps, raw units
+    top = tm.max_movable_scale(x).double().cpu()  # a move of threat-model size r is of raw size ≤ r·top
+    room = (FLOAT32_SAFE - h - size - inner.cpu()).clamp_min(0.0)
     caps = {}
     for p in norms:
         q = 1.0 if math.isinf(p) else (math.inf if p == 1.0 else p / (p - 1.0))
         grow_a = torch.linalg.vector_norm(rate_a, q, dim=1)
-        grow_h = torch.linalg.vector_norm(rate_h, q, dim=1)
+        grow_h = torch.linalg.vector_norm(rate_h, q, dim=1) + inner_rates[p] * top
         overflow = _ratio(room, grow_h)
         finite = torch.minimum(_ratio(2.0 * a, grow_a), overflow)
         infinite = torch.minimum(_ratio((budget - a).clamp_min(0.0), grow_a), overflow)
@@ -189,7 +209,10 @@ def infinite_radius_holds(
         return torch.zeros_like(finite)
     top = torch.maximum(image[0].abs(), image[1].abs()).flatten(1)
     a, h = (t.cpu() for t in model_magnitudes(model, tuple(ref.features.shape[1:])).at(top))
-    size = torch.maximum(lo.abs(), hi.abs()).sum(1)
+    inner = inner_box_size(model, lo, hi)
+    if inner is None:
+        return torch.zeros_like(finite)
+    size = torch.maximum(lo.abs(), hi.abs()).sum(1) + inner
     band = FLOAT_GUARD_FACTOR * evaluation_eps(model) * a
     exact_low = (ref.score - ref.error).double().cpu()
     return finite & torch.isfinite(top).all(1) & (exact_low > band) & (h + size < FLOAT32_SAFE)

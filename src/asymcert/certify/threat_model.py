@@ -53,6 +53,7 @@ from asymcert.certify.feature_convex import (
     Reference,
     check_cuts,
     check_reach,
+    chunk_scope,
     flag_certificate,
     flag_margins,
     lp_radii,
@@ -470,7 +471,7 @@ def feature_convex_threat(
             f"cuts = {cuts}: multi-cut certificates are not available under a threat model "
             "(use cuts=0, or certify without the threat model)"
         )
-    with magnitude_scope():
+    with magnitude_scope(), chunk_scope():
         problem, ref, flagged, own_score = reach_problem(model, x, threat_model, precision, slack, guard, validate)
         costs = _move_costs(model, problem.grads, x, threat_model)
         reach = check_reach(reach)

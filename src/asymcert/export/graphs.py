@@ -45,6 +45,8 @@ from asymcert.threat import ResolvedThreatModel
 
 EPS32 = float(torch.finfo(torch.float32).eps)  # 2⁻²³, machine epsilon (2u) of float32
 U32 = EPS32 / 2
+SUBNORMAL32 = 2.0**-149
+"""The smallest positive float32 (a subnormal): float32's spacing below its normal range."""
 INFLATE = 1.01
 """Relative allowance for the graph's float32 computation of an ABSOLUTE error bound (a sum of at
 most ~10⁵ nonnegative terms has relative error ≤ n·u ≈ 6e-3 at n = 10⁵; the bound is a bound, so
@@ -446,7 +448,9 @@ class ThreatTerms(nn.Module):
         if harms is None:  # not reached: coordinate_wise was checked when the graph was built
             raise ModelError("the feature map declares no weight bounds or slopes; the graph uses the fallback")
         costs = allowed_costs(harms, self.directions(x), self.scale)
-        return (costs * (1.0 + EPS32)).float()  # the cast rounds by at most u32: raised first
+        # the cast rounds by at most u32 (raised first), and by half a subnormal step below float32's normal range,
+        # covered by one such step added (a cost of 1e-46 became 0 in float32, its radius ∞)
+        return (costs * (1.0 + EPS32) + SUBNORMAL32).float()
 
     def fallback(self, x: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
         """Raw ℓp radii (N,) → threat-model radii: r / max_{movable i} scale_i, rounded down (∞ if none moves)."""
