@@ -58,17 +58,15 @@ def guarded_threat_radii(
     caps = threat_caps(model, x, ref, tuple(radii), tm, budget)
     finite = [torch.where(torch.isfinite(r), r, torch.zeros_like(r)).double().cpu() for r in radii.values()]
     largest = torch.stack(finite).amax(0)
-    found = _box_magnitudes(model, x, ref, tm, largest)
-    if found is not None:
-        excess = (found[0] / GROWTH - ref_magnitude(model, ref)).clamp_min(0.0)
-        drop = FLOAT_GUARD_FACTOR * evaluation_eps(model) * excess * (1.0 + 1e-9)
-        if bool((drop > 0).any()):
-            again = lowered(drop)
-            radii = {p: torch.minimum(r, again[p].to(r)) for p, r in radii.items()}
-        overflow = found[1] >= FLOAT32_SAFE
-    else:
-        overflow = torch.ones_like(largest, dtype=torch.bool)  # φ declares no image: the slope caps throughout
-    keep = infinite_radius_holds(model, x, ref, tm)
+    excess, overflow = _box_excess(model, x, ref, tm, largest)
+    drop = FLOAT_GUARD_FACTOR * evaluation_eps(model) * excess * (1.0 + 1e-9)
+    if bool((drop > 0).any()):
+        again = lowered(drop)
+        radii = {p: torch.minimum(r, again[p].to(r)) for p, r in radii.items()}
+    endless = torch.stack([torch.isinf(r).cpu() for r in radii.values()]).any(0)
+    keep = torch.zeros_like(endless)
+    if bool(endless.any()):  # (only inputs with an infinite radius need the box of every allowed move)
+        keep[endless] = infinite_radius_holds(model, x[endless.to(x.device)], _rows(ref, endless), tm)
     out = {}
     for p, r in radii.items():
         finite_cap, infinite_cap = (c.to(r) for c in caps[p])
@@ -76,6 +74,60 @@ def guarded_threat_radii(
         capped = torch.where(torch.isinf(r), infinite_cap, bounded)
         out[p] = torch.where(torch.isinf(r) & keep.to(r.device), r, capped)
     return out
+
+
+def _rows(ref: Reference, rows: torch.Tensor) -> Reference:
+    """The Reference of the inputs ``rows`` (N,) bool selects."""
+    at = rows.to(ref.score.device)
+    pick = lambda t: None if t is None else t[at]  # noqa: E731
+    return Reference(
+        ref.score[at], ref.error[at], ref.grad[at], pick(ref.grad_error), ref.features[at], pick(ref.uncertain)
+    )
+
+
+def _box_excess(
+    model: FeatureConvexClassifier, x: torch.Tensor, ref: Reference, tm: ResolvedThreatModel, radius: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(excess (N,) ≥ 0, overflow (N,) bool) over the box of allowed moves of ℓ∞ size ``radius``: how far A may pass
+    GROWTH × the magnitude the guard reserved, and whether H may pass FLOAT32_SAFE. A slope bound first (cheap:
+    A + Σ_i α_i·scale_i·r); φ's image of the box only for the inputs where that bound does not settle it."""
+    mag = ref_magnitude(model, ref)
+    cheap = _slope_box(model, x, ref, tm, radius)
+    if cheap is None:
+        unsettled = torch.ones_like(radius, dtype=torch.bool)
+    else:
+        unsettled = (cheap[0] > GROWTH * mag) | (cheap[1] >= FLOAT32_SAFE)
+    excess, overflow = torch.zeros_like(radius), torch.zeros_like(radius, dtype=torch.bool)
+    if not bool(unsettled.any()):
+        return excess, overflow
+    found = _box_magnitudes(model, x[unsettled.to(x.device)], _rows(ref, unsettled), tm, radius[unsettled])
+    if found is None:  # φ declares no image: the slope caps throughout
+        return excess, torch.ones_like(overflow)
+    excess[unsettled] = (found[0] / GROWTH - mag[unsettled]).clamp_min(0.0)
+    overflow[unsettled] = found[1] >= FLOAT32_SAFE
+    return excess, overflow
+
+
+def _slope_box(
+    model: FeatureConvexClassifier, x: torch.Tensor, ref: Reference, tm: ResolvedThreatModel, radius: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Upper bounds (A, H) (N,) over the box of allowed moves of ℓ∞ size ``radius`` from φ's weight bounds (None
+    when φ declares none): A + Σ_movable α_i·scale_i·r, and H likewise with the inputs' and φ's inner values."""
+    n = tm.n_features
+    mags = model_magnitudes(model, tuple(ref.features.shape[1:]))
+    alpha, eta = input_rate(model, mags.rounding, n), input_rate(model, mags.overflow, n)
+    if alpha is None or eta is None:
+        return None
+    a, h = (t.cpu() for t in mags.at(ref.features))
+    movable = _movable(x, tm).double()
+    scale = tm.scale.double().cpu()[None, :]
+    inner, inner_rates = phi_steps(model, x, (math.inf,))
+    top = tm.max_movable_scale(x).double().cpu()
+    size = x.detach().double().flatten(1).abs().sum(1).cpu()
+    r = radius.double().cpu()
+    box_a = a + (movable * alpha[None, :] * scale).sum(1) * r
+    box_h = h + size + inner.cpu() + ((movable * (eta[None, :] + 1.0) * scale).sum(1) + inner_rates[math.inf] * top) * r
+    return box_a, box_h
 
 
 def _box_magnitudes(
