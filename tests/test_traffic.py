@@ -31,7 +31,7 @@ from asymcert.checkpoint import MODEL_FILE, read_config, save
 from asymcert.cli import EXIT_BUSY, EXIT_OK, EXIT_REFUSED, main
 from asymcert.data.images import read_images
 from asymcert.data.user import read_npz
-from asymcert.errors import CheckpointError, DataError, InputError, RunFolderBusyError
+from asymcert.errors import CheckpointError, DataError, InputError, RunFolderBusyError, RunFolderConflictError
 from asymcert.pipeline import read_run, train_run
 from asymcert.threat import ThreatModel, load_threat_model
 from asymcert.traffic import (
@@ -905,3 +905,23 @@ def test_run_json_feature_names_that_differ_from_the_models_are_refused(csv_run,
     res = CliRunner().invoke(main, ["certify", str(run), "--quiet"])
     assert res.exit_code == EXIT_REFUSED and "feature_names differ" in res.output
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_run_resumed_on_a_csv_whose_header_was_renamed_is_refused_before_anything_is_written(tmp_path):
+    """A resumed session wrote the renamed columns into run.json before its model file held them; interrupted
+    again, the folder was refused by the feature-name check for good (review 26c F1). Renamed columns are now
+    another run's: refused at the start, the folder left as it was."""
+    x, y = _rows(120, 18)
+    with (tmp_path / "t.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*FEATURES, "kind"])
+        w.writerows([[*map(float, r), label] for r, label in zip(x, y, strict=True)])
+    spec = {"csv": str(tmp_path / "t.csv"), "label_column": "kind", "sensitive_class": "spam"}
+    train_run(spec, tmp_path / "run", train_overrides={"epochs": 1}, progress=False, log=lambda m: None)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    text = (tmp_path / "t.csv").read_text()
+    (tmp_path / "t.csv").write_text(text.replace("f1", "g1", 1))
+    with pytest.raises(RunFolderConflictError, match="holds a run with other feature columns"):
+        train_run(spec, tmp_path / "run", train_overrides={"epochs": 1}, progress=False, log=lambda m: None)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
+    assert read_run(tmp_path / "run")["feature_names"] == FEATURES  # and the folder still reads

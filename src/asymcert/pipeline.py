@@ -394,6 +394,7 @@ def check_run_folder(out: Path, plan: TrainingPlan) -> RunRecord | None:
                 train_fingerprint(strict_jsonable(old.train), {}) == train_fingerprint(new.train, {}),
             ),
             ("another threat model", strict_jsonable(old.threat_model) == new.threat_model),
+            ("other feature columns", old.feature_names == new.feature_names),  # (a CSV's header renamed)
         )
         if not same
     ]
