@@ -63,15 +63,20 @@ def _write_csv(path, x, y=None, order=FEATURES, extra=True):
             w.writerow(([f"n{i}"] if extra else []) + values + ([y[i]] if y is not None else []))
 
 
-@pytest.fixture(scope="module")
-def csv_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("traffic")
-    x, y = _rows(240, 0)
-    with (root / "train.csv").open("w", newline="") as f:
+def _training_csv(path, n: int, seed: int) -> dict:
+    """A training CSV of ``n`` rows (FEATURES and a kind label) at ``path``; returns its run spec."""
+    x, y = _rows(n, seed)
+    with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow([*FEATURES, "kind"])
         w.writerows([[*map(float, r), label] for r, label in zip(x, y, strict=True)])
-    spec = {"csv": str(root / "train.csv"), "label_column": "kind", "sensitive_class": "spam"}
+    return {"csv": str(path), "label_column": "kind", "sensitive_class": "spam"}
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("traffic")
+    spec = _training_csv(root / "train.csv", 240, 0)
     train_run(spec, root / "run", train_overrides={"epochs": 3}, progress=False, log=lambda m: None)
     return root / "run"
 
@@ -911,12 +916,7 @@ def test_a_run_resumed_on_a_csv_whose_header_was_renamed_is_refused_before_anyth
     """A resumed session wrote the renamed columns into run.json before its model file held them; interrupted
     again, the folder was refused by the feature-name check for good (review 26c F1). Renamed columns are now
     another run's: refused at the start, the folder left as it was."""
-    x, y = _rows(120, 18)
-    with (tmp_path / "t.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*FEATURES, "kind"])
-        w.writerows([[*map(float, r), label] for r, label in zip(x, y, strict=True)])
-    spec = {"csv": str(tmp_path / "t.csv"), "label_column": "kind", "sensitive_class": "spam"}
+    spec = _training_csv(tmp_path / "t.csv", 120, 18)
     train_run(spec, tmp_path / "run", train_overrides={"epochs": 1}, progress=False, log=lambda m: None)
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
     text = (tmp_path / "t.csv").read_text()
