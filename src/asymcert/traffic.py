@@ -389,6 +389,10 @@ def image_batches(root: Path, input_shape: Sequence[int], chunk: int) -> Iterato
         yield Batch(torch.from_numpy(pixels), labels, [f.relative_to(root).as_posix() for f in part])
 
 
+TABLE_READERS = {".csv": ("a CSV", csv_batches), ".parquet": ("a Parquet file", parquet_batches)}
+"""Input files read by the run's feature columns, by suffix: what they are called, and their reader."""
+
+
 def input_batches(path: Path, run: RunRecord, chunk: int) -> Iterator[Batch]:
     """Batches of a traffic file by its suffix: ``.csv`` or ``.parquet`` (the run's feature columns, by name) or
     ``.npz``; or of a folder of images (:func:`image_batches`).
@@ -399,9 +403,8 @@ def input_batches(path: Path, run: RunRecord, chunk: int) -> Iterator[Batch]:
     if path.is_dir():
         return image_batches(path, run.model.get("input_shape") or [], chunk)
     suffix = path.suffix.lower()
-    tables = {".csv": ("a CSV", csv_batches), ".parquet": ("a Parquet file", parquet_batches)}
-    if suffix in tables:
-        what, read = tables[suffix]
+    if suffix in TABLE_READERS:
+        what, read = TABLE_READERS[suffix]
         if not run.feature_names:
             raise InputError(f"{path}: {what} needs a run trained on a CSV (its feature columns); use an .npz file")
         label = run.task.get("label_column")
@@ -685,7 +688,7 @@ def certify_file(
         done = TrafficResult(
             tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy
         )
-        columns = run.feature_names if input_path.suffix.lower() in (".csv", ".parquet") else None
+        columns = run.feature_names if input_path.suffix.lower() in TABLE_READERS else None
         record = results_record(done, run_dir, input_path, mode, norms_t, first, tm, columns)
         write_json(record_path(out), record.to_dict())
     return done

@@ -44,7 +44,7 @@ from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_ro
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee
 from asymcert.certify.tangent_cuts import TangentCuts, multi_cut_feature_radii, tangent_margins
 from asymcert.nn.convex import ICNN, ConvexConvNet, ConvexMean
-from asymcert.nn.feature_maps import EPS64
+from asymcert.nn.feature_maps import EPS64, FeatureMap
 
 if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
     from asymcert.models.feature_convex import FeatureConvexClassifier
@@ -268,6 +268,11 @@ def _scoped(
     return value
 
 
+def scoped_per_call(kind: str, model: nn.Module, extra: tuple[Any, ...], compute: Callable[[], T]) -> T:
+    """``compute()``, a value of ``model`` alone (and ``extra``), computed once inside a :func:`magnitude_scope`."""
+    return _scoped(kind, (model,), extra, compute)
+
+
 @contextlib.contextmanager
 def magnitude_scope() -> Iterator[None]:
     """While the block runs (one certificate call), :func:`model_magnitudes` computes each model's magnitudes
@@ -348,14 +353,15 @@ def growth_caps(
         ones = 1.0 if p == 1.0 else (d ** (1.0 - 1.0 / p) if math.isfinite(p) else float(d))  # ‖1‖_q
         grow_inner = inner_rates[p]
         room = (FLOAT32_SAFE - h - size - inner).clamp_min(0.0)
-        over = _ratio(room, grow_h * lip + ones + grow_inner)
-        caps[p] = (_ratio(2.0 * a, grow_a * lip) * (1.0 - 1e-9), over * (1.0 - 1e-9))
+        over = ratio(room, grow_h * lip + ones + grow_inner)
+        caps[p] = (ratio(2.0 * a, grow_a * lip) * (1.0 - 1e-9), over * (1.0 - 1e-9))
     return caps
 
 
-def _ratio(top: torch.Tensor, rate: float) -> torch.Tensor:
-    """top / rate, ∞ where the rate is 0 (nothing grows)."""
-    return torch.full_like(top, math.inf) if rate == 0.0 else top / rate
+def ratio(top: torch.Tensor, rate: torch.Tensor | float) -> torch.Tensor:
+    """top / rate (N,), ∞ where the rate (a number, or (N,)) is 0: nothing grows."""
+    rate = torch.as_tensor(rate, dtype=top.dtype, device=top.device)
+    return torch.where(rate > 0, top / rate.clamp_min(1e-300), torch.full_like(top, math.inf))
 
 
 def overflow_risk(model: FeatureConvexClassifier, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -376,28 +382,32 @@ def phi_steps(
     overflow float32 although the step after it shrinks it (standardize with σ = 1e-30, then log1p)."""
 
     def compute() -> tuple[torch.Tensor, dict[float, float]]:
-        steps = list(getattr(model.feature_map, "feature_maps", []))[:-1]
+        steps = scoped_per_call("steps64", model, (), lambda: _steps64(model))
         z = x.detach().double()
         size = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         lips, rates = dict.fromkeys(norms, 1.0), dict.fromkeys(norms, 0.0)
         with torch.no_grad():
             for step in steps:
-                z = _step64(step, z)
+                z = step(z)
                 size = size + z.flatten(1).abs().sum(1)
                 width = z[0].numel()
                 for p in norms:
-                    lips[p] *= float(step.lipschitz(p))
+                    lips[p] *= float(cast(FeatureMap, step).lipschitz(p))
                     rates[p] += (width ** (1.0 - 1.0 / p) if math.isfinite(p) else float(width)) * lips[p]
         return size, rates
 
     return _scoped("phi", (model, x), norms, compute, _CHUNK)
 
 
-def _step64(step: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """One φ step applied in float64 to z (a float64 copy of the step when its parameters are float32)."""
-    if all(t.dtype == torch.float64 for t in (*step.parameters(), *step.buffers()) if t.is_floating_point()):
-        return step(z)
-    return copy.deepcopy(step).double()(z)
+def _steps64(model: FeatureConvexClassifier) -> list[nn.Module]:
+    """φ's steps before its last (a Compose's), as float64 modules (copies, when their parameters are float32)."""
+    steps = list(getattr(model.feature_map, "feature_maps", []))[:-1]
+    return [copy.deepcopy(step).double() if _has_float32(step) else step for step in steps]
+
+
+def _has_float32(module: nn.Module) -> bool:
+    """Whether any floating parameter or buffer of ``module`` is not float64."""
+    return any(t.dtype != torch.float64 for t in (*module.parameters(), *module.buffers()) if t.is_floating_point())
 
 
 def reference_error(
@@ -719,8 +729,7 @@ def flag_margins(
     ref = reference(model, x, precision)
     band = float_guard(model, ref.features, ref.grad, ref.score)
     risky = overflow_risk(model, x, ref.features)
-    uncertain = risky if ref.uncertain is None else ref.uncertain | risky
-    flagged, own_score = _decide(model, x, ref.score - ref.error, ref.score + ref.error, band, uncertain, risky)
+    flagged, own_score = _decide(model, x, ref.score - ref.error, ref.score + ref.error, band, ref.uncertain, risky)
     margin = ref.score - ref.error - (band if guard else 0.0)
     margin = torch.where(flagged & ~(risky & guard), margin, torch.zeros_like(margin))
     return ref, flagged, margin, own_score, slack
@@ -746,6 +755,8 @@ def _decide(
     undecided = ~flagged & (high >= -band)
     if uncertain is not None:
         undecided |= ~flagged & uncertain
+    if own is not None:
+        undecided |= own
     score = ((low + high) / 2).float()
     if bool(undecided.any()):
         with eval_mode(model), torch.no_grad():

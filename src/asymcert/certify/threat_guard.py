@@ -15,26 +15,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from asymcert.certify.feature_convex import (
     FLOAT_GUARD_FACTOR,
+    GROWTH,
     Reference,
     evaluation_eps,
     float_guard,
     growth_caps,
     model_magnitudes,
     phi_steps,
+    ratio,
+    scoped_per_call,
 )
 from asymcert.certify.magnitude import FLOAT32_SAFE
 from asymcert.models import FeatureConvexClassifier
 from asymcert.nn.feature_maps import coordinate_weights, reach_image_step, reach_input_boxes
 from asymcert.threat import ResolvedThreatModel
-
-GROWTH = 3.0
-"""How far A may grow from the magnitude the guard reserved at x while its factor 8 still covers the rounding
-(measured ≤ 1.8·eps·M, :data:`~asymcert.certify.feature_convex.FLOAT_GUARD_FACTOR`)."""
 
 
 def guarded_threat_radii(
@@ -112,22 +112,51 @@ def _slope_box(
     model: FeatureConvexClassifier, x: torch.Tensor, ref: Reference, tm: ResolvedThreatModel, radius: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Upper bounds (A, H) (N,) over the box of allowed moves of ℓ∞ size ``radius`` from φ's weight bounds (None
-    when φ declares none): A + Σ_movable α_i·scale_i·r, and H likewise with the inputs' and φ's inner values."""
+    when φ declares none): A + Σ_movable α_i·scale_i·r, and H likewise with the inputs' and φ's inner values (the
+    ℓ∞ rates of :func:`_move_rates`)."""
+    rates = _move_rates(model, x, ref, tm, (math.inf,))
+    if rates is None:
+        return None
+    r = radius.double().cpu()
+    return rates.a + rates.grow_a[math.inf] * r, rates.h + rates.grow_h[math.inf] * r
+
+
+@dataclass(frozen=True)
+class _MoveRates:
+    """A, H (with the inputs' and φ's inner values) (N,) at x, and per norm how fast each may grow per
+    threat-model unit of allowed move (N,)."""
+
+    a: torch.Tensor
+    h: torch.Tensor
+    grow_a: dict[float, torch.Tensor]
+    grow_h: dict[float, torch.Tensor]
+
+
+def _move_rates(
+    model: FeatureConvexClassifier, x: torch.Tensor, ref: Reference, tm: ResolvedThreatModel, norms: tuple[float, ...]
+) -> _MoveRates | None:
+    """The :class:`_MoveRates` at x under ``tm``, from φ's weight bounds for A's and H's coefficients (α, η, per
+    raw input coordinate) times the scales of the coordinates that may move; None when φ declares none."""
     n = tm.n_features
     mags = model_magnitudes(model, tuple(ref.features.shape[1:]))
-    alpha, eta = input_rate(model, mags.rounding, n), input_rate(model, mags.overflow, n)
+    alpha = scoped_per_call("alpha", model, (n,), lambda: input_rate(model, mags.rounding, n))
+    eta = scoped_per_call("eta", model, (n,), lambda: input_rate(model, mags.overflow, n))
     if alpha is None or eta is None:
         return None
     a, h = (t.cpu() for t in mags.at(ref.features))
-    movable = _movable(x, tm).double()
+    movable = _movable(x, tm)
     scale = tm.scale.double().cpu()[None, :]
-    inner, inner_rates = phi_steps(model, x, (math.inf,))
-    top = tm.max_movable_scale(x).double().cpu()
+    rate_a = torch.where(movable, alpha[None, :] * scale, torch.zeros_like(scale.expand_as(movable)))
+    rate_h = torch.where(movable, (eta[None, :] + 1.0) * scale, torch.zeros_like(scale.expand_as(movable)))
+    inner, inner_rates = phi_steps(model, x, norms)  # φ's values between its steps, raw units
+    top = tm.max_movable_scale(x).double().cpu()  # a move of threat-model size r is of raw size ≤ r·top
     size = x.detach().double().flatten(1).abs().sum(1).cpu()
-    r = radius.double().cpu()
-    box_a = a + (movable * alpha[None, :] * scale).sum(1) * r
-    box_h = h + size + inner.cpu() + ((movable * (eta[None, :] + 1.0) * scale).sum(1) + inner_rates[math.inf] * top) * r
-    return box_a, box_h
+    grow_a, grow_h = {}, {}
+    for p in norms:
+        q = 1.0 if math.isinf(p) else (math.inf if p == 1.0 else p / (p - 1.0))
+        grow_a[p] = torch.linalg.vector_norm(rate_a, q, dim=1)
+        grow_h[p] = torch.linalg.vector_norm(rate_h, q, dim=1) + inner_rates[p] * top
+    return _MoveRates(a, h + size + inner.cpu(), grow_a, grow_h)
 
 
 def _box_magnitudes(
@@ -143,15 +172,22 @@ def _box_magnitudes(
     lower, upper = tm.lower.double().cpu()[None, :], tm.upper.double().cpu()[None, :]
     hi = torch.where(up, torch.where(inside, torch.minimum(x64 + reach, upper), x64 + reach), x64)
     lo = torch.where(down, torch.where(inside, torch.maximum(x64 - reach, lower), x64 - reach), x64)
+    found = _over_box(model, ref, lo, hi)
+    return None if found is None else found[:2]
+
+
+def _over_box(
+    model: FeatureConvexClassifier, ref: Reference, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(A, H, finite) (N,) at their largest while the raw inputs stay in [lo, hi] (N, n): from φ's image of the box,
+    H with the inputs' and φ's inner values, and whether that image is bounded; None when φ declares no image."""
     image = reach_image_step(model.feature_map, (lo[:, None, :], hi[:, None, :]))
-    if image is None:
+    inner = inner_box_size(model, lo, hi)
+    if image is None or inner is None:
         return None
     top = torch.maximum(image[0].abs(), image[1].abs()).flatten(1)
     a, h = (t.cpu() for t in model_magnitudes(model, tuple(ref.features.shape[1:])).at(top))
-    inner = inner_box_size(model, lo, hi)
-    if inner is None:
-        return None
-    return a, h + torch.maximum(lo.abs(), hi.abs()).sum(1) + inner
+    return a, h + torch.maximum(lo.abs(), hi.abs()).sum(1) + inner, torch.isfinite(top).all(1)
 
 
 def inner_box_size(model: FeatureConvexClassifier, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor | None:
@@ -192,39 +228,21 @@ def threat_caps(
     for finite radii, A stays below 3·A(x) (the guard's factor 8 covers it); for infinite ones (no allowed move
     lowers the exact score, so the whole exact margin is free for rounding), A stays below ``budget`` (N,) =
     (ŝ − error)/(8·eps); both with H below :data:`~asymcert.certify.magnitude.FLOAT32_SAFE`."""
-    n = tm.n_features
-    mags = model_magnitudes(model, tuple(ref.features.shape[1:]))
-    a, h = (t.cpu() for t in mags.at(ref.features))
-    size = x.detach().double().flatten(1).abs().sum(1).cpu()
-    alpha, eta = input_rate(model, mags.rounding, n), input_rate(model, mags.overflow, n)
-    if alpha is None or eta is None:  # φ declares no weight bounds: the raw-unit caps / the largest scale
+    rates = _move_rates(model, x, ref, tm, norms)
+    if rates is None:  # φ declares no weight bounds: the raw-unit caps / the largest scale
         raw = growth_caps(model, x, ref.features, norms)
         top = tm.max_movable_scale(x).double().cpu()
         both = {p: torch.minimum(*raw[p]).cpu() for p in norms}
         fallback = {p: torch.where(top > 0, both[p] / top, torch.full_like(top, math.inf)) for p in norms}
         return {p: (c, c) for p, c in fallback.items()}
-    movable = _movable(x, tm)
-    scale = tm.scale.double().cpu()[None, :]
-    rate_a = torch.where(movable, alpha[None, :] * scale, torch.zeros_like(scale.expand_as(movable)))
-    rate_h = torch.where(movable, (eta[None, :] + 1.0) * scale, torch.zeros_like(scale.expand_as(movable)))
-    inner, inner_rates = phi_steps(model, x, norms)  # φ's values between its steps, raw units
-    top = tm.max_movable_scale(x).double().cpu()  # a move of threat-model size r is of raw size ≤ r·top
-    room = (FLOAT32_SAFE - h - size - inner.cpu()).clamp_min(0.0)
+    room = (FLOAT32_SAFE - rates.h).clamp_min(0.0)
     caps = {}
     for p in norms:
-        q = 1.0 if math.isinf(p) else (math.inf if p == 1.0 else p / (p - 1.0))
-        grow_a = torch.linalg.vector_norm(rate_a, q, dim=1)
-        grow_h = torch.linalg.vector_norm(rate_h, q, dim=1) + inner_rates[p] * top
-        overflow = _ratio(room, grow_h)
-        finite = torch.minimum(_ratio(2.0 * a, grow_a), overflow)
-        infinite = torch.minimum(_ratio((budget - a).clamp_min(0.0), grow_a), overflow)
+        overflow = ratio(room, rates.grow_h[p])
+        finite = torch.minimum(ratio(2.0 * rates.a, rates.grow_a[p]), overflow)
+        infinite = torch.minimum(ratio((budget - rates.a).clamp_min(0.0), rates.grow_a[p]), overflow)
         caps[p] = (finite * (1.0 - 1e-9), infinite * (1.0 - 1e-9))
     return caps
-
-
-def _ratio(top: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
-    """top / rate (N,), ∞ where the rate is 0."""
-    return torch.where(rate > 0, top / rate.clamp_min(1e-300), torch.full_like(top, math.inf))
 
 
 def input_rate(model: FeatureConvexClassifier, coefficients: torch.Tensor, n: int) -> torch.Tensor | None:
@@ -256,15 +274,10 @@ def infinite_radius_holds(
         lo, hi = torch.where(finite[:, None], lo, x64), torch.where(finite[:, None], hi, x64)
     else:
         finite = torch.ones(x64.shape[0], dtype=torch.bool)
-    image = reach_image_step(model.feature_map, (lo[:, None, :], hi[:, None, :]))
-    if image is None:
+    found = _over_box(model, ref, lo, hi)
+    if found is None:
         return torch.zeros_like(finite)
-    top = torch.maximum(image[0].abs(), image[1].abs()).flatten(1)
-    a, h = (t.cpu() for t in model_magnitudes(model, tuple(ref.features.shape[1:])).at(top))
-    inner = inner_box_size(model, lo, hi)
-    if inner is None:
-        return torch.zeros_like(finite)
-    size = torch.maximum(lo.abs(), hi.abs()).sum(1) + inner
+    a, h, bounded = found
     band = FLOAT_GUARD_FACTOR * evaluation_eps(model) * a
     exact_low = (ref.score - ref.error).double().cpu()
-    return finite & torch.isfinite(top).all(1) & (exact_low > band) & (h + size < FLOAT32_SAFE)
+    return finite & bounded & (exact_low > band) & (h < FLOAT32_SAFE)
