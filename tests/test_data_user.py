@@ -19,7 +19,7 @@ from asymcert.data import images as images_module
 from asymcert.data import task_from_csv, task_from_image_folder, task_from_npz
 from asymcert.data import user as user_module
 from asymcert.data.images import read_images
-from asymcert.data.user import NpyMember, NpzStream, read_csv_table, read_npz
+from asymcert.data.user import NpyMember, NpzStream, read_csv_table, read_npz, read_npz_named
 from asymcert.errors import ConfigError, DataError, UnknownNameError
 from asymcert.pipeline import plan_training
 
@@ -532,6 +532,44 @@ def test_npz_stream_refuses_what_read_npz_refuses(tmp_path):
     NpzStream(tmp_path / "xonly.npz").close()  # labels are optional unless required
     with pytest.raises(DataError, match=r"xonly\.npz: no array named y \(arrays found: \['x'\]\)"):
         NpzStream(tmp_path / "xonly.npz", labels_required=True)
+
+
+@pytest.mark.parametrize(
+    ("x", "names", "message"),
+    [
+        (np.zeros((3, 2)), np.array([1, 2]), r"feature_names must hold text, one name per column of x; found dtype"),
+        (np.zeros((3, 2)), np.array(["a", "b", "c"]), r"feature_names has shape \(3,\); .* x's 2 columns, \(2,\)"),
+        (np.zeros((3, 2)), np.array([["a", "b"]]), r"feature_names has shape \(1, 2\)"),
+        (np.zeros((3, 2, 2)), np.array(["a", "b"]), r"names the columns of an x of shape \(N, d\); x has shape"),
+        (np.zeros((3, 2)), np.array(["a", " "]), r"feature_names\[1\] is empty"),
+        (np.zeros((3, 2)), np.array(["a", "a"]), r"feature_names holds 'a' more than once"),
+    ],
+)
+def test_npz_feature_names_are_one_text_name_per_column(tmp_path, x, names, message):
+    np.savez(tmp_path / "d.npz", x=x, y=np.array(["s", "h", "s"]), feature_names=names)
+    with pytest.raises(DataError, match=message):
+        read_npz_named(tmp_path / "d.npz")
+    with pytest.raises(DataError, match=message):
+        NpzStream(tmp_path / "d.npz")
+
+
+def test_npz_feature_names_are_read_by_both_readers(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((3, 2)), feature_names=np.array([b"caf\xc3\xa9", b"b"]))
+    assert read_npz_named(tmp_path / "d.npz", labels_required=False)[2] == ["café", "b"]
+    with NpzStream(tmp_path / "d.npz") as npz:
+        assert npz.feature_names == ["café", "b"]
+    np.savez(tmp_path / "none.npz", x=np.zeros((3, 2)))
+    assert read_npz_named(tmp_path / "none.npz", labels_required=False)[2] is None
+    with NpzStream(tmp_path / "none.npz") as npz:
+        assert npz.feature_names is None
+
+
+def test_npz_stream_refuses_feature_names_too_many_to_read_from_the_header(tmp_path, monkeypatch):
+    monkeypatch.setattr(user_module, "MAX_FEATURE_NAMES", 4)
+    np.savez(tmp_path / "d.npz", x=np.zeros((1, 5)), feature_names=np.array(list("abcde")))
+    monkeypatch.setattr(user_module.NpyMember, "read_rows", lambda *a: pytest.fail("the names were read"))
+    with pytest.raises(DataError, match=r"feature_names holds 5 names of 4 bytes each; at most 4 names"):
+        NpzStream(tmp_path / "d.npz")
 
 
 def test_npz_stream_refuses_labels_too_long_to_read_a_chunk_of(tmp_path):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import tracemalloc
+import warnings
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -121,9 +122,51 @@ def test_chunk_size_changes_radii_by_rounding_only(csv_run, tmp_path):
 def test_npz_input_without_labels(csv_run, tmp_path):
     x, _ = _rows(9, 3)
     np.savez(tmp_path / "new.npz", x=x.astype(np.float32))
-    done = certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", norms=(2.0,), progress=False)
+    with pytest.warns(UserWarning, match=r"no feature_names array, so x's columns are read by position as the run's"):
+        done = certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", norms=(2.0,), progress=False)
     rows = _read(tmp_path / "out.csv")
     assert done.n_inputs == 9 and list(rows[0]) == ["index", "score", "flagged", "radius_l2"]
+
+
+def test_npz_columns_named_by_feature_names_are_taken_by_name(csv_run, tmp_path):
+    """An npz whose columns are in another order (and one more) gives the rows of the same inputs as a CSV, when
+    it names them (walkthrough 26c F9: read by position, unchecked); a name of the run's it lacks is refused."""
+    x, y = _rows(20, 4)
+    x = x.astype(np.float32).astype(np.float64)
+    _write_csv(tmp_path / "new.csv", x, y)
+    order = [3, 1, 0, 2]
+    shuffled = np.concatenate([x[:, order], np.full((20, 1), 7.0)], axis=1)
+    names = np.array([FEATURES[i] for i in order] + ["extra"])
+    np.savez(tmp_path / "new.npz", x=shuffled, y=y, feature_names=names)
+    certify_file(csv_run, tmp_path / "new.csv", tmp_path / "a.csv", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matched by name: no warning
+        certify_file(csv_run, tmp_path / "new.npz", tmp_path / "b.csv", progress=False)
+    assert _read(tmp_path / "a.csv") == _read(tmp_path / "b.csv")
+    np.savez(tmp_path / "lacks.npz", x=shuffled[:, :3], feature_names=names[:3])
+    with pytest.raises(DataError, match=r"lacks\.npz: feature_names lacks the run's feature column\(s\) 'f2'"):
+        certify_file(csv_run, tmp_path / "lacks.npz", tmp_path / "c.csv", progress=False)
+    assert not (tmp_path / "c.csv").exists()
+
+
+def test_a_run_trained_on_a_named_npz_has_named_features(tmp_path):
+    """feature_names in a training npz name the run's features: threat models and CSV traffic go by name."""
+    x, y = _rows(60, 16)
+    np.savez(tmp_path / "train.npz", x=x, y=y, feature_names=np.array(FEATURES))
+    tm = ThreatModel.from_dict({"immutable": ["f0"], "scale": {"f1": 10.0}})
+    spec = {"npz": str(tmp_path / "train.npz"), "sensitive_class": "spam"}
+    train_run(spec, tmp_path / "run", train_overrides={"epochs": 1}, progress=False, log=lambda m: None)
+    assert read_run(tmp_path / "run")["feature_names"] == FEATURES
+    new = x[:10].astype(np.float32).astype(np.float64)
+    _write_csv(tmp_path / "new.csv", new, order=["f2", "f0", "f3", "f1"], extra=False)
+    run = tmp_path / "run"
+    certify_file(run, tmp_path / "new.csv", tmp_path / "tm.csv", threat_model=tm, progress=False)
+    certify_file(run, tmp_path / "new.csv", tmp_path / "plain.csv", plain=True, progress=False)
+    model, x32 = asymcert.load(run), torch.from_numpy(new.astype(np.float32))
+    for out, threat in (("tm.csv", tm.resolve(FEATURES, 4)), ("plain.csv", None)):
+        cert = asymcert.certify(model, x32, threat_model=threat)
+        assert [float(r["radius_l2"]) for r in _read(tmp_path / out)] == cert.radius(2.0).tolist()
+    assert _read(tmp_path / "tm.csv") != _read(tmp_path / "plain.csv")  # f0 immutable, f1 in tens: other radii
 
 
 @pytest.mark.parametrize(
@@ -858,7 +901,7 @@ def test_a_parquet_file_needs_a_run_trained_on_named_columns(tmp_path):
         log=lambda m: None,
     )
     _write_parquet(tmp_path / "new.parquet", {c: x[:, i] for i, c in enumerate(FEATURES)})
-    with pytest.raises(InputError, match="a Parquet file needs a run trained on a CSV"):
+    with pytest.raises(InputError, match="a Parquet file needs a run trained on named feature columns"):
         certify_file(tmp_path / "run", tmp_path / "new.parquet", tmp_path / "out.csv", progress=False)
 
 

@@ -190,17 +190,22 @@ def _finite(cell: str, path: Path, where: str, column: str) -> float:
     return value
 
 
-def npz_batches(path: Path, chunk: int, input_shape: Sequence[int] | None = None) -> Iterator[Batch]:
+def npz_batches(
+    path: Path, chunk: int, input_shape: Sequence[int] | None = None, features: Sequence[str] | None = None
+) -> Iterator[Batch]:
     """The ``x`` (N, *input_shape) of an npz file (``y`` (N,) as labels when present), ``chunk`` inputs at a time,
-    streamed (:class:`~asymcert.data.user.NpzStream`): memory bounded by the chunk whatever N.
+    streamed (:class:`~asymcert.data.user.NpzStream`): memory bounded by the chunk whatever N. When the file
+    names x's columns (``feature_names``) and the run has ``features``, the run's columns are taken by name
+    (in the run's order; other columns are left out); else x is read by position.
 
     Raises:
         DataError: x not of the run's input shape or not numbers, or a y that is not one label per input (all
-            named, from the arrays' headers before any value is read); a damaged or truncated array; a row
-            holding NaN or ±inf (its index and row).
+            named, from the arrays' headers before any value is read); feature names lacking one of the
+            run's; a damaged or truncated array; a row holding NaN or ±inf (its index and row).
     """
     with NpzStream(path) as npz:
-        shape = npz.x.shape
+        take = _named_columns(path, npz.feature_names, features)
+        shape = npz.x.shape if take is None else (*npz.x.shape[:1], len(take))
         if input_shape and tuple(shape[1:]) != tuple(input_shape):
             want = ", ".join(["N", *map(str, input_shape)])
             raise DataError(f"{path}: x has shape {shape}; the run takes inputs of shape ({want})")
@@ -209,10 +214,35 @@ def npz_batches(path: Path, chunk: int, input_shape: Sequence[int] | None = None
         start = 0
         for x, y in npz.chunks(chunk):
             labels = None if y is None else [str(v) for v in utf8_labels(y).tolist()]
-            values = _as_float(x, path)
+            values = _as_float(x if take is None else x[:, take], path)
             _check_finite(values, path, start)
             yield Batch(torch.from_numpy(values), labels)
             start += len(values)
+
+
+def _named_columns(path: Path, names: Sequence[str] | None, features: Sequence[str] | None) -> list[int] | None:
+    """The positions in an npz's x of the run's ``features``, by the file's column ``names``; None (read by
+    position) when either is None (a warning when only the names are: nothing checks the columns' order).
+
+    Raises:
+        DataError: a feature of the run the file does not name (the first few, by name).
+    """
+    if features is None:
+        return None
+    if names is None:
+        shown = ", ".join(map(repr, features[:3])) + (", …" if len(features) > 3 else "")
+        warnings.warn(
+            f"{path}: no feature_names array, so x's columns are read by position as the run's ({shown}); "
+            "save the names with the file (np.savez(..., feature_names=...)) to have them matched by name",
+            stacklevel=2,
+        )
+        return None
+    where = {name: i for i, name in enumerate(names)}
+    missing = [f for f in features if f not in where]
+    if missing:
+        shown = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DataError(f"{path}: feature_names lacks the run's feature column(s) {shown}")
+    return [where[f] for f in features]
 
 
 def _check_finite(values: np.ndarray, path: Path, start: int) -> None:
@@ -406,11 +436,15 @@ def input_batches(path: Path, run: RunRecord, chunk: int) -> Iterator[Batch]:
     if suffix in TABLE_READERS:
         what, read = TABLE_READERS[suffix]
         if not run.feature_names:
-            raise InputError(f"{path}: {what} needs a run trained on a CSV (its feature columns); use an .npz file")
+            raise InputError(
+                f"{path}: {what} needs a run trained on named feature columns (a CSV, or an npz with feature_names); "
+                "use an .npz file"
+            )
         label = run.task.get("label_column")
         return read(path, [str(c) for c in run.feature_names], label if isinstance(label, str) else None, chunk)
     if suffix == ".npz":
-        return npz_batches(path, chunk, run.model.get("input_shape") or None)
+        names = [str(c) for c in run.feature_names] if run.feature_names else None
+        return npz_batches(path, chunk, run.model.get("input_shape") or None, names)
     raise InputError(
         f"{path}: unknown input format {suffix or '(no suffix)'!r}; use .csv, .parquet, .npz or an image folder"
     )

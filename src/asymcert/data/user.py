@@ -346,9 +346,20 @@ def read_npz(path: Path, labels_required: bool = True) -> tuple[np.ndarray, np.n
     absent and not ``labels_required``); for training. :class:`NpzStream` reads them a chunk at a time.
 
     Raises:
+        DataError: see :func:`read_npz_named`.
+    """
+    x, y, _ = read_npz_named(path, labels_required)
+    return x, y
+
+
+def read_npz_named(path: Path, labels_required: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """:func:`read_npz`, plus the columns' names from an optional ``feature_names`` array (None when absent;
+    :func:`check_feature_names`).
+
+    Raises:
         DataError: not an .npz archive (a .npy file, a pickle, a damaged zip), no ``x`` or ``y``, a member
-            that is not a NumPy array file (damaged, or not .npy: e.g. a pickle, never unpickled), or
-            arrays of Python objects (``allow_pickle=False``: they are never loaded).
+            that is not a NumPy array file (damaged, or not .npy: e.g. a pickle, never unpickled), arrays of
+            Python objects (``allow_pickle=False``: they are never loaded), or bad ``feature_names``.
     """
     _check_npz_magic(path)
     try:
@@ -360,17 +371,56 @@ def read_npz(path: Path, labels_required: bool = True) -> tuple[np.ndarray, np.n
     with loaded as archive:
         keys = ("x", "y") if labels_required or "y" in archive.files else ("x",)
         _check_keys(path, archive.files, keys)
-        out = []
-        for key in keys:
-            try:
-                out.append(archive[key])
-            except ValueError as exc:  # object arrays: refused unread
-                raise DataError(_UNPICKLE.format(path=path, key=key, why=_one_line(exc))) from None
-            except (OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise DataError(f"{path}: array {key!r} is damaged ({_one_line(exc)})") from None
-            if not isinstance(out[-1], np.ndarray):  # np.load hands a member without the .npy magic over as bytes
-                raise DataError(_NOT_NPY.format(path=path, key=key))
-    return out[0], (out[1] if len(out) > 1 else None)
+        wanted = (*keys, FEATURE_NAMES) if FEATURE_NAMES in archive.files else keys
+        out = [_npz_array(archive, key, path) for key in wanted]
+    features = check_feature_names(out[-1], out[0].shape, path) if len(wanted) > len(keys) else None
+    return out[0], (out[1] if len(keys) > 1 else None), features
+
+
+def _npz_array(archive: Any, key: str, path: Path) -> np.ndarray:
+    """Array ``key`` of an open np.load archive, refused (DataError) when it needs unpickling or is damaged."""
+    try:
+        value = archive[key]
+    except ValueError as exc:  # object arrays: refused unread
+        raise DataError(_UNPICKLE.format(path=path, key=key, why=_one_line(exc))) from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: array {key!r} is damaged ({_one_line(exc)})") from None
+    if not isinstance(value, np.ndarray):  # np.load hands a member without the .npy magic over as bytes
+        raise DataError(_NOT_NPY.format(path=path, key=key))
+    return value
+
+
+FEATURE_NAMES = "feature_names"
+"""The optional npz array naming x's columns, ``np.savez(f, x=x, y=y, feature_names=np.array(names))``: a run
+trained on it has named features (threat models and ``--monotone`` by name), and traffic is matched by name."""
+
+MAX_FEATURE_NAMES = 1 << 20
+"""Names a ``feature_names`` array may hold (each of at most :data:`MAX_LABEL_BYTES` bytes)."""
+
+
+def check_feature_names(names: np.ndarray, x_shape: tuple[int, ...], path: Path) -> list[str]:
+    """An npz's ``feature_names`` (d,) as text, one per column of its x (N, d).
+
+    Raises:
+        DataError: not text, x not of shape (N, d), not one name per column, an empty or a repeated name.
+    """
+    if names.dtype.kind not in "US":
+        raise DataError(f"{path}: {FEATURE_NAMES} must hold text, one name per column of x; found dtype {names.dtype}")
+    if len(x_shape) != 2:
+        raise DataError(f"{path}: {FEATURE_NAMES} names the columns of an x of shape (N, d); x has shape {x_shape}")
+    if names.shape != (x_shape[1],):
+        raise DataError(
+            f"{path}: {FEATURE_NAMES} has shape {names.shape}; it must name each of x's {x_shape[1]} columns, "
+            f"({x_shape[1]},)"
+        )
+    text = [str(v) for v in utf8_labels(names).tolist()]
+    empty = [i for i, name in enumerate(text) if not name.strip()]
+    if empty:
+        raise DataError(f"{path}: {FEATURE_NAMES}[{empty[0]}] is empty; name every column of x")
+    twice = [name for name, count in Counter(text).items() if count > 1]
+    if twice:
+        raise DataError(f"{path}: {FEATURE_NAMES} holds {', '.join(map(repr, twice[:5]))} more than once")
+    return text
 
 
 MAX_LABEL_BYTES = 4096  # per label of a streamed y: 1024 characters of a <U dtype
@@ -527,6 +577,7 @@ class NpzStream:
 
     Attributes:
         x: the inputs' :class:`NpyMember`. y: the labels', None when the file has none (and they are optional).
+        feature_names: x's column names (:data:`FEATURE_NAMES`), None when the file has none.
     Raises:
         DataError: as :func:`read_npz` (not an .npz, a .npy file, a damaged zip, no ``x``, object arrays),
             plus Fortran-order arrays over FORTRAN_LIMIT bytes, members shorter than their headers say, and
@@ -556,7 +607,22 @@ class NpzStream:
                     f"{path}: y holds labels of {self.y.dtype.itemsize} bytes each (dtype {self.y.dtype}); "
                     f"labels may take at most {MAX_LABEL_BYTES} bytes"
                 )
+            self.feature_names = self._names() if FEATURE_NAMES in files else None
             opened.pop_all()
+
+    def _names(self) -> list[str]:
+        """The ``feature_names`` array (:func:`check_feature_names`), read whole once its header shows it small:
+        at most :data:`MAX_FEATURE_NAMES` names of :data:`MAX_LABEL_BYTES` bytes each (DataError otherwise)."""
+        member = NpyMember(self._archive, FEATURE_NAMES, self.path)
+        with contextlib.closing(member.stream):
+            size = math.prod(member.shape) if member.shape else 1
+            if member.dtype.itemsize > MAX_LABEL_BYTES or size > MAX_FEATURE_NAMES:
+                raise DataError(
+                    f"{self.path}: {FEATURE_NAMES} holds {size} names of {member.dtype.itemsize} bytes each; at most "
+                    f"{MAX_FEATURE_NAMES} names of {MAX_LABEL_BYTES} bytes are read"
+                )
+            names = member.read_rows(member.shape[0]) if member.shape else member.read_rows(1).reshape(())
+        return check_feature_names(names, self.x.shape, self.path)
 
     def chunks(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """(x rows (n, ...), y rows (n,) or None), ``chunk`` ≥ 1 rows at a time (the last may be shorter).
@@ -599,7 +665,8 @@ def task_from_npz(
     *,
     seed: int = 42,
 ) -> Task:
-    """A task from an ``.npz`` file with ``x`` (N, ...) inputs in raw units and ``y`` (N,) labels.
+    """A task from an ``.npz`` file with ``x`` (N, ...) inputs in raw units and ``y`` (N,) labels, its features
+    named by an optional ``feature_names`` (d,) array (:data:`FEATURE_NAMES`; else by position).
 
     Images (N, H, W) get a channel axis; (N, H, W, C) with C in {1, 3, 4} is moved to channel-first.
 
@@ -608,9 +675,12 @@ def task_from_npz(
             :func:`task_from_arrays`).
     """
     path = Path(path)
-    x, y = read_npz(path)
+    x, y, names = read_npz_named(path)
     assert y is not None  # labels_required=True: read_npz refused a file without y
-    return task_from_arrays(x, y, sensitive_class, other_class, name or path.stem, source=str(path), seed=seed)
+    meta = None if names is None else {"feature_names": names}
+    return task_from_arrays(
+        x, y, sensitive_class, other_class, name or path.stem, source=str(path), seed=seed, meta=meta
+    )
 
 
 def _check_header(path: Path, header: list[str], ignore: tuple[str, ...] = ()) -> None:
