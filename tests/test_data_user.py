@@ -362,6 +362,16 @@ def test_tabular_presets_build_the_hinge_model(tmp_path, preset, kinds):
     plan.model.validate()
 
 
+@pytest.mark.parametrize("preset", ["hinges", "log1p-hinges"])
+def test_tabular_presets_on_images_say_they_need_flat_feature_vectors(tmp_path, preset):
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "img.npz", x=g.random((30, 5, 5)), y=np.arange(30) % 2)
+    spec = {"npz": str(tmp_path / "img.npz"), "sensitive_class": 1}
+    want = rf"does not offer preset '{preset}': it takes flat feature vectors, x of shape \(N, d\), and these "
+    with pytest.raises(ConfigError, match=want + r"inputs have shape \(1, 5, 5\)"):
+        plan_training(spec, preset=preset)
+
+
 def test_log1p_preset_is_refused_for_negative_values_naming_the_columns(tmp_path):
     x, y = _tabular(dim=3)
     x[:, 2] = np.abs(x[:, 2])  # columns a and b go below 0, c does not
