@@ -2,6 +2,7 @@
 against exact rational arithmetic and float64, also at the decision boundary and at ReLU kinks; "auto"
 picks it where it applies and its radii match the float64 path's; attacks never flip inside them."""
 
+import copy
 import math
 from fractions import Fraction
 
@@ -294,6 +295,32 @@ def test_constants_are_cached_and_refreshed_when_weights_change():
     s64, _, e64 = float64_reference(model, x)
     bp = icnn_bounded_pass(model, x)
     assert bool(((bp.score - s64).abs() <= bp.score_error + e64)[~bp.uncertain].all())
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda m: m.convex.passthrough[0].weight.data.mul_(2.0),  # .data: no version bump
+        lambda m: m.convex.hidden[0].weight.data.clamp_(min=0.5),  # a projection as training loops write it
+        lambda m: m.convex.passthrough[1].bias.data.add_(3.0),
+        lambda m: m.convex.passthrough[0].weight.data.copy_(-m.convex.passthrough[0].weight.data),
+    ],
+)
+def test_weights_written_through_data_are_certified_as_they_are_now(write):
+    """Constants cached by data pointer and version counter certified the weights of before a ``.data`` write
+    (which bumps neither): the scores and radii must be those of a fresh copy of the model as it is now."""
+    model = icnn_model(7)
+    x = torch.rand(64, *model.input_shape)
+    before = asymcert.certify(model, x)
+    with torch.no_grad():
+        write(model)
+    fresh = copy.deepcopy(model)
+    now, want = asymcert.certify(model, x), asymcert.certify(fresh, x)
+    assert not torch.equal(before.extra["score"], want.extra["score"])  # the write changed the model
+    assert torch.equal(now.extra["score"], want.extra["score"])
+    for p in NORMS:
+        assert torch.equal(now.radii[p], want.radii[p])
+    assert icnn_constants(model) is icnn_constants(model)  # unchanged weights: still cached
 
 
 def test_integer_slices_reconstruct_the_table_exactly():

@@ -65,9 +65,11 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -251,19 +253,39 @@ def _build_constants(model: FeatureConvexClassifier) -> IcnnConstants | None:
     )
 
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], IcnnConstants | None]] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[list[torch.Tensor], IcnnConstants | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def icnn_constants(model: FeatureConvexClassifier) -> IcnnConstants | None:
-    """:class:`IcnnConstants` of ``model`` (None where not covered), cached until one of its tensors
-    changes (data pointer or version counter)."""
-    key = tuple(v for t in [*model.parameters(), *model.buffers()] for v in (t.data_ptr(), t._version))
+    """:class:`IcnnConstants` of ``model`` (None where not covered), cached until one of its tensors changes:
+    compared by value with a copy taken when the constants were built (a write through ``.data``, as in
+    ``p.data.clamp_(min=0)``, moves neither the data pointer nor the version counter, and constants keyed on
+    those certified the weights of before: scores off by 15, ℓ2 radii by 3.6 on the demo model).
+    The comparison reads every weight's bytes once (about 0.5 ms per million)."""
+    tensors = [t.detach() for t in (*model.parameters(), *model.buffers())]
     hit = _CACHE.get(model)
-    if hit is not None and hit[0] == key:
+    if hit is not None and _same_values(hit[0], tensors):
         return hit[1]
     consts = _build_constants(model)
-    _CACHE[model] = (key, consts)
+    _CACHE[model] = ([t.clone() for t in tensors], consts)
     return consts
+
+
+def _same_values(saved: Sequence[torch.Tensor], now: Sequence[torch.Tensor]) -> bool:
+    """Whether ``now`` holds the tensors of ``saved`` again, bit for bit: shapes, dtypes, devices and bytes."""
+    return len(saved) == len(now) and all(
+        a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and _same_bytes(a, b)
+        for a, b in zip(saved, now, strict=True)
+    )
+
+
+def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality of two tensors of one shape and dtype (CPU: NumPy's byte compare, 5× torch.equal's speed)."""
+    if a.device.type != "cpu":
+        return bool(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)))
+    return bool(np.array_equal(a.reshape(-1).view(torch.uint8).numpy(), b.reshape(-1).view(torch.uint8).numpy()))
 
 
 @torch.no_grad()
