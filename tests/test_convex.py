@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asymcert.errors import ConvexityError
-from asymcert.nn.convex import ICNN, ConvexConvNet, PositiveBatchNorm, convexity_violations, project_
+from asymcert.nn.convex import ICNN, ConvexConvNet, PositiveBatchNorm, all_finite, convexity_violations, project_
 from tests.conftest import small_feature_convex
 
 
@@ -117,3 +118,14 @@ def test_allowlist_names_each_slot_and_accepts_the_built_in_nets():
         "g.readout: Sequential is not allowed here (allowed: NonnegLinear); it may break convexity",
         "g.readout.0: Flatten is not allowed here (allowed: NonnegLinear); it may break convexity",
     ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(), (0,), (1,), (7, 3), (2, 0, 4), (4096, 9)])
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf, -math.inf])
+def test_all_finite_agrees_with_isfinite(dtype, shape, bad):
+    t = torch.randn(shape, dtype=torch.float64).mul(1e3).to(dtype)
+    if bad is not None and t.numel():
+        t.view(-1)[t.numel() // 2] = bad
+    assert all_finite(t) == bool(torch.isfinite(t).all())
+    assert all_finite(t) == (bad is None or t.numel() == 0)

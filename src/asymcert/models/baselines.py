@@ -33,6 +33,7 @@ from torch import nn
 
 from asymcert.errors import ConfigError, ModelError
 from asymcert.models.checks import check_batch, config_input_range, config_int, config_int_list
+from asymcert.nn.convex import all_finite
 from asymcert.nn.feature_maps import Shift
 from asymcert.nn.orthogonal import CayleyConv2d, CayleyLinear, MaxMin, PixelUnshuffle, lipschitz_l2
 
@@ -200,7 +201,7 @@ class _SequentialScoreModel(nn.Module):
 
     def validate(self) -> None:
         """Raise :class:`~asymcert.errors.ModelError` when a weight is NaN or Inf."""
-        bad = [n for n, t in self.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        bad = [n for n, t in self.state_dict().items() if t.is_floating_point() and not all_finite(t)]
         if bad:
             raise ModelError(f"model weights contain NaN or Inf: {bad}")
 

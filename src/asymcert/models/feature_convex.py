@@ -14,6 +14,7 @@ from asymcert.models.checks import check_batch, config_input_range
 from asymcert.nn.convex import (
     ICNN,
     ConvexMean,
+    all_finite,
     build_convex_net,
     convex_net_problems,
     convexity_violations,
@@ -255,9 +256,7 @@ class FeatureConvexClassifier(nn.Module):
         problems += [
             f"{n}: contains NaN or Inf"
             for n, t in self.state_dict().items()
-            if t.is_floating_point()
-            and not bool(torch.isfinite(t).all())
-            and not (phi_problems and n.startswith("feature_map."))
+            if t.is_floating_point() and not all_finite(t) and not (phi_problems and n.startswith("feature_map."))
         ]  # φ reported its own
         return list(dict.fromkeys(problems))
 

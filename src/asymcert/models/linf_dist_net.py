@@ -35,6 +35,7 @@ from torch import nn
 
 from asymcert.errors import ConfigError, ModelError
 from asymcert.models.checks import check_batch, config_input_range, config_int, config_int_list
+from asymcert.nn.convex import all_finite
 from asymcert.nn.linf_dist import LinfDist
 from asymcert.nn.mean_shift import MeanShift
 
@@ -280,7 +281,7 @@ class LinfDistNet(nn.Module):
                 "an ℓ∞-dist net certifies only with p = ∞ in every distance layer (training left "
                 "them at finite p; call model.set_p(math.inf) or train through the p = ∞ phase): " + ", ".join(finite_p)
             )
-        bad = [n for n, t in self.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        bad = [n for n, t in self.state_dict().items() if t.is_floating_point() and not all_finite(t)]
         if bad:
             raise ModelError(f"model weights contain NaN or Inf: {bad}")
         if not self.std > 0:

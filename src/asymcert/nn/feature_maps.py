@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from asymcert.errors import ConfigError, ModelError, UnknownNameError
-from asymcert.nn.convex import declared_with_forward, defining_class
+from asymcert.nn.convex import all_finite, declared_with_forward, defining_class
 
 Bounds = tuple[torch.Tensor, torch.Tensor]
 """A pair (lower, upper) of elementwise bounds."""
@@ -105,7 +105,7 @@ class FeatureMap(nn.Module):
         return [
             f"{name}: contains NaN or Inf"
             for name, t in self.state_dict().items()
-            if t.is_floating_point() and not bool(torch.isfinite(t).all())
+            if t.is_floating_point() and not all_finite(t)
         ]
 
     def validate(self) -> None:
