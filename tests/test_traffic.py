@@ -641,7 +641,7 @@ def test_image_folder_and_parquet_results_get_their_record_too(csv_run, tmp_path
 # ----- npz inputs are streamed: a chunk of rows at a time, never np.load-ed whole, never unpickled -----
 
 
-def _whole_array_batches(path, chunk, input_shape=None):
+def _whole_array_batches(path, chunk, input_shape=None, features=None):
     """npz_batches as it was before streaming: the whole file through read_npz, then sliced."""
     x, y = read_npz(path, labels_required=False)
     labels = None if y is None else [str(v) for v in y.tolist()]
