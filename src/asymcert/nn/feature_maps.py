@@ -677,6 +677,27 @@ MAX_GROUP_FEATURES = 2**18
 """The most features per input :class:`GroupMin` makes (262,144: 57 inputs at order 3 make 30,951)."""
 
 
+def _group_features(n: int, order: int) -> int:
+    """Features per input of :class:`GroupMin` on n inputs at ``order``: n per set size class, rounded up
+    (counted set size by set size, and refused as soon as the count passes the limit: C(20000, k) summed to
+    k = 10000 took 36 s and ended in Python's 4300-digit error).
+
+    Raises:
+        ConfigError: more than :data:`MAX_GROUP_FEATURES` features.
+    """
+    sets = 0
+    for k in range(2, order + 1):
+        sets += math.comb(n, k)
+        features = n * (1 + -(-sets // n))
+        if features > MAX_GROUP_FEATURES:
+            least = "" if k == order else "at least "
+            raise ConfigError(
+                f"group-min: {n} inputs at order {order} would make {least}{features} features each; at most "
+                f"{MAX_GROUP_FEATURES} (lower the order, or select fewer inputs)"
+            )
+    return n * (1 + -(-sets // n))
+
+
 class GroupMin(_ExcessMap):
     """φ(x) = concat(x, min_{i ∈ S} h_i for every set S of 2 … ``order`` coordinates): AND features of pairs,
     triples, …, the splits of trees of that depth that pair-min (order 2) stops short of.
@@ -710,13 +731,7 @@ class GroupMin(_ExcessMap):
         n = in_shape[0]
         if isinstance(order, bool) or not isinstance(order, int) or not 2 <= order <= n:
             raise ConfigError(f"group-min: order = {order!r} must be an integer from 2 to the {n} inputs")
-        sets = sum(math.comb(n, k) for k in range(2, order + 1))
-        features = n * (1 + -(-sets // n))
-        if features > MAX_GROUP_FEATURES:
-            raise ConfigError(
-                f"group-min: {n} inputs at order {order} would make {features} features each; at most "
-                f"{MAX_GROUP_FEATURES} (lower the order, or select fewer inputs)"
-            )
+        features = _group_features(n, order)
         super().__init__(in_shape)
         self.order = order
         self.register_buffer("members", _set_members(n, order, features // n - 1), persistent=False)
