@@ -336,6 +336,19 @@ def test_opcodes_are_counted_before_any_runs(monkeypatch):
     assert "more than 1000 pickle opcodes" in message
 
 
+def test_a_memo_index_no_pickler_writes_is_refused_before_any_opcode_runs():
+    """9 bytes, PROTO 2, EMPTY_DICT, LONG_BINPUT 2²⁷, STOP: CPython's unpickler zero-filled a 2 GiB memo table
+    (review 27a F3); refused from the opcodes. Real batches put memo entries 0, 1, … in order and still read."""
+    for raw in (b"\x80\x02}r\x00\x00\x00\x08.", b"\x80\x02}q\x05.", b"(dp100000\n."):
+        message, peak = _measured(raw)
+        assert "a pickle memo index of" in message and "which no pickler writes" in message
+        assert peak < 2**20
+    payload = {b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [1, 2], b"batch_label": b"x"}
+    for protocol in (0, 2, 4):
+        x, y = read_cifar_batch(io.BytesIO(pickle.dumps(payload, protocol=protocol)), "ok")
+        assert x.shape == (2, 3, 32, 32) and y.tolist() == [1, 2]
+
+
 def test_a_reason_without_a_message_is_named(monkeypatch):
     """Under a memory limit the reason was empty: "not a readable CIFAR-10 batch ()"."""
 

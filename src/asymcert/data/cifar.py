@@ -180,13 +180,24 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+"""Opcodes that store into the unpickler's memo at the index they give (CPython's grows its memo table to twice
+that index and zero-fills it: a 9-byte pickle asking index 2²⁷ touched 2 GiB)."""
+
+
 def _count_opcodes(blob: bytes, source: str) -> None:
-    """Refuse a pickle of more than :data:`MAX_PICKLE_OPCODES` opcodes (before any is run)."""
+    """Refuse a pickle of more than :data:`MAX_PICKLE_OPCODES` opcodes, or one storing into memo index i after
+    fewer than i opcodes (a pickler numbers its memo entries 0, 1, … as it goes), before any is run."""
     try:
-        for count, _ in enumerate(pickletools.genops(blob), start=1):
+        for count, (op, arg, _) in enumerate(pickletools.genops(blob), start=1):
             if count > MAX_PICKLE_OPCODES:
                 raise DataError(
                     f"{source}: more than {MAX_PICKLE_OPCODES} pickle opcodes, more than a CIFAR-10 batch holds; "
+                    "is it a CIFAR-10 python batch?"
+                )
+            if op.name in _PUTS and isinstance(arg, int) and arg >= count:
+                raise DataError(
+                    f"{source}: a pickle memo index of {arg} at opcode {count}, which no pickler writes; "
                     "is it a CIFAR-10 python batch?"
                 )
     except DataError:
