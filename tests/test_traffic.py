@@ -812,6 +812,27 @@ def test_parquet_input_through_the_cli(csv_run, tmp_path):
     assert "certified 9 inputs" in res.output and len(_read_parquet(out)) == 9
 
 
+def test_parquet_labels_must_be_one_text_or_number_per_row(csv_run, tmp_path, monkeypatch):
+    """A 1.8 kB file whose one label was a list of 2·10⁷ dictionary strings took 1.3 GB and wrote 100 MB; one label
+    of 250 MiB within the per-row average of 2²⁰ rows took 3.5 GB (review 27a F1, F2): nested labels are refused
+    by type, and a row group's labels by their decoded size, before any page is read. Binary labels read as text."""
+    pa = pytest.importorskip("pyarrow")
+    columns = {c: [0.5, 1.0, 2.0] for c in FEATURES}
+    _write_parquet(tmp_path / "list.parquet", columns | {"kind": pa.array([["a"] * 50, ["b"], ["c"]])})
+    with pytest.raises(DataError, match=r"label column 'kind' holds list<element: string>; a label is one text or"):
+        certify_file(csv_run, tmp_path / "list.parquet", tmp_path / "out.csv", progress=False)
+    monkeypatch.setattr(traffic, "PARQUET_LABEL_GROUP_BYTES", 2**16)
+    monkeypatch.setattr(traffic, "_parquet_batch", lambda *a: pytest.fail("a page was decoded"))
+    _write_parquet(tmp_path / "big.parquet", columns | {"kind": pa.array(["x" * 2**17, "b", "c"]).dictionary_encode()})
+    with pytest.raises(DataError, match=r"label column 'kind' holds 0\.1 MiB decoded in row group 0, more than the 0"):
+        certify_file(csv_run, tmp_path / "big.parquet", tmp_path / "out.csv", progress=False)
+    assert not (tmp_path / "out.csv").exists()
+    monkeypatch.undo()
+    _write_parquet(tmp_path / "bin.parquet", columns | {"kind": pa.array([b"spam", b"h\xffm", b" ham "])})
+    certify_file(csv_run, tmp_path / "bin.parquet", tmp_path / "out.csv", progress=False)
+    assert [r["label"] for r in _read(tmp_path / "out.csv")] == ["spam", "h\ufffdm", "ham"]
+
+
 def _read_parquet(path) -> list[dict]:
     return pytest.importorskip("pyarrow.parquet").read_table(path).to_pylist()
 
@@ -824,7 +845,7 @@ def _read_parquet(path) -> list[dict]:
         ({"f0": [0.5, -math.inf, 1.0]}, r"index 1 \(row 2\), column 'f0': -inf is not a finite float32 number"),
         ({"f1": [0.5, 1.0, 1e39]}, r"index 2 \(row 3\), column 'f1': 1e\+39 is not a finite float32 number"),
         ({"f1": [1, 2, 2**60 + 1]}, r"column 'f1': x holds integers beyond 2\*\*53"),
-        ({"f3": ["1", "2", "3"]}, r"feature column\(s\) 'f3' \(string\) do not hold numbers"),
+        ({"f3": ["1", "2", "3"]}, r"feature column\(s\) 'f3' \(string\) are not integers, floats or booleans"),
         ({"f3": None}, "the run's feature column\\(s\\) f3 are missing"),
     ],
 )

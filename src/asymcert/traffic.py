@@ -290,13 +290,14 @@ def parquet_batches(path: Path, features: Sequence[str], label_column: str | Non
     """Read a Parquet file by the run's feature columns (by name, any order, other columns never read),
     ``chunk`` rows at a time, streamed page by page (:data:`PARQUET_BUFFER`): memory bounded whatever the
     number of rows or the size of a row group. Feature columns must hold integers, floats or booleans; the
-    label column (optional) may hold anything, read as text.
+    label column (optional) text, bytes (read as UTF-8) or numbers, read as text.
 
     Raises:
         InputError: pyarrow missing.
         DataError: not a Parquet file, a feature column missing, repeated, or not numeric (named, with its
-            type), a missing (null) or non-finite value or one beyond float32 (naming the row and column),
-            an integer beyond 2⁵³.
+            type), a label column of lists, structs or maps, columns that hold more decoded bytes than they
+            need (:func:`_check_parquet_sizes`), a missing (null) or non-finite value or one beyond float32
+            (naming the row and column), an integer beyond 2⁵³.
     """
     pa, pq = _pyarrow("Parquet input", " (or give a .csv)")
     try:
@@ -326,6 +327,9 @@ PARQUET_LABEL_BYTES = 256
 """Bytes per row a Parquet label column may hold decoded on average (labels are class names)."""
 PARQUET_SLACK = 1 << 20
 """Bytes every column of a row group may hold on top of that (page headers, dictionaries, small files)."""
+PARQUET_LABEL_GROUP_BYTES = 32 << 20
+"""Bytes a Parquet label column may hold decoded in one row group, whatever its rows (a value is decoded whole:
+one label of 250 MiB in a 30 kB file of 2²⁰ rows, within 256 bytes a row on average, took 3.5 GB)."""
 
 
 def _check_parquet_sizes(path: Path, metadata: Any, features: Sequence[str], label: str | None) -> None:
@@ -349,6 +353,12 @@ def _check_parquet_sizes(path: Path, metadata: Any, features: Sequence[str], lab
                     f"{group.num_rows} rows, more than a {'label' if name == label else 'feature'} column "
                     f"needs ({wanted[name]} bytes a row); refused, it would be read into memory whole"
                 )
+            if name == label and size > PARQUET_LABEL_GROUP_BYTES:
+                raise DataError(
+                    f"{path}: label column {name!r} holds {size / 2**20:.1f} MiB decoded in row group {g}, more "
+                    f"than the {PARQUET_LABEL_GROUP_BYTES >> 20} MiB read of a row group's labels; write the file "
+                    "with smaller row groups, or without the label column"
+                )
 
 
 def _arrow_message(exc: BaseException) -> str:
@@ -364,8 +374,18 @@ def _check_parquet_columns(path: Path, schema: Any, features: Sequence[str], lab
     wrong = [f"{c!r} ({schema.field(c).type})" for c in features if not any(t(schema.field(c).type) for t in numeric)]
     if wrong:
         raise DataError(
-            f"{path}: feature column(s) {', '.join(wrong)} do not hold numbers; store them as integers or floats"
+            f"{path}: feature column(s) {', '.join(wrong)} are not integers, floats or booleans (decimals, text, "
+            "lists, ...); store them as integers or floats"
         )
+    if label is not None and label in schema.names:
+        kind = schema.field(label).type
+        value = kind.value_type if pa.types.is_dictionary(kind) else kind
+        text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+        if not any(t(value) for t in (*numeric, *text)):
+            raise DataError(
+                f"{path}: label column {label!r} holds {kind}; a label is one text or number per row "
+                "(lists, structs and maps are not read)"
+            )
 
 
 def _row(index: int) -> str:
@@ -391,8 +411,13 @@ def _parquet_batch(table: Any, path: Path, features: Sequence[str], label: str |
         )
     labels = None
     if label is not None:
-        labels = ["" if v is None else str(v).strip() for v in table.column(label).to_pylist()]
+        labels = ["" if v is None else _label_text(v) for v in table.column(label).to_pylist()]
     return Batch(torch.from_numpy(values), labels)
+
+
+def _label_text(value: object) -> str:
+    """A Parquet label as text: binary labels decoded as UTF-8 (undecodable bytes replaced), as npz labels are."""
+    return (value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)).strip()
 
 
 def image_batches(root: Path, input_shape: Sequence[int], chunk: int) -> Iterator[Batch]:
