@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import asymcert
-from asymcert.certify.feature_convex import magnitude_scope, model_magnitudes
+from asymcert.certify.feature_convex import model_magnitudes
 from asymcert.certify.magnitude import absolute_pass, network_magnitudes
+from asymcert.certify.scope import call_scope
 from asymcert.models import build_model
 from asymcert.models.one_vs_rest import OneVsRestConvex
 from asymcert.nn.convex import ConvexMean
@@ -171,14 +172,14 @@ def test_parameters_whose_float32_evaluation_is_not_finite_certify_nothing():
 
 
 def test_the_magnitudes_are_kept_within_one_certificate_call_only():
-    """Computed once per model inside a magnitude_scope (one certificate call), afresh outside it, so that a
+    """Computed once per model inside a call_scope (one certificate call), afresh outside it, so that a
     change of the weights between calls, however it is made, is always seen."""
     model = small_feature_convex("icnn")
     shape = tuple(model.features(torch.rand(1, 1, 6, 6)).shape[1:])
-    with magnitude_scope():
+    with call_scope():
         first = model_magnitudes(model, shape)
         assert model_magnitudes(model, shape) is first
-        with magnitude_scope():  # nested: the same
+        with call_scope():  # nested: the same
             assert model_magnitudes(model, shape) is first
     assert model_magnitudes(model, shape) is not first
     with torch.no_grad():

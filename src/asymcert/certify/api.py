@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from asymcert.certify.feature_convex import magnitude_scope
 from asymcert.certify.input_rounding import lowered_by_rounding, to_model_dtype
 from asymcert.certify.inputs import CHECK_CHUNK, check_inputs
 from asymcert.certify.result import Certificate, Guarantee, normalize_norm
+from asymcert.certify.scope import call_scope
 from asymcert.certify.threat_model import fallback_radii, resolve_for
 from asymcert.errors import InputError, ModelError, UnknownNameError, UnsoundOptionError
 from asymcert.nn.convex import global_hook_problems, parameter_dtype
@@ -318,7 +318,7 @@ def certify(
     _warn_outside(tm, x)
     dtype = _model_dtype(model, x)
     parts = []
-    with magnitude_scope():  # (a feature-convex model's magnitude bounds: computed once for every chunk)
+    with call_scope():  # (a feature-convex model's magnitude bounds: computed once for every chunk)
         for start in range(0, x.shape[0], step):
             chunk, rounding = to_model_dtype(x[start : start + step], dtype)
             chunk = chunk.to(device)

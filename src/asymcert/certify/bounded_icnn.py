@@ -74,6 +74,7 @@ import torch
 from torch import nn
 
 from asymcert.certify.bounded_convex import BOUND_SAFETY, U64, BoundedPass, gamma
+from asymcert.certify.scope import scoped_per_call
 from asymcert.nn.convex import ICNN
 from asymcert.nn.feature_maps import Compose, ConcatAbs, Identity, Shift, Standardize
 
@@ -263,7 +264,14 @@ def icnn_constants(model: FeatureConvexClassifier) -> IcnnConstants | None:
     compared by value with a copy taken when the constants were built (a write through ``.data``, as in
     ``p.data.clamp_(min=0)``, moves neither the data pointer nor the version counter, and constants keyed on
     those certified the weights of before: scores off by 15, ℓ2 radii by 3.6 on the demo model).
-    The comparison reads every weight's bytes once (about 0.5 ms per million)."""
+    The comparison reads every weight's bytes once (about 0.5 ms per million), once per certificate call
+    (:func:`~asymcert.certify.scope.scoped_per_call`; weights cannot change within one)."""
+    return scoped_per_call("icnn-constants", model, (), lambda: _checked_constants(model))
+
+
+def _checked_constants(model: FeatureConvexClassifier) -> IcnnConstants | None:
+    """:func:`icnn_constants` outside a certificate call: the cached constants if the weights are bitwise those
+    they were built from, else new ones."""
     tensors = [t.detach() for t in (*model.parameters(), *model.buffers())]
     hit = _CACHE.get(model)
     if hit is not None and _same_values(hit[0], tensors):

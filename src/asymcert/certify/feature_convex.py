@@ -25,13 +25,10 @@ attacked point. Per precision:
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import copy
 import math
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, TypeAlias, TypeVar, cast
 
 import torch
 from torch import nn
@@ -42,6 +39,7 @@ from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
 from asymcert.certify.magnitude import FLOAT32_SAFE, Magnitudes, network_magnitudes
 from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_roundoff
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee
+from asymcert.certify.scope import call_scope, chunk_scope, scoped, scoped_per_call
 from asymcert.certify.tangent_cuts import TangentCuts, multi_cut_feature_radii, tangent_margins
 from asymcert.nn.convex import ICNN, ConvexConvNet, ConvexMean
 from asymcert.nn.feature_maps import EPS64, FeatureMap
@@ -237,78 +235,19 @@ def float_guard(
         terms = constant_terms(model, features)
         return rounding_bound(features, grad, score, terms, evaluation_eps(model), floor=floor)
 
-    return _scoped("guard", (model, features, grad, score), (), compute, _CHUNK)
-
-
-_Cache: TypeAlias = dict[tuple[Any, ...], tuple[tuple[object, ...], Any]]
-_SCOPE: contextvars.ContextVar[_Cache | None] = contextvars.ContextVar("asymcert_magnitudes", default=None)
-"""Per certificate call (:func:`magnitude_scope`): each model's magnitude coefficients."""
-_CHUNK: contextvars.ContextVar[_Cache | None] = contextvars.ContextVar("asymcert_chunk", default=None)
-"""Per chunk of inputs (:func:`chunk_scope`): values computed from that chunk's tensors, dropped with it."""
-
-
-def _scoped(
-    kind: str,
-    objects: tuple[object, ...],
-    extra: tuple[Any, ...],
-    compute: Callable[[], T],
-    scope: contextvars.ContextVar[_Cache | None] = _SCOPE,
-) -> T:
-    """``compute()``, kept for the rest of ``scope`` (if one is open) under the identity of ``objects`` (held,
-    so that no other object can take their address) and the values ``extra``."""
-    cache = scope.get()
-    if cache is None:
-        return compute()
-    key = (kind, *(id(o) for o in objects), *extra)
-    found = cache.get(key)
-    if found is not None and all(a is b for a, b in zip(found[0], objects)):
-        return cast(T, found[1])
-    value = compute()
-    cache[key] = (objects, value)
-    return value
-
-
-def scoped_per_call(kind: str, model: nn.Module, extra: tuple[Any, ...], compute: Callable[[], T]) -> T:
-    """``compute()``, a value of ``model`` alone (and ``extra``), computed once inside a :func:`magnitude_scope`."""
-    return _scoped(kind, (model,), extra, compute)
-
-
-@contextlib.contextmanager
-def magnitude_scope() -> Iterator[None]:
-    """While the block runs (one certificate call), :func:`model_magnitudes` computes each model's magnitudes
-    once; outside, every call computes them afresh (a model's weights may change between calls in ways no
-    counter records, e.g. writes through ``.data``). Nested scopes share the outermost."""
-    if _SCOPE.get() is not None:
-        yield
-        return
-    token = _SCOPE.set({})
-    try:
-        yield
-    finally:
-        _SCOPE.reset(token)
-
-
-@contextlib.contextmanager
-def chunk_scope() -> Iterator[None]:
-    """While the block runs (one chunk's certificate), the magnitudes at its features and its guard are computed
-    once; a new block starts empty, so memory holds one chunk's values, not every chunk's."""
-    token = _CHUNK.set({})
-    try:
-        yield
-    finally:
-        _CHUNK.reset(token)
+    return scoped("guard", (model, features, grad, score), (), compute, chunk=True)
 
 
 def model_magnitudes(model: FeatureConvexClassifier, feature_shape: tuple[int, ...]) -> Magnitudes:
     """The :class:`~asymcert.certify.magnitude.Magnitudes` of s = g(f) + b on features of ``feature_shape``
-    (computed once per model inside a :func:`magnitude_scope`), φ's own parameters counted in H."""
+    (computed once per model inside a :func:`~asymcert.certify.scope.call_scope`), φ's own parameters counted in H."""
     shape = _network_shape(model.convex, feature_shape)
 
     def compute() -> Magnitudes:
         mags = network_magnitudes(model.convex, shape, float(model.balance.detach()))
         return replace(mags, overflow0=mags.overflow0 + feature_map_magnitude(model.feature_map))
 
-    return _scoped("magnitudes", (model,), shape, compute)
+    return scoped("magnitudes", (model,), shape, compute)
 
 
 def _network_shape(g: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -330,7 +269,7 @@ def score_magnitudes(model: FeatureConvexClassifier, features: torch.Tensor) -> 
     """(A, H) (N,) float64 at features φ(x) (N, *feature_shape): the magnitude of the terms the score sums, and
     the sum of the magnitudes of every value its evaluation computes (:mod:`asymcert.certify.magnitude`)."""
     shape = tuple(features.shape[1:])
-    return _scoped("at", (model, features), (), lambda: model_magnitudes(model, shape).at(features), _CHUNK)
+    return scoped("at", (model, features), (), lambda: model_magnitudes(model, shape).at(features), chunk=True)
 
 
 def growth_caps(
@@ -396,7 +335,7 @@ def phi_steps(
                     rates[p] += (width ** (1.0 - 1.0 / p) if math.isfinite(p) else float(width)) * lips[p]
         return size, rates
 
-    return _scoped("phi", (model, x), norms, compute, _CHUNK)
+    return scoped("phi", (model, x), norms, compute, chunk=True)
 
 
 def _steps64(model: FeatureConvexClassifier) -> list[nn.Module]:
@@ -603,7 +542,7 @@ def certify_feature_convex(
     """
     cuts = check_cuts(cuts)
     check_reach(reach)
-    with magnitude_scope(), chunk_scope():
+    with call_scope(), chunk_scope():
         ref, flagged, margin, own_score, slack = flag_margins(model, x, precision, slack, guard, validate)
         radii = lp_radii(model, ref, margin, norms, slack)
         if guard:  # the deployed model's rounding and range, as the guard assumes them, across the ball

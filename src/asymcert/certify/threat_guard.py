@@ -29,9 +29,9 @@ from asymcert.certify.feature_convex import (
     model_magnitudes,
     phi_steps,
     ratio,
-    scoped_per_call,
 )
 from asymcert.certify.magnitude import FLOAT32_SAFE
+from asymcert.certify.scope import scoped_per_call
 from asymcert.models import FeatureConvexClassifier
 from asymcert.nn.feature_maps import coordinate_weights, reach_image_step, reach_input_boxes
 from asymcert.threat import ResolvedThreatModel

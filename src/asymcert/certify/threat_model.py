@@ -49,21 +49,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from asymcert.certify.feature_convex import (
-    Reference,
-    check_cuts,
-    check_reach,
-    chunk_scope,
-    flag_certificate,
-    flag_margins,
-    lp_radii,
-    magnitude_scope,
-)
+from asymcert.certify.feature_convex import Reference, check_cuts, check_reach, flag_certificate, flag_margins, lp_radii
 from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.one_vs_rest import certify_one_vs_rest, class_radii_key
 from asymcert.certify.reach_path import path_holds, path_radii
 from asymcert.certify.reach_problem import ReachProblem
 from asymcert.certify.result import Certificate
+from asymcert.certify.scope import call_scope, chunk_scope
 from asymcert.certify.threat_guard import guarded_threat_radii
 from asymcert.errors import ConfigError
 from asymcert.nn.feature_maps import (
@@ -471,7 +463,7 @@ def feature_convex_threat(
             f"cuts = {cuts}: multi-cut certificates are not available under a threat model "
             "(use cuts=0, or certify without the threat model)"
         )
-    with magnitude_scope(), chunk_scope():
+    with call_scope(), chunk_scope():
         problem, ref, flagged, own_score = reach_problem(model, x, threat_model, precision, slack, guard, validate)
         costs = _move_costs(model, problem.grads, x, threat_model)
         reach = check_reach(reach)
