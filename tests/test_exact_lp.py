@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import asymcert
+from asymcert import audit as audit_module
 from asymcert.audit import audit
+from asymcert.certify import exact_lp
 from asymcert.certify.exact import UnsupportedModelError
 from asymcert.certify.exact_linf import exact_linf_radii
 from asymcert.certify.exact_lp import exact_l1_radii, exact_l2_radii
@@ -144,3 +146,51 @@ def test_the_audit_compares_certificates_with_exact_l1_and_l2_radii():
         assert 0 < entry[norm]["exact"]["tightness"]["median"] <= 1
     assert "outer approximation" in entry["l1"]["exact"]["method"] and "norm" in entry["l2"]["exact"]["method"]
     assert report["violations"] == 0
+
+
+@pytest.mark.parametrize("radii", [exact_linf_radii, exact_l1_radii, exact_l2_radii])
+def test_an_unbounded_reach_without_a_flip_is_said_so_not_a_solver_error(radii):
+    """An increase-only feature without an upper bound: the box doubled on to about 1e15, where HiGHS answered
+    "Model error" (audit 27b F3); the search now stops at MAX_BOX with "no flip up to r = …"."""
+    model, x = _model(PHIS["shift-hinges"], 3, seed=0)
+    tm = ThreatModel(
+        scale={"0": 2.0, "*": 0.5}, increase_only=[1], decrease_only=[2], lower={"*": 0.0}, upper={"0": 3.0}
+    )
+    flagged = x[score64(model, x) > 0][:1]
+    found = radii(model, flagged, tm, time_limit=20.0)
+    assert found.status[0].startswith("no flip up to r = ")
+    assert float(found.lo[0]) > 1e11 and math.isinf(float(found.hi[0]))
+
+
+def test_a_program_finding_nothing_below_a_known_flip_never_puts_lo_above_hi(monkeypatch):
+    """With a known flip of size hi as its cutoff, a program that finds nothing set lo to the box radius r > hi
+    and called the bracket exact (audit 27b F1: lo 1.30e-3, hi 8.26e-4)."""
+    model, x = _model(PHIS["pairs"], 5, seed=0)
+    flagged = x[score64(model, x) > 0][:1]
+    real = exact_lp._solve_round
+
+    def no_point_once_a_flip_is_known(costs, lo, hi, time_limit, cutoff, gap):
+        return (
+            exact_lp._Round(None, None, None, None, "infeasible")
+            if math.isfinite(cutoff)
+            else real(costs, lo, hi, time_limit, cutoff, gap)
+        )
+
+    monkeypatch.setattr(exact_lp, "_solve_round", no_point_once_a_flip_is_known)
+    for radii in (exact_l1_radii, exact_l2_radii):
+        found = radii(model, flagged, TM, time_limit=20.0)
+        assert float(found.lo[0]) <= float(found.hi[0]) < math.inf
+
+
+def test_the_audit_table_says_when_exact_brackets_stay_open():
+    """audit.json counted the brackets left open at the time limit, audit.md showed only seconds and a tightness
+    measured against their upper ends (audit 27b F4: 38 of 39 open on SpamBase, unsaid)."""
+    model, x = _model(SPAM_PHI, 5, seed=5)
+    tm = ThreatModel(lower={"*": 0.0}).resolve(None, 5)
+    report = audit(
+        model, x[:8], norms=(1,), threat_model=tm, exact_milp=True, restarts=1, steps=5, exact_time_limit=1e-9
+    )
+    exact = report["methods"]["feature-convex"]["norms"]["l1"]["exact"]
+    assert exact["open_brackets"] > 0
+    row = next(line for line in audit_module._markdown(report).splitlines() if line.startswith("| l1 |"))
+    assert f"{exact['open_brackets']} brackets open (max gap" in row and "against a verified flip" in row

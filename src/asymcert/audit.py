@@ -793,6 +793,11 @@ def _norm_row(label: str, item: dict[str, Any]) -> str:
         ex_s = f"{ex['seconds']:.1f} s" + (f", {ex['failed']} failed" if ex["failed"] else "")
         if "not_met" in ex:  # cutting planes: the exact column is a checked upper bound
             ex_s += f", cuts ({ex['not_met']} open, max gap {ex['max_relative_gap']:.2g})"
+        elif ex.get("open_brackets"):  # mixed-integer brackets left open: compared with their verified flips
+            ex_s += (
+                f", {ex['open_brackets']} brackets open (max gap {ex['max_relative_gap']:.2g}; "
+                "tightness against a verified flip)"
+            )
         tight = _quartile_text(t)
         ex_v = str(ex["violations"])
     else:

@@ -911,7 +911,10 @@ def exact_radius(
         With ``return_perturbation``: ``(radii, delta)``, δ in raw input units. Accuracy: ℓ1/ℓ∞ radii are vertex
         solutions, exact to about 1e-9 relative; ℓ2 radii come from an interior-point method, whose
         move is then bisected back to where the float64 score first reaches 0 (it could stop up to
-        4e-7 relative inside), so no reported δ can be shortened along its own direction.
+        4e-7 relative inside), so no reported δ can be shortened along its own direction; the solver's
+        absolute tolerances remain, so an ℓ2 radius below about 1e-5 under a threat model is the size of a
+        verified flip but may lie far above the true minimum (measured: 1.8e-7 reported where a move of 9.8e-8
+        flips, audit 27b F2), and an audit comparing certificates with it can miss an excess there.
     Raises:
         UnsupportedModelError: the model is not of the form above (e.g. a ConcatAbs or log1p
             feature map), with or without a threat model.

@@ -55,12 +55,15 @@ from asymcert.nn.convex import ICNN
 from asymcert.nn.feature_maps import Compose, FeatureMap, Hinges, Identity, Log1p, PairMin, Shift, Standardize
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
-__all__ = ["ExactBracket", "HingeChain", "LinfBracket", "exact_linf_radii", "hinge_chain"]
+__all__ = ["MAX_BOX", "ExactBracket", "HingeChain", "LinfBracket", "exact_linf_radii", "hinge_chain"]
 
 BISECTION_RTOL = 1e-4
 """The bracket [lo, hi] of each radius is narrowed until hi ≤ lo·(1 + BISECTION_RTOL)."""
 MAX_SOLVES = 60
 """At most this many mixed-integer programs per input."""
+MAX_BOX = 1e12
+"""The largest box radius searched while no flip is known (threat-model units): an unbounded reach doubled on to
+about 1e15, where HiGHS refuses the bounds ("Model error"); beyond it the status is "no flip up to r = …"."""
 
 
 @dataclass(frozen=True)
@@ -423,6 +426,8 @@ def _bracket_one(
         left = deadline - time.perf_counter()
         if left <= 0:
             return lo, hi, best, "time limit"
+        if math.isinf(hi) and r > MAX_BOX:
+            return lo, hi, None, f"no flip up to r = {lo:.6g}"
         outcome, move = _flip_at(chain, model64, ball, r, s0, left)
         if move is not None:
             size = float(np.max(np.abs(move) / ball.scale, initial=0.0))

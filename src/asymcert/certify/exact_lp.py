@@ -46,6 +46,7 @@ from torch import nn
 
 from asymcert.certify.exact_linf import (
     BISECTION_RTOL,
+    MAX_BOX,
     BracketOne,
     ExactBracket,
     HingeChain,
@@ -281,9 +282,11 @@ class _Search:
         found = _solve_round(self.costs, box[2], box[3], left, self.hi, self.rtol / 4)
         whole = r >= self.ball.r_max  # the box holds every allowed move
         grow = min(2.0 * r, self.ball.r_max, self.hi)
-        if found.bound is None:  # no flip within the box
-            self.lo = math.inf if whole else max(self.lo, r)
-            return (r, "no flip") if whole else (r, "exact") if self.closed() else (grow, None)
+        if found.bound is None:  # no flip within the box shorter than hi (the program's cutoff): never lo > hi
+            self.lo = min(math.inf if whole else max(self.lo, r), self.hi)
+            if whole and math.isinf(self.hi):
+                return r, "no flip"
+            return (r, "exact") if self.closed() else (grow, None)
         self.lo = max(self.lo, found.bound if (found.bound <= r or whole) else r)
         if found.w is None or found.modelled is None:
             return r, found.status
@@ -329,6 +332,8 @@ def _bracket_one(p: float) -> BracketOne:
             left = deadline - time.perf_counter()
             if left <= 0:
                 return search.lo, search.hi, search.best, "time limit"
+            if math.isinf(search.hi) and r > MAX_BOX:
+                return search.lo, search.hi, None, f"no flip up to r = {search.lo:.6g}"
             r, status = search.step(r, left)
             if status is not None:
                 return search.lo, search.hi, search.best, status
