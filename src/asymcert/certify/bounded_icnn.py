@@ -272,13 +272,24 @@ def icnn_constants(model: FeatureConvexClassifier) -> IcnnConstants | None:
 def _checked_constants(model: FeatureConvexClassifier) -> IcnnConstants | None:
     """:func:`icnn_constants` outside a certificate call: the cached constants if the weights are bitwise those
     they were built from, else new ones."""
-    tensors = [t.detach() for t in (*model.parameters(), *model.buffers())]
+    tensors = _constant_sources(model)
     hit = _CACHE.get(model)
     if hit is not None and _same_values(hit[0], tensors):
         return hit[1]
     consts = _build_constants(model)
     _CACHE[model] = ([t.clone() for t in tensors], consts)
     return consts
+
+
+def _constant_sources(model: FeatureConvexClassifier) -> list[torch.Tensor]:
+    """The tensors :func:`_build_constants` reads, by their role (U₀ and c₀, w, U₁ and c₁, b; a missing bias as
+    an empty tensor), not by their place among the model's parameters: tying a weight to another and keeping the
+    old values in a new parameter left that list bit for bit the same (review 27c F1)."""
+    g = cast(ICNN, model.convex)
+    first, last, hidden = (cast(nn.Linear, m) for m in (g.passthrough[0], g.passthrough[1], g.hidden[0]))
+    none = torch.empty(0)
+    tensors = [first.weight, first.bias, hidden.weight, last.weight, last.bias, model.balance]
+    return [none if t is None else t.detach() for t in tensors]
 
 
 def _same_values(saved: Sequence[torch.Tensor], now: Sequence[torch.Tensor]) -> bool:
@@ -311,9 +322,10 @@ def icnn_bounded_pass(model: FeatureConvexClassifier, x: torch.Tensor) -> Bounde
     Raises:
         ValueError: a model outside :func:`supports_bounded_icnn`.
     """
-    consts = icnn_constants(model)
-    if consts is None or not supports_bounded_icnn(model, x.device):
+    if not supports_bounded_icnn(model, x.device):
         raise ValueError("icnn_bounded_pass needs a model accepted by supports_bounded_icnn")
+    consts = icnn_constants(model)
+    assert consts is not None  # (supports_bounded_icnn checked it)
     f64, e_phi = features_with_error(model.feature_map, x)
     n = f64.shape[0]
     f, e = f64.reshape(n, -1), e_phi.reshape(n, -1)
