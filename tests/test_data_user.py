@@ -574,12 +574,32 @@ def test_npz_feature_names_are_read_by_both_readers(tmp_path):
         assert npz.feature_names is None
 
 
-def test_npz_stream_refuses_feature_names_too_many_to_read_from_the_header(tmp_path, monkeypatch):
+def test_feature_names_too_many_or_too_wide_are_refused_from_the_header(tmp_path, monkeypatch):
+    """Checked against x's columns before any name is read (review 27c F3: a 2 MB npz took 4.5 GB), and alike
+    for training and certify --input (F6: names of over 1024 characters trained but could not be certified)."""
     monkeypatch.setattr(user_module, "MAX_FEATURE_NAMES", 4)
-    np.savez(tmp_path / "d.npz", x=np.zeros((1, 5)), feature_names=np.array(list("abcde")))
+    np.savez(tmp_path / "many.npz", x=np.zeros((1, 5)), y=np.array(["s"]), feature_names=np.array(list("abcde")))
+    np.savez(tmp_path / "wide.npz", x=np.zeros((1, 2)), y=np.array(["s"]), feature_names=np.array(["a" * 1025, "b"]))
+    np.savez(tmp_path / "bomb.npz", x=np.zeros((0, 3)), feature_names=np.zeros(1000, dtype="S4096"))
     monkeypatch.setattr(user_module.NpyMember, "read_rows", lambda *a: pytest.fail("the names were read"))
-    with pytest.raises(DataError, match=r"feature_names holds 5 names of 4 bytes each; at most 4 names"):
-        NpzStream(tmp_path / "d.npz")
+    for name, message in [
+        ("many.npz", r"feature_names holds 5 names of 4 bytes each \(dtype <U1\); at most 4 names"),
+        ("wide.npz", r"feature_names holds 2 names of 4100 bytes each \(dtype <U1025\)"),
+        ("bomb.npz", r"feature_names has shape \(1000,\); it must name each of x's 3 columns"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            NpzStream(tmp_path / name)
+        if name != "bomb.npz":
+            with pytest.raises(DataError, match=message):
+                read_npz_named(tmp_path / name)
+
+
+def test_feature_names_in_bytes_must_be_utf8(tmp_path):
+    """Undecodable bytes were replaced by U+FFFD, so b"a\\xfe" matched a run's b"a\\xff" (review 27c F7)."""
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 2)), y=np.array(["s", "h"]), feature_names=np.array([b"ok", b"a\xfe"]))
+    for read in (read_npz_named, NpzStream):
+        with pytest.raises(DataError, match=r"feature_names\[1\] is not UTF-8 text \(b'a\\xfe'\)"):
+            read(tmp_path / "d.npz")
 
 
 def test_npz_stream_refuses_labels_too_long_to_read_a_chunk_of(tmp_path):

@@ -398,25 +398,28 @@ FEATURE_NAMES = "feature_names"
 trained on it has named features (threat models and ``--monotone`` by name), and traffic is matched by name."""
 
 MAX_FEATURE_NAMES = 1 << 20
-"""Names a ``feature_names`` array may hold (each of at most :data:`MAX_LABEL_BYTES` bytes)."""
+"""Names a ``feature_names`` array may hold, each of at most :data:`MAX_LABEL_BYTES` bytes, and at most
+:data:`MAX_NAMES_BYTES` in all."""
+MAX_NAMES_BYTES = 64 << 20
+"""Bytes of a ``feature_names`` array read (its header's count × width: 16,384 names of 1024 characters)."""
 
 
 def check_feature_names(names: np.ndarray, x_shape: tuple[int, ...], path: Path) -> list[str]:
     """An npz's ``feature_names`` (d,) as text, one per column of its x (N, d).
 
     Raises:
-        DataError: not text, x not of shape (N, d), not one name per column, an empty or a repeated name.
+        DataError: as :func:`check_names_header`; bytes that are not UTF-8, an empty or a repeated name.
     """
-    if names.dtype.kind not in "US":
-        raise DataError(f"{path}: {FEATURE_NAMES} must hold text, one name per column of x; found dtype {names.dtype}")
-    if len(x_shape) != 2:
-        raise DataError(f"{path}: {FEATURE_NAMES} names the columns of an x of shape (N, d); x has shape {x_shape}")
-    if names.shape != (x_shape[1],):
-        raise DataError(
-            f"{path}: {FEATURE_NAMES} has shape {names.shape}; it must name each of x's {x_shape[1]} columns, "
-            f"({x_shape[1]},)"
-        )
-    text = [str(v) for v in utf8_labels(names).tolist()]
+    check_names_header(names.dtype, names.shape, x_shape, path)
+    if names.dtype.kind == "S":
+        text = []
+        for i, raw in enumerate(names.tolist()):
+            try:
+                text.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise DataError(f"{path}: {FEATURE_NAMES}[{i}] is not UTF-8 text ({raw[:40]!r})") from None
+    else:
+        text = [str(v) for v in names.tolist()]
     empty = [i for i, name in enumerate(text) if not name.strip()]
     if empty:
         raise DataError(f"{path}: {FEATURE_NAMES}[{empty[0]}] is empty; name every column of x")
@@ -424,6 +427,28 @@ def check_feature_names(names: np.ndarray, x_shape: tuple[int, ...], path: Path)
     if twice:
         raise DataError(f"{path}: {FEATURE_NAMES} holds {', '.join(map(repr, twice[:5]))} more than once")
     return text
+
+
+def check_names_header(dtype: np.dtype, shape: tuple[int, ...], x_shape: tuple[int, ...], path: Path) -> None:
+    """Refuse ``feature_names`` of this dtype and shape, from its header alone (nothing read): not text, x not of
+    shape (N, d), not one name per column, names wider than :data:`MAX_LABEL_BYTES` bytes (1024 characters),
+    more than :data:`MAX_FEATURE_NAMES` names or :data:`MAX_NAMES_BYTES` in all (DataError naming the file)."""
+    if dtype.kind not in "US":
+        raise DataError(f"{path}: {FEATURE_NAMES} must hold text, one name per column of x; found dtype {dtype}")
+    if len(x_shape) != 2:
+        raise DataError(f"{path}: {FEATURE_NAMES} names the columns of an x of shape (N, d); x has shape {x_shape}")
+    if tuple(shape) != (x_shape[1],):
+        raise DataError(
+            f"{path}: {FEATURE_NAMES} has shape {tuple(shape)}; it must name each of x's {x_shape[1]} columns, "
+            f"({x_shape[1]},)"
+        )
+    count, width = x_shape[1], dtype.itemsize
+    if width > MAX_LABEL_BYTES or count > MAX_FEATURE_NAMES or count * width > MAX_NAMES_BYTES:
+        raise DataError(
+            f"{path}: {FEATURE_NAMES} holds {count} names of {width} bytes each (dtype {dtype}); at most "
+            f"{MAX_FEATURE_NAMES} names of {MAX_LABEL_BYTES} bytes (1024 characters), "
+            f"{MAX_NAMES_BYTES >> 20} MiB in all"
+        )
 
 
 MAX_LABEL_BYTES = 4096  # per label of a streamed y: 1024 characters of a <U dtype
@@ -614,17 +639,12 @@ class NpzStream:
             opened.pop_all()
 
     def _names(self) -> list[str]:
-        """The ``feature_names`` array (:func:`check_feature_names`), read whole once its header shows it small:
-        at most :data:`MAX_FEATURE_NAMES` names of :data:`MAX_LABEL_BYTES` bytes each (DataError otherwise)."""
+        """The ``feature_names`` array (:func:`check_feature_names`), read whole once its header shows it one name
+        per column of x, each small (:func:`check_names_header`: a 2 MB file asked 4.5 GB before)."""
         member = NpyMember(self._archive, FEATURE_NAMES, self.path)
         with contextlib.closing(member.stream):
-            size = math.prod(member.shape) if member.shape else 1
-            if member.dtype.itemsize > MAX_LABEL_BYTES or size > MAX_FEATURE_NAMES:
-                raise DataError(
-                    f"{self.path}: {FEATURE_NAMES} holds {size} names of {member.dtype.itemsize} bytes each; at most "
-                    f"{MAX_FEATURE_NAMES} names of {MAX_LABEL_BYTES} bytes are read"
-                )
-            names = member.read_rows(member.shape[0]) if member.shape else member.read_rows(1).reshape(())
+            check_names_header(member.dtype, member.shape, self.x.shape, self.path)
+            names = member.read_rows(member.shape[0])
         return check_feature_names(names, self.x.shape, self.path)
 
     def chunks(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
