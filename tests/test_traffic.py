@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import decimal
 import hashlib
 import io
 import json
@@ -819,7 +820,9 @@ def test_parquet_labels_must_be_one_text_or_number_per_row(csv_run, tmp_path, mo
     pa = pytest.importorskip("pyarrow")
     columns = {c: [0.5, 1.0, 2.0] for c in FEATURES}
     _write_parquet(tmp_path / "list.parquet", columns | {"kind": pa.array([["a"] * 50, ["b"], ["c"]])})
-    with pytest.raises(DataError, match=r"label column 'kind' holds list<element: string>; a label is one text or"):
+    with pytest.raises(
+        DataError, match=r"label column 'kind' holds list<element: string>; a label is one value per row"
+    ):
         certify_file(csv_run, tmp_path / "list.parquet", tmp_path / "out.csv", progress=False)
     monkeypatch.setattr(traffic, "PARQUET_LABEL_GROUP_BYTES", 2**16)
     monkeypatch.setattr(traffic, "_parquet_batch", lambda *a: pytest.fail("a page was decoded"))
@@ -831,6 +834,28 @@ def test_parquet_labels_must_be_one_text_or_number_per_row(csv_run, tmp_path, mo
     _write_parquet(tmp_path / "bin.parquet", columns | {"kind": pa.array([b"spam", b"h\xffm", b" ham "])})
     certify_file(csv_run, tmp_path / "bin.parquet", tmp_path / "out.csv", progress=False)
     assert [r["label"] for r in _read(tmp_path / "out.csv")] == ["spam", "h\ufffdm", "ham"]
+    # decimals (a SQL NUMBER export) and string views are labels too (review 27c F4: refused for a while)
+    for kind in (
+        pa.array([decimal.Decimal(1), decimal.Decimal(0), None], pa.decimal128(1, 0)),
+        pa.array(["a", "b", "c"], pa.string_view()),
+    ):
+        _write_parquet(tmp_path / "ok.parquet", columns | {"kind": kind})
+        certify_file(csv_run, tmp_path / "ok.parquet", tmp_path / "out.csv", progress=False)
+        assert len(_read(tmp_path / "out.csv")) == 3
+
+
+def test_a_parquet_label_too_long_is_refused_even_when_the_footer_understates_it(csv_run, tmp_path, monkeypatch):
+    """The footer's sizes are the file's own word: with them understated, a 200 MiB label was decoded and written
+    out (2.2 GB, review 27c F2). Each chunk's labels are measured in Arrow before they become text."""
+    pa = pytest.importorskip("pyarrow")
+    columns = {c: [0.5, 1.0, 2.0] for c in FEATURES}
+    monkeypatch.setattr(traffic, "_check_parquet_sizes", lambda *a: None)  # (a footer that says nothing is large)
+    for dictionary in (False, True):
+        kind = pa.array(["spam", "x" * 5000, "ham"])
+        _write_parquet(tmp_path / "wide.parquet", columns | {"kind": kind.dictionary_encode() if dictionary else kind})
+        with pytest.raises(DataError, match=r"column 'kind' holds a label of 5000 bytes in the rows from index 0 on"):
+            certify_file(csv_run, tmp_path / "wide.parquet", tmp_path / "out.csv", chunk=2, progress=False)
+        assert not (tmp_path / "out.csv").exists()
 
 
 def _read_parquet(path) -> list[dict]:

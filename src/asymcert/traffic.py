@@ -38,7 +38,7 @@ from asymcert.certify.result import RAW_UNITS, norm_label
 from asymcert.checkpoint import atomic_write, load
 from asymcert.data.download import sha256_file
 from asymcert.data.images import IMAGE_SUFFIXES, read_images
-from asymcert.data.user import FLOAT32_MAX, NpzStream, csv_number, exact_float64, utf8_labels
+from asymcert.data.user import FLOAT32_MAX, MAX_LABEL_BYTES, NpzStream, csv_number, exact_float64, utf8_labels
 from asymcert.errors import DataError, InputError, WriteError
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.runfolder import (
@@ -327,9 +327,10 @@ PARQUET_LABEL_BYTES = 256
 """Bytes per row a Parquet label column may hold decoded on average (labels are class names)."""
 PARQUET_SLACK = 1 << 20
 """Bytes every column of a row group may hold on top of that (page headers, dictionaries, small files)."""
-PARQUET_LABEL_GROUP_BYTES = 32 << 20
+PARQUET_LABEL_GROUP_BYTES = 128 << 20
 """Bytes a Parquet label column may hold decoded in one row group, whatever its rows (a value is decoded whole:
-one label of 250 MiB in a 30 kB file of 2²⁰ rows, within 256 bytes a row on average, took 3.5 GB)."""
+one label of 250 MiB in a 30 kB file of 2²⁰ rows, within 256 bytes a row on average, took 3.5 GB; 10⁶ rows of
+35-character class names written without a dictionary hold 37 MiB)."""
 
 
 def _check_parquet_sizes(path: Path, metadata: Any, features: Sequence[str], label: str | None) -> None:
@@ -380,11 +381,10 @@ def _check_parquet_columns(path: Path, schema: Any, features: Sequence[str], lab
     if label is not None and label in schema.names:
         kind = schema.field(label).type
         value = kind.value_type if pa.types.is_dictionary(kind) else kind
-        text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
-        if not any(t(value) for t in (*numeric, *text)):
+        if pa.types.is_nested(value):  # (decimals, string views, dates: read as text)
             raise DataError(
-                f"{path}: label column {label!r} holds {kind}; a label is one text or number per row "
-                "(lists, structs and maps are not read)"
+                f"{path}: label column {label!r} holds {kind}; a label is one value per row, text or a number "
+                "(lists, structs, maps and unions are not read)"
             )
 
 
@@ -411,8 +411,30 @@ def _parquet_batch(table: Any, path: Path, features: Sequence[str], label: str |
         )
     labels = None
     if label is not None:
+        _check_label_sizes(table.column(label), path, label, start)
         labels = ["" if v is None else _label_text(v) for v in table.column(label).to_pylist()]
     return Batch(torch.from_numpy(values), labels)
+
+
+def _check_label_sizes(column: Any, path: Path, label: str, start: int) -> None:
+    """Refuse a chunk's label column (a pyarrow ChunkedArray of rows ``start`` …) holding a label of more than
+    :data:`MAX_LABEL_BYTES` bytes, from Arrow's own lengths, before the labels become Python strings and
+    results rows: the footer's sizes are the file's own word, and a file that understated them had its 200 MiB
+    label written out at 2.2 GB (review 27c F2; a dictionary column: its dictionary's labels)."""
+    pa, _ = _pyarrow("Parquet input")
+    import pyarrow.compute as pc  # (with pyarrow, the optional extra)
+
+    text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+    for chunk in getattr(column, "chunks", [column]):  # (a record batch holds one array)
+        values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
+        if not any(t(values.type) for t in text):
+            continue  # (numbers, decimals, dates: small by type)
+        longest = pc.max(pc.binary_length(values)).as_py()
+        if longest is not None and longest > MAX_LABEL_BYTES:
+            raise DataError(
+                f"{path}: column {label!r} holds a label of {longest} bytes in the rows from index {start} on; "
+                f"labels may take at most {MAX_LABEL_BYTES} bytes"
+            )
 
 
 def _label_text(value: object) -> str:
