@@ -64,6 +64,7 @@ a feature map of the steps above, and PyTorch's float32 matmul precision "highes
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,7 +86,6 @@ U32 = 2.0**-24
 SLICES = 4  # integer slices of Ũ: residual below 2⁻²⁷ of each column's largest entry
 SLICE_BITS = 7  # every slice |q| ≤ 64
 ROW_TILE = 512  # rows of the float32 pattern pass per matrix product (keeps t̂ in cache)
-PAIR_CHUNK = 4096  # candidate units recomputed in float64 at once
 _STEPS = (Identity, Shift, Standardize, ConcatAbs)
 
 
@@ -350,17 +350,27 @@ def _pattern(consts: IcnnConstants, f: torch.Tensor, e: torch.Tensor) -> tuple[t
     alpha = _up32(((gamma(d + 1, U32) + U32) * norm + e.norm(dim=1) + math.sqrt(d) * 2.0**-150) * BOUND_SAFETY)
     biggest = float(norm[~risky].max()) if bool((~risky).any()) else 0.0
     beta = _up32(consts.beta.double() + consts.zeta_f * (1.0 + biggest))
-    pattern = torch.empty(n, consts.u0.shape[0], dtype=torch.bool)
+    width = consts.u0.shape[0]
+    pattern = torch.empty(n, width, dtype=torch.bool)
+    tile = min(n, ROW_TILE)  # one tile's buffers, reused: t̂, its candidate bound and the candidates
+    t_buf, bound_buf, cand_buf = (
+        torch.empty(tile, width),
+        torch.empty(tile, width),
+        torch.empty(tile, width, dtype=torch.bool),
+    )
+    any_risky = bool(risky.any())
     rows, cols = [], []
     for lo in range(0, n, ROW_TILE):
         hi = min(n, lo + ROW_TILE)
-        t = torch.addmm(consts.c0, f32[lo:hi], consts.u0.t())
+        t = torch.addmm(consts.c0, f32[lo:hi], consts.u0.t(), out=t_buf[: hi - lo])
         torch.gt(t, 0.0, out=pattern[lo:hi])
-        cand = t.abs_() <= torch.addr(beta, alpha[lo:hi], consts.rho)
-        cand[risky[lo:hi]] = True
-        idx = cand.nonzero()
-        rows.append(idx[:, 0] + lo)
-        cols.append(idx[:, 1])
+        bound = torch.addr(beta, alpha[lo:hi], consts.rho, out=bound_buf[: hi - lo])
+        cand = torch.le(t.abs_(), bound, out=cand_buf[: hi - lo])
+        if any_risky:
+            cand[risky[lo:hi]] = True
+        idx = torch.from_numpy(np.flatnonzero(cand.numpy()))  # (NumPy's: 8× torch.nonzero's speed on a sparse mask)
+        rows.append(idx // width + lo)
+        cols.append(idx % width)
     uncertain = torch.zeros(n, dtype=torch.bool)
     r, c = torch.cat(rows), torch.cat(cols)
     if r.numel():
@@ -384,15 +394,28 @@ def _repair(
     # Cauchy–Schwarz |U₀ⱼ|·v ≤ ‖U₀ⱼ‖₂‖v‖₂ (both norms inflated by BOUND_SAFETY below)
     g64 = gamma(d + 1, U64)
     row_term = torch.addcmul(e, f.abs(), torch.tensor(g64, dtype=torch.float64)).norm(dim=1)
-    signs, unsures = [], []
-    for lo in range(0, rows.numel(), PAIR_CHUNK):
-        r, c = rows[lo : lo + PAIR_CHUNK], cols[lo : lo + PAIR_CHUNK]
-        cj = consts.c0_64[c]
-        t = torch.bmm(consts.u0_64[c].unsqueeze(1), f[r].unsqueeze(2)).view(-1) + cj
-        err = consts.rho64[c] * row_term[r] * BOUND_SAFETY + g64 * cj.abs() + (d + 1) * 2.0**-1074
-        signs.append(t > 0)
-        unsures.append(~(t.abs() > err * BOUND_SAFETY))
-    return torch.cat(signs), torch.cat(unsures)
+    cj = consts.c0_64[cols]
+    t = _dot_products(f, consts.u0_64, rows, cols) + cj
+    err = consts.rho64[cols] * row_term[rows] * BOUND_SAFETY + g64 * cj.abs() + (d + 1) * 2.0**-1074
+    return t > 0, ~(t.abs() > err * BOUND_SAFETY)
+
+
+def _dot_products(f: torch.Tensor, u: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """f[rows[k]] · u[cols[k]] (K,) float64 for f (N, d) and u (W, d), pairs sorted by row, then by column (as
+    :func:`_pattern` finds them): each one float64 dot product of d terms, summed in some order, as the bound of
+    :func:`_repair` allows. A sampled matrix product (``torch.sparse.sampled_addmm``) reads f and u once; gathering
+    K rows of each took 9× longer (14 ms against 1.6 ms for 5,500 pairs on the demo model)."""
+    n = f.shape[0]
+    if not bool((rows[1:] > rows[:-1]).logical_or_((rows[1:] == rows[:-1]) & (cols[1:] > cols[:-1])).all()):
+        raise AssertionError("candidate pairs out of order")  # cannot happen: _pattern lists them row by row
+    crow = torch.zeros(n + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(rows, minlength=n), 0, out=crow[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (PyTorch warns once that sparse CSR tensors are in beta)
+        mask = torch.sparse_csr_tensor(
+            crow, cols, torch.zeros(len(cols), dtype=f.dtype), (n, u.shape[0]), check_invariants=False
+        )
+        return torch.sparse.sampled_addmm(mask, f, u.t()).values()
 
 
 def _gradient(consts: IcnnConstants, pattern: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
