@@ -122,7 +122,8 @@ def make_options(
 
     Raises:
         InputError: ``options`` of another type, or an option the certifier does not take.
-        UnsoundOptionError: a yes/no option that is not a bool (``guard="no"`` would have kept the guard on).
+        UnsoundOptionError: a yes/no option that is not a bool (``guard="no"`` would have kept the guard on), or
+            the values the options' own ``problems()`` lists (every one, in one line).
     """
     if options is not None and not isinstance(options, spec.options):
         raise InputError(
@@ -145,6 +146,10 @@ def make_options(
             f"certifier {spec.name!r}: option(s) {', '.join(flags)} must be True or False, got "
             + ", ".join(repr(getattr(made, name)) for name in flags)
         )
+    check = getattr(made, "problems", None)
+    problems = check() if callable(check) else []
+    if problems:
+        raise UnsoundOptionError(f"certifier {spec.name!r}: " + "; ".join(problems))
     return made
 
 

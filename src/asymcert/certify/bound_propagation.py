@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asymcert.certify import options as option_checks
 from asymcert.certify.functional import dual_exponent
 from asymcert.certify.modes import UnsoundOptionError, check_precision, eval_mode, gamma, matmul_unit_roundoff
 from asymcert.certify.result import Certificate, Guarantee, normalize_norm
@@ -735,6 +736,17 @@ class BoundPropagationOptions:
     precision: str = "float64"
     lower_slope: str = "adaptive"
     tolerance: float | None = None
+
+    def problems(self) -> list[str]:
+        """Every option value these certifiers cannot take (start = 0 searched forever, a negative one gave
+        radii of −9e307, NaN or ∞ gave 0 everywhere, ``tolerance=True`` read as 1)."""
+        return option_checks.found(
+            option_checks.count("steps", self.steps, least=0, optional=False),
+            option_checks.per_norm_positive("max_radius", self.max_radius),
+            option_checks.per_norm_positive("start", self.start),
+            option_checks.one_of("lower_slope", self.lower_slope, LOWER_SLOPES),
+            option_checks.nonnegative("tolerance", self.tolerance),
+        )
 
 
 def certify_ibp(

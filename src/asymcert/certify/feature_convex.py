@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, TypeAlias, TypeVar, cast
 import torch
 from torch import nn
 
+from asymcert.certify import options as option_checks
 from asymcert.certify.bounded_convex import batch_norm_terms, bounded_pass, supports_bounded
 from asymcert.certify.bounded_icnn import icnn_bounded_pass, supports_bounded_icnn
 from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
@@ -458,6 +459,10 @@ class FeatureConvexOptions:
     validate: bool = True
     cuts: int = 0
     reach: bool = False
+
+    def problems(self) -> list[str]:
+        """Option values refused before any input is read (``cuts`` and ``reach`` by their own checks)."""
+        return option_checks.found(option_checks.nonnegative("slack", self.slack))
 
 
 def check_cuts(cuts: object) -> int:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import nn
 
+from asymcert.certify import options as option_checks
 from asymcert.certify.functional import DEFAULT_SLACK, safe_radius
 from asymcert.certify.modes import UnsoundOptionError, check_precision, check_slack, eval_mode, unit_roundoff
 from asymcert.certify.result import Certificate, Guarantee
@@ -293,6 +294,14 @@ class LinfDistOptions:
     validate: bool = True
     float_check: bool = True
     steps: int = 40
+
+    def problems(self) -> list[str]:
+        """Option values refused whatever the net (``steps`` is read by nets with an MLP head only; a string
+        slack failed inside the radius computation)."""
+        return option_checks.found(
+            option_checks.nonnegative("slack", self.slack),
+            option_checks.count("steps", self.steps, least=1, optional=False),
+        )
 
 
 def certify_linf_dist(

@@ -33,6 +33,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from asymcert.certify import options as option_checks
 from asymcert.certify.bound_propagation import sequential_layers
 from asymcert.certify.functional import safe_radius
 from asymcert.certify.modes import check_precision, check_slack, eval_mode, gamma, matmul_unit_roundoff
@@ -139,6 +140,10 @@ class OrthogonalOptions:
 
     precision: str = "float64"
     slack: float | None = None
+
+    def problems(self) -> list[str]:
+        """Option values refused (a string slack failed inside the radius computation)."""
+        return option_checks.found(option_checks.nonnegative("slack", self.slack))
 
 
 def certify_orthogonal(

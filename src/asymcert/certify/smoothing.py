@@ -57,7 +57,8 @@ from scipy.stats import beta as _beta
 from scipy.stats import norm as _norm
 from torch import nn
 
-from asymcert.certify.modes import eval_mode
+from asymcert.certify import options as option_checks
+from asymcert.certify.modes import UnsoundOptionError, eval_mode
 from asymcert.certify.result import Certificate, Guarantee
 
 NOISES = ("gaussian", "laplace", "uniform", "splitting")
@@ -230,8 +231,12 @@ def _options(model: nn.Module, noise: str, options: dict) -> dict:
         model_defaults.pop("sigma", None)
     given = {k: v for k, v in options.items() if v is not None}  # None: the model's setting, else DEFAULTS
     merged = {**DEFAULTS, **{k: v for k, v in model_defaults.items() if k in known}, **given}
-    if float(merged["sigma"]) <= 0:
-        raise ValueError(f"sigma must be > 0, got {merged['sigma']}")
+    get = merged.get
+    problems = sampling_problems(
+        get("sigma"), get("n0"), get("n"), get("alpha"), get("seed"), get("generator"), get("batch")
+    )
+    if problems:  # (the model's own smoothing settings too)
+        raise UnsoundOptionError("smoothing: " + "; ".join(problems))
     return merged
 
 
@@ -282,6 +287,26 @@ class SmoothingOptions:
     seed: int | None = None
     generator: torch.Generator | None = None
     batch: int | None = None
+
+    def problems(self) -> list[str]:
+        """Every option value sampling cannot take (σ = NaN gave NaN radii, ``batch=-1`` drew no sample,
+        ``n=50.7`` was truncated to 50)."""
+        return sampling_problems(self.sigma, self.n0, self.n, self.alpha, self.seed, self.generator, self.batch)
+
+
+def sampling_problems(
+    sigma: object, n0: object, n: object, alpha: object, seed: object, generator: object, batch: object
+) -> list[str]:
+    """The problems of smoothing's option values (each None: the model's or the module's default)."""
+    return option_checks.found(
+        option_checks.positive("sigma", sigma),
+        option_checks.count("n0", n0),
+        option_checks.count("n", n),
+        option_checks.fraction("alpha", alpha),
+        option_checks.integer("seed", seed),
+        option_checks.of_type("generator", generator, torch.Generator),
+        option_checks.count("batch", batch),
+    )
 
 
 def certify_gaussian(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options) -> Certificate:
@@ -351,6 +376,11 @@ class SplittingOptions:
     seed: int | None = None
     generator: torch.Generator | None = None
 
+    def problems(self) -> list[str]:
+        """Every option value refused: σ and the batch as sampling's, and the ignored sampling options too, so
+        that a bad value is never passed over in silence."""
+        return sampling_problems(self.sigma, self.n0, self.n, self.alpha, self.seed, self.generator, self.batch)
+
 
 def certify_splitting(
     model: nn.Module,
@@ -381,6 +411,10 @@ def certify_splitting(
             if sm.get("noise", "splitting") == "splitting"
             else float(DEFAULTS["sigma"])
         )
+    get = sampling.get
+    problems = sampling_problems(sigma, get("n0"), get("n"), get("alpha"), get("seed"), get("generator"), batch)
+    if problems:  # (the model's own σ too)
+        raise UnsoundOptionError("smoothing-splitting: " + "; ".join(problems))
     lam = float(sigma) * math.sqrt(3.0)
     with eval_mode(model), torch.no_grad():
         k, binary = _num_classes(model, x)
