@@ -424,17 +424,30 @@ def _check_label_sizes(column: Any, path: Path, label: str, start: int) -> None:
     pa, _ = _pyarrow("Parquet input")
     import pyarrow.compute as pc  # (with pyarrow, the optional extra)
 
-    text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
     for chunk in getattr(column, "chunks", [column]):  # (a record batch holds one array)
         values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
-        if not any(t(values.type) for t in text):
-            continue  # (numbers, decimals, dates: small by type)
-        longest = pc.max(pc.binary_length(values)).as_py()
+        longest = _longest(values, pa, pc)
         if longest is not None and longest > MAX_LABEL_BYTES:
             raise DataError(
                 f"{path}: column {label!r} holds a label of {longest} bytes in the rows from index {start} on; "
                 f"labels may take at most {MAX_LABEL_BYTES} bytes"
             )
+
+
+def _longest(values: Any, pa: Any, pc: Any) -> int | None:
+    """Bytes of the longest text or binary value of a pyarrow array (views as their large forms, fixed-size
+    binary by its width); None for other types (numbers, decimals, dates: small by type) or no value."""
+    kind = values.type
+    if pa.types.is_fixed_size_binary(kind):
+        return int(kind.byte_width) if len(values) else None
+    views = getattr(pa.types, "is_string_view", None), getattr(pa.types, "is_binary_view", None)  # (pyarrow ≥ 16)
+    if any(is_view is not None and is_view(kind) for is_view in views):  # (no length kernel: review 27e F4)
+        values = values.cast(pa.large_binary())
+    elif not any(
+        t(kind) for t in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+    ):
+        return None
+    return pc.max(pc.binary_length(values)).as_py()
 
 
 def _label_text(value: object) -> str:

@@ -14,15 +14,25 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
+import torch
+
+
+def _scalar(value: Any) -> Any:
+    """A one-value tensor as its Python number (``sigma=torch.tensor(0.5)`` certified before these checks)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        return value.item()
+    return value
 
 
 def _real(value: Any) -> bool:
-    """A real number (Python's or NumPy's), not a bool."""
+    """A real number (Python's, NumPy's or a one-value tensor's), not a bool."""
+    value = _scalar(value)
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def _whole(value: Any) -> bool:
-    """An integer (Python's or NumPy's), not a bool."""
+    """An integer (Python's, NumPy's or a one-value tensor's), not a bool."""
+    value = _scalar(value)
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
@@ -30,7 +40,7 @@ def positive(name: str, value: Any, optional: bool = True) -> str | None:
     """A finite number > 0 (None allowed when ``optional``)."""
     if value is None and optional:
         return None
-    if not (_real(value) and math.isfinite(value) and value > 0):
+    if not (_real(value) and math.isfinite(_scalar(value)) and _scalar(value) > 0):
         return f"{name} must be a finite number > 0, got {value!r}"
     return None
 
@@ -39,7 +49,7 @@ def nonnegative(name: str, value: Any, optional: bool = True) -> str | None:
     """A finite number ≥ 0 (None allowed when ``optional``)."""
     if value is None and optional:
         return None
-    if not (_real(value) and math.isfinite(value) and value >= 0):
+    if not (_real(value) and math.isfinite(_scalar(value)) and _scalar(value) >= 0):
         return f"{name} must be a finite number ≥ 0, got {value!r}"
     return None
 
@@ -48,26 +58,28 @@ def fraction(name: str, value: Any, optional: bool = True) -> str | None:
     """A number in (0, 1) (None allowed when ``optional``)."""
     if value is None and optional:
         return None
-    if not (_real(value) and 0 < value < 1):
+    if not (_real(value) and 0 < _scalar(value) < 1):
         return f"{name} must be a number in (0, 1), got {value!r}"
     return None
 
 
-def count(name: str, value: Any, least: int = 1, optional: bool = True) -> str | None:
-    """An integer ≥ ``least`` (not a bool, not a float; None allowed when ``optional``)."""
+def count(name: str, value: Any, least: int = 1, optional: bool = True, most: int | None = None) -> str | None:
+    """An integer in [``least``, ``most``] (not a bool, not a float; None allowed when ``optional``)."""
     if value is None and optional:
         return None
-    if not (_whole(value) and value >= least):
-        return f"{name} must be an integer ≥ {least}, got {value!r}"
+    if not (_whole(value) and least <= _scalar(value) and (most is None or _scalar(value) <= most)):
+        span = f"≥ {least}" if most is None else f"from {least} to {most}"
+        return f"{name} must be an integer {span}, got {value!r}"
     return None
 
 
-def integer(name: str, value: Any, optional: bool = True) -> str | None:
-    """Any integer (a seed; not a bool, not a float; None allowed when ``optional``)."""
+def seed(name: str, value: Any, optional: bool = True) -> str | None:
+    """An integer torch can seed a generator with, in [−2⁶³, 2⁶⁴ − 1] (None allowed when ``optional``; 2⁶⁴
+    ended in torch's own "Overflow when unpacking long long")."""
     if value is None and optional:
         return None
-    if not _whole(value):
-        return f"{name} must be an integer, got {value!r}"
+    if not (_whole(value) and -(2**63) <= _scalar(value) < 2**64):
+        return f"{name} must be an integer from -2**63 to 2**64 - 1, got {value!r}"
     return None
 
 
@@ -80,7 +92,9 @@ def one_of(name: str, value: Any, allowed: Collection[str]) -> str | None:
 
 def per_norm_positive(name: str, value: Any) -> str | None:
     """None, a finite number > 0, or a mapping of norms to such numbers."""
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping) and not isinstance(value, dict):  # (the certifiers read dicts)
+        return f"{name} must be a number or a dict of numbers per norm, got a {type(value).__name__}"
+    if isinstance(value, dict):
         bad = [positive(f"{name}[{p!r}]", v, optional=False) for p, v in value.items()]
         return next((b for b in bad if b), None)
     return positive(name, value)

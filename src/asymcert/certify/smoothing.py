@@ -303,7 +303,7 @@ def sampling_problems(
         option_checks.count("n0", n0),
         option_checks.count("n", n),
         option_checks.fraction("alpha", alpha),
-        option_checks.integer("seed", seed),
+        option_checks.seed("seed", seed),
         option_checks.of_type("generator", generator, torch.Generator),
         option_checks.count("batch", batch),
     )

@@ -77,7 +77,7 @@ def _smoothing_config(value: Any) -> dict[str, Any]:
         raise ConfigError(f"{who} model config: smoothing alpha = {out['alpha']!r} must be in (0, 1)")
     for key in ("n0", "n"):
         config_int(out[key], f"smoothing {key}", who)
-    config_int(out["seed"], "smoothing seed", who, lowest=-(2**63))
+    config_int(out["seed"], "smoothing seed", who, lowest=-(2**63), highest=2**64 - 1)  # (torch's seed range)
     return out
 
 

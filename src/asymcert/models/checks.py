@@ -42,14 +42,20 @@ def check_batch(x: torch.Tensor, input_shape: tuple[int, ...], who: str, model: 
         raise InputError(f"{who} takes inputs of shape {expected}, got {tuple(x.shape)}")
 
 
-def config_int(value: Any, name: str, who: str, lowest: int = 1) -> int:
-    """``value`` when it is an integer ≥ ``lowest`` (not a bool, not 2.5, not "3").
+def config_int(value: Any, name: str, who: str, lowest: int = 1, highest: int | None = None) -> int:
+    """``value`` when it is an integer in [``lowest``, ``highest``] (not a bool, not 2.5, not "3").
 
     Raises:
         ConfigError: naming ``who`` (the model family) and the setting ``name``.
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-        raise ConfigError(f"{who} model config: {name} = {value!r} must be an integer ≥ {lowest}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < lowest
+        or (highest is not None and value > highest)
+    ):
+        span = f"≥ {lowest}" if highest is None else f"from {lowest} to {highest}"
+        raise ConfigError(f"{who} model config: {name} = {value!r} must be an integer {span}")
     return value
 
 
