@@ -273,6 +273,27 @@ def test_a_monotone_features_weight_of_exactly_zero_stays_harmless(reach, tmp_pa
         assert bool(np.isinf(out[name][flagged.numpy()]).all()), name
 
 
+def test_the_onnx_graph_caps_unbounded_monotone_moves_no_higher_than_the_library(tmp_path):
+    """Increase-only monotone features without an upper bound: the library caps the infinite radius where the
+    rounding could take the whole exact margin; the graph solved the finite-radius rule instead and gave about
+    3× the library's radii (walkthrough 27f, 231 of 231 rows). Its radii are now never above the library's."""
+    export = pytest.importorskip("asymcert.export")
+    ort = pytest.importorskip("onnxruntime")
+    open_tm = ThreatModel(increase_only=INC, decrease_only=DEC, immutable=OTHERS).resolve(None, D)
+    x = _inputs(7)
+    model = _model({"increasing": INC, "decreasing": DEC}, phi=LOG_STD, seed=3)
+    cert = asymcert.certify(model, x, norms=(1, 2, "inf"), threat_model=open_tm)
+    flagged = cert.predicted.bool().numpy()
+    export.to_onnx(model, tmp_path / "m.onnx", threat_model=open_tm)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x.numpy()}), strict=True))
+    for p, name in ((1.0, "tm_radius_l1"), (2.0, "tm_radius_l2"), (math.inf, "tm_radius_linf")):
+        graph, library = out[name][flagged].astype(np.float64), cert.radii[p].numpy()[flagged]
+        assert np.isfinite(library).all() and flagged.sum() > 50
+        assert (graph <= library).all(), (name, float(np.max(graph / library)))
+        assert (graph >= 0.9 * library).all(), (name, float(np.min(graph / library)))  # the same cap, not 0
+
+
 def _zero_columns(model, coords):
     """Views of every pass-through weight column reading a feature of input coordinates ``coords``."""
     per_input = model.convex.passthrough[0].in_features // D

@@ -1003,3 +1003,15 @@ def test_feature_names_must_be_one_per_feature_and_distinct(names, message):
     """A repeated name froze only its last column; a short list said 'unknown feature' of one that exists."""
     with pytest.raises(ConfigError, match=re.escape(message)):
         ThreatModel(immutable=["a"]).resolve(names, 3)
+
+
+def test_a_star_in_one_move_list_stands_for_every_feature_the_others_do_not_name():
+    """`"immutable": ["*"]` was refused as "unknown feature '*'" (walkthrough 27f), so a team listed nine names."""
+    names = ["amount", "n_tx_24h", "velocity", "age"]
+    tm = ThreatModel.from_dict({"immutable": ["*"], "increase_only": ["n_tx_24h", "velocity"]}).resolve(names, 4)
+    assert tm.can_increase.tolist() == [False, True, True, False]
+    assert tm.can_decrease.tolist() == [False, False, False, False]
+    tm = ThreatModel.from_dict({"increase_only": ["*"], "immutable": ["age"]}).resolve(names, 4)
+    assert tm.can_increase.tolist() == [True, True, True, False] and not bool(tm.can_decrease.any())
+    with pytest.raises(ConfigError, match=r'"\*" in both immutable and increase_only'):
+        ThreatModel.from_dict({"immutable": ["*"], "increase_only": ["*"]}).resolve(names, 4)

@@ -127,6 +127,11 @@ def test_npz_input_without_labels(csv_run, tmp_path):
         done = certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", norms=(2.0,), progress=False)
     rows = _read(tmp_path / "out.csv")
     assert done.n_inputs == 9 and list(rows[0]) == ["index", "score", "flagged", "radius_l2"]
+    np.savez(tmp_path / "wide.npz", x=np.zeros((3, 5), dtype=np.float32))  # refused in one line, no warning first
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match=r"x has shape \(3, 5\); the run takes inputs of shape \(N, 4\)"):
+            certify_file(csv_run, tmp_path / "wide.npz", tmp_path / "w.csv", progress=False)
 
 
 def test_npz_columns_named_by_feature_names_are_taken_by_name(csv_run, tmp_path):

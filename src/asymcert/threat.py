@@ -212,9 +212,8 @@ class ThreatModel:
         scale = resolver.values("scale", self.scale, 1.0)  # type: ignore[arg-type]  # numbers: checked above
         lower = resolver.values("lower", self.lower, -math.inf)
         upper = resolver.values("upper", self.upper, math.inf)
-        kinds = ("immutable", "increase_only", "decrease_only")
-        sets = {key: resolver.indices(key, getattr(self, key)) for key in kinds}
-        problems = resolver.problems + _contradictions(sets, resolver)
+        sets, starred = self._move_sets(resolver, n_features)
+        problems = resolver.problems + starred + _contradictions(sets, resolver)
         bad = torch.nonzero(lower > upper).flatten().tolist()
         problems += [f"lower > upper for feature {resolver.label(i)}" for i in bad[:5]]
         if problems:
@@ -228,6 +227,21 @@ class ThreatModel:
         for i in sets["decrease_only"]:
             up[i] = False
         return ResolvedThreatModel(scale, up, down, lower, upper, self.default_norms(), self)
+
+    def _move_sets(self, resolver: _Resolver, n: int) -> tuple[dict[str, set[int]], list[str]]:
+        """The features of immutable / increase_only / decrease_only (flat indices), ``"*"`` in one of them
+        standing for every feature the other two do not name; and the problem of a ``"*"`` in more than one."""
+        kinds = ("immutable", "increase_only", "decrease_only")
+        sets = {key: resolver.indices(key, [k for k in getattr(self, key) if k != "*"]) for key in kinds}
+        starred = [key for key in kinds if "*" in getattr(self, key)]
+        if len(starred) > 1:
+            return sets, [
+                f'"*" in both {starred[0]} and {starred[1]}: it stands for every feature not named, in one list'
+            ]
+        if starred:
+            named = set().union(*sets.values())
+            sets[starred[0]] |= set(range(n)) - named
+        return sets, []
 
 
 def _contradictions(sets: dict[str, set[int]], resolver: _Resolver) -> list[str]:

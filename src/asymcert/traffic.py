@@ -211,6 +211,8 @@ def npz_batches(
             raise DataError(f"{path}: x has shape {shape}; the run takes inputs of shape ({want})")
         if npz.x.dtype.kind not in "biuf":
             raise DataError(f"{path}: x must hold numbers, found dtype {npz.x.dtype}")
+        if take is None and features is not None:  # (after the checks: a refused file gets one line)
+            _by_position(path, features)
         start = 0
         for x, y in npz.chunks(chunk):
             labels = None if y is None else [str(v) for v in utf8_labels(y).tolist()]
@@ -220,22 +222,24 @@ def npz_batches(
             start += len(values)
 
 
+def _by_position(path: Path, features: Sequence[str]) -> None:
+    """Warn that an npz without names is read by position as the run's ``features``: nothing checks the order."""
+    shown = ", ".join(map(repr, features[:3])) + (", …" if len(features) > 3 else "")
+    warnings.warn(
+        f"{path}: no feature_names array, so x's columns are read by position as the run's ({shown}); "
+        "save the names with the file (np.savez(..., feature_names=...)) to have them matched by name",
+        stacklevel=3,
+    )
+
+
 def _named_columns(path: Path, names: Sequence[str] | None, features: Sequence[str] | None) -> list[int] | None:
     """The positions in an npz's x of the run's ``features``, by the file's column ``names``; None (read by
-    position) when either is None (a warning when only the names are: nothing checks the columns' order).
+    position) when either is None.
 
     Raises:
         DataError: a feature of the run the file does not name (the first few, by name).
     """
-    if features is None:
-        return None
-    if names is None:
-        shown = ", ".join(map(repr, features[:3])) + (", …" if len(features) > 3 else "")
-        warnings.warn(
-            f"{path}: no feature_names array, so x's columns are read by position as the run's ({shown}); "
-            "save the names with the file (np.savez(..., feature_names=...)) to have them matched by name",
-            stacklevel=2,
-        )
+    if features is None or names is None:
         return None
     where = {name: i for i, name in enumerate(names)}
     missing = [f for f in features if f not in where]

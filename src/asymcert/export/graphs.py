@@ -384,7 +384,13 @@ class GuardGrowth(nn.Module):
         box_h = (at.total.double() + (self.eta.double() * span).sum(dim=1)) * INFLATE
         exact = (at.margin + self.k * INFLATE * at.mag).double()  # the score less its own rounding
         keep = torch.isinf(r) & inside & (exact > self.k * box_a) & (box_h < FLOAT32_SAFE)  # (NaN, ∞: False)
-        return torch.where(keep, r, solved)
+        # elsewhere an infinite radius (no allowed move lowers the exact score) is capped as the library caps it:
+        # A may grow until the guard takes the whole exact margin, H up to overflow (solving for finite radii
+        # instead gave 3× the library's radii: walkthrough 27f)
+        budget = (exact / self.k).float()
+        room = (FLOAT32_SAFE - at.total).clamp_min(0.0) / grow_h
+        endless = torch.minimum((budget - at.big).clamp_min(0.0) / grow_a, room) * (1.0 - GRAPH_SLACK)
+        return torch.where(keep, r, torch.where(torch.isinf(r), endless, solved))
 
 
 @dataclass(frozen=True)
