@@ -1015,3 +1015,14 @@ def test_a_star_in_one_move_list_stands_for_every_feature_the_others_do_not_name
     assert tm.can_increase.tolist() == [True, True, True, False] and not bool(tm.can_decrease.any())
     with pytest.raises(ConfigError, match=r'"\*" in both immutable and increase_only'):
         ThreatModel.from_dict({"immutable": ["*"], "increase_only": ["*"]}).resolve(names, 4)
+
+
+def test_a_star_in_a_move_list_is_refused_when_a_feature_is_named_star():
+    """Before '*' in a list was the wildcard, it named a CSV column called '*'; now it would silently freeze
+    every feature, so the ambiguity is refused (review 27g)."""
+    with pytest.raises(
+        ConfigError, match=r'"\*" in immutable stands for every feature not named, and a feature is named'
+    ):
+        ThreatModel.from_dict({"immutable": ["*"]}).resolve(["a", "*", "b"], 3)
+    tm = ThreatModel.from_dict({"scale": {"*": 2.0}}).resolve(["a", "*", "b"], 3)  # (a mapping's '*': as before)
+    assert tm.scale.tolist() == [2.0, 2.0, 2.0]

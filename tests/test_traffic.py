@@ -128,10 +128,17 @@ def test_npz_input_without_labels(csv_run, tmp_path):
     rows = _read(tmp_path / "out.csv")
     assert done.n_inputs == 9 and list(rows[0]) == ["index", "score", "flagged", "radius_l2"]
     np.savez(tmp_path / "wide.npz", x=np.zeros((3, 5), dtype=np.float32))  # refused in one line, no warning first
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with pytest.raises(DataError, match=r"x has shape \(3, 5\); the run takes inputs of shape \(N, 4\)"):
-            certify_file(csv_run, tmp_path / "wide.npz", tmp_path / "w.csv", progress=False)
+    np.savez(tmp_path / "y.npz", x=np.zeros((3, 4), dtype=np.float32), y=np.array(["a", "b"]))
+    np.savez(tmp_path / "nan.npz", x=np.full((3, 4), np.nan, dtype=np.float32))
+    for name, message in [
+        ("wide.npz", r"x has shape \(3, 5\); the run takes inputs of shape \(N, 4\)"),
+        ("y.npz", r"y has shape \(2,\); it must hold one label per input of x, \(3,\)"),
+        ("nan.npz", r"x\[0\] \(index 0, row 1\) holds NaN"),
+    ]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(DataError, match=message):
+                certify_file(csv_run, tmp_path / name, tmp_path / "w.csv", progress=False)
 
 
 def test_npz_columns_named_by_feature_names_are_taken_by_name(csv_run, tmp_path):

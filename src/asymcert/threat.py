@@ -234,6 +234,10 @@ class ThreatModel:
         kinds = ("immutable", "increase_only", "decrease_only")
         sets = {key: resolver.indices(key, [k for k in getattr(self, key) if k != "*"]) for key in kinds}
         starred = [key for key in kinds if "*" in getattr(self, key)]
+        if starred and "*" in resolver.index:  # (before "*" in a list meant that column: review 27g)
+            return sets, [
+                f'"*" in {starred[0]} stands for every feature not named, and a feature is named "*": rename it'
+            ]
         if len(starred) > 1:
             return sets, [
                 f'"*" in both {starred[0]} and {starred[1]}: it stands for every feature not named, in one list'

@@ -211,13 +211,13 @@ def npz_batches(
             raise DataError(f"{path}: x has shape {shape}; the run takes inputs of shape ({want})")
         if npz.x.dtype.kind not in "biuf":
             raise DataError(f"{path}: x must hold numbers, found dtype {npz.x.dtype}")
-        if take is None and features is not None:  # (after the checks: a refused file gets one line)
-            _by_position(path, features)
         start = 0
         for x, y in npz.chunks(chunk):
             labels = None if y is None else [str(v) for v in utf8_labels(y).tolist()]
             values = _as_float(x if take is None else x[:, take], path)
             _check_finite(values, path, start)
+            if start == 0 and take is None and features is not None:  # (once its first rows passed: one line
+                _by_position(path, features)  # for a file refused on them)
             yield Batch(torch.from_numpy(values), labels)
             start += len(values)
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from asymcert.certify.input_rounding import lowered_by_rounding, to_model_dtype
 from asymcert.certify.inputs import CHECK_CHUNK, check_inputs
-from asymcert.certify.result import Certificate, Guarantee, normalize_norm
+from asymcert.certify.result import Certificate, Guarantee, class_radii_key, normalize_norm
 from asymcert.certify.scope import call_scope
 from asymcert.certify.threat_model import fallback_radii, resolve_for
 from asymcert.errors import InputError, ModelError, UnknownNameError, UnsoundOptionError
@@ -336,7 +336,9 @@ def certify(
     if not parts:  # an empty batch: the layout of one placeholder input's result, with no rows
         return _empty(_run(spec, model, _placeholder(x, value_range).to(device, dtype), norms_t, tm, kwargs))
     cert = parts[0] if len(parts) == 1 else Certificate.cat(parts)
-    return replace(cert, radii=nested_radii(cert.radii))
+    per_class = {p: cert.extra[class_radii_key(p)] for p in cert.radii if class_radii_key(p) in cert.extra}
+    extra = {**cert.extra, **{class_radii_key(p): r for p, r in nested_radii(per_class).items()}}
+    return replace(cert, radii=nested_radii(cert.radii), extra=extra)
 
 
 def nested_radii(radii: dict[float, torch.Tensor]) -> dict[float, torch.Tensor]:

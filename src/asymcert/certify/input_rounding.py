@@ -17,7 +17,7 @@ from dataclasses import replace
 import torch
 
 from asymcert.certify.functional import lp_norm
-from asymcert.certify.result import Certificate
+from asymcert.certify.result import Certificate, class_radii_key
 from asymcert.errors import InputError
 from asymcert.nn.feature_maps import round_down, round_up
 from asymcert.threat import ResolvedThreatModel
@@ -66,11 +66,19 @@ def lowered_by_rounding(
     if tm is not None:
         movable = (tm.can_increase | tm.can_decrease).to(e.device)
         e = torch.where(movable[None, :], e / tm.scale.to(e.device)[None, :], torch.zeros_like(e))
-    radii = {}
+    radii, extra = {}, dict(cert.extra)
     for p, r in cert.radii.items():
-        r64 = r.double()
         allowance = round_up(lp_norm(e, p) * (1.0 + NORM_SLACK)).to(r.device)
         allowance = allowance.nan_to_num(nan=math.inf)  # ‖e‖ beyond float64 (a tiny scale): no radius left
-        lowered = round_down(r64 - allowance).clamp_min(0.0)
-        radii[p] = torch.where(torch.isinf(r64) | (allowance == 0), r64, lowered).to(r.dtype)
-    return replace(cert, radii=radii)
+        radii[p] = _lowered(r, allowance)
+        key = class_radii_key(p)
+        if key in extra:  # one-vs-rest's (N, K) radii of every class: the same rule (review 27g)
+            extra[key] = _lowered(extra[key], allowance[:, None])
+    return replace(cert, radii=radii, extra=extra)
+
+
+def _lowered(r: torch.Tensor, allowance: torch.Tensor) -> torch.Tensor:
+    """round_down(r − allowance), at least 0, in r's dtype; infinite radii and a zero allowance leave r as it is."""
+    r64 = r.double()
+    lowered = round_down(r64 - allowance).clamp_min(0.0)
+    return torch.where(torch.isinf(r64) | (allowance == 0), r64, lowered).to(r.dtype)

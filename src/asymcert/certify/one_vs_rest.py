@@ -53,15 +53,10 @@ from asymcert.certify.feature_convex import (
 )
 from asymcert.certify.functional import dual_norm, safe_radius
 from asymcert.certify.modes import check_precision, eval_mode
-from asymcert.certify.result import Certificate, Guarantee, norm_label
+from asymcert.certify.result import Certificate, Guarantee, class_radii_key
 
 if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
     from asymcert.models.one_vs_rest import OneVsRestConvex
-
-
-def class_radii_key(p: float) -> str:
-    """The ``Certificate.extra`` key of the (N, K) per-class ℓp radii, e.g. ``class_radii_linf`` for p = ∞."""
-    return f"class_radii_{norm_label(p)}"
 
 
 @dataclass(frozen=True)

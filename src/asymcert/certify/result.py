@@ -197,3 +197,8 @@ def normalize_norm(p: float | int | str) -> float:
 def norm_label(p: float) -> str:
     """'l1', 'l2', 'linf', 'l3.5' … for file names and JSON keys."""
     return "linf" if math.isinf(p) else f"l{p:g}"
+
+
+def class_radii_key(p: float) -> str:
+    """The ``Certificate.extra`` key of the (N, K) per-class ℓp radii, e.g. ``class_radii_linf`` for p = ∞."""
+    return f"class_radii_{norm_label(p)}"

@@ -51,10 +51,10 @@ import torch
 
 from asymcert.certify.feature_convex import Reference, check_cuts, check_reach, flag_certificate, flag_margins, lp_radii
 from asymcert.certify.functional import dual_norm, safe_radius
-from asymcert.certify.one_vs_rest import certify_one_vs_rest, class_radii_key
+from asymcert.certify.one_vs_rest import certify_one_vs_rest
 from asymcert.certify.reach_path import path_holds, path_radii
 from asymcert.certify.reach_problem import ReachProblem
-from asymcert.certify.result import Certificate
+from asymcert.certify.result import Certificate, class_radii_key
 from asymcert.certify.scope import call_scope, chunk_scope
 from asymcert.certify.threat_guard import guarded_threat_radii
 from asymcert.errors import ConfigError
