@@ -331,3 +331,20 @@ def test_npz_runs_name_their_flags_by_index_and_take_monotone_indices_as_text(tm
         main, [*base, "--model-set", 'monotone={"increasing": ["two"]}', "--out", str(tmp_path / "s")]
     )
     assert res.exit_code == 2 and 'data without named columns takes flat indices (3 or "3")' in res.output
+
+
+def test_a_model_kept_from_the_first_of_many_epochs_is_noted():
+    """Epoch 1 of 100 was kept under margin_radius=1 and the report said only "best validation epoch 1"
+    (walkthrough 27f)."""
+    cert, labels = _binary([0.5, 1.0])
+    results = {**summarize(cert, labels, report_radii(cert, labels, {})), "training_seconds": 60.0}
+    run = {"task": "t", "model": {}, "train": {"epochs": 100, "margin_radius": 1.0}, "training": {}}
+    note = "Note: the model kept is from epoch 1 of 100: no later epoch did better on the validation split."
+    assert note + " With the certified-margin loss (margin_radius = 1.0" in render_markdown(
+        run, {**results, "best_epoch": 1}
+    )
+    assert note not in render_markdown(run, {**results, "best_epoch": 29})
+    plain = {**run, "train": {"epochs": 100}}
+    assert note in render_markdown(plain, {**results, "best_epoch": 1})
+    assert "certified-margin" not in render_markdown(plain, {**results, "best_epoch": 1})
+    assert "Note: the model kept" not in render_markdown({**run, "train": {"epochs": 3}}, {**results, "best_epoch": 1})

@@ -270,6 +270,42 @@ def _flags_note(run: dict[str, Any]) -> list[str]:
     ]
 
 
+def _notes(run: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    """The report's "Note:" lines (each followed by a blank line): a small budget, 0/1 features, a model kept from
+    the first of many epochs, unfinished training."""
+    unfinished = [
+        "Note: training has not finished (interrupted, or still running): these are certificates of the best "
+        "epoch saved so far; rerun the same `train`/`run` command to finish it.",
+        "",
+    ]
+    return [
+        *_budget_note(run),
+        *_flags_note(run),
+        *_first_epoch_note(run, results),
+        *(unfinished if "training" not in run else []),
+    ]
+
+
+def _first_epoch_note(run: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    """A "Note:" line when the model kept is from the first of many epochs (nothing after it did better on the
+    validation split: with a certified-margin loss, often a margin too large for the data's units), else nothing
+    (walkthrough 27f: epoch 1 of 100 kept under ``margin_radius=1``, unsaid)."""
+    train = run.get("train") or {}
+    epochs, margin = train.get("epochs"), train.get("margin_radius")
+    if results.get("best_epoch") != 1 or not isinstance(epochs, int) or epochs < 5:
+        return []
+    why = (
+        f" With the certified-margin loss (margin_radius = {dumps_strict(margin)}, in the radii's units) that often "
+        "means a margin too large for this data: try a smaller one, and compare the clean accuracy."
+        if margin
+        else ""
+    )
+    return [
+        f"Note: the model kept is from epoch 1 of {epochs}: no later epoch did better on the validation split.{why}",
+        "",
+    ]
+
+
 def radius_header(key: str) -> str:
     """A table column's radius: the number, or "every radius (∞)" for ∞."""
     return "every radius (∞)" if key == "inf" else key
@@ -300,17 +336,7 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
     mode = CertificateMode.from_dict(results["certificate_mode"]) if "certificate_mode" in results else None
     lines += [
         "",
-        *_budget_note(run),
-        *_flags_note(run),
-        *(
-            [
-                "Note: training has not finished (interrupted, or still running): these are certificates of the best "
-                "epoch saved so far; rerun the same `train`/`run` command to finish it.",
-                "",
-            ]
-            if "training" not in run
-            else []
-        ),
+        *_notes(run, results),
         "Certified accuracy: share of sensitive-class test inputs flagged sensitive with a certified "
         f"radius ≥ r (radii in {results.get('units', RAW_UNITS)})."
         if "n_sensitive" in results
