@@ -116,6 +116,21 @@ def small_feature_convex(kind: str = "icnn", input_shape=(1, 6, 6), feature_map=
     return model
 
 
+def one_unit_icnn(n_inputs: int, feature_map: str = "identity", batch_norm: bool = False):
+    """A feature-convex model on ``n_inputs`` features, φ one step of kind ``feature_map``, g an ICNN with one
+    hidden unit, its weights as built: for tests that set each weight by hand."""
+    from asymcert.models import build_model
+
+    return build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [n_inputs],
+            "feature_map": [{"kind": feature_map}],
+            "convex": {"kind": "icnn", "widths": [1], "batch_norm": batch_norm},
+        }
+    )
+
+
 def balanced_feature_convex(feature_map: list, x: torch.Tensor, widths=(16, 16), seed: int = 0):
     """A small random ICNN feature-convex model for inputs like x (N, d): φ fitted on x, the balance at
     the median score, so about half of x is flagged."""

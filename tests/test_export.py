@@ -24,7 +24,7 @@ from asymcert.export import ExportDependencyError, ExportError, to_onnx
 from asymcert.models import build_model
 from asymcert.nn.convex import ConvexMean
 from asymcert.nn.feature_maps import Log1p, coordinate_slopes
-from tests.conftest import bisect_segments, near_boundary, segment_ends, small_feature_convex
+from tests.conftest import bisect_segments, near_boundary, one_unit_icnn, segment_ends, small_feature_convex
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -470,14 +470,7 @@ def test_a_move_cost_below_float32_is_not_rounded_to_zero_in_the_graph(tmp_path)
     """s(x) = 1e-10 − 1.2e-38·x₀ with scale 1e-8: the move cost 1.2e-46 became 0 in float32, the graph's radius ∞,
     and onnxruntime's own score was negative at an allowed x₀ = 8.4e27 (review 26b G3). Now it is rounded up to a
     subnormal: a finite radius, and no allowed point inside it is unflagged."""
-    model = build_model(
-        {
-            "kind": "feature-convex",
-            "input_shape": [2],
-            "feature_map": [{"kind": "identity"}],
-            "convex": {"kind": "icnn", "widths": [1], "batch_norm": False},
-        }
-    )
+    model = one_unit_icnn(2)
     with torch.no_grad():
         model.convex.passthrough[0].weight.zero_()
         model.convex.passthrough[0].bias.zero_()

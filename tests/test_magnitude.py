@@ -15,7 +15,7 @@ from asymcert.certify.scope import call_scope
 from asymcert.models import build_model
 from asymcert.models.one_vs_rest import OneVsRestConvex
 from asymcert.nn.convex import ConvexMean
-from tests.conftest import small_feature_convex
+from tests.conftest import one_unit_icnn, small_feature_convex
 
 NORMS = (1.0, 2.0, math.inf)
 
@@ -68,14 +68,7 @@ def test_the_absolute_evaluation_bounds_the_score_and_every_value_computed(kind)
 def _cancelling(n: int, k: float = 1.0e7):
     """g(f) = relu(k·Σf) − (k + 1)·Σf + 1: convex (hidden weight 1 ≥ 0, pass-through free), gradient −1 per
     feature, but its float32 sums carry terms of size k·Σf that cancel."""
-    m = build_model(
-        {
-            "kind": "feature-convex",
-            "input_shape": [n],
-            "feature_map": [{"kind": "identity"}],
-            "convex": {"kind": "icnn", "widths": [1], "batch_norm": False},
-        }
-    )
+    m = one_unit_icnn(n)
     with torch.no_grad():
         m.convex.passthrough[0].weight.fill_(k)
         m.convex.passthrough[0].bias.zero_()
@@ -234,14 +227,7 @@ def test_a_feature_map_whose_own_steps_may_overflow_certifies_nothing():
     """Standardize with μ₀ = float32's largest value and σ₀ = 10³⁰ passes validation and computes x₀ − μ₀ = −∞ for
     x₀ ≤ −2.1·10³¹ (NaN scores), although its features are small (review 26 F3: radii of 3·10³² and ∞). H now counts
     φ's own parameters: such a model may overflow anywhere, so its decisions are its own with radius 0."""
-    model = build_model(
-        {
-            "kind": "feature-convex",
-            "input_shape": [2],
-            "feature_map": [{"kind": "standardize"}],
-            "convex": {"kind": "icnn", "widths": [1], "batch_norm": False},
-        }
-    )
+    model = one_unit_icnn(2, "standardize")
     with torch.no_grad():
         model.feature_map.maps[0].mean.copy_(torch.tensor([torch.finfo(torch.float32).max, 0.0]))
         model.feature_map.maps[0].scale.copy_(torch.tensor([1e30, 1.0]))
@@ -297,14 +283,7 @@ def test_a_users_own_network_gives_its_magnitudes_by_declaring_them():
 def test_a_batch_norm_scale_beyond_float32_certifies_nothing():
     """γ = 3e38 with running variance 0: the scale γ/√ε is finite in float64 and ∞ in float32, the model scores NaN
     everywhere, and certify said flagged with radii 0.25–1.5 (review 26b G2). H now counts the scale itself."""
-    model = build_model(
-        {
-            "kind": "feature-convex",
-            "input_shape": [2],
-            "feature_map": [{"kind": "identity"}],
-            "convex": {"kind": "icnn", "widths": [1], "batch_norm": True},
-        }
-    )
+    model = one_unit_icnn(2, batch_norm=True)
     with torch.no_grad():
         model.convex.passthrough[0].weight.zero_()
         model.convex.passthrough[0].bias.zero_()
