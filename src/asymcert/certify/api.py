@@ -15,6 +15,7 @@ from torch import nn
 
 from asymcert.certify.input_rounding import lowered_by_rounding, to_model_dtype
 from asymcert.certify.inputs import CHECK_CHUNK, check_inputs
+from asymcert.certify.options import refuse
 from asymcert.certify.result import Certificate, Guarantee, class_radii_key, normalize_norm
 from asymcert.certify.scope import call_scope
 from asymcert.certify.threat_model import fallback_radii, resolve_for
@@ -147,9 +148,7 @@ def make_options(
             + ", ".join(repr(getattr(made, name)) for name in flags)
         )
     check = getattr(made, "problems", None)
-    problems = check() if callable(check) else []
-    if problems:
-        raise UnsoundOptionError(f"certifier {spec.name!r}: " + "; ".join(problems))
+    refuse(f"certifier {spec.name!r}", check() if callable(check) else [])
     return made
 
 

@@ -53,7 +53,6 @@ if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would
     ConvexModel: TypeAlias = FeatureConvexClassifier | OneVsRestConvex
 
 M = TypeVar("M", bound=nn.Module)
-T = TypeVar("T")
 
 EPS32 = torch.finfo(torch.float32).eps
 # Relative slack of "bounded" and "float64": the float64 dual norm, Lipschitz product and division

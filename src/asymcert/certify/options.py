@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
 import torch
+
+from asymcert.errors import UnsoundOptionError
+from asymcert.models.checks import SEED_RANGE
 
 
 def _scalar(value: Any) -> Any:
@@ -36,51 +39,42 @@ def _whole(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-def positive(name: str, value: Any, optional: bool = True) -> str | None:
-    """A finite number > 0 (None allowed when ``optional``)."""
+def _check(name: str, value: Any, optional: bool, ok: Callable[[Any], bool], wanted: str) -> str | None:
+    """ "``name`` must be ``wanted``, got …" unless ``ok`` holds for the value (a one-value tensor as its number), or
+    it is None and ``optional``."""
     if value is None and optional:
         return None
-    if not (_real(value) and math.isfinite(_scalar(value)) and _scalar(value) > 0):
-        return f"{name} must be a finite number > 0, got {value!r}"
-    return None
+    return None if ok(_scalar(value)) else f"{name} must be {wanted}, got {value!r}"
+
+
+def positive(name: str, value: Any, optional: bool = True) -> str | None:
+    """A finite number > 0 (None allowed when ``optional``)."""
+    return _check(name, value, optional, lambda v: _real(v) and math.isfinite(v) and v > 0, "a finite number > 0")
 
 
 def nonnegative(name: str, value: Any, optional: bool = True) -> str | None:
     """A finite number ≥ 0 (None allowed when ``optional``)."""
-    if value is None and optional:
-        return None
-    if not (_real(value) and math.isfinite(_scalar(value)) and _scalar(value) >= 0):
-        return f"{name} must be a finite number ≥ 0, got {value!r}"
-    return None
+    return _check(name, value, optional, lambda v: _real(v) and math.isfinite(v) and v >= 0, "a finite number ≥ 0")
 
 
 def fraction(name: str, value: Any, optional: bool = True) -> str | None:
     """A number in (0, 1) (None allowed when ``optional``)."""
-    if value is None and optional:
-        return None
-    if not (_real(value) and 0 < _scalar(value) < 1):
-        return f"{name} must be a number in (0, 1), got {value!r}"
-    return None
+    return _check(name, value, optional, lambda v: _real(v) and 0 < v < 1, "a number in (0, 1)")
 
 
 def count(name: str, value: Any, least: int = 1, optional: bool = True, most: int | None = None) -> str | None:
     """An integer in [``least``, ``most``] (not a bool, not a float; None allowed when ``optional``)."""
-    if value is None and optional:
-        return None
-    if not (_whole(value) and least <= _scalar(value) and (most is None or _scalar(value) <= most)):
-        span = f"≥ {least}" if most is None else f"from {least} to {most}"
-        return f"{name} must be an integer {span}, got {value!r}"
-    return None
+    span = f"≥ {least}" if most is None else f"from {least} to {most}"
+    ok = lambda v: _whole(v) and least <= v and (most is None or v <= most)  # noqa: E731
+    return _check(name, value, optional, ok, f"an integer {span}")
 
 
 def seed(name: str, value: Any, optional: bool = True) -> str | None:
-    """An integer torch can seed a generator with, in [−2⁶³, 2⁶⁴ − 1] (None allowed when ``optional``; 2⁶⁴
-    ended in torch's own "Overflow when unpacking long long")."""
-    if value is None and optional:
-        return None
-    if not (_whole(value) and -(2**63) <= _scalar(value) < 2**64):
-        return f"{name} must be an integer from -2**63 to 2**64 - 1, got {value!r}"
-    return None
+    """An integer torch can seed a generator with, in :data:`~asymcert.models.checks.SEED_RANGE` (None allowed
+    when ``optional``; 2⁶⁴ ended in torch's own "Overflow when unpacking long long")."""
+    low, high = SEED_RANGE
+    ok = lambda v: _whole(v) and low <= v <= high  # noqa: E731
+    return _check(name, value, optional, ok, "an integer from -2**63 to 2**64 - 1")
 
 
 def one_of(name: str, value: Any, allowed: Collection[str]) -> str | None:
@@ -112,3 +106,9 @@ def of_type(name: str, value: Any, kind: type, optional: bool = True) -> str | N
 def found(*problems: str | None) -> list[str]:
     """The problems that are not None, in order."""
     return [p for p in problems if p is not None]
+
+
+def refuse(who: str, problems: list[str]) -> None:
+    """Raise one :class:`~asymcert.errors.UnsoundOptionError` naming ``who`` and every problem, if there is one."""
+    if problems:
+        raise UnsoundOptionError(f"{who}: " + "; ".join(problems))

@@ -50,6 +50,7 @@ from a seeded ``torch.Generator``: the same seed gives the same certificate.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +59,7 @@ from scipy.stats import norm as _norm
 from torch import nn
 
 from asymcert.certify import options as option_checks
-from asymcert.certify.modes import UnsoundOptionError, eval_mode
+from asymcert.certify.modes import eval_mode
 from asymcert.certify.result import Certificate, Guarantee
 
 NOISES = ("gaussian", "laplace", "uniform", "splitting")
@@ -231,20 +232,13 @@ def _options(model: nn.Module, noise: str, options: dict) -> dict:
         model_defaults.pop("sigma", None)
     given = {k: v for k, v in options.items() if v is not None}  # None: the model's setting, else DEFAULTS
     merged = {**DEFAULTS, **{k: v for k, v in model_defaults.items() if k in known}, **given}
-    get = merged.get
-    problems = sampling_problems(
-        get("sigma"), get("n0"), get("n"), get("alpha"), get("seed"), get("generator"), get("batch")
-    )
-    if problems:  # (the model's own smoothing settings too)
-        raise UnsoundOptionError("smoothing: " + "; ".join(problems))
+    option_checks.refuse("smoothing", sampling_problems(merged))  # (the model's own smoothing settings too)
     return merged
 
 
 def _certify_sampled(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], noise: str, **options) -> Certificate:
     opt = _options(model, noise, options)
     sigma, n0, n, alpha = float(opt["sigma"]), int(opt["n0"]), int(opt["n"]), float(opt["alpha"])
-    if n0 < 1 or n < 1 or not 0 < alpha < 1:
-        raise ValueError(f"need n0 ≥ 1, n ≥ 1 and 0 < alpha < 1; got n0={n0}, n={n}, alpha={alpha}")
     gen = _make_generator(opt.get("generator"), opt.get("seed"))
     with eval_mode(model), torch.no_grad():
         k, binary = _num_classes(model, x)
@@ -291,21 +285,21 @@ class SmoothingOptions:
     def problems(self) -> list[str]:
         """Every option value sampling cannot take (σ = NaN gave NaN radii, ``batch=-1`` drew no sample,
         ``n=50.7`` was truncated to 50)."""
-        return sampling_problems(self.sigma, self.n0, self.n, self.alpha, self.seed, self.generator, self.batch)
+        return sampling_problems(vars(self))
 
 
-def sampling_problems(
-    sigma: object, n0: object, n: object, alpha: object, seed: object, generator: object, batch: object
-) -> list[str]:
-    """The problems of smoothing's option values (each None: the model's or the module's default)."""
+def sampling_problems(settings: Mapping[str, object]) -> list[str]:
+    """The problems of smoothing's settings by name (sigma, n0, n, alpha, seed, generator, batch; None or
+    missing: the model's or the module's default)."""
+    get = settings.get
     return option_checks.found(
-        option_checks.positive("sigma", sigma),
-        option_checks.count("n0", n0),
-        option_checks.count("n", n),
-        option_checks.fraction("alpha", alpha),
-        option_checks.seed("seed", seed),
-        option_checks.of_type("generator", generator, torch.Generator),
-        option_checks.count("batch", batch),
+        option_checks.positive("sigma", get("sigma")),
+        option_checks.count("n0", get("n0")),
+        option_checks.count("n", get("n")),
+        option_checks.fraction("alpha", get("alpha")),
+        option_checks.seed("seed", get("seed")),
+        option_checks.of_type("generator", get("generator"), torch.Generator),
+        option_checks.count("batch", get("batch")),
     )
 
 
@@ -379,7 +373,7 @@ class SplittingOptions:
     def problems(self) -> list[str]:
         """Every option value refused: σ and the batch as sampling's, and the ignored sampling options too, so
         that a bad value is never passed over in silence."""
-        return sampling_problems(self.sigma, self.n0, self.n, self.alpha, self.seed, self.generator, self.batch)
+        return sampling_problems(vars(self))
 
 
 def certify_splitting(
@@ -411,10 +405,7 @@ def certify_splitting(
             if sm.get("noise", "splitting") == "splitting"
             else float(DEFAULTS["sigma"])
         )
-    get = sampling.get
-    problems = sampling_problems(sigma, get("n0"), get("n"), get("alpha"), get("seed"), get("generator"), batch)
-    if problems:  # (the model's own σ too)
-        raise UnsoundOptionError("smoothing-splitting: " + "; ".join(problems))
+    option_checks.refuse("smoothing-splitting", sampling_problems({**sampling, "sigma": sigma, "batch": batch}))
     lam = float(sigma) * math.sqrt(3.0)
     with eval_mode(model), torch.no_grad():
         k, binary = _num_classes(model, x)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from asymcert.errors import ConfigError, ModelError
-from asymcert.models.checks import check_batch, config_input_range, config_int, config_int_list
+from asymcert.models.checks import SEED_RANGE, check_batch, config_input_range, config_int, config_int_list
 from asymcert.nn.convex import all_finite
 from asymcert.nn.feature_maps import Shift
 from asymcert.nn.orthogonal import CayleyConv2d, CayleyLinear, MaxMin, PixelUnshuffle, lipschitz_l2
@@ -77,7 +77,7 @@ def _smoothing_config(value: Any) -> dict[str, Any]:
         raise ConfigError(f"{who} model config: smoothing alpha = {out['alpha']!r} must be in (0, 1)")
     for key in ("n0", "n"):
         config_int(out[key], f"smoothing {key}", who)
-    config_int(out["seed"], "smoothing seed", who, lowest=-(2**63), highest=2**64 - 1)  # (torch's seed range)
+    config_int(out["seed"], "smoothing seed", who, *SEED_RANGE)
     return out
 
 

@@ -42,6 +42,10 @@ def check_batch(x: torch.Tensor, input_shape: tuple[int, ...], who: str, model: 
         raise InputError(f"{who} takes inputs of shape {expected}, got {tuple(x.shape)}")
 
 
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""The seeds torch's generators take (``torch.Generator.manual_seed``): a smoothing seed outside them is refused."""
+
+
 def config_int(value: Any, name: str, who: str, lowest: int = 1, highest: int | None = None) -> int:
     """``value`` when it is an integer in [``lowest``, ``highest``] (not a bool, not 2.5, not "3").
 
