@@ -292,6 +292,21 @@ def test_the_onnx_graph_caps_unbounded_monotone_moves_no_higher_than_the_library
         assert np.isfinite(library).all() and flagged.sum() > 50
         assert (graph <= library).all(), (name, float(np.max(graph / library)))
         assert (graph >= 0.9 * library).all(), (name, float(np.min(graph / library)))  # the same cap, not 0
+    # allowed moves inside 0.999× the graph's ℓ∞ radius (random, and each movable coordinate at its end),
+    # typical and near-boundary flagged inputs alike: onnxruntime keeps every flag
+    gen = torch.Generator().manual_seed(1)
+    starts = torch.cat([x[torch.from_numpy(flagged)], near_boundary(model, x)])
+    r = torch.from_numpy(sess.run(["tm_radius_linf"], {"x": starts.numpy()})[0]).double()
+    up = torch.zeros(D, dtype=torch.bool)
+    up[INC] = True
+    down = torch.zeros(D, dtype=torch.bool)
+    down[DEC] = True
+    for t in (*torch.rand(20, D, generator=gen), *torch.eye(D)):
+        step = 0.999 * r[:, None] * t * (up.double() - down.double())
+        moved = (starts.double() + torch.where(torch.isfinite(step), step, torch.zeros_like(step))).float()
+        keep = (r > 0).numpy()
+        assert int(keep.sum()) > 50
+        assert bool(sess.run(["flagged"], {"x": moved.numpy()})[0][keep].all())
 
 
 def _zero_columns(model, coords):
