@@ -56,7 +56,7 @@ Nothing but the pattern depends on float32 rounding, so the score and gradient a
 float64 recomputation (bounds ~10⁻⁸ relative), at the cost of one float32 matrix product, S integer
 matrix products (about 6× faster each on CPUs with VNNI) and O(N·W) elementwise work.
 Applies on CPU to exact ICNNs with one hidden layer, no batch norm, no hidden bias, float32 weights,
-a feature map of the steps above, and PyTorch's float32 matmul precision "highest"
+a feature map of the steps above, and IEEE float32 products in PyTorch's precision settings
 (:func:`supports_bounded_icnn`); elsewhere ``"auto"`` uses the float64 path.
 ``tests/test_bounded_icnn.py`` checks every bound against float64 and exact rational arithmetic.
 """
@@ -75,6 +75,7 @@ import torch
 from torch import nn
 
 from asymcert.certify.bounded_convex import BOUND_SAFETY, U64, BoundedPass, gamma
+from asymcert.certify.modes import matmul_unit_roundoff
 from asymcert.certify.scope import scoped_per_call
 from asymcert.nn.convex import ICNN
 from asymcert.nn.feature_maps import Compose, ConcatAbs, Identity, Shift, Standardize
@@ -106,7 +107,8 @@ def _steps(phi: nn.Module) -> list[nn.Module] | None:
 def supports_bounded_icnn(model: nn.Module, device: torch.device) -> bool:
     """Whether :func:`icnn_bounded_pass` covers ``model`` on ``device``: CPU, g an exact :class:`ICNN`
     with one hidden layer, no batch norm and no hidden bias, float32 weights, φ made of identity /
-    shift / standardize / concat-abs steps, float32 matmul precision "highest" (no bfloat16 products)."""
+    shift / standardize / concat-abs steps, IEEE float32 products in every PyTorch precision setting
+    (:func:`~asymcert.certify.modes.matmul_unit_roundoff`: no bfloat16 or TF32 products)."""
     g, phi = getattr(model, "convex", None), getattr(model, "feature_map", None)
     if (
         device.type != "cpu"
@@ -123,7 +125,7 @@ def supports_bounded_icnn(model: nn.Module, device: torch.device) -> bool:
     return (
         hidden.bias is None
         and all(p.dtype == torch.float32 for p in params)
-        and torch.get_float32_matmul_precision() == "highest"
+        and matmul_unit_roundoff(torch.float32, device) == U32
         and hasattr(torch, "_int_mm")
         and icnn_constants(cast("FeatureConvexClassifier", model)) is not None
     )

@@ -13,7 +13,7 @@ with or without FMA).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import torch
 from torch import nn
@@ -44,27 +44,52 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps / 2
 
 
+# twice the unit roundoff of each reduced float32 format PyTorch may use for products (both factors are rounded):
+# bfloat16 keeps 8 significant bits (u = 2⁻⁸), TF32 11 (u = 2⁻¹¹)
+_REDUCED_U = {"bf16": 2.0**-7, "medium": 2.0**-7, "tf32": 2.0**-10, "high": 2.0**-10}
+
+
 def matmul_unit_roundoff(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
     """u to use for the matrix products and convolutions of a model in ``dtype`` on ``device``.
 
-    float32 products may run in reduced precision: TF32 on CUDA (``allow_tf32`` flags, 10-bit
-    mantissa) or bfloat16 (``torch.set_float32_matmul_precision("medium")``). The returned u is
-    twice the unit roundoff of the narrowest format the settings allow (both factors of a product
-    are rounded), so γ_n(u) still bounds a dot product's error.
+    float32 products may run in reduced precision: TF32 (10-bit mantissa) or bfloat16, set by
+    ``torch.set_float32_matmul_precision`` ("high", "medium"), by the ``fp32_precision`` settings of
+    ``torch.backends`` and its oneDNN / CUDA / cuDNN matmul and convolution entries (:func:`float32_formats`),
+    or on CUDA by the ``allow_tf32`` flags. The returned u is twice the unit roundoff of the narrowest
+    format any of them allows (both factors of a product are rounded), so γ_n(u) still bounds a dot
+    product's error; 2⁻²⁴ when every setting is IEEE float32.
     """
     u = unit_roundoff(dtype)
     if dtype != torch.float32:
         return u
-    mode = torch.get_float32_matmul_precision()
-    if mode == "medium":
-        u = max(u, 2.0**-8)
-    elif mode == "high":
-        u = max(u, 2.0**-10)
-    if torch.device(device).type == "cuda" and (
-        torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
-    ):
-        u = max(u, 2.0**-10)
+    for name in float32_formats(torch.device(device).type):
+        u = max(u, _REDUCED_U.get(name, u))
     return u
+
+
+def float32_formats(device_type: str) -> set[str]:
+    """Every float32 precision PyTorch's settings name for products on a device type ("cpu", "cuda"): the
+    legacy ``torch.get_float32_matmul_precision()`` ("highest", "high", "medium") and the ``fp32_precision``
+    values ("ieee", "tf32", "bf16", "none") of ``torch.backends`` and of the backend's matmul and convolution
+    entries (oneDNN on CPU; CUDA and cuDNN on GPU), plus "tf32" where a CUDA ``allow_tf32`` flag is set.
+
+    A child's value overrides its parent's in PyTorch; all are taken here, so a mix is read as its narrowest
+    (looser bounds, never wrong ones). The legacy getter raises once the two APIs were mixed; then the new
+    API's values stand alone (the getter's RuntimeError crashed every certificate before, session 28).
+    """
+    backends = torch.backends
+    entries: list[object] = [backends]
+    if device_type == "cuda":
+        entries += [backends.cuda.matmul, backends.cudnn, getattr(backends.cudnn, "conv", None)]
+    else:
+        mkldnn = backends.mkldnn
+        entries += [mkldnn, getattr(mkldnn, "matmul", None), getattr(mkldnn, "conv", None)]
+    names = {str(getattr(entry, "fp32_precision", "none")) for entry in entries if entry is not None}
+    with suppress(RuntimeError):  # (raised once the legacy and the new API were mixed: the values above stand)
+        names.add(torch.get_float32_matmul_precision())
+    if device_type == "cuda" and (backends.cuda.matmul.allow_tf32 or backends.cudnn.allow_tf32):
+        names.add("tf32")
+    return names
 
 
 def gamma(n: int, u: float) -> float:
