@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import asymcert
-from asymcert.certify import bounded_icnn
+from asymcert.certify import bounded_icnn, icnn_pattern
 from asymcert.certify.attacks import pgd_attack
 from asymcert.certify.bounded_icnn import features_with_error, icnn_bounded_pass, icnn_constants, supports_bounded_icnn
 from asymcert.certify.feature_convex import (
@@ -32,6 +32,15 @@ FMAPS = {
     "shift+concat-abs": [{"kind": "shift"}, {"kind": "concat-abs"}],
     "identity": [{"kind": "identity"}],
 }
+
+
+@pytest.fixture(autouse=True, params=["auto", "float32"])
+def pattern_products(request, monkeypatch):
+    """Every test with the pattern from bfloat16 products (where this machine has them) and from float32 ones."""
+    monkeypatch.setattr(icnn_pattern, "PATTERN_PRODUCTS", request.param)
+    bounded_icnn._CACHE.clear()
+    yield request.param
+    bounded_icnn._CACHE.clear()
 
 
 def icnn_model(seed: int, input_shape=(1, 4, 5), widths=(32,), fmap="shift", batch_norm=False, scale=1.0):

@@ -75,6 +75,7 @@ import torch
 from torch import nn
 
 from asymcert.certify.bounded_convex import BOUND_SAFETY, U64, BoundedPass, gamma
+from asymcert.certify.icnn_pattern import Bf16Product, bf16_candidates, bf16_product, up32
 from asymcert.certify.modes import matmul_unit_roundoff
 from asymcert.certify.scope import scoped_per_call
 from asymcert.nn.convex import ICNN
@@ -172,6 +173,8 @@ class IcnnConstants:
         q: (W, S·(d+1)) int8 slices, slice s in columns s·(d+1) … (s+1)·(d+1) − 1.
         col_scale: (d+1,) float64 2^{−k_i − 7(S−1)}; resid: (d+1,) float64 r_i.
         u1: (d,) float64 U₁; c1, balance: c₁ and b (float32 values, exact as floats).
+        bf16: the bfloat16 pattern product (:mod:`asymcert.certify.icnn_pattern`), None where the float32
+            product is used.
     """
 
     u0: torch.Tensor
@@ -188,12 +191,7 @@ class IcnnConstants:
     u1: torch.Tensor
     c1: float
     balance: float
-
-
-def _up32(t: torch.Tensor) -> torch.Tensor:
-    """float64 → float32 rounded up (for nonnegative bounds)."""
-    t32 = t.float()
-    return torch.where(t32.double() < t, torch.nextafter(t32, torch.tensor(math.inf)), t32)
+    bf16: Bf16Product | None
 
 
 def _slices(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -244,9 +242,9 @@ def _build_constants(model: FeatureConvexClassifier) -> IcnnConstants | None:
         c0=c0,
         u0_64=u0_64,
         c0_64=c0_64,
-        rho=_up32(u0_64.norm(dim=1) * BOUND_SAFETY),
+        rho=up32(u0_64.norm(dim=1) * BOUND_SAFETY),
         rho64=u0_64.norm(dim=1) * BOUND_SAFETY,
-        beta=_up32(g_fwd * c0_64.abs() * BOUND_SAFETY),
+        beta=up32(g_fwd * c0_64.abs() * BOUND_SAFETY),
         zeta_f=zeta * BOUND_SAFETY,
         q=q,
         col_scale=col_scale,
@@ -254,6 +252,7 @@ def _build_constants(model: FeatureConvexClassifier) -> IcnnConstants | None:
         u1=last.weight.detach().double().reshape(-1),
         c1=c1,
         balance=bal,
+        bf16=bf16_product(u0, c0),
     )
 
 
@@ -340,19 +339,38 @@ def icnn_bounded_pass(model: FeatureConvexClassifier, x: torch.Tensor) -> Bounde
 
 
 def _pattern(consts: IcnnConstants, f: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ReLU pattern P (N, W) bool and ``uncertain`` (N,) bool: step 2 of the module docstring.
+    """The ReLU pattern P (N, W) bool and ``uncertain`` (N,) bool: step 2 of the module docstring (the float32
+    product, or the bfloat16 one of :mod:`asymcert.certify.icnn_pattern` where ``consts.bf16`` is set), then
+    the candidates' signs in float64 (:func:`_repair`).
 
     Args:
         f: (N, d) float64 features f̂₆₄; e: (N, d) float64 bound on |f̂₆₄ − f|.
     """
+    if consts.bf16 is not None:
+        pattern, r, c = bf16_candidates(consts.bf16, f, e)
+    else:
+        pattern, r, c = _float32_candidates(consts, f, e)
+    uncertain = torch.zeros(f.shape[0], dtype=torch.bool)
+    if r.numel():
+        sign, unsure = _repair(consts, f, e, r, c)
+        pattern[r, c] = sign
+        uncertain[r[unsure]] = True
+    return pattern, uncertain
+
+
+def _float32_candidates(
+    consts: IcnnConstants, f: torch.Tensor, e: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The float32 product's pattern [t̂ > 0] (N, W) bool and its candidate units as row and column indices (K,)
+    int64, sorted by row then column (step 2 of the module docstring)."""
     n, d = f.shape
     f32 = f.float()
     norm = f32.double().norm(dim=1)
     # rows where the float32 product could overflow (or φ did) get every unit recomputed in float64
     risky = ~(norm * float(consts.rho.max()) + float(consts.c0.abs().max()) < 2.0**120)
-    alpha = _up32(((gamma(d + 1, U32) + U32) * norm + e.norm(dim=1) + math.sqrt(d) * 2.0**-150) * BOUND_SAFETY)
+    alpha = up32(((gamma(d + 1, U32) + U32) * norm + e.norm(dim=1) + math.sqrt(d) * 2.0**-150) * BOUND_SAFETY)
     biggest = float(norm[~risky].max()) if bool((~risky).any()) else 0.0
-    beta = _up32(consts.beta.double() + consts.zeta_f * (1.0 + biggest))
+    beta = up32(consts.beta.double() + consts.zeta_f * (1.0 + biggest))
     width = consts.u0.shape[0]
     pattern = torch.empty(n, width, dtype=torch.bool)
     tile = min(n, ROW_TILE)  # one tile's buffers, reused: t̂, its candidate bound and the candidates
@@ -374,13 +392,7 @@ def _pattern(consts: IcnnConstants, f: torch.Tensor, e: torch.Tensor) -> tuple[t
         idx = torch.from_numpy(np.flatnonzero(cand.numpy()))  # (NumPy's: 8× torch.nonzero's speed on a sparse mask)
         rows.append(idx // width + lo)
         cols.append(idx % width)
-    uncertain = torch.zeros(n, dtype=torch.bool)
-    r, c = torch.cat(rows), torch.cat(cols)
-    if r.numel():
-        sign, unsure = _repair(consts, f, e, r, c)
-        pattern[r, c] = sign
-        uncertain[r[unsure]] = True
-    return pattern, uncertain
+    return pattern, torch.cat(rows), torch.cat(cols)
 
 
 def _repair(
