@@ -48,6 +48,7 @@ from asymcert.traffic import (
 from tests.conftest import examples
 
 FEATURES = ["f0", "f1", "f2", "f3"]
+NORMS = ("l1", "l2", "linf")
 
 
 def _rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -711,17 +712,41 @@ class _TouchOnUnpickle:
         return (Path.touch, (Path(self.marker),))
 
 
-@pytest.mark.parametrize("key", ["x", "y"])
-def test_npz_object_arrays_are_refused_unread(csv_run, tmp_path, key):
+def test_npz_object_inputs_are_refused_unread(csv_run, tmp_path):
     marker = tmp_path / "unpickled"
     objects = np.array([_TouchOnUnpickle(marker)] * 3, dtype=object)
-    arrays = {"x": np.zeros((3, 4), dtype=np.float32), "y": np.array(["a", "b", "c"])}
-    arrays[key] = objects if key == "y" else np.stack([objects] * 4, axis=1)
-    np.savez(tmp_path / "new.npz", **arrays)
-    with pytest.raises(DataError, match=f"new\\.npz: array '{key}' cannot be read without unpickling"):
+    np.savez(tmp_path / "new.npz", x=np.stack([objects] * 4, axis=1), y=np.array(["a", "b", "c"]))
+    with pytest.raises(DataError, match="new\\.npz: array 'x' cannot be read without unpickling"):
         certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", progress=False)
     assert not marker.exists() and not (tmp_path / "out.csv").exists()
-    np.load(tmp_path / "new.npz", allow_pickle=True)[key]  # the payload works: unpickling creates the file
+    np.load(tmp_path / "new.npz", allow_pickle=True)["x"]  # the payload works: unpickling creates the file
+    assert marker.exists()
+
+
+def test_npz_object_labels_are_left_out_unread_with_one_warning(csv_run, tmp_path):
+    """Labels are optional when certifying: a y of Python objects (e.g. saved from pandas) is never unpickled, the
+    inputs are certified without it, and one warning line says why (walkthrough 27f: the whole file was refused)."""
+    marker = tmp_path / "unpickled"
+    x = _rows(3, 5)[0].astype(np.float32)
+    y = np.array([_TouchOnUnpickle(marker)] * 3, dtype=object)
+    np.savez(tmp_path / "new.npz", x=x, y=y, feature_names=FEATURES)
+    message = r"new\.npz: array 'y' \(dtype object\) holds Python objects, which are never unpickled, so these inputs"
+    with pytest.warns(UserWarning, match=message):
+        done = certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", progress=False)
+    assert done.n_inputs == 3 and not marker.exists()
+    assert list(_read(tmp_path / "out.csv")[0]) == ["index", "score", "flagged", *(f"radius_{p}" for p in NORMS)]
+    assert "label" not in read_results_record(tmp_path / "out.csv").columns
+    args = ["certify", str(csv_run), "--input", str(tmp_path / "new.npz"), "--out", str(tmp_path / "cli.csv")]
+    res = CliRunner().invoke(main, [*args, "--quiet"])
+    warned = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.exit_code == EXIT_OK and len(warned) == 1 and warned[0].startswith("warning: ")
+    assert "certified without labels" in warned[0] and "Traceback" not in res.output and not marker.exists()
+    np.savez(tmp_path / "wide.npz", x=np.zeros((3, 5), dtype=np.float32), y=np.array([None] * 3, dtype=object))
+    with warnings.catch_warnings():  # a file refused for another reason: its refusal alone, no warning first
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match=r"x has shape \(3, 5\)"):
+            certify_file(csv_run, tmp_path / "wide.npz", tmp_path / "w.csv", progress=False)
+    np.load(tmp_path / "new.npz", allow_pickle=True)["y"]  # the payload works: unpickling creates the file
     assert marker.exists()
 
 

@@ -196,7 +196,8 @@ def npz_batches(
     """The ``x`` (N, *input_shape) of an npz file (``y`` (N,) as labels when present), ``chunk`` inputs at a time,
     streamed (:class:`~asymcert.data.user.NpzStream`): memory bounded by the chunk whatever N. When the file
     names x's columns (``feature_names``) and the run has ``features``, the run's columns are taken by name
-    (in the run's order; other columns are left out); else x is read by position.
+    (in the run's order; other columns are left out); else x is read by position. A ``y`` of Python objects
+    (dtype object) is never read: the inputs come without labels, and a warning says so.
 
     Raises:
         DataError: x not of the run's input shape or not numbers, or a y that is not one label per input (all
@@ -216,10 +217,23 @@ def npz_batches(
             labels = None if y is None else [str(v) for v in utf8_labels(y).tolist()]
             values = _as_float(x if take is None else x[:, take], path)
             _check_finite(values, path, start)
-            if start == 0 and take is None and features is not None:  # (once its first rows passed: one line
-                _by_position(path, features)  # for a file refused on them)
+            if start == 0:  # (once its first rows passed: one line for a file refused on them)
+                _first_chunk_warnings(path, npz, None if take is not None else features)
             yield Batch(torch.from_numpy(values), labels)
             start += len(values)
+
+
+def _first_chunk_warnings(path: Path, npz: NpzStream, by_position: Sequence[str] | None) -> None:
+    """Once an npz's first rows are read: warn that its optional ``y`` is certified without (Python objects, never
+    unpickled), and that x is read by position as the run's features ``by_position`` (None: matched by name)."""
+    if npz.y_unread is not None:
+        warnings.warn(
+            f"{path}: array 'y' (dtype {npz.y_unread}) holds Python objects, which are never unpickled, so these "
+            "inputs are certified without labels (no label column); save y as text or numbers, e.g. y.astype(str)",
+            stacklevel=4,
+        )
+    if by_position is not None:
+        _by_position(path, by_position)
 
 
 def _by_position(path: Path, features: Sequence[str]) -> None:
