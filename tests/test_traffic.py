@@ -597,6 +597,29 @@ def test_a_record_beside_the_results_says_what_each_column_means_and_is_tied_to_
     assert read_results_record(out) is None
 
 
+def test_results_csv_lines_end_in_lf_and_text_with_line_breaks_reads_back(csv_run, tmp_path):
+    """A results CSV ends its lines in LF, never CRLF (walkthrough 27f: ``cut`` saw a \\r in the last field); labels
+    holding a comma, a quote, a LF or a bare CR are quoted and read back as they were, by csv and by pandas, and the
+    record still ties the file (its SHA-256)."""
+    x = _rows(6, 4)[0].astype(np.float32)
+    labels = ["ham", "a,b", 'say "hi"', "two\nlines", "bare\rcr", "crlf\r\nend"]
+    np.savez(tmp_path / "new.npz", x=x, y=np.array(labels), feature_names=FEATURES)
+    out = tmp_path / "r.csv"
+    certify_file(csv_run, tmp_path / "new.npz", out, chunk=4, progress=False)
+    data = out.read_bytes()
+    assert data.endswith(b"\n") and b"\r\n" not in data.replace(b"crlf\r\nend", b"")
+    assert data.split(b"\n", 1)[0] == b"index,score,flagged,radius_l1,radius_l2,radius_linf,label"
+    assert [r["label"] for r in _read(out)] == labels and [r["index"] for r in _read(out)] == list("012345")
+    pandas = pytest.importorskip("pandas")
+    table = pandas.read_csv(out, keep_default_na=False)
+    assert table["label"].tolist() == labels and table["index"].tolist() == list(range(6))
+    plain = tmp_path / "plain.csv"
+    np.savez(tmp_path / "plain.npz", x=x, y=np.array(labels[:3]).repeat(2), feature_names=FEATURES)
+    certify_file(csv_run, tmp_path / "plain.npz", plain, progress=False)
+    assert plain.read_bytes().count(b"\n") == 7 and b"\r" not in plain.read_bytes()
+    assert read_results_record(out) is not None and read_results_record(plain) is not None
+
+
 def test_a_refused_rewrite_leaves_the_results_and_their_record_as_they_were(csv_run, tmp_path):
     x, _ = _rows(6, 10)
     _write_csv(tmp_path / "new.csv", x)

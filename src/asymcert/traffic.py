@@ -1,7 +1,7 @@
 """Certify new traffic: inputs from a CSV, Parquet or npz file or an image folder → one result row per input.
 
-``asymcert certify RUN --input FILE --out RESULTS.csv`` writes a CSV with the columns ``index``,
-``score``, ``flagged`` (0/1), ``radius_l1``, ``radius_l2``, ``radius_linf`` (the norms certified;
+``asymcert certify RUN --input FILE --out RESULTS.csv`` writes a CSV (UTF-8, lines ending in LF) with the columns
+``index``, ``score``, ``flagged`` (0/1), ``radius_l1``, ``radius_l2``, ``radius_linf`` (the norms certified;
 other p as ``radius_l<p>``; raw input units, or the threat model's units under one) and ``label``
 when the input has the run's label column (image folders: ``file``, the image's path in the folder, and
 ``label``, its subfolder). A CSV is read by the run's own feature columns, by
@@ -544,11 +544,22 @@ def _result_columns(cert: Certificate, start: int, norms: Sequence[float], batch
     return out
 
 
+CSV_LINE_END = "\n"
+"""The line ending of a results CSV: LF on every platform (csv's default, CRLF, left a ``\\r`` in the last field for
+``cut``, ``cmp`` and other line tools; walkthrough 27f)."""
+
+TEXT_COLUMNS = ("file", "label")
+"""The results columns that hold text of the input's (image paths, labels): the only cells that may hold ``\\r``."""
+
+
 class _CsvSink:
-    """Results as CSV rows; floats with 17 significant digits (``repr``: they round-trip exactly)."""
+    """Results as CSV rows, lines ending in :data:`CSV_LINE_END`; floats with 17 significant digits (``repr``: they
+    round-trip exactly). A row whose text holds a bare ``\\r`` has every field quoted: csv quotes a field for the
+    characters of its own line ending only, and an unquoted ``\\r`` ends a row for CSV readers."""
 
     def __init__(self, f: TextIO) -> None:
-        self.writer = csv.writer(f)
+        self.writer = csv.writer(f, lineterminator=CSV_LINE_END)
+        self.quoted = csv.writer(f, lineterminator=CSV_LINE_END, quoting=csv.QUOTE_ALL)
         self.header = False
 
     def write(self, columns: dict[str, list]) -> None:
@@ -556,7 +567,12 @@ class _CsvSink:
             self.writer.writerow(list(columns))
             self.header = True
         cells = [[repr(v) if isinstance(v, float) else v for v in values] for values in columns.values()]
-        self.writer.writerows(zip(*cells))
+        texts = [columns[c] for c in TEXT_COLUMNS if c in columns]
+        if not any("\r" in v for values in texts for v in values):
+            self.writer.writerows(zip(*cells))
+            return
+        for row in zip(*cells):
+            (self.quoted if any("\r" in v for v in row if isinstance(v, str)) else self.writer).writerow(row)
 
 
 class _ParquetSink:
