@@ -432,13 +432,31 @@ def test_inputs_outside_the_threat_models_domain_are_counted_and_warned_about(cs
     done = certify_file(
         csv_run, tmp_path / "new.csv", tmp_path / "r.csv", progress=False, threat_model=load_threat_model(tm_path)
     )
-    assert (done.n_outside, done.first_outside) == (3, 3)
+    assert (done.n_outside, done.first_outside, done.outside_detail) == (3, 3, "f1 = -6 < lower -5")
     plain = certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.csv", progress=False, plain=True)
-    assert (plain.n_outside, plain.first_outside) == (0, None)
+    assert (plain.n_outside, plain.first_outside, plain.outside_detail) == (0, None, None)
     args = ["certify", str(csv_run), "--input", str(tmp_path / "new.csv"), "--out", str(tmp_path / "r.csv")]
     res = CliRunner().invoke(main, [*args, "--threat-model", str(tm_path), "--quiet"])
-    assert res.exit_code == EXIT_OK and "warning: 3 input(s) lie outside the threat model's domain" in res.output
+    assert res.exit_code == EXIT_OK and "warning: 3 of 20 input(s) lie outside the threat model's domain" in res.output
+    # the row, and its feature, value and bound (walkthrough 27f #12: the feature was not named), on one line
     assert "the first: index 3 in the results, input 4 of the file" in res.output
+    assert "counting from 1 as its error messages do: f1 = -6 < lower -5)" in res.output
+    assert len([line for line in res.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_the_outside_warning_names_the_feature_value_and_bound_of_the_first_row(csv_run, tmp_path):
+    """Each side, values as the file wrote them (float32 npz: its own shortest decimal), other features counted."""
+    tm = ThreatModel(lower={"*": 0.0}, upper={"f2": 100000.0})
+    x = np.abs(_rows(4, 6)[0]).astype(np.float32)
+    x[2, 2], x[2, 3], x[3, 0] = 200000.0, -0.1, -1.0
+    np.savez(tmp_path / "new.npz", x=x, feature_names=FEATURES)
+    done = certify_file(csv_run, tmp_path / "new.npz", tmp_path / "r.csv", progress=False, threat_model=tm)
+    assert (done.n_outside, done.first_outside) == (2, 2)
+    assert done.outside_detail == "f2 = 200000 > upper 100000 (and 1 more of its features)"
+    x[2, 2] = 5.0
+    np.savez(tmp_path / "low.npz", x=x[:, [3, 2, 1, 0]], feature_names=FEATURES[::-1])  # by name, any order
+    low = certify_file(csv_run, tmp_path / "low.npz", tmp_path / "r.csv", progress=False, threat_model=tm)
+    assert (low.n_outside, low.first_outside, low.outside_detail) == (2, 2, "f3 = -0.1 < lower 0")
 
 
 def test_certifying_traffic_with_a_run_still_being_written_warns(csv_run, tmp_path):

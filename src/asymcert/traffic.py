@@ -76,8 +76,10 @@ class Batch:
 class TrafficResult:
     """What :func:`certify_file` did: inputs certified, how many flagged, seconds spent certifying, the
     results file, the units of its radii, and how many inputs lie outside the threat model's domain
-    [lower, upper] (often corrupt values: a count below 0, a share above 1), with the index of the first; and
-    whether another process was writing the run folder (a run still training: its model as saved then)."""
+    [lower, upper] (often corrupt values: a count below 0, a share above 1), with the index of the first and where
+    it leaves the domain (``outside_detail``: its first such feature by name, its value and the bound, e.g.
+    ``amount = 200000 > upper 100000``); and whether another process was writing the run folder (a run still
+    training: its model as saved then)."""
 
     n_inputs: int
     n_flagged: int
@@ -87,6 +89,7 @@ class TrafficResult:
     n_outside: int = 0
     first_outside: int | None = None
     run_busy: bool = False
+    outside_detail: str | None = None
 
 
 def csv_batches(path: Path, features: Sequence[str], label_column: str | None, chunk: int) -> Iterator[Batch]:
@@ -796,7 +799,7 @@ def certify_file(
         if first is None:
             raise InputError(f"{input_path}: no inputs to certify")
         norms_t = tuple(dict.fromkeys(float(p) for p in norms))
-        tally = _Tally()
+        tally = _Tally(names=run.feature_names)
 
         def certified(sink: _CsvSink | _ParquetSink) -> None:
             todo = _chain(first, batches)
@@ -814,7 +817,7 @@ def certify_file(
         metadata = {"asymcert.units": units, "asymcert.run": str(run_dir), "asymcert.radii": radii}
         atomic_write(out, _writer(out, certified, metadata))
         done = TrafficResult(
-            tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy
+            tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy, tally.detail
         )
         columns = run.feature_names if input_path.suffix.lower() in TABLE_READERS else None
         record = results_record(done, run_dir, input_path, mode, norms_t, first, tm, columns)
@@ -841,19 +844,23 @@ def _check_output(out: Path, input_path: Path) -> None:
 
 @dataclass
 class _Tally:
-    """Running counts of :func:`certify_file`: inputs, flagged, seconds, and inputs outside the domain."""
+    """Running counts of :func:`certify_file`: inputs, flagged, seconds, and inputs outside the domain (the first's
+    index and :meth:`~asymcert.threat.ResolvedThreatModel.outside_detail`, its features by the run's ``names``)."""
 
     n: int = 0
     flagged: int = 0
     seconds: float = 0.0
     outside: int = 0
     first_outside: int | None = None
+    detail: str | None = None
+    names: Sequence[str] | None = None
 
     def add(self, cert: Certificate, x: torch.Tensor, tm: ResolvedThreatModel | None) -> None:
         """Count one certified chunk ``cert`` of inputs x (B, *shape) (under ``tm``, when given)."""
         count, first = (0, None) if tm is None else tm.outside(x)
-        if self.first_outside is None and first is not None:
+        if tm is not None and first is not None and self.first_outside is None:
             self.first_outside = self.n + first
+            self.detail = tm.outside_detail(x[first], self.names)
         self.outside += count
         self.n += len(cert)
         self.flagged += int((cert.sensitive if cert.binary else cert.predicted > 0).sum())
