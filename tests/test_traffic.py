@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import decimal
 import hashlib
 import io
@@ -636,6 +637,18 @@ def test_results_csv_lines_end_in_lf_and_text_with_line_breaks_reads_back(csv_ru
     certify_file(csv_run, tmp_path / "plain.npz", plain, progress=False)
     assert plain.read_bytes().count(b"\n") == 7 and b"\r" not in plain.read_bytes()
     assert read_results_record(out) is not None and read_results_record(plain) is not None
+
+
+def test_the_docs_say_read_results_record_returns_a_dataclass_with_its_fields_or_none():
+    """Walkthrough 27f #13: ``rec["n_flagged"]`` raised a TypeError, as nothing said the record is a dataclass. Its
+    docstring and the README's sentence name the type, every field, and None; a field added later must be too."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    sentence = readme[readme.index("`asymcert.traffic.read_results_record") :].split(");", 1)[0]
+    doc = read_results_record.__doc__ or ""
+    assert "ResultsRecord" in doc and "dataclass" in doc and "None" in doc
+    assert "`ResultsRecord` dataclass" in sentence and "`None`" in sentence
+    for field in dataclasses.fields(ResultsRecord):
+        assert f"``{field.name}``" in doc and f"`{field.name}`" in sentence, field.name
 
 
 def test_a_refused_rewrite_leaves_the_results_and_their_record_as_they_were(csv_run, tmp_path):

@@ -683,8 +683,21 @@ def record_path(out: str | Path) -> Path:
 
 
 def read_results_record(out: str | Path) -> ResultsRecord | None:
-    """The :class:`ResultsRecord` of results file ``out``; None when there is none, it is damaged, or it was
-    written for other results than those now in ``out`` (its SHA-256 differs: e.g. an interrupted rewrite)."""
+    """The record of results file ``out`` (read from ``out`` + ``.json``), or None.
+
+    Returns:
+        A :class:`ResultsRecord`, a frozen dataclass, not a dict: its fields are attributes (``record.n_flagged``,
+        not ``record["n_flagged"]``; :meth:`ResultsRecord.to_dict` gives the JSON object): ``results``,
+        ``results_sha256``, ``run``, ``input``, ``units``, ``columns`` (column → meaning), ``mode``
+        (:class:`~asymcert.runfolder.CertificateMode`), ``n_inputs``, ``n_flagged``, ``n_outside``,
+        ``first_outside``, ``threat_model`` and ``features``. None when there is no record, it is damaged, or it
+        was written for other results than those now in ``out`` (its SHA-256 differs: e.g. an interrupted rewrite
+        or an edited file).
+
+    Example:
+        >>> read_results_record("no-such-results.csv") is None
+        True
+    """
     out = Path(out)
     try:
         record = ResultsRecord.from_dict(parse_json(record_path(out).read_text(encoding="utf-8")))
