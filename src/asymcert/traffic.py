@@ -233,7 +233,7 @@ def _first_chunk_warnings(path: Path, npz: NpzStream, by_position: Sequence[str]
         warnings.warn(
             f"{path}: array 'y' (dtype {npz.y_unread}) holds Python objects, which are never unpickled, so these "
             "inputs are certified without labels (no label column); save y as text or numbers, e.g. y.astype(str)",
-            stacklevel=4,
+            stacklevel=3,
         )
     if by_position is not None:
         _by_position(path, by_position)
@@ -245,7 +245,7 @@ def _by_position(path: Path, features: Sequence[str]) -> None:
     warnings.warn(
         f"{path}: no feature_names array, so x's columns are read by position as the run's ({shown}); "
         "save the names with the file (np.savez(..., feature_names=...)) to have them matched by name",
-        stacklevel=3,
+        stacklevel=4,
     )
 
 
