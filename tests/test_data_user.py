@@ -449,13 +449,21 @@ def test_npz_stream_memory_is_bounded_by_the_chunk(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("key", ["x", "y"])
 def test_npz_stream_never_unpickles_object_arrays(tmp_path, key):
+    """An x of objects is refused; a y of objects too when labels are required, and else left out, unread."""
     marker = tmp_path / "unpickled"
     arrays = {"x": np.zeros((3, 2)), "y": np.zeros(3)}
     arrays[key] = np.array([_TouchOnUnpickle(marker)] * (3 if key == "y" else 6), dtype=object)
     arrays[key] = arrays[key].reshape(arrays[key].shape if key == "y" else (3, 2))
     np.savez(tmp_path / "obj.npz", **arrays)
     with pytest.raises(DataError, match=f"obj\\.npz: array '{key}' cannot be read without unpickling"):
-        NpzStream(tmp_path / "obj.npz")
+        NpzStream(tmp_path / "obj.npz", labels_required=True)
+    if key == "x":
+        with pytest.raises(DataError, match="obj\\.npz: array 'x' cannot be read without unpickling"):
+            NpzStream(tmp_path / "obj.npz")
+    else:
+        with NpzStream(tmp_path / "obj.npz") as npz:
+            assert npz.y is None and npz.y_unread == np.dtype(object)
+            assert [y for _, y in npz.chunks(2)] == [None, None]
     assert not marker.exists()
     np.load(tmp_path / "obj.npz", allow_pickle=True)[key]  # the payload works: unpickling it does create the file
     assert marker.exists()

@@ -348,3 +348,45 @@ def test_a_model_kept_from_the_first_of_many_epochs_is_noted():
     assert note in render_markdown(plain, {**results, "best_epoch": 1})
     assert "certified-margin" not in render_markdown(plain, {**results, "best_epoch": 1})
     assert "Note: the model kept" not in render_markdown({**run, "train": {"epochs": 3}}, {**results, "best_epoch": 1})
+
+
+def test_the_report_names_monotone_features_by_name_when_the_run_has_names():
+    """Walkthrough 27f #14: the report showed ``"monotone": {"increasing": [3, 6, 10]}``, indices only."""
+    cert, labels = _binary([0.5, 1.0])
+    results = summarize(cert, labels, report_radii(cert, labels, {}))
+    model = {"kind": "feature-convex", "monotone": {"increasing": [3, 1], "decreasing": [0]}}
+    run = {"task": "t", "model": model, "feature_names": FEATURES}
+    report = render_markdown(run, results)
+    assert "- monotone features: the score never falls as `age` or `words` rises; it never rises as `links` rises" in (
+        report
+    )
+    assert '- model: `{"kind": "feature-convex"}`' in report and "[3, 1]" not in report
+    unnamed = render_markdown({**run, "feature_names": None}, results)  # no names: the indices, as run.json has them
+    assert '"monotone": {"increasing": [3, 1], "decreasing": [0]}' in unnamed and "monotone features" not in unnamed
+    none = {**run, "model": {"kind": "feature-convex", "monotone": {"increasing": [], "decreasing": []}}}
+    assert "monotone features" not in render_markdown(none, results)
+
+
+def test_the_report_says_how_its_radii_are_chosen_and_how_to_choose_them(run_copy, folder):
+    """Walkthrough 27f #14: the radii grid looked arbitrary, and nothing said run.json's ``report_radii`` sets it."""
+    write_report(run_copy)
+    picked = (
+        "Radii r of the tables: ℓ1, ℓ2, ℓ∞: the 10%, 25%, 50%, 75% quantiles of the finite certified radii of the "
+        "correctly flagged sensitive-class test inputs, to 2 significant digits; to choose your own, set "
+        '`report_radii` in run.json (norm → radii in these units, e.g. `"report_radii": {"l1": [1, 2, 5]}`) and run '
+        "`asymcert report` on this folder."
+    )
+    assert picked in (run_copy / "report.md").read_text()
+    assert _results(run_copy)["report_radii_source"] == dict.fromkeys(("l1", "l2", "linf"), "quantiles")
+    record = json.loads((run_copy / "run.json").read_text())
+    (run_copy / "run.json").write_text(json.dumps({**record, "report_radii": {"l1": [0.5, 1]}}))
+    res = CliRunner().invoke(main, ["report", str(run_copy)])  # as the sentence says
+    assert res.exit_code == EXIT_OK, res.output
+    report = (run_copy / "report.md").read_text()
+    assert "Radii r of the tables: ℓ1: run.json's `report_radii`; ℓ2, ℓ∞: the 10%, 25%, 50%, 75% quantiles" in report
+    assert "| ℓ1 radius | 0.5 | 1 |" in report
+    res = CliRunner().invoke(main, ["certify", str(run_copy), "--no-threat-model", "--quiet"])  # other units
+    assert res.exit_code == EXIT_OK, res.output
+    assert "run.json's `report_radii` are in the run's own units, not these, so they are not used." in (
+        (run_copy / "report.md").read_text()
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import decimal
 import hashlib
 import io
@@ -48,6 +49,7 @@ from asymcert.traffic import (
 from tests.conftest import examples
 
 FEATURES = ["f0", "f1", "f2", "f3"]
+NORMS = ("l1", "l2", "linf")
 
 
 def _rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -431,13 +433,31 @@ def test_inputs_outside_the_threat_models_domain_are_counted_and_warned_about(cs
     done = certify_file(
         csv_run, tmp_path / "new.csv", tmp_path / "r.csv", progress=False, threat_model=load_threat_model(tm_path)
     )
-    assert (done.n_outside, done.first_outside) == (3, 3)
+    assert (done.n_outside, done.first_outside, done.outside_detail) == (3, 3, "f1 = -6 < lower -5")
     plain = certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.csv", progress=False, plain=True)
-    assert (plain.n_outside, plain.first_outside) == (0, None)
+    assert (plain.n_outside, plain.first_outside, plain.outside_detail) == (0, None, None)
     args = ["certify", str(csv_run), "--input", str(tmp_path / "new.csv"), "--out", str(tmp_path / "r.csv")]
     res = CliRunner().invoke(main, [*args, "--threat-model", str(tm_path), "--quiet"])
-    assert res.exit_code == EXIT_OK and "warning: 3 input(s) lie outside the threat model's domain" in res.output
+    assert res.exit_code == EXIT_OK and "warning: 3 of 20 input(s) lie outside the threat model's domain" in res.output
+    # the row, and its feature, value and bound (walkthrough 27f #12: the feature was not named), on one line
     assert "the first: index 3 in the results, input 4 of the file" in res.output
+    assert "counting from 1 as its error messages do: f1 = -6 < lower -5)" in res.output
+    assert len([line for line in res.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_the_outside_warning_names_the_feature_value_and_bound_of_the_first_row(csv_run, tmp_path):
+    """Each side, values as the file wrote them (float32 npz: its own shortest decimal), other features counted."""
+    tm = ThreatModel(lower={"*": 0.0}, upper={"f2": 100000.0})
+    x = np.abs(_rows(4, 6)[0]).astype(np.float32)
+    x[2, 2], x[2, 3], x[3, 0] = 200000.0, -0.1, -1.0
+    np.savez(tmp_path / "new.npz", x=x, feature_names=FEATURES)
+    done = certify_file(csv_run, tmp_path / "new.npz", tmp_path / "r.csv", progress=False, threat_model=tm)
+    assert (done.n_outside, done.first_outside) == (2, 2)
+    assert done.outside_detail == "f2 = 200000 > upper 100000 (and 1 more of its features)"
+    x[2, 2] = 5.0
+    np.savez(tmp_path / "low.npz", x=x[:, [3, 2, 1, 0]], feature_names=FEATURES[::-1])  # by name, any order
+    low = certify_file(csv_run, tmp_path / "low.npz", tmp_path / "r.csv", progress=False, threat_model=tm)
+    assert (low.n_outside, low.first_outside, low.outside_detail) == (2, 2, "f3 = -0.1 < lower 0")
 
 
 def test_certifying_traffic_with_a_run_still_being_written_warns(csv_run, tmp_path):
@@ -596,6 +616,41 @@ def test_a_record_beside_the_results_says_what_each_column_means_and_is_tied_to_
     assert read_results_record(out) is None
 
 
+def test_results_csv_lines_end_in_lf_and_text_with_line_breaks_reads_back(csv_run, tmp_path):
+    """A results CSV ends its lines in LF, never CRLF (walkthrough 27f: ``cut`` saw a \\r in the last field); labels
+    holding a comma, a quote, a LF or a bare CR are quoted and read back as they were, by csv and by pandas, and the
+    record still ties the file (its SHA-256)."""
+    x = _rows(6, 4)[0].astype(np.float32)
+    labels = ["ham", "a,b", 'say "hi"', "two\nlines", "bare\rcr", "crlf\r\nend"]
+    np.savez(tmp_path / "new.npz", x=x, y=np.array(labels), feature_names=FEATURES)
+    out = tmp_path / "r.csv"
+    certify_file(csv_run, tmp_path / "new.npz", out, chunk=4, progress=False)
+    data = out.read_bytes()
+    assert data.endswith(b"\n") and b"\r\n" not in data.replace(b"crlf\r\nend", b"")
+    assert data.split(b"\n", 1)[0] == b"index,score,flagged,radius_l1,radius_l2,radius_linf,label"
+    assert [r["label"] for r in _read(out)] == labels and [r["index"] for r in _read(out)] == list("012345")
+    pandas = pytest.importorskip("pandas")
+    table = pandas.read_csv(out, keep_default_na=False)
+    assert table["label"].tolist() == labels and table["index"].tolist() == list(range(6))
+    plain = tmp_path / "plain.csv"
+    np.savez(tmp_path / "plain.npz", x=x, y=np.array(labels[:3]).repeat(2), feature_names=FEATURES)
+    certify_file(csv_run, tmp_path / "plain.npz", plain, progress=False)
+    assert plain.read_bytes().count(b"\n") == 7 and b"\r" not in plain.read_bytes()
+    assert read_results_record(out) is not None and read_results_record(plain) is not None
+
+
+def test_the_docs_say_read_results_record_returns_a_dataclass_with_its_fields_or_none():
+    """Walkthrough 27f #13: ``rec["n_flagged"]`` raised a TypeError, as nothing said the record is a dataclass. Its
+    docstring and the README's sentence name the type, every field, and None; a field added later must be too."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    sentence = readme[readme.index("`asymcert.traffic.read_results_record") :].split(");", 1)[0]
+    doc = read_results_record.__doc__ or ""
+    assert "ResultsRecord" in doc and "dataclass" in doc and "None" in doc
+    assert "`ResultsRecord` dataclass" in sentence and "`None`" in sentence
+    for field in dataclasses.fields(ResultsRecord):
+        assert f"``{field.name}``" in doc and f"`{field.name}`" in sentence, field.name
+
+
 def test_a_refused_rewrite_leaves_the_results_and_their_record_as_they_were(csv_run, tmp_path):
     x, _ = _rows(6, 10)
     _write_csv(tmp_path / "new.csv", x)
@@ -711,17 +766,41 @@ class _TouchOnUnpickle:
         return (Path.touch, (Path(self.marker),))
 
 
-@pytest.mark.parametrize("key", ["x", "y"])
-def test_npz_object_arrays_are_refused_unread(csv_run, tmp_path, key):
+def test_npz_object_inputs_are_refused_unread(csv_run, tmp_path):
     marker = tmp_path / "unpickled"
     objects = np.array([_TouchOnUnpickle(marker)] * 3, dtype=object)
-    arrays = {"x": np.zeros((3, 4), dtype=np.float32), "y": np.array(["a", "b", "c"])}
-    arrays[key] = objects if key == "y" else np.stack([objects] * 4, axis=1)
-    np.savez(tmp_path / "new.npz", **arrays)
-    with pytest.raises(DataError, match=f"new\\.npz: array '{key}' cannot be read without unpickling"):
+    np.savez(tmp_path / "new.npz", x=np.stack([objects] * 4, axis=1), y=np.array(["a", "b", "c"]))
+    with pytest.raises(DataError, match="new\\.npz: array 'x' cannot be read without unpickling"):
         certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", progress=False)
     assert not marker.exists() and not (tmp_path / "out.csv").exists()
-    np.load(tmp_path / "new.npz", allow_pickle=True)[key]  # the payload works: unpickling creates the file
+    np.load(tmp_path / "new.npz", allow_pickle=True)["x"]  # the payload works: unpickling creates the file
+    assert marker.exists()
+
+
+def test_npz_object_labels_are_left_out_unread_with_one_warning(csv_run, tmp_path):
+    """Labels are optional when certifying: a y of Python objects (e.g. saved from pandas) is never unpickled, the
+    inputs are certified without it, and one warning line says why (walkthrough 27f: the whole file was refused)."""
+    marker = tmp_path / "unpickled"
+    x = _rows(3, 5)[0].astype(np.float32)
+    y = np.array([_TouchOnUnpickle(marker)] * 3, dtype=object)
+    np.savez(tmp_path / "new.npz", x=x, y=y, feature_names=FEATURES)
+    message = r"new\.npz: array 'y' \(dtype object\) holds Python objects, which are never unpickled, so these inputs"
+    with pytest.warns(UserWarning, match=message):
+        done = certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", progress=False)
+    assert done.n_inputs == 3 and not marker.exists()
+    assert list(_read(tmp_path / "out.csv")[0]) == ["index", "score", "flagged", *(f"radius_{p}" for p in NORMS)]
+    assert "label" not in read_results_record(tmp_path / "out.csv").columns
+    args = ["certify", str(csv_run), "--input", str(tmp_path / "new.npz"), "--out", str(tmp_path / "cli.csv")]
+    res = CliRunner().invoke(main, [*args, "--quiet"])
+    warned = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.exit_code == EXIT_OK and len(warned) == 1 and warned[0].startswith("warning: ")
+    assert "certified without labels" in warned[0] and "Traceback" not in res.output and not marker.exists()
+    np.savez(tmp_path / "wide.npz", x=np.zeros((3, 5), dtype=np.float32), y=np.array([None] * 3, dtype=object))
+    with warnings.catch_warnings():  # a file refused for another reason: its refusal alone, no warning first
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match=r"x has shape \(3, 5\)"):
+            certify_file(csv_run, tmp_path / "wide.npz", tmp_path / "w.csv", progress=False)
+    np.load(tmp_path / "new.npz", allow_pickle=True)["y"]  # the payload works: unpickling creates the file
     assert marker.exists()
 
 

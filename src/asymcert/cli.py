@@ -609,10 +609,12 @@ def _echo_traffic(done: TrafficResult, run_dir: str) -> None:
             err=True,
         )
     if done.n_outside and done.first_outside is not None:
+        where = f": {done.outside_detail}" if done.outside_detail else ""
         click.echo(
-            f"warning: {done.n_outside} input(s) lie outside the threat model's domain [lower, upper] (the first: "
-            f"index {done.first_outside} in the results, input {done.first_outside + 1} of the file, counting from 1 "
-            "as its error messages do); corrupt values? Their radii count the moves it allows from there.",
+            f"warning: {done.n_outside} of {done.n_inputs} input(s) lie outside the threat model's domain [lower, "
+            f"upper] (the first: index {done.first_outside} in the results, input {done.first_outside + 1} of the "
+            f"file, counting from 1 as its error messages do{where}); corrupt values? Their radii count the moves it "
+            "allows from there.",
             err=True,
         )
 

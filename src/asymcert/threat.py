@@ -20,6 +20,7 @@ not named. :meth:`ThreatModel.resolve` turns names into per-feature tensors
 from __future__ import annotations
 
 import math
+import struct
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -377,6 +378,22 @@ class ResolvedThreatModel:
             count += int(rows.sum())
         return count, first
 
+    def outside_detail(self, x: torch.Tensor, names: Sequence[str] | None = None) -> str | None:
+        """Where one input x (*shape) leaves the domain, in one phrase: its first feature outside [lower, upper], by
+        name (``names``, one per flat feature; else ``feature <flat index>``), its value and the bound it breaks,
+        e.g. ``amount = 200000 > upper 100000``, and how many more of its features are outside; None when x lies
+        inside. Values as written in the shortest decimal of x's float type; bounds in raw units."""
+        flat = x.detach().reshape(1, -1)
+        bad = torch.nonzero(~self.inside(flat)[0]).flatten().tolist()
+        if not bad:
+            return None
+        i = bad[0]
+        value, lower, upper = float(flat[0, i]), float(self.lower[i]), float(self.upper[i])
+        name = names[i] if names is not None and i < len(names) else f"feature {i}"
+        side = f"< lower {_decimal(lower)}" if value < lower else f"> upper {_decimal(upper)}"
+        more = f" (and {len(bad) - 1} more of its features)" if len(bad) > 1 else ""
+        return f"{name} = {_decimal(value, flat.dtype)} {side}{more}"
+
     def max_movable_scale(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) float64: the largest scale_i over the features input i may move (0 when none may move).
 
@@ -406,6 +423,19 @@ class ResolvedThreatModel:
         if bool((self.scale == 1).all()):
             return "raw input units (threat model: constrained moves)"
         return "threat-model units (δ_i / scale_i)"
+
+
+def _decimal(value: float, dtype: torch.dtype = torch.float64) -> str:
+    """A number as a user wrote it: the shortest decimal that reads back as ``value`` in ``dtype`` (float32: its own
+    shortest, 0.1 rather than 0.10000000149011612), without a trailing ``.0`` (200000, 1e+20, -0.5)."""
+    if dtype == torch.float32 and math.isfinite(value):
+        for digits in range(1, 10):
+            text = f"{value:.{digits}g}"
+            if struct.unpack("f", struct.pack("f", float(text)))[0] == value:
+                value = float(text)
+                break
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
 
 
 def load_threat_model(path: str | Path) -> ThreatModel:

@@ -1,7 +1,7 @@
 """Certify new traffic: inputs from a CSV, Parquet or npz file or an image folder → one result row per input.
 
-``asymcert certify RUN --input FILE --out RESULTS.csv`` writes a CSV with the columns ``index``,
-``score``, ``flagged`` (0/1), ``radius_l1``, ``radius_l2``, ``radius_linf`` (the norms certified;
+``asymcert certify RUN --input FILE --out RESULTS.csv`` writes a CSV (UTF-8, lines ending in LF) with the columns
+``index``, ``score``, ``flagged`` (0/1), ``radius_l1``, ``radius_l2``, ``radius_linf`` (the norms certified;
 other p as ``radius_l<p>``; raw input units, or the threat model's units under one) and ``label``
 when the input has the run's label column (image folders: ``file``, the image's path in the folder, and
 ``label``, its subfolder). A CSV is read by the run's own feature columns, by
@@ -76,8 +76,10 @@ class Batch:
 class TrafficResult:
     """What :func:`certify_file` did: inputs certified, how many flagged, seconds spent certifying, the
     results file, the units of its radii, and how many inputs lie outside the threat model's domain
-    [lower, upper] (often corrupt values: a count below 0, a share above 1), with the index of the first; and
-    whether another process was writing the run folder (a run still training: its model as saved then)."""
+    [lower, upper] (often corrupt values: a count below 0, a share above 1), with the index of the first and where
+    it leaves the domain (``outside_detail``: its first such feature by name, its value and the bound, e.g.
+    ``amount = 200000 > upper 100000``); and whether another process was writing the run folder (a run still
+    training: its model as saved then)."""
 
     n_inputs: int
     n_flagged: int
@@ -87,6 +89,7 @@ class TrafficResult:
     n_outside: int = 0
     first_outside: int | None = None
     run_busy: bool = False
+    outside_detail: str | None = None
 
 
 def csv_batches(path: Path, features: Sequence[str], label_column: str | None, chunk: int) -> Iterator[Batch]:
@@ -196,7 +199,8 @@ def npz_batches(
     """The ``x`` (N, *input_shape) of an npz file (``y`` (N,) as labels when present), ``chunk`` inputs at a time,
     streamed (:class:`~asymcert.data.user.NpzStream`): memory bounded by the chunk whatever N. When the file
     names x's columns (``feature_names``) and the run has ``features``, the run's columns are taken by name
-    (in the run's order; other columns are left out); else x is read by position.
+    (in the run's order; other columns are left out); else x is read by position. A ``y`` of Python objects
+    (dtype object) is never read: the inputs come without labels, and a warning says so.
 
     Raises:
         DataError: x not of the run's input shape or not numbers, or a y that is not one label per input (all
@@ -216,10 +220,23 @@ def npz_batches(
             labels = None if y is None else [str(v) for v in utf8_labels(y).tolist()]
             values = _as_float(x if take is None else x[:, take], path)
             _check_finite(values, path, start)
-            if start == 0 and take is None and features is not None:  # (once its first rows passed: one line
-                _by_position(path, features)  # for a file refused on them)
+            if start == 0:  # (once its first rows passed: one line for a file refused on them)
+                _first_chunk_warnings(path, npz, None if take is not None else features)
             yield Batch(torch.from_numpy(values), labels)
             start += len(values)
+
+
+def _first_chunk_warnings(path: Path, npz: NpzStream, by_position: Sequence[str] | None) -> None:
+    """Once an npz's first rows are read: warn that its optional ``y`` is certified without (Python objects, never
+    unpickled), and that x is read by position as the run's features ``by_position`` (None: matched by name)."""
+    if npz.y_unread is not None:
+        warnings.warn(
+            f"{path}: array 'y' (dtype {npz.y_unread}) holds Python objects, which are never unpickled, so these "
+            "inputs are certified without labels (no label column); save y as text or numbers, e.g. y.astype(str)",
+            stacklevel=3,
+        )
+    if by_position is not None:
+        _by_position(path, by_position)
 
 
 def _by_position(path: Path, features: Sequence[str]) -> None:
@@ -228,7 +245,7 @@ def _by_position(path: Path, features: Sequence[str]) -> None:
     warnings.warn(
         f"{path}: no feature_names array, so x's columns are read by position as the run's ({shown}); "
         "save the names with the file (np.savez(..., feature_names=...)) to have them matched by name",
-        stacklevel=3,
+        stacklevel=4,
     )
 
 
@@ -530,11 +547,22 @@ def _result_columns(cert: Certificate, start: int, norms: Sequence[float], batch
     return out
 
 
+CSV_LINE_END = "\n"
+"""The line ending of a results CSV: LF on every platform (csv's default, CRLF, left a ``\\r`` in the last field for
+``cut``, ``cmp`` and other line tools; walkthrough 27f)."""
+
+TEXT_COLUMNS = ("file", "label")
+"""The results columns that hold text of the input's (image paths, labels): the only cells that may hold ``\\r``."""
+
+
 class _CsvSink:
-    """Results as CSV rows; floats with 17 significant digits (``repr``: they round-trip exactly)."""
+    """Results as CSV rows, lines ending in :data:`CSV_LINE_END`; floats with 17 significant digits (``repr``: they
+    round-trip exactly). A row whose text holds a bare ``\\r`` has every field quoted: csv quotes a field for the
+    characters of its own line ending only, and an unquoted ``\\r`` ends a row for CSV readers."""
 
     def __init__(self, f: TextIO) -> None:
-        self.writer = csv.writer(f)
+        self.writer = csv.writer(f, lineterminator=CSV_LINE_END)
+        self.quoted = csv.writer(f, lineterminator=CSV_LINE_END, quoting=csv.QUOTE_ALL)
         self.header = False
 
     def write(self, columns: dict[str, list]) -> None:
@@ -542,7 +570,12 @@ class _CsvSink:
             self.writer.writerow(list(columns))
             self.header = True
         cells = [[repr(v) if isinstance(v, float) else v for v in values] for values in columns.values()]
-        self.writer.writerows(zip(*cells))
+        texts = [columns[c] for c in TEXT_COLUMNS if c in columns]
+        if not any("\r" in v for values in texts for v in values):
+            self.writer.writerows(zip(*cells))
+            return
+        for row in zip(*cells):
+            (self.quoted if any("\r" in v for v in row if isinstance(v, str)) else self.writer).writerow(row)
 
 
 class _ParquetSink:
@@ -650,8 +683,21 @@ def record_path(out: str | Path) -> Path:
 
 
 def read_results_record(out: str | Path) -> ResultsRecord | None:
-    """The :class:`ResultsRecord` of results file ``out``; None when there is none, it is damaged, or it was
-    written for other results than those now in ``out`` (its SHA-256 differs: e.g. an interrupted rewrite)."""
+    """The record of results file ``out`` (read from ``out`` + ``.json``), or None.
+
+    Returns:
+        A :class:`ResultsRecord`, a frozen dataclass, not a dict: its fields are attributes (``record.n_flagged``,
+        not ``record["n_flagged"]``; :meth:`ResultsRecord.to_dict` gives the JSON object): ``results``,
+        ``results_sha256``, ``run``, ``input``, ``units``, ``columns`` (column → meaning), ``mode``
+        (:class:`~asymcert.runfolder.CertificateMode`), ``n_inputs``, ``n_flagged``, ``n_outside``,
+        ``first_outside``, ``threat_model`` and ``features``. None when there is no record, it is damaged, or it
+        was written for other results than those now in ``out`` (its SHA-256 differs: e.g. an interrupted rewrite
+        or an edited file).
+
+    Example:
+        >>> read_results_record("no-such-results.csv") is None
+        True
+    """
     out = Path(out)
     try:
         record = ResultsRecord.from_dict(parse_json(record_path(out).read_text(encoding="utf-8")))
@@ -766,7 +812,7 @@ def certify_file(
         if first is None:
             raise InputError(f"{input_path}: no inputs to certify")
         norms_t = tuple(dict.fromkeys(float(p) for p in norms))
-        tally = _Tally()
+        tally = _Tally(names=run.feature_names)
 
         def certified(sink: _CsvSink | _ParquetSink) -> None:
             todo = _chain(first, batches)
@@ -784,7 +830,7 @@ def certify_file(
         metadata = {"asymcert.units": units, "asymcert.run": str(run_dir), "asymcert.radii": radii}
         atomic_write(out, _writer(out, certified, metadata))
         done = TrafficResult(
-            tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy
+            tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy, tally.detail
         )
         columns = run.feature_names if input_path.suffix.lower() in TABLE_READERS else None
         record = results_record(done, run_dir, input_path, mode, norms_t, first, tm, columns)
@@ -811,19 +857,23 @@ def _check_output(out: Path, input_path: Path) -> None:
 
 @dataclass
 class _Tally:
-    """Running counts of :func:`certify_file`: inputs, flagged, seconds, and inputs outside the domain."""
+    """Running counts of :func:`certify_file`: inputs, flagged, seconds, and inputs outside the domain (the first's
+    index and :meth:`~asymcert.threat.ResolvedThreatModel.outside_detail`, its features by the run's ``names``)."""
 
     n: int = 0
     flagged: int = 0
     seconds: float = 0.0
     outside: int = 0
     first_outside: int | None = None
+    detail: str | None = None
+    names: Sequence[str] | None = None
 
     def add(self, cert: Certificate, x: torch.Tensor, tm: ResolvedThreatModel | None) -> None:
         """Count one certified chunk ``cert`` of inputs x (B, *shape) (under ``tm``, when given)."""
         count, first = (0, None) if tm is None else tm.outside(x)
-        if self.first_outside is None and first is not None:
+        if tm is not None and first is not None and self.first_outside is None:
             self.first_outside = self.n + first
+            self.detail = tm.outside_detail(x[first], self.names)
         self.outside += count
         self.n += len(cert)
         self.flagged += int((cert.sensitive if cert.binary else cert.predicted > 0).sum())

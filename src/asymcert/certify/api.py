@@ -182,10 +182,11 @@ def _warn_outside(tm: ResolvedThreatModel | None, x: torch.Tensor) -> None:
     """Warn (UserWarning) when inputs lie outside ``tm``'s domain [lower, upper] (:meth:`ResolvedThreatModel.outside`):
     often corrupt values (a count below 0); their radii count the moves it allows from there."""
     count, first = (0, None) if tm is None else tm.outside(x, CHECK_CHUNK)
-    if count:
+    if count and tm is not None and first is not None:
         warnings.warn(
-            f"{count} input(s) lie outside the threat model's domain [lower, upper] (the first: row {first}); "
-            "corrupt values? Their radii count the moves it allows from there.",
+            f"{count} of {len(x)} input(s) lie outside the threat model's domain [lower, upper] (the first: row "
+            f"{first}, {tm.outside_detail(x[first])}); corrupt values? Their radii count the moves it allows from "
+            "there.",
             UserWarning,
             stacklevel=3,
         )

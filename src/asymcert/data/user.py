@@ -491,6 +491,15 @@ FORTRAN_LIMIT = 128 * 2**20
 a larger one is refused (C order is streamed a chunk of rows at a time, whatever its size)."""
 
 
+class ObjectArrayError(DataError):
+    """An npz array of Python objects (its ``dtype`` holds ``object``): reading it would unpickle, so it is refused
+    from its header, unread (or, an optional ``y``, left out: ``NpzStream.y_unread``)."""
+
+    def __init__(self, path: Path, key: str, dtype: np.dtype) -> None:
+        super().__init__(_UNPICKLE.format(path=path, key=key, why=f"dtype {dtype}"))
+        self.dtype = dtype
+
+
 class NpyMember:
     """One array of an open ``.npz`` archive, its header read and its stream at the first value.
 
@@ -517,7 +526,7 @@ class NpyMember:
             raise DataError(f"{path}: array {key!r} is damaged ({_one_line(exc)})") from None
         if self.dtype.hasobject:
             self.stream.close()
-            raise DataError(_UNPICKLE.format(path=path, key=key, why=f"dtype {self.dtype}"))
+            raise ObjectArrayError(path, key, self.dtype)
         if self.dtype.shape:  # a subarray dtype: each "value" is itself an array
             self.stream.close()
             raise DataError(f"{path}: array {key!r} has dtype {self.dtype}, an array per entry; save plain values")
@@ -604,10 +613,14 @@ class NpzStream:
     array saved in Fortran order is read whole at its first chunk (up to :data:`FORTRAN_LIMIT` bytes).
 
     Attributes:
-        x: the inputs' :class:`NpyMember`. y: the labels', None when the file has none (and they are optional).
+        x: the inputs' :class:`NpyMember`. y: the labels', None when the file has none (and they are optional),
+            or when they are optional and an array of Python objects (never read: see ``y_unread``).
+        y_unread: the dtype of an optional ``y`` left out because it holds Python objects (the caller says so),
+            else None.
         feature_names: x's column names (:data:`FEATURE_NAMES`), None when the file has none.
     Raises:
-        DataError: as :func:`read_npz` (not an .npz, a .npy file, a damaged zip, no ``x``, object arrays),
+        DataError: as :func:`read_npz` (not an .npz, a .npy file, a damaged zip, no ``x``, object arrays other
+            than an optional ``y``),
             plus Fortran-order arrays over FORTRAN_LIMIT bytes, members shorter than their headers say, and
             labels wider than ``MAX_LABEL_BYTES``.
     """
@@ -627,7 +640,7 @@ class NpzStream:
             _check_keys(path, files, keys)
             self.x = NpyMember(self._archive, "x", path)
             opened.callback(self.x.stream.close)
-            self.y = NpyMember(self._archive, "y", path) if "y" in keys else None
+            self.y, self.y_unread = self._labels(keys, labels_required)
             if self.y is not None:
                 opened.callback(self.y.stream.close)
             if self.y is not None and self.y.dtype.itemsize > MAX_LABEL_BYTES:  # a chunk of them would not be small
@@ -637,6 +650,18 @@ class NpzStream:
                 )
             self.feature_names = self._names() if FEATURE_NAMES in files else None
             opened.pop_all()
+
+    def _labels(self, keys: Sequence[str], required: bool) -> tuple[NpyMember | None, np.dtype | None]:
+        """(y's member, None); (None, its dtype) for optional labels of Python objects, left unread (walkthrough
+        27f: a y saved from pandas as dtype object refused the whole file, though certifying needs no labels)."""
+        if "y" not in keys:
+            return None, None
+        try:
+            return NpyMember(self._archive, "y", self.path), None
+        except ObjectArrayError as exc:
+            if required:
+                raise
+            return None, exc.dtype
 
     def _names(self) -> list[str]:
         """The ``feature_names`` array (:func:`check_feature_names`), read whole once its header shows it one name

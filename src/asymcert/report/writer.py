@@ -139,8 +139,11 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
     torchrun only rank 0 writes (the others return {}).
 
     results.json: :func:`summarize`'s numbers at :func:`report_radii` (key ``"inf"``: certified at every
-    radius), ``median_radius`` per norm a number or ``"inf"``, and ``certificate_mode`` (closed form or
-    reach-aware, which threat model: :class:`~asymcert.pipeline.CertificateMode`, null when not recorded).
+    radius), ``median_radius`` per norm a number or ``"inf"``, ``certificate_mode`` (closed form or
+    reach-aware, which threat model: :class:`~asymcert.pipeline.CertificateMode`, null when not recorded),
+    ``report_radii_source`` per norm (``"run.json"``: run.json's ``report_radii``; ``"quantiles"``:
+    :func:`auto_radii`) and ``report_radii_settable`` (false: the certificates are in other units than the run's,
+    so run.json's ``report_radii`` do not apply).
 
     Raises:
         CheckpointError: no run folder, no or corrupted certificates, a malformed run.json.
@@ -162,7 +165,12 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
         # the run's radii are in its own units: raw, or its threat model's; certificates in other units
         # (certified with --threat-model / --no-threat-model) get radii picked from themselves
         own_units = (cert.units == RAW_UNITS) == (run.threat_model is None)
-        results = summarize(cert, labels, report_radii(cert, labels, run.report_radii if own_units else {}))
+        own = run.report_radii if own_units else {}
+        results = summarize(cert, labels, report_radii(cert, labels, own))
+        results["report_radii_source"] = {
+            n: "run.json" if n in own else "quantiles" for n in results["certified_accuracy"]
+        }
+        results["report_radii_settable"] = own_units
         results["median_radius"] = {k: json_number(v) for k, v in results.get("median_radius", {}).items()}
         mode = read_certificate_mode(run_dir)
         results["certificate_mode"] = None if mode is None else mode.to_dict()
@@ -306,6 +314,52 @@ def _first_epoch_note(run: dict[str, Any], results: dict[str, Any]) -> list[str]
     ]
 
 
+def _model_lines(run: dict[str, Any]) -> list[str]:
+    """The report's model line; for a run with named features and monotone ones, the monotone features by name on a
+    line of their own (walkthrough 27f: ``"monotone": {"increasing": [3, 6, 10]}`` named no feature)."""
+    model, names = run["model"], run.get("feature_names")
+    monotone = model.get("monotone") if isinstance(model, dict) else None
+    moves = {"increasing": "never falls", "decreasing": "never rises"}
+    if not names or not isinstance(monotone, dict) or not any(monotone.get(side) for side in moves):
+        return [f"- model: `{dumps_strict(model)}`"]
+
+    def named(indices: list[Any]) -> str:
+        shown = [f"`{names[i]}`" if isinstance(i, int) and 0 <= i < len(names) else f"`{i}`" for i in indices]
+        return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+
+    listed = [f"{move} as {named(monotone[side])} rises" for side, move in moves.items() if monotone.get(side)]
+    return [
+        f"- model: `{dumps_strict({k: v for k, v in model.items() if k != 'monotone'})}`",
+        f"- monotone features: the score {'; it '.join(listed)}",
+    ]
+
+
+def _radii_line(results: dict[str, Any]) -> list[str]:
+    """One sentence on where the tables' radii come from (run.json's ``report_radii``, or quantiles of the
+    certified radii) and how to choose others (walkthrough 27f: the grid looked arbitrary); nothing for results
+    that do not say (``report_radii_source`` missing)."""
+    sources = results.get("report_radii_source")
+    if not sources:
+        return []
+    picked = [_pretty(normalize_norm(n)) for n, source in sources.items() if source == "quantiles"]
+    given = [_pretty(normalize_norm(n)) for n, source in sources.items() if source == "run.json"]
+    pool = "correctly flagged sensitive-class" if "n_sensitive" in results else "correctly classified"
+    quantiles = ", ".join(f"{100 * q:g}%" for q in AUTO_QUANTILES)
+    parts = [f"{', '.join(given)}: run.json's `report_radii`"] if given else []
+    if picked:
+        parts.append(
+            f"{', '.join(picked)}: the {quantiles} quantiles of the finite certified radii of the {pool} test "
+            "inputs, to 2 significant digits"
+        )
+    how = (
+        'to choose your own, set `report_radii` in run.json (norm → radii in these units, e.g. `"report_radii": '
+        '{"l1": [1, 2, 5]}`) and run `asymcert report` on this folder'
+        if results.get("report_radii_settable", True)
+        else "run.json's `report_radii` are in the run's own units, not these, so they are not used"
+    )
+    return [f"Radii r of the tables: {'; '.join(parts)}; {how}.", ""]
+
+
 def radius_header(key: str) -> str:
     """A table column's radius: the number, or "every radius (∞)" for ∞."""
     return "every radius (∞)" if key == "inf" else key
@@ -316,7 +370,7 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
     lines = [f"# {run.get('task_description') or run['task']}", ""]
     guarantee = GUARANTEE_TEXT[Guarantee(results["guarantee"])].format(alpha=results["alpha"])
     lines += [
-        f"- model: `{dumps_strict(run['model'])}`",
+        *_model_lines(run),
         *([f"- threat model (run.json): `{dumps_strict(run['threat_model'])}`"] if run.get("threat_model") else []),
         f"- certificate: {results['method']} ({guarantee})",
         f"- test inputs: {results['n_inputs']}"
@@ -345,6 +399,7 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
         else "Certified accuracy: share of test inputs classified correctly with a certified radius ≥ r.",
         "",
         *([mode_line(mode), ""] if "certificate_mode" in results else []),
+        *_radii_line(results),
     ]
     for name, table in results["certified_accuracy"].items():
         pretty = _pretty(normalize_norm(name))
