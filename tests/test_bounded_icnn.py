@@ -21,6 +21,7 @@ from asymcert.certify.feature_convex import (
     score_and_feature_gradient,
 )
 from asymcert.certify.modes import UnsoundOptionError
+from asymcert.certify.scope import forget_kept
 from asymcert.models import build_model
 from asymcert.nn.feature_maps import ConcatAbs, Shift, Standardize
 from tests.conftest import near_boundary
@@ -38,9 +39,9 @@ FMAPS = {
 def pattern_products(request, monkeypatch):
     """Every test with the pattern from bfloat16 products (where this machine has them) and from float32 ones."""
     monkeypatch.setattr(icnn_pattern, "PATTERN_PRODUCTS", request.param)
-    bounded_icnn._CACHE.clear()
+    forget_kept()
     yield request.param
-    bounded_icnn._CACHE.clear()
+    forget_kept()
 
 
 def icnn_model(seed: int, input_shape=(1, 4, 5), widths=(32,), fmap="shift", batch_norm=False, scale=1.0):

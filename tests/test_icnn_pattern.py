@@ -14,6 +14,7 @@ import asymcert
 from asymcert.certify import bounded_icnn, icnn_pattern
 from asymcert.certify.bounded_icnn import features_with_error, icnn_constants
 from asymcert.certify.icnn_pattern import C8, CANDIDATE_CAP, U32, bf16_candidates, bf16_product, product_within_bound
+from asymcert.certify.scope import forget_kept
 from tests.test_bounded_icnn import icnn_model
 
 pytestmark = pytest.mark.skipif(not icnn_pattern.fast_bfloat16(), reason="no bfloat16 matrix hardware here")
@@ -184,10 +185,29 @@ def test_certificates_are_bitwise_those_of_the_float32_pass(fmap, monkeypatch):
     assert icnn_constants(model).bf16 is not None
     fast = asymcert.certify(model, x, norms=norms)
     monkeypatch.setattr(icnn_pattern, "PATTERN_PRODUCTS", "float32")
-    bounded_icnn._CACHE.clear()
+    forget_kept()
     assert icnn_constants(model).bf16 is None
     slow = asymcert.certify(model, x, norms=norms)
     assert bool(torch.equal(fast.predicted, slow.predicted))
     assert all(bool(torch.equal(fast.radii[p], slow.radii[p])) for p in norms)
     assert bool(torch.equal(fast.extra["score"], slow.extra["score"]))
     assert U32 == 2.0**-24
+
+
+@pytest.mark.parametrize("step", [16, 1024])
+def test_zero_units_padding_the_products_are_never_read(step, classify_path, monkeypatch):
+    """Products padded with zero units (a faster width) give the same pattern and candidates as unpadded ones."""
+    monkeypatch.setattr(icnn_pattern, "WIDTH_STEP", step)
+    model = icnn_model(8, fmap="standardize", widths=(60 if step == 16 else 900,))
+    x = torch.rand(300, *model.input_shape)
+    consts = icnn_constants(model)
+    width = consts.u0.shape[0]
+    assert consts.bf16.first.shape[0] == -(-width // step) * step > width
+    f, e = features_with_error(model.feature_map, x)
+    f, e = f.reshape(len(x), -1), e.reshape(len(x), -1)
+    padded = bf16_candidates(consts.bf16, f, e)
+    monkeypatch.setattr(icnn_pattern, "WIDTH_STEP", 1)
+    plain = bf16_candidates(bf16_product(consts.u0, consts.c0), f, e)
+    assert padded[0].shape == (len(x), width)
+    for a, b in zip(padded, plain, strict=True):
+        assert bool(torch.equal(a, b))

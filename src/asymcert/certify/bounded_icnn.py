@@ -65,8 +65,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -77,7 +75,7 @@ from torch import nn
 from asymcert.certify.bounded_convex import BOUND_SAFETY, U64, BoundedPass, gamma
 from asymcert.certify.icnn_pattern import Bf16Product, bf16_candidates, bf16_product, up32
 from asymcert.certify.modes import matmul_unit_roundoff
-from asymcert.certify.scope import scoped_per_call
+from asymcert.certify.scope import Sources, kept_while_unchanged, scoped_per_call
 from asymcert.nn.convex import ICNN
 from asymcert.nn.feature_maps import Compose, ConcatAbs, Identity, Shift, Standardize
 
@@ -163,7 +161,8 @@ def features_with_error(phi: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
 
 @dataclass
 class IcnnConstants:
-    """Per-model data of the pass (see the module docstring).
+    """Per-model data of the pass (see the module docstring), for the W hidden units with w_j ≠ 0 only (the others
+    add nothing to h_P or g, whatever their pattern: 674 of the demo model's 4096).
 
     Attributes:
         u0: (W, d) float32 U₀; c0: (W,) float32 c₀; u0_64, c0_64: the same in float64.
@@ -226,6 +225,9 @@ def _build_constants(model: FeatureConvexClassifier) -> IcnnConstants | None:
     width, d = u0.shape
     c0 = first.bias.detach().float() if first.bias is not None else torch.zeros(width)
     w = cast(nn.Linear, g.hidden[0]).weight.detach().double().reshape(-1)
+    active = (w != 0).nonzero().flatten()  # a unit with w_j = 0 adds nothing to h_P, whatever its pattern
+    active = active if active.numel() else torch.zeros(1, dtype=torch.long)  # (keep one: shapes stay non-empty)
+    u0, c0, w = u0[active].contiguous(), c0[active].contiguous(), w[active]
     u0_64, c0_64 = u0.double(), c0.double()
     table = torch.cat([w[:, None] * u0_64, (w * c0_64)[:, None]], 1)  # exact products of float32 numbers
     if not bool(torch.isfinite(table).all()):
@@ -256,57 +258,30 @@ def _build_constants(model: FeatureConvexClassifier) -> IcnnConstants | None:
     )
 
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[list[torch.Tensor], IcnnConstants | None]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def icnn_constants(model: FeatureConvexClassifier) -> IcnnConstants | None:
-    """:class:`IcnnConstants` of ``model`` (None where not covered), cached until one of its tensors changes:
-    compared by value with a copy taken when the constants were built (a write through ``.data``, as in
+    """:class:`IcnnConstants` of ``model`` (None where not covered), kept until one of the tensors they are built
+    from changes (:func:`~asymcert.certify.scope.kept_while_unchanged`: a write through ``.data``, as in
     ``p.data.clamp_(min=0)``, moves neither the data pointer nor the version counter, and constants keyed on
-    those certified the weights of before: scores off by 15, ℓ2 radii by 3.6 on the demo model).
-    The comparison reads every weight's bytes once (about 0.5 ms per million), once per certificate call
-    (:func:`~asymcert.certify.scope.scoped_per_call`; weights cannot change within one)."""
+    those certified the weights of before: scores off by 15, ℓ2 radii by 3.6 on the demo model). The comparison
+    runs once per certificate call (:func:`~asymcert.certify.scope.scoped_per_call`; weights cannot change
+    within one)."""
     return scoped_per_call("icnn-constants", model, (), lambda: _checked_constants(model))
 
 
 def _checked_constants(model: FeatureConvexClassifier) -> IcnnConstants | None:
-    """:func:`icnn_constants` outside a certificate call: the cached constants if the weights are bitwise those
+    """:func:`icnn_constants` outside a certificate call: the kept constants if the weights are bitwise those
     they were built from, else new ones."""
-    tensors = _constant_sources(model)
-    hit = _CACHE.get(model)
-    if hit is not None and _same_values(hit[0], tensors):
-        return hit[1]
-    consts = _build_constants(model)
-    _CACHE[model] = ([t.clone() for t in tensors], consts)
-    return consts
+    return kept_while_unchanged("icnn-constants", model, _constant_sources(model), lambda: _build_constants(model))
 
 
-def _constant_sources(model: FeatureConvexClassifier) -> list[torch.Tensor]:
+def _constant_sources(model: FeatureConvexClassifier) -> Sources:
     """The tensors :func:`_build_constants` reads, by their role (U₀ and c₀, w, U₁ and c₁, b; a missing bias as
-    an empty tensor), not by their place among the model's parameters: tying a weight to another and keeping the
-    old values in a new parameter left that list bit for bit the same (review 27c F1)."""
+    an empty tensor), not by their place among the model's parameters."""
     g = cast(ICNN, model.convex)
     first, last, hidden = (cast(nn.Linear, m) for m in (g.passthrough[0], g.passthrough[1], g.hidden[0]))
     none = torch.empty(0)
-    tensors = [first.weight, first.bias, hidden.weight, last.weight, last.bias, model.balance]
-    return [none if t is None else t.detach() for t in tensors]
-
-
-def _same_values(saved: Sequence[torch.Tensor], now: Sequence[torch.Tensor]) -> bool:
-    """Whether ``now`` holds the tensors of ``saved`` again, bit for bit: shapes, dtypes, devices and bytes."""
-    return len(saved) == len(now) and all(
-        a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and _same_bytes(a, b)
-        for a, b in zip(saved, now, strict=True)
-    )
-
-
-def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality of two tensors of one shape and dtype (CPU: NumPy's byte compare, 5× torch.equal's speed)."""
-    if a.device.type != "cpu":
-        return bool(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)))
-    return bool(np.array_equal(a.reshape(-1).view(torch.uint8).numpy(), b.reshape(-1).view(torch.uint8).numpy()))
+    tensors = {"u0": first.weight, "c0": first.bias, "w": hidden.weight, "u1": last.weight, "c1": last.bias}
+    return [(k, none if t is None else t.detach()) for k, t in {**tensors, "b": model.balance}.items()]
 
 
 @torch.no_grad()

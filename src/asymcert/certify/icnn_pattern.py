@@ -57,8 +57,14 @@ U_BF16 = 2.0**-8  # bfloat16's unit roundoff (8 significant bits)
 C8 = U_BF16 / (1.0 - U_BF16)  # |t̂ − T| ≤ C8·|t̂| for a bfloat16 rounding t̂ of T (away from underflow)
 TINY = 2.0**-126  # the smallest normal float32 / bfloat16 number
 PATTERN_PRODUCTS = "auto"  # "auto": bfloat16 where fast and checked; "float32": always the float32 pass
-PATTERN_TILE = 1024  # rows per bfloat16 product (1.25× faster than 512 on the demo model, 8 MB of t̂)
+# rows per bfloat16 product: a certificate chunk of the demo model (1337 rows) in one product took 8.3 ms against
+# 10.5 ms as 1024 + 313 (32 MB of t̂ at 4096 units)
+PATTERN_TILE = 2048
 CANDIDATE_CAP = 64  # candidates the kernel lists per row (the demo model has about 9)
+# oneDNN's bfloat16 products ran about 1.8× faster per unit at widths that are multiples of 1024 on the AMX machine
+# of benchmarks/README.md ("The sound default at 30×", session 28: the demo model's 3422 units with w ≠ 0 took
+# 9.8 ms per 1024 inputs, padded to 4096 6.4 ms)
+WIDTH_STEP = 1024
 _KERNEL_SRC = Path(__file__).resolve().parent.parent / "nn" / "_convex_kernels" / "icnn_pattern.cpp"
 
 
@@ -81,7 +87,8 @@ class Bf16Product:
     """Per-model data of the bfloat16 pattern products (module docstring), W hidden units, d features.
 
     Attributes:
-        first: (W, d + 1) bfloat16 [U_hi | c_hi]; second: (W, 2d + 1) bfloat16 [U_hi | U_lo | c_lo].
+        first: (W', d + 1) bfloat16 [U_hi | c_hi]; second: (W', 2d + 1) bfloat16 [U_hi | U_lo | c_lo]; W' ≥ W: zero
+            rows after the W units where that makes the products faster (:func:`_padding`).
         cols: (4, W) float32 rounded up: ‖U₀ⱼ‖, ‖U₀ⱼ − Vⱼ‖, ‖U_lo,ⱼ‖, ‖U_hi,ⱼ‖ (× BOUND_SAFETY).
         beta: (W,) float32 rounded up: the per-unit constant of the bound (the c terms, every 2⁻¹²⁶ term).
         sigma_max, lo_max, c_max: max ‖U_hi,ⱼ‖, max ‖U_lo,ⱼ‖, max |c_hi| + |c_lo| (the overflow test).
@@ -140,8 +147,9 @@ def bf16_product(u0: torch.Tensor, c0: torch.Tensor) -> Bf16Product | None:
         return None
     u_hi, u_lo = split_bf16(u0)
     c_hi, c_lo = split_bf16(c0)
-    first = torch.cat([u_hi, c_hi[:, None]], 1).contiguous()
-    second = torch.cat([u_hi, u_lo, c_lo[:, None]], 1).contiguous()
+    pad = _padding(u0.shape[0])
+    first = torch.nn.functional.pad(torch.cat([u_hi, c_hi[:, None]], 1), (0, 0, 0, pad)).contiguous()
+    second = torch.nn.functional.pad(torch.cat([u_hi, u_lo, c_lo[:, None]], 1), (0, 0, 0, pad)).contiguous()
     u64, hi64, lo64 = u0.double(), u_hi.double(), u_lo.double()
     norms = torch.stack([u64.norm(dim=1), (u64 - hi64 - lo64).norm(dim=1), lo64.norm(dim=1), hi64.norm(dim=1)])
     c_hi64, c_lo64 = c_hi.double().abs(), c_lo.double().abs()
@@ -159,6 +167,13 @@ def bf16_product(u0: torch.Tensor, c0: torch.Tensor) -> Bf16Product | None:
         lo_max=float(norms[2].max()),
         c_max=float((c_hi64 + c_lo64).max()),
     )
+
+
+def _padding(width: int) -> int:
+    """Zero units to add to a product of ``width`` units so that its width is a multiple of WIDTH_STEP, where that
+    costs at most a quarter more work (their outputs are never read)."""
+    padded = -(-width // WIDTH_STEP) * WIDTH_STEP
+    return padded - width if padded <= 1.25 * width else 0
 
 
 def _row_terms(
@@ -202,7 +217,7 @@ def bf16_candidates(
         f: (N, d) float64 features f̂₆₄; e: (N, d) float64 bound on |f̂₆₄ − f|.
     """
     first, second, rows, risky = _row_terms(prod, f, e)
-    n, width = f.shape[0], prod.first.shape[0]
+    n, width = f.shape[0], prod.cols.shape[1]
     pattern = torch.empty(n, width, dtype=torch.bool)
     found_rows, found_cols = [], []
     for lo in range(0, n, PATTERN_TILE):
@@ -217,13 +232,13 @@ def bf16_candidates(
 def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.asymcert_icnn_pattern_bf16
     p, i = ctypes.c_void_p, ctypes.c_int64
-    fn.argtypes = [p, p, i, i, p, p, p, ctypes.c_float, p, p, p, i, ctypes.c_int]
+    fn.argtypes = [p, p, i, i, i, p, p, p, ctypes.c_float, p, p, p, i, ctypes.c_int]
     fn.restype = ctypes.c_int64
 
 
 _KERNEL = _native.LazyKernel(
     "ICNN pattern C++ kernel",
-    lambda: _native.build_and_load(_KERNEL_SRC, "asymcert_icnn_pattern_abi_version", 3, _declare),
+    lambda: _native.build_and_load(_KERNEL_SRC, "asymcert_icnn_pattern_abi_version", 4, _declare),
 )
 _C8_UP = float(up32(torch.tensor(C8 * BOUND_SAFETY, dtype=torch.float64)))  # c₈ for the float32 kernel
 _SHRINK = 1.0 - 2.0**-20  # |ŝ|·_SHRINK (rounded) stays below |t̂₁ + t̂₂|: covers the rounding of ŝ = fl(t̂₁ + t̂₂)
@@ -243,9 +258,11 @@ def _classify(
     more, and risky rows, are listed by :func:`_flagged`); PyTorch's operations where it is unavailable."""
     lib = _KERNEL.get()
     if lib is None:
+        width = prod.cols.shape[1]
+        t1, t2 = t1[:, :width], t2[:, :width]
         torch.gt(t1.float() + t2.float(), 0.0, out=pattern)
         return _flagged(t1, t2, rows, risky, prod, torch.ones_like(risky))
-    n, width = t1.shape
+    n, width, stride = t1.shape[0], prod.cols.shape[1], t1.shape[1]
     bits1, bits2 = t1.contiguous().view(torch.int16), t2.contiguous().view(torch.int16)  # (alive through the call)
     row_factors = rows.contiguous()
     cand_cols = torch.empty(n, CANDIDATE_CAP, dtype=torch.int32)
@@ -255,6 +272,7 @@ def _classify(
         bits2.data_ptr(),
         n,
         width,
+        stride,
         row_factors.data_ptr(),
         prod.cols.data_ptr(),
         prod.beta.data_ptr(),
@@ -280,11 +298,10 @@ def _flagged(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The candidates of the rows ``which`` (n,) bool of tiles t̂₁, t̂₂ (n, W), by PyTorch with the kernel's test
     (:func:`_classify`), every unit of a ``risky`` row; row and column indices (K,) int64 sorted by row, column."""
-    at = which.nonzero().flatten()
-    a1, a2 = t1[at].float(), t2[at].float()
+    at, width = which.nonzero().flatten(), prod.cols.shape[1]
+    a1, a2 = t1[at, :width].float(), t2[at, :width].float()
     bound = torch.addmm(prod.beta, rows[at], prod.cols).add_(a1.abs().add_(a2.abs()), alpha=_C8_UP)
     cand = torch.logical_not(torch.gt((a1 + a2).abs_().mul_(_SHRINK), bound))
     cand[risky[at]] = True
     idx = torch.from_numpy(np.flatnonzero(cand.numpy()))  # (NumPy's: 8× torch.nonzero's speed on a sparse mask)
-    width = t1.shape[1]
     return at[idx // width], idx % width

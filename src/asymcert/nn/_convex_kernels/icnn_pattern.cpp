@@ -1,7 +1,7 @@
 // CPU kernel for the ReLU-pattern pass of the fast ICNN reference (asymcert/certify/icnn_pattern.py).
 //
-// Input: two tiles t̂₁, t̂₂ (n × w, row-major, raw bfloat16 bits, as PyTorch's bfloat16 matrix products return
-// them) whose sum estimates the pre-activations, and the pieces of a bound on the error of that sum:
+// Input: two tiles t̂₁, t̂₂ (n rows of stride ld ≥ w, raw bfloat16 bits, as PyTorch's bfloat16 matrix products
+// return them; only the first w columns are read) whose sum estimates the pre-activations, and the pieces of a bound on the error of that sum:
 //     bound[i, j] = beta[j] + Σ_{r<4} rows[i, r] · cols[r, j] + c8 · (|t̂₁| + |t̂₂|)     (every factor ≥ 0)
 // Output, in one pass: with ŝ = fl₃₂(t̂₁ + t̂₂), pattern[i, j] = [ŝ > 0] (int8 0/1), and the candidates of row i,
 // the columns j with not |ŝ|·(1 − 2⁻²⁰) > bound (so a NaN is a candidate; the factor covers the rounding of ŝ
@@ -15,7 +15,7 @@
 #include <cstring>
 #include <vector>
 
-extern "C" int asymcert_icnn_pattern_abi_version() { return 3; }
+extern "C" int asymcert_icnn_pattern_abi_version() { return 4; }
 
 namespace {
 
@@ -62,7 +62,7 @@ int64_t collect_row(const uint8_t* flag, int64_t w, int32_t* out, int64_t cap) {
 
 }  // namespace
 
-extern "C" int64_t asymcert_icnn_pattern_bf16(const uint16_t* t1, const uint16_t* t2, int64_t n, int64_t w,
+extern "C" int64_t asymcert_icnn_pattern_bf16(const uint16_t* t1, const uint16_t* t2, int64_t n, int64_t w, int64_t ld,
                                               const float* rows, const float* cols, const float* beta, float c8,
                                               int8_t* pattern, int32_t* cand_cols, int64_t* cand_count, int64_t cap,
                                               int threads) {
@@ -72,7 +72,7 @@ extern "C" int64_t asymcert_icnn_pattern_bf16(const uint16_t* t1, const uint16_t
     std::vector<uint8_t> flag((size_t)w + 8, 0);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
-      classify_row(t1 + i * w, t2 + i * w, w, rows + 4 * i, cols, beta, c8, pattern + i * w, flag.data());
+      classify_row(t1 + i * ld, t2 + i * ld, w, rows + 4 * i, cols, beta, c8, pattern + i * w, flag.data());
       cand_count[i] = collect_row(flag.data(), w, cand_cols + i * cap, cap);
       total += cand_count[i];
     }
