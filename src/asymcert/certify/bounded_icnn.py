@@ -31,7 +31,10 @@ The pass, for N inputs:
    γ_{d+1}(u₆₄)(|U₀ⱼ|·|f̂₆₄| + |c₀ⱼ|) + |U₀ⱼ|·e_φ + (d + 1)·2⁻¹⁰⁷⁴ (the |U₀ⱼ|· terms again by
    Cauchy–Schwarz), and P_j is set to [t₆₄ > 0];
    where |t₆₄| does not exceed that bound the input is ``uncertain`` (P may differ from the true
-   pattern: still sound, see above). Elsewhere P is the true pattern.
+   pattern: still sound, see above). Elsewhere P is the true pattern. On CPUs with bfloat16 matrix hardware
+   the float32 product is replaced by two bfloat16 products with their own rigorous bound
+   (:mod:`asymcert.certify.icnn_pattern`; the same P, about twice as fast). Units with w_j = 0 are left out
+   of every product: they add nothing to h_P or g, whatever their pattern.
 3. Gradient and κ_P, exactly up to a fixed residual. Ũ = [diag(w)U₀ | w ⊙ c₀] (W × (d+1)) is exact in
    float64 (a product of two float32 numbers has at most 48 significant bits). Each column i is scaled
    by 2^{k_i} so that its largest entry lies in [32, 64), then split by S rounding steps (round,
