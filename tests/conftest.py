@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+from asymcert.certify.feature_convex import float_guard, score_and_feature_gradient
 from asymcert.data.idx import write_idx
 
 # Hypothesis profiles. "ci" (the default): derandomized, no example database, so every run of the
@@ -149,6 +150,16 @@ def score64(model, x: torch.Tensor) -> torch.Tensor:
     """s(x) (N,) of a float64 copy of ``model`` on float64 inputs."""
     with torch.no_grad():
         return copy.deepcopy(model).double()(x.double())
+
+
+def guard_and_gap(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the float guard (N,) the certifier reserves for the model's own rounding, |s_model − s_float64| (N,)) for
+    a feature-convex model at inputs x, under PyTorch's current precision settings."""
+    with torch.no_grad():
+        s_own = model(x).double()
+    m64 = copy.deepcopy(model).double()
+    s64, grad = score_and_feature_gradient(m64, x.double())
+    return float_guard(model, m64.features(x.double()), grad, s64), (s_own - s64).abs()
 
 
 def bisect_segments(score, a: torch.Tensor, b: torch.Tensor, target: torch.Tensor, steps: int = 60):
