@@ -62,6 +62,7 @@ from asymcert.runfolder import (
     warn_if_unfinished,
     write_json,
 )
+from asymcert.text import first_few
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 from asymcert.train import TrainConfig
 from asymcert.train.config import check_model_overrides, operating_point
@@ -327,7 +328,7 @@ def _monotone_by_name(model_cfg: dict[str, Any], names: list[str] | None) -> dic
         if isinstance(v, str) and v not in index
     ]
     if unknown:
-        columns = ", ".join(names[:10]) + (", …" if len(names or []) > 10 else "") if names else None
+        columns = first_few(names, 10) if names else None
         where = (
             f"the data's named columns: {columns}"
             if columns
@@ -360,8 +361,7 @@ def check_not_foreign(out: Path) -> None:
     theirs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     if theirs:
         raise RunFolderConflictError(
-            f"{out} holds files but no run ({', '.join(theirs[:3])}{', …' if len(theirs) > 3 else ''}); "
-            "train into a new or empty --out folder"
+            f"{out} holds files but no run ({first_few(theirs, 3)}); train into a new or empty --out folder"
         )
 
 

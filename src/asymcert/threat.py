@@ -31,6 +31,7 @@ import torch
 
 from asymcert.errors import ConfigError
 from asymcert.jsontext import JsonTextError, parse_json
+from asymcert.text import first_few
 
 __all__ = ["ResolvedThreatModel", "ThreatModel", "load_threat_model"]
 
@@ -276,7 +277,7 @@ class _Resolver:
         if not self.unnamed:
             return list(self.found)
         names = list(dict.fromkeys(self.unnamed))
-        shown = ", ".join(map(repr, names[:4])) + (f", … ({len(names)} names)" if len(names) > 4 else "")
+        shown = first_few(names, 4, repr)
         return [
             *self.found,
             f"features named ({shown}), but these inputs have no column names (an .npz file, images, a tensor): name "
@@ -295,7 +296,7 @@ class _Resolver:
         if self.names is None and not numeric:  # a name, and no names to look it up in
             self.unnamed.append(str(key))
             return None
-        known = f"; features: {', '.join(self.names[:8])}{', …' if len(self.names) > 8 else ''}" if self.names else ""
+        known = f"; features: {first_few(self.names, 8)}" if self.names else ""
         self.found.append(f"{where}: unknown feature {key!r} (there are {self.n}{known})")
         return None
 

@@ -54,6 +54,7 @@ from asymcert.runfolder import (
     warn_if_unfinished,
     write_json,
 )
+from asymcert.text import first_few
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 from asymcert.train.loop import resolve_device
 
@@ -241,7 +242,7 @@ def _first_chunk_warnings(path: Path, npz: NpzStream, by_position: Sequence[str]
 
 def _by_position(path: Path, features: Sequence[str]) -> None:
     """Warn that an npz without names is read by position as the run's ``features``: nothing checks the order."""
-    shown = ", ".join(map(repr, features[:3])) + (", …" if len(features) > 3 else "")
+    shown = first_few(features, 3, repr)
     warnings.warn(
         f"{path}: no feature_names array, so x's columns are read by position as the run's ({shown}); "
         "save the names with the file (np.savez(..., feature_names=...)) to have them matched by name",
@@ -261,8 +262,7 @@ def _named_columns(path: Path, names: Sequence[str] | None, features: Sequence[s
     where = {name: i for i, name in enumerate(names)}
     missing = [f for f in features if f not in where]
     if missing:
-        shown = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise DataError(f"{path}: feature_names lacks the run's feature column(s) {shown}")
+        raise DataError(f"{path}: feature_names lacks the run's feature column(s) {first_few(missing, 5, repr)}")
     return [where[f] for f in features]
 
 

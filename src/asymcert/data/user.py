@@ -25,6 +25,7 @@ import numpy as np
 from asymcert.data.images import image_mode, list_image_folder, read_images
 from asymcert.data.tasks import Task, TaskData, fast_preset, task_data_from_arrays
 from asymcert.errors import DataError
+from asymcert.text import first_few
 
 INF = math.inf
 
@@ -335,9 +336,7 @@ def log1p_withheld(data: TaskData) -> dict[str, str]:
     if not negative:
         return {}
     names = data.meta.get("feature_names") or [f"feature {i}" for i in range(data.train.x.shape[1])]
-    shown = ", ".join(str(names[i]) for i in negative[:3]) + (
-        f" and {len(negative) - 3} more" if len(negative) > 3 else ""
-    )
+    shown = first_few([names[i] for i in negative], 3)
     return {
         "log1p-hinges": f"{shown} take(s) values below 0 in training, and log1p reads every value below 0 as 0 "
         "(use --preset hinges)"

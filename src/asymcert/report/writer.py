@@ -30,6 +30,7 @@ from asymcert.runfolder import (
     remove_stale_temp_files,
     write_json,
 )
+from asymcert.text import first_few
 from asymcert.train.balance import FalsePositiveBudget
 from asymcert.train.config import operating_point
 
@@ -269,7 +270,7 @@ def _flags_note(run: dict[str, Any]) -> list[str]:
     flags = run.get("binary_features")
     if not isinstance(flags, list) or not flags:
         return []
-    shown = ", ".join(f"`{name}`" for name in flags[:6]) + (f", … ({len(flags)} in all)" if len(flags) > 6 else "")
+    shown = first_few(flags, 6, lambda name: f"`{name}`")
     return [
         f"Note: {len(flags)} feature(s) take only the values 0 and 1 in training ({shown}). Flipping one is a move "
         "of 1 raw unit, 1/scale in a threat model's units: a radius below that certifies no flip of it, one above "
