@@ -6,15 +6,17 @@ the accumulation check rejects a product that rounds its partial sums to bfloat1
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
 
 import asymcert
 from asymcert.certify import bounded_icnn, icnn_pattern
-from asymcert.certify.bounded_icnn import features_with_error, icnn_constants
+from asymcert.certify.bounded_icnn import features_with_error, icnn_bounded_pass, icnn_constants
 from asymcert.certify.icnn_pattern import C8, CANDIDATE_CAP, U32, bf16_candidates, bf16_product, product_within_bound
 from asymcert.certify.scope import forget_kept
+from asymcert.models import build_model
 from tests.test_bounded_icnn import icnn_model
 
 pytestmark = pytest.mark.skipif(not icnn_pattern.fast_bfloat16(), reason="no bfloat16 matrix hardware here")
@@ -211,3 +213,36 @@ def test_zero_units_padding_the_products_are_never_read(step, classify_path, mon
     assert padded[0].shape == (len(x), width)
     for a, b in zip(padded, plain, strict=True):
         assert bool(torch.equal(a, b))
+
+
+def test_features_too_small_to_square_in_float32_keep_their_bound():
+    """Features near 2⁻⁷⁹: their float32 squares underflow, and norms taken in float32 were 0, which dropped every
+    term of the bound; the unit's sign came out wrong with no word of doubt, and the score's interval missed the
+    exact score (review 28a F1). Exact rational arithmetic decides here."""
+    model = build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [2],
+            "feature_map": [{"kind": "identity"}],
+            "convex": {"kind": "icnn", "widths": [1], "batch_norm": False},
+        }
+    ).eval()
+    a, b = 1.5030897855758667, 1.0020524263381958
+    g = model.convex
+    with torch.no_grad():
+        g.passthrough[0].weight.copy_(torch.tensor([[a, b]]))
+        g.passthrough[0].bias.zero_()
+        g.hidden[0].weight.fill_(2.0**80)
+        g.passthrough[1].weight.zero_()
+        g.passthrough[1].bias.zero_()
+    x = torch.tensor([[2.0**-79, -3 * 2.0**-80]])
+    t = Fraction(a) * Fraction(2.0**-79) + Fraction(b) * Fraction(-3 * 2.0**-80)
+    assert t > 0
+    with torch.no_grad():
+        model.set_balance(-float(Fraction(2.0**80) * t) * 0.9)
+    exact = Fraction(2.0**80) * t + Fraction(float(model.balance))
+    assert icnn_constants(model).bf16 is not None
+    bp = icnn_bounded_pass(model, x)
+    low, high = float(bp.score - bp.score_error), float(bp.score + bp.score_error)
+    assert bool(bp.uncertain[0]) or Fraction(low) <= exact <= Fraction(high)
+    assert bool(asymcert.certify(model, x).predicted[0] == 1)

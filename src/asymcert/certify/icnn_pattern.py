@@ -182,11 +182,12 @@ def _row_terms(
     """The products' left factors (N, d + 1) and (N, 2d + 1) bfloat16, the bound's row factors (N, 4) float32
     rounded up (× BOUND_SAFETY) and the rows (N,) bool whose sums could overflow.
 
-    Computed in float32: f̂ = fl₃₂(f̂₆₄) (|f̂₆₄ − f̂| ≤ u|f̂| + 2⁻¹⁴⁹ each), f̂ − f_hi and then − f_lo are exact
-    (module docstring), so r_f = f̂ − F is exact, and ‖F‖ ≤ ‖f̂‖ + ‖r_f‖, ‖f_hi‖ ≤ ‖f̂‖ + ‖f_lo‖ + ‖r_f‖;
-    float32 norms are within d·2⁻²⁴ of their values, inside BOUND_SAFETY. Subnormal bfloat16 features are
-    kept; hardware that reads them as 0 changes the 3d products by at most (2‖U_hi,ⱼ‖₁ + ‖U_lo,ⱼ‖₁)·2⁻¹²⁶ ≤
-    4√d·2⁻¹²⁶‖U₀ⱼ‖, in the first row factor.
+    The splits in float32: f̂ = fl₃₂(f̂₆₄) (|f̂₆₄ − f̂| ≤ u|f̂| + 2⁻¹⁴⁹ each), f̂ − f_hi and then − f_lo are exact
+    (module docstring), so r_f = f̂ − F is exact, and ‖F‖ ≤ ‖f̂‖ + ‖r_f‖, ‖f_hi‖ ≤ ‖f̂‖ + ‖f_lo‖ + ‖r_f‖. The
+    norms in float64 (within d·2⁻⁵³ of their values, inside BOUND_SAFETY): in float32 the squares of features
+    below about 10⁻¹⁹ underflow, and a norm of 0 dropped every term of the bound (review 28a). Subnormal
+    bfloat16 features are kept; hardware that reads them as 0 changes the 3d products by at most (2‖U_hi,ⱼ‖₁ +
+    ‖U_lo,ⱼ‖₁)·2⁻¹²⁶ ≤ 4√d·2⁻¹²⁶‖U₀ⱼ‖, in the first row factor.
 
     Args:
         f: (N, d) float64 features f̂₆₄; e: (N, d) float64 bound on their error.
@@ -196,7 +197,7 @@ def _row_terms(
     f_hi = f32.bfloat16()
     rest = f32 - f_hi.float()
     f_lo = rest.bfloat16()
-    norm, resid, lo_norm = (v.norm(dim=1).double() for v in (f32, rest.sub_(f_lo.float()), f_lo.float()))
+    norm, resid, lo_norm = (v.double().norm(dim=1) for v in (f32, rest.sub_(f_lo.float()), f_lo.float()))
     g1, g2 = gamma(d + 1, U32), gamma(2 * d + 1, U32)
     hi_norm = norm + lo_norm + resid
     off = e.norm(dim=1) + U32 * (1.0 + U32) * norm + resid + math.sqrt(d) * (2.0**-149 + 4 * TINY)
