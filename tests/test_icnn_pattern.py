@@ -112,7 +112,7 @@ def test_crowded_overflowing_and_non_finite_rows_are_all_candidates(classify_pat
         first.weight.copy_(torch.randint(-3, 4, first.weight.shape).float())
         x[0] = torch.randint(0, 3, x[0].shape).float()
         first.bias.copy_(-(first.weight @ x[0].flatten()))
-    x[1, 0, 0, 0] = 1e30  # its sums could overflow float32
+    x[1, 0, 0, 0] = 1e37  # its sums could overflow float32 (the bound refuses anything from 2¹²⁰ on)
     x[2, 0, 0, 1] = math.nan
     consts = icnn_constants(model)
     f, e = features_with_error(model.feature_map, x)
