@@ -246,3 +246,14 @@ def test_features_too_small_to_square_in_float32_keep_their_bound():
     low, high = float(bp.score - bp.score_error), float(bp.score + bp.score_error)
     assert bool(bp.uncertain[0]) or Fraction(low) <= exact <= Fraction(high)
     assert bool(asymcert.certify(model, x).predicted[0] == 1)
+
+
+def test_the_pattern_setting_is_seen_by_models_certified_before_it(monkeypatch):
+    """Constants kept across calls were built under the setting of their day (review 28a F4)."""
+    model = icnn_model(9)
+    asymcert.certify(model, torch.rand(20, *model.input_shape))
+    assert icnn_constants(model).bf16 is not None
+    monkeypatch.setattr(icnn_pattern, "PATTERN_PRODUCTS", "float32")
+    assert icnn_constants(model).bf16 is None
+    monkeypatch.setattr(icnn_pattern, "PATTERN_PRODUCTS", "auto")
+    assert icnn_constants(model).bf16 is not None

@@ -83,3 +83,15 @@ def test_the_guard_covers_the_models_bfloat16_arithmetic(restore_precision, kind
     for seed in range(3):
         guard, gap = guard_and_gap(small_feature_convex(kind, seed=seed), torch.rand(500, 1, 6, 6))
         assert bool((gap <= guard).all())
+
+
+@pytest.mark.parametrize(
+    ("value", "u"), [("BF16", 2.0**-7), ("any", 2.0**-7), ("tf32", 2.0**-10), ("strict", 2.0**-24)]
+)
+@pytest.mark.parametrize("var", ["ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE"])
+def test_onednns_own_fpmath_switch_is_read(monkeypatch, var, value, u):
+    """oneDNN reads its default float32 math mode from the environment: with BF16 its float32 convolutions ran in
+    bfloat16, 45× the float guard (review 28a F3)."""
+    monkeypatch.setenv(var, value)
+    assert matmul_unit_roundoff(torch.float32, "cpu") == u
+    assert supports_bounded_icnn(one_layer_icnn(), torch.device("cpu")) == (u == 2.0**-24)

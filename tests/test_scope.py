@@ -10,6 +10,8 @@ import torch
 import asymcert
 from asymcert.certify.feature_convex import magnitude_sources, model_magnitudes
 from asymcert.certify.scope import forget_kept, kept_while_unchanged
+from asymcert.models import FeatureConvexClassifier
+from asymcert.nn.feature_maps import Compose, Shift
 from tests.conftest import small_feature_convex
 
 
@@ -56,3 +58,34 @@ def test_magnitudes_follow_weight_writes_and_layer_settings_between_calls():
         assert model_magnitudes(model, shape).rounding0 != after.rounding0
     cert = asymcert.certify(model, x)
     assert cert.radii[2.0].shape == (30,)
+
+
+class _Gained(torch.nn.Module):
+    """A user's own convex network whose score (and absolute pass) read a plain float attribute."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.affine = torch.nn.Linear(d, 4)
+        self.gain = 1.0
+
+    def forward(self, x):
+        return self.gain * self.affine(x.flatten(1)).amax(dim=1)
+
+    def convexity_contract(self):
+        return [] if self.gain >= 0 else ["gain < 0"]
+
+    def absolute_pass(self, af):
+        t = af.flatten(1) @ self.affine.weight.detach().double().abs().T + self.affine.bias.detach().double().abs()
+        return self.gain * t.sum(1), self.gain * t.sum(1)
+
+
+def test_magnitudes_of_a_users_own_network_are_never_kept_across_calls():
+    """Its absolute pass may read more than tensors (review 28a F2: a gain of 10⁶ left the guard a million-fold
+    too small)."""
+    torch.manual_seed(0)
+    g = _Gained(6)
+    model = FeatureConvexClassifier(Compose([Shift((6,))]), g, (6,)).eval()
+    asymcert.certify(model, torch.randn(64, 6))
+    g.gain = 1e6
+    fresh = model_magnitudes(copy.deepcopy(model), (6,))
+    assert model_magnitudes(model, (6,)).rounding0 == fresh.rounding0 > 1e5

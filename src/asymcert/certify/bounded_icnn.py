@@ -76,7 +76,7 @@ import torch
 from torch import nn
 
 from asymcert.certify.bounded_convex import BOUND_SAFETY, U64, BoundedPass, gamma
-from asymcert.certify.icnn_pattern import Bf16Product, bf16_candidates, bf16_product, up32
+from asymcert.certify.icnn_pattern import Bf16Product, bf16_candidates, bf16_product, pattern_products, up32
 from asymcert.certify.modes import matmul_unit_roundoff
 from asymcert.certify.scope import Sources, kept_while_unchanged, scoped_per_call
 from asymcert.nn.convex import ICNN
@@ -268,13 +268,14 @@ def icnn_constants(model: FeatureConvexClassifier) -> IcnnConstants | None:
     those certified the weights of before: scores off by 15, ℓ2 radii by 3.6 on the demo model). The comparison
     runs once per certificate call (:func:`~asymcert.certify.scope.scoped_per_call`; weights cannot change
     within one)."""
-    return scoped_per_call("icnn-constants", model, (), lambda: _checked_constants(model))
+    return scoped_per_call("icnn-constants", model, (pattern_products(),), lambda: _checked_constants(model))
 
 
 def _checked_constants(model: FeatureConvexClassifier) -> IcnnConstants | None:
     """:func:`icnn_constants` outside a certificate call: the kept constants if the weights are bitwise those
     they were built from, else new ones."""
-    return kept_while_unchanged("icnn-constants", model, _constant_sources(model), lambda: _build_constants(model))
+    kind = f"icnn-constants:{pattern_products()}"  # (a changed setting is seen by models certified before it)
+    return kept_while_unchanged(kind, model, _constant_sources(model), lambda: _build_constants(model))
 
 
 def _constant_sources(model: FeatureConvexClassifier) -> Sources:

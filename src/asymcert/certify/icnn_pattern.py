@@ -68,6 +68,11 @@ WIDTH_STEP = 1024
 _KERNEL_SRC = Path(__file__).resolve().parent.parent / "nn" / "_convex_kernels" / "icnn_pattern.cpp"
 
 
+def pattern_products() -> str:
+    """The current ``PATTERN_PRODUCTS`` setting (read when constants are built, and part of their cache key)."""
+    return PATTERN_PRODUCTS
+
+
 def up32(t: torch.Tensor) -> torch.Tensor:
     """float64 → float32 rounded up (for nonnegative bounds)."""
     t32 = t.float()

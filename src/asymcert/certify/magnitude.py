@@ -77,6 +77,15 @@ def network_magnitudes(g: nn.Module, feature_shape: tuple[int, ...], balance: fl
     )
 
 
+def reads_only_tensors(g: nn.Module) -> bool:
+    """Whether :func:`absolute_pass` of ``g`` reads nothing but g's parameters, buffers and printed settings: g is
+    exactly an :class:`ICNN` or a :class:`ConvexConvNet`, or a :class:`ConvexMean` of such networks. A network of
+    the user's own may read any attribute (a plain float), so its magnitudes are never kept across calls."""
+    if type(g) is ConvexMean:
+        return all(reads_only_tensors(m) for m in g.members)
+    return type(g) in (ICNN, ConvexConvNet)
+
+
 def absolute_pass(g: nn.Module, af: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, H) (N,) of the absolute evaluation of g on |f| = ``af`` (N, *feature_shape) float64 (see the module
     docstring; H here without the features themselves, which :func:`network_magnitudes` adds).
