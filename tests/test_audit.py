@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import asymcert
 from asymcert import audit as audit_module
-from asymcert.audit import audit, audit_run
+from asymcert.audit import _bound_table, audit, audit_run
 from asymcert.certify import api as certify_api
 from asymcert.cli import EXIT_CHECK_FAILED, EXIT_OK, main
 from asymcert.errors import InputError
@@ -269,3 +269,23 @@ def test_reach_radii_pass_the_audit_and_are_recorded_as_audited():
         assert after["attack"]["flips"] == 0 and after["attack_bound"]["violations"] == 0
     with pytest.raises(InputError, match="bogus"):
         audit(model, x, options={"bogus": 1}, **common)
+
+
+def test_closed_form_radii_far_below_the_attack_bounds_point_to_reach():
+    """Walkthrough 28b: radii 5% of the closest flip PGD found, and audit.md did not say what tightens them."""
+
+    def bound(median):
+        return {
+            "searched": 10,
+            "found": 10,
+            "cap": 100,
+            "upper": {"median": 8.0},
+            "violations": 0,
+            "certified_over_upper": {"q25": median / 2, "median": median, "q75": median * 2},
+        }
+
+    loose = {"l1": {"attack_bound": bound(0.058)}, "l2": {"attack_bound": bound(0.5)}}
+    notes = [line for line in _bound_table(loose) if line.startswith("Note:")]
+    assert len(notes) == 1 and "under a fifth" in notes[0] and "l1 0.058" in notes[0] and "l2" not in notes[0]
+    assert "Note:" not in "\n".join(_bound_table(loose, reach=True))
+    assert "Note:" not in "\n".join(_bound_table({"l2": {"attack_bound": bound(0.5)}}))

@@ -677,3 +677,19 @@ def test_training_reads_utf8_bytes_labels(tmp_path):
     np.savez(tmp_path / "b.npz", x=np.arange(40, dtype=np.float32).reshape(20, 2), y=y)
     data, splits = _splits(task_from_npz(tmp_path / "b.npz", "caf\u00e9"))
     assert data.class_names == ("not caf\u00e9", "caf\u00e9") and sum(int(s.y.sum()) for s in splits) == 10
+
+
+def test_a_parquet_file_given_for_training_gets_a_hint(tmp_path):
+    """Walkthrough 28b: `run --csv x.parquet` said only "not a readable CSV file (UTF-8 …)"; `--data` "not an .npz"."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "accounts.parquet"
+    pq.write_table(pa.table({"a": [1.0, 2.0], "label": ["bot", "human"]}), path)
+    for read in (lambda: read_csv_table(path, "label"), lambda: read_npz(path)):
+        with pytest.raises(DataError, match=r"this is a Parquet file, which training does not read .*to_csv"):
+            read()
+    text = tmp_path / "t.csv"
+    text.write_bytes(b"a,label\n\xff\xfe,x\n")
+    with pytest.raises(DataError) as info:
+        read_csv_table(text, "label")
+    assert "Parquet" not in str(info.value)

@@ -26,7 +26,7 @@ from asymcert.cli import EXIT_OK, main
 from asymcert.pipeline import CERT_FILE, CERTIFY_FILE, plan_training, read_certificate_mode, run_data
 from asymcert.report import writer as writer_module
 from asymcert.report.plots import plotting_available
-from asymcert.report.writer import render_markdown, report_radii, summarize, write_report
+from asymcert.report.writer import _validation_flat, render_markdown, report_radii, summarize, write_report
 from asymcert.runfolder import read_run_record, run_threat_model
 from asymcert.threat import ThreatModel
 from asymcert.train import TrainConfig
@@ -390,3 +390,28 @@ def test_the_report_says_how_its_radii_are_chosen_and_how_to_choose_them(run_cop
     assert "run.json's `report_radii` are in the run's own units, not these, so they are not used." in (
         (run_copy / "report.md").read_text()
     )
+
+
+def test_a_validation_metric_that_never_moved_is_named_as_the_reason(tmp_path):
+    """Walkthrough 28b: the same validation metric at every epoch (saturated data) kept epoch 1, and the note blamed
+    the margin; history.json says so, and odd history files are read as "not flat"."""
+    cert, labels = _binary([0.5, 1.0])
+    results = {**summarize(cert, labels, report_radii(cert, labels, {})), "best_epoch": 1}
+    run = {"task": "t", "model": {}, "train": {"epochs": 100, "margin_radius": 1.0}, "training": {}}
+    text = render_markdown(run, {**results, "validation_flat": True})
+    assert "The validation metric was the same at every epoch" in text and "margin too large" not in text
+    assert "margin too large" in render_markdown(run, {**results, "validation_flat": False})
+    history = tmp_path / "history.json"
+    cases = {
+        json.dumps([{"epoch": k, "val_metric": 0.8208} for k in range(1, 8)]): True,
+        json.dumps([{"epoch": k, "val_metric": 0.8 + k / 100} for k in range(1, 8)]): False,
+        json.dumps([{"epoch": k, "val_metric": 0.8} for k in range(1, 4)]): False,
+        json.dumps([{"epoch": 1, "val_metric": True}] * 6): False,
+        json.dumps({"epoch": 1}): False,
+        "[1, 2": False,
+    }
+    for text, flat in cases.items():
+        history.write_text(text)
+        assert _validation_flat(tmp_path) is flat, text
+    history.unlink()
+    assert _validation_flat(tmp_path) is False

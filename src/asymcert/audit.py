@@ -66,6 +66,7 @@ from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.pipeline import CertificateMode, certificate_mode
 from asymcert.report.writer import mode_line
 from asymcert.runfolder import AUDIT_FILES, RUN_FILE, json_number, read_run_record, warn_if_unfinished
+from asymcert.text import first_few
 from asymcert.threat import ResolvedThreatModel
 
 __all__ = ["attack_upper_bounds", "audit", "audit_run", "write_report"]
@@ -750,7 +751,7 @@ def _markdown(report: dict[str, Any]) -> str:
         reasons = _exact_reasons(entry["norms"])
         lines += [_norm_row(label, item) for label, item in entry["norms"].items()]
         lines += [""] + [f"Exact radii not computed for {n}: {reason}." for reason, n in reasons.items()]
-        lines += [""] * bool(reasons) + _bound_table(entry["norms"])
+        lines += [""] * bool(reasons) + _bound_table(entry["norms"], _reach(report))
     lines.append(f"Audit time: {report['seconds']:.1f} s.")
     return "\n".join(lines) + "\n"
 
@@ -763,6 +764,14 @@ def _mode_text(report: dict[str, Any]) -> str:
         return mode_line(mode)
     reach = bool(report.get("settings", {}).get("certifier_options", {}).get("reach"))
     return "Certificates: " + ("reach-aware radii (`reach`)." if reach else "closed-form radii.")
+
+
+def _reach(report: dict[str, Any]) -> bool:
+    """Whether the audited certificates are reach-aware (the run's certificate mode, else the certifier options)."""
+    mode = CertificateMode.from_dict(report.get("certificate_mode"))
+    if mode is not None:
+        return mode.reach
+    return bool(report.get("settings", {}).get("certifier_options", {}).get("reach"))
 
 
 def _quartile_text(t: dict[str, Any]) -> str:
@@ -808,8 +817,9 @@ def _norm_row(label: str, item: dict[str, Any]) -> str:
     )
 
 
-def _bound_table(norms: dict[str, Any]) -> list[str]:
-    """The attack-bound table (lines, ending with a blank one), or nothing when no norm has a bound."""
+def _bound_table(norms: dict[str, Any], reach: bool = False) -> list[str]:
+    """The attack-bound table (lines, ending with a blank one), or nothing when no norm has a bound; a note when
+    closed-form (not ``reach``-aware) radii are far below the bounds (:func:`_loose_note`)."""
     rows = [(label, item["attack_bound"]) for label, item in norms.items() if "attack_bound" in item]
     if not rows:
         return []
@@ -828,7 +838,31 @@ def _bound_table(norms: dict[str, Any]) -> list[str]:
             f"| {label} | {b['searched']} | {b['found']} (cap {b['cap']}) | {_fmt(up.get('median'))} | {tight} | "
             f"{b['violations']} |"
         )
-    return lines + [""]
+    return lines + [""] + _loose_note(rows, reach)
+
+
+LOOSE_TIGHTNESS = 0.2  # below this median certified / attack bound, audit.md points to reach-aware radii
+
+
+def _loose_note(rows: list[tuple[str, dict[str, Any]]], reach: bool) -> list[str]:
+    """A "Note:" line (and a blank one) when closed-form radii are under LOOSE_TIGHTNESS of the smallest flip PGD
+    found in some norm (walkthrough 28b: 0.045–0.058 on counts in the thousands), else nothing."""
+    loose = [
+        (label, b["certified_over_upper"]["median"])
+        for label, b in rows
+        if (b.get("certified_over_upper") or {}).get("median") is not None
+        and b["certified_over_upper"]["median"] < LOOSE_TIGHTNESS
+    ]
+    if reach or not loose:
+        return []
+    shown = first_few(loose, 3, lambda item: f"{item[0]} {_fmt(item[1], 2)}")
+    return [
+        f"Note: the closed-form radii are under a fifth of the smallest flip PGD found (median certified / bound: "
+        f"{shown}). Reach-aware radii (`asymcert certify RUN --reach`, `asymcert audit RUN --reach`) take φ's slopes "
+        "only over what a move can reach, and are often much larger where φ bends strongly, as log1p does on large "
+        "raw values (README, `certify --reach`).",
+        "",
+    ]
 
 
 def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:

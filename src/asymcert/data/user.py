@@ -471,8 +471,26 @@ def _check_npz_magic(path: Path) -> bytes:
     except OSError as exc:
         raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
     if not magic.startswith((b"PK", b"\x93NUMPY")):
-        raise DataError(f"{path}: not an .npz archive (a zip of .npy arrays); save with np.savez(path, x=..., y=...)")
+        raise DataError(
+            f"{path}: not an .npz archive (a zip of .npy arrays); save with np.savez(path, x=..., y=...)"
+            + _parquet_hint(path)
+        )
     return magic
+
+
+def _parquet_hint(path: Path) -> str:
+    """A hint for a Parquet file given where training reads CSV or npz (its first 4 bytes are "PAR1"), else ""."""
+    try:
+        with open(path, "rb") as f:
+            parquet = f.read(4) == b"PAR1"
+    except OSError:
+        return ""
+    return (
+        "; this is a Parquet file, which training does not read (certify --input does): write it as CSV first, e.g. "
+        "pandas.read_parquet(path).to_csv('train.csv', index=False)"
+        if parquet
+        else ""
+    )
 
 
 def _check_keys(path: Path, files: Sequence[str], keys: Sequence[str]) -> None:
@@ -768,7 +786,7 @@ def read_csv_table(
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         if isinstance(exc, DataError):
             raise
-        raise DataError(f"{path}: not a readable CSV file ({exc})") from exc
+        raise DataError(f"{path}: not a readable CSV file ({exc}){_parquet_hint(path)}") from exc
 
 
 def _parse_csv(

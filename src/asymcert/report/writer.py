@@ -15,6 +15,7 @@ from asymcert.certify.certfile import load_certificates
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import CheckpointError
+from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.pipeline import CertificateMode, read_certificate_mode
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.plots import PLOT_HINT, plot_certified_curves, plotting_available
@@ -33,6 +34,7 @@ from asymcert.runfolder import (
 from asymcert.text import first_few
 from asymcert.train.balance import FalsePositiveBudget
 from asymcert.train.config import operating_point
+from asymcert.train.loop import HISTORY_FILE
 
 ONE_VS_REST_NOTE = (
     "Certified accuracy: share of test inputs predicted correctly (argmax of the K one-vs-rest "
@@ -178,6 +180,7 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
         results["task"] = run.task
         results["training_seconds"] = (run.training or {}).get("seconds")
         results["best_epoch"] = (run.training or {}).get("best", {}).get("epoch")
+        results["validation_flat"] = _validation_flat(run_dir)
         results["plots"] = _plot_curves(run_dir, cert, labels, results, run.task_description) if plots_ok else {}
         if not plots_ok:
             results["plots_missing"] = PLOT_HINT
@@ -186,6 +189,25 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
         markdown = render_markdown(run.to_dict(), results)
         atomic_write(run_dir / REPORT_FILE, lambda tmp: tmp.write_text(markdown))
     return results
+
+
+HISTORY_READ_LIMIT = 16 * 2**20  # bytes of history.json the report reads (a long run's log is far smaller)
+
+
+def _validation_flat(run_dir: Path) -> bool:
+    """Whether history.json shows the same validation metric at every one of at least 5 epochs (then the first epoch
+    is kept for want of a better one, whatever the loss: walkthrough 28b). False when the file is missing, larger
+    than HISTORY_READ_LIMIT or not the list of epochs training writes."""
+    path = run_dir / HISTORY_FILE
+    try:
+        if path.stat().st_size > HISTORY_READ_LIMIT:
+            return False
+        history = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, JsonTextError):
+        return False
+    values = [e.get("val_metric") for e in history if isinstance(e, dict)] if isinstance(history, list) else []
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return len(numbers) == len(values) >= 5 and len(set(numbers)) == 1
 
 
 def _plot_curves(
@@ -304,8 +326,11 @@ def _first_epoch_note(run: dict[str, Any], results: dict[str, Any]) -> list[str]
     if results.get("best_epoch") != 1 or not isinstance(epochs, int) or epochs < 5:
         return []
     why = (
-        f" With the certified-margin loss (margin_radius = {dumps_strict(margin)}, in the radii's units) that often "
-        "means a margin too large for this data: try a smaller one, and compare the clean accuracy."
+        " The validation metric was the same at every epoch, so no later epoch could be better: a validation split "
+        "too small or too easy to tell the epochs apart, not the loss, kept the first."
+        if results.get("validation_flat")
+        else f" With the certified-margin loss (margin_radius = {dumps_strict(margin)}, in the radii's units) that "
+        "often means a margin too large for this data: try a smaller one, and compare the clean accuracy."
         if margin
         else ""
     )
