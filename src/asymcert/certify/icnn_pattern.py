@@ -187,12 +187,14 @@ def _row_terms(
     """The products' left factors (N, d + 1) and (N, 2d + 1) bfloat16, the bound's row factors (N, 4) float32
     rounded up (× BOUND_SAFETY) and the rows (N,) bool whose sums could overflow.
 
-    The splits in float32: f̂ = fl₃₂(f̂₆₄) (|f̂₆₄ − f̂| ≤ u|f̂| + 2⁻¹⁴⁹ each), f̂ − f_hi and then − f_lo are exact
-    (module docstring), so r_f = f̂ − F is exact, and ‖F‖ ≤ ‖f̂‖ + ‖r_f‖, ‖f_hi‖ ≤ ‖f̂‖ + ‖f_lo‖ + ‖r_f‖. The
-    norms in float64 (within d·2⁻⁵³ of their values, inside BOUND_SAFETY): in float32 the squares of features
-    below about 10⁻¹⁹ underflow, and a norm of 0 dropped every term of the bound (review 28a). Subnormal
-    bfloat16 features are kept; hardware that reads them as 0 changes the 3d products by at most (2‖U_hi,ⱼ‖₁ +
-    ‖U_lo,ⱼ‖₁)·2⁻¹²⁶ ≤ 4√d·2⁻¹²⁶‖U₀ⱼ‖, in the first row factor.
+    Only ‖f̂₆₄‖ and ‖e‖ are computed (in float64: float32 squares of features below about 10⁻¹⁹ underflow, and
+    norms of 0 dropped every term of the bound, review 28a); the rest follows from rounding to nearest: f̂ =
+    fl₃₂(f̂₆₄) has ‖f̂‖ ≤ (1 + u)‖f̂₆₄‖ + √d·2⁻¹⁴⁹ and ‖f̂₆₄ − f̂‖ ≤ u‖f̂₆₄‖ + √d·2⁻¹⁵⁰; a bfloat16 rounding moves x by
+    at most 2⁻⁸|x| + 2⁻¹³⁴, so |r_f| ≤ 2⁻¹⁶|f̂| + 2⁻¹³³ and |f_lo| ≤ 2⁻⁸(1 + 2⁻⁸)|f̂| + 2⁻¹³³ elementwise, and
+    ‖F‖ ≤ ‖f̂‖ + ‖r_f‖, ‖f_hi‖ ≤ ‖f̂‖ + ‖f_lo‖ + ‖r_f‖. (A feature that bfloat16 rounds to ±∞ makes its products
+    non-finite, and non-finite outputs are always candidates.) Subnormal bfloat16 features are kept; hardware
+    that reads them as 0 changes the 3d products by at most (2‖U_hi,ⱼ‖₁ + ‖U_lo,ⱼ‖₁)·2⁻¹²⁶ ≤ 4√d·2⁻¹²⁶‖U₀ⱼ‖, in
+    the first row factor.
 
     Args:
         f: (N, d) float64 features f̂₆₄; e: (N, d) float64 bound on their error.
@@ -200,12 +202,15 @@ def _row_terms(
     n, d = f.shape
     f32 = f.float()
     f_hi = f32.bfloat16()
-    rest = f32 - f_hi.float()
-    f_lo = rest.bfloat16()
-    norm, resid, lo_norm = (v.double().norm(dim=1) for v in (f32, rest.sub_(f_lo.float()), f_lo.float()))
+    f_lo = (f32 - f_hi.float()).bfloat16()
+    root_d = math.sqrt(d)
+    norm64 = f.norm(dim=1)
+    norm = (1.0 + U32) * norm64 + root_d * 2.0**-149  # ≥ ‖f̂‖
+    resid = 2.0**-16 * norm + root_d * 2.0**-133  # ≥ ‖r_f‖
+    lo_norm = 2.0**-8 * (1.0 + 2.0**-8) * norm + root_d * 2.0**-133  # ≥ ‖f_lo‖
     g1, g2 = gamma(d + 1, U32), gamma(2 * d + 1, U32)
     hi_norm = norm + lo_norm + resid
-    off = e.norm(dim=1) + U32 * (1.0 + U32) * norm + resid + math.sqrt(d) * (2.0**-149 + 4 * TINY)
+    off = e.norm(dim=1) + U32 * norm64 + resid + root_d * (2.0**-150 + 4 * TINY)
     rows = torch.stack([off, norm + resid, lo_norm + g2 * hi_norm, g1 * hi_norm + g2 * lo_norm], 1)
     risky = ~((hi_norm + lo_norm) * prod.sigma_max + hi_norm * prod.lo_max + prod.c_max < 2.0**120)
     ones = torch.ones(n, 1, dtype=torch.bfloat16)
