@@ -643,7 +643,7 @@ def test_the_docs_say_read_results_record_returns_a_dataclass_with_its_fields_or
     """Walkthrough 27f #13: ``rec["n_flagged"]`` raised a TypeError, as nothing said the record is a dataclass. Its
     docstring and the README's sentence name the type, every field, and None; a field added later must be too."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    sentence = readme[readme.index("`asymcert.traffic.read_results_record") :].split(");", 1)[0]
+    sentence = readme[readme.index('`read_results_record("RESULTS.csv")`') :].split(");", 1)[0]
     doc = read_results_record.__doc__ or ""
     assert "ResultsRecord" in doc and "dataclass" in doc and "None" in doc
     assert "`ResultsRecord` dataclass" in sentence and "`None`" in sentence
