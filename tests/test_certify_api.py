@@ -256,6 +256,8 @@ def test_inputs_outside_the_threat_models_domain_are_warned_about():
         UserWarning, match=r"\(the first: row 3, feature 1 = 1\.5 > upper 1 \(and 1 more of its features\)\)"
     ):
         asymcert.certify(_vector_model(), x, threat_model=tm)
+    edge = asymcert.ThreatModel(upper={1: 0.1}).resolve(None, 4)  # float32 0.1 is 0.10000000149 > 0.1 (28c F2)
+    assert edge.outside_detail(torch.tensor([0.0, 0.1, 0.0, 0.0])) == "feature 1 = 0.10000000149011612 > upper 0.1"
 
 
 def test_each_radius_is_at_least_those_of_larger_norms():

@@ -686,7 +686,10 @@ def test_a_parquet_file_given_for_training_gets_a_hint(tmp_path):
     path = tmp_path / "accounts.parquet"
     pq.write_table(pa.table({"a": [1.0, 2.0], "label": ["bot", "human"]}), path)
     for read in (lambda: read_csv_table(path, "label"), lambda: read_npz(path)):
-        with pytest.raises(DataError, match=r"this is a Parquet file, which training does not read .*to_csv"):
+        with pytest.raises(
+            DataError,
+            match=r"this is a Parquet file: `certify --input` reads it by the suffix \.parquet, and training .*to_csv",
+        ):
             read()
     text = tmp_path / "t.csv"
     text.write_bytes(b"a,label\n\xff\xfe,x\n")

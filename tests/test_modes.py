@@ -20,15 +20,26 @@ B = torch.backends
 ENTRIES = {"backends": B, "mkldnn": B.mkldnn, "mkldnn.matmul": B.mkldnn.matmul, "mkldnn.conv": B.mkldnn.conv}
 
 
+ALL_ENTRIES = {**ENTRIES, "cuda.matmul": B.cuda.matmul, "cudnn": B.cudnn, "cudnn.conv": B.cudnn.conv}
+
+
 @pytest.fixture
 def restore_precision():
     """Every float32 precision setting as it was before the test (the new API's values, then the legacy one)."""
     legacy = torch.get_float32_matmul_precision()
-    saved = {name: entry.fp32_precision for name, entry in ENTRIES.items()}
+    saved = {name: entry.fp32_precision for name, entry in ALL_ENTRIES.items()}
     yield
-    for name, entry in reversed(list(ENTRIES.items())):
+    for name, entry in reversed(list(ALL_ENTRIES.items())):
         entry.fp32_precision = saved[name]
     torch.set_float32_matmul_precision(legacy)
+
+
+def test_cuda_settings_of_the_new_api_are_read_without_a_crash(restore_precision):
+    """PyTorch's CUDA allow_tf32 getters raise once the new API was used (review 28c F1): TF32 is assumed."""
+    B.cuda.matmul.fp32_precision = "tf32"
+    with pytest.raises(RuntimeError):
+        B.cuda.matmul.allow_tf32  # noqa: B018 (the getter itself raises)
+    assert matmul_unit_roundoff(torch.float32, "cuda") == 2.0**-10
 
 
 def one_layer_icnn() -> torch.nn.Module:

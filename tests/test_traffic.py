@@ -770,8 +770,9 @@ def test_npz_object_inputs_are_refused_unread(csv_run, tmp_path):
     marker = tmp_path / "unpickled"
     objects = np.array([_TouchOnUnpickle(marker)] * 3, dtype=object)
     np.savez(tmp_path / "new.npz", x=np.stack([objects] * 4, axis=1), y=np.array(["a", "b", "c"]))
-    with pytest.raises(DataError, match="new\\.npz: array 'x' cannot be read without unpickling"):
+    with pytest.raises(DataError, match="new\\.npz: array 'x' cannot be read without unpickling") as info:
         certify_file(csv_run, tmp_path / "new.npz", tmp_path / "out.csv", progress=False)
+    assert type(info.value) is DataError  # the CLI prints its class: a public one (review 28c F3)
     assert not marker.exists() and not (tmp_path / "out.csv").exists()
     np.load(tmp_path / "new.npz", allow_pickle=True)["x"]  # the payload works: unpickling creates the file
     assert marker.exists()

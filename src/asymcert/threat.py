@@ -393,7 +393,10 @@ class ResolvedThreatModel:
         name = names[i] if names is not None and i < len(names) else f"feature {i}"
         side = f"< lower {_decimal(lower)}" if value < lower else f"> upper {_decimal(upper)}"
         more = f" (and {len(bad) - 1} more of its features)" if len(bad) > 1 else ""
-        return f"{name} = {_decimal(value, flat.dtype)} {side}{more}"
+        shown = _decimal(value, flat.dtype)
+        if lower <= float(shown) <= upper:  # float32 0.1 is 0.10000000149 > 0.1: show what breaks the bound
+            shown = repr(value)
+        return f"{name} = {shown} {side}{more}"
 
     def max_movable_scale(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) float64: the largest scale_i over the features input i may move (0 when none may move).

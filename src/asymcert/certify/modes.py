@@ -93,11 +93,20 @@ def float32_formats(device_type: str) -> set[str]:
     names = {str(getattr(entry, "fp32_precision", "none")) for entry in entries if entry is not None}
     with suppress(RuntimeError):  # (raised once the legacy and the new API were mixed: the values above stand)
         names.add(torch.get_float32_matmul_precision())
-    if device_type == "cuda" and (backends.cuda.matmul.allow_tf32 or backends.cudnn.allow_tf32):
+    if device_type == "cuda" and _cuda_tf32_allowed():
         names.add("tf32")
     if device_type == "cpu":
         names |= {os.environ.get(var, "strict").strip().lower() for var in _ONEDNN_FPMATH}
     return names
+
+
+def _cuda_tf32_allowed() -> bool:
+    """Whether a CUDA ``allow_tf32`` flag is set; True when PyTorch will not say (its getters raise once the legacy
+    and the new precision API were mixed: review 28c F1; TF32 is then the safe reading)."""
+    try:
+        return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        return True
 
 
 def gamma(n: int, u: float) -> float:

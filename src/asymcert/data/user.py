@@ -479,15 +479,16 @@ def _check_npz_magic(path: Path) -> bytes:
 
 
 def _parquet_hint(path: Path) -> str:
-    """A hint for a Parquet file given where training reads CSV or npz (its first 4 bytes are "PAR1"), else ""."""
+    """A hint for a Parquet file (its first 4 bytes are "PAR1") given where CSV or npz is read, else "" (review 28c
+    F4: said only "training does not read it" under certify --input too)."""
     try:
         with open(path, "rb") as f:
             parquet = f.read(4) == b"PAR1"
     except OSError:
         return ""
     return (
-        "; this is a Parquet file, which training does not read (certify --input does): write it as CSV first, e.g. "
-        "pandas.read_parquet(path).to_csv('train.csv', index=False)"
+        "; this is a Parquet file: `certify --input` reads it by the suffix .parquet, and training reads CSV "
+        "(--csv, --label-column) or npz, e.g. pandas.read_parquet(path).to_csv('train.csv', index=False)"
         if parquet
         else ""
     )
@@ -508,24 +509,17 @@ FORTRAN_LIMIT = 128 * 2**20
 a larger one is refused (C order is streamed a chunk of rows at a time, whatever its size)."""
 
 
-class ObjectArrayError(DataError):
-    """An npz array of Python objects (its ``dtype`` holds ``object``): reading it would unpickle, so it is refused
-    from its header, unread (or, an optional ``y``, left out: ``NpzStream.y_unread``)."""
-
-    def __init__(self, path: Path, key: str, dtype: np.dtype) -> None:
-        super().__init__(_UNPICKLE.format(path=path, key=key, why=f"dtype {dtype}"))
-        self.dtype = dtype
-
-
 class NpyMember:
     """One array of an open ``.npz`` archive, its header read and its stream at the first value.
 
     Attributes:
         key: the array's name (``x``). shape: its shape, from the header. dtype: its dtype as written
-            (byte order included). stream: the member, decompressed as it is read.
+            (byte order included). stream: the member, decompressed as it is read. objects: its dtype holds
+            Python objects (reading it would unpickle): refused with a DataError, unless ``objects_ok``, when the
+            member is left unread (its stream closed) for the caller to pass over (an optional ``y``).
     """
 
-    def __init__(self, archive: zipfile.ZipFile, key: str, path: Path) -> None:
+    def __init__(self, archive: zipfile.ZipFile, key: str, path: Path, objects_ok: bool = False) -> None:
         self.key, self.path = key, path
         info = archive.getinfo(key if key in archive.namelist() else key + ".npy")  # np.load's lookup order
         try:
@@ -541,9 +535,12 @@ class NpyMember:
         except _DAMAGED as exc:
             self.stream.close()
             raise DataError(f"{path}: array {key!r} is damaged ({_one_line(exc)})") from None
-        if self.dtype.hasobject:
+        self.objects = bool(self.dtype.hasobject)  # Python objects: reading them would unpickle
+        if self.objects:
             self.stream.close()
-            raise ObjectArrayError(path, key, self.dtype)
+            if objects_ok:  # (the caller leaves it out, unread: an optional y)
+                return
+            raise DataError(_UNPICKLE.format(path=path, key=key, why=f"dtype {self.dtype}"))
         if self.dtype.shape:  # a subarray dtype: each "value" is itself an array
             self.stream.close()
             raise DataError(f"{path}: array {key!r} has dtype {self.dtype}, an array per entry; save plain values")
@@ -673,12 +670,8 @@ class NpzStream:
         27f: a y saved from pandas as dtype object refused the whole file, though certifying needs no labels)."""
         if "y" not in keys:
             return None, None
-        try:
-            return NpyMember(self._archive, "y", self.path), None
-        except ObjectArrayError as exc:
-            if required:
-                raise
-            return None, exc.dtype
+        member = NpyMember(self._archive, "y", self.path, objects_ok=not required)
+        return (None, member.dtype) if member.objects else (member, None)
 
     def _names(self) -> list[str]:
         """The ``feature_names`` array (:func:`check_feature_names`), read whole once its header shows it one name

@@ -145,8 +145,9 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
     radius), ``median_radius`` per norm a number or ``"inf"``, ``certificate_mode`` (closed form or
     reach-aware, which threat model: :class:`~asymcert.pipeline.CertificateMode`, null when not recorded),
     ``report_radii_source`` per norm (``"run.json"``: run.json's ``report_radii``; ``"quantiles"``:
-    :func:`auto_radii`) and ``report_radii_settable`` (false: the certificates are in other units than the run's,
-    so run.json's ``report_radii`` do not apply).
+    :func:`auto_radii`), ``report_radii_settable`` (false: the certificates are in other units than the run's,
+    so run.json's ``report_radii`` do not apply) and ``validation_flat`` (history.json shows one validation metric
+    at every epoch, :func:`_validation_flat`).
 
     Raises:
         CheckpointError: no run folder, no or corrupted certificates, a malformed run.json.
@@ -325,11 +326,14 @@ def _first_epoch_note(run: dict[str, Any], results: dict[str, Any]) -> list[str]
     epochs, margin = train.get("epochs"), train.get("margin_radius")
     if results.get("best_epoch") != 1 or not isinstance(epochs, int) or epochs < 5:
         return []
-    why = (
-        " The validation metric was the same at every epoch, so no later epoch could be better: a validation split "
-        "too small or too easy to tell the epochs apart, not the loss, kept the first."
+    flat = (
+        " The validation metric was the same at every epoch, so no later epoch could be better (a validation split "
+        "too small or too easy to tell the epochs apart, or a loss that holds the model still)."
         if results.get("validation_flat")
-        else f" With the certified-margin loss (margin_radius = {dumps_strict(margin)}, in the radii's units) that "
+        else ""
+    )
+    why = flat + (
+        f" With the certified-margin loss (margin_radius = {dumps_strict(margin)}, in the radii's units) that "
         "often means a margin too large for this data: try a smaller one, and compare the clean accuracy."
         if margin
         else ""
