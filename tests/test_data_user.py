@@ -294,7 +294,7 @@ def test_image_folder_rgb(tmp_path):
 def test_image_folder_mixed_sizes_need_size(tmp_path):
     root = _image_folder(tmp_path / "pics", {"a": 5})
     _image_folder(tmp_path / "pics", {"b": 5}, size=(12, 8))
-    with pytest.raises(DataError, match="pass size="):
+    with pytest.raises(DataError, match=r"crop or resize them to one size first \(in Python, task_from_image_folder"):
         task_from_image_folder(root, "a")
     assert task_from_image_folder(root, "a", size=9).load(None).input_shape == (1, 9, 9)
 

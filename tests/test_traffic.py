@@ -10,8 +10,10 @@ import hashlib
 import io
 import json
 import math
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -242,7 +244,7 @@ def test_image_folder_traffic_matches_the_run_on_the_same_pixels(csv_run, tmp_pa
     root = _pngs(tmp_path / "pics", {"bad": 12, "good": 12})
     spec = {"images": str(root), "sensitive_class": "bad"}
     train_run(spec, tmp_path / "run", train_overrides={"epochs": 2}, progress=False, log=lambda m: None)
-    new = _pngs(tmp_path / "new", {"q": 5, "r": 2}, size=(10, 6))  # other sizes: centre crop / pad to 8 × 8
+    new = _pngs(tmp_path / "new", {"q": 5, "r": 2})
     done = certify_file(tmp_path / "run", new, tmp_path / "out.csv", chunk=3, progress=False)
     rows = _read(tmp_path / "out.csv")
     assert done.n_inputs == 7 and list(rows[0]) == [
@@ -268,6 +270,24 @@ def test_image_folder_traffic_matches_the_run_on_the_same_pixels(csv_run, tmp_pa
         certify_file(tmp_path / "run", tmp_path / "empty", tmp_path / "e.csv", progress=False)
     with pytest.raises(InputError, match="needs a run on square images"):
         certify_file(csv_run, new, tmp_path / "e.csv", progress=False)
+
+
+def test_image_traffic_of_another_size_or_depth_is_refused_not_reshaped(csv_run, tmp_path):
+    """Walkthrough 28d: a 40×40 image among 32×32 ones was certified by its centre crop, and a 16-bit PNG with its
+    pixels clipped at 255, both without a word: other pictures than the files'. Now each is refused by name."""
+    image = pytest.importorskip("PIL.Image")
+    root = _pngs(tmp_path / "pics", {"bad": 12, "good": 12})
+    spec = {"images": str(root), "sensitive_class": "bad"}
+    train_run(spec, tmp_path / "run", train_overrides={"epochs": 1}, progress=False, log=lambda m: None)
+    odd = _pngs(tmp_path / "odd", {"q": 2})
+    _pngs(tmp_path / "odd", {"r": 1}, size=(10, 6))
+    with pytest.raises(DataError, match=r"r/00\.png: 6×10 pixels, but the run takes 8×8 images; crop or resize"):
+        certify_file(tmp_path / "run", odd, tmp_path / "o.csv", progress=False)
+    deep = _pngs(tmp_path / "deep", {"q": 1})
+    image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(deep / "q" / "16bit.png")
+    with pytest.raises(DataError, match=r"16bit\.png: pixels of more than 8 bits \(Pillow mode I"):
+        certify_file(tmp_path / "run", deep, tmp_path / "d.csv", progress=False)
+    assert not (tmp_path / "o.csv").exists() and not (tmp_path / "d.csv").exists()
 
 
 def test_parquet_output_holds_the_same_numbers_as_the_csv(csv_run, tmp_path):
@@ -1108,3 +1128,36 @@ def test_a_run_resumed_on_a_csv_whose_header_was_renamed_is_refused_before_anyth
         train_run(spec, tmp_path / "run", train_overrides={"epochs": 1}, progress=False, log=lambda m: None)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
     assert read_run(tmp_path / "run")["feature_names"] == FEATURES  # and the folder still reads
+
+
+def test_certify_input_under_torchrun_writes_once_from_one_process(csv_run, tmp_path):
+    """Walkthrough 28d: under torchrun both processes certified the file and fought over its lock (exit 1, a
+    traceback from torchrun). One process certifies it now, and says so."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    x, y = _rows(20, 2)
+    _write_csv(tmp_path / "new.csv", x, y)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    res = subprocess.run(
+        [
+            *command,
+            "-m",
+            "asymcert",
+            "certify",
+            str(csv_run),
+            "--input",
+            str(tmp_path / "new.csv"),
+            "--out",
+            str(tmp_path / "out.csv"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "certify --input runs in one process" in res.stderr and "Traceback" not in res.stderr
+    assert len(_read(tmp_path / "out.csv")) == 20

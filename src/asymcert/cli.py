@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -484,6 +485,44 @@ def train(
     )
 
 
+@dataclass(frozen=True)
+class TrafficSettings:
+    """How ``certify --input`` certifies a file: norms, device, batch size, threat model (as parsed, whether
+    ``--no-threat-model`` was given), certifier options and the threat model's file name."""
+
+    norms: tuple[float, ...]
+    device: str
+    batch_size: int
+    threat_model: Any
+    plain: bool
+    options: Any
+    threat_model_file: str | None
+
+
+def _certify_traffic(run_dir: str, input_file: str, out_file: str, settings: TrafficSettings, quiet: bool) -> None:
+    """``certify RUN --input FILE --out RESULTS``, in this process (under torchrun: the main one, which says so)."""
+    if distributed.world_size() > 1:
+        click.echo(
+            f"note: certify --input runs in one process; the other {distributed.world_size() - 1} torchrun "
+            "process(es) have nothing to do",
+            err=True,
+        )
+    done = certify_file(
+        run_dir,
+        input_file,
+        out_file,
+        settings.norms,
+        settings.device,
+        settings.batch_size,
+        _bars(quiet),
+        settings.threat_model,
+        settings.plain,
+        settings.options,
+        threat_model_file=settings.threat_model_file,
+    )
+    _echo_traffic(done, run_dir)
+
+
 @main.command(name="certify")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--norms", help="Comma-separated ℓp norms (default: the threat model's, else 1,2,inf).")
@@ -535,20 +574,9 @@ def certify_cmd(
     if input_file is not None or out_file is not None:
         if input_file is None or out_file is None or limit is not None:
             raise click.UsageError("--input and --out go together (and without --limit)")
-        done = certify_file(
-            run_dir,
-            input_file,
-            out_file,
-            norms_t,
-            device,
-            batch_size,
-            _bars(quiet),
-            tm,
-            no_threat_model,
-            options,
-            threat_model_file=threat_model,
-        )
-        _echo_traffic(done, run_dir)
+        if distributed.is_main():  # one process streams the file and writes the results (walkthrough 28d)
+            traffic = TrafficSettings(norms_t, device, batch_size, tm, no_threat_model, options, threat_model)
+            _certify_traffic(run_dir, input_file, out_file, traffic, quiet)
         return
     settings = CertifySettings(
         norms_t,
@@ -560,6 +588,8 @@ def certify_cmd(
         threat_model_file=threat_model,
     )
     cert = certify_run(run_dir, device=device, data_dir=data_dir, progress=_bars(quiet), settings=settings)
+    if not distributed.is_main():  # (every process certified its share; one says so)
+        return
     click.echo(
         f"certified {len(cert)} inputs in {cert.seconds:.3f}s "
         f"({1000 * cert.seconds / max(1, len(cert)):.3f} ms per input); radii in {cert.units}"

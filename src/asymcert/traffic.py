@@ -37,7 +37,7 @@ from asymcert.certify.api import certifier_spec, make_options
 from asymcert.certify.result import RAW_UNITS, norm_label
 from asymcert.checkpoint import atomic_write, load
 from asymcert.data.download import sha256_file
-from asymcert.data.images import IMAGE_SUFFIXES, read_images
+from asymcert.data.images import IMAGE_SUFFIXES, read_image
 from asymcert.data.user import FLOAT32_MAX, MAX_LABEL_BYTES, NpzStream, csv_number, exact_float64, utf8_labels
 from asymcert.errors import DataError, InputError, WriteError
 from asymcert.jsontext import JsonTextError, parse_json
@@ -495,9 +495,25 @@ def image_batches(root: Path, input_shape: Sequence[int], chunk: int) -> Iterato
     mode = "L" if shape[0] == 1 else "RGB"
     for start in range(0, len(files), chunk):
         part = files[start : start + chunk]
-        pixels = read_images(part, mode, shape[1]).astype(np.float32) / 255.0
+        pixels = _images_of_size(part, mode, shape).astype(np.float32) / 255.0
         labels = [f.parent.name for f in part] if labelled else None
         yield Batch(torch.from_numpy(pixels), labels, [f.relative_to(root).as_posix() for f in part])
+
+
+def _images_of_size(paths: Sequence[Path], mode: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The images ``paths`` (N, C, H, W) uint8, each refused unless it is the run's H × W as stored: cutting one
+    to size certified another picture than the file's, with no word (walkthrough 28d: a 40×40 image among 32×32
+    ones was certified by its centre)."""
+    out = np.empty((len(paths), *shape), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        image = read_image(path, mode)
+        if image.shape[1:] != shape[1:]:
+            raise DataError(
+                f"{path}: {image.shape[2]}×{image.shape[1]} pixels, but the run takes {shape[2]}×{shape[1]} images; "
+                "crop or resize it to that size first (asymcert certifies the pixels as they are)"
+            )
+        out[i] = image
+    return out
 
 
 TABLE_READERS = {".csv": ("a CSV", csv_batches), ".parquet": ("a Parquet file", parquet_batches)}
