@@ -5,6 +5,10 @@ from __future__ import annotations
 import copy
 import math
 import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,6 +154,22 @@ def score64(model, x: torch.Tensor) -> torch.Tensor:
     """s(x) (N,) of a float64 copy of ``model`` on float64 inputs."""
     with torch.no_grad():
         return copy.deepcopy(model).double()(x.double())
+
+
+def torchrun_asymcert(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 -m asymcert ARGS`` on loopback at a free port, one thread per process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    return subprocess.run(
+        [*command, "-m", "asymcert", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=timeout,
+    )
 
 
 def guard_and_gap(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from asymcert.data import get_task
 from asymcert.models import build_model
 from asymcert.train import TrainConfig, fit
 from asymcert.train.loop import STATE_FILE
+from tests.conftest import torchrun_asymcert
 
 SMALL_CONVEX = {"kind": "convex-conv", "channels": 2, "stem_kernel": 3, "blocks": 1}
 
@@ -150,19 +150,9 @@ def test_sigkill_mid_training_resumes_to_identical_weights(fashion_dir, tmp_path
 
 
 def test_torchrun_two_processes_leave_the_same_run_folder(fashion_dir, tmp_path):
-    torchrun = Path(sys.executable).parent / "torchrun"
     out = tmp_path / "tr"
-    res = subprocess.run(
+    res = torchrun_asymcert(
         [
-            str(torchrun),
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            "-m",
-            "asymcert",
             "run",
             "fashion-mnist-shirts",
             "--preset",
@@ -178,11 +168,7 @@ def test_torchrun_two_processes_leave_the_same_run_folder(fashion_dir, tmp_path)
             "batch_size=32",
             "--epochs",
             "1",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=600,
+        ]
     )
     assert res.returncode == 0, res.stderr[-3000:]
     for name in ("model.safetensors", "results.json", "report.md", "run.json", "certificates.safetensors"):

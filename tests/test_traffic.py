@@ -10,10 +10,8 @@ import hashlib
 import io
 import json
 import math
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +46,7 @@ from asymcert.traffic import (
     read_results_record,
     record_path,
 )
-from tests.conftest import examples
+from tests.conftest import examples, torchrun_asymcert
 
 FEATURES = ["f0", "f1", "f2", "f3"]
 NORMS = ("l1", "l2", "linf")
@@ -1133,31 +1131,18 @@ def test_a_run_resumed_on_a_csv_whose_header_was_renamed_is_refused_before_anyth
 def test_certify_input_under_torchrun_writes_once_from_one_process(csv_run, tmp_path):
     """Walkthrough 28d: under torchrun both processes certified the file and fought over its lock (exit 1, a
     traceback from torchrun). One process certifies it now, and says so."""
-    torchrun = Path(sys.executable).parent / "torchrun"
     x, y = _rows(20, 2)
     _write_csv(tmp_path / "new.csv", x, y)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port)]
-    res = subprocess.run(
-        [
-            *command,
-            "-m",
-            "asymcert",
-            "certify",
-            str(csv_run),
-            "--input",
-            str(tmp_path / "new.csv"),
-            "--out",
-            str(tmp_path / "out.csv"),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
-    )
+    args = [
+        "certify",
+        str(csv_run),
+        "--input",
+        str(tmp_path / "new.csv"),
+        "--out",
+        str(tmp_path / "out.csv"),
+        "--quiet",
+    ]
+    res = torchrun_asymcert(args, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "certify --input runs in one process" in res.stderr and "Traceback" not in res.stderr
     assert len(_read(tmp_path / "out.csv")) == 20
