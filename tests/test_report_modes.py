@@ -390,6 +390,13 @@ def test_the_report_says_how_its_radii_are_chosen_and_how_to_choose_them(run_cop
     assert "run.json's `report_radii` are in the run's own units, not these, so they are not used." in (
         (run_copy / "report.md").read_text()
     )
+    res = CliRunner().invoke(main, ["certify", str(run_copy), "--quiet"])  # the run's own units again
+    assert res.exit_code == EXIT_OK, res.output
+    (run_copy / "run.json").write_text(json.dumps({**record, "report_radii": {"l1": []}}))  # review 28c: no choice
+    assert CliRunner().invoke(main, ["report", str(run_copy)]).exit_code == EXIT_OK
+    report = (run_copy / "report.md").read_text()
+    assert "no test input is certified at any radius" not in report and "| ℓ1 radius | 0.5 | 1 |" not in report
+    assert _results(run_copy)["report_radii_source"]["l1"] == "quantiles"
 
 
 def test_a_validation_metric_that_never_moved_is_named_as_the_reason(tmp_path):

@@ -121,12 +121,13 @@ def _pool(cert: Certificate, labels: torch.Tensor) -> torch.Tensor:
 
 
 def report_radii(cert: Certificate, labels: torch.Tensor, own: dict[str, list[float]]) -> dict[str, list[float]]:
-    """The radii of a run's report tables per norm label: ``own`` (the run's, in its units) where given, else
+    """The radii of a run's report tables per norm label: ``own`` (the run's, in its units) where given and not
+    empty (an empty list said "no test input is certified at any radius > 0", review 28c), else
     :func:`auto_radii`; plus ∞ (``math.inf``, "every radius") for a norm where some input of the pool has an
     infinite radius (certified at every radius: no allowed move changes its decision). So a table is never
     empty for lack of finite radii (every flagged input's radius ∞, e.g. every feature immutable)."""
     pool = _pool(cert, labels).cpu()
-    out = {**auto_radii(cert, labels), **own}
+    out = {**auto_radii(cert, labels), **{name: radii for name, radii in own.items() if radii}}
     for p, radius in cert.radii.items():
         name = norm_label(p)
         if bool(torch.isinf(radius.double().cpu()[pool]).any()) and math.inf not in out.get(name, []):
@@ -169,7 +170,7 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
         # the run's radii are in its own units: raw, or its threat model's; certificates in other units
         # (certified with --threat-model / --no-threat-model) get radii picked from themselves
         own_units = (cert.units == RAW_UNITS) == (run.threat_model is None)
-        own = run.report_radii if own_units else {}
+        own = {name: radii for name, radii in run.report_radii.items() if radii} if own_units else {}
         results = summarize(cert, labels, report_radii(cert, labels, own))
         results["report_radii_source"] = {
             n: "run.json" if n in own else "quantiles" for n in results["certified_accuracy"]
