@@ -762,8 +762,7 @@ def _mode_text(report: dict[str, Any]) -> str:
     mode = CertificateMode.from_dict(report.get("certificate_mode"))
     if mode is not None:
         return mode_line(mode)
-    reach = bool(report.get("settings", {}).get("certifier_options", {}).get("reach"))
-    return "Certificates: " + ("reach-aware radii (`reach`)." if reach else "closed-form radii.")
+    return "Certificates: " + ("reach-aware radii (`reach`)." if _reach(report) else "closed-form radii.")
 
 
 def _reach(report: dict[str, Any]) -> bool:

@@ -63,6 +63,13 @@ def gamma(n: int, u: float) -> float:
     return n * u / (1.0 - n * u)
 
 
+def up32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as float32, each value rounded up (for nonnegative bounds, and constants that must not shrink)."""
+    t = t.double()
+    t32 = t.float()
+    return torch.where(t32.double() < t, torch.nextafter(t32, torch.full_like(t32, math.inf)), t32)
+
+
 def compound(*rel: float) -> float:
     """∏(1 + r) − 1 for relative errors r ≥ 0, without forming 1 + r (which rounds 1 + 2⁻⁵³ to 1)."""
     out = 0.0

@@ -75,8 +75,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from asymcert.certify.bounded_convex import BOUND_SAFETY, U64, BoundedPass, gamma
-from asymcert.certify.icnn_pattern import Bf16Product, bf16_candidates, bf16_product, pattern_products, up32
+from asymcert.certify.bounded_convex import BOUND_SAFETY, U64, BoundedPass, gamma, up32
+from asymcert.certify.icnn_pattern import Bf16Product, bf16_candidates, bf16_product, pattern_products
 from asymcert.certify.modes import matmul_unit_roundoff
 from asymcert.certify.scope import Sources, kept_while_unchanged, scoped_per_call
 from asymcert.nn.convex import ICNN

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from asymcert import _native
-from asymcert.certify.bounded_convex import BOUND_SAFETY, gamma
+from asymcert.certify.bounded_convex import BOUND_SAFETY, gamma, up32
 
 U32 = 2.0**-24
 U_BF16 = 2.0**-8  # bfloat16's unit roundoff (8 significant bits)
@@ -71,12 +71,6 @@ _KERNEL_SRC = Path(__file__).resolve().parent.parent / "nn" / "_convex_kernels" 
 def pattern_products() -> str:
     """The current ``PATTERN_PRODUCTS`` setting (read when constants are built, and part of their cache key)."""
     return PATTERN_PRODUCTS
-
-
-def up32(t: torch.Tensor) -> torch.Tensor:
-    """float64 → float32 rounded up (for nonnegative bounds)."""
-    t32 = t.float()
-    return torch.where(t32.double() < t, torch.nextafter(t32, torch.tensor(math.inf)), t32)
 
 
 def split_bf16(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

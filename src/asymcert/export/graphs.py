@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asymcert.certify.bounded_convex import up32
 from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, GROWTH, constant_magnitude, model_magnitudes
 from asymcert.certify.functional import DEFAULT_SLACK
 from asymcert.certify.magnitude import FLOAT32_SAFE, Magnitudes
@@ -59,9 +60,7 @@ multiplication in the graph (≤ u each)."""
 
 def _up32(value: float) -> float:
     """The smallest float32 ≥ ``value`` (a constant baked into the graph must not shrink)."""
-    t = torch.tensor(value, dtype=torch.float64)
-    f = t.float().double()
-    return float(f) if float(f) >= value else float(torch.nextafter(t.float(), torch.tensor(math.inf)))
+    return float(up32(torch.tensor(value, dtype=torch.float64)))
 
 
 def _down32(value: float) -> float:
@@ -298,13 +297,6 @@ class FeatureConvexGraph(nn.Module):
         return (score, flagged, *radii, *[torch.maximum(c, f) for c, f in zip(closed, fallback)])
 
 
-def _up32_tensor(t: torch.Tensor) -> torch.Tensor:
-    """float32 ≥ ``t`` elementwise (float64 constants that must not shrink)."""
-    t = t.double()
-    f = t.float()
-    return torch.where(f.double() < t, torch.nextafter(f, torch.full_like(f, math.inf)), f)
-
-
 class GuardGrowth(nn.Module):
     """The library's lowering of radii for the deployed rounding along the move
     (:func:`~asymcert.certify.feature_convex.guarded_lp_radii`), in plain float32 ops with constants rounded up:
@@ -322,8 +314,8 @@ class GuardGrowth(nn.Module):
         self, model: FeatureConvexClassifier, mags: Magnitudes, norms: tuple[float, ...], tm: ResolvedThreatModel | None
     ) -> None:
         super().__init__()
-        self.register_buffer("a", _up32_tensor(mags.rounding))
-        self.register_buffer("h", _up32_tensor(mags.overflow))
+        self.register_buffer("a", up32(mags.rounding))
+        self.register_buffer("h", up32(mags.overflow))
         self.a0, self.h0 = _up32(mags.rounding0), _up32(mags.overflow0)
         self.k = _up32(FLOAT_GUARD_FACTOR * EPS32)
         d = math.prod(model.input_shape)
@@ -337,8 +329,8 @@ class GuardGrowth(nn.Module):
         n = None if tm is None else tm.n_features
         alpha = None if n is None else input_rate(model, mags.rounding, n)
         eta = None if n is None else input_rate(model, mags.overflow, n)
-        self.register_buffer("alpha", None if alpha is None else _up32_tensor(alpha))
-        self.register_buffer("eta", None if eta is None else _up32_tensor(eta + 1.0))
+        self.register_buffer("alpha", None if alpha is None else up32(alpha))
+        self.register_buffer("eta", None if eta is None else up32(eta + 1.0))
 
     def magnitudes(self, f: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, H) (N,) float32 at features f and inputs x, raised by INFLATE (sums of nonnegative terms)."""
