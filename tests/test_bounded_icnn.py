@@ -1,6 +1,8 @@
 """The fast rigorous ICNN reference (asymcert.certify.bounded_icnn): its score and gradient bounds hold
-against exact rational arithmetic and float64, also at the decision boundary and at ReLU kinks; "auto"
-picks it where it applies and its radii match the float64 path's; attacks never flip inside them."""
+against exact rational arithmetic and float64, also at the decision boundary and at ReLU kinks, with the
+gradient from the compiled kernel and from PyTorch's operations (the same bitwise, the score's sums within
+their bound); "auto" picks it where it applies and its radii match the float64 path's; attacks never flip
+inside them."""
 
 import copy
 import math
@@ -42,6 +44,18 @@ def pattern_products(request, monkeypatch):
     forget_kept()
     yield request.param
     forget_kept()
+
+
+@pytest.fixture(autouse=True, params=["kernel", "pytorch"])
+def gradient_path(request, monkeypatch):
+    """Every test with the gradient and score sums from the compiled kernel and from PyTorch's operations."""
+    kernel = bounded_icnn._GRADIENT_KERNEL
+    if request.param == "pytorch":
+        monkeypatch.setitem(kernel.state, "lib", None)
+        monkeypatch.setitem(kernel.state, "tried", True)
+    elif kernel.get() is None:
+        pytest.skip(f"no compiled kernel: {kernel.error}")
+    return request.param
 
 
 def icnn_model(seed: int, input_shape=(1, 4, 5), widths=(32,), fmap="shift", batch_norm=False, scale=1.0):
@@ -384,3 +398,28 @@ def test_integer_slices_reconstruct_the_table_exactly():
     tiny = table.shape[0] * 2.0 ** (1 - 7 * bounded_icnn.SLICES) * table.abs().amax(0) * 1.01
     assert bool((c.resid <= tiny).all())
     assert int(c.q.abs().max()) <= 64
+
+
+def test_the_gradient_kernel_and_pytorch_agree(gradient_path, monkeypatch):
+    """The kernel's gradient, its bound and κ are bitwise PyTorch's; its score's sums differ only by the order of
+    the additions (each within about d·2⁻⁵² of Σ|terms|), far inside the score's error bound."""
+    if gradient_path == "pytorch":
+        pytest.skip("compares the kernel with PyTorch")
+    model = icnn_model(3, widths=(96,), fmap="shift+concat-abs", scale=2.0)
+    x = torch.rand(500, *model.input_shape)
+    consts = icnn_constants(model)
+    f, e = (t.reshape(len(x), -1) for t in features_with_error(model.feature_map, x))
+    pattern, _ = bounded_icnn._pattern(consts, f, e)
+    kernel = bounded_icnn._gradient_and_sums(consts, pattern, f, e)
+    monkeypatch.setitem(bounded_icnn._GRADIENT_KERNEL.state, "lib", None)
+    torch_ = bounded_icnn._gradient_and_sums(consts, pattern, f, e)
+    assert torch.equal(kernel[0], torch_[0]) and torch.equal(kernel[1], torch_[1])
+    assert torch.equal(kernel[2][:, 5], torch_[2][:, 5])
+    d = f.shape[1]
+    scale = torch.stack([(kernel[0] * f).abs().sum(1), *(kernel[2][:, q].abs() for q in (1, 2, 3, 4))], 1)
+    assert bool(((kernel[2][:, :5] - torch_[2][:, :5]).abs() <= 2 * d * 2.0**-52 * scale).all())
+    s1, e1 = bounded_icnn._score(consts, kernel[2])
+    s2, _ = bounded_icnn._score(consts, torch_[2])
+    mag = kernel[2][:, 1] + kernel[2][:, 5].abs() + abs(consts.c1) + abs(consts.balance)
+    assert bool(((s1 - s2).abs() <= 4 * d * 2.0**-52 * mag).all())
+    assert float(((s1 - s2).abs() / e1).max()) < 1e-6  # (far inside the score's error bound)

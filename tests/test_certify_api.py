@@ -271,3 +271,19 @@ def test_each_radius_is_at_least_those_of_larger_norms():
     out = nested_radii({1.0: r1, 2.0: r2, math.inf: rinf})
     assert out[1.0].tolist() == [3.0, 2.0, 0.0, 2.0] and out[2.0].tolist() == [2.0, 2.0, 0.0, 1.0]
     assert out[math.inf].tolist() == rinf.tolist() and list(out) == [1.0, 2.0, math.inf]
+
+
+def test_finite_inputs_whose_sum_overflows_are_accepted_and_bad_rows_still_named():
+    """The finiteness check sums the batch first (one pass); a sum that overflows on finite values falls back to
+    the rowwise check, which accepts them and names only the rows with a NaN or an infinity."""
+    from asymcert.certify.inputs import check_inputs
+
+    big = torch.full((5, 6), 3.0e38)
+    assert check_inputs(big, (6,)) is big
+    big[3, 1] = -math.inf
+    with pytest.raises(InputError, match=r"first bad rows: \[3\]"):
+        check_inputs(big, (6,))
+    both = torch.zeros(4, 6)
+    both[2, 0], both[2, 1] = math.inf, -math.inf  # (their sum is NaN)
+    with pytest.raises(InputError, match=r"first bad rows: \[2\]"):
+        check_inputs(both, (6,))

@@ -57,7 +57,9 @@ The pass, for N inputs:
 
 Nothing but the pattern depends on float32 rounding, so the score and gradient are as accurate as the
 float64 recomputation (bounds ~10⁻⁸ relative), at the cost of one float32 matrix product, S integer
-matrix products (about 6× faster each on CPUs with VNNI) and O(N·W) elementwise work.
+matrix products (about 6× faster each on CPUs with VNNI) and O(N·W) elementwise work. Steps 3–4 after the
+integer products run as one pass per row of a compiled kernel (``nn/_convex_kernels/icnn_gradient.cpp``; the
+same gradient and bounds bitwise as PyTorch's operations, which are used where no compiler works).
 Applies on CPU to exact ICNNs with one hidden layer, no batch norm, no hidden bias, float32 weights,
 a feature map of the steps above, and IEEE float32 products in PyTorch's precision settings
 (:func:`supports_bounded_icnn`); elsewhere ``"auto"`` uses the float64 path.
@@ -66,15 +68,18 @@ a feature map of the steps above, and IEEE float32 products in PyTorch's precisi
 
 from __future__ import annotations
 
+import ctypes
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from asymcert import _native
 from asymcert.certify.bounded_convex import BOUND_SAFETY, U64, BoundedPass, gamma, up32
 from asymcert.certify.icnn_pattern import Bf16Product, bf16_candidates, bf16_product, pattern_products
 from asymcert.certify.modes import matmul_unit_roundoff
@@ -91,6 +96,7 @@ SLICE_BITS = 7  # every slice |q| ≤ 64
 ROW_TILE = 512  # rows of the float32 pattern pass per matrix product (keeps t̂ in cache)
 PAIR_CHUNK = 1 << 18  # candidate units recomputed in float64 at once (all of them: 1.7 GB at 16.8 M pairs)
 _STEPS = (Identity, Shift, Standardize, ConcatAbs)
+_GRADIENT_SRC = Path(__file__).resolve().parent.parent / "nn" / "_convex_kernels" / "icnn_gradient.cpp"
 
 
 def _steps(phi: nn.Module) -> list[nn.Module] | None:
@@ -311,8 +317,8 @@ def icnn_bounded_pass(model: FeatureConvexClassifier, x: torch.Tensor) -> Bounde
     n = f64.shape[0]
     f, e = f64.reshape(n, -1), e_phi.reshape(n, -1)
     pattern, uncertain = _pattern(consts, f, e)
-    grad, grad_err, kappa = _gradient(consts, pattern)
-    score, score_err = _score(consts, f, e, grad, kappa)
+    grad, grad_err, sums = _gradient_and_sums(consts, pattern, f, e)
+    score, score_err = _score(consts, sums)
     shape = f64.shape
     return BoundedPass(score, score_err, grad.view(shape), grad_err.view(shape), uncertain, f64)
 
@@ -418,20 +424,52 @@ def _dot_products(f: torch.Tensor, u: torch.Tensor, rows: torch.Tensor, cols: to
         return torch.sparse.sampled_addmm(mask, f, u.t()).values()
 
 
-def _gradient(consts: IcnnConstants, pattern: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """∇h_P (N, d) float64, its error bound (N, d) and κ_P − c₁ = (P ⊙ w)ᵀc₀ (N,) float64 (steps 3–4).
+def _gradient_and_sums(
+    consts: IcnnConstants, pattern: torch.Tensor, f: torch.Tensor, e: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """∇h_P (N, d) float64, its error bound (N, d) and the sums :func:`_score` needs (N, 6) float64 (steps 3–4):
+    ĝᵀf̂₆₄, |ĝ|ᵀ|f̂₆₄|, |f̂₆₄|ᵀr, |ĝ|ᵀe_φ, e_φᵀr and κ_P − c₁ = (P ⊙ w)ᵀc₀, in one pass of the compiled kernel
+    (``icnn_gradient.cpp``) where it builds, else by :func:`_gradient` and :func:`_row_sums`: the same gradient and
+    bounds bitwise, the sums in another order (each bound holds for any order).
 
     Args:
-        pattern: (N, W) bool P.
-
-    (P Ũ) is assembled exactly from integer products; κ's own error bound is ``consts.resid[d]``.
+        pattern: (N, W) bool P; f: (N, d) float64 features f̂₆₄; e: (N, d) float64 bound on |f̂₆₄ − f|.
     """
     n, m = pattern.shape[0], consts.col_scale.numel()
     d = m - 1
     if n == 0:
         empty = torch.zeros(0, d, dtype=torch.float64)
-        return empty, empty.clone(), torch.zeros(0, dtype=torch.float64)
-    parts = torch._int_mm(pattern.view(torch.int8), consts.q).view(n, SLICES, m)
+        return empty, empty.clone(), torch.zeros(0, 6, dtype=torch.float64)
+    parts = torch._int_mm(pattern.view(torch.int8), consts.q)  # (N, S·m) int32: slice s in columns s·m … (s+1)·m − 1
+    lib = _GRADIENT_KERNEL.get()
+    if lib is None:
+        grad, grad_err, kappa = _gradient(consts, parts)
+        return grad, grad_err, torch.cat([_row_sums(consts, f, e, grad), kappa[:, None]], 1)
+    f, e = f.contiguous(), e.contiguous()
+    grad, grad_err = torch.empty(n, d, dtype=torch.float64), torch.empty(n, d, dtype=torch.float64)
+    sums = torch.empty(n, 6, dtype=torch.float64)
+    lib.asymcert_icnn_gradient(
+        parts.data_ptr(),
+        n,
+        d,
+        SLICES,
+        *(t.data_ptr() for t in (consts.col_scale, consts.u1, consts.resid)),
+        U64 / (1.0 - U64),
+        *(t.data_ptr() for t in (f, e, grad, grad_err, sums)),
+        1 if n < 64 else torch.get_num_threads(),
+    )
+    return grad, grad_err, sums
+
+
+def _gradient(consts: IcnnConstants, parts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """∇h_P (N, d) float64, its error bound E_g (N, d) and κ_P − c₁ = (P ⊙ w)ᵀc₀ (N,) float64 from the integer
+    products ``parts`` (N, S·m) int32 = P q_s (step 3), by PyTorch's operations.
+
+    (P Ũ) is assembled exactly from integer products; κ's own error bound is ``consts.resid[d]``.
+    """
+    n, m = parts.shape[0], consts.col_scale.numel()
+    d = m - 1
+    parts = parts.view(n, SLICES, m)
     pu = parts[:, 0].double()
     for s in range(1, SLICES):  # exact: every partial sum is a multiple of 2^(−7(S−1)) below 2⁴⁰
         pu.add_(parts[:, s], alpha=2.0 ** (-SLICE_BITS * s))
@@ -441,20 +479,42 @@ def _gradient(consts: IcnnConstants, pattern: torch.Tensor) -> tuple[torch.Tenso
     return grad, grad_err, pu[:, d]
 
 
-def _score(
-    consts: IcnnConstants, f: torch.Tensor, e: torch.Tensor, grad: torch.Tensor, kappa: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """ŝ = ĝᵀf̂₆₄ + κ + c₁ + b (N,) float64 and the bound on |ŝ − (h_P(f) + b)| of the module docstring (step 4).
+def _row_sums(consts: IcnnConstants, f: torch.Tensor, e: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """ĝᵀf̂₆₄, |ĝ|ᵀ|f̂₆₄|, |f̂₆₄|ᵀr, |ĝ|ᵀe_φ and e_φᵀr (N, 5) float64 (:func:`_score`), by PyTorch's operations."""
+    r = consts.resid[: f.shape[1]]
+    fa, ga = f.abs(), grad.abs()
+    return torch.stack(
+        [torch.linalg.vecdot(grad, f), torch.linalg.vecdot(ga, fa), fa @ r, torch.linalg.vecdot(ga, e), e @ r], 1
+    )
+
+
+def _score(consts: IcnnConstants, sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ŝ = ĝᵀf̂₆₄ + κ + c₁ + b (N,) float64 and the bound on |ŝ − (h_P(f) + b)| of the module docstring (step 4),
+    from the row sums of :func:`_gradient_and_sums` (N, 6).
 
     E_g = r + c|ĝ| (:func:`_gradient`, c = u₆₄/(1 − u₆₄)) enters as E_gᵀ|f̂₆₄| = rᵀ|f̂₆₄| + c|ĝ|ᵀ|f̂₆₄| and
     (|ĝ| + E_g)ᵀe_φ = (1 + c)|ĝ|ᵀe_φ + rᵀe_φ: the same nonnegative sums, in fewer passes.
     """
-    d = f.shape[1]
+    d = consts.u1.numel()
     c = U64 / (1.0 - U64)
-    score = torch.linalg.vecdot(grad, f) + kappa + consts.c1 + consts.balance
-    fa, ga, r = f.abs(), grad.abs(), consts.resid[:d]
-    terms = torch.linalg.vecdot(ga, fa)
+    dot, terms, f_r, g_e, e_r, kappa = sums.unbind(1)
+    score = dot + kappa + consts.c1 + consts.balance
     mag = terms + kappa.abs() + (abs(consts.c1) + abs(consts.balance))
-    err = fa @ r + c * terms + (1.0 + c) * torch.linalg.vecdot(ga, e) + e @ r
+    err = f_r + c * terms + (1.0 + c) * g_e + e_r
     err = err + consts.resid[d] + gamma(d + 3, U64) * mag
     return score, err * BOUND_SAFETY
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    lib.asymcert_icnn_gradient.argtypes = [p, i, i, i, p, p, p, ctypes.c_double, p, p, p, p, p, ctypes.c_int]
+    lib.asymcert_icnn_gradient.restype = None
+
+
+_GRADIENT_KERNEL = _native.LazyKernel(
+    "ICNN gradient C++ kernel",
+    # (no FMA contraction: the gradient and its bound come out bitwise as PyTorch's operations compute them)
+    lambda: _native.build_and_load(
+        _GRADIENT_SRC, "asymcert_icnn_gradient_abi_version", 1, _declare, _native.COMMON_FLAGS + ["-ffp-contract=off"]
+    ),
+)

@@ -36,6 +36,25 @@ def check_inputs(
         raise InputError(f"inputs have shape {tuple(x.shape)}, expected {expected}")
     if x.shape[0] == 0 or x[0].numel() == 0:
         return x
+    bad = [] if bool(torch.isfinite(x.sum())) else _non_finite_rows(x)
+    if bad:
+        raise InputError(f"inputs contain NaN or Inf (first bad rows: {bad})")
+    if value_range is not None:
+        lo, hi = value_range
+        mn, mx = (float(v) for v in torch.aminmax(x))
+        if mn < lo or mx > hi:
+            raise InputError(
+                f"inputs range over [{mn:g}, {mx:g}] but this model expects raw values in "
+                f"[{lo:g}, {hi:g}] (pixels scaled to [0, 1]?)"
+            )
+    return x
+
+
+def _non_finite_rows(x: torch.Tensor) -> list[int]:
+    """The first (up to 5) rows of ``x`` (N, ...) with a NaN or an infinite entry, CHECK_CHUNK rows at a time.
+
+    (Called only where the sum of ``x`` is not finite: a sum of finite numbers may overflow, but a NaN or an
+    infinite entry always makes the sum NaN or infinite, so a finite sum proves every entry finite in one pass.)"""
     bad: list[int] = []
     for start in range(0, x.shape[0], CHECK_CHUNK):
         chunk = x[start : start + CHECK_CHUNK]
@@ -44,14 +63,4 @@ def check_inputs(
             bad += (torch.nonzero(~finite).flatten() + start)[: 5 - len(bad)].tolist()
             if len(bad) >= 5:
                 break
-    if bad:
-        raise InputError(f"inputs contain NaN or Inf (first bad rows: {bad})")
-    if value_range is not None:
-        lo, hi = value_range
-        mn, mx = float(x.min()), float(x.max())
-        if mn < lo or mx > hi:
-            raise InputError(
-                f"inputs range over [{mn:g}, {mx:g}] but this model expects raw values in "
-                f"[{lo:g}, {hi:g}] (pixels scaled to [0, 1]?)"
-            )
-    return x
+    return bad
