@@ -135,3 +135,16 @@ def test_lp_norm_is_accurate_at_every_scale(exponent, p):
     base = float(lp_norm(v, p))
     scaled = float(lp_norm(v * 10.0**exponent, p))
     assert scaled == pytest.approx(base * 10.0**exponent, rel=1e-12)
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 2.0, math.inf])
+def test_a_nan_in_a_gradient_certifies_nothing(p):
+    """A NaN entry makes the norm NaN in every exponent (max|v| included), and a NaN denominator gives radius 0,
+    never ∞ (which a zero denominator, a constant decision, gives)."""
+    from asymcert.certify.functional import lp_norm, safe_radius
+
+    v = torch.tensor([[3.0, -4.0, math.nan, 0.5], [3.0, -4.0, 1.0, 0.5]], dtype=torch.float64)
+    norms = lp_norm(v, p)
+    assert math.isnan(float(norms[0])) and float(norms[1]) > 0
+    radii = safe_radius(torch.ones(3, dtype=torch.float64), torch.tensor([math.nan, 0.0, 2.0], dtype=torch.float64))
+    assert radii.tolist() == [0.0, math.inf, pytest.approx(0.5, rel=1e-5)]
