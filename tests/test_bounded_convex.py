@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 import asymcert
 from asymcert.certify import bounded_convex
-from asymcert.certify.bounded_convex import bound_constants, bounded_pass, gamma, supports_bounded
+from asymcert.certify.bounded_convex import bound_constants, bounded_pass, supports_bounded
 from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, float_guard, reference_error, score_and_feature_gradient
+from asymcert.certify.modes import gamma
 from asymcert.models import build_model
 from tests.conftest import examples
 

@@ -22,7 +22,7 @@ from asymcert.certify.feature_convex import (
     reference_error,
     score_and_feature_gradient,
 )
-from asymcert.certify.modes import UnsoundOptionError
+from asymcert.certify.modes import UnsoundOptionError, gamma
 from asymcert.certify.scope import forget_kept
 from asymcert.models import build_model
 from asymcert.nn.feature_maps import ConcatAbs, Shift, Standardize
@@ -103,7 +103,7 @@ def gradient_allowance(model, g64):
     g = model.convex
     w = g.hidden[0].weight.detach().double().reshape(-1)
     mag = w @ g.passthrough[0].weight.detach().double().abs() + g.passthrough[1].weight.detach().double().abs()[0]
-    return bounded_icnn.gamma(w.numel() + 1, 2.0**-53) * 4 * mag.view_as(g64[0])
+    return gamma(w.numel() + 1, 2.0**-53) * 4 * mag.view_as(g64[0])
 
 
 @pytest.mark.parametrize("fmap", list(FMAPS))

@@ -15,6 +15,7 @@ import asymcert
 from asymcert.certify import bounded_icnn, icnn_pattern
 from asymcert.certify.bounded_icnn import features_with_error, icnn_bounded_pass, icnn_constants
 from asymcert.certify.icnn_pattern import C8, CANDIDATE_CAP, U32, bf16_candidates, bf16_product, product_within_bound
+from asymcert.certify.modes import gamma
 from asymcert.certify.scope import forget_kept
 from asymcert.models import build_model
 from tests.test_bounded_icnn import icnn_model
@@ -41,8 +42,7 @@ def exact_preactivations(model, x):
     u, c = first.weight.detach().double(), first.bias.detach().double()
     t = f @ u.t() + c
     err = (
-        bounded_icnn.gamma(f.shape[1] + 1, 2.0**-53) * (f.abs() @ u.abs().t() + c.abs())
-        + e.reshape(len(x), -1).abs() @ u.abs().t()
+        gamma(f.shape[1] + 1, 2.0**-53) * (f.abs() @ u.abs().t() + c.abs()) + e.reshape(len(x), -1).abs() @ u.abs().t()
     )
     return t, err
 

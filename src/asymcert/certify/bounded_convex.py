@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asymcert import _native
+from asymcert.certify.modes import gamma
 from asymcert.errors import ConvexityError
 from asymcert.nn.convex import ConvexConvNet, NonnegConv2d, PositiveBatchNorm
 
@@ -54,13 +55,6 @@ U64 = UNIT_ROUNDOFF[torch.float64]
 # Relative allowance for the rounding of the (nonnegative) bound computations themselves.
 BOUND_SAFETY = 1.0 + 1e-3
 BACKENDS = ("auto", "cpp", "torch")
-
-
-def gamma(n: int, u: float) -> float:
-    """γ_n = n·u / (1 − n·u): the relative error bound of a length-n sum of products."""
-    if n * u >= 1:
-        raise ValueError(f"γ_{n} is undefined for u = {u}")
-    return n * u / (1.0 - n * u)
 
 
 def up32(t: torch.Tensor) -> torch.Tensor:

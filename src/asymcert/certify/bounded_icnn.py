@@ -80,9 +80,9 @@ import torch
 from torch import nn
 
 from asymcert import _native
-from asymcert.certify.bounded_convex import BOUND_SAFETY, U64, BoundedPass, gamma, up32
+from asymcert.certify.bounded_convex import BOUND_SAFETY, U64, BoundedPass, up32
 from asymcert.certify.icnn_pattern import Bf16Product, bf16_candidates, bf16_product, pattern_products
-from asymcert.certify.modes import matmul_unit_roundoff
+from asymcert.certify.modes import gamma, matmul_unit_roundoff
 from asymcert.certify.scope import Sources, kept_while_unchanged, scoped_per_call
 from asymcert.nn.convex import ICNN
 from asymcert.nn.feature_maps import Compose, ConcatAbs, Identity, Shift, Standardize

@@ -50,7 +50,8 @@ import numpy as np
 import torch
 
 from asymcert import _native
-from asymcert.certify.bounded_convex import BOUND_SAFETY, gamma, up32
+from asymcert.certify.bounded_convex import BOUND_SAFETY, up32
+from asymcert.certify.modes import gamma
 
 U32 = 2.0**-24
 U_BF16 = 2.0**-8  # bfloat16's unit roundoff (8 significant bits)
