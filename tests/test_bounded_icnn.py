@@ -378,6 +378,8 @@ def test_weights_are_compared_once_per_certificate_call(monkeypatch):
     assert len(calls) == 1
     asymcert.certify(model, x)
     assert len(calls) == 2
+    icnn_bounded_pass(model, x)  # (called on its own: its support check and the pass share one comparison)
+    assert len(calls) == 3
 
 
 def test_integer_slices_reconstruct_the_table_exactly():

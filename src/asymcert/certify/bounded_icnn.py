@@ -83,7 +83,7 @@ from asymcert import _native
 from asymcert.certify.bounded_convex import BOUND_SAFETY, U64, BoundedPass, up32
 from asymcert.certify.icnn_pattern import Bf16Product, bf16_candidates, bf16_product, pattern_products
 from asymcert.certify.modes import gamma, matmul_unit_roundoff
-from asymcert.certify.scope import Sources, kept_while_unchanged, scoped_per_call
+from asymcert.certify.scope import Sources, call_scope, kept_while_unchanged, scoped_per_call
 from asymcert.nn.convex import ICNN
 from asymcert.nn.feature_maps import Compose, ConcatAbs, Identity, Shift, Standardize
 
@@ -309,9 +309,10 @@ def icnn_bounded_pass(model: FeatureConvexClassifier, x: torch.Tensor) -> Bounde
     Raises:
         ValueError: a model outside :func:`supports_bounded_icnn`.
     """
-    if not supports_bounded_icnn(model, x.device):
-        raise ValueError("icnn_bounded_pass needs a model accepted by supports_bounded_icnn")
-    consts = icnn_constants(model)
+    with call_scope():  # (the support check and the pass compare the weights with the kept constants once)
+        if not supports_bounded_icnn(model, x.device):
+            raise ValueError("icnn_bounded_pass needs a model accepted by supports_bounded_icnn")
+        consts = icnn_constants(model)
     assert consts is not None  # (supports_bounded_icnn checked it)
     f64, e_phi = features_with_error(model.feature_map, x)
     n = f64.shape[0]
