@@ -449,6 +449,12 @@ def _gradient_and_sums(
     f, e = f.contiguous(), e.contiguous()
     grad, grad_err = torch.empty(n, d, dtype=torch.float64), torch.empty(n, d, dtype=torch.float64)
     sums = torch.empty(n, 6, dtype=torch.float64)
+    shapes = {parts: (n, SLICES * m), consts.col_scale: (m,), consts.u1: (d,), consts.resid: (m,), f: (n, d), e: (n, d)}
+    for t, shape in shapes.items():  # (the kernel reads raw memory: every layout is checked first)
+        if tuple(t.shape) != shape or not t.is_contiguous() or t.device.type != "cpu":
+            raise AssertionError(f"gradient kernel input of shape {tuple(t.shape)}, expected {shape} contiguous")
+        if t.dtype != (torch.int32 if t is parts else torch.float64):
+            raise AssertionError(f"gradient kernel input of dtype {t.dtype}")
     lib.asymcert_icnn_gradient(
         parts.data_ptr(),
         n,
