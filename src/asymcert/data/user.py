@@ -452,7 +452,10 @@ def check_names_header(dtype: np.dtype, shape: tuple[int, ...], x_shape: tuple[i
 
 MAX_LABEL_BYTES = 4096  # per label of a streamed y: 1024 characters of a <U dtype
 _NPY_NOT_NPZ = "{path}: a single array (.npy), not an .npz archive; save with np.savez(path, x=inputs, y=labels)"
-_UNPICKLE = "{path}: array {key!r} cannot be read without unpickling Python objects ({why}); save numbers or text"
+_UNPICKLE = (
+    "{path}: array {key!r} cannot be read without unpickling Python objects ({why}); save numbers or text, "
+    "e.g. np.asarray(values, dtype=str) (pandas: df.columns.to_numpy(dtype=str))"
+)
 _NOT_NPY = (
     "{path}: member {key!r} is not a NumPy array file (damaged, or not .npy); save with np.savez(path, x=..., y=...)"
 )
