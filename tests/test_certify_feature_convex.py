@@ -146,5 +146,9 @@ def test_a_nan_in_a_gradient_certifies_nothing(p):
     v = torch.tensor([[3.0, -4.0, math.nan, 0.5], [3.0, -4.0, 1.0, 0.5]], dtype=torch.float64)
     norms = lp_norm(v, p)
     assert math.isnan(float(norms[0])) and float(norms[1]) > 0
-    radii = safe_radius(torch.ones(3, dtype=torch.float64), torch.tensor([math.nan, 0.0, 2.0], dtype=torch.float64))
-    assert radii.tolist() == [0.0, math.inf, pytest.approx(0.5, rel=1e-5)]
+    radii = safe_radius(
+        torch.ones(4, dtype=torch.float64), torch.tensor([math.nan, 0.0, 2.0, -1.0], dtype=torch.float64)
+    )
+    assert radii.tolist() == [0.0, math.inf, pytest.approx(0.5, rel=1e-5), 0.0]
+    zero = lp_norm(torch.tensor([[-0.0, 0.0, -0.0]], dtype=torch.float64), p)
+    assert float(zero) == 0.0 and math.copysign(1.0, float(zero)) == 1.0  # +0.0: 1/norm is +∞ (review 29b F1)

@@ -38,7 +38,7 @@ def lp_norm(v: torch.Tensor, p: float) -> torch.Tensor:
     """ℓp norm of each row of ``v`` (N, ...) → (N,), computed in float64 without overflow."""
     v = v.reshape(v.shape[0], -1).double()
     if math.isinf(p):  # max|v_i| = max(max v, −min v), exactly (NaN stays NaN): 4× vector_norm's speed here
-        return torch.maximum(v.amax(dim=1), v.amin(dim=1).neg_())
+        return torch.maximum(v.amax(dim=1), v.amin(dim=1).neg_()).abs_()  # (abs: +0.0 for a row of −0.0)
     if p == 1:
         return torch.linalg.vector_norm(v, ord=p, dim=1)
     if p == 2:  # one pass; rescale only when the squares may have overflowed or underflowed
@@ -76,11 +76,11 @@ def safe_radius(margin: torch.Tensor, denominator: torch.Tensor, slack: float = 
             the division); the margin's error must already be subtracted (absolute, not relative).
     Returns:
         (N,) float64 radii ≥ 0 in the same units as ``margin / denominator``; ``inf`` where the
-        denominator is 0 and the margin positive (a constant decision), 0 where it is NaN.
+        denominator is 0 and the margin positive (a constant decision), 0 where it is NaN or negative.
     """
     m = margin.double()
     d = denominator.double()
-    constant = torch.where(d == 0, math.inf, 0.0)  # (a NaN denominator, which nothing bounds, certifies nothing)
+    constant = torch.where(d == 0, math.inf, 0.0)  # (a NaN or negative denominator certifies nothing)
     r = torch.where(d > 0, m / d.clamp_min(torch.finfo(torch.float64).tiny), constant)
     r = r * (1.0 - slack)
     # one more ulp down for the float64 division itself (an infinite radius stays infinite)
