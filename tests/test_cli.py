@@ -473,3 +473,25 @@ def test_a_stopped_command_says_how_to_go_on_for_what_it_was_doing(tiny_run, tmp
     monkeypatch.setattr(cli_module, "write_report", _raiser(KeyboardInterrupt()))
     line = _refused(runner.invoke(main, ["report", str(_copy(tiny_run, tmp_path))]), EXIT_INTERRUPTED)
     assert "training" not in line and "nothing was half-written" in line
+
+
+PROBE_BUSY = "import sys; from asymcert.runfolder import being_written; print(being_written(sys.argv[1]))"
+
+
+def test_certify_holds_the_folders_lock_from_its_certificates_to_their_report(tiny_run, tmp_path, monkeypatch):
+    """`certify DIR` let the lock go between writing the certificates and writing their report (about 200 ms):
+    a second certify starting then also succeeded, and the first printed the second's results (audit 29a F1).
+    Another process now sees the folder busy when the report starts, and an interrupt there says what is left."""
+    folder = _copy(tiny_run, tmp_path)
+    seen = []
+
+    def probe_then_report(run_dir, log=None):
+        probe = subprocess.run([sys.executable, "-c", PROBE_BUSY, str(run_dir)], capture_output=True, text=True)
+        seen.append(probe.stdout.strip())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "write_report", probe_then_report)
+    line = _refused(CliRunner().invoke(main, ["certify", str(folder), "--quiet", "--limit", "3"]), EXIT_INTERRUPTED)
+    assert seen == ["True"]
+    assert "nothing was half-written" not in line
+    assert f"the new certificates are written, and the report is not: `asymcert report {folder}` writes it" in line

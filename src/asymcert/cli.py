@@ -146,9 +146,15 @@ _TRAINING_COMMANDS = frozenset({"run", "train", "compare", "sweep", "capacity"})
 """Commands that train: stopped, they resume after the last finished epoch when rerun."""
 
 
+_PARTIAL = "asymcert.partial"
+"""``ctx.meta`` key: what a command stopped now leaves half-done and how to finish it (set while it is so)."""
+
+
 def _go_on(ctx: click.Context) -> str:
     """What a stopped command leaves and how to go on: training resumes; other commands wrote nothing half-way
-    (every output appears whole, by a rename), so they just run again."""
+    (every output appears whole, by a rename), so they just run again, unless :data:`_PARTIAL` says otherwise."""
+    if _PARTIAL in ctx.meta:
+        return str(ctx.meta[_PARTIAL])
     if ctx.invoked_subcommand in _TRAINING_COMMANDS:
         return "rerun the same command to go on (training resumes after its last finished epoch)"
     return "nothing was half-written (earlier outputs are as they were); rerun the same command to start again"
@@ -587,21 +593,30 @@ def certify_cmd(
         plain=no_threat_model,
         threat_model_file=threat_model,
     )
-    cert = certify_run(run_dir, device=device, data_dir=data_dir, progress=_bars(quiet), settings=settings)
-    if not distributed.is_main():  # (every process certified its share; one says so)
-        return
-    click.echo(
-        f"certified {len(cert)} inputs in {cert.seconds:.3f}s "
-        f"({1000 * cert.seconds / max(1, len(cert)):.3f} ms per input); radii in {cert.units}"
+    read_run_record(run_dir)  # (no run folder: refused before its lock file is made)
+    with exclusive(run_dir):  # one writer from the certificates to their report: no gap between (audit 29a F1)
+        cert = certify_run(run_dir, device=device, data_dir=data_dir, progress=_bars(quiet), settings=settings)
+        if not distributed.is_main():  # (every process certified its share; one says so)
+            return
+        click.echo(
+            f"certified {len(cert)} inputs in {cert.seconds:.3f}s "
+            f"({1000 * cert.seconds / max(1, len(cert)):.3f} ms per input); radii in {cert.units}"
+        )
+        _write_certified_report(run_dir)
+
+
+def _write_certified_report(run_dir: str) -> None:
+    """results.json and report.md describe certificates.safetensors: rewrite them with it (never stale). A failed
+    or interrupted write says that the certificates are new and the report is not, and how to write it."""
+    ctx = click.get_current_context()
+    ctx.meta[_PARTIAL] = (
+        f"the new certificates are written, and the report is not: `asymcert report {run_dir}` writes it"
     )
-    # results.json and report.md describe certificates.safetensors: rewrite them with it, never leave them stale
     try:
         results = write_report(run_dir, log=lambda msg: None)
     except WriteError as exc:
-        raise WriteError(
-            f"{exc}; the new certificates are written, and the report is not: `asymcert report {run_dir}` "
-            "writes it once the folder takes writes"
-        ) from None
+        raise WriteError(f"{exc}; {ctx.meta[_PARTIAL]} once the folder takes writes") from None
+    del ctx.meta[_PARTIAL]
     _echo_summary(results, run_dir)
 
 
