@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -450,6 +452,9 @@ def test_an_export_removes_its_own_stale_temp_files_only(tmp_path):
     mine = [".m.onnx.readme_1", ".m.onnx.20240101", ".m.onnx.abcdefgh"]
     for name in mine:
         (tmp_path / name).write_text("the user's")
+    past = time.time() - 60  # (a temporary file this old, which no process locks, is a killed write's)
+    for p in tmp_path.iterdir():
+        os.utime(p, (past, past))
     to_onnx(small_feature_convex("icnn", input_shape=(1, 4, 4)), tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*mine, "m.onnx"])
     assert all((tmp_path / name).read_text() == "the user's" for name in mine)

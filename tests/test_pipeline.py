@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -338,6 +340,8 @@ def test_stale_temp_files_of_a_killed_write_are_removed_by_the_next_command(run_
     stale = [run_dir / ".train_state.pt.asymcert-k3x_9a0q.tmp", run_dir / ".run.json.asymcert-abcdefgh.tmp"]
     for p in stale:
         p.write_bytes(b"half a file")
+        past = time.time() - 60  # (no process locks them, and they are older than a write that has not yet)
+        os.utime(p, (past, past))
     keep = [run_dir / ".my.notes", run_dir / ".run.json.abcdefgh"]  # the user's, though like a mkstemp name
     for p in keep:
         p.write_text("mine")

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from asymcert.runfolder import (
     RunRecord,
     dumps_strict,
     exclusive,
+    exclusive_output,
     output_lock_path,
     remove_stale_temp_files,
     stale_temp_files,
@@ -139,6 +141,8 @@ def test_stale_temp_files_match_atomic_writes_only(tmp_path):
     for name in mine:
         (tmp_path / name).write_text("keep")
     (tmp_path / ".dir.asymcert-abcdefgh.tmp").mkdir()
+    for p in tmp_path.iterdir():
+        _age(p)
     assert [p.name for p in stale_temp_files(tmp_path)] == sorted(half)
     assert [p.name for p in stale_temp_files(tmp_path, target="run.json")] == [".run.json.asymcert-abcdefgh.tmp"]
     remove_stale_temp_files(tmp_path)
@@ -155,7 +159,44 @@ def test_a_killed_atomic_write_leaves_a_temp_file_that_matches_the_pattern(tmp_p
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], timeout=120)
     left = [p.name for p in tmp_path.iterdir()]
     assert len(left) == 1 and left[0].startswith(".train_state.pt.asymcert-") and left[0].endswith(".tmp")
+    assert stale_temp_files(tmp_path) == []  # (too young to tell from a write that has not locked it yet)
+    _age(tmp_path / left[0])
     assert [p.name for p in stale_temp_files(tmp_path)] == left
+
+
+def _age(path: Path, seconds: float = 60.0) -> None:
+    """Set ``path``'s modification time ``seconds`` in the past."""
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+WRITE_SLOWLY = """
+import sys, time
+from pathlib import Path
+from asymcert.checkpoint import atomic_write
+def write(tmp):
+    tmp.write_text("half")
+    print("writing", flush=True)
+    time.sleep(120)
+atomic_write(Path(sys.argv[1]) / "traffic.csv", write)
+"""
+
+
+def test_a_live_writes_temporary_file_is_never_taken_for_a_stale_one(tmp_path):
+    """`report DIR` (holding the run folder's lock) removed the temporary file of a `certify --input --out
+    DIR/traffic.csv` still writing, which then failed (audit 29a F8): a live write locks its temporary file."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITE_SLOWLY, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        (live,) = [p for p in tmp_path.iterdir() if p.name.startswith(".traffic.csv.asymcert-")]
+        _age(live)
+        with exclusive(tmp_path):
+            assert stale_temp_files(tmp_path) == [] and remove_stale_temp_files(tmp_path) == []
+        assert live.exists()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert [p.name for p in stale_temp_files(tmp_path)] == [live.name]  # its writer is dead: now it is stale
 
 
 finite_or_not = st.floats(allow_nan=True, allow_infinity=True)
@@ -233,5 +274,43 @@ def test_an_output_files_lock_is_one_per_file_whatever_its_spelling(tmp_path, mo
     (tmp_path / "a").mkdir()
     same = output_lock_path(tmp_path / "r.csv")
     assert output_lock_path("r.csv") == same == output_lock_path(tmp_path / "a" / ".." / "r.csv")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "r.csv")
+    assert output_lock_path(tmp_path / "link.csv") == same
     assert output_lock_path(tmp_path / "s.csv") != same
-    assert same.parent.name.startswith("asymcert-") and not str(same).startswith(str(tmp_path))
+    assert same == tmp_path.resolve() / ".r.csv.asymcert.lock"  # beside the file, whatever TMPDIR or USER say
+
+
+OTHER_ENV_WRITER = """
+import sys
+from asymcert.runfolder import exclusive_output
+with exclusive_output(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_an_output_file_has_one_writer_whatever_the_writers_environment(tmp_path):
+    """The lock lived in <TMPDIR>/asymcert-<USER>/: a writer with another TMPDIR or USER was let in (audit 29a F2).
+    Now it is beside the file; it is deleted after the write, and a second writer waits for nothing."""
+    target = tmp_path / "r.csv"
+    env = {**os.environ, "TMPDIR": str(tmp_path), "USER": "someone-else", "LOGNAME": "someone-else"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OTHER_ENV_WRITER, str(target)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        busy = pytest.raises(RunFolderBusyError, match="being written by another asymcert process")
+        with busy, exclusive_output(target):
+            pass
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(timeout=60)
+    assert not output_lock_path(target).exists()  # deleted by its last holder
+    with exclusive_output(target):
+        assert output_lock_path(target).exists()
+    assert not output_lock_path(target).exists()

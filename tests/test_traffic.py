@@ -6,15 +6,18 @@ import copy
 import csv
 import dataclasses
 import decimal
+import errno
 import hashlib
 import io
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 import tracemalloc
 import warnings
 import zipfile
@@ -29,12 +32,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import asymcert
-from asymcert import traffic
+from asymcert import checkpoint, traffic
 from asymcert.checkpoint import MODEL_FILE, read_config, save
 from asymcert.cli import EXIT_BUSY, EXIT_OK, EXIT_REFUSED, main
 from asymcert.data.images import read_images
 from asymcert.data.user import read_npz
-from asymcert.errors import CheckpointError, DataError, InputError, RunFolderBusyError, RunFolderConflictError
+from asymcert.errors import (
+    CheckpointError,
+    DataError,
+    InputError,
+    RunFolderBusyError,
+    RunFolderConflictError,
+    WriteError,
+)
 from asymcert.pipeline import read_run, train_run
 from asymcert.threat import ThreatModel, load_threat_model
 from asymcert.traffic import (
@@ -436,6 +446,9 @@ def test_two_writers_of_one_results_file_cannot_both_run(csv_run, tmp_path):
     mine = [".other.csv.asymcert-ab12cd_9.tmp", ".r.csv.notes_v2", ".r.csv.20240101"]  # not r.csv's; the user's
     for name in mine:
         (tmp_path / name).write_text("keep")
+    past = time.time() - 60  # (older than a write that has not locked its temporary file yet)
+    for p in tmp_path.iterdir():
+        os.utime(p, (past, past))
     assert certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.csv", progress=False).n_inputs == 5
     assert not any(p.name.startswith(".r.csv.") and p.name.endswith(".tmp") for p in tmp_path.iterdir())
     assert all((tmp_path / name).read_text() == "keep" for name in mine)
@@ -1146,3 +1159,68 @@ def test_certify_input_under_torchrun_writes_once_from_one_process(csv_run, tmp_
     assert res.returncode == 0, res.stderr[-2000:]
     assert "certify --input runs in one process" in res.stderr and "Traceback" not in res.stderr
     assert len(_read(tmp_path / "out.csv")) == 20
+
+
+def test_results_and_their_record_change_together_when_stopped_between_them(csv_run, tmp_path, monkeypatch):
+    """A signal after the results were renamed into place and before their record was written left new results
+    beside the old record, and the line said nothing had changed (audit 29a F3): the record is now written before
+    either rename, and the two renames happen with SIGINT held back, so Ctrl-C there lands after both."""
+    x, _ = _rows(7, 8)
+    _write_csv(tmp_path / "old.csv", x[:3])
+    _write_csv(tmp_path / "new.csv", x)
+    out = tmp_path / "r.csv"
+    certify_file(csv_run, tmp_path / "old.csv", out, progress=False)
+    real = checkpoint.os.replace
+    renamed = []
+
+    def replace_then_interrupt(src, dst):
+        real(src, dst)
+        renamed.append(Path(dst).name)
+        if len(renamed) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # (between the results' rename and the record's)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        certify_file(csv_run, tmp_path / "new.csv", out, progress=False)
+    assert renamed == ["r.csv", "r.csv.json"]
+    record = read_results_record(out)
+    assert record is not None and record.n_inputs == 7 and len(_read(out)) == 7
+
+
+def test_a_record_that_cannot_be_written_leaves_the_earlier_results_and_record(csv_run, tmp_path, monkeypatch):
+    """A full disk while writing the record replaced the results first and left the old record beside them, while
+    the line said 'any previous version is left intact' (audit 29a F4): now neither file changes."""
+    x, _ = _rows(7, 9)
+    _write_csv(tmp_path / "old.csv", x[:3])
+    _write_csv(tmp_path / "new.csv", x)
+    out = tmp_path / "r.csv"
+    certify_file(csv_run, tmp_path / "old.csv", out, progress=False)
+    before = out.read_bytes(), record_path(out).read_bytes()
+    real = Path.write_text
+
+    def full_for_records(self, text, *args, **kwargs):
+        if self.name.startswith(".r.csv.json."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_for_records)
+    with pytest.raises(WriteError, match="No space left on device; any previous version is left intact"):
+        certify_file(csv_run, tmp_path / "new.csv", out, progress=False)
+    assert (out.read_bytes(), record_path(out).read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.csv", "old.csv", "r.csv", "r.csv.json"]
+
+
+def test_a_refusal_in_a_later_chunk_leaves_no_new_folders(csv_run, tmp_path):
+    """--out into folders that did not exist, and a bad value in a later chunk: refused, and the folders made for
+    the results are gone again (audit 29a F7: a refused command changes nothing on disk)."""
+    x, _ = _rows(9, 10)
+    x[7, 1] = math.inf
+    _write_csv(tmp_path / "late_bad.csv", x)
+    out = tmp_path / "nd" / "sub" / "r.csv"
+    with pytest.raises(DataError, match="row 8 "):
+        certify_file(csv_run, tmp_path / "late_bad.csv", out, chunk=2, progress=False)
+    assert not (tmp_path / "nd").exists()
+    (tmp_path / "nd").mkdir()  # a folder that was there before stays
+    with pytest.raises(DataError):
+        certify_file(csv_run, tmp_path / "late_bad.csv", out, chunk=2, progress=False)
+    assert (tmp_path / "nd").is_dir() and not (tmp_path / "nd" / "sub").exists()

@@ -5,12 +5,16 @@ Nothing is ever unpickled: safetensors stores raw tensors, and the config is JSO
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -22,6 +26,11 @@ from torch.nn.modules.module import (
     register_module_module_registration_hook,
     register_module_parameter_registration_hook,
 )
+
+try:  # POSIX: temporary files are locked while written (Windows: no fcntl, and no such lock)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 from asymcert.errors import AsymcertError, CheckpointError, ConfigError, ModelError, UnknownNameError, WriteError
 from asymcert.jsontext import JsonTextError, parse_json
@@ -60,40 +69,180 @@ def _reason(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or (lines[0] if lines else type(exc).__name__)
 
 
+@dataclass
+class Staged:
+    """A file written whole under its temporary name beside ``path`` (:func:`stage`), not yet renamed onto it.
+
+    Attributes:
+        path: the target; tmp: ``.<name>.asymcert-<8 random characters>.tmp`` beside it; fd: an open descriptor
+            of ``tmp`` holding an OS lock on it (POSIX ``flock``; -1 elsewhere) until :func:`discard`, so that no
+            other process takes it for the leftover of a killed write (:func:`is_stale_temp`).
+    """
+
+    path: Path
+    tmp: Path
+    fd: int = -1
+
+
+def stage(path: Path, write: Any) -> Staged:
+    """Call ``write(tmp)`` for a temporary file beside ``path``, flush it to disk and give it the permissions of a
+    file the user creates (``0o666 & ~umask``; ``mkstemp`` alone gives 0600); :func:`commit` renames it onto
+    ``path``. ``path``'s folder must exist.
+
+    Raises:
+        WriteError: writing failed (disk full, no permission, ...): one line naming ``path``; the temporary file
+            is removed and ``path`` is as it was.
+    """
+    path = Path(path)
+    staged = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_TAG}", suffix=TEMP_SUFFIX, dir=path.parent)
+        staged = Staged(path, Path(tmp), fd)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # (its own new file: never waits)
+        else:
+            os.close(fd)
+            staged.fd = -1
+        write(staged.tmp)
+        with open(staged.tmp, "rb") as f:
+            os.fsync(f.fileno())  # a full disk may only show here, not in write()
+        os.chmod(staged.tmp, 0o666 & ~current_umask())
+        return staged
+    except AsymcertError:
+        discard(staged)
+        raise
+    except (OSError, SafetensorError) as exc:  # safetensors reports its own I/O failures as SafetensorError
+        discard(staged)
+        raise WriteError(f"could not write {path}: {_reason(exc)}; any previous version is left intact") from exc
+    except BaseException:
+        discard(staged)
+        raise
+
+
+def commit(*staged: Staged) -> None:
+    """Rename every staged file onto its target, in order, with SIGINT and SIGTERM held back until the last rename
+    (in the main thread, on POSIX), so that a stopped command leaves either none or all of them renamed (a
+    results file and the record that describes it change together).
+
+    Raises:
+        WriteError: a rename failed (the files renamed before it stay renamed).
+    """
+    with _signals_held():
+        for s in staged:
+            try:
+                os.replace(s.tmp, s.path)
+            except OSError as exc:
+                raise WriteError(f"could not write {s.path}: {_reason(exc)}") from exc
+
+
+def discard(*staged: Staged | None) -> None:
+    """Release the staged files' locks and remove the temporary files not renamed."""
+    for s in staged:
+        if s is None:
+            continue
+        if s.tmp.exists() and not s.tmp.is_symlink():
+            s.tmp.unlink(missing_ok=True)
+        if s.fd >= 0:
+            os.close(s.fd)
+            s.fd = -1
+
+
 def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves a half-written file.
+    """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves a half-written file
+    (:func:`stage`, then :func:`commit`); ``path``'s folder is created when missing.
 
     The temporary file is ``.<name>.asymcert-<8 random characters>.tmp`` next to ``path`` (a process killed
     before the rename leaves it; :func:`asymcert.runfolder.remove_stale_temp_files` cleans up files of that
-    pattern only).
-    It is flushed to disk before the rename, and gets the permissions of a file the user creates
-    (``0o666 & ~umask``; ``mkstemp`` alone gives 0600).
+    pattern only, and never one a live process holds: :func:`is_stale_temp`).
 
     Raises:
         WriteError: writing failed (disk full, no permission, ...): one line naming ``path``; the
             previous ``path``, if any, is left as it was.
     """
     path = Path(path)
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_TAG}", suffix=TEMP_SUFFIX, dir=path.parent)
-        os.close(fd)
-        write(Path(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # a full disk may only show here, not in write()
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except AsymcertError:
-        raise
-    except (OSError, SafetensorError) as exc:  # safetensors reports its own I/O failures as SafetensorError
+    except OSError as exc:
         raise WriteError(f"could not write {path}: {_reason(exc)}; any previous version is left intact") from exc
+    staged = stage(path, write)
+    try:
+        commit(staged)
     finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        discard(staged)
+
+
+STALE_AFTER_SECONDS = 10.0
+"""A temporary file no process locks is a killed write's leftover once it is this old (a live write locks its file
+within microseconds of creating it; :func:`is_stale_temp`)."""
+
+
+def is_stale_temp(path: Path) -> bool:
+    """Whether the temporary file ``path`` (of :func:`stage`'s pattern) is a killed write's leftover: no process
+    holds its lock, and it is older than :data:`STALE_AFTER_SECONDS` (where locks are not available: any age)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if fcntl is None:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # (a live write holds it)
+        return time.time() - os.fstat(fd).st_mtime > STALE_AFTER_SECONDS
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold back SIGINT and SIGTERM for the block, in the main thread: their Python handlers are swapped for one
+    that notes them, and each noted signal is raised again, to the handler it was meant for, right after the block.
+    (Blocking them with ``pthread_sigmask`` would not do: another thread, e.g. one of PyTorch's, takes them.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    wanted = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.getsignal(s) for s in wanted}
+    held = [s for s in wanted if old[s] is not None]  # (None: a handler set outside Python, left alone)
+    for s in held:
+        signal.signal(s, lambda signum, frame: noted.append(signum))
+    try:
+        yield
+    finally:
+        for s in held:
+            signal.signal(s, old[s])
+        for signum in noted:
+            signal.raise_signal(signum)
+
+
+@contextmanager
+def created_folders(folder: Path) -> Iterator[Path]:
+    """Make ``folder`` and its missing parents for the block; if the block raises (a refusal, an interrupt), remove
+    the ones made here that are still empty, so that a refused command leaves nothing behind.
+
+    Raises:
+        WriteError: the folder cannot be made.
+    """
+    folder = Path(folder)
+    made = []
+    at = folder.absolute()
+    while not at.exists() and at.parent != at:
+        made.append(at)
+        at = at.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"could not create {folder}: {_reason(exc)}") from exc
+    try:
+        yield folder
+    except BaseException:
+        for d in made:  # (deepest first)
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
 class _Configurable(Protocol):

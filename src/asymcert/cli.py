@@ -157,7 +157,10 @@ def _go_on(ctx: click.Context) -> str:
         return str(ctx.meta[_PARTIAL])
     if ctx.invoked_subcommand in _TRAINING_COMMANDS:
         return "rerun the same command to go on (training resumes after its last finished epoch)"
-    return "nothing was half-written (earlier outputs are as they were); rerun the same command to start again"
+    return (
+        "nothing was half-written (each output is the earlier one, or the new one whole where its write had "
+        "finished); rerun the same command to start again"
+    )
 
 
 class _Terminated(KeyboardInterrupt):

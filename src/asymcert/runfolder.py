@@ -7,12 +7,13 @@
   Under ``torchrun`` only rank 0 (the one process that writes) takes it and tells the others
   whether it got it (one broadcast), so every rank fails or proceeds together.
 - **One writer per results file.** ``certify --input … --out FILE`` holds an OS lock for ``FILE`` while it
-  works (:func:`exclusive_output`), kept in the system's temporary folder so that nothing is added beside
-  the user's files; a second writer of the same file is refused at once.
+  works (:func:`exclusive_output`), on ``.FILE.asymcert.lock`` beside it, deleted when done; a second writer of
+  the same file is refused at once.
 - **No stale temporary files.** :func:`~asymcert.checkpoint.atomic_write` writes
   ``.<name>.asymcert-<8 random characters>.tmp`` next to its target and renames it; a process killed in
   between leaves that file behind. The next command that holds the lock removes them
-  (:func:`remove_stale_temp_files`): files of exactly that pattern, never a user's ``.<name>.<anything>``.
+  (:func:`remove_stale_temp_files`): files of exactly that pattern, never a user's ``.<name>.<anything>``, and
+  never one a live process is writing (it holds an OS lock on it).
 - **Strict JSON.** Every JSON file the package writes goes through :func:`dumps_strict`:
   non-finite floats become ``null`` (``NaN``/``Infinity`` are not JSON and many readers refuse them).
 - **A typed run.json.** :class:`RunRecord` reads it and names the missing or ill-typed key.
@@ -20,12 +21,11 @@
 
 from __future__ import annotations
 
-import getpass
-import hashlib
+import contextlib
 import json
 import math
+import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,13 +35,28 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+try:  # POSIX: results files are locked with flock beside them (Windows: filelock)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
 from asymcert import distributed
-from asymcert.checkpoint import MODEL_FILE, TEMP_SUFFIX, TEMP_TAG, atomic_write, read_config
+from asymcert.checkpoint import (
+    MODEL_FILE,
+    TEMP_SUFFIX,
+    TEMP_TAG,
+    atomic_write,
+    created_folders,
+    is_stale_temp,
+    read_config,
+)
 from asymcert.errors import AsymcertError, CheckpointError, RunFolderBusyError, WriteError
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 LOCK_FILE = ".asymcert.lock"
+OUTPUT_LOCK_SUFFIX = ".asymcert.lock"
+"""The lock of an output file ``name`` is ``.<name>.asymcert.lock`` beside it (:func:`output_lock_path`)."""
 RUN_FILE = "run.json"
 CERT_FILE = "certificates.safetensors"
 """The certificates of the run's test split (:mod:`asymcert.certify.certfile`)."""
@@ -136,34 +151,77 @@ def being_written(folder: str | Path) -> bool:
 
 
 def output_lock_path(path: str | Path) -> Path:
-    """Where :func:`exclusive_output` locks ``path``: ``<temp>/asymcert-<user>/<hash of its absolute path>.lock``
-    (every spelling of one file, relative or absolute, gets the same lock)."""
-    key = hashlib.sha256(str(Path(path).resolve()).encode("utf-8", "surrogatepass")).hexdigest()[:40]
-    try:
-        user = re.sub(r"[^A-Za-z0-9_.-]", "_", getpass.getuser()) or "user"
-    except (OSError, KeyError):  # no login name (some containers)
-        user = "user"
-    return Path(tempfile.gettempdir()) / f"asymcert-{user}" / f"{key}.lock"
+    """Where :func:`exclusive_output` locks ``path``: ``.<name>.asymcert.lock`` beside it, by its resolved path (every
+    spelling of one file, relative, absolute or through a symlink, gets the same lock; whatever the environment's
+    temporary folder or user name, audit 29a F2)."""
+    target = Path(path).resolve()
+    return target.parent / f".{target.name}{OUTPUT_LOCK_SUFFIX}"
 
 
 @contextmanager
 def exclusive_output(path: str | Path) -> Iterator[Path]:
-    """Hold the writer lock of one output file (not a run folder) for the ``with`` block, and remove the
-    temporary files that interrupted writes of that file left beside it (:func:`stale_temp_files`).
+    """Hold the writer lock of one output file or folder (not a run folder) for the ``with`` block, and remove the
+    temporary files that interrupted writes of that file left beside it (:func:`stale_temp_files`). Its folder is
+    made when missing, and removed again if the block raises (:func:`~asymcert.checkpoint.created_folders`).
+
+    The lock is an OS lock (``flock``) on :func:`output_lock_path`, deleted when released (the next writer's
+    check that the file it locked is still the one at that path makes that safe); a killed writer leaves that
+    empty file, which the next writer reuses.
 
     Raises:
         RunFolderBusyError: another process is writing ``path``.
-        WriteError: the lock cannot be created.
+        WriteError: the lock, or the folder, cannot be created.
     """
     path = Path(path)
     hint = "; wait for it to finish or write another file"
-    lock = _take(FileLock(str(output_lock_path(path)), timeout=0), path, hint)
-    try:
+    with created_folders(path.parent), _output_lock(output_lock_path(path), path, hint):
         for stale in stale_temp_files(path.parent, target=path.name):
             stale.unlink(missing_ok=True)
         yield path
+
+
+@contextmanager
+def _output_lock(lock_path: Path, target: Path, hint: str) -> Iterator[None]:
+    """Hold the lock of :func:`exclusive_output` (Windows: filelock's, which deletes its file on release)."""
+    if fcntl is None:  # pragma: no cover
+        lock = _take(FileLock(str(lock_path), timeout=0), target, hint)
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+    fd = _locked_sidecar(lock_path, target, hint)
+    try:
+        yield
     finally:
-        lock.release()
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)  # (while held: a writer that opened it before retries on a new file)
+        os.close(fd)
+
+
+def _locked_sidecar(lock_path: Path, target: Path, hint: str) -> int:
+    """A descriptor of ``lock_path`` holding its ``flock``, checked to be the file at that path (not one its last
+    holder deleted on release). Raises RunFolderBusyError (held) or WriteError (cannot be made or locked)."""
+    for _ in range(64):
+        try:
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise WriteError(f"cannot lock {target} ({lock_path}: {exc.strerror or exc})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunFolderBusyError(f"{target} is being written by another asymcert process{hint}") from None
+        except OSError as exc:
+            os.close(fd)
+            raise WriteError(f"cannot lock {target} ({lock_path}: {exc.strerror or exc})") from exc
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise WriteError(f"cannot lock {target} ({lock_path} is replaced as fast as it is locked)")
 
 
 def certificate_outputs(folder: str | Path) -> list[Path]:
@@ -203,12 +261,14 @@ def warn_if_unfinished(record: RunRecord, run_dir: str | Path) -> None:
 
 def stale_temp_files(folder: str | Path, target: str | None = None) -> list[Path]:
     """Temporary files of interrupted atomic writes in ``folder`` (call while holding its lock), or of the
-    writes of one file ``target`` in it only (while holding that file's :func:`exclusive_output`)."""
+    writes of one file ``target`` in it only (while holding that file's :func:`exclusive_output`): files of that
+    pattern that no live process is writing (:func:`~asymcert.checkpoint.is_stale_temp`; a results file written
+    into a run folder holds only its own lock, audit 29a F8)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     found = (p for p in folder.iterdir() if (m := TEMP_NAME.match(p.name)) and target in (None, m["target"]))
-    return sorted(p for p in found if p.is_file() and not p.is_symlink())
+    return sorted(p for p in found if p.is_file() and not p.is_symlink() and is_stale_temp(p))
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
@@ -254,8 +314,18 @@ def dumps_strict(obj: Any, default: Callable[[Any], Any] | None = None, **kwargs
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 1, **kwargs: Any) -> None:
     """Write ``obj`` as strict JSON to ``path`` atomically (see :func:`~asymcert.checkpoint.atomic_write`)."""
+    atomic_write(Path(path), json_writer(obj, indent, **kwargs))
+
+
+def json_writer(obj: Any, indent: int | None = 1, **kwargs: Any) -> Callable[[Path], None]:
+    """``write(tmp)`` writing ``obj`` as strict JSON (for :func:`~asymcert.checkpoint.atomic_write` and
+    :func:`~asymcert.checkpoint.stage`); a value strict JSON cannot hold is refused here, before any file."""
     text = dumps_strict(obj, indent=indent, **kwargs) + "\n"
-    atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+
+    return write
 
 
 # ----------------------------------------------------------------- how a set of certificates was made

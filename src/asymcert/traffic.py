@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from asymcert.certify import Certificate, certify
 from asymcert.certify.api import certifier_spec, make_options
 from asymcert.certify.result import RAW_UNITS, norm_label
-from asymcert.checkpoint import atomic_write, load
+from asymcert.checkpoint import Staged, commit, discard, load, stage
 from asymcert.data.download import sha256_file
 from asymcert.data.images import IMAGE_SUFFIXES, read_image
 from asymcert.data.user import FLOAT32_MAX, MAX_LABEL_BYTES, NpzStream, csv_number, exact_float64, utf8_labels
@@ -47,12 +47,12 @@ from asymcert.runfolder import (
     being_written,
     certificate_mode,
     exclusive_output,
+    json_writer,
     read_run_record,
     run_threat_model,
     stale_temp_files,
     strict_jsonable,
     warn_if_unfinished,
-    write_json,
 )
 from asymcert.text import first_few
 from asymcert.threat import ResolvedThreatModel, ThreatModel
@@ -743,6 +743,7 @@ def column_meanings(units: str, norms: Sequence[float], files: bool, labels: boo
 
 def results_record(
     done: TrafficResult,
+    sha: str,
     run_dir: Path,
     input_path: Path,
     mode: CertificateMode,
@@ -751,9 +752,9 @@ def results_record(
     tm: ResolvedThreatModel | None = None,
     features: Sequence[str] | None = None,
 ) -> ResultsRecord:
-    """The :class:`ResultsRecord` of the complete results file ``done.out`` (its columns as ``first`` had them),
-    under threat model ``tm`` (None: none) with the input columns ``features`` (None: not a table)."""
-    sha = sha256_file(done.out)
+    """The :class:`ResultsRecord` of the complete results file ``done.out`` whose bytes have the SHA-256 ``sha`` (its
+    columns as ``first`` had them), under threat model ``tm`` (None: none) with the input columns ``features``
+    (None: not a table)."""
     columns = column_meanings(done.units, norms, first.files is not None, first.labels is not None)
     return ResultsRecord(
         done.out.name,
@@ -820,7 +821,7 @@ def certify_file(
     make_options(certifier_spec(model), None, extra)  # an option the certifier does not take: refused here
     if not input_path.exists():
         raise InputError(f"{input_path}: no such input file or folder")
-    with exclusive_output(out):
+    with exclusive_output(out):  # (its folder is made, and removed again if this is refused)
         for stale in stale_temp_files(out.parent, target=record_path(out).name):
             stale.unlink(missing_ok=True)
         batches = input_batches(input_path, run, chunk)
@@ -844,14 +845,27 @@ def certify_file(
         mode = certificate_mode(run.threat_model, tm, bool(extra.get("reach")), file)
         radii = "reach-aware" if mode.reach else "closed form"
         metadata = {"asymcert.units": units, "asymcert.run": str(run_dir), "asymcert.radii": radii}
-        atomic_write(out, _writer(out, certified, metadata))
-        done = TrafficResult(
-            tally.n, tally.flagged, tally.seconds, out, units, tally.outside, tally.first_outside, busy, tally.detail
-        )
-        columns = run.feature_names if input_path.suffix.lower() in TABLE_READERS else None
-        record = results_record(done, run_dir, input_path, mode, norms_t, first, tm, columns)
-        write_json(record_path(out), record.to_dict())
+        results = stage(out, _writer(out, certified, metadata))
+        try:
+            done = tally.result(out, units, busy)
+            columns = run.feature_names if input_path.suffix.lower() in TABLE_READERS else None
+            sha = sha256_file(results.tmp)
+            _commit_with_record(
+                results, results_record(done, sha, run_dir, input_path, mode, norms_t, first, tm, columns)
+            )
+        finally:
+            discard(results)
     return done
+
+
+def _commit_with_record(results: Staged, record: ResultsRecord) -> None:
+    """Write the record beside the staged results, then rename both into place together (a stopped command leaves
+    the earlier pair or the new one, never new results beside an old record: audit 29a F3, F4)."""
+    staged = stage(record_path(results.path), json_writer(record.to_dict()))
+    try:
+        commit(results, staged)
+    finally:
+        discard(staged)
 
 
 def _check_output(out: Path, input_path: Path) -> None:
@@ -883,6 +897,12 @@ class _Tally:
     first_outside: int | None = None
     detail: str | None = None
     names: Sequence[str] | None = None
+
+    def result(self, out: Path, units: str, run_busy: bool) -> TrafficResult:
+        """The :class:`TrafficResult` of these counts for the results file ``out`` in ``units``."""
+        return TrafficResult(
+            self.n, self.flagged, self.seconds, out, units, self.outside, self.first_outside, run_busy, self.detail
+        )
 
     def add(self, cert: Certificate, x: torch.Tensor, tm: ResolvedThreatModel | None) -> None:
         """Count one certified chunk ``cert`` of inputs x (B, *shape) (under ``tm``, when given)."""
