@@ -141,3 +141,17 @@ def test_an_unknown_method_is_refused_before_anything_is_read_or_written(tmp_pat
     )
     assert res.exit_code == EXIT_REFUSED and res.output.count("\n") == 1 and "unknown method(s) x" in res.output
     assert not (tmp_path / "c").exists()
+
+
+def test_the_bound_propagation_methods_on_flat_feature_vectors_are_mlps(tmp_path):
+    """`compare spambase` (or breast-cancer) gave the IBP methods the image CNN: 'arch cnn needs image inputs',
+    FAILED in compare.md (docs check 29c #2). On flat feature vectors they are MLPs now; images keep the CNN."""
+    flat, images = method_specs(images=False), method_specs()
+    assert flat["ibp"].model["arch"] == flat["crown-ibp"].model["arch"] == "mlp"
+    assert images["ibp"].model["arch"] == images["crown-ibp"].model["arch"] == "cnn"
+    assert method_specs(paper_scale=True, images=False)["smoothing"].model["arch"] == "mlp"
+    assert method_specs(paper_scale=True)["smoothing"].model["arch"] == "cnn"
+    result = compare("breast-cancer", tmp_path, methods=("ibp",), preset="fast", limit=20)
+    entry = result["methods"]["ibp"]
+    assert entry.get("status") != "failed", entry.get("reason")
+    assert 0.0 <= entry["clean_accuracy"] <= 1.0

@@ -83,9 +83,10 @@ WARMUP_INPUTS = 16  # certified once, untimed, before the timed pass
 PAPER_LIMIT = 1000
 
 
-def method_specs(paper_scale: bool = False, n_smoothing: int = 10000) -> dict[str, MethodSpec]:
-    """Every known method, from every registered family (:attr:`~asymcert.families.Family.compare_methods`)."""
-    scale = CompareScale(paper_scale=paper_scale, n_smoothing=int(n_smoothing))
+def method_specs(paper_scale: bool = False, n_smoothing: int = 10000, images: bool = True) -> dict[str, MethodSpec]:
+    """Every known method, from every registered family (:attr:`~asymcert.families.Family.compare_methods`), for a
+    task of image inputs (``images``) or of flat feature vectors (MLPs where the papers use CNNs)."""
+    scale = CompareScale(paper_scale=paper_scale, n_smoothing=int(n_smoothing), images=images)
     specs: dict[str, MethodSpec] = {}
     for family in families():
         specs.update(family.compare_methods(scale))
@@ -184,8 +185,7 @@ def compare(
     Raises:
         UnknownNameError: a method :func:`method_specs` does not know (the message lists the known ones).
     """
-    specs = method_specs(paper_scale, n_smoothing)
-    _check_methods(methods, specs)
+    _check_methods(methods, method_specs(paper_scale, n_smoothing))  # (before any data is read)
     task_spec = {"name": task_spec} if isinstance(task_spec, str) else task_spec
     norms_t = tuple(dict.fromkeys(float(p) for p in norms))
     settings = CertifySettings(
@@ -196,6 +196,7 @@ def compare(
     )
     ctx = _context(task_spec, preset, data, data_dir, settings, progress, log)
     task, data, out = ctx.task, ctx.data, Path(out_dir)
+    specs = method_specs(paper_scale, n_smoothing, images=len(data.train.x.shape[1:]) == 3)
     out.mkdir(parents=True, exist_ok=True)
     entries: dict[str, dict[str, Any]] = {}
     certs: dict[str, Certificate] = {}

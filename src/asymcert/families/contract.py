@@ -65,10 +65,17 @@ class CompareScale:
 
     paper_scale: bool = False
     n_smoothing: int = 10_000
+    images: bool = True
+    """The task's inputs are images (C, H, W): convolutional nets where the papers use them; else (flat feature
+    vectors, e.g. SpamBase) MLPs, since a CNN cannot read them."""
 
     def epochs(self, paper_epochs: int) -> int:
         """``paper_epochs`` at paper scale, else :data:`CPU_EPOCHS`."""
         return paper_epochs if self.paper_scale else CPU_EPOCHS
+
+    def cnn_or(self, mlp: dict[str, Any]) -> dict[str, Any]:
+        """:data:`SMALL_CNN` for image inputs, else the architecture ``mlp``."""
+        return dict(SMALL_CNN) if self.images else dict(mlp)
 
 
 @dataclass(frozen=True)

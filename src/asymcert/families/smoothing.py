@@ -12,7 +12,7 @@ from asymcert.certify.smoothing import (
     certify_splitting,
     certify_uniform,
 )
-from asymcert.families.contract import CPU_ADAM, SMALL_CNN, CompareScale, Family, MethodSpec
+from asymcert.families.contract import CPU_ADAM, CompareScale, Family, MethodSpec
 from asymcert.models.baselines import SMOOTHING_DEFAULTS, SmoothingBaseNet
 from asymcert.train.baseline_recipes import NoiseRecipe
 
@@ -50,7 +50,7 @@ def compare_methods(scale: CompareScale) -> dict[str, MethodSpec]:
         opts = {} if noise == "splitting" else {"n0": 100, "n": n, "alpha": 0.001, "seed": 0}
         model = {
             "kind": "relu-smoothing",
-            **(SMALL_CNN if scale.paper_scale else SMOOTHING_MLP),
+            **(scale.cnn_or(SMOOTHING_MLP) if scale.paper_scale else SMOOTHING_MLP),
             "smoothing": {"noise": noise, "sigma": 0.75, "n0": 100, "n": n, "alpha": 0.001, "seed": 0},
         }
         out[name] = MethodSpec(
