@@ -99,7 +99,8 @@ def stage(path: Path, write: Any) -> Staged:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_TAG}", suffix=TEMP_SUFFIX, dir=path.parent)
         staged = Staged(path, Path(tmp), fd)
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # (its own new file: never waits)
+            with contextlib.suppress(OSError):  # (a file system without flock: written unlocked, as on Windows)
+                fcntl.flock(fd, fcntl.LOCK_EX)  # (its own new file: never waits)
         else:
             os.close(fd)
             staged.fd = -1
