@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import asymcert
 from asymcert import cli as cli_module
+from asymcert import pipeline as pipeline_module
 from asymcert.certify.certfile import load_certificates
 from asymcert.cli import (
     EXIT_BUSY,
@@ -495,3 +496,14 @@ def test_certify_holds_the_folders_lock_from_its_certificates_to_their_report(ti
     assert seen == ["True"]
     assert "nothing was half-written" not in line
     assert f"the new certificates are written, and the report is not: `asymcert report {folder}` writes it" in line
+
+
+def test_an_interrupt_once_the_earlier_report_is_removed_says_so(tiny_run, tmp_path, monkeypatch):
+    """Ctrl-C right after the earlier certificates' report was removed (while the new certificates are written)
+    said 'nothing was half-written' (audit 29a F5): now the line says the report is missing and how to get one."""
+    folder = _copy(tiny_run, tmp_path)
+    assert (folder / "report.md").is_file()
+    monkeypatch.setattr(pipeline_module, "save_certificates", _raiser(KeyboardInterrupt()))
+    line = _refused(CliRunner().invoke(main, ["certify", str(folder), "--quiet", "--limit", "3"]), EXIT_INTERRUPTED)
+    assert "nothing was half-written" not in line and not (folder / "report.md").exists()
+    assert "the report of the earlier certificates is removed and the new one not written" in line

@@ -597,8 +597,18 @@ def certify_cmd(
         threat_model_file=threat_model,
     )
     read_run_record(run_dir)  # (no run folder: refused before its lock file is made)
+    ctx = click.get_current_context()
+
+    def replacing() -> None:  # (stopped from here on, the report is missing: the line says so, audit 29a F5)
+        ctx.meta[_PARTIAL] = (
+            f"the report of the earlier certificates is removed and the new one not written: rerun the same command, "
+            f"or `asymcert report {run_dir}` for the certificates now in the folder"
+        )
+
     with exclusive(run_dir):  # one writer from the certificates to their report: no gap between (audit 29a F1)
-        cert = certify_run(run_dir, device=device, data_dir=data_dir, progress=_bars(quiet), settings=settings)
+        cert = certify_run(
+            run_dir, device=device, data_dir=data_dir, progress=_bars(quiet), settings=settings, replacing=replacing
+        )
         if not distributed.is_main():  # (every process certified its share; one says so)
             return
         click.echo(

@@ -604,10 +604,13 @@ def certify_run(
     data: TaskData | None = None,
     progress: bool = True,
     settings: CertifySettings | None = None,
+    replacing: Callable[[], None] | None = None,
 ) -> Certificate:
     """Certify the run's test split (the first ``limit`` inputs) and write ``certificates.safetensors``.
 
     ``settings`` (method, options, warm-up) replaces ``norms``, ``limit`` and ``batch_size`` when given.
+    ``replacing()`` is called right before the folder's earlier certificates, their mode and report are removed
+    (from then on, a stopped command leaves the report missing).
     Memory: at most ``batch_size`` inputs are certified at once (plus the (N,) results).
 
     Raises:
@@ -632,6 +635,8 @@ def certify_run(
         cert = _certify_shard(model, x, settings, progress, tm)
         if distributed.is_main():
             remove_stale_temp_files(run_dir)
+            if replacing is not None:
+                replacing()
             for path in certificate_outputs(run_dir):  # they describe the certificates replaced here: a failed
                 path.unlink(missing_ok=True)  # write below leaves them missing, not wrong
             save_certificates(run_dir / CERT_FILE, cert, y)
