@@ -122,8 +122,8 @@ def stage(path: Path, write: Any) -> Staged:
 
 def commit(*staged: Staged) -> None:
     """Rename every staged file onto its target, in order, with SIGINT and SIGTERM held back until the last rename
-    (in the main thread, on POSIX), so that a stopped command leaves either none or all of them renamed (a
-    results file and the record that describes it change together).
+    (in the main thread: :func:`_signals_held`), so that a stopped command leaves either none or all of them renamed
+    (a results file and the record that describes it change together; SIGKILL cannot be held back).
 
     Raises:
         WriteError: a rename failed (the files renamed before it stay renamed).
