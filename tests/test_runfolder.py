@@ -314,3 +314,18 @@ def test_an_output_file_has_one_writer_whatever_the_writers_environment(tmp_path
     with exclusive_output(target):
         assert output_lock_path(target).exists()
     assert not output_lock_path(target).exists()
+
+
+def test_a_rename_is_flushed_to_disk_with_its_folder(tmp_path, monkeypatch):
+    """After the rename, the folder itself is fsynced (a power loss could otherwise lose the new name; audit 29a)."""
+    synced = []
+    real = os.fsync
+
+    def recording(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    atomic_write(tmp_path / "sub" / "a.json", lambda tmp: tmp.write_text("{}"))
+    assert synced[-1] == str((tmp_path / "sub").resolve())
+    assert any(p.endswith(".tmp") for p in synced[:-1])  # (the file's own data first)

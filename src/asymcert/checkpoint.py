@@ -134,6 +134,23 @@ def commit(*staged: Staged) -> None:
                 os.replace(s.tmp, s.path)
             except OSError as exc:
                 raise WriteError(f"could not write {s.path}: {_reason(exc)}") from exc
+    for folder in dict.fromkeys(s.path.parent for s in staged):
+        _sync_folder(folder)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries to disk, so that a rename into it survives a power loss (POSIX; where a folder
+    cannot be opened or synced, e.g. on Windows, the rename stands as the operating system keeps it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def discard(*staged: Staged | None) -> None:
