@@ -507,3 +507,14 @@ def test_an_interrupt_once_the_earlier_report_is_removed_says_so(tiny_run, tmp_p
     line = _refused(CliRunner().invoke(main, ["certify", str(folder), "--quiet", "--limit", "3"]), EXIT_INTERRUPTED)
     assert "nothing was half-written" not in line and not (folder / "report.md").exists()
     assert "the report of the earlier certificates is removed and the new one not written" in line
+
+
+def test_a_full_disk_once_the_earlier_report_is_removed_says_so(tiny_run, tmp_path, monkeypatch):
+    """certify DIR removed the earlier report, then hit a full disk writing the certificates: exit 4 said only 'any
+    previous version is left intact' (review 29d #2); now it also says the report is gone and how to get one."""
+    folder = _copy(tiny_run, tmp_path)
+    full = asymcert.errors.WriteError("could not write certificates.safetensors: No space left on device")
+    monkeypatch.setattr(pipeline_module, "save_certificates", _raiser(full))
+    line = _refused(CliRunner().invoke(main, ["certify", str(folder), "--quiet", "--limit", "3"]), EXIT_IO)
+    assert "No space left on device" in line and not (folder / "report.md").exists()
+    assert "the report of the earlier certificates is removed and the new one not written" in line

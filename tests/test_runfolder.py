@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asymcert.checkpoint import atomic_write
+from asymcert.checkpoint import atomic_write, created_folders, signals_held
 from asymcert.errors import CheckpointError, RunFolderBusyError, WriteError
 from asymcert.runfolder import (
     LOCK_FILE,
@@ -173,7 +173,7 @@ def _age(path: Path, seconds: float = 60.0) -> None:
 WRITE_SLOWLY = """
 import sys, time
 from pathlib import Path
-from asymcert.checkpoint import atomic_write
+from asymcert.checkpoint import atomic_write, created_folders, signals_held
 def write(tmp):
     tmp.write_text("half")
     print("writing", flush=True)
@@ -329,3 +329,68 @@ def test_a_rename_is_flushed_to_disk_with_its_folder(tmp_path, monkeypatch):
     atomic_write(tmp_path / "sub" / "a.json", lambda tmp: tmp.write_text("{}"))
     assert synced[-1] == str((tmp_path / "sub").resolve())
     assert any(p.endswith(".tmp") for p in synced[:-1])  # (the file's own data first)
+
+
+def test_only_folders_made_here_are_removed_when_refused(tmp_path, monkeypatch):
+    """`--out nA/../keep/x.csv` with `keep/` the user's (empty) folder and `nA` missing: a refusal removed `keep/`
+    (review 29d #3). Now only `nA`, which the command made, goes."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep").mkdir()
+    with pytest.raises(RuntimeError), created_folders(Path("nA/../keep/sub")):
+        assert (tmp_path / "nA").is_dir() and (tmp_path / "keep" / "sub").is_dir()
+        raise RuntimeError("refused")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"] and list((tmp_path / "keep").iterdir()) == []
+
+
+def test_an_output_lock_is_never_taken_through_a_symlink(tmp_path):
+    """A dangling symlink planted at the lock's name was followed: an empty file appeared at its target and stayed
+    (review 29d #6). Now the lock refuses it, one line, and creates nothing."""
+    target = tmp_path / "elsewhere" / "planted"
+    (tmp_path / "elsewhere").mkdir()
+    output_lock_path(tmp_path / "x.csv").symlink_to(target)
+    with pytest.raises(WriteError, match="cannot lock"), exclusive_output(tmp_path / "x.csv"):
+        pass
+    assert not target.exists()
+
+
+def test_stopped_while_taking_an_output_lock_leaves_no_lock_file(tmp_path, monkeypatch):
+    """Ctrl-C while the lock beside the output was being taken left the lock file and the new folder (review 29d
+    #5)."""
+    real = os.stat
+
+    def interrupted(path, *args, **kwargs):
+        if str(path).endswith(".asymcert.lock"):
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", interrupted)
+    with pytest.raises(KeyboardInterrupt), exclusive_output(tmp_path / "new" / "x.csv"):
+        pass
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_held_signals_come_back_once_with_their_handlers(monkeypatch):
+    """SIGINT and SIGTERM both arriving while held: SIGTERM (the stop request) is raised after the block, SIGINT
+    not dropped silently into a swapped handler, and both handlers are the earlier ones again (review 29d #7)."""
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def on_term(signum, frame):
+        seen.append("TERM")
+        raise Stop
+
+    old_int = signal.getsignal(signal.SIGINT)
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with pytest.raises(Stop), signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert seen == []  # (held)
+        assert seen == ["TERM"]
+        assert signal.getsignal(signal.SIGINT) is old_int and signal.getsignal(signal.SIGTERM) is on_term
+    finally:
+        signal.signal(signal.SIGTERM, old_term)

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -364,3 +365,36 @@ def test_the_benchmark_folder_gets_the_permissions_of_a_folder_the_user_creates(
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == mode
+
+
+def test_a_benchmark_replaced_is_never_missing_when_stopped_between_the_renames(tmp_path, monkeypatch):
+    """An export replaces the folder with two renames (the earlier benchmark aside, the new one in): Ctrl-C between
+    them left no benchmark at `out`, only a hidden `-old` folder the next export deletes (review 29d #1). The
+    renames now happen with SIGINT held back, so the interrupt lands after both."""
+    out = tmp_path / "b"
+    to_vnnlib(_model(), torch.rand(6, *SHAPE), out)
+    real = Path.rename
+    done = []
+
+    def rename_then_interrupt(self, target):
+        result = real(self, target)
+        done.append(Path(target).name)
+        if len(done) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(Path, "rename", rename_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        to_vnnlib(_model(), torch.rand(9, *SHAPE), out)
+    assert len(done) == 2 and done[1] == "b" and (out / "instances.csv").is_file()
+
+
+def test_a_failed_export_into_new_folders_leaves_none(tmp_path, monkeypatch):
+    """The VNN-LIB export made `--out`'s parent folders before its clean-up was in place: a failed or stopped
+    export left them (review 29d #4)."""
+    from asymcert.export import vnnlib
+
+    monkeypatch.setattr(vnnlib, "_mark", lambda folder: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        to_vnnlib(_model(), torch.rand(6, *SHAPE), tmp_path / "nd4" / "sub" / "bench")
+    assert list(tmp_path.iterdir()) == []

@@ -122,13 +122,13 @@ def stage(path: Path, write: Any) -> Staged:
 
 def commit(*staged: Staged) -> None:
     """Rename every staged file onto its target, in order, with SIGINT and SIGTERM held back until the last rename
-    (in the main thread: :func:`_signals_held`), so that a stopped command leaves either none or all of them renamed
+    (in the main thread: :func:`signals_held`), so that a stopped command leaves either none or all of them renamed
     (a results file and the record that describes it change together; SIGKILL cannot be held back).
 
     Raises:
         WriteError: a rename failed (the files renamed before it stay renamed).
     """
-    with _signals_held():
+    with signals_held():
         for s in staged:
             try:
                 os.replace(s.tmp, s.path)
@@ -214,53 +214,82 @@ def is_stale_temp(path: Path) -> bool:
 
 
 @contextmanager
-def _signals_held() -> Iterator[None]:
+def signals_held() -> Iterator[None]:
     """Hold back SIGINT and SIGTERM for the block, in the main thread: their Python handlers are swapped for one
-    that notes them, and each noted signal is raised again, to the handler it was meant for, right after the block.
-    (Blocking them with ``pthread_sigmask`` would not do: another thread, e.g. one of PyTorch's, takes them.)"""
+    that notes them, and after the block the handlers are put back and the noted signal raised again, to the
+    handler it was meant for (SIGTERM before SIGINT: a stop request outranks an interrupt; each once). Blocking
+    them with ``pthread_sigmask`` would not do: another thread, e.g. one of PyTorch's, would take them."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    noted: list[int] = []
+    noted: set[int] = set()
     wanted = (signal.SIGINT, signal.SIGTERM)
     old = {s: signal.getsignal(s) for s in wanted}
-    held = [s for s in wanted if old[s] is not None]  # (None: a handler set outside Python, left alone)
+    held = {s: h for s, h in old.items() if h is not None}  # (None: a handler set outside Python, left alone)
     for s in held:
-        signal.signal(s, lambda signum, frame: noted.append(signum))
+        signal.signal(s, lambda signum, frame: noted.add(signum))
     try:
         yield
     finally:
-        for s in held:
-            signal.signal(s, old[s])
-        for signum in noted:
-            signal.raise_signal(signum)
+        _restore_handlers(held)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if signum in noted:
+                signal.raise_signal(signum)
+                break
+
+
+def _restore_handlers(handlers: dict[Any, Any]) -> None:
+    """Put every handler of ``handlers`` back, even when one raises as soon as it is back (a signal that arrives
+    meanwhile): the restoring goes on, and the first such exception is raised once all are back."""
+    todo, raised = list(handlers.items()), None
+    while todo:
+        try:
+            while todo:
+                signal.signal(*todo[0])
+                todo.pop(0)
+        except BaseException as exc:  # (the next round sets the same handler again: idempotent)
+            raised = raised or exc
+    if raised is not None:
+        raise raised
 
 
 @contextmanager
 def created_folders(folder: Path) -> Iterator[Path]:
     """Make ``folder`` and its missing parents for the block; if the block raises (a refusal, an interrupt), remove
-    the ones made here that are still empty, so that a refused command leaves nothing behind.
+    the ones made here that are still empty, so that a refused command leaves nothing behind. Only folders this
+    call made are removed: each is made on its own, walking the path as written (``a/../b`` makes ``a``, and a
+    ``b`` that was there stays).
 
     Raises:
         WriteError: the folder cannot be made.
     """
     folder = Path(folder)
-    made = []
-    at = folder.absolute()
-    while not at.exists() and at.parent != at:
-        made.append(at)
-        at = at.parent
+    made: list[Path] = []
+    at = Path(folder.anchor) if folder.is_absolute() else Path()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        for part in folder.parts[1:] if folder.is_absolute() else folder.parts:
+            at = at / part
+            if not at.is_dir():
+                try:
+                    os.mkdir(at)
+                except FileExistsError:  # (made meanwhile by another process: not ours)
+                    continue
+                made.append(at.resolve())
     except OSError as exc:
+        _remove_empty(made)
         raise WriteError(f"could not create {folder}: {_reason(exc)}") from exc
     try:
         yield folder
     except BaseException:
-        for d in made:  # (deepest first)
-            with contextlib.suppress(OSError):
-                d.rmdir()
+        _remove_empty(made)
         raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (made in this order) that are empty, the last made first."""
+    for d in reversed(folders):
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 class _Configurable(Protocol):

@@ -606,9 +606,12 @@ def certify_cmd(
         )
 
     with exclusive(run_dir):  # one writer from the certificates to their report: no gap between (audit 29a F1)
-        cert = certify_run(
-            run_dir, device=device, data_dir=data_dir, progress=_bars(quiet), settings=settings, replacing=replacing
-        )
+        try:
+            cert = certify_run(
+                run_dir, device=device, data_dir=data_dir, progress=_bars(quiet), settings=settings, replacing=replacing
+            )
+        except WriteError as exc:  # (e.g. a full disk once the earlier report is removed: say so, review 29d #2)
+            raise WriteError(f"{exc}; {ctx.meta[_PARTIAL]}" if _PARTIAL in ctx.meta else str(exc)) from None
         if not distributed.is_main():  # (every process certified its share; one says so)
             return
         click.echo(

@@ -203,8 +203,8 @@ def _locked_sidecar(lock_path: Path, target: Path, hint: str) -> int:
     """A descriptor of ``lock_path`` holding its ``flock``, checked to be the file at that path (not one its last
     holder deleted on release). Raises RunFolderBusyError (held) or WriteError (cannot be made or locked)."""
     for _ in range(64):
-        try:
-            fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o666)
+        try:  # (never through a symlink planted at that name)
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         except OSError as exc:
             raise WriteError(f"cannot lock {target} ({lock_path}: {exc.strerror or exc})") from exc
         try:
@@ -212,16 +212,29 @@ def _locked_sidecar(lock_path: Path, target: Path, hint: str) -> int:
         except BlockingIOError:
             os.close(fd)
             raise RunFolderBusyError(f"{target} is being written by another asymcert process{hint}") from None
-        except OSError as exc:
+        except BaseException as exc:
             os.close(fd)
-            raise WriteError(f"cannot lock {target} ({lock_path}: {exc.strerror or exc})") from exc
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
-                return fd
-        except FileNotFoundError:
-            pass
+            if isinstance(exc, OSError):
+                raise WriteError(f"cannot lock {target} ({lock_path}: {exc.strerror or exc})") from exc
+            raise
+        if _still_there(fd, lock_path):
+            return fd
         os.close(fd)
     raise WriteError(f"cannot lock {target} ({lock_path} is replaced as fast as it is locked)")
+
+
+def _still_there(fd: int, lock_path: Path) -> bool:
+    """Whether the locked ``fd`` is the file at ``lock_path`` (not one its last holder deleted); stopped while it
+    checks (Ctrl-C), the lock it holds is deleted and released, as the holder's release would."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(lock_path, follow_symlinks=False))
+    except FileNotFoundError:
+        return False
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+        os.close(fd)
+        raise
 
 
 def certificate_outputs(folder: str | Path) -> list[Path]:

@@ -44,7 +44,7 @@ from torch import nn
 
 from asymcert.certify.modes import eval_mode
 from asymcert.certify.result import RAW_UNITS
-from asymcert.checkpoint import current_umask
+from asymcert.checkpoint import current_umask, signals_held
 from asymcert.export.notes import variable_lines
 from asymcert.export.onnx import (
     DEFAULT_NORMS,
@@ -238,8 +238,7 @@ def _staged(out: Path) -> Iterator[Path]:
     """A fresh folder beside ``out`` to write into; when the block succeeds it replaces ``out`` (an earlier
     benchmark goes whole), when it fails it is removed and ``out`` is left as it was. One writer per ``out``.
     The folders in transit are marked (:data:`STAGE_MARKER`), so that a killed export's are known for its own."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_output(out):
+    with exclusive_output(out):  # (its folder is made, and removed again if the export fails or is stopped)
         for stale in _stale_stages(out):
             shutil.rmtree(stale, ignore_errors=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.asymcert-", suffix=".vnnlib", dir=out.parent))
@@ -248,11 +247,12 @@ def _staged(out: Path) -> Iterator[Path]:
             _mark(stage)
             yield stage
             old = out.parent / f"{stage.name}-old"
-            if out.exists():
-                _mark(out)
-                out.rename(old)
-            (stage / STAGE_MARKER).unlink()
-            stage.rename(out)
+            with signals_held():  # (stopped between the renames, `out` would be gone: review 29d #1)
+                if out.exists():
+                    _mark(out)
+                    out.rename(old)
+                (stage / STAGE_MARKER).unlink()
+                stage.rename(out)
             shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
