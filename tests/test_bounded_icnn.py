@@ -17,11 +17,14 @@ from asymcert.certify.attacks import pgd_attack
 from asymcert.certify.bounded_icnn import features_with_error, icnn_bounded_pass, icnn_constants, supports_bounded_icnn
 from asymcert.certify.feature_convex import (
     FLOAT64_SLACK,
+    Reference,
     _float64_copy,
     _resolve_precision,
+    reference,
     reference_error,
     score_and_feature_gradient,
 )
+from asymcert.certify.functional import dual_norm
 from asymcert.certify.modes import UnsoundOptionError, gamma
 from asymcert.certify.scope import forget_kept
 from asymcert.models import build_model
@@ -416,8 +419,12 @@ def test_the_gradient_kernel_and_pytorch_agree(gradient_path, monkeypatch):
     monkeypatch.setitem(bounded_icnn._GRADIENT_KERNEL.state, "lib", None)
     torch_ = bounded_icnn._gradient_and_sums(consts, pattern, f, e)
     assert torch.equal(kernel[0], torch_[0]) and torch.equal(kernel[1], torch_[1])
-    assert torch.equal(kernel[2][:, 5], torch_[2][:, 5])
     d = f.shape[1]
+    assert torch.equal(kernel[2][:, 5], torch_[2][:, 5]) and torch.equal(kernel[2][:, 8], torch_[2][:, 8])  # κ, max G
+    big = kernel[0].abs() + kernel[1]  # G = |ĝ| + E_g, whose norms the radii divide by
+    assert torch.equal(kernel[2][:, 8], big.amax(1))
+    for col, exact in ((6, big.sum(1)), (7, (big * big).sum(1))):
+        assert bool(((kernel[2][:, col] - exact).abs() <= 2 * d * 2.0**-52 * exact).all())
     scale = torch.stack([(kernel[0] * f).abs().sum(1), *(kernel[2][:, q].abs() for q in (1, 2, 3, 4))], 1)
     assert bool(((kernel[2][:, :5] - torch_[2][:, :5]).abs() <= 2 * d * 2.0**-52 * scale).all())
     s1, e1 = bounded_icnn._score(consts, kernel[2])
@@ -425,3 +432,21 @@ def test_the_gradient_kernel_and_pytorch_agree(gradient_path, monkeypatch):
     mag = kernel[2][:, 1] + kernel[2][:, 5].abs() + abs(consts.c1) + abs(consts.balance)
     assert bool(((s1 - s2).abs() <= 4 * d * 2.0**-52 * mag).all())
     assert float(((s1 - s2).abs() / e1).max()) < 1e-6  # (far inside the score's error bound)
+
+
+def test_the_passes_own_norms_match_the_dual_norms_and_fall_back_where_squares_underflow():
+    """Reference.dual_norm reads the ICNN pass's own sums (ΣG, √ΣG², max G) instead of three more passes over G; they
+    agree with functional.dual_norm to rounding, and an ℓ2 sum of squares that underflowed (G near 10⁻²⁰⁰, where
+    it would read 0 and certify an infinite radius) is recomputed with scaling."""
+    model = icnn_model(5, widths=(48,), fmap="standardize")
+    x = torch.rand(200, *model.input_shape)
+    ref = reference(model, x, "bounded")
+    assert ref.grad_norms is not None
+    for p in NORMS:
+        own, plain = ref.dual_norm(p), dual_norm(ref.grad_bound, p)
+        assert bool(((own - plain).abs() <= 1e-13 * plain).all()), p
+    tiny = torch.full((3, 4), 1e-200, dtype=torch.float64)
+    sums = torch.stack([tiny.sum(1), (tiny * tiny).sum(1).sqrt(), tiny.amax(1)], 1)  # (the ℓ2 column is 0)
+    low = Reference(tiny[:, 0], tiny[:, 0], tiny, torch.zeros_like(tiny), tiny, None, sums)
+    assert float(sums[0, 1]) == 0.0
+    assert torch.allclose(low.dual_norm(2.0), torch.full((3,), 2e-200, dtype=torch.float64), rtol=1e-12, atol=0.0)

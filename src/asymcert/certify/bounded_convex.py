@@ -84,6 +84,8 @@ class BoundedPass:
         uncertain: (N,) bool, True where some pre-activation lies within its error bound of 0, so
             that P may differ from the exact pattern (the bounds still hold for h_P ≤ g).
         features: (N, *feature_shape) float64 φ(x).
+        grad_norms: (N, 3) float64 ‖G‖₁, ‖G‖₂, ‖G‖_∞ of G = |ĝ| + grad_error where the pass sums them itself
+            (:mod:`asymcert.certify.bounded_icnn`), else None.
     """
 
     score: torch.Tensor
@@ -92,6 +94,7 @@ class BoundedPass:
     grad_error: torch.Tensor
     uncertain: torch.Tensor
     features: torch.Tensor
+    grad_norms: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

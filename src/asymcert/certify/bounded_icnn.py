@@ -94,6 +94,7 @@ U32 = 2.0**-24
 SLICES = 4  # integer slices of Ũ: residual below 2⁻²⁷ of each column's largest entry
 SLICE_BITS = 7  # every slice |q| ≤ 64
 ROW_TILE = 512  # rows of the float32 pattern pass per matrix product (keeps t̂ in cache)
+SUMS = 9  # row sums of the gradient pass (:func:`_gradient_and_sums`)
 PAIR_CHUNK = 1 << 18  # candidate units recomputed in float64 at once (all of them: 1.7 GB at 16.8 M pairs)
 _STEPS = (Identity, Shift, Standardize, ConcatAbs)
 _GRADIENT_SRC = Path(__file__).resolve().parent.parent / "nn" / "_convex_kernels" / "icnn_gradient.cpp"
@@ -321,7 +322,8 @@ def icnn_bounded_pass(model: FeatureConvexClassifier, x: torch.Tensor) -> Bounde
     grad, grad_err, sums = _gradient_and_sums(consts, pattern, f, e)
     score, score_err = _score(consts, sums)
     shape = f64.shape
-    return BoundedPass(score, score_err, grad.view(shape), grad_err.view(shape), uncertain, f64)
+    norms = torch.stack([sums[:, 6], sums[:, 7].sqrt(), sums[:, 8]], 1)
+    return BoundedPass(score, score_err, grad.view(shape), grad_err.view(shape), uncertain, f64, norms)
 
 
 def _pattern(consts: IcnnConstants, f: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -428,10 +430,11 @@ def _dot_products(f: torch.Tensor, u: torch.Tensor, rows: torch.Tensor, cols: to
 def _gradient_and_sums(
     consts: IcnnConstants, pattern: torch.Tensor, f: torch.Tensor, e: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """∇h_P (N, d) float64, its error bound (N, d) and the sums :func:`_score` needs (N, 6) float64 (steps 3–4):
-    ĝᵀf̂₆₄, |ĝ|ᵀ|f̂₆₄|, |f̂₆₄|ᵀr, |ĝ|ᵀe_φ, e_φᵀr and κ_P − c₁ = (P ⊙ w)ᵀc₀, in one pass of the compiled kernel
-    (``icnn_gradient.cpp``) where it builds, else by :func:`_gradient` and :func:`_row_sums`: the same gradient and
-    bounds bitwise, the sums in another order (each bound holds for any order).
+    """∇h_P (N, d) float64, its error bound E_g (N, d) and row sums (N, 9) float64 (steps 3–4): those :func:`_score`
+    needs, ĝᵀf̂₆₄, |ĝ|ᵀ|f̂₆₄|, |f̂₆₄|ᵀr, |ĝ|ᵀe_φ, e_φᵀr and κ_P − c₁ = (P ⊙ w)ᵀc₀, then ΣG, ΣG² and max G of G = |ĝ| + E_g
+    (the radii's dual norms), in one pass of the compiled kernel (``icnn_gradient.cpp``) where it builds, else by
+    :func:`_gradient` and :func:`_row_sums`: the same gradient and bounds bitwise, the sums in another order (each
+    bound holds for any order; the norms' relative rounding, about d·2⁻⁵³, is within the radii's slack).
 
     Args:
         pattern: (N, W) bool P; f: (N, d) float64 features f̂₆₄; e: (N, d) float64 bound on |f̂₆₄ − f|.
@@ -440,15 +443,17 @@ def _gradient_and_sums(
     d = m - 1
     if n == 0:
         empty = torch.zeros(0, d, dtype=torch.float64)
-        return empty, empty.clone(), torch.zeros(0, 6, dtype=torch.float64)
+        return empty, empty.clone(), torch.zeros(0, SUMS, dtype=torch.float64)
     parts = torch._int_mm(pattern.view(torch.int8), consts.q)  # (N, S·m) int32: slice s in columns s·m … (s+1)·m − 1
     lib = _GRADIENT_KERNEL.get()
     if lib is None:
         grad, grad_err, kappa = _gradient(consts, parts)
-        return grad, grad_err, torch.cat([_row_sums(consts, f, e, grad), kappa[:, None]], 1)
+        big = grad.abs().add_(grad_err)
+        norms = torch.stack([big.sum(1), torch.linalg.vecdot(big, big), big.amax(1)], 1)
+        return grad, grad_err, torch.cat([_row_sums(consts, f, e, grad), kappa[:, None], norms], 1)
     f, e = f.contiguous(), e.contiguous()
     grad, grad_err = torch.empty(n, d, dtype=torch.float64), torch.empty(n, d, dtype=torch.float64)
-    sums = torch.empty(n, 6, dtype=torch.float64)
+    sums = torch.empty(n, SUMS, dtype=torch.float64)
     shapes = {parts: (n, SLICES * m), consts.col_scale: (m,), consts.u1: (d,), consts.resid: (m,), f: (n, d), e: (n, d)}
     for t, shape in shapes.items():  # (the kernel reads raw memory: every layout is checked first)
         if tuple(t.shape) != shape or not t.is_contiguous() or t.device.type != "cpu":
@@ -497,14 +502,14 @@ def _row_sums(consts: IcnnConstants, f: torch.Tensor, e: torch.Tensor, grad: tor
 
 def _score(consts: IcnnConstants, sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ŝ = ĝᵀf̂₆₄ + κ + c₁ + b (N,) float64 and the bound on |ŝ − (h_P(f) + b)| of the module docstring (step 4),
-    from the row sums of :func:`_gradient_and_sums` (N, 6).
+    from the row sums of :func:`_gradient_and_sums` (N, 9).
 
     E_g = r + c|ĝ| (:func:`_gradient`, c = u₆₄/(1 − u₆₄)) enters as E_gᵀ|f̂₆₄| = rᵀ|f̂₆₄| + c|ĝ|ᵀ|f̂₆₄| and
     (|ĝ| + E_g)ᵀe_φ = (1 + c)|ĝ|ᵀe_φ + rᵀe_φ: the same nonnegative sums, in fewer passes.
     """
     d = consts.u1.numel()
     c = U64 / (1.0 - U64)
-    dot, terms, f_r, g_e, e_r, kappa = sums.unbind(1)
+    dot, terms, f_r, g_e, e_r, kappa = sums[:, :6].unbind(1)
     score = dot + kappa + consts.c1 + consts.balance
     mag = terms + kappa.abs() + (abs(consts.c1) + abs(consts.balance))
     err = f_r + c * terms + (1.0 + c) * g_e + e_r
@@ -522,6 +527,6 @@ _GRADIENT_KERNEL = _native.LazyKernel(
     "ICNN gradient C++ kernel",
     # (no FMA contraction: the gradient and its bound come out bitwise as PyTorch's operations compute them)
     lambda: _native.build_and_load(
-        _GRADIENT_SRC, "asymcert_icnn_gradient_abi_version", 1, _declare, _native.COMMON_FLAGS + ["-ffp-contract=off"]
+        _GRADIENT_SRC, "asymcert_icnn_gradient_abi_version", 2, _declare, _native.COMMON_FLAGS + ["-ffp-contract=off"]
     ),
 )

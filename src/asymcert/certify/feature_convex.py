@@ -26,6 +26,7 @@ attacked point. Per precision:
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeAlias, TypeVar, cast
@@ -36,7 +37,7 @@ from torch import nn
 from asymcert.certify import options as option_checks
 from asymcert.certify.bounded_convex import batch_norm_terms, bounded_pass, supports_bounded
 from asymcert.certify.bounded_icnn import icnn_bounded_pass, supports_bounded_icnn
-from asymcert.certify.functional import DEFAULT_SLACK, dual_norm, safe_radius
+from asymcert.certify.functional import DEFAULT_SLACK, dual_exponent, dual_norm, safe_radius
 from asymcert.certify.magnitude import FLOAT32_SAFE, Magnitudes, network_magnitudes, reads_only_tensors
 from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_roundoff
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee
@@ -434,6 +435,7 @@ class Reference:
             ("bounded") or None (the float64/model paths, whose gradient error is a relative slack).
         features: (N, *feature_shape) φ(x).
         uncertain: (N,) bool where the bounded pass's ReLU pattern may differ from the exact one, else None.
+        grad_norms: (N, 3) ‖·‖₁, ‖·‖₂, ‖·‖_∞ of :attr:`grad_bound` where the pass summed them, else None.
     """
 
     score: torch.Tensor
@@ -442,21 +444,36 @@ class Reference:
     grad_error: torch.Tensor | None
     features: torch.Tensor
     uncertain: torch.Tensor | None
+    grad_norms: torch.Tensor | None = None
 
-    @property
+    @functools.cached_property
     def grad_bound(self) -> torch.Tensor:
-        """A tensor whose dual norm bounds ‖∇g‖: |ĝ| + E_g (bounded), else ĝ."""
+        """A tensor whose dual norm bounds ‖∇g‖: |ĝ| + E_g (bounded), else ĝ (computed once)."""
         if self.grad_error is None:
             return self.grad
         # |∇h_P| ≤ |ĝ| + E_g componentwise, so its dual norm bounds ‖∇h_P‖ (norms are monotone)
         return self.grad.double().abs().add_(self.grad_error.double())
+
+    def dual_norm(self, p: float) -> torch.Tensor:
+        """‖:attr:`grad_bound`‖ in the dual of ℓp (N,) float64: the pass's own sums where it has them (an ℓ2 sum of
+        squares that may have underflowed or overflowed, below 10⁻¹⁴⁰ or not finite, is recomputed as
+        :func:`~asymcert.certify.functional.dual_norm` does it)."""
+        column = {1.0: 0, 2.0: 1, math.inf: 2}.get(dual_exponent(p))
+        if self.grad_norms is None or column is None:
+            return dual_norm(self.grad_bound, p)
+        norm = self.grad_norms[:, column]
+        if column == 1:
+            risky = ~torch.isfinite(norm) | (norm < 1e-140)
+            if bool(risky.any()):
+                norm = torch.where(risky, dual_norm(self.grad_bound, p), norm)
+        return norm
 
 
 def reference(model: FeatureConvexClassifier, x: torch.Tensor, precision: str) -> Reference:
     """Score, gradient and their error bounds for a resolved precision (see :class:`Reference`)."""
     if precision == "bounded":
         bp = icnn_bounded_pass(model, x) if supports_bounded_icnn(model, x.device) else bounded_pass(model, x)
-        return Reference(bp.score, bp.score_error, bp.grad, bp.grad_error, bp.features, bp.uncertain)
+        return Reference(bp.score, bp.score_error, bp.grad, bp.grad_error, bp.features, bp.uncertain, bp.grad_norms)
     ref = _float64_copy(model) if precision == "float64" else model
     xr = x.double() if precision == "float64" else x
     # φ of the float64 copy equals the model's own φ on float64 inputs (its buffers widened exactly)
@@ -653,8 +670,7 @@ def lp_radii(
     model: FeatureConvexClassifier, ref: Reference, margin: torch.Tensor, norms: tuple[float, ...], slack: float
 ) -> dict[float, torch.Tensor]:
     """r_p = margin / (Lip_p(φ)·‖G‖_{p*}) rounded down, per norm: (N,) float64 each, raw input units."""
-    grad_bound = ref.grad_bound
-    return {p: safe_radius(margin, model.feature_lipschitz(p) * dual_norm(grad_bound, p), slack) for p in norms}
+    return {p: safe_radius(margin, model.feature_lipschitz(p) * ref.dual_norm(p), slack) for p in norms}
 
 
 def flag_certificate(
