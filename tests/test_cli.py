@@ -518,3 +518,12 @@ def test_a_full_disk_once_the_earlier_report_is_removed_says_so(tiny_run, tmp_pa
     line = _refused(CliRunner().invoke(main, ["certify", str(folder), "--quiet", "--limit", "3"]), EXIT_IO)
     assert "No space left on device" in line and not (folder / "report.md").exists()
     assert "the report of the earlier certificates is removed and the new one not written" in line
+
+
+def test_a_stopped_capacity_run_does_not_promise_to_resume(tmp_path, monkeypatch):
+    """Ctrl-C in `capacity` said training resumes after its last finished epoch; a rerun trains from the start
+    (audit 29e #6)."""
+    monkeypatch.setattr(cli_module, "capacity_report", _raiser(KeyboardInterrupt()))
+    res = CliRunner().invoke(main, ["capacity", "breast-cancer", "--out", str(tmp_path / "cap")])
+    line = _refused(res, EXIT_INTERRUPTED)
+    assert "training resumes" not in line and "rerun the same command to start again" in line

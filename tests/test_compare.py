@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -155,3 +157,42 @@ def test_the_bound_propagation_methods_on_flat_feature_vectors_are_mlps(tmp_path
     entry = result["methods"]["ibp"]
     assert entry.get("status") != "failed", entry.get("reason")
     assert 0.0 <= entry["clean_accuracy"] <= 1.0
+
+
+HOLD_FOLDER = """
+import sys, time
+from asymcert.runfolder import exclusive
+with exclusive(sys.argv[1], create=True):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_comparison_folder_has_one_writer(fashion_dir, tmp_path):
+    """Two compares into one --out both exited 0, each marking the method the other trained as failed, and the last
+    one's compare.json won (audit 29e #3): the second is now refused at once (exit 3) and writes nothing."""
+    out = tmp_path / "c"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_FOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["compare", "fashion-mnist-shirts", "--out", str(out), "--methods", "convex", "--limit", "5"]
+        res = CliRunner().invoke(main, [*args, "--data-dir", str(fashion_dir)])
+        assert res.exit_code == 3 and "RunFolderBusyError" in res.output
+        assert sorted(p.name for p in out.iterdir()) == [".asymcert.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_comparison_with_a_failed_method_or_none_is_not_exit_0(fashion_dir, tmp_path):
+    """`compare` exited 0 when every method failed (audit 29e #5) and with `--methods ,` (#10): now exit 2, the
+    report written first where there is one."""
+    res = CliRunner().invoke(main, ["compare", "fashion-mnist-shirts", "--out", str(tmp_path / "e"), "--methods", ","])
+    assert res.exit_code == EXIT_REFUSED and "give at least one method" in res.output
+    assert not (tmp_path / "e").exists()
+    (tmp_path / "f" / "convex").mkdir(parents=True)
+    (tmp_path / "f" / "convex" / "model.safetensors").write_text("not a model")  # (the method cannot load or train)
+    args = ["compare", "fashion-mnist-shirts", "--out", str(tmp_path / "f"), "--methods", "convex", "--limit", "5"]
+    res = CliRunner().invoke(main, [*args, "--data-dir", str(fashion_dir)])
+    assert res.exit_code == EXIT_REFUSED and "MethodsFailedError: 1 of 1 methods failed" in res.output
+    assert json.loads((tmp_path / "f" / COMPARE_JSON).read_text())["methods"]["convex"]["status"] == "failed"

@@ -179,3 +179,12 @@ def test_torchrun_two_processes_leave_the_same_run_folder(fashion_dir, tmp_path)
     data = get_task("fashion-mnist-shirts").load(fashion_dir)
     assert len(cert) == len(data.test)  # no padding duplicates
     assert torch.equal(labels, data.test.y)
+
+
+def test_commands_that_train_many_models_are_refused_under_torchrun(tmp_path):
+    """`sweep reg` under torchrun died with a traceback on rank 1, and `compare` and `capacity` did all their work on
+    both ranks, writing the same files twice (audit 29e #8, #9): refused on every rank, one line, nothing written."""
+    res = torchrun_asymcert(["capacity", "breast-cancer", "--out", str(tmp_path / "cap"), "--recipes", "none"])
+    assert res.returncode != 0 and not (tmp_path / "cap").exists()
+    lines = [line for line in res.stderr.splitlines() if "runs in one process" in line]
+    assert len(lines) == 2 and "Traceback" not in "".join(lines)

@@ -319,3 +319,58 @@ def test_a_signal_stops_a_pool_sweep_now_not_after_every_queued_job():
     out, _ = proc.communicate(timeout=60)
     assert "done" not in out and out.startswith("stopped"), out
     assert float(out.split()[1]) < 12.0, out
+
+
+HOLD_FOLDER = """
+import sys, time
+from asymcert.runfolder import exclusive
+with exclusive(sys.argv[1], create=True):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_sweep_folder_has_one_sweep_and_is_never_a_run_folder(fashion_dir, tmp_path):
+    """A second sweep into a folder another is writing was refused only after its work, with exit 2, and its report
+    replaced the winner's (audit 29e #4); `--out RUN` replaced the run's results.json (#1). Now: RunFolderBusyError
+    (exit 3) and a refusal of run folders, both before anything is written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"task": {}}')
+    (run / "results.json").write_text("the run's")
+    args = ["sweep", "reg", "fashion-mnist-shirts", "--lambdas", "0", "--feature-maps", "shift", "--epochs", "1"]
+    res = CliRunner().invoke(main, [*args, "--out", str(run), "--data-dir", str(fashion_dir), "--workers", "1"])
+    assert res.exit_code == 2 and "is a run folder" in res.output and (run / "results.json").read_text() == "the run's"
+    busy = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_FOLDER, str(busy)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(asymcert.RunFolderBusyError):
+            sweep_reg(
+                "fashion-mnist-shirts",
+                busy,
+                lambdas=[0.0],
+                feature_maps=["shift"],
+                epochs=1,
+                workers=1,
+                limit=10,
+                data_dir=fashion_dir,
+            )
+        assert sorted(p.name for p in busy.iterdir()) == [".asymcert.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_pareto_radius_is_one_every_point_was_certified_at():
+    """`sweep reg spambase` looked up the task's radius 0.51 in runs certified under the threat model's own radii:
+    KeyError, a traceback and no report (audit 29e #2). The front now uses a radius every point has."""
+    from asymcert.research.sweep_reg import _fronts
+
+    entries = [
+        {"name": "a", "clean_accuracy": 0.9, "certified_accuracy": {"l1": {"0.5": 0.7, "1": 0.5, "2": 0.2}}},
+        {"name": "b", "clean_accuracy": 0.8, "certified_accuracy": {"l1": {"0.5": 0.8, "1": 0.6, "2": 0.1}}},
+    ]
+    fronts = _fronts(entries, {"l1": 0.51, "l2": 1.0})
+    assert fronts == {"l1": {"radius": 1.0, "front": ["a", "b"]}}
+    assert _fronts(entries, {"l1": 2.0})["l1"]["radius"] == 2.0

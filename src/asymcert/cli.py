@@ -142,8 +142,12 @@ def _quiet_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-_TRAINING_COMMANDS = frozenset({"run", "train", "compare", "sweep", "capacity"})
-"""Commands that train: stopped, they resume after the last finished epoch when rerun."""
+_TRAINING_COMMANDS = frozenset({"run", "train", "compare", "sweep"})
+"""Commands that train: stopped, they resume after the last finished epoch when rerun (``capacity`` keeps no
+training state: rerun, it trains again from the start, audit 29e #6)."""
+_ONE_PROCESS_COMMANDS = frozenset({"compare", "sweep", "capacity"})
+"""Commands refused under torchrun: both processes would do all the work and write the same files (audit 29e #8,
+#9)."""
 
 
 _PARTIAL = "asymcert.partial"
@@ -220,7 +224,8 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.version_option(package_name="asymcert")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Certified robustness for the one class an attacker wants to escape.
 
     Under `torchrun --nproc_per_node N -m asymcert ...` the processes join one process group
@@ -243,6 +248,11 @@ def main() -> None:
 
     distributed.init_from_env()
     warnings.showwarning = _one_line_warning
+    if distributed.is_distributed() and ctx.invoked_subcommand in _ONE_PROCESS_COMMANDS:
+        raise click.UsageError(
+            f"`asymcert {ctx.invoked_subcommand}` runs in one process (it trains its models one after another, "
+            "or in its own worker processes): run it without torchrun"
+        )
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:

@@ -45,7 +45,7 @@ import torch
 from asymcert.certify.result import Certificate, Guarantee, norm_label
 from asymcert.checkpoint import atomic_write
 from asymcert.data.tasks import Task, TaskData
-from asymcert.errors import UnknownNameError
+from asymcert.errors import MethodsFailedError, UnknownNameError
 from asymcert.families import CompareScale, MethodSpec, TaskFacts, families, get_family
 from asymcert.families.contract import CPU_EPOCHS
 from asymcert.pipeline import (
@@ -64,7 +64,7 @@ from asymcert.report.machine import describe_machine
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.plots import plot_certified_curves, plot_runtimes
 from asymcert.report.writer import summarize, write_report
-from asymcert.runfolder import dumps_strict
+from asymcert.runfolder import dumps_strict, exclusive
 
 __all__ = [
     "COMPARE_JSON",
@@ -195,14 +195,28 @@ def compare(
         warmup=WARMUP_INPUTS,
     )
     ctx = _context(task_spec, preset, data, data_dir, settings, progress, log)
-    task, data, out = ctx.task, ctx.data, Path(out_dir)
+    data, out = ctx.data, Path(out_dir)
     specs = method_specs(paper_scale, n_smoothing, images=len(data.train.x.shape[1:]) == 3)
-    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out, create=True, collective=False):  # one comparison per folder at a time (audit 29e #3)
+        entries, certs = _run_methods(methods, specs, overrides or {}, out, ctx, fail_fast)
+        return _write_comparison(entries, certs, out, ctx, task_spec, preset, paper_scale, n_smoothing, norms_t)
+
+
+def _run_methods(
+    methods: Iterable[str],
+    specs: dict[str, MethodSpec],
+    overrides: dict[str, dict[str, Any]],
+    out: Path,
+    ctx: _Context,
+    fail_fast: bool,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Certificate]]:
+    """Train (or load) and certify every method into ``out/<method>/``: compare.json entries and certificates (a
+    method that fails is an entry ``{"status": "failed", "reason"}``, unless ``fail_fast``)."""
     entries: dict[str, dict[str, Any]] = {}
     certs: dict[str, Certificate] = {}
     for name in dict.fromkeys(methods):
         try:
-            entries[name], cert = _compare_method(name, specs, (overrides or {}).get(name, {}), out / name, ctx)
+            entries[name], cert = _compare_method(name, specs, overrides.get(name, {}), out / name, ctx)
         except Exception as exc:  # one failing method does not sink an hour-long comparison
             if fail_fast:
                 raise
@@ -210,6 +224,22 @@ def compare(
             ctx.log(f"{name}: FAILED: {type(exc).__name__}: {exc}")
         if cert is not None:
             certs[name] = cert
+    return entries, certs
+
+
+def _write_comparison(
+    entries: dict[str, dict[str, Any]],
+    certs: dict[str, Certificate],
+    out: Path,
+    ctx: _Context,
+    task_spec: dict[str, Any],
+    preset: str | None,
+    paper_scale: bool,
+    n_smoothing: int,
+    norms_t: tuple[float, ...],
+) -> dict[str, Any]:
+    """Write compare.json, compare.md and the plots of finished methods into ``out``; returns compare.json's content."""
+    task, data = ctx.task, ctx.data
     y = data.test.y[: ctx.certify.limit]
     result = {
         "task": task_spec,
@@ -231,7 +261,9 @@ def compare(
 
 
 def _check_methods(methods: Iterable[str], specs: dict[str, MethodSpec]) -> None:
-    """Refuse a method name ``specs`` does not have (UnknownNameError listing the unknown and the known ones)."""
+    """Refuse a method name ``specs`` does not have, or no method at all (UnknownNameError listing the known ones)."""
+    if not list(methods):
+        raise UnknownNameError(f"give at least one method; known: {', '.join(sorted(specs))}")
     unknown = [name for name in dict.fromkeys(methods) if name not in specs]
     if unknown:
         raise UnknownNameError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(specs))}")
@@ -435,6 +467,8 @@ def compare_cli_main(
         task: a registered task name.
         methods: names, or one comma-separated string (``"convex,smoothing,ibp"``).
         echo: where progress and the summary go (``click.echo`` in the CLI).
+    Raises:
+        MethodsFailedError: a method failed (after the report, which lists it, is written).
     """
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
@@ -458,4 +492,10 @@ def compare_cli_main(
         else:
             echo(f"{name}: {e['status']} — {e['reason']}")
     echo(f"report: {Path(out) / COMPARE_MD}")
+    failed = [f"{name}: {e['reason']}" for name, e in result["methods"].items() if e["status"] != "ok"]
+    if failed:  # (the report is written; the exit code says it is incomplete: audit 29e #5)
+        raise MethodsFailedError(
+            f"{len(failed)} of {len(result['methods'])} methods failed (compare.md lists them): "
+            + "; ".join(failed[:3])
+        )
     return result

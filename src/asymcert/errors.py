@@ -44,6 +44,10 @@ class RunFolderConflictError(AsymcertError, ValueError):
     """A run folder that holds a run of another task, model or training settings than the one asked for."""
 
 
+class MethodsFailedError(AsymcertError):
+    """Some methods of a comparison failed; the report is written without them and names each one's error."""
+
+
 class WriteError(AsymcertError, OSError):
     """A file that could not be written (disk full, no permission); the previous version is left intact."""
 

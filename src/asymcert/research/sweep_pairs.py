@@ -52,6 +52,7 @@ from asymcert.research.sweeps import (
     run_lines,
     shared,
     split_finished,
+    sweep_folder,
     write_json,
 )
 from asymcert.train.loop import STATE_FILE
@@ -222,31 +223,31 @@ def sweep_pairs(
     settings = _settings(task_name, epochs, limit, train_overrides, model)
     train = settings["train"]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    clock = Clock()
-    machine_start = describe_machine()
-    jobs = list(itertools.permutations(classes, 2))
-    results, todo = split_finished(jobs, lambda job: pair_dir(out, *job), settings)
-    log(
-        f"{len(jobs)} ordered pairs: {len(results)} finished before, {len(todo)} to train "
-        f"({train['epochs']} epochs each, {max(1, workers)} worker(s))"
-    )
-    on_done = progress_log(log, len(jobs), len(results), lambda job: f"{job[0]} vs {job[1]}", _pair_line)
-    shared_data = {"data": _keep_classes(data, classes), "settings": settings, "out": str(out)}
-    new, errors = run_jobs(todo, _pair_job, shared_data, workers=workers, on_done=on_done)
-    results.update(new)
-    summary = aggregate(results, classes, data.class_names, settings)
-    summary.update(wall_seconds=clock.seconds(), trained_now=len(new), reused=len(jobs) - len(todo))
-    summary.update(workers=max(1, workers), machine_start=machine_start, machine_end=describe_machine())
-    summary.update(failed={f"{a}-{b}": e for (a, b), e in errors.items()}, task_description=task.description)
-    summary["plots"] = write_plots(out, summary)
-    write_json(out / RESULTS_JSON, summary)
-    (out / REPORT_MD).write_text(render_markdown(summary))
-    if errors:
-        raise SweepError(
-            f"{len(errors)} of {len(jobs)} pairs failed (report written without them): "
-            + "; ".join(f"{a}-{b}: {e}" for (a, b), e in list(errors.items())[:3])
+    with sweep_folder(out):  # (one sweep per folder, never a run folder: audit 29e #1, #4)
+        clock = Clock()
+        machine_start = describe_machine()
+        jobs = list(itertools.permutations(classes, 2))
+        results, todo = split_finished(jobs, lambda job: pair_dir(out, *job), settings)
+        log(
+            f"{len(jobs)} ordered pairs: {len(results)} finished before, {len(todo)} to train "
+            f"({train['epochs']} epochs each, {max(1, workers)} worker(s))"
         )
+        on_done = progress_log(log, len(jobs), len(results), lambda job: f"{job[0]} vs {job[1]}", _pair_line)
+        shared_data = {"data": _keep_classes(data, classes), "settings": settings, "out": str(out)}
+        new, errors = run_jobs(todo, _pair_job, shared_data, workers=workers, on_done=on_done)
+        results.update(new)
+        summary = aggregate(results, classes, data.class_names, settings)
+        summary.update(wall_seconds=clock.seconds(), trained_now=len(new), reused=len(jobs) - len(todo))
+        summary.update(workers=max(1, workers), machine_start=machine_start, machine_end=describe_machine())
+        summary.update(failed={f"{a}-{b}": e for (a, b), e in errors.items()}, task_description=task.description)
+        summary["plots"] = write_plots(out, summary)
+        write_json(out / RESULTS_JSON, summary)
+        (out / REPORT_MD).write_text(render_markdown(summary))
+        if errors:
+            raise SweepError(
+                f"{len(errors)} of {len(jobs)} pairs failed (report written without them): "
+                + "; ".join(f"{a}-{b}: {e}" for (a, b), e in list(errors.items())[:3])
+            )
     return summary
 
 

@@ -42,6 +42,7 @@ from asymcert.research.sweeps import (
     run_lines,
     shared,
     split_finished,
+    sweep_folder,
     write_json,
 )
 
@@ -149,12 +150,27 @@ def _check_grid(
 
 
 def _fronts(entries: list[dict[str, Any]], chosen: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """Per norm label, the radius and the names of the grid points on the clean/certified Pareto front."""
+    """Per norm label, the radius and the names of the grid points on the clean/certified Pareto front: at the chosen
+    radius where every point was certified at it, else at the second-smallest radius they all have (a run under a
+    threat model reports its own radii: SpamBase's `0.51` was looked up and not found, audit 29e #2); a norm no
+    radius is common to is left out."""
     fronts = {}
     for n, r in chosen.items():
-        pts = [(e["clean_accuracy"], e["certified_accuracy"][n][f"{r:g}"]) for e in entries]
-        fronts[n] = {"radius": r, "front": [e["name"] for e, on in zip(entries, pareto_front(pts)) if on]}
+        key = _common_radius([set(e["certified_accuracy"].get(n, {})) for e in entries], f"{r:g}")
+        if key is None:
+            continue
+        pts = [(e["clean_accuracy"], e["certified_accuracy"][n][key]) for e in entries]
+        fronts[n] = {"radius": float(key), "front": [e["name"] for e, on in zip(entries, pareto_front(pts)) if on]}
     return fronts
+
+
+def _common_radius(keys: list[set[str]], wanted: str) -> str | None:
+    """``wanted`` if every set of radius keys has it, else the second-smallest (the only) key common to all."""
+    common = set.intersection(*keys) if keys else set()
+    if wanted in common:
+        return wanted
+    ordered = sorted(common, key=float)
+    return ordered[1] if len(ordered) > 1 else (ordered[0] if ordered else None)
 
 
 def _plot_fronts(entries: list[dict[str, Any]], fronts: dict[str, dict[str, Any]], out: Path, description: str) -> str:
@@ -222,35 +238,40 @@ def sweep_reg(
     settings.update(base_model=task.model, base_train=task.train)
     data = data or task.load(Path(data_dir) if data_dir else None)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    clock = Clock()
-    machine_start = describe_machine()
-    jobs = list(itertools.product(feature_maps, lambdas))
-    results, todo = split_finished(jobs, lambda job: out / "runs" / point_name(*job), settings)
-    log(
-        f"{len(jobs)} grid points: {len(results)} finished before, {len(todo)} to train "
-        f"({settings['epochs']} epochs each, {max(1, workers)} worker(s))"
-    )
-    on_done = progress_log(log, len(jobs), len(results), lambda job: point_name(*job), _point_line)
-    shared_data = {"data": data, "settings": settings, "out": str(out), "data_dir": str(data_dir) if data_dir else None}
-    new, errors = run_jobs(todo, _reg_job, shared_data, workers=workers, on_done=on_done)
-    results.update(new)
-    entries = [{k: v for k, v in results[j].items() if k != "settings"} for j in jobs if j in results]
-    fronts = _fronts(entries, chosen)
-    summary: dict[str, Any] = {"task": task_name, "task_description": task.description, "settings": settings}
-    summary["lambdas"] = lambdas
-    summary.update(feature_maps=feature_maps, report_radii=radii, entries=entries, pareto=fronts)
-    summary.update(wall_seconds=clock.seconds(), trained_now=len(new), reused=len(jobs) - len(todo))
-    summary.update(workers=max(1, workers), machine_start=machine_start, machine_end=describe_machine())
-    summary["failed"] = {point_name(*j): e for j, e in errors.items()}
-    summary["plots"] = {"pareto": _plot_fronts(entries, fronts, out, task.description)}
-    write_json(out / RESULTS_JSON, summary)
-    (out / REPORT_MD).write_text(render_markdown(summary))
-    if errors:
-        raise SweepError(
-            f"{len(errors)} of {len(jobs)} grid points failed (report written without them): "
-            + "; ".join(f"{point_name(*j)}: {e}" for j, e in list(errors.items())[:3])
+    with sweep_folder(out):  # (one sweep per folder, never a run folder: audit 29e #1, #4)
+        clock = Clock()
+        machine_start = describe_machine()
+        jobs = list(itertools.product(feature_maps, lambdas))
+        results, todo = split_finished(jobs, lambda job: out / "runs" / point_name(*job), settings)
+        log(
+            f"{len(jobs)} grid points: {len(results)} finished before, {len(todo)} to train "
+            f"({settings['epochs']} epochs each, {max(1, workers)} worker(s))"
         )
+        on_done = progress_log(log, len(jobs), len(results), lambda job: point_name(*job), _point_line)
+        shared_data = {
+            "data": data,
+            "settings": settings,
+            "out": str(out),
+            "data_dir": str(data_dir) if data_dir else None,
+        }
+        new, errors = run_jobs(todo, _reg_job, shared_data, workers=workers, on_done=on_done)
+        results.update(new)
+        entries = [{k: v for k, v in results[j].items() if k != "settings"} for j in jobs if j in results]
+        fronts = _fronts(entries, chosen)
+        summary: dict[str, Any] = {"task": task_name, "task_description": task.description, "settings": settings}
+        summary["lambdas"] = lambdas
+        summary.update(feature_maps=feature_maps, report_radii=radii, entries=entries, pareto=fronts)
+        summary.update(wall_seconds=clock.seconds(), trained_now=len(new), reused=len(jobs) - len(todo))
+        summary.update(workers=max(1, workers), machine_start=machine_start, machine_end=describe_machine())
+        summary["failed"] = {point_name(*j): e for j, e in errors.items()}
+        summary["plots"] = {"pareto": _plot_fronts(entries, fronts, out, task.description)}
+        write_json(out / RESULTS_JSON, summary)
+        (out / REPORT_MD).write_text(render_markdown(summary))
+        if errors:
+            raise SweepError(
+                f"{len(errors)} of {len(jobs)} grid points failed (report written without them): "
+                + "; ".join(f"{point_name(*j)}: {e}" for j, e in list(errors.items())[:3])
+            )
     return summary
 
 

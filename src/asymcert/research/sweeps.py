@@ -17,8 +17,9 @@ import json
 import math
 import multiprocessing
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from asymcert.checkpoint import atomic_write
 from asymcert.errors import AsymcertError
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.report.plots import _pyplot
-from asymcert.runfolder import dumps_strict
+from asymcert.runfolder import RUN_FILE, dumps_strict, exclusive
 
 RESULT_FILE = "sweep_result.json"
 """The per-job result file, written last: its presence marks a finished job."""
@@ -43,6 +44,22 @@ class SweepError(AsymcertError, ValueError):
 
 
 # ---------------------------------------------------------------- small helpers
+
+
+@contextmanager
+def sweep_folder(out: Path) -> Iterator[Path]:
+    """Hold the sweep folder ``out`` (made when missing) for one sweep at a time: its OS lock, as a run folder's
+    (a second sweep into it is refused with RunFolderBusyError, exit 3, and writes nothing: audit 29e #4); a run
+    folder is refused, since the sweep's results.json would replace the run's (#1).
+
+    Raises:
+        SweepError: ``out`` holds a run (run.json).
+        RunFolderBusyError: another process holds ``out``.
+    """
+    if (out / RUN_FILE).is_file():
+        raise SweepError(f"{out} is a run folder (it holds {RUN_FILE}); give the sweep a folder of its own")
+    with exclusive(out, create=True, collective=False):
+        yield out
 
 
 def write_json(path: Path, obj: Any) -> None:
