@@ -188,3 +188,20 @@ def test_commands_that_train_many_models_are_refused_under_torchrun(tmp_path):
     assert res.returncode != 0 and not (tmp_path / "cap").exists()
     lines = [line for line in res.stderr.splitlines() if "runs in one process" in line]
     assert len(lines) == 2 and "Traceback" not in "".join(lines)
+
+
+def test_a_peer_that_stopped_is_one_line_not_a_traceback(monkeypatch):
+    """Under torchrun with bad input on rank 1 only, rank 0 died in a collective with gloo's 'Connection reset by
+    peer' traceback (audit 29e #7): a failed collective is now a PeerStoppedError, which the CLI prints as one line."""
+    from asymcert import distributed
+    from asymcert.errors import PeerStoppedError
+
+    def reset(*args, **kwargs):
+        raise RuntimeError("[pair.cc:537] Read error [127.0.0.1]:7352: Connection reset by peer.\nmore")
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed.dist, "broadcast", reset)
+    monkeypatch.setattr(distributed.dist, "barrier", reset)
+    for call in (lambda: distributed.broadcast_float(1.0), distributed.barrier):
+        with pytest.raises(PeerStoppedError, match=r"another process .* stopped .*Connection reset by peer\.\)$"):
+            call()

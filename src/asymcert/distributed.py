@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from asymcert.errors import PeerStoppedError
 
 
 def is_distributed() -> bool:
@@ -60,12 +64,25 @@ def differentiable_sum(t: torch.Tensor) -> torch.Tensor:
         return all_reduce(t)
 
 
+@contextlib.contextmanager
+def _peers() -> Iterator[None]:
+    """A collective call: a failure of the process group there (a peer that stopped: gloo's "Connection reset by
+    peer") is one :class:`PeerStoppedError` line, not a traceback (audit 29e #7)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        stopped = "another process of this torchrun job stopped (its own error says why)"
+        raise PeerStoppedError(f"{stopped}; nothing more was done here ({first})") from None
+
+
 def broadcast_float(value: float, src: int = 0) -> float:
     """Rank ``src``'s value of a Python float, on every process."""
     if not is_distributed():
         return value
     t = torch.tensor([value], dtype=torch.float64)
-    dist.broadcast(t, src)
+    with _peers():
+        dist.broadcast(t, src)
     return float(t)
 
 
@@ -78,15 +95,18 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
         return t
     n = torch.tensor([t.shape[0]], dtype=torch.long)
     sizes = [torch.zeros_like(n) for _ in range(world_size())]
-    dist.all_gather(sizes, n)
+    with _peers():
+        dist.all_gather(sizes, n)
     top = int(max(s.item() for s in sizes))
     padded = torch.zeros((top,) + tuple(t.shape[1:]), dtype=t.dtype)
     padded[: t.shape[0]] = t.cpu()
     parts = [torch.zeros_like(padded) for _ in range(world_size())]
-    dist.all_gather(parts, padded)
+    with _peers():
+        dist.all_gather(parts, padded)
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)]).to(t.device)
 
 
 def barrier() -> None:
     if is_distributed():
-        dist.barrier()
+        with _peers():
+            dist.barrier()

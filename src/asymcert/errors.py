@@ -44,6 +44,10 @@ class RunFolderConflictError(AsymcertError, ValueError):
     """A run folder that holds a run of another task, model or training settings than the one asked for."""
 
 
+class PeerStoppedError(AsymcertError):
+    """Under torchrun, another process of the job stopped (its own error says why) while this one waited for it."""
+
+
 class MethodsFailedError(AsymcertError):
     """Some methods of a comparison failed; the report is written without them and names each one's error."""
 
