@@ -188,6 +188,8 @@ def test_commands_that_train_many_models_are_refused_under_torchrun(tmp_path):
     assert res.returncode != 0 and not (tmp_path / "cap").exists()
     lines = [line for line in res.stderr.splitlines() if "runs in one process" in line]
     assert len(lines) == 2 and "Traceback" not in "".join(lines)
+    res = torchrun_asymcert(["audit", str(tmp_path / "any-run")])  # (audit too: both ranks did all its work)
+    assert res.returncode != 0 and res.stderr.count("`asymcert audit` runs in one process") == 2
 
 
 def test_a_peer_that_stopped_is_one_line_not_a_traceback(monkeypatch):

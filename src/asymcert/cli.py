@@ -145,7 +145,7 @@ def _quiet_stdout() -> None:
 _TRAINING_COMMANDS = frozenset({"run", "train", "compare", "sweep"})
 """Commands that train: stopped, they resume after the last finished epoch when rerun (``capacity`` keeps no
 training state: rerun, it trains again from the start, audit 29e #6)."""
-_ONE_PROCESS_COMMANDS = frozenset({"compare", "sweep", "capacity"})
+_ONE_PROCESS_COMMANDS = frozenset({"compare", "sweep", "capacity", "audit"})
 """Commands refused under torchrun: both processes would do all the work and write the same files (audit 29e #8,
 #9)."""
 
@@ -250,8 +250,8 @@ def main(ctx: click.Context) -> None:
     warnings.showwarning = _one_line_warning
     if distributed.is_distributed() and ctx.invoked_subcommand in _ONE_PROCESS_COMMANDS:
         raise click.UsageError(
-            f"`asymcert {ctx.invoked_subcommand}` runs in one process (it trains its models one after another, "
-            "or in its own worker processes): run it without torchrun"
+            f"`asymcert {ctx.invoked_subcommand}` runs in one process (its work is not split between processes): "
+            "run it without torchrun"
         )
 
 
