@@ -527,3 +527,12 @@ def test_a_stopped_capacity_run_does_not_promise_to_resume(tmp_path, monkeypatch
     res = CliRunner().invoke(main, ["capacity", "breast-cancer", "--out", str(tmp_path / "cap")])
     line = _refused(res, EXIT_INTERRUPTED)
     assert "training resumes" not in line and "rerun the same command to start again" in line
+
+
+def test_a_sigterm_under_torchrun_says_the_launcher_may_have_sent_it(tiny_run, tmp_path, monkeypatch):
+    """torchrun stops every process when one fails: rank 0's line said only 'terminated (SIGTERM); rerun ... training
+    resumes' (audit 29e #7). Under a process group it now says where the SIGTERM may come from."""
+    monkeypatch.setattr(cli_module.distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(cli_module, "write_report", _raiser(cli_module._Terminated()))
+    line = _refused(CliRunner().invoke(main, ["report", str(_copy(tiny_run, tmp_path))]), EXIT_TERMINATED)
+    assert "terminated (SIGTERM; under torchrun, the launcher stops every process when one fails)" in line

@@ -217,7 +217,13 @@ class _Group(click.Group):
         except OSError as exc:
             raise _Refusal(_os_message(exc), EXIT_IO) from None
         except _Terminated:
-            raise _Refusal(f"terminated (SIGTERM); {_go_on(ctx)}", EXIT_TERMINATED) from None
+            # (torchrun stops every process when one fails: that one's own error says why, audit 29e #7)
+            peers = (
+                "; under torchrun, the launcher stops every process when one fails"
+                if distributed.is_distributed()
+                else ""
+            )
+            raise _Refusal(f"terminated (SIGTERM{peers}); {_go_on(ctx)}", EXIT_TERMINATED) from None
         except KeyboardInterrupt:
             raise _Refusal(f"interrupted; {_go_on(ctx)}", EXIT_INTERRUPTED) from None
 
