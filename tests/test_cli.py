@@ -536,3 +536,17 @@ def test_a_sigterm_under_torchrun_says_the_launcher_may_have_sent_it(tiny_run, t
     monkeypatch.setattr(cli_module, "write_report", _raiser(cli_module._Terminated()))
     line = _refused(CliRunner().invoke(main, ["report", str(_copy(tiny_run, tmp_path))]), EXIT_TERMINATED)
     assert "terminated (SIGTERM; under torchrun, the launcher stops every process when one fails)" in line
+
+
+def test_a_peer_stopping_mid_training_is_one_line_and_a_bug_keeps_its_traceback(tiny_run, tmp_path, monkeypatch):
+    """A torchrun peer killed mid-training failed DDP's all-reduce in loss.backward(): rank 0 printed gloo's 50-line
+    traceback (review 29f). Inside a process group, that error is one PeerStoppedError line; any other RuntimeError
+    is a bug and keeps its traceback."""
+    monkeypatch.setattr(cli_module.distributed, "is_distributed", lambda: True)
+    reset = RuntimeError("[pair.cc:537] Read error [127.0.0.1]:27366: Connection reset by peer. This is typically")
+    monkeypatch.setattr(cli_module, "write_report", _raiser(reset))
+    line = _refused(CliRunner().invoke(main, ["report", str(_copy(tiny_run, tmp_path))]), EXIT_REFUSED)
+    assert line.startswith("Error: PeerStoppedError: another process of this torchrun job stopped")
+    bug = RuntimeError("shape mismatch")
+    monkeypatch.setattr(cli_module, "write_report", _raiser(bug))
+    assert CliRunner().invoke(main, ["report", str(_copy(tiny_run, tmp_path / "b"))]).exception is bug

@@ -216,6 +216,11 @@ class _Group(click.Group):
             raise click.exceptions.Exit(EXIT_PIPE) from None
         except OSError as exc:
             raise _Refusal(_os_message(exc), EXIT_IO) from None
+        except RuntimeError as exc:  # (a peer that stopped mid-collective, e.g. in DDP's backward: review 29f)
+            peer = distributed.peer_stopped(exc)
+            if peer is None:
+                raise
+            raise _Refusal(f"{type(peer).__name__}: {peer}", EXIT_REFUSED) from None
         except _Terminated:
             # (torchrun stops every process when one fails: that one's own error says why, audit 29e #7)
             peers = (

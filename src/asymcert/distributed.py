@@ -64,6 +64,27 @@ def differentiable_sum(t: torch.Tensor) -> torch.Tensor:
         return all_reduce(t)
 
 
+PEER_FAILURES = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+)
+"""What the process group's errors say when another process of the job stopped (gloo over TCP, NCCL)."""
+
+
+def peer_stopped(exc: BaseException) -> PeerStoppedError | None:
+    """The :class:`PeerStoppedError` for ``exc`` when it is the process group failing because another process
+    stopped (inside a process group, one of :data:`PEER_FAILURES` in its message), else None (a bug keeps its
+    traceback)."""
+    text = str(exc)
+    if not (isinstance(exc, RuntimeError) and is_distributed() and any(p in text for p in PEER_FAILURES)):
+        return None
+    first = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+    stopped = "another process of this torchrun job stopped (its own error says why)"
+    return PeerStoppedError(f"{stopped}; nothing more was done here ({first})")
+
+
 @contextlib.contextmanager
 def _peers() -> Iterator[None]:
     """A collective call: a failure of the process group there (a peer that stopped: gloo's "Connection reset by
