@@ -109,14 +109,11 @@ def stage(path: Path, write: Any) -> Staged:
             os.fsync(f.fileno())  # a full disk may only show here, not in write()
         os.chmod(staged.tmp, 0o666 & ~current_umask())
         return staged
-    except AsymcertError:
+    except BaseException as exc:
         discard(staged)
-        raise
-    except (OSError, SafetensorError) as exc:  # safetensors reports its own I/O failures as SafetensorError
-        discard(staged)
-        raise WriteError(f"could not write {path}: {_reason(exc)}; any previous version is left intact") from exc
-    except BaseException:
-        discard(staged)
+        # (safetensors reports its own I/O failures as SafetensorError; our own errors pass through as they are)
+        if isinstance(exc, (OSError, SafetensorError)) and not isinstance(exc, AsymcertError):
+            raise WriteError(f"could not write {path}: {_reason(exc)}; any previous version is left intact") from exc
         raise
 
 

@@ -80,7 +80,12 @@ def peer_stopped(exc: BaseException) -> PeerStoppedError | None:
     text = str(exc)
     if not (isinstance(exc, RuntimeError) and is_distributed() and any(p in text for p in PEER_FAILURES)):
         return None
-    first = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+    return _stopped(exc)
+
+
+def _stopped(exc: BaseException) -> PeerStoppedError:
+    """The one-line :class:`PeerStoppedError` for the process group's error ``exc`` (its first line quoted)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
     stopped = "another process of this torchrun job stopped (its own error says why)"
     return PeerStoppedError(f"{stopped}; nothing more was done here ({first})")
 
@@ -92,9 +97,7 @@ def _peers() -> Iterator[None]:
     try:
         yield
     except RuntimeError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        stopped = "another process of this torchrun job stopped (its own error says why)"
-        raise PeerStoppedError(f"{stopped}; nothing more was done here ({first})") from None
+        raise _stopped(exc) from None
 
 
 def broadcast_float(value: float, src: int = 0) -> float:

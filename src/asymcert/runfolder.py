@@ -55,8 +55,7 @@ from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 LOCK_FILE = ".asymcert.lock"
-OUTPUT_LOCK_SUFFIX = ".asymcert.lock"
-"""The lock of an output file ``name`` is ``.<name>.asymcert.lock`` beside it (:func:`output_lock_path`)."""
+"""A run folder's lock; an output file ``name``'s is ``.<name>`` + this beside it (:func:`output_lock_path`)."""
 RUN_FILE = "run.json"
 CERT_FILE = "certificates.safetensors"
 """The certificates of the run's test split (:mod:`asymcert.certify.certfile`)."""
@@ -155,7 +154,7 @@ def output_lock_path(path: str | Path) -> Path:
     spelling of one file, relative, absolute or through a symlink, gets the same lock; whatever the environment's
     temporary folder or user name, audit 29a F2)."""
     target = Path(path).resolve()
-    return target.parent / f".{target.name}{OUTPUT_LOCK_SUFFIX}"
+    return target.parent / f".{target.name}{LOCK_FILE}"
 
 
 @contextmanager

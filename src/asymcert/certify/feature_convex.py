@@ -37,7 +37,7 @@ from torch import nn
 from asymcert.certify import options as option_checks
 from asymcert.certify.bounded_convex import batch_norm_terms, bounded_pass, supports_bounded
 from asymcert.certify.bounded_icnn import icnn_bounded_pass, supports_bounded_icnn
-from asymcert.certify.functional import DEFAULT_SLACK, dual_exponent, dual_norm, safe_radius
+from asymcert.certify.functional import DEFAULT_SLACK, checked_l2, dual_exponent, dual_norm, safe_radius
 from asymcert.certify.magnitude import FLOAT32_SAFE, Magnitudes, network_magnitudes, reads_only_tensors
 from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_roundoff
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee
@@ -456,16 +456,14 @@ class Reference:
 
     def dual_norm(self, p: float) -> torch.Tensor:
         """‖:attr:`grad_bound`‖ in the dual of ℓp (N,) float64: the pass's own sums where it has them (an ℓ2 sum of
-        squares that may have underflowed or overflowed, below 10⁻¹⁴⁰ or not finite, is recomputed as
-        :func:`~asymcert.certify.functional.dual_norm` does it)."""
+        squares that may have underflowed or overflowed is recomputed, :func:`~asymcert.certify.functional.checked_l2`,
+        as :func:`~asymcert.certify.functional.dual_norm` does it)."""
         column = {1.0: 0, 2.0: 1, math.inf: 2}.get(dual_exponent(p))
         if self.grad_norms is None or column is None:
             return dual_norm(self.grad_bound, p)
         norm = self.grad_norms[:, column]
         if column == 1:
-            risky = ~torch.isfinite(norm) | (norm < 1e-140)
-            if bool(risky.any()):
-                norm = torch.where(risky, dual_norm(self.grad_bound, p), norm)
+            return checked_l2(norm, lambda: self.grad_bound.reshape(len(norm), -1).double())
         return norm
 
 

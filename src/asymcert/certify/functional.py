@@ -10,6 +10,7 @@ subtracted), and the denominator an upper bound up to ``slack`` (see :data:`DEFA
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -42,12 +43,18 @@ def lp_norm(v: torch.Tensor, p: float) -> torch.Tensor:
     if p == 1:
         return torch.linalg.vector_norm(v, ord=p, dim=1)
     if p == 2:  # one pass; rescale only when the squares may have overflowed or underflowed
-        out = torch.linalg.vector_norm(v, ord=2, dim=1)
-        risky = ~torch.isfinite(out) | (out < 1e-140)
-        if not bool(risky.any()):
-            return out
-        return torch.where(risky, _scaled_norm(v.abs(), 2.0), out)
+        return checked_l2(torch.linalg.vector_norm(v, ord=2, dim=1), lambda: v)
     return _scaled_norm(v.abs(), p)
+
+
+def checked_l2(norms: torch.Tensor, rows: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """ℓ2 norms (N,) computed from a plain sum of squares, with the rows where those squares may have overflowed or
+    underflowed (a norm not finite, or below 10⁻¹⁴⁰) recomputed with scaling from ``rows()`` (N, d) float64, asked
+    for only then."""
+    risky = ~torch.isfinite(norms) | (norms < 1e-140)
+    if not bool(risky.any()):
+        return norms
+    return torch.where(risky, _scaled_norm(rows().abs(), 2.0), norms)
 
 
 def _scaled_norm(v: torch.Tensor, p: float) -> torch.Tensor:
