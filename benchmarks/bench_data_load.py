@@ -5,7 +5,7 @@ asymcert: ``load_fashion_mnist(None)`` (find the files, the checked IDX reader, 
 checks, uint8 → float32 in [0, 1]). Reference: ``gzip.decompress`` + ``np.frombuffer`` of the same four
 files and the same float32 conversion, with no checks. Both give identical tensors (checked here), so
 the ratio is what the reader's checks and plumbing cost. This replaces the timed unit test
-(``elapsed < 10.0`` in tests/test_data_idx.py): a speed target is a ratio measured in one run.
+(``elapsed < 10.0`` in tests/data/test_idx.py): a speed target is a ratio measured in one run.
 
     ASYMCERT_OFFLINE=1 python benchmarks/bench_data_load.py [--repeats 5] [--target 1.5]
 

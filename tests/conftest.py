@@ -232,7 +232,7 @@ def near_boundary(model, x: torch.Tensor, low: float = 1e-7, high: float = 1e-2)
 def _no_dataset_downloads(monkeypatch):
     """No test may reach the network: dataset lookups that miss raise DataError instead of downloading.
 
-    (tests/test_data_download.py lifts this for its own tests, which use file:// URLs and fake openers.)
+    (tests/data/test_download.py lifts this for its own tests, which use file:// URLs and fake openers.)
     """
     monkeypatch.setenv("ASYMCERT_OFFLINE", "1")
 

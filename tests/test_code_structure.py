@@ -99,3 +99,14 @@ def test_the_checks_catch_what_they_look_for():
 def test_allowlists_name_real_functions():
     names = {f"{path}::{name}" for path, tree in _sources() for name, _ in _functions(tree)}
     assert set(KERNELS) <= names and set(LAZY_IMPORTS) <= names
+
+
+def test_tests_mirror_the_package():
+    """Each subpackage of ``asymcert`` has its tests in the folder of the same name, and there is no other folder."""
+    tests = Path(__file__).resolve().parent
+    packages = {p.parent.name for p in SRC.glob("*/__init__.py")}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    assert folders == packages
+    for name in folders:
+        assert (tests / name / "__init__.py").is_file(), name
+        assert list((tests / name).glob("test_*.py")), name

@@ -25,7 +25,7 @@ too small. Batch norm is folded into (scale, shift) correctly rounded from the e
 is within one rounding of its exact value, as the γ factors assume.
 The bounds assume direct (non-Winograd, non-FFT, non-TF32) convolution arithmetic,
 which is what PyTorch's CPU convolutions use; on other devices the float64 path is chosen.
-``tests/test_bounded_convex.py`` checks every bound against exact rational arithmetic on tiny nets
+``tests/certify/test_bounded_convex.py`` checks every bound against exact rational arithmetic on tiny nets
 (including scores that cancel to ~0) and against float64 on random architectures.
 """
 

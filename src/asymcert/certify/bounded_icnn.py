@@ -63,7 +63,7 @@ same gradient and bounds bitwise as PyTorch's operations, which are used where n
 Applies on CPU to exact ICNNs with one hidden layer, no batch norm, no hidden bias, float32 weights,
 a feature map of the steps above, and IEEE float32 products in PyTorch's precision settings
 (:func:`supports_bounded_icnn`); elsewhere ``"auto"`` uses the float64 path.
-``tests/test_bounded_icnn.py`` checks every bound against float64 and exact rational arithmetic.
+``tests/certify/test_bounded_icnn.py`` checks every bound against float64 and exact rational arithmetic.
 """
 
 from __future__ import annotations

@@ -88,10 +88,10 @@ def _float64_copy(model: M) -> M:
 # Multiple of (machine epsilon × magnitude M, see `rounding_bound`) reserved for the rounding of
 # the deployed model's own float evaluation of the score. MEASURED, not proven (M does not see
 # every internal cancellation): |s_float32 − s_float64| / (eps32 · M) stayed below 1.8 on 26,000
-# inputs of random and trained models (tests/test_soundness_feature_convex.py), and
+# inputs of random and trained models (tests/certify/test_soundness_feature_convex.py), and
 # |s_float32 − s_exact| / (eps32 · M) below 1.1 against exact rational arithmetic on 300 tiny random
 # conv nets, half of them with a balance that cancels the score to a few ulps
-# (tests/test_bounded_convex.py; before M included the constant terms, a dead net whose constant
+# (tests/certify/test_bounded_convex.py; before M included the constant terms, a dead net whose constant
 # cancelled to −1.4e-8 reached 46). Within a certified ball M grows at most from M to M + 2s ≤ 3M
 # (same ReLU pattern: |s| and Σ|∇g ⊙ φ| move by at most Lip·‖∇g‖·r ≤ s), and only where s ≈ M, far
 # from the boundary; 8 covers the attacked point.

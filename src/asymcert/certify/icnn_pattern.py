@@ -123,7 +123,7 @@ def product_within_bound(k: int, product: Callable[[torch.Tensor, torch.Tensor],
     """Whether ``product(a, b)`` (bfloat16 (64, k) and (256, k) → (64, 256) bfloat16) is within γ_k(2⁻²⁴)Σ|terms|
     (1 + 2⁻⁸) + 2⁻⁸|exact| + (2k + 1)·2⁻¹²⁶ of the exact aᵇᵀ on sums that grow to about k and cancel back (float64
     is exact here: every value is a multiple of 2⁻¹⁴ below 4k). Rounding the partial sums to bfloat16 misses it by a
-    factor of about 5 (``tests/test_icnn_pattern.py``)."""
+    factor of about 5 (``tests/certify/test_icnn_pattern.py``)."""
     gen = torch.Generator().manual_seed(0)
     a = (1.0 + torch.rand(64, k, generator=gen)).bfloat16()
     sign = torch.ones(k)

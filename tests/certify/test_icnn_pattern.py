@@ -18,7 +18,7 @@ from asymcert.certify.icnn_pattern import C8, CANDIDATE_CAP, U32, bf16_candidate
 from asymcert.certify.modes import gamma
 from asymcert.certify.scope import forget_kept
 from asymcert.models import build_model
-from tests.test_bounded_icnn import icnn_model
+from tests.certify.test_bounded_icnn import icnn_model
 
 pytestmark = pytest.mark.skipif(not icnn_pattern.fast_bfloat16(), reason="no bfloat16 matrix hardware here")
 

@@ -21,7 +21,7 @@ from asymcert.train import FeatureConvexRecipe, TrainConfig, fit_balance, make_c
 from asymcert.train.balance import allowed_false_positives, fit_false_positive_shift
 from tests.conftest import near_boundary
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _model(d: int = 6) -> asymcert.models.FeatureConvexClassifier:

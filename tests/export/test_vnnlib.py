@@ -29,7 +29,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 SHAPE = (1, 6, 6)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BOUND = re.compile(r"\(assert \((<=|>=) X_(\d+) ([-+0-9.eE]+)\)\)")
 
 
@@ -263,7 +263,7 @@ def test_only_stages_a_killed_export_left_are_removed(tmp_path):
 KILLED_EXPORT = """
 import os, sys, torch
 from asymcert.export import vnnlib
-from tests.test_vnnlib import _model
+from tests.export.test_vnnlib import _model
 vnnlib.export_module = lambda *a, **k: os.kill(os.getpid(), 9)
 vnnlib.to_vnnlib(_model(), torch.rand(6, 1, 6, 6), sys.argv[1])
 """

@@ -11,7 +11,7 @@ import torch
 import asymcert
 from asymcert.models import build_model
 from asymcert.nn.orthogonal import CayleyConv2d, CayleyLinear, GroupSort, MaxMin, PixelUnshuffle, cayley
-from tests.test_bound_propagation import pgd_min_score
+from tests.certify.test_bound_propagation import pgd_min_score
 
 
 @pytest.mark.parametrize("shape", [(10, 10), (40, 12), (12, 40), (1, 30), (30, 1)])

@@ -129,7 +129,7 @@ def test_training_mode_losses_use_each_inputs_own_gradient():
     """With batch norm in training mode the regulariser and the margin see ∂s_i/∂φ_i (this batch's
     statistics held constant), not the batch-coupled sum of gradients."""
     from asymcert.models import build_model
-    from tests.test_regularizers import _reference_gradients
+    from tests.train.test_regularizers import _reference_gradients
 
     torch.manual_seed(0)
     model = (

@@ -18,8 +18,8 @@ from asymcert.certify.exact_linf import exact_linf_radii
 from asymcert.certify.exact_lp import exact_l1_radii, exact_l2_radii
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
+from tests.certify.test_exact_linf import PHIS, SPAM_PHI, TM, _model
 from tests.conftest import near_boundary, score64
-from tests.test_exact_linf import PHIS, SPAM_PHI, TM, _model
 
 EXACT = {1.0: exact_l1_radii, 2.0: exact_l2_radii}
 # two features: scales, a one-sided move and a domain (both ≥ 0), as the grid can check them

@@ -125,7 +125,7 @@ def test_the_default_trains_hinges_and_the_presets_their_own_models(tmp_path):
 
 
 def test_the_threat_model_file_in_docs_is_the_tasks_own():
-    shipped = json.loads((Path(__file__).resolve().parents[1] / "docs/threat_models/spambase.json").read_text())
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "docs/threat_models/spambase.json").read_text())
     assert ThreatModel.from_dict(shipped).to_dict() == SPAMBASE_THREAT_MODEL.to_dict() == shipped
     assert get_task("spambase").threat_model is SPAMBASE_THREAT_MODEL
 
