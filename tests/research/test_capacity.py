@@ -71,7 +71,10 @@ def test_scaled_init_rejects_other_networks():
 
 
 def test_resolve_recipes():
-    assert resolve_recipes("none") == [] and resolve_recipes("") == []
+    assert resolve_recipes("none") == [] and resolve_recipes("") == [] and resolve_recipes([]) == []
+    for typo in (",", " , ", ",,"):  # (audit 29e #10: it meant "none", silently)
+        with pytest.raises(UnknownNameError, match="no recipe name"):
+            resolve_recipes(typo)
     assert resolve_recipes("all") == list(RECIPES)
     assert resolve_recipes("icnn-wide, paper-conv") == ["icnn-wide", "paper-conv"]
     with pytest.raises(UnknownNameError, match=r"unknown capacity recipe.*known: paper-conv"):

@@ -276,14 +276,20 @@ class CapacityResult:
 
 
 def resolve_recipes(names: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    """Recipe names from a comma-separated string or a list; "none" or "" gives []; None the defaults.
+    """Recipe names from a comma-separated string or a list; "none", "" or [] gives []; None the defaults.
 
     Raises:
-        UnknownNameError: an unknown name (the message lists the known ones).
+        UnknownNameError: an unknown name, or separators and no name (``","``, ``" , "``: a typo, not "none";
+            audit 29e #10); the message lists the known ones.
     """
     if names is None:
         return list(DEFAULT_RECIPES)
-    items = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    listed = names.split(",") if isinstance(names, str) else list(names)
+    items = [n.strip() for n in listed if n.strip()]
+    if not items and len(listed) > 1:
+        raise UnknownNameError(
+            f"no recipe name in {names!r}; give 'none' for the bound only; known: {', '.join(RECIPES)}"
+        )
     if items in ([], ["none"]):
         return []
     if "all" in items:
