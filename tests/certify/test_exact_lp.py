@@ -14,7 +14,7 @@ from asymcert import audit as audit_module
 from asymcert.audit import audit
 from asymcert.certify import exact_lp
 from asymcert.certify.exact import UnsupportedModelError
-from asymcert.certify.exact_linf import exact_linf_radii
+from asymcert.certify.exact_linf import BISECTION_RTOL, exact_linf_radii
 from asymcert.certify.exact_lp import exact_l1_radii, exact_l2_radii
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
@@ -194,3 +194,19 @@ def test_the_audit_table_says_when_exact_brackets_stay_open():
     assert exact["open_brackets"] > 0
     row = next(line for line in audit_module._markdown(report).splitlines() if line.startswith("| l1 |"))
     assert f"{exact['open_brackets']} brackets open (max gap" in row and "against a verified flip" in row
+
+
+@pytest.mark.parametrize("s", [1e-6, 1e6])
+def test_far_from_unit_scales_only_change_the_units_of_every_bracket(s):
+    """Scales of 10⁻⁶ or 10⁶ on every feature divide every bracket by s. Before the programs worked in solver units
+    (exact.solver_units), ℓ2 claimed lower ends up to 2.3× the exact radius at 10⁶ (audit 30 F1)."""
+    model, x = _model(SPAM_PHI, 4, seed=5, n=16)
+    box = {"lower": {"*": 0.0}}
+    for bracket in (exact_linf_radii, exact_l1_radii, exact_l2_radii):
+        plain = bracket(model, x, ThreatModel(**box))
+        scaled = bracket(model, x, ThreatModel(scale={"*": s}, **box))
+        shown = [i for i, why in enumerate(plain.status) if why == "exact"]
+        assert len(shown) >= 4 and [scaled.status[i] for i in shown] == ["exact"] * len(shown)
+        for end in ("lo", "hi"):
+            want, got = getattr(plain, end)[shown] / s, getattr(scaled, end)[shown]
+            torch.testing.assert_close(got, want, rtol=3 * BISECTION_RTOL, atol=0)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import math
+import types
 
 import numpy as np
 import pytest
 import torch
 
 import asymcert
-from asymcert.certify.exact import ExactRadiusSolver, UnsupportedModelError, exact_radius
+from asymcert.certify.exact import ExactRadiusSolver, UnsupportedModelError, exact_radius, solver_units
 from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.errors import ConfigError
 from asymcert.models import build_model
@@ -81,6 +82,54 @@ def test_trivial_threat_model_is_no_threat_model_and_scale_divides(p):
     torch.testing.assert_close(resolved, plain, rtol=1e-12, atol=0)
     # ℓ2 (interior point) is accurate to ~1e-10 in ½‖u‖²: absolute 1e-7 on the smallest radii
     torch.testing.assert_close(quarter, plain / 4, rtol=1e-7, atol=1e-7 if p == 2 else 0)
+
+
+@pytest.mark.parametrize("p", NORMS)
+@pytest.mark.parametrize("s", [1e-10, 1e-6, 1e6, 1e8])
+def test_far_from_unit_scales_only_change_the_units(p, s):
+    """Scales of 10⁻¹⁰ … 10⁸ on every feature: the radius divided by s, with a domain. Before the solvers worked in
+    solver_units, ℓ2 gave ∞ (a flip exists) or up to 5× the distance, and ℓ1/ℓ∞ NaN (audit 30 F1)."""
+    model, x = _model("identity", seed=3)
+    box = {"lower": {"*": 0.0}, "upper": {"*": 4.0}}
+    plain = exact_radius(model, x, p, threat_model=ThreatModel(**box))
+    scaled, delta = exact_radius(model, x, p, return_perturbation=True, threat_model=ThreatModel(scale={"*": s}, **box))
+    flagged = plain > 0
+    assert int(flagged.sum()) >= 10 and bool(torch.isfinite(plain).all())
+    torch.testing.assert_close(scaled, plain / s, rtol=1e-6, atol=0)
+    assert bool((score64(model, x[flagged].double() + delta[flagged] * (1 + 1e-6)) <= 1e-6).all())
+
+
+def test_solver_units_divide_every_scale_by_one_power_of_two_near_their_middle():
+    scale = np.array([3e-7, 1e-6, 5e-6, 1e-5])
+    unit = solver_units(scale)
+    factor = scale / unit
+    assert bool((factor == factor[0]).all()) and math.frexp(factor[0])[0] == 0.5  # exactly one power of two
+    assert 0.1 < float(np.exp(np.log(unit).mean())) < 10
+    assert bool((solver_units(np.ones(5)) == 1).all()) and solver_units(np.zeros(0)).shape == (0,)
+
+
+@pytest.mark.parametrize("status", ["AlmostSolved", "AlmostPrimalInfeasible"])
+def test_a_qp_solved_at_reduced_accuracy_is_nan_not_a_radius(monkeypatch, status):
+    """Clarabel's reduced-accuracy answers are not taken as final: no radius (NaN, a warning), not one that may be
+    too large or an ∞ for a flip that exists."""
+    import clarabel
+
+    real = clarabel.DefaultSolver
+
+    class Inexact:
+        def __init__(self, *args):
+            self.solver = real(*args)
+
+        def solve(self):
+            solution = self.solver.solve()
+            return types.SimpleNamespace(status=status, x=solution.x)
+
+    model, x = _model("identity", seed=3, n=12)
+    monkeypatch.setattr(clarabel, "DefaultSolver", Inexact)
+    with pytest.warns(RuntimeWarning, match="stopped early"):
+        radii = exact_radius(model, x, 2.0, threat_model=TM)
+    flagged = score64(model, x) > 0
+    assert int(flagged.sum()) >= 3 and bool(radii[flagged].isnan().all()) and bool((radii[~flagged] == 0).all())
 
 
 @pytest.mark.parametrize("p", NORMS)
@@ -192,7 +241,7 @@ def test_log1p_hinges_and_bad_threat_models_are_refused():
 
 
 def test_perturbations_at_the_domain_bound_stay_inside_it_in_float64():
-    """u at its box bound (U − x) / scale gives x + scale·u > U after rounding for some x (here 0.7%
+    """u at its box bound (U − x) / unit gives x + unit·u > U after rounding for some x (here 0.7%
     of uniform draws with scale 0.3 or 1.1): the returned δ is nudged back inside by a few ulps."""
     model, _ = _model("shift")
     tm = ThreatModel(scale={"*": 0.3, "1": 1.1}, upper={"*": 3.0}, lower={"*": -1.0})
@@ -200,8 +249,9 @@ def test_perturbations_at_the_domain_bound_stay_inside_it_in_float64():
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(500, D, generator=gen, dtype=torch.float64) * 4 - 0.5).numpy()
     low, high = solver._boxes(x)
-    scale = tm.resolve(None, D).scale.numpy()
-    assert int(((x + high * scale > 3.0) & (x <= 3.0)).sum()) > 5  # naive δ = scale·u leaves the domain
+    scale = solver.unit  # (the solver's variable is u = δ / unit, unit = tm's scale / a power of two)
+    assert np.unique(tm.resolve(None, D).scale.numpy() / scale).tolist() == [0.25]  # (2 ** round(mean log2 scale))
+    assert int(((x + high * scale > 3.0) & (x <= 3.0)).sum()) > 5  # naive δ = unit·u leaves the domain
     for u in (high, low):
         delta = np.stack([solver._raw_move(x[i], u[i], (low[i], high[i])) for i in range(len(x))])
         y = x + delta

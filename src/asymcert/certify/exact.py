@@ -18,10 +18,13 @@ The distance is computed over all of R^d, like the certificates it is compared w
 ``input_range`` is ignored unless ``respect_input_range=True``. Every reported radius comes with a
 perturbation that is checked on the float64 model itself before it is reported.
 
-Under a threat model (:class:`~asymcert.threat.ResolvedThreatModel`) the variables are u = δ / scale
-(threat-model units): the feature map's slope a becomes a ⊙ scale, forbidden directions are variable
-bounds at 0 and the domain [lower, upper] is a per-coordinate box on u, so the same LPs and QP give
-the smallest ‖u‖_p over the moves the threat model allows.
+Under a threat model (:class:`~asymcert.threat.ResolvedThreatModel`) the variables are u = δ / unit with
+unit = scale / c (:func:`solver_units`: threat-model units times one power of two c): the feature map's slope a
+becomes a ⊙ unit, forbidden directions are variable bounds at 0 and the domain [lower, upper] is a
+per-coordinate box on u, so the same LPs and QP give the smallest ‖u‖_p over the moves the threat model allows,
+and its ‖δ / scale‖_p is the radius. (c keeps the solvers' numbers near the raw units': with scales of 10⁶ or
+10⁻⁶ and u = δ / scale, the QP stopped at 1.45× the distance or called reachable flips unreachable, and the LPs'
+moves failed their check; audit 30 F1.)
 """
 
 from __future__ import annotations
@@ -318,6 +321,18 @@ def resolve_threat(threat_model: ThreatModel | ResolvedThreatModel | None, d: in
     raise ConfigError(f"threat_model must be a ThreatModel or ResolvedThreatModel, got {type(threat_model).__name__}")
 
 
+def solver_factor(scale: np.ndarray) -> float:
+    """c: the power of two nearest to the geometric mean of the threat model's scales (d,) (1 for none)."""
+    return math.ldexp(1.0, round(float(np.mean(np.log2(scale))))) if scale.size else 1.0
+
+
+def solver_units(scale: np.ndarray) -> np.ndarray:
+    """(d,) raw units per unit of the solvers' variable u: ``scale`` (d,) / :func:`solver_factor`. One factor for
+    every coordinate, so the minimiser of ‖u‖_p is the minimiser of ‖δ / scale‖_p = ‖u‖_p / c; a power of two,
+    so the division is exact. It keeps the solvers' numbers near the raw units' whatever the scales' units."""
+    return scale / solver_factor(scale)
+
+
 def _domain(
     tm: ResolvedThreatModel | None, input_range: tuple[float, float] | None, d: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -418,8 +433,10 @@ class ExactRadiusSolver:
         self.input_shape = tuple(fc.input_shape)
         self.input_range = fc.input_range if respect_input_range else None
         self.threat_model = resolve_threat(threat_model, self.chain.dim)
-        # (d,) raw units per unit of the LP/QP variable u = δ / scale (ones without a threat model)
+        # (d,) the threat model's scales (ones without one): radii are ‖δ / scale‖_p
         self.scale = np.ones(self.chain.dim) if self.threat_model is None else _np(self.threat_model.scale)
+        # (d,) raw units per unit of the LP/QP variable u = δ / unit (see solver_units)
+        self.unit = solver_units(self.scale)
         self._boxed = self.input_range is not None or self.threat_model is not None
         self._domain = _domain(self.threat_model, self.input_range, self.chain.dim)
         self._highs: Any = None
@@ -431,7 +448,7 @@ class ExactRadiusSolver:
         ch, d = self.chain, self.chain.dim
         widths = [layer.c.shape[0] for layer in ch.layers]
         n_z = int(sum(widths))
-        A = sp.diags(ch.a * self.scale)  # f(x + scale ⊙ u) = f(x) + (a ⊙ scale) ⊙ u
+        A = sp.diags(ch.a * self.unit)  # f(x + unit ⊙ u) = f(x) + (a ⊙ unit) ⊙ u
         nd = 2 * d if self.norm == 1 else d
         self.nd, self.n_z = nd, n_z
 
@@ -519,14 +536,14 @@ class ExactRadiusSolver:
         return self._highs
 
     def _boxes(self, x_flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(low, high) (N, d) float64 bounds on u = δ / scale at each input (flattened, raw units).
+        """(low, high) (N, d) float64 bounds on u = δ / unit at each input (flattened, raw units).
 
         ±inf where unbounded; 0 on the forbidden side of a threat model's direction constraints and
         where the domain (or the respected ``input_range``) leaves no room. low ≤ 0 ≤ high.
         """
         n, d = x_flat.shape
         low, high = np.full((n, d), -np.inf), np.full((n, d), np.inf)
-        tm, scale = self.threat_model, self.scale
+        tm, scale = self.threat_model, self.unit
         if tm is not None:
             low = np.where(_np(tm.can_decrease)[None] > 0, np.minimum((_np(tm.lower) - x_flat) / scale, 0.0), 0.0)
             high = np.where(_np(tm.can_increase)[None] > 0, np.maximum((_np(tm.upper) - x_flat) / scale, 0.0), 0.0)
@@ -584,7 +601,7 @@ class ExactRadiusSolver:
             at_upper = grad < 0  # move against the gradient
             delta = np.where(at_upper, upper, lower)
             col[:d] = np.where(at_upper, UPPER, LOWER)
-        active = self._pattern(xf + self.scale * delta)  # delta is in u units
+        active = self._pattern(xf + self.unit * delta)  # delta is in u units
         col[self.nd :][active] = BASIC
         row = np.where(active, UPPER, BASIC)
         if self.norm == 1:
@@ -715,15 +732,17 @@ class ExactRadiusSolver:
         solver = clarabel.DefaultSolver(P, np.zeros(self.n_var), A, np.concatenate(b), cones, settings)
         sol = solver.solve()
         status = str(sol.status)
-        if status in ("Solved", "AlmostSolved"):
+        if status == "Solved":
             return "optimal", np.asarray(sol.x)
-        if status in ("PrimalInfeasible", "AlmostPrimalInfeasible"):
+        if status == "PrimalInfeasible":
             return "unreachable", None
+        # (Clarabel's "AlmostSolved" / "AlmostPrimalInfeasible", at reduced accuracy, are not taken as final:
+        # they gave 1.45× the distance, and ∞ for a flip that exists, where scales were 10⁶ and 10⁻⁶)
         return ("time limit" if "Time" in status else status.lower()), None
 
     # -- per-batch helpers ------------------------------------------------------------------------
     def _score_and_gradient(self, x_flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(s(x) (N,), ∇_u s (N, d) = scale ⊙ ∇_x s) on the float64 model, checked against the layer chain."""
+        """(s(x) (N,), ∇_u s (N, d) = unit ⊙ ∇_x s) on the float64 model, checked against the layer chain."""
         n = x_flat.shape[0]
         x64 = torch.from_numpy(x_flat).reshape((n,) + self.input_shape).requires_grad_(True)
         with torch.enable_grad():
@@ -736,7 +755,7 @@ class ExactRadiusSolver:
                 "internal error: the layer chain does not reproduce the model's scores "
                 f"(max gap {np.abs(chain_score - score).max():.3g})"
             )
-        return score, grad * self.scale
+        return score, grad * self.unit
 
     def _starts(
         self, score: np.ndarray, grad_u: np.ndarray, low: np.ndarray, high: np.ndarray
@@ -759,12 +778,12 @@ class ExactRadiusSolver:
             return gnorm, score / np.where(hnorm > 0, hnorm, gnorm)
 
     def _raw_move(self, xf: np.ndarray, u: np.ndarray, box: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """The raw perturbation δ = scale ⊙ u of a solver's u (d,). Under a threat model u is first
+        """The raw perturbation δ = unit ⊙ u of a solver's u (d,). Under a threat model u is first
         clipped to its box (solver tolerances) and δ nudged by a few ulps so that x + δ, computed in
         float64, stays in the domain wherever x is in it."""
         if self.threat_model is None:
             return u
-        return nudge_into_domain(xf, np.clip(u, box[0], box[1]) * self.scale, *self._domain)
+        return nudge_into_domain(xf, np.clip(u, box[0], box[1]) * self.unit, *self._domain)
 
     # -- public -----------------------------------------------------------------------------------
     def solve(self, x: torch.Tensor, time_limit: float | None = None) -> ExactResult:

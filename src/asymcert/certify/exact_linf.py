@@ -45,6 +45,7 @@ from asymcert.certify.exact import (
     _quiet_stdout,
     feature_chain,
     resolve_threat,
+    solver_factor,
 )
 from asymcert.certify.feature_convex import certify_feature_convex
 from asymcert.certify.inputs import check_inputs
@@ -62,8 +63,9 @@ BISECTION_RTOL = 1e-4
 MAX_SOLVES = 60
 """At most this many mixed-integer programs per input."""
 MAX_BOX = 1e12
-"""The largest box radius searched while no flip is known (threat-model units): an unbounded reach doubled on to
-about 1e15, where HiGHS refuses the bounds ("Model error"); beyond it the status is "no flip up to r = …"."""
+"""The largest box radius searched while no flip is known (solver units, :class:`Reach`): an unbounded reach
+doubled on to about 1e15, where HiGHS refuses the bounds ("Model error"); beyond it the status is "no flip up to
+r = …"."""
 
 
 @dataclass(frozen=True)
@@ -352,12 +354,17 @@ LinfBracket = ExactBracket
 
 @dataclass(frozen=True)
 class Reach:
-    """Where the ℓ∞ ball of one input may reach, per coordinate: u ∈ [max(u_lo, −r), min(u_hi, r)]."""
+    """Where the ℓ∞ ball of one input may reach, per coordinate: u ∈ [max(u_lo, −r), min(u_hi, r)], u = δ / scale.
+
+    ``scale`` (n,) is the threat model's divided by one power of two c (:func:`~asymcert.certify.exact.solver_units`,
+    so that the programs see numbers near the raw units'), and ``per_unit`` = 1 / c converts a radius r in u to
+    the threat model's units (radii reported, start radii and messages are in those)."""
 
     x: np.ndarray
     scale: np.ndarray
     u_lo: np.ndarray
     u_hi: np.ndarray
+    per_unit: float = 1.0
 
     @property
     def r_max(self) -> float:
@@ -374,12 +381,14 @@ def reach_balls(x: np.ndarray, tm: ResolvedThreatModel | None) -> list[Reach]:
         inf = np.full(n, np.inf)
         return [Reach(row, np.ones(n), -inf, inf) for row in x]
     scale, lower, upper = (t.double().numpy() for t in (tm.scale, tm.lower, tm.upper))
+    c = solver_factor(scale)
+    scale = scale / c
     down, up = tm.can_decrease.numpy(), tm.can_increase.numpy()
     out = []
     for row in x:
         u_lo = np.where(down, np.minimum((lower - row) / scale, 0.0), 0.0)
         u_hi = np.where(up, np.maximum((upper - row) / scale, 0.0), 0.0)
-        out.append(Reach(row, scale, u_lo, u_hi))
+        out.append(Reach(row, scale, u_lo, u_hi, 1.0 / c))
     return out
 
 
@@ -409,7 +418,7 @@ def _flip_at(
         s = float64_scores(model64, moved[None])
         if removes_flag(s, s0)[0]:
             return "flip", moved - ball.x
-        return f"undecided at r = {r:.6g}: min s in [{prog.bound:.3g}, {s[0]:.3g}]", None
+        return f"undecided at r = {r * ball.per_unit:.6g}: min s in [{prog.bound:.3g}, {s[0]:.3g}]", None
     return f"solver: {prog.status}", None
 
 
@@ -427,7 +436,7 @@ def _bracket_one(
         if left <= 0:
             return lo, hi, best, "time limit"
         if math.isinf(hi) and r > MAX_BOX:
-            return lo, hi, None, f"no flip up to r = {lo:.6g}"
+            return lo, hi, None, f"no flip up to r = {lo * ball.per_unit:.6g}"
         outcome, move = _flip_at(chain, model64, ball, r, s0, left)
         if move is not None:
             size = float(np.max(np.abs(move) / ball.scale, initial=0.0))
@@ -489,7 +498,9 @@ def bracket_radii(
         if scores[i] <= 0:
             status.append("not flagged")
             continue
-        lo[i], hi[i], move, why = one(chain, model64, ball, float(scores[i]), time_limit, rtol, float(closed[i]))
+        start = float(closed[i]) / ball.per_unit  # (searches run in u = δ / ball.scale: see Reach)
+        lo[i], hi[i], move, why = one(chain, model64, ball, float(scores[i]), time_limit, rtol, start)
+        lo[i], hi[i] = lo[i] * ball.per_unit, hi[i] * ball.per_unit
         if move is not None:
             delta[i] = move
         status.append(why)

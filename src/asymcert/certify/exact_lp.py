@@ -304,7 +304,8 @@ class _Search:
             if found.status == "time limit":  # the program stopped before its bound met its point
                 return r, "time limit"
             why = "the solver's gap" if move is not None else "the program's point is not a flip"
-            return r, f"undecided ({why}): min size in [{self.lo:.6g}, {self.hi:.6g}]"
+            lo, hi = self.lo * self.ball.per_unit, self.hi * self.ball.per_unit
+            return r, f"undecided ({why}): min size in [{lo:.6g}, {hi:.6g}]"
         return min(r, self.hi), None
 
 
@@ -333,12 +334,12 @@ def _bracket_one(p: float) -> BracketOne:
             if left <= 0:
                 return search.lo, search.hi, search.best, "time limit"
             if math.isinf(search.hi) and r > MAX_BOX:
-                return search.lo, search.hi, None, f"no flip up to r = {search.lo:.6g}"
+                return search.lo, search.hi, None, f"no flip up to r = {search.lo * ball.per_unit:.6g}"
             r, status = search.step(r, left)
             if status is not None:
                 return search.lo, search.hi, search.best, status
         if math.isinf(search.hi):  # an unbounded reach (no domain) that log1p compresses: no flip at all?
-            return search.lo, search.hi, None, f"no flip up to r = {search.lo:.6g}"
+            return search.lo, search.hi, None, f"no flip up to r = {search.lo * ball.per_unit:.6g}"
         return search.lo, search.hi, search.best, "open after MAX_ROUNDS programs"
 
     return one
