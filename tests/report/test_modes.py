@@ -350,6 +350,19 @@ def test_a_model_kept_from_the_first_of_many_epochs_is_noted():
     assert "Note: the model kept" not in render_markdown({**run, "train": {"epochs": 3}}, {**results, "best_epoch": 1})
 
 
+def test_the_first_epoch_note_names_the_units_training_took_the_margin_in():
+    """Audit units30 F2: the note said "in the radii's units", which after ``certify --no-threat-model`` are raw
+    units, while training took the margin in the run's threat model's units."""
+    cert, labels = _binary([0.5, 1.0])
+    results = {**summarize(cert, labels, report_radii(cert, labels, {})), "best_epoch": 1}  # raw units now
+    run = {"task": "t", "model": {}, "train": {"epochs": 100, "margin_radius": 5}, "training": {}}
+    tm_run = {**run, "threat_model": ONE_IMMUTABLE}
+    own = "(margin_radius = 5, in the units of the run's own threat model (δ_i / scale_i), as in training)"
+    assert own in render_markdown(tm_run, results) and own not in render_markdown(run, results)
+    assert "(margin_radius = 5, in raw input units)" in render_markdown(run, results)
+    assert "the radii's units" not in render_markdown(tm_run, results)
+
+
 def test_the_report_names_monotone_features_by_name_when_the_run_has_names():
     """Walkthrough 27f #14: the report showed ``"monotone": {"increasing": [3, 6, 10]}``, indices only."""
     cert, labels = _binary([0.5, 1.0])

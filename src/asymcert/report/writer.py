@@ -344,7 +344,7 @@ def _first_epoch_note(run: dict[str, Any], results: dict[str, Any]) -> list[str]
         else ""
     )
     why = flat + (
-        f" With the certified-margin loss (margin_radius = {dumps_strict(margin)}, in the radii's units) that "
+        f" With the certified-margin loss (margin_radius = {dumps_strict(margin)}, in {_training_units(run)}) that "
         "often means a margin too large for this data: try a smaller one, and compare the clean accuracy."
         if margin
         else ""
@@ -353,6 +353,14 @@ def _first_epoch_note(run: dict[str, Any], results: dict[str, Any]) -> list[str]
         f"Note: the model kept is from epoch 1 of {epochs}: no later epoch did better on the validation split.{why}",
         "",
     ]
+
+
+def _training_units(run: dict[str, Any]) -> str:
+    """The units training took ``margin_radius`` in: the run's own threat model's (run.json's ``threat_model``,
+    whatever the certificates were later made under), else raw input units (audit units30 F2)."""
+    if run.get("threat_model") is not None:
+        return "the units of the run's own threat model (δ_i / scale_i), as in training"
+    return RAW_UNITS
 
 
 def _model_lines(run: dict[str, Any]) -> list[str]:
