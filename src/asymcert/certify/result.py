@@ -40,9 +40,10 @@ class Certificate:
         predicted: (N,) int64 decision per input. Binary sensitive-class models: 1 = flagged
             sensitive, 0 = other. Multiclass models: the predicted class id.
         radii: ℓp norm (``1.0``, ``2.0``, ``math.inf``, any p ≥ 1) → (N,) float64 certified radius
-            in raw input units. Within an open ball of that radius around the input what
-            ``guarantee`` names holds (the decision, or the flag, stays). 0 where no certificate is
-            given (FLAG: every input not flagged).
+            in the units given by ``units`` (raw input units without a threat model; the threat model's
+            units, ‖δ / scale‖_p over the moves it allows, under one). Within an open ball of that radius
+            around the input what ``guarantee`` names holds (the decision, or the flag, stays). 0 where no
+            certificate is given (FLAG: every input not flagged).
         method: name of the certifier that produced it.
         guarantee: what a radius promises (:class:`Guarantee`; a str value such as ``"flag"`` is
             converted). Every certifier sets it; reports, metrics and the audit read only this.
@@ -122,7 +123,8 @@ class Certificate:
         return int(self.predicted.shape[0])
 
     def radius(self, p: float) -> torch.Tensor:
-        """The (N,) radii for the ℓp norm ``p`` (accepts ``"inf"`` and ints)."""
+        """The (N,) float64 radii for the ℓp norm ``p`` (accepts ``"inf"`` and ints), in the units given by
+        ``units`` (raw input units without a threat model; the threat model's units under one)."""
         key = normalize_norm(p)
         if key not in self.radii:
             raise KeyError(f"no ℓ{p} radii in this certificate; it has {sorted(self.radii)}")
