@@ -733,7 +733,11 @@ def test_image_folder_and_parquet_results_get_their_record_too(csv_run, tmp_path
     )
     certify_file(tmp_path / "run", root, tmp_path / "r.parquet", progress=False)
     record = read_results_record(tmp_path / "r.parquet")
-    assert record is not None and record.units == "raw input units" and record.n_inputs == 12
+    scaled = "raw input units (pixel values / 255, in [0, 1])"  # audit units30 F6: not the file's 0..255
+    assert record is not None and record.units == scaled and record.n_inputs == 12
+    assert scaled in record.columns["radius_linf"]
+    meta = pytest.importorskip("pyarrow.parquet").read_schema(tmp_path / "r.parquet").metadata
+    assert meta[b"asymcert.units"].decode() == scaled
     assert list(record.columns)[:2] == ["index", "file"] and list(record.columns)[-1] == "label"
 
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from asymcert.certify import Certificate, certify
 from asymcert.certify.api import certifier_spec, make_options
-from asymcert.certify.result import RAW_UNITS, norm_label
+from asymcert.certify.result import RAW_UNITS, norm_label, raw_units
 from asymcert.checkpoint import Staged, commit, discard, load, stage
 from asymcert.data.download import sha256_file
 from asymcert.data.images import IMAGE_SUFFIXES, read_image
@@ -840,7 +840,7 @@ def certify_file(
                 sink.write(_result_columns(cert, tally.n, norms_t, batch))
                 tally.add(cert, batch.x, tm)
 
-        units = RAW_UNITS if tm is None else tm.units()
+        units = raw_units(run.task) if tm is None else tm.units()  # (an image folder's: pixel values / 255)
         file = threat_model_file if threat_model is not None else None  # the file of the threat model given
         mode = certificate_mode(run.threat_model, tm, bool(extra.get("reach")), file)
         radii = "reach-aware" if mode.reach else "closed form"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -13,6 +14,16 @@ from asymcert.errors import InputError
 
 RAW_UNITS = "raw input units"
 """The units of a certificate computed without a threat model."""
+
+IMAGE_UNITS = f"{RAW_UNITS} (pixel values / 255, in [0, 1])"
+""":data:`RAW_UNITS` of a run on an image folder, whose 8-bit pixels are divided by 255 before the model sees them
+(a radius 0.066 is about 17 grey levels of the file, audit units30 F6)."""
+
+
+def raw_units(task: Mapping[str, Any]) -> str:
+    """The raw input units of a run's task spec (run.json's ``task``): :data:`IMAGE_UNITS` for an image folder
+    (``{"images": path, ...}``), else :data:`RAW_UNITS` (a CSV's or an npz's own numbers, a built-in task's)."""
+    return IMAGE_UNITS if isinstance(task.get("images"), str) else RAW_UNITS
 
 
 class Guarantee(str, enum.Enum):

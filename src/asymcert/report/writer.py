@@ -12,7 +12,7 @@ import torch
 
 from asymcert import distributed
 from asymcert.certify.certfile import load_certificates
-from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
+from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm, raw_units
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import CheckpointError
 from asymcert.jsontext import JsonTextError, parse_json
@@ -360,7 +360,8 @@ def _training_units(run: dict[str, Any]) -> str:
     whatever the certificates were later made under), else raw input units (audit units30 F2)."""
     if run.get("threat_model") is not None:
         return "the units of the run's own threat model (δ_i / scale_i), as in training"
-    return RAW_UNITS
+    task = run.get("task")
+    return raw_units(task) if isinstance(task, dict) else RAW_UNITS
 
 
 def _model_lines(run: dict[str, Any]) -> list[str]:
