@@ -105,6 +105,51 @@ def test_breast_cancer_runs_offline_end_to_end(tmp_path):
     model = asymcert.load(out)
     assert model.input_range is None  # tabular features: any real value, raw units
     assert model.feature_map.lipschitz(2) > 1  # the per-feature scaling is folded into the constant
+    assert _summary_units(res.output) == "radii in raw input units"  # audit units30 F3: as certify says it
+
+
+def _summary_units(output: str) -> str:
+    """The line before the summary's "clean accuracy" line."""
+    lines = output.splitlines()
+    return next(lines[i - 1] for i, line in enumerate(lines) if line.startswith("clean accuracy") and i)
+
+
+IMAGE_UNITS = "raw input units (pixel values / 255, in [0, 1])"
+
+
+def _pngs(root, classes):
+    image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(3)
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True)
+        for k in range(count):
+            image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L").save(root / name / f"{k}.png")
+    return root
+
+
+def test_run_report_and_certify_say_the_units_of_their_radii_and_an_image_folders_scaling(tmp_path):
+    """Audit units30 F3: ``run`` and ``report`` printed radii without a unit; F6: an image folder's pixels are
+    divided by 255, and every output said plain "raw input units"."""
+    pics = _pngs(tmp_path / "pics", {"bad": 12, "good": 12})
+    out = tmp_path / "run"
+    args = ["run", "--images", str(pics), "--sensitive-class", "bad", "--out", str(out), *TINY]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == EXIT_OK, res.output
+    assert _summary_units(res.output) == f"radii in {IMAGE_UNITS}"
+    res = CliRunner().invoke(main, ["report", str(out)])
+    assert res.exit_code == EXIT_OK and res.output.splitlines()[0] == f"radii in {IMAGE_UNITS}", res.output
+    assert json.loads((out / "results.json").read_text())["units"] == IMAGE_UNITS
+    assert f"(radii in {IMAGE_UNITS})" in (out / "report.md").read_text()
+    res = CliRunner().invoke(main, ["certify", str(out), "--quiet"])
+    assert res.exit_code == EXIT_OK and res.output.count(f"radii in {IMAGE_UNITS}") == 1, res.output
+    assert load_certificates(out / "certificates.safetensors")[0].units == IMAGE_UNITS
+    res = CliRunner().invoke(main, ["certify", str(out), "--input", str(pics), "--out", str(tmp_path / "r.csv")])
+    assert res.exit_code == EXIT_OK and f"radii in {IMAGE_UNITS}; results in" in res.output, res.output
+    record = json.loads((tmp_path / "r.csv.json").read_text())
+    assert record["units"] == IMAGE_UNITS and IMAGE_UNITS in record["columns"]["radius_l2"]
+    audit = ["audit", str(out), "--limit", "4", "--restarts", "1", "--steps", "5", "--no-exact"]
+    assert CliRunner().invoke(main, audit).exit_code == EXIT_OK
+    assert json.loads((out / "audit.json").read_text())["units"] == IMAGE_UNITS
 
 
 def test_progress_bars_are_drawn_only_on_a_terminal(tmp_path, monkeypatch):

@@ -366,6 +366,11 @@ def test_exports_name_the_runs_features_and_centres_for_a_third_party(tm_run, tm
     for args in (["--out", str(tmp_path / "m.onnx")], ["--format", "vnnlib", "--out", str(tmp_path / "b")]):
         res = CliRunner().invoke(main, ["export", str(tm_run), *args])
         assert res.exit_code == EXIT_OK, res.output
+    res = CliRunner().invoke(main, ["export", str(tm_run), "--out", str(tmp_path / "m.onnx")])
+    assert (  # audit units30 F3: each radius family with its units
+        "outputs score, flagged, radius_l1, radius_l2, radius_linf (in raw input units), tm_radius_l1, tm_radius_l2, "
+        f"tm_radius_linf (in {_resolved().units()})"
+    ) in res.output, res.output
     for path in (tmp_path / "m.onnx", tmp_path / "b" / "model.onnx"):
         proto = onnx.load(str(path))
         meta = {p.key: p.value for p in proto.metadata_props}

@@ -246,6 +246,8 @@ def test_strict_json_through_a_default_hook():
         ('{"task": {"name": "t"}, "model": {}, "train": {}, "binary": "yes"}', "'binary' must be true or false"),
         ('{"task": {"name": "t"}, "model": {}, "train": {}, "training": {"best": 3}}', "'training' must be"),
         ('{"task": {"name": "t"}, "model": {}, "train": {}, "splits": {"test": 1.5}}', "'splits' must be"),
+        ('{"task": {"name": "t"}, "model": {}, "train": {}, "report_radii": {"l1": [-1]}}', "finite radii ≥ 0"),
+        ('{"task": {"name": "t"}, "model": {}, "train": {}, "report_radii": {"l1": [1e999]}}', "finite radii ≥ 0"),
     ],
 )
 def test_run_record_names_the_bad_key(text, message):

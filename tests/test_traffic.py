@@ -314,7 +314,17 @@ def test_parquet_output_holds_the_same_numbers_as_the_csv(csv_run, tmp_path):
     assert table.column("label").to_pylist() == [r["label"] for r in rows]
     meta = pq.read_schema(tmp_path / "r.parquet").metadata
     assert meta[b"asymcert.units"].decode() == done.units and meta[b"asymcert.run"].decode() == str(csv_run)
-    assert meta[b"asymcert.radii"] == b"closed form"
+    assert meta[b"asymcert.radii"] == b"closed form" and json.loads(meta[b"asymcert.threat_model"]) is None
+    # audit units30 F7: two threat models share one unit phrase, so the file names the one its radii hold under
+    for scale in (1.0, 10.0):
+        tm = ThreatModel(immutable=[FEATURES[0]], scale={FEATURES[1]: scale})
+        certify_file(csv_run, tmp_path / "new.csv", tmp_path / "t.parquet", threat_model=tm, progress=False)
+        meta = pq.read_schema(tmp_path / "t.parquet").metadata
+        assert (
+            json.loads(meta[b"asymcert.threat_model"])
+            == tm.to_dict()
+            == read_results_record(tmp_path / "t.parquet").threat_model
+        )
     with pytest.raises(InputError, match=r"written as \.csv or \.parquet"):
         certify_file(csv_run, tmp_path / "new.csv", tmp_path / "r.json", progress=False)
 
@@ -733,7 +743,11 @@ def test_image_folder_and_parquet_results_get_their_record_too(csv_run, tmp_path
     )
     certify_file(tmp_path / "run", root, tmp_path / "r.parquet", progress=False)
     record = read_results_record(tmp_path / "r.parquet")
-    assert record is not None and record.units == "raw input units" and record.n_inputs == 12
+    scaled = "raw input units (pixel values / 255, in [0, 1])"  # audit units30 F6: not the file's 0..255
+    assert record is not None and record.units == scaled and record.n_inputs == 12
+    assert scaled in record.columns["radius_linf"]
+    meta = pytest.importorskip("pyarrow.parquet").read_schema(tmp_path / "r.parquet").metadata
+    assert meta[b"asymcert.units"].decode() == scaled
     assert list(record.columns)[:2] == ["index", "file"] and list(record.columns)[-1] == "label"
 
 

@@ -57,7 +57,7 @@ from asymcert.certify.cutting_planes import bracket_radius
 from asymcert.certify.exact import ExactRadiusSolver, UnsupportedModelError, _chain_of
 from asymcert.certify.exact_linf import exact_linf_radii
 from asymcert.certify.exact_lp import exact_l1_radii, exact_l2_radii
-from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
+from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm, raw_units
 from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.certify.threat_model import reach_verified
 from asymcert.checkpoint import atomic_write, load
@@ -909,6 +909,8 @@ def audit_run(
     reach = bool((options.get("options") or {}).get("reach", False))
     report["certificate_mode"] = certificate_mode(own, tm, reach, threat_model_file).to_dict()
     report["training_finished"] = not unfinished
+    if tm is None and record is not None:  # an image folder's pixels / 255 (audit units30 F6)
+        report["units"] = raw_units(record.task)
     js, md = write_report(report, run_dir)
     report["files"] = [str(js), str(md)]
     return report

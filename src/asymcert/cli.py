@@ -23,7 +23,7 @@ import click
 from asymcert import distributed
 from asymcert.audit import audit_run
 from asymcert.certify.api import certifier_spec, make_options
-from asymcert.certify.result import normalize_norm
+from asymcert.certify.result import RAW_UNITS, normalize_norm
 from asymcert.checkpoint import load
 from asymcert.compare import compare_cli_main
 from asymcert.data import get_task, task_names
@@ -654,7 +654,7 @@ def _write_certified_report(run_dir: str) -> None:
     except WriteError as exc:
         raise WriteError(f"{exc}; {ctx.meta[_PARTIAL]} once the folder takes writes") from None
     del ctx.meta[_PARTIAL]
-    _echo_summary(results, run_dir)
+    _echo_summary(results, run_dir, units=False)  # (certify's first line ends "radii in …")
 
 
 def _reach_options(run_dir: str, reach: bool, tm: ThreatModel | None, plain: bool) -> dict[str, Any]:
@@ -964,9 +964,13 @@ def _export_options_apply(fmt: str, **given: Any) -> None:
         )
 
 
-def _echo_summary(results: dict[str, Any], out: str) -> None:
+def _echo_summary(results: dict[str, Any], out: str, units: bool = True) -> None:
+    """The report's numbers on stdout, first (``units``) the line "radii in …" of the results' units, as ``certify``
+    says it on its first line (audit units30 F3: ``run`` and ``report`` printed radii without a unit)."""
     if not results:  # not the writing process under torchrun
         return
+    if units:
+        click.echo(f"radii in {results.get('units', RAW_UNITS)}")
     click.echo(
         f"clean accuracy {100 * results['clean_accuracy']:.2f}%, "
         f"{1000 * results['certify_seconds_per_input']:.3f} ms per certificate"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from asymcert import distributed
 from asymcert.certify import certify
 from asymcert.certify.certfile import load_certificates, save_certificates
-from asymcert.certify.result import Certificate, norm_label
+from asymcert.certify.result import Certificate, norm_label, raw_units
 from asymcert.checkpoint import MODEL_FILE, load, model_config
 from asymcert.data import user
 from asymcert.data.download import sha256_file
@@ -633,6 +633,8 @@ def certify_run(
         if len(x) == 0:
             raise ConfigError(f"{run_dir}: the task's test split is empty; nothing to certify")
         cert = _certify_shard(model, x, settings, progress, tm)
+        if tm is None:  # an image folder's pixels were divided by 255: its raw units say so (audit units30 F6)
+            cert = replace(cert, units=raw_units(record.task))
         if distributed.is_main():
             remove_stale_temp_files(run_dir)
             if replacing is not None:

@@ -404,6 +404,11 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_radius(v: Any) -> bool:
+    """A report radius of run.json: a finite number ≥ 0 (a negative one was tabulated as is, audit units30 F1)."""
+    return _is_number(v) and math.isfinite(v) and v >= 0
+
+
 def _check(ok: bool, source: str, key: str, want: str, value: Any) -> None:
     if not ok:
         raise CheckpointError(f"{source}: key {key!r} must be {want}, found {type(value).__name__} {value!r:.80}")
@@ -421,7 +426,8 @@ class RunRecord:
         model: the model config (``model.config()``).
         train: the training settings (``TrainConfig.to_dict()``).
         task_description, preset, data_dir, class_names, binary: as given to ``train``.
-        report_radii: norm label ("l1", "l2", "linf") → radii (raw input units) of the report tables.
+        report_radii: norm label ("l1", "l2", "linf") → radii of the report tables (each finite, ≥ 0), in the run's
+            own units: its threat model's when it has one, else raw input units.
         splits: split name → number of inputs.
         training: ``{"seconds", "best", "epochs", "processes"}`` once training finished, else None.
         feature_names: the input columns of a run trained on a CSV, by name (None otherwise); new
@@ -504,9 +510,9 @@ def _check_optional(raw: dict[str, Any], source: str) -> None:
         "threat_model": (lambda v: v is None or isinstance(v, dict), "an object or null"),
         "report_radii": (
             lambda v: (
-                isinstance(v, dict) and all(isinstance(r, list) and all(_is_number(x) for x in r) for r in v.values())
+                isinstance(v, dict) and all(isinstance(r, list) and all(_is_radius(x) for x in r) for r in v.values())
             ),
-            "an object of number lists",
+            "an object of lists of finite radii ≥ 0",
         ),
         "splits": (
             lambda v: isinstance(v, dict) and all(isinstance(n, int) for n in v.values()),

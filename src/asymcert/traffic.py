@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from asymcert.certify import Certificate, certify
 from asymcert.certify.api import certifier_spec, make_options
-from asymcert.certify.result import RAW_UNITS, norm_label
+from asymcert.certify.result import RAW_UNITS, norm_label, raw_units
 from asymcert.checkpoint import Staged, commit, discard, load, stage
 from asymcert.data.download import sha256_file
 from asymcert.data.images import IMAGE_SUFFIXES, read_image
@@ -46,6 +46,7 @@ from asymcert.runfolder import (
     RunRecord,
     being_written,
     certificate_mode,
+    dumps_strict,
     exclusive_output,
     json_writer,
     read_run_record,
@@ -597,7 +598,9 @@ class _CsvSink:
 class _ParquetSink:
     """Results as one Parquet row group per chunk (pyarrow, the ``parquet`` extra), written as they come; the
     file's schema metadata holds ``metadata`` (``asymcert.units``: what the radius columns measure, ``asymcert.run``
-    the run folder, ``asymcert.radii``: "closed form" or "reach-aware")."""
+    the run folder, ``asymcert.radii``: "closed form" or "reach-aware", ``asymcert.threat_model``: the threat model
+    the radii hold under as JSON, :meth:`~asymcert.threat.ThreatModel.to_dict`, ``null`` for none or one not known:
+    the unit phrase is the same for every threat model, audit units30 F7)."""
 
     def __init__(self, path: Path, metadata: Mapping[str, str] | None = None) -> None:
         pa, pq = _pyarrow("Parquet output", " (or write a .csv)")
@@ -768,7 +771,7 @@ def results_record(
         done.n_flagged,
         done.n_outside,
         done.first_outside,
-        None if tm is None or tm.source is None else strict_jsonable(tm.source.to_dict()),
+        _threat_json(tm),
         None if features is None else [str(c) for c in features],
     )
 
@@ -840,11 +843,10 @@ def certify_file(
                 sink.write(_result_columns(cert, tally.n, norms_t, batch))
                 tally.add(cert, batch.x, tm)
 
-        units = RAW_UNITS if tm is None else tm.units()
+        units = raw_units(run.task) if tm is None else tm.units()  # (an image folder's: pixel values / 255)
         file = threat_model_file if threat_model is not None else None  # the file of the threat model given
         mode = certificate_mode(run.threat_model, tm, bool(extra.get("reach")), file)
-        radii = "reach-aware" if mode.reach else "closed form"
-        metadata = {"asymcert.units": units, "asymcert.run": str(run_dir), "asymcert.radii": radii}
+        metadata = _parquet_metadata(units, run_dir, mode, tm)
         results = stage(out, _writer(out, certified, metadata))
         try:
             done = tally.result(out, units, busy)
@@ -856,6 +858,25 @@ def certify_file(
         finally:
             discard(results)
     return done
+
+
+def _parquet_metadata(
+    units: str, run_dir: Path, mode: CertificateMode, tm: ResolvedThreatModel | None
+) -> dict[str, str]:
+    """A Parquet results file's schema metadata (:class:`_ParquetSink`): units, run, closed form or reach-aware, and
+    the threat model as JSON (``null``: none)."""
+    return {
+        "asymcert.units": units,
+        "asymcert.run": str(run_dir),
+        "asymcert.radii": "reach-aware" if mode.reach else "closed form",
+        "asymcert.threat_model": dumps_strict(_threat_json(tm)),
+    }
+
+
+def _threat_json(tm: ResolvedThreatModel | None) -> dict[str, Any] | None:
+    """The threat model radii were certified under, as JSON (:meth:`~asymcert.threat.ThreatModel.to_dict`); None
+    for none, or one resolved by hand whose source is not known."""
+    return None if tm is None or tm.source is None else strict_jsonable(tm.source.to_dict())
 
 
 def _commit_with_record(results: Staged, record: ResultsRecord) -> None:

@@ -217,3 +217,11 @@ def test_the_curve_grid_of_huge_radii_stays_finite():
     grid = curve_grid(cert, torch.tensor([1, 1, 0]), 1.0)
     assert bool(torch.isfinite(grid).all()) and float(grid[-1]) == pytest.approx(1.05e300)
     assert float(curve_grid(cert, torch.tensor([1, 1, 0]), 1.0, points=3)[0]) == 0.0
+
+
+def test_the_certificate_docs_say_radii_are_in_the_units_it_names():
+    """Audit units30 F5: the docstring said "in raw input units" whatever ``units`` said (threat-model units)."""
+    doc = " ".join((Certificate.__doc__ or "").split())
+    assert "certified radius in the units given by ``units`` (raw input units without a threat model" in doc
+    assert "certified radius in raw input units" not in doc
+    assert "in the units given by ``units``" in " ".join((Certificate.radius.__doc__ or "").split())

@@ -428,6 +428,7 @@ def test_the_graph_records_what_it_computes(tmp_path):
     model = MODELS["icnn-shift"]()
     names = [f"pixel ({i // 6}, {i % 6})" for i in range(36)]
     tm = asymcert.ThreatModel(immutable=[0], scale={1: 2.0})
+    tm_units = tm.resolve(None, 36).units()
     proto = onnx.load(str(to_onnx(model, tmp_path / "m.onnx", feature_names=names, threat_model=tm)))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["asymcert.feature_names"]) == names and json.loads(meta["asymcert.input_shape"]) == [1, 6, 6]
@@ -438,8 +439,16 @@ def test_the_graph_records_what_it_computes(tmp_path):
     assert preprocessing["inside_graph"] and preprocessing["feature_map"] == model.config()["feature_map"]
     assert "threat-model units" in meta["asymcert.units"] or "threat model" in meta["asymcert.units"]
     assert "inside the graph" in proto.doc_string and "asymcert.feature_names" in proto.doc_string
+    # audit units30 F4: radius_* are raw, tm_radius_* in the threat model's units, each family named on its own
+    assert meta["asymcert.units.radius"] == "raw input units" and meta["asymcert.units.tm_radius"] == tm_units
+    assert f"Radii units: radius_* in raw input units; tm_radius_* in {tm_units};" in proto.doc_string
+    assert f"Radii units: {tm_units}" not in proto.doc_string
     meta = {p.key: p.value for p in onnx.load(str(to_onnx(model, tmp_path / "p.onnx"))).metadata_props}
     assert json.loads(meta["asymcert.feature_names"]) is None and meta["asymcert.units"] == "raw input units"
+    assert meta["asymcert.units.radius"] == "raw input units" and "asymcert.units.tm_radius" not in meta
+    bare = onnx.load(str(to_onnx(model, tmp_path / "s.onnx", certificates=False)))
+    assert not any(p.key.startswith("asymcert.units.") for p in bare.metadata_props)
+    assert "Radii units" not in bare.doc_string and "No threat model." in bare.doc_string
     with pytest.raises(ExportError, match="feature_names must be 36 strings"):
         to_onnx(model, tmp_path / "q.onnx", feature_names=names[:3])
     assert not (tmp_path / "q.onnx").exists()

@@ -88,6 +88,7 @@ def test_instances_csv_and_radii_json(tmp_path):
     assert all((tmp_path / r[1]).is_file() for r in rows)
     summary = json.loads((tmp_path / "radii.json").read_text())
     assert "not expressible in VNN-LIB" in summary["note"]
+    assert summary["units_per_radius"] == {"radius_*": "raw input units"}  # no threat model: raw radii only
     assert [p["index"] for p in summary["properties"]] == [p.index for p in props]
     assert set(summary["properties"][0]["radii"]) == {"radius_l1", "radius_l2", "radius_linf"}
     with torch.no_grad():  # exactly the flagged inputs with a positive radius get a property
@@ -136,6 +137,9 @@ def test_threat_model_boxes_move_only_what_it_allows_and_hold(tmp_path):
     assert len(props) >= 15
     summary = json.loads((tmp_path / "b" / "radii.json").read_text())
     assert summary["units"] == tm.units() and summary["threat_model"]["immutable"] == [0]
+    # audit units30 F4: each family of a property's radii has its units (radius_* raw, tm_radius_* the model's)
+    assert summary["units_per_radius"] == {"radius_*": "raw input units", "tm_radius_*": tm.units()}
+    assert set(props[0].radii) == {f"{f}_{n}" for f in ("radius", "tm_radius") for n in ("l1", "l2", "linf")}
     sess = ort.InferenceSession(str(tmp_path / "b" / "model.onnx"), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(2)
     for prop in props:

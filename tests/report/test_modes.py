@@ -22,7 +22,7 @@ import asymcert
 from asymcert.audit import audit_run
 from asymcert.certify.certfile import load_certificates, save_certificates
 from asymcert.certify.result import Certificate, Guarantee
-from asymcert.cli import EXIT_OK, main
+from asymcert.cli import EXIT_OK, EXIT_REFUSED, main
 from asymcert.pipeline import CERT_FILE, CERTIFY_FILE, plan_training, read_certificate_mode, run_data
 from asymcert.report import writer as writer_module
 from asymcert.report.plots import plotting_available
@@ -350,6 +350,19 @@ def test_a_model_kept_from_the_first_of_many_epochs_is_noted():
     assert "Note: the model kept" not in render_markdown({**run, "train": {"epochs": 3}}, {**results, "best_epoch": 1})
 
 
+def test_the_first_epoch_note_names_the_units_training_took_the_margin_in():
+    """Audit units30 F2: the note said "in the radii's units", which after ``certify --no-threat-model`` are raw
+    units, while training took the margin in the run's threat model's units."""
+    cert, labels = _binary([0.5, 1.0])
+    results = {**summarize(cert, labels, report_radii(cert, labels, {})), "best_epoch": 1}  # raw units now
+    run = {"task": "t", "model": {}, "train": {"epochs": 100, "margin_radius": 5}, "training": {}}
+    tm_run = {**run, "threat_model": ONE_IMMUTABLE}
+    own = "(margin_radius = 5, in the units of the run's own threat model (δ_i / scale_i), as in training)"
+    assert own in render_markdown(tm_run, results) and own not in render_markdown(run, results)
+    assert "(margin_radius = 5, in raw input units)" in render_markdown(run, results)
+    assert "the radii's units" not in render_markdown(tm_run, results)
+
+
 def test_the_report_names_monotone_features_by_name_when_the_run_has_names():
     """Walkthrough 27f #14: the report showed ``"monotone": {"increasing": [3, 6, 10]}``, indices only."""
     cert, labels = _binary([0.5, 1.0])
@@ -425,3 +438,50 @@ def test_a_validation_metric_that_never_moved_is_named_as_the_reason(tmp_path):
         assert _validation_flat(tmp_path) is flat, text
     history.unlink()
     assert _validation_flat(tmp_path) is False
+
+
+def test_run_json_radii_are_not_used_under_another_threat_model_of_the_same_unit_phrase(run_copy, folder):
+    """Audit units30 F1: under a threat model other than the run's own (same unit phrase, other scales) run.json's
+    ``report_radii`` (in the run's own units) were tabulated as if in the new units."""
+    scaled = folder / "scaled.json"
+    scaled.write_text(json.dumps({**ONE_IMMUTABLE, "scale": {"caps": 10.0}}))
+    record = json.loads((run_copy / "run.json").read_text())
+    (run_copy / "run.json").write_text(json.dumps({**record, "report_radii": {"l1": [0.5, 1]}}))
+    res = CliRunner().invoke(main, ["certify", str(run_copy), "--threat-model", str(scaled), "--quiet"])
+    assert res.exit_code == EXIT_OK, res.output
+    results = _results(run_copy)
+    assert results["report_radii_source"]["l1"] == "quantiles" and results["report_radii_settable"] is False
+    report = (run_copy / "report.md").read_text()
+    assert "| ℓ1 radius | 0.5 | 1 |" not in report
+    assert "run.json's `report_radii` are in the run's own units, not these, so they are not used." in report
+    same = folder / "same.json"  # the run's own threat model from another file: its units, so its radii
+    same.write_text(json.dumps(ONE_IMMUTABLE))
+    res = CliRunner().invoke(main, ["certify", str(run_copy), "--threat-model", str(same), "--quiet"])
+    assert res.exit_code == EXIT_OK, res.output
+    assert _results(run_copy)["report_radii_source"]["l1"] == "run.json"
+    assert "| ℓ1 radius | 0.5 | 1 |" in (run_copy / "report.md").read_text()
+
+
+def test_run_json_radii_are_not_used_when_the_certificates_do_not_say_under_which_threat_model(run_copy):
+    record = json.loads((run_copy / "run.json").read_text())
+    (run_copy / "run.json").write_text(json.dumps({**record, "report_radii": {"l1": [0.5, 1]}}))
+    (run_copy / CERTIFY_FILE).unlink()
+    results = write_report(run_copy)
+    assert results["report_radii_source"]["l1"] == "quantiles" and results["report_radii_settable"] is False
+    assert "do not record which threat model they were made under, so they are not used." in (
+        (run_copy / "report.md").read_text()
+    )
+
+
+@pytest.mark.parametrize("radius", ["-1", "1e400"])
+def test_a_negative_or_infinite_report_radius_is_one_line_and_nothing_is_written(run_copy, radius):
+    """Audit units30: ``{"l1": [-1]}`` was tabulated as "ℓ1 radius | -1"."""
+    record = json.loads((run_copy / "run.json").read_text())
+    text = json.dumps({**record, "report_radii": {"l1": [0.5, "R"]}}).replace('"R"', radius)
+    (run_copy / "run.json").write_text(text)
+    before = {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()}
+    for args in (["report", str(run_copy)], ["certify", str(run_copy), "--quiet"]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == EXIT_REFUSED, res.output
+        assert "'report_radii' must be an object of lists of finite radii ≥ 0" in res.output
+        assert {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()} == before

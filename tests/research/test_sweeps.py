@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 import asymcert
 from asymcert.cli import main
 from asymcert.pipeline import read_run
+from asymcert.research import sweep_reg as sweep_reg_module
 from asymcert.research.sweep_pairs import pair_data, sweep_pairs
-from asymcert.research.sweep_reg import sweep_reg
+from asymcert.research.sweep_reg import reg_cli_main, sweep_reg
 from asymcert.research.sweeps import RESULT_FILE, SweepError, pareto_front, parse_float_list, read_result
 
 CLASSES = [0, 3, 6]  # the classes of the small Fashion-MNIST fixture
@@ -181,8 +182,16 @@ def test_pair_sweep_pool_of_two_workers_matches_in_process(pair_sweep, fashion_d
 # ---------------------------------------------------------------- regularisation sweep
 
 
-def test_reg_sweep_table_and_pareto(fashion_dir, tmp_path):
+def test_reg_sweep_table_and_pareto(fashion_dir, tmp_path, monkeypatch):
     out = tmp_path / "reg"
+    panels = []
+    real_plot = sweep_reg_module.plot_pareto
+
+    def plot(drawn, path, title):
+        panels.extend(drawn)
+        return real_plot(drawn, path, title)
+
+    monkeypatch.setattr(sweep_reg_module, "plot_pareto", plot)
     summary = sweep_reg(
         "fashion-mnist-shirts",
         out,
@@ -205,17 +214,25 @@ def test_reg_sweep_table_and_pareto(fashion_dir, tmp_path):
         assert json.loads((run / "run.json").read_text())["train"]["jacobian_reg"] == e["lambda"]
     md = (out / "sweep.md").read_text()
     assert "concat-abs" in md and "pareto.png" in md
-    again = sweep_reg(
+    # audit units30 F3: the tables, the panels and the printed fronts say in which units r is
+    assert summary["units"] == "raw input units" and "### Certified accuracy, ℓ2 (radii in raw input units)" in md
+    assert "radius ≥ r (radii in raw input units)" in md
+    assert panels and all(title.endswith(" (raw input units)") for title, _ in panels)
+    lines = []
+    again = reg_cli_main(
         "fashion-mnist-shirts",
         out,
-        lambdas=[0.0, 0.1],
-        feature_maps=["shift", "concat-abs"],
+        lambdas="0,0.1",
+        feature_maps="shift,concat-abs",
         epochs=1,
         workers=1,
         limit=40,
         data_dir=fashion_dir,
+        echo=lines.append,
     )
     assert again["trained_now"] == 0 and again["reused"] == 4
+    fronts = [line for line in lines if line.startswith("Pareto front")]
+    assert fronts and all(" in raw input units): " in line for line in fronts), lines
 
 
 # ---------------------------------------------------------------- command line

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -13,6 +14,16 @@ from asymcert.errors import InputError
 
 RAW_UNITS = "raw input units"
 """The units of a certificate computed without a threat model."""
+
+IMAGE_UNITS = f"{RAW_UNITS} (pixel values / 255, in [0, 1])"
+""":data:`RAW_UNITS` of a run on an image folder, whose 8-bit pixels are divided by 255 before the model sees them
+(a radius 0.066 is about 17 grey levels of the file, audit units30 F6)."""
+
+
+def raw_units(task: Mapping[str, Any]) -> str:
+    """The raw input units of a run's task spec (run.json's ``task``): :data:`IMAGE_UNITS` for an image folder
+    (``{"images": path, ...}``), else :data:`RAW_UNITS` (a CSV's or an npz's own numbers, a built-in task's)."""
+    return IMAGE_UNITS if isinstance(task.get("images"), str) else RAW_UNITS
 
 
 class Guarantee(str, enum.Enum):
@@ -40,9 +51,10 @@ class Certificate:
         predicted: (N,) int64 decision per input. Binary sensitive-class models: 1 = flagged
             sensitive, 0 = other. Multiclass models: the predicted class id.
         radii: ℓp norm (``1.0``, ``2.0``, ``math.inf``, any p ≥ 1) → (N,) float64 certified radius
-            in raw input units. Within an open ball of that radius around the input what
-            ``guarantee`` names holds (the decision, or the flag, stays). 0 where no certificate is
-            given (FLAG: every input not flagged).
+            in the units given by ``units`` (raw input units without a threat model; the threat model's
+            units, ‖δ / scale‖_p over the moves it allows, under one). Within an open ball of that radius
+            around the input what ``guarantee`` names holds (the decision, or the flag, stays). 0 where no
+            certificate is given (FLAG: every input not flagged).
         method: name of the certifier that produced it.
         guarantee: what a radius promises (:class:`Guarantee`; a str value such as ``"flag"`` is
             converted). Every certifier sets it; reports, metrics and the audit read only this.
@@ -122,7 +134,8 @@ class Certificate:
         return int(self.predicted.shape[0])
 
     def radius(self, p: float) -> torch.Tensor:
-        """The (N,) radii for the ℓp norm ``p`` (accepts ``"inf"`` and ints)."""
+        """The (N,) float64 radii for the ℓp norm ``p`` (accepts ``"inf"`` and ints), in the units given by
+        ``units`` (raw input units without a threat model; the threat model's units under one)."""
         key = normalize_norm(p)
         if key not in self.radii:
             raise KeyError(f"no ℓ{p} radii in this certificate; it has {sorted(self.radii)}")

@@ -60,7 +60,9 @@ class GraphNotes:
         outputs: output name → its meaning (shape, dtype, units), in the graph's order.
         input_shape: the shape of one input; ``x`` is (N, *input_shape) float32, N dynamic.
         feature_names: the name of X_i = ``x[n].flatten()[i]`` for each i (None: not known, e.g. an image run).
-        units: the units of the radii (``tm_radius_*``; the properties' radii in a VNN-LIB folder).
+        units: the units of ``tm_radius_*`` (raw input units without a threat model; the properties' radii in a
+            VNN-LIB folder), kept as ``asymcert.units`` for readers of that key; :meth:`metadata` also names each
+            family's units on its own (``asymcert.units.radius``, ``asymcert.units.tm_radius``).
         threat_model: the threat model's JSON (:meth:`~asymcert.threat.ThreatModel.to_dict`), None without one.
         feature_map: the spec of the model's preprocessing φ, inside the graph (None: the model has none).
     """
@@ -74,9 +76,13 @@ class GraphNotes:
 
     def metadata(self) -> dict[str, str]:
         """The ``metadata_props`` entries: ``asymcert.<key>`` → text or JSON (``json.loads`` reads the JSON ones:
-        input_shape, feature_names, outputs, threat_model, preprocessing; null when not known)."""
+        input_shape, feature_names, outputs, threat_model, preprocessing; null when not known). The units per
+        output family: ``asymcert.units.radius`` (``radius_*``: raw input units) and, for a graph with
+        ``tm_radius_*`` outputs, ``asymcert.units.tm_radius`` (the threat model's units; audit units30 F4:
+        one ``asymcert.units`` read "threat-model units" beside raw ``radius_*`` outputs)."""
         preprocessing = {"inside_graph": True, "feature_map": self.feature_map, "note": PREPROCESSING_NOTE}
         return {
+            **{f"asymcert.units.{family}": units for family, units in self.units_per_output().items()},
             "asymcert.version": _version(),
             "asymcert.input": "x: (N, *input_shape) float32 raw inputs, N dynamic; X_i = x[n].flatten()[i]",
             "asymcert.input_shape": json.dumps(list(self.input_shape)),
@@ -87,15 +93,23 @@ class GraphNotes:
             "asymcert.preprocessing": json.dumps(preprocessing, ensure_ascii=False),
         }
 
+    def units_per_output(self) -> dict[str, str]:
+        """Output family (``"radius"``: the ``radius_*`` outputs; ``"tm_radius"``: ``tm_radius_*``) → its units,
+        for the families the graph has."""
+        families = {"radius": RAW_UNITS, "tm_radius": self.units}
+        return {f: u for f, u in families.items() if any(name.startswith(f"{f}_") for name in self.outputs)}
+
     def doc_string(self) -> str:
         """A paragraph for the ONNX model's ``doc_string``."""
         names = "recorded in asymcert.feature_names" if self.feature_names else "not recorded (not known at export)"
         tm = "a threat model (asymcert.threat_model)" if self.threat_model else "no threat model"
         outputs = "; ".join(f"{k}: {v}" for k, v in self.outputs.items())
+        per = "; ".join(f"{f}_* in {u}" for f, u in self.units_per_output().items())
+        tail = f"Radii units: {per}; {tm}" if per else tm
         return (
             f"asymcert certified model. Input x: (N, {', '.join(map(str, self.input_shape))}) float32 raw inputs "
             f"(N dynamic); feature names {names}. {PREPROCESSING_NOTE[0].upper()}{PREPROCESSING_NOTE[1:]}. "
-            f"Outputs: {outputs}. Radii units: {self.units}; {tm}. See metadata_props asymcert.*."
+            f"Outputs: {outputs}. {tail[0].upper()}{tail[1:]}. See metadata_props asymcert.*."
         )
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+from asymcert.certify.result import RAW_UNITS
 from asymcert.checkpoint import load
 from asymcert.export.onnx import DEFAULT_NORMS, ExportError, output_names, to_onnx
 from asymcert.export.vnnlib import DEFAULT_TIMEOUT, write_benchmark
 from asymcert.pipeline import run_data
 from asymcert.runfolder import RUN_FILE, read_run_record, run_threat_model, warn_if_unfinished
-from asymcert.threat import ThreatModel
+from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 FORMATS = ("onnx", "vnnlib")
 
@@ -56,7 +58,7 @@ def export_run(
     if fmt == "onnx":
         path = to_onnx(model, out, norms=norms, certificates=certificates, threat_model=tm, feature_names=names)
         names = output_names(norms if certificates else (), certificates and tm is not None and not tm.is_empty())
-        return f"wrote {path}: input x, outputs {', '.join(names)}"
+        return f"wrote {path}: input x, outputs {_with_units(names, tm)}"
     x = run_data(run_dir, data_dir).test.x
     done = write_benchmark(model, x, out, limit=limit, timeout=timeout, threat_model=tm, feature_names=names)
     boxes = "raw ℓ∞ boxes" if tm is None or tm.is_empty() else f"the threat model's ℓ∞ boxes, radii in {tm.units()}"
@@ -72,3 +74,15 @@ def export_run(
         f"wrote {len(done.properties)} properties ({boxes}; expected verdict unsat) to {Path(out)}: "
         f"model.onnx, vnnlib/, instances.csv, radii.json{left_out}"
     )
+
+
+def _with_units(names: Sequence[str], tm: ResolvedThreatModel | None) -> str:
+    """The graph's output names, each radius family followed by its units (``radius_*`` raw input units,
+    ``tm_radius_*`` the threat model's: audit units30 F3)."""
+    families = {"radius_": RAW_UNITS, "tm_radius_": tm.units() if tm is not None else RAW_UNITS}
+    parts = [n for n in names if not n.startswith(tuple(families))]
+    for prefix, units in families.items():
+        group = [n for n in names if n.startswith(prefix)]
+        if group:
+            parts.append(f"{', '.join(group)} (in {units})")
+    return ", ".join(parts)

@@ -367,6 +367,12 @@ def _write_properties(
     return props, unbounded
 
 
+def _units_per_radius(tm: ResolvedThreatModel | None) -> dict[str, str]:
+    """radii.json's units of each family of a property's ``radii``: ``radius_*`` raw input units, ``tm_radius_*``
+    (under a threat model) its units (audit units30 F4: one ``units`` read "threat-model units" over both)."""
+    return {"radius_*": RAW_UNITS, **({} if tm is None else {"tm_radius_*": tm.units()})}
+
+
 def _summary(
     model: nn.Module,
     tm: ResolvedThreatModel | None,
@@ -379,7 +385,8 @@ def _summary(
     rng = getattr(model, "input_range", None)
     return {
         "note": "ℓ1/ℓ2 balls are not expressible in VNN-LIB; their radii are listed for verifiers that take norms",
-        "units": RAW_UNITS if tm is None else tm.units(),
+        "units": RAW_UNITS if tm is None else tm.units(),  # the properties' radii: kept for readers of the key
+        "units_per_radius": _units_per_radius(tm),
         "threat_model": None if tm is None or tm.source is None else tm.source.to_dict(),
         "feature_names": names,
         "input_range": None if rng is None else list(rng),

@@ -12,7 +12,7 @@ import torch
 
 from asymcert import distributed
 from asymcert.certify.certfile import load_certificates
-from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm
+from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm, raw_units
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import CheckpointError
 from asymcert.jsontext import JsonTextError, parse_json
@@ -53,7 +53,7 @@ def summarize(cert: Certificate, labels: torch.Tensor, report_radii: dict[str, l
     """Clean accuracy, certified accuracy at the report radii per norm, timing: a JSON-ready dict.
 
     Args:
-        cert: N certificates. labels: (N,) true labels. report_radii: norm label → radii (raw input units).
+        cert: N certificates. labels: (N,) true labels. report_radii: norm label → radii (in ``cert.units``).
     Returns:
         ``results.json``'s numbers; ``"guarantee"`` is ``cert.guarantee``'s value (``"deterministic"``
         is kept for older readers).
@@ -135,6 +135,17 @@ def report_radii(cert: Certificate, labels: torch.Tensor, own: dict[str, list[fl
     return out
 
 
+def in_run_units(cert: Certificate, run_has_threat_model: bool, mode: CertificateMode | None) -> bool:
+    """Whether ``cert``'s radii are in the run's own units, those of run.json's ``report_radii``: certified under
+    the run's own threat model (``mode.threat_model == "run"``), or with no threat model for a run that has none.
+    Another threat model (``--threat-model FILE``, even one with the same unit phrase but other scales) or none
+    for a run that has one (``--no-threat-model``) is other units. When ``mode`` is not recorded, the unit phrase
+    is all there is: raw input units for a run without a threat model (audit units30 F1)."""
+    if mode is not None:
+        return mode.threat_model == ("run" if run_has_threat_model else "none")
+    return not run_has_threat_model and cert.units.startswith(RAW_UNITS)
+
+
 def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Read a certified run folder, write ``results.json``, ``report.md`` and ``certified_<norm>.png``.
 
@@ -147,7 +158,8 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
     reach-aware, which threat model: :class:`~asymcert.pipeline.CertificateMode`, null when not recorded),
     ``report_radii_source`` per norm (``"run.json"``: run.json's ``report_radii``; ``"quantiles"``:
     :func:`auto_radii`), ``report_radii_settable`` (false: the certificates are in other units than the run's,
-    so run.json's ``report_radii`` do not apply) and ``validation_flat`` (history.json shows one validation metric
+    :func:`in_run_units`, or it is not recorded under which threat model they were made, so run.json's
+    ``report_radii`` do not apply) and ``validation_flat`` (history.json shows one validation metric
     at every epoch, :func:`_validation_flat`).
 
     Raises:
@@ -167,9 +179,8 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
     operating_point(run.train)  # a malformed one is refused before anything is written
     with exclusive(run_dir, collective=False):
         cert, labels = load_certificates(cert_path)
-        # the run's radii are in its own units: raw, or its threat model's; certificates in other units
-        # (certified with --threat-model / --no-threat-model) get radii picked from themselves
-        own_units = (cert.units == RAW_UNITS) == (run.threat_model is None)
+        mode = read_certificate_mode(run_dir)
+        own_units = in_run_units(cert, run.threat_model is not None, mode)
         own = {name: radii for name, radii in run.report_radii.items() if radii} if own_units else {}
         results = summarize(cert, labels, report_radii(cert, labels, own))
         results["report_radii_source"] = {
@@ -177,7 +188,6 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
         }
         results["report_radii_settable"] = own_units
         results["median_radius"] = {k: json_number(v) for k, v in results.get("median_radius", {}).items()}
-        mode = read_certificate_mode(run_dir)
         results["certificate_mode"] = None if mode is None else mode.to_dict()
         results["task"] = run.task
         results["training_seconds"] = (run.training or {}).get("seconds")
@@ -334,7 +344,7 @@ def _first_epoch_note(run: dict[str, Any], results: dict[str, Any]) -> list[str]
         else ""
     )
     why = flat + (
-        f" With the certified-margin loss (margin_radius = {dumps_strict(margin)}, in the radii's units) that "
+        f" With the certified-margin loss (margin_radius = {dumps_strict(margin)}, in {_training_units(run)}) that "
         "often means a margin too large for this data: try a smaller one, and compare the clean accuracy."
         if margin
         else ""
@@ -343,6 +353,15 @@ def _first_epoch_note(run: dict[str, Any], results: dict[str, Any]) -> list[str]
         f"Note: the model kept is from epoch 1 of {epochs}: no later epoch did better on the validation split.{why}",
         "",
     ]
+
+
+def _training_units(run: dict[str, Any]) -> str:
+    """The units training took ``margin_radius`` in: the run's own threat model's (run.json's ``threat_model``,
+    whatever the certificates were later made under), else raw input units (audit units30 F2)."""
+    if run.get("threat_model") is not None:
+        return "the units of the run's own threat model (δ_i / scale_i), as in training"
+    task = run.get("task")
+    return raw_units(task) if isinstance(task, dict) else RAW_UNITS
 
 
 def _model_lines(run: dict[str, Any]) -> list[str]:
@@ -387,6 +406,9 @@ def _radii_line(results: dict[str, Any]) -> list[str]:
         '{"l1": [1, 2, 5]}`) and run `asymcert report` on this folder'
         if results.get("report_radii_settable", True)
         else "run.json's `report_radii` are in the run's own units, not these, so they are not used"
+        if results.get("certificate_mode") is not None
+        else "run.json's `report_radii` are in the run's own units, and these certificates do not record which "
+        "threat model they were made under, so they are not used"
     )
     return [f"Radii r of the tables: {'; '.join(parts)}; {how}.", ""]
 

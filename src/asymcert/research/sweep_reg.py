@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from asymcert.certify.result import norm_label, normalize_norm
+from asymcert.certify.result import RAW_UNITS, norm_label, normalize_norm
 from asymcert.data.tasks import TaskData, get_task
 from asymcert.pipeline import CertifySettings, plan_training, run_pipeline
 from asymcert.report.machine import describe_machine
@@ -173,11 +173,20 @@ def _common_radius(keys: list[set[str]], wanted: str) -> str | None:
     return ordered[1] if len(ordered) > 1 else (ordered[0] if ordered else None)
 
 
+def radii_units(entries: list[dict[str, Any]]) -> str:
+    """The units of the grid points' radii (their results' ``units``; several joined by " / ", which a sweep of one
+    task does not give); raw input units for no points (audit units30 F3: the sweep's outputs named none)."""
+    units = sorted({str(e.get("units", RAW_UNITS)) for e in entries})
+    return " / ".join(units) if units else RAW_UNITS
+
+
 def _plot_fronts(entries: list[dict[str, Any]], fronts: dict[str, dict[str, Any]], out: Path, description: str) -> str:
-    """Draw the Pareto panels (one per norm) into ``out``; returns the PNG's file name."""
+    """Draw the Pareto panels (one per norm, titled with the radius and its units) into ``out``; returns the PNG's
+    file name."""
+    units = radii_units(entries)
     panels = [
         (
-            f"{pretty_norm(n)}, r = {f['radius']:g}",
+            f"{pretty_norm(n)}, r = {f['radius']:g} ({units})",
             [
                 (
                     f"{e['feature_map']} λ={e['lambda']:g}",
@@ -261,6 +270,7 @@ def sweep_reg(
         summary: dict[str, Any] = {"task": task_name, "task_description": task.description, "settings": settings}
         summary["lambdas"] = lambdas
         summary.update(feature_maps=feature_maps, report_radii=radii, entries=entries, pareto=fronts)
+        summary["units"] = radii_units(entries)
         summary.update(wall_seconds=clock.seconds(), trained_now=len(new), reused=len(jobs) - len(todo))
         summary.update(workers=max(1, workers), machine_start=machine_start, machine_end=describe_machine())
         summary["failed"] = {point_name(*j): e for j, e in errors.items()}
@@ -284,6 +294,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     """The regularisation sweep report as Markdown."""
     s = summary["settings"]
     base = s["base_train"]
+    units = summary.get("units", RAW_UNITS)
     lines = [
         f"# Regularisation sweep: {summary['task_description']}",
         "",
@@ -294,7 +305,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"{s['epochs']} epochs (paper: {base.get('epochs')}), best-validation checkpoint, b fitted on validation",
         "- evaluation: "
         + ("every test input" if s["limit"] is None else f"the first {s['limit']} test inputs")
-        + "; certified accuracy at r = share of sensitive-class test inputs flagged sensitive with radius ≥ r",
+        + "; certified accuracy at r = share of sensitive-class test inputs flagged sensitive with radius ≥ r "
+        f"(radii in {units})",
     ]
     lines += run_lines(summary, "grid point") + [""]
     if summary["failed"]:
@@ -310,7 +322,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     lines.append("")
     for n, radii in summary["report_radii"].items():
         lines += [
-            f"### Certified accuracy, {pretty_norm(n)}",
+            f"### Certified accuracy, {pretty_norm(n)} (radii in {units})",
             "",
             "| φ | λ | " + " | ".join(f"r = {r:g}" for r in radii) + " | median radius |",
             "|---|---|" + "---|" * (len(radii) + 1),
@@ -362,7 +374,7 @@ def reg_cli_main(
         task, out, lams, fms, epochs, workers, REG_LIMIT if limit is None else limit, data_dir, log=echo
     )
     for n, f in summary["pareto"].items():
-        echo(f"Pareto front ({pretty_norm(n)}, r = {f['radius']:g}): {', '.join(f['front'])}")
+        echo(f"Pareto front ({pretty_norm(n)}, r = {f['radius']:g} in {summary['units']}): {', '.join(f['front'])}")
     echo(
         f"{len(summary['entries'])} grid points in {summary['wall_seconds'] / 60:.1f} min; "
         f"report: {Path(out) / REPORT_MD}"

@@ -274,7 +274,8 @@ class TrainConfig:
         jacobian_reg: λ ≥ 0 of the Jacobian regulariser λ·‖∂g/∂φ‖_F (feature-convex models).
         margin_radius: certified-margin loss of feature-convex models (0 = off): for *sensitive*
             training inputs the cross-entropy is taken on s(x) − r·Lip_p(φ)·‖∇_φ g‖_{p*}, the
-            certified lower bound of the score over the ℓp ball of radius r (raw input units);
+            certified lower bound of the score over the ℓp ball of radius r (in the training threat model's
+            units, ‖δ / scale‖_p over the moves it allows, when the run has one; else raw input units);
             other inputs keep the plain loss, since nothing is certified for them.
         margin_norm: the p ≥ 1 of that ball (1, 2, "inf", ...). Lists of radii and norms of equal
             length use the union of the balls (the lowest of the bounds).

@@ -150,7 +150,8 @@ def make_certifiable(
     Args:
         model: a :class:`~asymcert.models.FeatureConvexClassifier` (built with ``build_model``).
         optimizer: an optimizer over the model's parameters.
-        margin_radius: radius (raw input units) of the certified-margin loss on sensitive inputs;
+        margin_radius: radius of the certified-margin loss on sensitive inputs (raw input units; in
+            ``threat_model``'s units when one is given);
             0 turns it off; a list takes the lowest bound over several balls.
         margin_norm: ℓp norm(s) p ≥ 1 of the margin balls (``math.inf`` or ``"inf"`` for ℓ∞), one per
             radius, or one for every radius.
