@@ -19,7 +19,7 @@ from asymcert.certify.exact_lp import exact_l1_radii, exact_l2_radii
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
 from tests.certify.test_exact_linf import PHIS, SPAM_PHI, TM, _model
-from tests.conftest import near_boundary, score64
+from tests.conftest import balanced_feature_convex, near_boundary, score64
 
 EXACT = {1.0: exact_l1_radii, 2.0: exact_l2_radii}
 # two features: scales, a one-sided move and a domain (both ≥ 0), as the grid can check them
@@ -210,3 +210,22 @@ def test_far_from_unit_scales_only_change_the_units_of_every_bracket(s):
         for end in ("lo", "hi"):
             want, got = getattr(plain, end)[shown] / s, getattr(scaled, end)[shown]
             torch.testing.assert_close(got, want, rtol=3 * BISECTION_RTOL, atol=0)
+
+
+def test_scales_spanning_more_than_the_programs_hold_are_left_unbracketed():
+    """One feature's scale 10⁸ times the others': the ℓ2 program's lower end was up to 4.5× a flip the QP finds and
+    checks (audit 30 F1). Such inputs are [0, ∞) with the reason; ℓ∞'s boxes still bracket them."""
+    x = torch.rand(30, 5, generator=torch.Generator().manual_seed(1)) * 4
+    model = balanced_feature_convex([{"kind": "standardize"}], x, (8,), 0)
+    x = x[:10]
+    tm = ThreatModel(scale={"0": 1e8, "*": 1.0}, lower={"*": 0.0})
+    for p, bracket in ((2.0, exact_l2_radii), (1.0, exact_l1_radii)):
+        found = asymcert.exact_radius(model, x, p, threat_model=tm)  # (LP/QP: each radius a checked flip's size)
+        result = bracket(model, x, tm)
+        flagged = found > 0
+        assert int(flagged.sum()) >= 3 and bool(torch.isfinite(found[flagged]).all())
+        assert bool((result.lo <= found * (1 + 1e-6)).all()), (result.lo / found)[flagged]
+        why = [result.status[i] for i in range(10) if flagged[i]]
+        assert all(s.startswith("not bracketed: the movable features' scales span") for s in why), why
+    linf = exact_linf_radii(model, x, tm)
+    assert "exact" in linf.status

@@ -73,6 +73,11 @@ SQUARE_TANGENTS = 8
 PUSHES = (0.0, 1e-9, 1e-7, 1e-5)
 """How far beyond the program's point (relative to its move) a counterexample is looked for."""
 TIME_LIMIT, INFEASIBLE = 1, 2  # scipy.optimize.milp's statuses: out of time, no feasible point
+MAX_SCALE_SPREAD = 1e6
+"""The largest ratio of two movable features' scales the programs bracket. Beyond it their lower ends drift above
+the exact radius: against the LP/QP radii of :mod:`asymcert.certify.exact` (affine φ), up to 4.5× for ℓ2 and 1.02×
+for ℓ1 with scales 10⁸ and 1, or drawn from 10^±5 and 10^±6; within 10^±4 (random draws) and 10^±3 they held to
+the bisection's tolerance (audit 30 F1). Such inputs are left unbracketed, [0, ∞), with the reason."""
 
 
 @dataclass
@@ -325,6 +330,10 @@ def _bracket_one(p: float) -> BracketOne:
             return math.inf, math.inf, None, "no flip"
         if chain.log1p and bool(np.any((ball.x < 0) & (ball.u_hi > 0))):
             return 0.0, math.inf, None, "not bracketed: x < 0 under log1p"
+        movable = ball.scale[(ball.u_lo < 0) | (ball.u_hi > 0)]
+        if movable.max() > MAX_SCALE_SPREAD * movable.min():  # (ℓ∞'s boxes hold: exact_linf brackets them)
+            why = f"not bracketed: the movable features' scales span more than {MAX_SCALE_SPREAD:g}×"
+            return 0.0, math.inf, None, why
         costs = _Costs(chain, ball.x, ball.scale, chain.pre(ball.x[None])[0], p)
         search = _Search(costs, ball, model64, s0, rtol)
         deadline = time.perf_counter() + limit
