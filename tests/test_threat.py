@@ -1026,3 +1026,14 @@ def test_a_star_in_a_move_list_is_refused_when_a_feature_is_named_star():
         ThreatModel.from_dict({"immutable": ["*"]}).resolve(["a", "*", "b"], 3)
     tm = ThreatModel.from_dict({"scale": {"*": 2.0}}).resolve(["a", "*", "b"], 3)  # (a mapping's '*': as before)
     assert tm.scale.tolist() == [2.0, 2.0, 2.0]
+
+
+def test_a_name_that_differs_only_in_its_unicode_form_is_shown_by_code_points():
+    """'fréq' written as e + a combining accent (NFD) against a header's é (NFC): both print the same, so the
+    refusal shows the two spellings by code point (audit 30 F4); the names are still not matched silently."""
+    with pytest.raises(ConfigError) as refused:
+        ThreatModel(immutable=["fre\u0301q"]).resolve(["a", "fr\u00e9q"], 2)
+    assert r"differs from the column 'fr\xe9q' only in its Unicode form: 'fre\u0301q'" in str(refused.value)
+    with pytest.raises(ConfigError) as other:
+        ThreatModel(immutable=["freq"]).resolve(["a", "fr\u00e9q"], 2)
+    assert "Unicode" not in str(other.value)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import struct
+import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -228,7 +229,8 @@ class ThreatModel:
             down[i] = False
         for i in sets["decrease_only"]:
             up[i] = False
-        return ResolvedThreatModel(scale, up, down, lower, upper, self.default_norms(), self)
+        names = tuple(feature_names) if feature_names is not None and len(feature_names) == n_features else None
+        return ResolvedThreatModel(scale, up, down, lower, upper, self.default_norms(), self, names)
 
     def _move_sets(self, resolver: _Resolver, n: int) -> tuple[dict[str, set[int]], list[str]]:
         """The features of immutable / increase_only / decrease_only (flat indices), ``"*"`` in one of them
@@ -297,8 +299,19 @@ class _Resolver:
             self.unnamed.append(str(key))
             return None
         known = f"; features: {first_few(self.names, 8)}" if self.names else ""
-        self.found.append(f"{where}: unknown feature {key!r} (there are {self.n}{known})")
+        self.found.append(f"{where}: unknown feature {key!r} (there are {self.n}{known}){self._lookalike(key)}")
         return None
+
+    def _lookalike(self, key: Key) -> str:
+        """A column the key equals once both are in Unicode's NFC form, shown by code points: the two print the
+        same ('fréq' as e + a combining accent, or as é) and nothing else would show the difference (audit 30 F4)."""
+        if not isinstance(key, str):
+            return ""
+        nfc = unicodedata.normalize("NFC", key)
+        same = [n for n in self.names or [] if unicodedata.normalize("NFC", n) == nfc]
+        if not same:
+            return ""
+        return f"; it differs from the column {same[0]!a} only in its Unicode form: {key!a}"
 
     def values(self, key: str, mapping: Mapping[Key, float], default: float) -> torch.Tensor:
         out = torch.full((self.n,), float(mapping.get("*", default)), dtype=torch.float64)
@@ -322,6 +335,7 @@ class ResolvedThreatModel:
         lower / upper: float64 domain bounds (±inf where unbounded).
         norms: the threat model's default norms (may be empty).
         source: the :class:`ThreatModel` it was resolved from.
+        feature_names: the d names it was resolved with (a CSV header), or None; messages name features by them.
     """
 
     scale: torch.Tensor
@@ -331,6 +345,7 @@ class ResolvedThreatModel:
     upper: torch.Tensor
     norms: tuple[float, ...] = ()
     source: ThreatModel | None = None
+    feature_names: tuple[str, ...] | None = None
 
     @property
     def n_features(self) -> int:
@@ -381,7 +396,8 @@ class ResolvedThreatModel:
 
     def outside_detail(self, x: torch.Tensor, names: Sequence[str] | None = None) -> str | None:
         """Where one input x (*shape) leaves the domain, in one phrase: its first feature outside [lower, upper], by
-        name (``names``, one per flat feature; else ``feature <flat index>``), its value and the bound it breaks,
+        name (``names``, one per flat feature, else :attr:`feature_names`; else ``feature <flat index>``), its value
+        and the bound it breaks,
         e.g. ``amount = 200000 > upper 100000``, and how many more of its features are outside; None when x lies
         inside. Values as written in the shortest decimal of x's float type; bounds in raw units."""
         flat = x.detach().reshape(1, -1)
@@ -390,6 +406,7 @@ class ResolvedThreatModel:
             return None
         i = bad[0]
         value, lower, upper = float(flat[0, i]), float(self.lower[i]), float(self.upper[i])
+        names = names if names is not None else self.feature_names
         name = names[i] if names is not None and i < len(names) else f"feature {i}"
         side = f"< lower {_decimal(lower)}" if value < lower else f"> upper {_decimal(upper)}"
         more = f" (and {len(bad) - 1} more of its features)" if len(bad) > 1 else ""

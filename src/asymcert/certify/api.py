@@ -184,9 +184,9 @@ def _warn_outside(tm: ResolvedThreatModel | None, x: torch.Tensor) -> None:
     count, first = (0, None) if tm is None else tm.outside(x, CHECK_CHUNK)
     if count and tm is not None and first is not None:
         warnings.warn(
-            f"{count} of {len(x)} input(s) lie outside the threat model's domain [lower, upper] (the first: row "
-            f"{first}, {tm.outside_detail(x[first])}); corrupt values? Their radii count the moves it allows from "
-            "there.",
+            f"{count} of {len(x)} input(s) lie outside the threat model's domain [lower, upper] (the first: input "
+            f"{first} of those certified, counted from 0: {tm.outside_detail(x[first])}); corrupt values? Their radii "
+            "count the moves it allows from there.",
             UserWarning,
             stacklevel=3,
         )
