@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from asymcert.certify import api
 from asymcert.certify import feature_convex as fc
 from asymcert.certify.api import nested_radii
 from asymcert.certify.result import Certificate, normalize_norm
-from asymcert.errors import AsymcertError, InputError, UnsoundOptionError
+from asymcert.errors import AsymcertError, InputError, ModelError, UnsoundOptionError
 from asymcert.models import build_model
 from tests.conftest import small_feature_convex
 
@@ -290,3 +291,32 @@ def test_finite_inputs_whose_sum_overflows_are_accepted_and_bad_rows_still_named
     both[2, 0], both[2, 1] = math.inf, -math.inf  # (their sum is NaN)
     with pytest.raises(InputError, match=r"first bad rows: \[2\]"):
         check_inputs(both, (6,))
+
+
+@pytest.mark.parametrize(
+    ("kind", "method"),
+    [
+        ("relu-ibp", "ibp"),
+        ("relu-ibp", "crown-ibp"),
+        ("relu-ibp", "crown"),
+        ("orthogonal", "orthogonal"),
+        ("relu-smoothing", "smoothing-gaussian"),
+        ("relu-smoothing", "smoothing-splitting"),
+        ("feature-convex", "feature-convex"),
+        ("linf-dist", "linf-dist"),
+    ],
+)
+def test_a_model_built_in_memory_with_a_nan_weight_is_refused_naming_it(kind, method):
+    """IBP certified such a model (every radius 0, every decision 0) and the orthogonal certifier failed inside linear
+    algebra (torch._LinAlgError): every family's certifier refuses it, naming the weight (coverage audit 30)."""
+    config = {"kind": kind, "input_shape": [4]}
+    if kind == "feature-convex":
+        config.update(feature_map=[{"kind": "shift"}], convex={"kind": "icnn", "widths": [4]})
+    model = build_model(config)
+    name, weight = next((n, p) for n, p in model.named_parameters() if p.dim() >= 2)
+    with torch.no_grad():
+        weight.view(-1)[0] = float("nan")
+    with pytest.raises(ModelError, match=re.escape(name)):
+        asymcert.certify(
+            model, torch.rand(3, 4), norms=(1, 2, math.inf) if kind != "linf-dist" else (math.inf,), method=method
+        )

@@ -53,6 +53,7 @@ from torch import nn
 
 from asymcert.certify import options as option_checks
 from asymcert.certify.functional import dual_exponent
+from asymcert.certify.inputs import check_model
 from asymcert.certify.modes import UnsoundOptionError, check_precision, eval_mode, gamma, matmul_unit_roundoff
 from asymcert.certify.result import Certificate, Guarantee, normalize_norm
 from asymcert.errors import AsymcertError
@@ -654,6 +655,7 @@ def _certify_bounds(
     lower_slope: str = "adaptive",
     tolerance: float | None = None,
 ) -> Certificate:
+    check_model(model)
     check_precision(precision)
     if tolerance is not None and not 0.0 <= float(tolerance) < math.inf:
         raise UnsoundOptionError(f"tolerance must be finite and ≥ 0 (a negative one enlarges radii), got {tolerance!r}")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from asymcert.errors import InputError
+from asymcert.errors import InputError, ModelError
+from asymcert.nn.convex import all_finite
 
 CHECK_CHUNK = 4096
 """Rows whose finiteness is checked at once: the check allocates O(CHECK_CHUNK × input size) bools, whatever N."""
@@ -64,3 +66,21 @@ def _non_finite_rows(x: torch.Tensor) -> list[int]:
             if len(bad) >= 5:
                 break
     return bad
+
+
+def check_model(model: nn.Module) -> None:
+    """Refuse a model whose weights asymcert cannot vouch for, before a certifier that does not check them itself
+    uses them: the model's own ``validate()`` when it has one (e.g. the baselines' finite-weight check), else every
+    floating parameter and buffer must be finite. A model built in memory with a NaN weight was certified (IBP:
+    every radius 0, every decision 0) or failed inside linear algebra (orthogonal: ``torch._LinAlgError``).
+
+    Raises:
+        ModelError: naming the weights that are NaN or Inf.
+    """
+    validate = getattr(model, "validate", None)
+    if callable(validate):
+        validate()
+        return
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not all_finite(t)]
+    if bad:
+        raise ModelError(f"model weights contain NaN or Inf: {bad[:10]}")

@@ -36,6 +36,7 @@ from torch import nn
 from asymcert.certify import options as option_checks
 from asymcert.certify.bound_propagation import sequential_layers
 from asymcert.certify.functional import safe_radius
+from asymcert.certify.inputs import check_model
 from asymcert.certify.modes import check_precision, check_slack, eval_mode, gamma, matmul_unit_roundoff
 from asymcert.certify.result import Certificate, Guarantee
 from asymcert.nn.feature_maps import Shift
@@ -165,6 +166,7 @@ def certify_orthogonal(
         the reference score disagrees, or where the margin is within the rounding allowance;
         extra["score"].
     """
+    check_model(model)
     check_precision(precision)
     check_slack(slack)
     layers = orthogonal_layers(model)

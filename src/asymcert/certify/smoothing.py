@@ -59,6 +59,7 @@ from scipy.stats import norm as _norm
 from torch import nn
 
 from asymcert.certify import options as option_checks
+from asymcert.certify.inputs import check_model
 from asymcert.certify.modes import eval_mode
 from asymcert.certify.result import Certificate, Guarantee
 
@@ -237,6 +238,7 @@ def _options(model: nn.Module, noise: str, options: dict) -> dict:
 
 
 def _certify_sampled(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], noise: str, **options) -> Certificate:
+    check_model(model)
     opt = _options(model, noise, options)
     sigma, n0, n, alpha = float(opt["sigma"]), int(opt["n0"]), int(opt["n"]), float(opt["alpha"])
     gen = _make_generator(opt.get("generator"), opt.get("seed"))
@@ -395,6 +397,7 @@ def certify_splitting(
     Returns:
         Certificate (deterministic, alpha None), extra["probability"] = exact p of the decision.
     """
+    check_model(model)
     unknown = set(sampling) - {"n0", "n", "alpha", "seed", "generator"}
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)} for smoothing-splitting")
