@@ -2,6 +2,9 @@
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -210,3 +213,38 @@ def test_cli_capacity_errors_are_one_line(fashion_dir, tmp_path):
     assert res.exit_code != 0 and "needs a binary task" in res.output
     res = runner.invoke(main, ["capacity", "no-such-task", "--out", str(tmp_path / "c")])
     assert res.exit_code != 0 and "unknown task 'no-such-task'" in res.output
+
+
+HOLD_FOLDER = """
+import sys, time
+from asymcert.runfolder import exclusive
+with exclusive(sys.argv[1], create=True):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_capacity_holds_its_folder_and_a_refusal_makes_none(fashion_dir, tmp_path):
+    """capacity took no lock on --out (two writers both succeeded) and made the folder before loading its data, so a
+    refusal left one behind (coverage audit 30): now one capacity per folder (exit 3), never a run folder, and a
+    task whose data is missing creates nothing."""
+    runner = CliRunner()
+    args = ["capacity", "fashion-mnist-shirts", "--recipes", "none", "--limit", "5"]
+    missing = ["capacity", "cifar10-catsdogs", "--recipes", "none", "--data-dir", str(tmp_path / "no-data")]
+    res = runner.invoke(main, [*missing, "--out", str(tmp_path / "a")])  # (no CIFAR-10 here, no download in tests)
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"task": {}}')
+    res = runner.invoke(main, [*args, "--data-dir", str(fashion_dir), "--out", str(run)])
+    assert res.exit_code == 2 and "is a run folder" in res.output and sorted(os.listdir(run)) == ["run.json"]
+    busy = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_FOLDER, str(busy)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        res = runner.invoke(main, [*args, "--data-dir", str(fashion_dir), "--out", str(busy)])
+        assert res.exit_code == 3 and "RunFolderBusyError" in res.output
+        assert sorted(p.name for p in busy.iterdir()) == [".asymcert.lock"]
+    finally:
+        holder.kill()
+        holder.wait()

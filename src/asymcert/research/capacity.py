@@ -42,6 +42,7 @@ from asymcert.nn.convex import ICNN, ConvexConvNet
 from asymcert.report.machine import describe_machine
 from asymcert.report.plots import _pyplot
 from asymcert.research.separability import SeparabilityResult, hull_classifier, separability_bound
+from asymcert.research.sweeps import sweep_folder
 from asymcert.runfolder import dumps_strict
 from asymcert.train.config import TrainConfig
 from asymcert.train.loop import fit
@@ -565,6 +566,7 @@ def capacity_report(
         The JSON dict written to ``capacity.json``.
     Raises:
         InputError: the task is not binary; UnknownNameError: unknown task or recipe.
+        SweepError: ``out_dir`` holds a run (run.json). RunFolderBusyError: another capacity or sweep holds it.
     """
 
     names = resolve_recipes(recipes)  # fail on a typo before any work
@@ -572,39 +574,45 @@ def capacity_report(
     if not t.binary:
         raise InputError(f"capacity needs a binary task (sensitive vs other); {task!r} has several classes")
     say = log or (lambda msg: None)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data = t.load(Path(data_dir) if data_dir else None)
-    train = data.train
+    data = t.load(Path(data_dir) if data_dir else None)  # (before the folder: a refusal leaves none behind)
+    with sweep_folder(Path(out_dir)) as out:  # one capacity run per folder at a time; never a run folder
+        train = data.train
+        report = _header(task, train, command)
+        sep = separability_bound(
+            train.x,
+            train.y,
+            reverse=reverse,
+            limit=limit,
+            seed=seed,
+            frank_wolfe_iterations=frank_wolfe_iterations,
+            keep_normals=limit is None,
+            log=say,
+        )
+        report["separability"] = sep.summary()
+        say(f"separability bound: {100 * sep.bound:.2f}% ({sep.n_outside}/{sep.n_checked} outside)")
+        if sep.complete and sep.n_outside > 0:
+            report["constructed"] = _constructed(sep, train, reverse)
+        report["recipes"], report["runs"] = [], []
+        _write(out, report, [], sep.bound)
+
+        def partial(results: list[CapacityResult]) -> None:  # partial results survive an interruption
+            report["recipes"], report["runs"] = results_table(results), [asdict(r) for r in results]
+            report["machine_at_end"] = describe_machine()
+            _write(out, report, results, sep.bound)
+
+        results = run_capacity(
+            train, names, epochs=epochs, seed=seed, device=device, progress=progress, log=log, on_result=partial
+        )
+        partial(results)
+        return report
+
+
+def _header(task: str, train: Dataset, command: str | None) -> dict[str, Any]:
+    """capacity.json's first keys: the task, its training split's class counts, the feature map, the command."""
     n_pos = int(train.y.sum())
     report: dict[str, Any] = {"task": task, "n_train": len(train), "n_sensitive": n_pos, "n_other": len(train) - n_pos}
-    report.update(feature_map="shift (x − μ)", command=command, constructed=None, machine_at_start=describe_machine())
-    sep = separability_bound(
-        train.x,
-        train.y,
-        reverse=reverse,
-        limit=limit,
-        seed=seed,
-        frank_wolfe_iterations=frank_wolfe_iterations,
-        keep_normals=limit is None,
-        log=say,
-    )
-    report["separability"] = sep.summary()
-    say(f"separability bound: {100 * sep.bound:.2f}% ({sep.n_outside}/{sep.n_checked} outside)")
-    if sep.complete and sep.n_outside > 0:
-        report["constructed"] = _constructed(sep, train, reverse)
-    report["recipes"], report["runs"] = [], []
-    _write(out, report, [], sep.bound)
-
-    def partial(results: list[CapacityResult]) -> None:  # partial results survive an interruption
-        report["recipes"], report["runs"] = results_table(results), [asdict(r) for r in results]
-        report["machine_at_end"] = describe_machine()
-        _write(out, report, results, sep.bound)
-
-    results = run_capacity(
-        train, names, epochs=epochs, seed=seed, device=device, progress=progress, log=log, on_result=partial
-    )
-    partial(results)
+    report.update(feature_map="shift (x − μ)", command=command, constructed=None)
+    report["machine_at_start"] = describe_machine()
     return report
 
 
