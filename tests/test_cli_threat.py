@@ -566,3 +566,22 @@ def test_a_threat_model_may_not_name_an_ignored_column_and_the_order_of_ignored_
     assert json.loads((tmp_path / "r" / "run.json").read_text())["feature_names"] == ["1", "2"]
     res = CliRunner().invoke(main, [*base, "--ignore-column", "0", "--ignore-column", ""])  # the same run, resumed
     assert res.exit_code == 0, res.output
+
+
+def test_inputs_outside_the_domain_are_one_warning_naming_the_test_input(tm_run, tmp_path):
+    """certify warned once per chunk of --batch-size inputs, and "input 13 of those certified" counted within the
+    chunk, not the test split (review 30): one warning for the split, naming the first test input outside it."""
+    run = tmp_path / "run"
+    shutil.copytree(tm_run, run)
+    x = _test_x(run)
+    cap = float(x[:8, 2].max())  # the first 8 test inputs inside: the first one outside is in the second chunk
+    capped = tmp_path / "capped.json"
+    capped.write_text(json.dumps({"upper": {"caps": cap}}))
+    outside = torch.nonzero(x[:, 2].double() > cap).flatten().tolist()
+    assert 2 <= len(outside) < len(x) and outside[0] >= 8
+    res = CliRunner().invoke(main, ["certify", str(run), "--threat-model", str(capped), "--batch-size", "7"])
+    assert res.exit_code == EXIT_OK, res.output
+    lines = [line for line in res.output.splitlines() if "outside the threat model's domain" in line]
+    assert len(lines) == 1, lines
+    assert f"{len(outside)} of {len(x)} input(s)" in lines[0]
+    assert f"(the first: test input {outside[0]}, counted from 0: caps = " in lines[0]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 
 from asymcert import distributed
 from asymcert.certify import certify
+from asymcert.certify.api import OUTSIDE, outside_warning
 from asymcert.certify.certfile import load_certificates, save_certificates
 from asymcert.certify.result import Certificate, norm_label, raw_units
 from asymcert.checkpoint import MODEL_FILE, load, model_config
@@ -566,16 +568,18 @@ def _certify_shard(
     # Under torchrun every process certifies one contiguous shard; nothing is padded or repeated.
     shard = x.tensor_split(distributed.world_size())[distributed.rank()]
     norms, step, opts = settings.norms, settings.batch_size, {**settings.options, "threat_model": tm}
-    if settings.warmup:  # untimed, so that one-time costs do not count as certification time
-        certify(model, shard[: settings.warmup], norms=norms, method=settings.method, **opts)
-    parts = [
-        certify(model, shard[start : start + step], norms=norms, method=settings.method, **opts)
-        for start in tqdm(
-            range(0, len(shard), step), desc="certify", disable=not (progress and distributed.is_main()), leave=False
-        )
-    ]
-    # a process whose shard is empty (fewer inputs than processes) still contributes its (0,) columns
-    cert = Certificate.cat(parts) if parts else certify(model, shard, norms=norms, method=settings.method, **opts)
+    outside = outside_warning(tm, x, lambda i: f"test input {i}, counted from 0") if distributed.is_main() else None
+    if outside is not None:  # once for the split, not once per chunk and process (review 30)
+        warnings.warn(outside, UserWarning, stacklevel=3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=f".*{OUTSIDE}")
+        if settings.warmup:  # untimed, so that one-time costs do not count as certification time
+            certify(model, shard[: settings.warmup], norms=norms, method=settings.method, **opts)
+        shown = progress and distributed.is_main()
+        bar = tqdm(range(0, len(shard), step), desc="certify", disable=not shown, leave=False)
+        parts = [certify(model, shard[i : i + step], norms=norms, method=settings.method, **opts) for i in bar]
+        # a process whose shard is empty (fewer inputs than processes) still contributes its (0,) columns
+        cert = Certificate.cat(parts) if parts else certify(model, shard, norms=norms, method=settings.method, **opts)
     if distributed.is_distributed():
         cert = Certificate(
             distributed.gather_rows(cert.predicted),

@@ -250,10 +250,10 @@ def test_inputs_outside_the_threat_models_domain_are_warned_about():
     tm = asymcert.ThreatModel(lower={"*": 0.0}, upper={1: 1.0})
     x = torch.rand(5, 4)
     x[3, 1] = 1.5
-    with pytest.warns(UserWarning, match=r"1 of 5 input\(s\) lie outside the threat model's domain .*input 3 of"):
+    with pytest.warns(UserWarning, match=r"1 of 5 input\(s\) lie outside the threat model's domain .*input 3 of these"):
         asymcert.certify(_vector_model(), x, threat_model=tm)
     x[3, 2] = -2.0  # the first feature outside, its value and the bound it breaks (walkthrough 27f #12)
-    first = r"\(the first: input 3 of those certified, counted from 0: feature 1 = 1\.5 > upper 1 \(and 1 more of its"
+    first = r"\(the first: input 3 of these 5, counted from 0: feature 1 = 1\.5 > upper 1 \(and 1 more of its"
     with pytest.warns(UserWarning, match=first):
         asymcert.certify(_vector_model(), x, threat_model=tm)
     named = tm.resolve(["amount", "rate", "count", "age"], 4)  # by name when resolved with names (audit 30 F3)

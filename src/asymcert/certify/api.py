@@ -178,18 +178,32 @@ def _model_device(model: nn.Module, x: torch.Tensor) -> torch.device:
     return params[0].device if params else x.device
 
 
-def _warn_outside(tm: ResolvedThreatModel | None, x: torch.Tensor) -> None:
-    """Warn (UserWarning) when inputs lie outside ``tm``'s domain [lower, upper] (:meth:`ResolvedThreatModel.outside`):
-    often corrupt values (a count below 0); their radii count the moves it allows from there."""
+OUTSIDE = "outside the threat model's domain"
+"""The phrase of :func:`outside_warning`'s message (callers that warn once for many calls filter the rest by it)."""
+
+
+def outside_warning(
+    tm: ResolvedThreatModel | None, x: torch.Tensor, name: Callable[[int], str] | None = None
+) -> str | None:
+    """The warning for inputs x (N, *shape) outside ``tm``'s domain [lower, upper]
+    (:meth:`~asymcert.threat.ResolvedThreatModel.outside`), often corrupt values (a count below 0), or None when every
+    input is inside: how many, and the first, named by ``name(i)`` (default: "input i of these N, counted from 0"),
+    with its feature, value and the bound it breaks."""
     count, first = (0, None) if tm is None else tm.outside(x, CHECK_CHUNK)
-    if count and tm is not None and first is not None:
-        warnings.warn(
-            f"{count} of {len(x)} input(s) lie outside the threat model's domain [lower, upper] (the first: input "
-            f"{first} of those certified, counted from 0: {tm.outside_detail(x[first])}); corrupt values? Their radii "
-            "count the moves it allows from there.",
-            UserWarning,
-            stacklevel=3,
-        )
+    if not count or tm is None or first is None:
+        return None
+    where = name(first) if name is not None else f"input {first} of these {len(x)}, counted from 0"
+    return (
+        f"{count} of {len(x)} input(s) lie {OUTSIDE} [lower, upper] (the first: {where}: "
+        f"{tm.outside_detail(x[first])}); corrupt values? Their radii count the moves it allows from there."
+    )
+
+
+def _warn_outside(tm: ResolvedThreatModel | None, x: torch.Tensor) -> None:
+    """Warn (UserWarning) with :func:`outside_warning` when inputs lie outside ``tm``'s domain."""
+    message = outside_warning(tm, x)
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def _model_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
