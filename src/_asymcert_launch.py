@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
+import threading
 from types import FrameType
 
 INTERRUPTED = 130
@@ -27,19 +28,21 @@ def main() -> None:
     """Import :mod:`asymcert.cli` with SIGINT held back, then run its :func:`~asymcert.cli.entry`.
 
     A SIGINT that the caller ignores (``SIG_IGN``, as for background jobs of a non-interactive shell) stays
-    ignored."""
+    ignored; outside the main thread nothing is held (review 30: ``signal.signal`` refused there)."""
     received: list[int] = []
 
     def hold(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
 
     previous = signal.getsignal(signal.SIGINT)
-    if previous is not signal.SIG_IGN:
+    # (only the main thread may set a handler, and only there does Ctrl-C arrive: elsewhere, as before, no hold)
+    holding = previous is not signal.SIG_IGN and threading.current_thread() is threading.main_thread()
+    if holding:
         signal.signal(signal.SIGINT, hold)
     try:
         cli = importlib.import_module("asymcert.cli")
     finally:
-        if previous is not signal.SIG_IGN:
+        if holding:
             signal.signal(signal.SIGINT, previous)
     if received:
         print(MESSAGE, file=sys.stderr, flush=True)

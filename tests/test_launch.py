@@ -5,7 +5,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,22 @@ def test_the_command_is_the_launcher():
     tomllib = pytest.importorskip("tomllib")  # (Python 3.11+)
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["project"]["scripts"] == {"asymcert": "_asymcert_launch:main"}
+
+
+def test_it_runs_outside_the_main_thread(monkeypatch):
+    """signal.signal works only in the main thread: the launcher raised ValueError in any other (review 30)."""
+    ran, errors = [], []
+    monkeypatch.setattr(
+        _asymcert_launch.importlib, "import_module", lambda name: types.SimpleNamespace(entry=lambda: ran.append(name))
+    )
+
+    def launch() -> None:
+        try:
+            _asymcert_launch.main()
+        except BaseException as exc:  # (the assertion below shows it)
+            errors.append(exc)
+
+    worker = threading.Thread(target=launch)
+    worker.start()
+    worker.join(30)
+    assert (ran, errors) == (["asymcert.cli"], [])
