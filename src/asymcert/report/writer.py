@@ -407,8 +407,9 @@ def _radii_line(results: dict[str, Any]) -> list[str]:
         if results.get("report_radii_settable", True)
         else "run.json's `report_radii` are in the run's own units, not these, so they are not used"
         if results.get("certificate_mode") is not None
-        else "run.json's `report_radii` are in the run's own units, and these certificates do not record which "
-        "threat model they were made under, so they are not used"
+        else "run.json's `report_radii` are in the run's own units, and these certificates (made before asymcert "
+        "recorded it) do not say which threat model they were made under, so they are not used; `asymcert certify` "
+        "on this folder records it and uses them again"
     )
     return [f"Radii r of the tables: {'; '.join(parts)}; {how}.", ""]
 
