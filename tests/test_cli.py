@@ -150,6 +150,20 @@ def test_run_report_and_certify_say_the_units_of_their_radii_and_an_image_folder
     audit = ["audit", str(out), "--limit", "4", "--restarts", "1", "--steps", "5", "--no-exact"]
     assert CliRunner().invoke(main, audit).exit_code == EXIT_OK
     assert json.loads((out / "audit.json").read_text())["units"] == IMAGE_UNITS
+    _exports_say_the_scaling(out, tmp_path)
+
+
+def _exports_say_the_scaling(run, tmp_path):
+    """The ONNX graph and the VNN-LIB folder of an image run state the /255 scaling too (review 30)."""
+    onnx = pytest.importorskip("onnx")
+    res = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == EXIT_OK and f"radius_linf (in {IMAGE_UNITS})" in res.output, res.output
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert meta["asymcert.units.radius"] == IMAGE_UNITS == meta["asymcert.units"]
+    res = CliRunner().invoke(main, ["export", str(run), "--format", "vnnlib", "--out", str(tmp_path / "v")])
+    assert res.exit_code == EXIT_OK and f"radii in {IMAGE_UNITS}" in res.output, res.output
+    radii = json.loads((tmp_path / "v" / "radii.json").read_text())
+    assert radii["units"] == IMAGE_UNITS and radii["units_per_radius"] == {"radius_*": IMAGE_UNITS}
 
 
 def test_progress_bars_are_drawn_only_on_a_terminal(tmp_path, monkeypatch):

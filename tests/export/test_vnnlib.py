@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from asymcert.certify.attacks import pgd_attack
 from asymcert.cli import main
 from asymcert.export import ExportError, to_vnnlib
+from asymcert.export import vnnlib as vnnlib_module
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
 from tests.conftest import near_boundary, small_feature_convex
@@ -402,3 +403,28 @@ def test_a_failed_export_into_new_folders_leaves_none(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         to_vnnlib(_model(), torch.rand(6, *SHAPE), tmp_path / "nd4" / "sub" / "bench")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_certifying_graph_sees_at_most_a_chunk_of_inputs_and_gives_the_same_radii(monkeypatch):
+    """write_benchmark evaluated the graph on the whole test split at once, so its memory grew with the split
+    (coverage audit 30): now GRAPH_CHUNK inputs at a time, with the same outputs."""
+    model = small_feature_convex("icnn")
+    x = torch.rand(23, *SHAPE, generator=torch.Generator().manual_seed(4))
+    whole = vnnlib_module.graph_certificates(model, x)
+    seen = []
+    real = vnnlib_module.certifying_graph
+
+    def counting(*args, **kwargs):
+        graph = real(*args, **kwargs)
+        graph.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].shape[0]))
+        return graph
+
+    monkeypatch.setattr(vnnlib_module, "GRAPH_CHUNK", 5)
+    monkeypatch.setattr(vnnlib_module, "certifying_graph", counting)
+    chunked = vnnlib_module.graph_certificates(model, x)
+    assert seen == [5, 5, 5, 5, 3] and list(chunked) == list(whole)
+    assert torch.equal(chunked["flagged"], whole["flagged"])
+    for name in whole:  # (float32 products of another batch size round alike, not bitwise: each is sound on its own)
+        torch.testing.assert_close(chunked[name].double(), whole[name].double(), rtol=1e-5, atol=1e-7)
+    empty = vnnlib_module.graph_certificates(model, x[:0])
+    assert all(v.shape == (0,) for v in empty.values())

@@ -32,9 +32,10 @@ def _version() -> str:
         return "unknown"
 
 
-def output_meaning(name: str, units: str, score_is_y0: bool = False) -> str:
+def output_meaning(name: str, units: str, score_is_y0: bool = False, raw_units: str = RAW_UNITS) -> str:
     """One line saying what graph output ``name`` (``score``, ``flagged``, ``radius_l2``, ``tm_radius_linf``…)
-    holds; ``units`` is that of the ``tm_radius_*`` outputs; ``score_is_y0``: the VNN-LIB score graph."""
+    holds; ``units`` is that of the ``tm_radius_*`` outputs, ``raw_units`` that of ``radius_*`` (an image run's:
+    pixel values / 255); ``score_is_y0``: the VNN-LIB score graph."""
     if name == "score":
         if score_is_y0:
             return (
@@ -45,7 +46,7 @@ def output_meaning(name: str, units: str, score_is_y0: bool = False) -> str:
         return "(N,) bool s(x) > 0, the graph's own decision"
     threat = name.startswith("tm_")
     norm = name.removeprefix("tm_").removeprefix("radius_").replace("l", "ℓ").replace("inf", "∞")
-    over = f" over the moves the threat model allows, in {units}" if threat else f" in {RAW_UNITS}"
+    over = f" over the moves the threat model allows, in {units}" if threat else f" in {raw_units}"
     return (
         f"(N,) float32 certified {norm} radius r{over}: every x' within r of the float32 x is flagged by this "
         "graph too; 0 where not flagged"
@@ -65,6 +66,7 @@ class GraphNotes:
             family's units on its own (``asymcert.units.radius``, ``asymcert.units.tm_radius``).
         threat_model: the threat model's JSON (:meth:`~asymcert.threat.ThreatModel.to_dict`), None without one.
         feature_map: the spec of the model's preprocessing φ, inside the graph (None: the model has none).
+        raw_units: the units of the ``radius_*`` outputs, the inputs' raw units (an image run's: pixel values / 255).
     """
 
     outputs: dict[str, str]
@@ -73,6 +75,7 @@ class GraphNotes:
     units: str = RAW_UNITS
     threat_model: dict[str, Any] | None = None
     feature_map: list[Any] | None = None
+    raw_units: str = RAW_UNITS
 
     def metadata(self) -> dict[str, str]:
         """The ``metadata_props`` entries: ``asymcert.<key>`` → text or JSON (``json.loads`` reads the JSON ones:
@@ -96,7 +99,7 @@ class GraphNotes:
     def units_per_output(self) -> dict[str, str]:
         """Output family (``"radius"``: the ``radius_*`` outputs; ``"tm_radius"``: ``tm_radius_*``) → its units,
         for the families the graph has."""
-        families = {"radius": RAW_UNITS, "tm_radius": self.units}
+        families = {"radius": self.raw_units, "tm_radius": self.units}
         return {f: u for f, u in families.items() if any(name.startswith(f"{f}_") for name in self.outputs)}
 
     def doc_string(self) -> str:

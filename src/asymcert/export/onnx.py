@@ -161,20 +161,22 @@ def graph_notes(
     feature_names: list[str] | None,
     tm: ResolvedThreatModel | None,
     score_is_y0: bool = False,
+    raw_units: str = RAW_UNITS,
 ) -> GraphNotes:
     """The :class:`~asymcert.export.notes.GraphNotes` of a graph of ``model`` with outputs ``names`` under
-    ``tm`` (None or empty: none): what the file records of itself for a third party."""
+    ``tm`` (None or empty: none), its inputs in ``raw_units``: what the file records of itself for a third party."""
     threat = tm is not None and not tm.is_empty()
-    units = tm.units() if tm is not None and threat else RAW_UNITS
+    units = tm.units() if tm is not None and threat else raw_units
     config_of = getattr(model, "config", None)
     config: dict[str, Any] = config_of() if callable(config_of) else {}
     return GraphNotes(
-        outputs={name: output_meaning(name, units, score_is_y0) for name in names},
+        outputs={name: output_meaning(name, units, score_is_y0, raw_units) for name in names},
         input_shape=shape,
         feature_names=checked_feature_names(feature_names, shape),
         units=units,
         threat_model=tm.source.to_dict() if tm is not None and threat and tm.source is not None else None,
         feature_map=config.get("feature_map"),
+        raw_units=raw_units,
     )
 
 
@@ -186,6 +188,7 @@ def to_onnx(
     input_shape: tuple[int, ...] | None = None,
     threat_model: ThreatModel | ResolvedThreatModel | None = None,
     feature_names: list[str] | None = None,
+    raw_units: str = RAW_UNITS,
 ) -> Path:
     """Write ``model`` as one ONNX graph with its certificates computed in the graph.
 
@@ -208,6 +211,8 @@ def to_onnx(
             An empty threat model adds nothing (its radii are the ℓp ones).
         feature_names: the name of each element of a flattened input (e.g. a CSV run's columns, run.json's
             ``feature_names``), recorded in the file's metadata (None: not recorded).
+        raw_units: the inputs' raw units as the file states them (an image run's: pixel values / 255,
+            :func:`~asymcert.certify.result.raw_units`).
     Returns:
         The path written.
 
@@ -220,7 +225,7 @@ def to_onnx(
     threat = certificates and threat_model is not None and not threat_model.is_empty()
     names = output_names(_checked_norms(norms) if certificates else (), threat)
     shape = tuple(input_shape or getattr(model, "input_shape"))  # noqa: B009 (every supported model has one)
-    notes = graph_notes(model, names, shape, feature_names, threat_model if threat else None)
+    notes = graph_notes(model, names, shape, feature_names, threat_model if threat else None, raw_units=raw_units)
     with eval_mode(model):
         return export_module(graph, path, shape, names, notes)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from asymcert.certify.result import RAW_UNITS
+from asymcert.certify.result import RAW_UNITS, raw_units
 from asymcert.checkpoint import load
 from asymcert.export.onnx import DEFAULT_NORMS, ExportError, output_names, to_onnx
 from asymcert.export.vnnlib import DEFAULT_TIMEOUT, write_benchmark
@@ -54,14 +54,23 @@ def export_run(
         warn_if_unfinished(record, run_dir)
     tm = run_threat_model(record, threat_model, plain) if record is not None else None
     names = None if record is None else record.feature_names  # recorded in the files: X_i ↔ feature
+    raw = RAW_UNITS if record is None else raw_units(record.task)  # (an image folder's: pixel values / 255)
     model = load(run_dir)
     if fmt == "onnx":
-        path = to_onnx(model, out, norms=norms, certificates=certificates, threat_model=tm, feature_names=names)
+        path = to_onnx(
+            model, out, norms=norms, certificates=certificates, threat_model=tm, feature_names=names, raw_units=raw
+        )
         names = output_names(norms if certificates else (), certificates and tm is not None and not tm.is_empty())
-        return f"wrote {path}: input x, outputs {_with_units(names, tm)}"
+        return f"wrote {path}: input x, outputs {_with_units(names, tm, raw)}"
     x = run_data(run_dir, data_dir).test.x
-    done = write_benchmark(model, x, out, limit=limit, timeout=timeout, threat_model=tm, feature_names=names)
-    boxes = "raw ℓ∞ boxes" if tm is None or tm.is_empty() else f"the threat model's ℓ∞ boxes, radii in {tm.units()}"
+    done = write_benchmark(
+        model, x, out, limit=limit, timeout=timeout, threat_model=tm, feature_names=names, raw_units=raw
+    )
+    boxes = (
+        f"raw ℓ∞ boxes, radii in {raw}"
+        if tm is None or tm.is_empty()
+        else f"the threat model's ℓ∞ boxes, radii in {tm.units()}"
+    )
     left = len(done.unbounded)
     left_out = (
         f"; {left} certified input{'s' * (left != 1)} left out: unbounded box (an infinite radius toward a feature "
@@ -76,10 +85,10 @@ def export_run(
     )
 
 
-def _with_units(names: Sequence[str], tm: ResolvedThreatModel | None) -> str:
-    """The graph's output names, each radius family followed by its units (``radius_*`` raw input units,
-    ``tm_radius_*`` the threat model's: audit units30 F3)."""
-    families = {"radius_": RAW_UNITS, "tm_radius_": tm.units() if tm is not None else RAW_UNITS}
+def _with_units(names: Sequence[str], tm: ResolvedThreatModel | None, raw: str = RAW_UNITS) -> str:
+    """The graph's output names, each radius family followed by its units (``radius_*`` the raw input units
+    ``raw``, ``tm_radius_*`` the threat model's: audit units30 F3)."""
+    families = {"radius_": raw, "tm_radius_": tm.units() if tm is not None else raw}
     parts = [n for n in names if not n.startswith(tuple(families))]
     for prefix, units in families.items():
         group = [n for n in names if n.startswith(prefix)]

@@ -105,6 +105,10 @@ class Benchmark:
     unbounded: list[int]
 
 
+GRAPH_CHUNK = 4096
+"""Inputs the certifying graph takes at once in :func:`graph_certificates`."""
+
+
 class _ScoreOnly(nn.Module):
     """x (N, *input_shape) → score (N, 1): the single-output network VNN-COMP verifiers expect."""
 
@@ -123,12 +127,13 @@ def graph_certificates(
     threat_model: ResolvedThreatModel | None = None,
 ) -> dict[str, torch.Tensor]:
     """The certifying graph evaluated in PyTorch (float32): ``{"score", "flagged", radius_name(p)...}`` and under
-    a (non-empty) ``threat_model`` ``"tm_" + radius_name(p)...`` too, each (N,)."""
+    a (non-empty) ``threat_model`` ``"tm_" + radius_name(p)...`` too, each (N,). Memory: :data:`GRAPH_CHUNK` inputs
+    at a time (it took the whole test split at once; coverage audit 30), plus the (N,) outputs."""
     graph = certifying_graph(model, norms, threat_model)
     threat = threat_model is not None and not threat_model.is_empty()
     with eval_mode(model), torch.no_grad():
-        out = graph(x.float())
-    return dict(zip(output_names(norms, threat), out, strict=True))
+        parts = [graph(x[i : i + GRAPH_CHUNK].float()) for i in range(0, max(len(x), 1), GRAPH_CHUNK)]
+    return {name: torch.cat([part[k] for part in parts]) for k, name in enumerate(output_names(norms, threat))}
 
 
 def checked_inputs(x: object, model: nn.Module) -> torch.Tensor:
@@ -267,6 +272,7 @@ def to_vnnlib(
     timeout: int = DEFAULT_TIMEOUT,
     threat_model: ThreatModel | ResolvedThreatModel | None = None,
     feature_names: list[str] | None = None,
+    raw_units: str = RAW_UNITS,
 ) -> list[Property]:
     """Write a VNN-COMP benchmark folder (layout in the module docstring) for the inputs of ``x``.
 
@@ -288,6 +294,8 @@ def to_vnnlib(
         threat_model: certify and box under it (None or empty: raw ℓ∞ balls).
         feature_names: the name of each element of a flattened input (run.json's ``feature_names``), written
             in every .vnnlib file, radii.json and model.onnx's metadata (None: not known).
+        raw_units: what the inputs' raw units are, as written in the files (an image run's pixel values / 255:
+            :func:`~asymcert.certify.result.raw_units`).
     Returns:
         The properties written (also in radii.json).
 
@@ -296,7 +304,7 @@ def to_vnnlib(
             per input element, or a ``path_dir`` that is a file or a folder with other files (nothing is
             written). ExportDependencyError: no onnx.
     """
-    return write_benchmark(model, x, path_dir, norm, limit, timeout, threat_model, feature_names).properties
+    return write_benchmark(model, x, path_dir, norm, limit, timeout, threat_model, feature_names, raw_units).properties
 
 
 def write_benchmark(
@@ -308,6 +316,7 @@ def write_benchmark(
     timeout: int = DEFAULT_TIMEOUT,
     threat_model: ThreatModel | ResolvedThreatModel | None = None,
     feature_names: list[str] | None = None,
+    raw_units: str = RAW_UNITS,
 ) -> Benchmark:
     """:func:`to_vnnlib` (same arguments, same folder), returning the properties written and the certified
     inputs left out (:class:`Benchmark`)."""
@@ -321,15 +330,15 @@ def write_benchmark(
     resolved = resolved_threat_model(threat_model, model)
     tm = None if resolved is None or resolved.is_empty() else resolved
     found = graph_certificates(model, x, DEFAULT_NORMS, tm)  # refuses a model that cannot be exported, first
-    notes = graph_notes(model, ["score"], tuple(x.shape[1:]), names, tm, score_is_y0=True)
+    notes = graph_notes(model, ["score"], tuple(x.shape[1:]), names, tm, score_is_y0=True, raw_units=raw_units)
     with _staged(out) as stage:
         (stage / "vnnlib").mkdir()
         score_graph = _ScoreOnly(certifying_graph(model, ()))
         export_module(score_graph, stage / "model.onnx", tuple(x.shape[1:]), ["score"], notes)
-        props, unbounded = _write_properties(stage, model, x, found, tm, limit, names)
+        props, unbounded = _write_properties(stage, model, x, found, tm, limit, names, raw_units)
         rows = [f"model.onnx,{p.file},{int(timeout)}" for p in props]
         (stage / "instances.csv").write_text("".join(row + "\n" for row in rows))
-        summary = _summary(model, tm, props, unbounded, names)
+        summary = _summary(model, tm, props, unbounded, names, raw_units)
         (stage / "radii.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
     return Benchmark(props, unbounded)
 
@@ -342,13 +351,14 @@ def _write_properties(
     tm: ResolvedThreatModel | None,
     limit: int | None,
     names: list[str] | None,
+    raw_units: str = RAW_UNITS,
 ) -> tuple[list[Property], list[int]]:
     """Write one .vnnlib file per certified flagged input into ``stage``/vnnlib (its comments name each X_i's
     centre and feature, :func:`~asymcert.export.notes.variable_lines`); return the properties and the indices
     of certified inputs left out because their box is unbounded."""
     key = "radius_linf" if tm is None else "tm_radius_linf"
     rng = getattr(model, "input_range", None)
-    units = RAW_UNITS if tm is None else tm.units()
+    units = raw_units if tm is None else tm.units()
     props: list[Property] = []
     unbounded: list[int] = []
     for i in torch.nonzero(found["flagged"] & (found[key] > 0)).flatten().tolist():
@@ -367,10 +377,10 @@ def _write_properties(
     return props, unbounded
 
 
-def _units_per_radius(tm: ResolvedThreatModel | None) -> dict[str, str]:
+def _units_per_radius(tm: ResolvedThreatModel | None, raw_units: str = RAW_UNITS) -> dict[str, str]:
     """radii.json's units of each family of a property's ``radii``: ``radius_*`` raw input units, ``tm_radius_*``
     (under a threat model) its units (audit units30 F4: one ``units`` read "threat-model units" over both)."""
-    return {"radius_*": RAW_UNITS, **({} if tm is None else {"tm_radius_*": tm.units()})}
+    return {"radius_*": raw_units, **({} if tm is None else {"tm_radius_*": tm.units()})}
 
 
 def _summary(
@@ -379,14 +389,15 @@ def _summary(
     props: list[Property],
     unbounded: list[int],
     names: list[str] | None,
+    raw_units: str = RAW_UNITS,
 ) -> dict[str, object]:
     """radii.json: what the boxes and radii mean, the features X_i are (``feature_names``, in order; null when
     not known), and the properties (each with its ``centre``, the float32 input its box is built around)."""
     rng = getattr(model, "input_range", None)
     return {
         "note": "ℓ1/ℓ2 balls are not expressible in VNN-LIB; their radii are listed for verifiers that take norms",
-        "units": RAW_UNITS if tm is None else tm.units(),  # the properties' radii: kept for readers of the key
-        "units_per_radius": _units_per_radius(tm),
+        "units": raw_units if tm is None else tm.units(),  # the properties' radii: kept for readers of the key
+        "units_per_radius": _units_per_radius(tm, raw_units),
         "threat_model": None if tm is None or tm.source is None else tm.source.to_dict(),
         "feature_names": names,
         "input_range": None if rng is None else list(rng),
