@@ -391,3 +391,18 @@ def test_the_pareto_radius_is_one_every_point_was_certified_at():
     fronts = _fronts(entries, {"l1": 0.51, "l2": 1.0})
     assert fronts == {"l1": {"radius": 1.0, "front": ["a", "b"]}}
     assert _fronts(entries, {"l1": 2.0})["l1"]["radius"] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sweep", "reg", "no-such-task"], "unknown task 'no-such-task'"),
+        (["sweep", "pairs", "no-such-task"], "unknown task 'no-such-task'"),
+        (["sweep", "reg", "breast-cancer", "--lambdas", "abc"], "--lambdas: 'abc' is not a number"),
+    ],
+)
+def test_a_refused_sweep_is_one_line_exit_2_and_makes_no_folder(tmp_path, args, message):
+    """Pinned (coverage audit 30: the sweep error tests checked the message only)."""
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert not (tmp_path / "out").exists()
