@@ -198,11 +198,6 @@ def test_relu_cnn_radii_near_the_boundary(method, precision):
     _check_radii(model, xs, near, cert, torch.Generator().manual_seed(4), min_near=5, far=200.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: bound-propagation certification (_certify_bounds) never calls model.validate(); an in-memory "
-    "relu-ibp model with a NaN weight is certified silently (every radius 0, predicted 0) instead of refused",
-)
 @pytest.mark.parametrize("method", ["ibp", "crown"])
 def test_a_nan_weight_is_refused_naming_the_parameter(method):
     """An in-memory relu-ibp net with a NaN weight is refused by asymcert.certify with a ModelError naming it."""

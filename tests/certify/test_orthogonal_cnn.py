@@ -102,12 +102,6 @@ def test_an_unknown_layer_is_refused_by_name():
         asymcert.certify(model, torch.rand(5, 6))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: certify_orthogonal never calls model.validate(); a NaN weight_param of an in-memory model makes "
-    "asymcert.certify raise torch's _LinAlgError (a RuntimeError, not an AsymcertError) from the SVD in the "
-    "layers' lipschitz() (nn/orthogonal.py), and the parameter is not named",
-)
 @pytest.mark.parametrize(
     "config,param",
     [
