@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -609,3 +610,15 @@ def test_a_peer_stopping_mid_training_is_one_line_and_a_bug_keeps_its_traceback(
     bug = RuntimeError("shape mismatch")
     monkeypatch.setattr(cli_module, "write_report", _raiser(bug))
     assert CliRunner().invoke(main, ["report", str(_copy(tiny_run, tmp_path / "b"))]).exception is bug
+
+
+def test_ctrl_c_while_the_arguments_are_parsed_is_one_line_and_exit_130(monkeypatch):
+    """Before invoke() catches it, click answered a Ctrl-C with "Aborted!" and exit 1, the code of a failed check
+    (review 30)."""
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(click.Group, "make_context", interrupted)
+    res = CliRunner().invoke(main, ["tasks"])
+    assert res.exit_code == 130 and res.output == "Error: interrupted; nothing was read or written\n", res.output

@@ -196,6 +196,14 @@ class _Group(click.Group):
     permission), Ctrl-C and SIGTERM. Anything else is a bug and keeps its traceback.
     """
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any):
+        """click's, with a Ctrl-C while the arguments are parsed (before :meth:`invoke` catches it) one line and
+        exit 130 like any other; click's own answer was "Aborted!" and exit 1, a failed check's code (review 30)."""
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except KeyboardInterrupt:
+            raise _Refusal("interrupted; nothing was read or written", EXIT_INTERRUPTED) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             with _sigterm_as_exception():
