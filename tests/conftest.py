@@ -8,6 +8,8 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +246,25 @@ def data_cache(tmp_path, monkeypatch):
     cache.mkdir()
     monkeypatch.setenv("ASYMCERT_DATA", str(cache))
     return cache
+
+
+_HOLD_FOLDER = """
+import sys, time
+from asymcert.runfolder import exclusive
+with exclusive(sys.argv[1], create=True):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+@contextmanager
+def folder_held(folder: Path) -> Iterator[None]:
+    """Another process holds ``folder``'s lock (made when missing: :func:`asymcert.runfolder.exclusive`) while the
+    block runs; it is killed afterwards."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_FOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()

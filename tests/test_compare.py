@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from safetensors.numpy import load_file
 from asymcert.cli import EXIT_REFUSED, main
 from asymcert.compare import COMPARE_JSON, COMPARE_MD, CPU_EPOCHS, compare, compare_cli_main, method_specs
 from asymcert.errors import UnknownNameError
+from tests.conftest import folder_held
 
 # Randomized smoothing as Cohen et al. (2019, section 4) certify: n0 = 100 selection samples, n = 100,000
 # estimation samples, failure probability α = 0.001 (the "paper" column of compare.md's scale notes).
@@ -159,29 +158,15 @@ def test_the_bound_propagation_methods_on_flat_feature_vectors_are_mlps(tmp_path
     assert 0.0 <= entry["clean_accuracy"] <= 1.0
 
 
-HOLD_FOLDER = """
-import sys, time
-from asymcert.runfolder import exclusive
-with exclusive(sys.argv[1], create=True):
-    print("locked", flush=True)
-    time.sleep(120)
-"""
-
-
 def test_a_comparison_folder_has_one_writer(fashion_dir, tmp_path):
     """Two compares into one --out both exited 0, each marking the method the other trained as failed, and the last
     one's compare.json won (audit 29e #3): the second is now refused at once (exit 3) and writes nothing."""
     out = tmp_path / "c"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_FOLDER, str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with folder_held(out):
         args = ["compare", "fashion-mnist-shirts", "--out", str(out), "--methods", "convex", "--limit", "5"]
         res = CliRunner().invoke(main, [*args, "--data-dir", str(fashion_dir)])
         assert res.exit_code == 3 and "RunFolderBusyError" in res.output
         assert sorted(p.name for p in out.iterdir()) == [".asymcert.lock"]
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_comparison_with_a_failed_method_or_none_is_not_exit_0(fashion_dir, tmp_path):

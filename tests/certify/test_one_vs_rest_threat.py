@@ -25,20 +25,13 @@ import asymcert
 from asymcert.certify.result import class_radii_key
 from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.models import build_model
-from asymcert.threat import ThreatModel
 from tests.certify.test_threat_fallback import _allowed_moves
+from tests.certify.test_threat_model_precisions import TM as PRECISIONS_TM
 from tests.conftest import near_boundary
 
 INF = math.inf
 DUAL = {1.0: INF, 2.0: 2.0, INF: 1.0}
-TM = ThreatModel(
-    scale={"0": 2.0, "3": 0.25, "*": 0.5},
-    immutable=[1],
-    increase_only=[2, 5],
-    decrease_only=[3],
-    lower={"*": 0.0},
-    upper={"4": 3.0},
-)
+TM = PRECISIONS_TM  # (scales, an immutable feature, one-way moves and bounds, on 6 features)
 
 
 class _ClassScore(nn.Module):

@@ -3,8 +3,6 @@
 import itertools
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -24,6 +22,7 @@ from asymcert.research.capacity import (
     run_recipe,
     scaled_init_,
 )
+from tests.conftest import folder_held
 
 
 @settings(max_examples=60, deadline=None)
@@ -215,15 +214,6 @@ def test_cli_capacity_errors_are_one_line(fashion_dir, tmp_path):
     assert res.exit_code != 0 and "unknown task 'no-such-task'" in res.output
 
 
-HOLD_FOLDER = """
-import sys, time
-from asymcert.runfolder import exclusive
-with exclusive(sys.argv[1], create=True):
-    print("locked", flush=True)
-    time.sleep(120)
-"""
-
-
 def test_capacity_holds_its_folder_and_a_refusal_makes_none(fashion_dir, tmp_path):
     """capacity took no lock on --out (two writers both succeeded) and made the folder before loading its data, so a
     refusal left one behind (coverage audit 30): now one capacity per folder (exit 3), never a run folder, and a
@@ -239,12 +229,7 @@ def test_capacity_holds_its_folder_and_a_refusal_makes_none(fashion_dir, tmp_pat
     res = runner.invoke(main, [*args, "--data-dir", str(fashion_dir), "--out", str(run)])
     assert res.exit_code == 2 and "is a run folder" in res.output and sorted(os.listdir(run)) == ["run.json"]
     busy = tmp_path / "busy"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_FOLDER, str(busy)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with folder_held(busy):
         res = runner.invoke(main, [*args, "--data-dir", str(fashion_dir), "--out", str(busy)])
         assert res.exit_code == 3 and "RunFolderBusyError" in res.output
         assert sorted(p.name for p in busy.iterdir()) == [".asymcert.lock"]
-    finally:
-        holder.kill()
-        holder.wait()

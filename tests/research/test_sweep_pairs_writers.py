@@ -9,13 +9,10 @@ Promises checked through the command line:
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from click.testing import CliRunner
 
 from asymcert.cli import EXIT_BUSY, EXIT_REFUSED, main
-from tests.research.test_sweeps import HOLD_FOLDER
+from tests.conftest import folder_held
 
 
 def _pairs_args(out, fashion_dir) -> list[str]:
@@ -41,16 +38,11 @@ def _pairs_args(out, fashion_dir) -> list[str]:
 def test_a_second_pair_sweep_into_a_held_folder_is_refused_with_exit_3(fashion_dir, tmp_path):
     """Another process holds --out: exit 3 in one line, nothing written next to its lock."""
     busy = tmp_path / "busy"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_FOLDER, str(busy)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with folder_held(busy):
         res = CliRunner().invoke(main, _pairs_args(busy, fashion_dir))
         assert res.exit_code == EXIT_BUSY, res.output
         assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output, res.output
         assert sorted(p.name for p in busy.iterdir()) == [".asymcert.lock"]
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_pair_sweep_into_a_run_folder_is_refused_and_leaves_it_alone(fashion_dir, tmp_path):

@@ -18,6 +18,7 @@ from asymcert.research import sweep_reg as sweep_reg_module
 from asymcert.research.sweep_pairs import pair_data, sweep_pairs
 from asymcert.research.sweep_reg import reg_cli_main, sweep_reg
 from asymcert.research.sweeps import RESULT_FILE, SweepError, pareto_front, parse_float_list, read_result
+from tests.conftest import folder_held
 
 CLASSES = [0, 3, 6]  # the classes of the small Fashion-MNIST fixture
 TINY = {"batch_size": 32}
@@ -338,15 +339,6 @@ def test_a_signal_stops_a_pool_sweep_now_not_after_every_queued_job():
     assert float(out.split()[1]) < 12.0, out
 
 
-HOLD_FOLDER = """
-import sys, time
-from asymcert.runfolder import exclusive
-with exclusive(sys.argv[1], create=True):
-    print("locked", flush=True)
-    time.sleep(120)
-"""
-
-
 def test_a_sweep_folder_has_one_sweep_and_is_never_a_run_folder(fashion_dir, tmp_path):
     """A second sweep into a folder another is writing was refused only after its work, with exit 2, and its report
     replaced the winner's (audit 29e #4); `--out RUN` replaced the run's results.json (#1). Now: RunFolderBusyError
@@ -359,9 +351,7 @@ def test_a_sweep_folder_has_one_sweep_and_is_never_a_run_folder(fashion_dir, tmp
     res = CliRunner().invoke(main, [*args, "--out", str(run), "--data-dir", str(fashion_dir), "--workers", "1"])
     assert res.exit_code == 2 and "is a run folder" in res.output and (run / "results.json").read_text() == "the run's"
     busy = tmp_path / "busy"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_FOLDER, str(busy)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with folder_held(busy):
         with pytest.raises(asymcert.RunFolderBusyError):
             sweep_reg(
                 "fashion-mnist-shirts",
@@ -374,9 +364,6 @@ def test_a_sweep_folder_has_one_sweep_and_is_never_a_run_folder(fashion_dir, tmp
                 data_dir=fashion_dir,
             )
         assert sorted(p.name for p in busy.iterdir()) == [".asymcert.lock"]
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_the_pareto_radius_is_one_every_point_was_certified_at():
