@@ -506,13 +506,16 @@ def _exact_milp(
     statuses = dict(Counter(found.status))
     finite = torch.isfinite(found.hi) & (found.lo > 0)
     gap = ((found.hi - found.lo) / found.lo)[finite]
+    is_open = torch.tensor([s not in ("exact", "no flip", "not flagged") for s in found.status], dtype=torch.bool)
+    # (an open bracket [0, ∞), e.g. "not bracketed: … scales span …", has an infinite gap, not none: review 30)
+    unbounded = bool((is_open & ~finite.cpu()).any())
     info = {
         "available": True,
         "method": f"mixed-integer programs, {how}",
         "seconds": found.seconds,
         "status": statuses,
-        "open_brackets": int(sum(s not in ("exact", "no flip", "not flagged") for s in found.status)),
-        "max_relative_gap": float(gap.max()) if gap.numel() else 0.0,
+        "open_brackets": int(is_open.sum()),
+        "max_relative_gap": math.inf if unbounded else (float(gap.max()) if gap.numel() else 0.0),
         "failed": 0,
     }
     return found.hi, info

@@ -229,3 +229,5 @@ def test_scales_spanning_more_than_the_programs_hold_are_left_unbracketed():
         assert all(s.startswith("not bracketed: the movable features' scales span") for s in why), why
     linf = exact_linf_radii(model, x, tm)
     assert "exact" in linf.status
+    _, info = audit_module._exact_milp(model, x, 2.0, 20.0, tm.resolve(None, 5))  # (the audit said "max gap 0")
+    assert info["open_brackets"] >= 3 and info["max_relative_gap"] == math.inf
