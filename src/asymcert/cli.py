@@ -22,7 +22,7 @@ import click
 
 from asymcert import distributed
 from asymcert.audit import audit_run
-from asymcert.certify.api import certifier_spec, make_options
+from asymcert.certify.api import OUTSIDE, certifier_spec, make_options
 from asymcert.certify.result import RAW_UNITS, normalize_norm
 from asymcert.checkpoint import load
 from asymcert.compare import compare_cli_main
@@ -701,7 +701,7 @@ def _echo_traffic(done: TrafficResult, run_dir: str) -> None:
     if done.n_outside and done.first_outside is not None:
         where = f": {done.outside_detail}" if done.outside_detail else ""
         click.echo(
-            f"warning: {done.n_outside} of {done.n_inputs} input(s) lie outside the threat model's domain [lower, "
+            f"warning: {done.n_outside} of {done.n_inputs} input(s) lie {OUTSIDE} [lower, "
             f"upper] (the first: index {done.first_outside} in the results, input {done.first_outside + 1} of the "
             f"file, counting from 1 as its error messages do{where}); corrupt values? Their radii count the moves it "
             "allows from there.",

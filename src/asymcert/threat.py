@@ -229,7 +229,7 @@ class ThreatModel:
             down[i] = False
         for i in sets["decrease_only"]:
             up[i] = False
-        names = tuple(feature_names) if feature_names is not None and len(feature_names) == n_features else None
+        names = None if feature_names is None else tuple(feature_names)  # (one per feature: checked above)
         return ResolvedThreatModel(scale, up, down, lower, upper, self.default_norms(), self, names)
 
     def _move_sets(self, resolver: _Resolver, n: int) -> tuple[dict[str, set[int]], list[str]]:

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from asymcert.certify import Certificate, certify
-from asymcert.certify.api import certifier_spec, make_options
+from asymcert.certify.api import OUTSIDE, certifier_spec, make_options
 from asymcert.certify.result import RAW_UNITS, norm_label, raw_units
 from asymcert.checkpoint import Staged, commit, discard, load, stage
 from asymcert.data.download import sha256_file
@@ -838,7 +838,7 @@ def certify_file(
             todo = _chain(first, batches)
             for batch in tqdm(todo, desc="certify", unit="chunk", disable=not progress, leave=False):
                 with warnings.catch_warnings():  # counted here and reported once (TrafficResult.n_outside)
-                    warnings.filterwarnings("ignore", message=".*outside the threat model's domain")
+                    warnings.filterwarnings("ignore", message=f".*{OUTSIDE}")
                     cert = certify(model, batch.x, norms=norms_t, batch_size=chunk, threat_model=tm, **extra)
                 sink.write(_result_columns(cert, tally.n, norms_t, batch))
                 tally.add(cert, batch.x, tm)
