@@ -26,12 +26,12 @@ from asymcert.certify.result import class_radii_key
 from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.models import build_model
 from tests.certify.test_threat_fallback import _allowed_moves
-from tests.certify.test_threat_model_precisions import TM as PRECISIONS_TM
 from tests.conftest import near_boundary
+from tests.test_threat import TM as THREAT_TESTS_TM
 
 INF = math.inf
 DUAL = {1.0: INF, 2.0: 2.0, INF: 1.0}
-TM = PRECISIONS_TM  # (scales, an immutable feature, one-way moves and bounds, on 6 features)
+TM = THREAT_TESTS_TM  # (scales, an immutable feature, one-way moves and bounds, on 6 features)
 
 
 class _ClassScore(nn.Module):

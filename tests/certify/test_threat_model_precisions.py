@@ -24,20 +24,13 @@ import asymcert
 from asymcert.certify.bounded_icnn import supports_bounded_icnn
 from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.models import build_model
-from asymcert.threat import ThreatModel
 from tests.conftest import near_boundary
+from tests.test_threat import TM as THREAT_TESTS_TM
 
 NORMS = (1.0, 2.0, math.inf)
 DUAL = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}
 EPS64 = torch.finfo(torch.float64).eps
-TM = ThreatModel(
-    scale={"0": 2.0, "3": 0.25, "*": 0.5},
-    immutable=[1],
-    increase_only=[2, 5],
-    decrease_only=[3],
-    lower={"*": 0.0},
-    upper={"4": 3.0},
-)
+TM = THREAT_TESTS_TM  # (scales, an immutable feature, one-way moves and bounds, on 6 features)
 
 
 def _one_layer_icnn(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor]:

@@ -13,33 +13,14 @@ from click.testing import CliRunner
 
 from asymcert.cli import EXIT_BUSY, EXIT_REFUSED, main
 from tests.conftest import folder_held
-
-
-def _pairs_args(out, fashion_dir) -> list[str]:
-    return [
-        "sweep",
-        "pairs",
-        "fashion-mnist",
-        "--out",
-        str(out),
-        "--classes",
-        "0,6",
-        "--epochs",
-        "1",
-        "--workers",
-        "1",
-        "--limit",
-        "20",
-        "--data-dir",
-        str(fashion_dir),
-    ]
+from tests.research.test_sweeps import pairs_args
 
 
 def test_a_second_pair_sweep_into_a_held_folder_is_refused_with_exit_3(fashion_dir, tmp_path):
     """Another process holds --out: exit 3 in one line, nothing written next to its lock."""
     busy = tmp_path / "busy"
     with folder_held(busy):
-        res = CliRunner().invoke(main, _pairs_args(busy, fashion_dir))
+        res = CliRunner().invoke(main, pairs_args(busy, fashion_dir))
         assert res.exit_code == EXIT_BUSY, res.output
         assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output, res.output
         assert sorted(p.name for p in busy.iterdir()) == [".asymcert.lock"]
@@ -51,7 +32,7 @@ def test_a_pair_sweep_into_a_run_folder_is_refused_and_leaves_it_alone(fashion_d
     run.mkdir()
     (run / "run.json").write_text('{"task": {}}')
     (run / "results.json").write_text("the run's")
-    res = CliRunner().invoke(main, _pairs_args(run, fashion_dir))
+    res = CliRunner().invoke(main, pairs_args(run, fashion_dir))
     assert res.exit_code == EXIT_REFUSED and "is a run folder" in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
     assert (run / "results.json").read_text() == "the run's"

@@ -239,28 +239,15 @@ def test_reg_sweep_table_and_pareto(fashion_dir, tmp_path, monkeypatch):
 # ---------------------------------------------------------------- command line
 
 
+def pairs_args(out, fashion_dir) -> list[str]:
+    """`asymcert sweep pairs` of Fashion-MNIST's classes 0 and 6 into ``out``: one epoch, one worker, 20 inputs."""
+    args = ["sweep", "pairs", "fashion-mnist", "--out", str(out), "--classes", "0,6", "--epochs", "1"]
+    return [*args, "--workers", "1", "--limit", "20", "--data-dir", str(fashion_dir)]
+
+
 def test_cli_sweep_pairs_runs(fashion_dir, tmp_path):
     out = tmp_path / "cli"
-    res = CliRunner().invoke(
-        main,
-        [
-            "sweep",
-            "pairs",
-            "fashion-mnist",
-            "--out",
-            str(out),
-            "--classes",
-            "0,6",
-            "--epochs",
-            "1",
-            "--workers",
-            "1",
-            "--limit",
-            "20",
-            "--data-dir",
-            str(fashion_dir),
-        ],
-    )
+    res = CliRunner().invoke(main, pairs_args(out, fashion_dir))
     assert res.exit_code == 0, res.output
     assert "[2/2]" in res.output and (out / "sweep.md").is_file()
 
