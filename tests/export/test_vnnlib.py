@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from asymcert.certify.attacks import pgd_attack
 from asymcert.cli import main
+from asymcert.errors import RunFolderBusyError
 from asymcert.export import ExportError, to_vnnlib
 from asymcert.export import vnnlib as vnnlib_module
 from asymcert.models import build_model
@@ -428,3 +429,24 @@ def test_the_certifying_graph_sees_at_most_a_chunk_of_inputs_and_gives_the_same_
         torch.testing.assert_close(chunked[name].double(), whole[name].double(), rtol=1e-5, atol=1e-7)
     empty = vnnlib_module.graph_certificates(model, x[:0])
     assert all(v.shape == (0,) for v in empty.values())
+
+
+def test_a_second_export_to_a_benchmark_being_computed_is_refused(tmp_path, monkeypatch):
+    """The VNN-LIB export took its writer lock only for the final write, after computing every certificate: two
+    concurrent exports to one folder both succeeded, the last one winning (session 30's known issue). The lock is
+    now held from the first computation on, so a second writer meanwhile is refused and writes nothing."""
+    model, x = _model(), torch.rand(30, *SHAPE, generator=torch.Generator().manual_seed(4))
+    assert to_vnnlib(model, x, tmp_path / "b", limit=4)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    real, refused = vnnlib_module.graph_certificates, []
+
+    def computing(*args, **kwargs):
+        with pytest.raises(RunFolderBusyError, match="being written by another asymcert process"):
+            to_vnnlib(model, x, tmp_path / "b", limit=2)  # a second writer, while the first computes
+        refused.append(sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if ".lock" not in p.name))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vnnlib_module, "graph_certificates", computing)
+    assert len(to_vnnlib(model, x, tmp_path / "b", limit=3)) == 3
+    assert refused == [before]  # refused with the earlier benchmark untouched
+    assert len(list((tmp_path / "b" / "vnnlib").iterdir())) == 3

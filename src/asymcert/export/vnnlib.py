@@ -241,26 +241,27 @@ def _mark(folder: Path) -> None:
 @contextmanager
 def _staged(out: Path) -> Iterator[Path]:
     """A fresh folder beside ``out`` to write into; when the block succeeds it replaces ``out`` (an earlier
-    benchmark goes whole), when it fails it is removed and ``out`` is left as it was. One writer per ``out``.
-    The folders in transit are marked (:data:`STAGE_MARKER`), so that a killed export's are known for its own."""
-    with exclusive_output(out):  # (its folder is made, and removed again if the export fails or is stopped)
-        for stale in _stale_stages(out):
-            shutil.rmtree(stale, ignore_errors=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.asymcert-", suffix=".vnnlib", dir=out.parent))
-        os.chmod(stage, 0o777 & ~current_umask())  # a folder the user creates (mkdtemp alone gives 0700)
-        try:
-            _mark(stage)
-            yield stage
-            old = out.parent / f"{stage.name}-old"
-            with signals_held():  # (stopped between the renames, `out` would be gone: review 29d #1)
-                if out.exists():
-                    _mark(out)
-                    out.rename(old)
-                (stage / STAGE_MARKER).unlink()
-                stage.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+    benchmark goes whole), when it fails it is removed and ``out`` is left as it was. The caller holds ``out``'s
+    writer lock (:func:`~asymcert.runfolder.exclusive_output`: one writer per ``out``, its folder made and removed
+    again if the export fails or is stopped). The folders in transit are marked (:data:`STAGE_MARKER`), so that a
+    killed export's are known for its own."""
+    for stale in _stale_stages(out):
+        shutil.rmtree(stale, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.asymcert-", suffix=".vnnlib", dir=out.parent))
+    os.chmod(stage, 0o777 & ~current_umask())  # a folder the user creates (mkdtemp alone gives 0700)
+    try:
+        _mark(stage)
+        yield stage
+        old = out.parent / f"{stage.name}-old"
+        with signals_held():  # (stopped between the renames, `out` would be gone: review 29d #1)
+            if out.exists():
+                _mark(out)
+                out.rename(old)
+            (stage / STAGE_MARKER).unlink()
+            stage.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def to_vnnlib(
@@ -329,17 +330,18 @@ def write_benchmark(
     names = checked_feature_names(feature_names, tuple(x.shape[1:]))
     resolved = resolved_threat_model(threat_model, model)
     tm = None if resolved is None or resolved.is_empty() else resolved
-    found = graph_certificates(model, x, DEFAULT_NORMS, tm)  # refuses a model that cannot be exported, first
-    notes = graph_notes(model, ["score"], tuple(x.shape[1:]), names, tm, score_is_y0=True, raw_units=raw_units)
-    with _staged(out) as stage:
-        (stage / "vnnlib").mkdir()
-        score_graph = _ScoreOnly(certifying_graph(model, ()))
-        export_module(score_graph, stage / "model.onnx", tuple(x.shape[1:]), ["score"], notes)
-        props, unbounded = _write_properties(stage, model, x, found, tm, limit, names, raw_units)
-        rows = [f"model.onnx,{p.file},{int(timeout)}" for p in props]
-        (stage / "instances.csv").write_text("".join(row + "\n" for row in rows))
-        summary = _summary(model, tm, props, unbounded, names, raw_units)
-        (stage / "radii.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
+    with exclusive_output(out):  # (held from the first computation: a second export to `out` meanwhile is refused)
+        found = graph_certificates(model, x, DEFAULT_NORMS, tm)  # refuses a model that cannot be exported, first
+        notes = graph_notes(model, ["score"], tuple(x.shape[1:]), names, tm, score_is_y0=True, raw_units=raw_units)
+        with _staged(out) as stage:
+            (stage / "vnnlib").mkdir()
+            score_graph = _ScoreOnly(certifying_graph(model, ()))
+            export_module(score_graph, stage / "model.onnx", tuple(x.shape[1:]), ["score"], notes)
+            props, unbounded = _write_properties(stage, model, x, found, tm, limit, names, raw_units)
+            rows = [f"model.onnx,{p.file},{int(timeout)}" for p in props]
+            (stage / "instances.csv").write_text("".join(row + "\n" for row in rows))
+            summary = _summary(model, tm, props, unbounded, names, raw_units)
+            (stage / "radii.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
     return Benchmark(props, unbounded)
 
 
