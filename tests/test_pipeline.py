@@ -253,7 +253,7 @@ def test_an_interrupted_run_warns_its_readers_and_its_outputs_go_when_training_g
     x = run_data(run_dir, fashion_dir).test.x[:3]
     with pytest.warns(UserWarning, match="its training has not finished"):
         report = audit_run(run_dir, x, restarts=1, steps=2, exact=False)
-    assert report["training_finished"] is False and "training has not finished" in (run_dir / "audit.md").read_text()
+    assert report.training_finished is False and "training has not finished" in (run_dir / "audit.md").read_text()
     made = {p.name for p in model_outputs(run_dir)}
     assert {CERT_FILE, "certify.json", RESULTS_FILE, REPORT_FILE, "audit.json", "audit.md"} <= made, made
     _train(run_dir, fashion_dir, train={"epochs": 3})  # resumes after epoch 2 and finishes

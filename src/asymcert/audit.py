@@ -42,7 +42,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -69,7 +69,23 @@ from asymcert.runfolder import AUDIT_FILES, RUN_FILE, json_number, read_run_reco
 from asymcert.text import first_few
 from asymcert.threat import ResolvedThreatModel
 
-__all__ = ["attack_upper_bounds", "audit", "audit_run", "write_report"]
+__all__ = [
+    "AttackBound",
+    "AttackOutcome",
+    "AuditReport",
+    "AuditSettings",
+    "ExactCheck",
+    "ExactSolve",
+    "ExactUnavailable",
+    "MethodAudit",
+    "NormAudit",
+    "PrecisionCheck",
+    "Quartiles",
+    "attack_upper_bounds",
+    "audit",
+    "audit_run",
+    "write_report",
+]
 
 ATTACK_SHRINK = 1e-6  # attacks run inside (1 − ATTACK_SHRINK)·radius
 EXACT_RTOL = 1e-6  # certified ≤ exact·(1 + EXACT_RTOL)
@@ -81,21 +97,392 @@ BOUND_GROW_STEPS = 10  # the attack bound's search doubles the radius up to 2**1
 BOUND_BISECT_STEPS = 8  # then halves the bracket (in log scale) at least 8 times: hi / lo ≤ 2**(1/256)
 
 
-def _quartiles(values: torch.Tensor) -> dict[str, float] | None:
+# ------------------------------------------------------------------------------------ the typed report
+# Each part's to_dict() is its JSON object in audit.json, keys in the order audit.json has always had them.
+
+
+@dataclass(frozen=True)
+class Quartiles:
+    """Summary of a set of finite values: radii (in the report's units) or ratios of radii (unitless).
+
+    Attributes:
+        n: how many values.
+        min, q25, median, q75, max: their quantiles 0, 0.25, 0.5, 0.75 and 1.
+        mean: their mean.
+    """
+
+    n: int
+    min: float
+    q25: float
+    median: float
+    q75: float
+    max: float
+    mean: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"n", "min", "q25", "median", "q75", "max", "mean"}``."""
+        return _jsonable(asdict(self))
+
+
+def _quartiles_json(q: Quartiles | None) -> dict[str, Any] | None:
+    return None if q is None else q.to_dict()
+
+
+@dataclass(frozen=True)
+class AttackOutcome:
+    """The PGD attacks of one norm inside (1 − ATTACK_SHRINK)·radius (:func:`_attack_norm`).
+
+    Attributes:
+        attacked: inputs attacked: the certified ones (binary models: flagged) with a positive finite radius.
+        unbounded: certified inputs with an infinite radius (not attacked).
+        restarts, steps: PGD random restarts, and steps per restart.
+        flips: attacked inputs whose promised decision flipped: each one a violation.
+        flips_float64: of those, the flips that hold on the model's float64 copy too.
+        flipped_rows: indices (into the audited inputs) of the first 20 flips.
+        seconds: wall-clock seconds of the attacks; None when nothing was attacked (and then, like
+            ``max_norm_over_radius``, not in the JSON).
+        max_norm_over_radius: the largest move size / certified radius (≤ 1 − ATTACK_SHRINK; in the radii's units).
+    """
+
+    attacked: int
+    unbounded: int
+    restarts: int
+    steps: int
+    flips: int = 0
+    flips_float64: int = 0
+    flipped_rows: list[int] = field(default_factory=list)
+    seconds: float | None = None
+    max_norm_over_radius: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"attacked", "unbounded", "restarts", "steps", "flips", "flips_float64", "flipped_rows"}``, then
+        ``"seconds"`` and ``"max_norm_over_radius"`` when something was attacked."""
+        out: dict[str, Any] = {"attacked": self.attacked, "unbounded": self.unbounded, "restarts": self.restarts}
+        out.update(steps=self.steps, flips=self.flips, flips_float64=self.flips_float64)
+        out["flipped_rows"] = list(self.flipped_rows)
+        if self.seconds is not None:
+            out.update(seconds=self.seconds, max_norm_over_radius=self.max_norm_over_radius)
+        return _jsonable(out)
+
+
+ATTACK_SKIPPED = "probabilistic certificate of a smoothed classifier"
+"""Why a norm's certificates were not attacked (:attr:`NormAudit.attack` None)."""
+
+
+@dataclass(frozen=True)
+class AttackBound:
+    """The attack bound of one norm: certified radii against :func:`attack_upper_bounds` (:func:`_attack_bound_entry`).
+
+    Attributes:
+        searched: certified inputs searched (positive finite radius; binary models: flagged).
+        found: of those, the ones where a flipping move was found (within ``cap`` × the certified radius).
+        cap: the largest radius tried, as a multiple of the certified one (2**BOUND_GROW_STEPS).
+        upper: the bounds found (the smallest flipping move sizes, in the radii's units); None when none.
+        certified_over_upper: certified radius / bound where found (unitless, ≤ 1 when sound); None when none.
+        violations: bounds below (1 − ATTACK_SHRINK) × the certified radius.
+        violating_rows: indices of the first 20 of them.
+        seconds: wall-clock seconds of the search.
+    """
+
+    searched: int
+    found: int
+    cap: int
+    upper: Quartiles | None
+    certified_over_upper: Quartiles | None
+    violations: int
+    violating_rows: list[int]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"searched", "found", "cap", "upper", "certified_over_upper", "violations", "violating_rows",
+        "seconds"}``."""
+        out: dict[str, Any] = {"searched": self.searched, "found": self.found, "cap": self.cap}
+        out.update(upper=_quartiles_json(self.upper), certified_over_upper=_quartiles_json(self.certified_over_upper))
+        out.update(violations=self.violations, violating_rows=list(self.violating_rows), seconds=self.seconds)
+        return _jsonable(out)
+
+
+@dataclass(frozen=True)
+class ExactUnavailable:
+    """No exact radii in one norm, and why (e.g. ``"exact=False"``, ``"not requested"``, the model's map)."""
+
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"available": false, "reason"}``."""
+        return {"available": False, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ExactSolve:
+    """The exact radii of one norm and how they were computed: one LP/QP per input (:func:`_exact_one`),
+    cutting planes (:func:`_exact_by_cuts`) or mixed-integer brackets (:func:`_exact_milp`).
+
+    Attributes:
+        radii: (N,) float the exact radii (cuts and brackets: checked upper ends) in the radii's units, NaN where
+            the solver failed; not in the JSON.
+        seconds: wall-clock seconds of the solver.
+        status: how many inputs ended with each solver status.
+        failed: inputs whose solve failed (NaN radius).
+        method: how, for cutting planes and mixed-integer brackets (None: one program per input).
+        open_brackets: mixed-integer brackets only: inputs whose bracket stayed open.
+        not_met: cutting planes only: inputs whose bracket did not meet its tolerance.
+        max_relative_gap: the largest (upper − lower) / lower of those (∞ for an open [0, ∞)); None for one program.
+    """
+
+    radii: torch.Tensor = field(repr=False, compare=False)
+    seconds: float
+    status: dict[str, int]
+    failed: int
+    method: str | None = None
+    open_brackets: int | None = None
+    not_met: int | None = None
+    max_relative_gap: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"available": true, ["method"], "seconds", "status", "failed"}``; mixed-integer brackets put
+        ``"open_brackets", "max_relative_gap"`` before ``"failed"``, cutting planes ``"not_met",
+        "max_relative_gap"`` after it."""
+        out: dict[str, Any] = {"available": True}
+        if self.method is not None:
+            out["method"] = self.method
+        out.update(seconds=self.seconds, status=dict(self.status))
+        if self.open_brackets is not None:
+            out.update(open_brackets=self.open_brackets, max_relative_gap=self.max_relative_gap)
+        out["failed"] = self.failed
+        if self.not_met is not None:
+            out.update(not_met=self.not_met, max_relative_gap=self.max_relative_gap)
+        return _jsonable(out)
+
+
+@dataclass(frozen=True)
+class ExactCheck:
+    """Certified radii of one norm against the exact ones (:func:`_exact_check`).
+
+    Attributes:
+        solve: the exact radii and how they were computed.
+        violations: inputs certified beyond the exact radius × (1 + EXACT_RTOL).
+        violating_rows: indices of the first 20 of them.
+        max_certified_over_exact: the largest certified / exact ratio among them (None when there is none).
+        tightness: certified / exact (unitless) where both are positive and finite; None when none.
+        exact: the positive finite exact radii (in the radii's units); None when none.
+    """
+
+    solve: ExactSolve
+    violations: int
+    violating_rows: list[int]
+    max_certified_over_exact: float | None
+    tightness: Quartiles | None
+    exact: Quartiles | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The solve's keys (:meth:`ExactSolve.to_dict`), then ``"violations", "violating_rows",
+        ["max_certified_over_exact"], "tightness", "exact"``."""
+        out = self.solve.to_dict()
+        out.update(violations=self.violations, violating_rows=list(self.violating_rows))
+        if self.max_certified_over_exact is not None:
+            out["max_certified_over_exact"] = self.max_certified_over_exact
+        out.update(tightness=_quartiles_json(self.tightness), exact=_quartiles_json(self.exact))
+        return _jsonable(out)
+
+
+@dataclass(frozen=True)
+class PrecisionCheck:
+    """Radii in the model's own precision against float64 ones, one norm (:func:`_precision_check`).
+
+    Attributes:
+        max_ratio_own_over_float64: the largest own / float64 radius where both are positive (unitless); None
+            when none, or skipped.
+        violations: own radii above the float64 ones (and not certified at that radius by float64).
+        violating_rows: indices of the first 20 of them.
+        dtype: the model's parameter dtype, e.g. ``"float32"``.
+        skipped: why the check was skipped (probabilistic certificates), else None.
+    """
+
+    max_ratio_own_over_float64: float | None
+    violations: int = 0
+    violating_rows: list[int] = field(default_factory=list)
+    dtype: str | None = None
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"max_ratio_own_over_float64", "violations", "violating_rows", "dtype"}``; skipped:
+        ``{"skipped", "max_ratio_own_over_float64", "violations"}``."""
+        ratio = self.max_ratio_own_over_float64
+        if self.skipped is not None:
+            return _jsonable(
+                {"skipped": self.skipped, "max_ratio_own_over_float64": ratio, "violations": self.violations}
+            )
+        out = {"max_ratio_own_over_float64": ratio, "violations": self.violations}
+        return _jsonable({**out, "violating_rows": list(self.violating_rows), "dtype": self.dtype})
+
+
+@dataclass(frozen=True)
+class NormAudit:
+    """One certifier's checks in one norm.
+
+    Attributes:
+        certified: the positive certified radii (in the report's units); None when none.
+        attack: (1) the attacks; None when skipped (a probabilistic certificate: :data:`ATTACK_SKIPPED`).
+        exact: (2) the comparison with exact radii, or why there are none.
+        precision: (3) own precision against float64.
+        attack_bound: the smallest flipping moves found, when searched (else None: not in the JSON).
+    """
+
+    certified: Quartiles | None
+    attack: AttackOutcome | None
+    exact: ExactCheck | ExactUnavailable
+    precision: PrecisionCheck
+    attack_bound: AttackBound | None = None
+
+    @property
+    def violations(self) -> int:
+        """Every failed check: flips, certified > exact, own > float64, bound < certified."""
+        found = self.precision.violations
+        found += self.attack.flips if self.attack is not None else 0
+        found += self.exact.violations if isinstance(self.exact, ExactCheck) else 0
+        return found + (self.attack_bound.violations if self.attack_bound is not None else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"certified", "violations", "attack", "exact", "precision", ["attack_bound"]}``."""
+        attack = {"skipped": ATTACK_SKIPPED} if self.attack is None else self.attack.to_dict()
+        out = {"certified": _quartiles_json(self.certified), "violations": self.violations, "attack": attack}
+        out.update(exact=self.exact.to_dict(), precision=self.precision.to_dict())
+        if self.attack_bound is not None:
+            out["attack_bound"] = self.attack_bound.to_dict()
+        return _jsonable(out)
+
+
+@dataclass(frozen=True)
+class MethodAudit:
+    """One certifier's audit (:func:`_audit_method`).
+
+    Attributes:
+        guarantee: what its certificates promise.
+        deterministic: False for probabilistic certificates (not attacked, no precision check).
+        binary: whether the model is a binary sensitive-class one.
+        certify_seconds: wall-clock seconds of its certification of the inputs.
+        flagged: binary models: inputs flagged sensitive (else None: not in the JSON).
+        labelled: whether labels were given (then the JSON has ``"accuracy"``).
+        accuracy: share of inputs whose decision is their label, in [0, 1]; None without labels or inputs.
+        norms: per norm label (``"l1"``, ``"l2"``, ``"linf"``, …) its checks.
+    """
+
+    guarantee: Guarantee
+    deterministic: bool
+    binary: bool
+    certify_seconds: float
+    flagged: int | None
+    labelled: bool
+    accuracy: float | None
+    norms: dict[str, NormAudit]
+
+    @property
+    def violations(self) -> int:
+        """The violations of every norm."""
+        return sum(item.violations for item in self.norms.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"guarantee", "deterministic", "binary", "certify_seconds", ["flagged"], ["accuracy"], "norms",
+        "violations"}``."""
+        out: dict[str, Any] = {"guarantee": self.guarantee.value, "deterministic": self.deterministic}
+        out.update(binary=self.binary, certify_seconds=self.certify_seconds)
+        if self.flagged is not None:
+            out["flagged"] = self.flagged
+        if self.labelled:
+            out["accuracy"] = self.accuracy
+        out["norms"] = {label: item.to_dict() for label, item in self.norms.items()}
+        return _jsonable({**out, "violations": self.violations})
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """How the audit attacked and compared.
+
+    Attributes:
+        restarts, steps: PGD random restarts, and steps per restart.
+        seed: seed of the attacks' random starts.
+        certifier_options: certifier options by name given to every certificate (genuinely JSON: the options).
+        attack_shrink: attacks run inside (1 − attack_shrink)·radius.
+        exact_rtol: a certified radius above exact·(1 + exact_rtol) is a violation.
+    """
+
+    restarts: int
+    steps: int
+    seed: int
+    certifier_options: dict[str, Any]
+    attack_shrink: float = ATTACK_SHRINK
+    exact_rtol: float = EXACT_RTOL
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"restarts", "steps", "seed", "attack_shrink", "exact_rtol", "certifier_options"}``."""
+        out = {"restarts": self.restarts, "steps": self.steps, "seed": self.seed, "attack_shrink": self.attack_shrink}
+        return _jsonable({**out, "exact_rtol": self.exact_rtol, "certifier_options": dict(self.certifier_options)})
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """The audit of a model's certificates (:func:`audit`, :func:`audit_run`): audit.json is :meth:`to_dict`.
+
+    Attributes:
+        n_inputs: inputs audited (N).
+        model: the model's class name.
+        norms: the norm labels audited, e.g. ``["l1", "l2", "linf"]``.
+        settings: how it attacked and compared.
+        units: the units of every radius (raw input units, or the threat model's).
+        methods: per certifier name its audit.
+        config: the model's config (genuinely JSON: ``model.config()``); None when it has none.
+        seconds: wall-clock seconds of the whole audit.
+        run_dir: :func:`audit_run`: the run folder audited (else None, and like the next two not in the JSON).
+        certificate_mode: :func:`audit_run`: closed form or reach-aware, under which threat model.
+        training_finished: :func:`audit_run`: False when the run's training had not finished.
+        files: :func:`audit_run`: the paths of audit.json and audit.md written (not in the JSON).
+    """
+
+    n_inputs: int
+    model: str
+    norms: list[str]
+    settings: AuditSettings
+    units: str
+    methods: dict[str, MethodAudit]
+    config: dict[str, Any] | None
+    seconds: float
+    run_dir: str | None = None
+    certificate_mode: CertificateMode | None = None
+    training_finished: bool | None = None
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def violations(self) -> int:
+        """The violations of every certifier (0: the certificates held every check)."""
+        return sum(entry.violations for entry in self.methods.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """audit.json: ``{"n_inputs", "model", "norms", "settings", "units", "methods", ["config"], "violations",
+        "seconds", ["run_dir", "certificate_mode", "training_finished"]}``."""
+        out: dict[str, Any] = {"n_inputs": self.n_inputs, "model": self.model, "norms": list(self.norms)}
+        out.update(settings=self.settings.to_dict(), units=self.units)
+        out["methods"] = {name: entry.to_dict() for name, entry in self.methods.items()}
+        if self.config is not None:
+            out["config"] = self.config
+        out.update(violations=self.violations, seconds=self.seconds)
+        if self.run_dir is not None:
+            out["run_dir"] = self.run_dir
+        if self.certificate_mode is not None:
+            out["certificate_mode"] = self.certificate_mode.to_dict()
+        if self.training_finished is not None:
+            out["training_finished"] = self.training_finished
+        return _jsonable(out)
+
+
+def _quartiles(values: torch.Tensor) -> Quartiles | None:
+    """Quartiles of the finite values of ``values`` (any shape), or None when there are none."""
     v = values.double().cpu().numpy()
     v = v[np.isfinite(v)]
     if v.size == 0:
         return None
     q = np.quantile(v, [0.0, 0.25, 0.5, 0.75, 1.0])
-    return {
-        "n": int(v.size),
-        "min": float(q[0]),
-        "q25": float(q[1]),
-        "median": float(q[2]),
-        "q75": float(q[3]),
-        "max": float(q[4]),
-        "mean": float(v.mean()),
-    }
+    return Quartiles(int(v.size), float(q[0]), float(q[1]), float(q[2]), float(q[3]), float(q[4]), float(v.mean()))
 
 
 def _certify(
@@ -165,41 +552,35 @@ def _attack_norm(
     generator: torch.Generator,
     model64: nn.Module | None,
     tm: ResolvedThreatModel | None = None,
-) -> dict[str, Any]:
+) -> AttackOutcome:
     """PGD inside (1 − ATTACK_SHRINK)·radius on every input with a positive finite radius (under ``tm``: only
     the moves it allows, sized in its units); flips of the model and of its float64 copy."""
     radius = cert.radius(p)
     target = cert.sensitive if cert.binary else torch.ones_like(cert.predicted, dtype=torch.bool)
     finite = torch.isfinite(radius)
     rows = torch.nonzero(target.cpu() & (radius.cpu() > 0) & finite.cpu()).flatten()
-    out: dict[str, Any] = {
-        "attacked": int(rows.numel()),
-        "unbounded": int((target.cpu() & ~finite.cpu()).sum()),
-        "restarts": restarts,
-        "steps": steps,
-        "flips": 0,
-        "flips_float64": 0,
-        "flipped_rows": [],
-    }
+    unbounded = int((target.cpu() & ~finite.cpu()).sum())
     if rows.numel() == 0:
-        return out
+        return AttackOutcome(int(rows.numel()), unbounded, restarts, steps)
     t0 = time.perf_counter()
-    max_ratio = 0.0
+    max_ratio, n_flips, n_flips64 = 0.0, 0, 0
+    flipped_rows: list[int] = []
     for attacked, grows, promised in _attack_groups(model, cert, rows):
         xs = x[grows]
         eps = radius[grows].double().cpu() * (1.0 - ATTACK_SHRINK)
         spec = _Attack(p, steps, restarts, generator, tm)
         x_adv, flips, norms = _attack_outcome(attacked, xs, eps, promised, spec)
-        out["flips"] += int(flips.sum())
-        out["flipped_rows"] = (out["flipped_rows"] + grows[flips].tolist())[:20]
+        n_flips += int(flips.sum())
+        flipped_rows = (flipped_rows + grows[flips].tolist())[:20]
         if model64 is not None and bool(flips.any()):
             attacked64 = _ClassScore(model64, attacked.k) if isinstance(attacked, _ClassScore) else model64
             on = flips.to(xs.device)
-            out["flips_float64"] += int(decision_flips(attacked64, xs[on].double(), x_adv[on].double()).sum())
+            n_flips64 += int(decision_flips(attacked64, xs[on].double(), x_adv[on].double()).sum())
         max_ratio = max(max_ratio, float((norms / radius[grows].double().cpu()).max()))
-    out["seconds"] = time.perf_counter() - t0
-    out["max_norm_over_radius"] = max_ratio
-    return out
+    seconds = time.perf_counter() - t0
+    return AttackOutcome(
+        int(rows.numel()), unbounded, restarts, steps, n_flips, n_flips64, flipped_rows, seconds, max_ratio
+    )
 
 
 @dataclass(frozen=True)
@@ -301,21 +682,21 @@ def attack_upper_bounds(
     return out
 
 
-def _attack_bound_entry(r: torch.Tensor, upper: torch.Tensor, seconds: float) -> dict[str, Any]:
+def _attack_bound_entry(r: torch.Tensor, upper: torch.Tensor, seconds: float) -> AttackBound:
     """The audit's attack-bound record: certified radii r (N,) against :func:`attack_upper_bounds` (N,)."""
     searched = ~torch.isnan(upper)
     found = searched & torch.isfinite(upper)
     below = found & (upper < r * (1.0 - ATTACK_SHRINK))
-    return {
-        "searched": int(searched.sum()),
-        "found": int(found.sum()),
-        "cap": 2**BOUND_GROW_STEPS,
-        "upper": _quartiles(upper[found]),
-        "certified_over_upper": _quartiles(r[found] / upper[found]),
-        "violations": int(below.sum()),
-        "violating_rows": torch.nonzero(below).flatten().tolist()[:20],
-        "seconds": seconds,
-    }
+    return AttackBound(
+        searched=int(searched.sum()),
+        found=int(found.sum()),
+        cap=2**BOUND_GROW_STEPS,
+        upper=_quartiles(upper[found]),
+        certified_over_upper=_quartiles(r[found] / upper[found]),
+        violations=int(below.sum()),
+        violating_rows=torch.nonzero(below).flatten().tolist()[:20],
+        seconds=seconds,
+    )
 
 
 def audit(
@@ -335,7 +716,7 @@ def audit(
     attack_bounds: bool | None = None,
     options: Mapping[str, Any] | None = None,
     exact_milp: bool = False,
-) -> dict[str, Any]:
+) -> AuditReport:
     """Audit a model's certificates on inputs ``x`` (see the module docstring).
 
     Args:
@@ -366,9 +747,9 @@ def audit(
             :mod:`asymcert.certify.exact_lp`: seconds each; up to ``exact_time_limit`` per input and norm);
             the verified upper ends are the exact radii compared.
     Returns:
-        A JSON-serialisable dict: ``{"violations": int, "n_inputs", "units", "methods": {name: {"norms":
-        {label: {"attack", "exact", "precision", "violations"}}, ...}}, ...}``; radii in raw
-        input units, or the threat model's.
+        The :class:`AuditReport`: ``.violations``, and per certifier (``.methods[name]``) and norm label
+        (``.norms["linf"]``) the attack, exact and precision checks; radii in raw input units, or the threat
+        model's. ``.to_dict()`` is its JSON (``audit.json``).
     """
     saved_threads = torch.get_num_threads()
     if threads is not None:
@@ -413,7 +794,7 @@ def _audit(
     methods: Iterable[str] | None,
     seed: int,
     checks: _Checks,
-) -> dict[str, Any]:
+) -> AuditReport:
     """The audit of :func:`audit` (arguments checked there): attacks, exact radii and precision per method."""
     restarts, steps, tm = checks.restarts, checks.steps, checks.threat_model
     t_start = time.perf_counter()
@@ -424,18 +805,11 @@ def _audit(
     methods_t: tuple[str, ...] = tuple(methods) if methods is not None else (str(declared),)
     was_training = model.training
     model.eval()
-    report: dict[str, Any] = {"n_inputs": int(x.shape[0]), "model": type(model).__name__}
-    report["norms"] = [norm_label(p) for p in norms_t]
-    report["settings"] = {"restarts": restarts, "steps": steps, "seed": seed, "attack_shrink": ATTACK_SHRINK}
-    report["settings"]["exact_rtol"] = EXACT_RTOL
-    report["settings"]["certifier_options"] = dict(checks.options)
-    report["units"] = RAW_UNITS if tm is None else tm.units()
-    report["methods"] = {}
+    settings = AuditSettings(restarts, steps, seed, dict(checks.options))
     config = getattr(model, "config", None)
-    if config is not None:
-        report["config"] = config()
+    config_json = config() if config is not None else None
     # exact radii are a property of the model: compute them once, for every method
-    exact_radii, exact_info = _exact_radii(model, x, norms_t, checks)
+    exact = _exact_radii(model, x, norms_t, checks)
     run = _MethodRun(
         model,
         copy.deepcopy(model).double().eval(),
@@ -444,45 +818,38 @@ def _audit(
         restarts,
         steps,
         torch.Generator().manual_seed(int(seed)),
-        exact_radii,
-        exact_info,
+        exact,
         tm,
         checks.attack_bounds,
         checks.options,
     )
+    audited: dict[str, MethodAudit] = {}
     try:
         for method in methods_t:
-            report["methods"][method] = _audit_method(run, method, y)
+            audited[method] = _audit_method(run, method, y)
     finally:
         model.train(was_training)
-    report["violations"] = sum(entry["violations"] for entry in report["methods"].values())
-    report["seconds"] = time.perf_counter() - t_start
-    return report
+    units = RAW_UNITS if tm is None else tm.units()
+    labels = [norm_label(p) for p in norms_t]
+    seconds = time.perf_counter() - t_start
+    return AuditReport(int(x.shape[0]), type(model).__name__, labels, settings, units, audited, config_json, seconds)
 
 
 def _exact_radii(
     model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], checks: _Checks
-) -> tuple[dict[float, torch.Tensor], dict[float, dict[str, Any]]]:
-    """Exact radii (N,) per norm where a solver applies and was asked for, and per norm what happened."""
-    radii: dict[float, torch.Tensor] = {}
+) -> dict[float, ExactSolve | ExactUnavailable]:
+    """Per norm the exact radii (N,) where a solver applies and was asked for, or why there are none."""
     if not checks.exact:
-        return radii, {p: {"available": False, "reason": "exact=False"} for p in norms}
+        return {p: ExactUnavailable("exact=False") for p in norms}
     tm, time_limit = checks.threat_model, checks.exact_time_limit
     reason = _exact_support(model)
     if reason is not None:
-        info = {p: {"available": False, "reason": reason} for p in norms}
+        info: dict[float, ExactSolve | ExactUnavailable] = {p: ExactUnavailable(reason) for p in norms}
         for p in (p for p in norms if checks.exact_milp and p in MILP_BRACKETS):
-            found, info[p] = _exact_milp(model, x, p, time_limit, tm)
-            if found is not None:
-                radii[p] = found
-        return radii, info
+            info[p] = _exact_milp(model, x, p, time_limit, tm)
+        return info
     wanted = None if checks.exact_norms is None else {normalize_norm(p) for p in checks.exact_norms}
-    info = {}
-    for p in norms:
-        found, info[p] = _exact_one(model, x, p, wanted, time_limit, tm)
-        if found is not None:
-            radii[p] = found
-    return radii, info
+    return {p: _exact_one(model, x, p, wanted, time_limit, tm) for p in norms}
 
 
 MILP_BRACKETS = {
@@ -495,30 +862,29 @@ MILP_BRACKETS = {
 
 def _exact_milp(
     model: nn.Module, x: torch.Tensor, p: float, time_limit: float | None, tm: ResolvedThreatModel | None
-) -> tuple[torch.Tensor | None, dict[str, Any]]:
+) -> ExactSolve | ExactUnavailable:
     """Exact ℓp radii (ℓ∞, ℓ1 or ℓ2) by mixed-integer programs (:data:`MILP_BRACKETS`): the verified upper ends
-    (N,) and a description (statuses, inputs whose bracket stayed open, the largest relative gap), or why not."""
+    (N,) with statuses, inputs whose bracket stayed open and the largest relative gap, or why not."""
     solver, how = MILP_BRACKETS[p]
     try:
         found = solver(model, x, tm, time_limit=60.0 if time_limit is None else time_limit)
     except UnsupportedModelError as exc:
-        return None, {"available": False, "reason": str(exc)}
+        return ExactUnavailable(str(exc))
     statuses = dict(Counter(found.status))
     finite = torch.isfinite(found.hi) & (found.lo > 0)
     gap = ((found.hi - found.lo) / found.lo)[finite]
     is_open = torch.tensor([s not in ("exact", "no flip", "not flagged") for s in found.status], dtype=torch.bool)
     # (an open bracket [0, ∞), e.g. "not bracketed: … scales span …", has an infinite gap, not none: review 30)
     unbounded = bool((is_open & ~finite.cpu()).any())
-    info = {
-        "available": True,
-        "method": f"mixed-integer programs, {how}",
-        "seconds": found.seconds,
-        "status": statuses,
-        "open_brackets": int(is_open.sum()),
-        "max_relative_gap": math.inf if unbounded else (float(gap.max()) if gap.numel() else 0.0),
-        "failed": 0,
-    }
-    return found.hi, info
+    return ExactSolve(
+        found.hi,
+        found.seconds,
+        statuses,
+        failed=0,
+        method=f"mixed-integer programs, {how}",
+        open_brackets=int(is_open.sum()),
+        max_relative_gap=math.inf if unbounded else (float(gap.max()) if gap.numel() else 0.0),
+    )
 
 
 def _exact_one(
@@ -528,11 +894,10 @@ def _exact_one(
     wanted: set[float] | None,
     time_limit: float | None,
     tm: ResolvedThreatModel | None = None,
-) -> tuple[torch.Tensor | None, dict[str, Any]]:
-    """Exact ℓp radii (N,) of ``x`` (or None) and a description: solver statuses, failures, seconds, or why not."""
+) -> ExactSolve | ExactUnavailable:
+    """Exact ℓp radii (N,) of ``x`` with solver statuses, failures and seconds, or why there are none."""
     if p not in (1.0, 2.0, math.inf) or (wanted is not None and p not in wanted):
-        reason = "not requested" if p in (1.0, 2.0, math.inf) else f"no exact solver for ℓ{p:g}"
-        return None, {"available": False, "reason": reason}
+        return ExactUnavailable("not requested" if p in (1.0, 2.0, math.inf) else f"no exact solver for ℓ{p:g}")
     solver = ExactRadiusSolver(model, p) if tm is None else ExactRadiusSolver(model, p, threat_model=tm)
     large_l2 = wanted is None and p == 2.0 and solver.n_var > EXACT_L2_MAX_VARIABLES
     if large_l2 or solver.G.nnz > EXACT_PROGRAM_MAX_NONZEROS:
@@ -543,24 +908,19 @@ def _exact_one(
             warnings.simplefilter("ignore", RuntimeWarning)
             res = solver.solve(x, time_limit=time_limit)
     except ImportError as exc:  # the LP/QP solver package is not installed
-        return None, {"available": False, "reason": str(exc)}
+        return ExactUnavailable(str(exc))
     statuses = dict(Counter(res.status))
-    info = {
-        "available": True,
-        "seconds": time.perf_counter() - t0,
-        "status": statuses,
-        "failed": int(torch.isnan(res.radii).sum()),
-    }
-    return res.radii.cpu(), info
+    seconds = time.perf_counter() - t0
+    return ExactSolve(res.radii.cpu(), seconds, statuses, failed=int(torch.isnan(res.radii).sum()))
 
 
 def _exact_by_cuts(
     model: nn.Module, x: torch.Tensor, p: float, time_limit: float | None, tm: ResolvedThreatModel | None
-) -> tuple[torch.Tensor | None, dict[str, Any]]:
+) -> ExactSolve:
     """Exact ℓp radii bracketed by cutting planes (:func:`~asymcert.certify.cutting_planes.bracket_radius`)
     for models whose one-program LP/QP is too large.
 
-    Returns the (N,) upper bounds, each the size of a perturbation checked to reach s ≤ 0 on the
+    Returns the (N,) upper bounds as radii, each the size of a perturbation checked to reach s ≤ 0 on the
     float64 model, so a certified radius above one is a real violation; where the bracket met
     (upper ≤ (1 + tol)·lower) it is the exact radius to that tolerance. The description counts the
     inputs whose bracket did not meet and the largest relative gap.
@@ -572,16 +932,15 @@ def _exact_by_cuts(
     statuses = dict(Counter(res.status))
     open_ = (res.upper > 0) & torch.isfinite(res.upper) & (res.upper > (1 + EXACT_CUTS_TOL) * res.lower)
     gap = (res.upper[open_] / res.lower[open_].clamp_min(1e-300) - 1) if open_.any() else torch.zeros(0)
-    info = {
-        "available": True,
-        "method": f"cutting planes (tol {EXACT_CUTS_TOL:g}, ≤ {EXACT_CUTS_ROUNDS} rounds): exact = checked upper bound",
-        "seconds": time.perf_counter() - t0,
-        "status": statuses,
-        "failed": 0,
-        "not_met": int(open_.sum()),
-        "max_relative_gap": float(gap.max()) if gap.numel() else 0.0,
-    }
-    return res.upper.cpu(), info
+    return ExactSolve(
+        res.upper.cpu(),
+        time.perf_counter() - t0,
+        statuses,
+        failed=0,
+        method=f"cutting planes (tol {EXACT_CUTS_TOL:g}, ≤ {EXACT_CUTS_ROUNDS} rounds): exact = checked upper bound",
+        not_met=int(open_.sum()),
+        max_relative_gap=float(gap.max()) if gap.numel() else 0.0,
+    )
 
 
 @dataclass
@@ -596,18 +955,17 @@ class _MethodRun:
     restarts: int
     steps: int
     generator: torch.Generator
-    exact_radii: dict[float, torch.Tensor]
-    exact_info: dict[float, dict[str, Any]]
+    exact: dict[float, ExactSolve | ExactUnavailable]  # per norm: the exact radii (N,), or why none
     threat_model: ResolvedThreatModel | None = None
     attack_bounds: bool | None = None  # None: for the norms without exact radii
     options: Mapping[str, Any] = field(default_factory=dict)  # certifier options for every certificate
 
     def wants_bound(self, p: float) -> bool:
         """Whether the attack bound is searched in norm p."""
-        return self.attack_bounds if self.attack_bounds is not None else p not in self.exact_radii
+        return self.attack_bounds if self.attack_bounds is not None else not isinstance(self.exact[p], ExactSolve)
 
 
-def _audit_method(run: _MethodRun, method: str, y: torch.Tensor | None) -> dict[str, Any]:
+def _audit_method(run: _MethodRun, method: str, y: torch.Tensor | None) -> MethodAudit:
     """One certifier's entry: its guarantee, accuracy, and per norm the attack, exact and precision checks."""
     tm = run.threat_model
     cert = _certify(run.model, run.x, run.norms, method, threat_model=tm, options=run.options)
@@ -616,54 +974,53 @@ def _audit_method(run: _MethodRun, method: str, y: torch.Tensor | None) -> dict[
     if not probabilistic:  # (a probabilistic certificate is random: nothing to compare exactly)
         own = _certify(run.model, run.x, run.norms, method, own_precision=True, threat_model=tm, options=run.options)
         sixty_four = _certify(run.model64, run.x.double(), run.norms, method, threat_model=tm, options=run.options)
-    entry: dict[str, Any] = {"guarantee": cert.guarantee.value, "deterministic": not probabilistic}
-    entry.update(binary=bool(cert.binary), certify_seconds=cert.seconds)
-    if cert.binary:
-        entry["flagged"] = int(cert.sensitive.sum())
-    if y is not None:
-        entry["accuracy"] = float((cert.predicted.cpu() == y.cpu().long()).double().mean()) if len(y) else None
-    per_norm: dict[str, Any] = {}
-    for p in run.norms:
-        r = cert.radius(p).double().cpu()
-        item: dict[str, Any] = {"certified": _quartiles(r[r > 0]), "violations": 0}
-        if own is not None and sixty_four is not None:  # (1) attacks
-            item["attack"] = _attack_norm(
-                run.model, run.x, cert, p, run.restarts, run.steps, run.generator, run.model64, tm
-            )
-            item["violations"] += item["attack"]["flips"]
-        else:
-            item["attack"] = {"skipped": "probabilistic certificate of a smoothed classifier"}
-        item["exact"] = _exact_check(r, run.exact_radii.get(p), run.exact_info[p])  # (2) exact radii
-        item["violations"] += item["exact"].get("violations", 0)
-        verified = _reach_verified(run, own, p)
-        item["precision"] = _precision_check(own, sixty_four, p, run.model, verified)  # (3) own vs float64
-        item["violations"] += item["precision"]["violations"]
-        if own is not None and run.wants_bound(p):  # how far the certificate is from a counterexample
-            t0 = time.perf_counter()
-            upper = attack_upper_bounds(run.model, run.x, cert, p, run.steps, run.generator, tm)
-            item["attack_bound"] = _attack_bound_entry(r, upper, time.perf_counter() - t0)
-            item["violations"] += item["attack_bound"]["violations"]
-        per_norm[norm_label(p)] = item
-    entry["norms"] = per_norm
-    entry["violations"] = sum(item["violations"] for item in per_norm.values())
-    return entry
+    flagged = int(cert.sensitive.sum()) if cert.binary else None
+    accuracy = None
+    if y is not None and len(y):
+        accuracy = float((cert.predicted.cpu() == y.cpu().long()).double().mean())
+    norms = {norm_label(p): _audit_norm(run, cert, own, sixty_four, p) for p in run.norms}
+    binary = bool(cert.binary)
+    return MethodAudit(cert.guarantee, not probabilistic, binary, cert.seconds, flagged, y is not None, accuracy, norms)
 
 
-def _exact_check(r: torch.Tensor, ex: torch.Tensor | None, info: dict[str, Any]) -> dict[str, Any]:
+def _audit_norm(
+    run: _MethodRun, cert: Certificate, own: Certificate | None, sixty_four: Certificate | None, p: float
+) -> NormAudit:
+    """One norm's checks of a certificate ``cert`` (``own``/``sixty_four``: its own-precision and float64
+    recomputations, None for a probabilistic one): attacks, exact radii, precision, and the attack bound."""
+    tm = run.threat_model
+    r = cert.radius(p).double().cpu()
+    attack = None
+    if own is not None and sixty_four is not None:  # (1) attacks
+        attack = _attack_norm(run.model, run.x, cert, p, run.restarts, run.steps, run.generator, run.model64, tm)
+    exact = _exact_check(r, run.exact[p])  # (2) exact radii
+    verified = _reach_verified(run, own, p)
+    precision = _precision_check(own, sixty_four, p, run.model, verified)  # (3) own vs float64
+    bound = None
+    if own is not None and run.wants_bound(p):  # how far the certificate is from a counterexample
+        t0 = time.perf_counter()
+        upper = attack_upper_bounds(run.model, run.x, cert, p, run.steps, run.generator, tm)
+        bound = _attack_bound_entry(r, upper, time.perf_counter() - t0)
+    return NormAudit(_quartiles(r[r > 0]), attack, exact, precision, bound)
+
+
+def _exact_check(r: torch.Tensor, info: ExactSolve | ExactUnavailable) -> ExactCheck | ExactUnavailable:
     """Certified radii (N,) against exact ones: violations (certified > exact·(1 + rtol)), tightness quartiles."""
-    info = dict(info)
-    if not info.get("available") or ex is None:
+    if isinstance(info, ExactUnavailable):
         return info
+    ex = info.radii
     ok = torch.isfinite(ex) | torch.isinf(ex)  # NaN: the solver failed on that input
     bad = ok & (r > ex * (1.0 + EXACT_RTOL)) & (r > 0)
-    info["violations"] = int(bad.sum())
-    info["violating_rows"] = torch.nonzero(bad).flatten().tolist()[:20]
-    if bad.any():
-        info["max_certified_over_exact"] = float((r[bad] / ex[bad]).max())
+    worst = float((r[bad] / ex[bad]).max()) if bad.any() else None
     both = (r > 0) & (ex > 0) & torch.isfinite(ex)
-    info["tightness"] = _quartiles(r[both] / ex[both])
-    info["exact"] = _quartiles(ex[(ex > 0) & torch.isfinite(ex)])
-    return info
+    return ExactCheck(
+        info,
+        violations=int(bad.sum()),
+        violating_rows=torch.nonzero(bad).flatten().tolist()[:20],
+        max_certified_over_exact=worst,
+        tightness=_quartiles(r[both] / ex[both]),
+        exact=_quartiles(ex[(ex > 0) & torch.isfinite(ex)]),
+    )
 
 
 def _reach_verified(run: _MethodRun, own: Certificate | None, p: float) -> torch.Tensor | None:
@@ -682,23 +1039,23 @@ def _precision_check(
     p: float,
     model: nn.Module,
     verified: torch.Tensor | None = None,
-) -> dict[str, Any]:
+) -> PrecisionCheck:
     """Radii in the model's own precision against float64 ones: a larger own radius is a violation, unless
     ``verified`` (N,) says a float64 evaluation certifies it at that radius (searched radii)."""
     if own is None or sixty_four is None:
-        return {"skipped": "probabilistic certificate", "max_ratio_own_over_float64": None, "violations": 0}
+        return PrecisionCheck(None, 0, skipped="probabilistic certificate")
     r_own, r64 = own.radius(p).double().cpu(), sixty_four.radius(p).double().cpu()
     worse = (r_own > r64) & (r_own > 0)
     if verified is not None:
         worse &= ~verified
     pos = (r_own > 0) & (r64 > 0)
     dtype = next((q.dtype for q in model.parameters()), torch.float32)
-    return {
-        "max_ratio_own_over_float64": float((r_own[pos] / r64[pos]).max()) if pos.any() else None,
-        "violations": int(worse.sum()),
-        "violating_rows": torch.nonzero(worse).flatten().tolist()[:20],
-        "dtype": str(dtype).removeprefix("torch."),
-    }
+    return PrecisionCheck(
+        max_ratio_own_over_float64=float((r_own[pos] / r64[pos]).max()) if pos.any() else None,
+        violations=int(worse.sum()),
+        violating_rows=torch.nonzero(worse).flatten().tolist()[:20],
+        dtype=str(dtype).removeprefix("torch."),
+    )
 
 
 def _jsonable(obj: Any) -> Any:
@@ -721,108 +1078,110 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _markdown(report: dict[str, Any]) -> str:
-    verdict = "no violations" if report["violations"] == 0 else f"**{report['violations']} violation(s)**"
+def _markdown(report: AuditReport) -> str:
+    """audit.md: the verdict, the settings, and per certifier a table of its checks by norm."""
+    verdict = "no violations" if report.violations == 0 else f"**{report.violations} violation(s)**"
+    settings = report.settings
     lines = [
         f"# Certificate audit: {verdict}",
         "",
-        f"{report['n_inputs']} inputs, model `{report['model']}`, attacks: PGD, "
-        f"{report['settings']['restarts']} restarts × {report['settings']['steps']} steps inside "
-        f"(1 − {report['settings']['attack_shrink']:g})·radius. Radii in {report.get('units', RAW_UNITS)}.",
+        f"{report.n_inputs} inputs, model `{report.model}`, attacks: PGD, "
+        f"{settings.restarts} restarts × {settings.steps} steps inside "
+        f"(1 − {settings.attack_shrink:g})·radius. Radii in {report.units}.",
         "",
         _mode_text(report),
         "",
         *(
             ["Note: the run's training has not finished: this audits the best epoch saved so far.", ""]
-            if report.get("training_finished") is False
+            if report.training_finished is False
             else []
         ),
     ]
-    for method, entry in report["methods"].items():
-        kind = f"{entry['guarantee']} guarantee"
-        lines += [f"## `{method}` ({kind}): {entry['violations']} violation(s)", ""]
-        if "flagged" in entry:
-            lines.append(f"Flagged sensitive: {entry['flagged']} of {report['n_inputs']}.")
-        if entry.get("accuracy") is not None:
-            lines.append(f"Accuracy: {entry['accuracy']:.4f}.")
+    for method, entry in report.methods.items():
+        kind = f"{entry.guarantee.value} guarantee"
+        lines += [f"## `{method}` ({kind}): {entry.violations} violation(s)", ""]
+        if entry.flagged is not None:
+            lines.append(f"Flagged sensitive: {entry.flagged} of {report.n_inputs}.")
+        if entry.accuracy is not None:
+            lines.append(f"Accuracy: {entry.accuracy:.4f}.")
         lines += [
             "",
             "| norm | certified median | attacked | flips | exact | certified > exact | "
             "tightness q25 / median / q75 | own/float64 max | precision violations |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        reasons = _exact_reasons(entry["norms"])
-        lines += [_norm_row(label, item) for label, item in entry["norms"].items()]
+        reasons = _exact_reasons(entry.norms)
+        lines += [_norm_row(label, item) for label, item in entry.norms.items()]
         lines += [""] + [f"Exact radii not computed for {n}: {reason}." for reason, n in reasons.items()]
-        lines += [""] * bool(reasons) + _bound_table(entry["norms"], _reach(report))
-    lines.append(f"Audit time: {report['seconds']:.1f} s.")
+        bounds = {label: item.attack_bound for label, item in entry.norms.items() if item.attack_bound is not None}
+        lines += [""] * bool(reasons) + _bound_table(bounds, _reach(report))
+    lines.append(f"Audit time: {report.seconds:.1f} s.")
     return "\n".join(lines) + "\n"
 
 
-def _mode_text(report: dict[str, Any]) -> str:
+def _mode_text(report: AuditReport) -> str:
     """How the audited certificates were computed: :func:`~asymcert.report.writer.mode_line` of the run's
-    ``"certificate_mode"`` (:func:`audit_run`), else (an audit of a model, not a run) closed form or reach-aware."""
-    mode = CertificateMode.from_dict(report.get("certificate_mode"))
-    if mode is not None:
-        return mode_line(mode)
+    certificate mode (:func:`audit_run`), else (an audit of a model, not a run) closed form or reach-aware."""
+    if report.certificate_mode is not None:
+        return mode_line(report.certificate_mode)
     return "Certificates: " + ("reach-aware radii (`reach`)." if _reach(report) else "closed-form radii.")
 
 
-def _reach(report: dict[str, Any]) -> bool:
+def _reach(report: AuditReport) -> bool:
     """Whether the audited certificates are reach-aware (the run's certificate mode, else the certifier options)."""
-    mode = CertificateMode.from_dict(report.get("certificate_mode"))
-    if mode is not None:
-        return mode.reach
-    return bool(report.get("settings", {}).get("certifier_options", {}).get("reach"))
+    if report.certificate_mode is not None:
+        return report.certificate_mode.reach
+    return bool(report.settings.certifier_options.get("reach"))
 
 
-def _quartile_text(t: dict[str, Any]) -> str:
-    """``q25 / median / q75`` of a :func:`_quartiles` dict, or – when there is none."""
-    return f"{_fmt(t.get('q25'))} / {_fmt(t.get('median'))} / {_fmt(t.get('q75'))}" if t else "–"
+def _quartile_text(t: Quartiles | None) -> str:
+    """``q25 / median / q75`` of quartiles, or – when there are none."""
+    return f"{_fmt(t.q25)} / {_fmt(t.median)} / {_fmt(t.q75)}" if t is not None else "–"
 
 
-def _exact_reasons(norms: dict[str, Any]) -> dict[str, str]:
+def _exact_reasons(norms: dict[str, NormAudit]) -> dict[str, str]:
     """Why exact radii are missing, reason → the norms it holds for ("n/a" rows point here: said once)."""
     out: dict[str, list[str]] = {}
     for label, item in norms.items():
-        if not item["exact"].get("available"):
-            out.setdefault(str(item["exact"].get("reason", "")), []).append(label)
+        if isinstance(item.exact, ExactUnavailable):
+            out.setdefault(item.exact.reason, []).append(label)
     return {reason: ", ".join(labels) for reason, labels in out.items()}
 
 
-def _norm_row(label: str, item: dict[str, Any]) -> str:
+def _norm_row(label: str, item: NormAudit) -> str:
     """One norm's row of the audit table: attacks, exact radii (a missing one points to its reason, said once below
     the table), precision."""
-    att, ex, pr = item["attack"], item["exact"], item["precision"]
-    cert_med = item["certified"]["median"] if item["certified"] else None
-    if "skipped" in att:
+    att, ex, pr = item.attack, item.exact, item.precision
+    cert_med = item.certified.median if item.certified is not None else None
+    if att is None:
         attacked, flips = "skipped", "–"
     else:
-        attacked, flips = str(att["attacked"]), str(att["flips"])
-    if ex.get("available"):
-        t = ex.get("tightness") or {}
-        ex_s = f"{ex['seconds']:.1f} s" + (f", {ex['failed']} failed" if ex["failed"] else "")
-        if "not_met" in ex:  # cutting planes: the exact column is a checked upper bound
-            ex_s += f", cuts ({ex['not_met']} open, max gap {ex['max_relative_gap']:.2g})"
-        elif ex.get("open_brackets"):  # mixed-integer brackets left open: compared with their verified flips
+        attacked, flips = str(att.attacked), str(att.flips)
+    if isinstance(ex, ExactCheck):
+        solve = ex.solve
+        ex_s = f"{solve.seconds:.1f} s" + (f", {solve.failed} failed" if solve.failed else "")
+        if solve.not_met is not None:  # cutting planes: the exact column is a checked upper bound
+            ex_s += f", cuts ({solve.not_met} open, max gap {solve.max_relative_gap:.2g})"
+        elif solve.open_brackets:  # mixed-integer brackets left open: compared with their verified flips
             ex_s += (
-                f", {ex['open_brackets']} brackets open (max gap {ex['max_relative_gap']:.2g}; "
+                f", {solve.open_brackets} brackets open (max gap {solve.max_relative_gap:.2g}; "
                 "tightness against a verified flip)"
             )
-        tight = _quartile_text(t)
-        ex_v = str(ex["violations"])
+        tight = _quartile_text(ex.tightness)
+        ex_v = str(ex.violations)
     else:
         ex_s, tight, ex_v = "n/a (below)", "–", "–"
     return (
         f"| {label} | {_fmt(cert_med)} | {attacked} | {flips} | {ex_s} | {ex_v} | {tight} | "
-        f"{_fmt(pr['max_ratio_own_over_float64'], 10)} | {pr['violations']} |"
+        f"{_fmt(pr.max_ratio_own_over_float64, 10)} | {pr.violations} |"
     )
 
 
-def _bound_table(norms: dict[str, Any], reach: bool = False) -> list[str]:
-    """The attack-bound table (lines, ending with a blank one), or nothing when no norm has a bound; a note when
-    closed-form (not ``reach``-aware) radii are far below the bounds (:func:`_loose_note`)."""
-    rows = [(label, item["attack_bound"]) for label, item in norms.items() if "attack_bound" in item]
+def _bound_table(bounds: dict[str, AttackBound], reach: bool = False) -> list[str]:
+    """The attack-bound table of the norms with a bound, by norm label (lines, ending with a blank one), or
+    nothing when there are none; a note when closed-form (not ``reach``-aware) radii are far below the bounds
+    (:func:`_loose_note`)."""
+    rows = list(bounds.items())
     if not rows:
         return []
     lines = [
@@ -835,10 +1194,9 @@ def _bound_table(norms: dict[str, Any], reach: bool = False) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for label, b in rows:
-        tight, up = _quartile_text(b["certified_over_upper"] or {}), b["upper"] or {}
+        tight, median = _quartile_text(b.certified_over_upper), b.upper.median if b.upper is not None else None
         lines.append(
-            f"| {label} | {b['searched']} | {b['found']} (cap {b['cap']}) | {_fmt(up.get('median'))} | {tight} | "
-            f"{b['violations']} |"
+            f"| {label} | {b.searched} | {b.found} (cap {b.cap}) | {_fmt(median)} | {tight} | {b.violations} |"
         )
     return lines + [""] + _loose_note(rows, reach)
 
@@ -846,14 +1204,13 @@ def _bound_table(norms: dict[str, Any], reach: bool = False) -> list[str]:
 LOOSE_TIGHTNESS = 0.2  # below this median certified / attack bound, audit.md points to reach-aware radii
 
 
-def _loose_note(rows: list[tuple[str, dict[str, Any]]], reach: bool) -> list[str]:
+def _loose_note(rows: list[tuple[str, AttackBound]], reach: bool) -> list[str]:
     """A "Note:" line (and a blank one) when closed-form radii are under LOOSE_TIGHTNESS of the smallest flip PGD
     found in some norm (walkthrough 28b: 0.045–0.058 on counts in the thousands), else nothing."""
     loose = [
-        (label, b["certified_over_upper"]["median"])
+        (label, b.certified_over_upper.median)
         for label, b in rows
-        if (b.get("certified_over_upper") or {}).get("median") is not None
-        and b["certified_over_upper"]["median"] < LOOSE_TIGHTNESS
+        if b.certified_over_upper is not None and b.certified_over_upper.median < LOOSE_TIGHTNESS
     ]
     if reach or not loose:
         return []
@@ -867,12 +1224,12 @@ def _loose_note(rows: list[tuple[str, dict[str, Any]]], reach: bool) -> list[str
     ]
 
 
-def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
-    """Write ``audit.json`` and ``audit.md`` into ``folder``; returns their paths."""
+def write_report(report: AuditReport, folder: str | Path) -> tuple[Path, Path]:
+    """Write ``audit.json`` (:meth:`AuditReport.to_dict`) and ``audit.md`` into ``folder``; returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     js, md = (folder / name for name in AUDIT_FILES)
-    text, markdown = json.dumps(_jsonable(report), indent=2) + "\n", _markdown(report)
+    text, markdown = json.dumps(report.to_dict(), indent=2) + "\n", _markdown(report)
     atomic_write(js, lambda tmp: tmp.write_text(text))  # a crash leaves the old file or the new, never half of one
     atomic_write(md, lambda tmp: tmp.write_text(markdown))
     return js, md
@@ -884,7 +1241,7 @@ def audit_run(
     y: torch.Tensor | None = None,
     threat_model_file: str | None = None,
     **options: Any,
-) -> dict[str, Any]:
+) -> AuditReport:
     """Audit the model of a run folder on inputs ``x`` and write ``audit.json``/``audit.md`` there.
 
     ``asymcert audit DIR`` calls this with the run's test inputs (:func:`asymcert.pipeline.run_data`).
@@ -895,9 +1252,9 @@ def audit_run(
         threat_model_file: the file ``threat_model`` was read from (``--threat-model FILE``), named in audit.md.
         **options: passed to :func:`audit` (norms, restarts, steps, exact, threat_model, options, ...).
     Returns:
-        The audit dict (with ``"violations"`` and ``"certificate_mode"``: closed form or reach-aware, under the
-        run's own threat model, another one or none, :class:`~asymcert.pipeline.CertificateMode`), plus
-        ``"files"``: the two paths written.
+        The :class:`AuditReport` (``.violations``; ``.certificate_mode``: closed form or reach-aware, under the
+        run's own threat model, another one or none, :class:`~asymcert.pipeline.CertificateMode`), with
+        ``.run_dir``, ``.training_finished`` and ``.files``: the two paths written.
     """
     run_dir = Path(run_dir)
     record = read_run_record(run_dir) if (run_dir / RUN_FILE).is_file() else None  # a model folder: none
@@ -907,13 +1264,12 @@ def audit_run(
     unfinished = record is not None and record.training is None
     model = load(run_dir)
     report = audit(model, x, y, **options)
-    report["run_dir"] = str(run_dir)
     tm: ResolvedThreatModel | None = options.get("threat_model")
     reach = bool((options.get("options") or {}).get("reach", False))
-    report["certificate_mode"] = certificate_mode(own, tm, reach, threat_model_file).to_dict()
-    report["training_finished"] = not unfinished
+    mode = certificate_mode(own, tm, reach, threat_model_file)
+    units = report.units
     if tm is None and record is not None:  # an image folder's pixels / 255 (audit units30 F6)
-        report["units"] = raw_units(record.task)
+        units = raw_units(record.task)
+    report = replace(report, units=units, run_dir=str(run_dir), certificate_mode=mode, training_finished=not unfinished)
     js, md = write_report(report, run_dir)
-    report["files"] = [str(js), str(md)]
-    return report
+    return replace(report, files=[str(js), str(md)])

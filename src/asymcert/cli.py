@@ -792,10 +792,10 @@ def audit(
             threat_model_file=threat_model if given is not None else None,
         )
     click.echo(
-        f"audit of {min(limit, len(data.test))} test inputs: {report['violations']} violation(s); "
+        f"audit of {min(limit, len(data.test))} test inputs: {report.violations} violation(s); "
         f"details in {Path(run_dir) / 'audit.md'}"
     )
-    if report["violations"]:
+    if report.violations:
         sys.exit(EXIT_CHECK_FAILED)
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import asymcert
-from asymcert.audit import audit
+from asymcert.audit import ExactCheck, ExactUnavailable, audit
 from asymcert.certify import exact_linf as exact_linf_module
 from asymcert.certify.exact import UnsupportedModelError
 from asymcert.certify.exact_linf import exact_linf_radii, hinge_chain
@@ -130,11 +130,11 @@ def test_the_audit_compares_certificates_with_exact_linf_radii():
     model, x = _model(SPAM_PHI, 5, seed=5)
     tm = ThreatModel(lower={"*": 0.0}).resolve(None, 5)
     report = audit(model, x[:12], norms=(math.inf,), threat_model=tm, exact_milp=True, restarts=1, steps=20)
-    entry = report["methods"]["feature-convex"]["norms"]
-    assert entry["linf"]["exact"]["available"] and entry["linf"]["exact"]["violations"] == 0
-    assert 0 < entry["linf"]["exact"]["tightness"]["median"] <= 1
+    exact = report.methods["feature-convex"].norms["linf"].exact
+    assert isinstance(exact, ExactCheck) and exact.violations == 0
+    assert exact.tightness is not None and 0 < exact.tightness.median <= 1
     plain = audit(model, x[:12], norms=(math.inf,), threat_model=tm, restarts=1, steps=20)
-    assert not plain["methods"]["feature-convex"]["norms"]["linf"]["exact"]["available"]
+    assert isinstance(plain.methods["feature-convex"].norms["linf"].exact, ExactUnavailable)
 
 
 @pytest.mark.parametrize("solver", [exact_linf_radii, exact_l1_radii, exact_l2_radii])

@@ -11,7 +11,7 @@ import torch
 
 import asymcert
 from asymcert import audit as audit_module
-from asymcert.audit import audit
+from asymcert.audit import ExactCheck, ExactSolve, audit
 from asymcert.certify import exact_lp
 from asymcert.certify.exact import UnsupportedModelError
 from asymcert.certify.exact_linf import BISECTION_RTOL, exact_linf_radii
@@ -140,12 +140,15 @@ def test_the_audit_compares_certificates_with_exact_l1_and_l2_radii():
     report = audit(
         model, x[:8], norms=(1, 2, math.inf), threat_model=tm, exact_milp=True, restarts=1, steps=20, exact_time_limit=5
     )
-    entry = report["methods"]["feature-convex"]["norms"]
+    exact = {label: item.exact for label, item in report.methods["feature-convex"].norms.items()}
     for norm in ("l1", "l2", "linf"):
-        assert entry[norm]["exact"]["available"] and entry[norm]["exact"]["violations"] == 0
-        assert 0 < entry[norm]["exact"]["tightness"]["median"] <= 1
-    assert "outer approximation" in entry["l1"]["exact"]["method"] and "norm" in entry["l2"]["exact"]["method"]
-    assert report["violations"] == 0
+        check = exact[norm]
+        assert isinstance(check, ExactCheck) and check.violations == 0
+        assert check.tightness is not None and 0 < check.tightness.median <= 1
+    l1, l2 = exact["l1"], exact["l2"]
+    assert isinstance(l1, ExactCheck) and isinstance(l2, ExactCheck)
+    assert "outer approximation" in str(l1.solve.method) and "norm" in str(l2.solve.method)
+    assert report.violations == 0
 
 
 @pytest.mark.parametrize("radii", [exact_linf_radii, exact_l1_radii, exact_l2_radii])
@@ -190,10 +193,10 @@ def test_the_audit_table_says_when_exact_brackets_stay_open():
     report = audit(
         model, x[:8], norms=(1,), threat_model=tm, exact_milp=True, restarts=1, steps=5, exact_time_limit=1e-9
     )
-    exact = report["methods"]["feature-convex"]["norms"]["l1"]["exact"]
-    assert exact["open_brackets"] > 0
+    exact = report.methods["feature-convex"].norms["l1"].exact
+    assert isinstance(exact, ExactCheck) and exact.solve.open_brackets
     row = next(line for line in audit_module._markdown(report).splitlines() if line.startswith("| l1 |"))
-    assert f"{exact['open_brackets']} brackets open (max gap" in row and "against a verified flip" in row
+    assert f"{exact.solve.open_brackets} brackets open (max gap" in row and "against a verified flip" in row
 
 
 @pytest.mark.parametrize("s", [1e-6, 1e6])
@@ -229,5 +232,6 @@ def test_scales_spanning_more_than_the_programs_hold_are_left_unbracketed():
         assert all(s.startswith("not bracketed: the movable features' scales span") for s in why), why
     linf = exact_linf_radii(model, x, tm)
     assert "exact" in linf.status
-    _, info = audit_module._exact_milp(model, x, 2.0, 20.0, tm.resolve(None, 5))  # (the audit said "max gap 0")
-    assert info["open_brackets"] >= 3 and info["max_relative_gap"] == math.inf
+    info = audit_module._exact_milp(model, x, 2.0, 20.0, tm.resolve(None, 5))  # (the audit said "max gap 0")
+    assert isinstance(info, ExactSolve) and info.open_brackets is not None
+    assert info.open_brackets >= 3 and info.max_relative_gap == math.inf

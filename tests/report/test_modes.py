@@ -193,7 +193,7 @@ def test_audit_run_names_the_threat_model_file_it_is_given(run_copy, folder):
     report = audit_run(
         run_copy, data.test.x[:10], threat_model_file=path, threat_model=tm, restarts=1, steps=5, exact=False
     )
-    assert report["certificate_mode"]["threat_model_file"] == path
+    assert report.certificate_mode is not None and report.certificate_mode.threat_model_file == path
     assert f"the threat model of `{path}` (--threat-model), not the run's own" in (run_copy / "audit.md").read_text()
 
 
