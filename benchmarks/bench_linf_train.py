@@ -236,8 +236,8 @@ def main() -> None:
         },
         "training": {
             "seconds": sum(h["seconds"] for h in history),  # all epochs, resumed runs included
-            "seconds_this_process": run["training"]["seconds"],
-            "best_epoch": run["training"]["best"]["epoch"],
+            "seconds_this_process": (run.training or {})["seconds"],
+            "best_epoch": (run.training or {})["best"]["epoch"],
             "per_epoch_seconds": per_epoch,
             "epochs": epochs,
         },
@@ -253,7 +253,7 @@ def main() -> None:
         "pgd_seconds": pgd_s,
         "paper_percent": PAPER,
         "run_dir": str(out),
-        "report": results.get("certified_accuracy"),
+        "report": results.to_dict().get("certified_accuracy") if results is not None else None,
         "wall_seconds": time.time() - t_start,
     }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)

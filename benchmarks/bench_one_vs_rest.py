@@ -71,9 +71,9 @@ def table(run_dir: Path) -> dict:
         for p in RADII:
             out["median_radius_correct_flagged"][LABEL[p]] = float(cert.radius(p)[ok].median())
     out["certify_seconds"] = cert.seconds
-    run = read_run(run_dir)
-    out["training_seconds"] = run.get("training", {}).get("seconds")
-    out["best_epoch"] = run.get("training", {}).get("best", {}).get("epoch")
+    training = read_run(run_dir).training or {}
+    out["training_seconds"] = training.get("seconds")
+    out["best_epoch"] = training.get("best", {}).get("epoch")
     return out
 
 
@@ -143,8 +143,8 @@ def main() -> None:
         "run_dir": str(args.run),
         "command": args.command,
         "wall_seconds": args.wall_seconds,
-        "model": read_run(args.run)["model"],
-        "train": read_run(args.run)["train"],
+        "model": read_run(args.run).model,
+        "train": read_run(args.run).train,
         "one_vs_rest": table(args.run),
     }
     if args.linf_run:

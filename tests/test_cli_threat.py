@@ -84,7 +84,7 @@ def _resolved():
 
 def test_run_records_the_threat_model_and_reports_in_its_units(tm_run):
     record = read_run(tm_run)
-    assert record["threat_model"]["immutable"] == ["age"] and record["report_radii"] == {}
+    assert (record.threat_model or {})["immutable"] == ["age"] and record.report_radii == {}
     results = json.loads((tm_run / "results.json").read_text())
     assert results["units"] == "threat-model units (δ_i / scale_i)"
     assert set(results["certified_accuracy"]) == {"l1", "linf"}  # the threat model's norms
@@ -184,7 +184,7 @@ def test_both_threat_model_flags_is_a_usage_error(folder, tmp_path):
 
 
 def test_a_folder_holding_a_run_with_another_threat_model_is_refused(folder, tm_run):
-    spec = read_run(tm_run)["task"]  # the same task as the command line wrote
+    spec = read_run(tm_run).task  # the same task as the command line wrote
     with pytest.raises(RunFolderConflictError, match="with another threat model;"):
         train_run(spec, tm_run, train_overrides={"epochs": 3}, progress=False, threat_model=ThreatModel())
     with pytest.raises(ConfigError, match="unknown feature 'x9'"):
@@ -197,7 +197,7 @@ def test_std_scales_are_fixed_from_the_training_inputs(folder, tmp_path):
     out = tmp_path / "run"
     res = CliRunner().invoke(main, _run_args(folder, out, "--threat-model", str(tmp_path / "std.json")))
     assert res.exit_code == EXIT_OK, res.output
-    stored = read_run(out)["threat_model"]["scale"]
+    stored = (read_run(out).threat_model or {})["scale"]
     train_x = run_data(out).train.x.double()
     assert stored["age"] == 2.0 and set(stored) == {"age", "links", "words", "caps"}
     for i, name in enumerate(FEATURES[:3]):
@@ -224,7 +224,7 @@ def test_monotone_features_by_column_name_certify_at_infinity_for_harmless_moves
     args = _run_args(folder, out, "--model-set", 'monotone={"increasing": ["links", "caps"]}')
     res = CliRunner().invoke(main, args)
     assert res.exit_code == EXIT_OK, res.output
-    assert read_run(out)["model"]["monotone"] == {"increasing": [0, 2], "decreasing": []}
+    assert read_run(out).model["monotone"] == {"increasing": [0, 2], "decreasing": []}
     model, x = asymcert.load(out), run_data(out).test.x
     bounds = {"upper": {"links": 10.0, "caps": 200.0}}  # ∞ needs every allowed move to stay in a bounded box
     spam_only_adds = ThreatModel(increase_only=["links", "caps"], immutable=["words", "age"], **bounds)
@@ -435,7 +435,7 @@ def test_an_operating_point_run_keeps_its_false_positive_budget_and_its_certific
     point += [] if confidence is None else ["--set", f"false_positive_confidence={confidence}"]
     res = CliRunner().invoke(main, _run_args(folder, out, "--threat-model", str(folder / "tm.json"), *point))
     assert res.exit_code == EXIT_OK, res.output
-    assert read_run(out)["train"]["false_positive_rate"] == rate
+    assert read_run(out).train["false_positive_rate"] == rate
     model, data = asymcert.load(out), run_data(out)
     with torch.no_grad():
         val_flagged, test_flagged = model(data.val.x) > 0, model(data.test.x) > 0

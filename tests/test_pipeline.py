@@ -143,7 +143,7 @@ def test_another_task_into_a_run_folder_is_refused_before_writing(run_dir, tmp_p
     with pytest.raises(RunFolderConflictError, match="another task"):
         train_run(spec, run_dir, None, SMALL_TRAIN, SMALL_MODEL, progress=False, log=lambda m: None)
     assert snapshot(run_dir) == before
-    assert read_run(run_dir)["task"] == TASK
+    assert read_run(run_dir).task == TASK
 
 
 def test_a_folder_of_the_users_own_files_is_not_trained_into(fashion_dir, tmp_path):
@@ -202,8 +202,8 @@ def test_tampered_train_state_is_refused_before_any_write(run_dir, fashion_dir, 
 def test_same_settings_resume_a_finished_run_without_change_of_results(run_dir, fashion_dir):
     before = read_run(run_dir)
     after = _train(run_dir, fashion_dir)
-    assert after["train"] == before["train"] and after["model"] == before["model"]
-    assert after["training"]["epochs"] == 1
+    assert after.train == before.train and after.model == before.model
+    assert after.training is not None and after.training["epochs"] == 1
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "empty"])
@@ -211,7 +211,7 @@ def test_resuming_a_finished_run_rewrites_a_missing_or_damaged_model_file(tmp_pa
     """train on a finished run whose model.safetensors is gone or damaged said "model in DIR" and left it so;
     the selected weights are in train_state.pt, and the resume now writes them back, bit for bit."""
     run_dir = tmp_path / "run"
-    assert _train(run_dir, fashion_dir, train={"epochs": 3})["training"]["best"].get("eligible", True)
+    assert (_train(run_dir, fashion_dir, train={"epochs": 3}).training or {})["best"].get("eligible", True)
     model_file = run_dir / MODEL_FILE
     good = model_file.read_bytes()
     if damage == "missing":
@@ -240,7 +240,7 @@ def test_an_interrupted_run_warns_its_readers_and_its_outputs_go_when_training_g
     with pytest.raises(KeyboardInterrupt):
         _train(run_dir, fashion_dir, train={"epochs": 3})
     monkeypatch.undo()
-    assert read_run(run_dir).get("training") is None
+    assert read_run(run_dir).training is None
     with pytest.warns(UserWarning, match="its training has not finished"):
         certify_run(run_dir, limit=LIMIT, data_dir=fashion_dir, progress=False)
     np.savez(tmp_path / "new.npz", x=np.zeros((2, 1, 28, 28), dtype=np.float32))
@@ -257,7 +257,7 @@ def test_an_interrupted_run_warns_its_readers_and_its_outputs_go_when_training_g
     made = {p.name for p in model_outputs(run_dir)}
     assert {CERT_FILE, "certify.json", RESULTS_FILE, REPORT_FILE, "audit.json", "audit.md"} <= made, made
     _train(run_dir, fashion_dir, train={"epochs": 3})  # resumes after epoch 2 and finishes
-    assert model_outputs(run_dir) == [] and read_run(run_dir)["training"]["epochs"] == 3
+    assert model_outputs(run_dir) == [] and (read_run(run_dir).training or {})["epochs"] == 3
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a finished run: no warning
         certify_run(run_dir, limit=LIMIT, data_dir=fashion_dir, progress=False)
@@ -332,7 +332,7 @@ def test_run_holds_the_lock_across_train_certify_and_report(fashion_dir, tmp_pat
         log=lambda m: None,
         report=write_report,
     )
-    assert seen == [3] and results["n_inputs"] == 8
+    assert seen == [3] and results is not None and results.summary.n_inputs == 8
 
 
 # ---------------------------------------------------------------- 3. stale temporary files
@@ -362,14 +362,15 @@ def test_no_eligible_epoch_still_writes_strict_json(fashion_dir, tmp_path):
     out = tmp_path / "ineligible"
     # the margin loss makes epochs before the end of its warm-up ineligible: the final epoch is kept, and said so
     run = _train(out, fashion_dir, train={"margin_radius": 0.1, "margin_norm": 2.0, "margin_warmup": 0.9})
-    assert run["training"]["best"]["epoch"] == 1 and run["training"]["best"]["eligible"] is False
+    training = run.training or {}
+    assert training["best"]["epoch"] == 1 and training["best"]["eligible"] is False
     certify_run(out, limit=8, data_dir=fashion_dir, progress=False)
     write_report(out)
     files = sorted(out.glob("*.json"))
     assert {p.name for p in files} >= {RUN_FILE, "history.json", RESULTS_FILE}
     for path in files:
         strict_load(path)
-    assert strict_load(out / RUN_FILE)["training"]["best"]["metric"] == run["training"]["best"]["metric"]
+    assert strict_load(out / RUN_FILE)["training"]["best"]["metric"] == training["best"]["metric"]
     assert (out / "model.safetensors").is_file()  # the final weights, since no epoch was selected
 
 
@@ -461,7 +462,7 @@ def test_report_without_matplotlib_writes_tables_and_says_how_to_get_plots(run_d
         png.unlink()
     messages = []
     results = write_report(run_dir, log=messages.append)
-    assert results["plots"] == {} and not list(run_dir.glob("*.png"))
+    assert results is not None and results.plots == {} and not list(run_dir.glob("*.png"))
     assert "pip install 'asymcert[plot]'" in (run_dir / REPORT_FILE).read_text()
     assert strict_load(run_dir / RESULTS_FILE)["certified_accuracy"]
     assert len(messages) == 1 and "asymcert[plot]" in messages[0]
@@ -524,7 +525,7 @@ def test_run_json_keys_of_newer_versions_are_kept(run_dir, fashion_dir):
     """A run.json key this version does not know survives a resume that rewrites run.json."""
     raw = json.loads((run_dir / RUN_FILE).read_text())
     (run_dir / RUN_FILE).write_text(json.dumps({**raw, "later_key": [1, 2]}))
-    assert read_run(run_dir)["later_key"] == [1, 2]
+    assert read_run(run_dir).extra["later_key"] == [1, 2]
     _train(run_dir, fashion_dir)
     assert strict_load(run_dir / RUN_FILE)["later_key"] == [1, 2]
 

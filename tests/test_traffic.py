@@ -101,7 +101,7 @@ def _read(path):
 
 
 def test_rows_match_asymcert_certify_on_the_same_inputs(csv_run, tmp_path):
-    assert read_run(csv_run)["feature_names"] == FEATURES
+    assert read_run(csv_run).feature_names == FEATURES
     x, y = _rows(50, 1)
     x = x.astype(np.float32).astype(np.float64)  # float32 numbers: read exactly (others lower the radii a little)
     _write_csv(tmp_path / "new.csv", x, y, order=["f3", "f1", "f0", "f2"])  # other order, an extra column
@@ -181,7 +181,7 @@ def test_a_run_trained_on_a_named_npz_has_named_features(tmp_path):
     tm = ThreatModel.from_dict({"immutable": ["f0"], "scale": {"f1": 10.0}})
     spec = {"npz": str(tmp_path / "train.npz"), "sensitive_class": "spam"}
     train_run(spec, tmp_path / "run", train_overrides={"epochs": 1}, progress=False, log=lambda m: None)
-    assert read_run(tmp_path / "run")["feature_names"] == FEATURES
+    assert read_run(tmp_path / "run").feature_names == FEATURES
     new = x[:10].astype(np.float32).astype(np.float64)
     _write_csv(tmp_path / "new.csv", new, order=["f2", "f0", "f3", "f1"], extra=False)
     run = tmp_path / "run"
@@ -1152,7 +1152,7 @@ def test_a_run_resumed_on_a_csv_whose_header_was_renamed_is_refused_before_anyth
     with pytest.raises(RunFolderConflictError, match="holds a run with other feature columns"):
         train_run(spec, tmp_path / "run", train_overrides={"epochs": 1}, progress=False, log=lambda m: None)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
-    assert read_run(tmp_path / "run")["feature_names"] == FEATURES  # and the folder still reads
+    assert read_run(tmp_path / "run").feature_names == FEATURES  # and the folder still reads
 
 
 def test_certify_input_under_torchrun_writes_once_from_one_process(csv_run, tmp_path):

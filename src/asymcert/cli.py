@@ -23,7 +23,8 @@ import click
 from asymcert import distributed
 from asymcert.audit import audit_run
 from asymcert.certify.api import OUTSIDE, certifier_spec, make_options
-from asymcert.certify.result import RAW_UNITS, normalize_norm
+from asymcert.certify.result import normalize_norm
+from asymcert.certify.summary import RunResults
 from asymcert.checkpoint import load
 from asymcert.compare import compare_cli_main
 from asymcert.data import get_task, task_names
@@ -517,9 +518,9 @@ def train(
         threat_model=tm,
         plain=no_threat_model,
     )
+    training = result.training or {}  # (a finished run has its training summary)
     click.echo(
-        f"trained in {result['training']['seconds']:.1f}s; best validation epoch "
-        f"{result['training']['best']['epoch']}; model in {out}"
+        f"trained in {training['seconds']:.1f}s; best validation epoch {training['best']['epoch']}; model in {out}"
     )
 
 
@@ -972,18 +973,20 @@ def _export_options_apply(fmt: str, **given: Any) -> None:
         )
 
 
-def _echo_summary(results: dict[str, Any], out: str, units: bool = True) -> None:
+def _echo_summary(results: RunResults | None, out: str, units: bool = True) -> None:
     """The report's numbers on stdout, first (``units``) the line "radii in …" of the results' units, as ``certify``
     says it on its first line (audit units30 F3: ``run`` and ``report`` printed radii without a unit)."""
-    if not results:  # not the writing process under torchrun
+    if results is None:  # not the writing process under torchrun
         return
+    summary = results.summary
     if units:
-        click.echo(f"radii in {results.get('units', RAW_UNITS)}")
+        click.echo(f"radii in {summary.units}")
     click.echo(
-        f"clean accuracy {100 * results['clean_accuracy']:.2f}%, "
-        f"{1000 * results['certify_seconds_per_input']:.3f} ms per certificate"
+        f"clean accuracy {100 * summary.clean_accuracy:.2f}%, "
+        f"{1000 * summary.certify_seconds_per_input:.3f} ms per certificate"
     )
-    for name, table in results["certified_accuracy"].items():
+    for name, norm in summary.norms.items():
+        table = norm.table()
         cells = [f"{radius_header(r) if r == 'inf' else f'r={r}'}: {100 * a:.1f}%" for r, a in table.items()]
         click.echo(f"  {name}: " + (", ".join(cells) or "no test input is certified at any radius > 0"))
     click.echo(f"report: {Path(out) / 'report.md'}")

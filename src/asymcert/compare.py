@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from asymcert.certify.result import Certificate, Guarantee, norm_label
+from asymcert.certify.summary import RunResults
 from asymcert.checkpoint import atomic_write
 from asymcert.data.tasks import Task, TaskData
 from asymcert.errors import MethodsFailedError, UnknownNameError
@@ -305,24 +306,25 @@ def _compare_method(
         "run_dir": str(run_dir),
         "trained_now": done.trained_now,
         "train_wall_seconds": done.train_wall_seconds,
-        "model": run["model"],
-        "train": run["train"],
-        "training_seconds": (run.get("training") or {}).get("seconds"),
+        "model": run.model,
+        "train": run.train,
+        "training_seconds": (run.training or {}).get("seconds"),
         "certify_options": {"method": cert.method, **opts},
-        **summarize(cert, done.labels, ctx.report_radii),
+        **summarize(cert, done.labels, ctx.report_radii).to_dict(),
     }
     return entry, cert
 
 
 def _run_reporter(log: Callable[[str], None]) -> Reporter:
-    """The per-run report writer of a comparison: a failure is logged (compare.json does not depend on it)."""
+    """The per-run report writer of a comparison: a failure is logged and gives None (compare.json does not depend
+    on it)."""
 
-    def report(run_dir: Path) -> dict[str, Any]:
+    def report(run_dir: Path) -> RunResults | None:
         try:
             return write_report(run_dir)
         except Exception as exc:
             log(f"{run_dir}: per-run report failed: {exc}")
-            return {}
+            return None
 
     return report
 

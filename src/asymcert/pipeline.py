@@ -3,7 +3,8 @@
 ``run``, ``compare`` and both sweeps go through :func:`run_pipeline` (``capacity`` trains in memory
 with :func:`asymcert.train.fit` and writes no run folder). The report is a callback
 (:data:`Reporter`, e.g. :func:`asymcert.report.writer.write_report`): reports read run folders,
-the pipeline never imports them.
+the pipeline never imports them; what they return is typed below both
+(:class:`~asymcert.certify.summary.RunResults`).
 
 Run folder layout (a stable contract):
     run.json                   task spec, model config, training settings, training summary
@@ -37,6 +38,7 @@ from asymcert.certify import certify
 from asymcert.certify.api import OUTSIDE, outside_warning
 from asymcert.certify.certfile import load_certificates, save_certificates
 from asymcert.certify.result import Certificate, norm_label, raw_units
+from asymcert.certify.summary import RunResults
 from asymcert.checkpoint import MODEL_FILE, load, model_config
 from asymcert.data import user
 from asymcert.data.download import sha256_file
@@ -155,13 +157,14 @@ def _merge(base: dict[str, Any], *overrides: dict[str, Any] | None) -> dict[str,
     return out
 
 
-def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """The ``run.json`` of a run folder, checked by :class:`~asymcert.runfolder.RunRecord`.
+def read_run(run_dir: str | Path) -> RunRecord:
+    """The ``run.json`` of a run folder, checked and typed (:func:`~asymcert.runfolder.read_run_record`;
+    :meth:`~asymcert.runfolder.RunRecord.to_dict` is its JSON).
 
     Raises:
         CheckpointError: no run folder, or a run.json that is not JSON or lacks/mistypes a key.
     """
-    return read_run_record(run_dir).to_dict()
+    return read_run_record(run_dir)
 
 
 def run_data(run_dir: str | Path, data_dir: str | Path | None = None) -> TaskData:
@@ -417,11 +420,12 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 def execute_training(
     plan: TrainingPlan, out_dir: str | Path, progress: bool = True, log: Callable[[str], None] | None = None
-) -> dict[str, Any]:
+) -> RunRecord:
     """Run a checked plan into ``out_dir`` under the folder's writer lock (resuming an interrupted run there).
 
     Everything that can refuse (lock, the folder's existing run, the resume state) is checked before
-    the first write. Returns run.json's content; with ``false_positive_rate`` its training summary holds the
+    the first write. Returns the run record as run.json holds it (strict JSON: a non-finite number is None
+    there); with ``false_positive_rate`` its training summary holds the
     :class:`~asymcert.train.balance.FalsePositiveBudget` (``"false_positive_budget"``) the report notes when small.
     """
     check_not_foreign(Path(out_dir))  # before the lock file is made in it
@@ -455,7 +459,7 @@ def execute_training(
         if distributed.is_main():
             write_json(out / RUN_FILE, record.to_dict())
         distributed.barrier()
-    return strict_jsonable(record.to_dict())
+    return RunRecord.from_dict(strict_jsonable(record.to_dict()))
 
 
 def train_run(
@@ -470,8 +474,9 @@ def train_run(
     data: TaskData | None = None,
     threat_model: ThreatModel | None = None,
     plain: bool = False,
-) -> dict[str, Any]:
-    """Train the task's model into ``out_dir`` (resuming an interrupted run there). Returns run.json's content.
+) -> RunRecord:
+    """Train the task's model into ``out_dir`` (resuming an interrupted run there). Returns its run record, as
+    run.json holds it.
 
     ``threat_model``/``plain``: as :func:`plan_training`. A refused run (bad task, preset, settings, device
     or model config or threat model; a folder holding another run or being written by another process; a
@@ -662,8 +667,9 @@ def _write_certificate_mode(
     write_json(run_dir / CERTIFY_FILE, mode.to_dict())
 
 
-Reporter = Callable[[Path], dict[str, Any]]
-"""``report(run_dir) -> results``: writes a run folder's report (e.g. :func:`asymcert.report.writer.write_report`)."""
+Reporter = Callable[[Path], RunResults | None]
+"""``report(run_dir) -> results``: writes a run folder's report (e.g. :func:`asymcert.report.writer.write_report`)
+and returns its numbers (None: none, e.g. on a process that writes nothing, or a report that failed and said so)."""
 
 
 @dataclass
@@ -672,21 +678,21 @@ class PipelineResult:
 
     Attributes:
         run_dir: the run folder.
-        record: run.json's content.
+        record: the run record, as run.json holds it.
         certificate: the certificates of the first ``limit`` test inputs, one row each.
         labels: (N,) their labels.
         trained_now: False when a finished run in the folder was reused.
         train_wall_seconds: wall clock of the training step (reading the finished run when reused).
-        report: what the reporter returned ({} without one).
+        report: what the reporter returned (None without one, and on the processes other than rank 0).
     """
 
     run_dir: Path
-    record: dict[str, Any]
+    record: RunRecord
     certificate: Certificate
     labels: torch.Tensor
     trained_now: bool
     train_wall_seconds: float
-    report: dict[str, Any] = field(default_factory=dict)
+    report: RunResults | None = None
 
 
 def run_finished(run_dir: Path) -> bool:
@@ -725,7 +731,7 @@ def run_pipeline(
         record = execute_training(plan, out, progress, log) if trained else read_run(out)
         wall = time.perf_counter() - t0
         cert = certify_run(out, data=plan.data, progress=progress, settings=settings)
-        results = report(out) if report is not None and distributed.is_main() else {}
+        results = report(out) if report is not None and distributed.is_main() else None
         distributed.barrier()
     return PipelineResult(out, record, cert, plan.data.test.y[: settings.limit], trained, wall, results)
 
@@ -743,9 +749,9 @@ def run_task(
     report: Reporter | None = None,
     threat_model: ThreatModel | None = None,
     plain: bool = False,
-) -> dict[str, Any]:
+) -> RunResults | None:
     """Train, certify and report in one go, holding the folder's lock throughout. Returns the report's results
-    ({} without a ``report``).
+    (None without a ``report``, and on the processes other than rank 0).
 
     Under a threat model (``threat_model``, else the task's own unless ``plain``) the run certifies the
     threat model's norms (default 1, 2, ∞) in its units. Everything (the task and settings, the threat model,

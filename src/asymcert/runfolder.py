@@ -486,6 +486,13 @@ class RunRecord:
             **{k: v for k, v in raw.items() if k in known}, extra={k: v for k, v in raw.items() if k not in known}
         )
 
+    @property
+    def binary_features(self) -> list[str]:
+        """The features whose training values are all 0 or 1 (run.json's ``binary_features``, kept in
+        :attr:`extra`; :func:`~asymcert.pipeline.binary_features`), by name or flat index; [] when it has none."""
+        flags = self.extra.get("binary_features")
+        return flags if isinstance(flags, list) else []
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``run.json`` (``training`` only once there is one)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}

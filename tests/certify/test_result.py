@@ -14,10 +14,12 @@ import asymcert
 from asymcert.certify import certifier_names
 from asymcert.certify.certfile import legacy_guarantee, load_certificates, save_certificates
 from asymcert.certify.result import Certificate, Guarantee
+from asymcert.certify.summary import RunResults
 from asymcert.errors import CheckpointError, InputError
 from asymcert.models import build_model
 from asymcert.report.metrics import certified_accuracy, curve_grid
 from asymcert.report.writer import ONE_VS_REST_NOTE, render_markdown, summarize
+from asymcert.runfolder import RunRecord
 from tests.conftest import small_feature_convex
 
 SMOOTH = {"sigma": 0.3, "n0": 20, "n": 200, "alpha": 0.01}
@@ -159,13 +161,14 @@ def test_metrics_and_report_read_the_guarantee_not_extra_keys_or_method_names():
     assert certified_accuracy(flag, labels, 2.0, r).tolist() == [0.5, 0.25]
     assert certified_accuracy(decision, labels, 2.0, r).tolist() == [0.75, 0.25]
     flag_res, dec_res = (summarize(c, labels, {"l2": [0.4]}) for c in (flag, decision))
-    assert flag_res["guarantee"] == "flag" and dec_res["guarantee"] == "decision"
-    assert flag_res["flags"]["true_class"] == 0.5 and "flags" not in dec_res
-    run = {"task": "t", "model": {}}
-    assert ONE_VS_REST_NOTE in render_markdown(run, flag_res)  # method "custom": the guarantee decides
-    assert ONE_VS_REST_NOTE not in render_markdown(run, dec_res)
+    assert flag_res.to_dict()["guarantee"] == "flag" and dec_res.to_dict()["guarantee"] == "decision"
+    assert flag_res.flags is not None and flag_res.flags.true_class == 0.5 and dec_res.flags is None
+    assert "flags" not in dec_res.to_dict()
+    run = RunRecord(task={"name": "t"}, model={}, train={})
+    assert ONE_VS_REST_NOTE in render_markdown(run, RunResults(flag_res))  # method "custom": the guarantee decides
+    assert ONE_VS_REST_NOTE not in render_markdown(run, RunResults(dec_res))
     prob = summarize(_multiclass(Guarantee.PROBABILISTIC, alpha=0.01), labels, {})
-    assert "probability 1 − 0.01" in render_markdown(run, prob) and not prob["deterministic"]
+    assert "probability 1 − 0.01" in render_markdown(run, RunResults(prob)) and not prob.deterministic
 
 
 def _strip_guarantee(path, **meta_change: str) -> None:

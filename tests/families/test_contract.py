@@ -119,13 +119,13 @@ def test_a_new_family_plugs_in_from_one_module(toy, tmp_path):
     assert "toy-linear" in family_names() and "toy-linear" in model_kinds()
     out = tmp_path / "run"
     record = train_run(_npz(tmp_path), out, model_overrides={"kind": "toy-linear"}, progress=False, log=lambda m: None)
-    assert record["model"]["kind"] == "toy-linear" and record["train"]["epochs"] == 2  # the family's defaults
+    assert record.model["kind"] == "toy-linear" and record.train["epochs"] == 2  # the family's defaults
     cert = certify_run(out, progress=False)
     assert cert.method == "toy-linear" and cert.guarantee is Guarantee.FLAG
     results = write_report(out)
-    assert results["clean_accuracy"] > 0.7
+    assert results is not None and results.summary.clean_accuracy > 0.7
     model = asymcert.load(out)
-    assert isinstance(model, ToyLinear) and read_run(out)["model"]["kind"] == "toy-linear"
+    assert isinstance(model, ToyLinear) and read_run(out).model["kind"] == "toy-linear"
     x = torch.randn(6, 4)
     half = asymcert.certify(model, x, norms=(2,))
     full = asymcert.certify(model, x, norms=(2,), options=ToyOptions(shrink=1.0))

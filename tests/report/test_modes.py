@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,12 +23,13 @@ import asymcert
 from asymcert.audit import audit_run
 from asymcert.certify.certfile import load_certificates, save_certificates
 from asymcert.certify.result import Certificate, Guarantee
+from asymcert.certify.summary import RunResults
 from asymcert.cli import EXIT_OK, EXIT_REFUSED, main
 from asymcert.pipeline import CERT_FILE, CERTIFY_FILE, plan_training, read_certificate_mode, run_data
 from asymcert.report import writer as writer_module
 from asymcert.report.plots import plotting_available
 from asymcert.report.writer import _validation_flat, render_markdown, report_radii, summarize, write_report
-from asymcert.runfolder import read_run_record, run_threat_model
+from asymcert.runfolder import RunRecord, read_run_record, run_threat_model
 from asymcert.threat import ThreatModel
 from asymcert.train import TrainConfig
 from asymcert.train.balance import FEW_FALSE_POSITIVES, FalsePositiveBudget
@@ -86,6 +88,11 @@ def _no_constant(name):
     raise AssertionError(f"results.json holds {name}, which is not JSON")
 
 
+def _record(**fields):
+    """A run record of task "t" with no model settings, training settings or training summary unless given."""
+    return RunRecord(**{"task": {"name": "t"}, "model": {}, "train": {}, **fields})
+
+
 # ----------------------------------------------------------------------------------- radii all ∞
 
 
@@ -117,7 +124,7 @@ def test_some_infinite_radii_add_an_every_radius_column_to_the_picked_radii():
     radii = report_radii(cert, labels, {})["l1"]
     assert radii[-1] == math.inf and all(0 < r < math.inf for r in radii[:-1])
     results = summarize(cert, labels, {"l1": radii})
-    assert results["certified_accuracy"]["l1"]["inf"] == pytest.approx(2 / 6)
+    assert results.norms["l1"].table()["inf"] == pytest.approx(2 / 6)
     assert report_radii(cert, labels, {"l1": [0.5, 1.0]})["l1"] == [0.5, 1.0, math.inf]  # the run's own radii, too
     finite, finite_labels = _binary([0.5, 1.0])
     assert math.inf not in report_radii(finite, finite_labels, {})["l1"]  # no column where no radius is ∞
@@ -126,8 +133,8 @@ def test_some_infinite_radii_add_an_every_radius_column_to_the_picked_radii():
 def test_a_table_with_no_radius_says_nothing_is_certified():
     cert, labels = _binary([0.0, 0.0])
     results = summarize(cert, labels, report_radii(cert, labels, {}))
-    assert results["certified_accuracy"]["l1"] == {}
-    assert "ℓ1: no test input is certified at any radius > 0." in render_markdown({"task": "t", "model": {}}, results)
+    assert results.norms["l1"].table() == {}
+    assert "ℓ1: no test input is certified at any radius > 0." in render_markdown(_record(), RunResults(results))
 
 
 # ----------------------------------------------------------------------------------- the certificate mode
@@ -163,7 +170,7 @@ def test_a_mode_file_of_other_certificates_is_not_believed(run_copy):
     save_certificates(run_copy / CERT_FILE, cert, labels.flip(0))  # certificates written by other means
     assert read_certificate_mode(run_copy) is None
     results = write_report(run_copy)
-    assert results["certificate_mode"] is None
+    assert results is not None and results.certificate_mode is None
     assert "Certificates: mode not recorded" in (run_copy / "report.md").read_text()
     (run_copy / CERTIFY_FILE).write_text("{not json")
     assert read_certificate_mode(run_copy) is None
@@ -284,7 +291,12 @@ def test_new_certificates_without_plotting_leave_no_plots_of_the_old_ones(run_co
     assert list(run_copy.glob("certified_*.png")) or not plotting_available()
     monkeypatch.setattr(writer_module, "plotting_available", lambda: False)
     before = sorted(p.name for p in run_copy.glob("certified_*.png"))
-    assert write_report(run_copy)["plots"] == {} and sorted(p.name for p in run_copy.glob("certified_*.png")) == before
+    results = write_report(run_copy)
+    assert (
+        results is not None
+        and results.plots == {}
+        and sorted(p.name for p in run_copy.glob("certified_*.png")) == before
+    )
     res = CliRunner().invoke(main, ["certify", str(run_copy), "--quiet"])
     assert res.exit_code == EXIT_OK, res.output
     assert list(run_copy.glob("certified_*.png")) == [] and "plots_missing" in _results(run_copy)
@@ -337,26 +349,28 @@ def test_a_model_kept_from_the_first_of_many_epochs_is_noted():
     """Epoch 1 of 100 was kept under margin_radius=1 and the report said only "best validation epoch 1"
     (walkthrough 27f)."""
     cert, labels = _binary([0.5, 1.0])
-    results = {**summarize(cert, labels, report_radii(cert, labels, {})), "training_seconds": 60.0}
-    run = {"task": "t", "model": {}, "train": {"epochs": 100, "margin_radius": 1.0}, "training": {}}
+    results = RunResults(summarize(cert, labels, report_radii(cert, labels, {})), training_seconds=60.0)
+    run = _record(train={"epochs": 100, "margin_radius": 1.0}, training={})
     note = "Note: the model kept is from epoch 1 of 100: no later epoch did better on the validation split."
     assert note + " With the certified-margin loss (margin_radius = 1.0" in render_markdown(
-        run, {**results, "best_epoch": 1}
+        run, replace(results, best_epoch=1)
     )
-    assert note not in render_markdown(run, {**results, "best_epoch": 29})
-    plain = {**run, "train": {"epochs": 100}}
-    assert note in render_markdown(plain, {**results, "best_epoch": 1})
-    assert "certified-margin" not in render_markdown(plain, {**results, "best_epoch": 1})
-    assert "Note: the model kept" not in render_markdown({**run, "train": {"epochs": 3}}, {**results, "best_epoch": 1})
+    assert note not in render_markdown(run, replace(results, best_epoch=29))
+    plain = replace(run, train={"epochs": 100})
+    assert note in render_markdown(plain, replace(results, best_epoch=1))
+    assert "certified-margin" not in render_markdown(plain, replace(results, best_epoch=1))
+    assert "Note: the model kept" not in render_markdown(
+        replace(run, train={"epochs": 3}), replace(results, best_epoch=1)
+    )
 
 
 def test_the_first_epoch_note_names_the_units_training_took_the_margin_in():
     """Audit units30 F2: the note said "in the radii's units", which after ``certify --no-threat-model`` are raw
     units, while training took the margin in the run's threat model's units."""
     cert, labels = _binary([0.5, 1.0])
-    results = {**summarize(cert, labels, report_radii(cert, labels, {})), "best_epoch": 1}  # raw units now
-    run = {"task": "t", "model": {}, "train": {"epochs": 100, "margin_radius": 5}, "training": {}}
-    tm_run = {**run, "threat_model": ONE_IMMUTABLE}
+    results = RunResults(summarize(cert, labels, report_radii(cert, labels, {})), best_epoch=1)  # raw units now
+    run = _record(train={"epochs": 100, "margin_radius": 5}, training={})
+    tm_run = replace(run, threat_model=ONE_IMMUTABLE)
     own = "(margin_radius = 5, in the units of the run's own threat model (δ_i / scale_i), as in training)"
     assert own in render_markdown(tm_run, results) and own not in render_markdown(run, results)
     assert "(margin_radius = 5, in raw input units)" in render_markdown(run, results)
@@ -366,17 +380,17 @@ def test_the_first_epoch_note_names_the_units_training_took_the_margin_in():
 def test_the_report_names_monotone_features_by_name_when_the_run_has_names():
     """Walkthrough 27f #14: the report showed ``"monotone": {"increasing": [3, 6, 10]}``, indices only."""
     cert, labels = _binary([0.5, 1.0])
-    results = summarize(cert, labels, report_radii(cert, labels, {}))
+    results = RunResults(summarize(cert, labels, report_radii(cert, labels, {})))
     model = {"kind": "feature-convex", "monotone": {"increasing": [3, 1], "decreasing": [0]}}
-    run = {"task": "t", "model": model, "feature_names": FEATURES}
+    run = _record(model=model, feature_names=FEATURES)
     report = render_markdown(run, results)
     assert "- monotone features: the score never falls as `age` or `words` rises; it never rises as `links` rises" in (
         report
     )
     assert '- model: `{"kind": "feature-convex"}`' in report and "[3, 1]" not in report
-    unnamed = render_markdown({**run, "feature_names": None}, results)  # no names: the indices, as run.json has them
+    unnamed = render_markdown(replace(run, feature_names=None), results)  # no names: the indices, as run.json has them
     assert '"monotone": {"increasing": [3, 1], "decreasing": [0]}' in unnamed and "monotone features" not in unnamed
-    none = {**run, "model": {"kind": "feature-convex", "monotone": {"increasing": [], "decreasing": []}}}
+    none = replace(run, model={"kind": "feature-convex", "monotone": {"increasing": [], "decreasing": []}})
     assert "monotone features" not in render_markdown(none, results)
 
 
@@ -416,14 +430,14 @@ def test_a_validation_metric_that_never_moved_is_named_as_the_reason(tmp_path):
     """Walkthrough 28b: the same validation metric at every epoch (saturated data) kept epoch 1, and the note blamed
     the margin; history.json says so, and odd history files are read as "not flat"."""
     cert, labels = _binary([0.5, 1.0])
-    results = {**summarize(cert, labels, report_radii(cert, labels, {})), "best_epoch": 1}
-    run = {"task": "t", "model": {}, "train": {"epochs": 100, "margin_radius": 1.0}, "training": {}}
-    text = render_markdown(run, {**results, "validation_flat": True})
+    results = RunResults(summarize(cert, labels, report_radii(cert, labels, {})), best_epoch=1)
+    run = _record(train={"epochs": 100, "margin_radius": 1.0}, training={})
+    text = render_markdown(run, replace(results, validation_flat=True))
     assert "The validation metric was the same at every epoch" in text and "margin too large" in text  # (28c F5)
-    plain = {**run, "train": {"epochs": 100}}
-    flat_plain = render_markdown(plain, {**results, "validation_flat": True})
+    plain = replace(run, train={"epochs": 100})
+    flat_plain = render_markdown(plain, replace(results, validation_flat=True))
     assert "The validation metric was the same at every epoch" in flat_plain and "margin" not in flat_plain
-    assert "was the same" not in render_markdown(run, {**results, "validation_flat": False})
+    assert "was the same" not in render_markdown(run, replace(results, validation_flat=False))
     history = tmp_path / "history.json"
     cases = {
         json.dumps([{"epoch": k, "val_metric": 0.8208} for k in range(1, 8)]): True,
@@ -467,7 +481,8 @@ def test_run_json_radii_are_not_used_when_the_certificates_do_not_say_under_whic
     (run_copy / "run.json").write_text(json.dumps({**record, "report_radii": {"l1": [0.5, 1]}}))
     (run_copy / CERTIFY_FILE).unlink()
     results = write_report(run_copy)
-    assert results["report_radii_source"]["l1"] == "quantiles" and results["report_radii_settable"] is False
+    assert results is not None and results.report_radii_source["l1"] == "quantiles"
+    assert results.report_radii_settable is False
     text = " ".join((run_copy / "report.md").read_text().split())
     assert "do not say which threat model they were made under, so they are not used; `asymcert certify`" in text
     assert "`asymcert certify` on this folder records it and uses them again." in text

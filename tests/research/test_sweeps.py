@@ -102,7 +102,7 @@ def test_pair_folders_are_run_folders(pair_sweep, fashion_dir, tmp_path):
     out, _, _ = pair_sweep
     run_dir = tmp_path / "6-0"
     shutil.copytree(out / "pairs" / "6-0", run_dir)
-    assert read_run(run_dir)["task"] == {"name": "fashion-mnist", "pair": [6, 0]}
+    assert read_run(run_dir).task == {"name": "fashion-mnist", "pair": [6, 0]}
     pair = json.loads((run_dir / RESULT_FILE).read_text())
     res = CliRunner().invoke(main, ["report", str(run_dir)])
     assert res.exit_code == 0, res.output

@@ -207,8 +207,8 @@ def test_refit_run_folder_records_loads_and_certifies(csv_file, tmp_path):
     res = _run(csv_file, out, "--set", "refit=true")
     assert res.exit_code == EXIT_OK, res.output
     record = read_run(out)
-    splits, best = record["splits"], record["training"]["best"]
-    assert record["train"]["refit"] is True and best["selection"] == REFIT_SELECTION
+    splits, best = record.splits, (record.training or {})["best"]
+    assert record.train["refit"] is True and best["selection"] == REFIT_SELECTION
     assert best["epoch"] == 2 and best["fit_inputs"] == splits["train"] + splits["val"]
     assert REFIT_SELECTION in (out / "report.md").read_text()
     model = asymcert.load(out)
@@ -216,7 +216,7 @@ def test_refit_run_folder_records_loads_and_certifies(csv_file, tmp_path):
     assert res.exit_code == EXIT_OK, res.output
     cert, labels = load_certificates(out / "certificates.safetensors")
     assert len(labels) == splits["test"] and bool(cert.radii[2.0].isfinite().all())
-    assert model.config() == record["model"]
+    assert model.config() == record.model
 
 
 def test_run_folder_older_than_refit_loads_certifies_and_resumes(csv_file, tmp_path):
@@ -226,7 +226,7 @@ def test_run_folder_older_than_refit_loads_certifies_and_resumes(csv_file, tmp_p
     record = json.loads(run_json.read_text())
     del record["train"]["refit"]  # as a run folder written before the setting existed
     run_json.write_text(json.dumps(record))
-    assert "refit" not in read_run(out)["train"]
+    assert "refit" not in read_run(out).train
     res = CliRunner().invoke(main, ["certify", str(out), "--quiet"])
     assert res.exit_code == EXIT_OK, res.output
     assert _run(csv_file, out).exit_code == EXIT_OK  # same settings: the folder is this run's

@@ -13,6 +13,7 @@ import torch
 from asymcert import distributed
 from asymcert.certify.certfile import load_certificates
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm, raw_units
+from asymcert.certify.summary import CertifiedSummary, Detection, FlagShares, NormSummary, RunResults
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import CheckpointError
 from asymcert.jsontext import JsonTextError, parse_json
@@ -24,9 +25,9 @@ from asymcert.runfolder import (
     PLOT_GLOB,
     REPORT_FILE,
     RESULTS_FILE,
+    RunRecord,
     dumps_strict,
     exclusive,
-    json_number,
     read_run_record,
     remove_stale_temp_files,
     write_json,
@@ -49,52 +50,62 @@ GUARANTEE_TEXT = {
 }
 
 
-def summarize(cert: Certificate, labels: torch.Tensor, report_radii: dict[str, list[float]]) -> dict[str, Any]:
-    """Clean accuracy, certified accuracy at the report radii per norm, timing: a JSON-ready dict.
+def summarize(cert: Certificate, labels: torch.Tensor, report_radii: dict[str, list[float]]) -> CertifiedSummary:
+    """Clean accuracy, certified accuracy at the report radii per norm, detection figures, timing.
 
     Args:
         cert: N certificates. labels: (N,) true labels. report_radii: norm label → radii (in ``cert.units``).
     Returns:
-        ``results.json``'s numbers; ``"guarantee"`` is ``cert.guarantee``'s value (``"deterministic"``
-        is kept for older readers).
+        The certificates' numbers (:meth:`~asymcert.certify.summary.CertifiedSummary.to_dict` is their JSON, the
+        first keys of ``results.json``).
     """
     n = len(cert)
-    out: dict[str, Any] = {
-        "method": cert.method,
-        "guarantee": cert.guarantee.value,
-        "deterministic": cert.deterministic,
-        "alpha": cert.alpha,
-        "n_inputs": n,
-        "units": cert.units,
-        "clean_accuracy": clean_accuracy(cert, labels),
-        "certify_seconds_total": cert.seconds,
-        "certify_seconds_per_input": cert.seconds / max(1, n),
-        "certified_accuracy": {},
-    }
-    if cert.binary:
-        out["n_sensitive"] = int((labels == 1).sum())
-        flagged_correctly = float(((cert.predicted == 1) & (labels == 1)).sum())
-        out["sensitive_flagged_correctly"] = flagged_correctly / max(1, out["n_sensitive"])  # the detection rate
-        false_alarms = float(((cert.predicted == 1) & (labels == 0)).sum())
-        out["false_positive_rate"] = false_alarms / max(1, int((labels == 0).sum()))
-    if cert.guarantee is Guarantee.FLAG and not cert.binary:  # one-vs-rest: how many classes flag each input,
-        flags = cert.extra["flags"].bool()  # and is the true one among them
-        count = flags.sum(dim=1)
-        out["flags"] = {
-            "none": float((count == 0).double().mean()),
-            "one": float((count == 1).double().mean()),
-            "several": float((count > 1).double().mean()),
-            "true_class": float(flags.gather(1, labels.long()[:, None]).double().mean()),
-        }
+    norms = {}
     for p in cert.radii:
         name = norm_label(p)
         radii = report_radii.get(name, [])
         acc = certified_accuracy(cert, labels, p, torch.tensor(radii, dtype=torch.float64)) if radii else torch.zeros(0)
         rad = cert.radius(p)
         pool = (labels == 1) & (cert.predicted == 1) if cert.binary else (cert.predicted == labels)
-        out["certified_accuracy"][name] = {f"{r:g}": float(a) for r, a in zip(radii, acc)}
-        out.setdefault("median_radius", {})[name] = float(rad[pool].median()) if bool(pool.any()) else 0.0
-    return out
+        median = float(rad[pool].median()) if bool(pool.any()) else 0.0
+        norms[name] = NormSummary(tuple(radii), tuple(float(a) for a in acc), median)
+    return CertifiedSummary(
+        method=cert.method,
+        guarantee=cert.guarantee,
+        alpha=cert.alpha,
+        n_inputs=n,
+        units=cert.units,
+        clean_accuracy=clean_accuracy(cert, labels),
+        certify_seconds_total=cert.seconds,
+        norms=norms,
+        detection=_detection(cert, labels) if cert.binary else None,
+        flags=_flag_shares(cert, labels) if cert.guarantee is Guarantee.FLAG and not cert.binary else None,
+    )
+
+
+def _detection(cert: Certificate, labels: torch.Tensor) -> Detection:
+    """The flag rates of binary certificates against their (N,) labels."""
+    n_sensitive = int((labels == 1).sum())
+    flagged_correctly = float(((cert.predicted == 1) & (labels == 1)).sum())
+    false_alarms = float(((cert.predicted == 1) & (labels == 0)).sum())
+    return Detection(
+        n_sensitive=n_sensitive,
+        sensitive_flagged_correctly=flagged_correctly / max(1, n_sensitive),  # the detection rate
+        false_positive_rate=false_alarms / max(1, int((labels == 0).sum())),
+    )
+
+
+def _flag_shares(cert: Certificate, labels: torch.Tensor) -> FlagShares:
+    """One-vs-rest certificates: how many classes flag each input, and is the true one (of the (N,) labels) among
+    them."""
+    flags = cert.extra["flags"].bool()
+    count = flags.sum(dim=1)
+    return FlagShares(
+        none=float((count == 0).double().mean()),
+        one=float((count == 1).double().mean()),
+        several=float((count > 1).double().mean()),
+        true_class=float(flags.gather(1, labels.long()[:, None]).double().mean()),
+    )
 
 
 AUTO_QUANTILES = (0.1, 0.25, 0.5, 0.75)
@@ -146,28 +157,30 @@ def in_run_units(cert: Certificate, run_has_threat_model: bool, mode: Certificat
     return not run_has_threat_model and cert.units.startswith(RAW_UNITS)
 
 
-def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) -> RunResults | None:
     """Read a certified run folder, write ``results.json``, ``report.md`` and ``certified_<norm>.png``.
 
     Without matplotlib (the ``plot`` extra) the tables, JSON and Markdown are still written, without
     PNGs; ``log`` (default: the ``asymcert`` logger) and report.md say how to get the plots. Under
-    torchrun only rank 0 writes (the others return {}).
+    torchrun only rank 0 writes (the others return None).
 
-    results.json: :func:`summarize`'s numbers at :func:`report_radii` (key ``"inf"``: certified at every
-    radius), ``median_radius`` per norm a number or ``"inf"``, ``certificate_mode`` (closed form or
-    reach-aware, which threat model: :class:`~asymcert.pipeline.CertificateMode`, null when not recorded),
-    ``report_radii_source`` per norm (``"run.json"``: run.json's ``report_radii``; ``"quantiles"``:
-    :func:`auto_radii`), ``report_radii_settable`` (false: the certificates are in other units than the run's,
-    :func:`in_run_units`, or it is not recorded under which threat model they were made, so run.json's
-    ``report_radii`` do not apply) and ``validation_flat`` (history.json shows one validation metric
-    at every epoch, :func:`_validation_flat`).
+    results.json (:meth:`~asymcert.certify.summary.RunResults.to_dict`): :func:`summarize`'s numbers at
+    :func:`report_radii` (key ``"inf"``: certified at every radius), ``median_radius`` per norm a number or
+    ``"inf"``, ``certificate_mode`` (closed form or reach-aware, which threat model:
+    :class:`~asymcert.pipeline.CertificateMode`, null when not recorded), ``report_radii_source`` per norm
+    (``"run.json"``: run.json's ``report_radii``; ``"quantiles"``: :func:`auto_radii`), ``report_radii_settable``
+    (false: the certificates are in other units than the run's, :func:`in_run_units`, or it is not recorded under
+    which threat model they were made, so run.json's ``report_radii`` do not apply) and ``validation_flat``
+    (history.json shows one validation metric at every epoch, :func:`_validation_flat`).
 
+    Returns:
+        The numbers written (None on the processes that write nothing).
     Raises:
         CheckpointError: no run folder, no or corrupted certificates, a malformed run.json.
         RunFolderBusyError: another process is writing the folder.
     """
     if not distributed.is_main():
-        return {}
+        return None
     run_dir = Path(run_dir)
     run = read_run_record(run_dir)
     cert_path = run_dir / CERT_FILE
@@ -182,23 +195,24 @@ def write_report(run_dir: str | Path, log: Callable[[str], None] | None = None) 
         mode = read_certificate_mode(run_dir)
         own_units = in_run_units(cert, run.threat_model is not None, mode)
         own = {name: radii for name, radii in run.report_radii.items() if radii} if own_units else {}
-        results = summarize(cert, labels, report_radii(cert, labels, own))
-        results["report_radii_source"] = {
-            n: "run.json" if n in own else "quantiles" for n in results["certified_accuracy"]
-        }
-        results["report_radii_settable"] = own_units
-        results["median_radius"] = {k: json_number(v) for k, v in results.get("median_radius", {}).items()}
-        results["certificate_mode"] = None if mode is None else mode.to_dict()
-        results["task"] = run.task
-        results["training_seconds"] = (run.training or {}).get("seconds")
-        results["best_epoch"] = (run.training or {}).get("best", {}).get("epoch")
-        results["validation_flat"] = _validation_flat(run_dir)
-        results["plots"] = _plot_curves(run_dir, cert, labels, results, run.task_description) if plots_ok else {}
-        if not plots_ok:
-            results["plots_missing"] = PLOT_HINT
+        summary = summarize(cert, labels, report_radii(cert, labels, own))
+        training = run.training or {}
+        flat = _validation_flat(run_dir)
+        results = RunResults(
+            summary,
+            report_radii_source={n: "run.json" if n in own else "quantiles" for n in summary.norms},
+            report_radii_settable=own_units,
+            certificate_mode=mode,
+            task=run.task,
+            training_seconds=training.get("seconds"),
+            best_epoch=training.get("best", {}).get("epoch"),
+            validation_flat=flat,
+            plots=_plot_curves(run_dir, cert, labels, summary.clean_accuracy, run.task_description) if plots_ok else {},
+            plots_missing=None if plots_ok else PLOT_HINT,
+        )
         remove_stale_temp_files(run_dir)
-        write_json(run_dir / RESULTS_FILE, results)
-        markdown = render_markdown(run.to_dict(), results)
+        write_json(run_dir / RESULTS_FILE, results.to_dict())
+        markdown = render_markdown(run, results)
         atomic_write(run_dir / REPORT_FILE, lambda tmp: tmp.write_text(markdown))
     return results
 
@@ -223,16 +237,17 @@ def _validation_flat(run_dir: Path) -> bool:
 
 
 def _plot_curves(
-    run_dir: Path, cert: Certificate, labels: torch.Tensor, results: dict[str, Any], description: str
+    run_dir: Path, cert: Certificate, labels: torch.Tensor, clean: float, description: str
 ) -> dict[str, str]:
-    """One PNG per norm of certified accuracy against radius (plots of norms not certified now are removed);
-    returns norm label → file name."""
+    """One PNG per norm of certified accuracy against radius (radii in ``cert.units``; ``clean``: the clean
+    accuracy in [0, 1], named in the legend); plots of norms not certified now are removed. Returns norm label →
+    file name."""
     plots = {}
     for p in cert.radii:
         name = norm_label(p)
         grid = curve_grid(cert, labels, p)
         curve = certified_accuracy(cert, labels, p, grid)
-        label = f"{cert.method} (clean {100 * results['clean_accuracy']:.1f}%)"
+        label = f"{cert.method} (clean {100 * clean:.1f}%)"
         plots[name] = plot_certified_curves(
             [(label, grid, curve)],
             _pretty(p),
@@ -249,11 +264,11 @@ def _pretty(p: float) -> str:
     return "ℓ∞" if p == float("inf") else f"ℓ{p:g}"
 
 
-def _detection_lines(run: dict[str, Any], results: dict[str, Any]) -> list[str]:
+def _detection_lines(run: RunRecord, detection: Detection | None) -> list[str]:
     """Binary runs: the share of each class flagged, and the operating point b was fitted for."""
-    if "false_positive_rate" not in results:
+    if detection is None:
         return []
-    rate, confidence = operating_point(run.get("train") or {})
+    rate, confidence = operating_point(run.train)
     if rate is None:
         point = "equal class accuracies on validation"
     elif confidence is None:
@@ -261,8 +276,8 @@ def _detection_lines(run: dict[str, Any], results: dict[str, Any]) -> list[str]:
     else:
         point = f"at most {100 * rate:g}% of the other class flagged on new inputs, with confidence {confidence:g}"
     return [
-        f"- flagged: {100 * results['sensitive_flagged_correctly']:.2f}% of the sensitive class (detection rate), "
-        f"{100 * results['false_positive_rate']:.2f}% of the other class (false-positive rate); "
+        f"- flagged: {100 * detection.sensitive_flagged_correctly:.2f}% of the sensitive class (detection rate), "
+        f"{100 * detection.false_positive_rate:.2f}% of the other class (false-positive rate); "
         f"threshold b fitted for {point}"
     ]
 
@@ -288,10 +303,10 @@ def mode_line(mode: CertificateMode | None) -> str:
     return f"Certificates: {radii}, under {under}."
 
 
-def _budget_note(run: dict[str, Any]) -> list[str]:
+def _budget_note(run: RunRecord) -> list[str]:
     """A "Note:" line when the threshold b was fitted with few allowed false positives
     (:attr:`~asymcert.train.balance.FalsePositiveBudget.small`), else nothing."""
-    raw = ((run.get("training") or {}).get("false_positive_budget")) or {}
+    raw = ((run.training or {}).get("false_positive_budget")) or {}
     try:
         budget = FalsePositiveBudget(int(raw["allowed"]), int(raw["other"]), float(raw["rate"]))
     except (KeyError, TypeError, ValueError):  # no budget (no false_positive_rate, an older run) or a damaged one
@@ -299,10 +314,10 @@ def _budget_note(run: dict[str, Any]) -> list[str]:
     return [f"Note: {budget.note()}.", ""] if budget.small else []
 
 
-def _flags_note(run: dict[str, Any]) -> list[str]:
+def _flags_note(run: RunRecord) -> list[str]:
     """A "Note:" line naming the run's 0/1 features (run.json's ``binary_features``), else nothing."""
-    flags = run.get("binary_features")
-    if not isinstance(flags, list) or not flags:
+    flags = run.binary_features
+    if not flags:
         return []
     shown = first_few(flags, 6, lambda name: f"`{name}`")
     return [
@@ -313,7 +328,7 @@ def _flags_note(run: dict[str, Any]) -> list[str]:
     ]
 
 
-def _notes(run: dict[str, Any], results: dict[str, Any]) -> list[str]:
+def _notes(run: RunRecord, results: RunResults) -> list[str]:
     """The report's "Note:" lines (each followed by a blank line): a small budget, 0/1 features, a model kept from
     the first of many epochs, unfinished training."""
     unfinished = [
@@ -325,22 +340,21 @@ def _notes(run: dict[str, Any], results: dict[str, Any]) -> list[str]:
         *_budget_note(run),
         *_flags_note(run),
         *_first_epoch_note(run, results),
-        *(unfinished if "training" not in run else []),
+        *(unfinished if run.training is None else []),
     ]
 
 
-def _first_epoch_note(run: dict[str, Any], results: dict[str, Any]) -> list[str]:
+def _first_epoch_note(run: RunRecord, results: RunResults) -> list[str]:
     """A "Note:" line when the model kept is from the first of many epochs (nothing after it did better on the
     validation split: with a certified-margin loss, often a margin too large for the data's units), else nothing
     (walkthrough 27f: epoch 1 of 100 kept under ``margin_radius=1``, unsaid)."""
-    train = run.get("train") or {}
-    epochs, margin = train.get("epochs"), train.get("margin_radius")
-    if results.get("best_epoch") != 1 or not isinstance(epochs, int) or epochs < 5:
+    epochs, margin = run.train.get("epochs"), run.train.get("margin_radius")
+    if results.best_epoch != 1 or not isinstance(epochs, int) or epochs < 5:
         return []
     flat = (
         " The validation metric was the same at every epoch, so no later epoch could be better (a validation split "
         "too small or too easy to tell the epochs apart, or a loss that holds the model still)."
-        if results.get("validation_flat")
+        if results.validation_flat
         else ""
     )
     why = flat + (
@@ -355,20 +369,19 @@ def _first_epoch_note(run: dict[str, Any], results: dict[str, Any]) -> list[str]
     ]
 
 
-def _training_units(run: dict[str, Any]) -> str:
+def _training_units(run: RunRecord) -> str:
     """The units training took ``margin_radius`` in: the run's own threat model's (run.json's ``threat_model``,
     whatever the certificates were later made under), else raw input units (audit units30 F2)."""
-    if run.get("threat_model") is not None:
+    if run.threat_model is not None:
         return "the units of the run's own threat model (δ_i / scale_i), as in training"
-    task = run.get("task")
-    return raw_units(task) if isinstance(task, dict) else RAW_UNITS
+    return raw_units(run.task)
 
 
-def _model_lines(run: dict[str, Any]) -> list[str]:
+def _model_lines(run: RunRecord) -> list[str]:
     """The report's model line; for a run with named features and monotone ones, the monotone features by name on a
     line of their own (walkthrough 27f: ``"monotone": {"increasing": [3, 6, 10]}`` named no feature)."""
-    model, names = run["model"], run.get("feature_names")
-    monotone = model.get("monotone") if isinstance(model, dict) else None
+    model, names = run.model, run.feature_names
+    monotone = model.get("monotone")
     moves = {"increasing": "never falls", "decreasing": "never rises"}
     if not names or not isinstance(monotone, dict) or not any(monotone.get(side) for side in moves):
         return [f"- model: `{dumps_strict(model)}`"]
@@ -384,16 +397,16 @@ def _model_lines(run: dict[str, Any]) -> list[str]:
     ]
 
 
-def _radii_line(results: dict[str, Any]) -> list[str]:
+def _radii_line(results: RunResults) -> list[str]:
     """One sentence on where the tables' radii come from (run.json's ``report_radii``, or quantiles of the
     certified radii) and how to choose others (walkthrough 27f: the grid looked arbitrary); nothing for results
-    that do not say (``report_radii_source`` missing)."""
-    sources = results.get("report_radii_source")
+    that do not say (``report_radii_source`` empty)."""
+    sources = results.report_radii_source
     if not sources:
         return []
     picked = [_pretty(normalize_norm(n)) for n, source in sources.items() if source == "quantiles"]
     given = [_pretty(normalize_norm(n)) for n, source in sources.items() if source == "run.json"]
-    pool = "correctly flagged sensitive-class" if "n_sensitive" in results else "correctly classified"
+    pool = "correctly flagged sensitive-class" if results.summary.detection is not None else "correctly classified"
     quantiles = ", ".join(f"{100 * q:g}%" for q in AUTO_QUANTILES)
     parts = [f"{', '.join(given)}: run.json's `report_radii`"] if given else []
     if picked:
@@ -404,9 +417,9 @@ def _radii_line(results: dict[str, Any]) -> list[str]:
     how = (
         'to choose your own, set `report_radii` in run.json (norm → radii in these units, e.g. `"report_radii": '
         '{"l1": [1, 2, 5]}`) and run `asymcert report` on this folder'
-        if results.get("report_radii_settable", True)
+        if results.report_radii_settable
         else "run.json's `report_radii` are in the run's own units, not these, so they are not used"
-        if results.get("certificate_mode") is not None
+        if results.certificate_mode is not None
         else "run.json's `report_radii` are in the run's own units, and these certificates (made before asymcert "
         "recorded it) do not say which threat model they were made under, so they are not used; `asymcert certify` "
         "on this folder records it and uses them again"
@@ -419,44 +432,53 @@ def radius_header(key: str) -> str:
     return "every radius (∞)" if key == "inf" else key
 
 
-def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
-    """The human-readable report."""
-    lines = [f"# {run.get('task_description') or run['task']}", ""]
-    guarantee = GUARANTEE_TEXT[Guarantee(results["guarantee"])].format(alpha=results["alpha"])
-    lines += [
+def render_markdown(run: RunRecord, results: RunResults) -> str:
+    """The human-readable report of a run (run.json's record) from its numbers (``results.json``'s)."""
+    summary, detection = results.summary, results.summary.detection
+    guarantee = GUARANTEE_TEXT[summary.guarantee].format(alpha=summary.alpha)
+    lines = [
+        f"# {run.task_description or run.task}",
+        "",
         *_model_lines(run),
-        *([f"- threat model (run.json): `{dumps_strict(run['threat_model'])}`"] if run.get("threat_model") else []),
-        f"- certificate: {results['method']} ({guarantee})",
-        f"- test inputs: {results['n_inputs']}"
-        + (f" ({results['n_sensitive']} of the sensitive class)" if "n_sensitive" in results else ""),
-        f"- clean accuracy: **{100 * results['clean_accuracy']:.2f}%**",
-        *_detection_lines(run, results),
-        f"- certification: {1000 * results['certify_seconds_per_input']:.3f} ms per input "
-        f"({results['certify_seconds_total']:.2f} s in all)",
+        *([f"- threat model (run.json): `{dumps_strict(run.threat_model)}`"] if run.threat_model else []),
+        f"- certificate: {summary.method} ({guarantee})",
+        f"- test inputs: {summary.n_inputs}"
+        + (f" ({detection.n_sensitive} of the sensitive class)" if detection is not None else ""),
+        f"- clean accuracy: **{100 * summary.clean_accuracy:.2f}%**",
+        *_detection_lines(run, detection),
+        f"- certification: {1000 * summary.certify_seconds_per_input:.3f} ms per input "
+        f"({summary.certify_seconds_total:.2f} s in all)",
     ]
-    if results.get("training_seconds") is not None:
-        kept = ((run.get("training") or {}).get("best") or {}).get("selection")  # refit: the final epoch, no selection
+    if results.training_seconds is not None:
+        kept = ((run.training or {}).get("best") or {}).get("selection")  # refit: the final epoch, no selection
         lines.append(
-            f"- training: {results['training_seconds'] / 60:.1f} min, "
+            f"- training: {results.training_seconds / 60:.1f} min, "
             + (f"kept: {kept}, epoch" if kept else "best validation epoch")
-            + f" {results.get('best_epoch')}"
+            + f" {results.best_epoch}"
         )
-    mode = CertificateMode.from_dict(results["certificate_mode"]) if "certificate_mode" in results else None
     lines += [
         "",
         *_notes(run, results),
         "Certified accuracy: share of sensitive-class test inputs flagged sensitive with a certified "
-        f"radius ≥ r (radii in {results.get('units', RAW_UNITS)})."
-        if "n_sensitive" in results
+        f"radius ≥ r (radii in {summary.units})."
+        if detection is not None
         else ONE_VS_REST_NOTE
-        if results["guarantee"] == Guarantee.FLAG.value
+        if summary.guarantee is Guarantee.FLAG
         else "Certified accuracy: share of test inputs classified correctly with a certified radius ≥ r.",
         "",
-        *([mode_line(mode), ""] if "certificate_mode" in results else []),
+        mode_line(results.certificate_mode),
+        "",
         *_radii_line(results),
     ]
-    for name, table in results["certified_accuracy"].items():
-        pretty = _pretty(normalize_norm(name))
+    return "\n".join([*lines, *_tables(summary), *_plot_lines(results)]) + "\n"
+
+
+def _tables(summary: CertifiedSummary) -> list[str]:
+    """One Markdown table per norm of certified accuracy at the report radii (a line instead for a norm without
+    any radius > 0 to report)."""
+    lines = []
+    for name, norm in summary.norms.items():
+        pretty, table = _pretty(normalize_norm(name)), norm.table()
         if not table:  # no radius > 0 to report: every radius of the pool is 0, or the pool is empty
             lines += [f"{pretty}: no test input is certified at any radius > 0.", ""]
             continue
@@ -466,8 +488,10 @@ def render_markdown(run: dict[str, Any], results: dict[str, Any]) -> str:
             "| certified accuracy | " + " | ".join(f"{100 * v:.1f}%" for v in table.values()) + " |",
             "",
         ]
-    for name, png in results.get("plots", {}).items():
-        lines.append(f"![{name}]({png})")
-    if results.get("plots_missing"):
-        lines.append(f"No plots: {results['plots_missing']}.")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _plot_lines(results: RunResults) -> list[str]:
+    """The report's plot images, or the line saying why there are none."""
+    lines = [f"![{name}]({png})" for name, png in results.plots.items()]
+    return lines + ([f"No plots: {results.plots_missing}."] if results.plots_missing else [])

@@ -103,7 +103,7 @@ def _pair_job(job: tuple[int, int]) -> dict[str, Any]:
     done = run_pipeline(
         plan, job_dir, CertifySettings(norms=NORMS, limit=settings["limit"]), progress=False, log=lambda msg: None
     )
-    data, training = plan.data, done.record["training"]
+    data, training = plan.data, done.record.training or {}
     result = {
         "settings": settings,
         "sensitive": a,
@@ -116,7 +116,7 @@ def _pair_job(job: tuple[int, int]) -> dict[str, Any]:
         "val_balanced_accuracy": training["best"]["metric"],
         "balance": float(cast(torch.Tensor, plan.model.balance)),
         "job_seconds": clock.seconds(),
-        **summarize(done.certificate, done.labels, settings["report_radii"]),
+        **summarize(done.certificate, done.labels, settings["report_radii"]).to_dict(),
     }
     write_json(job_dir / RESULT_FILE, result)
     (job_dir / STATE_FILE).unlink(missing_ok=True)  # finished: the resumable state is no longer needed

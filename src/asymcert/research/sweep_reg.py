@@ -87,16 +87,17 @@ def _reg_job(job: tuple[str, float]) -> dict[str, Any]:
         log=lambda msg: None,
         report=write_report,
     )
-    run, report = done.record, done.report
+    run, report = done.record, done.report.to_dict() if done.report is not None else {}
+    training = run.training or {}
     result = {
         "settings": settings,
         "feature_map": fm,
         "lambda": lam,
         "name": point_name(fm, lam),
         "run_dir": str(run_dir),
-        "model": run["model"],
-        "training_seconds": run["training"]["seconds"],
-        "best_epoch": run["training"]["best"]["epoch"],
+        "model": run.model,
+        "training_seconds": training["seconds"],
+        "best_epoch": training["best"]["epoch"],
         "job_seconds": clock.seconds(),
         **{k: v for k, v in report.items() if k not in ("plots", "task")},
     }

@@ -1,0 +1,197 @@
+"""The typed numbers of a set of certificates and of a run's report: what ``results.json`` holds.
+
+:class:`CertifiedSummary` is what :func:`asymcert.report.writer.summarize` computes from certificates and their
+labels (also the per-method numbers of ``compare.json`` and of a class-pair sweep); :class:`RunResults` adds what
+the run report knows besides (:func:`asymcert.report.writer.write_report`), and its :meth:`RunResults.to_dict`
+is ``results.json``. They live here, below :mod:`asymcert.pipeline` and :mod:`asymcert.report`, so that the
+pipeline can type what its reporter returns without importing the report.
+
+Units: radii are in the certificates' units (:attr:`CertifiedSummary.units`: raw input units, or a threat model's
+δ_i / scale_i); accuracies and rates are shares in [0, 1]; times are seconds of wall clock.
+
+>>> s = CertifiedSummary("feature-convex", Guarantee.FLAG, None, 4, "raw input units", 0.75, 0.002,
+...                      {"l2": NormSummary((0.5, float("inf")), (0.5, 0.25), 1.5)}, Detection(2, 1.0, 0.5))
+>>> s.to_dict()["certified_accuracy"], s.certify_seconds_per_input
+({'l2': {'0.5': 0.5, 'inf': 0.25}}, 0.0005)
+>>> RunResults(s, certificate_mode=None).to_dict()["median_radius"]
+{'l2': 1.5}
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from asymcert.certify.result import Guarantee
+from asymcert.runfolder import CertificateMode, json_number
+
+__all__ = ["CertifiedSummary", "Detection", "FlagShares", "NormSummary", "RunResults"]
+
+
+@dataclass(frozen=True)
+class NormSummary:
+    """One ℓp norm's figures: certified accuracy at the report radii, and the median certified radius.
+
+    Attributes:
+        radii: (R,) the report radii r, in the certificates' units, in the order given (``math.inf``: every radius).
+        accuracy: (R,) certified accuracy at each radius, a share in [0, 1]
+            (:func:`~asymcert.report.metrics.certified_accuracy`).
+        median_radius: the median certified radius of the pool (correctly flagged sensitive-class inputs of a binary
+            model, correctly classified inputs otherwise), in the certificates' units (``math.inf`` possible;
+            0.0 for an empty pool).
+    """
+
+    radii: tuple[float, ...]
+    accuracy: tuple[float, ...]
+    median_radius: float
+
+    def table(self) -> dict[str, float]:
+        """Radius label → certified accuracy, as ``results.json``'s ``certified_accuracy`` holds it: the label is
+        ``f"{r:g}"`` (``"0.5"``, ``"inf"``); a radius given twice is one entry (its last accuracy)."""
+        return {f"{r:g}": a for r, a in zip(self.radii, self.accuracy)}
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The flag rates of a binary (sensitive-class) model on its test inputs.
+
+    Attributes:
+        n_sensitive: test inputs of the sensitive class (label 1).
+        sensitive_flagged_correctly: share of them flagged sensitive (the detection rate), in [0, 1].
+        false_positive_rate: share of the other class's test inputs flagged sensitive, in [0, 1].
+    """
+
+    n_sensitive: int
+    sensitive_flagged_correctly: float
+    false_positive_rate: float
+
+
+@dataclass(frozen=True)
+class FlagShares:
+    """How many classes a one-vs-rest model flags (s_k > 0) per test input: shares of the test inputs, in [0, 1].
+
+    Attributes:
+        none, one, several: inputs flagged by no class, exactly one, more than one.
+        true_class: inputs whose true class is among those flagging them.
+    """
+
+    none: float
+    one: float
+    several: float
+    true_class: float
+
+
+@dataclass(frozen=True)
+class CertifiedSummary:
+    """Clean and certified accuracy of N certificates against their labels, and the time certifying took.
+
+    Attributes:
+        method: the certifier's name (``Certificate.method``).
+        guarantee: what a radius promises (``Certificate.guarantee``).
+        alpha: failure probability of a probabilistic guarantee, in (0, 1); None for a deterministic one.
+        n_inputs: N, the certified inputs.
+        units: what the radii are measured in (``Certificate.units``): raw input units, or a threat model's units.
+        clean_accuracy: share of the N inputs whose decision equals the label, in [0, 1].
+        certify_seconds_total: wall-clock seconds certifying the N inputs took.
+        norms: norm label (``"l1"``, ``"l2"``, ``"linf"``) → that norm's figures, for every norm certified.
+        detection: the flag rates of a binary model (None for a multi-class one).
+        flags: how many classes flag each input, for a one-vs-rest (multi-class ``Guarantee.FLAG``) model; else None.
+    """
+
+    method: str
+    guarantee: Guarantee
+    alpha: float | None
+    n_inputs: int
+    units: str
+    clean_accuracy: float
+    certify_seconds_total: float
+    norms: dict[str, NormSummary] = field(default_factory=dict)
+    detection: Detection | None = None
+    flags: FlagShares | None = None
+
+    @property
+    def deterministic(self) -> bool:
+        """True unless the guarantee holds only with probability 1 − ``alpha``."""
+        return self.guarantee is not Guarantee.PROBABILISTIC
+
+    @property
+    def certify_seconds_per_input(self) -> float:
+        """Wall-clock seconds of certification per input (the total over max(1, N))."""
+        return self.certify_seconds_total / max(1, self.n_inputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of these numbers (a ``compare.json`` method's, the first keys of ``results.json``):
+        ``guarantee`` is the guarantee's value, ``deterministic`` kept for older readers; ``n_sensitive``,
+        ``sensitive_flagged_correctly`` and ``false_positive_rate`` for a binary model, ``flags`` for a one-vs-rest
+        one; ``median_radius`` (floats, ∞ as is) once a norm was certified."""
+        out: dict[str, Any] = {
+            "method": self.method,
+            "guarantee": self.guarantee.value,
+            "deterministic": self.deterministic,
+            "alpha": self.alpha,
+            "n_inputs": self.n_inputs,
+            "units": self.units,
+            "clean_accuracy": self.clean_accuracy,
+            "certify_seconds_total": self.certify_seconds_total,
+            "certify_seconds_per_input": self.certify_seconds_per_input,
+            "certified_accuracy": {name: norm.table() for name, norm in self.norms.items()},
+        }
+        if self.detection is not None:
+            out.update(asdict(self.detection))
+        if self.flags is not None:
+            out["flags"] = asdict(self.flags)
+        if self.norms:
+            out["median_radius"] = {name: norm.median_radius for name, norm in self.norms.items()}
+        return out
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """A run folder's report numbers (``results.json``): its certificates' summary and what the report adds.
+
+    Attributes:
+        summary: the certificates' numbers (:func:`~asymcert.report.writer.summarize` at the report radii).
+        report_radii_source: norm label → where its report radii come from: ``"run.json"`` (run.json's
+            ``report_radii``) or ``"quantiles"`` (:func:`~asymcert.report.writer.auto_radii`); {}: not said.
+        report_radii_settable: False when the certificates are in other units than the run's own, or it is not
+            recorded under which threat model they were made, so run.json's ``report_radii`` do not apply.
+        certificate_mode: how the certificates were computed (None: not recorded).
+        task: run.json's task spec.
+        training_seconds: wall-clock seconds of training (None: training has not finished).
+        best_epoch: the epoch of the model kept, counted from 1 (None: not known).
+        validation_flat: history.json shows the same validation metric at every one of at least 5 epochs.
+        plots: norm label → file name of its certified-accuracy plot in the run folder.
+        plots_missing: why there are no plots (matplotlib missing); None when they were made.
+    """
+
+    summary: CertifiedSummary
+    report_radii_source: dict[str, str] = field(default_factory=dict)
+    report_radii_settable: bool = True
+    certificate_mode: CertificateMode | None = None
+    task: dict[str, Any] = field(default_factory=dict)
+    training_seconds: float | None = None
+    best_epoch: int | None = None
+    validation_flat: bool = False
+    plots: dict[str, str] = field(default_factory=dict)
+    plots_missing: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``results.json``: :meth:`CertifiedSummary.to_dict`'s keys, ``median_radius`` a number
+        or ``"inf"`` per norm (:func:`~asymcert.runfolder.json_number`), then the report's; ``plots_missing`` only
+        when there are no plots for want of matplotlib."""
+        summary = self.summary.to_dict()
+        out = {  # (median_radius keeps its place among the summary's keys when it has one, else comes here)
+            **summary,
+            "report_radii_source": dict(self.report_radii_source),
+            "report_radii_settable": self.report_radii_settable,
+            "median_radius": {name: json_number(r) for name, r in summary.get("median_radius", {}).items()},
+            "certificate_mode": None if self.certificate_mode is None else self.certificate_mode.to_dict(),
+            "task": self.task,
+            "training_seconds": self.training_seconds,
+            "best_epoch": self.best_epoch,
+            "validation_flat": self.validation_flat,
+            "plots": dict(self.plots),
+        }
+        if self.plots_missing is not None:
+            out["plots_missing"] = self.plots_missing
+        return out
