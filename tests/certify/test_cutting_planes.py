@@ -81,7 +81,9 @@ def test_bracket_holds_the_exact_radius_and_meets(name, p):
     assert bool((res.upper[f] >= exact[f] * (1 - acc) - (1e-5 if p == 2 else 0.0)).all())
     assert all(s == "converged" for s, ff in zip(res.status, f.tolist(), strict=True) if ff)
     assert bool((res.upper[f] <= (1 + TOL) * res.lower[f]).all())
-    assert bool((_s64(model, x[f] + res.delta[f]) <= 0).all())  # the upper bound's move is checked
+    # the upper bound's move is checked (s ≤ 0 in the library's own float64 pass); it lies on the boundary, so
+    # evaluated in another batch its score can differ in the last bits (measured: +2.8e-17 where the library's was 0)
+    assert bool((_s64(model, x[f] + res.delta[f]) <= 1e-12).all())
     assert bool(torch.isnan(res.exact(TOL)).sum() == 0)
     assert bool((res.lower[~f] == 0).all() and (res.upper[~f] == 0).all())
 

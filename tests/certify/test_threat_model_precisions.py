@@ -91,7 +91,9 @@ def test_threat_radii_of_a_one_layer_icnn_hold_in_every_precision(near, precisio
         r = cert.radii[p]
         s64, upper = _tangent_radius64(model, x, tm, p)
         assert bool((r[flagged] <= upper[flagged] * (1 + 1e-9)).all()), (precision, guard, p)
-        away = flagged & (s64 > 1e-2)  # and tight away from the boundary (measured: within 8e-4 of it)
+        # and tight away from the boundary (measured: within 8e-4 of it); near_boundary's scores stop at 1e-2, where
+        # the guard's absolute allowance is ~0.2% of s, so one of them landing a hair above 1e-2 made this a coin toss
+        away = flagged & (s64 > 1.5e-2)
         assert bool((r[away] >= upper[away] * 0.998).all()), (precision, guard, p)
         rows = flagged & torch.isfinite(r) & (r > 0)
         assert int(rows.sum()) >= 20, f"ℓ{p}: too few positive radii to attack"
