@@ -858,6 +858,40 @@ def test_margin_bound_is_positive_exactly_inside_the_certified_radius(phi, p):
     assert bool((inside > 0).all()) and bool((outside < 0).all())
 
 
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_the_margin_bound_through_a_phi_that_is_not_coordinate_wise_holds_under_attack(p):
+    """φ = shift, concat-abs, pair-min declares no per-coordinate weights (pair-min of copies), so the training
+    bound takes its generic form s − r·S·Lip_p(φ)·‖∇g‖_{p*}, S the largest scale of a feature the input may move
+    (no test reached it before, coverage of session 31). Checked against that formula in float64, with S computed
+    here from the masks and the domain, and against the scores of threat_attack's moves of size ≤ r, which the
+    bound must never exceed (it is a lower bound of the score over the allowed moves)."""
+    model, x = _model([{"kind": "shift"}, {"kind": "concat-abs"}, {"kind": "pair-min"}], seed=3)
+    model = model.double().eval()
+    x = x.double()
+    tm = TM.resolve(None, 6)
+    features = model.features(x).detach().requires_grad_(True)
+    score = model.score_from_features(features)
+    (grad,) = torch.autograd.grad(score.sum(), features)
+    assert threat_model_module.harm_bounds(model.feature_map, grad, grad, 6) is None  # the generic form, really
+    lip, r = model.feature_lipschitz(p), 0.05
+    bound = threat_lower_bound(score.detach(), grad, x, model.feature_map, lip, tm, r, p)
+    up = tm.can_increase[None] & (x < tm.upper[None])
+    down = tm.can_decrease[None] & (x > tm.lower[None])
+    top = torch.where(up | down, tm.scale[None].double(), torch.zeros_like(x)).amax(1)
+    dual = {1.0: math.inf, 2.0: 2.0, math.inf: 1.0}[p]
+    expected = score.detach() - r * top * lip * torch.linalg.vector_norm(grad, ord=dual, dim=1)
+    torch.testing.assert_close(bound, expected, rtol=1e-12, atol=1e-12)
+    assert bool((bound < score.detach() - 1e-6).all())  # it does cost something: the check below can fail
+    gen = torch.Generator().manual_seed(0)
+    x_adv = threat_attack(model, x, torch.full((len(x),), r), p, tm, steps=50, restarts=2, generator=gen)
+    assert bool((move_sizes(x, x_adv, tm, p) <= r * (1 + 1e-12)).all())
+    moved = (x_adv != x).any(dim=1)
+    assert int(moved.sum()) > len(x) // 2
+    with torch.no_grad():
+        assert torch.allclose(model(x), score.detach())  # the same score
+        assert bool((model(x_adv) >= bound - 1e-12).all())
+
+
 def test_the_pipeline_trains_under_the_runs_threat_model(tmp_path, monkeypatch):
     seen = []
     original = FeatureConvexRecipe.use_threat_model
