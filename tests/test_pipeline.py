@@ -38,6 +38,7 @@ from asymcert.pipeline import (
     certify_run,
     plan_training,
     read_run,
+    resolve_task,
     run_data,
     run_pipeline,
     run_task,
@@ -537,3 +538,26 @@ def test_a_run_with_other_training_settings_names_what_changed(run_dir, fashion_
     with pytest.raises(RunFolderConflictError, match=r"other training settings \(epochs: 1 → 4\); a run goes on only"):
         _train(run_dir, fashion_dir, train={"epochs": 4})
     assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (["spambase"], "a task spec is an object, not list"),
+        ({"name": "fashion-mnist", "pair": [1]}, r"a class pair is \[sensitive, other\], got \[1\]"),
+        ({"name": "fashion-mnist", "pair": "0,1"}, "a class pair is"),
+        ({"csv": "mail.csv", "label_column": "kind"}, "needs its sensitive class"),
+        ({"npz": "x.npz"}, "needs its sensitive class"),
+        ({"csv": "mail.csv", "sensitive_class": "spam"}, "a CSV task needs its label column"),
+        ({"csv": "m.csv", "sensitive_class": "s", "label_column": "k", "ignore_columns": "id"}, "ignore_columns is a"),
+        ({"csv": "m.csv", "sensitive_class": "s", "label_column": "k", "ignore_columns": [3]}, "ignore_columns is a"),
+        ({"sensitive_class": "spam"}, "names no task"),
+    ],
+)
+def test_a_bad_task_spec_in_python_is_one_config_error_naming_it(spec, message, tmp_path, monkeypatch):
+    """resolve_task's refusals (the Python route to a run: the CLI never builds these specs), each before any file
+    is read: the paths named do not exist."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        resolve_task(spec)
+    assert list(tmp_path.iterdir()) == []
