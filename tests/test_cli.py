@@ -623,3 +623,26 @@ def test_ctrl_c_while_the_arguments_are_parsed_is_one_line_and_exit_130(monkeypa
     monkeypatch.setattr(click.Group, "make_context", interrupted)
     res = CliRunner().invoke(main, ["tasks"])
     assert res.exit_code == 130 and res.output == "Error: interrupted; nothing was read or written\n", res.output
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "name exactly one of: a TASK, --data FILE.npz, --csv FILE, --images DIR"),
+        (["spambase", "--csv", "{csv}"], "name exactly one of"),
+        (["--csv", "{csv}", "--images", "{dir}"], "name exactly one of"),
+        (["--csv", "{csv}", "--label-column", "kind"], "--sensitive-class is required with your own data"),
+        (["--csv", "{csv}", "--sensitive-class", "spam"], "--label-column is required with --csv"),
+    ],
+)
+def test_the_task_source_is_one_and_complete_or_one_line(tmp_path, command, args, message):
+    """Which data a run trains on: exactly one source, and a user file with its sensitive class (and a CSV with
+    its label column), else one usage line, exit 2, and no --out folder (no test reached these before)."""
+    (tmp_path / "mail.csv").write_text("a,b,kind\n1,2,spam\n3,4,ham\n")
+    (tmp_path / "imgs").mkdir()
+    filled = [a.format(csv=tmp_path / "mail.csv", dir=tmp_path / "imgs") for a in args]
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, [command, *filled, "--out", str(out), "--quiet"])
+    assert message in _refused(res)
+    assert not out.exists()
