@@ -3,10 +3,12 @@ import math
 
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 import asymcert
 from asymcert.checkpoint import BUILD_STEPS_PER_TENSOR, BUILD_STEPS_SLACK, CONFIG_KEY
+from asymcert.cli import main
 from asymcert.models import build_model
 from tests.conftest import small_feature_convex
 
@@ -183,3 +185,22 @@ def test_a_count_the_files_tensors_cannot_match_is_refused_before_it_is_built(tm
     _rewrite(path, tensors, config)
     with pytest.raises(asymcert.CheckpointError, match="weights do not match the stored config"):
         asymcert.load(path)
+
+
+def test_a_safetensors_file_saved_without_asymcert_is_one_checkpoint_error_and_one_cli_line(tmp_path):
+    """A user's own safetensors file (a state dict saved with safetensors' save_file: no asymcert config) is
+    refused by name, in Python and by `asymcert export` (one line, exit 2, nothing written), and never built
+    (no test reached this refusal before: coverage of session 31)."""
+    model = small_feature_convex("icnn")
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    save_file(model.state_dict(), str(folder / "model.safetensors"))
+    with pytest.raises(asymcert.CheckpointError, match=r"holds no asymcert model config \(was it saved with asym"):
+        asymcert.load(folder)
+    before = sorted(p.name for p in folder.iterdir())
+    out = tmp_path / "m.onnx"
+    res = CliRunner().invoke(main, ["export", str(folder), "--format", "onnx", "--out", str(out)])
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "holds no asymcert model config" in lines[0], res.output
+    assert "Traceback" not in res.output
+    assert sorted(p.name for p in folder.iterdir()) == before and not out.exists()
