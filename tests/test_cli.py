@@ -646,3 +646,18 @@ def test_the_task_source_is_one_and_complete_or_one_line(tmp_path, command, args
     res = CliRunner().invoke(main, [command, *filled, "--out", str(out), "--quiet"])
     assert message in _refused(res)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_an_out_folder_that_cannot_be_made_is_one_line_exit_4_and_leaves_nothing(tmp_path, command):
+    """--out below a regular file: the run folder cannot be created (NotADirectoryError), one WriteError line,
+    exit 4 (EXIT_IO), the file untouched and nothing else made (no test reached this refusal before)."""
+    rows = "".join(f"{i % 7},{(i * 3) % 5},{i % 2}\n" for i in range(40))
+    (tmp_path / "d.csv").write_text("a,b,kind\n" + rows)
+    (tmp_path / "afile").write_text("mine\n")
+    args = [command, "--csv", str(tmp_path / "d.csv"), "--label-column", "kind", "--sensitive-class", "1"]
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "afile" / "sub"), "--epochs", "1", "--quiet"])
+    line = _refused(res, EXIT_IO)
+    assert "WriteError: cannot create the run folder" in line and "Not a directory" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d.csv"]
+    assert (tmp_path / "afile").read_text() == "mine\n"
