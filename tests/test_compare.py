@@ -9,9 +9,24 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import load_file
 
+from asymcert.certify.result import Guarantee
+from asymcert.certify.summary import CertifiedSummary, Detection, NormSummary
 from asymcert.cli import EXIT_REFUSED, main
-from asymcert.compare import COMPARE_JSON, COMPARE_MD, CPU_EPOCHS, compare, compare_cli_main, method_specs
+from asymcert.compare import (
+    COMPARE_JSON,
+    COMPARE_MD,
+    CPU_EPOCHS,
+    ComparedMethod,
+    Comparison,
+    FailedMethod,
+    compare,
+    compare_cli_main,
+    method_specs,
+    render_markdown,
+)
 from asymcert.errors import UnknownNameError
+from asymcert.report.machine import Machine
+from asymcert.runfolder import dumps_strict
 from tests.conftest import folder_held
 
 # Randomized smoothing as Cohen et al. (2019, section 4) certify: n0 = 100 selection samples, n = 100,000
@@ -65,23 +80,23 @@ def test_compare_trains_certifies_reports_and_reloads(fashion_dir, tmp_path):
         overrides=overrides,
         fail_fast=True,
     )
-    methods = result["methods"]
+    assert list(result.compared) == list(METHODS) and not result.failed
+    methods = {name: e.summary for name, e in result.compared.items()}
     for name in ("convex", "smoothing", "orthogonal", "ibp"):
         e = methods[name]
-        assert e["status"] == "ok", e
-        assert e["trained_now"] and e["n_inputs"] == 30
+        assert result.compared[name].trained_now and e.n_inputs == 30
         assert (out / name / "certificates.safetensors").is_file() and (out / name / "report.md").is_file()
-        assert set(e["certified_accuracy"]) == {"l1", "l2", "linf"}
-        assert e["certify_seconds_per_input"] > 0
-        clean, certified = _recompute(out / name / "certificates.safetensors", result["report_radii"])
-        assert e["clean_accuracy"] == clean and e["certified_accuracy"] == certified, name
-    assert methods["smoothing"]["deterministic"] is False and methods["smoothing"]["alpha"] == COHEN["alpha"]
-    assert methods["ibp"]["method"] == "crown-ibp" and methods["orthogonal"]["method"] == "orthogonal"
-    assert methods["linf-dist"]["status"] == "ok"
+        assert set(e.norms) == {"l1", "l2", "linf"}
+        assert e.certify_seconds_per_input > 0
+        clean, certified = _recompute(out / name / "certificates.safetensors", result.report_radii)
+        assert e.clean_accuracy == clean and e.to_dict()["certified_accuracy"] == certified, name
+    assert not methods["smoothing"].deterministic and methods["smoothing"].alpha == COHEN["alpha"]
+    assert methods["ibp"].method == "crown-ibp" and methods["orthogonal"].method == "orthogonal"
     for png in ("compare_l1.png", "compare_l2.png", "compare_linf.png", "compare_runtime.png"):
         assert (out / png).stat().st_size > 1000
     saved = json.loads((out / COMPARE_JSON).read_text())
-    assert saved["methods"]["smoothing"]["clean_accuracy"] == methods["smoothing"]["clean_accuracy"]
+    assert saved == json.loads(dumps_strict(result.to_dict(), default=str))  # compare.json is the returned comparison
+    assert saved["methods"]["smoothing"]["clean_accuracy"] == methods["smoothing"].clean_accuracy
     md = (out / COMPARE_MD).read_text()
     assert "| method | certificate |" in md and "Not compared" not in md
     assert "smaller than the paper" in md and "![linf](compare_linf.png)" in md
@@ -99,9 +114,9 @@ def test_compare_trains_certifies_reports_and_reloads(fashion_dir, tmp_path):
         progress=False,
         echo=messages.append,
     )
-    assert not again["methods"]["smoothing"]["trained_now"]
-    assert again["methods"]["smoothing"]["certified_accuracy"] == methods["smoothing"]["certified_accuracy"]
-    assert again["methods"]["orthogonal"]["clean_accuracy"] == methods["orthogonal"]["clean_accuracy"]
+    assert not again.compared["smoothing"].trained_now
+    assert again.compared["smoothing"].summary.norms == methods["smoothing"].norms
+    assert again.compared["orthogonal"].summary.clean_accuracy == methods["orthogonal"].clean_accuracy
     assert any("loading the finished run" in m for m in messages) and messages[-1].endswith(COMPARE_MD)
 
 
@@ -125,9 +140,45 @@ def test_a_failing_method_is_reported_not_fatal(fashion_dir, tmp_path):
     result = compare(
         "fashion-mnist-shirts", tmp_path, methods=("smoothing",), limit=10, data_dir=fashion_dir, overrides=bad
     )
-    entry = result["methods"]["smoothing"]
-    assert entry["status"] == "failed" and "bogus" in entry["reason"]
+    entry = result.methods["smoothing"]
+    assert isinstance(entry, FailedMethod) and "bogus" in entry.reason
+    assert result.to_dict()["methods"]["smoothing"] == {"status": "failed", "reason": entry.reason}
     assert "(failed)" in (tmp_path / COMPARE_MD).read_text()
+
+
+def test_compare_json_keeps_its_keys_and_their_order():
+    """compare.json (:meth:`Comparison.to_dict`) kept the keys, in their order, of the dicts it was built from before
+    the comparison was typed; readers of compare.json rely on them. compare.md is rendered from the typed object."""
+    summary = CertifiedSummary(
+        "smoothing-gaussian", Guarantee.PROBABILISTIC, 0.001, 4, "raw input units", 0.75, 0.002,
+        {"l2": NormSummary((0.5, 1.0), (0.5, 0.25), 0.7)}, Detection(2, 0.5, 0.0),
+    )  # fmt: skip
+    ok = ComparedMethod("smoothing", "out/s", True, 1.5, {"kind": "k"}, {"epochs": 1}, 60.0, {"n": 200}, summary)
+    machine = Machine("cpu", 2, 1, "2.0", "3.12", "cpu", (1.0, 2.0, 3.0))
+    result = Comparison(
+        {"name": "t"}, "a task", "fast", False, 4, 2, 200, ("l2",), {"l2": [0.5, 1.0]},
+        {"smoothing": ok, "ibp": FailedMethod("ValueError: no")}, machine, {"l2": "compare_l2.png"},
+    )  # fmt: skip
+    d = result.to_dict()
+    assert list(d) == [
+        "task", "task_description", "preset", "paper_scale", "n_inputs", "n_sensitive", "n_smoothing", "norms",
+        "report_radii", "methods", "machine", "plots",
+    ]  # fmt: skip
+    assert list(d["methods"]["smoothing"]) == [
+        "status", "label", "run_dir", "trained_now", "train_wall_seconds", "model", "train", "training_seconds",
+        "certify_options", "method", "guarantee", "deterministic", "alpha", "n_inputs", "units", "clean_accuracy",
+        "certify_seconds_total", "certify_seconds_per_input", "certified_accuracy", "n_sensitive",
+        "sensitive_flagged_correctly", "false_positive_rate", "median_radius",
+    ]  # fmt: skip
+    assert d["methods"]["smoothing"]["certify_options"] == {"method": "smoothing-gaussian", "n": 200}
+    assert list(d["methods"]["smoothing"]["certify_options"]) == ["method", "n"]
+    assert d["methods"]["ibp"] == {"status": "failed", "reason": "ValueError: no"}
+    assert list(d["machine"]) == ["cpu", "cores", "torch_threads", "torch", "python", "device", "load_average"]
+    assert d["machine"]["load_average"] == [1.0, 2.0, 3.0] and d["norms"] == ["l2"]
+    md = render_markdown(result)
+    assert "| smoothing (`smoothing`) | smoothing-gaussian (probability 1 − 0.001) | 75.0% | 50.0% | 0.50 | 1.0 |" in md
+    assert "| smoothing | 50.0% | 25.0% | 0.7 |" in md and "- `ibp` (failed): ValueError: no" in md
+    assert "load average [1.0, 2.0, 3.0] when" in md and md.endswith("![l2](compare_l2.png)\n")
 
 
 def test_an_unknown_method_is_refused_before_anything_is_read_or_written(tmp_path):
@@ -153,9 +204,8 @@ def test_the_bound_propagation_methods_on_flat_feature_vectors_are_mlps(tmp_path
     assert method_specs(paper_scale=True, images=False)["smoothing"].model["arch"] == "mlp"
     assert method_specs(paper_scale=True)["smoothing"].model["arch"] == "cnn"
     result = compare("breast-cancer", tmp_path, methods=("ibp",), preset="fast", limit=20)
-    entry = result["methods"]["ibp"]
-    assert entry.get("status") != "failed", entry.get("reason")
-    assert 0.0 <= entry["clean_accuracy"] <= 1.0
+    assert not result.failed, result.failed
+    assert 0.0 <= result.compared["ibp"].summary.clean_accuracy <= 1.0
 
 
 def test_a_comparison_folder_has_one_writer(fashion_dir, tmp_path):

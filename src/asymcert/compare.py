@@ -1,7 +1,8 @@
 """Compare certification methods on one task: train (or load) each, certify the same test inputs,
 and write one report with every method's certified-accuracy curves.
 
-``compare(task_spec, out_dir)`` writes::
+``compare(task_spec, out_dir)`` returns a :class:`Comparison` (its :meth:`Comparison.to_dict` is compare.json) and
+writes::
 
     out_dir/<method>/          a run folder per method (run.json, model, certificates, report)
     out_dir/compare.json       per method: settings, clean accuracy, certified accuracy at the
@@ -36,14 +37,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, TypeAlias
 
 import torch
 
 from asymcert.certify.result import Certificate, Guarantee, norm_label
-from asymcert.certify.summary import RunResults
+from asymcert.certify.summary import CertifiedSummary, RunResults
 from asymcert.checkpoint import atomic_write
 from asymcert.data.tasks import Task, TaskData
 from asymcert.errors import MethodsFailedError, UnknownNameError
@@ -61,7 +62,7 @@ from asymcert.pipeline import (
     run_pipeline,
     task_facts,
 )
-from asymcert.report.machine import describe_machine
+from asymcert.report.machine import Machine
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
 from asymcert.report.plots import plot_certified_curves, plot_runtimes
 from asymcert.report.writer import summarize, write_report
@@ -72,6 +73,10 @@ __all__ = [
     "COMPARE_MD",
     "CPU_EPOCHS",
     "DEFAULT_METHODS",
+    "ComparedMethod",
+    "Comparison",
+    "FailedMethod",
+    "MethodEntry",
     "compare",
     "compare_cli_main",
     "method_specs",
@@ -92,6 +97,138 @@ def method_specs(paper_scale: bool = False, n_smoothing: int = 10000, images: bo
     for family in families():
         specs.update(family.compare_methods(scale))
     return specs
+
+
+# ------------------------------------------------------------------------------------ the typed comparison
+# Each to_dict() is its JSON object in compare.json, keys in the order compare.json has always had them.
+
+
+@dataclass(frozen=True)
+class ComparedMethod:
+    """A method trained (or loaded) and certified: its compare.json entry, ``status`` ``"ok"``.
+
+    Attributes:
+        label: the method's name in tables and plots (:attr:`~asymcert.families.MethodSpec.label`).
+        run_dir: its run folder (``out_dir/<method>``).
+        trained_now: False when a finished run in the folder was loaded instead of trained.
+        train_wall_seconds: wall-clock seconds of the training step (of reading the finished run when loaded).
+        model: the model config as run.json holds it (genuinely JSON: ``model.config()``).
+        train: the training settings as run.json holds them (genuinely JSON: ``TrainConfig.to_dict()``).
+        training_seconds: wall-clock seconds training took, as run.json records them (None: not recorded).
+        certify_options: the certifier's options, besides its name (genuinely JSON: the method's and the user's).
+        summary: its certificates' numbers at the comparison's report radii: clean and certified accuracy (shares
+            in [0, 1]), median radii (in ``summary.units``: raw input units, or a threat model's), seconds.
+    """
+
+    status: ClassVar[Literal["ok"]] = "ok"
+    label: str
+    run_dir: str
+    trained_now: bool
+    train_wall_seconds: float
+    model: dict[str, Any]
+    train: dict[str, Any]
+    training_seconds: float | None
+    certify_options: dict[str, Any]
+    summary: CertifiedSummary
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"status": "ok", "label", "run_dir", "trained_now", "train_wall_seconds", "model", "train",
+        "training_seconds", "certify_options"}`` (``certify_options`` with the certifier's ``"method"`` first), then
+        :meth:`~asymcert.certify.summary.CertifiedSummary.to_dict`'s keys."""
+        return {
+            "status": self.status,
+            "label": self.label,
+            "run_dir": self.run_dir,
+            "trained_now": self.trained_now,
+            "train_wall_seconds": self.train_wall_seconds,
+            "model": self.model,
+            "train": self.train,
+            "training_seconds": self.training_seconds,
+            "certify_options": {"method": self.summary.method, **self.certify_options},
+            **self.summary.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class FailedMethod:
+    """A method that failed (trained, loaded or certified): its compare.json entry, ``status`` ``"failed"``.
+
+    Attributes:
+        reason: the error, ``"<ExceptionType>: <message>"``.
+    """
+
+    status: ClassVar[Literal["failed"]] = "failed"
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"status": "failed", "reason"}``."""
+        return {"status": self.status, "reason": self.reason}
+
+
+MethodEntry: TypeAlias = ComparedMethod | FailedMethod
+"""One method's entry in a :class:`Comparison`: compared, or failed."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What :func:`compare` did: :meth:`to_dict` is compare.json, :func:`render_markdown` compare.md.
+
+    Attributes:
+        task: the task spec (genuinely JSON: the user's, ``{"name": ...}`` for a task name).
+        task_description: the task's description.
+        preset: the task preset applied to every method (None: none).
+        paper_scale: the papers' epochs, sample counts and widths (False: the CPU-sized defaults).
+        n_inputs: test inputs certified by every method (the first ``limit``).
+        n_sensitive: of those, the sensitive class's (label 1) for a binary task; None for a multi-class one.
+        n_smoothing: estimation samples n of randomized smoothing (100,000 at paper scale).
+        norms: the labels of the ℓp norms certified (``"l1"``, ``"l2"``, ``"linf"``), in order.
+        report_radii: norm label → radii at which the tables give certified accuracy, the task's (raw input units).
+        methods: method name → its entry, in the order the methods were given.
+        machine: the machine the comparison ran on, and its load when compare.json was written.
+        plots: ``"l1"``/``"l2"``/``"linf"`` (certified-accuracy curves) and ``"runtime"`` → file name of its plot
+            in the comparison folder; {} when no method was compared.
+    """
+
+    task: dict[str, Any]
+    task_description: str
+    preset: str | None
+    paper_scale: bool
+    n_inputs: int
+    n_sensitive: int | None
+    n_smoothing: int
+    norms: tuple[str, ...]
+    report_radii: dict[str, list[float]]
+    methods: dict[str, MethodEntry]
+    machine: Machine
+    plots: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def compared(self) -> dict[str, ComparedMethod]:
+        """The methods compared (trained or loaded, and certified), by name."""
+        return {name: e for name, e in self.methods.items() if isinstance(e, ComparedMethod)}
+
+    @property
+    def failed(self) -> dict[str, FailedMethod]:
+        """The methods that failed, by name."""
+        return {name: e for name, e in self.methods.items() if isinstance(e, FailedMethod)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """compare.json: ``{"task", "task_description", "preset", "paper_scale", "n_inputs", "n_sensitive",
+        "n_smoothing", "norms", "report_radii", "methods", "machine", "plots"}``."""
+        return {
+            "task": self.task,
+            "task_description": self.task_description,
+            "preset": self.preset,
+            "paper_scale": self.paper_scale,
+            "n_inputs": self.n_inputs,
+            "n_sensitive": self.n_sensitive,
+            "n_smoothing": self.n_smoothing,
+            "norms": list(self.norms),
+            "report_radii": {norm: list(radii) for norm, radii in self.report_radii.items()},
+            "methods": {name: entry.to_dict() for name, entry in self.methods.items()},
+            "machine": self.machine.to_dict(),
+            "plots": dict(self.plots),
+        }
 
 
 def _pretty(p: float) -> str:
@@ -158,7 +295,7 @@ def compare(
     log: Callable[[str], None] | None = None,
     data: TaskData | None = None,
     fail_fast: bool = False,
-) -> dict[str, Any]:
+) -> Comparison:
     """Train (or load) every method into ``out_dir/<method>/``, certify the same test inputs, report.
 
     Every method goes through :func:`asymcert.pipeline.run_pipeline`, so ``out_dir/<method>/`` is a
@@ -181,7 +318,7 @@ def compare(
         data: the task's data when already loaded.
         fail_fast: re-raise a method's error instead of recording it as ``"failed"`` in the report.
     Returns:
-        The content of ``compare.json``.
+        The comparison (:meth:`Comparison.to_dict` is the content of ``compare.json``).
 
     Raises:
         UnknownNameError: a method :func:`method_specs` does not know (the message lists the known ones).
@@ -210,10 +347,10 @@ def _run_methods(
     out: Path,
     ctx: _Context,
     fail_fast: bool,
-) -> tuple[dict[str, dict[str, Any]], dict[str, Certificate]]:
-    """Train (or load) and certify every method into ``out/<method>/``: compare.json entries and certificates (a
-    method that fails is an entry ``{"status": "failed", "reason"}``, unless ``fail_fast``)."""
-    entries: dict[str, dict[str, Any]] = {}
+) -> tuple[dict[str, MethodEntry], dict[str, Certificate]]:
+    """Train (or load) and certify every method into ``out/<method>/``: their entries and certificates (a method
+    that fails is a :class:`FailedMethod`, unless ``fail_fast``)."""
+    entries: dict[str, MethodEntry] = {}
     certs: dict[str, Certificate] = {}
     for name in dict.fromkeys(methods):
         try:
@@ -221,7 +358,7 @@ def _run_methods(
         except Exception as exc:  # one failing method does not sink an hour-long comparison
             if fail_fast:
                 raise
-            entries[name], cert = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}, None
+            entries[name], cert = FailedMethod(f"{type(exc).__name__}: {exc}"), None
             ctx.log(f"{name}: FAILED: {type(exc).__name__}: {exc}")
         if cert is not None:
             certs[name] = cert
@@ -229,7 +366,7 @@ def _run_methods(
 
 
 def _write_comparison(
-    entries: dict[str, dict[str, Any]],
+    entries: dict[str, MethodEntry],
     certs: dict[str, Certificate],
     out: Path,
     ctx: _Context,
@@ -238,25 +375,27 @@ def _write_comparison(
     paper_scale: bool,
     n_smoothing: int,
     norms_t: tuple[float, ...],
-) -> dict[str, Any]:
-    """Write compare.json, compare.md and the plots of finished methods into ``out``; returns compare.json's content."""
+) -> Comparison:
+    """Write compare.json, compare.md and the plots of finished methods into ``out``; returns the comparison."""
     task, data = ctx.task, ctx.data
     y = data.test.y[: ctx.certify.limit]
-    result = {
-        "task": task_spec,
-        "task_description": task.description,
-        "preset": preset,
-        "paper_scale": paper_scale,
-        "n_inputs": len(y),
-        "n_sensitive": int((y == 1).sum()) if task.binary else None,
-        "n_smoothing": 100_000 if paper_scale else int(n_smoothing),
-        "norms": [norm_label(p) for p in norms_t],
-        "report_radii": ctx.report_radii,
-        "methods": entries,
-        "machine": describe_machine(),
-        "plots": _plots(out, certs, entries, y, norms_t, task.description),
-    }
-    atomic_write(out / COMPARE_JSON, lambda tmp: tmp.write_text(dumps_strict(result, indent=1, default=str)))
+    labels = {name: e.label for name, e in entries.items() if isinstance(e, ComparedMethod)}
+    result = Comparison(
+        task=task_spec,
+        task_description=task.description,
+        preset=preset,
+        paper_scale=paper_scale,
+        n_inputs=len(y),
+        n_sensitive=int((y == 1).sum()) if task.binary else None,
+        n_smoothing=100_000 if paper_scale else int(n_smoothing),
+        norms=tuple(norm_label(p) for p in norms_t),
+        report_radii=ctx.report_radii,
+        methods=entries,
+        machine=Machine.current(),
+        plots=_plots(out, certs, labels, y, norms_t, task.description),
+    )
+    text = dumps_strict(result.to_dict(), indent=1, default=str)
+    atomic_write(out / COMPARE_JSON, lambda tmp: tmp.write_text(text))
     atomic_write(out / COMPARE_MD, lambda tmp: tmp.write_text(render_markdown(result)))
     return result
 
@@ -272,8 +411,8 @@ def _check_methods(methods: Iterable[str], specs: dict[str, MethodSpec]) -> None
 
 def _compare_method(
     name: str, specs: dict[str, MethodSpec], extra: dict[str, Any], run_dir: Path, ctx: _Context
-) -> tuple[dict[str, Any], Certificate]:
-    """One method (a name in ``specs``): its compare.json entry and its certificate."""
+) -> tuple[ComparedMethod, Certificate]:
+    """One method (a name in ``specs``): its entry and its certificate."""
     spec = specs[name]
     family = get_family(spec.family)
     model_spec = spec.model
@@ -300,18 +439,17 @@ def _compare_method(
     )
     cert, run = done.certificate, done.record
     ctx.log(f"{name}: {cert.seconds:.1f} s to certify, {1000 * cert.seconds / max(1, len(cert)):.2f} ms per input")
-    entry = {
-        "status": "ok",
-        "label": spec.label,
-        "run_dir": str(run_dir),
-        "trained_now": done.trained_now,
-        "train_wall_seconds": done.train_wall_seconds,
-        "model": run.model,
-        "train": run.train,
-        "training_seconds": (run.training or {}).get("seconds"),
-        "certify_options": {"method": cert.method, **opts},
-        **summarize(cert, done.labels, ctx.report_radii).to_dict(),
-    }
+    entry = ComparedMethod(
+        label=spec.label,
+        run_dir=str(run_dir),
+        trained_now=done.trained_now,
+        train_wall_seconds=done.train_wall_seconds,
+        model=run.model,
+        train=run.train,
+        training_seconds=(run.training or {}).get("seconds"),
+        certify_options=dict(opts),
+        summary=summarize(cert, done.labels, ctx.report_radii),
+    )
     return entry, cert
 
 
@@ -332,11 +470,13 @@ def _run_reporter(log: Callable[[str], None]) -> Reporter:
 def _plots(
     out: Path,
     certs: dict[str, Certificate],
-    entries: dict[str, dict[str, Any]],
+    labels: dict[str, str],
     y: torch.Tensor,
     norms: tuple[float, ...],
     description: str,
 ) -> dict[str, str]:
+    """Plot the certified-accuracy curves per norm and the runtimes of the certified methods (``certs``, named by
+    their ``labels``) into ``out``: plot key (norm label or ``"runtime"``) → file name; {} without certificates."""
     plots: dict[str, str] = {}
     if not certs:
         return plots
@@ -348,27 +488,27 @@ def _plots(
         grid = torch.linspace(0.0, top, 200, dtype=torch.float64)
         curves = []
         for name, c in have.items():
-            label = f"{entries[name]['label']} (clean {100 * clean_accuracy(c, y):.1f}%)"
+            label = f"{labels[name]} (clean {100 * clean_accuracy(c, y):.1f}%)"
             curves.append((label, grid, certified_accuracy(c, y, p, grid)))
         path = out / f"compare_{norm_label(p)}.png"
         plot_certified_curves(curves, _pretty(p), path, title=f"{description}: {_pretty(p)}")
         plots[norm_label(p)] = path.name
-    times = [(entries[name]["label"], c.seconds / max(1, len(c))) for name, c in certs.items()]
+    times = [(labels[name], c.seconds / max(1, len(c))) for name, c in certs.items()]
     path = out / "compare_runtime.png"
     plot_runtimes(times, path)
     plots["runtime"] = path.name
     return plots
 
 
-def render_markdown(result: dict[str, Any]) -> str:
-    """The comparison report (``compare.json``'s content) as Markdown."""
-    ok = {k: v for k, v in result["methods"].items() if v["status"] == "ok"}
+def render_markdown(result: Comparison) -> str:
+    """The comparison report (compare.md) as Markdown."""
+    ok = result.compared
     lines = _md_header(result) + _md_summary_table(ok)
-    for norm in result["norms"]:
-        lines += _md_certified_table(ok, norm, result["report_radii"].get(norm, []))
-    skipped = {k: v for k, v in result["methods"].items() if v["status"] != "ok"}  # failed
-    if skipped:
-        lines += ["### Not compared", ""] + [f"- `{k}` ({v['status']}): {v['reason']}" for k, v in skipped.items()]
+    for norm in result.norms:
+        lines += _md_certified_table(ok, norm, result.report_radii.get(norm, []))
+    failed = result.failed
+    if failed:
+        lines += ["### Not compared", ""] + [f"- `{k}` ({v.status}): {v.reason}" for k, v in failed.items()]
         lines += [""]
     lines += [
         "Notes: smoothing radii hold with probability 1 − α each; ℓ1/ℓ∞ radii of ℓ2 methods (and vice versa) "
@@ -376,27 +516,27 @@ def render_markdown(result: dict[str, Any]) -> str:
         "largest ε verified by bisection (a lower bound on the method's exact certified radius).",
         "",
     ]
-    lines += [f"![{key}]({png})" for key, png in result.get("plots", {}).items()]
+    lines += [f"![{key}]({png})" for key, png in result.plots.items()]
     return "\n".join(lines) + "\n"
 
 
-def _md_header(result: dict[str, Any]) -> list[str]:
+def _md_header(result: Comparison) -> list[str]:
     """Title, inputs, scale notes, timing method and machine of the comparison report."""
-    n_sens = result.get("n_sensitive")
+    n_sens = result.n_sensitive
     lines = [
-        f"# Comparison: {result['task_description']}",
+        f"# Comparison: {result.task_description}",
         "",
-        f"- test inputs: the first {result['n_inputs']}"
+        f"- test inputs: the first {result.n_inputs}"
         + (f" ({n_sens} of the sensitive class)" if n_sens is not None else ""),
         "- certified accuracy at r: share of sensitive-class test inputs flagged sensitive with a certified "
         "radius ≥ r (raw input units); abstentions count as failures",
-        f"- scale: {'paper settings' if result['paper_scale'] else 'CPU-sized defaults (smaller than the paper)'}"
-        + (f", preset `{result['preset']}`" if result.get("preset") else ""),
+        f"- scale: {'paper settings' if result.paper_scale else 'CPU-sized defaults (smaller than the paper)'}"
+        + (f", preset `{result.preset}`" if result.preset else ""),
     ]
-    if not result["paper_scale"]:
+    if not result.paper_scale:
         lines += [
             "  - 20 training epochs per method (paper: 60–150)",
-            f"  - randomized smoothing: MLP 256-256 base model (paper: ResNet-18), n = {result['n_smoothing']:,} "
+            f"  - randomized smoothing: MLP 256-256 base model (paper: ResNet-18), n = {result.n_smoothing:,} "
             "estimation samples (paper: 100,000), n0 = 100, α = 0.001, σ = 0.75",
             "  - ℓ∞-distance net: 4 × 512 (paper: 5 × 5120); orthogonal net: MLP 3 × 256; "
             "IBP: small CNN (16, 32, fc 100)",
@@ -405,35 +545,34 @@ def _md_header(result: dict[str, Any]) -> list[str]:
         f"- certify ms / input: one timed pass over all the inputs, after an untimed warm-up call on "
         f"{WARMUP_INPUTS} of them (kernel loading, first-call allocations)"
     )
-    machine = result.get("machine")
-    if machine:
-        lines.append(
-            f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch "
-            f"threads, load average {machine['load_average']} when the report was written"
-        )
+    machine = result.machine
+    load = None if machine.load_average is None else list(machine.load_average)  # (written as a list: [1.5, 2.0, 2.0])
+    lines.append(
+        f"- machine: {machine.cpu}, {machine.cores} cores, {machine.torch_threads} torch "
+        f"threads, load average {load} when the report was written"
+    )
     return [*lines, ""]
 
 
-def _md_summary_table(ok: dict[str, dict[str, Any]]) -> list[str]:
+def _md_summary_table(ok: dict[str, ComparedMethod]) -> list[str]:
     """One row per compared method: certificate and guarantee, accuracies, certification and training time."""
     lines = [
         "| method | certificate | clean accuracy | sensitive flagged | certify ms / input | training min |",
         "|---|---|---|---|---|---|",
     ]
     for name, e in ok.items():
-        guarantee = (
-            f"probability 1 − {e['alpha']}" if e["guarantee"] == Guarantee.PROBABILISTIC.value else "deterministic"
-        )
-        train_min = (e.get("training_seconds") or 0.0) / 60
+        s = e.summary
+        guarantee = f"probability 1 − {s.alpha}" if s.guarantee is Guarantee.PROBABILISTIC else "deterministic"
+        train_min = (e.training_seconds or 0.0) / 60
+        flagged = s.detection.sensitive_flagged_correctly if s.detection is not None else 0.0
         lines.append(
-            f"| {e['label']} (`{name}`) | {e['method']} ({guarantee}) | {100 * e['clean_accuracy']:.1f}% | "
-            f"{100 * e.get('sensitive_flagged_correctly', 0.0):.1f}% | "
-            f"{1000 * e['certify_seconds_per_input']:.2f} | {train_min:.1f} |"
+            f"| {e.label} (`{name}`) | {s.method} ({guarantee}) | {100 * s.clean_accuracy:.1f}% | "
+            f"{100 * flagged:.1f}% | {1000 * s.certify_seconds_per_input:.2f} | {train_min:.1f} |"
         )
     return [*lines, ""]
 
 
-def _md_certified_table(ok: dict[str, dict[str, Any]], norm: str, radii: list[float]) -> list[str]:
+def _md_certified_table(ok: dict[str, ComparedMethod], norm: str, radii: list[float]) -> list[str]:
     """Certified accuracy of every method at the task's report radii in ``norm`` (a label), and the median radius."""
     if not radii:
         return []
@@ -445,9 +584,11 @@ def _md_certified_table(ok: dict[str, dict[str, Any]], norm: str, radii: list[fl
         "|---|" + "---|" * (len(radii) + 1),
     ]
     for e in ok.values():
-        table = e["certified_accuracy"].get(norm, {})
+        summary = e.summary.norms.get(norm)
+        table = summary.table() if summary is not None else {}
         cells = [f"{100 * table.get(f'{r:g}', 0.0):.1f}%" for r in radii]
-        lines.append(f"| {e['label']} | " + " | ".join(cells) + f" | {e['median_radius'].get(norm, 0.0):.4g} |")
+        median = summary.median_radius if summary is not None else 0.0
+        lines.append(f"| {e.label} | " + " | ".join(cells) + f" | {median:.4g} |")
     return [*lines, ""]
 
 
@@ -462,13 +603,15 @@ def compare_cli_main(
     data_dir: str | Path | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> Comparison:
     """What ``asymcert compare`` does: run :func:`compare` and print a short summary.
 
     Args:
         task: a registered task name.
         methods: names, or one comma-separated string (``"convex,smoothing,ibp"``).
         echo: where progress and the summary go (``click.echo`` in the CLI).
+    Returns:
+        The comparison, as :func:`compare` returns it.
     Raises:
         MethodsFailedError: a method failed (after the report, which lists it, is written).
     """
@@ -486,18 +629,16 @@ def compare_cli_main(
         progress=progress,
         log=echo,
     )
-    for name, e in result["methods"].items():
-        if e["status"] == "ok":
-            echo(
-                f"{name}: clean {100 * e['clean_accuracy']:.1f}%, {1000 * e['certify_seconds_per_input']:.2f} ms/input"
-            )
+    for name, e in result.methods.items():
+        if isinstance(e, ComparedMethod):
+            s = e.summary
+            echo(f"{name}: clean {100 * s.clean_accuracy:.1f}%, {1000 * s.certify_seconds_per_input:.2f} ms/input")
         else:
-            echo(f"{name}: {e['status']} — {e['reason']}")
+            echo(f"{name}: {e.status} — {e.reason}")
     echo(f"report: {Path(out) / COMPARE_MD}")
-    failed = [f"{name}: {e['reason']}" for name, e in result["methods"].items() if e["status"] != "ok"]
+    failed = [f"{name}: {e.reason}" for name, e in result.failed.items()]
     if failed:  # (the report is written; the exit code says it is incomplete: audit 29e #5)
         raise MethodsFailedError(
-            f"{len(failed)} of {len(result['methods'])} methods failed (compare.md lists them): "
-            + "; ".join(failed[:3])
+            f"{len(failed)} of {len(result.methods)} methods failed (compare.md lists them): " + "; ".join(failed[:3])
         )
     return result
