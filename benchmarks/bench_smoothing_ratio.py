@@ -20,7 +20,8 @@ import torch
 from common import best_of, machine, write_results  # benchmarks/common.py
 
 import asymcert
-from asymcert.compare import SMALL_CNN, SMOOTHING_MLP
+from asymcert.families.contract import SMALL_CNN
+from asymcert.families.smoothing import SMOOTHING_MLP
 from asymcert.models import build_model
 
 CONVEX = {

@@ -4,6 +4,9 @@ modules (they hide import cycles; ``tests/test_architecture.py`` checks the modu
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "asymcert"
@@ -110,3 +113,30 @@ def test_tests_mirror_the_package():
     for name in folders:
         assert (tests / name / "__init__.py").is_file(), name
         assert list((tests / name).glob("test_*.py")), name
+
+
+_IMPORT_EVERY_SCRIPT = """
+import importlib, json, pathlib, sys
+folder = pathlib.Path(sys.argv[1])
+sys.path.insert(0, str(folder))
+bad = []
+for f in sorted(folder.glob("*.py")):
+    try:
+        importlib.import_module(f.stem)
+    except Exception as exc:
+        bad.append(f"{f.name}: {exc!r}")
+print(json.dumps(bad))
+"""
+
+
+def test_every_benchmark_script_imports():
+    """The benchmarks run as scripts, so nothing else imports them: bench_smoothing_ratio.py imported two names
+    from asymcert.compare after they had moved to asymcert.families, and failed at its first line (found in
+    session 31). Each script is imported (its ``__main__`` block not run) in a fresh interpreter."""
+    benchmarks = SRC.parents[1] / "benchmarks"
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EVERY_SCRIPT, str(benchmarks)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    assert len(list(benchmarks.glob("*.py"))) > 20
