@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pytest
+import rdata
 from click.testing import CliRunner
 from safetensors.numpy import load_file
 
-from asymcert.certify.result import Guarantee
+from asymcert.certify.result import Guarantee, norm_label
 from asymcert.certify.summary import CertifiedSummary, Detection, NormSummary
 from asymcert.cli import EXIT_REFUSED, main
 from asymcert.compare import (
@@ -24,10 +25,12 @@ from asymcert.compare import (
     method_specs,
     render_markdown,
 )
+from asymcert.data.spambase import SPAMBASE_THREAT_RADII
 from asymcert.errors import UnknownNameError
 from asymcert.report.machine import Machine
 from asymcert.runfolder import dumps_strict
 from tests.conftest import folder_held
+from tests.data.test_spambase import _frame as spam_frame
 
 # Randomized smoothing as Cohen et al. (2019, section 4) certify: n0 = 100 selection samples, n = 100,000
 # estimation samples, failure probability α = 0.001 (the "paper" column of compare.md's scale notes).
@@ -162,7 +165,7 @@ def test_compare_json_keeps_its_keys_and_their_order():
     d = result.to_dict()
     assert list(d) == [
         "task", "task_description", "preset", "paper_scale", "n_inputs", "n_sensitive", "n_smoothing", "norms",
-        "report_radii", "methods", "machine", "plots",
+        "units", "report_radii", "methods", "machine", "plots",
     ]  # fmt: skip
     assert list(d["methods"]["smoothing"]) == [
         "status", "label", "run_dir", "trained_now", "train_wall_seconds", "model", "train", "training_seconds",
@@ -231,3 +234,24 @@ def test_a_comparison_with_a_failed_method_or_none_is_not_exit_0(fashion_dir, tm
     res = CliRunner().invoke(main, [*args, "--data-dir", str(fashion_dir)])
     assert res.exit_code == EXIT_REFUSED and "MethodsFailedError: 1 of 1 methods failed" in res.output
     assert json.loads((tmp_path / "f" / COMPARE_JSON).read_text())["methods"]["convex"]["status"] == "failed"
+
+
+def test_a_task_with_a_threat_model_is_compared_in_its_units(tmp_path):
+    """`compare spambase` certified every method under the task's spammer threat model (threat-model units) but
+    tabled them at the task's raw-unit report radii and said "(raw input units)" in compare.md and on the plots'
+    axes (found in session 31). Now the tables use the task's threat-model report radii, and compare.json,
+    compare.md and the plots say which units the radii are in. SpamBase here is a small file in kernlab's own
+    format, written by the test."""
+    rdata.write_rda(tmp_path / "spam.rda", {"spam": spam_frame(300)})
+    out = tmp_path / "cmp"
+    result = compare("spambase", out, methods=("convex",), preset="fast", data_dir=tmp_path, fail_fast=True)
+    units = "threat-model units (δ_i / scale_i)"
+    assert result.units == units and result.compared["convex"].summary.units == units
+    assert result.report_radii == {norm_label(p): list(r) for p, r in SPAMBASE_THREAT_RADII.items()}
+    clean, certified = _recompute(out / "convex" / "certificates.safetensors", result.report_radii)
+    assert result.compared["convex"].summary.to_dict()["certified_accuracy"] == certified
+    assert clean == result.compared["convex"].summary.clean_accuracy > 0.5
+    saved = json.loads((out / COMPARE_JSON).read_text())
+    assert saved["units"] == units and saved["report_radii"]["l1"] == [0.5, 1.0, 2.0, 4.0]
+    md = (out / COMPARE_MD).read_text()
+    assert f"radius ≥ r (radii in {units})" in md and "raw input units" not in md

@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Literal, TypeAlias
 
 import torch
 
-from asymcert.certify.result import Certificate, Guarantee, norm_label
+from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, raw_units
 from asymcert.certify.summary import CertifiedSummary, RunResults
 from asymcert.checkpoint import atomic_write
 from asymcert.data.tasks import Task, TaskData
@@ -182,7 +182,11 @@ class Comparison:
         n_sensitive: of those, the sensitive class's (label 1) for a binary task; None for a multi-class one.
         n_smoothing: estimation samples n of randomized smoothing (100,000 at paper scale).
         norms: the labels of the ℓp norms certified (``"l1"``, ``"l2"``, ``"linf"``), in order.
-        report_radii: norm label → radii at which the tables give certified accuracy, the task's (raw input units).
+        report_radii: norm label → radii at which the tables give certified accuracy, in ``units``: the task's
+            threat-model report radii when it has a threat model (every method is trained and certified under it),
+            else its raw-unit ones.
+        units: the units of every radius of the comparison (the certificates'), e.g. ``raw input units`` or
+            ``threat-model units (δ_i / scale_i)``.
         methods: method name → its entry, in the order the methods were given.
         machine: the machine the comparison ran on, and its load when compare.json was written.
         plots: ``"l1"``/``"l2"``/``"linf"`` (certified-accuracy curves) and ``"runtime"`` → file name of its plot
@@ -201,6 +205,7 @@ class Comparison:
     methods: dict[str, MethodEntry]
     machine: Machine
     plots: dict[str, str] = field(default_factory=dict)
+    units: str = RAW_UNITS
 
     @property
     def compared(self) -> dict[str, ComparedMethod]:
@@ -214,7 +219,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """compare.json: ``{"task", "task_description", "preset", "paper_scale", "n_inputs", "n_sensitive",
-        "n_smoothing", "norms", "report_radii", "methods", "machine", "plots"}``."""
+        "n_smoothing", "norms", "units", "report_radii", "methods", "machine", "plots"}``."""
         return {
             "task": self.task,
             "task_description": self.task_description,
@@ -224,6 +229,7 @@ class Comparison:
             "n_sensitive": self.n_sensitive,
             "n_smoothing": self.n_smoothing,
             "norms": list(self.norms),
+            "units": self.units,
             "report_radii": {norm: list(radii) for norm, radii in self.report_radii.items()},
             "methods": {name: entry.to_dict() for name, entry in self.methods.items()},
             "machine": self.machine.to_dict(),
@@ -247,6 +253,7 @@ class _Context:
     facts: TaskFacts
     certify: CertifySettings
     report_radii: dict[str, list[float]]
+    units: str
     progress: bool
     log: Callable[[str], None]
 
@@ -265,6 +272,7 @@ def _context(
     pre = preset_overrides(task, preset)
     settings.check()
     data = data or task.load(Path(data_dir) if data_dir else None)
+    radii = task.threat_report_radii if task.threat_model is not None else task.report_radii  # (in its units)
     return _Context(
         task_spec,
         task,
@@ -273,10 +281,20 @@ def _context(
         data_dir,
         task_facts(task, data),
         settings,
-        {norm_label(p): list(r) for p, r in task.report_radii.items()},
+        {norm_label(p): list(r) for p, r in radii.items()},
+        _task_units(task, task_spec, data),
         progress,
         log or (lambda msg: None),
     )
+
+
+def _task_units(task: Task, task_spec: dict[str, Any], data: TaskData) -> str:
+    """The units of every radius of a comparison on ``task``: its threat model's when it has one (every method is
+    trained and certified under it, as ``asymcert run`` would), else the raw input units."""
+    if task.threat_model is None:
+        return raw_units(task_spec)
+    n_features = math.prod(data.test.x.shape[1:])
+    return task.threat_model.resolve(data.meta.get("feature_names"), n_features).units()
 
 
 def compare(
@@ -392,7 +410,8 @@ def _write_comparison(
         report_radii=ctx.report_radii,
         methods=entries,
         machine=Machine.current(),
-        plots=_plots(out, certs, labels, y, norms_t, task.description),
+        plots=_plots(out, certs, labels, y, norms_t, task.description, ctx.units),
+        units=_cert_units(certs, ctx.units),
     )
     text = dumps_strict(result.to_dict(), indent=1, default=str)
     atomic_write(out / COMPARE_JSON, lambda tmp: tmp.write_text(text))
@@ -467,6 +486,15 @@ def _run_reporter(log: Callable[[str], None]) -> Reporter:
     return report
 
 
+def _cert_units(certs: dict[str, Certificate], expected: str) -> str:
+    """The units the certificates' radii are in: ``expected`` (the task's) when every certificate carries them, as
+    every method runs under the task's threat model; otherwise (never expected) a phrase sending the reader to each
+    method's own ``units`` in compare.json rather than one that would be wrong for some of them."""
+    if all(c.units == expected for c in certs.values()):
+        return expected
+    return "each method's own units (compare.json: methods.<name>.units)"
+
+
 def _plots(
     out: Path,
     certs: dict[str, Certificate],
@@ -474,6 +502,7 @@ def _plots(
     y: torch.Tensor,
     norms: tuple[float, ...],
     description: str,
+    units: str = RAW_UNITS,
 ) -> dict[str, str]:
     """Plot the certified-accuracy curves per norm and the runtimes of the certified methods (``certs``, named by
     their ``labels``) into ``out``: plot key (norm label or ``"runtime"``) → file name; {} without certificates."""
@@ -491,7 +520,7 @@ def _plots(
             label = f"{labels[name]} (clean {100 * clean_accuracy(c, y):.1f}%)"
             curves.append((label, grid, certified_accuracy(c, y, p, grid)))
         path = out / f"compare_{norm_label(p)}.png"
-        plot_certified_curves(curves, _pretty(p), path, title=f"{description}: {_pretty(p)}")
+        plot_certified_curves(curves, _pretty(p), path, title=f"{description}: {_pretty(p)}", units=units)
         plots[norm_label(p)] = path.name
     times = [(labels[name], c.seconds / max(1, len(c))) for name, c in certs.items()]
     path = out / "compare_runtime.png"
@@ -529,7 +558,7 @@ def _md_header(result: Comparison) -> list[str]:
         f"- test inputs: the first {result.n_inputs}"
         + (f" ({n_sens} of the sensitive class)" if n_sens is not None else ""),
         "- certified accuracy at r: share of sensitive-class test inputs flagged sensitive with a certified "
-        "radius ≥ r (raw input units); abstentions count as failures",
+        f"radius ≥ r (radii in {result.units}); abstentions count as failures",
         f"- scale: {'paper settings' if result.paper_scale else 'CPU-sized defaults (smaller than the paper)'}"
         + (f", preset `{result.preset}`" if result.preset else ""),
     ]
