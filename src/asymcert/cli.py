@@ -919,10 +919,10 @@ def capacity(task, out, recipes, limit, epochs, seed, reverse, fw_iterations, da
             + ([f"--fw-iterations {fw_iterations}"] if fw_iterations != 100 else [])
         ),
     )
-    sep = rep["separability"]
+    sep = rep.separability
     click.echo(
-        f"separability bound {100 * sep['bound']:.2f}% ({sep['outside']}/{sep['checked']} outside)"
-        + "".join(f"; {r['recipe']} {100 * r['train_accuracy']:.2f}%" for r in rep["recipes"])
+        f"separability bound {100 * sep.bound:.2f}% ({sep.outside}/{sep.checked} outside)"
+        + "".join(f"; {r.recipe} {100 * r.train_accuracy:.2f}%" for r in rep.recipes)
         + f"; report: {Path(out) / 'capacity.md'}"
     )
 

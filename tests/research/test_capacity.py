@@ -16,6 +16,7 @@ from asymcert.errors import UnknownNameError
 from asymcert.models import build_model
 from asymcert.research.capacity import (
     RECIPES,
+    Recipe,
     max_accuracy_shift,
     resolve_recipes,
     run_capacity,
@@ -100,13 +101,16 @@ def test_a_recipe_fits_a_convex_separable_set_and_reports_per_epoch_accuracy():
         "train": {"optimizer": "adam", "lr": 1e-2, "batch_size": 32, "epochs": 15},
         "init": "scaled",
     }
-    res = run_recipe("tiny", train, settings=spec, seed=0)
+    recipe = Recipe.from_dict(spec)
+    assert recipe.to_dict() == spec and recipe.init == "scaled"
+    res = run_recipe("tiny", train, settings=recipe, seed=0)
     assert len(res.accuracy_per_epoch) == 15 == len(res.loss_per_epoch)
     assert res.train_accuracy == max(res.accuracy_per_epoch)
     assert res.accuracy_per_epoch[res.best_epoch - 1] == res.train_accuracy
     assert res.train_accuracy >= 0.97  # a linear classifier cannot exceed the larger class share here
     assert res.train_accuracy > float(train.y.float().mean().clamp_min(1 - train.y.float().mean())) + 0.1
-    assert res.settings["train"]["augment"] is False and res.settings["train"]["jacobian_reg"] == 0.0
+    assert res.settings.train["augment"] is False and res.settings.train["jacobian_reg"] == 0.0
+    assert res.to_dict()["settings"]["convex"] == spec["convex"] and res.settings.train["epochs"] == 15
     assert res.parameters == 4 * 64 + 64 + 64 + 4 + 1
 
 

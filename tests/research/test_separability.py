@@ -123,7 +123,7 @@ def test_reverse_swaps_the_classes():
     # every circle point is a vertex of conv(other ∪ …) but lies inside conv(sensitive) iff Delaunay says so
     expected = _reference_outside(x[y == 0].view(-1, 2).numpy(), x[y == 1].view(-1, 2).numpy())
     np.testing.assert_array_equal(rev.outside, expected)
-    assert rev.reverse and rev.summary()["reverse"]
+    assert rev.reverse and rev.summary().reverse
 
 
 def test_limit_draws_a_seeded_subset_and_keeps_a_valid_upper_bound():

@@ -12,11 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import asymcert
+from asymcert.certify.result import Guarantee
+from asymcert.certify.summary import CertifiedSummary, NormSummary, RunResults
 from asymcert.cli import main
 from asymcert.pipeline import read_run
 from asymcert.research import sweep_reg as sweep_reg_module
-from asymcert.research.sweep_pairs import pair_data, sweep_pairs
-from asymcert.research.sweep_reg import reg_cli_main, sweep_reg
+from asymcert.research.sweep_pairs import PairResult, pair_data, sweep_pairs
+from asymcert.research.sweep_reg import RegPoint, reg_cli_main, sweep_reg
 from asymcert.research.sweeps import RESULT_FILE, SweepError, pareto_front, parse_float_list, read_result
 from tests.conftest import folder_held
 
@@ -149,9 +151,11 @@ def test_pair_sweep_resumes_and_rejects_other_settings(pair_sweep, fashion_dir):
     again = sweep_pairs(
         "fashion-mnist", out, CLASSES, epochs=1, workers=1, data_dir=fashion_dir, train_overrides=TINY, log=lines.append
     )
-    assert again["trained_now"] == 1 and again["reused"] == 5
+    assert again.run.trained_now == 1 and again.run.reused == 5
     assert "5 finished before, 1 to train" in lines[0]
-    assert again["matrices"]["clean_accuracy"] == first["matrices"]["clean_accuracy"]  # seeded: same result
+    assert again.matrices.clean_accuracy == first.matrices.clean_accuracy  # seeded: same result
+    assert again.pairs[(0, 3)] == PairResult.from_dict(first.pairs[(0, 3)].to_dict())  # read back from its file
+    assert json.loads((out / "results.json").read_text())["pairs"]["0-3"] == first.to_dict()["pairs"]["0-3"]
     with pytest.raises(SweepError, match="other settings"):
         sweep_pairs("fashion-mnist", out, CLASSES, epochs=2, workers=1, data_dir=fashion_dir, train_overrides=TINY)
 
@@ -172,12 +176,10 @@ def test_pair_sweep_pool_of_two_workers_matches_in_process(pair_sweep, fashion_d
     summary = sweep_pairs(
         "fashion-mnist", tmp_path / "pool", [0, 6], epochs=1, workers=2, data_dir=fashion_dir, train_overrides=TINY
     )
-    assert summary["trained_now"] == 2 and summary["workers"] == 2
-    for key in ("0-6", "6-0"):
-        assert summary["pairs"][key]["clean_accuracy"] == pytest.approx(first["pairs"][key]["clean_accuracy"])
-        assert summary["pairs"][key]["median_radius"]["l2"] == pytest.approx(
-            first["pairs"][key]["median_radius"]["l2"], rel=1e-5
-        )
+    assert summary.run.trained_now == 2 and summary.run.workers == 2
+    for key in ((0, 6), (6, 0)):
+        assert summary.pairs[key].clean_accuracy == pytest.approx(first.pairs[key].clean_accuracy)
+        assert summary.pairs[key].median_radius("l2") == pytest.approx(first.pairs[key].median_radius("l2"), rel=1e-5)
 
 
 # ---------------------------------------------------------------- regularisation sweep
@@ -204,19 +206,20 @@ def test_reg_sweep_table_and_pareto(fashion_dir, tmp_path, monkeypatch):
         data_dir=fashion_dir,
     )
     assert (out / "pareto.png").is_file() and (out / "sweep.md").is_file()
-    assert len(summary["entries"]) == 4
-    for n, front in summary["pareto"].items():
-        key = f"{front['radius']:g}"
-        pts = [(e["clean_accuracy"], e["certified_accuracy"][n][key]) for e in summary["entries"]]
-        assert front["front"] == [e["name"] for e, on in zip(summary["entries"], pareto_front(pts)) if on]
-    for e in summary["entries"]:
-        run = out / "runs" / e["name"]
+    assert len(summary.entries) == 4
+    for n, front in summary.pareto.items():
+        key = f"{front.radius:g}"
+        pts = [(e.clean_accuracy, e.certified_accuracy(n)[key]) for e in summary.entries]
+        assert front.front == [e.name for e, on in zip(summary.entries, pareto_front(pts)) if on]
+    for e in summary.entries:
+        run = out / "runs" / e.name
         assert (run / "run.json").is_file() and (run / "certificates.safetensors").is_file()
-        assert json.loads((run / "run.json").read_text())["train"]["jacobian_reg"] == e["lambda"]
+        assert json.loads((run / "run.json").read_text())["train"]["jacobian_reg"] == e.lam
+        assert RegPoint.from_dict(json.loads((run / RESULT_FILE).read_text())).to_dict() == e.to_dict()
     md = (out / "sweep.md").read_text()
     assert "concat-abs" in md and "pareto.png" in md
     # audit units30 F3: the tables, the panels and the printed fronts say in which units r is
-    assert summary["units"] == "raw input units" and "### Certified accuracy, ℓ2 (radii in raw input units)" in md
+    assert summary.units == "raw input units" and "### Certified accuracy, ℓ2 (radii in raw input units)" in md
     assert "radius ≥ r (radii in raw input units)" in md
     assert panels and all(title.endswith(" (raw input units)") for title, _ in panels)
     lines = []
@@ -231,7 +234,8 @@ def test_reg_sweep_table_and_pareto(fashion_dir, tmp_path, monkeypatch):
         data_dir=fashion_dir,
         echo=lines.append,
     )
-    assert again["trained_now"] == 0 and again["reused"] == 4
+    assert again.run.trained_now == 0 and again.run.reused == 4
+    assert again.to_dict()["entries"] == summary.to_dict()["entries"]  # every point read back from its file
     fronts = [line for line in lines if line.startswith("Pareto front")]
     assert fronts and all(" in raw input units): " in line for line in fronts), lines
 
@@ -356,15 +360,19 @@ def test_a_sweep_folder_has_one_sweep_and_is_never_a_run_folder(fashion_dir, tmp
 def test_the_pareto_radius_is_one_every_point_was_certified_at():
     """`sweep reg spambase` looked up the task's radius 0.51 in runs certified under the threat model's own radii:
     KeyError, a traceback and no report (audit 29e #2). The front now uses a radius every point has."""
-    from asymcert.research.sweep_reg import _fronts
+    from asymcert.research.sweep_reg import ParetoFront, _fronts
 
-    entries = [
-        {"name": "a", "clean_accuracy": 0.9, "certified_accuracy": {"l1": {"0.5": 0.7, "1": 0.5, "2": 0.2}}},
-        {"name": "b", "clean_accuracy": 0.8, "certified_accuracy": {"l1": {"0.5": 0.8, "1": 0.6, "2": 0.1}}},
-    ]
+    def point(name: str, clean: float, accuracy: tuple[float, ...]) -> RegPoint:
+        l1 = NormSummary((0.5, 1.0, 2.0), accuracy, 1.0)
+        summary = CertifiedSummary(
+            "feature-convex", Guarantee.FLAG, None, 10, "raw input units", clean, 0.1, {"l1": l1}
+        )
+        return RegPoint("shift", 0.0, name, name, {}, 1.0, RunResults(summary))
+
+    entries = [point("a", 0.9, (0.7, 0.5, 0.2)), point("b", 0.8, (0.8, 0.6, 0.1))]
     fronts = _fronts(entries, {"l1": 0.51, "l2": 1.0})
-    assert fronts == {"l1": {"radius": 1.0, "front": ["a", "b"]}}
-    assert _fronts(entries, {"l1": 2.0})["l1"]["radius"] == 2.0
+    assert fronts == {"l1": ParetoFront(1.0, ["a", "b"])}
+    assert _fronts(entries, {"l1": 2.0})["l1"].radius == 2.0
 
 
 @pytest.mark.parametrize(

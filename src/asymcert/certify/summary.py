@@ -15,10 +15,14 @@ Units: radii are in the certificates' units (:attr:`CertifiedSummary.units`: raw
 ({'l2': {'0.5': 0.5, 'inf': 0.25}}, 0.0005)
 >>> RunResults(s, certificate_mode=None).to_dict()["median_radius"]
 {'l2': 1.5}
+>>> CertifiedSummary.from_dict(s.to_dict()) == s, RunResults.from_dict(RunResults(s).to_dict()) == RunResults(s)
+(True, True)
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,6 +53,12 @@ class NormSummary:
         """Radius label → certified accuracy, as ``results.json``'s ``certified_accuracy`` holds it: the label is
         ``f"{r:g}"`` (``"0.5"``, ``"inf"``); a radius given twice is one entry (its last accuracy)."""
         return {f"{r:g}": a for r, a in zip(self.radii, self.accuracy)}
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], median_radius: float) -> NormSummary:
+        """The figures :meth:`table` gave ``table`` (radii read back from their labels: ``float("0.5")``,
+        ``float("inf")``) and ``median_radius``; an accuracy a strict JSON file holds as null is NaN."""
+        return cls(tuple(float(r) for r in table), tuple(_number(a, math.nan) for a in table.values()), median_radius)
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,45 @@ class CertifiedSummary:
             out["median_radius"] = {name: norm.median_radius for name, norm in self.norms.items()}
         return out
 
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], null_radius: float = math.inf) -> CertifiedSummary:
+        """The summary :meth:`to_dict` gave ``raw`` (other keys ignored), e.g. read back from a JSON file.
+
+        Args:
+            raw: the JSON object; a median radius may be a number, ``"inf"``/``"-inf"``
+                (:func:`~asymcert.runfolder.json_number`) or null.
+            null_radius: the median radius a null stands for: ∞ for a strict JSON file
+                (:func:`~asymcert.runfolder.dumps_strict` writes ∞ as null), NaN for one written with
+                :func:`~asymcert.runfolder.json_number`.
+        Raises:
+            KeyError, ValueError, TypeError: ``raw`` is not such an object.
+        """
+        medians = raw.get("median_radius", {})
+        norms = {
+            name: NormSummary.from_table(table, _number(medians[name], null_radius))
+            for name, table in raw["certified_accuracy"].items()
+        }
+        detection = None
+        if "n_sensitive" in raw:
+            detection = Detection(raw["n_sensitive"], raw["sensitive_flagged_correctly"], raw["false_positive_rate"])
+        return cls(
+            method=raw["method"],
+            guarantee=Guarantee(raw["guarantee"]),
+            alpha=raw["alpha"],
+            n_inputs=raw["n_inputs"],
+            units=raw["units"],
+            clean_accuracy=raw["clean_accuracy"],
+            certify_seconds_total=raw["certify_seconds_total"],
+            norms=norms,
+            detection=detection,
+            flags=FlagShares(**raw["flags"]) if "flags" in raw else None,
+        )
+
+
+def _number(value: Any, null: float) -> float:
+    """A JSON number back as a float: ``"inf"``/``"-inf"`` as ±∞, null as ``null``."""
+    return null if value is None else float(value)
+
 
 @dataclass(frozen=True)
 class RunResults:
@@ -195,3 +244,24 @@ class RunResults:
         if self.plots_missing is not None:
             out["plots_missing"] = self.plots_missing
         return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> RunResults:
+        """The results :meth:`to_dict` gave ``raw`` (other keys ignored; a missing ``task`` or ``plots`` is empty),
+        e.g. a ``results.json`` read back; a null median radius is NaN (:func:`~asymcert.runfolder.json_number`).
+
+        Raises:
+            KeyError, ValueError, TypeError: ``raw`` is not such an object.
+        """
+        return cls(
+            summary=CertifiedSummary.from_dict(raw, null_radius=math.nan),
+            report_radii_source=dict(raw["report_radii_source"]),
+            report_radii_settable=raw["report_radii_settable"],
+            certificate_mode=CertificateMode.from_dict(raw["certificate_mode"]),
+            task=dict(raw.get("task", {})),
+            training_seconds=raw["training_seconds"],
+            best_epoch=raw["best_epoch"],
+            validation_flat=raw["validation_flat"],
+            plots=dict(raw.get("plots", {})),
+            plots_missing=raw.get("plots_missing"),
+        )

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -41,7 +41,7 @@ from asymcert.models import build_model
 from asymcert.nn.convex import ICNN, ConvexConvNet
 from asymcert.report.machine import describe_machine
 from asymcert.report.plots import _pyplot
-from asymcert.research.separability import SeparabilityResult, hull_classifier, separability_bound
+from asymcert.research.separability import SeparabilityResult, SeparabilitySummary, hull_classifier, separability_bound
 from asymcert.research.sweeps import sweep_folder
 from asymcert.runfolder import dumps_strict
 from asymcert.train.config import TrainConfig
@@ -55,45 +55,86 @@ CAPACITY_FILE, REPORT_FILE, PLOT_FILE = "capacity.json", "capacity.md", "capacit
 
 _ADAM = {"optimizer": "adam", "lr": 1e-3, "schedule": "cosine", "batch_size": 128, "weight_decay": 0.0}
 
-RECIPES: dict[str, dict[str, Any]] = {
-    "paper-conv": {
-        "description": "authors' convex conv net (4 ch, 5×5 stem, 2 blocks), SGD 1e-3, paper init",
-        "convex": {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2},
-        "train": {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "lr_decay": 0.99, "batch_size": 64, "epochs": 60},
-        "init": "paper",
-    },
-    "icnn-paper": {
-        "description": "authors' ICNN MLP (200, 50), Adam 1e-3 cosine, paper init",
-        "convex": {"kind": "icnn", "widths": [200, 50]},
-        "train": {**_ADAM, "epochs": 100},
-        "init": "paper",
-    },
-    "icnn-wide": {
-        "description": "ICNN MLP (2048), Adam 1e-3 cosine, scaled init",
-        "convex": {"kind": "icnn", "widths": [2048]},
-        "train": {**_ADAM, "epochs": 100},
-        "init": "scaled",
-    },
-    "icnn-wide-paper-init": {
-        "description": "ICNN MLP (2048), Adam 1e-3 cosine, paper init (ablation of the scaled init)",
-        "convex": {"kind": "icnn", "widths": [2048]},
-        "train": {**_ADAM, "epochs": 100},
-        "init": "paper",
-    },
-    "icnn-deep": {
-        "description": "ICNN MLP (1024, 1024, 1024), Adam 1e-3 cosine, scaled init",
-        "convex": {"kind": "icnn", "widths": [1024, 1024, 1024]},
-        "train": {**_ADAM, "epochs": 100},
-        "init": "scaled",
-    },
-    "conv-wide": {
-        "description": "convex conv net (16 ch, 5×5 stem, 2 blocks), Adam 1e-3 cosine, scaled init",
-        "convex": {"kind": "convex-conv", "channels": 16, "stem_kernel": 5, "blocks": 2},
-        "train": {**_ADAM, "epochs": 40},
-        "init": "scaled",
-    },
+
+@dataclass(frozen=True)
+class Recipe:
+    """A capacity recipe: what to train, how, and how to initialise it (:data:`RECIPES`).
+
+    Attributes:
+        description: one line for the reports.
+        convex: the convex network g's config (JSON, as the ``"convex"`` of a feature-convex model config).
+        train: training settings (keys of :class:`~asymcert.train.TrainConfig`; JSON); :func:`run_recipe` turns
+            augmentation and the Jacobian regulariser off and sets the seed and device.
+        init: the initialisation of the nonnegative weights, ``"paper"`` or ``"scaled"``.
+        feature_map: φ's config (JSON list of maps); None: the shift x − μ.
+    """
+
+    description: str
+    convex: dict[str, Any]
+    train: dict[str, Any]
+    init: str = "paper"
+    feature_map: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"description", "convex", "train", "init"}``, and ``"feature_map"`` when one is set."""
+        out: dict[str, Any] = {"description": self.description, "convex": self.convex, "train": self.train}
+        out["init"] = self.init
+        if self.feature_map is not None:
+            out["feature_map"] = self.feature_map
+        return out
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> Recipe:
+        """The recipe of a JSON spec ``{"convex", ["description"], ["train"], ["init"], ["feature_map"]}`` (a missing
+        key takes its default: no description, the defaults of ``TrainConfig``, the paper init, the shift)."""
+        return cls(
+            description=str(spec.get("description", "")),
+            convex=spec["convex"],
+            train=dict(spec.get("train", {})),
+            init=spec.get("init", "paper"),
+            feature_map=spec.get("feature_map"),
+        )
+
+
+RECIPES: dict[str, Recipe] = {
+    "paper-conv": Recipe(
+        "authors' convex conv net (4 ch, 5×5 stem, 2 blocks), SGD 1e-3, paper init",
+        {"kind": "convex-conv", "channels": 4, "stem_kernel": 5, "blocks": 2},
+        {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "lr_decay": 0.99, "batch_size": 64, "epochs": 60},
+        "paper",
+    ),
+    "icnn-paper": Recipe(
+        "authors' ICNN MLP (200, 50), Adam 1e-3 cosine, paper init",
+        {"kind": "icnn", "widths": [200, 50]},
+        {**_ADAM, "epochs": 100},
+        "paper",
+    ),
+    "icnn-wide": Recipe(
+        "ICNN MLP (2048), Adam 1e-3 cosine, scaled init",
+        {"kind": "icnn", "widths": [2048]},
+        {**_ADAM, "epochs": 100},
+        "scaled",
+    ),
+    "icnn-wide-paper-init": Recipe(
+        "ICNN MLP (2048), Adam 1e-3 cosine, paper init (ablation of the scaled init)",
+        {"kind": "icnn", "widths": [2048]},
+        {**_ADAM, "epochs": 100},
+        "paper",
+    ),
+    "icnn-deep": Recipe(
+        "ICNN MLP (1024, 1024, 1024), Adam 1e-3 cosine, scaled init",
+        {"kind": "icnn", "widths": [1024, 1024, 1024]},
+        {**_ADAM, "epochs": 100},
+        "scaled",
+    ),
+    "conv-wide": Recipe(
+        "convex conv net (16 ch, 5×5 stem, 2 blocks), Adam 1e-3 cosine, scaled init",
+        {"kind": "convex-conv", "channels": 16, "stem_kernel": 5, "blocks": 2},
+        {**_ADAM, "epochs": 40},
+        "scaled",
+    ),
 }
-"""Named recipes: ``{"description", "convex" (g's config), "train" (TrainConfig keys), "init"}``."""
+"""The named recipes."""
 
 DEFAULT_RECIPES = ("icnn-paper", "icnn-wide")
 
@@ -250,19 +291,19 @@ class CapacityRecipe(FeatureConvexRecipe):
         return {"metric": acc, "accuracy": acc, "balance": b}
 
 
-@dataclass
+@dataclass(frozen=True)
 class CapacityResult:
-    """One recipe's capacity run.
+    """One recipe's capacity run (an item of ``capacity.json``'s ``"runs"``).
 
     Attributes:
         name, description: the recipe.
         train_accuracy: best training accuracy over the epochs, in [0, 1] (b fitted for it).
         best_epoch: the epoch (1-based) that reached it.
-        accuracy_per_epoch: training accuracy after every epoch.
+        accuracy_per_epoch: training accuracy after every epoch, in [0, 1].
         loss_per_epoch: mean training loss (BCE) of every epoch.
         seconds: training wall-clock seconds (evaluation passes included).
         parameters: trainable parameters of g.
-        settings: the recipe's settings as run (epochs after overrides).
+        settings: the recipe as run: its ``train`` every ``TrainConfig`` setting (epochs after overrides).
     """
 
     name: str
@@ -273,7 +314,102 @@ class CapacityResult:
     loss_per_epoch: list[float]
     seconds: float
     parameters: int
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: Recipe
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every attribute in their order, ``settings`` as :meth:`Recipe.to_dict`."""
+        out: dict[str, Any] = {"name": self.name, "description": self.description}
+        out.update(train_accuracy=self.train_accuracy, best_epoch=self.best_epoch)
+        out.update(accuracy_per_epoch=list(self.accuracy_per_epoch), loss_per_epoch=list(self.loss_per_epoch))
+        out.update(seconds=self.seconds, parameters=self.parameters, settings=self.settings.to_dict())
+        return out
+
+
+@dataclass(frozen=True)
+class CapacityRow:
+    """One recipe's line of the capacity table (an item of ``capacity.json``'s ``"recipes"``).
+
+    Attributes:
+        recipe, description: the recipe's name and description.
+        train_accuracy: its best training accuracy, in [0, 1]; best_epoch: the epoch (1-based) that reached it.
+        epochs: epochs trained.
+        seconds: training wall-clock seconds.
+        parameters: trainable parameters of g.
+    """
+
+    recipe: str
+    train_accuracy: float
+    best_epoch: int
+    epochs: int
+    seconds: float
+    parameters: int
+    description: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"recipe", "train_accuracy", "best_epoch", "epochs", "seconds", "parameters", "description"}``."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Constructed:
+    """The classifier built from the separating hyperplanes (:func:`~asymcert.research.separability.hull_classifier`).
+
+    Attributes:
+        hidden_units: its hidden units (one per outside input).
+        train_accuracy: share of the training split it classifies correctly, in [0, 1] (the bound when exact).
+        seconds: wall-clock seconds building and evaluating it.
+    """
+
+    hidden_units: int
+    train_accuracy: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CapacityReport:
+    """A capacity study (:func:`capacity_report`): :meth:`to_dict` is ``capacity.json``.
+
+    Attributes:
+        task: the binary task's name.
+        n_train, n_sensitive, n_other: its training split's inputs, of each class.
+        command: the command line recorded (None: none given).
+        machine_at_start: the machine when it started (:func:`~asymcert.report.machine.describe_machine`'s JSON).
+        separability: the separability bound's numbers.
+        constructed: the classifier achieving the bound (None: the bound is not exact, or nothing is outside).
+        runs: the recipes trained so far, in the order given.
+        machine_at_end: the machine after the last recipe (None: no recipe has been run yet).
+        feature_map: what φ is (every recipe here: the shift).
+    """
+
+    task: str
+    n_train: int
+    n_sensitive: int
+    n_other: int
+    command: str | None
+    machine_at_start: dict[str, Any]
+    separability: SeparabilitySummary
+    constructed: Constructed | None = None
+    runs: tuple[CapacityResult, ...] = ()
+    machine_at_end: dict[str, Any] | None = None
+    feature_map: str = "shift (x − μ)"
+
+    @property
+    def recipes(self) -> list[CapacityRow]:
+        """One table row per recipe run (:func:`results_table`)."""
+        return results_table(list(self.runs))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``capacity.json``: ``{"task", "n_train", "n_sensitive", "n_other", "feature_map", "command",
+        "constructed", "machine_at_start", "separability", "recipes", "runs"}``, then ``"machine_at_end"`` once a
+        recipe ran."""
+        out: dict[str, Any] = {"task": self.task, "n_train": self.n_train, "n_sensitive": self.n_sensitive}
+        out.update(n_other=self.n_other, feature_map=self.feature_map, command=self.command)
+        out["constructed"] = None if self.constructed is None else asdict(self.constructed)
+        out.update(machine_at_start=self.machine_at_start, separability=self.separability.to_dict())
+        out.update(recipes=[row.to_dict() for row in self.recipes], runs=[r.to_dict() for r in self.runs])
+        if self.machine_at_end is not None:
+            out["machine_at_end"] = self.machine_at_end
+        return out
 
 
 def resolve_recipes(names: str | list[str] | tuple[str, ...] | None) -> list[str]:
@@ -310,7 +446,7 @@ def run_recipe(
     device: str = "cpu",
     progress: bool = False,
     log: Callable[[str], None] | None = None,
-    settings: dict[str, Any] | None = None,
+    settings: Recipe | None = None,
 ) -> CapacityResult:
     """Train one recipe on ``train`` and measure its training accuracy after every epoch.
 
@@ -321,13 +457,13 @@ def run_recipe(
         seed: seeds weights, shuffling and the initialisation.
         device: "cpu", "cuda" or "auto".
         progress, log: progress bars; per-epoch messages (None: silent).
-        settings: use these settings instead of ``RECIPES[name]``.
+        settings: use this recipe instead of ``RECIPES[name]`` (:meth:`Recipe.from_dict` reads a JSON spec).
     Returns:
         A :class:`CapacityResult`.
     """
 
-    spec = dict(settings if settings is not None else RECIPES[name])
-    train_settings = {**spec.get("train", {}), "augment": False, "jacobian_reg": 0.0, "seed": seed, "device": device}
+    recipe = settings if settings is not None else RECIPES[name]
+    train_settings = {**recipe.train, "augment": False, "jacobian_reg": 0.0, "seed": seed, "device": device}
     if epochs is not None:
         train_settings["epochs"] = int(epochs)
     config = TrainConfig.from_dict(train_settings)
@@ -338,27 +474,33 @@ def run_recipe(
             {
                 "kind": "feature-convex",
                 "input_shape": list(train.x.shape[1:]),
-                "feature_map": spec.get("feature_map", [{"kind": "shift"}]),
-                "convex": spec["convex"],
+                "feature_map": [{"kind": "shift"}] if recipe.feature_map is None else recipe.feature_map,
+                "convex": recipe.convex,
             }
         ),
     )
-    recipe = CapacityRecipe(config, spec.get("init", "paper"))
     data = TaskData(train, train, train, class_names=("other", "sensitive"))  # evaluated on train
     result = fit(
-        model, data, config, out_dir=None, augment=None, recipe=recipe, progress=progress, log=log or (lambda msg: None)
+        model,
+        data,
+        config,
+        out_dir=None,
+        augment=None,
+        recipe=CapacityRecipe(config, recipe.init),
+        progress=progress,
+        log=log or (lambda msg: None),
     )
     history = result.history
     return CapacityResult(
         name=name,
-        description=str(spec.get("description", "")),
+        description=recipe.description,
         train_accuracy=float(result.best["metric"]),
         best_epoch=int(result.best["epoch"]),
         accuracy_per_epoch=[float(h["val_accuracy"]) for h in history],
         loss_per_epoch=[float(h["loss"]) for h in history],
         seconds=float(result.seconds),
         parameters=sum(p.numel() for p in model.convex.parameters() if p.requires_grad),
-        settings={**spec, "train": config.to_dict()},
+        settings=replace(recipe, train=config.to_dict()),
     )
 
 
@@ -391,7 +533,7 @@ def run_capacity(
     out: list[CapacityResult] = []
     for name in resolve_recipes(recipes):
         say = log or (lambda msg: None)
-        say(f"recipe {name}: {RECIPES[name]['description']}")
+        say(f"recipe {name}: {RECIPES[name].description}")
         res = run_recipe(
             name,
             train,
@@ -411,18 +553,18 @@ def run_capacity(
     return out
 
 
-def results_table(results: list[CapacityResult]) -> list[dict[str, Any]]:
-    """Rows ``{recipe, train_accuracy, best_epoch, epochs, seconds, parameters, description}``."""
+def results_table(results: list[CapacityResult]) -> list[CapacityRow]:
+    """One table row per result, in their order."""
     return [
-        {
-            "recipe": r.name,
-            "train_accuracy": r.train_accuracy,
-            "best_epoch": r.best_epoch,
-            "epochs": len(r.accuracy_per_epoch),
-            "seconds": r.seconds,
-            "parameters": r.parameters,
-            "description": r.description,
-        }
+        CapacityRow(
+            recipe=r.name,
+            train_accuracy=r.train_accuracy,
+            best_epoch=r.best_epoch,
+            epochs=len(r.accuracy_per_epoch),
+            seconds=r.seconds,
+            parameters=r.parameters,
+            description=r.description,
+        )
         for r in results
     ]
 
@@ -462,41 +604,40 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.2f}%"
 
 
-def capacity_markdown(report: dict[str, Any]) -> str:
-    """The Markdown report of :func:`capacity_report`'s JSON dict."""
-    sep = report.get("separability")
+def capacity_markdown(report: CapacityReport) -> str:
+    """The Markdown report of a capacity study (``capacity.md``)."""
+    sep = report.separability
     lines = [
-        f"# Convex capacity: {report['task']}",
+        f"# Convex capacity: {report.task}",
         "",
-        f"Training split: {report['n_train']} inputs ({report['n_sensitive']} sensitive, "
-        f"{report['n_other']} other); φ(x) = x − μ (no feature map); no augmentation, no Jacobian "
+        f"Training split: {report.n_train} inputs ({report.n_sensitive} sensitive, "
+        f"{report.n_other} other); φ(x) = x − μ (no feature map); no augmentation, no Jacobian "
         "regulariser. Training accuracy is measured on the full training split with b fitted to "
         "maximise it (a capacity measure, not a generalisation estimate).",
         "",
     ]
-    if sep:
-        settled = ", ".join(f"{k} {v}" for k, v in sep["settled"].items())
-        scope = "all" if sep["complete"] else f"a random subset (seed {sep['seed']}) of {sep['checked']}"
+    settled = ", ".join(f"{k} {v}" for k, v in sep.settled.items())
+    scope = "all" if sep.complete else f"a random subset (seed {sep.seed}) of {sep.checked}"
+    lines += [
+        "## Separability bound",
+        "",
+        f"Sensitive training inputs decided: {scope} of {sep.n_sensitive}"
+        f"{' (classes reversed)' if sep.reverse else ''}; outside the other class's convex "
+        f"hull: {sep.outside}, inside: {sep.inside}.",
+        f"Settled by: {settled}. Time: {sep.seconds['total']:.1f}s.",
+        f"**Bound on training accuracy: {_pct(sep.bound)}**"
+        + ("" if sep.complete else f" (valid upper bound; extrapolated {_pct(sep.bound_estimate)})"),
+        "",
+    ]
+    if report.constructed is not None:
+        c = report.constructed
         lines += [
-            "## Separability bound",
-            "",
-            f"Sensitive training inputs decided: {scope} of {sep['n_sensitive']}"
-            f"{' (classes reversed)' if sep['reverse'] else ''}; outside the other class's convex "
-            f"hull: {sep['outside']}, inside: {sep['inside']}.",
-            f"Settled by: {settled}. Time: {sep['seconds']['total']:.1f}s.",
-            f"**Bound on training accuracy: {_pct(sep['bound'])}**"
-            + ("" if sep["complete"] else f" (valid upper bound; extrapolated {_pct(sep['bound_estimate'])})"),
+            f"The max-of-hyperplanes ICNN built from the certificates (one hidden layer of "
+            f"{c.hidden_units} units, float64, not trained) classifies {_pct(c.train_accuracy)} "
+            "of the training split correctly: the bound is achieved.",
             "",
         ]
-        if report.get("constructed") is not None:
-            c = report["constructed"]
-            lines += [
-                f"The max-of-hyperplanes ICNN built from the certificates (one hidden layer of "
-                f"{c['hidden_units']} units, float64, not trained) classifies {_pct(c['train_accuracy'])} "
-                "of the training split correctly: the bound is achieved.",
-                "",
-            ]
-    rows = report.get("recipes", [])
+    rows = report.recipes
     if rows:
         lines += [
             "## Trained recipes",
@@ -504,19 +645,17 @@ def capacity_markdown(report: dict[str, Any]) -> str:
             "| recipe | training accuracy | gap to bound | best epoch / epochs | parameters | time (s) | settings |",
             "|---|---|---|---|---|---|---|",
         ]
-        bound = sep["bound"] if sep else None
         for r in rows:
-            gap = "–" if bound is None else f"{100 * (bound - r['train_accuracy']):.2f} pts"
             lines.append(
-                f"| {r['recipe']} | {_pct(r['train_accuracy'])} | {gap} | {r['best_epoch']} / {r['epochs']} "
-                f"| {r['parameters']} | {r['seconds']:.1f} | {r['description']} |"
+                f"| {r.recipe} | {_pct(r.train_accuracy)} | {100 * (sep.bound - r.train_accuracy):.2f} pts "
+                f"| {r.best_epoch} / {r.epochs} | {r.parameters} | {r.seconds:.1f} | {r.description} |"
             )
         lines += ["", f"Plot: `{PLOT_FILE}`.", ""]
-    lines += [f"Command: `{report['command']}`" if report.get("command") else "", ""]
+    lines += [f"Command: `{report.command}`" if report.command else "", ""]
     return "\n".join(lines)
 
 
-def _constructed(sep: SeparabilityResult, train: Dataset, reverse: bool) -> dict[str, Any]:
+def _constructed(sep: SeparabilityResult, train: Dataset, reverse: bool) -> Constructed:
     """The classifier built from the separating hyperplanes (:func:`hull_classifier`): hidden units, its
     training accuracy and the seconds it took."""
     pos, neg = train.x[train.y == 1], train.x[train.y == 0]
@@ -526,11 +665,11 @@ def _constructed(sep: SeparabilityResult, train: Dataset, reverse: bool) -> dict
     with torch.no_grad():
         flagged = torch.cat([clf(tested[i : i + 1000].double()) > 0 for i in range(0, len(tested), 1000)])
         other_ok = torch.cat([clf(hull[i : i + 1000].double()) <= 0 for i in range(0, len(hull), 1000)])
-    return {
-        "hidden_units": sep.n_outside,
-        "train_accuracy": (int(flagged.sum()) + int(other_ok.sum())) / len(train),
-        "seconds": time.perf_counter() - t0,
-    }
+    return Constructed(
+        hidden_units=sep.n_outside,
+        train_accuracy=(int(flagged.sum()) + int(other_ok.sum())) / len(train),
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def capacity_report(
@@ -548,7 +687,7 @@ def capacity_report(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     command: str | None = None,
-) -> dict[str, Any]:
+) -> CapacityReport:
     """Separability bound + trained recipes on a binary task; writes capacity.json, capacity.md, capacity.png.
 
     Args:
@@ -563,7 +702,8 @@ def capacity_report(
         data_dir, device, progress, log: as for ``asymcert run``.
         command: the command line to record in the report.
     Returns:
-        The JSON dict written to ``capacity.json``.
+        The study; its :meth:`CapacityReport.to_dict` is ``capacity.json`` (written after the bound and after every
+        recipe, so that an interrupted study keeps what it finished).
     Raises:
         InputError: the task is not binary; UnknownNameError: unknown task or recipe.
         SweepError: ``out_dir`` holds a run (run.json). RunFolderBusyError: another capacity or sweep holds it.
@@ -577,7 +717,7 @@ def capacity_report(
     data = t.load(Path(data_dir) if data_dir else None)  # (before the folder: a refusal leaves none behind)
     with sweep_folder(Path(out_dir)) as out:  # one capacity run per folder at a time; never a run folder
         train = data.train
-        report = _header(task, train, command)
+        machine_at_start = describe_machine()
         sep = separability_bound(
             train.x,
             train.y,
@@ -588,17 +728,24 @@ def capacity_report(
             keep_normals=limit is None,
             log=say,
         )
-        report["separability"] = sep.summary()
         say(f"separability bound: {100 * sep.bound:.2f}% ({sep.n_outside}/{sep.n_checked} outside)")
-        if sep.complete and sep.n_outside > 0:
-            report["constructed"] = _constructed(sep, train, reverse)
-        report["recipes"], report["runs"] = [], []
-        _write(out, report, [], sep.bound)
+        n_pos = int(train.y.sum())
+        report = CapacityReport(
+            task=task,
+            n_train=len(train),
+            n_sensitive=n_pos,
+            n_other=len(train) - n_pos,
+            command=command,
+            machine_at_start=machine_at_start,
+            separability=sep.summary(),
+            constructed=_constructed(sep, train, reverse) if sep.complete and sep.n_outside > 0 else None,
+        )
+        _write(out, report, sep.bound)
 
         def partial(results: list[CapacityResult]) -> None:  # partial results survive an interruption
-            report["recipes"], report["runs"] = results_table(results), [asdict(r) for r in results]
-            report["machine_at_end"] = describe_machine()
-            _write(out, report, results, sep.bound)
+            nonlocal report
+            report = replace(report, runs=tuple(results), machine_at_end=describe_machine())
+            _write(out, report, sep.bound)
 
         results = run_capacity(
             train, names, epochs=epochs, seed=seed, device=device, progress=progress, log=log, on_result=partial
@@ -607,20 +754,11 @@ def capacity_report(
         return report
 
 
-def _header(task: str, train: Dataset, command: str | None) -> dict[str, Any]:
-    """capacity.json's first keys: the task, its training split's class counts, the feature map, the command."""
-    n_pos = int(train.y.sum())
-    report: dict[str, Any] = {"task": task, "n_train": len(train), "n_sensitive": n_pos, "n_other": len(train) - n_pos}
-    report.update(feature_map="shift (x − μ)", command=command, constructed=None)
-    report["machine_at_start"] = describe_machine()
-    return report
-
-
-def _write(out: Path, report: dict[str, Any], results: list[CapacityResult], bound: float) -> None:
-
-    text = dumps_strict(report, indent=1, default=str)
+def _write(out: Path, report: CapacityReport, bound: float) -> None:
+    """Write capacity.json, capacity.md and (once a recipe ran) capacity.png of ``report`` into ``out``."""
+    text = dumps_strict(report.to_dict(), indent=1, default=str)
     atomic_write(out / CAPACITY_FILE, lambda tmp: tmp.write_text(text))
     md = capacity_markdown(report)
     atomic_write(out / REPORT_FILE, lambda tmp: tmp.write_text(md))
-    if results:
-        plot_capacity(results, bound, out / PLOT_FILE, title=f"Training accuracy, {report['task']}")
+    if report.runs:
+        plot_capacity(list(report.runs), bound, out / PLOT_FILE, title=f"Training accuracy, {report.task}")

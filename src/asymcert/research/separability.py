@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -58,7 +58,52 @@ METHODS = ("mean", "nearest", "frank-wolfe", "lp")
 """How an input was settled, in the order tried (index = the code in ``SeparabilityResult.method``)."""
 
 
-@dataclass
+@dataclass(frozen=True)
+class SeparabilitySummary:
+    """The counts, bound, settings and timings of a :class:`SeparabilityResult` (no per-input arrays):
+    :meth:`to_dict` is ``capacity.json``'s ``"separability"``.
+
+    Attributes:
+        n, n_sensitive, n_other: training inputs of both classes, of the tested class and of the other one.
+        reverse: True when the roles of the classes were swapped.
+        checked: tested-class inputs decided; outside, inside: of those, the ones outside / inside the other
+            class's convex hull.
+        complete: every tested-class input was decided (the bound is exact).
+        bound: the upper bound on training accuracy, in [0, 1]; bound_estimate: extrapolated from the decided subset.
+        settled: how many inputs each stage settled: a name of :data:`METHODS` → count, plus ``"lp-inside"``.
+        lp_unverified: LP "outside" verdicts whose dual hyperplane failed the float64 re-check.
+        limit, seed: the subset option used (None: every input).
+        frank_wolfe_iterations: iterations of stage 3; tol: the ℓ1 distance (input units) at or below which an LP
+            verdict is "inside".
+        min_margin_l2: the smallest ℓ2 margin (input units) of an outside input; None when none is outside.
+        seconds: wall-clock seconds per stage (``"mean"``, ``"nearest"``, ``"frank-wolfe"``, ``"lp"``, ``"total"``).
+    """
+
+    n: int
+    n_sensitive: int
+    n_other: int
+    reverse: bool
+    checked: int
+    outside: int
+    inside: int
+    complete: bool
+    bound: float
+    bound_estimate: float
+    settled: dict[str, int]
+    lp_unverified: int
+    limit: int | None
+    seed: int
+    frank_wolfe_iterations: int
+    tol: float
+    min_margin_l2: float | None
+    seconds: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object: every attribute, in their order."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class SeparabilityResult:
     """Which sensitive training inputs lie outside the convex hull of the other class.
 
@@ -99,7 +144,6 @@ class SeparabilityResult:
     frank_wolfe_iterations: int = 0
     tol: float = 1e-6
     lp_unverified: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_checked(self) -> int:
@@ -142,29 +186,28 @@ class SeparabilityResult:
         out["lp-inside"] = int(((self.method == METHODS.index("lp")) & ~self.outside).sum())
         return out
 
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready counts, bound, settings and timings (no per-input arrays)."""
-        return {
-            "n": self.n,
-            "n_sensitive": self.n_sensitive,
-            "n_other": self.n_other,
-            "reverse": self.reverse,
-            "checked": self.n_checked,
-            "outside": self.n_outside,
-            "inside": self.n_inside,
-            "complete": self.complete,
-            "bound": self.bound,
-            "bound_estimate": self.bound_estimate,
-            "settled": self.settled(),
-            "lp_unverified": self.lp_unverified,
-            "limit": self.limit,
-            "seed": self.seed,
-            "frank_wolfe_iterations": self.frank_wolfe_iterations,
-            "tol": self.tol,
-            "min_margin_l2": float(self.margin[self.outside].min()) if self.n_outside else None,
-            "seconds": dict(self.seconds),
-            **self.extra,
-        }
+    def summary(self) -> SeparabilitySummary:
+        """The counts, bound, settings and timings (no per-input arrays)."""
+        return SeparabilitySummary(
+            n=self.n,
+            n_sensitive=self.n_sensitive,
+            n_other=self.n_other,
+            reverse=self.reverse,
+            checked=self.n_checked,
+            outside=self.n_outside,
+            inside=self.n_inside,
+            complete=self.complete,
+            bound=self.bound,
+            bound_estimate=self.bound_estimate,
+            settled=self.settled(),
+            lp_unverified=self.lp_unverified,
+            limit=self.limit,
+            seed=self.seed,
+            frank_wolfe_iterations=self.frank_wolfe_iterations,
+            tol=self.tol,
+            min_margin_l2=float(self.margin[self.outside].min()) if self.n_outside else None,
+            seconds=dict(self.seconds),
+        )
 
 
 # ---------------------------------------------------------------------------------------------

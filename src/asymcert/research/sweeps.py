@@ -8,7 +8,9 @@ settings) and an interrupted job resumes from its training state. Jobs run in a
 sweep's data ONCE (pool initializer) and runs torch with one thread, so ``--workers N`` uses N cores.
 
 The sweeps themselves: :mod:`asymcert.research.sweep_pairs` (every ordered class pair) and
-:mod:`asymcert.research.sweep_reg` (Jacobian-regulariser strength × feature map).
+:mod:`asymcert.research.sweep_reg` (Jacobian-regulariser strength × feature map). Each types its settings, its
+per-job results and its whole result as frozen dataclasses whose ``to_dict()`` is the JSON written; what they share
+about how the jobs ran is a :class:`SweepRun`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -29,14 +32,20 @@ import torch
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import AsymcertError
 from asymcert.jsontext import JsonTextError, parse_json
+from asymcert.report.machine import describe_machine
 from asymcert.report.plots import _pyplot
 from asymcert.runfolder import RUN_FILE, dumps_strict, exclusive
 
 RESULT_FILE = "sweep_result.json"
 """The per-job result file, written last: its presence marks a finished job."""
 
-_SHARED: dict[str, Any] = {}
-"""What the pool initializer hands every worker once (the sweep's data and settings)."""
+_SHARED: list[Any] = [None]
+"""What the pool initializer hands every worker once (the sweep's data and settings), in its only item."""
+
+J = TypeVar("J")
+"""A job description (hashable, picklable)."""
+R = TypeVar("R")
+"""A job's result (picklable)."""
 
 
 class SweepError(AsymcertError, ValueError):
@@ -101,16 +110,24 @@ def read_result(job_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | Non
     return result
 
 
-def split_finished(jobs: list, job_dir: Callable[[Any], Path], settings: dict[str, Any]) -> tuple[dict, list]:
-    """The jobs whose folder holds a finished result with these ``settings`` (job → result), and the rest."""
-    results: dict = {}
-    todo: list = []
+def split_finished(
+    jobs: Sequence[J], job_dir: Callable[[J], Path], settings: dict[str, Any], parse: Callable[[dict[str, Any]], R]
+) -> tuple[dict[J, R], list[J]]:
+    """The jobs whose folder holds a finished result with these ``settings`` (job → ``parse(its JSON object)``),
+    and the rest.
+
+    Args:
+        settings: the sweep's settings as JSON (each result file holds them under ``"settings"``).
+        parse: the typed result of a result file's JSON object.
+    """
+    results: dict[J, R] = {}
+    todo: list[J] = []
     for job in jobs:
         done = read_result(job_dir(job), settings)
         if done is None:
             todo.append(job)
         else:
-            results[job] = done
+            results[job] = parse(done)
     return results, todo
 
 
@@ -158,43 +175,42 @@ def parse_int_list(text: str, what: str) -> list[int]:
 # ---------------------------------------------------------------- the job runner
 
 
-def _init_worker(shared: dict[str, Any]) -> None:
+def _init_worker(shared: Any) -> None:
     """Pool initializer: one torch thread, and the sweep's shared data kept for every job of this worker."""
     torch.set_num_threads(1)
-    _SHARED.clear()
-    _SHARED.update(shared)
+    _SHARED[0] = shared
 
 
-def shared() -> dict[str, Any]:
-    """What :func:`run_jobs` gave this process (the sweep's data and settings)."""
-    return _SHARED
+def shared() -> Any:
+    """What :func:`run_jobs` gave this process (the sweep's data and settings: each sweep's own dataclass)."""
+    return _SHARED[0]
 
 
 def run_jobs(
-    jobs: Sequence[Any],
-    job_fn: Callable[[Any], dict[str, Any]],
-    shared_data: dict[str, Any],
+    jobs: Sequence[J],
+    job_fn: Callable[[J], R],
+    shared_data: Any,
     workers: int = 2,
-    on_done: Callable[[Any, dict[str, Any] | None, str | None], None] | None = None,
-) -> tuple[dict[Any, dict[str, Any]], dict[Any, str]]:
+    on_done: Callable[[J, R | None, str | None], None] | None = None,
+) -> tuple[dict[J, R], dict[J, str]]:
     """Run ``job_fn(job)`` for every job, in-process (``workers <= 1``) or on a spawn process pool.
 
     Args:
         jobs: hashable, picklable job descriptions.
-        job_fn: a module-level function (picklable by name) returning the job's result dict; it
+        job_fn: a module-level function (picklable by name) returning the job's (picklable) result; it
             reads the shared data with :func:`shared`.
-        shared_data: handed to every worker once (pool initializer), not once per job.
+        shared_data: handed to every worker once (pool initializer), not once per job; picklable.
         workers: processes; each runs torch with one thread.
         on_done: called in this process as each job ends: ``on_done(job, result or None, error or None)``.
     Returns:
         (results by job, error messages by job). A failing job does not stop the others.
     """
-    results: dict[Any, dict[str, Any]] = {}
-    errors: dict[Any, str] = {}
+    results: dict[J, R] = {}
+    errors: dict[J, str] = {}
 
-    def finish(job: Any, result: dict[str, Any] | None, error: str | None) -> None:
+    def finish(job: J, result: R | None, error: str | None) -> None:
         if error is None:
-            results[job] = result  # type: ignore[assignment]
+            results[job] = cast(R, result)
         else:
             errors[job] = error
         if on_done is not None:
@@ -203,9 +219,8 @@ def run_jobs(
     if not jobs:
         return results, errors
     if workers <= 1:
-        saved = dict(_SHARED)
-        _SHARED.clear()
-        _SHARED.update(shared_data)
+        saved = _SHARED[0]
+        _SHARED[0] = shared_data
         try:
             for job in jobs:
                 try:
@@ -215,8 +230,7 @@ def run_jobs(
                 else:
                     finish(job, result, None)
         finally:
-            _SHARED.clear()
-            _SHARED.update(saved)
+            _SHARED[0] = saved
         return results, errors
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(
@@ -253,19 +267,15 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
 
 
 def progress_log(
-    log: Callable[[str], None],
-    total: int,
-    done_before: int,
-    name: Callable[[Any], str],
-    describe: Callable[[dict[str, Any]], str],
-) -> Callable[[Any, dict[str, Any] | None, str | None], None]:
+    log: Callable[[str], None], total: int, done_before: int, name: Callable[[J], str], describe: Callable[[R], str]
+) -> Callable[[J, R | None, str | None], None]:
     """An ``on_done`` for :func:`run_jobs` that logs ``[i/total] name: description`` or the failure."""
     count = [done_before]
 
-    def on_done(job: Any, result: dict[str, Any] | None, error: str | None) -> None:
+    def on_done(job: J, result: R | None, error: str | None) -> None:
         count[0] += 1
         head = f"[{count[0]}/{total}] {name(job)}"
-        log(f"{head}: FAILED: {error}" if error else f"{head}: {describe(result)}")  # type: ignore[arg-type]
+        log(f"{head}: FAILED: {error}" if error else f"{head}: {describe(cast(R, result))}")
 
     return on_done
 
@@ -314,14 +324,54 @@ def workers_text(workers: int) -> str:
     return f"{workers} worker processes (spawn pool, one torch thread each)"
 
 
-def run_lines(summary: dict[str, Any], unit: str) -> list[str]:
-    """The report's "run" and "machine" bullet lines of a sweep ``summary`` whose jobs are ``unit``s."""
-    load0, load1 = summary["machine_start"]["load_average"], summary["machine_end"]["load_average"]
+@dataclass(frozen=True)
+class SweepRun:
+    """How one invocation of a sweep ran: its timing, its jobs and the machine (the keys every sweep's
+    ``results.json`` has, in this order, after its own).
+
+    Attributes:
+        wall_seconds: wall-clock seconds of this invocation (loading the data not counted).
+        trained_now: jobs that ran (and finished) in this invocation.
+        reused: jobs whose finished result an earlier invocation left in the folder.
+        workers: worker processes (1: in the calling process).
+        machine_start, machine_end: the machine and its load average at the start and at the end
+            (:func:`~asymcert.report.machine.describe_machine`'s JSON object).
+    """
+
+    wall_seconds: float
+    trained_now: int
+    reused: int
+    workers: int
+    machine_start: dict[str, Any]
+    machine_end: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"wall_seconds", "trained_now", "reused", "workers", "machine_start", "machine_end"}``."""
+        return {
+            "wall_seconds": self.wall_seconds,
+            "trained_now": self.trained_now,
+            "reused": self.reused,
+            "workers": self.workers,
+            "machine_start": self.machine_start,
+            "machine_end": self.machine_end,
+        }
+
+    @classmethod
+    def finished(
+        cls, clock: Clock, trained_now: int, reused: int, workers: int, machine_start: dict[str, Any]
+    ) -> SweepRun:
+        """The run of an invocation that started at ``clock`` and ends now (the machine described now)."""
+        return cls(clock.seconds(), trained_now, reused, max(1, workers), machine_start, describe_machine())
+
+
+def run_lines(run: SweepRun, unit: str) -> list[str]:
+    """The report's "run" and "machine" bullet lines of a sweep invocation whose jobs are ``unit``s."""
+    load0, load1 = run.machine_start["load_average"], run.machine_end["load_average"]
     return [
-        f"- run: {workers_text(summary['workers'])}; wall time of this invocation "
-        f"{summary['wall_seconds'] / 60:.1f} min, {summary['trained_now']} {unit}(s) trained now, "
-        f"{summary['reused']} reused from an earlier invocation",
-        f"- machine: {summary['machine_start']['cores']} CPUs, load average (1, 5, 15 min) {load0} at the start "
+        f"- run: {workers_text(run.workers)}; wall time of this invocation "
+        f"{run.wall_seconds / 60:.1f} min, {run.trained_now} {unit}(s) trained now, "
+        f"{run.reused} reused from an earlier invocation",
+        f"- machine: {run.machine_start['cores']} CPUs, load average (1, 5, 15 min) {load0} at the start "
         f"and {load1} at the end",
     ]
 
