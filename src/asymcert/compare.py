@@ -272,7 +272,6 @@ def _context(
     pre = preset_overrides(task, preset)
     settings.check()
     data = data or task.load(Path(data_dir) if data_dir else None)
-    radii = task.threat_report_radii if task.threat_model is not None else task.report_radii  # (in its units)
     return _Context(
         task_spec,
         task,
@@ -281,7 +280,7 @@ def _context(
         data_dir,
         task_facts(task, data),
         settings,
-        {norm_label(p): list(r) for p, r in radii.items()},
+        {norm_label(p): list(r) for p, r in task.own_report_radii.items()},
         _task_units(task, task_spec, data),
         progress,
         log or (lambda msg: None),

@@ -6,21 +6,24 @@ import sys
 import time
 
 import pytest
+import rdata
 import torch
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import asymcert
-from asymcert.certify.result import Guarantee
+from asymcert.certify.result import Guarantee, norm_label
 from asymcert.certify.summary import CertifiedSummary, NormSummary, RunResults
 from asymcert.cli import main
+from asymcert.data.spambase import SPAMBASE_THREAT_RADII
 from asymcert.pipeline import read_run
 from asymcert.research import sweep_reg as sweep_reg_module
 from asymcert.research.sweep_pairs import PairResult, pair_data, sweep_pairs
 from asymcert.research.sweep_reg import RegPoint, reg_cli_main, sweep_reg
 from asymcert.research.sweeps import RESULT_FILE, SweepError, pareto_front, parse_float_list, read_result
 from tests.conftest import folder_held
+from tests.data.test_spambase import _frame as spam_frame
 
 CLASSES = [0, 3, 6]  # the classes of the small Fashion-MNIST fixture
 TINY = {"batch_size": 32}
@@ -388,3 +391,17 @@ def test_a_refused_sweep_is_one_line_exit_2_and_makes_no_folder(tmp_path, args, 
     res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1, res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reg_sweep_of_a_task_with_a_threat_model_tables_its_own_radii(tmp_path):
+    """`sweep reg spambase` trained and certified every grid point under the spammer threat model but took the
+    task's raw-unit report radii for its tables and its Pareto radius (0.51, found in no point's results: the front
+    fell back to another radius, audit 29e #2). It now takes the threat model's report radii, which every point's
+    results hold. SpamBase here is a small file in kernlab's own format, written by the test."""
+    rdata.write_rda(tmp_path / "spam.rda", {"spam": spam_frame(300)})
+    sweep = sweep_reg("spambase", tmp_path / "reg", lambdas=[0.0], feature_maps=["shift"], epochs=1, data_dir=tmp_path)
+    assert sweep.report_radii == {norm_label(p): list(r) for p, r in SPAMBASE_THREAT_RADII.items()}
+    assert sweep.units == "threat-model units (δ_i / scale_i)"
+    (point,) = sweep.entries
+    assert sweep.pareto["l1"].radius == 1.0  # the second-smallest of the task's ℓ1 radii, now in the points' units
+    assert "1" in point.certified_accuracy("l1") and "0.51" not in point.certified_accuracy("l1")

@@ -101,6 +101,12 @@ class Task:
     threat_report_radii: dict[float, tuple[float, ...]] = field(default_factory=dict)
     """Report radii in the units of :attr:`threat_model`, per ℓp norm."""
 
+    @property
+    def own_report_radii(self) -> dict[float, tuple[float, ...]]:
+        """The report radii in the units its runs certify in by default: :attr:`threat_report_radii` for a task with
+        a threat model (its runs train and certify under it), else :attr:`report_radii` (raw input units)."""
+        return self.threat_report_radii if self.threat_model is not None else self.report_radii
+
 
 _TASKS: dict[str, Task] = {}
 

@@ -193,7 +193,8 @@ class RegSweep:
         task, task_description: the task's name and description.
         settings: the sweep's settings.
         lambdas: the λ values of the grid; feature_maps: the names of its feature maps φ.
-        report_radii: norm label → the task's report radii (the tables' columns; raw input units).
+        report_radii: norm label → the task's report radii (the tables' columns), in the runs' units: the task's
+            threat model's when it has one (:attr:`~asymcert.data.tasks.Task.own_report_radii`), else raw input units.
         entries: the grid points that finished, feature map by feature map, λ by λ.
         pareto: norm label → the Pareto front in that norm (a norm no radius is common to is left out).
         units: the units of the points' radii (:func:`radii_units`).
@@ -419,7 +420,7 @@ def sweep_reg(
     check_task(task_name)
     task = get_task(task_name)
     lambdas, feature_maps = _check_grid(lambdas, feature_maps, epochs)
-    radii, chosen = _report_radii(task.report_radii, pareto_radii)
+    radii, chosen = _report_radii(task.own_report_radii, pareto_radii)  # (the runs' units: a threat model's, if any)
     settings = RegSettings(task_name, int(epochs or REG_EPOCHS), limit, task.model, task.train)
     data = data or task.load(Path(data_dir) if data_dir else None)
     out = Path(out_dir)
