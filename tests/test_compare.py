@@ -209,6 +209,8 @@ def test_the_bound_propagation_methods_on_flat_feature_vectors_are_mlps(tmp_path
     result = compare("breast-cancer", tmp_path, methods=("ibp",), preset="fast", limit=20)
     assert not result.failed, result.failed
     assert 0.0 <= result.compared["ibp"].summary.clean_accuracy <= 1.0
+    widths = "-".join(str(w) for w in result.compared["ibp"].model["widths"])
+    assert f"IBP: MLP {widths} (flat feature vectors)" in (tmp_path / COMPARE_MD).read_text()  # (it said: small CNN)
 
 
 def test_a_comparison_folder_has_one_writer(fashion_dir, tmp_path):
@@ -255,3 +257,5 @@ def test_a_task_with_a_threat_model_is_compared_in_its_units(tmp_path):
     assert saved["units"] == units and saved["report_radii"]["l1"] == [0.5, 1.0, 2.0, 4.0]
     md = (out / COMPARE_MD).read_text()
     assert f"radius ≥ r (radii in {units})" in md and "raw input units" not in md
+    # the scale notes say how the methods were trained (the fast preset: 2 epochs; they said 20, audit units31)
+    assert "  - 2 training epochs per method (paper: 60–150)" in md and "20 training epochs" not in md

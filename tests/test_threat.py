@@ -88,6 +88,16 @@ def test_empty_threat_model_allows_everything():
     assert r.lower.tolist() == [-math.inf] * 3 and r.norms == ()
 
 
+def test_the_unit_phrase_says_what_the_threat_model_changes():
+    """An empty threat model ({}) certifies exactly as none, but `certify --input` and `audit` called its radii
+    "raw input units (threat model: constrained moves)" where `certify` said "raw input units" (audit units31 F4)."""
+    model, x = _model(PHIS[2])
+    empty = ThreatModel().resolve(None, 6)
+    assert empty.units() == "raw input units" == asymcert.certify(model, x, threat_model=empty).units
+    assert ThreatModel(immutable=[0]).resolve(None, 6).units() == "raw input units (threat model: constrained moves)"
+    assert ThreatModel(scale={"0": 2.0}).resolve(None, 6).units() == "threat-model units (δ_i / scale_i)"
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

@@ -548,6 +548,26 @@ def render_markdown(result: Comparison) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _epochs_line(result: Comparison) -> list[str]:
+    """The scale note on training epochs, as the compared methods were trained (a preset or override changes
+    them: `--preset fast` trained 2 while the note said 20, audit units31); none when no method was compared."""
+    epochs = {name: e.train.get("epochs") for name, e in result.compared.items()}
+    values = sorted({v for v in epochs.values() if isinstance(v, int)})
+    if len(values) == 1:
+        return [f"  - {values[0]} training epoch{'s' * (values[0] != 1)} per method (paper: 60–150)"]
+    if values:
+        return ["  - training epochs: " + ", ".join(f"{n} {v}" for n, v in epochs.items()) + " (paper: 60–150)"]
+    return []
+
+
+def _ibp_text(result: Comparison) -> str:
+    """The bound-propagation nets as compared: an MLP on flat feature vectors (its widths), else the small CNN."""
+    for e in result.compared.values():
+        if e.model.get("kind") == "relu-ibp" and e.model.get("arch") == "mlp":
+            return f"MLP {'-'.join(str(w) for w in e.model.get('widths', []))} (flat feature vectors)"
+    return "small CNN (16, 32, fc 100)"
+
+
 def _md_header(result: Comparison) -> list[str]:
     """Title, inputs, scale notes, timing method and machine of the comparison report."""
     n_sens = result.n_sensitive
@@ -563,11 +583,10 @@ def _md_header(result: Comparison) -> list[str]:
     ]
     if not result.paper_scale:
         lines += [
-            "  - 20 training epochs per method (paper: 60–150)",
+            *_epochs_line(result),
             f"  - randomized smoothing: MLP 256-256 base model (paper: ResNet-18), n = {result.n_smoothing:,} "
             "estimation samples (paper: 100,000), n0 = 100, α = 0.001, σ = 0.75",
-            "  - ℓ∞-distance net: 4 × 512 (paper: 5 × 5120); orthogonal net: MLP 3 × 256; "
-            "IBP: small CNN (16, 32, fc 100)",
+            f"  - ℓ∞-distance net: 4 × 512 (paper: 5 × 5120); orthogonal net: MLP 3 × 256; IBP: {_ibp_text(result)}",
         ]
     lines.append(
         f"- certify ms / input: one timed pass over all the inputs, after an untimed warm-up call on "

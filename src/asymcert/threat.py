@@ -440,7 +440,11 @@ class ResolvedThreatModel:
         return (xf + torch.minimum(torch.maximum(delta, lo), hi)).reshape(shape)
 
     def units(self) -> str:
-        """How radii under this threat model are measured, in one phrase."""
+        """How radii under this threat model are measured, in one phrase: plain raw input units for one that
+        constrains nothing (:meth:`is_empty`: it certifies exactly as no threat model, and says the same, audit
+        units31 F4), raw input units of constrained moves for unit scales, else the threat model's own units."""
+        if self.is_empty():
+            return "raw input units"
         if bool((self.scale == 1).all()):
             return "raw input units (threat model: constrained moves)"
         return "threat-model units (δ_i / scale_i)"

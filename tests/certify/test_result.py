@@ -165,8 +165,9 @@ def test_metrics_and_report_read_the_guarantee_not_extra_keys_or_method_names():
     assert flag_res.flags is not None and flag_res.flags.true_class == 0.5 and dec_res.flags is None
     assert "flags" not in dec_res.to_dict()
     run = RunRecord(task={"name": "t"}, model={}, train={})
-    assert ONE_VS_REST_NOTE in render_markdown(run, RunResults(flag_res))  # method "custom": the guarantee decides
-    assert ONE_VS_REST_NOTE not in render_markdown(run, RunResults(dec_res))
+    note = ONE_VS_REST_NOTE.format(units="raw input units")
+    assert note in render_markdown(run, RunResults(flag_res))  # method "custom": the guarantee decides
+    assert note not in render_markdown(run, RunResults(dec_res))
     prob = summarize(_multiclass(Guarantee.PROBABILISTIC, alpha=0.01), labels, {})
     assert "probability 1 − 0.01" in render_markdown(run, RunResults(prob)) and not prob.deterministic
 
@@ -228,3 +229,16 @@ def test_the_certificate_docs_say_radii_are_in_the_units_it_names():
     assert "certified radius in the units given by ``units`` (raw input units without a threat model" in doc
     assert "certified radius in raw input units" not in doc
     assert "in the units given by ``units``" in " ".join((Certificate.radius.__doc__ or "").split())
+
+
+@pytest.mark.parametrize("guarantee", [Guarantee.FLAG, Guarantee.DECISION])
+def test_a_multiclass_report_names_the_units_its_radii_are_in(guarantee):
+    """A multi-class report under a threat model said "(raw input units)" (one-vs-rest) or no unit at all (a decision
+    certificate such as ℓ∞-dist's) next to radii in the threat model's units (audit units31 F1, F2)."""
+    units = "threat-model units (δ_i / scale_i)"
+    cert = _multiclass(guarantee)
+    cert = Certificate(cert.predicted, cert.radii, "custom", guarantee, binary=False, extra=cert.extra, units=units)
+    md = render_markdown(
+        RunRecord(task={"name": "t"}, model={}, train={}), RunResults(summarize(cert, cert.predicted, {}))
+    )
+    assert f"(radii in {units})" in md and "raw input units" not in md

@@ -153,3 +153,13 @@ def test_bad_inputs_raise_clear_errors():
     res = hull_separability(np.zeros((1, 2)), np.eye(2))
     with pytest.raises(InputError, match="keep_normals"):
         hull_classifier(res, np.zeros((1, 2)), np.eye(2), (2,))
+
+
+def test_the_summary_says_its_distances_are_in_raw_input_units():
+    """capacity.json's separability block gave tol and min_margin_l2 with no unit, beside radii in a threat model's
+    units for SpamBase (audit units31 F5): the hull is the raw inputs', and the summary now says so, after them."""
+    x, y = _tiny_dataset()
+    summary = separability_bound(x, y).summary().to_dict()
+    keys = list(summary)
+    assert summary["distance_units"] == "raw input units" and summary["min_margin_l2"] > 0
+    assert keys.index("distance_units") == keys.index("min_margin_l2") + 1

@@ -43,7 +43,8 @@ class TaskFacts:
     Attributes:
         binary: the task is a sensitive-class task (labels 1 = sensitive, 0 = other).
         num_classes: number of labels in the task's data.
-        report_radii: radii the task reports, per norm p (``math.inf`` for ℓ∞), raw input units.
+        report_radii: radii the task reports, per norm p (``math.inf`` for ℓ∞), raw input units (also for a task
+            with a threat model: recipes that train on raw-unit balls take these, not its threat-model radii).
         train: the task's own training settings (for its default model).
     """
 

@@ -31,7 +31,10 @@ def _defaults() -> dict[str, Any]:
 
 
 def train_defaults(facts: TaskFacts) -> dict[str, Any]:
-    """The recipe's defaults; on a binary task, certified at its largest ℓ∞ report radius (trained at 2.5×)."""
+    """The recipe's defaults; on a binary task, validated at its largest raw-unit ℓ∞ report radius (trained at
+    2.5×). The recipe trains and validates on raw-unit ℓ∞ balls, also for a run under a threat model (whose radii it
+    gets from the generic fallback, R / the largest movable scale), so the raw-unit radius is the one in its units
+    (audit units31 F3: the run's reports are in the threat model's)."""
     out = _defaults()
     eps = facts.largest_linf_radius
     if facts.binary and eps:

@@ -40,9 +40,11 @@ from asymcert.train.loop import HISTORY_FILE
 ONE_VS_REST_NOTE = (
     "Certified accuracy: share of test inputs predicted correctly (argmax of the K one-vs-rest "
     "scores) whose true class is flagged (s_k > 0) and provably stays flagged within radius r "
-    "(raw input units). This certifies the class-k flag, NOT that the argmax stays k: other "
+    "(radii in {units}). This certifies the class-k flag, NOT that the argmax stays k: other "
     "classes may also become flagged inside the radius."
 )
+"""The report's sentence for one-vs-rest certificates; ``{units}``: the certificates' units (a threat model's under
+one: audit units31 F1, it said raw input units)."""
 GUARANTEE_TEXT = {
     Guarantee.DECISION: "deterministic: the decision stays",
     Guarantee.FLAG: "deterministic: the flagged class stays flagged",
@@ -462,9 +464,10 @@ def render_markdown(run: RunRecord, results: RunResults) -> str:
         "Certified accuracy: share of sensitive-class test inputs flagged sensitive with a certified "
         f"radius ≥ r (radii in {summary.units})."
         if detection is not None
-        else ONE_VS_REST_NOTE
+        else ONE_VS_REST_NOTE.format(units=summary.units)
         if summary.guarantee is Guarantee.FLAG
-        else "Certified accuracy: share of test inputs classified correctly with a certified radius ≥ r.",
+        else "Certified accuracy: share of test inputs classified correctly with a certified radius ≥ r "
+        f"(radii in {summary.units}).",
         "",
         mode_line(results.certificate_mode),
         "",

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from asymcert.certify.exact import _import_highspy, _quiet_stdout
+from asymcert.certify.result import RAW_UNITS
 from asymcert.errors import InputError
 from asymcert.models import build_model
 
@@ -76,6 +77,8 @@ class SeparabilitySummary:
         frank_wolfe_iterations: iterations of stage 3; tol: the ℓ1 distance (input units) at or below which an LP
             verdict is "inside".
         min_margin_l2: the smallest ℓ2 margin (input units) of an outside input; None when none is outside.
+        distance_units: what ``tol`` and ``min_margin_l2`` are measured in: raw input units (the hull is that of
+            the raw training inputs, whatever threat model the task's runs certify under; audit units31 F5).
         seconds: wall-clock seconds per stage (``"mean"``, ``"nearest"``, ``"frank-wolfe"``, ``"lp"``, ``"total"``).
     """
 
@@ -96,6 +99,7 @@ class SeparabilitySummary:
     frank_wolfe_iterations: int
     tol: float
     min_margin_l2: float | None
+    distance_units: str
     seconds: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,6 +210,7 @@ class SeparabilityResult:
             frank_wolfe_iterations=self.frank_wolfe_iterations,
             tol=self.tol,
             min_margin_l2=float(self.margin[self.outside].min()) if self.n_outside else None,
+            distance_units=RAW_UNITS,
             seconds=dict(self.seconds),
         )
 
