@@ -72,3 +72,19 @@ def test_a_summary_without_norms_puts_median_radius_after_the_radii_settings():
     out = RunResults(summary, plots_missing=PLOT_HINT).to_dict()
     assert list(out) == [*SUMMARY_KEYS, "flags", *REPORT_KEYS[:2], "median_radius", *REPORT_KEYS[2:], "plots_missing"]
     assert out["median_radius"] == {} and out["guarantee"] == "probabilistic" and out["flags"]["true_class"] == 0.75
+
+
+def test_results_an_earlier_version_wrote_read_back_as_it_meant_them():
+    """A sweep resumed from results written before report_radii_source/_settable, validation_flat and
+    certificate_mode existed raised KeyError with a traceback (review 31); they now read as those versions meant."""
+    summary = _summary(norms={"l1": NormSummary((0.5,), (0.5,), 1.0)}, detection=Detection(2, 1.0, 0.5))
+    mode = CertificateMode(False, "none")
+    raw = RunResults(summary, {"l1": "run.json"}, False, mode, {"name": "t"}, 6.0, 2).to_dict()
+    for key in ("report_radii_source", "report_radii_settable", "validation_flat", "certificate_mode"):
+        del raw[key]
+    for key in ("training_seconds", "best_epoch"):
+        del raw[key]
+    back = RunResults.from_dict(raw)
+    assert back.summary == RunResults.from_dict(RunResults(summary).to_dict()).summary
+    assert back.report_radii_source == {} and back.report_radii_settable and not back.validation_flat
+    assert back.certificate_mode is None and back.training_seconds is None and back.best_epoch is None

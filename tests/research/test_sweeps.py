@@ -21,7 +21,14 @@ from asymcert.pipeline import read_run
 from asymcert.research import sweep_reg as sweep_reg_module
 from asymcert.research.sweep_pairs import PairResult, pair_data, sweep_pairs
 from asymcert.research.sweep_reg import RegPoint, reg_cli_main, sweep_reg
-from asymcert.research.sweeps import RESULT_FILE, SweepError, pareto_front, parse_float_list, read_result
+from asymcert.research.sweeps import (
+    RESULT_FILE,
+    SweepError,
+    pareto_front,
+    parse_float_list,
+    read_result,
+    split_finished,
+)
 from tests.conftest import folder_held
 from tests.data.test_spambase import _frame as spam_frame
 
@@ -405,3 +412,16 @@ def test_a_reg_sweep_of_a_task_with_a_threat_model_tables_its_own_radii(tmp_path
     (point,) = sweep.entries
     assert sweep.pareto["l1"].radius == 1.0  # the second-smallest of the task's ℓ1 radii, now in the points' units
     assert "1" in point.certified_accuracy("l1") and "0.51" not in point.certified_accuracy("l1")
+
+
+def test_a_result_file_this_version_cannot_read_is_one_sweep_error(tmp_path):
+    """A pair result from an older asymcert (no "guarantee" key) resumed into a KeyError traceback (review 31): now
+    one line naming the file and saying to delete it."""
+    settings = {"epochs": 1}
+    job = tmp_path / "0-3"
+    job.mkdir()
+    (job / RESULT_FILE).write_text(json.dumps({"settings": settings, "method": "feature-convex"}))
+    with pytest.raises(SweepError, match=r"is not a sweep result this asymcert reads \(KeyError") as info:
+        split_finished(["0-3"], lambda name: tmp_path / name, settings, PairResult.from_dict)
+    assert "\n" not in str(info.value) and "delete it to recompute the job" in str(info.value)
+    assert split_finished(["1-2"], lambda name: tmp_path / name, settings, PairResult.from_dict) == ({}, ["1-2"])

@@ -247,21 +247,24 @@ class RunResults:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> RunResults:
-        """The results :meth:`to_dict` gave ``raw`` (other keys ignored; a missing ``task`` or ``plots`` is empty),
-        e.g. a ``results.json`` read back; a null median radius is NaN (:func:`~asymcert.runfolder.json_number`).
+        """The results :meth:`to_dict` gave ``raw`` (other keys ignored), e.g. a ``results.json`` read back; a null
+        median radius is NaN (:func:`~asymcert.runfolder.json_number`). Keys that earlier versions did not write
+        read as what those versions meant (review 31: resuming a sweep from their results raised KeyError): a
+        missing ``task`` or ``plots`` is empty, ``report_radii_source`` unknown ({}), ``report_radii_settable``
+        true, ``validation_flat`` false, ``certificate_mode``, ``training_seconds`` and ``best_epoch`` not recorded.
 
         Raises:
             KeyError, ValueError, TypeError: ``raw`` is not such an object.
         """
         return cls(
             summary=CertifiedSummary.from_dict(raw, null_radius=math.nan),
-            report_radii_source=dict(raw["report_radii_source"]),
-            report_radii_settable=raw["report_radii_settable"],
-            certificate_mode=CertificateMode.from_dict(raw["certificate_mode"]),
+            report_radii_source=dict(raw.get("report_radii_source", {})),
+            report_radii_settable=raw.get("report_radii_settable", True),
+            certificate_mode=CertificateMode.from_dict(raw.get("certificate_mode")),
             task=dict(raw.get("task", {})),
-            training_seconds=raw["training_seconds"],
-            best_epoch=raw["best_epoch"],
-            validation_flat=raw["validation_flat"],
+            training_seconds=raw.get("training_seconds"),
+            best_epoch=raw.get("best_epoch"),
+            validation_flat=raw.get("validation_flat", False),
             plots=dict(raw.get("plots", {})),
             plots_missing=raw.get("plots_missing"),
         )

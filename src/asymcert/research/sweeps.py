@@ -126,8 +126,15 @@ def split_finished(
         done = read_result(job_dir(job), settings)
         if done is None:
             todo.append(job)
-        else:
+            continue
+        try:
             results[job] = parse(done)
+        except (KeyError, TypeError, ValueError) as exc:  # (a result an older asymcert wrote: review 31, a traceback)
+            path = job_dir(job) / RESULT_FILE
+            raise SweepError(
+                f"{path} is not a sweep result this asymcert reads ({type(exc).__name__}: {exc}; written by an "
+                "older version?); delete it to recompute the job"
+            ) from None
     return results, todo
 
 
