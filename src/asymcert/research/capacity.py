@@ -39,7 +39,7 @@ from asymcert.data.tasks import Dataset, TaskData
 from asymcert.errors import InputError, UnknownNameError
 from asymcert.models import build_model
 from asymcert.nn.convex import ICNN, ConvexConvNet
-from asymcert.report.machine import describe_machine
+from asymcert.report.machine import Machine
 from asymcert.report.plots import _pyplot
 from asymcert.research.separability import SeparabilityResult, SeparabilitySummary, hull_classifier, separability_bound
 from asymcert.research.sweeps import sweep_folder
@@ -373,7 +373,7 @@ class CapacityReport:
         task: the binary task's name.
         n_train, n_sensitive, n_other: its training split's inputs, of each class.
         command: the command line recorded (None: none given).
-        machine_at_start: the machine when it started (:func:`~asymcert.report.machine.describe_machine`'s JSON).
+        machine_at_start: the machine when it started.
         separability: the separability bound's numbers.
         constructed: the classifier achieving the bound (None: the bound is not exact, or nothing is outside).
         runs: the recipes trained so far, in the order given.
@@ -386,11 +386,11 @@ class CapacityReport:
     n_sensitive: int
     n_other: int
     command: str | None
-    machine_at_start: dict[str, Any]
+    machine_at_start: Machine
     separability: SeparabilitySummary
     constructed: Constructed | None = None
     runs: tuple[CapacityResult, ...] = ()
-    machine_at_end: dict[str, Any] | None = None
+    machine_at_end: Machine | None = None
     feature_map: str = "shift (x − μ)"
 
     @property
@@ -405,10 +405,10 @@ class CapacityReport:
         out: dict[str, Any] = {"task": self.task, "n_train": self.n_train, "n_sensitive": self.n_sensitive}
         out.update(n_other=self.n_other, feature_map=self.feature_map, command=self.command)
         out["constructed"] = None if self.constructed is None else asdict(self.constructed)
-        out.update(machine_at_start=self.machine_at_start, separability=self.separability.to_dict())
+        out.update(machine_at_start=self.machine_at_start.to_dict(), separability=self.separability.to_dict())
         out.update(recipes=[row.to_dict() for row in self.recipes], runs=[r.to_dict() for r in self.runs])
         if self.machine_at_end is not None:
-            out["machine_at_end"] = self.machine_at_end
+            out["machine_at_end"] = self.machine_at_end.to_dict()
         return out
 
 
@@ -717,7 +717,7 @@ def capacity_report(
     data = t.load(Path(data_dir) if data_dir else None)  # (before the folder: a refusal leaves none behind)
     with sweep_folder(Path(out_dir)) as out:  # one capacity run per folder at a time; never a run folder
         train = data.train
-        machine_at_start = describe_machine()
+        machine_at_start = Machine.current()
         sep = separability_bound(
             train.x,
             train.y,
@@ -744,7 +744,7 @@ def capacity_report(
 
         def partial(results: list[CapacityResult]) -> None:  # partial results survive an interruption
             nonlocal report
-            report = replace(report, runs=tuple(results), machine_at_end=describe_machine())
+            report = replace(report, runs=tuple(results), machine_at_end=Machine.current())
             _write(out, report, sep.bound)
 
         results = run_capacity(

@@ -41,7 +41,7 @@ from asymcert.data.pairs import PAIR_MODEL, PAIR_TRAIN, pair_data
 from asymcert.data.pairs import pair_report_radii as task_pair_radii
 from asymcert.data.tasks import Dataset, TaskData, get_task
 from asymcert.pipeline import CertifySettings, plan_training, run_pipeline
-from asymcert.report.machine import describe_machine
+from asymcert.report.machine import Machine
 from asymcert.report.writer import summarize
 from asymcert.research.sweeps import (
     RESULT_FILE,
@@ -470,7 +470,7 @@ def sweep_pairs(
     out = Path(out_dir)
     with sweep_folder(out):  # (one sweep per folder, never a run folder: audit 29e #1, #4)
         clock = Clock()
-        machine_start = describe_machine()
+        machine_start = Machine.current()
         jobs = list(itertools.permutations(classes, 2))
         results, todo = split_finished(jobs, lambda job: pair_dir(out, *job), settings.to_dict(), PairResult.from_dict)
         log(

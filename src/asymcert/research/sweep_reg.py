@@ -30,7 +30,7 @@ from asymcert.certify.result import RAW_UNITS, norm_label, normalize_norm
 from asymcert.certify.summary import RunResults
 from asymcert.data.tasks import TaskData, get_task
 from asymcert.pipeline import CertifySettings, plan_training, run_pipeline
-from asymcert.report.machine import describe_machine
+from asymcert.report.machine import Machine
 from asymcert.report.writer import write_report
 from asymcert.research.sweeps import (
     RESULT_FILE,
@@ -426,7 +426,7 @@ def sweep_reg(
     out = Path(out_dir)
     with sweep_folder(out):  # (one sweep per folder, never a run folder: audit 29e #1, #4)
         clock = Clock()
-        machine_start = describe_machine()
+        machine_start = Machine.current()
         jobs = list(itertools.product(feature_maps, lambdas))
         results, todo = split_finished(
             jobs, lambda job: out / "runs" / _job_name(job), settings.to_dict(), RegPoint.from_dict

@@ -32,7 +32,7 @@ import torch
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import AsymcertError
 from asymcert.jsontext import JsonTextError, parse_json
-from asymcert.report.machine import describe_machine
+from asymcert.report.machine import Machine
 from asymcert.report.plots import _pyplot
 from asymcert.runfolder import RUN_FILE, dumps_strict, exclusive
 
@@ -341,16 +341,15 @@ class SweepRun:
         trained_now: jobs that ran (and finished) in this invocation.
         reused: jobs whose finished result an earlier invocation left in the folder.
         workers: worker processes (1: in the calling process).
-        machine_start, machine_end: the machine and its load average at the start and at the end
-            (:func:`~asymcert.report.machine.describe_machine`'s JSON object).
+        machine_start, machine_end: the machine and its load average at the start and at the end.
     """
 
     wall_seconds: float
     trained_now: int
     reused: int
     workers: int
-    machine_start: dict[str, Any]
-    machine_end: dict[str, Any]
+    machine_start: Machine
+    machine_end: Machine
 
     def to_dict(self) -> dict[str, Any]:
         """``{"wall_seconds", "trained_now", "reused", "workers", "machine_start", "machine_end"}``."""
@@ -359,26 +358,24 @@ class SweepRun:
             "trained_now": self.trained_now,
             "reused": self.reused,
             "workers": self.workers,
-            "machine_start": self.machine_start,
-            "machine_end": self.machine_end,
+            "machine_start": self.machine_start.to_dict(),
+            "machine_end": self.machine_end.to_dict(),
         }
 
     @classmethod
-    def finished(
-        cls, clock: Clock, trained_now: int, reused: int, workers: int, machine_start: dict[str, Any]
-    ) -> SweepRun:
+    def finished(cls, clock: Clock, trained_now: int, reused: int, workers: int, machine_start: Machine) -> SweepRun:
         """The run of an invocation that started at ``clock`` and ends now (the machine described now)."""
-        return cls(clock.seconds(), trained_now, reused, max(1, workers), machine_start, describe_machine())
+        return cls(clock.seconds(), trained_now, reused, max(1, workers), machine_start, Machine.current())
 
 
 def run_lines(run: SweepRun, unit: str) -> list[str]:
     """The report's "run" and "machine" bullet lines of a sweep invocation whose jobs are ``unit``s."""
-    load0, load1 = run.machine_start["load_average"], run.machine_end["load_average"]
+    load0, load1 = (m.to_dict()["load_average"] for m in (run.machine_start, run.machine_end))  # (as a list)
     return [
         f"- run: {workers_text(run.workers)}; wall time of this invocation "
         f"{run.wall_seconds / 60:.1f} min, {run.trained_now} {unit}(s) trained now, "
         f"{run.reused} reused from an earlier invocation",
-        f"- machine: {run.machine_start['cores']} CPUs, load average (1, 5, 15 min) {load0} at the start "
+        f"- machine: {run.machine_start.cores} CPUs, load average (1, 5, 15 min) {load0} at the start "
         f"and {load1} at the end",
     ]
 
