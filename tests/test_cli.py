@@ -393,10 +393,10 @@ def test_help_documents_the_exit_codes():
 def test_exit_codes_are_distinct(tiny_run, tmp_path, monkeypatch):
     """0 success, 1 violations found, 2 refused input, 3 busy folder, 4 file-system failure, 130 interrupted."""
     runner = CliRunner()
-    monkeypatch.setattr(cli_module, "audit_run", lambda *a, **k: SimpleNamespace(violations=3))
+    monkeypatch.setattr(cli_module, "audit_run", lambda *a, **k: SimpleNamespace(violations=3, certificate_mode=None))
     res = runner.invoke(main, ["audit", str(tiny_run), "--limit", "2"])
     assert res.exit_code == EXIT_CHECK_FAILED == 1 and "3 violation(s)" in res.output
-    monkeypatch.setattr(cli_module, "audit_run", lambda *a, **k: SimpleNamespace(violations=0))
+    monkeypatch.setattr(cli_module, "audit_run", lambda *a, **k: SimpleNamespace(violations=0, certificate_mode=None))
     assert runner.invoke(main, ["audit", str(tiny_run), "--limit", "2"]).exit_code == EXIT_OK == 0
     assert "not a run folder" in _refused(runner.invoke(main, ["audit", str(tmp_path)]), EXIT_REFUSED)
     folder = _copy(tiny_run, tmp_path)

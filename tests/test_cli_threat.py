@@ -585,3 +585,20 @@ def test_inputs_outside_the_domain_are_one_warning_naming_the_test_input(tm_run,
     assert len(lines) == 1, lines
     assert f"{len(outside)} of {len(x)} input(s)" in lines[0]
     assert f"(the first: test input {outside[0]}, counted from 0: caps = " in lines[0]
+
+
+def test_an_audit_that_certifies_otherwise_than_the_folder_says_so(tm_run, tmp_path):
+    """After `certify --no-threat-model`, `audit` (the run's own threat model by default) wrote audit.md in other
+    units than report.md's with nothing saying they differ (audit units31): one note line now says how each was
+    certified and which options audit those; none when they agree."""
+    copy = tmp_path / "run"
+    shutil.copytree(tm_run, copy)
+    args = ["audit", str(copy), "--limit", "20", "--steps", "10", "--restarts", "1", "--no-exact"]
+    assert CliRunner().invoke(main, ["certify", str(copy), "--no-threat-model", "--quiet"]).exit_code == EXIT_OK
+    res = CliRunner().invoke(main, args)
+    notes = [line for line in res.output.splitlines() if line.startswith("note: this audit certified otherwise")]
+    assert res.exit_code == EXIT_OK and len(notes) == 1, res.output
+    assert "audit: closed-form radii (without `--reach`), under the run's own threat model" in notes[0]
+    assert "Folder: closed-form radii (without `--reach`), under no threat model" in notes[0]
+    res = CliRunner().invoke(main, [*args, "--no-threat-model"])
+    assert res.exit_code == EXIT_OK and "note: this audit certified otherwise" not in res.output

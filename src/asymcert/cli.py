@@ -33,9 +33,18 @@ from asymcert.export import export_run
 from asymcert.export.vnnlib import DEFAULT_TIMEOUT
 from asymcert.families import get_family
 from asymcert.jsontext import JsonTextError, parse_json
-from asymcert.pipeline import DEFAULT_NORMS, CertifySettings, certify_run, run_data, run_task, train_run
+from asymcert.pipeline import (
+    DEFAULT_NORMS,
+    CertificateMode,
+    CertifySettings,
+    certify_run,
+    read_certificate_mode,
+    run_data,
+    run_task,
+    train_run,
+)
 from asymcert.report.plots import PLOT_HINT, plotting_available
-from asymcert.report.writer import radius_header, write_report
+from asymcert.report.writer import mode_line, radius_header, write_report
 from asymcert.research.capacity import capacity_report
 from asymcert.research.sweep_pairs import pairs_cli_main
 from asymcert.research.sweep_reg import reg_cli_main
@@ -796,8 +805,30 @@ def audit(
         f"audit of {min(limit, len(data.test))} test inputs: {report.violations} violation(s); "
         f"details in {Path(run_dir) / 'audit.md'}"
     )
+    for line in _other_mode_note(read_certificate_mode(run_dir), report.certificate_mode):
+        click.echo(line)
     if report.violations:
         sys.exit(EXIT_CHECK_FAILED)
+
+
+def _other_mode_note(folder: CertificateMode | None, audited: CertificateMode | None) -> list[str]:
+    """A note when the audit certified otherwise than the folder's certificates were made (another threat model,
+    none, or closed form against reach-aware): audit.md's radii are then not report.md's (audit units31: each file
+    named its own units, nothing said they differ); none when they agree or either is not recorded."""
+    if folder is None or audited is None:
+        return []
+    if (folder.threat_model, folder.threat_model_file, folder.reach) == (
+        audited.threat_model,
+        audited.threat_model_file,
+        audited.reach,
+    ):
+        return []
+    audit_text, folder_text = (mode_line(m).removeprefix("Certificates: ") for m in (audited, folder))
+    return [
+        "note: this audit certified otherwise than the folder's certificates (report.md) were made; audit: "
+        f"{audit_text} Folder: {folder_text} Give audit the options certify was given (--threat-model FILE, "
+        "--no-threat-model, --reach) to audit those."
+    ]
 
 
 @main.command()
