@@ -31,6 +31,7 @@ from asymcert.report.machine import Machine
 from asymcert.runfolder import dumps_strict
 from tests.conftest import folder_held
 from tests.data.test_spambase import _frame as spam_frame
+from tests.data.test_user import _image_folder as image_folder
 
 # Randomized smoothing as Cohen et al. (2019, section 4) certify: n0 = 100 selection samples, n = 100,000
 # estimation samples, failure probability α = 0.001 (the "paper" column of compare.md's scale notes).
@@ -259,3 +260,14 @@ def test_a_task_with_a_threat_model_is_compared_in_its_units(tmp_path):
     assert f"radius ≥ r (radii in {units})" in md and "raw input units" not in md
     # the scale notes say how the methods were trained (the fast preset: 2 epochs; they said 20, audit units31)
     assert "  - 2 training epochs per method (paper: 60–150)" in md and "20 training epochs" not in md
+
+
+def test_a_comparison_on_an_image_folder_says_its_pixel_scaling(tmp_path):
+    """compare() on an image folder (the Python route): its radii are raw input units of pixels / 255, which the
+    comparison names as a run's report does (a check of session 31's units fix)."""
+    root = image_folder(tmp_path / "pics", {"cats": 12, "dogs": 12}, size=(6, 6))
+    spec = {"images": str(root), "sensitive_class": "cats", "other_class": "dogs"}
+    tiny = {"convex": {"model": {"convex": {"kind": "icnn", "widths": [4]}}, "train": {"epochs": 1}}}
+    result = compare(spec, tmp_path / "c", methods=("convex",), overrides=tiny, fail_fast=True)
+    assert result.units == result.compared["convex"].summary.units == "raw input units (pixel values / 255, in [0, 1])"
+    assert f"(radii in {result.units})" in (tmp_path / "c" / COMPARE_MD).read_text()
