@@ -338,3 +338,33 @@ def test_closed_form_radii_far_below_the_attack_bounds_point_to_reach():
     assert len(notes) == 1 and "under a fifth" in notes[0] and "l1 0.058" in notes[0] and "l2" not in notes[0]
     assert "Note:" not in "\n".join(_bound_table(loose, reach=True))
     assert "Note:" not in "\n".join(_bound_table({"l2": bound(0.5)}))
+
+
+@pytest.mark.parametrize("threat", [False, True], ids=["l_p", "threat-model"])
+def test_attacks_see_at_most_a_chunk_of_inputs_and_still_catch_inflated_radii(icnn_and_inputs, monkeypatch, threat):
+    """The audit attacked every certified input in one batch, so its memory grew with --limit (session 31: 10⁵
+    inputs of the Fashion default, 1.6 GB per hidden layer); now ATTACK_CHUNK inputs at a time, the attack bounds'
+    searches too. Every input is still attacked, and certificates inflated ×3 are still caught by the attacks."""
+    model, x = _hinge_model()
+    tm = asymcert.ThreatModel(scale={"*": 0.5}, increase_only=[0, 1], immutable=[2]) if threat else None
+    tm = tm.resolve(None, 8) if tm is not None else None
+    whole = audit(model, x, norms=(1, math.inf), steps=20, restarts=1, threat_model=tm, attack_bounds=True)
+    seen: list[int] = []
+    for name in ("pgd_attack", "threat_attack"):
+        real = getattr(audit_module, name)
+        monkeypatch.setattr(
+            audit_module, name, lambda model, x, *a, _real=real, **k: seen.append(len(x)) or _real(model, x, *a, **k)
+        )
+    monkeypatch.setattr(audit_module, "ATTACK_CHUNK", 7)
+    chunked = audit(model, x, norms=(1, math.inf), steps=20, restarts=1, threat_model=tm, attack_bounds=True)
+    assert seen and max(seen) <= 7 and sum(n == 7 for n in seen) >= 2
+    assert chunked.violations == 0 == whole.violations
+    for label in ("l1", "linf"):
+        a, b = (r.methods["feature-convex"].norms[label] for r in (chunked, whole))
+        assert a.attack is not None and b.attack is not None and a.attack.attacked == b.attack.attacked >= 20
+        assert a.attack_bound is not None and a.attack_bound.searched == a.attack.attacked
+    _register_inflated(monkeypatch, 3.0)
+    icnn, xi = icnn_and_inputs
+    caught = audit(icnn, xi, norms=(math.inf,), methods=["test-inflated"], steps=40, restarts=1, exact=False)
+    attack = caught.methods["test-inflated"].norms["linf"].attack
+    assert attack is not None and attack.attacked > 7 and attack.flips > 0.8 * attack.attacked
