@@ -342,9 +342,9 @@ def test_closed_form_radii_far_below_the_attack_bounds_point_to_reach():
 
 @pytest.mark.parametrize("threat", [False, True], ids=["l_p", "threat-model"])
 def test_attacks_see_at_most_a_chunk_of_inputs_and_still_catch_inflated_radii(icnn_and_inputs, monkeypatch, threat):
-    """The audit attacked every certified input in one batch, so its memory grew with --limit (session 31: 10⁵
-    inputs of the Fashion default, 1.6 GB per hidden layer); now ATTACK_CHUNK inputs at a time, the attack bounds'
-    searches too. Every input is still attacked, and certificates inflated ×3 are still caught by the attacks."""
+    """The audit attacked every certified input in one batch, so its memory grew with --limit (10⁵ inputs of the
+    Fashion default: 10⁵ × 4096 float32, 1.6 GB per hidden layer); now ATTACK_CHUNK inputs at a time, the attack
+    bounds' searches too. Every input is still attacked, and certificates inflated ×3 are still caught."""
     model, x = _hinge_model()
     tm = asymcert.ThreatModel(scale={"*": 0.5}, increase_only=[0, 1], immutable=[2]) if threat else None
     tm = tm.resolve(None, 8) if tm is not None else None
