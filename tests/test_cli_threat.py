@@ -602,3 +602,26 @@ def test_an_audit_that_certifies_otherwise_than_the_folder_says_so(tm_run, tmp_p
     assert "Folder: closed-form radii (without `--reach`), under no threat model" in notes[0]
     res = CliRunner().invoke(main, [*args, "--no-threat-model"])
     assert res.exit_code == EXIT_OK and "note: this audit certified otherwise" not in res.output
+
+
+def test_the_audit_note_compares_threat_models_by_content_not_by_file_name(tm_run, tmp_path, monkeypatch):
+    """The note compared file names (review 31b): the run's own threat model given as a file, or one file spelled
+    two ways, made a note; a file edited between certify and audit did not. Now by content."""
+    copy = tmp_path / "run"
+    shutil.copytree(tm_run, copy)
+    (tmp_path / "own.json").write_text(json.dumps(TM))
+    (tmp_path / "other.json").write_text(json.dumps({**TM, "scale": {"caps": 2.0, "*": 1.0}}))
+    monkeypatch.chdir(tmp_path)
+    args = ["audit", str(copy), "--limit", "10", "--steps", "5", "--restarts", "1", "--no-exact"]
+
+    def noted(*extra: str) -> bool:
+        res = CliRunner().invoke(main, [*args, *extra])
+        assert res.exit_code == EXIT_OK, res.output
+        return "note: this audit certified otherwise" in res.output
+
+    assert not noted("--threat-model", "own.json")  # the run's own, given as a file
+    assert CliRunner().invoke(main, ["certify", str(copy), "--threat-model", "other.json", "--quiet"]).exit_code == 0
+    assert not noted("--threat-model", "./other.json") and not noted("--threat-model", str(tmp_path / "other.json"))
+    assert noted()  # the run's own against the folder's other.json
+    (tmp_path / "other.json").write_text(json.dumps({**TM, "scale": {"caps": 3.0, "*": 1.0}}))
+    assert noted("--threat-model", "other.json")  # the same name, another threat model

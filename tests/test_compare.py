@@ -260,6 +260,8 @@ def test_a_task_with_a_threat_model_is_compared_in_its_units(tmp_path):
     assert f"radius ≥ r (radii in {units})" in md and "raw input units" not in md
     # the scale notes say how the methods were trained (the fast preset: 2 epochs; they said 20, audit units31)
     assert "  - 2 training epochs per method (paper: 60–150)" in md and "20 training epochs" not in md
+    widths = "-".join(str(w) for w in method_specs(images=False)["ibp"].model["widths"])
+    assert f"IBP: MLP {widths} (flat feature vectors)" in md  # (IBP not compared: it said small CNN, review 31b)
 
 
 def test_a_comparison_on_an_image_folder_says_its_pixel_scaling(tmp_path):

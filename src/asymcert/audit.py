@@ -96,8 +96,9 @@ EXACT_CUTS_ROUNDS = 400  # the default ICNN 4096 needed at most 233 in ℓ1 on 1
 BOUND_GROW_STEPS = 10  # the attack bound's search doubles the radius up to 2**10 × the certified one
 BOUND_BISECT_STEPS = 8  # then halves the bracket (in log scale) at least 8 times: hi / lo ≤ 2**(1/256)
 ATTACK_CHUNK = 4096
-"""Inputs attacked at once: an attack's working memory (the model's activations and gradients, the PGD state) is
-that of this many inputs whatever ``--limit`` is, as certify's chunks bound its own (session 31: 10⁵ inputs of the
+"""Inputs attacked (and their flips re-checked in float64) at once: an attack's working memory (the model's
+activations and gradients, the PGD state) is that of this many inputs whatever ``--limit`` is (the inputs, their
+attack points and certificates are held whole), as certify's chunks bound its own (session 31: 10⁵ inputs of the
 Fashion default were attacked in one batch: 10⁵ × 4096 float32 activations, 1.6 GB, per hidden layer)."""
 
 
@@ -578,8 +579,10 @@ def _attack_norm(
         flipped_rows = (flipped_rows + grows[flips].tolist())[:20]
         if model64 is not None and bool(flips.any()):
             attacked64 = _ClassScore(model64, attacked.k) if isinstance(attacked, _ClassScore) else model64
-            on = flips.to(xs.device)
-            n_flips64 += int(decision_flips(attacked64, xs[on].double(), x_adv[on].double()).sum())
+            on = torch.nonzero(flips).flatten().to(xs.device)
+            for c in range(0, len(on), ATTACK_CHUNK):  # (chunked as the attacks: many flips of an unsound run)
+                rows64 = on[c : c + ATTACK_CHUNK]
+                n_flips64 += int(decision_flips(attacked64, xs[rows64].double(), x_adv[rows64].double()).sum())
         max_ratio = max(max_ratio, float((norms / radius[grows].double().cpu()).max()))
     seconds = time.perf_counter() - t0
     return AttackOutcome(

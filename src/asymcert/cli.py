@@ -7,6 +7,7 @@ exit code (see :data:`EXIT_CODES` and ``asymcert --help``); a traceback means a 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import re
@@ -805,23 +806,22 @@ def audit(
         f"audit of {min(limit, len(data.test))} test inputs: {report.violations} violation(s); "
         f"details in {Path(run_dir) / 'audit.md'}"
     )
-    for line in _other_mode_note(read_certificate_mode(run_dir), report.certificate_mode):
+    own = read_run_record(run_dir).threat_model
+    for line in _other_mode_note(read_certificate_mode(run_dir), report.certificate_mode, own):
         click.echo(line)
     if report.violations:
         sys.exit(EXIT_CHECK_FAILED)
 
 
-def _other_mode_note(folder: CertificateMode | None, audited: CertificateMode | None) -> list[str]:
+def _other_mode_note(
+    folder: CertificateMode | None, audited: CertificateMode | None, own: dict[str, Any] | None
+) -> list[str]:
     """A note when the audit certified otherwise than the folder's certificates were made (another threat model,
     none, or closed form against reach-aware): audit.md's radii are then not report.md's (audit units31: each file
-    named its own units, nothing said they differ); none when they agree or either is not recorded."""
-    if folder is None or audited is None:
-        return []
-    if (folder.threat_model, folder.threat_model_file, folder.reach) == (
-        audited.threat_model,
-        audited.threat_model_file,
-        audited.reach,
-    ):
+    named its own units, nothing said they differ); none when they agree or either is not recorded. Threat models
+    are compared by content (``own``: run.json's), not by the file named (review 31b: the run's own given as a
+    file, or one file spelled two ways, made a note; a file edited in between did not)."""
+    if folder is None or audited is None or _mode_key(folder, own) == _mode_key(audited, own):
         return []
     audit_text, folder_text = (mode_line(m).removeprefix("Certificates: ") for m in (audited, folder))
     return [
@@ -829,6 +829,17 @@ def _other_mode_note(folder: CertificateMode | None, audited: CertificateMode | 
         f"{audit_text} Folder: {folder_text} Give audit the options certify was given (--threat-model FILE, "
         "--no-threat-model, --reach) to audit those."
     ]
+
+
+def _mode_key(mode: CertificateMode, own: dict[str, Any] | None) -> tuple[bool, str | None]:
+    """What decides a mode's radii: reach-aware or not, and the threat model's content (canonical JSON; None for
+    none or an empty one, which certifies as none; the file's name where its content was not recorded)."""
+    content = own if mode.threat_model == "run" else mode.given if mode.threat_model == "given" else None
+    if content is None:
+        unknown = mode.threat_model == "given"
+        return mode.reach, f"file:{mode.threat_model_file}" if unknown else None
+    canonical = ThreatModel.from_dict(content).to_dict()
+    return mode.reach, None if canonical == ThreatModel().to_dict() else json.dumps(canonical, sort_keys=True)
 
 
 @main.command()

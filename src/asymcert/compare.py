@@ -187,6 +187,8 @@ class Comparison:
             else its raw-unit ones.
         units: the units of every radius of the comparison (the certificates'), e.g. ``raw input units`` or
             ``threat-model units (δ_i / scale_i)``.
+        images: the task's inputs are images (the methods' default nets are CNNs), not flat feature vectors (MLPs);
+            for compare.md's scale notes, not written to compare.json.
         methods: method name → its entry, in the order the methods were given.
         machine: the machine the comparison ran on, and its load when compare.json was written.
         plots: ``"l1"``/``"l2"``/``"linf"`` (certified-accuracy curves) and ``"runtime"`` → file name of its plot
@@ -206,6 +208,7 @@ class Comparison:
     machine: Machine
     plots: dict[str, str] = field(default_factory=dict)
     units: str = RAW_UNITS
+    images: bool = True
 
     @property
     def compared(self) -> dict[str, ComparedMethod]:
@@ -411,6 +414,7 @@ def _write_comparison(
         machine=Machine.current(),
         plots=_plots(out, certs, labels, y, norms_t, task.description, ctx.units),
         units=_cert_units(certs, ctx.units),
+        images=len(data.test.x.shape[1:]) == 3,
     )
     text = dumps_strict(result.to_dict(), indent=1, default=str)
     atomic_write(out / COMPARE_JSON, lambda tmp: tmp.write_text(text))
@@ -561,10 +565,11 @@ def _epochs_line(result: Comparison) -> list[str]:
 
 
 def _ibp_text(result: Comparison) -> str:
-    """The bound-propagation nets as compared: an MLP on flat feature vectors (its widths), else the small CNN."""
-    for e in result.compared.values():
-        if e.model.get("kind") == "relu-ibp" and e.model.get("arch") == "mlp":
-            return f"MLP {'-'.join(str(w) for w in e.model.get('widths', []))} (flat feature vectors)"
+    """The bound-propagation nets the task gets (trained or not): an MLP on flat feature vectors, else the small CNN
+    (review 31b: a comparison without IBP on flat features said CNN)."""
+    model = method_specs(images=result.images)["ibp"].model or {}
+    if model.get("arch") == "mlp":
+        return f"MLP {'-'.join(str(w) for w in model.get('widths', []))} (flat feature vectors)"
     return "small CNN (16, 32, fc 100)"
 
 

@@ -441,8 +441,9 @@ class ResolvedThreatModel:
 
     def units(self) -> str:
         """How radii under this threat model are measured, in one phrase: plain raw input units for one that
-        constrains nothing (:meth:`is_empty`: it certifies exactly as no threat model, and says the same, audit
-        units31 F4), raw input units of constrained moves for unit scales, else the threat model's own units."""
+        constrains nothing (:meth:`is_empty`: it certifies exactly as no threat model, audit units31 F4; an image
+        folder's runs spell theirs out, pixel values / 255), raw input units of constrained moves for unit scales,
+        else the threat model's own units."""
         if self.is_empty():
             return "raw input units"
         if bool((self.scale == 1).all()):

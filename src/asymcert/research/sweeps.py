@@ -129,7 +129,7 @@ def split_finished(
             continue
         try:
             results[job] = parse(done)
-        except (KeyError, TypeError, ValueError) as exc:  # (a result an older asymcert wrote: review 31, a traceback)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # (an older asymcert's, review 31)
             path = job_dir(job) / RESULT_FILE
             raise SweepError(
                 f"{path} is not a sweep result this asymcert reads ({type(exc).__name__}: {exc}; written by an "
