@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,11 @@ from hypothesis import strategies as st
 
 from asymcert.checkpoint import atomic_write, created_folders, signals_held
 from asymcert.errors import CheckpointError, RunFolderBusyError, WriteError
+from asymcert.jsontext import parse_json
 from asymcert.runfolder import (
     LOCK_FILE,
+    THREAT_MODEL_SOURCES,
+    CertificateMode,
     RunRecord,
     dumps_strict,
     exclusive,
@@ -30,6 +34,27 @@ from asymcert.runfolder import (
     write_json,
 )
 from tests.conftest import examples
+from tests.typed_json import (
+    BOOL,
+    DICT,
+    INT,
+    LIST,
+    NULL,
+    NUMBER,
+    STR,
+    certificate_modes,
+    json_native,
+    json_objects,
+    replaced,
+    same,
+    schema_paths,
+    seconds,
+    strict,
+    texts,
+    without,
+    wrong_values,
+)
+from tests.typed_json import json_values as finite_json_values
 
 HOLD = """
 import sys, time
@@ -396,3 +421,149 @@ def test_held_signals_come_back_once_with_their_handlers(monkeypatch):
         assert signal.getsignal(signal.SIGINT) is old_int and signal.getsignal(signal.SIGTERM) is on_term
     finally:
         signal.signal(signal.SIGTERM, old_term)
+
+
+# ------------------------------------------------------------- properties of run.json's and certify.json's JSON
+# Both are written by write_json (dumps_strict, indented) and read back with parse_json: RunRecord.from_json for
+# run.json, CertificateMode.from_dict of parse_json's value for certify.json.
+CHECKS = settings(max_examples=examples(80), deadline=None)
+_TASK_KEYS = ("name", "npz", "csv", "images")
+_OPTIONAL = ("training", "feature_names", "threat_model")  # (not written while None)
+_FIELDS = [f.name for f in fields(RunRecord) if f.name != "extra"]
+finite_radii = st.sampled_from([0.0, 5e-324, 1e-300, 0.5, 1.0, 1e300, 1.7976931348623157e308]) | st.floats(
+    min_value=0.0, allow_nan=False, allow_infinity=False
+)
+
+
+@st.composite
+def run_records(draw):
+    """Any run.json record: each task kind, optional keys present or not, keys of newer versions."""
+    task = {**draw(st.dictionaries(texts.filter(lambda k: k not in _TASK_KEYS), finite_json_values, max_size=2))}
+    task[draw(st.sampled_from(_TASK_KEYS))] = draw(texts)
+    training = {"seconds": draw(st.none() | seconds), "best": draw(json_objects), "epochs": draw(st.integers(0, 99))}
+    return RunRecord(
+        task=task,
+        model=draw(json_objects),
+        train=draw(json_objects),
+        task_description=draw(texts),
+        preset=draw(st.none() | texts),
+        data_dir=draw(st.none() | texts),
+        class_names=draw(st.lists(texts, max_size=3)),
+        binary=draw(st.booleans()),
+        report_radii=draw(st.dictionaries(texts, st.lists(finite_radii, max_size=3), max_size=3)),
+        splits=draw(st.dictionaries(texts, st.integers(0, 10**12), max_size=3)),
+        training=draw(st.none() | st.just(training)),
+        feature_names=draw(st.none() | st.lists(texts, max_size=3)),
+        threat_model=draw(st.none() | json_objects),
+        extra=draw(st.dictionaries(texts.filter(lambda k: k not in _FIELDS), finite_json_values, max_size=2)),
+    )
+
+
+RUN_SCHEMA = {
+    ("task",): {DICT},
+    ("model",): {DICT},
+    ("train",): {DICT},
+    ("task_description",): {STR},
+    ("preset",): {STR, NULL},
+    ("data_dir",): {STR, NULL},
+    ("class_names",): {LIST},
+    ("binary",): {BOOL},
+    ("report_radii",): {DICT},
+    ("report_radii", "*"): {LIST},
+    ("report_radii", "*", "#"): {NUMBER},
+    ("splits",): {DICT},
+    ("splits", "*"): {INT},
+    ("training",): {DICT, NULL},
+    ("training", "seconds"): {NUMBER, NULL},
+    ("training", "best"): {DICT},
+    ("feature_names",): {LIST, NULL},
+    ("feature_names", "#"): {STR},
+    ("threat_model",): {DICT, NULL},
+}
+"""What each key of run.json holds, as JSON kinds (keys of newer versions: anything)."""
+
+
+def _run_json(record: RunRecord) -> str:
+    return dumps_strict(record.to_dict(), indent=1) + "\n"  # as write_json writes it
+
+
+def _default(name: str):
+    (f,) = [f for f in fields(RunRecord) if f.name == name]
+    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+
+
+@CHECKS
+@given(run_records())
+def test_a_run_record_comes_back_from_run_json_and_writes_the_same_file(record):
+    text = _run_json(record)
+    back = RunRecord.from_json(text)
+    assert same(back, record) and _run_json(back) == text
+
+
+@CHECKS
+@given(run_records())
+def test_a_run_records_json_is_strict_and_its_keys_keep_their_order(record):
+    raw = record.to_dict()
+    written = [k for k in _FIELDS if k not in _OPTIONAL or getattr(record, k) is not None]
+    assert json_native(raw) and list(raw) == [*written, *record.extra]
+    assert list(strict(_run_json(record))) == list(raw)
+
+
+@CHECKS
+@given(run_records())
+def test_run_json_missing_a_key_is_refused_or_read_as_its_default(record):
+    raw = strict(_run_json(record))
+    for key in raw:
+        if key in ("task", "model", "train"):
+            with pytest.raises(CheckpointError, match=f"lacks the key '{key}'"):
+                RunRecord.from_dict(without(raw, (key,)))
+        elif key in _FIELDS:
+            assert same(RunRecord.from_dict(without(raw, (key,))), replace(record, **{key: _default(key)}))
+        else:
+            extra = {k: v for k, v in record.extra.items() if k != key}
+            assert same(RunRecord.from_dict(without(raw, (key,))), replace(record, extra=extra))
+
+
+@CHECKS
+@given(run_records(), st.data())
+def test_run_json_holding_a_wrong_type_is_one_checkpoint_error_naming_the_key(record, data):
+    raw = strict(_run_json(record))
+    for path, allowed in schema_paths(raw, RUN_SCHEMA):
+        wrong = data.draw(wrong_values(allowed), label=str(path))
+        with pytest.raises(CheckpointError, match=f"key '{path[0]}' must be") as info:
+            RunRecord.from_dict(replaced(raw, path, wrong))
+        assert "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match="must hold a JSON object"):
+        RunRecord.from_dict(data.draw(wrong_values({DICT}), label="raw"))
+
+
+@CHECKS
+@given(certificate_modes)
+def test_a_certificate_mode_comes_back_from_certify_json(mode):
+    raw = mode.to_dict()
+    assert json_native(raw) and list(raw) == [f.name for f in fields(CertificateMode)]
+    text = dumps_strict(raw, indent=1)
+    assert list(strict(text)) == list(raw) and same(CertificateMode.from_dict(parse_json(text)), mode)
+
+
+MODE_SCHEMA = {
+    ("reach",): {BOOL},
+    ("threat_model",): set(),  # (one of THREAT_MODEL_SOURCES: any other string is as wrong)
+    ("threat_model_file",): {STR, NULL},
+    ("given",): {DICT, NULL},
+    ("certificates_sha256",): {STR, NULL},
+}
+
+
+@CHECKS
+@given(certificate_modes, st.data())
+def test_a_certificate_mode_missing_a_key_or_holding_a_wrong_type_is_not_recorded(mode, data):
+    """CertificateMode.from_dict's convention: None for what is not a mode (the certificates' mode not recorded),
+    never an error and never a half-built mode."""
+    raw = strict(dumps_strict(mode.to_dict()))
+    for key in raw:
+        assert CertificateMode.from_dict(without(raw, (key,))) is None
+    for path, allowed in schema_paths(raw, MODE_SCHEMA):
+        wrong = data.draw(wrong_values(allowed).filter(lambda v: v not in THREAT_MODEL_SOURCES), label=str(path))
+        assert CertificateMode.from_dict(replaced(raw, path, wrong)) is None
+    assert CertificateMode.from_dict(data.draw(wrong_values({DICT}), label="raw")) is None

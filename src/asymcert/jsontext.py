@@ -4,12 +4,18 @@ Python's :func:`json.loads` takes a repeated key silently (the last one wins), a
 other kinds than :class:`json.JSONDecodeError` on numbers of more than 4300 digits (``ValueError``) and
 on deep nesting (``RecursionError``). :func:`parse_json` turns all of these into :class:`JsonTextError`,
 whose message is one line, for the callers to word as their own error (a threat model, ``--set``, run.json).
+:func:`typed` checks that a dataclass built from a JSON object holds the types it declares.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any
+import types
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class JsonTextError(ValueError):
@@ -42,3 +48,49 @@ def parse_json(text: str) -> Any:
         raise JsonTextError("nested too deeply") from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
         raise JsonTextError(" ".join(str(exc).split())[:200]) from None
+
+
+def typed(obj: T) -> T:
+    """``obj``, a dataclass just built from the values of a JSON object, once every field holds the type it declares
+    (a float field: a JSON number, int or float but no bool; containers item by item; a dataclass field is taken as
+    built and checked already).
+
+    >>> @dataclasses.dataclass
+    ... class Point:
+    ...     x: float
+    ...     name: str | None
+    >>> typed(Point(1, None))
+    Point(x=1, name=None)
+    >>> typed(Point("1", None))
+    Traceback (most recent call last):
+    TypeError: Point's x must be float, found str '1'
+
+    Raises:
+        TypeError: naming the first field that does not (a half-built object is never returned).
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if not _holds(value, hints[f.name]):
+            want = hints[f.name].__name__ if isinstance(hints[f.name], type) else str(hints[f.name])
+            raise TypeError(
+                f"{type(obj).__name__}'s {f.name} must be {want}, found {type(value).__name__} {value!r:.80}"
+            )
+    return obj
+
+
+def _holds(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the type ``hint``: Any, a union, float, int, tuple[X, ...], list[X], dict[K, V] or a
+    class."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_holds(value, arg) for arg in args)
+    if hint in (float, int):  # (a JSON number: an int is a float's too; a bool is neither)
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if origin in (tuple, list):
+        return isinstance(value, origin) and all(_holds(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_holds(k, args[0]) and _holds(v, args[1]) for k, v in value.items())
+    return isinstance(value, origin or hint)

@@ -522,7 +522,7 @@ def _check_optional(raw: dict[str, Any], source: str) -> None:
             "an object of lists of finite radii ≥ 0",
         ),
         "splits": (
-            lambda v: isinstance(v, dict) and all(isinstance(n, int) for n in v.values()),
+            lambda v: isinstance(v, dict) and all(isinstance(n, int) and not isinstance(n, bool) for n in v.values()),
             "an object of integers",
         ),
         "training": (

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from asymcert.certify.result import Guarantee
+from asymcert.jsontext import typed
 from asymcert.runfolder import CertificateMode, json_number
 
 __all__ = ["CertifiedSummary", "Detection", "FlagShares", "NormSummary", "RunResults"]
@@ -57,7 +58,12 @@ class NormSummary:
     @classmethod
     def from_table(cls, table: Mapping[str, Any], median_radius: float) -> NormSummary:
         """The figures :meth:`table` gave ``table`` (radii read back from their labels: ``float("0.5")``,
-        ``float("inf")``) and ``median_radius``; an accuracy a strict JSON file holds as null is NaN."""
+        ``float("inf")``) and ``median_radius``; an accuracy a strict JSON file holds as null is NaN.
+
+        Raises:
+            ValueError, TypeError: ``table`` is not such an object (a label not a number, an accuracy not one).
+        """
+        table = _object(table, "a certified-accuracy table")
         return cls(tuple(float(r) for r in table), tuple(_number(a, math.nan) for a in table.values()), median_radius)
 
 
@@ -165,33 +171,57 @@ class CertifiedSummary:
                 (:func:`~asymcert.runfolder.dumps_strict` writes ∞ as null), NaN for one written with
                 :func:`~asymcert.runfolder.json_number`.
         Raises:
-            KeyError, ValueError, TypeError: ``raw`` is not such an object.
+            KeyError, ValueError, TypeError: ``raw`` is not such an object: a key missing (one of the detection keys
+                without the others too), or a value of another type than its field's (no half-built summary).
         """
-        medians = raw.get("median_radius", {})
+        raw = _object(raw, "a summary")
+        medians = _object(raw.get("median_radius", {}), "median_radius")
         norms = {
             name: NormSummary.from_table(table, _number(medians[name], null_radius))
-            for name, table in raw["certified_accuracy"].items()
+            for name, table in _object(raw["certified_accuracy"], "certified_accuracy").items()
         }
         detection = None
-        if "n_sensitive" in raw:
-            detection = Detection(raw["n_sensitive"], raw["sensitive_flagged_correctly"], raw["false_positive_rate"])
-        return cls(
-            method=raw["method"],
-            guarantee=Guarantee(raw["guarantee"]),
-            alpha=raw["alpha"],
-            n_inputs=raw["n_inputs"],
-            units=raw["units"],
-            clean_accuracy=raw["clean_accuracy"],
-            certify_seconds_total=raw["certify_seconds_total"],
-            norms=norms,
-            detection=detection,
-            flags=FlagShares(**raw["flags"]) if "flags" in raw else None,
+        if any(key in raw for key in _DETECTION_KEYS):  # (one missing is refused, not read as no detection figures)
+            detection = typed(Detection(*(raw[key] for key in _DETECTION_KEYS)))
+        flags = typed(FlagShares(**_object(raw["flags"], "flags"))) if "flags" in raw else None
+        return typed(
+            cls(
+                method=raw["method"],
+                guarantee=Guarantee(raw["guarantee"]),
+                alpha=raw["alpha"],
+                n_inputs=raw["n_inputs"],
+                units=raw["units"],
+                clean_accuracy=raw["clean_accuracy"],
+                certify_seconds_total=raw["certify_seconds_total"],
+                norms=norms,
+                detection=detection,
+                flags=flags,
+            )
         )
 
 
+_DETECTION_KEYS = tuple(f.name for f in fields(Detection))
+
+
+def _object(value: Any, what: str) -> Mapping[str, Any]:
+    """``value``, a JSON object; TypeError naming ``what`` it should be when it is not one."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a JSON object, found {type(value).__name__} {value!r:.80}")
+    return value
+
+
 def _number(value: Any, null: float) -> float:
-    """A JSON number back as a float: ``"inf"``/``"-inf"`` as ±∞, null as ``null``."""
-    return null if value is None else float(value)
+    """A JSON number back as a float: ``"inf"``/``"-inf"`` (:func:`~asymcert.runfolder.json_number`) as ±∞, null as
+    ``null``; TypeError for anything else (a bool, another string, a list, an object), ValueError for an integer
+    beyond floats."""
+    if value is None:
+        return null
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool)) and value not in ("inf", "-inf"):
+        raise TypeError(f'a radius or an accuracy must be a number, "inf" or null, found {type(value).__name__}')
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError("a radius or an accuracy beyond floats (an integer of over 308 digits)") from None
 
 
 @dataclass(frozen=True)
@@ -253,18 +283,23 @@ class RunResults:
         missing ``task`` or ``plots`` is empty, ``report_radii_source`` unknown ({}), ``report_radii_settable``
         true, ``validation_flat`` false, ``certificate_mode``, ``training_seconds`` and ``best_epoch`` not recorded.
 
+        A ``certificate_mode`` that is not one (:meth:`~asymcert.runfolder.CertificateMode.from_dict`) is not recorded.
+
         Raises:
-            KeyError, ValueError, TypeError: ``raw`` is not such an object.
+            KeyError, ValueError, TypeError: ``raw`` is not such an object: a summary key missing, or a value of
+                another type than its field's (no half-built results).
         """
-        return cls(
-            summary=CertifiedSummary.from_dict(raw, null_radius=math.nan),
-            report_radii_source=dict(raw.get("report_radii_source", {})),
-            report_radii_settable=raw.get("report_radii_settable", True),
-            certificate_mode=CertificateMode.from_dict(raw.get("certificate_mode")),
-            task=dict(raw.get("task", {})),
-            training_seconds=raw.get("training_seconds"),
-            best_epoch=raw.get("best_epoch"),
-            validation_flat=raw.get("validation_flat", False),
-            plots=dict(raw.get("plots", {})),
-            plots_missing=raw.get("plots_missing"),
+        return typed(
+            cls(
+                summary=CertifiedSummary.from_dict(raw, null_radius=math.nan),
+                report_radii_source=dict(_object(raw.get("report_radii_source", {}), "report_radii_source")),
+                report_radii_settable=raw.get("report_radii_settable", True),
+                certificate_mode=CertificateMode.from_dict(raw.get("certificate_mode")),
+                task=dict(_object(raw.get("task", {}), "task")),
+                training_seconds=raw.get("training_seconds"),
+                best_epoch=raw.get("best_epoch"),
+                validation_flat=raw.get("validation_flat", False),
+                plots=dict(_object(raw.get("plots", {}), "plots")),
+                plots_missing=raw.get("plots_missing"),
+            )
         )

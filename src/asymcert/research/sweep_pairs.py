@@ -40,6 +40,7 @@ from asymcert.certify.summary import CertifiedSummary
 from asymcert.data.pairs import PAIR_MODEL, PAIR_TRAIN, pair_data
 from asymcert.data.pairs import pair_report_radii as task_pair_radii
 from asymcert.data.tasks import Dataset, TaskData, get_task
+from asymcert.jsontext import typed
 from asymcert.pipeline import CertifySettings, plan_training, run_pipeline
 from asymcert.report.machine import Machine
 from asymcert.report.writer import summarize
@@ -177,19 +178,26 @@ class PairResult:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> PairResult:
         """The result :meth:`to_dict` gave ``raw`` (a finished pair's ``sweep_result.json``; ``"settings"`` ignored;
-        a median radius stored as null is ∞, as strict JSON writes it)."""
-        return cls(
-            sensitive=raw["sensitive"],
-            other=raw["other"],
-            sensitive_name=raw["sensitive_name"],
-            other_name=raw["other_name"],
-            splits=PairSplits(**raw["splits"]),
-            training_seconds=raw["training_seconds"],
-            best_epoch=raw["best_epoch"],
-            val_balanced_accuracy=raw["val_balanced_accuracy"],
-            balance=raw["balance"],
-            job_seconds=raw["job_seconds"],
-            summary=CertifiedSummary.from_dict(raw),
+        a median radius stored as null is ∞, as strict JSON writes it).
+
+        Raises:
+            KeyError, ValueError, TypeError: ``raw`` is not such an object: a key missing, or a value of another type
+                than its field's (no half-built result).
+        """
+        return typed(
+            cls(
+                sensitive=raw["sensitive"],
+                other=raw["other"],
+                sensitive_name=raw["sensitive_name"],
+                other_name=raw["other_name"],
+                splits=typed(PairSplits(**raw["splits"])),
+                training_seconds=raw["training_seconds"],
+                best_epoch=raw["best_epoch"],
+                val_balanced_accuracy=raw["val_balanced_accuracy"],
+                balance=raw["balance"],
+                job_seconds=raw["job_seconds"],
+                summary=CertifiedSummary.from_dict(raw),
+            )
         )
 
 

@@ -29,6 +29,7 @@ from typing import Any, cast
 from asymcert.certify.result import RAW_UNITS, norm_label, normalize_norm
 from asymcert.certify.summary import RunResults
 from asymcert.data.tasks import TaskData, get_task
+from asymcert.jsontext import typed
 from asymcert.pipeline import CertifySettings, plan_training, run_pipeline
 from asymcert.report.machine import Machine
 from asymcert.report.writer import write_report
@@ -156,15 +157,22 @@ class RegPoint:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RegPoint:
         """The point :meth:`to_dict` gave ``raw`` (a finished point's ``sweep_result.json``; ``"settings"``
-        ignored)."""
-        return cls(
-            feature_map=raw["feature_map"],
-            lam=raw["lambda"],
-            name=raw["name"],
-            run_dir=raw["run_dir"],
-            model=raw["model"],
-            job_seconds=raw["job_seconds"],
-            results=RunResults.from_dict(raw),
+        ignored).
+
+        Raises:
+            KeyError, ValueError, TypeError: ``raw`` is not such an object: a key missing, or a value of another type
+                than its field's (no half-built point).
+        """
+        return typed(
+            cls(
+                feature_map=raw["feature_map"],
+                lam=raw["lambda"],
+                name=raw["name"],
+                run_dir=raw["run_dir"],
+                model=raw["model"],
+                job_seconds=raw["job_seconds"],
+                results=RunResults.from_dict(raw),
+            )
         )
 
 
