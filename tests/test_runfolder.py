@@ -567,3 +567,12 @@ def test_a_certificate_mode_missing_a_key_or_holding_a_wrong_type_is_not_recorde
         wrong = data.draw(wrong_values(allowed).filter(lambda v: v not in THREAT_MODEL_SOURCES), label=str(path))
         assert CertificateMode.from_dict(replaced(raw, path, wrong)) is None
     assert CertificateMode.from_dict(data.draw(wrong_values({DICT}), label="raw")) is None
+
+
+def test_a_certificate_mode_with_a_given_threat_model_for_another_source_is_not_recorded():
+    """``given`` holds the threat model of a ``"given"`` mode only; certify.json with it under "run" or "none" was
+    read as a mode (the property-test helper's observation, session 31): not one now."""
+    for source in ("run", "none"):
+        assert CertificateMode.from_dict({**CertificateMode(False, source).to_dict(), "given": {"scale": {}}}) is None
+    mode = CertificateMode(True, "given", "tm.json", {"scale": {"0": 2.0}})
+    assert CertificateMode.from_dict(mode.to_dict()) == mode

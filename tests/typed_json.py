@@ -69,7 +69,8 @@ certificate_modes = st.builds(
     threat_model_file=st.none() | texts,
     given=st.none() | json_objects,
     certificates_sha256=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
-)
+).filter(lambda m: m.given is None or m.threat_model == "given")
+"""Any mode certify.json can record (its ``given`` only for a ``"given"`` threat model)."""
 
 
 @st.composite
