@@ -16,9 +16,10 @@ from click.testing import CliRunner
 
 import asymcert
 from asymcert.certify.certfile import load_certificates
-from asymcert.cli import EXIT_OK, EXIT_REFUSED, main
+from asymcert.cli import EXIT_OK, EXIT_REFUSED, _other_mode_note, main
 from asymcert.errors import ConfigError, InputError, RunFolderConflictError
 from asymcert.pipeline import read_run, run_data, train_run
+from asymcert.runfolder import CertificateMode, RunRecord
 from asymcert.threat import ThreatModel
 from asymcert.traffic import certify_file
 from asymcert.train.balance import allowed_false_positives, per_candidate_confidence
@@ -625,3 +626,14 @@ def test_the_audit_note_compares_threat_models_by_content_not_by_file_name(tm_ru
     assert noted()  # the run's own against the folder's other.json
     (tmp_path / "other.json").write_text(json.dumps({**TM, "scale": {"caps": 3.0, "*": 1.0}}))
     assert noted("--threat-model", "other.json")  # the same name, another threat model
+
+
+def test_a_threat_model_that_constrains_nothing_counts_as_none_for_the_audit_note():
+    """An empty threat model certifies as none, however it is spelled ({"scale": {"*": 1}} is not ThreatModel()'s
+    JSON): certificates under it and under none are not "made otherwise" (review of session 31's note)."""
+    record = RunRecord(task={"name": "t"}, model={"input_shape": [4]}, train={}, feature_names=FEATURES)
+    record.threat_model = {"scale": {"*": 1}, "lower": {}}
+    none, run = CertificateMode(False, "none"), CertificateMode(False, "run")
+    assert _other_mode_note(none, run, record) == []
+    record.threat_model = TM
+    assert len(_other_mode_note(none, run, record)) == 1

@@ -49,7 +49,7 @@ from asymcert.report.writer import mode_line, radius_header, write_report
 from asymcert.research.capacity import capacity_report
 from asymcert.research.sweep_pairs import pairs_cli_main
 from asymcert.research.sweep_reg import reg_cli_main
-from asymcert.runfolder import exclusive, read_run_record, run_threat_model
+from asymcert.runfolder import RunRecord, exclusive, read_run_record, run_threat_model
 from asymcert.threat import ThreatModel, load_threat_model
 from asymcert.traffic import TrafficResult, certify_file, record_path
 from asymcert.train.loop import resolve_device
@@ -784,7 +784,8 @@ def audit(
     --threat-model) the attacks move only what it allows and radii are in its units."""
 
     given = _threat(threat_model, no_threat_model)
-    tm = run_threat_model(read_run_record(run_dir), given, no_threat_model)
+    record = read_run_record(run_dir)
+    tm = run_threat_model(record, given, no_threat_model)
     reach_options = _reach_options(run_dir, reach, given, no_threat_model)
     data = run_data(run_dir, data_dir)
     with exclusive(run_dir):  # audit.md and audit.json are written into the folder: one writer
@@ -806,22 +807,19 @@ def audit(
         f"audit of {min(limit, len(data.test))} test inputs: {report.violations} violation(s); "
         f"details in {Path(run_dir) / 'audit.md'}"
     )
-    own = read_run_record(run_dir).threat_model
-    for line in _other_mode_note(read_certificate_mode(run_dir), report.certificate_mode, own):
+    for line in _other_mode_note(read_certificate_mode(run_dir), report.certificate_mode, record):
         click.echo(line)
     if report.violations:
         sys.exit(EXIT_CHECK_FAILED)
 
 
-def _other_mode_note(
-    folder: CertificateMode | None, audited: CertificateMode | None, own: dict[str, Any] | None
-) -> list[str]:
+def _other_mode_note(folder: CertificateMode | None, audited: CertificateMode | None, record: RunRecord) -> list[str]:
     """A note when the audit certified otherwise than the folder's certificates were made (another threat model,
     none, or closed form against reach-aware): audit.md's radii are then not report.md's (audit units31: each file
     named its own units, nothing said they differ); none when they agree or either is not recorded. Threat models
-    are compared by content (``own``: run.json's), not by the file named (review 31b: the run's own given as a
-    file, or one file spelled two ways, made a note; a file edited in between did not)."""
-    if folder is None or audited is None or _mode_key(folder, own) == _mode_key(audited, own):
+    are compared by content (the run's own: ``record``'s), not by the file named (review 31b: the run's own given
+    as a file, or one file spelled two ways, made a note; a file edited in between did not)."""
+    if folder is None or audited is None or _mode_key(folder, record) == _mode_key(audited, record):
         return []
     audit_text, folder_text = (mode_line(m).removeprefix("Certificates: ") for m in (audited, folder))
     return [
@@ -831,15 +829,18 @@ def _other_mode_note(
     ]
 
 
-def _mode_key(mode: CertificateMode, own: dict[str, Any] | None) -> tuple[bool, str | None]:
+def _mode_key(mode: CertificateMode, record: RunRecord) -> tuple[bool, str | None]:
     """What decides a mode's radii: reach-aware or not, and the threat model's content (canonical JSON; None for
-    none or an empty one, which certifies as none; the file's name where its content was not recorded)."""
+    none or one that constrains nothing on the run's features, which certifies as none; the file's name where its
+    content was not recorded)."""
+    own = record.threat_model
     content = own if mode.threat_model == "run" else mode.given if mode.threat_model == "given" else None
     if content is None:
         unknown = mode.threat_model == "given"
         return mode.reach, f"file:{mode.threat_model_file}" if unknown else None
-    canonical = ThreatModel.from_dict(content).to_dict()
-    return mode.reach, None if canonical == ThreatModel().to_dict() else json.dumps(canonical, sort_keys=True)
+    tm = ThreatModel.from_dict(content)
+    resolved = run_threat_model(record, tm)
+    return mode.reach, None if resolved is None or resolved.is_empty() else json.dumps(tm.to_dict(), sort_keys=True)
 
 
 @main.command()
