@@ -260,6 +260,11 @@ class _Context:
     progress: bool
     log: Callable[[str], None]
 
+    @property
+    def images(self) -> bool:
+        """The task's inputs are images (N, C, H, W), not flat feature vectors: the methods' nets are CNNs."""
+        return len(self.data.train.x.shape[1:]) == 3
+
 
 def _context(
     task_spec: dict[str, Any],
@@ -353,8 +358,8 @@ def compare(
         warmup=WARMUP_INPUTS,
     )
     ctx = _context(task_spec, preset, data, data_dir, settings, progress, log)
-    data, out = ctx.data, Path(out_dir)
-    specs = method_specs(paper_scale, n_smoothing, images=len(data.train.x.shape[1:]) == 3)
+    out = Path(out_dir)
+    specs = method_specs(paper_scale, n_smoothing, images=ctx.images)
     with exclusive(out, create=True, collective=False):  # one comparison per folder at a time (audit 29e #3)
         entries, certs = _run_methods(methods, specs, overrides or {}, out, ctx, fail_fast)
         return _write_comparison(entries, certs, out, ctx, task_spec, preset, paper_scale, n_smoothing, norms_t)
@@ -414,7 +419,7 @@ def _write_comparison(
         machine=Machine.current(),
         plots=_plots(out, certs, labels, y, norms_t, task.description, ctx.units),
         units=_cert_units(certs, ctx.units),
-        images=len(data.test.x.shape[1:]) == 3,
+        images=ctx.images,
     )
     text = dumps_strict(result.to_dict(), indent=1, default=str)
     atomic_write(out / COMPARE_JSON, lambda tmp: tmp.write_text(text))
