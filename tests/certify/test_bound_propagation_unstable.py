@@ -25,7 +25,7 @@ from asymcert.certify.attacks import decisions, pgd_attack
 from asymcert.errors import ModelError
 from asymcert.models import build_model
 from tests.certify.test_certifier_boundary import _no_flip_inside, _sphere
-from tests.conftest import near_boundary
+from tests.conftest import bisect_segments, near_boundary
 
 INF = math.inf
 NORMS = (1.0, 2.0, INF)
@@ -119,12 +119,8 @@ def _counterexample_distances(model, x, r, p, far):
     view = (-1,) + (1,) * (x.dim() - 1)
     with torch.no_grad():
         hit = m64(adv).reshape(-1) <= 0
-        a, b = x64[hit], adv[hit]
-        lo, hi = torch.zeros(len(a), dtype=torch.float64), torch.ones(len(a), dtype=torch.float64)
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            up = m64(a + mid.view(view) * (b - a)).reshape(-1) > 0
-            lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
+    a, b = x64[hit], adv[hit]
+    _, hi = bisect_segments(m64, a, b, torch.zeros(len(a), dtype=torch.float64))
     dist = torch.linalg.vector_norm((hi.view(view) * (b - a)).flatten(1), ord=p, dim=1)
     return dist, hit
 

@@ -24,7 +24,7 @@ import asymcert
 from asymcert.certify.attacks import decisions, pgd_attack
 from asymcert.models import build_model
 from tests.certify.test_certifier_boundary import _linear_score_net, _linf_net, _orthogonal_net, _spectral_product
-from tests.conftest import near_boundary, small_feature_convex
+from tests.conftest import bisect_segments, near_boundary, small_feature_convex
 
 P_VALUES = (1.5, 3.0)
 NORMS = (1.5, 3.0, 2.0)
@@ -142,12 +142,8 @@ def _counterexample_distances(model, x, r, p):
     adv = _pgd(m64, x64, r * 20, p, seed=5)
     with torch.no_grad():
         hit = m64(adv).reshape(-1) <= 0
-        a, b = x64[hit], adv[hit]
-        lo, hi = torch.zeros(len(a), dtype=torch.float64), torch.ones(len(a), dtype=torch.float64)
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            up = m64(a + mid[:, None] * (b - a)).reshape(-1) > 0
-            lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
+    a, b = x64[hit], adv[hit]
+    _, hi = bisect_segments(m64, a, b, torch.zeros(len(a), dtype=torch.float64))
     return _lp(hi[:, None] * (b - a), p), hit
 
 
