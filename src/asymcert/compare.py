@@ -405,6 +405,7 @@ def _write_comparison(
     task, data = ctx.task, ctx.data
     y = data.test.y[: ctx.certify.limit]
     labels = {name: e.label for name, e in entries.items() if isinstance(e, ComparedMethod)}
+    units = _cert_units(certs, ctx.units)
     result = Comparison(
         task=task_spec,
         task_description=task.description,
@@ -417,8 +418,8 @@ def _write_comparison(
         report_radii=ctx.report_radii,
         methods=entries,
         machine=Machine.current(),
-        plots=_plots(out, certs, labels, y, norms_t, task.description, ctx.units),
-        units=_cert_units(certs, ctx.units),
+        plots=_plots(out, certs, labels, y, norms_t, task.description, units),
+        units=units,
         images=ctx.images,
     )
     text = dumps_strict(result.to_dict(), indent=1, default=str)
