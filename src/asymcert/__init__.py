@@ -10,6 +10,8 @@ Example:
     (torch.Size([4]), torch.Size([4]))
 """
 
+from typing import Any
+
 from asymcert import families as families  # registers the model families
 from asymcert.certify import Certificate, certify
 from asymcert.checkpoint import load, save
@@ -58,7 +60,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name == "exact_radius":  # imports SciPy's solvers only when used
         from asymcert.certify.exact import exact_radius
 

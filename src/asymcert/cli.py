@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,9 @@ class _Group(click.Group):
     permission), Ctrl-C and SIGTERM. Anything else is a bug and keeps its traceback.
     """
 
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any):
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
         """click's, with a Ctrl-C while the arguments are parsed (before :meth:`invoke` catches it) one line and
         exit 130 like any other; click's own answer was "Aborted!" and exit 1, a failed check's code (review 30)."""
         try:
@@ -291,6 +294,8 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, 
 
 
 _POSITIVE = click.IntRange(min=1)
+_Command = Callable[..., None]
+"""A click command's function, before and after the shared options are attached to it."""
 
 
 class _PositiveSeconds(click.ParamType):
@@ -353,7 +358,7 @@ def _bars(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-def _task_options(fn):
+def _task_options(fn: _Command) -> _Command:
     opts = [
         click.argument("task", required=False),
         click.option(
@@ -406,7 +411,7 @@ def _task_options(fn):
     return fn
 
 
-def _threat_options(fn):
+def _threat_options(fn: _Command) -> _Command:
     """--threat-model FILE and --no-threat-model for commands that read a run folder."""
     fn = click.option("--no-threat-model", is_flag=True, help="Plain ℓp balls in raw input units.")(fn)
     return click.option(
@@ -424,7 +429,9 @@ def _threat(path: str | None, plain: bool) -> ThreatModel | None:
     return None if path is None else load_threat_model(path)
 
 
-def _overrides(epochs, device, sets, model_sets, model_kind):
+def _overrides(
+    epochs: int | None, device: str | None, sets: tuple[str, ...], model_sets: tuple[str, ...], model_kind: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     train = _settings(sets, "--set")
     if epochs is not None:
         train["epochs"] = epochs
@@ -443,26 +450,26 @@ def _overrides(epochs, device, sets, model_sets, model_kind):
 @_task_options
 @click.option("--limit", type=_POSITIVE, help="Certify only the first N test inputs.")
 def run(
-    task,
-    data,
-    csv,
-    images,
-    label_column,
-    ignore_columns,
-    sensitive_class,
-    other_class,
-    out,
-    preset,
-    data_dir,
-    model_kind,
-    epochs,
-    device,
-    sets,
-    model_sets,
-    threat_model,
-    no_threat_model,
-    quiet,
-    limit,
+    task: str | None,
+    data: str | None,
+    csv: str | None,
+    images: str | None,
+    label_column: str | None,
+    ignore_columns: tuple[str, ...],
+    sensitive_class: str | None,
+    other_class: str | None,
+    out: str,
+    preset: str | None,
+    data_dir: str | None,
+    model_kind: str | None,
+    epochs: int | None,
+    device: str | None,
+    sets: tuple[str, ...],
+    model_sets: tuple[str, ...],
+    threat_model: str | None,
+    no_threat_model: bool,
+    quiet: bool,
+    limit: int | None,
 ) -> None:
     """Train, certify and report: TASK (see `asymcert tasks`) or your own data."""
 
@@ -491,25 +498,25 @@ def run(
 @main.command()
 @_task_options
 def train(
-    task,
-    data,
-    csv,
-    images,
-    label_column,
-    ignore_columns,
-    sensitive_class,
-    other_class,
-    out,
-    preset,
-    data_dir,
-    model_kind,
-    epochs,
-    device,
-    sets,
-    model_sets,
-    threat_model,
-    no_threat_model,
-    quiet,
+    task: str | None,
+    data: str | None,
+    csv: str | None,
+    images: str | None,
+    label_column: str | None,
+    ignore_columns: tuple[str, ...],
+    sensitive_class: str | None,
+    other_class: str | None,
+    out: str,
+    preset: str | None,
+    data_dir: str | None,
+    model_kind: str | None,
+    epochs: int | None,
+    device: str | None,
+    sets: tuple[str, ...],
+    model_sets: tuple[str, ...],
+    threat_model: str | None,
+    no_threat_model: bool,
+    quiet: bool,
 ) -> None:
     """Train a model into a run folder (resumes an interrupted run in the same folder)."""
 
@@ -601,18 +608,18 @@ def _certify_traffic(run_dir: str, input_file: str, out_file: str, settings: Tra
 )
 @click.option("--quiet", is_flag=True, help="No progress bars (drawn only on a terminal in any case).")
 def certify_cmd(
-    run_dir,
-    norms,
-    limit,
-    batch_size,
-    device,
-    data_dir,
-    input_file,
-    out_file,
-    threat_model,
-    no_threat_model,
-    reach,
-    quiet,
+    run_dir: str,
+    norms: str | None,
+    limit: int | None,
+    batch_size: int,
+    device: str,
+    data_dir: str | None,
+    input_file: str | None,
+    out_file: str | None,
+    threat_model: str | None,
+    no_threat_model: bool,
+    reach: bool,
+    quiet: bool,
 ) -> None:
     """Certify a run's test inputs (certificates.safetensors, then results.json and report.md), or new traffic
     (--input FILE --out RESULTS.csv)."""
@@ -730,7 +737,7 @@ def _certify_norms(run_dir: str, norms: str | None, tm: ThreatModel | None, plai
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-def report(run_dir) -> None:
+def report(run_dir: str) -> None:
     """Write results.json, report.md and plots from a certified run folder."""
 
     _echo_summary(write_report(run_dir), run_dir)
@@ -764,18 +771,18 @@ def report(run_dir) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @_threat_options
 def audit(
-    run_dir,
-    limit,
-    restarts,
-    steps,
-    no_exact,
-    attack_bounds,
-    reach,
-    exact_milp,
-    exact_time_limit,
-    data_dir,
-    threat_model,
-    no_threat_model,
+    run_dir: str,
+    limit: int,
+    restarts: int,
+    steps: int,
+    no_exact: bool,
+    attack_bounds: bool | None,
+    reach: bool,
+    exact_milp: bool,
+    exact_time_limit: float,
+    data_dir: str | None,
+    threat_model: str | None,
+    no_threat_model: bool,
 ) -> None:
     """Attack every certificate inside its radius, compare with exact radii; exit 1 on any violation (0: none).
 
@@ -853,7 +860,17 @@ def _mode_key(mode: CertificateMode, record: RunRecord) -> tuple[bool, str | Non
 @click.option("--paper-scale", is_flag=True, help="The papers' network sizes, epochs and sample counts.")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--quiet", is_flag=True, help="No progress bars (drawn only on a terminal in any case).")
-def compare(task, out, methods, preset, n_smoothing, limit, paper_scale, data_dir, quiet) -> None:
+def compare(
+    task: str,
+    out: str,
+    methods: str,
+    preset: str | None,
+    n_smoothing: int,
+    limit: int | None,
+    paper_scale: bool,
+    data_dir: str | None,
+    quiet: bool,
+) -> None:
     """Train (or reuse) each method on TASK, certify the same inputs, write one comparison report."""
 
     compare_cli_main(
@@ -887,7 +904,9 @@ def sweep() -> None:
 )
 @click.option("--limit", type=_POSITIVE, help="Certify only the first N test inputs of each pair.")
 @click.option("--data-dir", type=click.Path(file_okay=False))
-def sweep_pairs_cmd(task, out, classes, epochs, workers, limit, data_dir) -> None:
+def sweep_pairs_cmd(
+    task: str, out: str, classes: str | None, epochs: int | None, workers: int, limit: int | None, data_dir: str | None
+) -> None:
     """Train and certify a model for every ordered class pair of TASK; heatmaps and asymmetry report."""
 
     pairs_cli_main(task, out, classes, epochs, workers, limit, data_dir, echo=click.echo)
@@ -906,7 +925,16 @@ def sweep_pairs_cmd(task, out, classes, epochs, workers, limit, data_dir) -> Non
 )
 @click.option("--limit", type=_POSITIVE, help="Certify only the first N test inputs (default 1000).")
 @click.option("--data-dir", type=click.Path(file_okay=False))
-def sweep_reg_cmd(task, out, lambdas, feature_maps, epochs, workers, limit, data_dir) -> None:
+def sweep_reg_cmd(
+    task: str,
+    out: str,
+    lambdas: str,
+    feature_maps: str,
+    epochs: int | None,
+    workers: int,
+    limit: int | None,
+    data_dir: str | None,
+) -> None:
     """Grid over Jacobian-regulariser λ × feature map on TASK; Pareto plot of clean vs certified accuracy."""
 
     reg_cli_main(task, out, lambdas, feature_maps, epochs, workers, limit, data_dir, echo=click.echo)
@@ -934,7 +962,19 @@ def sweep_reg_cmd(task, out, lambdas, feature_maps, epochs, workers, limit, data
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--device", default="cpu", show_default=True, callback=_device)
 @click.option("--quiet", is_flag=True, help="No progress bars (drawn only on a terminal in any case).")
-def capacity(task, out, recipes, limit, epochs, seed, reverse, fw_iterations, data_dir, device, quiet) -> None:
+def capacity(
+    task: str,
+    out: str,
+    recipes: str | None,
+    limit: int | None,
+    epochs: int | None,
+    seed: int,
+    reverse: bool,
+    fw_iterations: int,
+    data_dir: str | None,
+    device: str,
+    quiet: bool,
+) -> None:
     """Separability bound on TASK's training accuracy and how close trained convex recipes get."""
 
     rep = capacity_report(
@@ -991,7 +1031,16 @@ def tasks() -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @_threat_options
 def export_cmd(
-    run_dir, fmt, out, no_certificates, norms, limit, timeout, data_dir, threat_model, no_threat_model
+    run_dir: str,
+    fmt: str,
+    out: str,
+    no_certificates: bool,
+    norms: str | None,
+    limit: int | None,
+    timeout: int | None,
+    data_dir: str | None,
+    threat_model: str | None,
+    no_threat_model: bool,
 ) -> None:
     """Export RUN's model as one ONNX graph that certifies (score, flagged, radius_l1/l2/linf), or its
     certified test inputs as VNN-LIB properties (ℓ∞ boxes) for any verifier to re-check.

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -605,7 +605,7 @@ def _certify_shard(
 
 def certify_run(
     run_dir: str | Path,
-    norms=DEFAULT_NORMS,
+    norms: Sequence[float] = DEFAULT_NORMS,
     limit: int | None = None,
     batch_size: int = 1000,
     device: str = "cpu",

@@ -290,7 +290,7 @@ def test_mlp_head_ibp_certificate_is_sound_and_maximal(mlp_net):
     ref = mlp_net.double()
     try:
         with torch.no_grad():
-            _, y_last = ref.features(xs.double(), return_last_distance=True)
+            _, y_last = ref.features_and_distances(xs.double())
         assert head_verified(ref, y_last, rn, cls, None, 0.0).all()
         assert not head_verified(ref, y_last, rn * 1.01 + 1e-6, cls, None, 0.0).any()
     finally:

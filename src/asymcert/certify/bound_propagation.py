@@ -46,6 +46,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -297,7 +298,17 @@ def _unit_spec(n: int, shape: tuple[int, ...], units: torch.Tensor, like: torch.
     return spec.reshape(2 * k, *shape).unsqueeze(0).expand(n, -1, *shape)
 
 
-def _crown_box(layers, end, x, e, p, boxes, shapes, lower_slope, units: torch.Tensor | None = None) -> Box:
+def _crown_box(
+    layers: list[nn.Module],
+    end: int,
+    x: torch.Tensor,
+    e: torch.Tensor,
+    p: float,
+    boxes: list[Box],
+    shapes: list[tuple[int, ...]],
+    lower_slope: str,
+    units: torch.Tensor | None = None,
+) -> Box:
     """CROWN bounds (lower, upper) of the output of layer ``end - 1``, computed in chunks of units.
 
     ``units``: flat indices of the units to bound (default all); the others get (−inf, inf).
@@ -755,19 +766,19 @@ class BoundPropagationOptions:
 
 
 def certify_ibp(
-    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64", **options
+    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64", **options: Any
 ) -> Certificate:
     return _certify_bounds(model, x, norms, "ibp", precision=precision, **options)
 
 
 def certify_crown_ibp(
-    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64", **options
+    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64", **options: Any
 ) -> Certificate:
     return _certify_bounds(model, x, norms, "crown-ibp", precision=precision, **options)
 
 
 def certify_crown(
-    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64", **options
+    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], precision: str = "float64", **options: Any
 ) -> Certificate:
     return _certify_bounds(model, x, norms, "crown", precision=precision, **options)
 

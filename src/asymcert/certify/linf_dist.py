@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -180,7 +181,7 @@ def head_verified(
 
 
 def bisect_radius(
-    verified,
+    verified: Callable[[torch.Tensor], torch.Tensor],
     n: int,
     dtype: torch.dtype,
     device: torch.device,

@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from scipy.stats import beta as _beta
@@ -237,7 +238,9 @@ def _options(model: nn.Module, noise: str, options: dict) -> dict:
     return merged
 
 
-def _certify_sampled(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], noise: str, **options) -> Certificate:
+def _certify_sampled(
+    model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], noise: str, **options: Any
+) -> Certificate:
     check_model(model)
     opt = _options(model, noise, options)
     sigma, n0, n, alpha = float(opt["sigma"]), int(opt["n0"]), int(opt["n"]), float(opt["alpha"])
@@ -305,17 +308,17 @@ def sampling_problems(settings: Mapping[str, object]) -> list[str]:
     )
 
 
-def certify_gaussian(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options) -> Certificate:
+def certify_gaussian(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options: Any) -> Certificate:
     """Gaussian smoothing (ℓ2 = σΦ⁻¹(p_lower)). Options: sigma, n0, n, alpha, generator | seed, batch."""
     return _certify_sampled(model, x, norms, "gaussian", **options)
 
 
-def certify_laplace(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options) -> Certificate:
+def certify_laplace(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options: Any) -> Certificate:
     """Laplace smoothing (ℓ1 = −λ log(2(1 − p_lower)), λ = σ/√2). Options as Gaussian."""
     return _certify_sampled(model, x, norms, "laplace", **options)
 
 
-def certify_uniform(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options) -> Certificate:
+def certify_uniform(model: nn.Module, x: torch.Tensor, norms: tuple[float, ...], **options: Any) -> Certificate:
     """Uniform smoothing (ℓ1 = 2λ(p_lower − ½), λ = σ√3). Options as Gaussian."""
     return _certify_sampled(model, x, norms, "uniform", **options)
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from asymcert.errors import UnknownNameError
+
+Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+"""``(x, generator) -> x``: (B, C, H, W) images in, the augmented (B, C, H, W) images out."""
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, mode: str = "replicate") -> torch.Tensor:
@@ -39,7 +43,7 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def crop_augment(padding: int, flip: bool = False):
+def crop_augment(padding: int, flip: bool = False) -> Augmentation:
     """An augmentation ``(x, generator) -> x`` doing a random edge-padded crop (and optionally a flip)."""
 
     def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -50,7 +54,7 @@ def crop_augment(padding: int, flip: bool = False):
     return augment
 
 
-def augmentation_from_name(name: str):
+def augmentation_from_name(name: str) -> Augmentation:
     """The augmentation named ``"crop<padding>"``, ``"crop<padding>_flip"`` (e.g. ``"crop2_flip"``) or
     ``"flip"`` (left-right flips only, the same as ``"crop0_flip"``).
 

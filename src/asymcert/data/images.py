@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -21,7 +22,7 @@ reduced image would resample them). A few kilobytes of PNG can claim 17000 × 10
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
-def _pil():
+def _pil() -> ModuleType:
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - pillow is a dev dependency

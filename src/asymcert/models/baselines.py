@@ -245,7 +245,7 @@ class SmoothingBaseNet(ReLUNet):
         self,
         net: nn.Sequential,
         input_shape: tuple[int, ...],
-        input_range,
+        input_range: tuple[float, float] | None,
         arch: dict[str, Any],
         smoothing: dict[str, Any] | None = None,
     ) -> None:
@@ -278,7 +278,7 @@ class BoundPropagationNet(ReLUNet):
         self,
         net: nn.Sequential,
         input_shape: tuple[int, ...],
-        input_range,
+        input_range: tuple[float, float] | None,
         arch: dict[str, Any],
         certifier: str = "crown-ibp",
     ) -> None:

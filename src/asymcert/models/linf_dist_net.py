@@ -225,16 +225,18 @@ class LinfDistNet(nn.Module):
         z = (x - self.input_mean.to(x.dtype).view(shape)) / self.input_std.to(x.dtype)
         return z.reshape(x.shape[0], -1)
 
-    def features(self, x: torch.Tensor, return_last_distance: bool = False):
-        """Output z_L of the last hidden layer (after its MeanShift): (N, *input_shape) → (N, widths[-1]).
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Output z_L of the last hidden layer (after its MeanShift): (N, *input_shape) → (N, widths[-1])."""
+        return self.features_and_distances(x)[0]
 
-        With ``return_last_distance``: (z_L, y_L), y_L ≥ 0 the last hidden distances before the shift.
-        """
+    def features_and_distances(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_L, y_L): the last hidden layer's output (N, widths[-1]) and y_L ≥ 0, its distances before the
+        shift (N, widths[-1]), from inputs (N, *input_shape)."""
         z = y = self.normalize(x)
         for layer, shift in zip(self.dist, self.shifts):
             y = layer(z)
             z = shift(y)
-        return (z, y) if return_last_distance else z
+        return z, y
 
     def logits_from_features(self, z: torch.Tensor) -> torch.Tensor:
         """Logits from the last hidden layer's output: (N, widths[-1]) → (N, K)."""

@@ -1,5 +1,7 @@
 """Plain ``torch.nn.Module`` layers: input-convex layers, Lipschitz feature maps, ℓ∞-dist layers."""
 
+from typing import Any
+
 from asymcert.nn.convex import (
     ICNN,
     ConvexConvNet,
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # ℓ∞-dist layers load on first use
+def __getattr__(name: str) -> Any:  # ℓ∞-dist layers load on first use
     if name in ("LinfDist", "LinfDistConv2d"):
         from asymcert.nn import linf_dist
 

@@ -30,6 +30,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,8 @@ from torch.autograd.function import once_differentiable
 from asymcert import _native
 
 INF = float("inf")
+_Forward = tuple[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]
+"""(y, first argmax index, its sign) of the ℓ∞ forward pass, each (N, out); the last two only when asked."""
 BACKENDS = ("auto", "cpp", "compile", "torch")
 _CHUNK_ELEMS = 1 << 22  # elements of one materialised batch × out × in chunk (16 MB in float32)
 
@@ -89,7 +92,7 @@ def _self_test(lib: ctypes.CDLL) -> None:
         xs, ws = x.to(dt), w.to(dt)
         y, idx, _ = _cpp_linf_fwd(lib, xs, ws, True)
         ref = (xs[:, None] - ws[None]).abs().max(-1)
-        if not (torch.equal(y, ref.values) and torch.equal(idx, ref.indices)):
+        if idx is None or not (torch.equal(y, ref.values) and torch.equal(idx, ref.indices)):
             raise RuntimeError("kernel self-test failed at p = inf")
         y8 = _cpp_lp_fwd(lib, xs, ws, 8.0)
         tol = 1e-4 if dt == torch.float32 else 1e-10
@@ -143,7 +146,7 @@ def _pack(lib: ctypes.CDLL, w: torch.Tensor) -> torch.Tensor:
     return wp
 
 
-def _cpp_linf_fwd(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, need_idx: bool):
+def _cpp_linf_fwd(lib: ctypes.CDLL, x: torch.Tensor, w: torch.Tensor, need_idx: bool) -> _Forward:
     B, K = x.shape
     O = w.shape[0]
     y = torch.empty(B, O, dtype=x.dtype)
@@ -245,7 +248,7 @@ def _chunks(B: int, O: int, K: int, budget: int = _CHUNK_ELEMS) -> Iterator[tupl
             yield slice(b0, min(B, b0 + bc)), slice(o0, min(O, o0 + oc))
 
 
-def _torch_linf_fwd(x: torch.Tensor, w: torch.Tensor, need_idx: bool):
+def _torch_linf_fwd(x: torch.Tensor, w: torch.Tensor, need_idx: bool) -> _Forward:
     B, K = x.shape
     O = w.shape[0]
     y = x.new_empty(B, O)
@@ -275,7 +278,9 @@ def _torch_lp_fwd(x: torch.Tensor, w: torch.Tensor, p: float) -> torch.Tensor:
     return y
 
 
-def _torch_lp_bwd(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, g: torch.Tensor, p: float):
+def _torch_lp_bwd(
+    x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, g: torch.Tensor, p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     B, K = x.shape
     O = w.shape[0]
     inv = torch.where(y > 0, 1.0 / y, torch.zeros_like(y))
@@ -334,27 +339,27 @@ def linf_dist_reference(x: torch.Tensor, weight: torch.Tensor, p: float = INF) -
 _compiled: dict = {}
 
 
-def _c_linf_fwd(x, w):
+def _c_linf_fwd(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x[:, None, :] - w[None, :, :]).abs().max(-1)
 
 
-def _c_lp_fwd(x, w, p):
+def _c_lp_fwd(x: torch.Tensor, w: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     d = (x[:, None, :] - w[None, :, :]).abs()
     m = d.amax(-1)
     ms = torch.where(m > 0, m, torch.ones_like(m))
     return m * (d / ms[:, :, None]).pow(p).sum(-1).pow(1.0 / p)
 
 
-def _c_lp_term(x, w, inv, g, pm1):
+def _c_lp_term(x: torch.Tensor, w: torch.Tensor, inv: torch.Tensor, g: torch.Tensor, pm1: torch.Tensor) -> torch.Tensor:
     t = x[:, None, :] - w[None, :, :]
     return torch.sign(t) * (t.abs() * inv[:, :, None]).pow(pm1) * g[:, :, None]
 
 
-def _c_lp_gx(x, w, inv, g, pm1):
+def _c_lp_gx(x: torch.Tensor, w: torch.Tensor, inv: torch.Tensor, g: torch.Tensor, pm1: torch.Tensor) -> torch.Tensor:
     return _c_lp_term(x, w, inv, g, pm1).sum(1)
 
 
-def _c_lp_gw(x, w, inv, g, pm1):
+def _c_lp_gw(x: torch.Tensor, w: torch.Tensor, inv: torch.Tensor, g: torch.Tensor, pm1: torch.Tensor) -> torch.Tensor:
     return -_c_lp_term(x, w, inv, g, pm1).sum(0)
 
 
@@ -367,7 +372,7 @@ def _get_compiled(name: str, fn: Callable) -> Callable:
 _compile_broken: dict = {"error": None}
 
 
-def _compile_call(name: str, fn: Callable, *args):
+def _compile_call(name: str, fn: Callable, *args: torch.Tensor) -> Any:
     """Run the compiled ``fn``; on a compilation failure remember it and return None."""
     if _compile_broken["error"] is not None:
         return None
@@ -437,7 +442,7 @@ def _finite(x: torch.Tensor, w: torch.Tensor) -> bool:
     return math.isfinite(float(x.sum()) + float(w.sum()))
 
 
-def _linf_forward(x, w, backend, need_idx):
+def _linf_forward(x: torch.Tensor, w: torch.Tensor, backend: str, need_idx: bool) -> _Forward:
     be = _resolve(backend, x, w)
     if be == "cpp" and _finite(x, w):
         return _cpp_linf_fwd(_loaded_kernels(), x.contiguous(), w.contiguous(), need_idx)
@@ -450,7 +455,7 @@ def _linf_forward(x, w, backend, need_idx):
     return _torch_linf_fwd(x, w, need_idx)
 
 
-def _lp_forward(x, w, p, backend):
+def _lp_forward(x: torch.Tensor, w: torch.Tensor, p: float, backend: str) -> torch.Tensor:
     be = _resolve(backend, x, w)
     if be == "cpp" and _finite(x, w):
         return _cpp_lp_fwd(_loaded_kernels(), x.contiguous(), w.contiguous(), p)
@@ -461,7 +466,9 @@ def _lp_forward(x, w, p, backend):
     return _torch_lp_fwd(x, w, p)
 
 
-def _lp_backward(x, w, y, g, p, backend):
+def _lp_backward(
+    x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, g: torch.Tensor, p: float, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     be = _resolve(backend, x, w)
     if be == "cpp" and _finite(x, w):
         return _cpp_lp_bwd(_loaded_kernels(), x.contiguous(), w.contiguous(), y.contiguous(), g.contiguous(), p)
@@ -479,7 +486,7 @@ class _LinfDistFn(torch.autograd.Function):
     """p = ∞: forward keeps only the first argmax index and sign per (b, o); backward scatters."""
 
     @staticmethod
-    def forward(ctx, x, w, backend):
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, backend: str) -> torch.Tensor:
         y, idx, sgn = _linf_forward(x, w, backend, True)
         ctx.save_for_backward(idx, sgn)
         ctx.cpp = _resolve(backend, x, w) == "cpp"
@@ -488,7 +495,7 @@ class _LinfDistFn(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         idx, sgn = ctx.saved_tensors
         xs, ws = ctx.shapes
         if ctx.cpp and idx.is_contiguous() and sgn.is_contiguous() and idx.numel():
@@ -509,7 +516,7 @@ class _LpDistFn(torch.autograd.Function):
     """1 ≤ p < ∞: saves x, w, y (no batch × out × in buffer); backward recomputes in tiles."""
 
     @staticmethod
-    def forward(ctx, x, w, p, backend):
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, p: float, backend: str) -> torch.Tensor:
         y = _lp_forward(x, w, p, backend)
         ctx.save_for_backward(x, w, y)
         ctx.p, ctx.backend = p, backend
@@ -517,7 +524,7 @@ class _LpDistFn(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w, y = ctx.saved_tensors
         gx, gw = _lp_backward(x, w, y, g, ctx.p, ctx.backend)
         return (gx if ctx.needs_input_grad[0] else None), (gw if ctx.needs_input_grad[1] else None), None, None
@@ -553,7 +560,7 @@ def linf_dist(x: torch.Tensor, weight: torch.Tensor, p: float = INF, backend: st
     return _lp_forward(x, weight, p, backend)
 
 
-def _interval_dist(lower: torch.Tensor, upper: torch.Tensor, w: torch.Tensor):
+def _interval_dist(lower: torch.Tensor, upper: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact bounds of max_i |x_i − w_oi| over the box lower ≤ x ≤ upper; (N, in) → (N, out) twice."""
     B, K = lower.shape
     O = w.shape[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -19,7 +20,7 @@ def plotting_available() -> bool:
     return True
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     """matplotlib.pyplot on the file-only Agg backend; ImportError naming the extra when it is missing."""
     try:
         import matplotlib

@@ -268,7 +268,7 @@ class LinfDistRecipe:
             preds, certs = [], []
             for i in range(0, len(val), batch_size):
                 xb = val.x[i : i + batch_size].to(device)
-                z, y_last = net.features(xb, return_last_distance=True)
+                z, y_last = net.features_and_distances(xb)
                 logits = net.logits_from_features(z)
                 cls = (logits[:, 1] > logits[:, 0]).long() if net.binary else logits.argmax(dim=1)
                 if net.out is None:

@@ -80,7 +80,7 @@ class _LossModule(nn.Module):
         self.model = model
         self.recipe = recipe
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, progress: float):
+    def forward(self, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict]:
         return self.recipe.loss(self.model, x, y, progress)
 
 
@@ -101,7 +101,9 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     raise ConfigError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
     """Exponential decay per epoch, or cosine per iteration; returns (scheduler, steps per epoch it is stepped)."""
     if config.schedule == "exponential":
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay), False
