@@ -661,3 +661,18 @@ def test_an_out_folder_that_cannot_be_made_is_one_line_exit_4_and_leaves_nothing
     assert "WriteError: cannot create the run folder" in line and "Not a directory" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d.csv"]
     assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_a_named_augmentation_on_feature_vectors_is_one_line_exit_2_and_writes_nothing(tmp_path, command):
+    """--set augment=flip crops and flips images; on a CSV's feature vectors it was a traceback from the
+    first batch (shapes cannot be multiplied), exit 1, with run.json written (README walkthrough, session 32)."""
+    rows = "".join(f"{i % 7},{(i * 3) % 5},{i % 2}\n" for i in range(40))
+    (tmp_path / "d.csv").write_text("a,b,kind\n" + rows)
+    args = [command, "--csv", str(tmp_path / "d.csv"), "--label-column", "kind", "--sensitive-class", "1"]
+    res = CliRunner().invoke(
+        main, [*args, "--out", str(tmp_path / "r"), "--epochs", "1", "--quiet", "--set", "augment=flip"]
+    )
+    line = _refused(res)
+    assert "ConfigError: training setting augment='flip' crops and flips images" in line and "shape (2,)" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]

@@ -139,11 +139,22 @@ def check_config(model: nn.Module, config: TrainConfig, recipe: Recipe | None = 
         resolve_workers(config.workers, device)
         if isinstance(config.augment, str):
             augmentation_from_name(config.augment)
+            _check_images(model, config.augment)
     except AsymcertError:
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"training settings: {exc}") from None
     return device, recipe
+
+
+def _check_images(model: nn.Module, augment: str) -> None:
+    """A named augmentation crops and flips images (C, H, W): refused for a model of other inputs."""
+    shape = tuple(getattr(model, "input_shape", ()))
+    if len(shape) != 3:
+        raise ConfigError(
+            f"training setting augment={augment!r} crops and flips images (channels, height, width), but the "
+            f"model's inputs have shape {shape}: leave augment out for feature vectors"
+        )
 
 
 def train_fingerprint(train: dict[str, Any], model_config: dict[str, Any]) -> str:
