@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 demo: setup  ## train, certify and report on Fashion-MNIST T-shirt vs shirt (asymcert's default recipe)
 	$(VENV)/bin/asymcert run fashion-mnist-shirts --out $(OUT)
 
-demo-fast: setup  ## the same with the 'fast' preset (a quick look, < 3 minutes)
+demo-fast: setup  ## the same with the 'fast' preset (a quick look, under a minute after set-up)
 	$(VENV)/bin/asymcert run fashion-mnist-shirts --preset fast --out $(OUT)-fast
 
 test: setup  ## lint (ruff), format check, type check (mypy), then the whole test suite

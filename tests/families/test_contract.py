@@ -17,6 +17,7 @@ from asymcert.certify.api import CertifierSpec, certifier_spec
 from asymcert.certify.result import Certificate, Guarantee
 from asymcert.errors import ConfigError, InputError, UnknownNameError
 from asymcert.families import Family, TaskFacts, families, family_names, get_family, register_family, unregister_family
+from asymcert.families.contract import CompareScale
 from asymcert.models import build_model, model_kinds
 from asymcert.pipeline import certify_run, read_run, train_run
 from asymcert.report.writer import write_report
@@ -223,3 +224,14 @@ def test_every_family_is_registered_once_and_certifier_names_are_unique():
     names = [spec.name for f in families() for spec in f.certifiers]
     assert len(names) == len(set(names))
     assert sorted(f.kind for f in families()) == family_names() == model_kinds()
+
+
+@pytest.mark.parametrize("images, net", [(True, "CNN"), (False, "MLP")])
+def test_compare_labels_name_the_net_the_task_gets(images, net):
+    """On flat feature vectors the IBP baselines are MLPs, and compare.md's tables named them "CNN" (README
+    walkthrough, session 32); the label now follows the architecture in the method's model config."""
+    scale = CompareScale(images=images)
+    methods = get_family("relu-ibp").compare_methods(scale)
+    for name in ("ibp", "crown-ibp"):
+        assert methods[name].label == f"{name.upper()}-trained {net}"
+        assert methods[name].model["arch"] == ("cnn" if images else "mlp")

@@ -109,6 +109,14 @@ def test_pair_sweep_writes_files_and_matrices_match_the_pairs(pair_sweep):
     assert asymcert.load(out / "pairs" / "0-6")(torch.rand(3, 1, 28, 28)).shape == (3,)
 
 
+def test_pair_sweep_progress_lines_name_the_radii_units(pair_sweep):
+    """Each finished pair's console line gives its median radii with their units (it named none, unlike
+    sweep.md and the heatmaps: README walkthrough, session 32)."""
+    _, _, lines = pair_sweep
+    done = [line for line in lines if "median radius" in line]
+    assert len(done) == 6 and all("(raw pixel units; " in line for line in done), lines
+
+
 def test_pair_folders_are_run_folders(pair_sweep, fashion_dir, tmp_path):
     """`asymcert report`, `certify` and `audit` open a pair's folder; the report matches the sweep's numbers."""
     out, _, _ = pair_sweep

@@ -31,7 +31,7 @@ def compare_methods(scale: CompareScale) -> dict[str, MethodSpec]:
         }
         out[bound] = MethodSpec(
             family="relu-ibp",
-            label=f"{bound.upper()}-trained CNN",
+            label=f"{bound.upper()}-trained {'CNN' if scale.images else 'MLP'}",
             model={"kind": "relu-ibp", **scale.cnn_or(IBP_MLP), "certifier": "crown-ibp"},
             train=train,
             certify={"method": "crown-ibp"},

@@ -64,6 +64,8 @@ from asymcert.train.loop import STATE_FILE
 
 NORMS = (1.0, 2.0, math.inf)
 RESULTS_JSON, REPORT_MD = "results.json", "sweep.md"
+PAIR_UNITS = "raw pixel units"
+"""The pairs' radii: the built-in multi-class tasks are images, their pixels in [0, 1]."""
 
 
 Matrix = list[list[float | None]]
@@ -407,7 +409,7 @@ def _pair_name(job: tuple[int, int]) -> str:
 def _pair_line(result: PairResult, norms: Sequence[str]) -> str:
     """One progress line for a finished pair: clean accuracy, median radius per norm, seconds."""
     radii = ", ".join(f"{pretty_norm(n)} {result.median_radius(n):.3g}" for n in norms)
-    return f"clean {100 * result.clean_accuracy:.1f}%, median radius {radii} ({result.job_seconds:.0f} s)"
+    return f"clean {100 * result.clean_accuracy:.1f}%, median radius {radii} ({PAIR_UNITS}; {result.job_seconds:.0f} s)"
 
 
 def _settings(
@@ -611,7 +613,7 @@ def write_plots(out: Path, class_names: Sequence[str], matrices: PairMatrices) -
             out / f"heatmap_median_radius_{n}.png",
             f"Median certified {pretty_norm(n)} radius, correctly flagged sensitive inputs",
             "{:.3g}",
-            colorbar_label=f"{pretty_norm(n)} radius (raw pixel units)",
+            colorbar_label=f"{pretty_norm(n)} radius ({PAIR_UNITS})",
         ).name
     for n, m in matrices.asymmetry.items():
         plots[f"asymmetry_{n}"] = plot_heatmap(
@@ -695,7 +697,7 @@ def _md_settings(sweep: PairSweep) -> list[str]:
         "- data: the task's own train / validation / test splits, two classes kept per pair; the balance shift b "
         "is fitted on the pair's validation inputs (never on test inputs)",
         f"- evaluation: {evaluation}; median radius = median certified radius among the sensitive-class test "
-        "inputs flagged sensitive (raw pixel units)",
+        f"inputs flagged sensitive ({PAIR_UNITS})",
         *run_lines(sweep.run, "pair"),
         "",
     ]
