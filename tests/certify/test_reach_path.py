@@ -180,3 +180,32 @@ def test_a_norms_radii_do_not_depend_on_the_other_norms_asked_for():
     for p, r in cert.radii.items():
         alone = asymcert.certify(model, x, norms=(p,), threat_model=tm, reach=True, precision="float64")
         assert torch.allclose(alone.radii[p], r, rtol=1e-12, atol=0), p
+
+
+def test_a_box_of_one_point_at_a_knot_gives_finite_reach_radii_at_least_the_closed_forms():
+    """log1p then a hinge whose knot is 0, at inputs x_i ≤ 0: a move down reaches the one-point box [0, 0]
+    (log1p clamps there), which counted the knot on neither side and left no prefix sum, so the weight bounds
+    were ±∞ and log1p's ∞·0 made the ℓ1/ℓ2 reach radii NaN (session 32's adversarial review)."""
+    torch.manual_seed(0)
+    model = asymcert.models.build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [2],
+            "feature_map": [{"kind": "log1p"}, {"kind": "hinges", "knots": 1}],
+            "convex": {"kind": "icnn", "widths": [4], "batch_norm": False},
+        }
+    ).eval()
+    with torch.no_grad():
+        model.feature_map.maps[1].knot_values.zero_()
+        for name, p in model.named_parameters():
+            if "hidden" in name:
+                p.copy_(torch.rand_like(p))
+        x = torch.tensor([[0.0, 1.0], [-0.5, 2.0]])
+        model.set_balance(-float(model(x).min()) + 0.05)
+    tm = ThreatModel(scale={"0": 1.0, "1": 2.0})
+    for norms in [(1.0,), (2.0,), (1.0, 2.0, math.inf)]:
+        reach = asymcert.certify(model, x, norms=norms, reach=True, threat_model=tm)
+        closed = asymcert.certify(model, x, norms=norms, threat_model=tm)
+        for p in norms:
+            assert bool(torch.isfinite(reach.radii[p]).all()), (p, reach.radii[p])
+            assert bool((reach.radii[p] >= closed.radii[p]).all()) and bool((closed.radii[p] > 0).all())

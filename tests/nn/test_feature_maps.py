@@ -190,6 +190,29 @@ def test_hinges_with_knots_out_of_order_are_refused_by_name():
     assert len(problems) == 1 and "knot_values: not nondecreasing along the knot axis" in problems[0]
 
 
+@pytest.mark.parametrize(
+    "spec, attribute, value, message",
+    [
+        ({"kind": "hinges", "knots": 2}, "knots", 1, "knots = 1 is not the 2 rows of knot_values"),
+        ({"kind": "hinges", "knots": 2}, "knots", 3, "knots = 3 is not the 2 rows of knot_values"),
+        ({"kind": "pair-min"}, "shifts", 0, "shifts = 0, but 5 inputs make 2"),
+        ({"kind": "pair-min"}, "shifts", 3, "shifts = 3, but 5 inputs make 2"),
+        ({"kind": "group-min", "order": 3}, "order", 1, "order = 1 must be an integer from 2 to the 5 inputs"),
+        ({"kind": "group-min", "order": 3}, "order", 2, "order = 2 is not that of the member table"),
+    ],
+)
+def test_a_count_set_apart_from_its_buffers_is_refused_by_name(spec, attribute, value, message):
+    """The Lipschitz constants and weight bounds count knots, shifts and set sizes from these attributes while
+    forward reads the buffers: an attribute edited alone passed validate() and certified radii above the true
+    distance (hinges: ℓ1 0.150 against 0.1) or crashed (session 32's adversarial review)."""
+    phi = build_feature_map([spec], (5,))
+    phi.fit(torch.randn(50, 5, generator=torch.Generator().manual_seed(0)))
+    assert feature_map_problems(phi) == []
+    setattr(phi.maps[0], attribute, value)
+    problems = feature_map_problems(phi)
+    assert len(problems) == 1 and message in problems[0], problems
+
+
 @settings(derandomize=True, max_examples=examples(200), deadline=None)
 @given(
     a=st.floats(-1e200, 1e200, allow_nan=False, allow_infinity=False),

@@ -413,6 +413,9 @@ class Hinges(FeatureMap):
         knots = self.knot_values.to(lo.dtype).reshape((self.knots, *lo.shape[1:]))
         first = (knots.unsqueeze(0) <= lo.unsqueeze(1)).sum(dim=1)  # (N, K_in, n)
         last = (knots.unsqueeze(0) < hi.unsqueeze(1)).sum(dim=1)
+        # a box of one point lo = hi = t_j (a move that cannot go anywhere) counts t_j on both sides: keep the
+        # prefix sums between the two counts, never none (which made the bounds ±∞, and ∞·0 = NaN after log1p)
+        first = torch.minimum(first, last)
         m = torch.arange(self.knots + 1, device=lo.device).reshape(1, -1, *([1] * (lo.dim() - 1)))
         inside = (m >= first.unsqueeze(1)) & (m <= last.unsqueeze(1))  # (N, K + 1, K_in, n)
         stacked_lo, stacked_hi = self._prefix_sums(w_lo, w_hi)
@@ -421,8 +424,16 @@ class Hinges(FeatureMap):
         return reach_lo, reach_hi
 
     def problems(self) -> list[str]:
-        """NaN/Inf knots, or knots not in nondecreasing order along the knot axis (fit() sorts them)."""
+        """NaN/Inf knots, knots not in nondecreasing order along the knot axis (fit() sorts them), or a
+        ``knots`` count that is not the knot buffer's (the Lipschitz constant and the weight bounds count on it)."""
         out = super().problems()
+        k = self.knots
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or self.knot_values.shape[0] != k:
+            out.append(
+                f"knots = {k!r} is not the {self.knot_values.shape[0]} rows of knot_values; the Lipschitz constant "
+                "and the weight bounds count the knots"
+            )
+            return out
         knots = self.knot_values.flatten(1)
         if knots.shape[0] > 1 and not bool((knots[1:] >= knots[:-1]).all()):
             out.append("knot_values: not nondecreasing along the knot axis; the certificate needs t_1 ≤ … ≤ t_K")
@@ -625,6 +636,13 @@ class PairMin(_ExcessMap):
         """Whether (N, 1 + P, n) weights are for this map's outputs on one copy of its n inputs (not for
         copies made before it: then its bounds are not derived)."""
         return w_lo.shape[1] == 1 + self.shifts and w_lo.shape[2] == self.floor.numel()
+
+    def problems(self) -> list[str]:
+        """NaN/Inf floor, or a ``shifts`` count other than ⌊n/2⌋ (the Lipschitz constant counts the copies)."""
+        out = super().problems()
+        if self.shifts != self.floor.numel() // 2 or isinstance(self.shifts, bool):
+            out.append(f"shifts = {self.shifts!r}, but {self.floor.numel()} inputs make {self.floor.numel() // 2}")
+        return out
 
     def reach_image(self, lo: torch.Tensor, hi: torch.Tensor) -> Bounds | None:
         # copy 0 is z itself; min is monotone in both arguments, so copy k lies in
@@ -849,6 +867,17 @@ class GroupMin(_ExcessMap):
         h_lo, h_hi = self._excess_box(lo, hi)
         low, high = per_copy(self._minima(h_lo), n), per_copy(self._minima(h_hi), n)
         return torch.cat([lo, low], dim=1), torch.cat([hi, high], dim=1)
+
+    def problems(self) -> list[str]:
+        """NaN/Inf floor, or an ``order`` that is not the member table's (the Lipschitz constant counts the
+        sets of 2 … order coordinates that contain each one)."""
+        out = super().problems()
+        n, order = self.floor.numel(), self.order
+        if isinstance(order, bool) or not isinstance(order, int) or not 2 <= order <= n:
+            out.append(f"order = {order!r} must be an integer from 2 to the {n} inputs")
+        elif self.members.shape[1] != order or self.members.shape[0] != _group_features(n, order) - n:
+            out.append(f"order = {order} is not that of the member table ({self.members.shape[1]} members a set)")
+        return out
 
     def _weights_fit(self, w_lo: torch.Tensor) -> bool:
         """Whether (N, 1 + C, n) weights are for this map's outputs on one copy of its n inputs."""
