@@ -209,3 +209,34 @@ def test_a_box_of_one_point_at_a_knot_gives_finite_reach_radii_at_least_the_clos
         for p in norms:
             assert bool(torch.isfinite(reach.radii[p]).all()), (p, reach.radii[p])
             assert bool((reach.radii[p] >= closed.radii[p]).all()) and bool((closed.radii[p] > 0).all())
+
+
+def test_guarded_reach_radii_are_never_below_the_guarded_closed_form_under_extreme_scales():
+    """The float guard sizes its box of allowed moves by the largest radius of any norm; under scales 1e-6 and
+    1e-30 the reach-aware ℓ1 radius (6e29 units) made that box so wide that the guard lowered every norm's
+    radius to 0 where the closed form certifies 6e5 (session 32's adversarial review, its seed 27)."""
+    torch.manual_seed(27)
+    model = asymcert.models.build_model(
+        {
+            "kind": "feature-convex",
+            "input_shape": [2],
+            "feature_map": [{"kind": "hinges", "knots": 2}],
+            "convex": {"kind": "icnn", "widths": [3], "batch_norm": False},
+        }
+    ).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.rand_like(p) if "hidden" in name else torch.randn_like(p) if "passthrough" in name else p)
+        hinges = model.feature_map.maps[0]
+        hinges.knot_values.copy_(torch.sort(torch.rand_like(hinges.knot_values) * 3, dim=0).values)
+        x = torch.tensor([[3.4886810779571533, 0.0]])
+        model.set_balance(-float(model(x)[0]) + 0.5)
+    tm = ThreatModel(scale={"0": 1e-6, "1": 1e-30}, lower={"*": 0.0}, increase_only=["0"])
+    norms = (1.0, 2.0, math.inf)
+    closed = asymcert.certify(model, x, norms=norms, threat_model=tm)
+    reach = asymcert.certify(model, x, norms=norms, threat_model=tm, reach=True)
+    unguarded = asymcert.certify(model, x, norms=norms, threat_model=tm, reach=True, guard=False)
+    for p in norms:
+        assert float(closed.radii[p][0]) > 1e3, closed.radii  # the closed form certifies far
+        assert float(unguarded.radii[p][0]) > float(closed.radii[p][0])  # and reach without the guard further
+        assert float(reach.radii[p][0]) >= float(closed.radii[p][0]), (p, reach.radii[p], closed.radii[p])

@@ -467,15 +467,34 @@ def feature_convex_threat(
         problem, ref, flagged, own_score = reach_problem(model, x, threat_model, precision, slack, guard, validate)
         costs = _move_costs(model, problem.grads, x, threat_model)
         reach = check_reach(reach)
-        radii = _threat_radii(model, ref, problem, costs, norms, reach)
         if guard:  # the deployed model's rounding and range, as the guard assumes them, along every allowed move
-
-            def lowered(drop: torch.Tensor) -> dict[float, torch.Tensor]:
-                less = replace(problem, margin=(problem.margin - drop.to(problem.margin)).clamp_min(0.0))
-                return _threat_radii(model, ref, less, costs, norms, reach)
-
-            radii = guarded_threat_radii(model, x, ref, radii, threat_model, lowered)
+            radii = _guarded_radii(model, x, ref, problem, costs, norms, reach)
+            if reach:  # the guard's box is sized by the largest radius: never below the closed form's guarded radii
+                closed = _guarded_radii(model, x, ref, problem, costs, norms, False)
+                radii = {p: torch.maximum(r, closed[p].to(r)) for p, r in radii.items()}
+        else:
+            radii = _threat_radii(model, ref, problem, costs, norms, reach)
     return flag_certificate(flagged, radii, own_score, threat_model.units())
+
+
+def _guarded_radii(
+    model: FeatureConvexClassifier,
+    x: torch.Tensor,
+    ref: Reference,
+    problem: ReachProblem,
+    costs: torch.Tensor | None,
+    norms: tuple[float, ...],
+    reach: bool,
+) -> dict[float, torch.Tensor]:
+    """:func:`_threat_radii` (norm → (N,) threat-model units) made to hold for the deployed model's float32
+    decision along every allowed move (:func:`~asymcert.certify.threat_guard.guarded_threat_radii`)."""
+
+    def lowered(drop: torch.Tensor) -> dict[float, torch.Tensor]:
+        less = replace(problem, margin=(problem.margin - drop.to(problem.margin)).clamp_min(0.0))
+        return _threat_radii(model, ref, less, costs, norms, reach)
+
+    radii = _threat_radii(model, ref, problem, costs, norms, reach)
+    return guarded_threat_radii(model, x, ref, radii, problem.tm, lowered)
 
 
 def _threat_radii(
