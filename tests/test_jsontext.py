@@ -15,6 +15,9 @@ BAD = {
     "repeated key": ('{"scale": {"f0": 1}, "scale": {"f0": 2}}', "key 'scale' appears twice"),
     "repeated inner key": ('{"scale": {"f0": 1, "f0": 2}}', "key 'f0' appears twice"),
     "long number": ('{"scale": {"f0": ' + "7" * 5000 + "}}", "4300"),
+    # 400 digits: under Python's limit, but math.isfinite(int) raised OverflowError, a traceback (CLI fuzz, session 32)
+    "integer beyond float64": ('{"scale": {"f0": ' + "9" * 400 + "}}", r"\(400 digits\) is beyond float64's range"),
+    "negative integer beyond float64": ('{"norms": [-' + "9" * 309 + "]}", r"\(310 digits\) is beyond float64's range"),
     "deep nesting": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     "not json": ("{scale: 1}", "Expecting property name"),
 }
@@ -52,4 +55,15 @@ def test_cli_settings_and_threat_models_with_such_json_get_one_line_and_exit_2(t
         main, ["train", "breast-cancer", "--set", "lr=" + "1" * 5000, "--out", str(tmp_path / "r")]
     )
     assert res.exit_code == EXIT_REFUSED and "not valid JSON" in res.output and "Traceback" not in res.output
+    for setting in ("lr", "margin_radius"):
+        res = CliRunner().invoke(
+            main, ["train", "breast-cancer", "--set", f"{setting}=" + "9" * 400, "--out", str(tmp_path / "r")]
+        )
+        assert res.exit_code == EXIT_REFUSED and "beyond float64's range" in res.output, res.output
+        assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_integers_float64_holds_read_exactly():
+    big = 2**1000
+    assert parse_json(f"[{big}, -{big}, 9007199254740993]") == [big, -big, 9007199254740993]

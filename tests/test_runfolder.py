@@ -273,6 +273,10 @@ def test_strict_json_through_a_default_hook():
         ('{"task": {"name": "t"}, "model": {}, "train": {}, "splits": {"test": 1.5}}', "'splits' must be"),
         ('{"task": {"name": "t"}, "model": {}, "train": {}, "report_radii": {"l1": [-1]}}', "finite radii ≥ 0"),
         ('{"task": {"name": "t"}, "model": {}, "train": {}, "report_radii": {"l1": [1e999]}}', "finite radii ≥ 0"),
+        # a mistyped input shape reached the threat model's resolve as a str: a traceback (CLI fuzz, session 32)
+        ('{"task": {"name": "t"}, "model": {"input_shape": "6"}, "train": {}}', "'model.input_shape' must be a list"),
+        ('{"task": {"name": "t"}, "model": {"input_shape": [0]}, "train": {}}', "'model.input_shape' must be a list"),
+        ('{"task": {"name": "t"}, "model": {"input_shape": [true]}, "train": {}}', "integers ≥ 1, found list"),
     ],
 )
 def test_run_record_names_the_bad_key(text, message):

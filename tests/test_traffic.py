@@ -35,8 +35,9 @@ import asymcert
 from asymcert import checkpoint, traffic
 from asymcert.checkpoint import MODEL_FILE, read_config, save
 from asymcert.cli import EXIT_BUSY, EXIT_OK, EXIT_REFUSED, main
+from asymcert.data import user as user_module
 from asymcert.data.images import read_images
-from asymcert.data.user import read_npz
+from asymcert.data.user import read_csv_table, read_npz
 from asymcert.errors import (
     CheckpointError,
     DataError,
@@ -1238,3 +1239,35 @@ def test_a_refusal_in_a_later_chunk_leaves_no_new_folders(csv_run, tmp_path):
     with pytest.raises(DataError):
         certify_file(csv_run, tmp_path / "late_bad.csv", out, chunk=2, progress=False)
     assert (tmp_path / "nd").is_dir() and not (tmp_path / "nd" / "sub").exists()
+
+
+@pytest.mark.parametrize("where", ["header", "row"])
+def test_a_csv_row_too_long_to_be_feature_vectors_is_refused_with_bounded_memory(tmp_path, monkeypatch, where):
+    """One line of 2·10⁶ fields (4 MB of "1,"): refused as soon as MAX_CSV_ROW_CHARS characters are read (here
+    lowered to 10⁵), not after the csv reader built the whole row (6.5 bytes a character: a 200 MiB line took
+    1.3 GB before its fields were counted, the CLI fuzz of session 32); training's reader too."""
+    assert user_module.MAX_CSV_ROW_CHARS == 2**24  # the documented default
+    path = tmp_path / "wide.csv"
+    huge = ",".join(["1"] * 2_000_000) + "\n"
+    path.write_text(huge if where == "header" else ",".join([*FEATURES, "kind"]) + "\n" + huge)
+    monkeypatch.setattr(user_module, "MAX_CSV_ROW_CHARS", 100_000)
+    line = 1 if where == "header" else 2
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=f"wide.csv: line {line}: a row of more than 100,000 characters"):
+            next(csv_batches(path, FEATURES, None, 10))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, f"peak {peak / 1e6:.1f} MB reading a 4 MB line with a 100,000-character limit"
+    with pytest.raises(DataError, match=f"wide.csv: line {line}: a row of more than 100,000 characters"):
+        read_csv_table(path, "kind")
+
+
+@pytest.mark.skipif(np.dtype(np.longdouble).itemsize <= 8, reason="longdouble is float64 on this platform")
+def test_npz_floats_longer_than_64_bits_are_one_data_error(tmp_path):
+    """x of float128 (np.longdouble) reached torch.from_numpy, a TypeError traceback and exit 1 (CLI fuzz,
+    session 32); rounding it to float64 would move the point the radii are measured from, so it is refused."""
+    np.savez(tmp_path / "long.npz", x=np.ones((5, 4), dtype=np.longdouble))
+    with pytest.raises(DataError, match=r"long.npz: x holds float128 numbers; save them as float64 or float32"):
+        next(npz_batches(tmp_path / "long.npz", 10, [4]))

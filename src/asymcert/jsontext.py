@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import types
 import typing
 from typing import Any, TypeVar
@@ -32,14 +33,24 @@ def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _float_sized_int(digits: str) -> int:
+    """The JSON integer ``digits`` as an int, refused (JsonTextError) beyond ±1.8·10³⁰⁸, where float64 ends."""
+    value = int(digits)
+    if abs(value) > sys.float_info.max:
+        raise JsonTextError(f"the integer {digits[:12]}… ({len(digits)} digits) is beyond float64's range (1.8e308)")
+    return value
+
+
 def parse_json(text: str) -> Any:
     """The JSON value ``text`` holds (NaN and ±Infinity literals allowed, as in :func:`json.loads`).
 
     Raises:
-        JsonTextError: not JSON, a key repeated in one object, a number too long to read, or nesting too deep.
+        JsonTextError: not JSON, a key repeated in one object, a number too long to read, an integer beyond
+            float64's range (every number here is used as one: ``math.isfinite`` of such an int raises
+            OverflowError), or nesting too deep.
     """
     try:
-        return json.loads(text, object_pairs_hook=_no_repeats)
+        return json.loads(text, object_pairs_hook=_no_repeats, parse_int=_float_sized_int)
     except JsonTextError:
         raise
     except json.JSONDecodeError as exc:

@@ -410,6 +410,13 @@ def _is_radius(v: Any) -> bool:
     return _is_number(v) and math.isfinite(v) and v >= 0
 
 
+def _is_shape(v: Any) -> bool:
+    """An input shape of run.json's model: a nonempty list of integers ≥ 1."""
+    return (
+        isinstance(v, list) and len(v) > 0 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v)
+    )
+
+
 def _check(ok: bool, source: str, key: str, want: str, value: Any) -> None:
     if not ok:
         raise CheckpointError(f"{source}: key {key!r} must be {want}, found {type(value).__name__} {value!r:.80}")
@@ -481,6 +488,8 @@ class RunRecord:
             f"an object naming one of {list(_TASK_KEYS)}",
             task,
         )
+        shape = raw["model"].get("input_shape")
+        _check(shape is None or _is_shape(shape), source, "model.input_shape", "a list of integers ≥ 1", shape)
         _check_optional(raw, source)
         known = {f.name for f in fields(cls)} - {"extra"}
         return cls(

@@ -38,7 +38,15 @@ from asymcert.certify.result import RAW_UNITS, norm_label, raw_units
 from asymcert.checkpoint import Staged, commit, discard, load, stage
 from asymcert.data.download import sha256_file
 from asymcert.data.images import IMAGE_SUFFIXES, read_image
-from asymcert.data.user import FLOAT32_MAX, MAX_LABEL_BYTES, NpzStream, csv_number, exact_float64, utf8_labels
+from asymcert.data.user import (
+    FLOAT32_MAX,
+    MAX_LABEL_BYTES,
+    BoundedCsvRows,
+    NpzStream,
+    csv_number,
+    exact_float64,
+    utf8_labels,
+)
 from asymcert.errors import DataError, InputError, WriteError
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.runfolder import (
@@ -103,7 +111,7 @@ def csv_batches(path: Path, features: Sequence[str], label_column: str | None, c
             ``csv.field_size_limit()`` characters.
     """
     with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
+        reader = BoundedCsvRows(f, path)
         try:
             header = [h.strip() for h in next(reader, [])]
             if not header:
@@ -281,9 +289,15 @@ def _as_float(values: np.ndarray, path: Path) -> np.ndarray:
     booleans) as float64.
 
     Raises:
-        DataError: integers beyond 2⁵³ (float64 would round them).
+        DataError: integers beyond 2⁵³ (float64 would round them), floats longer than 64 bits (float128, which
+            would be rounded before the radius is measured from them).
     """
     if values.dtype.kind == "f":
+        if values.dtype.itemsize > 8:
+            raise DataError(
+                f"{path}: x holds {values.dtype.name} numbers; save them as float64 or float32 (floats longer "
+                "than 64 bits would be rounded before the radii are measured from them)"
+            )
         return np.ascontiguousarray(values)
     return exact_float64(values, str(path))
 

@@ -7,6 +7,7 @@ import pathlib
 import pickle
 import struct
 import tracemalloc
+import warnings
 import zipfile
 import zlib
 
@@ -740,3 +741,13 @@ def test_npz_stream_refuses_a_header_it_cannot_trust_in_one_error(tmp_path, head
     with pytest.raises(DataError, match=message) as caught:
         NpzStream(tmp_path / "bad.npz")
     assert "\n" not in str(caught.value) and "bad.npz" in str(caught.value) and "'x'" in str(caught.value)
+
+
+def test_the_largest_uint64_is_refused_without_a_numpy_warning():
+    """2**64 − 1 rounds to 2**64 in float64, and casting that back to uint64 warned "invalid value encountered
+    in cast" on stderr before the one-line refusal (CLI fuzz, session 32)."""
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match="integers beyond 2\\*\\*53"):
+            user_module.exact_float64(np.array([1, 2**64 - 1], dtype=np.uint64), "x.npz")

@@ -192,7 +192,9 @@ def exact_float64(values: np.ndarray, source: str) -> np.ndarray:
         DataError: an integer beyond 2⁵³ that float64 would round (names ``source``).
     """
     wide = values.astype(np.float64)
-    if values.dtype.kind != "b" and not np.array_equal(wide.astype(values.dtype), values):
+    with np.errstate(invalid="ignore"):  # 2**64 − 1 rounds to 2**64, which uint64 cannot hold: refused below
+        back = wide.astype(values.dtype)
+    if values.dtype.kind != "b" and not np.array_equal(back, values):
         raise DataError(f"{source}: x holds integers beyond 2**53, which float64 cannot hold exactly")
     return wide
 
@@ -762,6 +764,48 @@ def _check_header(path: Path, header: list[str], ignore: tuple[str, ...] = ()) -
         raise DataError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in the header")
 
 
+MAX_CSV_ROW_CHARS = 2**24
+"""The most characters one CSV row (a header or a record, quoted line breaks included) may hold: 16,777,216.
+Python's csv reader builds a whole row, every field a string, before its length can be checked: about 6.5
+bytes of memory per character, so a file of one 2 GB line would take 13 GB before it is refused. A row of
+feature vectors is far shorter (150,528 pixel values of a 224 × 224 colour image, ~2 MB written out)."""
+
+
+class BoundedCsvRows:
+    """``csv.reader`` over an open text file, refusing (DataError naming the line) a row longer than
+    :data:`MAX_CSV_ROW_CHARS` characters as soon as that many are read, so memory stays bounded whatever the
+    file. Iterates rows (list[str]); ``line_num`` as the csv reader's."""
+
+    def __init__(self, f: Any, path: Path, limit: int | None = None) -> None:
+        self._f, self._path, self._used = f, path, 0
+        self._limit = MAX_CSV_ROW_CHARS if limit is None else limit
+        self._reader = csv.reader(self._lines())
+
+    def _lines(self) -> Iterator[str]:
+        while True:
+            line = self._f.readline(self._limit - self._used + 1)
+            if not line:
+                return
+            self._used += len(line)
+            if self._used > self._limit:
+                raise DataError(
+                    f"{self._path}: line {self._reader.line_num + 1}: a row of more than {self._limit:,} characters; "
+                    "not a table of feature vectors this tool reads"
+                )
+            yield line
+
+    @property
+    def line_num(self) -> int:
+        return self._reader.line_num
+
+    def __iter__(self) -> Iterator[list[str]]:
+        return self
+
+    def __next__(self) -> list[str]:
+        self._used = 0
+        return next(self._reader)
+
+
 def read_csv_table(
     path: str | Path, label_column: str, ignore_columns: Sequence[str] = ()
 ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
@@ -778,7 +822,7 @@ def read_csv_table(
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             ignore = (ignore_columns,) if isinstance(ignore_columns, str) else tuple(ignore_columns)  # one name
-            return _parse_csv(csv.reader(f), path, label_column, ignore)
+            return _parse_csv(BoundedCsvRows(f, path), path, label_column, ignore)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         if isinstance(exc, DataError):
             raise
