@@ -122,6 +122,21 @@ def test_bad_files_are_refused_in_one_line(data, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_threat_model_with_many_problems_is_one_line_of_bounded_length():
+    """300,000 unknown names were listed in one error line of 27 MB (CLI fuzz, session 32): the first 20
+    problems and how many more, and likewise the first 10 unknown keys."""
+    tm = ThreatModel(scale={f"nope{i}": 1.0 for i in range(5000)})
+    with pytest.raises(ConfigError) as info:
+        tm.resolve(NAMES, 6)
+    text = str(info.value)
+    assert "unknown feature 'nope0'" in text and "unknown feature 'nope19'" in text and "'nope20'" not in text
+    assert text.endswith("; and 4980 more problems") and len(text) < 5000 and "\n" not in text
+    with pytest.raises(ConfigError) as info:
+        ThreatModel.from_dict({f"key{i}": 1 for i in range(5000)})
+    assert "unknown key(s) ['key0', " in str(info.value) and " and 4990 more; known: " in str(info.value)
+    assert len(str(info.value)) < 1000
+
+
 def test_resolution_lists_every_problem():
     tm = ThreatModel(
         immutable=["hp", "nope"],

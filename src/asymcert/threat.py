@@ -97,7 +97,7 @@ class ThreatModel:
     def __post_init__(self) -> None:
         problems = self.problems()
         if problems:
-            raise ConfigError("threat model: " + "; ".join(problems))
+            raise _refusal(problems)
 
     def named(self) -> set[str]:
         """Every feature key the threat model gives as text (names, and indices written as text), "*" not."""
@@ -135,7 +135,8 @@ class ThreatModel:
             raise ConfigError(f"{source}: must be a JSON object with keys among {', '.join(_KEYS)}")
         unknown = sorted(set(data) - set(_KEYS))
         if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {', '.join(_KEYS)}")
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            raise ConfigError(f"{source}: unknown key(s) {unknown[:10]}{more}; known: {', '.join(_KEYS)}")
         for key in ("scale", "lower", "upper"):
             if key in data and not isinstance(data[key], dict):
                 raise ConfigError(f'{source}: {key} must be an object like {{"feature": 1.0, "*": 1.0}}')
@@ -187,7 +188,7 @@ class ThreatModel:
         bad = [names[i] for i in torch.nonzero(wanted & ~(std.double() > 0)).flatten().tolist()]
         problems = resolver.problems + [f'scale "std" of feature {n!r}: its training std is 0' for n in bad[:5]]
         if problems:
-            raise ConfigError("threat model: " + "; ".join(problems))
+            raise _refusal(problems)
         fixed = {k: v for k, v in self.scale.items() if v != DATA_SCALE}
         fixed.update({names[i]: float(std[i]) for i in torch.nonzero(wanted).flatten().tolist()})
         return ThreatModel(
@@ -220,7 +221,7 @@ class ThreatModel:
         bad = torch.nonzero(lower > upper).flatten().tolist()
         problems += [f"lower > upper for feature {resolver.label(i)}" for i in bad[:5]]
         if problems:
-            raise ConfigError("threat model: " + "; ".join(problems))
+            raise _refusal(problems)
         up = torch.ones(n_features, dtype=torch.bool)
         down = torch.ones(n_features, dtype=torch.bool)
         for i in sets["immutable"]:
@@ -250,6 +251,17 @@ class ThreatModel:
             named = set().union(*sets.values())
             sets[starred[0]] |= set(range(n)) - named
         return sets, []
+
+
+MAX_PROBLEMS = 20
+"""The most problems of one threat model an error message lists (then how many more there are)."""
+
+
+def _refusal(problems: list[str]) -> ConfigError:
+    """One ConfigError line listing ``problems``, the first :data:`MAX_PROBLEMS` of them (300,000 unknown names
+    made one line of 27 MB)."""
+    more = f"; and {len(problems) - MAX_PROBLEMS} more problems" if len(problems) > MAX_PROBLEMS else ""
+    return ConfigError("threat model: " + "; ".join(problems[:MAX_PROBLEMS]) + more)
 
 
 def _contradictions(sets: dict[str, set[int]], resolver: _Resolver) -> list[str]:
