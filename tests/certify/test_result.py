@@ -212,6 +212,25 @@ def test_a_damaged_guarantee_is_one_checkpoint_error(tmp_path):
         assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("radius", [[0.5, float("nan"), 0.0, 1.0], [0.5, -5.0, 0.0, 1.0], [1, 2, 3, 4]])
+def test_radii_no_certifier_writes_are_one_checkpoint_error(tmp_path, radius):
+    """NaN, negative or integer radii in a certificates file were reported as if certified otherwise ("no test
+    input is certified", exit 0: CLI fuzz, session 32); ∞ and 0 are radii."""
+    path = tmp_path / "certificates.safetensors"
+    save_certificates(path, _multiclass(Guarantee.DECISION), torch.zeros(4, dtype=torch.long))
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata())
+    tensors = load_file(str(path))
+    key = next(k for k in tensors if k.startswith("radius_"))
+    good = {**tensors, key: torch.tensor([0.5, float("inf"), 0.0, 1.0], dtype=torch.float64)}
+    save_file(good, str(path), metadata=meta)
+    assert load_certificates(path)[0].radii  # ∞ and 0 load
+    save_file({**tensors, key: torch.tensor(radius)}, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match=f"'{key}' holds .* values that are not all radii ≥ 0") as info:
+        load_certificates(path)
+    assert "\n" not in str(info.value)
+
+
 def test_the_curve_grid_of_huge_radii_stays_finite():
     """Radii near float64's top made the grid's end (1.05 × the largest) ∞ and the plot's axis an OverflowError
     traceback, after the certificates were written (a threat-model scale of 1e-320)."""

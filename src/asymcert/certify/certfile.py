@@ -100,6 +100,11 @@ def _shape_check(path: Path, t: dict[str, torch.Tensor], norms: list[Any]) -> No
                 f"{path}: corrupted certificates ({key!r} has shape {tuple(v.shape)}, "
                 f"expected {n if n >= 0 else 'N'} rows); run `asymcert certify` again"
             )
+        if key.startswith("radius_") and not (v.is_floating_point() and bool((v >= 0).all())):
+            raise CheckpointError(  # (NaN fails v ≥ 0): no certifier writes it, a report would count it uncertified
+                f"{path}: corrupted certificates ({key!r} holds {v.dtype} values that are not all radii ≥ 0 or ∞); "
+                "run `asymcert certify` again"
+            )
 
 
 def load_certificates(path: Path) -> tuple[Certificate, torch.Tensor]:
