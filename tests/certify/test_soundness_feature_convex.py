@@ -1,14 +1,18 @@
 """A certificate is a promise: PGD inside the certified radius never flips a flagged input."""
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
 
 import asymcert
 from asymcert.certify.attacks import decision_flips, pgd_attack
-from asymcert.certify.feature_convex import float_guard, score_and_feature_gradient
+from asymcert.certify.feature_convex import float_guard, score_and_feature_gradient, underflow_bound
 from asymcert.models import build_model
+from asymcert.models.feature_convex import FeatureConvexClassifier
+from asymcert.nn import ICNN
+from asymcert.nn.feature_maps import Compose, Identity
 from tests.conftest import guard_and_gap, near_boundary, small_feature_convex
 
 FMAPS = [
@@ -118,3 +122,61 @@ def test_the_guard_follows_the_arithmetic_the_model_runs_in():
     torch.testing.assert_close(tf32, base * 2.0**14, rtol=1e-12, atol=0)  # 2·2⁻¹⁰ / 2⁻²³
     radius = asymcert.certify(model, x, norms=(2.0,), precision="model").radii[2.0]
     assert bool((radius_tf32 <= radius).all()) and bool((radius_tf32 < radius).any())
+
+
+def _linear_score(weight: float, dtype: torch.dtype = torch.float32) -> FeatureConvexClassifier:
+    """s(x) = weight·x on one feature (an ICNN whose hidden unit is dead): subnormal scores for tiny weights."""
+    g = ICNN((1,), widths=(1,), batch_norm=False).to(dtype)
+    with torch.no_grad():
+        for q in g.parameters():
+            q.zero_()
+        g.passthrough[1].weight.fill_(weight)
+    assert float(g.passthrough[1].weight.detach()) > 0.0  # (representable: not flushed to 0 by the dtype)
+    return FeatureConvexClassifier(Compose([Identity()]), g, (1,)).to(dtype).eval()
+
+
+@pytest.mark.parametrize("precision", ["auto", "bounded", "float64", "model"])
+def test_the_guard_covers_a_deployed_score_that_underflows_to_zero(precision):
+    """s = 1e-38·x at x = 2e-7: every term is subnormal in float32, and the deployed model returns s = 0 at
+    x' = 7.000038e-8. A purely relative guard (8·eps·M, M ~ 1e-45) certified ℓ∞ radii up to 2.0e-7, beyond x';
+    the underflow term keeps the radius below x − x' (review s32, F2a)."""
+    model = _linear_score(1e-38)
+    x = torch.tensor([[2e-7]])
+    xp = torch.tensor([[7.000038e-8]])
+    with torch.no_grad():
+        assert float(model(xp)[0]) <= 0.0  # the counterexample: the deployed model unflags there
+    r = float(asymcert.certify(model, x, norms=(math.inf,), precision=precision).radii[math.inf][0])
+    assert r <= float(x.double() - xp.double())
+
+
+def test_the_model_reference_counts_its_own_underflow():
+    """precision="model", guard=False: the float32 score of 1e-38·2.2e-7 rounds up from 2.2e-45 to 2.8e-45;
+    without an underflow term the radius was 2.80e-7, 1.27× the exact distance 2.2e-7 to s ≤ 0 (F2b)."""
+    model = _linear_score(1e-38)
+    x = torch.tensor([[2.2e-7]])
+    cert = asymcert.certify(model, x, norms=(math.inf,), precision="model", guard=False)
+    exact = Fraction(float(x))  # s(x') = U·x' ≤ 0 exactly where x' ≤ 0
+    assert Fraction(float(cert.radii[math.inf][0])) <= exact
+
+
+@pytest.mark.parametrize("guard", [False, True])
+def test_the_float64_reference_counts_float64_underflow(guard):
+    """A float64 model s = 1e-300·x at x = 4e-24: the exact score 4e-324 rounds up to 4.9e-324, and the float64
+    reference certified 4.94e-24, 1.235× the exact distance 4e-24 (F2c)."""
+    model = _linear_score(1e-300, torch.float64)
+    x = torch.tensor([[4e-24]], dtype=torch.float64)
+    cert = asymcert.certify(model, x, norms=(math.inf,), precision="float64", guard=guard)
+    assert Fraction(float(cert.radii[math.inf][0])) <= Fraction(float(x))
+
+
+def test_the_underflow_term_is_negligible_for_normal_models():
+    """The underflow term is ~1e-38 (float32) / ~1e-307 (float64) times an operation count: it leaves the
+    guard of a normal model unchanged in float64."""
+    model = small_feature_convex("conv", seed=0)
+    x = torch.rand(8, 1, 6, 6)
+    f = model.features(x)
+    assert 0.0 < underflow_bound(model, f, torch.float32) < 1e-30
+    assert 0.0 < underflow_bound(model, f, torch.float64) < 1e-290
+    s, g = score_and_feature_gradient(model, x)
+    guard = float_guard(model, f, g, s)
+    assert bool((guard - underflow_bound(model, f, torch.float32) == guard).all())

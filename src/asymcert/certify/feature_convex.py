@@ -17,10 +17,16 @@ attacked point. Per precision:
 
 * ``"bounded"``: E_ref and G from the rigorous bounds of :mod:`asymcert.certify.bounded_convex`
   (convex conv nets) or :mod:`asymcert.certify.bounded_icnn` (one-hidden-layer ICNNs without batch norm).
-* ``"float64"``: E_ref = :func:`rounding_bound` at float64's eps (FLOAT64_REFERENCE_FACTOR).
+* ``"float64"``: E_ref = :func:`rounding_bound` at float64's eps (FLOAT64_REFERENCE_FACTOR) and
+  float64's underflow term.
 * ``"model"``: E_ref = :func:`float_guard` (the model's own arithmetic, TF32 where PyTorch allows it),
   and a relative slack of :data:`~asymcert.certify.functional.DEFAULT_SLACK` × (eps / eps32) for
   the gradient norm.
+
+Every such bound is factor·eps·M (relative to a magnitude M, measured) PLUS an absolute underflow term
+(:func:`underflow_bound`, rigorous in its model): where every term is subnormal-sized, eps·M is far below the
+≤ τ per operation that underflow (or flush-to-zero) loses, and a score of a few subnormals would otherwise be
+certified as if exact (or the deployed model's own 0 inside the radius missed).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from asymcert.certify import options as option_checks
 from asymcert.certify.bounded_convex import batch_norm_terms, bounded_pass, supports_bounded
 from asymcert.certify.bounded_icnn import icnn_bounded_pass, supports_bounded_icnn
 from asymcert.certify.functional import DEFAULT_SLACK, checked_l2, dual_exponent, dual_norm, safe_radius
-from asymcert.certify.magnitude import FLOAT32_SAFE, Magnitudes, network_magnitudes, reads_only_tensors
+from asymcert.certify.magnitude import FLOAT32_SAFE, Magnitudes, network_magnitudes, reads_only_tensors, underflow_error
 from asymcert.certify.modes import UnsoundOptionError, eval_mode, matmul_unit_roundoff
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee
 from asymcert.certify.scope import Sources, call_scope, chunk_scope, kept_while_unchanged, scoped, scoped_per_call
@@ -141,13 +147,14 @@ def rounding_bound(
     eps: float,
     factor: float = FLOAT_GUARD_FACTOR,
     floor: torch.Tensor | None = None,
+    underflow: float = 0.0,
 ) -> torch.Tensor:
     """Absolute bound (N,) float64 on the rounding error of one evaluation of s at machine epsilon ``eps``.
 
     For piecewise-linear g, s(x) = ∇gᵀφ(x) + c + b locally, and the float error of evaluating it grows
     with M = Σ|∇g ⊙ φ(x)| + |s| + C, C the magnitude of the constant terms c + b
-    (:func:`constant_magnitude`); the bound is ``factor`` · eps · M (see FLOAT_GUARD_FACTOR). It is
-    absolute, so it stays valid where s is a cancellation near 0 (a relative bound would not).
+    (:func:`constant_magnitude`); the bound is ``factor`` · eps · M (see FLOAT_GUARD_FACTOR) + ``underflow``.
+    It is absolute, so it stays valid where s is a cancellation near 0 (a relative bound would not).
 
     Args:
         features: (N, *feature_shape) φ(x); grad: same shape, ∇g(φ(x)); score: (N,) s(x);
@@ -155,11 +162,32 @@ def rounding_bound(
         eps: machine epsilon of the arithmetic (2⁻²³ float32, 2⁻⁵² float64);
         factor: the measured multiple (FLOAT_GUARD_FACTOR or FLOAT64_REFERENCE_FACTOR).
         floor: (N,) a magnitude M may not be below: A of :func:`score_magnitudes`, which sees terms that cancel.
+        underflow: the absolute underflow term of the evaluation's format (:func:`underflow_bound`), which
+            eps·M does not see (an underflow's error is not relative to any magnitude).
     """
     magnitude = (grad.double() * features.double()).abs_().flatten(1).sum(1) + score.double().abs() + constants
     if floor is not None:
         magnitude = torch.maximum(magnitude, floor.to(magnitude))
-    return factor * eps * magnitude
+    return factor * eps * magnitude + underflow
+
+
+def underflow_bound(model: FeatureConvexClassifier, features: torch.Tensor, dtype: torch.dtype) -> float:
+    """Absolute bound on the error underflow adds to the score of one evaluation of s in ``dtype`` at features of
+    ``features``' shape (N, *feature_shape): 2·τ·N_u, rounded up (τ = ``dtype``'s smallest NORMAL number,
+    2⁻¹²⁶ float32, 2⁻¹⁰²² float64; N_u = Σ over the values the evaluation computes of the operations
+    producing each, times how much an error there reaches the score: :mod:`asymcert.certify.magnitude`).
+
+    Why τ, not the smallest subnormal: with IEEE gradual underflow a product errs by at most half the smallest
+    subnormal (2⁻¹⁵⁰, 2⁻¹⁰⁷⁵) and a sum not at all, but PyTorch on CPU may flush denormals
+    (``torch.set_flush_denormal(True)`` sets flush-to-zero and denormals-are-zero; bfloat16 and oneDNN kernels
+    flush), which loses up to τ per operation and reads a subnormal operand as 0; the deployed model may run
+    either way, and the bounded ICNN pass's ζ covers flush-to-zero too. A constant per model and format (no
+    growth across a ball); ~1e-38·N_u in float32: for a normal model it does not change M's bound's float64
+    value. Not covered: subnormal PARAMETERS read as 0 (an error relative to the activations they multiply),
+    and underflow inside φ's steps before its last (counted at φ's output only).
+    """
+    mags = model_magnitudes(model, tuple(features.shape[1:]))
+    return underflow_error(mags, dtype)
 
 
 def _bn_constant(norm: nn.Module) -> torch.Tensor:
@@ -228,8 +256,18 @@ def float_guard(
 
     :func:`rounding_bound` at :func:`evaluation_eps` of the model (float32: 8·2⁻²³·M; float64
     models: 8·2⁻⁵²·M; float32 on CUDA with TF32 allowed: 8·2⁻⁹·M), with |b| replaced by
-    :func:`constant_magnitude` (which includes it).
+    :func:`constant_magnitude` (which includes it): :func:`relative_guard` plus the underflow term of the
+    model's dtype (:func:`underflow_bound`: 2·2⁻¹²⁶·N_u for float32, TF32 and bfloat16; 2·2⁻¹⁰²²·N_u float64).
     """
+    dtype = next(model.parameters()).dtype
+    return relative_guard(model, features, grad, score) + underflow_bound(model, features, dtype)
+
+
+def relative_guard(
+    model: FeatureConvexClassifier, features: torch.Tensor, grad: torch.Tensor, score: torch.Tensor
+) -> torch.Tensor:
+    """(N,) float64 8·eps·max(M, A): :func:`float_guard` without its (constant) underflow term, the part that
+    grows with A across a ball (:func:`guarded_lp_radii`, :mod:`asymcert.certify.threat_guard`)."""
 
     def compute() -> torch.Tensor:
         floor, _ = score_magnitudes(model, features)
@@ -370,11 +408,13 @@ def _has_float32(module: nn.Module) -> bool:
 def reference_error(
     model: FeatureConvexClassifier, features: torch.Tensor, grad: torch.Tensor, score: torch.Tensor, precision: str
 ) -> torch.Tensor:
-    """Bound (N,) on |ŝ − s| for the score ŝ of the ``"float64"`` or ``"model"`` reference."""
+    """Bound (N,) on |ŝ − s| for the score ŝ of the ``"float64"`` or ``"model"`` reference: :func:`rounding_bound`
+    with the underflow term of its format (float64's, or the model's own through :func:`float_guard`)."""
     if precision == "float64":
         floor, _ = score_magnitudes(model, features)
         terms = constant_terms(model, features)
-        return rounding_bound(features, grad, score, terms, EPS64, FLOAT64_REFERENCE_FACTOR, floor=floor)
+        below = underflow_bound(model, features, torch.float64)
+        return rounding_bound(features, grad, score, terms, EPS64, FLOAT64_REFERENCE_FACTOR, floor, below)
     return float_guard(model, features, grad, score)
 
 
@@ -612,7 +652,7 @@ def guarded_lp_radii(
     mags = model_magnitudes(model, tuple(ref.features.shape[1:]))
     a, _ = score_magnitudes(model, ref.features)
     k = FLOAT_GUARD_FACTOR * evaluation_eps(model)
-    mag = float_guard(model, ref.features, ref.grad, ref.score) / k
+    mag = relative_guard(model, ref.features, ref.grad, ref.score) / k  # (the underflow term does not grow)
     caps = growth_caps(model, x, ref.features, tuple(radii))
     out = {}
     for p, r in radii.items():

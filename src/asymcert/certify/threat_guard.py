@@ -8,7 +8,9 @@ both hold: a move δ changes A by at most Σ_i α_i·|δ_i| with α_i from φ's 
 [−a, a] (or Lip(φ)·‖a‖ for a φ that declares none), so a move of threat-model size r by at most
 ‖α ⊙ scale‖_q·r over the coordinates that may move. An infinite radius (no allowed move lowers the exact
 score) stays infinite only where every allowed move stays in a bounded box over which 8·eps·A and H keep
-the decision: otherwise it becomes the (finite, usually astronomically large) cap.
+the decision: otherwise it becomes the (finite, usually astronomically large) cap. The guard's underflow term
+(:func:`~asymcert.certify.feature_convex.underflow_bound`) is a constant of the model: it does not grow along a
+move, and every margin here is taken after it.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from asymcert.certify.feature_convex import (
     GROWTH,
     Reference,
     evaluation_eps,
-    float_guard,
     growth_caps,
     model_magnitudes,
     phi_steps,
     ratio,
+    relative_guard,
+    underflow_bound,
 )
 from asymcert.certify.magnitude import FLOAT32_SAFE
 from asymcert.certify.scope import scoped_per_call
@@ -54,7 +57,8 @@ def guarded_threat_radii(
     recomputed, smaller, inside the same box. Where H over the box may overflow, the slope caps. Infinite
     radii: kept where the bounded box of every allowed move keeps the decision, else the slope caps.
     """
-    budget = (ref.score - ref.error).double().cpu() / (FLOAT_GUARD_FACTOR * evaluation_eps(model))
+    below = underflow_bound(model, ref.features, _dtype(model))
+    budget = (ref.score - ref.error - below).double().cpu() / (FLOAT_GUARD_FACTOR * evaluation_eps(model))
     caps = threat_caps(model, x, ref, tuple(radii), tm, budget)
     finite = [torch.where(torch.isfinite(r), r, torch.zeros_like(r)).double().cpu() for r in radii.values()]
     largest = torch.stack(finite).amax(0)
@@ -205,9 +209,15 @@ def inner_box_size(model: FeatureConvexClassifier, lo: torch.Tensor, hi: torch.T
 
 
 def ref_magnitude(model: FeatureConvexClassifier, ref: Reference) -> torch.Tensor:
-    """(N,) the magnitude the float guard reserved rounding for at x: max(M, A) (:func:`float_guard`)."""
-    band = float_guard(model, ref.features, ref.grad, ref.score).double().cpu()
+    """(N,) the magnitude the float guard reserved rounding for at x: max(M, A) (the guard's relative part,
+    :func:`~asymcert.certify.feature_convex.relative_guard`)."""
+    band = relative_guard(model, ref.features, ref.grad, ref.score).double().cpu()
     return band / (FLOAT_GUARD_FACTOR * evaluation_eps(model))
+
+
+def _dtype(model: FeatureConvexClassifier) -> torch.dtype:
+    """The dtype of the deployed model's own evaluation (its parameters')."""
+    return next(model.parameters()).dtype
 
 
 def _movable(x: torch.Tensor, tm: ResolvedThreatModel) -> torch.Tensor:
@@ -227,7 +237,7 @@ def threat_caps(
     """Per norm, two sizes (N,) float64 of allowed move, threat-model units (∞ where no coordinate may move):
     for finite radii, A stays below 3·A(x) (the guard's factor 8 covers it); for infinite ones (no allowed move
     lowers the exact score, so the whole exact margin is free for rounding), A stays below ``budget`` (N,) =
-    (ŝ − error)/(8·eps); both with H below :data:`~asymcert.certify.magnitude.FLOAT32_SAFE`."""
+    (ŝ − error − underflow term)/(8·eps); both with H below :data:`~asymcert.certify.magnitude.FLOAT32_SAFE`."""
     rates = _move_rates(model, x, ref, tm, norms)
     if rates is None:  # φ declares no weight bounds: the raw-unit caps / the largest scale
         raw = growth_caps(model, x, ref.features, norms)
@@ -259,8 +269,9 @@ def infinite_radius_holds(
     model: FeatureConvexClassifier, x: torch.Tensor, ref: Reference, tm: ResolvedThreatModel
 ) -> torch.Tensor:
     """(N,) bool: every allowed move from x stays in a bounded box (the domain, on the allowed sides) over which
-    the exact score's lower bound at x beats 8·eps·A and H stays below FLOAT32_SAFE (φ's image of the box from
-    :meth:`~asymcert.nn.feature_maps.FeatureMap.reach_image`); False where the box or its image is unbounded."""
+    the exact score's lower bound at x beats 8·eps·A plus the underflow term and H stays below FLOAT32_SAFE (φ's
+    image of the box from :meth:`~asymcert.nn.feature_maps.FeatureMap.reach_image`); False where the box or its
+    image is unbounded."""
     x64 = x.detach().flatten(1).double().cpu()
     up, down = (d.cpu() for d in tm.directions(x))
     lower, upper = tm.lower.double().cpu()[None, :], tm.upper.double().cpu()[None, :]
@@ -278,6 +289,6 @@ def infinite_radius_holds(
     if found is None:
         return torch.zeros_like(finite)
     a, h, bounded = found
-    band = FLOAT_GUARD_FACTOR * evaluation_eps(model) * a
+    band = FLOAT_GUARD_FACTOR * evaluation_eps(model) * a + underflow_bound(model, ref.features, _dtype(model))
     exact_low = (ref.score - ref.error).double().cpu()
     return finite & bounded & (exact_low > band) & (h < FLOAT32_SAFE)
