@@ -24,8 +24,10 @@ from asymcert.checkpoint import save
 from asymcert.cli import main
 from asymcert.export import ExportDependencyError, ExportError, to_onnx
 from asymcert.models import build_model
+from asymcert.models.feature_convex import FeatureConvexClassifier
+from asymcert.nn import ICNN
 from asymcert.nn.convex import ConvexMean
-from asymcert.nn.feature_maps import Log1p, coordinate_slopes
+from asymcert.nn.feature_maps import Compose, Identity, Log1p, coordinate_slopes
 from tests.conftest import bisect_segments, near_boundary, one_unit_icnn, segment_ends, small_feature_convex
 
 onnx = pytest.importorskip("onnx")
@@ -498,3 +500,21 @@ def test_a_move_cost_below_float32_is_not_rounded_to_zero_in_the_graph(tmp_path)
     assert 0 < r < math.inf
     moves = torch.tensor([[0.999 * r * 1e-8 * f, 0.0] for f in (1e-3, 0.5, 1.0)])
     assert bool(_run(sess, moves)["flagged"].all())
+
+
+def test_the_graphs_guard_covers_a_score_that_underflows(tmp_path):
+    """s = 1e-38·x at x = 2e-7: every term is subnormal in float32, and the deployed model scores 0 at
+    x' = 7.000038e-8, inside the radius the graph gave with a purely relative guard (review s32, F2a); the graph
+    now takes underflow's absolute error off its margin, as the library does."""
+    g = ICNN((1,), widths=(1,), batch_norm=False)
+    with torch.no_grad():
+        for q in g.parameters():
+            q.zero_()
+        g.passthrough[1].weight.fill_(1e-38)
+    model = FeatureConvexClassifier(Compose([Identity()]), g, (1,)).eval()
+    x, xp = torch.tensor([[2e-7]]), torch.tensor([[7.000038e-8]])
+    with torch.no_grad():
+        assert float(model(xp)[0]) <= 0.0 < float(model(x)[0])  # the deployed model unflags at x'
+    got = _run(_session(model, tmp_path), x)
+    assert bool(got["flagged"][0]) and float(got["radius_linf"][0]) <= float(x.double() - xp.double())
+    assert float(got["radius_linf"][0]) <= float(asymcert.certify(model, x, norms=NORMS).radii[math.inf][0])

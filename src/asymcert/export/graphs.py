@@ -13,7 +13,8 @@ Rounding guard (the same argument as the library's ``precision="model"``, see do
 the graph evaluates s itself in float32, so the margin is lowered twice by a bound on float32
 evaluation error — once for the graph's own ŝ(x), once for the deployed decision at the attacked
 point — each bound inflated by :data:`INFLATE` for the graph's own rounding of the bound; the
-denominator's relative error is taken off as a relative slack (:data:`GRAPH_SLACK`).
+denominator's relative error is taken off as a relative slack (:data:`GRAPH_SLACK`). Underflow's absolute
+error (:func:`~asymcert.certify.magnitude.underflow_error`, float32's, twice) is taken off the margin too.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import nn
 from asymcert.certify.bounded_convex import up32
 from asymcert.certify.feature_convex import FLOAT_GUARD_FACTOR, GROWTH, constant_magnitude, model_magnitudes
 from asymcert.certify.functional import DEFAULT_SLACK
-from asymcert.certify.magnitude import FLOAT32_SAFE, Magnitudes
+from asymcert.certify.magnitude import FLOAT32_SAFE, Magnitudes, underflow_error
 from asymcert.certify.orthogonal import U64, orthogonal_layers, score_error_bound
 from asymcert.certify.threat_guard import input_rate
 from asymcert.certify.threat_model import allowed_costs, gradient_interval, gradient_signs, harm_bounds
@@ -252,7 +253,10 @@ class FeatureConvexGraph(nn.Module):
         self.guard = _up32(2 * FLOAT_GUARD_FACTOR * EPS32 * INFLATE)
         with torch.no_grad():
             shape = tuple(model.features(torch.zeros((1, *model.input_shape), dtype=torch.float64)).shape[1:])
-        self.growth = GuardGrowth(model, model_magnitudes(model, shape), self.norms, threat_model)
+        mags = model_magnitudes(model, shape)
+        self.growth = GuardGrowth(model, mags, self.norms, threat_model)
+        # underflow's absolute error (no multiple of eps·M sees it), for the graph's ŝ and the deployed one
+        self.underflow = _up32(2 * underflow_error(mags, torch.float32))
 
     def _convex(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
         """g(f) (N,), ∇g(f) (N, *f) and, for a mean of K networks, the members' own rounding terms
@@ -274,7 +278,7 @@ class FeatureConvexGraph(nn.Module):
             return score, flagged
         big, total = self.growth.magnitudes(f, x)
         magnitude = torch.maximum((grad * f).abs().flatten(1).sum(1) + score.abs() + own + self.constant, big)
-        margin = score - self.guard * magnitude
+        margin = score - self.guard * magnitude - self.underflow
         margin = torch.where(total < FLOAT32_SAFE, margin, torch.zeros_like(margin))  # it may overflow: no radius
         flat = grad.flatten(1)
         radii = []
