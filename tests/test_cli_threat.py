@@ -118,8 +118,9 @@ def test_certify_input_uses_the_runs_threat_model_unless_told_otherwise(tm_run, 
         raw_rows = list(csv.DictReader(f))
     assert list(tm_rows[0]) == ["index", "score", "flagged", "radius_l1", "radius_linf"]
     assert list(raw_rows[0]) == ["index", "score", "flagged", "radius_l1", "radius_l2", "radius_linf"]  # no norms named
-    want = asymcert.certify(model, torch.from_numpy(x), norms=(1, "inf"), threat_model=_resolved())
-    plain = asymcert.certify(model, torch.from_numpy(x), norms=(1, "inf"))
+    x64 = torch.from_numpy(x).double()  # the CSV's numbers (read as float64: edits of that type, read rounded)
+    want = asymcert.certify(model, x64, norms=(1, "inf"), threat_model=_resolved())
+    plain = asymcert.certify(model, x64, norms=(1, "inf"))
     for i in range(40):
         assert float(tm_rows[i]["radius_linf"]) == float(want.radii[math.inf][i])
         assert float(raw_rows[i]["radius_linf"]) == float(plain.radii[math.inf][i])
@@ -274,7 +275,8 @@ def test_reach_flag_gives_the_librarys_reach_radii_on_both_paths(tm_run, tmp_pat
     assert res.exit_code == EXIT_OK, res.output
     with (tmp_path / "reach.csv").open() as f:
         rows = list(csv.DictReader(f))
-    want = asymcert.certify(model, torch.from_numpy(x), norms=(1, "inf"), threat_model=_resolved(), reach=True)
+    x64 = torch.from_numpy(x).double()  # the CSV's numbers, as certify --input reads them
+    want = asymcert.certify(model, x64, norms=(1, "inf"), threat_model=_resolved(), reach=True)
     assert [float(r["radius_linf"]) for r in rows] == want.radii[math.inf].tolist()
     copy = tmp_path / "run"
     shutil.copytree(tm_run, copy)

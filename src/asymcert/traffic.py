@@ -8,9 +8,10 @@ when the input has the run's label column (image folders: ``file``, the image's 
 name (any order, extra columns ignored), ``CHUNK`` rows at a time, so memory stays bounded
 whatever the file's size; a Parquet file likewise (pyarrow, the ``parquet`` extra), page by page.
 Nothing is written unless the whole input certifies: the output appears
-by an atomic rename. The file's numbers go to :func:`asymcert.certify` as they are: values that are not
-float32 numbers are certified at their rounding, with radii lowered to hold around the file's own
-numbers (:mod:`asymcert.certify.input_rounding`).
+by an atomic rename. The file's numbers go to :func:`asymcert.certify` as they are: float64 values (a CSV's
+text) are certified at their float32 rounding, with radii lowered to hold around the file's own numbers for
+edits in their type, which the model reads rounded too (:mod:`asymcert.certify.input_rounding`); a float32
+npz's are certified as they are.
 
 Next to the results, ``RESULTS.csv.json`` (:class:`ResultsRecord`) says what they are: the meaning and units of
 each column, closed form or reach-aware radii, the threat model they hold under, the run and input file, and

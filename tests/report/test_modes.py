@@ -279,8 +279,8 @@ def test_python_gets_the_runs_own_threat_model_and_with_it_the_cli_radii(tm_run,
     with (tmp_path / "r.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     with (tmp_path / "new.csv").open(newline="") as f:
-        x = torch.tensor([[float(r[c]) for c in FEATURES] for r in csv.DictReader(f)], dtype=torch.float32)
-    cert = asymcert.certify(asymcert.load(tm_run), x, threat_model=tm)
+        x = torch.tensor([[float(r[c]) for c in FEATURES] for r in csv.DictReader(f)], dtype=torch.float64)
+    cert = asymcert.certify(asymcert.load(tm_run), x, threat_model=tm)  # the CSV's numbers, as float64
     assert int(cert.sensitive.sum()) >= 5
     assert [float(r["radius_l1"]) for r in rows] == cert.radius(1.0).tolist()
 

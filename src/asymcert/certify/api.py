@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from asymcert.certify.input_rounding import lowered_by_rounding, to_model_dtype
+from asymcert.certify.input_rounding import lowered_by_rounding, read_threat_model, reads_round, to_model_dtype
 from asymcert.certify.inputs import CHECK_CHUNK, check_inputs
 from asymcert.certify.options import refuse
 from asymcert.certify.result import Certificate, Guarantee, class_radii_key, normalize_norm
@@ -279,9 +279,9 @@ def certify(
             registered certifier and an ``input_shape``).
         x: (N, *input_shape) inputs in raw units, on the model's device or CPU. N = 0 gives an
             empty Certificate (0 rows, the norms, method and extra fields of a non-empty one). Any float
-            dtype: values that are not numbers of the model's dtype (float64 data for a float32 model) are
-            certified at their rounding, and the radii lowered to hold around the values given
-            (:mod:`asymcert.certify.input_rounding`).
+            dtype: inputs in a type wider than the model's (float64 data for a float32 model) are
+            certified at their rounding, and the radii lowered to hold around the values given, for moves to
+            numbers of that type, which the model reads rounded too (:mod:`asymcert.certify.input_rounding`).
         norms: ℓp norms to certify (p ≥ 1; ``math.inf`` or ``"inf"`` for ℓ∞).
         method: certifier name; default ``model.certifier``.
         batch_size: inputs per chunk (≥ 1); None: :data:`DEFAULT_CHUNK` (4096). A certifier with a
@@ -336,13 +336,17 @@ def certify(
     tm = None if tm is not None and tm.is_empty() else tm  # an empty threat model is today's ℓp ball, exactly
     _warn_outside(tm, x)
     dtype = _model_dtype(model, x)
+    rounds = reads_round(x.dtype, dtype)  # the attacker's numbers are x's type: read rounded, charged below
+    tm_read = read_threat_model(tm, dtype) if rounds else tm
     parts = []
     with call_scope():  # (a feature-convex model's magnitude bounds: computed once for every chunk)
         for start in range(0, x.shape[0], step):
-            chunk, rounding = to_model_dtype(x[start : start + step], dtype)
+            given = x[start : start + step]
+            chunk, rounding = to_model_dtype(given, dtype)
             chunk = chunk.to(device)
             t0 = time.perf_counter()
-            cert = lowered_by_rounding(_run(spec, model, chunk, norms_t, tm, kwargs), rounding, tm)
+            cert = _run(spec, model, chunk, norms_t, tm_read, kwargs)
+            cert = lowered_by_rounding(cert, given, rounding, tm, dtype) if rounds else cert
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             cert.seconds = time.perf_counter() - t0
