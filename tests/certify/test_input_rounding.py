@@ -177,12 +177,12 @@ def test_pgd_inside_the_lowered_radius_of_float64_inputs_near_the_boundary_flips
         assert bool((m64(adv) > 0).all()) and bool((model(adv.float()) > 0).all())
 
 
-def _one_sided_linear_model() -> torch.nn.Module:
-    """s(x) = b − x0 − 10·x1 (identity φ, g linear: convex), b = float32(6.0001) (review s32 F3's minimal case)."""
+def _linear_model(weights: list[float], bias: float = 0.0) -> torch.nn.Module:
+    """s(x) = weights·x + bias (identity φ; an ICNN whose hidden unit is dead, so g is linear: convex)."""
     model = build_model(
         {
             "kind": "feature-convex",
-            "input_shape": [2],
+            "input_shape": [len(weights)],
             "feature_map": [{"kind": "identity"}],
             "convex": {"kind": "icnn", "widths": [1], "batch_norm": False},
         }
@@ -190,7 +190,14 @@ def _one_sided_linear_model() -> torch.nn.Module:
     with torch.no_grad():
         for p in model.convex.parameters():
             p.zero_()
-        model.convex.passthrough[1].weight.copy_(torch.tensor([[-1.0, -10.0]]))
+        model.convex.passthrough[1].weight.copy_(torch.tensor([weights]))
+        model.convex.passthrough[1].bias.fill_(bias)
+    return model
+
+
+def _one_sided_linear_model() -> torch.nn.Module:
+    """s(x) = b − x0 − 10·x1, b = float32(6.0001) (review s32 F3's minimal case)."""
+    model = _linear_model([-1.0, -10.0])
     model.set_balance(6.0001)
     return model
 
@@ -218,19 +225,7 @@ def test_the_point_the_attacker_reaches_is_read_rounded_too():
 def test_a_float64_edit_of_a_float32_number_is_read_rounded():
     """Review s32 F4's read rounding: 1e6 (a float32 number) given as float64, s = x − 999999.9375; a float64 edit
     of 0.035 is read as a move of 0.0625 (a whole float32 spacing), so the ℓ∞ radius is half of it, not 0.0625."""
-    model = build_model(
-        {
-            "kind": "feature-convex",
-            "input_shape": [1],
-            "feature_map": [{"kind": "identity"}],
-            "convex": {"kind": "icnn", "widths": [1], "batch_norm": False},
-        }
-    ).eval()
-    with torch.no_grad():
-        for p in model.convex.parameters():
-            p.zero_()
-        model.convex.passthrough[1].weight.fill_(1.0)
-        model.convex.passthrough[1].bias.fill_(-999999.9375)
+    model = _linear_model([1.0], -999999.9375)
     v = torch.tensor([[1e6]], dtype=torch.float64)
     r = float(asymcert.certify(model, v, norms=(math.inf,), guard=False).radius(math.inf)[0])
     assert r == pytest.approx(0.03125, rel=1e-6) and r <= 0.03125
