@@ -115,10 +115,10 @@ def lowered_by_rounding(
     for p, r in cert.radii.items():
         radii[p] = _lowered(r, _allowance(flat, e, scale, movable, r, p, dtype), cap)
         key = class_radii_key(p)
-        if key in extra:  # one-vs-rest's (N, K) radii of every class: the same rule (review 27g)
-            largest = torch.where(torch.isfinite(extra[key]), extra[key], 0.0).amax(dim=1)
-            allowance = _allowance(flat, e, scale, movable, largest, p, dtype)
-            extra[key] = _lowered(extra[key], allowance[:, None], cap[:, None])
+        if key in extra:  # one-vs-rest's (N, K) radii of every class: the same rule, class by class (review 27g)
+            columns = extra[key].unbind(dim=1)
+            allowance = torch.stack([_allowance(flat, e, scale, movable, c, p, dtype) for c in columns], dim=1)
+            extra[key] = _lowered(extra[key], allowance, cap[:, None])
     return replace(cert, radii=radii, extra=extra)
 
 
