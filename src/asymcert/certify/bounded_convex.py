@@ -46,6 +46,7 @@ from asymcert import _native
 from asymcert.certify.modes import gamma
 from asymcert.errors import ConvexityError
 from asymcert.nn.convex import ConvexConvNet, NonnegConv2d, PositiveBatchNorm
+from asymcert.nn.feature_maps import rounded_to
 
 if TYPE_CHECKING:  # type only: importing asymcert.models here at run time would pull in the registry
     from asymcert.models.feature_convex import FeatureConvexClassifier
@@ -59,9 +60,7 @@ BACKENDS = ("auto", "cpp", "torch")
 
 def up32(t: torch.Tensor) -> torch.Tensor:
     """``t`` as float32, each value rounded up (for nonnegative bounds, and constants that must not shrink)."""
-    t = t.double()
-    t32 = t.float()
-    return torch.where(t32.double() < t, torch.nextafter(t32, torch.full_like(t32, math.inf)), t32)
+    return rounded_to(t, torch.float32, up=True)
 
 
 def compound(*rel: float) -> float:

@@ -88,7 +88,7 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
 
 
 def _shape_check(path: Path, t: dict[str, torch.Tensor], norms: list[Any]) -> None:
-    """Every tensor holds one row per input; labels, decisions and radii are vectors."""
+    """Every tensor holds one row per input; labels, decisions and radii are vectors, the radii floats ≥ 0 or ∞."""
     for key in ("label", "predicted", *(f"radius_{n}" for n in norms)):
         if key not in t:
             raise CheckpointError(f"{path}: corrupted certificates (no {key!r} tensor); run `asymcert certify` again")

@@ -171,11 +171,12 @@ def rounding_bound(
     return factor * eps * magnitude + underflow
 
 
-def underflow_bound(model: FeatureConvexClassifier, features: torch.Tensor, dtype: torch.dtype) -> float:
-    """Absolute bound on the error underflow adds to the score of one evaluation of s in ``dtype`` at features of
-    ``features``' shape (N, *feature_shape): 2·τ·N_u, rounded up (τ = ``dtype``'s smallest NORMAL number,
-    2⁻¹²⁶ float32, 2⁻¹⁰²² float64; N_u = Σ over the values the evaluation computes of the operations
-    producing each, times how much an error there reaches the score: :mod:`asymcert.certify.magnitude`).
+def underflow_bound(model: FeatureConvexClassifier, features: torch.Tensor, dtype: torch.dtype | None = None) -> float:
+    """Absolute bound on the error underflow adds to the score of one evaluation of s in ``dtype`` (None: the
+    model's own, its parameters') at features of ``features``' shape (N, *feature_shape): 2·τ·N_u, rounded up
+    (τ = ``dtype``'s smallest NORMAL number, 2⁻¹²⁶ float32, 2⁻¹⁰²² float64; N_u = Σ over the values the
+    evaluation computes of the operations producing each, times how much an error there reaches the score:
+    :mod:`asymcert.certify.magnitude`).
 
     Why τ, not the smallest subnormal: with IEEE gradual underflow a product errs by at most half the smallest
     subnormal (2⁻¹⁵⁰, 2⁻¹⁰⁷⁵) and a sum not at all, but PyTorch on CPU may flush denormals
@@ -187,7 +188,7 @@ def underflow_bound(model: FeatureConvexClassifier, features: torch.Tensor, dtyp
     and underflow inside φ's steps before its last (counted at φ's output only).
     """
     mags = model_magnitudes(model, tuple(features.shape[1:]))
-    return underflow_error(mags, dtype)
+    return underflow_error(mags, next(model.parameters()).dtype if dtype is None else dtype)
 
 
 def _bn_constant(norm: nn.Module) -> torch.Tensor:
@@ -259,8 +260,7 @@ def float_guard(
     :func:`constant_magnitude` (which includes it): :func:`relative_guard` plus the underflow term of the
     model's dtype (:func:`underflow_bound`: 2·2⁻¹²⁶·N_u for float32, TF32 and bfloat16; 2·2⁻¹⁰²²·N_u float64).
     """
-    dtype = next(model.parameters()).dtype
-    return relative_guard(model, features, grad, score) + underflow_bound(model, features, dtype)
+    return relative_guard(model, features, grad, score) + underflow_bound(model, features)
 
 
 def relative_guard(

@@ -36,7 +36,7 @@ import torch
 from asymcert.certify.functional import lp_norm
 from asymcert.certify.result import Certificate, class_radii_key
 from asymcert.errors import InputError
-from asymcert.nn.feature_maps import round_down, round_up
+from asymcert.nn.feature_maps import round_down, round_up, rounded_to
 from asymcert.threat import ResolvedThreatModel
 
 NORM_SLACK = 1e-9
@@ -76,9 +76,7 @@ def read_threat_model(tm: ResolvedThreatModel | None, dtype: torch.dtype) -> Res
     the same directions and the same inside/outside as ``tm`` (x < upper exactly when x < its rounding up)."""
     if tm is None:
         return None
-    lower, upper = tm.lower.to(dtype), tm.upper.to(dtype)
-    lower = torch.where(lower.double() > tm.lower, torch.nextafter(lower, torch.tensor(-math.inf, dtype=dtype)), lower)
-    upper = torch.where(upper.double() < tm.upper, torch.nextafter(upper, torch.tensor(math.inf, dtype=dtype)), upper)
+    lower, upper = rounded_to(tm.lower, dtype, up=False), rounded_to(tm.upper, dtype, up=True)
     return replace(tm, lower=lower.double(), upper=upper.double())
 
 

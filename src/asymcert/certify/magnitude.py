@@ -204,15 +204,19 @@ def _linear_absolute(layer: nn.Module, a: torch.Tensor) -> torch.Tensor:
     return F.linear(a, linear.weight.detach().double().abs(), None if bias is None else bias.detach().double().abs())
 
 
+def _tapped_norm(norm: nn.Module, a: torch.Tensor, tap: Taps) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_norm_absolute`, a batch norm's output tapped with its operations (x − μ, ×1/σ, ×γ, + β, read as 0)."""
+    normed, constants = _norm_absolute(norm, a)
+    return (tap(normed, 5) if isinstance(norm, nn.modules.batchnorm._BatchNorm) else normed), constants
+
+
 def _icnn_absolute(g: ICNN, af: torch.Tensor, tap: Taps) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, H) of an ICNN: z₁ = relu(U₀f + c₀), z_{k+1} = relu(W_k BN(z_k) + U_k f + c_k), in magnitudes (each
     layer's outputs tapped with their operations; a batch norm's: x − μ, ×1/σ, ×γ, + β, read as 0)."""
     a = tap(_linear_absolute(g.passthrough[0], af), _linear_ops(g.passthrough[0]))
     total = a.sum(1)
     for k, (lin, norm) in enumerate(zip(g.hidden, g.norms)):
-        normed, constants = _norm_absolute(norm, a)
-        if isinstance(norm, nn.modules.batchnorm._BatchNorm):
-            normed = tap(normed, 5)
+        normed, constants = _tapped_norm(norm, a, tap)
         inner = tap(_linear_absolute(lin, normed), _linear_ops(lin))
         a = inner + tap(_linear_absolute(g.passthrough[k + 1], af), _linear_ops(g.passthrough[k + 1]) + 1)
         total = total + normed.sum(1) + a.sum(1) + constants
@@ -227,17 +231,13 @@ def _conv_absolute(g: ConvexConvNet, af: torch.Tensor, tap: Taps) -> tuple[torch
         bias = None if layer.bias is None else layer.bias.detach().double().abs()
         return tap(F.conv2d(a, layer.weight.detach().double().abs(), bias, padding=layer.padding), _conv_ops(layer))
 
-    def norm_tap(norm: nn.Module, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        normed, constants = _norm_absolute(norm, a)
-        return (tap(normed, 5) if isinstance(norm, nn.modules.batchnorm._BatchNorm) else normed), constants
-
     a = conv(g.stem, af)
     total = a.flatten(1).sum(1)
     for norm, block in zip(g.block_norms, g.block_convs):
-        normed, constants = norm_tap(norm, a)
+        normed, constants = _tapped_norm(norm, a, tap)
         step = conv(cast(nn.Conv2d, block), normed)
         a = tap(a + step, 2)
         total = total + (normed + step + a).flatten(1).sum(1) + constants
-    normed, constants = norm_tap(g.out_norm, a)
+    normed, constants = _tapped_norm(g.out_norm, a, tap)
     out = tap(_linear_absolute(g.readout, normed.flatten(1)), _linear_ops(g.readout)).sum(1)
     return out, total + normed.flatten(1).sum(1) + out + constants

@@ -57,7 +57,7 @@ def guarded_threat_radii(
     recomputed, smaller, inside the same box. Where H over the box may overflow, the slope caps. Infinite
     radii: kept where the bounded box of every allowed move keeps the decision, else the slope caps.
     """
-    below = underflow_bound(model, ref.features, _dtype(model))
+    below = underflow_bound(model, ref.features)
     budget = (ref.score - ref.error - below).double().cpu() / (FLOAT_GUARD_FACTOR * evaluation_eps(model))
     caps = threat_caps(model, x, ref, tuple(radii), tm, budget)
     finite = [torch.where(torch.isfinite(r), r, torch.zeros_like(r)).double().cpu() for r in radii.values()]
@@ -215,11 +215,6 @@ def ref_magnitude(model: FeatureConvexClassifier, ref: Reference) -> torch.Tenso
     return band / (FLOAT_GUARD_FACTOR * evaluation_eps(model))
 
 
-def _dtype(model: FeatureConvexClassifier) -> torch.dtype:
-    """The dtype of the deployed model's own evaluation (its parameters')."""
-    return next(model.parameters()).dtype
-
-
 def _movable(x: torch.Tensor, tm: ResolvedThreatModel) -> torch.Tensor:
     """(N, n) bool: coordinates a move may change at x."""
     up, down = tm.directions(x)
@@ -289,6 +284,6 @@ def infinite_radius_holds(
     if found is None:
         return torch.zeros_like(finite)
     a, h, bounded = found
-    band = FLOAT_GUARD_FACTOR * evaluation_eps(model) * a + underflow_bound(model, ref.features, _dtype(model))
+    band = FLOAT_GUARD_FACTOR * evaluation_eps(model) * a + underflow_bound(model, ref.features)
     exact_low = (ref.score - ref.error).double().cpu()
     return finite & bounded & (exact_low > band) & (h < FLOAT32_SAFE)

@@ -40,7 +40,7 @@ from asymcert.models.baselines import OrthogonalNet
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.models.linf_dist_net import LinfDistNet
 from asymcert.nn.convex import ICNN, ConvexConvNet, ConvexMean
-from asymcert.nn.feature_maps import Shift
+from asymcert.nn.feature_maps import Shift, rounded_to
 from asymcert.nn.mean_shift import MeanShift
 from asymcert.nn.orthogonal import CayleyLinear, GroupSort
 from asymcert.threat import ResolvedThreatModel
@@ -66,9 +66,7 @@ def _up32(value: float) -> float:
 
 def _down32(value: float) -> float:
     """The largest float32 ≤ ``value``."""
-    t = torch.tensor(value, dtype=torch.float64)
-    f = t.float().double()
-    return float(f) if float(f) <= value else float(torch.nextafter(t.float(), torch.tensor(-math.inf)))
+    return float(rounded_to(torch.tensor(value, dtype=torch.float64), torch.float32, up=False))
 
 
 def dual_norm32(v: torch.Tensor, p: float) -> torch.Tensor:

@@ -1082,6 +1082,15 @@ def round_up(v: torch.Tensor) -> torch.Tensor:
     return torch.where(v == -math.inf, -torch.finfo(torch.float64).max, up)
 
 
+def rounded_to(t: torch.Tensor, dtype: torch.dtype, up: bool) -> torch.Tensor:
+    """``t`` as numbers of ``dtype``, each the nearest one at or above its value (``up``) or at or below it
+    (a bound or a box edge that must not move inward when stored in a narrower type)."""
+    wide = t.double()
+    near = wide.to(dtype)
+    outward, toward = (near.double() < wide, math.inf) if up else (near.double() > wide, -math.inf)
+    return torch.where(outward, torch.nextafter(near, torch.full_like(near, toward)), near)
+
+
 def _declared_bounds(phi: nn.Module, method: str, lo: torch.Tensor, hi: torch.Tensor) -> Bounds | None:
     """``phi.<method>(lo, hi)`` when ``phi`` is a FeatureMap that declares ``method`` with its forward, else None."""
     if not isinstance(phi, FeatureMap) or not declared_with_forward(phi, method):
