@@ -46,27 +46,27 @@ def guarded_threat_radii(
     ref: Reference,
     radii: dict[float, torch.Tensor],
     tm: ResolvedThreatModel,
-    lowered: Callable[[torch.Tensor], dict[float, torch.Tensor]],
+    lowered: Callable[[torch.Tensor, float], torch.Tensor],
 ) -> dict[float, torch.Tensor]:
     """``radii`` (norm → (N,) threat-model units) made to hold for the deployed model's float32 decision along
-    every allowed move (module docstring). ``lowered(drop)``: the same radii for margins lowered by ``drop`` (N,).
+    every allowed move (module docstring). ``lowered(drop, p)``: the norm-p radii (N,) for margins lowered by
+    ``drop`` (N,).
 
-    Finite radii: over the box of allowed moves of the largest radius, A must stay within GROWTH× the magnitude
-    the guard reserved at x; where it does not, the margin is lowered by the guard's rounding of the excess
-    (8·eps·(A_box / GROWTH − that magnitude), about 10⁻⁶ of A: radii move by that much, not more) and the radii
-    recomputed, smaller, inside the same box. Where H over the box may overflow, the slope caps. Infinite
-    radii: kept where the bounded box of every allowed move keeps the decision, else the slope caps.
+    Finite radii: over the box of allowed moves of each norm's radius, A must stay within GROWTH× the magnitude
+        the guard reserved at x; where it does not, the margin is lowered by the guard's rounding of the excess
+        (8·eps·(A_box / GROWTH − that magnitude), about 10⁻⁶ of A: radii move by that much, not more) and the radii
+        recomputed, smaller, inside the same box. Where H over the box may overflow, the slope caps. Infinite
+        radii: kept where the bounded box of every allowed move keeps the decision, else the slope caps.
     """
     below = underflow_bound(model, ref.features)
     budget = (ref.score - ref.error - below).double().cpu() / (FLOAT_GUARD_FACTOR * evaluation_eps(model))
     caps = threat_caps(model, x, ref, tuple(radii), tm, budget)
-    finite = [torch.where(torch.isfinite(r), r, torch.zeros_like(r)).double().cpu() for r in radii.values()]
-    largest = torch.stack(finite).amax(0)
-    excess, overflow = _box_excess(model, x, ref, tm, largest)
-    drop = FLOAT_GUARD_FACTOR * evaluation_eps(model) * excess * (1.0 + 1e-9)
-    if bool((drop > 0).any()):
-        again = lowered(drop)
-        radii = {p: torch.minimum(r, again[p].to(r)) for p, r in radii.items()}
+    boxes = _excess_per_norm(model, x, ref, tm, radii)
+    radii = dict(radii)
+    for p, (excess, _) in boxes.items():
+        drop = FLOAT_GUARD_FACTOR * evaluation_eps(model) * excess * (1.0 + 1e-9)
+        if bool((drop > 0).any()):
+            radii[p] = torch.minimum(radii[p], lowered(drop, p).to(radii[p]))
     endless = torch.stack([torch.isinf(r).cpu() for r in radii.values()]).any(0)
     keep = torch.zeros_like(endless)
     if bool(endless.any()):  # (only inputs with an infinite radius need the box of every allowed move)
@@ -74,9 +74,34 @@ def guarded_threat_radii(
     out = {}
     for p, r in radii.items():
         finite_cap, infinite_cap = (c.to(r) for c in caps[p])
-        bounded = torch.where(overflow.to(r.device), torch.minimum(r, finite_cap), r)
+        bounded = torch.where(boxes[p][1].to(r.device), torch.minimum(r, finite_cap), r)
         capped = torch.where(torch.isinf(r), infinite_cap, bounded)
         out[p] = torch.where(torch.isinf(r) & keep.to(r.device), r, capped)
+    return out
+
+
+def _excess_per_norm(
+    model: FeatureConvexClassifier,
+    x: torch.Tensor,
+    ref: Reference,
+    tm: ResolvedThreatModel,
+    radii: dict[float, torch.Tensor],
+) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+    """Per norm, :func:`_box_excess` (excess (N,), overflow (N,)) over the box of allowed moves of that norm's own
+    finite radius (an ℓp ball of radius r lies in the ℓ∞ box of radius r), so a norm's radii do not depend on the
+    other norms asked for. The box of the largest radius first: where it settles nothing is left to do (A and H
+    only grow with the box), else each smaller norm's own box on those rows."""
+    finite = {p: torch.where(torch.isfinite(r), r, torch.zeros_like(r)).double().cpu() for p, r in radii.items()}
+    largest = torch.stack(list(finite.values())).amax(0)
+    excess, overflow = _box_excess(model, x, ref, tm, largest)
+    unsettled = (excess > 0) | overflow
+    out = {}
+    for p, r in finite.items():
+        rows = unsettled & (r < largest)
+        e, o = excess.clone(), overflow.clone()
+        if bool(rows.any()):
+            e[rows], o[rows] = _box_excess(model, x[rows.to(x.device)], _rows(ref, rows), tm, r[rows])
+        out[p] = (e, o)
     return out
 
 

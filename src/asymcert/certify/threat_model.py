@@ -469,7 +469,7 @@ def feature_convex_threat(
         reach = check_reach(reach)
         if guard:  # the deployed model's rounding and range, as the guard assumes them, along every allowed move
             radii = _guarded_radii(model, x, ref, problem, costs, norms, reach)
-            if reach:  # the guard's box is sized by the largest radius: never below the closed form's guarded radii
+            if reach:  # the guard's box grows with the radius: never below the closed form's guarded radii
                 closed = _guarded_radii(model, x, ref, problem, costs, norms, False)
                 radii = {p: torch.maximum(r, closed[p].to(r)) for p, r in radii.items()}
         else:
@@ -489,9 +489,9 @@ def _guarded_radii(
     """:func:`_threat_radii` (norm → (N,) threat-model units) made to hold for the deployed model's float32
     decision along every allowed move (:func:`~asymcert.certify.threat_guard.guarded_threat_radii`)."""
 
-    def lowered(drop: torch.Tensor) -> dict[float, torch.Tensor]:
+    def lowered(drop: torch.Tensor, p: float) -> torch.Tensor:
         less = replace(problem, margin=(problem.margin - drop.to(problem.margin)).clamp_min(0.0))
-        return _threat_radii(model, ref, less, costs, norms, reach)
+        return _threat_radii(model, ref, less, costs, (p,), reach)[p]
 
     radii = _threat_radii(model, ref, problem, costs, norms, reach)
     return guarded_threat_radii(model, x, ref, radii, problem.tm, lowered)
