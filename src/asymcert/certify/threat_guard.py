@@ -53,10 +53,10 @@ def guarded_threat_radii(
     ``drop`` (N,).
 
     Finite radii: over the box of allowed moves of each norm's radius, A must stay within GROWTH× the magnitude
-        the guard reserved at x; where it does not, the margin is lowered by the guard's rounding of the excess
-        (8·eps·(A_box / GROWTH − that magnitude), about 10⁻⁶ of A: radii move by that much, not more) and the radii
-        recomputed, smaller, inside the same box. Where H over the box may overflow, the slope caps. Infinite
-        radii: kept where the bounded box of every allowed move keeps the decision, else the slope caps.
+    the guard reserved at x; where it does not, the margin is lowered by the guard's rounding of the excess
+    (8·eps·(A_box / GROWTH − that magnitude), about 10⁻⁶ of A: radii move by that much, not more) and the radii
+    recomputed, smaller, inside the same box. Where H over the box may overflow, the slope caps. Infinite
+    radii: kept where the bounded box of every allowed move keeps the decision, else the slope caps.
     """
     below = underflow_bound(model, ref.features)
     budget = (ref.score - ref.error - below).double().cpu() / (FLOAT_GUARD_FACTOR * evaluation_eps(model))
