@@ -7,6 +7,7 @@ exit code (see :data:`EXIT_CODES` and ``asymcert --help``); a traceback means a 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -313,17 +314,40 @@ class _PositiveSeconds(click.ParamType):
         return seconds
 
 
-def _task_spec(
-    task: str | None,
-    data: str | None,
-    csv: str | None,
-    images: str | None,
-    label_column: str | None,
-    sensitive_class: str | None,
-    other_class: str | None,
-    data_dir: str | None = None,
-    ignore_columns: tuple[str, ...] = (),
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TaskArgs:
+    """The options ``run`` and ``train`` share (:func:`_task_options`), as click parsed them: the data (a TASK or
+    the user's own files), the run folder, the model and training overrides, the threat model and the bars."""
+
+    task: str | None
+    data: str | None
+    csv: str | None
+    images: str | None
+    label_column: str | None
+    ignore_columns: tuple[str, ...]
+    sensitive_class: str | None
+    other_class: str | None
+    out: str
+    preset: str | None
+    data_dir: str | None
+    model_kind: str | None
+    epochs: int | None
+    device: str | None
+    sets: tuple[str, ...]
+    model_sets: tuple[str, ...]
+    threat_model: str | None
+    no_threat_model: bool
+    quiet: bool
+
+
+_TASK_FIELDS = tuple(f.name for f in fields(TaskArgs))
+
+
+def _task_spec(args: TaskArgs) -> dict[str, Any]:
+    """The pipeline's task spec of the data ``args`` name; click.UsageError for a wrong combination of sources."""
+    task, data, csv, images = args.task, args.data, args.csv, args.images
+    data_dir, ignore_columns, label_column = args.data_dir, args.ignore_columns, args.label_column
+    sensitive_class, other_class = args.sensitive_class, args.other_class
     sources = [s for s in (task, data, csv, images) if s]
     if len(sources) != 1:
         raise click.UsageError("name exactly one of: a TASK, --data FILE.npz, --csv FILE, --images DIR")
@@ -411,6 +435,18 @@ def _task_options(fn: _Command) -> _Command:
     return fn
 
 
+def _task_command(fn: Callable[..., None]) -> _Command:
+    """``fn(args: TaskArgs, **its own options)`` as a click command function that takes the shared task options
+    (:func:`_task_options`) too; ``fn``'s own options are attached to it before this decorator."""
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> None:
+        shared = {name: kwargs.pop(name) for name in _TASK_FIELDS}
+        fn(TaskArgs(**shared), **kwargs)
+
+    return _task_options(command)
+
+
 def _threat_options(fn: _Command) -> _Command:
     """--threat-model FILE and --no-threat-model for commands that read a run folder."""
     fn = click.option("--no-threat-model", is_flag=True, help="Plain ℓp balls in raw input units.")(fn)
@@ -429,15 +465,16 @@ def _threat(path: str | None, plain: bool) -> ThreatModel | None:
     return None if path is None else load_threat_model(path)
 
 
-def _overrides(
-    epochs: int | None, device: str | None, sets: tuple[str, ...], model_sets: tuple[str, ...], model_kind: str | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    train = _settings(sets, "--set")
-    if epochs is not None:
-        train["epochs"] = epochs
-    if device is not None:
-        train["device"] = device
-    model = _settings(model_sets, "--model-set")
+def _overrides(args: TaskArgs) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(training overrides, model overrides) from ``--set``, ``--epochs``, ``--device``, ``--model-set`` and
+    ``--model``; click.BadParameter for a bad setting."""
+    train = _settings(args.sets, "--set")
+    if args.epochs is not None:
+        train["epochs"] = args.epochs
+    if args.device is not None:
+        train["device"] = args.device
+    model = _settings(args.model_sets, "--model-set")
+    model_kind = args.model_kind
     if "input_shape" in model:
         raise click.BadParameter("input_shape is taken from the data; it cannot be set", param_hint="--model-set")
     if model_kind:  # the family's defaults are the base (pipeline); only what the user set is checked for effect
@@ -447,97 +484,56 @@ def _overrides(
 
 
 @main.command()
-@_task_options
+@_task_command
 @click.option("--limit", type=_POSITIVE, help="Certify only the first N test inputs.")
-def run(
-    task: str | None,
-    data: str | None,
-    csv: str | None,
-    images: str | None,
-    label_column: str | None,
-    ignore_columns: tuple[str, ...],
-    sensitive_class: str | None,
-    other_class: str | None,
-    out: str,
-    preset: str | None,
-    data_dir: str | None,
-    model_kind: str | None,
-    epochs: int | None,
-    device: str | None,
-    sets: tuple[str, ...],
-    model_sets: tuple[str, ...],
-    threat_model: str | None,
-    no_threat_model: bool,
-    quiet: bool,
-    limit: int | None,
-) -> None:
+def run(args: TaskArgs, limit: int | None) -> None:
     """Train, certify and report: TASK (see `asymcert tasks`) or your own data."""
 
-    spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class, data_dir, ignore_columns)
-    train, model = _overrides(epochs, device, sets, model_sets, model_kind)
-    tm = _threat(threat_model, no_threat_model)
+    spec = _task_spec(args)
+    train, model = _overrides(args)
+    tm = _threat(args.threat_model, args.no_threat_model)
     if distributed.is_main() and not plotting_available():  # said before an hour of training, not after
         click.echo(f"the report will have no plots: {PLOT_HINT}", err=True)
     results = run_task(
         spec,
-        out,
-        preset=preset,
-        data_dir=data_dir,
+        args.out,
+        preset=args.preset,
+        data_dir=args.data_dir,
         limit=limit,
-        progress=_bars(quiet),
+        progress=_bars(args.quiet),
         train_overrides=train,
         model_overrides=model,
         log=click.echo,
         report=lambda folder: write_report(folder, log=lambda msg: None),
         threat_model=tm,
-        plain=no_threat_model,
+        plain=args.no_threat_model,
     )
-    _echo_summary(results, out)
+    _echo_summary(results, args.out)
 
 
 @main.command()
-@_task_options
-def train(
-    task: str | None,
-    data: str | None,
-    csv: str | None,
-    images: str | None,
-    label_column: str | None,
-    ignore_columns: tuple[str, ...],
-    sensitive_class: str | None,
-    other_class: str | None,
-    out: str,
-    preset: str | None,
-    data_dir: str | None,
-    model_kind: str | None,
-    epochs: int | None,
-    device: str | None,
-    sets: tuple[str, ...],
-    model_sets: tuple[str, ...],
-    threat_model: str | None,
-    no_threat_model: bool,
-    quiet: bool,
-) -> None:
+@_task_command
+def train(args: TaskArgs) -> None:
     """Train a model into a run folder (resumes an interrupted run in the same folder)."""
 
-    spec = _task_spec(task, data, csv, images, label_column, sensitive_class, other_class, data_dir, ignore_columns)
-    train_o, model_o = _overrides(epochs, device, sets, model_sets, model_kind)
-    tm = _threat(threat_model, no_threat_model)
+    spec = _task_spec(args)
+    train_o, model_o = _overrides(args)
+    tm = _threat(args.threat_model, args.no_threat_model)
     result = train_run(
         spec,
-        out,
-        preset,
+        args.out,
+        args.preset,
         train_o,
         model_o,
-        data_dir,
-        progress=_bars(quiet),
+        args.data_dir,
+        progress=_bars(args.quiet),
         log=click.echo,
         threat_model=tm,
-        plain=no_threat_model,
+        plain=args.no_threat_model,
     )
     training = result.training or {}  # (a finished run has its training summary)
     click.echo(
-        f"trained in {training['seconds']:.1f}s; best validation epoch {training['best']['epoch']}; model in {out}"
+        f"trained in {training['seconds']:.1f}s; best validation epoch {training['best']['epoch']}; model in {args.out}"
     )
 
 
