@@ -130,9 +130,9 @@ def _box_excess(
     if not bool(unsettled.any()):
         return excess, overflow
     found = _box_magnitudes(model, x[unsettled.to(x.device)], _rows(ref, unsettled), tm, radius[unsettled])
-    if found is None and cheap is None:  # φ declares neither weight bounds nor an image: the slope caps throughout
-        return excess, torch.ones_like(overflow)
     if found is None:  # φ declares no image: the slope bound over the box, as the ONNX graph takes it
+        if cheap is None:  # (nor weight bounds: the slope caps throughout)
+            return excess, torch.ones_like(overflow)
         found = (cheap[0][unsettled], cheap[1][unsettled])
     excess[unsettled] = (found[0] / GROWTH - mag[unsettled]).clamp_min(0.0)
     overflow[unsettled] = found[1] >= FLOAT32_SAFE
