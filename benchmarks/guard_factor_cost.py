@@ -6,7 +6,7 @@ certifies a copy of RUN's test split twice, with the factor 8 and with FACTOR (e
 read it (a measurement, not an option of the library), and prints each certified accuracy at the run's report radii
 and the ratio of the radii (median, 1%).
 
-    python benchmarks/guard_factor_cost.py RUN FACTOR    # writes benchmarks/results/guard_factor_cost.json (one run)
+    python benchmarks/guard_factor_cost.py RUN FACTOR    # writes benchmarks/results/guard_factor_cost_<RUN name>.json
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def main() -> None:
     out = {"run": str(args.run), "factor": args.factor, "certified_8": base, "certified_factor": other}
     out["ratios"] = ratios
     print(out)
-    print(write_results("guard_factor_cost", out))
+    print(write_results(f"guard_factor_cost_{args.run.name}", out))
 
 
 if __name__ == "__main__":
