@@ -213,6 +213,18 @@ def test_smoothing_is_refused_with_one_clear_error(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_a_model_not_in_float32_is_refused_with_one_clear_error(dtype, tmp_path):
+    """model.double() / .half() raised a raw RuntimeError ("addmv input tensors must have the same dtype") from
+    inside the graph (review s33, finding 5): now an ExportError naming the dtype and the way out, nothing written."""
+    model = MODELS["icnn-shift"]().to(dtype)
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(ExportError, match=rf"cannot export a {name} model: .*float32.*model\.float\(\)") as info:
+        to_onnx(model, tmp_path / "out" / "m.onnx")
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unsupported_norm_and_model_are_refused(tmp_path):
     with pytest.raises(ExportError, match="ℓ1, ℓ2 and ℓ∞"):
         to_onnx(MODELS["icnn-shift"](), tmp_path / "m.onnx", norms=(3,))

@@ -74,6 +74,25 @@ def _checked_norms(norms: tuple[float | str, ...]) -> tuple[float, ...]:
     return found
 
 
+def require_float32(model: nn.Module) -> None:
+    """Refuse a model whose floating parameters or buffers are not all float32 (model.double(), .half()).
+
+    The graphs compute in float32 and their certificates are those of the float32 model (its weights as
+    float32 constants, its float32 arithmetic), so a float64 or float16 model is refused, not converted.
+
+    Raises:
+        ExportError: naming the dtype(s) found and what to export instead.
+    """
+    found = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()} - {torch.float32}
+    if found:
+        names = ", ".join(sorted(str(d).removeprefix("torch.") for d in found))
+        raise ExportError(
+            f"cannot export a {names} model: the exported graph computes in float32, so export a float32 model "
+            "(model.float(), or copy.deepcopy(model).float() to keep this one), whose certificates are then the "
+            "ones the graph computes"
+        )
+
+
 def certifying_graph(
     model: nn.Module,
     norms: tuple[float | str, ...] = DEFAULT_NORMS,
@@ -89,13 +108,15 @@ def certifying_graph(
 
     Raises:
         ExportError: randomized smoothing (its certificates are Monte-Carlo estimates, not a
-            deterministic function of x) or another model the exporter does not support.
+            deterministic function of x), a model that is not float32 (:func:`require_float32`) or another
+            model the exporter does not support.
     """
     if isinstance(model, SmoothingBaseNet):
         raise ExportError(
             "randomized smoothing cannot be exported: its certificate is a Monte-Carlo estimate over "
             "random noise (not a deterministic function of the input), so no graph can compute it"
         )
+    require_float32(model)
     for problem in global_hook_problems():  # the tracer calls every module: such hooks would be in the graph
         raise ExportError(problem)
     checked = _checked_norms(norms)
