@@ -66,7 +66,12 @@ def output_names(norms: tuple[float, ...], threat: bool = False) -> list[str]:
     return ["score", "flagged"] + [radius_name(p) for p in norms] + [f"tm_{radius_name(p)}" for p in norms if threat]
 
 
-def _checked_norms(norms: tuple[float | str, ...]) -> tuple[float, ...]:
+def checked_norms(norms: tuple[float | str, ...]) -> tuple[float, ...]:
+    """The graph's norms: ``norms`` as floats (``"inf"`` → ∞), each once in the order first given.
+
+    Raises:
+        ExportError: a norm other than 1, 2, ∞ (or not a norm at all: InputError).
+    """
     found = tuple(dict.fromkeys(normalize_norm(p) for p in norms))
     bad = [p for p in found if p not in (1.0, 2.0, math.inf)]
     if bad:
@@ -119,7 +124,7 @@ def certifying_graph(
     require_float32(model)
     for problem in global_hook_problems():  # the tracer calls every module: such hooks would be in the graph
         raise ExportError(problem)
-    checked = _checked_norms(norms)
+    checked = checked_norms(norms)
     threat_model = resolved_threat_model(threat_model, model)
     tm = threat_model if threat_model is not None and checked and not threat_model.is_empty() else None
     try:
@@ -244,7 +249,7 @@ def to_onnx(
     threat_model = resolved_threat_model(threat_model, model)
     graph = certifying_graph(model, norms if certificates else (), threat_model)
     threat = certificates and threat_model is not None and not threat_model.is_empty()
-    names = output_names(_checked_norms(norms) if certificates else (), threat)
+    names = output_names(checked_norms(norms) if certificates else (), threat)
     shape = tuple(input_shape or getattr(model, "input_shape"))  # noqa: B009 (every supported model has one)
     notes = graph_notes(model, names, shape, feature_names, threat_model if threat else None, raw_units=raw_units)
     with eval_mode(model):
