@@ -426,6 +426,22 @@ def test_threat_model_radii_of_other_families_use_the_fallback(tmp_path):
     assert [o.name for o in empty.get_outputs()] == ["score", "flagged", "radius_l1", "radius_l2", "radius_linf"]
 
 
+def test_missing_folders_are_created_and_removed_again_when_the_export_fails(tmp_path, monkeypatch):
+    """The docstring said the folder must exist; missing folders are created (review s33, finding 7), and an
+    export that fails removes the ones it made."""
+    model = small_feature_convex("icnn", input_shape=(1, 4, 4))
+    assert to_onnx(model, tmp_path / "new" / "sub" / "m.onnx").is_file()
+    assert "missing folders on its way are created" in " ".join((to_onnx.__doc__ or "").split())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the tracer died")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(RuntimeError, match="the tracer died"):
+        to_onnx(model, tmp_path / "other" / "sub" / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
+
+
 def test_an_export_that_fails_leaves_the_earlier_file_as_it_was(tmp_path, monkeypatch):
     """The graph is written beside its target and renamed onto it only once checked: a failing export (here the
     tracer writes half a file and dies) leaves the earlier file and no temporary file."""

@@ -227,7 +227,8 @@ def to_onnx(
 
     Args:
         model: see :func:`certifying_graph`.
-        path: the .onnx file to write (its folder must exist).
+        path: the .onnx file to write (replaced whole if it exists); missing folders on its way are created,
+            and removed again when the export fails.
         norms: the radii to output.
         certificates: False: the score graph only (outputs ``score`` and ``flagged``).
         input_shape: shape of one input (default ``model.input_shape``).

@@ -289,7 +289,8 @@ def to_vnnlib(
         model: a model :func:`~asymcert.export.certifying_graph` accepts.
         x: (N, *input_shape) raw inputs (e.g. a run's test inputs), a floating tensor; rounded to float32, the
             graph's input type, and each box is centred on the rounded input its radius was certified at.
-        path_dir: the folder to write: new, empty, or an earlier benchmark (replaced whole).
+        path_dir: the folder to write: new, empty, or an earlier benchmark (replaced whole); missing folders on
+            its way are created, and removed again when the export fails.
         norm: must be ∞ (``"inf"``): ℓ1/ℓ2 balls are not expressible in VNN-LIB.
         limit: at most this many properties (the first qualifying inputs).
         timeout: seconds per instance in instances.csv.
