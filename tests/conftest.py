@@ -138,6 +138,19 @@ def one_unit_icnn(n_inputs: int, feature_map: str = "identity", batch_norm: bool
     )
 
 
+def affine_icnn(weights: list[float], bias: float):
+    """s(x) = bias + Σ_i weights_i·x_i on len(weights) inputs (φ identity, g a one-unit ICNN whose hidden weight,
+    first pass-through layer and batch norm are zero or absent): a score whose radii are known in closed form."""
+    model = one_unit_icnn(len(weights))
+    with torch.no_grad():
+        model.convex.passthrough[0].weight.zero_()
+        model.convex.passthrough[0].bias.zero_()
+        model.convex.hidden[0].weight.zero_()
+        model.convex.passthrough[1].weight.copy_(torch.tensor([weights]))
+        model.convex.passthrough[1].bias.fill_(bias)
+    return model.eval()
+
+
 def balanced_feature_convex(feature_map: list, x: torch.Tensor, widths=(16, 16), seed: int = 0):
     """A small random ICNN feature-convex model for inputs like x (N, d): φ fitted on x, the balance at
     the median score, so about half of x is flagged."""

@@ -358,6 +358,8 @@ def test_train_refuses_bad_settings_in_one_line(fashion_dir, tmp_path, args, mes
         (["--batch-size", "0"], "Invalid value for '--batch-size': 0 is not in the range x>=1"),
         (["--norms", ","], "name at least one norm"),
         (["--norms", "0.5"], "ℓp norms need p ≥ 1"),
+        (["--norms", "2,2.0"], "'2' and '2.0' name one norm (ℓ2); give each norm once"),
+        (["--norms", "1,2,"], "'1,2,' has an empty entry"),
         (["--device", "tpu9"], "unknown device 'tpu9'"),
     ],
 )

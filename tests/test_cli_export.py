@@ -2,7 +2,8 @@
 
 Promises checked through the command line, for ONNX and VNN-LIB:
 
-- a refused export (an option of the other format, an ONNX --out without the .onnx suffix, bad --norms, a missing
+- a refused export (an option of the other format, an ONNX --out without the .onnx suffix, bad --norms (a norm
+  given twice or an empty entry included), a missing
   threat-model file, VNN-LIB from a folder without run.json, a
   randomized-smoothing model) exits 2 with one line, no traceback, and leaves no file or folder
   (not --out, nor a lock or temporary file beside it);
@@ -12,6 +13,7 @@ Promises checked through the command line, for ONNX and VNN-LIB:
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -21,6 +23,7 @@ from click.testing import CliRunner
 
 from asymcert.checkpoint import save
 from asymcert.cli import EXIT_BUSY, EXIT_OK, EXIT_REFUSED, main
+from asymcert.export import export_run
 from asymcert.models import build_model
 from tests.conftest import small_feature_convex
 from tests.test_runfolder import OTHER_ENV_WRITER
@@ -51,6 +54,10 @@ REFUSALS = {
     "vnnlib-with-norms": (["--format", "vnnlib", "--norms", "2"], "bench", "--norms does not apply to --format vnnlib"),
     "onnx-wrong-suffix": (["--format", "onnx"], "m.txt", "give --out that suffix"),
     "bad-norms": (["--format", "onnx", "--norms", "2,x"], "m.onnx", "'x' is not an ℓp norm"),
+    # accepted before, and the message listed each output twice (review s33, finding 6)
+    "repeated-norm": (["--norms", "inf,inf"], "m.onnx", "'inf' is given twice (ℓ∞); give each norm once"),
+    "same-norm-twice": (["--norms", "2,inf,linf"], "m.onnx", "'inf' and 'linf' name one norm (ℓ∞)"),
+    "empty-norm-entry": (["--norms", "1,,2"], "m.onnx", "'1,,2' has an empty entry"),
     "vnnlib-without-run-json": (["--format", "vnnlib"], "bench", "is not a run folder (no run.json)"),
     "no-threat-model-file": (["--format", "onnx", "--threat-model", "missing.json"], "m.onnx", "' does not exist"),
 }
@@ -100,3 +107,10 @@ def test_an_onnx_export_to_a_held_file_is_exit_3_and_keeps_the_earlier_file(run,
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.wait(timeout=60)
+
+
+def test_the_message_names_each_output_once(run, tmp_path):
+    """export_run given a norm twice (the library's to_onnx writes it once) listed radius_linf twice in its message
+    (review s33, finding 6): the message names the file's outputs."""
+    message = export_run(run, "onnx", tmp_path / "m.onnx", norms=(math.inf, 2.0, math.inf))
+    assert "outputs score, flagged, radius_linf, radius_l2 (in " in message and message.count("radius_linf") == 1

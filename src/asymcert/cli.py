@@ -110,13 +110,30 @@ def _settings(pairs: tuple[str, ...], what: str) -> dict[str, Any]:
 
 
 def _norms(text: str) -> tuple[float, ...]:
+    """``--norms`` (certify, export): "1,2,inf" → (1.0, 2.0, ∞), in the order given.
 
+    Raises:
+        click.BadParameter (one line, exit 2): no norm, an empty entry ("1,,2"), an entry that is not a norm
+            p ≥ 1, or one norm named twice ("inf,linf": the outputs would repeat it).
+    """
+    entries = [p.strip() for p in text.split(",")]
+    if not any(entries):
+        raise click.BadParameter("name at least one norm, e.g. 1,2,inf", param_hint="--norms")
+    if not all(entries):
+        raise click.BadParameter(
+            f"{text!r} has an empty entry; separate the norms by single commas, e.g. 1,2,inf", param_hint="--norms"
+        )
     try:
-        norms = tuple(normalize_norm(p) for p in text.split(",") if p.strip())
+        norms = tuple(normalize_norm(p) for p in entries)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--norms") from None
-    if not norms:
-        raise click.BadParameter("name at least one norm, e.g. 1,2,inf", param_hint="--norms")
+    first: dict[float, str] = {}
+    for entry, p in zip(entries, norms):
+        if p in first:
+            same = "ℓ∞" if math.isinf(p) else f"ℓ{p:g}"
+            twice = f"{entry!r} is given twice" if first[p] == entry else f"{first[p]!r} and {entry!r} name one norm"
+            raise click.BadParameter(f"{twice} ({same}); give each norm once", param_hint="--norms")
+        first[p] = entry
     return norms
 
 

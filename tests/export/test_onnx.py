@@ -23,12 +23,20 @@ from asymcert.certify.threat_attack import threat_attack
 from asymcert.checkpoint import save
 from asymcert.cli import main
 from asymcert.export import ExportDependencyError, ExportError, to_onnx
+from asymcert.export.graphs import ThreatTerms
 from asymcert.models import build_model
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.nn import ICNN
 from asymcert.nn.convex import ConvexMean
 from asymcert.nn.feature_maps import Compose, Identity, Log1p, coordinate_slopes
-from tests.conftest import bisect_segments, near_boundary, one_unit_icnn, segment_ends, small_feature_convex
+from tests.conftest import (
+    affine_icnn,
+    bisect_segments,
+    near_boundary,
+    one_unit_icnn,
+    segment_ends,
+    small_feature_convex,
+)
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -203,6 +211,18 @@ def test_smoothing_is_refused_with_one_clear_error(tmp_path):
     with pytest.raises(ExportError, match=r"smoothing cannot be exported.*not a deterministic"):
         to_onnx(model, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_a_model_not_in_float32_is_refused_with_one_clear_error(dtype, tmp_path):
+    """model.double() / .half() raised a raw RuntimeError ("addmv input tensors must have the same dtype") from
+    inside the graph (review s33, finding 5): now an ExportError naming the dtype and the way out, nothing written."""
+    model = MODELS["icnn-shift"]().to(dtype)
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(ExportError, match=rf"cannot export a {name} model: .*float32.*model\.float\(\)") as info:
+        to_onnx(model, tmp_path / "out" / "m.onnx")
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unsupported_norm_and_model_are_refused(tmp_path):
@@ -406,6 +426,22 @@ def test_threat_model_radii_of_other_families_use_the_fallback(tmp_path):
     assert [o.name for o in empty.get_outputs()] == ["score", "flagged", "radius_l1", "radius_l2", "radius_linf"]
 
 
+def test_missing_folders_are_created_and_removed_again_when_the_export_fails(tmp_path, monkeypatch):
+    """The docstring said the folder must exist; missing folders are created (review s33, finding 7), and an
+    export that fails removes the ones it made."""
+    model = small_feature_convex("icnn", input_shape=(1, 4, 4))
+    assert to_onnx(model, tmp_path / "new" / "sub" / "m.onnx").is_file()
+    assert "missing folders on its way are created" in " ".join((to_onnx.__doc__ or "").split())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the tracer died")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(RuntimeError, match="the tracer died"):
+        to_onnx(model, tmp_path / "other" / "sub" / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
+
+
 def test_an_export_that_fails_leaves_the_earlier_file_as_it_was(tmp_path, monkeypatch):
     """The graph is written beside its target and renamed onto it only once checked: a failing export (here the
     tracer writes half a file and dies) leaves the earlier file and no temporary file."""
@@ -518,3 +554,60 @@ def test_the_graphs_guard_covers_a_score_that_underflows(tmp_path):
     got = _run(_session(model, tmp_path), x)
     assert bool(got["flagged"][0]) and float(got["radius_linf"][0]) <= float(x.double() - xp.double())
     assert float(got["radius_linf"][0]) <= float(asymcert.certify(model, x, norms=NORMS).radii[math.inf][0])
+
+
+TINY32 = float(torch.finfo(torch.float32).tiny)
+MAX32 = float(torch.finfo(torch.float32).max)
+
+
+@pytest.mark.parametrize(
+    ("weight", "bias", "scale"), [(1.0, 10.0, TINY32), (1e-39, 1.0, 1e-30)], ids=["scale", "weights"]
+)
+def test_radii_past_float32s_range_are_capped_not_infinite(weight, bias, scale, tmp_path):
+    """s = b + w·(x₀ − x₁): with scales at float32's smallest normal (allowed) the threat-model ℓ∞ radius is
+    10/(2·1.18e-38) ≈ 4.3e38, past float32's largest value; with weights of 1e-39 the raw quotient is 5e38 (the
+    overflow cap keeps the raw radius finite) and the threat-model one at scale 1e-30 5e68. The graph's float32
+    quotients overflowed to +∞ and a move of finite threat-model size flipped onnxruntime's decision (review s33,
+    finding 3). Now every radius is finite and at most the library's."""
+    model = affine_icnn([weight, -weight], bias)
+    tm = asymcert.ThreatModel(scale={"*": scale}).resolve(None, 2)
+    x = torch.zeros(1, 2)
+    sess = _session(model, tmp_path, threat_model=tm)
+    out = _run(sess, x)
+    raw = asymcert.certify(model, x, norms=NORMS)
+    lib = asymcert.certify(model, x, norms=NORMS, threat_model=tm)
+    for p in NORMS:
+        name = "linf" if math.isinf(p) else f"l{p:g}"
+        for key, want in ((f"radius_{name}", raw.radii[p]), (f"tm_radius_{name}", lib.radii[p])):
+            got = float(out[key][0])
+            assert math.isfinite(float(want[0])) and 0 < got <= min(float(want[0]), MAX32), (key, got)
+    if weight == 1.0:  # a move of threat-model ℓ∞ size 5.5/scale ≈ 4.7e38 unflags: it is outside the radius
+        assert not bool(_run(sess, torch.tensor([[-5.5, 5.5]]))["flagged"][0])
+        assert float(out["tm_radius_linf"][0]) < 5.5 / scale
+
+
+def test_the_generic_threat_radius_caps_an_overflowing_quotient():
+    """The fallback r / max scale (families without a closed form): a float32 quotient past float32's range is
+    float32's largest value, not +∞; +∞ stays where no coordinate may move at all (nothing lowers the score)."""
+    tiny = ThreatTerms(torch.nn.Identity(), asymcert.ThreatModel(scale={"*": TINY32}).resolve(None, 2))
+    got = tiny.fallback(torch.zeros(3, 2), torch.tensor([5.0, 1e-30, 0.0]))
+    assert math.isfinite(float(got[0])) and 0 < float(got[0]) <= 5.0 / TINY32
+    assert float(got[1]) == pytest.approx(1e-30 / TINY32, rel=1e-6) and float(got[2]) == 0.0
+    frozen = ThreatTerms(torch.nn.Identity(), asymcert.ThreatModel(immutable=[0, 1]).resolve(None, 2))
+    assert frozen.fallback(torch.zeros(2, 2), torch.tensor([5.0, 0.0])).tolist() == [math.inf, 0.0]
+
+
+def test_an_infinite_radius_by_construction_stays_infinite_under_tiny_scales(tmp_path):
+    """s = 10 + x₀ − x₁ with x₀ increase-only and x₁ immutable in a bounded domain: no allowed move lowers the
+    score, every float64 move cost is exactly 0, and the radius stays +∞ (capping overflows must not touch it);
+    without the domain's bound it is capped finite as the library caps it."""
+    spec = {"increase_only": [0], "immutable": [1], "scale": {"*": TINY32}, "lower": {"*": -100.0}}
+    x = torch.zeros(1, 2)
+    model = affine_icnn([1.0, -1.0], 10.0)
+    for bounds, infinite in (({"upper": {"*": 100.0}}, True), ({}, False)):
+        tm = asymcert.ThreatModel.from_dict({**spec, **bounds}).resolve(None, 2)
+        out = _run(_session(model, tmp_path, threat_model=tm), x)
+        lib = asymcert.certify(model, x, norms=NORMS, threat_model=tm)
+        for p in NORMS:
+            got = float(out["tm_radius_linf" if math.isinf(p) else f"tm_radius_l{p:g}"][0])
+            assert math.isinf(got) == infinite and 0 < got <= float(lib.radii[p][0])

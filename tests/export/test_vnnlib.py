@@ -25,7 +25,7 @@ from asymcert.export import ExportError, to_vnnlib
 from asymcert.export import vnnlib as vnnlib_module
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
-from tests.conftest import near_boundary, small_feature_convex
+from tests.conftest import affine_icnn, near_boundary, small_feature_convex
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -185,6 +185,25 @@ def test_unbounded_boxes_are_left_out_and_listed(tmp_path):
     assert float(high[1]) == 10.0 and float(low[1]) == 0.0
 
 
+def test_tiny_scales_give_finite_boxes_that_hold(tmp_path):
+    """s = 10 + x₀ − x₁ under scales at float32's smallest normal and the domain [−100, 100]: the threat-model radius
+    (≈ 4.3e38) overflowed float32 to +∞ in the graph, the box was the whole domain, expected unsat, and its corner
+    (−100, 100) scores −190: sat (review s33, finding 3). Now the radius is float32's largest value at most and the
+    box (half-width r·scale ≈ 4, rounded inward) holds at its worst corner."""
+    tiny = float(torch.finfo(torch.float32).tiny)
+    model = affine_icnn([1.0, -1.0], 10.0)
+    tm = ThreatModel(scale={"*": tiny}, lower={"*": -100.0}, upper={"*": 100.0}).resolve(None, 2)
+    props = to_vnnlib(model, torch.zeros(1, 2), tmp_path / "b", threat_model=tm)
+    assert len(props) == 1
+    r = props[0].radii["tm_radius_linf"]
+    assert math.isfinite(r) and r <= float(torch.finfo(torch.float32).max)
+    low, high, _ = parse_vnnlib((tmp_path / "b" / props[0].file).read_text(), 2)
+    assert bool((high <= r * tiny).all() and (-low <= r * tiny).all()) and float(high[1]) > 3.9
+    sess = ort.InferenceSession(str(tmp_path / "b" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (score,) = sess.run(None, {"x": torch.stack([low[0], high[1]]).float().view(1, 2).numpy()})
+    assert float(score[0, 0]) > 0
+
+
 def test_a_new_export_replaces_the_earlier_benchmark_whole(tmp_path):
     model, x = _model(), torch.rand(80, *SHAPE, generator=torch.Generator().manual_seed(4))
     assert len(to_vnnlib(model, x, tmp_path / "b", limit=12)) == 12
@@ -209,7 +228,7 @@ def _own_names_as_something_else(out, case):
         (out / "instances.csv").symlink_to(out.parent / "mine.csv")
 
 
-REFUSED = ["file", "other files", "smoothing", "shape", "shape, threat model", "link"]
+REFUSED = ["file", "other files", "smoothing", "shape", "shape, threat model", "link", "float64", "float16"]
 OWN_NAMES = ["model.onnx folder", "property folder", "vnnlib file", "instances.csv link"]
 
 
@@ -229,10 +248,15 @@ def test_a_refused_export_changes_nothing_on_disk(tmp_path, case):
         out.symlink_to(tmp_path / "real")
     elif case in OWN_NAMES:
         _own_names_as_something_else(out, case)
+    elif case.startswith("float"):  # a raw RuntimeError from inside the graph before (review s33, finding 5)
+        model = model.to(getattr(torch, case))
     else:
         model = build_model({"kind": "relu-smoothing", "input_shape": list(SHAPE), "widths": [8]})
     before = sorted((p.relative_to(tmp_path), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*"))
-    with pytest.raises(ExportError, match=r"a file|other files|randomized smoothing|model takes \(N, 1, 6, 6\)|link"):
+    with pytest.raises(
+        ExportError,
+        match=r"a file|other files|randomized smoothing|model takes \(N, 1, 6, 6\)|link|float(64|16) model: .*float32",
+    ):
         to_vnnlib(model, x, out, threat_model=tm)
     assert (
         sorted((p.relative_to(tmp_path), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*")) == before

@@ -2,7 +2,8 @@
 
 Each graph maps x (N, *input_shape) float32 raw inputs to ``score`` (N,) float32, ``flagged`` (N,)
 bool (s > 0) and, with certificates, one radius (N,) float32 per norm in raw input units (0 where
-not flagged or where the margin left after the rounding guard is not positive). Everything a
+not flagged or where the margin left after the rounding guard is not positive; float32's largest value
+where the quotient overflows, +∞ only where it is infinite by construction). Everything a
 certificate needs is computed in the forward pass: the feature-convex gradient ∇g(φ(x)) is the
 reverse pass unrolled by hand (ReLU masks times the nonnegative weights, transposed), so the
 exported graph holds no autograd. Constants that depend on the weights only (Lipschitz constants,
@@ -49,6 +50,9 @@ EPS32 = float(torch.finfo(torch.float32).eps)  # 2⁻²³, machine epsilon (2u) 
 U32 = EPS32 / 2
 SUBNORMAL32 = 2.0**-149
 """The smallest positive float32 (a subnormal): float32's spacing below its normal range."""
+MAX32 = float(torch.finfo(torch.float32).max)
+"""float32's largest finite value: a radius whose float32 quotient overflows is lowered to it (the exact
+quotient is then above it), so only a radius infinite by construction is reported as +∞."""
 INFLATE = 1.01
 """Relative allowance for the graph's float32 computation of an ABSOLUTE error bound (a sum of at
 most ~10⁵ nonnegative terms has relative error ≤ n·u ≈ 6e-3 at n = 10⁵; the bound is a bound, so
@@ -86,10 +90,30 @@ def dual_norm32(v: torch.Tensor, p: float) -> torch.Tensor:
     raise ModelError(f"the exported graphs certify the ℓ1, ℓ2 and ℓ∞ norms, got ℓ{p:g}")
 
 
-def _radius(margin: torch.Tensor, denominator: torch.Tensor, flagged: torch.Tensor) -> torch.Tensor:
-    """margin/denominator·(1 − GRAPH_SLACK) where flagged and margin > 0, else 0: (N,) float32."""
-    r = margin / denominator * (1.0 - GRAPH_SLACK)
+def capped(quotient: torch.Tensor) -> torch.Tensor:
+    """A float32 quotient (N,) of positive numbers with +∞ (an overflow: the exact quotient is above
+    :data:`MAX32`) lowered to :data:`MAX32`, so the radius made of it stays at most the exact one."""
+    return quotient.clamp_max(MAX32)
+
+
+def _radius(
+    margin: torch.Tensor, denominator: torch.Tensor, flagged: torch.Tensor, endless: torch.Tensor | None = None
+) -> torch.Tensor:
+    """margin/denominator·(1 − GRAPH_SLACK) where flagged and margin > 0, else 0: (N,) float32.
+
+    A quotient that overflows float32 becomes :data:`MAX32` (:func:`capped`); +∞ only where ``endless`` (N,)
+    bool says the exact denominator is 0 (no allowed move lowers the score: the radius is ∞ by construction)."""
+    r = capped(margin / denominator) * (1.0 - GRAPH_SLACK)
+    if endless is not None:
+        r = torch.where(endless, torch.full_like(r, math.inf), r)
     return torch.where(flagged & (margin > 0), r, torch.zeros_like(r))
+
+
+def outward32(t: torch.Tensor) -> torch.Tensor:
+    """Nonnegative float64 values t (any shape) as float32 values never below them: raised by eps32 relative
+    before the cast (which rounds by at most u32), and by one subnormal step (the cast rounds by half of one
+    below float32's normal range: 1e-46 became 0)."""
+    return (t * (1.0 + EPS32) + SUBNORMAL32).float()
 
 
 def _bn_affine(norm: nn.Module, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,11 +314,12 @@ class FeatureConvexGraph(nn.Module):
         fallback = [self.threat.fallback(x_flat, r) for r in radii]
         if not self.threat.coordinate_wise:
             return (score, flagged, *radii, *fallback)
-        costs = self.threat.costs(x_flat, flat)
+        costs, harmless = self.threat.costs(x_flat, flat)
         closed = []
         for p in self.norms:
             at = GuardPoint(margin, dual_norm32(costs, p), magnitude, big, total)
-            closed.append(self.growth.lowered_threat(_radius(margin, at.rate, flagged), at, p, self.threat, x_flat))
+            r = _radius(margin, at.rate, flagged, harmless)
+            closed.append(self.growth.lowered_threat(r, at, p, self.threat, x_flat))
         # as the library: the generic fallback holds under every threat model, never report less than it
         return (score, flagged, *radii, *[torch.maximum(c, f) for c, f in zip(closed, fallback)])
 
@@ -363,9 +388,9 @@ class GuardGrowth(nn.Module):
         if self.alpha is None or self.eta is None:  # (not reached: a coordinate-wise φ declares its bounds)
             raise ModelError("the feature map declares no weight bounds; the graph uses the fallback")
         up, down = threat.directions(x)
-        scale = torch.where(up | down, threat.scale, torch.zeros_like(threat.scale)).float()
-        grow_a = dual_norm32(self.alpha * scale, p) * INFLATE
-        grow_h = dual_norm32(self.eta * scale, p) * INFLATE
+        scale = torch.where(up | down, threat.scale, torch.zeros_like(threat.scale))  # float64: a tiny scale's
+        grow_a = outward32(dual_norm32(self.alpha.double() * scale, p) * INFLATE)  # product is not flushed
+        grow_h = outward32(dual_norm32(self.eta.double() * scale, p) * INFLATE)
         solved = self._solve(r, at, grow_a, grow_h)
         # an infinite radius stays where every allowed move from x is bounded by the domain and A, H stay
         # covered over that box: A + Σ_i α_i·(how far x_i may move), the same with H
@@ -381,9 +406,10 @@ class GuardGrowth(nn.Module):
         # elsewhere an infinite radius (no allowed move lowers the exact score) is capped as the library caps it:
         # A may grow until the guard takes the whole exact margin, H up to overflow (solving for finite radii
         # instead gave 3× the library's radii: walkthrough 27f)
+        # (quotients that overflow float32, as with tiny scales, are lowered to MAX32: never ∞ here)
         budget = (exact / self.k).float()
-        room = (FLOAT32_SAFE - at.total).clamp_min(0.0) / grow_h
-        endless = torch.minimum((budget - at.big).clamp_min(0.0) / grow_a, room) * (1.0 - GRAPH_SLACK)
+        room = capped((FLOAT32_SAFE - at.total).clamp_min(0.0) / grow_h)
+        endless = torch.minimum(capped((budget - at.big).clamp_min(0.0) / grow_a), room) * (1.0 - GRAPH_SLACK)
         return torch.where(keep, r, torch.where(torch.isinf(r), endless, solved))
 
 
@@ -437,8 +463,9 @@ class ThreatTerms(nn.Module):
         x64 = x.double()
         return self.can_increase & (x64 < self.upper), self.can_decrease & (x64 > self.lower)
 
-    def costs(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """a (N, n) float32, never below the float64 costs, from raw inputs x (N, n) and ∇g (N, K·n).
+    def costs(self, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a (N, n) float32, never below the float64 costs; harmless (N,) bool, every float64 cost exactly 0:
+        no allowed move lowers the score, the radius is ∞ by construction) from raw inputs x (N, n) and ∇g (N, K·n).
 
         The float32 ∇g gets ± GRAPH_SLACK·max_k |∇g_k| per component, as the library's precisions
         without a rigorous gradient error do (:func:`~asymcert.certify.threat_model.gradient_interval`),
@@ -448,15 +475,15 @@ class ThreatTerms(nn.Module):
         if harms is None:  # not reached: coordinate_wise was checked when the graph was built
             raise ModelError("the feature map declares no weight bounds or slopes; the graph uses the fallback")
         costs = allowed_costs(harms, self.directions(x), self.scale)
-        # the cast rounds by at most u32 (raised first), and by half a subnormal step below float32's normal range,
-        # covered by one such step added (a cost of 1e-46 became 0 in float32, its radius ∞)
-        return (costs * (1.0 + EPS32) + SUBNORMAL32).float()
+        # rounded up (a cost of 1e-46 became 0 in float32, its radius ∞); only exact zeros make an infinite radius
+        return outward32(costs), costs.amax(dim=1) == 0
 
     def fallback(self, x: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
-        """Raw ℓp radii (N,) → threat-model radii: r / max_{movable i} scale_i, rounded down (∞ if none moves)."""
+        """Raw ℓp radii (N,) → threat-model radii: r / max_{movable i} scale_i, rounded down (∞ if none moves;
+        :data:`MAX32` where the float32 quotient overflows, e.g. scales near float32's smallest normal)."""
         up, down = self.directions(x)
         top = torch.where(up | down, self.scale, torch.zeros_like(self.scale)).amax(dim=1).float()
-        scaled = radius / top * (1.0 - 4 * EPS32)
+        scaled = torch.where(top > 0, capped(radius / top), torch.full_like(radius, math.inf)) * (1.0 - 4 * EPS32)
         return torch.where(radius > 0, scaled, torch.zeros_like(radius))
 
 

@@ -66,12 +66,36 @@ def output_names(norms: tuple[float, ...], threat: bool = False) -> list[str]:
     return ["score", "flagged"] + [radius_name(p) for p in norms] + [f"tm_{radius_name(p)}" for p in norms if threat]
 
 
-def _checked_norms(norms: tuple[float | str, ...]) -> tuple[float, ...]:
+def checked_norms(norms: tuple[float | str, ...]) -> tuple[float, ...]:
+    """The graph's norms: ``norms`` as floats (``"inf"`` → ∞), each once in the order first given.
+
+    Raises:
+        ExportError: a norm other than 1, 2, ∞ (or not a norm at all: InputError).
+    """
     found = tuple(dict.fromkeys(normalize_norm(p) for p in norms))
     bad = [p for p in found if p not in (1.0, 2.0, math.inf)]
     if bad:
         raise ExportError(f"the exported graphs certify the ℓ1, ℓ2 and ℓ∞ norms only, got {bad}")
     return found
+
+
+def require_float32(model: nn.Module) -> None:
+    """Refuse a model whose floating parameters or buffers are not all float32 (model.double(), .half()).
+
+    The graphs compute in float32 and their certificates are those of the float32 model (its weights as
+    float32 constants, its float32 arithmetic), so a float64 or float16 model is refused, not converted.
+
+    Raises:
+        ExportError: naming the dtype(s) found and what to export instead.
+    """
+    found = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()} - {torch.float32}
+    if found:
+        names = ", ".join(sorted(str(d).removeprefix("torch.") for d in found))
+        raise ExportError(
+            f"cannot export a {names} model: the exported graph computes in float32, so export a float32 model "
+            "(model.float(), or copy.deepcopy(model).float() to keep this one), whose certificates are then the "
+            "ones the graph computes"
+        )
 
 
 def certifying_graph(
@@ -89,16 +113,18 @@ def certifying_graph(
 
     Raises:
         ExportError: randomized smoothing (its certificates are Monte-Carlo estimates, not a
-            deterministic function of x) or another model the exporter does not support.
+            deterministic function of x), a model that is not float32 (:func:`require_float32`) or another
+            model the exporter does not support.
     """
     if isinstance(model, SmoothingBaseNet):
         raise ExportError(
             "randomized smoothing cannot be exported: its certificate is a Monte-Carlo estimate over "
             "random noise (not a deterministic function of the input), so no graph can compute it"
         )
+    require_float32(model)
     for problem in global_hook_problems():  # the tracer calls every module: such hooks would be in the graph
         raise ExportError(problem)
-    checked = _checked_norms(norms)
+    checked = checked_norms(norms)
     threat_model = resolved_threat_model(threat_model, model)
     tm = threat_model if threat_model is not None and checked and not threat_model.is_empty() else None
     try:
@@ -201,7 +227,8 @@ def to_onnx(
 
     Args:
         model: see :func:`certifying_graph`.
-        path: the .onnx file to write (its folder must exist).
+        path: the .onnx file to write (replaced whole if it exists); missing folders on its way are created,
+            and removed again when the export fails.
         norms: the radii to output.
         certificates: False: the score graph only (outputs ``score`` and ``flagged``).
         input_shape: shape of one input (default ``model.input_shape``).
@@ -223,7 +250,7 @@ def to_onnx(
     threat_model = resolved_threat_model(threat_model, model)
     graph = certifying_graph(model, norms if certificates else (), threat_model)
     threat = certificates and threat_model is not None and not threat_model.is_empty()
-    names = output_names(_checked_norms(norms) if certificates else (), threat)
+    names = output_names(checked_norms(norms) if certificates else (), threat)
     shape = tuple(input_shape or getattr(model, "input_shape"))  # noqa: B009 (every supported model has one)
     notes = graph_notes(model, names, shape, feature_names, threat_model if threat else None, raw_units=raw_units)
     with eval_mode(model):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from asymcert.certify.result import RAW_UNITS, raw_units
 from asymcert.checkpoint import load
-from asymcert.export.onnx import DEFAULT_NORMS, ExportError, output_names, to_onnx
+from asymcert.export.onnx import DEFAULT_NORMS, ExportError, checked_norms, output_names, to_onnx
 from asymcert.export.vnnlib import DEFAULT_TIMEOUT, write_benchmark
 from asymcert.pipeline import run_data
 from asymcert.runfolder import RUN_FILE, read_run_record, run_threat_model, warn_if_unfinished
@@ -60,7 +60,8 @@ def export_run(
         path = to_onnx(
             model, out, norms=norms, certificates=certificates, threat_model=tm, feature_names=names, raw_units=raw
         )
-        names = output_names(norms if certificates else (), certificates and tm is not None and not tm.is_empty())
+        threat = certificates and tm is not None and not tm.is_empty()
+        names = output_names(checked_norms(norms) if certificates else (), threat)  # each once, as in the file
         return f"wrote {path}: input x, outputs {_with_units(names, tm, raw)}"
     x = run_data(run_dir, data_dir).test.x
     done = write_benchmark(

@@ -55,6 +55,7 @@ from asymcert.export.onnx import (
     graph_notes,
     output_names,
     require,
+    require_float32,
     resolved_threat_model,
 )
 from asymcert.nn.feature_maps import round_down, round_up
@@ -288,7 +289,8 @@ def to_vnnlib(
         model: a model :func:`~asymcert.export.certifying_graph` accepts.
         x: (N, *input_shape) raw inputs (e.g. a run's test inputs), a floating tensor; rounded to float32, the
             graph's input type, and each box is centred on the rounded input its radius was certified at.
-        path_dir: the folder to write: new, empty, or an earlier benchmark (replaced whole).
+        path_dir: the folder to write: new, empty, or an earlier benchmark (replaced whole); missing folders on
+            its way are created, and removed again when the export fails.
         norm: must be ∞ (``"inf"``): ℓ1/ℓ2 balls are not expressible in VNN-LIB.
         limit: at most this many properties (the first qualifying inputs).
         timeout: seconds per instance in instances.csv.
@@ -301,9 +303,9 @@ def to_vnnlib(
         The properties written (also in radii.json).
 
     Raises:
-        ExportError: a norm other than ∞, a model that cannot be exported, ``feature_names`` that are not one
-            per input element, or a ``path_dir`` that is a file or a folder with other files (nothing is
-            written). ExportDependencyError: no onnx.
+        ExportError: a norm other than ∞, a model that cannot be exported (one not in float32 included),
+            ``feature_names`` that are not one per input element, or a ``path_dir`` that is a file or a folder
+            with other files (nothing is written). ExportDependencyError: no onnx.
     """
     return write_benchmark(model, x, path_dir, norm, limit, timeout, threat_model, feature_names, raw_units).properties
 
@@ -324,6 +326,7 @@ def write_benchmark(
     if str(norm) not in ("inf", "linf") and not (isinstance(norm, float) and math.isinf(norm)):
         raise ExportError(f"VNN-LIB properties are ℓ∞ boxes; an ℓ{norm} ball is not expressible in VNN-LIB")
     require("onnx")
+    require_float32(model)  # (before anything is written: the graph is float32)
     out = Path(path_dir)
     _check_target(out)
     x = checked_inputs(x, model)  # the graph's float32 inputs: each box is centred where its radius was certified
