@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from asymcert.certify.api import certify
 from asymcert.certify.modes import eval_mode
 from asymcert.certify.result import RAW_UNITS
 from asymcert.checkpoint import current_umask, signals_held
@@ -54,11 +55,12 @@ from asymcert.export.onnx import (
     export_module,
     graph_notes,
     output_names,
+    radius_name,
     require,
     require_float32,
     resolved_threat_model,
 )
-from asymcert.nn.feature_maps import round_down, round_up
+from asymcert.nn.feature_maps import round_down, round_up, rounded_to
 from asymcert.runfolder import exclusive_output
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
@@ -135,6 +137,30 @@ def graph_certificates(
     with eval_mode(model), torch.no_grad():
         parts = [graph(x[i : i + GRAPH_CHUNK].float()) for i in range(0, max(len(x), 1), GRAPH_CHUNK)]
     return {name: torch.cat([part[k] for part in parts]) for k, name in enumerate(output_names(norms, threat))}
+
+
+def library_capped(
+    model: nn.Module, x: torch.Tensor, found: dict[str, torch.Tensor], threat_model: ResolvedThreatModel | None
+) -> dict[str, torch.Tensor]:
+    """``found`` (:func:`graph_certificates`) with each radius (N,) lowered to the library's certificate of the same
+    float32 inputs (raw ``radius_*``; ``tm_radius_*`` under ``threat_model``), and 0 where the library does not
+    flag the input: a property is written only where both the graph, evaluated in PyTorch, and the library's
+    reference (float64 or rigorous) certify it. The graph's own float32 score carries the float guard's measured
+    factor (README, "Float safety"), which a sum built to lose its terms exceeds; the library's reference does not
+    (session 33's review: a property written at radius 2.8e-9 where the library certifies 0 was sat)."""
+    out = dict(found)
+    raw = certify(model, x, norms=DEFAULT_NORMS)
+    named = [("", raw)]
+    if threat_model is not None:
+        named.append(("tm_", certify(model, x, norms=DEFAULT_NORMS, threat_model=threat_model)))
+    for prefix, cert in named:
+        flagged = (cert.predicted == 1).to(found["flagged"].device)
+        for p in DEFAULT_NORMS:
+            key = prefix + radius_name(p)
+            mine = cert.radii[p].to(out[key].device, torch.float64)
+            capped = torch.minimum(out[key].double(), torch.where(flagged, mine, torch.zeros_like(mine)))
+            out[key] = rounded_to(capped, out[key].dtype, up=False)
+    return out
 
 
 def checked_inputs(x: object, model: nn.Module) -> torch.Tensor:
@@ -278,12 +304,13 @@ def to_vnnlib(
 ) -> list[Property]:
     """Write a VNN-COMP benchmark folder (layout in the module docstring) for the inputs of ``x``.
 
-    Radii are those of the certifying graph (:func:`~asymcert.export.to_onnx`, evaluated in float32), in raw
-    input units, or under a (non-empty) ``threat_model`` in its units with its boxes (:func:`threat_box`);
-    only flagged inputs with a positive ℓ∞ radius get a property, and not those whose box is unbounded (an
-    infinite radius toward a feature whose domain bound is infinite, e.g. a monotone run's harmless moves; with
-    finite lower/upper bounds in the threat model their box is the domain's and they are written): radii.json
-    lists them, :func:`write_benchmark` returns them.
+    Radii are those of the certifying graph (:func:`~asymcert.export.to_onnx`, evaluated in float32), each capped at
+    the library's certificate of the same input (:func:`library_capped`), in raw input units, or under a
+    (non-empty) ``threat_model`` in its units with its boxes (:func:`threat_box`); only flagged inputs with a
+    positive ℓ∞ radius get a property, and not those whose box is unbounded (an infinite radius toward a feature
+    whose domain bound is infinite, e.g. a monotone run's harmless moves; with finite lower/upper bounds in the
+    threat model their box is the domain's and they are written): radii.json lists them, :func:`write_benchmark`
+    returns them.
 
     Args:
         model: a model :func:`~asymcert.export.certifying_graph` accepts.
@@ -335,6 +362,7 @@ def write_benchmark(
     tm = None if resolved is None or resolved.is_empty() else resolved
     with exclusive_output(out):  # (held from the first computation: a second export to `out` meanwhile is refused)
         found = graph_certificates(model, x, DEFAULT_NORMS, tm)  # refuses a model that cannot be exported, first
+        found = library_capped(model, x, found, tm)
         notes = graph_notes(model, ["score"], tuple(x.shape[1:]), names, tm, score_is_y0=True, raw_units=raw_units)
         with _staged(out) as stage:
             (stage / "vnnlib").mkdir()
