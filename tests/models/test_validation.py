@@ -27,6 +27,7 @@ from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.nn.convex import ICNN, NonnegLinear
 from asymcert.nn.feature_maps import Compose, FeatureMap, Shift, Standardize
 from asymcert.pipeline import _merge, task_facts
+from tests.conftest import small_feature_convex
 
 TABULAR = {
     "kind": "feature-convex",
@@ -528,3 +529,12 @@ def test_a_model_with_layers_of_several_dtypes_is_refused():
         asymcert.certify(model, torch.zeros(2, 6))
     model.double()
     assert len(asymcert.certify(model, torch.zeros(2, 6))) == 2
+
+
+def test_a_convex_conv_net_with_a_circular_padded_stem_is_refused_by_path():
+    """Session 33 families review 1 (checked for every family with convolutions): the exact and bounded passes
+    pad a ConvexConvNet's convolutions with zeros, so any other padding_mode is refused by name."""
+    model = small_feature_convex("conv")
+    model.convex.stem.padding_mode = "circular"
+    with pytest.raises(ConvexityError, match=r"convex\.stem: Conv2d has padding_mode='circular'"):
+        asymcert.certify(model, torch.rand(3, 1, 6, 6))

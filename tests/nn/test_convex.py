@@ -7,7 +7,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asymcert.errors import ConvexityError
-from asymcert.nn.convex import ICNN, ConvexConvNet, PositiveBatchNorm, all_finite, convexity_violations, project_
+from asymcert.nn.convex import (
+    ICNN,
+    ConvexConvNet,
+    PositiveBatchNorm,
+    all_finite,
+    conv_problems,
+    convex_net_problems,
+    convexity_violations,
+    project_,
+    type_problems,
+)
 from tests.conftest import small_feature_convex
 
 
@@ -133,3 +143,53 @@ def test_all_finite_agrees_with_isfinite(dtype, shape, bad):
     stored = float(t.reshape(-1)[t.numel() // 2]) if t.numel() else 0.0  # (float8 e4m3 saturates ±inf to ±448)
     assert all_finite(t) == (bad is None or t.numel() == 0 or math.isfinite(stored))
     assert all_finite(t) or dtype != torch.float8_e4m3fn or math.isnan(bad)
+
+
+def test_type_problems_accept_exact_types_only_and_name_a_subclass():
+    """Review s33 families 2: the layer walks used isinstance; an torch.nn.Identity subclass computing −3·t passed."""
+
+    class Neg3(torch.nn.Identity):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return -3.0 * t
+
+    assert type_problems(torch.nn.Identity(), (torch.nn.Identity, torch.nn.ReLU), "net.3") == []
+    assert type_problems(Neg3(), (torch.nn.Identity, torch.nn.ReLU), "net.3") == [
+        "net.3: Neg3 (a subclass of Identity: only the exact type is accepted) is not allowed here "
+        "(allowed: Identity or ReLU)"
+    ]
+
+
+@pytest.mark.parametrize("mode", ["circular", "reflect", "replicate"])
+def test_conv_problems_refuse_padding_other_than_zeros(mode):
+    """Review s33 families 1: the bound passes pad with zeros whatever padding_mode says."""
+    assert conv_problems(torch.nn.Conv2d(1, 2, 3, padding=1), "net.0") == []
+    assert conv_problems(torch.nn.Conv2d(1, 2, 3, padding=0, padding_mode=mode), "net.0") == []  # nothing padded
+    assert conv_problems(torch.nn.Conv2d(1, 2, 3, padding=1, padding_mode=mode), "net.0") == [
+        f"net.0: Conv2d has padding_mode='{mode}'; only zero padding (padding_mode='zeros') is bounded"
+    ]
+    assert "padding='same'" in conv_problems(torch.nn.Conv2d(1, 2, 3, padding="same"), "net.0")[0]
+
+
+@pytest.mark.parametrize(
+    "slot,change,text",
+    [
+        ("stem", {"padding_mode": "circular"}, "has padding_mode='circular'; only zero padding"),
+        ("block_convs.0", {"padding_mode": "reflect"}, "has padding_mode='reflect'; only zero padding"),
+        ("block_convs.0", {"dilation": (2, 2)}, "has dilation=(2, 2); a convex conv net's"),
+        ("stem", {"stride": (2, 2)}, "has stride=(2, 2); a convex conv net's convolutions have stride=(1, 1)"),
+        ("stem", {"padding_mode": "zeros"}, None),
+    ],
+)
+def test_a_convex_conv_net_refuses_convolutions_it_was_not_built_with(slot, change, text):
+    """The exact and bounded passes read only the kernel and the padding of a ConvexConvNet's convolutions (zero
+    "same" padding, stride 1, no dilation, one group); anything else is named by path."""
+    net = ConvexConvNet((1, 8, 8), channels=2, stem_kernel=3, blocks=1)
+    conv = net.stem if slot == "stem" else net.block_convs[0]
+    for key, value in change.items():
+        setattr(conv, key, value)
+    found = convex_net_problems(net, "g")
+    assert (
+        (found == [])
+        if text is None
+        else (len(found) == 1 and found[0].startswith(f"g.{slot}: {type(conv).__name__} {text}"))
+    )

@@ -7,10 +7,12 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 import asymcert
+from asymcert.errors import ModelError
 from asymcert.models import build_model
-from asymcert.nn.orthogonal import CayleyConv2d, CayleyLinear, GroupSort, MaxMin, PixelUnshuffle, cayley
+from asymcert.nn.orthogonal import CayleyConv2d, CayleyLinear, GroupSort, MaxMin, PixelUnshuffle, cayley, lipschitz_l2
 from tests.certify.test_bound_propagation import pgd_min_score
 
 
@@ -194,3 +196,18 @@ def test_shared_attack_never_flips_inside_orthogonal_radii():
             model, x[pos], r[pos] * (1 - 1e-4), p, steps=40, restarts=2, generator=torch.Generator().manual_seed(0)
         )
         assert not bool(attacks.decision_flips(model, x[pos], x_adv).any()), p
+
+
+def test_lipschitz_l2_reads_nested_sequentials_and_refuses_subclasses_by_path():
+    """Session 33 families review 2 and 5: an nn.Identity subclass computing 3·t counted as 1-Lipschitz, and a
+    nested nn.Sequential raised a bare TypeError."""
+
+    class Scale3(nn.Identity):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return 3.0 * t
+
+    torch.manual_seed(0)
+    layer = CayleyLinear(4, 4)
+    assert lipschitz_l2(nn.Sequential(nn.Flatten(), nn.Sequential(layer, nn.Identity()))) >= layer.lipschitz(2)
+    with pytest.raises(ModelError, match=r"^net\.1\.0: no ℓ2 Lipschitz constant known for Scale3$"):
+        lipschitz_l2(nn.Sequential(layer, nn.Sequential(Scale3())), "net")

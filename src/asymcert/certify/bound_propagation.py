@@ -2,7 +2,10 @@
 
 Supported networks: an ``nn.Sequential`` (or a model with such a ``.net``) of ``nn.Linear``,
 ``nn.Conv2d``, ``nn.ReLU``, ``nn.Flatten``, ``nn.Identity`` and
-:class:`~asymcert.nn.feature_maps.Shift` (x − μ), nested Sequentials allowed.
+:class:`~asymcert.nn.feature_maps.Shift` (x − μ), nested Sequentials allowed. Exact types only (a
+subclass may override ``forward``; refused by module path), convolutions zero-padded by integers (any
+stride, dilation and groups; ``padding_mode`` "circular", "reflect" or "replicate" is refused), and
+no hooks or replaced ``forward`` on any module (:func:`~asymcert.certify.inputs.check_model`).
 
 The perturbation set is the ℓp ball {x' : ‖x' − x‖_p ≤ ε} around every input (any p ≥ 1, ε per
 input), over all of R^d (the input range is not intersected, like every other certificate here).
@@ -58,6 +61,7 @@ from asymcert.certify.inputs import check_model
 from asymcert.certify.modes import UnsoundOptionError, check_precision, eval_mode, gamma, matmul_unit_roundoff
 from asymcert.certify.result import Certificate, Guarantee, normalize_norm
 from asymcert.errors import AsymcertError
+from asymcert.nn.convex import conv_problems, type_problems
 from asymcert.nn.feature_maps import Shift
 
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.Identity, Shift)
@@ -81,29 +85,48 @@ def sequential_layers(
 ) -> list[nn.Module]:
     """The flat list of layers of ``model`` (an ``nn.Sequential`` or a model with one as ``.net``).
 
+    Every layer must be of exactly one of the ``supported`` types (:func:`~asymcert.nn.convex.type_problems`: a
+    subclass may compute something else than the bounds assume), nested ``nn.Sequential`` (exact) allowed, and
+    every convolution zero-padded by integers (:func:`~asymcert.nn.convex.conv_problems`).
+
     Args:
         supported: the layer types the caller can handle (default :data:`SUPPORTED`).
         who: the caller's name, for the error message.
     Raises:
-        UnsupportedNetworkError: not an ``nn.Sequential``, or a layer outside ``supported``.
+        UnsupportedNetworkError: not an ``nn.Sequential``; naming by module path (e.g. ``net.3``) every layer
+            outside ``supported`` and every convolution the bounds do not pad like.
     """
     supported = SUPPORTED if supported is None else supported
-    net = model.net if isinstance(getattr(model, "net", None), nn.Sequential) else model
+    inner = getattr(model, "net", None)
+    net, path = (inner, "net") if isinstance(inner, nn.Sequential) else (model, "")
     if not isinstance(net, nn.Sequential):
         raise UnsupportedNetworkError(
             f"{who} needs an nn.Sequential (or a model with one as .net), got {type(model).__name__}"
         )
     out: list[nn.Module] = []
-    for layer in net:
-        if isinstance(layer, nn.Sequential):
-            out += sequential_layers(layer, supported, who)
-        elif isinstance(layer, supported):
-            out.append(layer)
-        else:
-            raise UnsupportedNetworkError(
-                f"{who} does not support {type(layer).__name__}; supported: " + ", ".join(t.__name__ for t in supported)
-            )
+    problems = type_problems(net, (nn.Sequential,), path or type(net).__name__)
+    if not problems:
+        problems = _collect_layers(net, path, supported, out)
+    if problems:
+        raise UnsupportedNetworkError(f"{who} cannot vouch for this network: " + "; ".join(problems))
     return out
+
+
+def _collect_layers(
+    net: nn.Sequential, path: str, supported: tuple[type[nn.Module], ...], out: list[nn.Module]
+) -> list[str]:
+    """Append ``net``'s layers (nested exact ``nn.Sequential`` flattened) to ``out``; return the problems found,
+    each starting with the layer's module path under ``path``."""
+    problems = []
+    for name, layer in net.named_children():
+        where = f"{path}.{name}" if path else name
+        if type(layer) is nn.Sequential:
+            problems += _collect_layers(layer, where, supported, out)
+            continue
+        wrong = type_problems(layer, supported, where)
+        problems += wrong if wrong else conv_problems(layer, where) if isinstance(layer, nn.Conv2d) else []
+        out.append(layer)
+    return problems
 
 
 def _eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from asymcert.errors import InputError, ModelError
-from asymcert.nn.convex import all_finite
+from asymcert.nn.convex import all_finite, override_problems
 
 CHECK_CHUNK = 4096
 """Rows whose finiteness is checked at once: the check allocates O(CHECK_CHUNK × input size) bools, whatever N."""
@@ -73,14 +73,19 @@ def check_model(model: nn.Module) -> None:
     uses them: the model's own ``validate()`` when it has one (e.g. the baselines' finite-weight check), else every
     floating parameter and buffer must be finite. A model built in memory with a NaN weight was certified (IBP:
     every radius 0, every decision 0) or failed inside linear algebra (orthogonal: ``torch._LinAlgError``).
+    Then, whatever its ``validate()`` checked, no module may have hooks or a replaced ``forward``
+    (:func:`~asymcert.nn.convex.override_problems`): the bounds assume each layer's class computes.
 
     Raises:
-        ModelError: naming the weights that are NaN or Inf.
+        ModelError: naming the weights that are NaN or Inf, or every hooked or replaced module by path.
     """
     validate = getattr(model, "validate", None)
     if callable(validate):
         validate()
-        return
-    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not all_finite(t)]
-    if bad:
-        raise ModelError(f"model weights contain NaN or Inf: {bad[:10]}")
+    else:
+        bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not all_finite(t)]
+        if bad:
+            raise ModelError(f"model weights contain NaN or Inf: {bad[:10]}")
+    overrides = override_problems(model, "")
+    if overrides:
+        raise ModelError("model cannot be vouched for: " + "; ".join(overrides))

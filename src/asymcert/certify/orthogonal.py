@@ -40,11 +40,13 @@ from asymcert.certify.inputs import check_model
 from asymcert.certify.modes import check_precision, check_slack, eval_mode, gamma, matmul_unit_roundoff
 from asymcert.certify.result import Certificate, Guarantee
 from asymcert.nn.feature_maps import Shift
-from asymcert.nn.orthogonal import CayleyConv2d, CayleyLinear, GroupSort
+from asymcert.nn.orthogonal import CayleyConv2d, CayleyLinear, GroupSort, MaxMin, PixelUnshuffle
 
 FFT_ERROR_CONSTANT = 10.0
 """Assumed: a length-N FFT (PyTorch's pocketfft) has normwise relative error ≤ this · log₂(N) · u."""
-EXACT_LAYERS = (nn.Flatten, nn.Identity, GroupSort, nn.PixelUnshuffle)  # permutations and reshapes
+EXACT_LAYERS = (nn.Flatten, nn.Identity, GroupSort, MaxMin, PixelUnshuffle)
+"""Permutations and reshapes: exact in floating point and 1-Lipschitz (exact types: a subclass may compute more;
+torch's own ``nn.PixelUnshuffle`` declares no Lipschitz constant, asymcert's :class:`PixelUnshuffle` does)."""
 U64 = torch.finfo(torch.float64).eps / 2
 
 
@@ -52,7 +54,8 @@ def orthogonal_layers(model: nn.Module) -> list[nn.Module]:
     """The flat layer list of ``model.net`` (or ``model``) for the error analysis.
 
     Raises:
-        UnsupportedNetworkError: not an ``nn.Sequential``, or a layer whose rounding is not analysed.
+        UnsupportedNetworkError: not an ``nn.Sequential``, or a layer whose rounding is not analysed (exact
+            types only: a subclass of an allowed layer is refused by module path).
     """
     return sequential_layers(
         model, (Shift, CayleyLinear, CayleyConv2d) + EXACT_LAYERS, "the orthogonal certifier's rounding analysis"

@@ -33,7 +33,7 @@ from torch import nn
 
 from asymcert.errors import ConfigError, ModelError
 from asymcert.models.checks import SEED_RANGE, check_batch, config_input_range, config_int, config_int_list
-from asymcert.nn.convex import all_finite
+from asymcert.nn.convex import all_finite, defining_class, override_problems
 from asymcert.nn.feature_maps import Shift
 from asymcert.nn.orthogonal import CayleyConv2d, CayleyLinear, MaxMin, PixelUnshuffle, lipschitz_l2
 
@@ -200,10 +200,18 @@ class _SequentialScoreModel(nn.Module):
         }
 
     def validate(self) -> None:
-        """Raise :class:`~asymcert.errors.ModelError` when a weight is NaN or Inf."""
+        """Raise :class:`~asymcert.errors.ModelError` when a weight is NaN or Inf, a module has hooks or a replaced
+        ``forward`` (:func:`~asymcert.nn.convex.override_problems`, by module path), or a subclass overrides
+        ``forward`` (the certifiers bound ``net`` and read the score as its output). The layers' types are checked
+        by the certifiers (exact types: :func:`~asymcert.certify.bound_propagation.sequential_layers`)."""
         bad = [n for n, t in self.state_dict().items() if t.is_floating_point() and not all_finite(t)]
         if bad:
             raise ModelError(f"model weights contain NaN or Inf: {bad}")
+        problems = override_problems(self, "")
+        if defining_class(type(self), "forward") is not _SequentialScoreModel:
+            problems.append(f"{type(self).__name__} overrides forward(); the certificate assumes s(x) = net(x)")
+        if problems:
+            raise ModelError(f"{self.kind or 'baseline'} model cannot be vouched for: " + "; ".join(problems))
 
 
 def _arch_config(config: dict[str, Any], default_widths: list[int]) -> dict[str, Any]:
@@ -331,7 +339,7 @@ class OrthogonalNet(_SequentialScoreModel):
         rounded up exactly (d ≥ 1, so a larger exponent only enlarges the factor), the power and the
         square root (each within one ulp) and the product are each moved up by an ulp.
         """
-        l2 = lipschitz_l2(self.net)
+        l2 = lipschitz_l2(self.net, "net")
         p = float(p)
         if p <= 2:
             return l2

@@ -576,6 +576,47 @@ def override_problems(root: nn.Module, path: str, recurse: bool = True) -> list[
     return problems
 
 
+def _type_label(t: type, others: tuple[type, ...]) -> str:
+    """``t``'s class name, module-qualified when another of ``others`` has the same name (e.g. torch's and
+    asymcert's ``PixelUnshuffle``)."""
+    clash = any(o is not t and o.__name__ == t.__name__ for o in others)
+    return f"{t.__module__}.{t.__qualname__}" if clash else t.__name__
+
+
+def type_problems(module: nn.Module, allowed: tuple[type, ...], where: str, why: str = "") -> list[str]:
+    """[] when ``module``'s type is exactly one of ``allowed``; else one message naming ``where`` (its module path).
+
+    Exact types, not ``isinstance``: a certificate assumes the allowed class's own computation, and a subclass
+    may override ``forward`` (an ``nn.Identity`` subclass computing −3·t was certified as the identity). ``why``
+    is appended to the message (e.g. "; it may break convexity").
+    """
+    t = type(module)
+    if t in allowed:
+        return []
+    everything = (*allowed, t)
+    need = " or ".join(_type_label(a, everything) for a in allowed) or "nothing"
+    name = _type_label(t, everything)
+    base = next((a for a in allowed if issubclass(t, a)), None)
+    if base is not None:
+        name += f" (a subclass of {_type_label(base, everything)}: only the exact type is accepted)"
+    return [f"{where}: {name} is not allowed here (allowed: {need}){why}"]
+
+
+def conv_problems(conv: nn.Conv2d, where: str) -> list[str]:
+    """Why the bound passes cannot take ``conv`` as built (empty when they can): they pad with zeros by the integer
+    ``conv.padding`` (``F.conv2d``'s own padding), so a string padding ("same", "valid") and a ``padding_mode``
+    other than "zeros" with a nonzero padding (circular, reflect, replicate: a CROWN radius of such a net was
+    broken by PGD) are refused. Stride, dilation and groups are for the caller to handle or refuse."""
+    if isinstance(conv.padding, str):
+        return [f"{where}: {type(conv).__name__} has padding={conv.padding!r}; give the padding as integers"]
+    if conv.padding_mode != "zeros" and any(int(p) for p in conv.padding):
+        return [
+            f"{where}: {type(conv).__name__} has padding_mode={conv.padding_mode!r}; only zero padding "
+            "(padding_mode='zeros') is bounded"
+        ]
+    return []
+
+
 def convex_net_problems(net: nn.Module, path: str = "convex") -> list[str]:
     """Why ``net`` cannot be vouched for as an input-convex network g (empty when it can).
 
@@ -608,15 +649,32 @@ def convex_net_problems(net: nn.Module, path: str = "convex") -> list[str]:
     for name, module in net.named_modules():
         if not name or isinstance(module, nn.ModuleList):
             continue
-        allowed = slots.get(name.split(".")[0], ())
-        if type(module) not in allowed:
-            need = " or ".join(c.__name__ for c in allowed) or "nothing"
-            problems.append(
-                f"{path}.{name}: {type(module).__name__} is not allowed here (allowed: {need}); it may break convexity"
-            )
+        wrong = type_problems(module, slots.get(name.split(".")[0], ()), f"{path}.{name}", "; it may break convexity")
+        if wrong:
+            problems += wrong
         elif isinstance(module, PositiveBatchNorm):
             problems += [f"{path}.{name}: {p}" for p in batch_norm_problems(module)]
+        elif isinstance(module, nn.Conv2d):
+            problems += convex_conv_problems(module, f"{path}.{name}")
     return problems
+
+
+def convex_conv_problems(conv: nn.Conv2d, where: str) -> list[str]:
+    """Why a convolution of a :class:`ConvexConvNet` is not the one the exact and bounded passes assume (empty
+    when it is): zero "same" padding (k // 2), stride 1, dilation 1, one group, as :class:`ConvexConvNet` builds
+    them (the passes read the kernel and the padding only)."""
+    problems = conv_problems(conv, where)
+    if problems:
+        return problems
+    same = tuple(k // 2 for k in conv.kernel_size)
+    found = {"stride": conv.stride, "dilation": conv.dilation, "groups": conv.groups, "padding": conv.padding}
+    wanted = {"stride": (1, 1), "dilation": (1, 1), "groups": 1, "padding": same}
+    return [
+        f"{where}: {type(conv).__name__} has {key}={found[key]!r}; a convex conv net's convolutions have {key}="
+        f"{wanted[key]!r}"
+        for key in found
+        if found[key] != wanted[key]
+    ]
 
 
 def convex_mean_problems(net: ConvexMean, path: str) -> list[str]:

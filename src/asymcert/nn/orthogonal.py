@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asymcert.errors import ModelError
 from asymcert.nn.feature_maps import Shift
 
 
@@ -202,18 +203,24 @@ def _check_l2(p: float) -> None:
         raise ValueError(f"orthogonal layers carry an ℓ2 Lipschitz constant only, asked for ℓ{p}")
 
 
-def lipschitz_l2(module: nn.Module) -> float:
-    """Product of the ``lipschitz(2)`` constants of the direct children of a sequential-like module.
+def lipschitz_l2(module: nn.Module, path: str = "") -> float:
+    """Product of the ``lipschitz(2)`` constants of the children of a sequential-like module, rounded up.
 
-    Children without a ``lipschitz`` method must be 1-Lipschitz by kind (``nn.Flatten``,
-    ``nn.Identity``, :class:`~asymcert.nn.feature_maps.Shift`); anything else raises ``TypeError``.
+    Nested ``nn.Sequential`` children (exact type) contribute the product of their own children. Children
+    without a ``lipschitz`` method must be exactly ``nn.Flatten``, ``nn.Identity`` or
+    :class:`~asymcert.nn.feature_maps.Shift` (1-Lipschitz by kind; a subclass may compute more).
+
+    Raises:
+        ModelError: naming the first child with no known ℓ2 Lipschitz constant by its path (under ``path``).
     """
-
     total = 1.0
-    for child in module.children():
+    for name, child in module.named_children():
+        where = f"{path}.{name}" if path else name
         lipschitz = getattr(child, "lipschitz", None)
-        if lipschitz is not None:
+        if type(child) is nn.Sequential:
+            total = math.nextafter(total * lipschitz_l2(child, where), math.inf)
+        elif lipschitz is not None:
             total = math.nextafter(total * float(lipschitz(2)), math.inf)
-        elif not isinstance(child, (nn.Flatten, nn.Identity, Shift)):
-            raise TypeError(f"no ℓ2 Lipschitz constant known for {type(child).__name__}")
+        elif type(child) not in (nn.Flatten, nn.Identity, Shift):
+            raise ModelError(f"{where}: no ℓ2 Lipschitz constant known for {type(child).__name__}")
     return total
