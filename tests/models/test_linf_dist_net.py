@@ -18,8 +18,11 @@ from click.testing import CliRunner
 import asymcert
 from asymcert.certify.linf_dist import bisect_radius, head_verified, normalized_radii, top2_margin
 from asymcert.data.tasks import Dataset, TaskData
+from asymcert.errors import ModelError
 from asymcert.families import get_family
 from asymcert.models import build_model
+from asymcert.models.linf_dist_net import LinfDistNet
+from asymcert.nn.linf_dist import LinfDist
 from asymcert.train import TrainConfig, fit
 from asymcert.train.linf_recipe import LINF_TRAIN_DEFAULTS, LinfDistRecipe, growth_ratio, mixture_loss, p_schedule
 
@@ -507,3 +510,92 @@ def test_meanshift_uses_the_global_batch_under_distributed(tmp_path):
     torch.testing.assert_close(got["y"], y[:4].detach())  # rank 0's half, shifted by the GLOBAL mean
     torch.testing.assert_close(got["gx"], gx[:4])  # exact gradient through the global mean
     torch.testing.assert_close(got["running"], m.running_mean)
+
+
+# ---------------------------------------------------------------- refusals (session 33 families review)
+
+
+def _binary_linf(mlp_head: int | None = None) -> LinfDistNet:
+    torch.manual_seed(0)
+    cfg = {"kind": "linf-dist", "input_shape": [4], "widths": [8], "num_classes": 2, "binary": True}
+    return build_model({**cfg, "mlp_head": mlp_head}).eval()
+
+
+class _Neg3(torch.nn.Identity):
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return -3.0 * t
+
+
+class _ScaledLinfDist(LinfDist):
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return 10.0 * super().forward(t)
+
+
+@pytest.mark.parametrize(
+    "slot,layer,text",
+    [
+        ("shifts.0", lambda m: torch.nn.Identity(), "shifts.0: Identity is not allowed here (allowed: MeanShift)"),
+        ("shifts.0", lambda m: _Neg3(), "shifts.0: _Neg3 is not allowed here (allowed: MeanShift)"),
+        ("dist.0", lambda m: _ScaledLinfDist(4, 8), "dist.0: _ScaledLinfDist (a subclass of LinfDist"),
+    ],
+)
+def test_a_replaced_layer_is_refused_by_path_as_a_model_error(slot, layer, text):
+    """Review s33 families 4: shifts.0 = nn.Identity() raised AttributeError: 'Identity' object has no attribute
+    'problems' from validate() and certify (a raw error api._run re-raises)."""
+    model = _binary_linf()
+    getattr(model, slot.split(".")[0])[0] = layer(model)
+    for run in (model.validate, lambda: asymcert.certify(model, torch.randn(4, 4))):
+        with pytest.raises(ModelError) as err:
+            run()
+        assert text in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_head_layer_subclass_is_refused_by_path():
+    model = _binary_linf(mlp_head=6)
+
+    class Scaled(torch.nn.Linear):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return 10.0 * super().forward(t)
+
+    model.head_out = Scaled(6, 2)
+    with pytest.raises(ModelError, match=r"head_out: Scaled \(a subclass of Linear"):
+        asymcert.certify(model, torch.randn(4, 4))
+
+
+@pytest.mark.parametrize("kind", ["forward", "forward pre", "replaced forward"])
+def test_hooks_and_replaced_forwards_are_refused_by_path(kind):
+    """Review s33 families 3: a ×10 hook on dist.0 got r∞ 0.30 and 5 of 12 certified inputs flipped."""
+    model = _binary_linf()
+    layer = model.dist[0]
+    if kind == "forward":
+        layer.register_forward_hook(lambda mod, inp, out: out * 10)
+    elif kind == "forward pre":
+        layer.register_forward_pre_hook(lambda mod, inp: (inp[0] * 10,))
+    else:
+        layer.forward = lambda t: 10 * LinfDist.forward(layer, t)
+    with pytest.raises(ModelError, match=r"dist\.0: (has forward|its forward)"):
+        asymcert.certify(model, torch.randn(4, 4))
+
+
+def test_a_subclass_overriding_a_certified_method_is_refused():
+    base = _binary_linf()
+
+    class Negated(LinfDistNet):
+        def logits(self, x: torch.Tensor) -> torch.Tensor:
+            return -super().logits(x)
+
+    model = Negated(base.input_shape, base.widths, 2, binary=True).eval()
+    with pytest.raises(ModelError, match=r"Negated overrides logits\(\)"):
+        asymcert.certify(model, torch.randn(4, 4))
+
+
+@pytest.mark.parametrize("binary,mlp_head", [(True, None), (False, None), (False, 6)])
+def test_an_empty_batch_gives_an_empty_output(binary, mlp_head):
+    """Review s33 families 6: model(torch.zeros(0, 4)) raised 'cannot reshape tensor of 0 elements'."""
+    torch.manual_seed(0)
+    cfg = {"kind": "linf-dist", "input_shape": [4], "widths": [8], "num_classes": 2 if binary else 3}
+    model = build_model({**cfg, "binary": binary, "mlp_head": mlp_head}).eval()
+    out = model(torch.zeros(0, 4))
+    assert out.shape == ((0,) if binary else (0, 3))
+    image = build_model({**cfg, "input_shape": [1, 2, 2], "binary": binary, "mlp_head": mlp_head}).eval()
+    assert image(torch.zeros(0, 1, 2, 2)).shape == out.shape

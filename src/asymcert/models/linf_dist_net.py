@@ -35,7 +35,7 @@ from torch import nn
 
 from asymcert.errors import ConfigError, ModelError
 from asymcert.models.checks import check_batch, config_input_range, config_int, config_int_list
-from asymcert.nn.convex import all_finite
+from asymcert.nn.convex import all_finite, defining_class, override_problems, type_problems
 from asymcert.nn.linf_dist import LinfDist
 from asymcert.nn.mean_shift import MeanShift
 
@@ -49,6 +49,18 @@ DEFAULT_CONFIG: dict[str, Any] = {"kind": "linf-dist", "widths": [1024] * 4, "ml
 """What ``--model linf-dist`` selects: 4 hidden layers of 1024 + the output layer (the paper's
 "5-layer" depth at 1/5 of its width 5120, sized for CPUs). ``num_classes``/``binary`` come from
 the task (see :func:`task_model_settings`)."""
+
+CERTIFIED_METHODS = (
+    "forward",
+    "normalize",
+    "features",
+    "features_and_distances",
+    "logits_from_features",
+    "logits",
+    "lipschitz",
+    "distance_layers",
+)
+"""The methods the ℓ∞-dist certificate calls or assumes: a subclass overriding one is refused."""
 
 _KEYS = ("kind", "input_shape", "input_range", "widths", "num_classes", "mlp_head", "identity_init", "binary")
 
@@ -223,7 +235,7 @@ class LinfDistNet(nn.Module):
         """(N, *input_shape) raw → (N, D) normalised and flattened, (x − μ_c)/σ."""
         shape = (1, -1) + (1,) * (x.dim() - 2)
         z = (x - self.input_mean.to(x.dtype).view(shape)) / self.input_std.to(x.dtype)
-        return z.reshape(x.shape[0], -1)
+        return z.reshape(x.shape[0], math.prod(x.shape[1:]))  # (not -1: an empty batch has no size to infer)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Output z_L of the last hidden layer (after its MeanShift): (N, *input_shape) → (N, widths[-1])."""
@@ -272,9 +284,39 @@ class LinfDistNet(nn.Module):
             raise ValueError("the +MLP variant has no closed-form Lipschitz constant; it is certified by IBP")
         return math.nextafter(1.0 / float(self.input_std.double()), math.inf)
 
+    def structure_problems(self) -> list[str]:
+        """Why the layers are not the ones the certificate assumes (empty when they are), by module path: every
+        ``dist.k`` an exact :class:`LinfDist`, every ``shifts.k`` an exact :class:`MeanShift` (one per hidden
+        layer), ``out`` an exact LinfDist (plain net) or the head two exact ``nn.Linear``; no hooks or replaced
+        ``forward`` on any module (:func:`~asymcert.nn.convex.override_problems`); no method the certificate
+        calls (:data:`CERTIFIED_METHODS`) overridden by a subclass."""
+        problems = [
+            f"{type(self).__name__} overrides {name}(); the certificate assumes LinfDistNet's"
+            for name in CERTIFIED_METHODS
+            if defining_class(type(self), name) is not LinfDistNet
+        ]
+        slots: list[tuple[str, Any, tuple[type, ...]]] = [("dist", self.dist, (nn.ModuleList,))]
+        slots += [("shifts", self.shifts, (nn.ModuleList,))]
+        slots += [(f"dist.{k}", m, (LinfDist,)) for k, m in enumerate(self.dist)]
+        slots += [(f"shifts.{k}", m, (MeanShift,)) for k, m in enumerate(self.shifts)]
+        if self.mlp_head is None:
+            slots += [("out", self.out, (LinfDist,))]
+        else:
+            slots += [("head_hidden", self.head_hidden, (nn.Linear,)), ("head_out", self.head_out, (nn.Linear,))]
+        for where, module, allowed in slots:
+            missing = [f"{where}: missing"]
+            problems += type_problems(module, allowed, where) if isinstance(module, nn.Module) else missing
+        if len(self.dist) != len(self.widths) or len(self.shifts) != len(self.widths):
+            problems.append(f"dist and shifts must hold {len(self.widths)} layers each (widths {self.widths})")
+        return problems + override_problems(self, "")
+
     def validate(self) -> None:
-        """Raise :class:`~asymcert.errors.ModelError` unless every distance layer is at p = ∞, every
-        weight is finite, the input scale σ is > 0 and every MeanShift is sound (:meth:`MeanShift.problems`)."""
+        """Raise :class:`~asymcert.errors.ModelError` unless the layers are the ones the certificate assumes
+        (:meth:`structure_problems`), every distance layer is at p = ∞, every weight is finite, the input scale
+        σ is > 0 and every MeanShift is sound (:meth:`MeanShift.problems`)."""
+        structure = self.structure_problems()
+        if structure:
+            raise ModelError("ℓ∞-dist net cannot be vouched for: " + "; ".join(structure))
         finite_p = [
             f"dist layer {i}: p = {layer.p:g}" for i, layer in enumerate(self.distance_layers()) if layer.p != INF
         ]
