@@ -18,9 +18,10 @@ pair-min, then hinges). For ℓ∞ moves the exact radius is still computable:
 So min s over the ball is a mixed-integer linear program (HiGHS through :func:`scipy.optimize.milp`),
 and a flip exists within r iff it is ≤ 0; the radius is bracketed by a search on r that starts at the
 closed-form certificate (small boxes make quick programs) and doubles, then bisects. The upper end is
-always the size of a move that was checked to reach s ≤ 0 on the float64 model (so a certified radius
+always the size of a move whose float64 score is ≤ 0, checked with no tolerance (so a certified radius
 above it is a real violation); the lower end is the solver's word that no flip exists below it (its
-tolerances, not a proof). Radii are in threat-model units (‖(δ_i / scale_i)‖∞), raw units without one.
+tolerances, not a proof; they are relative to the box and to s(x), see :class:`Program`). Radii are in
+threat-model units (‖(δ_i / scale_i)‖∞), raw units without one.
 """
 
 from __future__ import annotations
@@ -400,7 +401,9 @@ class ExactBracket:
     ``hi`` is the size of a move checked to reach s ≤ 0 on the float64 model (∞: none exists within the
     threat model's domain, ``lo`` = ∞ too); ``lo`` the largest radius the solver found free of flips.
     0 for inputs that are not flagged. ``status`` per input: "exact" (hi ≤ lo·(1 + rtol)), "no flip",
-    "not flagged", or why the bracket stayed open ("time limit", "solver: …", "undecided at r = …").
+    "not flagged", or why the bracket stayed open ("time limit", "solver: …", "undecided at r = …"), or why a
+    closed one is not trusted ("unresolved: …" where s(x) is within rounding of 0, :data:`RESOLVABLE`;
+    "inconsistent: …" from :func:`~asymcert.certify.exact_lp.cross_check`).
     ``delta`` (N, n): the raw move of size ``hi`` (NaN rows where there is none), a counterexample anyone
     can re-check.
     """
