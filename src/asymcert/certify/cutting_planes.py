@@ -477,18 +477,10 @@ def bracket_radius(
         return BracketResult(
             empty, empty.clone(), torch.zeros(x.shape, dtype=torch.float64), np.zeros(0, np.int64), [], np.zeros(0)
         )
-    states = [_Input() for _ in range(n)]
     t0 = time.perf_counter()
-    s, gu, err = prob.oracle(x_flat)
-    _record(prob, states, list(range(n)), np.zeros_like(x_flat), s, gu, err)
-    flagged = s > 0
+    states, flagged = _start(prob, x_flat)
     iterations, seconds = np.zeros(n, dtype=np.int64), np.zeros(n)
     status = ["max cuts" if f else "not flagged" for f in flagged]
-    stuck = np.asarray(~((prob.low < 0) | (prob.high > 0)).any(axis=1))  # no coordinate may move (immutable, domain)
-    for st, f, still in zip(states, flagged, stuck, strict=True):
-        st.upper, st.delta = (math.inf, None) if f else (0.0, None)
-        if f and still:  # s(x) > 0 and x is the only allowed point: unreachable (the ℓ1 LP is then infeasible)
-            st.lower = math.inf
     for _ in range(max_cuts):
         active = [int(k) for k in np.flatnonzero(flagged) if not _done(states[k], tol)]
         if not active:
@@ -505,6 +497,22 @@ def bracket_radius(
         iterations[active] += 1
         seconds[active] += (time.perf_counter() - t_round) / len(active)
     return _result(prob, states, flagged, status, iterations, seconds, tol, x)
+
+
+def _start(prob: _Problem, x_flat: np.ndarray) -> tuple[list[_Input], np.ndarray]:
+    """(one state per input x_flat (N, d), with the tangent at x; which are flagged (N,) bool). A flagged input
+    with nothing movable (immutable features, or a domain without room) is unreachable from the start (the ℓ1
+    LP is then infeasible, and its rounds would run out as "max cuts")."""
+    states = [_Input() for _ in range(len(x_flat))]
+    s, gu, err = prob.oracle(x_flat)
+    _record(prob, states, list(range(len(x_flat))), np.zeros_like(x_flat), s, gu, err)
+    flagged = s > 0
+    stuck = np.asarray(~((prob.low < 0) | (prob.high > 0)).any(axis=1))
+    for st, f, still in zip(states, flagged, stuck, strict=True):
+        st.upper, st.delta = (math.inf, None) if f else (0.0, None)
+        if f and still:
+            st.lower = math.inf
+    return states, flagged
 
 
 def _done(st: _Input, tol: float) -> bool:
