@@ -243,6 +243,39 @@ def near_boundary(model, x: torch.Tensor, low: float = 1e-7, high: float = 1e-2)
     return (a + lo.view((len(a),) + (1,) * (x.dim() - 1)) * (b - a)).float()
 
 
+def near_boundary64(model, x: torch.Tensor, target: float) -> torch.Tensor:
+    """Inputs (k, d) float64 whose float64 score lies in (0, ~target]: flagged/unflagged pairs of x bisected in
+    float64 (the inputs stay float64, so no rounding moves them off that score)."""
+    m64 = copy.deepcopy(model).double().eval()
+    a, b = segment_ends(m64, x.double())
+    lo, _ = bisect_segments(m64, a, b, torch.full((len(a),), target, dtype=torch.float64))
+    out = a + lo[:, None] * (b - a)
+    return out[score64(model, out) > 0]
+
+
+def scaled_score(model, c: float):
+    """A copy of a feature-convex ICNN model whose score is c·s (last pass-through, last hidden weight and the
+    balance multiplied by c > 0): every decision, so every exact radius, is unchanged."""
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        g = m.convex
+        g.passthrough[-1].weight.mul_(c)
+        g.passthrough[-1].bias.mul_(c)
+        g.hidden[-1].weight.mul_(c)
+        m.balance.mul_(c)
+    return m
+
+
+def grid_flip(model, x: torch.Tensor, reach: float, p: float, steps: int = 601) -> float:
+    """The smallest ℓp size of a move in a (steps × steps) grid of the 2-d box of half-width ``reach`` around x (2,)
+    whose float64 score is ≤ 0 (a verified flip: an upper bound on the exact radius), inf if none."""
+    axis = torch.linspace(-reach, reach, steps, dtype=torch.float64)
+    u, v = torch.meshgrid(axis, axis, indexing="ij")
+    moves = torch.stack([u.flatten(), v.flatten()], dim=1)
+    flips = score64(model, x.double()[None] + moves) <= 0
+    return float(moves[flips].norm(p=p, dim=1).min()) if bool(flips.any()) else math.inf
+
+
 @pytest.fixture(autouse=True)
 def _no_dataset_downloads(monkeypatch):
     """No test may reach the network: dataset lookups that miss raise DataError instead of downloading.

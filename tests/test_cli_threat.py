@@ -334,6 +334,17 @@ def test_reach_without_a_threat_model_to_reach_under_is_refused(tm_run, tmp_path
     assert sorted(p.name for p in copy.iterdir()) == before and not (tmp_path / "r.csv").exists()
 
 
+def test_exact_milp_with_no_exact_is_refused(tm_run, tmp_path):
+    """--exact-milp asks for exact radii and --no-exact for none: one line saying so, exit 2, the folder unchanged
+    (it ran and audit.md said "exact=False": audit 33 F7)."""
+    copy = tmp_path / "run"
+    shutil.copytree(tm_run, copy)
+    before = sorted(p.name for p in copy.iterdir())
+    res = CliRunner().invoke(main, ["audit", str(copy), "--limit", "5", "--exact-milp", "--no-exact"])
+    assert res.exit_code == EXIT_REFUSED and "the two flags conflict" in res.output, res.output
+    assert sorted(p.name for p in copy.iterdir()) == before
+
+
 @pytest.mark.parametrize(
     "fmt, extra, message",
     [

@@ -55,8 +55,8 @@ from asymcert.certify.api import certifier_options
 from asymcert.certify.attacks import decision_flips, decisions, pgd_attack
 from asymcert.certify.cutting_planes import bracket_radius
 from asymcert.certify.exact import ExactRadiusSolver, UnsupportedModelError, _chain_of
-from asymcert.certify.exact_linf import exact_linf_radii
-from asymcert.certify.exact_lp import exact_l1_radii, exact_l2_radii
+from asymcert.certify.exact_linf import ExactBracket, exact_linf_radii
+from asymcert.certify.exact_lp import cross_check, exact_l1_radii, exact_l2_radii
 from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_label, normalize_norm, raw_units
 from asymcert.certify.threat_attack import move_sizes, threat_attack
 from asymcert.certify.threat_model import reach_verified
@@ -864,8 +864,11 @@ def _exact_radii(
     reason = _exact_support(model)
     if reason is not None:
         info: dict[float, ExactSolve | ExactUnavailable] = {p: ExactUnavailable(reason) for p in norms}
-        for p in (p for p in norms if checks.exact_milp and p in MILP_BRACKETS):
-            info[p] = _exact_milp(model, x, p, time_limit, tm)
+        milp = [p for p in norms if checks.exact_milp and p in MILP_BRACKETS]
+        found = {p: _milp_bracket(model, x, p, time_limit, tm) for p in milp}
+        cross_check({p: f for p, f in found.items() if isinstance(f, ExactBracket)})
+        for p, f in found.items():
+            info[p] = f if isinstance(f, ExactUnavailable) else _exact_milp(f, MILP_BRACKETS[p][1])
         return info
     wanted = None if checks.exact_norms is None else {normalize_norm(p) for p in checks.exact_norms}
     return {p: _exact_one(model, x, p, wanted, time_limit, tm) for p in norms}
@@ -879,16 +882,19 @@ MILP_BRACKETS = {
 """The norms whose exact radii ``exact_milp`` brackets through non-affine φ, and how."""
 
 
-def _exact_milp(
+def _milp_bracket(
     model: nn.Module, x: torch.Tensor, p: float, time_limit: float | None, tm: ResolvedThreatModel | None
-) -> ExactSolve | ExactUnavailable:
-    """Exact ℓp radii (ℓ∞, ℓ1 or ℓ2) by mixed-integer programs (:data:`MILP_BRACKETS`): the verified upper ends
-    (N,) with statuses, inputs whose bracket stayed open and the largest relative gap, or why not."""
-    solver, how = MILP_BRACKETS[p]
+) -> ExactBracket | ExactUnavailable:
+    """Exact ℓp brackets (ℓ∞, ℓ1 or ℓ2) of x by mixed-integer programs (:data:`MILP_BRACKETS`), or why not."""
     try:
-        found = solver(model, x, tm, time_limit=60.0 if time_limit is None else time_limit)
+        return MILP_BRACKETS[p][0](model, x, tm, time_limit=60.0 if time_limit is None else time_limit)
     except UnsupportedModelError as exc:
         return ExactUnavailable(str(exc))
+
+
+def _exact_milp(found: ExactBracket, how: str) -> ExactSolve:
+    """The verified upper ends (N,) of ``found`` with statuses, inputs whose bracket stayed open and the largest
+    relative gap; ``how`` names the method."""
     statuses = dict(Counter(found.status))
     finite = torch.isfinite(found.hi) & (found.lo > 0)
     gap = ((found.hi - found.lo) / found.lo)[finite]

@@ -803,6 +803,8 @@ def audit(
     from above (--attack-bounds for every norm). Under a threat model (the run's own, or
     --threat-model) the attacks move only what it allows and radii are in its units."""
 
+    if exact_milp and no_exact:
+        raise click.UsageError("--exact-milp computes exact radii and --no-exact skips them: the two flags conflict")
     given = _threat(threat_model, no_threat_model)
     record = read_run_record(run_dir)
     tm = run_threat_model(record, given, no_threat_model)

@@ -342,3 +342,41 @@ def test_the_cuts_option_through_certify_and_its_refusals():
         asymcert.certify(model, x, threat_model=tm, cuts=1).radius(2),
         asymcert.certify(model, x, threat_model=tm).radius(2),
     )
+
+
+def _flagged_icnn():
+    model, x = _icnn([8], bn=False)
+    return model, x[_s64(model, x) > 0][:2]
+
+
+def test_an_empty_batch_gives_empty_results():
+    """N = 0 returns empty results, as exact_radius and the mixed-integer solvers do (it crashed in a reshape:
+    audit 33 F4)."""
+    model, _ = _flagged_icnn()
+    empty = torch.zeros(0, 1, 6, 6)
+    for p in (1.0, 2.0, math.inf):
+        res = bracket_radius(model, empty, p)
+        assert res.lower.shape == res.upper.shape == (0,) and res.delta.shape == (0, 1, 6, 6) and res.status == []
+        radii, delta = exact_radius_by_cuts(model, empty, p)
+        assert radii.shape == (0,) and delta.shape == (0, 1, 6, 6)
+
+
+@pytest.mark.parametrize("limit", [0, -1.0, float("nan"), True])
+def test_a_time_limit_that_is_not_a_positive_number_is_refused(limit):
+    """One ConfigError, as every exact solver gives (not status "time limit" for 0 or −1, nor no limit for NaN:
+    audit 33 F5)."""
+    model, x = _flagged_icnn()
+    with pytest.raises(ConfigError, match="time_limit must be a positive number"):
+        bracket_radius(model, x, math.inf, time_limit=limit)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_nothing_movable_is_unreachable_in_every_norm(p):
+    """An all-immutable threat model: ∞ with status "unreachable" in ℓ1 too (it ran every round and said
+    "max cuts" with [0, ∞]: audit 33 F6)."""
+    model, x = _flagged_icnn()
+    tm = ThreatModel(immutable=["*"]).resolve(None, 36)
+    res = bracket_radius(model, x, p, threat_model=tm)
+    assert res.status == ["unreachable"] * len(x)
+    assert bool(torch.isinf(res.lower).all() and torch.isinf(res.upper).all())
+    assert int(res.iterations.sum()) == 0

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 import asymcert
 from asymcert.certify.attacks import decision_flips, pgd_attack
 from asymcert.certify.exact import ExactRadiusSolver, UnsupportedModelError, conv_matrix, exact_radius
-from tests.conftest import small_feature_convex
+from asymcert.errors import ConfigError
+from tests.conftest import balanced_feature_convex, scaled_score, score64, small_feature_convex
 
 NORMS = [1.0, 2.0, math.inf]
 
@@ -161,7 +162,7 @@ def test_respect_input_range_never_shrinks_the_radius(models):
 def test_time_limit_gives_nan_with_a_warning(models):
     model, x = models["icnn"]
     with pytest.warns(RuntimeWarning, match="stopped early"):
-        radii = exact_radius(model, x, 1, time_limit=0.0)
+        radii = exact_radius(model, x, 1, time_limit=1e-9)  # (0 is refused: a ConfigError)
     flagged = model(x) > 0
     assert bool(torch.isnan(radii[flagged]).all()) and bool((radii[~flagged] == 0).all())
 
@@ -188,3 +189,28 @@ def test_solver_is_reusable_across_batches(models):
         warnings.simplefilter("error")
         res = solver.solve(x[:5])
     assert len(res.status) == 5 and res.seconds.shape == (5,)
+
+
+def test_exact_radii_do_not_depend_on_the_scale_of_the_score():
+    """s multiplied by c = 1e-9 or 1e-12 changes no decision, so no radius: the LPs' objective and the QP's row
+    s ≤ 0 are divided by s(x), and a move is checked to 1e-9 of s(x), not of max(1, |s(x)|) (audit 33 F2: ℓ2
+    0.2% off at 1e-12, ℓ1 0.5% at 1e-9, each with a "checked" move)."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.rand(60, 2, generator=gen) ** 3 * 8 * (torch.rand(60, 2, generator=gen) < 0.7)
+    model = balanced_feature_convex([{"kind": "standardize"}], x, (6, 4), seed=11).double()
+    xs = x[score64(model, x) > 0][:4].double()
+    for p in (1, 2, math.inf):
+        base = exact_radius(model, xs, p)
+        for c in (1e-9, 1e-12):
+            scaled = scaled_score(model, c)
+            radii, delta = exact_radius(scaled, xs, p, return_perturbation=True)
+            assert torch.allclose(radii, base, rtol=1e-6), (p, c, radii, base)
+            assert bool((score64(scaled, xs + (1 + 1e-6) * delta) <= 1e-9 * score64(scaled, xs)).all()), (p, c)
+
+
+@pytest.mark.parametrize("limit", [0, -1.0, float("nan"), True, "1"])
+def test_a_time_limit_that_is_not_a_positive_number_is_refused(limit):
+    """As the mixed-integer solvers do: one ConfigError, not NaN radii, no limit or 1 s (audit 33 F5)."""
+    model = small_feature_convex()
+    with pytest.raises(ConfigError, match="time_limit must be a positive number"):
+        exact_radius(model, torch.rand(2, *model.input_shape), math.inf, time_limit=limit)

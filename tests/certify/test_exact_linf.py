@@ -17,11 +17,11 @@ from asymcert.audit import ExactCheck, ExactUnavailable, audit
 from asymcert.certify import exact_linf as exact_linf_module
 from asymcert.certify.exact import UnsupportedModelError
 from asymcert.certify.exact_linf import exact_linf_radii, hinge_chain
-from asymcert.certify.exact_lp import exact_l1_radii, exact_l2_radii
+from asymcert.certify.exact_lp import cross_check, exact_l1_radii, exact_l2_radii
 from asymcert.errors import ConfigError, InputError
 from asymcert.models import build_model
 from asymcert.threat import ThreatModel
-from tests.conftest import balanced_feature_convex, near_boundary, score64
+from tests.conftest import balanced_feature_convex, grid_flip, near_boundary, near_boundary64, scaled_score, score64
 
 SPAM_PHI = [{"kind": "log1p"}, {"kind": "standardize"}, {"kind": "hinges", "knots": 2}]
 PHIS = {
@@ -176,3 +176,63 @@ def test_the_solver_prints_nothing_and_python_output_before_it_survives(capfd, m
     out = capfd.readouterr().out
     assert out == "before the solve"
     assert set(found.status) <= {"exact"}
+
+
+MILPS = {math.inf: exact_linf_radii, 1.0: exact_l1_radii, 2.0: exact_l2_radii}
+
+
+def _flips(model, x: torch.Tensor, found) -> None:
+    """Every finite upper end's move, re-evaluated on the float64 model, reaches s ≤ 0 (no tolerance)."""
+    for i in range(len(x)):
+        if math.isfinite(float(found.hi[i])) and float(found.hi[i]) > 0:
+            assert float(score64(model, (x[i].double() + found.delta[i])[None])[0]) <= 0, (i, found.status[i])
+
+
+@pytest.mark.parametrize("p", [math.inf, 2.0, 1.0])
+@pytest.mark.parametrize("phi", ["log1p-standardize-hinges", "shift-hinges", "log1p-standardize"])
+def test_near_the_boundary_an_exact_radius_is_never_above_a_verified_flip(phi, p):
+    """Inputs with float64 scores of about 1e-8 (radii near 1e-8): no "exact" lower end lies above the smallest
+    flip of a dense float64 grid (the programs' absolute tolerances once gave 2.6–22× too much: audit 33 F1),
+    and every upper end is a real flip."""
+    model, x = _model(PHIS[phi], 2, seed=10)
+    model = model.double()  # (float64 inputs, which no rounding moves off their score)
+    xs = near_boundary64(model, x, 1e-8)[:3]
+    found = MILPS[p](model, xs, time_limit=20)
+    _flips(model, xs, found)
+    for i in range(len(xs)):
+        lo, hi = float(found.lo[i]), float(found.hi[i])
+        assert 0 < hi < math.inf, found.status[i]
+        grid = grid_flip(model, xs[i], 2 * hi, p)
+        assert lo <= grid * (1 + 1e-3), (i, lo, grid, found.status[i])
+        if found.status[i] == "exact":
+            assert hi <= grid * (1 + 1e-2), (i, hi, grid)
+
+
+@pytest.mark.parametrize("p", [math.inf, 1.0, 2.0])
+def test_brackets_do_not_depend_on_the_scale_of_the_score(p):
+    """s multiplied by c = 1e-6 or 1e-9 changes no decision, so no bracket (measured before the programs were
+    scaled to the score: ℓ∞ 3–8% above the true radius, ℓ1/ℓ2 [0, 0] "exact" with a zero move: audit 33 F2)."""
+    model, x = _model(SPAM_PHI, 2, seed=3)
+    model = model.double()
+    xs = x[score64(model, x) > 0][:2].double()
+    base = MILPS[p](model, xs, time_limit=20)
+    assert set(base.status) == {"exact"}
+    for c in (1e-6, 1e-9):
+        scaled = scaled_score(model, c)
+        found = MILPS[p](scaled, xs, time_limit=20)
+        _flips(scaled, xs, found)
+        assert set(found.status) == {"exact"}, (c, found.status)
+        assert torch.allclose(found.lo, base.lo, rtol=1e-3) and torch.allclose(found.hi, base.hi, rtol=1e-3), c
+
+
+def test_lower_ends_above_another_norms_upper_end_are_not_exact():
+    """‖δ‖₂ ≤ ‖δ‖₁: an ℓ2 lower end above the same input's ℓ1 upper end is the programs' error, so the audit's
+    cross-check takes "exact" away from it."""
+    one = exact_linf_module.ExactBracket(
+        torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0]), torch.zeros(2, 2), ["exact", "exact"], 0.0
+    )
+    two = exact_linf_module.ExactBracket(
+        torch.tensor([1.5, 0.9]), torch.tensor([1.5, 0.9]), torch.zeros(2, 2), ["exact", "exact"], 0.0
+    )
+    cross_check({1.0: one, 2.0: two})
+    assert two.status[0].startswith("inconsistent") and two.status[1] == "exact" and one.status == ["exact"] * 2

@@ -232,6 +232,7 @@ def test_scales_spanning_more_than_the_programs_hold_are_left_unbracketed():
         assert all(s.startswith("not bracketed: the movable features' scales span") for s in why), why
     linf = exact_linf_radii(model, x, tm)
     assert "exact" in linf.status
-    info = audit_module._exact_milp(model, x, 2.0, 20.0, tm.resolve(None, 5))  # (the audit said "max gap 0")
+    info = audit_module._milp_bracket(model, x, 2.0, 20.0, tm.resolve(None, 5))
+    info = audit_module._exact_milp(info, "outer approximation")  # (the audit said "max gap 0")
     assert isinstance(info, ExactSolve) and info.open_brackets is not None
     assert info.open_brackets >= 3 and info.max_relative_gap == math.inf

@@ -36,6 +36,7 @@ from asymcert.certify.exact import (
     _affine_feature_map,
     _import_highspy,
     _quiet_stdout,
+    check_positive,
     nudge_into_domain,
     resolve_threat,
 )
@@ -451,7 +452,8 @@ def bracket_radius(
             and any convex g autograd differentiates; its float64 eval-mode copy is used.
         x: (N, *input_shape) raw inputs. norm: 1, 2 or inf.
         tol: stop an input when upper ≤ (1 + tol)·lower. max_cuts: cut rounds per input (each adds ≤ 2).
-        time_limit: seconds for the whole batch (None: none); inputs still open get "time limit".
+        time_limit: seconds for the whole batch (None: none, else a positive number); inputs still open get
+            "time limit".
         respect_input_range: also keep x + δ in ``model.input_range``.
         threat_model: only the moves it allows, sizes ‖δ/scale‖_p (as :func:`~asymcert.certify.exact.exact_radius`).
     Returns:
@@ -459,24 +461,26 @@ def bracket_radius(
     Raises:
         UnsupportedModelError: not a feature-convex classifier, a φ that is not affine coordinate-wise
             (naming it), a norm other than 1, 2, ∞, or respect_input_range without an input_range.
+        ConfigError: a time limit that is not None or a positive number (0, negative, NaN, a bool).
     """
     p = normalize_norm(norm)
     if p not in (1.0, 2.0, math.inf):
         raise UnsupportedModelError(f"cutting planes bracket ℓ1, ℓ2 and ℓ∞ radii only, not ℓ{p:g}")
     check_inputs(x, getattr(model, "input_shape", None), None)
+    check_positive("cutting planes", "time_limit", time_limit, optional=True)
     model.validate()
     n = x.shape[0]
-    x_flat = x.detach().cpu().double().reshape(n, -1).numpy()
+    x_flat = x.detach().cpu().double().reshape(n, int(np.prod(x.shape[1:]))).numpy()
     prob = _Problem(model, x_flat, p, respect_input_range, threat_model)
-    states = [_Input() for _ in range(n)]
+    if n == 0:  # an empty batch: empty results, as every other solver returns
+        empty = torch.zeros(0, dtype=torch.float64)
+        return BracketResult(
+            empty, empty.clone(), torch.zeros(x.shape, dtype=torch.float64), np.zeros(0, np.int64), [], np.zeros(0)
+        )
     t0 = time.perf_counter()
-    s, gu, err = prob.oracle(x_flat)
-    _record(prob, states, list(range(n)), np.zeros_like(x_flat), s, gu, err)
-    flagged = s > 0
+    states, flagged = _start(prob, x_flat)
     iterations, seconds = np.zeros(n, dtype=np.int64), np.zeros(n)
     status = ["max cuts" if f else "not flagged" for f in flagged]
-    for st, f in zip(states, flagged, strict=True):
-        st.upper, st.delta = (math.inf, None) if f else (0.0, None)
     for _ in range(max_cuts):
         active = [int(k) for k in np.flatnonzero(flagged) if not _done(states[k], tol)]
         if not active:
@@ -493,6 +497,22 @@ def bracket_radius(
         iterations[active] += 1
         seconds[active] += (time.perf_counter() - t_round) / len(active)
     return _result(prob, states, flagged, status, iterations, seconds, tol, x)
+
+
+def _start(prob: _Problem, x_flat: np.ndarray) -> tuple[list[_Input], np.ndarray]:
+    """(one state per input x_flat (N, d), with the tangent at x; which are flagged (N,) bool). A flagged input
+    with nothing movable (immutable features, or a domain without room) is unreachable from the start (the ℓ1
+    LP is then infeasible, and its rounds would run out as "max cuts")."""
+    states = [_Input() for _ in range(len(x_flat))]
+    s, gu, err = prob.oracle(x_flat)
+    _record(prob, states, list(range(len(x_flat))), np.zeros_like(x_flat), s, gu, err)
+    flagged = s > 0
+    stuck = np.asarray(~((prob.low < 0) | (prob.high > 0)).any(axis=1))
+    for st, f, still in zip(states, flagged, stuck, strict=True):
+        st.upper, st.delta = (math.inf, None) if f else (0.0, None)
+        if f and still:
+            st.lower = math.inf
+    return states, flagged
 
 
 def _done(st: _Input, tol: float) -> bool:

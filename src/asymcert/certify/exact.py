@@ -67,14 +67,26 @@ __all__ = [
     "resolve_threat",
 ]
 
-# A reported perturbation δ must satisfy s(x + (1 + CHECK_SCALE)·δ) ≤ CHECK_TOL·max(1, |s(x)|) on the
-# float64 model: pushed 1e-6 beyond the boundary, it must land in (or within rounding of) {s ≤ 0}.
+# A reported perturbation δ must satisfy s(x + (1 + CHECK_SCALE)·δ) ≤ CHECK_TOL·|s(x)| on the float64 model:
+# pushed 1e-6 beyond the boundary, it must land in (or within rounding of) {s ≤ 0}. Relative to the input's own
+# score, so that a score multiplied by 1e-9 is checked as strictly (an absolute 1e-9 passed a zero move there:
+# audit 33 F2).
 CHECK_SCALE = 1e-6
 CHECK_TOL = 1e-9
 
 
 class UnsupportedModelError(AsymcertError, ValueError):
     """A model whose exact radius this module cannot compute (non-affine φ, unknown g, …)."""
+
+
+def check_positive(what: str, name: str, value: object, optional: bool = False) -> None:
+    """Refuse (ConfigError, one line naming ``what`` and ``name``) a ``value`` that is not a positive number:
+    0, negative, NaN, a bool or not a number; None passes when ``optional``. Every exact solver checks its time
+    limit (seconds, > 0; ∞ allowed) and tolerances with it."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{what}: {name} must be a positive number, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,6 +484,7 @@ class ExactRadiusSolver:
         self.cost[nd + n_z - widths[-1] :] = ch.out_m.toarray()[0]
         if ch.out_p is not None:
             self.cost[:nd] = delta_block(ch.out_p, 1).toarray()[0]
+        self.cost_scale = float(np.max(np.abs(self.cost), initial=0.0)) or 1.0  # the objective's unit (m)
         self.h_const = np.concatenate([-layer.c for layer in ch.layers])
         self.Pstack = sp.vstack(
             [layer.P if layer.P is not None else sp.csr_matrix((layer.c.shape[0], d)) for layer in ch.layers],
@@ -642,7 +655,11 @@ class ExactRadiusSolver:
         if self.norm == 1 and self._boxed:
             lower, upper = self._delta_bounds(t0, box)
             h.changeColsBounds(self.nd, np.arange(self.nd, dtype=np.int32), lower, upper)
-        tol_v = 1e-9 * max(1.0, abs(s0))
+        # the objective in units of its largest weight m, so that HiGHS's absolute tolerances and tol_v do not
+        # depend on the score's scale (a score multiplied by 1e-9 changed radii by 0.5%: audit 33 F2)
+        m = self.cost_scale
+        h.changeColsCost(self.n_var, np.arange(self.n_var, dtype=np.int32), self.cost / m)
+        const, tol_v = const / m, 1e-9 * max(1.0, abs(s0) / m)
         start = time.perf_counter()
         t, sol = t0, None
         for step in range(self.max_newton_steps):
@@ -705,15 +722,18 @@ class ExactRadiusSolver:
         time_limit: float | None,
         box: tuple[np.ndarray, np.ndarray],
     ) -> tuple[str, np.ndarray | None]:
-        """min ½‖u‖² over the polyhedron and the box (low, high) on u, for one input."""
+        """min ½‖u‖² over the polyhedron and the box (low, high) on u, for one input (the row s ≤ 0 is divided by
+        the objective's largest weight, so that Clarabel's absolute tolerances do not depend on the score's scale:
+        a score multiplied by 1e-12 gave radius 0, audit 33 F2; by s0 instead, scores near 1e-6 stalled it)."""
         try:
             import clarabel
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("exact ℓ2 radii need the `clarabel` package (pip install clarabel)") from exc
         d, n_z = self.chain.dim, self.n_z
         # equalities (fixed coordinates), then G v ≤ h, objective row out·v + const ≤ 0, z ≥ 0, the box on u.
-        rows = [self.G, sp.csr_matrix(self.cost[None, :]), sp.hstack([sp.csr_matrix((n_z, d)), -sp.identity(n_z)])]
-        b = [h_rows, np.array([-const]), np.zeros(n_z)]
+        m = self.cost_scale
+        rows = [self.G, sp.csr_matrix(self.cost[None, :] / m), sp.hstack([sp.csr_matrix((n_z, d)), -sp.identity(n_z)])]
+        b = [h_rows, np.array([-const / m]), np.zeros(n_z)]
         box_rows, box_b, eq_rows, eq_b = self._qp_box_rows(xf, box)
         rows, b = [eq_rows, *rows, *box_rows], [eq_b, *b, *box_b]
         n_eq = eq_rows.shape[0]
@@ -794,9 +814,10 @@ class ExactRadiusSolver:
             time_limit: seconds allowed per input (None: no limit); an input that runs out gets NaN.
         Returns:
             An :class:`ExactResult`. Every finite positive radius comes with a perturbation δ for
-            which the float64 model gives s(x + (1 + 1e-6)·δ) ≤ 1e-6·max(1, |s(x)|).
+            which the float64 model gives s(x + (1 + 1e-6)·δ) ≤ 1e-9·|s(x)|.
         """
         check_inputs(x, self.input_shape, None)
+        check_positive("exact radii", "time_limit", time_limit, optional=True)
         n, d = x.shape[0], self.chain.dim
         x_flat = x.detach().cpu().double().reshape(n, d).numpy()
         score, grad_u = self._score_and_gradient(x_flat)
@@ -843,29 +864,44 @@ class ExactRadiusSolver:
             seconds,
         )
 
+    def _along(self, x: np.ndarray, d: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(raw points x + t·δ (k, d), their float64 scores (k,)) for inputs x, moves d (k, d) and multiples t (k,);
+        clipped to the domain in the coordinates where x is in it (t > 1 may cross its bounds), which keeps each of
+        them between x and x + t·δ."""
+        lo, hi = self._domain
+        y = x + t[:, None] * d
+        y = np.where((x >= lo) & (x <= hi), np.clip(y, lo, hi), y)
+        with torch.no_grad():
+            return y, self.model64(torch.from_numpy(y).reshape((-1,) + self.input_shape)).numpy()
+
     def _shrink(self, x_flat: np.ndarray, deltas: np.ndarray, radii: np.ndarray, status: list[str]) -> None:
-        """Move every solved δ (N, d) back along itself to where the float64 model first gives s ≤ 0.
+        """Move every solved δ (N, d) along itself to where the float64 model first gives s ≤ 0.
 
         An interior-point solution (ℓ2) can stop a little inside {s ≤ 0} (up to 4e-7 relative measured),
-        which would overstate the radius. s is convex along the segment from x (s > 0) to x + δ: bisection
-        on t ∈ [0, 1] keeps s(x + t_hi·δ) ≤ 0 and stops within 2⁻⁵⁰ of the crossing; δ becomes t_hi·δ and
-        its radius is recomputed (a move that does not reach s ≤ 0 is left to :meth:`_check`). Under a
-        threat model x + t·δ stays in the domain box, which holds x and x + δ.
+        which would overstate the radius, or a little outside it (its absolute tolerances, at scores near 1e-6).
+        A move that does not reach s ≤ 0 is first grown (1 + 10⁻⁶·4^k)-fold, k < 10, until it does (else it is left
+        to :meth:`_check`); then s is convex along the segment from x (s > 0) to x + t_hi·δ: bisection keeps
+        s(x + t_hi·δ) ≤ 0 and stops within 2⁻⁵⁰ of the crossing; δ becomes t_hi·δ and its radius is recomputed.
+        Under a threat model the points stay in the domain box, which holds x.
         """
         idx = np.flatnonzero([s == "optimal" for s in status])
         if not idx.size:
             return
-        x, d = torch.from_numpy(x_flat[idx]), torch.from_numpy(deltas[idx])
-        shape = (-1,) + self.input_shape
-        with torch.no_grad():
-            reached = self.model64((x + d).reshape(shape)).numpy() <= 0
-            lo, hi = np.zeros(idx.size), np.ones(idx.size)
-            for _ in range(50):
-                mid = (lo + hi) / 2
-                below = self.model64((x + torch.from_numpy(mid)[:, None] * d).reshape(shape)).numpy() <= 0
-                lo, hi = np.where(below, lo, mid), np.where(below, mid, hi)
+        x, d = x_flat[idx], deltas[idx]
+        hi = np.ones(idx.size)
+        reached = self._along(x, d, hi)[1] <= 0
+        for k in range(10):
+            if reached.all():
+                break
+            grown = np.where(reached, hi, 1.0 + 1e-6 * 4.0**k)
+            hi, reached = grown, reached | (self._along(x, d, grown)[1] <= 0)
+        lo = np.zeros(idx.size)
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            below = self._along(x, d, mid)[1] <= 0
+            lo, hi = np.where(below, lo, mid), np.where(below, mid, hi)
         keep = idx[reached]
-        deltas[keep] *= hi[reached][:, None]
+        deltas[keep] = self._along(x[reached], d[reached], hi[reached])[0] - x[reached]
         radii[keep] = np.linalg.norm(deltas[keep] / self.scale, ord=self.norm, axis=1)
 
     def _check(
@@ -878,7 +914,7 @@ class ExactRadiusSolver:
         x_adv = x_flat[solved] + (1.0 + CHECK_SCALE) * deltas[solved]
         with torch.no_grad():
             s_adv = self.model64(torch.from_numpy(x_adv).reshape((-1,) + self.input_shape)).numpy()
-        bad = np.flatnonzero(solved)[s_adv > CHECK_TOL * np.maximum(1.0, np.abs(score[solved]))]
+        bad = np.flatnonzero(solved)[s_adv > CHECK_TOL * np.abs(score[solved])]
         for i in bad:
             status[i] = "check failed"
         if bad.size:
@@ -937,7 +973,8 @@ def exact_radius(
     Raises:
         UnsupportedModelError: the model is not of the form above (e.g. a ConcatAbs or log1p
             feature map), with or without a threat model.
-        ConfigError: a threat model for another number of features, or naming features by header.
+        ConfigError: a threat model for another number of features, or naming features by header; a time
+            limit that is not None or a positive number (0, negative, NaN, a bool).
         ImportError: ``highspy`` (ℓ1, ℓ∞) or ``clarabel`` (ℓ2) is not installed.
 
     Example:

@@ -18,9 +18,10 @@ pair-min, then hinges). For ℓ∞ moves the exact radius is still computable:
 So min s over the ball is a mixed-integer linear program (HiGHS through :func:`scipy.optimize.milp`),
 and a flip exists within r iff it is ≤ 0; the radius is bracketed by a search on r that starts at the
 closed-form certificate (small boxes make quick programs) and doubles, then bisects. The upper end is
-always the size of a move that was checked to reach s ≤ 0 on the float64 model (so a certified radius
+always the size of a move whose float64 score is ≤ 0, checked with no tolerance (so a certified radius
 above it is a real violation); the lower end is the solver's word that no flip exists below it (its
-tolerances, not a proof). Radii are in threat-model units (‖(δ_i / scale_i)‖∞), raw units without one.
+tolerances, not a proof; they are relative to the box and to s(x), see :class:`Program`). Radii are in
+threat-model units (‖(δ_i / scale_i)‖∞), raw units without one.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
 from torch import nn
 
 from asymcert.certify.exact import (
-    CHECK_TOL,
     LayerChain,
     UnsupportedModelError,
     _quiet_stdout,
+    check_positive,
     feature_chain,
     resolve_threat,
     solver_factor,
@@ -50,18 +51,26 @@ from asymcert.certify.exact import (
 from asymcert.certify.feature_convex import certify_feature_convex
 from asymcert.certify.inputs import check_inputs
 from asymcert.certify.threat_model import feature_convex_threat
-from asymcert.errors import ConfigError
 from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.nn.convex import ICNN
 from asymcert.nn.feature_maps import Compose, FeatureMap, Hinges, Identity, Log1p, PairMin, Shift, Standardize
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
-__all__ = ["MAX_BOX", "ExactBracket", "HingeChain", "LinfBracket", "exact_linf_radii", "hinge_chain"]
+__all__ = ["MAX_BOX", "PUSHES", "ExactBracket", "HingeChain", "LinfBracket", "exact_linf_radii", "hinge_chain"]
 
 BISECTION_RTOL = 1e-4
 """The bracket [lo, hi] of each radius is narrowed until hi ≤ lo·(1 + BISECTION_RTOL)."""
 MAX_SOLVES = 60
 """At most this many mixed-integer programs per input."""
+ROW_SCALE = 1e3
+""":func:`run_milp` scales every row to this largest coefficient (its variables are O(1)), so HiGHS's fixed row
+tolerance of 1e-7 is 1e-10 of a row's own scale (at 1, the ℓ2 outer approximation stalled 1e-6 from closing)."""
+RESOLVABLE = 1e-10
+"""A bracket closed for an input whose score is at most this fraction of its terms' size (:func:`score_size`) is
+not called "exact": the programs' offsets (:class:`Program`) carry rounding of about 1e-16 of that size, more than
+their tolerances of about 1e-7 of the score there."""
+PUSHES = (0.0, 1e-9, 1e-7, 1e-5)
+"""How far beyond a program's point (relative to its move) a counterexample is looked for."""
 MAX_BOX = 1e12
 """The largest box radius searched while no flip is known (solver units, :class:`Reach`): an unbounded reach
 doubled on to about 1e15, where HiGHS refuses the bounds ("Model error"); beyond it the status is "no flip up to
@@ -181,18 +190,38 @@ Columns = tuple[np.ndarray, np.ndarray, np.ndarray]  # (indices, lower bounds, u
 
 
 class Program:
-    """A mixed-integer linear program under construction: bounded columns, rows Σ coef·column ≤ upper."""
+    """A mixed-integer linear program under construction: bounded columns, rows Σ coef·column ≤ upper.
+
+    Every column also has a reference value ``ref`` (its value at the input itself) and a ``unit`` ≥ its
+    largest deviation from ``ref`` over the box searched; :func:`run_milp` solves in (column − ref) / unit
+    and divides each row by its largest coefficient, so HiGHS's absolute tolerances (1e-7 on rows, 1e-6 on
+    the gap) are relative to the box and to the score's own size, however small those are (a score of
+    1e-8 or a box of 1e-8 with tolerances of 1e-7 gave "exact" radii up to 22× too large: audit 33 F1, F2).
+    Binaries have ref 0 and unit 1.
+    """
 
     def __init__(self) -> None:
         self.bounds: list[tuple[np.ndarray, np.ndarray, bool]] = []
         self.triplets: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.upper: list[np.ndarray] = []
+        self.ref = np.zeros(0)
+        self.unit = np.zeros(0)
         self.n_cols = self.n_rows = 0
 
-    def columns(self, lo: np.ndarray, hi: np.ndarray, integer: bool = False) -> Columns:
+    def columns(
+        self,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        integer: bool = False,
+        ref: np.ndarray | None = None,
+        unit: np.ndarray | None = None,
+    ) -> Columns:
+        """New columns with bounds lo, hi (k,), their reference values and units (k,) (default 0 and 1)."""
         idx = self.n_cols + np.arange(len(lo))
         self.n_cols += len(lo)
         self.bounds.append((np.asarray(lo, float), np.asarray(hi, float), integer))
+        self.ref = np.concatenate([self.ref, np.zeros(len(lo)) if ref is None else np.asarray(ref, float)])
+        self.unit = np.concatenate([self.unit, np.ones(len(lo)) if unit is None else positive_units(unit)])
         return idx, np.asarray(lo, float), np.asarray(hi, float)
 
     def rows(self, terms: Sequence[tuple[np.ndarray, np.ndarray | float]], upper: np.ndarray) -> None:
@@ -213,7 +242,7 @@ class Program:
     def relu(self, x: Columns, t: np.ndarray) -> Columns:
         """h = relu(x − t): exact, with a binary b (b = 1: h = x − t) where x's bounds straddle t."""
         (xc, lo, hi), big_low, big_high = x, np.maximum(t - x[1], 0.0), np.maximum(x[2] - t, 0.0)
-        h = self.columns(np.maximum(lo - t, 0.0), big_high)
+        h = self.columns(np.maximum(lo - t, 0.0), big_high, ref=np.maximum(self.ref[xc] - t, 0.0), unit=self.unit[xc])
         b = self.columns((lo >= t).astype(float), (hi > t).astype(float), integer=True)
         self.rows([(xc, 1.0), (h[0], -1.0)], t)  # h ≥ x − t
         self.rows([(h[0], 1.0), (xc, -1.0), (b[0], big_low)], big_low - t)  # h ≤ x − t + (t − lo)(1 − b)
@@ -222,7 +251,9 @@ class Program:
 
     def minimum(self, a: Columns, b: Columns) -> Columns:
         """q = min(a, b): exact, with a binary c (c = 1: q = a) where the two intervals overlap."""
-        q = self.columns(np.minimum(a[1], b[1]), np.minimum(a[2], b[2]))
+        ref = np.minimum(self.ref[a[0]], self.ref[b[0]])
+        unit = np.maximum(self.unit[a[0]], self.unit[b[0]])
+        q = self.columns(np.minimum(a[1], b[1]), np.minimum(a[2], b[2]), ref=ref, unit=unit)
         c = self.columns((a[2] <= b[1]).astype(float), (a[1] <= b[2]).astype(float), integer=True)
         big_a, big_b = a[2] - q[1], b[2] - q[1]
         zero = np.zeros(len(q[0]))
@@ -231,6 +262,14 @@ class Program:
         self.rows([(a[0], 1.0), (q[0], -1.0), (c[0], big_a)], big_a)  # q ≥ a − M_a(1 − c)
         self.rows([(b[0], 1.0), (q[0], -1.0), (c[0], -big_b)], zero)  # q ≥ b − M_b·c
         return q
+
+
+def positive_units(unit: np.ndarray) -> np.ndarray:
+    """``unit`` (k,) with its zeros (columns that cannot move) replaced by its largest entry (1 if none is
+    positive), so that no column's unit is 0 and fixed columns do not dwarf the moving ones in a row."""
+    unit = np.asarray(unit, float)
+    top = float(np.max(unit, initial=0.0))
+    return np.where(unit > 0, unit, top if top > 0 else 1.0)
 
 
 def _cat(parts: list[Columns]) -> Columns:
@@ -245,9 +284,10 @@ def _pick(cols: Columns, idx: np.ndarray) -> Columns:
     return cols[0][idx], cols[1][idx], cols[2][idx]
 
 
-def feature_columns(prog: Program, chain: HingeChain, lo: np.ndarray, hi: np.ndarray) -> Columns:
-    """The columns of f for v in the box [lo, hi], every piecewise-linear step exact."""
-    v = f0 = prog.columns(lo, hi)
+def feature_columns(prog: Program, chain: HingeChain, lo: np.ndarray, hi: np.ndarray, v0: np.ndarray) -> Columns:
+    """The columns of f for v in the box [lo, hi] (n,), every piecewise-linear step exact; v0 (n,) in the box
+    is the input's own v, the columns' reference (:class:`Program`), and the box's width their unit."""
+    v = f0 = prog.columns(lo, hi, ref=v0, unit=hi - lo)
     n = len(lo)
     if chain.floor is not None:
         h = prog.relu(v, chain.floor)
@@ -269,10 +309,20 @@ class _Minimum:
 def score_terms(prog: Program, g: LayerChain, f: Columns) -> list[tuple[np.ndarray, np.ndarray]]:
     """Columns and coefficients whose sum is an upper bound on s − g.out_c for the features ``f``, equal to
     it at the least feasible epigraph columns z_j ≥ P_j f + M_j z_{j−1} + c_j, z_j ≥ 0 (exact: M_j ≥ 0
-    and g's output weights on z are ≥ 0, so min over z of the sum is s − out_c)."""
-    z_prev = None
+    and g's output weights on z are ≥ 0, so min over z of the sum is s − out_c).
+
+    Each z's reference is its value at the features' references and its unit |P_j|·unit_f + M_j·unit_{j−1},
+    a bound on how far it moves over the box (every step is 1-Lipschitz), so z ≥ ref − unit is valid too
+    and is its lower bound (with z ≥ 0)."""
+    z_prev: Columns | None = None
     for layer in g.layers:
-        z = prog.columns(np.zeros(len(layer.c)), np.full(len(layer.c), np.inf))
+        pre, width = layer.c.copy(), np.zeros(len(layer.c))
+        if layer.P is not None:
+            pre, width = pre + layer.P @ prog.ref[f[0]], width + abs(layer.P) @ prog.unit[f[0]]
+        if layer.M is not None and z_prev is not None:
+            pre, width = pre + layer.M @ prog.ref[z_prev[0]], width + layer.M @ prog.unit[z_prev[0]]
+        floor = np.maximum(pre - width, 0.0)
+        z = prog.columns(floor, np.full(len(layer.c), np.inf), ref=np.maximum(pre, 0.0), unit=width)
         blocks = [] if layer.P is None else [(layer.P, f[0])]
         if layer.M is not None and z_prev is not None:
             blocks.append((layer.M, z_prev[0]))
@@ -285,42 +335,57 @@ def score_terms(prog: Program, g: LayerChain, f: Columns) -> list[tuple[np.ndarr
     return terms
 
 
-def _minimise(chain: HingeChain, lo: np.ndarray, hi: np.ndarray, time_limit: float) -> _Minimum:
-    """min s over the features of every v in the box [lo, hi] (n,), as one mixed-integer program."""
+def _minimise(chain: HingeChain, lo: np.ndarray, hi: np.ndarray, v0: np.ndarray, s0: float, limit: float) -> _Minimum:
+    """min s over the features of every v in the box [lo, hi] (n,), as one mixed-integer program; v0 (n,) is the
+    input's own v and s0 > 0 its score (the program's objective is s / s0: see :class:`Program`)."""
     prog = Program()
-    f = feature_columns(prog, chain, lo, hi)
+    f = feature_columns(prog, chain, lo, hi, v0)
     terms = score_terms(prog, chain.g, f)
     cost = np.zeros(prog.n_cols)
     for cols, coef in terms:
         np.add.at(cost, cols, coef)
-    return _solve(prog, cost, lo.shape[0], chain.g.out_c, time_limit)
-
-
-def run_milp(prog: Program, cost: np.ndarray, time_limit: float, gap: float = 1e-9) -> OptimizeResult:
-    """HiGHS (:func:`scipy.optimize.milp`) on ``prog``: minimise cost·x within ``time_limit`` seconds, stopping
-    once the incumbent is within the relative ``gap`` of the dual bound."""
-    rows, cols, vals = (np.concatenate([t[k] for t in prog.triplets]) for k in range(3))
-    a = sp.csr_matrix((vals, (rows, cols)), shape=(prog.n_rows, prog.n_cols))
-    lo, hi = (np.concatenate([b[k] for b in prog.bounds]) for k in range(2))
-    integrality = np.concatenate([np.full(len(b[0]), float(b[2])) for b in prog.bounds])
-    with _quiet_stdout():  # scipy's HiGHS prints a debug line on some solves
-        return milp(
-            cost,
-            integrality=integrality,
-            bounds=Bounds(lo, hi),
-            constraints=LinearConstraint(a, -np.inf, np.concatenate(prog.upper)),
-            options={"time_limit": max(time_limit, 1e-3), "mip_rel_gap": gap},
-        )
-
-
-def _solve(prog: Program, cost: np.ndarray, n: int, constant: float, time_limit: float) -> _Minimum:
-    """Solve ``prog`` (minimise cost·x + constant) with HiGHS; the first n columns are v."""
-    res = run_milp(prog, cost, time_limit)
+    res = run_milp(prog, cost, limit, scale=s0)
     bound = getattr(res, "mip_dual_bound", None)
     if res.status == 0 and (bound is None or not math.isfinite(bound)):  # no binaries left: an LP optimum
         bound = res.fun
-    v = None if res.x is None else np.asarray(res.x[:n], dtype=float)
-    return _Minimum(-math.inf if bound is None else float(bound) + constant, v, str(res.message))
+    v = None if res.x is None else np.asarray(res.x[: len(lo)], dtype=float)
+    bound = -math.inf if bound is None or not math.isfinite(bound) else float(bound) + chain.g.out_c
+    return _Minimum(bound, v, str(res.message))
+
+
+def run_milp(
+    prog: Program, cost: np.ndarray, time_limit: float, gap: float = 1e-9, scale: float = 1.0
+) -> OptimizeResult:
+    """HiGHS (:func:`scipy.optimize.milp`) on ``prog``: minimise cost·x (cost (n_cols,)) within ``time_limit``
+    seconds, stopping once the incumbent is within the relative ``gap`` of the dual bound.
+
+    HiGHS solves in y = (x − ref) / unit (:class:`Program`), every row divided by its largest coefficient and
+    the objective by ``scale`` (the size of cost·x's changes: the input's score for min s). The result's ``x``,
+    ``fun`` and ``mip_dual_bound`` are mapped back to x and cost·x."""
+    rows, cols, vals = (np.concatenate([t[k] for t in prog.triplets]) for k in range(3))
+    a = sp.csr_matrix((vals, (rows, cols)), shape=(prog.n_rows, prog.n_cols))
+    upper = np.concatenate(prog.upper) - a @ prog.ref
+    a = a @ sp.diags(prog.unit)
+    big = np.asarray(abs(a).max(axis=1).todense()).reshape(-1)
+    big = np.where(big > 0, big, 1.0) / ROW_SCALE
+    a, upper = sp.diags(1.0 / big) @ a, upper / big
+    lo, hi = ((np.concatenate([b[k] for b in prog.bounds]) - prog.ref) / prog.unit for k in range(2))
+    integrality = np.concatenate([np.full(len(b[0]), float(b[2])) for b in prog.bounds])
+    with _quiet_stdout():  # scipy's HiGHS prints a debug line on some solves
+        res = milp(
+            cost * prog.unit / scale,
+            integrality=integrality,
+            bounds=Bounds(lo, hi),
+            constraints=LinearConstraint(a.tocsr(), -np.inf, upper),
+            options={"time_limit": max(time_limit, 1e-3), "mip_rel_gap": gap},
+        )
+    offset = float(cost @ prog.ref)
+    if res.x is not None:
+        res.x = prog.ref + prog.unit * np.asarray(res.x)
+    for key in ("fun", "mip_dual_bound"):
+        if res.get(key) is not None:
+            res[key] = offset + scale * float(res[key])
+    return res
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +401,9 @@ class ExactBracket:
     ``hi`` is the size of a move checked to reach s ≤ 0 on the float64 model (∞: none exists within the
     threat model's domain, ``lo`` = ∞ too); ``lo`` the largest radius the solver found free of flips.
     0 for inputs that are not flagged. ``status`` per input: "exact" (hi ≤ lo·(1 + rtol)), "no flip",
-    "not flagged", or why the bracket stayed open ("time limit", "solver: …", "undecided at r = …").
+    "not flagged", or why the bracket stayed open ("time limit", "solver: …", "undecided at r = …"), or why a
+    closed one is not trusted ("unresolved: …" where s(x) is within rounding of 0, :data:`RESOLVABLE`;
+    "inconsistent: …" from :func:`~asymcert.certify.exact_lp.cross_check`).
     ``delta`` (N, n): the raw move of size ``hi`` (NaN rows where there is none), a counterexample anyone
     can re-check.
     """
@@ -392,33 +459,63 @@ def reach_balls(x: np.ndarray, tm: ResolvedThreatModel | None) -> list[Reach]:
     return out
 
 
+def score_size(chain: HingeChain, x: np.ndarray) -> np.ndarray:
+    """(N,) the size of the terms whose sum is s at raw inputs x (N, n): |out_c| + out_m·z + |out_p|·|f| with g's
+    last hidden state z ≥ 0 (out_m ≥ 0), float64. s is known only to about 1e-16 of it (rounding)."""
+    f = chain.features(x)
+    z = f
+    for k, layer in enumerate(chain.g.layers):
+        pre = np.broadcast_to(layer.c, (len(x), len(layer.c))).copy()
+        if layer.P is not None:
+            pre += (layer.P @ f.T).T
+        if layer.M is not None and k > 0:
+            pre += (layer.M @ z.T).T
+        z = np.maximum(pre, 0.0)
+    size = abs(chain.g.out_c) + (chain.g.out_m @ z.T).T[:, 0]
+    if chain.g.out_p is not None:
+        size = size + (abs(chain.g.out_p) @ np.abs(f).T).T[:, 0]
+    return np.asarray(size)
+
+
 def float64_scores(model64: FeatureConvexClassifier, x: np.ndarray) -> np.ndarray:
     """s (k,) of the float64 model on raw inputs x (k, n)."""
     with torch.no_grad():
         return model64(torch.from_numpy(x).reshape((-1, *model64.input_shape))).numpy().reshape(-1)
 
 
-def removes_flag(s: np.ndarray, s0: float) -> np.ndarray:
-    """Which scores s (k,) count as s ≤ 0 for an input whose own score is s0 (to CHECK_TOL, relative)."""
-    return s <= CHECK_TOL * max(1.0, abs(s0))
+def removes_flag(s: np.ndarray) -> np.ndarray:
+    """Which float64 scores s (k,) remove the flag: s ≤ 0 exactly (no tolerance, so that a counterexample
+    re-checked on the float64 model gives s ≤ 0; a tolerance of 1e-9 absolute let a zero move count at scores
+    below 1e-9: audit 33 F2, F3)."""
+    return s <= 0.0
+
+
+def first_flip(model64: FeatureConvexClassifier, x: np.ndarray, tries: np.ndarray) -> np.ndarray | None:
+    """The first of the raw inputs ``tries`` (k, n) whose float64 score is ≤ 0, as a move from x (n,), or None."""
+    ok = np.flatnonzero(removes_flag(float64_scores(model64, tries)))
+    return tries[ok[0]] - x if ok.size else None
 
 
 def _flip_at(
     chain: HingeChain, model64: FeatureConvexClassifier, ball: Reach, r: float, s0: float, limit: float
 ) -> tuple[str, np.ndarray | None]:
-    """("flip", the move δ (n,)) when the program finds a move within r that is checked to reach s ≤ 0,
-    ("safe", None) when its lower bound on min s is > 0, else (why not, None): a minimum within the
-    solver's gap of 0, or HiGHS's message (e.g. its time limit)."""
+    """("flip", the move δ (n,)) when the program finds a move within r that is checked to reach s ≤ 0
+    (itself, or pushed (1 + ε)-fold for ε in PUSHES, within r·(1 + ε): the program meets its rows only to
+    its tolerances), ("safe", None) when its lower bound on min s is > 0, else (why not, None): a minimum
+    within the solver's tolerances of 0, or HiGHS's message (e.g. its time limit)."""
     x_lo, x_hi = ball.box(r)
-    prog = _minimise(chain, chain.pre(x_lo[None])[0], chain.pre(x_hi[None])[0], limit)
+    v0 = chain.pre(ball.x[None])[0]
+    prog = _minimise(chain, chain.pre(x_lo[None])[0], chain.pre(x_hi[None])[0], v0, s0, limit)
     if prog.bound > 0:
         return "safe", None
     if prog.v is not None:
-        moved = np.clip(chain.raw(prog.v), x_lo, x_hi)
-        s = float64_scores(model64, moved[None])
-        if removes_flag(s, s0)[0]:
-            return "flip", moved - ball.x
-        return f"undecided at r = {r * ball.per_unit:.6g}: min s in [{prog.bound:.3g}, {s[0]:.3g}]", None
+        move = np.clip(chain.raw(prog.v), x_lo, x_hi) - ball.x
+        tries = np.stack([np.clip(ball.x + (1.0 + eps) * move, *ball.box(r * (1.0 + eps))) for eps in PUSHES])
+        flip = first_flip(model64, ball.x, tries)
+        if flip is not None:
+            return "flip", flip
+        s = float(float64_scores(model64, tries[:1])[0])
+        return f"undecided at r = {r * ball.per_unit:.6g}: min s in [{prog.bound:.3g}, {s:.3g}]", None
     return f"solver: {prog.status}", None
 
 
@@ -482,9 +579,8 @@ def bracket_radii(
     chain = hinge_chain(model64)
     check_inputs(x, tuple(model.input_shape))
     tm = resolve_threat(threat_model, chain.a.shape[0])
-    for name, value in (("time_limit", time_limit), ("rtol", rtol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigError(f"exact radii: {name} must be a positive number, got {value!r}")
+    check_positive("exact radii", "time_limit", time_limit)
+    check_positive("exact radii", "rtol", rtol)
     flat = x.detach().flatten(1).double().cpu().numpy()  # (N, n), N = 0 too
     if not len(flat):
         empty = torch.zeros(0, dtype=torch.float64)
@@ -493,6 +589,7 @@ def bracket_radii(
     cert = certify_feature_convex(model, x, (p,)) if tm is None else feature_convex_threat(model, x, (p,), tm)
     closed = cert.radii[p].double().cpu().numpy()
     scores = float64_scores(model64, flat)
+    sizes = score_size(chain, flat)
     lo, hi, delta, status = np.zeros(len(flat)), np.zeros(len(flat)), np.full_like(flat, np.nan), []
     for i, ball in enumerate(reach_balls(flat, tm)):
         if scores[i] <= 0:
@@ -503,6 +600,8 @@ def bracket_radii(
         lo[i], hi[i] = lo[i] * ball.per_unit, hi[i] * ball.per_unit
         if move is not None:
             delta[i] = move
+        if why == "exact" and scores[i] <= RESOLVABLE * sizes[i]:
+            why = f"unresolved: s(x) = {scores[i]:.3g} is within rounding of 0 (its terms are {sizes[i]:.3g})"
         status.append(why)
     return ExactBracket(
         torch.from_numpy(lo), torch.from_numpy(hi), torch.from_numpy(delta), status, time.perf_counter() - t0
