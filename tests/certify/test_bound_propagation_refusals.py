@@ -159,3 +159,18 @@ def test_a_model_subclass_overriding_forward_is_refused():
     model = Negated(base.net, base.input_shape, None, base.arch).eval()
     with pytest.raises(ModelError, match=r"Negated overrides forward\(\)"):
         asymcert.certify(model, torch.randn(4, 4), norms=("inf",), method="ibp")
+
+
+class _NegatedWrapper(_ConvNet):
+    """A user's own class whose ``forward`` negates its layer chain: the bounds of ``.net`` are not its score's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.net(x).squeeze(-1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_forward_that_is_not_its_layer_chain_is_refused(method):
+    """A wrapper whose forward is −net(x) was certified with net's bounds (session 33 families fix, left open)."""
+    model = _NegatedWrapper().eval()
+    with pytest.raises(UnsupportedNetworkError, match=r"_NegatedWrapper\.forward does not compute its layer chain"):
+        asymcert.certify(model, torch.rand(4, 1, 6, 6), norms=("inf",), method=method)

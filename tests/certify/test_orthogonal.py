@@ -80,3 +80,28 @@ def test_a_nested_sequential_is_certified_like_the_flat_net():
     for p in a.radii:
         assert bool((b.radii[p] <= a.radii[p]).all()) and torch.allclose(a.radii[p], b.radii[p], rtol=1e-12, atol=0)
     assert bool((b.radii[2.0] > 0).any())
+
+
+class _TripledWrapper(nn.Module):
+    """A user's own class with an orthogonal net as ``.net`` and its Lipschitz constants, whose forward is 3·net(x)."""
+
+    certifier = "orthogonal"
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.net = inner.net
+        self.input_shape = inner.input_shape
+        self.inner_lipschitz = inner.lipschitz
+
+    def lipschitz(self, p: float) -> float:
+        return self.inner_lipschitz(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3.0 * self.net(x).squeeze(-1)
+
+
+def test_a_forward_that_is_not_its_layer_chain_is_refused():
+    """The radii are the chain's s/L: a forward that triples it would get radii 3× too large."""
+    model = _TripledWrapper(_orthogonal()).eval()
+    with pytest.raises(UnsupportedNetworkError, match=r"_TripledWrapper\.forward does not compute its layer chain"):
+        asymcert.certify(model, torch.rand(8, 4), norms=(2,))

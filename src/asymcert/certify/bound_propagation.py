@@ -112,6 +112,32 @@ def sequential_layers(
     return out
 
 
+def check_chain(model: nn.Module, layers: list[nn.Module], x: torch.Tensor, score: torch.Tensor) -> None:
+    """Refuse ``model`` when its scores (N,) at ``x`` are not its layer chain's (``layers`` applied in turn, what
+    the bounds are computed on): a model whose ``forward`` is not ``net(x)`` (a wrapper of the user's own that
+    negates or rescales it) would get bounds of another function. Both run the same operations in the same
+    order for asymcert's models and plain ``nn.Sequential``s, so the values are compared exactly.
+
+    Raises:
+        UnsupportedNetworkError: naming the model's class and the first input where they differ.
+    """
+    chain = x
+    with eval_mode(model), torch.no_grad():
+        for layer in layers:
+            chain = layer(chain)
+    chain = chain.reshape(x.shape[0], -1)
+    if chain.shape[1] != 1:
+        return  # (a multi-output chain: the caller refuses it by its output count)
+    differ = ~((chain[:, 0] == score) | (torch.isnan(chain[:, 0]) & torch.isnan(score)))
+    if bool(differ.any()):
+        i = int(torch.nonzero(differ)[0])
+        raise UnsupportedNetworkError(
+            f"{type(model).__name__}.forward does not compute its layer chain (.net): at input {i} it gives "
+            f"{float(score[i])!r}, the chain {float(chain[i, 0])!r}; the bounds are the chain's, so its own "
+            "forward cannot be vouched for"
+        )
+
+
 def _collect_layers(
     net: nn.Sequential, path: str, supported: tuple[type[nn.Module], ...], out: list[nn.Module]
 ) -> list[str]:
@@ -701,6 +727,7 @@ def _certify_bounds(
             f"{method} certifies single-score (binary) models; this one has {score.shape[1]} outputs"
         )
     score = score[:, 0]
+    check_chain(model, sequential_layers(model), x, score)
     u_model = matmul_unit_roundoff(score.dtype, score.device)
     net = copy.deepcopy(model).double().eval() if precision == "float64" else model
     layers = sequential_layers(net)

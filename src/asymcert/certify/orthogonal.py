@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from asymcert.certify import options as option_checks
-from asymcert.certify.bound_propagation import sequential_layers
+from asymcert.certify.bound_propagation import check_chain, sequential_layers
 from asymcert.certify.functional import safe_radius
 from asymcert.certify.inputs import check_model
 from asymcert.certify.modes import check_precision, check_slack, eval_mode, gamma, matmul_unit_roundoff
@@ -175,6 +175,7 @@ def certify_orthogonal(
     layers = orthogonal_layers(model)
     with eval_mode(model), torch.no_grad():
         score = model(x).reshape(-1)
+        check_chain(model, layers, x, score)
         u_model = matmul_unit_roundoff(score.dtype, score.device)
         a, b = score_error_bound(layers, layers, x, u_model)
         if precision == "float64":
