@@ -314,3 +314,26 @@ def folder_held(folder: Path) -> Iterator[None]:
     finally:
         holder.kill()
         holder.wait()
+
+
+HOOK_KINDS = ("forward", "forward pre", "replaced forward")
+"""The ways :func:`tamper_layer` changes what a layer computes without changing its class."""
+
+
+def tamper_layer(layer: torch.nn.Module, kind: str) -> None:
+    """Make ``layer`` compute 10× its output by a forward hook, a forward pre-hook (10× its input: the same for
+    the linear layers these tests tamper) or a replaced ``forward`` (one of :data:`HOOK_KINDS`)."""
+    if kind == "forward":
+        layer.register_forward_hook(lambda mod, inp, out: out * 10)
+    elif kind == "forward pre":
+        layer.register_forward_pre_hook(lambda mod, inp: (inp[0] * 10,))
+    else:
+        original = layer.forward
+        layer.forward = lambda t: original(t) * 10
+
+
+def one_line(err: pytest.ExceptionInfo) -> str:
+    """The text of the error ``pytest.raises`` caught, checked to be one line."""
+    text = str(err.value)
+    assert "\n" not in text
+    return text

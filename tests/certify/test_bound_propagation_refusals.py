@@ -18,6 +18,7 @@ from asymcert.certify.bound_propagation import METHODS, UnsupportedNetworkError
 from asymcert.errors import ModelError
 from asymcert.models import build_model
 from tests.certify.test_bound_propagation import pgd_min_score
+from tests.conftest import HOOK_KINDS, one_line, tamper_layer
 
 
 class _Neg3(nn.Identity):
@@ -59,12 +60,6 @@ def _relu_ibp() -> nn.Module:
     return build_model({"kind": "relu-ibp", "input_shape": [4], "arch": "mlp", "widths": [8]}).eval()
 
 
-def _one_line(err: pytest.ExceptionInfo) -> str:
-    text = str(err.value)
-    assert "\n" not in text
-    return text
-
-
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("mode", ["circular", "reflect", "replicate"])
 def test_a_conv_padded_other_than_with_zeros_is_refused_by_path(mode, method):
@@ -73,7 +68,7 @@ def test_a_conv_padded_other_than_with_zeros_is_refused_by_path(mode, method):
     model = _ConvNet(mode).eval()
     with pytest.raises(UnsupportedNetworkError) as err:
         asymcert.certify(model, torch.rand(4, 1, 6, 6), norms=("inf",), method=method)
-    assert f"net.0: Conv2d has padding_mode='{mode}'" in _one_line(err)
+    assert f"net.0: Conv2d has padding_mode='{mode}'" in one_line(err)
 
 
 def test_padding_mode_does_not_matter_without_padding_and_zeros_is_accepted():
@@ -121,30 +116,20 @@ def test_a_subclass_of_an_allowed_layer_is_refused_by_path(where, layer, base, m
     with pytest.raises(UnsupportedNetworkError) as err:
         asymcert.certify(model, torch.randn(4, 4), norms=("inf",), method=method)
     name = type(layer).__name__
-    assert f"net.{3 if where == 'insert 3' else where[4:]}: {name} (a subclass of {base}" in _one_line(err)
+    assert f"net.{3 if where == 'insert 3' else where[4:]}: {name} (a subclass of {base}" in one_line(err)
 
 
-def _hook(model: nn.Module, kind: str) -> None:
-    layer = model.net[2]
-    if kind == "forward":
-        layer.register_forward_hook(lambda mod, inp, out: out * 10)
-    elif kind == "forward pre":
-        layer.register_forward_pre_hook(lambda mod, inp: (inp[0] * 10,))
-    else:
-        layer.forward = lambda t: nn.functional.linear(t, layer.weight, layer.bias) * 10
-
-
-@pytest.mark.parametrize("kind", ["forward", "forward pre", "replaced forward"])
+@pytest.mark.parametrize("kind", HOOK_KINDS)
 @pytest.mark.parametrize("wrapped", [True, False])
 def test_hooks_and_replaced_forwards_are_refused_by_path(kind, wrapped):
     """Review s33 families 3: a ×10 hook on net.2 got r∞ 1.69 under CROWN and both certified inputs flipped. Refused
     for the family's model (its validate()) and for a plain nn.Sequential (certify's model check) alike."""
     model = _relu_ibp()
-    _hook(model, kind)
+    tamper_layer(model.net[2], kind)
     target = model if wrapped else model.net
     with pytest.raises(ModelError) as err:
         asymcert.certify(target, torch.randn(4, 4), norms=("inf",), method="crown")
-    text = _one_line(err)
+    text = one_line(err)
     path = "net.2" if wrapped else "2"
     assert f"{path}: " in text and ("hook" in text if kind != "replaced forward" else "forward" in text)
 

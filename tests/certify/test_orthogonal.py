@@ -15,6 +15,7 @@ import asymcert
 from asymcert.certify.bound_propagation import UnsupportedNetworkError
 from asymcert.errors import ModelError
 from asymcert.models import build_model
+from tests.conftest import HOOK_KINDS, one_line, tamper_layer
 
 
 class _Scale3(nn.Identity):
@@ -29,36 +30,24 @@ def _orthogonal() -> nn.Module:
     return build_model({"kind": "orthogonal", "input_shape": [4], "arch": "mlp", "widths": [8]}).eval()
 
 
-def _one_line(err: pytest.ExceptionInfo) -> str:
-    text = str(err.value)
-    assert "\n" not in text
-    return text
-
-
 def test_an_identity_subclass_is_refused_by_path():
     model = _orthogonal()
     model.net.insert(3, _Scale3())
     with pytest.raises(UnsupportedNetworkError) as err:
         asymcert.certify(model, torch.randn(4, 4), norms=(2,))
-    assert "net.3: _Scale3 (a subclass of Identity: only the exact type is accepted)" in _one_line(err)
+    assert "net.3: _Scale3 (a subclass of Identity: only the exact type is accepted)" in one_line(err)
     with pytest.raises(ModelError, match=r"net\.3: no ℓ2 Lipschitz constant known for _Scale3"):
         model.lipschitz(2)  # (reported 1.0000000053 before)
 
 
-@pytest.mark.parametrize("kind", ["forward", "forward pre", "replaced forward"])
+@pytest.mark.parametrize("kind", HOOK_KINDS)
 def test_hooks_and_replaced_forwards_are_refused_by_path(kind):
     """A ×10 forward hook on net.2 got r2 = 1.2051 and 4/4 certified inputs flipped."""
     model = _orthogonal()
-    layer = model.net[2]
-    if kind == "forward":
-        layer.register_forward_hook(lambda mod, inp, out: out * 10)
-    elif kind == "forward pre":
-        layer.register_forward_pre_hook(lambda mod, inp: (inp[0] * 10,))
-    else:
-        layer.forward = lambda t: 10 * nn.functional.linear(t, layer.weight, layer.bias)
+    tamper_layer(model.net[2], kind)
     with pytest.raises(ModelError) as err:
         asymcert.certify(model, torch.randn(4, 4), norms=(2,))
-    assert "net.2: " in _one_line(err)
+    assert "net.2: " in one_line(err)
 
 
 def test_torch_pixel_unshuffle_is_refused_by_path():
@@ -67,7 +56,7 @@ def test_torch_pixel_unshuffle_is_refused_by_path():
     model.net.insert(3, nn.PixelUnshuffle(1))
     with pytest.raises(UnsupportedNetworkError) as err:
         asymcert.certify(model, torch.randn(4, 4), norms=(2,))
-    assert "net.3: torch.nn.modules.pixelshuffle.PixelUnshuffle is not allowed here" in _one_line(err)
+    assert "net.3: torch.nn.modules.pixelshuffle.PixelUnshuffle is not allowed here" in one_line(err)
 
 
 def test_a_nested_sequential_is_certified_like_the_flat_net():

@@ -25,6 +25,7 @@ from asymcert.models.linf_dist_net import LinfDistNet
 from asymcert.nn.linf_dist import LinfDist
 from asymcert.train import TrainConfig, fit
 from asymcert.train.linf_recipe import LINF_TRAIN_DEFAULTS, LinfDistRecipe, growth_ratio, mixture_loss, p_schedule
+from tests.conftest import HOOK_KINDS, tamper_layer
 
 INF = math.inf
 SHAPE = (1, 8, 8)
@@ -562,17 +563,11 @@ def test_a_head_layer_subclass_is_refused_by_path():
         asymcert.certify(model, torch.randn(4, 4))
 
 
-@pytest.mark.parametrize("kind", ["forward", "forward pre", "replaced forward"])
+@pytest.mark.parametrize("kind", HOOK_KINDS)
 def test_hooks_and_replaced_forwards_are_refused_by_path(kind):
     """Review s33 families 3: a ×10 hook on dist.0 got r∞ 0.30 and 5 of 12 certified inputs flipped."""
     model = _binary_linf()
-    layer = model.dist[0]
-    if kind == "forward":
-        layer.register_forward_hook(lambda mod, inp, out: out * 10)
-    elif kind == "forward pre":
-        layer.register_forward_pre_hook(lambda mod, inp: (inp[0] * 10,))
-    else:
-        layer.forward = lambda t: 10 * LinfDist.forward(layer, t)
+    tamper_layer(model.dist[0], kind)
     with pytest.raises(ModelError, match=r"dist\.0: (has forward|its forward)"):
         asymcert.certify(model, torch.randn(4, 4))
 
