@@ -345,6 +345,21 @@ def test_exact_milp_with_no_exact_is_refused(tm_run, tmp_path):
     assert sorted(p.name for p in copy.iterdir()) == before
 
 
+@pytest.mark.parametrize("command", [["certify"], ["audit", "--limit", "5"], ["export", "--format", "vnnlib"]])
+def test_a_data_dir_for_a_run_of_its_own_file_is_refused(tm_run, tmp_path, command):
+    """A CSV run reads its own file: --data-dir was ignored without a word (session 33 ONNX review); now one line,
+    exit 2, nothing written."""
+    copy = tmp_path / "run"
+    shutil.copytree(tm_run, copy)
+    before = sorted(p.name for p in copy.iterdir())
+    extra = ["--out", str(tmp_path / "bench")] if command[0] == "export" else []
+    res = CliRunner().invoke(main, [command[0], str(copy), *command[1:], *extra, "--data-dir", str(tmp_path / "no")])
+    assert res.exit_code == EXIT_REFUSED, res.output
+    assert "--data-dir is where a built-in task's data lives" in res.output and "train.csv" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in copy.iterdir()) == before and not (tmp_path / "bench").exists()
+
+
 @pytest.mark.parametrize(
     "fmt, extra, message",
     [

@@ -168,8 +168,16 @@ def read_run(run_dir: str | Path) -> RunRecord:
 
 
 def run_data(run_dir: str | Path, data_dir: str | Path | None = None) -> TaskData:
-    """Reload the data of a run folder's task (same splits)."""
+    """Reload the data of a run folder's task (same splits).
+
+    Raises:
+        ConfigError: ``data_dir`` for a run of the user's own data, which is read from its file (the folder would
+            be ignored, silently before).
+    """
     run = read_run_record(run_dir)
+    if data_dir is not None and "name" not in run.task:
+        own = next((str(run.task[k]) for k in ("csv", "npz", "images") if k in run.task), "its own file")
+        raise ConfigError(f"--data-dir is where a built-in task's data lives; this run reads its own data ({own})")
     task = resolve_task(run.task)
     return task.load(Path(data_dir) if data_dir else (Path(run.data_dir) if run.data_dir else None))
 
