@@ -159,3 +159,12 @@ def test_a_forward_that_is_not_its_layer_chain_is_refused(method):
     model = _NegatedWrapper().eval()
     with pytest.raises(UnsupportedNetworkError, match=r"_NegatedWrapper\.forward does not compute its layer chain"):
         asymcert.certify(model, torch.rand(4, 1, 6, 6), norms=("inf",), method=method)
+
+
+def test_a_refused_network_is_a_model_error():
+    """Every model asymcert cannot vouch for is a ModelError, whichever certifier refuses it (so the exporters and
+    save, which catch ModelError, name it as theirs)."""
+    assert issubclass(UnsupportedNetworkError, ModelError)
+    model = _ConvNet("circular").eval()
+    with pytest.raises(ModelError, match="padding_mode='circular'"):
+        asymcert.certify(model, torch.rand(2, 1, 6, 6), norms=("inf",), method="crown")

@@ -60,7 +60,7 @@ from asymcert.certify.functional import dual_exponent
 from asymcert.certify.inputs import check_model
 from asymcert.certify.modes import UnsoundOptionError, check_precision, eval_mode, gamma, matmul_unit_roundoff
 from asymcert.certify.result import Certificate, Guarantee, normalize_norm
-from asymcert.errors import AsymcertError
+from asymcert.errors import ModelError
 from asymcert.nn.convex import conv_problems, type_problems
 from asymcert.nn.feature_maps import Shift
 
@@ -76,8 +76,9 @@ _CHUNK_ELEMENTS = 1 << 23
 Box = tuple[torch.Tensor, torch.Tensor]
 
 
-class UnsupportedNetworkError(AsymcertError, ValueError):
-    """A network with a layer bound propagation does not handle."""
+class UnsupportedNetworkError(ModelError):
+    """A network asymcert cannot vouch for because bound propagation (or the orthogonal certifier's rounding
+    analysis) does not describe one of its layers: a :class:`~asymcert.errors.ModelError`, as every refused model."""
 
 
 def sequential_layers(
