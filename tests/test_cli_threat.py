@@ -367,6 +367,7 @@ def test_a_data_dir_for_a_run_of_its_own_file_is_refused(tm_run, tmp_path, comma
         ("vnnlib", ["--no-certificates"], "--no-certificates does not apply to --format vnnlib"),
         ("onnx", ["--limit", "5"], "--limit does not apply to --format onnx"),
         ("onnx", ["--limit", "5", "--timeout", "9"], "--limit and --timeout do not apply to --format onnx"),
+        ("onnx", ["--data-dir", "somewhere"], "--data-dir does not apply to --format onnx"),
     ],
 )
 def test_export_options_of_the_other_format_are_refused(tm_run, tmp_path, fmt, extra, message):

@@ -1062,7 +1062,9 @@ def export_cmd(
 
     Needs the export extra: pip install 'asymcert[export]'. Randomized smoothing is refused."""
 
-    _export_options_apply(fmt, norms=norms, no_certificates=no_certificates, limit=limit, timeout=timeout)
+    _export_options_apply(
+        fmt, norms=norms, no_certificates=no_certificates, limit=limit, timeout=timeout, data_dir=data_dir
+    )
     chosen = _norms(norms) if norms is not None else DEFAULT_NORMS
     tm = _threat(threat_model, no_threat_model)
     wait = DEFAULT_TIMEOUT if timeout is None else timeout
@@ -1071,8 +1073,9 @@ def export_cmd(
 
 def _export_options_apply(fmt: str, **given: Any) -> None:
     """Refuse (one line) an option given for the other export format: ``--norms``/``--no-certificates`` are
-    the ONNX graph's (VNN-LIB properties are ℓ∞ boxes), ``--limit``/``--timeout`` the VNN-LIB folder's."""
-    other = {"vnnlib": ("norms", "no_certificates"), "onnx": ("limit", "timeout")}[fmt]
+    the ONNX graph's (VNN-LIB properties are ℓ∞ boxes), ``--limit``/``--timeout``/``--data-dir`` the VNN-LIB
+    folder's (the graph reads no data: the folder was ignored without a word)."""
+    other = {"vnnlib": ("norms", "no_certificates"), "onnx": ("limit", "timeout", "data_dir")}[fmt]
     wrong = [f"--{name.replace('_', '-')}" for name in other if given[name] not in (None, False)]
     if wrong:
         raise click.UsageError(
