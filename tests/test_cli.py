@@ -678,3 +678,19 @@ def test_a_named_augmentation_on_feature_vectors_is_one_line_exit_2_and_writes_n
     line = _refused(res)
     assert "ConfigError: training setting augment='flip' crops and flips images" in line and "shape (2,)" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]
+
+
+def test_a_ctrl_c_after_the_command_finished_prints_no_traceback():
+    """A SIGINT during the interpreter's teardown, once the command's work and exit code are done, landed in an
+    exit handler and printed a traceback after exit 0 (session 33 traffic review: Ctrl-C just after `certify
+    --input` committed its results). An exit handler here sends it at exactly that time."""
+    script = (
+        "import atexit, os, signal, sys, time\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))\n"
+        "sys.argv = ['asymcert', 'tasks']\n"
+        "import _asymcert_launch\n"
+        "_asymcert_launch.main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "spambase" in done.stdout, done.stderr
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr

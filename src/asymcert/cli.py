@@ -1106,10 +1106,16 @@ def entry() -> None:
     """The ``asymcert`` command and ``python -m asymcert``: :func:`main`, after which, under ``torchrun``, a rank
     other than 0 (it writes no files) flushes its output and leaves with ``os._exit``, keeping its exit code:
     in the interpreter's teardown gloo's threads, still connected to rank 0, could abort it ("terminate called
-    without an active exception", exit −6), and torchrun would then kill rank 0, which may still be writing."""
+    without an active exception", exit −6), and torchrun would then kill rank 0, which may still be writing.
+
+    Once the command has finished (its results committed, its exit code decided), a Ctrl-C is ignored: in the
+    interpreter's teardown it landed in an exit handler of torch's and printed a traceback, after exit code 0
+    (session 33 traffic review)."""
     try:
         main()
     except SystemExit as done:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if distributed.rank() == 0:
             raise
         sys.stdout.flush()
