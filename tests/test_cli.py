@@ -30,6 +30,7 @@ from asymcert.cli import (
     EXIT_REFUSED,
     EXIT_TERMINATED,
     _bars,
+    entry,
     main,
 )
 from asymcert.report import writer as writer_module
@@ -694,3 +695,13 @@ def test_a_ctrl_c_after_the_command_finished_prints_no_traceback():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "spambase" in done.stdout, done.stderr
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
+
+
+def test_entry_in_a_callers_process_leaves_its_sigint_handler(monkeypatch):
+    """entry() run in-process (a test, a notebook) keeps the caller's Ctrl-C: only the interpreter's teardown
+    ignores it (a first version set SIG_IGN at once, and every later subprocess of the test run inherited it)."""
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(sys, "argv", ["asymcert", "tasks"])
+    with pytest.raises(SystemExit):
+        entry()
+    assert signal.getsignal(signal.SIGINT) is before

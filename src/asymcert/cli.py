@@ -6,6 +6,7 @@ exit code (see :data:`EXIT_CODES` and ``asymcert --help``); a traceback means a 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
@@ -1108,14 +1109,15 @@ def entry() -> None:
     in the interpreter's teardown gloo's threads, still connected to rank 0, could abort it ("terminate called
     without an active exception", exit −6), and torchrun would then kill rank 0, which may still be writing.
 
-    Once the command has finished (its results committed, its exit code decided), a Ctrl-C is ignored: in the
-    interpreter's teardown it landed in an exit handler of torch's and printed a traceback, after exit code 0
-    (session 33 traffic review)."""
+    Once the command has finished (its results committed, its exit code decided), a Ctrl-C in the interpreter's
+    teardown is ignored: it landed in an exit handler of torch's and printed a traceback, after exit code 0
+    (session 33 traffic review). The exit handler that ignores it is registered last, so it runs first; a caller
+    that runs :func:`entry` in its own process keeps its handler until its own exit."""
     try:
         main()
     except SystemExit as done:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
         if distributed.rank() == 0:
             raise
         sys.stdout.flush()
