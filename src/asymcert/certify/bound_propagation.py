@@ -720,7 +720,7 @@ def _certify_bounds(
     check_precision(precision)
     if tolerance is not None and not 0.0 <= float(tolerance) < math.inf:
         raise UnsoundOptionError(f"tolerance must be finite and ≥ 0 (a negative one enlarges radii), got {tolerance!r}")
-    sequential_layers(model)  # refuse unsupported networks before any work
+    chain = sequential_layers(model)  # refuse unsupported networks before any work
     with eval_mode(model), torch.no_grad():
         score = model(x).reshape(x.shape[0], -1)
     if score.shape[1] != 1:
@@ -728,7 +728,7 @@ def _certify_bounds(
             f"{method} certifies single-score (binary) models; this one has {score.shape[1]} outputs"
         )
     score = score[:, 0]
-    check_chain(model, sequential_layers(model), x, score)
+    check_chain(model, chain, x, score)
     u_model = matmul_unit_roundoff(score.dtype, score.device)
     net = copy.deepcopy(model).double().eval() if precision == "float64" else model
     layers = sequential_layers(net)
