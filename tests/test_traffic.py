@@ -200,6 +200,8 @@ def test_a_run_trained_on_a_named_npz_has_named_features(tmp_path):
     [
         ("f0,f1,f2\n1,2,3\n", DataError, "f3 are missing"),
         ("f0,f1,f2,f3\n1,2,3,x\n", DataError, r"row 1 \(line 2\), column 'f3': 'x' is not a number"),
+        ("f0,f1,f2,f3\n1,2,3,1_0\n", DataError, r"column 'f3': '1_0' is not a number"),  # float() reads 10
+        ("f0,f1,f2,f3\n1,2,3,\uff14\n", DataError, r"column 'f3': '\uff14' is not a number"),  # full-width 4
         ("f0,f1,f2,f3\n1,2,3,inf\n", DataError, "not a finite float32 number"),
         ("f0,f1,f2,f3\n1,2,3\n", DataError, "has 3 fields, the header has 4"),
         ("f0,f1,f2,f3\n", InputError, "no inputs to certify"),

@@ -14,6 +14,8 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asymcert.checkpoint import model_config
 from asymcert.data import images as images_module
@@ -233,6 +235,21 @@ def test_csv_numeric_labels_match_ints(tmp_path):
     _write_csv(tmp_path / "t.csv", x, [f"{v:.1f}" for v in y])  # "1.0" in the file, 1 asked for
     _, splits = _splits(task_from_csv(tmp_path / "t.csv", "label", 1))
     assert sum(int(s.y.sum()) for s in splits) == 10
+
+
+@pytest.mark.parametrize("cell", ["1_0", "1_000.5", "\u0661\u0662", "\uff11\uff12", "0x10", "1e", "--1", "1.2.3"])
+def test_csv_numbers_are_ascii_decimals(tmp_path, cell):
+    """Python's float() reads "1_0" as 10 and Arabic-Indic or full-width digits as numbers: such a cell is text."""
+    (tmp_path / "t.csv").write_text(f"a,b,label\n1,2,x\n3,{cell},y\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"row 2 \(line 3\), column 'b': .* is not a number"):
+        read_csv_table(tmp_path / "t.csv", "label")
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False, width=32))
+def test_csv_reads_every_float_as_written(value):
+    """Every float32 as Python, NumPy and C print it (repr, %.9g, %e, signed) is read back exactly."""
+    for text in (repr(value), f"{value:.9g}", f"{value:e}", f"{value:+.3f}", f" {value!r} "):
+        assert user_module.csv_number(text, pathlib.Path("f.csv"), "row 1", "a") == float(text)
 
 
 def test_csv_missing_value_names_the_row(tmp_path):

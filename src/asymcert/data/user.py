@@ -13,6 +13,7 @@ import contextlib
 import copy
 import csv
 import math
+import re
 import zipfile
 import zlib
 from collections import Counter
@@ -62,6 +63,10 @@ IMAGE_TRAIN = {
     "jacobian_reg": 0.01,
 }
 _MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}
+# What a CSV cell may spell as a number: ASCII decimal, optional sign, point and exponent ("1", "-0.5", ".5",
+# "5.", "1e-3", "+2E6"), or an infinity (refused later as not finite). Python's float() also reads "1_0" as 10
+# and "١٢" or full-width "１２" as 12: text no CSV writer produces for a number, so it is refused as text.
+_CSV_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity)", re.IGNORECASE)
 
 
 def _labels_found(y: np.ndarray) -> str:
@@ -875,14 +880,15 @@ class NotANumberError(DataError):
 
 def csv_number(cell: str, path: Path, where: str, column: str) -> float:
     """The number in one CSV cell, or a one-line DataError naming the file, row, line and column
-    (:class:`NotANumberError` for text that is not a number, a plain DataError for a missing value)."""
+    (:class:`NotANumberError` for text that is not a number, a plain DataError for a missing value).
+    Numbers are ASCII decimals (``_CSV_NUMBER``: sign, digits, point, exponent) or infinities; surrounding
+    whitespace is ignored."""
     text = cell.strip()
     if text.lower() in _MISSING:
         raise DataError(f"{path}: {where} is missing a value in column {column!r}; fill it in or drop the row")
-    try:
-        return float(text)
-    except ValueError:
-        raise NotANumberError(f"{path}: {where}, column {column!r}: {text!r} is not a number") from None
+    if _CSV_NUMBER.fullmatch(text) is None:
+        raise NotANumberError(f"{path}: {where}, column {column!r}: {text!r} is not a number")
+    return float(text)
 
 
 def task_from_csv(
