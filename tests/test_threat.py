@@ -974,10 +974,18 @@ def test_one_vs_rest_class_radii_are_in_the_threat_models_units_too():
     plain = asymcert.certify(model, x, norms=(2, "inf"))
     cert = asymcert.certify(model, x, norms=(2, "inf"), threat_model=tm)
     assert cert.units == "threat-model units (δ_i / scale_i)"
+    flags = cert.extra["flags"]
     for p, label in ((2.0, "l2"), (math.inf, "linf")):
-        torch.testing.assert_close(cert.radii[p], plain.radii[p] / 2, rtol=1e-12, atol=0)
-        torch.testing.assert_close(
-            cert.extra[f"class_radii_{label}"], plain.extra[f"class_radii_{label}"] / 2, rtol=1e-12, atol=0
+        class_radii = cert.extra[f"class_radii_{label}"]
+        for k, member in enumerate(model.member_models):  # member k's own closed form under the threat model
+            own = asymcert.certify(member, x, norms=(p,), threat_model=tm).radii[p]
+            assert torch.equal(class_radii[:, k], torch.where(flags[:, k], own, torch.zeros_like(own)))
+        # feature 0 immutable: never below the plain radius over the scale, above it where feature 0 matters
+        assert bool((class_radii >= torch.nextafter(plain.extra[f"class_radii_{label}"] / 2, torch.tensor(0.0))).all())
+        assert bool((class_radii > 1.01 * plain.extra[f"class_radii_{label}"] / 2).any())
+        picked = class_radii.gather(1, cert.predicted[:, None])[:, 0]
+        assert torch.equal(
+            cert.radii[p], torch.where(cert.extra["predicted_flagged"], picked, torch.zeros_like(picked))
         )
     flagged = cert.extra["predicted_flagged"].bool() & (cert.radii[2.0] > 0)
     assert int(flagged.sum()) > 10

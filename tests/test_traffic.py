@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 import asymcert
 from asymcert import checkpoint, traffic
+from asymcert.certify import Certificate
 from asymcert.checkpoint import MODEL_FILE, read_config, save
 from asymcert.cli import EXIT_BUSY, EXIT_OK, EXIT_REFUSED, main
 from asymcert.data import user as user_module
@@ -1276,3 +1277,56 @@ def test_npz_floats_longer_than_64_bits_are_one_data_error(tmp_path):
     np.savez(tmp_path / "long.npz", x=np.ones((5, 4), dtype=np.longdouble))
     with pytest.raises(DataError, match=r"long.npz: x holds float128 numbers; save them as float64 or float32"):
         next(npz_batches(tmp_path / "long.npz", 10, [4]))
+
+
+@pytest.fixture(scope="module")
+def ovr_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("traffic_ovr")
+    spec = _training_csv(root / "train.csv", 240, 3)
+    model = {"kind": "one-vs-rest-convex", "convex": {"kind": "icnn", "widths": [8, 4]}}
+    train_run(spec, root / "run", train_overrides={"epochs": 3}, model_overrides=model, progress=False, log=print)
+    return root / "run"
+
+
+def test_one_vs_rest_rows_give_the_predicted_class_its_score_flag_and_radius(ovr_run, tmp_path):
+    """Session 34 review: one-vs-rest results wrote the predicted class index as `flagged`, a NaN score, and
+    their record called them the sensitive class's flag and radius."""
+    x, y = _rows(200, 4)
+    _write_csv(tmp_path / "new.csv", x, y)
+    done = certify_file(ovr_run, tmp_path / "new.csv", tmp_path / "out.csv", chunk=64, progress=False)
+    rows = _read(tmp_path / "out.csv")
+    assert list(rows[0]) == ["index", "predicted", "score", "flagged", "radius_l1", "radius_l2", "radius_linf", "label"]
+    cert = asymcert.certify(asymcert.load(ovr_run), torch.tensor(x), batch_size=64)
+    own = cert.extra["scores"].gather(1, cert.predicted[:, None])[:, 0]
+    assert [int(r["predicted"]) for r in rows] == cert.predicted.tolist()
+    assert [int(r["flagged"]) for r in rows] == (own > 0).long().tolist() == cert.predicted_flagged().long().tolist()
+    assert [float(r["score"]) for r in rows] == pytest.approx(own.double().tolist(), rel=1e-6)
+    assert {int(r["predicted"]) for r in rows} == {0, 1} and 0 < done.n_flagged == int((own > 0).sum()) < 200
+    for p, col in ((1.0, "radius_l1"), (2.0, "radius_l2"), (math.inf, "radius_linf")):
+        assert [float(r[col]) for r in rows] == cert.radii[p].tolist()
+        assert all(float(r[col]) == 0 for r in rows if r["flagged"] == "0")
+    record = read_results_record(tmp_path / "out.csv")
+    assert record is not None and "argmax" in record.columns["predicted"]
+    assert "predicted class flags" in record.columns["flagged"] and "not certified" in record.columns["radius_l2"]
+
+
+def test_multiclass_decision_rows_say_every_input_is_decided_and_show_the_margin():
+    """A multiclass argmax certificate (the ℓ∞-dist net's) has a predicted column, its margin as score, flagged 1."""
+    cert = Certificate(
+        predicted=torch.tensor([2, 0, 1]),
+        radii={math.inf: torch.tensor([0.5, 0.0, 0.25], dtype=torch.float64)},
+        method="linf-dist",
+        guarantee="decision",
+        binary=False,
+        extra={"margin": torch.tensor([1.0, 0.0, 0.5])},
+    )
+    columns = traffic._result_columns(cert, 10, (math.inf,), Batch(torch.zeros(3, 2), None))
+    assert columns == {
+        "index": [10, 11, 12],
+        "predicted": [2, 0, 1],
+        "score": [1.0, 0.0, 0.5],
+        "flagged": [1, 1, 1],
+        "radius_linf": [0.5, 0.0, 0.25],
+    }
+    meanings = traffic.column_meanings("raw input units", (math.inf,), False, False, traffic.result_kind(cert))
+    assert list(meanings) == list(columns) and "changes the predicted class" in meanings["radius_linf"]

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from asymcert.certify import Certificate, certify
 from asymcert.certify.api import OUTSIDE, certifier_spec, make_options
-from asymcert.certify.result import RAW_UNITS, norm_label, raw_units
+from asymcert.certify.result import RAW_UNITS, Guarantee, norm_label, raw_units
 from asymcert.checkpoint import Staged, commit, discard, load, stage
 from asymcert.data.download import sha256_file
 from asymcert.data.images import IMAGE_SUFFIXES, read_image
@@ -568,19 +568,47 @@ def input_batches(path: Path, run: RunRecord, chunk: int) -> Iterator[Batch]:
 
 
 def _result_columns(cert: Certificate, start: int, norms: Sequence[float], batch: Batch) -> dict[str, list]:
-    """The result columns of one certified chunk, in output order: index, [file], score, flagged (0/1),
-    radius_<norm>..., [label]."""
-    score = cert.extra.get("score")
+    """The result columns of one certified chunk, in output order: index, [file], [predicted: multiclass and
+    one-vs-rest models], score, flagged (0/1), radius_<norm>..., [label] (meanings: :func:`column_meanings`)."""
     out: dict[str, list] = {"index": list(range(start, start + len(cert)))}
     if batch.files is not None:
         out["file"] = batch.files
+    if not cert.binary:
+        out["predicted"] = cert.predicted.long().cpu().tolist()
+    score = _score(cert)
     out["score"] = score.double().cpu().tolist() if score is not None else [math.nan] * len(cert)
-    out["flagged"] = (cert.sensitive if cert.binary else cert.predicted).long().cpu().tolist()
+    out["flagged"] = _flagged(cert).long().cpu().tolist()
     for p in norms:
         out[f"radius_{norm_label(p)}"] = cert.radius(p).double().cpu().tolist()
     if batch.labels is not None:
         out["label"] = batch.labels
     return out
+
+
+def result_kind(cert: Certificate) -> str:
+    """What a results file's ``flagged`` and radius columns mean for ``cert``'s model (:func:`column_meanings`):
+    ``"sensitive"`` (binary sensitive-class models), ``"class flag"`` (one-vs-rest: the predicted class's own
+    flag) or ``"decision"`` (multiclass models certifying the argmax)."""
+    if cert.binary:
+        return "sensitive"
+    return "class flag" if cert.guarantee is Guarantee.FLAG else "decision"
+
+
+def _flagged(cert: Certificate) -> torch.Tensor:
+    """(N,) bool: binary models, flagged as the sensitive class; one-vs-rest, the predicted class's member flags
+    the input; multiclass argmax models, every input (each gets a decision)."""
+    return cert.sensitive if cert.binary else cert.predicted_flagged()
+
+
+def _score(cert: Certificate) -> torch.Tensor | None:
+    """(N,) the score a results file shows: s(x) of binary models, the predicted class's s_k(x) of one-vs-rest
+    models (``extra["scores"]`` (N, K)), the top-two logit margin of multiclass argmax models; None if none."""
+    if "score" in cert.extra:
+        return cert.extra["score"]
+    if "scores" in cert.extra:
+        scores = cert.extra["scores"]
+        return scores.gather(1, cert.predicted.to(scores.device).long()[:, None])[:, 0]
+    return cert.extra.get("margin")
 
 
 CSV_LINE_END = "\n"
@@ -744,20 +772,41 @@ def read_results_record(out: str | Path) -> ResultsRecord | None:
         return None
 
 
-def column_meanings(units: str, norms: Sequence[float], files: bool, labels: bool) -> dict[str, str]:
+_MEANINGS = {
+    "sensitive": (
+        "the model's score s(x), positive when flagged (its own arithmetic)",
+        "1: the model flags the input (the sensitive class), 0: it accepts it",
+        "makes a flagged input accepted; inf: none at any size; 0 for accepted inputs",
+    ),
+    "class flag": (
+        "s_k(x) of the predicted class k, positive when class k flags the input (its own arithmetic)",
+        "1: the predicted class flags the input (s_k(x) > 0), 0: no class flags it",
+        "makes the predicted class's score s_k non-positive (removes its flag; another class may overtake it: "
+        "the argmax is not certified); inf: none at any size; 0 when no class flags the input",
+    ),
+    "decision": (
+        "the margin between the two largest class scores (its own arithmetic)",
+        "1 for every input: a multiclass model decides every input (column predicted)",
+        "changes the predicted class; inf: none at any size; 0 where none is certified",
+    ),
+}
+
+
+def column_meanings(
+    units: str, norms: Sequence[float], files: bool, labels: bool, kind: str = "sensitive"
+) -> dict[str, str]:
     """What each column of a results file means, in file order (``files``: image folders' ``file`` column;
-    ``labels``: the input's labels)."""
+    ``labels``: the input's labels; ``kind``: the model's, :func:`result_kind`)."""
     cols = {"index": "the input's position in the input file (0 = first row, image or array entry)"}
     if files:
         cols["file"] = "the image's path inside the input folder"
-    cols["score"] = "the model's score s(x), positive when flagged (its own arithmetic)"
-    cols["flagged"] = "1: the model flags the input (the sensitive class), 0: it accepts it"
+    if kind != "sensitive":
+        cols["predicted"] = "the predicted class: argmax_k of the class scores, as an index into the run's classes"
+    score, flagged, radius = _MEANINGS[kind]
+    cols["score"], cols["flagged"] = score, flagged
     for p in norms:
         size = "ℓ∞" if math.isinf(p) else f"ℓ{p:g}"
-        cols[f"radius_{norm_label(p)}"] = (
-            f"no allowed change of {size} size below this, in {units}, makes a flagged input accepted; "
-            "inf: none at any size; 0 for accepted inputs"
-        )
+        cols[f"radius_{norm_label(p)}"] = f"no allowed change of {size} size below this, in {units}, {radius}"
     if labels:
         cols["label"] = "the input's label, as in the input file"
     return cols
@@ -773,11 +822,12 @@ def results_record(
     first: Batch,
     tm: ResolvedThreatModel | None = None,
     features: Sequence[str] | None = None,
+    kind: str = "sensitive",
 ) -> ResultsRecord:
     """The :class:`ResultsRecord` of the complete results file ``done.out`` whose bytes have the SHA-256 ``sha`` (its
     columns as ``first`` had them), under threat model ``tm`` (None: none) with the input columns ``features``
-    (None: not a table)."""
-    columns = column_meanings(done.units, norms, first.files is not None, first.labels is not None)
+    (None: not a table), for a model of ``kind`` (:func:`result_kind`)."""
+    columns = column_meanings(done.units, norms, first.files is not None, first.labels is not None, kind)
     return ResultsRecord(
         done.out.name,
         sha,
@@ -872,7 +922,7 @@ def certify_file(
             columns = run.feature_names if input_path.suffix.lower() in TABLE_READERS else None
             sha = sha256_file(results.tmp)
             _commit_with_record(
-                results, results_record(done, sha, run_dir, input_path, mode, norms_t, first, tm, columns)
+                results, results_record(done, sha, run_dir, input_path, mode, norms_t, first, tm, columns, tally.kind)
             )
         finally:
             discard(results)
@@ -937,6 +987,7 @@ class _Tally:
     first_outside: int | None = None
     detail: str | None = None
     names: Sequence[str] | None = None
+    kind: str = "sensitive"  # what the flagged and radius columns mean (result_kind)
 
     def result(self, out: Path, units: str, run_busy: bool) -> TrafficResult:
         """The :class:`TrafficResult` of these counts for the results file ``out`` in ``units``."""
@@ -952,7 +1003,8 @@ class _Tally:
             self.detail = tm.outside_detail(x[first], self.names)
         self.outside += count
         self.n += len(cert)
-        self.flagged += int((cert.sensitive if cert.binary else cert.predicted > 0).sum())
+        self.flagged += int(_flagged(cert).sum())
+        self.kind = result_kind(cert)
         self.seconds += cert.seconds
 
 

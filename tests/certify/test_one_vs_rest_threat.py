@@ -7,8 +7,10 @@ r_k = ``extra[class_radii_key(p)][:, k]``:
 - (attack) ``threat_attack`` on s_k at 0.999·r_k, its moves re-measured with ``move_sizes``, never makes s_k ≤ 0:
   x stays flagged as class k;
 - (independent sampling) random allowed moves of threat-model size 0.999·r_k never make s_k ≤ 0;
-- (float64 recomputation) r_k is at most the float64 tangent-plane ℓp radius s_k / ‖∇ₓs_k‖_dual (autograd through a
-  float64 copy of member k) divided by the largest movable scale, written here without the certifier's code;
+- (float64 recomputation) r_k is at most the float64 tangent-plane radius under the threat model, s_k / ‖c‖_dual with
+  c_i = scale_i · the part of ∂s_k/∂x_i an allowed move of x_i can use against the flag (φ is affine here, so the
+  tangent plane is a lower bound of s_k), written here without the certifier's code (autograd through a float64 copy
+  of member k), and at least the generic fallback (the plain radius over the largest movable scale);
 - ``radii[p]`` is the predicted class's column where it is flagged, 0 elsewhere.
 """
 
@@ -32,6 +34,8 @@ from tests.test_threat import TM as THREAT_TESTS_TM
 INF = math.inf
 DUAL = {1.0: INF, 2.0: 2.0, INF: 1.0}
 TM = THREAT_TESTS_TM  # (scales, an immutable feature, one-way moves and bounds, on 6 features)
+TM_SCALE = torch.tensor([2.0, 0.5, 0.5, 0.25, 0.5, 0.5], dtype=torch.float64)  # TM's, written out by hand
+TM_MOVES = (2, 0, 1, -1, 2, 1)  # feature 1 immutable, 2 and 5 increase-only, 3 decrease-only
 
 
 class _ClassScore(nn.Module):
@@ -68,12 +72,16 @@ def _one_vs_rest(x: torch.Tensor, seed: int = 0) -> nn.Module:
     return model
 
 
-def _tangent_lp_radius64(member: nn.Module, x: torch.Tensor, p: float) -> torch.Tensor:
-    """(N,) s / ‖∇ₓs‖_dual of a float64 copy, s raised by 1e-12 (its own rounding)."""
+def _tangent_lp_radius64(member: nn.Module, x: torch.Tensor, p: float, threat: bool = False) -> torch.Tensor:
+    """(N,) s / ‖c‖_dual of a float64 copy, s raised by 1e-12 (its own rounding): c = ∇ₓs, or with ``threat`` the
+    part of it TM's moves can use against the flag, times TM's scales (TM_SCALE, TM_MOVES, by hand)."""
     m64 = copy.deepcopy(member).double()
     x64 = x.double().requires_grad_(True)
     s = m64(x64)
     (grad,) = torch.autograd.grad(s.sum(), x64)
+    if threat:  # +1: may only rise (uses −∂s), −1: may only fall (uses +∂s), 0: fixed, 2: both ways
+        usable = {0: torch.zeros_like, 1: lambda g: (-g).clamp_min(0), -1: lambda g: g.clamp_min(0), 2: torch.abs}
+        grad = torch.stack([usable[m](grad[:, i]) for i, m in enumerate(TM_MOVES)], dim=1) * TM_SCALE
     return (s.detach() + 1e-12).clamp_min(0) / torch.linalg.vector_norm(grad, ord=DUAL[p], dim=1)
 
 
@@ -88,6 +96,7 @@ def test_class_radii_hold_under_one_way_moves_and_bounds_near_the_boundary(p):
     tm = TM.resolve(None, 6)
     assert bool((tm.max_movable_scale(xs) == 2.0).all())  # feature 0 may always move
     cert = asymcert.certify(model, xs, norms=(p,), threat_model=tm)
+    plain = asymcert.certify(model, xs, norms=(p,))
     assert cert.units == "threat-model units (δ_i / scale_i)"
     class_radii = cert.extra[class_radii_key(p)]
     with torch.no_grad():
@@ -103,7 +112,11 @@ def test_class_radii_hold_under_one_way_moves_and_bounds_near_the_boundary(p):
         rows = (scores[:, k] > 0) & (r > 0) & torch.isfinite(r)
         assert int(rows.sum()) >= 40 and int((rows & is_near).sum()) >= 10, f"class {k}: too few radii to test"
         xk, rk, score_k = xs[rows], r[rows], _ClassScore(model, k)
-        assert bool((rk <= _tangent_lp_radius64(member, xk, p) / 2.0).all()), f"class {k}: above the float64 radius"
+        assert bool((rk <= _tangent_lp_radius64(member, xk, p, threat=True)).all()), f"class {k}: above float64's"
+        fallback = torch.nextafter(
+            plain.extra[class_radii_key(p)][rows, k] / 2.0, torch.tensor(0.0, dtype=torch.float64)
+        )
+        assert bool((rk >= fallback).all()) and bool((rk > 1.5 * fallback).any()), f"class {k}: below the fallback"
         adv = threat_attack(score_k, xk, rk * 0.999, p, tm, steps=60, restarts=2, generator=gen)
         assert bool((move_sizes(xk, adv, tm, p) <= rk * 0.999).all())
         with torch.no_grad():

@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -589,14 +589,32 @@ def fallback_radii(
 
 
 def one_vs_rest_threat(
-    model: OneVsRestConvex, x: torch.Tensor, norms: tuple[float, ...], threat_model: ResolvedThreatModel, **options: Any
+    model: OneVsRestConvex,
+    x: torch.Tensor,
+    norms: tuple[float, ...],
+    threat_model: ResolvedThreatModel,
+    precision: str = "float64",
+    slack: float | None = None,
+    guard: bool = True,
+    validate: bool = True,
 ) -> Certificate:
-    """One-vs-rest certificates under a threat model: the generic fallback for the predicted class's radius
-    and for every class's radius (``extra["class_radii_<norm>"]`` (N, K)), so that all are in its units."""
-    cert = certify_one_vs_rest(model, x, norms, **options)
-    per_class = fallback_radii({p: cert.extra[class_radii_key(p)] for p in norms}, threat_model, x)
-    extra = {**cert.extra, **{class_radii_key(p): r for p, r in per_class.items()}}
-    radii = fallback_radii(cert.radii, threat_model, x)
+    """One-vs-rest certificates under a threat model: class k's radius is member k's own feature-convex closed
+    form under it (:func:`feature_convex_threat`, one forward and one backward pass per member), 0 where the
+    model does not flag class k (``extra["class_radii_<norm>"]`` (N, K)); ``radii`` is the predicted class's.
+    Decisions, flags and scores are the model's own (:func:`certify_one_vs_rest`); radii in the threat model's
+    units. (Each member's s_k is the model's k-th score: ``OneVsRestConvex.forward`` evaluates member k alone.)"""
+    cert = certify_one_vs_rest(model, x, norms, precision, slack, guard, validate)
+    flags = cert.extra["flags"]
+    per_class: dict[float, list[torch.Tensor]] = {p: [] for p in norms}
+    for k, member in enumerate(model.member_models):
+        own = feature_convex_threat(member, x, norms, threat_model, precision, slack, guard, validate)
+        for p in norms:
+            r = own.radii[p]
+            per_class[p].append(torch.where(flags[:, k].to(r.device), r, torch.zeros_like(r)))
+    class_radii = {p: torch.stack(r, dim=1) for p, r in per_class.items()}
+    at = cert.predicted[:, None].to(flags.device)
+    radii = {p: r.gather(1, at.to(r.device))[:, 0] for p, r in class_radii.items()}
+    extra = {**cert.extra, **{class_radii_key(p): r for p, r in class_radii.items()}}
     return replace(cert, radii=radii, extra=extra, units=threat_model.units())
 
 
