@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 import asymcert
 from asymcert.certify import certifier_names
 from asymcert.certify.certfile import legacy_guarantee, load_certificates, save_certificates
-from asymcert.certify.result import Certificate, Guarantee
+from asymcert.certify.result import IMAGE_UNITS, RAW_UNITS, Certificate, Guarantee, raw_units
 from asymcert.certify.summary import RunResults
 from asymcert.errors import CheckpointError, InputError
 from asymcert.models import build_model
@@ -261,3 +261,13 @@ def test_a_multiclass_report_names_the_units_its_radii_are_in(guarantee):
         RunRecord(task={"name": "t"}, model={}, train={}), RunResults(summarize(cert, cert.predicted, {}))
     )
     assert f"(radii in {units})" in md and "raw input units" not in md
+
+
+def test_built_in_image_tasks_name_their_pixel_units():
+    """Session 34 image review F7: a built-in image run said plain "raw input units" where an image folder's run of
+    the same pixels said "(pixel values / 255, in [0, 1])"."""
+    for name in ("fashion-mnist-shirts", "mnist-38", "cifar10-catsdogs", "malimg", "fashion-mnist", "cifar10"):
+        assert raw_units({"name": name}) == IMAGE_UNITS == "raw input units (pixel values / 255, in [0, 1])"
+    for task in ({"name": "spambase"}, {"name": "breast-cancer"}, {"name": "no-such-task"}, {"csv": "x.csv"}):
+        assert raw_units(task) == RAW_UNITS
+    assert raw_units({"images": "folder"}) == IMAGE_UNITS

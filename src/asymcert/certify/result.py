@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import torch
 
+from asymcert.data.tasks import get_task, task_names
 from asymcert.errors import InputError
 
 RAW_UNITS = "raw input units"
@@ -22,8 +23,13 @@ IMAGE_UNITS = f"{RAW_UNITS} (pixel values / 255, in [0, 1])"
 
 def raw_units(task: Mapping[str, Any]) -> str:
     """The raw input units of a run's task spec (run.json's ``task``): :data:`IMAGE_UNITS` for an image folder
-    (``{"images": path, ...}``), else :data:`RAW_UNITS` (a CSV's or an npz's own numbers, a built-in task's)."""
-    return IMAGE_UNITS if isinstance(task.get("images"), str) else RAW_UNITS
+    (``{"images": path, ...}``) or a built-in task of images (``{"name": ...}`` with :attr:`Task.pixels`), else
+    :data:`RAW_UNITS` (a CSV's or an npz's own numbers, a built-in table's)."""
+    if isinstance(task.get("images"), str):
+        return IMAGE_UNITS
+    name = task.get("name")
+    pixels = isinstance(name, str) and name in task_names() and get_task(name).pixels
+    return IMAGE_UNITS if pixels else RAW_UNITS
 
 
 class Guarantee(str, enum.Enum):

@@ -286,6 +286,7 @@ register_task(
         train=copy.deepcopy(FASHION_SHIRTS_TRAIN),
         presets={**fast_preset(), **_paper_fashion_shirts()},
         report_radii=IMAGE_RADII,
+        pixels=True,
     )
 )
 
@@ -303,6 +304,7 @@ register_task(
         train=dict(FEATURE_CONVEX_TRAIN),
         presets=fast_preset(),
         report_radii=IMAGE_RADII,
+        pixels=True,
     )
 )
 
@@ -320,6 +322,7 @@ register_task(
         train={**FEATURE_CONVEX_TRAIN, "epochs": 150, "jacobian_reg": 0.0075},
         presets=fast_preset(),
         report_radii=CIFAR_BINARY_RADII,
+        pixels=True,
     )
 )
 
@@ -409,5 +412,6 @@ for _name, _title, _load, _classes, _augment, _radii in (
             train=dict(LINF_DIST_TRAIN),
             presets=fast_preset(),
             report_radii={p: tuple(r) for p, r in _radii.items()},
+            pixels=True,
         )
     )

@@ -126,6 +126,7 @@ def make_malimg_task(size: int | None = None, name: str = "malimg", seed: int = 
         description=f"Malimg malware images ({shown}), every family but Allaple.A (sensitive) vs Allaple.A",
         load=load,
         augment=malimg_augment,
+        pixels=True,
         model={
             "kind": "feature-convex",
             "feature_map": [{"kind": "shift"}],

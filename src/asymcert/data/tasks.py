@@ -100,6 +100,9 @@ class Task:
     """The task's default threat model (runs use it unless told otherwise); None: plain ℓp balls."""
     threat_report_radii: dict[float, tuple[float, ...]] = field(default_factory=dict)
     """Report radii in the units of :attr:`threat_model`, per ℓp norm."""
+    pixels: bool = False
+    """True when the inputs are 8-bit pixel values divided by 255 (in [0, 1]): radii name those units
+    (:func:`asymcert.certify.result.raw_units`), not only "raw input units"."""
 
     @property
     def own_report_radii(self) -> dict[float, tuple[float, ...]]:
