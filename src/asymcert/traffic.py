@@ -774,18 +774,19 @@ def read_results_record(out: str | Path) -> ResultsRecord | None:
 
 _MEANINGS = {
     "sensitive": (
-        "the model's score s(x), positive when flagged (its own arithmetic)",
+        "the model's score s(x), positive when flagged (feature-convex models: the certifier's float64 reference score "
+        "as float32 where its sign is sure, the model's own float32 score near 0; other models: their own score)",
         "1: the model flags the input (the sensitive class), 0: it accepts it",
         "makes a flagged input accepted; inf: none at any size; 0 for accepted inputs",
     ),
     "class flag": (
-        "s_k(x) of the predicted class k, positive when class k flags the input (its own arithmetic)",
+        "s_k(x) of the predicted class k, positive when class k flags the input (the model's own float32 score)",
         "1: the predicted class flags the input (s_k(x) > 0), 0: no class flags it",
         "makes the predicted class's score s_k non-positive (removes its flag; another class may overtake it: "
         "the argmax is not certified); inf: none at any size; 0 when no class flags the input",
     ),
     "decision": (
-        "the margin between the two largest class scores (its own arithmetic)",
+        "the margin between the two largest class scores (the model's own arithmetic)",
         "1 for every input: a multiclass model decides every input (column predicted)",
         "changes the predicted class; inf: none at any size; 0 where none is certified",
     ),
