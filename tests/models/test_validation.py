@@ -27,7 +27,7 @@ from asymcert.models.feature_convex import FeatureConvexClassifier
 from asymcert.nn.convex import ICNN, NonnegLinear
 from asymcert.nn.feature_maps import Compose, FeatureMap, Shift, Standardize
 from asymcert.pipeline import _merge, task_facts
-from tests.conftest import small_feature_convex
+from tests.conftest import one_line, small_feature_convex
 
 TABULAR = {
     "kind": "feature-convex",
@@ -314,6 +314,34 @@ def test_hooks_and_replaced_forwards_are_refused_by_path():
     model.feature_map.maps[0].forward = lambda x: 1000 * x
     with pytest.raises(ConvexityError, match=r"feature_map\.maps\.0: its forward or __call__ was replaced"):
         model.validate()
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "replacement"),
+    [
+        ("", "score_from_features", lambda f: 3 - 0.5 * (f**2).sum(1)),  # concave: an attack flips inside the radius
+        ("", "features", lambda x: 0 * x),
+        ("", "feature_lipschitz", lambda p: 1e-6),
+        ("feature_map.maps.0", "lipschitz", lambda p: 1e-6),
+    ],
+)
+@pytest.mark.parametrize("kind", ["feature-convex", "one-vs-rest-convex"])
+def test_a_method_replaced_on_the_instance_is_refused_by_path(kind, path, method, replacement):
+    """Review s34 ovr F3: `m.score_from_features = f` (any certified method but forward) was certified as the class's
+    own: with a concave f an attack removed 5 of 26 flags inside 0.99 of the radius."""
+    config = {"input_shape": [4], "feature_map": [{"kind": "standardize"}], "convex": {"kind": "icnn", "widths": [8]}}
+    model = build_model({"kind": kind, "num_classes": 3, **config}).eval()
+    member = model if kind == "feature-convex" else model.member_models[1]
+    target = member.get_submodule(path)
+    model.validate()
+    setattr(target, method, replacement)
+    where = path or "FeatureConvexClassifier"
+    with pytest.raises(ConvexityError, match=rf"{where}: its {method} was replaced on the instance, so") as err:
+        asymcert.certify(model, torch.rand(5, 4))
+    assert kind == "feature-convex" or "member 1 (class 1)" in one_line(err)
+    delattr(target, method)
+    target.helper = lambda t: t  # a callable attribute that shadows no method of its class is no replacement
+    model.validate()
 
 
 def test_a_subclass_cannot_inherit_a_contract_or_a_lipschitz_constant_for_another_forward():

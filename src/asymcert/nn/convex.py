@@ -552,7 +552,8 @@ def override_problems(root: nn.Module, path: str, recurse: bool = True) -> list[
     """Ways the modules of ``root`` may compute something else than their class's ``forward`` says.
 
     Reported: forward (pre-)hooks, which may replace outputs; backward hooks, which may replace the
-    input gradient the certificates use; an instance attribute shadowing ``forward``; a class that
+    input gradient the certificates use; an instance attribute shadowing ``forward`` or any other method of its
+    class (:func:`replaced_methods`: ``features``, ``score_from_features``, ``lipschitz``…); a class that
     overrides ``__call__``. Each message starts with the module's path under ``path`` ("" for the root's
     own names, e.g. ``convex.hidden.0``). ``recurse=False``: ``root`` itself only.
     """
@@ -573,7 +574,18 @@ def override_problems(root: nn.Module, path: str, recurse: bool = True) -> list[
             problems.append(f"{where}: has {' and '.join(hooks)} hook(s), which may change what it computes")
         if "forward" in vars(m) or type(m).__call__ is not nn.Module.__call__:
             problems.append(f"{where}: its forward or __call__ was replaced, so its class's guarantee does not apply")
+        shadowed = [name for name in replaced_methods(m) if name != "forward"]
+        if shadowed:
+            names = " and ".join(shadowed)
+            problems.append(f"{where}: its {names} was replaced on the instance, so its class's guarantee is void")
     return problems
+
+
+def replaced_methods(module: nn.Module) -> list[str]:
+    """Names of the methods of ``module``'s class that an instance attribute shadows (``m.score_from_features = f``
+    replaces what certifiers call, as ``m.forward = f`` does; review s34 ovr F3), sorted."""
+    cls = type(module)
+    return sorted(k for k, v in vars(module).items() if callable(v) and inspect.isfunction(getattr(cls, k, None)))
 
 
 def _type_label(t: type, others: tuple[type, ...]) -> str:
