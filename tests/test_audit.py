@@ -325,6 +325,17 @@ def test_reach_radii_pass_the_audit_and_are_recorded_as_audited():
         audit(model, x, options={"bogus": 1}, **common)
 
 
+def test_inputs_outside_the_domain_are_warned_about_once():
+    """Review s34 ovr F5: the audit warned twice (float32 and float64 copies: "-0.57" and "-0.5699999928474426")."""
+    model, x = _hinge_model()
+    x[7, 2] = -0.57  # below the domain's lower bound 0 (log1p needs x > -1: still a valid input)
+    tm = asymcert.ThreatModel(lower={"*": 0.0}).resolve(None, 8)
+    with pytest.warns(UserWarning) as caught:
+        audit(model, x, norms=(2,), steps=5, restarts=1, threat_model=tm, exact=False)
+    outside = [str(w.message) for w in caught if certify_api.OUTSIDE in str(w.message)]
+    assert len(outside) == 1 and "input 7 of these 60" in outside[0] and "-0.57 < lower 0" in outside[0]
+
+
 def test_closed_form_radii_far_below_the_attack_bounds_point_to_reach():
     """Walkthrough 28b: radii 5% of the closest flip PGD found, and audit.md did not say what tightens them."""
 
@@ -336,6 +347,12 @@ def test_closed_form_radii_far_below_the_attack_bounds_point_to_reach():
     loose = {"l1": bound(0.058), "l2": bound(0.5)}
     notes = [line for line in _bound_table(loose) if line.startswith("Note:")]
     assert len(notes) == 1 and "under a fifth" in notes[0] and "l1 0.058" in notes[0] and "l2" not in notes[0]
+    assert "--reach" in notes[0]
+    assert "reach" in certify_api.certifier_options(None, "feature-convex")
+    assert "reach" not in certify_api.certifier_options(None, "one-vs-rest-convex")  # so its audit.md gets no advice
+    # review s34 ovr F5: a certifier without reach-aware radii (one-vs-rest) is not sent to `--reach`
+    bare = [line for line in _bound_table(loose, offers_reach=False) if line.startswith("Note:")]
+    assert len(bare) == 1 and "under a fifth" in bare[0] and "reach" not in bare[0].lower()
     assert "Note:" not in "\n".join(_bound_table(loose, reach=True))
     assert "Note:" not in "\n".join(_bound_table({"l2": bound(0.5)}))
 

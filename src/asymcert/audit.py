@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from asymcert.certify import certify
-from asymcert.certify.api import certifier_options
+from asymcert.certify.api import OUTSIDE, certifier_names, certifier_options
 from asymcert.certify.attacks import decision_flips, decisions, pgd_attack
 from asymcert.certify.cutting_planes import bracket_radius
 from asymcert.certify.exact import ExactRadiusSolver, UnsupportedModelError, _chain_of
@@ -997,8 +997,10 @@ def _audit_method(run: _MethodRun, method: str, y: torch.Tensor | None) -> Metho
     probabilistic = cert.guarantee is Guarantee.PROBABILISTIC
     own = sixty_four = None
     if not probabilistic:  # (a probabilistic certificate is random: nothing to compare exactly)
-        own = _certify(run.model, run.x, run.norms, method, own_precision=True, threat_model=tm, options=run.options)
-        sixty_four = _certify(run.model64, run.x.double(), run.norms, method, threat_model=tm, options=run.options)
+        with warnings.catch_warnings():  # the same inputs: warned about once, above (review s34 ovr F5)
+            warnings.filterwarnings("ignore", message=f".*{OUTSIDE}")
+            own = _certify(run.model, run.x, run.norms, method, True, threat_model=tm, options=run.options)
+            sixty_four = _certify(run.model64, run.x.double(), run.norms, method, threat_model=tm, options=run.options)
     flagged = int(cert.sensitive.sum()) if cert.binary else None
     accuracy = None
     if y is not None and len(y):
@@ -1139,7 +1141,8 @@ def _markdown(report: AuditReport) -> str:
         lines += [_norm_row(label, item) for label, item in entry.norms.items()]
         lines += [""] + [f"Exact radii not computed for {n}: {reason}." for reason, n in reasons.items()]
         bounds = {label: item.attack_bound for label, item in entry.norms.items() if item.attack_bound is not None}
-        lines += [""] * bool(reasons) + _bound_table(bounds, _reach(report))
+        offers = method in certifier_names() and "reach" in certifier_options(None, method)
+        lines += [""] * bool(reasons) + _bound_table(bounds, _reach(report), offers)
     lines.append(f"Audit time: {report.seconds:.1f} s.")
     return "\n".join(lines) + "\n"
 
@@ -1202,10 +1205,10 @@ def _norm_row(label: str, item: NormAudit) -> str:
     )
 
 
-def _bound_table(bounds: dict[str, AttackBound], reach: bool = False) -> list[str]:
+def _bound_table(bounds: dict[str, AttackBound], reach: bool = False, offers_reach: bool = True) -> list[str]:
     """The attack-bound table of the norms with a bound, by norm label (lines, ending with a blank one), or
     nothing when there are none; a note when closed-form (not ``reach``-aware) radii are far below the bounds
-    (:func:`_loose_note`)."""
+    (:func:`_loose_note`; pointing to reach-aware radii when the certifier ``offers_reach``)."""
     rows = list(bounds.items())
     if not rows:
         return []
@@ -1223,15 +1226,16 @@ def _bound_table(bounds: dict[str, AttackBound], reach: bool = False) -> list[st
         lines.append(
             f"| {label} | {b.searched} | {b.found} (cap {b.cap}) | {_fmt(median)} | {tight} | {b.violations} |"
         )
-    return lines + [""] + _loose_note(rows, reach)
+    return lines + [""] + _loose_note(rows, reach, offers_reach)
 
 
 LOOSE_TIGHTNESS = 0.2  # below this median certified / attack bound, audit.md points to reach-aware radii
 
 
-def _loose_note(rows: list[tuple[str, AttackBound]], reach: bool) -> list[str]:
+def _loose_note(rows: list[tuple[str, AttackBound]], reach: bool, offers_reach: bool = True) -> list[str]:
     """A "Note:" line (and a blank one) when closed-form radii are under LOOSE_TIGHTNESS of the smallest flip PGD
-    found in some norm (walkthrough 28b: 0.045–0.058 on counts in the thousands), else nothing."""
+    found in some norm (walkthrough 28b: 0.045–0.058 on counts in the thousands), else nothing; it points to
+    reach-aware radii only when the certifier ``offers_reach`` (review s34 ovr F5: one-vs-rest refuses them)."""
     loose = [
         (label, b.certified_over_upper.median)
         for label, b in rows
@@ -1240,11 +1244,14 @@ def _loose_note(rows: list[tuple[str, AttackBound]], reach: bool) -> list[str]:
     if reach or not loose:
         return []
     shown = first_few(loose, 3, lambda item: f"{item[0]} {_fmt(item[1], 2)}")
+    advice = (
+        " Reach-aware radii (`asymcert certify RUN --reach`, `asymcert audit RUN --reach`) take φ's slopes only over "
+        "what a move can reach, and are often much larger where φ bends strongly, as log1p does on large raw values "
+        "(README, `certify --reach`)."
+    )
     return [
         f"Note: the closed-form radii are under a fifth of the smallest flip PGD found (median certified / bound: "
-        f"{shown}). Reach-aware radii (`asymcert certify RUN --reach`, `asymcert audit RUN --reach`) take φ's slopes "
-        "only over what a move can reach, and are often much larger where φ bends strongly, as log1p does on large "
-        "raw values (README, `certify --reach`).",
+        f"{shown}).{advice if offers_reach else ''}",
         "",
     ]
 
