@@ -1330,3 +1330,25 @@ def test_multiclass_decision_rows_say_every_input_is_decided_and_show_the_margin
     }
     meanings = traffic.column_meanings("raw input units", (math.inf,), False, False, traffic.result_kind(cert))
     assert list(meanings) == list(columns) and "changes the predicted class" in meanings["radius_linf"]
+
+
+def test_smoothed_rows_say_their_chance_and_abstentions(csv_run, tmp_path):
+    """A relu-smoothing run's results said NaN scores and a radius that holds outright; its radii hold with
+    probability ≥ 1 − alpha over the sampling, and the certifier abstains on some inputs."""
+    spec = _training_csv(tmp_path / "train.csv", 120, 5)
+    model = {"kind": "relu-smoothing", "widths": [16]}
+    train_run(spec, tmp_path / "run", train_overrides={"epochs": 2}, model_overrides=model, progress=False, log=print)
+    x, y = _rows(40, 6)
+    _write_csv(tmp_path / "new.csv", x, y)
+    certify_file(tmp_path / "run", tmp_path / "new.csv", tmp_path / "out.csv", chunk=16, progress=False)
+    rows = _read(tmp_path / "out.csv")
+    assert list(rows[0]) == ["index", "score", "flagged", "abstained", *[f"radius_{n}" for n in NORMS], "label"]
+    p_lower = [float(r["score"]) for r in rows]
+    assert all(0 <= p <= 1 for p in p_lower) and any(p > 0.5 for p in p_lower)
+    for r, p in zip(rows, p_lower, strict=True):
+        certified = float(r["radius_l2"]) > 0
+        assert certified <= (p > 0.5 and r["abstained"] == "0" and r["flagged"] == "1")
+    record = read_results_record(tmp_path / "out.csv")
+    assert record is not None and "lower confidence bound" in record.columns["score"]
+    assert record.columns["radius_l2"].startswith("with probability ≥ 1 − 0.001 over the certifier's sampling")
+    assert "abstains" in record.columns["abstained"]

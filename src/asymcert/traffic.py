@@ -569,15 +569,21 @@ def input_batches(path: Path, run: RunRecord, chunk: int) -> Iterator[Batch]:
 
 def _result_columns(cert: Certificate, start: int, norms: Sequence[float], batch: Batch) -> dict[str, list]:
     """The result columns of one certified chunk, in output order: index, [file], [predicted: multiclass and
-    one-vs-rest models], score, flagged (0/1), radius_<norm>..., [label] (meanings: :func:`column_meanings`)."""
+    one-vs-rest models], score, flagged (0/1), [abstained: smoothed models], radius_<norm>..., [label] (meanings:
+    :func:`column_meanings`)."""
+    kind = result_kind(cert)
     out: dict[str, list] = {"index": list(range(start, start + len(cert)))}
     if batch.files is not None:
         out["file"] = batch.files
-    if not cert.binary:
+    if kind.decision != "sensitive":
         out["predicted"] = cert.predicted.long().cpu().tolist()
-    score = _score(cert)
+    score = cert.extra.get(kind.score)
+    if score is not None and kind.score == "scores":  # (N, K): the predicted class's
+        score = score.gather(1, cert.predicted.to(score.device).long()[:, None])[:, 0]
     out["score"] = score.double().cpu().tolist() if score is not None else [math.nan] * len(cert)
-    out["flagged"] = _flagged(cert).long().cpu().tolist()
+    out["flagged"] = (cert.sensitive if cert.binary else cert.predicted_flagged()).long().cpu().tolist()
+    if cert.abstained is not None:
+        out["abstained"] = cert.abstained.long().cpu().tolist()
     for p in norms:
         out[f"radius_{norm_label(p)}"] = cert.radius(p).double().cpu().tolist()
     if batch.labels is not None:
@@ -585,30 +591,33 @@ def _result_columns(cert: Certificate, start: int, norms: Sequence[float], batch
     return out
 
 
-def result_kind(cert: Certificate) -> str:
-    """What a results file's ``flagged`` and radius columns mean for ``cert``'s model (:func:`column_meanings`):
-    ``"sensitive"`` (binary sensitive-class models), ``"class flag"`` (one-vs-rest: the predicted class's own
-    flag) or ``"decision"`` (multiclass models certifying the argmax)."""
-    if cert.binary:
-        return "sensitive"
-    return "class flag" if cert.guarantee is Guarantee.FLAG else "decision"
+_SCORE_KEYS = ("score", "scores", "margin", "p_lower", "probability")
+"""Where a certificate keeps the number a results file shows as ``score`` (the first it has; see _SCORE_MEANINGS)."""
 
 
-def _flagged(cert: Certificate) -> torch.Tensor:
-    """(N,) bool: binary models, flagged as the sensitive class; one-vs-rest, the predicted class's member flags
-    the input; multiclass argmax models, every input (each gets a decision)."""
-    return cert.sensitive if cert.binary else cert.predicted_flagged()
+@dataclass(frozen=True)
+class ResultKind:
+    """What a results file's columns mean for a model's certificates (:func:`column_meanings`).
+
+    Attributes:
+        decision: ``"sensitive"`` (binary sensitive-class models), ``"class flag"`` (one-vs-rest: the predicted
+            class's own flag) or ``"decision"`` (multiclass models certifying the argmax).
+        score: the certificate's ``extra`` key shown as ``score`` (one of :data:`_SCORE_KEYS`; ``""``: none).
+        alpha: a probabilistic certificate's failure probability (randomized smoothing), else None.
+        abstains: whether the certifier may abstain (an ``abstained`` column).
+    """
+
+    decision: str = "sensitive"
+    score: str = "score"
+    alpha: float | None = None
+    abstains: bool = False
 
 
-def _score(cert: Certificate) -> torch.Tensor | None:
-    """(N,) the score a results file shows: s(x) of binary models, the predicted class's s_k(x) of one-vs-rest
-    models (``extra["scores"]`` (N, K)), the top-two logit margin of multiclass argmax models; None if none."""
-    if "score" in cert.extra:
-        return cert.extra["score"]
-    if "scores" in cert.extra:
-        scores = cert.extra["scores"]
-        return scores.gather(1, cert.predicted.to(scores.device).long()[:, None])[:, 0]
-    return cert.extra.get("margin")
+def result_kind(cert: Certificate) -> ResultKind:
+    """The :class:`ResultKind` of ``cert``'s model."""
+    decision = "sensitive" if cert.binary else "class flag" if cert.guarantee is Guarantee.FLAG else "decision"
+    score = next((key for key in _SCORE_KEYS if key in cert.extra), "")
+    return ResultKind(decision, score, cert.alpha, cert.abstained is not None)
 
 
 CSV_LINE_END = "\n"
@@ -772,42 +781,50 @@ def read_results_record(out: str | Path) -> ResultsRecord | None:
         return None
 
 
-_MEANINGS = {
-    "sensitive": (
-        "the model's score s(x), positive when flagged (feature-convex models: the certifier's float64 reference score "
-        "as float32 where its sign is sure, the model's own float32 score near 0; other models: their own score)",
-        "1: the model flags the input (the sensitive class), 0: it accepts it",
-        "makes a flagged input accepted; inf: none at any size; 0 for accepted inputs",
-    ),
-    "class flag": (
-        "s_k(x) of the predicted class k, positive when class k flags the input (the model's own float32 score)",
-        "1: the predicted class flags the input (s_k(x) > 0), 0: no class flags it",
-        "makes the predicted class's score s_k non-positive (removes its flag; another class may overtake it: "
-        "the argmax is not certified); inf: none at any size; 0 when no class flags the input",
-    ),
-    "decision": (
-        "the margin between the two largest class scores (the model's own arithmetic)",
-        "1 for every input: a multiclass model decides every input (column predicted)",
-        "changes the predicted class; inf: none at any size; 0 where none is certified",
-    ),
+_SCORE_MEANINGS = {
+    "score": "the model's score s(x), positive when flagged (feature-convex models: the certifier's float64 reference "
+    "score as float32 where its sign is sure, the model's own float32 score near 0; other models: their own score)",
+    "scores": "s_k(x) of the predicted class k, positive when class k flags the input (the model's own float32 score)",
+    "margin": "the margin between the two largest class scores (the model's own arithmetic)",
+    "p_lower": "a lower confidence bound (level 1 − alpha) on the probability that the smoothing noise gives the "
+    "predicted class; above 0.5 where a radius is certified",
+    "probability": "the probability that the smoothing noise gives the predicted class (computed exactly); above 0.5 "
+    "where a radius is certified",
+    "": "none (NaN): this model's certificates give no score",
+}
+_FLAGGED_MEANINGS = {
+    "sensitive": "1: the model flags the input (the sensitive class), 0: it accepts it",
+    "class flag": "1: the predicted class flags the input (s_k(x) > 0), 0: no class flags it",
+    "decision": "1 for every input: a multiclass model decides every input (column predicted)",
+}
+_RADIUS_MEANINGS = {
+    "sensitive": "makes a flagged input accepted; inf: none at any size; 0 for accepted inputs",
+    "class flag": "makes the predicted class's score s_k non-positive (removes its flag; another class may overtake "
+    "it: the argmax is not certified); inf: none at any size; 0 when no class flags the input",
+    "decision": "changes the predicted class; inf: none at any size; 0 where none is certified",
 }
 
 
 def column_meanings(
-    units: str, norms: Sequence[float], files: bool, labels: bool, kind: str = "sensitive"
+    units: str, norms: Sequence[float], files: bool, labels: bool, kind: ResultKind | None = None
 ) -> dict[str, str]:
     """What each column of a results file means, in file order (``files``: image folders' ``file`` column;
-    ``labels``: the input's labels; ``kind``: the model's, :func:`result_kind`)."""
+    ``labels``: the input's labels; ``kind``: the model's, :func:`result_kind`; None: a binary model's s(x))."""
+    kind = kind or ResultKind()
     cols = {"index": "the input's position in the input file (0 = first row, image or array entry)"}
     if files:
         cols["file"] = "the image's path inside the input folder"
-    if kind != "sensitive":
+    if kind.decision != "sensitive":
         cols["predicted"] = "the predicted class: argmax_k of the class scores, as an index into the run's classes"
-    score, flagged, radius = _MEANINGS[kind]
-    cols["score"], cols["flagged"] = score, flagged
+    cols["score"], cols["flagged"] = _SCORE_MEANINGS[kind.score], _FLAGGED_MEANINGS[kind.decision]
+    if kind.abstains:
+        cols["abstained"] = "1: the certifier abstains (no decision it can vouch for; radius 0), else 0"
+    chance = "" if kind.alpha is None else f"with probability ≥ 1 − {kind.alpha:g} over the certifier's sampling, "
     for p in norms:
         size = "ℓ∞" if math.isinf(p) else f"ℓ{p:g}"
-        cols[f"radius_{norm_label(p)}"] = f"no allowed change of {size} size below this, in {units}, {radius}"
+        cols[f"radius_{norm_label(p)}"] = (
+            f"{chance}no allowed change of {size} size below this, in {units}, {_RADIUS_MEANINGS[kind.decision]}"
+        )
     if labels:
         cols["label"] = "the input's label, as in the input file"
     return cols
@@ -823,7 +840,7 @@ def results_record(
     first: Batch,
     tm: ResolvedThreatModel | None = None,
     features: Sequence[str] | None = None,
-    kind: str = "sensitive",
+    kind: ResultKind | None = None,
 ) -> ResultsRecord:
     """The :class:`ResultsRecord` of the complete results file ``done.out`` whose bytes have the SHA-256 ``sha`` (its
     columns as ``first`` had them), under threat model ``tm`` (None: none) with the input columns ``features``
@@ -988,7 +1005,7 @@ class _Tally:
     first_outside: int | None = None
     detail: str | None = None
     names: Sequence[str] | None = None
-    kind: str = "sensitive"  # what the flagged and radius columns mean (result_kind)
+    kind: ResultKind | None = None  # what the columns mean (result_kind of the certificates)
 
     def result(self, out: Path, units: str, run_busy: bool) -> TrafficResult:
         """The :class:`TrafficResult` of these counts for the results file ``out`` in ``units``."""
@@ -1004,7 +1021,7 @@ class _Tally:
             self.detail = tm.outside_detail(x[first], self.names)
         self.outside += count
         self.n += len(cert)
-        self.flagged += int(_flagged(cert).sum())
+        self.flagged += int((cert.sensitive if cert.binary else cert.predicted_flagged()).sum())
         self.kind = result_kind(cert)
         self.seconds += cert.seconds
 
