@@ -1352,3 +1352,10 @@ def test_smoothed_rows_say_their_chance_and_abstentions(csv_run, tmp_path):
     assert record is not None and "lower confidence bound" in record.columns["score"]
     assert record.columns["radius_l2"].startswith("with probability ≥ 1 − 0.001 over the certifier's sampling")
     assert "abstains" in record.columns["abstained"]
+
+
+def test_csv_booleans_are_read_as_one_and_zero_in_traffic_too(tmp_path):
+    """pandas writes bool columns as True/False: read as 1/0, as training reads them (README review s34 F3)."""
+    (tmp_path / "b.csv").write_text("f0,f1,f2,f3\n1,True,0.5,false\n2,FALSE,1,true\n")
+    (batch,) = list(csv_batches(tmp_path / "b.csv", FEATURES, None, 16))
+    assert batch.x.tolist() == [[1.0, 1.0, 0.5, 0.0], [2.0, 0.0, 1.0, 1.0]]

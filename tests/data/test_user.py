@@ -245,6 +245,13 @@ def test_csv_numbers_are_ascii_decimals(tmp_path, cell):
         read_csv_table(tmp_path / "t.csv", "label")
 
 
+def test_csv_booleans_read_as_one_and_zero(tmp_path):
+    """Session 34 README review F3: pandas writes a bool column as True/False, which was refused as text."""
+    (tmp_path / "t.csv").write_text("a,vpn,label\n1,True,x\n2,false,y\n3, TRUE ,x\n", encoding="utf-8")
+    x, _, features, _ = read_csv_table(tmp_path / "t.csv", "label")
+    assert features == ["a", "vpn"] and x[:, 1].tolist() == [1.0, 0.0, 1.0]
+
+
 @given(st.floats(allow_nan=False, allow_infinity=False, width=32))
 def test_csv_reads_every_float_as_written(value):
     """Every float32 as Python, NumPy and C print it (repr, %.9g, %e, signed) is read back exactly."""

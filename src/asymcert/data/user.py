@@ -66,6 +66,7 @@ _MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}
 # What a CSV cell may spell as a number: ASCII decimal, optional sign, point and exponent ("1", "-0.5", ".5",
 # "5.", "1e-3", "+2E6"), or an infinity (refused later as not finite). Python's float() also reads "1_0" as 10
 # and "١٢" or full-width "１２" as 12: text no CSV writer produces for a number, so it is refused as text.
+_BOOLEANS = {"true": 1.0, "false": 0.0}
 _CSV_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity)", re.IGNORECASE)
 
 
@@ -881,11 +882,13 @@ class NotANumberError(DataError):
 def csv_number(cell: str, path: Path, where: str, column: str) -> float:
     """The number in one CSV cell, or a one-line DataError naming the file, row, line and column
     (:class:`NotANumberError` for text that is not a number, a plain DataError for a missing value).
-    Numbers are ASCII decimals (``_CSV_NUMBER``: sign, digits, point, exponent) or infinities; surrounding
-    whitespace is ignored."""
+    Numbers are ASCII decimals (``_CSV_NUMBER``: sign, digits, point, exponent) or infinities, and ``True`` /
+    ``False`` (any case) are 1 / 0; surrounding whitespace is ignored."""
     text = cell.strip()
     if text.lower() in _MISSING:
         raise DataError(f"{path}: {where} is missing a value in column {column!r}; fill it in or drop the row")
+    if text.lower() in _BOOLEANS:  # pandas writes a bool column as True / False; Parquet booleans read as 1 / 0 too
+        return _BOOLEANS[text.lower()]
     if _CSV_NUMBER.fullmatch(text) is None:
         raise NotANumberError(f"{path}: {where}, column {column!r}: {text!r} is not a number")
     return float(text)
