@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ import time
 import tracemalloc
 import warnings
 import zipfile
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from asymcert.certify import Certificate
 from asymcert.checkpoint import MODEL_FILE, read_config, save
 from asymcert.cli import EXIT_BUSY, EXIT_OK, EXIT_REFUSED, main
 from asymcert.data import user as user_module
-from asymcert.data.images import read_images
+from asymcert.data.images import list_image_folder, read_images
 from asymcert.data.user import read_csv_table, read_npz
 from asymcert.errors import (
     CheckpointError,
@@ -300,6 +302,102 @@ def test_image_traffic_of_another_size_or_depth_is_refused_not_reshaped(csv_run,
     with pytest.raises(DataError, match=r"16bit\.png: pixels of more than 8 bits \(Pillow mode I"):
         certify_file(tmp_path / "run", deep, tmp_path / "d.csv", progress=False)
     assert not (tmp_path / "o.csv").exists() and not (tmp_path / "d.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    """A run trained (one epoch) on 24 grayscale 8 × 8 PNGs in the class folders bad/ and good/."""
+    root = tmp_path_factory.mktemp("images")
+    spec = {"images": str(_pngs(root / "pics", {"bad": 12, "good": 12})), "sensitive_class": "bad"}
+    train_run(spec, root / "run", train_overrides={"epochs": 1}, progress=False, log=lambda m: None)
+    return root / "run"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_file_and_class_folder_names_that_are_not_utf8_are_written_with_replacement_characters(
+    image_run, tmp_path, suffix
+):
+    """Review s34 F1: an image named by bytes that are not UTF-8 (a legal Linux name) crashed both writers with a
+    UnicodeEncodeError traceback (the same for a class folder's name, the label). Each such byte is now written
+    as U+FFFD, as undecodable bytes of npz and Parquet labels are."""
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow.parquet")
+    root = _pngs(tmp_path / "new", {"q": 1})
+    try:
+        shutil.copy(root / "q" / "00.png", root / "q" / os.fsdecode(b"\xff\xfe.png"))
+        _pngs(root, {os.fsdecode(b"cl\xe9"): 1})  # (é in Latin-1)
+    except (OSError, UnicodeError):  # pragma: no cover - a file system that takes only Unicode names
+        pytest.skip("this file system refuses names that are not UTF-8")
+    out = tmp_path / f"r{suffix}"
+    assert certify_file(image_run, root, out, progress=False).n_inputs == 3
+    if suffix == ".csv":
+        with out.open(encoding="utf-8", newline="") as f:
+            rows = [(r["file"], r["label"]) for r in csv.DictReader(f)]
+    else:
+        table = pytest.importorskip("pyarrow.parquet").read_table(out)
+        rows = list(zip(table.column("file").to_pylist(), table.column("label").to_pylist()))
+    assert rows == [("cl\ufffd/00.png", "cl\ufffd"), ("q/00.png", "q"), ("q/\ufffd\ufffd.png", "q")]
+    assert traffic.name_text("caf\u00e9 \u732b.png") == "caf\u00e9 \u732b.png"  # (UTF-8 names as they are)
+
+
+def test_image_traffic_lists_the_folder_as_images_training_does(image_run, tmp_path):
+    """Review s34 F4: certify --input read images at any depth (rglob), labelling new/q/deep/00.png 'deep', and
+    the images directly in a folder of class folders, where --images reads only the images directly in each class
+    folder. Both now list a folder alike (labels: the class folder); a folder without class folders of images is
+    still certified as it is, its images unlabelled."""
+    root = _pngs(tmp_path / "new", {"q": 2, "r": 1})
+    _pngs(root / "q", {"deep": 1})  # new/q/deep/00.png
+    _pngs(root, {".": 1})  # new/00.png
+    certify_file(image_run, root, tmp_path / "r.csv", progress=False)
+    rows = [(r["file"], r["label"]) for r in _read(tmp_path / "r.csv")]
+    trained = [(f.relative_to(root).as_posix(), c) for c, files in list_image_folder(root).items() for f in files]
+    assert rows == trained == [("q/00.png", "q"), ("q/01.png", "q"), ("r/00.png", "r")]
+    flat = _pngs(tmp_path / "flat", {".": 2})
+    _pngs(flat / "empty", {"deeper": 1})  # (a subfolder holding no image directly is no class folder)
+    certify_file(image_run, flat, tmp_path / "flat.csv", progress=False)
+    assert [(r["file"], "label" in r) for r in _read(tmp_path / "flat.csv")] == [("00.png", False), ("01.png", False)]
+
+
+def test_a_colour_image_for_a_grayscale_run_is_refused_by_name(image_run, tmp_path):
+    """Review s34 F5: a colour image given to a grayscale run was certified by its luma, another picture than the
+    file's, with no word (one of another size is refused by name). Now refused likewise. A grayscale image for
+    an RGB run gets its grey in all three channels, as --images training reads a mixed folder's grey images."""
+    image = pytest.importorskip("PIL.Image")
+    root = _pngs(tmp_path / "new", {"q": 2})
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = 255
+    image.fromarray(red, mode="RGB").save(root / "q" / "red.png")
+    with pytest.raises(DataError) as info:
+        certify_file(image_run, root, tmp_path / "r.csv", progress=False)
+    assert str(info.value) == (
+        f"{root / 'q' / 'red.png'}: a colour image (Pillow mode RGB), but the run takes grayscale images; convert it "
+        "to grayscale first (asymcert certifies the pixels as they are)"
+    )
+    assert not (tmp_path / "r.csv").exists()
+    (root / "q" / "red.png").unlink()
+    grey = next(traffic.image_batches(root, (1, 8, 8), 10)).x
+    as_rgb = next(traffic.image_batches(root, (3, 8, 8), 10)).x  # (as an RGB run reads them)
+    assert as_rgb.shape == (2, 3, 8, 8) and all(torch.equal(as_rgb[:, [c]], grey) for c in range(3))
+
+
+def test_image_traffic_refuses_16_bit_and_multi_frame_images_by_name(image_run, tmp_path):
+    """Review s34 F3 and F5, in certify --input: a 16-bit RGB PNG (opened by Pillow as 8-bit RGB) was certified
+    by its values' high bytes, and an animated GIF by its first frame; each is now refused by name."""
+    image = pytest.importorskip("PIL.Image")
+    root = _pngs(tmp_path / "new", {"q": 1})
+    frames = [image.fromarray(np.full((8, 8), v, np.uint8), mode="L") for v in (0, 255)]
+    frames[0].save(root / "q" / "moving.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(DataError, match=r"moving\.gif: an image of more than one frame \(animated, or pages\)"):
+        certify_file(image_run, root, tmp_path / "r.csv", progress=False)
+    (root / "q" / "moving.gif").unlink()
+    row = struct.pack(">HHH", 1000, 200, 65000) * 8
+    header = struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0)  # 8 × 8, 16 bits a channel, RGB
+    chunks = [(b"IHDR", header), (b"IDAT", zlib.compress((b"\x00" + row) * 8)), (b"IEND", b"")]
+    png = b"".join(struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d)) for k, d in chunks)
+    (root / "q" / "rgb16.png").write_bytes(b"\x89PNG\r\n\x1a\n" + png)
+    with pytest.raises(DataError, match=r"rgb16\.png: pixels of more than 8 bits \(stored as RGB;16B, which Pillow"):
+        certify_file(image_run, root, tmp_path / "r.csv", progress=False)
+    assert not (tmp_path / "r.csv").exists()
 
 
 def test_parquet_output_holds_the_same_numbers_as_the_csv(csv_run, tmp_path):

@@ -40,7 +40,7 @@ from asymcert.certify.api import OUTSIDE, certifier_spec, make_options
 from asymcert.certify.result import RAW_UNITS, Guarantee, norm_label, raw_units
 from asymcert.checkpoint import Staged, commit, discard, load, stage
 from asymcert.data.download import sha256_file
-from asymcert.data.images import IMAGE_SUFFIXES, read_image
+from asymcert.data.images import IMAGE_SUFFIXES, class_folders, image_files, read_image
 from asymcert.data.user import (
     FLOAT32_MAX,
     MAX_LABEL_BYTES,
@@ -497,36 +497,53 @@ def _label_text(value: object) -> str:
 
 
 def image_batches(root: Path, input_shape: Sequence[int], chunk: int) -> Iterator[Batch]:
-    """The images under ``root`` (sorted; files directly in it, or in class subfolders whose names become
-    the labels), decoded as the run's inputs: (C, H, W) with C = 1 grayscale or 3 RGB, centre-cropped or
-    padded to H × W, pixels scaled to [0, 1] (as image-folder runs are trained), ``chunk`` at a time.
+    """The images of ``root`` as ``--images`` reads them (:func:`~asymcert.data.images.class_folders`: the images
+    directly in each subfolder, labelled by its name, sorted; nothing deeper, nothing directly in ``root``), or,
+    when no subfolder holds an image, the images directly in ``root``, unlabelled; decoded as the run's inputs:
+    (C, H, W) with C = 1 grayscale or 3 RGB, each H × W as stored, pixels scaled to [0, 1] (as image-folder runs
+    are trained), ``chunk`` at a time. File paths (relative to ``root``) and labels are :func:`name_text`.
 
     Raises:
         InputError: a run whose inputs are not (C, H, W) images with C ∈ {1, 3} and H = W, or no image files.
-        DataError: an unreadable image.
+        DataError: an unreadable image, or one the run cannot take as stored (:func:`_images_of_size`).
     """
     shape = tuple(input_shape)
     if len(shape) != 3 or shape[0] not in (1, 3) or shape[1] != shape[2]:
         raise InputError(f"{root}: an image folder needs a run on square images (C, H, H); this run takes {shape}")
-    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    classes = class_folders(root)
+    files = [f for folder in classes.values() for f in folder] if classes else image_files(root)
     if not files:
-        raise InputError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    labelled = all(f.parent != root for f in files)
+        raise InputError(
+            f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) in its class subfolders or directly in it"
+        )
+    labels = [name_text(c) for c, folder in classes.items() for _ in folder] if classes else None
     mode = "L" if shape[0] == 1 else "RGB"
     for start in range(0, len(files), chunk):
         part = files[start : start + chunk]
         pixels = _images_of_size(part, mode, shape).astype(np.float32) / 255.0
-        labels = [f.parent.name for f in part] if labelled else None
-        yield Batch(torch.from_numpy(pixels), labels, [f.relative_to(root).as_posix() for f in part])
+        names = [name_text(f.relative_to(root).as_posix()) for f in part]
+        yield Batch(torch.from_numpy(pixels), labels[start : start + chunk] if labels is not None else None, names)
+
+
+def name_text(name: str) -> str:
+    """A file or folder name as text that any output takes: Python holds each byte of a name that is not UTF-8
+    as a lone surrogate (U+DC80…U+DCFF), which UTF-8 files and Parquet refuse (review s34 F1: a traceback); those
+    bytes are replaced by U+FFFD, as undecodable bytes of npz and Parquet labels are (:func:`_label_text`)."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", errors="replace")
+    except UnicodeEncodeError:  # (another lone surrogate, as a Windows name may hold)
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in name)
 
 
 def _images_of_size(paths: Sequence[Path], mode: str, shape: tuple[int, ...]) -> np.ndarray:
     """The images ``paths`` (N, C, H, W) uint8, each refused unless it is the run's H × W as stored: cutting one
     to size certified another picture than the file's, with no word (walkthrough 28d: a 40×40 image among 32×32
-    ones was certified by its centre)."""
+    ones was certified by its centre). Likewise a colour image for a grayscale run (``mode`` ``"L"``) is refused,
+    not certified by its luma (review s34 F5); a grayscale image for an RGB run gets its grey in all three
+    channels, as ``--images`` training reads the grayscale images of a mixed folder."""
     out = np.empty((len(paths), *shape), dtype=np.uint8)
     for i, path in enumerate(paths):
-        image = read_image(path, mode)
+        image = read_image(path, mode, colour_to_gray=False)
         if image.shape[1:] != shape[1:]:
             raise DataError(
                 f"{path}: {image.shape[2]}×{image.shape[1]} pixels, but the run takes {shape[2]}×{shape[1]} images; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pathlib
 import pickle
+import re
 import struct
 import tracemalloc
 import warnings
@@ -359,6 +360,95 @@ def test_training_image_folders_are_held_to_the_pixel_limit(tmp_path, monkeypatc
         task_from_image_folder(root, "a", size=8).load(None)
     monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", 100)
     assert task_from_image_folder(root, "a", size=8).load(None).input_shape == (1, 8, 8)
+
+
+def test_a_large_first_image_is_refused_by_size_before_room_for_every_image_is_taken(tmp_path):
+    """Review s34 F2: a 4096 × 4096 RGB image sorted first among 1000 small ones made read_images ask for
+    (1000, 3, 4096, 4096) bytes (47 GiB: a MemoryError traceback) before it looked at the second image's size.
+    Every size now comes from the headers first: the one-line refusal, with no image decoded."""
+    root = _image_folder(tmp_path / "pics", {"a": 40, "b": 40})  # 10 × 10 each
+    Image.fromarray(np.zeros((1024, 1024, 3), np.uint8)).save(root / "a" / "0 big.png")  # sorts first (" " < ".")
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as info:
+            task_from_image_folder(root, "a")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(info.value).startswith(f"{root / 'a' / '0.png'} is 10×10 but {root / 'a' / '0 big.png'} is 1024×1024")
+    assert "images of different sizes" in str(info.value)
+    assert peak < 16 * 2**20  # (before: 81 × 3 MiB asked for, and the 3 MiB image decoded)
+
+
+def _png_file(path, width, height, depth, colour_type, row):
+    """A real PNG (signature, IHDR, IDAT, IEND) of ``height`` rows of ``row`` (bytes, each row's filter byte
+    added), ``depth`` bits a channel, PNG colour type ``colour_type`` (0 grey, 2 RGB, 4 grey+alpha, 6 RGBA)."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    pixels = zlib.compress((b"\x00" + row) * height)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def _deep_image(path):
+    """An 8 × 8 image of 16 bits a channel that Pillow opens in an 8-bit mode, by its name: rgb16.png (RGB),
+    la16.png (grey+alpha, opened as RGBA), rgba16.png, rgb16.ppm (P6, maximum value 65535)."""
+    if path.suffix == ".ppm":
+        return path.write_bytes(b"P6 8 8 65535\n" + struct.pack(">HHH", 1000, 200, 65000) * 64)
+    colour_type, value = {"rgb16": (2, (1000, 200, 65000)), "la16": (4, (2000, 65535)), "rgba16": (6, (1, 2, 3, 4))}[
+        path.stem
+    ]
+    return _png_file(path, 8, 8, 16, colour_type, struct.pack(f">{len(value)}H", *value) * 8)
+
+
+@pytest.mark.parametrize("name", ["rgb16.png", "la16.png", "rgba16.png", "rgb16.ppm"])
+def test_16_bit_images_that_pillow_opens_in_an_8_bit_mode_are_refused(tmp_path, name):
+    """Review s34 F3: a 16-bit RGB or grey+alpha PNG was trained on by its values' high bytes (1000/65535 → 3/255),
+    and a 16-bit grey+alpha one turned a grayscale folder into an RGB run (Pillow opens it as RGBA); a 16-bit PPM
+    was rounded to 8 bits. The README refuses images of 16-bit pixels: now by the file's own depth, not the mode."""
+    root = _image_folder(tmp_path / "pics", {"a": 4, "b": 4}, size=(8, 8))
+    deep = root / "b" / name
+    _deep_image(deep)
+    with pytest.raises(DataError) as info:
+        task_from_image_folder(root, "a")
+    assert str(info.value).startswith(f"{deep}: pixels of more than 8 bits (")
+    why = r"\((stored as (RGB|LA|RGBA);16B, which Pillow opens as mode RGBA?|maximum value 65535)\)"
+    assert re.search(why, str(info.value))
+    with pytest.raises(DataError, match="pixels of more than 8 bits"):
+        read_images([deep], "L", 8)  # (as certify --input and malimg read)
+
+
+def test_grey_alpha_images_are_grayscale_with_their_alpha_dropped(tmp_path):
+    """An 8-bit grey+alpha image (Pillow mode LA) counts as grayscale, as the README says: a folder of them and
+    grey images is a grayscale run, each pixel its grey value (alpha dropped, not composited)."""
+    root = _image_folder(tmp_path / "pics", {"a": 4, "b": 4}, size=(8, 8))
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    Image.fromarray(np.stack([grey, np.full_like(grey, 7)], -1), mode="LA").save(root / "b" / "la.png")
+    assert Image.open(root / "b" / "la.png").mode == "LA"
+    assert task_from_image_folder(root, "a").load(None).input_shape == (1, 8, 8)
+    assert np.array_equal(read_images([root / "b" / "la.png"], "L")[0, 0], grey)
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png", ".tif"])
+def test_images_of_more_than_one_frame_are_refused(tmp_path, suffix):
+    """Review s34 F5: an animated GIF was read by its first frame, without a word; a multi-frame image (animated
+    GIF or PNG, multi-page TIFF) is refused by name: which frame is the picture is not asymcert's to pick."""
+    root = _image_folder(tmp_path / "pics", {"a": 4, "b": 4}, size=(8, 8))
+    frames = [Image.fromarray(np.full((8, 8), v, np.uint8), mode="L") for v in (0, 255)]
+    moving = root / "b" / f"moving{suffix}"
+    frames[0].save(moving, save_all=True, append_images=frames[1:])
+    assert Image.open(moving).n_frames == 2
+    with pytest.raises(DataError) as info:
+        task_from_image_folder(root, "a")
+    assert str(info.value) == (
+        f"{moving}: an image of more than one frame (animated, or pages); asymcert reads one picture a file: "
+        "save the frame to use as an image of its own"
+    )
+    frames[0].save(moving)  # one frame: read (a GIF as RGB: Pillow opens it as a palette image)
+    assert task_from_image_folder(root, "a").load(None).input_shape[1:] == (8, 8)
 
 
 def test_image_folder_unknown_class_lists_folders(tmp_path):
