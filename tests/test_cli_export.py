@@ -114,3 +114,27 @@ def test_the_message_names_each_output_once(run, tmp_path):
     (review s33, finding 6): the message names the file's outputs."""
     message = export_run(run, "onnx", tmp_path / "m.onnx", norms=(math.inf, 2.0, math.inf))
     assert "outputs score, flagged, radius_linf, radius_l2 (in " in message and message.count("radius_linf") == 1
+
+
+HOLD_RUN = """
+import sys, time
+from asymcert.runfolder import exclusive
+with exclusive(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_exporting_a_run_being_written_warns_as_certify_input_does(run, tmp_path):
+    """README review s34 F6: `certify --input` warned about a run another process writes; `export` said nothing."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RUN, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        res = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "m.onnx")])
+        assert res.exit_code == EXIT_OK, res.output
+        assert "is being written by another asymcert process (still training?)" in res.output
+    finally:
+        holder.kill()
+        holder.wait()
+    res = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "n.onnx")])
+    assert res.exit_code == EXIT_OK and "being written" not in res.output, res.output

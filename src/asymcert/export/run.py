@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from asymcert.checkpoint import load
 from asymcert.export.onnx import DEFAULT_NORMS, ExportError, checked_norms, output_names, to_onnx
 from asymcert.export.vnnlib import DEFAULT_TIMEOUT, write_benchmark
 from asymcert.pipeline import run_data
-from asymcert.runfolder import RUN_FILE, read_run_record, run_threat_model, warn_if_unfinished
+from asymcert.runfolder import RUN_FILE, being_written, read_run_record, run_threat_model, warn_if_unfinished
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
 FORMATS = ("onnx", "vnnlib")
@@ -50,7 +51,13 @@ def export_run(
     if fmt == "onnx" and Path(out).suffix.lower() != ".onnx":
         raise ExportError(f"{out}: an ONNX graph is written as a .onnx file; give --out that suffix")
     record = read_run_record(run_dir) if (Path(run_dir) / RUN_FILE).is_file() else None  # or only a saved model
-    if record is not None:
+    if being_written(run_dir):  # (as certify --input says it; README review s34 F6)
+        warnings.warn(
+            f"{run_dir} is being written by another asymcert process (still training?): this exports its model "
+            "as saved when this command started",
+            stacklevel=2,
+        )
+    elif record is not None:
         warn_if_unfinished(record, run_dir)
     tm = run_threat_model(record, threat_model, plain) if record is not None else None
     names = None if record is None else record.feature_names  # recorded in the files: X_i ↔ feature
