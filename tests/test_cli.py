@@ -478,6 +478,9 @@ def test_tasks_lists_every_task_with_its_presets():
     assert "(presets: fast, log1p-64-32, pairs)" in lines["spambase"]
     assert "(presets: fast, paper)" in lines["fashion-mnist-shirts"]
     assert set(lines) >= {"mnist-38", "cifar10-catsdogs", "malimg", "breast-cancer", "spambase"}
+    # README review s34: the presets of one's own tables (hinges, log1p-hinges) were listed nowhere
+    last = " ".join(res.output.splitlines()[-1].split())
+    assert last == "your own data --csv, --data or --images (presets: fast; tables also hinges, log1p-hinges)"
 
 
 def test_a_closed_output_pipe_is_not_a_file_system_error(tiny_run, fashion_dir, tmp_path):

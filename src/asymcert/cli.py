@@ -32,6 +32,7 @@ from asymcert.certify.summary import RunResults
 from asymcert.checkpoint import load
 from asymcert.compare import compare_cli_main
 from asymcert.data import get_task, task_names
+from asymcert.data.user import TABULAR_PRESETS
 from asymcert.errors import AsymcertError, InputError, RunFolderBusyError, WriteError
 from asymcert.export import export_run
 from asymcert.export.vnnlib import DEFAULT_TIMEOUT
@@ -1034,6 +1035,8 @@ def tasks() -> None:
         task = get_task(name)
         presets = f" (presets: {', '.join(sorted(task.presets))})" if task.presets else ""
         click.echo(f"{name:24s} {task.description}{presets}")
+    tables = ", ".join(TABULAR_PRESETS)
+    click.echo(f"{'your own data':24s} --csv, --data or --images (presets: fast; tables also {tables})")
 
 
 @main.command(name="export")
