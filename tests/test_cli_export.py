@@ -27,6 +27,7 @@ from asymcert.export import export_run
 from asymcert.models import build_model
 from tests.conftest import small_feature_convex
 from tests.test_runfolder import OTHER_ENV_WRITER
+from tests.test_traffic import HOLD_RUN
 
 pytest.importorskip("onnx")
 
@@ -114,15 +115,6 @@ def test_the_message_names_each_output_once(run, tmp_path):
     (review s33, finding 6): the message names the file's outputs."""
     message = export_run(run, "onnx", tmp_path / "m.onnx", norms=(math.inf, 2.0, math.inf))
     assert "outputs score, flagged, radius_linf, radius_l2 (in " in message and message.count("radius_linf") == 1
-
-
-HOLD_RUN = """
-import sys, time
-from asymcert.runfolder import exclusive
-with exclusive(sys.argv[1]):
-    print("locked", flush=True)
-    time.sleep(120)
-"""
 
 
 def test_exporting_a_run_being_written_warns_as_certify_input_does(run, tmp_path):
