@@ -602,7 +602,9 @@ def test_a_sigterm_under_torchrun_says_the_launcher_may_have_sent_it(tiny_run, t
     monkeypatch.setattr(cli_module.distributed, "is_distributed", lambda: True)
     monkeypatch.setattr(cli_module, "write_report", _raiser(cli_module._Terminated()))
     line = _refused(CliRunner().invoke(main, ["report", str(_copy(tiny_run, tmp_path))]), EXIT_TERMINATED)
-    assert "terminated (SIGTERM; under torchrun, the launcher stops every process when one fails)" in line
+    assert "terminated (SIGTERM; under torchrun, the launcher stops every process when one fails or the job" in line
+    # review s34 dist F5: "rerun the same command to go on" cannot help with another process's bad data
+    assert "another process's line says why); once that is mended, nothing was half-written" in line
 
 
 def test_a_peer_stopping_mid_training_is_one_line_and_a_bug_keeps_its_traceback(tiny_run, tmp_path, monkeypatch):

@@ -191,6 +191,10 @@ def test_commands_that_train_many_models_are_refused_under_torchrun(tmp_path):
     assert len(lines) == 2 and "Traceback" not in "".join(lines)
     res = torchrun_asymcert(["audit", str(tmp_path / "any-run")])  # (audit too: both ranks did all its work)
     assert res.returncode != 0 and res.stderr.count("`asymcert audit` runs in one process") == 2
+    (tmp_path / "run").mkdir()  # export: each rank wrote the same file, one refused as busy by its sibling (s34 F1)
+    res = torchrun_asymcert(["export", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx")])
+    assert res.returncode != 0 and res.stderr.count("`asymcert export` runs in one process") == 2
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_a_peer_that_stopped_is_one_line_not_a_traceback(monkeypatch):

@@ -177,9 +177,9 @@ def _quiet_stdout() -> None:
 _TRAINING_COMMANDS = frozenset({"run", "train", "compare", "sweep"})
 """Commands that train: stopped, they resume after the last finished epoch when rerun (``capacity`` keeps no
 training state: rerun, it trains again from the start, audit 29e #6)."""
-_ONE_PROCESS_COMMANDS = frozenset({"compare", "sweep", "capacity", "audit"})
+_ONE_PROCESS_COMMANDS = frozenset({"compare", "sweep", "capacity", "audit", "export"})
 """Commands refused under torchrun: both processes would do all the work and write the same files (audit 29e #8,
-#9)."""
+#9; export: each process wrote the same file and one was refused as busy by its sibling, review s34 dist F1)."""
 
 
 _PARTIAL = "asymcert.partial"
@@ -266,11 +266,13 @@ class _Group(click.Group):
         except _Terminated:
             # (torchrun stops every process when one fails: that one's own error says why, audit 29e #7)
             peers = (
-                "; under torchrun, the launcher stops every process when one fails"
+                "; under torchrun, the launcher stops every process when one fails or the job is stopped: another "
+                "process's line says why"
                 if distributed.is_distributed()
                 else ""
             )
-            raise _Refusal(f"terminated (SIGTERM{peers}); {_go_on(ctx)}", EXIT_TERMINATED) from None
+            then = "; once that is mended, " if distributed.is_distributed() else "; "
+            raise _Refusal(f"terminated (SIGTERM{peers}){then}{_go_on(ctx)}", EXIT_TERMINATED) from None
         except KeyboardInterrupt:
             raise _Refusal(f"interrupted; {_go_on(ctx)}", EXIT_INTERRUPTED) from None
 
@@ -551,9 +553,11 @@ def train(args: TaskArgs) -> None:
         plain=args.no_threat_model,
     )
     training = result.training or {}  # (a finished run has its training summary)
-    click.echo(
-        f"trained in {training['seconds']:.1f}s; best validation epoch {training['best']['epoch']}; model in {args.out}"
-    )
+    if distributed.is_main():  # (once, not once per torchrun process: review s34 dist F6)
+        click.echo(
+            f"trained in {training['seconds']:.1f}s; best validation epoch {training['best']['epoch']}; "
+            f"model in {args.out}"
+        )
 
 
 @dataclass(frozen=True)
@@ -1111,6 +1115,8 @@ def entry() -> None:
     other than 0 (it writes no files) flushes its output and leaves with ``os._exit``, keeping its exit code:
     in the interpreter's teardown gloo's threads, still connected to rank 0, could abort it ("terminate called
     without an active exception", exit −6), and torchrun would then kill rank 0, which may still be writing.
+    Rank 0 leaves so too when its command was refused (it wrote nothing; it aborted so in 5 of 27 busy refusals
+    under load, and torchrun named the abort as the failure's cause: review s34 dist F2).
 
     Once the command has finished (its results committed, its exit code decided), a Ctrl-C in the interpreter's
     teardown is ignored: it landed in an exit handler of torch's and printed a traceback, after exit code 0
@@ -1121,11 +1127,12 @@ def entry() -> None:
     except SystemExit as done:
         if threading.current_thread() is threading.main_thread():
             atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
-        if distributed.rank() == 0:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if distributed.rank() == 0 and (code == 0 or not distributed.is_distributed()):
             raise
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(done.code if isinstance(done.code, int) else (0 if done.code is None else 1))
+        os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

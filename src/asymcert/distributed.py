@@ -86,7 +86,7 @@ def peer_stopped(exc: BaseException) -> PeerStoppedError | None:
 def _stopped(exc: BaseException) -> PeerStoppedError:
     """The one-line :class:`PeerStoppedError` for the process group's error ``exc`` (its first line quoted)."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-    stopped = "another process of this torchrun job stopped (its own error says why)"
+    stopped = "another process of this torchrun job stopped (its own error line says why, unless it was killed)"
     return PeerStoppedError(f"{stopped}; nothing more was done here ({first})")
 
 
