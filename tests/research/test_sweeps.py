@@ -237,9 +237,11 @@ def test_reg_sweep_table_and_pareto(fashion_dir, tmp_path, monkeypatch):
     md = (out / "sweep.md").read_text()
     assert "concat-abs" in md and "pareto.png" in md
     # audit units30 F3: the tables, the panels and the printed fronts say in which units r is
-    assert summary.units == "raw input units" and "### Certified accuracy, ℓ2 (radii in raw input units)" in md
-    assert "radius ≥ r (radii in raw input units)" in md
-    assert panels and all(title.endswith(" (raw input units)") for title, _ in panels)
+    # (a built-in image task: its pixels / 255, session 34 image review F7)
+    units = "raw input units (pixel values / 255, in [0, 1])"
+    assert summary.units == units and f"### Certified accuracy, ℓ2 (radii in {units})" in md
+    assert f"radius ≥ r (radii in {units})" in md
+    assert panels and all(title.endswith(f" ({units})") for title, _ in panels)
     lines = []
     again = reg_cli_main(
         "fashion-mnist-shirts",
@@ -255,7 +257,7 @@ def test_reg_sweep_table_and_pareto(fashion_dir, tmp_path, monkeypatch):
     assert again.run.trained_now == 0 and again.run.reused == 4
     assert again.to_dict()["entries"] == summary.to_dict()["entries"]  # every point read back from its file
     fronts = [line for line in lines if line.startswith("Pareto front")]
-    assert fronts and all(" in raw input units): " in line for line in fronts), lines
+    assert fronts and all(" in raw input units (pixel values / 255, in [0, 1])): " in line for line in fronts), lines
 
 
 # ---------------------------------------------------------------- command line
