@@ -139,7 +139,11 @@ def exclusive(folder: str | Path, create: bool = False, collective: bool = True)
 
 def being_written(folder: str | Path) -> bool:
     """True when another process holds ``folder``'s writer lock (a run still training, or being certified into);
-    False when free, or when the lock cannot be taken to find out (a read-only folder)."""
+    False when free, or when the lock cannot be taken to find out (a read-only folder). A folder without the lock
+    file (a model saved by hand, never written by an asymcert command) is free, and is left without one: asking
+    writes nothing."""
+    if not (Path(folder) / LOCK_FILE).exists():
+        return False
     try:
         with exclusive(folder, collective=False):
             return False
