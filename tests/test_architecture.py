@@ -15,7 +15,7 @@ from asymcert.families import family_names
 SRC = Path(__file__).resolve().parents[1] / "src" / "asymcert"
 
 LAYERS: list[set[str]] = [
-    {"errors", "_native", "distributed", "jsontext", "text"},
+    {"errors", "_native", "distributed", "jsontext", "text", "files"},
     {"nn", "data", "threat"},
     {"models"},
     {"checkpoint", "runfolder"},

@@ -1,5 +1,6 @@
 import errno
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -710,3 +711,21 @@ def test_entry_in_a_callers_process_leaves_its_sigint_handler(monkeypatch):
     with pytest.raises(SystemExit):
         entry()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_received_folder_with_special_files_or_a_huge_description_is_reported_quickly(tiny_run, tmp_path):
+    """Review s34 ckpt F1, F2, F5: history.json a symlink to /dev/zero filled memory (MemoryError traceback),
+    certify.json a FIFO hung `report` for ever, and a 1 MB task description took a gigabyte in the plot's title."""
+    run = _copy(tiny_run, tmp_path)
+    (run / "history.json").unlink()
+    (run / "history.json").symlink_to("/dev/zero")
+    (run / "certify.json").unlink()
+    os.mkfifo(run / "certify.json")
+    record = json.loads((run / "run.json").read_text())
+    record["task_description"] = "spam " * 200_000
+    (run / "run.json").write_text(json.dumps(record))
+    res = subprocess.run(
+        [sys.executable, "-m", "asymcert", "report", str(run)], capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert (run / "report.md").is_file() and "mode not recorded" in (run / "report.md").read_text().lower()

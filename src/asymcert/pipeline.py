@@ -46,6 +46,7 @@ from asymcert.data.pairs import pair_task
 from asymcert.data.tasks import Task, TaskData, get_task
 from asymcert.errors import AsymcertError, CheckpointError, ConfigError, RunFolderConflictError, UnknownNameError
 from asymcert.families import TaskFacts, get_family
+from asymcert.files import read_regular_text
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.models import build_model
 from asymcert.runfolder import (
@@ -553,7 +554,7 @@ def read_certificate_mode(run_dir: str | Path) -> CertificateMode | None:
     file, a damaged one, or one written for other certificates than those now in the folder."""
     run_dir = Path(run_dir)
     try:
-        mode = CertificateMode.from_dict(parse_json((run_dir / CERTIFY_FILE).read_text(encoding="utf-8")))
+        mode = CertificateMode.from_dict(parse_json(read_regular_text(run_dir / CERTIFY_FILE)))
         matches = mode is not None and mode.certificates_sha256 == sha256_file(run_dir / CERT_FILE)
     except (OSError, UnicodeDecodeError, JsonTextError):
         return None

@@ -51,6 +51,7 @@ from asymcert.checkpoint import (
     read_config,
 )
 from asymcert.errors import AsymcertError, CheckpointError, RunFolderBusyError, WriteError
+from asymcert.files import read_regular_text
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.threat import ResolvedThreatModel, ThreatModel
 
@@ -566,7 +567,7 @@ def read_run_record(run_dir: str | Path) -> RunRecord:
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no {RUN_FILE}); train one with `asymcert train`")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_text(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} cannot be read ({exc})") from None
     record = RunRecord.from_json(text, str(path))

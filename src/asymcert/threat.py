@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from asymcert.errors import ConfigError
+from asymcert.files import read_regular_text
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.text import first_few
 
@@ -484,7 +485,7 @@ def load_threat_model(path: str | Path) -> ThreatModel:
     """
     path = Path(path)
     try:
-        data = parse_json(path.read_text(encoding="utf-8"))
+        data = parse_json(read_regular_text(path))
     except FileNotFoundError:
         raise ConfigError(f"threat model file {path} does not exist") from None
     except (OSError, UnicodeDecodeError, JsonTextError) as exc:

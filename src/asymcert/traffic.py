@@ -51,6 +51,7 @@ from asymcert.data.user import (
     utf8_labels,
 )
 from asymcert.errors import DataError, InputError, WriteError
+from asymcert.files import read_regular_text
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.runfolder import (
     CertificateMode,
@@ -792,7 +793,7 @@ def read_results_record(out: str | Path) -> ResultsRecord | None:
     """
     out = Path(out)
     try:
-        record = ResultsRecord.from_dict(parse_json(record_path(out).read_text(encoding="utf-8")))
+        record = ResultsRecord.from_dict(parse_json(read_regular_text(record_path(out))))
         return record if record is not None and record.results_sha256 == sha256_file(out) else None
     except (OSError, UnicodeDecodeError, JsonTextError):
         return None

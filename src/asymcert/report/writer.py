@@ -16,6 +16,7 @@ from asymcert.certify.result import RAW_UNITS, Certificate, Guarantee, norm_labe
 from asymcert.certify.summary import CertifiedSummary, Detection, FlagShares, NormSummary, RunResults
 from asymcert.checkpoint import atomic_write
 from asymcert.errors import CheckpointError
+from asymcert.files import read_regular_text
 from asymcert.jsontext import JsonTextError, parse_json
 from asymcert.pipeline import CertificateMode, read_certificate_mode
 from asymcert.report.metrics import certified_accuracy, clean_accuracy, curve_grid
@@ -227,10 +228,8 @@ def _validation_flat(run_dir: Path) -> bool:
     is kept for want of a better one, whatever the loss: walkthrough 28b). False when the file is missing, larger
     than HISTORY_READ_LIMIT or not the list of epochs training writes."""
     path = run_dir / HISTORY_FILE
-    try:
-        if path.stat().st_size > HISTORY_READ_LIMIT:
-            return False
-        history = parse_json(path.read_text(encoding="utf-8"))
+    try:  # (a regular file only: a FIFO or /dev/zero in a received folder hung or filled memory, s34 ckpt F1)
+        history = parse_json(read_regular_text(path, HISTORY_READ_LIMIT))
     except (OSError, UnicodeDecodeError, JsonTextError):
         return False
     values = [e.get("val_metric") for e in history if isinstance(e, dict)] if isinstance(history, list) else []
@@ -249,17 +248,27 @@ def _plot_curves(
         name = norm_label(p)
         grid = curve_grid(cert, labels, p)
         curve = certified_accuracy(cert, labels, p, grid)
-        label = f"{cert.method} (clean {100 * clean:.1f}%)"
+        label = f"{_clipped(cert.method)} (clean {100 * clean:.1f}%)"
         plots[name] = plot_certified_curves(
             [(label, grid, curve)],
             _pretty(p),
             run_dir / f"certified_{name}.png",
-            title=f"{description}: {_pretty(p)}",
+            title=f"{_clipped(description)}: {_pretty(p)}",
             units=cert.units,
         ).name
     for stale in set(run_dir.glob(PLOT_GLOB)) - {run_dir / name for name in plots.values()}:
         stale.unlink(missing_ok=True)
     return plots
+
+
+PLOT_TEXT_LIMIT = 120
+"""Characters of a task description or method name a plot shows (matplotlib lays out a title of a million characters
+for minutes in gigabytes: a long description in a received run.json, review s34 ckpt F2)."""
+
+
+def _clipped(text: str) -> str:
+    """``text`` cut to :data:`PLOT_TEXT_LIMIT` characters, ending in "…" when cut."""
+    return text if len(text) <= PLOT_TEXT_LIMIT else text[: PLOT_TEXT_LIMIT - 1] + "…"
 
 
 def _pretty(p: float) -> str:
