@@ -580,3 +580,16 @@ def test_a_certificate_mode_with_a_given_threat_model_for_another_source_is_not_
         assert CertificateMode.from_dict({**CertificateMode(False, source).to_dict(), "given": {"scale": {}}}) is None
     mode = CertificateMode(True, "given", "tm.json", {"scale": {"0": 2.0}})
     assert CertificateMode.from_dict(mode.to_dict()) == mode
+
+
+def test_a_lock_file_planted_as_a_symlink_is_refused_and_its_target_kept(tmp_path):
+    """Review s34 ckpt F4: with filelock < 3.20.1 (which the requirement allowed) a `.asymcert.lock` symlink in a
+    received folder had its target truncated to 0 bytes by any command that took the lock."""
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    folder = tmp_path / "received"
+    folder.mkdir()
+    (folder / ".asymcert.lock").symlink_to(victim)
+    with pytest.raises(WriteError), exclusive(folder, collective=False):
+        pass
+    assert victim.read_text() == "keep me"
