@@ -84,8 +84,9 @@ def test_weights_not_matching_config(tmp_path):
 def test_unknown_model_kind(tmp_path):
     path = tmp_path / "m.safetensors"
     save_file({"a": torch.zeros(1)}, str(path), metadata={CONFIG_KEY: json.dumps({"kind": "mystery"})})
-    with pytest.raises(asymcert.UnknownNameError, match="feature-convex"):
+    with pytest.raises(asymcert.UnknownNameError, match="feature-convex") as err:
         asymcert.load(path)
+    assert str(err.value).startswith(f"{path}: unknown model kind 'mystery'")  # the file named (s34 ckpt F8)
 
 
 def _rewrite(path, tensors=None, config=None, meta="{}"):
