@@ -599,7 +599,7 @@ def _result_columns(cert: Certificate, start: int, norms: Sequence[float], batch
     if score is not None and kind.score == "scores":  # (N, K): the predicted class's
         score = score.gather(1, cert.predicted.to(score.device).long()[:, None])[:, 0]
     out["score"] = score.double().cpu().tolist() if score is not None else [math.nan] * len(cert)
-    out["flagged"] = (cert.sensitive if cert.binary else cert.predicted_flagged()).long().cpu().tolist()
+    out["flagged"] = _flagged(cert).long().cpu().tolist()
     if cert.abstained is not None:
         out["abstained"] = cert.abstained.long().cpu().tolist()
     for p in norms:
@@ -607,6 +607,12 @@ def _result_columns(cert: Certificate, start: int, norms: Sequence[float], batch
     if batch.labels is not None:
         out["label"] = batch.labels
     return out
+
+
+def _flagged(cert: Certificate) -> torch.Tensor:
+    """(N,) bool, a results file's ``flagged`` (and its count): binary models, flagged as the sensitive class;
+    one-vs-rest, the predicted class flags the input; multiclass argmax models, every input."""
+    return cert.sensitive if cert.binary else cert.predicted_flagged()
 
 
 _SCORE_KEYS = ("score", "scores", "margin", "p_lower", "probability")
@@ -1039,7 +1045,7 @@ class _Tally:
             self.detail = tm.outside_detail(x[first], self.names)
         self.outside += count
         self.n += len(cert)
-        self.flagged += int((cert.sensitive if cert.binary else cert.predicted_flagged()).sum())
+        self.flagged += int(_flagged(cert).sum())
         self.kind = result_kind(cert)
         self.seconds += cert.seconds
 

@@ -612,8 +612,7 @@ def one_vs_rest_threat(
             r = own.radii[p]
             per_class[p].append(torch.where(flags[:, k].to(r.device), r, torch.zeros_like(r)))
     class_radii = {p: torch.stack(r, dim=1) for p, r in per_class.items()}
-    at = cert.predicted[:, None].to(flags.device)
-    radii = {p: r.gather(1, at.to(r.device))[:, 0] for p, r in class_radii.items()}
+    radii = {p: r.gather(1, cert.predicted[:, None].to(r.device))[:, 0] for p, r in class_radii.items()}
     extra = {**cert.extra, **{class_radii_key(p): r for p, r in class_radii.items()}}
     return replace(cert, radii=radii, extra=extra, units=threat_model.units())
 

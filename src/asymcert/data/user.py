@@ -66,8 +66,8 @@ _MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}
 # What a CSV cell may spell as a number: ASCII decimal, optional sign, point and exponent ("1", "-0.5", ".5",
 # "5.", "1e-3", "+2E6"), or an infinity (refused later as not finite). Python's float() also reads "1_0" as 10
 # and "١٢" or full-width "１２" as 12: text no CSV writer produces for a number, so it is refused as text.
-_BOOLEANS = {"true": 1.0, "false": 0.0}
 _CSV_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity)", re.IGNORECASE)
+_BOOLEANS = {"true": 1.0, "false": 0.0}  # as pandas writes a bool column (Parquet booleans read as 1 / 0 too)
 
 
 def _labels_found(y: np.ndarray) -> str:
